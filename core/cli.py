@@ -1,0 +1,262 @@
+"""The `stylefu` command: run, preview, demo, export, info, gimp.
+
+Every `run` option is generated from the Config dataclass, so defaults and help live in one place.
+User errors end in one sentence on stderr (or a JSON error record) and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import threading
+import types
+import typing
+from pathlib import Path
+
+from .config import Config, config_fields
+from .errors import Cancelled, UserError
+
+EXIT_USER_ERROR = 2
+EXIT_CANCELLED = 130
+
+
+def _parse_floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _field_type(f: dataclasses.Field):
+    hint = typing.get_type_hints(Config)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if hint is tuple or (args and typing.get_origin(args[0]) is tuple):
+        return _parse_floats
+    base = args[0] if args and (typing.get_origin(hint) in (typing.Union, types.UnionType)) else hint
+    return base if base in (int, float, str) else str
+
+
+def add_config_options(parser: argparse.ArgumentParser, skip=()) -> None:
+    """One option per Config field: --field-name, with the field's default and help."""
+    group = parser.add_argument_group("stylization options (defaults from stylefu.core.Config)")
+    for f in config_fields():
+        if f.name in skip:
+            continue
+        default = f.default
+        shown = "preset's" if default is None else default
+        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_field_type(f),
+                           default=default, choices=f.metadata.get("choices"),
+                           help=f"{f.metadata['help']} [default: {shown}]")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    values = {f.name: getattr(args, f.name) for f in config_fields() if hasattr(args, f.name)}
+    return Config(**values)
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _weights_note(source: str) -> str:
+    if source.startswith("random"):
+        return f"{source}: RANDOM weights, a weak effect; run `stylefu export` for real ones"
+    return source
+
+
+class ProgressPrinter:
+    """Progress as a bar on stderr (`bar`), JSON lines on stdout (`json`) or nothing (`none`)."""
+
+    def __init__(self, mode: str, save_every: int = 0, output: Path | None = None):
+        self.mode, self.save_every, self.output = mode, save_every, output
+        self.bar = mode == "bar" and sys.stderr.isatty()
+
+    def emit(self, record: dict) -> None:
+        if self.mode == "json":
+            print(json.dumps(record), flush=True)
+
+    def __call__(self, p) -> None:
+        saved = None
+        if self.save_every and self.output and p.iteration % self.save_every == 0:
+            from .images import save_image
+            saved = self.output.with_name(
+                f"{self.output.stem}.scale{p.scale}-{p.iteration:04d}{self.output.suffix}")
+            save_image(saved, p.image())
+        if self.mode == "json":
+            self.emit({"event": "progress", "stage": p.stage, "scale": p.scale,
+                       "scales": p.scales, "iteration": p.iteration, "iterations": p.iterations,
+                       "fraction": round(p.fraction, 4), "loss": p.loss,
+                       "content_loss": p.content_loss, "style_loss": p.style_loss,
+                       "tv_loss": p.tv_loss, "size": list(p.size),
+                       **({"image": str(saved)} if saved else {})})
+        elif self.mode == "bar":
+            filled = int(30 * p.fraction)
+            line = (f"scale {p.scale}/{p.scales} {p.size[1]}x{p.size[0]} "
+                    f"[{'#' * filled}{'.' * (30 - filled)}] {p.iteration}/{p.iterations} "
+                    f"loss {p.loss:.4g}")
+            if self.bar:
+                sys.stderr.write("\r" + line)
+                sys.stderr.flush()
+            elif p.iteration == p.iterations or p.iteration % 25 == 0:
+                _say(line)
+
+    def close(self) -> None:
+        if self.bar:
+            sys.stderr.write("\n")
+
+
+def _watch_stdin(cancel: threading.Event) -> None:
+    """Cancel when stdin closes (the GIMP plug-in died or was cancelled); force-exit if stuck."""
+    def watch():
+        while sys.stdin.buffer.read(1 << 10):
+            pass
+        cancel.set()
+        threading.Timer(15.0, lambda: os._exit(EXIT_CANCELLED)).start()
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def cmd_run(args) -> int:
+    from .model import load_model
+    from .stylize import stylize
+
+    config = config_from_args(args).validate()
+    output = Path(args.output)
+    if not output.parent.is_dir() or not os.access(output.parent, os.W_OK):
+        raise UserError(f"Cannot write to the folder {output.parent}; choose another -o.")
+    model = load_model(args.model, config.device)
+    _say(f"stylefu: device {model.device}, model {model.path} "
+         f"(weights: {_weights_note(model.weights_source)})")
+    printer = ProgressPrinter(args.progress, config.save_every, output)
+    cancel = threading.Event()
+    if args.watch_stdin:
+        _watch_stdin(cancel)
+    try:
+        result = stylize(args.content, args.styles, config=config, model=model,
+                         callback=printer, cancel=cancel)
+    finally:
+        printer.close()
+    result.save(output, bits=args.bits)
+    if args.metrics:
+        Path(args.metrics).write_text(json.dumps(result.metrics, indent=2))
+    printer.emit({"event": "result", "output": str(output), "metrics": result.metrics})
+    _say(f"stylefu: wrote {output} in {result.metrics['seconds']:.1f} s "
+         f"(loss {result.metrics['total_loss']:.4g}, {result.metrics['iterations']} evaluations)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    path = run_demo(Path(args.output))
+    _say(f"stylefu demo: wrote {path} (content | style | result); open it to look.")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from stylefu.export import export
+
+    path, errors = export(args.weights, args.output, seed=args.seed, pooling=args.pooling,
+                          preprocessing=args.preprocessing)
+    from .vgg import read_artifact
+    info, _ = read_artifact(path)
+    _say(f"stylefu export: wrote {path} ({path.stat().st_size / 1e6:.1f} MB, weights "
+         f"{_weights_note(info.weights_source)}, pooling {info.pooling})")
+    _say("verified against torch, largest relative difference per output: " +
+         ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+    return 0
+
+
+def cmd_info(args) -> int:
+    import onnxruntime
+    import torch
+
+    from .engine import FeatureEngine
+    from .paths import cache_dir, default_model_path
+    from .vgg import read_artifact
+
+    path = Path(args.model) if args.model else default_model_path()
+    lines = {"model": str(path), "cache": str(cache_dir())}
+    if path.is_file():
+        info, _ = read_artifact(path)
+        lines.update(weights=_weights_note(info.weights_source), sha256=info.weights_sha256,
+                     preprocessing=info.preprocessing.get("name", "?"), pooling=info.pooling,
+                     layers=", ".join(info.layers),
+                     onnxruntime_provider=FeatureEngine(path).provider)
+    else:
+        lines["weights"] = "none installed: run `stylefu export`"
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    lines.update(torch=torch.__version__, onnxruntime=onnxruntime.__version__,
+                 devices=", ".join(["cpu"] + [f"cuda:{i} {n}" for i, n in enumerate(gpus)]))
+    if args.json:
+        print(json.dumps(lines, indent=2))
+    else:
+        for key, value in lines.items():
+            print(f"{key:>20}: {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stylefu", description="Neural style transfer "
+                                     "(Gatys et al.) for scripts, batches and GIMP.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    run = sub.add_parser("run", help="stylize CONTENT with one or more STYLE images")
+    run.add_argument("content")
+    run.add_argument("styles", nargs="+", metavar="style")
+    run.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, .tif, .npy)")
+    run.add_argument("--model", help="model artifact (default: $STYLEFU_MODEL or the cache's)")
+    run.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
+                     help="progress display: bar (stderr), json (JSON lines on stdout), none")
+    run.add_argument("--metrics", help="write the final metrics to this JSON file")
+    run.add_argument("--bits", type=int, choices=(8, 16), default=8,
+                     help="bits per channel of .png/.tif output")
+    run.add_argument("--watch-stdin", action="store_true",
+                     help="stop when stdin closes (used by the GIMP plug-ins)")
+    add_config_options(run)
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="stylize built-in images and write a side-by-side PNG")
+    demo.add_argument("-o", "--output", default="demo-output", help="output folder")
+    demo.set_defaults(func=cmd_demo)
+
+    exp = sub.add_parser("export", help="write VGG19's feature layers as the ONNX model",
+                         formatter_class=fmt)
+    exp.add_argument("--weights", default="torchvision",
+                     help="torchvision, caffe, random, or a local .pth/.safetensors path")
+    exp.add_argument("--seed", type=int, default=0, help="seed for --weights random")
+    exp.add_argument("--pooling", choices=("avg", "max"), default="avg",
+                     help="pooling between blocks: avg (the paper's advice) or max (VGG's own)")
+    exp.add_argument("--preprocessing", choices=("torchvision", "caffe"), default=None,
+                     help="override the weights' preprocessing")
+    exp.add_argument("-o", "--output", help="output path (default: the cache's model path)")
+    exp.set_defaults(func=cmd_export)
+
+    info = sub.add_parser("info", help="show the model, its weights and the available devices")
+    info.add_argument("--model")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    json_mode = getattr(args, "progress", None) == "json"
+    try:
+        return args.func(args)
+    except Cancelled:
+        if json_mode:
+            print(json.dumps({"event": "cancelled"}), flush=True)
+        _say("stylefu: cancelled.")
+        return EXIT_CANCELLED
+    except UserError as exc:
+        if json_mode:
+            print(json.dumps({"event": "error", "message": str(exc)}), flush=True)
+        _say(f"stylefu: error: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _say("stylefu: interrupted.")
+        return EXIT_CANCELLED

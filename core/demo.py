@@ -1,0 +1,102 @@
+"""The README's demo: generated content and style images, a model, one run, a side-by-side PNG."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .errors import UserError
+from .paths import cache_dir, default_model_path
+
+DEMO_RANDOM_MODEL = "vgg19-random-demo.onnx"
+
+
+def demo_content(height: int = 256, width: int = 320) -> np.ndarray:
+    """A small landscape: sky gradient, sun, two hills and a house (RGB float32 0..1)."""
+    image = Image.new("RGB", (width, height))
+    draw = ImageDraw.Draw(image)
+    for y in range(height):  # sky from deep blue to pale
+        t = y / height
+        draw.line([(0, y), (width, y)], fill=(int(70 + 150 * t), int(130 + 100 * t), int(220 + 30 * t)))
+    draw.ellipse([width * 0.7, height * 0.1, width * 0.85, height * 0.1 + width * 0.15], fill=(255, 220, 90))
+    draw.ellipse([-width * 0.3, height * 0.55, width * 0.7, height * 1.5], fill=(70, 150, 60))
+    draw.ellipse([width * 0.4, height * 0.62, width * 1.4, height * 1.6], fill=(40, 110, 50))
+    x0, y0 = int(width * 0.2), int(height * 0.5)
+    draw.rectangle([x0, y0, x0 + 70, y0 + 55], fill=(200, 80, 60))
+    draw.polygon([(x0 - 8, y0), (x0 + 35, y0 - 35), (x0 + 78, y0)], fill=(110, 50, 40))
+    draw.rectangle([x0 + 28, y0 + 25, x0 + 45, y0 + 55], fill=(60, 40, 30))
+    return np.asarray(image, np.float32) / 255.0
+
+
+def demo_style(size: int = 256, seed: int = 1) -> np.ndarray:
+    """Swirling brush strokes in a night-sky palette (RGB float32 0..1)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    angle = np.sin(6 * x + 3 * np.sin(4 * y)) + np.cos(5 * y - 2 * x)
+    waves = np.sin(40 * (x * np.cos(angle) + y * np.sin(angle)))
+    palette = np.array([[20, 40, 110], [40, 90, 180], [240, 200, 60], [250, 240, 180]], np.float32)
+    index = np.clip(((waves + 1) / 2 * 3.999).astype(int) + (rng.random((size, size)) < 0.05), 0, 3)
+    return palette[index] / 255.0
+
+
+def demo_model(progress=print) -> Path:
+    """The installed model; else the real weights fetched once (short timeout); else random."""
+    from stylefu.export import export
+
+    installed = default_model_path()
+    if installed.is_file():
+        return installed
+    try:
+        progress("No model installed yet: fetching the official VGG19 weights (548 MB) once...")
+        return export("torchvision", installed, timeout=5)[0]
+    except UserError as exc:
+        progress(f"Offline ({exc}).")
+    fallback = cache_dir() / DEMO_RANDOM_MODEL
+    if not fallback.is_file():
+        progress("Making a model with RANDOM weights instead (seed 0): random features give a "
+                 "much weaker effect than real ones. Run `stylefu export` when online.")
+        export("random", fallback, seed=0, progress=False)
+    return fallback
+
+
+def side_by_side(panels: list[tuple[str, np.ndarray]], height: int = 256) -> Image.Image:
+    """Panels scaled to one height, labelled underneath, on a white strip."""
+    tiles = []
+    for label, array in panels:
+        image = Image.fromarray(np.round(np.clip(array, 0, 1) * 255).astype(np.uint8))
+        image = image.resize((max(1, round(image.width * height / image.height)), height),
+                             Image.LANCZOS)
+        tiles.append((label, image))
+    pad, caption = 8, 22
+    sheet = Image.new("RGB", (sum(t.width for _, t in tiles) + pad * (len(tiles) + 1),
+                              height + 2 * pad + caption), "white")
+    draw, x = ImageDraw.Draw(sheet), pad
+    for label, tile in tiles:
+        sheet.paste(tile, (x, pad))
+        draw.text((x, pad + height + 5), label, fill=(0, 0, 0))
+        x += tile.width + pad
+    return sheet
+
+
+def run_demo(output_dir: Path, size: int = 256, log=None) -> Path:
+    """Stylize the generated scene with the generated style; write content | style | result."""
+    from .config import Config
+    from .images import save_image
+    from .stylize import stylize
+
+    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    content, style = demo_content(), demo_style()
+    save_image(output_dir / "content.png", content)
+    save_image(output_dir / "style.png", style)
+    model = demo_model(log)
+    result = stylize(content, style, config=Config(size=size, preset="draft"), model=model)
+    result.save(output_dir / "result.png")
+    m = result.metrics
+    label = f"result ({m['weights_source']}, {m['seconds']:.0f} s)"
+    sheet_path = output_dir / "side_by_side.png"
+    sheet = side_by_side([("content", content), ("style", style), (label, result.image)])
+    return save_image(sheet_path, np.asarray(sheet, np.float32) / 255.0)

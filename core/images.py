@@ -1,0 +1,223 @@
+"""Image input and output: any Pillow image, array or .npy in, float32 RGB 0..1 (+ alpha) inside.
+
+Inputs get EXIF orientation applied; palette, grayscale, CMYK and 16-bit modes are converted;
+alpha is kept aside and put back on the result. Outputs are written to a temporary name and
+renamed, so a crash never leaves half a file; .png/.tif can be 16-bit, .npy keeps float32.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import UserError
+from .paths import atomic_target
+from .vgg import MIN_SIDE
+
+
+@dataclass
+class Picture:
+    """RGB float32 [H,W,3] in 0..1, optional alpha [H,W], and a name for messages and layers."""
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None = None
+    name: str = "image"
+
+    @property
+    def height(self) -> int:
+        return self.rgb.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.rgb.shape[1]
+
+
+def _from_array(array: np.ndarray, name: str) -> Picture:
+    array = np.asarray(array)
+    if array.dtype == np.uint8:
+        array = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        array = array.astype(np.float32) / 65535.0
+    else:
+        array = array.astype(np.float32)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
+        raise UserError(f"{name}: an image array must be HxW, HxWx3 or HxWx4, not {array.shape}.")
+    if not np.isfinite(array).all():
+        raise UserError(f"{name} contains NaN or infinite pixel values.")
+    array = np.clip(array, 0.0, 1.0)
+    channels = array.shape[2]
+    alpha = array[..., -1].copy() if channels in (2, 4) else None
+    color = array[..., :1] if channels in (1, 2) else array[..., :3]
+    rgb = np.ascontiguousarray(np.repeat(color, 3, axis=2) if color.shape[2] == 1 else color)
+    return Picture(rgb, alpha, name)
+
+
+def _from_pil(image: Image.Image, name: str) -> Picture:
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        gray = np.asarray(image, dtype=np.float32) / (65535.0 if mode != "I" or
+                                                       np.asarray(image).max() > 255 else 255.0)
+        return _from_array(gray, name)
+    if mode == "F":
+        return _from_array(np.asarray(image, dtype=np.float32), name)
+    has_alpha = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info)
+    image = image.convert("RGBA" if has_alpha else "RGB")  # palette, CMYK, L, 1 -> RGB(A)
+    return _from_array(np.asarray(image), name)
+
+
+def load_image(source, name: str | None = None) -> Picture:
+    """Read `source` (a path, PIL image, numpy array or Picture) as a Picture.
+
+    Raises UserError with one sentence for a missing, unreadable, truncated or oversized file.
+    """
+    if isinstance(source, Picture):
+        return source
+    if isinstance(source, Image.Image):
+        return _from_pil(source, name or "image")
+    if isinstance(source, np.ndarray):
+        return _from_array(source, name or "array")
+    path = Path(source)
+    label = name or path.stem
+    if not path.is_file():
+        raise UserError(f"Image file {path} does not exist.")
+    if path.suffix.lower() == ".npy":
+        try:
+            return _from_array(np.load(path, allow_pickle=False), label)
+        except ValueError:
+            raise UserError(f"{path} is not a readable .npy image array.") from None
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its pixel limit; refuse those too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return _from_pil(image, label)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"{path} is too large ({Image.MAX_IMAGE_PIXELS} pixels at most); "
+                        "scale it down first.") from None
+    except UnidentifiedImageError:
+        raise UserError(f"{path} is not an image Pillow can read.") from None
+    except OSError:
+        raise UserError(f"{path} is truncated or damaged and cannot be read.") from None
+
+
+def check_min_side(picture: Picture) -> None:
+    if min(picture.height, picture.width) < MIN_SIDE:
+        raise UserError(f"{picture.name} is {picture.width}x{picture.height} px; the network needs "
+                        f"at least {MIN_SIDE} px on each side.")
+
+
+def fit_long_side(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """(h, w) with the long side `long_side` and the aspect ratio kept (at least 1 px)."""
+    scale = long_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def to_tensor(array: np.ndarray) -> torch.Tensor:
+    """[H,W,C] float array -> [1,C,H,W] float32 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)[None]
+
+
+def to_array(tensor: torch.Tensor) -> np.ndarray:
+    """[1,C,H,W] tensor -> [H,W,C] float32 array clipped to 0..1."""
+    return tensor.detach().float().clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+
+
+def resize_tensor(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Antialiased bilinear resize of an [N,C,H,W] tensor (shrinking without aliasing)."""
+    if tensor.shape[-2:] == (height, width):
+        return tensor
+    return F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False,
+                         antialias=True)
+
+
+def resize_array(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize an [H,W] or [H,W,C] float array."""
+    if array.ndim == 2:
+        return resize_array(array[..., None], height, width)[..., 0]
+    return to_array(resize_tensor(to_tensor(array), height, width))
+
+
+def _png16(rgba: np.ndarray) -> bytes:
+    """A 16-bit RGB(A) PNG (Pillow writes 16 bits only for grayscale)."""
+    height, width, channels = rgba.shape
+    data = np.round(rgba * 65535).astype(">u2")
+    raw = b"".join(b"\x00" + data[y].tobytes() for y in range(height))
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (struct.pack(">I", len(payload)) + kind + payload
+                + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+
+    color_type = 6 if channels == 4 else 2
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6))
+            + chunk(b"IEND", b""))
+
+
+def _tiff16(rgba: np.ndarray) -> bytes:
+    """An uncompressed 16-bit RGB(A) baseline TIFF (Pillow has no 16-bit RGB mode)."""
+    height, width, channels = rgba.shape
+    pixels = np.round(rgba * 65535).astype("<u2").tobytes()
+    entries = [(256, 3, 1, width), (257, 3, 1, height), (258, 3, channels, None),
+               (259, 3, 1, 1), (262, 3, 1, 2), (273, 4, 1, None), (277, 3, 1, channels),
+               (278, 3, 1, height), (279, 4, 1, len(pixels)), (284, 3, 1, 1)]
+    if channels == 4:
+        entries.append((338, 3, 1, 2))  # extra sample: unassociated alpha
+    ifd_size = 2 + 12 * len(entries) + 4
+    bits_offset = 8 + ifd_size
+    pixel_offset = bits_offset + 2 * channels
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        value = {258: bits_offset if channels > 2 else None, 273: pixel_offset}.get(tag, value)
+        packed = struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+        ifd += struct.pack("<HHI", tag, kind, count) + packed
+    ifd += struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack(f"<{channels}H", *[16] * channels) + pixels
+
+
+def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = None,
+               bits: int = 8) -> Path:
+    """Write an image atomically; the format follows the suffix (.npy keeps float32)."""
+    path = Path(path)
+    if not path.parent.exists() or not os.access(path.parent, os.W_OK):
+        raise UserError(f"Cannot write to the folder {path.parent}; choose another output path.")
+    array = np.clip(rgb, 0, 1).astype(np.float32)
+    if alpha is not None:
+        array = np.concatenate([array, np.clip(alpha, 0, 1)[..., None].astype(np.float32)], axis=2)
+    tmp = atomic_target(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, array)
+        elif bits == 16 and suffix == ".png":
+            tmp.write_bytes(_png16(array))
+        elif bits == 16 and suffix in (".tif", ".tiff"):
+            tmp.write_bytes(_tiff16(array))
+        else:
+            mode = "RGBA" if array.shape[2] == 4 else "RGB"
+            image = Image.fromarray(np.round(array * 255).astype(np.uint8), mode)
+            if suffix in (".jpg", ".jpeg") and mode == "RGBA":
+                image = image.convert("RGB")
+            try:
+                image.save(tmp, format=Image.registered_extensions().get(suffix, "PNG"))
+            except KeyError:
+                raise UserError(f"Unknown image format {suffix!r}; use .png, .jpg or .tif.") from None
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"Cannot write {path} ({exc.strerror or exc}).") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

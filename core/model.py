@@ -1,0 +1,72 @@
+"""One loaded artifact, seen by both engines: the torch network (gradients) and ONNX Runtime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from .engine import FeatureEngine
+from .errors import UserError
+from .paths import default_model_path
+from .vgg import VGGFeatures, load_torch_model
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when torch sees a GPU, else CPU; 'cuda' without one is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+        raise UserError(f"--device cuda was asked for, but torch ({torch.__version__}, {build}) "
+                        "sees no GPU; use --device cpu or install a CUDA build of torch.")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda, not {name!r}.")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype:
+    """The convolution dtype: bf16 where the hardware runs it fast (AMX/AVX512-BF16, CUDA)."""
+    if name == "fp32":
+        return torch.float32
+    if name == "bf16":
+        return torch.bfloat16
+    if name == "fp16":
+        if device.type != "cuda":
+            raise UserError("--precision fp16 needs a CUDA device; use bf16 or fp32 on a CPU.")
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+
+
+@dataclass
+class StyleModel:
+    """The artifact at `path`: `net` for gradients on `device`, `engine` for forward passes."""
+
+    path: Path
+    net: VGGFeatures
+    engine: FeatureEngine
+    device: torch.device
+
+    @property
+    def weights_source(self) -> str:
+        return self.net.info.weights_source
+
+
+@lru_cache(maxsize=4)
+def _load(path: Path, device_type: str) -> StyleModel:
+    device = torch.device(device_type)
+    net = load_torch_model(path).to(device)
+    return StyleModel(path, net, FeatureEngine(path, device=device_type), device)
+
+
+def load_model(path: str | Path | None = None, device: str = "auto") -> StyleModel:
+    """Load (once per process) the artifact at `path`, default: $STYLEFU_MODEL or the cache's."""
+    path = Path(path) if path else default_model_path()
+    if not path.is_file():
+        raise UserError(f"No model at {path}; create one with `stylefu export` "
+                        "(or pass --model PATH).")
+    return _load(path.resolve(), resolve_device(device).type)

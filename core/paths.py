@@ -1,0 +1,36 @@
+"""Where stylefu keeps its files: one user cache folder, one default model path."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+MODEL_ENV = "STYLEFU_MODEL"
+CACHE_ENV = "STYLEFU_CACHE"
+MODEL_FILENAME = "vgg19-features.onnx"
+
+
+def cache_dir() -> Path:
+    """The user cache folder ($STYLEFU_CACHE, else the platform's cache folder + /stylefu)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "stylefu"
+
+
+def default_model_path() -> Path:
+    """The model every command uses without flags: $STYLEFU_MODEL, else the cache's model."""
+    if os.environ.get(MODEL_ENV):
+        return Path(os.environ[MODEL_ENV]).expanduser()
+    return cache_dir() / MODEL_FILENAME
+
+
+def atomic_target(path: Path) -> Path:
+    """A temporary sibling of `path`: write there, then `os.replace` onto `path`."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")

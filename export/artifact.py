@@ -1,0 +1,140 @@
+"""Write VGG19's feature layers as one ONNX file (the artifact) and verify it against torch."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from stylefu.core.errors import UserError
+from stylefu.core.paths import atomic_target, default_model_path
+from stylefu.core.vgg import (
+    ARTIFACT_KIND,
+    BLOCK_ENDS,
+    CONVS,
+    EXPORTED_LAYERS,
+    FORMAT_VERSION,
+    PREPROCESSING,
+    RELU_NAMES,
+    deepest_index,
+)
+
+from .weights import Weights, get_weights
+
+# ONNX Runtime 1.31 reads IR version <= 13 while onnx 1.20+ writes 14 by default; opset 17 has
+# every operator used here and is accepted by every supported ONNX Runtime.
+IR_VERSION = 8
+OPSET = 17
+POOLINGS = ("avg", "max")
+MAX_RELATIVE_ERROR = 1e-4
+
+
+def build_graph(weights: Weights, pooling: str):
+    """The ONNX model: preprocessing, 13 conv+ReLU layers with 2x2 pools, six named outputs."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    pre = PREPROCESSING[weights.preprocessing]
+    init = [numpy_helper.from_array(np.array(pre["channel_order"], np.int64), "pre.channel_order"),
+            numpy_helper.from_array(np.float32(pre["scale"]).reshape(()), "pre.scale"),
+            numpy_helper.from_array(np.array(pre["mean"], np.float32).reshape(1, 3, 1, 1), "pre.mean"),
+            numpy_helper.from_array(np.array(pre["std"], np.float32).reshape(1, 3, 1, 1), "pre.std")]
+    nodes = [helper.make_node("Gather", ["image", "pre.channel_order"], ["pre.ordered"], axis=1),
+             helper.make_node("Mul", ["pre.ordered", "pre.scale"], ["pre.scaled"]),
+             helper.make_node("Sub", ["pre.scaled", "pre.mean"], ["pre.centred"]),
+             helper.make_node("Div", ["pre.centred", "pre.std"], ["pre.out"])]
+    x = "pre.out"
+    last = deepest_index(EXPORTED_LAYERS)
+    for i, (name, _, _) in enumerate(CONVS[: last + 1]):
+        for part in ("weight", "bias"):
+            init.append(numpy_helper.from_array(weights.tensors[f"{name}.{part}"], f"{name}.{part}"))
+        nodes.append(helper.make_node("Conv", [x, f"{name}.weight", f"{name}.bias"], [name],
+                                      kernel_shape=[3, 3], pads=[1, 1, 1, 1], name=name))
+        nodes.append(helper.make_node("Relu", [name], [RELU_NAMES[i]], name=RELU_NAMES[i]))
+        x = RELU_NAMES[i]
+        if name in BLOCK_ENDS and i < last:
+            op = "AveragePool" if pooling == "avg" else "MaxPool"
+            nodes.append(helper.make_node(op, [x], [f"pool{name[4]}"], kernel_shape=[2, 2],
+                                          strides=[2, 2], name=f"pool{name[4]}"))
+            x = f"pool{name[4]}"
+    inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", None, None, None])
+               for n in EXPORTED_LAYERS]
+    graph = helper.make_graph(nodes, "stylefu_vgg19_features", inputs, outputs, init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="stylefu")
+    model.ir_version = IR_VERSION
+    metadata = {
+        "stylefu.kind": ARTIFACT_KIND,
+        "stylefu.format_version": FORMAT_VERSION,
+        "stylefu.weights_source": weights.source,
+        "stylefu.weights_sha256": weights.sha256,
+        "stylefu.preprocessing": json.dumps(pre | {"name": weights.preprocessing}),
+        "stylefu.layers": json.dumps(list(EXPORTED_LAYERS)),
+        "stylefu.pooling": pooling,
+    }
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    return model
+
+
+def verify(path: Path, sizes=((64, 64), (37, 53))) -> dict[str, float]:
+    """Largest relative difference per output between ONNX Runtime and torch on test inputs."""
+    import torch
+
+    from stylefu.core.engine import FeatureEngine
+    from stylefu.core.vgg import load_torch_model
+
+    engine, net = FeatureEngine(path, device="cpu"), load_torch_model(path)
+    rng = np.random.default_rng(0)
+    worst = dict.fromkeys(EXPORTED_LAYERS, 0.0)
+    for h, w in sizes:
+        batch = rng.random((1, 3, h, w), dtype=np.float32)
+        ort_out = engine.features(batch)
+        with torch.no_grad():
+            torch_out = net(torch.from_numpy(batch))
+        for name in EXPORTED_LAYERS:
+            a, b = ort_out[name], torch_out[name].numpy()
+            worst[name] = max(worst[name], float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12)))
+    return worst
+
+
+def export(weights: str = "random", output: str | Path | None = None, *, seed: int = 0,
+           pooling: str = "avg", preprocessing: str | None = None, timeout: float = 30.0,
+           progress: bool = True) -> tuple[Path, dict[str, float]]:
+    """Turn VGG19 weights into a verified artifact at `output` (default: the user's model path).
+
+    Returns the path and the per-output relative error of ONNX Runtime against torch. Nothing is
+    left at `output` unless the file is complete and verified (written to a temporary name first).
+    """
+    import onnx
+
+    if pooling not in POOLINGS:
+        raise UserError(f"--pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}.")
+    if preprocessing is not None and preprocessing not in PREPROCESSING:
+        raise UserError(f"--preprocessing must be one of {', '.join(PREPROCESSING)}.")
+    output = Path(output) if output else default_model_path()
+    source = get_weights(weights, seed=seed, preprocessing=preprocessing, timeout=timeout,
+                         progress=progress)
+    model = build_graph(source, pooling)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        raise UserError(f"Cannot create the folder {output.parent}; choose another -o.") from None
+    tmp = atomic_target(output.with_suffix(".onnx"))
+    try:
+        onnx.save(model, str(tmp))
+        errors = verify(tmp)
+        bad = {k: v for k, v in errors.items() if v > MAX_RELATIVE_ERROR}
+        if bad:
+            raise UserError(f"Verification failed: ONNX Runtime and torch differ by {bad} "
+                            f"(limit {MAX_RELATIVE_ERROR}).")
+        os.replace(tmp, output)
+    except OSError as exc:
+        raise UserError(f"Cannot write {output} ({exc.strerror}); choose another -o.") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return output, errors
