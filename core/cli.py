@@ -133,9 +133,14 @@ def cmd_run(args) -> int:
     cancel = threading.Event()
     if args.watch_stdin:
         _watch_stdin(cancel)
+    def notice(message: str) -> None:
+        printer.emit({"event": "notice", "message": message})
+        if args.progress != "json":
+            _say(f"stylefu: {message}")
+
     try:
         result = stylize(args.content, args.styles, config=config, model=model,
-                         callback=printer, cancel=cancel)
+                         callback=printer, cancel=cancel, masks=args.masks, log=notice)
     finally:
         printer.close()
     result.save(output, bits=args.bits)
@@ -214,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics", help="write the final metrics to this JSON file")
     run.add_argument("--bits", type=int, choices=(8, 16), default=8,
                      help="bits per channel of .png/.tif output")
+    run.add_argument("--mask", dest="masks", action="append", metavar="PATH",
+                     help="grayscale mask, white where the style goes (soft edges blend); once for "
+                     "all styles, or once per style in the styles' order (each its own region)")
     run.add_argument("--watch-stdin", action="store_true",
                      help="stop when stdin closes (used by the GIMP plug-ins)")
     add_config_options(run)

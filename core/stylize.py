@@ -6,6 +6,7 @@ with torch (bf16 convolutions where fast, float32 losses) -> final metrics from 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -14,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import losses
+from . import color, losses, tiling
+from . import masks as masking
 from .config import Config
 from .errors import Cancelled, NumericalError, UserError
 from .images import (
@@ -69,11 +71,27 @@ class StylizeResult:
 
 
 @dataclass
-class Targets:
-    """What the optimiser matches at one scale: content features and blended style Grams."""
+class StyleTerm:
+    """One style loss term: Gram targets, its weight, and where it applies ([1,1,H,W] mask at the
+    working size, guided Gram matrices; None: everywhere)."""
 
-    content: torch.Tensor
     grams: dict[str, torch.Tensor]
+    weight: float = 1.0
+    mask: torch.Tensor | None = None
+
+
+@dataclass
+class Targets:
+    """What the optimiser matches at one scale: content features (None when tiled: per tile),
+    blended style Grams, and the style terms when masks split the image into regions."""
+
+    content: torch.Tensor | None
+    grams: dict[str, torch.Tensor]
+    terms: list[StyleTerm] = field(default_factory=list)
+
+    def style_terms(self) -> list[StyleTerm]:
+        """The loss terms: without masks, one term with the blended Grams everywhere."""
+        return self.terms or [StyleTerm(self.grams)]
 
 
 def is_cancelled(cancel: CancelToken) -> bool:
@@ -110,26 +128,53 @@ def blend_weights(count: int, config: Config) -> list[float]:
 
 
 def compute_targets(model: StyleModel, content: np.ndarray, styles: Sequence[np.ndarray],
-                    size: tuple[int, int], config: Config) -> Targets:
+                    size: tuple[int, int], config: Config, content_features: bool = True) -> Targets:
     """Content features at `size` and style Gram matrices (blended over styles), by ONNX Runtime.
 
-    Each style is resized so its long side is `style_scale` times the working long side.
+    Each style is resized so its long side is `style_scale` times the working long side; a style
+    too large for one forward pass gets its Grams in tiles. `content_features=False` skips the
+    content pass (tiled runs compute content features per tile).
     """
     h, w = size
-    content_small = resize_array(content, h, w).transpose(2, 0, 1)[None]
-    content_feat = model.engine.features(content_small, (CONTENT_LAYER,))[CONTENT_LAYER]
+    content_feat = None
+    if content_features:
+        content_small = resize_array(content, h, w).transpose(2, 0, 1)[None]
+        content_feat = model.engine.features(content_small, (CONTENT_LAYER,))[CONTENT_LAYER]
     grams: dict[str, torch.Tensor] = {}
     for weight, style in zip(blend_weights(len(styles), config), styles):
         sh, sw = fit_long_side(*style.shape[:2], max(MIN_SIDE, round(max(h, w) * config.style_scale)))
         sh, sw = max(sh, MIN_SIDE), max(sw, MIN_SIDE)
-        feats = model.engine.features(resize_array(style, sh, sw).transpose(2, 0, 1)[None],
-                                      STYLE_LAYERS)
+        style_grams = tiling.grams(model.engine, resize_array(style, sh, sw), STYLE_LAYERS,
+                                   model.device)
         for name in STYLE_LAYERS:
-            g = weight * losses.gram(torch.from_numpy(feats[name]))
+            g = weight * style_grams[name]
             grams[name] = grams[name] + g if name in grams else g
     device = model.device
-    return Targets(torch.from_numpy(content_feat).to(device),
+    return Targets(None if content_feat is None else torch.from_numpy(content_feat).to(device),
                    {k: v.to(device) for k, v in grams.items()})
+
+
+def region_targets(model: StyleModel, content: np.ndarray, styles: Sequence[np.ndarray],
+                   size: tuple[int, int], config: Config, masks: Sequence[np.ndarray],
+                   content_features: bool = True) -> Targets:
+    """`compute_targets` plus spatial control: one mask restricts the (blended) style to a region;
+    one mask per style gives each style its own region, its own Grams and its own loss term.
+
+    With one mask per style, each term's weight is its normalised blend weight times the number of
+    styles, so equal weights (the default) give every region the full --style-weight.
+    """
+    targets = compute_targets(model, content, styles, size, config, content_features)
+    if not masks:
+        return targets
+    at_size = [masking.at_size(m, *size).to(model.device) for m in masks]
+    if len(masks) == 1:
+        targets.terms = [StyleTerm(targets.grams, 1.0, at_size[0])]
+        return targets
+    single = config.with_(style_blend=None)
+    for weight, style, mask in zip(blend_weights(len(styles), config), styles, at_size):
+        grams = compute_targets(model, content, [style], size, single, content_features=False).grams
+        targets.terms.append(StyleTerm(grams, weight * len(styles), mask))
+    return targets
 
 
 class Objective:
@@ -143,6 +188,15 @@ class Objective:
                             config.style_weight > 0)
         if config.content_weight > 0:
             self.layers += (CONTENT_LAYER,)
+        # Per term, the mask at each style layer's resolution; layers where a term's region is
+        # empty (a tile outside it) are left out of that term.
+        self.terms = []
+        for term in targets.style_terms():
+            layer_masks = None
+            if term.mask is not None:
+                layer_masks = masking.layer_masks(term.mask.float(), STYLE_LAYERS)
+                layer_masks = {n: m for n, m in layer_masks.items() if float(m.sum()) > 1e-6}
+            self.terms.append((term, layer_masks))
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # channels_last convolutions are faster here; the optimised image stays NCHW because
@@ -155,11 +209,14 @@ class Objective:
         parts = {"content": zero, "style": zero, "tv": zero}
         if CONTENT_LAYER in feats:
             parts["content"] = losses.content_loss(feats[CONTENT_LAYER], self.targets.content)
-        for name in STYLE_LAYERS:
-            if name in feats:
-                layer_loss = losses.style_layer_loss(losses.gram(feats[name]),
-                                                     self.targets.grams[name])
-                parts[name] = layer_loss
+        for term, layer_masks in self.terms:
+            for name in STYLE_LAYERS:
+                if name not in feats or (layer_masks is not None and name not in layer_masks):
+                    continue
+                mask = None if layer_masks is None else layer_masks[name]
+                layer_loss = term.weight * losses.style_layer_loss(losses.gram(feats[name], mask),
+                                                                   term.grams[name])
+                parts[name] = parts[name] + layer_loss if name in parts else layer_loss
                 parts["style"] = parts["style"] + self.layer_weights[name] * layer_loss
         if self.config.tv_weight > 0:
             parts["tv"] = losses.tv_loss(image)
@@ -211,35 +268,107 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
     return x.detach()
 
 
-def evaluate(model: StyleModel, image: np.ndarray, targets: Targets, config: Config) -> dict:
-    """Loss figures of a finished image, computed by ONNX Runtime in float32."""
-    feats = model.engine.features(image.transpose(2, 0, 1)[None],
-                                  STYLE_LAYERS + (CONTENT_LAYER,))
-    content = float(np.mean((feats[CONTENT_LAYER] - targets.content.cpu().numpy()) ** 2))
-    per_layer = {}
-    for name in STYLE_LAYERS:
-        g = losses.gram(torch.from_numpy(feats[name]))
-        per_layer[name] = float(losses.style_layer_loss(g, targets.grams[name].cpu()))
+def optimise_tiled(model: StyleModel, image: torch.Tensor, content: np.ndarray, targets: Targets,
+                   tile: int, evaluations: int, config: Config, dtype: torch.dtype,
+                   report: Callable[[int, float, dict, torch.Tensor], None], cancel: CancelToken,
+                   generator: torch.Generator) -> tuple[torch.Tensor, list]:
+    """`optimise` for an image too large for memory: overlapping tiles whose grid moves each round
+    (see tiling.py). Each tile gets content features of its own crop of `content` (the content at
+    this scale, [H,W,3]), the shared style Grams and its crop of the masks.
+
+    Returns the image and every round's tiles (for the seam metric).
+    """
+    overlap = tiling.default_overlap(tile)
+    rounds, steps = tiling.rounds_and_steps(evaluations)
+    last: dict = {}
+
+    def step(crop: torch.Tensor, t: tiling.Tile) -> torch.Tensor:
+        ys, xs = t.slices
+        feat = None
+        if config.content_weight > 0:
+            batch = content[ys, xs].transpose(2, 0, 1)[None]
+            feat = torch.from_numpy(model.engine.features(batch, (CONTENT_LAYER,))[CONTENT_LAYER])
+            feat = feat.to(model.device)
+        terms = [StyleTerm(term.grams, term.weight, None if term.mask is None else term.mask[..., ys, xs])
+                 for term in targets.style_terms()]
+        objective = Objective(model, Targets(feat, targets.grams, terms), config, dtype)
+
+        def remember(i, total, parts, x):
+            last.update(total=total, parts=parts)
+        return optimise(objective, crop, steps, config, remember, cancel)
+
+    def on_tile(r: int, i: int, count: int, t: tiling.Tile) -> None:
+        done = min(evaluations, r * steps + round(steps * (i + 1) / count))
+        report(done, last["total"], last["parts"], image)
+
+    layouts = tiling.run_tiled(image, tile, overlap, rounds, step, generator, on_tile)
+    return image, layouts
+
+
+def evaluate(model: StyleModel, image: np.ndarray, targets: Targets, config: Config,
+             content: np.ndarray | None = None, tile: int = 0) -> dict:
+    """Loss figures of a finished image, computed by ONNX Runtime in float32.
+
+    A tiled run (`tile` > 0) is evaluated in tiles too, against `content` at the image's size (its
+    Grams are exact sums over tiles; features near tile cores see `margin` px of context).
+    """
+    layers = STYLE_LAYERS + (CONTENT_LAYER,)
+    terms = targets.style_terms()
+    sums = [tiling.GramSum() for _ in terms]
+    if tile:
+        passes = tiling.tiled_pass(model.engine, [image, content], layers, tile, margin=96)
+    else:
+        full = tiling.Tile(0, image.shape[0], 0, image.shape[1])
+        passes = [(full, model.engine.features(image.transpose(2, 0, 1)[None], layers))]
+    squares, count = 0.0, 0
+    for core, feats in passes:
+        reference = feats[CONTENT_LAYER][1:] if tile else targets.content.cpu().numpy()
+        diff = feats[CONTENT_LAYER][:1].astype(np.float64) - reference
+        squares, count = squares + float(np.sum(diff ** 2)), count + diff.size
+        for acc, term in zip(sums, terms):
+            layer_masks = tiling.core_mask(term.mask, core, STYLE_LAYERS)
+            for name in STYLE_LAYERS:
+                acc.add(name, feats[name][:1], None if layer_masks is None else layer_masks[name])
+    per_layer = dict.fromkeys(STYLE_LAYERS, 0.0)
+    for acc, term in zip(sums, terms):
+        grams = acc.grams()
+        for name in STYLE_LAYERS:
+            per_layer[name] += term.weight * float(losses.style_layer_loss(
+                grams[name], term.grams[name].cpu()))
+    content_loss = squares / max(count, 1)
     weights = style_layer_weights(config)
     style = sum(weights[n] * v for n, v in per_layer.items())
     tv = float(losses.tv_loss(to_tensor(image)))
-    total = config.content_weight * content + config.style_weight * style + config.tv_weight * tv
-    return {"total_loss": total, "content_loss": content, "style_loss": style,
+    total = config.content_weight * content_loss + config.style_weight * style + config.tv_weight * tv
+    return {"total_loss": total, "content_loss": content_loss, "style_loss": style,
             "style_loss_per_layer": per_layer, "tv_loss": tv}
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate" in text
 
 
 def stylize(content, style_or_styles, *, config: Config | None = None,
             model: StyleModel | str | None = None,
             callback: Callable[[Progress], None] | None = None,
-            cancel: CancelToken = None) -> StylizeResult:
+            cancel: CancelToken = None, masks: Sequence | None = None,
+            log: Callable[[str], None] | None = None) -> StylizeResult:
     """Stylize `content` with one style or several (path, PIL image, array or Picture each).
 
+    `masks` (paths, PIL images or [H,W] arrays, white = style) limit where the style applies: one
+    mask for all styles, or one per style (each style painted into its own region). Pixels outside
+    every mask stay exactly the content's; gray values blend.
+
     Returns a StylizeResult with the image at the working size (long side `config.size`) and the
-    final metrics. Raises UserError for bad input, Cancelled when `cancel` fires (checked at
-    every evaluation), NumericalError if the loss diverges. Same seed and inputs -> same bytes.
+    final metrics. Images too large for memory are optimised in tiles; `log` (default: the
+    `stylefu` logger) is told so. Raises UserError for bad input or when memory runs out anyway,
+    Cancelled when `cancel` fires (checked at every evaluation), NumericalError if the loss
+    diverges. Same seed and inputs -> same bytes.
     """
     started = time.perf_counter()
     config = (config or Config()).validate()
+    log = log or logging.getLogger("stylefu").info
     styles_in = ([style_or_styles] if isinstance(style_or_styles, (str, bytes)) or
                  not isinstance(style_or_styles, Sequence) else list(style_or_styles))
     if not styles_in:
@@ -248,6 +377,10 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     style_pics: list[Picture] = [load_image(s, f"style {i + 1}") for i, s in enumerate(styles_in)]
     for picture in [content_pic, *style_pics]:
         check_min_side(picture)
+    blend_weights(len(style_pics), config)  # a weight count that does not match fails early
+    mask_arrays = [masking.load_mask(m, f"mask {i + 1}") for i, m in enumerate(masks or [])]
+    if mask_arrays:
+        masking.check_masks(mask_arrays, len(style_pics), content_pic.height, content_pic.width)
     if not isinstance(model, StyleModel):
         model = load_model(model, config.device)
     dtype = resolve_precision(config.precision, model.device)
@@ -258,32 +391,62 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     if min(sizes[-1]) < MIN_SIDE:
         raise UserError(f"At --size {config.size} the content's short side is under {MIN_SIDE} px; "
                         "raise --size.")
-    image = initial_image(content_pic.rgb, sizes[0], config, generator)
-    styles = [p.rgb for p in style_pics]
-    evaluations = 0
-    for k, size in enumerate(sizes, start=1):
-        final = k == len(sizes)
-        count = config.schedule_value("iterations" if final else "coarse_iterations")
-        targets = compute_targets(model, content_pic.rgb, styles, size, config)
-        image = torch.nn.functional.interpolate(image, size=size, mode="bilinear",
-                                                align_corners=False)
-        objective = Objective(model, targets, config, dtype)
+    # Colour preservation changes what the optimiser sees (see color.py).
+    content_rgb, styles = color.prepare(config.preserve_colors, content_pic.rgb,
+                                        [p.rgb for p in style_pics])
+    image = initial_image(content_rgb, sizes[0], config, generator)
+    evaluations, tiles, layouts = 0, {}, []
+    try:
+        for k, size in enumerate(sizes, start=1):
+            final = k == len(sizes)
+            count = config.schedule_value("iterations" if final else "coarse_iterations")
+            tile = tiling.choose_tile(*size, config.tile_size, config.optimizer, model.device)
+            if tile:
+                tiles[f"{size[1]}x{size[0]}"] = tile
+                need = tiling.torch_bytes(*size, config.optimizer) / 1e9
+                why = ("--tile-size" if config.tile_size else
+                       f"about {need:.1f} GB needed at once, "
+                       f"{tiling.budget_bytes(model.device) / 1e9:.1f} GB usable")
+                log(f"{size[1]}x{size[0]} px is optimised in {tile} px tiles ({why}).")
+            targets = region_targets(model, content_rgb, styles, size, config, mask_arrays,
+                                     content_features=not tile)
+            image = torch.nn.functional.interpolate(image, size=size, mode="bilinear",
+                                                    align_corners=False).to(model.device)
 
-        def report(i, total, parts, x, k=k, count=count, size=size):
-            if callback is not None:
-                callback(Progress("optimise", k, len(sizes), i, count, size, total,
-                                  float(parts["content"]), float(parts["style"]),
-                                  float(parts["tv"]), image=lambda: to_array(x)))
+            def report(i, total, parts, x, k=k, count=count, size=size):
+                if callback is not None:
+                    callback(Progress("optimise", k, len(sizes), i, count, size, total,
+                                      float(parts["content"]), float(parts["style"]),
+                                      float(parts["tv"]), image=lambda: to_array(x)))
 
-        image = optimise(objective, image.to(model.device), count, config, report, cancel)
-        evaluations += count
-    result = to_array(image)
-    metrics = evaluate(model, result, targets, config)
+            content_at_size = resize_array(content_rgb, *size)
+            if tile:
+                image, layouts = optimise_tiled(model, image, content_at_size, targets, tile, count,
+                                                config, dtype, report, cancel, generator)
+            else:
+                objective = Objective(model, targets, config, dtype)
+                image = optimise(objective, image, count, config, report, cancel)
+            if mask_arrays:
+                # Outside every mask the content, exactly; soft edges blend.
+                region = masking.union([t.mask for t in targets.style_terms()])
+                image = masking.composite(image, to_tensor(content_at_size).to(image), region)
+            evaluations += count
+        result = to_array(image)
+        metrics = evaluate(model, result, targets, config, content_at_size, tile)
+    except (RuntimeError, MemoryError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        raise UserError(f"Ran out of memory at {size[1]}x{size[0]} px on {model.device}; "
+                        "set a smaller --tile-size (e.g. 512) or lower --size.") from None
+    result = color.finish(config.preserve_colors, result, resize_array(content_pic.rgb,
+                                                                       *result.shape[:2]))
     alpha = None
     if content_pic.alpha is not None:
         alpha = resize_array(content_pic.alpha, *result.shape[:2])
     metrics.update(iterations=evaluations, seconds=round(time.perf_counter() - started, 3),
                    device=str(model.device), precision=str(dtype).replace("torch.", ""),
                    weights_source=model.weights_source, model=str(model.path),
-                   sizes=[list(s) for s in sizes])
+                   sizes=[list(s) for s in sizes], tiles=tiles)
+    if tile:
+        metrics["seam_ratio"] = tiling.seam_ratio(result, layouts)
     return StylizeResult(result, alpha, metrics)

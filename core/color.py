@@ -1,0 +1,109 @@
+"""Colour preservation (Gatys et al. 2017, section 5): keep the content's colours, take the style's
+texture.
+
+Two ways, chosen by `Config.preserve_colors`:
+
+- ``luminance``: the run sees only luminance. The content becomes its luminance Y (as a gray RGB
+  image), each style becomes its luminance with mean and spread matched to the content's, and at the
+  end the result's Y is recombined with the content's chroma (I and Q of YIQ). The result's chroma
+  equals the content's wherever the recombined colour lies inside the RGB cube (clipping outside it
+  is the only difference).
+- ``histogram``: before the run each style's colours get the content's mean and covariance by a
+  linear map x -> A (x - mu_s) + mu_c with A = Sigma_c^1/2 Sigma_s^-1/2 (symmetric square roots:
+  the "image analogies" variant of the paper, which rotates colours least).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# NTSC YIQ: Y is luminance, I and Q carry the colour. Rows give Y, I, Q from R, G, B.
+RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
+                       [0.595716, -0.274453, -0.321263],
+                       [0.211456, -0.522591, 0.311135]], dtype=np.float64)
+YIQ_TO_RGB = np.linalg.inv(RGB_TO_YIQ)
+EPS = 1e-6
+
+
+def rgb_to_yiq(rgb: np.ndarray) -> np.ndarray:
+    """[..., 3] RGB -> [..., 3] YIQ (float32)."""
+    return (rgb.astype(np.float64) @ RGB_TO_YIQ.T).astype(np.float32)
+
+
+def yiq_to_rgb(yiq: np.ndarray) -> np.ndarray:
+    """[..., 3] YIQ -> [..., 3] RGB (float32, not clipped)."""
+    return (yiq.astype(np.float64) @ YIQ_TO_RGB.T).astype(np.float32)
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """[H,W,3] RGB -> [H,W] luminance Y."""
+    return rgb_to_yiq(rgb)[..., 0]
+
+
+def gray_rgb(y: np.ndarray) -> np.ndarray:
+    """[H,W] luminance -> [H,W,3] gray RGB with that luminance (R = G = B = Y), clipped to 0..1."""
+    return np.repeat(np.clip(y, 0.0, 1.0)[..., None], 3, axis=2).astype(np.float32)
+
+
+def match_luminance(style_y: np.ndarray, content_y: np.ndarray) -> np.ndarray:
+    """The style's luminance with the content's mean and standard deviation (paper, eq. 8)."""
+    scale = content_y.std() / max(float(style_y.std()), EPS)
+    return ((style_y - style_y.mean()) * scale + content_y.mean()).astype(np.float32)
+
+
+def chroma(rgb: np.ndarray) -> np.ndarray:
+    """[H,W,3] RGB -> [H,W,2] chroma (I, Q of YIQ)."""
+    return rgb_to_yiq(rgb)[..., 1:]
+
+
+def with_chroma(y: np.ndarray, chroma_iq: np.ndarray) -> np.ndarray:
+    """RGB (clipped to 0..1) from luminance `y` [H,W] and chroma `chroma_iq` [H,W,2]."""
+    return np.clip(yiq_to_rgb(np.concatenate([y[..., None], chroma_iq], axis=2)), 0.0, 1.0)
+
+
+def color_stats(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean [3] and covariance [3,3] of an image's pixel colours (float64)."""
+    pixels = rgb.reshape(-1, 3).astype(np.float64)
+    return pixels.mean(axis=0), np.cov(pixels, rowvar=False)
+
+
+def _sqrtm(cov: np.ndarray, inverse: bool = False) -> np.ndarray:
+    """Symmetric (inverse) square root of a covariance; tiny eigenvalues are floored so flat
+    images (one colour) do not divide by zero."""
+    values, vectors = np.linalg.eigh(cov)
+    values = np.maximum(values, EPS)
+    return (vectors * (values ** (-0.5 if inverse else 0.5))) @ vectors.T
+
+
+def match_histogram(style: np.ndarray, content: np.ndarray, clip: bool = True) -> np.ndarray:
+    """`style` [H,W,3] with the colour mean and covariance of `content` (linear transfer).
+
+    With `clip` the result is clipped to 0..1 (what the network sees); the moments then match up to
+    the few pixels pushed outside the RGB cube.
+    """
+    mu_s, cov_s = color_stats(style)
+    mu_c, cov_c = color_stats(content)
+    transform = _sqrtm(cov_c) @ _sqrtm(cov_s, inverse=True)
+    out = (style.reshape(-1, 3).astype(np.float64) - mu_s) @ transform.T + mu_c
+    out = out.reshape(style.shape).astype(np.float32)
+    return np.clip(out, 0.0, 1.0) if clip else out
+
+
+def prepare(mode: str, content: np.ndarray, styles: list[np.ndarray]
+            ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The content and styles the optimiser should see for colour mode `mode`."""
+    if mode == "luminance":
+        content_y = luminance(content)
+        return gray_rgb(content_y), [gray_rgb(match_luminance(luminance(s), content_y))
+                                     for s in styles]
+    if mode == "histogram":
+        return content, [match_histogram(s, content) for s in styles]
+    return content, styles
+
+
+def finish(mode: str, result: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """The final colours: with `luminance`, the result's luminance on the content's chroma
+    (`content` at the result's size)."""
+    if mode == "luminance":
+        return with_chroma(luminance(result), chroma(content))
+    return result

@@ -1,0 +1,81 @@
+"""Spatial control (Gatys et al. 2017, section 4): grayscale masks that say where a style applies.
+
+A mask is 0..1 per pixel (soft masks blend). It acts twice: the style loss of its style uses the
+guided Gram matrix (feature positions weighted by the mask, `losses.gram(features, mask)`), and the
+final image is composited by the mask over the content, so pixels outside every mask are exactly
+the content's.
+
+Masks reach each style layer through the same 2x2 pools as the features: a layer after k pools sees
+the mask average-pooled k times (the fraction of each 2^k x 2^k block inside the mask). Average
+pooling keeps soft edges soft and gives exactly the features' (floored) sizes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+from .images import load_image, resize_array
+from .vgg import BLOCK_ENDS, CONVS, RELU_NAMES
+
+
+def pools_before(layer: str) -> int:
+    """How many 2x2 pools lie between the image and `layer` (relu1_1: 0 ... relu5_1: 4)."""
+    index = RELU_NAMES.index(layer)
+    return sum(1 for name, _, _ in CONVS[:index] if name in BLOCK_ENDS)
+
+
+def load_mask(source, name: str = "mask") -> np.ndarray:
+    """A mask from a path, PIL image or array: [H,W] float32 in 0..1.
+
+    Gray value is the weight (white: style, black: content); an alpha channel multiplies it, so a
+    selection saved as a transparent PNG works too.
+    """
+    picture = load_image(source, name)
+    mask = picture.rgb.mean(axis=2)
+    if picture.alpha is not None:
+        mask = mask * picture.alpha
+    return np.clip(mask, 0.0, 1.0).astype(np.float32)
+
+
+def check_masks(masks: list[np.ndarray], styles: int, height: int, width: int) -> None:
+    """One mask for all styles or one per style, each with the content's aspect ratio."""
+    if len(masks) not in (1, styles):
+        raise UserError(f"{len(masks)} masks for {styles} styles: give one --mask for all styles "
+                        "or one per style, in the same order.")
+    for i, mask in enumerate(masks, start=1):
+        mh, mw = mask.shape
+        if abs(mh / mw - height / width) > 0.02 * height / width:
+            raise UserError(f"Mask {i} is {mw}x{mh} px but the content is {width}x{height} px; "
+                            "give a mask with the content's aspect ratio (ideally its size).")
+        if mask.max() <= 0:
+            raise UserError(f"Mask {i} is black everywhere, so its style would apply nowhere; "
+                            "paint white where the style should go.")
+
+
+def at_size(mask: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """The mask resized to (height, width) as a [1,1,H,W] float32 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(resize_array(mask, height, width)))[None, None]
+
+
+def layer_masks(mask: torch.Tensor, layers) -> dict[str, torch.Tensor]:
+    """The [1,1,H,W] image-size mask at each layer's resolution (average-pooled like the features)."""
+    out = {}
+    for layer in layers:
+        m = mask
+        for _ in range(pools_before(layer)):
+            m = F.avg_pool2d(m, 2, 2)
+        out[layer] = m
+    return out
+
+
+def composite(result: torch.Tensor, content: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """mask * result + (1 - mask) * content: outside the mask the content, unchanged."""
+    return mask * result + (1 - mask) * content
+
+
+def union(masks: list[torch.Tensor]) -> torch.Tensor:
+    """Where any style applies: the masks' sum, capped at 1."""
+    return torch.clamp(sum(masks), 0.0, 1.0)

@@ -1,0 +1,323 @@
+"""High resolution: optimise an image too large for memory in overlapping tiles whose borders move.
+
+Why it works without seams:
+- Style targets are Gram matrices, averages over positions, so they do not depend on the image's
+  size: they are computed ONCE per scale for the whole style (itself in tiles when it is huge,
+  `tiled_grams`: exact sums over each tile's core, with a margin of real context around it).
+- Each tile is optimised against its own content features (computed on the content crop), the
+  shared style Grams, and the masks cropped to it.
+- Tiles overlap by `overlap` px and are written back with a linear feather across the overlap; the
+  grid moves by a random offset every round, so no border stays in one place.
+
+Memory is estimated from the measurements in the README ("torch forward+backward ~1.1 GB at 512 px,
+~3 GB at 1024 px, about linear in pixels") plus the optimiser's state, against the memory that is
+actually free (/proc/meminfo, or CUDA's free memory). An image that would not fit is tiled
+automatically and the caller is told.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import losses
+
+# Measured on this project's CPUs (VGG19 to relu5_1): torch forward+backward peaks at ~1.1 GB at
+# 512^2 px and ~3.0 GB at 1024^2 px, i.e. ~0.47 GB fixed + ~2.4 kB per pixel.
+TORCH_FIXED_BYTES = 0.47e9
+TORCH_BYTES_PER_PIXEL = 2.4e3
+# ONNX Runtime forward: 0.55 GB at 512^2, up to 2.0 GB at 1024^2 (~0.2 GB + ~1.8 kB per pixel).
+ORT_FIXED_BYTES = 0.2e9
+ORT_BYTES_PER_PIXEL = 1.8e3
+# Optimiser state per pixel (3 float32 channels = 12 bytes): L-BFGS keeps `LBFGS_HISTORY` pairs of
+# image-sized vectors; Adam two moments; both a few more copies (image, gradient, direction).
+LBFGS_HISTORY = 100
+OPTIMISER_BYTES_PER_PIXEL = {"lbfgs": (2 * LBFGS_HISTORY + 4) * 12, "adam": 6 * 12}
+# Share of the free memory a run plans to use: the rest is for full-size arrays, ORT and others.
+MEMORY_FRACTION = 0.6
+TILE_ALIGN = 16  # tiles start on multiples of 16 px: four 2x2 pools map them to whole positions
+MIN_TILE = 64
+
+
+def torch_bytes(height: int, width: int, optimizer: str = "lbfgs") -> float:
+    """Estimated peak memory of optimising a height x width image (forward, backward, state)."""
+    pixels = height * width
+    return TORCH_FIXED_BYTES + pixels * (TORCH_BYTES_PER_PIXEL + OPTIMISER_BYTES_PER_PIXEL[optimizer])
+
+
+def ort_bytes(height: int, width: int) -> float:
+    """Estimated peak memory of one ONNX Runtime forward pass at height x width."""
+    return ORT_FIXED_BYTES + height * width * ORT_BYTES_PER_PIXEL
+
+
+def available_bytes(device: torch.device | str = "cpu") -> float:
+    """Memory free for this run now: CUDA's free memory, else MemAvailable from /proc/meminfo."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 8e9  # unknown platform: assume a modest machine
+
+
+def budget_bytes(device: torch.device | str = "cpu") -> float:
+    return MEMORY_FRACTION * available_bytes(device)
+
+
+def largest_tile(fits: Callable[[int], bool], limit: int) -> int:
+    """The largest multiple of TILE_ALIGN (at least MIN_TILE, at most `limit`) for which `fits`."""
+    side = (limit // TILE_ALIGN) * TILE_ALIGN
+    while side > MIN_TILE and not fits(side):
+        side -= TILE_ALIGN
+    return max(side, MIN_TILE)
+
+
+def choose_tile(height: int, width: int, tile_size: int, optimizer: str,
+                device: torch.device | str = "cpu") -> int:
+    """Tile side for optimising height x width, or 0 when the whole image is optimised at once.
+
+    `tile_size` > 0 is the user's choice (used when the image is larger); 0 means automatic: tile
+    only when the estimate exceeds the memory budget, with the largest tile that fits.
+    """
+    if tile_size > 0:
+        return tile_size if max(height, width) > tile_size else 0
+    budget = budget_bytes(device)
+    if torch_bytes(height, width, optimizer) <= budget:
+        return 0
+    return largest_tile(lambda s: torch_bytes(s, s, optimizer) <= budget, max(height, width))
+
+
+def default_overlap(tile: int) -> int:
+    """Overlap between neighbouring tiles: an eighth of the tile, 16..128 px."""
+    return int(min(128, max(16, tile // 8)))
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A window [y0, y1) x [x0, x1) of the image."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.y0, self.y1), slice(self.x0, self.x1)
+
+
+def _starts(length: int, tile: int, stride: int, offset: int) -> list[int]:
+    """Window starts covering 0..length: every `stride` from -offset, clamped inside the image."""
+    if length <= tile:
+        return [0]
+    starts, s = [], -offset
+    while True:
+        clamped = min(max(s, 0), length - tile)
+        if not starts or clamped != starts[-1]:
+            starts.append(clamped)
+        if s + tile >= length:
+            return starts
+        s += stride
+
+
+def grid(height: int, width: int, tile: int, overlap: int, offset: tuple[int, int] = (0, 0)
+         ) -> list[Tile]:
+    """Tiles of side `tile` (smaller only where the image is) covering the image, neighbours
+    overlapping by at least `overlap`, the grid shifted by `offset` (0 <= offset < tile - overlap)."""
+    stride = tile - overlap
+    ys = _starts(height, tile, stride, offset[0])
+    xs = _starts(width, tile, stride, offset[1])
+    return [Tile(y, min(height, y + tile), x, min(width, x + tile)) for y in ys for x in xs]
+
+
+def _ramp(start: int, end: int, length: int, overlap: int) -> np.ndarray:
+    """1-D write-back weight: rises from ~0 to 1 over `overlap` px on sides that have a neighbour."""
+    n = end - start
+    i = np.arange(n, dtype=np.float32)
+    w = np.ones(n, np.float32)
+    if start > 0:
+        w = np.minimum(w, (i + 1) / (overlap + 1))
+    if end < length:
+        w = np.minimum(w, (n - i) / (overlap + 1))
+    return w
+
+
+def feather(t: Tile, height: int, width: int, overlap: int) -> torch.Tensor:
+    """[1,1,h,w] write-back weight of tile `t`: 1 inside, fading to 0 at borders it shares."""
+    wy = _ramp(t.y0, t.y1, height, overlap)
+    wx = _ramp(t.x0, t.x1, width, overlap)
+    return torch.from_numpy(np.outer(wy, wx))[None, None]
+
+
+def rounds_and_steps(evaluations: int) -> tuple[int, int]:
+    """Split a scale's evaluations into rounds (grid positions) x evaluations per tile visit.
+
+    At least two rounds when possible, so every border moves; about 20 evaluations per visit
+    (L-BFGS restarts at each visit, and most of the loss falls in the first evaluations)."""
+    rounds = min(evaluations, max(2, math.ceil(evaluations / 20)))
+    return rounds, math.ceil(evaluations / rounds)
+
+
+def run_tiled(image: torch.Tensor, tile: int, overlap: int, rounds: int,
+              step: Callable[[torch.Tensor, Tile], torch.Tensor],
+              generator: torch.Generator,
+              on_tile: Callable[[int, int, int, Tile], None] | None = None) -> list[list[Tile]]:
+    """Optimise `image` ([1,3,H,W], changed in place) tile by tile for `rounds` rounds.
+
+    `step(crop, tile)` returns the optimised crop; it is blended back with the feather weight.
+    The grid moves by a random offset (from `generator`) each round. Returns every round's tiles
+    (for the seam metric). `on_tile(round, index, count, tile)` is called after each tile.
+    """
+    height, width = image.shape[-2:]
+    stride = tile - overlap
+    layouts = []
+    for r in range(rounds):
+        offset = tuple(int(v) for v in torch.randint(0, stride, (2,), generator=generator))
+        tiles = grid(height, width, tile, overlap, offset)
+        layouts.append(tiles)
+        for i, t in enumerate(tiles):
+            ys, xs = t.slices
+            old = image[..., ys, xs]
+            new = step(old.clone(), t).to(old)
+            weight = feather(t, height, width, overlap).to(old)
+            image[..., ys, xs] = old + weight * (new - old)
+            if on_tile is not None:
+                on_tile(r, i, len(tiles), t)
+    return layouts
+
+
+def core_grid(height: int, width: int, tile: int, margin: int
+              ) -> Iterator[tuple[Tile, Tile]]:
+    """Non-overlapping cores covering the image, each with its crop (core + `margin` of context).
+
+    Core and crop bounds are multiples of TILE_ALIGN, so after k pools a core maps to whole
+    positions of the crop's feature map (the image's last row/column aside, floored alike)."""
+    core = max(TILE_ALIGN, ((tile - 2 * margin) // TILE_ALIGN) * TILE_ALIGN)
+    for y in range(0, height, core):
+        for x in range(0, width, core):
+            c = Tile(y, min(height, y + core), x, min(width, x + core))
+            crop = Tile(max(0, y - margin), min(height, c.y1 + margin),
+                        max(0, x - margin), min(width, c.x1 + margin))
+            yield c, crop
+
+
+def _core_of(features: np.ndarray, core: Tile, crop: Tile, pools: int) -> np.ndarray:
+    f = 2 ** pools
+    return features[..., (core.y0 - crop.y0) // f:(core.y1 - crop.y0) // f,
+                    (core.x0 - crop.x0) // f:(core.x1 - crop.x0) // f]
+
+
+def tiled_pass(engine, images: list[np.ndarray], layers, tile: int, margin: int
+               ) -> Iterator[tuple[Tile, dict[str, np.ndarray]]]:
+    """ONNX Runtime features of same-size [H,W,3] `images`, core by core: yields (core, {layer:
+    [N,C,h,w] features of the core}) with N = len(images), each core seen with its margin."""
+    from .masks import pools_before
+
+    height, width = images[0].shape[:2]
+    margin = (margin // TILE_ALIGN) * TILE_ALIGN
+    for core, crop in core_grid(height, width, tile, margin):
+        ys, xs = crop.slices
+        batch = np.stack([im[ys, xs].transpose(2, 0, 1) for im in images])
+        feats = engine.features(batch, tuple(layers))
+        yield core, {n: _core_of(feats[n], core, crop, pools_before(n)) for n in layers}
+
+
+class GramSum:
+    """Gram matrices accumulated over parts of an image: sums of (weighted) F F^T, one division."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.totals: dict[str, float] = {}
+
+    def add(self, name: str, features: np.ndarray, weights: torch.Tensor | None = None) -> None:
+        """Add [1,C,h,w] `features` of layer `name`, positions weighted by [1,1,h,w] `weights`."""
+        f = torch.from_numpy(np.ascontiguousarray(features)).double()
+        _, c, h, w = f.shape
+        flat = f.reshape(c, h * w)
+        if weights is None:
+            g, total = flat @ flat.T, float(h * w)
+        else:
+            wv = weights.double().reshape(1, h * w)
+            g, total = (flat * wv) @ flat.T, float(wv.sum())
+        self.sums[name] = self.sums[name] + g if name in self.sums else g
+        self.totals[name] = self.totals.get(name, 0.0) + total
+
+    def grams(self) -> dict[str, torch.Tensor]:
+        """G = sum F F^T / (C * total weight), as losses.gram would give for the whole image."""
+        return {n: (g / (g.shape[0] * max(self.totals[n], 1e-8))).float()[None]
+                for n, g in self.sums.items()}
+
+
+def core_mask(mask: torch.Tensor | None, core: Tile, layers) -> dict[str, torch.Tensor] | None:
+    """A [1,1,H,W] image-size mask cut to `core` and pooled to each layer (None stays None)."""
+    from .masks import layer_masks
+
+    if mask is None:
+        return None
+    ys, xs = core.slices
+    return layer_masks(mask[..., ys, xs].float().cpu(), layers)
+
+
+def tiled_grams(engine, image: np.ndarray, layers, tile: int, margin: int = 96,
+                mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Gram matrices of a whole [H,W,3] image computed in tiles (what `losses.gram` gives for the
+    full image, up to context beyond `margin`). With `mask` ([1,1,H,W]) the guided Gram."""
+    acc = GramSum()
+    for core, feats in tiled_pass(engine, [image], layers, tile, margin):
+        lm = core_mask(mask, core, layers)
+        for name, f in feats.items():
+            acc.add(name, f, None if lm is None else lm[name])
+    return acc.grams()
+
+
+def grams(engine, image: np.ndarray, layers, device: torch.device | str = "cpu",
+          tile: int = 0) -> dict[str, torch.Tensor]:
+    """Gram matrices of `image` [H,W,3]: one forward pass when it fits in memory, else in tiles."""
+    height, width = image.shape[:2]
+    if not tile and ort_bytes(height, width) > budget_bytes(device):
+        budget = budget_bytes(device)
+        tile = largest_tile(lambda s: ort_bytes(s, s) <= budget, max(height, width))
+    if not tile or max(height, width) <= tile:
+        feats = engine.features(image.transpose(2, 0, 1)[None], tuple(layers))
+        return {n: losses.gram(torch.from_numpy(feats[n])) for n in layers}
+    return tiled_grams(engine, image, layers, max(tile, 4 * TILE_ALIGN + 2 * 96))
+
+
+def seam_ratio(image: np.ndarray, layouts: list[list[Tile]]) -> float:
+    """Gradient energy across tile borders divided by the gradient energy elsewhere.
+
+    For every interior tile border (from every round), the squared difference between the pixel
+    rows (columns) on either side of it; compared with the mean squared difference over all other
+    neighbouring rows (columns). About 1: the borders are invisible; a seam gives clearly more.
+    """
+    image = np.asarray(image, np.float64)
+    dy = ((image[1:] - image[:-1]) ** 2).mean(axis=(1, 2))  # between row i and i+1, at i+1
+    dx = ((image[:, 1:] - image[:, :-1]) ** 2).mean(axis=(0, 2))
+    rows, cols = set(), set()
+    for tiles in layouts:
+        for t in tiles:
+            rows.update(b for b in (t.y0, t.y1) if 0 < b < image.shape[0])
+            cols.update(b for b in (t.x0, t.x1) if 0 < b < image.shape[1])
+    border = [dy[r - 1] for r in rows] + [dx[c - 1] for c in cols]
+    row_mask = np.ones(len(dy), bool)
+    row_mask[[r - 1 for r in rows]] = False
+    col_mask = np.ones(len(dx), bool)
+    col_mask[[c - 1 for c in cols]] = False
+    elsewhere = np.concatenate([dy[row_mask], dx[col_mask]])
+    if not border or not len(elsewhere):
+        return 1.0
+    return float(np.mean(border) / max(np.mean(elsewhere), 1e-12))
+
