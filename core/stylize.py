@@ -309,20 +309,27 @@ def evaluate(model: StyleModel, image: np.ndarray, targets: Targets, config: Con
              content: np.ndarray | None = None, tile: int = 0) -> dict:
     """Loss figures of a finished image, computed by ONNX Runtime in float32.
 
-    A tiled run (`tile` > 0) is evaluated in tiles too, against `content` at the image's size (its
-    Grams are exact sums over tiles; features near tile cores see `margin` px of context).
+    After a tiled run (`tile` > 0) the content loss is measured against `content` at the image's
+    size, and an image too large for one ONNX Runtime pass is evaluated in tiles (Grams are sums
+    over tile cores, each seen with tiling.CONTEXT_MARGIN px of context).
     """
     layers = STYLE_LAYERS + (CONTENT_LAYER,)
     terms = targets.style_terms()
     sums = [tiling.GramSum() for _ in terms]
+    tile = tile and tiling.ort_tile(*image.shape[:2], model.device, images=2)
     if tile:
-        passes = tiling.tiled_pass(model.engine, [image, content], layers, tile, margin=96)
+        passes = tiling.tiled_pass(model.engine, [image, content], layers, tile,
+                                   tiling.CONTEXT_MARGIN)
     else:
         full = tiling.Tile(0, image.shape[0], 0, image.shape[1])
         passes = [(full, model.engine.features(image.transpose(2, 0, 1)[None], layers))]
     squares, count = 0.0, 0
     for core, feats in passes:
-        reference = feats[CONTENT_LAYER][1:] if tile else targets.content.cpu().numpy()
+        if targets.content is None:  # a tiled run: content features of the content image
+            reference = (feats[CONTENT_LAYER][1:] if tile else model.engine.features(
+                content.transpose(2, 0, 1)[None], (CONTENT_LAYER,))[CONTENT_LAYER])
+        else:
+            reference = targets.content.cpu().numpy()
         diff = feats[CONTENT_LAYER][:1].astype(np.float64) - reference
         squares, count = squares + float(np.sum(diff ** 2)), count + diff.size
         for acc, term in zip(sums, terms):

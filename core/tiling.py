@@ -283,17 +283,27 @@ def tiled_grams(engine, image: np.ndarray, layers, tile: int, margin: int = 96,
     return acc.grams()
 
 
-def grams(engine, image: np.ndarray, layers, device: torch.device | str = "cpu",
-          tile: int = 0) -> dict[str, torch.Tensor]:
+CONTEXT_MARGIN = 96  # px of real context around each core of a tiled forward pass
+
+
+def ort_tile(height: int, width: int, device: torch.device | str = "cpu", images: int = 1) -> int:
+    """Crop side for ONNX Runtime passes over `images` images of height x width: 0 when one pass
+    fits in memory, else the largest crop that does (at least big enough for its margins)."""
+    budget = budget_bytes(device)
+    if images * ort_bytes(height, width) <= budget:
+        return 0
+    tile = largest_tile(lambda s: images * ort_bytes(s, s) <= budget, max(height, width))
+    return max(tile, 4 * TILE_ALIGN + 2 * CONTEXT_MARGIN)
+
+
+def grams(engine, image: np.ndarray, layers, device: torch.device | str = "cpu"
+          ) -> dict[str, torch.Tensor]:
     """Gram matrices of `image` [H,W,3]: one forward pass when it fits in memory, else in tiles."""
-    height, width = image.shape[:2]
-    if not tile and ort_bytes(height, width) > budget_bytes(device):
-        budget = budget_bytes(device)
-        tile = largest_tile(lambda s: ort_bytes(s, s) <= budget, max(height, width))
-    if not tile or max(height, width) <= tile:
+    tile = ort_tile(*image.shape[:2], device)
+    if not tile:
         feats = engine.features(image.transpose(2, 0, 1)[None], tuple(layers))
         return {n: losses.gram(torch.from_numpy(feats[n])) for n in layers}
-    return tiled_grams(engine, image, layers, max(tile, 4 * TILE_ALIGN + 2 * 96))
+    return tiled_grams(engine, image, layers, tile, CONTEXT_MARGIN)
 
 
 def seam_ratio(image: np.ndarray, layouts: list[list[Tile]]) -> float:
