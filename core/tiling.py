@@ -40,6 +40,8 @@ LBFGS_HISTORY = 100
 OPTIMISER_BYTES_PER_PIXEL = {"lbfgs": (2 * LBFGS_HISTORY + 4) * 12, "adam": 6 * 12}
 # Share of the free memory a run plans to use: the rest is for full-size arrays, ORT and others.
 MEMORY_FRACTION = 0.6
+# Squared steps below this (a third of one 8-bit level, squared) count as flat in `seam_ratio`.
+SEAM_FLOOR = (1 / 255 / 3) ** 2
 TILE_ALIGN = 16  # tiles start on multiples of 16 px: four 2x2 pools map them to whole positions
 MIN_TILE = 64
 
@@ -306,28 +308,35 @@ def grams(engine, image: np.ndarray, layers, device: torch.device | str = "cpu"
     return tiled_grams(engine, image, layers, tile, CONTEXT_MARGIN)
 
 
-def seam_ratio(image: np.ndarray, layouts: list[list[Tile]]) -> float:
-    """Gradient energy across tile borders divided by the gradient energy elsewhere.
+def seam_ratio(image: np.ndarray, layouts: list[list[Tile]], near: tuple[int, ...] = (-3, -2, 2, 3)
+               ) -> float:
+    """Gradient energy across tile borders relative to the gradient energy just beside them.
 
-    For every interior tile border (from every round), the squared difference between the pixel
-    rows (columns) on either side of it; compared with the mean squared difference over all other
-    neighbouring rows (columns). About 1: the borders are invisible; a seam gives clearly more.
+    For every edge of every tile (all rounds) inside the image: the mean squared step between the
+    pixel rows (columns) on either side, along the edge's extent, divided by the same step `near`
+    px away; the median over edges. About 1: no seam; a seam raises every edge's ratio. Comparing
+    with the neighbourhood, and taking the median, keeps the picture's own edges (a roof that
+    happens to lie on a tile border) out of the figure; steps far below one 8-bit level
+    (`SEAM_FLOOR`) count as flat.
     """
-    image = np.asarray(image, np.float64)
-    dy = ((image[1:] - image[:-1]) ** 2).mean(axis=(1, 2))  # between row i and i+1, at i+1
-    dx = ((image[:, 1:] - image[:, :-1]) ** 2).mean(axis=(0, 2))
-    rows, cols = set(), set()
+    img = np.asarray(image, np.float64)
+    height, width = img.shape[:2]
+
+    def row_step(y, x0, x1):
+        return float(((img[y, x0:x1] - img[y - 1, x0:x1]) ** 2).mean())
+
+    def col_step(x, y0, y1):
+        return float(((img[y0:y1, x] - img[y0:y1, x - 1]) ** 2).mean())
+
+    ratios = []
     for tiles in layouts:
         for t in tiles:
-            rows.update(b for b in (t.y0, t.y1) if 0 < b < image.shape[0])
-            cols.update(b for b in (t.x0, t.x1) if 0 < b < image.shape[1])
-    border = [dy[r - 1] for r in rows] + [dx[c - 1] for c in cols]
-    row_mask = np.ones(len(dy), bool)
-    row_mask[[r - 1 for r in rows]] = False
-    col_mask = np.ones(len(dx), bool)
-    col_mask[[c - 1 for c in cols]] = False
-    elsewhere = np.concatenate([dy[row_mask], dx[col_mask]])
-    if not border or not len(elsewhere):
-        return 1.0
-    return float(np.mean(border) / max(np.mean(elsewhere), 1e-12))
-
+            edges = [(row_step, y, t.x0, t.x1, height) for y in (t.y0, t.y1)]
+            edges += [(col_step, x, t.y0, t.y1, width) for x in (t.x0, t.x1)]
+            for step, at, lo, hi, length in edges:
+                if not 0 < at < length:
+                    continue
+                around = [step(at + d, lo, hi) for d in near if 0 < at + d < length]
+                if around:
+                    ratios.append((step(at, lo, hi) + SEAM_FLOOR) / (np.mean(around) + SEAM_FLOOR))
+    return float(np.median(ratios)) if ratios else 1.0
