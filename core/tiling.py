@@ -167,9 +167,10 @@ def feather(t: Tile, height: int, width: int, overlap: int) -> torch.Tensor:
 def rounds_and_steps(evaluations: int) -> tuple[int, int]:
     """Split a scale's evaluations into rounds (grid positions) x evaluations per tile visit.
 
-    At least two rounds when possible, so every border moves; about 20 evaluations per visit
-    (L-BFGS restarts at each visit, and most of the loss falls in the first evaluations)."""
-    rounds = min(evaluations, max(2, math.ceil(evaluations / 20)))
+    Two rounds or more when there are 4 evaluations or more, so every border moves; at least 2
+    evaluations per visit (L-BFGS restarts at each visit and its first step is a tiny gradient
+    step); about 20 per visit for long runs (most of the loss falls in the first ones)."""
+    rounds = max(1, min(evaluations // 2, max(2, math.ceil(evaluations / 20))))
     return rounds, math.ceil(evaluations / rounds)
 
 
