@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from test_download import make_checkpoint
 
 from stylefu.core.cli import main
 from stylefu.core.engine import FeatureEngine
@@ -16,7 +17,6 @@ from stylefu.core.errors import UserError
 from stylefu.core.vgg import EXPORTED_LAYERS, load_torch_model, read_artifact
 from stylefu.export import export
 from stylefu.export.artifact import IR_VERSION, MAX_RELATIVE_ERROR
-from test_download import make_checkpoint
 
 PARITY_TOLERANCE = 1e-4  # largest |ORT - torch| relative to the output's largest value
 
