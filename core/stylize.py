@@ -30,7 +30,7 @@ from .images import (
     to_tensor,
 )
 from .model import StyleModel, load_model, resolve_precision
-from .vgg import CONTENT_LAYER, MIN_SIDE, STYLE_LAYERS
+from .vgg import MIN_SIDE, STYLE_LAYERS
 
 CancelToken = threading.Event | Callable[[], bool] | None
 
@@ -139,7 +139,8 @@ def compute_targets(model: StyleModel, content: np.ndarray, styles: Sequence[np.
     content_feat = None
     if content_features:
         content_small = resize_array(content, h, w).transpose(2, 0, 1)[None]
-        content_feat = model.engine.features(content_small, (CONTENT_LAYER,))[CONTENT_LAYER]
+        layer = config.content_layer
+        content_feat = model.engine.features(content_small, (layer,))[layer]
     grams: dict[str, torch.Tensor] = {}
     for weight, style in zip(blend_weights(len(styles), config), styles):
         sh, sw = fit_long_side(*style.shape[:2], max(MIN_SIDE, round(max(h, w) * config.style_scale)))
@@ -184,10 +185,12 @@ class Objective:
         self.net, self.targets, self.config, self.dtype = model.net, targets, config, dtype
         self.device = model.device
         self.layer_weights = style_layer_weights(config)
-        self.layers = tuple(n for n in STYLE_LAYERS if self.layer_weights[n] > 0 and
-                            config.style_weight > 0)
+        self.style_layers = tuple(n for n in STYLE_LAYERS if self.layer_weights[n] > 0 and
+                                  config.style_weight > 0)
+        self.layers = self.style_layers
+        self.content_layer = config.content_layer
         if config.content_weight > 0:
-            self.layers += (CONTENT_LAYER,)
+            self.layers += (self.content_layer,)
         # Per term, the mask at each style layer's resolution; layers where a term's region is
         # empty (a tile outside it) are left out of that term.
         self.terms = []
@@ -207,11 +210,12 @@ class Objective:
             feats = self.net(x, self.layers)
         zero = image.new_zeros(())
         parts = {"content": zero, "style": zero, "tv": zero}
-        if CONTENT_LAYER in feats:
-            parts["content"] = losses.content_loss(feats[CONTENT_LAYER], self.targets.content)
+        if self.content_layer in feats and self.config.content_weight > 0:
+            parts["content"] = losses.content_loss(feats[self.content_layer], self.targets.content)
         for term, layer_masks in self.terms:
             for name in STYLE_LAYERS:
-                if name not in feats or (layer_masks is not None and name not in layer_masks):
+                if name not in self.style_layers or (layer_masks is not None and
+                                                     name not in layer_masks):
                     continue
                 mask = None if layer_masks is None else layer_masks[name]
                 layer_loss = term.weight * losses.style_layer_loss(losses.gram(feats[name], mask),
@@ -287,7 +291,8 @@ def optimise_tiled(model: StyleModel, image: torch.Tensor, content: np.ndarray, 
         feat = None
         if config.content_weight > 0:
             batch = content[ys, xs].transpose(2, 0, 1)[None]
-            feat = torch.from_numpy(model.engine.features(batch, (CONTENT_LAYER,))[CONTENT_LAYER])
+            layer = config.content_layer
+            feat = torch.from_numpy(model.engine.features(batch, (layer,))[layer])
             feat = feat.to(model.device)
         terms = [StyleTerm(term.grams, term.weight, None if term.mask is None else term.mask[..., ys, xs])
                  for term in targets.style_terms()]
@@ -313,7 +318,8 @@ def evaluate(model: StyleModel, image: np.ndarray, targets: Targets, config: Con
     size, and an image too large for one ONNX Runtime pass is evaluated in tiles (Grams are sums
     over tile cores, each seen with tiling.CONTEXT_MARGIN px of context).
     """
-    layers = STYLE_LAYERS + (CONTENT_LAYER,)
+    content_layer = config.content_layer
+    layers = tuple(dict.fromkeys(STYLE_LAYERS + (content_layer,)))
     terms = targets.style_terms()
     sums = [tiling.GramSum() for _ in terms]
     tile = tile and tiling.ort_tile(*image.shape[:2], model.device, images=2)
@@ -326,11 +332,11 @@ def evaluate(model: StyleModel, image: np.ndarray, targets: Targets, config: Con
     squares, count = 0.0, 0
     for core, feats in passes:
         if targets.content is None:  # a tiled run: content features of the content image
-            reference = (feats[CONTENT_LAYER][1:] if tile else model.engine.features(
-                content.transpose(2, 0, 1)[None], (CONTENT_LAYER,))[CONTENT_LAYER])
+            reference = (feats[content_layer][1:] if tile else model.engine.features(
+                content.transpose(2, 0, 1)[None], (content_layer,))[content_layer])
         else:
             reference = targets.content.cpu().numpy()
-        diff = feats[CONTENT_LAYER][:1].astype(np.float64) - reference
+        diff = feats[content_layer][:1].astype(np.float64) - reference
         squares, count = squares + float(np.sum(diff ** 2)), count + diff.size
         for acc, term in zip(sums, terms):
             layer_masks = tiling.core_mask(term.mask, core, STYLE_LAYERS)
