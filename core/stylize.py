@@ -282,6 +282,8 @@ def optimise_tiled(model: StyleModel, image: torch.Tensor, content: np.ndarray, 
 
     Returns the image and every round's tiles (for the seam metric).
     """
+    if evaluations < 1:
+        return image, []
     overlap = tiling.default_overlap(tile)
     rounds, steps = tiling.rounds_and_steps(evaluations)
     last: dict = {}

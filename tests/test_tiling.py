@@ -47,6 +47,13 @@ def test_feather_weights_of_neighbours_sum_to_about_one():
     assert np.allclose(total, 1.0, atol=1 / 17 + 1e-6)
 
 
+def test_rounds_move_the_grid_and_keep_two_evaluations_per_visit():
+    assert tiling.rounds_and_steps(4) == (2, 2)
+    assert tiling.rounds_and_steps(100) == (5, 20)
+    assert tiling.rounds_and_steps(3) == (1, 3)
+    assert tiling.rounds_and_steps(1) == (1, 1)
+
+
 def test_memory_estimate_follows_the_measurements():
     # README/PERF: forward+backward ~1.1 GB at 512 px and ~3 GB at 1024 px (plus optimiser state).
     assert tiling.torch_bytes(512, 512, "adam") == pytest.approx(1.1e9, rel=0.1)
