@@ -3,8 +3,9 @@
     .venv/bin/python tests/make_figures.py
 
 Writes the inputs (generated content, two styles, masks) and one before/after strip per control
-into tests/figures/. The commands run in that folder with a RANDOM-weights model (seed 0, through
-$STYLEFU_MODEL), so the effects are weaker than with real VGG19 weights. Not collected by pytest.
+(controls-*.png) into tests/figures/. The commands run in that folder with a RANDOM-weights model
+(seed 0, through $STYLEFU_MODEL), so the effects are weaker than with real VGG19 weights.
+Not collected by pytest.
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ def main() -> int:
         sheet = side_by_side(panels, height=160)
         save_image(FIGURES / f"{name}.png", np.asarray(sheet, np.float32) / 255.0)
         print("wrote", FIGURES / f"{name}.png", flush=True)
+    for output in done:  # the strips keep what the README shows; the single results go
+        (FIGURES / output).unlink()
     return 0
 
 
