@@ -54,6 +54,8 @@ def main() -> int:
     level_seconds: dict[int, float] = {}
 
     def progress(p):
+        if p.scale not in level_started:
+            print(f"level {p.scale}/{p.scales}: {p.size[1]}x{p.size[0]} px started", flush=True)
         level_started.setdefault(p.scale, time.perf_counter())
         level_seconds[p.scale] = time.perf_counter() - level_started[p.scale]
 
