@@ -50,14 +50,13 @@ def main() -> int:
 
     config = Config(size=args.size, scales=args.scales, iterations=args.iterations,
                     coarse_iterations=args.coarse_iterations, device=args.device)
-    level_started: dict[int, float] = {}
-    level_seconds: dict[int, float] = {}
+    last_report: dict[int, float] = {}  # per level: time of its last progress report
 
     def progress(p):
-        if p.scale not in level_started:
-            print(f"level {p.scale}/{p.scales}: {p.size[1]}x{p.size[0]} px started", flush=True)
-        level_started.setdefault(p.scale, time.perf_counter())
-        level_seconds[p.scale] = time.perf_counter() - level_started[p.scale]
+        if p.scale not in last_report:
+            print(f"level {p.scale}/{p.scales}: {p.size[1]}x{p.size[0]} px, first evaluation done",
+                  flush=True)
+        last_report[p.scale] = time.perf_counter()
 
     started = time.perf_counter()
     result = stylize(content, style, config=config, model=model, callback=progress,
@@ -65,6 +64,8 @@ def main() -> int:
     seconds = time.perf_counter() - started
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
     m = result.metrics
+    ends = [started] + [last_report.get(k, started) for k in range(1, len(m["sizes"]) + 1)]
+    level_seconds = {k: ends[k] - ends[k - 1] for k in range(1, len(ends))}
     for k, (h, w) in enumerate(m["sizes"], start=1):
         tile = m["tiles"].get(f"{w}x{h}", 0)
         est = tiling.torch_bytes(h, w, config.optimizer) / 1e9
