@@ -421,7 +421,7 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
                 need = tiling.torch_bytes(*size, config.optimizer) / 1e9
                 why = ("--tile-size" if config.tile_size else
                        f"about {need:.1f} GB needed at once, "
-                       f"{tiling.budget_bytes(model.device) / 1e9:.1f} GB usable")
+                       f"{tiling.torch_budget(model.device) / 1e9:.1f} GB usable")
                 log(f"{size[1]}x{size[0]} px is optimised in {tile} px tiles ({why}).")
             targets = region_targets(model, content_rgb, styles, size, config, mask_arrays,
                                      content_features=not tile)

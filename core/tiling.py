@@ -38,8 +38,11 @@ ORT_BYTES_PER_PIXEL = 1.8e3
 # image-sized vectors; Adam two moments; both a few more copies (image, gradient, direction).
 LBFGS_HISTORY = 100
 OPTIMISER_BYTES_PER_PIXEL = {"lbfgs": (2 * LBFGS_HISTORY + 4) * 12, "adam": 6 * 12}
-# Share of the free memory a run plans to use: the rest is for full-size arrays, ORT and others.
+# Share of the free memory a run plans to use: the rest is for full-size arrays and others.
 MEMORY_FRACTION = 0.6
+# ONNX Runtime keeps its peak in its memory arena for the session's life, alongside what torch
+# uses: the plan gives ORT passes this share of the budget and torch the rest, so both fit at once.
+ORT_SHARE = 1 / 3
 # Squared steps below this (a third of one 8-bit level, squared) count as flat in `seam_ratio`.
 SEAM_FLOOR = (1 / 255 / 3) ** 2
 TILE_ALIGN = 16  # tiles start on multiples of 16 px: four 2x2 pools map them to whole positions
@@ -76,7 +79,17 @@ def available_bytes(device: torch.device | str = "cpu") -> float:
 
 
 def budget_bytes(device: torch.device | str = "cpu") -> float:
+    """What a run may plan to use: MEMORY_FRACTION of the free memory."""
     return MEMORY_FRACTION * available_bytes(device)
+
+
+def torch_budget(device: torch.device | str = "cpu") -> float:
+    """The optimiser's part of the budget (ONNX Runtime's arena holds the rest)."""
+    return (1 - ORT_SHARE) * budget_bytes(device)
+
+
+def ort_budget(device: torch.device | str = "cpu") -> float:
+    return ORT_SHARE * budget_bytes(device)
 
 
 def largest_tile(fits: Callable[[int], bool], limit: int) -> int:
@@ -96,7 +109,7 @@ def choose_tile(height: int, width: int, tile_size: int, optimizer: str,
     """
     if tile_size > 0:
         return tile_size if max(height, width) > tile_size else 0
-    budget = budget_bytes(device)
+    budget = torch_budget(device)
     if torch_bytes(height, width, optimizer) <= budget:
         return 0
     return largest_tile(lambda s: torch_bytes(s, s, optimizer) <= budget, max(height, width))
@@ -291,8 +304,9 @@ CONTEXT_MARGIN = 96  # px of real context around each core of a tiled forward pa
 
 def ort_tile(height: int, width: int, device: torch.device | str = "cpu", images: int = 1) -> int:
     """Crop side for ONNX Runtime passes over `images` images of height x width: 0 when one pass
-    fits in memory, else the largest crop that does (at least big enough for its margins)."""
-    budget = budget_bytes(device)
+    fits in ORT's share of the budget, else the largest crop that does (at least big enough for
+    its margins)."""
+    budget = ort_budget(device)
     if images * ort_bytes(height, width) <= budget:
         return 0
     tile = largest_tile(lambda s: images * ort_bytes(s, s) <= budget, max(height, width))
@@ -303,7 +317,7 @@ def grams(engine, image: np.ndarray, layers, device: torch.device | str = "cpu"
           ) -> dict[str, torch.Tensor]:
     """Gram matrices of `image` [H,W,3]: one forward pass when it fits in memory, else in tiles."""
     tile = ort_tile(*image.shape[:2], device)
-    if not tile:
+    if not tile or max(image.shape[:2]) <= tile:
         feats = engine.features(image.transpose(2, 0, 1)[None], tuple(layers))
         return {n: losses.gram(torch.from_numpy(feats[n])) for n in layers}
     return tiled_grams(engine, image, layers, tile, CONTEXT_MARGIN)

@@ -46,7 +46,9 @@ def main() -> int:
     style = demo_style(1024)
     free = tiling.available_bytes(model.device)
     print(f"device {model.device}; free memory {free / 1e9:.1f} GB, run budget "
-          f"{tiling.budget_bytes(model.device) / 1e9:.1f} GB; content {args.size}x{height}")
+          f"{tiling.budget_bytes(model.device) / 1e9:.1f} GB (optimiser "
+          f"{tiling.torch_budget(model.device) / 1e9:.1f} GB, ONNX Runtime "
+          f"{tiling.ort_budget(model.device) / 1e9:.1f} GB); content {args.size}x{height}")
 
     config = Config(size=args.size, scales=args.scales, iterations=args.iterations,
                     coarse_iterations=args.coarse_iterations, device=args.device)

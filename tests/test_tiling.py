@@ -70,8 +70,12 @@ def test_choose_tile(monkeypatch):
     monkeypatch.setattr(tiling, "available_bytes", lambda device="cpu": 16e9)
     tile = tiling.choose_tile(4096, 4096, 0, "lbfgs")
     assert 256 <= tile < 4096 and tile % 16 == 0
-    assert tiling.torch_bytes(tile, tile) <= tiling.budget_bytes()
-    assert tiling.torch_bytes(tile + 16, tile + 16) > tiling.budget_bytes()
+    assert tiling.torch_bytes(tile, tile) <= tiling.torch_budget()
+    assert tiling.torch_bytes(tile + 16, tile + 16) > tiling.torch_budget()
+    # ONNX Runtime's passes get their own share, so both fit in the budget at once.
+    ort = tiling.ort_tile(4096, 4096)
+    assert ort and tiling.ort_bytes(ort, ort) <= tiling.ort_budget()
+    assert tiling.torch_bytes(tile, tile) + tiling.ort_bytes(ort, ort) <= tiling.budget_bytes()
 
 
 def test_tiled_grams_match_the_whole_image(model):
