@@ -39,13 +39,17 @@ def _field_type(f: dataclasses.Field):
     return base if base in (int, float, str) else str
 
 
-def add_config_options(parser: argparse.ArgumentParser, skip=()) -> None:
-    """One option per Config field: --field-name, with the field's default and help."""
+def add_config_options(parser: argparse.ArgumentParser, skip=(), defaults=None) -> None:
+    """One option per Config field: --field-name, with the field's default and help.
+
+    `defaults` overrides some fields' defaults for one command (e.g. preview's size and preset).
+    """
     group = parser.add_argument_group("stylization options (defaults from stylefu.core.Config)")
+    defaults = defaults or {}
     for f in config_fields():
         if f.name in skip:
             continue
-        default = f.default
+        default = defaults.get(f.name, f.default)
         shown = "preset's" if default is None else default
         group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_field_type(f),
                            default=default, choices=f.metadata.get("choices"),
@@ -147,6 +151,39 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_preview(args) -> int:
+    from .model import load_model
+    from .preview import preview
+
+    config = config_from_args(args).validate()
+    for target in filter(None, (args.output, args.json)):
+        folder = Path(target).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise UserError(f"Cannot write to the folder {folder}; choose another path.")
+    model = load_model(args.model, config.device)
+    _say(f"stylefu preview: {len(args.styles)} style(s) at {config.size} px, preset "
+         f"{config.preset}; device {model.device}, targets by {model.engine.describe()} "
+         f"(weights: {_weights_note(model.weights_source)})")
+
+    def report(p) -> None:
+        if not p.ok:
+            _say(f"  {p.name}: SKIPPED, {p.error}")
+        else:
+            _say(f"  {p.name}: style distance {p.distance_total:.3g}, after preview style loss "
+                 f"{p.style_loss:.3g} ({100 * p.style_left:.1f} % left), content loss "
+                 f"{p.content_loss:.3g} ({p.seconds:.1f} s)")
+
+    result = preview(args.content, args.styles, config=config, model=model, on_style=report)
+    result.save(args.output)
+    if args.json:
+        result.save_json(args.json)
+    skipped = sum(not p.ok for p in result.styles)
+    _say(f"stylefu preview: wrote {args.output} in {result.info['seconds']:.1f} s"
+         + (f" ({skipped} style(s) could not be read: marked with a red cross)" if skipped else "")
+         + "; open it to compare the styles.")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -218,6 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop when stdin closes (used by the GIMP plug-ins)")
     add_config_options(run)
     run.set_defaults(func=cmd_run)
+
+    from .preview import PREVIEW_PRESET, PREVIEW_SIZE
+
+    prev = sub.add_parser("preview", help="quick previews of several STYLE images on CONTENT, "
+                          "with their style distances, as one contact sheet")
+    prev.add_argument("content")
+    prev.add_argument("styles", nargs="+", metavar="style")
+    prev.add_argument("-o", "--output", required=True, help="contact sheet image (.png, .jpg)")
+    prev.add_argument("--json", help="write every style's figures to this JSON file")
+    prev.add_argument("--model", help="model artifact (default: $STYLEFU_MODEL or the cache's)")
+    add_config_options(prev, defaults={"size": PREVIEW_SIZE, "preset": PREVIEW_PRESET})
+    prev.set_defaults(func=cmd_preview)
 
     demo = sub.add_parser("demo", help="stylize built-in images and write a side-by-side PNG")
     demo.add_argument("-o", "--output", default="demo-output", help="output folder")
