@@ -311,8 +311,9 @@ def contact_sheet(result: PreviewResult) -> Image.Image:
               "content: content loss after"]
     for i, line in enumerate(legend):
         draw.text((x, y_fig + i * 17), line, font=small_f, fill=MUTED)
-    draw.text((x, y_swatch + ch // 2 - 20), _clip_text(draw, result.content_name, text_f, cw),
-              font=text_f, fill=INK)
+    if result.content_name != "content":
+        draw.text((x, y_swatch + ch // 2 - 20), _clip_text(draw, result.content_name, text_f, cw),
+                  font=text_f, fill=INK)
     draw.text((x, y_swatch + ch // 2 + 4), "styles ->", font=text_f, fill=MUTED)
 
     for index, p in enumerate(result.styles, start=1):
