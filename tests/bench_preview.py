@@ -161,6 +161,20 @@ def int8_figures(model: Path, folder: Path, repeats: int) -> dict:
     return figures
 
 
+def preview_figures(args, model: Path, folder: Path, figures: dict) -> None:
+    content, styles = make_inputs(folder)
+    sheet = folder / "sheet.png"
+    cold = time_preview(model, content, styles, sheet, folder / "cache", args.size)
+    warm = time_preview(model, content, styles, sheet, folder / "cache", args.size)
+    figures.update(preview_cold_cache_s=cold, preview_warm_cache_s=warm, styles=len(styles),
+                   preview_size=args.size)
+    if args.keep:
+        Path(args.keep).write_bytes(sheet.read_bytes())
+    print(f"preview of {len(styles)} styles at {args.size} px, new process, cold target cache: "
+          f"{cold:.1f} s (target < {PREVIEW_TARGET_S:.0f} s: "
+          f"{'met' if cold < PREVIEW_TARGET_S else 'NOT met'}); warm cache: {warm:.1f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=192, help="preview long side")
@@ -168,6 +182,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--model", help="artifact (default: a random-weights one made here)")
     parser.add_argument("--int8", action="store_true", help="also measure an int8 artifact")
+    parser.add_argument("--no-preview", action="store_true", help="only the in-process figures")
     parser.add_argument("--keep", help="copy the contact sheet here")
     parser.add_argument("--json", help="write all figures to this file")
     args = parser.parse_args()
@@ -179,17 +194,8 @@ def main() -> None:
         if model is None:
             from stylefu.export import export
             model, _ = export("random", folder / "random.onnx", seed=0, progress=False)
-        content, styles = make_inputs(folder)
-        sheet = folder / "sheet.png"
-        cold = time_preview(model, content, styles, sheet, folder / "cache", args.size)
-        warm = time_preview(model, content, styles, sheet, folder / "cache", args.size)
-        figures.update(preview_cold_cache_s=cold, preview_warm_cache_s=warm, styles=len(styles),
-                       preview_size=args.size)
-        if args.keep:
-            Path(args.keep).write_bytes(sheet.read_bytes())
-        print(f"preview of {len(styles)} styles at {args.size} px, new process, cold target cache: "
-              f"{cold:.1f} s (target < {PREVIEW_TARGET_S:.0f} s: "
-              f"{'met' if cold < PREVIEW_TARGET_S else 'NOT met'}); warm cache: {warm:.1f} s")
+        if not args.no_preview:
+            preview_figures(args, model, folder, figures)
         fwd = forward_passes(model, args.forward_size, args.repeats)
         figures["forward"] = fwd
         print(f"forward {fwd['size']} px, median of {args.repeats}: ONNX Runtime {fwd['ort_s']:.3f} s "
