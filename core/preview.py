@@ -55,6 +55,7 @@ class StylePreview:
     style_loss_per_layer: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
+    failed_stage: str | None = None  # "read" (the file) or "run" (e.g. the loss diverged)
 
     @property
     def ok(self) -> bool:
@@ -70,7 +71,8 @@ class StylePreview:
     def figures(self) -> dict:
         """The numbers, for JSON."""
         if not self.ok:
-            return {"name": self.name, "source": self.source, "ok": False, "error": self.error}
+            return {"name": self.name, "source": self.source, "ok": False, "error": self.error,
+                    "failed_stage": self.failed_stage}
         return {"name": self.name, "source": self.source, "ok": True,
                 "style_distance": {"total": self.distance_total, "per_layer": self.distance},
                 "after_preview": {"style_loss": self.style_loss, "content_loss": self.content_loss,
@@ -88,7 +90,7 @@ class PreviewResult:
     styles: list[StylePreview]
     config: Config
     info: dict
-    sheet: Image.Image = field(repr=False)
+    sheet: Image.Image | None = field(default=None, repr=False)
 
     def figures(self) -> dict:
         return {"content": self.content_name, **self.info,
@@ -182,29 +184,33 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
             picture = load_image(source, name)
             check_min_side(picture)
         except UserError as exc:
-            item.error = str(exc)
+            item.error, item.failed_stage = str(exc), "read"
         else:
             item.swatch = picture.rgb
-            item.distance, item.distance_total = style_distance(model, content_pic.rgb,
-                                                                picture.rgb, config)
-            result = stylize(content_pic, picture, config=config, model=model)
-            item.image = result.image
-            item.style_loss = result.metrics["style_loss"]
-            item.content_loss = result.metrics["content_loss"]
-            item.style_loss_per_layer = result.metrics["style_loss_per_layer"]
+            try:
+                item.distance, item.distance_total = style_distance(model, content_pic.rgb,
+                                                                    picture.rgb, config)
+                result = stylize(content_pic, picture, config=config, model=model)
+            except UserError as exc:  # e.g. NumericalError: this style fails, the others go on
+                item.error, item.failed_stage = str(exc), "run"
+            else:
+                item.image = result.image
+                item.style_loss = result.metrics["style_loss"]
+                item.content_loss = result.metrics["content_loss"]
+                item.style_loss_per_layer = result.metrics["style_loss_per_layer"]
         item.seconds = time.perf_counter() - t0
         previews.append(item)
         if on_style is not None:
             on_style(item)
     if not any(p.ok for p in previews):
-        raise UserError(f"None of the {len(previews)} style image(s) could be read: "
+        raise UserError(f"None of the {len(previews)} style image(s) could be previewed: "
                         f"{previews[0].error}")
     h, w = fit_long_side(content_pic.height, content_pic.width, config.size)
     info = {"size": [h, w], "preset": config.preset, "model": str(model.path),
             "weights_source": model.weights_source, "provider": model.engine.provider,
             "device": str(model.device), "seconds": round(time.perf_counter() - started, 3)}
     result = PreviewResult(resize_array(content_pic.rgb, h, w), content_pic.name, previews,
-                           config, info, None)
+                           config, info)
     result.sheet = contact_sheet(result)
     return result
 
@@ -321,9 +327,13 @@ def contact_sheet(result: PreviewResult) -> Image.Image:
         draw.text((x, y_name), _clip_text(draw, f"{index}. {p.name}", name_f, cw), font=name_f,
                   fill=INK if p.ok else ERROR)
         if not p.ok:
-            _mark_missing(draw, (x, y_swatch, x + cw - 1, y_swatch + ch - 1))
+            if p.swatch is None:
+                _mark_missing(draw, (x, y_swatch, x + cw - 1, y_swatch + ch - 1))
+            else:
+                sheet.paste(_fit(_to_pil(p.swatch), (cw, ch), crop=True), (x, y_swatch))
             _mark_missing(draw, (x, y_main, x + cw - 1, y_main + ch - 1))
-            draw.text((x, y_fig), "NOT READ", font=name_f, fill=ERROR)
+            draw.text((x, y_fig), "NOT READ" if p.failed_stage == "read" else "FAILED",
+                      font=name_f, fill=ERROR)
             for i, line in enumerate(_wrap(draw, p.error, small_f, cw, 9)):
                 draw.text((x, y_fig + 24 + i * 16), line, font=small_f, fill=INK)
             continue

@@ -93,7 +93,7 @@ def test_zero_styles_or_unreadable_content_is_a_user_error(model_path, files, ca
     code = main(["preview", str(files["content"]), str(files["broken"]), "-o", str(out),
                  "--model", str(model_path), *QUICK])
     assert code == 2 and not out.exists()
-    assert "None of the 1 style" in capsys.readouterr().err
+    assert "None of the 1 style image(s) could be previewed" in capsys.readouterr().err
 
 
 def test_cli_marks_an_unreadable_style_and_renders_the_others(model_path, files, capsys):
@@ -131,3 +131,30 @@ def test_preview_defaults_are_the_draft_preset_at_preview_size(model_path, files
     start = model.engine.calls
     preview(files["content"], [files["stripes"]], config=QUICK_CONFIG, model=model)
     assert model.engine.calls == start + 1  # only the final evaluation of the new image
+
+
+def test_a_style_whose_run_fails_is_marked_and_the_others_render(model_path, images, monkeypatch):
+    import sys
+
+    from stylefu.core import NumericalError, Picture
+
+    # The module, not the function that stylefu.core exports under the same name.
+    preview_module = sys.modules["stylefu.core.preview"]
+
+    content, style = images
+    real = preview_module.stylize
+
+    def diverging_for_the_noise_style(content, picture, **kwargs):
+        if picture.name == "noisy":
+            raise NumericalError("The loss became NaN or infinite; lower --style-weight.")
+        return real(content, picture, **kwargs)
+
+    monkeypatch.setattr(preview_module, "stylize", diverging_for_the_noise_style)
+    noisy = Picture(np.random.default_rng(2).random((40, 40, 3), dtype=np.float32), name="noisy")
+    result = preview(content, [noisy, style], config=QUICK_CONFIG, model=model_path)
+    failed, good = result.styles
+    assert (failed.ok, failed.failed_stage, good.ok) == (False, "run", True)
+    assert failed.swatch is not None and failed.image is None and "NaN" in failed.error
+    assert result.figures()["styles"][0] == {"name": "noisy", "source": "noisy", "ok": False,
+                                             "error": failed.error, "failed_stage": "run"}
+    assert red_cross_pixels(result.sheet) > 500
