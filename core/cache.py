@@ -27,6 +27,9 @@ from .paths import cache_dir
 
 CACHE_FORMAT = "1"  # bump when the arrays' meaning changes (e.g. Gram normalisation, resizing)
 DISABLE_ENV = "STYLEFU_NO_TARGET_CACHE"  # "1": compute every target (for timing the engine)
+# Past this size the least recently used entries are deleted (down to 80 %): a style entry is
+# about 3 MB, content features at 512 px about 8 MB, so this keeps a few hundred.
+MAX_BYTES = 1 << 30
 
 
 def array_hash(array: np.ndarray) -> str:
@@ -59,9 +62,11 @@ def model_hash(path: str | Path) -> str:
 class TargetCache:
     """Targets of one model, stored under `root` (default: `<user cache dir>/targets`)."""
 
-    def __init__(self, model_path: str | Path, root: str | Path | None = None):
+    def __init__(self, model_path: str | Path, root: str | Path | None = None,
+                 max_bytes: int = MAX_BYTES):
         self.model = model_hash(model_path)
         self.root = Path(root) if root else cache_dir() / "targets"
+        self.max_bytes = max_bytes
         self.enabled = os.environ.get(DISABLE_ENV, "") not in ("1", "true", "yes")
         self.hits = self.misses = 0
 
@@ -89,6 +94,10 @@ class TargetCache:
             return None  # corrupt or from an incompatible writer: recomputed and rewritten
         if not all(a.dtype == np.float32 and np.isfinite(a).all() for a in arrays.values()):
             return None
+        try:
+            os.utime(path)  # mark as recently used for pruning
+        except OSError:
+            pass
         return arrays
 
     def store(self, key: str, arrays: dict[str, np.ndarray]) -> bool:
@@ -103,6 +112,7 @@ class TargetCache:
             with open(tmp, "wb") as f:
                 np.savez(f, **{k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()})
             os.replace(tmp, path)
+            self.prune()
             return True
         except OSError:
             # Read-only cache, full disk, or (Windows) the entry is open in another process that
@@ -113,6 +123,24 @@ class TargetCache:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
+
+    def prune(self) -> None:
+        """Delete the least recently used entries while the cache is over `max_bytes`."""
+        entries = []
+        for entry in self.root.glob("*/*.npz"):
+            try:
+                stat = entry.stat()
+            except OSError:  # deleted meanwhile by another process
+                continue
+            entries.append((stat.st_mtime, stat.st_size, entry))
+        total = sum(size for _, size, _ in entries)
+        if total <= self.max_bytes:
+            return
+        for _, size, entry in sorted(entries, key=lambda e: e[0]):
+            if total <= 0.8 * self.max_bytes:
+                break
+            entry.unlink(missing_ok=True)
+            total -= size
 
     def fetch(self, key: str, layers: Sequence[str],
               compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

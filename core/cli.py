@@ -179,7 +179,7 @@ def cmd_preview(args) -> int:
         result.save_json(args.json)
     skipped = sum(not p.ok for p in result.styles)
     _say(f"stylefu preview: wrote {args.output} in {result.info['seconds']:.1f} s"
-         + (f" ({skipped} style(s) could not be read: marked with a red cross)" if skipped else "")
+         + (f" ({skipped} style(s) could not be previewed: marked with a red cross)" if skipped else "")
          + "; open it to compare the styles.")
     return 0
 

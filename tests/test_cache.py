@@ -1,6 +1,7 @@
 """The on-disk target cache: saves forward passes, survives corruption and concurrent writers."""
 
 import multiprocessing
+import os
 
 import numpy as np
 import pytest
@@ -146,3 +147,16 @@ def test_the_cache_can_be_switched_off(model_path, images, monkeypatch):
     for _ in range(2):
         compute_targets(model, content, [style], (48, 64), Config())
     assert model.engine.calls == start + 4 and entries() == []
+
+
+def test_the_least_recently_used_entries_go_when_the_cache_is_full(model_path, tmp_path):
+    cache = TargetCache(model_path, root=tmp_path, max_bytes=4_000_000)
+    one_mb = {"relu1_1": np.ones((1, 512, 512), np.float32)}
+    keys = [cache.key("gram", f"image {i}", (64, 64), ("relu1_1",)) for i in range(4)]
+    for i, key in enumerate(keys[:3]):
+        assert cache.store(key, one_mb)
+        os.utime(cache.path(key), (1000 + i, 1000 + i))  # stored in order, seconds apart
+    assert cache.load(keys[0], ("relu1_1",)) is not None  # used again: now the most recent
+    cache.store(keys[3], one_mb)  # 4.2 MB > 4 MB: drop the least recently used (keys[1]) to get under 80 %
+    present = [cache.path(k).exists() for k in keys]
+    assert present == [True, False, True, True]
