@@ -107,7 +107,8 @@ def suite(model_path, tmp_path_factory):
            "style_array": str(root / "style-layer.npy"), "bad_style": str(root / "broken.png"),
            "model": str(model_path), "missing_model": str(root / "no-such-model.onnx"),
            "python": sys.executable, "dying_python": str(dying), "size": SIZE,
-           "iterations": ITERATIONS, "strength": STRENGTH, "selection": list(SELECTION), "preview": not preview_reason}
+           "iterations": ITERATIONS, "strength": STRENGTH, "selection": list(SELECTION),
+           "preview": not preview_reason}
     if FIGURE:
         np.save(root / "figure.npy", demo_content(192, 256))
         job["figure"] = {"content": str(root / "figure.npy"), "output": str(Path(FIGURE).resolve()),
