@@ -108,6 +108,16 @@ def targets(version: str = "3", plug_ins_dir: str | Path | None = None, **where)
             for kind, folder in gimp_config_dirs(version, **where)]
 
 
+def load_bridge():
+    """plugin/common/stylefu_bridge.py as a module (it is not part of the stylefu package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stylefu_bridge", BRIDGE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # --- what gets written ------------------------------------------------------------------------
 
 def inline_bridge(plugin_text: str, bridge_text: str) -> str:

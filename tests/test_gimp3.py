@@ -8,7 +8,6 @@ the tests skip with the reason; with STYLEFU_REQUIRE_GIMP=1 (set by .ci/run) the
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -138,14 +137,6 @@ def suite(model_path, tmp_path_factory):
             "preview_reason": preview_reason, "root": root}
 
 
-def load_bridge():
-    """plugin/common/stylefu_bridge.py, the module the plug-ins carry (not part of stylefu)."""
-    spec = importlib.util.spec_from_file_location("stylefu_bridge", installer.BRIDGE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def arrays(suite, name):
     out = suite["out"]
     return np.load(out / f"{name}-source.npy"), np.load(out / f"{name}-result.npy")
@@ -213,7 +204,7 @@ def test_result_is_the_workers_output(suite, model_path, tmp_path):
     settings = installer.plugin_settings("3", sys.executable, model_path)
     values = dict(settings["defaults"], preset="draft", iterations=ITERATIONS, size=SIZE,
                   strength=STRENGTH)
-    options = [o for o in load_bridge().run_options(values, dict(settings, preview_every=0))
+    options = [o for o in installer.load_bridge().run_options(values, dict(settings, preview_every=0))
                if o != "--watch-stdin"]
     assert main(["run", str(tmp_path / "c.npy"), str(style), "-o", str(tmp_path / "r.npy")]
                 + options) == 0
