@@ -109,22 +109,20 @@ def suite(model_path, tmp_path_factory):
            "iterations": ITERATIONS, "strength": STRENGTH, "selection": list(SELECTION),
            "preview": not preview_reason}
     if FIGURE:
-        np.save(root / "figure.npy", demo_content(192, 256))
-        job["figure"] = {"content": str(root / "figure.npy"), "output": str(Path(FIGURE).resolve()),
-                         "selection": [40, 20, 200, 150], "size": 256, "iterations": 60,
+        np.save(root / "figure.npy", demo_content(144, 192))
+        job["figure"] = {"content": str(root / "figure.npy"), "output": str(out / "figure.png"),
+                         "selection": [30, 15, 150, 115], "size": 192, "iterations": 40,
                          "strength": 75.0}
-        Path(FIGURE).parent.mkdir(parents=True, exist_ok=True)
+        job["figure_only"] = os.environ.get("STYLEFU_GIMP_FIGURE_ONLY") == "1"
     (root / "job.json").write_text(json.dumps(job))
 
     binds = [REPO, Path(sys.prefix), Path(sys.base_prefix), Path(model_path).parent]
-    if FIGURE:
-        binds.append(Path(FIGURE).resolve().parent)
     env = dict(os.environ, GIMP_FAST="1", PASS_ENV="STYLEFU_SUITE",
                STYLEFU_SUITE=str(root / "job.json"), BIND_RO=read_only_binds(*binds), ROOTFS=ROOTFS)
     started = time.perf_counter()
     proc = subprocess.run(["sh", str(GIMP_DIR / "gimp3-batch.sh"), str(script),
                            str(root / "plug-ins")], env=env, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=900)
     seconds = time.perf_counter() - started
     log = proc.stdout + proc.stderr
     (root / "gimp.log").write_text(log)
@@ -132,6 +130,9 @@ def suite(model_path, tmp_path_factory):
     assert results_file.exists(), f"GIMP wrote no results (exit {proc.returncode}):\n{log[-4000:]}"
     results = json.loads(results_file.read_text())
     assert "suite_error" not in results, results["suite_error"]
+    if FIGURE:
+        Path(FIGURE).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out / "figure.png", FIGURE)
     print(f"real GIMP 3 suite: {seconds:.1f} s, exit {proc.returncode}")
     return {"results": results, "out": out, "log": log, "content": content,
             "preview_reason": preview_reason, "root": root}

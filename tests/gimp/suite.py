@@ -110,10 +110,17 @@ def set_settings(**changes):
 
 def main():
     content = np.load(JOB["content"])  # HxWx3 float32
-    h, w = content.shape[:2]
     fast = {"preset": "draft", "iterations": JOB["iterations"], "size": JOB["size"],
             "style_file": JOB["style"], "strength": JOB["strength"]}
     results["registered"] = {p: bool(PDB.procedure_exists(p)) for p in (PROC, PROC_PREVIEW)}
+    if not JOB.get("figure_only"):
+        scenarios(content, fast)
+    if JOB.get("figure"):
+        figure(JOB["figure"])
+
+
+def scenarios(content, fast):
+    h, w = content.shape[:2]
 
     image, layer = make_image(content)
     run("rgb", PROC, image, layer, **fast)
@@ -170,19 +177,20 @@ def main():
             Gimp.file_save(Gimp.RunMode.NONINTERACTIVE, sheet,
                            Gio.File.new_for_path(os.path.join(OUT, "preview-sheet.png")), None)
 
-    # A larger run for the README: the selection stylized, the rest of the photo untouched.
-    if JOB.get("figure"):
-        fig = JOB["figure"]
-        big = np.load(fig["content"])
-        image, layer = make_image(big)
-        image.select_ellipse(Gimp.ChannelOps.REPLACE, *fig["selection"])
-        run("figure", PROC, image, layer, style_file=JOB["style"], preset="draft",
-            iterations=fig["iterations"], size=fig["size"], strength=fig["strength"])
-        Gimp.Selection.none(image)
-        flat = image.flatten()
-        Gimp.file_save(Gimp.RunMode.NONINTERACTIVE, image, Gio.File.new_for_path(fig["output"]),
-                       None)
-        log("figure", flat.get_name(), fig["output"])
+
+
+def figure(fig):
+    """A larger run for the README: the selection stylized, the rest of the picture untouched."""
+    big = np.load(fig["content"])
+    image, layer = make_image(big)
+    image.select_ellipse(Gimp.ChannelOps.REPLACE, *fig["selection"])
+    run("figure", PROC, image, layer, style_file=JOB["style"], preset="draft",
+        iterations=fig["iterations"], size=fig["size"], strength=fig["strength"])
+    Gimp.Selection.none(image)
+    flat = image.flatten()
+    Gimp.file_save(Gimp.RunMode.NONINTERACTIVE, image, Gio.File.new_for_path(fig["output"]),
+                   None)
+    log("figure", flat.get_name(), fig["output"])
 
 
 try:
