@@ -262,9 +262,9 @@ def run_preview(procedure, run_mode, image, drawables, config, run_data):
         if run_mode == Gimp.RunMode.INTERACTIVE:
             Gimp.Display.new(result)
             Gimp.displays_flush()
-        values = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
-        values.append(GObject.Value(Gimp.Image, result))
-        return values
+        return Gimp.ValueArray.new_from_values([
+            GObject.Value(Gimp.PDBStatusType, Gimp.PDBStatusType.SUCCESS),
+            GObject.Value(Gimp.Image, result)])
     except BridgeError as exc:
         log("error:", exc)
         return failure(procedure, str(exc))
