@@ -177,3 +177,13 @@ def test_settings_missing_says_how_to_fix(tmp_path):
         bridge.load_settings(str(tmp_path / "stylefu.py"))
     (tmp_path / "stylefu.json").write_text(json.dumps({"version": 1, "python": "p"}))
     assert bridge.load_settings(str(tmp_path / "stylefu.py"))["python"] == "p"
+
+
+def test_flatpak_exchanges_files_through_the_app_cache(tmp_path, monkeypatch):
+    """Flatpak's /tmp is private to the sandbox: the worker on the host must see the files."""
+    monkeypatch.setattr(bridge, "in_flatpak", lambda: True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "app-cache"))
+    folder = bridge.exchange_dir()
+    assert os.path.dirname(folder) == str(tmp_path / "app-cache" / "stylefu")
+    bridge.remove_dir(folder)
+    assert not os.path.exists(folder)
