@@ -252,3 +252,58 @@ def test_preview_opens_the_contact_sheet(suite):
     assert r["new_images"] == 1 and r["layers"] == ["source"]
     sheet = Image.open(suite["out"] / "preview-sheet.png")
     assert sheet.size == tuple(r["sheet_size"]) and min(sheet.size) >= SIZE
+
+
+def test_dialog_runs_the_filter_in_gimps_user_interface(model_path, tmp_path):
+    """GIMP 3 with its interface under Xvfb: the filter's dialog opens, OK runs the filter."""
+    reason = gimp_missing() or (None if shutil.which("Xvfb") and shutil.which("xdotool") else
+                                "the GUI test needs Xvfb and xdotool (apt-get install xvfb xdotool)")
+    if reason:
+        if REQUIRED:
+            pytest.fail(f"STYLEFU_REQUIRE_GIMP=1 but {reason}")
+        pytest.skip(reason)
+    installer.install("3", tmp_path / "plug-ins", model=model_path)
+    np.save(tmp_path / "content.npy", demo_content(H, W))
+    Image.fromarray(np.round(demo_style(64) * 255).astype(np.uint8)).save(tmp_path / "style.png")
+    (tmp_path / "out").mkdir()
+    job = {"content": str(tmp_path / "content.npy"), "style": str(tmp_path / "style.png"),
+           "out": str(tmp_path / "out"), "size": SIZE, "iterations": ITERATIONS}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    shutil.copy(GIMP_DIR / "gui_dialog.py", tmp_path / "gui_dialog.py")
+    number = 40 + os.getpid() % 50
+    display = f":{number}"
+    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gimp = None
+    try:
+        deadline = time.monotonic() + 30
+        while not Path(f"/tmp/.X11-unix/X{number}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        binds = [REPO, Path(sys.prefix), Path(sys.base_prefix), Path(model_path).parent,
+                 Path("/tmp/.X11-unix")]
+        env = dict(os.environ, GIMP_GUI="1", DISPLAY=display, PASS_ENV="DISPLAY STYLEFU_SUITE",
+                   STYLEFU_SUITE=str(tmp_path / "job.json"), BIND_RO=read_only_binds(*binds),
+                   ROOTFS=ROOTFS)
+        gimp = subprocess.Popen(["sh", str(GIMP_DIR / "gimp3-batch.sh"),
+                                 str(tmp_path / "gui_dialog.py"), str(tmp_path / "plug-ins")],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        xenv = dict(os.environ, DISPLAY=display)
+        window, deadline = "", time.monotonic() + 300
+        while not window and time.monotonic() < deadline and gimp.poll() is None:
+            time.sleep(1)
+            window = subprocess.run(["xdotool", "search", "--name", "Neural Style Transfer"],
+                                    env=xenv, capture_output=True, text=True).stdout.split()
+        assert window, "the filter's dialog never appeared"
+        time.sleep(2)  # let the dialog finish drawing before pressing its OK button
+        # No window manager under Xvfb: focus the dialog directly, then its OK mnemonic.
+        subprocess.run(["xdotool", "windowfocus", "--sync", window[0]], env=xenv, timeout=30)
+        subprocess.run(["xdotool", "key", "alt+o"], env=xenv, timeout=30)
+        log, _ = gimp.communicate(timeout=300)
+    finally:
+        for proc in (gimp, xvfb):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    result = json.loads((tmp_path / "out" / "gui.json").read_text())
+    assert result == {"status": "success", "layers": ["style (neural style)", "photo"]}, log[-3000:]
+    assert "duplicate mnemonic" not in log

@@ -292,24 +292,24 @@ def add_stylize_arguments(procedure, settings):
     procedure.add_file_argument("style-file", "Style _image", "Style image file (used when no "
                                 "style layer is chosen)", Gimp.FileChooserAction.OPEN, True, None,
                                 RW)
-    procedure.add_drawable_argument("style-layer", "Style _layer", "A layer of any open image "
+    procedure.add_drawable_argument("style-layer", "Style la_yer", "A layer of any open image "
                                     "as the style (instead of the file)", True, RW)
-    procedure.add_double_argument("strength", "Style _strength", "Style/content balance: 50 is "
+    procedure.add_double_argument("strength", "Style s_trength", "Style/content balance: 50 is "
                                   "the default style weight, every 25 more multiplies it by 10",
                                   0.0, 100.0, d["strength"], RW)
     procedure.add_choice_argument("preset", "_Quality", helps.get("preset", ""),
                                   make_choice(choices["preset"]), d["preset"], RW)
-    procedure.add_int_argument("iterations", "_Iterations", "Evaluations at full size "
+    procedure.add_int_argument("iterations", "Iteratio_ns", "Evaluations at full size "
                                "(0: the quality preset's)", 0, 10000, d["iterations"], RW)
     procedure.add_int_argument("size", "Working si_ze", helps.get("size", ""), low, high,
                                d["size"], RW)
-    procedure.add_choice_argument("preserve-colors", "Preserve _colours",
+    procedure.add_choice_argument("preserve-colors", "Preserve colo_urs",
                                   helps.get("preserve_colors", ""),
                                   make_choice(choices["preserve_colors"]), d["preserve_colors"], RW)
-    procedure.add_double_argument("style-scale", "Style s_cale", helps.get("style_scale", ""),
+    procedure.add_double_argument("style-scale", "Style sc_ale", helps.get("style_scale", ""),
                                   0.1, 8.0, d["style_scale"], RW)
-    procedure.add_int_argument("seed", "S_eed", helps.get("seed", ""), 0, 2**31 - 1, d["seed"], RW)
-    procedure.add_choice_argument("device", "_Device", helps.get("device", ""),
+    procedure.add_int_argument("seed", "See_d", helps.get("seed", ""), 0, 2**31 - 1, d["seed"], RW)
+    procedure.add_choice_argument("device", "De_vice", helps.get("device", ""),
                                   make_choice(choices["device"]), d["device"], RW)
 
 
