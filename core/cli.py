@@ -74,8 +74,8 @@ def _weights_note(source: str) -> str:
 class ProgressPrinter:
     """Progress as a bar on stderr (`bar`), JSON lines on stdout (`json`) or nothing (`none`)."""
 
-    def __init__(self, mode: str, save_every: int = 0, output: Path | None = None):
-        self.mode, self.save_every, self.output = mode, save_every, output
+    def __init__(self, mode: str, save_every: int = 0, output: Path | None = None, keep=None):
+        self.mode, self.save_every, self.output, self.keep = mode, save_every, output, keep
         self.bar = mode == "bar" and sys.stderr.isatty()
 
     def emit(self, record: dict) -> None:
@@ -88,7 +88,7 @@ class ProgressPrinter:
             from .images import save_image
             saved = self.output.with_name(
                 f"{self.output.stem}.scale{p.scale}-{p.iteration:04d}{self.output.suffix}")
-            save_image(saved, p.image())
+            save_image(saved, *_at_size(p.image(), self.keep))
         if self.mode == "json":
             self.emit({"event": "progress", "stage": p.stage, "scale": p.scale,
                        "scales": p.scales, "iteration": p.iteration, "iterations": p.iterations,
@@ -112,10 +112,20 @@ class ProgressPrinter:
             sys.stderr.write("\n")
 
 
+def _at_size(rgb, keep):
+    """(rgb, alpha) at the working size, or at the size and with the alpha of `keep` (--keep-size)."""
+    if keep is None:
+        return rgb, None
+    from .images import resize_array
+    return resize_array(rgb, keep.height, keep.width), keep.alpha
+
+
 def _watch_stdin(cancel: threading.Event) -> None:
     """Cancel when stdin closes (the GIMP plug-in died or was cancelled); force-exit if stuck."""
     def watch():
-        while sys.stdin.buffer.read(1 << 10):
+        # os.read on the raw descriptor: a daemon thread blocked inside sys.stdin's buffered
+        # reader makes the interpreter abort at exit ("could not acquire lock ... stdin").
+        while os.read(sys.stdin.fileno(), 1 << 10):
             pass
         cancel.set()
         threading.Timer(15.0, lambda: os._exit(EXIT_CANCELLED)).start()
@@ -133,15 +143,22 @@ def cmd_run(args) -> int:
     model = load_model(args.model, config.device)
     _say(f"stylefu: device {model.device}, model {model.path} "
          f"(weights: {_weights_note(model.weights_source)})")
-    printer = ProgressPrinter(args.progress, config.save_every, output)
+    content = args.content
+    if args.keep_size:
+        from .images import load_image
+        content = load_image(args.content, "content")
+    printer = ProgressPrinter(args.progress, config.save_every, output,
+                              content if args.keep_size else None)
     cancel = threading.Event()
     if args.watch_stdin:
         _watch_stdin(cancel)
     try:
-        result = stylize(args.content, args.styles, config=config, model=model,
+        result = stylize(content, args.styles, config=config, model=model,
                          callback=printer, cancel=cancel)
     finally:
         printer.close()
+    if args.keep_size:
+        result.image, result.alpha = _at_size(result.image, content)
     result.save(output, bits=args.bits)
     if args.metrics:
         Path(args.metrics).write_text(json.dumps(result.metrics, indent=2))
@@ -253,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bits per channel of .png/.tif output")
     run.add_argument("--watch-stdin", action="store_true",
                      help="stop when stdin closes (used by the GIMP plug-ins)")
+    run.add_argument("--keep-size", action="store_true",
+                     help="write the result (and --save-every images) at the content's own size "
+                     "with its own alpha, not at the working size (used by the GIMP plug-ins)")
     add_config_options(run)
     run.set_defaults(func=cmd_run)
 
@@ -288,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--model")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
+
+    from stylefu.plugin.installer import add_gimp_parser
+    add_gimp_parser(sub)
     return parser
 
 
