@@ -131,22 +131,30 @@ def compute_targets(model: StyleModel, content: np.ndarray, styles: Sequence[np.
                     size: tuple[int, int], config: Config, content_features: bool = True) -> Targets:
     """Content features at `size` and style Gram matrices (blended over styles), by ONNX Runtime.
 
-    Each style is resized so its long side is `style_scale` times the working long side; a style
-    too large for one forward pass gets its Grams in tiles. `content_features=False` skips the
-    content pass (tiled runs compute content features per tile).
+    Each style is resized so its long side is `style_scale` times the working long side. Both
+    come from the on-disk target cache (core/cache.py) when this model saw the image before; a
+    style too large for one forward pass gets its Grams in tiles (tiling.grams, not cached).
+    `content_features=False` skips the content pass (tiled runs compute content features per tile).
     """
+    from .cache import cached_features, cached_grams, target_cache
+
+    cache = target_cache(model)
     h, w = size
     content_feat = None
     if content_features:
-        content_small = resize_array(content, h, w).transpose(2, 0, 1)[None]
         layer = config.content_layer
-        content_feat = model.engine.features(content_small, (layer,))[layer]
+        content_feat = cached_features(cache, model.engine, content, (h, w), (layer,))[layer]
     grams: dict[str, torch.Tensor] = {}
     for weight, style in zip(blend_weights(len(styles), config), styles):
         sh, sw = fit_long_side(*style.shape[:2], max(MIN_SIDE, round(max(h, w) * config.style_scale)))
         sh, sw = max(sh, MIN_SIDE), max(sw, MIN_SIDE)
-        style_grams = tiling.grams(model.engine, resize_array(style, sh, sw), STYLE_LAYERS,
-                                   model.device)
+        tile = tiling.ort_tile(sh, sw, model.device)
+        if tile and max(sh, sw) > tile:
+            style_grams = tiling.grams(model.engine, resize_array(style, sh, sw), STYLE_LAYERS,
+                                       model.device)
+        else:
+            style_grams = {n: torch.from_numpy(g) for n, g in cached_grams(
+                cache, model.engine, style, (sh, sw), STYLE_LAYERS, config.style_scale).items()}
         for name in STYLE_LAYERS:
             g = weight * style_grams[name]
             grams[name] = grams[name] + g if name in grams else g
