@@ -16,7 +16,7 @@ import types
 import typing
 from pathlib import Path
 
-from .config import Config, config_fields
+from .config import PRESETS, Config, config_fields
 from .errors import Cancelled, UserError
 
 EXIT_USER_ERROR = 2
@@ -50,10 +50,12 @@ def add_config_options(parser: argparse.ArgumentParser, skip=(), defaults=None) 
         if f.name in skip:
             continue
         default = defaults.get(f.name, f.default)
-        shown = "preset's" if default is None else default
+        preset_field = any(f.name in values for values in PRESETS.values())
+        shown = default if default is not None else "the preset's" if preset_field else "none"
         group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_field_type(f),
                            default=default, choices=f.metadata.get("choices"),
-                           help=f"{f.metadata['help']} [default: {shown}]")
+                           help=f.metadata["help"] if "(default:" in f.metadata["help"]
+                           else f"{f.metadata['help']} [default: {shown}]")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
