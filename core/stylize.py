@@ -48,6 +48,8 @@ class Progress:
     style_loss: float
     tv_loss: float
     image: Callable[[], np.ndarray] = field(repr=False, default=lambda: None)
+    # The optimised pixels as they are, unclipped (benchmarks judge the optimiser's own variable).
+    pixels: Callable[[], torch.Tensor] = field(repr=False, default=lambda: None)
 
     @property
     def fraction(self) -> float:
@@ -178,22 +180,46 @@ def initial_image(content: np.ndarray, size: tuple[int, int], config: Config,
     return to_tensor(resize_array(load_image(config.init).rgb, h, w))
 
 
+EARLY_STOP_WINDOW = 10  # evaluations over which `tolerance` measures the loss's fall
+
+
+def should_stop(losses: Sequence[float], tolerance: float, window: int = EARLY_STOP_WINDOW) -> bool:
+    """True when the best loss fell by less than `tolerance` (relative) over the last `window`.
+
+    The best-so-far loss is compared, not the last one: L-BFGS without a line search sometimes
+    steps uphill for an evaluation, which must not end a level that is still improving.
+    """
+    if tolerance <= 0 or len(losses) <= window:
+        return False
+    before, now = min(losses[:-window]), min(losses)
+    return before - now < tolerance * abs(before)
+
+
 def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config: Config,
              report: Callable[[int, float, dict, torch.Tensor], None],
-             cancel: CancelToken) -> torch.Tensor:
-    """Run `evaluations` loss+gradient evaluations of L-BFGS or Adam on the pixels of `image`.
+             cancel: CancelToken, tolerance: float = 0.0) -> tuple[torch.Tensor, int]:
+    """Run up to `evaluations` loss+gradient evaluations of L-BFGS or Adam on `image`'s pixels.
 
     torch.optim.LBFGS with max_iter=1 per step() keeps its history across steps, so each step is
-    exactly one evaluation: progress and cancel are checked at every one.
+    exactly one evaluation: progress and cancel are checked at every one. Stops early when the
+    loss stops falling (`should_stop` with `tolerance`). Returns the image with the lowest loss
+    seen (L-BFGS's last step may have gone uphill) and the number of evaluations made.
     """
     x = image.clone().requires_grad_(True)
     if config.optimizer == "lbfgs":
-        opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, history_size=100)
+        # torch's absolute stopping thresholds (gradient 1e-7, change 1e-9) are made for losses
+        # near 1; ours are near 1e-3 with per-pixel gradients near 1e-7, and L-BFGS would stop
+        # stepping after ~200 evaluations while the loss still falls. `tolerance` decides instead.
+        opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, history_size=100, tolerance_grad=-1.0,
+                                tolerance_change=-1.0)
     else:
         opt = torch.optim.Adam([x], lr=config.learning_rate)
     last: dict = {}
+    history: list[float] = []
+    best = (float("inf"), x.detach().clone())
 
     def closure():
+        nonlocal best
         opt.zero_grad(set_to_none=True)
         total, parts = objective(x)
         if not torch.isfinite(total):
@@ -201,14 +227,20 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
                                  "--learning-rate, or use --precision fp32.")
         total.backward()
         last["total"], last["parts"] = total.detach(), {k: v.detach() for k, v in parts.items()}
+        if float(total.detach()) < best[0]:  # the loss belongs to x before this step moves it
+            best = (float(total), x.detach().clone())
         return total
 
-    for i in range(1, evaluations + 1):
+    done = 0
+    for done in range(1, evaluations + 1):
         if is_cancelled(cancel):
             raise Cancelled("Cancelled.")
         opt.step(closure)
-        report(i, float(last["total"]), last["parts"], x)
-    return x.detach()
+        history.append(float(last["total"]))
+        report(done, history[-1], last["parts"], x)
+        if should_stop(history, tolerance):
+            break
+    return best[1], done
 
 
 def evaluate(model: StyleModel, image: np.ndarray, targets: Targets, config: Config) -> dict:
@@ -273,10 +305,12 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
             if callback is not None:
                 callback(Progress("optimise", k, len(sizes), i, count, size, total,
                                   float(parts["content"]), float(parts["style"]),
-                                  float(parts["tv"]), image=lambda: to_array(x)))
+                                  float(parts["tv"]), image=lambda: to_array(x),
+                                  pixels=lambda: x.detach().clone()))
 
-        image = optimise(objective, image.to(model.device), count, config, report, cancel)
-        evaluations += count
+        image, done = optimise(objective, image.to(model.device), count, config, report, cancel,
+                               tolerance=config.schedule_value("tolerance"))
+        evaluations += done
     result = to_array(image)
     metrics = evaluate(model, result, targets, config)
     alpha = None
