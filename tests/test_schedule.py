@@ -85,12 +85,12 @@ def test_early_stopping_ends_a_level_and_returns_the_best_image(model_path, imag
 def test_stylize_counts_the_evaluations_it_made(model_path, images):
     content, style = images
     full = stylize(content, style, model=model_path,
-                   config=Config(size=64, scales=1, iterations=40, tolerance=0, precision="fp32"))
+                   config=Config(size=64, scales=1, iterations=20, tolerance=0, precision="fp32"))
     early = stylize(content, style, model=model_path,
-                    config=Config(size=64, scales=1, iterations=40, tolerance=0.3,
+                    config=Config(size=64, scales=1, iterations=200, tolerance=0.2,
                                   precision="fp32"))
-    assert full.metrics["iterations"] == 40
-    assert EARLY_STOP_WINDOW < early.metrics["iterations"] < 40
+    assert full.metrics["iterations"] == 20
+    assert EARLY_STOP_WINDOW < early.metrics["iterations"] < 200
 
 
 def test_precision_resolution_on_cpu():
