@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import UserError
-from .vgg import MIN_SIDE, STYLE_LAYERS
+from .vgg import CONTENT_LAYER, EXPORTED_LAYERS, MIN_SIDE, STYLE_LAYERS
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("lbfgs", "adam")
@@ -52,6 +52,8 @@ class Config:
     tv_weight: float = _f(0.0, "gamma: weight of the total-variation loss (against noise)")
     style_layer_weights: tuple[float, ...] | None = _f(
         None, "weight per style layer " + ",".join(STYLE_LAYERS) + " (default: equal)")
+    content_layer: str = _f(CONTENT_LAYER, "layer whose activations define the content",
+                            choices=EXPORTED_LAYERS)
     optimizer: str = _f("lbfgs", "optimiser: lbfgs (the paper's) or adam", choices=OPTIMIZERS)
     learning_rate: float = _f(0.02, "Adam's step size on 0..1 pixels (L-BFGS uses 1)")
     init: str = _f("content", "start image: content, noise, or an image path")

@@ -28,7 +28,7 @@ from .images import (
     to_tensor,
 )
 from .model import StyleModel, load_model, resolve_precision
-from .vgg import CONTENT_LAYER, MIN_SIDE, STYLE_LAYERS
+from .vgg import MIN_SIDE, STYLE_LAYERS
 
 CancelToken = threading.Event | Callable[[], bool] | None
 
@@ -119,7 +119,8 @@ def compute_targets(model: StyleModel, content: np.ndarray, styles: Sequence[np.
     """
     h, w = size
     content_small = resize_array(content, h, w).transpose(2, 0, 1)[None]
-    content_feat = model.engine.features(content_small, (CONTENT_LAYER,))[CONTENT_LAYER]
+    layer = config.content_layer
+    content_feat = model.engine.features(content_small, (layer,))[layer]
     grams: dict[str, torch.Tensor] = {}
     for weight, style in zip(blend_weights(len(styles), config), styles):
         sh, sw = fit_long_side(*style.shape[:2], max(MIN_SIDE, round(max(h, w) * config.style_scale)))
@@ -143,8 +144,9 @@ class Objective:
         self.layer_weights = style_layer_weights(config)
         self.layers = tuple(n for n in STYLE_LAYERS if self.layer_weights[n] > 0 and
                             config.style_weight > 0)
+        self.content_layer = config.content_layer
         if config.content_weight > 0:
-            self.layers += (CONTENT_LAYER,)
+            self.layers += (self.content_layer,)
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # channels_last convolutions are faster here; the optimised image stays NCHW because
@@ -155,10 +157,10 @@ class Objective:
             feats = self.net(x, self.layers)
         zero = image.new_zeros(())
         parts = {"content": zero, "style": zero, "tv": zero}
-        if CONTENT_LAYER in feats:
-            parts["content"] = losses.content_loss(feats[CONTENT_LAYER], self.targets.content)
+        if self.content_layer in feats and self.config.content_weight > 0:
+            parts["content"] = losses.content_loss(feats[self.content_layer], self.targets.content)
         for name in STYLE_LAYERS:
-            if name in feats:
+            if name in feats and name in self.layers:
                 layer_loss = losses.style_layer_loss(losses.gram(feats[name]),
                                                      self.targets.grams[name])
                 parts[name] = layer_loss
@@ -245,9 +247,9 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
 
 def evaluate(model: StyleModel, image: np.ndarray, targets: Targets, config: Config) -> dict:
     """Loss figures of a finished image, computed by ONNX Runtime in float32."""
-    feats = model.engine.features(image.transpose(2, 0, 1)[None],
-                                  STYLE_LAYERS + (CONTENT_LAYER,))
-    content = float(np.mean((feats[CONTENT_LAYER] - targets.content.cpu().numpy()) ** 2))
+    layers = tuple(dict.fromkeys(STYLE_LAYERS + (config.content_layer,)))
+    feats = model.engine.features(image.transpose(2, 0, 1)[None], layers)
+    content = float(np.mean((feats[config.content_layer] - targets.content.cpu().numpy()) ** 2))
     per_layer = {}
     for name in STYLE_LAYERS:
         g = losses.gram(torch.from_numpy(feats[name]))

@@ -7,6 +7,7 @@ artifact's metadata records.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sys
 import urllib.error
@@ -84,13 +85,15 @@ def download(url: str, dest: Path, sha256_prefix: str, timeout: float = 30.0,
                     done += len(block)
                     if progress:
                         _progress_bar(dest.name, done, total)
+            if total and done < total:  # the server closed the connection early
+                raise ConnectionError(f"transfer stopped at {done} of {total} bytes")
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:  # range past the end: the part file is complete already
             pass
         else:
             raise UserError(f"Downloading {url} failed (HTTP {exc.code}); check the address "
                             "or pass a local file with --weights PATH.") from None
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
         raise UserError(f"Downloading {url} failed ({reason}); run again to resume, or pass "
                         "a local file with --weights PATH.") from None

@@ -1,0 +1,115 @@
+"""The `stylefu` command: run with options, JSON progress, metrics, demo, and clean failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stylefu.core.cli import main
+from stylefu.core.images import save_image
+
+FAST = ["--size", "64", "--scales", "1", "--iterations", "4"]
+
+
+@pytest.fixture
+def files(tmp_path, images):
+    content, style = images
+    return (save_image(tmp_path / "content.png", content),
+            save_image(tmp_path / "style.png", style))
+
+
+def test_run_json_progress_metrics_and_intermediates(files, model_path, tmp_path, capsys):
+    content, style = files
+    out = tmp_path / "out.png"
+    code = main(["run", str(content), str(style), "-o", str(out), "--model", str(model_path),
+                 "--progress", "json", "--metrics", str(tmp_path / "m.json"),
+                 "--save-every", "2", "--seed", "3", *FAST])
+    assert code == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    progress = [r for r in records if r["event"] == "progress"]
+    assert [r["iteration"] for r in progress] == [1, 2, 3, 4] and progress[-1]["fraction"] == 1.0
+    assert records[-1]["event"] == "result" and records[-1]["output"] == str(out)
+    assert progress[1]["image"].endswith("out.scale1-0002.png")
+    assert Image.open(progress[1]["image"]).size == (64, 48)
+    assert Image.open(out).size == (64, 48)
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["iterations"] == 4 and metrics["weights_source"] == "random (seed 0)"
+
+
+def test_run_names_device_and_random_weights(files, model_path, tmp_path, capsys):
+    content, style = files
+    assert main(["run", str(content), str(style), "-o", str(tmp_path / "o.png"), "--model",
+                 str(model_path), "--progress", "none", *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "device cpu" in err and "RANDOM weights" in err
+
+
+def test_model_from_environment(files, model_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("STYLEFU_MODEL", str(model_path))
+    content, style = files
+    assert main(["run", str(content), str(style), "-o", str(tmp_path / "o.png"),
+                 "--progress", "none", *FAST]) == 0
+
+
+def bad_cases(tmp_path, files, model_path):
+    content, style = files
+    (tmp_path / "notimage.png").write_text("text")
+    save_image(tmp_path / "tiny.png", np.zeros((8, 8, 3), np.float32))
+    (tmp_path / "fake.onnx").write_bytes(b"junk")
+    m = ["--model", str(model_path)]
+    return {
+        "missing": ([str(tmp_path / "nope.png"), str(style)] + m, "does not exist"),
+        "not image": ([str(tmp_path / "notimage.png"), str(style)] + m, "not an image"),
+        "tiny": ([str(content), str(tmp_path / "tiny.png")] + m, "at least 16 px"),
+        "model": ([str(content), str(style), "--model", str(tmp_path / "fake.onnx")],
+                  "not a readable ONNX"),
+        "no model": ([str(content), str(style), "--model", str(tmp_path / "none.onnx")],
+                     "stylefu export"),
+        "weight": ([str(content), str(style), "--style-weight", "-1"] + m, "must be positive"),
+        "size": ([str(content), str(style), "--size", "0"] + m, "--size"),
+        "folder": ([str(content), str(style), "-o", str(tmp_path / "no" / "o.png")] + m, "Cannot write"),
+        "blend": ([str(content), str(style), "--style-blend", "1,2"] + m, "2 weights for 1"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "not image", "tiny", "model", "no model", "weight",
+                                  "size", "folder", "blend"])
+def test_user_errors_exit_2_without_output(case, files, model_path, tmp_path, capsys):
+    args, message = bad_cases(tmp_path, files, model_path)[case]
+    out = tmp_path / "out.png"
+    if "-o" not in args:
+        args += ["-o", str(out)]
+    code = main(["run", *args, "--progress", "json", *FAST[2:]])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert message in captured.err and "Traceback" not in captured.err
+    assert json.loads(captured.out.splitlines()[-1])["event"] == "error"
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files
+
+
+def test_entry_points_and_help():
+    help_text = subprocess.run([sys.executable, "-m", "stylefu.core", "run", "--help"],
+                               capture_output=True, text=True, check=True).stdout
+    for option in ("--model", "--size", "--iterations", "--style-weight", "--content-weight",
+                   "--tv-weight", "--optimizer", "--init", "--seed", "--device", "--progress",
+                   "--metrics", "--save-every", "--preset"):
+        assert option in help_text
+    assert "[default: 1000000.0]" in help_text  # defaults come from Config
+
+
+def test_demo_writes_side_by_side(tmp_path):
+    from stylefu.core.demo import run_demo
+
+    sheet = run_demo(tmp_path / "demo", size=96, log=lambda text: None)
+    image = Image.open(sheet)
+    assert image.width > 3 * image.height * 0.8  # three panels side by side
+    result = np.asarray(Image.open(tmp_path / "demo" / "result.png"), np.float32)
+    content = np.asarray(Image.open(tmp_path / "demo" / "content.png").resize(
+        (result.shape[1], result.shape[0])), np.float32)
+    assert np.abs(result - content).mean() > 5  # the style changed the picture

@@ -1,0 +1,114 @@
+"""The real download code against a local HTTP server on 127.0.0.1 (no internet in tests)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import threading
+
+import pytest
+import torch
+
+from stylefu.core.errors import UserError
+from stylefu.core.vgg import CONVS, TORCHVISION_INDEX
+from stylefu.export import download, weights
+
+
+def make_checkpoint() -> bytes:
+    """A small VGG19-shaped state dict in torchvision's key names, saved as torch would."""
+    generator = torch.Generator().manual_seed(1)
+    state = {}
+    for name, cin, cout in CONVS:
+        index = TORCHVISION_INDEX[name]
+        state[f"features.{index}.weight"] = torch.randn(cout, cin, 3, 3, generator=generator) * 0.05
+        state[f"features.{index}.bias"] = torch.zeros(cout)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+class Server:
+    """Serves one file with Range support; `truncate_next` cuts the next response in half."""
+
+    def __init__(self, payload: bytes):
+        self.payload, self.truncate_next, self.requests = payload, False, []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                start = 0
+                if self.headers.get("Range"):
+                    start = int(self.headers["Range"].split("=")[1].split("-")[0])
+                server.requests.append(start)
+                body = server.payload[start:]
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if server.truncate_next:
+                    server.truncate_next = False
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(2)  # the peer sees a transfer that stops short
+                    return
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/vgg19-{self.prefix}.pth"
+
+    @property
+    def prefix(self) -> str:
+        return hashlib.sha256(self.payload).hexdigest()[:8]
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server(make_checkpoint())
+    yield s
+    s.httpd.shutdown()
+
+
+def test_download_verifies_and_caches(server, tmp_path):
+    dest = tmp_path / "w.pth"
+    assert download(server.url, dest, server.prefix, progress=False) == dest
+    assert dest.read_bytes() == server.payload
+    before = len(server.requests)
+    download(server.url, dest, server.prefix, progress=False)  # cached: no request
+    assert len(server.requests) == before
+
+
+def test_wrong_hash_leaves_nothing(server, tmp_path):
+    dest = tmp_path / "w.pth"
+    with pytest.raises(UserError, match="corrupt"):
+        download(server.url, dest, "00000000", progress=False)
+    assert not dest.exists() and not list(tmp_path.iterdir())
+
+
+def test_interrupted_transfer_resumes(server, tmp_path):
+    dest = tmp_path / "w.pth"
+    server.truncate_next = True
+    with pytest.raises(UserError, match="resume"):
+        download(server.url, dest, server.prefix, progress=False)
+    part = dest.with_name(dest.name + ".part")
+    assert not dest.exists() and 0 < part.stat().st_size < len(server.payload)
+    download(server.url, dest, server.prefix, progress=False)
+    assert server.requests[-1] == len(server.payload) // 2  # asked only for the rest
+    assert dest.read_bytes() == server.payload and not part.exists()
+
+
+def test_export_torchvision_source_end_to_end(server, tmp_path, monkeypatch):
+    """`export --weights torchvision` downloads (here from the local server) and records the hash."""
+    from stylefu.core.vgg import read_artifact
+    from stylefu.export import export
+
+    monkeypatch.setitem(weights.REMOTE, "torchvision",
+                        weights.RemoteWeights(server.url, "torchvision"))
+    path, errors = export("torchvision", tmp_path / "m.onnx", progress=False)
+    info, _ = read_artifact(path)
+    assert info.weights_source == "torchvision"
+    assert info.weights_sha256 == hashlib.sha256(server.payload).hexdigest()
+    assert max(errors.values()) < 1e-4

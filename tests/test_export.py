@@ -1,0 +1,155 @@
+"""The model artifact: graph, metadata, parity with torch, and refusal of bad checkpoints."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from test_download import make_checkpoint
+
+from stylefu.core.cli import main
+from stylefu.core.engine import FeatureEngine
+from stylefu.core.errors import UserError
+from stylefu.core.vgg import EXPORTED_LAYERS, load_torch_model, read_artifact
+from stylefu.export import export
+from stylefu.export.artifact import IR_VERSION, MAX_RELATIVE_ERROR
+
+PARITY_TOLERANCE = 1e-4  # largest |ORT - torch| relative to the output's largest value
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def test_graph_interface_and_metadata(model_path):
+    model = onnx.load(str(model_path))
+    assert model.ir_version == IR_VERSION
+    (image,) = model.graph.input
+    dims = [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim]
+    assert image.name == "image" and dims == ["N", 3, "H", "W"]
+    assert [o.name for o in model.graph.output] == list(EXPORTED_LAYERS)
+    # Nothing past relu5_1: 13 convolutions (conv1_1 ... conv5_1), 4 pools.
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Conv") == 13 and ops.count("AveragePool") == 4
+    info, _ = read_artifact(model_path)
+    assert info.weights_source == "random (seed 0)" and len(info.weights_sha256) == 64
+    assert info.pooling == "avg" and info.layers == EXPORTED_LAYERS
+    assert info.preprocessing["name"] == "torchvision" and info.format_version == "1"
+
+
+@pytest.mark.parametrize("size", [(37, 53), (64, 64), (96, 80)])
+def test_onnx_runtime_matches_torch(model_path, size):
+    engine, net = FeatureEngine(model_path, device="cpu"), load_torch_model(model_path)
+    batch = np.random.default_rng(1).random((2, 3, *size), dtype=np.float32)  # batch of two
+    ort_out = engine.features(batch)
+    with torch.no_grad():
+        torch_out = net(torch.from_numpy(batch))
+    for name in EXPORTED_LAYERS:
+        assert ort_out[name].shape == tuple(torch_out[name].shape)
+        assert relative_error(ort_out[name], torch_out[name].numpy()) < PARITY_TOLERANCE, name
+
+
+def test_caffe_preprocessing_and_max_pooling(tmp_path):
+    ckpt = tmp_path / "vgg.pth"
+    ckpt.write_bytes(make_checkpoint())
+    path, errors = export(str(ckpt), tmp_path / "caffe.onnx", pooling="max",
+                          preprocessing="caffe", progress=False)
+    assert max(errors.values()) < MAX_RELATIVE_ERROR
+    info, _ = read_artifact(path)
+    assert info.pooling == "max" and info.preprocessing["channel_order"] == [2, 1, 0]
+    assert info.weights_source == "file vgg.pth"
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("MaxPool") == 4
+    # BGR order inside the graph: swapping R and B in the input changes the features.
+    engine = FeatureEngine(path)
+    x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
+    a, b = engine.features(x)["relu1_1"], engine.features(x[:, ::-1].copy())["relu1_1"]
+    assert not np.allclose(a, b)
+
+
+def test_random_weights_are_deterministic(tmp_path, model_path):
+    again, _ = export("random", tmp_path / "again.onnx", seed=0, progress=False)
+    other, _ = export("random", tmp_path / "other.onnx", seed=1, progress=False)
+    sha = [read_artifact(p)[0].weights_sha256 for p in (model_path, again, other)]
+    assert sha[0] == sha[1] != sha[2]
+
+
+def test_safetensors_source(tmp_path):
+    from safetensors.torch import save_file
+
+    state = torch.load(_write(tmp_path / "v.pth", make_checkpoint()), weights_only=True)
+    save_file(state, str(tmp_path / "v.safetensors"))
+    path, _ = export(str(tmp_path / "v.safetensors"), tmp_path / "s.onnx", progress=False)
+    assert read_artifact(path)[0].weights_source == "file v.safetensors"
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("this pickle runs code",))
+
+
+def bad_checkpoints(tmp_path):
+    state = torch.load(_write(tmp_path / "ok.pth", make_checkpoint()), weights_only=True)
+    missing = {k: v for k, v in state.items() if not k.startswith("features.28.")}
+    wrong_shape = dict(state, **{"features.0.weight": torch.zeros(64, 3, 5, 5)})
+    cases = {}
+    for name, value in (("missing", missing), ("shape", wrong_shape)):
+        torch.save(value, tmp_path / f"{name}.pth")
+        cases[name] = (tmp_path / f"{name}.pth", "no 'features.28" if name == "missing" else "shape")
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"features.0.weight": Exploit()}))
+    cases["evil"] = (tmp_path / "evil.pth", "pickled code")
+    (tmp_path / "cut.pth").write_bytes(make_checkpoint()[:5000])
+    cases["truncated"] = (tmp_path / "cut.pth", "not a readable checkpoint")
+    return cases
+
+
+@pytest.mark.parametrize("case", ["missing", "shape", "evil", "truncated"])
+def test_bad_checkpoints_are_refused_cleanly(tmp_path, case, capsys):
+    path, message = bad_checkpoints(tmp_path)[case]
+    out = tmp_path / "out" / "model.onnx"
+    with pytest.raises(UserError, match=message):
+        export(str(path), out, progress=False)
+    code = main(["export", "--weights", str(path), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and message.split("'")[0] in err
+    assert "this pickle runs code" not in capsys.readouterr().out
+    assert not out.exists()
+    assert not out.parent.exists() or not list(out.parent.iterdir())  # no temporary left behind
+
+
+def test_not_a_stylefu_artifact(tmp_path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), str(tmp_path / "other.onnx"))
+    with pytest.raises(UserError, match="not a stylefu model"):
+        load_torch_model(tmp_path / "other.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not onnx at all")
+    with pytest.raises(UserError, match="not a readable ONNX"):
+        load_torch_model(tmp_path / "junk.onnx")
+
+
+def test_cli_export_default_path_and_info(capsys, monkeypatch, tmp_path):
+    """Without -o the model lands at the cache's default path, where `info` finds it."""
+    assert main(["export", "--weights", "random", "--seed", "3"]) == 0
+    assert "RANDOM weights" in capsys.readouterr().err
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["model"].endswith("vgg19-features.onnx")
+    assert info["weights"].startswith("random (seed 3)")
+    assert info["onnxruntime_provider"] == "CPUExecutionProvider"
+    assert info["devices"].startswith("cpu")
+    monkeypatch.setenv("STYLEFU_MODEL", str(tmp_path / "none.onnx"))
+    assert main(["info", "--json"]) == 0
+    assert "none installed" in capsys.readouterr().out
