@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # resolving the range in pyproject.toml to a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: venv demo test lint bench bench-quick gimp-test clean
+.PHONY: venv demo test lint bench bench-quick gimp-setup gimp-test gimp-figure clean
 
 $(BIN)/stylefu: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,18 @@ bench: venv
 
 bench-quick: venv
 	$(BIN)/python tests/bench_speed.py --quick
+
+# GIMP 3 for the real-GIMP tests (as root; .ci/run does this before `make test`).
+gimp-setup:
+	sh tests/gimp/setup-gimp3.sh
+
+gimp-test: venv
+	STYLEFU_REQUIRE_GIMP=1 $(BIN)/python -m pytest tests/test_gimp3.py tests/test_gimp2.py
+
+# The README's GIMP figure, rendered and exported by a real GIMP 3.
+gimp-figure: venv
+	STYLEFU_GIMP_FIGURE=tests/figures/gimp-result.png STYLEFU_GIMP_FIGURE_ONLY=1 \
+		$(BIN)/python -m pytest -q tests/test_gimp3.py -k registered
 
 clean:
 	rm -rf $(VENV) demo-output build *.egg-info

@@ -9,8 +9,9 @@ from .config import PRESETS, Config
 from .errors import Cancelled, NumericalError, UserError
 from .images import Picture, load_image, save_image
 from .model import StyleModel, load_model
+from .preview import PreviewResult, StylePreview, preview
 from .stylize import Progress, StylizeResult, stylize
 
 __all__ = ["Config", "PRESETS", "Cancelled", "NumericalError", "UserError", "Picture",
            "load_image", "save_image", "StyleModel", "load_model", "Progress", "StylizeResult",
-           "stylize"]
+           "stylize", "preview", "PreviewResult", "StylePreview"]

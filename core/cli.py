@@ -39,13 +39,17 @@ def _field_type(f: dataclasses.Field):
     return base if base in (int, float, str) else str
 
 
-def add_config_options(parser: argparse.ArgumentParser, skip=()) -> None:
-    """One option per Config field: --field-name, with the field's default and help."""
+def add_config_options(parser: argparse.ArgumentParser, skip=(), defaults=None) -> None:
+    """One option per Config field: --field-name, with the field's default and help.
+
+    `defaults` overrides some fields' defaults for one command (e.g. preview's size and preset).
+    """
     group = parser.add_argument_group("stylization options (defaults from stylefu.core.Config)")
+    defaults = defaults or {}
     for f in config_fields():
         if f.name in skip:
             continue
-        default = f.default
+        default = defaults.get(f.name, f.default)
         shown = "preset's" if default is None else default
         group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_field_type(f),
                            default=default, choices=f.metadata.get("choices"),
@@ -70,8 +74,8 @@ def _weights_note(source: str) -> str:
 class ProgressPrinter:
     """Progress as a bar on stderr (`bar`), JSON lines on stdout (`json`) or nothing (`none`)."""
 
-    def __init__(self, mode: str, save_every: int = 0, output: Path | None = None):
-        self.mode, self.save_every, self.output = mode, save_every, output
+    def __init__(self, mode: str, save_every: int = 0, output: Path | None = None, keep=None):
+        self.mode, self.save_every, self.output, self.keep = mode, save_every, output, keep
         self.bar = mode == "bar" and sys.stderr.isatty()
 
     def emit(self, record: dict) -> None:
@@ -84,7 +88,7 @@ class ProgressPrinter:
             from .images import save_image
             saved = self.output.with_name(
                 f"{self.output.stem}.scale{p.scale}-{p.iteration:04d}{self.output.suffix}")
-            save_image(saved, p.image())
+            save_image(saved, *_at_size(p.image(), self.keep))
         if self.mode == "json":
             self.emit({"event": "progress", "stage": p.stage, "scale": p.scale,
                        "scales": p.scales, "iteration": p.iteration, "iterations": p.iterations,
@@ -108,10 +112,20 @@ class ProgressPrinter:
             sys.stderr.write("\n")
 
 
+def _at_size(rgb, keep):
+    """(rgb, alpha) at the working size, or at the size and with the alpha of `keep` (--keep-size)."""
+    if keep is None:
+        return rgb, None
+    from .images import resize_array
+    return resize_array(rgb, keep.height, keep.width), keep.alpha
+
+
 def _watch_stdin(cancel: threading.Event) -> None:
     """Cancel when stdin closes (the GIMP plug-in died or was cancelled); force-exit if stuck."""
     def watch():
-        while sys.stdin.buffer.read(1 << 10):
+        # os.read on the raw descriptor: a daemon thread blocked inside sys.stdin's buffered
+        # reader makes the interpreter abort at exit ("could not acquire lock ... stdin").
+        while os.read(sys.stdin.fileno(), 1 << 10):
             pass
         cancel.set()
         threading.Timer(15.0, lambda: os._exit(EXIT_CANCELLED)).start()
@@ -129,21 +143,61 @@ def cmd_run(args) -> int:
     model = load_model(args.model, config.device)
     _say(f"stylefu: device {model.device}, model {model.path} "
          f"(weights: {_weights_note(model.weights_source)})")
-    printer = ProgressPrinter(args.progress, config.save_every, output)
+    content = args.content
+    if args.keep_size:
+        from .images import load_image
+        content = load_image(args.content, "content")
+    printer = ProgressPrinter(args.progress, config.save_every, output,
+                              content if args.keep_size else None)
     cancel = threading.Event()
     if args.watch_stdin:
         _watch_stdin(cancel)
     try:
-        result = stylize(args.content, args.styles, config=config, model=model,
+        result = stylize(content, args.styles, config=config, model=model,
                          callback=printer, cancel=cancel)
     finally:
         printer.close()
+    if args.keep_size:
+        result.image, result.alpha = _at_size(result.image, content)
     result.save(output, bits=args.bits)
     if args.metrics:
         Path(args.metrics).write_text(json.dumps(result.metrics, indent=2))
     printer.emit({"event": "result", "output": str(output), "metrics": result.metrics})
     _say(f"stylefu: wrote {output} in {result.metrics['seconds']:.1f} s "
          f"(loss {result.metrics['total_loss']:.4g}, {result.metrics['iterations']} evaluations)")
+    return 0
+
+
+def cmd_preview(args) -> int:
+    from .model import load_model
+    from .preview import preview
+
+    config = config_from_args(args).validate()
+    for target in filter(None, (args.output, args.json)):
+        folder = Path(target).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise UserError(f"Cannot write to the folder {folder}; choose another path.")
+    model = load_model(args.model, config.device)
+    _say(f"stylefu preview: {len(args.styles)} style(s) at {config.size} px, preset "
+         f"{config.preset}; device {model.device}, targets by {model.engine.describe()} "
+         f"(weights: {_weights_note(model.weights_source)})")
+
+    def report(p) -> None:
+        if not p.ok:
+            _say(f"  {p.name}: SKIPPED, {p.error}")
+        else:
+            _say(f"  {p.name}: style distance {p.distance_total:.3g}, after preview style loss "
+                 f"{p.style_loss:.3g} ({100 * p.style_left:.1f} % left), content loss "
+                 f"{p.content_loss:.3g} ({p.seconds:.1f} s)")
+
+    result = preview(args.content, args.styles, config=config, model=model, on_style=report)
+    result.save(args.output)
+    if args.json:
+        result.save_json(args.json)
+    skipped = sum(not p.ok for p in result.styles)
+    _say(f"stylefu preview: wrote {args.output} in {result.info['seconds']:.1f} s"
+         + (f" ({skipped} style(s) could not be previewed: marked with a red cross)" if skipped else "")
+         + "; open it to compare the styles.")
     return 0
 
 
@@ -216,8 +270,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bits per channel of .png/.tif output")
     run.add_argument("--watch-stdin", action="store_true",
                      help="stop when stdin closes (used by the GIMP plug-ins)")
+    run.add_argument("--keep-size", action="store_true",
+                     help="write the result (and --save-every images) at the content's own size "
+                     "with its own alpha, not at the working size (used by the GIMP plug-ins)")
     add_config_options(run)
     run.set_defaults(func=cmd_run)
+
+    from .preview import PREVIEW_PRESET, PREVIEW_SIZE
+
+    prev = sub.add_parser("preview", help="quick previews of several STYLE images on CONTENT, "
+                          "with their style distances, as one contact sheet")
+    prev.add_argument("content")
+    prev.add_argument("styles", nargs="+", metavar="style")
+    prev.add_argument("-o", "--output", required=True, help="contact sheet image (.png, .jpg)")
+    prev.add_argument("--json", help="write every style's figures to this JSON file")
+    prev.add_argument("--model", help="model artifact (default: $STYLEFU_MODEL or the cache's)")
+    add_config_options(prev, defaults={"size": PREVIEW_SIZE, "preset": PREVIEW_PRESET})
+    prev.set_defaults(func=cmd_preview)
 
     demo = sub.add_parser("demo", help="stylize built-in images and write a side-by-side PNG")
     demo.add_argument("-o", "--output", default="demo-output", help="output folder")
@@ -239,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--model")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
+
+    from stylefu.plugin.installer import add_gimp_parser
+    add_gimp_parser(sub)
     return parser
 
 

@@ -115,20 +115,23 @@ def compute_targets(model: StyleModel, content: np.ndarray, styles: Sequence[np.
                     size: tuple[int, int], config: Config) -> Targets:
     """Content features at `size` and style Gram matrices (blended over styles), by ONNX Runtime.
 
-    Each style is resized so its long side is `style_scale` times the working long side.
+    Each style is resized so its long side is `style_scale` times the working long side. Both
+    come from the on-disk target cache (core/cache.py) when this model saw the image before.
     """
+    from .cache import cached_features, cached_grams, target_cache
+
+    cache = target_cache(model)
     h, w = size
-    content_small = resize_array(content, h, w).transpose(2, 0, 1)[None]
     layer = config.content_layer
-    content_feat = model.engine.features(content_small, (layer,))[layer]
+    content_feat = cached_features(cache, model.engine, content, (h, w), (layer,))[layer]
     grams: dict[str, torch.Tensor] = {}
     for weight, style in zip(blend_weights(len(styles), config), styles):
         sh, sw = fit_long_side(*style.shape[:2], max(MIN_SIDE, round(max(h, w) * config.style_scale)))
         sh, sw = max(sh, MIN_SIDE), max(sw, MIN_SIDE)
-        feats = model.engine.features(resize_array(style, sh, sw).transpose(2, 0, 1)[None],
-                                      STYLE_LAYERS)
+        style_grams = cached_grams(cache, model.engine, style, (sh, sw), STYLE_LAYERS,
+                                   config.style_scale)
         for name in STYLE_LAYERS:
-            g = weight * losses.gram(torch.from_numpy(feats[name]))
+            g = weight * torch.from_numpy(style_grams[name])
             grams[name] = grams[name] + g if name in grams else g
     device = model.device
     return Targets(torch.from_numpy(content_feat).to(device),

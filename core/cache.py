@@ -1,0 +1,185 @@
+"""On-disk cache of style and content targets, so a style seen before costs no forward pass.
+
+An entry is one .npz file of float32 arrays (Gram matrices or features per layer) under
+`<cache_dir>/targets/`. Its name is a hash of everything the arrays depend on: what they are
+(`kind`), the image's pixels, the size the image is resized to, the layer set, the style scale,
+the model file's hash and this cache's format version. Writes go to a unique temporary file that
+is then renamed onto the entry, so readers never see half a file and two processes writing the
+same entry at once both succeed (the last rename wins; both wrote the same bytes). An entry that
+cannot be read or has the wrong arrays is ignored, recomputed and rewritten. A cache folder that
+cannot be written only costs speed, never a failed run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+import zipfile
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .paths import cache_dir
+
+CACHE_FORMAT = "1"  # bump when the arrays' meaning changes (e.g. Gram normalisation, resizing)
+DISABLE_ENV = "STYLEFU_NO_TARGET_CACHE"  # "1": compute every target (for timing the engine)
+# Past this size the least recently used entries are deleted (down to 80 %): a style entry is
+# about 3 MB, content features at 512 px about 8 MB, so this keeps a few hundred.
+MAX_BYTES = 1 << 30
+
+
+def array_hash(array: np.ndarray) -> str:
+    """sha256 of an image's float32 pixels and shape: the same picture gives the same key."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    digest = hashlib.sha256(repr(array.shape).encode())
+    digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=16)
+def _file_hash(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_hash(path: str | Path) -> str:
+    """sha256 of the model file, computed once per process and file version (about 50 ms).
+
+    The whole file, not only the weights' hash in its metadata: pooling and preprocessing change
+    the features too.
+    """
+    stat = Path(path).stat()
+    return _file_hash(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+class TargetCache:
+    """Targets of one model, stored under `root` (default: `<user cache dir>/targets`)."""
+
+    def __init__(self, model_path: str | Path, root: str | Path | None = None,
+                 max_bytes: int = MAX_BYTES):
+        self.model = model_hash(model_path)
+        self.root = Path(root) if root else cache_dir() / "targets"
+        self.max_bytes = max_bytes
+        self.enabled = os.environ.get(DISABLE_ENV, "") not in ("1", "true", "yes")
+        self.hits = self.misses = 0
+
+    def key(self, kind: str, image_hash: str, size: Sequence[int], layers: Sequence[str],
+            style_scale: float = 1.0) -> str:
+        """The entry name for `kind` targets of an image resized to `size` (h, w)."""
+        description = {"format": CACHE_FORMAT, "kind": kind, "image": image_hash,
+                       "size": [int(s) for s in size], "layers": list(layers),
+                       "style_scale": float(style_scale), "model": self.model}
+        text = json.dumps(description, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npz"
+
+    def load(self, key: str, layers: Sequence[str]) -> dict[str, np.ndarray] | None:
+        """The entry's arrays, or None when it is missing, unreadable or incomplete."""
+        path = self.path(key)
+        if not self.enabled or not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in layers}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return None  # corrupt or from an incompatible writer: recomputed and rewritten
+        if not all(a.dtype == np.float32 and np.isfinite(a).all() for a in arrays.values()):
+            return None
+        try:
+            os.utime(path)  # mark as recently used for pruning
+        except OSError:
+            pass
+        return arrays
+
+    def store(self, key: str, arrays: dict[str, np.ndarray]) -> bool:
+        """Write the entry atomically; False (and nothing left behind) when the folder is unusable."""
+        if not self.enabled:
+            return False
+        path = self.path(key)
+        # Unique per process AND per call: two writers of one entry never share a temp file.
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                np.savez(f, **{k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()})
+            os.replace(tmp, path)
+            self.prune()
+            return True
+        except OSError:
+            # Read-only cache, full disk, or (Windows) the entry is open in another process that
+            # just wrote the same bytes: the run goes on without caching this entry.
+            return False
+        finally:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+    def prune(self) -> None:
+        """Delete the least recently used entries while the cache is over `max_bytes`."""
+        entries = []
+        for entry in self.root.glob("*/*.npz"):
+            try:
+                stat = entry.stat()
+            except OSError:  # deleted meanwhile by another process
+                continue
+            entries.append((stat.st_mtime, stat.st_size, entry))
+        total = sum(size for _, size, _ in entries)
+        if total <= self.max_bytes:
+            return
+        for _, size, entry in sorted(entries, key=lambda e: e[0]):
+            if total <= 0.8 * self.max_bytes:
+                break
+            entry.unlink(missing_ok=True)
+            total -= size
+
+    def fetch(self, key: str, layers: Sequence[str],
+              compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The cached arrays for `key`, else `compute()`'s, which are then stored."""
+        arrays = self.load(key, layers)
+        if arrays is not None:
+            self.hits += 1
+            return arrays
+        self.misses += 1
+        arrays = {name: np.asarray(a, np.float32) for name, a in compute().items()}
+        self.store(key, arrays)
+        return arrays
+
+
+def target_cache(model) -> TargetCache:
+    """The cache for a StyleModel (or anything with an `engine.path`)."""
+    return TargetCache(model.engine.path)
+
+
+def cached_features(cache: TargetCache, engine, image: np.ndarray, size: tuple[int, int],
+                    layers: Sequence[str]) -> dict[str, np.ndarray]:
+    """Features {layer: [1,C,h,w]} of `image` ([H,W,3]) resized to `size`, by ONNX Runtime."""
+    from .images import resize_array
+
+    key = cache.key("features", array_hash(image), size, layers)
+    return cache.fetch(key, layers, lambda: engine.image_features(resize_array(image, *size), layers))
+
+
+def cached_grams(cache: TargetCache, engine, image: np.ndarray, size: tuple[int, int],
+                 layers: Sequence[str], style_scale: float = 1.0) -> dict[str, np.ndarray]:
+    """Gram matrices {layer: [1,C,C]} (float32, losses.gram) of `image` resized to `size`."""
+    import torch
+
+    from . import losses
+    from .images import resize_array
+
+    def compute():
+        feats = engine.image_features(resize_array(image, *size), layers)
+        return {n: losses.gram(torch.from_numpy(f)).numpy() for n, f in feats.items()}
+
+    key = cache.key("gram", array_hash(image), size, layers, style_scale)
+    return cache.fetch(key, layers, compute)

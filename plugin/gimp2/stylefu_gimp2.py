@@ -1,0 +1,233 @@
+#!/usr/bin/env python2
+# -*- coding: utf-8 -*-
+"""stylefu for GIMP 2.10 (Python-Fu): Filters > Artistic > Neural Style Transfer... and Preview...
+
+GIMP 2.10 embeds Python 2.7, so this file is Python 2.7 (and runs on Python 3 too, for tests).
+The work is done by the stylefu worker (the bridge below) in the environment that
+`stylefu gimp install --gimp 2.10` recorded. GIMP 2.10's Python sees 8-bit pixel regions only, so
+content goes out as 8-bit .npy and the result comes back as an 8-bit PNG loaded by GIMP itself.
+The result is a NEW layer above the source inside one undo group; the source is never changed.
+"""
+from __future__ import division, print_function
+
+import os
+import sys
+
+from gimpfu import (
+    ADD_SELECTION_MASK,
+    PF_DRAWABLE,
+    PF_FILE,
+    PF_IMAGE,
+    PF_INT,
+    PF_LAYER,
+    PF_OPTION,
+    PF_SLIDER,
+    PF_SPINNER,
+    gimp,
+    main,
+    pdb,
+    register,
+)
+
+# <stylefu-bridge>  (the installer replaces this block by plugin/common/stylefu_bridge.py)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "common"))
+from stylefu_bridge import (  # noqa: E402
+    BridgeError,
+    exchange_dir,
+    load_settings,
+    progress_text,
+    remove_dir,
+    run_command,
+    run_options,
+    run_worker,
+    worker_command,
+    write_npy,
+)
+
+# </stylefu-bridge>
+
+TITLE = "Neural style"
+STYLE_SOURCES = ["the style file", "the style layer"]
+# Used only to register when the installer's settings are missing; running then fails with the
+# sentence that says to run `stylefu gimp install --gimp 2.10`.
+UNSET = {"defaults": {"strength": 50.0, "preset": "", "iterations": 0, "size": 16,
+                      "preserve_colors": "", "style_scale": 1.0, "seed": 0, "device": ""},
+         "choices": {"preset": [""], "preserve_colors": [""], "device": [""]},
+         "limits": {"size": [16, 16384]}, "help": {}}
+
+
+def log(*parts):
+    print("[stylefu]", *parts, file=sys.stderr)
+    sys.stderr.flush()
+
+
+def settings_or_unset():
+    try:
+        return load_settings(__file__)
+    except BridgeError as exc:
+        log(exc)
+        return UNSET
+
+
+def save_drawable(drawable, path):
+    """The drawable's 8-bit pixels (as GIMP 2.10 hands them to Python) as a HxWxC uint8 .npy."""
+    region = drawable.get_pixel_rgn(0, 0, drawable.width, drawable.height, False, False)
+    data = region[0:drawable.width, 0:drawable.height]
+    write_npy(path, data, (drawable.height, drawable.width, drawable.bpp), kind="u8")
+
+
+def place_result(image, source, png_path, name, old=None):
+    """Load the worker's PNG as a layer directly above the source (replacing `old`)."""
+    layer = pdb.gimp_file_load_layer(image, png_path)
+    layer.name = name
+    if old is not None:
+        pdb.gimp_image_remove_layer(image, old)
+    pdb.gimp_image_insert_layer(image, layer, source.parent,
+                                pdb.gimp_image_get_item_position(image, source))
+    layer.set_offsets(*source.offsets)
+    return layer
+
+
+def stylize(image, drawable, style_file, style_source, style_layer, strength, preset, iterations,
+            size, preserve_colors, style_scale, seed, device):
+    """The filter: stylize `drawable` into a new layer above it (see the module docstring)."""
+    settings = load_settings(__file__)
+    choices = settings["choices"]
+    values = {"strength": strength, "preset": choices["preset"][preset], "iterations": iterations,
+              "size": size, "preserve_colors": choices["preserve_colors"][preserve_colors],
+              "style_scale": style_scale, "seed": seed, "device": choices["device"][device]}
+    folder = exchange_dir()
+    try:
+        if STYLE_SOURCES[style_source] == "the style layer":
+            if style_layer is None:
+                raise BridgeError("Choose a style layer, or take the style from a file.")
+            style_path, style_name = os.path.join(folder, "style.npy"), style_layer.name
+            save_drawable(style_layer, style_path)
+        else:
+            if not style_file:
+                raise BridgeError("Choose a style: an image file or a layer of an open image.")
+            style_path = style_file
+            style_name = os.path.splitext(os.path.basename(style_file))[0]
+        content = os.path.join(folder, "content.npy")
+        output = os.path.join(folder, "result.png")
+        save_drawable(drawable, content)
+        command = worker_command(settings, ["run", content, style_path, "-o", output]
+                                 + run_options(values, settings))
+        name = "%s (neural style)" % style_name
+        gimp.progress_init("%s: starting the worker" % TITLE)
+        pdb.gimp_image_undo_group_start(image)
+        state = {"layer": None}
+        try:
+            def show(record):
+                gimp.progress_update(min(1.0, float(record.get("fraction", 0.0))))
+                pdb.gimp_progress_set_text(progress_text(record, TITLE))
+                if record.get("image"):  # the painting so far, shown in the new layer
+                    state["layer"] = place_result(image, drawable, record["image"], name,
+                                                  state["layer"])
+                    gimp.displays_flush()
+                    log("preview", record["image"])
+
+            run_worker(command, on_record=show, cwd=folder)
+            state["layer"] = place_result(image, drawable, output, name, state["layer"])
+            if not pdb.gimp_selection_is_empty(image):
+                state["layer"].add_mask(state["layer"].create_mask(ADD_SELECTION_MASK))
+        except BaseException:
+            if state["layer"] is not None:  # the image goes back to exactly what it was
+                pdb.gimp_image_remove_layer(image, state["layer"])
+            raise
+        finally:
+            pdb.gimp_image_undo_group_end(image)
+            pdb.gimp_progress_end()
+        gimp.displays_flush()
+    except BridgeError as exc:
+        log("error:", exc)
+        raise RuntimeError(str(exc))  # gimpfu: EXECUTION_ERROR with this message
+    finally:
+        remove_dir(folder)
+
+
+def preview(image, drawable, style_folder, style_1, style_2, style_3, size):
+    """Neural Style Preview: the contact sheet of several styles, opened as a new image."""
+    settings = load_settings(__file__)
+    styles = [s for s in (style_1, style_2, style_3) if s]
+    if style_folder and os.path.isdir(style_folder):
+        styles += [os.path.join(style_folder, n) for n in sorted(os.listdir(style_folder))
+                   if n.lower().endswith((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"))]
+    folder = exchange_dir()
+    try:
+        if not styles:
+            raise BridgeError("Choose style images for the preview: files or a folder of images.")
+        content = os.path.join(folder, "content.npy")
+        sheet = os.path.join(folder, "preview-sheet.png")
+        save_drawable(drawable, content)
+        args = ["preview", content] + styles + ["-o", sheet]
+        if size > 0:
+            args += ["--size", str(int(size))]
+        if settings.get("model"):
+            args += ["--model", settings["model"]]
+        gimp.progress_init("%s: previewing %d styles" % (TITLE, len(styles)))
+        run_command(worker_command(settings, args), cwd=folder)
+        result = pdb.gimp_file_load(sheet, sheet)
+        gimp.Display(result)
+        gimp.displays_flush()
+        return result
+    except BridgeError as exc:
+        log("error:", exc)
+        raise RuntimeError(str(exc))
+    finally:
+        remove_dir(folder)
+
+
+def _register():
+    settings = settings_or_unset()
+    d, choices = settings["defaults"], settings["choices"]
+    low, high = settings["limits"]["size"]
+    register(
+        "python-fu-stylefu",
+        "Paint the layer in the style of another image (Gatys et al.)",
+        "Adds a new layer above the active one, stylized by the stylefu worker; the selection "
+        "becomes its mask and the source layer is left untouched.",
+        "stylefu contributors", "stylefu contributors", "2026",
+        "Neural Style _Transfer...", "RGB*, GRAY*",
+        [
+            (PF_IMAGE, "image", "Input image", None),
+            (PF_DRAWABLE, "drawable", "Input layer", None),
+            (PF_FILE, "style_file", "Style image", ""),
+            (PF_OPTION, "style_source", "Take the style from", 0, STYLE_SOURCES),
+            (PF_LAYER, "style_layer", "Style layer", None),
+            (PF_SLIDER, "strength", "Style strength", d["strength"], (0, 100, 1)),
+            (PF_OPTION, "preset", "Quality", choices["preset"].index(d["preset"]),
+             choices["preset"]),
+            (PF_SPINNER, "iterations", "Iterations (0: the preset's)", d["iterations"],
+             (0, 10000, 10)),
+            (PF_SPINNER, "size", "Working size", d["size"], (low, high, 16)),
+            (PF_OPTION, "preserve_colors", "Preserve colours",
+             choices["preserve_colors"].index(d["preserve_colors"]), choices["preserve_colors"]),
+            (PF_SLIDER, "style_scale", "Style scale", d["style_scale"], (0.1, 8.0, 0.1)),
+            (PF_INT, "seed", "Seed", d["seed"]),
+            (PF_OPTION, "device", "Device", choices["device"].index(d["device"]),
+             choices["device"]),
+        ],
+        [],
+        stylize, menu="<Image>/Filters/Artistic")
+    register(
+        "python-fu-stylefu-preview",
+        "Preview several styles on the layer as one contact sheet",
+        "Opens a new image with a quick low-resolution stylization per style.",
+        "stylefu contributors", "stylefu contributors", "2026",
+        "Neural Style _Preview...", "RGB*, GRAY*",
+        [
+            (PF_IMAGE, "image", "Input image", None),
+            (PF_DRAWABLE, "drawable", "Input layer", None),
+            (PF_FILE, "style_folder", "Folder of style images", ""),
+            (PF_FILE, "style_1", "Style 1", ""),
+            (PF_FILE, "style_2", "Style 2", ""),
+            (PF_FILE, "style_3", "Style 3", ""),
+            (PF_SPINNER, "size", "Preview size (0: stylefu's default)", 0, (0, 2048, 16)),
+        ],
+        [(PF_IMAGE, "sheet", "The contact sheet")],
+        preview, menu="<Image>/Filters/Artistic")
+
+
+_register()
+main()

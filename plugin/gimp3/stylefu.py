@@ -1,0 +1,364 @@
+#!/usr/bin/env python3
+"""stylefu for GIMP 3: Filters > Artistic > Neural Style Transfer... and Neural Style Preview...
+
+GIMP runs this file with its own Python; the work is done by the stylefu worker (see the bridge
+below) in the environment `stylefu gimp install` recorded. Pixels travel as float32 .npy files,
+read and written through GEGL in float, so high bit depth images never pass through 8 bits.
+The result is a NEW layer above the source, inside one undo group; the source is never changed.
+"""
+
+import os
+import sys
+import traceback
+
+import gi
+
+gi.require_version("Gimp", "3.0")
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gegl, Gimp, Gio, GLib, GObject  # noqa: E402
+
+# <stylefu-bridge>  (the installer replaces this block by plugin/common/stylefu_bridge.py)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "common"))
+from stylefu_bridge import (  # noqa: E402
+    BridgeError,
+    exchange_dir,
+    load_settings,
+    progress_text,
+    read_npy,
+    remove_dir,
+    run_command,
+    run_options,
+    run_worker,
+    worker_command,
+    write_npy,
+)
+
+# </stylefu-bridge>
+
+PROC = "python-fu-stylefu"
+PROC_PREVIEW = "python-fu-stylefu-preview"
+MENU = "<Image>/Filters/Artistic"
+TITLE = "Neural style"
+STYLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".npy")
+PREVIEW_STYLE_FILES = 4
+RW = GObject.ParamFlags.READWRITE
+# Used only to register the dialog when the installer's settings are missing; running then
+# fails with the sentence that says to run `stylefu gimp install`.
+UNSET = {"defaults": {"strength": 50.0, "preset": "", "iterations": 0, "size": 16,
+                      "preserve_colors": "", "style_scale": 1.0, "seed": 0, "device": ""},
+         "choices": {"preset": [""], "preserve_colors": [""], "device": [""]},
+         "limits": {"size": [16, 16384]}, "help": {}}
+
+
+def log(*parts):
+    print("[stylefu]", *parts, file=sys.stderr, flush=True)
+
+
+def settings_or_unset():
+    try:
+        return load_settings(__file__)
+    except BridgeError as exc:
+        log(exc)
+        return UNSET
+
+
+def failure(procedure, message):
+    return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, GLib.Error(message))
+
+
+# --- pixels -------------------------------------------------------------------------------------
+
+def pixel_format(channels):
+    return "R'G'B'A float" if channels == 4 else "R'G'B' float"
+
+
+def read_pixels(drawable, channels):
+    """The drawable's pixels as float32 bytes, in sRGB-encoded 0..1 whatever the image precision."""
+    rect = Gegl.Rectangle.new(0, 0, drawable.get_width(), drawable.get_height())
+    return bytes(drawable.get_buffer().get(rect, 1.0, pixel_format(channels),
+                                           Gegl.AbyssPolicy.CLAMP))
+
+
+def save_drawable(drawable, path, keep_alpha=True):
+    channels = 4 if keep_alpha and drawable.has_alpha() else 3
+    write_npy(path, read_pixels(drawable, channels),
+              (drawable.get_height(), drawable.get_width(), channels))
+
+
+def fill_layer(layer, npy_path):
+    """Write a worker .npy (HxWx3|4 float32, the layer's size) into the layer's pixels."""
+    shape, data = read_npy(npy_path)
+    w, h = layer.get_width(), layer.get_height()
+    if shape[:2] != (h, w):
+        raise BridgeError(f"The worker returned {shape[1]}x{shape[0]} pixels for a {w}x{h} "
+                          "layer.")
+    buffer = layer.get_buffer()
+    buffer.set(Gegl.Rectangle.new(0, 0, w, h), pixel_format(shape[2]), data)
+    buffer.flush()
+    layer.update(0, 0, w, h)
+
+
+def new_layer_above(image, source, name):
+    """A layer of the source's size, offsets, kind (RGB or gray) and alpha, directly above it."""
+    gray = image.get_base_type() == Gimp.ImageBaseType.GRAY
+    kind = {(False, False): Gimp.ImageType.RGB_IMAGE, (False, True): Gimp.ImageType.RGBA_IMAGE,
+            (True, False): Gimp.ImageType.GRAY_IMAGE,
+            (True, True): Gimp.ImageType.GRAYA_IMAGE}[(gray, source.has_alpha())]
+    layer = Gimp.Layer.new(image, name, source.get_width(), source.get_height(), kind, 100.0,
+                           Gimp.LayerMode.NORMAL)
+    image.insert_layer(layer, source.get_parent(), image.get_item_position(source))
+    _, x, y = source.get_offsets()
+    layer.set_offsets(x, y)
+    return layer
+
+
+# --- the filter ---------------------------------------------------------------------------------
+
+def dialog_values(config):
+    choice = config.get_property
+    return {"strength": choice("strength"), "preset": choice("preset"),
+            "iterations": choice("iterations"), "size": choice("size"),
+            "preserve_colors": choice("preserve-colors"), "style_scale": choice("style-scale"),
+            "seed": choice("seed"), "device": choice("device")}
+
+
+def show_dialog(procedure, config, title):
+    gi.require_version("GimpUi", "3.0")
+    from gi.repository import GimpUi
+
+    GimpUi.init(procedure.get_name())
+    dialog = GimpUi.ProcedureDialog.new(procedure, config, title)
+    dialog.fill(None)
+    accepted = dialog.run()
+    dialog.destroy()
+    return accepted
+
+
+def style_input(config, folder):
+    """(path of the style for the worker, its name): a layer of any open image, else a file."""
+    layer = config.get_property("style-layer")
+    if layer is not None:
+        path = os.path.join(folder, "style.npy")
+        save_drawable(layer, path, keep_alpha=False)
+        return path, layer.get_name()
+    style = config.get_property("style-file")
+    if style is None or not style.get_path():
+        raise BridgeError("Choose a style: an image file or a layer of an open image.")
+    path = style.get_path()
+    return path, os.path.splitext(os.path.basename(path))[0]
+
+
+def single_layer(drawables):
+    if len(drawables) != 1 or not drawables[0].is_layer() or drawables[0].is_group_layer():
+        raise BridgeError("Select exactly one (non-group) layer to stylize.")
+    return drawables[0]
+
+
+def run_stylize(procedure, run_mode, image, drawables, config, run_data):
+    if run_mode == Gimp.RunMode.INTERACTIVE and not show_dialog(procedure, config,
+                                                                "Neural Style Transfer"):
+        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    folder = None
+    state = {"layer": None}
+    try:
+        settings = load_settings(__file__)
+        source = single_layer(drawables)
+        folder = exchange_dir()
+        style_path, style_name = style_input(config, folder)
+        content = os.path.join(folder, "content.npy")
+        output = os.path.join(folder, "result.npy")
+        save_drawable(source, content)
+        command = worker_command(settings, ["run", content, style_path, "-o", output]
+                                 + run_options(dialog_values(config), settings))
+        Gimp.progress_init(f"{TITLE}: starting the worker")
+        image.undo_group_start()
+        try:
+            def show(record):
+                Gimp.progress_update(min(1.0, float(record.get("fraction", 0.0))))
+                Gimp.progress_set_text(progress_text(record, TITLE))
+                if record.get("image"):  # the painting so far, shown in the new layer
+                    if state["layer"] is None:
+                        state["layer"] = new_layer_above(image, source, layer_name(style_name))
+                    fill_layer(state["layer"], record["image"])
+                    Gimp.displays_flush()
+                    log("preview", record["image"])
+
+            run_worker(command, on_record=show, cwd=folder)
+            if state["layer"] is None:
+                state["layer"] = new_layer_above(image, source, layer_name(style_name))
+            fill_layer(state["layer"], output)
+            if not Gimp.Selection.is_empty(image):
+                state["layer"].add_mask(state["layer"].create_mask(Gimp.AddMaskType.SELECTION))
+        except BaseException:
+            if state["layer"] is not None:  # the image goes back to exactly what it was
+                image.remove_layer(state["layer"])
+            raise
+        finally:
+            image.undo_group_end()
+            Gimp.progress_end()
+        Gimp.displays_flush()
+        return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+    except BridgeError as exc:
+        log("error:", exc)
+        return failure(procedure, str(exc))
+    except Exception:
+        log(traceback.format_exc())
+        return failure(procedure, "stylefu plug-in error: "
+                       + traceback.format_exc().strip().splitlines()[-1])
+    finally:
+        if folder:
+            remove_dir(folder)
+
+
+def layer_name(style_name):
+    return f"{style_name} (neural style)"
+
+
+# --- the preview contact sheet --------------------------------------------------------------------
+
+def preview_styles(config):
+    paths = []
+    for i in range(1, PREVIEW_STYLE_FILES + 1):
+        style = config.get_property(f"style-{i}")
+        if style is not None and style.get_path():
+            paths.append(style.get_path())
+    folder = config.get_property("style-folder")
+    if folder is not None and folder.get_path() and os.path.isdir(folder.get_path()):
+        for name in sorted(os.listdir(folder.get_path())):
+            if name.lower().endswith(STYLE_SUFFIXES):
+                paths.append(os.path.join(folder.get_path(), name))
+    if not paths:
+        raise BridgeError("Choose style images for the preview: files or a folder of images.")
+    return paths
+
+
+def run_preview(procedure, run_mode, image, drawables, config, run_data):
+    if run_mode == Gimp.RunMode.INTERACTIVE and not show_dialog(procedure, config,
+                                                                "Neural Style Preview"):
+        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    folder = None
+    try:
+        settings = load_settings(__file__)
+        source = single_layer(drawables)
+        styles = preview_styles(config)
+        folder = exchange_dir()
+        content = os.path.join(folder, "content.npy")
+        sheet = os.path.join(folder, "preview-sheet.png")
+        save_drawable(source, content)
+        args = ["preview", content] + styles + ["-o", sheet]
+        if config.get_property("size") > 0:
+            args += ["--size", str(config.get_property("size"))]
+        if settings.get("model"):
+            args += ["--model", settings["model"]]
+        Gimp.progress_init(f"{TITLE}: previewing {len(styles)} styles")
+        Gimp.progress_pulse()
+        try:
+            run_command(worker_command(settings, args), cwd=folder)
+        finally:
+            Gimp.progress_end()
+        result = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(sheet))
+        result.set_file(Gio.File.new_for_path(os.path.join(os.path.dirname(folder),
+                                                           "stylefu-preview.png")))
+        if run_mode == Gimp.RunMode.INTERACTIVE:
+            Gimp.Display.new(result)
+            Gimp.displays_flush()
+        return Gimp.ValueArray.new_from_values([
+            GObject.Value(Gimp.PDBStatusType, Gimp.PDBStatusType.SUCCESS),
+            GObject.Value(Gimp.Image, result)])
+    except BridgeError as exc:
+        log("error:", exc)
+        return failure(procedure, str(exc))
+    except Exception:
+        log(traceback.format_exc())
+        return failure(procedure, "stylefu plug-in error: "
+                       + traceback.format_exc().strip().splitlines()[-1])
+    finally:
+        if folder:
+            remove_dir(folder)
+
+
+# --- registration ---------------------------------------------------------------------------------
+
+def make_choice(nicks):
+    choice = Gimp.Choice.new()
+    for i, nick in enumerate(nicks):
+        choice.add(nick, i, nick.capitalize() if nick else "-", "")
+    return choice
+
+
+def add_stylize_arguments(procedure, settings):
+    d, choices, helps = settings["defaults"], settings["choices"], settings.get("help", {})
+    low, high = settings["limits"]["size"]
+    procedure.add_file_argument("style-file", "Style _image", "Style image file (used when no "
+                                "style layer is chosen)", Gimp.FileChooserAction.OPEN, True, None,
+                                RW)
+    procedure.add_drawable_argument("style-layer", "Style la_yer", "A layer of any open image "
+                                    "as the style (instead of the file)", True, RW)
+    procedure.add_double_argument("strength", "Style s_trength", "Style/content balance: 50 is "
+                                  "the default style weight, every 25 more multiplies it by 10",
+                                  0.0, 100.0, d["strength"], RW)
+    procedure.add_choice_argument("preset", "_Quality", helps.get("preset", ""),
+                                  make_choice(choices["preset"]), d["preset"], RW)
+    procedure.add_int_argument("iterations", "Iteratio_ns", "Evaluations at full size "
+                               "(0: the quality preset's)", 0, 10000, d["iterations"], RW)
+    procedure.add_int_argument("size", "Working si_ze", helps.get("size", ""), low, high,
+                               d["size"], RW)
+    procedure.add_choice_argument("preserve-colors", "Preserve colo_urs",
+                                  helps.get("preserve_colors", ""),
+                                  make_choice(choices["preserve_colors"]), d["preserve_colors"], RW)
+    procedure.add_double_argument("style-scale", "Style sc_ale", helps.get("style_scale", ""),
+                                  0.1, 8.0, d["style_scale"], RW)
+    procedure.add_int_argument("seed", "See_d", helps.get("seed", ""), 0, 2**31 - 1, d["seed"], RW)
+    procedure.add_choice_argument("device", "De_vice", helps.get("device", ""),
+                                  make_choice(choices["device"]), d["device"], RW)
+
+
+def add_preview_arguments(procedure, settings):
+    procedure.add_file_argument("style-folder", "Style _folder", "Every image in this folder is "
+                                "a candidate style", Gimp.FileChooserAction.SELECT_FOLDER, True,
+                                None, RW)
+    for i in range(1, PREVIEW_STYLE_FILES + 1):
+        procedure.add_file_argument(f"style-{i}", f"Style {i}", "A candidate style image",
+                                    Gimp.FileChooserAction.OPEN, True, None, RW)
+    procedure.add_int_argument("size", "Preview si_ze", "Long side of each preview in pixels "
+                               "(0: stylefu preview's default)", 0, 2048, 0, RW)
+    procedure.add_image_return_value("sheet", "Sheet", "The contact sheet, as a new image",
+                                     False, GObject.ParamFlags.READWRITE)
+
+
+class StylefuPlugIn(Gimp.PlugIn):
+    def do_query_procedures(self):
+        return [PROC, PROC_PREVIEW]
+
+    def do_set_i18n(self, name):
+        return False
+
+    def do_create_procedure(self, name):
+        settings = settings_or_unset()
+        if name == PROC:
+            procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN,
+                                                run_stylize, None)
+            procedure.set_menu_label("Neural Style _Transfer...")
+            procedure.set_documentation(
+                "Paint the layer in the style of another image (Gatys et al.)",
+                "Adds a new layer above the active one, stylized by the stylefu worker; the "
+                "selection becomes its mask and the source layer is left untouched.", name)
+            add_stylize_arguments(procedure, settings)
+        else:
+            procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN,
+                                                run_preview, None)
+            procedure.set_menu_label("Neural Style _Preview...")
+            procedure.set_documentation(
+                "Preview several styles on the layer as one contact sheet",
+                "Opens a new image with a quick low-resolution stylization per style and "
+                "each style's distance numbers.", name)
+            add_preview_arguments(procedure, settings)
+        procedure.set_image_types("RGB*, GRAY*")
+        procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
+        procedure.add_menu_path(MENU)
+        procedure.set_attribution("stylefu", "stylefu contributors", "2026")
+        return procedure
+
+
+if __name__ == "__main__":
+    Gimp.main(StylefuPlugIn.__gtype__, sys.argv)

@@ -1,0 +1,312 @@
+"""`stylefu gimp install|uninstall|status`: put the plug-ins where GIMP looks for them.
+
+GIMP's Python cannot import stylefu, so the installer writes, beside each plug-in, a settings
+file (`<plug-in>.json`) with the worker interpreter (this environment's Python), the model path
+and the dialog's defaults and choices, taken from `stylefu.core.Config`. The shared worker
+bridge is pasted into each installed plug-in, so every plug-in is one self-contained file:
+GIMP 3 runs `plug-ins/stylefu/stylefu.py` (it requires NAME/NAME.py with the run bit set), GIMP
+2.10 `plug-ins/stylefu_gimp2.py` (2.10 on Windows would also run any other .py file there).
+
+User plug-in folders (GIMP 3 shown; 2.10 uses `2.10` instead of `3.0`):
+  Linux    $XDG_CONFIG_HOME/GIMP/3.0/plug-ins (default ~/.config/GIMP/3.0/plug-ins)
+  Flatpak  ~/.var/app/org.gimp.GIMP/config/GIMP/3.0/plug-ins
+  Windows  %APPDATA%\\GIMP\\3.0\\plug-ins
+  macOS    ~/Library/Application Support/GIMP/3.0/plug-ins
+$GIMP3_DIRECTORY / $GIMP2_DIRECTORY replace the version folder, as in GIMP itself. Every existing
+3.x folder is used (3.0, 3.2, ...); on Linux both native and Flatpak GIMP when both are there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+PLUGIN_ROOT = Path(__file__).resolve().parent
+BRIDGE = PLUGIN_ROOT / "common" / "stylefu_bridge.py"
+FLATPAK_APP = "org.gimp.GIMP"
+VERSIONS = ("3", "2.10")
+# Evaluations between two looks at the painting in GIMP (the layer updates during a run).
+PREVIEW_EVERY = 10
+SIZE_LIMITS = (None, 8192)  # the dialog's working-size range; None: the network's minimum
+DIALOG_FIELDS = ("preset", "iterations", "size", "preserve_colors", "style_scale", "seed",
+                 "device", "style_weight")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One plug-in as GIMP `version` will load it from `plug_ins` ('native', 'flatpak', ...)."""
+
+    version: str
+    plug_ins: Path
+    kind: str
+
+    @property
+    def plugin_file(self) -> Path:
+        if self.version == "3":
+            return self.plug_ins / "stylefu" / "stylefu.py"
+        return self.plug_ins / "stylefu_gimp2.py"
+
+    @property
+    def settings_file(self) -> Path:
+        return self.plugin_file.with_suffix(".json")
+
+    @property
+    def source(self) -> Path:
+        if self.version == "3":
+            return PLUGIN_ROOT / "gimp3" / "stylefu.py"
+        return PLUGIN_ROOT / "gimp2" / "stylefu_gimp2.py"
+
+
+# --- where GIMP looks -------------------------------------------------------------------------
+
+def _series(base: Path, version: str) -> list[Path]:
+    """GIMP's per-series config folders under `base`: every existing 3.x, else 3.0; or 2.10."""
+    if version == "2.10":
+        return [base / "2.10"]
+    found = sorted((p for p in base.glob("3.*") if p.is_dir() and re.fullmatch(r"3\.\d+", p.name)),
+                   key=lambda p: int(p.name.split(".")[1]))
+    return found or [base / "3.0"]
+
+
+def gimp_config_dirs(version: str = "3", platform: str | None = None, env=None,
+                     home: Path | None = None) -> list[tuple[str, Path]]:
+    """(kind, GIMP config folder) pairs the plug-in goes into, by the rules in the module doc."""
+    platform = platform or sys.platform
+    env = os.environ if env is None else env
+    home = Path(home or Path.home())
+    override = env.get("GIMP3_DIRECTORY" if version == "3" else "GIMP2_DIRECTORY")
+    if override:
+        return [(f"GIMP{version[0]}_DIRECTORY", Path(override).expanduser())]
+    if platform == "win32":
+        base = Path(env.get("APPDATA") or home / "AppData" / "Roaming") / "GIMP"
+        return [("windows", p) for p in _series(base, version)]
+    if platform == "darwin":
+        base = home / "Library" / "Application Support" / "GIMP"
+        return [("macos", p) for p in _series(base, version)]
+    native_base = Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "GIMP"
+    flatpak_app = home / ".var" / "app" / FLATPAK_APP
+    native = _series(native_base, version)
+    dirs = []
+    if any(p.is_dir() for p in native) or not flatpak_app.is_dir():
+        dirs += [("native", p) for p in native]
+    if flatpak_app.is_dir():
+        dirs += [("flatpak", p) for p in _series(flatpak_app / "config" / "GIMP", version)]
+    return dirs
+
+
+def targets(version: str = "3", plug_ins_dir: str | Path | None = None, **where) -> list[Target]:
+    if plug_ins_dir:
+        return [Target(version, Path(plug_ins_dir).expanduser().resolve(), "given")]
+    return [Target(version, folder / "plug-ins", kind)
+            for kind, folder in gimp_config_dirs(version, **where)]
+
+
+def load_bridge():
+    """plugin/common/stylefu_bridge.py as a module (it is not part of the stylefu package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stylefu_bridge", BRIDGE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- what gets written ------------------------------------------------------------------------
+
+def inline_bridge(plugin_text: str, bridge_text: str) -> str:
+    """The plug-in with its `# <stylefu-bridge>` block replaced by the bridge's source."""
+    start, end = "# <stylefu-bridge>", "# </stylefu-bridge>"
+    head, _, rest = plugin_text.partition(start)
+    _, found, tail = rest.partition(end)
+    if not found:
+        raise RuntimeError("plug-in source without a stylefu-bridge block")
+    head = head.rstrip(" ")
+    # A __future__ import is only legal at the top: the plug-ins carry their own.
+    body = "".join(line for line in bridge_text.splitlines(True)
+                   if not line.startswith(("from __future__", "# -*- coding")))
+    return (head + "# --- stylefu_bridge.py, pasted by `stylefu gimp install` ---\n" + body
+            + "# --- end of stylefu_bridge.py ---" + tail)
+
+
+def plugin_settings(version: str, python: str, model: Path) -> dict:
+    """The settings file's content: worker, model, and the dialog's defaults from Config."""
+    from stylefu.core.config import Config, config_fields
+    from stylefu.core.vgg import MIN_SIDE
+
+    fields = {f.name: f for f in config_fields()}
+    defaults = {name: fields[name].default for name in DIALOG_FIELDS}
+    defaults.update(strength=50.0, iterations=defaults["iterations"] or 0)
+    return {
+        "version": 1,
+        "gimp": version,
+        "python": python,
+        "model": str(model),
+        "preview_every": PREVIEW_EVERY,
+        "defaults": defaults,
+        "choices": {name: list(fields[name].metadata["choices"])
+                    for name in ("preset", "preserve_colors", "device")},
+        "help": {name: fields[name].metadata["help"] for name in DIALOG_FIELDS},
+        "limits": {"size": [SIZE_LIMITS[0] or MIN_SIDE, SIZE_LIMITS[1]]},
+        "config_class": f"{Config.__module__}.{Config.__qualname__}",
+    }
+
+
+def install(version: str = "3", plug_ins_dir=None, model=None, python: str | None = None,
+            **where) -> list[Target]:
+    """Copy the plug-in (bridge inlined, run bit set) and its settings into every target."""
+    from stylefu.core.paths import default_model_path
+
+    model_path = Path(model).expanduser().resolve() if model else default_model_path()
+    settings = plugin_settings(version, python or sys.executable, model_path)
+    bridge = BRIDGE.read_text(encoding="utf-8")
+    done = []
+    for target in targets(version, plug_ins_dir, **where):
+        text = inline_bridge(target.source.read_text(encoding="utf-8"), bridge)
+        target.plugin_file.parent.mkdir(parents=True, exist_ok=True)
+        _write(target.plugin_file, text)
+        mode = target.plugin_file.stat().st_mode
+        target.plugin_file.chmod(mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        _write(target.settings_file, json.dumps(settings, indent=2) + "\n")
+        done.append(target)
+    return done
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def uninstall(versions=VERSIONS, plug_ins_dir=None, **where) -> list[Path]:
+    """Remove what `install` wrote (and nothing else); returns the removed paths."""
+    removed = []
+    for version in versions:
+        for target in targets(version, plug_ins_dir, **where):
+            for path in (target.plugin_file, target.settings_file):
+                if path.exists():
+                    path.unlink()
+                    removed.append(path)
+            if version == "3" and target.plugin_file.parent.is_dir() and \
+                    not any(target.plugin_file.parent.iterdir()):
+                target.plugin_file.parent.rmdir()
+    return removed
+
+
+def check_worker(settings: dict, timeout: float = 180) -> tuple[bool, str]:
+    """Start the recorded worker once (`stylefu info`): (it works, what it said)."""
+    command = [settings["python"], "-m", "stylefu.core", "info", "--json"]
+    if settings.get("model"):
+        command += ["--model", settings["model"]]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"cannot start {settings['python']}: {exc}"
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        return False, lines[-1] if lines else f"exit code {proc.returncode}"
+    info = json.loads(proc.stdout)
+    return True, f"starts (torch {info.get('torch')}, model weights: {info.get('weights')})"
+
+
+def status(plug_ins_dir=None, check: bool = True, **where) -> list[dict]:
+    """One record per place a plug-in could be: installed?, settings, does the worker start."""
+    records = []
+    for version in VERSIONS:
+        for target in targets(version, plug_ins_dir, **where):
+            record = {"gimp": version, "kind": target.kind, "plugin": str(target.plugin_file),
+                      "installed": target.plugin_file.is_file()}
+            if record["installed"]:
+                record["executable"] = os.access(target.plugin_file, os.X_OK)
+                try:
+                    settings = json.loads(target.settings_file.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    record["problem"] = f"{target.settings_file} is missing or damaged"
+                    records.append(record)
+                    continue
+                record.update(python=settings["python"], model=settings["model"],
+                              model_exists=Path(settings["model"]).is_file())
+                if check:
+                    record["worker_ok"], record["worker"] = check_worker(settings)
+            records.append(record)
+    return records
+
+
+# --- the `stylefu gimp` command -----------------------------------------------------------------
+
+def _flatpak_hint(done: list[Target]) -> None:
+    if any(t.kind == "flatpak" for t in done):
+        print("Flatpak GIMP: allow it to start the stylefu worker on the host, once:\n"
+              f"  flatpak override --user --talk-name=org.freedesktop.Flatpak {FLATPAK_APP}")
+
+
+def cmd_gimp(args) -> int:
+    from stylefu.core.errors import UserError
+
+    if args.gimp_command == "install":
+        done = install(args.gimp, args.plug_ins_dir, args.model)
+        for target in done:
+            print(f"installed the GIMP {target.version} plug-in ({target.kind}): {target.plugin_file}")
+        settings = json.loads(done[0].settings_file.read_text(encoding="utf-8"))
+        print(f"worker: {settings['python']} -m stylefu.core")
+        if not Path(settings["model"]).is_file():
+            print(f"note: no model at {settings['model']} yet; run `stylefu export` before using "
+                  "the filter.")
+        _flatpak_hint(done)
+        print("Restart GIMP, then use Filters > Artistic > Neural Style Transfer...")
+        return 0
+    if args.gimp_command == "uninstall":
+        versions = VERSIONS if args.gimp == "all" else (args.gimp,)
+        removed = uninstall(versions, args.plug_ins_dir)
+        for path in removed:
+            print(f"removed {path}")
+        if not removed:
+            print("nothing to remove: no stylefu plug-in found.")
+        return 0
+    records = status(args.plug_ins_dir, check=not args.no_check)
+    if args.json:
+        print(json.dumps(records, indent=2))
+        return 0
+    installed = [r for r in records if r["installed"]]
+    for r in records:
+        if not r["installed"]:
+            print(f"GIMP {r['gimp']} ({r['kind']}): not installed ({r['plugin']})")
+            continue
+        print(f"GIMP {r['gimp']} ({r['kind']}): installed at {r['plugin']}"
+              + ("" if r.get("executable") else " (NOT executable: GIMP will ignore it)"))
+        if "problem" in r:
+            print(f"  problem: {r['problem']}")
+            continue
+        print(f"  worker: {r['python']} -m stylefu.core"
+              + (f": {r['worker']}" if "worker" in r else ""))
+        print(f"  model: {r['model']}" + ("" if r["model_exists"] else " (missing: run `stylefu "
+                                                                        "export`)"))
+    if not installed:
+        raise UserError("No stylefu plug-in is installed; run `stylefu gimp install`.")
+    return 0 if all(r.get("worker_ok", True) and "problem" not in r for r in installed) else 1
+
+
+def add_gimp_parser(sub) -> None:
+    """Add `stylefu gimp install|uninstall|status` to the `stylefu` command's subparsers."""
+    gimp = sub.add_parser("gimp", help="install, remove or check the GIMP plug-ins")
+    gsub = gimp.add_subparsers(dest="gimp_command", required=True)
+    inst = gsub.add_parser("install", help="install the plug-in for this environment's stylefu",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    inst.add_argument("--gimp", choices=VERSIONS, default="3", help="GIMP version")
+    inst.add_argument("--plug-ins-dir", help="install here instead of GIMP's user plug-ins folder")
+    inst.add_argument("--model", help="model the filter uses (default: $STYLEFU_MODEL or the cache's)")
+    uninst = gsub.add_parser("uninstall", help="remove the plug-ins")
+    uninst.add_argument("--gimp", choices=VERSIONS + ("all",), default="all")
+    uninst.add_argument("--plug-ins-dir")
+    stat_ = gsub.add_parser("status", help="say what is installed, where, and if the worker starts")
+    stat_.add_argument("--plug-ins-dir")
+    stat_.add_argument("--no-check", action="store_true", help="do not start the worker")
+    stat_.add_argument("--json", action="store_true")
+    gimp.set_defaults(func=cmd_gimp)

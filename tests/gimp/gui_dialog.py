@@ -1,0 +1,40 @@
+"""Runs INSIDE GIMP 3 with its user interface (under Xvfb): the filter's dialog, for real.
+
+tests/test_gimp3.py starts this, waits for the "Neural Style Transfer" dialog to appear, presses
+its OK button (Alt+O) with xdotool, and checks OUT/gui.json: the filter ran from the dialog's
+values (defaults from the installer's settings) and added its layer.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+from gi.repository import Gegl, Gimp, Gio
+
+JOB = json.load(open(os.environ["STYLEFU_SUITE"]))
+content = np.load(JOB["content"])
+h, w = content.shape[:2]
+image = Gimp.Image.new(w, h, Gimp.ImageBaseType.RGB)
+layer = Gimp.Layer.new(image, "photo", w, h, Gimp.ImageType.RGB_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+image.insert_layer(layer, None, 0)
+buffer = layer.get_buffer()
+buffer.set(Gegl.Rectangle.new(0, 0, w, h), "R'G'B' float", content.astype(np.float32).tobytes())
+buffer.flush()
+Gimp.Display.new(image)
+Gimp.displays_flush()
+procedure = Gimp.get_pdb().lookup_procedure("python-fu-stylefu")
+config = procedure.create_config()
+config.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
+config.set_property("image", image)
+config.set_core_object_array("drawables", [layer])
+config.set_property("style-file", Gio.File.new_for_path(JOB["style"]))
+config.set_property("size", JOB["size"])
+config.set_property("iterations", JOB["iterations"])
+print("[gui] opening the dialog", file=sys.stderr, flush=True)
+values = procedure.run(config)
+result = {"status": values.index(0).value_nick,
+          "layers": [item.get_name() for item in image.get_layers()]}
+print("[gui]", result, file=sys.stderr, flush=True)
+with open(os.path.join(JOB["out"], "gui.json"), "w") as f:
+    json.dump(result, f)

@@ -1,0 +1,202 @@
+"""Runs INSIDE headless GIMP 3 (python-fu-eval): drives the installed stylefu plug-in.
+
+tests/test_gimp3.py writes a job file ($STYLEFU_SUITE) and runs this once; every scenario is
+recorded in OUT/results.json with pixel arrays in OUT/*.npy, and the pytest tests assert on them.
+GIMP starts once for all scenarios (its start-up is the slow part).
+"""
+
+import json
+import os
+import sys
+import traceback
+
+import numpy as np
+from gi.repository import Gegl, Gimp, Gio
+
+JOB = json.load(open(os.environ["STYLEFU_SUITE"]))
+OUT = JOB["out"]
+PDB = Gimp.get_pdb()
+PROC, PROC_PREVIEW = "python-fu-stylefu", "python-fu-stylefu-preview"
+results = {}
+
+
+def log(*parts):
+    print("[suite]", *parts, file=sys.stderr, flush=True)
+
+
+def pixels(drawable, fmt="R'G'B'A float"):
+    w, h = drawable.get_width(), drawable.get_height()
+    data = bytes(drawable.get_buffer().get(Gegl.Rectangle.new(0, 0, w, h), 1.0, fmt,
+                                           Gegl.AbyssPolicy.CLAMP))
+    dtype = np.uint8 if fmt.endswith("u8") else np.float32
+    return np.frombuffer(data, dtype).reshape(h, w, -1).copy()
+
+
+def make_image(array, *, gray=False, alpha=False, precision=None, canvas=None, offsets=(0, 0),
+               name="source"):
+    """A new image with one layer holding `array` (HxWx3|4 float 0..1)."""
+    h, w = array.shape[:2]
+    cw, ch = canvas or (w, h)
+    base = Gimp.ImageBaseType.GRAY if gray else Gimp.ImageBaseType.RGB
+    image = (Gimp.Image.new_with_precision(cw, ch, base, precision) if precision
+             else Gimp.Image.new(cw, ch, base))
+    kinds = {(False, False): Gimp.ImageType.RGB_IMAGE, (False, True): Gimp.ImageType.RGBA_IMAGE,
+             (True, False): Gimp.ImageType.GRAY_IMAGE, (True, True): Gimp.ImageType.GRAYA_IMAGE}
+    layer = Gimp.Layer.new(image, name, w, h, kinds[(gray, alpha)], 100.0,
+                           Gimp.LayerMode.NORMAL)
+    image.insert_layer(layer, None, 0)
+    layer.set_offsets(*offsets)
+    fmt = "R'G'B'A float" if array.shape[2] == 4 else "R'G'B' float"
+    buffer = layer.get_buffer()
+    buffer.set(Gegl.Rectangle.new(0, 0, w, h), fmt, np.ascontiguousarray(array, np.float32).tobytes())
+    buffer.flush()
+    return image, layer
+
+
+def run(name, procedure, image, layer, **props):
+    """Run a procedure non-interactively; record status, message and the image's layers."""
+    proc = PDB.lookup_procedure(procedure)
+    config = proc.create_config()
+    config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+    config.set_property("image", image)
+    config.set_core_object_array("drawables", [layer])
+    for key, value in props.items():
+        if key.startswith("style") and isinstance(value, str):
+            value = Gio.File.new_for_path(value)
+        config.set_property(key.replace("_", "-"), value)
+    before = pixels(layer)
+    images_before = len(Gimp.get_images())
+    values = proc.run(config)
+    status = values.index(0)
+    record = {"status": status.value_nick, "message": "",
+              "source_unchanged": bool(np.array_equal(before, pixels(layer))),
+              "layers": [item.get_name() for item in image.get_layers()],
+              "new_images": len(Gimp.get_images()) - images_before}
+    if status != Gimp.PDBStatusType.SUCCESS and values.length() > 1:
+        record["message"] = str(values.index(1))
+    log(name, record["status"], record["message"], record["layers"])
+    results[name] = record
+    return record, values
+
+
+def describe_new_layer(name, image, source, selection=False):
+    """Record the new layer (the one above the source) and save its pixels for the tests."""
+    record = results[name]
+    layers = image.get_layers()
+    if len(layers) < 2:
+        return None
+    new = layers[image.get_item_position(source) - 1]
+    _, x, y = new.get_offsets()
+    record.update(name=new.get_name(), size=[new.get_width(), new.get_height()], offsets=[x, y],
+                  has_alpha=bool(new.has_alpha()), is_gray=bool(new.is_gray()),
+                  has_mask=new.get_mask() is not None,
+                  position_above=image.get_item_position(new) == image.get_item_position(source) - 1,
+                  precision=image.get_precision().value_nick)
+    np.save(os.path.join(OUT, f"{name}-source.npy"), pixels(source))
+    np.save(os.path.join(OUT, f"{name}-result.npy"), pixels(new))
+    if selection:
+        visible = Gimp.Layer.new_from_visible(image, image, "visible")
+        np.save(os.path.join(OUT, f"{name}-visible.npy"), pixels(visible))
+    return new
+
+
+def set_settings(**changes):
+    with open(JOB["settings"]) as f:
+        settings = json.load(f)
+    settings.update(changes)
+    with open(JOB["settings"], "w") as f:
+        json.dump(settings, f)
+
+
+def main():
+    content = np.load(JOB["content"])  # HxWx3 float32
+    fast = {"preset": "draft", "iterations": JOB["iterations"], "size": JOB["size"],
+            "style_file": JOB["style"], "strength": JOB["strength"]}
+    results["registered"] = {p: bool(PDB.procedure_exists(p)) for p in (PROC, PROC_PREVIEW)}
+    if not JOB.get("figure_only"):
+        scenarios(content, fast)
+    if JOB.get("figure"):
+        figure(JOB["figure"])
+
+
+def scenarios(content, fast):
+    h, w = content.shape[:2]
+
+    image, layer = make_image(content)
+    run("rgb", PROC, image, layer, **fast)
+    describe_new_layer("rgb", image, layer)
+
+    rgba = np.concatenate([content, np.ones((h, w, 1), np.float32)], axis=2)
+    rgba[:, : w // 4, 3] = 0.0          # a fully transparent band
+    rgba[h // 2:, w // 2:, 3] = 0.5     # and a half-transparent corner
+    image, layer = make_image(rgba, alpha=True)
+    run("rgba", PROC, image, layer, **fast)
+    describe_new_layer("rgba", image, layer)
+
+    image, layer = make_image(content, canvas=(w + 40, h + 30), offsets=(25, 13))
+    run("offsets", PROC, image, layer, **fast)
+    describe_new_layer("offsets", image, layer)
+
+    image, layer = make_image(content, gray=True)
+    run("gray", PROC, image, layer, **fast)
+    describe_new_layer("gray", image, layer)
+
+    image, layer = make_image(content, precision=Gimp.Precision.FLOAT_NON_LINEAR)
+    run("float32", PROC, image, layer, **fast)
+    describe_new_layer("float32", image, layer)
+
+    image, layer = make_image(content)
+    sel = JOB["selection"]  # x, y, w, h
+    image.select_rectangle(Gimp.ChannelOps.REPLACE, *sel)
+    run("selection", PROC, image, layer, **fast)
+    describe_new_layer("selection", image, layer, selection=True)
+
+    style_image, style_layer = make_image(np.load(JOB["style_array"]), name="stripes")
+    image, layer = make_image(content)
+    run("style_layer", PROC, image, layer, **dict(fast, style_file=None, style_layer=style_layer))
+    describe_new_layer("style_layer", image, layer)
+
+    # Errors: each must leave the image exactly as it was.
+    image, layer = make_image(content)
+    run("bad_style", PROC, image, layer, **dict(fast, style_file=JOB["bad_style"]))
+    run("no_style", PROC, image, layer, **dict(fast, style_file=None))
+    set_settings(model=JOB["missing_model"])
+    run("missing_model", PROC, image, layer, **fast)
+    set_settings(model=JOB["model"], python=JOB["dying_python"])
+    run("dying_worker", PROC, image, layer, **fast)
+    set_settings(python=JOB["python"])
+
+    # The preview contact sheet opens as a new image.
+    if JOB["preview"]:
+        image, layer = make_image(content)
+        _, values = run("preview", PROC_PREVIEW, image, layer, style_1=JOB["style"],
+                        style_2=JOB["style2"], size=JOB["size"])
+        if results["preview"]["status"] == "success":
+            sheet = values.index(1)
+            results["preview"]["sheet_size"] = [sheet.get_width(), sheet.get_height()]
+            Gimp.file_save(Gimp.RunMode.NONINTERACTIVE, sheet,
+                           Gio.File.new_for_path(os.path.join(OUT, "preview-sheet.png")), None)
+
+
+
+def figure(fig):
+    """A larger run for the README: the selection stylized, the rest of the picture untouched."""
+    big = np.load(fig["content"])
+    image, layer = make_image(big)
+    image.select_ellipse(Gimp.ChannelOps.REPLACE, *fig["selection"])
+    run("figure", PROC, image, layer, style_file=JOB["style"], preset="draft",
+        iterations=fig["iterations"], size=fig["size"], strength=fig["strength"])
+    Gimp.Selection.none(image)
+    flat = image.flatten()
+    Gimp.file_save(Gimp.RunMode.NONINTERACTIVE, image, Gio.File.new_for_path(fig["output"]),
+                   None)
+    log("figure", flat.get_name(), fig["output"])
+
+
+try:
+    main()
+except Exception:
+    results["suite_error"] = traceback.format_exc()
+    log(results["suite_error"])
+with open(os.path.join(OUT, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)

@@ -1,0 +1,316 @@
+# -*- coding: utf-8 -*-
+"""A small, faithful stand-in for GIMP 2.10's `gimpfu` module, for testing the Python-Fu plug-in.
+
+No `gimpfu-stubs` package exists anywhere, and GIMP 2.10 with Python 2 is gone from current
+Debian, so tests/test_gimp2.py runs the plug-in against this: the parts of the gimpfu/gimp/pdb API
+the plug-in uses, with GIMP 2.10's names, argument orders and behaviour (8-bit pixel regions
+sliced as `rgn[x0:x1, y0:y1]`, layers that belong to an image, `gimp_file_load_layer` converting
+to the image's base type, undo groups that must balance, exceptions from the plug-in function
+becoming an execution error with the exception's text). Python 2.7 and 3, standard library only.
+"""
+from __future__ import division, print_function
+
+import struct
+import zlib
+
+# --- constants (values as in GIMP 2.10's gimpenums) ---------------------------------------------
+RGB, GRAY, INDEXED = 0, 1, 2
+RGB_IMAGE, RGBA_IMAGE, GRAY_IMAGE, GRAYA_IMAGE = 0, 1, 2, 3
+ADD_WHITE_MASK, ADD_BLACK_MASK, ADD_ALPHA_MASK, ADD_ALPHA_TRANSFER_MASK, ADD_SELECTION_MASK = range(5)
+NORMAL_MODE = 0
+(PF_INT8, PF_INT16, PF_INT32, PF_INT, PF_FLOAT, PF_STRING, PF_VALUE, PF_COLOR, PF_COLOUR,
+ PF_REGION, PF_IMAGE, PF_LAYER, PF_CHANNEL, PF_DRAWABLE, PF_TOGGLE, PF_BOOL, PF_SLIDER,
+ PF_SPINNER, PF_ADJUSTMENT, PF_FONT, PF_FILE, PF_BRUSH, PF_PATTERN, PF_GRADIENT, PF_RADIO,
+ PF_TEXT, PF_PALETTE, PF_FILENAME, PF_DIRNAME, PF_OPTION) = range(30)
+
+PROCEDURES = {}
+
+
+class ExecutionError(Exception):
+    """What GIMP reports when the plug-in function raises (status EXECUTION_ERROR + message)."""
+
+
+# --- pixels -------------------------------------------------------------------------------------
+
+def _bpp(kind):
+    return {RGB_IMAGE: 3, RGBA_IMAGE: 4, GRAY_IMAGE: 1, GRAYA_IMAGE: 2}[kind]
+
+
+def _to_gray(data, channels):
+    """RGB(A) bytes -> Y(A) bytes with GIMP's luminance weights (what a GRAY image stores)."""
+    raw = bytearray(data)
+    out = bytearray()
+    for i in range(0, len(raw), channels):
+        r, g, b = raw[i], raw[i + 1], raw[i + 2]
+        out.append(int(round(0.2126 * r + 0.7152 * g + 0.0722 * b)))
+        if channels == 4:
+            out.append(raw[i + 3])
+    return bytes(out)
+
+
+def read_png(path):
+    """(width, height, channels, bytes) of an 8-bit non-interlaced PNG (what Pillow writes)."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    if blob[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ExecutionError("Could not open '%s' for reading: not a PNG" % path)
+    pos, idat, header = 8, b"", None
+    while pos < len(blob):
+        length, kind = struct.unpack(">I4s", blob[pos:pos + 8])
+        chunk = blob[pos + 8:pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", chunk)
+        elif kind == b"IDAT":
+            idat += chunk
+    width, height, depth, color, _, _, interlace = header
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[color]
+    if depth != 8 or interlace:
+        raise ExecutionError("stand-in reads 8-bit non-interlaced PNGs only")
+    raw = bytearray(zlib.decompress(idat))
+    stride = width * channels
+    out = bytearray(height * stride)
+    prev = bytearray(stride)
+    for y in range(height):
+        kind = raw[y * (stride + 1)]
+        line = raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)]
+        for x in range(stride):
+            a = line[x - channels] if x >= channels else 0
+            b = prev[x]
+            c = prev[x - channels] if x >= channels else 0
+            if kind == 1:
+                line[x] = (line[x] + a) & 255
+            elif kind == 2:
+                line[x] = (line[x] + b) & 255
+            elif kind == 3:
+                line[x] = (line[x] + (a + b) // 2) & 255
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        out[y * stride:(y + 1) * stride] = line
+        prev = line
+    return width, height, channels, bytes(out)
+
+
+class PixelRgn(object):
+    """gimp.PixelRgn: `rgn[x0:x1, y0:y1]` reads (and assigns) raw 8-bit bytes."""
+
+    def __init__(self, drawable, x, y, w, h, dirty, shadow):
+        self.drawable, self.x, self.y, self.w, self.h = drawable, x, y, w, h
+        self.dirty = dirty
+
+    def __getitem__(self, key):
+        xs, ys = key
+        d = self.drawable
+        rows = [d.data[(y * d.width + xs.start) * d.bpp:(y * d.width + xs.stop) * d.bpp]
+                for y in range(ys.start, ys.stop)]
+        return b"".join(rows)
+
+    def __setitem__(self, key, value):
+        if not self.dirty:
+            raise ExecutionError("pixel region is not writable (dirty=False)")
+        xs, ys = key
+        d = self.drawable
+        data = bytearray(d.data)
+        row = (xs.stop - xs.start) * d.bpp
+        for i, y in enumerate(range(ys.start, ys.stop)):
+            start = (y * d.width + xs.start) * d.bpp
+            data[start:start + row] = value[i * row:(i + 1) * row]
+        d.data = bytes(data)
+
+
+# --- images, layers, masks ---------------------------------------------------------------------
+
+class Channel(object):
+    def __init__(self, width, height, data):
+        self.width, self.height, self.data = width, height, data
+
+
+class Layer(object):
+    """gimp.Layer: name, size, offsets, bpp, alpha, an optional mask, 8-bit pixels."""
+
+    def __init__(self, image, name, width, height, kind, opacity=100.0, mode=NORMAL_MODE):
+        self.image, self.name, self.width, self.height = image, name, width, height
+        self.type, self.opacity, self.mode = kind, opacity, mode
+        self.offsets = (0, 0)
+        self.mask = None
+        self.parent = None
+        self.data = b"\0" * (width * height * _bpp(kind))
+
+    @property
+    def bpp(self):
+        return _bpp(self.type)
+
+    @property
+    def has_alpha(self):
+        return self.type in (RGBA_IMAGE, GRAYA_IMAGE)
+
+    @property
+    def is_gray(self):
+        return self.type in (GRAY_IMAGE, GRAYA_IMAGE)
+
+    def set_offsets(self, x, y):
+        self.image._push("set offsets")
+        self.offsets = (x, y)
+
+    def get_pixel_rgn(self, x, y, w, h, dirty=True, shadow=False):
+        return PixelRgn(self, x, y, w, h, dirty, shadow)
+
+    def create_mask(self, kind):
+        if kind != ADD_SELECTION_MASK:
+            raise ExecutionError("stand-in: only ADD_SELECTION_MASK")
+        sel = self.image.selection
+        ox, oy = self.offsets
+        data = bytearray(self.width * self.height)
+        if sel is not None:
+            sx, sy, sw, sh = sel
+            for y in range(self.height):
+                for x in range(self.width):
+                    if sx <= x + ox < sx + sw and sy <= y + oy < sy + sh:
+                        data[y * self.width + x] = 255
+        return Channel(self.width, self.height, bytes(data))
+
+    def add_mask(self, mask):
+        self.image._push("add mask")
+        self.mask = mask
+
+
+class Image(object):
+    """gimp.Image with a layer stack (index 0 = top), a rectangular selection and undo groups."""
+
+    def __init__(self, width, height, base_type=RGB):
+        self.width, self.height, self.base_type = width, height, base_type
+        self.layers = []
+        self.selection = None  # (x, y, w, h) or None
+        self.undo_steps = []   # closed top-level undo steps, newest last
+        self._group = None
+        self._depth = 0
+
+    def _push(self, what):
+        if self._depth:
+            self._group.append(what)
+        else:
+            self.undo_steps.append([what])
+
+    def undo(self):
+        """Ctrl+Z: undo the newest step (the stand-in only tracks layers added by a step)."""
+        step = self.undo_steps.pop()
+        for layer in [entry[1] for entry in step if isinstance(entry, tuple)]:
+            if layer in self.layers:
+                self.layers.remove(layer)
+
+
+class Display(object):
+    def __init__(self, image):
+        self.image = image
+
+
+class _Gimp(object):
+    """The `gimp` module: progress, messages, displays, and the classes above."""
+
+    Image, Layer, Display = Image, Layer, Display
+
+    def __init__(self):
+        self.progress = []
+        self.messages = []
+
+    def progress_init(self, text=None):
+        self.progress.append(("init", text))
+
+    def progress_update(self, fraction):
+        self.progress.append(("update", fraction))
+
+    def displays_flush(self):
+        pass
+
+    def message(self, text):
+        self.messages.append(text)
+
+
+class _Pdb(object):
+    """The `pdb` object: the procedures the plug-in calls, with GIMP 2.10's signatures."""
+
+    def gimp_image_undo_group_start(self, image):
+        if image._depth == 0:
+            image._group = []
+        image._depth += 1
+
+    def gimp_image_undo_group_end(self, image):
+        if image._depth == 0:
+            raise ExecutionError("undo group end without start")
+        image._depth -= 1
+        if image._depth == 0:
+            if image._group:
+                image.undo_steps.append(image._group)
+            image._group = None
+
+    def gimp_progress_set_text(self, text):
+        gimp.progress.append(("text", text))
+
+    def gimp_progress_end(self):
+        gimp.progress.append(("end", None))
+
+    def gimp_selection_is_empty(self, image):
+        return image.selection is None
+
+    def gimp_image_get_item_position(self, image, item):
+        return image.layers.index(item)
+
+    def gimp_image_insert_layer(self, image, layer, parent, position):
+        if layer.image is not image or layer in image.layers:
+            raise ExecutionError("layer cannot be inserted")
+        image.layers.insert(position, layer)
+        image._push(("insert", layer))
+
+    def gimp_image_remove_layer(self, image, layer):
+        image.layers.remove(layer)
+        image._push(("remove", layer))
+
+    def gimp_file_load_layer(self, image, filename):
+        width, height, channels, data = read_png(filename)
+        if image.base_type == GRAY and channels >= 3:
+            data, channels = _to_gray(data, channels), channels - 2
+        kind = {1: GRAY_IMAGE, 2: GRAYA_IMAGE, 3: RGB_IMAGE, 4: RGBA_IMAGE}[channels]
+        layer = Layer(image, filename.replace("\\", "/").rsplit("/", 1)[-1], width, height, kind)
+        layer.data = data
+        return layer
+
+    def gimp_file_load(self, filename, raw_filename):
+        width, height, channels, data = read_png(filename)
+        image = Image(width, height, GRAY if channels < 3 else RGB)
+        layer = self.gimp_file_load_layer(image, filename)
+        image.layers.append(layer)
+        return image
+
+
+gimp = _Gimp()
+pdb = _Pdb()
+
+
+def register(proc_name, blurb, help, author, copyright, date, label, imagetypes, params,
+             results, function, menu=None, domain=None, on_query=None, on_run=None):
+    """Record the procedure like gimpfu does (its name gets python-fu- unless it has a prefix)."""
+    if not proc_name.startswith(("python-", "python_", "extension-", "plug-in-", "file-")):
+        proc_name = "python-fu-" + proc_name
+    for i, param in enumerate(params):
+        if param[0] in (PF_SLIDER, PF_SPINNER, PF_ADJUSTMENT, PF_OPTION, PF_RADIO) and len(param) < 5:
+            raise TypeError("%s: parameter %d needs a 5th element" % (proc_name, i))
+    PROCEDURES[proc_name] = {"label": label, "imagetypes": imagetypes, "params": params,
+                             "results": results, "function": function, "menu": menu}
+
+
+def main():
+    """gimpfu.main(): GIMP would now query or run the plug-in; the tests call `run` instead."""
+
+
+def run(proc_name, *args):
+    """Run a registered procedure non-interactively: (status, message, return values)."""
+    proc = PROCEDURES[proc_name]
+    if len(args) != len(proc["params"]):
+        raise TypeError("%s takes %d arguments, got %d" % (proc_name, len(proc["params"]), len(args)))
+    try:
+        values = proc["function"](*args)
+    except Exception as exc:  # gimpfu: the exception's text is the procedure's error message
+        return "execution-error", str(exc), None
+    return "success", "", values

@@ -1,0 +1,98 @@
+# -*- coding: utf-8 -*-
+"""Drives the installed GIMP 2.10 plug-in with the gimpfu stand-in (Python 2.7 or 3).
+
+usage: harness.py JOB.json   (written by tests/test_gimp2.py; see there)
+Prints nothing useful; writes OUT/report.json and each new layer's raw 8-bit pixels.
+"""
+from __future__ import division, print_function
+
+import io
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gimpfu  # noqa: E402  (the stand-in)
+
+JOB = json.load(io.open(sys.argv[1], encoding="utf-8"))
+OUT = JOB["out"]
+report = {"procedures": {}}
+
+
+def make_image(kind, alpha=False, offsets=(0, 0), canvas=None, name="source"):
+    """An image with one layer holding the job's content (raw RGB/RGBA/Y/YA bytes files)."""
+    width, height = JOB["width"], JOB["height"]
+    gray = kind == "gray"
+    cw, ch = canvas or (width, height)
+    image = gimpfu.gimp.Image(cw, ch, gimpfu.GRAY if gray else gimpfu.RGB)
+    layer_kind = {(False, False): gimpfu.RGB_IMAGE, (False, True): gimpfu.RGBA_IMAGE,
+                  (True, False): gimpfu.GRAY_IMAGE, (True, True): gimpfu.GRAYA_IMAGE}[(gray, alpha)]
+    layer = gimpfu.gimp.Layer(image, name, width, height, layer_kind)
+    with open(JOB["pixels"][("gray" if gray else "rgb") + ("a" if alpha else "")], "rb") as f:
+        layer.data = f.read()
+    image.layers.append(layer)
+    layer.offsets = tuple(offsets)
+    return image, layer
+
+
+def args_for(image, layer, style_file=None, style_layer=None, strength=100.0):
+    """The procedure's 13 arguments, as GIMP passes them (options as indices)."""
+    choices = JOB["choices"]
+    return (image, layer, style_file or "", 1 if style_layer is not None else 0, style_layer,
+            strength, choices["preset"].index("draft"), JOB["iterations"], JOB["size"],
+            0, 1.0, 0, choices["device"].index("cpu"))
+
+
+def run(name, image, layer, **kwargs):
+    before = layer.data
+    status, message, _ = gimpfu.run("python-fu-stylefu", *args_for(image, layer, **kwargs))
+    record = {"status": status, "message": message, "source_unchanged": layer.data == before,
+              "layers": [item.name for item in image.layers], "undo_steps": len(image.undo_steps),
+              "undo_open": image._depth}
+    if status == "success":
+        new = image.layers[image.layers.index(layer) - 1]
+        record.update(name=new.name, size=[new.width, new.height], offsets=list(new.offsets),
+                      bpp=new.bpp, has_mask=new.mask is not None)
+        with open(os.path.join(OUT, name + "-result.raw"), "wb") as f:
+            f.write(new.data)
+        if new.mask is not None:
+            with open(os.path.join(OUT, name + "-mask.raw"), "wb") as f:
+                f.write(new.mask.data)
+        image.undo()
+        record["layers_after_undo"] = [item.name for item in image.layers]
+    report[name] = record
+
+
+def main():
+    sys.argv = [JOB["plugin"]]
+    # GIMP runs the file as __main__; exec keeps its globals alive (Python 2's runpy clears them).
+    namespace = {"__name__": "__main__", "__file__": JOB["plugin"]}
+    with open(JOB["plugin"], "rb") as f:
+        exec(compile(f.read(), JOB["plugin"], "exec"), namespace)
+    for proc_name, proc in gimpfu.PROCEDURES.items():
+        report["procedures"][proc_name] = {"menu": proc["menu"], "label": proc["label"],
+                                           "params": [p[1] for p in proc["params"]]}
+    image, layer = make_image("rgb")
+    image.selection = tuple(JOB["selection"])
+    run("rgb_selection", image, layer, style_file=JOB["style"])
+    image, layer = make_image("rgb", alpha=True, offsets=(7, 5), canvas=(90, 70))
+    run("rgba_offsets", image, layer, style_file=JOB["style"])
+    image, layer = make_image("gray")
+    run("gray", image, layer, style_file=JOB["style"])
+    style_image, style_layer = make_image("rgb", name="stripes")
+    image, layer = make_image("rgb")
+    run("style_layer", image, layer, style_layer=style_layer)
+    image, layer = make_image("rgb")
+    run("bad_style", image, layer, style_file=JOB["bad_style"])
+    run("no_style", image, layer)
+
+
+try:
+    main()
+except Exception:
+    import traceback
+    report["harness_error"] = traceback.format_exc()
+report["python"] = sys.version.split()[0]
+with io.open(os.path.join(OUT, "report.json"), "w", encoding="utf-8") as f:
+    f.write(json.dumps(report, indent=2, sort_keys=True).decode("utf-8")
+            if sys.version_info[0] == 2 else json.dumps(report, indent=2, sort_keys=True))

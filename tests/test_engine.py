@@ -1,0 +1,97 @@
+"""The ONNX Runtime feature engine: parity with torch, batches, provider, threads, quiet start."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from stylefu.core.engine import MAX_THREADS, FeatureEngine, cuda_is_usable, engine_threads
+from stylefu.core.errors import UserError
+from stylefu.core.vgg import EXPORTED_LAYERS, load_torch_model
+
+# ONNX Runtime and torch run the same float32 convolutions with different kernels: the largest
+# difference per output, relative to that output's largest magnitude, stays far below this
+# (measured about 1e-6 at relu5_1).
+PARITY_TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def engines(model_path):
+    return FeatureEngine(model_path, device="cpu"), load_torch_model(model_path)
+
+
+@pytest.mark.parametrize("n,h,w", [(1, 16, 16), (1, 37, 53), (1, 64, 48), (3, 40, 33)])
+def test_onnx_runtime_matches_torch(engines, n, h, w):
+    engine, net = engines
+    batch = np.random.default_rng(h * w).random((n, 3, h, w), dtype=np.float32)
+    ort_out = engine.features(batch)
+    with torch.no_grad():
+        torch_out = net(torch.from_numpy(batch))
+    assert set(ort_out) == set(EXPORTED_LAYERS)
+    for name in EXPORTED_LAYERS:
+        a, b = ort_out[name], torch_out[name].numpy()
+        assert a.shape == b.shape and a.shape[0] == n
+        assert np.abs(b).max() > 0, name  # a dead layer would make the comparison empty
+        assert np.abs(a - b).max() / np.abs(b).max() < PARITY_TOLERANCE, name
+
+
+def test_a_batch_gives_each_image_its_own_features(engines):
+    engine, _ = engines
+    batch = np.random.default_rng(1).random((2, 3, 37, 53), dtype=np.float32)
+    together = engine.features(batch, ("relu3_1", "relu4_2"))
+    for i in range(2):
+        alone = engine.features(batch[i:i + 1], ("relu3_1", "relu4_2"))
+        for name, value in alone.items():
+            np.testing.assert_allclose(together[name][i:i + 1], value, rtol=1e-5, atol=1e-6)
+    # Requested layers only, in the order asked for.
+    assert list(together) == ["relu3_1", "relu4_2"]
+
+
+def test_calls_are_counted_and_bad_inputs_refused(engines):
+    engine, _ = engines
+    before = engine.calls
+    engine.image_features(np.zeros((20, 30, 3), np.float32), ("relu1_1",))
+    assert engine.calls == before + 1
+    with pytest.raises(UserError, match="at least 16 px"):
+        engine.features(np.zeros((1, 3, 15, 40), np.float32))
+    with pytest.raises(ValueError):
+        engine.features(np.zeros((3, 20, 20), np.float32))
+    with pytest.raises(ValueError, match="unknown layers"):
+        engine.features(np.zeros((1, 3, 20, 20), np.float32), ("conv9_9",))
+    assert engine.calls == before + 1  # refused inputs never reach ONNX Runtime
+
+
+def test_provider_is_the_one_that_really_runs(model_path):
+    engine = FeatureEngine(model_path)
+    assert engine.provider == engine.session.get_providers()[0]
+    if cuda_is_usable():
+        assert engine.provider == "CUDAExecutionProvider"
+    else:
+        assert engine.session.get_providers() == ["CPUExecutionProvider"]
+        assert engine.describe() == (f"ONNX Runtime on CPUExecutionProvider with "
+                                     f"{engine.threads} thread(s)")
+    assert FeatureEngine(model_path, device="cpu").provider == "CPUExecutionProvider"
+
+
+def test_thread_counts_suit_small_and_large_machines(monkeypatch, model_path):
+    monkeypatch.delenv("STYLEFU_THREADS", raising=False)
+    assert engine_threads(1) == 1
+    assert engine_threads(2) == 2
+    assert engine_threads(64) == MAX_THREADS == 16
+    monkeypatch.setenv("STYLEFU_THREADS", "3")
+    assert engine_threads(64) == 3
+    assert FeatureEngine(model_path, device="cpu").threads == 3
+    monkeypatch.setenv("STYLEFU_THREADS", "many")
+    with pytest.raises(UserError, match="STYLEFU_THREADS"):
+        engine_threads()
+
+
+def test_engine_starts_without_log_noise(model_path):
+    code = ("from stylefu.core.engine import FeatureEngine; import numpy as np;"
+            f"e = FeatureEngine({str(model_path)!r});"
+            "e.features(np.zeros((1, 3, 16, 16), np.float32))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and done.stderr == ""

@@ -1,0 +1,174 @@
+"""The GIMP 2.10 Python-Fu plug-in: Python 2.7 syntax, and a real run against the gimpfu stand-in
+(tests/gimpfu_standin) with the real stylefu worker, under Python 2.7 when it is installed (GIMP
+2.10's own Python), else under this Python 3.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stylefu.core.demo import demo_content, demo_style
+from stylefu.plugin import installer
+
+STANDIN = Path(__file__).resolve().parent / "gimpfu_standin"
+H, W, SIZE, ITERATIONS = 40, 56, 56, 3
+SELECTION = (10, 8, 24, 16)
+
+
+def python27() -> str | None:
+    """A working Python 2.7 interpreter ($STYLEFU_PYTHON2, PATH, or pyenv's), or None."""
+    candidates = [os.environ.get("STYLEFU_PYTHON2"), shutil.which("python2.7")]
+    candidates += sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/2.7*/bin/python2.7")))
+    for path in filter(None, candidates):
+        try:
+            out = subprocess.run([path, "-c", "import sys; print(sys.version_info[:2])"],
+                                 capture_output=True, text=True, timeout=30)
+        except OSError:
+            continue
+        if out.returncode == 0 and out.stdout.strip() == "(2, 7)":
+            return path
+    return None
+
+
+PY27 = python27()
+# GIMP 2.10's own Python is 2.7: run there when it is installed, else under this Python 3 (the
+# plug-in and the bridge are written for both). One interpreter keeps the file to one run.
+INTERPRETERS = [pytest.param(PY27, id="python2.7")] if PY27 else \
+    [pytest.param(sys.executable, id="python3")]
+
+
+@pytest.fixture(scope="module")
+def installed(model_path, tmp_path_factory):
+    root = tmp_path_factory.mktemp("gimp2")
+    (target,) = installer.install("2.10", root / "plug-ins", model=model_path)
+    settings = json.loads(target.settings_file.read_text())
+    settings["preview_every"] = 1
+    target.settings_file.write_text(json.dumps(settings))
+    return target, settings, root
+
+
+@pytest.fixture(scope="module", params=INTERPRETERS)
+def report(request, installed):
+    target, settings, root = installed
+    work = root / Path(request.param).name
+    out = work / "out"
+    out.mkdir(parents=True)
+    rgb = np.round(demo_content(H, W) * 255).astype(np.uint8)
+    alpha = np.full((H, W, 1), 255, np.uint8)
+    alpha[:, : W // 4] = 0
+    alpha[H // 2:, W // 2:] = 128
+    gray = np.round(rgb @ np.array([0.2126, 0.7152, 0.0722])).astype(np.uint8)[..., None]
+    pixels = {"rgb": rgb, "rgba": np.concatenate([rgb, alpha], 2), "gray": gray,
+              "graya": np.concatenate([gray, alpha], 2)}
+    for name, array in pixels.items():
+        (work / f"{name}.raw").write_bytes(array.tobytes())
+    Image.fromarray(np.round(demo_style(64) * 255).astype(np.uint8)).save(work / "style.png")
+    (work / "broken.png").write_bytes(b"not an image at all\n" * 8)
+    job = {"plugin": str(target.plugin_file), "out": str(out), "width": W, "height": H,
+           "pixels": {k: str(work / f"{k}.raw") for k in pixels}, "style": str(work / "style.png"),
+           "bad_style": str(work / "broken.png"), "choices": settings["choices"], "size": SIZE,
+           "iterations": ITERATIONS, "selection": list(SELECTION)}
+    (work / "job.json").write_text(json.dumps(job))
+    proc = subprocess.run([request.param, str(STANDIN / "harness.py"), str(work / "job.json")],
+                          capture_output=True, text=True, timeout=300)
+    report_file = out / "report.json"
+    assert report_file.exists(), proc.stdout + proc.stderr
+    data = json.loads(report_file.read_text())
+    assert "harness_error" not in data, data["harness_error"]
+    data.update(out=out, pixels=pixels, log=proc.stderr)
+    return data
+
+
+def test_installed_plugin_parses_as_python_27(installed, tmp_path):
+    if PY27 is None:
+        pytest.skip("no Python 2.7 interpreter here (set STYLEFU_PYTHON2)")
+    target, _, _ = installed
+    copy = tmp_path / "stylefu_gimp2.py"
+    shutil.copy(target.plugin_file, copy)  # py_compile writes a .pyc beside the file
+    proc = subprocess.run([PY27, "-m", "py_compile", str(copy)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    # ... and Python 2.7 really rejects Python 3 syntax (the check can fail):
+    bad = tmp_path / "bad.py"
+    bad.write_text("x = f'{1}'\n")
+    assert subprocess.run([PY27, "-m", "py_compile", str(bad)], capture_output=True).returncode != 0
+
+
+def test_installed_plugin_is_one_self_contained_file(installed):
+    target, _, _ = installed
+    text = target.plugin_file.read_text()
+    assert "from stylefu_bridge import" not in text and "import stylefu" not in text
+    assert "def run_worker(" in text and os.access(target.plugin_file, os.X_OK)
+    assert text.startswith("#!/usr/bin/env python2\n")
+
+
+def test_procedures_are_registered(report):
+    procs = report["procedures"]
+    assert set(procs) == {"python-fu-stylefu", "python-fu-stylefu-preview"}
+    assert procs["python-fu-stylefu"]["menu"] == "<Image>/Filters/Artistic"
+    assert procs["python-fu-stylefu"]["label"] == "Neural Style _Transfer..."
+    assert procs["python-fu-stylefu"]["params"][:5] == ["image", "drawable", "style_file",
+                                                      "style_source", "style_layer"]
+
+
+def result(report, name, channels):
+    raw = (report["out"] / f"{name}-result.raw").read_bytes()
+    return np.frombuffer(raw, np.uint8).reshape(H, W, channels)
+
+
+def test_selection_becomes_the_mask_and_one_undo_removes_the_layer(report):
+    r = report["rgb_selection"]
+    assert r["status"] == "success", r["message"]
+    assert r["name"] == "style (neural style)" and r["layers"] == ["style (neural style)", "source"]
+    assert r["size"] == [W, H] and r["offsets"] == [0, 0] and r["bpp"] == 3 and r["has_mask"]
+    mask = np.frombuffer((report["out"] / "rgb_selection-mask.raw").read_bytes(), np.uint8)
+    x, y, w, h = SELECTION
+    expected = np.zeros((H, W), np.uint8)
+    expected[y:y + h, x:x + w] = 255
+    assert np.array_equal(mask.reshape(H, W), expected)
+    diff = np.abs(result(report, "rgb_selection", 3).astype(int) - report["pixels"]["rgb"]).mean()
+    assert diff > 2, f"mean change {diff:.2f} of 255"
+    assert r["source_unchanged"] and r["undo_open"] == 0
+    assert r["undo_steps"] == 1 and r["layers_after_undo"] == ["source"]
+
+
+def test_alpha_and_offsets_are_kept(report):
+    r = report["rgba_offsets"]
+    assert r["status"] == "success", r["message"]
+    assert r["offsets"] == [7, 5] and r["bpp"] == 4 and not r["has_mask"]
+    assert np.array_equal(result(report, "rgba_offsets", 4)[..., 3],
+                          report["pixels"]["rgba"][..., 3])
+
+
+def test_grayscale_image_gets_a_grayscale_layer(report):
+    r = report["gray"]
+    assert r["status"] == "success", r["message"]
+    assert r["bpp"] == 1
+    assert np.abs(result(report, "gray", 1).astype(int) - report["pixels"]["gray"]).mean() > 1
+
+
+def test_style_from_a_layer(report):
+    r = report["style_layer"]
+    assert r["status"] == "success", r["message"]
+    assert r["name"] == "stripes (neural style)"
+
+
+def test_live_preview_replaced_the_layer_during_the_run(report):
+    assert report["log"].count("[stylefu] preview") >= 4 * (ITERATIONS - 1)
+
+
+@pytest.mark.parametrize("name, words", [("bad_style", "is not an image"),
+                                         ("no_style", "Choose a style")])
+def test_errors_leave_the_image_as_it_was(report, name, words):
+    r = report[name]
+    assert r["status"] == "execution-error" and words in r["message"], r["message"]
+    assert r["layers"] == ["source"] and r["source_unchanged"] and r["undo_open"] == 0

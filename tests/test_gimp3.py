@@ -1,0 +1,309 @@
+"""The GIMP 3 plug-in in a real headless GIMP 3: installed by `stylefu gimp install`, driven by
+tests/gimp/suite.py inside GIMP's Python batch interpreter, with random weights and small images.
+
+GIMP starts once per module (the `suite` fixture); each test asserts on what the suite recorded.
+Without GIMP 3 (no Debian 13 host package, no chroot from tests/gimp/setup-gimp3.sh, or not root)
+the tests skip with the reason; with STYLEFU_REQUIRE_GIMP=1 (set by .ci/run) they fail instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stylefu.core.cli import main
+from stylefu.core.demo import demo_content, demo_style
+from stylefu.plugin import installer
+
+REPO = Path(__file__).resolve().parents[1]
+GIMP_DIR = Path(__file__).resolve().parent / "gimp"
+ROOTFS = os.environ.get("ROOTFS", "/var/cache/gimp3-trixie/rootfs")
+REQUIRED = os.environ.get("STYLEFU_REQUIRE_GIMP") == "1"
+# Small and fast: 48x64 layers, working size 64 (one scale), a few evaluations per run, a strong
+# style (strength 100 = 100 x the default style weight) so that a few evaluations change pixels.
+H, W, SIZE, ITERATIONS, STRENGTH = 48, 64, 64, 4, 100.0
+SELECTION = (16, 12, 32, 24)  # x, y, w, h
+STYLIZED = ("rgb", "rgba", "offsets", "gray", "float32", "selection", "style_layer")
+# Set STYLEFU_GIMP_FIGURE=PATH to also render the README's figure (tests/figures/gimp-result.png).
+FIGURE = os.environ.get("STYLEFU_GIMP_FIGURE")
+
+
+def gimp_missing() -> str | None:
+    """Why GIMP 3 cannot run here, or None."""
+    try:
+        debian = int(Path("/etc/debian_version").read_text().split(".")[0])
+    except (OSError, ValueError):
+        debian = 0
+    if debian >= 13:
+        return None if shutil.which("gimp-console-3.0") else \
+            "gimp-console-3.0 is not installed (run tests/gimp/setup-gimp3.sh)"
+    if not Path(ROOTFS, "usr/bin/gimp-console-3.0").exists():
+        return f"no GIMP 3 chroot at {ROOTFS} (run tests/gimp/setup-gimp3.sh as root)"
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return "the GIMP 3 chroot needs root and unshare"
+    return None
+
+
+def preview_command_missing() -> str | None:
+    proc = subprocess.run([sys.executable, "-m", "stylefu.core", "preview", "--help"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return "`stylefu preview` is not available in this stylefu: " + \
+            (proc.stderr.strip().splitlines() or ["?"])[-1]
+    return None
+
+
+def read_only_binds(*paths: Path) -> str:
+    """Folders the worker needs inside the chroot, without ones already under another."""
+    paths = sorted({Path(p).resolve() for p in paths}, key=lambda p: len(p.parts))
+    kept: list[Path] = []
+    for path in paths:
+        if not any(path.is_relative_to(k) for k in kept):
+            kept.append(path)
+    return " ".join(str(p) for p in kept)
+
+
+@pytest.fixture(scope="module")
+def suite(model_path, tmp_path_factory):
+    reason = gimp_missing()
+    if reason:
+        if REQUIRED:
+            pytest.fail(f"STYLEFU_REQUIRE_GIMP=1 but {reason}")
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("gimp3")
+    out = root / "out"
+    out.mkdir()
+    (target,) = installer.install("3", root / "plug-ins", model=model_path)
+    settings = json.loads(target.settings_file.read_text())
+    settings["preview_every"] = 1  # update the live preview layer at every evaluation
+    target.settings_file.write_text(json.dumps(settings))
+
+    content = demo_content(H, W)
+    np.save(root / "content.npy", content)
+    style = demo_style(64)
+    Image.fromarray(np.round(style * 255).astype(np.uint8)).save(root / "style.png")
+    Image.fromarray(np.round(style[::-1, :, ::-1] * 255).astype(np.uint8)).save(root / "style2.png")
+    np.save(root / "style-layer.npy", demo_style(48, seed=3))
+    (root / "broken.png").write_bytes(b"this is not an image\n" * 10)
+    dying = root / "dying-python"
+    dying.write_text(f"#!{sys.executable}\n" + (GIMP_DIR / "dying_worker.py").read_text())
+    dying.chmod(0o755)
+    script = root / "suite.py"
+    shutil.copy(GIMP_DIR / "suite.py", script)
+
+    preview_reason = preview_command_missing()
+    job = {"out": str(out), "settings": str(target.settings_file), "content": str(root / "content.npy"),
+           "style": str(root / "style.png"), "style2": str(root / "style2.png"),
+           "style_array": str(root / "style-layer.npy"), "bad_style": str(root / "broken.png"),
+           "model": str(model_path), "missing_model": str(root / "no-such-model.onnx"),
+           "python": sys.executable, "dying_python": str(dying), "size": SIZE,
+           "iterations": ITERATIONS, "strength": STRENGTH, "selection": list(SELECTION),
+           "preview": not preview_reason}
+    if FIGURE:
+        np.save(root / "figure.npy", demo_content(144, 192))
+        job["figure"] = {"content": str(root / "figure.npy"), "output": str(out / "figure.png"),
+                         "selection": [30, 15, 150, 115], "size": 192, "iterations": 40,
+                         "strength": 75.0}
+        job["figure_only"] = os.environ.get("STYLEFU_GIMP_FIGURE_ONLY") == "1"
+    (root / "job.json").write_text(json.dumps(job))
+
+    binds = [REPO, Path(sys.prefix), Path(sys.base_prefix), Path(model_path).parent]
+    env = dict(os.environ, GIMP_FAST="1", PASS_ENV="STYLEFU_SUITE",
+               STYLEFU_SUITE=str(root / "job.json"), BIND_RO=read_only_binds(*binds), ROOTFS=ROOTFS)
+    started = time.perf_counter()
+    proc = subprocess.run(["sh", str(GIMP_DIR / "gimp3-batch.sh"), str(script),
+                           str(root / "plug-ins")], env=env, capture_output=True, text=True,
+                          timeout=900)
+    seconds = time.perf_counter() - started
+    log = proc.stdout + proc.stderr
+    (root / "gimp.log").write_text(log)
+    results_file = out / "results.json"
+    assert results_file.exists(), f"GIMP wrote no results (exit {proc.returncode}):\n{log[-4000:]}"
+    results = json.loads(results_file.read_text())
+    assert "suite_error" not in results, results["suite_error"]
+    if FIGURE:
+        Path(FIGURE).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out / "figure.png", FIGURE)
+    print(f"real GIMP 3 suite: {seconds:.1f} s, exit {proc.returncode}")
+    return {"results": results, "out": out, "log": log, "content": content,
+            "preview_reason": preview_reason, "root": root}
+
+
+def arrays(suite, name):
+    out = suite["out"]
+    return np.load(out / f"{name}-source.npy"), np.load(out / f"{name}-result.npy")
+
+
+def test_procedures_are_registered(suite):
+    assert suite["results"]["registered"] == {"python-fu-stylefu": True,
+                                              "python-fu-stylefu-preview": True}
+
+
+@pytest.mark.parametrize("name", STYLIZED)
+def test_new_layer_above_source_with_its_geometry(suite, name):
+    r = suite["results"][name]
+    assert r["status"] == "success", r["message"]
+    expected = "stripes (neural style)" if name == "style_layer" else "style (neural style)"
+    assert r["name"] == expected
+    assert r["layers"][0] == expected and r["layers"][1] == "source" and len(r["layers"]) == 2
+    assert r["position_above"]
+    assert r["size"] == [W, H]
+    assert r["offsets"] == ([25, 13] if name == "offsets" else [0, 0])
+    assert r["has_alpha"] == (name == "rgba")
+    assert r["is_gray"] == (name == "gray")
+    assert r["has_mask"] == (name == "selection")
+    assert r["source_unchanged"], "the source layer's pixels changed"
+
+
+@pytest.mark.parametrize("name", ["rgb", "rgba", "offsets", "gray", "float32", "style_layer"])
+def test_pixels_are_stylized(suite, name):
+    source, result = arrays(suite, name)
+    diff = np.abs(result[..., :3] - source[..., :3]).mean()
+    assert diff > 0.01, f"{name}: mean change {diff:.4f}"
+    if name == "gray":
+        assert np.array_equal(result[..., 0], result[..., 1])  # still a grayscale layer
+
+
+def test_alpha_is_kept(suite):
+    source, result = arrays(suite, "rgba")
+    assert np.array_equal(result[..., 3], source[..., 3])
+    assert (source[..., 3] == 0).any() and ((source[..., 3] > 0) & (source[..., 3] < 1)).any()
+
+
+def test_high_bit_depth_is_not_rounded_to_8_bits(suite):
+    r = suite["results"]["float32"]
+    assert r["precision"] == "float-non-linear"
+    _, result = arrays(suite, "float32")
+    off_grid = np.abs(result[..., :3] * 255 - np.round(result[..., :3] * 255)) > 1e-3
+    assert off_grid.mean() > 0.5, f"only {off_grid.mean():.2f} of the values are off the 8-bit grid"
+
+
+def test_selection_masks_the_result(suite):
+    source, _ = arrays(suite, "selection")
+    visible = np.load(suite["out"] / "selection-visible.npy")
+    x, y, w, h = SELECTION
+    inside = np.zeros(source.shape[:2], bool)
+    inside[y:y + h, x:x + w] = True
+    assert np.array_equal(visible[~inside], source[~inside]), "pixels outside the selection changed"
+    assert np.abs(visible[inside][:, :3] - source[inside][:, :3]).mean() > 0.01
+
+
+def test_result_is_the_workers_output(suite, model_path, tmp_path):
+    """The RGB layer holds exactly what `stylefu run` computes for the same pixels and options."""
+    content = np.round(suite["content"] * 255) / 255  # what the 8-bit layer holds
+    np.save(tmp_path / "c.npy", content.astype(np.float32))
+    style = suite["root"] / "style.png"
+    settings = installer.plugin_settings("3", sys.executable, model_path)
+    values = dict(settings["defaults"], preset="draft", iterations=ITERATIONS, size=SIZE,
+                  strength=STRENGTH)
+    options = [o for o in installer.load_bridge().run_options(values, dict(settings, preview_every=0))
+               if o != "--watch-stdin"]
+    assert main(["run", str(tmp_path / "c.npy"), str(style), "-o", str(tmp_path / "r.npy")]
+                + options) == 0
+    expected = np.load(tmp_path / "r.npy")
+    _, result = arrays(suite, "rgb")
+    assert np.abs(result[..., :3] - expected).max() <= 1 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("name, words", [
+    ("bad_style", "is not an image"),
+    ("no_style", "Choose a style"),
+    ("missing_model", "No model at"),
+    ("dying_worker", "stopped unexpectedly (killed by signal SIGKILL)"),
+])
+def test_errors_leave_the_image_as_it_was(suite, name, words):
+    r = suite["results"][name]
+    assert r["status"] == "execution-error"
+    assert words in r["message"], r["message"]
+    assert "\n" not in r["message"].strip() and "Traceback" not in r["message"]
+    assert r["layers"] == ["source"], "a layer was left behind"
+    assert r["source_unchanged"]
+
+
+def test_live_preview_layer_was_updated_during_runs(suite):
+    previews = [line for line in suite["log"].splitlines() if "[stylefu] preview" in line]
+    assert len(previews) >= len(STYLIZED) * (ITERATIONS - 1)
+
+
+def test_undo_groups_are_closed(suite):
+    """Every change happens inside one undo group that the plug-in closes itself.
+
+    GIMP 3.0's PDB has no undo call, so a headless test cannot press Ctrl+Z; GIMP itself reports
+    a plug-in that leaves an undo group open, and that message must never appear.
+    """
+    assert "left image undo in inconsistent state" not in suite["log"]
+    assert "[stylefu] error" in suite["log"]  # the log is GIMP's real stderr (errors ran)
+
+
+def test_preview_opens_the_contact_sheet(suite):
+    if suite["preview_reason"]:
+        pytest.skip(suite["preview_reason"])
+    r = suite["results"]["preview"]
+    assert r["status"] == "success", r["message"]
+    assert r["new_images"] == 1 and r["layers"] == ["source"]
+    sheet = Image.open(suite["out"] / "preview-sheet.png")
+    assert sheet.size == tuple(r["sheet_size"]) and min(sheet.size) >= SIZE
+
+
+def test_dialog_runs_the_filter_in_gimps_user_interface(model_path, tmp_path):
+    """GIMP 3 with its interface under Xvfb: the filter's dialog opens, OK runs the filter."""
+    reason = gimp_missing() or (None if shutil.which("Xvfb") and shutil.which("xdotool") else
+                                "the GUI test needs Xvfb and xdotool (apt-get install xvfb xdotool)")
+    if reason:
+        if REQUIRED:
+            pytest.fail(f"STYLEFU_REQUIRE_GIMP=1 but {reason}")
+        pytest.skip(reason)
+    installer.install("3", tmp_path / "plug-ins", model=model_path)
+    np.save(tmp_path / "content.npy", demo_content(H, W))
+    Image.fromarray(np.round(demo_style(64) * 255).astype(np.uint8)).save(tmp_path / "style.png")
+    (tmp_path / "out").mkdir()
+    job = {"content": str(tmp_path / "content.npy"), "style": str(tmp_path / "style.png"),
+           "out": str(tmp_path / "out"), "size": SIZE, "iterations": ITERATIONS}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    shutil.copy(GIMP_DIR / "gui_dialog.py", tmp_path / "gui_dialog.py")
+    number = 40 + os.getpid() % 50
+    display = f":{number}"
+    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gimp = None
+    try:
+        deadline = time.monotonic() + 30
+        while not Path(f"/tmp/.X11-unix/X{number}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        binds = [REPO, Path(sys.prefix), Path(sys.base_prefix), Path(model_path).parent,
+                 Path("/tmp/.X11-unix")]
+        env = dict(os.environ, GIMP_GUI="1", DISPLAY=display, PASS_ENV="DISPLAY STYLEFU_SUITE",
+                   STYLEFU_SUITE=str(tmp_path / "job.json"), BIND_RO=read_only_binds(*binds),
+                   ROOTFS=ROOTFS)
+        gimp = subprocess.Popen(["sh", str(GIMP_DIR / "gimp3-batch.sh"),
+                                 str(tmp_path / "gui_dialog.py"), str(tmp_path / "plug-ins")],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        xenv = dict(os.environ, DISPLAY=display)
+        window, deadline = "", time.monotonic() + 300
+        while not window and time.monotonic() < deadline and gimp.poll() is None:
+            time.sleep(1)
+            window = subprocess.run(["xdotool", "search", "--name", "Neural Style Transfer"],
+                                    env=xenv, capture_output=True, text=True).stdout.split()
+        assert window, "the filter's dialog never appeared"
+        time.sleep(2)  # let the dialog finish drawing before pressing its OK button
+        # No window manager under Xvfb: focus the dialog directly, then its OK mnemonic.
+        subprocess.run(["xdotool", "windowfocus", "--sync", window[0]], env=xenv, timeout=30)
+        subprocess.run(["xdotool", "key", "alt+o"], env=xenv, timeout=30)
+        log, _ = gimp.communicate(timeout=300)
+    finally:
+        for proc in (gimp, xvfb):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    result = json.loads((tmp_path / "out" / "gui.json").read_text())
+    assert result == {"status": "success", "layers": ["style (neural style)", "photo"]}, log[-3000:]
+    assert "duplicate mnemonic" not in log

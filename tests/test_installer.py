@@ -1,0 +1,128 @@
+"""`stylefu gimp install|uninstall|status`: GIMP's plug-in folders per platform (on a fake home),
+what gets written, and that the recorded worker really starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from stylefu.core.cli import main
+from stylefu.core.config import Config
+from stylefu.plugin import installer
+
+
+def dirs(version="3", platform="linux", env=None, home=None):
+    return installer.gimp_config_dirs(version, platform=platform, env=env or {}, home=home)
+
+
+def test_linux_default_is_the_native_config_folder(tmp_path):
+    assert dirs(home=tmp_path) == [("native", tmp_path / ".config" / "GIMP" / "3.0")]
+    assert dirs(env={"XDG_CONFIG_HOME": str(tmp_path / "xdg")}, home=tmp_path) == \
+        [("native", tmp_path / "xdg" / "GIMP" / "3.0")]
+    assert dirs("2.10", home=tmp_path) == [("native", tmp_path / ".config" / "GIMP" / "2.10")]
+
+
+def test_linux_every_existing_3x_series_in_version_order(tmp_path):
+    for series in ("3.10", "3.2", "3.0", "2.10", "3.x-backup"):
+        (tmp_path / ".config" / "GIMP" / series).mkdir(parents=True)
+    assert [p.name for _, p in dirs(home=tmp_path)] == ["3.0", "3.2", "3.10"]
+
+
+def test_flatpak_only_when_gimp_is_a_flatpak(tmp_path):
+    (tmp_path / ".var" / "app" / "org.gimp.GIMP").mkdir(parents=True)
+    assert dirs(home=tmp_path) == [
+        ("flatpak", tmp_path / ".var" / "app" / "org.gimp.GIMP" / "config" / "GIMP" / "3.0")]
+
+
+def test_native_and_flatpak_both_get_the_plugin(tmp_path):
+    (tmp_path / ".var" / "app" / "org.gimp.GIMP" / "config" / "GIMP" / "3.0").mkdir(parents=True)
+    (tmp_path / ".config" / "GIMP" / "3.0").mkdir(parents=True)
+    assert [kind for kind, _ in dirs(home=tmp_path)] == ["native", "flatpak"]
+
+
+def test_windows_uses_appdata(tmp_path):
+    appdata = tmp_path / "Roaming"
+    assert dirs(platform="win32", env={"APPDATA": str(appdata)}, home=tmp_path) == \
+        [("windows", appdata / "GIMP" / "3.0")]
+    assert dirs("2.10", platform="win32", home=tmp_path) == \
+        [("windows", tmp_path / "AppData" / "Roaming" / "GIMP" / "2.10")]
+
+
+def test_macos_uses_application_support(tmp_path):
+    assert dirs(platform="darwin", home=tmp_path) == \
+        [("macos", tmp_path / "Library" / "Application Support" / "GIMP" / "3.0")]
+
+
+def test_gimp_directory_variables_win(tmp_path):
+    env = {"GIMP3_DIRECTORY": str(tmp_path / "g3"), "GIMP2_DIRECTORY": str(tmp_path / "g2")}
+    assert dirs(platform="win32", env=env, home=tmp_path) == [("GIMP3_DIRECTORY", tmp_path / "g3")]
+    assert dirs("2.10", env=env, home=tmp_path) == [("GIMP2_DIRECTORY", tmp_path / "g2")]
+
+
+def test_install_writes_an_executable_self_contained_plugin(tmp_path, model_path):
+    where = {"platform": "linux", "env": {}, "home": tmp_path}
+    (target,) = installer.install("3", model=model_path, python="/opt/env/bin/python", **where)
+    plugin = tmp_path / ".config" / "GIMP" / "3.0" / "plug-ins" / "stylefu" / "stylefu.py"
+    assert target.plugin_file == plugin
+    assert plugin.stat().st_mode & stat.S_IXUSR  # GIMP 3 ignores plug-ins without the run bit
+    text = plugin.read_text()
+    assert "from stylefu_bridge import" not in text and "def run_worker(" in text
+    compile(text, str(plugin), "exec")
+    settings = json.loads((plugin.parent / "stylefu.json").read_text())
+    assert settings["python"] == "/opt/env/bin/python"
+    assert settings["model"] == str(Path(model_path).resolve())
+    defaults = Config()
+    for name in ("preset", "size", "preserve_colors", "style_scale", "seed", "device",
+                 "style_weight"):
+        assert settings["defaults"][name] == getattr(defaults, name), name
+    assert settings["choices"]["preset"] == ["draft", "normal", "best"]
+    assert settings["choices"]["device"] == ["auto", "cpu", "cuda"]
+
+
+def test_uninstall_removes_only_what_install_wrote(tmp_path, model_path):
+    plug_ins = tmp_path / "plug-ins"
+    (plug_ins / "other").mkdir(parents=True)
+    (plug_ins / "other" / "other.py").write_text("# someone else's plug-in\n")
+    installer.install("3", plug_ins, model=model_path)
+    installer.install("2.10", plug_ins, model=model_path)
+    assert (plug_ins / "stylefu_gimp2.py").is_file()
+    removed = installer.uninstall(plug_ins_dir=plug_ins)
+    assert sorted(p.name for p in removed) == ["stylefu.json", "stylefu.py", "stylefu_gimp2.json",
+                                                "stylefu_gimp2.py"]
+    assert sorted(os.listdir(plug_ins)) == ["other"]
+
+
+def test_cli_install_status_uninstall(tmp_path, model_path, capsys):
+    plug_ins = tmp_path / "plug-ins"
+    assert main(["gimp", "install", "--plug-ins-dir", str(plug_ins), "--model", str(model_path)]) == 0
+    out = capsys.readouterr().out
+    assert "installed the GIMP 3 plug-in" in out and str(plug_ins / "stylefu" / "stylefu.py") in out
+    assert main(["gimp", "status", "--plug-ins-dir", str(plug_ins), "--json"]) == 0
+    records = {r["gimp"]: r for r in json.loads(capsys.readouterr().out)}
+    assert not records["2.10"]["installed"]
+    three = records["3"]
+    assert three["installed"] and three["executable"] and three["model_exists"]
+    assert three["worker_ok"], three["worker"]  # the recorded interpreter really starts stylefu
+    assert "random (seed 0)" in three["worker"]
+    assert main(["gimp", "uninstall", "--plug-ins-dir", str(plug_ins)]) == 0
+    assert "removed" in capsys.readouterr().out
+    assert main(["gimp", "status", "--plug-ins-dir", str(plug_ins), "--no-check"]) == 2
+
+
+def test_status_says_when_the_worker_cannot_start(tmp_path, model_path):
+    plug_ins = tmp_path / "plug-ins"
+    installer.install("3", plug_ins, model=tmp_path / "missing.onnx",
+                      python=str(tmp_path / "no-python"))
+    (record,) = [r for r in installer.status(plug_ins) if r["installed"]]
+    assert record["worker_ok"] is False and "cannot start" in record["worker"]
+    assert record["model_exists"] is False
+
+
+@pytest.mark.parametrize("version", ["3", "2.10"])
+def test_installed_plugin_files_ship_as_package_data(version):
+    target = installer.Target(version, Path("/nonexistent"), "given")
+    assert target.source.is_file() and installer.BRIDGE.is_file()

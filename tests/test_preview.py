@@ -1,0 +1,160 @@
+"""Style previews: the API's numbers, the contact sheet, and the CLI's errors and exit codes."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stylefu.core import Config, UserError, load_model, losses, preview, save_image
+from stylefu.core.cli import main
+from stylefu.core.preview import ERROR
+from stylefu.core.vgg import STYLE_LAYERS, load_torch_model
+
+# Tiny schedule so a preview costs a fraction of a second per style at 48 px.
+QUICK = ["--size", "48", "--iterations", "4", "--coarse-iterations", "4", "--scales", "1"]
+QUICK_CONFIG = Config(preset="draft", size=48, iterations=4, coarse_iterations=4, scales=1)
+
+
+@pytest.fixture
+def files(tmp_path, images):
+    content, style = images
+    paths = {"content": tmp_path / "content.png", "stripes": tmp_path / "stripes.png",
+             "noise": tmp_path / "noise.png", "broken": tmp_path / "broken.png"}
+    save_image(paths["content"], content)
+    save_image(paths["stripes"], style)
+    save_image(paths["noise"], np.random.default_rng(5).random((40, 56, 3), dtype=np.float32))
+    paths["broken"].write_bytes(b"\x89PNG\r\n\x1a\n but then nothing useful")
+    return paths
+
+
+def red_cross_pixels(sheet: Image.Image) -> int:
+    return int((np.asarray(sheet.convert("RGB")) == np.array(ERROR, np.uint8)).all(-1).sum())
+
+
+def test_preview_numbers_are_real_and_ranked(model_path, images):
+    content, style = images
+    result = preview(content, [content, style], config=QUICK_CONFIG, model=model_path)
+    same, striped = result.styles
+    assert result.info["size"] == [36, 48] and result.info["provider"] == "CPUExecutionProvider"
+    # The content as its own style: identical Gram matrices, distance exactly zero.
+    assert same.ok and same.distance_total == 0.0
+    assert striped.ok and striped.distance_total > 0
+    assert sum(striped.distance.values()) == pytest.approx(striped.distance_total)
+    # The distance is the Gram MSE, checked here with the torch network (not ONNX Runtime).
+    net = load_torch_model(model_path)
+    with torch.no_grad():
+        a = net(torch.from_numpy(result.content).permute(2, 0, 1)[None], STYLE_LAYERS)
+        s = torch.nn.functional.interpolate(torch.from_numpy(style).permute(2, 0, 1)[None],
+                                            size=(48, 48), mode="bilinear", antialias=True)
+        b = net(s, STYLE_LAYERS)
+    for name in STYLE_LAYERS:
+        expected = float(losses.style_layer_loss(losses.gram(a[name]), losses.gram(b[name])))
+        assert striped.distance[name] == pytest.approx(expected, rel=2e-2), name
+    # The short run really moved toward the style: less style loss than where it started.
+    assert striped.image.shape == (36, 48, 3)
+    assert 0 < striped.style_loss < striped.distance_total and 0 < striped.style_left < 1
+    assert striped.content_loss > 0
+    assert np.abs(striped.image - result.content).mean() > 1e-3
+    assert result.sheet.width > 3 * 160 and red_cross_pixels(result.sheet) == 0
+
+
+def test_the_sheet_shows_content_swatch_and_preview(model_path, images):
+    content, style = images
+    result = preview(content, [style], config=QUICK_CONFIG, model=model_path)
+    sheet = np.asarray(result.sheet, np.float32) / 255
+    # Cells are 160 px on the long side; each must appear somewhere in the sheet: find the
+    # content cell by scanning for the thumbnail's exact top row of pixels.
+    thumb = np.asarray(Image.fromarray(np.round(result.content * 255).astype(np.uint8))
+                       .resize((160, 120), Image.LANCZOS), np.float32) / 255
+    hits = [(y, x) for y in range(sheet.shape[0] - 120) for x in (12,)
+            if np.abs(sheet[y, x:x + 160] - thumb[0]).max() < 1 / 255 + 1e-6]
+    assert hits, "the content thumbnail is not in the first column"
+    y = hits[0][0]
+    # Level with it, in the next column: the preview, different from the content.
+    cell = sheet[y:y + 120, 12 + 172:12 + 172 + 160]
+    assert np.abs(cell - thumb).mean() > 0.01
+
+
+def test_zero_styles_or_unreadable_content_is_a_user_error(model_path, files, capsys):
+    with pytest.raises(UserError, match="at least one style"):
+        preview(files["content"], [], model=model_path)
+    with pytest.raises(UserError, match="cannot be read|not an image"):
+        preview(files["broken"], [files["stripes"]], model=model_path)
+    out = files["content"].with_name("sheet.png")
+    code = main(["preview", str(files["broken"]), str(files["stripes"]), "-o", str(out),
+                 "--model", str(model_path), *QUICK])
+    assert code == 2 and not out.exists()
+    assert "broken.png" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse: no style given
+        main(["preview", str(files["content"]), "-o", str(out)])
+    assert exit_info.value.code == 2 and not out.exists()
+    code = main(["preview", str(files["content"]), str(files["broken"]), "-o", str(out),
+                 "--model", str(model_path), *QUICK])
+    assert code == 2 and not out.exists()
+    assert "None of the 1 style image(s) could be previewed" in capsys.readouterr().err
+
+
+def test_cli_marks_an_unreadable_style_and_renders_the_others(model_path, files, capsys):
+    out, numbers = files["content"].with_name("sheet.png"), files["content"].with_name("n.json")
+    code = main(["preview", str(files["content"]), str(files["stripes"]), str(files["broken"]),
+                 str(files["noise"]), "-o", str(out), "--json", str(numbers),
+                 "--model", str(model_path), "--style-weight", "1e7", *QUICK])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"broken: SKIPPED, {files['broken']} is not an image Pillow can read." in err
+    report = json.loads(numbers.read_text())
+    assert [s["name"] for s in report["styles"]] == ["stripes", "broken", "noise"]
+    assert [s["ok"] for s in report["styles"]] == [True, False, True]
+    assert report["config"]["preset"] == "draft" and report["config"]["style_weight"] == 1e7
+    assert report["config"]["iterations"] == 4 and report["size"] == [36, 48]
+    for s in (report["styles"][0], report["styles"][2]):
+        per_layer = s["style_distance"]["per_layer"]
+        assert set(per_layer) == set(STYLE_LAYERS) and all(v > 0 for v in per_layer.values())
+        assert s["after_preview"]["style_loss"] < s["style_distance"]["total"]
+    sheet = Image.open(out)
+    assert sheet.format == "PNG" and red_cross_pixels(sheet) > 500
+
+
+def test_preview_defaults_are_the_draft_preset_at_preview_size(model_path, files, tmp_path):
+    from stylefu.core.cli import build_parser
+    from stylefu.core.preview import PREVIEW_PRESET, PREVIEW_SIZE
+
+    args = build_parser().parse_args(["preview", "c.png", "s.png", "-o", "x.png"])
+    assert (args.size, args.preset) == (PREVIEW_SIZE, PREVIEW_PRESET) == (192, "draft")
+    run = build_parser().parse_args(["run", "c.png", "s.png", "-o", "x.png"])
+    assert (run.size, run.preset) == (Config().size, Config().preset)  # run keeps its own
+    # The target cache makes a second preview of the same styles skip their forward passes.
+    model = load_model(model_path, "cpu")
+    preview(files["content"], [files["stripes"]], config=QUICK_CONFIG, model=model)
+    start = model.engine.calls
+    preview(files["content"], [files["stripes"]], config=QUICK_CONFIG, model=model)
+    assert model.engine.calls == start + 1  # only the final evaluation of the new image
+
+
+def test_a_style_whose_run_fails_is_marked_and_the_others_render(model_path, images, monkeypatch):
+    import sys
+
+    from stylefu.core import NumericalError, Picture
+
+    # The module, not the function that stylefu.core exports under the same name.
+    preview_module = sys.modules["stylefu.core.preview"]
+
+    content, style = images
+    real = preview_module.stylize
+
+    def diverging_for_the_noise_style(content, picture, **kwargs):
+        if picture.name == "noisy":
+            raise NumericalError("The loss became NaN or infinite; lower --style-weight.")
+        return real(content, picture, **kwargs)
+
+    monkeypatch.setattr(preview_module, "stylize", diverging_for_the_noise_style)
+    noisy = Picture(np.random.default_rng(2).random((40, 40, 3), dtype=np.float32), name="noisy")
+    result = preview(content, [noisy, style], config=QUICK_CONFIG, model=model_path)
+    failed, good = result.styles
+    assert (failed.ok, failed.failed_stage, good.ok) == (False, "run", True)
+    assert failed.swatch is not None and failed.image is None and "NaN" in failed.error
+    assert result.figures()["styles"][0] == {"name": "noisy", "source": "noisy", "ok": False,
+                                             "error": failed.error, "failed_stage": "run"}
+    assert red_cross_pixels(result.sheet) > 500
