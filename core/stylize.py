@@ -207,8 +207,8 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
 
     torch.optim.LBFGS with max_iter=1 per step() keeps its history across steps, so each step is
     exactly one evaluation: progress and cancel are checked at every one. Stops early when the
-    loss stops falling (`should_stop` with `tolerance`). Returns the image with the lowest loss
-    seen (L-BFGS's last step may have gone uphill) and the number of evaluations made.
+    loss stops falling (`should_stop` with `tolerance`). Returns the image after the last step
+    (never the unmoved start, even after one evaluation) and the number of evaluations made.
     """
     x = image.clone().requires_grad_(True)
     if config.optimizer == "lbfgs":
@@ -221,10 +221,8 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
         opt = torch.optim.Adam([x], lr=config.learning_rate)
     last: dict = {}
     history: list[float] = []
-    best = (float("inf"), x.detach().clone())
 
     def closure():
-        nonlocal best
         opt.zero_grad(set_to_none=True)
         total, parts = objective(x)
         if not torch.isfinite(total):
@@ -232,8 +230,6 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
                                  "--learning-rate, or use --precision fp32.")
         total.backward()
         last["total"], last["parts"] = total.detach(), {k: v.detach() for k, v in parts.items()}
-        if float(total.detach()) < best[0]:  # the loss belongs to x before this step moves it
-            best = (float(total), x.detach().clone())
         return total
 
     done = 0
@@ -245,7 +241,7 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
         report(done, history[-1], last["parts"], x)
         if should_stop(history, tolerance):
             break
-    return best[1], done
+    return x.detach(), done
 
 
 def evaluate(model: StyleModel, image: np.ndarray, targets: Targets, config: Config) -> dict:
