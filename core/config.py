@@ -19,12 +19,14 @@ COLOR_MODES = ("none", "luminance", "histogram")
 
 # Presets map a word users understand to a measured schedule (see README, "Speed"):
 # `scales` coarse-to-fine levels, each half the size of the next; `iterations` evaluations at
-# the full size; coarser levels get `coarse_iterations` each (they cost 4x less per halving).
+# the full size; coarser levels get `coarse_iterations` each (they cost 4x less per halving);
+# `tolerance` ends a level early once the loss stops falling (see stylize.optimise).
 PRESETS = {
-    "draft": {"scales": 2, "iterations": 30, "coarse_iterations": 60},
-    "normal": {"scales": 3, "iterations": 100, "coarse_iterations": 100},
-    "best": {"scales": 3, "iterations": 300, "coarse_iterations": 200},
+    "draft": {"scales": 3, "iterations": 30, "coarse_iterations": 60, "tolerance": 1e-3},
+    "normal": {"scales": 3, "iterations": 120, "coarse_iterations": 120, "tolerance": 1e-3},
+    "best": {"scales": 3, "iterations": 300, "coarse_iterations": 200, "tolerance": 1e-4},
 }
+SCHEDULE_FIELDS = ("scales", "iterations", "coarse_iterations", "tolerance")
 DEFAULT_PRESET = "normal"
 
 
@@ -43,6 +45,8 @@ class Config:
     iterations: int | None = _f(None, "optimiser evaluations at full size")
     scales: int | None = _f(None, "coarse-to-fine levels, each half the next")
     coarse_iterations: int | None = _f(None, "evaluations per coarser level")
+    tolerance: float | None = _f(None, "stop a level early when its loss fell by less than this "
+                                 "fraction over the last 10 evaluations (0: never)")
     content_weight: float = _f(1.0, "alpha: weight of the content loss (relu4_2 MSE)")
     style_weight: float = _f(1e6, "beta: weight of the style loss (Gram MSE, summed over layers)")
     tv_weight: float = _f(0.0, "gamma: weight of the total-variation loss (against noise)")
@@ -64,8 +68,8 @@ class Config:
     tile_size: int = _f(0, "tile size in px for huge images (0: automatic)")
     save_every: int = _f(0, "save the current image every N evaluations (0: never)")
 
-    def schedule_value(self, name: str) -> int:
-        """`iterations`, `scales` or `coarse_iterations`: the explicit value, else the preset's."""
+    def schedule_value(self, name: str):
+        """A SCHEDULE_FIELDS entry: the explicit value, else the preset's."""
         value = getattr(self, name)
         return PRESETS[self.preset][name] if value is None else value
 
@@ -80,6 +84,8 @@ class Config:
                 raise UserError(f"--{name} must be a positive number.")
         if self.schedule_value("coarse_iterations") < 0:
             raise UserError("--coarse-iterations must not be negative.")
+        if not 0 <= self.schedule_value("tolerance") < 1:
+            raise UserError("--tolerance must be a fraction from 0 (never stop early) up to 1.")
         for name in ("content_weight", "style_weight", "tv_weight", "learning_rate",
                      "style_scale"):
             value = getattr(self, name)
