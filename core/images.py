@@ -11,6 +11,7 @@ import os
 import struct
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,18 +188,34 @@ def _tiff16(rgba: np.ndarray) -> bytes:
     return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack(f"<{channels}H", *[16] * channels) + pixels
 
 
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call `write(tmp)` on a temporary sibling of `path`, then rename it onto `path`.
+
+    A crash or error never leaves a half-written file at `path`; problems are UserErrors.
+    """
+    path = Path(path)
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise UserError(f"Cannot write to the folder {path.parent}; choose another output path.")
+    tmp = atomic_target(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"Cannot write {path} ({exc.strerror or exc}).") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = None,
                bits: int = 8) -> Path:
     """Write an image atomically; the format follows the suffix (.npy keeps float32)."""
-    path = Path(path)
-    if not path.parent.exists() or not os.access(path.parent, os.W_OK):
-        raise UserError(f"Cannot write to the folder {path.parent}; choose another output path.")
     array = np.clip(rgb, 0, 1).astype(np.float32)
     if alpha is not None:
         array = np.concatenate([array, np.clip(alpha, 0, 1)[..., None].astype(np.float32)], axis=2)
-    tmp = atomic_target(path)
-    suffix = path.suffix.lower()
-    try:
+    suffix = Path(path).suffix.lower()
+
+    def write(tmp: Path) -> None:
         if suffix == ".npy":
             with open(tmp, "wb") as f:
                 np.save(f, array)
@@ -215,9 +232,5 @@ def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = Non
                 image.save(tmp, format=Image.registered_extensions().get(suffix, "PNG"))
             except KeyError:
                 raise UserError(f"Unknown image format {suffix!r}; use .png, .jpg or .tif.") from None
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise UserError(f"Cannot write {path} ({exc.strerror or exc}).") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+
+    return atomic_write(path, write)

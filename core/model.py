@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -54,6 +55,21 @@ class StyleModel:
     @property
     def weights_source(self) -> str:
         return self.net.info.weights_source
+
+    def net_in(self, dtype: torch.dtype) -> VGGFeatures:
+        """The network with its weights stored in `dtype` (made once per dtype).
+
+        A bf16/fp16 copy of the weights replaces autocast, which re-cast all 20 M weights at
+        every evaluation whatever the image size (the cost that dominated small coarse levels).
+        """
+        if dtype == torch.float32:
+            return self.net
+        cache = self.__dict__.setdefault("_nets", {})
+        if dtype not in cache:
+            net = copy.deepcopy(self.net)
+            net.convs.to(dtype=dtype, memory_format=torch.channels_last)
+            cache[dtype] = net
+        return cache[dtype]
 
 
 @lru_cache(maxsize=4)

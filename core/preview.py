@@ -30,9 +30,8 @@ from . import losses
 from .cache import cached_grams, target_cache
 from .config import Config
 from .errors import UserError
-from .images import Picture, check_min_side, fit_long_side, load_image, resize_array
+from .images import Picture, atomic_write, check_min_side, fit_long_side, load_image, resize_array
 from .model import StyleModel, load_model
-from .paths import atomic_target
 from .stylize import compute_targets, style_layer_weights, stylize
 from .vgg import STYLE_LAYERS
 
@@ -99,26 +98,12 @@ class PreviewResult:
 
     def save(self, path: str | Path) -> Path:
         """Write the contact sheet atomically (format from the suffix, PNG by default)."""
-        return _atomic_write(Path(path), lambda tmp: self.sheet.save(
+        return atomic_write(Path(path), lambda tmp: self.sheet.save(
             tmp, format=Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")))
 
     def save_json(self, path: str | Path) -> Path:
         text = json.dumps(self.figures(), indent=2)
-        return _atomic_write(Path(path), lambda tmp: tmp.write_text(text))
-
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
-    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
-        raise UserError(f"Cannot write to the folder {path.parent}; choose another output path.")
-    tmp = atomic_target(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise UserError(f"Cannot write {path} ({exc.strerror or exc}).") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+        return atomic_write(Path(path), lambda tmp: tmp.write_text(text))
 
 
 def _label(source, index: int) -> tuple[str, str]:

@@ -192,7 +192,7 @@ class Objective:
     """Total loss alpha*content + beta*style + gamma*tv of an image, with its parts."""
 
     def __init__(self, model: StyleModel, targets: Targets, config: Config, dtype: torch.dtype):
-        self.net, self.targets, self.config, self.dtype = model.net, targets, config, dtype
+        self.net, self.targets, self.config, self.dtype = model.net_in(dtype), targets, config, dtype
         self.device = model.device
         self.layer_weights = style_layer_weights(config)
         self.style_layers = tuple(n for n in STYLE_LAYERS if self.layer_weights[n] > 0 and
@@ -215,9 +215,7 @@ class Objective:
         # channels_last convolutions are faster here; the optimised image stays NCHW because
         # torch.optim.LBFGS cannot view a channels_last parameter.
         x = image.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=self.dtype,
-                            enabled=self.dtype != torch.float32):
-            feats = self.net(x, self.layers)
+        feats = self.net(x, self.layers)
         zero = image.new_zeros(())
         parts = {"content": zero, "style": zero, "tv": zero}
         if self.content_layer in feats and self.config.content_weight > 0:

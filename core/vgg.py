@@ -121,7 +121,8 @@ class VGGFeatures(nn.Module):
 
     def forward(self, image: torch.Tensor, layers=EXPORTED_LAYERS) -> dict[str, torch.Tensor]:
         """Activations of `layers` for `image` ([N,3,H,W] RGB 0..1); stops at the deepest one."""
-        x = (image.index_select(1, self.channel_order) * self.scale - self.mean) / self.std
+        x = (image.float().index_select(1, self.channel_order) * self.scale - self.mean) / self.std
+        x = x.to(self.convs[0].weight.dtype)  # preprocessing in float32, convolutions in theirs
         wanted, last = set(layers), deepest_index(layers)
         out = {}
         for i, ((name, _, _), conv) in enumerate(zip(CONVS, self.convs)):
