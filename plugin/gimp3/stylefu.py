@@ -7,6 +7,7 @@ read and written through GEGL in float, so high bit depth images never pass thro
 The result is a NEW layer above the source, inside one undo group; the source is never changed.
 """
 
+import functools
 import os
 import sys
 import traceback
@@ -67,6 +68,22 @@ def failure(procedure, message):
 
 
 # --- pixels -------------------------------------------------------------------------------------
+
+def reports_errors(run):
+    """Turn a run function's failures into an execution error with one readable line."""
+    @functools.wraps(run)
+    def wrapped(procedure, *args):
+        try:
+            return run(procedure, *args)
+        except BridgeError as exc:
+            log("error:", exc)
+            return failure(procedure, str(exc))
+        except Exception:
+            log(traceback.format_exc())
+            return failure(procedure, "stylefu plug-in error: "
+                           + traceback.format_exc().strip().splitlines()[-1])
+    return wrapped
+
 
 def pixel_format(channels):
     return "R'G'B'A float" if channels == 4 else "R'G'B' float"
@@ -154,6 +171,7 @@ def single_layer(drawables):
     return drawables[0]
 
 
+@reports_errors
 def run_stylize(procedure, run_mode, image, drawables, config, run_data):
     if run_mode == Gimp.RunMode.INTERACTIVE and not show_dialog(procedure, config,
                                                                 "Neural Style Transfer"):
@@ -198,13 +216,6 @@ def run_stylize(procedure, run_mode, image, drawables, config, run_data):
             Gimp.progress_end()
         Gimp.displays_flush()
         return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
-    except BridgeError as exc:
-        log("error:", exc)
-        return failure(procedure, str(exc))
-    except Exception:
-        log(traceback.format_exc())
-        return failure(procedure, "stylefu plug-in error: "
-                       + traceback.format_exc().strip().splitlines()[-1])
     finally:
         if folder:
             remove_dir(folder)
@@ -232,6 +243,7 @@ def preview_styles(config):
     return paths
 
 
+@reports_errors
 def run_preview(procedure, run_mode, image, drawables, config, run_data):
     if run_mode == Gimp.RunMode.INTERACTIVE and not show_dialog(procedure, config,
                                                                 "Neural Style Preview"):
@@ -265,13 +277,6 @@ def run_preview(procedure, run_mode, image, drawables, config, run_data):
         return Gimp.ValueArray.new_from_values([
             GObject.Value(Gimp.PDBStatusType, Gimp.PDBStatusType.SUCCESS),
             GObject.Value(Gimp.Image, result)])
-    except BridgeError as exc:
-        log("error:", exc)
-        return failure(procedure, str(exc))
-    except Exception:
-        log(traceback.format_exc())
-        return failure(procedure, "stylefu plug-in error: "
-                       + traceback.format_exc().strip().splitlines()[-1])
     finally:
         if folder:
             remove_dir(folder)
