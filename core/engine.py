@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .vgg import EXPORTED_LAYERS, MIN_SIDE, read_artifact
+from .vgg import EXPORTED_LAYERS, MIN_SIDE, ArtifactInfo, read_artifact
 
 THREADS_ENV = "STYLEFU_THREADS"
 # Past this many threads one VGG forward pass gains little (thread start-up and memory bandwidth
@@ -63,10 +63,12 @@ class FeatureEngine:
     tests use it to prove that the target cache saves work).
     """
 
-    def __init__(self, model_path: str | Path, device: str = "auto", threads: int | None = None):
+    def __init__(self, model_path: str | Path, device: str = "auto", threads: int | None = None,
+                 info: ArtifactInfo | None = None):
         import onnxruntime as ort
 
-        self.info, _ = read_artifact(model_path)
+        # `info` from a caller that has already read the file saves parsing 52 MB a second time.
+        self.info = info or read_artifact(model_path)[0]
         self.path = Path(model_path)
         ort.set_default_logger_severity(3)  # errors only: no warnings about unused providers
         options = ort.SessionOptions()

@@ -76,7 +76,7 @@ class StyleModel:
 def _load(path: Path, device_type: str) -> StyleModel:
     device = torch.device(device_type)
     net = load_torch_model(path).to(device)
-    return StyleModel(path, net, FeatureEngine(path, device=device_type), device)
+    return StyleModel(path, net, FeatureEngine(path, device=device_type, info=net.info), device)
 
 
 def load_model(path: str | Path | None = None, device: str = "auto") -> StyleModel:
