@@ -36,7 +36,7 @@ VERSIONS = ("3", "2.10")
 PREVIEW_EVERY = 10
 SIZE_LIMITS = (None, 8192)  # the dialog's working-size range; None: the network's minimum
 DIALOG_FIELDS = ("preset", "iterations", "size", "preserve_colors", "style_scale", "seed",
-                 "device", "style_weight")
+                 "device", "style_weight", "tile_size")
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,12 @@ def inline_bridge(plugin_text: str, bridge_text: str) -> str:
             + "# --- end of stylefu_bridge.py ---" + tail)
 
 
+def second_style_weight(blend) -> float:
+    """The dialog's one blend number (the second style's share, 0..1) for Config.style_blend's
+    default: None (equal weights) gives 0.5."""
+    return 0.5 if blend is None else float(blend[1]) / float(blend[0] + blend[1])
+
+
 def plugin_settings(version: str, python: str, model: Path) -> dict:
     """The settings file's content: worker, model, and the dialog's defaults from Config."""
     from stylefu.core.config import Config, config_fields
@@ -142,7 +148,8 @@ def plugin_settings(version: str, python: str, model: Path) -> dict:
 
     fields = {f.name: f for f in config_fields()}
     defaults = {name: fields[name].default for name in DIALOG_FIELDS}
-    defaults.update(strength=50.0, iterations=defaults["iterations"] or 0)
+    defaults.update(strength=50.0, iterations=defaults["iterations"] or 0,
+                    second_style_weight=second_style_weight(fields["style_blend"].default))
     return {
         "version": 1,
         "gimp": version,
@@ -153,7 +160,8 @@ def plugin_settings(version: str, python: str, model: Path) -> dict:
         "choices": {name: list(fields[name].metadata["choices"])
                     for name in ("preset", "preserve_colors", "device")},
         "help": {name: fields[name].metadata["help"] for name in DIALOG_FIELDS},
-        "limits": {"size": [SIZE_LIMITS[0] or MIN_SIDE, SIZE_LIMITS[1]]},
+        "limits": {"size": [SIZE_LIMITS[0] or MIN_SIDE, SIZE_LIMITS[1]],
+                   "tile_size": [0, SIZE_LIMITS[1]]},
         "config_class": f"{Config.__module__}.{Config.__qualname__}",
     }
 

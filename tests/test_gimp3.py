@@ -32,6 +32,10 @@ REQUIRED = os.environ.get("STYLEFU_REQUIRE_GIMP") == "1"
 # style (strength 100 = 100 x the default style weight) so that a few evaluations change pixels.
 H, W, SIZE, ITERATIONS, STRENGTH = 48, 64, 64, 4, 100.0
 SELECTION = (16, 12, 32, 24)  # x, y, w, h
+# On the 64x48 layer at offsets (25, 13): a rectangle (image coordinates) that covers the layer's
+# right part and goes beyond it, feathered by 10 px, so the mask has soft edges inside the layer.
+SOFT_SELECTION, FEATHER = (55, 5, 80, 40), 10.0
+SECOND_STYLE_WEIGHT, TILE_SIZE = 0.75, 32
 STYLIZED = ("rgb", "rgba", "offsets", "gray", "float32", "selection", "style_layer")
 # Set STYLEFU_GIMP_FIGURE=PATH to also render the README's figure (tests/figures/gimp-result.png).
 FIGURE = os.environ.get("STYLEFU_GIMP_FIGURE")
@@ -107,6 +111,8 @@ def suite(model_path, tmp_path_factory):
            "model": str(model_path), "missing_model": str(root / "no-such-model.onnx"),
            "python": sys.executable, "dying_python": str(dying), "size": SIZE,
            "iterations": ITERATIONS, "strength": STRENGTH, "selection": list(SELECTION),
+           "soft_selection": list(SOFT_SELECTION), "feather": FEATHER,
+           "second_style_weight": SECOND_STYLE_WEIGHT, "tile_size": TILE_SIZE,
            "preview": not preview_reason}
     if FIGURE:
         np.save(root / "figure.npy", demo_content(144, 192))
@@ -197,21 +203,92 @@ def test_selection_masks_the_result(suite):
     assert np.abs(visible[inside][:, :3] - source[inside][:, :3]).mean() > 0.01
 
 
-def test_result_is_the_workers_output(suite, model_path, tmp_path):
-    """The RGB layer holds exactly what `stylefu run` computes for the same pixels and options."""
+def worker_result(suite, model_path, tmp_path, styles=None, mask=None, **values):
+    """What `stylefu run` computes for the 8-bit test layer's pixels with the dialog's options
+    (`values`: Config field names, as bridge.run_options takes them) and an optional mask."""
     content = np.round(suite["content"] * 255) / 255  # what the 8-bit layer holds
     np.save(tmp_path / "c.npy", content.astype(np.float32))
-    style = suite["root"] / "style.png"
+    styles = styles or [suite["root"] / "style.png"]
     settings = installer.plugin_settings("3", sys.executable, model_path)
     values = dict(settings["defaults"], preset="draft", iterations=ITERATIONS, size=SIZE,
-                  strength=STRENGTH)
+                  strength=STRENGTH, **values)
     options = [o for o in installer.load_bridge().run_options(values, dict(settings, preview_every=0))
                if o != "--watch-stdin"]
-    assert main(["run", str(tmp_path / "c.npy"), str(style), "-o", str(tmp_path / "r.npy")]
+    if mask is not None:
+        np.save(tmp_path / "mask.npy", mask.astype(np.float32))
+        options += ["--mask", str(tmp_path / "mask.npy")]
+    assert main(["run", str(tmp_path / "c.npy"), *map(str, styles), "-o", str(tmp_path / "r.npy")]
                 + options) == 0
-    expected = np.load(tmp_path / "r.npy")
-    _, result = arrays(suite, "rgb")
+    return np.load(tmp_path / "r.npy")
+
+
+def assert_same_pixels(result, expected):
+    """The 8-bit layer holds the worker's float result, rounded to 8 bits."""
     assert np.abs(result[..., :3] - expected).max() <= 1 / 255 + 1e-6
+
+
+def test_result_is_the_workers_output(suite, model_path, tmp_path):
+    """The RGB layer holds exactly what `stylefu run` computes for the same pixels and options."""
+    _, result = arrays(suite, "rgb")
+    assert_same_pixels(result, worker_result(suite, model_path, tmp_path))
+
+
+def test_selection_is_the_workers_mask(suite):
+    """The worker got the selection as --mask: the new layer's OWN pixels (before its layer
+    mask) are the source's outside the selection and stylized inside it."""
+    source, result = arrays(suite, "selection")
+    x, y, w, h = SELECTION
+    inside = np.zeros(source.shape[:2], bool)
+    inside[y:y + h, x:x + w] = True
+    assert np.array_equal(result[~inside], source[~inside])
+    assert np.abs(result[inside][:, :3] - source[inside][:, :3]).mean() > 0.01
+
+
+def test_soft_selection_on_an_offset_layer_is_the_workers_mask(suite, model_path, tmp_path):
+    """A feathered selection reaches the worker with its soft values, at the layer's offsets."""
+    r = suite["results"]["soft_selection"]
+    assert r["status"] == "success", r["message"]
+    assert r["offsets"] == [25, 13] and r["has_mask"]
+    mask = np.load(suite["out"] / "soft_selection-expected-mask.npy")
+    soft = (mask > 0.05) & (mask < 0.95)
+    assert (mask == 0).any() and (mask == 1).any() and soft.sum() > 100, "not a soft selection"
+    source, result = arrays(suite, "soft_selection")
+    assert_same_pixels(result, worker_result(suite, model_path, tmp_path, mask=mask))
+    assert np.array_equal(result[mask == 0], source[mask == 0])
+    assert np.abs(result[mask == 1][:, :3] - source[mask == 1][:, :3]).mean() > 0.01
+    # What the image shows: the source, exactly, wherever nothing is selected.
+    visible = np.load(suite["out"] / "soft_selection-visible.npy")[13:13 + H, 25:25 + W]
+    assert np.array_equal(visible[mask == 0], source[mask == 0])
+
+
+def test_two_styles_are_blended(suite, model_path, tmp_path):
+    """A second style (here a layer) and its weight reach the worker as a second style and
+    --style-blend 0.25,0.75."""
+    r = suite["results"]["two_styles"]
+    assert r["status"] == "success", r["message"]
+    assert r["name"] == "style + stripes (neural style)" and r["source_unchanged"]
+    stripes = np.round(np.load(suite["root"] / "style-layer.npy") * 255) / 255
+    np.save(tmp_path / "stripes.npy", stripes.astype(np.float32))
+    weight = SECOND_STYLE_WEIGHT
+    expected = worker_result(suite, model_path, tmp_path,
+                             [suite["root"] / "style.png", tmp_path / "stripes.npy"],
+                             style_blend=(1 - weight, weight))
+    _, result = arrays(suite, "two_styles")
+    assert_same_pixels(result, expected)
+    _, one_style = arrays(suite, "rgb")
+    assert np.abs(result[..., :3] - one_style[..., :3]).mean() > 0.005, "the second style did nothing"
+    assert f"--style-blend {1 - weight!r},{weight!r}" in suite["log"]
+
+
+def test_tile_size_reaches_the_worker(suite, model_path, tmp_path):
+    """The dialog's tile size: the worker optimises the 64x48 level in 32 px tiles and says so."""
+    r = suite["results"]["tiled"]
+    assert r["status"] == "success", r["message"]
+    assert f"[stylefu] notice: {W}x{H} px is optimised in {TILE_SIZE} px tiles" in suite["log"]
+    assert f'[stylefu] tiles: {{"{W}x{H}": {TILE_SIZE}}}' in suite["log"]
+    source, result = arrays(suite, "tiled")
+    assert_same_pixels(result, worker_result(suite, model_path, tmp_path, tile_size=TILE_SIZE))
+    assert np.abs(result[..., :3] - source[..., :3]).mean() > 0.01
 
 
 @pytest.mark.parametrize("name, words", [
@@ -219,6 +296,7 @@ def test_result_is_the_workers_output(suite, model_path, tmp_path):
     ("no_style", "Choose a style"),
     ("missing_model", "No model at"),
     ("dying_worker", "stopped unexpectedly (killed by signal SIGKILL)"),
+    ("selection_beside_layer", "The selection does not touch the layer"),
 ])
 def test_errors_leave_the_image_as_it_was(suite, name, words):
     r = suite["results"][name]

@@ -88,11 +88,25 @@ def run_options(values, settings):
                "--seed", str(int(values["seed"])), "--device", str(values["device"])]
     if int(values.get("iterations") or 0) > 0:
         options += ["--iterations", str(int(values["iterations"]))]
+    if values.get("tile_size") is not None:
+        options += ["--tile-size", str(int(values["tile_size"]))]
+    if values.get("style_blend"):
+        options += ["--style-blend", ",".join(repr(float(w)) for w in values["style_blend"])]
     if int(settings.get("preview_every") or 0) > 0:
         options += ["--save-every", str(int(settings["preview_every"]))]
     if settings.get("model"):
         options += ["--model", settings["model"]]
     return options
+
+
+def second_style_blend(weight):
+    """--style-blend's (first, second) weights for the dialog's weight of the second style (0..1).
+
+    One number is enough for two styles (the core normalises the weights): 0.5 blends them
+    equally, 1 uses the second style alone.
+    """
+    weight = min(1.0, max(0.0, float(weight)))
+    return (1.0 - weight, weight)
 
 
 def exchange_dir():
@@ -162,6 +176,8 @@ def progress_text(record, title="Neural style"):
             text = "%s: scale %d of %d, computing targets" % (
                 title, record["scale"] + 1, record["scales"])
         return text
+    if record.get("event") == "notice":  # e.g. "2048x1536 px is optimised in 512 px tiles"
+        return "%s: %s" % (title, record.get("message", ""))
     return "%s: %s" % (title, record.get("stage") or record.get("event", ""))
 
 

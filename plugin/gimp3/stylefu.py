@@ -8,6 +8,7 @@ The result is a NEW layer above the source, inside one undo group; the source is
 """
 
 import functools
+import json
 import os
 import sys
 import traceback
@@ -30,6 +31,7 @@ from stylefu_bridge import (  # noqa: E402
     run_command,
     run_options,
     run_worker,
+    second_style_blend,
     worker_command,
     write_npy,
 )
@@ -46,9 +48,10 @@ RW = GObject.ParamFlags.READWRITE
 # Used only to register the dialog when the installer's settings are missing; running then
 # fails with the sentence that says to run `stylefu gimp install`.
 UNSET = {"defaults": {"strength": 50.0, "preset": "", "iterations": 0, "size": 16,
-                      "preserve_colors": "", "style_scale": 1.0, "seed": 0, "device": ""},
+                      "preserve_colors": "", "style_scale": 1.0, "seed": 0, "device": "",
+                      "second_style_weight": 0.5, "tile_size": 0},
          "choices": {"preset": [""], "preserve_colors": [""], "device": [""]},
-         "limits": {"size": [16, 16384]}, "help": {}}
+         "limits": {"size": [16, 16384], "tile_size": [0, 16384]}, "help": {}}
 
 
 def log(*parts):
@@ -96,6 +99,26 @@ def read_pixels(drawable, channels):
                                            Gegl.AbyssPolicy.CLAMP))
 
 
+def save_selection_mask(image, drawable, path):
+    """The selection over the drawable as its grayscale mask file (HxWx1 float32 .npy, 0..1), or
+    None when nothing is selected.
+
+    Read at the drawable's size and offsets from the selection channel in linear "Y float", so
+    feathered edges stay soft (the worker blends them); outside the canvas nothing is selected.
+    """
+    if Gimp.Selection.is_empty(image):
+        return None
+    _, x, y = drawable.get_offsets()
+    w, h = drawable.get_width(), drawable.get_height()
+    data = bytes(image.get_selection().get_buffer().get(Gegl.Rectangle.new(x, y, w, h), 1.0,
+                                                        "Y float", Gegl.AbyssPolicy.NONE))
+    if not any(data):  # every float is 0.0: the selection lies beside the layer
+        raise BridgeError("The selection does not touch the layer; select part of the layer, or "
+                          "Select > None to stylize all of it.")
+    write_npy(path, data, (h, w, 1))
+    return path
+
+
 def save_drawable(drawable, path, keep_alpha=True):
     channels = 4 if keep_alpha and drawable.has_alpha() else 3
     write_npy(path, read_pixels(drawable, channels),
@@ -131,12 +154,17 @@ def new_layer_above(image, source, name):
 
 # --- the filter ---------------------------------------------------------------------------------
 
-def dialog_values(config):
+def dialog_values(config, styles=1):
+    """The dialog's values keyed by Config field names (what bridge.run_options takes)."""
     choice = config.get_property
-    return {"strength": choice("strength"), "preset": choice("preset"),
-            "iterations": choice("iterations"), "size": choice("size"),
-            "preserve_colors": choice("preserve-colors"), "style_scale": choice("style-scale"),
-            "seed": choice("seed"), "device": choice("device")}
+    values = {"strength": choice("strength"), "preset": choice("preset"),
+              "iterations": choice("iterations"), "size": choice("size"),
+              "tile_size": choice("tile-size"), "preserve_colors": choice("preserve-colors"),
+              "style_scale": choice("style-scale"), "seed": choice("seed"),
+              "device": choice("device")}
+    if styles == 2:
+        values["style_blend"] = second_style_blend(choice("second-style-weight"))
+    return values
 
 
 def show_dialog(procedure, config, title):
@@ -151,18 +179,28 @@ def show_dialog(procedure, config, title):
     return accepted
 
 
-def style_input(config, folder):
-    """(path of the style for the worker, its name): a layer of any open image, else a file."""
-    layer = config.get_property("style-layer")
+def style_input(config, folder, prefix="style"):
+    """(path of the style for the worker, its name): a layer of any open image, else a file;
+    None when neither is chosen. `prefix` "second-style" reads the optional second style."""
+    layer = config.get_property(f"{prefix}-layer")
     if layer is not None:
-        path = os.path.join(folder, "style.npy")
+        path = os.path.join(folder, f"{prefix}.npy")
         save_drawable(layer, path, keep_alpha=False)
         return path, layer.get_name()
-    style = config.get_property("style-file")
+    style = config.get_property(f"{prefix}-file")
     if style is None or not style.get_path():
-        raise BridgeError("Choose a style: an image file or a layer of an open image.")
+        return None
     path = style.get_path()
     return path, os.path.splitext(os.path.basename(path))[0]
+
+
+def style_inputs(config, folder):
+    """[(path, name)] of the style and, when one is chosen, the second style."""
+    first = style_input(config, folder)
+    if first is None:
+        raise BridgeError("Choose a style: an image file or a layer of an open image.")
+    second = style_input(config, folder, "second-style")
+    return [first] if second is None else [first, second]
 
 
 def single_layer(drawables):
@@ -182,31 +220,45 @@ def run_stylize(procedure, run_mode, image, drawables, config, run_data):
         settings = load_settings(__file__)
         source = single_layer(drawables)
         folder = exchange_dir()
-        style_path, style_name = style_input(config, folder)
+        styles = style_inputs(config, folder)
+        style_name = " + ".join(name for _, name in styles)
         content = os.path.join(folder, "content.npy")
         output = os.path.join(folder, "result.npy")
         save_drawable(source, content)
-        command = worker_command(settings, ["run", content, style_path, "-o", output]
-                                 + run_options(dialog_values(config), settings))
+        # The selection restricts the style loss (guided Grams) and the worker's result to it;
+        # one mask serves every style.
+        mask = save_selection_mask(image, source, os.path.join(folder, "selection.npy"))
+        command = worker_command(settings, ["run", content] + [path for path, _ in styles]
+                                 + ["-o", output]
+                                 + run_options(dialog_values(config, len(styles)), settings)
+                                 + (["--mask", mask] if mask else []))
+        log("worker:", " ".join(command))
         Gimp.progress_init(f"{TITLE}: starting the worker")
         image.undo_group_start()
         try:
+            def new_layer():
+                layer = new_layer_above(image, source, layer_name(style_name))
+                if mask:  # see the README: exact source pixels outside, at any working size
+                    layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
+                return layer
+
             def show(record):
+                if record.get("event") == "notice":
+                    log("notice:", record.get("message", ""))
                 Gimp.progress_update(min(1.0, float(record.get("fraction", 0.0))))
                 Gimp.progress_set_text(progress_text(record, TITLE))
                 if record.get("image"):  # the painting so far, shown in the new layer
                     if state["layer"] is None:
-                        state["layer"] = new_layer_above(image, source, layer_name(style_name))
+                        state["layer"] = new_layer()
                     fill_layer(state["layer"], record["image"])
                     Gimp.displays_flush()
                     log("preview", record["image"])
 
-            run_worker(command, on_record=show, cwd=folder)
+            final = run_worker(command, on_record=show, cwd=folder)
+            log("tiles:", json.dumps(final.get("metrics", {}).get("tiles", {})))
             if state["layer"] is None:
-                state["layer"] = new_layer_above(image, source, layer_name(style_name))
+                state["layer"] = new_layer()
             fill_layer(state["layer"], output)
-            if not Gimp.Selection.is_empty(image):
-                state["layer"].add_mask(state["layer"].create_mask(Gimp.AddMaskType.SELECTION))
         except BaseException:
             if state["layer"] is not None:  # the image goes back to exactly what it was
                 image.remove_layer(state["layer"])
@@ -299,6 +351,15 @@ def add_stylize_arguments(procedure, settings):
                                 RW)
     procedure.add_drawable_argument("style-layer", "Style la_yer", "A layer of any open image "
                                     "as the style (instead of the file)", True, RW)
+    procedure.add_file_argument("second-style-file", "_Second style image", "Optional: a second "
+                                "style image, blended with the first", Gimp.FileChooserAction.OPEN,
+                                True, None, RW)
+    procedure.add_drawable_argument("second-style-layer", "Second style lay_er", "Optional: a "
+                                    "layer as the second style (instead of the file)", True, RW)
+    procedure.add_double_argument("second-style-weight", "Second style _weight", "Share of the "
+                                  "second style in the blend (0.5: equal, 1: the second alone); "
+                                  "used only when a second style is chosen", 0.0, 1.0,
+                                  d["second_style_weight"], RW)
     procedure.add_double_argument("strength", "Style s_trength", "Style/content balance: 50 is "
                                   "the default style weight, every 25 more multiplies it by 10",
                                   0.0, 100.0, d["strength"], RW)
@@ -308,6 +369,9 @@ def add_stylize_arguments(procedure, settings):
                                "(0: the quality preset's)", 0, 10000, d["iterations"], RW)
     procedure.add_int_argument("size", "Working si_ze", helps.get("size", ""), low, high,
                                d["size"], RW)
+    tile_low, tile_high = settings["limits"]["tile_size"]
+    procedure.add_int_argument("tile-size", "Ti_le size", helps.get("tile_size", ""), tile_low,
+                               tile_high, d["tile_size"], RW)
     procedure.add_choice_argument("preserve-colors", "Preserve colo_urs",
                                   helps.get("preserve_colors", ""),
                                   make_choice(choices["preserve_colors"]), d["preserve_colors"], RW)
@@ -346,8 +410,9 @@ class StylefuPlugIn(Gimp.PlugIn):
             procedure.set_menu_label("Neural Style _Transfer...")
             procedure.set_documentation(
                 "Paint the layer in the style of another image (Gatys et al.)",
-                "Adds a new layer above the active one, stylized by the stylefu worker; the "
-                "selection becomes its mask and the source layer is left untouched.", name)
+                "Adds a new layer above the active one, stylized by the stylefu worker with one "
+                "style or a blend of two; a selection limits the style to it (the worker's mask "
+                "and the new layer's mask) and the source layer is left untouched.", name)
             add_stylize_arguments(procedure, settings)
         else:
             procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN,

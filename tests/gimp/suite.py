@@ -61,7 +61,7 @@ def run(name, procedure, image, layer, **props):
     config.set_property("image", image)
     config.set_core_object_array("drawables", [layer])
     for key, value in props.items():
-        if key.startswith("style") and isinstance(value, str):
+        if (key.startswith("style") or key.endswith("file")) and isinstance(value, str):
             value = Gio.File.new_for_path(value)
         config.set_property(key.replace("_", "-"), value)
     before = pixels(layer)
@@ -155,6 +155,34 @@ def scenarios(content, fast):
     image, layer = make_image(content)
     run("style_layer", PROC, image, layer, **dict(fast, style_file=None, style_layer=style_layer))
     describe_new_layer("style_layer", image, layer)
+
+    # A feathered selection on a layer with offsets, partly beyond the layer: the worker's mask
+    # must be the selection's soft values at the layer's own pixels.
+    image, layer = make_image(content, canvas=(w + 40, h + 30), offsets=(25, 13))
+    image.select_rectangle(Gimp.ChannelOps.REPLACE, *JOB["soft_selection"])
+    Gimp.Selection.feather(image, JOB["feather"])
+    # The expected mask through another API: gimp-selection-value (0..255) at every pixel.
+    expected = np.array([[Gimp.Selection.value(image, 25 + x, 13 + y) for x in range(w)]
+                         for y in range(h)], np.float32) / 255
+    np.save(os.path.join(OUT, "soft_selection-expected-mask.npy"), expected)
+    run("soft_selection", PROC, image, layer, **fast)
+    describe_new_layer("soft_selection", image, layer, selection=True)
+
+    # Two styles, the second from a layer, blended 1:3.
+    image, layer = make_image(content)
+    run("two_styles", PROC, image, layer, **dict(fast, second_style_layer=style_layer,
+                                                 second_style_weight=JOB["second_style_weight"]))
+    describe_new_layer("two_styles", image, layer)
+
+    # A tile size smaller than the working size: the worker optimises in tiles and says so.
+    image, layer = make_image(content)
+    run("tiled", PROC, image, layer, **dict(fast, tile_size=JOB["tile_size"]))
+    describe_new_layer("tiled", image, layer)
+
+    # A selection beside the layer: a clear error before any work.
+    image, layer = make_image(content, canvas=(w + 40, h + 30), offsets=(25, 13))
+    image.select_rectangle(Gimp.ChannelOps.REPLACE, 0, 0, 20, 10)
+    run("selection_beside_layer", PROC, image, layer, **fast)
 
     # Errors: each must leave the image exactly as it was.
     image, layer = make_image(content)
