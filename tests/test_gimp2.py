@@ -17,12 +17,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from stylefu.core.cli import main
 from stylefu.core.demo import demo_content, demo_style
 from stylefu.plugin import installer
 
 STANDIN = Path(__file__).resolve().parent / "gimpfu_standin"
 H, W, SIZE, ITERATIONS = 40, 56, 56, 3
 SELECTION = (10, 8, 24, 16)
+# The soft selection: on a 90x70 canvas, the layer at (7, 5); the style fades in from x = 30 to
+# 42 and out from y = 40 to 50 (image coordinates), so the layer sees 0, 1 and soft values.
+SOFT_CANVAS, SOFT_OFFSETS = (90, 70), (7, 5)
+SECOND_STYLE_WEIGHT, TILE_SIZE = 0.75, 32
+
+
+def soft_selection() -> np.ndarray:
+    """The soft selection (canvas-sized uint8), as the harness writes it into the channel."""
+    y, x = np.mgrid[0:SOFT_CANVAS[1], 0:SOFT_CANVAS[0]]
+    ramp = np.clip((x - 30) / 12, 0, 1) * np.clip((50 - y) / 10, 0, 1)
+    return np.round(ramp * 255).astype(np.uint8)
 
 
 def python27() -> str | None:
@@ -69,7 +81,8 @@ def report(request, installed):
     alpha[H // 2:, W // 2:] = 128
     gray = np.round(rgb @ np.array([0.2126, 0.7152, 0.0722])).astype(np.uint8)[..., None]
     pixels = {"rgb": rgb, "rgba": np.concatenate([rgb, alpha], 2), "gray": gray,
-              "graya": np.concatenate([gray, alpha], 2)}
+              "graya": np.concatenate([gray, alpha], 2),
+              "style2": np.round(demo_style(64, seed=3)[:H, :W] * 255).astype(np.uint8)}
     for name, array in pixels.items():
         (work / f"{name}.raw").write_bytes(array.tobytes())
     Image.fromarray(np.round(demo_style(64) * 255).astype(np.uint8)).save(work / "style.png")
@@ -77,7 +90,11 @@ def report(request, installed):
     job = {"plugin": str(target.plugin_file), "out": str(out), "width": W, "height": H,
            "pixels": {k: str(work / f"{k}.raw") for k in pixels}, "style": str(work / "style.png"),
            "bad_style": str(work / "broken.png"), "choices": settings["choices"], "size": SIZE,
-           "iterations": ITERATIONS, "selection": list(SELECTION)}
+           "iterations": ITERATIONS, "selection": list(SELECTION),
+           "soft_canvas": list(SOFT_CANVAS), "soft_offsets": list(SOFT_OFFSETS),
+           "soft_selection": str(work / "soft-selection.raw"),
+           "second_style_weight": SECOND_STYLE_WEIGHT, "tile_size": TILE_SIZE}
+    (work / "soft-selection.raw").write_bytes(soft_selection().tobytes())
     (work / "job.json").write_text(json.dumps(job))
     proc = subprocess.run([request.param, str(STANDIN / "harness.py"), str(work / "job.json")],
                           capture_output=True, text=True, timeout=300)
@@ -85,7 +102,7 @@ def report(request, installed):
     assert report_file.exists(), proc.stdout + proc.stderr
     data = json.loads(report_file.read_text())
     assert "harness_error" not in data, data["harness_error"]
-    data.update(out=out, pixels=pixels, log=proc.stderr)
+    data.update(out=out, pixels=pixels, log=proc.stderr, work=work)
     return data
 
 
@@ -116,13 +133,32 @@ def test_procedures_are_registered(report):
     assert set(procs) == {"python-fu-stylefu", "python-fu-stylefu-preview"}
     assert procs["python-fu-stylefu"]["menu"] == "<Image>/Filters/Artistic"
     assert procs["python-fu-stylefu"]["label"] == "Neural Style _Transfer..."
-    assert procs["python-fu-stylefu"]["params"][:5] == ["image", "drawable", "style_file",
-                                                      "style_source", "style_layer"]
+    assert procs["python-fu-stylefu"]["params"] == [
+        "image", "drawable", "style_file", "style_source", "style_layer", "second_style_file",
+        "second_style_source", "second_style_layer", "second_style_weight", "strength", "preset",
+        "iterations", "size", "tile_size", "preserve_colors", "style_scale", "seed", "device"]
 
 
 def result(report, name, channels):
     raw = (report["out"] / f"{name}-result.raw").read_bytes()
     return np.frombuffer(raw, np.uint8).reshape(H, W, channels)
+
+
+def worker_result(report, model_path, tmp_path, styles=None, mask=None, **values):
+    """What `stylefu run` computes for the harness's 8-bit RGB layer with its options, as 8 bits."""
+    np.save(tmp_path / "c.npy", report["pixels"]["rgb"])  # the plug-in sends uint8 .npy
+    settings = installer.plugin_settings("2.10", sys.executable, model_path)
+    values = dict(settings["defaults"], preset="draft", iterations=ITERATIONS, size=SIZE,
+                  strength=100.0, device="cpu", **values)
+    options = [o for o in installer.load_bridge().run_options(values, dict(settings, preview_every=0))
+               if o != "--watch-stdin"]
+    if mask is not None:
+        np.save(tmp_path / "mask.npy", mask)
+        options += ["--mask", str(tmp_path / "mask.npy")]
+    styles = styles or [report["work"] / "style.png"]
+    assert main(["run", str(tmp_path / "c.npy"), *map(str, styles), "-o", str(tmp_path / "r.png")]
+                + options) == 0
+    return np.asarray(Image.open(tmp_path / "r.png").convert("RGB")).astype(int)
 
 
 def test_selection_becomes_the_mask_and_one_undo_removes_the_layer(report):
@@ -135,10 +171,58 @@ def test_selection_becomes_the_mask_and_one_undo_removes_the_layer(report):
     expected = np.zeros((H, W), np.uint8)
     expected[y:y + h, x:x + w] = 255
     assert np.array_equal(mask.reshape(H, W), expected)
-    diff = np.abs(result(report, "rgb_selection", 3).astype(int) - report["pixels"]["rgb"]).mean()
+    layer = result(report, "rgb_selection", 3).astype(int)
+    source = report["pixels"]["rgb"].astype(int)
+    inside = expected.reshape(H, W) > 0
+    # The worker got the selection (--mask): the layer's OWN pixels are the source's outside it.
+    assert np.array_equal(layer[~inside], source[~inside])
+    diff = np.abs(layer[inside] - source[inside]).mean()
     assert diff > 2, f"mean change {diff:.2f} of 255"
     assert r["source_unchanged"] and r["undo_open"] == 0
     assert r["undo_steps"] == 1 and r["layers_after_undo"] == ["source"]
+
+
+def test_soft_selection_on_an_offset_layer_is_the_workers_mask(report, model_path, tmp_path):
+    """The selection's soft values at the layer's offsets reach the worker as its --mask."""
+    r = report["soft_selection"]
+    assert r["status"] == "success", r["message"]
+    assert r["offsets"] == list(SOFT_OFFSETS) and r["has_mask"]
+    x, y = SOFT_OFFSETS
+    mask = soft_selection()[y:y + H, x:x + W]
+    assert (mask == 0).any() and (mask == 255).any() and ((mask > 10) & (mask < 245)).sum() > 100
+    layer_mask = np.frombuffer((report["out"] / "soft_selection-mask.raw").read_bytes(), np.uint8)
+    assert np.array_equal(layer_mask.reshape(H, W), mask)
+    layer = result(report, "soft_selection", 3).astype(int)
+    expected = worker_result(report, model_path, tmp_path, mask=mask[..., None])
+    assert np.abs(layer - expected).max() <= 1
+    source = report["pixels"]["rgb"].astype(int)
+    assert np.array_equal(layer[mask == 0], source[mask == 0])
+    assert np.abs(layer[mask == 255] - source[mask == 255]).mean() > 2
+
+
+def test_two_styles_are_blended(report, model_path, tmp_path):
+    """A second style (a layer) and its weight reach the worker: --style-blend 0.25,0.75."""
+    r = report["two_styles"]
+    assert r["status"] == "success", r["message"]
+    assert r["name"] == "style + swirls (neural style)" and r["source_unchanged"]
+    np.save(tmp_path / "swirls.npy", report["pixels"]["style2"])
+    weight = SECOND_STYLE_WEIGHT
+    expected = worker_result(report, model_path, tmp_path,
+                             [report["work"] / "style.png", tmp_path / "swirls.npy"],
+                             style_blend=(1 - weight, weight))
+    layer = result(report, "two_styles", 3).astype(int)
+    assert np.abs(layer - expected).max() <= 1
+    assert np.abs(layer - result(report, "rgb_selection", 3).astype(int)).mean() > 1
+    assert f"--style-blend {1 - weight!r},{weight!r}" in report["log"]
+
+
+def test_tile_size_reaches_the_worker(report, model_path, tmp_path):
+    r = report["tiled"]
+    assert r["status"] == "success", r["message"]
+    assert f"[stylefu] notice: {W}x{H} px is optimised in {TILE_SIZE} px tiles" in report["log"]
+    assert f'[stylefu] tiles: {{"{W}x{H}": {TILE_SIZE}}}' in report["log"]
+    expected = worker_result(report, model_path, tmp_path, tile_size=TILE_SIZE)
+    assert np.abs(result(report, "tiled", 3).astype(int) - expected).max() <= 1
 
 
 def test_alpha_and_offsets_are_kept(report):
@@ -166,8 +250,12 @@ def test_live_preview_replaced_the_layer_during_the_run(report):
     assert report["log"].count("[stylefu] preview") >= 4 * (ITERATIONS - 1)
 
 
-@pytest.mark.parametrize("name, words", [("bad_style", "is not an image"),
-                                         ("no_style", "Choose a style")])
+@pytest.mark.parametrize("name, words", [
+    ("bad_style", "is not an image"),
+    ("no_style", "Choose a style"),
+    ("no_second_style", "Choose a second style image"),
+    ("selection_beside_layer", "The selection does not touch the layer"),
+])
 def test_errors_leave_the_image_as_it_was(report, name, words):
     r = report[name]
     assert r["status"] == "execution-error" and words in r["message"], r["message"]

@@ -10,6 +10,7 @@ The result is a NEW layer above the source inside one undo group; the source is 
 """
 from __future__ import division, print_function
 
+import json
 import os
 import sys
 
@@ -40,6 +41,7 @@ from stylefu_bridge import (  # noqa: E402
     run_command,
     run_options,
     run_worker,
+    second_style_blend,
     worker_command,
     write_npy,
 )
@@ -48,12 +50,14 @@ from stylefu_bridge import (  # noqa: E402
 
 TITLE = "Neural style"
 STYLE_SOURCES = ["the style file", "the style layer"]
+SECOND_STYLE_SOURCES = ["no second style", "the second style file", "the second style layer"]
 # Used only to register when the installer's settings are missing; running then fails with the
 # sentence that says to run `stylefu gimp install --gimp 2.10`.
 UNSET = {"defaults": {"strength": 50.0, "preset": "", "iterations": 0, "size": 16,
-                      "preserve_colors": "", "style_scale": 1.0, "seed": 0, "device": ""},
+                      "preserve_colors": "", "style_scale": 1.0, "seed": 0, "device": "",
+                      "second_style_weight": 0.5, "tile_size": 0},
          "choices": {"preset": [""], "preserve_colors": [""], "device": [""]},
-         "limits": {"size": [16, 16384]}, "help": {}}
+         "limits": {"size": [16, 16384], "tile_size": [0, 16384]}, "help": {}}
 
 
 def log(*parts):
@@ -76,8 +80,36 @@ def save_drawable(drawable, path):
     write_npy(path, data, (drawable.height, drawable.width, drawable.bpp), kind="u8")
 
 
-def place_result(image, source, png_path, name, old=None):
-    """Load the worker's PNG as a layer directly above the source (replacing `old`)."""
+def save_selection_mask(image, drawable, path):
+    """The selection over the drawable as its grayscale mask file (HxWx1 uint8 .npy), or None
+    when nothing is selected.
+
+    Read from the selection channel at the drawable's size and offsets, so feathered edges stay
+    soft (the worker blends them); the selection exists only on the canvas.
+    """
+    if pdb.gimp_selection_is_empty(image):
+        return None
+    ox, oy = drawable.offsets
+    width, height = drawable.width, drawable.height
+    x0, y0 = max(ox, 0), max(oy, 0)
+    x1, y1 = min(ox + width, image.width), min(oy + height, image.height)
+    mask = bytearray(width * height)
+    if x1 > x0 and y1 > y0:
+        rows = image.selection.get_pixel_rgn(x0, y0, x1 - x0, y1 - y0, False, False)[x0:x1, y0:y1]
+        n = x1 - x0
+        for i in range(y1 - y0):
+            start = (y0 - oy + i) * width + (x0 - ox)
+            mask[start:start + n] = rows[i * n:(i + 1) * n]
+    if not any(mask):
+        raise BridgeError("The selection does not touch the layer; select part of the layer, or "
+                          "Select > None to stylize all of it.")
+    write_npy(path, bytes(mask), (height, width, 1), kind="u8")
+    return path
+
+
+def place_result(image, source, png_path, name, old=None, masked=False):
+    """Load the worker's PNG as a layer directly above the source (replacing `old`); `masked`:
+    the selection becomes its layer mask."""
     layer = pdb.gimp_file_load_layer(image, png_path)
     layer.name = name
     if old is not None:
@@ -85,52 +117,77 @@ def place_result(image, source, png_path, name, old=None):
     pdb.gimp_image_insert_layer(image, layer, source.parent,
                                 pdb.gimp_image_get_item_position(image, source))
     layer.set_offsets(*source.offsets)
+    if masked:  # see the README: exact source pixels outside, at any working size
+        layer.add_mask(layer.create_mask(ADD_SELECTION_MASK))
     return layer
 
 
-def stylize(image, drawable, style_file, style_source, style_layer, strength, preset, iterations,
-            size, preserve_colors, style_scale, seed, device):
+def style_input(folder, source, style_file, style_layer, prefix="style"):
+    """(path of the style for the worker, its name) from the dialog's file or layer choice."""
+    if source == "layer":
+        if style_layer is None:
+            raise BridgeError("Choose a %s layer, or take the %s from a file."
+                              % ((prefix.replace("_", " "),) * 2))
+        path = os.path.join(folder, prefix + ".npy")
+        save_drawable(style_layer, path)
+        return path, style_layer.name
+    if not style_file:
+        if prefix == "style":
+            raise BridgeError("Choose a style: an image file or a layer of an open image.")
+        raise BridgeError("Choose a second style image, or set 'Take the second style from' to "
+                          "'no second style'.")
+    return style_file, os.path.splitext(os.path.basename(style_file))[0]
+
+
+def stylize(image, drawable, style_file, style_source, style_layer, second_style_file,
+            second_style_source, second_style_layer, second_style_weight, strength, preset,
+            iterations, size, tile_size, preserve_colors, style_scale, seed, device):
     """The filter: stylize `drawable` into a new layer above it (see the module docstring)."""
     settings = load_settings(__file__)
     choices = settings["choices"]
     values = {"strength": strength, "preset": choices["preset"][preset], "iterations": iterations,
-              "size": size, "preserve_colors": choices["preserve_colors"][preserve_colors],
+              "size": size, "tile_size": tile_size,
+              "preserve_colors": choices["preserve_colors"][preserve_colors],
               "style_scale": style_scale, "seed": seed, "device": choices["device"][device]}
     folder = exchange_dir()
     try:
-        if STYLE_SOURCES[style_source] == "the style layer":
-            if style_layer is None:
-                raise BridgeError("Choose a style layer, or take the style from a file.")
-            style_path, style_name = os.path.join(folder, "style.npy"), style_layer.name
-            save_drawable(style_layer, style_path)
-        else:
-            if not style_file:
-                raise BridgeError("Choose a style: an image file or a layer of an open image.")
-            style_path = style_file
-            style_name = os.path.splitext(os.path.basename(style_file))[0]
+        first = "layer" if STYLE_SOURCES[style_source] == "the style layer" else "file"
+        styles = [style_input(folder, first, style_file, style_layer)]
+        second = SECOND_STYLE_SOURCES[second_style_source]
+        if second != "no second style":
+            styles.append(style_input(folder, "layer" if second.endswith("layer") else "file",
+                                      second_style_file, second_style_layer, "second_style"))
+            values["style_blend"] = second_style_blend(second_style_weight)
         content = os.path.join(folder, "content.npy")
         output = os.path.join(folder, "result.png")
         save_drawable(drawable, content)
-        command = worker_command(settings, ["run", content, style_path, "-o", output]
-                                 + run_options(values, settings))
-        name = "%s (neural style)" % style_name
+        # The selection restricts the style loss (guided Grams) and the worker's result to it;
+        # one mask serves every style.
+        mask = save_selection_mask(image, drawable, os.path.join(folder, "selection.npy"))
+        command = worker_command(settings, ["run", content] + [path for path, _ in styles]
+                                 + ["-o", output] + run_options(values, settings)
+                                 + (["--mask", mask] if mask else []))
+        log("worker:", " ".join(command))
+        name = "%s (neural style)" % " + ".join(style_name for _, style_name in styles)
         gimp.progress_init("%s: starting the worker" % TITLE)
         pdb.gimp_image_undo_group_start(image)
         state = {"layer": None}
         try:
             def show(record):
+                if record.get("event") == "notice":
+                    log("notice:", record.get("message", ""))
                 gimp.progress_update(min(1.0, float(record.get("fraction", 0.0))))
                 pdb.gimp_progress_set_text(progress_text(record, TITLE))
                 if record.get("image"):  # the painting so far, shown in the new layer
                     state["layer"] = place_result(image, drawable, record["image"], name,
-                                                  state["layer"])
+                                                  state["layer"], bool(mask))
                     gimp.displays_flush()
                     log("preview", record["image"])
 
-            run_worker(command, on_record=show, cwd=folder)
-            state["layer"] = place_result(image, drawable, output, name, state["layer"])
-            if not pdb.gimp_selection_is_empty(image):
-                state["layer"].add_mask(state["layer"].create_mask(ADD_SELECTION_MASK))
+            final = run_worker(command, on_record=show, cwd=folder)
+            log("tiles:", json.dumps(final.get("metrics", {}).get("tiles", {}), sort_keys=True))
+            state["layer"] = place_result(image, drawable, output, name, state["layer"],
+                                          bool(mask))
         except BaseException:
             if state["layer"] is not None:  # the image goes back to exactly what it was
                 pdb.gimp_image_remove_layer(image, state["layer"])
@@ -182,11 +239,13 @@ def _register():
     settings = settings_or_unset()
     d, choices = settings["defaults"], settings["choices"]
     low, high = settings["limits"]["size"]
+    tile_low, tile_high = settings["limits"]["tile_size"]
     register(
         "python-fu-stylefu",
         "Paint the layer in the style of another image (Gatys et al.)",
-        "Adds a new layer above the active one, stylized by the stylefu worker; the selection "
-        "becomes its mask and the source layer is left untouched.",
+        "Adds a new layer above the active one, stylized by the stylefu worker with one style "
+        "or a blend of two; a selection limits the style to it (the worker's mask and the new "
+        "layer's mask) and the source layer is left untouched.",
         "stylefu contributors", "stylefu contributors", "2026",
         "Neural Style _Transfer...", "RGB*, GRAY*",
         [
@@ -195,12 +254,20 @@ def _register():
             (PF_FILE, "style_file", "Style image", ""),
             (PF_OPTION, "style_source", "Take the style from", 0, STYLE_SOURCES),
             (PF_LAYER, "style_layer", "Style layer", None),
+            (PF_FILE, "second_style_file", "Second style image (optional)", ""),
+            (PF_OPTION, "second_style_source", "Take the second style from", 0,
+             SECOND_STYLE_SOURCES),
+            (PF_LAYER, "second_style_layer", "Second style layer", None),
+            (PF_SLIDER, "second_style_weight", "Second style weight (0.5: equal blend)",
+             d["second_style_weight"], (0.0, 1.0, 0.05)),
             (PF_SLIDER, "strength", "Style strength", d["strength"], (0, 100, 1)),
             (PF_OPTION, "preset", "Quality", choices["preset"].index(d["preset"]),
              choices["preset"]),
             (PF_SPINNER, "iterations", "Iterations (0: the preset's)", d["iterations"],
              (0, 10000, 10)),
             (PF_SPINNER, "size", "Working size", d["size"], (low, high, 16)),
+            (PF_SPINNER, "tile_size", "Tile size (0: automatic)", d["tile_size"],
+             (tile_low, tile_high, 64)),
             (PF_OPTION, "preserve_colors", "Preserve colours",
              choices["preserve_colors"].index(d["preserve_colors"]), choices["preserve_colors"]),
             (PF_SLIDER, "style_scale", "Style scale", d["style_scale"], (0.1, 8.0, 0.1)),

@@ -18,6 +18,7 @@ RGB, GRAY, INDEXED = 0, 1, 2
 RGB_IMAGE, RGBA_IMAGE, GRAY_IMAGE, GRAYA_IMAGE = 0, 1, 2, 3
 ADD_WHITE_MASK, ADD_BLACK_MASK, ADD_ALPHA_MASK, ADD_ALPHA_TRANSFER_MASK, ADD_SELECTION_MASK = range(5)
 NORMAL_MODE = 0
+CHANNEL_OP_ADD, CHANNEL_OP_SUBTRACT, CHANNEL_OP_REPLACE, CHANNEL_OP_INTERSECT = range(4)
 (PF_INT8, PF_INT16, PF_INT32, PF_INT, PF_FLOAT, PF_STRING, PF_VALUE, PF_COLOR, PF_COLOUR,
  PF_REGION, PF_IMAGE, PF_LAYER, PF_CHANNEL, PF_DRAWABLE, PF_TOGGLE, PF_BOOL, PF_SLIDER,
  PF_SPINNER, PF_ADJUSTMENT, PF_FONT, PF_FILE, PF_BRUSH, PF_PATTERN, PF_GRADIENT, PF_RADIO,
@@ -123,8 +124,24 @@ class PixelRgn(object):
 # --- images, layers, masks ---------------------------------------------------------------------
 
 class Channel(object):
-    def __init__(self, width, height, data):
-        self.width, self.height, self.data = width, height, data
+    """gimp.Channel (a layer mask, or the image's selection): one 8-bit value per pixel."""
+
+    bpp = 1
+
+    def __init__(self, image, name, width, height, opacity=100.0, color=(0, 0, 0)):
+        self.image, self.name, self.width, self.height = image, name, width, height
+        self.opacity, self.color = opacity, color
+        self.offsets = (0, 0)
+        self.data = b"\0" * (width * height)
+
+    def get_pixel_rgn(self, x, y, w, h, dirty=True, shadow=False):
+        return PixelRgn(self, x, y, w, h, dirty, shadow)
+
+    def flush(self):
+        """Written pixel regions reach GIMP (the stand-in writes through at once)."""
+
+    def update(self, x, y, width, height):
+        """Redraw a rectangle (nothing to redraw here)."""
 
 
 class Layer(object):
@@ -160,16 +177,18 @@ class Layer(object):
     def create_mask(self, kind):
         if kind != ADD_SELECTION_MASK:
             raise ExecutionError("stand-in: only ADD_SELECTION_MASK")
+        # The selection's values (soft ones included) at the layer's pixels; none off the canvas.
         sel = self.image.selection
+        values = bytearray(sel.data)
         ox, oy = self.offsets
         data = bytearray(self.width * self.height)
-        if sel is not None:
-            sx, sy, sw, sh = sel
-            for y in range(self.height):
-                for x in range(self.width):
-                    if sx <= x + ox < sx + sw and sy <= y + oy < sy + sh:
-                        data[y * self.width + x] = 255
-        return Channel(self.width, self.height, bytes(data))
+        for y in range(self.height):
+            for x in range(self.width):
+                if 0 <= x + ox < sel.width and 0 <= y + oy < sel.height:
+                    data[y * self.width + x] = values[(y + oy) * sel.width + x + ox]
+        mask = Channel(self.image, self.name, self.width, self.height)
+        mask.data = bytes(data)
+        return mask
 
     def add_mask(self, mask):
         self.image._push("add mask")
@@ -177,12 +196,12 @@ class Layer(object):
 
 
 class Image(object):
-    """gimp.Image with a layer stack (index 0 = top), a rectangular selection and undo groups."""
+    """gimp.Image with a layer stack (index 0 = top), a selection channel and undo groups."""
 
     def __init__(self, width, height, base_type=RGB):
         self.width, self.height, self.base_type = width, height, base_type
         self.layers = []
-        self.selection = None  # (x, y, w, h) or None
+        self.selection = Channel(self, "Selection Mask", width, height)  # all 0: nothing selected
         self.undo_steps = []   # closed top-level undo steps, newest last
         self._group = None
         self._depth = 0
@@ -209,7 +228,7 @@ class Display(object):
 class _Gimp(object):
     """The `gimp` module: progress, messages, displays, and the classes above."""
 
-    Image, Layer, Display = Image, Layer, Display
+    Image, Layer, Channel, Display = Image, Layer, Channel, Display
 
     def __init__(self):
         self.progress = []
@@ -252,7 +271,17 @@ class _Pdb(object):
         gimp.progress.append(("end", None))
 
     def gimp_selection_is_empty(self, image):
-        return image.selection is None
+        return not any(bytearray(image.selection.data))
+
+    def gimp_image_select_rectangle(self, image, operation, x, y, width, height):
+        if operation != CHANNEL_OP_REPLACE:
+            raise ExecutionError("stand-in: only CHANNEL_OP_REPLACE")
+        sel = image.selection
+        data = bytearray(sel.width * sel.height)
+        for row in range(max(y, 0), min(y + height, sel.height)):
+            for col in range(max(x, 0), min(x + width, sel.width)):
+                data[row * sel.width + col] = 255
+        sel.data = bytes(data)
 
     def gimp_image_get_item_position(self, image, item):
         return image.layers.index(item)

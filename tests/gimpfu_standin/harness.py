@@ -13,14 +13,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gimpfu  # noqa: E402  (the stand-in)
+from gimpfu import pdb  # noqa: E402
 
 JOB = json.load(io.open(sys.argv[1], encoding="utf-8"))
 OUT = JOB["out"]
 report = {"procedures": {}}
 
 
-def make_image(kind, alpha=False, offsets=(0, 0), canvas=None, name="source"):
-    """An image with one layer holding the job's content (raw RGB/RGBA/Y/YA bytes files)."""
+def make_image(kind, alpha=False, offsets=(0, 0), canvas=None, name="source", pixels=None):
+    """An image with one layer holding the job's content (raw RGB/RGBA/Y/YA bytes files), or
+    the job's `pixels` entry of that name."""
     width, height = JOB["width"], JOB["height"]
     gray = kind == "gray"
     cw, ch = canvas or (width, height)
@@ -28,19 +30,25 @@ def make_image(kind, alpha=False, offsets=(0, 0), canvas=None, name="source"):
     layer_kind = {(False, False): gimpfu.RGB_IMAGE, (False, True): gimpfu.RGBA_IMAGE,
                   (True, False): gimpfu.GRAY_IMAGE, (True, True): gimpfu.GRAYA_IMAGE}[(gray, alpha)]
     layer = gimpfu.gimp.Layer(image, name, width, height, layer_kind)
-    with open(JOB["pixels"][("gray" if gray else "rgb") + ("a" if alpha else "")], "rb") as f:
+    with open(JOB["pixels"][pixels or ("gray" if gray else "rgb") + ("a" if alpha else "")],
+              "rb") as f:
         layer.data = f.read()
     image.layers.append(layer)
     layer.offsets = tuple(offsets)
     return image, layer
 
 
-def args_for(image, layer, style_file=None, style_layer=None, strength=100.0):
-    """The procedure's 13 arguments, as GIMP passes them (options as indices)."""
+def args_for(image, layer, style_file=None, style_layer=None, second_style_file=None,
+             second_style_layer=None, second_style_weight=0.5, tile_size=0, strength=100.0,
+             second_source=None):
+    """The procedure's 18 arguments, as GIMP passes them (options as indices)."""
     choices = JOB["choices"]
+    if second_source is None:
+        second_source = 2 if second_style_layer is not None else 1 if second_style_file else 0
     return (image, layer, style_file or "", 1 if style_layer is not None else 0, style_layer,
+            second_style_file or "", second_source, second_style_layer, second_style_weight,
             strength, choices["preset"].index("draft"), JOB["iterations"], JOB["size"],
-            0, 1.0, 0, choices["device"].index("cpu"))
+            tile_size, 0, 1.0, 0, choices["device"].index("cpu"))
 
 
 def run(name, image, layer, **kwargs):
@@ -73,7 +81,7 @@ def main():
         report["procedures"][proc_name] = {"menu": proc["menu"], "label": proc["label"],
                                            "params": [p[1] for p in proc["params"]]}
     image, layer = make_image("rgb")
-    image.selection = tuple(JOB["selection"])
+    pdb.gimp_image_select_rectangle(image, gimpfu.CHANNEL_OP_REPLACE, *JOB["selection"])
     run("rgb_selection", image, layer, style_file=JOB["style"])
     image, layer = make_image("rgb", alpha=True, offsets=(7, 5), canvas=(90, 70))
     run("rgba_offsets", image, layer, style_file=JOB["style"])
@@ -82,9 +90,29 @@ def main():
     style_image, style_layer = make_image("rgb", name="stripes")
     image, layer = make_image("rgb")
     run("style_layer", image, layer, style_layer=style_layer)
+    # A soft selection (values the test chose, written into the selection channel as a
+    # script can) on a layer with offsets, partly beyond the layer.
+    width, height = JOB["soft_canvas"]
+    image, layer = make_image("rgb", offsets=JOB["soft_offsets"], canvas=(width, height))
+    with open(JOB["soft_selection"], "rb") as f:
+        image.selection.get_pixel_rgn(0, 0, width, height, True, False)[0:width, 0:height] = \
+            f.read()
+    image.selection.flush()
+    image.selection.update(0, 0, width, height)
+    run("soft_selection", image, layer, style_file=JOB["style"])
+    style2_image, style2_layer = make_image("rgb", name="swirls", pixels="style2")
+    image, layer = make_image("rgb")
+    run("two_styles", image, layer, style_file=JOB["style"], second_style_layer=style2_layer,
+        second_style_weight=JOB["second_style_weight"])
+    image, layer = make_image("rgb")
+    run("tiled", image, layer, style_file=JOB["style"], tile_size=JOB["tile_size"])
     image, layer = make_image("rgb")
     run("bad_style", image, layer, style_file=JOB["bad_style"])
     run("no_style", image, layer)
+    run("no_second_style", image, layer, style_file=JOB["style"], second_source=1)
+    image, layer = make_image("rgb", offsets=JOB["soft_offsets"], canvas=JOB["soft_canvas"])
+    pdb.gimp_image_select_rectangle(image, gimpfu.CHANNEL_OP_REPLACE, 70, 50, 15, 15)
+    run("selection_beside_layer", image, layer, style_file=JOB["style"])
 
 
 try:
