@@ -351,7 +351,7 @@ def add_stylize_arguments(procedure, settings):
                                 RW)
     procedure.add_drawable_argument("style-layer", "Style la_yer", "A layer of any open image "
                                     "as the style (instead of the file)", True, RW)
-    procedure.add_file_argument("second-style-file", "_Second style image", "Optional: a second "
+    procedure.add_file_argument("second-style-file", "Second style ima_ge", "Optional: a second "
                                 "style image, blended with the first", Gimp.FileChooserAction.OPEN,
                                 True, None, RW)
     procedure.add_drawable_argument("second-style-layer", "Second style lay_er", "Optional: a "
@@ -370,8 +370,8 @@ def add_stylize_arguments(procedure, settings):
     procedure.add_int_argument("size", "Working si_ze", helps.get("size", ""), low, high,
                                d["size"], RW)
     tile_low, tile_high = settings["limits"]["tile_size"]
-    procedure.add_int_argument("tile-size", "Ti_le size", helps.get("tile_size", ""), tile_low,
-                               tile_high, d["tile_size"], RW)
+    procedure.add_int_argument("tile-size", "Tile size in _pixels", helps.get("tile_size", ""),
+                               tile_low, tile_high, d["tile_size"], RW)
     procedure.add_choice_argument("preserve-colors", "Preserve colo_urs",
                                   helps.get("preserve_colors", ""),
                                   make_choice(choices["preserve_colors"]), d["preserve_colors"], RW)
