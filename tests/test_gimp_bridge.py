@@ -77,6 +77,22 @@ def test_dialog_values_become_run_options(model_path):
     build_parser().parse_args(["run", "c.png", "s.png", "-o", "o.png"] + options)
 
 
+def test_second_style_and_tile_size_become_run_options(model_path):
+    settings = installer.plugin_settings("3", sys.executable, model_path)
+    # The dialog's defaults come from Config: tile size 0 (automatic), equal blend (None).
+    assert settings["defaults"]["tile_size"] == Config().tile_size == 0
+    assert Config().style_blend is None and settings["defaults"]["second_style_weight"] == 0.5
+    assert "--style-blend" not in bridge.run_options(settings["defaults"], settings)
+    values = dict(settings["defaults"], tile_size=512, style_blend=bridge.second_style_blend(0.75))
+    options = bridge.run_options(values, settings)
+    pairs = dict(zip(options[::2], options[1::2]))
+    assert pairs["--tile-size"] == "512" and pairs["--style-blend"] == "0.25,0.75"
+    args = build_parser().parse_args(["run", "c.png", "a.png", "b.png", "-o", "o.png",
+                                      "--mask", "m.npy"] + options)
+    assert args.style_blend == (0.25, 0.75) and args.tile_size == 512
+    assert bridge.second_style_blend(1.5) == (0.0, 1.0) and bridge.second_style_blend(0) == (1.0, 0.0)
+
+
 def test_run_worker_follows_progress_and_returns_the_result(files, model_path, tmp_path):
     content, style = files
     out = tmp_path / "out.npy"
@@ -170,6 +186,8 @@ def test_progress_text_names_the_stage():
     assert bridge.progress_text(record) == "Neural style: scale 1 of 2, iteration 10 of 60"
     record.update(iteration=60)
     assert bridge.progress_text(record) == "Neural style: scale 2 of 2, computing targets"
+    notice = {"event": "notice", "message": "2048x1536 px is optimised in 512 px tiles."}
+    assert bridge.progress_text(notice) == "Neural style: 2048x1536 px is optimised in 512 px tiles."
 
 
 def test_settings_missing_says_how_to_fix(tmp_path):
