@@ -269,8 +269,10 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
 
     torch.optim.LBFGS with max_iter=1 per step() keeps its history across steps, so each step is
     exactly one evaluation: progress and cancel are checked at every one. Stops early when the
-    loss stops falling (`should_stop` with `tolerance`). Returns the image after the last step
-    (never the unmoved start, even after one evaluation) and the number of evaluations made.
+    loss stops falling (`should_stop` with `tolerance`). Returns the image and the number of
+    evaluations made. The image is the one after the last step when the last evaluation was the
+    best so far (so even one evaluation moves it), else the best one evaluated: L-BFGS without a
+    line search (the paper's usual set-up) sometimes oversteps, and the loss jumps 10-1000x.
     """
     x = image.clone().requires_grad_(True)
     if config.optimizer == "lbfgs":
@@ -283,6 +285,7 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
         opt = torch.optim.Adam([x], lr=config.learning_rate)
     last: dict = {}
     history: list[float] = []
+    best = {"loss": float("inf"), "image": x.detach().clone()}
 
     def closure():
         opt.zero_grad(set_to_none=True)
@@ -292,6 +295,8 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
                                  "--learning-rate, or use --precision fp32.")
         total.backward()
         last["total"], last["parts"] = total.detach(), {k: v.detach() for k, v in parts.items()}
+        if float(last["total"]) < best["loss"]:
+            best.update(loss=float(last["total"]), image=x.detach().clone())
         return total
 
     done = 0
@@ -303,7 +308,7 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
         report(done, history[-1], last["parts"], x)
         if should_stop(history, tolerance):
             break
-    return x.detach(), done
+    return (x.detach() if history[-1] <= best["loss"] else best["image"]), done
 
 
 def optimise_tiled(model: StyleModel, image: torch.Tensor, content: np.ndarray, targets: Targets,
