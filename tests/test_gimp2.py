@@ -22,12 +22,12 @@ from stylefu.core.demo import demo_content, demo_style
 from stylefu.plugin import installer
 
 STANDIN = Path(__file__).resolve().parent / "gimpfu_standin"
-H, W, SIZE, ITERATIONS = 40, 56, 56, 3
+H, W, SIZE, ITERATIONS = 40, 56, 56, 4
 SELECTION = (10, 8, 24, 16)
 # The soft selection: on a 90x70 canvas, the layer at (7, 5); the style fades in from x = 30 to
 # 42 and out from y = 40 to 50 (image coordinates), so the layer sees 0, 1 and soft values.
 SOFT_CANVAS, SOFT_OFFSETS = (90, 70), (7, 5)
-SECOND_STYLE_WEIGHT, TILE_SIZE = 0.75, 32
+SECOND_STYLE_WEIGHT, TILE_SIZE = 0.75, 48
 
 
 def soft_selection() -> np.ndarray:
@@ -96,8 +96,11 @@ def report(request, installed):
            "second_style_weight": SECOND_STYLE_WEIGHT, "tile_size": TILE_SIZE}
     (work / "soft-selection.raw").write_bytes(soft_selection().tobytes())
     (work / "job.json").write_text(json.dumps(job))
+    # A cache of its own: this module-scoped fixture runs before the per-test private cache is
+    # set, and the shared ~/.cache/stylefu may hold targets written by other code versions.
+    env = dict(os.environ, STYLEFU_CACHE=str(work / "cache"))
     proc = subprocess.run([request.param, str(STANDIN / "harness.py"), str(work / "job.json")],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=env)
     report_file = out / "report.json"
     assert report_file.exists(), proc.stdout + proc.stderr
     data = json.loads(report_file.read_text())

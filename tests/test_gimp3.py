@@ -35,7 +35,7 @@ SELECTION = (16, 12, 32, 24)  # x, y, w, h
 # On the 64x48 layer at offsets (25, 13): a rectangle (image coordinates) that covers the layer's
 # right part and goes beyond it, feathered by 10 px, so the mask has soft edges inside the layer.
 SOFT_SELECTION, FEATHER = (55, 5, 80, 40), 10.0
-SECOND_STYLE_WEIGHT, TILE_SIZE = 0.75, 32
+SECOND_STYLE_WEIGHT, TILE_SIZE = 0.75, 48
 STYLIZED = ("rgb", "rgba", "offsets", "gray", "float32", "selection", "style_layer")
 # Set STYLEFU_GIMP_FIGURE=PATH to also render the README's figure (tests/figures/gimp-result.png).
 FIGURE = os.environ.get("STYLEFU_GIMP_FIGURE")
@@ -281,7 +281,7 @@ def test_two_styles_are_blended(suite, model_path, tmp_path):
 
 
 def test_tile_size_reaches_the_worker(suite, model_path, tmp_path):
-    """The dialog's tile size: the worker optimises the 64x48 level in 32 px tiles and says so."""
+    """The dialog's tile size: the worker optimises the 64x48 level in 48 px tiles and says so."""
     r = suite["results"]["tiled"]
     assert r["status"] == "success", r["message"]
     assert f"[stylefu] notice: {W}x{H} px is optimised in {TILE_SIZE} px tiles" in suite["log"]
