@@ -32,7 +32,7 @@ from .config import Config
 from .errors import UserError
 from .images import Picture, atomic_write, check_min_side, fit_long_side, load_image, resize_array
 from .model import StyleModel, load_model
-from .stylize import compute_targets, style_layer_weights, stylize
+from .stylize import compute_targets, scale_sizes, style_layer_weights, stylize
 from .vgg import STYLE_LAYERS
 
 PREVIEW_SIZE = 192  # long side of each preview in px: about 3 s per style on 2 CPU cores
@@ -191,7 +191,9 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
         raise UserError(f"None of the {len(previews)} style image(s) could be previewed: "
                         f"{previews[0].error}")
     h, w = fit_long_side(content_pic.height, content_pic.width, config.size)
-    info = {"size": [h, w], "preset": config.preset, "model": str(model.path),
+    levels = scale_sizes(content_pic.height, content_pic.width, config)
+    info = {"size": [h, w], "levels": [max(size) for size in levels],
+            "preset": config.preset, "model": str(model.path),
             "weights_source": model.weights_source, "provider": model.engine.provider,
             "device": str(model.device), "seconds": round(time.perf_counter() - started, 3)}
     result = PreviewResult(resize_array(content_pic.rgb, h, w), content_pic.name, previews,
@@ -284,7 +286,8 @@ def contact_sheet(result: PreviewResult) -> Image.Image:
     info, cfg = result.info, result.config
     draw.text((PAD, 10), "stylefu preview", font=title_f, fill=INK)
     weights = info["weights_source"]
-    sub = (f"{w}x{h} px, preset {cfg.preset} ({cfg.schedule_value('scales')} scales), "
+    levels = "/".join(str(px) for px in info["levels"])
+    sub = (f"{w}x{h} px, preset {cfg.preset} (levels {levels} px), "
            f"style weight {cfg.style_weight:g}, colours: {cfg.preserve_colors}, weights: {weights}"
            + ("  (RANDOM: weak effect)" if weights.startswith("random") else ""))
     draw.text((PAD, 34), _clip_text(draw, sub, small_f, width - 2 * PAD), font=small_f, fill=MUTED)

@@ -38,6 +38,7 @@ def test_preview_numbers_are_real_and_ranked(model_path, images):
     result = preview(content, [content, style], config=QUICK_CONFIG, model=model_path)
     same, striped = result.styles
     assert result.info["size"] == [36, 48] and result.info["provider"] == "CPUExecutionProvider"
+    assert result.info["levels"] == [48]  # the levels really used (too small to halve), not "3"
     # The content as its own style: identical Gram matrices, distance exactly zero.
     assert same.ok and same.distance_total == 0.0
     assert striped.ok and striped.distance_total > 0
