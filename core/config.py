@@ -24,7 +24,7 @@ COLOR_MODES = ("none", "luminance", "histogram")
 PRESETS = {
     "draft": {"scales": 3, "iterations": 30, "coarse_iterations": 60, "tolerance": 1e-3},
     "normal": {"scales": 3, "iterations": 120, "coarse_iterations": 120, "tolerance": 1e-3},
-    "best": {"scales": 3, "iterations": 300, "coarse_iterations": 200, "tolerance": 1e-4},
+    "best": {"scales": 3, "iterations": 500, "coarse_iterations": 200, "tolerance": 1e-4},
 }
 SCHEDULE_FIELDS = ("scales", "iterations", "coarse_iterations", "tolerance")
 DEFAULT_PRESET = "normal"
