@@ -25,7 +25,7 @@ import numpy as np
 
 from .paths import cache_dir
 
-CACHE_FORMAT = "1"  # bump when the arrays' meaning changes (e.g. Gram normalisation, resizing)
+CACHE_FORMAT = "2"  # bump when the arrays' meaning changes (e.g. Gram normalisation, resizing)
 DISABLE_ENV = "STYLEFU_NO_TARGET_CACHE"  # "1": compute every target (for timing the engine)
 # Past this size the least recently used entries are deleted (down to 80 %): a style entry is
 # about 3 MB, content features at 512 px about 8 MB, so this keeps a few hundred.

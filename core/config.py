@@ -1,7 +1,8 @@
 """Every parameter of a stylization, with its default and meaning: the one place for defaults.
 
 The CLI builds its options from these fields (help text included), the API takes a `Config`, and
-the GIMP plug-ins read defaults from `defaults_for_plugin()`; nothing copies a default elsewhere.
+the GIMP plug-ins get theirs from the settings `stylefu gimp install` writes
+(plugin/installer.py, `plugin_settings`); nothing copies a default elsewhere.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("lbfgs", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 COLOR_MODES = ("none", "luminance", "histogram")
+# Tiles overlap by at least 16 px, so a smaller tile would have no room to move between rounds.
+MIN_TILE_SIZE = 32
 
 # Presets map a word users understand to a measured schedule (see README, "Speed"):
 # `scales` coarse-to-fine levels, each half the size of the next; `iterations` evaluations at
@@ -105,8 +108,11 @@ class Config:
                 raise UserError("--style-layer-weights must be non-negative, not all zero.")
         if self.init not in ("content", "noise") and not Path(self.init).is_file():
             raise UserError(f"--init must be content, noise or an existing image, not {self.init!r}.")
-        if self.tile_size < 0 or self.save_every < 0:
-            raise UserError("--tile-size and --save-every must not be negative.")
+        if self.save_every < 0:
+            raise UserError("--save-every must not be negative.")
+        if self.tile_size != 0 and self.tile_size < MIN_TILE_SIZE:
+            raise UserError(f"--tile-size must be 0 (automatic) or at least {MIN_TILE_SIZE} px, "
+                            f"not {self.tile_size}.")
         return self
 
     def with_(self, **changes) -> Config:

@@ -74,11 +74,12 @@ def bad_cases(tmp_path, files, model_path):
         "size": ([str(content), str(style), "--size", "0"] + m, "--size"),
         "folder": ([str(content), str(style), "-o", str(tmp_path / "no" / "o.png")] + m, "Cannot write"),
         "blend": ([str(content), str(style), "--style-blend", "1,2"] + m, "2 weights for 1"),
+        "tile": ([str(content), str(style), "--tile-size", "8"] + m, "at least 32 px, not 8"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing", "not image", "tiny", "model", "no model", "weight",
-                                  "size", "folder", "blend"])
+                                  "size", "folder", "blend", "tile"])
 def test_user_errors_exit_2_without_output(case, files, model_path, tmp_path, capsys):
     args, message = bad_cases(tmp_path, files, model_path)[case]
     out = tmp_path / "out.png"
