@@ -26,7 +26,7 @@ MIN_TILE_SIZE = 32
 # `tolerance` ends a level early once the loss stops falling (see stylize.optimise).
 PRESETS = {
     "draft": {"scales": 3, "iterations": 30, "coarse_iterations": 60, "tolerance": 1e-3},
-    "normal": {"scales": 3, "iterations": 120, "coarse_iterations": 120, "tolerance": 1e-3},
+    "normal": {"scales": 3, "iterations": 110, "coarse_iterations": 80, "tolerance": 1e-3},
     "best": {"scales": 3, "iterations": 500, "coarse_iterations": 200, "tolerance": 1e-4},
 }
 SCHEDULE_FIELDS = ("scales", "iterations", "coarse_iterations", "tolerance")
