@@ -36,11 +36,12 @@ class _Gram(torch.autograd.Function):
         ctx.save_for_backward(flat, weights)
         ctx.scale, ctx.shape = scale, (n, c, h, w)
         full = (h * w) // GRAM_CHUNK * GRAM_CHUNK
-        if flat.dtype not in (torch.bfloat16, torch.float16) or full < GRAM_MIN_CHUNKS * GRAM_CHUNK:
+        chunked = flat.dtype in (torch.bfloat16, torch.float16) and full >= GRAM_MIN_CHUNKS * GRAM_CHUNK
+        if not chunked:
             flat = flat.to(torch.promote_types(flat.dtype, torch.float32))
-            weighted = flat if weights is None else flat * weights.to(flat.dtype)
-            return weighted.transpose(1, 2) @ flat * scale
         weighted = flat if weights is None else flat * weights.to(flat.dtype)
+        if not chunked:
+            return weighted.transpose(1, 2) @ flat * scale
         gram = flat.new_zeros((n, c, c), dtype=torch.float32)
         if full:
             a = weighted[:, :full].reshape(-1, GRAM_CHUNK, c)
@@ -70,8 +71,9 @@ def gram(features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tens
     n, c, h, w = features.shape
     if mask is None:
         return _Gram.apply(features, None, 1.0 / (c * h * w))
-    weights = mask.float().permute(0, 2, 3, 1).reshape(mask.shape[0], h * w, 1)
-    return _Gram.apply(features, weights, 1.0 / (c * float(mask.float().sum().clamp_min(1e-8))))
+    mask = mask.float()
+    weights = mask.permute(0, 2, 3, 1).reshape(mask.shape[0], h * w, 1)
+    return _Gram.apply(features, weights, 1.0 / (c * float(mask.sum().clamp_min(1e-8))))
 
 
 def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -285,7 +285,7 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
         opt = torch.optim.Adam([x], lr=config.learning_rate)
     last: dict = {}
     history: list[float] = []
-    best = {"loss": float("inf"), "image": x.detach().clone()}
+    best = {"loss": float("inf"), "image": None}
 
     def closure():
         opt.zero_grad(set_to_none=True)
@@ -295,8 +295,9 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
                                  "--learning-rate, or use --precision fp32.")
         total.backward()
         last["total"], last["parts"] = total.detach(), {k: v.detach() for k, v in parts.items()}
-        if float(last["total"]) < best["loss"]:
-            best.update(loss=float(last["total"]), image=x.detach().clone())
+        loss = float(last["total"])
+        if loss < best["loss"]:
+            best.update(loss=loss, image=x.detach().clone())
         return total
 
     done = 0

@@ -51,6 +51,31 @@ def load_settings(plugin_file):
     return settings
 
 
+# What a plug-in registers its dialog with when the installer's settings are missing; running
+# then fails with load_settings' sentence that says to run `stylefu gimp install`.
+UNSET_SETTINGS = {
+    "defaults": {"strength": 50.0, "preset": "", "iterations": 0, "size": 16,
+                 "preserve_colors": "", "style_scale": 1.0, "seed": 0, "device": "",
+                 "second_style_weight": 0.5, "tile_size": 0},
+    "choices": {"preset": [""], "preserve_colors": [""], "device": [""]},
+    "limits": {"size": [16, 16384], "tile_size": [0, 16384]}, "help": {}}
+
+
+def log(*parts):
+    """A line on GIMP's console (stderr), flushed at once (GIMP may kill the plug-in)."""
+    print("[stylefu]", *parts, file=sys.stderr)
+    sys.stderr.flush()
+
+
+def settings_or_unset(plugin_file):
+    """The installer's settings, or UNSET_SETTINGS (logged) so the dialog still registers."""
+    try:
+        return load_settings(plugin_file)
+    except BridgeError as exc:
+        log(exc)
+        return UNSET_SETTINGS
+
+
 def in_flatpak():
     """True inside GIMP's Flatpak sandbox, where host programs need `flatpak-spawn --host`."""
     return os.path.exists(FLATPAK_INFO)

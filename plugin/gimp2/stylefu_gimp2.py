@@ -36,12 +36,14 @@ from stylefu_bridge import (  # noqa: E402
     BridgeError,
     exchange_dir,
     load_settings,
+    log,
     progress_text,
     remove_dir,
     run_command,
     run_options,
     run_worker,
     second_style_blend,
+    settings_or_unset,
     worker_command,
     write_npy,
 )
@@ -51,26 +53,6 @@ from stylefu_bridge import (  # noqa: E402
 TITLE = "Neural style"
 STYLE_SOURCES = ["the style file", "the style layer"]
 SECOND_STYLE_SOURCES = ["no second style", "the second style file", "the second style layer"]
-# Used only to register when the installer's settings are missing; running then fails with the
-# sentence that says to run `stylefu gimp install --gimp 2.10`.
-UNSET = {"defaults": {"strength": 50.0, "preset": "", "iterations": 0, "size": 16,
-                      "preserve_colors": "", "style_scale": 1.0, "seed": 0, "device": "",
-                      "second_style_weight": 0.5, "tile_size": 0},
-         "choices": {"preset": [""], "preserve_colors": [""], "device": [""]},
-         "limits": {"size": [16, 16384], "tile_size": [0, 16384]}, "help": {}}
-
-
-def log(*parts):
-    print("[stylefu]", *parts, file=sys.stderr)
-    sys.stderr.flush()
-
-
-def settings_or_unset():
-    try:
-        return load_settings(__file__)
-    except BridgeError as exc:
-        log(exc)
-        return UNSET
 
 
 def save_drawable(drawable, path):
@@ -236,7 +218,7 @@ def preview(image, drawable, style_folder, style_1, style_2, style_3, size):
 
 
 def _register():
-    settings = settings_or_unset()
+    settings = settings_or_unset(__file__)
     d, choices = settings["defaults"], settings["choices"]
     low, high = settings["limits"]["size"]
     tile_low, tile_high = settings["limits"]["tile_size"]

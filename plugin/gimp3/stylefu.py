@@ -25,6 +25,7 @@ from stylefu_bridge import (  # noqa: E402
     BridgeError,
     exchange_dir,
     load_settings,
+    log,
     progress_text,
     read_npy,
     remove_dir,
@@ -32,6 +33,7 @@ from stylefu_bridge import (  # noqa: E402
     run_options,
     run_worker,
     second_style_blend,
+    settings_or_unset,
     worker_command,
     write_npy,
 )
@@ -45,25 +47,6 @@ TITLE = "Neural style"
 STYLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".npy")
 PREVIEW_STYLE_FILES = 4
 RW = GObject.ParamFlags.READWRITE
-# Used only to register the dialog when the installer's settings are missing; running then
-# fails with the sentence that says to run `stylefu gimp install`.
-UNSET = {"defaults": {"strength": 50.0, "preset": "", "iterations": 0, "size": 16,
-                      "preserve_colors": "", "style_scale": 1.0, "seed": 0, "device": "",
-                      "second_style_weight": 0.5, "tile_size": 0},
-         "choices": {"preset": [""], "preserve_colors": [""], "device": [""]},
-         "limits": {"size": [16, 16384], "tile_size": [0, 16384]}, "help": {}}
-
-
-def log(*parts):
-    print("[stylefu]", *parts, file=sys.stderr, flush=True)
-
-
-def settings_or_unset():
-    try:
-        return load_settings(__file__)
-    except BridgeError as exc:
-        log(exc)
-        return UNSET
 
 
 def failure(procedure, message):
@@ -403,7 +386,7 @@ class StylefuPlugIn(Gimp.PlugIn):
         return False
 
     def do_create_procedure(self, name):
-        settings = settings_or_unset()
+        settings = settings_or_unset(__file__)
         if name == PROC:
             procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN,
                                                 run_stylize, None)
