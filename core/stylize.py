@@ -80,6 +80,11 @@ class StyleTerm:
     grams: dict[str, torch.Tensor]
     weight: float = 1.0
     mask: torch.Tensor | None = None
+    # A tile of a larger image (tiled runs): the whole image's Gram matrices for this term, and
+    # the positions (mask mass) they average over per layer. The term then compares the WHOLE
+    # image's Grams with the targets, as a function of this tile's pixels (see Objective).
+    whole: dict[str, torch.Tensor] | None = None
+    whole_total: dict[str, float] | None = None
 
 
 @dataclass
@@ -210,6 +215,33 @@ class Objective:
                 layer_masks = masking.layer_masks(term.mask.float(), STYLE_LAYERS)
                 layer_masks = {n: m for n, m in layer_masks.items() if float(m.sum()) > 1e-6}
             self.terms.append((term, layer_masks))
+        # For tile terms (`term.whole`), per term and layer: the rest of the image's part of the
+        # whole Gram and this tile's share, fixed at the first evaluation; and the tile's own
+        # Gram at the last evaluation.
+        self.rest: list[dict[str, tuple[torch.Tensor, float]]] = [{} for _ in self.terms]
+        self.own: list[dict[str, torch.Tensor]] = [{} for _ in self.terms]
+
+    def _whole_gram(self, index: int, name: str, own: torch.Tensor, positions: float) -> torch.Tensor:
+        """The whole image's Gram with this tile's part `own` (averaged over `positions`): the rest
+        of the image is held as it was at the first evaluation."""
+        term = self.terms[index][0]
+        if name not in self.rest[index]:
+            share = positions / term.whole_total[name]
+            self.rest[index][name] = (term.whole[name] - share * own.detach(), share)
+        rest, share = self.rest[index][name]
+        self.own[index][name] = own.detach()
+        return rest + share * own
+
+    def whole_grams(self, own: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+        """Each term's whole-image Grams with this tile's Grams `own` (from `self.own`) put in."""
+        out = []
+        for term_rest, term_own, (term, _) in zip(self.rest, own, self.terms):
+            grams = dict(term.whole)
+            for name, g in term_own.items():
+                rest, share = term_rest[name]
+                grams[name] = rest + share * g
+            out.append(grams)
+        return out
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # channels_last convolutions are faster here; the optimised image stays NCHW because
@@ -220,14 +252,18 @@ class Objective:
         parts = {"content": zero, "style": zero, "tv": zero}
         if self.content_layer in feats and self.config.content_weight > 0:
             parts["content"] = losses.content_loss(feats[self.content_layer], self.targets.content)
-        for term, layer_masks in self.terms:
+        for index, (term, layer_masks) in enumerate(self.terms):
             for name in STYLE_LAYERS:
                 if name not in self.style_layers or (layer_masks is not None and
                                                      name not in layer_masks):
                     continue
                 mask = None if layer_masks is None else layer_masks[name]
-                layer_loss = term.weight * losses.style_layer_loss(losses.gram(feats[name], mask),
-                                                                   term.grams[name])
+                gram = losses.gram(feats[name], mask)
+                if term.whole is not None:
+                    positions = feats[name].shape[-2] * feats[name].shape[-1]
+                    gram = self._whole_gram(index, name, gram,
+                                            positions if mask is None else float(mask.sum()))
+                layer_loss = term.weight * losses.style_layer_loss(gram, term.grams[name])
                 parts[name] = parts[name] + layer_loss if name in parts else layer_loss
                 parts["style"] = parts["style"] + self.layer_weights[name] * layer_loss
         if self.config.tv_weight > 0:
@@ -262,9 +298,22 @@ def should_stop(losses: Sequence[float], tolerance: float, window: int = EARLY_S
     return before - now < tolerance * abs(before)
 
 
+FIRST_STEP_MEAN_CHANGE = 0.01  # of 0..1 pixels: a first L-BFGS step when no scale is known yet
+
+
+def first_step_lr(grad: torch.Tensor, scale: float | None) -> float:
+    """torch.optim.LBFGS's lr that makes its first step -scale * grad (or, without a scale, a
+    gradient step whose mean absolute pixel change is FIRST_STEP_MEAN_CHANGE). That step is
+    min(1, 1/|g|_1) * lr * -g."""
+    l1 = max(float(grad.abs().sum()), 1e-30)
+    step = scale if scale else FIRST_STEP_MEAN_CHANGE * grad.numel() / l1
+    return step / min(1.0, 1.0 / l1)
+
+
 def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config: Config,
              report: Callable[[int, float, dict, torch.Tensor], None],
-             cancel: CancelToken, tolerance: float = 0.0) -> tuple[torch.Tensor, int]:
+             cancel: CancelToken, tolerance: float = 0.0, evaluated_only: bool = False,
+             step_scale: dict | None = None) -> tuple[torch.Tensor, int]:
     """Run up to `evaluations` loss+gradient evaluations of L-BFGS or Adam on `image`'s pixels.
 
     torch.optim.LBFGS with max_iter=1 per step() keeps its history across steps, so each step is
@@ -273,6 +322,15 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
     evaluations made. The image is the one after the last step when the last evaluation was the
     best so far (so even one evaluation moves it), else the best one evaluated: L-BFGS without a
     line search (the paper's usual set-up) sometimes oversteps, and the loss jumps 10-1000x.
+    `evaluated_only`: always the best evaluated image (tiled runs, whose bookkeeping needs the
+    Grams of the image returned).
+
+    `step_scale` (a dict, L-BFGS only; tiled runs) carries the step size from call to call.
+    torch's first L-BFGS step is a gradient step of min(1, 1/|g|_1) * lr, which on this loss's
+    scale moves next to nothing, and a tile visit has only a few evaluations. With `step_scale`
+    the first step is -H g, H the inverse-Hessian scale y's/y'y an earlier call on a similar
+    problem (the previous tile) ended with, or, for the first call, a step whose mean pixel
+    change is FIRST_STEP_MEAN_CHANGE. This call's scale is stored back.
     """
     x = image.clone().requires_grad_(True)
     if config.optimizer == "lbfgs":
@@ -287,7 +345,12 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
     history: list[float] = []
     best = {"loss": float("inf"), "image": None}
 
+    reuse = {"next": False}
+
     def closure():
+        if reuse["next"]:  # the step's look at the image just evaluated: x.grad holds its gradient
+            reuse["next"] = False
+            return last["total"]
         opt.zero_grad(set_to_none=True)
         total, parts = objective(x)
         if not torch.isfinite(total):
@@ -304,12 +367,21 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
     for done in range(1, evaluations + 1):
         if is_cancelled(cancel):
             raise Cancelled("Cancelled.")
+        if done == 1 and step_scale is not None and config.optimizer == "lbfgs":
+            closure()  # evaluated here to size the first step; the step below reuses it
+            opt.param_groups[0]["lr"] = first_step_lr(x.grad, step_scale.get("lbfgs"))
+            reuse["next"] = True
         opt.step(closure)
+        opt.param_groups[0]["lr"] = 1.0 if config.optimizer == "lbfgs" else config.learning_rate
         history.append(float(last["total"]))
         report(done, history[-1], last["parts"], x)
         if should_stop(history, tolerance):
             break
-    return (x.detach() if history[-1] <= best["loss"] else best["image"]), done
+    if step_scale is not None and config.optimizer == "lbfgs" and opt.state[x].get("old_dirs"):
+        step_scale["lbfgs"] = float(opt.state[x]["H_diag"])  # set once a curvature pair was kept
+    if evaluated_only or history[-1] > best["loss"]:
+        return best["image"], done
+    return x.detach(), done
 
 
 def optimise_tiled(model: StyleModel, image: torch.Tensor, content: np.ndarray, targets: Targets,
@@ -317,8 +389,14 @@ def optimise_tiled(model: StyleModel, image: torch.Tensor, content: np.ndarray, 
                    report: Callable[[int, float, dict, torch.Tensor], None], cancel: CancelToken,
                    generator: torch.Generator) -> tuple[torch.Tensor, list]:
     """`optimise` for an image too large for memory: overlapping tiles whose grid moves each round
-    (see tiling.py). Each tile gets content features of its own crop of `content` (the content at
-    this scale, [H,W,3]), the shared style Grams and its crop of the masks.
+    (see tiling.py), optimised one after the other with the rest of the image held fixed.
+
+    Each tile minimises the WHOLE image's loss as a function of its pixels: its content features
+    come from its crop of `content` (the content at this scale, [H,W,3]); its style terms compare
+    the whole image's Gram matrices (the rest of the image's, plus its own share) with the targets.
+    The whole image's Grams are measured by ONNX Runtime at the start of every round and updated
+    after every tile. Matching the style's Grams inside each tile on its own instead made tiles
+    drift apart: a tile of sky took on the style's palette, its neighbour did not.
 
     Returns the image and every round's tiles (for the seam metric).
     """
@@ -326,64 +404,91 @@ def optimise_tiled(model: StyleModel, image: torch.Tensor, content: np.ndarray, 
         return image, []
     overlap = tiling.default_overlap(tile)
     rounds, steps = tiling.rounds_and_steps(evaluations)
+    height, width = image.shape[-2:]
+    terms = targets.style_terms()
     last: dict = {}
+    whole: list = []  # per term: the whole image's (Grams, positions per layer), kept current
+    step_scale: dict = {}  # L-BFGS's step size, carried from tile to tile
+
+    def start_round(r: int) -> None:
+        pixels = image[0].permute(1, 2, 0).float().cpu().numpy()
+        whole[:] = image_grams(model, pixels, terms)
 
     def step(crop: torch.Tensor, t: tiling.Tile) -> torch.Tensor:
         ys, xs = t.slices
+        # Content and TV losses are means over the tile: weighted by its share of the image.
+        share = (t.y1 - t.y0) * (t.x1 - t.x0) / (height * width)
+        tile_config = config.with_(content_weight=config.content_weight * share,
+                                   tv_weight=config.tv_weight * share)
         feat = None
         if config.content_weight > 0:
             batch = content[ys, xs].transpose(2, 0, 1)[None]
             layer = config.content_layer
             feat = torch.from_numpy(model.engine.features(batch, (layer,))[layer])
             feat = feat.to(model.device)
-        terms = [StyleTerm(term.grams, term.weight, None if term.mask is None else term.mask[..., ys, xs])
-                 for term in targets.style_terms()]
-        objective = Objective(model, Targets(feat, targets.grams, terms), config, dtype)
+        tile_terms = [StyleTerm(term.grams, term.weight,
+                                None if term.mask is None else term.mask[..., ys, xs], grams, total)
+                      for term, (grams, total) in zip(terms, whole)]
+        objective = Objective(model, Targets(feat, targets.grams, tile_terms), tile_config, dtype)
+        best: dict = {"loss": float("inf")}
 
         def remember(i, total, parts, x):
             last.update(total=total, parts=parts)
-        return optimise(objective, crop, steps, config, remember, cancel)[0]
+            if total < best["loss"]:  # the Grams of the image optimise() will return
+                best.update(loss=total, own=[dict(own) for own in objective.own])
+        new = optimise(objective, crop, steps, config, remember, cancel, evaluated_only=True,
+                       step_scale=step_scale)[0]
+        for (grams, _), updated in zip(whole, objective.whole_grams(best["own"])):
+            grams.update(updated)
+        return new
 
     def on_tile(r: int, i: int, count: int, t: tiling.Tile) -> None:
         done = min(evaluations, r * steps + round(steps * (i + 1) / count))
         report(done, last["total"], last["parts"], image)
 
-    layouts = tiling.run_tiled(image, tile, overlap, rounds, step, generator, on_tile)
+    layouts = tiling.run_tiled(image, tile, overlap, rounds, step, generator, on_tile, start_round)
     return image, layouts
 
 
+def _add_grams(sums: list[tiling.GramSum], terms: list[StyleTerm], core: tiling.Tile,
+               feats: dict[str, np.ndarray]) -> None:
+    """Add one core's features (first image of the batch) to each term's (guided) Gram sums."""
+    for acc, term in zip(sums, terms):
+        layer_masks = tiling.core_mask(term.mask, core, STYLE_LAYERS)
+        for name in STYLE_LAYERS:
+            acc.add(name, feats[name][:1], None if layer_masks is None else layer_masks[name])
+
+
+def image_grams(model: StyleModel, pixels: np.ndarray, terms: list[StyleTerm]
+                ) -> list[tuple[dict[str, torch.Tensor], dict[str, float]]]:
+    """Per style term, the Gram matrices of the whole [H,W,3] image (guided by the term's mask) and
+    the positions (mask mass) per layer they average over; by ONNX Runtime, in tiles if large."""
+    sums = [tiling.GramSum() for _ in terms]
+    for core, feats in tiling.feature_passes(model.engine, [pixels], STYLE_LAYERS, model.device):
+        _add_grams(sums, terms, core, feats)
+    return [({n: g.to(model.device) for n, g in acc.grams().items()}, dict(acc.totals))
+            for acc in sums]
+
+
 def evaluate(model: StyleModel, image: np.ndarray, targets: Targets, config: Config,
-             content: np.ndarray | None = None, tile: int = 0) -> dict:
+             content: np.ndarray | None = None) -> dict:
     """Loss figures of a finished image, computed by ONNX Runtime in float32.
 
-    After a tiled run (`tile` > 0) the content loss is measured against `content` at the image's
-    size, and an image too large for one ONNX Runtime pass is evaluated in tiles (Grams are sums
-    over tile cores, each seen with tiling.CONTEXT_MARGIN px of context).
+    After a tiled run (`targets.content` is None) the content loss is measured against `content`
+    at the image's size. An image too large for one ONNX Runtime pass is evaluated in tiles (Grams
+    are sums over tile cores, each seen with tiling.CONTEXT_MARGIN px of context).
     """
     content_layer = config.content_layer
     layers = tuple(dict.fromkeys(STYLE_LAYERS + (content_layer,)))
     terms = targets.style_terms()
     sums = [tiling.GramSum() for _ in terms]
-    tile = tile and tiling.ort_tile(*image.shape[:2], model.device, images=2)
-    if tile:
-        passes = tiling.tiled_pass(model.engine, [image, content], layers, tile,
-                                   tiling.CONTEXT_MARGIN)
-    else:
-        full = tiling.Tile(0, image.shape[0], 0, image.shape[1])
-        passes = [(full, model.engine.features(image.transpose(2, 0, 1)[None], layers))]
+    images = [image] if targets.content is not None else [image, content]
     squares, count = 0.0, 0
-    for core, feats in passes:
-        if targets.content is None:  # a tiled run: content features of the content image
-            reference = (feats[content_layer][1:] if tile else model.engine.features(
-                content.transpose(2, 0, 1)[None], (content_layer,))[content_layer])
-        else:
-            reference = targets.content.cpu().numpy()
+    for core, feats in tiling.feature_passes(model.engine, images, layers, model.device):
+        reference = feats[content_layer][1:] if len(images) == 2 else targets.content.cpu().numpy()
         diff = feats[content_layer][:1].astype(np.float64) - reference
         squares, count = squares + float(np.sum(diff ** 2)), count + diff.size
-        for acc, term in zip(sums, terms):
-            layer_masks = tiling.core_mask(term.mask, core, STYLE_LAYERS)
-            for name in STYLE_LAYERS:
-                acc.add(name, feats[name][:1], None if layer_masks is None else layer_masks[name])
+        _add_grams(sums, terms, core, feats)
     per_layer = dict.fromkeys(STYLE_LAYERS, 0.0)
     for acc, term in zip(sums, terms):
         grams = acc.grams()
@@ -490,7 +595,7 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
                 image = masking.composite(image, to_tensor(content_at_size).to(image), region)
             evaluations += done
         result = to_array(image)
-        metrics = evaluate(model, result, targets, config, content_at_size, tile)
+        metrics = evaluate(model, result, targets, config, content_at_size)
     except (RuntimeError, MemoryError) as exc:
         if not _out_of_memory(exc):
             raise

@@ -4,8 +4,11 @@ Why it works without seams:
 - Style targets are Gram matrices, averages over positions, so they do not depend on the image's
   size: they are computed ONCE per scale for the whole style (itself in tiles when it is huge,
   `tiled_grams`: exact sums over each tile's core, with a margin of real context around it).
-- Each tile is optimised against its own content features (computed on the content crop), the
-  shared style Grams, and the masks cropped to it.
+- Each tile is optimised against the WHOLE image's loss with the rest of the image held fixed:
+  its own content features (computed on the content crop), and the whole image's Gram matrices
+  (measured once per round, updated after every tile) with its own part in them, against the
+  style's. Matching the style's Grams inside each tile alone made tiles drift apart in colour.
+  (stylize.optimise_tiled)
 - Tiles overlap by `overlap` px and are written back with a linear feather across the overlap; the
   grid moves by a random offset every round, so no border stays in one place.
 
@@ -24,8 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from . import losses
 
 # Measured on this project's CPUs (VGG19 to relu5_1): torch forward+backward peaks at ~1.1 GB at
 # 512^2 px and ~3.0 GB at 1024^2 px, i.e. ~0.47 GB fixed + ~2.4 kB per pixel.
@@ -181,8 +182,9 @@ def rounds_and_steps(evaluations: int) -> tuple[int, int]:
     """Split a scale's evaluations into rounds (grid positions) x evaluations per tile visit.
 
     Two rounds or more when there are 4 evaluations or more, so every border moves; at least 2
-    evaluations per visit (L-BFGS restarts at each visit and its first step is a tiny gradient
-    step); about 20 per visit for long runs (most of the loss falls in the first ones)."""
+    evaluations per visit (L-BFGS restarts at each visit, and a visit returns the best image it
+    evaluated: its second evaluation is the first that can have moved); about 20 per visit for
+    long runs (most of the loss falls in the first ones; more, shorter visits measured worse)."""
     rounds = max(1, min(evaluations // 2, max(2, math.ceil(evaluations / 20))))
     return rounds, math.ceil(evaluations / rounds)
 
@@ -190,12 +192,14 @@ def rounds_and_steps(evaluations: int) -> tuple[int, int]:
 def run_tiled(image: torch.Tensor, tile: int, overlap: int, rounds: int,
               step: Callable[[torch.Tensor, Tile], torch.Tensor],
               generator: torch.Generator,
-              on_tile: Callable[[int, int, int, Tile], None] | None = None) -> list[list[Tile]]:
+              on_tile: Callable[[int, int, int, Tile], None] | None = None,
+              start_round: Callable[[int], None] | None = None) -> list[list[Tile]]:
     """Optimise `image` ([1,3,H,W], changed in place) tile by tile for `rounds` rounds.
 
     `step(crop, tile)` returns the optimised crop; it is blended back with the feather weight.
     The grid moves by a random offset (from `generator`) each round. Returns every round's tiles
-    (for the seam metric). `on_tile(round, index, count, tile)` is called after each tile.
+    (for the seam metric). `on_tile(round, index, count, tile)` is called after each tile,
+    `start_round(round)` before each round.
     """
     height, width = image.shape[-2:]
     stride = tile - overlap
@@ -204,6 +208,8 @@ def run_tiled(image: torch.Tensor, tile: int, overlap: int, rounds: int,
         offset = tuple(int(v) for v in torch.randint(0, stride, (2,), generator=generator))
         tiles = grid(height, width, tile, overlap, offset)
         layouts.append(tiles)
+        if start_round is not None:
+            start_round(r)
         for i, t in enumerate(tiles):
             ys, xs = t.slices
             old = image[..., ys, xs]
@@ -260,14 +266,15 @@ class GramSum:
 
     def add(self, name: str, features: np.ndarray, weights: torch.Tensor | None = None) -> None:
         """Add [1,C,h,w] `features` of layer `name`, positions weighted by [1,1,h,w] `weights`."""
-        f = torch.from_numpy(np.ascontiguousarray(features)).double()
+        # float32 products (a part has at most a few million positions), summed in float64.
+        f = torch.from_numpy(np.ascontiguousarray(features)).float()
         _, c, h, w = f.shape
         flat = f.reshape(c, h * w)
         if weights is None:
-            g, total = flat @ flat.T, float(h * w)
+            g, total = (flat @ flat.T).double(), float(h * w)
         else:
-            wv = weights.double().reshape(1, h * w)
-            g, total = (flat * wv) @ flat.T, float(wv.sum())
+            wv = weights.float().reshape(1, h * w)
+            g, total = ((flat * wv) @ flat.T).double(), float(wv.double().sum())
         self.sums[name] = self.sums[name] + g if name in self.sums else g
         self.totals[name] = self.totals.get(name, 0.0) + total
 
@@ -313,14 +320,27 @@ def ort_tile(height: int, width: int, device: torch.device | str = "cpu", images
     return max(tile, 4 * TILE_ALIGN + 2 * CONTEXT_MARGIN)
 
 
+def feature_passes(engine, images: list[np.ndarray], layers, device: torch.device | str = "cpu"
+                   ) -> Iterator[tuple[Tile, dict[str, np.ndarray]]]:
+    """ONNX Runtime features of same-size [H,W,3] `images`: one pass over the whole when it fits
+    in ONNX Runtime's budget, else core by core (`tiled_pass`). Yields (core, {layer: [N,C,h,w]})."""
+    height, width = images[0].shape[:2]
+    tile = ort_tile(height, width, device, images=len(images))
+    if tile and max(height, width) > tile:
+        yield from tiled_pass(engine, images, layers, tile, CONTEXT_MARGIN)
+        return
+    batch = np.stack([im.transpose(2, 0, 1) for im in images])
+    yield Tile(0, height, 0, width), engine.features(batch, tuple(layers))
+
+
 def grams(engine, image: np.ndarray, layers, device: torch.device | str = "cpu"
           ) -> dict[str, torch.Tensor]:
     """Gram matrices of `image` [H,W,3]: one forward pass when it fits in memory, else in tiles."""
-    tile = ort_tile(*image.shape[:2], device)
-    if not tile or max(image.shape[:2]) <= tile:
-        feats = engine.features(image.transpose(2, 0, 1)[None], tuple(layers))
-        return {n: losses.gram(torch.from_numpy(feats[n])) for n in layers}
-    return tiled_grams(engine, image, layers, tile, CONTEXT_MARGIN)
+    acc = GramSum()
+    for _, feats in feature_passes(engine, [image], layers, device):
+        for name, f in feats.items():
+            acc.add(name, f)
+    return acc.grams()
 
 
 def seam_ratio(image: np.ndarray, layouts: list[list[Tile]], near: tuple[int, ...] = (-3, -2, 2, 3)

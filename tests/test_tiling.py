@@ -149,3 +149,66 @@ def test_out_of_memory_becomes_a_clear_error(model, monkeypatch):
     content, style = demo_content(48, 64), demo_style(64)
     with pytest.raises(module.UserError, match="Ran out of memory at 64x48 px.*--tile-size"):
         stylize(content, style, config=Config(size=64, iterations=1, scales=1), model=model)
+
+
+@pytest.mark.parametrize("scale", [3.0, None])
+def test_first_lbfgs_step_takes_the_given_scale(scale):
+    """torch's first L-BFGS step is min(1, 1/|g|_1) * lr * -g; first_step_lr makes it -scale * g
+    (or a step of FIRST_STEP_MEAN_CHANGE mean pixel change), on small and large gradients."""
+    from stylefu.core.stylize import FIRST_STEP_MEAN_CHANGE, first_step_lr
+    for size in (1e-7, 10.0):
+        x = torch.zeros((1, 3, 8, 8), requires_grad=True)
+        weights = torch.linspace(0.5, 2.0, x.numel()).reshape(x.shape) * size
+
+        def closure():
+            opt.zero_grad()
+            loss = (weights * x).sum()  # gradient: weights, whatever x
+            loss.backward()
+            return loss
+        opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, tolerance_grad=-1, tolerance_change=-1)
+        closure()
+        grad = x.grad.clone()
+        opt.param_groups[0]["lr"] = first_step_lr(grad, scale)
+        opt.step(closure)
+        moved = x.detach()
+        if scale is None:
+            assert float(moved.abs().mean()) == pytest.approx(FIRST_STEP_MEAN_CHANGE, rel=1e-4)
+        else:
+            torch.testing.assert_close(moved, -scale * grad, rtol=1e-4, atol=0)
+
+
+def sky_with_land_bottom_left(height: int, width: int) -> np.ndarray:
+    """A flat sky everywhere but the bottom-left quarter, which is the demo's land."""
+    image = np.empty((height, width, 3), np.float32)
+    image[:] = np.array([0.45, 0.62, 0.85], np.float32)
+    image[height // 2:, : width // 2] = demo_content(height, width)[height // 2:, : width // 2]
+    return image
+
+
+def test_tiles_do_not_drift_apart(model):
+    """Each tile optimises the WHOLE image's loss (the rest of the image's Grams plus its own), so
+    a flat sky spread over two tiles, one of them all sky and the other half land, changes alike
+    in both, as in an untiled run, and the loss gets as low. Matching the style's Grams in each
+    tile alone made the tiles drift apart (there: sky colour change 1.78 in the left tile against
+    0.66 in the right one, and 9x the untiled loss)."""
+    height, width = 96, 192
+    content, style = sky_with_land_bottom_left(height, width), demo_style(96)
+    runs = {}
+    for tile in (0, 112):
+        config = Config(size=width, iterations=12, scales=1, tile_size=tile, tolerance=0)
+        result = stylize(content, style, config=config, model=model)
+        assert result.metrics["tiles"] == ({f"{width}x{height}": tile} if tile else {})
+        change = result.image - content
+        # The sky in the left tile (above the land) and in the right tile, away from the overlap.
+        left = change[8:height // 2 - 8, 8:width // 2 - 24].mean((0, 1))
+        right = change[8:height // 2 - 8, width // 2 + 24:width - 8].mean((0, 1))
+        targets = compute_targets(model, content, [style], (height, width), config)
+        loss = evaluate(model, result.image, targets, config)["total_loss"]
+        runs[tile] = (float(np.abs(left - right).sum()),
+                      float(np.abs(left).sum() + np.abs(right).sum()) / 2, loss)
+        print(f"tile {tile}: sky colour change {np.abs(left).sum():.3f} left, "
+              f"{np.abs(right).sum():.3f} right; loss {loss:.4g}")
+    gap, change, loss = runs[112]
+    assert runs[0][0] < 0.1 * runs[0][1]  # untiled: the sky changes alike on both sides
+    assert gap < 0.5 * change
+    assert loss < 1.1 * runs[0][2]
