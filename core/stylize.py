@@ -80,11 +80,6 @@ class StyleTerm:
     grams: dict[str, torch.Tensor]
     weight: float = 1.0
     mask: torch.Tensor | None = None
-    # A tile of a larger image (tiled runs): the whole image's Gram matrices for this term, and
-    # the positions (mask mass) they average over per layer. The term then compares the WHOLE
-    # image's Grams with the targets, as a function of this tile's pixels (see Objective).
-    whole: dict[str, torch.Tensor] | None = None
-    whole_total: dict[str, float] | None = None
 
 
 @dataclass
@@ -215,33 +210,6 @@ class Objective:
                 layer_masks = masking.layer_masks(term.mask.float(), STYLE_LAYERS)
                 layer_masks = {n: m for n, m in layer_masks.items() if float(m.sum()) > 1e-6}
             self.terms.append((term, layer_masks))
-        # For tile terms (`term.whole`), per term and layer: the rest of the image's part of the
-        # whole Gram and this tile's share, fixed at the first evaluation; and the tile's own
-        # Gram at the last evaluation.
-        self.rest: list[dict[str, tuple[torch.Tensor, float]]] = [{} for _ in self.terms]
-        self.own: list[dict[str, torch.Tensor]] = [{} for _ in self.terms]
-
-    def _whole_gram(self, index: int, name: str, own: torch.Tensor, positions: float) -> torch.Tensor:
-        """The whole image's Gram with this tile's part `own` (averaged over `positions`): the rest
-        of the image is held as it was at the first evaluation."""
-        term = self.terms[index][0]
-        if name not in self.rest[index]:
-            share = positions / term.whole_total[name]
-            self.rest[index][name] = (term.whole[name] - share * own.detach(), share)
-        rest, share = self.rest[index][name]
-        self.own[index][name] = own.detach()
-        return rest + share * own
-
-    def whole_grams(self, own: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
-        """Each term's whole-image Grams with this tile's Grams `own` (from `self.own`) put in."""
-        out = []
-        for term_rest, term_own, (term, _) in zip(self.rest, own, self.terms):
-            grams = dict(term.whole)
-            for name, g in term_own.items():
-                rest, share = term_rest[name]
-                grams[name] = rest + share * g
-            out.append(grams)
-        return out
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # channels_last convolutions are faster here; the optimised image stays NCHW because
@@ -252,18 +220,14 @@ class Objective:
         parts = {"content": zero, "style": zero, "tv": zero}
         if self.content_layer in feats and self.config.content_weight > 0:
             parts["content"] = losses.content_loss(feats[self.content_layer], self.targets.content)
-        for index, (term, layer_masks) in enumerate(self.terms):
+        for term, layer_masks in self.terms:
             for name in STYLE_LAYERS:
                 if name not in self.style_layers or (layer_masks is not None and
                                                      name not in layer_masks):
                     continue
                 mask = None if layer_masks is None else layer_masks[name]
-                gram = losses.gram(feats[name], mask)
-                if term.whole is not None:
-                    positions = feats[name].shape[-2] * feats[name].shape[-1]
-                    gram = self._whole_gram(index, name, gram,
-                                            positions if mask is None else float(mask.sum()))
-                layer_loss = term.weight * losses.style_layer_loss(gram, term.grams[name])
+                layer_loss = term.weight * losses.style_layer_loss(losses.gram(feats[name], mask),
+                                                                   term.grams[name])
                 parts[name] = parts[name] + layer_loss if name in parts else layer_loss
                 parts["style"] = parts["style"] + self.layer_weights[name] * layer_loss
         if self.config.tv_weight > 0:
@@ -298,22 +262,29 @@ def should_stop(losses: Sequence[float], tolerance: float, window: int = EARLY_S
     return before - now < tolerance * abs(before)
 
 
-FIRST_STEP_MEAN_CHANGE = 0.01  # of 0..1 pixels: a first L-BFGS step when no scale is known yet
+def loss_scale(config: Config) -> Callable[[torch.Tensor], float]:
+    """The factor the optimiser sees the loss times: for L-BFGS, 1 / the loss's first value.
 
+    torch's L-BFGS keeps a curvature pair only when y's > 1e-10, an absolute threshold made for
+    losses near 1. Ours fall to 1e-3 and below with pixel gradients near 1e-7; at a fine level
+    that starts close to convergence every pair was dropped, and each step stayed a tiny gradient
+    step (a 512 px level moved the loss by 0.01 % in 30 evaluations). Divided by its first value,
+    the loss starts at 1; L-BFGS's steps do not otherwise depend on the loss's scale.
+    """
+    first: list[float] = []
 
-def first_step_lr(grad: torch.Tensor, scale: float | None) -> float:
-    """torch.optim.LBFGS's lr that makes its first step -scale * grad (or, without a scale, a
-    gradient step whose mean absolute pixel change is FIRST_STEP_MEAN_CHANGE). That step is
-    min(1, 1/|g|_1) * lr * -g."""
-    l1 = max(float(grad.abs().sum()), 1e-30)
-    step = scale if scale else FIRST_STEP_MEAN_CHANGE * grad.numel() / l1
-    return step / min(1.0, 1.0 / l1)
+    def factor(total: torch.Tensor) -> float:
+        if config.optimizer != "lbfgs":
+            return 1.0
+        if not first:
+            first.append(max(abs(float(total.detach())), 1e-30))
+        return 1.0 / first[0]
+    return factor
 
 
 def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config: Config,
              report: Callable[[int, float, dict, torch.Tensor], None],
-             cancel: CancelToken, tolerance: float = 0.0, evaluated_only: bool = False,
-             step_scale: dict | None = None) -> tuple[torch.Tensor, int]:
+             cancel: CancelToken, tolerance: float = 0.0) -> tuple[torch.Tensor, int]:
     """Run up to `evaluations` loss+gradient evaluations of L-BFGS or Adam on `image`'s pixels.
 
     torch.optim.LBFGS with max_iter=1 per step() keeps its history across steps, so each step is
@@ -322,15 +293,6 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
     evaluations made. The image is the one after the last step when the last evaluation was the
     best so far (so even one evaluation moves it), else the best one evaluated: L-BFGS without a
     line search (the paper's usual set-up) sometimes oversteps, and the loss jumps 10-1000x.
-    `evaluated_only`: always the best evaluated image (tiled runs, whose bookkeeping needs the
-    Grams of the image returned).
-
-    `step_scale` (a dict, L-BFGS only; tiled runs) carries the step size from call to call.
-    torch's first L-BFGS step is a gradient step of min(1, 1/|g|_1) * lr, which on this loss's
-    scale moves next to nothing, and a tile visit has only a few evaluations. With `step_scale`
-    the first step is -H g, H the inverse-Hessian scale y's/y'y an earlier call on a similar
-    problem (the previous tile) ended with, or, for the first call, a step whose mean pixel
-    change is FIRST_STEP_MEAN_CHANGE. This call's scale is stored back.
     """
     x = image.clone().requires_grad_(True)
     if config.optimizer == "lbfgs":
@@ -344,110 +306,187 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
     last: dict = {}
     history: list[float] = []
     best = {"loss": float("inf"), "image": None}
-
-    reuse = {"next": False}
+    scale = loss_scale(config)
 
     def closure():
-        if reuse["next"]:  # the step's look at the image just evaluated: x.grad holds its gradient
-            reuse["next"] = False
-            return last["total"]
         opt.zero_grad(set_to_none=True)
         total, parts = objective(x)
         if not torch.isfinite(total):
             raise NumericalError("The loss became NaN or infinite; lower --style-weight or "
                                  "--learning-rate, or use --precision fp32.")
-        total.backward()
+        scaled = total * scale(total)
+        scaled.backward()
         last["total"], last["parts"] = total.detach(), {k: v.detach() for k, v in parts.items()}
         loss = float(last["total"])
         if loss < best["loss"]:
             best.update(loss=loss, image=x.detach().clone())
-        return total
+        return scaled.detach()
 
     done = 0
     for done in range(1, evaluations + 1):
         if is_cancelled(cancel):
             raise Cancelled("Cancelled.")
-        if done == 1 and step_scale is not None and config.optimizer == "lbfgs":
-            closure()  # evaluated here to size the first step; the step below reuses it
-            opt.param_groups[0]["lr"] = first_step_lr(x.grad, step_scale.get("lbfgs"))
-            reuse["next"] = True
         opt.step(closure)
-        opt.param_groups[0]["lr"] = 1.0 if config.optimizer == "lbfgs" else config.learning_rate
         history.append(float(last["total"]))
         report(done, history[-1], last["parts"], x)
         if should_stop(history, tolerance):
             break
-    if step_scale is not None and config.optimizer == "lbfgs" and opt.state[x].get("old_dirs"):
-        step_scale["lbfgs"] = float(opt.state[x]["H_diag"])  # set once a curvature pair was kept
-    if evaluated_only or history[-1] > best["loss"]:
-        return best["image"], done
-    return x.detach(), done
+    return (x.detach() if history[-1] <= best["loss"] else best["image"]), done
 
 
 def optimise_tiled(model: StyleModel, image: torch.Tensor, content: np.ndarray, targets: Targets,
                    tile: int, evaluations: int, config: Config, dtype: torch.dtype,
                    report: Callable[[int, float, dict, torch.Tensor], None], cancel: CancelToken,
                    generator: torch.Generator) -> tuple[torch.Tensor, list]:
-    """`optimise` for an image too large for memory: overlapping tiles whose grid moves each round
-    (see tiling.py), optimised one after the other with the rest of the image held fixed.
+    """`optimise` for an image too large for memory: the WHOLE image's loss and gradient are
+    computed crop by crop (tiling.core_grid: non-overlapping cores, each seen in a `tile` px crop
+    with a margin of context), and one optimiser steps all pixels at once (L-BFGS keeping
+    tiling.TILED_HISTORY pairs).
 
-    Each tile minimises the WHOLE image's loss as a function of its pixels: its content features
-    come from its crop of `content` (the content at this scale, [H,W,3]); its style terms compare
-    the whole image's Gram matrices (the rest of the image's, plus its own share) with the targets.
-    The whole image's Grams are measured by ONNX Runtime at the start of every round and updated
-    after every tile. Matching the style's Grams inside each tile on its own instead made tiles
-    drift apart: a tile of sky took on the style's palette, its neighbour did not.
-
-    Returns the image and every round's tiles (for the seam metric).
+    Per evaluation, a first pass (no gradients) sums the cores' Gram matrices into the whole
+    image's; a second pass backpropagates, crop by crop, the whole loss through the core's features
+    (the Gram residual fixed by the first pass) and adds each crop's gradient into the image's.
+    This is the untiled optimisation: no tile matches the style on its own (that made tiles drift
+    apart in colour) and nothing is blended back. The gradient is exact up to context beyond the
+    margin; the core grid moves (seeded by `generator`) at every evaluation, so that error never
+    stays at one border. `content` is the content at this scale ([H,W,3]). Returns the image and
+    the last evaluation's cores (for the seam metric).
     """
-    if evaluations < 1:
-        return image, []
-    overlap = tiling.default_overlap(tile)
-    rounds, steps = tiling.rounds_and_steps(evaluations)
     height, width = image.shape[-2:]
+    margin = tiling.context_margin(tile)
+    side = tiling.core_side(tile, margin)
+    net = model.net_in(dtype)
+    layer_weights = style_layer_weights(config)
+    style_layers = tuple(n for n in STYLE_LAYERS if layer_weights[n] > 0 and config.style_weight > 0)
+    content_layer = config.content_layer if config.content_weight > 0 else None
+    layers = style_layers + ((content_layer,) if content_layer else ())
     terms = targets.style_terms()
+    content_map = None  # the content's features at content_layer over the whole image, once
+    if content_layer:
+        f = 2 ** masking.pools_before(content_layer)
+        for core, feats in tiling.feature_passes(model.engine, [content], (content_layer,),
+                                                 model.device):
+            part = torch.from_numpy(np.ascontiguousarray(feats[content_layer]))
+            if content_map is None:
+                content_map = part.new_zeros(part.shape[:2] + (height // f, width // f))
+            content_map[..., core.y0 // f:core.y0 // f + part.shape[-2],
+                        core.x0 // f:core.x0 // f + part.shape[-1]] = part
+        content_map = content_map.to(model.device)
+        content_count = content_map.shape[-2] * content_map.shape[-1]
+
+    def layout():
+        """A core grid at a random offset, each term's masks over its cores, and each term's
+        positions (mask mass) per layer that its whole-image Gram matrices average over."""
+        offset = tuple(int(v) * tiling.TILE_ALIGN for v in
+                       torch.randint(0, side // tiling.TILE_ALIGN, (2,), generator=generator))
+        cores = list(tiling.core_grid(height, width, tile, margin, offset))
+        masks = [[tiling.core_mask(term.mask, core, style_layers) for core, _ in cores]
+                 for term in terms]
+        totals = [{n: sum(core_positions(core, n) if m is None else float(m[n].sum())
+                          for (core, _), m in zip(cores, term_masks)) for n in style_layers}
+                  for term_masks in masks]
+        return cores, masks, totals
+
+    def core_loss(pixels, k, core, crop, grid, residuals=None):
+        """Core k's part of the loss from its crop's `pixels`: with `residuals` (pass 2), its Gram
+        parts dotted with the fixed Gram residuals plus its content loss; without (pass 1), the
+        Gram parts and the content loss themselves."""
+        _, masks, totals = grid
+        feats = net(pixels.contiguous(memory_format=torch.channels_last), layers)
+        feats = {n: tiling.core_of(v, core, crop, masking.pools_before(n)) for n, v in feats.items()}
+        parts, loss = {}, torch.zeros((), device=pixels.device)
+        for t in range(len(terms)):
+            for name in style_layers:
+                mask = None if masks[t][k] is None else masks[t][k][name].to(pixels.device)
+                mass = core_positions(core, name) if mask is None else float(mask.sum())
+                if mass <= 1e-8:
+                    continue
+                part = losses.gram(feats[name], mask) * (mass / totals[t][name])
+                if residuals is None:
+                    parts[(t, name)] = part
+                else:
+                    loss = loss + (residuals[(t, name)] * part).sum()
+        if content_layer:
+            f = 2 ** masking.pools_before(content_layer)
+            target = content_map[..., core.y0 // f:core.y1 // f, core.x0 // f:core.x1 // f]
+            diff = feats[content_layer].float() - target
+            parts["content"] = (diff ** 2).sum() / (content_count * diff.shape[1])
+            loss = loss + config.content_weight * parts["content"]
+        return loss, parts
+
+    x = image.detach().clone().requires_grad_(True)
+    opt = (torch.optim.LBFGS([x], lr=1.0, max_iter=1, history_size=tiling.TILED_HISTORY,
+                             tolerance_grad=-1.0, tolerance_change=-1.0)
+           if config.optimizer == "lbfgs" else torch.optim.Adam([x], lr=config.learning_rate))
     last: dict = {}
-    whole: list = []  # per term: the whole image's (Grams, positions per layer), kept current
-    step_scale: dict = {}  # L-BFGS's step size, carried from tile to tile
+    best = {"loss": float("inf"), "image": None}
+    scale = loss_scale(config)
 
-    def start_round(r: int) -> None:
-        pixels = image[0].permute(1, 2, 0).float().cpu().numpy()
-        whole[:] = image_grams(model, pixels, terms)
+    def crops(grid):
+        for k, (core, crop) in enumerate(grid[0]):
+            if is_cancelled(cancel):
+                raise Cancelled("Cancelled.")
+            ys, xs = crop.slices
+            yield k, core, crop, x.detach()[..., ys, xs]
 
-    def step(crop: torch.Tensor, t: tiling.Tile) -> torch.Tensor:
-        ys, xs = t.slices
-        # Content and TV losses are means over the tile: weighted by its share of the image.
-        share = (t.y1 - t.y0) * (t.x1 - t.x0) / (height * width)
-        tile_config = config.with_(content_weight=config.content_weight * share,
-                                   tv_weight=config.tv_weight * share)
-        feat = None
-        if config.content_weight > 0:
-            batch = content[ys, xs].transpose(2, 0, 1)[None]
-            layer = config.content_layer
-            feat = torch.from_numpy(model.engine.features(batch, (layer,))[layer])
-            feat = feat.to(model.device)
-        tile_terms = [StyleTerm(term.grams, term.weight,
-                                None if term.mask is None else term.mask[..., ys, xs], grams, total)
-                      for term, (grams, total) in zip(terms, whole)]
-        objective = Objective(model, Targets(feat, targets.grams, tile_terms), tile_config, dtype)
-        best: dict = {"loss": float("inf")}
+    def closure():
+        grid = layout()
+        last["cores"] = [core for core, _ in grid[0]]
+        grams: dict = {}
+        content_loss = torch.zeros(())
+        with torch.no_grad():  # pass 1: the whole image's Gram matrices and content loss
+            for k, core, crop, pixels in crops(grid):
+                _, parts = core_loss(pixels, k, core, crop, grid)
+                content_loss = content_loss + parts.pop("content", 0.0)
+                for key, g in parts.items():
+                    grams[key] = grams[key] + g if key in grams else g
+        per_layer = {name: torch.zeros(()) for name in style_layers}
+        residuals = {}
+        for (t, name), g in grams.items():
+            target, weight = terms[t].grams[name], terms[t].weight
+            per_layer[name] = per_layer[name] + weight * losses.style_layer_loss(g, target)
+            # d(beta * w_layer * weight * mean((G - T)^2)) / dG: what each core's Gram part meets
+            residuals[(t, name)] = (config.style_weight * layer_weights[name] * weight
+                                    * 2 * (g - target) / g.numel())
+        grad = torch.zeros_like(x)
+        for k, core, crop, pixels in crops(grid):  # pass 2: the gradient, crop by crop
+            pixels = pixels.clone().requires_grad_(True)
+            core_loss(pixels, k, core, crop, grid, residuals)[0].backward()
+            ys, xs = crop.slices
+            grad[..., ys, xs] += pixels.grad
+        tv = x.new_zeros(())
+        if config.tv_weight > 0:
+            with torch.enable_grad():
+                tv = losses.tv_loss(x)
+                grad += torch.autograd.grad(config.tv_weight * tv, x)[0]
+        style = sum(layer_weights[n] * v for n, v in per_layer.items())
+        total = (config.content_weight * content_loss + config.style_weight * style
+                 + config.tv_weight * tv.detach())
+        if not torch.isfinite(total):
+            raise NumericalError("The loss became NaN or infinite; lower --style-weight or "
+                                 "--learning-rate, or use --precision fp32.")
+        factor = scale(total)
+        x.grad = grad * factor
+        last["total"] = total
+        last["parts"] = {"content": content_loss, "style": style, "tv": tv.detach(), **per_layer}
+        if float(total) < best["loss"]:
+            best.update(loss=float(total), image=x.detach().clone())
+        return total * factor
 
-        def remember(i, total, parts, x):
-            last.update(total=total, parts=parts)
-            if total < best["loss"]:  # the Grams of the image optimise() will return
-                best.update(loss=total, own=[dict(own) for own in objective.own])
-        new = optimise(objective, crop, steps, config, remember, cancel, evaluated_only=True,
-                       step_scale=step_scale)[0]
-        for (grams, _), updated in zip(whole, objective.whole_grams(best["own"])):
-            grams.update(updated)
-        return new
+    loss = float("inf")
+    for done in range(1, evaluations + 1):
+        opt.step(closure)
+        loss = float(last["total"])
+        report(done, loss, last["parts"], x)
+    # As in `optimise`: the stepped image when the last evaluation was the best, else the best.
+    result = x.detach() if loss <= best["loss"] else best["image"]
+    return result, [last.get("cores", [])]
 
-    def on_tile(r: int, i: int, count: int, t: tiling.Tile) -> None:
-        done = min(evaluations, r * steps + round(steps * (i + 1) / count))
-        report(done, last["total"], last["parts"], image)
 
-    layouts = tiling.run_tiled(image, tile, overlap, rounds, step, generator, on_tile, start_round)
-    return image, layouts
+def core_positions(core: tiling.Tile, layer: str) -> int:
+    """Feature positions of `core` at `layer` (cores start on multiples of 16 px)."""
+    f = 2 ** masking.pools_before(layer)
+    return ((core.y1 - core.y0) // f) * ((core.x1 - core.x0) // f)
 
 
 def _add_grams(sums: list[tiling.GramSum], terms: list[StyleTerm], core: tiling.Tile,
@@ -457,17 +496,6 @@ def _add_grams(sums: list[tiling.GramSum], terms: list[StyleTerm], core: tiling.
         layer_masks = tiling.core_mask(term.mask, core, STYLE_LAYERS)
         for name in STYLE_LAYERS:
             acc.add(name, feats[name][:1], None if layer_masks is None else layer_masks[name])
-
-
-def image_grams(model: StyleModel, pixels: np.ndarray, terms: list[StyleTerm]
-                ) -> list[tuple[dict[str, torch.Tensor], dict[str, float]]]:
-    """Per style term, the Gram matrices of the whole [H,W,3] image (guided by the term's mask) and
-    the positions (mask mass) per layer they average over; by ONNX Runtime, in tiles if large."""
-    sums = [tiling.GramSum() for _ in terms]
-    for core, feats in tiling.feature_passes(model.engine, [pixels], STYLE_LAYERS, model.device):
-        _add_grams(sums, terms, core, feats)
-    return [({n: g.to(model.device) for n, g in acc.grams().items()}, dict(acc.totals))
-            for acc in sums]
 
 
 def evaluate(model: StyleModel, image: np.ndarray, targets: Targets, config: Config,

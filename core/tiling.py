@@ -1,16 +1,12 @@
-"""High resolution: optimise an image too large for memory in overlapping tiles whose borders move.
+"""High resolution: images too large for memory, computed in crops.
 
-Why it works without seams:
-- Style targets are Gram matrices, averages over positions, so they do not depend on the image's
-  size: they are computed ONCE per scale for the whole style (itself in tiles when it is huge,
-  `tiled_grams`: exact sums over each tile's core, with a margin of real context around it).
-- Each tile is optimised against the WHOLE image's loss with the rest of the image held fixed:
-  its own content features (computed on the content crop), and the whole image's Gram matrices
-  (measured once per round, updated after every tile) with its own part in them, against the
-  style's. Matching the style's Grams inside each tile alone made tiles drift apart in colour.
-  (stylize.optimise_tiled)
-- Tiles overlap by `overlap` px and are written back with a linear feather across the overlap; the
-  grid moves by a random offset every round, so no border stays in one place.
+- An image is cut into non-overlapping cores (`core_grid`), each computed in a crop with a margin
+  of real context around it, and only the core's features are used. Gram matrices are averages
+  over positions, so the whole image's are exact sums over the cores (`GramSum`).
+- Optimising such an image (stylize.optimise_tiled) takes the whole image's loss and gradient
+  crop by crop, and one optimiser steps every pixel: the same optimisation as untiled, without
+  tiles that match the style on their own (they drifted apart in colour) or borders written back.
+- Style targets are computed once per scale for the whole style (in cores too when it is huge).
 
 Memory is estimated from the measurements in the README ("torch forward+backward ~1.1 GB at 512 px,
 ~3 GB at 1024 px, about linear in pixels") plus the optimiser's state, against the memory that is
@@ -20,7 +16,6 @@ automatically and the caller is told.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -48,6 +43,10 @@ ORT_SHARE = 1 / 3
 SEAM_FLOOR = (1 / 255 / 3) ** 2
 TILE_ALIGN = 16  # tiles start on multiples of 16 px: four 2x2 pools map them to whole positions
 MIN_TILE = 64
+CONTEXT_MARGIN = 96  # px of real context around each core of a tiled pass
+# A tiled run keeps one optimiser for the whole image. Its L-BFGS history is shorter than
+# LBFGS_HISTORY: each pair is two image-sized vectors (10 pairs at 4096x3072 px: 3 GB).
+TILED_HISTORY = 10
 
 
 def torch_bytes(height: int, width: int, optimizer: str = "lbfgs") -> float:
@@ -101,24 +100,38 @@ def largest_tile(fits: Callable[[int], bool], limit: int) -> int:
     return max(side, MIN_TILE)
 
 
+def tiled_state_bytes(height: int, width: int, optimizer: str = "lbfgs") -> float:
+    """Memory of a tiled run's whole-image optimiser: TILED_HISTORY pairs (or Adam's moments),
+    image, gradient and a few more image-sized vectors."""
+    vectors = 2 * TILED_HISTORY + 6 if optimizer == "lbfgs" else 8
+    return height * width * vectors * 12
+
+
 def choose_tile(height: int, width: int, tile_size: int, optimizer: str,
                 device: torch.device | str = "cpu") -> int:
-    """Tile side for optimising height x width, or 0 when the whole image is optimised at once.
+    """Crop side for optimising height x width in crops, or 0 when the whole image fits at once.
 
     `tile_size` > 0 is the user's choice (used when the image is larger); 0 means automatic: tile
-    only when the estimate exceeds the memory budget, with the largest tile that fits.
+    only when the estimate exceeds the memory budget, with the largest crop whose forward and
+    backward fit beside the whole image's optimiser state.
     """
     if tile_size > 0:
         return tile_size if max(height, width) > tile_size else 0
     budget = torch_budget(device)
     if torch_bytes(height, width, optimizer) <= budget:
         return 0
-    return largest_tile(lambda s: torch_bytes(s, s, optimizer) <= budget, max(height, width))
+    left = budget - tiled_state_bytes(height, width, optimizer)
+    return largest_tile(lambda s: crop_bytes(s) <= left, max(height, width))
 
 
-def default_overlap(tile: int) -> int:
-    """Overlap between neighbouring tiles: an eighth of the tile, 16..128 px."""
-    return int(min(128, max(16, tile // 8)))
+def crop_bytes(side: int) -> float:
+    """Estimated peak memory of a forward and backward pass over a side x side crop."""
+    return TORCH_FIXED_BYTES + side * side * TORCH_BYTES_PER_PIXEL
+
+
+def context_margin(tile: int) -> int:
+    """Context around each core of a `tile` px crop: CONTEXT_MARGIN, at most a quarter of the crop."""
+    return min(CONTEXT_MARGIN, (tile // 4) // TILE_ALIGN * TILE_ALIGN)
 
 
 @dataclass(frozen=True)
@@ -135,108 +148,36 @@ class Tile:
         return slice(self.y0, self.y1), slice(self.x0, self.x1)
 
 
-def _starts(length: int, tile: int, stride: int, offset: int) -> list[int]:
-    """Window starts covering 0..length: every `stride` from -offset, clamped inside the image."""
-    if length <= tile:
-        return [0]
-    starts, s = [], -offset
-    while True:
-        clamped = min(max(s, 0), length - tile)
-        if not starts or clamped != starts[-1]:
-            starts.append(clamped)
-        if s + tile >= length:
-            return starts
-        s += stride
+def core_side(tile: int, margin: int) -> int:
+    """Side of the cores of `tile` px crops with `margin` px of context (a multiple of TILE_ALIGN)."""
+    return max(TILE_ALIGN, ((tile - 2 * margin) // TILE_ALIGN) * TILE_ALIGN)
 
 
-def grid(height: int, width: int, tile: int, overlap: int, offset: tuple[int, int] = (0, 0)
-         ) -> list[Tile]:
-    """Tiles of side `tile` (smaller only where the image is) covering the image, neighbours
-    overlapping by at least `overlap`, the grid shifted by `offset` (0 <= offset < tile - overlap)."""
-    stride = tile - overlap
-    ys = _starts(height, tile, stride, offset[0])
-    xs = _starts(width, tile, stride, offset[1])
-    return [Tile(y, min(height, y + tile), x, min(width, x + tile)) for y in ys for x in xs]
-
-
-def _ramp(start: int, end: int, length: int, overlap: int) -> np.ndarray:
-    """1-D write-back weight: rises from ~0 to 1 over `overlap` px on sides that have a neighbour."""
-    n = end - start
-    i = np.arange(n, dtype=np.float32)
-    w = np.ones(n, np.float32)
-    if start > 0:
-        w = np.minimum(w, (i + 1) / (overlap + 1))
-    if end < length:
-        w = np.minimum(w, (n - i) / (overlap + 1))
-    return w
-
-
-def feather(t: Tile, height: int, width: int, overlap: int) -> torch.Tensor:
-    """[1,1,h,w] write-back weight of tile `t`: 1 inside, fading to 0 at borders it shares."""
-    wy = _ramp(t.y0, t.y1, height, overlap)
-    wx = _ramp(t.x0, t.x1, width, overlap)
-    return torch.from_numpy(np.outer(wy, wx))[None, None]
-
-
-def rounds_and_steps(evaluations: int) -> tuple[int, int]:
-    """Split a scale's evaluations into rounds (grid positions) x evaluations per tile visit.
-
-    Two rounds or more when there are 4 evaluations or more, so every border moves; at least 2
-    evaluations per visit (L-BFGS restarts at each visit, and a visit returns the best image it
-    evaluated: its second evaluation is the first that can have moved); about 20 per visit for
-    long runs (most of the loss falls in the first ones; more, shorter visits measured worse)."""
-    rounds = max(1, min(evaluations // 2, max(2, math.ceil(evaluations / 20))))
-    return rounds, math.ceil(evaluations / rounds)
-
-
-def run_tiled(image: torch.Tensor, tile: int, overlap: int, rounds: int,
-              step: Callable[[torch.Tensor, Tile], torch.Tensor],
-              generator: torch.Generator,
-              on_tile: Callable[[int, int, int, Tile], None] | None = None,
-              start_round: Callable[[int], None] | None = None) -> list[list[Tile]]:
-    """Optimise `image` ([1,3,H,W], changed in place) tile by tile for `rounds` rounds.
-
-    `step(crop, tile)` returns the optimised crop; it is blended back with the feather weight.
-    The grid moves by a random offset (from `generator`) each round. Returns every round's tiles
-    (for the seam metric). `on_tile(round, index, count, tile)` is called after each tile,
-    `start_round(round)` before each round.
-    """
-    height, width = image.shape[-2:]
-    stride = tile - overlap
-    layouts = []
-    for r in range(rounds):
-        offset = tuple(int(v) for v in torch.randint(0, stride, (2,), generator=generator))
-        tiles = grid(height, width, tile, overlap, offset)
-        layouts.append(tiles)
-        if start_round is not None:
-            start_round(r)
-        for i, t in enumerate(tiles):
-            ys, xs = t.slices
-            old = image[..., ys, xs]
-            new = step(old.clone(), t).to(old)
-            weight = feather(t, height, width, overlap).to(old)
-            image[..., ys, xs] = old + weight * (new - old)
-            if on_tile is not None:
-                on_tile(r, i, len(tiles), t)
-    return layouts
-
-
-def core_grid(height: int, width: int, tile: int, margin: int
+def core_grid(height: int, width: int, tile: int, margin: int, offset: tuple[int, int] = (0, 0)
               ) -> Iterator[tuple[Tile, Tile]]:
     """Non-overlapping cores covering the image, each with its crop (core + `margin` of context).
 
-    Core and crop bounds are multiples of TILE_ALIGN, so after k pools a core maps to whole
-    positions of the crop's feature map (the image's last row/column aside, floored alike)."""
-    core = max(TILE_ALIGN, ((tile - 2 * margin) // TILE_ALIGN) * TILE_ALIGN)
-    for y in range(0, height, core):
-        for x in range(0, width, core):
-            c = Tile(y, min(height, y + core), x, min(width, x + core))
+    `offset` (multiples of TILE_ALIGN below the core side) shifts the grid: the first row and
+    column of cores are that much shorter. Core and crop bounds are multiples of TILE_ALIGN, so
+    after k pools a core maps to whole positions of the crop's feature map (the image's last
+    row/column aside, floored alike)."""
+    core = core_side(tile, margin)
+
+    def starts(length: int, shift: int) -> list[int]:
+        return [0] + list(range(core - shift, length, core)) if shift else list(range(0, length, core))
+
+    ys, xs = starts(height, offset[0]), starts(width, offset[1])
+    for i, y in enumerate(ys):
+        for j, x in enumerate(xs):
+            c = Tile(y, ys[i + 1] if i + 1 < len(ys) else height,
+                     x, xs[j + 1] if j + 1 < len(xs) else width)
             crop = Tile(max(0, y - margin), min(height, c.y1 + margin),
                         max(0, x - margin), min(width, c.x1 + margin))
             yield c, crop
 
 
-def _core_of(features: np.ndarray, core: Tile, crop: Tile, pools: int) -> np.ndarray:
+def core_of(features, core: Tile, crop: Tile, pools: int):
+    """The positions of `core` in [N,C,h,w] features of `crop` (numpy or torch), `pools` pools in."""
     f = 2 ** pools
     return features[..., (core.y0 - crop.y0) // f:(core.y1 - crop.y0) // f,
                     (core.x0 - crop.x0) // f:(core.x1 - crop.x0) // f]
@@ -254,7 +195,7 @@ def tiled_pass(engine, images: list[np.ndarray], layers, tile: int, margin: int
         ys, xs = crop.slices
         batch = np.stack([im[ys, xs].transpose(2, 0, 1) for im in images])
         feats = engine.features(batch, tuple(layers))
-        yield core, {n: _core_of(feats[n], core, crop, pools_before(n)) for n in layers}
+        yield core, {n: core_of(feats[n], core, crop, pools_before(n)) for n in layers}
 
 
 class GramSum:
@@ -306,9 +247,6 @@ def tiled_grams(engine, image: np.ndarray, layers, tile: int, margin: int = 96,
     return acc.grams()
 
 
-CONTEXT_MARGIN = 96  # px of real context around each core of a tiled forward pass
-
-
 def ort_tile(height: int, width: int, device: torch.device | str = "cpu", images: int = 1) -> int:
     """Crop side for ONNX Runtime passes over `images` images of height x width: 0 when one pass
     fits in ORT's share of the budget, else the largest crop that does (at least big enough for
@@ -335,7 +273,7 @@ def feature_passes(engine, images: list[np.ndarray], layers, device: torch.devic
 
 def grams(engine, image: np.ndarray, layers, device: torch.device | str = "cpu"
           ) -> dict[str, torch.Tensor]:
-    """Gram matrices of `image` [H,W,3]: one forward pass when it fits in memory, else in tiles."""
+    """Gram matrices of `image` [H,W,3]: one forward pass when it fits in memory, else in cores."""
     acc = GramSum()
     for _, feats in feature_passes(engine, [image], layers, device):
         for name, f in feats.items():

@@ -23,6 +23,17 @@ from pathlib import Path
 import numpy as np
 
 
+def save_figure(content: np.ndarray, result: np.ndarray, path: str, shrink: int = 4) -> None:
+    """Content, result and 4x the per-pixel change side by side, each `shrink` times smaller."""
+    from stylefu.core.images import resize_array, save_image
+
+    height, width = (s // shrink for s in content.shape[:2])
+    change = np.clip(4 * np.abs(result - content), 0, 1)
+    gap = np.ones((height, 8, 3), np.float32)
+    panels = [resize_array(a, height, width) for a in (content, result, change)]
+    save_image(path, np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=4096)
@@ -32,6 +43,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", help="model artifact (default: random weights, made now)")
     parser.add_argument("--output", help="save the result here (PNG)")
+    parser.add_argument("--figure", help="save content | result | 4x the change here (PNG, 1/4 size)")
     args = parser.parse_args()
 
     from stylefu.core import Config, load_model, stylize, tiling
@@ -87,6 +99,9 @@ def main() -> int:
     if args.output:
         result.save(args.output)
         print(f"wrote {args.output}")
+    if args.figure:
+        save_figure(content, result.image, args.figure)
+        print(f"wrote {args.figure}")
     return 0
 
 

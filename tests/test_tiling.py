@@ -19,39 +19,18 @@ def model(model_path):
     return load_model(model_path, "cpu")
 
 
-@pytest.mark.parametrize("offset", [(0, 0), (13, 40), (47, 1)])
-def test_grid_covers_the_image_with_overlapping_tiles(offset):
-    tiles = tiling.grid(120, 160, 64, 16, offset)
-    covered = np.zeros((120, 160), int)
-    for t in tiles:
-        assert (t.y1 - t.y0, t.x1 - t.x0) == (64, 64)
-        covered[t.slices] += 1
-    assert covered.min() >= 1
-    # Neighbours overlap by at least the overlap, so the feather has room.
-    ys = sorted({t.y0 for t in tiles})
-    assert all(b - a <= 64 - 16 for a, b in zip(ys, ys[1:]))
-
-
-def test_moving_offsets_move_the_borders():
-    a = {t.x0 for t in tiling.grid(120, 160, 64, 16, (0, 0))}
-    b = {t.x0 for t in tiling.grid(120, 160, 64, 16, (0, 20))}
-    assert a - {0, 96} and (a - {0, 96}).isdisjoint(b - {0, 96})
-
-
-def test_feather_weights_of_neighbours_sum_to_about_one():
-    first, second = tiling.Tile(0, 64, 0, 64), tiling.Tile(0, 64, 48, 112)
-    w1 = tiling.feather(first, 64, 112, 16)[0, 0, 0].numpy()
-    w2 = tiling.feather(second, 64, 112, 16)[0, 0, 0].numpy()
-    assert w1[0] == 1.0 and w2[-1] == 1.0  # image edges are not feathered
-    total = w1[48:] + w2[:16]
-    assert np.allclose(total, 1.0, atol=1 / 17 + 1e-6)
-
-
-def test_rounds_move_the_grid_and_keep_two_evaluations_per_visit():
-    assert tiling.rounds_and_steps(4) == (2, 2)
-    assert tiling.rounds_and_steps(100) == (5, 20)
-    assert tiling.rounds_and_steps(3) == (1, 3)
-    assert tiling.rounds_and_steps(1) == (1, 1)
+@pytest.mark.parametrize("offset", [(0, 0), (16, 32), (48, 0)])
+def test_core_grid_tiles_the_image_exactly_and_moves(offset):
+    """Cores cover every pixel once, start on multiples of 16, and their crops add the margin."""
+    cores = list(tiling.core_grid(120, 170, 112, 32, offset))
+    covered = np.zeros((120, 170), int)
+    for core, crop in cores:
+        covered[core.slices] += 1
+        assert core.y0 % 16 == 0 and core.x0 % 16 == 0
+        assert crop.y0 == max(0, core.y0 - 32) and crop.x1 == min(170, core.x1 + 32)
+    assert (covered == 1).all()
+    starts = {core.x0 for core, _ in cores}
+    assert (offset[1] == 0) == (48 in starts)  # a 48 px core side: the grid moved with the offset
 
 
 def test_memory_estimate_follows_the_measurements():
@@ -70,12 +49,14 @@ def test_choose_tile(monkeypatch):
     monkeypatch.setattr(tiling, "available_bytes", lambda device="cpu": 16e9)
     tile = tiling.choose_tile(4096, 4096, 0, "lbfgs")
     assert 256 <= tile < 4096 and tile % 16 == 0
-    assert tiling.torch_bytes(tile, tile) <= tiling.torch_budget()
-    assert tiling.torch_bytes(tile + 16, tile + 16) > tiling.torch_budget()
+    # The largest crop whose forward and backward fit beside the whole image's optimiser state.
+    state = tiling.tiled_state_bytes(4096, 4096)
+    assert state + tiling.crop_bytes(tile) <= tiling.torch_budget()
+    assert state + tiling.crop_bytes(tile + 16) > tiling.torch_budget()
     # ONNX Runtime's passes get their own share, so both fit in the budget at once.
     ort = tiling.ort_tile(4096, 4096)
     assert ort and tiling.ort_bytes(ort, ort) <= tiling.ort_budget()
-    assert tiling.torch_bytes(tile, tile) + tiling.ort_bytes(ort, ort) <= tiling.budget_bytes()
+    assert state + tiling.crop_bytes(tile) + tiling.ort_bytes(ort, ort) <= tiling.budget_bytes()
 
 
 def test_tiled_grams_match_the_whole_image(model):
@@ -99,7 +80,8 @@ def test_tiled_grams_match_the_whole_image(model):
 def test_seam_ratio_detects_a_seam():
     from stylefu.core.images import resize_array
     image = resize_array(np.random.default_rng(0).random((6, 8, 3), dtype=np.float32), 120, 160)
-    assert tiling.seam_ratio(image, [tiling.grid(120, 160, 64, 16, (5, 9))]) < 1.5
+    cores = [core for core, _ in tiling.core_grid(120, 160, 64, 16, (16, 16))]
+    assert tiling.seam_ratio(image, [cores]) < 1.5
     quarters = [tiling.Tile(0, 60, 0, 80), tiling.Tile(0, 60, 80, 160),
                 tiling.Tile(60, 120, 0, 80), tiling.Tile(60, 120, 80, 160)]
     assert tiling.seam_ratio(image, [quarters]) < 1.5
@@ -151,32 +133,6 @@ def test_out_of_memory_becomes_a_clear_error(model, monkeypatch):
         stylize(content, style, config=Config(size=64, iterations=1, scales=1), model=model)
 
 
-@pytest.mark.parametrize("scale", [3.0, None])
-def test_first_lbfgs_step_takes_the_given_scale(scale):
-    """torch's first L-BFGS step is min(1, 1/|g|_1) * lr * -g; first_step_lr makes it -scale * g
-    (or a step of FIRST_STEP_MEAN_CHANGE mean pixel change), on small and large gradients."""
-    from stylefu.core.stylize import FIRST_STEP_MEAN_CHANGE, first_step_lr
-    for size in (1e-7, 10.0):
-        x = torch.zeros((1, 3, 8, 8), requires_grad=True)
-        weights = torch.linspace(0.5, 2.0, x.numel()).reshape(x.shape) * size
-
-        def closure():
-            opt.zero_grad()
-            loss = (weights * x).sum()  # gradient: weights, whatever x
-            loss.backward()
-            return loss
-        opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, tolerance_grad=-1, tolerance_change=-1)
-        closure()
-        grad = x.grad.clone()
-        opt.param_groups[0]["lr"] = first_step_lr(grad, scale)
-        opt.step(closure)
-        moved = x.detach()
-        if scale is None:
-            assert float(moved.abs().mean()) == pytest.approx(FIRST_STEP_MEAN_CHANGE, rel=1e-4)
-        else:
-            torch.testing.assert_close(moved, -scale * grad, rtol=1e-4, atol=0)
-
-
 def sky_with_land_bottom_left(height: int, width: int) -> np.ndarray:
     """A flat sky everywhere but the bottom-left quarter, which is the demo's land."""
     image = np.empty((height, width, 3), np.float32)
@@ -186,11 +142,11 @@ def sky_with_land_bottom_left(height: int, width: int) -> np.ndarray:
 
 
 def test_tiles_do_not_drift_apart(model):
-    """Each tile optimises the WHOLE image's loss (the rest of the image's Grams plus its own), so
-    a flat sky spread over two tiles, one of them all sky and the other half land, changes alike
-    in both, as in an untiled run, and the loss gets as low. Matching the style's Grams in each
-    tile alone made the tiles drift apart (there: sky colour change 1.78 in the left tile against
-    0.66 in the right one, and 9x the untiled loss)."""
+    """A tiled run optimises the WHOLE image's loss, so a flat sky spread over two tiles, one of
+    them all sky and the other half land, changes alike in both, as in an untiled run, and the
+    loss gets as low. Matching the style's Grams in each tile alone made the tiles drift apart
+    (there: sky colour change 1.78 in the left tile against 0.66 in the right one, and 9x the
+    untiled loss; tiles updated one after the other against the whole image's Grams: 0.58/0.54)."""
     height, width = 96, 192
     content, style = sky_with_land_bottom_left(height, width), demo_style(96)
     runs = {}
@@ -210,5 +166,5 @@ def test_tiles_do_not_drift_apart(model):
               f"{np.abs(right).sum():.3f} right; loss {loss:.4g}")
     gap, change, loss = runs[112]
     assert runs[0][0] < 0.1 * runs[0][1]  # untiled: the sky changes alike on both sides
-    assert gap < 0.5 * change
-    assert loss < 1.1 * runs[0][2]
+    assert gap < 0.2 * change
+    assert loss < 1.15 * runs[0][2]
