@@ -353,7 +353,8 @@ def add_stylize_arguments(procedure, settings):
                                   "second style in the blend (0.5: equal, 1: the second alone); "
                                   "used only when a second style is chosen", 0.0, 1.0,
                                   d["second_style_weight"], RW)
-    procedure.add_choice_argument("second-style-goes", "Second sty_le goes", "Everywhere, "
+    # No mnemonic: every letter of the label is taken by another entry or a dialog button.
+    procedure.add_choice_argument("second-style-goes", "Second style goes", "Everywhere, "
                                   "blended with the first style; or outside the selection, the "
                                   "first style inside it (needs a selection and a second style)",
                                   make_choice(choices["second_style_goes"], SECOND_STYLE_LABELS),
