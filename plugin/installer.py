@@ -147,9 +147,13 @@ def plugin_settings(version: str, python: str, model: Path) -> dict:
     from stylefu.core.vgg import MIN_SIDE
 
     fields = {f.name: f for f in config_fields()}
+    # "Second style goes" is the plug-ins' own choice (the CLI says it with one --mask per
+    # style): its places and default live in the bridge.
+    places = load_bridge().SECOND_STYLE_PLACES
     defaults = {name: fields[name].default for name in DIALOG_FIELDS}
     defaults.update(strength=50.0, iterations=defaults["iterations"] or 0,
-                    second_style_weight=second_style_weight(fields["style_blend"].default))
+                    second_style_weight=second_style_weight(fields["style_blend"].default),
+                    second_style_goes=places[0])
     return {
         "version": 1,
         "gimp": version,
@@ -157,8 +161,9 @@ def plugin_settings(version: str, python: str, model: Path) -> dict:
         "model": str(model),
         "preview_every": PREVIEW_EVERY,
         "defaults": defaults,
-        "choices": {name: list(fields[name].metadata["choices"])
-                    for name in ("preset", "preserve_colors", "device")},
+        "choices": dict({name: list(fields[name].metadata["choices"])
+                         for name in ("preset", "preserve_colors", "device")},
+                        second_style_goes=list(places)),
         "help": {name: fields[name].metadata["help"] for name in DIALOG_FIELDS},
         "limits": {"size": [SIZE_LIMITS[0] or MIN_SIDE, SIZE_LIMITS[1]],
                    "tile_size": [0, SIZE_LIMITS[1]]},

@@ -138,8 +138,9 @@ def test_procedures_are_registered(report):
     assert procs["python-fu-stylefu"]["label"] == "Neural Style _Transfer..."
     assert procs["python-fu-stylefu"]["params"] == [
         "image", "drawable", "style_file", "style_source", "style_layer", "second_style_file",
-        "second_style_source", "second_style_layer", "second_style_weight", "strength", "preset",
-        "iterations", "size", "tile_size", "preserve_colors", "style_scale", "seed", "device"]
+        "second_style_source", "second_style_layer", "second_style_weight", "second_style_goes",
+        "strength", "preset", "iterations", "size", "tile_size", "preserve_colors", "style_scale",
+        "seed", "device"]
 
 
 def result(report, name, channels):
@@ -147,17 +148,18 @@ def result(report, name, channels):
     return np.frombuffer(raw, np.uint8).reshape(H, W, channels)
 
 
-def worker_result(report, model_path, tmp_path, styles=None, mask=None, **values):
-    """What `stylefu run` computes for the harness's 8-bit RGB layer with its options, as 8 bits."""
+def worker_result(report, model_path, tmp_path, styles=None, mask=None, masks=(), **values):
+    """What `stylefu run` computes for the harness's 8-bit RGB layer with its options and masks
+    (`mask`: one for every style; `masks`: one per style), as 8 bits."""
     np.save(tmp_path / "c.npy", report["pixels"]["rgb"])  # the plug-in sends uint8 .npy
     settings = installer.plugin_settings("2.10", sys.executable, model_path)
     values = dict(settings["defaults"], preset="draft", iterations=ITERATIONS, size=SIZE,
                   strength=100.0, device="cpu", **values)
     options = [o for o in installer.load_bridge().run_options(values, dict(settings, preview_every=0))
                if o != "--watch-stdin"]
-    if mask is not None:
-        np.save(tmp_path / "mask.npy", mask)
-        options += ["--mask", str(tmp_path / "mask.npy")]
+    for i, array in enumerate([mask] if mask is not None else masks):
+        np.save(tmp_path / f"mask{i}.npy", array)
+        options += ["--mask", str(tmp_path / f"mask{i}.npy")]
     styles = styles or [report["work"] / "style.png"]
     assert main(["run", str(tmp_path / "c.npy"), *map(str, styles), "-o", str(tmp_path / "r.png")]
                 + options) == 0
@@ -219,6 +221,37 @@ def test_two_styles_are_blended(report, model_path, tmp_path):
     assert f"--style-blend {1 - weight!r},{weight!r}" in report["log"]
 
 
+def test_second_style_outside_the_selection(report, model_path, tmp_path):
+    """"Second style goes: outside the selection": the worker gets the soft selection and its
+    inverse (255 - m) as one mask per style, and the whole new layer, without a layer mask, is
+    `stylefu run content style swirls --mask sel --mask inv` with the same options."""
+    r = report["regions"]
+    assert r["status"] == "success", r["message"]
+    assert r["name"] == "style + swirls (neural style)" and r["offsets"] == list(SOFT_OFFSETS)
+    assert not r["has_mask"] and r["source_unchanged"] and r["undo_steps"] == 1
+    x, y = SOFT_OFFSETS
+    mask = soft_selection()[y:y + H, x:x + W, None]
+    np.save(tmp_path / "swirls.npy", report["pixels"]["style2"])
+    styles = [report["work"] / "style.png", tmp_path / "swirls.npy"]
+    blend = (1 - SECOND_STYLE_WEIGHT, SECOND_STYLE_WEIGHT)
+    expected = worker_result(report, model_path, tmp_path, styles, masks=[mask, 255 - mask],
+                             style_blend=blend)
+    layer = result(report, "regions", 3).astype(int)
+    assert np.abs(layer - expected).max() <= 1
+    assert "selection.npy --mask " in report["log"] and "selection-inverse.npy" in report["log"]
+    # Against the one-mask run (both styles blended inside the selection, the source outside):
+    # outside, the second style now paints; inside, the first style alone.
+    single = worker_result(report, model_path, tmp_path, styles, mask=mask, style_blend=blend)
+    inside, outside = mask[..., 0] == 255, mask[..., 0] == 0
+    source = report["pixels"]["rgb"].astype(int)
+    assert np.array_equal(single[outside], source[outside])
+    changed_outside = np.abs(layer[outside] - source[outside]).mean()
+    changed_inside = np.abs(layer[inside] - single[inside]).mean()
+    print(f"second style outside: mean change outside {changed_outside:.4f} (against the source), "
+          f"inside {changed_inside:.4f} (against the one-mask run)")
+    assert changed_outside > 2 and changed_inside > 1, (changed_outside, changed_inside)
+
+
 def test_tile_size_reaches_the_worker(report, model_path, tmp_path):
     r = report["tiled"]
     assert r["status"] == "success", r["message"]
@@ -257,6 +290,9 @@ def test_live_preview_replaced_the_layer_during_the_run(report):
     ("bad_style", "is not an image"),
     ("no_style", "Choose a style"),
     ("no_second_style", "Choose a second style image"),
+    ("outside_without_selection", "needs a selection for the first style"),
+    ("outside_without_second_style", "needs a second style"),
+    ("selection_covers_layer", "The selection covers the whole layer"),
     ("selection_beside_layer", "The selection does not touch the layer"),
 ])
 def test_errors_leave_the_image_as_it_was(report, name, words):

@@ -203,9 +203,10 @@ def test_selection_masks_the_result(suite):
     assert np.abs(visible[inside][:, :3] - source[inside][:, :3]).mean() > 0.01
 
 
-def worker_result(suite, model_path, tmp_path, styles=None, mask=None, **values):
+def worker_result(suite, model_path, tmp_path, styles=None, mask=None, masks=(), **values):
     """What `stylefu run` computes for the 8-bit test layer's pixels with the dialog's options
-    (`values`: Config field names, as bridge.run_options takes them) and an optional mask."""
+    (`values`: Config field names, as bridge.run_options takes them) and optional masks (`mask`:
+    one for every style; `masks`: one per style)."""
     content = np.round(suite["content"] * 255) / 255  # what the 8-bit layer holds
     np.save(tmp_path / "c.npy", content.astype(np.float32))
     styles = styles or [suite["root"] / "style.png"]
@@ -214,9 +215,9 @@ def worker_result(suite, model_path, tmp_path, styles=None, mask=None, **values)
                   strength=STRENGTH, **values)
     options = [o for o in installer.load_bridge().run_options(values, dict(settings, preview_every=0))
                if o != "--watch-stdin"]
-    if mask is not None:
-        np.save(tmp_path / "mask.npy", mask.astype(np.float32))
-        options += ["--mask", str(tmp_path / "mask.npy")]
+    for i, array in enumerate([mask] if mask is not None else masks):
+        np.save(tmp_path / f"mask{i}.npy", array.astype(np.float32))
+        options += ["--mask", str(tmp_path / f"mask{i}.npy")]
     assert main(["run", str(tmp_path / "c.npy"), *map(str, styles), "-o", str(tmp_path / "r.npy")]
                 + options) == 0
     return np.load(tmp_path / "r.npy")
@@ -280,6 +281,39 @@ def test_two_styles_are_blended(suite, model_path, tmp_path):
     assert f"--style-blend {1 - weight!r},{weight!r}" in suite["log"]
 
 
+def test_second_style_outside_the_selection(suite, model_path, tmp_path):
+    """"Second style goes: outside the selection": the worker gets the soft selection and its
+    inverse (1 - m) as one mask per style, and the whole new layer, without a layer mask, is
+    `stylefu run content style stripes --mask sel --mask inv` with the same options."""
+    r = suite["results"]["regions"]
+    assert r["status"] == "success", r["message"]
+    assert r["name"] == "style + stripes (neural style)" and r["offsets"] == [25, 13]
+    assert not r["has_mask"] and r["source_unchanged"]
+    mask = np.load(suite["out"] / "soft_selection-expected-mask.npy")
+    stripes = np.round(np.load(suite["root"] / "style-layer.npy") * 255) / 255
+    np.save(tmp_path / "stripes.npy", stripes.astype(np.float32))
+    styles = [suite["root"] / "style.png", tmp_path / "stripes.npy"]
+    blend = (1 - SECOND_STYLE_WEIGHT, SECOND_STYLE_WEIGHT)
+    expected = worker_result(suite, model_path, tmp_path, styles, masks=[mask, 1 - mask],
+                             style_blend=blend)
+    source, result = arrays(suite, "regions")
+    assert_same_pixels(result, expected)
+    assert "selection.npy --mask " in suite["log"] and "selection-inverse.npy" in suite["log"]
+    # No layer mask: the image shows the new layer's pixels everywhere.
+    visible = np.load(suite["out"] / "regions-visible.npy")[13:13 + H, 25:25 + W]
+    assert np.abs(visible - result).max() <= 1 / 255 + 1e-6
+    # Against the one-mask run (both styles blended inside the selection, the source outside):
+    # outside, the second style now paints; inside, the first style alone.
+    single = worker_result(suite, model_path, tmp_path, styles, mask=mask, style_blend=blend)
+    inside, outside = mask == 1, mask == 0
+    assert np.abs(single[outside] - source[outside][:, :3]).max() <= 1e-6
+    changed_outside = np.abs(result[outside][:, :3] - source[outside][:, :3]).mean()
+    changed_inside = np.abs(result[inside][:, :3] - single[inside]).mean()
+    print(f"second style outside: mean change outside {changed_outside:.4f} (against the source), "
+          f"inside {changed_inside:.4f} (against the one-mask run)")
+    assert changed_outside > 0.01 and changed_inside > 0.005, (changed_outside, changed_inside)
+
+
 def test_tile_size_reaches_the_worker(suite, model_path, tmp_path):
     """The dialog's tile size: the worker optimises the 64x48 level in 48 px tiles and says so."""
     r = suite["results"]["tiled"]
@@ -297,6 +331,9 @@ def test_tile_size_reaches_the_worker(suite, model_path, tmp_path):
     ("missing_model", "No model at"),
     ("dying_worker", "stopped unexpectedly (killed by signal SIGKILL)"),
     ("selection_beside_layer", "The selection does not touch the layer"),
+    ("outside_without_selection", "needs a selection for the first style"),
+    ("outside_without_second_style", "needs a second style"),
+    ("selection_covers_layer", "The selection covers the whole layer"),
 ])
 def test_errors_leave_the_image_as_it_was(suite, name, words):
     r = suite["results"][name]

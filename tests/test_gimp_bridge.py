@@ -93,6 +93,59 @@ def test_second_style_and_tile_size_become_run_options(model_path):
     assert bridge.second_style_blend(1.5) == (0.0, 1.0) and bridge.second_style_blend(0) == (1.0, 0.0)
 
 
+def test_second_style_goes_defaults_to_everywhere_from_one_place(model_path):
+    """The choice's places and default live in the bridge; the installer's settings (what both
+    plug-ins register their dialogs with) and the plug-ins' fallback take them from there."""
+    settings = installer.plugin_settings("2.10", sys.executable, model_path)
+    assert bridge.SECOND_STYLE_PLACES == ("everywhere", "outside")
+    assert settings["defaults"]["second_style_goes"] == "everywhere"
+    assert settings["choices"]["second_style_goes"] == ["everywhere", "outside"]
+    assert bridge.UNSET_SETTINGS["defaults"]["second_style_goes"] == "everywhere"
+    assert bridge.UNSET_SETTINGS["choices"]["second_style_goes"] == ["everywhere", "outside"]
+    assert set(bridge.SECOND_STYLE_LABELS) == set(bridge.SECOND_STYLE_PLACES)
+    # The default keeps today's run: no region masks, whatever the selection and styles.
+    assert not bridge.second_style_outside("everywhere", 2, True)
+    assert not bridge.second_style_outside("everywhere", 1, False)
+    assert bridge.second_style_outside("outside", 2, True)
+
+
+@pytest.mark.parametrize("place, styles, selected, words", [
+    ("outside", 1, True, "needs a second style"),
+    ("outside", 2, False, "needs a selection for the first style"),
+    ("inside", 2, True, "must be one of everywhere, outside"),
+])
+def test_second_style_outside_needs_a_selection_and_a_second_style(place, styles, selected, words):
+    with pytest.raises(bridge.BridgeError, match=words) as error:
+        bridge.second_style_outside(place, styles, selected)
+    assert "\n" not in str(error.value)
+
+
+def test_selection_and_its_inverse_become_one_mask_per_style(tmp_path):
+    """Soft values are kept: the second style's mask is 1 - m (float) or 255 - m (8 bits), and the
+    two masks reach `stylefu run` as --mask selection --mask inverse, in style order."""
+    m = np.array([[0.0, 0.25, 0.5], [0.75, 1.0, 0.1]], np.float32)[..., None]
+    one = bridge.write_selection_masks(str(tmp_path), m.tobytes(), m.shape)
+    assert one == [str(tmp_path / "selection.npy")]
+    assert np.array_equal(np.load(one[0]), m)
+    two = bridge.write_selection_masks(str(tmp_path), m.tobytes(), m.shape, outside=True)
+    assert two == [str(tmp_path / "selection.npy"), str(tmp_path / "selection-inverse.npy")]
+    assert np.array_equal(np.load(two[0]), m) and np.array_equal(np.load(two[1]), 1 - m)
+    u8 = np.array([[0, 64, 128], [191, 255, 7]], np.uint8)[..., None]
+    two = bridge.write_selection_masks(str(tmp_path), u8.tobytes(), u8.shape, "u8", True)
+    assert np.array_equal(np.load(two[0]), u8) and np.array_equal(np.load(two[1]), 255 - u8)
+    options = bridge.mask_options(two)
+    assert options == ["--mask", two[0], "--mask", two[1]]
+    args = build_parser().parse_args(["run", "c.png", "a.png", "b.png", "-o", "o.png"] + options)
+    assert args.masks == two
+    assert bridge.mask_options([]) == []
+    # A selection of the whole layer leaves the second style nowhere: a clear error.
+    full = np.ones((2, 3, 1), np.float32)
+    with pytest.raises(bridge.BridgeError, match="The selection covers the whole layer"):
+        bridge.write_selection_masks(str(tmp_path), full.tobytes(), full.shape, outside=True)
+    with pytest.raises(bridge.BridgeError, match="The selection covers the whole layer"):
+        bridge.write_selection_masks(str(tmp_path), b"\xff" * 6, (2, 3, 1), "u8", True)
+
+
 def test_run_worker_follows_progress_and_returns_the_result(files, model_path, tmp_path):
     content, style = files
     out = tmp_path / "out.npy"

@@ -9,6 +9,7 @@ pastes it into each installed plug-in, so every plug-in is one self-contained fi
 """
 from __future__ import division, print_function
 
+import array
 import ast
 import io
 import json
@@ -25,6 +26,12 @@ FLATPAK_INFO = "/.flatpak-info"
 # STRENGTH_PER_DECADE points multiply or divide it by 10 (0 -> 1/100, 100 -> 100 times).
 STRENGTH_NEUTRAL = 50.0
 STRENGTH_PER_DECADE = 25.0
+# "Second style goes": where the optional second style is painted, the first choice being the
+# default (the one place it is set; the installer's settings take it from here). "everywhere":
+# blended with the first style over the whole layer (a selection limits both); "outside": the
+# first style inside the selection and the second outside it (one mask per style, m and 1 - m).
+SECOND_STYLE_PLACES = ("everywhere", "outside")
+SECOND_STYLE_LABELS = {"everywhere": "Everywhere, blended", "outside": "Outside the selection"}
 
 
 class BridgeError(Exception):
@@ -56,8 +63,10 @@ def load_settings(plugin_file):
 UNSET_SETTINGS = {
     "defaults": {"strength": 50.0, "preset": "", "iterations": 0, "size": 16,
                  "preserve_colors": "", "style_scale": 1.0, "seed": 0, "device": "",
-                 "second_style_weight": 0.5, "tile_size": 0},
-    "choices": {"preset": [""], "preserve_colors": [""], "device": [""]},
+                 "second_style_weight": 0.5, "second_style_goes": SECOND_STYLE_PLACES[0],
+                 "tile_size": 0},
+    "choices": {"preset": [""], "preserve_colors": [""], "device": [""],
+                "second_style_goes": list(SECOND_STYLE_PLACES)},
     "limits": {"size": [16, 16384], "tile_size": [0, 16384]}, "help": {}}
 
 
@@ -132,6 +141,64 @@ def second_style_blend(weight):
     """
     weight = min(1.0, max(0.0, float(weight)))
     return (1.0 - weight, weight)
+
+
+def second_style_outside(place, styles, selected):
+    """True when the dialog's "Second style goes" asks for the second style outside the selection
+    (then the worker gets the selection and its inverse as one mask per style, and the new layer
+    no layer mask); False for "everywhere". BridgeError when that choice cannot be carried out.
+    """
+    if place not in SECOND_STYLE_PLACES:
+        raise BridgeError("'Second style goes' must be one of %s, not %r."
+                          % (", ".join(SECOND_STYLE_PLACES), place))
+    if place == "everywhere":
+        return False
+    if styles != 2:
+        raise BridgeError("'Second style goes: outside the selection' needs a second style; "
+                          "choose one, or set 'Second style goes' to 'everywhere, blended'.")
+    if not selected:
+        raise BridgeError("'Second style goes: outside the selection' needs a selection for the "
+                          "first style; select part of the layer, or set 'Second style goes' to "
+                          "'everywhere, blended'.")
+    return True
+
+
+_INVERT_U8 = bytes(bytearray(range(255, -1, -1)))
+
+
+def inverse_mask(data, kind="float"):
+    """The raw pixels of 1 - m for a mask's raw pixels m (native float32 in 0..1, or uint8):
+    everything the selection leaves out, soft edges kept soft (m + (1 - m) = 1 everywhere)."""
+    if kind == "u8":
+        return bytes(data).translate(_INVERT_U8)
+    inverse = array.array("f", [1.0 - v for v in array.array("f", bytes(data))])
+    return inverse.tobytes() if hasattr(inverse, "tobytes") else inverse.tostring()
+
+
+def write_selection_masks(folder, data, shape, kind="float", outside=False):
+    """Write the selection's mask (raw pixels `data`, HxWx1) for the worker; with `outside` also
+    its inverse, for the second style. Returns the mask paths, one per `--mask` in style order.
+    """
+    path = os.path.join(folder, "selection.npy")
+    write_npy(path, data, shape, kind)
+    if not outside:
+        return [path]
+    inverse = inverse_mask(data, kind)
+    if not any(bytearray(inverse)):  # 0.0 is all zero bytes in float32 too
+        raise BridgeError("The selection covers the whole layer, so the second style would go "
+                          "nowhere; select less, or set 'Second style goes' to 'everywhere, "
+                          "blended'.")
+    inverse_path = os.path.join(folder, "selection-inverse.npy")
+    write_npy(inverse_path, inverse, shape, kind)
+    return [path, inverse_path]
+
+
+def mask_options(masks):
+    """`stylefu run` options for the mask files (one for every style, or one per style)."""
+    options = []
+    for path in masks:
+        options += ["--mask", path]
+    return options
 
 
 def exchange_dir():

@@ -33,19 +33,23 @@ from gimpfu import (
 # <stylefu-bridge>  (the installer replaces this block by plugin/common/stylefu_bridge.py)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "common"))
 from stylefu_bridge import (  # noqa: E402
+    SECOND_STYLE_LABELS,
     BridgeError,
     exchange_dir,
     load_settings,
     log,
+    mask_options,
     progress_text,
     remove_dir,
     run_command,
     run_options,
     run_worker,
     second_style_blend,
+    second_style_outside,
     settings_or_unset,
     worker_command,
     write_npy,
+    write_selection_masks,
 )
 
 # </stylefu-bridge>
@@ -62,9 +66,9 @@ def save_drawable(drawable, path):
     write_npy(path, data, (drawable.height, drawable.width, drawable.bpp), kind="u8")
 
 
-def save_selection_mask(image, drawable, path):
-    """The selection over the drawable as its grayscale mask file (HxWx1 uint8 .npy), or None
-    when nothing is selected.
+def selection_mask(image, drawable):
+    """The selection over the drawable as its grayscale mask (raw HxWx1 uint8 pixels, and that
+    shape), or None when nothing is selected.
 
     Read from the selection channel at the drawable's size and offsets, so feathered edges stay
     soft (the worker blends them); the selection exists only on the canvas.
@@ -85,8 +89,7 @@ def save_selection_mask(image, drawable, path):
     if not any(mask):
         raise BridgeError("The selection does not touch the layer; select part of the layer, or "
                           "Select > None to stylize all of it.")
-    write_npy(path, bytes(mask), (height, width, 1), kind="u8")
-    return path
+    return bytes(mask), (height, width, 1)
 
 
 def place_result(image, source, png_path, name, old=None, masked=False):
@@ -122,8 +125,9 @@ def style_input(folder, source, style_file, style_layer, prefix="style"):
 
 
 def stylize(image, drawable, style_file, style_source, style_layer, second_style_file,
-            second_style_source, second_style_layer, second_style_weight, strength, preset,
-            iterations, size, tile_size, preserve_colors, style_scale, seed, device):
+            second_style_source, second_style_layer, second_style_weight, second_style_goes,
+            strength, preset, iterations, size, tile_size, preserve_colors, style_scale, seed,
+            device):
     """The filter: stylize `drawable` into a new layer above it (see the module docstring)."""
     settings = load_settings(__file__)
     choices = settings["choices"]
@@ -142,13 +146,21 @@ def stylize(image, drawable, style_file, style_source, style_layer, second_style
             values["style_blend"] = second_style_blend(second_style_weight)
         content = os.path.join(folder, "content.npy")
         output = os.path.join(folder, "result.png")
+        # The selection restricts the style loss (guided Grams) and the worker's result to it:
+        # one mask serves every style; or, with the second style "outside the selection", the
+        # selection is the first style's region and its inverse the second's.
+        selection = selection_mask(image, drawable)
+        outside = second_style_outside(choices["second_style_goes"][second_style_goes],
+                                       len(styles), selection is not None)
+        masks = write_selection_masks(folder, selection[0], selection[1], "u8",
+                                      outside) if selection else []
         save_drawable(drawable, content)
-        # The selection restricts the style loss (guided Grams) and the worker's result to it;
-        # one mask serves every style.
-        mask = save_selection_mask(image, drawable, os.path.join(folder, "selection.npy"))
+        # One mask: the selection becomes the new layer's mask (see the README: exact source
+        # pixels outside). Two (the selection and its inverse) cover the whole layer: none.
+        masked = len(masks) == 1
         command = worker_command(settings, ["run", content] + [path for path, _ in styles]
                                  + ["-o", output] + run_options(values, settings)
-                                 + (["--mask", mask] if mask else []))
+                                 + mask_options(masks))
         log("worker:", " ".join(command))
         name = "%s (neural style)" % " + ".join(style_name for _, style_name in styles)
         gimp.progress_init("%s: starting the worker" % TITLE)
@@ -162,14 +174,13 @@ def stylize(image, drawable, style_file, style_source, style_layer, second_style
                 pdb.gimp_progress_set_text(progress_text(record, TITLE))
                 if record.get("image"):  # the painting so far, shown in the new layer
                     state["layer"] = place_result(image, drawable, record["image"], name,
-                                                  state["layer"], bool(mask))
+                                                  state["layer"], masked)
                     gimp.displays_flush()
                     log("preview", record["image"])
 
             final = run_worker(command, on_record=show, cwd=folder)
             log("tiles:", json.dumps(final.get("metrics", {}).get("tiles", {}), sort_keys=True))
-            state["layer"] = place_result(image, drawable, output, name, state["layer"],
-                                          bool(mask))
+            state["layer"] = place_result(image, drawable, output, name, state["layer"], masked)
         except BaseException:
             if state["layer"] is not None:  # the image goes back to exactly what it was
                 pdb.gimp_image_remove_layer(image, state["layer"])
@@ -227,7 +238,8 @@ def _register():
         "Paint the layer in the style of another image (Gatys et al.)",
         "Adds a new layer above the active one, stylized by the stylefu worker with one style "
         "or a blend of two; a selection limits the style to it (the worker's mask and the new "
-        "layer's mask) and the source layer is left untouched.",
+        "layer's mask), or takes the first style while the second goes outside it; the source "
+        "layer is left untouched.",
         "stylefu contributors", "stylefu contributors", "2026",
         "Neural Style _Transfer...", "RGB*, GRAY*",
         [
@@ -242,6 +254,9 @@ def _register():
             (PF_LAYER, "second_style_layer", "Second style layer", None),
             (PF_SLIDER, "second_style_weight", "Second style weight (0.5: equal blend)",
              d["second_style_weight"], (0.0, 1.0, 0.05)),
+            (PF_OPTION, "second_style_goes", "Second style goes",
+             choices["second_style_goes"].index(d["second_style_goes"]),
+             [SECOND_STYLE_LABELS[place] for place in choices["second_style_goes"]]),
             (PF_SLIDER, "strength", "Style strength", d["strength"], (0, 100, 1)),
             (PF_OPTION, "preset", "Quality", choices["preset"].index(d["preset"]),
              choices["preset"]),

@@ -22,10 +22,12 @@ from gi.repository import Gegl, Gimp, Gio, GLib, GObject  # noqa: E402
 # <stylefu-bridge>  (the installer replaces this block by plugin/common/stylefu_bridge.py)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "common"))
 from stylefu_bridge import (  # noqa: E402
+    SECOND_STYLE_LABELS,
     BridgeError,
     exchange_dir,
     load_settings,
     log,
+    mask_options,
     progress_text,
     read_npy,
     remove_dir,
@@ -33,9 +35,11 @@ from stylefu_bridge import (  # noqa: E402
     run_options,
     run_worker,
     second_style_blend,
+    second_style_outside,
     settings_or_unset,
     worker_command,
     write_npy,
+    write_selection_masks,
 )
 
 # </stylefu-bridge>
@@ -82,9 +86,9 @@ def read_pixels(drawable, channels):
                                            Gegl.AbyssPolicy.CLAMP))
 
 
-def save_selection_mask(image, drawable, path):
-    """The selection over the drawable as its grayscale mask file (HxWx1 float32 .npy, 0..1), or
-    None when nothing is selected.
+def selection_mask(image, drawable):
+    """The selection over the drawable as its grayscale mask (raw HxWx1 float32 pixels in 0..1,
+    and that shape), or None when nothing is selected.
 
     Read at the drawable's size and offsets from the selection channel in linear "Y float", so
     feathered edges stay soft (the worker blends them); outside the canvas nothing is selected.
@@ -98,8 +102,7 @@ def save_selection_mask(image, drawable, path):
     if not any(data):  # every float is 0.0: the selection lies beside the layer
         raise BridgeError("The selection does not touch the layer; select part of the layer, or "
                           "Select > None to stylize all of it.")
-    write_npy(path, data, (h, w, 1))
-    return path
+    return data, (h, w, 1)
 
 
 def save_drawable(drawable, path, keep_alpha=True):
@@ -207,21 +210,27 @@ def run_stylize(procedure, run_mode, image, drawables, config, run_data):
         style_name = " + ".join(name for _, name in styles)
         content = os.path.join(folder, "content.npy")
         output = os.path.join(folder, "result.npy")
+        # The selection restricts the style loss (guided Grams) and the worker's result to it:
+        # one mask serves every style; or, with the second style "outside the selection", the
+        # selection is the first style's region and its inverse the second's.
+        selection = selection_mask(image, source)
+        outside = second_style_outside(config.get_property("second-style-goes"), len(styles),
+                                       selection is not None)
+        masks = write_selection_masks(folder, *selection, outside=outside) if selection else []
         save_drawable(source, content)
-        # The selection restricts the style loss (guided Grams) and the worker's result to it;
-        # one mask serves every style.
-        mask = save_selection_mask(image, source, os.path.join(folder, "selection.npy"))
         command = worker_command(settings, ["run", content] + [path for path, _ in styles]
                                  + ["-o", output]
                                  + run_options(dialog_values(config, len(styles)), settings)
-                                 + (["--mask", mask] if mask else []))
+                                 + mask_options(masks))
         log("worker:", " ".join(command))
         Gimp.progress_init(f"{TITLE}: starting the worker")
         image.undo_group_start()
         try:
             def new_layer():
                 layer = new_layer_above(image, source, layer_name(style_name))
-                if mask:  # see the README: exact source pixels outside, at any working size
+                # One mask: see the README, exact source pixels outside at any working size. Two
+                # (the selection and its inverse) cover the whole layer: no layer mask.
+                if len(masks) == 1:
                     layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
                 return layer
 
@@ -319,10 +328,11 @@ def run_preview(procedure, run_mode, image, drawables, config, run_data):
 
 # --- registration ---------------------------------------------------------------------------------
 
-def make_choice(nicks):
+def make_choice(nicks, labels=None):
     choice = Gimp.Choice.new()
     for i, nick in enumerate(nicks):
-        choice.add(nick, i, nick.capitalize() if nick else "-", "")
+        label = labels[nick] if labels else nick.capitalize() if nick else "-"
+        choice.add(nick, i, label, "")
     return choice
 
 
@@ -343,6 +353,12 @@ def add_stylize_arguments(procedure, settings):
                                   "second style in the blend (0.5: equal, 1: the second alone); "
                                   "used only when a second style is chosen", 0.0, 1.0,
                                   d["second_style_weight"], RW)
+    # No mnemonic: every letter of the label is taken by another entry or a dialog button.
+    procedure.add_choice_argument("second-style-goes", "Second style goes", "Everywhere, "
+                                  "blended with the first style; or outside the selection, the "
+                                  "first style inside it (needs a selection and a second style)",
+                                  make_choice(choices["second_style_goes"], SECOND_STYLE_LABELS),
+                                  d["second_style_goes"], RW)
     procedure.add_double_argument("strength", "Style s_trength", "Style/content balance: 50 is "
                                   "the default style weight, every 25 more multiplies it by 10",
                                   0.0, 100.0, d["strength"], RW)
@@ -395,7 +411,8 @@ class StylefuPlugIn(Gimp.PlugIn):
                 "Paint the layer in the style of another image (Gatys et al.)",
                 "Adds a new layer above the active one, stylized by the stylefu worker with one "
                 "style or a blend of two; a selection limits the style to it (the worker's mask "
-                "and the new layer's mask) and the source layer is left untouched.", name)
+                "and the new layer's mask), or takes the first style while the second goes "
+                "outside it; the source layer is left untouched.", name)
             add_stylize_arguments(procedure, settings)
         else:
             procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN,

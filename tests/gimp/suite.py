@@ -108,6 +108,16 @@ def set_settings(**changes):
         json.dump(settings, f)
 
 
+def soft_selection_image(content):
+    """The content on a layer at (25, 13) of a larger canvas, under a feathered selection that
+    covers the layer's right part and goes beyond it."""
+    h, w = content.shape[:2]
+    image, layer = make_image(content, canvas=(w + 40, h + 30), offsets=(25, 13))
+    image.select_rectangle(Gimp.ChannelOps.REPLACE, *JOB["soft_selection"])
+    Gimp.Selection.feather(image, JOB["feather"])
+    return image, layer
+
+
 def main():
     content = np.load(JOB["content"])  # HxWx3 float32
     fast = {"preset": "draft", "iterations": JOB["iterations"], "size": JOB["size"],
@@ -158,9 +168,7 @@ def scenarios(content, fast):
 
     # A feathered selection on a layer with offsets, partly beyond the layer: the worker's mask
     # must be the selection's soft values at the layer's own pixels.
-    image, layer = make_image(content, canvas=(w + 40, h + 30), offsets=(25, 13))
-    image.select_rectangle(Gimp.ChannelOps.REPLACE, *JOB["soft_selection"])
-    Gimp.Selection.feather(image, JOB["feather"])
+    image, layer = soft_selection_image(content)
     # The expected mask through another API: gimp-selection-value (0..255) at every pixel.
     expected = np.array([[Gimp.Selection.value(image, 25 + x, 13 + y) for x in range(w)]
                          for y in range(h)], np.float32) / 255
@@ -173,6 +181,14 @@ def scenarios(content, fast):
     run("two_styles", PROC, image, layer, **dict(fast, second_style_layer=style_layer,
                                                  second_style_weight=JOB["second_style_weight"]))
     describe_new_layer("two_styles", image, layer)
+
+    # The same soft selection with the second style outside it: the selection and its inverse
+    # are the two styles' masks; the whole layer is stylized, without a layer mask.
+    image, layer = soft_selection_image(content)
+    run("regions", PROC, image, layer, **dict(fast, second_style_layer=style_layer,
+                                              second_style_weight=JOB["second_style_weight"],
+                                              second_style_goes="outside"))
+    describe_new_layer("regions", image, layer, selection=True)
 
     # A tile size smaller than the working size: the worker optimises in tiles and says so.
     image, layer = make_image(content)
@@ -193,6 +209,11 @@ def scenarios(content, fast):
     set_settings(model=JOB["model"], python=JOB["dying_python"])
     run("dying_worker", PROC, image, layer, **fast)
     set_settings(python=JOB["python"])
+    outside = dict(fast, second_style_layer=style_layer, second_style_goes="outside")
+    run("outside_without_selection", PROC, image, layer, **outside)
+    Gimp.Selection.all(image)
+    run("selection_covers_layer", PROC, image, layer, **outside)
+    run("outside_without_second_style", PROC, image, layer, **dict(fast, second_style_goes="outside"))
 
     # The preview contact sheet opens as a new image.
     if JOB["preview"]:

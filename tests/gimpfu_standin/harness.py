@@ -40,14 +40,15 @@ def make_image(kind, alpha=False, offsets=(0, 0), canvas=None, name="source", pi
 
 def args_for(image, layer, style_file=None, style_layer=None, second_style_file=None,
              second_style_layer=None, second_style_weight=0.5, tile_size=0, strength=100.0,
-             second_source=None):
-    """The procedure's 18 arguments, as GIMP passes them (options as indices)."""
+             second_source=None, second_style_goes="everywhere"):
+    """The procedure's 19 arguments, as GIMP passes them (options as indices)."""
     choices = JOB["choices"]
     if second_source is None:
         second_source = 2 if second_style_layer is not None else 1 if second_style_file else 0
     return (image, layer, style_file or "", 1 if style_layer is not None else 0, style_layer,
             second_style_file or "", second_source, second_style_layer, second_style_weight,
-            strength, choices["preset"].index("draft"), JOB["iterations"], JOB["size"],
+            choices["second_style_goes"].index(second_style_goes), strength,
+            choices["preset"].index("draft"), JOB["iterations"], JOB["size"],
             tile_size, 0, 1.0, 0, choices["device"].index("cpu"))
 
 
@@ -71,6 +72,19 @@ def run(name, image, layer, **kwargs):
     report[name] = record
 
 
+def soft_selection_image():
+    """A layer with offsets on a larger canvas, and a soft selection (values the test chose,
+    written into the selection channel as a script can) partly beyond the layer."""
+    width, height = JOB["soft_canvas"]
+    image, layer = make_image("rgb", offsets=JOB["soft_offsets"], canvas=(width, height))
+    with open(JOB["soft_selection"], "rb") as f:
+        image.selection.get_pixel_rgn(0, 0, width, height, True, False)[0:width, 0:height] = \
+            f.read()
+    image.selection.flush()
+    image.selection.update(0, 0, width, height)
+    return image, layer
+
+
 def main():
     sys.argv = [JOB["plugin"]]
     # GIMP runs the file as __main__; exec keeps its globals alive (Python 2's runpy clears them).
@@ -90,17 +104,13 @@ def main():
     style_image, style_layer = make_image("rgb", name="stripes")
     image, layer = make_image("rgb")
     run("style_layer", image, layer, style_layer=style_layer)
-    # A soft selection (values the test chose, written into the selection channel as a
-    # script can) on a layer with offsets, partly beyond the layer.
-    width, height = JOB["soft_canvas"]
-    image, layer = make_image("rgb", offsets=JOB["soft_offsets"], canvas=(width, height))
-    with open(JOB["soft_selection"], "rb") as f:
-        image.selection.get_pixel_rgn(0, 0, width, height, True, False)[0:width, 0:height] = \
-            f.read()
-    image.selection.flush()
-    image.selection.update(0, 0, width, height)
+    image, layer = soft_selection_image()
     run("soft_selection", image, layer, style_file=JOB["style"])
     style2_image, style2_layer = make_image("rgb", name="swirls", pixels="style2")
+    # The same soft selection with a second style that goes outside it.
+    image, layer = soft_selection_image()
+    run("regions", image, layer, style_file=JOB["style"], second_style_layer=style2_layer,
+        second_style_weight=JOB["second_style_weight"], second_style_goes="outside")
     image, layer = make_image("rgb")
     run("two_styles", image, layer, style_file=JOB["style"], second_style_layer=style2_layer,
         second_style_weight=JOB["second_style_weight"])
@@ -110,6 +120,15 @@ def main():
     run("bad_style", image, layer, style_file=JOB["bad_style"])
     run("no_style", image, layer)
     run("no_second_style", image, layer, style_file=JOB["style"], second_source=1)
+    run("outside_without_selection", image, layer, style_file=JOB["style"],
+        second_style_layer=style2_layer, second_style_goes="outside")
+    pdb.gimp_image_select_rectangle(image, gimpfu.CHANNEL_OP_REPLACE, *JOB["selection"])
+    run("outside_without_second_style", image, layer, style_file=JOB["style"],
+        second_style_goes="outside")
+    pdb.gimp_image_select_rectangle(image, gimpfu.CHANNEL_OP_REPLACE, 0, 0, JOB["width"],
+                                    JOB["height"])
+    run("selection_covers_layer", image, layer, style_file=JOB["style"],
+        second_style_layer=style2_layer, second_style_goes="outside")
     image, layer = make_image("rgb", offsets=JOB["soft_offsets"], canvas=JOB["soft_canvas"])
     pdb.gimp_image_select_rectangle(image, gimpfu.CHANNEL_OP_REPLACE, 70, 50, 15, 15)
     run("selection_beside_layer", image, layer, style_file=JOB["style"])
