@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 
-def save_figure(content: np.ndarray, result: np.ndarray, path: str, shrink: int = 4) -> None:
+def save_figure(content: np.ndarray, result: np.ndarray, path: str, shrink: int = 8) -> None:
     """Content, result and 4x the per-pixel change side by side, each `shrink` times smaller."""
     from stylefu.core.images import resize_array, save_image
 
@@ -43,7 +43,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", help="model artifact (default: random weights, made now)")
     parser.add_argument("--output", help="save the result here (PNG)")
-    parser.add_argument("--figure", help="save content | result | 4x the change here (PNG, 1/4 size)")
+    parser.add_argument("--figure", help="save content | result | 4x the change here (PNG, 1/8 size)")
     args = parser.parse_args()
 
     from stylefu.core import Config, load_model, stylize, tiling
