@@ -17,7 +17,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("lbfgs", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 COLOR_MODES = ("none", "luminance", "histogram")
-# Tiles overlap by at least 16 px, so a smaller tile would have no room to move between rounds.
+# Crops are cut on a 16 px grid; below 32 px a crop would hold almost no core and no context.
 MIN_TILE_SIZE = 32
 
 # Presets map a word users understand to a measured schedule (see README, "Speed"):

@@ -285,7 +285,7 @@ def seam_ratio(image: np.ndarray, layouts: list[list[Tile]], near: tuple[int, ..
                ) -> float:
     """Gradient energy across tile borders relative to the gradient energy just beside them.
 
-    For every edge of every tile (all rounds) inside the image: the mean squared step between the
+    For every edge of every tile (all layouts) inside the image: the mean squared step between the
     pixel rows (columns) on either side, along the edge's extent, divided by the same step `near`
     px away; the median over edges. About 1: no seam; a seam raises every edge's ratio. Comparing
     with the neighbourhood, and taking the median, keeps the picture's own edges (a roof that
