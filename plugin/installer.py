@@ -149,13 +149,14 @@ def plugin_settings(version: str, python: str, model: Path) -> dict:
     fields = {f.name: f for f in config_fields()}
     # "Second style goes" is the plug-ins' own choice (the CLI says it with one --mask per
     # style): its places and default live in the bridge.
-    places = load_bridge().SECOND_STYLE_PLACES
+    bridge = load_bridge()
+    places = bridge.SECOND_STYLE_PLACES
     defaults = {name: fields[name].default for name in DIALOG_FIELDS}
     defaults.update(strength=50.0, iterations=defaults["iterations"] or 0,
                     second_style_weight=second_style_weight(fields["style_blend"].default),
                     second_style_goes=places[0])
     return {
-        "version": 1,
+        "version": bridge.SETTINGS_VERSION,
         "gimp": version,
         "python": python,
         "model": str(model),

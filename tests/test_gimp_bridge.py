@@ -246,7 +246,12 @@ def test_progress_text_names_the_stage():
 def test_settings_missing_says_how_to_fix(tmp_path):
     with pytest.raises(bridge.BridgeError, match="run `stylefu gimp install`"):
         bridge.load_settings(str(tmp_path / "stylefu.py"))
-    (tmp_path / "stylefu.json").write_text(json.dumps({"version": 1, "python": "p"}))
+    settings = tmp_path / "stylefu.json"
+    settings.write_text(json.dumps({"version": bridge.SETTINGS_VERSION - 1, "python": "p"}))
+    with pytest.raises(bridge.BridgeError, match="another stylefu version; run `stylefu gimp "
+                                                 "install` again"):
+        bridge.load_settings(str(tmp_path / "stylefu.py"))
+    settings.write_text(json.dumps({"version": bridge.SETTINGS_VERSION, "python": "p"}))
     assert bridge.load_settings(str(tmp_path / "stylefu.py"))["python"] == "p"
 
 

@@ -20,7 +20,9 @@ import subprocess
 import sys
 import tempfile
 
-SETTINGS_VERSION = 1
+# Raised whenever the settings gain a key the plug-ins need (2: "second_style_goes"), so an old
+# file gives load_settings' sentence instead of a failure at run time.
+SETTINGS_VERSION = 2
 FLATPAK_INFO = "/.flatpak-info"
 # Style strength: the dialog's 0..100 slider. STRENGTH_NEUTRAL gives Config.style_weight; every
 # STRENGTH_PER_DECADE points multiply or divide it by 10 (0 -> 1/100, 100 -> 100 times).
