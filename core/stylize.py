@@ -263,13 +263,15 @@ def should_stop(losses: Sequence[float], tolerance: float, window: int = EARLY_S
 
 
 def loss_scale(config: Config) -> Callable[[torch.Tensor], float]:
-    """The factor the optimiser sees the loss times: for L-BFGS, 1 / the loss's first value.
+    """The factor the optimiser sees the loss times: for L-BFGS, 1 / the loss's first value when
+    that is below 1 (a loss of 1e-3 starts at 1), else 1.
 
     torch's L-BFGS keeps a curvature pair only when y's > 1e-10, an absolute threshold made for
     losses near 1. Ours fall to 1e-3 and below with pixel gradients near 1e-7; at a fine level
     that starts close to convergence every pair was dropped, and each step stayed a tiny gradient
-    step (a 512 px level moved the loss by 0.01 % in 30 evaluations). Divided by its first value,
-    the loss starts at 1; L-BFGS's steps do not otherwise depend on the loss's scale.
+    step (a 512 px level moved the loss by 0.01 % in 30 evaluations). Larger losses are left as
+    they are: divided down, their first pair (after torch's tiny first step) fell below the
+    threshold instead, and a 64 px run stalled the same way.
     """
     first: list[float] = []
 
@@ -278,7 +280,7 @@ def loss_scale(config: Config) -> Callable[[torch.Tensor], float]:
             return 1.0
         if not first:
             first.append(max(abs(float(total.detach())), 1e-30))
-        return 1.0 / first[0]
+        return max(1.0, 1.0 / first[0])
     return factor
 
 
