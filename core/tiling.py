@@ -166,14 +166,20 @@ def core_grid(height: int, width: int, tile: int, margin: int, offset: tuple[int
     def starts(length: int, shift: int) -> list[int]:
         return [0] + list(range(core - shift, length, core)) if shift else list(range(0, length, core))
 
+    def span(start: int, end: int, length: int) -> tuple[int, int]:
+        """The crop around core [start, end): the margin, then grown to the full `tile` inside
+        the image (a thin core at an edge would leave the network too few pixels to pool)."""
+        lo, hi = max(0, start - margin), min(length, end + margin)
+        hi = min(length, max(hi, lo + tile))
+        lo = max(0, min(lo, hi - tile)) // TILE_ALIGN * TILE_ALIGN
+        return lo, hi
+
     ys, xs = starts(height, offset[0]), starts(width, offset[1])
     for i, y in enumerate(ys):
         for j, x in enumerate(xs):
             c = Tile(y, ys[i + 1] if i + 1 < len(ys) else height,
                      x, xs[j + 1] if j + 1 < len(xs) else width)
-            crop = Tile(max(0, y - margin), min(height, c.y1 + margin),
-                        max(0, x - margin), min(width, c.x1 + margin))
-            yield c, crop
+            yield c, Tile(*span(c.y0, c.y1, height), *span(c.x0, c.x1, width))
 
 
 def core_of(features, core: Tile, crop: Tile, pools: int):

@@ -26,11 +26,23 @@ def test_core_grid_tiles_the_image_exactly_and_moves(offset):
     covered = np.zeros((120, 170), int)
     for core, crop in cores:
         covered[core.slices] += 1
-        assert core.y0 % 16 == 0 and core.x0 % 16 == 0
-        assert crop.y0 == max(0, core.y0 - 32) and crop.x1 == min(170, core.x1 + 32)
+        assert core.y0 % 16 == 0 and core.x0 % 16 == 0 and crop.y0 % 16 == 0 and crop.x0 % 16 == 0
+        # At least the margin around the core, and a whole tile (even around a thin edge core).
+        assert crop.y0 <= max(0, core.y0 - 32) and crop.x1 >= min(170, core.x1 + 32)
+        assert crop.y1 - crop.y0 >= 112 and crop.x1 - crop.x0 >= 112
     assert (covered == 1).all()
     starts = {core.x0 for core, _ in cores}
     assert (offset[1] == 0) == (48 in starts)  # a 48 px core side: the grid moved with the offset
+
+
+def test_thin_edge_cores_still_run(model):
+    """64x48 px in 48 px crops: moving grids leave 8-16 px cores at the edges; their crops grow to
+    a whole tile, so the network always has enough pixels to pool (it failed before)."""
+    content, style = demo_content(48, 64), demo_style(64)
+    config = Config(size=64, iterations=6, scales=1, tile_size=48)
+    result = stylize(content, style, config=config, model=model)
+    assert result.metrics["tiles"] == {"64x48": 48}
+    assert np.abs(result.image - content).mean() > 0.01
 
 
 def test_memory_estimate_follows_the_measurements():
