@@ -27,9 +27,10 @@ def test_core_grid_tiles_the_image_exactly_and_moves(offset):
     for core, crop in cores:
         covered[core.slices] += 1
         assert core.y0 % 16 == 0 and core.x0 % 16 == 0 and crop.y0 % 16 == 0 and crop.x0 % 16 == 0
-        # At least the margin around the core, and a whole tile (even around a thin edge core).
+        # The margin around the core, and at least 64 px (even around a thin edge core).
         assert crop.y0 <= max(0, core.y0 - 32) and crop.x1 >= min(170, core.x1 + 32)
-        assert crop.y1 - crop.y0 >= 112 and crop.x1 - crop.x0 >= 112
+        assert crop.y1 - crop.y0 >= 64 and crop.x1 - crop.x0 >= 64
+        assert crop.y1 - crop.y0 <= core.y1 - core.y0 + 64 + 15
     assert (covered == 1).all()
     starts = {core.x0 for core, _ in cores}
     assert (offset[1] == 0) == (48 in starts)  # a 48 px core side: the grid moved with the offset
@@ -37,7 +38,7 @@ def test_core_grid_tiles_the_image_exactly_and_moves(offset):
 
 def test_thin_edge_cores_still_run(model):
     """64x48 px in 48 px crops: moving grids leave 8-16 px cores at the edges; their crops grow to
-    a whole tile, so the network always has enough pixels to pool (it failed before)."""
+    the tile (at most 64 px), so the network always has enough pixels to pool (it failed before)."""
     content, style = demo_content(48, 64), demo_style(64)
     config = Config(size=64, iterations=6, scales=1, tile_size=48)
     result = stylize(content, style, config=config, model=model)
