@@ -382,7 +382,8 @@ def optimise_tiled(model: StyleModel, image: torch.Tensor, content: np.ndarray, 
         offset = tuple(int(v) * tiling.TILE_ALIGN for v in
                        torch.randint(0, side // tiling.TILE_ALIGN, (2,), generator=generator))
         cores = list(tiling.core_grid(height, width, tile, margin, offset))
-        masks = [[tiling.core_mask(term.mask, core, style_layers) for core, _ in cores]
+        masks = [[None if m is None else {n: v.to(model.device) for n, v in m.items()}
+                  for m in (tiling.core_mask(term.mask, core, style_layers) for core, _ in cores)]
                  for term in terms]
         totals = [{n: sum(core_positions(core, n) if m is None else float(m[n].sum())
                           for (core, _), m in zip(cores, term_masks)) for n in style_layers}
@@ -399,7 +400,7 @@ def optimise_tiled(model: StyleModel, image: torch.Tensor, content: np.ndarray, 
         parts, loss = {}, torch.zeros((), device=pixels.device)
         for t in range(len(terms)):
             for name in style_layers:
-                mask = None if masks[t][k] is None else masks[t][k][name].to(pixels.device)
+                mask = None if masks[t][k] is None else masks[t][k][name]
                 mass = core_positions(core, name) if mask is None else float(mask.sum())
                 if mass <= 1e-8:
                     continue
@@ -435,14 +436,14 @@ def optimise_tiled(model: StyleModel, image: torch.Tensor, content: np.ndarray, 
         grid = layout()
         last["cores"] = [core for core, _ in grid[0]]
         grams: dict = {}
-        content_loss = torch.zeros(())
+        content_loss = x.new_zeros(())
         with torch.no_grad():  # pass 1: the whole image's Gram matrices and content loss
             for k, core, crop, pixels in crops(grid):
                 _, parts = core_loss(pixels, k, core, crop, grid)
                 content_loss = content_loss + parts.pop("content", 0.0)
                 for key, g in parts.items():
                     grams[key] = grams[key] + g if key in grams else g
-        per_layer = {name: torch.zeros(()) for name in style_layers}
+        per_layer = {name: x.new_zeros(()) for name in style_layers}
         residuals = {}
         for (t, name), g in grams.items():
             target, weight = terms[t].grams[name], terms[t].weight
@@ -491,15 +492,6 @@ def core_positions(core: tiling.Tile, layer: str) -> int:
     return ((core.y1 - core.y0) // f) * ((core.x1 - core.x0) // f)
 
 
-def _add_grams(sums: list[tiling.GramSum], terms: list[StyleTerm], core: tiling.Tile,
-               feats: dict[str, np.ndarray]) -> None:
-    """Add one core's features (first image of the batch) to each term's (guided) Gram sums."""
-    for acc, term in zip(sums, terms):
-        layer_masks = tiling.core_mask(term.mask, core, STYLE_LAYERS)
-        for name in STYLE_LAYERS:
-            acc.add(name, feats[name][:1], None if layer_masks is None else layer_masks[name])
-
-
 def evaluate(model: StyleModel, image: np.ndarray, targets: Targets, config: Config,
              content: np.ndarray | None = None) -> dict:
     """Loss figures of a finished image, computed by ONNX Runtime in float32.
@@ -518,7 +510,10 @@ def evaluate(model: StyleModel, image: np.ndarray, targets: Targets, config: Con
         reference = feats[content_layer][1:] if len(images) == 2 else targets.content.cpu().numpy()
         diff = feats[content_layer][:1].astype(np.float64) - reference
         squares, count = squares + float(np.sum(diff ** 2)), count + diff.size
-        _add_grams(sums, terms, core, feats)
+        for acc, term in zip(sums, terms):
+            layer_masks = tiling.core_mask(term.mask, core, STYLE_LAYERS)
+            for name in STYLE_LAYERS:
+                acc.add(name, feats[name][:1], None if layer_masks is None else layer_masks[name])
     per_layer = dict.fromkeys(STYLE_LAYERS, 0.0)
     for acc, term in zip(sums, terms):
         grams = acc.grams()

@@ -33,7 +33,6 @@ ORT_BYTES_PER_PIXEL = 1.8e3
 # Optimiser state per pixel (3 float32 channels = 12 bytes): L-BFGS keeps `LBFGS_HISTORY` pairs of
 # image-sized vectors; Adam two moments; both a few more copies (image, gradient, direction).
 LBFGS_HISTORY = 100
-OPTIMISER_BYTES_PER_PIXEL = {"lbfgs": (2 * LBFGS_HISTORY + 4) * 12, "adam": 6 * 12}
 # Share of the free memory a run plans to use: the rest is for full-size arrays and others.
 MEMORY_FRACTION = 0.6
 # ONNX Runtime keeps its peak in its memory arena for the session's life, alongside what torch
@@ -52,7 +51,14 @@ TILED_HISTORY = 10
 def torch_bytes(height: int, width: int, optimizer: str = "lbfgs") -> float:
     """Estimated peak memory of optimising a height x width image (forward, backward, state)."""
     pixels = height * width
-    return TORCH_FIXED_BYTES + pixels * (TORCH_BYTES_PER_PIXEL + OPTIMISER_BYTES_PER_PIXEL[optimizer])
+    return TORCH_FIXED_BYTES + pixels * (TORCH_BYTES_PER_PIXEL + optimiser_bytes_per_pixel(optimizer))
+
+
+def optimiser_bytes_per_pixel(optimizer: str, history: int = LBFGS_HISTORY, extra: int = 0) -> int:
+    """The optimiser's image-sized vectors (`history` pairs for L-BFGS, two moments for Adam, four
+    more copies, plus `extra`) in bytes per pixel."""
+    vectors = (2 * history if optimizer == "lbfgs" else 2) + 4 + extra
+    return vectors * 12
 
 
 def ort_bytes(height: int, width: int) -> float:
@@ -101,10 +107,9 @@ def largest_tile(fits: Callable[[int], bool], limit: int) -> int:
 
 
 def tiled_state_bytes(height: int, width: int, optimizer: str = "lbfgs") -> float:
-    """Memory of a tiled run's whole-image optimiser: TILED_HISTORY pairs (or Adam's moments),
-    image, gradient and a few more image-sized vectors."""
-    vectors = 2 * TILED_HISTORY + 6 if optimizer == "lbfgs" else 8
-    return height * width * vectors * 12
+    """Memory of a tiled run's whole-image optimiser: TILED_HISTORY pairs (or Adam's moments) and
+    the usual copies, plus the gradient it assembles crop by crop and the best image so far."""
+    return height * width * optimiser_bytes_per_pixel(optimizer, TILED_HISTORY, extra=2)
 
 
 def choose_tile(height: int, width: int, tile_size: int, optimizer: str,
