@@ -9,11 +9,13 @@ TORCH_PIN ?= torch==2.13.0
 .PHONY: venv demo test lint bench bench-quick gimp-setup gimp-test gimp-figure clean
 
 $(BIN)/stylefu: pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH_PIN)
-	$(BIN)/python -m pip install -q -e '.[test]'
-	touch $(BIN)/stylefu
+	@test -x $(BIN)/python || { echo "Creating $(VENV)"; $(PY) -m venv $(VENV); }
+	@echo "Installing pip, $(TORCH_PIN) (CPU), then stylefu and its test tools into $(VENV)"
+	@# -qq: errors only (pip's and setuptools' warnings are for maintainers, not users).
+	@$(BIN)/python -m pip install -qq --upgrade pip
+	@$(BIN)/python -m pip install -qq $(TORCH_PIN)
+	@$(BIN)/python -m pip install -qq -e '.[test]'
+	@touch $(BIN)/stylefu
 
 venv: $(BIN)/stylefu
 

