@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import uuid
-import zipfile
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -82,18 +81,26 @@ class TargetCache:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.npz"
 
-    def load(self, key: str, layers: Sequence[str]) -> dict[str, np.ndarray] | None:
-        """The entry's arrays, or None when it is missing, unreadable or incomplete."""
+    def load(self, key: str, layers: Sequence[str],
+             shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray] | None:
+        """The entry's arrays, or None when it is missing, unreadable, incomplete, not finite
+        float32, or (with `shapes`) of other shapes than expected: a damaged or foreign entry is a
+        miss, recomputed and rewritten, never an error."""
         path = self.path(key)
-        if not self.enabled or not path.is_file():
+        # os.path.isfile never raises (a folder the user may not read is simply a miss), and
+        # skips a FIFO or device an adversary put there (np.load would block or read forever).
+        if not self.enabled or not os.path.isfile(path):
             return None
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in layers}
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            return None  # corrupt or from an incompatible writer: recomputed and rewritten
-        if not all(a.dtype == np.float32 and np.isfinite(a).all() for a in arrays.values()):
+        except Exception:  # noqa: BLE001 - any unreadable entry (zip, npy, pickle refused) is a miss
             return None
+        for name, a in arrays.items():
+            if a.dtype != np.float32 or not np.isfinite(a).all():
+                return None
+            if shapes is not None and a.shape != tuple(shapes[name]):
+                return None
         try:
             os.utime(path)  # mark as recently used for pruning
         except OSError:
@@ -127,7 +134,11 @@ class TargetCache:
     def prune(self) -> None:
         """Delete the least recently used entries while the cache is over `max_bytes`."""
         entries = []
-        for entry in self.root.glob("*/*.npz"):
+        try:
+            found = list(self.root.glob("*/*.npz"))
+        except OSError:  # a sub-folder we may not read: nothing to prune there
+            return
+        for entry in found:
             try:
                 stat = entry.stat()
             except OSError:  # deleted meanwhile by another process
@@ -139,13 +150,16 @@ class TargetCache:
         for _, size, entry in sorted(entries, key=lambda e: e[0]):
             if total <= 0.8 * self.max_bytes:
                 break
-            entry.unlink(missing_ok=True)
+            try:
+                entry.unlink(missing_ok=True)
+            except OSError:
+                continue
             total -= size
 
-    def fetch(self, key: str, layers: Sequence[str],
-              compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        """The cached arrays for `key`, else `compute()`'s, which are then stored."""
-        arrays = self.load(key, layers)
+    def fetch(self, key: str, layers: Sequence[str], compute: Callable[[], dict[str, np.ndarray]],
+              shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
+        """The cached arrays for `key` (of `shapes`, when given), else `compute()`'s, then stored."""
+        arrays = self.load(key, layers, shapes)
         if arrays is not None:
             self.hits += 1
             return arrays
@@ -164,9 +178,13 @@ def cached_features(cache: TargetCache, engine, image: np.ndarray, size: tuple[i
                     layers: Sequence[str]) -> dict[str, np.ndarray]:
     """Features {layer: [1,C,h,w]} of `image` ([H,W,3]) resized to `size`, by ONNX Runtime."""
     from .images import resize_array
+    from .masks import pools_before
 
     key = cache.key("features", array_hash(image), size, layers)
-    return cache.fetch(key, layers, lambda: engine.image_features(resize_array(image, *size), layers))
+    shapes = {n: (1, _channels(n), size[0] >> pools_before(n), size[1] >> pools_before(n))
+              for n in layers}
+    return cache.fetch(key, layers, lambda: engine.image_features(resize_array(image, *size), layers),
+                       shapes)
 
 
 def cached_grams(cache: TargetCache, engine, image: np.ndarray, size: tuple[int, int],
@@ -182,4 +200,11 @@ def cached_grams(cache: TargetCache, engine, image: np.ndarray, size: tuple[int,
         return {n: losses.gram(torch.from_numpy(f)).numpy() for n, f in feats.items()}
 
     key = cache.key("gram", array_hash(image), size, layers, style_scale)
-    return cache.fetch(key, layers, compute)
+    return cache.fetch(key, layers, compute, {n: (1, _channels(n), _channels(n)) for n in layers})
+
+
+def _channels(layer: str) -> int:
+    """Output channels of a VGG layer (relu3_1: 256), from the layer table."""
+    from .vgg import CONVS, RELU_NAMES
+
+    return CONVS[RELU_NAMES.index(layer)][2]

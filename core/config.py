@@ -7,6 +7,8 @@ the GIMP plug-ins get theirs from the settings `stylefu gimp install` writes
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -31,6 +33,44 @@ PRESETS = {
 }
 SCHEDULE_FIELDS = ("scales", "iterations", "coarse_iterations", "tolerance")
 DEFAULT_PRESET = "normal"
+
+# What each number may be: (lowest, highest, whole number?); beyond these a run is nonsense or
+# overflows (a weight of 1e30 turns the float32 loss infinite), so it is refused before any work.
+MAX_EVALUATIONS = 100_000  # about a day at 512 px on a CPU
+MAX_WEIGHT = 1e12  # loss weights: the default beta is 1e6, six orders of magnitude of room
+MAX_RELATIVE_WEIGHT = 1e6  # per-layer and per-style weights (relative to each other)
+NUMBER_RANGES = {
+    "size": (MIN_SIDE, 1 << 31, True),  # the real upper limit is the memory's (check_memory)
+    "iterations": (1, MAX_EVALUATIONS, True),
+    "scales": (1, 16, True),
+    "coarse_iterations": (0, MAX_EVALUATIONS, True),
+    "tolerance": (0.0, 0.999, False),
+    "content_weight": (0.0, MAX_WEIGHT, False),
+    "style_weight": (0.0, MAX_WEIGHT, False),
+    "tv_weight": (0.0, MAX_WEIGHT, False),
+    "learning_rate": (1e-6, 1.0, False),  # a step above 1 jumps across the whole 0..1 range
+    "style_scale": (0.05, 8.0, False),
+    "seed": (0, 2**63 - 1, True),
+    "tile_size": (0, 1 << 16, True),
+    "save_every": (0, MAX_EVALUATIONS, True),
+}
+
+
+def _check_number(name: str, value, low, high, integer: bool) -> None:
+    """UserError naming --NAME unless `value` is a finite number (whole if `integer`) in low..high."""
+    option = "--" + name.replace("_", "-")
+    kind = numbers.Integral if integer else numbers.Real
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise UserError(f"{option} must be a {'whole ' if integer else ''}number, not {value!r}.")
+    if not integer and not math.isfinite(value):
+        raise UserError(f"{option} must be a finite number, not {value}.")
+    shown = f"{value:.6g}" if not integer else str(value) if abs(value) < 10**15 else \
+        f"a {len(str(abs(value)))}-digit number"
+    if value < low:
+        raise UserError(f"{option} must not be negative, not {shown}." if low == 0 else
+                        f"{option} must be at least {low:g}, not {shown}.")
+    if value > high:
+        raise UserError(f"{option} must be at most {high:g}, not {shown}.")
 
 
 def _f(default, help_text, **extra):
@@ -77,39 +117,42 @@ class Config:
         return PRESETS[self.preset][name] if value is None else value
 
     def validate(self) -> Config:
-        """Raise UserError with one clear sentence for any value a run cannot use."""
+        """Raise UserError with one clear sentence for any value a run cannot use.
+
+        Every number must be finite and inside NUMBER_RANGES (the message names the option);
+        the size's upper limit is the memory's, checked once the image is known
+        (stylize.check_memory).
+        """
         if self.preset not in PRESETS:
             raise UserError(f"Unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}.")
-        if self.size < MIN_SIDE:
-            raise UserError(f"--size must be at least {MIN_SIDE} px, not {self.size}.")
-        for name in ("iterations", "scales"):
-            if self.schedule_value(name) < 1:
-                raise UserError(f"--{name} must be a positive number.")
-        if self.schedule_value("coarse_iterations") < 0:
-            raise UserError("--coarse-iterations must not be negative.")
-        if not 0 <= self.schedule_value("tolerance") < 1:
-            raise UserError("--tolerance must be a fraction from 0 (never stop early) up to 1.")
-        for name in ("content_weight", "style_weight", "tv_weight", "learning_rate",
-                     "style_scale"):
-            value = getattr(self, name)
-            if not value >= 0 or (value == 0 and name in ("learning_rate", "style_scale")):
-                raise UserError(f"--{name.replace('_', '-')} must be positive, not {value}.")
+        for name, (low, high, integer) in NUMBER_RANGES.items():
+            value = self.schedule_value(name) if name in SCHEDULE_FIELDS else getattr(self, name)
+            _check_number(name, value, low, high, integer)
         if self.content_weight == 0 and self.style_weight == 0:
             raise UserError("--content-weight and --style-weight cannot both be zero.")
         for name, allowed in (("optimizer", OPTIMIZERS), ("device", DEVICES),
-                              ("precision", PRECISIONS), ("preserve_colors", COLOR_MODES)):
+                              ("precision", PRECISIONS), ("preserve_colors", COLOR_MODES),
+                              ("content_layer", EXPORTED_LAYERS)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}.")
-        if self.style_layer_weights is not None:
-            if len(self.style_layer_weights) != len(STYLE_LAYERS):
+        for name in ("style_layer_weights", "style_blend"):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            if name == "style_layer_weights" and len(values) != len(STYLE_LAYERS):
                 raise UserError(f"--style-layer-weights needs {len(STYLE_LAYERS)} numbers "
                                 f"({', '.join(STYLE_LAYERS)}).")
-            if any(w < 0 for w in self.style_layer_weights) or not sum(self.style_layer_weights):
-                raise UserError("--style-layer-weights must be non-negative, not all zero.")
+            for value in values:
+                _check_number(name, value, 0.0, MAX_RELATIVE_WEIGHT, False)
+            if not sum(values):
+                raise UserError(f"--{name.replace('_', '-')} must be non-negative, not all zero.")
+        if not isinstance(self.init, str):
+            raise UserError(f"--init must be content, noise or an image path, not {self.init!r}.")
         if self.init not in ("content", "noise") and not Path(self.init).is_file():
-            raise UserError(f"--init must be content, noise or an existing image, not {self.init!r}.")
-        if self.save_every < 0:
-            raise UserError("--save-every must not be negative.")
+            from .images import path_kind  # images imports torch: only when a path is given
+            kind = path_kind(self.init)
+            raise UserError(f"--init must be content, noise or an existing image, not {self.init!r}"
+                            + ("." if kind == "missing" else f" (that is {kind})."))
         if self.tile_size != 0 and self.tile_size < MIN_TILE_SIZE:
             raise UserError(f"--tile-size must be 0 (automatic) or at least {MIN_TILE_SIZE} px, "
                             f"not {self.tile_size}.")

@@ -7,11 +7,13 @@ renamed, so a crash never leaves half a file; .png/.tif can be 16-bit, .npy keep
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import struct
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import UserError
 from .paths import atomic_target
 from .vgg import MIN_SIDE
+
+# Output formats by suffix: Pillow's (8-bit; .png and .tif also 16-bit) and .npy (float32).
+PILLOW_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF",
+                  ".bmp": "BMP", ".webp": "WEBP"}
+OUTPUT_SUFFIXES = (*PILLOW_FORMATS, ".npy")
+# A float image with values above this holds 0..255 (or other) numbers, not 0..1: refused, not
+# clipped to white. Up to it, overshoots (from sharpening or resampling) are clipped to 1.
+FLOAT_RANGE_LIMIT = 1.5
 
 
 @dataclass
@@ -48,14 +58,28 @@ def _from_array(array: np.ndarray, name: str) -> Picture:
         array = array.astype(np.float32) / 255.0
     elif array.dtype == np.uint16:
         array = array.astype(np.float32) / 65535.0
-    else:
+    elif array.dtype == np.bool_:
         array = array.astype(np.float32)
+    elif np.issubdtype(array.dtype, np.integer):
+        # int64 from 0..255 or 0..1 numbers is ambiguous: a guess could turn an image white or black.
+        raise UserError(f"{name}: integer pixels of type {array.dtype} are ambiguous (0..255 or "
+                        "0..1?); save the array as uint8 (0..255), uint16 (0..65535) or float32 (0..1).")
+    elif np.issubdtype(array.dtype, np.floating):
+        array = array.astype(np.float32)
+    else:
+        raise UserError(f"{name}: pixels of type {array.dtype} are not numbers; use uint8, uint16 "
+                        "or float32 (0..1).")
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
         raise UserError(f"{name}: an image array must be HxW, HxWx3 or HxWx4, not {array.shape}.")
+    if array.size == 0:
+        raise UserError(f"{name}: the image array is empty ({array.shape}).")
     if not np.isfinite(array).all():
         raise UserError(f"{name} contains NaN or infinite pixel values.")
+    if array.max() > FLOAT_RANGE_LIMIT or array.min() < 1 - FLOAT_RANGE_LIMIT:
+        raise UserError(f"{name}: float pixel values must lie in 0..1, but they span "
+                        f"{array.min():.4g}..{array.max():.4g}; divide by 255 (or save as uint8).")
     array = np.clip(array, 0.0, 1.0)
     channels = array.shape[2]
     alpha = array[..., -1].copy() if channels in (2, 4) else None
@@ -78,6 +102,96 @@ def _from_pil(image: Image.Image, name: str) -> Picture:
     return _from_array(np.asarray(image), name)
 
 
+def path_kind(path: str | Path) -> str:
+    """What is at `path`, in words for a message: "file" (a regular file, links followed),
+    "missing", or e.g. "a folder", "a symbolic link loop", "a character device"."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"a link to {os.readlink(path)}, which does not exist"
+        return "missing"
+    except OSError as exc:
+        return {errno.ELOOP: "a symbolic link loop", errno.ENAMETOOLONG: "a name too long for the "
+                "file system", errno.EACCES: "inside a folder you may not read",
+                errno.ENOTDIR: "a path through a file (not a folder)"}.get(
+                    exc.errno, f"unusable ({exc.strerror})")
+    for test, kind in ((stat.S_ISREG, "file"), (stat.S_ISDIR, "a folder"),
+                       (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def check_input_file(path: str | Path, what: str = "Image file") -> Path:
+    """`path` as a Path when it is a readable, non-empty regular file; else a UserError saying
+    what is there instead (a folder, a link loop, a device...), never just "does not exist"."""
+    path = Path(path)
+    kind = path_kind(path)
+    if kind == "missing":
+        raise UserError(f"{what} {path} does not exist.")
+    if kind != "file":
+        raise UserError(f"{what} {path} is {kind}, not a file; give the path of a file.")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"{what} {path} cannot be read (permission denied).")
+    if path.stat().st_size == 0:
+        raise UserError(f"{what} {path} is empty (0 bytes).")
+    return path
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def check_output_path(path: str | Path, option: str = "-o", suffixes=OUTPUT_SUFFIXES,
+                      inputs: Sequence = ()) -> Path:
+    """The file an output named `path` will really be written to, checked before any work.
+
+    A regular file there is replaced (atomically); a symbolic link means its target; a folder,
+    device, FIFO, socket or link loop is refused, as are an unknown suffix (when `suffixes` is
+    given), a missing or read-only folder, a name too long and any of the `inputs` (paths): the
+    inputs are never modified. Raises UserError naming `option`.
+    """
+    path = Path(path)
+    limit = _name_max(path.parent if path.parent.is_dir() else Path("."))
+    if len(os.fsencode(path.name)) > limit:
+        raise UserError(f"{option}: the file name {path.name[:32]}... is too long for the file "
+                        f"system ({len(os.fsencode(path.name))} bytes, {limit} at most).")
+    kind = path_kind(path)
+    target = path
+    if os.path.islink(path) and kind != "a symbolic link loop":  # a link means its target
+        target = Path(os.path.realpath(path))
+        kind = path_kind(target)
+    folder = target.parent
+    if not folder.is_dir():
+        raise UserError(f"Cannot write {option} {path}: {folder} "
+                        f"{'is not a folder' if folder.exists() else 'does not exist'}; "
+                        "choose another path.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"Cannot write to the folder {folder} ({option}); choose another path.")
+    if kind == "a folder":
+        raise UserError(f"{option} {path} is a folder; name a file inside it, e.g. "
+                        f"{path / ('out' + (suffixes[0] if suffixes else '.json'))}.")
+    if kind not in ("file", "missing"):
+        raise UserError(f"{option} {path} is {kind}; stylefu only replaces regular files, so "
+                        "name a new file or an existing one.")
+    suffix = path.suffix.lower()
+    if suffixes and suffix not in suffixes:
+        raise UserError(f"{option} {path}: unknown image type {suffix or '(no suffix)'!r}; "
+                        f"end the name with one of {', '.join(suffixes)}.")
+    for source in inputs:
+        if kind == "file" and isinstance(source, (str, os.PathLike)) and \
+                path_kind(source) == "file" and os.path.samefile(target, source):
+            raise UserError(f"{option} {path} is also an input ({source}); stylefu never "
+                            "overwrites its inputs: choose another output name.")
+    return target
+
+
 def load_image(source, name: str | None = None) -> Picture:
     """Read `source` (a path, PIL image, numpy array or Picture) as a Picture.
 
@@ -89,10 +203,8 @@ def load_image(source, name: str | None = None) -> Picture:
         return _from_pil(source, name or "image")
     if isinstance(source, np.ndarray):
         return _from_array(source, name or "array")
-    path = Path(source)
+    path = check_input_file(source, "Image file")
     label = name or path.stem
-    if not path.is_file():
-        raise UserError(f"Image file {path} does not exist.")
     if path.suffix.lower() == ".npy":
         try:
             return _from_array(np.load(path, allow_pickle=False), label)
@@ -191,11 +303,11 @@ def _tiff16(rgba: np.ndarray) -> bytes:
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call `write(tmp)` on a temporary sibling of `path`, then rename it onto `path`.
 
-    A crash or error never leaves a half-written file at `path`; problems are UserErrors.
+    A crash or error never leaves a half-written file at `path`; problems are UserErrors. A
+    symbolic link at `path` gets its target replaced; a folder or special file is refused
+    (`check_output_path`).
     """
-    path = Path(path)
-    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
-        raise UserError(f"Cannot write to the folder {path.parent}; choose another output path.")
+    path = check_output_path(path, "output", suffixes=None)
     tmp = atomic_target(path)
     try:
         write(tmp)
@@ -214,6 +326,9 @@ def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = Non
     if alpha is not None:
         array = np.concatenate([array, np.clip(alpha, 0, 1)[..., None].astype(np.float32)], axis=2)
     suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise UserError(f"Unknown image type {suffix or '(no suffix)'!r} for {path}; end the name "
+                        f"with one of {', '.join(OUTPUT_SUFFIXES)}.")
 
     def write(tmp: Path) -> None:
         if suffix == ".npy":
@@ -228,9 +343,6 @@ def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = Non
             image = Image.fromarray(np.round(array * 255).astype(np.uint8), mode)
             if suffix in (".jpg", ".jpeg") and mode == "RGBA":
                 image = image.convert("RGB")
-            try:
-                image.save(tmp, format=Image.registered_extensions().get(suffix, "PNG"))
-            except KeyError:
-                raise UserError(f"Unknown image format {suffix!r}; use .png, .jpg or .tif.") from None
+            image.save(tmp, format=PILLOW_FORMATS[suffix])
 
     return atomic_write(path, write)

@@ -33,4 +33,5 @@ def default_model_path() -> Path:
 
 def atomic_target(path: Path) -> Path:
     """A temporary sibling of `path`: write there, then `os.replace` onto `path`."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # At most 200 bytes of the name: a name near the file system's 255-byte limit must still fit.
+    return path.with_name(f".{os.fsdecode(os.fsencode(path.name)[:200])}.{os.getpid()}.tmp")

@@ -29,7 +29,7 @@ from .images import (
     to_array,
     to_tensor,
 )
-from .model import StyleModel, load_model, resolve_precision
+from .model import StyleModel, load_model, resolve_device, resolve_precision
 from .vgg import MIN_SIDE, STYLE_LAYERS
 
 CancelToken = threading.Event | Callable[[], bool] | None
@@ -529,6 +529,27 @@ def evaluate(model: StyleModel, image: np.ndarray, targets: Targets, config: Con
             "style_loss_per_layer": per_layer, "tv_loss": tv}
 
 
+def check_memory(content: Picture, styles: Sequence[Picture], config: Config, device) -> None:
+    """UserError, before anything is allocated, when the run cannot fit in memory even in tiles:
+    it names the option at fault (--size or --style-scale) and the largest value that fits."""
+    budget = tiling.torch_budget(device)
+    h, w = fit_long_side(content.height, content.width, config.size)
+    need = tiling.least_bytes(h, w, config.optimizer)
+    if need > budget:
+        fits = tiling.largest_side(h, w, budget, config.optimizer)
+        raise UserError(f"--size {config.size} makes the result {w}x{h} px, which needs about "
+                        f"{need / 1e9:.3g} GB even in tiles; about {budget / 1e9:.1f} GB are usable "
+                        f"on {device}, enough for --size {fits} at most.")
+    side = max(MIN_SIDE, round(max(h, w) * config.style_scale))
+    for picture in styles:
+        sh, sw = fit_long_side(picture.height, picture.width, side)
+        need = tiling.FULL_SIZE_COPIES * 12 * sh * sw + tiling.ort_bytes(1024, 1024)
+        if need > budget:
+            raise UserError(f"--style-scale {config.style_scale:g} at --size {config.size} makes "
+                            f"{picture.name} {sw}x{sh} px, which needs about {need / 1e9:.3g} GB; "
+                            f"about {budget / 1e9:.1f} GB are usable on {device}: lower either.")
+
+
 def _out_of_memory(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate" in text
@@ -566,16 +587,17 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     mask_arrays = [masking.load_mask(m, f"mask {i + 1}") for i, m in enumerate(masks or [])]
     if mask_arrays:
         masking.check_masks(mask_arrays, len(style_pics), content_pic.height, content_pic.width)
+    sizes = scale_sizes(content_pic.height, content_pic.width, config)
+    if min(sizes[-1]) < MIN_SIDE:
+        raise UserError(f"At --size {config.size} the content's short side is under {MIN_SIDE} px; "
+                        "raise --size.")
+    check_memory(content_pic, style_pics, config,
+                 model.device if isinstance(model, StyleModel) else resolve_device(config.device))
     if not isinstance(model, StyleModel):
         model = load_model(model, config.device)
     dtype = resolve_precision(config.precision, model.device)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-
-    sizes = scale_sizes(content_pic.height, content_pic.width, config)
-    if min(sizes[-1]) < MIN_SIDE:
-        raise UserError(f"At --size {config.size} the content's short side is under {MIN_SIDE} px; "
-                        "raise --size.")
     # Colour preservation changes what the optimiser sees (see color.py).
     content_rgb, styles = color.prepare(config.preserve_colors, content_pic.rgb,
                                         [p.rgb for p in style_pics])
@@ -621,6 +643,9 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
             evaluations += done
         result = to_array(image)
         metrics = evaluate(model, result, targets, config, content_at_size)
+        if not np.isfinite(metrics["total_loss"]):
+            raise NumericalError("The final loss is NaN or infinite; lower --style-weight or "
+                                 "--content-weight, or use --precision fp32.")
     except (RuntimeError, MemoryError) as exc:
         if not _out_of_memory(exc):
             raise

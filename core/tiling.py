@@ -129,6 +129,24 @@ def choose_tile(height: int, width: int, tile_size: int, optimizer: str,
     return largest_tile(lambda s: crop_bytes(s) <= left, max(height, width))
 
 
+# Whole-image float32 RGB arrays a run holds besides the optimiser (content, result, resized
+# copies, the masks' composite): counted in `least_bytes` so the check errs on the safe side.
+FULL_SIZE_COPIES = 6
+
+
+def least_bytes(height: int, width: int, optimizer: str = "lbfgs") -> float:
+    """The least memory a run at height x width can use: tiled with the smallest crop."""
+    return (tiled_state_bytes(height, width, optimizer) + crop_bytes(MIN_TILE)
+            + FULL_SIZE_COPIES * 12 * height * width)
+
+
+def largest_side(height: int, width: int, budget: float, optimizer: str = "lbfgs") -> int:
+    """The largest long side (the image's aspect ratio kept) whose `least_bytes` fit `budget`."""
+    per_pixel = (least_bytes(1000, 1000, optimizer) - crop_bytes(MIN_TILE)) / 1e6
+    pixels = max(0.0, budget - crop_bytes(MIN_TILE)) / per_pixel
+    return int((pixels * max(height, width) / min(height, width)) ** 0.5)
+
+
 def crop_bytes(side: int) -> float:
     """Estimated peak memory of a forward and backward pass over a side x side crop."""
     return TORCH_FIXED_BYTES + side * side * TORCH_BYTES_PER_PIXEL
