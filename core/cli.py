@@ -1,26 +1,47 @@
 """The `stylefu` command: run, preview, demo, export, info, gimp.
 
 Every `run` option is generated from the Config dataclass, so defaults and help live in one place.
-User errors end in one sentence on stderr (or a JSON error record) and exit code 2.
+Exit codes: 0 done, 1 internal error (a bug: traceback shown), 2 user error (one sentence on
+stderr: bad option, file or environment), 130 SIGINT, 143 SIGTERM. With `--progress json` the
+last line on stdout is always a `result`, `error` or `cancelled` event.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import glob
 import os
+import signal
 import sys
 import threading
 import types
 import typing
 from pathlib import Path
 
+from . import jsontext
 from .config import PRESETS, Config, config_fields
 from .errors import Cancelled, UserError
 
+EXIT_INTERNAL_ERROR = 1
 EXIT_USER_ERROR = 2
-EXIT_CANCELLED = 130
+EXIT_CANCELLED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class UsageError(UserError):
+    """A command line argparse rejects (unknown option, a word where a number goes)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like KeyboardInterrupt (temporary files are removed on the way)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are UserErrors: one line (and a JSON `error` event), exit code 2."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see `{self.prog} --help`).")
 
 
 def _parse_floats(text: str) -> tuple[float, ...]:
@@ -82,7 +103,7 @@ class ProgressPrinter:
 
     def emit(self, record: dict) -> None:
         if self.mode == "json":
-            print(json.dumps(record), flush=True)
+            print(jsontext.dumps(record), flush=True)
 
     def __call__(self, p) -> None:
         saved = None
@@ -134,14 +155,33 @@ def _watch_stdin(cancel: threading.Event) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def check_run_paths(args, config: Config) -> Path:
+    """Every input readable and every output writable, before any work: -o, --metrics and the
+    --save-every images (siblings of -o) never replace an input, a folder or a special file."""
+    from .images import OUTPUT_SUFFIXES, check_input_file, check_output_path
+
+    inputs = [args.content, *args.styles, *(args.masks or [])]
+    for path in inputs:
+        check_input_file(path)
+    inputs += [p for p in (args.model, config.init) if p and p not in ("content", "noise")]
+    output = check_output_path(args.output, "-o", OUTPUT_SUFFIXES, inputs)
+    if args.metrics:
+        metrics = check_output_path(args.metrics, "--metrics", None, inputs)
+        if metrics.resolve() == output.resolve():
+            raise UserError(f"--metrics {args.metrics} is the -o image; give it its own name.")
+    if config.save_every:
+        for saved in output.parent.glob(f"{glob.escape(output.stem)}.scale*-*{output.suffix}"):
+            check_output_path(saved, "--save-every", OUTPUT_SUFFIXES, inputs)
+    return output
+
+
 def cmd_run(args) -> int:
     from .model import load_model
     from .stylize import stylize
 
     config = config_from_args(args).validate()
     output = Path(args.output)
-    if not output.parent.is_dir() or not os.access(output.parent, os.W_OK):
-        raise UserError(f"Cannot write to the folder {output.parent}; choose another -o.")
+    check_run_paths(args, config)
     model = load_model(args.model, config.device)
     _say(f"stylefu: device {model.device}, model {model.path} "
          f"(weights: {_weights_note(model.weights_source)})")
@@ -168,7 +208,9 @@ def cmd_run(args) -> int:
         result.image, result.alpha = _at_size(result.image, content)
     result.save(output, bits=args.bits)
     if args.metrics:
-        Path(args.metrics).write_text(json.dumps(result.metrics, indent=2))
+        from .images import atomic_write
+        text = jsontext.dumps(result.metrics, indent=2)
+        atomic_write(args.metrics, lambda tmp: tmp.write_text(text))
     printer.emit({"event": "result", "output": str(output), "metrics": result.metrics})
     _say(f"stylefu: wrote {output} in {result.metrics['seconds']:.1f} s "
          f"(loss {result.metrics['total_loss']:.4g}, {result.metrics['iterations']} evaluations)")
@@ -176,14 +218,19 @@ def cmd_run(args) -> int:
 
 
 def cmd_preview(args) -> int:
+    from .images import PILLOW_FORMATS, check_input_file, check_output_path
     from .model import load_model
     from .preview import preview
 
     config = config_from_args(args).validate()
-    for target in filter(None, (args.output, args.json)):
-        folder = Path(target).parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise UserError(f"Cannot write to the folder {folder}; choose another path.")
+    inputs = [args.content, *args.styles]
+    check_input_file(args.content)  # a bad style is skipped (a marked cell), a bad content is not
+    inputs += [p for p in (args.model, config.init) if p and p not in ("content", "noise")]
+    sheet = check_output_path(args.output, "-o", tuple(PILLOW_FORMATS), inputs)
+    if args.json:
+        figures = check_output_path(args.json, "--json", None, inputs)
+        if figures.resolve() == sheet.resolve():
+            raise UserError(f"--json {args.json} is the -o sheet; give it its own name.")
     model = load_model(args.model, config.device)
     _say(f"stylefu preview: {len(args.styles)} style(s) at {config.size} px, preset "
          f"{config.preset}; device {model.device}, targets by {model.engine.describe()} "
@@ -252,7 +299,7 @@ def cmd_info(args) -> int:
     lines.update(torch=torch.__version__, onnxruntime=onnxruntime.__version__,
                  devices=", ".join(["cpu"] + [f"cuda:{i} {n}" for i, n in enumerate(gpus)]))
     if args.json:
-        print(json.dumps(lines, indent=2))
+        print(jsontext.dumps(lines, indent=2))
     else:
         for key, value in lines.items():
             print(f"{key:>20}: {value}")
@@ -260,7 +307,7 @@ def cmd_info(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stylefu", description="Neural style transfer "
+    parser = Parser(prog="stylefu", description="Neural style transfer "
                                      "(Gatys et al.) for scripts, batches and GIMP.")
     sub = parser.add_subparsers(dest="command", required=True)
     fmt = argparse.ArgumentDefaultsHelpFormatter
@@ -324,21 +371,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _json_progress(argv: list[str]) -> bool:
+    """Whether the command line asks for JSON progress (known before argparse has run, so that
+    an argument error is reported as a JSON event too)."""
+    return any(a == "--progress=json" or (a == "--progress" and b == "json")
+               for a, b in zip(argv, argv[1:] + [""]))
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    json_mode = getattr(args, "progress", None) == "json"
+    """Run one `stylefu` command; returns the exit code (see the module docstring)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    json_mode = _json_progress(argv)
+
+    def event(record: dict) -> None:
+        if json_mode:
+            print(jsontext.dumps(record), flush=True)
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except Cancelled:
-        if json_mode:
-            print(json.dumps({"event": "cancelled"}), flush=True)
+        event({"event": "cancelled", "reason": "cancelled"})
         _say("stylefu: cancelled.")
         return EXIT_CANCELLED
-    except UserError as exc:
-        if json_mode:
-            print(json.dumps({"event": "error", "message": str(exc)}), flush=True)
-        _say(f"stylefu: error: {exc}")
-        return exc.exit_code
     except KeyboardInterrupt:
+        event({"event": "cancelled", "reason": "SIGINT"})
         _say("stylefu: interrupted.")
         return EXIT_CANCELLED
+    except Terminated:
+        event({"event": "cancelled", "reason": "SIGTERM"})
+        _say("stylefu: terminated.")
+        return EXIT_TERMINATED
+    except UserError as exc:
+        event({"event": "error", "message": str(exc)})
+        _say(f"stylefu: error: {exc}")
+        return exc.exit_code
+    except OSError as exc:  # the environment, not stylefu: a full disk, a permission, a lost file
+        where = f" ({exc.filename})" if exc.filename else ""
+        message = f"{exc.strerror or exc}{where}; check the path, its permissions and free space."
+        event({"event": "error", "message": message})
+        _say(f"stylefu: error: {message}")
+        return EXIT_USER_ERROR
+    except Exception as exc:  # a bug: the traceback is for the report
+        import traceback
+
+        traceback.print_exc()
+        event({"event": "error", "message": f"internal error: {type(exc).__name__}: {exc}",
+               "internal": True})
+        _say(f"stylefu: internal error ({type(exc).__name__}); please report it with the "
+             "traceback above.")
+        return EXIT_INTERNAL_ERROR
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)

@@ -70,7 +70,7 @@ def _check_number(name: str, value, low, high, integer: bool) -> None:
         raise UserError(f"{option} must not be negative, not {shown}." if low == 0 else
                         f"{option} must be at least {low:g}, not {shown}.")
     if value > high:
-        raise UserError(f"{option} must be at most {high:g}, not {shown}.")
+        raise UserError(f"{option} must be at most {high if integer else f'{high:g}'}, not {shown}.")
 
 
 def _f(default, help_text, **extra):

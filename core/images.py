@@ -163,8 +163,8 @@ def check_output_path(path: str | Path, option: str = "-o", suffixes=OUTPUT_SUFF
         raise UserError(f"{option}: the file name {path.name[:32]}... is too long for the file "
                         f"system ({len(os.fsencode(path.name))} bytes, {limit} at most).")
     kind = path_kind(path)
-    target = path
-    if os.path.islink(path) and kind != "a symbolic link loop":  # a link means its target
+    target = path  # a link means its target: a file is replaced there, a dangling link creates it
+    if os.path.islink(path) and (kind == "file" or kind.startswith("a link to")):
         target = Path(os.path.realpath(path))
         kind = path_kind(target)
     folder = target.parent

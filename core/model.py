@@ -81,8 +81,14 @@ def _load(path: Path, device_type: str) -> StyleModel:
 
 def load_model(path: str | Path | None = None, device: str = "auto") -> StyleModel:
     """Load (once per process) the artifact at `path`, default: $STYLEFU_MODEL or the cache's."""
+    from .images import path_kind
+
     path = Path(path) if path else default_model_path()
-    if not path.is_file():
+    kind = path_kind(path)
+    if kind == "missing":
         raise UserError(f"No model at {path}; create one with `stylefu export` "
                         "(or pass --model PATH).")
+    if kind != "file":
+        raise UserError(f"The model {path} is {kind}, not a file; pass --model with the path of "
+                        "a .onnx file made by `stylefu export`.")
     return _load(path.resolve(), resolve_device(device).type)

@@ -15,7 +15,6 @@ A style that cannot be read gets a marked empty cell; the others still render.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -26,13 +25,21 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from . import losses
+from . import jsontext, losses
 from .cache import cached_grams, target_cache
 from .config import Config
 from .errors import UserError
-from .images import Picture, atomic_write, check_min_side, fit_long_side, load_image, resize_array
-from .model import StyleModel, load_model
-from .stylize import compute_targets, scale_sizes, style_layer_weights, stylize
+from .images import (
+    PILLOW_FORMATS,
+    Picture,
+    atomic_write,
+    check_min_side,
+    fit_long_side,
+    load_image,
+    resize_array,
+)
+from .model import StyleModel, load_model, resolve_device
+from .stylize import check_memory, compute_targets, scale_sizes, style_layer_weights, stylize
 from .vgg import STYLE_LAYERS
 
 PREVIEW_SIZE = 192  # long side of each preview in px: about 3 s per style on 2 CPU cores
@@ -98,11 +105,16 @@ class PreviewResult:
 
     def save(self, path: str | Path) -> Path:
         """Write the contact sheet atomically (format from the suffix, PNG by default)."""
+        suffix = Path(path).suffix.lower()
+        if suffix not in PILLOW_FORMATS:
+            raise UserError(f"Unknown image type {suffix or '(no suffix)'!r} for {path}; end the "
+                            f"name with one of {', '.join(PILLOW_FORMATS)}.")
         return atomic_write(Path(path), lambda tmp: self.sheet.save(
-            tmp, format=Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")))
+            tmp, format=PILLOW_FORMATS[suffix]))
 
     def save_json(self, path: str | Path) -> Path:
-        text = json.dumps(self.figures(), indent=2)
+        """Write the figures as strict JSON (a non-finite number becomes null), atomically."""
+        text = jsontext.dumps(self.figures(), indent=2)
         return atomic_write(Path(path), lambda tmp: tmp.write_text(text))
 
 
@@ -157,6 +169,7 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
     # A path is named by its file name (load_image's default), anything else "content".
     content_pic = load_image(content, None if isinstance(content, (str, os.PathLike)) else "content")
     check_min_side(content_pic)
+    check_memory(content_pic, [], config, resolve_device(config.device))
     if not isinstance(model, StyleModel):
         model = load_model(model, config.device)
 
@@ -173,6 +186,7 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
         else:
             item.swatch = picture.rgb
             try:
+                check_memory(content_pic, [picture], config, model.device)
                 item.distance, item.distance_total = style_distance(model, content_pic.rgb,
                                                                     picture.rgb, config)
                 result = stylize(content_pic, picture, config=config, model=model)

@@ -538,7 +538,7 @@ def check_memory(content: Picture, styles: Sequence[Picture], config: Config, de
     if need > budget:
         fits = tiling.largest_side(h, w, budget, config.optimizer)
         raise UserError(f"--size {config.size} makes the result {w}x{h} px, which needs about "
-                        f"{need / 1e9:.3g} GB even in tiles; about {budget / 1e9:.1f} GB are usable "
+                        f"{need / 1e9:,.1f} GB even in tiles; about {budget / 1e9:.1f} GB are usable "
                         f"on {device}, enough for --size {fits} at most.")
     side = max(MIN_SIDE, round(max(h, w) * config.style_scale))
     for picture in styles:
@@ -546,7 +546,7 @@ def check_memory(content: Picture, styles: Sequence[Picture], config: Config, de
         need = tiling.FULL_SIZE_COPIES * 12 * sh * sw + tiling.ort_bytes(1024, 1024)
         if need > budget:
             raise UserError(f"--style-scale {config.style_scale:g} at --size {config.size} makes "
-                            f"{picture.name} {sw}x{sh} px, which needs about {need / 1e9:.3g} GB; "
+                            f"{picture.name} {sw}x{sh} px, which needs about {need / 1e9:,.1f} GB; "
                             f"about {budget / 1e9:.1f} GB are usable on {device}: lower either.")
 
 
