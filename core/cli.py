@@ -161,9 +161,11 @@ def check_run_paths(args, config: Config) -> Path:
     from .images import OUTPUT_SUFFIXES, check_input_file, check_output_path
 
     inputs = [args.content, *args.styles, *(args.masks or [])]
+    if config.init not in ("content", "noise"):
+        inputs.append(config.init)
     for path in inputs:
         check_input_file(path)
-    inputs += [p for p in (args.model, config.init) if p and p not in ("content", "noise")]
+    inputs += [args.model] if args.model else []
     output = check_output_path(args.output, "-o", OUTPUT_SUFFIXES, inputs)
     if args.metrics:
         metrics = check_output_path(args.metrics, "--metrics", None, inputs)

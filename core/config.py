@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 
 from .errors import UserError
 from .vgg import CONTENT_LAYER, EXPORTED_LAYERS, MIN_SIDE, STYLE_LAYERS
@@ -146,16 +145,18 @@ class Config:
                 _check_number(name, value, 0.0, MAX_RELATIVE_WEIGHT, False)
             if not sum(values):
                 raise UserError(f"--{name.replace('_', '-')} must be non-negative, not all zero.")
-        if not isinstance(self.init, str):
-            raise UserError(f"--init must be content, noise or an image path, not {self.init!r}.")
-        if self.init not in ("content", "noise") and not Path(self.init).is_file():
-            from .images import path_kind  # images imports torch: only when a path is given
-            kind = path_kind(self.init)
-            raise UserError(f"--init must be content, noise or an existing image, not {self.init!r}"
-                            + ("." if kind == "missing" else f" (that is {kind})."))
         if self.tile_size != 0 and self.tile_size < MIN_TILE_SIZE:
             raise UserError(f"--tile-size must be 0 (automatic) or at least {MIN_TILE_SIZE} px, "
                             f"not {self.tile_size}.")
+        if not isinstance(self.init, str):
+            raise UserError(f"--init must be content, noise or an image path, not {self.init!r}.")
+        if self.init not in ("content", "noise"):
+            from .images import path_kind  # images imports torch: only when a path is given
+            kind = path_kind(self.init)
+            if kind == "file":
+                return self
+            raise UserError(f"--init must be content, noise or an image file, and {self.init} "
+                            + ("does not exist." if kind == "missing" else f"is {kind}."))
         return self
 
     def with_(self, **changes) -> Config:

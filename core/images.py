@@ -132,6 +132,8 @@ def check_input_file(path: str | Path, what: str = "Image file") -> Path:
     kind = path_kind(path)
     if kind == "missing":
         raise UserError(f"{what} {path} does not exist.")
+    if kind.startswith("a link to"):
+        raise UserError(f"{what} {path} is {kind}.")
     if kind != "file":
         raise UserError(f"{what} {path} is {kind}, not a file; give the path of a file.")
     if not os.access(path, os.R_OK):
@@ -326,9 +328,7 @@ def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = Non
     if alpha is not None:
         array = np.concatenate([array, np.clip(alpha, 0, 1)[..., None].astype(np.float32)], axis=2)
     suffix = Path(path).suffix.lower()
-    if suffix not in OUTPUT_SUFFIXES:
-        raise UserError(f"Unknown image type {suffix or '(no suffix)'!r} for {path}; end the name "
-                        f"with one of {', '.join(OUTPUT_SUFFIXES)}.")
+    check_output_path(path, "output", OUTPUT_SUFFIXES)  # before any encoding work
 
     def write(tmp: Path) -> None:
         if suffix == ".npy":

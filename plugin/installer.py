@@ -103,7 +103,13 @@ def gimp_config_dirs(version: str = "3", platform: str | None = None, env=None,
 
 def targets(version: str = "3", plug_ins_dir: str | Path | None = None, **where) -> list[Target]:
     if plug_ins_dir:
-        return [Target(version, Path(plug_ins_dir).expanduser().resolve(), "given")]
+        try:
+            folder = Path(plug_ins_dir).expanduser().resolve()
+        except (OSError, RuntimeError):  # a symbolic link loop
+            from stylefu.core.errors import UserError
+            raise UserError(f"--plug-ins-dir {plug_ins_dir} cannot be resolved (a symbolic link "
+                            "loop?); give a real folder.") from None
+        return [Target(version, folder, "given")]
     return [Target(version, folder / "plug-ins", kind)
             for kind, folder in gimp_config_dirs(version, **where)]
 
@@ -241,12 +247,12 @@ def status(plug_ins_dir=None, check: bool = True, **where) -> list[dict]:
                 record["executable"] = os.access(target.plugin_file, os.X_OK)
                 try:
                     settings = json.loads(target.settings_file.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
+                    record.update(python=str(settings["python"]), model=str(settings["model"]),
+                                  model_exists=Path(settings["model"]).is_file())
+                except (OSError, ValueError, KeyError, TypeError):
                     record["problem"] = f"{target.settings_file} is missing or damaged"
                     records.append(record)
                     continue
-                record.update(python=settings["python"], model=settings["model"],
-                              model_exists=Path(settings["model"]).is_file())
                 if check:
                     record["worker_ok"], record["worker"] = check_worker(settings)
             records.append(record)

@@ -125,8 +125,20 @@ def test_cancel_stops_within_one_iteration(model_path, images, kind):
 
 
 def test_diverging_loss_is_an_error(model_path, images):
-    with pytest.raises(NumericalError, match="NaN or infinite"):
+    """Config keeps every number finite and in range, so no option makes a run diverge; the
+    optimiser's own NaN guard is exercised below the validation, with a step no Config accepts."""
+    from stylefu.core.images import to_tensor
+    from stylefu.core.model import load_model
+    from stylefu.core.stylize import Objective, compute_targets, optimise
+
+    with pytest.raises(UserError, match="--learning-rate must be at most 1"):
         run(model_path, images, optimizer="adam", learning_rate=1e30, precision="fp32")
+    model = load_model(model_path, "cpu")
+    config = Config(size=64, optimizer="adam", learning_rate=1e30, precision="fp32")
+    targets = compute_targets(model, images[0], [images[1]], (48, 64), config)
+    objective = Objective(model, targets, config, torch.float32)
+    with pytest.raises(NumericalError, match="NaN or infinite"):
+        optimise(objective, to_tensor(images[0]), 10, config, lambda *args: None, None)
 
 
 def test_progress_image_on_request(model_path, images):
