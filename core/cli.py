@@ -268,6 +268,8 @@ def cmd_demo(args) -> int:
 def cmd_export(args) -> int:
     from stylefu.export import export
 
+    from .config import NUMBER_RANGES, check_number
+    check_number("seed", args.seed, *NUMBER_RANGES["seed"])  # as for a run's --seed
     path, errors = export(args.weights, args.output, seed=args.seed, pooling=args.pooling,
                           preprocessing=args.preprocessing)
     from .vgg import read_artifact

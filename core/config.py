@@ -55,7 +55,7 @@ NUMBER_RANGES = {
 }
 
 
-def _check_number(name: str, value, low, high, integer: bool) -> None:
+def check_number(name: str, value, low, high, integer: bool) -> None:
     """UserError naming --NAME unless `value` is a finite number (whole if `integer`) in low..high."""
     option = "--" + name.replace("_", "-")
     kind = numbers.Integral if integer else numbers.Real
@@ -126,7 +126,7 @@ class Config:
             raise UserError(f"Unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}.")
         for name, (low, high, integer) in NUMBER_RANGES.items():
             value = self.schedule_value(name) if name in SCHEDULE_FIELDS else getattr(self, name)
-            _check_number(name, value, low, high, integer)
+            check_number(name, value, low, high, integer)
         if self.content_weight == 0 and self.style_weight == 0:
             raise UserError("--content-weight and --style-weight cannot both be zero.")
         for name, allowed in (("optimizer", OPTIMIZERS), ("device", DEVICES),
@@ -142,7 +142,7 @@ class Config:
                 raise UserError(f"--style-layer-weights needs {len(STYLE_LAYERS)} numbers "
                                 f"({', '.join(STYLE_LAYERS)}).")
             for value in values:
-                _check_number(name, value, 0.0, MAX_RELATIVE_WEIGHT, False)
+                check_number(name, value, 0.0, MAX_RELATIVE_WEIGHT, False)
             if not sum(values):
                 raise UserError(f"--{name.replace('_', '-')} must be non-negative, not all zero.")
         if self.tile_size != 0 and self.tile_size < MIN_TILE_SIZE:

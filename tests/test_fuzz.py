@@ -536,6 +536,14 @@ def test_real_process_argument_errors_have_no_traceback(world):
         assert_refused(Outcome(proc.returncode, out, err), [name], before, world)
 
 
+@pytest.mark.parametrize("value", [v for v in FUZZ if v != "0"])  # seed 0: conftest's model
+def test_export_seed(value, world, capsys):
+    before = world.snapshot()
+    outcome = cli(capsys, "export", "--weights", "random", f"--seed={fuzz_value('--seed', value)}",
+                  "-o", world.root / "model.onnx")
+    assert_refused(outcome, ["--seed"], before, world, json_progress=False)
+
+
 def test_internal_error_exit_1_with_json_event(world, capsys, monkeypatch):
     """A bug (here: an exception no user can cause) exits 1 with a traceback for the report and
     still ends the JSON stream with an error event."""
