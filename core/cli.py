@@ -393,7 +393,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def event(record: dict) -> None:
         if json_mode:
-            print(jsontext.dumps(record), flush=True)
+            try:
+                print(jsontext.dumps(record), flush=True)
+            except OSError:  # stdout closed (the reader died): stderr still says what happened
+                pass
 
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
