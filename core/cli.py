@@ -1,4 +1,4 @@
-"""The `stylefu` command: run, preview, demo and info here; other packages add theirs (export,
+"""The `stylefu` command: run, preview and info here; other packages add theirs (export, demo,
 gimp) through the "stylefu.commands" entry point group, so core imports neither of them.
 
 Every `run` option is generated from the Config dataclass, so defaults and help live in one place.
@@ -216,14 +216,6 @@ def cmd_preview(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    from .demo import run_demo
-
-    path = run_demo(Path(args.output))
-    say(f"stylefu demo: wrote {path} (content | style | result); open it to look.")
-    return 0
-
-
 def cmd_info(args) -> int:
     import onnxruntime
     import torch
@@ -290,10 +282,6 @@ def build_parser() -> argparse.ArgumentParser:
     prev.add_argument("--model", help="model artifact (default: $STYLEFU_MODEL or the cache's)")
     add_config_options(prev, defaults={"size": PREVIEW_SIZE, "preset": PREVIEW_PRESET})
     prev.set_defaults(func=cmd_preview)
-
-    demo = sub.add_parser("demo", help="stylize built-in images and write a side-by-side PNG")
-    demo.add_argument("-o", "--output", default="demo-output", help="output folder")
-    demo.set_defaults(func=cmd_demo)
 
     info = sub.add_parser("info", help="show the model, its weights and the available devices")
     info.add_argument("--model")

@@ -26,8 +26,8 @@ from .tiling import Window, layer_stride
 CancelToken = threading.Event | Callable[[], bool] | None
 # report(evaluation, loss, parts, pixels): called after every evaluation.
 Report = Callable[[int, float, dict, torch.Tensor], None]
-# A loss for `minimise`: (total, parts, backward) where backward(factor) sets x.grad to
-# factor * d(total)/dx.
+# A loss for `minimise`: (total, parts, backward) where backward(multiplier) sets x.grad to
+# multiplier * d(total)/dx.
 LossFunction = Callable[[torch.Tensor], tuple[torch.Tensor, dict, Callable[[float], None]]]
 
 EARLY_STOP_WINDOW = 10  # evaluations over which `tolerance` measures the loss's fall
@@ -138,11 +138,11 @@ def minimise(loss: LossFunction, image: torch.Tensor, evaluations: int, config: 
         opt.zero_grad(set_to_none=True)
         total, parts, backward = loss(x)
         check_finite(total)
-        scale = factor(total)
-        backward(scale)
+        multiplier = factor(total)
+        backward(multiplier)
         last["parts"] = {k: v.detach() if torch.is_tensor(v) else v for k, v in parts.items()}
-        best.update(float(total), x)
-        return (total * scale).detach()
+        best.update(float(total.detach()), x)
+        return (total * multiplier).detach()
 
     done = 0
     for done in range(1, evaluations + 1):
@@ -160,7 +160,7 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
     """Optimise a whole image held in memory against `objective`."""
     def loss(x):
         total, parts = objective(x)
-        return total, parts, lambda scale: (total * scale).backward()
+        return total, parts, lambda multiplier: (total * multiplier).backward()
     return minimise(loss, image, evaluations, config, report, cancel, tolerance)
 
 
@@ -288,8 +288,8 @@ class TiledObjective:
         total = spec.total(content_loss, style, tv.detach())
         parts = {"content": content_loss, "style": style, "tv": tv.detach(), **per_layer}
 
-        def backward(scale: float) -> None:
-            x.grad = grad * scale
+        def backward(multiplier: float) -> None:
+            x.grad = grad * multiplier
         return total, parts, backward
 
 

@@ -6,11 +6,11 @@
 - Optimising such an image (optimise.TiledObjective) takes the whole image's loss and gradient
   crop by crop, and one optimiser steps every pixel: the same optimisation as untiled, so no
   crop matches the style on its own and no border is written back.
-- Style targets are computed once per scale for the whole style (in cores too when it is huge).
+- Style targets are computed once per level for the whole style (in cores too when it is huge).
 
 Memory is estimated from measured peaks (about linear in pixels, constants below) plus the
-optimiser's state, against the memory that is actually free (/proc/meminfo, or CUDA's free memory). An image that would not fit is tiled
-automatically and the caller is told.
+optimiser's state, against the memory that is actually free (/proc/meminfo, or CUDA's free
+memory). An image that would not fit is tiled automatically and the caller is told.
 """
 
 from __future__ import annotations
