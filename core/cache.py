@@ -15,14 +15,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from . import losses
+from .errors import UserError
+from .files import atomic_write, sha256_file
+from .guides import pools_before
+from .images import resize_array
 from .paths import cache_dir
+from .vgg import CONVS, RELU_NAMES
 
 CACHE_FORMAT = "2"  # bump when the arrays' meaning changes (e.g. Gram normalisation, resizing)
 DISABLE_ENV = "STYLEFU_NO_TARGET_CACHE"  # "1": compute every target (for timing the engine)
@@ -41,11 +47,7 @@ def array_hash(array: np.ndarray) -> str:
 
 @lru_cache(maxsize=16)
 def _file_hash(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)  # size and mtime only key the memo: a changed file is hashed anew
 
 
 def model_hash(path: str | Path) -> str:
@@ -112,24 +114,22 @@ class TargetCache:
         if not self.enabled:
             return False
         path = self.path(key)
-        # Unique per process AND per call: two writers of one entry never share a temp file.
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+
+        def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
                 np.savez(f, **{k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()})
-            os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if os.path.islink(path) or (os.path.lexists(path) and not os.path.isfile(path)
+                                        and not os.path.isdir(path)):
+                path.unlink()  # a link, FIFO or device put in the cache: ours to replace
+            atomic_write(path, write)
             self.prune()
             return True
-        except OSError:
+        except (OSError, UserError):
             # Read-only cache, full disk, or (Windows) the entry is open in another process that
             # just wrote the same bytes: the run goes on without caching this entry.
             return False
-        finally:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
 
     def prune(self) -> None:
         """Delete the least recently used entries while the cache is over `max_bytes`."""
@@ -177,9 +177,6 @@ def target_cache(model) -> TargetCache:
 def cached_features(cache: TargetCache, engine, image: np.ndarray, size: tuple[int, int],
                     layers: Sequence[str]) -> dict[str, np.ndarray]:
     """Features {layer: [1,C,h,w]} of `image` ([H,W,3]) resized to `size`, by ONNX Runtime."""
-    from .images import resize_array
-    from .masks import pools_before
-
     key = cache.key("features", array_hash(image), size, layers)
     shapes = {n: (1, _channels(n), size[0] >> pools_before(n), size[1] >> pools_before(n))
               for n in layers}
@@ -190,11 +187,6 @@ def cached_features(cache: TargetCache, engine, image: np.ndarray, size: tuple[i
 def cached_grams(cache: TargetCache, engine, image: np.ndarray, size: tuple[int, int],
                  layers: Sequence[str], style_scale: float = 1.0) -> dict[str, np.ndarray]:
     """Gram matrices {layer: [1,C,C]} (float32, losses.gram) of `image` resized to `size`."""
-    import torch
-
-    from . import losses
-    from .images import resize_array
-
     def compute():
         feats = engine.image_features(resize_array(image, *size), layers)
         return {n: losses.gram(torch.from_numpy(f)).numpy() for n, f in feats.items()}
@@ -205,6 +197,4 @@ def cached_grams(cache: TargetCache, engine, image: np.ndarray, size: tuple[int,
 
 def _channels(layer: str) -> int:
     """Output channels of a VGG layer (relu3_1: 256), from the layer table."""
-    from .vgg import CONVS, RELU_NAMES
-
     return CONVS[RELU_NAMES.index(layer)][2]

@@ -7,13 +7,9 @@ renamed, so a crash never leaves half a file; .png/.tif can be 16-bit, .npy keep
 
 from __future__ import annotations
 
-import errno
-import os
-import stat
 import struct
 import warnings
 import zlib
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UserError
-from .paths import atomic_target
+from .files import atomic_write, check_input_file, check_output_path
 from .vgg import MIN_SIDE
 
 # Output formats by suffix: Pillow's (8-bit; .png and .tif also 16-bit) and .npy (float32).
@@ -100,98 +96,6 @@ def _from_pil(image: Image.Image, name: str) -> Picture:
     has_alpha = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info)
     image = image.convert("RGBA" if has_alpha else "RGB")  # palette, CMYK, L, 1 -> RGB(A)
     return _from_array(np.asarray(image), name)
-
-
-def path_kind(path: str | Path) -> str:
-    """What is at `path`, in words for a message: "file" (a regular file, links followed),
-    "missing", or e.g. "a folder", "a symbolic link loop", "a character device"."""
-    path = Path(path)
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        if os.path.islink(path):
-            return f"a link to {os.readlink(path)}, which does not exist"
-        return "missing"
-    except OSError as exc:
-        return {errno.ELOOP: "a symbolic link loop", errno.ENAMETOOLONG: "a name too long for the "
-                "file system", errno.EACCES: "inside a folder you may not read",
-                errno.ENOTDIR: "a path through a file (not a folder)"}.get(
-                    exc.errno, f"unusable ({exc.strerror})")
-    for test, kind in ((stat.S_ISREG, "file"), (stat.S_ISDIR, "a folder"),
-                       (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return kind
-    return "not a regular file"
-
-
-def check_input_file(path: str | Path, what: str = "Image file") -> Path:
-    """`path` as a Path when it is a readable, non-empty regular file; else a UserError saying
-    what is there instead (a folder, a link loop, a device...), never just "does not exist"."""
-    path = Path(path)
-    kind = path_kind(path)
-    if kind == "missing":
-        raise UserError(f"{what} {path} does not exist.")
-    if kind.startswith("a link to"):
-        raise UserError(f"{what} {path} is {kind}.")
-    if kind != "file":
-        raise UserError(f"{what} {path} is {kind}, not a file; give the path of a file.")
-    if not os.access(path, os.R_OK):
-        raise UserError(f"{what} {path} cannot be read (permission denied).")
-    if path.stat().st_size == 0:
-        raise UserError(f"{what} {path} is empty (0 bytes).")
-    return path
-
-
-def _name_max(folder: Path) -> int:
-    try:
-        return os.pathconf(folder, "PC_NAME_MAX")
-    except (OSError, ValueError, AttributeError):
-        return 255
-
-
-def check_output_path(path: str | Path, option: str = "-o", suffixes=OUTPUT_SUFFIXES,
-                      inputs: Sequence = ()) -> Path:
-    """The file an output named `path` will really be written to, checked before any work.
-
-    A regular file there is replaced (atomically); a symbolic link means its target; a folder,
-    device, FIFO, socket or link loop is refused, as are an unknown suffix (when `suffixes` is
-    given), a missing or read-only folder, a name too long and any of the `inputs` (paths): the
-    inputs are never modified. Raises UserError naming `option`.
-    """
-    path = Path(path)
-    limit = _name_max(path.parent if path.parent.is_dir() else Path("."))
-    if len(os.fsencode(path.name)) > limit:
-        raise UserError(f"{option}: the file name {path.name[:32]}... is too long for the file "
-                        f"system ({len(os.fsencode(path.name))} bytes, {limit} at most).")
-    kind = path_kind(path)
-    target = path  # a link means its target: a file is replaced there, a dangling link creates it
-    if os.path.islink(path) and (kind == "file" or kind.startswith("a link to")):
-        target = Path(os.path.realpath(path))
-        kind = path_kind(target)
-    folder = target.parent
-    if not folder.is_dir():
-        raise UserError(f"Cannot write {option} {path}: {folder} "
-                        f"{'is not a folder' if folder.exists() else 'does not exist'}; "
-                        "choose another path.")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"Cannot write to the folder {folder} ({option}); choose another path.")
-    if kind == "a folder":
-        raise UserError(f"{option} {path} is a folder; name a file inside it, e.g. "
-                        f"{path / ('out' + (suffixes[0] if suffixes else '.json'))}.")
-    if kind not in ("file", "missing"):
-        raise UserError(f"{option} {path} is {kind}; stylefu only replaces regular files, so "
-                        "name a new file or an existing one.")
-    suffix = path.suffix.lower()
-    if suffixes and suffix not in suffixes:
-        raise UserError(f"{option} {path}: unknown image type {suffix or '(no suffix)'!r}; "
-                        f"end the name with one of {', '.join(suffixes)}.")
-    for source in inputs:
-        if kind == "file" and isinstance(source, (str, os.PathLike)) and \
-                path_kind(source) == "file" and os.path.samefile(target, source):
-            raise UserError(f"{option} {path} is also an input ({source}); stylefu never "
-                            "overwrites its inputs: choose another output name.")
-    return target
 
 
 def load_image(source, name: str | None = None) -> Picture:
@@ -300,25 +204,6 @@ def _tiff16(rgba: np.ndarray) -> bytes:
         ifd += struct.pack("<HHI", tag, kind, count) + packed
     ifd += struct.pack("<I", 0)
     return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack(f"<{channels}H", *[16] * channels) + pixels
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """Call `write(tmp)` on a temporary sibling of `path`, then rename it onto `path`.
-
-    A crash or error never leaves a half-written file at `path`; problems are UserErrors. A
-    symbolic link at `path` gets its target replaced; a folder or special file is refused
-    (`check_output_path`).
-    """
-    path = check_output_path(path, "output", suffixes=None)
-    tmp = atomic_target(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise UserError(f"Cannot write {path} ({exc.strerror or exc}).") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = None,

@@ -30,8 +30,3 @@ def default_model_path() -> Path:
         return Path(os.environ[MODEL_ENV]).expanduser()
     return cache_dir() / MODEL_FILENAME
 
-
-def atomic_target(path: Path) -> Path:
-    """A temporary sibling of `path`: write there, then `os.replace` onto `path`."""
-    # At most 200 bytes of the name: a name near the file system's 255-byte limit must still fit.
-    return path.with_name(f".{os.fsdecode(os.fsencode(path.name)[:200])}.{os.getpid()}.tmp")

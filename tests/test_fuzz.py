@@ -568,12 +568,12 @@ def test_internal_error_exit_1_with_json_event(world, capsys, monkeypatch):
     ({"content_weight": float("inf")}, "--content-weight"),
     ({"style_layer_weights": (float("nan"), 1, 1, 1, 1)}, "--style-layer-weights"),
     ({"style_blend": (float("inf"),)}, "--style-blend"), ({"seed": -1}, "--seed"),
-    ({"iterations": True}, "--iterations"), ({"style_scale": 1000.0}, "--style-scale"),
+    ({"evaluations": True}, "--evaluations"), ({"style_scale": 1000.0}, "--style-scale"),
     ({"size": 10**6}, "fits|at most"), ({"init": "/"}, "--init"),
 ])
 def test_api_config_errors_are_user_errors(change, message, world):
     with pytest.raises(UserError, match=message):
-        stylize(world.content, world.style, config=Config(**{"size": 64, "iterations": 3, **change}),
+        stylize(world.content, world.style, config=Config(**{"size": 64, "evaluations": 3, **change}),
                 model=world.model)
 
 
@@ -585,8 +585,8 @@ def test_api_bad_images_and_outputs(world):
                             (np.zeros((48, 64, 3), object), "not numbers"),
                             (world.root, "is a folder")]:
         with pytest.raises(UserError, match=message):
-            stylize(source, world.style, config=Config(size=64, iterations=1), model=world.model)
-    result = stylize(world.content, world.style, config=Config(size=64, iterations=1, scales=1),
+            stylize(source, world.style, config=Config(size=64, evaluations=1), model=world.model)
+    result = stylize(world.content, world.style, config=Config(size=64, evaluations=1, levels=1),
                      model=world.model)
     os.mkfifo(world.root / "fifo.png")
     before = world.snapshot()
