@@ -125,7 +125,7 @@ def check_memory(content: Picture, styles: Sequence[Picture], config: Config, de
     side = max(MIN_SIDE, round(max(h, w) * config.style_scale))
     for picture in styles:
         sh, sw = fit_long_side(picture.height, picture.width, side)
-        need = tiling.FULL_SIZE_COPIES * 12 * sh * sw + tiling.ort_bytes(1024, 1024)
+        need = tiling.FULL_SIZE_COPIES * 12 * sh * sw
         if need > budget:
             raise UserError(f"--style-scale {config.style_scale:g} at --size {config.size} makes "
                             f"{picture.name} {sw}x{sh} px, which needs about {need / 1e9:,.1f} GB; "

@@ -136,15 +136,14 @@ FULL_SIZE_COPIES = 6
 
 
 def least_bytes(height: int, width: int, optimizer: str = "lbfgs") -> float:
-    """The least memory a run at height x width can use: tiled with the smallest crop."""
-    return (tiled_state_bytes(height, width, optimizer) + crop_bytes(MIN_CROP_SIDE)
-            + FULL_SIZE_COPIES * 12 * height * width)
+    """The memory a run at height x width needs whatever its crop side: the whole image's
+    optimiser state and arrays (a crop's fixed cost is left out: tiling adapts to it)."""
+    return tiled_state_bytes(height, width, optimizer) + FULL_SIZE_COPIES * 12 * height * width
 
 
 def largest_side(height: int, width: int, budget: float, optimizer: str = "lbfgs") -> int:
     """The largest long side (the image's aspect ratio kept) whose `least_bytes` fit `budget`."""
-    per_pixel = (least_bytes(1000, 1000, optimizer) - crop_bytes(MIN_CROP_SIDE)) / 1e6
-    pixels = max(0.0, budget - crop_bytes(MIN_CROP_SIDE)) / per_pixel
+    pixels = budget / (least_bytes(1000, 1000, optimizer) / 1e6)
     return int((pixels * max(height, width) / min(height, width)) ** 0.5)
 
 
