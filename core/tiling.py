@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .vgg import pools_before
+
 # Measured on this project's CPUs (VGG19 to relu5_1): torch forward+backward peaks at ~1.1 GB at
 # 512^2 px and ~3.0 GB at 1024^2 px, i.e. ~0.47 GB fixed + ~2.4 kB per pixel.
 TORCH_FIXED_BYTES = 0.47e9
@@ -201,8 +203,6 @@ def tiled_pass(engine, images: list[np.ndarray], layers, tile: int, margin: int
                ) -> Iterator[tuple[Tile, dict[str, np.ndarray]]]:
     """ONNX Runtime features of same-size [H,W,3] `images`, core by core: yields (core, {layer:
     [N,C,h,w] features of the core}) with N = len(images), each core seen with its margin."""
-    from .masks import pools_before
-
     height, width = images[0].shape[:2]
     margin = (margin // TILE_ALIGN) * TILE_ALIGN
     for core, crop in core_grid(height, width, tile, margin):
