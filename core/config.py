@@ -32,6 +32,16 @@ PRESETS = {
 SCHEDULE_FIELDS = ("scales", "iterations", "coarse_iterations", "tolerance")
 DEFAULT_PRESET = "normal"
 
+# The plain loss (the README's alpha*content + beta*style, layers summed): its weights when some
+# but not all of --content-weight, --style-weight, --style-layer-weights are given.
+PLAIN_CONTENT_WEIGHT = 1.0
+PLAIN_STYLE_WEIGHT = 1e6
+# --strength (0..100): STRENGTH_NEUTRAL is the balanced default; every STRENGTH_PER_DECADE points
+# multiply or divide the style's weight by 10 (0 -> 1/100, 100 -> 100 times). See core/balance.py.
+STRENGTH_NEUTRAL = 50.0
+STRENGTH_PER_DECADE = 25.0
+STRENGTH_RANGE = (0.0, 100.0)
+
 
 def _f(default, help_text, **extra):
     """A dataclass field carrying its one-line meaning (shown by `--help` and the GIMP dialog)."""
@@ -50,11 +60,19 @@ class Config:
     coarse_iterations: int | None = _f(None, "evaluations per coarser level")
     tolerance: float | None = _f(None, "stop a level early when its loss fell by less than this "
                                  "fraction over the last 10 evaluations (0: never)")
-    content_weight: float = _f(1.0, "alpha: weight of the content loss (relu4_2 MSE)")
-    style_weight: float = _f(1e6, "beta: weight of the style loss (Gram MSE, summed over layers)")
+    strength: float | None = _f(None, "style strength 0..100, 50 balanced on every model (each "
+                                "loss term divided by its target's magnitude); 25 points = 10x "
+                                f"(default: {STRENGTH_NEUTRAL:g} unless a weight below is given)")
+    content_weight: float | None = _f(None, "alpha: weight of the content loss (relu4_2 MSE); "
+                                      "any of the three weights selects the plain loss (default: "
+                                      f"{PLAIN_CONTENT_WEIGHT:g} there, else from --strength)")
+    style_weight: float | None = _f(None, "beta: weight of the style loss (Gram MSE, summed over "
+                                    f"layers) (default: {PLAIN_STYLE_WEIGHT:g} in the plain loss, "
+                                    "else from --strength)")
     tv_weight: float = _f(0.0, "gamma: weight of the total-variation loss (against noise)")
     style_layer_weights: tuple[float, ...] | None = _f(
-        None, "weight per style layer " + ",".join(STYLE_LAYERS) + " (default: equal)")
+        None, "weight per style layer " + ",".join(STYLE_LAYERS) + " (default: equal, 1 each "
+        "in the plain loss)")
     content_layer: str = _f(CONTENT_LAYER, "layer whose activations define the content",
                             choices=EXPORTED_LAYERS)
     optimizer: str = _f("lbfgs", "optimiser: lbfgs (the paper's) or adam", choices=OPTIMIZERS)
@@ -70,6 +88,12 @@ class Config:
     style_blend: tuple[float, ...] | None = _f(None, "blend weight per style (default: equal)")
     tile_size: int = _f(0, "tile size in px for huge images (0: automatic)")
     save_every: int = _f(0, "save the current image every N evaluations (0: never)")
+
+    @property
+    def plain_loss(self) -> bool:
+        """True when the user gave a loss weight: the README's loss, weights used as they are."""
+        return any(v is not None for v in (self.content_weight, self.style_weight,
+                                           self.style_layer_weights))
 
     def schedule_value(self, name: str):
         """A SCHEDULE_FIELDS entry: the explicit value, else the preset's."""
@@ -92,10 +116,19 @@ class Config:
         for name in ("content_weight", "style_weight", "tv_weight", "learning_rate",
                      "style_scale"):
             value = getattr(self, name)
+            if value is None:
+                continue
             if not value >= 0 or (value == 0 and name in ("learning_rate", "style_scale")):
                 raise UserError(f"--{name.replace('_', '-')} must be positive, not {value}.")
         if self.content_weight == 0 and self.style_weight == 0:
             raise UserError("--content-weight and --style-weight cannot both be zero.")
+        if self.strength is not None:
+            low, high = STRENGTH_RANGE
+            if not low <= self.strength <= high:
+                raise UserError(f"--strength must be from {low:g} to {high:g}, not {self.strength:g}.")
+            if self.plain_loss:
+                raise UserError("--strength sets the balance of the normalised loss; give either "
+                                "--strength or --content-weight/--style-weight/--style-layer-weights.")
         for name, allowed in (("optimizer", OPTIMIZERS), ("device", DEVICES),
                               ("precision", PRECISIONS), ("preserve_colors", COLOR_MODES)):
             if getattr(self, name) not in allowed:

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from . import losses
 from .cache import cached_grams, target_cache
-from .config import Config
+from .config import PLAIN_STYLE_WEIGHT, STRENGTH_NEUTRAL, Config
 from .errors import UserError
 from .images import Picture, atomic_write, check_min_side, fit_long_side, load_image, resize_array
 from .model import StyleModel, load_model
@@ -211,6 +211,13 @@ BAR, BAR_LEFT, ERROR = (70, 110, 190), (220, 140, 40), (200, 40, 40)
 PAD = 12
 
 
+def balance_label(config: Config) -> str:
+    """The run's style/content balance in words: its strength, or its plain style weight."""
+    if config.plain_loss:
+        return f"style weight {config.style_weight or PLAIN_STYLE_WEIGHT:g}"
+    return f"strength {STRENGTH_NEUTRAL if config.strength is None else config.strength:g}"
+
+
 def _font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)  # Pillow's bundled TrueType font
@@ -288,7 +295,7 @@ def contact_sheet(result: PreviewResult) -> Image.Image:
     weights = info["weights_source"]
     levels = "/".join(str(px) for px in info["levels"])
     sub = (f"{w}x{h} px, preset {cfg.preset} (levels {levels} px), "
-           f"style weight {cfg.style_weight:g}, colours: {cfg.preserve_colors}, weights: {weights}"
+           f"{balance_label(cfg)}, colours: {cfg.preserve_colors}, weights: {weights}"
            + ("  (RANDOM: weak effect)" if weights.startswith("random") else ""))
     draw.text((PAD, 34), _clip_text(draw, sub, small_f, width - 2 * PAD), font=small_f, fill=MUTED)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import color, losses, tiling
+from . import balance, color, losses, tiling
 from . import masks as masking
 from .config import Config
 from .errors import Cancelled, NumericalError, UserError
@@ -235,6 +235,19 @@ class Objective:
         total = (self.config.content_weight * parts["content"] + self.config.style_weight *
                  parts["style"] + self.config.tv_weight * parts["tv"])
         return total, parts
+
+
+def balanced(config: Config, model: StyleModel, content: np.ndarray, styles: Sequence[np.ndarray],
+             size: tuple[int, int], targets: Targets) -> Config:
+    """`config` with its loss weights set (core/balance.py) from the first level's targets; a
+    tiled first level has no whole-image content features, so they are taken at <= 512 px."""
+    if config.plain_loss:
+        return balance.normalised_weights(config, None, {})
+    content_features = targets.content
+    if content_features is None:
+        small = fit_long_side(*size, min(512, max(size)))
+        content_features = compute_targets(model, content, styles, small, config).content
+    return balance.normalised_weights(config, content_features, targets.grams)
 
 
 def initial_image(content: np.ndarray, size: tuple[int, int], config: Config,
@@ -595,6 +608,8 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
                 log(f"{size[1]}x{size[0]} px is optimised in {tile} px tiles ({why}).")
             targets = region_targets(model, content_rgb, styles, size, config, mask_arrays,
                                      content_features=not tile)
+            if k == 1:
+                config = balanced(config, model, content_rgb, styles, size, targets)
             image = torch.nn.functional.interpolate(image, size=size, mode="bilinear",
                                                     align_corners=False).to(model.device)
 
@@ -634,7 +649,8 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     metrics.update(iterations=evaluations, seconds=round(time.perf_counter() - started, 3),
                    device=str(model.device), precision=str(dtype).replace("torch.", ""),
                    weights_source=model.weights_source, model=str(model.path),
-                   sizes=[list(s) for s in sizes], tiles=tiles)
+                   sizes=[list(s) for s in sizes], tiles=tiles,
+                   loss_weights=balance.weights_record(config))
     if tile:
         metrics["seam_ratio"] = tiling.seam_ratio(result, layouts)
     return StylizeResult(result, alpha, metrics)

@@ -36,7 +36,7 @@ VERSIONS = ("3", "2.10")
 PREVIEW_EVERY = 10
 SIZE_LIMITS = (None, 8192)  # the dialog's working-size range; None: the network's minimum
 DIALOG_FIELDS = ("preset", "iterations", "size", "preserve_colors", "style_scale", "seed",
-                 "device", "style_weight", "tile_size")
+                 "device", "strength", "tile_size")
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def second_style_weight(blend) -> float:
 
 def plugin_settings(version: str, python: str, model: Path) -> dict:
     """The settings file's content: worker, model, and the dialog's defaults from Config."""
-    from stylefu.core.config import Config, config_fields
+    from stylefu.core.config import STRENGTH_NEUTRAL, Config, config_fields
     from stylefu.core.vgg import MIN_SIDE
 
     fields = {f.name: f for f in config_fields()}
@@ -152,7 +152,7 @@ def plugin_settings(version: str, python: str, model: Path) -> dict:
     bridge = load_bridge()
     places = bridge.SECOND_STYLE_PLACES
     defaults = {name: fields[name].default for name in DIALOG_FIELDS}
-    defaults.update(strength=50.0, iterations=defaults["iterations"] or 0,
+    defaults.update(strength=STRENGTH_NEUTRAL, iterations=defaults["iterations"] or 0,
                     second_style_weight=second_style_weight(fields["style_blend"].default),
                     second_style_goes=places[0])
     return {

@@ -101,4 +101,4 @@ def test_entry_points_and_help():
                    "--tv-weight", "--optimizer", "--init", "--seed", "--device", "--progress",
                    "--metrics", "--save-every", "--preset"):
         assert option in help_text
-    assert "[default: 1000000.0]" in help_text  # defaults come from Config
+    assert "--strength" in help_text and "default: 1e+06 in the plain loss" in help_text  # from Config

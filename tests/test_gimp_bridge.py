@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from stylefu.core.cli import build_parser
-from stylefu.core.config import Config
+from stylefu.core.config import STRENGTH_NEUTRAL, Config
 from stylefu.plugin import installer
 
 bridge = installer.load_bridge()
@@ -47,11 +47,13 @@ def test_npy_files_without_numpy_round_trip(tmp_path):
 
 
 def test_style_strength_maps_to_decades_of_style_weight():
-    settings = {"defaults": {"style_weight": 1e6}}
-    assert bridge.style_weight(50, settings) == pytest.approx(1e6)
-    assert bridge.style_weight(75, settings) == pytest.approx(1e7)
-    assert bridge.style_weight(0, settings) == pytest.approx(1e4)
-    assert bridge.style_weight(100, settings) == pytest.approx(1e8)
+    from stylefu.core.balance import style_weight_for
+
+    base = style_weight_for(50)
+    assert style_weight_for(None) == base
+    assert style_weight_for(75) == pytest.approx(10 * base)
+    assert style_weight_for(0) == pytest.approx(base / 100)
+    assert style_weight_for(100) == pytest.approx(100 * base)
 
 
 def test_flatpak_runs_the_worker_on_the_host():
@@ -71,7 +73,7 @@ def test_dialog_values_become_run_options(model_path):
     assert "--watch-stdin" in options and "--keep-size" in options
     assert pairs["--iterations"] == "7" and pairs["--preserve-colors"] == "luminance"
     assert pairs["--style-scale"] == "0.5" and pairs["--model"] == str(model_path)
-    assert float(pairs["--style-weight"]) == Config().style_weight
+    assert float(pairs["--strength"]) == STRENGTH_NEUTRAL and "--style-weight" not in pairs
     assert pairs["--save-every"] == str(installer.PREVIEW_EVERY)
     # Every option is one `stylefu run` accepts:
     build_parser().parse_args(["run", "c.png", "s.png", "-o", "o.png"] + options)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from stylefu.core.cli import main
-from stylefu.core.config import Config
+from stylefu.core.config import STRENGTH_NEUTRAL, Config
 from stylefu.plugin import installer
 
 
@@ -76,9 +76,9 @@ def test_install_writes_an_executable_self_contained_plugin(tmp_path, model_path
     assert settings["python"] == "/opt/env/bin/python"
     assert settings["model"] == str(Path(model_path).resolve())
     defaults = Config()
-    for name in ("preset", "size", "preserve_colors", "style_scale", "seed", "device",
-                 "style_weight"):
+    for name in ("preset", "size", "preserve_colors", "style_scale", "seed", "device"):
         assert settings["defaults"][name] == getattr(defaults, name), name
+    assert settings["defaults"]["strength"] == STRENGTH_NEUTRAL
     assert settings["choices"]["preset"] == ["draft", "normal", "best"]
     assert settings["choices"]["device"] == ["auto", "cpu", "cuda"]
 

@@ -24,10 +24,6 @@ import tempfile
 # file gives load_settings' sentence instead of a failure at run time.
 SETTINGS_VERSION = 2
 FLATPAK_INFO = "/.flatpak-info"
-# Style strength: the dialog's 0..100 slider. STRENGTH_NEUTRAL gives Config.style_weight; every
-# STRENGTH_PER_DECADE points multiply or divide it by 10 (0 -> 1/100, 100 -> 100 times).
-STRENGTH_NEUTRAL = 50.0
-STRENGTH_PER_DECADE = 25.0
 # "Second style goes": where the optional second style is painted, the first choice being the
 # default (the one place it is set; the installer's settings take it from here). "everywhere":
 # blended with the first style over the whole layer (a selection limits both); "outside": the
@@ -108,16 +104,11 @@ def worker_env():
                              "PYTHONUSERBASE", "PYTHONNOUSERSITE", "VIRTUAL_ENV"))
 
 
-def style_weight(strength, settings):
-    """Style strength 0..100 -> the core's style_weight (beta), centred on Config's default."""
-    base = float(settings["defaults"]["style_weight"])
-    return base * 10.0 ** ((float(strength) - STRENGTH_NEUTRAL) / STRENGTH_PER_DECADE)
-
-
 def run_options(values, settings):
     """`stylefu run` options for the dialog's values (a dict keyed by the Config field names)."""
     options = ["--progress", "json", "--watch-stdin", "--keep-size",
-               "--style-weight", repr(style_weight(values["strength"], settings)),
+               # The dialog's 0..100 slider is the core's --strength (balanced at 50 on any model).
+               "--strength", repr(float(values["strength"])),
                "--preset", str(values["preset"]), "--size", str(int(values["size"])),
                "--preserve-colors", str(values["preserve_colors"]),
                "--style-scale", repr(float(values["style_scale"])),

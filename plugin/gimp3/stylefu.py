@@ -360,7 +360,7 @@ def add_stylize_arguments(procedure, settings):
                                   make_choice(choices["second_style_goes"], SECOND_STYLE_LABELS),
                                   d["second_style_goes"], RW)
     procedure.add_double_argument("strength", "Style s_trength", "Style/content balance: 50 is "
-                                  "the default style weight, every 25 more multiplies it by 10",
+                                  "balanced on every model, every 25 more multiplies the style by 10",
                                   0.0, 100.0, d["strength"], RW)
     procedure.add_choice_argument("preset", "_Quality", helps.get("preset", ""),
                                   make_choice(choices["preset"]), d["preset"], RW)
