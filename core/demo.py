@@ -98,21 +98,23 @@ def demo_model(progress=print) -> Path:
     return fallback
 
 
-def side_by_side(panels: list[tuple[str, np.ndarray]], height: int = 256) -> Image.Image:
-    """Panels scaled to one height, labelled underneath, on a white strip."""
+def side_by_side(panels: list[tuple[str, np.ndarray]], height: int = 256, title: str = "") -> Image.Image:
+    """Panels scaled to one height, labelled underneath, on a white strip (a title line above)."""
     tiles = []
     for label, array in panels:
         image = Image.fromarray(np.round(np.clip(array, 0, 1) * 255).astype(np.uint8))
         image = image.resize((max(1, round(image.width * height / image.height)), height),
                              Image.LANCZOS)
         tiles.append((label, image))
-    pad, caption = 8, 22
+    pad, caption, top = 8, 22, 22 if title else 0
     sheet = Image.new("RGB", (sum(t.width for _, t in tiles) + pad * (len(tiles) + 1),
-                              height + 2 * pad + caption), "white")
+                              height + 2 * pad + caption + top), "white")
     draw, x = ImageDraw.Draw(sheet), pad
+    if title:
+        draw.text((pad, pad), title, fill=(0, 0, 0))
     for label, tile in tiles:
-        sheet.paste(tile, (x, pad))
-        draw.text((x, pad + height + 5), label, fill=(0, 0, 0))
+        sheet.paste(tile, (x, pad + top))
+        draw.text((x, pad + top + height + 5), label, fill=(0, 0, 0))
         x += tile.width + pad
     return sheet
 
