@@ -238,16 +238,15 @@ class Objective:
 
 
 def balanced(config: Config, model: StyleModel, content: np.ndarray, styles: Sequence[np.ndarray],
-             size: tuple[int, int], targets: Targets) -> Config:
-    """`config` with its loss weights set (core/balance.py) from the first level's targets; a
-    tiled first level has no whole-image content features, so they are taken at <= 512 px."""
+             size: tuple[int, int]) -> Config:
+    """`config` with its loss weights set (core/balance.py) from the targets at the first level's
+    `size` (at most 512 px: a tiled level has no whole-image pass). The target cache makes the
+    level's own targets free afterwards."""
     if config.plain_loss:
         return balance.normalised_weights(config, None, {})
-    content_features = targets.content
-    if content_features is None:
-        small = fit_long_side(*size, min(512, max(size)))
-        content_features = compute_targets(model, content, styles, small, config).content
-    return balance.normalised_weights(config, content_features, targets.grams)
+    size = fit_long_side(*size, min(512, max(size)))
+    targets = compute_targets(model, content, styles, size, config)
+    return balance.normalised_weights(config, targets.content, targets.grams)
 
 
 def initial_image(content: np.ndarray, size: tuple[int, int], config: Config,
@@ -592,6 +591,7 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     # Colour preservation changes what the optimiser sees (see color.py).
     content_rgb, styles = color.prepare(config.preserve_colors, content_pic.rgb,
                                         [p.rgb for p in style_pics])
+    config = balanced(config, model, content_rgb, styles, sizes[0])
     image = initial_image(content_rgb, sizes[0], config, generator)
     evaluations, tiles, layouts = 0, {}, []
     try:
@@ -608,8 +608,6 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
                 log(f"{size[1]}x{size[0]} px is optimised in {tile} px tiles ({why}).")
             targets = region_targets(model, content_rgb, styles, size, config, mask_arrays,
                                      content_features=not tile)
-            if k == 1:
-                config = balanced(config, model, content_rgb, styles, size, targets)
             image = torch.nn.functional.interpolate(image, size=size, mode="bilinear",
                                                     align_corners=False).to(model.device)
 

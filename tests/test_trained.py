@@ -136,8 +136,10 @@ if __name__ == "__main__":  # print the measured figures behind the floors
                                progress=False)[0]}
     for name, path in models.items():
         p = painting(path)
-        s = synthesis(path, models["trained"])
         save_image(out / f"painting-{name}.png", p.pop("image"))
+        print(name, "painting", p, flush=True)
+        s = synthesis(path, models["trained"])
         save_image(out / f"synthesis-{name}.png", s.pop("image"))
-        print(name, "painting", p, "synthesis", s, "ranking", ranking(path), flush=True)
+        print(name, "synthesis", s, flush=True)
+        print(name, "ranking", ranking(path), flush=True)
     print("images in", out)
