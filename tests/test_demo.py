@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stylefu.core import demo
+from stylefu.core.demo import demo_photo
 from stylefu.core.paths import cache_dir
-from stylefu.export import weights
+from stylefu.export import demo, weights
 
 
 @pytest.fixture
@@ -58,6 +58,6 @@ def test_trained_weights_when_the_official_ones_are_unreachable(offline, tmp_pat
 
 
 def test_demo_photo_is_bundled():
-    photo = demo.demo_photo()
+    photo = demo_photo()
     assert photo.shape == (213, 320, 3) and 0 <= photo.min() and photo.max() <= 1
     assert photo.std() > 0.1  # a real photo, not a flat image

@@ -75,8 +75,8 @@ def painting(model_path, judge_path) -> dict:
 def synthesis(model_path, judge_path) -> dict:
     """A texture grown from noise (style loss only), judged by the trained model's Grams."""
     style = photo("immunohistochemistry", 96)
-    config = Config(size=96, init="noise", content_weight=0.0, style_weight=1e6, scales=1,
-                    iterations=80, tolerance=0.0, device="cpu")
+    config = Config(size=96, init="noise", content_weight=0.0, style_weight=1e6, levels=1,
+                    evaluations=80, tolerance=0.0, device="cpu")
     result = stylize(style, style, model=load_model(model_path, "cpu"), config=config)
     judge = load_model(judge_path, "cpu")
     noise = np.random.default_rng(0).random(style.shape, dtype=np.float32)
@@ -97,7 +97,7 @@ def ranking(model_path) -> list[tuple[str, float]]:
     from stylefu.core.images import Picture
 
     result = preview(content, [Picture(rgb, None, name) for name, rgb in candidates.items()],
-                     config=Config(size=96, iterations=1, scales=1, device="cpu"),
+                     config=Config(size=96, evaluations=1, levels=1, device="cpu"),
                      model=load_model(model_path, "cpu"))
     return sorted(((p.name, p.distance_total) for p in result.styles), key=lambda item: item[1])
 
