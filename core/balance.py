@@ -30,7 +30,7 @@ from .vgg import STYLE_LAYERS
 # beta at strength 50: the style term's weight against the content term's, both relative errors.
 # Chosen on trained VGG16 features (README, "Strength"): a cat photo painted with a stroke style
 # stays a readable cat while the style's texture covers it.
-BALANCED_STYLE_WEIGHT = 10.0
+BALANCED_STYLE_WEIGHT = 3.0
 
 
 def style_weight_for(strength: float | None) -> float:
