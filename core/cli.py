@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .config import PRESETS, Config, config_fields
 from .errors import Cancelled, UserError
+from .masks import Inverse
 
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130
@@ -278,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mask", dest="masks", action="append", metavar="PATH",
                      help="grayscale mask, white where the style goes (soft edges blend); once for "
                      "all styles, or once per style in the styles' order (each its own region)")
+    run.add_argument("--mask-inverse", dest="masks", action="append", type=Inverse, metavar="PATH",
+                     help="as --mask, with 1 - the mask at PATH (the style goes where it is black)")
     run.add_argument("--watch-stdin", action="store_true",
                      help="stop when stdin closes (used by the GIMP plug-ins)")
     run.add_argument("--keep-size", action="store_true",
