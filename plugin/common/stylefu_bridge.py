@@ -378,8 +378,10 @@ def preview_sheet(host, settings, files, style_folder=None, size=0):
         sheet = os.path.join(folder, "preview-sheet.png")
         host.save_content(content)
         host.progress(text="%s: previewing %d styles" % (TITLE, len(styles)))
+        command = preview_command(settings, content, styles, sheet, size)
+        log("worker:", " ".join(command))
         try:
-            run_command(preview_command(settings, content, styles, sheet, size), cwd=folder)
+            run_command(command, cwd=folder)
         finally:
             host.progress(end=True)
         return host.open_sheet(sheet)
