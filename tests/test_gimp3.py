@@ -441,22 +441,27 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(model_path, tmp_path):
                                   daemon=True)
         reader.start()
         xenv = dict(os.environ, DISPLAY=display)
-        sizes, seen = {}, set()
+        def dialogs():
+            return subprocess.run(["xdotool", "search", "--onlyvisible", "--name",
+                                   "Neural Style Transfer"], env=xenv, capture_output=True,
+                                  text=True).stdout.split()
+
+        sizes = {}
         for quality, key in (("normal", "alt+c"), ("custom", "alt+o")):
             window, deadline = [], time.monotonic() + 300
             while not window and time.monotonic() < deadline and gimp.poll() is None:
                 time.sleep(1)
-                window = [w for w in subprocess.run(
-                    ["xdotool", "search", "--onlyvisible", "--name", "Neural Style Transfer"],
-                    env=xenv, capture_output=True, text=True).stdout.split() if w not in seen]
-            assert window, f"the filter's dialog (quality {quality}) never appeared"
-            seen.update(window)
+                window = dialogs()
+            assert window, f"no dialog with quality {quality}: {''.join(lines)[-3000:]}"
             time.sleep(2)  # let the dialog finish drawing before its screenshot and its button
             shot = out / ("gimp-dialog.png" if quality == "custom" else f"dialog-{quality}.png")
             sizes[quality] = window_shot(display, "Neural Style Transfer", shot)
             # No window manager under Xvfb: focus the dialog directly, then press a mnemonic.
             subprocess.run(["xdotool", "windowfocus", "--sync", window[0]], env=xenv, timeout=30)
             subprocess.run(["xdotool", "key", key], env=xenv, timeout=30)
+            deadline = time.monotonic() + 60  # gone before the next one (X may reuse its id)
+            while dialogs() and time.monotonic() < deadline:
+                time.sleep(0.5)
         if figures:  # GIMP's window once the new layer shows the painting half-way
             deadline = time.monotonic() + 300
             while sum("[stylefu] preview" in line for line in lines) < iterations // 20 and \
