@@ -65,13 +65,14 @@ def run(name, procedure, image, layer, drawables=None, **props):
             value = Gio.File.new_for_path(value)
         config.set_property(key.replace("_", "-"), value)
     before = pixels(layer)
+    layers_before = [item.get_name() for item in image.get_layers()]
     images_before = len(Gimp.get_images())
     values = proc.run(config)
     status = values.index(0)
     record = {"status": status.value_nick, "message": "",
               "source_unchanged": bool(np.array_equal(before, pixels(layer))),
               "layers": [item.get_name() for item in image.get_layers()],
-              "new_images": len(Gimp.get_images()) - images_before}
+              "layers_before": layers_before, "new_images": len(Gimp.get_images()) - images_before}
     if status != Gimp.PDBStatusType.SUCCESS and values.length() > 1:
         record["message"] = str(values.index(1))
     log(name, record["status"], record["message"], record["layers"])
@@ -205,11 +206,11 @@ def scenarios(content, fast):
     run("bad_style", PROC, image, layer, **dict(fast, style_file=JOB["bad_style"]))
     run("no_style", PROC, image, layer, **dict(fast, style_file=None))
     run("missing_style_file", PROC, image, layer, **dict(fast, style_file=JOB["style"] + ".gone.png"))
-    second = Gimp.Layer.new(image, "second", w, h, Gimp.ImageType.RGB_IMAGE, 100.0,
+    two, first = make_image(content)
+    second = Gimp.Layer.new(two, "second", w, h, Gimp.ImageType.RGB_IMAGE, 100.0,
                             Gimp.LayerMode.NORMAL)
-    image.insert_layer(second, None, 1)
-    run("two_layers", PROC, image, layer, drawables=[layer, second], **fast)
-    image.remove_layer(second)
+    two.insert_layer(second, None, 1)
+    run("two_layers", PROC, two, first, drawables=[first, second], **fast)
     set_settings(model=JOB["missing_model"])
     run("missing_model", PROC, image, layer, **fast)
     set_settings(model=JOB["model"], python=JOB["dying_python"])
