@@ -29,14 +29,22 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from stylefu.core.config import PRESETS, Config, config_fields
+from stylefu.core.errors import UserError
+from stylefu.core.files import atomic_write
+from stylefu.core.paths import default_model_path
+from stylefu.core.vgg import MIN_SIDE
+
 PLUGIN_ROOT = Path(__file__).resolve().parent
 BRIDGE = PLUGIN_ROOT / "common" / "stylefu_bridge.py"
 FLATPAK_APP = "org.gimp.GIMP"
 VERSIONS = ("3", "2.10")
 # Evaluations between two looks at the painting in GIMP (the layer updates during a run).
 PREVIEW_EVERY = 10
-DIALOG_FIELDS = ("preset", "iterations", "size", "preserve_colors", "style_scale", "seed",
-                 "device", "style_weight", "tile_size")
+# The dialog's settings keys (the plug-ins' names, kept for installed plug-ins) -> Config fields.
+DIALOG_FIELDS = {"preset": "preset", "iterations": "evaluations", "size": "size",
+                 "preserve_colors": "preserve_colors", "style_scale": "style_scale", "seed": "seed",
+                 "device": "device", "style_weight": "style_weight", "tile_size": "crop_side"}
 
 
 @dataclass(frozen=True)
@@ -155,17 +163,14 @@ def second_style_weight(blend) -> float:
 def plugin_settings(version: str, python: str, model: Path) -> dict:
     """The settings file's content: worker, model, and the dialog's defaults from Config, its
     choices and its ranges (the bridge's, the working size from the network's minimum side)."""
-    from stylefu.core.config import PRESETS, Config, config_fields
-    from stylefu.core.vgg import MIN_SIDE
-
     fields = {f.name: f for f in config_fields()}
     # "Second style goes" and the Custom quality are the plug-ins' own choices (the CLI says
     # them with one --mask per style and --iterations): they live in the bridge.
     bridge = load_bridge()
     places = bridge.SECOND_STYLE_PLACES
-    defaults = {name: fields[name].default for name in DIALOG_FIELDS}
+    defaults = {key: fields[name].default for key, name in DIALOG_FIELDS.items()}
     defaults.update(strength=bridge.STRENGTH_NEUTRAL,
-                    iterations=Config().schedule_value("iterations"),
+                    iterations=Config().schedule_value("evaluations"),
                     second_style_weight=second_style_weight(fields["style_blend"].default),
                     second_style_goes=places[0])
     limits = {name: list(values) for name, values in bridge.LIMITS.items()}
@@ -181,7 +186,7 @@ def plugin_settings(version: str, python: str, model: Path) -> dict:
                          for name in ("preserve_colors", "device")},
                         preset=list(PRESETS) + [bridge.CUSTOM_QUALITY],
                         second_style_goes=list(places)),
-        "help": {name: fields[name].metadata["help"] for name in DIALOG_FIELDS},
+        "help": {key: fields[name].metadata["help"] for key, name in DIALOG_FIELDS.items()},
         "limits": limits,
         "config_class": f"{Config.__module__}.{Config.__qualname__}",
     }
@@ -191,8 +196,6 @@ def install(version: str = "3", plug_ins_dir=None, model=None, python: str | Non
             **where) -> list[Target]:
     """Copy the plug-in (run bit set), the bridge (beside it for GIMP 3, pasted into it for
     2.10) and its settings into every target."""
-    from stylefu.core.paths import default_model_path
-
     model_path = Path(model).expanduser().resolve() if model else default_model_path()
     settings = plugin_settings(version, python or sys.executable, model_path)
     bridge = BRIDGE.read_text(encoding="utf-8")
@@ -214,9 +217,8 @@ def install(version: str = "3", plug_ins_dir=None, model=None, python: str | Non
 
 def _write(path: Path, text: str) -> None:
     """Write `text` atomically (core's helper: a unique temporary sibling, then a rename)."""
-    from stylefu.core.images import atomic_write
-
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"),
+                 "choose another --plug-ins-dir")
 
 
 def uninstall(versions=VERSIONS, plug_ins_dir=None, **where) -> list[Path]:
@@ -283,8 +285,6 @@ def _flatpak_hint(done: list[Target]) -> None:
 
 
 def cmd_gimp(args) -> int:
-    from stylefu.core.errors import UserError
-
     if args.gimp_command == "install":
         done = install(args.gimp, args.plug_ins_dir, args.model)
         for target in done:

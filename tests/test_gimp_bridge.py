@@ -17,7 +17,7 @@ import pytest
 
 from stylefu.core.cli import build_parser, main
 from stylefu.core.config import PRESETS, Config
-from stylefu.core.masks import Inverse, load_mask
+from stylefu.core.guides import Inverse, load_mask
 from stylefu.core.vgg import MIN_SIDE
 from stylefu.plugin import installer
 
@@ -82,10 +82,10 @@ def test_dialog_values_become_run_options(model_path):
     args = build_parser().parse_args(["run", "c.png", "s.png", "-o", "o.png"] + options)
     # Quality is one choice: a preset ignores the evaluation count; Custom gives the count and
     # the worker's default preset for the rest of the schedule.
-    assert args.preset == "draft" and args.iterations is None
+    assert args.preset == "draft" and args.evaluations is None
     custom = bridge.run_options(dict(values, preset=bridge.CUSTOM_QUALITY), settings)
     args = build_parser().parse_args(["run", "c.png", "s.png", "-o", "o.png"] + custom)
-    assert "--preset" not in custom and args.iterations == 7 and args.preset == Config().preset
+    assert "--preset" not in custom and args.evaluations == 7 and args.preset == Config().preset
 
 
 def test_dialog_ranges_and_neutral_strength_come_from_one_place(model_path):
@@ -102,7 +102,7 @@ def test_dialog_ranges_and_neutral_strength_come_from_one_place(model_path):
     assert settings["defaults"]["strength"] == bridge.STRENGTH_NEUTRAL
     assert bridge.style_weight(bridge.STRENGTH_NEUTRAL, settings) == Config().style_weight
     # Custom's evaluation count starts at the default preset's.
-    assert settings["defaults"]["iterations"] == PRESETS[Config().preset]["iterations"]
+    assert settings["defaults"]["iterations"] == PRESETS[Config().preset]["evaluations"]
     assert settings["choices"]["preset"] == [*PRESETS, bridge.CUSTOM_QUALITY]
     unset = bridge.UNSET_SETTINGS
     assert set(unset["defaults"]) == set(settings["defaults"]) - {"style_weight"}
@@ -115,17 +115,17 @@ def test_dialog_ranges_and_neutral_strength_come_from_one_place(model_path):
 def test_second_style_and_tile_size_become_run_options(model_path):
     settings = installer.plugin_settings("3", sys.executable, model_path)
     # The dialog's defaults come from Config: tile size 0 (automatic), equal blend (None).
-    assert settings["defaults"]["tile_size"] == Config().tile_size == 0
+    assert settings["defaults"]["tile_size"] == Config().crop_side == 0
     assert Config().style_blend is None and settings["defaults"]["second_style_weight"] == 0.5
     assert "--style-blend" not in bridge.run_options(settings["defaults"], settings)
     values = dict(settings["defaults"], tile_size=512, second_style_weight=0.75)
     assert "--style-blend" not in bridge.run_options(values, settings, styles=1)
     options = bridge.run_options(values, settings, styles=2)
     pairs = dict(zip(options[::2], options[1::2]))
-    assert pairs["--tile-size"] == "512" and pairs["--style-blend"] == "0.25,0.75"
+    assert pairs["--crop-side"] == "512" and pairs["--style-blend"] == "0.25,0.75"
     args = build_parser().parse_args(["run", "c.png", "a.png", "b.png", "-o", "o.png",
                                       "--mask", "m.npy"] + options)
-    assert args.style_blend == (0.25, 0.75) and args.tile_size == 512
+    assert args.style_blend == (0.25, 0.75) and args.crop_side == 512  # --tile-size: an alias
     assert bridge.second_style_blend(1.5) == (0.0, 1.0) and bridge.second_style_blend(0) == (1.0, 0.0)
 
 
@@ -201,7 +201,7 @@ def test_mask_inverse_is_one_minus_the_mask(tmp_path, images, model_path):
     np.save(tmp_path / "b.npy", style[::-1, :, ::-1].copy())
     assert np.allclose(load_mask(Inverse(str(tmp_path / "m.npy"))), 1 - m[..., 0], atol=1e-6)
     common = [str(tmp_path / "c.npy"), str(tmp_path / "a.npy"), str(tmp_path / "b.npy"),
-              "--model", str(model_path), "--size", "64", "--iterations", "3", "--progress", "none",
+              "--model", str(model_path), "--size", "64", "--evaluations", "3", "--progress", "none",
               "--mask", str(tmp_path / "m.npy")]
     assert main(["run", *common, "--mask-inverse", str(tmp_path / "m.npy"), "-o",
                  str(tmp_path / "r1.npy")]) == 0
@@ -288,7 +288,7 @@ class ArrayHost(bridge.PluginHost):
         pass
 
 
-def test_stylize_layer_runs_the_filters_steps(tmp_path, images, model_path):
+def test_stylize_layer_runs_the_filters_steps(tmp_path, images, model_path, monkeypatch):
     """The steps both plug-ins share, with the real worker: one new layer, shown as it forms,
     inside one undo group, holding what `stylefu run` computes; the exchange folder is removed."""
     content, style = images
@@ -299,7 +299,8 @@ def test_stylize_layer_runs_the_filters_steps(tmp_path, images, model_path):
     mask = np.zeros(content.shape[:2] + (1,), np.float32)
     mask[10:30, 20:50] = 1
     host = ArrayHost(content, [str(tmp_path / "style.npy")], mask)
-    before = set(os.listdir(tempfile.gettempdir()))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where exchange_dir goes
     bridge.stylize_layer(host, settings, values)
     assert host.calls[:3] == ["styles", "progress start", "undo start"]
     assert host.calls[-2:] == ["undo end", "progress end"]
@@ -313,8 +314,7 @@ def test_stylize_layer_runs_the_filters_steps(tmp_path, images, model_path):
     assert main(["run", str(tmp_path / "c.npy"), str(tmp_path / "style.npy"), "-o",
                  str(tmp_path / "r.npy"), "--mask", str(tmp_path / "m.npy")] + options) == 0
     assert np.array_equal(layer["pixels"], np.load(tmp_path / "r.npy"))
-    assert not [n for n in set(os.listdir(tempfile.gettempdir())) - before
-                if n.startswith("stylefu-")], "the exchange folder was left behind"
+    assert os.listdir(tmp_path / "tmp") == [], "the exchange folder was left behind"
 
 
 def test_stylize_layer_leaves_nothing_when_the_worker_fails(tmp_path, images, model_path):
@@ -343,7 +343,7 @@ def test_run_worker_follows_progress_and_returns_the_result(files, model_path, t
                                         "--iterations", "4", "--scales", "1", "--save-every", "2"],
                               on_record=records.append, cwd=str(tmp_path))
     assert final["event"] == "result"
-    assert [r["iteration"] for r in records] == [1, 2, 3, 4]
+    assert [r["evaluation"] for r in records] == [1, 2, 3, 4]
     assert [bool(r.get("image")) for r in records] == [False, True, False, True]
     # --keep-size: the result (and each preview) at the content's own size, with its own alpha
     source = np.load(content)
@@ -421,11 +421,11 @@ stylefu_bridge.run_worker({WORKER!r} + ["run", {str(content)!r}, {str(style)!r},
     assert stopped, "the worker kept running after the plug-in died"
 
 
-def test_progress_text_names_the_stage():
-    record = {"event": "progress", "scale": 1, "scales": 2, "iteration": 10, "iterations": 60}
-    assert bridge.progress_text(record) == "Neural style: scale 1 of 2, iteration 10 of 60"
-    record.update(iteration=60)
-    assert bridge.progress_text(record) == "Neural style: scale 2 of 2, computing targets"
+def test_progress_text_names_the_level_and_evaluation():
+    record = {"event": "progress", "level": 1, "levels": 2, "evaluation": 10, "evaluations": 60}
+    assert bridge.progress_text(record) == "Neural style: level 1 of 2, evaluation 10 of 60"
+    record.update(evaluation=60)
+    assert bridge.progress_text(record) == "Neural style: level 2 of 2, computing targets"
     notice = {"event": "notice", "message": "2048x1536 px is optimised in 512 px tiles."}
     assert bridge.progress_text(notice) == "Neural style: 2048x1536 px is optimised in 512 px tiles."
 

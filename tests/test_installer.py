@@ -143,26 +143,24 @@ def test_gimp2_plugin_carries_the_bridge_pasted_in(tmp_path, model_path):
 
 
 def test_install_writes_through_cores_atomic_helper(tmp_path, model_path, monkeypatch):
-    """The installer's writes go through a temporary sibling that core names (unique per
-    process), then a rename: a failed write leaves the old plug-in and no temporary file."""
-    from stylefu.core import images
-
+    """The installer's writes go through core's temporary sibling (unique per process and
+    call), then a rename: a disk that fails mid-write leaves the old plug-in and no temporary."""
     plug_ins = tmp_path / "plug-ins"
     installer.install("2.10", plug_ins, model=model_path)
     before = (plug_ins / "stylefu_gimp2.py").read_text()
     temporaries = []
+    write_text = Path.write_text
 
-    def failing_write(path, write):
-        def broken(tmp):
-            temporaries.append(tmp)
-            tmp.write_text("half a plug-in")
-            raise OSError(28, "No space left on device")
-        return real(path, broken)
+    def disk_full(self, text, *args, **kwargs):
+        temporaries.append(self)
+        write_text(self, text[:100], *args, **kwargs)
+        raise OSError(28, "No space left on device")
 
-    real = images.atomic_write
-    monkeypatch.setattr(images, "atomic_write", failing_write)
+    monkeypatch.setattr(Path, "write_text", disk_full)
     with pytest.raises(UserError, match="No space left on device"):
         installer.install("2.10", plug_ins, model=model_path)
+    monkeypatch.undo()
     assert (plug_ins / "stylefu_gimp2.py").read_text() == before
-    assert temporaries and not any(t.exists() for t in temporaries)
+    assert temporaries and all(t.parent == plug_ins and t.name.startswith(".") for t in temporaries)
+    assert not any(t.exists() for t in temporaries)
     assert sorted(os.listdir(plug_ins)) == ["stylefu_gimp2.json", "stylefu_gimp2.py"]

@@ -39,7 +39,7 @@ LIMITS = {"strength": (0.0, 100.0, 1.0), "iterations": (1, 10000, 10), "size": (
           "tile_size": (0, 8192, 64), "style_scale": (0.1, 8.0, 0.1), "seed": (0, 2 ** 31 - 1, 1),
           "second_style_weight": (0.0, 1.0, 0.05), "preview_size": (0, 2048, 16)}
 # The quality choice beyond the core's presets: the default preset's schedule with the dialog's
-# evaluation count at full size (`--iterations`); every other quality ignores that count.
+# evaluation count at full size (`--evaluations`); every other quality ignores that count.
 CUSTOM_QUALITY = "custom"
 # What counts as a style image in a folder of candidates (what the worker reads).
 STYLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".npy")
@@ -158,11 +158,11 @@ def run_options(values, settings, styles=1):
                "--style-scale", repr(float(values["style_scale"])),
                "--seed", str(int(values["seed"])), "--device", str(values["device"])]
     if values["preset"] == CUSTOM_QUALITY:
-        options += ["--iterations", str(int(values["iterations"]))]
+        options += ["--evaluations", str(int(values["iterations"]))]
     else:
         options += ["--preset", str(values["preset"])]
     if values.get("tile_size") is not None:
-        options += ["--tile-size", str(int(values["tile_size"]))]
+        options += ["--crop-side", str(int(values["tile_size"]))]
     if styles == 2:
         blend = second_style_blend(values["second_style_weight"])
         options += ["--style-blend", ",".join(repr(w) for w in blend)]
@@ -448,17 +448,16 @@ def read_npy(path):
 # --- running the worker ----------------------------------------------------------------------
 
 def progress_text(record, title=TITLE):
-    """The progress bar's text for one JSON progress record: stage, scale and iteration."""
+    """The progress bar's text for one JSON progress record: level and evaluation."""
     if record.get("event") == "progress":
-        text = "%s: scale %d of %d, iteration %d of %d" % (
-            title, record["scale"], record["scales"], record["iteration"], record["iterations"])
-        if record["iteration"] >= record["iterations"] and record["scale"] < record["scales"]:
-            text = "%s: scale %d of %d, computing targets" % (
-                title, record["scale"] + 1, record["scales"])
-        return text
+        level, levels = record["level"], record["levels"]
+        if record["evaluation"] >= record["evaluations"] and level < levels:
+            return "%s: level %d of %d, computing targets" % (title, level + 1, levels)
+        return "%s: level %d of %d, evaluation %d of %d" % (
+            title, level, levels, record["evaluation"], record["evaluations"])
     if record.get("event") == "notice":  # e.g. "2048x1536 px is optimised in 512 px tiles"
         return "%s: %s" % (title, record.get("message", ""))
-    return "%s: %s" % (title, record.get("stage") or record.get("event", ""))
+    return "%s: %s" % (title, record.get("event", ""))
 
 
 def _last_line(path):
