@@ -28,6 +28,13 @@ EXIT_CANCELLED = 130
 COMMANDS_GROUP = "stylefu.commands"  # entry points: callables add_parser(subparsers)
 
 
+def _inverse_mask(path: str):
+    """--mask-inverse's value: guides.Inverse(path) (imported on use: guides loads torch)."""
+    from .guides import Inverse
+
+    return Inverse(path)
+
+
 def _parse_floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(","))
@@ -264,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mask", dest="masks", action="append", metavar="PATH",
                      help="grayscale mask, white where the style goes (soft edges blend); once for "
                      "all styles, or once per style in the styles' order (each its own region)")
+    run.add_argument("--mask-inverse", dest="masks", action="append", type=_inverse_mask,
+                     metavar="PATH",
+                     help="as --mask, with 1 - the mask at PATH (the style goes where it is black)")
     run.add_argument("--watch-stdin", action="store_true",
                      help="stop when stdin closes (used by the GIMP plug-ins)")
     run.add_argument("--keep-size", action="store_true",
