@@ -17,6 +17,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("lbfgs", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 COLOR_MODES = ("none", "luminance", "histogram")
+COMPILE_MODES = ("auto", "on", "off")
 # Crops are cut on a 16 px grid; below 32 px a crop would hold almost no core and no context.
 MIN_TILE_SIZE = 32
 
@@ -70,6 +71,8 @@ class Config:
     style_blend: tuple[float, ...] | None = _f(None, "blend weight per style (default: equal)")
     tile_size: int = _f(0, "tile size in px for huge images (0: automatic)")
     save_every: int = _f(0, "save the current image every N evaluations (0: never)")
+    compile: str = _f("auto", "compile the loss with torch.compile: auto (where the run is long "
+                      "enough to pay), on, off", choices=COMPILE_MODES)
 
     def schedule_value(self, name: str):
         """A SCHEDULE_FIELDS entry: the explicit value, else the preset's."""
@@ -97,7 +100,8 @@ class Config:
         if self.content_weight == 0 and self.style_weight == 0:
             raise UserError("--content-weight and --style-weight cannot both be zero.")
         for name, allowed in (("optimizer", OPTIMIZERS), ("device", DEVICES),
-                              ("precision", PRECISIONS), ("preserve_colors", COLOR_MODES)):
+                              ("precision", PRECISIONS), ("preserve_colors", COLOR_MODES),
+                              ("compile", COMPILE_MODES)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}.")
         if self.style_layer_weights is not None:

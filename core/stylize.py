@@ -17,6 +17,8 @@ import torch
 
 from . import color, losses, tiling
 from . import masks as masking
+from .compiled import Evaluation, should_compile
+from .compiled import failure as compiled_failure
 from .config import Config
 from .errors import Cancelled, NumericalError, UserError
 from .images import (
@@ -286,7 +288,8 @@ def loss_scale(config: Config) -> Callable[[torch.Tensor], float]:
 
 def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config: Config,
              report: Callable[[int, float, dict, torch.Tensor], None],
-             cancel: CancelToken, tolerance: float = 0.0) -> tuple[torch.Tensor, int]:
+             cancel: CancelToken, tolerance: float = 0.0, compiled: bool = False,
+             log: Callable[[str], None] | None = None) -> tuple[torch.Tensor, int]:
     """Run up to `evaluations` loss+gradient evaluations of L-BFGS or Adam on `image`'s pixels.
 
     torch.optim.LBFGS with max_iter=1 per step() keeps its history across steps, so each step is
@@ -295,8 +298,10 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
     evaluations made. The image is the one after the last step when the last evaluation was the
     best so far (so even one evaluation moves it), else the best one evaluated: L-BFGS without a
     line search (the paper's usual set-up) sometimes oversteps, and the loss jumps 10-1000x.
+    `compiled`: evaluate through torch.compile (core/compiled.py; eager after one line if it fails).
     """
     x = image.clone().requires_grad_(True)
+    evaluation = Evaluation(objective, compiled, log)
     if config.optimizer == "lbfgs":
         # torch's absolute stopping thresholds (gradient 1e-7, change 1e-9) are made for losses
         # near 1; ours are near 1e-3 with per-pixel gradients near 1e-7, and L-BFGS would stop
@@ -311,18 +316,16 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
     scale = loss_scale(config)
 
     def closure():
-        opt.zero_grad(set_to_none=True)
-        total, parts = objective(x)
+        total, parts, grad = evaluation(x, scale)
         if not torch.isfinite(total):
             raise NumericalError("The loss became NaN or infinite; lower --style-weight or "
                                  "--learning-rate, or use --precision fp32.")
-        scaled = total * scale(total)
-        scaled.backward()
-        last["total"], last["parts"] = total.detach(), {k: v.detach() for k, v in parts.items()}
-        loss = float(last["total"])
+        x.grad = grad
+        last["total"], last["parts"] = total, parts
+        loss = float(total)
         if loss < best["loss"]:
             best.update(loss=loss, image=x.detach().clone())
-        return scaled.detach()
+        return total * scale(total)
 
     done = 0
     for done in range(1, evaluations + 1):
@@ -581,6 +584,9 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
                                         [p.rgb for p in style_pics])
     image = initial_image(content_rgb, sizes[0], config, generator)
     evaluations, tiles, layouts = 0, {}, []
+    plan = [(s, config.schedule_value("iterations" if k == len(sizes) else "coarse_iterations"))
+            for k, s in enumerate(sizes, start=1)]
+    compiled = should_compile(config.compile, model.device, plan, log)
     try:
         for k, size in enumerate(sizes, start=1):
             final = k == len(sizes)
@@ -613,7 +619,8 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
             else:
                 objective = Objective(model, targets, config, dtype)
                 image, done = optimise(objective, image, count, config, report, cancel,
-                                       tolerance=config.schedule_value("tolerance"))
+                                       tolerance=config.schedule_value("tolerance"),
+                                       compiled=compiled, log=log)
             if mask_arrays:
                 # Outside every mask the content, exactly; soft edges blend.
                 region = masking.union([t.mask for t in targets.style_terms()])
@@ -634,7 +641,8 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     metrics.update(iterations=evaluations, seconds=round(time.perf_counter() - started, 3),
                    device=str(model.device), precision=str(dtype).replace("torch.", ""),
                    weights_source=model.weights_source, model=str(model.path),
-                   sizes=[list(s) for s in sizes], tiles=tiles)
+                   sizes=[list(s) for s in sizes], tiles=tiles,
+                   compiled=compiled and not compiled_failure())
     if tile:
         metrics["seam_ratio"] = tiling.seam_ratio(result, layouts)
     return StylizeResult(result, alpha, metrics)
