@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -32,7 +33,7 @@ MIN_TORCH = (2, 4)  # dynamic shapes through custom autograd Functions (our Gram
 COMPILE_MIN_WORK = 16e6
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
-_state = {"problem": None, "compiles": 0, "told": False}
+_state = {"problem": None, "compiles": 0, "told": False, "seconds": 0.0}
 _lock = threading.Lock()
 
 
@@ -116,7 +117,11 @@ class Evaluation:
     def __call__(self, image: torch.Tensor, factor: Callable[[torch.Tensor], float] = lambda t: 1.0):
         if self.compiled and not _state["problem"]:
             try:
-                return self._run(self._compiled_fn, image, factor)
+                count, started = _state["compiles"], time.perf_counter()
+                out = self._run(self._compiled_fn, image, factor)
+                if _state["compiles"] > count:  # this call compiled (or loaded from the cache)
+                    _state["seconds"] += time.perf_counter() - started
+                return out
             except Exception as exc:
                 if _out_of_memory(exc):
                     raise
@@ -138,6 +143,11 @@ class Evaluation:
 def compile_count() -> int:
     """Graphs compiled (or loaded from the cache) by this process: a recompile shows up here."""
     return _state["compiles"]
+
+
+def compile_seconds() -> float:
+    """Wall time of this process's evaluations that compiled (or loaded compiled code)."""
+    return _state["seconds"]
 
 
 def _backend(gm, example_inputs):

@@ -17,7 +17,7 @@ import torch
 
 from . import color, losses, tiling
 from . import masks as masking
-from .compiled import Evaluation, should_compile
+from .compiled import Evaluation, compile_seconds, should_compile
 from .compiled import failure as compiled_failure
 from .config import Config
 from .errors import Cancelled, NumericalError, UserError
@@ -587,6 +587,7 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     plan = [(s, config.schedule_value("iterations" if k == len(sizes) else "coarse_iterations"))
             for k, s in enumerate(sizes, start=1)]
     compiled = should_compile(config.compile, model.device, plan, log)
+    compile_started = compile_seconds()
     try:
         for k, size in enumerate(sizes, start=1):
             final = k == len(sizes)
@@ -642,7 +643,8 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
                    device=str(model.device), precision=str(dtype).replace("torch.", ""),
                    weights_source=model.weights_source, model=str(model.path),
                    sizes=[list(s) for s in sizes], tiles=tiles,
-                   compiled=compiled and not compiled_failure())
+                   compiled=compiled and not compiled_failure(),
+                   compile_seconds=round(compile_seconds() - compile_started, 3))
     if tile:
         metrics["seam_ratio"] = tiling.seam_ratio(result, layouts)
     return StylizeResult(result, alpha, metrics)
