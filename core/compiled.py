@@ -100,13 +100,13 @@ def failure() -> str | None:
 
 
 class Evaluation:
-    """`fn(image) -> (total, parts)` as loss and gradient, compiled or eager.
+    """`fn(image) -> (total, parts)` as an optimiser's loss, compiled or eager.
 
-    `__call__(image, factor)` returns (total, parts, gradient of factor(total) * total w.r.t.
-    `image`), everything detached. `factor` scales the loss before the backward pass (the
-    optimiser's loss scaling; it also keeps fp16 gradients above underflow). A compiler failure at
-    any call (first compile, backward compile, a new shape) switches this process to eager for good
-    after one line saying why; the evaluation that failed is redone eagerly.
+    `__call__(x)` returns (total, parts, backward); `backward(factor)` adds factor * d(total)/dx
+    to `x.grad` (`factor`: the optimiser's loss scaling, applied before the backward pass so that
+    low-precision gradients stay clear of underflow). A compiler failure at any point (the first
+    compile, the backward's, a new shape) switches this process to eager for good after one line
+    saying why, and the evaluation that failed is redone eagerly: a fallback never fails a run.
     """
 
     def __init__(self, fn: Callable, compiled: bool, log: Callable[[str], None] | None = None):
@@ -114,30 +114,43 @@ class Evaluation:
         self.compiled = compiled and not _state["problem"]
         self._compiled_fn = _compile(fn) if self.compiled else None
 
-    def __call__(self, image: torch.Tensor, factor: Callable[[torch.Tensor], float] = lambda t: 1.0):
+    def __call__(self, x: torch.Tensor):
         if self.compiled and not _state["problem"]:
             try:
-                count, started = _state["compiles"], time.perf_counter()
-                out = self._run(self._compiled_fn, image, factor)
-                if _state["compiles"] > count:  # this call compiled (or loaded from the cache)
-                    _state["seconds"] += time.perf_counter() - started
-                return out
+                total, parts = _timed(self._compiled_fn, x)
+                return total, parts, self._compiled_backward(x, total)
             except Exception as exc:
-                if _out_of_memory(exc):
-                    raise
-                _state["problem"] = f"compiling failed: {_why(exc)}"
-                _tell(f"the loss runs uncompiled ({_state['problem']}).", self.log)
+                self._failed(exc)
         self.compiled = False
-        return self._run(self.fn, image, factor)
+        total, parts = self.fn(x)
+        return total, parts, lambda factor: (total * factor).backward()
 
-    @staticmethod
-    def _run(fn, image, factor):
-        x = image.detach().requires_grad_(True)
-        with torch.enable_grad():
-            total, parts = fn(x)
-            scale = factor(total)
-            (grad,) = torch.autograd.grad(total * scale if scale != 1.0 else total, x)
-        return total.detach(), {k: v.detach() for k, v in parts.items()}, grad
+    def _compiled_backward(self, x: torch.Tensor, total: torch.Tensor) -> Callable[[float], None]:
+        def backward(factor: float) -> None:
+            try:
+                _timed(lambda: (total * factor).backward())
+            except Exception as exc:
+                self._failed(exc)
+                x.grad = None
+                again, _ = self.fn(x)
+                (again * factor).backward()
+        return backward
+
+    def _failed(self, exc: Exception) -> None:
+        if _out_of_memory(exc):
+            raise exc
+        self.compiled = False
+        _state["problem"] = f"compiling failed: {_why(exc)}"
+        _tell(f"the loss runs uncompiled ({_state['problem']}).", self.log)
+
+
+def _timed(fn: Callable, *args):
+    """fn(*args), its wall time added to `compile_seconds` when it compiled (or loaded) a graph."""
+    count, started = _state["compiles"], time.perf_counter()
+    out = fn(*args)
+    if _state["compiles"] > count:
+        _state["seconds"] += time.perf_counter() - started
+    return out
 
 
 def compile_count() -> int:

@@ -316,16 +316,18 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
     scale = loss_scale(config)
 
     def closure():
-        total, parts, grad = evaluation(x, scale)
+        opt.zero_grad(set_to_none=True)
+        total, parts, backward = evaluation(x)
         if not torch.isfinite(total):
             raise NumericalError("The loss became NaN or infinite; lower --style-weight or "
                                  "--learning-rate, or use --precision fp32.")
-        x.grad = grad
-        last["total"], last["parts"] = total, parts
-        loss = float(total)
+        factor = scale(total)
+        backward(factor)
+        last["total"], last["parts"] = total.detach(), {k: v.detach() for k, v in parts.items()}
+        loss = float(last["total"])
         if loss < best["loss"]:
             best.update(loss=loss, image=x.detach().clone())
-        return total * scale(total)
+        return (total * factor).detach()
 
     done = 0
     for done in range(1, evaluations + 1):

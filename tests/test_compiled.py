@@ -43,6 +43,14 @@ def _image(h, w, seed=0):
     return torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
+def _loss_and_grad(evaluation, image, factor=1.0):
+    """What an optimiser step sees: the loss, its parts, and factor x the gradient."""
+    x = image.clone().requires_grad_(True)
+    total, parts, backward = evaluation(x)
+    backward(factor)
+    return total.detach(), {k: v.detach() for k, v in parts.items()}, x.grad
+
+
 @pytest.fixture
 def fresh_state(monkeypatch):
     """Each test sees (and leaves) the process's compile state as it found it."""
@@ -59,9 +67,9 @@ def test_compiled_matches_eager_and_one_graph_serves_two_sizes(tmp_path, monkeyp
     # Loss tolerance: float32 sums reordered by fusion (1e-5 relative); gradient: the same.
     for k, (h, w) in enumerate([(32, 40), (48, 24)]):
         objective = TinyObjective(seed=k)  # a new objective per level, as stylize makes them
-        eager = Evaluation(objective, compiled=False)(_image(h, w, k), lambda t: 2.0)
+        eager = _loss_and_grad(Evaluation(objective, compiled=False), _image(h, w, k), 2.0)
         fast = Evaluation(objective, compiled=True)
-        total, parts, grad = fast(_image(h, w, k), lambda t: 2.0)
+        total, parts, grad = _loss_and_grad(fast, _image(h, w, k), 2.0)
         assert fast.compiled, compiled.failure()
         assert torch.allclose(total, eager[0], rtol=1e-5, atol=0)
         for name in parts:
@@ -90,9 +98,9 @@ def test_a_compiler_failure_falls_back_with_one_line(monkeypatch, fresh_state, c
     objective = Other(seed=3)
     lines = []
     evaluation = Evaluation(objective, compiled=True, log=lines.append)
-    total, _, grad = evaluation(_image(16, 16))
-    again = evaluation(_image(16, 16))
-    expected = Evaluation(objective, compiled=False)(_image(16, 16))
+    total, _, grad = _loss_and_grad(evaluation, _image(16, 16))
+    again = _loss_and_grad(evaluation, _image(16, 16))
+    expected = _loss_and_grad(Evaluation(objective, compiled=False), _image(16, 16))
     assert not evaluation.compiled
     assert torch.equal(total, expected[0]) and torch.equal(grad, expected[2])
     assert torch.equal(again[2], expected[2])
@@ -175,3 +183,15 @@ def test_the_torch_weights_copy_loads_the_same_network(model_path):
         assert torch_weights_file(model_path) != ready
     finally:
         os.utime(model_path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_a_short_run_stays_eager_by_default(model_path, images):
+    """`auto` at a test's size: nothing to win, so nothing is compiled (and the metrics say so)."""
+    from stylefu.core import Config, stylize
+
+    content, style = images
+    before = compiled.compile_count()
+    result = stylize(content, style, model=model_path,
+                     config=Config(size=64, preset="draft", iterations=2, coarse_iterations=2))
+    assert result.metrics["compiled"] is False and result.metrics["compile_seconds"] == 0
+    assert compiled.compile_count() == before
