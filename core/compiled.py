@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -61,6 +63,10 @@ def compile_problem(device: torch.device) -> str | None:
             if importlib.util.find_spec("triton") is None:
                 return "triton is not installed"
         else:
+            if sys.platform == "darwin" and subprocess.run(
+                    ["xcode-select", "-p"], capture_output=True).returncode != 0:
+                # Without the command line tools, running /usr/bin/g++ opens an install dialog.
+                return "no C++ compiler was found"
             from torch._inductor.cpp_builder import get_cpp_compiler
             get_cpp_compiler()
     except Exception as exc:  # InvalidCxxCompiler and whatever an odd install raises
