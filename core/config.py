@@ -61,7 +61,7 @@ class Config:
     optimizer: str = _f("lbfgs", "optimiser: lbfgs (the paper's) or adam", choices=OPTIMIZERS)
     learning_rate: float = _f(0.02, "Adam's step size on 0..1 pixels (L-BFGS uses 1)")
     init: str = _f("content", "start image: content, noise, or an image path")
-    seed: int = _f(0, "random seed: the same seed and inputs give the same output bytes on CPU")
+    seed: int = _f(0, "random seed: the same seed and inputs give the same bytes on the same machine")
     device: str = _f("auto", "auto (CUDA if available), cpu or cuda", choices=DEVICES)
     precision: str = _f("auto", "convolution precision; losses are float32 (auto: bf16 where "
                         "the hardware has it)", choices=PRECISIONS)
