@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,16 +181,15 @@ def torch_weights_file(path: str | Path) -> Path:
 
 
 def _save_torch_weights(net: VGGFeatures, target: Path) -> None:
-    """Write the torch copy (temp file, then rename); a cache that cannot be written is skipped."""
-    from .paths import atomic_target
+    """Write the torch copy (atomically); a cache that cannot be written is skipped."""
+    from .files import atomic_write
 
     info = {k: v for k, v in dataclasses.asdict(net.info).items() if k != "path"}
     weights = {f"{name}.{part}": getattr(conv, part).detach().clone()
                for (name, _, _), conv in zip(CONVS, net.convs) for part in ("weight", "bias")}
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = atomic_target(target)
-        torch.save({"info": json.dumps(info), "weights": weights}, tmp)
-        os.replace(tmp, target)
-    except OSError:
+        atomic_write(target, lambda tmp: torch.save({"info": json.dumps(info),
+                                                     "weights": weights}, tmp))
+    except (OSError, UserError):
         pass

@@ -209,11 +209,11 @@ def run_ours(content, style, config, model, snapshot_every: int = 5):
 
     def callback(p):
         entered = time.perf_counter()
-        if p.scale == p.scales:
+        if p.level == p.levels:
             t = entered - start - state["overhead"]
             stamps.append(t)
             state["last"] = (t, p.pixels())
-            if p.iteration % snapshot_every == 0:
+            if p.evaluation % snapshot_every == 0:
                 snaps.append(state["last"])
         state["overhead"] += time.perf_counter() - entered
 
@@ -276,7 +276,8 @@ def paired_per_eval(model, reference, content, style, size, targets, repeats: in
     and ours compiled, interleaved so that load changes hit all three alike."""
     from stylefu.core.compiled import Evaluation, compile_problem
     from stylefu.core.model import resolve_precision
-    from stylefu.core.stylize import Objective, compute_targets
+    from stylefu.core.objective import Objective
+    from stylefu.core.targets import compute_targets
 
     config = our_config(size, "normal")
     ours_targets = compute_targets(model, content, [style], (size, size), config)
@@ -332,7 +333,7 @@ def bench_size(case: str, size: int, args, model, reference: Reference) -> dict:
     from stylefu.core import stylize
     for mode in ("on", "off"):
         stylize(content, style, model=model, config=our_config(size, "draft", compile=mode).with_(
-            iterations=2, coarse_iterations=2))
+            evaluations=2, coarse_evaluations=2))
 
     paired = paired_per_eval(model, reference, content, style, size, targets, args.paired)
 
@@ -343,9 +344,9 @@ def bench_size(case: str, size: int, args, model, reference: Reference) -> dict:
         result, snaps, stamps, total = run_ours(content, style, config, model)
         m = result.metrics
         rows[preset] = dict(config=config, snaps=snaps, stamps=stamps, total=total,
-                            rss=peak_rss_mb(), evals=m["iterations"], sizes=m["sizes"],
+                            rss=peak_rss_mb(), evals=m["evaluations"], sizes=m["sizes"],
                             precision=m["precision"], compiled=m.get("compiled"))
-        print(f"ours {preset:6s}: {total:7.1f} s, {m['iterations']} evaluations over {m['sizes']}"
+        print(f"ours {preset:6s}: {total:7.1f} s, {m['evaluations']} evaluations over {m['sizes']}"
               f", {per_eval(stamps):.3f} s/eval at full size, compiled {m.get('compiled')}, "
               f"peak RSS {rows[preset]['rss']:.0f} MB", flush=True)
 
@@ -425,7 +426,7 @@ def bench_size(case: str, size: int, args, model, reference: Reference) -> dict:
                         "peak_rss_mb": r["rss"],
                         "reference_evaluations_to_match": r["ref_equiv"],
                         "schedule": {k: r["config"].schedule_value(k) for k in
-                                     ("scales", "iterations", "coarse_iterations", "tolerance")}}
+                                     ("levels", "evaluations", "coarse_evaluations", "tolerance")}}
                     for p, r in rows.items()},
     }
 

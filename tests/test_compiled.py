@@ -192,6 +192,6 @@ def test_a_short_run_stays_eager_by_default(model_path, images):
     content, style = images
     before = compiled.compile_count()
     result = stylize(content, style, model=model_path,
-                     config=Config(size=64, preset="draft", iterations=2, coarse_iterations=2))
+                     config=Config(size=64, preset="draft", evaluations=2, coarse_evaluations=2))
     assert result.metrics["compiled"] is False and result.metrics["compile_seconds"] == 0
     assert compiled.compile_count() == before
