@@ -87,7 +87,7 @@ def should_compile(mode: str, device: torch.device, levels: Sequence[tuple[tuple
     Decided from the configuration only, never from timings or the cache's state, so the same
     inputs give the same bytes on a machine. Where compiling cannot work, `log` gets one line.
     """
-    if mode == "off" or (mode == "auto" and planned_work(levels) < COMPILE_MIN_WORK):
+    if mode == "off" or not levels or (mode == "auto" and planned_work(levels) < COMPILE_MIN_WORK):
         return False
     problem = compile_problem(device)
     if problem:
