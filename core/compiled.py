@@ -30,9 +30,13 @@ from .paths import cache_dir
 
 MIN_TORCH = (2, 4)  # dynamic shapes through custom autograd Functions (our Gram) work from 2.4 on
 # `auto` compiles a run whose planned work (pixels x evaluations, summed over its levels) is at
-# least this: there the time saved (about a third of each evaluation) exceeds loading the compiled
-# code from a warm cache (about 3 s). `normal` at 512 px plans 35 M, `draft` at 256 px 3.2 M.
+# least this: there the time saved (a sixth of each evaluation without AMX, a third with it)
+# exceeds loading the compiled code from a warm cache (about 3 s). `normal` at 512 px plans 34 M,
+# `draft` at 256 px 2 M. Re-tune from bench_speed's normal_512 against normal_512_eager.
 COMPILE_MIN_WORK = 16e6
+# `auto` leaves levels below this many pixels eager: there the compiled code won nothing (64 px
+# here: 0.57 s against 0.36 s of CPU per evaluation); the one compiled graph serves the others.
+COMPILE_MIN_PIXELS = 192 * 192
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 _state = {"problem": None, "compiles": 0, "told": False, "seconds": 0.0}
@@ -75,8 +79,14 @@ def compile_problem(device: torch.device) -> str | None:
 
 
 def planned_work(levels: Sequence[tuple[tuple[int, int], int]]) -> float:
-    """Pixels x evaluations of a run's levels [((h, w), evaluations), ...]."""
-    return float(sum(h * w * n for (h, w), n in levels))
+    """Pixels x evaluations of a run's levels [((h, w), evaluations), ...] that `auto` compiles."""
+    return float(sum(h * w * n for (h, w), n in levels if level_compiled("auto", (h, w))))
+
+
+def level_compiled(mode: str, size: tuple[int, int]) -> bool:
+    """Whether a level of a compiling run uses the compiled code: `on` everywhere, `auto` at
+    COMPILE_MIN_PIXELS and up."""
+    return mode == "on" or size[0] * size[1] >= COMPILE_MIN_PIXELS
 
 
 def should_compile(mode: str, device: torch.device, levels: Sequence[tuple[tuple[int, int], int]],

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import color, guides, tiling
-from .compiled import compile_seconds, should_compile
+from .compiled import compile_seconds, level_compiled, should_compile
 from .compiled import failure as compiled_failure
 from .config import Config
 from .errors import UserError
@@ -186,7 +186,8 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
         with _memory_guard(level.size, model.device):
             image, run, targets = _run_level(level, len(plan), image, model, content_rgb, styles,
                                              mask_arrays, config, dtype, callback, cancel,
-                                             generator, log, compiled)
+                                             generator, log,
+                                             compiled and level_compiled(config.compile, level.size))
         evaluations += run.evaluations
         runs.append((run, targets))
     last_run, last_targets = runs[-1]

@@ -141,6 +141,9 @@ def test_auto_compiles_long_runs_only(monkeypatch, fresh_state):
     assert not should_compile("auto", cpu, preview_192)
     assert should_compile("on", cpu, draft_256)
     assert not should_compile("off", cpu, normal_512)
+    # Within a compiling run, `auto` leaves the tiny coarse levels eager; `on` compiles them too.
+    assert [compiled.level_compiled("auto", s) for s, _ in normal_512] == [False, True, True]
+    assert all(compiled.level_compiled("on", s) for s, _ in normal_512)
 
 
 def test_the_cache_lives_in_stylefus_cache_folder(monkeypatch, tmp_path):
