@@ -17,6 +17,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("lbfgs", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 COLOR_MODES = ("none", "luminance", "histogram")
+COMPILE_MODES = ("auto", "on", "off")
 # Crops are cut on a 16 px grid; below 32 px a crop would hold almost no core and no context.
 MIN_CROP_SIDE = 32
 
@@ -92,6 +93,8 @@ class Config:
     crop_side: int = _f(0, "side in px of the crops a huge image is optimised in (0: automatic)",
                         aliases=("--tile-size",))
     save_every: int = _f(0, "save the current image every N evaluations (0: never)")
+    compile: str = _f("auto", "compile the loss with torch.compile: auto (where the run is long "
+                      "enough to pay), on, off", choices=COMPILE_MODES)
 
     @property
     def plain_loss(self) -> bool:
@@ -134,7 +137,8 @@ class Config:
                 raise UserError("--strength sets the balance of the normalised loss; give either "
                                 "--strength or --content-weight/--style-weight/--style-layer-weights.")
         for name, allowed in (("optimizer", OPTIMIZERS), ("device", DEVICES),
-                              ("precision", PRECISIONS), ("preserve_colors", COLOR_MODES)):
+                              ("precision", PRECISIONS), ("preserve_colors", COLOR_MODES),
+                              ("compile", COMPILE_MODES)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}.")
         if self.style_layer_weights is not None:

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from . import balance, color, guides, tiling
+from .compiled import compile_seconds, level_compiled, should_compile
+from .compiled import failure as compiled_failure
 from .config import Config
 from .errors import UserError
 from .images import (
@@ -188,12 +190,17 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
                                         [p.rgb for p in style_pics])
     config = balanced(config, model, content_rgb, styles, plan[0].size)
     image = initial_image(content_rgb, plan[0].size, config, generator)
+    # Whole-image levels may run compiled (tiled ones stay eager): decided once per run.
+    compiled = should_compile(config.compile, model.device,
+                              [(lv.size, lv.evaluations) for lv in plan if not lv.crop_side], log)
+    compile_started = compile_seconds()
     evaluations, runs = 0, []
     for level in plan:
         with _memory_guard(level.size, model.device):
             image, run, targets = _run_level(level, len(plan), image, model, content_rgb, styles,
                                              mask_arrays, config, dtype, callback, cancel,
-                                             generator, log)
+                                             generator, log,
+                                             compiled and level_compiled(config.compile, level.size))
         evaluations += run.evaluations
         runs.append((run, targets))
     last_run, last_targets = runs[-1]
@@ -211,7 +218,9 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
                    weights_source=model.weights_source, model=str(model.path),
                    sizes=[list(level.size) for level in plan],
                    tiles={f"{lv.size[1]}x{lv.size[0]}": lv.crop_side for lv in plan if lv.crop_side},
-                   loss_weights=balance.weights_record(config))
+                   loss_weights=balance.weights_record(config),
+                   compiled=compiled and not compiled_failure(),
+                   compile_seconds=round(compile_seconds() - compile_started, 3))
     if final.crop_side:
         metrics["seam_ratio"] = tiling.seam_ratio(result, [last_run.cores])
     return StylizeResult(result, alpha, metrics)
@@ -220,9 +229,10 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
 def _run_level(level: Level, levels: int, image: torch.Tensor, model: StyleModel,
                content_rgb: np.ndarray, styles: list[np.ndarray], mask_arrays: list[np.ndarray],
                config: Config, dtype: torch.dtype, callback, cancel: CancelToken,
-               generator: torch.Generator, log: Callable[[str], None]):
+               generator: torch.Generator, log: Callable[[str], None], compiled: bool = False):
     """One level: targets, the image resized to the level, optimised, composited by the guides.
-    Returns the image, the optimiser's result and the targets (the last level's are measured)."""
+    Returns the image, the optimiser's result and the targets (the last level's are measured).
+    `compiled`: a whole-image level evaluates its loss through torch.compile (core/compiled.py)."""
     size, side = level.size, level.crop_side
     if side:
         need = tiling.torch_bytes(*size, config.optimizer) / 1e9
@@ -249,7 +259,7 @@ def _run_level(level: Level, levels: int, image: torch.Tensor, model: StyleModel
                                         generator, tolerance)
     else:
         run = optimise(Objective(model, targets, config, dtype), image, level.evaluations, config,
-                       report, cancel, tolerance)
+                       report, cancel, tolerance, compiled=compiled, log=log)
     image = run.image
     if mask_arrays:
         # Outside every guide the content, exactly; soft edges blend.
