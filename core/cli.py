@@ -1,4 +1,4 @@
-"""The `stylefu` command: run, preview, demo, export, info, gimp.
+"""The `stylefu` command: run, batch, preview, demo, export, info, gimp.
 
 Every `run` option is generated from the Config dataclass, so defaults and help live in one place.
 User errors end in one sentence on stderr (or a JSON error record) and exit code 2.
@@ -318,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--model")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
+
+    from .batch_cli import add_batch_parser
+    add_batch_parser(sub, add_config_options, config_from_args)
 
     from stylefu.plugin.installer import add_gimp_parser
     add_gimp_parser(sub)
