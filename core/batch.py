@@ -424,8 +424,14 @@ def _worker_main(wid: int, setup: WorkerSetup, tasks, results, cancel) -> None:
         results.put(("broken", wid, f"{type(exc).__name__}: {exc}"))
         return
     results.put(("ready", wid, None))
+    parent = os.getppid()
     while True:
-        task = tasks.get()
+        try:
+            task = tasks.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:  # the driver was killed: nobody wants our results
+                return
+            continue
         if task is None:
             return
         index, item, init, previous = task
