@@ -17,6 +17,7 @@ The `stylefu batch` command is this iterator plus the manifest (`Manifest`), `--
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -259,13 +260,22 @@ def worker_threads(workers: int, cores: int | None = None) -> int:
     return max(1, (cores or usable_cores()) // max(1, workers))
 
 
-def default_workers(cores: int | None = None, gpus: int = 0) -> int:
-    """One worker per GPU; on CPUs one per THREADS_PER_WORKER cores (at least 1)."""
+def default_workers(cores: int | None = None, gpus: int = 0, config: Config | None = None) -> int:
+    """One worker per GPU; on CPUs one per THREADS_PER_WORKER cores, no more than the memory
+    holds (each worker plans its run on the whole budget: tiling.torch_bytes at `config.size`,
+    plus ONNX Runtime's share)."""
     from .engine import usable_cores
 
     if gpus:
         return gpus
-    return max(1, (cores or usable_cores()) // THREADS_PER_WORKER)
+    workers = max(1, (cores or usable_cores()) // THREADS_PER_WORKER)
+    if config is not None:
+        from . import tiling
+
+        side = config.size
+        per_worker = tiling.torch_bytes(side, side, config.optimizer) / (1 - tiling.ORT_SHARE)
+        workers = min(workers, max(1, int(tiling.budget_bytes("cpu") // per_worker)))
+    return workers
 
 
 def set_threads(threads: int) -> None:
@@ -505,8 +515,12 @@ class LocalPool:
         for _, tasks in self.procs.values():
             tasks.put(None)
         deadline = time.monotonic() + (STOP_GRACE_S if cancel else 60.0)
+        while time.monotonic() < deadline and any(p.is_alive() for p, _ in self.procs.values()):
+            with contextlib.suppress(queue.Empty, OSError, EOFError):
+                while True:  # a worker cannot exit while its last message waits in a full pipe
+                    self.results.get_nowait()
+            time.sleep(0.05)
         for proc, _ in self.procs.values():
-            proc.join(max(0.1, deadline - time.monotonic()))
             if proc.is_alive():
                 proc.terminate()
                 proc.join(5)
@@ -515,6 +529,7 @@ class LocalPool:
 def _run_local(items: list[tuple[int, BatchItem]], config: Config, model_path: str, device: str,
                options: RunOptions, workers: int, gpus: int, on_progress, cancel,
                keep_images: bool) -> Iterator[ItemResult]:
+    workers = min(workers, len(items))
     setup = WorkerSetup(model_path, device, worker_threads(workers) if not gpus else 1, config,
                         options, on_progress is not None)
     todo = list(items)
@@ -522,12 +537,12 @@ def _run_local(items: list[tuple[int, BatchItem]], config: Config, model_path: s
     attempts: dict[int, int] = {}
     held: dict[int, int] = {}  # worker id -> item index
     idle: list[int] = []
-    pool = LocalPool(setup, min(workers, len(items)), gpus)
+    pool = LocalPool(setup, workers, gpus)
     finished = False
     try:
         while todo or held:
             if _cancelled(cancel):
-                raise KeyboardInterrupt
+                raise Cancelled("Cancelled.")
             while idle and todo:
                 index, item = todo.pop(0)
                 wid = idle.pop(0)
@@ -635,7 +650,8 @@ def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = Non
 
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     yield from _run_local(work, config, str(loaded.path), config.device, options,
-                          workers or default_workers(gpus=gpus), gpus, progress, cancel, keep_images)
+                          workers or default_workers(gpus=gpus, config=config), gpus, progress, cancel,
+                          keep_images)
 
 
 def _frames(work, skip, config, loaded, options, workers, ray, progress, cancel, keep_images, entries):
@@ -674,7 +690,7 @@ def _run_local_seeded(run, config, loaded, options, progress, cancel, keep_image
     previous = seeded
     for index, item in run:
         if _cancelled(cancel):
-            raise KeyboardInterrupt
+            raise Cancelled("Cancelled.")
         init, before = previous if previous else (None, None)
 
         def report(record: dict, index=index) -> None:

@@ -98,7 +98,8 @@ def cmd_batch(args, to_config: Callable) -> int:
     if args.resume:
         _, skipped = pending(items, manifest_path, chash)
     progress = BatchProgress(args.progress, len(items) - len(skipped), len(skipped))
-    engine = f"Ray ({args.ray})" if args.ray else f"{args.workers or default_workers()} local worker(s)"
+    workers = args.workers or default_workers(config=config)
+    engine = f"Ray ({args.ray})" if args.ray else f"{workers} local worker(s)"
     if args.progress != "json":
         print(f"stylefu batch: {len(items)} item(s), {len(skipped)} already done (--resume); "
               f"{engine}; manifest {manifest_path}", file=sys.stderr, flush=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .batch import RETRIES, ItemResult, RunOptions, default_workers, finish, worker_threads
 from .config import Config
-from .errors import UserError
+from .errors import Cancelled, UserError
 
 WAIT_S = 0.2  # how often the driver looks at the cancel token while tasks run
 
@@ -133,7 +133,7 @@ def run_ray(work, config: Config, loaded, options: RunOptions, workers: int | No
             raise UserError(f"Cannot reach the Ray cluster at {address} ({exc}); start it with "
                             "`ray start --head` or give --ray without an address.") from None
     gpus = 1 if loaded.device.type == "cuda" else 0
-    threads = 1 if gpus else worker_threads(workers or default_workers())
+    threads = 1 if gpus else worker_threads(workers or default_workers(config=config))
     targets_root = cache_dir() / "targets"
     info = {"model_path": str(loaded.path), "model_sha": model_hash(loaded.path),
             "model": ray.put(Path(loaded.path).read_bytes()),
@@ -166,7 +166,7 @@ def run_ray(work, config: Config, loaded, options: RunOptions, workers: int | No
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_S)
                 if _cancelled(cancel):
-                    raise KeyboardInterrupt
+                    raise Cancelled("Cancelled.")
                 for ref in done:
                     yield _collect(ray, ref, pending, options, keep_images, cancel)
     finally:
@@ -182,7 +182,7 @@ def _collect(ray, ref, pending: dict, options: RunOptions, keep_images: bool, ca
 
     while not ray.wait([ref], timeout=WAIT_S)[0]:
         if _cancelled(cancel):
-            raise KeyboardInterrupt
+            raise Cancelled("Cancelled.")
     index, item = pending.pop(ref)
     try:
         payload, attempts = ray.get(ref), 1
