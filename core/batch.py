@@ -596,9 +596,10 @@ def _settle(index, item, payload, attempts, todo, options, keep_images) -> ItemR
 
 
 def _cancelled(cancel) -> bool:
-    from .stylize import is_cancelled
-
-    return is_cancelled(cancel)
+    """The cancel token's state (a threading.Event, a callable or None), as stylize reads it."""
+    if cancel is None:
+        return False
+    return cancel.is_set() if hasattr(cancel, "is_set") else bool(cancel())
 
 
 # ----------------------------------------------------------------------------- the API

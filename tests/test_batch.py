@@ -93,9 +93,13 @@ def test_corrupt_input_fails_alone(tmp_path, photos, model_path):
     paths, styles = photos
     (paths[1]).write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # a broken file in the middle
     out = tmp_path / "out"
-    done = _batch([paths[0], paths[1], paths[2], "--style", styles[0], "-o", out, "--workers", "2"],
-                  model_path)
+    done = _batch([paths[0], paths[1], paths[2], "--style", styles[0], "-o", out, "--workers", "2",
+                   "--progress", "json"], model_path)
     assert done.returncode == 3, done.stderr  # some items failed
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert {e["item"] for e in events if e["event"] == "progress"} == {0, 2}  # per-item progress
+    assert sorted(e["index"] for e in events if e["event"] == "item") == [0, 1, 2]
+    assert events[-1]["event"] == "batch" and events[-1]["failed"] == 1
     entries = {Path(e["input"]).name: e for e in _lines(out / "manifest.jsonl")}
     assert entries["frame1.png"]["status"] == "failed"
     assert "frame1.png" in entries["frame1.png"]["error"] and "Traceback" not in done.stderr
