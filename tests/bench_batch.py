@@ -44,7 +44,7 @@ def throughput(model: Path, folder: Path, args) -> list[dict]:
               for i in range(args.images)]
     style = _save(folder / "style.png", demo_style(size))
     config = Config(size=size, preset=args.preset, seed=0)
-    engines = [("local", w) for w in sorted({1, *args.workers})]
+    engines = [("local", w) for w in args.workers]  # in the order given
     if args.ray:
         try:
             import ray  # noqa: F401
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=None)
     parser.add_argument("--size", type=int, default=None)
     parser.add_argument("--workers", type=int, nargs="+", default=None,
-                        help="local worker counts besides 1 (default: 2 and the cores)")
+                        help="local worker counts, run in this order (default: 1, 2, the cores)")
     parser.add_argument("--preset", default="draft")
     parser.add_argument("--frames", type=int, default=None)
     parser.add_argument("--frame-size", type=int, default=None)
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     args.size = args.size or (64 if args.quick else 128)
     args.frames = args.frames or (5 if args.quick else 12)
     args.frame_size = args.frame_size or (64 if args.quick else 96)
-    args.workers = args.workers or sorted({2, cores})
+    args.workers = args.workers or sorted({1, 2, cores})
     out = {"cores": cores, "load_average_start": os.getloadavg(), "command": " ".join(sys.argv)}
     print(f"{cores} cores, load average {os.getloadavg()}; {args.images} images at {args.size} px, "
           f"preset {args.preset}", flush=True)
