@@ -42,9 +42,9 @@ MANIFEST_NAME = "manifest.jsonl"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".npy")
 DEFAULT_PATTERN = "{stem}.png"
 EACH_PATTERN = "{stem}-{style}.png"  # --styles-each: one output per input x style pair
-# Worker processes by default: measured by tests/bench_batch.py (README, "Batches"): see
-# default_workers for the rule the figures chose.
-THREADS_PER_WORKER = 2
+# One single-threaded worker per core by default: on 2 loaded cores 2 workers x 1 thread made
+# 4.3-4.7 images/min and 1 worker x 2 threads 0.8 (tests/bench_batch.py --quick; README, Batches).
+THREADS_PER_WORKER = 1
 RETRIES = 1  # a failed or lost task is tried once more, then recorded as failed
 STOP_GRACE_S = 20.0  # after a cancel, how long workers get to stop before they are terminated
 

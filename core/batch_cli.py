@@ -149,7 +149,7 @@ def add_batch_parser(sub, add_config_options: Callable, to_config: Callable) -> 
                        "config hash")
     batch.add_argument("--workers", type=int, default=None,
                        help="parallel workers, each with its share of the cores [default: one per "
-                       "GPU, else one per 2 cores]")
+                       "GPU, else one per core, as many as the memory holds]")
     batch.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                        help="run the items as Ray tasks on the cluster at ADDRESS, or on a local "
                        "one (needs pip install 'stylefu[ray]')")
@@ -157,7 +157,8 @@ def add_batch_parser(sub, add_config_options: Callable, to_config: Callable) -> 
                        help="the inputs are a film's frames: in order, each starting from the "
                        "previous frame's result (steadier video)")
     batch.add_argument("--warp", action=argparse.BooleanOptionalAction, default=False,
-                       help="with --frames, move the previous result along the motion first")
+                       help="with --frames, move the previous result along the motion between the two "
+                       "input frames first (follows camera motion; more flicker, see README)")
     batch.add_argument("--model", help="model artifact (default: $STYLEFU_MODEL or the cache's)")
     batch.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                        help="bar over items (stderr), json (per-item JSON lines on stdout), none")
