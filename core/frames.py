@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 
 FLOW_LEVELS = 4  # pyramid levels: each halves the size, so motion up to ~2^4 px is found
-FLOW_ITERATIONS = 60  # Horn-Schunck Jacobi updates per level
-FLOW_SMOOTHNESS = 0.05  # Horn-Schunck's alpha^2 on 0..1 intensities: larger is smoother
+FLOW_WARPS = 3  # re-linearisations per level
+FLOW_ITERATIONS = 50  # Horn-Schunck Jacobi updates per linearisation
+FLOW_SMOOTHNESS = 1.0  # Horn-Schunck's alpha^2 in units of the frame's mean squared gradient
 
 
 def flicker(frames: Sequence[np.ndarray]) -> float:
@@ -63,18 +64,22 @@ def estimate_flow(current: np.ndarray, previous: np.ndarray) -> torch.Tensor:
     for c, p in reversed(pyramid):
         if flow.shape[-2:] != c.shape[-2:]:
             flow = 2 * F.interpolate(flow, size=c.shape[-2:], mode="bilinear", align_corners=False)
-        warped = _sample(p, flow)
-        ix = F.conv2d(F.pad(warped, (1, 1, 0, 0), mode="replicate"), kernel_x)
-        iy = F.conv2d(F.pad(warped, (0, 0, 1, 1), mode="replicate"), kernel_x.transpose(-1, -2))
-        it = warped - c
-        du = torch.zeros_like(flow)
-        for _ in range(FLOW_ITERATIONS):
-            mean = F.conv2d(F.pad(du, (1, 1, 1, 1), mode="replicate").view(2, 1, *(
-                s + 2 for s in du.shape[-2:])), average).view_as(du)
-            # Linearised brightness constancy about the current flow: Ix u + Iy v + It = 0.
-            step = (ix * mean[:, :1] + iy * mean[:, 1:] + it) / (FLOW_SMOOTHNESS + ix ** 2 + iy ** 2)
-            du = torch.cat([mean[:, :1] - ix * step, mean[:, 1:] - iy * step], dim=1)
-        flow = flow + du
+        for _ in range(FLOW_WARPS):  # re-linearise about the refined flow (large motion)
+            warped = _sample(p, flow)
+            ix = F.conv2d(F.pad(warped, (1, 1, 0, 0), mode="replicate"), kernel_x)
+            iy = F.conv2d(F.pad(warped, (0, 0, 1, 1), mode="replicate"), kernel_x.transpose(-1, -2))
+            it = warped - c
+            # Smoothness relative to the image's own gradient energy: the same flow for a
+            # low-contrast frame as for a high-contrast one.
+            alpha2 = FLOW_SMOOTHNESS * float((ix ** 2 + iy ** 2).mean()) + 1e-9
+            du = torch.zeros_like(flow)
+            for _ in range(FLOW_ITERATIONS):
+                padded = F.pad(du, (1, 1, 1, 1), mode="replicate")
+                mean = F.conv2d(padded.view(2, 1, *padded.shape[-2:]), average).view_as(du)
+                # Linearised brightness constancy about the current flow: Ix u + Iy v + It = 0.
+                step = (ix * mean[:, :1] + iy * mean[:, 1:] + it) / (alpha2 + ix ** 2 + iy ** 2)
+                du = torch.cat([mean[:, :1] - ix * step, mean[:, 1:] - iy * step], dim=1)
+            flow = flow + du
     return flow
 
 

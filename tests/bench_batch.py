@@ -72,13 +72,14 @@ def throughput(model: Path, folder: Path, args) -> list[dict]:
 
 
 def pan(count: int, size: int, step: int = 2, noise: float = 0.02) -> list[np.ndarray]:
-    """`count` frames of a camera panning `step` px per frame over the demo image, each with its
-    own sensor noise."""
+    """`count` frames of a camera panning `step` px per frame over the demo image with fine grain
+    of its own (a scene has texture that moves with it), each frame with its own sensor noise."""
     from stylefu.core.demo import demo_content
 
     height, width = size * 3 // 4, size
-    scene = demo_content(height, width + step * count)
     rng = np.random.default_rng(0)
+    scene = demo_content(height, width + step * count)
+    scene = scene + rng.normal(0, 0.08, scene.shape).astype(np.float32)
     return [np.clip(scene[:, step * k:step * k + width] + rng.normal(0, noise, (height, width, 3)),
                     0, 1).astype(np.float32) for k in range(count)]
 
@@ -150,7 +151,7 @@ def main(argv=None) -> int:
         model = args.model or export("random", tmp / "random.onnx", seed=0, progress=False)[0]
         out["throughput"] = throughput(model, tmp, args)
         if args.flicker:
-            print(f"frames: {args.frames} at {args.frame_size} px (pan 2 px/frame, noise 0.02)")
+            print(f"frames: {args.frames} at {args.frame_size} px (pan 2 px/frame, grain 0.08, noise 0.02)")
             out["flicker"] = flicker_rows(model, tmp, args)
     out["load_average_end"] = os.getloadavg()
     print("\n| engine | workers x threads | images/min | seconds (whole batch) | per item (s) |")

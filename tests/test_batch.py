@@ -46,8 +46,8 @@ def photos(tmp_path, images):
 
 
 def _batch(args: list[str], model: Path, wait: bool = True, **kw):
-    command = [sys.executable, "-m", "stylefu.core", "batch", *map(str, args), "--model", str(model),
-               "--progress", "none", *FAST]
+    command = [sys.executable, "-m", "stylefu.core", "batch", "--progress", "none", *FAST,
+               *map(str, args), "--model", str(model)]  # the test's own options come last and win
     if not wait:
         return subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, **kw)
@@ -197,23 +197,29 @@ def test_lost_worker_is_retried_once(tmp_path, photos, model_path):
     assert max(r.attempts for r in results) == 2
 
 
-def test_frames_start_from_the_previous_result(tmp_path, photos, model_path):
-    from stylefu.core.frames import estimate_flow, warp_previous
+def test_frames_start_from_the_previous_result(tmp_path, photos, images, model_path):
+    from stylefu.core.frames import estimate_flow
 
     paths, styles = photos
     items = [BatchItem(str(p), (str(styles[0]),), str(tmp_path / p.name)) for p in paths[:3]]
-    results = list(stylize_many(items, FAST_CONFIG, model=model_path,
-                                options=RunOptions(frames=True, warp=True), keep_images=True))
+    first: dict[tuple[str, int], float] = {}
+
+    def progress(name):
+        return lambda index, record: first.setdefault((name, index), record["loss"])
+    results = list(stylize_many(items, FAST_CONFIG, model=model_path, progress=progress("chain"),
+                                options=RunOptions(frames=True, warp=True)))
     assert [r.index for r in results] == [0, 1, 2] and all(r.ok for r in results)
-    # Frame 1 started from frame 0's result moved along the motion: it ends nearer to that start
-    # than the same frame stylized on its own.
-    start = warp_previous(results[0].image, *(np.asarray(Image.open(p), np.float32)[..., :3] / 255
-                                              for p in (paths[1], paths[0])))
-    alone = next(stylize_many(items[1:2], FAST_CONFIG, model=model_path, keep_images=True))
-    assert np.abs(results[1].image - start).mean() < 0.5 * np.abs(alone.image - start).mean()
-    # The flow between two shifted frames is the shift (3 px to the right), away from the borders.
-    a, b = (np.asarray(Image.open(p), np.float32) / 255 for p in paths[:2])
-    flow = estimate_flow(b, a)[0, :, 8:-8, 8:-8]
+    assert all(Path(i.output).is_file() for i in items)
+    # Frames 1 and 2 started from their predecessor's result, moved along the motion: their first
+    # evaluation's loss is already far below that of the same frames started from the content.
+    alone = list(stylize_many(items[1:], FAST_CONFIG, model=model_path, progress=progress("alone")))
+    assert len(alone) == 2
+    for k in (1, 2):
+        assert first[("chain", k)] < 0.9 * first[("alone", k - 1)], first
+    # The flow between two frames of a textured scene shifted 3 px right is the shift.
+    a = np.clip(images[0] + np.random.default_rng(0).normal(0, 0.1, images[0].shape), 0, 1)
+    b = np.roll(a, 3, axis=1).astype(np.float32)
+    flow = estimate_flow(b, a.astype(np.float32))[0, :, 8:-8, 8:-8]
     assert abs(float(flow[0].median()) + 3) < 0.75 and abs(float(flow[1].median())) < 0.75
 
 
