@@ -87,7 +87,7 @@ class ItemResult:
                   if k in self.metrics}
         return {"index": self.index, "input": self.item.input, "styles": list(self.item.styles),
                 "output": self.item.output, "status": self.status, "seconds": round(self.seconds, 3),
-                "losses": losses, "evaluations": self.metrics.get("iterations"),
+                "losses": losses, "evaluations": self.metrics.get("evaluations"),
                 "error": self.error, "attempts": self.attempts, "config_hash": config_hash}
 
 
@@ -316,9 +316,9 @@ def run_item(model, item: BatchItem, config: Config, options: RunOptions,
 
             def callback(p) -> None:
                 if progress is not None:
-                    progress({"stage": p.stage, "scale": p.scale, "scales": p.scales,
-                              "iteration": p.iteration, "iterations": p.iterations,
-                              "fraction": round(p.fraction, 4), "loss": p.loss})
+                    progress({"level": p.level, "levels": p.levels, "evaluation": p.evaluation,
+                              "evaluations": p.evaluations, "fraction": round(p.fraction, 4),
+                              "loss": p.loss})
             content = item.input
             if options.keep_size:
                 from .images import load_image
@@ -366,7 +366,7 @@ def _working_sizes(items: Sequence[BatchItem], config: Config) -> dict[tuple[str
     """Per style group, every working size its items will run at (from the inputs' headers)."""
     from PIL import Image
 
-    from .stylize import scale_sizes
+    from .stylize import level_sizes
 
     sizes: dict[tuple[str, ...], set] = {}
     for item in items:
@@ -378,7 +378,7 @@ def _working_sizes(items: Sequence[BatchItem], config: Config) -> dict[tuple[str
                     w, h = image.size
         except Exception:  # noqa: BLE001 - a bad input fails in its own item, with its message
             continue
-        sizes.setdefault(item.styles, set()).update(scale_sizes(h, w, config))
+        sizes.setdefault(item.styles, set()).update(level_sizes(h, w, config))
     return sizes
 
 
@@ -391,7 +391,7 @@ def precompute_targets(model, items: Sequence[BatchItem], config: Config) -> lis
     """
     from .cache import target_cache
     from .images import check_min_side, load_image
-    from .stylize import compute_targets
+    from .targets import compute_targets
 
     styles = {s: load_image(s, f"style {Path(s).name}") for item in items for s in item.styles}
     for picture in styles.values():

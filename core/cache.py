@@ -15,14 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 import zipfile
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from . import losses
+from .errors import UserError
+from .files import atomic_write, sha256_file
+from .images import resize_array
 from .paths import cache_dir
 
 CACHE_FORMAT = "2"  # bump when the arrays' meaning changes (e.g. Gram normalisation, resizing)
@@ -42,11 +46,7 @@ def array_hash(array: np.ndarray) -> str:
 
 @lru_cache(maxsize=16)
 def _file_hash(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)  # size and mtime only key the memo: a changed file is hashed anew
 
 
 def model_hash(path: str | Path) -> str:
@@ -105,24 +105,19 @@ class TargetCache:
         if not self.enabled:
             return False
         path = self.path(key)
-        # Unique per process AND per call: two writers of one entry never share a temp file.
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+
+        def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
                 np.savez(f, **{k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()})
-            os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, write)
             self.prune()
             return True
-        except OSError:
+        except (OSError, UserError):
             # Read-only cache, full disk, or (Windows) the entry is open in another process that
             # just wrote the same bytes: the run goes on without caching this entry.
             return False
-        finally:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
 
     def prune(self) -> None:
         """Delete the least recently used entries while the cache is over `max_bytes`."""
@@ -163,8 +158,6 @@ def target_cache(model) -> TargetCache:
 def cached_features(cache: TargetCache, engine, image: np.ndarray, size: tuple[int, int],
                     layers: Sequence[str]) -> dict[str, np.ndarray]:
     """Features {layer: [1,C,h,w]} of `image` ([H,W,3]) resized to `size`, by ONNX Runtime."""
-    from .images import resize_array
-
     key = cache.key("features", array_hash(image), size, layers)
     return cache.fetch(key, layers, lambda: engine.image_features(resize_array(image, *size), layers))
 
@@ -172,11 +165,6 @@ def cached_features(cache: TargetCache, engine, image: np.ndarray, size: tuple[i
 def cached_grams(cache: TargetCache, engine, image: np.ndarray, size: tuple[int, int],
                  layers: Sequence[str], style_scale: float = 1.0) -> dict[str, np.ndarray]:
     """Gram matrices {layer: [1,C,C]} (float32, losses.gram) of `image` resized to `size`."""
-    import torch
-
-    from . import losses
-    from .images import resize_array
-
     def compute():
         feats = engine.image_features(resize_array(image, *size), layers)
         return {n: losses.gram(torch.from_numpy(f)).numpy() for n, f in feats.items()}

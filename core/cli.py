@@ -1,7 +1,9 @@
-"""The `stylefu` command: run, batch, preview, demo, export, info, gimp.
+"""The `stylefu` command: run, batch, preview and info here; other packages add theirs (export,
+demo, gimp) through the "stylefu.commands" entry point group, so core imports neither of them.
 
 Every `run` option is generated from the Config dataclass, so defaults and help live in one place.
-User errors end in one sentence on stderr (or a JSON error record) and exit code 2.
+User errors end in one sentence on stderr (or a JSON error record) and exit code 2. Commands
+import torch, ONNX Runtime and the pipeline inside their functions: `--help` starts fast.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ import sys
 import threading
 import types
 import typing
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from .config import PRESETS, Config, config_fields
 from .errors import Cancelled, UserError
+from .files import check_writable_folder
 
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130
+COMMANDS_GROUP = "stylefu.commands"  # entry points: callables add_parser(subparsers)
 
 
 def _parse_floats(text: str) -> tuple[float, ...]:
@@ -52,7 +57,8 @@ def add_config_options(parser: argparse.ArgumentParser, skip=(), defaults=None) 
         default = defaults.get(f.name, f.default)
         preset_field = any(f.name in values for values in PRESETS.values())
         shown = default if default is not None else "the preset's" if preset_field else "none"
-        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_field_type(f),
+        group.add_argument("--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ()),
+                           dest=f.name, type=_field_type(f),
                            default=default, choices=f.metadata.get("choices"),
                            help=f.metadata["help"] if "(default:" in f.metadata["help"]
                            else f"{f.metadata['help']} [default: {shown}]")
@@ -63,14 +69,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config(**values)
 
 
-def _say(text: str) -> None:
+def say(text: str) -> None:
+    """One line for the user, on stderr (stdout carries JSON progress)."""
     print(text, file=sys.stderr, flush=True)
 
 
-def _weights_note(source: str) -> str:
-    if source.startswith("random"):
-        return f"{source}: RANDOM weights, a weak effect; run `stylefu export` for real ones"
-    return source
+def weights_note(info) -> str:
+    """The artifact's weights for a log line (`info`: an ArtifactInfo), flagging random ones."""
+    if info.is_random:
+        return f"{info.weights_source}: RANDOM weights, a weak effect; run `stylefu export` for real ones"
+    return info.weights_source
 
 
 class ProgressPrinter:
@@ -86,28 +94,31 @@ class ProgressPrinter:
 
     def __call__(self, p) -> None:
         saved = None
-        if self.save_every and self.output and p.iteration % self.save_every == 0:
+        if self.save_every and self.output and p.evaluation % self.save_every == 0:
             from .images import save_image
             saved = self.output.with_name(
-                f"{self.output.stem}.scale{p.scale}-{p.iteration:04d}{self.output.suffix}")
+                f"{self.output.stem}.scale{p.level}-{p.evaluation:04d}{self.output.suffix}")
             save_image(saved, *_at_size(p.image(), self.keep))
         if self.mode == "json":
-            self.emit({"event": "progress", "stage": p.stage, "scale": p.scale,
-                       "scales": p.scales, "iteration": p.iteration, "iterations": p.iterations,
+            # "stage", "scale(s)" and "iteration(s)" are the names plug-ins already installed read.
+            self.emit({"event": "progress", "stage": "optimise", "level": p.level,
+                       "levels": p.levels, "evaluation": p.evaluation, "evaluations": p.evaluations,
+                       "scale": p.level, "scales": p.levels, "iteration": p.evaluation,
+                       "iterations": p.evaluations,
                        "fraction": round(p.fraction, 4), "loss": p.loss,
                        "content_loss": p.content_loss, "style_loss": p.style_loss,
                        "tv_loss": p.tv_loss, "size": list(p.size),
                        **({"image": str(saved)} if saved else {})})
         elif self.mode == "bar":
             filled = int(30 * p.fraction)
-            line = (f"scale {p.scale}/{p.scales} {p.size[1]}x{p.size[0]} "
-                    f"[{'#' * filled}{'.' * (30 - filled)}] {p.iteration}/{p.iterations} "
+            line = (f"level {p.level}/{p.levels} {p.size[1]}x{p.size[0]} "
+                    f"[{'#' * filled}{'.' * (30 - filled)}] {p.evaluation}/{p.evaluations} "
                     f"loss {p.loss:.4g}")
             if self.bar:
                 sys.stderr.write("\r" + line)
                 sys.stderr.flush()
-            elif p.iteration == p.iterations or p.iteration % 25 == 0:
-                _say(line)
+            elif p.evaluation == p.evaluations or p.evaluation % 25 == 0:
+                say(line)
 
     def close(self) -> None:
         if self.bar:
@@ -140,11 +151,10 @@ def cmd_run(args) -> int:
 
     config = config_from_args(args).validate()
     output = Path(args.output)
-    if not output.parent.is_dir() or not os.access(output.parent, os.W_OK):
-        raise UserError(f"Cannot write to the folder {output.parent}; choose another -o.")
+    check_writable_folder(output.parent, "choose another -o")
     model = load_model(args.model, config.device)
-    _say(f"stylefu: device {model.device}, model {model.path} "
-         f"(weights: {_weights_note(model.weights_source)})")
+    say(f"stylefu: device {model.device}, model {model.path} "
+         f"(weights: {weights_note(model.net.info)})")
     content = args.content
     if args.keep_size:
         from .images import load_image
@@ -157,7 +167,7 @@ def cmd_run(args) -> int:
     def notice(message: str) -> None:
         printer.emit({"event": "notice", "message": message})
         if args.progress != "json":
-            _say(f"stylefu: {message}")
+            say(f"stylefu: {message}")
 
     try:
         result = stylize(content, args.styles, config=config, model=model,
@@ -170,7 +180,7 @@ def cmd_run(args) -> int:
     if args.metrics:
         Path(args.metrics).write_text(json.dumps(result.metrics, indent=2))
     printer.emit({"event": "result", "output": str(output), "metrics": result.metrics})
-    _say(f"stylefu: wrote {output} in {result.metrics['seconds']:.1f} s "
+    say(f"stylefu: wrote {output} in {result.metrics['seconds']:.1f} s "
          f"(loss {result.metrics['total_loss']:.4g}, {result.metrics['iterations']} evaluations)")
     return 0
 
@@ -181,19 +191,17 @@ def cmd_preview(args) -> int:
 
     config = config_from_args(args).validate()
     for target in filter(None, (args.output, args.json)):
-        folder = Path(target).parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise UserError(f"Cannot write to the folder {folder}; choose another path.")
+        check_writable_folder(Path(target).parent, "choose another path")
     model = load_model(args.model, config.device)
-    _say(f"stylefu preview: {len(args.styles)} style(s) at {config.size} px, preset "
+    say(f"stylefu preview: {len(args.styles)} style(s) at {config.size} px, preset "
          f"{config.preset}; device {model.device}, targets by {model.engine.describe()} "
-         f"(weights: {_weights_note(model.weights_source)})")
+         f"(weights: {weights_note(model.net.info)})")
 
     def report(p) -> None:
         if not p.ok:
-            _say(f"  {p.name}: SKIPPED, {p.error}")
+            say(f"  {p.name}: SKIPPED, {p.error}")
         else:
-            _say(f"  {p.name}: style distance {p.distance_total:.3g}, after preview style loss "
+            say(f"  {p.name}: style distance {p.distance_total:.3g}, after preview style loss "
                  f"{p.style_loss:.3g} ({100 * p.style_left:.1f} % left), content loss "
                  f"{p.content_loss:.3g} ({p.seconds:.1f} s)")
 
@@ -202,31 +210,9 @@ def cmd_preview(args) -> int:
     if args.json:
         result.save_json(args.json)
     skipped = sum(not p.ok for p in result.styles)
-    _say(f"stylefu preview: wrote {args.output} in {result.info['seconds']:.1f} s"
+    say(f"stylefu preview: wrote {args.output} in {result.info['seconds']:.1f} s"
          + (f" ({skipped} style(s) could not be previewed: marked with a red cross)" if skipped else "")
          + "; open it to compare the styles.")
-    return 0
-
-
-def cmd_demo(args) -> int:
-    from .demo import run_demo
-
-    path = run_demo(Path(args.output))
-    _say(f"stylefu demo: wrote {path} (content | style | result); open it to look.")
-    return 0
-
-
-def cmd_export(args) -> int:
-    from stylefu.export import export
-
-    path, errors = export(args.weights, args.output, seed=args.seed, pooling=args.pooling,
-                          preprocessing=args.preprocessing)
-    from .vgg import read_artifact
-    info, _ = read_artifact(path)
-    _say(f"stylefu export: wrote {path} ({path.stat().st_size / 1e6:.1f} MB, weights "
-         f"{_weights_note(info.weights_source)}, pooling {info.pooling})")
-    _say("verified against torch, largest relative difference per output: " +
-         ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
     return 0
 
 
@@ -242,7 +228,7 @@ def cmd_info(args) -> int:
     lines = {"model": str(path), "cache": str(cache_dir())}
     if path.is_file():
         info, _ = read_artifact(path)
-        lines.update(weights=_weights_note(info.weights_source), sha256=info.weights_sha256,
+        lines.update(weights=weights_note(info), sha256=info.weights_sha256,
                      preprocessing=info.preprocessing.get("name", "?"), pooling=info.pooling,
                      layers=", ".join(info.layers),
                      onnxruntime_provider=FeatureEngine(path).provider)
@@ -263,7 +249,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stylefu", description="Neural style transfer "
                                      "(Gatys et al.) for scripts, batches and GIMP.")
     sub = parser.add_subparsers(dest="command", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
 
     run = sub.add_parser("run", help="stylize CONTENT with one or more STYLE images")
     run.add_argument("content")
@@ -298,32 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(prev, defaults={"size": PREVIEW_SIZE, "preset": PREVIEW_PRESET})
     prev.set_defaults(func=cmd_preview)
 
-    demo = sub.add_parser("demo", help="stylize built-in images and write a side-by-side PNG")
-    demo.add_argument("-o", "--output", default="demo-output", help="output folder")
-    demo.set_defaults(func=cmd_demo)
-
-    exp = sub.add_parser("export", help="write VGG19's feature layers as the ONNX model",
-                         formatter_class=fmt)
-    exp.add_argument("--weights", default="torchvision",
-                     help="torchvision, caffe, random, or a local .pth/.safetensors path")
-    exp.add_argument("--seed", type=int, default=0, help="seed for --weights random")
-    exp.add_argument("--pooling", choices=("avg", "max"), default="avg",
-                     help="pooling between blocks: avg (the paper's advice) or max (VGG's own)")
-    exp.add_argument("--preprocessing", choices=("torchvision", "caffe"), default=None,
-                     help="override the weights' preprocessing")
-    exp.add_argument("-o", "--output", help="output path (default: the cache's model path)")
-    exp.set_defaults(func=cmd_export)
-
     info = sub.add_parser("info", help="show the model, its weights and the available devices")
     info.add_argument("--model")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
 
-    from .batch_cli import add_batch_parser
+    from .batch_cli import add_batch_parser  # core's own: the options come from this module
     add_batch_parser(sub, add_config_options, config_from_args)
 
-    from stylefu.plugin.installer import add_gimp_parser
-    add_gimp_parser(sub)
+    for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        entry.load()(sub)
     return parser
 
 
@@ -335,13 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     except Cancelled:
         if json_mode:
             print(json.dumps({"event": "cancelled"}), flush=True)
-        _say("stylefu: cancelled.")
+        say("stylefu: cancelled.")
         return EXIT_CANCELLED
     except UserError as exc:
         if json_mode:
             print(json.dumps({"event": "error", "message": str(exc)}), flush=True)
-        _say(f"stylefu: error: {exc}")
+        say(f"stylefu: error: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
-        _say("stylefu: interrupted.")
+        say("stylefu: interrupted.")
         return EXIT_CANCELLED

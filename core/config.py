@@ -18,23 +18,24 @@ OPTIMIZERS = ("lbfgs", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 COLOR_MODES = ("none", "luminance", "histogram")
 # Crops are cut on a 16 px grid; below 32 px a crop would hold almost no core and no context.
-MIN_TILE_SIZE = 32
+MIN_CROP_SIDE = 32
 
 # Presets map a word users understand to a measured schedule (see README, "Speed"):
-# `scales` coarse-to-fine levels, each half the size of the next; `iterations` evaluations at
-# the full size; coarser levels get `coarse_iterations` each (they cost 4x less per halving);
-# `tolerance` ends a level early once the loss stops falling (see stylize.optimise).
+# `levels` coarse-to-fine levels, each half the size of the next; `evaluations` loss+gradient
+# evaluations at the full size; coarser levels get `coarse_evaluations` each (they cost 4x less
+# per halving); `tolerance` ends a level early once the loss stops falling (optimise.should_stop).
 PRESETS = {
-    "draft": {"scales": 3, "iterations": 30, "coarse_iterations": 60, "tolerance": 1e-3},
-    "normal": {"scales": 3, "iterations": 110, "coarse_iterations": 80, "tolerance": 1e-3},
-    "best": {"scales": 3, "iterations": 500, "coarse_iterations": 200, "tolerance": 1e-4},
+    "draft": {"levels": 3, "evaluations": 30, "coarse_evaluations": 60, "tolerance": 1e-3},
+    "normal": {"levels": 3, "evaluations": 110, "coarse_evaluations": 80, "tolerance": 1e-3},
+    "best": {"levels": 3, "evaluations": 500, "coarse_evaluations": 200, "tolerance": 1e-4},
 }
-SCHEDULE_FIELDS = ("scales", "iterations", "coarse_iterations", "tolerance")
+SCHEDULE_FIELDS = ("levels", "evaluations", "coarse_evaluations", "tolerance")
 DEFAULT_PRESET = "normal"
 
 
 def _f(default, help_text, **extra):
-    """A dataclass field carrying its one-line meaning (shown by `--help` and the GIMP dialog)."""
+    """A dataclass field carrying its one-line meaning (shown by `--help` and the GIMP dialog);
+    `aliases` are older CLI spellings that keep working."""
     return field(default=default, metadata={"help": help_text, **extra})
 
 
@@ -45,9 +46,11 @@ class Config:
     size: int = _f(512, "long side of the result in pixels (the content's aspect ratio is kept)")
     preset: str = _f(DEFAULT_PRESET, "quality/speed preset: " + ", ".join(PRESETS),
                      choices=tuple(PRESETS))
-    iterations: int | None = _f(None, "optimiser evaluations at full size")
-    scales: int | None = _f(None, "coarse-to-fine levels, each half the next")
-    coarse_iterations: int | None = _f(None, "evaluations per coarser level")
+    evaluations: int | None = _f(None, "optimiser evaluations (loss and gradient) at full size",
+                                 aliases=("--iterations",))
+    levels: int | None = _f(None, "coarse-to-fine levels, each half the next", aliases=("--scales",))
+    coarse_evaluations: int | None = _f(None, "evaluations per coarser level",
+                                        aliases=("--coarse-iterations",))
     tolerance: float | None = _f(None, "stop a level early when its loss fell by less than this "
                                  "fraction over the last 10 evaluations (0: never)")
     content_weight: float = _f(1.0, "alpha: weight of the content loss (relu4_2 MSE)")
@@ -60,7 +63,7 @@ class Config:
     optimizer: str = _f("lbfgs", "optimiser: lbfgs (the paper's) or adam", choices=OPTIMIZERS)
     learning_rate: float = _f(0.02, "Adam's step size on 0..1 pixels (L-BFGS uses 1)")
     init: str = _f("content", "start image: content, noise, or an image path")
-    seed: int = _f(0, "random seed: the same seed and inputs give the same output bytes on CPU")
+    seed: int = _f(0, "random seed: the same seed and inputs give the same bytes on the same machine")
     device: str = _f("auto", "auto (CUDA if available), cpu or cuda", choices=DEVICES)
     precision: str = _f("auto", "convolution precision; losses are float32 (auto: bf16 where "
                         "the hardware has it)", choices=PRECISIONS)
@@ -68,7 +71,8 @@ class Config:
                               choices=COLOR_MODES)
     style_scale: float = _f(1.0, "style image size relative to the working size (brush size)")
     style_blend: tuple[float, ...] | None = _f(None, "blend weight per style (default: equal)")
-    tile_size: int = _f(0, "tile size in px for huge images (0: automatic)")
+    crop_side: int = _f(0, "side in px of the crops a huge image is optimised in (0: automatic)",
+                        aliases=("--tile-size",))
     save_every: int = _f(0, "save the current image every N evaluations (0: never)")
 
     def schedule_value(self, name: str):
@@ -82,11 +86,11 @@ class Config:
             raise UserError(f"Unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}.")
         if self.size < MIN_SIDE:
             raise UserError(f"--size must be at least {MIN_SIDE} px, not {self.size}.")
-        for name in ("iterations", "scales"):
+        for name in ("evaluations", "levels"):
             if self.schedule_value(name) < 1:
                 raise UserError(f"--{name} must be a positive number.")
-        if self.schedule_value("coarse_iterations") < 0:
-            raise UserError("--coarse-iterations must not be negative.")
+        if self.schedule_value("coarse_evaluations") < 0:
+            raise UserError("--coarse-evaluations must not be negative.")
         if not 0 <= self.schedule_value("tolerance") < 1:
             raise UserError("--tolerance must be a fraction from 0 (never stop early) up to 1.")
         for name in ("content_weight", "style_weight", "tv_weight", "learning_rate",
@@ -110,9 +114,9 @@ class Config:
             raise UserError(f"--init must be content, noise or an existing image, not {self.init!r}.")
         if self.save_every < 0:
             raise UserError("--save-every must not be negative.")
-        if self.tile_size != 0 and self.tile_size < MIN_TILE_SIZE:
-            raise UserError(f"--tile-size must be 0 (automatic) or at least {MIN_TILE_SIZE} px, "
-                            f"not {self.tile_size}.")
+        if self.crop_side != 0 and self.crop_side < MIN_CROP_SIDE:
+            raise UserError(f"--crop-side must be 0 (automatic) or at least {MIN_CROP_SIDE} px, "
+                            f"not {self.crop_side}.")
         return self
 
     def with_(self, **changes) -> Config:

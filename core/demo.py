@@ -1,17 +1,10 @@
-"""The README's demo: generated content and style images, a model, one run, a side-by-side PNG."""
+"""Generated demo images (content and style) and the side-by-side strip; `stylefu demo`, which
+also needs a model, lives in export/demo.py."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 from PIL import Image, ImageDraw
-
-from .errors import UserError
-from .paths import cache_dir, default_model_path
-
-DEMO_RANDOM_MODEL = "vgg19-random-demo.onnx"
 
 
 def demo_content(height: int = 256, width: int = 320) -> np.ndarray:
@@ -42,26 +35,6 @@ def demo_style(size: int = 256, seed: int = 1) -> np.ndarray:
     return palette[index] / 255.0
 
 
-def demo_model(progress=print) -> Path:
-    """The installed model; else the real weights fetched once (short timeout); else random."""
-    from stylefu.export import export
-
-    installed = default_model_path()
-    if installed.is_file():
-        return installed
-    try:
-        progress("No model installed yet: fetching the official VGG19 weights (548 MB) once...")
-        return export("torchvision", installed, timeout=5)[0]
-    except UserError as exc:
-        progress(f"Offline ({exc}).")
-    fallback = cache_dir() / DEMO_RANDOM_MODEL
-    if not fallback.is_file():
-        progress("Making a model with RANDOM weights instead (seed 0): random features give a "
-                 "much weaker effect than real ones. Run `stylefu export` when online.")
-        export("random", fallback, seed=0, progress=False)
-    return fallback
-
-
 def side_by_side(panels: list[tuple[str, np.ndarray]], height: int = 256) -> Image.Image:
     """Panels scaled to one height, labelled underneath, on a white strip."""
     tiles = []
@@ -79,24 +52,3 @@ def side_by_side(panels: list[tuple[str, np.ndarray]], height: int = 256) -> Ima
         draw.text((x, pad + height + 5), label, fill=(0, 0, 0))
         x += tile.width + pad
     return sheet
-
-
-def run_demo(output_dir: Path, size: int = 256, log=None) -> Path:
-    """Stylize the generated scene with the generated style; write content | style | result."""
-    from .config import Config
-    from .images import save_image
-    from .stylize import stylize
-
-    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
-    output_dir.mkdir(parents=True, exist_ok=True)
-    content, style = demo_content(), demo_style()
-    save_image(output_dir / "content.png", content)
-    save_image(output_dir / "style.png", style)
-    model = demo_model(log)
-    result = stylize(content, style, config=Config(size=size, preset="draft"), model=model)
-    result.save(output_dir / "result.png")
-    m = result.metrics
-    label = f"result ({m['weights_source']}, {m['seconds']:.0f} s)"
-    sheet_path = output_dir / "side_by_side.png"
-    sheet = side_by_side([("content", content), ("style", style), (label, result.image)])
-    return save_image(sheet_path, np.asarray(sheet, np.float32) / 255.0)

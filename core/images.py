@@ -7,11 +7,9 @@ renamed, so a crash never leaves half a file; .png/.tif can be 16-bit, .npy keep
 
 from __future__ import annotations
 
-import os
 import struct
 import warnings
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UserError
-from .paths import atomic_target
+from .files import atomic_write
 from .vgg import MIN_SIDE
 
 
@@ -186,25 +184,6 @@ def _tiff16(rgba: np.ndarray) -> bytes:
         ifd += struct.pack("<HHI", tag, kind, count) + packed
     ifd += struct.pack("<I", 0)
     return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack(f"<{channels}H", *[16] * channels) + pixels
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """Call `write(tmp)` on a temporary sibling of `path`, then rename it onto `path`.
-
-    A crash or error never leaves a half-written file at `path`; problems are UserErrors.
-    """
-    path = Path(path)
-    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
-        raise UserError(f"Cannot write to the folder {path.parent}; choose another output path.")
-    tmp = atomic_target(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise UserError(f"Cannot write {path} ({exc.strerror or exc}).") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -51,6 +51,8 @@ class StyleModel:
     net: VGGFeatures
     engine: FeatureEngine
     device: torch.device
+    # The network per convolution dtype other than float32 (`net_in`), made on first use.
+    _nets: dict[torch.dtype, VGGFeatures] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def weights_source(self) -> str:
@@ -59,17 +61,16 @@ class StyleModel:
     def net_in(self, dtype: torch.dtype) -> VGGFeatures:
         """The network with its weights stored in `dtype` (made once per dtype).
 
-        A bf16/fp16 copy of the weights replaces autocast, which re-cast all 20 M weights at
-        every evaluation whatever the image size (the cost that dominated small coarse levels).
+        A bf16/fp16 copy of the weights, not autocast: autocast re-casts all 20 M weights at every
+        evaluation, whatever the image size.
         """
         if dtype == torch.float32:
             return self.net
-        cache = self.__dict__.setdefault("_nets", {})
-        if dtype not in cache:
+        if dtype not in self._nets:
             net = copy.deepcopy(self.net)
             net.convs.to(dtype=dtype, memory_format=torch.channels_last)
-            cache[dtype] = net
-        return cache[dtype]
+            self._nets[dtype] = net
+        return self._nets[dtype]
 
 
 @lru_cache(maxsize=4)

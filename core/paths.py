@@ -30,7 +30,3 @@ def default_model_path() -> Path:
         return Path(os.environ[MODEL_ENV]).expanduser()
     return cache_dir() / MODEL_FILENAME
 
-
-def atomic_target(path: Path) -> Path:
-    """A temporary sibling of `path`: write there, then `os.replace` onto `path`."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")

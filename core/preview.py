@@ -30,9 +30,12 @@ from . import losses
 from .cache import cached_grams, target_cache
 from .config import Config
 from .errors import UserError
-from .images import Picture, atomic_write, check_min_side, fit_long_side, load_image, resize_array
+from .files import atomic_write
+from .images import Picture, check_min_side, fit_long_side, load_image, resize_array
 from .model import StyleModel, load_model
-from .stylize import compute_targets, scale_sizes, style_layer_weights, stylize
+from .objective import LossSpec
+from .stylize import level_sizes, stylize
+from .targets import compute_targets
 from .vgg import STYLE_LAYERS
 
 PREVIEW_SIZE = 192  # long side of each preview in px: about 3 s per style on 2 CPU cores
@@ -129,8 +132,7 @@ def style_distance(model: StyleModel, content: np.ndarray, style: np.ndarray,
     per_layer = {name: float(losses.style_layer_loss(torch.from_numpy(content_grams[name]),
                                                      style_targets[name].cpu()))
                  for name in STYLE_LAYERS}
-    weights = style_layer_weights(config)
-    return per_layer, sum(weights[n] * v for n, v in per_layer.items())
+    return per_layer, LossSpec.from_config(config).style(per_layer)
 
 
 def preview(content, styles: Sequence, *, config: Config | None = None,
@@ -191,10 +193,11 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
         raise UserError(f"None of the {len(previews)} style image(s) could be previewed: "
                         f"{previews[0].error}")
     h, w = fit_long_side(content_pic.height, content_pic.width, config.size)
-    levels = scale_sizes(content_pic.height, content_pic.width, config)
+    levels = level_sizes(content_pic.height, content_pic.width, config)
     info = {"size": [h, w], "levels": [max(size) for size in levels],
             "preset": config.preset, "model": str(model.path),
-            "weights_source": model.weights_source, "provider": model.engine.provider,
+            "weights_source": model.weights_source,
+            "weights_random": model.net.info.is_random, "provider": model.engine.provider,
             "device": str(model.device), "seconds": round(time.perf_counter() - started, 3)}
     result = PreviewResult(resize_array(content_pic.rgb, h, w), content_pic.name, previews,
                            config, info)
@@ -289,7 +292,7 @@ def contact_sheet(result: PreviewResult) -> Image.Image:
     levels = "/".join(str(px) for px in info["levels"])
     sub = (f"{w}x{h} px, preset {cfg.preset} (levels {levels} px), "
            f"style weight {cfg.style_weight:g}, colours: {cfg.preserve_colors}, weights: {weights}"
-           + ("  (RANDOM: weak effect)" if weights.startswith("random") else ""))
+           + ("  (RANDOM: weak effect)" if info["weights_random"] else ""))
     draw.text((PAD, 34), _clip_text(draw, sub, small_f, width - 2 * PAD), font=small_f, fill=MUTED)
 
     y_name, y_swatch = title_h, title_h + name_h

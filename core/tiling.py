@@ -3,15 +3,14 @@
 - An image is cut into non-overlapping cores (`core_grid`), each computed in a crop with a margin
   of real context around it, and only the core's features are used. Gram matrices are averages
   over positions, so the whole image's are exact sums over the cores (`GramSum`).
-- Optimising such an image (stylize.optimise_tiled) takes the whole image's loss and gradient
-  crop by crop, and one optimiser steps every pixel: the same optimisation as untiled, without
-  tiles that match the style on their own (they drifted apart in colour) or borders written back.
-- Style targets are computed once per scale for the whole style (in cores too when it is huge).
+- Optimising such an image (optimise.TiledObjective) takes the whole image's loss and gradient
+  crop by crop, and one optimiser steps every pixel: the same optimisation as untiled, so no
+  crop matches the style on its own and no border is written back.
+- Style targets are computed once per level for the whole style (in cores too when it is huge).
 
-Memory is estimated from the measurements in the README ("torch forward+backward ~1.1 GB at 512 px,
-~3 GB at 1024 px, about linear in pixels") plus the optimiser's state, against the memory that is
-actually free (/proc/meminfo, or CUDA's free memory). An image that would not fit is tiled
-automatically and the caller is told.
+Memory is estimated from measured peaks (about linear in pixels, constants below) plus the
+optimiser's state, against the memory that is actually free (/proc/meminfo, or CUDA's free
+memory). An image that would not fit is tiled automatically and the caller is told.
 """
 
 from __future__ import annotations
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from .guides import layer_masks, pools_before
 
 # Measured on this project's CPUs (VGG19 to relu5_1): torch forward+backward peaks at ~1.1 GB at
 # 512^2 px and ~3.0 GB at 1024^2 px, i.e. ~0.47 GB fixed + ~2.4 kB per pixel.
@@ -41,7 +42,7 @@ ORT_SHARE = 1 / 3
 # Squared steps below this (a third of one 8-bit level, squared) count as flat in `seam_ratio`.
 SEAM_FLOOR = (1 / 255 / 3) ** 2
 TILE_ALIGN = 16  # tiles start on multiples of 16 px: four 2x2 pools map them to whole positions
-MIN_TILE = 64
+MIN_CROP_SIDE = 64
 CONTEXT_MARGIN = 96  # px of real context around each core of a tiled pass
 # A tiled run keeps one optimiser for the whole image. Its L-BFGS history is shorter than
 # LBFGS_HISTORY: each pair is two image-sized vectors (10 pairs at 4096x3072 px: 3 GB).
@@ -98,12 +99,12 @@ def ort_budget(device: torch.device | str = "cpu") -> float:
     return ORT_SHARE * budget_bytes(device)
 
 
-def largest_tile(fits: Callable[[int], bool], limit: int) -> int:
-    """The largest multiple of TILE_ALIGN (at least MIN_TILE, at most `limit`) for which `fits`."""
+def largest_crop_side(fits: Callable[[int], bool], limit: int) -> int:
+    """The largest multiple of TILE_ALIGN (at least MIN_CROP_SIDE, at most `limit`) for which `fits`."""
     side = (limit // TILE_ALIGN) * TILE_ALIGN
-    while side > MIN_TILE and not fits(side):
+    while side > MIN_CROP_SIDE and not fits(side):
         side -= TILE_ALIGN
-    return max(side, MIN_TILE)
+    return max(side, MIN_CROP_SIDE)
 
 
 def tiled_state_bytes(height: int, width: int, optimizer: str = "lbfgs") -> float:
@@ -112,21 +113,21 @@ def tiled_state_bytes(height: int, width: int, optimizer: str = "lbfgs") -> floa
     return height * width * optimiser_bytes_per_pixel(optimizer, TILED_HISTORY, extra=2)
 
 
-def choose_tile(height: int, width: int, tile_size: int, optimizer: str,
+def choose_crop_side(height: int, width: int, requested: int, optimizer: str,
                 device: torch.device | str = "cpu") -> int:
     """Crop side for optimising height x width in crops, or 0 when the whole image fits at once.
 
-    `tile_size` > 0 is the user's choice (used when the image is larger); 0 means automatic: tile
+    `requested` > 0 is the user's --crop-side (used when the image is larger); 0 means automatic: tile
     only when the estimate exceeds the memory budget, with the largest crop whose forward and
     backward fit beside the whole image's optimiser state.
     """
-    if tile_size > 0:
-        return tile_size if max(height, width) > tile_size else 0
+    if requested > 0:
+        return requested if max(height, width) > requested else 0
     budget = torch_budget(device)
     if torch_bytes(height, width, optimizer) <= budget:
         return 0
     left = budget - tiled_state_bytes(height, width, optimizer)
-    return largest_tile(lambda s: crop_bytes(s) <= left, max(height, width))
+    return largest_crop_side(lambda s: crop_bytes(s) <= left, max(height, width))
 
 
 def crop_bytes(side: int) -> float:
@@ -134,13 +135,13 @@ def crop_bytes(side: int) -> float:
     return TORCH_FIXED_BYTES + side * side * TORCH_BYTES_PER_PIXEL
 
 
-def context_margin(tile: int) -> int:
-    """Context around each core of a `tile` px crop: CONTEXT_MARGIN, at most a quarter of the crop."""
-    return min(CONTEXT_MARGIN, (tile // 4) // TILE_ALIGN * TILE_ALIGN)
+def context_margin(crop_side: int) -> int:
+    """Context around each core of a `crop_side` px crop: CONTEXT_MARGIN, at most a quarter of it."""
+    return min(CONTEXT_MARGIN, (crop_side // 4) // TILE_ALIGN * TILE_ALIGN)
 
 
 @dataclass(frozen=True)
-class Tile:
+class Window:
     """A window [y0, y1) x [x0, x1) of the image."""
 
     y0: int
@@ -153,30 +154,30 @@ class Tile:
         return slice(self.y0, self.y1), slice(self.x0, self.x1)
 
 
-def core_side(tile: int, margin: int) -> int:
-    """Side of the cores of `tile` px crops with `margin` px of context (a multiple of TILE_ALIGN)."""
-    return max(TILE_ALIGN, ((tile - 2 * margin) // TILE_ALIGN) * TILE_ALIGN)
+def core_side(crop_side: int, margin: int) -> int:
+    """Side of the cores of `crop_side` px crops with `margin` px of context (a TILE_ALIGN multiple)."""
+    return max(TILE_ALIGN, ((crop_side - 2 * margin) // TILE_ALIGN) * TILE_ALIGN)
 
 
-def core_grid(height: int, width: int, tile: int, margin: int, offset: tuple[int, int] = (0, 0)
-              ) -> Iterator[tuple[Tile, Tile]]:
+def core_grid(height: int, width: int, crop_side: int, margin: int, offset: tuple[int, int] = (0, 0)
+              ) -> Iterator[tuple[Window, Window]]:
     """Non-overlapping cores covering the image, each with its crop (core + `margin` of context).
 
     `offset` (multiples of TILE_ALIGN below the core side) shifts the grid: the first row and
     column of cores are that much shorter. Core and crop bounds are multiples of TILE_ALIGN, so
     after k pools a core maps to whole positions of the crop's feature map (the image's last
     row/column aside, floored alike)."""
-    core = core_side(tile, margin)
+    core = core_side(crop_side, margin)
 
     def starts(length: int, shift: int) -> list[int]:
         return [0] + list(range(core - shift, length, core)) if shift else list(range(0, length, core))
 
-    least = min(tile, MIN_TILE)
+    least = min(crop_side, MIN_CROP_SIDE)
 
     def span(start: int, end: int, length: int) -> tuple[int, int]:
         """The crop around core [start, end): the margin, grown to at least `least` px inside the
-        image (a thin core at an edge would leave the network too few pixels to pool). Growing
-        to a whole tile instead cost 3x at 2048x1536 px, where crops overlap almost entirely."""
+        image (a thin core at an edge would leave the network too few pixels to pool; a whole
+        crop would cost 3x where crops overlap almost entirely)."""
         lo, hi = max(0, start - margin), min(length, end + margin)
         hi = min(length, max(hi, lo + least))
         lo = max(0, min(lo, hi - least)) // TILE_ALIGN * TILE_ALIGN
@@ -185,31 +186,34 @@ def core_grid(height: int, width: int, tile: int, margin: int, offset: tuple[int
     ys, xs = starts(height, offset[0]), starts(width, offset[1])
     for i, y in enumerate(ys):
         for j, x in enumerate(xs):
-            c = Tile(y, ys[i + 1] if i + 1 < len(ys) else height,
+            c = Window(y, ys[i + 1] if i + 1 < len(ys) else height,
                      x, xs[j + 1] if j + 1 < len(xs) else width)
-            yield c, Tile(*span(c.y0, c.y1, height), *span(c.x0, c.x1, width))
+            yield c, Window(*span(c.y0, c.y1, height), *span(c.x0, c.x1, width))
 
 
-def core_of(features, core: Tile, crop: Tile, pools: int):
-    """The positions of `core` in [N,C,h,w] features of `crop` (numpy or torch), `pools` pools in."""
-    f = 2 ** pools
+def layer_stride(layer: str) -> int:
+    """Image pixels per feature position at `layer` (2 per pool before it): the one home of it."""
+    return 2 ** pools_before(layer)
+
+
+def core_of(features, core: Window, crop: Window, stride: int):
+    """The positions of `core` in [N,C,h,w] features of `crop` (numpy or torch), `stride` px apart."""
+    f = stride
     return features[..., (core.y0 - crop.y0) // f:(core.y1 - crop.y0) // f,
                     (core.x0 - crop.x0) // f:(core.x1 - crop.x0) // f]
 
 
-def tiled_pass(engine, images: list[np.ndarray], layers, tile: int, margin: int
-               ) -> Iterator[tuple[Tile, dict[str, np.ndarray]]]:
+def tiled_pass(engine, images: list[np.ndarray], layers, crop_side: int, margin: int
+               ) -> Iterator[tuple[Window, dict[str, np.ndarray]]]:
     """ONNX Runtime features of same-size [H,W,3] `images`, core by core: yields (core, {layer:
     [N,C,h,w] features of the core}) with N = len(images), each core seen with its margin."""
-    from .masks import pools_before
-
     height, width = images[0].shape[:2]
     margin = (margin // TILE_ALIGN) * TILE_ALIGN
-    for core, crop in core_grid(height, width, tile, margin):
+    for core, crop in core_grid(height, width, crop_side, margin):
         ys, xs = crop.slices
         batch = np.stack([im[ys, xs].transpose(2, 0, 1) for im in images])
         feats = engine.features(batch, tuple(layers))
-        yield core, {n: core_of(feats[n], core, crop, pools_before(n)) for n in layers}
+        yield core, {n: core_of(feats[n], core, crop, layer_stride(n)) for n in layers}
 
 
 class GramSum:
@@ -239,63 +243,57 @@ class GramSum:
                 for n, g in self.sums.items()}
 
 
-def core_mask(mask: torch.Tensor | None, core: Tile, layers) -> dict[str, torch.Tensor] | None:
+def core_mask(mask: torch.Tensor | None, core: Window, layers) -> dict[str, torch.Tensor] | None:
     """A [1,1,H,W] image-size mask cut to `core` and pooled to each layer (None stays None)."""
-    from .masks import layer_masks
-
     if mask is None:
         return None
     ys, xs = core.slices
     return layer_masks(mask[..., ys, xs].float().cpu(), layers)
 
 
-def tiled_grams(engine, image: np.ndarray, layers, tile: int, margin: int = 96,
-                mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Gram matrices of a whole [H,W,3] image computed in tiles (what `losses.gram` gives for the
-    full image, up to context beyond `margin`). With `mask` ([1,1,H,W]) the guided Gram."""
+def gram_sum(passes: Iterator[tuple[Window, dict[str, np.ndarray]]],
+             mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Gram matrices of a whole image from its core-by-core `passes` (`feature_passes`,
+    `tiled_pass`): what `losses.gram` gives for the full image. With `mask` ([1,1,H,W]) guided."""
     acc = GramSum()
-    for core, feats in tiled_pass(engine, [image], layers, tile, margin):
-        lm = core_mask(mask, core, layers)
+    for core, feats in passes:
+        lm = core_mask(mask, core, feats)
         for name, f in feats.items():
             acc.add(name, f, None if lm is None else lm[name])
     return acc.grams()
 
 
-def ort_tile(height: int, width: int, device: torch.device | str = "cpu", images: int = 1) -> int:
+def ort_crop_side(height: int, width: int, device: torch.device | str = "cpu", images: int = 1) -> int:
     """Crop side for ONNX Runtime passes over `images` images of height x width: 0 when one pass
     fits in ORT's share of the budget, else the largest crop that does (at least big enough for
     its margins)."""
     budget = ort_budget(device)
     if images * ort_bytes(height, width) <= budget:
         return 0
-    tile = largest_tile(lambda s: images * ort_bytes(s, s) <= budget, max(height, width))
-    return max(tile, 4 * TILE_ALIGN + 2 * CONTEXT_MARGIN)
+    side = largest_crop_side(lambda s: images * ort_bytes(s, s) <= budget, max(height, width))
+    return max(side, 4 * TILE_ALIGN + 2 * CONTEXT_MARGIN)
 
 
 def feature_passes(engine, images: list[np.ndarray], layers, device: torch.device | str = "cpu"
-                   ) -> Iterator[tuple[Tile, dict[str, np.ndarray]]]:
+                   ) -> Iterator[tuple[Window, dict[str, np.ndarray]]]:
     """ONNX Runtime features of same-size [H,W,3] `images`: one pass over the whole when it fits
     in ONNX Runtime's budget, else core by core (`tiled_pass`). Yields (core, {layer: [N,C,h,w]})."""
     height, width = images[0].shape[:2]
-    tile = ort_tile(height, width, device, images=len(images))
-    if tile and max(height, width) > tile:
-        yield from tiled_pass(engine, images, layers, tile, CONTEXT_MARGIN)
+    side = ort_crop_side(height, width, device, images=len(images))
+    if side and max(height, width) > side:
+        yield from tiled_pass(engine, images, layers, side, CONTEXT_MARGIN)
         return
     batch = np.stack([im.transpose(2, 0, 1) for im in images])
-    yield Tile(0, height, 0, width), engine.features(batch, tuple(layers))
+    yield Window(0, height, 0, width), engine.features(batch, tuple(layers))
 
 
 def grams(engine, image: np.ndarray, layers, device: torch.device | str = "cpu"
           ) -> dict[str, torch.Tensor]:
     """Gram matrices of `image` [H,W,3]: one forward pass when it fits in memory, else in cores."""
-    acc = GramSum()
-    for _, feats in feature_passes(engine, [image], layers, device):
-        for name, f in feats.items():
-            acc.add(name, f)
-    return acc.grams()
+    return gram_sum(feature_passes(engine, [image], layers, device))
 
 
-def seam_ratio(image: np.ndarray, layouts: list[list[Tile]], near: tuple[int, ...] = (-3, -2, 2, 3)
+def seam_ratio(image: np.ndarray, layouts: list[list[Window]], near: tuple[int, ...] = (-3, -2, 2, 3)
                ) -> float:
     """Gradient energy across tile borders relative to the gradient energy just beside them.
 

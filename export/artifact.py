@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from stylefu.core.errors import UserError
-from stylefu.core.paths import atomic_target, default_model_path
+from stylefu.core.files import atomic_write
+from stylefu.core.paths import default_model_path
 from stylefu.core.vgg import (
     ARTIFACT_KIND,
     BLOCK_ENDS,
@@ -124,17 +124,14 @@ def export(weights: str = "random", output: str | Path | None = None, *, seed: i
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError:
         raise UserError(f"Cannot create the folder {output.parent}; choose another -o.") from None
-    tmp = atomic_target(output.with_suffix(".onnx"))
-    try:
+    errors: dict[str, float] = {}
+
+    def write(tmp: Path) -> None:
         onnx.save(model, str(tmp))
-        errors = verify(tmp)
+        errors.update(verify(tmp))
         bad = {k: v for k, v in errors.items() if v > MAX_RELATIVE_ERROR}
         if bad:
             raise UserError(f"Verification failed: ONNX Runtime and torch differ by {bad} "
                             f"(limit {MAX_RELATIVE_ERROR}).")
-        os.replace(tmp, output)
-    except OSError as exc:
-        raise UserError(f"Cannot write {output} ({exc.strerror}); choose another -o.") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(output, write, "choose another -o")
     return output, errors

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from stylefu.core.errors import UserError
+from stylefu.core.files import sha256_file
 from stylefu.core.paths import cache_dir
 from stylefu.core.vgg import CONVS, TORCHVISION_INDEX
 
@@ -56,19 +57,11 @@ class Weights:
     preprocessing: str
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download(url: str, dest: Path, sha256_prefix: str, timeout: float = 30.0,
              progress: bool = True) -> Path:
     """Download `url` to `dest` once: resumable (a `.part` file and an HTTP Range request),
     verified against `sha256_prefix`, renamed into place only when complete and correct."""
-    if dest.is_file() and sha256_of(dest).startswith(sha256_prefix):
+    if dest.is_file() and sha256_file(dest).startswith(sha256_prefix):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -100,7 +93,7 @@ def download(url: str, dest: Path, sha256_prefix: str, timeout: float = 30.0,
     finally:
         if progress:
             sys.stderr.write("\n")
-    digest = sha256_of(part)
+    digest = sha256_file(part)
     if not digest.startswith(sha256_prefix):
         part.unlink()
         raise UserError(f"The download of {url} is corrupt (sha256 {digest[:12]}..., expected "
@@ -187,10 +180,10 @@ def get_weights(source: str, seed: int = 0, preprocessing: str | None = None,
         path = download(remote.url, cache_dir() / "weights" / remote.filename,
                         remote.sha256_prefix, timeout=timeout, progress=progress)
         tensors = select_convs(load_checkpoint(path), remote.filename)
-        return Weights(tensors, source, sha256_of(path), preprocessing or remote.preprocessing)
+        return Weights(tensors, source, sha256_file(path), preprocessing or remote.preprocessing)
     path = Path(source).expanduser()
     if not path.exists():
         raise UserError(f"--weights {source!r} is neither torchvision, caffe, random nor an "
                         "existing .pth/.safetensors file.")
     tensors = select_convs(load_checkpoint(path), str(path))
-    return Weights(tensors, f"file {path.name}", sha256_of(path), preprocessing or "torchvision")
+    return Weights(tensors, f"file {path.name}", sha256_file(path), preprocessing or "torchvision")

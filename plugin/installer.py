@@ -28,6 +28,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from stylefu.core.config import Config, config_fields
+from stylefu.core.errors import UserError
+from stylefu.core.files import atomic_write
+from stylefu.core.paths import default_model_path
+from stylefu.core.vgg import MIN_SIDE
+
 PLUGIN_ROOT = Path(__file__).resolve().parent
 BRIDGE = PLUGIN_ROOT / "common" / "stylefu_bridge.py"
 FLATPAK_APP = "org.gimp.GIMP"
@@ -35,8 +41,10 @@ VERSIONS = ("3", "2.10")
 # Evaluations between two looks at the painting in GIMP (the layer updates during a run).
 PREVIEW_EVERY = 10
 SIZE_LIMITS = (None, 8192)  # the dialog's working-size range; None: the network's minimum
-DIALOG_FIELDS = ("preset", "iterations", "size", "preserve_colors", "style_scale", "seed",
-                 "device", "style_weight", "tile_size")
+# The dialog's settings keys (the plug-ins' names, kept for installed plug-ins) -> Config fields.
+DIALOG_FIELDS = {"preset": "preset", "iterations": "evaluations", "size": "size",
+                 "preserve_colors": "preserve_colors", "style_scale": "style_scale", "seed": "seed",
+                 "device": "device", "style_weight": "style_weight", "tile_size": "crop_side"}
 
 
 @dataclass(frozen=True)
@@ -143,15 +151,12 @@ def second_style_weight(blend) -> float:
 
 def plugin_settings(version: str, python: str, model: Path) -> dict:
     """The settings file's content: worker, model, and the dialog's defaults from Config."""
-    from stylefu.core.config import Config, config_fields
-    from stylefu.core.vgg import MIN_SIDE
-
     fields = {f.name: f for f in config_fields()}
     # "Second style goes" is the plug-ins' own choice (the CLI says it with one --mask per
     # style): its places and default live in the bridge.
     bridge = load_bridge()
     places = bridge.SECOND_STYLE_PLACES
-    defaults = {name: fields[name].default for name in DIALOG_FIELDS}
+    defaults = {key: fields[name].default for key, name in DIALOG_FIELDS.items()}
     defaults.update(strength=50.0, iterations=defaults["iterations"] or 0,
                     second_style_weight=second_style_weight(fields["style_blend"].default),
                     second_style_goes=places[0])
@@ -165,7 +170,7 @@ def plugin_settings(version: str, python: str, model: Path) -> dict:
         "choices": dict({name: list(fields[name].metadata["choices"])
                          for name in ("preset", "preserve_colors", "device")},
                         second_style_goes=list(places)),
-        "help": {name: fields[name].metadata["help"] for name in DIALOG_FIELDS},
+        "help": {key: fields[name].metadata["help"] for key, name in DIALOG_FIELDS.items()},
         "limits": {"size": [SIZE_LIMITS[0] or MIN_SIDE, SIZE_LIMITS[1]],
                    "tile_size": [0, SIZE_LIMITS[1]]},
         "config_class": f"{Config.__module__}.{Config.__qualname__}",
@@ -175,8 +180,6 @@ def plugin_settings(version: str, python: str, model: Path) -> dict:
 def install(version: str = "3", plug_ins_dir=None, model=None, python: str | None = None,
             **where) -> list[Target]:
     """Copy the plug-in (bridge inlined, run bit set) and its settings into every target."""
-    from stylefu.core.paths import default_model_path
-
     model_path = Path(model).expanduser().resolve() if model else default_model_path()
     settings = plugin_settings(version, python or sys.executable, model_path)
     bridge = BRIDGE.read_text(encoding="utf-8")
@@ -193,9 +196,8 @@ def install(version: str = "3", plug_ins_dir=None, model=None, python: str | Non
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"),
+                 "choose another --plug-ins-dir")
 
 
 def uninstall(versions=VERSIONS, plug_ins_dir=None, **where) -> list[Path]:
@@ -262,8 +264,6 @@ def _flatpak_hint(done: list[Target]) -> None:
 
 
 def cmd_gimp(args) -> int:
-    from stylefu.core.errors import UserError
-
     if args.gimp_command == "install":
         done = install(args.gimp, args.plug_ins_dir, args.model)
         for target in done:

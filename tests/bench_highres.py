@@ -64,15 +64,15 @@ def main() -> int:
           f"{tiling.torch_budget(model.device) / 1e9:.1f} GB, ONNX Runtime "
           f"{tiling.ort_budget(model.device) / 1e9:.1f} GB); content {args.size}x{height}")
 
-    config = Config(size=args.size, scales=args.scales, iterations=args.iterations,
-                    coarse_iterations=args.coarse_iterations, device=args.device)
+    config = Config(size=args.size, levels=args.scales, evaluations=args.iterations,
+                    coarse_evaluations=args.coarse_iterations, device=args.device)
     last_report: dict[int, float] = {}  # per level: time of its last progress report
 
     def progress(p):
-        if p.scale not in last_report:
-            print(f"level {p.scale}/{p.scales}: {p.size[1]}x{p.size[0]} px, first evaluation done",
+        if p.level not in last_report:
+            print(f"level {p.level}/{p.levels}: {p.size[1]}x{p.size[0]} px, first evaluation done",
                   flush=True)
-        last_report[p.scale] = time.perf_counter()
+        last_report[p.level] = time.perf_counter()
 
     started = time.perf_counter()
     result = stylize(content, style, config=config, model=model, callback=progress,

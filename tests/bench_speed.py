@@ -190,11 +190,11 @@ def run_ours(content, style, config, model, snapshot_every: int = 5):
 
     def callback(p):
         entered = time.perf_counter()
-        if p.scale == p.scales:
+        if p.level == p.levels:
             t = entered - start - state["overhead"]
             stamps.append(t)
             state["last"] = (t, p.pixels())
-            if p.iteration % snapshot_every == 0:
+            if p.evaluation % snapshot_every == 0:
                 snaps.append(state["last"])
         state["overhead"] += time.perf_counter() - entered
 
@@ -247,7 +247,7 @@ def bench_size(size: int, args, model, reference: Reference, out: dict):
     from stylefu.core import stylize
     for preset in args.presets:
         stylize(content, style, model=model, config=Config(size=size, preset=preset).with_(
-            iterations=2, coarse_iterations=2))
+            evaluations=2, coarse_evaluations=2))
 
     # Ours first (short), then the long reference, then our fp32 run for the bf16 check.
     rows = {}
@@ -303,7 +303,8 @@ def bench_size(size: int, args, model, reference: Reference, out: dict):
 
     # The same moments, back to back: a per-evaluation ratio less exposed to shared-CPU drift.
     from stylefu.core.model import resolve_precision
-    from stylefu.core.stylize import Objective, compute_targets
+    from stylefu.core.objective import Objective
+    from stylefu.core.targets import compute_targets
     ours_targets = compute_targets(model, content, [style], (size, size), Config(size=size))
     objective = Objective(model, ours_targets, Config(size=size),
                           resolve_precision("auto", model.device))
@@ -356,7 +357,7 @@ def bench_size(size: int, args, model, reference: Reference, out: dict):
                                 "speedup": r["speedup"], "peak_rss_mb": r["rss"],
                                 "reference_evaluations_to_match": r["ref_equiv"],
                                 "schedule": {k: r["config"].schedule_value(k) for k in
-                                             ("scales", "iterations", "coarse_iterations")},
+                                             ("levels", "evaluations", "coarse_evaluations")},
                                 "tolerance": r["config"].schedule_value("tolerance")}
                             for p, r in rows.items()},
     })

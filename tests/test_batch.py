@@ -23,9 +23,9 @@ from stylefu.core import BatchItem, Config, RunOptions, stylize_many
 from stylefu.core.batch import expand_inputs, make_items, read_manifest
 from stylefu.core.errors import UserError
 
-FAST = ["--size", "64", "--scales", "1", "--iterations", "4", "--coarse-iterations", "0",
+FAST = ["--size", "64", "--levels", "1", "--evaluations", "4", "--coarse-evaluations", "0",
         "--tolerance", "0"]
-FAST_CONFIG = Config(size=64, scales=1, iterations=4, coarse_iterations=0, tolerance=0.0)
+FAST_CONFIG = Config(size=64, levels=1, evaluations=4, coarse_evaluations=0, tolerance=0.0)
 
 
 def _save(path: Path, array: np.ndarray) -> Path:

@@ -10,7 +10,7 @@ import torch
 from stylefu.core import Config, load_model
 from stylefu.core.cache import TargetCache, array_hash
 from stylefu.core.paths import cache_dir
-from stylefu.core.stylize import compute_targets
+from stylefu.core.targets import compute_targets
 
 
 def entries():

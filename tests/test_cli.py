@@ -105,7 +105,7 @@ def test_entry_points_and_help():
 
 
 def test_demo_writes_side_by_side(tmp_path):
-    from stylefu.core.demo import run_demo
+    from stylefu.export.demo import run_demo
 
     sheet = run_demo(tmp_path / "demo", size=96, log=lambda text: None)
     image = Image.open(sheet)

@@ -13,10 +13,11 @@ from PIL import Image
 from stylefu.core import Config, UserError, color, load_model, losses, stylize
 from stylefu.core.cli import main
 from stylefu.core.images import fit_long_side, resize_array
-from stylefu.core.stylize import Objective, compute_targets, region_targets
+from stylefu.core.objective import Objective
+from stylefu.core.targets import compute_targets, region_targets
 from stylefu.core.vgg import STYLE_LAYERS
 
-RUN = Config(size=64, iterations=6, scales=1)
+RUN = Config(size=64, evaluations=6, levels=1)
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +196,7 @@ def test_two_styles_two_masks_each_region_takes_its_style(model, images):
     left = 1.0 - half_mask()
     right = half_mask()
     # 30 evaluations: after 10, L-BFGS's path (it oversteps now and then) decides too much.
-    config = RUN.with_(iterations=30)
+    config = RUN.with_(evaluations=30)
     result = stylize(content, [style, other], config=config, model=model,
                      masks=[left, right]).image
 
@@ -203,7 +204,7 @@ def test_two_styles_two_masks_each_region_takes_its_style(model, images):
         feats = model.engine.features(image.transpose(2, 0, 1)[None], STYLE_LAYERS[:3])
         out = {}
         for region, mask in (("left", left), ("right", right)):
-            from stylefu.core.masks import at_size, layer_masks
+            from stylefu.core.guides import at_size, layer_masks
             lm = layer_masks(at_size(mask, 48, 64), STYLE_LAYERS[:3])
             for k, targets in (("style1", g1), ("style2", g2)):
                 out[region, k] = sum(float(losses.style_layer_loss(

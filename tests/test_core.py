@@ -14,7 +14,7 @@ from stylefu.core.losses import gram, style_layer_loss
 
 def run(model_path, images, record=None, content=None, **overrides):
     content_img, style = images
-    config = Config(**{"size": 64, "scales": 1, "iterations": 40, **overrides})
+    config = Config(**{"size": 64, "levels": 1, "evaluations": 40, **overrides})
     log = []
     result = stylize(content_img if content is None else content, style, config=config,
                      model=model_path, callback=record or log.append)
@@ -23,7 +23,7 @@ def run(model_path, images, record=None, content=None, **overrides):
 
 def test_total_loss_falls(model_path, images):
     _, log = run(model_path, images)
-    assert len(log) == 40 and [p.iteration for p in log] == list(range(1, 41))
+    assert len(log) == 40 and [p.evaluation for p in log] == list(range(1, 41))
     assert log[-1].loss < 0.05 * log[0].loss  # measured: 0.488 -> 0.0012
 
 
@@ -36,7 +36,7 @@ def test_lbfgs_does_not_stall_on_small_losses(model_path, images, tile):
     Asserted as each run's relative fall, not the two trajectories' digits (rounding order moves
     those by more than 5 % between CPUs). Measured after 15 evaluations: last/first loss 0.19
     untiled and 0.31-0.33 tiled for both scales; with the fix reverted 1.000 (stalled)."""
-    runs = [run(model_path, images, iterations=15, precision="fp32", tile_size=tile,
+    runs = [run(model_path, images, evaluations=15, precision="fp32", crop_side=tile,
                 content_weight=scale, style_weight=1e6 * scale) for scale in (1e-4, 1e-7)]
     (big, big_log), (_, small_log) = runs
     assert big.metrics["tiles"] == ({"64x48": 48} if tile else {})
@@ -47,14 +47,14 @@ def test_lbfgs_does_not_stall_on_small_losses(model_path, images, tile):
 
 def test_texture_synthesis_matches_style_grams(model_path, images):
     """From noise with style loss only, the Gram matrices approach the style's."""
-    _, log = run(model_path, images, content_weight=0.0, init="noise", iterations=60)
+    _, log = run(model_path, images, content_weight=0.0, init="noise", evaluations=60)
     assert log[0].content_loss == 0.0
     assert log[-1].style_loss < 0.01 * log[0].style_loss  # measured: 1.5e-7 -> 5.6e-11
 
 
 def test_content_reconstruction_from_noise(model_path, images):
     """From noise with content loss only at a shallow layer, the content comes back."""
-    result, _ = run(model_path, images, style_weight=0.0, init="noise", iterations=60,
+    result, _ = run(model_path, images, style_weight=0.0, init="noise", evaluations=60,
                     content_layer="relu2_1", precision="fp32")
     psnr = 10 * np.log10(1.0 / np.mean((result.image - images[0]) ** 2))
     assert psnr > 30.0  # measured: 38.6 dB (relu1_1 gives 88 dB)
@@ -100,9 +100,9 @@ def test_gram_of_bf16_features_is_accurate(shape, masked):
 def test_same_seed_same_bytes(model_path, images, tmp_path):
     outputs = []
     for name in ("a", "b"):
-        result, _ = run(model_path, images, init="noise", iterations=10, seed=7)
+        result, _ = run(model_path, images, init="noise", evaluations=10, seed=7)
         outputs.append(result.save(tmp_path / f"{name}.png").read_bytes())
-    other, _ = run(model_path, images, init="noise", iterations=10, seed=8)
+    other, _ = run(model_path, images, init="noise", evaluations=10, seed=8)
     assert outputs[0] == outputs[1]
     assert other.save(tmp_path / "c.png").read_bytes() != outputs[0]
 
@@ -113,13 +113,13 @@ def test_cancel_stops_within_one_iteration(model_path, images, kind):
     seen = []
 
     def record(progress):
-        seen.append(progress.iteration)
-        if progress.iteration == 3:
+        seen.append(progress.evaluation)
+        if progress.evaluation == 3:
             event.set()
 
     cancel = event if kind == "event" else event.is_set
     with pytest.raises(Cancelled):
-        stylize(images[0], images[1], config=Config(size=64, scales=1, iterations=40),
+        stylize(images[0], images[1], config=Config(size=64, levels=1, evaluations=40),
                 model=model_path, callback=record, cancel=cancel)
     assert seen == [1, 2, 3]
 
@@ -131,22 +131,22 @@ def test_diverging_loss_is_an_error(model_path, images):
 
 def test_progress_image_on_request(model_path, images):
     frames = []
-    run(model_path, images, iterations=3,
-        record=lambda p: frames.append(p.image()) if p.iteration == 3 else None)
+    run(model_path, images, evaluations=3,
+        record=lambda p: frames.append(p.image()) if p.evaluation == 3 else None)
     assert frames[0].shape == (48, 64, 3) and 0 <= frames[0].min() and frames[0].max() <= 1
 
 
 def test_coarse_to_fine_reports_every_scale(model_path, images):
     content = np.repeat(np.repeat(images[0], 3, 0), 3, 1)  # 144 x 192
-    result, log = run(model_path, images, content=content, size=192, scales=2, iterations=4,
-                      coarse_iterations=6)
-    assert [(p.scale, p.scales) for p in log] == [(1, 2)] * 6 + [(2, 2)] * 4
+    result, log = run(model_path, images, content=content, size=192, levels=2, evaluations=4,
+                      coarse_evaluations=6)
+    assert [(p.level, p.levels) for p in log] == [(1, 2)] * 6 + [(2, 2)] * 4
     assert log[0].size == (72, 96) and log[-1].size == (144, 192)
     assert result.image.shape == (144, 192, 3) and result.metrics["iterations"] == 10
 
 
 def test_metrics_are_complete(model_path, images):
-    result, log = run(model_path, images, iterations=5)
+    result, log = run(model_path, images, evaluations=5)
     m = result.metrics
     assert set(m["style_loss_per_layer"]) == {"relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"}
     assert m["device"] == "cpu" and m["iterations"] == 5 and m["seconds"] > 0
@@ -159,7 +159,7 @@ def test_metrics_are_complete(model_path, images):
 def test_alpha_is_kept(model_path, images):
     rgba = np.concatenate([images[0], np.linspace(0, 1, 64, dtype=np.float32)[None, :, None]
                            .repeat(48, 0)], axis=2)
-    result, _ = run(model_path, images, content=rgba, iterations=2)
+    result, _ = run(model_path, images, content=rgba, evaluations=2)
     assert result.alpha is not None and np.allclose(result.alpha, rgba[..., 3], atol=1e-5)
 
 
@@ -172,7 +172,7 @@ def test_cuda_without_gpu_is_a_clear_error(model_path, images):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"size": 0}, "--size"), ({"style_weight": -1.0}, "--style-weight"),
-    ({"iterations": 0}, "--iterations"), ({"content_weight": 0.0, "style_weight": 0.0}, "both"),
+    ({"evaluations": 0}, "--evaluations"), ({"content_weight": 0.0, "style_weight": 0.0}, "both"),
     ({"init": "/no/such.png"}, "--init"), ({"optimizer": "sgd"}, "--optimizer"),
     ({"style_layer_weights": (1.0, 2.0)}, "5 numbers"),
 ])

@@ -74,13 +74,13 @@ def test_dialog_values_become_run_options(model_path):
     assert float(pairs["--style-weight"]) == Config().style_weight
     assert pairs["--save-every"] == str(installer.PREVIEW_EVERY)
     # Every option is one `stylefu run` accepts:
-    build_parser().parse_args(["run", "c.png", "s.png", "-o", "o.png"] + options)
+    assert build_parser().parse_args(["run", "c.png", "s.png", "-o", "o.png"] + options).evaluations == 7
 
 
 def test_second_style_and_tile_size_become_run_options(model_path):
     settings = installer.plugin_settings("3", sys.executable, model_path)
     # The dialog's defaults come from Config: tile size 0 (automatic), equal blend (None).
-    assert settings["defaults"]["tile_size"] == Config().tile_size == 0
+    assert settings["defaults"]["tile_size"] == Config().crop_side == 0
     assert Config().style_blend is None and settings["defaults"]["second_style_weight"] == 0.5
     assert "--style-blend" not in bridge.run_options(settings["defaults"], settings)
     values = dict(settings["defaults"], tile_size=512, style_blend=bridge.second_style_blend(0.75))
@@ -89,7 +89,7 @@ def test_second_style_and_tile_size_become_run_options(model_path):
     assert pairs["--tile-size"] == "512" and pairs["--style-blend"] == "0.25,0.75"
     args = build_parser().parse_args(["run", "c.png", "a.png", "b.png", "-o", "o.png",
                                       "--mask", "m.npy"] + options)
-    assert args.style_blend == (0.25, 0.75) and args.tile_size == 512
+    assert args.style_blend == (0.25, 0.75) and args.crop_side == 512  # --tile-size: an alias
     assert bridge.second_style_blend(1.5) == (0.0, 1.0) and bridge.second_style_blend(0) == (1.0, 0.0)
 
 

@@ -14,7 +14,7 @@ from stylefu.core.vgg import STYLE_LAYERS, load_torch_model
 
 # Tiny schedule so a preview costs a fraction of a second per style at 48 px.
 QUICK = ["--size", "48", "--iterations", "4", "--coarse-iterations", "4", "--scales", "1"]
-QUICK_CONFIG = Config(preset="draft", size=48, iterations=4, coarse_iterations=4, scales=1)
+QUICK_CONFIG = Config(preset="draft", size=48, evaluations=4, coarse_evaluations=4, levels=1)
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ def test_cli_marks_an_unreadable_style_and_renders_the_others(model_path, files,
     assert [s["name"] for s in report["styles"]] == ["stripes", "broken", "noise"]
     assert [s["ok"] for s in report["styles"]] == [True, False, True]
     assert report["config"]["preset"] == "draft" and report["config"]["style_weight"] == 1e7
-    assert report["config"]["iterations"] == 4 and report["size"] == [36, 48]
+    assert report["config"]["evaluations"] == 4 and report["size"] == [36, 48]
     for s in (report["styles"][0], report["styles"][2]):
         per_layer = s["style_distance"]["per_layer"]
         assert set(per_layer) == set(STYLE_LAYERS) and all(v > 0 for v in per_layer.values())

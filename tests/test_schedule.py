@@ -7,27 +7,23 @@ from stylefu.core import Config, stylize
 from stylefu.core.config import PRESETS, SCHEDULE_FIELDS
 from stylefu.core.errors import UserError
 from stylefu.core.model import load_model, resolve_precision
-from stylefu.core.stylize import (
-    EARLY_STOP_WINDOW,
-    Objective,
-    compute_targets,
-    optimise,
-    scale_sizes,
-    should_stop,
-)
+from stylefu.core.objective import Objective
+from stylefu.core.optimise import EARLY_STOP_WINDOW, optimise, should_stop
+from stylefu.core.stylize import level_sizes
+from stylefu.core.targets import compute_targets
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_every_preset_is_a_complete_valid_schedule(preset):
     config = Config(preset=preset).validate()
     assert set(PRESETS[preset]) == set(SCHEDULE_FIELDS)
-    assert config.schedule_value("iterations") >= 1 and config.schedule_value("scales") >= 1
+    assert config.schedule_value("evaluations") >= 1 and config.schedule_value("levels") >= 1
     # An explicit value beats the preset's.
-    assert Config(preset=preset, iterations=7).schedule_value("iterations") == 7
+    assert Config(preset=preset, evaluations=7).schedule_value("evaluations") == 7
 
 
 def test_presets_order_speed_against_quality():
-    work = {name: p["iterations"] + p["coarse_iterations"] * (p["scales"] - 1) / 4
+    work = {name: p["evaluations"] + p["coarse_evaluations"] * (p["levels"] - 1) / 4
             for name, p in PRESETS.items()}
     assert work["draft"] < work["normal"] < work["best"]
 
@@ -38,11 +34,11 @@ def test_bad_tolerance_is_a_user_error(bad):
         Config(tolerance=bad).validate()
 
 
-def test_scale_sizes_halve_down_to_64_px():
-    sizes = scale_sizes(300, 400, Config(size=512, scales=5))
+def test_level_sizes_halve_down_to_64_px():
+    sizes = level_sizes(300, 400, Config(size=512, levels=5))
     assert sizes[-1] == (384, 512)
     assert sizes == [(96, 128), (192, 256), (384, 512)]  # a fourth level would be 48 px short
-    assert scale_sizes(300, 400, Config(size=512, scales=1)) == [(384, 512)]
+    assert level_sizes(300, 400, Config(size=512, levels=1)) == [(384, 512)]
 
 
 def test_should_stop_only_when_the_loss_stopped_falling():
@@ -60,7 +56,7 @@ def test_should_stop_only_when_the_loss_stopped_falling():
 
 def _objective(model_path, images, size=(48, 64), config=None):
     content, style = images
-    config = config or Config(size=64, scales=1)
+    config = config or Config(size=64, levels=1)
     model = load_model(model_path, "cpu")
     targets = compute_targets(model, content, [style], size, config)
     objective = Objective(model, targets, config, torch.float32)
@@ -71,24 +67,24 @@ def _objective(model_path, images, size=(48, 64), config=None):
 def test_early_stopping_ends_a_level(model_path, images):
     objective, start, config = _objective(model_path, images)
     seen = []
-    image, done = optimise(objective, start, 200, config, lambda i, loss, p, x: seen.append(loss),
-                           None, tolerance=0.2)
+    result = optimise(objective, start, 200, config, lambda i, loss, p, x: seen.append(loss),
+                      None, tolerance=0.2)
+    image, done = result.image, result.evaluations
     assert done == len(seen) < 200  # a 20 % tolerance stops long before 200 evaluations
     assert not should_stop(seen[:-1], 0.2) and should_stop(seen, 0.2)  # stopped at the first chance
     assert not torch.equal(image, start)  # the stepped image, not the start
-    image, done = optimise(objective, start, 15, config, lambda *a: None, None, tolerance=0.0)
-    assert done == 15
+    assert optimise(objective, start, 15, config, lambda *a: None, None).evaluations == 15
 
 
 def test_stylize_counts_the_evaluations_it_made(model_path, images):
     content, style = images
     full = stylize(content, style, model=model_path,
-                   config=Config(size=64, scales=1, iterations=20, tolerance=0, precision="fp32"))
+                   config=Config(size=64, levels=1, evaluations=20, tolerance=0, precision="fp32"))
     early = stylize(content, style, model=model_path,
-                    config=Config(size=64, scales=1, iterations=200, tolerance=0.2,
+                    config=Config(size=64, levels=1, evaluations=200, tolerance=0.2,
                                   precision="fp32"))
-    assert full.metrics["iterations"] == 20
-    assert EARLY_STOP_WINDOW < early.metrics["iterations"] < 200
+    assert full.metrics["evaluations"] == full.metrics["iterations"] == 20
+    assert EARLY_STOP_WINDOW < early.metrics["evaluations"] < 200
 
 
 def test_precision_resolution_on_cpu():
@@ -107,11 +103,11 @@ def test_bf16_final_loss_within_2_percent_of_fp32(model_path, images):
     losses = {}
     for precision in ("fp32", "bf16"):
         result = stylize(content, style, model=model_path,
-                         config=Config(size=64, scales=1, iterations=60, tolerance=0,
+                         config=Config(size=64, levels=1, evaluations=60, tolerance=0,
                                        precision=precision))
         assert result.metrics["precision"] == {"fp32": "float32", "bf16": "bfloat16"}[precision]
         losses[precision] = result.metrics["total_loss"]
     start = stylize(content, style, model=model_path,
-                    config=Config(size=64, scales=1, iterations=1, precision="fp32"))
+                    config=Config(size=64, levels=1, evaluations=1, precision="fp32"))
     assert losses["fp32"] < 0.5 * start.metrics["total_loss"]  # both really optimised
     assert losses["bf16"] <= 1.02 * losses["fp32"]

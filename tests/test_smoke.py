@@ -19,7 +19,7 @@ def test_installed_names_are_stylefu_only(tmp_path):
 
 def test_short_run_changes_the_image(model_path, images):
     content, style = images
-    result = stylize(content, style, config=Config(size=64, iterations=5, scales=1),
+    result = stylize(content, style, config=Config(size=64, evaluations=5, levels=1),
                      model=model_path)
     assert result.image.shape == (48, 64, 3)
     assert np.abs(result.image - content).mean() > 1e-3

@@ -10,7 +10,8 @@ from PIL import Image
 from stylefu.core import Config, load_model, losses, stylize, tiling
 from stylefu.core.cli import main
 from stylefu.core.demo import demo_content, demo_style
-from stylefu.core.stylize import compute_targets, evaluate
+from stylefu.core.objective import evaluate
+from stylefu.core.targets import compute_targets
 from stylefu.core.vgg import STYLE_LAYERS
 
 
@@ -40,7 +41,7 @@ def test_thin_edge_cores_still_run(model):
     """64x48 px in 48 px crops: moving grids leave 8-16 px cores at the edges; their crops grow to
     the tile (at most 64 px), so the network always has enough pixels to pool (it failed before)."""
     content, style = demo_content(48, 64), demo_style(64)
-    config = Config(size=64, iterations=6, scales=1, tile_size=48)
+    config = Config(size=64, evaluations=6, levels=1, crop_side=48)
     result = stylize(content, style, config=config, model=model)
     assert result.metrics["tiles"] == {"64x48": 48}
     assert np.abs(result.image - content).mean() > 0.01
@@ -55,19 +56,19 @@ def test_memory_estimate_follows_the_measurements():
 
 
 def test_choose_tile(monkeypatch):
-    assert tiling.choose_tile(120, 160, 64, "lbfgs") == 64  # the user's choice
-    assert tiling.choose_tile(60, 60, 64, "lbfgs") == 0  # smaller than the tile: one piece
+    assert tiling.choose_crop_side(120, 160, 64, "lbfgs") == 64  # the user's choice
+    assert tiling.choose_crop_side(60, 60, 64, "lbfgs") == 0  # smaller than the tile: one piece
     monkeypatch.setattr(tiling, "available_bytes", lambda device="cpu": 1e12)
-    assert tiling.choose_tile(4096, 4096, 0, "lbfgs") == 0
+    assert tiling.choose_crop_side(4096, 4096, 0, "lbfgs") == 0
     monkeypatch.setattr(tiling, "available_bytes", lambda device="cpu": 16e9)
-    tile = tiling.choose_tile(4096, 4096, 0, "lbfgs")
+    tile = tiling.choose_crop_side(4096, 4096, 0, "lbfgs")
     assert 256 <= tile < 4096 and tile % 16 == 0
     # The largest crop whose forward and backward fit beside the whole image's optimiser state.
     state = tiling.tiled_state_bytes(4096, 4096)
     assert state + tiling.crop_bytes(tile) <= tiling.torch_budget()
     assert state + tiling.crop_bytes(tile + 16) > tiling.torch_budget()
     # ONNX Runtime's passes get their own share, so both fit in the budget at once.
-    ort = tiling.ort_tile(4096, 4096)
+    ort = tiling.ort_crop_side(4096, 4096)
     assert ort and tiling.ort_bytes(ort, ort) <= tiling.ort_budget()
     assert state + tiling.crop_bytes(tile) + tiling.ort_bytes(ort, ort) <= tiling.budget_bytes()
 
@@ -76,14 +77,14 @@ def test_tiled_grams_match_the_whole_image(model):
     image = demo_content(96, 128)
     feats = model.engine.features(image.transpose(2, 0, 1)[None], STYLE_LAYERS)
     whole = {n: losses.gram(torch.from_numpy(feats[n])) for n in STYLE_LAYERS}
-    tiled = tiling.tiled_grams(model.engine, image, STYLE_LAYERS, tile=96, margin=32)
+    tiled = tiling.gram_sum(tiling.tiled_pass(model.engine, [image], STYLE_LAYERS, 96, 32))
     for name in STYLE_LAYERS[:4]:
         error = float((tiled[name] - whole[name]).norm() / whole[name].norm())
         assert error < 0.05, (name, error)
     mask = torch.zeros(1, 1, 96, 128)
     mask[..., 40:] = 1.0
-    guided = tiling.tiled_grams(model.engine, image, STYLE_LAYERS[:2], 96, 32, mask)
-    from stylefu.core.masks import layer_masks
+    guided = tiling.gram_sum(tiling.tiled_pass(model.engine, [image], STYLE_LAYERS[:2], 96, 32), mask)
+    from stylefu.core.guides import layer_masks
     lm = layer_masks(mask, STYLE_LAYERS[:2])
     for name in STYLE_LAYERS[:2]:
         exact = losses.gram(torch.from_numpy(feats[name]), lm[name])
@@ -95,8 +96,8 @@ def test_seam_ratio_detects_a_seam():
     image = resize_array(np.random.default_rng(0).random((6, 8, 3), dtype=np.float32), 120, 160)
     cores = [core for core, _ in tiling.core_grid(120, 160, 64, 16, (16, 16))]
     assert tiling.seam_ratio(image, [cores]) < 1.5
-    quarters = [tiling.Tile(0, 60, 0, 80), tiling.Tile(0, 60, 80, 160),
-                tiling.Tile(60, 120, 0, 80), tiling.Tile(60, 120, 80, 160)]
+    quarters = [tiling.Window(0, 60, 0, 80), tiling.Window(0, 60, 80, 160),
+                tiling.Window(60, 120, 0, 80), tiling.Window(60, 120, 80, 160)]
     assert tiling.seam_ratio(image, [quarters]) < 1.5
     seamed = image.copy()
     for t in quarters[::3]:  # two diagonal quarters 3 % brighter: a faint step at the borders
@@ -107,7 +108,7 @@ def test_seam_ratio_detects_a_seam():
 def test_tiled_run_lowers_the_loss_without_seams(model):
     """64 px tiles on a 128 px image: the whole image's loss falls and no border shows."""
     content, style = demo_content(96, 128), demo_style(96)
-    config = Config(size=128, iterations=4, scales=1, tile_size=64)
+    config = Config(size=128, evaluations=4, levels=1, crop_side=64)
     result = stylize(content, style, config=config, model=model)
     assert result.metrics["tiles"] == {"128x96": 64}
     targets = compute_targets(model, content, [style], (96, 128), config)
@@ -143,7 +144,7 @@ def test_out_of_memory_becomes_a_clear_error(model, monkeypatch):
     monkeypatch.setattr(module, "optimise", explode)
     content, style = demo_content(48, 64), demo_style(64)
     with pytest.raises(module.UserError, match="Ran out of memory at 64x48 px.*--tile-size"):
-        stylize(content, style, config=Config(size=64, iterations=1, scales=1), model=model)
+        stylize(content, style, config=Config(size=64, evaluations=1, levels=1), model=model)
 
 
 def sky_with_land_bottom_left(height: int, width: int) -> np.ndarray:
@@ -164,7 +165,7 @@ def test_tiles_do_not_drift_apart(model):
     content, style = sky_with_land_bottom_left(height, width), demo_style(96)
     runs = {}
     for tile in (0, 112):
-        config = Config(size=width, iterations=12, scales=1, tile_size=tile, tolerance=0)
+        config = Config(size=width, evaluations=12, levels=1, crop_side=tile, tolerance=0)
         result = stylize(content, style, config=config, model=model)
         assert result.metrics["tiles"] == ({f"{width}x{height}": tile} if tile else {})
         change = result.image - content

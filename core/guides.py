@@ -1,4 +1,5 @@
-"""Spatial control (Gatys et al. 2017, section 4): grayscale masks that say where a style applies.
+"""Spatial control (Gatys et al. 2017, section 4): guides, grayscale masks that say where a style
+applies (the `--mask` option and the `masks` parameter of `stylize`).
 
 A mask is 0..1 per pixel (soft masks blend). It acts twice: the style loss of its style uses the
 guided Gram matrix (feature positions weighted by the mask, `losses.gram(features, mask)`), and the

@@ -1,0 +1,37 @@
+"""`stylefu export`: this package's subcommand, registered with the `stylefu` command through the
+"stylefu.commands" entry point (pyproject.toml), so core never imports export."""
+
+from __future__ import annotations
+
+import argparse
+
+from stylefu.core.cli import say, weights_note
+from stylefu.core.vgg import read_artifact
+
+from .artifact import export
+
+
+def cmd_export(args) -> int:
+    path, errors = export(args.weights, args.output, seed=args.seed, pooling=args.pooling,
+                          preprocessing=args.preprocessing)
+    info, _ = read_artifact(path)
+    say(f"stylefu export: wrote {path} ({path.stat().st_size / 1e6:.1f} MB, weights "
+        f"{weights_note(info)}, pooling {info.pooling})")
+    say("verified against torch, largest relative difference per output: " +
+        ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+    return 0
+
+
+def add_export_parser(sub) -> None:
+    """Add `stylefu export` to the `stylefu` command's subparsers."""
+    exp = sub.add_parser("export", help="write VGG19's feature layers as the ONNX model",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    exp.add_argument("--weights", default="torchvision",
+                     help="torchvision, caffe, random, or a local .pth/.safetensors path")
+    exp.add_argument("--seed", type=int, default=0, help="seed for --weights random")
+    exp.add_argument("--pooling", choices=("avg", "max"), default="avg",
+                     help="pooling between blocks: avg (the paper's advice) or max (VGG's own)")
+    exp.add_argument("--preprocessing", choices=("torchvision", "caffe"), default=None,
+                     help="override the weights' preprocessing")
+    exp.add_argument("-o", "--output", help="output path (default: the cache's model path)")
+    exp.set_defaults(func=cmd_export)
