@@ -129,6 +129,7 @@ def main(argv=None) -> int:
     parser.add_argument("--frame-size", type=int, default=None)
     parser.add_argument("--no-ray", dest="ray", action="store_false")
     parser.add_argument("--no-flicker", dest="flicker", action="store_false")
+    parser.add_argument("--no-throughput", dest="throughput", action="store_false")
     parser.add_argument("--model", type=Path, default=None,
                         help="artifact (default: random weights, seed 0, made in a temp folder)")
     parser.add_argument("-o", "--output", type=Path, default=Path("bench-batch.json"))
@@ -149,7 +150,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = args.model or export("random", tmp / "random.onnx", seed=0, progress=False)[0]
-        out["throughput"] = throughput(model, tmp, args)
+        out["throughput"] = throughput(model, tmp, args) if args.throughput else []
         if args.flicker:
             print(f"frames: {args.frames} at {args.frame_size} px (pan 2 px/frame, grain 0.08, noise 0.02)")
             out["flicker"] = flicker_rows(model, tmp, args)
