@@ -423,6 +423,9 @@ class WorkerSetup:
 
 
 def _worker_main(wid: int, setup: WorkerSetup, tasks, results, cancel) -> None:
+    """`results`: this worker's own pipe to the driver (a worker killed mid-write can then break
+    only its own channel, never a lock the others share); `cancel`: a lock-free shared flag."""
+    cancelled = lambda: bool(cancel.value)  # noqa: E731
     """A worker process: load the model once, then run the items it is given until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     set_threads(setup.threads)
@@ -431,9 +434,9 @@ def _worker_main(wid: int, setup: WorkerSetup, tasks, results, cancel) -> None:
     try:
         model = load_model(setup.model, setup.device)
     except Exception as exc:  # noqa: BLE001
-        results.put(("broken", wid, f"{type(exc).__name__}: {exc}"))
+        results.send(("broken", wid, f"{type(exc).__name__}: {exc}"))
         return
-    results.put(("ready", wid, None))
+    results.send(("ready", wid, None))
     parent = os.getppid()
     while True:
         try:
@@ -447,15 +450,15 @@ def _worker_main(wid: int, setup: WorkerSetup, tasks, results, cancel) -> None:
         index, item, init, previous = task
 
         def progress(record: dict, index=index) -> None:
-            results.put(("progress", wid, (index, record)))
+            results.send(("progress", wid, (index, record)))
         try:
             payload = run_item(model, item, setup.config, setup.options, init, previous,
-                               progress if setup.progress else None, cancel)
+                               progress if setup.progress else None, cancelled)
         except Cancelled:
-            results.put(("cancelled", wid, index))
+            results.send(("cancelled", wid, index))
             continue
         payload.pop("trace", None)
-        results.put(("done", wid, (index, payload)))
+        results.send(("done", wid, (index, payload)))
 
 
 class LocalPool:
@@ -465,8 +468,7 @@ class LocalPool:
     def __init__(self, setup: WorkerSetup, workers: int, gpus: int = 0):
         self.ctx = multiprocessing.get_context("spawn")
         self.setup, self.gpus = setup, gpus
-        self.results = self.ctx.Queue()
-        self.cancel = self.ctx.Event()
+        self.cancel = self.ctx.RawValue("b", 0)  # no lock: a killed worker cannot hold it
         self.procs: dict[int, tuple] = {}
         self.next_id = 0
         for _ in range(workers):
@@ -475,6 +477,7 @@ class LocalPool:
     def start_worker(self) -> int:
         wid, self.next_id = self.next_id, self.next_id + 1
         tasks = self.ctx.Queue()
+        reader, writer = self.ctx.Pipe(duplex=False)
         env = {"OMP_NUM_THREADS": str(self.setup.threads)}
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(wid % self.gpus)  # one GPU per worker
@@ -482,45 +485,53 @@ class LocalPool:
         os.environ.update(env)  # a spawned child copies the environment when it starts
         try:
             proc = self.ctx.Process(target=_worker_main, daemon=True, name=f"stylefu-worker-{wid}",
-                                    args=(wid, self.setup, tasks, self.results, self.cancel))
+                                    args=(wid, self.setup, tasks, writer, self.cancel))
             proc.start()
+            writer.close()  # the worker holds the only writing end: its death reads as EOF
         finally:
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-        self.procs[wid] = (proc, tasks)
+        self.procs[wid] = (proc, tasks, reader)
         return wid
 
     def send(self, wid: int, task) -> None:
         self.procs[wid][1].put(task)
 
     def get(self, timeout: float):
-        try:
-            return self.results.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        """The next message from any worker, or None after `timeout` seconds."""
+        from multiprocessing.connection import wait
+
+        readers = {entry[2]: wid for wid, entry in self.procs.items()}
+        for reader in wait(list(readers), timeout):
+            try:
+                return reader.recv()
+            except (EOFError, OSError):
+                self.procs[readers[reader]][1].put(None)  # gone: dead() reports it
+        return None
 
     def dead(self) -> list[tuple[int, int | None]]:
         """(worker id, exit code) of workers that have ended; they are forgotten."""
-        gone = [(wid, proc.exitcode) for wid, (proc, _) in self.procs.items() if not proc.is_alive()]
+        gone = [(wid, proc.exitcode) for wid, (proc, *_) in self.procs.items() if not proc.is_alive()]
         for wid, _ in gone:
             del self.procs[wid]
         return gone
 
     def close(self, cancel: bool = False) -> None:
         if cancel:
-            self.cancel.set()
-        for _, tasks in self.procs.values():
+            self.cancel.value = 1
+        for _, tasks, _ in self.procs.values():
             tasks.put(None)
         deadline = time.monotonic() + (STOP_GRACE_S if cancel else 60.0)
-        while time.monotonic() < deadline and any(p.is_alive() for p, _ in self.procs.values()):
-            with contextlib.suppress(queue.Empty, OSError, EOFError):
-                while True:  # a worker cannot exit while its last message waits in a full pipe
-                    self.results.get_nowait()
+        while time.monotonic() < deadline and any(p.is_alive() for p, *_ in self.procs.values()):
+            for _, _, reader in self.procs.values():
+                with contextlib.suppress(OSError, EOFError):
+                    while reader.poll():  # a worker cannot exit while its last message fills the pipe
+                        reader.recv()
             time.sleep(0.05)
-        for proc, _ in self.procs.values():
+        for proc, *_ in self.procs.values():
             if proc.is_alive():
                 proc.terminate()
                 proc.join(5)
