@@ -1,5 +1,5 @@
-"""The `stylefu` command: run, preview and info here; other packages add theirs (export, demo,
-gimp) through the "stylefu.commands" entry point group, so core imports neither of them.
+"""The `stylefu` command: run, batch, preview and info here; other packages add theirs (export,
+demo, gimp) through the "stylefu.commands" entry point group, so core imports neither of them.
 
 Every `run` option is generated from the Config dataclass, so defaults and help live in one place.
 User errors end in one sentence on stderr (or a JSON error record) and exit code 2. Commands
@@ -298,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--model")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
+
+    from .batch_cli import add_batch_parser  # core's own: the options come from this module
+    add_batch_parser(sub, add_config_options, config_from_args)
 
     for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
         entry.load()(sub)
