@@ -5,6 +5,7 @@
     result.save("out.png")
 """
 
+from .batch import BatchItem, ItemResult, RunOptions, stylize_many
 from .config import PRESETS, Config
 from .errors import Cancelled, NumericalError, UserError
 from .images import Picture, load_image, save_image
@@ -14,4 +15,5 @@ from .stylize import Progress, StylizeResult, stylize
 
 __all__ = ["Config", "PRESETS", "Cancelled", "NumericalError", "UserError", "Picture",
            "load_image", "save_image", "StyleModel", "load_model", "Progress", "StylizeResult",
-           "stylize", "preview", "PreviewResult", "StylePreview"]
+           "stylize", "preview", "PreviewResult", "StylePreview", "stylize_many", "BatchItem",
+           "ItemResult", "RunOptions"]

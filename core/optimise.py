@@ -16,12 +16,14 @@ import numpy as np
 import torch
 
 from . import losses, tiling
+from .compiled import Evaluation
 from .config import Config
 from .errors import Cancelled
 from .model import StyleModel
 from .objective import LossSpec, Objective, check_finite
 from .targets import Targets
-from .tiling import Window, layer_stride
+from .tiling import Window
+from .vgg import layer_stride
 
 CancelToken = threading.Event | Callable[[], bool] | None
 # report(evaluation, loss, parts, pixels): called after every evaluation.
@@ -156,12 +158,12 @@ def minimise(loss: LossFunction, image: torch.Tensor, evaluations: int, config: 
 
 
 def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config: Config,
-             report: Report, cancel: CancelToken, tolerance: float = 0.0) -> Optimised:
-    """Optimise a whole image held in memory against `objective`."""
-    def loss(x):
-        total, parts = objective(x)
-        return total, parts, lambda multiplier: (total * multiplier).backward()
-    return minimise(loss, image, evaluations, config, report, cancel, tolerance)
+             report: Report, cancel: CancelToken, tolerance: float = 0.0, compiled: bool = False,
+             log: Callable[[str], None] | None = None) -> Optimised:
+    """Optimise a whole image held in memory against `objective`; `compiled`: through
+    torch.compile (core/compiled.py: eager after one line if compiling fails)."""
+    return minimise(Evaluation(objective, compiled, log), image, evaluations, config, report,
+                    cancel, tolerance)
 
 
 class TiledObjective:

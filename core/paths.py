@@ -8,6 +8,7 @@ from pathlib import Path
 
 MODEL_ENV = "STYLEFU_MODEL"
 CACHE_ENV = "STYLEFU_CACHE"
+WEIGHTS_ENV = "STYLEFU_WEIGHTS_CACHE"
 MODEL_FILENAME = "vgg19-features.onnx"
 
 
@@ -30,3 +31,13 @@ def default_model_path() -> Path:
         return Path(os.environ[MODEL_ENV]).expanduser()
     return cache_dir() / MODEL_FILENAME
 
+
+def weights_dir() -> Path:
+    """Where downloaded weights are kept: $STYLEFU_WEIGHTS_CACHE, else the cache's weights folder.
+
+    A separate variable lets CI keep the fetched weights between runs while each test run uses a
+    fresh cache folder for everything else.
+    """
+    if os.environ.get(WEIGHTS_ENV):
+        return Path(os.environ[WEIGHTS_ENV]).expanduser()
+    return cache_dir() / "weights"

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from . import jsontext, losses
+from . import balance, jsontext, losses
 from .cache import cached_grams, target_cache
-from .config import Config
+from .config import PLAIN_STYLE_WEIGHT, STRENGTH_NEUTRAL, Config
 from .errors import UserError
 from .files import atomic_write
 from .images import PILLOW_FORMATS, Picture, check_min_side, fit_long_side, load_image, resize_array
@@ -127,16 +127,19 @@ def style_distance(model: StyleModel, content: np.ndarray, style: np.ndarray,
     """Gram-matrix distance between content and style at the preview's working size.
 
     Per style layer: mean squared difference of the two Gram matrices (ONNX Runtime features,
-    float32 Gram); total: the sum weighted like the style loss. The style is sized exactly as
-    for the optimisation (`style_scale`), and both Grams come from the target cache.
+    float32 Gram); total: the sum weighted like the style loss (at the default strength each
+    layer relative to its target's magnitude, core/balance.py, so styles compare fairly). The
+    style is sized exactly as for the optimisation (`style_scale`), and both Grams come from the
+    target cache.
     """
     size = fit_long_side(*content.shape[:2], config.size)
-    style_targets = compute_targets(model, content, [style], size, config).grams
+    targets = compute_targets(model, content, [style], size, config)
     content_grams = cached_grams(target_cache(model), model.engine, content, size, STYLE_LAYERS)
     per_layer = {name: float(losses.style_layer_loss(torch.from_numpy(content_grams[name]),
-                                                     style_targets[name].cpu()))
+                                                     targets.grams[name].cpu()))
                  for name in STYLE_LAYERS}
-    return per_layer, LossSpec.from_config(config).style(per_layer)
+    weighted = balance.normalised_weights(config, targets.content, targets.grams)
+    return per_layer, LossSpec.from_config(weighted).style(per_layer)
 
 
 def preview(content, styles: Sequence, *, config: Config | None = None,
@@ -220,6 +223,13 @@ BAR, BAR_LEFT, ERROR = (70, 110, 190), (220, 140, 40), (200, 40, 40)
 PAD = 12
 
 
+def balance_label(config: Config) -> str:
+    """The run's style/content balance in words: its strength, or its plain style weight."""
+    if config.plain_loss:
+        return f"style weight {config.style_weight or PLAIN_STYLE_WEIGHT:g}"
+    return f"strength {STRENGTH_NEUTRAL if config.strength is None else config.strength:g}"
+
+
 def _font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)  # Pillow's bundled TrueType font
@@ -297,7 +307,7 @@ def contact_sheet(result: PreviewResult) -> Image.Image:
     weights = info["weights_source"]
     levels = "/".join(str(px) for px in info["levels"])
     sub = (f"{w}x{h} px, preset {cfg.preset} (levels {levels} px), "
-           f"style weight {cfg.style_weight:g}, colours: {cfg.preserve_colors}, weights: {weights}"
+           f"{balance_label(cfg)}, colours: {cfg.preserve_colors}, weights: {weights}"
            + ("  (RANDOM: weak effect)" if info["weights_random"] else ""))
     draw.text((PAD, 34), _clip_text(draw, sub, small_f, width - 2 * PAD), font=small_f, fill=MUTED)
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import color, guides, tiling
+from . import balance, color, guides, tiling
+from .compiled import compile_seconds, level_compiled, should_compile
+from .compiled import failure as compiled_failure
 from .config import Config
 from .errors import UserError
 from .images import (
@@ -30,7 +32,7 @@ from .images import (
 from .model import StyleModel, load_model, resolve_device, resolve_precision
 from .objective import Objective, check_finite, evaluate
 from .optimise import CancelToken, Optimised, optimise, optimise_tiled
-from .targets import blend_weights, region_targets
+from .targets import blend_weights, compute_targets, region_targets
 from .vgg import MIN_SIDE
 
 
@@ -99,6 +101,18 @@ def plan_levels(height: int, width: int, config: Config, device: torch.device) -
                                                  else "coarse_evaluations"),
                   tiling.choose_crop_side(*size, config.crop_side, config.optimizer, device))
             for k, size in enumerate(sizes, start=1)]
+
+
+def balanced(config: Config, model: StyleModel, content: np.ndarray, styles: Sequence[np.ndarray],
+             size: tuple[int, int]) -> Config:
+    """`config` with its loss weights set (core/balance.py) from the targets at the first level's
+    `size` (at most 512 px: a tiled level has no whole-image pass). The target cache makes the
+    level's own targets free afterwards."""
+    if config.plain_loss:
+        return balance.normalised_weights(config, None, {})
+    size = fit_long_side(*size, min(512, max(size)))
+    targets = compute_targets(model, content, styles, size, config)
+    return balance.normalised_weights(config, targets.content, targets.grams)
 
 
 def initial_image(content: np.ndarray, size: tuple[int, int], config: Config,
@@ -197,13 +211,19 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     # Colour preservation changes what the optimiser sees (see color.py).
     content_rgb, styles = color.prepare(config.preserve_colors, content_pic.rgb,
                                         [p.rgb for p in style_pics])
+    config = balanced(config, model, content_rgb, styles, plan[0].size)
     image = initial_image(content_rgb, plan[0].size, config, generator)
+    # Whole-image levels may run compiled (tiled ones stay eager): decided once per run.
+    compiled = should_compile(config.compile, model.device,
+                              [(lv.size, lv.evaluations) for lv in plan if not lv.crop_side], log)
+    compile_started = compile_seconds()
     evaluations, runs = 0, []
     for level in plan:
         with _memory_guard(level.size, model.device):
             image, run, targets = _run_level(level, len(plan), image, model, content_rgb, styles,
                                              mask_arrays, config, dtype, callback, cancel,
-                                             generator, log)
+                                             generator, log,
+                                             compiled and level_compiled(config.compile, level.size))
         evaluations += run.evaluations
         runs.append((run, targets))
     last_run, last_targets = runs[-1]
@@ -221,7 +241,10 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
                    device=str(model.device), precision=str(dtype).replace("torch.", ""),
                    weights_source=model.weights_source, model=str(model.path),
                    sizes=[list(level.size) for level in plan],
-                   tiles={f"{lv.size[1]}x{lv.size[0]}": lv.crop_side for lv in plan if lv.crop_side})
+                   tiles={f"{lv.size[1]}x{lv.size[0]}": lv.crop_side for lv in plan if lv.crop_side},
+                   loss_weights=balance.weights_record(config),
+                   compiled=compiled and not compiled_failure(),
+                   compile_seconds=round(compile_seconds() - compile_started, 3))
     if final.crop_side:
         metrics["seam_ratio"] = tiling.seam_ratio(result, [last_run.cores])
     return StylizeResult(result, alpha, metrics)
@@ -230,9 +253,10 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
 def _run_level(level: Level, levels: int, image: torch.Tensor, model: StyleModel,
                content_rgb: np.ndarray, styles: list[np.ndarray], mask_arrays: list[np.ndarray],
                config: Config, dtype: torch.dtype, callback, cancel: CancelToken,
-               generator: torch.Generator, log: Callable[[str], None]):
+               generator: torch.Generator, log: Callable[[str], None], compiled: bool = False):
     """One level: targets, the image resized to the level, optimised, composited by the guides.
-    Returns the image, the optimiser's result and the targets (the last level's are measured)."""
+    Returns the image, the optimiser's result and the targets (the last level's are measured).
+    `compiled`: a whole-image level evaluates its loss through torch.compile (core/compiled.py)."""
     size, side = level.size, level.crop_side
     if side:
         need = tiling.torch_bytes(*size, config.optimizer) / 1e9
@@ -259,7 +283,7 @@ def _run_level(level: Level, levels: int, image: torch.Tensor, model: StyleModel
                                         generator, tolerance)
     else:
         run = optimise(Objective(model, targets, config, dtype), image, level.evaluations, config,
-                       report, cancel, tolerance)
+                       report, cancel, tolerance, compiled=compiled, log=log)
     image = run.image
     if mask_arrays:
         # Outside every guide the content, exactly; soft edges blend.

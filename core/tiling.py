@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .guides import layer_masks, pools_before
+from .guides import layer_masks
+from .vgg import layer_stride
 
 # Measured on this project's CPUs (VGG19 to relu5_1): torch forward+backward peaks at ~1.1 GB at
 # 512^2 px and ~3.0 GB at 1024^2 px, i.e. ~0.47 GB fixed + ~2.4 kB per pixel.
@@ -206,11 +207,6 @@ def core_grid(height: int, width: int, crop_side: int, margin: int, offset: tupl
             c = Window(y, ys[i + 1] if i + 1 < len(ys) else height,
                      x, xs[j + 1] if j + 1 < len(xs) else width)
             yield c, Window(*span(c.y0, c.y1, height), *span(c.x0, c.x1, width))
-
-
-def layer_stride(layer: str) -> int:
-    """Image pixels per feature position at `layer` (2 per pool before it): the one home of it."""
-    return 2 ** pools_before(layer)
 
 
 def core_of(features, core: Window, crop: Window, stride: int):

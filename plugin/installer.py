@@ -2,10 +2,11 @@
 
 GIMP's Python cannot import stylefu, so the installer writes, beside each plug-in, a settings
 file (`<plug-in>.json`) with the worker interpreter (this environment's Python), the model path
-and the dialog's defaults and choices, taken from `stylefu.core.Config`. The shared worker
-bridge is pasted into each installed plug-in, so every plug-in is one self-contained file:
-GIMP 3 runs `plug-ins/stylefu/stylefu.py` (it requires NAME/NAME.py with the run bit set), GIMP
-2.10 `plug-ins/stylefu_gimp2.py` (2.10 on Windows would also run any other .py file there).
+and the dialog's defaults, choices and ranges, taken from `stylefu.core.Config` and the bridge.
+GIMP 3 runs `plug-ins/stylefu/stylefu.py` (it requires NAME/NAME.py with the run bit set) and
+imports the shared bridge, `stylefu_bridge.py`, installed beside it. GIMP 2.10 runs
+`plug-ins/stylefu_gimp2.py`, with the bridge pasted into it: 2.10 on Windows would also run any
+other .py file there, so that plug-in is one self-contained file.
 
 User plug-in folders (GIMP 3 shown; 2.10 uses `2.10` instead of `3.0`):
   Linux    $XDG_CONFIG_HOME/GIMP/3.0/plug-ins (default ~/.config/GIMP/3.0/plug-ins)
@@ -28,7 +29,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from stylefu.core.config import Config, config_fields
+from stylefu.core.config import PRESETS, STRENGTH_NEUTRAL, STRENGTH_RANGE, Config, config_fields
 from stylefu.core.errors import UserError
 from stylefu.core.files import atomic_write
 from stylefu.core.paths import default_model_path
@@ -40,11 +41,10 @@ FLATPAK_APP = "org.gimp.GIMP"
 VERSIONS = ("3", "2.10")
 # Evaluations between two looks at the painting in GIMP (the layer updates during a run).
 PREVIEW_EVERY = 10
-SIZE_LIMITS = (None, 8192)  # the dialog's working-size range; None: the network's minimum
 # The dialog's settings keys (the plug-ins' names, kept for installed plug-ins) -> Config fields.
 DIALOG_FIELDS = {"preset": "preset", "iterations": "evaluations", "size": "size",
                  "preserve_colors": "preserve_colors", "style_scale": "style_scale", "seed": "seed",
-                 "device": "device", "style_weight": "style_weight", "tile_size": "crop_side"}
+                 "device": "device", "strength": "strength", "tile_size": "crop_side"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,16 @@ class Target:
     @property
     def settings_file(self) -> Path:
         return self.plugin_file.with_suffix(".json")
+
+    @property
+    def bridge_file(self) -> Path | None:
+        """The bridge module beside the GIMP 3 plug-in; None for 2.10 (pasted into the plug-in)."""
+        return self.plugin_file.with_name(BRIDGE.name) if self.version == "3" else None
+
+    @property
+    def files(self) -> list[Path]:
+        """Everything `install` writes for this target."""
+        return [p for p in (self.plugin_file, self.bridge_file, self.settings_file) if p]
 
     @property
     def source(self) -> Path:
@@ -135,7 +145,8 @@ def load_bridge():
 # --- what gets written ------------------------------------------------------------------------
 
 def inline_bridge(plugin_text: str, bridge_text: str) -> str:
-    """The plug-in with its `# <stylefu-bridge>` block replaced by the bridge's source."""
+    """The plug-in with its `# <stylefu-bridge>` block replaced by the bridge's source (GIMP
+    2.10 only: see the module docstring)."""
     start, end = "# <stylefu-bridge>", "# </stylefu-bridge>"
     head, _, rest = plugin_text.partition(start)
     _, found, tail = rest.partition(end)
@@ -156,16 +167,21 @@ def second_style_weight(blend) -> float:
 
 
 def plugin_settings(version: str, python: str, model: Path) -> dict:
-    """The settings file's content: worker, model, and the dialog's defaults from Config."""
+    """The settings file's content: worker, model, and the dialog's defaults from Config, its
+    choices and its ranges (the bridge's, the working size from the network's minimum side)."""
     fields = {f.name: f for f in config_fields()}
-    # "Second style goes" is the plug-ins' own choice (the CLI says it with one --mask per
-    # style): its places and default live in the bridge.
+    # "Second style goes" and the Custom quality are the plug-ins' own choices (the CLI says
+    # them with one --mask per style and --iterations): they live in the bridge.
     bridge = load_bridge()
     places = bridge.SECOND_STYLE_PLACES
     defaults = {key: fields[name].default for key, name in DIALOG_FIELDS.items()}
-    defaults.update(strength=50.0, iterations=defaults["iterations"] or 0,
+    defaults.update(strength=STRENGTH_NEUTRAL,
+                    iterations=Config().schedule_value("evaluations"),
                     second_style_weight=second_style_weight(fields["style_blend"].default),
                     second_style_goes=places[0])
+    limits = {name: list(values) for name, values in bridge.LIMITS.items()}
+    limits["size"][0] = MIN_SIDE
+    limits["strength"][:2] = STRENGTH_RANGE
     return {
         "version": bridge.SETTINGS_VERSION,
         "gimp": version,
@@ -174,25 +190,30 @@ def plugin_settings(version: str, python: str, model: Path) -> dict:
         "preview_every": PREVIEW_EVERY,
         "defaults": defaults,
         "choices": dict({name: list(fields[name].metadata["choices"])
-                         for name in ("preset", "preserve_colors", "device")},
+                         for name in ("preserve_colors", "device")},
+                        preset=list(PRESETS) + [bridge.CUSTOM_QUALITY],
                         second_style_goes=list(places)),
         "help": {key: fields[name].metadata["help"] for key, name in DIALOG_FIELDS.items()},
-        "limits": {"size": [SIZE_LIMITS[0] or MIN_SIDE, SIZE_LIMITS[1]],
-                   "tile_size": [0, SIZE_LIMITS[1]]},
+        "limits": limits,
         "config_class": f"{Config.__module__}.{Config.__qualname__}",
     }
 
 
 def install(version: str = "3", plug_ins_dir=None, model=None, python: str | None = None,
             **where) -> list[Target]:
-    """Copy the plug-in (bridge inlined, run bit set) and its settings into every target."""
+    """Copy the plug-in (run bit set), the bridge (beside it for GIMP 3, pasted into it for
+    2.10) and its settings into every target."""
     model_path = Path(model).expanduser().resolve() if model else default_model_path()
     settings = plugin_settings(version, python or sys.executable, model_path)
     bridge = BRIDGE.read_text(encoding="utf-8")
     done = []
     for target in targets(version, plug_ins_dir, **where):
-        text = inline_bridge(target.source.read_text(encoding="utf-8"), bridge)
+        text = target.source.read_text(encoding="utf-8")
         target.plugin_file.parent.mkdir(parents=True, exist_ok=True)
+        if target.bridge_file:
+            _write(target.bridge_file, bridge)
+        else:
+            text = inline_bridge(text, bridge)
         _write(target.plugin_file, text)
         mode = target.plugin_file.stat().st_mode
         target.plugin_file.chmod(mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
@@ -202,6 +223,7 @@ def install(version: str = "3", plug_ins_dir=None, model=None, python: str | Non
 
 
 def _write(path: Path, text: str) -> None:
+    """Write `text` atomically (core's helper: a unique temporary sibling, then a rename)."""
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"),
                  "choose another --plug-ins-dir")
 
@@ -211,7 +233,7 @@ def uninstall(versions=VERSIONS, plug_ins_dir=None, **where) -> list[Path]:
     removed = []
     for version in versions:
         for target in targets(version, plug_ins_dir, **where):
-            for path in (target.plugin_file, target.settings_file):
+            for path in target.files:
                 if path.exists():
                     path.unlink()
                     removed.append(path)

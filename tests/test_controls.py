@@ -177,7 +177,7 @@ def test_guided_objective_ignores_style_outside_the_mask(model, images):
     """The style gradient of a masked term is zero where the mask (pooled to every layer) is 0."""
     content, style = images
     mask = half_mask()
-    config = RUN.with_(content_weight=0.0)
+    config = RUN.with_(content_weight=0.0, style_weight=1e6)  # Objective takes plain weights
     targets = region_targets(model, content, [style], (48, 64), config, [mask])
     objective = Objective(model, targets, config, torch.float32)
     x = torch.from_numpy(content.transpose(2, 0, 1)[None].copy()).requires_grad_(True)

@@ -11,16 +11,17 @@ import pytest
 import torch
 
 from stylefu.core.errors import UserError
-from stylefu.core.vgg import CONVS, TORCHVISION_INDEX
+from stylefu.core.vgg import ARCHITECTURES
 from stylefu.export import download, weights
 
 
-def make_checkpoint() -> bytes:
-    """A small VGG19-shaped state dict in torchvision's key names, saved as torch would."""
+def make_checkpoint(arch: str = "vgg19") -> bytes:
+    """A VGG-shaped state dict in torchvision's key names, saved as torch would."""
+    table = ARCHITECTURES[arch]
     generator = torch.Generator().manual_seed(1)
     state = {}
-    for name, cin, cout in CONVS:
-        index = TORCHVISION_INDEX[name]
+    for name, cin, cout in table.convs:
+        index = table.torchvision_index[name]
         state[f"features.{index}.weight"] = torch.randn(cout, cin, 3, 3, generator=generator) * 0.05
         state[f"features.{index}.bias"] = torch.zeros(cout)
     buffer = io.BytesIO()
@@ -105,10 +106,30 @@ def test_export_torchvision_source_end_to_end(server, tmp_path, monkeypatch):
     from stylefu.core.vgg import read_artifact
     from stylefu.export import export
 
-    monkeypatch.setitem(weights.REMOTE, "torchvision",
+    monkeypatch.setitem(weights.REMOTE["torchvision"], "vgg19",
                         weights.RemoteWeights(server.url, "torchvision"))
     path, errors = export("torchvision", tmp_path / "m.onnx", progress=False)
     info, _ = read_artifact(path)
-    assert info.weights_source == "torchvision"
+    assert info.weights_source == "torchvision" and info.architecture == "vgg19"
     assert info.weights_sha256 == hashlib.sha256(server.payload).hexdigest()
     assert max(errors.values()) < 1e-4
+
+
+def test_export_torchvision_vgg16_end_to_end(tmp_path, monkeypatch):
+    """`export --arch vgg16` downloads vgg16-*.pth (from a local server) and lays out 11 convolutions."""
+    from stylefu.core.vgg import load_torch_model, read_artifact
+    from stylefu.export import export
+
+    s = Server(make_checkpoint("vgg16"))
+    s.url = s.url.replace("/vgg19-", "/vgg16-")
+    try:
+        monkeypatch.setitem(weights.REMOTE["torchvision"], "vgg16",
+                            weights.RemoteWeights(s.url, "torchvision"))
+        path, errors = export("torchvision", tmp_path / "m16.onnx", arch="vgg16", progress=False)
+    finally:
+        s.httpd.shutdown()
+    info, tensors = read_artifact(path)
+    assert info.architecture == "vgg16" and info.weights_source == "torchvision vgg16"
+    assert sorted(k for k in tensors if k.endswith(".weight")) == sorted(
+        f"{n}.weight" for n, _, _ in ARCHITECTURES["vgg16"].convs)
+    assert len(load_torch_model(path).convs) == 11 and max(errors.values()) < 1e-4

@@ -38,7 +38,38 @@ def test_graph_interface_and_metadata(model_path):
     info, _ = read_artifact(model_path)
     assert info.weights_source == "random (seed 0)" and len(info.weights_sha256) == 64
     assert info.pooling == "avg" and info.layers == EXPORTED_LAYERS
-    assert info.preprocessing["name"] == "torchvision" and info.format_version == "1"
+    assert info.preprocessing["name"] == "torchvision" and info.format_version == "2"
+    assert info.architecture == "vgg19"
+
+
+def test_vgg16_graph_from_its_table(tmp_path):
+    """--arch vgg16: 11 convolutions and 4 pools up to relu5_1, the same six outputs, rgb01 kept."""
+    path, errors = export("random", tmp_path / "v16.onnx", arch="vgg16", preprocessing="rgb01",
+                          progress=False)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("Conv") == 11 and ops.count("AveragePool") == 4
+    info, _ = read_artifact(path)
+    assert info.architecture == "vgg16" and info.preprocessing["name"] == "rgb01"
+    assert info.preprocessing["mean"] == [0.0] * 3 and info.preprocessing["std"] == [1.0] * 3
+    assert max(errors.values()) < MAX_RELATIVE_ERROR
+    out = FeatureEngine(path, device="cpu").features(np.full((1, 3, 32, 48), 0.5, np.float32))
+    assert out["relu5_1"].shape[2:] == (2, 3) and out["relu4_2"].shape[2:] == (4, 6)
+
+
+def test_format_1_artifact_reads_as_vgg19(model_path, tmp_path):
+    """A file written before the architecture key existed (format 1) still loads, as VGG19."""
+    model = onnx.load(str(model_path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    meta.pop("stylefu.architecture")
+    meta.update({"stylefu.kind": "stylefu-vgg19-features", "stylefu.format_version": "1"})
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=value)
+    old = tmp_path / "old.onnx"
+    onnx.save(model, str(old))
+    info, _ = read_artifact(old)
+    assert info.architecture == "vgg19" and info.format_version == "1"
+    assert len(load_torch_model(old).convs) == 13
 
 
 @pytest.mark.parametrize("size", [(37, 53), (64, 64), (96, 80)])

@@ -87,20 +87,26 @@ def report(request, installed):
         (work / f"{name}.raw").write_bytes(array.tobytes())
     Image.fromarray(np.round(demo_style(64) * 255).astype(np.uint8)).save(work / "style.png")
     (work / "broken.png").write_bytes(b"not an image at all\n" * 8)
+    (work / "styles").mkdir()  # a folder of candidate styles for the preview: two of them count
+    np.save(work / "styles" / "b-array.npy", demo_style(40, seed=5))
+    Image.fromarray(np.round(demo_style(40, seed=6) * 255).astype(np.uint8)).save(
+        work / "styles" / "a-bitmap.bmp")
+    (work / "styles" / "notes.txt").write_text("not a style")
     job = {"plugin": str(target.plugin_file), "out": str(out), "width": W, "height": H,
            "pixels": {k: str(work / f"{k}.raw") for k in pixels}, "style": str(work / "style.png"),
            "bad_style": str(work / "broken.png"), "choices": settings["choices"], "size": SIZE,
            "iterations": ITERATIONS, "selection": list(SELECTION),
            "soft_canvas": list(SOFT_CANVAS), "soft_offsets": list(SOFT_OFFSETS),
            "soft_selection": str(work / "soft-selection.raw"),
-           "second_style_weight": SECOND_STYLE_WEIGHT, "tile_size": TILE_SIZE}
+           "second_style_weight": SECOND_STYLE_WEIGHT, "tile_size": TILE_SIZE,
+           "style_folder": str(work / "styles")}
     (work / "soft-selection.raw").write_bytes(soft_selection().tobytes())
     (work / "job.json").write_text(json.dumps(job))
     # A cache of its own: this module-scoped fixture runs before the per-test private cache is
     # set, and the shared ~/.cache/stylefu may hold targets written by other code versions.
     env = dict(os.environ, STYLEFU_CACHE=str(work / "cache"))
     proc = subprocess.run([request.param, str(STANDIN / "harness.py"), str(work / "job.json")],
-                          capture_output=True, text=True, timeout=300, env=env)
+                          capture_output=True, text=True, timeout=900, env=env)
     report_file = out / "report.json"
     assert report_file.exists(), proc.stdout + proc.stderr
     data = json.loads(report_file.read_text())
@@ -141,6 +147,10 @@ def test_procedures_are_registered(report):
         "second_style_source", "second_style_layer", "second_style_weight", "second_style_goes",
         "strength", "preset", "iterations", "size", "tile_size", "preserve_colors", "style_scale",
         "seed", "device"]
+    # The same preview slots as GIMP 3's (the bridge's count), besides the folder.
+    assert procs["python-fu-stylefu-preview"]["params"] == [
+        "image", "drawable", "style_folder"] + [
+        f"style_{i}" for i in range(1, installer.load_bridge().PREVIEW_STYLE_SLOTS + 1)] + ["size"]
 
 
 def result(report, name, channels):
@@ -153,14 +163,15 @@ def worker_result(report, model_path, tmp_path, styles=None, mask=None, masks=()
     (`mask`: one for every style; `masks`: one per style), as 8 bits."""
     np.save(tmp_path / "c.npy", report["pixels"]["rgb"])  # the plug-in sends uint8 .npy
     settings = installer.plugin_settings("2.10", sys.executable, model_path)
-    values = dict(settings["defaults"], preset="draft", iterations=ITERATIONS, size=SIZE,
+    values = dict(settings["defaults"], preset="custom", iterations=ITERATIONS, size=SIZE,
                   strength=100.0, device="cpu", **values)
-    options = [o for o in installer.load_bridge().run_options(values, dict(settings, preview_every=0))
+    styles = styles or [report["work"] / "style.png"]
+    options = [o for o in installer.load_bridge().run_options(values, dict(settings, preview_every=0),
+                                                              len(styles))
                if o != "--watch-stdin"]
     for i, array in enumerate([mask] if mask is not None else masks):
         np.save(tmp_path / f"mask{i}.npy", array)
         options += ["--mask", str(tmp_path / f"mask{i}.npy")]
-    styles = styles or [report["work"] / "style.png"]
     assert main(["run", str(tmp_path / "c.npy"), *map(str, styles), "-o", str(tmp_path / "r.png")]
                 + options) == 0
     return np.asarray(Image.open(tmp_path / "r.png").convert("RGB")).astype(int)
@@ -214,7 +225,7 @@ def test_two_styles_are_blended(report, model_path, tmp_path):
     weight = SECOND_STYLE_WEIGHT
     expected = worker_result(report, model_path, tmp_path,
                              [report["work"] / "style.png", tmp_path / "swirls.npy"],
-                             style_blend=(1 - weight, weight))
+                             second_style_weight=weight)
     layer = result(report, "two_styles", 3).astype(int)
     assert np.abs(layer - expected).max() <= 1
     assert np.abs(layer - result(report, "rgb_selection", 3).astype(int)).mean() > 1
@@ -233,15 +244,15 @@ def test_second_style_outside_the_selection(report, model_path, tmp_path):
     mask = soft_selection()[y:y + H, x:x + W, None]
     np.save(tmp_path / "swirls.npy", report["pixels"]["style2"])
     styles = [report["work"] / "style.png", tmp_path / "swirls.npy"]
-    blend = (1 - SECOND_STYLE_WEIGHT, SECOND_STYLE_WEIGHT)
     expected = worker_result(report, model_path, tmp_path, styles, masks=[mask, 255 - mask],
-                             style_blend=blend)
+                             second_style_weight=SECOND_STYLE_WEIGHT)
     layer = result(report, "regions", 3).astype(int)
     assert np.abs(layer - expected).max() <= 1
-    assert "selection.npy --mask " in report["log"] and "selection-inverse.npy" in report["log"]
+    assert "selection.npy --mask-inverse " in report["log"]  # the worker inverts, not the plug-in
     # Against the one-mask run (both styles blended inside the selection, the source outside):
     # outside, the second style now paints; inside, the first style alone.
-    single = worker_result(report, model_path, tmp_path, styles, mask=mask, style_blend=blend)
+    single = worker_result(report, model_path, tmp_path, styles, mask=mask,
+                           second_style_weight=SECOND_STYLE_WEIGHT)
     inside, outside = mask[..., 0] == 255, mask[..., 0] == 0
     source = report["pixels"]["rgb"].astype(int)
     assert np.array_equal(single[outside], source[outside])
@@ -294,8 +305,23 @@ def test_live_preview_replaced_the_layer_during_the_run(report):
     ("outside_without_second_style", "needs a second style"),
     ("selection_covers_layer", "The selection covers the whole layer"),
     ("selection_beside_layer", "The selection does not touch the layer"),
+    ("missing_style_file", "does not exist; choose another"),
 ])
 def test_errors_leave_the_image_as_it_was(report, name, words):
     r = report[name]
     assert r["status"] == "execution-error" and words in r["message"], r["message"]
     assert r["layers"] == ["source"] and r["source_unchanged"] and r["undo_open"] == 0
+
+
+def test_preview_opens_the_contact_sheet(report):
+    """Neural Style Preview in 2.10: the last style slot and the folder's two style images (.bmp
+    and .npy count, like in GIMP 3; a .txt does not) make one contact sheet, opened as an image."""
+    r = report["preview"]
+    assert r["status"] == "success", r["message"]
+    assert r["slots"] == installer.load_bridge().PREVIEW_STYLE_SLOTS
+    (line,) = [x for x in report["log"].splitlines() if " -m stylefu.core preview " in x]
+    folder = report["work"] / "styles"
+    styles = [str(report["work"] / "style.png"), str(folder / "a-bitmap.bmp"),
+              str(folder / "b-array.npy")]
+    assert " ".join(styles) + " -o " in line and "notes.txt" not in line
+    assert min(r["sheet_size"]) >= SIZE // 2

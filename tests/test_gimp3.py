@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,8 +38,10 @@ SELECTION = (16, 12, 32, 24)  # x, y, w, h
 SOFT_SELECTION, FEATHER = (55, 5, 80, 40), 10.0
 SECOND_STYLE_WEIGHT, TILE_SIZE = 0.75, 48
 STYLIZED = ("rgb", "rgba", "offsets", "gray", "float32", "selection", "style_layer")
-# Set STYLEFU_GIMP_FIGURE=PATH to also render the README's figure (tests/figures/gimp-result.png).
+# Set STYLEFU_GIMP_FIGURE=PATH to also render the README's figure (tests/figures/gimp-result.png),
+# and STYLEFU_GIMP_SCREENSHOTS=DIR for the README's GIMP window figures (`make gimp-figure`).
 FIGURE = os.environ.get("STYLEFU_GIMP_FIGURE")
+SCREENSHOTS = os.environ.get("STYLEFU_GIMP_SCREENSHOTS")
 
 
 def gimp_missing() -> str | None:
@@ -211,9 +214,10 @@ def worker_result(suite, model_path, tmp_path, styles=None, mask=None, masks=(),
     np.save(tmp_path / "c.npy", content.astype(np.float32))
     styles = styles or [suite["root"] / "style.png"]
     settings = installer.plugin_settings("3", sys.executable, model_path)
-    values = dict(settings["defaults"], preset="draft", iterations=ITERATIONS, size=SIZE,
+    values = dict(settings["defaults"], preset="custom", iterations=ITERATIONS, size=SIZE,
                   strength=STRENGTH, **values)
-    options = [o for o in installer.load_bridge().run_options(values, dict(settings, preview_every=0))
+    options = [o for o in installer.load_bridge().run_options(values, dict(settings, preview_every=0),
+                                                              len(styles))
                if o != "--watch-stdin"]
     for i, array in enumerate([mask] if mask is not None else masks):
         np.save(tmp_path / f"mask{i}.npy", array.astype(np.float32))
@@ -273,7 +277,7 @@ def test_two_styles_are_blended(suite, model_path, tmp_path):
     weight = SECOND_STYLE_WEIGHT
     expected = worker_result(suite, model_path, tmp_path,
                              [suite["root"] / "style.png", tmp_path / "stripes.npy"],
-                             style_blend=(1 - weight, weight))
+                             second_style_weight=weight)
     _, result = arrays(suite, "two_styles")
     assert_same_pixels(result, expected)
     _, one_style = arrays(suite, "rgb")
@@ -293,18 +297,18 @@ def test_second_style_outside_the_selection(suite, model_path, tmp_path):
     stripes = np.round(np.load(suite["root"] / "style-layer.npy") * 255) / 255
     np.save(tmp_path / "stripes.npy", stripes.astype(np.float32))
     styles = [suite["root"] / "style.png", tmp_path / "stripes.npy"]
-    blend = (1 - SECOND_STYLE_WEIGHT, SECOND_STYLE_WEIGHT)
     expected = worker_result(suite, model_path, tmp_path, styles, masks=[mask, 1 - mask],
-                             style_blend=blend)
+                             second_style_weight=SECOND_STYLE_WEIGHT)
     source, result = arrays(suite, "regions")
     assert_same_pixels(result, expected)
-    assert "selection.npy --mask " in suite["log"] and "selection-inverse.npy" in suite["log"]
+    assert "selection.npy --mask-inverse " in suite["log"]  # the worker inverts, not the plug-in
     # No layer mask: the image shows the new layer's pixels everywhere.
     visible = np.load(suite["out"] / "regions-visible.npy")[13:13 + H, 25:25 + W]
     assert np.abs(visible - result).max() <= 1 / 255 + 1e-6
     # Against the one-mask run (both styles blended inside the selection, the source outside):
     # outside, the second style now paints; inside, the first style alone.
-    single = worker_result(suite, model_path, tmp_path, styles, mask=mask, style_blend=blend)
+    single = worker_result(suite, model_path, tmp_path, styles, mask=mask,
+                           second_style_weight=SECOND_STYLE_WEIGHT)
     inside, outside = mask == 1, mask == 0
     assert np.abs(single[outside] - source[outside][:, :3]).max() <= 1e-6
     changed_outside = np.abs(result[outside][:, :3] - source[outside][:, :3]).mean()
@@ -325,22 +329,26 @@ def test_tile_size_reaches_the_worker(suite, model_path, tmp_path):
     assert np.abs(result[..., :3] - source[..., :3]).mean() > 0.01
 
 
-@pytest.mark.parametrize("name, words", [
-    ("bad_style", "is not an image"),
-    ("no_style", "Choose a style"),
-    ("missing_model", "No model at"),
-    ("dying_worker", "stopped unexpectedly (killed by signal SIGKILL)"),
-    ("selection_beside_layer", "The selection does not touch the layer"),
-    ("outside_without_selection", "needs a selection for the first style"),
-    ("outside_without_second_style", "needs a second style"),
-    ("selection_covers_layer", "The selection covers the whole layer"),
+@pytest.mark.parametrize("name, status, words", [
+    ("bad_style", "execution-error", "is not an image"),
+    ("missing_model", "execution-error", "No model at"),
+    ("dying_worker", "execution-error", "stopped unexpectedly (killed by signal SIGKILL)"),
+    # Wrong input is a calling error, as in GIMP's own plug-ins.
+    ("no_style", "calling-error", "Choose a style"),
+    ("missing_style_file", "calling-error", "for argument 'style-file'"),  # GIMP's own check
+    ("two_layers", "calling-error", "Select exactly one (non-group) layer"),
+    ("selection_beside_layer", "calling-error", "The selection does not touch the layer"),
+    ("outside_without_selection", "calling-error", "needs a selection for the first style"),
+    ("outside_without_second_style", "calling-error", "needs a second style"),
+    ("selection_covers_layer", "calling-error", "The selection covers the whole layer"),
 ])
-def test_errors_leave_the_image_as_it_was(suite, name, words):
+def test_errors_leave_the_image_as_it_was(suite, name, status, words):
     r = suite["results"][name]
-    assert r["status"] == "execution-error"
+    assert r["status"] == status
     assert words in r["message"], r["message"]
     assert "\n" not in r["message"].strip() and "Traceback" not in r["message"]
-    assert r["layers"] == ["source"], "a layer was left behind"
+    assert r["layers"] == r["layers_before"] == (["source", "second"] if name == "two_layers"
+                                                 else ["source"]), "a layer was left behind"
     assert r["source_unchanged"]
 
 
@@ -369,27 +377,55 @@ def test_preview_opens_the_contact_sheet(suite):
     assert sheet.size == tuple(r["sheet_size"]) and min(sheet.size) >= SIZE
 
 
+def window_shot(display: str, name: str, path: Path) -> tuple[int, int]:
+    """Save a PNG of the largest visible window whose title matches `name`; its (width, height)."""
+    from PIL import ImageGrab
+
+    env = dict(os.environ, DISPLAY=display)
+    found = subprocess.run(["xdotool", "search", "--onlyvisible", "--name", name], env=env,
+                           capture_output=True, text=True).stdout.split()
+    boxes = []
+    for window in found:
+        shell = subprocess.run(["xdotool", "getwindowgeometry", "--shell", window], env=env,
+                               capture_output=True, text=True).stdout
+        g = dict(line.split("=", 1) for line in shell.split())
+        boxes.append((int(g["X"]), int(g["Y"]), int(g["X"]) + int(g["WIDTH"]),
+                      int(g["Y"]) + int(g["HEIGHT"])))
+    assert boxes, f"no visible window named {name!r} on {display}"
+    box = max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
+    shot = ImageGrab.grab(bbox=box, xdisplay=display)
+    shot.save(path)
+    return shot.size
+
+
 def test_dialog_runs_the_filter_in_gimps_user_interface(model_path, tmp_path):
-    """GIMP 3 with its interface under Xvfb: the filter's dialog opens, OK runs the filter."""
+    """GIMP 3 with its interface under Xvfb: the filter's dialog opens (grouped in frames and
+    folded expanders, screenshot taken), OK runs the filter. With STYLEFU_GIMP_SCREENSHOTS=DIR
+    (`make gimp-figure`) a larger picture runs longer, and the dialog and GIMP's window during
+    the run are saved there as the README's figures."""
     reason = gimp_missing() or (None if shutil.which("Xvfb") and shutil.which("xdotool") else
                                 "the GUI test needs Xvfb and xdotool (apt-get install xvfb xdotool)")
     if reason:
         if REQUIRED:
             pytest.fail(f"STYLEFU_REQUIRE_GIMP=1 but {reason}")
         pytest.skip(reason)
+    figures = Path(SCREENSHOTS) if SCREENSHOTS else None
     installer.install("3", tmp_path / "plug-ins", model=model_path)
-    np.save(tmp_path / "content.npy", demo_content(H, W))
+    h, w, size, iterations = (144, 192, 192, 40) if figures else (H, W, SIZE, ITERATIONS)
+    np.save(tmp_path / "content.npy", demo_content(h, w))
     Image.fromarray(np.round(demo_style(64) * 255).astype(np.uint8)).save(tmp_path / "style.png")
-    (tmp_path / "out").mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
     job = {"content": str(tmp_path / "content.npy"), "style": str(tmp_path / "style.png"),
-           "out": str(tmp_path / "out"), "size": SIZE, "iterations": ITERATIONS}
+           "out": str(out), "size": size, "iterations": iterations,
+           "strength": 75.0 if figures else STRENGTH}
     (tmp_path / "job.json").write_text(json.dumps(job))
     shutil.copy(GIMP_DIR / "gui_dialog.py", tmp_path / "gui_dialog.py")
     number = 40 + os.getpid() % 50
     display = f":{number}"
     xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    gimp = None
+    gimp, lines = None, []
     try:
         deadline = time.monotonic() + 30
         while not Path(f"/tmp/.X11-unix/X{number}").exists() and time.monotonic() < deadline:
@@ -402,23 +438,59 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(model_path, tmp_path):
         gimp = subprocess.Popen(["sh", str(GIMP_DIR / "gimp3-batch.sh"),
                                  str(tmp_path / "gui_dialog.py"), str(tmp_path / "plug-ins")],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        reader = threading.Thread(target=lambda: lines.extend(iter(gimp.stdout.readline, "")),
+                                  daemon=True)
+        reader.start()
         xenv = dict(os.environ, DISPLAY=display)
-        window, deadline = "", time.monotonic() + 300
-        while not window and time.monotonic() < deadline and gimp.poll() is None:
-            time.sleep(1)
-            window = subprocess.run(["xdotool", "search", "--name", "Neural Style Transfer"],
-                                    env=xenv, capture_output=True, text=True).stdout.split()
-        assert window, "the filter's dialog never appeared"
-        time.sleep(2)  # let the dialog finish drawing before pressing its OK button
-        # No window manager under Xvfb: focus the dialog directly, then its OK mnemonic.
-        subprocess.run(["xdotool", "windowfocus", "--sync", window[0]], env=xenv, timeout=30)
-        subprocess.run(["xdotool", "key", "alt+o"], env=xenv, timeout=30)
-        log, _ = gimp.communicate(timeout=300)
+        def dialogs():
+            return subprocess.run(["xdotool", "search", "--onlyvisible", "--name",
+                                   "Neural Style Transfer"], env=xenv, capture_output=True,
+                                  text=True).stdout.split()
+
+        sizes = {}
+        for quality, key in (("normal", "alt+c"), ("custom", "alt+o")):
+            window, deadline = [], time.monotonic() + 300
+            while not window and time.monotonic() < deadline and gimp.poll() is None:
+                time.sleep(1)
+                window = dialogs()
+            assert window, f"no dialog with quality {quality}: {''.join(lines)[-3000:]}"
+            time.sleep(2)  # let the dialog finish drawing before its screenshot and its button
+            shot = out / ("gimp-dialog.png" if quality == "custom" else f"dialog-{quality}.png")
+            sizes[quality] = window_shot(display, "Neural Style Transfer", shot)
+            # No window manager under Xvfb: focus the dialog directly, then press a mnemonic.
+            subprocess.run(["xdotool", "windowfocus", "--sync", window[0]], env=xenv, timeout=30)
+            subprocess.run(["xdotool", "key", key], env=xenv, timeout=30)
+            deadline = time.monotonic() + 60  # gone before the next one (X may reuse its id)
+            while dialogs() and time.monotonic() < deadline:
+                time.sleep(0.5)
+        if figures:  # GIMP's window once the new layer shows the painting half-way
+            deadline = time.monotonic() + 300
+            while sum("[stylefu] preview" in line for line in lines) < iterations // 20 and \
+                    time.monotonic() < deadline and gimp.poll() is None:
+                time.sleep(0.2)
+            window_shot(display, "GIMP$", out / "gimp-live-preview.png")
+        gimp.wait(timeout=300)
+        reader.join(timeout=30)
     finally:
         for proc in (gimp, xvfb):
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    result = json.loads((tmp_path / "out" / "gui.json").read_text())
-    assert result == {"status": "success", "layers": ["style (neural style)", "photo"]}, log[-3000:]
+    log = "".join(lines)
+    result = json.loads((out / "gui.json").read_text())
+    assert result == {"normal": "cancel", "custom": "success",
+                      "layers": ["style (neural style)", "photo"]}, log[-3000:]
     assert "duplicate mnemonic" not in log
+    # The layout's frames, expanders and the Custom quality's entry raised no warning.
+    assert "gimp_procedure_dialog" not in log and "CRITICAL" not in log, log[-3000:]
+    # Grouped, with two groups folded: well within the screen (the flat column of 16 was not);
+    # the evaluation count shows only for the Custom quality: one row more.
+    print(f"dialog {sizes}")
+    (width, height), (_, preset_height) = sizes["custom"], sizes["normal"]
+    assert 300 < width and 200 < height < 600, sizes
+    assert 20 < height - preset_height < 60, sizes
+    assert np.asarray(Image.open(out / "gimp-dialog.png").convert("L")).std() > 10  # not blank
+    if figures:
+        figures.mkdir(parents=True, exist_ok=True)
+        for name in ("gimp-dialog.png", "gimp-live-preview.png"):
+            shutil.copy(out / name, figures / name)

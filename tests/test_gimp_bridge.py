@@ -1,5 +1,6 @@
-"""The worker bridge the plug-ins carry (plugin/common/stylefu_bridge.py) and the worker options
-it relies on (`stylefu run --keep-size --watch-stdin --progress json`)."""
+"""The bridge both GIMP plug-ins share (plugin/common/stylefu_bridge.py): its commands, rules and
+steps, run with the real worker, and the worker options it relies on (`stylefu run --keep-size
+--watch-stdin --progress json --mask-inverse`)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 import pytest
 
-from stylefu.core.cli import build_parser
-from stylefu.core.config import Config
+from stylefu.core.cli import build_parser, main
+from stylefu.core.config import PRESETS, STRENGTH_NEUTRAL, Config
+from stylefu.core.guides import Inverse, load_mask
+from stylefu.core.vgg import MIN_SIDE
 from stylefu.plugin import installer
 
 bridge = installer.load_bridge()
@@ -47,11 +51,13 @@ def test_npy_files_without_numpy_round_trip(tmp_path):
 
 
 def test_style_strength_maps_to_decades_of_style_weight():
-    settings = {"defaults": {"style_weight": 1e6}}
-    assert bridge.style_weight(50, settings) == pytest.approx(1e6)
-    assert bridge.style_weight(75, settings) == pytest.approx(1e7)
-    assert bridge.style_weight(0, settings) == pytest.approx(1e4)
-    assert bridge.style_weight(100, settings) == pytest.approx(1e8)
+    from stylefu.core.balance import style_weight_for
+
+    base = style_weight_for(50)
+    assert style_weight_for(None) == base
+    assert style_weight_for(75) == pytest.approx(10 * base)
+    assert style_weight_for(0) == pytest.approx(base / 100)
+    assert style_weight_for(100) == pytest.approx(100 * base)
 
 
 def test_flatpak_runs_the_worker_on_the_host():
@@ -65,16 +71,46 @@ def test_flatpak_runs_the_worker_on_the_host():
 
 def test_dialog_values_become_run_options(model_path):
     settings = installer.plugin_settings("3", sys.executable, model_path)
-    values = dict(settings["defaults"], iterations=7, preserve_colors="luminance", style_scale=0.5)
+    values = dict(settings["defaults"], preset="draft", iterations=7, preserve_colors="luminance",
+                  style_scale=0.5)
     options = bridge.run_options(values, settings)
     pairs = dict(zip(options[::2], options[1::2]))
     assert "--watch-stdin" in options and "--keep-size" in options
-    assert pairs["--iterations"] == "7" and pairs["--preserve-colors"] == "luminance"
+    assert pairs["--preset"] == "draft" and pairs["--preserve-colors"] == "luminance"
     assert pairs["--style-scale"] == "0.5" and pairs["--model"] == str(model_path)
-    assert float(pairs["--style-weight"]) == Config().style_weight
+    assert float(pairs["--strength"]) == STRENGTH_NEUTRAL and "--style-weight" not in pairs
     assert pairs["--save-every"] == str(installer.PREVIEW_EVERY)
     # Every option is one `stylefu run` accepts:
-    assert build_parser().parse_args(["run", "c.png", "s.png", "-o", "o.png"] + options).evaluations == 7
+    args = build_parser().parse_args(["run", "c.png", "s.png", "-o", "o.png"] + options)
+    # Quality is one choice: a preset ignores the evaluation count; Custom gives the count and
+    # the worker's default preset for the rest of the schedule.
+    assert args.preset == "draft" and args.evaluations is None
+    custom = bridge.run_options(dict(values, preset=bridge.CUSTOM_QUALITY), settings)
+    args = build_parser().parse_args(["run", "c.png", "s.png", "-o", "o.png"] + custom)
+    assert "--preset" not in custom and args.evaluations == 7 and args.preset == Config().preset
+
+
+def test_dialog_ranges_and_neutral_strength_come_from_one_place(model_path):
+    """Both plug-ins register their dialogs from the settings' limits, which are the bridge's
+    (the working size starting at the network's minimum side); the fallback has the same keys."""
+    settings = installer.plugin_settings("2.10", sys.executable, model_path)
+    assert set(settings["limits"]) == set(bridge.LIMITS)
+    for name, limits in bridge.LIMITS.items():
+        expected = [MIN_SIDE, *limits[1:]] if name == "size" else list(limits)
+        assert settings["limits"][name] == expected, name
+        low, high = settings["limits"][name][:2]
+        if name in settings["defaults"]:
+            assert low <= settings["defaults"][name] <= high, name
+    assert settings["defaults"]["strength"] == STRENGTH_NEUTRAL
+    # Custom's evaluation count starts at the default preset's.
+    assert settings["defaults"]["iterations"] == PRESETS[Config().preset]["evaluations"]
+    assert settings["choices"]["preset"] == [*PRESETS, bridge.CUSTOM_QUALITY]
+    unset = bridge.UNSET_SETTINGS
+    assert set(unset["defaults"]) == set(settings["defaults"]) - {"style_weight"}
+    assert set(unset["choices"]) == set(settings["choices"])
+    assert set(unset["limits"]) == set(settings["limits"])
+    for name, values in unset["choices"].items():
+        assert unset["defaults"][name] in values, name
 
 
 def test_second_style_and_tile_size_become_run_options(model_path):
@@ -83,10 +119,11 @@ def test_second_style_and_tile_size_become_run_options(model_path):
     assert settings["defaults"]["tile_size"] == Config().crop_side == 0
     assert Config().style_blend is None and settings["defaults"]["second_style_weight"] == 0.5
     assert "--style-blend" not in bridge.run_options(settings["defaults"], settings)
-    values = dict(settings["defaults"], tile_size=512, style_blend=bridge.second_style_blend(0.75))
-    options = bridge.run_options(values, settings)
+    values = dict(settings["defaults"], tile_size=512, second_style_weight=0.75)
+    assert "--style-blend" not in bridge.run_options(values, settings, styles=1)
+    options = bridge.run_options(values, settings, styles=2)
     pairs = dict(zip(options[::2], options[1::2]))
-    assert pairs["--tile-size"] == "512" and pairs["--style-blend"] == "0.25,0.75"
+    assert pairs["--crop-side"] == "512" and pairs["--style-blend"] == "0.25,0.75"
     args = build_parser().parse_args(["run", "c.png", "a.png", "b.png", "-o", "o.png",
                                       "--mask", "m.npy"] + options)
     assert args.style_blend == (0.25, 0.75) and args.crop_side == 512  # --tile-size: an alias
@@ -120,30 +157,182 @@ def test_second_style_outside_needs_a_selection_and_a_second_style(place, styles
     assert "\n" not in str(error.value)
 
 
-def test_selection_and_its_inverse_become_one_mask_per_style(tmp_path):
-    """Soft values are kept: the second style's mask is 1 - m (float) or 255 - m (8 bits), and the
-    two masks reach `stylefu run` as --mask selection --mask inverse, in style order."""
+def test_selection_becomes_the_workers_masks(tmp_path):
+    """The selection is written once; with the second style outside it, the worker gets it for
+    the first style and `--mask-inverse` of it for the second (no per-pixel loop in the plug-in)."""
     m = np.array([[0.0, 0.25, 0.5], [0.75, 1.0, 0.1]], np.float32)[..., None]
-    one = bridge.write_selection_masks(str(tmp_path), m.tobytes(), m.shape)
-    assert one == [str(tmp_path / "selection.npy")]
-    assert np.array_equal(np.load(one[0]), m)
-    two = bridge.write_selection_masks(str(tmp_path), m.tobytes(), m.shape, outside=True)
-    assert two == [str(tmp_path / "selection.npy"), str(tmp_path / "selection-inverse.npy")]
-    assert np.array_equal(np.load(two[0]), m) and np.array_equal(np.load(two[1]), 1 - m)
+    assert bridge.selection_masks(str(tmp_path), None) == []
+    path = str(tmp_path / "selection.npy")
+    assert bridge.selection_masks(str(tmp_path), (m.tobytes(), m.shape, "float")) == ["--mask", path]
+    assert np.array_equal(np.load(path), m)
+    two = bridge.selection_masks(str(tmp_path), (m.tobytes(), m.shape, "float"), outside=True)
+    assert two == ["--mask", path, "--mask-inverse", path]
+    args = build_parser().parse_args(["run", "c.png", "a.png", "b.png", "-o", "o.png"] + two)
+    assert args.masks == [path, Inverse(path)]
     u8 = np.array([[0, 64, 128], [191, 255, 7]], np.uint8)[..., None]
-    two = bridge.write_selection_masks(str(tmp_path), u8.tobytes(), u8.shape, "u8", True)
-    assert np.array_equal(np.load(two[0]), u8) and np.array_equal(np.load(two[1]), 255 - u8)
-    options = bridge.mask_options(two)
-    assert options == ["--mask", two[0], "--mask", two[1]]
-    args = build_parser().parse_args(["run", "c.png", "a.png", "b.png", "-o", "o.png"] + options)
-    assert args.masks == two
-    assert bridge.mask_options([]) == []
-    # A selection of the whole layer leaves the second style nowhere: a clear error.
-    full = np.ones((2, 3, 1), np.float32)
-    with pytest.raises(bridge.BridgeError, match="The selection covers the whole layer"):
-        bridge.write_selection_masks(str(tmp_path), full.tobytes(), full.shape, outside=True)
-    with pytest.raises(bridge.BridgeError, match="The selection covers the whole layer"):
-        bridge.write_selection_masks(str(tmp_path), b"\xff" * 6, (2, 3, 1), "u8", True)
+    bridge.selection_masks(str(tmp_path), (u8.tobytes(), u8.shape, "u8"), outside=True)
+    assert np.array_equal(np.load(path), u8)
+    assert np.allclose(load_mask(Inverse(path)), 1 - u8[..., 0] / 255, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind, empty, full", [
+    ("float", np.zeros((2, 3, 1), np.float32).tobytes(), np.ones((2, 3, 1), np.float32).tobytes()),
+    ("u8", b"\0" * 6, b"\xff" * 6),
+])
+def test_selection_that_misses_or_fills_the_layer_is_wrong_input(tmp_path, kind, empty, full):
+    with pytest.raises(bridge.InputError, match="The selection does not touch the layer"):
+        bridge.selection_masks(str(tmp_path), (empty, (2, 3, 1), kind))
+    # A selection of the whole layer leaves the second style nowhere; alone it is fine.
+    with pytest.raises(bridge.InputError, match="The selection covers the whole layer"):
+        bridge.selection_masks(str(tmp_path), (full, (2, 3, 1), kind), outside=True)
+    assert len(bridge.selection_masks(str(tmp_path), (full, (2, 3, 1), kind))) == 2
+    assert issubclass(bridge.InputError, bridge.BridgeError)
+
+
+def test_mask_inverse_is_one_minus_the_mask(tmp_path, images, model_path):
+    """`stylefu run --mask-inverse m` paints as `--mask inv` with inv = 1 - m saved by hand."""
+    content, style = images
+    h, w = content.shape[:2]
+    x = np.linspace(0, 1, w, dtype=np.float32)
+    m = np.clip((x - 0.3) * 4, 0, 1)[None, :, None].repeat(h, 0)  # 0 left, 1 right, soft between
+    np.save(tmp_path / "m.npy", m)
+    np.save(tmp_path / "inv.npy", 1 - m)
+    np.save(tmp_path / "c.npy", content)
+    np.save(tmp_path / "a.npy", style)
+    np.save(tmp_path / "b.npy", style[::-1, :, ::-1].copy())
+    assert np.allclose(load_mask(Inverse(str(tmp_path / "m.npy"))), 1 - m[..., 0], atol=1e-6)
+    common = [str(tmp_path / "c.npy"), str(tmp_path / "a.npy"), str(tmp_path / "b.npy"),
+              "--model", str(model_path), "--size", "64", "--evaluations", "3", "--progress", "none",
+              "--style-weight", "1e6",  # the plain loss: random features paint visibly
+              "--mask", str(tmp_path / "m.npy")]
+    assert main(["run", *common, "--mask-inverse", str(tmp_path / "m.npy"), "-o",
+                 str(tmp_path / "r1.npy")]) == 0
+    assert main(["run", *common, "--mask", str(tmp_path / "inv.npy"), "-o",
+                 str(tmp_path / "r2.npy")]) == 0
+    r1, r2 = np.load(tmp_path / "r1.npy"), np.load(tmp_path / "r2.npy")
+    assert np.abs(r1 - r2).max() <= 1e-5
+    assert np.abs(r1 - content).mean() > 1e-3  # the two regions were painted
+
+
+def test_worker_and_preview_commands_are_ones_stylefu_accepts(model_path, tmp_path):
+    settings = installer.plugin_settings("3", sys.executable, model_path)
+    styles = [("/s/a.png", "a"), ("/s/b.npy", "b")]
+    command = bridge.stylize_command(settings, "/x/c.npy", styles, "/x/r.npy",
+                                     settings["defaults"], ["--mask", "/x/m.npy"])
+    assert command[:4] == [sys.executable, "-m", "stylefu.core", "run"]
+    args = build_parser().parse_args(command[3:])
+    assert args.styles == ["/s/a.png", "/s/b.npy"] and args.masks == ["/x/m.npy"]
+    assert args.style_blend == (0.5, 0.5) and args.output == "/x/r.npy"
+    preview = bridge.preview_command(settings, "/x/c.npy", ["/s/a.png"], "/x/p.png", 96)
+    args = build_parser().parse_args(preview[3:])
+    assert args.command == "preview" and args.size == 96 and args.model == str(model_path)
+    assert "--size" not in bridge.preview_command(settings, "/x/c.npy", ["/s/a.png"], "/x/p.png", 0)
+
+
+def test_style_file_rules_are_the_same_for_both_plugins(tmp_path):
+    """The preview takes the chosen files, then every image the worker reads from the folder
+    (.bmp and .npy included), sorted by name; a chosen file that is not there is wrong input."""
+    for name in ("b.jpg", "a.PNG", "c.bmp", "d.npy", "notes.txt", "e.webp"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    chosen = str(tmp_path / "d.npy")
+    styles = bridge.preview_styles([chosen, "", None], str(tmp_path))
+    assert styles == [chosen] + [str(tmp_path / n) for n in ("a.PNG", "b.jpg", "c.bmp", "d.npy",
+                                                             "e.webp")]
+    assert bridge.preview_styles([chosen], str(tmp_path / "no-such-folder")) == [chosen]
+    with pytest.raises(bridge.InputError, match="Choose style images for the preview"):
+        bridge.preview_styles([], str(tmp_path / "sub"))
+    with pytest.raises(bridge.InputError, match="The style file .* does not exist"):
+        bridge.preview_styles([str(tmp_path / "gone.png")])
+    assert bridge.style_name("/a/b/Starry night.v2.jpg") == "Starry night.v2"
+    assert bridge.layer_name([("p", "a"), ("q", "b")]) == "a + b (neural style)"
+
+
+class ArrayHost(bridge.PluginHost):
+    """The bridge's steps over numpy arrays instead of GIMP: records every call it gets."""
+
+    def __init__(self, content, styles, selection=None):
+        self.content, self.style_paths, self.mask = content, styles, selection
+        self.calls, self.layers = [], []
+
+    def styles(self, folder):
+        self.calls.append("styles")
+        return [(path, bridge.style_name(path)) for path in self.style_paths]
+
+    def selection(self):
+        if self.mask is None:
+            return None
+        return self.mask.astype(np.float32).tobytes(), self.mask.shape, "float"
+
+    def save_content(self, path):
+        np.save(path, self.content)
+
+    def show(self, path, name, masked, layer):
+        if layer is None:
+            layer = {"name": name, "masked": masked}
+            self.layers.append(layer)
+        layer["pixels"] = np.load(path)
+        self.calls.append("show")
+        return layer
+
+    def remove(self, layer):
+        self.layers.remove(layer)
+        self.calls.append("remove")
+
+    def undo_group(self, start):
+        self.calls.append("undo start" if start else "undo end")
+
+    def progress(self, fraction=None, text=None, end=False):
+        self.calls.append("progress end" if end else "progress start" if fraction is None else
+                          "progress")
+
+    def flush(self):
+        pass
+
+
+def test_stylize_layer_runs_the_filters_steps(tmp_path, images, model_path, monkeypatch):
+    """The steps both plug-ins share, with the real worker: one new layer, shown as it forms,
+    inside one undo group, holding what `stylefu run` computes; the exchange folder is removed."""
+    content, style = images
+    np.save(tmp_path / "style.npy", style)
+    settings = dict(installer.plugin_settings("3", sys.executable, model_path), preview_every=1)
+    values = dict(settings["defaults"], preset=bridge.CUSTOM_QUALITY, iterations=3, size=64,
+                  strength=100.0, device="cpu")
+    mask = np.zeros(content.shape[:2] + (1,), np.float32)
+    mask[10:30, 20:50] = 1
+    host = ArrayHost(content, [str(tmp_path / "style.npy")], mask)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where exchange_dir goes
+    bridge.stylize_layer(host, settings, values)
+    assert host.calls[:3] == ["styles", "progress start", "undo start"]
+    assert host.calls[-2:] == ["undo end", "progress end"]
+    assert host.calls.count("show") == 4  # three previews and the result, all in one layer
+    (layer,) = host.layers
+    assert layer["name"] == "style (neural style)" and layer["masked"]
+    np.save(tmp_path / "c.npy", content)
+    np.save(tmp_path / "m.npy", mask)
+    options = [o for o in bridge.run_options(values, dict(settings, preview_every=0))
+               if o != "--watch-stdin"]
+    assert main(["run", str(tmp_path / "c.npy"), str(tmp_path / "style.npy"), "-o",
+                 str(tmp_path / "r.npy"), "--mask", str(tmp_path / "m.npy")] + options) == 0
+    assert np.array_equal(layer["pixels"], np.load(tmp_path / "r.npy"))
+    assert os.listdir(tmp_path / "tmp") == [], "the exchange folder was left behind"
+
+
+def test_stylize_layer_leaves_nothing_when_the_worker_fails(tmp_path, images, model_path):
+    content, style = images
+    np.save(tmp_path / "style.npy", style)
+    settings = dict(installer.plugin_settings("3", sys.executable, tmp_path / "none.onnx"))
+    host = ArrayHost(content, [str(tmp_path / "style.npy")])
+    with pytest.raises(bridge.BridgeError, match="No model at") as error:
+        bridge.stylize_layer(host, settings, dict(settings["defaults"], size=64))
+    assert not isinstance(error.value, bridge.InputError)  # the worker's failure, not the input's
+    assert host.layers == [] and host.calls[-2:] == ["undo end", "progress end"]
+    # Wrong input stops before the worker starts and before any undo group opens.
+    host = ArrayHost(content, [str(tmp_path / "style.npy")], np.zeros((48, 64, 1), np.float32))
+    with pytest.raises(bridge.InputError, match="does not touch the layer"):
+        bridge.stylize_layer(host, settings, dict(settings["defaults"], size=64))
+    assert host.calls == ["styles"]
 
 
 def test_run_worker_follows_progress_and_returns_the_result(files, model_path, tmp_path):
@@ -156,7 +345,7 @@ def test_run_worker_follows_progress_and_returns_the_result(files, model_path, t
                                         "--iterations", "4", "--scales", "1", "--save-every", "2"],
                               on_record=records.append, cwd=str(tmp_path))
     assert final["event"] == "result"
-    assert [r["iteration"] for r in records] == [1, 2, 3, 4]
+    assert [r["evaluation"] for r in records] == [1, 2, 3, 4]
     assert [bool(r.get("image")) for r in records] == [False, True, False, True]
     # --keep-size: the result (and each preview) at the content's own size, with its own alpha
     source = np.load(content)
@@ -234,11 +423,11 @@ stylefu_bridge.run_worker({WORKER!r} + ["run", {str(content)!r}, {str(style)!r},
     assert stopped, "the worker kept running after the plug-in died"
 
 
-def test_progress_text_names_the_stage():
-    record = {"event": "progress", "scale": 1, "scales": 2, "iteration": 10, "iterations": 60}
-    assert bridge.progress_text(record) == "Neural style: scale 1 of 2, iteration 10 of 60"
-    record.update(iteration=60)
-    assert bridge.progress_text(record) == "Neural style: scale 2 of 2, computing targets"
+def test_progress_text_names_the_level_and_evaluation():
+    record = {"event": "progress", "level": 1, "levels": 2, "evaluation": 10, "evaluations": 60}
+    assert bridge.progress_text(record) == "Neural style: level 1 of 2, evaluation 10 of 60"
+    record.update(evaluation=60)
+    assert bridge.progress_text(record) == "Neural style: level 2 of 2, computing targets"
     notice = {"event": "notice", "message": "2048x1536 px is optimised in 512 px tiles."}
     assert bridge.progress_text(notice) == "Neural style: 2048x1536 px is optimised in 512 px tiles."
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from stylefu.core.cli import main
-from stylefu.core.config import Config
+from stylefu.core.config import STRENGTH_NEUTRAL, Config
+from stylefu.core.errors import UserError
 from stylefu.plugin import installer
 
 
@@ -63,23 +64,27 @@ def test_gimp_directory_variables_win(tmp_path):
     assert dirs("2.10", env=env, home=tmp_path) == [("GIMP2_DIRECTORY", tmp_path / "g2")]
 
 
-def test_install_writes_an_executable_self_contained_plugin(tmp_path, model_path):
+def test_install_writes_an_executable_plugin_with_its_bridge_beside_it(tmp_path, model_path):
     where = {"platform": "linux", "env": {}, "home": tmp_path}
     (target,) = installer.install("3", model=model_path, python="/opt/env/bin/python", **where)
     plugin = tmp_path / ".config" / "GIMP" / "3.0" / "plug-ins" / "stylefu" / "stylefu.py"
     assert target.plugin_file == plugin
     assert plugin.stat().st_mode & stat.S_IXUSR  # GIMP 3 ignores plug-ins without the run bit
+    # GIMP 3 imports the bridge as a module from the plug-in's folder: nothing pasted.
     text = plugin.read_text()
-    assert "from stylefu_bridge import" not in text and "def run_worker(" in text
+    assert "import stylefu_bridge as bridge" in text and "def run_worker(" not in text
+    assert (plugin.parent / "stylefu_bridge.py").read_text() == installer.BRIDGE.read_text()
     compile(text, str(plugin), "exec")
+    # Nothing else is left in the folder (no temporary files from the atomic writes).
+    assert sorted(os.listdir(plugin.parent)) == ["stylefu.json", "stylefu.py", "stylefu_bridge.py"]
     settings = json.loads((plugin.parent / "stylefu.json").read_text())
     assert settings["python"] == "/opt/env/bin/python"
     assert settings["model"] == str(Path(model_path).resolve())
     defaults = Config()
-    for name in ("preset", "size", "preserve_colors", "style_scale", "seed", "device",
-                 "style_weight"):
+    for name in ("preset", "size", "preserve_colors", "style_scale", "seed", "device"):
         assert settings["defaults"][name] == getattr(defaults, name), name
-    assert settings["choices"]["preset"] == ["draft", "normal", "best"]
+    assert settings["defaults"]["strength"] == STRENGTH_NEUTRAL
+    assert settings["choices"]["preset"] == ["draft", "normal", "best", "custom"]
     assert settings["choices"]["device"] == ["auto", "cpu", "cuda"]
 
 
@@ -91,8 +96,8 @@ def test_uninstall_removes_only_what_install_wrote(tmp_path, model_path):
     installer.install("2.10", plug_ins, model=model_path)
     assert (plug_ins / "stylefu_gimp2.py").is_file()
     removed = installer.uninstall(plug_ins_dir=plug_ins)
-    assert sorted(p.name for p in removed) == ["stylefu.json", "stylefu.py", "stylefu_gimp2.json",
-                                                "stylefu_gimp2.py"]
+    assert sorted(p.name for p in removed) == ["stylefu.json", "stylefu.py", "stylefu_bridge.py",
+                                                "stylefu_gimp2.json", "stylefu_gimp2.py"]
     assert sorted(os.listdir(plug_ins)) == ["other"]
 
 
@@ -126,3 +131,36 @@ def test_status_says_when_the_worker_cannot_start(tmp_path, model_path):
 def test_installed_plugin_files_ship_as_package_data(version):
     target = installer.Target(version, Path("/nonexistent"), "given")
     assert target.source.is_file() and installer.BRIDGE.is_file()
+
+
+def test_gimp2_plugin_carries_the_bridge_pasted_in(tmp_path, model_path):
+    """GIMP 2.10 on Windows runs every .py file in plug-ins/: its plug-in is one file."""
+    (target,) = installer.install("2.10", tmp_path / "plug-ins", model=model_path)
+    assert target.files == [target.plugin_file, target.settings_file]
+    text = target.plugin_file.read_text()
+    assert "from stylefu_bridge import" not in text and "def stylize_layer(" in text
+    assert sorted(os.listdir(tmp_path / "plug-ins")) == ["stylefu_gimp2.json", "stylefu_gimp2.py"]
+
+
+def test_install_writes_through_cores_atomic_helper(tmp_path, model_path, monkeypatch):
+    """The installer's writes go through core's temporary sibling (unique per process and
+    call), then a rename: a disk that fails mid-write leaves the old plug-in and no temporary."""
+    plug_ins = tmp_path / "plug-ins"
+    installer.install("2.10", plug_ins, model=model_path)
+    before = (plug_ins / "stylefu_gimp2.py").read_text()
+    temporaries = []
+    write_text = Path.write_text
+
+    def disk_full(self, text, *args, **kwargs):
+        temporaries.append(self)
+        write_text(self, text[:100], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(UserError, match="No space left on device"):
+        installer.install("2.10", plug_ins, model=model_path)
+    monkeypatch.undo()
+    assert (plug_ins / "stylefu_gimp2.py").read_text() == before
+    assert temporaries and all(t.parent == plug_ins and t.name.startswith(".") for t in temporaries)
+    assert not any(t.exists() for t in temporaries)
+    assert sorted(os.listdir(plug_ins)) == ["stylefu_gimp2.json", "stylefu_gimp2.py"]

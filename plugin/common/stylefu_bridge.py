@@ -1,33 +1,45 @@
 # -*- coding: utf-8 -*-
-"""The GIMP side of the worker bridge, shared by the GIMP 3 and the GIMP 2.10 plug-ins.
+"""The GIMP side of stylefu, shared by the GIMP 3 and the GIMP 2.10 plug-ins: the filter's steps.
 
 GIMP's own Python cannot import torch, so the plug-ins hand the work to `python -m stylefu.core run`
-in the environment that `stylefu gimp install` recorded, and follow its JSON lines. This file runs
-under GIMP 2.10's Python 2.7 as well as GIMP 3's Python 3, needs nothing beyond the standard
-library (no numpy: GIMP's bundled Python may lack it), and never imports stylefu. The installer
-pastes it into each installed plug-in, so every plug-in is one self-contained file.
+in the environment that `stylefu gimp install` recorded, and follow its JSON lines. Everything both
+plug-ins do alike lives here: the dialog's ranges and choices, the style-file rules, the worker and
+preview commands, the progress, and the order of the steps (`stylize_layer`, `preview_sheet`); a
+plug-in supplies only its GIMP's calls (a `PluginHost`). This file runs under GIMP 2.10's Python 2.7
+as well as GIMP 3's Python 3, needs nothing beyond the standard library (no numpy: GIMP's bundled
+Python may lack it), and never imports stylefu. The installer puts it beside the GIMP 3 plug-in as
+a module, and pastes it into the GIMP 2.10 plug-in (2.10 on Windows runs every .py file there).
 """
 from __future__ import division, print_function
 
-import array
 import ast
 import io
 import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
 
-# Raised whenever the settings gain a key the plug-ins need (2: "second_style_goes"), so an old
-# file gives load_settings' sentence instead of a failure at run time.
-SETTINGS_VERSION = 2
+# Raised whenever the settings gain a key the plug-ins need (3: "limits" for every range and the
+# "custom" quality), so an old file gives load_settings' sentence instead of a failure at run time.
+SETTINGS_VERSION = 3
 FLATPAK_INFO = "/.flatpak-info"
-# Style strength: the dialog's 0..100 slider. STRENGTH_NEUTRAL gives Config.style_weight; every
-# STRENGTH_PER_DECADE points multiply or divide it by 10 (0 -> 1/100, 100 -> 100 times).
-STRENGTH_NEUTRAL = 50.0
-STRENGTH_PER_DECADE = 25.0
+TITLE = "Neural style"
+# The dialogs' ranges (low, high, step for GIMP 2.10's sliders): the one place both plug-ins read
+# them from, through the installer's settings ("limits"), which raise the working size's low end
+# to the network's minimum side.
+LIMITS = {"strength": (0.0, 100.0, 1.0), "iterations": (1, 10000, 10), "size": (16, 8192, 16),
+          "tile_size": (0, 8192, 64), "style_scale": (0.1, 8.0, 0.1), "seed": (0, 2 ** 31 - 1, 1),
+          "second_style_weight": (0.0, 1.0, 0.05), "preview_size": (0, 2048, 16)}
+# The quality choice beyond the core's presets: the default preset's schedule with the dialog's
+# evaluation count at full size (`--evaluations`); every other quality ignores that count.
+CUSTOM_QUALITY = "custom"
+# What counts as a style image in a folder of candidates (what the worker reads).
+STYLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".npy")
+PREVIEW_STYLE_SLOTS = 4  # single style files in the preview's dialog, besides a folder
 # "Second style goes": where the optional second style is painted, the first choice being the
 # default (the one place it is set; the installer's settings take it from here). "everywhere":
 # blended with the first style over the whole layer (a selection limits both); "outside": the
@@ -40,13 +52,18 @@ class BridgeError(Exception):
     """Anything that stops a run, as the one sentence GIMP shows to the user."""
 
 
+class InputError(BridgeError):
+    """Wrong input from the caller (no style, no layer, a choice that cannot be carried out):
+    GIMP 3's CALLING_ERROR, as GIMP's own plug-ins report it."""
+
+
 def settings_path(plugin_file):
     """The settings file the installer writes beside the plug-in: same name, `.json`."""
     return os.path.splitext(os.path.abspath(plugin_file))[0] + ".json"
 
 
 def load_settings(plugin_file):
-    """The installer's settings (worker interpreter, model, dialog defaults and choices)."""
+    """The installer's settings (worker interpreter, model, dialog defaults, choices, limits)."""
     path = settings_path(plugin_file)
     try:
         with io.open(path, encoding="utf-8") as f:
@@ -63,13 +80,14 @@ def load_settings(plugin_file):
 # What a plug-in registers its dialog with when the installer's settings are missing; running
 # then fails with load_settings' sentence that says to run `stylefu gimp install`.
 UNSET_SETTINGS = {
-    "defaults": {"strength": 50.0, "preset": "", "iterations": 0, "size": 16,
+    "defaults": {"strength": LIMITS["strength"][0], "preset": CUSTOM_QUALITY,
+                 "iterations": LIMITS["iterations"][0], "size": LIMITS["size"][0],
                  "preserve_colors": "", "style_scale": 1.0, "seed": 0, "device": "",
                  "second_style_weight": 0.5, "second_style_goes": SECOND_STYLE_PLACES[0],
                  "tile_size": 0},
-    "choices": {"preset": [""], "preserve_colors": [""], "device": [""],
+    "choices": {"preset": [CUSTOM_QUALITY], "preserve_colors": [""], "device": [""],
                 "second_style_goes": list(SECOND_STYLE_PLACES)},
-    "limits": {"size": [16, 16384], "tile_size": [0, 16384]}, "help": {}}
+    "limits": dict((name, list(limits)) for name, limits in LIMITS.items()), "help": {}}
 
 
 def log(*parts):
@@ -108,31 +126,6 @@ def worker_env():
                              "PYTHONUSERBASE", "PYTHONNOUSERSITE", "VIRTUAL_ENV"))
 
 
-def style_weight(strength, settings):
-    """Style strength 0..100 -> the core's style_weight (beta), centred on Config's default."""
-    base = float(settings["defaults"]["style_weight"])
-    return base * 10.0 ** ((float(strength) - STRENGTH_NEUTRAL) / STRENGTH_PER_DECADE)
-
-
-def run_options(values, settings):
-    """`stylefu run` options for the dialog's values (a dict keyed by the Config field names)."""
-    options = ["--progress", "json", "--watch-stdin", "--keep-size",
-               "--style-weight", repr(style_weight(values["strength"], settings)),
-               "--preset", str(values["preset"]), "--size", str(int(values["size"])),
-               "--preserve-colors", str(values["preserve_colors"]),
-               "--style-scale", repr(float(values["style_scale"])),
-               "--seed", str(int(values["seed"])), "--device", str(values["device"])]
-    if int(values.get("iterations") or 0) > 0:
-        options += ["--iterations", str(int(values["iterations"]))]
-    if values.get("tile_size") is not None:
-        options += ["--tile-size", str(int(values["tile_size"]))]
-    if values.get("style_blend"):
-        options += ["--style-blend", ",".join(repr(float(w)) for w in values["style_blend"])]
-    if int(settings.get("preview_every") or 0) > 0:
-        options += ["--save-every", str(int(settings["preview_every"]))]
-    if settings.get("model"):
-        options += ["--model", settings["model"]]
-    return options
 
 
 def second_style_blend(weight):
@@ -145,62 +138,246 @@ def second_style_blend(weight):
     return (1.0 - weight, weight)
 
 
+def run_options(values, settings, styles=1):
+    """`stylefu run` options for the dialog's values (a dict keyed by the Config field names, plus
+    second_style_weight, used when `styles` is 2)."""
+    options = ["--progress", "json", "--watch-stdin", "--keep-size",
+               # The dialog's 0..100 slider is the core's --strength (balanced at 50 on any model).
+               "--strength", repr(float(values["strength"])),
+               "--size", str(int(values["size"])),
+               "--preserve-colors", str(values["preserve_colors"]),
+               "--style-scale", repr(float(values["style_scale"])),
+               "--seed", str(int(values["seed"])), "--device", str(values["device"])]
+    if values["preset"] == CUSTOM_QUALITY:
+        options += ["--evaluations", str(int(values["iterations"]))]
+    else:
+        options += ["--preset", str(values["preset"])]
+    if values.get("tile_size") is not None:
+        options += ["--crop-side", str(int(values["tile_size"]))]
+    if styles == 2:
+        blend = second_style_blend(values["second_style_weight"])
+        options += ["--style-blend", ",".join(repr(w) for w in blend)]
+    if int(settings.get("preview_every") or 0) > 0:
+        options += ["--save-every", str(int(settings["preview_every"]))]
+    if settings.get("model"):
+        options += ["--model", settings["model"]]
+    return options
+
+
+def stylize_command(settings, content, styles, output, values, masks=()):
+    """The worker command for the filter: `styles` as [(path, name)], `masks` as mask options."""
+    return worker_command(settings, ["run", content] + [path for path, _ in styles]
+                          + ["-o", output] + run_options(values, settings, len(styles))
+                          + list(masks))
+
+
+def preview_command(settings, content, styles, sheet, size=0):
+    """The worker command for the preview contact sheet (`size` 0: stylefu preview's own)."""
+    args = ["preview", content] + list(styles) + ["-o", sheet]
+    if int(size) > 0:
+        args += ["--size", str(int(size))]
+    if settings.get("model"):
+        args += ["--model", settings["model"]]
+    return worker_command(settings, args)
+
+
+# --- the style files and the selection ----------------------------------------------------------
+
+def style_file(path, which="style"):
+    """A chosen style file's path; InputError when it is not there."""
+    if not os.path.isfile(path):
+        raise InputError("The %s file %s does not exist; choose another." % (which, path))
+    return path
+
+
+def style_name(path):
+    """A style file's name in the new layer's name: the file name without its suffix."""
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def preview_styles(files, folder=None):
+    """The preview's styles: the chosen files, then every style image in `folder`, by name."""
+    paths = [style_file(path) for path in files if path]
+    if folder and os.path.isdir(folder):
+        paths += [os.path.join(folder, name) for name in sorted(os.listdir(folder))
+                  if name.lower().endswith(STYLE_SUFFIXES)]
+    if not paths:
+        raise InputError("Choose style images for the preview: files or a folder of images.")
+    return paths
+
+
 def second_style_outside(place, styles, selected):
     """True when the dialog's "Second style goes" asks for the second style outside the selection
     (then the worker gets the selection and its inverse as one mask per style, and the new layer
-    no layer mask); False for "everywhere". BridgeError when that choice cannot be carried out.
+    no layer mask); False for "everywhere". InputError when that choice cannot be carried out.
     """
     if place not in SECOND_STYLE_PLACES:
-        raise BridgeError("'Second style goes' must be one of %s, not %r."
-                          % (", ".join(SECOND_STYLE_PLACES), place))
+        raise InputError("'Second style goes' must be one of %s, not %r."
+                         % (", ".join(SECOND_STYLE_PLACES), place))
     if place == "everywhere":
         return False
     if styles != 2:
-        raise BridgeError("'Second style goes: outside the selection' needs a second style; "
-                          "choose one, or set 'Second style goes' to 'everywhere, blended'.")
+        raise InputError("'Second style goes: outside the selection' needs a second style; "
+                         "choose one, or set 'Second style goes' to 'everywhere, blended'.")
     if not selected:
-        raise BridgeError("'Second style goes: outside the selection' needs a selection for the "
-                          "first style; select part of the layer, or set 'Second style goes' to "
-                          "'everywhere, blended'.")
+        raise InputError("'Second style goes: outside the selection' needs a selection for the "
+                         "first style; select part of the layer, or set 'Second style goes' to "
+                         "'everywhere, blended'.")
     return True
 
 
-_INVERT_U8 = bytes(bytearray(range(255, -1, -1)))
+# A mask's raw value for "nothing selected" and "all selected", by pixel kind.
+_EMPTY = {"float": struct.pack("=f", 0.0), "u8": b"\x00"}
+_FULL = {"float": struct.pack("=f", 1.0), "u8": b"\xff"}
 
 
-def inverse_mask(data, kind="float"):
-    """The raw pixels of 1 - m for a mask's raw pixels m (native float32 in 0..1, or uint8):
-    everything the selection leaves out, soft edges kept soft (m + (1 - m) = 1 everywhere)."""
-    if kind == "u8":
-        return bytes(data).translate(_INVERT_U8)
-    inverse = array.array("f", [1.0 - v for v in array.array("f", bytes(data))])
-    return inverse.tobytes() if hasattr(inverse, "tobytes") else inverse.tostring()
+def _all(data, value):
+    """True when the raw pixels `data` are `value` everywhere (a C-speed comparison)."""
+    return bytes(data) == value * (len(data) // len(value))
 
 
-def write_selection_masks(folder, data, shape, kind="float", outside=False):
-    """Write the selection's mask (raw pixels `data`, HxWx1) for the worker; with `outside` also
-    its inverse, for the second style. Returns the mask paths, one per `--mask` in style order.
+def selection_masks(folder, selection, outside=False):
+    """Write the selection (raw pixels, HxWx1 shape, kind "float" or "u8") for the worker and
+    return its mask options: `--mask` for every style; with `outside`, the selection for the first
+    style and its inverse for the second (`--mask-inverse`: 1 - m, soft edges kept, by the worker).
     """
+    if selection is None:
+        return []
+    data, shape, kind = selection
+    if _all(data, _EMPTY[kind]):
+        raise InputError("The selection does not touch the layer; select part of the layer, or "
+                         "Select > None to stylize all of it.")
+    if outside and _all(data, _FULL[kind]):
+        raise InputError("The selection covers the whole layer, so the second style would go "
+                         "nowhere; select less, or set 'Second style goes' to 'everywhere, "
+                         "blended'.")
     path = os.path.join(folder, "selection.npy")
     write_npy(path, data, shape, kind)
-    if not outside:
-        return [path]
-    inverse = inverse_mask(data, kind)
-    if not any(bytearray(inverse)):  # 0.0 is all zero bytes in float32 too
-        raise BridgeError("The selection covers the whole layer, so the second style would go "
-                          "nowhere; select less, or set 'Second style goes' to 'everywhere, "
-                          "blended'.")
-    inverse_path = os.path.join(folder, "selection-inverse.npy")
-    write_npy(inverse_path, inverse, shape, kind)
-    return [path, inverse_path]
+    return ["--mask", path, "--mask-inverse", path] if outside else ["--mask", path]
 
 
-def mask_options(masks):
-    """`stylefu run` options for the mask files (one for every style, or one per style)."""
-    options = []
-    for path in masks:
-        options += ["--mask", path]
-    return options
+def layer_name(styles):
+    """The new layer's name: the styles' names, then "(neural style)"."""
+    return "%s (neural style)" % " + ".join(name for _, name in styles)
+
+
+# --- the filter's steps, the same in both plug-ins --------------------------------------------
+
+class PluginHost(object):
+    """What a plug-in supplies to stylize_layer and preview_sheet: its GIMP's calls."""
+
+    result_suffix = ".npy"  # the worker's result format this GIMP reads back
+
+    def styles(self, folder):
+        """[(path, name)] of the chosen style and optional second style (layers saved in
+        `folder`); InputError when no style is chosen."""
+        raise NotImplementedError
+
+    def selection(self):
+        """None when nothing is selected, else (raw mask pixels at the layer's pixels, (h, w, 1),
+        "float" or "u8")."""
+        raise NotImplementedError
+
+    def save_content(self, path):
+        """Write the layer's pixels (alpha kept) as a .npy file at `path`."""
+        raise NotImplementedError
+
+    def show(self, path, name, masked, layer):
+        """Put the picture at `path` into the new layer above the source (made on the first call,
+        `layer` None; with the selection as its layer mask when `masked`); return the layer."""
+        raise NotImplementedError
+
+    def remove(self, layer):
+        raise NotImplementedError
+
+    def undo_group(self, start):
+        raise NotImplementedError
+
+    def progress(self, fraction=None, text=None, end=False):
+        """Start the progress bar (fraction None), move it, or end it."""
+        raise NotImplementedError
+
+    def flush(self):
+        """Redraw GIMP's displays."""
+        raise NotImplementedError
+
+    def open_sheet(self, path):
+        """Open the preview contact sheet at `path` as a new image and return it."""
+        raise NotImplementedError
+
+
+def stylize_layer(host, settings, values):
+    """The filter: the worker stylizes the host's layer into a new layer above it, shown as it
+    forms, inside one undo group; on any failure the image is left as it was."""
+    folder = exchange_dir()
+    try:
+        styles = host.styles(folder)
+        selection = host.selection()
+        # The selection restricts the style loss (guided Grams) and the worker's result to it:
+        # one mask serves every style; or, with the second style "outside the selection", the
+        # selection is the first style's region and its inverse the second's.
+        outside = second_style_outside(values["second_style_goes"], len(styles),
+                                       selection is not None)
+        masks = selection_masks(folder, selection, outside)
+        # One mask: the selection also becomes the new layer's mask (see the README: exact source
+        # pixels outside at any working size). Two cover the whole layer: no layer mask.
+        masked = selection is not None and not outside
+        output = os.path.join(folder, "result" + host.result_suffix)
+        content = os.path.join(folder, "content.npy")
+        host.save_content(content)
+        command = stylize_command(settings, content, styles, output, values, masks)
+        log("worker:", " ".join(command))
+        _run_into_layer(host, command, folder, output, layer_name(styles), masked)
+    finally:
+        remove_dir(folder)
+
+
+def _run_into_layer(host, command, folder, output, name, masked):
+    host.progress(text="%s: starting the worker" % TITLE)
+    host.undo_group(start=True)
+    state = {"layer": None}
+    try:
+        def follow(record):
+            if record.get("event") == "notice":
+                log("notice:", record.get("message", ""))
+            host.progress(min(1.0, float(record.get("fraction", 0.0))), progress_text(record))
+            if record.get("image"):  # the painting so far, shown in the new layer
+                state["layer"] = host.show(record["image"], name, masked, state["layer"])
+                host.flush()
+                log("preview", record["image"])
+
+        final = run_worker(command, on_record=follow, cwd=folder)
+        log("tiles:", json.dumps(final.get("metrics", {}).get("tiles", {}), sort_keys=True))
+        state["layer"] = host.show(output, name, masked, state["layer"])
+    except BaseException:
+        if state["layer"] is not None:  # the image goes back to exactly what it was
+            host.remove(state["layer"])
+        raise
+    finally:
+        host.undo_group(start=False)
+        host.progress(end=True)
+    host.flush()
+
+
+def preview_sheet(host, settings, files, style_folder=None, size=0):
+    """Neural Style Preview: the contact sheet of the chosen styles on the host's layer, opened
+    as a new image (returned)."""
+    styles = preview_styles(files, style_folder)
+    folder = exchange_dir()
+    try:
+        content = os.path.join(folder, "content.npy")
+        sheet = os.path.join(folder, "preview-sheet.png")
+        host.save_content(content)
+        host.progress(text="%s: previewing %d styles" % (TITLE, len(styles)))
+        command = preview_command(settings, content, styles, sheet, size)
+        log("worker:", " ".join(command))
+        try:
+            run_command(command, cwd=folder)
+        finally:
+            host.progress(end=True)
+        return host.open_sheet(sheet)
+    finally:
+        remove_dir(folder)
 
 
 def exchange_dir():
@@ -261,18 +438,17 @@ def read_npy(path):
 
 # --- running the worker ----------------------------------------------------------------------
 
-def progress_text(record, title="Neural style"):
-    """The progress bar's text for one JSON progress record: stage, scale and iteration."""
+def progress_text(record, title=TITLE):
+    """The progress bar's text for one JSON progress record: level and evaluation."""
     if record.get("event") == "progress":
-        text = "%s: scale %d of %d, iteration %d of %d" % (
-            title, record["scale"], record["scales"], record["iteration"], record["iterations"])
-        if record["iteration"] >= record["iterations"] and record["scale"] < record["scales"]:
-            text = "%s: scale %d of %d, computing targets" % (
-                title, record["scale"] + 1, record["scales"])
-        return text
+        level, levels = record["level"], record["levels"]
+        if record["evaluation"] >= record["evaluations"] and level < levels:
+            return "%s: level %d of %d, computing targets" % (title, level + 1, levels)
+        return "%s: level %d of %d, evaluation %d of %d" % (
+            title, level, levels, record["evaluation"], record["evaluations"])
     if record.get("event") == "notice":  # e.g. "2048x1536 px is optimised in 512 px tiles"
         return "%s: %s" % (title, record.get("message", ""))
-    return "%s: %s" % (title, record.get("stage") or record.get("event", ""))
+    return "%s: %s" % (title, record.get("event", ""))
 
 
 def _last_line(path):

@@ -1,8 +1,9 @@
 """Runs INSIDE GIMP 3 with its user interface (under Xvfb): the filter's dialog, for real.
 
-tests/test_gimp3.py starts this, waits for the "Neural Style Transfer" dialog to appear, presses
-its OK button (Alt+O) with xdotool, and checks OUT/gui.json: the filter ran from the dialog's
-values (defaults from the installer's settings) and added its layer.
+tests/test_gimp3.py starts this, waits for the "Neural Style Transfer" dialog to appear, takes its
+screenshot and presses Cancel (Alt+C), then does the same with the Custom quality and presses OK
+(Alt+O) with xdotool, and checks OUT/gui.json: the first run was cancelled, the second ran the
+filter from the dialog's values (defaults from the installer's settings) and added its layer.
 """
 
 import json
@@ -31,10 +32,15 @@ config.set_core_object_array("drawables", [layer])
 config.set_property("style-file", Gio.File.new_for_path(JOB["style"]))
 config.set_property("size", JOB["size"])
 config.set_property("iterations", JOB["iterations"])
-print("[gui] opening the dialog", file=sys.stderr, flush=True)
-values = procedure.run(config)
-result = {"status": values.index(0).value_nick,
-          "layers": [item.get_name() for item in image.get_layers()]}
+config.set_property("strength", JOB["strength"])
+result = {}
+# First a preset quality (the test cancels that dialog), then Custom, which shows its evaluations.
+for preset in ("normal", "custom"):
+    config.set_property("preset", preset)
+    print("[gui] opening the dialog with quality", preset, file=sys.stderr, flush=True)
+    values = procedure.run(config)
+    result[preset] = values.index(0).value_nick
+result["layers"] = [item.get_name() for item in image.get_layers()]
 print("[gui]", result, file=sys.stderr, flush=True)
 with open(os.path.join(JOB["out"], "gui.json"), "w") as f:
     json.dump(result, f)

@@ -53,25 +53,26 @@ def make_image(array, *, gray=False, alpha=False, precision=None, canvas=None, o
     return image, layer
 
 
-def run(name, procedure, image, layer, **props):
+def run(name, procedure, image, layer, drawables=None, **props):
     """Run a procedure non-interactively; record status, message and the image's layers."""
     proc = PDB.lookup_procedure(procedure)
     config = proc.create_config()
     config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
     config.set_property("image", image)
-    config.set_core_object_array("drawables", [layer])
+    config.set_core_object_array("drawables", [layer] if drawables is None else drawables)
     for key, value in props.items():
         if (key.startswith("style") or key.endswith("file")) and isinstance(value, str):
             value = Gio.File.new_for_path(value)
         config.set_property(key.replace("_", "-"), value)
     before = pixels(layer)
+    layers_before = [item.get_name() for item in image.get_layers()]
     images_before = len(Gimp.get_images())
     values = proc.run(config)
     status = values.index(0)
     record = {"status": status.value_nick, "message": "",
               "source_unchanged": bool(np.array_equal(before, pixels(layer))),
               "layers": [item.get_name() for item in image.get_layers()],
-              "new_images": len(Gimp.get_images()) - images_before}
+              "layers_before": layers_before, "new_images": len(Gimp.get_images()) - images_before}
     if status != Gimp.PDBStatusType.SUCCESS and values.length() > 1:
         record["message"] = str(values.index(1))
     log(name, record["status"], record["message"], record["layers"])
@@ -120,7 +121,7 @@ def soft_selection_image(content):
 
 def main():
     content = np.load(JOB["content"])  # HxWx3 float32
-    fast = {"preset": "draft", "iterations": JOB["iterations"], "size": JOB["size"],
+    fast = {"preset": "custom", "iterations": JOB["iterations"], "size": JOB["size"],
             "style_file": JOB["style"], "strength": JOB["strength"]}
     results["registered"] = {p: bool(PDB.procedure_exists(p)) for p in (PROC, PROC_PREVIEW)}
     if not JOB.get("figure_only"):
@@ -204,6 +205,12 @@ def scenarios(content, fast):
     image, layer = make_image(content)
     run("bad_style", PROC, image, layer, **dict(fast, style_file=JOB["bad_style"]))
     run("no_style", PROC, image, layer, **dict(fast, style_file=None))
+    run("missing_style_file", PROC, image, layer, **dict(fast, style_file=JOB["style"] + ".gone.png"))
+    two, first = make_image(content)
+    second = Gimp.Layer.new(two, "second", w, h, Gimp.ImageType.RGB_IMAGE, 100.0,
+                            Gimp.LayerMode.NORMAL)
+    two.insert_layer(second, None, 1)
+    run("two_layers", PROC, two, first, drawables=[first, second], **fast)
     set_settings(model=JOB["missing_model"])
     run("missing_model", PROC, image, layer, **fast)
     set_settings(model=JOB["model"], python=JOB["dying_python"])
@@ -218,8 +225,9 @@ def scenarios(content, fast):
     # The preview contact sheet opens as a new image.
     if JOB["preview"]:
         image, layer = make_image(content)
+        # The first and the last of the dialog's style slots.
         _, values = run("preview", PROC_PREVIEW, image, layer, style_1=JOB["style"],
-                        style_2=JOB["style2"], size=JOB["size"])
+                        style_4=JOB["style2"], size=JOB["size"])
         if results["preview"]["status"] == "success":
             sheet = values.index(1)
             results["preview"]["sheet_size"] = [sheet.get_width(), sheet.get_height()]
@@ -233,7 +241,7 @@ def figure(fig):
     big = np.load(fig["content"])
     image, layer = make_image(big)
     image.select_ellipse(Gimp.ChannelOps.REPLACE, *fig["selection"])
-    run("figure", PROC, image, layer, style_file=JOB["style"], preset="draft",
+    run("figure", PROC, image, layer, style_file=JOB["style"], preset="custom",
         iterations=fig["iterations"], size=fig["size"], strength=fig["strength"])
     Gimp.Selection.none(image)
     flat = image.flatten()

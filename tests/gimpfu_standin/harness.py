@@ -48,7 +48,7 @@ def args_for(image, layer, style_file=None, style_layer=None, second_style_file=
     return (image, layer, style_file or "", 1 if style_layer is not None else 0, style_layer,
             second_style_file or "", second_source, second_style_layer, second_style_weight,
             choices["second_style_goes"].index(second_style_goes), strength,
-            choices["preset"].index("draft"), JOB["iterations"], JOB["size"],
+            choices["preset"].index("custom"), JOB["iterations"], JOB["size"],
             tile_size, 0, 1.0, 0, choices["device"].index("cpu"))
 
 
@@ -132,6 +132,19 @@ def main():
     image, layer = make_image("rgb", offsets=JOB["soft_offsets"], canvas=JOB["soft_canvas"])
     pdb.gimp_image_select_rectangle(image, gimpfu.CHANNEL_OP_REPLACE, 70, 50, 15, 15)
     run("selection_beside_layer", image, layer, style_file=JOB["style"])
+    run("missing_style_file", image, layer, style_file=JOB["style"] + ".gone.png")
+    preview(image, layer)
+
+
+def preview(image, layer):
+    """The contact sheet from the last of the dialog's style slots and a folder of styles."""
+    slots = len(gimpfu.PROCEDURES["python-fu-stylefu-preview"]["params"]) - 4
+    files = [""] * (slots - 1) + [JOB["style"]]
+    status, message, sheet = gimpfu.run("python-fu-stylefu-preview", image, layer,
+                                        JOB["style_folder"], *(files + [JOB["size"]]))
+    report["preview"] = {"status": status, "message": message, "slots": slots}
+    if sheet is not None:
+        report["preview"]["sheet_size"] = [sheet.width, sheet.height]
 
 
 try:

@@ -1,0 +1,84 @@
+"""--strength: the normalised default loss, and the plain loss that explicit weights keep."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stylefu.core import balance
+from stylefu.core.config import PLAIN_STYLE_WEIGHT, Config
+from stylefu.core.errors import UserError
+from stylefu.core.vgg import STYLE_LAYERS
+
+
+def targets(scale: float = 1.0, seed: int = 0):
+    """Content features and Gram targets whose features are all multiplied by `scale`."""
+    g = torch.Generator().manual_seed(seed)
+    content = torch.rand(1, 8, 6, 6, generator=g) * scale
+    grams = {n: torch.rand(1, 4, 4, generator=g) * scale ** 2 for n in STYLE_LAYERS}
+    return content, grams
+
+
+def loss(config: Config, content, grams, image_content, image_grams) -> float:
+    """The README's plain loss with the config's weights."""
+    style = sum(w * float(((image_grams[n] - grams[n]) ** 2).mean())
+                for n, w in zip(STYLE_LAYERS, config.style_layer_weights))
+    return config.content_weight * float(((image_content - content) ** 2).mean()) + \
+        config.style_weight * style
+
+
+def test_default_strength_means_the_same_whatever_the_feature_scale():
+    """Features 1000x larger (another network) give the same normalised loss: the balance holds."""
+    losses = []
+    for scale in (1.0, 1e3):
+        content, grams = targets(scale)
+        image_content, image_grams = targets(scale, seed=1)
+        config = balance.normalised_weights(Config(), content, grams)
+        losses.append(loss(config, content, grams, image_content, image_grams))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    plain = Config(style_weight=PLAIN_STYLE_WEIGHT)  # the plain loss does not hold the balance
+    plain = balance.normalised_weights(plain, None, {})
+    scaled = [loss(plain, *targets(s), *targets(s, seed=1)) for s in (1.0, 1e3)]
+    assert scaled[1] > 1e5 * scaled[0]
+
+
+def test_strength_moves_the_style_weight_by_decades():
+    content, grams = targets()
+    at = {s: balance.normalised_weights(Config(strength=s), content, grams) for s in (25, 50, 75)}
+    assert at[75].style_weight == pytest.approx(10 * at[50].style_weight)
+    assert at[25].style_weight == pytest.approx(at[50].style_weight / 10)
+    assert at[25].content_weight == at[75].content_weight  # only the style side moves
+    assert at[50].style_weight == balance.BALANCED_STYLE_WEIGHT
+
+
+def test_explicit_weights_keep_the_plain_loss():
+    config = balance.normalised_weights(Config(style_weight=3e6), None, {})
+    assert (config.content_weight, config.style_weight) == (1.0, 3e6)
+    assert config.style_layer_weights == (1.0,) * len(STYLE_LAYERS)
+    config = balance.normalised_weights(Config(content_weight=2.0), None, {})
+    assert (config.content_weight, config.style_weight) == (2.0, PLAIN_STYLE_WEIGHT)
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"strength": 101.0}, "--strength must be from 0 to 100"),
+    ({"strength": 60.0, "style_weight": 1e6}, "either --strength or"),
+    ({"strength": 60.0, "style_layer_weights": (1, 1, 1, 1, 1)}, "either --strength or"),
+])
+def test_bad_strength_is_one_sentence(changes, words):
+    with pytest.raises(UserError, match=words):
+        Config(**changes).validate()
+
+
+def test_a_run_records_the_plain_weights_it_used(model_path, images):
+    """Re-running with the recorded weights as explicit plain weights gives the same image."""
+    from stylefu.core.stylize import stylize
+
+    content, style = images
+    config = Config(size=48, evaluations=3, levels=1, device="cpu")
+    first = stylize(content, style, config=config, model=model_path)
+    used = first.metrics["loss_weights"]
+    again = stylize(content, style, model=model_path, config=config.with_(
+        content_weight=used["content_weight"], style_weight=used["style_weight"],
+        style_layer_weights=tuple(used["style_layer_weights"])))
+    assert again.metrics["loss_weights"] == used
+    assert abs(again.image - first.image).max() < 1e-6

@@ -1,0 +1,265 @@
+"""`stylefu batch` and `stylize_many`: real worker processes, a real local Ray cluster, real kills.
+
+Small images (48-64 px), the random-weights artifact and a few evaluations keep each batch to
+seconds; what is asserted is bookkeeping (manifest, outputs, exit codes) and that results are real
+(pixels changed, losses recorded), never one machine's digits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stylefu.core import BatchItem, Config, RunOptions, stylize_many
+from stylefu.core.batch import expand_inputs, make_items, read_manifest
+from stylefu.core.errors import UserError
+
+FAST = ["--size", "64", "--levels", "1", "--evaluations", "4", "--coarse-evaluations", "0",
+        "--tolerance", "0"]
+FAST_CONFIG = Config(size=64, levels=1, evaluations=4, coarse_evaluations=0, tolerance=0.0)
+
+
+def _save(path: Path, array: np.ndarray) -> Path:
+    Image.fromarray(np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def photos(tmp_path, images):
+    """Six small content images (shifted copies of the demo content) and two styles."""
+    content, style = images
+    folder = tmp_path / "in"
+    folder.mkdir()
+    paths = [_save(folder / f"frame{i}.png", np.roll(content, 3 * i, axis=1)) for i in range(6)]
+    styles = [_save(tmp_path / "stripes.png", style),
+              _save(tmp_path / "turned.png", np.ascontiguousarray(np.rot90(style)))]
+    return paths, styles
+
+
+def _batch(args: list[str], model: Path, wait: bool = True, **kw):
+    command = [sys.executable, "-m", "stylefu.core", "batch", "--progress", "none", *FAST,
+               *map(str, args), "--model", str(model)]  # the test's own options come last and win
+    if not wait:
+        return subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, **kw)
+
+
+def _lines(manifest: Path) -> list[dict]:
+    return [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+
+
+def _outputs(folder: Path) -> set[str]:
+    """Every file in the output folder but the manifest (temporaries included: there must be none)."""
+    return {p.name for p in folder.iterdir() if p.name != "manifest.jsonl"}
+
+
+def test_inputs_folders_globs_lists_and_names(tmp_path, photos):
+    paths, styles = photos
+    folder = paths[0].parent
+    (folder / "notes.txt").write_text("not an image")
+    assert expand_inputs([str(folder)]) == paths  # images only, natural order
+    assert expand_inputs([str(folder / "frame[12].png")]) == paths[1:3]
+    listing = tmp_path / "list.txt"
+    listing.write_text("# chosen\nin/frame5.png\n\nin/frame0.png\n")
+    assert expand_inputs(["@" + str(listing)]) == [paths[5], paths[0]]
+    with pytest.raises(UserError, match="matches"):
+        expand_inputs([str(folder / "*.jpg")])
+    with pytest.raises(UserError, match="no images"):
+        expand_inputs([str(_empty(tmp_path))])
+    items = make_items(paths[:2], [str(s) for s in styles], tmp_path / "out", styles_each=True)
+    assert [Path(i.output).name for i in items] == ["frame0-stripes.png", "frame0-turned.png",
+                                                    "frame1-stripes.png", "frame1-turned.png"]
+    with pytest.raises(UserError, match="both be written"):
+        make_items(paths[:2], [str(styles[0])], tmp_path / "out", pattern="same.png")
+
+
+def _empty(tmp_path: Path) -> Path:
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    return folder
+
+
+def test_corrupt_input_fails_alone(tmp_path, photos, model_path):
+    paths, styles = photos
+    (paths[1]).write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # a broken file in the middle
+    out = tmp_path / "out"
+    done = _batch([paths[0], paths[1], paths[2], "--style", styles[0], "-o", out, "--workers", "2",
+                   "--progress", "json"], model_path)
+    assert done.returncode == 3, done.stderr  # some items failed
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert {e["item"] for e in events if e["event"] == "progress"} == {0, 2}  # per-item progress
+    assert sorted(e["index"] for e in events if e["event"] == "item") == [0, 1, 2]
+    assert events[-1]["event"] == "batch" and events[-1]["failed"] == 1
+    entries = {Path(e["input"]).name: e for e in _lines(out / "manifest.jsonl")}
+    assert entries["frame1.png"]["status"] == "failed"
+    assert "frame1.png" in entries["frame1.png"]["error"] and "Traceback" not in done.stderr
+    for name in ("frame0.png", "frame2.png"):
+        assert entries[name]["status"] == "ok" and entries[name]["losses"]["total_loss"] > 0
+    assert _outputs(out) == {"frame0.png", "frame2.png"}
+    result = np.asarray(Image.open(out / "frame0.png"), np.float32) / 255
+    assert np.abs(result - np.asarray(Image.open(paths[0]), np.float32) / 255).mean() > 1e-3
+
+
+def test_styles_each_makes_every_pair(tmp_path, photos, model_path):
+    paths, styles = photos
+    out = tmp_path / "out"
+    done = _batch([*paths[:3], "--style", styles[0], "--style", styles[1], "--styles-each",
+                   "-o", out], model_path)
+    assert done.returncode == 0, done.stderr
+    expected = {f"frame{i}-{s}.png" for i in range(3) for s in ("stripes", "turned")}
+    assert _outputs(out) == expected
+    entries = _lines(out / "manifest.jsonl")
+    assert len(entries) == 6 and all(e["status"] == "ok" for e in entries)
+    assert {(Path(e["input"]).name, Path(e["styles"][0]).stem) for e in entries} == \
+        {(f"frame{i}.png", s) for i in range(3) for s in ("stripes", "turned")}
+    a, b = (np.asarray(Image.open(out / f"frame0-{s}.png"), np.float32) for s in ("stripes", "turned"))
+    assert np.abs(a - b).mean() > 0.1  # each style made its own result
+
+
+def _wait_for_entries(manifest: Path, count: int, proc, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if manifest.is_file() and len(manifest.read_text().splitlines()) >= count:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("the batch made no progress")
+
+
+def test_resume_after_sigkill_writes_each_output_once(tmp_path, photos, model_path):
+    paths, styles = photos
+    out = tmp_path / "out"
+    args = [paths[0].parent, "--style", styles[0], "-o", out, "--workers", "1"]
+    proc = _batch(args, model_path, wait=False)
+    _wait_for_entries(out / "manifest.jsonl", 2, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers, mid-batch
+    proc.wait()
+    first = read_manifest(out / "manifest.jsonl")
+    assert 2 <= len(first) < 6
+    done = _batch([*args, "--resume"], model_path)
+    assert done.returncode == 0, done.stderr
+    lines = [e for e in _lines(out / "manifest.jsonl") if e["status"] == "ok"]
+    names = [Path(e["output"]).name for e in lines]
+    assert sorted(names) == sorted(p.name for p in paths)  # each output exactly once
+    assert _outputs(out) == {p.name for p in paths}  # no temporaries, nothing extra
+    hashes = {e["config_hash"] for e in lines}
+    assert len(hashes) == 1
+    # Another seed is another config: --resume would redo every item.
+    from stylefu.core.batch import config_hash, pending
+    items = make_items(paths, [str(styles[0])], out)
+    other = config_hash(FAST_CONFIG.with_(seed=1), model_path)
+    assert pending(items, out / "manifest.jsonl", other) == (list(range(6)), [])
+
+
+def test_ctrl_c_stops_cleanly(tmp_path, photos, model_path):
+    paths, styles = photos
+    out = tmp_path / "out"
+    proc = _batch([paths[0].parent, "--style", styles[0], "-o", out, "--workers", "1"],
+                  model_path, wait=False)
+    _wait_for_entries(out / "manifest.jsonl", 1, proc)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends the whole group on Ctrl-C
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    entries = read_manifest(out / "manifest.jsonl")
+    assert all(e["status"] == "ok" for e in entries.values())
+    assert _outputs(out) == {Path(o).name for o in entries}  # the manifest matches the files
+
+
+def test_lost_worker_is_retried_once(tmp_path, photos, model_path):
+    """A worker process killed mid-item: its item runs again on a new worker and succeeds."""
+    import multiprocessing
+
+    paths, styles = photos
+    items = [BatchItem(str(p), (str(styles[0]),), str(tmp_path / p.name)) for p in paths[:2]]
+    killed = []
+
+    def progress(index, record):
+        if not killed:
+            workers = multiprocessing.active_children()
+            killed.extend(w.pid for w in workers)
+            for worker in workers:
+                os.kill(worker.pid, signal.SIGKILL)
+
+    results = list(stylize_many(items, FAST_CONFIG, model=model_path, workers=1, progress=progress))
+    assert killed
+    assert sorted(r.index for r in results) == [0, 1] and all(r.ok for r in results)
+    assert max(r.attempts for r in results) == 2
+
+
+def test_frames_start_from_the_previous_result(tmp_path, photos, images, model_path):
+    from stylefu.core.frames import estimate_flow
+
+    paths, styles = photos
+    items = [BatchItem(str(p), (str(styles[0]),), str(tmp_path / p.name)) for p in paths[:3]]
+    first: dict[tuple[str, int], float] = {}
+
+    def progress(name):
+        return lambda index, record: first.setdefault((name, index), record["loss"])
+    results = list(stylize_many(items, FAST_CONFIG, model=model_path, progress=progress("chain"),
+                                options=RunOptions(frames=True, warp=True)))
+    assert [r.index for r in results] == [0, 1, 2] and all(r.ok for r in results)
+    assert all(Path(i.output).is_file() for i in items)
+    # Frames 1 and 2 started from their predecessor's result, moved along the motion: their first
+    # evaluation's loss is already far below that of the same frames started from the content.
+    alone = list(stylize_many(items[1:], FAST_CONFIG, model=model_path, progress=progress("alone")))
+    assert len(alone) == 2
+    for k in (1, 2):
+        assert first[("chain", k)] < 0.9 * first[("alone", k - 1)], first
+    # The flow between two frames of a textured scene shifted 3 px right is the shift.
+    a = np.clip(images[0] + np.random.default_rng(0).normal(0, 0.1, images[0].shape), 0, 1)
+    b = np.roll(a, 3, axis=1).astype(np.float32)
+    flow = estimate_flow(b, a.astype(np.float32))[0, :, 8:-8, 8:-8]
+    assert abs(float(flow[0].median()) + 3) < 0.75 and abs(float(flow[1].median())) < 0.75
+
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'stylefu[ray]')")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def test_ray_and_local_engines_agree(tmp_path, photos, model_path, ray_cluster):
+    paths, styles = photos
+    results = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        out.mkdir()
+        items = make_items(paths, [str(styles[0])], out)
+        results[engine] = {r.index: r for r in stylize_many(
+            items, FAST_CONFIG, model=model_path, workers=2, ray=True if engine == "ray" else None)}
+        assert _outputs(out) == {p.name for p in paths}
+    for index, local in results["local"].items():
+        remote = results["ray"][index]
+        assert local.ok and remote.ok
+        # Same seed, same thread count per worker: the same pixels (a margin for other BLAS paths).
+        a, b = (np.asarray(Image.open(r.item.output), np.float32) / 255 for r in (local, remote))
+        assert np.abs(a - b).max() <= 2 / 255
+        assert local.metrics["total_loss"] == pytest.approx(remote.metrics["total_loss"], rel=1e-3)
+        keys = set(local.record("h")) - {"seconds", "output"}
+        assert {k: local.record("h")[k] for k in keys if k != "losses"} == \
+            {k: remote.record("h")[k] for k in keys if k != "losses"}
+
+
+def test_ray_bad_input_fails_alone(tmp_path, photos, model_path, ray_cluster):
+    paths, styles = photos
+    paths[2].write_bytes(b"GIF89a broken")
+    items = make_items(paths[1:4], [str(styles[0])], tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    results = {r.index: r for r in stylize_many(items, FAST_CONFIG, model=model_path, ray=True)}
+    assert [results[i].ok for i in range(3)] == [True, False, True]
+    assert "frame2.png" in results[1].error and results[1].attempts == 1
