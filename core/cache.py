@@ -28,7 +28,6 @@ from .files import atomic_write, sha256_file
 from .guides import pools_before
 from .images import resize_array
 from .paths import cache_dir
-from .vgg import CONVS, RELU_NAMES
 
 CACHE_FORMAT = "2"  # bump when the arrays' meaning changes (e.g. Gram normalisation, resizing)
 DISABLE_ENV = "STYLEFU_NO_TARGET_CACHE"  # "1": compute every target (for timing the engine)
@@ -196,5 +195,5 @@ def cached_grams(cache: TargetCache, engine, image: np.ndarray, size: tuple[int,
 
 
 def _channels(layer: str) -> int:
-    """Output channels of a VGG layer (relu3_1: 256), from the layer table."""
-    return CONVS[RELU_NAMES.index(layer)][2]
+    """Output channels of a VGG layer (relu3_1: 256): the same per block in VGG16 and VGG19."""
+    return {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}[int(layer[4])]
