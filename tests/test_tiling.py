@@ -143,7 +143,7 @@ def test_out_of_memory_becomes_a_clear_error(model, monkeypatch):
                            "allocate memory: you tried to allocate 81604378624 bytes.")
     monkeypatch.setattr(module, "optimise", explode)
     content, style = demo_content(48, 64), demo_style(64)
-    with pytest.raises(module.UserError, match="Ran out of memory at 64x48 px.*--tile-size"):
+    with pytest.raises(module.UserError, match="Ran out of memory at 64x48 px.*--crop-side"):
         stylize(content, style, config=Config(size=64, evaluations=1, levels=1), model=model)
 
 
