@@ -179,7 +179,8 @@ def check_run_paths(args, config: Config) -> Path:
     --save-every images (siblings of -o) never replace an input, a folder or a special file."""
     from .images import OUTPUT_SUFFIXES, check_input_file, check_output_path
 
-    inputs = [args.content, *args.styles, *(args.masks or [])]
+    # --mask-inverse gives a guides.Inverse: its file is `source`.
+    inputs = [args.content, *args.styles, *(getattr(m, "source", m) for m in args.masks or [])]
     if config.init not in ("content", "noise"):
         inputs.append(config.init)
     for path in inputs:

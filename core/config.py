@@ -182,8 +182,10 @@ class Config:
             if name == "style_layer_weights" and len(values) != len(STYLE_LAYERS):
                 raise UserError(f"--style-layer-weights needs {len(STYLE_LAYERS)} numbers "
                                 f"({', '.join(STYLE_LAYERS)}).")
+            # Layer weights are loss weights (--strength's record of them reaches 1e6 and more).
+            high = MAX_WEIGHT if name == "style_layer_weights" else MAX_RELATIVE_WEIGHT
             for value in values:
-                check_number(name, value, 0.0, MAX_RELATIVE_WEIGHT, False)
+                check_number(name, value, 0.0, high, False)
             if not sum(values):
                 raise UserError(f"--{name.replace('_', '-')} must be non-negative, not all zero.")
         if self.crop_side != 0 and self.crop_side < MIN_CROP_SIDE:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import guides, losses, tiling
-from .config import Config
+from .config import PLAIN_CONTENT_WEIGHT, PLAIN_STYLE_WEIGHT, Config
 from .errors import NumericalError
 from .images import to_tensor
 from .model import StyleModel
@@ -42,9 +42,13 @@ class LossSpec:
 
     @classmethod
     def from_config(cls, config: Config) -> LossSpec:
+        """The config's weights; any left unset (stylize() sets them from --strength, see
+        balance.py) are the plain loss's defaults, so a direct Objective is the README's loss."""
         weights = config.style_layer_weights or (1.0,) * len(STYLE_LAYERS)
-        return cls(config.content_weight, config.style_weight, config.tv_weight,
-                   dict(zip(STYLE_LAYERS, weights)), config.content_layer)
+        content = PLAIN_CONTENT_WEIGHT if config.content_weight is None else config.content_weight
+        style = PLAIN_STYLE_WEIGHT if config.style_weight is None else config.style_weight
+        return cls(content, style, config.tv_weight, dict(zip(STYLE_LAYERS, weights)),
+                   config.content_layer)
 
     @property
     def style_layers(self) -> tuple[str, ...]:

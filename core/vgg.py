@@ -188,14 +188,13 @@ def load_torch_model(path: str | Path) -> VGGFeatures:
     onnx or parsing its protobuf (about 0.8 s of CPU time per command).
     """
     ready = torch_weights_file(path)
-    if ready.is_file():
-        try:
-            saved = torch.load(ready, weights_only=True, mmap=True)
-            fields = json.loads(saved["info"])
-            info = ArtifactInfo(path=Path(path), **fields | {"layers": tuple(fields["layers"])})
-            return VGGFeatures(info, saved["weights"])
-        except Exception:  # unreadable or from another version: made again below
-            pass
+    try:
+        saved = torch.load(ready, weights_only=True, mmap=True)
+        fields = json.loads(saved["info"])
+        info = ArtifactInfo(path=Path(path), **fields | {"layers": tuple(fields["layers"])})
+        return VGGFeatures(info, saved["weights"])
+    except Exception:  # missing, unreadable (a cache without permission) or stale: made below
+        pass
     info, weights = read_artifact(path)
     convs = architecture(info.architecture).convs
     missing = [n for n, _, _ in convs if f"{n}.weight" not in weights]

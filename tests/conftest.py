@@ -55,7 +55,9 @@ def trained_model_path(request, tmp_path_factory):
     from stylefu.core.errors import UserError
     from stylefu.export import export
 
-    folder = os.environ.get("STYLEFU_WEIGHTS_CACHE") or request.config.cache.mkdir("stylefu-weights")
+    folder = os.environ.get("STYLEFU_WEIGHTS_CACHE") or (
+        request.config.cache.mkdir("stylefu-weights") if request.config.cache
+        else tmp_path_factory.mktemp("weights"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("STYLEFU_WEIGHTS_CACHE", str(Path(folder)))
         try:

@@ -60,7 +60,7 @@ def test_explicit_weights_keep_the_plain_loss():
 
 
 @pytest.mark.parametrize("changes, words", [
-    ({"strength": 101.0}, "--strength must be from 0 to 100"),
+    ({"strength": 101.0}, "--strength must be at most 100"),
     ({"strength": 60.0, "style_weight": 1e6}, "either --strength or"),
     ({"strength": 60.0, "style_layer_weights": (1, 1, 1, 1, 1)}, "either --strength or"),
 ])

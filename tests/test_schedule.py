@@ -104,10 +104,11 @@ def test_bf16_final_loss_within_2_percent_of_fp32(model_path, images):
     for precision in ("fp32", "bf16"):
         result = stylize(content, style, model=model_path,
                          config=Config(size=64, levels=1, evaluations=60, tolerance=0,
-                                       precision=precision))
+                                       precision=precision, style_weight=1e6))
         assert result.metrics["precision"] == {"fp32": "float32", "bf16": "bfloat16"}[precision]
         losses[precision] = result.metrics["total_loss"]
     start = stylize(content, style, model=model_path,
-                    config=Config(size=64, levels=1, evaluations=1, precision="fp32"))
+                    config=Config(size=64, levels=1, evaluations=1, precision="fp32",
+                                  style_weight=1e6))
     assert losses["fp32"] < 0.5 * start.metrics["total_loss"]  # both really optimised
     assert losses["bf16"] <= 1.02 * losses["fp32"]
