@@ -198,15 +198,14 @@ def check_run_paths(args, config: Config) -> Path:
 
 
 def cmd_run(args) -> int:
-    from .model import load_model
-    from .stylize import stylize
+    from .stylize import load_engine_model, resolve_engine, stylize
 
     config = config_from_args(args).validate()
     output = Path(args.output)
     check_run_paths(args, config)
-    model = load_model(args.model, config.device)
-    say(f"stylefu: device {model.device}, model {model.path} "
-         f"(weights: {weights_note(model.net.info)})")
+    model = load_engine_model(args.model, config)
+    say(f"stylefu: engine {resolve_engine(config.engine, model)}, device {model.device}, model "
+        f"{model.path} (weights: {weights_note(model.info)})")
     content = args.content
     if args.keep_size:
         from .images import load_image

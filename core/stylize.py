@@ -10,13 +10,11 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from . import balance, color, guides, tiling
-from .compiled import compile_seconds, level_compiled, should_compile
-from .compiled import failure as compiled_failure
 from .config import Config
 from .errors import UserError
 from .images import (
@@ -29,11 +27,16 @@ from .images import (
     to_array,
     to_tensor,
 )
-from .model import StyleModel, load_model, resolve_device, resolve_precision
 from .objective import Objective, check_finite, evaluate
 from .optimise import CancelToken, Optimised, optimise, optimise_tiled
-from .targets import blend_weights, compute_targets, region_targets
+from .targets import blend_weights, region_targets, target_arrays
 from .vgg import MIN_SIDE
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import StyleModel
+
 
 
 @dataclass
@@ -111,12 +114,14 @@ def balanced(config: Config, model: StyleModel, content: np.ndarray, styles: Seq
     if config.plain_loss:
         return balance.normalised_weights(config, None, {})
     size = fit_long_side(*size, min(512, max(size)))
-    targets = compute_targets(model, content, styles, size, config)
-    return balance.normalised_weights(config, targets.content, targets.grams)
+    content_features, grams = target_arrays(model, content, styles, size, config)
+    return balance.normalised_weights(config, content_features, grams)
 
 
 def initial_image(content: np.ndarray, size: tuple[int, int], config: Config,
                   generator: torch.Generator) -> torch.Tensor:
+    import torch
+
     h, w = size
     if config.init == "content":
         return to_tensor(resize_array(content, h, w))
@@ -146,6 +151,47 @@ def check_memory(content: Picture, styles: Sequence[Picture], config: Config, de
                             f"about {budget / 1e9:.1f} GB are usable on {device}: lower either.")
 
 
+def torch_installed() -> bool:
+    """True when torch can be imported here (asked without importing it: 1-2 s saved)."""
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def resolve_engine(name: str, model=None) -> str:
+    """'torch' or 'onnx' for Config.engine: `auto` is torch where it is installed (its bf16
+    convolutions are the faster engine where the CPU has them, see README "Torch-free engine"),
+    else onnx; a loaded model decides by its kind. Decided from what is installed, never timed."""
+    from .onnx_engine import OnnxModel
+
+    if isinstance(model, OnnxModel):
+        kind = "onnx"
+    elif model is not None and not isinstance(model, (str, bytes)) and hasattr(model, "net"):
+        kind = "torch"
+    else:
+        kind = None
+    if name == "auto":
+        return kind or ("torch" if torch_installed() else "onnx")
+    if name == "torch" and not torch_installed():
+        raise UserError("--engine torch needs PyTorch, which is not installed here; use "
+                        "--engine onnx (or auto) or install stylefu's full requirements.")
+    if kind and kind != name:
+        raise UserError(f"The model given was loaded for the {kind} engine, not {name}.")
+    return name
+
+
+def load_engine_model(path, config: Config):
+    """The model for config.engine: torch's StyleModel, or the torch-free engine's OnnxModel
+    (which never imports torch)."""
+    if resolve_engine(config.engine) == "onnx":
+        from .onnx_engine import load_onnx_model
+
+        return load_onnx_model(path, config.device)
+    from .model import load_model
+
+    return load_model(path, config.device)
+
+
 def _out_of_memory(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate" in text
@@ -161,6 +207,23 @@ def _memory_guard(size: tuple[int, int], device: torch.device):
             raise
         raise UserError(f"Ran out of memory at {size[1]}x{size[0]} px on {device}; "
                         "set a smaller --crop-side (e.g. 512) or lower --size.") from None
+
+
+def load_inputs(content, style_or_styles, masks, config: Config):
+    """The content and style Pictures and the guides' arrays, checked (both engines)."""
+    styles_in = ([style_or_styles] if isinstance(style_or_styles, (str, bytes)) or
+                 not isinstance(style_or_styles, Sequence) else list(style_or_styles))
+    if not styles_in:
+        raise UserError("Give at least one style image.")
+    content_pic = load_image(content, "content")
+    style_pics: list[Picture] = [load_image(s, f"style {i + 1}") for i, s in enumerate(styles_in)]
+    for picture in [content_pic, *style_pics]:
+        check_min_side(picture)
+    blend_weights(len(style_pics), config)  # a weight count that does not match fails early
+    mask_arrays = [guides.load_mask(m, f"mask {i + 1}") for i, m in enumerate(masks or [])]
+    if mask_arrays:
+        guides.check_masks(mask_arrays, len(style_pics), content_pic.height, content_pic.width)
+    return content_pic, style_pics, mask_arrays
 
 
 def stylize(content, style_or_styles, *, config: Config | None = None,
@@ -180,21 +243,22 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     Cancelled when `cancel` fires (checked at every evaluation), NumericalError if the loss
     diverges. Same seed and inputs -> same bytes.
     """
+    import torch
+
     started = time.perf_counter()
     config = (config or Config()).validate()
     log = log or logging.getLogger("stylefu").info
-    styles_in = ([style_or_styles] if isinstance(style_or_styles, (str, bytes)) or
-                 not isinstance(style_or_styles, Sequence) else list(style_or_styles))
-    if not styles_in:
-        raise UserError("Give at least one style image.")
-    content_pic = load_image(content, "content")
-    style_pics: list[Picture] = [load_image(s, f"style {i + 1}") for i, s in enumerate(styles_in)]
-    for picture in [content_pic, *style_pics]:
-        check_min_side(picture)
-    blend_weights(len(style_pics), config)  # a weight count that does not match fails early
-    mask_arrays = [guides.load_mask(m, f"mask {i + 1}") for i, m in enumerate(masks or [])]
-    if mask_arrays:
-        guides.check_masks(mask_arrays, len(style_pics), content_pic.height, content_pic.width)
+    if resolve_engine(config.engine, model) == "onnx":
+        from .onnx_engine import stylize_onnx  # imports no torch
+
+        return stylize_onnx(content, style_or_styles, config=config, model=model,
+                            callback=callback, cancel=cancel, masks=masks, log=log,
+                            started=started)
+    from .compiled import compile_seconds, level_compiled, should_compile
+    from .compiled import failure as compiled_failure
+    from .model import StyleModel, load_model, resolve_device, resolve_precision
+
+    content_pic, style_pics, mask_arrays = load_inputs(content, style_or_styles, masks, config)
     check_memory(content_pic, style_pics, config,
                  model.device if isinstance(model, StyleModel) else resolve_device(config.device))
     if not isinstance(model, StyleModel):
@@ -257,6 +321,8 @@ def _run_level(level: Level, levels: int, image: torch.Tensor, model: StyleModel
     """One level: targets, the image resized to the level, optimised, composited by the guides.
     Returns the image, the optimiser's result and the targets (the last level's are measured).
     `compiled`: a whole-image level evaluates its loss through torch.compile (core/compiled.py)."""
+    import torch
+
     size, side = level.size, level.crop_side
     if side:
         need = tiling.torch_bytes(*size, config.optimizer) / 1e9
