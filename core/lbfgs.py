@@ -37,7 +37,8 @@ class LBFGS:
             d = self._two_loop(g)
         self.prev_grad = g.copy()
         first = self.step_size is None
-        self.step_size = min(1.0, 1.0 / float(np.abs(g).sum(dtype=np.float64))) if first else 1.0
+        size = float(np.abs(g).sum(dtype=np.float64))
+        self.step_size = (min(1.0, 1.0 / size) if size else 1.0) if first else 1.0  # torch: 1/0 = inf
         self.direction = d
         if _dot(g, d) > 1.0:  # torch's `gtd > -tolerance_change` with the change threshold at -1
             return x

@@ -243,8 +243,6 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     Cancelled when `cancel` fires (checked at every evaluation), NumericalError if the loss
     diverges. Same seed and inputs -> same bytes.
     """
-    import torch
-
     started = time.perf_counter()
     config = (config or Config()).validate()
     log = log or logging.getLogger("stylefu").info
@@ -254,6 +252,8 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
         return stylize_onnx(content, style_or_styles, config=config, model=model,
                             callback=callback, cancel=cancel, masks=masks, log=log,
                             started=started)
+    import torch
+
     from .compiled import compile_seconds, level_compiled, should_compile
     from .compiled import failure as compiled_failure
     from .model import StyleModel, load_model, resolve_device, resolve_precision
