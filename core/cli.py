@@ -240,8 +240,8 @@ def cmd_run(args) -> int:
 
 def cmd_preview(args) -> int:
     from .images import PILLOW_FORMATS, check_input_file, check_output_path
-    from .model import load_model
     from .preview import preview
+    from .stylize import load_engine_model
 
     config = config_from_args(args).validate()
     inputs = [args.content, *args.styles]
@@ -252,10 +252,10 @@ def cmd_preview(args) -> int:
         figures = check_output_path(args.json, "--json", None, inputs)
         if figures.resolve() == sheet.resolve():
             raise UserError(f"--json {args.json} is the -o sheet; give it its own name.")
-    model = load_model(args.model, config.device)
+    model = load_engine_model(args.model, config)
     say(f"stylefu preview: {len(args.styles)} style(s) at {config.size} px, preset "
          f"{config.preset}; device {model.device}, targets by {model.engine.describe()} "
-         f"(weights: {weights_note(model.net.info)})")
+         f"(weights: {weights_note(model.info)})")
 
     def report(p) -> None:
         if not p.ok:
@@ -278,9 +278,9 @@ def cmd_preview(args) -> int:
 
 def cmd_info(args) -> int:
     import onnxruntime
-    import torch
 
     from .engine import FeatureEngine
+    from .stylize import resolve_engine, torch_installed
     from .paths import cache_dir, default_model_path
     from .vgg import read_artifact
 
@@ -295,8 +295,14 @@ def cmd_info(args) -> int:
                      onnxruntime_provider=FeatureEngine(path).provider)
     else:
         lines["weights"] = "none installed: run `stylefu export`"
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    lines.update(torch=torch.__version__, onnxruntime=onnxruntime.__version__,
+    gpus, version = [], "not installed"
+    if torch_installed():
+        import torch
+
+        version = torch.__version__
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    lines.update(torch=version, onnxruntime=onnxruntime.__version__,
+                 engine=resolve_engine("auto"),
                  devices=", ".join(["cpu"] + [f"cuda:{i} {n}" for i, n in enumerate(gpus)]))
     if args.json:
         print(jsontext.dumps(lines, indent=2))

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     import torch
 
 
+GRID = 65535  # guide values are multiples of 1 / GRID
+
+
 @dataclass(frozen=True)
 class Inverse:
     """1 - a mask (`--mask-inverse PATH`): the style goes where the mask leaves out, soft edges
@@ -41,12 +44,18 @@ def load_mask(source, name: str = "mask") -> np.ndarray:
     selection saved as a transparent PNG works too.
     """
     if isinstance(source, Inverse):
-        return 1.0 - load_mask(source.source, name)
+        return _on_grid(1.0 - load_mask(source.source, name))
     picture = load_image(source, name)
     mask = picture.rgb.mean(axis=2)
     if picture.alpha is not None:
         mask = mask * picture.alpha
-    return np.clip(mask, 0.0, 1.0).astype(np.float32)
+    return _on_grid(np.clip(mask, 0.0, 1.0))
+
+
+def _on_grid(mask: np.ndarray) -> np.ndarray:
+    """The mask on the 16-bit grid (k / 65535), float32: what a guide file can hold anyway, and
+    `Inverse(m)` then equals a file holding 1 - m bit for bit (float32's 1 - m does not)."""
+    return (np.round(mask.astype(np.float64) * GRID) / GRID).astype(np.float32)
 
 
 def check_masks(masks: list[np.ndarray], styles: int, height: int, width: int) -> None:
