@@ -47,6 +47,7 @@ test: venv
 # the gray layer's 4-evaluation change threshold (tuned on bf16; float32, torch's too, overshoots).
 test-light: light-venv
 	STYLEFU_LIGHT_ENV=1 $(LIGHT_BIN)/python -m pytest tests/test_light.py tests/test_package_weights.py \
+		tests/test_installer.py \
 		tests/test_gimp3.py -k "not dialog and not tile_size" \
 		--deselect "tests/test_gimp3.py::test_pixels_are_stylized[gray]"
 
