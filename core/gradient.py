@@ -38,9 +38,9 @@ GRAPH_VERSION = "1"  # bump when the graph's inputs, outputs or formula change
 SOURCE_KEY = "stylefu.gradient_source"  # the artifact's sha256 + content layer it was built for
 IR_VERSION = 8  # ONNX Runtime 1.2x refuses IR 14, the default of onnx 1.20+
 OPSET = 17
-# "convtranspose" or "conv" (the transposed, flipped kernel): ConvTranspose measured as fast on
-# 2 CPU cores at 512 px and needs no second copy of the weights, so the file stays the artifact's size.
-CONV_BACKWARD = os.environ.get("STYLEFU_CONV_BACKWARD", "convtranspose")
+# "conv" (Conv with the transposed, flipped kernel, a second copy of the weights) or
+# "convtranspose": Conv measured 1.1-1.2x faster per evaluation (tests/bench_onnx_engine.py).
+CONV_BACKWARD = os.environ.get("STYLEFU_CONV_BACKWARD", "conv")
 
 
 class _Graph:
@@ -257,29 +257,22 @@ def source_key(artifact: str | Path, content_layer: str) -> str:
     return f"{model_hash(artifact)}|{content_layer}|{GRAPH_VERSION}|{CONV_BACKWARD}"
 
 
+def _name(artifact: str | Path, content_layer: str) -> str:
+    """A graph's file name: what it was built from is in its digest, so finding the right one
+    parses nothing (parsing 60-100 MB of protobuf costs start-up time)."""
+    digest = hashlib.sha1(source_key(artifact, content_layer).encode()).hexdigest()[:16]
+    return f"{Path(artifact).stem}.gradient-{content_layer}-{digest}.onnx"
+
+
 def sibling_path(artifact: str | Path, content_layer: str) -> Path:
     """The gradient graph `stylefu export` writes beside the artifact (default content layer)."""
-    artifact = Path(artifact)
-    return artifact.with_name(f"{artifact.stem}.gradient-{content_layer}.onnx")
+    return Path(artifact).with_name(_name(artifact, content_layer))
 
 
 def cached_path(artifact: str | Path, content_layer: str) -> Path:
     from .paths import cache_dir
 
-    digest = hashlib.sha1(source_key(artifact, content_layer).encode()).hexdigest()[:16]
-    return cache_dir() / "gradient" / f"{Path(artifact).stem}-{content_layer}-{digest}.onnx"
-
-
-def _matches(path: Path, key: str) -> bool:
-    """True when `path` is a gradient graph built for `key` (reads only the metadata's file)."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:
-        return False
-    meta = {p.key: p.value for p in model.metadata_props}
-    return meta.get(artifact_meta.KIND) == GRAPH_KIND and meta.get(SOURCE_KEY) == key
+    return cache_dir() / "gradient" / _name(artifact, content_layer)
 
 
 def write_gradient_graph(artifact: str | Path, content_layer: str, target: Path) -> Path:
@@ -297,9 +290,8 @@ def write_gradient_graph(artifact: str | Path, content_layer: str, target: Path)
 def gradient_graph(artifact: str | Path, content_layer: str) -> Path:
     """The gradient graph's file for `artifact`: the one export wrote beside it when it matches the
     artifact, else the cache's, built on first use (a few seconds)."""
-    key = source_key(artifact, content_layer)
     for candidate in (sibling_path(artifact, content_layer), cached_path(artifact, content_layer)):
-        if candidate.is_file() and _matches(candidate, key):
+        if candidate.is_file():
             return candidate
     try:
         return write_gradient_graph(artifact, content_layer, cached_path(artifact, content_layer))

@@ -26,7 +26,7 @@ from .lbfgs import LBFGS
 from .objective import LossSpec, check_finite
 from .optimise import BestIterate, check_cancel, loss_factor, should_stop
 from .targets import blend_weights, target_arrays
-from .vgg import MIN_SIDE, STYLE_LAYERS, layer_stride, read_artifact
+from .vgg import MIN_SIDE, STYLE_LAYERS, layer_stride
 
 EMPTY_REGION = 1e-6  # a term's guide mass at a layer below this: the layer is left out of the term
 
@@ -60,8 +60,7 @@ class OnnxModel:
 
 @lru_cache(maxsize=4)
 def _load(path: Path, device: str) -> OnnxModel:
-    info, _ = read_artifact(path)
-    return OnnxModel(path, FeatureEngine(path, device=device, info=info), device)
+    return OnnxModel(path, FeatureEngine(path, device=device), device)
 
 
 def load_onnx_model(path: str | Path | None = None, device: str = "auto") -> OnnxModel:
