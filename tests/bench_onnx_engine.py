@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -103,6 +105,49 @@ def final_losses(model_path: Path, side: int) -> dict:
     return out
 
 
+def optimisers(model_path: Path, side: int, evaluations: int) -> dict:
+    """Our numpy L-BFGS (torch's rule) against scipy's L-BFGS-B (m=100; unbounded and bounded to
+    0..1) on one level of the onnx engine's loss at the default strength: (final best loss,
+    seconds, evaluations)."""
+    from scipy.optimize import minimize as scipy_minimize
+
+    from stylefu.core import Config, balance
+    from stylefu.core.demo import demo_photo, demo_style
+    from stylefu.core.images import fit_long_side, resize_array
+    from stylefu.core.onnx_engine import OnnxObjective, load_onnx_model, minimise
+    from stylefu.core.targets import target_arrays
+
+    content = demo_photo()
+    size = fit_long_side(*content.shape[:2], side)
+    model = load_onnx_model(model_path, "cpu")
+    config = Config(size=side, tolerance=0.0)
+    feats, grams = target_arrays(model, content, [demo_style()], size, config)
+    config = balance.normalised_weights(config, feats, grams)
+    objective = OnnxObjective(model, feats, [(grams, 1.0, None)], config)
+    start = resize_array(content, *size).transpose(2, 0, 1)[None].copy()
+    out = {}
+    started = time.perf_counter()
+    seen = []
+    minimise(objective, start, evaluations, config, lambda i, total, p, x: seen.append(total), None)
+    out["numpy L-BFGS (torch's rule)"] = (min(seen), time.perf_counter() - started, len(seen))
+    for bounds in (None, (0.0, 1.0)):
+        seen, first = [], []
+
+        def f(flat, seen=seen, first=first):
+            total, _, grad = objective(flat.astype(np.float32).reshape(start.shape))
+            seen.append(total)
+            first.append(first[0] if first else max(total, 1e-30))
+            return total / first[0], grad.ravel().astype(np.float64) / first[0]
+        started = time.perf_counter()
+        scipy_minimize(f, start.ravel().astype(np.float64), jac=True, method="L-BFGS-B",
+                       bounds=None if bounds is None else [bounds] * start.size,
+                       options={"maxcor": 100, "maxfun": evaluations, "maxiter": evaluations,
+                                "ftol": 0.0, "gtol": 0.0})
+        name = "scipy L-BFGS-B " + ("bounded 0..1" if bounds else "unbounded")
+        out[name] = (min(seen), time.perf_counter() - started, len(seen))
+    return out
+
+
 def start_up(model_path: Path, python: str) -> tuple[float, bool]:
     """Wall seconds from starting `stylefu run --engine onnx` to its first evaluation (warm
     caches), and whether torch was imported by then."""
@@ -138,6 +183,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="long side of the `normal` runs")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip-runs", action="store_true", help="no `normal` runs (minutes each)")
+    parser.add_argument("--optimisers", type=int, default=0, metavar="N",
+                        help="also compare L-BFGS implementations over N evaluations at 256 px")
     args = parser.parse_args()
     model_path = trained_model(Path(tempfile.mkdtemp()))
     print(f"machine: {os.cpu_count()} CPUs, {len(os.sched_getaffinity(0))} usable; "
@@ -158,6 +205,11 @@ def main() -> None:
         full, small = disk_mb(ROOT / ".venv"), disk_mb(light)
         print(f"disk: .venv {full:.0f} MB (with the test extra), .venv-light {small:.0f} MB "
               f"({small / full:.2f} of it)")
+    if args.optimisers:
+        print(f"optimisers, one level at 256 px, {args.optimisers} evaluations:")
+        for name, (loss, seconds, count) in optimisers(model_path, 256, args.optimisers).items():
+            print(f"  {name:<30} best loss {loss:.5g}, {seconds:.1f} s, {count} evaluations "
+                  f"({seconds / count:.3f} s each)")
     if not args.skip_runs:
         losses = final_losses(model_path, args.size)
         reference = losses.get("torch float32")
