@@ -103,7 +103,7 @@ class GradientSession:
 class OnnxObjective:
     """The loss of one level's targets as a function of [1,3,H,W] pixels: (total, parts, gradient)."""
 
-    def __init__(self, model: OnnxModel, content: np.ndarray | None, terms, config: Config):
+    def __init__(self, model: OnnxModel, content: np.ndarray, terms, config: Config):
         """`terms`: (grams {layer: [1,C,C]}, weight, guide [H,W] or None) per style term."""
         self.spec = spec = LossSpec.from_config(config)
         self.session = model.gradient(spec.content_layer)
@@ -123,13 +123,12 @@ class OnnxObjective:
             feeds[f"gram.{name}"] = np.concatenate([np.asarray(g[name], np.float32).reshape(
                 1, *g[name].shape[-2:]) for g, _, _ in terms])
         feeds["term_weights"] = weights
-        self.feeds, self.masks = feeds, masks
+        self.feeds, self.masks, self.mask_size = feeds, masks, None
 
     def __call__(self, x: np.ndarray) -> tuple[float, dict, np.ndarray]:
-        if not self.feeds.get("_masks_for") == x.shape:
+        if self.mask_size != x.shape[-2:]:
             self._set_masks(x.shape[-2:])
-        feeds = {k: v for k, v in self.feeds.items() if not k.startswith("_")}
-        out = self.session.run(np.ascontiguousarray(x, np.float32), feeds)
+        out = self.session.run(np.ascontiguousarray(x, np.float32), self.feeds)
         per_layer = dict(zip(STYLE_LAYERS, (float(v) for v in out["style_layers"])))
         parts = {"content": float(out["content"]), "style": float(out["style"]),
                  "tv": float(out["tv"]), **per_layer}
@@ -144,7 +143,7 @@ class OnnxObjective:
             self.feeds[f"mask.{name}"] = np.concatenate(
                 [np.ones((1, 1) + shape, np.float32) if m is None else np.asarray(m, np.float32)
                  for m in self.masks[name]])
-        self.feeds["_masks_for"] = (1, 3, h, w)
+        self.mask_size = (h, w)
 
 
 def minimise(objective: OnnxObjective, image: np.ndarray, evaluations: int, config: Config,
