@@ -7,12 +7,12 @@ is in the manifest with its message), 2 for a user's error before any work, 130 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from . import jsontext
 from .batch import (
     DEFAULT_PATTERN,
     EACH_PATTERN,
@@ -44,7 +44,7 @@ class BatchProgress:
 
     def emit(self, record: dict) -> None:
         if self.mode == "json":
-            print(json.dumps(record), flush=True)
+            jsontext.print_line(record)
 
     def evaluation(self, index: int, record: dict) -> None:
         self.emit({"event": "progress", "item": index, **record})

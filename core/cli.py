@@ -125,7 +125,7 @@ class ProgressPrinter:
 
     def emit(self, record: dict) -> None:
         if self.mode == "json":
-            print(jsontext.dumps(record), flush=True)
+            jsontext.print_line(record)
 
     def __call__(self, p) -> None:
         saved = None
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     def event(record: dict) -> None:
         if json_mode:
             try:
-                print(jsontext.dumps(record), flush=True)
+                jsontext.print_line(record)
             except OSError:  # stdout closed (the reader died): stderr still says what happened
                 pass
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 
 def finite(value):
@@ -19,6 +20,21 @@ def finite(value):
     if isinstance(value, (list, tuple)):
         return [finite(v) for v in value]
     return value
+
+
+_cut = [False]  # True while a line is being written: a signal may have cut it there
+
+
+def print_line(record) -> None:
+    """One JSON line on stdout, written and flushed in one call. A signal that interrupted the
+    previous line (its handler then prints a final event) gets that event on a line of its own."""
+    text = dumps(record) + "\n"
+    if _cut[0]:
+        text = "\n" + text
+    _cut[0] = True
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    _cut[0] = False
 
 
 def dumps(value, indent: int | None = None) -> str:
