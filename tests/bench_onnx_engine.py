@@ -102,6 +102,7 @@ def final_losses(model_path: Path, side: int) -> dict:
         out[f"{engine} {result.metrics['precision']}"] = (result.metrics["total_loss"],
                                                           result.metrics["seconds"],
                                                           result.metrics["evaluations"])
+        print(f"  ({engine} {result.metrics['precision']}: {out[next(reversed(out))]})", flush=True)
     return out
 
 
@@ -189,7 +190,7 @@ def main() -> None:
     model_path = trained_model(Path(tempfile.mkdtemp()))
     print(f"machine: {os.cpu_count()} CPUs, {len(os.sched_getaffinity(0))} usable; "
           f"model {model_path} (trained VGG16)")
-    for side in map(int, args.sizes.split(",")):
+    for side in [int(v) for v in args.sizes.split(",") if v]:
         figures = per_evaluation(model_path, side, args.rounds)
         base = figures["torch float32"]
         print(f"per evaluation at {side} px (median of {args.rounds}, interleaved):")
@@ -211,9 +212,9 @@ def main() -> None:
             print(f"  {name:<30} best loss {loss:.5g}, {seconds:.1f} s, {count} evaluations "
                   f"({seconds / count:.3f} s each)")
     if not args.skip_runs:
+        print(f"`normal` preset at {args.size} px (bundled photo, generated style):", flush=True)
         losses = final_losses(model_path, args.size)
-        reference = losses.get("torch float32")
-        print(f"`normal` preset at {args.size} px (bundled photo, generated style):")
+        reference = losses["torch float32"][0]
         for name, (loss, seconds, evaluations) in losses.items():
             print(f"  {name:<16} final loss {loss:.5g} ({100 * (loss / reference - 1):+.2f} % "
                   f"against torch fp32), {seconds:.1f} s, {evaluations} evaluations")
