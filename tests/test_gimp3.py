@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from stylefu.core.cli import main
-from stylefu.core.demo import demo_content, demo_style
+from stylefu.core.demo import demo_content, demo_photo, demo_style
 from stylefu.plugin import installer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,7 +80,24 @@ def read_only_binds(*paths: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def suite(model_path, tmp_path_factory):
+def gimp_model(request, model_path):
+    """Random weights for the tests; the README's figures (`make gimp-figure`) paint with trained
+    features (a figure run compares nothing with the worker's output)."""
+    return request.getfixturevalue("trained_model_path") if FIGURE or SCREENSHOTS else model_path
+
+
+def figure_pictures(folder: Path, height: int, width: int) -> tuple[Path, Path]:
+    """The figures' content (the demo's photo, as an array file) and style (the demo's swirl)."""
+    photo = Image.fromarray(np.round(demo_photo() * 255).astype(np.uint8)).resize((width, height),
+                                                                                  Image.LANCZOS)
+    np.save(folder / "figure.npy", np.asarray(photo, np.float32) / 255)
+    Image.fromarray(np.round(demo_style(256) * 255).astype(np.uint8)).save(folder / "figure-style.png")
+    return folder / "figure.npy", folder / "figure-style.png"
+
+
+@pytest.fixture(scope="module")
+def suite(gimp_model, tmp_path_factory):
+    model_path = gimp_model
     reason = gimp_missing()
     if reason:
         if REQUIRED:
@@ -118,10 +135,10 @@ def suite(model_path, tmp_path_factory):
            "second_style_weight": SECOND_STYLE_WEIGHT, "tile_size": TILE_SIZE,
            "preview": not preview_reason}
     if FIGURE:
-        np.save(root / "figure.npy", demo_content(144, 192))
-        job["figure"] = {"content": str(root / "figure.npy"), "output": str(out / "figure.png"),
-                         "selection": [30, 15, 150, 115], "size": 192, "iterations": 40,
-                         "strength": 75.0}
+        figure_content, figure_style = figure_pictures(root, 144, 192)
+        job["figure"] = {"content": str(figure_content), "style": str(figure_style),
+                         "output": str(out / "figure.png"), "selection": [30, 15, 150, 115],
+                         "size": 192, "iterations": 40, "strength": 50.0}
         job["figure_only"] = os.environ.get("STYLEFU_GIMP_FIGURE_ONLY") == "1"
     (root / "job.json").write_text(json.dumps(job))
 
@@ -398,7 +415,7 @@ def window_shot(display: str, name: str, path: Path) -> tuple[int, int]:
     return shot.size
 
 
-def test_dialog_runs_the_filter_in_gimps_user_interface(model_path, tmp_path):
+def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
     """GIMP 3 with its interface under Xvfb: the filter's dialog opens (grouped in frames and
     folded expanders, screenshot taken), OK runs the filter. With STYLEFU_GIMP_SCREENSHOTS=DIR
     (`make gimp-figure`) a larger picture runs longer, and the dialog and GIMP's window during
@@ -410,15 +427,19 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(model_path, tmp_path):
             pytest.fail(f"STYLEFU_REQUIRE_GIMP=1 but {reason}")
         pytest.skip(reason)
     figures = Path(SCREENSHOTS) if SCREENSHOTS else None
+    model_path = gimp_model
     installer.install("3", tmp_path / "plug-ins", model=model_path)
-    h, w, size, iterations = (144, 192, 192, 40) if figures else (H, W, SIZE, ITERATIONS)
-    np.save(tmp_path / "content.npy", demo_content(h, w))
-    Image.fromarray(np.round(demo_style(64) * 255).astype(np.uint8)).save(tmp_path / "style.png")
+    if figures:
+        (content, style), size, iterations = figure_pictures(tmp_path, 144, 192), 192, 40
+    else:
+        content, style, size, iterations = tmp_path / "content.npy", tmp_path / "style.png", SIZE, \
+            ITERATIONS
+        np.save(content, demo_content(H, W))
+        Image.fromarray(np.round(demo_style(64) * 255).astype(np.uint8)).save(style)
     out = tmp_path / "out"
     out.mkdir()
-    job = {"content": str(tmp_path / "content.npy"), "style": str(tmp_path / "style.png"),
-           "out": str(out), "size": size, "iterations": iterations,
-           "strength": 75.0 if figures else STRENGTH}
+    job = {"content": str(content), "style": str(style), "out": str(out), "size": size,
+           "iterations": iterations, "strength": 50.0 if figures else STRENGTH}
     (tmp_path / "job.json").write_text(json.dumps(job))
     shutil.copy(GIMP_DIR / "gui_dialog.py", tmp_path / "gui_dialog.py")
     number = 40 + os.getpid() % 50

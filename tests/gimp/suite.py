@@ -241,7 +241,7 @@ def figure(fig):
     big = np.load(fig["content"])
     image, layer = make_image(big)
     image.select_ellipse(Gimp.ChannelOps.REPLACE, *fig["selection"])
-    run("figure", PROC, image, layer, style_file=JOB["style"], preset="custom",
+    run("figure", PROC, image, layer, style_file=fig["style"], preset="custom",
         iterations=fig["iterations"], size=fig["size"], strength=fig["strength"])
     Gimp.Selection.none(image)
     flat = image.flatten()
