@@ -3,17 +3,30 @@
     from stylefu.core import stylize, Config
     result = stylize("photo.jpg", "starry.jpg", config=Config(size=512))
     result.save("out.png")
+
+Names are imported on first use (PEP 562), so `import stylefu.core.cli` (the `stylefu` command)
+and the torch-free engine never import torch or the pipeline they do not run.
 """
 
-from .batch import BatchItem, ItemResult, RunOptions, stylize_many
-from .config import PRESETS, Config
-from .errors import Cancelled, NumericalError, UserError
-from .images import Picture, load_image, save_image
-from .model import StyleModel, load_model
-from .preview import PreviewResult, StylePreview, preview
-from .stylize import Progress, StylizeResult, stylize
+import importlib
 
-__all__ = ["Config", "PRESETS", "Cancelled", "NumericalError", "UserError", "Picture",
-           "load_image", "save_image", "StyleModel", "load_model", "Progress", "StylizeResult",
-           "stylize", "preview", "PreviewResult", "StylePreview", "stylize_many", "BatchItem",
-           "ItemResult", "RunOptions"]
+_HOMES = {
+    "BatchItem": "batch", "ItemResult": "batch", "RunOptions": "batch", "stylize_many": "batch",
+    "PRESETS": "config", "Config": "config",
+    "Cancelled": "errors", "NumericalError": "errors", "UserError": "errors",
+    "Picture": "images", "load_image": "images", "save_image": "images",
+    "StyleModel": "model", "load_model": "model",
+    "PreviewResult": "preview", "StylePreview": "preview", "preview": "preview",
+    "Progress": "stylize", "StylizeResult": "stylize", "stylize": "stylize",
+}
+__all__ = list(_HOMES)
+# Bound now, not on first use: importing the submodules `stylize` and `preview` would otherwise
+# leave the package attribute naming the module instead of the function (both import no torch).
+from .preview import preview as preview  # noqa: E402
+from .stylize import stylize as stylize  # noqa: E402
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

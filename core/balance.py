@@ -16,7 +16,9 @@ and tiles see one formula. An explicit weight (`Config.plain_loss`) keeps the pl
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from .config import (
     PLAIN_CONTENT_WEIGHT,
@@ -26,6 +28,10 @@ from .config import (
     Config,
 )
 from .vgg import STYLE_LAYERS
+
+if TYPE_CHECKING:
+    import torch
+
 
 # beta at strength 50: the style term's weight against the content term's, both relative errors.
 # Chosen on trained VGG16 features (README, "Strength"): a cat photo painted with a stroke style
@@ -39,8 +45,10 @@ def style_weight_for(strength: float | None) -> float:
     return BALANCED_STYLE_WEIGHT * 10.0 ** ((strength - STRENGTH_NEUTRAL) / STRENGTH_PER_DECADE)
 
 
-def _mean_square(tensor: torch.Tensor) -> float:
-    return max(float(tensor.detach().float().pow(2).mean()), 1e-30)
+def _mean_square(values) -> float:
+    """Mean square of a torch tensor or numpy array, in float64."""
+    values = values.detach().cpu().numpy() if hasattr(values, "detach") else values
+    return max(float(np.mean(np.square(values, dtype=np.float64))), 1e-30)
 
 
 def normalised_weights(config: Config, content_features: torch.Tensor,

@@ -90,6 +90,10 @@ def cmd_batch(args, to_config: Callable) -> int:
                          frames=args.frames, warp=args.warp)
     if args.frames and args.styles_each and len(args.styles) > 1:
         raise UserError("--frames makes one sequence; with --styles-each give one --style per batch.")
+    from .stylize import resolve_engine
+    if resolve_engine(config.engine) == "onnx":
+        raise UserError("stylefu batch runs on the torch engine only; install the full requirements "
+                        "(torch), or run `stylefu run --engine onnx` per image.")
     from .model import load_model
     model = load_model(args.model, config.device)  # a missing model ends here, before any work
     chash = config_hash(config, model.path, options)

@@ -18,16 +18,19 @@ import os
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from . import losses
 from .errors import UserError
 from .files import atomic_write, sha256_file
 from .guides import pools_before
 from .images import resize_array
 from .paths import cache_dir
+
+if TYPE_CHECKING:
+    pass
+
 
 CACHE_FORMAT = "2"  # bump when the arrays' meaning changes (e.g. Gram normalisation, resizing)
 DISABLE_ENV = "STYLEFU_NO_TARGET_CACHE"  # "1": compute every target (for timing the engine)
@@ -168,6 +171,13 @@ class TargetCache:
         return arrays
 
 
+def gram_array(features: np.ndarray) -> np.ndarray:
+    """losses.gram in numpy (no torch): F F^T / (C*H*W) of [N,C,H,W] float32 features."""
+    n, c, h, w = features.shape
+    flat = np.ascontiguousarray(features, np.float32).reshape(n, c, h * w)
+    return (flat @ flat.transpose(0, 2, 1)) / np.float32(c * h * w)
+
+
 def target_cache(model) -> TargetCache:
     """The cache for a StyleModel (or anything with an `engine.path`)."""
     return TargetCache(model.engine.path)
@@ -186,9 +196,10 @@ def cached_features(cache: TargetCache, engine, image: np.ndarray, size: tuple[i
 def cached_grams(cache: TargetCache, engine, image: np.ndarray, size: tuple[int, int],
                  layers: Sequence[str], style_scale: float = 1.0) -> dict[str, np.ndarray]:
     """Gram matrices {layer: [1,C,C]} (float32, losses.gram) of `image` resized to `size`."""
+
     def compute():
         feats = engine.image_features(resize_array(image, *size), layers)
-        return {n: losses.gram(torch.from_numpy(f)).numpy() for n, f in feats.items()}
+        return {n: gram_array(f) for n, f in feats.items()}
 
     key = cache.key("gram", array_hash(image), size, layers, style_scale)
     return cache.fetch(key, layers, compute, {n: (1, _channels(n), _channels(n)) for n in layers})

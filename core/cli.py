@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import glob
 import os
 import signal
@@ -64,8 +65,13 @@ def _parse_floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+@functools.cache
+def _config_hints() -> dict:
+    return typing.get_type_hints(Config)  # once, not per option (50 ms of start-up)
+
+
 def _field_type(f: dataclasses.Field):
-    hint = typing.get_type_hints(Config)[f.name]
+    hint = _config_hints()[f.name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if hint is tuple or (args and typing.get_origin(args[0]) is tuple):
         return _parse_floats
@@ -198,15 +204,14 @@ def check_run_paths(args, config: Config) -> Path:
 
 
 def cmd_run(args) -> int:
-    from .model import load_model
-    from .stylize import stylize
+    from .stylize import load_engine_model, resolve_engine, stylize
 
     config = config_from_args(args).validate()
     output = Path(args.output)
     check_run_paths(args, config)
-    model = load_model(args.model, config.device)
-    say(f"stylefu: device {model.device}, model {model.path} "
-         f"(weights: {weights_note(model.net.info)})")
+    model = load_engine_model(args.model, config)
+    say(f"stylefu: engine {resolve_engine(config.engine, model)}, device {model.device}, model "
+        f"{model.path} (weights: {weights_note(model.info)})")
     content = args.content
     if args.keep_size:
         from .images import load_image
@@ -241,8 +246,8 @@ def cmd_run(args) -> int:
 
 def cmd_preview(args) -> int:
     from .images import PILLOW_FORMATS, check_input_file, check_output_path
-    from .model import load_model
     from .preview import preview
+    from .stylize import load_engine_model
 
     config = config_from_args(args).validate()
     inputs = [args.content, *args.styles]
@@ -253,10 +258,10 @@ def cmd_preview(args) -> int:
         figures = check_output_path(args.json, "--json", None, inputs)
         if figures.resolve() == sheet.resolve():
             raise UserError(f"--json {args.json} is the -o sheet; give it its own name.")
-    model = load_model(args.model, config.device)
+    model = load_engine_model(args.model, config)
     say(f"stylefu preview: {len(args.styles)} style(s) at {config.size} px, preset "
          f"{config.preset}; device {model.device}, targets by {model.engine.describe()} "
-         f"(weights: {weights_note(model.net.info)})")
+         f"(weights: {weights_note(model.info)})")
 
     def report(p) -> None:
         if not p.ok:
@@ -279,10 +284,10 @@ def cmd_preview(args) -> int:
 
 def cmd_info(args) -> int:
     import onnxruntime
-    import torch
 
     from .engine import FeatureEngine
     from .paths import cache_dir, default_model_path
+    from .stylize import resolve_engine, torch_installed
     from .vgg import read_artifact
 
     path = Path(args.model) if args.model else default_model_path()
@@ -296,8 +301,14 @@ def cmd_info(args) -> int:
                      onnxruntime_provider=FeatureEngine(path).provider)
     else:
         lines["weights"] = "none installed: run `stylefu export`"
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    lines.update(torch=torch.__version__, onnxruntime=onnxruntime.__version__,
+    gpus, version = [], "not installed"
+    if torch_installed():
+        import torch
+
+        version = torch.__version__
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    lines.update(torch=version, onnxruntime=onnxruntime.__version__,
+                 engine=resolve_engine("auto"),
                  devices=", ".join(["cpu"] + [f"cuda:{i} {n}" for i, n in enumerate(gpus)]))
     if args.json:
         print(jsontext.dumps(lines, indent=2))

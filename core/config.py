@@ -20,6 +20,7 @@ OPTIMIZERS = ("lbfgs", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 COLOR_MODES = ("none", "luminance", "histogram")
 COMPILE_MODES = ("auto", "on", "off")
+ENGINES = ("auto", "torch", "onnx")
 # Crops are cut on a 16 px grid; below 32 px a crop would hold almost no core and no context.
 MIN_CROP_SIDE = 32
 
@@ -134,6 +135,9 @@ class Config:
     crop_side: int = _f(0, "side in px of the crops a huge image is optimised in (0: automatic)",
                         aliases=("--tile-size",))
     save_every: int = _f(0, "save the current image every N evaluations (0: never)")
+    engine: str = _f("auto", "gradient engine: torch, or onnx (ONNX Runtime, float32, no torch "
+                     "needed, no tiles); auto: torch where installed and faster (a bf16 CPU or "
+                     "an NVIDIA GPU), else onnx", choices=ENGINES)
     compile: str = _f("auto", "compile the loss with torch.compile: auto (where the run is long "
                       "enough to pay), on, off", choices=COMPILE_MODES)
 
@@ -172,7 +176,7 @@ class Config:
                                 "--strength or --content-weight/--style-weight/--style-layer-weights.")
         for name, allowed in (("optimizer", OPTIMIZERS), ("device", DEVICES),
                               ("precision", PRECISIONS), ("preserve_colors", COLOR_MODES),
-                              ("content_layer", EXPORTED_LAYERS)):
+                              ("engine", ENGINES), ("content_layer", EXPORTED_LAYERS)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}.")
         for name in ("style_layer_weights", "style_blend"):

@@ -14,14 +14,19 @@ pooling keeps soft edges soft and gives exactly the features' (floored) sizes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .errors import UserError
 from .images import load_image, resize_array
 from .vgg import pools_before
+
+if TYPE_CHECKING:
+    import torch
+
+
+GRID = 65535  # guide values are multiples of 1 / GRID
 
 
 @dataclass(frozen=True)
@@ -39,12 +44,18 @@ def load_mask(source, name: str = "mask") -> np.ndarray:
     selection saved as a transparent PNG works too.
     """
     if isinstance(source, Inverse):
-        return 1.0 - load_mask(source.source, name)
+        return _on_grid(1.0 - load_mask(source.source, name))
     picture = load_image(source, name)
     mask = picture.rgb.mean(axis=2)
     if picture.alpha is not None:
         mask = mask * picture.alpha
-    return np.clip(mask, 0.0, 1.0).astype(np.float32)
+    return _on_grid(np.clip(mask, 0.0, 1.0))
+
+
+def _on_grid(mask: np.ndarray) -> np.ndarray:
+    """The mask on the 16-bit grid (k / 65535), float32: what a guide file can hold anyway, and
+    `Inverse(m)` then equals a file holding 1 - m bit for bit (float32's 1 - m does not)."""
+    return (np.round(mask.astype(np.float64) * GRID) / GRID).astype(np.float32)
 
 
 def check_masks(masks: list[np.ndarray], styles: int, height: int, width: int) -> None:
@@ -64,25 +75,36 @@ def check_masks(masks: list[np.ndarray], styles: int, height: int, width: int) -
 
 def at_size(mask: np.ndarray, height: int, width: int) -> torch.Tensor:
     """The mask resized to (height, width) as a [1,1,H,W] float32 tensor."""
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(resize_array(mask, height, width)))[None, None]
 
 
-def layer_masks(mask: torch.Tensor, layers) -> dict[str, torch.Tensor]:
-    """The [1,1,H,W] image-size mask at each layer's resolution (average-pooled like the features)."""
+def average_pool(m):
+    """2x2 average pooling of [..., H, W] (a torch tensor or numpy array), odd last row/column
+    dropped as by the network's pools."""
+    h, w = m.shape[-2] // 2, m.shape[-1] // 2
+    return m[..., :2 * h, :2 * w].reshape(*m.shape[:-2], h, 2, w, 2).mean(-1).mean(-2)
+
+
+def layer_masks(mask, layers) -> dict:
+    """The [1,1,H,W] image-size mask (tensor or array) at each layer's resolution (average-pooled
+    like the features)."""
     out = {}
     for layer in layers:
         m = mask
         for _ in range(pools_before(layer)):
-            m = F.avg_pool2d(m, 2, 2)
+            m = average_pool(m)
         out[layer] = m
     return out
 
 
-def composite(result: torch.Tensor, content: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """mask * result + (1 - mask) * content: outside the mask the content, unchanged."""
+def composite(result, content, mask):
+    """mask * result + (1 - mask) * content: outside the mask the content, unchanged (tensors or
+    arrays)."""
     return mask * result + (1 - mask) * content
 
 
-def union(masks: list[torch.Tensor]) -> torch.Tensor:
-    """Where any style applies: the masks' sum, capped at 1."""
-    return torch.clamp(sum(masks), 0.0, 1.0)
+def union(masks: list):
+    """Where any style applies: the masks' sum, capped at 1 (tensors or arrays)."""
+    return sum(masks).clip(0.0, 1.0)

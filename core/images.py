@@ -12,15 +12,17 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UserError
 from .files import atomic_write, check_input_file, check_output_path
 from .vgg import MIN_SIDE
+
+if TYPE_CHECKING:
+    import torch
 
 # Output formats by suffix: Pillow's (8-bit; .png and .tif also 16-bit) and .npy (float32).
 PILLOW_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF",
@@ -146,6 +148,8 @@ def fit_long_side(height: int, width: int, long_side: int) -> tuple[int, int]:
 
 def to_tensor(array: np.ndarray) -> torch.Tensor:
     """[H,W,C] float array -> [1,C,H,W] float32 tensor."""
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)[None]
 
 
@@ -156,17 +160,30 @@ def to_array(tensor: torch.Tensor) -> np.ndarray:
 
 def resize_tensor(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Antialiased bilinear resize of an [N,C,H,W] tensor (shrinking without aliasing)."""
+    import torch.nn.functional as F
+
     if tensor.shape[-2:] == (height, width):
         return tensor
     return F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False,
                          antialias=True)
 
 
-def resize_array(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resize an [H,W] or [H,W,C] float array."""
+def resize_array(array: np.ndarray, height: int, width: int, clip: bool = True) -> np.ndarray:
+    """Resize an [H,W] or [H,W,C] float array (float32, clipped to 0..1 unless not `clip`),
+    without torch.
+
+    Pillow's bilinear filter on float channels: antialiased when shrinking, plain bilinear
+    (align_corners=False) when enlarging; torch's antialiased resize (resize_tensor) is a port of
+    it and agrees to 2e-5.
+    """
     if array.ndim == 2:
-        return resize_array(array[..., None], height, width)[..., 0]
-    return to_array(resize_tensor(to_tensor(array), height, width))
+        return resize_array(array[..., None], height, width, clip)[..., 0]
+    array = np.asarray(array, np.float32)
+    if array.shape[:2] != (height, width):
+        array = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(array[..., c]), "F")
+                                     .resize((width, height), Image.BILINEAR))
+                          for c in range(array.shape[2])], axis=2)
+    return np.clip(array, 0.0, 1.0) if clip else array.copy()
 
 
 def _png16(rgba: np.ndarray) -> bytes:

@@ -55,6 +55,10 @@ class StyleModel:
     _nets: dict[torch.dtype, VGGFeatures] = field(default_factory=dict, repr=False, compare=False)
 
     @property
+    def info(self):
+        return self.net.info
+
+    @property
     def weights_source(self) -> str:
         return self.net.info.weights_source
 

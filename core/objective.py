@@ -7,26 +7,32 @@ over style layers of layer weight * (sum over style terms of term weight * Gram 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from . import guides, losses, tiling
+from . import guides, tiling
 from .config import PLAIN_CONTENT_WEIGHT, PLAIN_STYLE_WEIGHT, Config
 from .errors import NumericalError
 from .images import to_tensor
-from .model import StyleModel
-from .targets import Targets
 from .vgg import STYLE_LAYERS
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import StyleModel
+    from .targets import Targets
+
 
 NAN_MESSAGE = ("The loss became NaN or infinite; lower --style-weight or --learning-rate, "
                "or use --precision fp32.")
 
 
-def check_finite(total: torch.Tensor) -> None:
-    """NumericalError (one sentence, with the fix) when the loss diverged."""
-    if not torch.isfinite(total):
+def check_finite(total) -> None:
+    """NumericalError (one sentence, with the fix) when the loss (a tensor or number) diverged."""
+    if not math.isfinite(float(total.detach() if hasattr(total, "detach") else total)):
         raise NumericalError(NAN_MESSAGE)
 
 
@@ -95,6 +101,10 @@ class Objective:
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # channels_last convolutions are faster; the optimised image stays NCHW because
         # torch.optim.LBFGS cannot view a channels_last parameter.
+        import torch
+
+        from . import losses
+
         x = image.contiguous(memory_format=torch.channels_last)
         feats = self.net(x, self.layers)
         spec, zero = self.spec, image.new_zeros(())
@@ -126,6 +136,8 @@ def evaluate(model: StyleModel, image: np.ndarray, targets: Targets, config: Con
     are sums over cores, each seen with tiling.CONTEXT_MARGIN px of context). Every style layer is
     reported, also those the loss weighs zero.
     """
+    from . import losses
+
     spec = LossSpec.from_config(config)
     content_layer = config.content_layer
     layers = tuple(dict.fromkeys(STYLE_LAYERS + (content_layer,)))

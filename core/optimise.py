@@ -11,26 +11,30 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from . import losses, tiling
-from .compiled import Evaluation
+from . import tiling
 from .config import Config
 from .errors import Cancelled
-from .model import StyleModel
 from .objective import LossSpec, Objective, check_finite
-from .targets import Targets
 from .tiling import Window
 from .vgg import layer_stride
 
+if TYPE_CHECKING:
+    import torch
+
+    from .model import StyleModel
+    from .targets import Targets
+
+
 CancelToken = threading.Event | Callable[[], bool] | None
 # report(evaluation, loss, parts, pixels): called after every evaluation.
-Report = Callable[[int, float, dict, torch.Tensor], None]
+Report = Callable[[int, float, dict, "torch.Tensor"], None]
 # A loss for `minimise`: (total, parts, backward) where backward(multiplier) sets x.grad to
 # multiplier * d(total)/dx.
-LossFunction = Callable[[torch.Tensor], tuple[torch.Tensor, dict, Callable[[float], None]]]
+LossFunction = Callable[["torch.Tensor"], tuple["torch.Tensor", dict, Callable[[float], None]]]
 
 EARLY_STOP_WINDOW = 10  # evaluations over which `tolerance` measures the loss's fall
 
@@ -63,6 +67,8 @@ def make_optimiser(x: torch.Tensor, config: Config, history: int = tiling.LBFGS_
     near 1; ours are near 1e-3 with per-pixel gradients near 1e-7, so they are off and
     `tolerance` decides instead.
     """
+    import torch
+
     if config.optimizer == "lbfgs":
         return torch.optim.LBFGS([x], lr=1.0, max_iter=1, history_size=history,
                                  tolerance_grad=-1.0, tolerance_change=-1.0)
@@ -80,13 +86,16 @@ class BestIterate:
     def __init__(self):
         self.loss, self.image, self.last = float("inf"), None, float("inf")
 
-    def update(self, loss: float, x: torch.Tensor) -> None:
+    def update(self, loss: float, x) -> None:
+        """`x`: the pixels, a torch tensor or (torch-free engine) a numpy array."""
         self.last = loss
         if loss < self.loss:
-            self.loss, self.image = loss, x.detach().clone()
+            self.loss, self.image = loss, x.copy() if isinstance(x, np.ndarray) else x.detach().clone()
 
-    def result(self, x: torch.Tensor) -> torch.Tensor:
-        return x.detach() if self.last <= self.loss else self.image
+    def result(self, x):
+        if self.last <= self.loss:
+            return x if isinstance(x, np.ndarray) else x.detach()
+        return self.image
 
 
 def should_stop(losses: Sequence[float], tolerance: float, window: int = EARLY_STOP_WINDOW) -> bool:
@@ -110,13 +119,14 @@ def loss_factor(config: Config) -> Callable[[torch.Tensor], float]:
     L-BFGS degraded to tiny gradient steps. Larger losses are left as they are (divided down,
     their first pair fell below the threshold instead).
     """
+
     first: list[float] = []
 
     def factor(total: torch.Tensor) -> float:
         if config.optimizer != "lbfgs":
             return 1.0
         if not first:
-            first.append(max(abs(float(total.detach())), 1e-30))
+            first.append(max(abs(float(total.detach() if hasattr(total, "detach") else total)), 1e-30))
         return max(1.0, 1.0 / first[0])
     return factor
 
@@ -130,6 +140,8 @@ def minimise(loss: LossFunction, image: torch.Tensor, evaluations: int, config: 
     one evaluation: progress and cancel are checked at every one. Stops early when the loss
     stops falling (`should_stop` with `tolerance`).
     """
+    import torch
+
     x = image.detach().clone().requires_grad_(True)
     opt = make_optimiser(x, config, history)
     best, factor = BestIterate(), loss_factor(config)
@@ -162,6 +174,8 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
              log: Callable[[str], None] | None = None) -> Optimised:
     """Optimise a whole image held in memory against `objective`; `compiled`: through
     torch.compile (core/compiled.py: eager after one line if compiling fails)."""
+    from .compiled import Evaluation
+
     return minimise(Evaluation(objective, compiled, log), image, evaluations, config, report,
                     cancel, tolerance)
 
@@ -194,6 +208,8 @@ class TiledObjective:
             self.content_map = self._content_map(model, content)
 
     def _content_map(self, model: StyleModel, content: np.ndarray) -> torch.Tensor:
+        import torch
+
         layer, f = self.spec.content_layer, layer_stride(self.spec.content_layer)
         content_map = None
         for core, feats in tiling.feature_passes(model.engine, [content], (layer,), model.device):
@@ -207,6 +223,8 @@ class TiledObjective:
     def layout(self):
         """A core grid at a random offset, each term's guides over its cores, and each term's
         positions (guide mass) per layer that its whole-image Gram matrices average over."""
+        import torch
+
         align = tiling.TILE_ALIGN
         offset = tuple(int(v) * align for v in
                        torch.randint(0, self.side // align, (2,), generator=self.generator))
@@ -230,6 +248,10 @@ class TiledObjective:
         """Core k's part of the loss from its crop's `pixels`: with `residuals` (pass 2), its Gram
         parts dotted with the fixed Gram residuals plus its content loss; without (pass 1), the
         Gram parts and the content loss themselves."""
+        import torch
+
+        from . import losses
+
         _, masks, totals = grid
         spec = self.spec
         feats = self.net(pixels.contiguous(memory_format=torch.channels_last), spec.layers)
@@ -256,6 +278,10 @@ class TiledObjective:
         return loss, parts
 
     def __call__(self, x: torch.Tensor):
+        import torch
+
+        from . import losses
+
         spec = self.spec
         grid = self.layout()
         self.cores = [core for core, _ in grid[0]]

@@ -20,22 +20,24 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from . import balance, jsontext, losses
+from . import balance, jsontext
 from .cache import cached_grams, target_cache
 from .config import PLAIN_STYLE_WEIGHT, STRENGTH_NEUTRAL, Config
 from .errors import UserError
 from .files import atomic_write
 from .images import PILLOW_FORMATS, Picture, check_min_side, fit_long_side, load_image, resize_array
-from .model import StyleModel, load_model, resolve_device
 from .objective import LossSpec
-from .stylize import check_memory, level_sizes, stylize
-from .targets import compute_targets
+from .stylize import check_memory, level_sizes, load_engine_model, stylize
+from .targets import target_arrays
 from .vgg import STYLE_LAYERS
+
+if TYPE_CHECKING:
+    from .model import StyleModel
 
 PREVIEW_SIZE = 192  # long side of each preview in px: about 3 s per style on 2 CPU cores
 PREVIEW_PRESET = "draft"
@@ -133,12 +135,13 @@ def style_distance(model: StyleModel, content: np.ndarray, style: np.ndarray,
     target cache.
     """
     size = fit_long_side(*content.shape[:2], config.size)
-    targets = compute_targets(model, content, [style], size, config)
+    content_features, grams = target_arrays(model, content, [style], size, config)
     content_grams = cached_grams(target_cache(model), model.engine, content, size, STYLE_LAYERS)
-    per_layer = {name: float(losses.style_layer_loss(torch.from_numpy(content_grams[name]),
-                                                     targets.grams[name].cpu()))
+    # losses.style_layer_loss, in numpy (previews need no torch)
+    per_layer = {name: float(np.mean(np.square(content_grams[name] - np.asarray(grams[name]),
+                                               dtype=np.float64)))
                  for name in STYLE_LAYERS}
-    weighted = balance.normalised_weights(config, targets.content, targets.grams)
+    weighted = balance.normalised_weights(config, content_features, grams)
     return per_layer, LossSpec.from_config(weighted).style(per_layer)
 
 
@@ -166,9 +169,9 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
     # A path is named by its file name (load_image's default), anything else "content".
     content_pic = load_image(content, None if isinstance(content, (str, os.PathLike)) else "content")
     check_min_side(content_pic)
-    check_memory(content_pic, [], config, resolve_device(config.device))
-    if not isinstance(model, StyleModel):
-        model = load_model(model, config.device)
+    if isinstance(model, (str, os.PathLike)) or model is None:
+        model = load_engine_model(model, config)
+    check_memory(content_pic, [], config, model.device)
 
     previews = []
     for index, source in enumerate(styles, start=1):
@@ -206,7 +209,7 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
     info = {"size": [h, w], "levels": [max(size) for size in levels],
             "preset": config.preset, "model": str(model.path),
             "weights_source": model.weights_source,
-            "weights_random": model.net.info.is_random, "provider": model.engine.provider,
+            "weights_random": model.info.is_random, "provider": model.engine.provider,
             "device": str(model.device), "seconds": round(time.perf_counter() - started, 3)}
     result = PreviewResult(resize_array(content_pic.rgb, h, w), content_pic.name, previews,
                            config, info)

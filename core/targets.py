@@ -8,17 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from . import guides, tiling
 from .cache import cached_features, cached_grams, target_cache
 from .config import Config
 from .errors import UserError
 from .images import fit_long_side, resize_array
-from .model import StyleModel
 from .vgg import MIN_SIDE, STYLE_LAYERS
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import StyleModel
+
 
 
 @dataclass
@@ -64,13 +69,26 @@ def compute_targets(model: StyleModel, content: np.ndarray, styles: Sequence[np.
     for one forward pass gets its Grams in cores (tiling.grams, not cached).
     `content_features=False` skips the content pass (tiled runs compute content features per crop).
     """
+    import torch
+
+    content_feat, grams = target_arrays(model, content, styles, size, config, content_features)
+    device = model.device
+    return Targets(None if content_feat is None else torch.from_numpy(content_feat).to(device),
+                   {k: torch.as_tensor(v).to(device) for k, v in grams.items()})
+
+
+def target_arrays(model, content: np.ndarray, styles: Sequence[np.ndarray], size: tuple[int, int],
+                  config: Config, content_features: bool = True):
+    """compute_targets' arrays, without torch (the torch-free engine's targets): content features
+    (or None) and {layer: blended [1,C,C] Grams}. Only a style too large for one pass (Grams in
+    cores, tiling.grams) needs torch."""
     cache = target_cache(model)
     h, w = size
     content_feat = None
     if content_features:
         layer = config.content_layer
         content_feat = cached_features(cache, model.engine, content, (h, w), (layer,))[layer]
-    grams: dict[str, torch.Tensor] = {}
+    grams: dict = {}
     for weight, style in zip(blend_weights(len(styles), config), styles):
         sh, sw = fit_long_side(*style.shape[:2], max(MIN_SIDE, round(max(h, w) * config.style_scale)))
         sh, sw = max(sh, MIN_SIDE), max(sw, MIN_SIDE)
@@ -79,14 +97,12 @@ def compute_targets(model: StyleModel, content: np.ndarray, styles: Sequence[np.
             style_grams = tiling.grams(model.engine, resize_array(style, sh, sw), STYLE_LAYERS,
                                        model.device)
         else:
-            style_grams = {n: torch.from_numpy(g) for n, g in cached_grams(
-                cache, model.engine, style, (sh, sw), STYLE_LAYERS, config.style_scale).items()}
+            style_grams = cached_grams(cache, model.engine, style, (sh, sw), STYLE_LAYERS,
+                                       config.style_scale)
         for name in STYLE_LAYERS:
             g = weight * style_grams[name]
             grams[name] = grams[name] + g if name in grams else g
-    device = model.device
-    return Targets(None if content_feat is None else torch.from_numpy(content_feat).to(device),
-                   {k: v.to(device) for k, v in grams.items()})
+    return content_feat, grams
 
 
 def region_targets(model: StyleModel, content: np.ndarray, styles: Sequence[np.ndarray],

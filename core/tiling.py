@@ -18,12 +18,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .guides import layer_masks
 from .vgg import layer_stride
+
+if TYPE_CHECKING:
+    import torch
+
 
 # Measured on this project's CPUs (VGG19 to relu5_1): torch forward+backward peaks at ~1.1 GB at
 # 512^2 px and ~3.0 GB at 1024^2 px, i.e. ~0.47 GB fixed + ~2.4 kB per pixel.
@@ -70,9 +74,10 @@ def ort_bytes(height: int, width: int) -> float:
 
 def available_bytes(device: torch.device | str = "cpu") -> float:
     """Memory free for this run now: CUDA's free memory, else MemAvailable from /proc/meminfo."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return float(torch.cuda.mem_get_info(device)[0])
+    if str(device).startswith("cuda"):  # a CPU run (the torch-free engine's) never imports torch
+        import torch
+
+        return float(torch.cuda.mem_get_info(torch.device(device))[0])
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -233,11 +238,14 @@ class GramSum:
     """Gram matrices accumulated over parts of an image: sums of (weighted) F F^T, one division."""
 
     def __init__(self):
+
         self.sums: dict[str, torch.Tensor] = {}
         self.totals: dict[str, float] = {}
 
     def add(self, name: str, features: np.ndarray, weights: torch.Tensor | None = None) -> None:
         """Add [1,C,h,w] `features` of layer `name`, positions weighted by [1,1,h,w] `weights`."""
+        import torch
+
         # float32 products (a part has at most a few million positions), summed in float64.
         f = torch.from_numpy(np.ascontiguousarray(features)).float()
         _, c, h, w = f.shape

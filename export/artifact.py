@@ -70,23 +70,65 @@ def build_graph(weights: Weights, pooling: str):
     return model
 
 
+def reference_name() -> str:
+    """What `verify` compares ONNX Runtime with: torch, or numpy where torch is not installed."""
+    from stylefu.core.stylize import torch_installed
+
+    return "torch" if torch_installed() else "numpy"
+
+
+def numpy_features(path: Path, batch: np.ndarray) -> dict[str, np.ndarray]:
+    """The artifact's layers by plain numpy (im2col convolutions): the torch-free reference."""
+    from stylefu.core.vgg import read_artifact
+
+    info, weights = read_artifact(path)
+    arch = architecture(info.architecture)
+    pre = info.preprocessing
+    x = (batch[:, pre["channel_order"]] * pre["scale"] - np.reshape(pre["mean"], (1, 3, 1, 1))) \
+        / np.reshape(pre["std"], (1, 3, 1, 1))
+    x, out = x.astype(np.float64), {}
+    last = arch.deepest_index(EXPORTED_LAYERS)
+    for i, (name, _, _) in enumerate(arch.convs[: last + 1]):
+        windows = np.lib.stride_tricks.sliding_window_view(
+            np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))), (3, 3), axis=(2, 3))  # [N,C,H,W,3,3]
+        x = np.einsum("nchwij,ocij->nohw", windows, weights[f"{name}.weight"].astype(np.float64),
+                      optimize=True) + weights[f"{name}.bias"].reshape(1, -1, 1, 1)
+        x = np.maximum(x, 0.0)
+        out[arch.relu_names[i]] = x
+        if name in arch.block_ends and i < last:
+            h, w = x.shape[2] // 2, x.shape[3] // 2
+            blocks = x[:, :, :2 * h, :2 * w].reshape(*x.shape[:2], h, 2, w, 2)
+            x = blocks.mean((3, 5)) if info.pooling == "avg" else blocks.max((3, 5))
+    return {n: out[n] for n in EXPORTED_LAYERS}
+
+
 def verify(path: Path, sizes=((64, 64), (37, 53))) -> dict[str, float]:
-    """Largest relative difference per output between ONNX Runtime and torch on test inputs."""
-    import torch
-
+    """Largest relative difference per output between ONNX Runtime and torch (numpy where torch
+    is not installed: the light install) on test inputs."""
     from stylefu.core.engine import FeatureEngine
-    from stylefu.core.vgg import load_torch_model
 
-    engine, net = FeatureEngine(path, device="cpu"), load_torch_model(path)
+    engine = FeatureEngine(path, device="cpu")
+    if reference_name() == "torch":
+        import torch
+
+        from stylefu.core.vgg import load_torch_model
+
+        net = load_torch_model(path)
+
+        def reference(batch):
+            with torch.no_grad():
+                return {k: v.numpy() for k, v in net(torch.from_numpy(batch)).items()}
+    else:
+        def reference(batch):
+            return numpy_features(path, batch)
     rng = np.random.default_rng(0)
     worst = dict.fromkeys(EXPORTED_LAYERS, 0.0)
     for h, w in sizes:
         batch = rng.random((1, 3, h, w), dtype=np.float32)
         ort_out = engine.features(batch)
-        with torch.no_grad():
-            torch_out = net(torch.from_numpy(batch))
+        ref_out = reference(batch)
         for name in EXPORTED_LAYERS:
-            a, b = ort_out[name], torch_out[name].numpy()
+            a, b = ort_out[name], ref_out[name]
             error = float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
             # NaN or infinite features are a failed verification, never a silent pass.
             worst[name] = max(worst[name], error if np.isfinite(error) else float("inf"))
@@ -95,13 +137,16 @@ def verify(path: Path, sizes=((64, 64), (37, 53))) -> dict[str, float]:
 
 def export(weights: str = "random", output: str | Path | None = None, *, seed: int = 0,
            pooling: str = "avg", preprocessing: str | None = None, timeout: float = 30.0,
-           progress: bool = True, arch: str | None = None) -> tuple[Path, dict[str, float]]:
+           progress: bool = True, arch: str | None = None,
+           gradient: bool = False) -> tuple[Path, dict[str, float]]:
     """Turn VGG weights into a verified artifact at `output` (default: the user's model path).
 
     `arch` (vgg19, vgg16) picks the layer table; None: the weights source's own (see get_weights).
 
     Returns the path and the per-output relative error of ONNX Runtime against torch. Nothing is
     left at `output` unless the file is complete and verified (written to a temporary name first).
+    `gradient`: also write the torch-free engine's gradient graph beside it (core/gradient.py; else
+    it is made on first use, in the cache).
     """
     import onnx
 
@@ -127,4 +172,9 @@ def export(weights: str = "random", output: str | Path | None = None, *, seed: i
             raise UserError(f"Verification failed: ONNX Runtime and torch differ by {bad} "
                             f"(limit {MAX_RELATIVE_ERROR}).")
     atomic_write(output, write, "choose another -o")
+    if gradient:
+        from stylefu.core.gradient import sibling_path, write_gradient_graph
+        from stylefu.core.vgg import CONTENT_LAYER
+
+        write_gradient_graph(output, CONTENT_LAYER, sibling_path(output, CONTENT_LAYER))
     return output, errors

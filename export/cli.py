@@ -15,12 +15,14 @@ from .artifact import export
 def cmd_export(args) -> int:
     check_number("seed", args.seed, *NUMBER_RANGES["seed"])  # as for a run's --seed
     path, errors = export(args.weights, args.output, seed=args.seed, pooling=args.pooling,
-                          preprocessing=args.preprocessing, arch=args.arch)
+                          preprocessing=args.preprocessing, arch=args.arch, gradient=True)
     info, _ = read_artifact(path)
     say(f"stylefu export: wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {info.architecture}, "
         f"weights {weights_note(info)}, preprocessing {info.preprocessing.get('name', '?')}, "
         f"pooling {info.pooling})")
-    say("verified against torch, largest relative difference per output: " +
+    from .artifact import reference_name
+
+    say(f"verified against {reference_name()}, largest relative difference per output: " +
         ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
     return 0
 

@@ -257,7 +257,8 @@ def check_worker(settings: dict, timeout: float = 180) -> tuple[bool, str]:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         return False, lines[-1] if lines else f"exit code {proc.returncode}"
     info = json.loads(proc.stdout)
-    return True, f"starts (torch {info.get('torch')}, model weights: {info.get('weights')})"
+    return True, (f"starts (engine {info.get('engine', 'torch')}, torch {info.get('torch')}, "
+                  f"model weights: {info.get('weights')})")
 
 
 def status(plug_ins_dir=None, check: bool = True, **where) -> list[dict]:

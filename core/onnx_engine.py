@@ -1,0 +1,285 @@
+"""The torch-free engine (`--engine onnx`): the pipeline of stylize.py with the loss and its
+gradient from one ONNX Runtime graph (gradient.py) and L-BFGS in numpy (lbfgs.py).
+
+Imports no torch: the same levels, presets, targets and target cache, balance, guides, colour
+modes, early stop, best iterate, cancel and progress as the torch engine, the same
+`StylizeResult`. Not covered (UserError): images that need tiling, bf16/fp16, a style too large
+for one forward pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from . import balance, color, guides, tiling
+from .config import Config
+from .engine import FeatureEngine, engine_threads
+from .errors import UserError
+from .images import fit_long_side, load_image, resize_array
+from .lbfgs import LBFGS
+from .objective import LossSpec, check_finite
+from .optimise import BestIterate, check_cancel, loss_factor, should_stop
+from .targets import blend_weights, target_arrays
+from .vgg import MIN_SIDE, STYLE_LAYERS, layer_stride
+
+EMPTY_REGION = 1e-6  # a term's guide mass at a layer below this: the layer is left out of the term
+
+
+@dataclass
+class OnnxModel:
+    """An artifact for the torch-free engine: forward passes (`engine`) and, per content layer,
+    the gradient graph's session (made on first use)."""
+
+    path: Path
+    engine: FeatureEngine
+    device: str = "cpu"
+    _sessions: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def info(self):
+        return self.engine.info
+
+    @property
+    def weights_source(self) -> str:
+        return self.info.weights_source
+
+    def gradient(self, content_layer: str) -> GradientSession:
+        if content_layer not in self._sessions:
+            from .gradient import gradient_graph
+
+            self._sessions[content_layer] = GradientSession(
+                gradient_graph(self.path, content_layer), self.engine.threads)
+        return self._sessions[content_layer]
+
+
+@lru_cache(maxsize=4)
+def _load(path: Path, device: str) -> OnnxModel:
+    return OnnxModel(path, FeatureEngine(path, device=device), device)
+
+
+def load_onnx_model(path: str | Path | None = None, device: str = "auto") -> OnnxModel:
+    """Load (once per process) the artifact at `path` for the torch-free engine (CPU; `cuda`
+    asks ONNX Runtime's CUDA provider)."""
+    from .files import path_kind
+    from .paths import default_model_path
+
+    path = Path(path) if path else default_model_path()
+    kind = path_kind(path)
+    if kind == "missing":
+        raise UserError(f"No model at {path}; create one with `stylefu export` "
+                        "(or pass --model PATH).")
+    if kind != "file":
+        raise UserError(f"The model {path} is {kind}, not a file; pass --model with the path of "
+                        "a .onnx file made by `stylefu export`.")
+    return _load(path.resolve(), "cuda" if device == "cuda" else "cpu")
+
+
+class GradientSession:
+    """One ONNX Runtime session over the gradient graph: `run(image, feeds)` -> outputs."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or engine_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.calls = 0
+
+    def run(self, image: np.ndarray, feeds: dict) -> dict[str, np.ndarray]:
+        self.calls += 1
+        return dict(zip(self.outputs, self.session.run(None, {"image": image, **feeds})))
+
+
+class OnnxObjective:
+    """The loss of one level's targets as a function of [1,3,H,W] pixels: (total, parts, gradient)."""
+
+    def __init__(self, model: OnnxModel, content: np.ndarray, terms, config: Config):
+        """`terms`: (grams {layer: [1,C,C]}, weight, guide [H,W] or None) per style term."""
+        self.spec = spec = LossSpec.from_config(config)
+        self.session = model.gradient(spec.content_layer)
+        feeds = {"loss_weights": np.array([spec.content_weight, spec.style_weight, spec.tv_weight],
+                                          np.float32),
+                 "layer_weights": np.array([spec.layer_weights[n] for n in STYLE_LAYERS], np.float32)}
+        feeds["content_target"] = np.asarray(content, np.float32)
+        weights = np.zeros((len(terms), len(STYLE_LAYERS)), np.float32)
+        masks: dict[str, list] = {n: [] for n in STYLE_LAYERS}
+        for t, (_, weight, guide) in enumerate(terms):
+            per_layer = None if guide is None else guides.layer_masks(guide[None, None], STYLE_LAYERS)
+            for k, name in enumerate(STYLE_LAYERS):
+                m = None if per_layer is None else per_layer[name]
+                masks[name].append(m)
+                weights[t, k] = weight if m is None or float(m.sum()) > EMPTY_REGION else 0.0
+        for name in STYLE_LAYERS:
+            feeds[f"gram.{name}"] = np.concatenate([np.asarray(g[name], np.float32).reshape(
+                1, *g[name].shape[-2:]) for g, _, _ in terms])
+        feeds["term_weights"] = weights
+        self.feeds, self.masks, self.mask_size = feeds, masks, None
+
+    def __call__(self, x: np.ndarray) -> tuple[float, dict, np.ndarray]:
+        if self.mask_size != x.shape[-2:]:
+            self._set_masks(x.shape[-2:])
+        out = self.session.run(np.ascontiguousarray(x, np.float32), self.feeds)
+        per_layer = dict(zip(STYLE_LAYERS, (float(v) for v in out["style_layers"])))
+        parts = {"content": float(out["content"]), "style": float(out["style"]),
+                 "tv": float(out["tv"]), **per_layer}
+        return float(out["total"]), parts, out["gradient"]
+
+    def _set_masks(self, size):
+        """Guides at each style layer's size; ones where a term has none (feature sizes follow
+        the pools' floors)."""
+        h, w = size
+        for name in STYLE_LAYERS:
+            shape = (h // layer_stride(name), w // layer_stride(name))
+            self.feeds[f"mask.{name}"] = np.concatenate(
+                [np.ones((1, 1) + shape, np.float32) if m is None else np.asarray(m, np.float32)
+                 for m in self.masks[name]])
+        self.mask_size = (h, w)
+
+
+def minimise(objective: OnnxObjective, image: np.ndarray, evaluations: int, config: Config,
+             report: Callable, cancel, tolerance: float = 0.0,
+             history: int = tiling.LBFGS_HISTORY) -> tuple[np.ndarray, int]:
+    """optimise.minimise for numpy pixels: the same loss factor, early stop, best iterate and
+    cancel checks; L-BFGS as torch's (lbfgs.py) or Adam as torch's defaults."""
+    x = np.ascontiguousarray(image, np.float32).copy()
+    shape = x.shape
+    best, factor, seen = BestIterate(), loss_factor(config), []
+    step = LBFGS(history) if config.optimizer == "lbfgs" else Adam(config.learning_rate)
+    done = 0
+    for done in range(1, evaluations + 1):
+        check_cancel(cancel)
+        total, parts, grad = objective(x)
+        check_finite(total)
+        best.update(total, x)
+        multiplier = np.float32(factor(total))
+        x = step.step(x.ravel(), grad.ravel() * multiplier).reshape(shape)
+        seen.append(total)
+        report(done, total, parts, x)
+        if should_stop(seen, tolerance):
+            break
+    # BestIterate judges the image that was evaluated last (before the final step): the run
+    # returns the image after that step when the last evaluation was the best (as torch's loop).
+    return best.result(x), done
+
+
+class Adam:
+    """torch.optim.Adam's update with its defaults (betas 0.9, 0.999; eps 1e-8)."""
+
+    def __init__(self, lr: float):
+        self.lr, self.m, self.v, self.t = lr, None, None, 0
+
+    def step(self, x: np.ndarray, g: np.ndarray) -> np.ndarray:
+        if self.m is None:
+            self.m, self.v = np.zeros_like(g), np.zeros_like(g)
+        self.t += 1
+        self.m = 0.9 * self.m + 0.1 * g
+        self.v = 0.999 * self.v + 0.001 * g * g
+        m_hat = self.m / (1 - 0.9 ** self.t)
+        v_hat = self.v / (1 - 0.999 ** self.t)
+        return (x - self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)).astype(np.float32)
+
+
+def _terms(model: OnnxModel, content: np.ndarray, styles: list[np.ndarray], size, config: Config,
+           mask_arrays: list[np.ndarray]):
+    """Content features and style terms at one level (targets.region_targets' rules, in numpy)."""
+    content_feat, grams = target_arrays(model, content, styles, size, config)
+    at_size = [resize_array(m, *size) for m in mask_arrays]
+    if len(mask_arrays) <= 1:
+        return content_feat, [(grams, 1.0, at_size[0] if at_size else None)]
+    single = config.with_(style_blend=None)
+    terms = []
+    for weight, style, mask in zip(blend_weights(len(styles), config), styles, at_size):
+        _, style_grams = target_arrays(model, content, [style], size, single, content_features=False)
+        terms.append((style_grams, weight * len(styles), mask))
+    return content_feat, terms
+
+
+def _hwc(x: np.ndarray) -> np.ndarray:
+    """[1,3,H,W] pixels -> [H,W,3] clipped to 0..1."""
+    return np.clip(x[0].transpose(1, 2, 0), 0.0, 1.0)
+
+
+def stylize_onnx(content, style_or_styles, *, config: Config, model=None, callback=None,
+                 cancel=None, masks: Sequence | None = None, log=None, started: float | None = None):
+    """stylize() with the torch-free engine (called by stylize for `engine` onnx)."""
+    from .stylize import Progress, StylizeResult, load_inputs, plan_levels
+
+    started = started or time.perf_counter()
+    if config.precision not in ("auto", "fp32"):
+        raise UserError(f"--engine onnx computes in float32; use --precision fp32 (or auto), "
+                        f"not {config.precision}.")
+    content_pic, style_pics, mask_arrays = load_inputs(content, style_or_styles, masks, config)
+    if not isinstance(model, OnnxModel):
+        model = load_onnx_model(model, config.device)
+    rng = np.random.default_rng(config.seed)
+    plan = plan_levels(content_pic.height, content_pic.width, config, model.device)
+    final = plan[-1]
+    if min(final.size) < MIN_SIDE:
+        raise UserError(f"At --size {config.size} the content's short side is under {MIN_SIDE} px; "
+                        "raise --size.")
+    if any(level.crop_side for level in plan):
+        raise UserError(f"At --size {config.size} the image needs tiles, which --engine onnx does "
+                        "not do; lower --size or use --engine torch.")
+    content_rgb, styles = color.prepare(config.preserve_colors, content_pic.rgb,
+                                        [p.rgb for p in style_pics])
+    size = fit_long_side(*plan[0].size, min(512, max(plan[0].size)))
+    if config.plain_loss:
+        config = balance.normalised_weights(config, None, {})
+    else:
+        config = balance.normalised_weights(config, *target_arrays(model, content_rgb, styles,
+                                                                   size, config))
+    h, w = plan[0].size
+    if config.init == "content":
+        image = resize_array(content_rgb, h, w)
+    elif config.init == "noise":
+        image = rng.random((h, w, 3), dtype=np.float32)
+    else:
+        image = resize_array(load_image(config.init).rgb, h, w)
+    x = np.ascontiguousarray(image.transpose(2, 0, 1)[None])
+    evaluations, objective = 0, None
+    for level in plan:
+        size = level.size
+        content_feat, terms = _terms(model, content_rgb, styles, size, config, mask_arrays)
+        if x.shape[-2:] != size:  # the previous level's pixels, enlarged (not clipped)
+            x = resize_array(x[0].transpose(1, 2, 0), *size, clip=False).transpose(2, 0, 1)[None]
+        objective = OnnxObjective(model, content_feat, terms, config)
+
+        def report(i, total, parts, pixels, level=level, size=size):
+            if callback is not None:
+                callback(Progress(level.number, len(plan), i, level.evaluations, size, total,
+                                  parts["content"], parts["style"], parts["tv"],
+                                  image=lambda: _hwc(pixels), pixels=lambda: pixels.copy()))
+
+        x, done = minimise(objective, x, level.evaluations, config, report, cancel,
+                           config.schedule_value("tolerance"))
+        evaluations += done
+        if mask_arrays:  # outside every guide the content, exactly
+            region = guides.union([t[2] for t in terms])
+            content_at = resize_array(content_rgb, *size).transpose(2, 0, 1)[None]
+            x = guides.composite(x, content_at, region[None, None]).astype(np.float32)
+    result = _hwc(x)
+    total, parts, _ = objective(np.ascontiguousarray(result.transpose(2, 0, 1)[None]))
+    check_finite(total)
+    metrics = {"total_loss": total, "content_loss": parts["content"], "style_loss": parts["style"],
+               "style_loss_per_layer": {n: parts[n] for n in STYLE_LAYERS}, "tv_loss": parts["tv"]}
+    result = color.finish(config.preserve_colors, result, resize_array(content_pic.rgb,
+                                                                       *result.shape[:2]))
+    alpha = None
+    if content_pic.alpha is not None:
+        alpha = resize_array(content_pic.alpha, *result.shape[:2])
+    metrics.update(evaluations=evaluations, iterations=evaluations,
+                   seconds=round(time.perf_counter() - started, 3), device="cpu",
+                   precision="float32", engine="onnx", weights_source=model.weights_source,
+                   model=str(model.path), sizes=[list(level.size) for level in plan], tiles={},
+                   loss_weights=balance.weights_record(config), compiled=False, compile_seconds=0.0)
+    return StylizeResult(result, alpha, metrics)
