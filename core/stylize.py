@@ -162,24 +162,11 @@ def torch_installed() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def torch_is_faster() -> bool:
-    """True where torch's engine is the faster one: a CPU with bf16 instructions (AVX512-BF16 or
-    AMX; measured 1.2x faster per evaluation at 512 px than the onnx engine's float32, which in
-    turn is 1.7x faster than torch's float32, README "Torch-free engine") or an NVIDIA GPU. Read
-    from the machine's description, without importing torch and without timing anything."""
-    if Path("/dev/nvidia0").exists():
-        return True
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True  # not Linux: keep torch, the engine that has always run there
-    return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
-
-
 def resolve_engine(name: str, model=None) -> str:
     """'torch' or 'onnx' for Config.engine; a loaded model decides by its kind. `auto`: torch where
-    it is installed and faster here (torch_is_faster), else onnx. Deterministic: from what is
-    installed and the machine's description, never from timings."""
+    it is installed (it covers every option: tiles, bf16, batches), else onnx. On a CPU without
+    bf16 the onnx engine is faster (README "Torch-free engine"), but auto never trades an option
+    for speed: --engine onnx asks for it."""
     from .onnx_engine import OnnxModel
 
     if isinstance(model, OnnxModel):
@@ -189,7 +176,7 @@ def resolve_engine(name: str, model=None) -> str:
     else:
         kind = None
     if name == "auto":
-        return kind or ("torch" if torch_installed() and torch_is_faster() else "onnx")
+        return kind or ("torch" if torch_installed() else "onnx")
     if name == "torch" and not torch_installed():
         raise UserError("--engine torch needs PyTorch, which is not installed here; use "
                         "--engine onnx (or auto) or install stylefu's full requirements.")

@@ -88,11 +88,13 @@ def gimp_model(request, model_path):
 
 def figure_pictures(folder: Path, height: int, width: int) -> tuple[Path, Path]:
     """The figures' content (the demo's photo, as an array file) and style (the demo's swirl)."""
+    folder = folder / "figure"  # the style's file name names the new layer: "style (neural style)"
+    folder.mkdir(exist_ok=True)
     photo = Image.fromarray(np.round(demo_photo() * 255).astype(np.uint8)).resize((width, height),
                                                                                   Image.LANCZOS)
-    np.save(folder / "figure.npy", np.asarray(photo, np.float32) / 255)
-    Image.fromarray(np.round(demo_style(256) * 255).astype(np.uint8)).save(folder / "figure-style.png")
-    return folder / "figure.npy", folder / "figure-style.png"
+    np.save(folder / "photo.npy", np.asarray(photo, np.float32) / 255)
+    Image.fromarray(np.round(demo_style(256) * 255).astype(np.uint8)).save(folder / "style.png")
+    return folder / "photo.npy", folder / "style.png"
 
 
 @pytest.fixture(scope="module")
