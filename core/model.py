@@ -11,7 +11,7 @@ import torch
 
 from .engine import FeatureEngine
 from .errors import UserError
-from .paths import default_model_path
+from .paths import model_file
 from .vgg import VGGFeatures, load_torch_model
 
 
@@ -86,14 +86,4 @@ def _load(path: Path, device_type: str) -> StyleModel:
 
 def load_model(path: str | Path | None = None, device: str = "auto") -> StyleModel:
     """Load (once per process) the artifact at `path`, default: $STYLEFU_MODEL or the cache's."""
-    from .files import path_kind
-
-    path = Path(path) if path else default_model_path()
-    kind = path_kind(path)
-    if kind == "missing":
-        raise UserError(f"No model at {path}; create one with `stylefu export` "
-                        "(or pass --model PATH).")
-    if kind != "file":
-        raise UserError(f"The model {path} is {kind}, not a file; pass --model with the path of "
-                        "a .onnx file made by `stylefu export`.")
-    return _load(path.resolve(), resolve_device(device).type)
+    return _load(model_file(path), resolve_device(device).type)

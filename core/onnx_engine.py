@@ -66,18 +66,9 @@ def _load(path: Path, device: str) -> OnnxModel:
 def load_onnx_model(path: str | Path | None = None, device: str = "auto") -> OnnxModel:
     """Load (once per process) the artifact at `path` for the torch-free engine (CPU; `cuda`
     asks ONNX Runtime's CUDA provider)."""
-    from .files import path_kind
-    from .paths import default_model_path
+    from .paths import model_file
 
-    path = Path(path) if path else default_model_path()
-    kind = path_kind(path)
-    if kind == "missing":
-        raise UserError(f"No model at {path}; create one with `stylefu export` "
-                        "(or pass --model PATH).")
-    if kind != "file":
-        raise UserError(f"The model {path} is {kind}, not a file; pass --model with the path of "
-                        "a .onnx file made by `stylefu export`.")
-    return _load(path.resolve(), "cuda" if device == "cuda" else "cpu")
+    return _load(model_file(path), "cuda" if device == "cuda" else "cpu")
 
 
 class GradientSession:

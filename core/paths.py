@@ -32,6 +32,23 @@ def default_model_path() -> Path:
     return cache_dir() / MODEL_FILENAME
 
 
+def model_file(path: str | Path | None = None) -> Path:
+    """The artifact a command loads (default: default_model_path()), resolved; one UserError
+    sentence when it is missing or not a file. Both engines' loaders use it."""
+    from .errors import UserError
+    from .files import path_kind
+
+    path = Path(path) if path else default_model_path()
+    kind = path_kind(path)
+    if kind == "missing":
+        raise UserError(f"No model at {path}; create one with `stylefu export` "
+                        "(or pass --model PATH).")
+    if kind != "file":
+        raise UserError(f"The model {path} is {kind}, not a file; pass --model with the path of "
+                        "a .onnx file made by `stylefu export`.")
+    return path.resolve()
+
+
 def weights_dir() -> Path:
     """Where downloaded weights are kept: $STYLEFU_WEIGHTS_CACHE, else the cache's weights folder.
 

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import pytest
+
+# A shell starts a background job (`make test &`) with SIGINT ignored, and every child inherits
+# that: the Ctrl-C tests need their stylefu processes to receive it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
