@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
 
 
 def finite(value):
@@ -22,19 +24,22 @@ def finite(value):
     return value
 
 
-_cut = [False]  # True while a line is being written: a signal may have cut it there
+# SIGINT/SIGTERM are held back while a line is written: their handlers print the final event, and
+# an exception raised inside the write would leave half a line before it (pthread_sigmask: Unix).
+_HELD = {signal.SIGINT, signal.SIGTERM} if hasattr(signal, "pthread_sigmask") else set()
 
 
 def print_line(record) -> None:
-    """One JSON line on stdout, written and flushed in one call. A signal that interrupted the
-    previous line (its handler then prints a final event) gets that event on a line of its own."""
+    """One JSON line on stdout, written whole: a signal arriving meanwhile acts after it."""
     text = dumps(record) + "\n"
-    if _cut[0]:
-        text = "\n" + text
-    _cut[0] = True
-    sys.stdout.write(text)
-    sys.stdout.flush()
-    _cut[0] = False
+    held = _HELD if threading.current_thread() is threading.main_thread() else set()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held) if held else None
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    finally:
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def dumps(value, indent: int | None = None) -> str:
