@@ -24,7 +24,7 @@ from .errors import UserError
 from .images import fit_long_side, load_image, resize_array
 from .lbfgs import LBFGS
 from .objective import LossSpec, check_finite
-from .optimise import BestIterate, check_cancel, loss_factor, should_stop
+from .optimise import BestIterate, check_cancel, loss_factor, range_penalty, should_stop
 from .targets import blend_weights, target_arrays
 from .vgg import MIN_SIDE, STYLE_LAYERS, layer_stride
 
@@ -151,10 +151,12 @@ def minimise(objective: OnnxObjective, image: np.ndarray, evaluations: int, conf
         check_cancel(cancel)
         total, parts, grad = objective(x)
         check_finite(total)
-        best.update(total, x)
+        outside, outside_grad = range_penalty(x, total)
+        best.update(total * outside, x)
         multiplier = np.float32(factor(total))
+        grad = grad * np.float32(outside) + outside_grad
         x = step.step(x.ravel(), grad.ravel() * multiplier).reshape(shape)
-        seen.append(total)
+        seen.append(total * outside)
         report(done, total, parts, x)
         if should_stop(seen, tolerance):
             break

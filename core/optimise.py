@@ -8,6 +8,7 @@ the same loop (`minimise`): one optimiser factory, one loss factor, early stoppi
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,12 @@ Report = Callable[[int, float, dict, "torch.Tensor"], None]
 LossFunction = Callable[["torch.Tensor"], tuple["torch.Tensor", dict, Callable[[float], None]]]
 
 EARLY_STOP_WINDOW = 10  # evaluations over which `tolerance` measures the loss's fall
+# The optimiser minimises the loss times 1 + RANGE_PENALTY x mean(excess^2), excess being how far
+# each pixel lies outside 0..1 (`range_penalty`). Delivered (clipped) loss at 256 px, `normal`,
+# trained VGG16: chelsea+strokes 0.411 without, 0.384 / 0.372 / 0.376 at 10 / 30 / 100;
+# astronaut+ihc 0.2030 without, 0.2022 / 0.2015 at 10 / 30. Random weights (64 px test run): 0.109
+# without, 0.058 at 30; at 100 L-BFGS oscillated there (the wall too stiff for its steps).
+RANGE_PENALTY = 30.0
 
 
 @dataclass
@@ -98,6 +105,23 @@ class BestIterate:
         return self.image
 
 
+def range_penalty(x, loss: float):
+    """(factor, extra gradient): the optimiser minimises loss x factor, where factor = 1 +
+    RANGE_PENALTY x mean(excess^2) and excess is how far each pixel of `x` lies outside 0..1.
+
+    Results are clipped to 0..1 when delivered; unconstrained, L-BFGS lets pixels drift out of
+    range (the loss does not see the clip) and the clip then cost 12-32 % of the loss with trained
+    features (`best`, 512 px). Projecting to 0..1 after every step stalled L-BFGS on coarse levels;
+    this smooth factor keeps its curvature pairs valid, is 1 for every deliverable image, and
+    scales with the loss, so it means the same at every loss scale. The extra gradient is
+    d(factor)/dx x `loss`; the loss's own gradient is to be multiplied by the factor. Works on
+    torch and numpy pixels.
+    """
+    excess = x - x.clip(0.0, 1.0)
+    scale = RANGE_PENALTY / math.prod(excess.shape)
+    return 1.0 + scale * float((excess ** 2).sum()), (2 * scale * loss) * excess
+
+
 def should_stop(losses: Sequence[float], tolerance: float, window: int = EARLY_STOP_WINDOW) -> bool:
     """True when the best loss fell by less than `tolerance` (relative) over the last `window`.
 
@@ -153,17 +177,21 @@ def minimise(loss: LossFunction, image: torch.Tensor, evaluations: int, config: 
         total, parts, backward = loss(x)
         check_finite(total)
         multiplier = factor(total)
-        backward(multiplier)
+        last["loss"] = float(total.detach())
+        with torch.no_grad():
+            outside, gradient = range_penalty(x.detach(), last["loss"])
+        backward(multiplier * outside)
+        x.grad += multiplier * gradient
         last["parts"] = {k: v.detach() if torch.is_tensor(v) else v for k, v in parts.items()}
-        best.update(float(total.detach()), x)
-        return (total * multiplier).detach()
+        best.update(last["loss"] * outside, x)
+        return (total * (multiplier * outside)).detach()
 
     done = 0
     for done in range(1, evaluations + 1):
         check_cancel(cancel)
         opt.step(closure)
         seen.append(best.last)
-        report(done, best.last, last["parts"], x)
+        report(done, last["loss"], last["parts"], x)
         if should_stop(seen, tolerance):
             break
     return Optimised(best.result(x), done)
