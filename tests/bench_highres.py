@@ -1,6 +1,7 @@
 """High-resolution benchmark: a 4096 px run completes within this machine's memory, without seams.
 
     .venv/bin/python tests/bench_highres.py [--size 4096] [--iterations 4] [--model PATH]
+        [--photo coffee] [--style PATH]
 
 Coarse-to-fine keeps it short: most evaluations happen at the coarse levels; the levels too large
 for memory are optimised in moving, overlapping tiles (chosen automatically from the free
@@ -8,7 +9,9 @@ memory). Prints, from ONE run: the free memory, each level's size, tile and seco
 resident memory of this process, and the seam ratio (gradient energy across the final level's tile
 borders vs just beside them; about 1 = no seam), and the mean change of the sky in the left,
 middle and right thirds (tiles that drifted apart change one part of the sky and not another).
-Uses the random-weights model unless --model.
+Uses the random-weights model unless --model, the generated demo scene unless --photo names a
+scikit-image sample photo (cropped to 4:3 and enlarged; its top sixth stands in for the sky), and
+the demo's swirl style unless --style.
 """
 
 from __future__ import annotations
@@ -34,6 +37,19 @@ def save_figure(content: np.ndarray, result: np.ndarray, path: str, shrink: int 
     save_image(path, np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1))
 
 
+def photo_content(name: str, height: int, width: int) -> np.ndarray:
+    """scikit-image's sample photo `name`, centre-cropped to width:height and resized to it."""
+    import skimage.data
+
+    from stylefu.core.images import resize_array
+
+    rgb = np.asarray(getattr(skimage.data, name)(), np.float32)[..., :3] / 255.0
+    h, w = rgb.shape[:2]
+    crop_h, crop_w = min(h, w * height // width), min(w, h * width // height)
+    top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    return resize_array(rgb[top:top + crop_h, left:left + crop_w], height, width)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=4096)
@@ -44,6 +60,8 @@ def main() -> int:
     parser.add_argument("--model", help="model artifact (default: random weights, made now)")
     parser.add_argument("--output", help="save the result here (PNG)")
     parser.add_argument("--figure", help="save content | result | 4x the change here (PNG, 1/8 size)")
+    parser.add_argument("--photo", help="a scikit-image sample photo as content (coffee, rocket, ...)")
+    parser.add_argument("--style", help="style image (default: the demo's swirl)")
     args = parser.parse_args()
 
     from stylefu.core import Config, load_model, stylize, tiling
@@ -56,8 +74,9 @@ def main() -> int:
         export("random", model_path, seed=0, progress=False)
     model = load_model(model_path, args.device)
     height = args.size * 3 // 4
-    content = demo_content(height, args.size)
-    style = demo_style(1024)
+    content = photo_content(args.photo, height, args.size) if args.photo else \
+        demo_content(height, args.size)
+    style = args.style or demo_style(1024)  # stylize() reads a path itself
     free = tiling.available_bytes(model.device)
     print(f"device {model.device}; free memory {free / 1e9:.1f} GB, run budget "
           f"{tiling.budget_bytes(model.device) / 1e9:.1f} GB (optimiser "
