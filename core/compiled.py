@@ -30,10 +30,14 @@ from .paths import cache_dir
 
 MIN_TORCH = (2, 4)  # dynamic shapes through custom autograd Functions (our Gram) work from 2.4 on
 # `auto` compiles a run whose planned work (pixels x evaluations, summed over its levels) is at
-# least this: there the time saved (a sixth of each evaluation without AMX, a third with it)
-# exceeds loading the compiled code from a warm cache (about 3 s). `normal` at 512 px plans 34 M,
-# `draft` at 256 px 2 M. Re-tune from bench_speed's normal_512 against normal_512_eager.
+# least this: there the time saved exceeds loading the compiled code from a warm cache. With AMX
+# (or CUDA) an evaluation compiled took a third less time and the load about 3 s: `normal` at
+# 512 px (34 M) compiles, `draft` at 256 px (2 M) does not.
 COMPILE_MIN_WORK = 16e6
+# Without AMX (AVX512-BF16 only) compiling saved 7-15 % per evaluation and the warm load took 18 s:
+# `normal` at 512 px ran 172 s compiled against 156 s eager (bench_speed, 2026-12-03), so there
+# only runs like `best` at 512 px (144 M) compile. Re-tune from normal_512 against its eager run.
+COMPILE_MIN_WORK_NO_AMX = 100e6
 # `auto` leaves levels below this many pixels eager: there the compiled code won nothing (64 px
 # here: 0.57 s against 0.36 s of CPU per evaluation); the one compiled graph serves the others.
 COMPILE_MIN_PIXELS = 192 * 192
@@ -83,6 +87,19 @@ def planned_work(levels: Sequence[tuple[tuple[int, int], int]]) -> float:
     return float(sum(h * w * n for (h, w), n in levels if level_compiled("auto", (h, w))))
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles, where compiled bf16 evaluations pay most."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except Exception:  # a private torch function: absent or failing means "no"
+        return False
+
+
+def min_work(device: torch.device) -> float:
+    """The planned work from which `auto` compiles on `device`."""
+    return COMPILE_MIN_WORK if device.type == "cuda" or cpu_has_amx() else COMPILE_MIN_WORK_NO_AMX
+
+
 def level_compiled(mode: str, size: tuple[int, int]) -> bool:
     """Whether a level of a compiling run uses the compiled code: `on` everywhere, `auto` at
     COMPILE_MIN_PIXELS and up."""
@@ -92,12 +109,12 @@ def level_compiled(mode: str, size: tuple[int, int]) -> bool:
 def should_compile(mode: str, device: torch.device, levels: Sequence[tuple[tuple[int, int], int]],
                    log: Callable[[str], None] | None = None) -> bool:
     """Whether a run compiles its evaluations: `on` always (where it can), `off` never, `auto`
-    when the planned work pays for the compiled code (COMPILE_MIN_WORK).
+    when the planned work pays for the compiled code (`min_work`: more without AMX).
 
     Decided from the configuration only, never from timings or the cache's state, so the same
     inputs give the same bytes on a machine. Where compiling cannot work, `log` gets one line.
     """
-    if mode == "off" or not levels or (mode == "auto" and planned_work(levels) < COMPILE_MIN_WORK):
+    if mode == "off" or not levels or (mode == "auto" and planned_work(levels) < min_work(device)):
         return False
     problem = compile_problem(device)
     if problem:

@@ -474,11 +474,13 @@ def command(argv: list[str], env: dict) -> dict:
     if out.returncode != 0:
         raise RuntimeError(f"stylefu {' '.join(argv)} failed: {out.stderr.strip()[-500:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    metrics = {}
+    metrics, notes = {}, [ln for ln in out.stderr.splitlines() if "compil" in ln]
     for line in out.stdout.splitlines():
         if line.startswith("{") and '"result"' in line:
             metrics = json.loads(line).get("metrics", {})
-    notes = [ln for ln in out.stderr.splitlines() if "compil" in ln]
+        elif line.startswith("{") and '"notice"' in line:  # --progress json: notices on stdout
+            message = json.loads(line).get("message", "")
+            notes += [message] if "compil" in message else []
     return {"wall_s": wall, "cpu_s": cpu, "metrics": metrics, "compile_notes": notes}
 
 

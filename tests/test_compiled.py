@@ -136,6 +136,7 @@ def test_auto_compiles_long_runs_only(monkeypatch, fresh_state):
     normal_512 = [((128, 128), 80), ((256, 256), 80), ((512, 512), 110)]
     draft_256 = [((64, 64), 60), ((128, 128), 60), ((256, 256), 30)]
     preview_192 = [((48, 48), 60), ((96, 96), 60), ((192, 192), 30)]
+    monkeypatch.setattr(compiled, "cpu_has_amx", lambda: True)
     assert should_compile("auto", cpu, normal_512)
     assert not should_compile("auto", cpu, draft_256)
     assert not should_compile("auto", cpu, preview_192)
@@ -144,6 +145,20 @@ def test_auto_compiles_long_runs_only(monkeypatch, fresh_state):
     # Within a compiling run, `auto` leaves the tiny coarse levels eager; `on` compiles them too.
     assert [compiled.level_compiled("auto", s) for s, _ in normal_512] == [False, True, True]
     assert all(compiled.level_compiled("on", s) for s, _ in normal_512)
+
+
+def test_without_amx_auto_compiles_only_the_longest_runs(monkeypatch, fresh_state):
+    """Without AMX a compiled evaluation saves too little to repay the warm load in `normal`."""
+    monkeypatch.setattr(compiled, "compile_problem", lambda device: None)
+    monkeypatch.setattr(compiled, "_tell", lambda line, log: None)
+    monkeypatch.setattr(compiled, "cpu_has_amx", lambda: False)
+    normal_512 = [((128, 128), 80), ((256, 256), 80), ((512, 512), 110)]
+    best_512 = [((128, 128), 200), ((256, 256), 200), ((512, 512), 500)]
+    assert not should_compile("auto", torch.device("cpu"), normal_512)
+    assert should_compile("auto", torch.device("cpu"), best_512)
+    assert should_compile("on", torch.device("cpu"), normal_512)
+    assert should_compile("auto", torch.device("cuda"), normal_512)  # GPUs keep the low bar
+    assert isinstance(compiled.cpu_has_amx(), bool)
 
 
 def test_the_cache_lives_in_stylefus_cache_folder(monkeypatch, tmp_path):
