@@ -7,7 +7,7 @@ Coarse-to-fine keeps it short: most evaluations happen at the coarse levels; the
 for memory are optimised in moving, overlapping tiles (chosen automatically from the free
 memory). Prints, from ONE run: the free memory, each level's size, tile and seconds, the peak
 resident memory of this process, and the seam ratio (gradient energy across the final level's tile
-borders vs just beside them; about 1 = no seam), and the mean change of the sky in the left,
+borders vs just beside them; about 1 = no seam), and the mean change of the sky (top band) in the left,
 middle and right thirds (tiles that drifted apart change one part of the sky and not another).
 Uses the random-weights model unless --model, the generated demo scene unless --photo names a
 scikit-image sample photo (cropped to 4:3 and enlarged; its top sixth stands in for the sky), and
