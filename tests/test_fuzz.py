@@ -498,6 +498,18 @@ def start(args, cwd: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
 
 
+def first_line(proc: subprocess.Popen) -> str:
+    """The first line of `proc`'s stdout, read byte by byte: communicate() reads the pipe itself
+    afterwards and would lose whatever a buffered readline() had taken beyond this line."""
+    data = b""
+    while not data.endswith(b"\n"):
+        byte = os.read(proc.stdout.fileno(), 1)
+        if not byte:
+            break
+        data += byte
+    return data.decode()
+
+
 def test_signals_during_a_run(world):
     """SIGINT and SIGTERM (two processes at once) while the optimisation runs: exit 130 and 143,
     a final `cancelled` event, no output and no temporary file."""
@@ -508,7 +520,7 @@ def test_signals_during_a_run(world):
         args[args.index("--iterations") + 1] = "5000"
         procs[signum] = start(args, world.root)
     for signum, proc in procs.items():
-        first = proc.stdout.readline()  # the first progress event: the optimisation is running
+        first = first_line(proc)  # the first progress event: the optimisation is running
         assert json.loads(first, parse_constant=_reject)["event"] == "progress", proc.stderr.read()
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=120)
