@@ -128,6 +128,20 @@ def test_preview_ranks_a_style_made_from_the_content_photo_nearest(trained_model
     assert ranking(random16_model_path)[0][0] != "cat-gray"
 
 
+def test_early_stopping_does_not_end_a_level_mid_overstep(trained_model_path):
+    """Measured here: with 30 evaluations per level the full-size level's L-BFGS overstepped
+    (0.65 -> 2.0) for over 10 evaluations; early stopping then delivered the upsampled coarse
+    image (0.650) where the same run without stopping reached 0.224."""
+    content, style = photo("astronaut", 192), photo("immunohistochemistry", 192)
+    model = load_model(trained_model_path, "cpu")
+
+    def delivered(tolerance: float) -> float:
+        config = Config(size=192, evaluations=30, coarse_evaluations=30, tolerance=tolerance,
+                        compile="off", device="cpu")
+        return stylize(content, style, model=model, config=config).metrics["total_loss"]
+    assert delivered(1e-3) < 1.1 * delivered(0.0)
+
+
 if __name__ == "__main__":  # print the measured figures behind the floors
     import os
     import tempfile
