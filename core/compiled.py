@@ -32,7 +32,7 @@ MIN_TORCH = (2, 4)  # dynamic shapes through custom autograd Functions (our Gram
 # `auto` compiles a run whose planned work (pixels x evaluations, summed over its levels) is at
 # least this: there the time saved exceeds loading the compiled code from a warm cache. With AMX
 # (or CUDA) an evaluation compiled took a third less time and the load about 3 s: `normal` at
-# 512 px (34 M) compiles, `draft` at 256 px (2 M) does not.
+# 512 px (31 M) compiles, `draft` at 256 px (2 M) does not.
 COMPILE_MIN_WORK = 16e6
 # Without AMX (AVX512-BF16 only) compiling saved 7-15 % per evaluation and the warm load took 18 s:
 # `normal` at 512 px ran 172 s compiled against 156 s eager (bench_speed, 2026-12-03), so there

@@ -30,7 +30,7 @@ MIN_CROP_SIDE = 32
 # per halving); `tolerance` ends a level early once the loss stops falling (optimise.should_stop).
 PRESETS = {
     "draft": {"levels": 3, "evaluations": 30, "coarse_evaluations": 60, "tolerance": 1e-3},
-    "normal": {"levels": 3, "evaluations": 110, "coarse_evaluations": 80, "tolerance": 1e-3},
+    "normal": {"levels": 3, "evaluations": 110, "coarse_evaluations": 40, "tolerance": 1e-3},
     "best": {"levels": 3, "evaluations": 500, "coarse_evaluations": 200, "tolerance": 1e-4},
 }
 SCHEDULE_FIELDS = ("levels", "evaluations", "coarse_evaluations", "tolerance")

@@ -133,7 +133,7 @@ def test_auto_compiles_long_runs_only(monkeypatch, fresh_state):
     monkeypatch.setattr(compiled, "compile_problem", lambda device: None)
     monkeypatch.setattr(compiled, "_tell", lambda line, log: None)
     cpu = torch.device("cpu")
-    normal_512 = [((128, 128), 80), ((256, 256), 80), ((512, 512), 110)]
+    normal_512 = [((128, 128), 40), ((256, 256), 40), ((512, 512), 110)]
     draft_256 = [((64, 64), 60), ((128, 128), 60), ((256, 256), 30)]
     preview_192 = [((48, 48), 60), ((96, 96), 60), ((192, 192), 30)]
     monkeypatch.setattr(compiled, "cpu_has_amx", lambda: True)
@@ -152,7 +152,7 @@ def test_without_amx_auto_compiles_only_the_longest_runs(monkeypatch, fresh_stat
     monkeypatch.setattr(compiled, "compile_problem", lambda device: None)
     monkeypatch.setattr(compiled, "_tell", lambda line, log: None)
     monkeypatch.setattr(compiled, "cpu_has_amx", lambda: False)
-    normal_512 = [((128, 128), 80), ((256, 256), 80), ((512, 512), 110)]
+    normal_512 = [((128, 128), 40), ((256, 256), 40), ((512, 512), 110)]
     best_512 = [((128, 128), 200), ((256, 256), 200), ((512, 512), 500)]
     assert not should_compile("auto", torch.device("cpu"), normal_512)
     assert should_compile("auto", torch.device("cpu"), best_512)
