@@ -478,9 +478,8 @@ def command(argv: list[str], env: dict) -> dict:
     for line in out.stdout.splitlines():
         if line.startswith("{") and '"result"' in line:
             metrics = json.loads(line).get("metrics", {})
-        elif line.startswith("{") and '"notice"' in line:  # --progress json: notices on stdout
-            message = json.loads(line).get("message", "")
-            notes += [message] if "compil" in message else []
+        elif line.startswith("{") and '"notice"' in line and "compil" in line:
+            notes.append(json.loads(line).get("message", ""))  # --progress json: notices on stdout
     return {"wall_s": wall, "cpu_s": cpu, "metrics": metrics, "compile_notes": notes}
 
 
@@ -601,6 +600,7 @@ def main(argv=None) -> int:
         args.quick, args.sizes, args.ref_evals, args.ref_runs, args.paired = True, [64], 10, 2, 1
         args.presets, args.precision_check, args.command_scale = ["draft"], False, 4
 
+    from stylefu.core.compiled import cpu_has_amx
     from stylefu.core.config import DEFAULT_PRESET
     from stylefu.core.engine import usable_cores
     from stylefu.core.model import load_model
@@ -613,7 +613,7 @@ def main(argv=None) -> int:
     cpu = next((ln.split(":", 1)[1].strip() for ln in flags.splitlines()
                 if ln.startswith("model name")), platform.processor() or platform.machine())
     out = {"machine": f"{cpu}, {usable_cores()} cores, "
-                      f"AMX {'yes' if 'amx_bf16' in flags else 'no'}, "
+                      f"AMX {'yes' if cpu_has_amx() else 'no'}, "
                       f"AVX512-BF16 {'yes' if 'avx512_bf16' in flags else 'no'}",
            "torch": torch.__version__, "threads": torch.get_num_threads(),
            "load_average_start": os.getloadavg(), "command": " ".join(sys.argv),

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from stylefu.core import compiled, losses
 from stylefu.core.compiled import Evaluation, compile_problem, should_compile
+from stylefu.core.config import PRESETS
 
 
 class TinyObjective:
@@ -129,22 +130,27 @@ def test_old_torch_means_eager(monkeypatch, fresh_state):
     assert "older than" in compile_problem(torch.device("cpu"))
 
 
+# Levels (size, evaluations) of `normal` at 512 px, the run the compile thresholds are set by.
+_NORMAL = PRESETS["normal"]
+NORMAL_512 = [((128, 128), _NORMAL["coarse_evaluations"]), ((256, 256), _NORMAL["coarse_evaluations"]),
+              ((512, 512), _NORMAL["evaluations"])]
+
+
 def test_auto_compiles_long_runs_only(monkeypatch, fresh_state):
     monkeypatch.setattr(compiled, "compile_problem", lambda device: None)
     monkeypatch.setattr(compiled, "_tell", lambda line, log: None)
     cpu = torch.device("cpu")
-    normal_512 = [((128, 128), 40), ((256, 256), 40), ((512, 512), 110)]
     draft_256 = [((64, 64), 60), ((128, 128), 60), ((256, 256), 30)]
     preview_192 = [((48, 48), 60), ((96, 96), 60), ((192, 192), 30)]
     monkeypatch.setattr(compiled, "cpu_has_amx", lambda: True)
-    assert should_compile("auto", cpu, normal_512)
+    assert should_compile("auto", cpu, NORMAL_512)
     assert not should_compile("auto", cpu, draft_256)
     assert not should_compile("auto", cpu, preview_192)
     assert should_compile("on", cpu, draft_256)
-    assert not should_compile("off", cpu, normal_512)
+    assert not should_compile("off", cpu, NORMAL_512)
     # Within a compiling run, `auto` leaves the tiny coarse levels eager; `on` compiles them too.
-    assert [compiled.level_compiled("auto", s) for s, _ in normal_512] == [False, True, True]
-    assert all(compiled.level_compiled("on", s) for s, _ in normal_512)
+    assert [compiled.level_compiled("auto", s) for s, _ in NORMAL_512] == [False, True, True]
+    assert all(compiled.level_compiled("on", s) for s, _ in NORMAL_512)
 
 
 def test_without_amx_auto_compiles_only_the_longest_runs(monkeypatch, fresh_state):
@@ -152,12 +158,11 @@ def test_without_amx_auto_compiles_only_the_longest_runs(monkeypatch, fresh_stat
     monkeypatch.setattr(compiled, "compile_problem", lambda device: None)
     monkeypatch.setattr(compiled, "_tell", lambda line, log: None)
     monkeypatch.setattr(compiled, "cpu_has_amx", lambda: False)
-    normal_512 = [((128, 128), 40), ((256, 256), 40), ((512, 512), 110)]
     best_512 = [((128, 128), 200), ((256, 256), 200), ((512, 512), 500)]
-    assert not should_compile("auto", torch.device("cpu"), normal_512)
+    assert not should_compile("auto", torch.device("cpu"), NORMAL_512)
     assert should_compile("auto", torch.device("cpu"), best_512)
-    assert should_compile("on", torch.device("cpu"), normal_512)
-    assert should_compile("auto", torch.device("cuda"), normal_512)  # GPUs keep the low bar
+    assert should_compile("on", torch.device("cpu"), NORMAL_512)
+    assert should_compile("auto", torch.device("cuda"), NORMAL_512)  # GPUs keep the low bar
     assert isinstance(compiled.cpu_has_amx(), bool)
 
 
