@@ -694,11 +694,8 @@ def _frames(work, skip, config, loaded, options, workers, ray, progress, cancel,
 
 
 def _run_local_seeded(run, config, loaded, options, progress, cancel, keep_images, seeded):
-    """Frames run in this process, one after another with all threads (a chain cannot be split
-    over workers without breaking it)."""
-    from .engine import usable_cores
-
-    set_threads(usable_cores())
+    """Frames run in this process, one after another with the process's own threads (a chain
+    cannot be split over workers without breaking it; the caller's thread settings are kept)."""
     previous = seeded
     for index, item in run:
         if _cancelled(cancel):

@@ -303,6 +303,7 @@ def test_stylize_layer_runs_the_filters_steps(tmp_path, images, model_path, monk
     mask[10:30, 20:50] = 1
     host = ArrayHost(content, [str(tmp_path / "style.npy")], mask)
     (tmp_path / "tmp").mkdir()
+    import torch._dynamo  # noqa: F401  torch's first import of it makes its own cache folder in tmp
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where exchange_dir goes
     bridge.stylize_layer(host, settings, values)
     assert host.calls[:3] == ["styles", "progress start", "undo start"]
