@@ -147,7 +147,10 @@ def suite(gimp_model, tmp_path_factory):
     (root / "job.json").write_text(json.dumps(job))
 
     binds = [REPO, Path(sys.prefix), Path(sys.base_prefix), Path(model_path).parent]
-    env = dict(os.environ, GIMP_FAST="1", PASS_ENV="STYLEFU_SUITE",
+    # GIMP runs with a clean environment; its worker must get this process's thread limit, or its
+    # bytes differ from the in-process reference run (`worker_result`).
+    pass_env = "STYLEFU_SUITE" + (" OMP_NUM_THREADS" if os.environ.get("OMP_NUM_THREADS") else "")
+    env = dict(os.environ, GIMP_FAST="1", PASS_ENV=pass_env,
                STYLEFU_SUITE=str(root / "job.json"), BIND_RO=read_only_binds(*binds), ROOTFS=ROOTFS)
     started = time.perf_counter()
     proc = subprocess.run(["sh", str(GIMP_DIR / "gimp3-batch.sh"), str(script),
