@@ -9,7 +9,7 @@ TORCH_PIN ?= torch==2.13.0
 LIGHT := .venv-light
 LIGHT_BIN := $(LIGHT)/bin
 
-.PHONY: venv light-venv demo test test-light lint bench bench-quick gimp-setup gimp-test gimp-figure clean
+.PHONY: venv light-venv demo test test-float32 test-light lint bench bench-quick gimp-setup gimp-test gimp-figure clean
 
 $(BIN)/stylefu: pyproject.toml
 	@test -x $(BIN)/python || { echo "Creating $(VENV)"; $(PY) -m venv $(VENV); }
@@ -39,7 +39,23 @@ demo: venv
 test: venv
 	$(BIN)/ruff check --output-format concise core export plugin tests
 	$(BIN)/python -m pytest
-	$(MAKE) test-light
+	$(MAKE) --no-print-directory test-float32
+	$(MAKE) --no-print-directory test-light
+
+# The numeric and optimisation tests again on the float32 path as an AVX2-only CPU (most laptops)
+# takes it: oneDNN held to AVX2 (so `--precision auto` is float32, no AMX) and ATen's AVX2
+# kernels. Where the CPU has no fast bf16, the main pass above already took that path. The
+# bf16-against-fp32 guard is left out: it runs both precisions itself in the main pass.
+FLOAT32_PATH := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
+NUMERIC_TESTS := tests/test_core.py tests/test_gradient.py tests/test_tiling.py tests/test_trained.py \
+	tests/test_controls.py tests/test_balance.py tests/test_schedule.py tests/test_preview.py \
+	tests/test_gimp2.py \
+	--deselect tests/test_schedule.py::test_bf16_final_loss_within_2_percent_of_fp32
+test-float32: venv
+	@if $(BIN)/python -c "import sys, torch; sys.exit(not torch.ops.mkldnn._is_mkldnn_bf16_supported())"; \
+	then echo "Numeric tests again on the float32 path ($(FLOAT32_PATH))"; \
+		$(FLOAT32_PATH) $(BIN)/python -m pytest $(NUMERIC_TESTS); \
+	else echo "This CPU has no fast bf16: the tests above took the float32 path."; fi
 
 # The torch-free subset in the light env: imports, export from trained weights (the local-index
 # stand-in wheel), runs, previews, and the GIMP 3 plug-in driving a torch-free worker.

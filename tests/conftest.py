@@ -44,6 +44,11 @@ def rgb_noise(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((h, w, 3), dtype=np.float32)
 
 
+# Set by `make test-float32` to take an AVX2-only CPU's path on any x86 CPU: oneDNN's kernels (and so
+# `--precision auto` = float32, no AMX) and ATen's vector width. Subprocesses inherit them; the
+# real-GIMP tests pass them through GIMP's clean environment.
+CPU_PATH_ENV = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
 REQUIRE_TRAINED_ENV = "STYLEFU_REQUIRE_TRAINED"  # "1" (CI): no trained weights is a failure
 
 

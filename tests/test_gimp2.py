@@ -260,7 +260,9 @@ def test_second_style_outside_the_selection(report, model_path, tmp_path):
     changed_inside = np.abs(layer[inside] - single[inside]).mean()
     print(f"second style outside: mean change outside {changed_outside:.4f} (against the source), "
           f"inside {changed_inside:.4f} (against the one-mask run)")
-    assert changed_outside > 2 and changed_inside > 1, (changed_outside, changed_inside)
+    # Measured (outside, inside): bf16 convolutions 17.4, 18.9; float32 (AVX2) 1.02, 61.5, its 4
+    # evaluations overstepping at the third. Outside, a run without the inverse mask changes nothing.
+    assert changed_outside > 0.25 and changed_inside > 1, (changed_outside, changed_inside)
 
 
 def test_tile_size_reaches_the_worker(report, model_path, tmp_path):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CPU_PATH_ENV
 from PIL import Image
 
 from stylefu.core.cli import main
@@ -147,9 +148,10 @@ def suite(gimp_model, tmp_path_factory):
     (root / "job.json").write_text(json.dumps(job))
 
     binds = [REPO, Path(sys.prefix), Path(sys.base_prefix), Path(model_path).parent]
-    # GIMP runs with a clean environment; its worker must get this process's thread limit, or its
-    # bytes differ from the in-process reference run (`worker_result`).
-    pass_env = "STYLEFU_SUITE" + (" OMP_NUM_THREADS" if os.environ.get("OMP_NUM_THREADS") else "")
+    # GIMP runs with a clean environment; its worker must get this process's thread limit and CPU
+    # path (see conftest.CPU_PATH_ENV), or its bytes differ from the in-process reference run.
+    pass_env = " ".join(["STYLEFU_SUITE"] + [v for v in ("OMP_NUM_THREADS",) + CPU_PATH_ENV
+                                              if os.environ.get(v)])
     env = dict(os.environ, GIMP_FAST="1", PASS_ENV=pass_env,
                STYLEFU_SUITE=str(root / "job.json"), BIND_RO=read_only_binds(*binds), ROOTFS=ROOTFS)
     started = time.perf_counter()

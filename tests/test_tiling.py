@@ -179,6 +179,8 @@ def test_tiles_do_not_drift_apart(model):
         print(f"tile {tile}: sky colour change {np.abs(left).sum():.3f} left, "
               f"{np.abs(right).sum():.3f} right; loss {loss:.4g}")
     gap, change, loss = runs[112]
-    assert runs[0][0] < 0.1 * runs[0][1]  # untiled: the sky changes alike on both sides
-    assert gap < 0.2 * change
-    assert loss < 1.15 * runs[0][2]
+    # Sky gap over sky change, untiled / tiled, and tiled over untiled loss, measured: bf16
+    # convolutions 0.048 / 0.12, 0.68; float32 (AVX2) 0.125 / 0.16, 1.01. Drifting tiles: 0.92, 9x.
+    assert runs[0][0] < 0.25 * runs[0][1]  # untiled: the sky changes alike on both sides
+    assert gap < 0.3 * change
+    assert loss < 1.3 * runs[0][2]
