@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import UserError
-from .files import atomic_write, sha256_file
+from .files import cache_write, sha256_file
 from .guides import pools_before
 from .images import resize_array
 from .paths import cache_dir
@@ -121,17 +120,17 @@ class TargetCache:
             with open(tmp, "wb") as f:
                 np.savez(f, **{k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()})
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             if os.path.islink(path) or (os.path.lexists(path) and not os.path.isfile(path)
                                         and not os.path.isdir(path)):
                 path.unlink()  # a link, FIFO or device put in the cache: ours to replace
-            atomic_write(path, write)
-            self.prune()
-            return True
-        except (OSError, UserError):
-            # Read-only cache, full disk, or (Windows) the entry is open in another process that
-            # just wrote the same bytes: the run goes on without caching this entry.
+        except OSError:
             return False
+        # Read-only cache, full disk, or (Windows) the entry is open in another process that
+        # just wrote the same bytes: the run goes on without caching this entry.
+        if not cache_write(path, write):
+            return False
+        self.prune()
+        return True
 
     def prune(self) -> None:
         """Delete the least recently used entries while the cache is over `max_bytes`."""

@@ -51,6 +51,18 @@ def atomic_write(path: str | Path, write: Callable[[Path], object],
     return path
 
 
+def cache_write(path: str | Path, write: Callable[[Path], object]) -> bool:
+    """`atomic_write` for caches: False, and nothing left behind, when it fails (a full disk, a
+    read-only or over-quota folder, a file where a folder should be): a cache only costs speed."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, write)
+        return True
+    except (OSError, RuntimeError, UserError):  # RuntimeError: torch.save's writer on a full disk
+        return False
+
+
 def path_kind(path: str | Path) -> str:
     """What is at `path`, in words for a message: "file" (a regular file, links followed),
     "missing", or e.g. "a folder", "a symbolic link loop", "a character device"."""
