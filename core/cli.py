@@ -3,7 +3,8 @@ demo, gimp) through the "stylefu.commands" entry point group, so core imports ne
 
 Every `run` option is generated from the Config dataclass, so defaults and help live in one place.
 Exit codes: 0 done, 1 internal error (a bug: traceback shown), 2 user error (one sentence on
-stderr: bad option, file or environment), 130 SIGINT, 143 SIGTERM. With `--progress json` the
+stderr: bad option, file or environment), 130 SIGINT, 141 the reader of stdout went away (a
+broken pipe: one line on stderr), 143 SIGTERM. With `--progress json` the
 last line on stdout is always a `result`, `error` or `cancelled` event. Commands import torch,
 ONNX Runtime and the pipeline inside their functions: `--help` starts fast.
 """
@@ -11,6 +12,7 @@ ONNX Runtime and the pipeline inside their functions: `--help` starts fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import glob
@@ -31,6 +33,7 @@ EXIT_INTERNAL_ERROR = 1
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for coreutils' `yes | head -1`
 
 
 class UsageError(UserError):
@@ -105,8 +108,41 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def say(text: str) -> None:
-    """One line for the user, on stderr (stdout carries JSON progress)."""
-    print(text, file=sys.stderr, flush=True)
+    """One line for the user, on stderr (stdout carries JSON progress); none if stderr is gone."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # its reader went away, or it was closed
+        pass
+
+
+def _open_standard_streams() -> None:
+    """A closed stdin, stdout or stderr (`2>&-`) becomes /dev/null: else a file opened later takes
+    its number and a library's log line lands in it, and print(file=None) writes to stdout."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    for name in ("stdin", "stdout", "stderr"):
+        if getattr(sys, name) is None:  # Python found the descriptor closed at start-up
+            setattr(sys, name, open(os.devnull, "r" if name == "stdin" else "w"))
+
+
+def _stdout_gone(exc: OSError) -> bool:
+    """Whether `exc` is the broken pipe of stdout, whose reader went away (`| head -1`)."""
+    if not isinstance(exc, BrokenPipeError) or exc.filename:
+        return False
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), stdout not a descriptor
+        return True
 
 
 def weights_note(info) -> str:
@@ -387,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one `stylefu` command; returns the exit code (see the module docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     json_mode = _json_progress(argv)
+    _open_standard_streams()
 
     def event(record: dict) -> None:
         if json_mode:
@@ -417,6 +454,11 @@ def main(argv: list[str] | None = None) -> int:
         say(f"stylefu: error: {exc}")
         return exc.exit_code
     except OSError as exc:  # the environment, not stylefu: a full disk, a permission, a lost file
+        if _stdout_gone(exc):  # stop quietly, as coreutils do; nothing more can go to stdout
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
+            say("stylefu: stopped: the program reading stdout closed the pipe.")
+            return EXIT_BROKEN_PIPE
         where = f" ({exc.filename})" if exc.filename else ""
         message = f"{exc.strerror or exc}{where}; check the path, its permissions and free space."
         event({"event": "error", "message": message})
