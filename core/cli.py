@@ -354,6 +354,36 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    """`stylefu cache status|prune`: the cache's parts and sizes; least recently used files out."""
+    from .cache import LIMIT_ENV, PARTS, cache_entries, cache_limit, prune_cache
+    from .config import check_number
+    from .paths import cache_dir
+
+    if args.action == "prune":
+        if args.max_mb is not None:
+            check_number("max_mb", args.max_mb, 0, 1e9, False)
+        limit = cache_limit() if args.max_mb is None else int(args.max_mb * 1e6)
+        removed, freed = prune_cache(limit, down_to=1.0)
+        say(f"stylefu cache: removed {removed} least recently used file(s), {freed / 1e6:.1f} MB, "
+            f"from {cache_dir()} (limit {limit / 1e6:.0f} MB).")
+        return 0
+    entries = cache_entries()
+    parts = {part: [e for e in entries if e[2].is_relative_to(cache_dir() / part)] for part in PARTS}
+    figures = {"folder": str(cache_dir()), "limit_mb": round(cache_limit() / 1e6, 1),
+               "total_mb": round(sum(e[1] for e in entries) / 1e6, 1),
+               "parts": {part: {"files": len(found), "mb": round(sum(e[1] for e in found) / 1e6, 1)}
+                         for part, found in parts.items()}}
+    if args.json:
+        print(jsontext.dumps(figures, indent=2))
+    else:
+        print(f"{figures['folder']}: {figures['total_mb']} MB of {figures['limit_mb']} MB "
+              f"(${LIMIT_ENV}); the model and downloaded weights are never pruned")
+        for part, numbers in figures["parts"].items():
+            print(f"{part:>15}: {numbers['files']} file(s), {numbers['mb']} MB")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="stylefu", description="Neural style transfer "
                                      "(Gatys et al.) for scripts, batches and GIMP.")
@@ -399,6 +429,15 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--model")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
+
+    cache = sub.add_parser("cache", help="show the cache's size, or remove its least recently "
+                           "used files (targets, torch copies, gradient graphs)")
+    cache.add_argument("action", choices=("status", "prune"))
+    cache.add_argument("--max-mb", type=float, default=None,
+                       help="prune: keep at most this many MB (0: remove them all) [default: "
+                       "$STYLEFU_CACHE_MAX_MB, else the built-in limit]")
+    cache.add_argument("--json", action="store_true", help="status: as JSON")
+    cache.set_defaults(func=cmd_cache)
 
     from .batch_cli import add_batch_parser  # core's own: the options come from this module
     add_batch_parser(sub, add_config_options, config_from_args)

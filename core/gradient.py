@@ -285,14 +285,18 @@ def gradient_graph(artifact: str | Path, content_layer: str) -> Path | bytes:
     written, the graph itself (bytes, for ONNX Runtime): a cache only costs speed."""
     import onnx
 
+    from .cache import prune_cache, touch
     from .files import cache_write
 
-    for candidate in (sibling_path(artifact, content_layer), cached_path(artifact, content_layer)):
-        if os.path.isfile(candidate):  # never raises (a cache we may not read is a miss)
-            return candidate
+    beside, target = sibling_path(artifact, content_layer), cached_path(artifact, content_layer)
+    if os.path.isfile(beside):  # never raises (a folder we may not read is a miss)
+        return beside
+    if os.path.isfile(target):
+        touch(target)
+        return target
     model = build_gradient_graph(artifact, content_layer)
-    target = cached_path(artifact, content_layer)
     if cache_write(target, lambda tmp: onnx.save(model, str(tmp))):
+        prune_cache(keep=target)
         return target
     return model.SerializeToString()
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from . import artifact_meta
 from .artifact_meta import ArtifactInfo
+from .cache import prune_cache, touch
 from .errors import UserError
 from .vgg import EXPORTED_LAYERS, architecture, read_artifact
 
@@ -80,7 +81,9 @@ def load_torch_model(path: str | Path, keep_copy: bool = True) -> VGGFeatures:
             saved = torch.load(ready, weights_only=True, mmap=True)
             fields = json.loads(saved["info"])
             info = ArtifactInfo(path=Path(path), **fields | {"layers": tuple(fields["layers"])})
-            return VGGFeatures(info, saved["weights"])
+            net = VGGFeatures(info, saved["weights"])
+            touch(ready)
+            return net
         except Exception:  # missing, unreadable (a cache without permission) or stale: made below
             pass
     info, weights = read_artifact(path)
@@ -112,4 +115,6 @@ def _save_torch_weights(net: VGGFeatures, target: Path) -> None:
     info = {k: v for k, v in dataclasses.asdict(net.info).items() if k != "path"}
     weights = {f"{name}.{part}": getattr(conv, part).detach().clone()
                for (name, _, _), conv in zip(net.arch.convs, net.convs) for part in ("weight", "bias")}
-    cache_write(target, lambda tmp: torch.save({"info": json.dumps(info), "weights": weights}, tmp))
+    if cache_write(target, lambda tmp: torch.save({"info": json.dumps(info), "weights": weights},
+                                                  tmp)):
+        prune_cache()
