@@ -249,9 +249,7 @@ def remove_stale_temporaries(items: Iterable[BatchItem]) -> None:
     alive (another batch into the same folder) stay (files.remove_stale_temporaries)."""
     from .files import remove_stale_temporaries as remove
 
-    for item in items:
-        if item.output:
-            remove(item.output)
+    remove(item.output for item in items if item.output)
 
 
 def check_shared_inputs(items: Sequence[BatchItem], config: Config, options: RunOptions) -> None:

@@ -139,10 +139,13 @@ def _stdout_gone(exc: OSError) -> bool:
         import select
 
         poller = select.poll()
+    except AttributeError:  # no poll (Windows): a broken pipe without a file name is stdout's
+        return True
+    try:
         poller.register(sys.stdout.fileno(), select.POLLOUT)
         return any(events & select.POLLERR for _, events in poller.poll(0))
-    except (AttributeError, OSError, ValueError):  # no poll (Windows), stdout not a descriptor
-        return True
+    except (OSError, ValueError):  # stdout is no descriptor: the pipe was another's
+        return False
 
 
 def weights_note(info) -> str:

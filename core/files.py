@@ -10,7 +10,7 @@ import re
 import stat
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from .errors import UserError
@@ -44,24 +44,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(path: str | Path, max_age_s: float = 86400.0) -> None:
-    """Delete the temporary siblings of `path` that a killed writer left: those whose writer PID
-    is no longer alive, or older than `max_age_s` (a PID reused since); a live writer's stay."""
-    path = Path(path)
-    pattern = re.compile(rf"\.{re.escape(_short_name(path))}\.(\d+)\.[0-9a-f]{{16}}\.tmp")
-    try:
-        found = [(p, pattern.fullmatch(p.name)) for p in path.parent.iterdir()]
-    except OSError:  # a folder we may not list: nothing of ours to remove there
-        return
-    for tmp, match in found:
-        if not match:
-            continue
+def remove_stale_temporaries(paths: Iterable[str | Path], max_age_s: float = 86400.0) -> None:
+    """Delete the temporary siblings of `paths` that a killed writer left: those whose writer PID
+    is no longer alive, or older than `max_age_s` (a PID reused since); a live writer's stay.
+    Each folder is listed once, however many of `paths` it holds."""
+    names: dict[Path, set[str]] = {}
+    for path in map(Path, paths):
+        names.setdefault(path.parent, set()).add(_short_name(path))
+    pattern = re.compile(r"\.(.+)\.(\d+)\.[0-9a-f]{16}\.tmp")
+    for folder, wanted in names.items():
         try:
-            stale = not _alive(int(match[1])) or time.time() - tmp.lstat().st_mtime > max_age_s
-            if stale:
-                tmp.unlink()
-        except OSError:  # removed meanwhile by its writer, or not ours to remove
+            found = [(p, pattern.fullmatch(p.name)) for p in folder.iterdir()]
+        except OSError:  # a folder we may not list: nothing of ours to remove there
             continue
+        for tmp, match in found:
+            if not match or match[1] not in wanted:
+                continue
+            try:
+                if not _alive(int(match[2])) or time.time() - tmp.lstat().st_mtime > max_age_s:
+                    tmp.unlink()
+            except OSError:  # removed meanwhile by its writer, or not ours to remove
+                continue
 
 
 def cache_write(path: str | Path, write: Callable[[Path], object]) -> bool:

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import numpy as np
 import pytest
 import test_fuzz
 from PIL import Image
-from test_fuzz import RUN, STYLEFU, assert_refused, cli, run_args, strict_records
+from test_fuzz import RUN, STYLEFU, assert_refused, cli, run_args, special, strict_records
 
 from stylefu.core import files
 from stylefu.core.batch import BatchItem, remove_stale_temporaries
@@ -228,23 +227,6 @@ def test_run_refuses_the_issues_png_in_one_sentence(world, capsys):
 
 # --- 3. special files anywhere an input goes: refused before any work, never a hang ------------
 
-def special_file(folder: Path, kind: str, name: str) -> Path:
-    path = folder / name
-    if kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "char device":
-        try:
-            os.mknod(path, 0o600 | 0o020000, os.makedev(1, 5))  # a copy of /dev/zero
-        except PermissionError:
-            pytest.skip("mknod needs root here")
-    elif kind == "socket":
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.bind(str(path))
-    elif kind == "folder":
-        path.mkdir()
-    return path
-
-
 WORDS = {"fifo": "FIFO", "char device": "character device", "socket": "socket",
          "folder": "folder"}
 # (command, where the special file goes): every input path of `run` and `batch`.
@@ -254,12 +236,12 @@ PLACES = [("run", "content"), ("run", "style"), ("run", "--mask"), ("run", "--in
 
 @pytest.mark.parametrize("kind", list(WORDS))
 def test_special_files_as_inputs_are_refused_before_any_work(kind, world):
-    """A FIFO, a device that never ends (/dev/zero), a socket or a folder in every input place:
+    """A FIFO, a device whose reads never end (/dev/full), a socket or a folder in every input place:
     exit 2 within the timeout, one sentence naming it and what it is, nothing written."""
     procs = {}
     for command, place in PLACES:
         name = f"{command}-{place.strip('-@')}{'.txt' if place == '@list' else '.png'}"
-        path = special_file(world.root, kind, name)
+        path = special(world, kind, name)
         out = world.root / ("out" if command == "batch" else "out.png")
         if command == "run":
             args = run_args(world, out)
@@ -292,7 +274,7 @@ def test_special_files_as_inputs_are_refused_before_any_work(kind, world):
 def test_batch_with_a_fifo_among_its_inputs_does_the_others(world):
     """The issue's case: `stylefu batch fifo.png good.png`: the FIFO's item fails alone with one
     sentence, without being opened; the good item is written."""
-    fifo = special_file(world.root, "fifo", "fifo.png")
+    fifo = special(world, "fifo", "fifo.png")
     out = world.root / "out"
     proc = stylefu(["batch", fifo, world.content, "--style", world.style, "-o", out, "--model",
                     world.model, *RUN, "--progress", "json", "--workers", "1"], world.root)
