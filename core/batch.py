@@ -37,6 +37,7 @@ import numpy as np
 
 from .config import Config
 from .errors import Cancelled, UserError
+from .files import check_input_file
 
 MANIFEST_NAME = "manifest.jsonl"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".npy")
@@ -119,11 +120,12 @@ def expand_inputs(specs: Sequence[str]) -> list[Path]:
     found: list[Path] = []
     for spec in specs:
         if spec.startswith("@"):
-            listing = Path(spec[1:])
-            if not listing.is_file():
-                raise UserError(f"List file {listing} does not exist; give @PATH to a text file "
-                                "with one image path a line.")
-            lines = [line.strip() for line in listing.read_text().splitlines()]
+            listing = check_input_file(spec[1:], "List file")  # a FIFO would block the read
+            try:
+                lines = [line.strip() for line in listing.read_text().splitlines()]
+            except (OSError, UnicodeDecodeError):
+                raise UserError(f"List file {listing} is not readable text; give @PATH to a text "
+                                "file with one image path a line.") from None
             found += [p if p.is_absolute() else listing.parent / p
                       for p in (Path(line) for line in lines if line and not line.startswith("#"))]
         elif Path(spec).is_dir():
@@ -243,12 +245,22 @@ def pending(items: Sequence[BatchItem], manifest: Path, chash: str) -> tuple[lis
 
 
 def remove_stale_temporaries(items: Iterable[BatchItem]) -> None:
-    """Delete temporary files a killed batch left beside its outputs (images.atomic_write's)."""
-    for item in items:
-        if item.output:
-            out = Path(item.output)
-            for tmp in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
-                tmp.unlink(missing_ok=True)
+    """Delete temporary files a killed batch left beside its outputs; those of a writer still
+    alive (another batch into the same folder) stay (files.remove_stale_temporaries)."""
+    from .files import remove_stale_temporaries as remove
+
+    remove(item.output for item in items if item.output)
+
+
+def check_shared_inputs(items: Sequence[BatchItem], config: Config, options: RunOptions) -> None:
+    """Every style, mask and `--init` file a regular, readable file, before any work (one
+    UserError naming it); an input image is checked in its own item, which alone fails."""
+    shared = {s for item in items for s in item.styles}
+    shared |= {str(getattr(m, "source", m)) for m in options.masks}  # guides.Inverse: its file
+    if config.init not in ("content", "noise"):
+        shared.add(config.init)
+    for path in sorted(shared):
+        check_input_file(path)
 
 
 # ----------------------------------------------------------------------------- one item (any worker)
@@ -371,6 +383,7 @@ def _working_sizes(items: Sequence[BatchItem], config: Config) -> dict[tuple[str
     sizes: dict[tuple[str, ...], set] = {}
     for item in items:
         try:
+            check_input_file(item.input)  # a FIFO or device would block the read: its item fails
             if item.input.lower().endswith(".npy"):
                 h, w = np.load(item.input, mmap_mode="r", allow_pickle=False).shape[:2]
             else:
@@ -640,6 +653,7 @@ def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = Non
                                                           None if len(i) < 3 or i[2] is None
                                                           else str(i[2])) for i in items]
     skip = set(skip)
+    check_shared_inputs(items, config, options)
     device = resolve_device(config.device)
     loaded = load_model(model, config.device)
     remove_stale_temporaries(items)

@@ -1,7 +1,8 @@
 """`stylefu batch`: folders, globs and lists of images through `stylize_many`, with a manifest.
 
 Exit status: 0 when every item succeeded (or was skipped by --resume), 3 when some failed (each
-is in the manifest with its message), 2 for a user's error before any work, 130 after Ctrl-C.
+is in the manifest with its message), 2 for a user's error before any work, 130 after Ctrl-C,
+141 when the reader of stdout went away (`--progress json | head`; --resume goes on).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .batch import (
     MANIFEST_NAME,
     Manifest,
     RunOptions,
+    check_shared_inputs,
     config_hash,
     default_workers,
     expand_inputs,
@@ -79,15 +81,16 @@ class BatchProgress:
 def cmd_batch(args, to_config: Callable) -> int:
     config = to_config(args).validate()
     outdir = Path(args.output)
+    inputs = expand_inputs(args.inputs)
+    items = make_items(inputs, args.styles, outdir, args.name, args.styles_each)
+    options = RunOptions(bits=args.bits, keep_size=args.keep_size, masks=tuple(args.masks or ()),
+                         frames=args.frames, warp=args.warp)
+    check_shared_inputs(items, config, options)  # before any work: nothing made for a bad style
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"Cannot create the output folder {outdir} ({exc.strerror}); choose "
                         "another -o.") from None
-    inputs = expand_inputs(args.inputs)
-    items = make_items(inputs, args.styles, outdir, args.name, args.styles_each)
-    options = RunOptions(bits=args.bits, keep_size=args.keep_size, masks=tuple(args.masks or ()),
-                         frames=args.frames, warp=args.warp)
     if args.frames and args.styles_each and len(args.styles) > 1:
         raise UserError("--frames makes one sequence; with --styles-each give one --style per batch.")
     from .stylize import resolve_engine
@@ -109,10 +112,11 @@ def cmd_batch(args, to_config: Callable) -> int:
               f"{engine}; manifest {manifest_path}", file=sys.stderr, flush=True)
     manifest = Manifest(manifest_path)
     failed = 0
+    results = stylize_many(items, config, model=model.path, workers=args.workers, ray=args.ray,
+                           options=options, skip=skipped,
+                           progress=progress.evaluation if args.progress == "json" else None)
     try:
-        for result in stylize_many(items, config, model=model.path, workers=args.workers,
-                                   ray=args.ray, options=options, skip=skipped,
-                                   progress=progress.evaluation if args.progress == "json" else None):
+        for result in results:
             entry = result.record(chash)
             manifest.append(entry)
             progress.item(entry)
@@ -124,6 +128,7 @@ def cmd_batch(args, to_config: Callable) -> int:
               "and --resume goes on from there.", file=sys.stderr, flush=True)
         return EXIT_CANCELLED
     finally:
+        results.close()  # the workers stop now, even when stdout broke (the reader went away)
         manifest.close()
     progress.close()
     progress.emit({"event": "batch", "done": progress.done, "failed": failed,

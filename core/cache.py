@@ -18,25 +18,24 @@ import os
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import UserError
-from .files import atomic_write, sha256_file
+from .files import cache_write, sha256_file
 from .guides import pools_before
 from .images import resize_array
 from .paths import cache_dir
 
-if TYPE_CHECKING:
-    pass
-
-
 CACHE_FORMAT = "2"  # bump when the arrays' meaning changes (e.g. Gram normalisation, resizing)
 DISABLE_ENV = "STYLEFU_NO_TARGET_CACHE"  # "1": compute every target (for timing the engine)
-# Past this size the least recently used entries are deleted (down to 80 %): a style entry is
-# about 3 MB, content features at 512 px about 8 MB, so this keeps a few hundred.
-MAX_BYTES = 1 << 30
+# The cache's parts made from other files, which pruning may delete (never the model, the
+# downloaded weights or torch's compile cache): target entries, torch copies of the weights
+# (about 52 MB per model file) and the torch-free engine's gradient graphs (about 104 MB).
+PARTS = {"targets": "*/*.npz", "torch-weights": "*.pt", "gradient": "*.onnx"}
+LIMIT_ENV = "STYLEFU_CACHE_MAX_MB"  # the limit below, in MB
+# Past this size the least recently used files of PARTS are deleted (down to 80 %): a style entry
+# is about 3 MB, content features at 512 px about 8 MB, a model's torch copy and graph 156 MB.
+MAX_BYTES = 2_000_000_000
 
 
 def array_hash(array: np.ndarray) -> str:
@@ -62,11 +61,79 @@ def model_hash(path: str | Path) -> str:
     return _file_hash(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
+def cache_limit() -> int:
+    """The cache's size limit in bytes: $STYLEFU_CACHE_MAX_MB, else MAX_BYTES."""
+    try:
+        return max(0, int(float(os.environ[LIMIT_ENV]) * 1e6))
+    except (KeyError, ValueError):
+        return MAX_BYTES
+
+
+def cache_entries(root: str | Path | None = None,
+                  parts: dict[str, str] = PARTS) -> list[tuple[float, int, Path]]:
+    """(last use, size, path) of every file of `parts` (folder: glob pattern) of the cache at
+    `root` (default: the user cache); a part or file that cannot be read is left out."""
+    root = Path(root) if root else cache_dir()
+    entries = []
+    for part, pattern in parts.items():
+        try:
+            found = list((root / part).glob(pattern))
+        except OSError:  # a sub-folder we may not read: nothing to prune there
+            continue
+        for path in found:
+            try:
+                stat = path.lstat()
+            except OSError:  # deleted meanwhile by another process
+                continue
+            if not path.name.endswith(".tmp"):  # a write in flight is its writer's
+                entries.append((stat.st_mtime, stat.st_size, path))
+    return entries
+
+
+def prune_entries(entries: Sequence[tuple[float, int, Path]], max_bytes: int,
+                  down_to: float = 0.8) -> tuple[int, int]:
+    """Over `max_bytes` in all, delete the least recently used `entries` until `down_to` of it
+    is left; returns (files removed, bytes freed)."""
+    total = sum(size for _, size, _ in entries)
+    removed = freed = 0
+    if total <= max_bytes:
+        return removed, freed
+    for _, size, path in sorted(entries, key=lambda e: e[0]):
+        if total - freed <= down_to * max_bytes:
+            break
+        try:
+            path.unlink()
+        except OSError:  # deleted meanwhile, or not ours to delete
+            continue
+        removed, freed = removed + 1, freed + size
+    return removed, freed
+
+
+def prune_cache(max_bytes: int | None = None, root: str | Path | None = None,
+                down_to: float = 0.8, keep: Path | None = None) -> tuple[int, int]:
+    """Bound the cache at `root` (default: the user cache) to `max_bytes` (default:
+    cache_limit()), least recently used files first, never `keep` (a file about to be opened);
+    returns (files removed, bytes freed)."""
+    entries = [e for e in cache_entries(root) if e[2] != keep]
+    return prune_entries(entries, cache_limit() if max_bytes is None else max_bytes, down_to)
+
+
+def touch(path: str | Path) -> None:
+    """Mark a cache file as just used (pruning deletes the least recently used first)."""
+    try:
+        os.utime(path)
+    except OSError:  # a read-only cache: it only costs the order of pruning
+        pass
+
+
 class TargetCache:
-    """Targets of one model, stored under `root` (default: `<user cache dir>/targets`)."""
+    """Targets of one model, stored under `root` (default: `<user cache dir>/targets`).
+
+    `max_bytes`: None bounds the whole user cache (prune_cache); a number bounds this root's
+    entries alone (a cache of one's own)."""
 
     def __init__(self, model_path: str | Path, root: str | Path | None = None,
-                 max_bytes: int = MAX_BYTES):
+                 max_bytes: int | None = None):
         self.model = model_hash(model_path)
         self.root = Path(root) if root else cache_dir() / "targets"
         self.max_bytes = max_bytes
@@ -105,10 +172,7 @@ class TargetCache:
                 return None
             if shapes is not None and a.shape != tuple(shapes[name]):
                 return None
-        try:
-            os.utime(path)  # mark as recently used for pruning
-        except OSError:
-            pass
+        touch(path)
         return arrays
 
     def store(self, key: str, arrays: dict[str, np.ndarray]) -> bool:
@@ -121,42 +185,24 @@ class TargetCache:
             with open(tmp, "wb") as f:
                 np.savez(f, **{k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()})
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             if os.path.islink(path) or (os.path.lexists(path) and not os.path.isfile(path)
                                         and not os.path.isdir(path)):
                 path.unlink()  # a link, FIFO or device put in the cache: ours to replace
-            atomic_write(path, write)
-            self.prune()
-            return True
-        except (OSError, UserError):
-            # Read-only cache, full disk, or (Windows) the entry is open in another process that
-            # just wrote the same bytes: the run goes on without caching this entry.
+        except OSError:
             return False
+        # Read-only cache, full disk, or (Windows) the entry is open in another process that
+        # just wrote the same bytes: the run goes on without caching this entry.
+        if not cache_write(path, write):
+            return False
+        self.prune()
+        return True
 
     def prune(self) -> None:
-        """Delete the least recently used entries while the cache is over `max_bytes`."""
-        entries = []
-        try:
-            found = list(self.root.glob("*/*.npz"))
-        except OSError:  # a sub-folder we may not read: nothing to prune there
-            return
-        for entry in found:
-            try:
-                stat = entry.stat()
-            except OSError:  # deleted meanwhile by another process
-                continue
-            entries.append((stat.st_mtime, stat.st_size, entry))
-        total = sum(size for _, size, _ in entries)
-        if total <= self.max_bytes:
-            return
-        for _, size, entry in sorted(entries, key=lambda e: e[0]):
-            if total <= 0.8 * self.max_bytes:
-                break
-            try:
-                entry.unlink(missing_ok=True)
-            except OSError:
-                continue
-            total -= size
+        """Delete the least recently used entries while the cache is over its limit."""
+        if self.max_bytes is None:
+            prune_cache()
+        else:
+            prune_entries(cache_entries(self.root, {".": PARTS["targets"]}), self.max_bytes)
 
     def fetch(self, key: str, layers: Sequence[str], compute: Callable[[], dict[str, np.ndarray]],
               shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:

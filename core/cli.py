@@ -3,7 +3,8 @@ demo, gimp) through the "stylefu.commands" entry point group, so core imports ne
 
 Every `run` option is generated from the Config dataclass, so defaults and help live in one place.
 Exit codes: 0 done, 1 internal error (a bug: traceback shown), 2 user error (one sentence on
-stderr: bad option, file or environment), 130 SIGINT, 143 SIGTERM. With `--progress json` the
+stderr: bad option, file or environment), 130 SIGINT, 141 the reader of stdout went away (a
+broken pipe: one line on stderr), 143 SIGTERM. With `--progress json` the
 last line on stdout is always a `result`, `error` or `cancelled` event. Commands import torch,
 ONNX Runtime and the pipeline inside their functions: `--help` starts fast.
 """
@@ -11,6 +12,7 @@ ONNX Runtime and the pipeline inside their functions: `--help` starts fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import glob
@@ -31,6 +33,7 @@ EXIT_INTERNAL_ERROR = 1
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130  # 128 + SIGINT, as shells report it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for coreutils' `yes | head -1`
 
 
 class UsageError(UserError):
@@ -105,8 +108,44 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def say(text: str) -> None:
-    """One line for the user, on stderr (stdout carries JSON progress)."""
-    print(text, file=sys.stderr, flush=True)
+    """One line for the user, on stderr (stdout carries JSON progress); none if stderr is gone."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # its reader went away, or it was closed
+        pass
+
+
+def _open_standard_streams() -> None:
+    """A closed stdin, stdout or stderr (`2>&-`) becomes /dev/null: else a file opened later takes
+    its number and a library's log line lands in it, and print(file=None) writes to stdout."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    for name in ("stdin", "stdout", "stderr"):
+        if getattr(sys, name) is None:  # Python found the descriptor closed at start-up
+            setattr(sys, name, open(os.devnull, "r" if name == "stdin" else "w"))
+
+
+def _stdout_gone(exc: OSError) -> bool:
+    """Whether `exc` is the broken pipe of stdout, whose reader went away (`| head -1`)."""
+    if not isinstance(exc, BrokenPipeError) or exc.filename:
+        return False
+    try:
+        import select
+
+        poller = select.poll()
+    except AttributeError:  # no poll (Windows): a broken pipe without a file name is stdout's
+        return True
+    try:
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):  # stdout is no descriptor: the pipe was another's
+        return False
 
 
 def weights_note(info) -> str:
@@ -318,6 +357,36 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    """`stylefu cache status|prune`: the cache's parts and sizes; least recently used files out."""
+    from .cache import LIMIT_ENV, PARTS, cache_entries, cache_limit, prune_cache
+    from .config import check_number
+    from .paths import cache_dir
+
+    if args.action == "prune":
+        if args.max_mb is not None:
+            check_number("max_mb", args.max_mb, 0, 1e9, False)
+        limit = cache_limit() if args.max_mb is None else int(args.max_mb * 1e6)
+        removed, freed = prune_cache(limit, down_to=1.0)
+        say(f"stylefu cache: removed {removed} least recently used file(s), {freed / 1e6:.1f} MB, "
+            f"from {cache_dir()} (limit {limit / 1e6:.0f} MB).")
+        return 0
+    entries = cache_entries()
+    parts = {part: [e for e in entries if e[2].is_relative_to(cache_dir() / part)] for part in PARTS}
+    figures = {"folder": str(cache_dir()), "limit_mb": round(cache_limit() / 1e6, 1),
+               "total_mb": round(sum(e[1] for e in entries) / 1e6, 1),
+               "parts": {part: {"files": len(found), "mb": round(sum(e[1] for e in found) / 1e6, 1)}
+                         for part, found in parts.items()}}
+    if args.json:
+        print(jsontext.dumps(figures, indent=2))
+    else:
+        print(f"{figures['folder']}: {figures['total_mb']} MB of {figures['limit_mb']} MB "
+              f"(${LIMIT_ENV}); the model and downloaded weights are never pruned")
+        for part, numbers in figures["parts"].items():
+            print(f"{part:>15}: {numbers['files']} file(s), {numbers['mb']} MB")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="stylefu", description="Neural style transfer "
                                      "(Gatys et al.) for scripts, batches and GIMP.")
@@ -364,6 +433,15 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
 
+    cache = sub.add_parser("cache", help="show the cache's size, or remove its least recently "
+                           "used files (targets, torch copies, gradient graphs)")
+    cache.add_argument("action", choices=("status", "prune"))
+    cache.add_argument("--max-mb", type=float, default=None,
+                       help="prune: keep at most this many MB (0: remove them all) [default: "
+                       "$STYLEFU_CACHE_MAX_MB, else the built-in limit]")
+    cache.add_argument("--json", action="store_true", help="status: as JSON")
+    cache.set_defaults(func=cmd_cache)
+
     from .batch_cli import add_batch_parser  # core's own: the options come from this module
     add_batch_parser(sub, add_config_options, config_from_args)
 
@@ -387,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one `stylefu` command; returns the exit code (see the module docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     json_mode = _json_progress(argv)
+    _open_standard_streams()
 
     def event(record: dict) -> None:
         if json_mode:
@@ -417,6 +496,11 @@ def main(argv: list[str] | None = None) -> int:
         say(f"stylefu: error: {exc}")
         return exc.exit_code
     except OSError as exc:  # the environment, not stylefu: a full disk, a permission, a lost file
+        if _stdout_gone(exc):  # stop quietly, as coreutils do; nothing more can go to stdout
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
+            say("stylefu: stopped: the program reading stdout closed the pipe.")
+            return EXIT_BROKEN_PIPE
         where = f" ({exc.filename})" if exc.filename else ""
         message = f"{exc.strerror or exc}{where}; check the path, its permissions and free space."
         event({"event": "error", "message": message})

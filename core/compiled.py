@@ -121,10 +121,18 @@ def should_compile(mode: str, device: torch.device, levels: Sequence[tuple[tuple
         _tell(f"the loss runs uncompiled ({problem}).", log)
         return False
     cache = inductor_cache()
-    if not (cache.is_dir() and any(cache.iterdir())):
+    if not _has_entries(cache):
         _tell(f"compiling the loss for this machine: once, about half a minute; later runs "
               f"load it from {cache}.", log)
     return True
+
+
+def _has_entries(folder: Path) -> bool:
+    """Whether `folder` holds anything; False where it cannot be read (then it only costs speed)."""
+    try:
+        return any(folder.iterdir())
+    except OSError:
+        return False
 
 
 def failure() -> str | None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import stat
+import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from .errors import UserError
@@ -21,11 +23,60 @@ def check_writable_folder(folder: str | Path, fix: str = "choose another output 
         raise UserError(f"Cannot write to the folder {folder}; {fix}.")
 
 
-def temporary_sibling(path: Path) -> Path:
-    """A hidden sibling of `path`, unique per process and call: two writers never share it."""
+def _short_name(path: Path) -> str:
     # At most 200 bytes of the name: a name near the file system's 255-byte limit must still fit.
-    name = os.fsdecode(os.fsencode(path.name)[:200])
-    return path.with_name(f".{name}.{os.getpid()}.{uuid.uuid4().hex[:16]}.tmp")
+    return os.fsdecode(os.fsencode(path.name)[:200])
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A hidden sibling of `path`, unique per process and call: two writers never share it. Its
+    name carries the writer's PID, so `remove_stale_temporaries` can tell a dead writer's file."""
+    return path.with_name(f".{_short_name(path)}.{os.getpid()}.{uuid.uuid4().hex[:16]}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # another user's live process (or a platform without it)
+        return True
+    return True
+
+
+def remove_stale_temporaries(paths: Iterable[str | Path], max_age_s: float = 86400.0) -> None:
+    """Delete the temporary siblings of `paths` that a killed writer left: those whose writer PID
+    is no longer alive, or older than `max_age_s` (a PID reused since); a live writer's stay.
+    Each folder is listed once, however many of `paths` it holds."""
+    names: dict[Path, set[str]] = {}
+    for path in map(Path, paths):
+        names.setdefault(path.parent, set()).add(_short_name(path))
+    pattern = re.compile(r"\.(.+)\.(\d+)\.[0-9a-f]{16}\.tmp")
+    for folder, wanted in names.items():
+        try:
+            found = [(p, pattern.fullmatch(p.name)) for p in folder.iterdir()]
+        except OSError:  # a folder we may not list: nothing of ours to remove there
+            continue
+        for tmp, match in found:
+            if not match or match[1] not in wanted:
+                continue
+            try:
+                if not _alive(int(match[2])) or time.time() - tmp.lstat().st_mtime > max_age_s:
+                    tmp.unlink()
+            except OSError:  # removed meanwhile by its writer, or not ours to remove
+                continue
+
+
+def cache_write(path: str | Path, write: Callable[[Path], object]) -> bool:
+    """`atomic_write` for caches: False, and nothing left behind, when it fails (a full disk, a
+    read-only or over-quota folder, a file where a folder should be): a cache only costs speed."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, write)
+        return True
+    except (OSError, RuntimeError, UserError):  # RuntimeError: torch.save's writer on a full disk
+        return False
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object],

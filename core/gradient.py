@@ -23,14 +23,16 @@ per layer, 0 where its region is empty there). Outputs: `total`, `content`, `sty
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
 from . import artifact_meta
-from .errors import UserError
 from .vgg import STYLE_LAYERS, architecture, read_artifact
 
 GRAPH_KIND = "stylefu-vgg-gradient"
@@ -257,16 +259,18 @@ def source_key(artifact: str | Path, content_layer: str) -> str:
     return f"{model_hash(artifact)}|{content_layer}|{GRAPH_VERSION}|{CONV_BACKWARD}"
 
 
-def _name(artifact: str | Path, content_layer: str) -> str:
+def _name(artifact: str | Path, content_layer: str, contents: str | Path | None = None) -> str:
     """A graph's file name: what it was built from is in its digest, so finding the right one
-    parses nothing (parsing 60-100 MB of protobuf costs start-up time)."""
-    digest = hashlib.sha1(source_key(artifact, content_layer).encode()).hexdigest()[:16]
+    parses nothing (parsing 60-100 MB of protobuf costs start-up time). `contents`: a file with
+    the artifact's bytes under another name (export's temporary file), hashed in its place."""
+    digest = hashlib.sha1(source_key(contents or artifact, content_layer).encode()).hexdigest()[:16]
     return f"{Path(artifact).stem}.gradient-{content_layer}-{digest}.onnx"
 
 
-def sibling_path(artifact: str | Path, content_layer: str) -> Path:
+def sibling_path(artifact: str | Path, content_layer: str,
+                 contents: str | Path | None = None) -> Path:
     """The gradient graph `stylefu export` writes beside the artifact (default content layer)."""
-    return Path(artifact).with_name(_name(artifact, content_layer))
+    return Path(artifact).with_name(_name(artifact, content_layer, contents))
 
 
 def cached_path(artifact: str | Path, content_layer: str) -> Path:
@@ -275,26 +279,35 @@ def cached_path(artifact: str | Path, content_layer: str) -> Path:
     return cache_dir() / "gradient" / _name(artifact, content_layer)
 
 
-def write_gradient_graph(artifact: str | Path, content_layer: str, target: Path) -> Path:
-    """Build and write the graph to `target` atomically."""
+def gradient_graph(artifact: str | Path, content_layer: str) -> Path | bytes:
+    """The gradient graph for `artifact`: the file export wrote beside it when it matches the
+    artifact, else the cache's, built on first use (a few seconds); where the cache cannot be
+    written, the graph itself (bytes, for ONNX Runtime): a cache only costs speed."""
     import onnx
 
-    from .files import atomic_write
+    from .cache import prune_cache, touch
+    from .files import cache_write
 
+    beside, target = sibling_path(artifact, content_layer), cached_path(artifact, content_layer)
+    if os.path.isfile(beside):  # never raises (a folder we may not read is a miss)
+        return beside
+    if os.path.isfile(target):
+        touch(target)
+        return target
     model = build_gradient_graph(artifact, content_layer)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(target, lambda tmp: onnx.save(model, str(tmp)))
-    return target
+    if cache_write(target, lambda tmp: onnx.save(model, str(tmp))):
+        prune_cache(keep=target)
+        return target
+    return model.SerializeToString()
 
 
-def gradient_graph(artifact: str | Path, content_layer: str) -> Path:
-    """The gradient graph's file for `artifact`: the one export wrote beside it when it matches the
-    artifact, else the cache's, built on first use (a few seconds)."""
-    for candidate in (sibling_path(artifact, content_layer), cached_path(artifact, content_layer)):
-        if candidate.is_file():
-            return candidate
-    try:
-        return write_gradient_graph(artifact, content_layer, cached_path(artifact, content_layer))
-    except OSError as exc:
-        raise UserError(f"Cannot write the gradient graph for {artifact} into the cache "
-                        f"({exc.strerror or exc}); set $STYLEFU_CACHE to a writable folder.") from None
+def remove_stale_siblings(artifact: str | Path, content_layer: str) -> None:
+    """Delete the gradient graphs beside `artifact` made for an earlier file at its path (a
+    re-export, or the loser of two exports at once): only the current file's graph stays."""
+    artifact = Path(artifact)
+    keep = sibling_path(artifact, content_layer).name
+    pattern = re.compile(rf"{re.escape(artifact.stem)}\.gradient-\w+-[0-9a-f]{{16}}\.onnx")
+    for path in artifact.parent.glob(f"{glob.escape(artifact.stem)}.gradient-*.onnx"):
+        if path.name != keep and pattern.fullmatch(path.name):
+            with contextlib.suppress(OSError):  # removed meanwhile, or not ours to remove
+                path.unlink(missing_ok=True)

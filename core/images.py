@@ -114,16 +114,15 @@ def load_image(source, name: str | None = None) -> Picture:
     path = check_input_file(source, "Image file")
     label = name or path.stem
     if path.suffix.lower() == ".npy":
-        try:
-            return _from_array(np.load(path, allow_pickle=False), label)
-        except ValueError:
-            raise UserError(f"{path} is not a readable .npy image array.") from None
+        return _from_array(_load_npy(path), label)
     try:
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x its pixel limit; refuse those too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                image.load()
+                if image.format == "PNG":
+                    _check_png_data(path, image.size)
+                image.load()  # decodes everything: a file cut short raises OSError here
                 return _from_pil(image, label)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UserError(f"{path} is too large ({Image.MAX_IMAGE_PIXELS} pixels at most); "
@@ -132,6 +131,69 @@ def load_image(source, name: str | None = None) -> Picture:
         raise UserError(f"{path} is not an image Pillow can read.") from None
     except OSError:
         raise UserError(f"{path} is truncated or damaged and cannot be read.") from None
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """A .npy file's array, its size checked against its header before anything is allocated
+    (a file cut short, or a header promising terabytes, is one UserError)."""
+    try:
+        mapped = np.load(path, allow_pickle=False, mmap_mode="r")  # reads the header only
+    except ValueError:
+        raise UserError(f"{path} is truncated or not a readable .npy image array.") from None
+    if mapped.ndim >= 2 and mapped.shape[0] * mapped.shape[1] > Image.MAX_IMAGE_PIXELS:
+        raise UserError(f"{path} is too large ({Image.MAX_IMAGE_PIXELS} pixels at most); "
+                        "scale it down first.")
+    array = np.array(mapped)
+    del mapped  # closes the file (Windows keeps a mapped file locked)
+    return array
+
+
+# PNG colour type -> channels; Adam7 passes as (x start, y start, x step, y step).
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))
+
+
+def _check_png_data(path: Path, size: tuple[int, int]) -> None:
+    """UserError unless the PNG's compressed data holds every row its header promises.
+
+    Pillow accepts a zlib stream that ends early (then the missing rows stay blank); counting the
+    inflated bytes (no unfiltering, no pixels kept) catches it before the image is allocated.
+    """
+    width, height = size
+    inflater, inflated, expected = zlib.decompressobj(), 0, 1
+    with open(path, "rb") as f:
+        try:
+            f.seek(8)
+            length, _ = struct.unpack(">I4s", f.read(8))
+            header = f.read(length + 4)  # IHDR and its CRC
+            bits = header[8] * _PNG_CHANNELS.get(header[9], 4)
+            expected = 0
+            for x0, y0, dx, dy in (_ADAM7 if header[12] else ((0, 0, 1, 1),)):
+                w, h = (width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy
+                expected += h * (1 + (w * bits + 7) // 8) if w > 0 and h > 0 else 0
+            while inflated < expected and not inflater.eof:
+                head = f.read(8)
+                if len(head) < 8:
+                    break
+                length, kind = struct.unpack(">I4s", head)
+                if kind == b"IEND":
+                    break
+                if kind != b"IDAT":
+                    f.seek(length + 4, 1)
+                    continue
+                data = f.read(length)
+                while inflated < expected and not inflater.eof:  # 4 MB at a time: bounded memory
+                    out = len(inflater.decompress(data, 1 << 22))
+                    inflated, data = inflated + out, inflater.unconsumed_tail
+                    if not out and not data:
+                        break
+                f.seek(4, 1)  # the chunk's CRC
+        except (zlib.error, struct.error, IndexError):  # damaged data or header
+            inflated = -1
+    if inflated < expected:
+        raise UserError(f"{path} is truncated or damaged: its image data stops before the "
+                        f"{width}x{height} pixels its header promises.")
 
 
 def check_min_side(picture: Picture) -> None:

@@ -74,7 +74,8 @@ def load_onnx_model(path: str | Path | None = None, device: str = "auto") -> Onn
 class GradientSession:
     """One ONNX Runtime session over the gradient graph: `run(image, feeds)` -> outputs."""
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path | bytes, threads: int | None = None):
+        """`path`: the graph's file, or the graph itself (bytes) where the cache is unusable."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -82,7 +83,8 @@ class GradientSession:
         options.intra_op_num_threads = threads or engine_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        source = path if isinstance(path, bytes) else str(path)
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.calls = 0
 

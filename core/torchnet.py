@@ -15,6 +15,7 @@ from torch import nn
 
 from . import artifact_meta
 from .artifact_meta import ArtifactInfo
+from .cache import prune_cache, touch
 from .errors import UserError
 from .vgg import EXPORTED_LAYERS, architecture, read_artifact
 
@@ -66,28 +67,33 @@ def _own_tensor(value: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(value.copy()) if isinstance(value, np.ndarray) else value.clone()
 
 
-def load_torch_model(path: str | Path) -> VGGFeatures:
+def load_torch_model(path: str | Path, keep_copy: bool = True) -> VGGFeatures:
     """The torch network with exactly the weights and preprocessing of the artifact at `path`.
 
     The first load reads the ONNX file and leaves a torch copy of its weights and metadata in the
     cache folder (`torch_weights_file`); later processes load that instead, without importing
-    onnx or parsing its protobuf (about 0.8 s of CPU time per command).
+    onnx or parsing its protobuf (about 0.8 s of CPU time per command). `keep_copy=False`
+    (export's verification of a temporary file, never loaded again) reads the ONNX file only.
     """
     ready = torch_weights_file(path)
-    try:
-        saved = torch.load(ready, weights_only=True, mmap=True)
-        fields = json.loads(saved["info"])
-        info = ArtifactInfo(path=Path(path), **fields | {"layers": tuple(fields["layers"])})
-        return VGGFeatures(info, saved["weights"])
-    except Exception:  # missing, unreadable (a cache without permission) or stale: made below
-        pass
+    if keep_copy:
+        try:
+            saved = torch.load(ready, weights_only=True, mmap=True)
+            fields = json.loads(saved["info"])
+            info = ArtifactInfo(path=Path(path), **fields | {"layers": tuple(fields["layers"])})
+            net = VGGFeatures(info, saved["weights"])
+            touch(ready)
+            return net
+        except Exception:  # missing, unreadable (a cache without permission) or stale: made below
+            pass
     info, weights = read_artifact(path)
     convs = architecture(info.architecture).convs
     missing = [n for n, _, _ in convs if f"{n}.weight" not in weights]
     if missing:
         raise UserError(f"{path} lacks weights for {', '.join(missing)}; re-export it.")
     net = VGGFeatures(info, weights)
-    _save_torch_weights(net, ready)
+    if keep_copy:
+        _save_torch_weights(net, ready)
     return net
 
 
@@ -104,14 +110,11 @@ def torch_weights_file(path: str | Path) -> Path:
 
 def _save_torch_weights(net: VGGFeatures, target: Path) -> None:
     """Write the torch copy (atomically); a cache that cannot be written is skipped."""
-    from .files import atomic_write
+    from .files import cache_write
 
     info = {k: v for k, v in dataclasses.asdict(net.info).items() if k != "path"}
     weights = {f"{name}.{part}": getattr(conv, part).detach().clone()
                for (name, _, _), conv in zip(net.arch.convs, net.convs) for part in ("weight", "bias")}
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(target, lambda tmp: torch.save({"info": json.dumps(info),
-                                                     "weights": weights}, tmp))
-    except (OSError, UserError):
-        pass
+    if cache_write(target, lambda tmp: torch.save({"info": json.dumps(info), "weights": weights},
+                                                  tmp)):
+        prune_cache()

@@ -9,8 +9,9 @@ import numpy as np
 from stylefu.core import artifact_meta
 from stylefu.core.errors import UserError
 from stylefu.core.files import atomic_write
+from stylefu.core.gradient import build_gradient_graph, remove_stale_siblings, sibling_path
 from stylefu.core.paths import default_model_path
-from stylefu.core.vgg import EXPORTED_LAYERS, PREPROCESSING, architecture
+from stylefu.core.vgg import CONTENT_LAYER, EXPORTED_LAYERS, PREPROCESSING, architecture
 
 from .weights import Weights, get_weights
 
@@ -113,7 +114,7 @@ def verify(path: Path, sizes=((64, 64), (37, 53))) -> dict[str, float]:
 
         from stylefu.core.vgg import load_torch_model
 
-        net = load_torch_model(path)
+        net = load_torch_model(path, keep_copy=False)  # a temporary file: no cache copy
 
         def reference(batch):
             with torch.no_grad():
@@ -163,6 +164,7 @@ def export(weights: str = "random", output: str | Path | None = None, *, seed: i
     except OSError:
         raise UserError(f"Cannot create the folder {output.parent}; choose another -o.") from None
     errors: dict[str, float] = {}
+    graph = {}
 
     def write(tmp: Path) -> None:
         onnx.save(model, str(tmp))
@@ -171,10 +173,12 @@ def export(weights: str = "random", output: str | Path | None = None, *, seed: i
         if bad:
             raise UserError(f"Verification failed: ONNX Runtime and torch differ by {bad} "
                             f"(limit {MAX_RELATIVE_ERROR}).")
+        if gradient:  # from these bytes: another export may replace `output` meanwhile
+            graph["model"] = build_gradient_graph(tmp, CONTENT_LAYER)
+            graph["path"] = sibling_path(output, CONTENT_LAYER, contents=tmp)
     atomic_write(output, write, "choose another -o")
     if gradient:
-        from stylefu.core.gradient import sibling_path, write_gradient_graph
-        from stylefu.core.vgg import CONTENT_LAYER
-
-        write_gradient_graph(output, CONTENT_LAYER, sibling_path(output, CONTENT_LAYER))
+        atomic_write(graph["path"], lambda tmp: onnx.save(graph["model"], str(tmp)),
+                     "choose another -o")
+        remove_stale_siblings(output, CONTENT_LAYER)  # after ours: the last export's graph stays
     return output, errors

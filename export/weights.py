@@ -23,7 +23,7 @@ import numpy as np
 
 from stylefu.core.artifact_meta import RANDOM_PREFIX
 from stylefu.core.errors import UserError
-from stylefu.core.files import sha256_file
+from stylefu.core.files import check_input_file, sha256_file
 from stylefu.core.paths import weights_dir
 from stylefu.core.vgg import ARCHITECTURES, DEFAULT_ARCHITECTURE, Architecture, architecture
 
@@ -164,8 +164,7 @@ def load_checkpoint(path: Path) -> dict[str, np.ndarray]:
     """Read a `.pth` (never unpickling code) or `.safetensors` file into numpy arrays."""
     import torch
 
-    if not path.is_file():
-        raise UserError(f"Weights file {path} does not exist.")
+    check_input_file(path, "Weights file")  # a FIFO or device would block the read
     try:
         if path.suffix == ".safetensors":
             from safetensors.numpy import load_file

@@ -1,0 +1,438 @@
+"""Faults of the environment and of damaged inputs (issue 31), against real files, real processes
+and real full or read-only file systems.
+
+Each case asserts what the README's "What is guaranteed" table promises: the exit code, one
+sentence naming the culprit (no traceback), the inputs unchanged and nothing left behind (no
+temporary file, no orphan cache entry). Whatever could hang (a FIFO read) runs in a subprocess
+with a timeout, so a regression fails instead of blocking the suite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import test_fuzz
+from PIL import Image
+from test_fuzz import RUN, STYLEFU, assert_refused, cli, run_args, special, strict_records
+
+from stylefu.core import files
+from stylefu.core.batch import BatchItem, remove_stale_temporaries
+from stylefu.core.errors import UserError
+from stylefu.core.images import load_image
+
+TIMEOUT = 120  # seconds for one subprocess: far above its run time, far below a hung suite
+world = test_fuzz.world  # the fixture: a scratch folder with inputs, a model and a snapshot
+
+
+def stylefu(args, cwd: Path, env: dict | None = None, **popen) -> subprocess.Popen:
+    """The installed `stylefu` script as a real process (stdin closed, pipes for the rest)."""
+    kwargs = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
+    return subprocess.Popen([str(STYLEFU), *map(str, args)], cwd=cwd, text=True,
+                            stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}, **kwargs)
+
+
+def one_error(err: str) -> str:
+    """The one `stylefu: error:` sentence on stderr (no traceback), without its prefix."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("stylefu: error:")]
+    assert len(lines) == 1, err
+    message = lines[0].removeprefix("stylefu: error: ")
+    assert message.endswith(".") and not re.search(r"\.\s+[A-Z]", message), message
+    return message
+
+
+def leftovers(*folders: Path) -> list[Path]:
+    """Temporary files (ours are hidden `.NAME.PID.HEX.tmp` siblings) under `folders`."""
+    return [p for folder in folders for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+# --- 1. a cache on a full or read-only file system only costs speed ----------------------------
+
+@contextlib.contextmanager
+def small_filesystem(folder: Path, state: str):
+    """A 64 kB tmpfs at `folder`, `full` (filled to the last byte) or `read-only` (remounted)."""
+    folder.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        if state == "full":
+            with contextlib.suppress(OSError), open(folder / "filler", "wb", buffering=0) as f:
+                while True:
+                    f.write(b"\0" * 4096)
+        else:
+            subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_cache_on_a_full_or_read_only_filesystem_costs_only_speed(world, tmp_path):
+    """Both engines, each with its cache writes (the torch copy of the weights, the targets, the
+    torch-free engine's gradient graph) refused by a full disk, and the torch engine's by a
+    read-only file system: exit 0, strict JSON, the same bytes as with a working cache, nothing
+    written there."""
+    with small_filesystem(tmp_path / "full", "full") as full, \
+            small_filesystem(tmp_path / "ro", "read-only") as read_only:
+        filler = (full / "filler").stat().st_size
+        caches = {"working": tmp_path / "cache", "full": full / "cache", "read-only": read_only}
+        procs = {}
+        for engine in ("torch", "onnx"):
+            for name, cache in caches.items():
+                if (engine, name) == ("onnx", "read-only"):
+                    continue  # the same path as a full disk's: cache_write fails
+                out = world.root / f"{engine}-{name}.png"
+                procs[engine, name] = (out, stylefu(
+                    run_args(world, out, ["--engine", engine]), world.root,
+                    {"STYLEFU_CACHE": str(cache), "OMP_NUM_THREADS": "1"}))
+        for (engine, name), (_, proc) in procs.items():
+            stdout, stderr = proc.communicate(timeout=TIMEOUT)
+            assert proc.returncode == 0 and "Traceback" not in stderr, (engine, name, stderr)
+            assert strict_records(stdout)[-1]["event"] == "result"
+        for engine, name in procs:
+            reference = (world.root / f"{engine}-working.png").read_bytes()
+            assert (world.root / f"{engine}-{name}.png").read_bytes() == reference, (engine, name)
+        assert [p.name for p in full.rglob("*") if p.is_file()] == ["filler"]
+        assert (full / "filler").stat().st_size == filler
+        assert not list(read_only.iterdir())
+        written = {p.parent.name for p in caches["working"].rglob("*") if p.is_file()}
+        assert {"torch-weights", "gradient"} <= written  # the writes the full disk refused
+        assert not leftovers(world.root, caches["working"])
+
+
+# --- 2. truncated and corrupt images: one sentence, exit 2, never a blank painting -------------
+
+def chunk(kind: bytes, payload: bytes) -> bytes:
+    return (struct.pack(">I", len(payload)) + kind + payload
+            + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+
+
+# The PNG specification's Adam7 passes, (x start, y start, x step, y step): an oracle of its own.
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+         (0, 1, 1, 2))
+
+
+def png_cut_short(width: int, height: int, keep: float, interlaced: bool = False) -> bytes:
+    """A well-formed PNG (valid zlib stream, CRCs and IEND) whose image data holds only the first
+    `keep` of the rows' bytes (of the Adam7 passes when `interlaced`): what Pillow alone accepts."""
+    pixels = (np.random.default_rng(0).random((height, width, 3)) * 255).astype(np.uint8)
+    passes = ADAM7 if interlaced else ((0, 0, 1, 1),)
+    raw = b"".join(b"\x00" + row.tobytes() for x0, y0, dx, dy in passes
+                   for row in pixels[y0::dy, x0::dx] if row.size)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, int(interlaced))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(raw[: int(len(raw) * keep)])) + chunk(b"IEND", b""))
+
+
+def encoded(fmt: str, height: int, width: int) -> bytes:
+    """A picture with gradients and noise (a photo's compressibility) in format `fmt`."""
+    y, x = np.mgrid[0:height, 0:width]
+    noise = np.random.default_rng(0).integers(0, 24, (height, width, 3))
+    pixels = (np.stack([x, y, x + y], axis=2) % 232 + noise).astype(np.uint8)
+    if fmt == "npy":
+        buffer = io.BytesIO()
+        np.save(buffer, pixels.astype(np.float32) / 255)
+        return buffer.getvalue()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "WEBP": ".webp", "BMP": ".bmp",
+          "GIF": ".gif", "npy": ".npy"}
+CUTS = (0.02, 0.5, 0.97)  # in the header, in the middle of the data, just before the end
+
+
+@pytest.mark.parametrize("size", [(48, 64), (700, 1000)])
+@pytest.mark.parametrize("fmt", list(SUFFIX))
+def test_truncated_images_are_refused(fmt, size, tmp_path):
+    """Every format cut short at three points, at a small and a large size: a UserError naming
+    the file (the CLI's one sentence), never a picture with blank rows."""
+    data = encoded(fmt, *size)
+    path = tmp_path / f"cut{SUFFIX[fmt]}"
+    for cut in CUTS:
+        path.write_bytes(data[: max(1, int(len(data) * cut))])
+        with pytest.raises(UserError, match=re.escape(path.name)):
+            load_image(path)
+    path.write_bytes(data)
+    assert load_image(path).rgb.shape == (*size, 3)  # the whole file loads
+
+
+@pytest.mark.parametrize("interlaced", [False, True])
+def test_png_whose_data_stops_early_is_refused(interlaced, tmp_path):
+    """Well-formed PNGs whose data stops early (no row, a few, half, all but one byte): refused;
+    the whole data: loads, the same pixels."""
+    path = tmp_path / "short.png"
+    for keep in (0, 0.03, 0.5, 0.9999):
+        path.write_bytes(png_cut_short(50, 36, keep, interlaced))
+        with pytest.raises(UserError, match="truncated or damaged"):
+            load_image(path)
+    path.write_bytes(png_cut_short(50, 36, 1.0, interlaced))
+    pixels = (np.random.default_rng(0).random((36, 50, 3)) * 255).astype(np.uint8)
+    assert np.array_equal(np.round(load_image(path).rgb * 255), pixels)
+
+
+def test_npy_promising_terabytes_is_refused_before_allocating(tmp_path):
+    path = tmp_path / "huge.npy"
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
+                                                 "shape": (100000, 100000, 3)})
+        f.write(b"\0" * 1024)
+    with pytest.raises(UserError, match="huge.npy is truncated"):  # not a MemoryError
+        load_image(path)
+
+
+@pytest.mark.xfail(strict=True, reason="Pillow hides libjpeg's 'premature end' warning: a JPEG "
+                   "cut short and closed with an end marker decodes as grey (README: known gap)")
+def test_jpeg_cut_and_closed_with_an_end_marker_is_refused(tmp_path):
+    data = encoded("JPEG", 300, 400)
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: len(data) // 2] + b"\xff\xd9")
+    with pytest.raises(UserError):
+        load_image(path)
+
+
+def test_run_refuses_the_issues_png_in_one_sentence(world, capsys):
+    """The issue's case through the command line: a 9000x9000 header and about 90 bytes of data
+    (three whole rows): exit 2 with one sentence and a JSON error event, no output, inputs
+    unchanged, at once (not after painting 81 blank megapixels)."""
+    short = world.root / "short.png"
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 9000, 9000, 8, 2, 0, 0, 0))
+    data = zlib.compress(bytes(3 * (1 + 3 * 9000)), 9)
+    assert len(data) < 120
+    short.write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    before = world.snapshot()
+    args = run_args(world)
+    args[1] = str(short)
+    started = time.perf_counter()
+    message = assert_refused(cli(capsys, *args), ["short.png"], before, world)
+    assert "truncated or damaged" in message and time.perf_counter() - started < 20
+
+
+# --- 3. special files anywhere an input goes: refused before any work, never a hang ------------
+
+WORDS = {"fifo": "FIFO", "char device": "character device", "socket": "socket",
+         "folder": "folder"}
+# (command, where the special file goes): every input path of `run` and `batch`.
+PLACES = [("run", "content"), ("run", "style"), ("run", "--mask"), ("run", "--init"),
+          ("batch", "--style"), ("batch", "--mask"), ("batch", "--init"), ("batch", "@list")]
+
+
+@pytest.mark.parametrize("kind", list(WORDS))
+def test_special_files_as_inputs_are_refused_before_any_work(kind, world):
+    """A FIFO, a device whose reads never end (/dev/full), a socket or a folder in every input place:
+    exit 2 within the timeout, one sentence naming it and what it is, nothing written."""
+    procs = {}
+    for command, place in PLACES:
+        name = f"{command}-{place.strip('-@')}{'.txt' if place == '@list' else '.png'}"
+        path = special(world, kind, name)
+        out = world.root / ("out" if command == "batch" else "out.png")
+        if command == "run":
+            args = run_args(world, out)
+            if place in ("content", "style"):
+                args[1 if place == "content" else 2] = str(path)
+            else:
+                args += [place, str(path)]
+        else:
+            inputs = ["@" + str(path)] if place == "@list" else [str(world.content)]
+            args = ["batch", *inputs, "--style", str(path if place == "--style" else world.style),
+                    "-o", out, "--model", world.model, *RUN, "--progress", "json", "--workers", "1"]
+            if place in ("--mask", "--init"):
+                args += [place, str(path)]
+        procs[command, place] = (path, stylefu(args, world.root))
+    before = world.snapshot()
+    for (command, place), (path, proc) in procs.items():
+        try:
+            stdout, stderr = proc.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"{command} with a {kind} as {place} hung")
+        assert proc.returncode == 2, (command, place, stderr)
+        message = one_error(stderr)
+        assert path.name in message and WORDS[kind] in message, (command, place, message)
+        assert strict_records(stdout)[-1] == {"event": "error", "message": message}
+        assert "engine" not in stderr  # refused before the model loaded
+    assert world.snapshot() == before and not (world.root / "out").exists()
+
+
+def test_batch_with_a_fifo_among_its_inputs_does_the_others(world):
+    """The issue's case: `stylefu batch fifo.png good.png`: the FIFO's item fails alone with one
+    sentence, without being opened; the good item is written."""
+    fifo = special(world, "fifo", "fifo.png")
+    out = world.root / "out"
+    proc = stylefu(["batch", fifo, world.content, "--style", world.style, "-o", out, "--model",
+                    world.model, *RUN, "--progress", "json", "--workers", "1"], world.root)
+    try:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("a FIFO among the inputs hung the batch")
+    assert proc.returncode == 3 and "Traceback" not in stderr, stderr  # 3: some items failed
+    items = {Path(r["input"]).name: r for r in strict_records(stdout) if r["event"] == "item"}
+    assert items["fifo.png"]["status"] == "failed" and "FIFO" in items["fifo.png"]["error"]
+    assert items["content.png"]["status"] == "ok"
+    assert load_image(out / "content.png").width == 64 and not (out / "fifo.png").exists()
+    assert not leftovers(world.root)
+
+
+# --- 4, 5. exports leave nothing behind: no torch copy, no stale or losing gradient graph ------
+
+def graphs_beside(model: Path) -> list[Path]:
+    return sorted(model.parent.glob(f"{model.stem}.gradient-*.onnx"))
+
+
+def test_exports_leave_nothing_behind(tmp_path, monkeypatch):
+    """Two exports to one -o at once (other seeds), then a re-export: a whole model; beside it
+    exactly its own gradient graph (the loser's and the stale one removed); an empty cache (no
+    torch copy named after a temporary file); no temporary file."""
+    from stylefu.core.gradient import sibling_path
+    from stylefu.core.vgg import CONTENT_LAYER, read_artifact
+    from stylefu.export import export
+
+    cache = tmp_path / "cache"
+    folder = tmp_path / "models"
+    folder.mkdir()
+    model = folder / "m.onnx"
+    env = {"STYLEFU_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    procs = [stylefu(["export", "--weights", "random", "--seed", seed, "-o", model], tmp_path, env)
+             for seed in ("1", "2")]
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 0, stderr
+    info, _ = read_artifact(model)  # whole: it parses, and it is one of the two
+    assert info.weights_source in ("random (seed 1)", "random (seed 2)")
+    assert graphs_beside(model) == [sibling_path(model, CONTENT_LAYER)]
+    monkeypatch.setenv("STYLEFU_CACHE", str(cache))
+    export("random", model, seed=3, progress=False, gradient=True)  # other weights, same path
+    assert graphs_beside(model) == [sibling_path(model, CONTENT_LAYER)]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["m.onnx", sibling_path(model, CONTENT_LAYER).name])  # no temporary file either
+    assert not cache.exists() or not [p for p in cache.rglob("*") if p.is_file()]
+
+
+# --- 6, 7. stdout: pure JSON with stderr closed; a broken pipe ends quietly ---------------------
+
+def test_stderr_closed_keeps_stdout_pure_json(world, tmp_path):
+    """`2>&-`: every stdout line is strict JSON (the "engine" and "wrote" lines go nowhere, not
+    to stdout), the run succeeds and the image is whole."""
+    out = world.root / "out.png"
+    command = " ".join(map(str, [STYLEFU, *run_args(world, out)]))
+    done = subprocess.run(["sh", "-c", f"exec {command} 2>&-"], cwd=world.root, text=True,
+                          capture_output=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "STYLEFU_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stdout
+    records = strict_records(done.stdout)  # raises on a line that is not JSON
+    assert records[-1]["event"] == "result" and "stylefu:" not in done.stdout
+    assert load_image(out).rgb.shape == (48, 64, 3)
+
+
+@pytest.mark.parametrize("command", ["run", "batch"])
+def test_broken_stdout_pipe_ends_quietly(command, world):
+    """The reader of `--progress json` goes away after one line (`| head -1`): exit 141 (as a
+    shell reports coreutils killed by SIGPIPE), one line naming stdout, no traceback, no
+    "check the path" advice, no output and no temporary file."""
+    before = world.snapshot()
+    if command == "run":
+        args = run_args(world, world.root / "out.png")
+    else:
+        args = ["batch", world.content, "--style", world.style, "-o", world.root / "out",
+                "--model", world.model, *RUN, "--progress", "json", "--workers", "1"]
+    args[args.index("--iterations") + 1] = "5000"
+    proc = stylefu(args, world.root)
+    assert strict_records(proc.stdout.readline())[0]["event"] == "progress"
+    proc.stdout.close()  # the reader goes away
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=TIMEOUT) == 141, stderr
+    assert "Traceback" not in stderr and "check the path" not in stderr
+    assert stderr.splitlines()[-1] == "stylefu: stopped: the program reading stdout closed the pipe."
+    after = world.snapshot()
+    assert {k: v for k, v in after.items() if not k.startswith("out")} == before
+    assert not [k for k in after if k.startswith("out") and k != "out"] and not leftovers(world.root)
+
+
+# --- 8. a batch removes only dead writers' temporary files --------------------------------------
+
+def test_only_dead_writers_temporaries_are_removed(tmp_path):
+    """Beside a batch's output: a live writer's temporary file (another batch in flight) stays,
+    a dead writer's and a very old one go, files that are not ours stay."""
+    out = tmp_path / "a.png"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = {"live": f".a.png.{live.pid}.{'1' * 16}.tmp", "mine": files.temporary_sibling(out).name,
+                 "dead": f".a.png.{dead.pid}.{'2' * 16}.tmp", "old": f".a.png.{live.pid}.{'3' * 16}.tmp",
+                 "other output": f".b.png.{dead.pid}.{'4' * 16}.tmp", "not ours": ".a.png.notes.tmp"}
+        for name in names.values():
+            (tmp_path / name).write_bytes(b"x")
+        week = time.time() - 7 * 86400
+        os.utime(tmp_path / names["old"], (week, week))
+        remove_stale_temporaries([BatchItem("in.png", ("s.png",), str(out))])
+        kept = {p.name for p in tmp_path.iterdir()}
+        assert kept == {names[k] for k in ("live", "mine", "other output", "not ours")}
+    finally:
+        live.kill()
+        live.wait()
+
+
+# --- a bounded cache: least recently used files go past the limit; `stylefu cache` -------------
+
+def sparse(path: Path, size: int, mtime: float) -> Path:
+    """A file of `size` bytes taking no disk space, last used at `mtime`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.truncate(size)
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_the_cache_stays_under_its_limit_least_recently_used_first(world, tmp_path, monkeypatch,
+                                                                     capsys):
+    """A run past $STYLEFU_CACHE_MAX_MB deletes the least recently *used* files: the model's
+    torch copy, the oldest file but read by this run, stays; two older decoys go. `stylefu cache
+    status` adds up what is there; `prune --max-mb 0` empties the parts it may delete and keeps
+    the model and the downloaded weights."""
+    from stylefu.core.torchnet import load_torch_model, torch_weights_file
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("STYLEFU_CACHE", str(cache))
+    load_torch_model(world.model)  # its torch copy, about 52 MB
+    copy = torch_weights_file(world.model)
+    os.utime(copy, (1000, 1000))  # the oldest file, until the run reads it
+    decoys = [sparse(cache / "torch-weights" / "other.pt", 60_000_000, 2000),
+              sparse(cache / "gradient" / "other.gradient-relu4_2-0123456789abcdef.onnx",
+                     40_000_000, 3000)]
+    kept = [sparse(cache / "vgg19-features.onnx", 1000, 0), sparse(cache / "weights" / "w.pth", 1000, 0)]
+    out = world.root / "out.png"
+    proc = stylefu(run_args(world, out), world.root,
+                   {"STYLEFU_CACHE": str(cache), "STYLEFU_CACHE_MAX_MB": "100"})
+    stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0 and strict_records(stdout)[-1]["event"] == "result", stderr
+    assert copy.is_file() and not any(d.exists() for d in decoys)
+    sizes = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file() and p not in kept)
+    assert sizes <= 100e6
+    status = cli(capsys, "cache", "status", "--json")
+    figures = json.loads(status.out)
+    assert status.code == 0 and figures["total_mb"] == round(sizes / 1e6, 1)
+    assert figures["parts"]["torch-weights"]["files"] == 1 and figures["limit_mb"] == 2000
+    pruned = cli(capsys, "cache", "prune", "--max-mb", "0")
+    assert pruned.code == 0 and "removed" in pruned.err
+    assert sorted(p for p in cache.rglob("*") if p.is_file()) == sorted(kept)
+    refused = cli(capsys, "cache", "prune", "--max-mb", "nan")
+    assert refused.code == 2 and "--max-mb" in one_error(refused.err)
