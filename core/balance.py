@@ -9,7 +9,7 @@ scale of the features leaves unchanged), the layers averaged:
 
     loss = content / mean(P^2) + beta(strength) * mean over layers of style_l / mean(A_l^2)
 
-That is the README's plain loss with particular weights, so `normalised_weights` returns them as
+That is the plain loss (docs/method.md) with particular weights, so `normalised_weights` returns them as
 a Config with content_weight, style_weight and style_layer_weights set: the optimisers, metrics
 and tiles see one formula. An explicit weight (`Config.plain_loss`) keeps the plain loss as given.
 """
@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
 
 # beta at strength 50: the style term's weight against the content term's, both relative errors.
-# Chosen on trained VGG16 features (README, "Strength"): a cat photo painted with a stroke style
-# stays a readable cat while the style's texture covers it.
+# Chosen on trained VGG16 features (docs/method.md, "Calibration on trained features"): a cat
+# photo painted with a stroke style stays a readable cat while the style's texture covers it.
 BALANCED_STYLE_WEIGHT = 3.0
 
 

@@ -44,7 +44,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".n
 DEFAULT_PATTERN = "{stem}.png"
 EACH_PATTERN = "{stem}-{style}.png"  # --styles-each: one output per input x style pair
 # One single-threaded worker per core by default: on 2 loaded cores 2 workers x 1 thread made
-# 4.3-4.7 images/min and 1 worker x 2 threads 0.8 (tests/bench_batch.py --quick; README, Batches).
+# 4.3-4.7 images/min and 1 worker x 2 threads 0.8 (tests/bench_batch.py --quick; docs/speed.md, "Throughput").
 THREADS_PER_WORKER = 1
 RETRIES = 1  # a failed or lost task is tried once more, then recorded as failed
 STOP_GRACE_S = 20.0  # after a cancel, how long workers get to stop before they are terminated

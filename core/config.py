@@ -24,7 +24,7 @@ ENGINES = ("auto", "torch", "onnx")
 # Crops are cut on a 16 px grid; below 32 px a crop would hold almost no core and no context.
 MIN_CROP_SIDE = 32
 
-# Presets map a word users understand to a measured schedule (see README, "Speed"):
+# Presets map a word users understand to a measured schedule (see docs/speed.md):
 # `levels` coarse-to-fine levels, each half the size of the next; `evaluations` loss+gradient
 # evaluations at the full size; coarser levels get `coarse_evaluations` each (they cost 4x less
 # per halving); `tolerance` ends a level early once the loss stops falling (optimise.should_stop).
@@ -36,7 +36,7 @@ PRESETS = {
 SCHEDULE_FIELDS = ("levels", "evaluations", "coarse_evaluations", "tolerance")
 DEFAULT_PRESET = "normal"
 
-# The plain loss (the README's alpha*content + beta*style, layers summed): its weights when some
+# The plain loss (docs/method.md: alpha*content + beta*style, layers summed): its weights when some
 # but not all of --content-weight, --style-weight, --style-layer-weights are given.
 PLAIN_CONTENT_WEIGHT = 1.0
 PLAIN_STYLE_WEIGHT = 1e6
@@ -143,7 +143,7 @@ class Config:
 
     @property
     def plain_loss(self) -> bool:
-        """True when the user gave a loss weight: the README's loss, weights used as they are."""
+        """True when the user gave a loss weight: the plain loss (docs/method.md), weights as given."""
         return any(v is not None for v in (self.content_weight, self.style_weight,
                                            self.style_layer_weights))
 

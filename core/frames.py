@@ -4,7 +4,8 @@
 lands in the same basin from frame to frame instead of a new one each time (the flicker of frames
 stylized independently). Warping moves that result along the motion between the two input frames
 (dense optical flow, coarse-to-fine Horn-Schunck, estimated here in torch: no extra dependency).
-Which start is steadier was measured with `flicker` (tests/bench_batch.py --frames; README).
+Which start is steadier was measured with `flicker` (tests/bench_batch.py --frames;
+docs/batches.md, "Frames").
 """
 
 from __future__ import annotations

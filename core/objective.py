@@ -49,7 +49,7 @@ class LossSpec:
     @classmethod
     def from_config(cls, config: Config) -> LossSpec:
         """The config's weights; any left unset (stylize() sets them from --strength, see
-        balance.py) are the plain loss's defaults, so a direct Objective is the README's loss."""
+        balance.py) are the plain loss's defaults, so a direct Objective is docs/method.md's plain loss."""
         weights = config.style_layer_weights or (1.0,) * len(STYLE_LAYERS)
         content = PLAIN_CONTENT_WEIGHT if config.content_weight is None else config.content_weight
         style = PLAIN_STYLE_WEIGHT if config.style_weight is None else config.style_weight

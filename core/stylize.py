@@ -165,7 +165,7 @@ def torch_installed() -> bool:
 def resolve_engine(name: str, model=None) -> str:
     """'torch' or 'onnx' for Config.engine; a loaded model decides by its kind. `auto`: torch where
     it is installed (it covers every option: tiles, bf16, batches), else onnx. On a CPU without
-    bf16 the onnx engine is faster (README "Torch-free engine"), but auto never trades an option
+    bf16 the onnx engine is faster (docs/torch-free-engine.md), but auto never trades an option
     for speed: --engine onnx asks for it."""
     from .onnx_engine import OnnxModel
 

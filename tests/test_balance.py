@@ -20,7 +20,7 @@ def targets(scale: float = 1.0, seed: int = 0):
 
 
 def loss(config: Config, content, grams, image_content, image_grams) -> float:
-    """The README's plain loss with the config's weights."""
+    """The plain loss (docs/method.md) with the config's weights."""
     style = sum(w * float(((image_grams[n] - grams[n]) ** 2).mean())
                 for n, w in zip(STYLE_LAYERS, config.style_layer_weights))
     return config.content_weight * float(((image_content - content) ** 2).mean()) + \

@@ -17,7 +17,7 @@ from stylefu.core.objective import Objective
 from stylefu.core.targets import compute_targets, region_targets
 from stylefu.core.vgg import STYLE_LAYERS
 
-# The plain loss (README): these random-weights checks were measured with it.
+# The plain loss (docs/method.md): these random-weights checks were measured with it.
 RUN = Config(size=64, evaluations=6, levels=1, style_weight=1e6)
 
 

@@ -319,8 +319,9 @@ def stylize_layer(host, settings, values):
         outside = second_style_outside(values["second_style_goes"], len(styles),
                                        selection is not None)
         masks = selection_masks(folder, selection, outside)
-        # One mask: the selection also becomes the new layer's mask (see the README: exact source
-        # pixels outside at any working size). Two cover the whole layer: no layer mask.
+        # One mask: the selection also becomes the new layer's mask (see docs/gimp.md, "The
+        # selection": exact source pixels outside at any working size). Two cover the whole layer:
+        # no layer mask.
         masked = selection is not None and not outside
         output = os.path.join(folder, "result" + host.result_suffix)
         content = os.path.join(folder, "content.npy")
