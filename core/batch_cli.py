@@ -167,7 +167,7 @@ def add_batch_parser(sub, add_config_options: Callable, to_config: Callable) -> 
                        "previous frame's result (steadier video)")
     batch.add_argument("--warp", action=argparse.BooleanOptionalAction, default=False,
                        help="with --frames, move the previous result along the motion between the two "
-                       "input frames first (follows camera motion; more flicker, see README)")
+                       "input frames first (follows camera motion; more flicker, see docs/batches.md)")
     batch.add_argument("--model", help="model artifact (default: $STYLEFU_MODEL or the cache's)")
     batch.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                        help="bar over items (stderr), json (per-item JSON lines on stdout), none")

@@ -15,7 +15,7 @@ from stylefu.core.losses import gram, style_layer_loss
 
 def run(model_path, images, record=None, content=None, **overrides):
     content_img, style = images
-    # The README's plain loss (explicit style weight): these tests are about the method and the
+    # The plain loss (docs/method.md) (explicit style weight): these tests are about the method and the
     # optimiser, not the default balance (tests/test_balance.py, tests/test_trained.py).
     config = Config(**{"size": 64, "levels": 1, "evaluations": 40, "style_weight": 1e6, **overrides})
     log = []

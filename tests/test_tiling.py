@@ -48,7 +48,7 @@ def test_thin_edge_cores_still_run(model):
 
 
 def test_memory_estimate_follows_the_measurements():
-    # README/PERF: forward+backward ~1.1 GB at 512 px and ~3 GB at 1024 px (plus optimiser state).
+    # docs/controls.md: forward+backward ~1.1 GB at 512 px and ~3 GB at 1024 px (plus optimiser state).
     assert tiling.torch_bytes(512, 512, "adam") == pytest.approx(1.1e9, rel=0.1)
     assert tiling.torch_bytes(1024, 1024, "adam") == pytest.approx(3.0e9, rel=0.1)
     assert tiling.torch_bytes(1024, 1024, "lbfgs") > tiling.torch_bytes(1024, 1024, "adam")
