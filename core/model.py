@@ -28,6 +28,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX); elsewhere it emulates
+    it, far slower than float32. Honours ONEDNN_MAX_CPU_ISA (how tests take an AVX2 CPU's path)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def resolve_precision(name: str, device: torch.device) -> torch.dtype:
     """The convolution dtype: bf16 where the hardware runs it fast (AMX/AVX512-BF16, CUDA)."""
     if name == "fp32":
@@ -40,7 +46,7 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
 
 @dataclass

@@ -261,7 +261,7 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
 
     from .compiled import compile_seconds, level_compiled, should_compile
     from .compiled import failure as compiled_failure
-    from .model import StyleModel, load_model, resolve_device, resolve_precision
+    from .model import StyleModel, cpu_has_fast_bf16, load_model, resolve_device, resolve_precision
 
     content_pic, style_pics, mask_arrays = load_inputs(content, style_or_styles, masks, config)
     check_memory(content_pic, style_pics, config,
@@ -269,6 +269,9 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     if not isinstance(model, StyleModel):
         model = load_model(model, config.device)
     dtype = resolve_precision(config.precision, model.device)
+    if dtype == torch.bfloat16 and model.device.type == "cpu" and not cpu_has_fast_bf16():
+        log("this CPU has no AVX512-BF16 or AMX: bf16 is emulated, about 20x slower than "
+            "--precision fp32 (which --precision auto takes here).")
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
 

@@ -1,12 +1,14 @@
 """The speed schedule: presets, coarse-to-fine sizes, early stopping and bf16's quality guard."""
 
+import os
+
 import pytest
 import torch
 
 from stylefu.core import Config, stylize
 from stylefu.core.config import PRESETS, SCHEDULE_FIELDS
 from stylefu.core.errors import UserError
-from stylefu.core.model import load_model, resolve_precision
+from stylefu.core.model import cpu_has_fast_bf16, load_model, resolve_precision
 from stylefu.core.objective import Objective
 from stylefu.core.optimise import EARLY_STOP_WINDOW, optimise, should_stop
 from stylefu.core.stylize import level_sizes
@@ -103,7 +105,29 @@ def test_precision_resolution_on_cpu():
         resolve_precision("fp16", cpu)
 
 
-@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+def test_emulated_bf16_is_said(model_path, tmp_path):
+    """--precision bf16 on a CPU without AVX512-BF16 or AMX (taken here as `make test-float32`
+    does) runs, and says it is far slower than float32; auto takes float32 there, silently."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from stylefu.core.demo import demo_content
+
+    Image.fromarray((demo_content(32, 32) * 255).astype("uint8")).save(tmp_path / "c.png")
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2")
+    for precision, said in (("bf16", True), ("auto", False)):
+        done = subprocess.run([sys.executable, "-m", "stylefu.core", "run", str(tmp_path / "c.png"),
+                               str(tmp_path / "c.png"), "-o", str(tmp_path / "r.png"), "--size",
+                               "32", "--evaluations", "1", "--model", str(model_path), "--compile",
+                               "off", "--precision", precision, "--progress", "none"],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert ("bf16 is emulated" in done.stderr) == said, done.stderr
+
+
+@pytest.mark.skipif(not cpu_has_fast_bf16(),
                     reason="bf16 is emulated on this CPU (about 20x slower than float32) and never "
                     "chosen by --precision auto here; CI on AVX512-BF16/AMX CPUs checks it")
 def test_bf16_final_loss_within_2_percent_of_fp32(model_path, images):
