@@ -297,7 +297,7 @@ def test_soak_runs_and_cancels_leave_nothing_behind(model_path, tmp_path, monkey
           f"{open_fds()}, threads {threads} -> {os_threads()}")
 
     assert min(outcomes.values()) >= API_RUNS // 10  # both outcomes, often
-    # Measured: +4.7 to +4.9 MB over the first third (allocators warming to the sizes), +1.7 to
+    # Measured: +4.6 to +4.9 MB over the first third (allocators warming to the sizes), +1.7 to
     # +2.0 MB over the other two thirds (160 runs); a leak of 50 kB per run would add 8 MB there.
     first_third, rest = rss[1] - rss[0], rss[-1] - rss[1]
     assert rest < 8e6, (first_third / 1e6, rest / 1e6)
