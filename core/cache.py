@@ -127,14 +127,15 @@ def touch(path: str | Path) -> None:
 
 
 class TargetCache:
-    """Targets of one model, stored under `root` (default: `<user cache dir>/targets`).
+    """Targets of one model (the file at `model_path`, or the one whose sha256 is `model_sha256`),
+    stored under `root` (default: `<user cache dir>/targets`).
 
     `max_bytes`: None bounds the whole user cache (prune_cache); a number bounds this root's
     entries alone (a cache of one's own)."""
 
     def __init__(self, model_path: str | Path, root: str | Path | None = None,
-                 max_bytes: int | None = None):
-        self.model = model_hash(model_path)
+                 max_bytes: int | None = None, model_sha256: str | None = None):
+        self.model = model_sha256 or model_hash(model_path)
         self.root = Path(root) if root else cache_dir() / "targets"
         self.max_bytes = max_bytes
         self.enabled = os.environ.get(DISABLE_ENV, "") not in ("1", "true", "yes")
@@ -226,7 +227,8 @@ def gram_array(features: np.ndarray) -> np.ndarray:
 
 def target_cache(model) -> TargetCache:
     """The cache for a StyleModel (or anything with an `engine.path`)."""
-    return TargetCache(model.engine.path)
+    # The loaded file's hash, not the path's now: an export may have replaced the file since.
+    return TargetCache(model.engine.path, model_sha256=getattr(model.engine, "sha256", None))
 
 
 def cached_features(cache: TargetCache, engine, image: np.ndarray, size: tuple[int, int],

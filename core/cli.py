@@ -463,6 +463,7 @@ def _on_sigterm(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     """Run one `stylefu` command; returns the exit code (see the module docstring)."""
+    as_program = argv is None  # the `stylefu` command itself, not a caller in its own process
     argv = sys.argv[1:] if argv is None else list(argv)
     json_mode = _json_progress(argv)
     _open_standard_streams()
@@ -517,4 +518,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERNAL_ERROR
     finally:
         if in_main_thread:
+            if as_program:  # done: a Ctrl-C now would only break Python's exit with a traceback
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, previous)

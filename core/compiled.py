@@ -50,9 +50,19 @@ _lock = threading.Lock()
 def inductor_cache() -> Path:
     """Inductor's on-disk cache: stylefu's cache folder (one per torch version), unless the user
     chose one with $TORCHINDUCTOR_CACHE_DIR."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
+    chosen = os.environ.get(CACHE_ENV)
+    # Importing torch._dynamo sets the variable to torch's /tmp default: that is not a choice.
+    if chosen and chosen != _torch_default_cache():
+        return Path(chosen)
     return cache_dir() / f"inductor-{torch.__version__.split('+')[0]}"
+
+
+def _torch_default_cache() -> str | None:
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+        return os.path.abspath(default_cache_dir())
+    except Exception:  # a private torch function: absent means no default to tell apart
+        return None
 
 
 def compile_problem(device: torch.device) -> str | None:
@@ -215,7 +225,7 @@ def _backend(gm, example_inputs):
 
 
 def _compile(fn: Callable) -> Callable:
-    os.environ.setdefault(CACHE_ENV, str(inductor_cache()))
+    os.environ[CACHE_ENV] = str(inductor_cache())  # not setdefault: torch set its default already
     # Dynamic from the first call: a second size would otherwise compile once more.
     return torch.compile(fn, backend=_backend, dynamic=True)
 

@@ -103,6 +103,9 @@ class FeatureEngine:
         # ORT silently drops a provider that fails to load: report what it really uses.
         self.provider = self.session.get_providers()[0]
         self.calls = 0
+        # The sha256 of the file this session was made from, set by the model loaders: the
+        # target cache's key (hashing `path` later may hash a file an export put there since).
+        self.sha256: str | None = None
 
     @property
     def uses_gpu(self) -> bool:

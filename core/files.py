@@ -12,8 +12,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from .errors import UserError
+
+T = TypeVar("T")
 
 
 def check_writable_folder(folder: str | Path, fix: str = "choose another output path") -> None:
@@ -100,6 +103,24 @@ def atomic_write(path: str | Path, write: Callable[[Path], object],
         except OSError:
             pass
     return path
+
+
+def identity(path: str | Path) -> tuple[int, int, int, int]:
+    """What tells one file at `path` from a file renamed onto it later: device, inode, size, mtime."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def load_unchanged(path: str | Path, load: Callable[[], T], tries: int = 5) -> T:
+    """`load()`, done again when the file at `path` was replaced meanwhile (an export renamed a
+    new file onto it): everything `load` opened by that path then comes from one file."""
+    for _ in range(tries):
+        before = identity(path)
+        value = load()
+        if identity(path) == before:
+            return value
+    raise UserError(f"{path} was replaced {tries} times while it was being read; try again "
+                    "once nothing writes to it.")
 
 
 def path_kind(path: str | Path) -> str:

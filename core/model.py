@@ -9,8 +9,10 @@ from pathlib import Path
 
 import torch
 
+from .cache import model_hash
 from .engine import FeatureEngine
 from .errors import UserError
+from .files import load_unchanged
 from .paths import model_file
 from .vgg import VGGFeatures, load_torch_model
 
@@ -86,8 +88,15 @@ class StyleModel:
 @lru_cache(maxsize=4)
 def _load(path: Path, device_type: str) -> StyleModel:
     device = torch.device(device_type)
-    net = load_torch_model(path).to(device)
-    return StyleModel(path, net, FeatureEngine(path, device=device_type, info=net.info), device)
+
+    def load() -> StyleModel:
+        net = load_torch_model(path).to(device)
+        engine = FeatureEngine(path, device=device_type, info=net.info)
+        engine.sha256 = model_hash(path)
+        return StyleModel(path, net, engine, device)
+    # An export may replace the file meanwhile: the network, ONNX Runtime's session and the hash
+    # that keys the target cache must all be the same file's (else a mixed run, a poisoned cache).
+    return load_unchanged(path, load)
 
 
 def load_model(path: str | Path | None = None, device: str = "auto") -> StyleModel:

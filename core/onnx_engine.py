@@ -60,7 +60,15 @@ class OnnxModel:
 
 @lru_cache(maxsize=4)
 def _load(path: Path, device: str) -> OnnxModel:
-    return OnnxModel(path, FeatureEngine(path, device=device), device)
+    from .cache import model_hash
+    from .files import load_unchanged
+
+    def load() -> OnnxModel:
+        engine = FeatureEngine(path, device=device)
+        engine.sha256 = model_hash(path)
+        return OnnxModel(path, engine, device)
+    # The session and the target cache's key from one file, though an export may replace it.
+    return load_unchanged(path, load)
 
 
 def load_onnx_model(path: str | Path | None = None, device: str = "auto") -> OnnxModel:
