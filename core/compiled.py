@@ -57,6 +57,18 @@ def inductor_cache() -> Path:
     return cache_dir() / f"inductor-{torch.__version__.split('+')[0]}"
 
 
+def usable_cache_variable() -> None:
+    """Drop a $TORCHINDUCTOR_CACHE_DIR that cannot be created (e.g. another user's folder, inherited):
+    importing torch._dynamo, which torch.optim does, creates it and would fail the run, where a
+    cache may only cost speed. torch then takes its per-user default."""
+    chosen = os.environ.get(CACHE_ENV)
+    if chosen:
+        try:
+            os.makedirs(chosen, exist_ok=True)
+        except OSError:
+            del os.environ[CACHE_ENV]
+
+
 def _torch_default_cache() -> str | None:
     try:
         from torch._inductor.runtime.cache_dir_utils import default_cache_dir
@@ -67,6 +79,7 @@ def _torch_default_cache() -> str | None:
 
 def compile_problem(device: torch.device) -> str | None:
     """Why compiling cannot work here, in a few words, or None when it can be tried."""
+    usable_cache_variable()  # before importing torch._dynamo below
     if _state["problem"]:
         return _state["problem"]
     version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
@@ -226,6 +239,7 @@ def _backend(gm, example_inputs):
 
 def _compile(fn: Callable) -> Callable:
     os.environ[CACHE_ENV] = str(inductor_cache())  # not setdefault: torch set its default already
+    usable_cache_variable()
     # Dynamic from the first call: a second size would otherwise compile once more.
     return torch.compile(fn, backend=_backend, dynamic=True)
 

@@ -80,6 +80,9 @@ def make_optimiser(x: torch.Tensor, config: Config, history: int = tiling.LBFGS_
     """
     import torch
 
+    from .compiled import usable_cache_variable
+
+    usable_cache_variable()  # before torch.optim's first import of torch._dynamo
     if config.optimizer == "lbfgs":
         return torch.optim.LBFGS([x], lr=1.0, max_iter=1, history_size=history,
                                  tolerance_grad=-1.0, tolerance_change=-1.0)

@@ -116,6 +116,19 @@ def test_cache_on_a_full_or_read_only_filesystem_costs_only_speed(world, tmp_pat
         assert not leftovers(world.root, caches["working"])
 
 
+def test_an_uncreatable_compile_cache_folder_costs_only_speed(world, tmp_path):
+    """$TORCHINDUCTOR_CACHE_DIR inherited from elsewhere (here: under a file) is created when torch
+    imports its compiler, which torch.optim does: the run goes on without it."""
+    (tmp_path / "file").write_text("not a folder")
+    out = world.root / "out.png"
+    proc = stylefu(run_args(world, out),
+                   world.root, {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "file" / "inductor"),
+                                "STYLEFU_CACHE": str(tmp_path / "cache")})
+    stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    assert strict_records(stdout)[-1]["event"] == "result" and out.exists()
+
+
 # --- 2. truncated and corrupt images: one sentence, exit 2, never a blank painting -------------
 
 def chunk(kind: bytes, payload: bytes) -> bytes:
