@@ -50,7 +50,7 @@ NUMERIC_TESTS := tests/test_core.py tests/test_gradient.py tests/test_tiling.py 
 	tests/test_controls.py tests/test_balance.py tests/test_schedule.py tests/test_preview.py \
 	tests/test_gimp2.py
 test-float32: venv
-	@if $(BIN)/python -c "import sys; from stylefu.core.model import cpu_has_fast_bf16 as fast; sys.exit(not fast())"; \
+	@if $(BIN)/python -c "import sys; from stylefu.core.engines.torch.model import cpu_has_fast_bf16 as fast; sys.exit(not fast())"; \
 	then echo "Numeric tests again on the float32 path ($(FLOAT32_PATH))"; \
 		$(FLOAT32_PATH) $(BIN)/python -m pytest $(NUMERIC_TESTS); \
 	else echo "This CPU has no fast bf16: the tests above took the float32 path."; fi

@@ -10,20 +10,21 @@ and the torch-free engine never import torch or the pipeline they do not run.
 
 import importlib
 
+# Each public name and the module it lives in (the rooms: docs/architecture in ARCHITECTURE.md).
 _HOMES = {
-    "BatchItem": "batch", "ItemResult": "batch", "RunOptions": "batch", "stylize_many": "batch",
-    "PRESETS": "config", "Config": "config",
+    "BatchItem": "batch.driver", "ItemResult": "batch.driver", "RunOptions": "batch.driver",
+    "stylize_many": "batch.driver",
+    "PRESETS": "method.config", "Config": "method.config",
     "Cancelled": "errors", "NumericalError": "errors", "UserError": "errors",
-    "Picture": "images", "load_image": "images", "save_image": "images",
-    "StyleModel": "model", "load_model": "model",
-    "PreviewResult": "preview", "StylePreview": "preview", "preview": "preview",
-    "Progress": "stylize", "StylizeResult": "stylize", "stylize": "stylize",
+    "Picture": "io.images", "load_image": "io.images", "save_image": "io.images",
+    "StyleModel": "engines.torch.model", "load_model": "engines.torch.model",
+    "PreviewResult": "run.preview", "StylePreview": "run.preview", "preview": "run.preview",
+    "Progress": "run.pipeline", "StylizeResult": "run.pipeline", "stylize": "run.pipeline",
 }
 __all__ = list(_HOMES)
-# Bound now, not on first use: importing the submodules `stylize` and `preview` would otherwise
-# leave the package attribute naming the module instead of the function (both import no torch).
-from .preview import preview as preview  # noqa: E402
-from .stylize import stylize as stylize  # noqa: E402
+from . import compat as compat  # noqa: E402  (old module paths, e.g. stylefu.core.vgg, still import)
+from .run.pipeline import stylize as stylize  # noqa: E402
+from .run.preview import preview as preview  # noqa: E402
 
 
 def __getattr__(name: str):

@@ -1,5 +1,5 @@
 """`python -m stylefu.core ...` is the `stylefu` command (the GIMP plug-ins' worker uses it)."""
 
-from .cli import main
+from .cli.main import main
 
 raise SystemExit(main())

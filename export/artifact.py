@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from stylefu.core import artifact_meta
+from stylefu.core.engines.onnx.gradient import build_gradient_graph, remove_stale_siblings, sibling_path
 from stylefu.core.errors import UserError
-from stylefu.core.files import atomic_write
-from stylefu.core.gradient import build_gradient_graph, remove_stale_siblings, sibling_path
-from stylefu.core.paths import default_model_path
-from stylefu.core.vgg import CONTENT_LAYER, EXPORTED_LAYERS, PREPROCESSING, architecture
+from stylefu.core.io.files import atomic_write
+from stylefu.core.io.paths import default_model_path
+from stylefu.core.network import artifact_meta
+from stylefu.core.network.vgg import CONTENT_LAYER, EXPORTED_LAYERS, PREPROCESSING, architecture
 
 from .weights import Weights, get_weights
 
@@ -73,14 +73,14 @@ def build_graph(weights: Weights, pooling: str):
 
 def reference_name() -> str:
     """What `verify` compares ONNX Runtime with: torch, or numpy where torch is not installed."""
-    from stylefu.core.stylize import torch_installed
+    from stylefu.core.engines import torch_installed
 
     return "torch" if torch_installed() else "numpy"
 
 
 def numpy_features(path: Path, batch: np.ndarray) -> dict[str, np.ndarray]:
     """The artifact's layers by plain numpy (im2col convolutions): the torch-free reference."""
-    from stylefu.core.vgg import read_artifact
+    from stylefu.core.network.vgg import read_artifact
 
     info, weights = read_artifact(path)
     arch = architecture(info.architecture)
@@ -106,13 +106,13 @@ def numpy_features(path: Path, batch: np.ndarray) -> dict[str, np.ndarray]:
 def verify(path: Path, sizes=((64, 64), (37, 53))) -> dict[str, float]:
     """Largest relative difference per output between ONNX Runtime and torch (numpy where torch
     is not installed: the light install) on test inputs."""
-    from stylefu.core.engine import FeatureEngine
+    from stylefu.core.network.forward import FeatureEngine
 
     engine = FeatureEngine(path, device="cpu")
     if reference_name() == "torch":
         import torch
 
-        from stylefu.core.vgg import load_torch_model
+        from stylefu.core.engines.torch.vggnet import load_torch_model
 
         net = load_torch_model(path, keep_copy=False)  # a temporary file: no cache copy
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from stylefu.core.cli import say, weights_note
-from stylefu.core.config import NUMBER_RANGES, check_number
-from stylefu.core.vgg import ARCHITECTURES, PREPROCESSING, read_artifact
+from stylefu.core.cli.main import say, weights_note
+from stylefu.core.method.config import NUMBER_RANGES, check_number
+from stylefu.core.network.vgg import ARCHITECTURES, PREPROCESSING, read_artifact
 
 from .artifact import export
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from stylefu.core.cli import say
-from stylefu.core.config import Config
-from stylefu.core.demo import TRAINED_SOURCE, demo_photo, demo_style, describe_weights, side_by_side
+from stylefu.core.cli.main import say
 from stylefu.core.errors import UserError
-from stylefu.core.images import save_image
-from stylefu.core.paths import cache_dir, default_model_path
-from stylefu.core.stylize import stylize
+from stylefu.core.io.demo import TRAINED_SOURCE, demo_photo, demo_style, describe_weights, side_by_side
+from stylefu.core.io.images import save_image
+from stylefu.core.io.paths import cache_dir, default_model_path
+from stylefu.core.method.config import Config
+from stylefu.core.run.pipeline import stylize
 
 from .artifact import export
 

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from stylefu.core.artifact_meta import RANDOM_PREFIX
 from stylefu.core.errors import UserError
-from stylefu.core.files import check_input_file, sha256_file
-from stylefu.core.paths import weights_dir
-from stylefu.core.vgg import ARCHITECTURES, DEFAULT_ARCHITECTURE, Architecture, architecture
+from stylefu.core.io.files import check_input_file, sha256_file
+from stylefu.core.io.paths import weights_dir
+from stylefu.core.network.artifact_meta import RANDOM_PREFIX
+from stylefu.core.network.vgg import ARCHITECTURES, DEFAULT_ARCHITECTURE, Architecture, architecture
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from stylefu.core.config import PRESETS, STRENGTH_NEUTRAL, STRENGTH_RANGE, Config, config_fields
 from stylefu.core.errors import UserError
-from stylefu.core.files import atomic_write
-from stylefu.core.paths import default_model_path
-from stylefu.core.vgg import MIN_SIDE
+from stylefu.core.io.files import atomic_write
+from stylefu.core.io.paths import default_model_path
+from stylefu.core.method.config import PRESETS, STRENGTH_NEUTRAL, STRENGTH_RANGE, Config, config_fields
+from stylefu.core.network.vgg import MIN_SIDE
 
 PLUGIN_ROOT = Path(__file__).resolve().parent
 BRIDGE = PLUGIN_ROOT / "common" / "stylefu_bridge.py"

@@ -35,9 +35,9 @@ def _save(path: Path, array: np.ndarray) -> str:
 
 def throughput(model: Path, folder: Path, args) -> list[dict]:
     from stylefu.core import Config, stylize_many
-    from stylefu.core.batch import make_items
-    from stylefu.core.demo import demo_content, demo_style
-    from stylefu.core.engine import usable_cores
+    from stylefu.core.batch.driver import make_items
+    from stylefu.core.io.demo import demo_content, demo_style
+    from stylefu.core.network.forward import usable_cores
 
     size = args.size
     inputs = [Path(_save(folder / f"photo{i}.png", np.roll(demo_content(size * 3 // 4, size), 7 * i, 1)))
@@ -74,7 +74,7 @@ def throughput(model: Path, folder: Path, args) -> list[dict]:
 def pan(count: int, size: int, step: int = 2, noise: float = 0.02) -> list[np.ndarray]:
     """`count` frames of a camera panning `step` px per frame over the demo image with fine grain
     of its own (a scene has texture that moves with it), each frame with its own sensor noise."""
-    from stylefu.core.demo import demo_content
+    from stylefu.core.io.demo import demo_content
 
     height, width = size * 3 // 4, size
     rng = np.random.default_rng(0)
@@ -86,8 +86,8 @@ def pan(count: int, size: int, step: int = 2, noise: float = 0.02) -> list[np.nd
 
 def flicker_rows(model: Path, folder: Path, args) -> list[dict]:
     from stylefu.core import BatchItem, Config, RunOptions, stylize_many
-    from stylefu.core.demo import demo_style
-    from stylefu.core.frames import flicker, warp_previous
+    from stylefu.core.batch.frames import flicker, warp_previous
+    from stylefu.core.io.demo import demo_style
 
     frames = pan(args.frames, args.frame_size)
     paths = [_save(folder / f"frame{k:03d}.png", f) for k, f in enumerate(frames)]
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     parser.add_argument("-o", "--output", type=Path, default=Path("bench-batch.json"))
     args = parser.parse_args(argv)
 
-    from stylefu.core.engine import usable_cores
+    from stylefu.core.network.forward import usable_cores
     from stylefu.export import export
 
     cores = usable_cores()

@@ -28,7 +28,7 @@ import numpy as np
 
 def save_figure(content: np.ndarray, result: np.ndarray, path: str, shrink: int = 8) -> None:
     """Content, result and 4x the per-pixel change side by side, each `shrink` times smaller."""
-    from stylefu.core.images import resize_array, save_image
+    from stylefu.core.io.images import resize_array, save_image
 
     height, width = (s // shrink for s in content.shape[:2])
     change = np.clip(4 * np.abs(result - content), 0, 1)
@@ -41,7 +41,7 @@ def photo_content(name: str, height: int, width: int) -> np.ndarray:
     """scikit-image's sample photo `name`, centre-cropped to width:height and resized to it."""
     import skimage.data
 
-    from stylefu.core.images import resize_array
+    from stylefu.core.io.images import resize_array
 
     rgb = np.asarray(getattr(skimage.data, name)(), np.float32)[..., :3] / 255.0
     h, w = rgb.shape[:2]
@@ -65,7 +65,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from stylefu.core import Config, load_model, stylize, tiling
-    from stylefu.core.demo import demo_content, demo_style
+    from stylefu.core.io.demo import demo_content, demo_style
 
     model_path = args.model
     if not model_path:

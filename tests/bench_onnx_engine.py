@@ -40,12 +40,12 @@ def per_evaluation(model_path: Path, side: int, rounds: int) -> dict:
     import torch
 
     from stylefu.core import Config, gradient
-    from stylefu.core.demo import demo_photo, demo_style
-    from stylefu.core.images import fit_long_side, resize_array
-    from stylefu.core.model import load_model
-    from stylefu.core.objective import Objective
-    from stylefu.core.onnx_engine import GradientSession, OnnxObjective, load_onnx_model
-    from stylefu.core.targets import compute_targets, target_arrays
+    from stylefu.core.engines.onnx.engine import GradientSession, OnnxObjective, load_onnx_model
+    from stylefu.core.engines.torch.model import load_model
+    from stylefu.core.io.demo import demo_photo, demo_style
+    from stylefu.core.io.images import fit_long_side, resize_array
+    from stylefu.core.method.objective import Objective
+    from stylefu.core.method.targets import compute_targets, target_arrays
 
     content = demo_photo()
     size = fit_long_side(*content.shape[:2], side)
@@ -90,8 +90,8 @@ def per_evaluation(model_path: Path, side: int, rounds: int) -> dict:
 def final_losses(model_path: Path, side: int) -> dict:
     """`normal` preset runs by each engine: (final total loss, seconds)."""
     from stylefu.core import Config, stylize
-    from stylefu.core.demo import demo_photo, demo_style
-    from stylefu.core.images import save_image
+    from stylefu.core.io.demo import demo_photo, demo_style
+    from stylefu.core.io.images import save_image
 
     out = {}
     for engine, precision in (("onnx", "auto"), ("torch", "fp32"), ("torch", "auto")):
@@ -113,10 +113,10 @@ def optimisers(model_path: Path, side: int, evaluations: int) -> dict:
     from scipy.optimize import minimize as scipy_minimize
 
     from stylefu.core import Config, balance
-    from stylefu.core.demo import demo_photo, demo_style
-    from stylefu.core.images import fit_long_side, resize_array
-    from stylefu.core.onnx_engine import OnnxObjective, load_onnx_model, minimise
-    from stylefu.core.targets import target_arrays
+    from stylefu.core.engines.onnx.engine import OnnxObjective, load_onnx_model, minimise
+    from stylefu.core.io.demo import demo_photo, demo_style
+    from stylefu.core.io.images import fit_long_side, resize_array
+    from stylefu.core.method.targets import target_arrays
 
     content = demo_photo()
     size = fit_long_side(*content.shape[:2], side)
@@ -152,18 +152,19 @@ def optimisers(model_path: Path, side: int, evaluations: int) -> dict:
 def start_up(model_path: Path, python: str) -> tuple[float, bool]:
     """Wall seconds from starting `stylefu run --engine onnx` to its first evaluation (warm
     caches), and whether torch was imported by then."""
-    from stylefu.core.demo import demo_photo, demo_style
-    from stylefu.core.images import save_image
+    from stylefu.core.io.demo import demo_photo, demo_style
+    from stylefu.core.io.images import save_image
 
     folder = Path(tempfile.mkdtemp())
     save_image(folder / "c.png", demo_photo())
     save_image(folder / "s.png", demo_style())
-    code = ("import sys, time; from stylefu.core import onnx_engine as e; run = e.GradientSession.run\n"
+    code = ("import sys, time; from stylefu.core.engines.onnx import engine as e\n"
+            "run = e.GradientSession.run\n"
             "def first(self, *a):\n"
             "    if not self.calls: print('FIRST', time.time(), 'torch' in sys.modules, flush=True)\n"
             "    return run(self, *a)\n"
             "e.GradientSession.run = first\n"
-            "from stylefu.core.cli import main; sys.exit(main())")
+            "from stylefu.core.cli.main import main; sys.exit(main())")
     args = [python, "-c", code, "run", str(folder / "c.png"), str(folder / "s.png"), "-o",
             str(folder / "o.png"), "--model", str(model_path), "--engine", "onnx",
             "--evaluations", "1", "--levels", "1", "--progress", "none"]

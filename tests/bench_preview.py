@@ -33,7 +33,7 @@ STYLES = 4
 def make_inputs(folder: Path) -> tuple[Path, list[Path]]:
     """The demo's photo (chelsea) and four different styles, as PNG files."""
     from stylefu.core import save_image
-    from stylefu.core.demo import demo_photo, demo_style
+    from stylefu.core.io.demo import demo_photo, demo_style
 
     content = save_image(folder / "chelsea.png", demo_photo())
     y, x = np.mgrid[0:240, 0:300] / 240
@@ -85,8 +85,8 @@ def forward_passes(model: Path, size: int, repeats: int) -> dict:
     """ORT vs torch float32 forward of all six outputs at size x size, in this process."""
     import torch
 
-    from stylefu.core.engine import FeatureEngine
-    from stylefu.core.vgg import load_torch_model
+    from stylefu.core.engines.torch.vggnet import load_torch_model
+    from stylefu.core.network.forward import FeatureEngine
 
     engine = FeatureEngine(model, device="cpu")
     net = load_torch_model(model)
@@ -118,11 +118,11 @@ def int8_figures(model: Path, folder: Path, repeats: int) -> dict:
     import torch
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from stylefu.core import losses
-    from stylefu.core.demo import demo_content, demo_style
-    from stylefu.core.engine import FeatureEngine
-    from stylefu.core.images import resize_array
-    from stylefu.core.vgg import STYLE_LAYERS
+    from stylefu.core.io.demo import demo_content, demo_style
+    from stylefu.core.io.images import resize_array
+    from stylefu.core.method import losses
+    from stylefu.core.network.forward import FeatureEngine
+    from stylefu.core.network.vgg import STYLE_LAYERS
 
     rng = np.random.default_rng(0)
     calibration = ([demo_content(128, 160), demo_style(128)] +

@@ -239,7 +239,7 @@ def per_eval(stamps: list[float]) -> float:
 
 def square(image: np.ndarray, size: int) -> np.ndarray:
     """The centre square of `image`, resized once to size x size (both sides then use it as is)."""
-    from stylefu.core.images import resize_array
+    from stylefu.core.io.images import resize_array
 
     h, w = image.shape[:2]
     side = min(h, w)
@@ -255,7 +255,7 @@ def images_for(case: str, size: int):
         from skimage import data
         return (square(data.coffee().astype(np.float32) / 255, size),
                 square(data.immunohistochemistry().astype(np.float32) / 255, size))
-    from stylefu.core.demo import demo_content, demo_style
+    from stylefu.core.io.demo import demo_content, demo_style
 
     return square(demo_content(512, 512), size), square(demo_style(512), size)
 
@@ -269,10 +269,10 @@ def our_config(size: int, preset: str, **changes):
 def paired_per_eval(model, reference, content, style, size, targets, repeats: int) -> dict:
     """Back-to-back seconds per evaluation (loss + gradient) of the reference (fp32), ours eager
     and ours compiled, interleaved so that load changes hit all three alike."""
-    from stylefu.core.compiled import Evaluation, compile_problem
-    from stylefu.core.model import resolve_precision
-    from stylefu.core.objective import Objective
-    from stylefu.core.targets import compute_targets
+    from stylefu.core.engines.torch.compiled import Evaluation, compile_problem
+    from stylefu.core.engines.torch.model import resolve_precision
+    from stylefu.core.method.objective import Objective
+    from stylefu.core.method.targets import compute_targets
 
     config = our_config(size, "normal")
     ours_targets = compute_targets(model, content, [style], (size, size), config)
@@ -441,7 +441,7 @@ def mark(k):
 import numpy; mark("import numpy")
 import torch; mark("import torch")
 import stylefu.core; mark("import stylefu.core")
-from stylefu.core.model import load_model
+from stylefu.core.engines.torch.model import load_model
 model = load_model(sys.argv[1], "cpu"); mark("load model (torch net + ONNX Runtime session)")
 model.net_in(torch.bfloat16); mark("bf16 copy of the weights")
 print(json.dumps(t))
@@ -600,10 +600,10 @@ def main(argv=None) -> int:
         args.quick, args.sizes, args.ref_evals, args.ref_runs, args.paired = True, [64], 10, 2, 1
         args.presets, args.precision_check, args.command_scale = ["draft"], False, 4
 
-    from stylefu.core.compiled import cpu_has_amx
-    from stylefu.core.config import DEFAULT_PRESET
-    from stylefu.core.engine import usable_cores
-    from stylefu.core.model import load_model
+    from stylefu.core.engines.torch.compiled import cpu_has_amx
+    from stylefu.core.engines.torch.model import load_model
+    from stylefu.core.method.config import DEFAULT_PRESET
+    from stylefu.core.network.forward import usable_cores
 
     args.sizes = args.sizes or ([256] if args.quick else [256, 512])
     args.cases = args.cases or (["trained"] if args.quick else ["trained", "random"])

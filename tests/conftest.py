@@ -33,7 +33,7 @@ def model_path(tmp_path_factory):
 @pytest.fixture(scope="session")
 def images():
     """A small structured content image and a striped style image (float32 RGB 0..1)."""
-    from stylefu.core.demo import demo_content, demo_style
+    from stylefu.core.io.demo import demo_content, demo_style
 
     content = demo_content(48, 64)
     style = demo_style(64)

@@ -62,8 +62,8 @@ CONTROLS = [
 def make_inputs() -> None:
     import skimage.data
 
-    from stylefu.core.demo import demo_style
-    from stylefu.core.images import save_image
+    from stylefu.core.io.demo import demo_style
+    from stylefu.core.io.images import save_image
 
     photo = Image.fromarray(skimage.data.rocket()).resize((256, 171), Image.LANCZOS)
     photo.save(FIGURES / "content.png")
@@ -97,8 +97,8 @@ def run(command: str, env: dict) -> None:
 
 
 def main() -> int:
-    from stylefu.core.demo import describe_weights, side_by_side
-    from stylefu.core.images import load_image, save_image
+    from stylefu.core.io.demo import describe_weights, side_by_side
+    from stylefu.core.io.images import load_image, save_image
     from stylefu.export import export
     from stylefu.export.demo import run_demo
 

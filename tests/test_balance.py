@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stylefu.core import balance
-from stylefu.core.config import PLAIN_STYLE_WEIGHT, Config
 from stylefu.core.errors import UserError
-from stylefu.core.vgg import STYLE_LAYERS
+from stylefu.core.method import balance
+from stylefu.core.method.config import PLAIN_STYLE_WEIGHT, Config
+from stylefu.core.network.vgg import STYLE_LAYERS
 
 
 def targets(scale: float = 1.0, seed: int = 0):
@@ -71,7 +71,7 @@ def test_bad_strength_is_one_sentence(changes, words):
 
 def test_a_run_records_the_plain_weights_it_used(model_path, images):
     """Re-running with the recorded weights as explicit plain weights gives the same image."""
-    from stylefu.core.stylize import stylize
+    from stylefu.core.run.pipeline import stylize
 
     content, style = images
     config = Config(size=48, evaluations=3, levels=1, device="cpu")

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from stylefu.core import Config, load_model
-from stylefu.core.cache import TargetCache, array_hash
-from stylefu.core.paths import cache_dir
-from stylefu.core.targets import compute_targets
+from stylefu.core.io.cache import TargetCache, array_hash
+from stylefu.core.io.paths import cache_dir
+from stylefu.core.method.targets import compute_targets
 
 
 def entries():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stylefu.core.cli import main
-from stylefu.core.images import save_image
+from stylefu.core.cli.main import main
+from stylefu.core.io.images import save_image
 
 FAST = ["--size", "64", "--scales", "1", "--iterations", "4"]
 

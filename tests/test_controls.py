@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from stylefu.core import Config, UserError, color, load_model, losses, stylize
-from stylefu.core.cli import main
-from stylefu.core.images import fit_long_side, resize_array
-from stylefu.core.objective import Objective
-from stylefu.core.targets import compute_targets, region_targets
-from stylefu.core.vgg import STYLE_LAYERS
+from stylefu.core.cli.main import main
+from stylefu.core.io.images import fit_long_side, resize_array
+from stylefu.core.method.objective import Objective
+from stylefu.core.method.targets import compute_targets, region_targets
+from stylefu.core.network.vgg import STYLE_LAYERS
 
 # The plain loss (docs/method.md): these random-weights checks were measured with it.
 RUN = Config(size=64, evaluations=6, levels=1, style_weight=1e6)
@@ -205,7 +205,7 @@ def test_two_styles_two_masks_each_region_takes_its_style(model, images):
         feats = model.engine.features(image.transpose(2, 0, 1)[None], STYLE_LAYERS[:3])
         out = {}
         for region, mask in (("left", left), ("right", right)):
-            from stylefu.core.guides import at_size, layer_masks
+            from stylefu.core.method.guides import at_size, layer_masks
             lm = layer_masks(at_size(mask, 48, 64), STYLE_LAYERS[:3])
             for k, targets in (("style1", g1), ("style2", g2)):
                 out[region, k] = sum(float(losses.style_layer_loss(

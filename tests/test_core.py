@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from stylefu.core import Cancelled, Config, NumericalError, UserError, stylize
-from stylefu.core.losses import gram, style_layer_loss
+from stylefu.core.method.losses import gram, style_layer_loss
 
 
 def run(model_path, images, record=None, content=None, **overrides):
@@ -45,9 +45,11 @@ def test_pixels_are_kept_near_0_to_1(monkeypatch, engine, penalty):
     (1 inside 0..1) so that pixels stay near the range and the clip costs little. On the shifted
     quadratic the optimum of loss x penalty lies 0.013 above 1 (by hand); without it, at 1.5.
     Both engines' loops use the same penalty."""
-    from stylefu.core import onnx_engine, optimise
+    from stylefu.core.engines import steps
+    from stylefu.core.engines.onnx import engine as onnx_engine
+    from stylefu.core.engines.torch import optimise
 
-    monkeypatch.setattr(optimise, "RANGE_PENALTY", penalty)
+    monkeypatch.setattr(steps, "RANGE_PENALTY", penalty)
     start = np.full((1, 3, 8, 8), 0.5, np.float32)
     config = Config()
     if engine == "torch":
@@ -71,7 +73,7 @@ def test_pixels_are_kept_near_0_to_1(monkeypatch, engine, penalty):
 
 
 def test_range_penalty_is_one_inside_and_its_gradient_is_exact():
-    from stylefu.core.optimise import RANGE_PENALTY, range_penalty
+    from stylefu.core.engines.steps import RANGE_PENALTY, range_penalty
 
     inside = torch.rand(1, 3, 5, 7, dtype=torch.float64)
     factor, grad = range_penalty(inside, 2.0)
@@ -187,11 +189,11 @@ def test_cancel_stops_within_one_iteration(model_path, images, kind):
 def test_diverging_loss_is_an_error(model_path, images):
     """Config keeps every number finite and in range, so no option makes a run diverge; the
     optimiser's own NaN guard is exercised below the validation, with a step no Config accepts."""
-    from stylefu.core.images import to_tensor
-    from stylefu.core.model import load_model
-    from stylefu.core.objective import Objective
-    from stylefu.core.optimise import optimise
-    from stylefu.core.targets import compute_targets
+    from stylefu.core.engines.torch.model import load_model
+    from stylefu.core.engines.torch.optimise import optimise
+    from stylefu.core.io.images import to_tensor
+    from stylefu.core.method.objective import Objective
+    from stylefu.core.method.targets import compute_targets
 
     with pytest.raises(UserError, match="--learning-rate must be at most 1"):
         run(model_path, images, optimizer="adam", learning_rate=1e30, precision="fp32")

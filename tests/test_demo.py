@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stylefu.core.demo import demo_photo
-from stylefu.core.paths import cache_dir
+from stylefu.core.io.demo import demo_photo
+from stylefu.core.io.paths import cache_dir
 from stylefu.export import demo, weights
 
 

@@ -57,7 +57,7 @@ def test_dependencies_resolve_on_every_platform(resolved, platform, runtime, pyt
         pytest.skip(f"the package index is unreachable: {done.stderr.strip()[:200]}")
     assert done.returncode == 0, done.stderr
     names = {line.split("==")[0] for line in done.stdout.splitlines() if "==" in line}
-    assert {"torch", "onnx", "numpy", "scipy", "pillow", runtime} <= names
+    assert {"torch", "onnx", "numpy", "pillow", runtime} <= names
     assert ({"onnxruntime", "onnxruntime-gpu"} - {runtime}).isdisjoint(names)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from stylefu.core.errors import UserError
-from stylefu.core.vgg import ARCHITECTURES
+from stylefu.core.network.vgg import ARCHITECTURES
 from stylefu.export import download, weights
 
 
@@ -103,7 +103,7 @@ def test_interrupted_transfer_resumes(server, tmp_path):
 
 def test_export_torchvision_source_end_to_end(server, tmp_path, monkeypatch):
     """`export --weights torchvision` downloads (here from the local server) and records the hash."""
-    from stylefu.core.vgg import read_artifact
+    from stylefu.core.network.vgg import read_artifact
     from stylefu.export import export
 
     monkeypatch.setitem(weights.REMOTE["torchvision"], "vgg19",
@@ -117,7 +117,8 @@ def test_export_torchvision_source_end_to_end(server, tmp_path, monkeypatch):
 
 def test_export_torchvision_vgg16_end_to_end(tmp_path, monkeypatch):
     """`export --arch vgg16` downloads vgg16-*.pth (from a local server) and lays out 11 convolutions."""
-    from stylefu.core.vgg import load_torch_model, read_artifact
+    from stylefu.core.engines.torch.vggnet import load_torch_model
+    from stylefu.core.network.vgg import read_artifact
     from stylefu.export import export
 
     s = Server(make_checkpoint("vgg16"))

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from stylefu.core.engine import MAX_THREADS, FeatureEngine, cuda_is_usable, engine_threads
+from stylefu.core.engines.torch.vggnet import load_torch_model
 from stylefu.core.errors import UserError
-from stylefu.core.vgg import EXPORTED_LAYERS, load_torch_model
+from stylefu.core.network.forward import MAX_THREADS, FeatureEngine, cuda_is_usable, engine_threads
+from stylefu.core.network.vgg import EXPORTED_LAYERS
 
 # ONNX Runtime and torch run the same float32 convolutions with different kernels: the largest
 # difference per output, relative to that output's largest magnitude, stays far below this
@@ -89,7 +90,7 @@ def test_thread_counts_suit_small_and_large_machines(monkeypatch, model_path):
 
 
 def test_engine_starts_without_log_noise(model_path):
-    code = ("from stylefu.core.engine import FeatureEngine; import numpy as np;"
+    code = ("from stylefu.core.network.forward import FeatureEngine; import numpy as np;"
             f"e = FeatureEngine({str(model_path)!r});"
             "e.features(np.zeros((1, 3, 16, 16), np.float32))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -11,10 +11,11 @@ import pytest
 import torch
 from test_download import make_checkpoint
 
-from stylefu.core.cli import main
-from stylefu.core.engine import FeatureEngine
+from stylefu.core.cli.main import main
+from stylefu.core.engines.torch.vggnet import load_torch_model
 from stylefu.core.errors import UserError
-from stylefu.core.vgg import EXPORTED_LAYERS, load_torch_model, read_artifact
+from stylefu.core.network.forward import FeatureEngine
+from stylefu.core.network.vgg import EXPORTED_LAYERS, read_artifact
 from stylefu.export import export
 from stylefu.export.artifact import IR_VERSION, MAX_RELATIVE_ERROR
 

@@ -28,10 +28,10 @@ import test_fuzz
 from PIL import Image
 from test_fuzz import RUN, STYLEFU, assert_refused, cli, run_args, special, strict_records
 
-from stylefu.core import files
-from stylefu.core.batch import BatchItem, remove_stale_temporaries
+from stylefu.core.batch.driver import BatchItem, remove_stale_temporaries
 from stylefu.core.errors import UserError
-from stylefu.core.images import load_image
+from stylefu.core.io import files
+from stylefu.core.io.images import load_image
 
 TIMEOUT = 120  # seconds for one subprocess: far above its run time, far below a hung suite
 world = test_fuzz.world  # the fixture: a scratch folder with inputs, a model and a snapshot
@@ -314,8 +314,8 @@ def test_exports_leave_nothing_behind(tmp_path, monkeypatch):
     """Two exports to one -o at once (other seeds), then a re-export: a whole model; beside it
     exactly its own gradient graph (the loser's and the stale one removed); an empty cache (no
     torch copy named after a temporary file); no temporary file."""
-    from stylefu.core.gradient import sibling_path
-    from stylefu.core.vgg import CONTENT_LAYER, read_artifact
+    from stylefu.core.engines.onnx.gradient import sibling_path
+    from stylefu.core.network.vgg import CONTENT_LAYER, read_artifact
     from stylefu.export import export
 
     cache = tmp_path / "cache"
@@ -421,7 +421,7 @@ def test_the_cache_stays_under_its_limit_least_recently_used_first(world, tmp_pa
     torch copy, the oldest file but read by this run, stays; two older decoys go. `stylefu cache
     status` adds up what is there; `prune --max-mb 0` empties the parts it may delete and keeps
     the model and the downloaded weights."""
-    from stylefu.core.torchnet import load_torch_model, torch_weights_file
+    from stylefu.core.engines.torch.vggnet import load_torch_model, torch_weights_file
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("STYLEFU_CACHE", str(cache))

@@ -27,9 +27,9 @@ import numpy as np
 import pytest
 
 from stylefu.core import Config, UserError, stylize
-from stylefu.core.cli import build_parser, main
-from stylefu.core.demo import demo_content, demo_style
-from stylefu.core.images import load_image, save_image
+from stylefu.core.cli.main import build_parser, main
+from stylefu.core.io.demo import demo_content, demo_style
+from stylefu.core.io.images import load_image, save_image
 
 STYLEFU = Path(sys.executable).with_name("stylefu")
 RUN = ["--size", "64", "--iterations", "3", "--scales", "1"]
@@ -561,7 +561,7 @@ def test_internal_error_exit_1_with_json_event(world, capsys, monkeypatch):
     still ends the JSON stream with an error event."""
     import importlib
 
-    module = importlib.import_module("stylefu.core.stylize")
+    module = importlib.import_module("stylefu.core.run.pipeline")
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")

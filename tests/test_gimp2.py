@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stylefu.core.cli import main
-from stylefu.core.demo import demo_content, demo_style
+from stylefu.core.cli.main import main
+from stylefu.core.io.demo import demo_content, demo_style
 from stylefu.plugin import installer
 
 STANDIN = Path(__file__).resolve().parent / "gimpfu_standin"

@@ -22,8 +22,8 @@ import pytest
 from conftest import CPU_PATH_ENV
 from PIL import Image
 
-from stylefu.core.cli import main
-from stylefu.core.demo import demo_content, demo_photo, demo_style
+from stylefu.core.cli.main import main
+from stylefu.core.io.demo import demo_content, demo_photo, demo_style
 from stylefu.plugin import installer
 
 REPO = Path(__file__).resolve().parents[1]

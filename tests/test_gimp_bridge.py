@@ -15,10 +15,10 @@ import time
 import numpy as np
 import pytest
 
-from stylefu.core.cli import build_parser, main
-from stylefu.core.config import PRESETS, STRENGTH_NEUTRAL, Config
-from stylefu.core.guides import Inverse, load_mask
-from stylefu.core.vgg import MIN_SIDE
+from stylefu.core.cli.main import build_parser, main
+from stylefu.core.method.config import PRESETS, STRENGTH_NEUTRAL, Config
+from stylefu.core.method.guides import Inverse, load_mask
+from stylefu.core.network.vgg import MIN_SIDE
 from stylefu.plugin import installer
 
 bridge = installer.load_bridge()
@@ -51,7 +51,7 @@ def test_npy_files_without_numpy_round_trip(tmp_path):
 
 
 def test_style_strength_maps_to_decades_of_style_weight():
-    from stylefu.core.balance import style_weight_for
+    from stylefu.core.method.balance import style_weight_for
 
     base = style_weight_for(50)
     assert style_weight_for(None) == base

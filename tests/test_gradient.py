@@ -12,13 +12,13 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
 from stylefu.core import Config  # noqa: E402
-from stylefu.core.gradient import build_gradient_graph  # noqa: E402
-from stylefu.core.lbfgs import LBFGS  # noqa: E402
-from stylefu.core.model import load_model  # noqa: E402
-from stylefu.core.objective import Objective  # noqa: E402
-from stylefu.core.onnx_engine import GradientSession, OnnxObjective  # noqa: E402
-from stylefu.core.targets import StyleTerm, Targets  # noqa: E402
-from stylefu.core.vgg import STYLE_LAYERS  # noqa: E402
+from stylefu.core.engines.onnx.engine import GradientSession, OnnxObjective  # noqa: E402
+from stylefu.core.engines.onnx.gradient import build_gradient_graph  # noqa: E402
+from stylefu.core.engines.onnx.lbfgs import LBFGS  # noqa: E402
+from stylefu.core.engines.torch.model import load_model  # noqa: E402
+from stylefu.core.method.objective import Objective  # noqa: E402
+from stylefu.core.method.targets import StyleTerm, Targets  # noqa: E402
+from stylefu.core.network.vgg import STYLE_LAYERS  # noqa: E402
 
 LIMIT = 1e-4  # relative to the gradient's largest entry
 # Across a kink (a ReLU input or a max-pool pair within float32 rounding of each other) two exact

@@ -8,7 +8,7 @@ from conftest import rgb_noise
 from PIL import Image
 
 from stylefu.core.errors import UserError
-from stylefu.core.images import load_image, save_image
+from stylefu.core.io.images import load_image, save_image
 
 
 def test_exif_orientation_is_applied(tmp_path):

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from stylefu.core.cli import main
-from stylefu.core.config import STRENGTH_NEUTRAL, Config
+from stylefu.core.cli.main import main
 from stylefu.core.errors import UserError
+from stylefu.core.method.config import STRENGTH_NEUTRAL, Config
 from stylefu.plugin import installer
 
 

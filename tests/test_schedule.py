@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from stylefu.core import Config, stylize
-from stylefu.core.config import PRESETS, SCHEDULE_FIELDS
+from stylefu.core.engines.steps import EARLY_STOP_WINDOW, should_stop
+from stylefu.core.engines.torch.model import cpu_has_fast_bf16, load_model, resolve_precision
+from stylefu.core.engines.torch.optimise import optimise
 from stylefu.core.errors import UserError
-from stylefu.core.model import cpu_has_fast_bf16, load_model, resolve_precision
-from stylefu.core.objective import Objective
-from stylefu.core.optimise import EARLY_STOP_WINDOW, optimise, should_stop
-from stylefu.core.stylize import level_sizes
-from stylefu.core.targets import compute_targets
+from stylefu.core.method.config import PRESETS, SCHEDULE_FIELDS
+from stylefu.core.method.objective import Objective
+from stylefu.core.method.targets import compute_targets
+from stylefu.core.run.pipeline import level_sizes
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
@@ -113,7 +114,7 @@ def test_emulated_bf16_is_said(model_path, tmp_path):
 
     from PIL import Image
 
-    from stylefu.core.demo import demo_content
+    from stylefu.core.io.demo import demo_content
 
     Image.fromarray((demo_content(32, 32) * 255).astype("uint8")).save(tmp_path / "c.png")
     env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2")

@@ -25,10 +25,10 @@ from test_faults import TIMEOUT, graphs_beside, leftovers, stylefu
 from test_fuzz import RUN, first_line, strict_records
 
 from stylefu.core import Cancelled, Config, stylize
-from stylefu.core.cache import cache_entries, cache_limit
-from stylefu.core.cli import main
-from stylefu.core.demo import demo_content, demo_style
-from stylefu.core.images import load_image, save_image
+from stylefu.core.cli.main import main
+from stylefu.core.io.cache import cache_entries, cache_limit
+from stylefu.core.io.demo import demo_content, demo_style
+from stylefu.core.io.images import load_image, save_image
 
 
 def inputs(folder: Path) -> tuple[Path, Path]:
@@ -68,8 +68,9 @@ def test_export_while_runs_read_the_model(tmp_path, monkeypatch, capsys):
     entry of one model stored under the other's key), and nothing is left behind: no temporary
     file, only the current model's gradient graph beside M, in the cache only the two models'
     torch copies and target entries, as `stylefu cache status` counts them."""
-    from stylefu.core.gradient import sibling_path
-    from stylefu.core.vgg import CONTENT_LAYER, read_artifact, torch_weights_file
+    from stylefu.core.engines.onnx.gradient import sibling_path
+    from stylefu.core.engines.torch.vggnet import torch_weights_file
+    from stylefu.core.network.vgg import CONTENT_LAYER, read_artifact
 
     cache, models, work = tmp_path / "cache", tmp_path / "models", tmp_path / "w"
     models.mkdir()
@@ -147,7 +148,7 @@ def test_compiled_runs_share_one_compile_cache(model_path, tmp_path, monkeypatch
     core/compiled.py: the cache's inductor-<torch>), then one more: all exit 0 compiled, the
     same bytes, the later one loading the compiled code faster than the three compiled it;
     nothing of ours left behind."""
-    from stylefu.core import compiled
+    from stylefu.core.engines.torch import compiled
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("STYLEFU_CACHE", str(cache))

@@ -8,11 +8,11 @@ import torch
 from PIL import Image
 
 from stylefu.core import Config, load_model, losses, stylize, tiling
-from stylefu.core.cli import main
-from stylefu.core.demo import demo_content, demo_style
-from stylefu.core.objective import evaluate
-from stylefu.core.targets import compute_targets
-from stylefu.core.vgg import STYLE_LAYERS
+from stylefu.core.cli.main import main
+from stylefu.core.io.demo import demo_content, demo_style
+from stylefu.core.method.objective import evaluate
+from stylefu.core.method.targets import compute_targets
+from stylefu.core.network.vgg import STYLE_LAYERS
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_tiled_grams_match_the_whole_image(model):
     mask = torch.zeros(1, 1, 96, 128)
     mask[..., 40:] = 1.0
     guided = tiling.gram_sum(tiling.tiled_pass(model.engine, [image], STYLE_LAYERS[:2], 96, 32), mask)
-    from stylefu.core.guides import layer_masks
+    from stylefu.core.method.guides import layer_masks
     lm = layer_masks(mask, STYLE_LAYERS[:2])
     for name in STYLE_LAYERS[:2]:
         exact = losses.gram(torch.from_numpy(feats[name]), lm[name])
@@ -92,7 +92,7 @@ def test_tiled_grams_match_the_whole_image(model):
 
 
 def test_seam_ratio_detects_a_seam():
-    from stylefu.core.images import resize_array
+    from stylefu.core.io.images import resize_array
     image = resize_array(np.random.default_rng(0).random((6, 8, 3), dtype=np.float32), 120, 160)
     cores = [core for core, _ in tiling.core_grid(120, 160, 64, 16, (16, 16))]
     assert tiling.seam_ratio(image, [cores]) < 1.5
@@ -135,15 +135,15 @@ def test_too_large_for_memory_is_tiled_automatically_and_said(model_path, tmp_pa
 
 
 def test_out_of_memory_becomes_a_clear_error(model, monkeypatch):
-    import importlib
-    module = importlib.import_module("stylefu.core.stylize")
+    from stylefu.core.engines.torch import runner
+    from stylefu.core.errors import UserError
 
     def explode(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
                            "allocate memory: you tried to allocate 81604378624 bytes.")
-    monkeypatch.setattr(module, "optimise", explode)
+    monkeypatch.setattr(runner, "optimise", explode)
     content, style = demo_content(48, 64), demo_style(64)
-    with pytest.raises(module.UserError, match="Ran out of memory at 64x48 px.*--crop-side"):
+    with pytest.raises(UserError, match="Ran out of memory at 64x48 px.*--crop-side"):
         stylize(content, style, config=Config(size=64, evaluations=1, levels=1), model=model)
 
 

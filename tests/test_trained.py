@@ -15,12 +15,12 @@ import sys
 import numpy as np
 from scipy import ndimage
 
-from stylefu.core.config import Config
-from stylefu.core.demo import demo_style
-from stylefu.core.images import fit_long_side, resize_array
-from stylefu.core.model import load_model
-from stylefu.core.stylize import stylize
-from stylefu.core.vgg import STYLE_LAYERS
+from stylefu.core.engines.torch.model import load_model
+from stylefu.core.io.demo import demo_style
+from stylefu.core.io.images import fit_long_side, resize_array
+from stylefu.core.method.config import Config
+from stylefu.core.network.vgg import STYLE_LAYERS
+from stylefu.core.run.pipeline import stylize
 
 # Floors, from `python tests/test_trained.py DIR` (160 px, trained VGG16 / random VGG16 weights):
 EDGE_FLOOR = 0.2  # edge r, painting vs photo: trained 0.34 (random keeps edges too: 0.44)
@@ -49,7 +49,7 @@ def relative_gram_error(model, image: np.ndarray, style: np.ndarray) -> float:
     """Mean over style layers of |G(image) - G(style)| / |G(style)| (Frobenius), by ONNX Runtime."""
     import torch
 
-    from stylefu.core.losses import gram
+    from stylefu.core.method.losses import gram
 
     def grams(rgb):
         feats = model.engine.features(rgb.transpose(2, 0, 1)[None].copy(), STYLE_LAYERS)
@@ -88,8 +88,8 @@ def ranking(model_path) -> list[tuple[str, float]]:
     """Style distances the preview reports (plain loss) for candidates, nearest first. 'cat-gray'
     is made from the content photo itself: another crop (the right half, mirrored) without its
     colours, so only its texture can make it the nearest."""
-    from stylefu.core.images import Picture
-    from stylefu.core.preview import preview
+    from stylefu.core.io.images import Picture
+    from stylefu.core.run.preview import preview
 
     content = photo("chelsea", 128)
     cat = photo("chelsea", 256)[:, 128:][:, ::-1]
@@ -147,7 +147,7 @@ if __name__ == "__main__":  # print the measured figures behind the floors
     import tempfile
     from pathlib import Path
 
-    from stylefu.core.images import save_image
+    from stylefu.core.io.images import save_image
     from stylefu.export import export
 
     out = Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp())  # then --no-synthesis

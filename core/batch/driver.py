@@ -1,0 +1,594 @@
+"""Batches: many images through one machinery, on local worker processes or on Ray.
+
+    from stylefu.core import BatchItem, Config, stylize_many
+    items = [BatchItem("a.jpg", ("starry.jpg",), "out/a.png"),
+             BatchItem("b.jpg", ("starry.jpg",), "out/b.png")]
+    for result in stylize_many(items, Config(size=512)):
+        print(result.item.output, result.status, result.error)
+
+`stylize_many` yields one `ItemResult` per item in completion order, after writing its output
+(atomically: a temporary name, then a rename). A bad item is a failed result with its message;
+the others go on. Work done once: the style targets of every style and working size are computed
+before the workers start (into the on-disk target cache, core/cache.py, which every local worker
+reads; Ray gets the entries through its object store), and each worker loads the model once.
+The `stylefu batch` command is this iterator plus the manifest (`Manifest`), `--resume`
+(`pending`) and a progress display.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import json
+import multiprocessing
+import os
+import queue
+import re
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..engines.steps import is_cancelled
+from ..errors import Cancelled, UserError
+from ..io.files import check_input_file
+from ..method.config import Config
+from .items import (
+    RETRIES,
+    BatchItem,
+    ItemResult,
+    RunOptions,
+    default_workers,
+    finish,
+    run_item,
+    set_threads,
+    worker_threads,
+)
+
+MANIFEST_NAME = "manifest.jsonl"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".npy")
+DEFAULT_PATTERN = "{stem}.png"
+EACH_PATTERN = "{stem}-{style}.png"  # --styles-each: one output per input x style pair
+STOP_GRACE_S = 20.0  # after a cancel, how long workers get to stop before they are terminated
+
+
+
+
+
+
+
+
+# ----------------------------------------------------------------------------- inputs and names
+
+def _natural_key(path: Path) -> list:
+    """frame2 before frame10: digit runs compare as numbers."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(path))]
+
+
+def expand_inputs(specs: Sequence[str]) -> list[Path]:
+    """Folders (their images), globs, `@list.txt` (one path a line, relative to the list's folder,
+    `#` comments) and plain paths, in natural order within each spec, duplicates dropped.
+
+    A plain path is kept even when it does not exist (that item fails alone); a folder without
+    images, a glob without matches or a missing list file is the user's error.
+    """
+    found: list[Path] = []
+    for spec in specs:
+        if spec.startswith("@"):
+            listing = check_input_file(spec[1:], "List file")  # a FIFO would block the read
+            try:
+                lines = [line.strip() for line in listing.read_text().splitlines()]
+            except (OSError, UnicodeDecodeError):
+                raise UserError(f"List file {listing} is not readable text; give @PATH to a text "
+                                "file with one image path a line.") from None
+            found += [p if p.is_absolute() else listing.parent / p
+                      for p in (Path(line) for line in lines if line and not line.startswith("#"))]
+        elif Path(spec).is_dir():
+            images = sorted((p for p in Path(spec).iterdir()
+                             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+            if not images:
+                raise UserError(f"The folder {spec} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+            found += images
+        elif glob.has_magic(spec) and not Path(spec).exists():
+            matches = sorted((Path(p) for p in glob.glob(spec, recursive=True)), key=_natural_key)
+            if not matches:
+                raise UserError(f"No file matches {spec!r}; check the pattern (quote it so the shell "
+                                "does not expand it).")
+            found += matches
+        else:
+            found.append(Path(spec))
+    return list(dict.fromkeys(found))
+
+
+def output_name(pattern: str, index: int, source: Path, styles: Sequence[str]) -> str:
+    """The output file name: `pattern` with {stem}, {name}, {ext}, {index}, {style} filled in
+    ({style}: the style file stems, joined by '+' when several blend)."""
+    values = {"stem": source.stem, "name": source.name, "ext": source.suffix.lstrip("."),
+              "index": index, "style": "+".join(Path(s).stem for s in styles)}
+    try:
+        name = pattern.format(**values)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UserError(f"--name {pattern!r} is not a usable pattern ({exc}); use fields "
+                        "{stem}, {name}, {ext}, {index}, {style}.") from None
+    if not Path(name).suffix:
+        name += ".png"
+    return name
+
+
+def make_items(inputs: Sequence[Path], styles: Sequence[str], outdir: Path,
+               pattern: str | None = None, styles_each: bool = False) -> list[BatchItem]:
+    """Every input with all styles blended, or (`styles_each`) every input x style pair; each
+    output named by `pattern` inside `outdir`. Two items with one output name are an error."""
+    pattern = pattern or (EACH_PATTERN if styles_each else DEFAULT_PATTERN)
+    groups = [(s,) for s in styles] if styles_each else [tuple(styles)]
+    items, seen = [], {}
+    for i, source in enumerate(inputs):
+        for group in groups:
+            output = outdir / output_name(pattern, i, source, group)
+            if output in seen:
+                raise UserError(f"{seen[output]} and {source} would both be written to {output}; "
+                                "give --name a pattern with {index} or {style} to tell them apart.")
+            seen[output] = source
+            items.append(BatchItem(str(source), tuple(str(s) for s in group), str(output)))
+    return items
+
+
+# ----------------------------------------------------------------------------- manifest and resume
+
+def config_hash(config: Config, model_path: str | Path, options: RunOptions = RunOptions()) -> str:
+    """A short hash of everything that changes an output besides its input and styles: the config,
+    the model file and the run options. --resume redoes items whose hash differs."""
+    from ..io.cache import model_hash
+
+    text = json.dumps({"config": asdict(config), "model": model_hash(model_path),
+                       "options": asdict(options)}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_manifest(path: Path) -> dict[str, dict]:
+    """The last entry per output of a manifest; a line cut short by a kill is ignored."""
+    entries: dict[str, dict] = {}
+    if not path.is_file():
+        return entries
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and entry.get("output"):
+            entries[entry["output"]] = entry
+    return entries
+
+
+class Manifest:
+    """OUTDIR/manifest.jsonl, one JSON line per finished item, appended and synced to disk as each
+    finishes: a killed batch leaves a true record up to its last finished item."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = None
+
+    def append(self, entry: dict) -> None:
+        if self._file is None:
+            self._file = open(self.path, "a+b")
+            self._file.seek(0, os.SEEK_END)
+            if self._file.tell():  # a line cut short by an earlier kill must not swallow ours
+                self._file.seek(-1, os.SEEK_END)
+                if self._file.read(1) != b"\n":
+                    self._file.write(b"\n")
+        self._file.write((json.dumps(entry) + "\n").encode())
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def pending(items: Sequence[BatchItem], manifest: Path, chash: str) -> tuple[list[int], list[int]]:
+    """(indices to run, indices skipped): an item is skipped when its output exists and the
+    manifest's last entry for it succeeded with the same config hash, input and styles."""
+    entries = read_manifest(manifest)
+    todo, done = [], []
+    for i, item in enumerate(items):
+        entry = entries.get(item.output or "")
+        same = (entry is not None and entry.get("status") == "ok" and entry.get("config_hash") == chash
+                and entry.get("input") == item.input and entry.get("styles") == list(item.styles))
+        (done if same and Path(item.output).is_file() else todo).append(i)
+    return todo, done
+
+
+def remove_stale_temporaries(items: Iterable[BatchItem]) -> None:
+    """Delete temporary files a killed batch left beside its outputs; those of a writer still
+    alive (another batch into the same folder) stay (files.remove_stale_temporaries)."""
+    from ..io.files import remove_stale_temporaries as remove
+
+    remove(item.output for item in items if item.output)
+
+
+def check_shared_inputs(items: Sequence[BatchItem], config: Config, options: RunOptions) -> None:
+    """Every style, mask and `--init` file a regular, readable file, before any work (one
+    UserError naming it); an input image is checked in its own item, which alone fails."""
+    shared = {s for item in items for s in item.styles}
+    shared |= {str(getattr(m, "source", m)) for m in options.masks}  # guides.Inverse: its file
+    if config.init not in ("content", "noise"):
+        shared.add(config.init)
+    for path in sorted(shared):
+        check_input_file(path)
+
+
+# ----------------------------------------------------------------------------- one item (any worker)
+
+
+
+
+
+
+
+
+
+
+
+# ----------------------------------------------------------------------------- style targets once
+
+def _working_sizes(items: Sequence[BatchItem], config: Config) -> dict[tuple[str, ...], set]:
+    """Per style group, every working size its items will run at (from the inputs' headers)."""
+    from PIL import Image
+
+    from ..run.pipeline import level_sizes
+
+    sizes: dict[tuple[str, ...], set] = {}
+    for item in items:
+        try:
+            check_input_file(item.input)  # a FIFO or device would block the read: its item fails
+            if item.input.lower().endswith(".npy"):
+                h, w = np.load(item.input, mmap_mode="r", allow_pickle=False).shape[:2]
+            else:
+                with Image.open(item.input) as image:
+                    w, h = image.size
+        except Exception:  # noqa: BLE001 - a bad input fails in its own item, with its message
+            continue
+        sizes.setdefault(item.styles, set()).update(level_sizes(h, w, config))
+    return sizes
+
+
+def precompute_targets(model, items: Sequence[BatchItem], config: Config) -> list[Path]:
+    """Compute every style's Gram targets at every working size of the batch once, into the
+    on-disk target cache that all workers read; returns the cache entries used (for Ray).
+
+    Skipped with colour preservation (each style is first fitted to its content's colours, so no
+    two items share a target). A style that cannot be read is the user's error, for the batch.
+    """
+    from ..io.cache import target_cache
+    from ..io.images import check_min_side, load_image
+    from ..method.targets import target_arrays
+
+    styles = {s: load_image(s, f"style {Path(s).name}") for item in items for s in item.styles}
+    for picture in styles.values():
+        check_min_side(picture)
+    if config.preserve_colors != "none":
+        return []
+    cache = target_cache(model)
+    since = time.time() - 1.0  # entries fetched (their time is refreshed) or written from now on
+    for group, sizes in _working_sizes(items, config).items():
+        for size in sorted(sizes):
+            try:
+                target_arrays(model, None, [styles[s].rgb for s in group], size, config,
+                              content_features=False)
+            except UserError:
+                pass  # e.g. a blend weight count that does not match: every item says so
+    return [p for p in cache.root.glob("*/*.npz") if p.stat().st_mtime >= since]
+
+
+# ----------------------------------------------------------------------------- local worker processes
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    model: str
+    device: str
+    threads: int
+    config: Config
+    options: RunOptions
+    progress: bool
+
+
+def _worker_main(wid: int, setup: WorkerSetup, tasks, results, cancel) -> None:
+    """`results`: this worker's own pipe to the driver (a worker killed mid-write can then break
+    only its own channel, never a lock the others share); `cancel`: a lock-free shared flag."""
+    cancelled = lambda: bool(cancel.value)  # noqa: E731
+    """A worker process: load the model once, then run the items it is given until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    set_threads(setup.threads)
+    from ..engines import load_engine_model
+
+    try:
+        model = load_engine_model(setup.model, setup.config)
+    except Exception as exc:  # noqa: BLE001
+        results.send(("broken", wid, f"{type(exc).__name__}: {exc}"))
+        return
+    results.send(("ready", wid, None))
+    parent = os.getppid()
+    while True:
+        try:
+            task = tasks.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:  # the driver was killed: nobody wants our results
+                return
+            continue
+        if task is None:
+            return
+        index, item, init, previous = task
+
+        def progress(record: dict, index=index) -> None:
+            results.send(("progress", wid, (index, record)))
+        try:
+            payload = run_item(model, item, setup.config, setup.options, init, previous,
+                               progress if setup.progress else None, cancelled)
+        except Cancelled:
+            results.send(("cancelled", wid, index))
+            continue
+        payload.pop("trace", None)
+        results.send(("done", wid, (index, payload)))
+
+
+class LocalPool:
+    """`workers` spawned processes, each with its own task queue, so the driver always knows which
+    item a worker holds: a worker that dies has its item tried again once, on a new worker."""
+
+    def __init__(self, setup: WorkerSetup, workers: int, gpus: int = 0):
+        self.ctx = multiprocessing.get_context("spawn")
+        self.setup, self.gpus = setup, gpus
+        self.cancel = self.ctx.RawValue("b", 0)  # no lock: a killed worker cannot hold it
+        self.procs: dict[int, tuple] = {}
+        self.next_id = 0
+        for _ in range(workers):
+            self.start_worker()
+
+    def start_worker(self) -> int:
+        wid, self.next_id = self.next_id, self.next_id + 1
+        tasks = self.ctx.Queue()
+        reader, writer = self.ctx.Pipe(duplex=False)
+        env = {"OMP_NUM_THREADS": str(self.setup.threads)}
+        if self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(wid % self.gpus)  # one GPU per worker
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # a spawned child copies the environment when it starts
+        try:
+            proc = self.ctx.Process(target=_worker_main, daemon=True, name=f"stylefu-worker-{wid}",
+                                    args=(wid, self.setup, tasks, writer, self.cancel))
+            proc.start()
+            writer.close()  # the worker holds the only writing end: its death reads as EOF
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        self.procs[wid] = (proc, tasks, reader)
+        return wid
+
+    def send(self, wid: int, task) -> None:
+        self.procs[wid][1].put(task)
+
+    def get(self, timeout: float):
+        """The next message from any worker, or None after `timeout` seconds."""
+        from multiprocessing.connection import wait
+
+        readers = {entry[2]: wid for wid, entry in self.procs.items()}
+        for reader in wait(list(readers), timeout):
+            try:
+                return reader.recv()
+            except (EOFError, OSError):
+                self.procs[readers[reader]][1].put(None)  # gone: dead() reports it
+        return None
+
+    def dead(self) -> list[tuple[int, int | None]]:
+        """(worker id, exit code) of workers that have ended; they are forgotten."""
+        gone = [(wid, proc.exitcode) for wid, (proc, *_) in self.procs.items() if not proc.is_alive()]
+        for wid, _ in gone:
+            del self.procs[wid]
+        return gone
+
+    def close(self, cancel: bool = False) -> None:
+        if cancel:
+            self.cancel.value = 1
+        for _, tasks, _ in self.procs.values():
+            tasks.put(None)
+        deadline = time.monotonic() + (STOP_GRACE_S if cancel else 60.0)
+        while time.monotonic() < deadline and any(p.is_alive() for p, *_ in self.procs.values()):
+            for _, _, reader in self.procs.values():
+                with contextlib.suppress(OSError, EOFError):
+                    while reader.poll():  # a worker cannot exit while its last message fills the pipe
+                        reader.recv()
+            time.sleep(0.05)
+        for proc, *_ in self.procs.values():
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+
+
+def _run_local(items: list[tuple[int, BatchItem]], config: Config, model_path: str, device: str,
+               options: RunOptions, workers: int, gpus: int, on_progress, cancel,
+               keep_images: bool) -> Iterator[ItemResult]:
+    workers = min(workers, len(items))
+    setup = WorkerSetup(model_path, device, worker_threads(workers) if not gpus else 1, config,
+                        options, on_progress is not None)
+    todo = list(items)
+    by_index = dict(items)
+    attempts: dict[int, int] = {}
+    held: dict[int, int] = {}  # worker id -> item index
+    idle: list[int] = []
+    pool = LocalPool(setup, workers, gpus)
+    finished = False
+    try:
+        while todo or held:
+            if is_cancelled(cancel):
+                raise Cancelled("Cancelled.")
+            while idle and todo:
+                index, item = todo.pop(0)
+                wid = idle.pop(0)
+                attempts[index] = attempts.get(index, 0) + 1
+                held[wid] = index
+                pool.send(wid, (index, item, None, None))
+            message = pool.get(0.2)
+            if message is None:
+                for wid, code in pool.dead():
+                    if wid in idle:
+                        idle.remove(wid)
+                    index = held.pop(wid, None)
+                    if index is None:
+                        continue
+                    payload = {"status": "failed", "retry": True,
+                               "error": f"the worker process died (exit code {code})"}
+                    result = _settle(index, by_index[index], payload, attempts, todo, options,
+                                     keep_images)
+                    if result is not None:
+                        yield result
+                    if todo:
+                        pool.start_worker()
+                if not pool.procs and todo:
+                    raise UserError("Every worker process ended before the batch could run.")
+                continue
+            kind, wid, body = message
+            if kind == "ready":
+                idle.append(wid)
+            elif kind == "broken":
+                raise UserError(f"A worker could not load the model: {body}")
+            elif kind == "progress":
+                on_progress(*body)
+            elif kind == "done":
+                index, payload = body
+                held.pop(wid, None)
+                idle.append(wid)
+                result = _settle(index, by_index[index], payload, attempts, todo, options, keep_images)
+                if result is not None:
+                    yield result
+        finished = True
+    finally:
+        pool.close(cancel=not finished)
+
+
+def _settle(index, item, payload, attempts, todo, options, keep_images) -> ItemResult | None:
+    """The item's result, or None when it goes back in the queue for its one retry."""
+    if payload["status"] != "ok" and payload.get("retry") and attempts[index] <= RETRIES:
+        todo.insert(0, (index, item))
+        return None
+    return finish(index, item, payload, options, attempts[index], keep_images)
+
+
+
+
+# ----------------------------------------------------------------------------- the API
+
+def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = None, *,
+                 model: str | Path | None = None, workers: int | None = None,
+                 ray: str | bool | None = None, options: RunOptions = RunOptions(),
+                 skip: Iterable[int] = (), progress: Callable[[int, dict], None] | None = None,
+                 cancel=None, keep_images: bool = False) -> Iterator[ItemResult]:
+    """Stylize many items; yield an ItemResult per item as each finishes (completion order).
+
+    `items`: BatchItem or (input, styles, output) tuples; results' `index` is the item's position.
+    `workers`: local worker processes (default `default_workers()`: one per GPU, else one per
+    THREADS_PER_WORKER cores), each with its share of the cores. `ray`: run the items as Ray
+    tasks instead, on the cluster at this address (True or "local": a local cluster). `options`:
+    bits, keep_size, masks, and `frames` (one item at a time, each starting from the previous
+    result; `warp` moves it along the motion first). `skip`: indices not to run (--resume; with
+    frames the skipped outputs still seed the next frame). `progress(index, record)` gets each
+    evaluation's figures. `cancel` (threading.Event or callable) stops the batch: items in flight
+    are dropped, nothing half-written stays. Raises UserError before any work for a bad style,
+    model or option; a bad input is only a failed result.
+    """
+    from ..engines import load_engine_model
+
+    config = (config or Config()).validate()
+    items = [i if isinstance(i, BatchItem) else BatchItem(str(i[0]), tuple(map(str, i[1])),
+                                                          None if len(i) < 3 or i[2] is None
+                                                          else str(i[2])) for i in items]
+    skip = set(skip)
+    check_shared_inputs(items, config, options)
+    loaded = load_engine_model(model, config)
+    remove_stale_temporaries(items)
+    entries = precompute_targets(loaded, [it for i, it in enumerate(items) if i not in skip], config)
+    work = [(i, it) for i, it in enumerate(items)]
+    if options.frames:
+        yield from _frames(work, skip, config, loaded, options, workers, ray, progress, cancel,
+                           keep_images, entries)
+        return
+    work = [(i, it) for i, it in work if i not in skip]
+    if not work:
+        return
+    if ray is not None and ray is not False:
+        from .ray_pool import run_ray
+
+        yield from run_ray(work, config, loaded, options, workers, ray, progress, cancel, keep_images,
+                           entries=entries)
+        return
+    gpus = 0
+    if str(loaded.device).startswith("cuda"):
+        import torch
+
+        gpus = torch.cuda.device_count()
+    yield from _run_local(work, config, str(loaded.path), config.device, options,
+                          workers or default_workers(gpus=gpus, config=config), gpus, progress, cancel,
+                          keep_images)
+
+
+def _frames(work, skip, config, loaded, options, workers, ray, progress, cancel, keep_images, entries):
+    """Frames in order: runs of frames to do, each run seeded by the frame before it (done now or
+    skipped by --resume: its output is read back)."""
+    previous: tuple[np.ndarray, str] | None = None
+    k = 0
+    while k < len(work):
+        if work[k][0] in skip:
+            from ..io.images import load_image
+            index, item = work[k]
+            previous = (load_image(item.output).rgb, item.input) if item.output else None
+            k += 1
+            continue
+        run = []
+        while k < len(work) and work[k][0] not in skip:
+            run.append(work[k])
+            k += 1
+        seeded = previous
+        if ray is not None and ray is not False:
+            from .ray_pool import run_ray
+            yield from run_ray(run, config, loaded, options, workers, ray, progress, cancel,
+                               keep_images, seed=seeded, entries=entries)
+        else:
+            yield from _run_local_seeded(run, config, loaded, options, progress, cancel,
+                                         keep_images, seeded)
+        previous = None
+
+
+def _run_local_seeded(run, config, loaded, options, progress, cancel, keep_images, seeded):
+    """Frames run in this process, one after another with the process's own threads (a chain
+    cannot be split over workers without breaking it; the caller's thread settings are kept)."""
+    previous = seeded
+    for index, item in run:
+        if is_cancelled(cancel):
+            raise Cancelled("Cancelled.")
+        init, before = previous if previous else (None, None)
+
+        def report(record: dict, index=index) -> None:
+            if progress is not None:
+                progress(index, record)
+        attempts = 0
+        while True:
+            attempts += 1
+            payload = run_item(loaded, item, config, options, init, before, report, cancel)
+            if payload["status"] == "ok" or not payload.get("retry") or attempts > RETRIES:
+                break
+        result = finish(index, item, payload, options, attempts, True)
+        previous = (result.image, item.input) if result.ok else None
+        if not keep_images and item.output:
+            result.image = result.alpha = None
+        yield result
+
+
+__all__ = ["BatchItem", "ItemResult", "RunOptions", "stylize_many", "expand_inputs", "make_items",
+           "config_hash", "read_manifest", "Manifest", "pending", "default_workers", "run_item"]

@@ -1,0 +1,193 @@
+"""The Ray engine of `stylize_many` (`stylefu batch --ray [ADDRESS]`); imported only when asked for.
+
+Each item is one Ray task asking for its share of cores (`num_cpus` = the threads it runs with) or
+one GPU. What the tasks need travels through Ray's object store, put there once by the driver:
+the model file (~80 MB), the style images, the precomputed style-target cache entries and each
+input's bytes. Why the object store and not a shared path: a Ray cluster promises no shared file
+system, and the object store moves each object to a node once, where every task on that node reads
+it; a task writes the model and the target entries into its node's cache folder only when they are
+not there already (keyed by content hash), so a worker process loads the model once and the style
+targets are never recomputed. Results come back as arrays and the driver writes the outputs and
+the manifest, exactly as with local workers: the same files from both engines.
+
+A task that raises (an unexpected error) or is lost (its worker or node died) is retried once by
+Ray (`max_retries`, `retry_exceptions`), then recorded as failed; a user's error (a bad input) is a
+failed result at once. Stylefu must be installed on every node (`pip install stylefu[ray]`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import Cancelled, UserError
+from ..method.config import Config
+from .items import RETRIES, ItemResult, RunOptions, default_workers, finish, worker_threads
+
+WAIT_S = 0.2  # how often the driver looks at the cancel token while tasks run
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--ray needs Ray, which is not installed; run "
+                        "`pip install 'stylefu[ray]'` or leave out --ray.") from None
+    return ray
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return None  # the task opens the path itself and fails with the usual message
+
+
+def _materialize(folder: Path, name: str, data: bytes) -> Path:
+    """`data` as folder/<its hash>/name on this node (written once, atomically)."""
+    path = folder / hashlib.sha256(data).hexdigest()[:24] / name
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return path
+
+
+def _task(index: int, item, input_bytes: bytes | None, shared: list, config: Config,
+          options: RunOptions, threads: int, init, previous: tuple[str, bytes | None] | None) -> dict:
+    """One item on a Ray worker. `shared` holds (not resolved by Ray) the one reference to the
+    model, styles and target entries, fetched only when this node lacks them."""
+    import ray
+
+    from ..engines import load_engine_model
+    from ..io.cache import model_hash
+    from ..io.paths import cache_dir
+    from .items import BatchItem, run_item, set_threads
+
+    set_threads(threads)
+    info = ray.get(shared[0])  # small: names, hashes and the references to the big parts
+    root = cache_dir() / "ray"
+    model_path = Path(info["model_path"])
+    if not (model_path.is_file() and model_hash(model_path) == info["model_sha"]):
+        model_path = root / "models" / info["model_sha"][:24] / "model.onnx"  # as _materialize names it
+        if not model_path.is_file():
+            model_path = _materialize(root / "models", "model.onnx", ray.get(info["model"]))
+    for relative, data in ray.get(info["targets"]).items():
+        entry = cache_dir() / "targets" / relative
+        if not entry.is_file():
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, entry)
+    styles = ray.get(info["styles"])
+    renames: dict[str, str] = {}
+    local = []
+    for style in item.styles:
+        data = styles.get(style)
+        local.append(str(_materialize(root / "inputs", Path(style).name, data)) if data else style)
+    with tempfile.TemporaryDirectory(prefix="stylefu-ray-") as tmp:
+        source = item.input
+        if input_bytes is not None:
+            source = str(Path(tmp) / Path(item.input).name)
+            Path(source).write_bytes(input_bytes)
+            renames[source] = item.input
+        before = None
+        if previous is not None:
+            before = previous[0]
+            if previous[1] is not None:
+                before = str(Path(tmp) / ("previous-" + Path(previous[0]).name))
+                Path(before).write_bytes(previous[1])
+        model = load_engine_model(model_path, config)
+        payload = run_item(model, BatchItem(source, tuple(local), item.output), config, options,
+                           init, before)
+    if payload.get("error"):
+        for temporary, original in renames.items():
+            payload["error"] = payload["error"].replace(temporary, original)
+    if payload["status"] != "ok" and payload.get("retry"):
+        raise RuntimeError(payload["error"])  # Ray retries it once, then the driver records it
+    payload.pop("trace", None)
+    return payload
+
+
+def run_ray(work, config: Config, loaded, options: RunOptions, workers: int | None, address,
+            progress, cancel, keep_images: bool, seed=None, entries=()) -> Iterator[ItemResult]:
+    """Run `work` [(index, item)] as Ray tasks; yield results as they finish. `seed` (frames):
+    (previous result, its input) for the first item; frames run one task at a time, in order."""
+    ray = _import_ray()
+    from ..engines.steps import is_cancelled
+    from ..io.cache import model_hash
+    from ..io.paths import cache_dir
+    from ..network.forward import usable_cores
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        local = address in (True, "local", "")
+        try:
+            ray.init(**({"num_cpus": usable_cores()} if local else {"address": address}),
+                     include_dashboard=False, log_to_driver=False, configure_logging=False)
+        except ConnectionError as exc:
+            raise UserError(f"Cannot reach the Ray cluster at {address} ({exc}); start it with "
+                            "`ray start --head` or give --ray without an address.") from None
+    gpus = 1 if loaded.device.type == "cuda" else 0
+    threads = 1 if gpus else worker_threads(workers or default_workers(config=config))
+    targets_root = cache_dir() / "targets"
+    info = {"model_path": str(loaded.path), "model_sha": model_hash(loaded.path),
+            "model": ray.put(Path(loaded.path).read_bytes()),
+            "styles": ray.put({s: _read(s) for _, item in work for s in item.styles}),
+            "targets": ray.put({str(p.relative_to(targets_root)): p.read_bytes() for p in entries})}
+    shared = [ray.put(info)]
+    remote = ray.remote(_task).options(num_cpus=threads, num_gpus=gpus, max_retries=RETRIES,
+                                       retry_exceptions=True)
+
+    def submit(index, item, init=None, previous=None):
+        before = None if previous is None else (previous, _read(previous))
+        return remote.remote(index, item, _read(item.input), shared, config, options, threads,
+                             init, before)
+
+    pending: dict = {}
+    try:
+        if options.frames:
+            previous = seed
+            for index, item in work:
+                ref = submit(index, item, *(previous or (None, None)))
+                pending[ref] = (index, item)
+                result = _collect(ray, ref, pending, options, keep_images=True, cancel=cancel)
+                previous = (result.image, item.input) if result.ok else None
+                if not keep_images and item.output:
+                    result.image = result.alpha = None
+                yield result
+        else:
+            for index, item in work:
+                pending[submit(index, item)] = (index, item)
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_S)
+                if is_cancelled(cancel):
+                    raise Cancelled("Cancelled.")
+                for ref in done:
+                    yield _collect(ray, ref, pending, options, keep_images, cancel)
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        if started_here:
+            ray.shutdown()
+
+
+def _collect(ray, ref, pending: dict, options: RunOptions, keep_images: bool, cancel) -> ItemResult:
+    """Wait for `ref` (looking at `cancel`) and turn it into an ItemResult, written by the driver."""
+    from ..engines.steps import is_cancelled
+
+    while not ray.wait([ref], timeout=WAIT_S)[0]:
+        if is_cancelled(cancel):
+            raise Cancelled("Cancelled.")
+    index, item = pending.pop(ref)
+    try:
+        payload, attempts = ray.get(ref), 1
+    except Exception as exc:  # noqa: BLE001 - the task failed twice or was lost twice
+        cause = getattr(exc, "cause", None) or exc
+        text = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+        payload, attempts = {"status": "failed", "error": text}, 1 + RETRIES
+    return finish(index, item, payload, options, attempts, keep_images)

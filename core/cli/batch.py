@@ -1,0 +1,177 @@
+"""`stylefu batch`: folders, globs and lists of images through `stylize_many`, with a manifest.
+
+Exit status: 0 when every item succeeded (or was skipped by --resume), 3 when some failed (each
+is in the manifest with its message), 2 for a user's error before any work, 130 after Ctrl-C,
+141 when the reader of stdout went away (`--progress json | head`; --resume goes on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .. import jsontext
+from ..batch.driver import (
+    DEFAULT_PATTERN,
+    EACH_PATTERN,
+    MANIFEST_NAME,
+    Manifest,
+    RunOptions,
+    check_shared_inputs,
+    config_hash,
+    default_workers,
+    expand_inputs,
+    make_items,
+    pending,
+    stylize_many,
+)
+from ..errors import UserError
+
+EXIT_SOME_FAILED = 3
+EXIT_CANCELLED = 130
+
+
+class BatchProgress:
+    """One bar over items on stderr (`bar`), JSON lines on stdout (`json`: per-item progress and
+    each item's manifest entry), or nothing (`none`)."""
+
+    def __init__(self, mode: str, total: int, skipped: int):
+        self.mode, self.total, self.skipped = mode, total, skipped
+        self.done = self.failed = 0
+        self.started = time.monotonic()
+        self.tty = sys.stderr.isatty()
+
+    def emit(self, record: dict) -> None:
+        if self.mode == "json":
+            jsontext.print_line(record)
+
+    def evaluation(self, index: int, record: dict) -> None:
+        self.emit({"event": "progress", "item": index, **record})
+
+    def item(self, entry: dict) -> None:
+        self.done += 1
+        self.failed += entry["status"] != "ok"
+        self.emit({"event": "item", **entry})
+        if self.mode != "bar":
+            return
+        elapsed = time.monotonic() - self.started
+        rate = self.done / elapsed * 60 if elapsed > 0 else 0.0
+        left = (self.total - self.done) / (self.done / elapsed) if self.done else 0.0
+        filled = int(30 * self.done / max(1, self.total))
+        line = (f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} items"
+                f"{f', {self.failed} failed' if self.failed else ''}, {rate:.1f} images/min, "
+                f"about {left / 60:.1f} min left")
+        if self.tty:
+            sys.stderr.write("\r" + line + " " * 4)
+            sys.stderr.flush()
+        else:
+            print(line, file=sys.stderr, flush=True)
+        if entry["status"] != "ok":
+            print(("\n" if self.tty else "") + f"stylefu batch: {entry['input']} failed: "
+                  f"{entry['error']}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.mode == "bar" and self.tty:
+            sys.stderr.write("\n")
+
+
+def cmd_batch(args, to_config: Callable) -> int:
+    config = to_config(args).validate()
+    outdir = Path(args.output)
+    inputs = expand_inputs(args.inputs)
+    items = make_items(inputs, args.styles, outdir, args.name, args.styles_each)
+    options = RunOptions(bits=args.bits, keep_size=args.keep_size, masks=tuple(args.masks or ()),
+                         frames=args.frames, warp=args.warp)
+    check_shared_inputs(items, config, options)  # before any work: nothing made for a bad style
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"Cannot create the output folder {outdir} ({exc.strerror}); choose "
+                        "another -o.") from None
+    if args.frames and args.styles_each and len(args.styles) > 1:
+        raise UserError("--frames makes one sequence; with --styles-each give one --style per batch.")
+    from ..engines import load_engine_model
+    model = load_engine_model(args.model, config)  # a missing model ends here, before any work
+    chash = config_hash(config, model.path, options)
+    manifest_path = outdir / MANIFEST_NAME
+    skipped: list[int] = []
+    if args.resume:
+        _, skipped = pending(items, manifest_path, chash)
+    progress = BatchProgress(args.progress, len(items) - len(skipped), len(skipped))
+    workers = args.workers or default_workers(config=config)
+    engine = f"Ray ({args.ray})" if args.ray else f"{workers} local worker(s)"
+    if args.progress != "json":
+        print(f"stylefu batch: {len(items)} item(s), {len(skipped)} already done (--resume); "
+              f"{engine}; manifest {manifest_path}", file=sys.stderr, flush=True)
+    manifest = Manifest(manifest_path)
+    failed = 0
+    results = stylize_many(items, config, model=model.path, workers=args.workers, ray=args.ray,
+                           options=options, skip=skipped,
+                           progress=progress.evaluation if args.progress == "json" else None)
+    try:
+        for result in results:
+            entry = result.record(chash)
+            manifest.append(entry)
+            progress.item(entry)
+            failed += not result.ok
+    except KeyboardInterrupt:
+        progress.close()
+        progress.emit({"event": "cancelled", "done": progress.done})
+        print(f"stylefu batch: interrupted after {progress.done} item(s); the manifest lists them, "
+              "and --resume goes on from there.", file=sys.stderr, flush=True)
+        return EXIT_CANCELLED
+    finally:
+        results.close()  # the workers stop now, even when stdout broke (the reader went away)
+        manifest.close()
+    progress.close()
+    progress.emit({"event": "batch", "done": progress.done, "failed": failed,
+                   "skipped": len(skipped), "manifest": str(manifest_path)})
+    if args.progress != "json":
+        print(f"stylefu batch: {progress.done - failed} written, {failed} failed, {len(skipped)} "
+              f"skipped; see {manifest_path}", file=sys.stderr, flush=True)
+    return EXIT_SOME_FAILED if failed else 0
+
+
+def add_batch_parser(sub, add_config_options: Callable, to_config: Callable) -> None:
+    """Register `stylefu batch`; the stylization options come from the Config option generator."""
+    batch = sub.add_parser("batch", help="stylize many images (folders, globs, @list.txt) into a "
+                           "folder, locally or on Ray, with a manifest and --resume")
+    batch.add_argument("inputs", nargs="+", metavar="input",
+                       help="image, folder, glob ('photos/*.jpg', quoted) or @list.txt")
+    batch.add_argument("--style", dest="styles", action="append", required=True, metavar="STYLE",
+                       help="style image; several blend (as in run) unless --styles-each")
+    batch.add_argument("-o", "--output", required=True, help="output folder (made if missing)")
+    batch.add_argument("--styles-each", action="store_true",
+                       help="one output per input x style pair instead of one blended output")
+    batch.add_argument("--name", default=None,
+                       help="output name pattern with {stem} {name} {ext} {index} {style} "
+                       f"[default: {DEFAULT_PATTERN}, with --styles-each {EACH_PATTERN}]")
+    batch.add_argument("--resume", action="store_true",
+                       help="skip items whose output exists and whose manifest entry has the same "
+                       "config hash")
+    batch.add_argument("--workers", type=int, default=None,
+                       help="parallel workers, each with its share of the cores [default: one per "
+                       "GPU, else one per core, as many as the memory holds]")
+    batch.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                       help="run the items as Ray tasks on the cluster at ADDRESS, or on a local "
+                       "one (needs pip install 'stylefu[ray]')")
+    batch.add_argument("--frames", action="store_true",
+                       help="the inputs are a film's frames: in order, each starting from the "
+                       "previous frame's result (steadier video)")
+    batch.add_argument("--warp", action=argparse.BooleanOptionalAction, default=False,
+                       help="with --frames, move the previous result along the motion between the two "
+                       "input frames first (follows camera motion; more flicker, see docs/batches.md)")
+    batch.add_argument("--model", help="model artifact (default: $STYLEFU_MODEL or the cache's)")
+    batch.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
+                       help="bar over items (stderr), json (per-item JSON lines on stdout), none")
+    batch.add_argument("--bits", type=int, choices=(8, 16), default=8,
+                       help="bits per channel of .png/.tif output")
+    batch.add_argument("--mask", dest="masks", action="append", metavar="PATH",
+                       help="mask(s) as in run, used for every item")
+    batch.add_argument("--keep-size", action="store_true",
+                       help="write each result at its input's own size, with its alpha")
+    add_config_options(batch, skip=("save_every",))
+    batch.set_defaults(func=lambda args: cmd_batch(args, to_config))

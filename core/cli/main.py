@@ -1,0 +1,524 @@
+"""The `stylefu` command: run, batch, preview and info here; other packages add theirs (export,
+demo, gimp) through the "stylefu.commands" entry point group, so core imports neither of them.
+
+Every `run` option is generated from the Config dataclass, so defaults and help live in one place.
+Exit codes: 0 done, 1 internal error (a bug: traceback shown), 2 user error (one sentence on
+stderr: bad option, file or environment), 130 SIGINT, 141 the reader of stdout went away (a
+broken pipe: one line on stderr), 143 SIGTERM. With `--progress json` the
+last line on stdout is always a `result`, `error` or `cancelled` event. Commands import torch,
+ONNX Runtime and the pipeline inside their functions: `--help` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import glob
+import os
+import signal
+import sys
+import threading
+import types
+import typing
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from .. import jsontext
+from ..errors import Cancelled, UserError
+from ..method.config import PRESETS, Config, config_fields
+
+EXIT_INTERNAL_ERROR = 1
+EXIT_USER_ERROR = 2
+EXIT_CANCELLED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for coreutils' `yes | head -1`
+
+
+class UsageError(UserError):
+    """A command line argparse rejects (unknown option, a word where a number goes)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like KeyboardInterrupt (temporary files are removed on the way)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are UserErrors: one line (and a JSON `error` event), exit code 2."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see `{self.prog} --help`).")
+
+
+COMMANDS_GROUP = "stylefu.commands"  # entry points: callables add_parser(subparsers)
+
+
+def _inverse_mask(path: str):
+    """--mask-inverse's value: guides.Inverse(path) (imported on use: guides loads torch)."""
+    from ..method.guides import Inverse
+
+    return Inverse(path)
+
+
+def _parse_floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+@functools.cache
+def _config_hints() -> dict:
+    return typing.get_type_hints(Config)  # once, not per option (50 ms of start-up)
+
+
+def _field_type(f: dataclasses.Field):
+    hint = _config_hints()[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if hint is tuple or (args and typing.get_origin(args[0]) is tuple):
+        return _parse_floats
+    base = args[0] if args and (typing.get_origin(hint) in (typing.Union, types.UnionType)) else hint
+    return base if base in (int, float, str) else str
+
+
+def add_config_options(parser: argparse.ArgumentParser, skip=(), defaults=None) -> None:
+    """One option per Config field: --field-name, with the field's default and help.
+
+    `defaults` overrides some fields' defaults for one command (e.g. preview's size and preset).
+    """
+    group = parser.add_argument_group("stylization options (defaults from stylefu.core.Config)")
+    defaults = defaults or {}
+    for f in config_fields():
+        if f.name in skip:
+            continue
+        default = defaults.get(f.name, f.default)
+        preset_field = any(f.name in values for values in PRESETS.values())
+        shown = default if default is not None else "the preset's" if preset_field else "none"
+        group.add_argument("--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ()),
+                           dest=f.name, type=_field_type(f),
+                           default=default, choices=f.metadata.get("choices"),
+                           help=f.metadata["help"] if "(default:" in f.metadata["help"]
+                           else f"{f.metadata['help']} [default: {shown}]")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    values = {f.name: getattr(args, f.name) for f in config_fields() if hasattr(args, f.name)}
+    return Config(**values)
+
+
+def say(text: str) -> None:
+    """One line for the user, on stderr (stdout carries JSON progress); none if stderr is gone."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # its reader went away, or it was closed
+        pass
+
+
+def _open_standard_streams() -> None:
+    """A closed stdin, stdout or stderr (`2>&-`) becomes /dev/null: else a file opened later takes
+    its number and a library's log line lands in it, and print(file=None) writes to stdout."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    for name in ("stdin", "stdout", "stderr"):
+        if getattr(sys, name) is None:  # Python found the descriptor closed at start-up
+            setattr(sys, name, open(os.devnull, "r" if name == "stdin" else "w"))
+
+
+def _stdout_gone(exc: OSError) -> bool:
+    """Whether `exc` is the broken pipe of stdout, whose reader went away (`| head -1`)."""
+    if not isinstance(exc, BrokenPipeError) or exc.filename:
+        return False
+    try:
+        import select
+
+        poller = select.poll()
+    except AttributeError:  # no poll (Windows): a broken pipe without a file name is stdout's
+        return True
+    try:
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):  # stdout is no descriptor: the pipe was another's
+        return False
+
+
+def weights_note(info) -> str:
+    """The artifact's weights for a log line (`info`: an ArtifactInfo), flagging random ones."""
+    if info.is_random:
+        return f"{info.weights_source}: RANDOM weights, a weak effect; run `stylefu export` for real ones"
+    return info.weights_source
+
+
+class ProgressPrinter:
+    """Progress as a bar on stderr (`bar`), JSON lines on stdout (`json`) or nothing (`none`)."""
+
+    def __init__(self, mode: str, save_every: int = 0, output: Path | None = None, keep=None):
+        self.mode, self.save_every, self.output, self.keep = mode, save_every, output, keep
+        self.bar = mode == "bar" and sys.stderr.isatty()
+
+    def emit(self, record: dict) -> None:
+        if self.mode == "json":
+            jsontext.print_line(record)
+
+    def __call__(self, p) -> None:
+        saved = None
+        if self.save_every and self.output and p.evaluation % self.save_every == 0:
+            from ..io.images import save_image
+            saved = self.output.with_name(
+                f"{self.output.stem}.scale{p.level}-{p.evaluation:04d}{self.output.suffix}")
+            save_image(saved, *_at_size(p.image(), self.keep))
+        if self.mode == "json":
+            # "stage", "scale(s)" and "iteration(s)" are the names plug-ins already installed read.
+            self.emit({"event": "progress", "stage": "optimise", "level": p.level,
+                       "levels": p.levels, "evaluation": p.evaluation, "evaluations": p.evaluations,
+                       "scale": p.level, "scales": p.levels, "iteration": p.evaluation,
+                       "iterations": p.evaluations,
+                       "fraction": round(p.fraction, 4), "loss": p.loss,
+                       "content_loss": p.content_loss, "style_loss": p.style_loss,
+                       "tv_loss": p.tv_loss, "size": list(p.size),
+                       **({"image": str(saved)} if saved else {})})
+        elif self.mode == "bar":
+            filled = int(30 * p.fraction)
+            line = (f"level {p.level}/{p.levels} {p.size[1]}x{p.size[0]} "
+                    f"[{'#' * filled}{'.' * (30 - filled)}] {p.evaluation}/{p.evaluations} "
+                    f"loss {p.loss:.4g}")
+            if self.bar:
+                sys.stderr.write("\r" + line)
+                sys.stderr.flush()
+            elif p.evaluation == p.evaluations or p.evaluation % 25 == 0:
+                say(line)
+
+    def close(self) -> None:
+        if self.bar:
+            sys.stderr.write("\n")
+
+
+def _at_size(rgb, keep):
+    """(rgb, alpha) at the working size, or at the size and with the alpha of `keep` (--keep-size)."""
+    if keep is None:
+        return rgb, None
+    from ..io.images import resize_array
+    return resize_array(rgb, keep.height, keep.width), keep.alpha
+
+
+def _watch_stdin(cancel: threading.Event) -> None:
+    """Cancel when stdin closes (the GIMP plug-in died or was cancelled); force-exit if stuck."""
+    def watch():
+        # os.read on the raw descriptor: a daemon thread blocked inside sys.stdin's buffered
+        # reader makes the interpreter abort at exit ("could not acquire lock ... stdin").
+        while os.read(sys.stdin.fileno(), 1 << 10):
+            pass
+        cancel.set()
+        threading.Timer(15.0, lambda: os._exit(EXIT_CANCELLED)).start()
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def check_run_paths(args, config: Config) -> Path:
+    """Every input readable and every output writable, before any work: -o, --metrics and the
+    --save-every images (siblings of -o) never replace an input, a folder or a special file."""
+    from ..io.images import OUTPUT_SUFFIXES, check_input_file, check_output_path
+
+    # --mask-inverse gives a guides.Inverse: its file is `source`.
+    inputs = [args.content, *args.styles, *(getattr(m, "source", m) for m in args.masks or [])]
+    if config.init not in ("content", "noise"):
+        inputs.append(config.init)
+    for path in inputs:
+        check_input_file(path)
+    inputs += [args.model] if args.model else []
+    output = check_output_path(args.output, "-o", OUTPUT_SUFFIXES, inputs)
+    if args.metrics:
+        metrics = check_output_path(args.metrics, "--metrics", None, inputs)
+        if metrics.resolve() == output.resolve():
+            raise UserError(f"--metrics {args.metrics} is the -o image; give it its own name.")
+    if config.save_every:
+        for saved in output.parent.glob(f"{glob.escape(output.stem)}.scale*-*{output.suffix}"):
+            check_output_path(saved, "--save-every", OUTPUT_SUFFIXES, inputs)
+    return output
+
+
+def cmd_run(args) -> int:
+    from ..engines import load_engine_model, resolve_engine
+    from ..run.pipeline import stylize
+
+    config = config_from_args(args).validate()
+    output = Path(args.output)
+    check_run_paths(args, config)
+    model = load_engine_model(args.model, config)
+    say(f"stylefu: engine {resolve_engine(config.engine, model)}, device {model.device}, model "
+        f"{model.path} (weights: {weights_note(model.info)})")
+    content = args.content
+    if args.keep_size:
+        from ..io.images import load_image
+        content = load_image(args.content, "content")
+    printer = ProgressPrinter(args.progress, config.save_every, output,
+                              content if args.keep_size else None)
+    cancel = threading.Event()
+    if args.watch_stdin:
+        _watch_stdin(cancel)
+    def notice(message: str) -> None:
+        printer.emit({"event": "notice", "message": message})
+        if args.progress != "json":
+            say(f"stylefu: {message}")
+
+    try:
+        result = stylize(content, args.styles, config=config, model=model,
+                         callback=printer, cancel=cancel, masks=args.masks, log=notice)
+    finally:
+        printer.close()
+    if args.keep_size:
+        result.image, result.alpha = _at_size(result.image, content)
+    result.save(output, bits=args.bits)
+    if args.metrics:
+        from ..io.files import atomic_write
+        text = jsontext.dumps(result.metrics, indent=2)
+        atomic_write(args.metrics, lambda tmp: tmp.write_text(text))
+    printer.emit({"event": "result", "output": str(output), "metrics": result.metrics})
+    say(f"stylefu: wrote {output} in {result.metrics['seconds']:.1f} s "
+         f"(loss {result.metrics['total_loss']:.4g}, {result.metrics['iterations']} evaluations)")
+    return 0
+
+
+def cmd_preview(args) -> int:
+    from ..engines import load_engine_model
+    from ..io.images import PILLOW_FORMATS, check_input_file, check_output_path
+    from ..run.preview import preview
+
+    config = config_from_args(args).validate()
+    inputs = [args.content, *args.styles]
+    check_input_file(args.content)  # a bad style is skipped (a marked cell), a bad content is not
+    inputs += [p for p in (args.model, config.init) if p and p not in ("content", "noise")]
+    sheet = check_output_path(args.output, "-o", tuple(PILLOW_FORMATS), inputs)
+    if args.json:
+        figures = check_output_path(args.json, "--json", None, inputs)
+        if figures.resolve() == sheet.resolve():
+            raise UserError(f"--json {args.json} is the -o sheet; give it its own name.")
+    model = load_engine_model(args.model, config)
+    say(f"stylefu preview: {len(args.styles)} style(s) at {config.size} px, preset "
+         f"{config.preset}; device {model.device}, targets by {model.engine.describe()} "
+         f"(weights: {weights_note(model.info)})")
+
+    def report(p) -> None:
+        if not p.ok:
+            say(f"  {p.name}: SKIPPED, {p.error}")
+        else:
+            say(f"  {p.name}: style distance {p.distance_total:.3g}, after preview style loss "
+                 f"{p.style_loss:.3g} ({100 * p.style_left:.1f} % left), content loss "
+                 f"{p.content_loss:.3g} ({p.seconds:.1f} s)")
+
+    result = preview(args.content, args.styles, config=config, model=model, on_style=report)
+    result.save(args.output)
+    if args.json:
+        result.save_json(args.json)
+    skipped = sum(not p.ok for p in result.styles)
+    say(f"stylefu preview: wrote {args.output} in {result.info['seconds']:.1f} s"
+         + (f" ({skipped} style(s) could not be previewed: marked with a red cross)" if skipped else "")
+         + "; open it to compare the styles.")
+    return 0
+
+
+def cmd_info(args) -> int:
+    import onnxruntime
+
+    from ..engines import resolve_engine, torch_installed, why_auto
+    from ..io.paths import cache_dir, default_model_path
+    from ..network.forward import FeatureEngine
+    from ..network.vgg import read_artifact
+
+    path = Path(args.model) if args.model else default_model_path()
+    lines = {"model": str(path), "cache": str(cache_dir())}
+    if path.is_file():
+        info, _ = read_artifact(path)
+        lines.update(architecture=info.architecture, weights=weights_note(info),
+                     sha256=info.weights_sha256,
+                     preprocessing=info.preprocessing.get("name", "?"), pooling=info.pooling,
+                     layers=", ".join(info.layers),
+                     onnxruntime_provider=FeatureEngine(path).provider)
+    else:
+        lines["weights"] = "none installed: run `stylefu export`"
+    gpus, version = [], "not installed"
+    if torch_installed():
+        import torch
+
+        version = torch.__version__
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    lines.update(torch=version, onnxruntime=onnxruntime.__version__,
+                 engine=resolve_engine("auto"), engine_why=why_auto(),
+                 devices=", ".join(["cpu"] + [f"cuda:{i} {n}" for i, n in enumerate(gpus)]))
+    if args.json:
+        print(jsontext.dumps(lines, indent=2))
+    else:
+        for key, value in lines.items():
+            print(f"{key:>20}: {value}")
+    return 0
+
+
+def cmd_cache(args) -> int:
+    """`stylefu cache status|prune`: the cache's parts and sizes; least recently used files out."""
+    from ..io.cache import LIMIT_ENV, PARTS, cache_entries, cache_limit, prune_cache
+    from ..io.paths import cache_dir
+    from ..method.config import check_number
+
+    if args.action == "prune":
+        if args.max_mb is not None:
+            check_number("max_mb", args.max_mb, 0, 1e9, False)
+        limit = cache_limit() if args.max_mb is None else int(args.max_mb * 1e6)
+        removed, freed = prune_cache(limit, down_to=1.0)
+        say(f"stylefu cache: removed {removed} least recently used file(s), {freed / 1e6:.1f} MB, "
+            f"from {cache_dir()} (limit {limit / 1e6:.0f} MB).")
+        return 0
+    entries = cache_entries()
+    parts = {part: [e for e in entries if e[2].is_relative_to(cache_dir() / part)] for part in PARTS}
+    figures = {"folder": str(cache_dir()), "limit_mb": round(cache_limit() / 1e6, 1),
+               "total_mb": round(sum(e[1] for e in entries) / 1e6, 1),
+               "parts": {part: {"files": len(found), "mb": round(sum(e[1] for e in found) / 1e6, 1)}
+                         for part, found in parts.items()}}
+    if args.json:
+        print(jsontext.dumps(figures, indent=2))
+    else:
+        print(f"{figures['folder']}: {figures['total_mb']} MB of {figures['limit_mb']} MB "
+              f"(${LIMIT_ENV}); the model and downloaded weights are never pruned")
+        for part, numbers in figures["parts"].items():
+            print(f"{part:>15}: {numbers['files']} file(s), {numbers['mb']} MB")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="stylefu", description="Neural style transfer "
+                                     "(Gatys et al.) for scripts, batches and GIMP.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="stylize CONTENT with one or more STYLE images")
+    run.add_argument("content")
+    run.add_argument("styles", nargs="+", metavar="style")
+    run.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, .tif, .npy)")
+    run.add_argument("--model", help="model artifact (default: $STYLEFU_MODEL or the cache's)")
+    run.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
+                     help="progress display: bar (stderr), json (JSON lines on stdout), none")
+    run.add_argument("--metrics", help="write the final metrics to this JSON file")
+    run.add_argument("--bits", type=int, choices=(8, 16), default=8,
+                     help="bits per channel of .png/.tif output")
+    run.add_argument("--mask", dest="masks", action="append", metavar="PATH",
+                     help="grayscale mask, white where the style goes (soft edges blend); once for "
+                     "all styles, or once per style in the styles' order (each its own region)")
+    run.add_argument("--mask-inverse", dest="masks", action="append", type=_inverse_mask,
+                     metavar="PATH",
+                     help="as --mask, with 1 - the mask at PATH (the style goes where it is black)")
+    run.add_argument("--watch-stdin", action="store_true",
+                     help="stop when stdin closes (used by the GIMP plug-ins)")
+    run.add_argument("--keep-size", action="store_true",
+                     help="write the result (and --save-every images) at the content's own size "
+                     "with its own alpha, not at the working size (used by the GIMP plug-ins)")
+    add_config_options(run)
+    run.set_defaults(func=cmd_run)
+
+    from ..run.preview import PREVIEW_PRESET, PREVIEW_SIZE
+
+    prev = sub.add_parser("preview", help="quick previews of several STYLE images on CONTENT, "
+                          "with their style distances, as one contact sheet")
+    prev.add_argument("content")
+    prev.add_argument("styles", nargs="+", metavar="style")
+    prev.add_argument("-o", "--output", required=True, help="contact sheet image (.png, .jpg)")
+    prev.add_argument("--json", help="write every style's figures to this JSON file")
+    prev.add_argument("--model", help="model artifact (default: $STYLEFU_MODEL or the cache's)")
+    add_config_options(prev, defaults={"size": PREVIEW_SIZE, "preset": PREVIEW_PRESET})
+    prev.set_defaults(func=cmd_preview)
+
+    info = sub.add_parser("info", help="show the model, its weights and the available devices")
+    info.add_argument("--model")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_info)
+
+    cache = sub.add_parser("cache", help="show the cache's size, or remove its least recently "
+                           "used files (targets, torch copies, gradient graphs)")
+    cache.add_argument("action", choices=("status", "prune"))
+    cache.add_argument("--max-mb", type=float, default=None,
+                       help="prune: keep at most this many MB (0: remove them all) [default: "
+                       "$STYLEFU_CACHE_MAX_MB, else the built-in limit]")
+    cache.add_argument("--json", action="store_true", help="status: as JSON")
+    cache.set_defaults(func=cmd_cache)
+
+    from .batch import add_batch_parser  # core's own: the options come from this module
+    add_batch_parser(sub, add_config_options, config_from_args)
+
+    for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        entry.load()(sub)
+    return parser
+
+
+def _json_progress(argv: list[str]) -> bool:
+    """Whether the command line asks for JSON progress (known before argparse has run, so that
+    an argument error is reported as a JSON event too)."""
+    return any(a == "--progress=json" or (a == "--progress" and b == "json")
+               for a, b in zip(argv, argv[1:] + [""]))
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one `stylefu` command; returns the exit code (see the module docstring)."""
+    as_program = argv is None  # the `stylefu` command itself, not a caller in its own process
+    argv = sys.argv[1:] if argv is None else list(argv)
+    json_mode = _json_progress(argv)
+    _open_standard_streams()
+
+    def event(record: dict) -> None:
+        if json_mode:
+            try:
+                jsontext.print_line(record)
+            except OSError:  # stdout closed (the reader died): stderr still says what happened
+                pass
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except Cancelled:
+        event({"event": "cancelled", "reason": "cancelled"})
+        say("stylefu: cancelled.")
+        return EXIT_CANCELLED
+    except KeyboardInterrupt:
+        event({"event": "cancelled", "reason": "SIGINT"})
+        say("stylefu: interrupted.")
+        return EXIT_CANCELLED
+    except Terminated:
+        event({"event": "cancelled", "reason": "SIGTERM"})
+        say("stylefu: terminated.")
+        return EXIT_TERMINATED
+    except UserError as exc:
+        event({"event": "error", "message": str(exc)})
+        say(f"stylefu: error: {exc}")
+        return exc.exit_code
+    except OSError as exc:  # the environment, not stylefu: a full disk, a permission, a lost file
+        if _stdout_gone(exc):  # stop quietly, as coreutils do; nothing more can go to stdout
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
+            say("stylefu: stopped: the program reading stdout closed the pipe.")
+            return EXIT_BROKEN_PIPE
+        where = f" ({exc.filename})" if exc.filename else ""
+        message = f"{exc.strerror or exc}{where}; check the path, its permissions and free space."
+        event({"event": "error", "message": message})
+        say(f"stylefu: error: {message}")
+        return EXIT_USER_ERROR
+    except Exception as exc:  # a bug: the traceback is for the report
+        import traceback
+
+        traceback.print_exc()
+        event({"event": "error", "message": f"internal error: {type(exc).__name__}: {exc}",
+               "internal": True})
+        say(f"stylefu: internal error ({type(exc).__name__}); please report it with the "
+             "traceback above.")
+        return EXIT_INTERNAL_ERROR
+    finally:
+        if in_main_thread:
+            if as_program:  # done: a Ctrl-C now would only break Python's exit with a traceback
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,75 @@
+"""The two engines that minimise a level's loss: `torch/` (autograd, bf16 where fast, tiles,
+compiling) and `onnx/` (the torch-free engine: the gradient as an ONNX graph, L-BFGS in numpy).
+Each offers a runner (the pipeline in run/pipeline.py asks it for a level's targets, the
+minimised pixels and the final figures); `steps.py` holds the loop rules both share.
+
+This module chooses the engine. `auto` takes torch wherever it is installed: it covers every
+option (tiles, bf16, batches) and measured as fast or faster on every CPU class and GPU tried
+(docs/torch-free-engine.md, "Which engine auto picks"); without torch, the torch-free engine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def torch_installed() -> bool:
+    """True when torch can be imported here (asked without importing it: 1-2 s saved)."""
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def why_auto() -> str:
+    """Why `--engine auto` takes the engine it takes here (for `stylefu info`)."""
+    if torch_installed():
+        return ("torch is installed: as fast or faster than the torch-free engine on every CPU "
+                "class and GPU measured, and it alone tiles large images")
+    return "torch is not installed: the torch-free engine (ONNX Runtime and numpy)"
+
+
+def resolve_engine(name: str, model=None) -> str:
+    """'torch' or 'onnx' for Config.engine; a loaded model decides by its kind."""
+    from .onnx.engine import OnnxModel
+
+    if isinstance(model, OnnxModel):
+        kind = "onnx"
+    elif model is not None and not isinstance(model, (str, bytes, Path)) and hasattr(model, "net"):
+        kind = "torch"
+    else:
+        kind = None
+    if name == "auto":
+        return kind or ("torch" if torch_installed() else "onnx")
+    if name == "torch" and not torch_installed():
+        from ..errors import UserError
+
+        raise UserError("--engine torch needs PyTorch, which is not installed here; use "
+                        "--engine onnx (or auto) or install stylefu's full requirements.")
+    if kind and kind != name:
+        from ..errors import UserError
+
+        raise UserError(f"The model given was loaded for the {kind} engine, not {name}.")
+    return name
+
+
+def load_engine_model(path, config):
+    """The model for config.engine: torch's StyleModel, or the torch-free engine's OnnxModel
+    (which never imports torch)."""
+    if resolve_engine(config.engine) == "onnx":
+        from .onnx.engine import load_onnx_model
+
+        return load_onnx_model(path, config.device)
+    from .torch.model import load_model
+
+    return load_model(path, config.device)
+
+
+def runner(config, model, log):
+    """The engine's runner for one run (not yet loaded: `load()` does that)."""
+    if resolve_engine(config.engine, model) == "onnx":
+        from .onnx.runner import OnnxRunner
+
+        return OnnxRunner(model, config, log)
+    from .torch.runner import TorchRunner
+
+    return TorchRunner(model, config, log)

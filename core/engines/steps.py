@@ -1,0 +1,123 @@
+"""The rules of the minimising loop that both engines share: the loss factor L-BFGS sees, the
+smooth out-of-range factor, which iterate a level returns, when a level stops early, and cancel.
+They work on torch tensors and numpy arrays alike (the torch-free engine imports no torch)."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import Cancelled
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..method.config import Config
+
+CancelToken = threading.Event | Callable[[], bool] | None
+
+
+EARLY_STOP_WINDOW = 10  # evaluations over which `tolerance` measures the loss's fall
+
+
+# A level ends early only while its last loss is within this fraction of its best: after an
+# overstep L-BFGS can spend over 10 evaluations above its best and then fall far below it
+# (docs/method.md, "Loop rules").
+SETTLED_BAND = 0.01
+
+
+# The optimiser minimises the loss times 1 + RANGE_PENALTY x mean(excess^2), excess being how far
+# each pixel lies outside 0..1 (`range_penalty`): stiff enough that the clip costs little, soft
+# enough for L-BFGS's steps (docs/method.md, "Loop rules").
+RANGE_PENALTY = 30.0
+
+
+def is_cancelled(cancel: CancelToken) -> bool:
+    if cancel is None:
+        return False
+    return cancel.is_set() if hasattr(cancel, "is_set") else bool(cancel())
+
+
+def check_cancel(cancel: CancelToken) -> None:
+    if is_cancelled(cancel):
+        raise Cancelled("Cancelled.")
+
+
+class BestIterate:
+    """The best image evaluated so far, and which image a run returns.
+
+    L-BFGS without a line search (the paper's usual set-up) sometimes oversteps and the loss
+    jumps 10-1000x: the run returns the image after its last step when the last evaluation was
+    the best so far (so even one evaluation moves it), else the best one evaluated.
+    """
+
+    def __init__(self):
+        self.loss, self.image, self.last = float("inf"), None, float("inf")
+
+    def update(self, loss: float, x) -> None:
+        """`x`: the pixels, a torch tensor or (torch-free engine) a numpy array."""
+        self.last = loss
+        if loss < self.loss:
+            self.loss, self.image = loss, x.copy() if isinstance(x, np.ndarray) else x.detach().clone()
+
+    def result(self, x):
+        if self.last <= self.loss:
+            return x if isinstance(x, np.ndarray) else x.detach()
+        return self.image
+
+
+def range_penalty(x, loss: float):
+    """(factor, extra gradient): the optimiser minimises loss x factor, where factor = 1 +
+    RANGE_PENALTY x mean(excess^2) and excess is how far each pixel of `x` lies outside 0..1.
+
+    Results are clipped to 0..1 when delivered; unconstrained, L-BFGS lets pixels drift out of
+    range (the loss does not see the clip) and the clip then cost 12-32 % of the loss with trained
+    features (`best`, 512 px). Projecting to 0..1 after every step stalled L-BFGS on coarse levels;
+    this smooth factor keeps its curvature pairs valid, is 1 for every deliverable image, and
+    scales with the loss, so it means the same at every loss scale. The extra gradient is
+    d(factor)/dx x `loss`; the loss's own gradient is to be multiplied by the factor. Works on
+    torch and numpy pixels.
+    """
+    excess = x - x.clip(0.0, 1.0)
+    scale = RANGE_PENALTY / math.prod(excess.shape)
+    return 1.0 + scale * float((excess ** 2).sum()), (2 * scale * loss) * excess
+
+
+def should_stop(losses: Sequence[float], tolerance: float, window: int = EARLY_STOP_WINDOW) -> bool:
+    """True when the best loss fell by less than `tolerance` (relative) over the last `window`.
+
+    The best-so-far loss is compared, not the last one: L-BFGS without a line search sometimes
+    steps uphill for an evaluation, which must not end a level that is still improving. Nor does
+    a level end while its last loss is far above its best (SETTLED_BAND): it is on its way back
+    from an overstep, not converged.
+    """
+    if tolerance <= 0 or len(losses) <= window:
+        return False
+    before, now = min(losses[:-window]), min(losses)
+    settled = losses[-1] - now <= SETTLED_BAND * abs(now)
+    return settled and before - now < tolerance * abs(before)
+
+
+def loss_factor(config: Config) -> Callable[[torch.Tensor], float]:
+    """The factor the optimiser sees the loss times: for L-BFGS, 1 / the loss's first value when
+    that is below 1 (a loss of 1e-3 starts at 1), else 1.
+
+    torch's L-BFGS keeps a curvature pair only when y's > 1e-10, an absolute threshold made for
+    losses near 1; with losses near 1e-3 and pixel gradients near 1e-7 every pair was dropped and
+    L-BFGS degraded to tiny gradient steps. Larger losses are left as they are (divided down,
+    their first pair fell below the threshold instead).
+    """
+
+    first: list[float] = []
+
+    def factor(total: torch.Tensor) -> float:
+        if config.optimizer != "lbfgs":
+            return 1.0
+        if not first:
+            first.append(max(abs(float(total.detach() if hasattr(total, "detach") else total)), 1e-30))
+        return max(1.0, 1.0 / first[0])
+    return factor

@@ -1,0 +1,312 @@
+"""Image input and output: any Pillow image, array or .npy in, float32 RGB 0..1 (+ alpha) inside.
+
+Inputs get EXIF orientation applied; palette, grayscale, CMYK and 16-bit modes are converted;
+alpha is kept aside and put back on the result. Outputs are written to a temporary name and
+renamed, so a crash never leaves half a file; .png/.tif can be 16-bit, .npy keeps float32.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import UserError
+from ..network.vgg import MIN_SIDE
+from .files import atomic_write, check_input_file, check_output_path
+
+if TYPE_CHECKING:
+    import torch
+
+# Output formats by suffix: Pillow's (8-bit; .png and .tif also 16-bit) and .npy (float32).
+PILLOW_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF",
+                  ".bmp": "BMP", ".webp": "WEBP"}
+OUTPUT_SUFFIXES = (*PILLOW_FORMATS, ".npy")
+# A float image with values above this holds 0..255 (or other) numbers, not 0..1: refused, not
+# clipped to white. Up to it, overshoots (from sharpening or resampling) are clipped to 1.
+FLOAT_RANGE_LIMIT = 1.5
+
+
+@dataclass
+class Picture:
+    """RGB float32 [H,W,3] in 0..1, optional alpha [H,W], and a name for messages and layers."""
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None = None
+    name: str = "image"
+
+    @property
+    def height(self) -> int:
+        return self.rgb.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.rgb.shape[1]
+
+
+def _from_array(array: np.ndarray, name: str) -> Picture:
+    array = np.asarray(array)
+    if array.dtype == np.uint8:
+        array = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        array = array.astype(np.float32) / 65535.0
+    elif array.dtype == np.bool_:
+        array = array.astype(np.float32)
+    elif np.issubdtype(array.dtype, np.integer):
+        # int64 from 0..255 or 0..1 numbers is ambiguous: a guess could turn an image white or black.
+        raise UserError(f"{name}: integer pixels of type {array.dtype} are ambiguous (0..255 or "
+                        "0..1?); save the array as uint8 (0..255), uint16 (0..65535) or float32 (0..1).")
+    elif np.issubdtype(array.dtype, np.floating):
+        array = array.astype(np.float32)
+    else:
+        raise UserError(f"{name}: pixels of type {array.dtype} are not numbers; use uint8, uint16 "
+                        "or float32 (0..1).")
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
+        raise UserError(f"{name}: an image array must be HxW, HxWx3 or HxWx4, not {array.shape}.")
+    if array.size == 0:
+        raise UserError(f"{name}: the image array is empty ({array.shape}).")
+    if not np.isfinite(array).all():
+        raise UserError(f"{name} contains NaN or infinite pixel values.")
+    if array.max() > FLOAT_RANGE_LIMIT or array.min() < 1 - FLOAT_RANGE_LIMIT:
+        raise UserError(f"{name}: float pixel values must lie in 0..1, but they span "
+                        f"{array.min():.4g}..{array.max():.4g}; divide by 255 (or save as uint8).")
+    array = np.clip(array, 0.0, 1.0)
+    channels = array.shape[2]
+    alpha = array[..., -1].copy() if channels in (2, 4) else None
+    color = array[..., :1] if channels in (1, 2) else array[..., :3]
+    rgb = np.ascontiguousarray(np.repeat(color, 3, axis=2) if color.shape[2] == 1 else color)
+    return Picture(rgb, alpha, name)
+
+
+def _from_pil(image: Image.Image, name: str) -> Picture:
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        gray = np.asarray(image, dtype=np.float32) / (65535.0 if mode != "I" or
+                                                       np.asarray(image).max() > 255 else 255.0)
+        return _from_array(gray, name)
+    if mode == "F":
+        return _from_array(np.asarray(image, dtype=np.float32), name)
+    has_alpha = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info)
+    image = image.convert("RGBA" if has_alpha else "RGB")  # palette, CMYK, L, 1 -> RGB(A)
+    return _from_array(np.asarray(image), name)
+
+
+def load_image(source, name: str | None = None) -> Picture:
+    """Read `source` (a path, PIL image, numpy array or Picture) as a Picture.
+
+    Raises UserError with one sentence for a missing, unreadable, truncated or oversized file.
+    """
+    if isinstance(source, Picture):
+        return source
+    if isinstance(source, Image.Image):
+        return _from_pil(source, name or "image")
+    if isinstance(source, np.ndarray):
+        return _from_array(source, name or "array")
+    path = check_input_file(source, "Image file")
+    label = name or path.stem
+    if path.suffix.lower() == ".npy":
+        return _from_array(_load_npy(path), label)
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its pixel limit; refuse those too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.format == "PNG":
+                    _check_png_data(path, image.size)
+                image.load()  # decodes everything: a file cut short raises OSError here
+                return _from_pil(image, label)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"{path} is too large ({Image.MAX_IMAGE_PIXELS} pixels at most); "
+                        "scale it down first.") from None
+    except UnidentifiedImageError:
+        raise UserError(f"{path} is not an image Pillow can read.") from None
+    except OSError:
+        raise UserError(f"{path} is truncated or damaged and cannot be read.") from None
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """A .npy file's array, its size checked against its header before anything is allocated
+    (a file cut short, or a header promising terabytes, is one UserError)."""
+    try:
+        mapped = np.load(path, allow_pickle=False, mmap_mode="r")  # reads the header only
+    except ValueError:
+        raise UserError(f"{path} is truncated or not a readable .npy image array.") from None
+    if mapped.ndim >= 2 and mapped.shape[0] * mapped.shape[1] > Image.MAX_IMAGE_PIXELS:
+        raise UserError(f"{path} is too large ({Image.MAX_IMAGE_PIXELS} pixels at most); "
+                        "scale it down first.")
+    array = np.array(mapped)
+    del mapped  # closes the file (Windows keeps a mapped file locked)
+    return array
+
+
+# PNG colour type -> channels; Adam7 passes as (x start, y start, x step, y step).
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))
+
+
+def _check_png_data(path: Path, size: tuple[int, int]) -> None:
+    """UserError unless the PNG's compressed data holds every row its header promises.
+
+    Pillow accepts a zlib stream that ends early (then the missing rows stay blank); counting the
+    inflated bytes (no unfiltering, no pixels kept) catches it before the image is allocated.
+    """
+    width, height = size
+    inflater, inflated, expected = zlib.decompressobj(), 0, 1
+    with open(path, "rb") as f:
+        try:
+            f.seek(8)
+            length, _ = struct.unpack(">I4s", f.read(8))
+            header = f.read(length + 4)  # IHDR and its CRC
+            bits = header[8] * _PNG_CHANNELS.get(header[9], 4)
+            expected = 0
+            for x0, y0, dx, dy in (_ADAM7 if header[12] else ((0, 0, 1, 1),)):
+                w, h = (width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy
+                expected += h * (1 + (w * bits + 7) // 8) if w > 0 and h > 0 else 0
+            while inflated < expected and not inflater.eof:
+                head = f.read(8)
+                if len(head) < 8:
+                    break
+                length, kind = struct.unpack(">I4s", head)
+                if kind == b"IEND":
+                    break
+                if kind != b"IDAT":
+                    f.seek(length + 4, 1)
+                    continue
+                data = f.read(length)
+                while inflated < expected and not inflater.eof:  # 4 MB at a time: bounded memory
+                    out = len(inflater.decompress(data, 1 << 22))
+                    inflated, data = inflated + out, inflater.unconsumed_tail
+                    if not out and not data:
+                        break
+                f.seek(4, 1)  # the chunk's CRC
+        except (zlib.error, struct.error, IndexError):  # damaged data or header
+            inflated = -1
+    if inflated < expected:
+        raise UserError(f"{path} is truncated or damaged: its image data stops before the "
+                        f"{width}x{height} pixels its header promises.")
+
+
+def check_min_side(picture: Picture) -> None:
+    if min(picture.height, picture.width) < MIN_SIDE:
+        raise UserError(f"{picture.name} is {picture.width}x{picture.height} px; the network needs "
+                        f"at least {MIN_SIDE} px on each side.")
+
+
+def fit_long_side(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """(h, w) with the long side `long_side` and the aspect ratio kept (at least 1 px)."""
+    scale = long_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def to_tensor(array: np.ndarray) -> torch.Tensor:
+    """[H,W,C] float array -> [1,C,H,W] float32 tensor."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)[None]
+
+
+def to_array(tensor: torch.Tensor) -> np.ndarray:
+    """[1,C,H,W] tensor -> [H,W,C] float32 array clipped to 0..1."""
+    return tensor.detach().float().clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+
+
+def resize_tensor(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Antialiased bilinear resize of an [N,C,H,W] tensor (shrinking without aliasing)."""
+    import torch.nn.functional as F
+
+    if tensor.shape[-2:] == (height, width):
+        return tensor
+    return F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False,
+                         antialias=True)
+
+
+def resize_array(array: np.ndarray, height: int, width: int, clip: bool = True) -> np.ndarray:
+    """Resize an [H,W] or [H,W,C] float array (float32, clipped to 0..1 unless not `clip`),
+    without torch.
+
+    Pillow's bilinear filter on float channels: antialiased when shrinking, plain bilinear
+    (align_corners=False) when enlarging; torch's antialiased resize (resize_tensor) is a port of
+    it and agrees to 2e-5.
+    """
+    if array.ndim == 2:
+        return resize_array(array[..., None], height, width, clip)[..., 0]
+    array = np.asarray(array, np.float32)
+    if array.shape[:2] != (height, width):
+        array = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(array[..., c]), "F")
+                                     .resize((width, height), Image.BILINEAR))
+                          for c in range(array.shape[2])], axis=2)
+    return np.clip(array, 0.0, 1.0) if clip else array.copy()
+
+
+def _png16(rgba: np.ndarray) -> bytes:
+    """A 16-bit RGB(A) PNG (Pillow writes 16 bits only for grayscale)."""
+    height, width, channels = rgba.shape
+    data = np.round(rgba * 65535).astype(">u2")
+    raw = b"".join(b"\x00" + data[y].tobytes() for y in range(height))
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (struct.pack(">I", len(payload)) + kind + payload
+                + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+
+    color_type = 6 if channels == 4 else 2
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6))
+            + chunk(b"IEND", b""))
+
+
+def _tiff16(rgba: np.ndarray) -> bytes:
+    """An uncompressed 16-bit RGB(A) baseline TIFF (Pillow has no 16-bit RGB mode)."""
+    height, width, channels = rgba.shape
+    pixels = np.round(rgba * 65535).astype("<u2").tobytes()
+    entries = [(256, 3, 1, width), (257, 3, 1, height), (258, 3, channels, None),
+               (259, 3, 1, 1), (262, 3, 1, 2), (273, 4, 1, None), (277, 3, 1, channels),
+               (278, 3, 1, height), (279, 4, 1, len(pixels)), (284, 3, 1, 1)]
+    if channels == 4:
+        entries.append((338, 3, 1, 2))  # extra sample: unassociated alpha
+    ifd_size = 2 + 12 * len(entries) + 4
+    bits_offset = 8 + ifd_size
+    pixel_offset = bits_offset + 2 * channels
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        value = {258: bits_offset if channels > 2 else None, 273: pixel_offset}.get(tag, value)
+        packed = struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+        ifd += struct.pack("<HHI", tag, kind, count) + packed
+    ifd += struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack(f"<{channels}H", *[16] * channels) + pixels
+
+
+def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = None,
+               bits: int = 8) -> Path:
+    """Write an image atomically; the format follows the suffix (.npy keeps float32)."""
+    array = np.clip(rgb, 0, 1).astype(np.float32)
+    if alpha is not None:
+        array = np.concatenate([array, np.clip(alpha, 0, 1)[..., None].astype(np.float32)], axis=2)
+    suffix = Path(path).suffix.lower()
+    check_output_path(path, "output", OUTPUT_SUFFIXES)  # before any encoding work
+
+    def write(tmp: Path) -> None:
+        if suffix == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, array)
+        elif bits == 16 and suffix == ".png":
+            tmp.write_bytes(_png16(array))
+        elif bits == 16 and suffix in (".tif", ".tiff"):
+            tmp.write_bytes(_tiff16(array))
+        else:
+            mode = "RGBA" if array.shape[2] == 4 else "RGB"
+            image = Image.fromarray(np.round(array * 255).astype(np.uint8), mode)
+            if suffix in (".jpg", ".jpeg") and mode == "RGBA":
+                image = image.convert("RGB")
+            image.save(tmp, format=PILLOW_FORMATS[suffix])
+
+    return atomic_write(path, write)

@@ -1,0 +1,110 @@
+"""Spatial control (Gatys et al. 2017, section 4): guides, grayscale masks that say where a style
+applies (the `--mask` option and the `masks` parameter of `stylize`).
+
+A mask is 0..1 per pixel (soft masks blend). It acts twice: the style loss of its style uses the
+guided Gram matrix (feature positions weighted by the mask, `losses.gram(features, mask)`), and the
+final image is composited by the mask over the content, so pixels outside every mask are exactly
+the content's.
+
+Masks reach each style layer through the same 2x2 pools as the features: a layer after k pools sees
+the mask average-pooled k times (the fraction of each 2^k x 2^k block inside the mask). Average
+pooling keeps soft edges soft and gives exactly the features' (floored) sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import UserError
+from ..io.images import load_image, resize_array
+from ..network.vgg import pools_before
+
+if TYPE_CHECKING:
+    import torch
+
+
+GRID = 65535  # guide values are multiples of 1 / GRID
+
+
+@dataclass(frozen=True)
+class Inverse:
+    """1 - a mask (`--mask-inverse PATH`): the style goes where the mask leaves out, soft edges
+    kept soft (mask + inverse = 1), e.g. a second style outside a GIMP selection."""
+
+    source: object
+
+
+def load_mask(source, name: str = "mask") -> np.ndarray:
+    """A mask from a path, PIL image, array or Inverse of one: [H,W] float32 in 0..1.
+
+    Gray value is the weight (white: style, black: content); an alpha channel multiplies it, so a
+    selection saved as a transparent PNG works too.
+    """
+    if isinstance(source, Inverse):
+        return _on_grid(1.0 - load_mask(source.source, name))
+    picture = load_image(source, name)
+    mask = picture.rgb.mean(axis=2)
+    if picture.alpha is not None:
+        mask = mask * picture.alpha
+    return _on_grid(np.clip(mask, 0.0, 1.0))
+
+
+def _on_grid(mask: np.ndarray) -> np.ndarray:
+    """The mask on the 16-bit grid (k / 65535), float32: what a guide file can hold anyway, and
+    `Inverse(m)` then equals a file holding 1 - m bit for bit (float32's 1 - m does not)."""
+    return (np.round(mask.astype(np.float64) * GRID) / GRID).astype(np.float32)
+
+
+def check_masks(masks: list[np.ndarray], styles: int, height: int, width: int) -> None:
+    """One mask for all styles or one per style, each with the content's aspect ratio."""
+    if len(masks) not in (1, styles):
+        raise UserError(f"{len(masks)} masks for {styles} styles: give one --mask for all styles "
+                        "or one per style, in the same order.")
+    for i, mask in enumerate(masks, start=1):
+        mh, mw = mask.shape
+        if abs(mh / mw - height / width) > 0.02 * height / width:
+            raise UserError(f"Mask {i} is {mw}x{mh} px but the content is {width}x{height} px; "
+                            "give a mask with the content's aspect ratio (ideally its size).")
+        if mask.max() <= 0:
+            raise UserError(f"Mask {i} is black everywhere, so its style would apply nowhere; "
+                            "paint white where the style should go.")
+
+
+def at_size(mask: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """The mask resized to (height, width) as a [1,1,H,W] float32 tensor."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(resize_array(mask, height, width)))[None, None]
+
+
+def average_pool(m):
+    """2x2 average pooling of [..., H, W] (a torch tensor or numpy array), odd last row/column
+    dropped as by the network's pools."""
+    h, w = m.shape[-2] // 2, m.shape[-1] // 2
+    return m[..., :2 * h, :2 * w].reshape(*m.shape[:-2], h, 2, w, 2).mean(-1).mean(-2)
+
+
+def layer_masks(mask, layers) -> dict:
+    """The [1,1,H,W] image-size mask (tensor or array) at each layer's resolution (average-pooled
+    like the features)."""
+    out = {}
+    for layer in layers:
+        m = mask
+        for _ in range(pools_before(layer)):
+            m = average_pool(m)
+        out[layer] = m
+    return out
+
+
+def composite(result, content, mask):
+    """mask * result + (1 - mask) * content: outside the mask the content, unchanged (tensors or
+    arrays)."""
+    return mask * result + (1 - mask) * content
+
+
+def union(masks: list):
+    """Where any style applies: the masks' sum, capped at 1 (tensors or arrays)."""
+    return sum(masks).clip(0.0, 1.0)

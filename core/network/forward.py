@@ -1,0 +1,140 @@
+"""ONNX Runtime feature engine: forward passes of the artifact, without gradients.
+
+Used for everything that needs no gradient: style and content targets, metrics, previews and
+the exporter's verification. Providers: CUDA when it truly loads, else CPU, without ONNX
+Runtime's own error spam on machines that have no GPU. The provider in use is `engine.provider`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from . import artifact_meta
+from .vgg import EXPORTED_LAYERS, MIN_SIDE, ArtifactInfo, read_artifact
+
+THREADS_ENV = "STYLEFU_THREADS"
+# Past this many threads one VGG forward pass gains little (thread start-up and memory bandwidth
+# dominate the small deep layers), and a 64-core box is usually shared: leave the rest to others.
+MAX_THREADS = 16
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (affinity-aware): the right thread count for ORT and torch."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def engine_threads(cores: int | None = None) -> int:
+    """Intra-op threads for ONNX Runtime: $STYLEFU_THREADS, else one per usable core up to 16.
+
+    Never more than the cores (4 threads on 2 cores made passes 2.6x slower here); 2 cores -> 2,
+    64 cores -> 16.
+    """
+    wanted = os.environ.get(THREADS_ENV, "").strip()
+    if wanted:
+        try:
+            if int(wanted) >= 1:
+                return int(wanted)
+        except ValueError:
+            pass
+        raise UserError(f"${THREADS_ENV} must be a positive whole number, not {wanted!r}.")
+    return max(1, min(cores or usable_cores(), MAX_THREADS))
+
+
+def cuda_is_usable() -> bool:
+    """True when a CUDA device is really there (asking torch avoids ORT's probe noise)."""
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+class FeatureEngine:
+    """An ONNX Runtime session over a stylefu artifact. `features(batch)` -> {layer: array}.
+
+    `provider` names the execution provider that runs the graph ("CUDAExecutionProvider" or
+    "CPUExecutionProvider"), `threads` the CPU threads, and `calls` counts forward passes (the
+    tests use it to prove that the target cache saves work).
+    """
+
+    def __init__(self, model_path: str | Path, device: str = "auto", threads: int | None = None,
+                 info: ArtifactInfo | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(model_path)
+        if info is None and not self.path.is_file():
+            read_artifact(self.path)  # its one-sentence UserError
+        ort.set_default_logger_severity(3)  # errors only: no warnings about unused providers
+        options = ort.SessionOptions()
+        # ORT_ENABLE_ALL: the full graph fusions, the fastest level for these convolutions.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.threads = threads or engine_threads()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        # Idle ORT threads must not spin: torch's optimiser runs right after each target pass on
+        # the same cores, and spinning workers would steal its CPU time.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        providers = ["CPUExecutionProvider"]
+        want_cuda = device == "cuda" or (device == "auto" and cuda_is_usable())
+        if want_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as exc:  # e.g. the CUDA provider's libraries do not load
+            if info is None:
+                read_artifact(self.path)  # not an ONNX file: its one-sentence UserError
+            if len(providers) == 1:
+                raise UserError(f"ONNX Runtime cannot open {self.path} ({exc.__class__.__name__}); "
+                                "re-create it with `stylefu export`.") from None
+            self.session = ort.InferenceSession(str(self.path), options,
+                                                providers=["CPUExecutionProvider"])
+        # The metadata from the session, not from parsing the file's 52 MB with onnx a second
+        # time (0.3-0.5 s of start-up); a caller that has read the file passes `info`.
+        self.info = info or artifact_meta.decode(
+            self.session.get_modelmeta().custom_metadata_map, self.path)
+        # ORT silently drops a provider that fails to load: report what it really uses.
+        self.provider = self.session.get_providers()[0]
+        self.calls = 0
+        # The sha256 of the file this session was made from, set by the model loaders: the
+        # target cache's key (hashing `path` later may hash a file an export put there since).
+        self.sha256: str | None = None
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.provider != "CPUExecutionProvider"
+
+    def describe(self) -> str:
+        """One line for logs: provider and threads."""
+        if self.uses_gpu:
+            return f"ONNX Runtime on {self.provider}"
+        return f"ONNX Runtime on {self.provider} with {self.threads} thread(s)"
+
+    def features(self, batch: np.ndarray, layers=EXPORTED_LAYERS) -> dict[str, np.ndarray]:
+        """Activations for a float32 [N,3,H,W] RGB 0..1 batch (any N, H, W >= 16).
+
+        Returns {layer: [N,C,h,w] float32}. One call is one forward pass of the whole batch.
+        """
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise ValueError(f"expected an [N,3,H,W] batch, got shape {batch.shape}")
+        if min(batch.shape[2:]) < MIN_SIDE:
+            raise UserError(f"Images must be at least {MIN_SIDE} px on each side, "
+                            f"not {batch.shape[3]}x{batch.shape[2]}.")
+        unknown = [n for n in layers if n not in EXPORTED_LAYERS]
+        if unknown:
+            raise ValueError(f"unknown layers {unknown}; the artifact has {EXPORTED_LAYERS}")
+        self.calls += 1
+        outputs = self.session.run(list(layers), {"image": batch})
+        return dict(zip(layers, outputs))
+
+    def image_features(self, image: np.ndarray, layers=EXPORTED_LAYERS) -> dict[str, np.ndarray]:
+        """Activations of one [H,W,3] image: {layer: [1,C,h,w]}."""
+        return self.features(np.asarray(image, np.float32).transpose(2, 0, 1)[None], layers)

@@ -1,0 +1,233 @@
+"""The pipeline, one for both engines: load and check the inputs -> plan the levels (sizes,
+evaluations, tiles where memory asks) -> balance the loss -> per level, coarse to fine: the
+engine's targets and minimised pixels, guides composited -> final figures, colour, alpha,
+metrics. Gatys et al.'s method: pixels optimised by L-BFGS (or Adam) against content and style.
+
+An engine (core/engines: torch, or the torch-free onnx) supplies a runner: its pixels, a level's
+targets and minimiser, the final figures. This module imports no torch itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .. import engines
+from ..engines.steps import CancelToken
+from ..errors import UserError
+from ..io.images import Picture, check_min_side, fit_long_side, load_image, resize_array, save_image
+from ..method import balance, color, guides, tiling
+from ..method.config import Config
+from ..method.objective import check_finite
+from ..method.targets import blend_weights, target_arrays
+from ..network.vgg import MIN_SIDE
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..engines.torch.model import StyleModel
+
+
+@dataclass
+class Progress:
+    """What a callback gets at every evaluation; `image()` renders the current result on request."""
+
+    level: int
+    levels: int
+    evaluation: int
+    evaluations: int
+    size: tuple[int, int]
+    loss: float
+    content_loss: float
+    style_loss: float
+    tv_loss: float
+    image: Callable[[], np.ndarray] = field(repr=False, default=lambda: None)
+    # The optimised pixels as they are, unclipped (benchmarks judge the optimiser's own variable).
+    pixels: Callable[[], torch.Tensor] = field(repr=False, default=lambda: None)
+
+    @property
+    def fraction(self) -> float:
+        """Overall progress 0..1 (each level counted by its share of evaluations)."""
+        return self.evaluation / max(1, self.evaluations) if self.levels == 1 else \
+            ((self.level - 1) + self.evaluation / max(1, self.evaluations)) / self.levels
+
+
+@dataclass
+class StylizeResult:
+    """The stylized image (RGB float32 0..1 [H,W,3], alpha if the content had one) and metrics."""
+
+    image: np.ndarray
+    alpha: np.ndarray | None
+    metrics: dict
+
+    def save(self, path, bits: int = 8):
+        return save_image(path, self.image, self.alpha, bits=bits)
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level of the coarse-to-fine schedule: its number (1 = coarsest), working size (h, w),
+    evaluation budget, and crop side (0: optimised whole)."""
+
+    number: int
+    size: tuple[int, int]
+    evaluations: int
+    crop_side: int
+
+
+def level_sizes(height: int, width: int, config: Config) -> list[tuple[int, int]]:
+    """Working sizes from coarse to fine; the coarsest keeps at least 64 px on its short side."""
+    full = fit_long_side(height, width, config.size)
+    sizes = [full]
+    for _ in range(config.schedule_value("levels") - 1):
+        h, w = sizes[0]
+        if min(h, w) // 2 < max(64, MIN_SIDE):
+            break
+        sizes.insert(0, (h // 2, w // 2))
+    return sizes
+
+
+def plan_levels(height: int, width: int, config: Config, device: torch.device) -> list[Level]:
+    sizes = level_sizes(height, width, config)
+    return [Level(k, size, config.schedule_value("evaluations" if k == len(sizes)
+                                                 else "coarse_evaluations"),
+                  tiling.choose_crop_side(*size, config.crop_side, config.optimizer, device))
+            for k, size in enumerate(sizes, start=1)]
+
+
+def balanced(config: Config, model: StyleModel, content: np.ndarray, styles: Sequence[np.ndarray],
+             size: tuple[int, int]) -> Config:
+    """`config` with its loss weights set (core/balance.py) from the targets at the first level's
+    `size` (at most 512 px: a tiled level has no whole-image pass). The target cache makes the
+    level's own targets free afterwards."""
+    if config.plain_loss:
+        return balance.normalised_weights(config, None, {})
+    size = fit_long_side(*size, min(512, max(size)))
+    content_features, grams = target_arrays(model, content, styles, size, config)
+    return balance.normalised_weights(config, content_features, grams)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate" in text
+
+
+@contextlib.contextmanager
+def _memory_guard(size: tuple[int, int], device: torch.device):
+    """Out of memory at `size` becomes one UserError sentence with the fix."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        raise UserError(f"Ran out of memory at {size[1]}x{size[0]} px on {device}; "
+                        "set a smaller --crop-side (e.g. 512) or lower --size.") from None
+
+
+def load_inputs(content, style_or_styles, masks, config: Config):
+    """The content and style Pictures and the guides' arrays, checked (both engines)."""
+    styles_in = ([style_or_styles] if isinstance(style_or_styles, (str, bytes)) or
+                 not isinstance(style_or_styles, Sequence) else list(style_or_styles))
+    if not styles_in:
+        raise UserError("Give at least one style image.")
+    content_pic = load_image(content, "content")
+    style_pics: list[Picture] = [load_image(s, f"style {i + 1}") for i, s in enumerate(styles_in)]
+    for picture in [content_pic, *style_pics]:
+        check_min_side(picture)
+    blend_weights(len(style_pics), config)  # a weight count that does not match fails early
+    mask_arrays = [guides.load_mask(m, f"mask {i + 1}") for i, m in enumerate(masks or [])]
+    if mask_arrays:
+        guides.check_masks(mask_arrays, len(style_pics), content_pic.height, content_pic.width)
+    return content_pic, style_pics, mask_arrays
+
+
+def stylize(content, style_or_styles, *, config: Config | None = None,
+            model: StyleModel | str | None = None,
+            callback: Callable[[Progress], None] | None = None,
+            cancel: CancelToken = None, masks: Sequence | None = None,
+            log: Callable[[str], None] | None = None) -> StylizeResult:
+    """Stylize `content` with one style or several (path, PIL image, array or Picture each).
+
+    `masks` (paths, PIL images or [H,W] arrays, white = style) limit where the style applies: one
+    mask for all styles, or one per style (each style painted into its own region). Pixels outside
+    every mask stay exactly the content's; gray values blend.
+
+    Returns a StylizeResult with the image at the working size (long side `config.size`) and the
+    final metrics. Images too large for memory are optimised in tiles; `log` (default: the
+    `stylefu` logger) is told so. Raises UserError for bad input or when memory runs out anyway,
+    Cancelled when `cancel` fires (checked at every evaluation), NumericalError if the loss
+    diverges. Same seed and inputs -> same bytes.
+    """
+    started = time.perf_counter()
+    config = (config or Config()).validate()
+    log = log or logging.getLogger("stylefu").info
+    runner = engines.runner(config, model, log)
+    content_pic, style_pics, mask_arrays = load_inputs(content, style_or_styles, masks, config)
+    runner.check(content_pic, style_pics)
+    plan = plan_levels(content_pic.height, content_pic.width, config, runner.device)
+    final = plan[-1]
+    if min(final.size) < MIN_SIDE:
+        raise UserError(f"At --size {config.size} the content's short side is under {MIN_SIDE} px; "
+                        "raise --size.")
+    if not runner.tiles and any(level.crop_side for level in plan):
+        raise UserError(f"At --size {config.size} the image needs tiles, which --engine {runner.name} "
+                        "does not do; lower --size or use --engine torch.")
+    model = runner.load(plan)
+    # Colour preservation changes what the optimiser sees (see color.py).
+    content_rgb, styles = color.prepare(config.preserve_colors, content_pic.rgb,
+                                        [p.rgb for p in style_pics])
+    config = balanced(config, model, content_rgb, styles, plan[0].size)
+    runner.config = config
+    x = initial_pixels(runner, content_rgb, plan[0].size, config)
+    evaluations = 0
+    for level in plan:
+        with _memory_guard(level.size, runner.device):
+            x = runner.resize(x, level.size)
+            x, done = runner.run_level(level, x, content_rgb, styles, mask_arrays,
+                                       _reporter(runner, level, len(plan), callback), cancel)
+            evaluations += done
+            if mask_arrays:  # outside every guide the content, exactly; soft edges blend
+                region = guides.union([resize_array(m, *level.size) for m in mask_arrays])
+                x = guides.composite(x, runner.pixels(resize_array(content_rgb, *level.size)),
+                                     runner.pixels(region))
+    with _memory_guard(final.size, runner.device):
+        result = runner.image(x)
+        metrics = runner.measure(result, resize_array(content_rgb, *final.size),
+                                 tiled=bool(final.crop_side))
+    check_finite(metrics["total_loss"])  # the final figures too: no NaN reported
+    result = color.finish(config.preserve_colors, result, resize_array(content_pic.rgb,
+                                                                       *result.shape[:2]))
+    alpha = None
+    if content_pic.alpha is not None:
+        alpha = resize_array(content_pic.alpha, *result.shape[:2])
+    metrics.update(evaluations=evaluations, iterations=evaluations,
+                   seconds=round(time.perf_counter() - started, 3),
+                   weights_source=model.weights_source, model=str(model.path),
+                   sizes=[list(level.size) for level in plan],
+                   tiles={f"{lv.size[1]}x{lv.size[0]}": lv.crop_side for lv in plan if lv.crop_side},
+                   loss_weights=balance.weights_record(config))
+    return StylizeResult(result, alpha, metrics)
+
+
+def initial_pixels(runner, content_rgb: np.ndarray, size: tuple[int, int], config: Config):
+    """The first level's start in the engine's pixels: the content, noise or the --init image."""
+    if config.init == "noise":
+        return runner.noise(*size)
+    start = content_rgb if config.init == "content" else load_image(config.init).rgb
+    return runner.pixels(resize_array(start, *size))
+
+
+def _reporter(runner, level: Level, levels: int, callback):
+    """The engines' report(evaluation, loss, parts, pixels) as a Progress for `callback`."""
+    def report(i, total, parts, x):
+        if callback is not None:
+            callback(Progress(level.number, levels, i, level.evaluations, level.size, float(total),
+                              float(parts["content"]), float(parts["style"]), float(parts["tv"]),
+                              image=lambda: runner.image(x), pixels=lambda: runner.copy(x)))
+    return report

@@ -1,0 +1,376 @@
+"""Style previews: a short real stylization per candidate style plus its numbers, on one sheet.
+
+A full run takes minutes on a CPU; a preview shows in seconds what each candidate style would do
+to the content, so the user can choose before paying for the full run. Per style:
+- a quick low-resolution stylization: `stylize()` itself, with the caller's config (the same the
+  full run would use) at the preview size and, by default, the `draft` schedule;
+- the style distance between content and style, computed by ONNX Runtime: per style layer the
+  mean squared difference of their Gram matrices, and the layer-weighted total (which is the
+  style loss of the unstyled content, the starting point of the optimisation);
+- after the preview run, the remaining style and content loss (ONNX Runtime, float32), so styles
+  can be compared by numbers as well as by eye.
+A style that cannot be read gets a marked empty cell; the others still render.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .. import jsontext
+from ..engines import load_engine_model
+from ..errors import UserError
+from ..io.cache import cached_grams, target_cache
+from ..io.files import atomic_write
+from ..io.images import PILLOW_FORMATS, Picture, check_min_side, fit_long_side, load_image, resize_array
+from ..method import balance
+from ..method.config import PLAIN_STYLE_WEIGHT, STRENGTH_NEUTRAL, Config
+from ..method.objective import LossSpec
+from ..method.targets import target_arrays
+from ..method.tiling import check_memory
+from ..network.vgg import STYLE_LAYERS
+from .pipeline import level_sizes, stylize
+
+if TYPE_CHECKING:
+    from ..engines.torch.model import StyleModel
+
+PREVIEW_SIZE = 192  # long side of each preview in px: about 3 s per style on 2 CPU cores
+PREVIEW_PRESET = "draft"
+
+
+@dataclass
+class StylePreview:
+    """One style's preview: the stylized image and its numbers, or why the style was skipped."""
+
+    name: str
+    source: str
+    image: np.ndarray | None = field(default=None, repr=False)
+    swatch: np.ndarray | None = field(default=None, repr=False)
+    distance: dict[str, float] = field(default_factory=dict)
+    distance_total: float | None = None
+    style_loss: float | None = None
+    content_loss: float | None = None
+    style_loss_per_layer: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    error: str | None = None
+    failed_stage: str | None = None  # "read" (the file) or "run" (e.g. the loss diverged)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def style_left(self) -> float | None:
+        """Remaining style loss as a fraction of the starting distance (lower: better matched)."""
+        if self.style_loss is None or not self.distance_total:
+            return None
+        return self.style_loss / self.distance_total
+
+    def figures(self) -> dict:
+        """The numbers, for JSON."""
+        if not self.ok:
+            return {"name": self.name, "source": self.source, "ok": False, "error": self.error,
+                    "failed_stage": self.failed_stage}
+        return {"name": self.name, "source": self.source, "ok": True,
+                "style_distance": {"total": self.distance_total, "per_layer": self.distance},
+                "after_preview": {"style_loss": self.style_loss, "content_loss": self.content_loss,
+                                  "style_loss_per_layer": self.style_loss_per_layer,
+                                  "style_left_fraction": self.style_left},
+                "size": list(self.image.shape[:2]), "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class PreviewResult:
+    """All previews of one content image, the contact sheet, and how they were made."""
+
+    content: np.ndarray = field(repr=False)
+    content_name: str
+    styles: list[StylePreview]
+    config: Config
+    info: dict
+    sheet: Image.Image | None = field(default=None, repr=False)
+
+    def figures(self) -> dict:
+        return {"content": self.content_name, **self.info,
+                "config": dataclasses.asdict(self.config),
+                "styles": [s.figures() for s in self.styles]}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the contact sheet atomically (format from the suffix, PNG by default)."""
+        suffix = Path(path).suffix.lower()
+        if suffix not in PILLOW_FORMATS:
+            raise UserError(f"Unknown image type {suffix or '(no suffix)'!r} for {path}; end the "
+                            f"name with one of {', '.join(PILLOW_FORMATS)}.")
+        return atomic_write(Path(path), lambda tmp: self.sheet.save(
+            tmp, format=PILLOW_FORMATS[suffix]))
+
+    def save_json(self, path: str | Path) -> Path:
+        """Write the figures as strict JSON (a non-finite number becomes null), atomically."""
+        text = jsontext.dumps(self.figures(), indent=2)
+        return atomic_write(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def _label(source, index: int) -> tuple[str, str]:
+    """(short name for the sheet, source for messages) of a style given as path or array."""
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source).stem, str(source)
+    if isinstance(source, Picture) and source.name:
+        return source.name, source.name
+    return f"style {index}", f"style {index}"
+
+
+def style_distance(model: StyleModel, content: np.ndarray, style: np.ndarray,
+                   config: Config) -> tuple[dict[str, float], float]:
+    """Gram-matrix distance between content and style at the preview's working size.
+
+    Per style layer: mean squared difference of the two Gram matrices (ONNX Runtime features,
+    float32 Gram); total: the sum weighted like the style loss (at the default strength each
+    layer relative to its target's magnitude, core/balance.py, so styles compare fairly). The
+    style is sized exactly as for the optimisation (`style_scale`), and both Grams come from the
+    target cache.
+    """
+    size = fit_long_side(*content.shape[:2], config.size)
+    content_features, grams = target_arrays(model, content, [style], size, config)
+    content_grams = cached_grams(target_cache(model), model.engine, content, size, STYLE_LAYERS)
+    # losses.style_layer_loss, in numpy (previews need no torch)
+    per_layer = {name: float(np.mean(np.square(content_grams[name] - np.asarray(grams[name]),
+                                               dtype=np.float64)))
+                 for name in STYLE_LAYERS}
+    weighted = balance.normalised_weights(config, content_features, grams)
+    return per_layer, LossSpec.from_config(weighted).style(per_layer)
+
+
+def preview(content, styles: Sequence, *, config: Config | None = None,
+            model: StyleModel | str | None = None, size: int | None = None,
+            on_style: Callable[[StylePreview], None] | None = None) -> PreviewResult:
+    """Preview each of `styles` on `content` (paths, PIL images, arrays or Pictures).
+
+    `config` is the full run's configuration (default: `Config(preset="draft")`); the preview
+    uses it at `size` px long side (default: `PREVIEW_SIZE`, or `config.size` when a config is
+    given without a size). Each style is optimised on its own (no blend). `on_style` is called
+    with each finished StylePreview (the CLI prints a line). Raises UserError for zero styles, an
+    unreadable content image or when no style can be read; an unreadable style is reported in its
+    StylePreview.error and drawn as a marked empty cell.
+    """
+    started = time.perf_counter()
+    styles = list(styles)
+    if not styles:
+        raise UserError("Give at least one style image to preview.")
+    if config is None:
+        config = Config(preset=PREVIEW_PRESET, size=size or PREVIEW_SIZE)
+    elif size is not None:
+        config = config.with_(size=size)
+    config = config.with_(style_blend=None).validate()  # one style at a time: no blend
+    # A path is named by its file name (load_image's default), anything else "content".
+    content_pic = load_image(content, None if isinstance(content, (str, os.PathLike)) else "content")
+    check_min_side(content_pic)
+    if isinstance(model, (str, os.PathLike)) or model is None:
+        model = load_engine_model(model, config)
+    check_memory(content_pic, [], config, model.device)
+
+    previews = []
+    for index, source in enumerate(styles, start=1):
+        name, where = _label(source, index)
+        item = StylePreview(name, where)
+        t0 = time.perf_counter()
+        try:
+            picture = load_image(source, name)
+            check_min_side(picture)
+        except UserError as exc:
+            item.error, item.failed_stage = str(exc), "read"
+        else:
+            item.swatch = picture.rgb
+            try:
+                check_memory(content_pic, [picture], config, model.device)
+                item.distance, item.distance_total = style_distance(model, content_pic.rgb,
+                                                                    picture.rgb, config)
+                result = stylize(content_pic, picture, config=config, model=model)
+            except UserError as exc:  # e.g. NumericalError: this style fails, the others go on
+                item.error, item.failed_stage = str(exc), "run"
+            else:
+                item.image = result.image
+                item.style_loss = result.metrics["style_loss"]
+                item.content_loss = result.metrics["content_loss"]
+                item.style_loss_per_layer = result.metrics["style_loss_per_layer"]
+        item.seconds = time.perf_counter() - t0
+        previews.append(item)
+        if on_style is not None:
+            on_style(item)
+    if not any(p.ok for p in previews):
+        raise UserError(f"None of the {len(previews)} style image(s) could be previewed: "
+                        f"{previews[0].error}")
+    h, w = fit_long_side(content_pic.height, content_pic.width, config.size)
+    levels = level_sizes(content_pic.height, content_pic.width, config)
+    info = {"size": [h, w], "levels": [max(size) for size in levels],
+            "preset": config.preset, "model": str(model.path),
+            "weights_source": model.weights_source,
+            "weights_random": model.info.is_random, "provider": model.engine.provider,
+            "device": str(model.device), "seconds": round(time.perf_counter() - started, 3)}
+    result = PreviewResult(resize_array(content_pic.rgb, h, w), content_pic.name, previews,
+                           config, info)
+    result.sheet = contact_sheet(result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The contact sheet: one column per image. Top row: style swatches; middle row: the content,
+# then each preview at the same size (so the eye compares them side by side); bottom: figures.
+
+INK, MUTED, PAPER, PANEL = (30, 30, 30), (105, 105, 105), (255, 255, 255), (236, 236, 236)
+BAR, BAR_LEFT, ERROR = (70, 110, 190), (220, 140, 40), (200, 40, 40)
+PAD = 12
+
+
+def balance_label(config: Config) -> str:
+    """The run's style/content balance in words: its strength, or its plain style weight."""
+    if config.plain_loss:
+        return f"style weight {config.style_weight or PLAIN_STYLE_WEIGHT:g}"
+    return f"strength {STRENGTH_NEUTRAL if config.strength is None else config.strength:g}"
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)  # Pillow's bundled TrueType font
+    except (TypeError, OSError, ImportError):  # Pillow without FreeType: the bitmap font
+        return ImageFont.load_default()
+
+
+def _to_pil(array: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.round(np.clip(array, 0, 1) * 255).astype(np.uint8))
+
+
+def _fit(image: Image.Image, box: tuple[int, int], crop: bool) -> Image.Image:
+    """Scale `image` into box (w, h): cropped to fill it, or letterboxed on the panel colour."""
+    bw, bh = box
+    if crop:
+        scale = max(bw / image.width, bh / image.height)
+    else:
+        scale = min(bw / image.width, bh / image.height)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    image = image.resize(size, Image.LANCZOS)
+    cell = Image.new("RGB", box, PANEL)
+    cell.paste(image, ((bw - size[0]) // 2, (bh - size[1]) // 2))
+    return cell
+
+
+def _clip_text(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int, lines: int) -> list[str]:
+    words, out, line = text.split(), [], ""
+    for word in words:
+        trial = f"{line} {word}".strip()
+        if draw.textlength(trial, font=font) <= width:
+            line = trial
+        else:
+            out.append(line)
+            line = word
+    out.append(line)
+    if len(out) > lines:
+        out = out[:lines]
+        out[-1] = _clip_text(draw, out[-1] + " ...", font, width)
+    return out
+
+
+def _mark_missing(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int]) -> None:
+    """An empty cell crossed out in red: this style could not be read."""
+    x0, y0, x1, y1 = box
+    draw.rectangle(box, fill=(250, 228, 228), outline=ERROR, width=3)
+    draw.line((x0, y0, x1, y1), fill=ERROR, width=3)
+    draw.line((x0, y1, x1, y0), fill=ERROR, width=3)
+
+
+def contact_sheet(result: PreviewResult) -> Image.Image:
+    """Render `result` as one picture: swatches, content and previews, names and figures."""
+    h, w = result.info["size"]
+    scale = max(160, min(320, max(h, w))) / max(h, w)  # cells 160..320 px on the long side
+    cw, ch = max(120, round(w * scale)), round(h * scale)
+    title_f, name_f, text_f, small_f = _font(20), _font(16), _font(14), _font(12)
+    ok = [p for p in result.styles if p.ok]
+    top = max(p.distance_total for p in ok) or 1.0
+    n = len(result.styles) + 1
+    title_h, name_h, figures_h = 56, 26, 222
+    width = PAD + n * (cw + PAD)
+    height = title_h + name_h + ch + PAD + ch + PAD + figures_h + PAD
+    sheet = Image.new("RGB", (width, height), PAPER)
+    draw = ImageDraw.Draw(sheet)
+
+    info, cfg = result.info, result.config
+    draw.text((PAD, 10), "stylefu preview", font=title_f, fill=INK)
+    weights = info["weights_source"]
+    levels = "/".join(str(px) for px in info["levels"])
+    sub = (f"{w}x{h} px, preset {cfg.preset} (levels {levels} px), "
+           f"{balance_label(cfg)}, colours: {cfg.preserve_colors}, weights: {weights}"
+           + ("  (RANDOM: weak effect)" if info["weights_random"] else ""))
+    draw.text((PAD, 34), _clip_text(draw, sub, small_f, width - 2 * PAD), font=small_f, fill=MUTED)
+
+    y_name, y_swatch = title_h, title_h + name_h
+    y_main = y_swatch + ch + PAD
+    y_fig = y_main + ch + PAD
+    # Column 0: the content (in the preview row, level with the previews) and a legend.
+    x = PAD
+    draw.text((x, y_name), "content", font=name_f, fill=INK)
+    sheet.paste(_fit(_to_pil(result.content), (cw, ch), crop=False), (x, y_main))
+    legend = ["top: the style image", "middle: content, then each", "  style's quick preview",
+              "", "style distance: Gram MSE", "  content <-> style (ONNX RT);",
+              "  bar: relative to the largest", "style left: loss after the", "  preview / distance",
+              "content: content loss after"]
+    for i, line in enumerate(legend):
+        draw.text((x, y_fig + i * 17), line, font=small_f, fill=MUTED)
+    if result.content_name != "content":
+        draw.text((x, y_swatch + ch // 2 - 20), _clip_text(draw, result.content_name, text_f, cw),
+                  font=text_f, fill=INK)
+    draw.text((x, y_swatch + ch // 2 + 4), "styles ->", font=text_f, fill=MUTED)
+
+    for index, p in enumerate(result.styles, start=1):
+        x = PAD + index * (cw + PAD)
+        draw.text((x, y_name), _clip_text(draw, f"{index}. {p.name}", name_f, cw), font=name_f,
+                  fill=INK if p.ok else ERROR)
+        if not p.ok:
+            if p.swatch is None:
+                _mark_missing(draw, (x, y_swatch, x + cw - 1, y_swatch + ch - 1))
+            else:
+                sheet.paste(_fit(_to_pil(p.swatch), (cw, ch), crop=True), (x, y_swatch))
+            _mark_missing(draw, (x, y_main, x + cw - 1, y_main + ch - 1))
+            draw.text((x, y_fig), "NOT READ" if p.failed_stage == "read" else "FAILED",
+                      font=name_f, fill=ERROR)
+            for i, line in enumerate(_wrap(draw, p.error, small_f, cw, 9)):
+                draw.text((x, y_fig + 24 + i * 16), line, font=small_f, fill=INK)
+            continue
+        sheet.paste(_fit(_to_pil(p.swatch), (cw, ch), crop=True), (x, y_swatch))
+        sheet.paste(_fit(_to_pil(p.image), (cw, ch), crop=False), (x, y_main))
+        y = y_fig
+        draw.text((x, y), f"style distance {p.distance_total:.3g}", font=text_f, fill=INK)
+        y += 19
+        draw.rectangle((x, y, x + cw - 1, y + 9), fill=PANEL)
+        draw.rectangle((x, y, x + max(2, round((cw - 1) * p.distance_total / top)), y + 9),
+                       fill=BAR)
+        y += 16
+        left = p.style_left or 0.0
+        draw.text((x, y), f"style left {100 * left:.1f} %", font=text_f, fill=INK)
+        y += 19
+        draw.rectangle((x, y, x + cw - 1, y + 9), fill=PANEL)
+        draw.rectangle((x, y, x + max(2, round((cw - 1) * min(1.0, left))), y + 9), fill=BAR_LEFT)
+        y += 16
+        draw.text((x, y), f"content loss {p.content_loss:.3g}", font=text_f, fill=INK)
+        y += 22
+        draw.text((x, y), "distance by layer:", font=small_f, fill=MUTED)
+        y += 16
+        for name in STYLE_LAYERS:
+            draw.text((x, y), f"{name}  {p.distance[name]:.2e}", font=small_f, fill=MUTED)
+            y += 15
+        draw.text((x, y + 2), f"preview made in {p.seconds:.1f} s", font=small_f, fill=MUTED)
+    return sheet
