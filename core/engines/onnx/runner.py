@@ -1,6 +1,7 @@
 """The torch-free engine's part of a run (run/pipeline.py owns the level loop): per level the
-targets in numpy, the loss and gradient from one ONNX Runtime graph (engine.OnnxObjective) and
-L-BFGS in numpy (engine.minimise). Imports no torch. Whole images only, float32."""
+targets in numpy, the loss and gradient from one ONNX Runtime graph (engine.OnnxObjective, or
+tiled.TiledOnnxObjective crop by crop where memory asks) and L-BFGS in numpy (engine.minimise).
+Imports no torch. float32."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import numpy as np
 
 from ...errors import UserError
 from ...io.images import resize_array
+from ...method import tiling
 from ...method.targets import blend_weights, target_arrays
 from ...network.vgg import STYLE_LAYERS
 from .engine import OnnxModel, OnnxObjective, load_onnx_model, minimise
+from .tiled import TiledOnnxObjective
 
 
 class OnnxRunner:
     name = "onnx"
-    tiles = False  # the gradient graph sees the whole image: a level that needs tiles is refused
+    tiles = True  # levels too large for memory run crop by crop (tiled.py)
 
     def __init__(self, model, config, log):
         self.model = model if isinstance(model, OnnxModel) else None
@@ -27,6 +30,7 @@ class OnnxRunner:
         if self.config.precision not in ("auto", "fp32"):
             raise UserError(f"--engine onnx computes in float32; use --precision fp32 (or auto), "
                             f"not {self.config.precision}.")
+        tiling.check_memory(content, styles, self.config, self.device)
 
     def load(self, plan):
         if self.model is None:
@@ -61,15 +65,25 @@ class OnnxRunner:
 
     def run_level(self, level, x, content_rgb, styles, masks, report, cancel):
         """The level's targets and the minimised pixels; returns (pixels, evaluations)."""
-        content_feat, terms = self.terms(content_rgb, styles, level.size, masks)
-        self.objective = OnnxObjective(self.model, content_feat, terms, self.config)
-        return minimise(self.objective, x, level.evaluations, self.config, report, cancel,
-                        self.config.schedule_value("tolerance"))
+        size, side, config = level.size, level.crop_side, self.config
+        content_feat, terms = self.terms(content_rgb, styles, size, masks, not side)
+        history = tiling.LBFGS_HISTORY
+        if side:
+            self.log(f"{size[1]}x{size[0]} px is optimised in {side} px tiles.")
+            self.objective = TiledOnnxObjective(self.model, resize_array(content_rgb, *size), terms,
+                                                side, config, self.rng, cancel)
+            history = tiling.TILED_HISTORY
+        else:
+            self.objective = OnnxObjective(self.model, content_feat, terms, config)
+        return minimise(self.objective, x, level.evaluations, config, report, cancel,
+                        config.schedule_value("tolerance"), history)
 
-    def terms(self, content, styles, size, masks):
-        """Content features and style terms at one level (targets.region_targets' rules, in numpy)."""
+    def terms(self, content, styles, size, masks, content_features: bool = True):
+        """Content features (or None) and style terms at one level (targets.region_targets'
+        rules, in numpy)."""
         config = self.config
-        content_feat, grams = target_arrays(self.model, content, styles, size, config)
+        content_feat, grams = target_arrays(self.model, content, styles, size, config,
+                                            content_features)
         at_size = [resize_array(m, *size) for m in masks]
         if len(masks) <= 1:
             return content_feat, [(grams, 1.0, at_size[0] if at_size else None)]
@@ -84,7 +98,11 @@ class OnnxRunner:
     def measure(self, result: np.ndarray, content_at_size: np.ndarray, tiled: bool) -> dict:
         """The final figures of the delivered image (the gradient graph's loss, float32)."""
         total, parts, _ = self.objective(self.pixels(result))
-        return {"total_loss": total, "content_loss": parts["content"], "style_loss": parts["style"],
-                "style_loss_per_layer": {n: parts[n] for n in STYLE_LAYERS}, "tv_loss": parts["tv"],
-                "device": "cpu", "precision": "float32", "engine": "onnx", "compiled": False,
-                "compile_seconds": 0.0}
+        metrics = {"total_loss": total, "content_loss": parts["content"],
+                   "style_loss": parts["style"],
+                   "style_loss_per_layer": {n: parts[n] for n in STYLE_LAYERS},
+                   "tv_loss": parts["tv"], "device": "cpu", "precision": "float32",
+                   "engine": "onnx", "compiled": False, "compile_seconds": 0.0}
+        if tiled:
+            metrics["seam_ratio"] = tiling.seam_ratio(result, [self.objective.cores])
+        return metrics
