@@ -57,12 +57,12 @@ test-float32: venv
 
 # The torch-free subset in the light env: imports, export from trained weights (the local-index
 # stand-in wheel), runs, previews, and the GIMP 3 plug-in driving a torch-free worker.
-# Left out there: GIMP's dialog test (the full run has it), tiles (--engine onnx does not tile), and
-# the gray layer's 4-evaluation change threshold (tuned on bf16; float32, torch's too, overshoots).
+# Left out there: GIMP's dialog test (the full run has it) and the gray layer's 4-evaluation
+# change threshold (tuned on bf16; float32, torch's too, overshoots).
 test-light: light-venv
 	STYLEFU_LIGHT_ENV=1 $(LIGHT_BIN)/python -m pytest tests/test_light.py tests/test_package_weights.py \
 		tests/test_installer.py \
-		tests/test_gimp3.py -k "not dialog and not tile_size" \
+		tests/test_gimp3.py -k "not dialog" \
 		--deselect "tests/test_gimp3.py::test_pixels_are_stylized[gray]"
 
 bench: venv

@@ -175,9 +175,6 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     if min(final.size) < MIN_SIDE:
         raise UserError(f"At --size {config.size} the content's short side is under {MIN_SIDE} px; "
                         "raise --size.")
-    if not runner.tiles and any(level.crop_side for level in plan):
-        raise UserError(f"At --size {config.size} the image needs tiles, which --engine {runner.name} "
-                        "does not do; lower --size or use --engine torch.")
     model = runner.load(plan)
     # Colour preservation changes what the optimiser sees (see color.py).
     content_rgb, styles = color.prepare(config.preserve_colors, content_pic.rgb,

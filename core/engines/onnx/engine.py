@@ -2,8 +2,8 @@
 one ONNX Runtime graph (gradient.py), and the minimising loop with L-BFGS in numpy (lbfgs.py).
 
 Imports no torch. The run itself (levels, targets, guides, colour, progress) is the pipeline's
-(run/pipeline.py), through runner.py. Not covered (UserError): images that need tiling,
-bf16/fp16, a style too large for one forward pass.
+(run/pipeline.py), through runner.py; tiles through tiled.py. Not covered (UserError): bf16/fp16,
+a style too large for one forward pass.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ from .tiled import TiledOnnxObjective
 
 class OnnxRunner:
     name = "onnx"
-    tiles = True  # levels too large for memory run crop by crop (tiled.py)
 
     def __init__(self, model, config, log):
         self.model = model if isinstance(model, OnnxModel) else None

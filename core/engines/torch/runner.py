@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 
 class TorchRunner:
     name = "torch"
-    tiles = True  # levels too large for memory run in crops (optimise_tiled)
 
     def __init__(self, model, config, log):
         from .model import StyleModel, resolve_device
