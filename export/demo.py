@@ -1,4 +1,4 @@
-"""`stylefu demo`: the README's demo. A bundled photo and a generated style (core/demo.py), the
+"""`stylefu demo`: the README's demo. A bundled photo and a generated style (core/io/demo.py), the
 first model that works (installed; the official VGG19 weights fetched once; the trained VGG16
 weights from the package index; random ones), one run, and a side-by-side PNG labelled with the
 weights that painted it. It lives in export because it may have to make the model."""

@@ -1,4 +1,4 @@
-"""The compiled evaluation path (core/compiled.py): same loss and gradient as eager, one compile
+"""The compiled evaluation path (core/engines/torch/compiled.py): same loss and gradient as eager, one compile
 for several sizes, and a fallback that never fails a run.
 
 Compiling is slow (tens of seconds on 2 cores), so this file compiles ONE graph, of a tiny network

@@ -1,4 +1,4 @@
-"""The torch-free engine's gradient graph (core/gradient.py) against torch autograd of the torch
+"""The torch-free engine's gradient graph (core/engines/onnx/gradient.py) against torch autograd of the torch
 engine's own loss (objective.Objective), and its numpy L-BFGS against torch.optim.LBFGS."""
 
 from __future__ import annotations

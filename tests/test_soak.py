@@ -145,7 +145,7 @@ def test_export_while_runs_read_the_model(tmp_path, monkeypatch, capsys):
                            "set STYLEFU_SLOW_TESTS=1")
 def test_compiled_runs_share_one_compile_cache(model_path, tmp_path, monkeypatch):
     """Three `--compile on` runs at once on one empty cache (the compile cache folder chosen by
-    core/compiled.py: the cache's inductor-<torch>), then one more: all exit 0 compiled, the
+    core/engines/torch/compiled.py: the cache's inductor-<torch>), then one more: all exit 0 compiled, the
     same bytes, the later one loading the compiled code faster than the three compiled it;
     nothing of ours left behind."""
     from stylefu.core.engines.torch import compiled

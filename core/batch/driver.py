@@ -9,7 +9,7 @@
 `stylize_many` yields one `ItemResult` per item in completion order, after writing its output
 (atomically: a temporary name, then a rename). A bad item is a failed result with its message;
 the others go on. Work done once: the style targets of every style and working size are computed
-before the workers start (into the on-disk target cache, core/cache.py, which every local worker
+before the workers start (into the on-disk target cache, core/io/cache.py, which every local worker
 reads; Ray gets the entries through its object store), and each worker loads the model once.
 The `stylefu batch` command is this iterator plus the manifest (`Manifest`), `--resume`
 (`pending`) and a progress display.

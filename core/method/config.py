@@ -41,7 +41,7 @@ DEFAULT_PRESET = "normal"
 PLAIN_CONTENT_WEIGHT = 1.0
 PLAIN_STYLE_WEIGHT = 1e6
 # --strength (0..100): STRENGTH_NEUTRAL is the balanced default; every STRENGTH_PER_DECADE points
-# multiply or divide the style's weight by 10 (0 -> 1/100, 100 -> 100 times). See core/balance.py.
+# multiply or divide the style's weight by 10 (0 -> 1/100, 100 -> 100 times). See core/method/balance.py.
 STRENGTH_NEUTRAL = 50.0
 STRENGTH_PER_DECADE = 25.0
 STRENGTH_RANGE = (0.0, 100.0)

@@ -103,7 +103,7 @@ def plan_levels(height: int, width: int, config: Config, device: torch.device) -
 
 def balanced(config: Config, model: StyleModel, content: np.ndarray, styles: Sequence[np.ndarray],
              size: tuple[int, int]) -> Config:
-    """`config` with its loss weights set (core/balance.py) from the targets at the first level's
+    """`config` with its loss weights set (core/method/balance.py) from the targets at the first level's
     `size` (at most 512 px: a tiled level has no whole-image pass). The target cache makes the
     level's own targets free afterwards."""
     if config.plain_loss:

@@ -133,7 +133,7 @@ def style_distance(model: StyleModel, content: np.ndarray, style: np.ndarray,
 
     Per style layer: mean squared difference of the two Gram matrices (ONNX Runtime features,
     float32 Gram); total: the sum weighted like the style loss (at the default strength each
-    layer relative to its target's magnitude, core/balance.py, so styles compare fairly). The
+    layer relative to its target's magnitude, core/method/balance.py, so styles compare fairly). The
     style is sized exactly as for the optimisation (`style_scale`), and both Grams come from the
     target cache.
     """

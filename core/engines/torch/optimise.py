@@ -122,7 +122,7 @@ def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config
              report: Report, cancel: CancelToken, tolerance: float = 0.0, compiled: bool = False,
              log: Callable[[str], None] | None = None) -> Optimised:
     """Optimise a whole image held in memory against `objective`; `compiled`: through
-    torch.compile (core/compiled.py: eager after one line if compiling fails)."""
+    torch.compile (core/engines/torch/compiled.py: eager after one line if compiling fails)."""
     from .compiled import Evaluation
 
     return minimise(Evaluation(objective, compiled, log), image, evaluations, config, report,
