@@ -32,7 +32,7 @@ from pathlib import Path
 from stylefu.core.config import PRESETS, STRENGTH_NEUTRAL, STRENGTH_RANGE, Config, config_fields
 from stylefu.core.errors import UserError
 from stylefu.core.files import atomic_write
-from stylefu.core.paths import default_model_path
+from stylefu.core.paths import cache_dir, default_model_path
 from stylefu.core.vgg import MIN_SIDE
 
 PLUGIN_ROOT = Path(__file__).resolve().parent
@@ -188,6 +188,8 @@ def plugin_settings(version: str, python: str, model: Path) -> dict:
         "python": python,
         "model": str(model),
         "preview_every": PREVIEW_EVERY,
+        # The run logs (the plug-in's lines and the worker's stderr) beside stylefu's own cache.
+        "log_dir": str(cache_dir() / "gimp-logs"),
         "defaults": defaults,
         "choices": dict({name: list(fields[name].metadata["choices"])
                          for name in ("preserve_colors", "device")},
