@@ -198,6 +198,9 @@ def show_dialog(procedure, config, title, layout=None):
     """Run the procedure's dialog; `layout(dialog, config)` fills it and may return an object
     with a stop() method (the preview), called before the dialog goes."""
     gi.require_version("GimpUi", "3.0")
+    gi.require_version("Gtk", "3.0")
+    gi.require_version("GdkPixbuf", "2.0")
+    gi.require_version("Pango", "1.0")
     from gi.repository import GimpUi
 
     GimpUi.init(procedure.get_name())
@@ -271,9 +274,11 @@ class DialogPreview:
 
     DELAY_MS = 500  # after the last change: dragging a slider starts one preview, not dozens
     POLL_MS = 100
+    COLUMN = 180  # the preview column's least width in pixels
+    TEXT_CHARS = 26
 
     def __init__(self, config, host, settings):
-        from gi.repository import Gtk
+        from gi.repository import Gtk, Pango
 
         self.config, self.host, self.settings = config, host, settings
         self.worker = self.output = None
@@ -281,14 +286,22 @@ class DialogPreview:
         self.picture = Gtk.Image()
         side = bridge.preview_side(settings)
         self.picture.set_size_request(side, side)
+        # A fixed width (labels of TEXT_CHARS, ellipsized or wrapped): the dialog must not
+        # change its layout while the progress text changes.
         self.bar = Gtk.ProgressBar()
-        self.bar.set_show_text(True)
+        self.text = Gtk.Label()
+        self.text.set_ellipsize(Pango.EllipsizeMode.END)
+        self.text.set_width_chars(self.TEXT_CHARS)
+        self.text.set_max_width_chars(self.TEXT_CHARS)
+        self.text.set_xalign(0.0)
         self.status = Gtk.Label()
         self.status.set_line_wrap(True)
-        self.status.set_max_width_chars(24)
+        self.status.set_width_chars(self.TEXT_CHARS)
+        self.status.set_max_width_chars(self.TEXT_CHARS)
         self.status.set_xalign(0.0)
         self.widget = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=6)
-        for child in (self.picture, self.bar, self.status):
+        self.widget.set_size_request(max(side, self.COLUMN), -1)
+        for child in (self.picture, self.bar, self.text, self.status):
             self.widget.pack_start(child, False, False, 0)
         self.widget.show_all()
         config.connect("notify", self.changed)
@@ -315,7 +328,7 @@ class DialogPreview:
 
     def say(self, fraction, text, status):
         self.bar.set_fraction(fraction)
-        self.bar.set_text(text)
+        self.text.set_text(text)
         self.status.set_text(status)
 
     def show_file(self, path):
@@ -327,21 +340,23 @@ class DialogPreview:
             bridge.log("dialog preview: cannot show", path, exc.message)
             return
         # Where it is (the picture, centred in its area), for the tests' screenshots.
-        _, x, y = self.picture.translate_coordinates(self.picture.get_toplevel(), 0, 0)
+        x, y = self.picture.translate_coordinates(self.picture.get_toplevel(), 0, 0)[-2:]
         box, pixbuf = self.picture.get_allocation(), self.picture.get_pixbuf()
         w, h = pixbuf.get_width(), pixbuf.get_height()
         bridge.log(f"dialog preview shown: {os.path.basename(path)} {w}x{h} at "
                    f"{x + (box.width - w) // 2},{y + (box.height - h) // 2} in the dialog")
 
     def show_layer(self, area):
-        """The unstylized layer (its area) at the preview's size until the painting arrives."""
+        """The unstylized layer (its area) at the preview's size until the painting arrives.
+        Read through GEGL: GIMP 3.0.4's drawable thumbnails crash Python (a double free)."""
+        from gi.repository import GdkPixbuf
+
         x, y, w, h, _ = area
-        scale = bridge.preview_side(self.settings) / max(w, h)
-        thumb = self.host.source.get_sub_thumbnail(
-            x, y, w, h, max(1, round(w * scale)), max(1, round(h * scale)),
-            Gimp.PixbufTransparency.SMALL_CHECKS)
-        if thumb is not None:
-            self.picture.set_from_pixbuf(thumb)
+        rect, scale = scaled_rect((x, y, w, h, bridge.preview_side(self.settings) / max(w, h)))
+        data = self.host.source.get_buffer().get(rect, scale, "R'G'B' u8", Gegl.AbyssPolicy.CLAMP)
+        self.picture.set_from_pixbuf(GdkPixbuf.Pixbuf.new_from_bytes(
+            GLib.Bytes.new(bytes(data)), GdkPixbuf.Colorspace.RGB, False, 8, rect.width,
+            rect.height, 3 * rect.width))
 
     def start(self):
         self.timer = None
@@ -365,6 +380,17 @@ class DialogPreview:
         return False
 
     def poll(self):
+        """Follow the worker (a GLib timeout: True to be called again)."""
+        try:
+            return self.follow()
+        except Exception:  # a bug here must not leave a worker running behind the dialog
+            bridge.log("dialog preview:", traceback.format_exc())
+            self.say(0.0, "Preview failed", bridge.with_log("The preview failed."))
+            self.poller = None
+            self.stop()
+            return False
+
+    def follow(self):
         worker = self.worker
         for record in worker.poll():
             self.say(min(1.0, float(record.get("fraction", 0.0))),
@@ -494,7 +520,7 @@ def add_stylize_arguments(procedure, settings):
     procedure.add_choice_argument("device", "De_vice", helps.get("device", ""),
                                   make_choice(choices["device"]), d["device"], RW)
     # Remembered with the dialog's values, not a PDB argument: scripts never preview.
-    procedure.add_boolean_aux_argument("preview", "_Show a preview", "Paint a small preview "
+    procedure.add_boolean_aux_argument("preview", "Dra_ft preview", "Paint a small preview "
                                        "with the current settings whenever one changes", True, RW)
 
 
