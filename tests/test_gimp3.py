@@ -428,7 +428,7 @@ def window_shot(display: str, name: str, path: Path) -> tuple[int, int]:
 # figures), and the strengths it is painted at: the test's strong style, then the weakest.
 GUI_PREVIEW_SIDE = 64
 PREVIEW_STRENGTHS = (STRENGTH, 0.0)
-FIGURE_STRENGTHS = (50.0, 80.0)
+FIGURE_STRENGTHS = (50.0, 75.0)
 
 
 def preview_box(lines: list[str], count: int) -> tuple[int, int, int, int]:
@@ -487,7 +487,9 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
             time.sleep(0.2)
         binds = [REPO, Path(sys.prefix), Path(sys.base_prefix), Path(model_path).parent,
                  Path("/tmp/.X11-unix")]
-        env = dict(os.environ, GIMP_GUI="1", DISPLAY=display, PASS_ENV="DISPLAY STYLEFU_SUITE",
+        pass_env = " ".join(["DISPLAY", "STYLEFU_SUITE"] + [v for v in ("OMP_NUM_THREADS",)
+                                                           if os.environ.get(v)])
+        env = dict(os.environ, GIMP_GUI="1", DISPLAY=display, PASS_ENV=pass_env,
                    STYLEFU_SUITE=str(tmp_path / "job.json"), BIND_RO=read_only_binds(*binds),
                    ROOTFS=ROOTFS)
         gimp = subprocess.Popen(["sh", str(GIMP_DIR / "gimp3-batch.sh"),
@@ -589,7 +591,8 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
           f"{strengths}: {between:.3f}; against the layer: {strong:.3f} and {weak:.3f}")
     # Measured (random weights, 64 px): 0.20 between, 0.21 and 0.04 against the layer; the
     # weakest strength stays near the layer, which also says the crop is the picture.
-    assert between > 0.05 and strong > 0.05 and weak < strong / 2, (between, strong, weak)
+    if not figures:  # (the figures' strengths, 50 then 75, are both strong)
+        assert between > 0.05 and strong > 0.05 and weak < strong / 2, (between, strong, weak)
     # The run log: the plug-in's lines and the workers' stderr, in the settings' folder.
     # The run logs, one per run of the filter: the plug-in's lines and the workers' stderr.
     cancelled, ran = (p.read_text() for p in sorted((tmp_path / "logs").iterdir(),

@@ -183,6 +183,8 @@ def with_log(message):
 def _append_log(text):
     if not _log["path"]:
         return
+    if isinstance(text, bytes):  # Python 2.7's str
+        text = text.decode("utf-8", "replace")
     try:
         with io.open(_log["path"], "a", encoding="utf-8", errors="replace") as f:
             f.write(text if text.endswith("\n") else text + "\n")
