@@ -196,7 +196,7 @@ class Host(bridge.PluginHost):
 
 def show_dialog(procedure, config, title, layout=None):
     """Run the procedure's dialog; `layout(dialog, config)` fills it and may return an object
-    with a stop() method (the preview), called before the dialog goes."""
+    with a close() method (the preview), called before the dialog goes."""
     gi.require_version("GimpUi", "3.0")
     gi.require_version("Gtk", "3.0")
     gi.require_version("GdkPixbuf", "2.0")
@@ -214,7 +214,7 @@ def show_dialog(procedure, config, title, layout=None):
         accepted = dialog.run()
     finally:
         if extra is not None:
-            extra.stop()
+            extra.close()
     dialog.destroy()
     return accepted
 
@@ -304,7 +304,7 @@ class DialogPreview:
         for child in (self.picture, self.bar, self.text, self.status):
             self.widget.pack_start(child, False, False, 0)
         self.widget.show_all()
-        config.connect("notify", self.changed)
+        self.handler = config.connect("notify", self.changed)
 
     def enabled(self):
         return bool(self.config.get_property("preview"))
@@ -413,6 +413,11 @@ class DialogPreview:
         worker.stop()  # removes its folder
         self.worker = None
         return False
+
+    def close(self):
+        """The dialog goes: no more previews."""
+        self.config.disconnect(self.handler)
+        self.stop()
 
     def stop(self):
         """Cancel the pending or running preview (the worker stops by itself, see bridge)."""
