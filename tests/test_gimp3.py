@@ -114,6 +114,7 @@ def suite(gimp_model, tmp_path_factory):
     (target,) = installer.install("3", root / "plug-ins", model=model_path)
     settings = json.loads(target.settings_file.read_text())
     settings["preview_every"] = 1  # update the live preview layer at every evaluation
+    settings["log_dir"] = str(root / "logs")  # writable inside GIMP's chroot
     target.settings_file.write_text(json.dumps(settings))
 
     content = demo_content(H, W)
