@@ -270,7 +270,8 @@ class DialogPreview:
     current values at bridge.DIALOG_PREVIEW_SIDE px with the draft preset, by a worker in the
     background (bridge.BackgroundWorker) followed from GLib timeouts, so GIMP stays responsive.
     Shown as it forms, with its own progress bar; a changed entry cancels the running preview
-    and starts a new one; the dialog's "preview" toggle turns it off."""
+    and starts a new one; the dialog's "Draft preview" toggle (aux argument "preview") turns it
+    off."""
 
     DELAY_MS = 500  # after the last change: dragging a slider starts one preview, not dozens
     POLL_MS = 100
