@@ -490,8 +490,8 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
             time.sleep(0.2)
         binds = [REPO, Path(sys.prefix), Path(sys.base_prefix), Path(model_path).parent,
                  Path("/tmp/.X11-unix")]
-        pass_env = " ".join(["DISPLAY", "STYLEFU_SUITE"] + [v for v in ("OMP_NUM_THREADS",)
-                                                           if os.environ.get(v)])
+        pass_env = " ".join(["DISPLAY", "STYLEFU_SUITE"] + [
+            v for v in ("OMP_NUM_THREADS",) + CPU_PATH_ENV if os.environ.get(v)])
         env = dict(os.environ, GIMP_GUI="1", DISPLAY=display, PASS_ENV=pass_env,
                    STYLEFU_SUITE=str(tmp_path / "job.json"), BIND_RO=read_only_binds(*binds),
                    ROOTFS=ROOTFS)
