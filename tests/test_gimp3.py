@@ -541,10 +541,12 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
                     sizes[quality] = window_shot(display, "Neural Style Transfer", out / name)
                     shots[strength] = (out / name, preview_box(lines, count))
             else:
-                time.sleep(2)  # let the dialog finish drawing before its screenshot and its button
+                # While its worker runs, the dialog still answers: the toggle turns it off.
+                wait_for("[stylefu] dialog preview: ", len(strengths) + 1)
+                time.sleep(1)  # let the dialog finish drawing before its screenshot and its button
                 sizes[quality] = window_shot(display, "Neural Style Transfer",
                                              out / "dialog-custom.png")
-                keys(window[0], "key", "alt+f")  # the preview's toggle: off
+                keys(window[0], "key", "alt+f")
                 wait_for("[stylefu] dialog preview off", 1, 60)
             keys(window[0], "key", key)
             deadline = time.monotonic() + 60  # gone before the next one (X may reuse its id)
@@ -602,6 +604,8 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
                                                    key=lambda p: p.stat().st_mtime))
     assert "[stylefu] dialog preview done" in cancelled and "dialog preview: " in cancelled
     assert "[stylefu] dialog preview off" in ran and "[stylefu] worker: " in ran
+    assert ran.index("dialog preview: ") < ran.index("dialog preview cancelled") < \
+        ran.index("dialog preview off") < ran.index("[stylefu] worker: ")
     for text in (cancelled, ran):
         assert text.startswith("stylefu GIMP plug-in, python-fu-stylefu, ")
         assert "--- worker stderr (exit code 0) ---\nstylefu: engine " in text
