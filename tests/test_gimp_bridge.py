@@ -582,3 +582,28 @@ def test_run_log_keeps_the_last_runs_with_the_workers_stderr(tmp_path, monkeypat
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     fallback = bridge.start_log({"log_dir": str(tmp_path / "file" / "logs")})
     assert fallback.startswith(str(tmp_path / "tmp" / "stylefu-logs"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to watch the worker")
+def test_plugin_exit_leaves_no_preview_worker_or_folder(files, model_path, tmp_path):
+    """The plug-in ends (the dialog's Cancel) while a preview worker runs: at exit the bridge
+    stops it, waits for it and removes its folder (its own threads die with the process)."""
+    content, style = files
+    folder = tmp_path / "exchange"
+    folder.mkdir()
+    script = f"""
+import sys
+sys.path.insert(0, {str(installer.BRIDGE.parent)!r})
+import stylefu_bridge
+worker = stylefu_bridge.BackgroundWorker({WORKER!r} + ["run", {str(content)!r}, {str(style)!r},
+    "-o", {str(folder / "o.png")!r}, "--model", {str(model_path)!r}, "--progress", "json",
+    "--watch-stdin", "--size", "32", "--iterations", "100000"], {str(folder)!r})
+while not worker.poll():  # optimising
+    pass
+print(worker.proc.pid, flush=True)
+"""
+    plugin = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300)
+    assert plugin.returncode == 0, plugin.stderr
+    worker_pid = int(plugin.stdout.split()[-1])
+    assert not _alive(worker_pid) and not folder.exists()

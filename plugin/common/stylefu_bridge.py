@@ -13,6 +13,7 @@ a module, and pastes it into the GIMP 2.10 plug-in (2.10 on Windows runs every .
 from __future__ import division, print_function
 
 import ast
+import atexit
 import io
 import json
 import os
@@ -726,6 +727,25 @@ def run_worker(command, on_record=None, on_start=None, cwd=None):
     return _outcome(final, code, stderr_path)
 
 
+_running = []  # BackgroundWorkers whose process has not ended yet
+
+
+@atexit.register
+def _finish_background():
+    """When the plug-in ends (OK's run done, or Cancel), its daemon threads die with it: wait
+    for the background workers (stopped, they end by themselves), kill one that is late, and
+    remove their folders, so nothing is left behind."""
+    deadline = time.time() + BackgroundWorker.CANCEL_GRACE
+    for worker in list(_running):
+        worker.stop()
+        try:
+            worker.proc.wait(timeout=max(0.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            worker.proc.kill()
+            worker.proc.wait()
+        remove_dir(worker.folder)
+
+
 class BackgroundWorker(object):
     """A worker run that never blocks its caller (the GIMP 3 dialog's preview): a thread reads
     the JSON lines into a queue, which the caller drains with poll() from its own main loop
@@ -745,6 +765,7 @@ class BackgroundWorker(object):
         self.final, self.code = None, None
         with open(self.stderr_path, "wb") as stderr:
             self.proc = _start_worker(command, stderr, folder)
+        _running.append(self)
         thread = threading.Thread(target=self._read)
         thread.daemon = True
         thread.start()
@@ -760,6 +781,8 @@ class BackgroundWorker(object):
         self._records.put(("exit", code))
         with self._lock:
             self._ended, stopped = True, self._stopped
+        if self in _running:
+            _running.remove(self)
         if stopped:
             remove_dir(self.folder)
 
