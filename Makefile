@@ -79,7 +79,8 @@ gimp-test: venv
 	STYLEFU_REQUIRE_GIMP=1 $(BIN)/python -m pytest tests/test_gimp3.py tests/test_gimp2.py
 
 # The README's GIMP figures: the result rendered and exported by a real GIMP 3, and GIMP 3's
-# windows under Xvfb (the filter's dialog, the image during a run started from it).
+# windows under Xvfb (the filter's dialog with its preview, again after the strength was typed
+# in, the image during a run started from it).
 gimp-figure: venv
 	STYLEFU_GIMP_FIGURE=tests/figures/gimp-result.png STYLEFU_GIMP_FIGURE_ONLY=1 \
 	STYLEFU_GIMP_SCREENSHOTS=tests/figures STYLEFU_REQUIRE_GIMP=1 \

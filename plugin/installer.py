@@ -179,6 +179,8 @@ def plugin_settings(version: str, python: str, model: Path) -> dict:
                     iterations=Config().schedule_value("evaluations"),
                     second_style_weight=second_style_weight(fields["style_blend"].default),
                     second_style_goes=places[0])
+    from stylefu.core import paths  # (here: its module moves with core's rooms, issue 29)
+
     limits = {name: list(values) for name, values in bridge.LIMITS.items()}
     limits["size"][0] = MIN_SIDE
     limits["strength"][:2] = STRENGTH_RANGE
@@ -188,6 +190,8 @@ def plugin_settings(version: str, python: str, model: Path) -> dict:
         "python": python,
         "model": str(model),
         "preview_every": PREVIEW_EVERY,
+        # The run logs (the plug-in's lines and the worker's stderr) beside stylefu's own cache.
+        "log_dir": str(paths.cache_dir() / "gimp-logs"),
         "defaults": defaults,
         "choices": dict({name: list(fields[name].metadata["choices"])
                          for name in ("preserve_colors", "device")},

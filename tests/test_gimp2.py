@@ -65,6 +65,7 @@ def installed(model_path, tmp_path_factory):
     (target,) = installer.install("2.10", root / "plug-ins", model=model_path)
     settings = json.loads(target.settings_file.read_text())
     settings["preview_every"] = 1
+    settings["log_dir"] = str(root / "logs")
     target.settings_file.write_text(json.dumps(settings))
     return target, settings, root
 
@@ -309,10 +310,23 @@ def test_live_preview_replaced_the_layer_during_the_run(report):
     ("selection_beside_layer", "The selection does not touch the layer"),
     ("missing_style_file", "does not exist; choose another"),
 ])
-def test_errors_leave_the_image_as_it_was(report, name, words):
+def test_errors_leave_the_image_as_it_was(report, name, words, installed):
     r = report[name]
     assert r["status"] == "execution-error" and words in r["message"], r["message"]
     assert r["layers"] == ["source"] and r["source_unchanged"] and r["undo_open"] == 0
+    # The message names the run's log, in the settings' log folder.
+    logs = installed[1]["log_dir"]
+    assert f"(see {logs}{os.sep}gimp-run-" in r["message"] and r["message"].endswith(".log)")
+
+
+def test_runs_keep_their_logs(installed, report):
+    """GIMP 2.10 keeps run logs too: the newest LOG_KEEP, each with the plug-in's lines and the
+    workers' stderr."""
+    logs = [p.read_text() for p in Path(installed[1]["log_dir"]).iterdir()]
+    assert len(logs) == installer.load_bridge().LOG_KEEP
+    assert all(text.startswith("stylefu GIMP plug-in, ") for text in logs)
+    assert any("[stylefu] worker: " in text and "--- worker stderr (exit code 0) ---" in text
+               for text in logs)
 
 
 def test_preview_opens_the_contact_sheet(report):

@@ -114,6 +114,7 @@ def suite(gimp_model, tmp_path_factory):
     (target,) = installer.install("3", root / "plug-ins", model=model_path)
     settings = json.loads(target.settings_file.read_text())
     settings["preview_every"] = 1  # update the live preview layer at every evaluation
+    settings["log_dir"] = str(root / "logs")  # writable inside GIMP's chroot
     target.settings_file.write_text(json.dumps(settings))
 
     content = demo_content(H, W)
@@ -376,6 +377,8 @@ def test_errors_leave_the_image_as_it_was(suite, name, status, words):
     assert r["layers"] == r["layers_before"] == (["source", "second"] if name == "two_layers"
                                                  else ["source"]), "a layer was left behind"
     assert r["source_unchanged"]
+    if name != "missing_style_file":  # (GIMP's own check: the plug-in never ran)
+        assert f"(see {suite['root'] / 'logs'}/gimp-run-" in r["message"], r["message"]
 
 
 def test_live_preview_layer_was_updated_during_runs(suite):
@@ -424,11 +427,30 @@ def window_shot(display: str, name: str, path: Path) -> tuple[int, int]:
     return shot.size
 
 
+# The dialog preview's side in the GUI test (the default, bridge.DIALOG_PREVIEW_SIDE, for the
+# figures), and the strengths it is painted at: the test's strong style, then the weakest.
+GUI_PREVIEW_SIDE = 64
+PREVIEW_STRENGTHS = (STRENGTH, 0.0)
+FIGURE_STRENGTHS = (50.0, 75.0)
+
+
+def preview_box(lines: list[str], count: int) -> tuple[int, int, int, int]:
+    """(x, y, w, h) in the dialog of the preview picture the `count`-th finished preview shows
+    (from the plug-in's "dialog preview shown" lines)."""
+    done = [i for i, line in enumerate(lines) if "[stylefu] dialog preview done" in line]
+    shown = [line for line in lines[:done[count - 1]] if "dialog preview shown: preview.png" in line]
+    size, _, at = shown[-1].split("preview.png ")[1].split()[:3]
+    (w, h), (x, y) = map(int, size.split("x")), map(int, at.split(","))
+    return x, y, w, h
+
+
 def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
     """GIMP 3 with its interface under Xvfb: the filter's dialog opens (grouped in frames and
-    folded expanders, screenshot taken), OK runs the filter. With STYLEFU_GIMP_SCREENSHOTS=DIR
-    (`make gimp-figure`) a larger picture runs longer, and the dialog and GIMP's window during
-    the run are saved there as the README's figures."""
+    folded expanders, screenshot taken) with its preview, which appears and changes when the
+    strength is typed in; Cancel; then the preview toggled off, and OK runs the filter. With
+    STYLEFU_GIMP_SCREENSHOTS=DIR (`make gimp-figure`) trained weights, a larger picture and the
+    default preview size, and the dialog and GIMP's window during the run are saved there as the
+    README's figures."""
     reason = gimp_missing() or (None if shutil.which("Xvfb") and shutil.which("xdotool") else
                                 "the GUI test needs Xvfb and xdotool (apt-get install xvfb xdotool)")
     if reason:
@@ -437,7 +459,13 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
         pytest.skip(reason)
     figures = Path(SCREENSHOTS) if SCREENSHOTS else None
     model_path = gimp_model
-    installer.install("3", tmp_path / "plug-ins", model=model_path)
+    (target,) = installer.install("3", tmp_path / "plug-ins", model=model_path)
+    settings = json.loads(target.settings_file.read_text())
+    settings["log_dir"] = str(tmp_path / "logs")  # writable inside GIMP's chroot
+    if not figures:
+        settings["dialog_preview_side"] = GUI_PREVIEW_SIDE
+    target.settings_file.write_text(json.dumps(settings))
+    strengths = FIGURE_STRENGTHS if figures else PREVIEW_STRENGTHS
     if figures:
         (content, style), size, iterations = figure_pictures(tmp_path, 144, 192), 192, 40
     else:
@@ -448,7 +476,7 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     job = {"content": str(content), "style": str(style), "out": str(out), "size": size,
-           "iterations": iterations, "strength": 50.0 if figures else STRENGTH}
+           "iterations": iterations, "strength": strengths[0]}
     (tmp_path / "job.json").write_text(json.dumps(job))
     shutil.copy(GIMP_DIR / "gui_dialog.py", tmp_path / "gui_dialog.py")
     number = 40 + os.getpid() % 50
@@ -462,7 +490,9 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
             time.sleep(0.2)
         binds = [REPO, Path(sys.prefix), Path(sys.base_prefix), Path(model_path).parent,
                  Path("/tmp/.X11-unix")]
-        env = dict(os.environ, GIMP_GUI="1", DISPLAY=display, PASS_ENV="DISPLAY STYLEFU_SUITE",
+        pass_env = " ".join(["DISPLAY", "STYLEFU_SUITE"] + [
+            v for v in ("OMP_NUM_THREADS",) + CPU_PATH_ENV if os.environ.get(v)])
+        env = dict(os.environ, GIMP_GUI="1", DISPLAY=display, PASS_ENV=pass_env,
                    STYLEFU_SUITE=str(tmp_path / "job.json"), BIND_RO=read_only_binds(*binds),
                    ROOTFS=ROOTFS)
         gimp = subprocess.Popen(["sh", str(GIMP_DIR / "gimp3-batch.sh"),
@@ -477,19 +507,48 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
                                    "Neural Style Transfer"], env=xenv, capture_output=True,
                                   text=True).stdout.split()
 
-        sizes = {}
+        def wait_for(words, count=1, seconds=300):
+            deadline = time.monotonic() + seconds
+            while sum(words in line for line in lines) < count and time.monotonic() < deadline \
+                    and gimp.poll() is None:
+                time.sleep(0.2)
+            assert sum(words in line for line in lines) >= count, \
+                f"no {words!r} ({count}): {''.join(lines)[-3000:]}"
+
+        def keys(window, *args):
+            # No window manager under Xvfb: focus the dialog directly, then press the keys.
+            subprocess.run(["xdotool", "windowfocus", "--sync", window], env=xenv, timeout=30)
+            subprocess.run(["xdotool", *args], env=xenv, timeout=30)
+
+        sizes, shots = {}, {}
         for quality, key in (("normal", "alt+c"), ("custom", "alt+o")):
             window, deadline = [], time.monotonic() + 300
             while not window and time.monotonic() < deadline and gimp.poll() is None:
                 time.sleep(1)
                 window = dialogs()
             assert window, f"no dialog with quality {quality}: {''.join(lines)[-3000:]}"
-            time.sleep(2)  # let the dialog finish drawing before its screenshot and its button
-            shot = out / ("gimp-dialog.png" if quality == "custom" else f"dialog-{quality}.png")
-            sizes[quality] = window_shot(display, "Neural Style Transfer", shot)
-            # No window manager under Xvfb: focus the dialog directly, then press a mnemonic.
-            subprocess.run(["xdotool", "windowfocus", "--sync", window[0]], env=xenv, timeout=30)
-            subprocess.run(["xdotool", "key", key], env=xenv, timeout=30)
+            if quality == "normal":
+                # The preview paints by itself; then the strength, typed into its entry
+                # (Alt+T), paints it again.
+                for count, (strength, name) in enumerate(zip(strengths, ("gimp-dialog.png",
+                                                                         "dialog-strength.png")), 1):
+                    if count > 1:
+                        for args in (("key", "alt+t"), ("key", "ctrl+a"),
+                                     ("type", f"{strength:g}"), ("key", "Tab")):
+                            keys(window[0], *args)
+                    wait_for("[stylefu] dialog preview done", count)
+                    time.sleep(1)  # drawn
+                    sizes[quality] = window_shot(display, "Neural Style Transfer", out / name)
+                    shots[strength] = (out / name, preview_box(lines, count))
+            else:
+                # While its worker runs, the dialog still answers: the toggle turns it off.
+                wait_for("[stylefu] dialog preview: ", len(strengths) + 1)
+                time.sleep(1)  # let the dialog finish drawing before its screenshot and its button
+                sizes[quality] = window_shot(display, "Neural Style Transfer",
+                                             out / "dialog-custom.png")
+                keys(window[0], "key", "alt+f")
+                wait_for("[stylefu] dialog preview off", 1, 60)
+            keys(window[0], "key", key)
             deadline = time.monotonic() + 60  # gone before the next one (X may reuse its id)
             while dialogs() and time.monotonic() < deadline:
                 time.sleep(0.5)
@@ -511,16 +570,47 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
     assert result == {"normal": "cancel", "custom": "success",
                       "layers": ["style (neural style)", "photo"]}, log[-3000:]
     assert "duplicate mnemonic" not in log
-    # The layout's frames, expanders and the Custom quality's entry raised no warning.
+    # The layout's frames, expanders, the preview column and the Custom quality's entry raised no
+    # warning.
     assert "gimp_procedure_dialog" not in log and "CRITICAL" not in log, log[-3000:]
-    # Grouped, with two groups folded: well within the screen (the flat column of 16 was not);
-    # the evaluation count shows only for the Custom quality: one row more.
+    # Grouped, with two groups folded, the preview beside them: well within the screen (the flat
+    # column of 16 was not); the evaluation count shows only for the Custom quality: one row more.
     print(f"dialog {sizes}")
     (width, height), (_, preset_height) = sizes["custom"], sizes["normal"]
     assert 300 < width and 200 < height < 600, sizes
     assert 20 < height - preset_height < 60, sizes
     assert np.asarray(Image.open(out / "gimp-dialog.png").convert("L")).std() > 10  # not blank
+    # The preview, as the screen shows it: the painting differs between the two strengths and
+    # from the unstylized layer (the content at the preview's size).
+    crops = {}
+    for strength, (path, (x, y, w, h)) in shots.items():
+        crops[strength] = np.asarray(Image.open(path).convert("RGB").crop((x, y, x + w, y + h)),
+                                     np.float32) / 255
+    first, second = (crops[s] for s in strengths)
+    layer = Image.fromarray(np.round(np.load(content)[..., :3] * 255).astype(np.uint8)).resize(
+        first.shape[1::-1], Image.BILINEAR)
+    layer = np.asarray(layer, np.float32) / 255
+    between, strong, weak = (np.abs(a - b).mean() for a, b in ((first, second), (first, layer),
+                                                               (second, layer)))
+    print(f"dialog preview {first.shape[1]}x{first.shape[0]}: mean difference between strengths "
+          f"{strengths}: {between:.3f}; against the layer: {strong:.3f} and {weak:.3f}")
+    # Measured (random weights, 64 px): 0.20 between, 0.21 and 0.04 against the layer; the
+    # weakest strength stays near the layer, which also says the crop is the picture.
+    if not figures:  # (the figures' strengths, 50 then 75, are both strong)
+        assert between > 0.05 and strong > 0.05 and weak < strong / 2, (between, strong, weak)
+    # The run log: the plug-in's lines and the workers' stderr, in the settings' folder.
+    # The run logs, one per run of the filter: the plug-in's lines and the workers' stderr.
+    cancelled, ran = (p.read_text() for p in sorted((tmp_path / "logs").iterdir(),
+                                                   key=lambda p: p.stat().st_mtime))
+    assert "[stylefu] dialog preview done" in cancelled and "dialog preview: " in cancelled
+    assert "[stylefu] dialog preview off" in ran and "[stylefu] worker: " in ran
+    assert ran.index("dialog preview: ") < ran.index("dialog preview cancelled") < \
+        ran.index("dialog preview off") < ran.index("[stylefu] worker: ")
+    for text in (cancelled, ran):
+        assert text.startswith("stylefu GIMP plug-in, python-fu-stylefu, ")
+        assert "--- worker stderr (exit code 0) ---\nstylefu: engine " in text
     if figures:
         figures.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out / "dialog-strength.png", figures / "gimp-dialog-strength.png")
         for name in ("gimp-dialog.png", "gimp-live-preview.png"):
             shutil.copy(out / name, figures / name)

@@ -260,13 +260,31 @@ class ArrayHost(bridge.PluginHost):
         self.calls.append("styles")
         return [(path, bridge.style_name(path)) for path in self.style_paths]
 
-    def selection(self):
+    def selection(self, area=None):
         if self.mask is None:
             return None
-        return self.mask.astype(np.float32).tobytes(), self.mask.shape, "float"
+        mask = np.ascontiguousarray(self.cut(self.mask, area), np.float32)
+        return mask.tobytes(), mask.shape, "float"
 
-    def save_content(self, path):
-        np.save(path, self.content)
+    def save_content(self, path, area=None):
+        np.save(path, self.cut(self.content, area))
+
+    def preview_area(self, side, whole=False):
+        """The selection's box (scale 1: these layers are small)."""
+        self.calls.append("preview_area whole" if whole else "preview_area")
+        h, w = self.content.shape[:2]
+        if whole or self.mask is None:
+            return 0, 0, w, h, 1.0
+        rows, cols = np.nonzero(self.mask[..., 0])
+        return cols.min(), rows.min(), cols.max() + 1 - cols.min(), rows.max() + 1 - rows.min(), 1.0
+
+    @staticmethod
+    def cut(array, area):
+        if area is None:
+            return array
+        x, y, w, h, scale = area
+        assert scale == 1.0
+        return array[y:y + h, x:x + w]
 
     def show(self, path, name, masked, layer):
         if layer is None:
@@ -454,3 +472,138 @@ def test_flatpak_exchanges_files_through_the_app_cache(tmp_path, monkeypatch):
     assert os.path.dirname(folder) == str(tmp_path / "app-cache" / "stylefu")
     bridge.remove_dir(folder)
     assert not os.path.exists(folder)
+
+
+PREVIEW_SIDE = 64
+
+
+def _poll_until_done(worker, timeout=300):
+    records, deadline = [], time.monotonic() + timeout
+    while not worker.done and time.monotonic() < deadline:
+        records += worker.poll()
+        time.sleep(0.05)
+    assert worker.done, "the preview worker did not finish"
+    return records
+
+
+def test_dialog_preview_paints_the_selections_box_in_the_background(tmp_path, images, model_path,
+                                                                      monkeypatch):
+    """The GIMP 3 dialog's preview: the selection's box with its mask, the draft preset at the
+    preview's size (not the dialog's working size or quality), shown as it forms; its worker
+    never blocks the caller, and its folder goes once it is stopped."""
+    content, style = images
+    np.save(tmp_path / "style.npy", style)
+    mask = np.zeros(content.shape[:2] + (1,), np.float32)
+    mask[10:40, 20:50] = 1
+    host = ArrayHost(content, [str(tmp_path / "style.npy")], mask)
+    # 64 px: the preview's own size, smaller than DIALOG_PREVIEW_SIDE to keep the test fast.
+    settings = dict(installer.plugin_settings("3", sys.executable, model_path),
+                    dialog_preview_side=PREVIEW_SIDE)
+    values = dict(settings["defaults"], preset=bridge.CUSTOM_QUALITY, iterations=999, size=1024,
+                  strength=100.0, device="cpu")
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    worker, output = bridge.start_dialog_preview(host, settings, values)
+    try:
+        records = _poll_until_done(worker)
+        final = worker.result()
+    finally:
+        worker.stop()
+    assert host.calls == ["styles", "preview_area"]
+    command = worker.proc.args
+    options = command[command.index("-o") + 2:]
+    assert "--keep-size" not in options and "--evaluations" not in options
+    assert options[options.index("--preset") + 1] == bridge.DIALOG_PREVIEW_PRESET
+    assert options[options.index("--size") + 1] == str(PREVIEW_SIDE)
+    assert options[options.index("--mask") + 1].endswith("selection.npy")
+    assert final["event"] == "result"
+    assert final["metrics"]["sizes"][-1] == [PREVIEW_SIDE] * 2  # the 30x30 box
+    shown = [r["image"] for r in records if r.get("image")]
+    assert len(shown) >= 2 and all(r["fraction"] <= 1 for r in records)
+    assert not os.path.exists(output), "the folder outlived stop()"
+    assert os.listdir(tmp_path / "tmp") == []
+    # Wrong input is the same sentence as for the filter, and leaves no folder either.
+    host = ArrayHost(content, [str(tmp_path / "style.npy")])
+    with pytest.raises(bridge.InputError, match="needs a second style"):
+        bridge.start_dialog_preview(host, settings, dict(values, second_style_goes="outside"))
+    assert os.listdir(tmp_path / "tmp") == []
+
+
+def test_dialog_preview_cancel_stops_the_worker_through_its_stdin(tmp_path, images, model_path,
+                                                                   monkeypatch):
+    """A changed entry cancels the running preview: stop() returns at once, the worker ends by
+    itself (--watch-stdin: exit code 130, not killed by the bridge) and its folder goes."""
+    content, style = images
+    np.save(tmp_path / "style.npy", style)
+    settings = dict(installer.plugin_settings("3", sys.executable, model_path),
+                    dialog_preview_side=PREVIEW_SIDE)
+    values = dict(settings["defaults"], strength=100.0, device="cpu")
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    worker, _ = bridge.start_dialog_preview(ArrayHost(content, [str(tmp_path / "style.npy")]),
+                                            settings, values)
+    deadline = time.monotonic() + 300
+    while not worker.poll() and time.monotonic() < deadline:  # optimising
+        time.sleep(0.05)
+    started = time.monotonic()
+    worker.stop()
+    assert time.monotonic() - started < 0.5  # never waits for the worker
+    _poll_until_done(worker, timeout=60)
+    assert worker.code == 130, worker.code  # the worker's cancelled exit, not bridge's kill
+    deadline = time.monotonic() + 10
+    while os.listdir(tmp_path / "tmp") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.listdir(tmp_path / "tmp") == []
+
+
+def test_run_log_keeps_the_last_runs_with_the_workers_stderr(tmp_path, monkeypatch):
+    """Every run gets a log (the plug-in's lines and its workers' stderr) in the installer's log
+    folder; only the newest LOG_KEEP stay; errors name it; an unwritable folder falls back."""
+    settings = {"log_dir": str(tmp_path / "logs")}
+    paths = []
+    for i in range(bridge.LOG_KEEP + 2):
+        paths.append(bridge.start_log(settings, f"run {i}"))
+        os.utime(paths[-1], (1e9 + i, 1e9 + i))  # in order, whatever the clock's resolution
+    path = bridge.start_log(settings, "stylize")
+    kept = {str(tmp_path / "logs" / name) for name in os.listdir(tmp_path / "logs")}
+    assert kept == set(paths[-bridge.LOG_KEEP + 1:] + [path])
+    bridge.log("worker:", "python -m stylefu.core run")
+    with pytest.raises(bridge.BridgeError) as error:
+        bridge.run_worker([sys.executable, "-c", "import sys; print('Traceback: deep', "
+                           "file=sys.stderr); print('boom', file=sys.stderr); sys.exit(3)"],
+                          cwd=str(tmp_path))
+    message = bridge.with_log(str(error.value))
+    assert message.endswith(f"(see {path})") and "\n" not in message
+    text = open(path).read()
+    assert "[stylefu] worker: python -m stylefu.core run" in text
+    assert "--- worker stderr (exit code 3) ---\nTraceback: deep\nboom\n" in text
+    # A log folder that cannot be made: the fallback folder, never a failed run.
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    fallback = bridge.start_log({"log_dir": str(tmp_path / "file" / "logs")})
+    assert fallback.startswith(str(tmp_path / "tmp" / "stylefu-logs"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to watch the worker")
+def test_plugin_exit_leaves_no_preview_worker_or_folder(files, model_path, tmp_path):
+    """The plug-in ends (the dialog's Cancel) while a preview worker runs: at exit the bridge
+    stops it, waits for it and removes its folder (its own threads die with the process)."""
+    content, style = files
+    folder = tmp_path / "exchange"
+    folder.mkdir()
+    script = f"""
+import sys
+sys.path.insert(0, {str(installer.BRIDGE.parent)!r})
+import stylefu_bridge
+worker = stylefu_bridge.BackgroundWorker({WORKER!r} + ["run", {str(content)!r}, {str(style)!r},
+    "-o", {str(folder / "o.png")!r}, "--model", {str(model_path)!r}, "--progress", "json",
+    "--watch-stdin", "--size", "32", "--iterations", "100000"], {str(folder)!r})
+while not worker.poll():  # optimising
+    pass
+print(worker.proc.pid, flush=True)
+"""
+    plugin = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300)
+    assert plugin.returncode == 0, plugin.stderr
+    worker_pid = int(plugin.stdout.split()[-1])
+    assert not _alive(worker_pid) and not folder.exists()

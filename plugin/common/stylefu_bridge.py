@@ -13,6 +13,7 @@ a module, and pastes it into the GIMP 2.10 plug-in (2.10 on Windows runs every .
 from __future__ import division, print_function
 
 import ast
+import atexit
 import io
 import json
 import os
@@ -22,6 +23,13 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+
+try:
+    import queue
+except ImportError:  # Python 2.7 (GIMP 2.10)
+    import Queue as queue  # noqa: N813
 
 # Raised whenever the settings gain a key the plug-ins need (3: "limits" for every range and the
 # "custom" quality), so an old file gives load_settings' sentence instead of a failure at run time.
@@ -40,6 +48,13 @@ CUSTOM_QUALITY = "custom"
 # What counts as a style image in a folder of candidates (what the worker reads).
 STYLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".npy")
 PREVIEW_STYLE_SLOTS = 4  # single style files in the preview's dialog, besides a folder
+# The GIMP 3 dialog's preview: its long side in pixels (small: a few seconds on 2 cores), its
+# preset (the fastest), how often it shows the painting as it forms, and the dialog entries that
+# do not change it (it has its own size and quality, and never tiles).
+DIALOG_PREVIEW_SIDE = 160
+DIALOG_PREVIEW_PRESET = "draft"
+DIALOG_PREVIEW_EVERY = 10
+DIALOG_PREVIEW_IGNORES = ("size", "preset", "iterations", "tile_size")
 # "Second style goes": where the optional second style is painted, the first choice being the
 # default (the one place it is set; the installer's settings take it from here). "everywhere":
 # blended with the first style over the whole layer (a selection limits both); "outside": the
@@ -90,10 +105,112 @@ UNSET_SETTINGS = {
     "limits": dict((name, list(limits)) for name, limits in LIMITS.items()), "help": {}}
 
 
+# --- the run log: what a user attaches to a bug report --------------------------------------
+
+LOG_KEEP = 5  # run logs kept in the log folder; older ones are deleted when a run starts
+LOG_PREFIX = "gimp-run-"
+_log = {"path": None}
+
+
+def log_dir(settings=None):
+    """The run logs' folder: the one the installer recorded (stylefu's cache folder + gimp-logs),
+    else the exchange folder's base (the app's cache in Flatpak, else the temporary folder)."""
+    recorded = (settings or {}).get("log_dir")
+    return recorded or os.path.join(_exchange_base() or tempfile.gettempdir(), "stylefu-logs")
+
+
+def start_log(settings=None, what="run"):
+    """Open a new run log (the plug-in's lines and its workers' stderr) and delete all but the
+    newest LOG_KEEP; return its path, or None when no folder is writable (logging then only
+    goes to GIMP's console: a log must never stop a run)."""
+    for folder in (log_dir(settings), log_dir()):
+        try:
+            if not os.path.isdir(folder):
+                os.makedirs(folder)
+            handle, path = tempfile.mkstemp(
+                prefix=LOG_PREFIX + time.strftime("%Y%m%d-%H%M%S-"), suffix=".log", dir=folder)
+            with io.open(handle, "w", encoding="utf-8") as f:
+                f.write(u"stylefu GIMP plug-in, %s, %s, Python %s\n" % (
+                    what, time.strftime("%Y-%m-%d %H:%M:%S"), sys.version.split()[0]))
+        except (IOError, OSError):
+            continue
+        _log["path"] = path
+        _prune_logs(folder)
+        return path
+    _log["path"] = None
+    return None
+
+
+def _prune_logs(folder):
+    """Delete all but the newest LOG_KEEP run logs (by time written, then name)."""
+    logs = []
+    for name in os.listdir(folder):
+        if name.startswith(LOG_PREFIX) and name.endswith(".log"):
+            path = os.path.join(folder, name)
+            try:
+                logs.append((os.path.getmtime(path), name, path))
+            except OSError:
+                pass
+    for _, _, path in sorted(logs)[:-LOG_KEEP]:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
+def begin_run(plugin_file, what):
+    """Start a procedure's run log, in the installer's log folder when its settings load."""
+    try:
+        settings = load_settings(plugin_file)
+    except BridgeError:
+        settings = None
+    path = start_log(settings, what)
+    log("%s: plug-in %s, worker %s" % (what, os.path.abspath(plugin_file),
+                                      (settings or {}).get("python", "(not set up)")))
+    return path
+
+
+def log_path():
+    """The current run log, or None."""
+    return _log["path"]
+
+
+def with_log(message):
+    """An error message for GIMP's error box, naming the run log (one line)."""
+    path = log_path()
+    return "%s (see %s)" % (message.rstrip(), path) if path else message
+
+
+def _append_log(text):
+    if not _log["path"]:
+        return
+    if isinstance(text, bytes):  # Python 2.7's str
+        text = text.decode("utf-8", "replace")
+    try:
+        with io.open(_log["path"], "a", encoding="utf-8", errors="replace") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+    except (IOError, OSError):
+        pass
+
+
 def log(*parts):
-    """A line on GIMP's console (stderr), flushed at once (GIMP may kill the plug-in)."""
-    print("[stylefu]", *parts, file=sys.stderr)
+    """A line on GIMP's console (stderr), flushed at once (GIMP may kill the plug-in), and in the
+    run log."""
+    line = "[stylefu] " + " ".join(str(p) for p in parts)
+    print(line, file=sys.stderr)
     sys.stderr.flush()
+    _append_log(time.strftime("%H:%M:%S ") + line)
+
+
+def _keep_worker_stderr(stderr_path, code):
+    """Copy a finished worker's stderr into the run log."""
+    try:
+        with io.open(stderr_path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except (IOError, OSError):
+        text = ""
+    _append_log("--- worker stderr (%s) ---\n%s--- end of worker stderr ---" % (
+        _describe_exit(code), text if not text or text.endswith("\n") else text + "\n"))
 
 
 def settings_or_unset(plugin_file):
@@ -169,6 +286,23 @@ def stylize_command(settings, content, styles, output, values, masks=()):
     return worker_command(settings, ["run", content] + [path for path, _ in styles]
                           + ["-o", output] + run_options(values, settings, len(styles))
                           + list(masks))
+
+
+def preview_side(settings):
+    """The dialog preview's long side: the settings' "dialog_preview_side" (a slow machine, the
+    tests), else DIALOG_PREVIEW_SIDE."""
+    return int((settings or {}).get("dialog_preview_side") or DIALOG_PREVIEW_SIDE)
+
+
+def dialog_preview_command(settings, content, styles, output, values, masks=()):
+    """The worker command for the GIMP 3 dialog's preview: the dialog's values at the preview's
+    own size and preset (no tiles), the painting saved every DIALOG_PREVIEW_EVERY evaluations."""
+    values = dict(values, size=preview_side(settings), preset=DIALOG_PREVIEW_PRESET,
+                  tile_size=None)
+    options = run_options(values, dict(settings, preview_every=DIALOG_PREVIEW_EVERY), len(styles))
+    options.remove("--keep-size")  # the preview is shown at the working size
+    return worker_command(settings, ["run", content] + [path for path, _ in styles]
+                          + ["-o", output] + options + list(masks))
 
 
 def preview_command(settings, content, styles, sheet, size=0):
@@ -273,13 +407,20 @@ class PluginHost(object):
         `folder`); InputError when no style is chosen."""
         raise NotImplementedError
 
-    def selection(self):
+    def selection(self, area=None):
         """None when nothing is selected, else (raw mask pixels at the layer's pixels, (h, w, 1),
-        "float" or "u8")."""
+        "float" or "u8"); with an `area` (preview_area), that part at its scale."""
         raise NotImplementedError
 
-    def save_content(self, path):
-        """Write the layer's pixels (alpha kept) as a .npy file at `path`."""
+    def save_content(self, path, area=None):
+        """Write the layer's pixels (alpha kept) as a .npy file at `path`; with an `area` from
+        preview_area, that part of the layer at its scale."""
+        raise NotImplementedError
+
+    def preview_area(self, side, whole=False):
+        """For the dialog's preview (GIMP 3 only): (x, y, width, height, scale) of the part of
+        the layer to read (the selection's box, or all of it when `whole` or nothing is
+        selected) and the scale that brings its long side to at most `side` pixels."""
         raise NotImplementedError
 
     def show(self, path, name, masked, layer):
@@ -360,6 +501,33 @@ def _run_into_layer(host, command, folder, output, name, masked):
     host.flush()
 
 
+def start_dialog_preview(host, settings, values):
+    """The dialog's preview of the layer (or the selection's box) with the dialog's `values`:
+    its files written and its worker started in the background; returns (BackgroundWorker,
+    path of the result). The host reads a small `area` of the layer (preview_area); wrong input
+    (no style yet) is InputError, as for the filter."""
+    folder = exchange_dir()
+    try:
+        styles = host.styles(folder)
+        # With the second style outside the selection the whole layer is painted; else the
+        # selection's box is what the result changes.
+        outside = values["second_style_goes"] == "outside"
+        area = host.preview_area(2 * preview_side(settings), whole=outside)
+        selection = host.selection(area)
+        outside = second_style_outside(values["second_style_goes"], len(styles),
+                                       selection is not None)
+        masks = selection_masks(folder, selection, outside)
+        content = os.path.join(folder, "content.npy")
+        host.save_content(content, area)
+        output = os.path.join(folder, "preview.png")
+        command = dialog_preview_command(settings, content, styles, output, values, masks)
+        log("dialog preview:", " ".join(command))
+        return BackgroundWorker(command, folder), output
+    except BaseException:
+        remove_dir(folder)
+        raise
+
+
 def preview_sheet(host, settings, files, style_folder=None, size=0):
     """Neural Style Preview: the contact sheet of the chosen styles on the host's layer, opened
     as a new image (returned)."""
@@ -387,12 +555,17 @@ def exchange_dir():
     In Flatpak, /tmp is private to the sandbox; the app's cache folder has the same path on the
     host, so the worker (run on the host) sees the same files.
     """
-    base = None
-    if in_flatpak() and os.environ.get("XDG_CACHE_HOME"):
-        base = os.path.join(os.environ["XDG_CACHE_HOME"], "stylefu")
-        if not os.path.isdir(base):
-            os.makedirs(base)
+    base = _exchange_base()
+    if base and not os.path.isdir(base):
+        os.makedirs(base)
     return tempfile.mkdtemp(prefix="stylefu-", dir=base)
+
+
+def _exchange_base():
+    """The app's cache folder in Flatpak (None elsewhere: the temporary folder)."""
+    if in_flatpak() and os.environ.get("XDG_CACHE_HOME"):
+        return os.path.join(os.environ["XDG_CACHE_HOME"], "stylefu")
+    return None
 
 
 def remove_dir(path):
@@ -474,50 +647,43 @@ def _describe_exit(code):
     return "exit code %s" % code
 
 
-def run_worker(command, on_record=None, on_start=None, cwd=None):
-    """Run the worker, call on_record(record) for each JSON line; return the final record.
-
-    The worker's stdin is a pipe kept open for the whole run: when this process ends for any
-    reason (GIMP's Cancel kills the plug-in), the pipe closes and the worker stops by itself
-    (--watch-stdin). Raises BridgeError with the worker's one-line message on any failure.
-    """
-    stderr_path = os.path.join(cwd or tempfile.gettempdir(), "worker-stderr.txt")
+def _start_worker(command, stderr, cwd):
+    """Popen the worker with its stdin and stdout as pipes; BridgeError when it cannot start."""
     extra = {}
     if os.name == "nt":
         extra["creationflags"] = 0x08000000  # CREATE_NO_WINDOW: no console window flashes
-    with open(stderr_path, "wb") as stderr:
+    try:
+        return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=stderr, cwd=cwd, env=worker_env(), **extra)
+    except OSError as exc:
+        raise BridgeError("Cannot start the stylefu worker %s (%s); run `stylefu gimp "
+                          "install` again from the environment that has stylefu."
+                          % (command[0], exc.strerror or exc))
+
+
+def _json_record(raw):
+    """The JSON object on one line of the worker's stdout, or None (a library printing there)."""
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _is_final(record):
+    return record.get("event") in ("result", "error", "cancelled")
+
+
+def _close_pipes(proc):
+    for stream in (proc.stdin, proc.stdout):
         try:
-            proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=stderr, cwd=cwd, env=worker_env(), **extra)
-        except OSError as exc:
-            raise BridgeError("Cannot start the stylefu worker %s (%s); run `stylefu gimp "
-                              "install` again from the environment that has stylefu."
-                              % (command[0], exc.strerror or exc))
-        if on_start is not None:
-            on_start(proc)
-        final = None
-        try:
-            for raw in iter(proc.stdout.readline, b""):
-                try:
-                    record = json.loads(raw.decode("utf-8"))
-                except ValueError:
-                    continue  # not ours (a library printing to stdout)
-                if not isinstance(record, dict):
-                    continue
-                if record.get("event") in ("result", "error", "cancelled"):
-                    final = record
-                elif on_record is not None:
-                    on_record(record)
-            code = proc.wait()
-        finally:
-            if proc.poll() is None:  # an exception in on_record: do not leave the worker running
-                proc.kill()
-                proc.wait()
-            for stream in (proc.stdin, proc.stdout):
-                try:
-                    stream.close()
-                except (IOError, OSError):
-                    pass
+            stream.close()
+        except (IOError, OSError):
+            pass
+
+
+def _outcome(final, code, stderr_path):
+    """The final record of a finished worker, or BridgeError with its one-line message."""
     if final is not None and final.get("event") == "error":
         raise BridgeError(final.get("message") or "The stylefu worker failed.")
     if final is not None and final.get("event") == "cancelled":
@@ -527,6 +693,145 @@ def run_worker(command, on_record=None, on_start=None, cwd=None):
         raise BridgeError("The stylefu worker stopped unexpectedly (%s)%s" % (
             _describe_exit(code), (": " + detail) if detail else "."))
     return final
+
+
+def run_worker(command, on_record=None, on_start=None, cwd=None):
+    """Run the worker, call on_record(record) for each JSON line; return the final record.
+
+    The worker's stdin is a pipe kept open for the whole run: when this process ends for any
+    reason (GIMP's Cancel kills the plug-in), the pipe closes and the worker stops by itself
+    (--watch-stdin). Raises BridgeError with the worker's one-line message on any failure.
+    """
+    stderr_path = os.path.join(cwd or tempfile.gettempdir(), "worker-stderr.txt")
+    with open(stderr_path, "wb") as stderr:
+        proc = _start_worker(command, stderr, cwd)
+        if on_start is not None:
+            on_start(proc)
+        final = None
+        try:
+            for raw in iter(proc.stdout.readline, b""):
+                record = _json_record(raw)
+                if record is None:
+                    continue
+                if _is_final(record):
+                    final = record
+                elif on_record is not None:
+                    on_record(record)
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:  # an exception in on_record: do not leave the worker running
+                proc.kill()
+                proc.wait()
+            _close_pipes(proc)
+            _keep_worker_stderr(stderr_path, proc.returncode)
+    return _outcome(final, code, stderr_path)
+
+
+_running = []  # BackgroundWorkers whose process has not ended yet
+
+
+@atexit.register
+def _finish_background():
+    """When the plug-in ends (OK's run done, or Cancel), its daemon threads die with it: wait
+    for the background workers (stopped, they end by themselves), kill one that is late, and
+    remove their folders, so nothing is left behind."""
+    deadline = time.time() + BackgroundWorker.CANCEL_GRACE
+    for worker in list(_running):
+        worker.stop()
+        try:
+            worker.proc.wait(timeout=max(0.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            worker.proc.kill()
+            worker.proc.wait()
+        remove_dir(worker.folder)
+
+
+class BackgroundWorker(object):
+    """A worker run that never blocks its caller (the GIMP 3 dialog's preview): a thread reads
+    the JSON lines into a queue, which the caller drains with poll() from its own main loop
+    (GLib timeouts), so GIMP's dialog stays responsive. stop() cancels it the worker's way
+    (stdin closed: --watch-stdin) and kills it only if it has not ended within CANCEL_GRACE s
+    (beyond the worker's own 15 s limit after its stdin closes, so normally never).
+    The run's private `folder` is removed once the worker has ended and stop() was called."""
+
+    CANCEL_GRACE = 20.0
+
+    def __init__(self, command, folder):
+        self.folder = folder
+        self.stderr_path = os.path.join(folder, "worker-stderr.txt")
+        self._records = queue.Queue()
+        self._lock = threading.Lock()
+        self._stopped = self._ended = False
+        self.final, self.code = None, None
+        with open(self.stderr_path, "wb") as stderr:
+            self.proc = _start_worker(command, stderr, folder)
+        _running.append(self)
+        thread = threading.Thread(target=self._read)
+        thread.daemon = True
+        thread.start()
+
+    def _read(self):
+        for raw in iter(self.proc.stdout.readline, b""):
+            record = _json_record(raw)
+            if record is not None:
+                self._records.put(record)
+        code = self.proc.wait()
+        _close_pipes(self.proc)
+        _keep_worker_stderr(self.stderr_path, code)
+        self._records.put(("exit", code))
+        with self._lock:
+            self._ended, stopped = True, self._stopped
+        if self in _running:
+            _running.remove(self)
+        if stopped:
+            remove_dir(self.folder)
+
+    def poll(self):
+        """The progress records that arrived since the last call (never waits). Once the worker
+        has ended, `self.code` is its exit code and `self.final` its final record."""
+        records = []
+        while True:
+            try:
+                item = self._records.get_nowait()
+            except queue.Empty:
+                return records
+            if isinstance(item, tuple):
+                self.code = item[1]
+            elif _is_final(item):
+                self.final = item
+            else:
+                records.append(item)
+
+    @property
+    def done(self):
+        return self.code is not None
+
+    def result(self):
+        """After `done`: the final record, or BridgeError as run_worker raises it."""
+        return _outcome(self.final, self.code, self.stderr_path)
+
+    def stop(self):
+        """Cancel a running worker (stdin closed, killed after CANCEL_GRACE s) and remove its
+        folder once it has ended. Never waits."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped, ended = True, self._ended
+        if ended:
+            remove_dir(self.folder)
+            return
+        try:
+            self.proc.stdin.close()
+        except (IOError, OSError):
+            pass
+        timer = threading.Timer(self.CANCEL_GRACE, self._kill)
+        timer.daemon = True
+        timer.start()
+
+    def _kill(self):
+        if self.proc.poll() is None:
+            log("the cancelled worker did not stop within %g s: killed" % self.CANCEL_GRACE)
+            self.proc.kill()
 
 
 def run_command(command, cwd=None):
@@ -541,6 +846,7 @@ def run_command(command, cwd=None):
                               "install` again." % (command[0], exc.strerror or exc))
         proc.stdin.close()
         code = proc.wait()
+    _keep_worker_stderr(stderr_path, code)
     if code != 0:
         detail = _last_line(stderr_path)
         raise BridgeError("stylefu failed (%s)%s" % (_describe_exit(code),

@@ -14,6 +14,7 @@ from __future__ import division, print_function
 import functools
 import os
 import sys
+import traceback
 
 from gimpfu import (
     ADD_SELECTION_MASK,
@@ -39,6 +40,7 @@ from stylefu_bridge import (  # noqa: E402
     BridgeError,
     InputError,
     PluginHost,
+    begin_run,
     load_settings,
     log,
     preview_sheet,
@@ -46,6 +48,7 @@ from stylefu_bridge import (  # noqa: E402
     style_file,
     style_name,
     stylize_layer,
+    with_log,
     write_npy,
 )
 
@@ -56,14 +59,19 @@ SECOND_STYLE_SOURCES = ["no second style", "the second style file", "the second 
 
 
 def reports_errors(function):
-    """gimpfu turns an exception into an execution error with its text: one readable line."""
+    """gimpfu turns an exception into an execution error with its text: one readable line that
+    names the run log."""
     @functools.wraps(function)
     def wrapped(*args):
+        begin_run(__file__, function.__name__)
         try:
             return function(*args)
         except BridgeError as exc:
             log("error:", exc)
-            raise RuntimeError(str(exc))
+            raise RuntimeError(with_log(str(exc)))
+        except Exception:
+            log(traceback.format_exc())
+            raise
     return wrapped
 
 

@@ -34,18 +34,20 @@ def reports_errors(run):
     input is a calling error (as in GIMP's own plug-ins), anything else an execution error."""
     @functools.wraps(run)
     def wrapped(procedure, *args):
+        bridge.begin_run(__file__, procedure.get_name())
         try:
             return run(procedure, *args)
         except bridge.BridgeError as exc:
             bridge.log("error:", exc)
             status = (Gimp.PDBStatusType.CALLING_ERROR if isinstance(exc, bridge.InputError)
                       else Gimp.PDBStatusType.EXECUTION_ERROR)
-            return procedure.new_return_values(status, GLib.Error(str(exc)))
+            return procedure.new_return_values(status, GLib.Error(bridge.with_log(str(exc))))
         except Exception:
             bridge.log(traceback.format_exc())
             return procedure.new_return_values(
                 Gimp.PDBStatusType.EXECUTION_ERROR,
-                GLib.Error("stylefu plug-in error: " + traceback.format_exc().strip().splitlines()[-1]))
+                GLib.Error(bridge.with_log("stylefu plug-in error: "
+                                           + traceback.format_exc().strip().splitlines()[-1])))
     return wrapped
 
 
@@ -55,13 +57,21 @@ def pixel_format(channels):
     return "R'G'B'A float" if channels == 4 else "R'G'B' float"
 
 
-def save_drawable(drawable, path, keep_alpha=True):
-    """The drawable's pixels as a float32 .npy, sRGB-encoded 0..1 whatever the image precision."""
+def scaled_rect(area, dx=0, dy=0):
+    """GEGL's rectangle (in the scaled buffer's coordinates) for an area (x, y, w, h, scale) of a
+    buffer whose origin is (dx, dy) away; the whole drawable at scale 1 when area is None."""
+    x, y, w, h, scale = area
+    return Gegl.Rectangle.new(int((x + dx) * scale), int((y + dy) * scale),
+                              max(1, int(round(w * scale))), max(1, int(round(h * scale)))), scale
+
+
+def save_drawable(drawable, path, keep_alpha=True, area=None):
+    """The drawable's pixels as a float32 .npy, sRGB-encoded 0..1 whatever the image precision;
+    with an `area`, that part at its scale (GEGL resamples)."""
     channels = 4 if keep_alpha and drawable.has_alpha() else 3
-    w, h = drawable.get_width(), drawable.get_height()
-    data = drawable.get_buffer().get(Gegl.Rectangle.new(0, 0, w, h), 1.0, pixel_format(channels),
-                                     Gegl.AbyssPolicy.CLAMP)
-    bridge.write_npy(path, bytes(data), (h, w, channels))
+    rect, scale = scaled_rect(area or (0, 0, drawable.get_width(), drawable.get_height(), 1.0))
+    data = drawable.get_buffer().get(rect, scale, pixel_format(channels), Gegl.AbyssPolicy.CLAMP)
+    bridge.write_npy(path, bytes(data), (rect.height, rect.width, channels))
 
 
 def fill_layer(layer, npy_path):
@@ -119,19 +129,30 @@ class Host(bridge.PluginHost):
         second = self.style(folder, "second-style")
         return [first] if second is None else [first, second]
 
-    def selection(self):
-        """Read at the layer's size and offsets from the selection channel in linear "Y float",
-        so feathered edges stay soft (the worker blends them); off the canvas nothing is."""
+    def selection(self, area=None):
+        """Read at the layer's size and offsets (or its `area`) from the selection channel in
+        linear "Y float", so feathered edges stay soft (the worker blends them); off the canvas
+        nothing is."""
         if Gimp.Selection.is_empty(self.image):
             return None
         _, x, y = self.source.get_offsets()
-        w, h = self.source.get_width(), self.source.get_height()
-        data = self.image.get_selection().get_buffer().get(Gegl.Rectangle.new(x, y, w, h), 1.0,
-                                                           "Y float", Gegl.AbyssPolicy.NONE)
-        return bytes(data), (h, w, 1), "float"
+        rect, scale = scaled_rect(area or (0, 0, self.source.get_width(),
+                                           self.source.get_height(), 1.0), x, y)
+        data = self.image.get_selection().get_buffer().get(rect, scale, "Y float",
+                                                           Gegl.AbyssPolicy.NONE)
+        return bytes(data), (rect.height, rect.width, 1), "float"
 
-    def save_content(self, path):
-        save_drawable(self.source, path)
+    def save_content(self, path, area=None):
+        save_drawable(self.source, path, area=area)
+
+    def preview_area(self, side, whole=False):
+        w, h = self.source.get_width(), self.source.get_height()
+        x = y = 0
+        if not whole and not Gimp.Selection.is_empty(self.image):
+            inside, bx, by, bw, bh = self.source.mask_intersect()
+            if inside:
+                x, y, w, h = bx, by, bw, bh
+        return x, y, w, h, min(1.0, float(side) / max(w, h))
 
     def show(self, path, name, masked, layer):
         if layer is None:
@@ -174,16 +195,26 @@ class Host(bridge.PluginHost):
 # --- the dialogs --------------------------------------------------------------------------------
 
 def show_dialog(procedure, config, title, layout=None):
+    """Run the procedure's dialog; `layout(dialog, config)` fills it and may return an object
+    with a close() method (the preview), called before the dialog goes."""
     gi.require_version("GimpUi", "3.0")
+    gi.require_version("Gtk", "3.0")
+    gi.require_version("GdkPixbuf", "2.0")
+    gi.require_version("Pango", "1.0")
     from gi.repository import GimpUi
 
     GimpUi.init(procedure.get_name())
     dialog = GimpUi.ProcedureDialog.new(procedure, config, title)
+    extra = None
     if layout is None:
         dialog.fill(None)
     else:
-        layout(dialog, config)
-    accepted = dialog.run()
+        extra = layout(dialog, config)
+    try:
+        accepted = dialog.run()
+    finally:
+        if extra is not None:
+            extra.close()
     dialog.destroy()
     return accepted
 
@@ -199,21 +230,206 @@ STYLIZE_GROUPS = (
 )
 
 
-def stylize_layout(dialog, config):
+def stylize_layout(dialog, config, host=None, settings=None):
     """The filter's entries in frames and folded expanders; the evaluation count shows only
-    for the Custom quality (the one choice of how long to optimise)."""
+    for the Custom quality (the one choice of how long to optimise). With a `host` (the layer),
+    the preview column to their left; returns the DialogPreview (or None)."""
     for container, title, folded, entries in STYLIZE_GROUPS:
         dialog.fill_box(f"{container}-box", entries)
         dialog.get_label(f"{container}-title", title, False, False)
         fill = dialog.fill_expander if folded else dialog.fill_frame
         fill(container, f"{container}-title", False, f"{container}-box")
-    dialog.fill([container for container, _, _, _ in STYLIZE_GROUPS])
+    groups = [container for container, _, _, _ in STYLIZE_GROUPS]
+    preview = None
+    if host is None:
+        dialog.fill(groups)
+    else:
+        from gi.repository import Gtk
+
+        dialog.fill_box("settings-box", groups)
+        column = dialog.fill_box("preview-box", ["preview"])  # the toggle, below the picture
+        preview = DialogPreview(config, host, settings)
+        column.pack_start(preview.widget, False, False, 0)
+        column.reorder_child(preview.widget, 0)
+        main = dialog.fill_box("main-box", ["preview-box", "settings-box"])
+        main.set_orientation(Gtk.Orientation.HORIZONTAL)
+        main.set_spacing(12)
+        dialog.fill(["main-box"])
+        preview.schedule()
     evaluations = dialog.get_widget("iterations", GObject.TYPE_NONE)
 
     def follow_quality(*_):
         evaluations.set_visible(config.get_property("preset") == bridge.CUSTOM_QUALITY)
     config.connect("notify::preset", follow_quality)
     follow_quality()
+    return preview
+
+
+class DialogPreview:
+    """The filter dialog's preview: the layer (or the selection's box) painted with the dialog's
+    current values at bridge.DIALOG_PREVIEW_SIDE px with the draft preset, by a worker in the
+    background (bridge.BackgroundWorker) followed from GLib timeouts, so GIMP stays responsive.
+    Shown as it forms, with its own progress bar; a changed entry cancels the running preview
+    and starts a new one; the dialog's "Draft preview" toggle (aux argument "preview") turns it
+    off."""
+
+    DELAY_MS = 500  # after the last change: dragging a slider starts one preview, not dozens
+    POLL_MS = 100
+    COLUMN = 180  # the preview column's least width in pixels
+    TEXT_CHARS = 26
+
+    def __init__(self, config, host, settings):
+        from gi.repository import Gtk, Pango
+
+        self.config, self.host, self.settings = config, host, settings
+        self.worker = self.output = None
+        self.timer = self.poller = None
+        self.picture = Gtk.Image()
+        side = bridge.preview_side(settings)
+        self.picture.set_size_request(side, side)
+        # A fixed width (labels of TEXT_CHARS, ellipsized or wrapped): the dialog must not
+        # change its layout while the progress text changes.
+        self.bar = Gtk.ProgressBar()
+        self.text = Gtk.Label()
+        self.text.set_ellipsize(Pango.EllipsizeMode.END)
+        self.text.set_width_chars(self.TEXT_CHARS)
+        self.text.set_max_width_chars(self.TEXT_CHARS)
+        self.text.set_xalign(0.0)
+        self.status = Gtk.Label()
+        self.status.set_line_wrap(True)
+        self.status.set_width_chars(self.TEXT_CHARS)
+        self.status.set_max_width_chars(self.TEXT_CHARS)
+        self.status.set_xalign(0.0)
+        self.widget = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=6)
+        self.widget.set_size_request(max(side, self.COLUMN), -1)
+        for child in (self.picture, self.bar, self.text, self.status):
+            self.widget.pack_start(child, False, False, 0)
+        self.widget.show_all()
+        self.handler = config.connect("notify", self.changed)
+
+    def enabled(self):
+        return bool(self.config.get_property("preview"))
+
+    def changed(self, _config, pspec):
+        if pspec.name.replace("-", "_") in bridge.DIALOG_PREVIEW_IGNORES:
+            return
+        self.schedule()
+
+    def schedule(self):
+        """Cancel the running preview; start a new one after DELAY_MS when the toggle is on."""
+        self.stop()
+        on = self.enabled()
+        self.widget.set_sensitive(on)
+        if on:
+            self.say(0.0, "Preview: waiting for the settings to settle", "")
+            self.timer = GLib.timeout_add(self.DELAY_MS, self.start)
+        else:
+            self.say(0.0, "Preview off", "")
+            bridge.log("dialog preview off")
+
+    def say(self, fraction, text, status):
+        self.bar.set_fraction(fraction)
+        self.text.set_text(text)
+        self.status.set_text(status)
+
+    def show_file(self, path):
+        from gi.repository import GdkPixbuf
+
+        try:
+            self.picture.set_from_pixbuf(GdkPixbuf.Pixbuf.new_from_file(path))
+        except GLib.Error as exc:  # a half-written file: the next one comes soon
+            bridge.log("dialog preview: cannot show", path, exc.message)
+            return
+        # Where it is (the picture, centred in its area), for the tests' screenshots.
+        x, y = self.picture.translate_coordinates(self.picture.get_toplevel(), 0, 0)[-2:]
+        box, pixbuf = self.picture.get_allocation(), self.picture.get_pixbuf()
+        w, h = pixbuf.get_width(), pixbuf.get_height()
+        bridge.log(f"dialog preview shown: {os.path.basename(path)} {w}x{h} at "
+                   f"{x + (box.width - w) // 2},{y + (box.height - h) // 2} in the dialog")
+
+    def show_layer(self, area):
+        """The unstylized layer (its area) at the preview's size until the painting arrives.
+        Read through GEGL: GIMP 3.0.4's drawable thumbnails crash Python (a double free)."""
+        from gi.repository import GdkPixbuf
+
+        x, y, w, h, _ = area
+        rect, scale = scaled_rect((x, y, w, h, bridge.preview_side(self.settings) / max(w, h)))
+        data = self.host.source.get_buffer().get(rect, scale, "R'G'B' u8", Gegl.AbyssPolicy.CLAMP)
+        self.picture.set_from_pixbuf(GdkPixbuf.Pixbuf.new_from_bytes(
+            GLib.Bytes.new(bytes(data)), GdkPixbuf.Colorspace.RGB, False, 8, rect.width,
+            rect.height, 3 * rect.width))
+
+    def start(self):
+        self.timer = None
+        if self.settings is None:
+            self.say(0.0, "No preview", bridge.with_log(
+                "stylefu is not set up for this GIMP; run `stylefu gimp install`."))
+            return False
+        try:
+            values = dialog_values(self.config)
+            outside = values["second_style_goes"] == "outside"
+            self.show_layer(self.host.preview_area(bridge.preview_side(self.settings),
+                                                   whole=outside))
+            self.worker, self.output = bridge.start_dialog_preview(self.host, self.settings,
+                                                                   values)
+        except bridge.BridgeError as exc:  # no style yet, a selection it cannot use, ...
+            bridge.log("dialog preview:", exc)
+            self.say(0.0, "No preview", str(exc))
+            return False
+        self.say(0.0, "Preview: starting the worker", "")
+        self.poller = GLib.timeout_add(self.POLL_MS, self.poll)
+        return False
+
+    def poll(self):
+        """Follow the worker (a GLib timeout: True to be called again)."""
+        try:
+            return self.follow()
+        except Exception:  # a bug here must not leave a worker running behind the dialog
+            bridge.log("dialog preview:", traceback.format_exc())
+            self.say(0.0, "Preview failed", bridge.with_log("The preview failed."))
+            self.poller = None
+            self.stop()
+            return False
+
+    def follow(self):
+        worker = self.worker
+        for record in worker.poll():
+            self.say(min(1.0, float(record.get("fraction", 0.0))),
+                     bridge.progress_text(record, "Preview"), "")
+            if record.get("image"):
+                self.show_file(record["image"])
+        if not worker.done:
+            return True
+        self.poller = None
+        try:
+            final = worker.result()
+        except bridge.BridgeError as exc:
+            bridge.log("dialog preview failed:", exc)
+            self.say(0.0, "Preview failed", bridge.with_log(str(exc)))
+        else:
+            self.show_file(self.output)
+            seconds = final.get("metrics", {}).get("seconds", 0.0)
+            self.say(1.0, f"Preview done ({seconds:.0f} s)", "")
+            bridge.log("dialog preview done")
+        worker.stop()  # removes its folder
+        self.worker = None
+        return False
+
+    def close(self):
+        """The dialog goes: no more previews."""
+        self.config.disconnect(self.handler)
+        self.stop()
+
+    def stop(self):
+        """Cancel the pending or running preview (the worker stops by itself, see bridge)."""
+        for source in (self.timer, self.poller):
+            if source is not None:
+                GLib.source_remove(source)
+        self.timer = self.poller = None
+        if self.worker is not None:
+            bridge.log("dialog preview cancelled")
+            self.worker.stop()
+            self.worker = None
 
 
 def dialog_values(config):
@@ -225,11 +441,17 @@ def dialog_values(config):
 
 @reports_errors
 def run_stylize(procedure, run_mode, image, drawables, config, run_data):
-    if run_mode == Gimp.RunMode.INTERACTIVE and not show_dialog(
-            procedure, config, "Neural Style Transfer", stylize_layout):
-        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    host = Host(image, drawables, config, run_mode)
+    if run_mode == Gimp.RunMode.INTERACTIVE:
+        try:
+            settings = bridge.load_settings(__file__)
+        except bridge.BridgeError:
+            settings = None  # the preview says so; OK then fails with load_settings' sentence
+        if not show_dialog(procedure, config, "Neural Style Transfer",
+                           functools.partial(stylize_layout, host=host, settings=settings)):
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
     settings = bridge.load_settings(__file__)
-    bridge.stylize_layer(Host(image, drawables, config, run_mode), settings, dialog_values(config))
+    bridge.stylize_layer(host, settings, dialog_values(config))
     return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
 
 
@@ -303,6 +525,9 @@ def add_stylize_arguments(procedure, settings):
     number(int, "seed", "See_d", helps.get("seed", ""))
     procedure.add_choice_argument("device", "De_vice", helps.get("device", ""),
                                   make_choice(choices["device"]), d["device"], RW)
+    # Remembered with the dialog's values, not a PDB argument: scripts never preview.
+    procedure.add_boolean_aux_argument("preview", "Dra_ft preview", "Paint a small preview "
+                                       "with the current settings whenever one changes", True, RW)
 
 
 def add_preview_arguments(procedure, settings):
