@@ -80,7 +80,7 @@ def test_install_writes_an_executable_plugin_with_its_bridge_beside_it(tmp_path,
     settings = json.loads((plugin.parent / "stylefu.json").read_text())
     assert settings["python"] == "/opt/env/bin/python"
     assert settings["model"] == str(Path(model_path).resolve())
-    from stylefu.core.paths import cache_dir
+    from stylefu.core.io.paths import cache_dir
     assert settings["log_dir"] == str(cache_dir() / "gimp-logs")  # the run logs, beside the cache
     defaults = Config()
     for name in ("preset", "size", "preserve_colors", "style_scale", "seed", "device"):
