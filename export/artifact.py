@@ -146,8 +146,8 @@ def export(weights: str = "random", output: str | Path | None = None, *, seed: i
 
     Returns the path and the per-output relative error of ONNX Runtime against torch. Nothing is
     left at `output` unless the file is complete and verified (written to a temporary name first).
-    `gradient`: also write the torch-free engine's gradient graph beside it (core/engines/onnx/gradient.py; else
-    it is made on first use, in the cache).
+    `gradient`: also write the torch-free engine's gradient graph beside it
+    (core/engines/onnx/gradient.py; else it is made on first use, in the cache).
     """
     import onnx
 

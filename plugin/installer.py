@@ -31,7 +31,7 @@ from pathlib import Path
 
 from stylefu.core.errors import UserError
 from stylefu.core.io.files import atomic_write
-from stylefu.core.io.paths import default_model_path
+from stylefu.core.io.paths import cache_dir, default_model_path
 from stylefu.core.method.config import PRESETS, STRENGTH_NEUTRAL, STRENGTH_RANGE, Config, config_fields
 from stylefu.core.network.vgg import MIN_SIDE
 
@@ -179,7 +179,6 @@ def plugin_settings(version: str, python: str, model: Path) -> dict:
                     iterations=Config().schedule_value("evaluations"),
                     second_style_weight=second_style_weight(fields["style_blend"].default),
                     second_style_goes=places[0])
-    from stylefu.core import paths  # (here: its module moves with core's rooms, issue 29)
 
     limits = {name: list(values) for name, values in bridge.LIMITS.items()}
     limits["size"][0] = MIN_SIDE
@@ -191,7 +190,7 @@ def plugin_settings(version: str, python: str, model: Path) -> dict:
         "model": str(model),
         "preview_every": PREVIEW_EVERY,
         # The run logs (the plug-in's lines and the worker's stderr) beside stylefu's own cache.
-        "log_dir": str(paths.cache_dir() / "gimp-logs"),
+        "log_dir": str(cache_dir() / "gimp-logs"),
         "defaults": defaults,
         "choices": dict({name: list(fields[name].metadata["choices"])
                          for name in ("preserve_colors", "device")},
