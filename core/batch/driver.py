@@ -44,6 +44,7 @@ from .items import (
     RunOptions,
     default_workers,
     finish,
+    frame_chain,
     run_item,
     set_threads,
     worker_threads,
@@ -568,13 +569,12 @@ def _frames(work, skip, config, loaded, options, workers, ray, progress, cancel,
 def _run_local_seeded(run, config, loaded, options, progress, cancel, keep_images, seeded):
     """Frames run in this process, one after another with the process's own threads (a chain
     cannot be split over workers without breaking it; the caller's thread settings are kept)."""
-    previous = seeded
-    for index, item in run:
+    def run_one(index, item, previous):
         if is_cancelled(cancel):
             raise Cancelled("Cancelled.")
         init, before = previous if previous else (None, None)
 
-        def report(record: dict, index=index) -> None:
+        def report(record: dict) -> None:
             if progress is not None:
                 progress(index, record)
         attempts = 0
@@ -583,11 +583,8 @@ def _run_local_seeded(run, config, loaded, options, progress, cancel, keep_image
             payload = run_item(loaded, item, config, options, init, before, report, cancel)
             if payload["status"] == "ok" or not payload.get("retry") or attempts > RETRIES:
                 break
-        result = finish(index, item, payload, options, attempts, True)
-        previous = (result.image, item.input) if result.ok else None
-        if not keep_images and item.output:
-            result.image = result.alpha = None
-        yield result
+        return finish(index, item, payload, options, attempts, True)
+    return frame_chain(run, seeded, run_one, keep_images)
 
 
 __all__ = ["BatchItem", "ItemResult", "RunOptions", "stylize_many", "expand_inputs", "make_items",

@@ -187,3 +187,16 @@ def finish(index: int, item: BatchItem, payload: dict, options: RunOptions, atte
     if result.ok and (keep_images or not item.output):
         result.image, result.alpha = payload["image"], payload.get("alpha")
     return result
+
+
+def frame_chain(work, seed, run_one: Callable, keep_images: bool):
+    """Frames one after another, each started from its predecessor's result (run_item moves it
+    along the motion): `run_one(index, item, previous)` -> ItemResult, `previous` being (result
+    image, its input) or None. Used by the local pool and by Ray alike."""
+    previous = seed
+    for index, item in work:
+        result = run_one(index, item, previous)
+        previous = (result.image, item.input) if result.ok else None
+        if not keep_images and item.output:
+            result.image = result.alpha = None
+        yield result

@@ -25,7 +25,15 @@ from pathlib import Path
 
 from ..errors import Cancelled, UserError
 from ..method.config import Config
-from .items import RETRIES, ItemResult, RunOptions, default_workers, finish, worker_threads
+from .items import (
+    RETRIES,
+    ItemResult,
+    RunOptions,
+    default_workers,
+    finish,
+    frame_chain,
+    worker_threads,
+)
 
 WAIT_S = 0.2  # how often the driver looks at the cancel token while tasks run
 
@@ -132,7 +140,7 @@ def run_ray(work, config: Config, loaded, options: RunOptions, workers: int | No
         except ConnectionError as exc:
             raise UserError(f"Cannot reach the Ray cluster at {address} ({exc}); start it with "
                             "`ray start --head` or give --ray without an address.") from None
-    gpus = 1 if loaded.device.type == "cuda" else 0
+    gpus = 1 if str(loaded.device).startswith("cuda") else 0
     threads = 1 if gpus else worker_threads(workers or default_workers(config=config))
     targets_root = cache_dir() / "targets"
     info = {"model_path": str(loaded.path), "model_sha": model_hash(loaded.path),
@@ -151,15 +159,11 @@ def run_ray(work, config: Config, loaded, options: RunOptions, workers: int | No
     pending: dict = {}
     try:
         if options.frames:
-            previous = seed
-            for index, item in work:
+            def run_one(index, item, previous):
                 ref = submit(index, item, *(previous or (None, None)))
                 pending[ref] = (index, item)
-                result = _collect(ray, ref, pending, options, keep_images=True, cancel=cancel)
-                previous = (result.image, item.input) if result.ok else None
-                if not keep_images and item.output:
-                    result.image = result.alpha = None
-                yield result
+                return _collect(ray, ref, pending, options, keep_images=True, cancel=cancel)
+            yield from frame_chain(work, seed, run_one, keep_images)
         else:
             for index, item in work:
                 pending[submit(index, item)] = (index, item)
