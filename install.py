@@ -219,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", help="the folder to make (default: the user's data folder "
                         "+ /stylefu)")
     args = parser.parse_args(argv)
+    # For every step below: ONNX Runtime's PyPI builds otherwise write a telemetry device id
+    # under the user's cache (and try to upload events) the first time stylefu imports them.
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     try:
         if sys.version_info < MIN_PYTHON:
             raise InstallError(f"stylefu needs Python {'.'.join(map(str, MIN_PYTHON))} or newer, "

@@ -134,6 +134,11 @@ def suite(gimp_model, tmp_path_factory):
            "style": str(root / "style.png"), "style2": str(root / "style2.png"),
            "style_array": str(root / "style-layer.npy"), "bad_style": str(root / "broken.png"),
            "model": str(model_path), "missing_model": str(root / "no-such-model.onnx"),
+           "fetched_model": str(out / "fetched" / "model.onnx"),
+           "failing_source": {"name": str(root / "no-such-weights.pth"), "label": "test weights",
+                              "size_mb": 0, "host": "this computer"},
+           "random_source": {"name": "random", "label": "random weights", "size_mb": 0,
+                             "host": "this computer"},
            "python": sys.executable, "dying_python": str(dying), "size": SIZE,
            "iterations": ITERATIONS, "strength": STRENGTH, "selection": list(SELECTION),
            "soft_selection": list(SOFT_SELECTION), "feather": FEATHER,
@@ -357,7 +362,8 @@ def test_tile_size_reaches_the_worker(suite, model_path, tmp_path):
 
 @pytest.mark.parametrize("name, status, words", [
     ("bad_style", "execution-error", "is not an image"),
-    ("missing_model", "execution-error", "No model at"),
+    # No model, and the download fails: the worker's sentence.
+    ("missing_model", "execution-error", "is neither one of"),
     ("dying_worker", "execution-error", "stopped unexpectedly (killed by signal SIGKILL)"),
     # Wrong input is a calling error, as in GIMP's own plug-ins.
     ("no_style", "calling-error", "Choose a style"),
@@ -376,6 +382,17 @@ def test_errors_leave_the_image_as_it_was(suite, name, status, words):
     assert r["layers"] == r["layers_before"] == (["source", "second"] if name == "two_layers"
                                                  else ["source"]), "a layer was left behind"
     assert r["source_unchanged"]
+
+
+def test_missing_model_is_fetched_then_the_filter_runs(suite):
+    """No model at the recorded path: the filter downloads one there (here random weights, so
+    that nothing leaves the machine), with the source in the progress text, then paints."""
+    r = suite["results"]["fetched_model"]
+    assert r["status"] == "success", r["message"]
+    assert r["model_exists"]
+    assert r["layers"] == ["style (neural style)", "source"]
+    assert "[stylefu] model: Neural style: downloading random weights (from this computer)" in \
+        suite["log"]
 
 
 def test_live_preview_layer_was_updated_during_runs(suite):

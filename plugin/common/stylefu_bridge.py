@@ -115,15 +115,21 @@ def worker_command(settings, args, flatpak=None):
     command = [settings["python"], "-m", "stylefu.core"] + list(args)
     if in_flatpak() if flatpak is None else flatpak:
         # --watch-bus: the host process is ended when the sandboxed plug-in goes away.
-        command = ["flatpak-spawn", "--host", "--watch-bus"] + command
+        # --env: the host process gets the host session's environment, not worker_env().
+        command = ["flatpak-spawn", "--host", "--watch-bus",
+                   "--env=ORT_DISABLE_TELEMETRY=1"] + command
     return command
 
 
 def worker_env():
-    """GIMP's environment without the variables that point Python at GIMP's own Python."""
-    return dict((k, v) for k, v in os.environ.items()
-                if k not in ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONEXECUTABLE",
-                             "PYTHONUSERBASE", "PYTHONNOUSERSITE", "VIRTUAL_ENV"))
+    """GIMP's environment without the variables that point Python at GIMP's own Python, and
+    with ONNX Runtime's telemetry off (its PyPI builds otherwise write a device id under
+    ~/.cache/Microsoft and try to upload events: files a purge could not tell from others')."""
+    env = dict((k, v) for k, v in os.environ.items()
+               if k not in ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONEXECUTABLE",
+                            "PYTHONUSERBASE", "PYTHONNOUSERSITE", "VIRTUAL_ENV"))
+    env.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    return env
 
 
 
