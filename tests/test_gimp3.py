@@ -391,8 +391,8 @@ def test_missing_model_is_fetched_then_the_filter_runs(suite):
     assert r["status"] == "success", r["message"]
     assert r["model_exists"]
     assert r["layers"] == ["style (neural style)", "source"]
-    assert "[stylefu] model: Neural style: downloading random weights (from this computer)" in \
-        suite["log"]
+    assert "[stylefu] model: Neural style: downloading random weights (they only shift colours) " \
+        "from this computer" in suite["log"]
 
 
 def test_live_preview_layer_was_updated_during_runs(suite):
@@ -441,6 +441,9 @@ def window_shot(display: str, name: str, path: Path) -> tuple[int, int]:
     return shot.size
 
 
+TITLE, QUESTION = "Neural Style Transfer", "Download a model?"
+
+
 def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
     """GIMP 3 with its interface under Xvfb: the filter's dialog opens (grouped in frames and
     folded expanders, screenshot taken), OK runs the filter. With STYLEFU_GIMP_SCREENSHOTS=DIR
@@ -465,7 +468,10 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     job = {"content": str(content), "style": str(style), "out": str(out), "size": size,
-           "iterations": iterations, "strength": 50.0 if figures else STRENGTH}
+           "iterations": iterations, "strength": 50.0 if figures else STRENGTH,
+           "settings": str(tmp_path / "plug-ins" / "stylefu" / "stylefu.json")}
+    if not figures:
+        job["missing_model"] = str(tmp_path / "no-model.onnx")
     (tmp_path / "job.json").write_text(json.dumps(job))
     shutil.copy(GIMP_DIR / "gui_dialog.py", tmp_path / "gui_dialog.py")
     number = 40 + os.getpid() % 50
@@ -489,26 +495,28 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
                                   daemon=True)
         reader.start()
         xenv = dict(os.environ, DISPLAY=display)
-        def dialogs():
-            return subprocess.run(["xdotool", "search", "--onlyvisible", "--name",
-                                   "Neural Style Transfer"], env=xenv, capture_output=True,
-                                  text=True).stdout.split()
+        def dialogs(title):
+            return subprocess.run(["xdotool", "search", "--onlyvisible", "--name", title],
+                                  env=xenv, capture_output=True, text=True).stdout.split()
 
         sizes = {}
-        for quality, key in (("normal", "alt+c"), ("custom", "alt+o")):
+        steps = [("normal", "alt+c", TITLE), ("custom", "alt+o", TITLE)]
+        if "missing_model" in job:  # the filter's dialog, then the download question: declined
+            steps += [("again", "alt+o", TITLE), ("question", "alt+c", QUESTION)]
+        for quality, key, title in steps:
             window, deadline = [], time.monotonic() + 300
             while not window and time.monotonic() < deadline and gimp.poll() is None:
                 time.sleep(1)
-                window = dialogs()
-            assert window, f"no dialog with quality {quality}: {''.join(lines)[-3000:]}"
+                window = dialogs(title)
+            assert window, f"no dialog {title} ({quality}): {''.join(lines)[-3000:]}"
             time.sleep(2)  # let the dialog finish drawing before its screenshot and its button
             shot = out / ("gimp-dialog.png" if quality == "custom" else f"dialog-{quality}.png")
-            sizes[quality] = window_shot(display, "Neural Style Transfer", shot)
+            sizes[quality] = window_shot(display, title, shot)
             # No window manager under Xvfb: focus the dialog directly, then press a mnemonic.
             subprocess.run(["xdotool", "windowfocus", "--sync", window[0]], env=xenv, timeout=30)
             subprocess.run(["xdotool", "key", key], env=xenv, timeout=30)
             deadline = time.monotonic() + 60  # gone before the next one (X may reuse its id)
-            while dialogs() and time.monotonic() < deadline:
+            while dialogs(title) and time.monotonic() < deadline:
                 time.sleep(0.5)
         if figures:  # GIMP's window once the new layer shows the painting half-way
             deadline = time.monotonic() + 300
@@ -525,8 +533,16 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
                 proc.wait()
     log = "".join(lines)
     result = json.loads((out / "gui.json").read_text())
+    declined = {key: result.pop(key) for key in list(result) if key.startswith("no_model")}
     assert result == {"normal": "cancel", "custom": "success",
                       "layers": ["style (neural style)", "photo"]}, log[-3000:]
+    if "missing_model" in job:  # declined: one sentence with the fix, the image as it was
+        assert declined["no_model"] == "execution-error", declined
+        assert "choose Download, or run `stylefu export" in declined["no_model_message"]
+        assert declined["no_model_layers"] == result["layers"]
+        width, height = sizes["question"]
+        assert 200 < width < 900 and 80 < height < 400, sizes
+        assert np.asarray(Image.open(out / "dialog-question.png").convert("L")).std() > 10
     assert "duplicate mnemonic" not in log
     # The layout's frames, expanders and the Custom quality's entry raised no warning.
     assert "gimp_procedure_dialog" not in log and "CRITICAL" not in log, log[-3000:]

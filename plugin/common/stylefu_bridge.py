@@ -330,10 +330,13 @@ def model_missing(settings):
     return not os.path.isfile(model)
 
 
-def _source_text(source, size=True):
+def _source_text(source):
+    """"the official VGG19 weights (548 MB from download.pytorch.org)"; without a size, "... from
+    HOST"."""
     mb = source.get("size_mb") or 0
-    return "%s (%s%s)" % (source["label"], "%d MB from " % round(mb) if size and mb else "from ",
-                          source["host"])
+    if mb:
+        return "%s (%d MB from %s)" % (source["label"], round(mb), source["host"])
+    return "%s from %s" % (source["label"], source["host"])
 
 
 def download_offer(settings):
