@@ -459,8 +459,8 @@ def test_flatpak_exchanges_files_through_the_app_cache(tmp_path, monkeypatch):
 
 
 class DecliningHost(ArrayHost):
-    def ask_download(self, text):
-        self.calls.append(("ask", text))
+    def ask_download(self, question, notice):
+        self.calls.append(("ask", question))
         return False
 
 

@@ -311,9 +311,10 @@ class PluginHost(object):
         """Open the preview contact sheet at `path` as a new image and return it."""
         raise NotImplementedError
 
-    def ask_download(self, text):
-        """Whether to download a model now (`text` says what and from where). Without a user
-        to ask (a script's non-interactive call), the call itself is the consent."""
+    def ask_download(self, question, notice):
+        """Whether to download a model now (`question` asks it, `notice` says it happens; both
+        say what and from where). Without a user to ask (a script's non-interactive call), the
+        call itself is the consent."""
         return True
 
 
@@ -339,12 +340,13 @@ def _source_text(source):
     return "%s from %s" % (source["label"], source["host"])
 
 
-def download_offer(settings):
-    """The question GIMP asks before fetching a model: what, how large, from where."""
+def download_offer(settings, question=True):
+    """What GIMP asks (or, `question` False, says) before fetching a model: what, how large,
+    from where."""
     sources = settings.get("model_sources") or []
-    if not sources:
-        return "No stylefu model is installed yet. Download one now (once)?"
-    text = "No stylefu model is installed yet. Download %s now?" % _source_text(sources[0])
+    what = _source_text(sources[0]) if sources else "one"
+    text = "No stylefu model is installed yet. " + (
+        "Download %s now?" % what if question else "Downloading %s now." % what)
     for source in sources[1:]:
         text += " Where that is unreachable: %s." % _source_text(source)
     return text + " This happens once; a cut download resumes where it stopped."
@@ -362,7 +364,7 @@ def ensure_model(host, settings, folder):
     source in its text); the worker checks the hash. BridgeError when declined or failed."""
     if not model_missing(settings):
         return
-    if not host.ask_download(download_offer(settings)):
+    if not host.ask_download(download_offer(settings), download_offer(settings, question=False)):
         raise BridgeError("No stylefu model is installed; run the filter again and choose "
                           "Download, or run `stylefu export --weights auto` in a terminal.")
     command = fetch_command(settings)

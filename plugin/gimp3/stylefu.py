@@ -160,12 +160,12 @@ class Host(bridge.PluginHost):
     def flush(self):
         Gimp.displays_flush()
 
-    def ask_download(self, text):
+    def ask_download(self, question, notice):
         """A Cancel/Download question when someone is there to answer it (not a script's
         non-interactive call, which is the consent itself)."""
         if self.run_mode == Gimp.RunMode.NONINTERACTIVE:
             return True
-        return ask(text, "Download a model?", "_Download")
+        return ask(question, "Download a model?", "_Download")
 
     def open_sheet(self, path):
         sheet = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(path))
