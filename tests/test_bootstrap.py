@@ -114,9 +114,16 @@ def test_one_command_then_gimp_then_purge(tmp_path, tmp_path_factory):
             pytest.fail(f"STYLEFU_REQUIRE_GIMP=1 but {reason}")
         pytest.skip(reason)
     started = time.perf_counter()
+    # Built from a copy: setuptools reuses the source's build/ folder, stale files included.
+    source = tmp_path / "source"
+    for name in ("core", "export", "plugin"):
+        shutil.copytree(REPO / name, source / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, source / name)
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels),
-                    str(REPO)], check=True, capture_output=True)
+                    str(source)], check=True, capture_output=True)
     (wheel,) = wheels.glob("stylefu-*.whl")
     home = tmp_path / "home"
     (home / ".config" / "GIMP" / "3.0").mkdir(parents=True)  # GIMP 3 has run once
