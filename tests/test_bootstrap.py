@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stylefu.core.demo import demo_content, demo_style
+from stylefu.core.io.demo import demo_content, demo_style
 from stylefu.plugin import purge
 
 REPO = Path(__file__).resolve().parents[1]

@@ -146,7 +146,7 @@ def test_export_progress_json_resumes_a_cut_download(server, tmp_path, monkeypat
     """What the GIMP plug-in drives: `export --progress json` reports the source, its size and the
     bytes so far; a cut transfer is one error sentence, and the next run asks only for the rest,
     checks the hash and writes the model."""
-    from stylefu.core.cli import main
+    from stylefu.core.cli.main import main
 
     monkeypatch.setitem(weights.REMOTE["torchvision"], "vgg19",
                         weights.RemoteWeights(server.url, "torchvision", 548))
@@ -172,7 +172,7 @@ def test_export_progress_json_resumes_a_cut_download(server, tmp_path, monkeypat
 
 def test_export_takes_the_first_source_that_works_and_keeps_a_model(tmp_path, monkeypatch,
                                                                     capsys):
-    from stylefu.core.cli import main
+    from stylefu.core.cli.main import main
 
     monkeypatch.setitem(weights.REMOTE["torchvision"], "vgg19", weights.RemoteWeights(
         "http://127.0.0.1:9/vgg19-dcbb9e9d.pth", "torchvision"))  # nothing listens there
