@@ -150,6 +150,7 @@ def test_export_progress_json_resumes_a_cut_download(server, tmp_path, monkeypat
 
     monkeypatch.setitem(weights.REMOTE["torchvision"], "vgg19",
                         weights.RemoteWeights(server.url, "torchvision", 548))
+    monkeypatch.setenv("STYLEFU_WEIGHTS_CACHE", str(tmp_path / "weights"))  # nothing fetched yet
     model = tmp_path / "m.onnx"
     command = ["export", "--weights", "torchvision", "--progress", "json", "-o", str(model)]
     server.truncate_next = True
