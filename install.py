@@ -145,12 +145,14 @@ def write_marker(root: Path, **fields) -> None:
 
 
 def make_environment(root: Path, engine: str) -> Path:
-    """The private environment, made or reused: a broken one, or a torch one when the light
-    engine is asked for, is made afresh."""
+    """The private environment, made or reused: a broken one, or one of the other engine, is
+    made afresh (the light engine's onnxruntime and the full one's onnxruntime-gpu are one
+    module in two packages: installed together, each breaks the other)."""
     venv, python = root / VENV, env_python(root / VENV)
     previous = read_marker(root).get("engine")
-    if venv.exists() and (not works(python) or (engine == "light" and previous == "torch")):
-        say(f"making {venv} afresh ({'it was broken' if not works(python) else 'light engine'})")
+    if venv.exists() and (not works(python) or previous not in (None, engine)):
+        why = "it was broken" if not works(python) else f"{previous} engine before, {engine} now"
+        say(f"making {venv} afresh ({why})")
         shutil.rmtree(venv)
     root.mkdir(parents=True, exist_ok=True)
     write_marker(root)  # first: a purge finds even a half-made environment
