@@ -187,3 +187,31 @@ def test_one_command_then_gimp_then_purge(tmp_path, tmp_path_factory):
     assert not [p for p in files_under(home) if "stylefu" in p.lower()]
     print(f"one command (light, from the wheel): {installed - started:.0f} s with the wheel's "
           f"build; GIMP run {painted - installed:.0f} s; purge {time.perf_counter() - painted:.0f} s")
+
+
+@pytest.mark.parametrize("previous, engine, remade", [
+    ("torch", "light", True), ("light", "torch", True), ("torch", "torch", False), (None, "light", False)])
+def test_environment_of_the_other_engine_is_made_afresh(tmp_path, monkeypatch, previous, engine,
+                                                         remade):
+    """onnxruntime (light) and onnxruntime-gpu (full) install one module: never both in one env."""
+    root = tmp_path / "stylefu"
+
+    def make_venv(venv):
+        (venv / "bin").mkdir(parents=True)
+        (venv / "bin" / "python").symlink_to(sys.executable)
+
+    real_run = subprocess.run
+
+    def run(command, **kwargs):
+        if command[1:3] == ["-m", "venv"]:
+            make_venv(Path(command[3]))
+            return subprocess.CompletedProcess(command, 0, "", "")
+        return real_run(command, **kwargs)
+
+    make_venv(root / "venv")
+    (root / "venv" / "old-packages").write_text("")
+    install.write_marker(root, **({"engine": previous} if previous else {}))
+    monkeypatch.setattr(install.subprocess, "run", run)
+    python = install.make_environment(root, engine)
+    assert python == root / "venv" / "bin" / "python"
+    assert (root / "venv" / "old-packages").exists() != remade
