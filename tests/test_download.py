@@ -189,3 +189,17 @@ def test_export_takes_the_first_source_that_works_and_keeps_a_model(tmp_path, mo
     assert main(command) == 0  # --if-missing: the model stays as it is
     assert json_lines(capsys.readouterr().out)[-1]["existing"] is True
     assert model.stat().st_mtime_ns == stamp
+
+
+def test_every_source_failing_is_one_sentence(tmp_path, monkeypatch, capsys):
+    from stylefu.core.cli.main import main
+
+    monkeypatch.setitem(weights.REMOTE["torchvision"], "vgg19", weights.RemoteWeights(
+        "http://127.0.0.1:9/vgg19-dcbb9e9d.pth", "torchvision"))
+    gone = str(tmp_path / "gone.pth")
+    assert main(["export", "--weights", f"torchvision,{gone}", "--progress", "json", "-o",
+                 str(tmp_path / "m.onnx")]) == 2
+    message = json_lines(capsys.readouterr().out)[-1]["message"]
+    assert message.startswith(f"No model could be fetched from torchvision, {gone} (last: "
+                              f"--weights '{gone}' is neither one of")
+    assert message.count("--weights PATH") == 1 and "\n" not in message
