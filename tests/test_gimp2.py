@@ -100,7 +100,10 @@ def report(request, installed):
            "soft_canvas": list(SOFT_CANVAS), "soft_offsets": list(SOFT_OFFSETS),
            "soft_selection": str(work / "soft-selection.raw"),
            "second_style_weight": SECOND_STYLE_WEIGHT, "tile_size": TILE_SIZE,
-           "style_folder": str(work / "styles")}
+           "style_folder": str(work / "styles"),
+           "fetched_model": str(work / "fetched" / "model.onnx"),
+           "random_source": {"name": "random", "label": "random weights", "size_mb": 0,
+                             "host": "this computer"}}
     (work / "soft-selection.raw").write_bytes(soft_selection().tobytes())
     (work / "job.json").write_text(json.dumps(job))
     # A cache of its own: this module-scoped fixture runs before the per-test private cache is
@@ -341,3 +344,14 @@ def test_preview_opens_the_contact_sheet(report):
               str(folder / "b-array.npy")]
     assert " ".join(styles) + " -o " in line and "notes.txt" not in line
     assert min(r["sheet_size"]) >= SIZE // 2
+
+
+def test_missing_model_is_fetched_then_the_filter_runs(report):
+    """GIMP 2.10 cannot ask (gimpfu hides whether a user is there): it says what it downloads
+    in a message, downloads it (random weights here) and paints."""
+    r = report["fetched_model"]
+    assert r["status"] == "success", r["message"]
+    assert r["model_exists"] and r["name"] == "style (neural style)"
+    assert r["messages"] == ["No stylefu model is installed yet. Downloading random weights "
+                             "from this computer now. This happens once; a cut download resumes "
+                             "where it stopped."]

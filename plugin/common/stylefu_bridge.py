@@ -232,15 +232,21 @@ def worker_command(settings, args, flatpak=None):
     command = [settings["python"], "-m", "stylefu.core"] + list(args)
     if in_flatpak() if flatpak is None else flatpak:
         # --watch-bus: the host process is ended when the sandboxed plug-in goes away.
-        command = ["flatpak-spawn", "--host", "--watch-bus"] + command
+        # --env: the host process gets the host session's environment, not worker_env().
+        command = ["flatpak-spawn", "--host", "--watch-bus",
+                   "--env=ORT_DISABLE_TELEMETRY=1"] + command
     return command
 
 
 def worker_env():
-    """GIMP's environment without the variables that point Python at GIMP's own Python."""
-    return dict((k, v) for k, v in os.environ.items()
-                if k not in ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONEXECUTABLE",
-                             "PYTHONUSERBASE", "PYTHONNOUSERSITE", "VIRTUAL_ENV"))
+    """GIMP's environment without the variables that point Python at GIMP's own Python, and
+    with ONNX Runtime's telemetry off (its PyPI builds otherwise write a device id under
+    ~/.cache/Microsoft and try to upload events: files a purge could not tell from others')."""
+    env = dict((k, v) for k, v in os.environ.items()
+               if k not in ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "PYTHONEXECUTABLE",
+                            "PYTHONUSERBASE", "PYTHONNOUSERSITE", "VIRTUAL_ENV"))
+    env.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    return env
 
 
 
@@ -446,6 +452,75 @@ class PluginHost(object):
         """Open the preview contact sheet at `path` as a new image and return it."""
         raise NotImplementedError
 
+    def ask_download(self, question, notice):
+        """Whether to download a model now (`question` asks it, `notice` says it happens; both
+        say what and from where). Without a user to ask (a script's non-interactive call), the
+        call itself is the consent."""
+        return True
+
+
+# --- no model yet: the offer and the download ----------------------------------------------------
+
+def model_missing(settings):
+    """True when the recorded model file is not there (inside Flatpak: on the host, where the
+    worker runs and the sandbox may not see)."""
+    model = settings.get("model")
+    if not model:
+        return False
+    if in_flatpak():
+        return subprocess.call(["flatpak-spawn", "--host", "test", "-f", model]) != 0
+    return not os.path.isfile(model)
+
+
+def _source_text(source):
+    """"the official VGG19 weights (548 MB from download.pytorch.org)"; without a size, "... from
+    HOST"."""
+    mb = source.get("size_mb") or 0
+    if mb:
+        return "%s (%d MB from %s)" % (source["label"], round(mb), source["host"])
+    return "%s from %s" % (source["label"], source["host"])
+
+
+def download_offer(settings, question=True):
+    """What GIMP asks (or, `question` False, says) before fetching a model: what, how large,
+    from where."""
+    sources = settings.get("model_sources") or []
+    what = _source_text(sources[0]) if sources else "one"
+    text = "No stylefu model is installed yet. " + (
+        "Download %s now?" % what if question else "Downloading %s now." % what)
+    for source in sources[1:]:
+        text += " Where that is unreachable: %s." % _source_text(source)
+    return text + " This happens once; a cut download resumes where it stopped."
+
+
+def fetch_command(settings):
+    """The worker command that fetches the first model that works into the recorded path."""
+    names = [source["name"] for source in settings.get("model_sources") or []] or ["auto"]
+    return worker_command(settings, ["export", "--weights", ",".join(names), "--progress", "json",
+                                     "--watch-stdin", "--if-missing", "-o", settings["model"]])
+
+
+def ensure_model(host, settings, folder):
+    """When the model is missing: ask, then download it with GIMP's progress bar (size and
+    source in its text); the worker checks the hash. BridgeError when declined or failed."""
+    if not model_missing(settings):
+        return
+    if not host.ask_download(download_offer(settings), download_offer(settings, question=False)):
+        raise BridgeError("No stylefu model is installed; run the filter again and choose "
+                          "Download, or run `stylefu export --weights auto` in a terminal.")
+    command = fetch_command(settings)
+    log("worker:", " ".join(command))
+    host.progress(text="%s: looking for a model to download" % TITLE)
+    try:
+        def follow(record):
+            host.progress(min(1.0, float(record.get("fraction", 0.0))), progress_text(record))
+            if record.get("event") in ("fetch", "notice"):
+                log("model:", progress_text(record))
+        final = run_worker(command, on_record=follow, cwd=folder)
+    finally:
+        host.progress(end=True)
+    log("model:", final.get("model"), final.get("weights"))
+
 
 def stylize_layer(host, settings, values):
     """The filter: the worker stylizes the host's layer into a new layer above it, shown as it
@@ -460,6 +535,7 @@ def stylize_layer(host, settings, values):
         outside = second_style_outside(values["second_style_goes"], len(styles),
                                        selection is not None)
         masks = selection_masks(folder, selection, outside)
+        ensure_model(host, settings, folder)  # after the input checks: they need no model
         # One mask: the selection also becomes the new layer's mask (see docs/gimp.md, "The
         # selection": exact source pixels outside at any working size). Two cover the whole layer:
         # no layer mask.
@@ -534,6 +610,7 @@ def preview_sheet(host, settings, files, style_folder=None, size=0):
     styles = preview_styles(files, style_folder)
     folder = exchange_dir()
     try:
+        ensure_model(host, settings, folder)
         content = os.path.join(folder, "content.npy")
         sheet = os.path.join(folder, "preview-sheet.png")
         host.save_content(content)
@@ -613,7 +690,14 @@ def read_npy(path):
 # --- running the worker ----------------------------------------------------------------------
 
 def progress_text(record, title=TITLE):
-    """The progress bar's text for one JSON progress record: level and evaluation."""
+    """The progress bar's text for one JSON progress record: level and evaluation, or what is
+    downloaded from where and how far."""
+    if record.get("event") == "fetch":
+        return "%s: downloading %s" % (title, _source_text(record))
+    if record.get("event") == "progress" and record.get("stage") == "download":
+        return "%s: downloading %s from %s: %d of %d MB" % (
+            title, record["label"], record["host"], round(record["done_mb"]),
+            round(record["total_mb"]))
     if record.get("event") == "progress":
         level, levels = record["level"], record["levels"]
         if record["evaluation"] >= record["evaluations"] and level < levels:

@@ -165,6 +165,12 @@ class Host(PluginHost):
     def flush(self):
         gimp.displays_flush()
 
+    def ask_download(self, question, notice):
+        """gimpfu does not tell a plug-in whether a user is there to answer (a modal question
+        would hang a batch run): GIMP 2.10 says what it downloads, then downloads it."""
+        gimp.message(notice)
+        return True
+
     def open_sheet(self, path):
         sheet = pdb.gimp_file_load(path, path)
         gimp.Display(sheet)

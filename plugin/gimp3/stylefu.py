@@ -181,6 +181,13 @@ class Host(bridge.PluginHost):
     def flush(self):
         Gimp.displays_flush()
 
+    def ask_download(self, question, notice):
+        """A Cancel/Download question when someone is there to answer it (not a script's
+        non-interactive call, which is the consent itself)."""
+        if self.run_mode == Gimp.RunMode.NONINTERACTIVE:
+            return True
+        return ask(question, "Download a model?", "_Download")
+
     def open_sheet(self, path):
         sheet = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(path))
         # Untitled, so that closing it offers "Save as" instead of overwriting a temporary file.
@@ -194,16 +201,44 @@ class Host(bridge.PluginHost):
 
 # --- the dialogs --------------------------------------------------------------------------------
 
-def show_dialog(procedure, config, title, layout=None):
-    """Run the procedure's dialog; `layout(dialog, config)` fills it and may return an object
-    with a close() method (the preview), called before the dialog goes."""
+def gimp_ui():
+    """GimpUi, initialised once per plug-in process (the filter's dialog, then maybe a question)."""
     gi.require_version("GimpUi", "3.0")
     gi.require_version("Gtk", "3.0")
     gi.require_version("GdkPixbuf", "2.0")
     gi.require_version("Pango", "1.0")
     from gi.repository import GimpUi
 
-    GimpUi.init(procedure.get_name())
+    if not getattr(gimp_ui, "ready", False):
+        GimpUi.init(PROC)
+        gimp_ui.ready = True
+    return GimpUi
+
+
+def ask(text, title, accept):
+    """A modal question with Cancel and `accept`; True when accepted."""
+    GimpUi = gimp_ui()
+    gi.require_version("Gtk", "3.0")
+    from gi.repository import Gtk
+
+    dialog = GimpUi.Dialog(title=title, role="stylefu-question", modal=True)
+    dialog.add_button("_Cancel", Gtk.ResponseType.CANCEL)
+    dialog.add_button(accept, Gtk.ResponseType.OK)
+    dialog.set_default_response(Gtk.ResponseType.OK)
+    label = Gtk.Label(label=text, wrap=True, max_width_chars=60, xalign=0.0)
+    area = dialog.get_content_area()
+    area.set_border_width(12)
+    area.pack_start(label, True, True, 0)
+    label.show()
+    accepted = dialog.run() == Gtk.ResponseType.OK
+    dialog.destroy()
+    return accepted
+
+
+def show_dialog(procedure, config, title, layout=None):
+    """Run the procedure's dialog; `layout(dialog, config)` fills it and may return an object
+    with a close() method (the preview), called before the dialog goes."""
+    GimpUi = gimp_ui()
     dialog = GimpUi.ProcedureDialog.new(procedure, config, title)
     extra = None
     if layout is None:

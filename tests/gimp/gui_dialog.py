@@ -4,6 +4,8 @@ tests/test_gimp3.py starts this, waits for the "Neural Style Transfer" dialog to
 screenshot and presses Cancel (Alt+C), then does the same with the Custom quality and presses OK
 (Alt+O) with xdotool, and checks OUT/gui.json: the first run was cancelled, the second ran the
 filter from the dialog's values (defaults from the installer's settings) and added its layer.
+With "missing_model" in the job, a third run without a model: OK, then the question whether to
+download one, declined (Alt+C).
 """
 
 import json
@@ -41,6 +43,18 @@ for preset in ("normal", "custom"):
     values = procedure.run(config)
     result[preset] = values.index(0).value_nick
 result["layers"] = [item.get_name() for item in image.get_layers()]
+if JOB.get("missing_model"):
+    # No model: after the filter's dialog, the question whether to download one (declined).
+    with open(JOB["settings"]) as f:
+        settings = json.load(f)
+    settings["model"] = JOB["missing_model"]
+    with open(JOB["settings"], "w") as f:
+        json.dump(settings, f)
+    print("[gui] opening the dialog without a model", file=sys.stderr, flush=True)
+    values = procedure.run(config)
+    result["no_model"] = values.index(0).value_nick
+    result["no_model_message"] = str(values.index(1)) if values.length() > 1 else ""
+    result["no_model_layers"] = [item.get_name() for item in image.get_layers()]
 print("[gui]", result, file=sys.stderr, flush=True)
 with open(os.path.join(JOB["out"], "gui.json"), "w") as f:
     json.dump(result, f)

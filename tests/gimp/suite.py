@@ -211,8 +211,14 @@ def scenarios(content, fast):
                             Gimp.LayerMode.NORMAL)
     two.insert_layer(second, None, 1)
     run("two_layers", PROC, two, first, drawables=[first, second], **fast)
-    set_settings(model=JOB["missing_model"])
+    # No model: the filter fetches one (a non-interactive call is the consent) into the
+    # recorded path, then runs; here from a source that fails, then from random weights.
+    set_settings(model=JOB["missing_model"], model_sources=[JOB["failing_source"]])
     run("missing_model", PROC, image, layer, **fast)
+    set_settings(model=JOB["fetched_model"], model_sources=[JOB["random_source"]])
+    fetch_image, fetch_layer = make_image(content)
+    run("fetched_model", PROC, fetch_image, fetch_layer, **fast)
+    results["fetched_model"]["model_exists"] = os.path.isfile(JOB["fetched_model"])
     set_settings(model=JOB["model"], python=JOB["dying_python"])
     run("dying_worker", PROC, image, layer, **fast)
     set_settings(python=JOB["python"])

@@ -133,7 +133,29 @@ def main():
     pdb.gimp_image_select_rectangle(image, gimpfu.CHANNEL_OP_REPLACE, 70, 50, 15, 15)
     run("selection_beside_layer", image, layer, style_file=JOB["style"])
     run("missing_style_file", image, layer, style_file=JOB["style"] + ".gone.png")
+    fetched_model()
     preview(image, layer)
+
+
+def fetched_model():
+    """No model at the recorded path: the plug-in says what it downloads, fetches it (random
+    weights here), then paints; the settings are put back afterwards."""
+    settings_file = os.path.splitext(JOB["plugin"])[0] + ".json"
+    with io.open(settings_file, encoding="utf-8") as f:
+        original = f.read()
+    settings = dict(json.loads(original), model=JOB["fetched_model"],
+                    model_sources=[JOB["random_source"]])
+    with io.open(settings_file, "w", encoding="utf-8") as f:
+        f.write(u"%s" % json.dumps(settings))
+    try:
+        del gimpfu.gimp.messages[:]
+        image, layer = make_image("rgb")
+        run("fetched_model", image, layer, style_file=JOB["style"])
+        report["fetched_model"].update(messages=list(gimpfu.gimp.messages),
+                                       model_exists=os.path.isfile(JOB["fetched_model"]))
+    finally:
+        with io.open(settings_file, "w", encoding="utf-8") as f:
+            f.write(original)
 
 
 def preview(image, layer):
