@@ -9,6 +9,10 @@ and the torch-free engine never import torch or the pipeline they do not run.
 """
 
 import importlib
+import os
+
+# ONNX Runtime otherwise writes a device id under ~/.cache/Microsoft and tries to send telemetry.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 # Each public name and the module it lives in (the rooms: docs/architecture in ARCHITECTURE.md).
 _HOMES = {
