@@ -3,9 +3,9 @@ compiling) and `onnx/` (the torch-free engine: the gradient as an ONNX graph, L-
 Each offers a runner (the pipeline in run/pipeline.py asks it for a level's targets, the
 minimised pixels and the final figures); `steps.py` holds the loop rules both share.
 
-This module chooses the engine. `auto` takes torch wherever it is installed: it covers every
-option (tiles, bf16, batches) and measured as fast or faster on every CPU class and GPU tried
-(docs/torch-free-engine.md, "Which engine auto picks"); without torch, the torch-free engine.
+This module chooses the engine. `auto` takes torch wherever it is installed: it measured as fast
+or faster on every CPU class and GPU tried (bf16, GPUs; docs/torch-free-engine.md, "Which engine
+`--engine auto` picks"); without torch, the torch-free engine.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def why_auto() -> str:
     """Why `--engine auto` takes the engine it takes here (for `stylefu info`)."""
     if torch_installed():
         return ("torch is installed: as fast or faster than the torch-free engine on every CPU "
-                "class and GPU measured, and it alone tiles large images")
+                "class and GPU measured (bf16 where the CPU has it, the GPU where there is one)")
     return "torch is not installed: the torch-free engine (ONNX Runtime and numpy)"
 
 
