@@ -71,3 +71,21 @@ def test_layer_size_result_keeps_the_layers_detail(trained_model_path, tmp_path)
     assert figures[0] >= 0.4 * own and figures[0] >= 5 * figures[1]
     # The painting is kept: the detail result taken back to 96 px is the painting (8-bit files).
     assert np.abs(resize_array(detail, *painting.shape[:2]) - painting).mean() < 0.02
+
+
+def test_batch_items_keep_the_layers_size_and_detail(model_path, tmp_path):
+    """`stylefu batch --keep-size` takes the same path (`RunOptions.upscale`)."""
+    from stylefu.core import Config, load_model
+    from stylefu.core.batch.items import BatchItem, RunOptions, run_item
+
+    save_image(tmp_path / "in.png", photo("astronaut", 256))
+    save_image(tmp_path / "style.png", photo("coffee", 64))
+    item = BatchItem(str(tmp_path / "in.png"), (str(tmp_path / "style.png"),))
+    model, config = load_model(model_path, "cpu"), Config(size=64, levels=1, evaluations=3)
+    layer = load_image(tmp_path / "in.png").rgb
+    figures = {}
+    for upscale in ("detail", "stretch"):
+        done = run_item(model, item, config, RunOptions(keep_size=True, upscale=upscale))
+        assert done["status"] == "ok" and done["image"].shape == layer.shape
+        figures[upscale] = sharpness(done["image"], layer)
+    assert figures["detail"] > 5 * figures["stretch"]
