@@ -268,9 +268,7 @@ def cmd_run(args) -> int:
         content = load_image(args.content, "content")
     from ..run import eta
     key = eta.run_key(config)
-    speed = eta.load_speeds().get(key, {})
-    rate, exponent = eta.fit_speed(speed["points"]) if speed.get("points") else \
-        (None, eta.DEFAULT_EXPONENT)
+    rate, exponent, _ = eta.kept_speed(key)
     finish = 0.0
     if args.keep_size:
         from ..method.fullres import seconds_to_layer_size
@@ -367,8 +365,8 @@ def _layer_size(args) -> tuple[int, int]:
 
 
 def cmd_estimate(args) -> int:
-    """`stylefu estimate`: a run's seconds from the speeds earlier runs recorded (run/eta.py), or from
-    a calibration now (recorded in turn)."""
+    """`stylefu estimate`: a run's seconds from the speeds earlier runs recorded (run/eta.py), or
+    from a calibration now (recorded in turn)."""
     from ..method.fullres import seconds_to_layer_size
     from ..run import eta
     from ..run.pipeline import level_sizes
@@ -376,16 +374,14 @@ def cmd_estimate(args) -> int:
     config = config_from_args(args).validate()
     height, width = _layer_size(args)
     key = eta.run_key(config)
-    speed = eta.load_speeds().get(key, {})
-    source = f"{len(speed.get('points', []))} level(s) of earlier runs"
-    if args.calibrate or not speed.get("points"):
+    source = f"{len(eta.load_speeds().get(key, {}).get('points', []))} level(s) of earlier runs"
+    if args.calibrate or eta.kept_speed(key)[0] is None:
         from ..engines import load_engine_model
 
         model = load_engine_model(args.model, config)
         eta.record_speed(key, eta.calibrate(model, config))
-        speed, source = eta.load_speeds().get(key, {}), "a calibration now"
-    rate, exponent = eta.fit_speed(speed["points"])
-    fixed = sorted(speed.get("fixed_seconds", [0.0]))[len(speed.get("fixed_seconds", [0.0])) // 2]
+        source = "a calibration now"
+    rate, exponent, fixed = eta.kept_speed(key)
     finish = seconds_to_layer_size(height * width) if args.keep_size else 0.0
     seconds = eta.estimate_seconds(height, width, config, rate, exponent, fixed, finish)
     sizes = level_sizes(height, width, config)

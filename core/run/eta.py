@@ -148,6 +148,15 @@ def record_speed(key: str, points: list[tuple[int, float]], fixed_seconds: float
         pass
 
 
+def kept_speed(key: str) -> tuple[float | None, float, float]:
+    """(rate, exponent, fixed seconds) earlier runs measured for `key`: rate None when none did;
+    the fixed seconds are the median of the last runs'."""
+    speed = load_speeds().get(key, {})
+    rate, exponent = fit_speed(speed["points"]) if speed.get("points") else (None, DEFAULT_EXPONENT)
+    fixed = sorted(speed.get("fixed_seconds") or [0.0])
+    return rate, exponent, fixed[len(fixed) // 2]
+
+
 def fit_speed(points: list[tuple[int, float]]) -> tuple[float, float]:
     """(rate, exponent) of seconds = rate * pixels ** exponent, least squares in logs; one size
     alone (or a wild slope) keeps DEFAULT_EXPONENT."""
