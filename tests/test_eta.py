@@ -59,28 +59,29 @@ def test_fit_speed_and_estimate():
 
 def test_time_left_is_near_the_truth_on_a_real_run(model_path):
     """A real two-level run: after its first 10 % the estimates stay within 25 % of the time
-    that was really left (median), none beyond 60 % (a loaded machine jitters single steps).
-    Measured: median 4-8 %, largest 19-31 % with other jobs holding the load at 7-9 on 2 cores."""
+    that was really left (median), none beyond 50 %. Times are this process's CPU seconds, so
+    other jobs' load (which no estimate can foresee) does not decide it; wall-clock figures under
+    load: docs/speed.md. Measured here (load 8-17): median 5-10 %, largest 11-14 %."""
     model = load_model(model_path, "cpu")
     rng = np.random.default_rng(0)
     content, style = rng.random((192, 256, 3), np.float32), rng.random((128, 128, 3), np.float32)
     config = Config(size=256, levels=2, evaluations=30, coarse_evaluations=40, tolerance=0.0,
                     compile="off")
-    timer, seen = eta.TimeLeft(config), []
+    timer, seen = eta.TimeLeft(config, clock=time.process_time), []
 
     def callback(p):
-        seen.append((time.perf_counter(), timer(p)))
+        seen.append((time.process_time(), timer(p)))
 
-    started = time.perf_counter()
+    started = time.process_time()
     stylize(content, style, config=config, model=model, callback=callback)
-    end = time.perf_counter()
+    end = time.process_time()
     run = end - started
     # From 10 % of the run on, while 5 % of it is left (below, single steps' jitter is the error).
     errors = np.abs([left / (end - when) - 1 for when, left in seen
                      if left is not None and 0.1 * run <= when - started <= 0.95 * run])
     assert len(errors) > 20
     print(f"time left: median error {np.median(errors):.3f}, largest {errors.max():.3f}")
-    assert np.median(errors) <= 0.25 and errors.max() <= 0.6
+    assert np.median(errors) <= 0.25 and errors.max() <= 0.5
 
 
 def test_estimate_calibrates_once_then_uses_measured_speed(model_path, tmp_path):
