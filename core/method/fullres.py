@@ -1,6 +1,6 @@
 """The result at the layer's own size (`--keep-size`, the GIMP plug-ins): the painting made at the
 working size, carried up to the layer's size with the layer's own fine detail, and the sharpness
-figure that judges it (docs/speed.md, "The result at the layer's size").
+figure that judges it (docs/gimp.md, "The result at the layer's size", with figures).
 
 The detail is what the working size cannot hold: the layer's luminance minus the same luminance
 taken down to the working size and back up. Added to the painting carried up the same way, a
@@ -23,7 +23,7 @@ DETAIL_SIGMA = 1.0
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
-    """[H,W] luminance Y of YIQ (color.py's weights), in float32: a 3000 px layer in 0.1 s."""
+    """[H,W] luminance Y of YIQ (color.py's weights), in float32 (a 3000 px layer is large)."""
     r, g, b = (RGB_TO_YIQ[0, c].astype(np.float32) for c in range(3))
     return r * rgb[..., 0] + g * rgb[..., 1] + b * rgb[..., 2]
 
@@ -78,7 +78,8 @@ def to_layer_size(painting: np.ndarray, layer: np.ndarray, detail: bool = True) 
     return np.clip(up, 0.0, 1.0)
 
 
-# Seconds per layer pixel of to_layer_size and writing the result (a 3000 x 2000 layer: about 3 s).
+# Seconds per layer pixel of to_layer_size and writing the result, a generous round figure
+# (measured in docs/speed.md, "The result at the layer's size").
 SECONDS_PER_PIXEL = 0.5e-6
 
 
