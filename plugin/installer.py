@@ -33,6 +33,7 @@ from stylefu.core.errors import UserError
 from stylefu.core.io.files import atomic_write
 from stylefu.core.io.paths import cache_dir, default_model_path
 from stylefu.core.method.config import PRESETS, STRENGTH_NEUTRAL, STRENGTH_RANGE, Config, config_fields
+from stylefu.core.method.fullres import UPSCALE_MODES
 from stylefu.core.network.vgg import MIN_SIDE
 
 PLUGIN_ROOT = Path(__file__).resolve().parent
@@ -196,6 +197,7 @@ def plugin_settings(version: str, python: str, model: Path) -> dict:
         "preview_every": PREVIEW_EVERY,
         # The run logs (the plug-in's lines and the worker's stderr) beside stylefu's own cache.
         "log_dir": str(cache_dir() / "gimp-logs"),
+        "upscale": UPSCALE_MODES[0],  # `stylefu run --upscale`: "stretch" turns the detail off
         "defaults": defaults,
         "choices": dict({name: list(fields[name].metadata["choices"])
                          for name in ("preserve_colors", "device")},

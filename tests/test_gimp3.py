@@ -35,6 +35,7 @@ REQUIRED = os.environ.get("STYLEFU_REQUIRE_GIMP") == "1"
 # 8, not 4: with random weights L-BFGS's third step overshoots and the optimiser's range penalty
 # makes the best of 4 the unchanged layer (mean change 0.0015; after 8 evaluations 0.14).
 H, W, SIZE, ITERATIONS, STRENGTH = 48, 64, 64, 8, 100.0
+LARGE = (240, 360)  # a layer larger than the working size SIZE
 SELECTION = (16, 12, 32, 24)  # x, y, w, h
 # On the 64x48 layer at offsets (25, 13): a rectangle (image coordinates) that covers the layer's
 # right part and goes beyond it, feathered by 10 px, so the mask has soft edges inside the layer.
@@ -119,6 +120,7 @@ def suite(gimp_model, tmp_path_factory):
 
     content = demo_content(H, W)
     np.save(root / "content.npy", content)
+    np.save(root / "large.npy", demo_content(*LARGE))
     style = demo_style(64)
     Image.fromarray(np.round(style * 255).astype(np.uint8)).save(root / "style.png")
     Image.fromarray(np.round(style[::-1, :, ::-1] * 255).astype(np.uint8)).save(root / "style2.png")
@@ -144,7 +146,7 @@ def suite(gimp_model, tmp_path_factory):
            "iterations": ITERATIONS, "strength": STRENGTH, "selection": list(SELECTION),
            "soft_selection": list(SOFT_SELECTION), "feather": FEATHER,
            "second_style_weight": SECOND_STYLE_WEIGHT, "tile_size": TILE_SIZE,
-           "preview": not preview_reason}
+           "preview": not preview_reason, "large": str(root / "large.npy")}
     if FIGURE:
         figure_content, figure_style = figure_pictures(root, 144, 192)
         job["figure"] = {"content": str(figure_content), "style": str(figure_style),
@@ -268,6 +270,29 @@ def test_result_is_the_workers_output(suite, model_path, tmp_path):
     """The RGB layer holds exactly what `stylefu run` computes for the same pixels and options."""
     _, result = arrays(suite, "rgb")
     assert_same_pixels(result, worker_result(suite, model_path, tmp_path))
+
+
+def test_large_layer_comes_back_at_its_size_with_its_detail(suite, model_path, tmp_path):
+    """A layer larger than the working size (240x360 painted at 64 px) comes back at its size:
+    the worker's painting carried up with the layer's fine detail (method/fullres.py), which the
+    stretched painting lacks."""
+    from stylefu.core.method.fullres import sharpness, to_layer_size
+
+    source, result = arrays(suite, "large")
+    assert result.shape[:2] == source.shape[:2] == LARGE
+    layer = source[..., :3]  # the 8-bit layer's pixels, as the worker got them
+    np.save(tmp_path / "large.npy", layer)
+    settings = installer.plugin_settings("3", sys.executable, model_path)
+    values = dict(settings["defaults"], preset="custom", iterations=ITERATIONS, size=SIZE,
+                  strength=STRENGTH)
+    options = [o for o in installer.load_bridge().run_options(values, dict(settings, preview_every=0))
+               if o not in ("--watch-stdin", "--keep-size")]
+    assert main(["run", str(tmp_path / "large.npy"), str(suite["root"] / "style.png"),
+                 "-o", str(tmp_path / "painting.npy")] + options) == 0
+    painting = np.load(tmp_path / "painting.npy")
+    assert_same_pixels(result, to_layer_size(painting, layer))
+    stretched = to_layer_size(painting, layer, detail=False)
+    assert sharpness(result[..., :3], layer) > 5 * sharpness(stretched, layer)
 
 
 def test_selection_is_the_workers_mask(suite):

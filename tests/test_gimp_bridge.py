@@ -229,6 +229,18 @@ def test_worker_and_preview_commands_are_ones_stylefu_accepts(model_path, tmp_pa
     args = build_parser().parse_args(preview[3:])
     assert args.command == "preview" and args.size == 96 and args.model == str(model_path)
     assert "--size" not in bridge.preview_command(settings, "/x/c.npy", ["/s/a.png"], "/x/p.png", 0)
+    # The layer's size with its own detail unless the settings say "stretch" (docs/gimp.md).
+    run = build_parser().parse_args(command[3:])
+    assert run.keep_size and run.upscale == settings["upscale"] == "detail"
+    stretch = bridge.stylize_command(dict(settings, upscale="stretch"), "/x/c.npy", styles,
+                                     "/x/r.npy", settings["defaults"])
+    assert build_parser().parse_args(stretch[3:]).upscale == "stretch"
+    # What the dialog's choices cost on a layer: `stylefu estimate` with the same options.
+    estimate = bridge.estimate_command(settings, 3000, 2000, dict(settings["defaults"],
+                                                                  preset="draft"), styles=2)
+    args = build_parser().parse_args(estimate[3:])
+    assert args.command == "estimate" and args.layer == "3000x2000" and args.json
+    assert args.keep_size and args.preset == "draft" and args.style_blend == (0.5, 0.5)
 
 
 def test_style_file_rules_are_the_same_for_both_plugins(tmp_path):
@@ -445,11 +457,28 @@ stylefu_bridge.run_worker({WORKER!r} + ["run", {str(content)!r}, {str(style)!r},
     assert stopped, "the worker kept running after the plug-in died"
 
 
+def test_estimate_asks_the_worker(model_path):
+    """The dialog's estimate before a run: the worker calibrates once, then reads kept speeds."""
+    settings = installer.plugin_settings("3", sys.executable, model_path)
+    values = dict(settings["defaults"], preset="draft", size=128)
+    first = bridge.estimate(settings, 400, 300, values)
+    assert first["seconds"] > 0 and first["measured_by"] == "a calibration now"
+    assert first["levels"][-1] == [128, 96] and first["text"].endswith(" s")
+    assert bridge.estimate(settings, 400, 300, values)["measured_by"].endswith("earlier runs")
+
+
 def test_progress_text_names_the_level_and_evaluation():
     record = {"event": "progress", "level": 1, "levels": 2, "evaluation": 10, "evaluations": 60}
     assert bridge.progress_text(record) == "Neural style: level 1 of 2, evaluation 10 of 60"
     record.update(evaluation=60)
     assert bridge.progress_text(record) == "Neural style: level 2 of 2, computing targets"
+    record.update(seconds_left=200.4)  # the worker's estimate, once it has one
+    assert bridge.progress_text(record) == \
+        "Neural style: level 2 of 2, computing targets, about 3 min 20 s left"
+    record.update(evaluation=6, level=2, seconds_left=42.4)
+    assert bridge.progress_text(record).endswith("evaluation 6 of 60, about 42 s left")
+    record.update(seconds_left=7300)
+    assert bridge.progress_text(record).endswith("about 2 h 01 min left")
     notice = {"event": "notice", "message": "2048x1536 px is optimised in 512 px tiles."}
     assert bridge.progress_text(notice) == "Neural style: 2048x1536 px is optimised in 512 px tiles."
 

@@ -74,6 +74,7 @@ class RunOptions:
 
     bits: int = 8
     keep_size: bool = False
+    upscale: str = "detail"  # with keep_size: fullres.UPSCALE_MODES
     masks: tuple[str, ...] = ()
     frames: bool = False
     warp: bool = False
@@ -157,8 +158,8 @@ def run_item(model, item: BatchItem, config: Config, options: RunOptions,
                              log=lambda message: None)
             image, alpha = result.image, result.alpha
             if options.keep_size:
-                from ..io.images import resize_array
-                image = resize_array(image, content.height, content.width)
+                from ..method.fullres import to_layer_size
+                image = to_layer_size(image, content.rgb, detail=options.upscale == "detail")
                 alpha = content.alpha
         return {"status": "ok", "image": image, "alpha": alpha, "metrics": result.metrics,
                 "seconds": time.perf_counter() - started}

@@ -83,7 +83,8 @@ def cmd_batch(args, to_config: Callable) -> int:
     outdir = Path(args.output)
     inputs = expand_inputs(args.inputs)
     items = make_items(inputs, args.styles, outdir, args.name, args.styles_each)
-    options = RunOptions(bits=args.bits, keep_size=args.keep_size, masks=tuple(args.masks or ()),
+    options = RunOptions(bits=args.bits, keep_size=args.keep_size, upscale=args.upscale,
+                         masks=tuple(args.masks or ()),
                          frames=args.frames, warp=args.warp)
     check_shared_inputs(items, config, options)  # before any work: nothing made for a bad style
     try:
@@ -173,5 +174,10 @@ def add_batch_parser(sub, add_config_options: Callable, to_config: Callable) -> 
                        help="mask(s) as in run, used for every item")
     batch.add_argument("--keep-size", action="store_true",
                        help="write each result at its input's own size, with its alpha")
+    from ..method.fullres import UPSCALE_MODES
+
+    batch.add_argument("--upscale", choices=UPSCALE_MODES, default=UPSCALE_MODES[0],
+                       help="with --keep-size: detail (the input's fine detail added) or stretch "
+                       "(as `run --upscale`) [default: detail]")
     add_config_options(batch, skip=("save_every",))
     batch.set_defaults(func=lambda args: cmd_batch(args, to_config))

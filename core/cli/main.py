@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import types
 import typing
 from importlib.metadata import entry_points
@@ -51,6 +52,7 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`).")
 
 
+STARTED = time.perf_counter()  # the command's start, for the fixed seconds run/eta.py keeps
 COMMANDS_GROUP = "stylefu.commands"  # entry points: callables add_parser(subparsers)
 
 
@@ -158,9 +160,11 @@ def weights_note(info) -> str:
 class ProgressPrinter:
     """Progress as a bar on stderr (`bar`), JSON lines on stdout (`json`) or nothing (`none`)."""
 
-    def __init__(self, mode: str, save_every: int = 0, output: Path | None = None, keep=None):
+    def __init__(self, mode: str, save_every: int = 0, output: Path | None = None, keep=None,
+                 time_left=None):
         self.mode, self.save_every, self.output, self.keep = mode, save_every, output, keep
         self.bar = mode == "bar" and sys.stderr.isatty()
+        self.time_left = time_left  # an eta.TimeLeft, or None
 
     def emit(self, record: dict) -> None:
         if self.mode == "json":
@@ -168,6 +172,7 @@ class ProgressPrinter:
 
     def __call__(self, p) -> None:
         saved = None
+        left = self.time_left(p) if self.time_left is not None else None
         if self.save_every and self.output and p.evaluation % self.save_every == 0:
             from ..io.images import save_image
             saved = self.output.with_name(
@@ -182,12 +187,16 @@ class ProgressPrinter:
                        "fraction": round(p.fraction, 4), "loss": p.loss,
                        "content_loss": p.content_loss, "style_loss": p.style_loss,
                        "tv_loss": p.tv_loss, "size": list(p.size),
+                       **({"seconds_left": round(left, 1)} if left is not None else {}),
                        **({"image": str(saved)} if saved else {})})
         elif self.mode == "bar":
             filled = int(30 * p.fraction)
             line = (f"level {p.level}/{p.levels} {p.size[1]}x{p.size[0]} "
                     f"[{'#' * filled}{'.' * (30 - filled)}] {p.evaluation}/{p.evaluations} "
                     f"loss {p.loss:.4g}")
+            if left is not None:
+                from ..run.eta import format_duration
+                line += f", about {format_duration(left)} left"
             if self.bar:
                 sys.stderr.write("\r" + line)
                 sys.stderr.flush()
@@ -199,12 +208,13 @@ class ProgressPrinter:
             sys.stderr.write("\n")
 
 
-def _at_size(rgb, keep):
-    """(rgb, alpha) at the working size, or at the size and with the alpha of `keep` (--keep-size)."""
+def _at_size(rgb, keep, upscale: str = "stretch"):
+    """(rgb, alpha) at the working size, or at the size and with the alpha of `keep` (--keep-size):
+    `upscale` "detail" adds the content's own fine detail (method/fullres.py), "stretch" resizes."""
     if keep is None:
         return rgb, None
-    from ..io.images import resize_array
-    return resize_array(rgb, keep.height, keep.width), keep.alpha
+    from ..method.fullres import to_layer_size
+    return to_layer_size(rgb, keep.rgb, detail=upscale == "detail"), keep.alpha
 
 
 def _watch_stdin(cancel: threading.Event) -> None:
@@ -256,8 +266,16 @@ def cmd_run(args) -> int:
     if args.keep_size:
         from ..io.images import load_image
         content = load_image(args.content, "content")
+    from ..run import eta
+    key = eta.run_key(config)
+    rate, exponent, _ = eta.kept_speed(key)
+    finish = 0.0
+    if args.keep_size:
+        from ..method.fullres import seconds_to_layer_size
+        finish = seconds_to_layer_size(content.height * content.width)
+    time_left = eta.TimeLeft(config, exponent, finish_seconds=finish, rate=rate)
     printer = ProgressPrinter(args.progress, config.save_every, output,
-                              content if args.keep_size else None)
+                              content if args.keep_size else None, time_left)
     cancel = threading.Event()
     if args.watch_stdin:
         _watch_stdin(cancel)
@@ -272,8 +290,12 @@ def cmd_run(args) -> int:
     finally:
         printer.close()
     if args.keep_size:
-        result.image, result.alpha = _at_size(result.image, content)
+        started = time.perf_counter()
+        result.image, result.alpha = _at_size(result.image, content, args.upscale)
+        result.metrics.update(upscale=args.upscale,
+                              upscale_seconds=round(time.perf_counter() - started, 3))
     result.save(output, bits=args.bits)
+    eta.record_speed(key, time_left.measured(), time.perf_counter() - STARTED - time_left.busy)
     if args.metrics:
         from ..io.files import atomic_write
         text = jsontext.dumps(result.metrics, indent=2)
@@ -319,6 +341,59 @@ def cmd_preview(args) -> int:
     say(f"stylefu preview: wrote {args.output} in {result.info['seconds']:.1f} s"
          + (f" ({skipped} style(s) could not be previewed: marked with a red cross)" if skipped else "")
          + "; open it to compare the styles.")
+    return 0
+
+
+def _layer_size(args) -> tuple[int, int]:
+    """(height, width) of `estimate`'s content: --layer WxH, or the image's header."""
+    if args.layer:
+        try:
+            width, height = (int(v) for v in args.layer.lower().split("x"))
+        except ValueError:
+            raise UserError(f"--layer must be WIDTHxHEIGHT in pixels, e.g. 3000x2000, not "
+                            f"{args.layer!r}.") from None
+        if min(width, height) < 1:
+            raise UserError(f"--layer {args.layer} has no pixels.")
+        return height, width
+    if not args.content:
+        raise UserError("Give the content image or --layer WIDTHxHEIGHT.")
+    from ..io.images import check_input_file, load_image
+
+    check_input_file(args.content)
+    picture = load_image(args.content, "content")
+    return picture.height, picture.width
+
+
+def cmd_estimate(args) -> int:
+    """`stylefu estimate`: a run's seconds from the speeds earlier runs recorded (run/eta.py), or
+    from a calibration now (recorded in turn)."""
+    from ..method.fullres import seconds_to_layer_size
+    from ..run import eta
+    from ..run.pipeline import level_sizes
+
+    config = config_from_args(args).validate()
+    height, width = _layer_size(args)
+    key = eta.run_key(config)
+    source = f"{len(eta.load_speeds().get(key, {}).get('points', []))} level(s) of earlier runs"
+    if args.calibrate or eta.kept_speed(key)[0] is None:
+        from ..engines import load_engine_model
+
+        model = load_engine_model(args.model, config)
+        eta.record_speed(key, eta.calibrate(model, config))
+        source = "a calibration now"
+    rate, exponent, fixed = eta.kept_speed(key)
+    finish = seconds_to_layer_size(height * width) if args.keep_size else 0.0
+    seconds = eta.estimate_seconds(height, width, config, rate, exponent, fixed, finish)
+    sizes = level_sizes(height, width, config)
+    figures = {"seconds": round(seconds, 1), "text": eta.format_duration(seconds),
+               "content": [width, height], "levels": [[w, h] for h, w in sizes],
+               "preset": config.preset, "speed": key, "measured_by": source,
+               "exponent": round(exponent, 3), "fixed_seconds": round(fixed, 1)}
+    if args.json:  # a `result` event: the plug-ins read it as any worker's final record
+        jsontext.print_line({"event": "result", **figures})
+    else:
+        print(f"about {figures['text']} for {width}x{height} px at --size {config.size} "
+              f"(--preset {config.preset}; {key}; speed from {source})")
     return 0
 
 
@@ -414,6 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-size", action="store_true",
                      help="write the result (and --save-every images) at the content's own size "
                      "with its own alpha, not at the working size (used by the GIMP plug-ins)")
+    from ..method.fullres import UPSCALE_MODES
+
+    run.add_argument("--upscale", choices=UPSCALE_MODES, default=UPSCALE_MODES[0],
+                     help="with --keep-size, how the result reaches the content's size: detail "
+                     "(the content's own fine detail added to the stretched painting: sharp) or "
+                     "stretch (resized only: soft) [default: detail]")
     add_config_options(run)
     run.set_defaults(func=cmd_run)
 
@@ -428,6 +509,22 @@ def build_parser() -> argparse.ArgumentParser:
     prev.add_argument("--model", help="model artifact (default: $STYLEFU_MODEL or the cache's)")
     add_config_options(prev, defaults={"size": PREVIEW_SIZE, "preset": PREVIEW_PRESET})
     prev.set_defaults(func=cmd_preview)
+
+    estimate = sub.add_parser("estimate", help="how long `run` would take here, from this "
+                              "machine's measured speed (earlier runs, or a few seconds' "
+                              "calibration now)")
+    estimate.add_argument("content", nargs="?", help="the content image (or give --layer)")
+    estimate.add_argument("--layer", metavar="WxH", help="the content's size instead of a file")
+    estimate.add_argument("--keep-size", action="store_true",
+                          help="count bringing the result to the content's size (as `run --keep-size`)")
+    estimate.add_argument("--upscale", choices=UPSCALE_MODES, default=UPSCALE_MODES[0],
+                          help="as in run (both cost about the same)")
+    estimate.add_argument("--calibrate", action="store_true",
+                          help="measure the speed now even when earlier runs measured it")
+    estimate.add_argument("--model", help="model artifact for a calibration")
+    estimate.add_argument("--json", action="store_true", help="the figures as JSON (the plug-ins')")
+    add_config_options(estimate)
+    estimate.set_defaults(func=cmd_estimate)
 
     info = sub.add_parser("info", help="show the model, its weights and the available devices")
     info.add_argument("--model")

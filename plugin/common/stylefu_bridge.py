@@ -282,6 +282,8 @@ def run_options(values, settings, styles=1):
         options += ["--style-blend", ",".join(repr(w) for w in blend)]
     if int(settings.get("preview_every") or 0) > 0:
         options += ["--save-every", str(int(settings["preview_every"]))]
+    if settings.get("upscale"):  # detail (the default) or stretch: see docs/gimp.md
+        options += ["--upscale", str(settings["upscale"])]
     if settings.get("model"):
         options += ["--model", settings["model"]]
     return options
@@ -309,6 +311,27 @@ def dialog_preview_command(settings, content, styles, output, values, masks=()):
     options.remove("--keep-size")  # the preview is shown at the working size
     return worker_command(settings, ["run", content] + [path for path, _ in styles]
                           + ["-o", output] + options + list(masks))
+
+
+def estimate_command(settings, width, height, values, styles=1):
+    """The worker command whose final JSON record says what the filter with the dialog's `values`
+    would take on a `width` x `height` layer on this machine ("seconds", "text")."""
+    options = run_options(values, settings, styles)
+    options = [o for i, o in enumerate(options) if o not in ("--progress", "--watch-stdin")
+               and options[i - 1:i] != ["--progress"]]
+    return worker_command(settings, ["estimate", "--layer", "%dx%d" % (width, height), "--json"]
+                          + options)
+
+
+def estimate(settings, width, height, values, styles=1):
+    """What the filter would take on a `width` x `height` layer here: the worker's estimate record
+    ("seconds", "text" such as "3 min 20 s", "measured_by"); the first call on a machine calibrates
+    (a few seconds), later ones read the speed earlier runs measured. BridgeError on failure."""
+    folder = exchange_dir()
+    try:
+        return run_worker(estimate_command(settings, width, height, values, styles), cwd=folder)
+    finally:
+        remove_dir(folder)
 
 
 def preview_command(settings, content, styles, sheet, size=0):
@@ -689,6 +712,18 @@ def read_npy(path):
 
 # --- running the worker ----------------------------------------------------------------------
 
+def _time_left(record):
+    """', about 3 min 20 s left' from a progress record's seconds_left (none before it is known)."""
+    if record.get("seconds_left") is None:
+        return ""
+    seconds = max(0, int(round(float(record["seconds_left"]))))
+    if seconds < 60:
+        return ", about %d s left" % seconds
+    if seconds < 3600:
+        return ", about %d min %02d s left" % (seconds // 60, seconds % 60)
+    return ", about %d h %02d min left" % (seconds // 3600, seconds % 3600 // 60)
+
+
 def progress_text(record, title=TITLE):
     """The progress bar's text for one JSON progress record: level and evaluation, or what is
     downloaded from where and how far."""
@@ -701,9 +736,10 @@ def progress_text(record, title=TITLE):
     if record.get("event") == "progress":
         level, levels = record["level"], record["levels"]
         if record["evaluation"] >= record["evaluations"] and level < levels:
-            return "%s: level %d of %d, computing targets" % (title, level + 1, levels)
-        return "%s: level %d of %d, evaluation %d of %d" % (
-            title, level, levels, record["evaluation"], record["evaluations"])
+            return "%s: level %d of %d, computing targets%s" % (title, level + 1, levels,
+                                                                 _time_left(record))
+        return "%s: level %d of %d, evaluation %d of %d%s" % (
+            title, level, levels, record["evaluation"], record["evaluations"], _time_left(record))
     if record.get("event") == "notice":  # e.g. "2048x1536 px is optimised in 512 px tiles"
         return "%s: %s" % (title, record.get("message", ""))
     return "%s: %s" % (title, record.get("event", ""))

@@ -196,6 +196,11 @@ def scenarios(content, fast):
     run("tiled", PROC, image, layer, **dict(fast, tile_size=JOB["tile_size"]))
     describe_new_layer("tiled", image, layer)
 
+    # A layer larger than the working size: back at the layer's size with the layer's detail.
+    image, layer = make_image(np.load(JOB["large"]))
+    run("large", PROC, image, layer, **fast)
+    describe_new_layer("large", image, layer)
+
     # A selection beside the layer: a clear error before any work.
     image, layer = make_image(content, canvas=(w + 40, h + 30), offsets=(25, 13))
     image.select_rectangle(Gimp.ChannelOps.REPLACE, 0, 0, 20, 10)

@@ -1,0 +1,88 @@
+"""The result at the layer's own size (`--keep-size`, the GIMP plug-ins): the painting made at the
+working size, carried up to the layer's size with the layer's own fine detail, and the sharpness
+figure that judges it (docs/gimp.md, "The result at the layer's size", with figures).
+
+The detail is what the working size cannot hold: the layer's luminance minus the same luminance
+taken down to the working size and back up. Added to the painting carried up the same way, a
+painting equal to the content at the working size gives back the layer's luminance exactly.
+No torch: both engines and the torch-free install use it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..io.images import resize_array
+from .color import RGB_TO_YIQ
+
+# How --keep-size reaches the layer's size (the first is the default): the layer's detail added,
+# or stretched only (what it was before issue 27).
+UPSCALE_MODES = ("detail", "stretch")
+# The finest octave: detail = luminance minus its Gaussian blur of this sigma (pixels).
+DETAIL_SIGMA = 1.0
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """[H,W] luminance Y of YIQ (color.py's weights), in float32 (a 3000 px layer is large)."""
+    r, g, b = (RGB_TO_YIQ[0, c].astype(np.float32) for c in range(3))
+    return r * rgb[..., 0] + g * rgb[..., 1] + b * rgb[..., 2]
+
+
+def _blur(y: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of an [H,W] array, edges reflected (numpy only)."""
+    radius = max(1, int(3 * sigma + 0.5))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps = (taps / taps.sum()).astype(np.float32)
+    out = y.astype(np.float32)
+    for axis in (0, 1):
+        padded = np.pad(out, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)],
+                        mode="reflect")
+        length = out.shape[axis]
+        window = [slice(None), slice(None)]
+        total = np.zeros_like(out)
+        for k, t in enumerate(taps):
+            window[axis] = slice(k, k + length)
+            total += t * padded[tuple(window)]
+        out = total
+    return out
+
+
+def detail_energy(rgb: np.ndarray) -> float:
+    """Mean squared fine detail of an [H,W,3] image: luminance minus its blur (DETAIL_SIGMA)."""
+    y = luminance(np.asarray(rgb, np.float32))
+    return float(np.mean((y - _blur(y, DETAIL_SIGMA)) ** 2))
+
+
+def sharpness(image: np.ndarray, layer: np.ndarray) -> float:
+    """The sharpness figure: `image`'s fine-detail energy over the `layer`'s at the image's size
+    (the layer resized to it first). 1: as much detail as the photo; a stretched painting falls
+    towards 0 as the stretch grows."""
+    reference = resize_array(layer, *image.shape[:2])
+    return detail_energy(image) / max(detail_energy(reference), 1e-12)
+
+
+def layer_detail(layer: np.ndarray, working: tuple[int, int]) -> np.ndarray:
+    """[H,W] luminance detail of `layer` that a `working` (h, w) image cannot hold."""
+    height, width = layer.shape[:2]
+    y = luminance(np.asarray(layer, np.float32))
+    return y - resize_array(resize_array(y, *working, clip=False), height, width, clip=False)
+
+
+def to_layer_size(painting: np.ndarray, layer: np.ndarray, detail: bool = True) -> np.ndarray:
+    """The working-size `painting` at the `layer`'s size: stretched, plus (if `detail`) the
+    layer's fine luminance detail added equally to R, G and B (the painting's colours kept)."""
+    height, width = layer.shape[:2]
+    up = resize_array(painting, height, width, clip=False)
+    if detail and painting.shape[:2] != (height, width):
+        up += layer_detail(layer, painting.shape[:2])[..., None]
+    return np.clip(up, 0.0, 1.0)
+
+
+# Seconds per layer pixel of to_layer_size and writing the result, a generous round figure
+# (measured in docs/speed.md, "The result at the layer's size").
+SECONDS_PER_PIXEL = 0.5e-6
+
+
+def seconds_to_layer_size(pixels: int) -> float:
+    """What bringing a result to a layer of `pixels` adds to a run, roughly (run/eta.py's finish)."""
+    return SECONDS_PER_PIXEL * pixels

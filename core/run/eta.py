@@ -1,0 +1,238 @@
+"""Time: what a run will cost before it starts (`estimate_seconds`, `stylefu estimate`) and the
+time left while it runs (`TimeLeft`, in the CLI's bar and its JSON progress records), both from
+this machine's measured speed. See docs/speed.md, "Time left and estimates".
+
+One evaluation at p pixels costs about `rate * p ** exponent` seconds. While a run goes, `rate`
+comes from the evaluations of the current level (load and precision included); levels still to
+come are weighted by their pixels. Before a run, the speeds recorded by earlier runs on this
+machine (`speed.json` in the cache folder, per engine, device, precision and thread count) give
+both figures, or a short calibration measures them. No torch here: both engines use it.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .. import jsontext
+from ..method.config import Config
+
+# A level's targets (ONNX Runtime forward passes of content and styles) cost about one evaluation.
+TARGET_EVALUATIONS = 1.0
+# After the last evaluation: the final figures (one forward pass) and writing the result.
+FINISH_EVALUATIONS = 1.0
+# The current level's own rate is used once it has this many evaluations (the first includes
+# setting the level up).
+LEVEL_RATE_AFTER = 3
+# ... over its last RATE_WINDOW evaluations at most, so that a change of load shows soon.
+RATE_WINDOW = 20
+DEFAULT_EXPONENT = 1.0
+EXPONENT_RANGE = (0.8, 1.3)  # beyond these two noisy points are not believed
+SPEED_FILE = "speed.json"
+KEPT_POINTS = 24
+
+
+def level_pixels(size: tuple[int, int]) -> int:
+    return int(size[0]) * int(size[1])
+
+
+class TimeLeft:
+    """Seconds left of a run, from its Progress records: call it with each one (None until a
+    rate is known: `rate` from earlier runs, or this run's third evaluation). `finish_seconds`:
+    work after the last evaluation that evaluations do not count (bringing the result to the
+    layer's size). Also records each level's measured speed (`points`: (pixels, seconds per
+    evaluation)) for `record_speed`."""
+
+    def __init__(self, config: Config, exponent: float = DEFAULT_EXPONENT,
+                 finish_seconds: float = 0.0, rate: float | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.config, self.exponent, self.finish_seconds, self.clock = \
+            config, exponent, finish_seconds, clock
+        self.level = None
+        self.first = (0.0, 0)  # (time, evaluation) of the current level's first record
+        self.recent: collections.deque = collections.deque(maxlen=RATE_WINDOW + 1)
+        # Seconds per cost unit: earlier runs' (fit_speed), until this run has measured its own.
+        self.rate = rate
+        self.points: list[tuple[int, float]] = []
+        self.busy = 0.0  # seconds spent in the measured levels' evaluations
+
+    def cost(self, size: tuple[int, int]) -> float:
+        return level_pixels(size) ** self.exponent
+
+    def remaining_units(self, p) -> float:
+        """The plan's work left after record `p`, in cost units: the current level's evaluations,
+        the coarser-to-finer levels still to come (each twice the previous side) with their
+        targets, and the finish at the final size."""
+        units = (p.evaluations - p.evaluation) * self.cost(p.size)
+        h, w = p.size
+        for number in range(p.level + 1, p.levels + 1):
+            h, w = 2 * h, 2 * w
+            evaluations = self.config.schedule_value(
+                "evaluations" if number == p.levels else "coarse_evaluations")
+            units += (evaluations + TARGET_EVALUATIONS) * self.cost((h, w))
+        return units + FINISH_EVALUATIONS * self.cost((h, w))
+
+    def __call__(self, p) -> float | None:
+        now = self.clock()
+        if p.level != self.level:
+            self._close_level()
+            self.level, self.size, self.first = p.level, p.size, (now, p.evaluation)
+            self.recent.clear()
+        self.last = (now, p.evaluation)
+        self.recent.append(self.last)
+        start, done = self.recent[0], p.evaluation - self.recent[0][1]
+        if len(self.recent) >= LEVEL_RATE_AFTER and done > 0:
+            self.rate = (now - start[0]) / done / self.cost(p.size)
+        if self.rate is None:
+            return None
+        return self.rate * self.remaining_units(p) + self.finish_seconds
+
+    def _close_level(self) -> None:
+        if self.level is not None and self.last[1] > self.first[1]:
+            per_evaluation = (self.last[0] - self.first[0]) / (self.last[1] - self.first[1])
+            self.points.append((level_pixels(self.size), per_evaluation))
+            self.busy += per_evaluation * self.last[1]
+
+    def measured(self) -> list[tuple[int, float]]:
+        """(pixels, seconds per evaluation) of every level so far."""
+        self._close_level()
+        self.level = None
+        return self.points
+
+
+# --- the machine's speed, kept between runs ------------------------------------------------------
+
+def speed_key(engine: str, device: str, precision: str) -> str:
+    """What a speed is measured for: engine, device, precision and the threads allowed."""
+    threads = os.environ.get("OMP_NUM_THREADS") or f"{os.cpu_count()}cpu"
+    return f"{engine}/{device}/{precision}/threads={threads}"
+
+
+def _speed_path() -> Path:
+    from ..io.paths import cache_dir
+
+    return cache_dir() / SPEED_FILE
+
+
+def load_speeds() -> dict:
+    try:
+        import json
+
+        data = json.loads(_speed_path().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def record_speed(key: str, points: list[tuple[int, float]], fixed_seconds: float | None = None
+                 ) -> None:
+    """Keep a run's measured (pixels, s/evaluation) points (the last KEPT_POINTS) and its fixed
+    seconds (start-up, loading: the run's time not spent in evaluations). Never fails a run."""
+    from ..io.files import atomic_write
+
+    try:
+        speeds = load_speeds()
+        entry = speeds.setdefault(key, {})
+        entry["points"] = (entry.get("points", []) + [[int(p), float(s)] for p, s in points
+                                                      if s > 0])[-KEPT_POINTS:]
+        if fixed_seconds is not None and fixed_seconds >= 0:
+            entry["fixed_seconds"] = (entry.get("fixed_seconds", []) + [fixed_seconds])[-8:]
+        entry["when"] = time.time()
+        text = jsontext.dumps(speeds, indent=1)
+        atomic_write(_speed_path(), lambda tmp: tmp.write_text(text))
+    except (OSError, ValueError):
+        pass
+
+
+def kept_speed(key: str) -> tuple[float | None, float, float]:
+    """(rate, exponent, fixed seconds) earlier runs measured for `key`: rate None when none did;
+    the fixed seconds are the median of the last runs'."""
+    speed = load_speeds().get(key, {})
+    rate, exponent = fit_speed(speed["points"]) if speed.get("points") else (None, DEFAULT_EXPONENT)
+    fixed = sorted(speed.get("fixed_seconds") or [0.0])
+    return rate, exponent, fixed[len(fixed) // 2]
+
+
+def fit_speed(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """(rate, exponent) of seconds = rate * pixels ** exponent, least squares in logs; one size
+    alone (or a wild slope) keeps DEFAULT_EXPONENT."""
+    logs = [(math.log(p), math.log(s)) for p, s in points if p > 0 and s > 0]
+    if not logs:
+        raise ValueError("no speed points")
+    mean_x = sum(x for x, _ in logs) / len(logs)
+    mean_y = sum(y for _, y in logs) / len(logs)
+    spread = sum((x - mean_x) ** 2 for x, _ in logs)
+    exponent = DEFAULT_EXPONENT
+    if spread > 0.1:
+        exponent = sum((x - mean_x) * (y - mean_y) for x, y in logs) / spread
+        exponent = min(max(exponent, EXPONENT_RANGE[0]), EXPONENT_RANGE[1])
+    return math.exp(mean_y - exponent * mean_x), exponent
+
+
+def estimate_seconds(height: int, width: int, config: Config, rate: float, exponent: float,
+                     fixed_seconds: float = 0.0, finish_seconds: float = 0.0) -> float:
+    """A whole run's seconds for a `height` x `width` content: every planned evaluation (full
+    budgets: early stopping only shortens it), each level's targets, the finish and
+    `fixed_seconds` (start-up)."""
+    from .pipeline import level_sizes
+
+    sizes = level_sizes(height, width, config)
+    units = 0.0
+    for number, size in enumerate(sizes, start=1):
+        evaluations = config.schedule_value("evaluations" if number == len(sizes)
+                                            else "coarse_evaluations")
+        units += (evaluations + TARGET_EVALUATIONS) * level_pixels(size) ** exponent
+    units += FINISH_EVALUATIONS * level_pixels(sizes[-1]) ** exponent
+    return fixed_seconds + finish_seconds + rate * units
+
+
+def run_key(config: Config) -> str:
+    """speed_key of the run `config` asks for, as its metrics will name it (engine, device,
+    precision), without loading a model."""
+    from ..engines import resolve_engine
+
+    if resolve_engine(config.engine) == "onnx":
+        return speed_key("onnx", "cpu", "float32")
+    from ..engines.torch.model import resolve_device, resolve_precision
+
+    device = resolve_device(config.device)
+    precision = str(resolve_precision(config.precision, device)).replace("torch.", "")
+    return speed_key("torch", str(device), precision)
+
+
+CALIBRATION_SIDES = (128, 256)
+CALIBRATION_EVALUATIONS = 5
+
+
+def calibrate(model, config: Config) -> list[tuple[int, float]]:
+    """(pixels, seconds per evaluation) measured now: a few evaluations at CALIBRATION_SIDES on a
+    generated picture (a few seconds; uncompiled, so a compiled run comes out a little faster)."""
+    import numpy as np
+
+    from .pipeline import stylize
+
+    rng = np.random.default_rng(0)
+    content = rng.random((96, 128, 3), dtype=np.float32)
+    style = rng.random((128, 128, 3), dtype=np.float32)
+    points = []
+    for side in CALIBRATION_SIDES:
+        timer = TimeLeft(config)
+        stylize(content, style, model=model, callback=timer,
+                config=config.with_(size=side, levels=1, evaluations=CALIBRATION_EVALUATIONS,
+                                    tolerance=0.0, compile="off", save_every=0))
+        points += timer.measured()
+    return points
+
+
+def format_duration(seconds: float) -> str:
+    """'45 s', '3 min 20 s', '1 h 05 min': a time left or an estimate for people."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
