@@ -21,10 +21,11 @@ from . import balance, color, guides, tiling
 from .config import Config
 from .engine import FeatureEngine, engine_threads
 from .errors import UserError
-from .images import fit_long_side, load_image, resize_array
+from .images import fit_long_side, resize_array
 from .lbfgs import LBFGS
 from .objective import LossSpec, check_finite
-from .optimise import BestIterate, check_cancel, loss_factor, range_penalty, should_stop
+from .optimise import BestIterate, check_cancel, delivered, loss_factor, range_penalty, should_stop
+from .start import start_array
 from .targets import blend_weights, target_arrays
 from .vgg import MIN_SIDE, STYLE_LAYERS, layer_stride
 
@@ -159,12 +160,12 @@ def minimise(objective: OnnxObjective, image: np.ndarray, evaluations: int, conf
     done = 0
     for done in range(1, evaluations + 1):
         check_cancel(cancel)
-        total, parts, grad = objective(x)
+        total, parts, grad = objective(np.clip(x, 0.0, 1.0))  # as delivered (`delivered`)
         check_finite(total)
         outside, outside_grad = range_penalty(x, total)
         best.update(total * outside, x)
         multiplier = np.float32(factor(total))
-        grad = grad * np.float32(outside) + outside_grad
+        grad = delivered(x, grad) * np.float32(outside) + outside_grad
         x = step.step(x.ravel(), grad.ravel() * multiplier).reshape(shape)
         seen.append(total * outside)
         report(done, total, parts, x)
@@ -241,13 +242,7 @@ def stylize_onnx(content, style_or_styles, *, config: Config, model=None, callba
     else:
         config = balance.normalised_weights(config, *target_arrays(model, content_rgb, styles,
                                                                    size, config))
-    h, w = plan[0].size
-    if config.init == "content":
-        image = resize_array(content_rgb, h, w)
-    elif config.init == "noise":
-        image = rng.random((h, w, 3), dtype=np.float32)
-    else:
-        image = resize_array(load_image(config.init).rgb, h, w)
+    image = start_array(config.init, content_rgb, styles, plan[0].size, rng)
     x = np.ascontiguousarray(image.transpose(2, 0, 1)[None])
     evaluations, objective = 0, None
     for level in plan:

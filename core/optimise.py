@@ -129,6 +129,18 @@ def range_penalty(x, loss: float):
     return 1.0 + scale * float((excess ** 2).sum()), (2 * scale * loss) * excess
 
 
+def delivered(x, grad):
+    """The loss's gradient `grad`, taken at `x` clipped to 0..1, as a gradient for `x`: zero where
+    the clip holds a pixel.
+
+    The optimiser evaluates the loss of the image as it is delivered (clipped), not of its
+    unbounded pixels: the final clip then costs nothing, where it cost the delivered image up to
+    10 % of its loss (trained VGG16, coffee + ihc, 256 px `normal`). Pixels the clip holds keep
+    range_penalty's pull back into 0..1, so none stays outside for good. Works on torch and numpy.
+    """
+    return grad * ((x >= 0.0) & (x <= 1.0))
+
+
 def should_stop(losses: Sequence[float], tolerance: float, window: int = EARLY_STOP_WINDOW) -> bool:
     """True when the best loss fell by less than `tolerance` (relative) over the last `window`.
 
@@ -184,14 +196,15 @@ def minimise(loss: LossFunction, image: torch.Tensor, evaluations: int, config: 
 
     def closure():
         opt.zero_grad(set_to_none=True)
-        total, parts, backward = loss(x)
+        seen_x = x.detach().clamp(0.0, 1.0).requires_grad_(True)  # as delivered (`delivered`)
+        total, parts, backward = loss(seen_x)
         check_finite(total)
         multiplier = factor(total)
         last["loss"] = float(total.detach())
         with torch.no_grad():
             outside, gradient = range_penalty(x.detach(), last["loss"])
         backward(multiplier * outside)
-        x.grad += multiplier * gradient
+        x.grad = delivered(x.detach(), seen_x.grad) + multiplier * gradient
         last["parts"] = {k: v.detach() if torch.is_tensor(v) else v for k, v in parts.items()}
         best.update(last["loss"] * outside, x)
         return (total * (multiplier * outside)).detach()
