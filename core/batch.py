@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import INIT_WORDS, Config
+from .config import Config
 from .errors import Cancelled, UserError
 from .files import check_input_file
 
@@ -257,7 +257,7 @@ def check_shared_inputs(items: Sequence[BatchItem], config: Config, options: Run
     UserError naming it); an input image is checked in its own item, which alone fails."""
     shared = {s for item in items for s in item.styles}
     shared |= {str(getattr(m, "source", m)) for m in options.masks}  # guides.Inverse: its file
-    if config.init not in INIT_WORDS:
+    if config.init not in ("content", "noise"):
         shared.add(config.init)
     for path in sorted(shared):
         check_input_file(path)

@@ -26,7 +26,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from . import jsontext
-from .config import INIT_WORDS, PRESETS, Config, config_fields
+from .config import PRESETS, Config, config_fields
 from .errors import Cancelled, UserError
 
 EXIT_INTERNAL_ERROR = 1
@@ -226,7 +226,7 @@ def check_run_paths(args, config: Config) -> Path:
 
     # --mask-inverse gives a guides.Inverse: its file is `source`.
     inputs = [args.content, *args.styles, *(getattr(m, "source", m) for m in args.masks or [])]
-    if config.init not in INIT_WORDS:
+    if config.init not in ("content", "noise"):
         inputs.append(config.init)
     for path in inputs:
         check_input_file(path)
@@ -291,7 +291,7 @@ def cmd_preview(args) -> int:
     config = config_from_args(args).validate()
     inputs = [args.content, *args.styles]
     check_input_file(args.content)  # a bad style is skipped (a marked cell), a bad content is not
-    inputs += [p for p in (args.model, config.init) if p and p not in INIT_WORDS]
+    inputs += [p for p in (args.model, config.init) if p and p not in ("content", "noise")]
     sheet = check_output_path(args.output, "-o", tuple(PILLOW_FORMATS), inputs)
     if args.json:
         figures = check_output_path(args.json, "--json", None, inputs)

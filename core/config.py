@@ -21,8 +21,6 @@ DEVICES = ("auto", "cpu", "cuda")
 COLOR_MODES = ("none", "luminance", "histogram")
 COMPILE_MODES = ("auto", "on", "off")
 ENGINES = ("auto", "torch", "onnx")
-# --init's words (core/start.py); any other value is an image path.
-INIT_WORDS = ("content", "colour-matched", "noise")
 # Crops are cut on a 16 px grid; below 32 px a crop would hold almost no core and no context.
 MIN_CROP_SIDE = 32
 
@@ -125,8 +123,7 @@ class Config:
                             choices=EXPORTED_LAYERS)
     optimizer: str = _f("lbfgs", "optimiser: lbfgs (the paper's) or adam", choices=OPTIMIZERS)
     learning_rate: float = _f(0.02, "Adam's step size on 0..1 pixels (L-BFGS uses 1)")
-    init: str = _f("content", "start image: content, colour-matched (the content in the "
-                   "styles' colours), noise, or an image path")
+    init: str = _f("content", "start image: content, noise, or an image path")
     seed: int = _f(0, "random seed: the same seed and inputs give the same bytes on the same machine")
     device: str = _f("auto", "auto (CUDA if available), cpu or cuda", choices=DEVICES)
     precision: str = _f("auto", "convolution precision; losses are float32 (auto: bf16 where "
@@ -199,14 +196,13 @@ class Config:
             raise UserError(f"--crop-side must be 0 (automatic) or at least {MIN_CROP_SIDE} px, "
                             f"not {self.crop_side}.")
         if not isinstance(self.init, str):
-            raise UserError(f"--init must be {', '.join(INIT_WORDS)} or an image path, not "
-                            f"{self.init!r}.")
-        if self.init not in INIT_WORDS:
+            raise UserError(f"--init must be content, noise or an image path, not {self.init!r}.")
+        if self.init not in ("content", "noise"):
             kind = path_kind(self.init)
             if kind == "file":
                 return self
-            raise UserError(f"--init must be {', '.join(INIT_WORDS)} or an image file, and "
-                            f"{self.init} " + ("does not exist." if kind == "missing" else f"is {kind}."))
+            raise UserError(f"--init must be content, noise or an image file, and {self.init} "
+                            + ("does not exist." if kind == "missing" else f"is {kind}."))
         return self
 
     def with_(self, **changes) -> Config:

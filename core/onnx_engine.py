@@ -21,11 +21,10 @@ from . import balance, color, guides, tiling
 from .config import Config
 from .engine import FeatureEngine, engine_threads
 from .errors import UserError
-from .images import fit_long_side, resize_array
+from .images import fit_long_side, load_image, resize_array
 from .lbfgs import LBFGS
 from .objective import LossSpec, check_finite
 from .optimise import BestIterate, check_cancel, delivered, loss_factor, range_penalty, should_stop
-from .start import start_array
 from .targets import blend_weights, target_arrays
 from .vgg import MIN_SIDE, STYLE_LAYERS, layer_stride
 
@@ -242,7 +241,13 @@ def stylize_onnx(content, style_or_styles, *, config: Config, model=None, callba
     else:
         config = balance.normalised_weights(config, *target_arrays(model, content_rgb, styles,
                                                                    size, config))
-    image = start_array(config.init, content_rgb, styles, plan[0].size, rng)
+    h, w = plan[0].size
+    if config.init == "content":
+        image = resize_array(content_rgb, h, w)
+    elif config.init == "noise":
+        image = rng.random((h, w, 3), dtype=np.float32)
+    else:
+        image = resize_array(load_image(config.init).rgb, h, w)
     x = np.ascontiguousarray(image.transpose(2, 0, 1)[None])
     evaluations, objective = 0, None
     for level in plan:

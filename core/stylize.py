@@ -33,7 +33,6 @@ from .images import (
 )
 from .objective import Objective, check_finite, evaluate
 from .optimise import CancelToken, Optimised, optimise, optimise_tiled
-from .start import start_array
 from .targets import blend_weights, region_targets, target_arrays
 from .vgg import MIN_SIDE
 
@@ -123,15 +122,16 @@ def balanced(config: Config, model: StyleModel, content: np.ndarray, styles: Seq
     return balance.normalised_weights(config, content_features, grams)
 
 
-def initial_image(content: np.ndarray, styles: Sequence[np.ndarray], size: tuple[int, int],
-                  config: Config, generator: torch.Generator) -> torch.Tensor:
-    """The first level's start (core/start.py); noise from torch's `generator` (same seed, same
-    bytes as before)."""
+def initial_image(content: np.ndarray, size: tuple[int, int], config: Config,
+                  generator: torch.Generator) -> torch.Tensor:
     import torch
 
+    h, w = size
+    if config.init == "content":
+        return to_tensor(resize_array(content, h, w))
     if config.init == "noise":
-        return torch.rand((1, 3, *size), generator=generator)
-    return to_tensor(start_array(config.init, content, styles, size))
+        return torch.rand((1, 3, h, w), generator=generator)
+    return to_tensor(resize_array(load_image(config.init).rgb, h, w))
 
 
 def check_memory(content: Picture, styles: Sequence[Picture], config: Config, device) -> None:
@@ -284,7 +284,7 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     content_rgb, styles = color.prepare(config.preserve_colors, content_pic.rgb,
                                         [p.rgb for p in style_pics])
     config = balanced(config, model, content_rgb, styles, plan[0].size)
-    image = initial_image(content_rgb, styles, plan[0].size, config, generator)
+    image = initial_image(content_rgb, plan[0].size, config, generator)
     # Whole-image levels may run compiled (tiled ones stay eager): decided once per run.
     compiled = should_compile(config.compile, model.device,
                               [(lv.size, lv.evaluations) for lv in plan if not lv.crop_side], log)
