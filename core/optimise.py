@@ -130,15 +130,17 @@ def range_penalty(x, loss: float):
 
 
 def delivered(x, grad):
-    """The loss's gradient `grad`, taken at `x` clipped to 0..1, as a gradient for `x`: zero where
-    the clip holds a pixel.
+    """The loss's gradient `grad`, taken at `x` clipped to 0..1, as a gradient for `x`: a pixel the
+    clip holds keeps it only where it points back into 0..1.
 
     The optimiser evaluates the loss of the image as it is delivered (clipped), not of its
     unbounded pixels: the final clip then costs nothing, where it cost the delivered image up to
-    10 % of its loss (trained VGG16, coffee + ihc, 256 px `normal`). Pixels the clip holds keep
-    range_penalty's pull back into 0..1, so none stays outside for good. Works on torch and numpy.
+    10 % of its loss (trained VGG16, coffee + ihc, 256 px `normal`). The clip's own gradient (zero
+    outside) left pixels stuck outside for good (content reconstruction from noise: 23 dB against
+    39 dB); passing the inward part lets the loss pull them back. Works on torch and numpy.
     """
-    return grad * ((x >= 0.0) & (x <= 1.0))
+    inward = ((x > 1.0) & (grad > 0)) | ((x < 0.0) & (grad < 0))
+    return grad * (((x >= 0.0) & (x <= 1.0)) | inward)
 
 
 def should_stop(losses: Sequence[float], tolerance: float, window: int = EARLY_STOP_WINDOW) -> bool:
