@@ -601,7 +601,9 @@ def summary(out: dict) -> None:
     for size, goal in (("512", 10.0), ("256", 5.0)):
         if size in t:
             for preset, p in t[size]["presets"].items():
-                lines.append(f"{preset} at {size} px: {p['speedup']:.2f}x at equal quality "
+                lines.append(f"{preset} at {size} px: {p['full_size_equivalents']:.1f} full-size "
+                             f"equivalents, delivered loss {p['final_loss']:.5g}; "
+                             f"{p['speedup']:.2f}x at equal quality "
                              f"(target >= {goal:.0f}x), {p['above_reference_percent']:+.2f} % vs "
                              f"the reference (spread {t[size]['reference_spread_percent']:.2f} %, "
                              f"guard +1 %)")
