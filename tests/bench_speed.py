@@ -641,7 +641,7 @@ def main(argv=None) -> int:
     from stylefu.core.compiled import cpu_has_amx
     from stylefu.core.config import DEFAULT_PRESET
     from stylefu.core.engine import usable_cores
-    from stylefu.core.model import load_model
+    from stylefu.core.model import cpu_has_fast_bf16, load_model
 
     args.sizes = args.sizes or ([256] if args.quick else [256, 512])
     args.cases = args.cases or (["trained"] if args.quick else ["trained", "random"])
@@ -652,7 +652,8 @@ def main(argv=None) -> int:
                 if ln.startswith("model name")), platform.processor() or platform.machine())
     out = {"machine": f"{cpu}, {usable_cores()} cores, "
                       f"AMX {'yes' if cpu_has_amx() else 'no'}, "
-                      f"AVX512-BF16 {'yes' if 'avx512_bf16' in flags else 'no'}",
+                      f"AVX512-BF16 {'yes' if 'avx512_bf16' in flags else 'no'}; CPU path: "
+                      f"{'bf16' if cpu_has_fast_bf16() else 'float32 (no fast bf16)'}",
            "torch": torch.__version__, "threads": torch.get_num_threads(),
            "load_average_start": os.getloadavg(), "command": " ".join(sys.argv),
            "reference_evaluations": args.ref_evals, "reference_runs": args.ref_runs,
