@@ -74,6 +74,8 @@ REF_CONTENT_WEIGHT = 1.0
 REF_STYLE_WEIGHT = 1e6
 # stylefu's layer weights giving the reference's mean over the five style layers.
 MEAN_LAYER_WEIGHTS = (0.2, 0.2, 0.2, 0.2, 0.2)
+# Where the reference's trajectory is printed (evaluations).
+REF_CHECKPOINTS = (1, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500)
 # Targets of issue 15 (benchmark figures; ratios within one run on one machine).
 TARGETS = {"per_eval_ratio_512": 5.0, "equal_quality_speedup_512": 10.0,
            "equal_quality_speedup_256": 5.0, "command_normal_512_s": 25.0,
@@ -193,17 +195,20 @@ def run_ours(content, style, config, model, snapshot_every: int = 5):
     """stylize() timed end to end; snapshots of the full-size image with their times.
 
     The callback's own cost (copying snapshots) is subtracted from the recorded times.
-    Returns (result, snapshots [(t, image)], final-scale evaluation times, total seconds).
+    Returns (result, snapshots [(t, image)], final-scale evaluation times, total seconds);
+    result.metrics gets "full_size_equivalents" (`full_size_equivalents`).
     """
     from stylefu.core import stylize
 
     snaps: list[tuple[float, torch.Tensor]] = []
     stamps: list[float] = []
     state = {"overhead": 0.0, "last": None}
+    counts: dict[tuple[int, int], int] = {}
     start = time.perf_counter()
 
     def callback(p):
         entered = time.perf_counter()
+        counts[tuple(p.size)] = max(counts.get(tuple(p.size), 0), p.evaluation)
         if p.level == p.levels:
             t = entered - start - state["overhead"]
             stamps.append(t)
@@ -218,7 +223,24 @@ def run_ours(content, style, config, model, snapshot_every: int = 5):
     total = time.perf_counter() - start - state["overhead"]
     if state["last"] is not None and (not snaps or snaps[-1] is not state["last"]):
         snaps.append(state["last"])
+    result.metrics["full_size_equivalents"] = full_size_equivalents(counts)
     return result, snaps, stamps, total
+
+
+def full_size_equivalents(counts: dict[tuple[int, int], int]) -> float:
+    """Evaluations per level size weighted by the level's pixels over the full size's: what a run
+    costs in full-size evaluations (a level half the size costs about a quarter)."""
+    full = max(h * w for h, w in counts)
+    return sum(n * h * w / full for (h, w), n in counts.items())
+
+
+def best_so_far(curve: list[tuple[float, float]]) -> list[float]:
+    """The reference's best loss after each evaluation (its last iterate can overstep far above)."""
+    out, best = [], float("inf")
+    for _, loss in curve:
+        best = min(best, loss)
+        out.append(best)
+    return out
 
 
 def time_to_reach(reference: Reference, targets, snaps, goal: float, clip: bool = False):
@@ -346,8 +368,12 @@ def bench_size(case: str, size: int, args, model, reference: Reference) -> dict:
         rows[preset] = dict(config=config, snaps=snaps, stamps=stamps, total=total,
                             rss=peak_rss_mb(), evals=m["evaluations"], sizes=m["sizes"],
                             precision=m["precision"], compiled=m.get("compiled"))
+        rows[preset]["delivered"] = reference.judge(to_nchw(result.image), targets)
+        rows[preset]["equivalents"] = m["full_size_equivalents"]
         print(f"ours {preset:6s}: {total:7.1f} s, {m['evaluations']} evaluations over {m['sizes']}"
-              f", {per_eval(stamps):.3f} s/eval at full size, compiled {m.get('compiled')}, "
+              f" ({m['full_size_equivalents']:.1f} full-size equivalents), delivered loss "
+              f"{rows[preset]['delivered']:.6g}, {per_eval(stamps):.3f} s/eval at full size, "
+              f"compiled {m.get('compiled')}, "
               f"peak RSS {rows[preset]['rss']:.0f} MB", flush=True)
 
     # The reference, 3 runs from jittered starts: its own spread is the yardstick of 1 %.
@@ -367,11 +393,18 @@ def bench_size(case: str, size: int, args, model, reference: Reference) -> dict:
                    f"{' / '.join(f'{v:.6g}' for v in finals)}, spread {spread:.2f} % of the mean")
     print(f"reference: {ref_time:7.1f} s, {args.ref_evals} evaluations, {ref_spe:.3f} s/eval, "
           f"peak RSS {ref_rss:.0f} MB\n{spread_text}", flush=True)
+    trajectory = {i: statistics.median(best_so_far(c)[i - 1] for c in curves)
+                  for i in REF_CHECKPOINTS if i <= args.ref_evals}
+    print("reference trajectory (best loss so far after N evaluations, median of the runs): " +
+          ", ".join(f"{i}: {v:.5g}" for i, v in trajectory.items()), flush=True)
 
     for preset, row in rows.items():
-        reached, final = time_to_reach(reference, targets, row["snaps"], ref_mean)
-        _, final_clipped = time_to_reach(reference, targets, row["snaps"][-1:], 0, clip=True)
-        # Evaluations (and seconds) the reference needed to reach our final loss: the median
+        # Our loss is the delivered image's (clipped to 0..1 as saved, the loss our optimiser
+        # evaluates); the last evaluation's unclipped pixels are printed beside it.
+        reached, _ = time_to_reach(reference, targets, row["snaps"], ref_mean, clip=True)
+        _, unclipped = time_to_reach(reference, targets, row["snaps"][-1:], float("inf"))
+        final = final_clipped = row["delivered"]
+        # Evaluations (and seconds) the reference needed to reach our delivered loss: the median
         # over its runs (None where a run never gets there).
         equivs = [next((i + 1 for i, (_, v) in enumerate(c) if v <= final), None) for c in curves]
         found = [(e, c[e - 1][0]) for e, c in zip(equivs, curves) if e]
@@ -393,7 +426,8 @@ def bench_size(case: str, size: int, args, model, reference: Reference) -> dict:
                 else f"does not reach it in {row['total']:.1f} s")
         equiv = (f"{ref_equiv:.0f} evaluations, {ref_equiv_s:.1f} s" if ref_equiv
                  else f"more than {args.ref_evals} evaluations")
-        print(f"ours {preset:6s}: final loss {final:.6g} ({final_clipped:.6g} clipped), "
+        print(f"ours {preset:6s}: delivered loss {final:.6g} (last pixels unclipped "
+              f"{unclipped:.6g}) in {row['equivalents']:.1f} full-size equivalents, "
               f"{above:+.2f} % vs the reference mean (spread {spread:.2f} %; guard +1 %: "
               f"{'met' if row['guard'] else 'NOT met'}); {what}; the reference needs {equiv} "
               f"for our final loss; speed-up at equal quality {speedup:.2f}x", flush=True)
@@ -401,9 +435,9 @@ def bench_size(case: str, size: int, args, model, reference: Reference) -> dict:
     bf16_check = None
     first = args.presets[0]
     if args.precision_check and rows[first]["precision"] != "float32":
-        _, snaps, _, total = run_ours(content, style, our_config(size, first, precision="fp32"),
-                                      model)
-        fp32_final = reference.judge(snaps[-1][1], targets)
+        fp32_result, _, _, total = run_ours(content, style,
+                                            our_config(size, first, precision="fp32"), model)
+        fp32_final = reference.judge(to_nchw(fp32_result.image), targets)
         bf16_final = rows[first]["final"]
         bf16_check = dict(preset=first, fp32_final_loss=fp32_final, bf16_final_loss=bf16_final,
                           fp32_seconds=total, relative=bf16_final / fp32_final - 1)
@@ -417,10 +451,12 @@ def bench_size(case: str, size: int, args, model, reference: Reference) -> dict:
         "reference_spread_percent": spread, "reference_peak_rss_mb": ref_rss,
         "reference_loss_curve": [curve[i - 1][1] for i in (1, 50, 100, 200, 300, 500)
                                  if i <= len(curve)],
+        "reference_trajectory": trajectory,
         "per_eval": paired, "bf16_vs_fp32": bf16_check,
         "presets": {p: {"seconds": r["total"], "evaluations": r["evals"], "sizes": r["sizes"],
                         "compiled": r["compiled"], "s_per_eval": per_eval(r["stamps"]),
                         "final_loss": r["final"], "final_loss_clipped": r["final_clipped"],
+                        "full_size_equivalents": r["equivalents"],
                         "above_reference_percent": r["above_percent"], "guard_met": r["guard"],
                         "time_to_reference_loss_s": r["reached"], "speedup": r["speedup"],
                         "peak_rss_mb": r["rss"],
@@ -565,7 +601,9 @@ def summary(out: dict) -> None:
     for size, goal in (("512", 10.0), ("256", 5.0)):
         if size in t:
             for preset, p in t[size]["presets"].items():
-                lines.append(f"{preset} at {size} px: {p['speedup']:.2f}x at equal quality "
+                lines.append(f"{preset} at {size} px: {p['full_size_equivalents']:.1f} full-size "
+                             f"equivalents, delivered loss {p['final_loss']:.5g}; "
+                             f"{p['speedup']:.2f}x at equal quality "
                              f"(target >= {goal:.0f}x), {p['above_reference_percent']:+.2f} % vs "
                              f"the reference (spread {t[size]['reference_spread_percent']:.2f} %, "
                              f"guard +1 %)")
@@ -601,7 +639,7 @@ def main(argv=None) -> int:
         args.presets, args.precision_check, args.command_scale = ["draft"], False, 4
 
     from stylefu.core.engines.torch.compiled import cpu_has_amx
-    from stylefu.core.engines.torch.model import load_model
+    from stylefu.core.engines.torch.model import cpu_has_fast_bf16, load_model
     from stylefu.core.method.config import DEFAULT_PRESET
     from stylefu.core.network.forward import usable_cores
 
@@ -614,7 +652,8 @@ def main(argv=None) -> int:
                 if ln.startswith("model name")), platform.processor() or platform.machine())
     out = {"machine": f"{cpu}, {usable_cores()} cores, "
                       f"AMX {'yes' if cpu_has_amx() else 'no'}, "
-                      f"AVX512-BF16 {'yes' if 'avx512_bf16' in flags else 'no'}",
+                      f"AVX512-BF16 {'yes' if 'avx512_bf16' in flags else 'no'}; CPU path: "
+                      f"{'bf16' if cpu_has_fast_bf16() else 'float32 (no fast bf16)'}",
            "torch": torch.__version__, "threads": torch.get_num_threads(),
            "load_average_start": os.getloadavg(), "command": " ".join(sys.argv),
            "reference_evaluations": args.ref_evals, "reference_runs": args.ref_runs,

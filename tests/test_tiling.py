@@ -181,6 +181,9 @@ def test_tiles_do_not_drift_apart(model):
     gap, change, loss = runs[112]
     # Sky gap over sky change, untiled / tiled, and tiled over untiled loss, measured: bf16
     # convolutions 0.048 / 0.12, 0.68; float32 (AVX2) 0.125 / 0.16, 1.01. Drifting tiles: 0.92, 9x.
+    # Since the optimiser sees the clipped pixels (issue 30) both losses fell, the untiled more
+    # (bf16: untiled 0.0507 -> 0.0177, tiled 0.0346 -> 0.0239): tiled over untiled 1.35 (bf16),
+    # 1.43 (float32, AVX2: 0.0216 and 0.0308).
     assert runs[0][0] < 0.25 * runs[0][1]  # untiled: the sky changes alike on both sides
     assert gap < 0.3 * change
-    assert loss < 1.3 * runs[0][2]
+    assert loss < 2.0 * runs[0][2]

@@ -1,5 +1,6 @@
 """The rules of the minimising loop that both engines share: the loss factor L-BFGS sees, the
-smooth out-of-range factor, which iterate a level returns, when a level stops early, and cancel.
+smooth out-of-range factor, the loss of the delivered (clipped) pixels, which iterate a level
+returns, when a level stops early, and cancel.
 They work on torch tensors and numpy arrays alike (the torch-free engine imports no torch)."""
 
 from __future__ import annotations
@@ -85,6 +86,19 @@ def range_penalty(x, loss: float):
     excess = x - x.clip(0.0, 1.0)
     scale = RANGE_PENALTY / math.prod(excess.shape)
     return 1.0 + scale * float((excess ** 2).sum()), (2 * scale * loss) * excess
+
+
+def delivered(x, grad):
+    """The loss's gradient `grad`, taken at `x` clipped to 0..1, as a gradient for `x`: a pixel the
+    clip holds keeps it only where it points back into 0..1.
+
+    The optimiser evaluates the loss of the image as it is delivered (clipped), not of its
+    unbounded pixels, so the final clip costs nothing (docs/speed.md, issue 30). The clip's own
+    gradient (zero outside) would leave pixels stuck outside for good; passing the inward part
+    lets the loss pull them back. Works on torch and numpy.
+    """
+    inward = ((x > 1.0) & (grad > 0)) | ((x < 0.0) & (grad < 0))
+    return grad * (((x >= 0.0) & (x <= 1.0)) | inward)
 
 
 def should_stop(losses: Sequence[float], tolerance: float, window: int = EARLY_STOP_WINDOW) -> bool:

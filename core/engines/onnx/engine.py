@@ -20,7 +20,7 @@ from ...method.config import Config
 from ...method.objective import LossSpec, check_finite
 from ...network.forward import FeatureEngine, engine_threads
 from ...network.vgg import STYLE_LAYERS, layer_stride
-from ..steps import BestIterate, check_cancel, loss_factor, range_penalty, should_stop
+from ..steps import BestIterate, check_cancel, delivered, loss_factor, range_penalty, should_stop
 from .lbfgs import LBFGS
 
 EMPTY_REGION = 1e-6  # a term's guide mass at a layer below this: the layer is left out of the term
@@ -154,12 +154,12 @@ def minimise(objective: OnnxObjective, image: np.ndarray, evaluations: int, conf
     done = 0
     for done in range(1, evaluations + 1):
         check_cancel(cancel)
-        total, parts, grad = objective(x)
+        total, parts, grad = objective(np.clip(x, 0.0, 1.0))  # as delivered (`delivered`)
         check_finite(total)
         outside, outside_grad = range_penalty(x, total)
         best.update(total * outside, x)
         multiplier = np.float32(factor(total))
-        grad = grad * np.float32(outside) + outside_grad
+        grad = delivered(x, grad) * np.float32(outside) + outside_grad
         x = step.step(x.ravel(), grad.ravel() * multiplier).reshape(shape)
         seen.append(total * outside)
         report(done, total, parts, x)

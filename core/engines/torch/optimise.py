@@ -19,7 +19,15 @@ from ...method.config import Config
 from ...method.objective import LossSpec, Objective, check_finite
 from ...method.tiling import Window
 from ...network.vgg import layer_stride
-from ..steps import BestIterate, CancelToken, check_cancel, loss_factor, range_penalty, should_stop
+from ..steps import (
+    BestIterate,
+    CancelToken,
+    check_cancel,
+    delivered,
+    loss_factor,
+    range_penalty,
+    should_stop,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -95,14 +103,15 @@ def minimise(loss: LossFunction, image: torch.Tensor, evaluations: int, config: 
 
     def closure():
         opt.zero_grad(set_to_none=True)
-        total, parts, backward = loss(x)
+        seen_x = x.detach().clamp(0.0, 1.0).requires_grad_(True)  # as delivered (`delivered`)
+        total, parts, backward = loss(seen_x)
         check_finite(total)
         multiplier = factor(total)
         last["loss"] = float(total.detach())
         with torch.no_grad():
             outside, gradient = range_penalty(x.detach(), last["loss"])
         backward(multiplier * outside)
-        x.grad += multiplier * gradient
+        x.grad = delivered(x.detach(), seen_x.grad) + multiplier * gradient
         last["parts"] = {k: v.detach() if torch.is_tensor(v) else v for k, v in parts.items()}
         best.update(last["loss"] * outside, x)
         return (total * (multiplier * outside)).detach()
