@@ -38,6 +38,29 @@ def shifted_quadratic(x):
     return 1 + float(((x - 1.5) ** 2).mean()), 2 * (x - 1.5) / math.prod(x.shape)
 
 
+def minimise_on(engine: str, function, evaluations: int = 60) -> np.ndarray:
+    """60 evaluations of `engine`'s minimising loop (torch's or the torch-free one) on
+    `function(x) -> (total, gradient)` from a flat 0.5 start; the pixels it returns."""
+    from stylefu.core.engines.onnx import engine as onnx_engine
+    from stylefu.core.engines.torch import optimise
+
+    start, config = np.full((1, 3, 8, 8), 0.5, np.float32), Config()
+    if engine == "torch":
+        def loss(x):
+            total, grad = function(x.detach())
+
+            def backward(multiplier):
+                x.grad = grad * multiplier
+            return torch.tensor(total), {}, backward
+        return optimise.minimise(loss, torch.from_numpy(start), evaluations, config,
+                                 lambda *_: None, None).image.numpy()
+
+    def objective(x):
+        total, grad = function(x)
+        return total, {}, grad.astype(np.float32)
+    return onnx_engine.minimise(objective, start, evaluations, config, lambda *_: None, None)[0]
+
+
 @pytest.mark.parametrize("engine", ["torch", "onnx"])
 @pytest.mark.parametrize("penalty", [30.0, 0.0])
 def test_pixels_are_kept_near_0_to_1(monkeypatch, engine, penalty):
@@ -47,26 +70,9 @@ def test_pixels_are_kept_near_0_to_1(monkeypatch, engine, penalty):
     pixels stop within 0.03 of it, without it they stop wherever they crossed 1 (no gradient
     there). Both engines' loops use the same penalty."""
     from stylefu.core.engines import steps
-    from stylefu.core.engines.onnx import engine as onnx_engine
-    from stylefu.core.engines.torch import optimise
 
     monkeypatch.setattr(steps, "RANGE_PENALTY", penalty)
-    start = np.full((1, 3, 8, 8), 0.5, np.float32)
-    config = Config()
-    if engine == "torch":
-        def loss(x):
-            total, grad = shifted_quadratic(x.detach())
-
-            def backward(multiplier):
-                x.grad = grad * multiplier
-            return torch.tensor(total), {}, backward
-        result = optimise.minimise(loss, torch.from_numpy(start), 60, config,
-                                   lambda *_: None, None).image.numpy()
-    else:
-        def objective(x):
-            total, grad = shifted_quadratic(x)
-            return total, {}, grad.astype(np.float32)
-        result, _ = onnx_engine.minimise(objective, start, 60, config, lambda *_: None, None)
+    result = minimise_on(engine, shifted_quadratic)
     assert np.allclose(np.clip(result, 0.0, 1.0), 1.0, atol=1e-3)
     if penalty:
         assert result.max() < 1.03
@@ -90,24 +96,7 @@ def test_the_optimiser_minimises_the_delivered_image(engine):
     """Both engines evaluate the loss on the pixels clipped to 0..1, as the image is delivered:
     on the coupled quadratic they find the best clipped image (0.27), where optimising the
     unbounded pixels and clipping at the end gives 0.36."""
-    from stylefu.core import onnx_engine, optimise
-
-    start = np.full((1, 3, 8, 8), 0.5, np.float32)
-    config = Config()
-    if engine == "torch":
-        def loss(x):
-            total, grad = coupled_quadratic(x.detach())
-
-            def backward(multiplier):
-                x.grad = grad * multiplier
-            return torch.tensor(total), {}, backward
-        result = optimise.minimise(loss, torch.from_numpy(start), 60, config,
-                                   lambda *_: None, None).image.numpy()
-    else:
-        def objective(x):
-            total, grad = coupled_quadratic(x)
-            return total, {}, grad.astype(np.float32)
-        result, _ = onnx_engine.minimise(objective, start, 60, config, lambda *_: None, None)
+    result = minimise_on(engine, coupled_quadratic)
     delivered, _ = coupled_quadratic(np.clip(result, 0.0, 1.0).astype(np.float64))
     assert delivered < 0.28
 
