@@ -446,6 +446,8 @@ def test_the_cache_stays_under_its_limit_least_recently_used_first(world, tmp_pa
     assert figures["parts"]["torch-weights"]["files"] == 1 and figures["limit_mb"] == 2000
     pruned = cli(capsys, "cache", "prune", "--max-mb", "0")
     assert pruned.code == 0 and "removed" in pruned.err
-    assert sorted(p for p in cache.rglob("*") if p.is_file()) == sorted(kept)
+    # Left: what is not the cache's to prune, and the speeds run/eta.py keeps (a few kB).
+    assert sorted(p for p in cache.rglob("*") if p.is_file() and p.name != "speed.json") == \
+        sorted(kept)
     refused = cli(capsys, "cache", "prune", "--max-mb", "nan")
     assert refused.code == 2 and "--max-mb" in one_error(refused.err)

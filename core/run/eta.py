@@ -132,6 +132,7 @@ def record_speed(key: str, points: list[tuple[int, float]], fixed_seconds: float
                  ) -> None:
     """Keep a run's measured (pixels, s/evaluation) points (the last KEPT_POINTS) and its fixed
     seconds (start-up, loading: the run's time not spent in evaluations). Never fails a run."""
+    from ..errors import UserError
     from ..io.files import atomic_write
 
     try:
@@ -144,7 +145,7 @@ def record_speed(key: str, points: list[tuple[int, float]], fixed_seconds: float
         entry["when"] = time.time()
         text = jsontext.dumps(speeds, indent=1)
         atomic_write(_speed_path(), lambda tmp: tmp.write_text(text))
-    except (OSError, ValueError):
+    except (OSError, ValueError, UserError):  # an unusable cache only costs the estimate
         pass
 
 

@@ -161,7 +161,7 @@ def minimise(objective: OnnxObjective, image: np.ndarray, evaluations: int, conf
         multiplier = np.float32(factor(total))
         grad = delivered(x, grad) * np.float32(outside) + outside_grad
         x = step.step(x.ravel(), grad.ravel() * multiplier).reshape(shape)
-        seen.append(total * outside)
+        seen.append(total)  # the delivered loss, as reported: what stopping judges
         report(done, total, parts, x)
         if should_stop(seen, tolerance):
             break

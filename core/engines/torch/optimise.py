@@ -120,7 +120,7 @@ def minimise(loss: LossFunction, image: torch.Tensor, evaluations: int, config: 
     for done in range(1, evaluations + 1):
         check_cancel(cancel)
         opt.step(closure)
-        seen.append(best.last)
+        seen.append(last["loss"])  # the delivered loss, as reported: what stopping judges
         report(done, last["loss"], last["parts"], x)
         if should_stop(seen, tolerance):
             break
