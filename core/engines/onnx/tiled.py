@@ -22,8 +22,7 @@ from ...method import guides, tiling
 from ...method.objective import LossSpec
 from ...network.vgg import STYLE_LAYERS, layer_stride
 from ..steps import check_cancel
-
-EMPTY_REGION = 1e-6  # a core's guide mass at a layer below this: the core is left out there
+from .engine import EMPTY_REGION  # (a core's guide mass below it: the core is left out there)
 
 
 class TiledOnnxObjective:
