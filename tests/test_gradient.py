@@ -158,16 +158,39 @@ def test_gradient_matches_torch_autograd_trained_weights(trained_model_path, tmp
     assert_same_gradient(trained_model_path, tmp_path, 37, 53, True)
 
 
-def test_numpy_lbfgs_takes_torchs_steps():
-    """Ten steps on a badly scaled quadratic: the same iterates as torch.optim.LBFGS configured
-    as optimise.make_optimiser does (history 3, so pairs are also dropped)."""
+def numpy_lbfgs(start, history):
+    mine, state = LBFGS(history=history), [start.copy()]
+
+    def step(g):
+        state[0] = mine.step(state[0], g)
+        return state[0]
+    return step
+
+
+def device_lbfgs(start, history):
+    from stylefu.core.engines.torch.lbfgs import LBFGS as DeviceLBFGS
+
+    x = torch.from_numpy(start.copy())
+    mine = DeviceLBFGS(x, history, steps=11)
+
+    def step(g):
+        mine.step(x, torch.from_numpy(g))
+        return x.numpy()
+    return step
+
+
+@pytest.mark.parametrize("make", [numpy_lbfgs, device_lbfgs], ids=["numpy", "torch-device"])
+def test_our_lbfgs_takes_torchs_steps(make):
+    """Ten steps on a badly scaled quadratic: the torch-free engine's L-BFGS and the torch
+    engine's (one sync per step) take the iterates of torch.optim.LBFGS configured as the loop
+    used to (history 3, so pairs are also dropped)."""
     rng = np.random.default_rng(0)
     scales = np.float32(10.0) ** rng.uniform(-2, 1, 50).astype(np.float32)
     start = rng.standard_normal(50).astype(np.float32)
     x = torch.from_numpy(start.copy()).requires_grad_(True)
     opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, history_size=3, tolerance_grad=-1.0,
                             tolerance_change=-1.0)
-    mine, y = LBFGS(history=3), start.copy()
+    step, y = make(start, 3), start.copy()
 
     def closure():
         opt.zero_grad()
@@ -177,5 +200,5 @@ def test_numpy_lbfgs_takes_torchs_steps():
 
     for _ in range(10):
         opt.step(closure)
-        y = mine.step(y, 2 * scales * y)
+        y = step(2 * scales * y).copy()
         assert np.allclose(y, x.detach().numpy(), rtol=1e-4, atol=1e-6)

@@ -85,7 +85,10 @@ def range_penalty(x, loss: float):
     """
     excess = x - x.clip(0.0, 1.0)
     scale = RANGE_PENALTY / math.prod(excess.shape)
-    return 1.0 + scale * float((excess ** 2).sum()), (2 * scale * loss) * excess
+    squares = (excess ** 2).sum()
+    # numpy: a float; torch: a tensor on x's device, read with the evaluation's other figures
+    squares = float(squares) if isinstance(squares, np.generic) else squares
+    return 1.0 + scale * squares, (2 * scale * loss) * excess
 
 
 def delivered(x, grad):

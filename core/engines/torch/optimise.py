@@ -57,71 +57,61 @@ class Optimised:
 
 
 
-def make_optimiser(x: torch.Tensor, config: Config, history: int = tiling.LBFGS_HISTORY
-                   ) -> torch.optim.Optimizer:
-    """L-BFGS (one evaluation per step, keeping `history` pairs) or Adam over the pixels `x`.
+def make_step(x: torch.Tensor, config: Config, history: int, steps: int):
+    """The optimiser's step(x, g), which moves the pixels `x` in place: L-BFGS (lbfgs.py: one
+    evaluation per step, `history` pairs, torch.optim.LBFGS's rule with one host sync) or
+    torch's Adam."""
+    if config.optimizer == "lbfgs":
+        from .lbfgs import LBFGS
 
-    torch's absolute L-BFGS stopping thresholds (gradient 1e-7, change 1e-9) are made for losses
-    near 1; ours are near 1e-3 with per-pixel gradients near 1e-7, so they are off and
-    `tolerance` decides instead.
-    """
+        return LBFGS(x, history, steps).step
     import torch
 
     from .compiled import usable_cache_variable
 
     usable_cache_variable()  # before torch.optim's first import of torch._dynamo
-    if config.optimizer == "lbfgs":
-        return torch.optim.LBFGS([x], lr=1.0, max_iter=1, history_size=history,
-                                 tolerance_grad=-1.0, tolerance_change=-1.0)
-    return torch.optim.Adam([x], lr=config.learning_rate)
+    adam = torch.optim.Adam([x], lr=config.learning_rate)
 
-
-
-
-
-
-
-
+    def step(x: torch.Tensor, g: torch.Tensor) -> None:
+        x.grad = g
+        adam.step()
+    return step
 
 
 def minimise(loss: LossFunction, image: torch.Tensor, evaluations: int, config: Config,
              report: Report, cancel: CancelToken, tolerance: float = 0.0,
              history: int = tiling.LBFGS_HISTORY) -> Optimised:
-    """Up to `evaluations` steps of the configured optimiser on a copy of `image`'s pixels.
-
-    torch.optim.LBFGS with max_iter=1 keeps its history across steps, so each step is exactly
-    one evaluation: progress and cancel are checked at every one. Stops early when the loss
+    """Up to `evaluations` steps of the configured optimiser on a copy of `image`'s pixels, each
+    one evaluation, with progress and cancel checked at every one. Stops early when the loss
     stops falling (`should_stop` with `tolerance`).
+
+    The loss, the range factor and the parts cross to the host together, once per evaluation
+    (one sync, plus L-BFGS's own): on a GPU each sync stalls the queue of kernels.
     """
     import torch
 
-    x = image.detach().clone().requires_grad_(True)
-    opt = make_optimiser(x, config, history)
-    best, factor = BestIterate(), loss_factor(config)
-    seen: list[float] = []
-    last: dict = {}
-
-    def closure():
-        opt.zero_grad(set_to_none=True)
-        seen_x = x.detach().clamp(0.0, 1.0).requires_grad_(True)  # as delivered (`delivered`)
-        total, parts, backward = loss(seen_x)
-        check_finite(total)
-        multiplier = factor(total)
-        last["loss"] = float(total.detach())
-        with torch.no_grad():
-            outside, gradient = range_penalty(x.detach(), last["loss"])
-        backward(multiplier * outside)
-        x.grad = delivered(x.detach(), seen_x.grad) + multiplier * gradient
-        last["parts"] = {k: v.detach() if torch.is_tensor(v) else v for k, v in parts.items()}
-        best.update(last["loss"] * outside, x)
-        return (total * (multiplier * outside)).detach()
-
+    x = image.detach().clone()
+    step = make_step(x, config, history, evaluations)
+    best, factor, seen = BestIterate(), loss_factor(config), []
     done = 0
     for done in range(1, evaluations + 1):
         check_cancel(cancel)
-        opt.step(closure)
-        seen.append(last["loss"])  # the delivered loss, as reported: what stopping judges
-        report(done, last["loss"], last["parts"], x)
+        seen_x = x.clamp(0.0, 1.0).requires_grad_(True)  # as delivered (`delivered`)
+        total, parts, backward = loss(seen_x)
+        total = total.detach() if torch.is_tensor(total) else total
+        multiplier = factor(total)
+        outside, outside_grad = range_penalty(x, total)
+        backward(multiplier * outside)
+        grad = delivered(x, seen_x.grad) + multiplier * outside_grad
+        names = [k for k, v in parts.items() if torch.is_tensor(v)]
+        values = torch.stack([torch.as_tensor(v, device=x.device).float() for v in
+                              (total, outside, *(parts[k].detach() for k in names))]).tolist()
+        loss_value, outside_value = values[0], values[1]
+        check_finite(loss_value)
+        best.update(loss_value * outside_value, x)
+        step(x, grad)
+        seen.append(loss_value)  # the delivered loss, as reported: what stopping judges
+        report(done, loss_value, {**parts, **dict(zip(names, values[2:]))}, x)
         if should_stop(seen, tolerance):
             break
     return Optimised(best.result(x), done)
