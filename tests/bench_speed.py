@@ -115,6 +115,14 @@ class Reference:
             layers += [conv, nn.ReLU()]
             self.taps[len(layers) - 1] = "relu" + name[4:]
         self.net = nn.Sequential(*layers).eval().requires_grad_(False)
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device) -> Reference:
+        """The network and preprocessing on `device` (bench_gpu.py); inputs follow."""
+        self.device = torch.device(device)
+        self.net.to(self.device)
+        self.mean, self.std = self.mean.to(self.device), self.std.to(self.device)
+        return self
 
     def features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         x = (image[:, self.order] * self.scale - self.mean) / self.std
@@ -133,8 +141,8 @@ class Reference:
 
     def targets(self, content: np.ndarray, style: np.ndarray):
         with torch.no_grad():
-            content_feat = self.features(to_nchw(content))[REF_CONTENT]
-            style_feats = self.features(to_nchw(style))
+            content_feat = self.features(to_nchw(content).to(self.device))[REF_CONTENT]
+            style_feats = self.features(to_nchw(style).to(self.device))
         return content_feat, {n: self.gram(style_feats[n]) for n in REF_STYLE}
 
     def loss(self, image: torch.Tensor, targets) -> torch.Tensor:
