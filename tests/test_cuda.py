@@ -96,3 +96,14 @@ def test_a_batch_uses_the_gpu(model_path, images, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-500:]
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["a.png", "b.png"]
+
+
+def test_targets_and_final_figures_come_from_the_gpu(model_path, images):
+    """No forward pass on ONNX Runtime's CPU provider: the float32 network on the GPU makes them."""
+    from stylefu.core.engines.torch.model import load_model
+
+    model = load_model(model_path, "cuda")
+    assert model.engine.provider == "torch on cuda" and model.engine.uses_gpu
+    before = model.engine.calls
+    run(model_path, images, evaluations=5)
+    assert model.engine.calls > before

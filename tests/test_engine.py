@@ -96,3 +96,36 @@ def test_engine_starts_without_log_noise(model_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "" and done.stderr == ""
+
+
+def test_the_torch_networks_forward_passes_match_onnx_runtimes(engines, model_path, images,
+                                                               tmp_path, monkeypatch):
+    """Where the model runs on a GPU its own float32 network makes the targets and final figures
+    (engines/torch/features.py): the same features and the same targets as ONNX Runtime's."""
+    from stylefu.core.engines.torch.features import TorchFeatures
+    from stylefu.core.engines.torch.model import StyleModel
+    from stylefu.core.method.config import Config
+    from stylefu.core.method.targets import compute_targets
+
+    engine, net = engines
+    mine = TorchFeatures(model_path, net, torch.device("cpu"))
+    batch = np.random.default_rng(0).random((2, 3, 40, 33), dtype=np.float32)
+    ours, theirs = mine.features(batch, ("relu2_1", "relu5_1")), engine.features(batch)
+    for name in ours:
+        assert np.abs(ours[name] - theirs[name]).max() / np.abs(theirs[name]).max() < PARITY_TOLERANCE
+    with pytest.raises(UserError, match="at least"):
+        mine.features(batch[..., :8, :])
+    content, style = images
+    config = Config(size=64)
+    before = (mine.calls, engine.calls)
+
+    def targets(e):
+        monkeypatch.setenv("STYLEFU_CACHE", str(tmp_path / e.__class__.__name__))  # its own cache
+        return compute_targets(StyleModel(model_path, net, e, torch.device("cpu")), content,
+                               [style], (48, 64), config)
+    a, b = targets(mine), targets(engine)
+    assert torch.allclose(a.content, b.content, rtol=1e-4, atol=1e-6)
+    for name in a.grams:
+        assert torch.allclose(a.grams[name], b.grams[name], rtol=1e-3, atol=1e-8), name
+    # Each computed its own (content features, style Grams).
+    assert (mine.calls, engine.calls) == (before[0] + 2, before[1] + 2)

@@ -14,6 +14,7 @@ from ...io.cache import model_hash
 from ...io.files import load_unchanged
 from ...io.paths import model_file
 from ...network.forward import FeatureEngine
+from .features import TorchFeatures
 from .vggnet import VGGFeatures, load_torch_model
 
 
@@ -57,7 +58,7 @@ class StyleModel:
 
     path: Path
     net: VGGFeatures
-    engine: FeatureEngine
+    engine: FeatureEngine | TorchFeatures
     device: torch.device
     # The network per convolution dtype other than float32 (`net_in`), made on first use.
     _nets: dict[torch.dtype, VGGFeatures] = field(default_factory=dict, repr=False, compare=False)
@@ -91,7 +92,10 @@ def _load(path: Path, device_type: str) -> StyleModel:
 
     def load() -> StyleModel:
         net = load_torch_model(path).to(device)
-        engine = FeatureEngine(path, device=device_type, info=net.info)
+        if device.type == "cuda":  # forward passes on the GPU too (features.py)
+            engine = TorchFeatures(path, net, device)
+        else:
+            engine = FeatureEngine(path, device=device_type, info=net.info)
         engine.sha256 = model_hash(path)
         return StyleModel(path, net, engine, device)
     # An export may replace the file meanwhile: the network, ONNX Runtime's session and the hash

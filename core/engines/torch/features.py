@@ -1,0 +1,57 @@
+"""Forward passes (targets, final figures, previews) on the torch network where it runs on a GPU.
+
+ONNX Runtime runs on the CPU there unless onnxruntime-gpu's CUDA provider loads, and even then
+its session costs start-up; the float32 network already on the GPU gives the same features (the
+export verifies them to 1e-6) without either. Same interface as network.forward.FeatureEngine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...errors import UserError
+from ...network.vgg import EXPORTED_LAYERS, MIN_SIDE
+from .vggnet import VGGFeatures
+
+
+class TorchFeatures:
+    """`features(batch)` -> {layer: float32 array}, by `net` (float32) on `device`."""
+
+    threads = 1  # no CPU threads of its own
+
+    def __init__(self, path: Path, net: VGGFeatures, device: torch.device):
+        self.path, self.net, self.device = Path(path), net, device
+        self.info = net.info
+        self.provider = f"torch on {device}"
+        self.calls = 0
+        self.sha256: str | None = None  # set by the model loader, as FeatureEngine's
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.device.type != "cpu"
+
+    def describe(self) -> str:
+        return f"the torch network on {self.device} (float32)"
+
+    def features(self, batch: np.ndarray, layers=EXPORTED_LAYERS) -> dict[str, np.ndarray]:
+        """Activations for a float32 [N,3,H,W] RGB 0..1 batch: {layer: [N,C,h,w] float32}."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise ValueError(f"expected an [N,3,H,W] batch, got shape {batch.shape}")
+        if min(batch.shape[2:]) < MIN_SIDE:
+            raise UserError(f"Images must be at least {MIN_SIDE} px on each side, "
+                            f"not {batch.shape[3]}x{batch.shape[2]}.")
+        unknown = [n for n in layers if n not in EXPORTED_LAYERS]
+        if unknown:
+            raise ValueError(f"unknown layers {unknown}; the artifact has {EXPORTED_LAYERS}")
+        self.calls += 1
+        with torch.no_grad():
+            feats = self.net(torch.from_numpy(batch).to(self.device), tuple(layers))
+            return {n: feats[n].float().cpu().numpy() for n in layers}
+
+    def image_features(self, image: np.ndarray, layers=EXPORTED_LAYERS) -> dict[str, np.ndarray]:
+        """Activations of one [H,W,3] image: {layer: [1,C,h,w]}."""
+        return self.features(np.asarray(image, np.float32).transpose(2, 0, 1)[None], layers)
