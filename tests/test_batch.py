@@ -263,3 +263,21 @@ def test_ray_bad_input_fails_alone(tmp_path, photos, model_path, ray_cluster):
     results = {r.index: r for r in stylize_many(items, FAST_CONFIG, model=model_path, ray=True)}
     assert [results[i].ok for i in range(3)] == [True, False, True]
     assert "frame2.png" in results[1].error and results[1].attempts == 1
+
+
+def test_ray_tasks_stream_their_progress(tmp_path, photos, model_path, ray_cluster):
+    """Each Ray task's evaluations reach the driver's progress callback while the batch runs (a
+    record at least every PROGRESS_EVERY_S and at each level's end), each item's before its
+    result, as local workers' do."""
+    paths, styles = photos
+    events = []
+    results = stylize_many(make_items(paths[:2], [str(styles[0])], tmp_path), FAST_CONFIG,
+                           model=model_path, ray=True,
+                           progress=lambda index, record: events.append(("progress", index, record)))
+    for result in results:
+        events.append(("result", result.index, None))
+    for index in (0, 1):
+        mine = [e for e in events if e[1] == index]
+        assert mine[-1][0] == "result" and len(mine) >= 2
+        last = mine[-2][2]
+        assert last["level"] == last["levels"] and last["evaluation"] == last["evaluations"]

@@ -35,7 +35,8 @@ from .items import (
     worker_threads,
 )
 
-WAIT_S = 0.2  # how often the driver looks at the cancel token while tasks run
+WAIT_S = 0.2  # how often the driver looks at the cancel token (and progress) while tasks run
+PROGRESS_EVERY_S = 0.25  # a task sends at most this often a progress record (and each level's last)
 
 
 def _import_ray():
@@ -65,10 +66,27 @@ def _materialize(folder: Path, name: str, data: bytes) -> Path:
     return path
 
 
+def _sender(queue, index: int):
+    """A run_item progress callback that puts (index, record) on the driver's Ray queue, at most
+    every PROGRESS_EVERY_S and at each level's last evaluation (a put is a remote call)."""
+    import time
+
+    last = [0.0]
+
+    def send(record: dict) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVERY_S or record["evaluation"] == record["evaluations"]:
+            last[0] = now
+            queue.put((index, record))
+    return send
+
+
 def _task(index: int, item, input_bytes: bytes | None, shared: list, config: Config,
-          options: RunOptions, threads: int, init, previous: tuple[str, bytes | None] | None) -> dict:
+          options: RunOptions, threads: int, init, previous: tuple[str, bytes | None] | None,
+          queue=None) -> dict:
     """One item on a Ray worker. `shared` holds (not resolved by Ray) the one reference to the
-    model, styles and target entries, fetched only when this node lacks them."""
+    model, styles and target entries, fetched only when this node lacks them. `queue`: where
+    progress records go (None: no progress asked for)."""
     import ray
 
     from ..engines import load_engine_model
@@ -111,7 +129,7 @@ def _task(index: int, item, input_bytes: bytes | None, shared: list, config: Con
                 Path(before).write_bytes(previous[1])
         model = load_engine_model(model_path, config)
         payload = run_item(model, BatchItem(source, tuple(local), item.output), config, options,
-                           init, before)
+                           init, before, None if queue is None else _sender(queue, index))
     if payload.get("error"):
         for temporary, original in renames.items():
             payload["error"] = payload["error"].replace(temporary, original)
@@ -150,11 +168,22 @@ def run_ray(work, config: Config, loaded, options: RunOptions, workers: int | No
     shared = [ray.put(info)]
     remote = ray.remote(_task).options(num_cpus=threads, num_gpus=gpus, max_retries=RETRIES,
                                        retry_exceptions=True)
+    queue = None
+    if progress is not None:
+        from ray.util.queue import Queue
+
+        queue = Queue(actor_options={"num_cpus": 0})
 
     def submit(index, item, init=None, previous=None):
         before = None if previous is None else (previous, _read(previous))
         return remote.remote(index, item, _read(item.input), shared, config, options, threads,
-                             init, before)
+                             init, before, queue)
+
+    def relay() -> None:
+        """Hand the tasks' progress records to `progress` (called while waiting)."""
+        if queue is not None:
+            for index, record in queue.get_nowait_batch(queue.qsize()):
+                progress(index, record)
 
     pending: dict = {}
     try:
@@ -162,31 +191,39 @@ def run_ray(work, config: Config, loaded, options: RunOptions, workers: int | No
             def run_one(index, item, previous):
                 ref = submit(index, item, *(previous or (None, None)))
                 pending[ref] = (index, item)
-                return _collect(ray, ref, pending, options, keep_images=True, cancel=cancel)
+                return _collect(ray, ref, pending, options, keep_images=True, cancel=cancel,
+                                relay=relay)
             yield from frame_chain(work, seed, run_one, keep_images)
         else:
             for index, item in work:
                 pending[submit(index, item)] = (index, item)
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_S)
+                relay()
                 if is_cancelled(cancel):
                     raise Cancelled("Cancelled.")
                 for ref in done:
-                    yield _collect(ray, ref, pending, options, keep_images, cancel)
+                    yield _collect(ray, ref, pending, options, keep_images, cancel, relay)
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)
+        if queue is not None:
+            queue.shutdown()
         if started_here:
             ray.shutdown()
 
 
-def _collect(ray, ref, pending: dict, options: RunOptions, keep_images: bool, cancel) -> ItemResult:
-    """Wait for `ref` (looking at `cancel`) and turn it into an ItemResult, written by the driver."""
+def _collect(ray, ref, pending: dict, options: RunOptions, keep_images: bool, cancel,
+             relay=lambda: None) -> ItemResult:
+    """Wait for `ref` (looking at `cancel`, relaying progress) and turn it into an ItemResult,
+    written by the driver."""
     from ..engines.steps import is_cancelled
 
     while not ray.wait([ref], timeout=WAIT_S)[0]:
+        relay()
         if is_cancelled(cancel):
             raise Cancelled("Cancelled.")
+    relay()
     index, item = pending.pop(ref)
     try:
         payload, attempts = ray.get(ref), 1
