@@ -211,14 +211,116 @@ def test_npy_promising_terabytes_is_refused_before_allocating(tmp_path):
         load_image(path)
 
 
-@pytest.mark.xfail(strict=True, reason="Pillow hides libjpeg's 'premature end' warning: a JPEG "
-                   "cut short and closed with an end marker decodes as grey (README: known gap)")
-def test_jpeg_cut_and_closed_with_an_end_marker_is_refused(tmp_path):
-    data = encoded("JPEG", 300, 400)
+def jpeg_bytes(pixels: np.ndarray, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", **options)
+    return buffer.getvalue()
+
+
+def closed_cuts(data: bytes, points=(0.02, 0.5, 0.97, 0.995)) -> list[bytes]:
+    """`data` cut at `points` of its entropy-coded data (after the headers), each closed with an
+    end marker (FF D9): what Pillow alone decodes, the missing blocks grey. (A cut inside the last
+    MCU, which leaves no grey pixel, is the known limit: README.)"""
+    start = data.find(b"\xff\xda") + 20
+    return [data[:start + int((len(data) - start) * p)] + b"\xff\xd9" for p in points]
+
+
+# Baseline variants: chroma subsampling 4:2:0, 4:2:2, 4:4:4, greyscale, restart intervals (every
+# 5 MCUs, every MCU row), optimised Huffman tables.
+JPEG_VARIANTS = {"4:2:0": {}, "4:2:2": {"subsampling": 1}, "4:4:4": {"subsampling": 0},
+                 "grey": {"grey": True}, "restart 5": {"restart_marker_blocks": 5},
+                 "restart row": {"restart_marker_rows": 1, "subsampling": 0},
+                 "optimised": {"optimize": True}}
+
+
+def jpeg_picture(variant: str, height: int = 150, width: int = 203) -> tuple[np.ndarray, dict]:
+    """A picture for `variant` (odd sizes: partial MCUs at the edges) and its save options."""
+    options = dict(JPEG_VARIANTS[variant])
+    pixels = np.array(Image.open(io.BytesIO(encoded("PNG", height, width))))
+    if options.pop("grey", False):
+        pixels = pixels[..., 1]
+    return pixels, options
+
+
+@pytest.mark.parametrize("variant", list(JPEG_VARIANTS))
+def test_jpeg_cut_and_closed_with_an_end_marker_is_refused(variant, tmp_path):
+    """Baseline JPEGs cut short (early, in the middle, near the end, in the last MCU row) and
+    closed with an end marker: refused with the one sentence; the whole file loads."""
+    pixels, options = jpeg_picture(variant)
+    data = jpeg_bytes(pixels, **options)
     path = tmp_path / "cut.jpg"
-    path.write_bytes(data[: len(data) // 2] + b"\xff\xd9")
-    with pytest.raises(UserError):
+    for cut in closed_cuts(data):
+        path.write_bytes(cut)
+        with pytest.raises(UserError, match="cut.jpg is truncated or damaged: its image data "
+                           "stops before the 203x150 pixels"):
+            load_image(path)
+    path.write_bytes(data)
+    assert load_image(path).rgb.shape == (150, 203, 3)
+
+
+@pytest.mark.parametrize("variant", ["4:2:0", "4:4:4", "grey", "restart 5"])
+def test_jpeg_with_a_genuine_grey_128_bottom_loads(variant, tmp_path, monkeypatch):
+    """A valid JPEG whose bottom is flat grey 128 (what a missing block decodes to) loads: the walk
+    of its data, which the grey last MCU triggers, finds every MCU; the same file cut is refused."""
+    from stylefu.core.io import jpeg
+
+    pixels, options = jpeg_picture(variant)
+    pixels[90:] = 128
+    data = jpeg_bytes(pixels, **options)
+    path = tmp_path / "grey.jpg"
+    path.write_bytes(data)
+    walks = []
+    monkeypatch.setattr(jpeg, "_holds_mcus", lambda *a, f=jpeg._holds_mcus: walks.append(f(*a))
+                        or walks[-1])
+    loaded = load_image(path)
+    assert walks == [True] and np.all(np.round(loaded.rgb[-1] * 255) == 128)
+    path.write_bytes(closed_cuts(data, (0.5,))[0])
+    with pytest.raises(UserError, match="truncated or damaged"):
         load_image(path)
+
+
+def test_a_valid_jpeg_costs_no_walk_of_its_data(tmp_path, monkeypatch):
+    """A photo-like JPEG (its last MCU not grey 128) is judged by its markers alone: no Huffman
+    walk, so big valid photos load at libjpeg's speed."""
+    from stylefu.core.io import jpeg
+
+    monkeypatch.setattr(jpeg, "_holds_mcus", lambda *a: pytest.fail("walked a valid photo"))
+    for variant in ("4:2:0", "grey", "restart 5"):
+        pixels, options = jpeg_picture(variant, 700, 1000)
+        path = tmp_path / "photo.jpg"
+        path.write_bytes(jpeg_bytes(pixels, **options))
+        assert load_image(path).rgb.shape == (700, 1000, 3)
+
+
+def test_progressive_jpeg_missing_scans_is_refused(tmp_path):
+    """A progressive JPEG cut before its last scan and closed with an end marker (it decodes as a
+    plausible blurred picture): refused, its scans do not bring every coefficient to full
+    precision. A cut inside the last scan (the last bit of the luminance's detail) is the known
+    limit (README)."""
+    from stylefu.core.io import jpeg
+
+    pixels, _ = jpeg_picture("4:2:0")
+    data = jpeg_bytes(pixels, progressive=True)
+    last_scan = data.rfind(b"\xff\xda")
+    path = tmp_path / "cut.jpg"
+    for keep in (0.05, 0.2, last_scan / len(data) - 0.01):
+        path.write_bytes(data[: int(len(data) * keep)] + b"\xff\xd9")
+        with pytest.raises(UserError, match="cut.jpg is truncated or damaged"):
+            load_image(path)
+    path.write_bytes(data)
+    assert load_image(path).rgb.shape == (150, 203, 3)
+    assert jpeg.cut_short(data, None) is False  # progressive: judged by its scans only
+
+
+def test_run_refuses_a_jpeg_cut_and_closed_in_one_sentence(world, capsys):
+    """Through the command line: exit 2, one sentence naming the file, nothing written."""
+    cut = world.root / "cut.jpg"
+    cut.write_bytes(closed_cuts(jpeg_bytes(jpeg_picture("4:2:0", 48, 64)[0]), (0.5,))[0])
+    before = world.snapshot()
+    args = run_args(world)
+    args[2] = str(cut)  # the style
+    message = assert_refused(cli(capsys, *args), ["cut.jpg"], before, world)
+    assert "truncated or damaged" in message
 
 
 def test_run_refuses_the_issues_png_in_one_sentence(world, capsys):

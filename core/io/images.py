@@ -20,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import UserError
 from ..network.vgg import MIN_SIDE
 from .files import atomic_write, check_input_file, check_output_path
+from .jpeg import cut_short
 
 if TYPE_CHECKING:
     import torch
@@ -123,6 +124,8 @@ def load_image(source, name: str | None = None) -> Picture:
                 if image.format == "PNG":
                     _check_png_data(path, image.size)
                 image.load()  # decodes everything: a file cut short raises OSError here
+                if image.format in ("JPEG", "MPO") and cut_short(path.read_bytes(), image):
+                    raise UserError(_cut_short(path, image.size))  # closed by an end marker
                 return _from_pil(image, label)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UserError(f"{path} is too large ({Image.MAX_IMAGE_PIXELS} pixels at most); "
@@ -192,8 +195,12 @@ def _check_png_data(path: Path, size: tuple[int, int]) -> None:
         except (zlib.error, struct.error, IndexError):  # damaged data or header
             inflated = -1
     if inflated < expected:
-        raise UserError(f"{path} is truncated or damaged: its image data stops before the "
-                        f"{width}x{height} pixels its header promises.")
+        raise UserError(_cut_short(path, size))
+
+
+def _cut_short(path: Path, size: tuple[int, int]) -> str:
+    return (f"{path} is truncated or damaged: its image data stops before the {size[0]}x{size[1]} "
+            "pixels its header promises.")
 
 
 def check_min_side(picture: Picture) -> None:
