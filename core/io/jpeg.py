@@ -162,6 +162,10 @@ def _holds_mcus(segment: bytes, count: int, blocks: list) -> bool:
     return True
 
 
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _scan_complete(frame: _Frame, scan: _Scan) -> bool:
     hmax = max(h for h, _ in frame.sampling.values())
     vmax = max(v for _, v in frame.sampling.values())
@@ -177,18 +181,18 @@ def _scan_complete(frame: _Frame, scan: _Scan) -> bool:
     if len(scan.components) == 1:  # non-interleaved: one block per MCU, the component's grid
         cid, dc, ac = scan.components[0]
         h, v = frame.sampling[cid]
-        columns = -(-(-(-frame.width * h // hmax)) // 8)
-        rows = -(-(-(-frame.height * v // vmax)) // 8)
+        columns = _ceil(_ceil(frame.width * h, hmax), 8)
+        rows = _ceil(_ceil(frame.height * v, vmax), 8)
         blocks = [(lut(0, dc), lut(1, ac))]
     else:
-        columns, rows = -(-frame.width // (8 * hmax)), -(-frame.height // (8 * vmax))
+        columns, rows = _ceil(frame.width, 8 * hmax), _ceil(frame.height, 8 * vmax)
         blocks = [(lut(0, dc), lut(1, ac)) for cid, dc, ac in scan.components
                   for _ in range(frame.sampling[cid][0] * frame.sampling[cid][1])]
     mcus = columns * rows
     segments = _RESTART.split(scan.data)
     if not scan.restart:
         return _holds_mcus(segments[0], mcus, blocks)
-    intervals = -(-mcus // scan.restart)
+    intervals = _ceil(mcus, scan.restart)
     if len(segments) < intervals:  # a cut drops the intervals after it, restart markers too
         return False
     return _holds_mcus(segments[intervals - 1], mcus - scan.restart * (intervals - 1), blocks)
