@@ -441,6 +441,42 @@ def test_exports_leave_nothing_behind(tmp_path, monkeypatch):
     assert not cache.exists() or not [p for p in cache.rglob("*") if p.is_file()]
 
 
+def test_the_torch_free_engine_never_pairs_a_model_with_another_ones_graph(model_path, tmp_path,
+                                                                           monkeypatch):
+    """An export renamed onto the model between the engine's load and its gradient graph's
+    lookup: the graph is found by the loaded bytes' hash (the one built for them is used), and
+    none is built from the new file: a refusal naming the model, nothing written."""
+    import onnx
+
+    from stylefu.core.engines.onnx import engine
+    from stylefu.core.engines.onnx.gradient import cached_path, gradient_graph
+    from stylefu.core.io.cache import model_hash
+    from stylefu.core.network.vgg import CONTENT_LAYER
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("STYLEFU_CACHE", str(cache))
+    model = tmp_path / "m.onnx"
+    shutil.copyfile(model_path, model)
+    loaded = engine.load_onnx_model(model)
+    try:
+        sha = loaded.engine.sha256
+        assert sha == model_hash(model)
+        other = onnx.load(str(model))
+        other.producer_version = "another export"
+        onnx.save(other, str(tmp_path / "new.onnx"))
+        os.replace(tmp_path / "new.onnx", model)  # what an export does
+        assert model_hash(model) != sha
+        with pytest.raises(UserError, match=r"m\.onnx was replaced .* after this run loaded it"):
+            loaded.gradient(CONTENT_LAYER)
+        assert not cache.exists() or not list(cache.rglob("*.onnx"))
+        built = cached_path(model, CONTENT_LAYER, sha)  # the loaded model's graph, built before
+        sparse(built, 10, time.time())
+        assert gradient_graph(model, CONTENT_LAYER, sha) == built
+        assert gradient_graph(model, CONTENT_LAYER, model_hash(model)) != built  # the new one's
+    finally:
+        engine._load.cache_clear()
+
+
 # --- 6, 7. stdout: pure JSON with stderr closed; a broken pipe ends quietly ---------------------
 
 def test_stderr_closed_keeps_stdout_pure_json(world, tmp_path):

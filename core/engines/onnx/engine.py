@@ -49,7 +49,7 @@ class OnnxModel:
             from .gradient import gradient_graph
 
             self._sessions[content_layer] = GradientSession(
-                gradient_graph(self.path, content_layer), self.engine.threads)
+                gradient_graph(self.path, content_layer, self.engine.sha256), self.engine.threads)
         return self._sessions[content_layer]
 
 
