@@ -155,6 +155,11 @@ def png_cut_short(width: int, height: int, keep: float, interlaced: bool = False
 
 def encoded(fmt: str, height: int, width: int) -> bytes:
     """A picture with gradients and noise (a photo's compressibility) in format `fmt`."""
+    return encoded_with(fmt, height, width)
+
+
+def encoded_with(fmt: str, height: int, width: int, **options) -> bytes:
+    """`encoded`, with Pillow's save `options`."""
     y, x = np.mgrid[0:height, 0:width]
     noise = np.random.default_rng(0).integers(0, 24, (height, width, 3))
     pixels = (np.stack([x, y, x + y], axis=2) % 232 + noise).astype(np.uint8)
@@ -163,7 +168,7 @@ def encoded(fmt: str, height: int, width: int) -> bytes:
         np.save(buffer, pixels.astype(np.float32) / 255)
         return buffer.getvalue()
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=fmt)
+    Image.fromarray(pixels).save(buffer, format=fmt, **options)
     return buffer.getvalue()
 
 
@@ -199,6 +204,45 @@ def test_png_whose_data_stops_early_is_refused(interlaced, tmp_path):
     path.write_bytes(png_cut_short(50, 36, 1.0, interlaced))
     pixels = (np.random.default_rng(0).random((36, 50, 3)) * 255).astype(np.uint8)
     assert np.array_equal(np.round(load_image(path).rgb * 255), pixels)
+
+
+def damaged_tiff(compression: str, pattern: bytes) -> bytes:
+    """A compressed TIFF whose strip data (the file's middle) is overwritten with `pattern`: its
+    header and IFD are whole, so Pillow hands the strips to libtiff, which reports the damage on
+    stderr."""
+    data = bytearray(encoded_with("TIFF", 150, 203, compression=compression))
+    n = len(data)
+    data[n // 4:n // 2] = (pattern * n)[:n // 2 - n // 4]
+    return bytes(data)
+
+
+# Per codec: a damage (the pattern written over its strips) and libtiff's own words for it, which
+# go into our sentence, not beside it. JPEG-in-TIFF: libtiff reports the error, yet Pillow
+# returned a picture with blank strips before (now refused).
+LIBTIFF_SAYS = {"tiff_deflate": (b"\0", "ZIPDecode"), "packbits": (b"\0", "PackBitsDecode"),
+                "tiff_lzw": (b"\0", "Using code not yet in table"),
+                "jpeg": (b"\xff\x48", "JPEGLib: Unsupported marker type 0x48")}
+
+
+def test_damaged_tiff_prints_only_our_sentence(world, capfd):
+    """Through the command line, fd 2 included (libtiff writes there, not to sys.stderr): exit 2,
+    every stderr line ours, libtiff's text inside the one sentence naming the file."""
+    from stylefu.core.cli.main import main
+
+    for compression, (pattern, words) in LIBTIFF_SAYS.items():
+        damaged = world.root / f"{compression}.tif"
+        damaged.write_bytes(damaged_tiff(compression, pattern))
+        before = world.snapshot()
+        args = run_args(world)
+        args[1] = str(damaged)
+        code = main(args)
+        out, err = capfd.readouterr()
+        assert code == 2, err
+        assert all(line.startswith("stylefu: ") for line in err.splitlines()), err
+        message = one_error(err)
+        assert message.startswith(f"{damaged} is truncated or damaged") and words in message
+        assert strict_records(out)[-1] == {"event": "error", "message": message}
+        assert world.snapshot() == before
 
 
 def test_npy_promising_terabytes_is_refused_before_allocating(tmp_path):
