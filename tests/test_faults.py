@@ -10,6 +10,7 @@ with a timeout, so a regression fails instead of blocking the suite.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -127,6 +128,99 @@ def test_an_uncreatable_compile_cache_folder_costs_only_speed(world, tmp_path):
     stdout, stderr = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 0 and "Traceback" not in stderr, stderr
     assert strict_records(stdout)[-1]["event"] == "result" and out.exists()
+
+
+class _OverQuotaFile:
+    """A file opened for writing whose writes fail as on a full quota (EDQUOT)."""
+
+    def __init__(self, file):
+        self._file = file
+
+    def write(self, data):
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+
+@contextlib.contextmanager
+def over_quota(folder: Path, monkeypatch):
+    """In this process, every file opened for writing under `folder` fails its writes with
+    EDQUOT ("Disk quota exceeded"): Python's open (Pillow, numpy, onnx, pathlib, json, the
+    plug-in's logs, inductor's sources) and torch.save, whose writer then gets such a file."""
+    import builtins
+
+    import torch
+
+    real_open, real_save, folder = builtins.open, torch.save, str(folder.resolve())
+
+    def under(file) -> bool:
+        if isinstance(file, int):
+            with contextlib.suppress(OSError):
+                file = os.readlink(f"/proc/self/fd/{file}")
+        return isinstance(file, (str, os.PathLike)) and \
+            os.path.abspath(os.fspath(file)).startswith(folder + os.sep)
+
+    def quota_open(file, mode="r", *args, **kwargs):
+        opened = real_open(file, mode, *args, **kwargs)
+        return _OverQuotaFile(opened) if set(mode) & set("wax+") and under(file) else opened
+
+    def quota_save(obj, f, *args, **kwargs):
+        if under(f):
+            with quota_open(f, "wb") as file:
+                return real_save(obj, file, *args, **kwargs)
+        return real_save(obj, f, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(builtins, "open", quota_open)
+        patch.setattr(io, "open", quota_open)
+        patch.setattr(torch, "save", quota_save)
+        yield
+
+
+def test_cache_over_quota_costs_only_speed(world, tmp_path, monkeypatch, capsys):
+    """EDQUOT on every cache write (targets, the torch copy, the gradient graph, speed.json, the
+    plug-in's run logs), both engines: exit 0, the same bytes as with a working cache, no file
+    left in the cache; `-o` over quota: one sentence naming it and the quota, exit 2, nothing
+    left behind."""
+    from stylefu.plugin.common import stylefu_bridge as bridge
+
+    quota = tmp_path / "quota"
+    quota.mkdir()
+    for engine in ("torch", "onnx"):
+        for name in ("working", "quota"):
+            monkeypatch.setenv("STYLEFU_CACHE", str(tmp_path / "cache" if name == "working"
+                                                    else quota / "cache"))
+            out = world.root / f"{engine}-{name}.png"
+            with over_quota(quota, monkeypatch):
+                done = cli(capsys, *run_args(world, out, ["--engine", engine]))
+            assert done.code == 0 and "Traceback" not in done.err, (engine, name, done.err)
+        reference = (world.root / f"{engine}-working.png").read_bytes()
+        assert (world.root / f"{engine}-quota.png").read_bytes() == reference, engine
+    cache = tmp_path / "cache"
+    written = {p.relative_to(cache).parts[0] for p in cache.rglob("*") if p.is_file()}
+    assert {"torch-weights", "gradient", "targets", "speed.json"} <= written  # the quota refused
+    with over_quota(quota, monkeypatch):
+        assert bridge.start_log({"log_dir": str(quota / "cache" / "gimp-logs")}) != \
+            str(quota / "cache" / "gimp-logs")  # another folder, or none: never an error
+        bridge.log("a line no log can take")
+    assert not [p for p in quota.rglob("*") if p.is_file()]  # not even an empty log
+
+    before = world.snapshot()
+    out = quota / "out.png"
+    with over_quota(quota, monkeypatch):
+        refused = cli(capsys, *run_args(world, out))
+    assert refused.code == 2
+    message = one_error(refused.err)
+    assert str(out) in message and "quota" in message, message
+    assert strict_records(refused.out)[-1] == {"event": "error", "message": message}
+    assert world.snapshot() == before and not list(quota.glob("*.png")) and not leftovers(quota)
 
 
 # --- 2. truncated and corrupt images: one sentence, exit 2, never a blank painting -------------
