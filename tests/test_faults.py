@@ -15,7 +15,9 @@ import io
 import json
 import os
 import re
+import resource
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -62,37 +64,53 @@ def leftovers(*folders: Path) -> list[Path]:
 
 # --- 1. a cache on a full or read-only file system only costs speed ----------------------------
 
-@contextlib.contextmanager
-def small_filesystem(folder: Path, state: str):
-    """A 64 kB tmpfs at `folder`, `full` (filled to the last byte) or `read-only` (remounted)."""
+def mount_small_filesystem(folder: Path, state: str, stack: contextlib.ExitStack) -> Path | None:
+    """A 64 kB tmpfs at `folder`, `full` (filled to the last byte) or `read-only` (remounted),
+    unmounted when `stack` closes; None where mounting is not possible (not root)."""
     folder.mkdir()
     if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a tmpfs needs root")
+        return None
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
                           capture_output=True, text=True)
     if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        if state == "full":
-            with contextlib.suppress(OSError), open(folder / "filler", "wb", buffering=0) as f:
-                while True:
-                    f.write(b"\0" * 4096)
-        else:
-            subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=False)
+        return None
+    stack.callback(subprocess.run, ["umount", str(folder)], check=False)
+    if state == "full":
+        with contextlib.suppress(OSError), open(folder / "filler", "wb", buffering=0) as f:
+            while True:
+                f.write(b"\0" * 4096)
+    else:
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+    return folder
 
 
-def test_cache_on_a_full_or_read_only_filesystem_costs_only_speed(world, tmp_path):
+def file_size_limit(limit: int):
+    """For Popen's preexec_fn: no file this process (or its children) writes may grow past
+    `limit` bytes, and a write past it fails with EFBIG ("File too large") instead of SIGXFSZ
+    killing the process: a per-file quota, real in the kernel."""
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # ignored stays ignored across exec
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+LIMIT = 4 << 20  # a per-file limit the torch copy (52 MB) and the gradient graph (100 MB) exceed
+
+
+def test_cache_on_a_full_or_read_only_filesystem_or_past_a_size_limit_costs_only_speed(
+        world, tmp_path):
     """Both engines, each with its cache writes (the torch copy of the weights, the targets, the
-    torch-free engine's gradient graph) refused by a full disk, and the torch engine's by a
-    read-only file system: exit 0, strict JSON, the same bytes as with a working cache, nothing
-    written there."""
-    with small_filesystem(tmp_path / "full", "full") as full, \
-            small_filesystem(tmp_path / "ro", "read-only") as read_only:
-        filler = (full / "filler").stat().st_size
-        caches = {"working": tmp_path / "cache", "full": full / "cache", "read-only": read_only}
+    torch-free engine's gradient graph) refused by RLIMIT_FSIZE (EFBIG, the big ones
+    half-written), by a full disk (ENOSPC) and the torch engine's by a read-only file system
+    (EROFS; these two where this may mount a tmpfs): exit 0, strict JSON, the same bytes as with
+    a working cache, nothing (not even half a file) written there, what fits kept."""
+    with contextlib.ExitStack() as stack:
+        full = mount_small_filesystem(tmp_path / "full", "full", stack)
+        read_only = mount_small_filesystem(tmp_path / "ro", "read-only", stack)
+        filler = full and (full / "filler").stat().st_size
+        caches = {"working": tmp_path / "cache", "size limit": tmp_path / "limited"}
+        if full and read_only:
+            caches |= {"full": full / "cache", "read-only": read_only}
         procs = {}
         for engine in ("torch", "onnx"):
             for name, cache in caches.items():
@@ -101,7 +119,8 @@ def test_cache_on_a_full_or_read_only_filesystem_costs_only_speed(world, tmp_pat
                 out = world.root / f"{engine}-{name}.png"
                 procs[engine, name] = (out, stylefu(
                     run_args(world, out, ["--engine", engine]), world.root,
-                    {"STYLEFU_CACHE": str(cache), "OMP_NUM_THREADS": "1"}))
+                    {"STYLEFU_CACHE": str(cache), "OMP_NUM_THREADS": "1"},
+                    preexec_fn=file_size_limit(LIMIT) if name == "size limit" else None))
         for (engine, name), (_, proc) in procs.items():
             stdout, stderr = proc.communicate(timeout=TIMEOUT)
             assert proc.returncode == 0 and "Traceback" not in stderr, (engine, name, stderr)
@@ -109,12 +128,17 @@ def test_cache_on_a_full_or_read_only_filesystem_costs_only_speed(world, tmp_pat
         for engine, name in procs:
             reference = (world.root / f"{engine}-working.png").read_bytes()
             assert (world.root / f"{engine}-{name}.png").read_bytes() == reference, (engine, name)
-        assert [p.name for p in full.rglob("*") if p.is_file()] == ["filler"]
-        assert (full / "filler").stat().st_size == filler
-        assert not list(read_only.iterdir())
-        written = {p.parent.name for p in caches["working"].rglob("*") if p.is_file()}
-        assert {"torch-weights", "gradient"} <= written  # the writes the full disk refused
-        assert not leftovers(world.root, caches["working"])
+        if full and read_only:
+            assert [p.name for p in full.rglob("*") if p.is_file()] == ["filler"]
+            assert (full / "filler").stat().st_size == filler
+            assert not list(read_only.iterdir())
+        written = {p.relative_to(caches["working"]).parts[0]
+                   for p in caches["working"].rglob("*") if p.is_file()}
+        assert {"torch-weights", "gradient"} <= written  # the writes the others refused
+        kept = {p.relative_to(caches["size limit"]).parts[0]
+                for p in caches["size limit"].rglob("*") if p.is_file()}
+        assert kept == {"targets", "speed.json"}, kept  # the big two refused, nothing half
+        assert not leftovers(world.root, caches["working"], caches["size limit"])
 
 
 def test_an_uncreatable_compile_cache_folder_costs_only_speed(world, tmp_path):
@@ -128,6 +152,23 @@ def test_an_uncreatable_compile_cache_folder_costs_only_speed(world, tmp_path):
     stdout, stderr = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 0 and "Traceback" not in stderr, stderr
     assert strict_records(stdout)[-1]["event"] == "result" and out.exists()
+
+
+def test_output_past_a_file_size_limit_ends_in_one_sentence(world, tmp_path):
+    """RLIMIT_FSIZE at 100 bytes: every write fails with EFBIG, the cache's (only speed) and
+    `-o`'s: one sentence naming it and the cause, exit 2, nothing left behind."""
+    before = world.snapshot()
+    out, cache = world.root / "out.png", tmp_path / "cache"
+    proc = stylefu(run_args(world, out), world.root, {"STYLEFU_CACHE": str(cache),
+                                                      "OMP_NUM_THREADS": "1"},
+                   preexec_fn=file_size_limit(100))
+    stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 2, stderr
+    message = one_error(stderr)
+    assert str(out) in message and "File too large" in message, message
+    assert strict_records(stdout)[-1] == {"event": "error", "message": message}
+    assert world.snapshot() == before and not leftovers(world.root, cache)
+    assert not [p for p in cache.rglob("*") if p.is_file()]
 
 
 class _OverQuotaFile:
