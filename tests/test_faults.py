@@ -622,13 +622,14 @@ def test_exports_leave_nothing_behind(tmp_path, monkeypatch):
 
 def test_the_torch_free_engine_never_pairs_a_model_with_another_ones_graph(model_path, tmp_path,
                                                                            monkeypatch):
-    """An export renamed onto the model between the engine's load and its gradient graph's
-    lookup: the graph is found by the loaded bytes' hash (the one built for them is used), and
-    none is built from the new file: a refusal naming the model, nothing written."""
+    """An export (other weights) renamed onto the model between the engine's load and its
+    gradient graph: the graph is found by the loaded bytes' hash and built from the loaded file
+    (kept open), so it holds the loaded weights; where an open file has no path (not
+    Linux or macOS), building is refused in one sentence naming the model, nothing written."""
     import onnx
+    from onnx import numpy_helper
 
-    from stylefu.core.engines.onnx import engine
-    from stylefu.core.engines.onnx.gradient import cached_path, gradient_graph
+    from stylefu.core.engines.onnx import engine, gradient
     from stylefu.core.io.cache import model_hash
     from stylefu.core.network.vgg import CONTENT_LAYER
 
@@ -639,19 +640,27 @@ def test_the_torch_free_engine_never_pairs_a_model_with_another_ones_graph(model
     loaded = engine.load_onnx_model(model)
     try:
         sha = loaded.engine.sha256
-        assert sha == model_hash(model)
         other = onnx.load(str(model))
-        other.producer_version = "another export"
+        first = next(t for t in other.graph.initializer if t.name.endswith(".weight"))
+        weights = numpy_helper.to_array(first)
+        first.CopyFrom(numpy_helper.from_array(weights * 2, first.name))
         onnx.save(other, str(tmp_path / "new.onnx"))
         os.replace(tmp_path / "new.onnx", model)  # what an export does
         assert model_hash(model) != sha
-        with pytest.raises(UserError, match=r"m\.onnx was replaced .* after this run loaded it"):
-            loaded.gradient(CONTENT_LAYER)
+
+        with monkeypatch.context() as patch:  # no path to the open file: refused
+            patch.setattr(gradient, "_path_of_open_file", lambda file: None)
+            with pytest.raises(UserError, match=r"m\.onnx was replaced .* after this run loaded it"):
+                loaded.gradient(CONTENT_LAYER)
         assert not cache.exists() or not list(cache.rglob("*.onnx"))
-        built = cached_path(model, CONTENT_LAYER, sha)  # the loaded model's graph, built before
-        sparse(built, 10, time.time())
-        assert gradient_graph(model, CONTENT_LAYER, sha) == built
-        assert gradient_graph(model, CONTENT_LAYER, model_hash(model)) != built  # the new one's
+
+        loaded.gradient(CONTENT_LAYER)  # from the loaded file
+        built = gradient.cached_path(model, CONTENT_LAYER, sha)
+        graph = onnx.load(str(built))
+        assert {p.key: p.value for p in graph.metadata_props}[gradient.SOURCE_KEY].startswith(sha)
+        kept = {t.name: t for t in graph.graph.initializer}[first.name]
+        assert np.array_equal(numpy_helper.to_array(kept), weights)  # the loaded weights
+        assert [p.name for p in cache.rglob("*.onnx")] == [built.name]
     finally:
         engine._load.cache_clear()
 

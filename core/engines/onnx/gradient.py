@@ -67,8 +67,9 @@ class _Graph:
         return outs[0] if outputs == 1 else outs
 
 
-def build_gradient_graph(artifact: str | Path, content_layer: str):
-    """The gradient graph (an onnx.ModelProto) for the artifact at `artifact`."""
+def build_gradient_graph(artifact: str | Path, content_layer: str, sha256: str | None = None):
+    """The gradient graph (an onnx.ModelProto) for the artifact at `artifact` (whose bytes hash to
+    `sha256`, when known)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -193,7 +194,7 @@ def build_gradient_graph(artifact: str | Path, content_layer: str):
                               producer_name="stylefu")
     model.ir_version = IR_VERSION
     meta = artifact_meta.encode(info) | {artifact_meta.KIND: GRAPH_KIND,
-                                         SOURCE_KEY: source_key(artifact, content_layer)}
+                                         SOURCE_KEY: source_key(artifact, content_layer, sha256)}
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
@@ -281,12 +282,15 @@ def cached_path(artifact: str | Path, content_layer: str, sha256: str | None = N
     return cache_dir() / "gradient" / _name(artifact, content_layer, sha256=sha256)
 
 
-def gradient_graph(artifact: str | Path, content_layer: str, sha256: str) -> Path | bytes:
+def gradient_graph(artifact: str | Path, content_layer: str, sha256: str,
+                   source=None) -> Path | bytes:
     """The gradient graph for the artifact at `artifact` whose bytes hash to `sha256` (those the
     engine loaded): the file export wrote beside it, else the cache's, built on first use (a few
     seconds); where the cache cannot be written, the graph itself (bytes, for ONNX Runtime): a
-    cache only costs speed. Both are found by `sha256`, so an export renamed onto `artifact` since
-    the load never pairs the loaded model with the new one's graph; building then is refused."""
+    cache only costs speed. Both are found by `sha256`, and built from `source` (the loaded file,
+    still open), so an export renamed onto `artifact` since the load never pairs the loaded model
+    with the new one's graph. Without `source` (or where an open file has no path), a graph is
+    built from `artifact` only while it holds those bytes, else refused."""
     import onnx
 
     from ...errors import UserError
@@ -305,13 +309,29 @@ def gradient_graph(artifact: str | Path, content_layer: str, sha256: str) -> Pat
         if model_hash(artifact) != sha256:
             raise UserError(f"{artifact} was replaced (by an export?) after this run loaded it; "
                             "run again to use the new model.")
-        return build_gradient_graph(artifact, content_layer)
+        return build_gradient_graph(artifact, content_layer, sha256)
 
-    model = load_unchanged(artifact, build)  # built from the bytes whose hash was checked
+    loaded = _path_of_open_file(source)
+    if loaded:  # the bytes the engine loaded, even once another file was renamed onto `artifact`
+        model = build_gradient_graph(loaded, content_layer, sha256)
+    else:
+        model = load_unchanged(artifact, build)  # built from the bytes whose hash was checked
     if cache_write(target, lambda tmp: onnx.save(model, str(tmp))):
         prune_cache(keep=target)
         return target
     return model.SerializeToString()
+
+
+def _path_of_open_file(file) -> str | None:
+    """A path that opens the same file as the open `file`, even once it was renamed over (Linux's
+    /proc/self/fd, macOS's /dev/fd); None without `file` or elsewhere."""
+    if file is None:
+        return None
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        path = f"{folder}/{file.fileno()}"
+        if os.path.exists(path):
+            return path
+    return None
 
 
 def remove_stale_siblings(artifact: str | Path, content_layer: str) -> None:
