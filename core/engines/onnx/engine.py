@@ -8,6 +8,7 @@ a style too large for one forward pass.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -63,12 +64,14 @@ def _load(path: Path, device: str) -> OnnxModel:
     from ...io.files import load_unchanged
 
     def load() -> OnnxModel:
-        source = open(path, "rb")
+        # Not on Windows, where an open file cannot be replaced: an export would fail instead.
+        source = open(path, "rb") if os.name != "nt" else None
         try:
             engine = FeatureEngine(path, device=device)
             engine.sha256 = model_hash(path)
         except BaseException:
-            source.close()
+            if source:
+                source.close()
             raise
         return OnnxModel(path, engine, device, source)
     # The session, the target cache's key and the gradient graph's source from one file, though
