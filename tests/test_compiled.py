@@ -111,6 +111,31 @@ def test_a_compiler_failure_falls_back_with_one_line(monkeypatch, fresh_state, c
     assert compiled.failure()
 
 
+def test_a_compile_cache_over_quota_falls_back_and_leaves_nothing(tmp_path, monkeypatch,
+                                                                  fresh_state):
+    """Inductor's writes into the compile cache fail with EDQUOT (test_faults.over_quota): one
+    line, the eager result, and no half-written file of inductor's left in the cache."""
+    if compile_problem(torch.device("cpu")):
+        pytest.skip("no compiler: nothing is written to the compile cache")
+    from test_faults import over_quota
+
+    cache = tmp_path / "quota" / "inductor"
+    monkeypatch.setenv(compiled.CACHE_ENV, str(cache))
+
+    class Other(TinyObjective):  # another code object: nothing cached from the tests above
+        def __call__(self, image):
+            return super().__call__(image * 2.0)
+
+    objective, lines = Other(seed=4), []
+    with over_quota(tmp_path / "quota", monkeypatch):
+        evaluation = Evaluation(objective, compiled=True, log=lines.append)
+        total, _, grad = _loss_and_grad(evaluation, _image(16, 16))
+    expected = _loss_and_grad(Evaluation(objective, compiled=False), _image(16, 16))
+    assert torch.equal(total, expected[0]) and torch.equal(grad, expected[2])
+    assert len(lines) == 1 and "Disk quota exceeded" in lines[0] and not evaluation.compiled
+    assert not [p for p in cache.rglob("*") if p.is_file()]
+
+
 def test_no_cpp_compiler_means_eager_with_one_line(monkeypatch, fresh_state):
     import torch._inductor.cpp_builder as builder
     from torch._inductor.exc import InvalidCxxCompiler

@@ -7,9 +7,11 @@ renamed, so a crash never leaves half a file; .png/.tif can be 16-bit, .npy keep
 
 from __future__ import annotations
 
+import os
 import struct
 import warnings
 import zlib
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +22,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import UserError
 from ..network.vgg import MIN_SIDE
 from .files import atomic_write, check_input_file, check_output_path
+from .jpeg import cut_short
+from .quiet import captured_stderr, detail
 
 if TYPE_CHECKING:
     import torch
@@ -115,22 +119,43 @@ def load_image(source, name: str | None = None) -> Picture:
     label = name or path.stem
     if path.suffix.lower() == ".npy":
         return _from_array(_load_npy(path), label)
+    said: list[str] = []  # what Pillow warned and libtiff printed: the detail of a refusal
+    printed: list[str] = []
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as warned:
             # Pillow only warns between 1x and 2x its pixel limit; refuse those too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                if image.format == "PNG":
-                    _check_png_data(path, image.size)
-                image.load()  # decodes everything: a file cut short raises OSError here
-                return _from_pil(image, label)
+            try:
+                with Image.open(path) as image:
+                    if image.format == "PNG":
+                        _check_png_data(path, image.size)
+                    # decodes everything: a file cut short raises OSError here
+                    with captured_stderr(printed) if image.format == "TIFF" else nullcontext():
+                        image.load()
+                    if any(": Warning, " not in line for line in printed):
+                        raise OSError("libtiff reported an error")  # its strips left blank
+                    if image.format in ("JPEG", "MPO") and cut_short(path.read_bytes(), image):
+                        raise UserError(_cut_short(path, image.size))  # closed by an end marker
+                    picture = _from_pil(image, label)
+            finally:
+                said += [str(w.message) for w in warned] + printed
+        _say_again(warned, printed)  # a picture that loads: what was said is shown, as before
+        return picture
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UserError(f"{path} is too large ({Image.MAX_IMAGE_PIXELS} pixels at most); "
                         "scale it down first.") from None
     except UnidentifiedImageError:
-        raise UserError(f"{path} is not an image Pillow can read.") from None
+        raise UserError(f"{path} is not an image Pillow can read{detail(said)}.") from None
     except OSError:
-        raise UserError(f"{path} is truncated or damaged and cannot be read.") from None
+        raise UserError(f"{path} is truncated or damaged and cannot be read{detail(said)}.") from None
+
+
+def _say_again(warned: list, printed: list[str]) -> None:
+    for w in warned:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if printed:
+        with suppress(OSError):  # stderr closed: nowhere to say it
+            os.write(2, "".join(line + "\n" for line in printed).encode())
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -192,8 +217,12 @@ def _check_png_data(path: Path, size: tuple[int, int]) -> None:
         except (zlib.error, struct.error, IndexError):  # damaged data or header
             inflated = -1
     if inflated < expected:
-        raise UserError(f"{path} is truncated or damaged: its image data stops before the "
-                        f"{width}x{height} pixels its header promises.")
+        raise UserError(_cut_short(path, size))
+
+
+def _cut_short(path: Path, size: tuple[int, int]) -> str:
+    return (f"{path} is truncated or damaged: its image data stops before the {size[0]}x{size[1]} "
+            "pixels its header promises.")
 
 
 def check_min_side(picture: Picture) -> None:

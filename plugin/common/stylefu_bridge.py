@@ -124,6 +124,7 @@ def start_log(settings=None, what="run"):
     newest LOG_KEEP; return its path, or None when no folder is writable (logging then only
     goes to GIMP's console: a log must never stop a run)."""
     for folder in (log_dir(settings), log_dir()):
+        path = None
         try:
             if not os.path.isdir(folder):
                 os.makedirs(folder)
@@ -133,6 +134,11 @@ def start_log(settings=None, what="run"):
                 f.write(u"stylefu GIMP plug-in, %s, %s, Python %s\n" % (
                     what, time.strftime("%Y-%m-%d %H:%M:%S"), sys.version.split()[0]))
         except (IOError, OSError):
+            if path:  # created, but a full disk or quota refused its first line: not left empty
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
             continue
         _log["path"] = path
         _prune_logs(folder)

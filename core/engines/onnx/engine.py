@@ -8,6 +8,7 @@ a style too large for one forward pass.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -34,6 +35,9 @@ class OnnxModel:
     path: Path
     engine: FeatureEngine
     device: str = "cpu"
+    # The loaded file, kept open: its bytes stay readable for the gradient graph even once an
+    # export renamed another file onto `path`.
+    source: object = field(default=None, repr=False)
     _sessions: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -49,7 +53,8 @@ class OnnxModel:
             from .gradient import gradient_graph
 
             self._sessions[content_layer] = GradientSession(
-                gradient_graph(self.path, content_layer), self.engine.threads)
+                gradient_graph(self.path, content_layer, self.engine.sha256, self.source),
+                self.engine.threads)
         return self._sessions[content_layer]
 
 
@@ -59,10 +64,18 @@ def _load(path: Path, device: str) -> OnnxModel:
     from ...io.files import load_unchanged
 
     def load() -> OnnxModel:
-        engine = FeatureEngine(path, device=device)
-        engine.sha256 = model_hash(path)
-        return OnnxModel(path, engine, device)
-    # The session and the target cache's key from one file, though an export may replace it.
+        # Not on Windows, where an open file cannot be replaced: an export would fail instead.
+        source = open(path, "rb") if os.name != "nt" else None
+        try:
+            engine = FeatureEngine(path, device=device)
+            engine.sha256 = model_hash(path)
+        except BaseException:
+            if source:
+                source.close()
+            raise
+        return OnnxModel(path, engine, device, source)
+    # The session, the target cache's key and the gradient graph's source from one file, though
+    # an export may replace it.
     return load_unchanged(path, load)
 
 

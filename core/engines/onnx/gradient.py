@@ -67,8 +67,9 @@ class _Graph:
         return outs[0] if outputs == 1 else outs
 
 
-def build_gradient_graph(artifact: str | Path, content_layer: str):
-    """The gradient graph (an onnx.ModelProto) for the artifact at `artifact`."""
+def build_gradient_graph(artifact: str | Path, content_layer: str, sha256: str | None = None):
+    """The gradient graph (an onnx.ModelProto) for the artifact at `artifact` (whose bytes hash to
+    `sha256`, when known)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -193,7 +194,7 @@ def build_gradient_graph(artifact: str | Path, content_layer: str):
                               producer_name="stylefu")
     model.ir_version = IR_VERSION
     meta = artifact_meta.encode(info) | {artifact_meta.KIND: GRAPH_KIND,
-                                         SOURCE_KEY: source_key(artifact, content_layer)}
+                                         SOURCE_KEY: source_key(artifact, content_layer, sha256)}
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
@@ -251,54 +252,86 @@ def _tv(g: _Graph, image: str, i64) -> tuple[str, str]:
     return loss, grad
 
 
-def source_key(artifact: str | Path, content_layer: str) -> str:
-    """What a gradient graph was built from: the artifact file's sha256, the content layer and
-    this module's graph version (a graph with another key is rebuilt)."""
+def source_key(artifact: str | Path, content_layer: str, sha256: str | None = None) -> str:
+    """What a gradient graph was built from: the artifact's sha256 (`sha256`, else its file's),
+    the content layer and this module's graph version (a graph with another key is rebuilt)."""
     from ...io.cache import model_hash
 
-    return f"{model_hash(artifact)}|{content_layer}|{GRAPH_VERSION}|{CONV_BACKWARD}"
+    return f"{sha256 or model_hash(artifact)}|{content_layer}|{GRAPH_VERSION}|{CONV_BACKWARD}"
 
 
-def _name(artifact: str | Path, content_layer: str, contents: str | Path | None = None) -> str:
+def _name(artifact: str | Path, content_layer: str, contents: str | Path | None = None,
+          sha256: str | None = None) -> str:
     """A graph's file name: what it was built from is in its digest, so finding the right one
     parses nothing (parsing 60-100 MB of protobuf costs start-up time). `contents`: a file with
-    the artifact's bytes under another name (export's temporary file), hashed in its place."""
-    digest = hashlib.sha1(source_key(contents or artifact, content_layer).encode()).hexdigest()[:16]
-    return f"{Path(artifact).stem}.gradient-{content_layer}-{digest}.onnx"
+    the artifact's bytes under another name (export's temporary file), hashed in its place;
+    `sha256`: those bytes' hash, known already."""
+    digest = hashlib.sha1(source_key(contents or artifact, content_layer, sha256).encode())
+    return f"{Path(artifact).stem}.gradient-{content_layer}-{digest.hexdigest()[:16]}.onnx"
 
 
 def sibling_path(artifact: str | Path, content_layer: str,
-                 contents: str | Path | None = None) -> Path:
+                 contents: str | Path | None = None, sha256: str | None = None) -> Path:
     """The gradient graph `stylefu export` writes beside the artifact (default content layer)."""
-    return Path(artifact).with_name(_name(artifact, content_layer, contents))
+    return Path(artifact).with_name(_name(artifact, content_layer, contents, sha256))
 
 
-def cached_path(artifact: str | Path, content_layer: str) -> Path:
+def cached_path(artifact: str | Path, content_layer: str, sha256: str | None = None) -> Path:
     from ...io.paths import cache_dir
 
-    return cache_dir() / "gradient" / _name(artifact, content_layer)
+    return cache_dir() / "gradient" / _name(artifact, content_layer, sha256=sha256)
 
 
-def gradient_graph(artifact: str | Path, content_layer: str) -> Path | bytes:
-    """The gradient graph for `artifact`: the file export wrote beside it when it matches the
-    artifact, else the cache's, built on first use (a few seconds); where the cache cannot be
-    written, the graph itself (bytes, for ONNX Runtime): a cache only costs speed."""
+def gradient_graph(artifact: str | Path, content_layer: str, sha256: str,
+                   source=None) -> Path | bytes:
+    """The gradient graph for the artifact at `artifact` whose bytes hash to `sha256` (those the
+    engine loaded): the file export wrote beside it, else the cache's, built on first use (a few
+    seconds); where the cache cannot be written, the graph itself (bytes, for ONNX Runtime): a
+    cache only costs speed. Both are found by `sha256`, and built from `source` (the loaded file,
+    still open), so an export renamed onto `artifact` since the load never pairs the loaded model
+    with the new one's graph. Without `source` (or where an open file has no path), a graph is
+    built from `artifact` only while it holds those bytes, else refused."""
     import onnx
 
-    from ...io.cache import prune_cache, touch
-    from ...io.files import cache_write
+    from ...errors import UserError
+    from ...io.cache import model_hash, prune_cache, touch
+    from ...io.files import cache_write, load_unchanged
 
-    beside, target = sibling_path(artifact, content_layer), cached_path(artifact, content_layer)
+    beside = sibling_path(artifact, content_layer, sha256=sha256)
+    target = cached_path(artifact, content_layer, sha256)
     if os.path.isfile(beside):  # never raises (a folder we may not read is a miss)
         return beside
     if os.path.isfile(target):
         touch(target)
         return target
-    model = build_gradient_graph(artifact, content_layer)
+
+    def build():
+        if model_hash(artifact) != sha256:
+            raise UserError(f"{artifact} was replaced (by an export?) after this run loaded it; "
+                            "run again to use the new model.")
+        return build_gradient_graph(artifact, content_layer, sha256)
+
+    loaded = _path_of_open_file(source)
+    if loaded:  # the bytes the engine loaded, even once another file was renamed onto `artifact`
+        model = build_gradient_graph(loaded, content_layer, sha256)
+    else:
+        model = load_unchanged(artifact, build)  # built from the bytes whose hash was checked
     if cache_write(target, lambda tmp: onnx.save(model, str(tmp))):
         prune_cache(keep=target)
         return target
     return model.SerializeToString()
+
+
+def _path_of_open_file(file) -> str | None:
+    """A path that opens the same file as the open `file`, even once it was renamed over (Linux's
+    /proc/self/fd, macOS's /dev/fd); None without `file` or elsewhere."""
+    if file is None:
+        return None
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        path = f"{folder}/{file.fileno()}"
+        if os.path.exists(path):
+            return path
+    return None
 
 
 def remove_stale_siblings(artifact: str | Path, content_layer: str) -> None:

@@ -14,6 +14,7 @@ continues uncompiled after ONE line saying why.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -210,7 +211,17 @@ class Evaluation:
             raise exc
         self.compiled = False
         _state["problem"] = f"compiling failed: {_why(exc)}"
+        _remove_own_temporaries(inductor_cache())
         _tell(f"the loss runs uncompiled ({_state['problem']}).", self.log)
+
+
+def _remove_own_temporaries(folder: Path) -> None:
+    """Inductor's files this process left half-written (`.PID.THREAD.tmp`, when a write failed on
+    a full disk or quota): a failed compile leaves nothing in the compile cache."""
+    with contextlib.suppress(OSError):
+        for path in folder.rglob(f".{os.getpid()}.*.tmp"):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def _timed(fn: Callable, *args):

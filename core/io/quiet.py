@@ -1,0 +1,51 @@
+"""What a C library prints on stderr (file descriptor 2) while it decodes, kept for our message.
+
+libtiff reports a damaged strip with its own line on stderr ("ZIPDecode: Decoding error at
+scanline 54, ..."), beside the one sentence stylefu prints: `captured_stderr` takes that text
+so it can go into the sentence, in parentheses, as its detail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+
+DETAIL_CHARS = 200  # at most this much of a library's text goes into a message
+
+
+@contextlib.contextmanager
+def captured_stderr(into: list[str]) -> Iterator[None]:
+    """File descriptor 2 sent to a temporary file for the block; its lines appended to `into`
+    when the block ends (also by an exception). With no fd 2 (stderr closed) nothing is done."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        sys.stderr.flush()  # our own pending text is not the library's
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                sink.seek(0)
+                text = sink.read(64 * 1024).decode("utf-8", "replace")
+                into.extend(line for line in text.splitlines() if line.strip())
+    finally:
+        os.close(saved)
+
+
+def detail(lines: list[str]) -> str:
+    """`lines` as one clause for a sentence: " (what they said)", or "" without lines."""
+    text = "; ".join(line.strip().removeprefix("tempfile.tif: ").rstrip(" .") for line in lines)
+    text = re.sub(r"\.\s+", "; ", text)  # inside one sentence
+    if len(text) > DETAIL_CHARS:
+        text = text[:DETAIL_CHARS - 3] + "..."
+    return f" ({text})" if text else ""
