@@ -56,6 +56,21 @@ def cuda_is_usable() -> bool:
         return False
 
 
+def checked_batch(batch: np.ndarray, layers) -> np.ndarray:
+    """A forward pass's input as contiguous float32 [N,3,H,W], after the checks every engine makes
+    (shape, the smallest side, known layers)."""
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    if batch.ndim != 4 or batch.shape[1] != 3:
+        raise ValueError(f"expected an [N,3,H,W] batch, got shape {batch.shape}")
+    if min(batch.shape[2:]) < MIN_SIDE:
+        raise UserError(f"Images must be at least {MIN_SIDE} px on each side, "
+                        f"not {batch.shape[3]}x{batch.shape[2]}.")
+    unknown = [n for n in layers if n not in EXPORTED_LAYERS]
+    if unknown:
+        raise ValueError(f"unknown layers {unknown}; the artifact has {EXPORTED_LAYERS}")
+    return batch
+
+
 class FeatureEngine:
     """An ONNX Runtime session over a stylefu artifact. `features(batch)` -> {layer: array}.
 
@@ -122,15 +137,7 @@ class FeatureEngine:
 
         Returns {layer: [N,C,h,w] float32}. One call is one forward pass of the whole batch.
         """
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or batch.shape[1] != 3:
-            raise ValueError(f"expected an [N,3,H,W] batch, got shape {batch.shape}")
-        if min(batch.shape[2:]) < MIN_SIDE:
-            raise UserError(f"Images must be at least {MIN_SIDE} px on each side, "
-                            f"not {batch.shape[3]}x{batch.shape[2]}.")
-        unknown = [n for n in layers if n not in EXPORTED_LAYERS]
-        if unknown:
-            raise ValueError(f"unknown layers {unknown}; the artifact has {EXPORTED_LAYERS}")
+        batch = checked_batch(batch, layers)
         self.calls += 1
         outputs = self.session.run(list(layers), {"image": batch})
         return dict(zip(layers, outputs))

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...errors import UserError
-from ...network.vgg import EXPORTED_LAYERS, MIN_SIDE
+from ...network.forward import checked_batch
+from ...network.vgg import EXPORTED_LAYERS
 from .vggnet import VGGFeatures
 
 
@@ -38,15 +38,7 @@ class TorchFeatures:
 
     def features(self, batch: np.ndarray, layers=EXPORTED_LAYERS) -> dict[str, np.ndarray]:
         """Activations for a float32 [N,3,H,W] RGB 0..1 batch: {layer: [N,C,h,w] float32}."""
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or batch.shape[1] != 3:
-            raise ValueError(f"expected an [N,3,H,W] batch, got shape {batch.shape}")
-        if min(batch.shape[2:]) < MIN_SIDE:
-            raise UserError(f"Images must be at least {MIN_SIDE} px on each side, "
-                            f"not {batch.shape[3]}x{batch.shape[2]}.")
-        unknown = [n for n in layers if n not in EXPORTED_LAYERS]
-        if unknown:
-            raise ValueError(f"unknown layers {unknown}; the artifact has {EXPORTED_LAYERS}")
+        batch = checked_batch(batch, layers)
         self.calls += 1
         with torch.no_grad():
             feats = self.net(torch.from_numpy(batch).to(self.device), tuple(layers))
