@@ -302,7 +302,8 @@ def test_large_layer_comes_back_at_its_size_with_its_detail(suite, gimp_model, t
     np.save(tmp_path / "large.npy", layer)
     settings = installer.plugin_settings("3", sys.executable, gimp_model)
     values = dict(settings["defaults"], preset="custom", iterations=ITERATIONS, size=SIZE,
-                  strength=STRENGTH, **LARGE_VALUES)
+                  strength=STRENGTH)
+    values.update(LARGE_VALUES)
     options = [o for o in installer.load_bridge().run_options(values, dict(settings, preview_every=0))
                if o not in ("--watch-stdin", "--keep-size")]
     assert main(["run", str(tmp_path / "large.npy"), str(suite["root"] / "style.png"),
