@@ -4,9 +4,9 @@
         [--style immunohistochemistry] [--sizes 1500 3000] [--working 512] [--preset normal]
         [--refine 5] [--refine-sizes 1500] [--crops docs/figures] [--paintings DIR] [-o FILE]
 
-Per photo: the painting at the working size (`stylize`, its time), then per layer size (the
-scikit-image photo enlarged to that long side: the photos are 300-600 px, so the layer's own
-detail is what the enlargement kept) the ways to bring it to the layer's size:
+Per photo: the painting at the working size (`stylize`, its time), then per layer size (the photo
+resized to that long side: scikit-image's are 300-600 px, so there the layer's own detail is
+what the enlargement kept) the ways to bring it to the layer's size:
 - stretched: the painting resized (what --keep-size did before);
 - detail: fullres.to_layer_size, the layer's fine luminance detail added (the default);
 - refine N: N evaluations at the layer's size (tiled where memory asks) from the detail image.
@@ -14,6 +14,13 @@ Printed: time, sharpness figure (fullres.sharpness: fine-detail energy against t
 painting's own against the content at the working size), and the loss change of the refinement.
 --crops saves one PNG per photo and size: 100 % crops (256 px) of layer | stretched | detail |
 refined, side by side.
+
+A photo is a scikit-image sample's name or an image file. Real detail at 1500 and 3000 px:
+`--mosaic DIR` first writes DIR/wallpaper-mosaic.png, 3000 x 1600 px of three native-resolution
+photos side by side (1000 px wide crops, never resized) from Debian's LGPL-3
+plasma-workspace-wallpapers (`apt-get download plasma-workspace-wallpapers`, `dpkg-deb -x` it
+into DIR), and adds it to the photos: its 3000 px layer is the mosaic itself, its 1500 px layer
+the mosaic taken down (detail kept).
 """
 
 from __future__ import annotations
@@ -31,9 +38,33 @@ CROP = 256
 
 
 def photo(name: str) -> np.ndarray:
+    if Path(name).is_file():
+        from stylefu.core.io.images import load_image
+
+        return load_image(name, "content").rgb
     import skimage.data
 
     return np.asarray(getattr(skimage.data, name)(), np.float32)[..., :3] / 255.0
+
+
+# The mosaic's photos (plasma-workspace-wallpapers 5.27, LGPL-3: moss by Risto Saukonpää, a
+# forest path by Risto Saukonpää, boats at dusk) and the left edge of each 1000 px wide crop.
+MOSAIC = (("OneStandsOut", 780), ("Path", 300), ("EveningGlow", 300))
+MOSAIC_SIZE = (1600, 1000)  # each crop's height and width, native pixels
+
+
+def make_mosaic(folder: str) -> str:
+    from PIL import Image
+
+    images = Path(folder) / "usr/share/wallpapers"
+    height, width = MOSAIC_SIZE
+    out = Image.new("RGB", (width * len(MOSAIC), height))
+    for k, (name, left) in enumerate(MOSAIC):
+        picture = Image.open(images / name / "contents/images/2560x1600.jpg").convert("RGB")
+        out.paste(picture.crop((left, 0, left + width, height)), (k * width, 0))
+    path = Path(folder) / "wallpaper-mosaic.png"
+    out.save(path)
+    return str(path)
 
 
 def style_image(name: str) -> np.ndarray | str:
@@ -49,13 +80,14 @@ def crop(image: np.ndarray, where: tuple[float, float]) -> np.ndarray:
 
 
 # Where the crops look: an edge-rich place in each photo (relative centre).
-CROP_AT = {"coffee": (0.45, 0.35), "chelsea": (0.4, 0.45), "astronaut": (0.3, 0.45)}
+CROP_AT = {"coffee": (0.45, 0.35), "chelsea": (0.4, 0.45), "astronaut": (0.3, 0.45),
+           "wallpaper-mosaic": (0.75, 0.78)}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True)
-    parser.add_argument("--photos", nargs="+", default=["coffee", "chelsea", "astronaut"])
+    parser.add_argument("--photos", nargs="*", default=["coffee", "chelsea", "astronaut"])
     parser.add_argument("--style", default="immunohistochemistry",
                         help="a scikit-image sample (ihc: immunohistochemistry) or an image path")
     parser.add_argument("--sizes", nargs="+", type=int, default=[1500, 3000])
@@ -70,7 +102,11 @@ def main() -> int:
                         "(to remake the crops without painting again)")
     parser.add_argument("-o", "--output", help="write the figures as JSON here")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--mosaic", metavar="DIR", help="add the wallpaper mosaic made from the "
+                        "extracted plasma-workspace-wallpapers package in DIR")
     args = parser.parse_args()
+    if args.mosaic:
+        args.photos.append(make_mosaic(args.mosaic))
 
     from stylefu.core import Config, load_model, stylize
     from stylefu.core.io.images import fit_long_side, resize_array, save_image
@@ -80,8 +116,8 @@ def main() -> int:
     style = style_image(args.style)
     figures = []
     tmp = Path(tempfile.mkdtemp())
-    for name in args.photos:
-        content = photo(name)
+    for source in args.photos:
+        content, name = photo(source), Path(source).stem
         kept = Path(args.paintings or tmp) / f"painting-{name}-{args.working}-{args.preset}.npy"
         if kept.is_file():  # --paintings: made by an earlier run (its time is not re-measured)
             painting, painted = np.load(kept), float("nan")

@@ -84,7 +84,8 @@ def test_time_left_is_near_the_truth_on_a_real_run(model_path):
     assert np.median(errors) <= 0.25 and errors.max() <= 0.5
 
 
-def test_estimate_calibrates_once_then_uses_measured_speed(model_path, tmp_path):
+def test_estimate_calibrates_once_then_uses_measured_speed(model_path, random16_model_path,
+                                                           tmp_path):
     command = [sys.executable, "-m", "stylefu.core", "estimate", "--layer", "640x480",
                "--size", "256", "--preset", "draft", "--model", str(model_path), "--json"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -94,6 +95,13 @@ def test_estimate_calibrates_once_then_uses_measured_speed(model_path, tmp_path)
     assert figures["seconds"] > 0 and figures["levels"][-1] == [256, 192]
     kept = eta.load_speeds()[figures["speed"]]["points"]
     assert [p for p, _ in kept] == [128 * 96, 256 * 192]  # the calibration's two sizes
+    # Another architecture is another speed: the VGG16 model does not get the VGG19 one's.
+    other = command[:-2] + [str(random16_model_path), "--json"]
+    vgg16 = json.loads(subprocess.run(other, capture_output=True, text=True, timeout=300,
+                                      check=True).stdout.splitlines()[-1])
+    assert figures["speed"].startswith("vgg19/") and vgg16["speed"].startswith("vgg16/")
+    assert vgg16["measured_by"] == "a calibration now"
+    assert vgg16["speed"].split("/", 1)[1] == figures["speed"].split("/", 1)[1]
     again = json.loads(subprocess.run(command, capture_output=True, text=True, timeout=300,
                                       check=True).stdout.splitlines()[-1])
     assert again["measured_by"].endswith("earlier runs") and again["seconds"] == figures["seconds"]

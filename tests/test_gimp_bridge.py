@@ -465,6 +465,26 @@ def test_estimate_asks_the_worker(model_path):
     assert first["seconds"] > 0 and first["measured_by"] == "a calibration now"
     assert first["levels"][-1] == [128, 96] and first["text"].endswith(" s")
     assert bridge.estimate(settings, 400, 300, values)["measured_by"].endswith("earlier runs")
+    # The GIMP 3 dialog's way: in the background, never waiting; its line names the layer.
+    worker = bridge.start_estimate(settings, 400, 300, values)
+    deadline = time.monotonic() + 300
+    while not worker.done and time.monotonic() < deadline:
+        worker.poll()
+        time.sleep(0.1)
+    record = worker.result()
+    worker.stop()
+    assert record["seconds"] == first["seconds"] and record["measured_by"].endswith("earlier runs")
+    assert bridge.estimate_text(record, 400, 300) == \
+        f"The filter: about {record['text']} for this 400 x 300 px layer on this machine"
+    assert "(its speed measured now)" in bridge.estimate_text(first, 400, 300)
+    # A changed entry cancels the estimate under way: killed at once, its folder removed.
+    worker = bridge.start_estimate(settings, 4000, 3000, values)
+    worker.stop()
+    assert worker.proc.wait(timeout=10) != 0
+    deadline = time.monotonic() + 10
+    while os.path.exists(worker.folder) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(worker.folder)
 
 
 def test_progress_text_names_the_level_and_evaluation():

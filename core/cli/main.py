@@ -267,7 +267,7 @@ def cmd_run(args) -> int:
         from ..io.images import load_image
         content = load_image(args.content, "content")
     from ..run import eta
-    key = eta.run_key(config)
+    key = eta.run_key(config, model.info.architecture)
     rate, exponent, _ = eta.kept_speed(key)
     finish = 0.0
     if args.keep_size:
@@ -367,13 +367,15 @@ def _layer_size(args) -> tuple[int, int]:
 def cmd_estimate(args) -> int:
     """`stylefu estimate`: a run's seconds from the speeds earlier runs recorded (run/eta.py), or
     from a calibration now (recorded in turn)."""
+    from ..io.paths import model_file
     from ..method.fullres import seconds_to_layer_size
+    from ..network.vgg import read_artifact_info
     from ..run import eta
     from ..run.pipeline import level_sizes
 
     config = config_from_args(args).validate()
     height, width = _layer_size(args)
-    key = eta.run_key(config)
+    key = eta.run_key(config, read_artifact_info(model_file(args.model)).architecture)
     source = f"{len(eta.load_speeds().get(key, {}).get('points', []))} level(s) of earlier runs"
     if args.calibrate or eta.kept_speed(key)[0] is None:
         from ..engines import load_engine_model

@@ -112,19 +112,31 @@ PREPROCESSING = {
 }
 
 
-def read_artifact(path: str | Path) -> tuple[ArtifactInfo, dict[str, np.ndarray]]:
-    """Read an artifact's metadata and convolution weights; UserError if it is not one of ours."""
+def _read_onnx(path: Path):
     import onnx
-    from onnx import numpy_helper
 
-    path = Path(path)
     if not path.is_file():
         raise UserError(f"Model file {path} does not exist; create it with `stylefu export`.")
     try:
-        model = onnx.load(str(path))
+        return onnx.load(str(path))
     except Exception as exc:
         raise UserError(f"{path} is not a readable ONNX file ({exc.__class__.__name__}); "
                         "re-create it with `stylefu export`.") from None
+
+
+def read_artifact_info(path: str | Path) -> ArtifactInfo:
+    """An artifact's metadata alone (e.g. its architecture, without loading a model)."""
+    path = Path(path)
+    model = _read_onnx(path)
+    return artifact_meta.decode({p.key: p.value for p in model.metadata_props}, path)
+
+
+def read_artifact(path: str | Path) -> tuple[ArtifactInfo, dict[str, np.ndarray]]:
+    """Read an artifact's metadata and convolution weights; UserError if it is not one of ours."""
+    from onnx import numpy_helper
+
+    path = Path(path)
+    model = _read_onnx(path)
     info = artifact_meta.decode({p.key: p.value for p in model.metadata_props}, path)
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     return info, weights

@@ -5,7 +5,8 @@ this machine's measured speed. See docs/speed.md, "Time left and estimates".
 One evaluation at p pixels costs about `rate * p ** exponent` seconds. While a run goes, `rate`
 comes from the evaluations of the current level (load and precision included); levels still to
 come are weighted by their pixels. Before a run, the speeds recorded by earlier runs on this
-machine (`speed.json` in the cache folder, per engine, device, precision and thread count) give
+machine (`speed.json` in the cache folder, per model architecture, engine, device, precision and
+thread count) give
 both figures, or a short calibration measures them. No torch here: both engines use it.
 """
 
@@ -106,10 +107,11 @@ class TimeLeft:
 
 # --- the machine's speed, kept between runs ------------------------------------------------------
 
-def speed_key(engine: str, device: str, precision: str) -> str:
-    """What a speed is measured for: engine, device, precision and the threads allowed."""
+def speed_key(architecture: str, engine: str, device: str, precision: str) -> str:
+    """What a speed is measured for: the model's architecture (a VGG19 evaluation costs about
+    1.3 times a VGG16 one), engine, device, precision and the threads allowed."""
     threads = os.environ.get("OMP_NUM_THREADS") or f"{os.cpu_count()}cpu"
-    return f"{engine}/{device}/{precision}/threads={threads}"
+    return f"{architecture}/{engine}/{device}/{precision}/threads={threads}"
 
 
 def _speed_path() -> Path:
@@ -191,18 +193,18 @@ def estimate_seconds(height: int, width: int, config: Config, rate: float, expon
     return fixed_seconds + finish_seconds + rate * units
 
 
-def run_key(config: Config) -> str:
-    """speed_key of the run `config` asks for, as its metrics will name it (engine, device,
-    precision), without loading a model."""
+def run_key(config: Config, architecture: str) -> str:
+    """speed_key of the run `config` asks for with a model of `architecture` (engine, device,
+    precision resolved as the run will), without loading the model."""
     from ..engines import resolve_engine
 
     if resolve_engine(config.engine) == "onnx":
-        return speed_key("onnx", "cpu", "float32")
+        return speed_key(architecture, "onnx", "cpu", "float32")
     from ..engines.torch.model import resolve_device, resolve_precision
 
     device = resolve_device(config.device)
     precision = str(resolve_precision(config.precision, device)).replace("torch.", "")
-    return speed_key("torch", str(device), precision)
+    return speed_key(architecture, "torch", str(device), precision)
 
 
 CALIBRATION_SIDES = (128, 256)

@@ -55,6 +55,8 @@ DIALOG_PREVIEW_SIDE = 160
 DIALOG_PREVIEW_PRESET = "draft"
 DIALOG_PREVIEW_EVERY = 10
 DIALOG_PREVIEW_IGNORES = ("size", "preset", "iterations", "tile_size")
+# The dialog entries the estimate of the filter's time follows (how much work, and where).
+DIALOG_ESTIMATE_FOLLOWS = ("size", "preset", "iterations", "tile_size", "device")
 # "Second style goes": where the optional second style is painted, the first choice being the
 # default (the one place it is set; the installer's settings take it from here). "everywhere":
 # blended with the first style over the whole layer (a selection limits both); "outside": the
@@ -338,6 +340,27 @@ def estimate(settings, width, height, values, styles=1):
         return run_worker(estimate_command(settings, width, height, values, styles), cwd=folder)
     finally:
         remove_dir(folder)
+
+
+def start_estimate(settings, width, height, values):
+    """`estimate` in the background (a BackgroundWorker whose final record is estimate's): for
+    the GIMP 3 dialog, which must not wait for it (the first one on a machine calibrates).
+    Cancelled, it is killed at once: it has nothing to save and does not watch its stdin."""
+    folder = exchange_dir()
+    try:
+        command = estimate_command(settings, width, height, values)
+        log("dialog estimate:", " ".join(command))
+        return BackgroundWorker(command, folder, grace=0.0)
+    except BaseException:
+        remove_dir(folder)
+        raise
+
+
+def estimate_text(record, width, height):
+    """The dialog's line for an estimate record: what the filter would take on the layer."""
+    return "The filter: about %s for this %d x %d px layer on this machine%s" % (
+        record["text"], width, height,
+        " (its speed measured now)" if record.get("measured_by") == "a calibration now" else "")
 
 
 def preview_command(settings, content, styles, sheet, size=0):
@@ -882,8 +905,8 @@ class BackgroundWorker(object):
 
     CANCEL_GRACE = 20.0
 
-    def __init__(self, command, folder):
-        self.folder = folder
+    def __init__(self, command, folder, grace=CANCEL_GRACE):
+        self.folder, self.grace = folder, grace
         self.stderr_path = os.path.join(folder, "worker-stderr.txt")
         self._records = queue.Queue()
         self._lock = threading.Lock()
@@ -950,13 +973,13 @@ class BackgroundWorker(object):
             self.proc.stdin.close()
         except (IOError, OSError):
             pass
-        timer = threading.Timer(self.CANCEL_GRACE, self._kill)
+        timer = threading.Timer(self.grace, self._kill)
         timer.daemon = True
         timer.start()
 
     def _kill(self):
         if self.proc.poll() is None:
-            log("the cancelled worker did not stop within %g s: killed" % self.CANCEL_GRACE)
+            log("the cancelled worker did not stop within %g s: killed" % self.grace)
             self.proc.kill()
 
 

@@ -281,15 +281,18 @@ def stylize_layout(dialog, config, host=None, settings=None):
     else:
         from gi.repository import Gtk
 
-        dialog.fill_box("settings-box", groups)
+        settings_box = dialog.fill_box("settings-box", groups)
+        estimate = DialogEstimate(config, host, settings)
+        settings_box.pack_end(estimate.label, False, False, 0)
         column = dialog.fill_box("preview-box", ["preview"])  # the toggle, below the picture
-        preview = DialogPreview(config, host, settings)
+        preview = DialogPreview(config, host, settings, estimate)
         column.pack_start(preview.widget, False, False, 0)
         column.reorder_child(preview.widget, 0)
         main = dialog.fill_box("main-box", ["preview-box", "settings-box"])
         main.set_orientation(Gtk.Orientation.HORIZONTAL)
         main.set_spacing(12)
         dialog.fill(["main-box"])
+        estimate.schedule()
         preview.schedule()
     evaluations = dialog.get_widget("iterations", GObject.TYPE_NONE)
 
@@ -313,10 +316,10 @@ class DialogPreview:
     COLUMN = 180  # the preview column's least width in pixels
     TEXT_CHARS = 26
 
-    def __init__(self, config, host, settings):
+    def __init__(self, config, host, settings, estimate=None):
         from gi.repository import Gtk, Pango
 
-        self.config, self.host, self.settings = config, host, settings
+        self.config, self.host, self.settings, self.estimate = config, host, settings, estimate
         self.worker = self.output = None
         self.timer = self.poller = None
         self.picture = Gtk.Image()
@@ -396,6 +399,10 @@ class DialogPreview:
 
     def start(self):
         self.timer = None
+        if self.estimate is not None and self.estimate.busy():
+            # Not both at once: a calibration beside a preview would measure a loaded machine.
+            self.timer = GLib.timeout_add(self.POLL_MS, self.start)
+            return False
         if self.settings is None:
             self.say(0.0, "No preview", bridge.with_log(
                 "stylefu is not set up for this GIMP; run `stylefu gimp install`."))
@@ -451,9 +458,11 @@ class DialogPreview:
         return False
 
     def close(self):
-        """The dialog goes: no more previews."""
+        """The dialog goes: no more previews (nor estimates)."""
         self.config.disconnect(self.handler)
         self.stop()
+        if self.estimate is not None:
+            self.estimate.close()
 
     def stop(self):
         """Cancel the pending or running preview (the worker stops by itself, see bridge)."""
@@ -463,6 +472,94 @@ class DialogPreview:
         self.timer = self.poller = None
         if self.worker is not None:
             bridge.log("dialog preview cancelled")
+            self.worker.stop()
+            self.worker = None
+
+
+class DialogEstimate:
+    """The dialog's line under its entries: what the filter would take on this layer with the
+    current entries on this machine (`stylefu estimate`, bridge.start_estimate), worked out in the
+    background and followed from GLib timeouts like the preview, so GIMP never waits for it (the
+    first estimate on a machine calibrates, a few seconds). Refreshed when an entry it depends on
+    changes (bridge.DIALOG_ESTIMATE_FOLLOWS), cancelling the one under way."""
+
+    DELAY_MS = 500
+    POLL_MS = 200
+    TEXT_CHARS = 44
+
+    def __init__(self, config, host, settings):
+        from gi.repository import Gtk
+
+        self.config, self.host, self.settings = config, host, settings
+        self.worker = self.timer = self.poller = None
+        self.label = Gtk.Label()
+        self.label.set_line_wrap(True)
+        self.label.set_width_chars(self.TEXT_CHARS)
+        self.label.set_max_width_chars(self.TEXT_CHARS)
+        self.label.set_xalign(0.0)
+        self.label.show()
+        self.handler = config.connect("notify", self.changed)
+
+    def changed(self, _config, pspec):
+        if pspec.name.replace("-", "_") in bridge.DIALOG_ESTIMATE_FOLLOWS:
+            self.schedule()
+
+    def busy(self):
+        return self.timer is not None or self.worker is not None
+
+    def schedule(self):
+        self.stop()
+        self.label.set_text("The filter: estimating its time on this machine...")
+        self.timer = GLib.timeout_add(self.DELAY_MS, self.start)
+
+    def size(self):
+        return self.host.source.get_width(), self.host.source.get_height()
+
+    def start(self):
+        self.timer = None
+        if self.settings is None:
+            self.label.set_text("The filter: no estimate (stylefu is not set up)")
+            return False
+        try:
+            self.worker = bridge.start_estimate(self.settings, *self.size(),
+                                                values=dialog_values(self.config))
+        except bridge.BridgeError as exc:
+            self.failed(exc)
+            return False
+        self.poller = GLib.timeout_add(self.POLL_MS, self.poll)
+        return False
+
+    def failed(self, exc):
+        bridge.log("dialog estimate failed:", exc)
+        self.label.set_text(f"The filter: no estimate ({exc})")
+
+    def poll(self):
+        worker = self.worker
+        worker.poll()
+        if not worker.done:
+            return True
+        self.poller, self.worker = None, None
+        try:
+            text = bridge.estimate_text(worker.result(), *self.size())
+        except bridge.BridgeError as exc:
+            self.failed(exc)
+        else:
+            self.label.set_text(text)
+            bridge.log("dialog estimate shown:", text)
+        worker.stop()  # removes its folder
+        return False
+
+    def close(self):
+        self.config.disconnect(self.handler)
+        self.stop()
+
+    def stop(self):
+        for source in (self.timer, self.poller):
+            if source is not None:
+                GLib.source_remove(source)
+        self.timer = self.poller = None
+        if self.worker is not None:
+            bridge.log("dialog estimate cancelled")
             self.worker.stop()
             self.worker = None
 

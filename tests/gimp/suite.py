@@ -198,7 +198,7 @@ def scenarios(content, fast):
 
     # A layer larger than the working size: back at the layer's size with the layer's detail.
     image, layer = make_image(np.load(JOB["large"]))
-    run("large", PROC, image, layer, **fast)
+    run("large", PROC, image, layer, **dict(fast, **JOB.get("large_values", {})))
     describe_new_layer("large", image, layer)
 
     # A selection beside the layer: a clear error before any work.
