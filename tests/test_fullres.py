@@ -50,8 +50,8 @@ def run_stylefu(*args):
 def test_layer_size_result_keeps_the_layers_detail(trained_model_path, tmp_path):
     """A 300 px layer painted at 96 px comes back at 300 px with a sharpness figure near the
     painting's own at 96 px and far above the stretched painting's; the JSON progress has the
-    time left. Measured (trained VGG16, draft): painting 2.0-2.3, detail 1.1-1.2, stretched
-    0.07-0.09."""
+    time left. Measured (trained VGG16, draft, bf16 and float32): painting 1.09-1.10, detail
+    1.03-1.04 (0.96 without the detail gain), stretched 0.095."""
     layer, style = photo("astronaut", 300), photo("coffee", 128)
     save_image(tmp_path / "layer.png", layer)
     save_image(tmp_path / "style.png", style)
@@ -68,9 +68,11 @@ def test_layer_size_result_keeps_the_layers_detail(trained_model_path, tmp_path)
     own = sharpness(painting, layer)  # against the layer at the painting's size
     figures = sharpness(detail, layer), sharpness(stretched, layer)
     print(f"sharpness: painting {own:.3f}, detail {figures[0]:.3f}, stretched {figures[1]:.3f}")
-    assert figures[0] >= 0.4 * own and figures[0] >= 5 * figures[1]
-    # The painting is kept: the detail result taken back to 96 px is the painting (8-bit files).
-    assert np.abs(resize_array(detail, *painting.shape[:2]) - painting).mean() < 0.02
+    assert figures[0] >= 0.8 * own and figures[0] >= 5 * figures[1]
+    # The painting is kept: taken back to 96 px, the detail result is as near the painting as the
+    # stretched one (measured: 0.0199 and 0.0225 mean difference, the round trip's resampling).
+    back = [np.abs(resize_array(r, *painting.shape[:2]) - painting).mean() for r in (detail, stretched)]
+    assert back[0] <= back[1] + 0.005, back
 
 
 def test_batch_items_keep_the_layers_size_and_detail(model_path, tmp_path):

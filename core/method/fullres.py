@@ -68,13 +68,30 @@ def layer_detail(layer: np.ndarray, working: tuple[int, int]) -> np.ndarray:
     return y - resize_array(resize_array(y, *working, clip=False), height, width, clip=False)
 
 
+# The detail gain's bounds: a painting that flattened or multiplied the photo's fine detail many
+# times over still gets some of the layer's detail, and never a harsh excess of it.
+DETAIL_GAIN_RANGE = (0.25, 2.0)
+
+
+def detail_gain(painting: np.ndarray, layer: np.ndarray) -> float:
+    """How strongly the painting holds fine detail against the photo, both at the working size
+    (amplitude: the square root of their fine-detail energies' ratio). The layer's finer detail is
+    added at that strength, so a textured painting stays as crisp at the layer's size and a smooth
+    one stays smooth; a painting equal to the content gets exactly 1."""
+    content = resize_array(layer, *painting.shape[:2])
+    ratio = detail_energy(painting) / max(detail_energy(content), 1e-12)
+    return float(np.clip(np.sqrt(ratio), *DETAIL_GAIN_RANGE))
+
+
 def to_layer_size(painting: np.ndarray, layer: np.ndarray, detail: bool = True) -> np.ndarray:
     """The working-size `painting` at the `layer`'s size: stretched, plus (if `detail`) the
-    layer's fine luminance detail added equally to R, G and B (the painting's colours kept)."""
+    layer's fine luminance detail, times `detail_gain`, added equally to R, G and B (the
+    painting's colours kept)."""
     height, width = layer.shape[:2]
     up = resize_array(painting, height, width, clip=False)
     if detail and painting.shape[:2] != (height, width):
-        up += layer_detail(layer, painting.shape[:2])[..., None]
+        gain = np.float32(detail_gain(painting, layer))
+        up += gain * layer_detail(layer, painting.shape[:2])[..., None]
     return np.clip(up, 0.0, 1.0)
 
 
