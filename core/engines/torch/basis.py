@@ -5,9 +5,8 @@ The image is the same linear function of either, and so is the loss, but L-BFGS 
 history is not invariant to a non-orthogonal change of variables: stepping in these coefficients
 is stepping in the pixels with the preconditioner S^2 (frequencies weighted by 1 / f^(2a)), a
 little more of each step to the broad forms, a little less to the finest detail. With trained
-features that reached `normal`'s loss in fewer full-size evaluations on both measured pairs;
-a = 0.5 and 1 were slower early and a colour-decorrelated basis slower throughout (docs/speed.md,
-issue 30).
+features it delivered a slightly lower loss for the same evaluations (docs/speed.md, issue 30);
+a = 0.5 and 1 were slower early and a colour-decorrelated basis slower throughout.
 """
 
 from __future__ import annotations
