@@ -460,6 +460,9 @@ def bench_size(case: str, size: int, args, model, reference: Reference) -> dict:
         "reference_loss_curve": [curve[i - 1][1] for i in (1, 50, 100, 200, 300, 500)
                                  if i <= len(curve)],
         "reference_trajectory": trajectory,
+        # Every evaluation's best loss so far (first run): another run's delivered loss can be
+        # placed on it later without running the reference again.
+        "reference_best_curve": best_so_far(curves[0]),
         "per_eval": paired, "bf16_vs_fp32": bf16_check,
         "presets": {p: {"seconds": r["total"], "evaluations": r["evals"], "sizes": r["sizes"],
                         "compiled": r["compiled"], "s_per_eval": per_eval(r["stamps"]),
