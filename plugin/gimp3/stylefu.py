@@ -303,7 +303,25 @@ def stylize_layout(dialog, config, host=None, settings=None):
     return preview
 
 
-class DialogPreview:
+class DialogJob:
+    """A dialog's background worker, followed from GLib timeouts: `timer` (a start pending after
+    the last change), `poller` (the running worker's), `worker`; `what` names it in the log."""
+
+    what = "job"
+
+    def stop(self):
+        """Cancel the pending or running job (the worker stops by itself, see bridge)."""
+        for source in (self.timer, self.poller):
+            if source is not None:
+                GLib.source_remove(source)
+        self.timer = self.poller = None
+        if self.worker is not None:
+            bridge.log(f"dialog {self.what} cancelled")
+            self.worker.stop()
+            self.worker = None
+
+
+class DialogPreview(DialogJob):
     """The filter dialog's preview: the layer (or the selection's box) painted with the dialog's
     current values at bridge.DIALOG_PREVIEW_SIDE px with the draft preset, by a worker in the
     background (bridge.BackgroundWorker) followed from GLib timeouts, so GIMP stays responsive.
@@ -311,6 +329,7 @@ class DialogPreview:
     and starts a new one; the dialog's "Draft preview" toggle (aux argument "preview") turns it
     off."""
 
+    what = "preview"
     DELAY_MS = 500  # after the last change: dragging a slider starts one preview, not dozens
     POLL_MS = 100
     COLUMN = 180  # the preview column's least width in pixels
@@ -464,25 +483,16 @@ class DialogPreview:
         if self.estimate is not None:
             self.estimate.close()
 
-    def stop(self):
-        """Cancel the pending or running preview (the worker stops by itself, see bridge)."""
-        for source in (self.timer, self.poller):
-            if source is not None:
-                GLib.source_remove(source)
-        self.timer = self.poller = None
-        if self.worker is not None:
-            bridge.log("dialog preview cancelled")
-            self.worker.stop()
-            self.worker = None
 
 
-class DialogEstimate:
+class DialogEstimate(DialogJob):
     """The dialog's line under its entries: what the filter would take on this layer with the
     current entries on this machine (`stylefu estimate`, bridge.start_estimate), worked out in the
     background and followed from GLib timeouts like the preview, so GIMP never waits for it (the
     first estimate on a machine calibrates, a few seconds). Refreshed when an entry it depends on
     changes (bridge.DIALOG_ESTIMATE_FOLLOWS), cancelling the one under way."""
 
+    what = "estimate"
     DELAY_MS = 500
     POLL_MS = 200
     TEXT_CHARS = 44
@@ -552,16 +562,6 @@ class DialogEstimate:
     def close(self):
         self.config.disconnect(self.handler)
         self.stop()
-
-    def stop(self):
-        for source in (self.timer, self.poller):
-            if source is not None:
-                GLib.source_remove(source)
-        self.timer = self.poller = None
-        if self.worker is not None:
-            bridge.log("dialog estimate cancelled")
-            self.worker.stop()
-            self.worker = None
 
 
 def dialog_values(config):
