@@ -230,6 +230,8 @@ def test_cache_over_quota_costs_only_speed(world, tmp_path, monkeypatch, capsys)
     plug-in's run logs), both engines: exit 0, the same bytes as with a working cache, no file
     left in the cache; `-o` over quota: one sentence naming it and the quota, exit 2, nothing
     left behind."""
+    from stylefu.core.engines.onnx import engine as onnx_engine
+    from stylefu.core.engines.torch import model as torch_model
     from stylefu.plugin.common import stylefu_bridge as bridge
 
     quota = tmp_path / "quota"
@@ -238,6 +240,9 @@ def test_cache_over_quota_costs_only_speed(world, tmp_path, monkeypatch, capsys)
         for name in ("working", "quota"):
             monkeypatch.setenv("STYLEFU_CACHE", str(tmp_path / "cache" if name == "working"
                                                     else quota / "cache"))
+            # Each run loads its model into its own cache (not one an earlier test loaded).
+            torch_model._load.cache_clear()
+            onnx_engine._load.cache_clear()
             out = world.root / f"{engine}-{name}.png"
             with over_quota(quota, monkeypatch):
                 done = cli(capsys, *run_args(world, out, ["--engine", engine]))

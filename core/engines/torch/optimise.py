@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     import torch
 
     from ...method.targets import Targets
-    from .basis import FourierBasis
     from .model import StyleModel
 
 
@@ -81,11 +80,10 @@ def make_step(x: torch.Tensor, config: Config, history: int, steps: int):
 
 def minimise(loss: LossFunction, image: torch.Tensor, evaluations: int, config: Config,
              report: Report, cancel: CancelToken, tolerance: float = 0.0,
-             history: int = tiling.LBFGS_HISTORY, basis: FourierBasis | None = None) -> Optimised:
-    """Up to `evaluations` steps of the configured optimiser on a copy of `image`'s pixels (or on
-    its coefficients in `basis`, basis.py: the same loss, other variables), each one evaluation,
-    with progress and cancel checked at every one. Stops early when the loss stops falling
-    (`should_stop` with `tolerance`).
+             history: int = tiling.LBFGS_HISTORY) -> Optimised:
+    """Up to `evaluations` steps of the configured optimiser on a copy of `image`'s pixels, each
+    one evaluation, with progress and cancel checked at every one. Stops early when the loss
+    stops falling (`should_stop` with `tolerance`).
 
     The loss, the range factor and the parts cross to the host together, once per evaluation
     (one sync, plus L-BFGS's own): on a GPU each sync stalls the queue of kernels.
@@ -93,8 +91,7 @@ def minimise(loss: LossFunction, image: torch.Tensor, evaluations: int, config: 
     import torch
 
     x = image.detach().clone()
-    variables = basis.encode(x) if basis else x
-    step = make_step(variables, config, history, evaluations)
+    step = make_step(x, config, history, evaluations)
     best, factor, seen = BestIterate(), loss_factor(config), []
     done = 0
     for done in range(1, evaluations + 1):
@@ -112,11 +109,7 @@ def minimise(loss: LossFunction, image: torch.Tensor, evaluations: int, config: 
         loss_value, outside_value = values[0], values[1]
         check_finite(loss_value)
         best.update(loss_value * outside_value, x)
-        if basis:
-            step(variables, basis.gradient(grad))
-            x = basis.decode(variables).contiguous(memory_format=basis.memory_format(image))
-        else:
-            step(x, grad)
+        step(x, grad)
         seen.append(loss_value)  # the delivered loss, as reported: what stopping judges
         report(done, loss_value, {**parts, **dict(zip(names, values[2:]))}, x)
         if should_stop(seen, tolerance):
@@ -126,16 +119,13 @@ def minimise(loss: LossFunction, image: torch.Tensor, evaluations: int, config: 
 
 def optimise(objective: Objective, image: torch.Tensor, evaluations: int, config: Config,
              report: Report, cancel: CancelToken, tolerance: float = 0.0, compiled: bool = False,
-             log: Callable[[str], None] | None = None, full_size: bool = False) -> Optimised:
+             log: Callable[[str], None] | None = None) -> Optimised:
     """Optimise a whole image held in memory against `objective`; `compiled`: through
-    torch.compile (core/engines/torch/compiled.py: eager after one line if compiling fails).
-    `full_size`: the run's last level, whose L-BFGS steps in the Fourier basis (basis.py)."""
-    from .basis import FourierBasis
+    torch.compile (core/engines/torch/compiled.py: eager after one line if compiling fails)."""
     from .compiled import Evaluation
 
-    basis = FourierBasis(*image.shape[-2:]) if full_size and config.optimizer == "lbfgs" else None
     return minimise(Evaluation(objective, compiled, log), image, evaluations, config, report,
-                    cancel, tolerance, basis=basis)
+                    cancel, tolerance)
 
 
 class TiledObjective:

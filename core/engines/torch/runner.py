@@ -54,7 +54,6 @@ class TorchRunner:
                                        [(lv.size, lv.evaluations) for lv in plan if not lv.crop_side],
                                        self.log)
         self.compile_started = compile_seconds()
-        self.final_size = plan[-1].size
         return self.model
 
     def noise(self, height: int, width: int) -> torch.Tensor:
@@ -105,7 +104,7 @@ class TorchRunner:
             run = optimise(Objective(self.model, targets, config, self.dtype), x,
                            level.evaluations, config, report, cancel, tolerance,
                            compiled=self.compiled and level_compiled(config.compile, size),
-                           log=self.log, full_size=size == self.final_size)
+                           log=self.log)
         self.last = (run, targets)
         return run.image, run.evaluations
 
