@@ -47,10 +47,14 @@ def _blur(y: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
-def detail_energy(rgb: np.ndarray) -> float:
-    """Mean squared fine detail of an [H,W,3] image: luminance minus its blur (DETAIL_SIGMA)."""
-    y = luminance(np.asarray(rgb, np.float32))
+def _fine_energy(y: np.ndarray) -> float:
+    """Mean squared fine detail of an [H,W] luminance: it minus its blur (DETAIL_SIGMA)."""
     return float(np.mean((y - _blur(y, DETAIL_SIGMA)) ** 2))
+
+
+def detail_energy(rgb: np.ndarray) -> float:
+    """Mean squared fine detail of an [H,W,3] image's luminance."""
+    return _fine_energy(luminance(np.asarray(rgb, np.float32)))
 
 
 def sharpness(image: np.ndarray, layer: np.ndarray) -> float:
@@ -61,11 +65,19 @@ def sharpness(image: np.ndarray, layer: np.ndarray) -> float:
     return detail_energy(image) / max(detail_energy(reference), 1e-12)
 
 
+def _luminance_down(layer: np.ndarray, working: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The `layer`'s luminance, and that luminance taken down to the `working` (h, w) size."""
+    y = luminance(np.asarray(layer, np.float32))
+    return y, resize_array(y, *working, clip=False)
+
+
 def layer_detail(layer: np.ndarray, working: tuple[int, int]) -> np.ndarray:
     """[H,W] luminance detail of `layer` that a `working` (h, w) image cannot hold."""
-    height, width = layer.shape[:2]
-    y = luminance(np.asarray(layer, np.float32))
-    return y - resize_array(resize_array(y, *working, clip=False), height, width, clip=False)
+    return _detail(*_luminance_down(layer, working))
+
+
+def _detail(y: np.ndarray, small: np.ndarray) -> np.ndarray:
+    return y - resize_array(small, *y.shape, clip=False)
 
 
 # The detail gain's bounds: a painting that flattened or multiplied the photo's fine detail many
@@ -78,20 +90,23 @@ def detail_gain(painting: np.ndarray, layer: np.ndarray) -> float:
     (amplitude: the square root of their fine-detail energies' ratio). The layer's finer detail is
     added at that strength, so a textured painting stays as crisp at the layer's size and a smooth
     one stays smooth; a painting equal to the content gets exactly 1."""
-    content = resize_array(layer, *painting.shape[:2])
-    ratio = detail_energy(painting) / max(detail_energy(content), 1e-12)
+    return _gain(painting, _luminance_down(layer, painting.shape[:2])[1])
+
+
+def _gain(painting: np.ndarray, small: np.ndarray) -> float:
+    ratio = detail_energy(painting) / max(_fine_energy(small), 1e-12)
     return float(np.clip(np.sqrt(ratio), *DETAIL_GAIN_RANGE))
 
 
 def to_layer_size(painting: np.ndarray, layer: np.ndarray, detail: bool = True) -> np.ndarray:
     """The working-size `painting` at the `layer`'s size: stretched, plus (if `detail`) the
     layer's fine luminance detail, times `detail_gain`, added equally to R, G and B (the
-    painting's colours kept)."""
+    painting's colours kept). The layer is taken down to the working size once, as luminance."""
     height, width = layer.shape[:2]
     up = resize_array(painting, height, width, clip=False)
     if detail and painting.shape[:2] != (height, width):
-        gain = np.float32(detail_gain(painting, layer))
-        up += gain * layer_detail(layer, painting.shape[:2])[..., None]
+        y, small = _luminance_down(layer, painting.shape[:2])
+        up += np.float32(_gain(painting, small)) * _detail(y, small)[..., None]
     return np.clip(up, 0.0, 1.0)
 
 
