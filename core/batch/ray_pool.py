@@ -181,8 +181,9 @@ def run_ray(work, config: Config, loaded, options: RunOptions, workers: int | No
 
     def relay() -> None:
         """Hand the tasks' progress records to `progress` (called while waiting)."""
-        if queue is not None:
-            for index, record in queue.get_nowait_batch(queue.qsize()):
+        waiting = 0 if queue is None else queue.qsize()
+        if waiting:  # each look is a call to the queue's actor: none for an empty one
+            for index, record in queue.get_nowait_batch(waiting):
                 progress(index, record)
 
     pending: dict = {}

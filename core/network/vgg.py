@@ -124,11 +124,14 @@ def _read_onnx(path: Path):
                         "re-create it with `stylefu export`.") from None
 
 
-def read_artifact_info(path: str | Path) -> ArtifactInfo:
-    """An artifact's metadata alone (e.g. its architecture, without loading a model)."""
-    path = Path(path)
-    model = _read_onnx(path)
+def _info(model, path: Path) -> ArtifactInfo:
     return artifact_meta.decode({p.key: p.value for p in model.metadata_props}, path)
+
+
+def read_artifact_info(path: str | Path) -> ArtifactInfo:
+    """An artifact's metadata alone (e.g. its architecture, without building a model)."""
+    path = Path(path)
+    return _info(_read_onnx(path), path)
 
 
 def read_artifact(path: str | Path) -> tuple[ArtifactInfo, dict[str, np.ndarray]]:
@@ -137,6 +140,5 @@ def read_artifact(path: str | Path) -> tuple[ArtifactInfo, dict[str, np.ndarray]
 
     path = Path(path)
     model = _read_onnx(path)
-    info = artifact_meta.decode({p.key: p.value for p in model.metadata_props}, path)
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    return info, weights
+    return _info(model, path), weights
