@@ -20,8 +20,6 @@ from .vggnet import VGGFeatures
 class TorchFeatures:
     """`features(batch)` -> {layer: float32 array}, by `net` (float32) on `device`."""
 
-    threads = 1  # no CPU threads of its own
-
     def __init__(self, path: Path, net: VGGFeatures, device: torch.device):
         self.path, self.net, self.device = Path(path), net, device
         self.info = net.info
