@@ -223,6 +223,18 @@ def test_frames_start_from_the_previous_result(tmp_path, photos, images, model_p
     assert abs(float(np.median(flow[0])) + 3) < 0.75 and abs(float(np.median(flow[1]))) < 0.75
 
 
+def test_ray_batch_command_prints_only_ours(tmp_path, photos, model_path):
+    """`stylefu batch --ray` starting its own local cluster: the outputs, and no Ray notice (its
+    token-authentication line) on stderr in front of our own lines."""
+    paths, styles = photos  # before the module's own cluster starts: this command starts one
+    out = tmp_path / "out"
+    done = _batch([paths[0], "--style", styles[0], "-o", out, "--ray"], model_path)
+    assert done.returncode == 0, done.stderr
+    assert _outputs(out) == {"frame0.png"}
+    lines = done.stderr.splitlines()
+    assert lines and all(line.startswith("stylefu batch: ") for line in lines), done.stderr
+
+
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'stylefu[ray]')")
 
 
@@ -281,3 +293,4 @@ def test_ray_tasks_stream_their_progress(tmp_path, photos, model_path, ray_clust
         assert mine[-1][0] == "result" and len(mine) >= 2
         last = mine[-2][2]
         assert last["level"] == last["levels"] and last["evaluation"] == last["evaluations"]
+

@@ -18,6 +18,7 @@ failed result at once. Stylefu must be installed on every node (`pip install sty
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -46,6 +47,24 @@ def _import_ray():
         raise UserError("--ray needs Ray, which is not installed; run "
                         "`pip install 'stylefu[ray]'` or leave out --ray.") from None
     return ray
+
+
+class _QuietTokenNotice(logging.Filter):
+    """Drops Ray's notice that a local cluster it starts uses token authentication: its safe
+    default, with nothing for our user to do, printed in front of our own lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this")
+
+
+def _start_ray(ray, **options) -> None:
+    notices = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    quiet = _QuietTokenNotice()
+    notices.addFilter(quiet)
+    try:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **options)
+    finally:
+        notices.removeFilter(quiet)
 
 
 def _read(path: str) -> bytes | None:
@@ -153,8 +172,7 @@ def run_ray(work, config: Config, loaded, options: RunOptions, workers: int | No
     if started_here:
         local = address in (True, "local", "")
         try:
-            ray.init(**({"num_cpus": usable_cores()} if local else {"address": address}),
-                     include_dashboard=False, log_to_driver=False, configure_logging=False)
+            _start_ray(ray, **({"num_cpus": usable_cores()} if local else {"address": address}))
         except ConnectionError as exc:
             raise UserError(f"Cannot reach the Ray cluster at {address} ({exc}); start it with "
                             "`ray start --head` or give --ray without an address.") from None

@@ -35,9 +35,12 @@ MIN_TORCH = (2, 4)  # dynamic shapes through custom autograd Functions (our Gram
 # compiled evaluations pay back from about `normal` at 512 px (31 M); `draft` at 256 px (2 M)
 # does not (figures: docs/speed.md, "Compiling").
 COMPILE_MIN_WORK = 16e6
-# Without AMX a compiled evaluation saves little and the warm load is long: only runs like `best`
-# at 512 px (144 M) compile. Re-tune from bench_speed's normal_512 against its eager run.
+# Without AMX a compiled bf16 evaluation saves little and the warm load is long: only runs like
+# `best` at 512 px (144 M) compile. Re-tune from bench_speed's normal_512 against its eager run.
 COMPILE_MIN_WORK_NO_AMX = 100e6
+# A float32 evaluation (an AVX2-only laptop's path) compiled takes about a quarter less time, so
+# there `normal` at 512 px pays back as with AMX; `draft` and `normal` at 256 px do not.
+COMPILE_MIN_WORK_FLOAT32 = COMPILE_MIN_WORK
 # `auto` leaves levels below this many pixels eager: there the compiled code won nothing; the
 # one compiled graph serves the others.
 COMPILE_MIN_PIXELS = 192 * 192
@@ -121,9 +124,11 @@ def cpu_has_amx() -> bool:
         return False
 
 
-def min_work(device: torch.device) -> float:
-    """The planned work from which `auto` compiles on `device` (a CPU)."""
-    return COMPILE_MIN_WORK if cpu_has_amx() else COMPILE_MIN_WORK_NO_AMX
+def min_work(dtype: torch.dtype) -> float:
+    """The planned work from which `auto` compiles a CPU run evaluating in `dtype`."""
+    if cpu_has_amx():
+        return COMPILE_MIN_WORK
+    return COMPILE_MIN_WORK_FLOAT32 if dtype == torch.float32 else COMPILE_MIN_WORK_NO_AMX
 
 
 def level_compiled(mode: str, size: tuple[int, int]) -> bool:
@@ -132,17 +137,18 @@ def level_compiled(mode: str, size: tuple[int, int]) -> bool:
     return mode == "on" or size[0] * size[1] >= COMPILE_MIN_PIXELS
 
 
-def should_compile(mode: str, device: torch.device, levels: Sequence[tuple[tuple[int, int], int]],
+def should_compile(mode: str, device: torch.device, dtype: torch.dtype,
+                   levels: Sequence[tuple[tuple[int, int], int]],
                    log: Callable[[str], None] | None = None) -> bool:
     """Whether a run compiles its evaluations: `on` always (where it can), `off` never, `auto`
-    when the planned work pays for the compiled code (`min_work`: more without AMX).
+    when the planned work pays for the compiled code (`min_work`: more for bf16 without AMX).
 
     Decided from the configuration only, never from timings or the cache's state, so the same
     inputs give the same bytes on a machine. Where compiling cannot work, `log` gets one line.
     """
     if mode == "off" or not levels:
         return False
-    if mode == "auto" and (planned_work(levels) < min_work(device) or
+    if mode == "auto" and (planned_work(levels) < min_work(dtype) or
                            (device.type == "cuda" and not AUTO_COMPILES_ON_CUDA)):
         return False
     problem = compile_problem(device)

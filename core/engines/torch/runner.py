@@ -50,7 +50,7 @@ class TorchRunner:
         torch.manual_seed(self.config.seed)
         self.generator = torch.Generator().manual_seed(self.config.seed)
         # Whole-image levels may run compiled (tiled ones stay eager).
-        self.compiled = should_compile(self.config.compile, self.device,
+        self.compiled = should_compile(self.config.compile, self.device, self.dtype,
                                        [(lv.size, lv.evaluations) for lv in plan if not lv.crop_side],
                                        self.log)
         self.compile_started = compile_seconds()
