@@ -293,4 +293,3 @@ def test_ray_tasks_stream_their_progress(tmp_path, photos, model_path, ray_clust
         assert mine[-1][0] == "result" and len(mine) >= 2
         last = mine[-2][2]
         assert last["level"] == last["levels"] and last["evaluation"] == last["evaluations"]
-

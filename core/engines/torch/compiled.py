@@ -38,9 +38,6 @@ COMPILE_MIN_WORK = 16e6
 # Without AMX a compiled bf16 evaluation saves little and the warm load is long: only runs like
 # `best` at 512 px (144 M) compile. Re-tune from bench_speed's normal_512 against its eager run.
 COMPILE_MIN_WORK_NO_AMX = 100e6
-# A float32 evaluation (an AVX2-only laptop's path) compiled takes about a quarter less time, so
-# there `normal` at 512 px pays back as with AMX; `draft` and `normal` at 256 px do not.
-COMPILE_MIN_WORK_FLOAT32 = COMPILE_MIN_WORK
 # `auto` leaves levels below this many pixels eager: there the compiled code won nothing; the
 # one compiled graph serves the others.
 COMPILE_MIN_PIXELS = 192 * 192
@@ -125,10 +122,11 @@ def cpu_has_amx() -> bool:
 
 
 def min_work(dtype: torch.dtype) -> float:
-    """The planned work from which `auto` compiles a CPU run evaluating in `dtype`."""
-    if cpu_has_amx():
-        return COMPILE_MIN_WORK
-    return COMPILE_MIN_WORK_FLOAT32 if dtype == torch.float32 else COMPILE_MIN_WORK_NO_AMX
+    """The planned work from which `auto` compiles a CPU run evaluating in `dtype`. A float32
+    evaluation (an AVX2-only laptop's path) compiled takes about a quarter less time, so there
+    `normal` at 512 px pays back as with AMX; `draft` and `normal` at 256 px do not."""
+    fast = cpu_has_amx() or dtype == torch.float32
+    return COMPILE_MIN_WORK if fast else COMPILE_MIN_WORK_NO_AMX
 
 
 def level_compiled(mode: str, size: tuple[int, int]) -> bool:
