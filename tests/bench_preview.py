@@ -2,6 +2,7 @@
 
     .venv/bin/python tests/bench_preview.py            # preview + forward passes
     .venv/bin/python tests/bench_preview.py --int8     # also measure an int8 (QDQ) artifact
+    .venv/bin/python tests/bench_preview.py --dialog --model M   # GIMP 3 dialog: new vs kept worker
 
 Targets on a 2-core machine: the preview command, run as a fresh process with a cold target
 cache, finishes in under 20 s; ONNX Runtime's float32 forward pass at 512 px is at least as fast
@@ -188,6 +189,87 @@ def preview_figures(args, model: Path, folder: Path, figures: dict) -> None:
     print(f"the same again, warm target cache: {warm:.1f} s, CPU {warm_cpu:.1f} s", flush=True)
 
 
+def dialog_figures(args, model: Path, folder: Path, figures: dict) -> None:
+    """The GIMP 3 dialog's refreshed preview (its own arguments, bridge.dialog_preview_args, on a
+    320 x 240 picture): a new `stylefu run` process each time, against one `stylefu serve` worker
+    kept for the dialog, taken in turn, `args.rounds` each; the kept worker's first run (its
+    start) is counted apart."""
+    from stylefu.core import save_image
+    from stylefu.core.io.demo import demo_photo, demo_style
+    from stylefu.core.io.images import resize_array
+    from stylefu.plugin import installer
+
+    bridge = installer.load_bridge()
+    settings = installer.plugin_settings("3", sys.executable, model)
+    content = save_image(folder / "layer.png", resize_array(demo_photo(), 240, 320))
+    style = save_image(folder / "style.png", demo_style(256))
+
+    def run_args(name: str) -> list[str]:
+        return bridge.dialog_preview_args(settings, str(content), [(str(style), "style")],
+                                          str(folder / name), dict(settings["defaults"],
+                                                                   device="cpu"))
+
+    def fresh() -> float:
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "stylefu.core", "run", *run_args("fresh.png")],
+                       check=True, capture_output=True)
+        return time.perf_counter() - started
+
+    kept = subprocess.Popen([sys.executable, "-m", "stylefu.core", "serve"], text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+
+    def served(number: int) -> float:
+        started = time.perf_counter()
+        kept.stdin.write(json.dumps({"id": number, "run": run_args("kept.png")}) + "\n")
+        kept.stdin.flush()
+        while (record := json.loads(kept.stdout.readline()))["event"] not in ("result", "error"):
+            pass
+        if record["event"] == "error":
+            sys.exit(f"the kept worker failed: {record['message']}")
+        return time.perf_counter() - started
+
+    first = served(0)
+    times = {"fresh": [], "kept": []}
+    for number in range(1, args.rounds + 1):
+        times["fresh"].append(fresh())
+        times["kept"].append(served(number))
+    kept.stdin.close()
+    kept.wait()
+    fresh_s, kept_s = statistics.median(times["fresh"]), statistics.median(times["kept"])
+    figures["dialog_preview"] = {"fresh_s": times["fresh"], "kept_s": times["kept"],
+                                 "kept_first_s": first, "saved_fraction": 1 - kept_s / fresh_s}
+    print(f"dialog preview refreshed ({bridge.preview_side(settings)} px, "
+          f"{bridge.DIALOG_PREVIEW_PRESET}), median of {args.rounds}: new worker {fresh_s:.2f} s, "
+          f"kept worker {kept_s:.2f} s ({100 * (1 - kept_s / fresh_s):.0f} % less; its first "
+          f"run, with its start, {first:.2f} s)", flush=True)
+
+
+def forward_figures(args, model: Path, folder: Path, figures: dict) -> None:
+    """ORT vs torch forward passes (and int8 with --int8), printed and kept in `figures`."""
+    fwd = forward_passes(model, args.forward_size, args.repeats)
+    figures["forward"] = fwd
+    print(f"forward {fwd['size']} px, median of {args.repeats}: ONNX Runtime {fwd['ort_s']:.3f} s "
+          f"({fwd['ort_threads']} threads), torch float32 NCHW {fwd['torch_nchw_s']:.3f} s, "
+          f"channels_last {fwd['torch_channels_last_s']:.3f} s ({fwd['torch_threads']} threads); "
+          f"ratio torch/ORT {fwd['ratio_torch_over_ort']:.2f} (target >= 1: "
+          f"{'met' if fwd['ratio_torch_over_ort'] >= 1 else 'NOT met'})")
+    if args.int8:
+        q = int8_figures(model, folder, args.repeats)
+        figures["int8"] = q
+        for size in (256, 512):
+            s = q[f"{size}px"]
+            print(f"int8 QDQ {size} px: fp32 {s['fp32_s']:.3f} s, int8 {s['int8_s']:.3f} s, "
+                  f"speed-up {s['speedup']:.2f}x")
+        for name in ("content", "style"):
+            errors = q[f"gram_relative_error_{name}"]
+            print(f"int8 Gram relative error ({name}): " +
+                  ", ".join(f"{n} {v:.3f}" for n, v in errors.items()))
+        print(f"int8 style distance {q['style_distance_int8']:.4g} vs fp32 "
+              f"{q['style_distance_fp32']:.4g}; int8 target error = "
+              f"{100 * q['target_error_as_fraction_of_distance']:.2f} % of the distance")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=192, help="preview long side")
@@ -199,6 +281,9 @@ def main() -> None:
     parser.add_argument("--no-warm", action="store_true", help="skip the warm-cache preview run")
     parser.add_argument("--keep", help="copy the contact sheet here")
     parser.add_argument("--json", help="write all figures to this file")
+    parser.add_argument("--dialog", action="store_true",
+                        help="only the GIMP 3 dialog's refreshed preview: new vs kept worker")
+    parser.add_argument("--rounds", type=int, default=5, help="--dialog: previews of each kind")
     args = parser.parse_args()
 
     figures = {"load_average_before": os.getloadavg(), "cores": len(os.sched_getaffinity(0))}
@@ -208,29 +293,12 @@ def main() -> None:
         if model is None:
             from stylefu.export import export
             model, _ = export("random", folder / "random.onnx", seed=0, progress=False)
-        if not args.no_preview:
+        if args.dialog:
+            dialog_figures(args, model, folder, figures)
+        elif not args.no_preview:
             preview_figures(args, model, folder, figures)
-        fwd = forward_passes(model, args.forward_size, args.repeats)
-        figures["forward"] = fwd
-        print(f"forward {fwd['size']} px, median of {args.repeats}: ONNX Runtime {fwd['ort_s']:.3f} s "
-              f"({fwd['ort_threads']} threads), torch float32 NCHW {fwd['torch_nchw_s']:.3f} s, "
-              f"channels_last {fwd['torch_channels_last_s']:.3f} s ({fwd['torch_threads']} threads); "
-              f"ratio torch/ORT {fwd['ratio_torch_over_ort']:.2f} (target >= 1: "
-              f"{'met' if fwd['ratio_torch_over_ort'] >= 1 else 'NOT met'})")
-        if args.int8:
-            q = int8_figures(model, folder, args.repeats)
-            figures["int8"] = q
-            for size in (256, 512):
-                s = q[f"{size}px"]
-                print(f"int8 QDQ {size} px: fp32 {s['fp32_s']:.3f} s, int8 {s['int8_s']:.3f} s, "
-                      f"speed-up {s['speedup']:.2f}x")
-            for name in ("content", "style"):
-                errors = q[f"gram_relative_error_{name}"]
-                print(f"int8 Gram relative error ({name}): " +
-                      ", ".join(f"{n} {v:.3f}" for n, v in errors.items()))
-            print(f"int8 style distance {q['style_distance_int8']:.4g} vs fp32 "
-                  f"{q['style_distance_fp32']:.4g}; int8 target error = "
-                  f"{100 * q['target_error_as_fraction_of_distance']:.2f} % of the distance")
+        if not args.dialog:
+            forward_figures(args, model, folder, figures)
     figures["load_average_after"] = os.getloadavg()
     print(f"load average before {figures['load_average_before'][0]:.2f}, after "
           f"{figures['load_average_after'][0]:.2f} on {figures['cores']} cores "

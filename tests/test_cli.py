@@ -103,3 +103,37 @@ def test_entry_points_and_help():
                    "--metrics", "--save-every", "--preset"):
         assert option in help_text
     assert "--strength" in help_text and "default: 1e+06 in the plain loss" in help_text  # from Config
+
+
+def test_serve_answers_runs_in_order_with_the_bytes_of_run(files, model_path, tmp_path):
+    """`stylefu serve` (the GIMP dialog's kept worker): runs asked on stdin are answered in order
+    with `run`'s records, the same bytes as `stylefu run` makes; a run cancelled before it starts
+    is answered as cancelled; a bad line or option is one error record and the worker goes on;
+    stdin closed, it exits 0 at once."""
+    content, style = files
+    common = [str(content), str(style), "--model", str(model_path), "--seed", "5", *FAST]
+    assert main(["run", *common[:2], "-o", str(tmp_path / "alone.png"), *common[2:],
+                 "--progress", "none"]) == 0
+    requests = [{"id": 1, "run": [*common[:2], "-o", str(tmp_path / "one.png"), *common[2:]]},
+                {"cancel": 2}, {"id": 2, "run": [*common[:2], "-o", str(tmp_path / "two.png"),
+                                                 *common[2:]]},
+                "not json", {"id": 3, "run": [*common, "-o", "x.png", "--no-such-option"]},
+                {"id": 4, "run": [*common[:2], "-o", str(tmp_path / "four.png"), *common[2:]]}]
+    lines = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in requests)
+    proc = subprocess.Popen([sys.executable, "-m", "stylefu.core", "serve"], text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc.stdin.write(lines)
+    proc.stdin.flush()
+    records = []
+    while sum(r["event"] in ("result", "error", "cancelled") for r in records) < 5:
+        records.append(json.loads(proc.stdout.readline()))
+    proc.stdin.close()  # stdin's end: the worker exits
+    assert proc.wait(timeout=30) == 0 and proc.stdout.read() == ""
+    answers = [(r.get("id"), r["event"]) for r in records if r["event"] != "progress"]
+    assert answers == [(1, "started"), (None, "result"), (2, "started"), (None, "cancelled"),
+                       (None, "started"), (None, "error"), (3, "started"), (None, "error"),
+                       (4, "started"), (None, "result")]
+    assert "--no-such-option" in [r for r in records if r["event"] == "error"][1]["message"]
+    alone = (tmp_path / "alone.png").read_bytes()
+    assert (tmp_path / "one.png").read_bytes() == alone == (tmp_path / "four.png").read_bytes()
+    assert not (tmp_path / "two.png").exists()

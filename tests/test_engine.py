@@ -129,3 +129,22 @@ def test_the_torch_networks_forward_passes_match_onnx_runtimes(engines, model_pa
         assert torch.allclose(a.grams[name], b.grams[name], rtol=1e-3, atol=1e-8), name
     # Each computed its own (content features, style Grams).
     assert (mine.calls, engine.calls) == (before[0] + 2, before[1] + 2)
+
+
+def test_models_are_kept_per_process_until_their_file_is_replaced(model_path, tmp_path):
+    """Both engines load a model once per process (the kept preview worker's runs share it),
+    and load it anew once an export has replaced the file."""
+    import os
+    import shutil
+
+    from stylefu.core.engines.onnx.engine import load_onnx_model
+    from stylefu.core.engines.torch.model import load_model
+
+    path = tmp_path / "model.onnx"
+    shutil.copy(model_path, path)
+    for load in (load_model, load_onnx_model):
+        first = load(path, "cpu")
+        assert load(path, "cpu") is first, load.__name__
+        shutil.copy(model_path, tmp_path / "new.onnx")
+        os.replace(tmp_path / "new.onnx", path)  # as an export writes its file
+        assert load(path, "cpu") is not first, load.__name__

@@ -235,6 +235,11 @@ def test_worker_and_preview_commands_are_ones_stylefu_accepts(model_path, tmp_pa
     stretch = bridge.stylize_command(dict(settings, upscale="stretch"), "/x/c.npy", styles,
                                      "/x/r.npy", settings["defaults"])
     assert build_parser().parse_args(stretch[3:]).upscale == "stretch"
+    # The dialog's preview: `run` arguments for its kept worker, at the preview's size.
+    preview_run = build_parser().parse_args(["run"] + bridge.dialog_preview_args(
+        settings, "/x/c.npy", styles, "/x/p.png", settings["defaults"]))
+    assert preview_run.size == bridge.DIALOG_PREVIEW_SIDE and preview_run.progress == "json"
+    assert not preview_run.watch_stdin and not preview_run.keep_size
     # What the dialog's choices cost on a layer: `stylefu estimate` with the same options.
     estimate = bridge.estimate_command(settings, 3000, 2000, dict(settings["defaults"],
                                                                   preset="draft"), styles=2)
@@ -537,11 +542,12 @@ def _poll_until_done(worker, timeout=300):
     return records
 
 
-def test_dialog_preview_paints_the_selections_box_in_the_background(tmp_path, images, model_path,
+def test_dialog_previews_paint_the_selections_box_in_one_kept_worker(tmp_path, images, model_path,
                                                                       monkeypatch):
-    """The GIMP 3 dialog's preview: the selection's box with its mask, the draft preset at the
-    preview's size (not the dialog's working size or quality), shown as it forms; its worker
-    never blocks the caller, and its folder goes once it is stopped."""
+    """The GIMP 3 dialog's previews: the selection's box with its mask, the draft preset at the
+    preview's size (not the dialog's working size or quality), shown as it forms, by one worker
+    kept for the dialog (`stylefu serve`) that never blocks the caller; each run's folder goes
+    once it is stopped, the worker's with close()."""
     content, style = images
     np.save(tmp_path / "style.npy", style)
     mask = np.zeros(content.shape[:2] + (1,), np.float32)
@@ -554,36 +560,56 @@ def test_dialog_preview_paints_the_selections_box_in_the_background(tmp_path, im
                   strength=100.0, device="cpu")
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    worker, output = bridge.start_dialog_preview(host, settings, values)
+    kept = bridge.KeptWorker(settings)
     try:
-        records = _poll_until_done(worker)
-        final = worker.result()
+        finals = []
+        for strength in (100.0, 0.0):
+            run, output = bridge.start_dialog_preview(host, kept, settings,
+                                                      dict(values, strength=strength))
+            try:
+                records = _poll_until_done(run)
+                finals.append(run.result())
+            finally:
+                run.stop()
+            assert not os.path.exists(output), "the run's folder outlived stop()"
+            shown = [r["image"] for r in records if r.get("image")]
+            assert len(shown) >= 2 and all(r["fraction"] <= 1 for r in records)
+        assert kept.alive, "the worker ended between previews"
     finally:
-        worker.stop()
-    assert host.calls == ["styles", "preview_area"]
-    command = worker.proc.args
-    options = command[command.index("-o") + 2:]
+        kept.close()
+    assert host.calls == ["styles", "preview_area"] * 2
+    options = run.args[run.args.index("-o") + 2:]
     assert "--keep-size" not in options and "--evaluations" not in options
+    assert "--watch-stdin" not in options  # the kept worker's stdin carries its requests
     assert options[options.index("--preset") + 1] == bridge.DIALOG_PREVIEW_PRESET
     assert options[options.index("--size") + 1] == str(PREVIEW_SIDE)
     assert options[options.index("--mask") + 1].endswith("selection.npy")
-    assert final["event"] == "result"
-    assert final["metrics"]["sizes"][-1] == [PREVIEW_SIDE] * 2  # the 30x30 box
-    shown = [r["image"] for r in records if r.get("image")]
-    assert len(shown) >= 2 and all(r["fraction"] <= 1 for r in records)
-    assert not os.path.exists(output), "the folder outlived stop()"
+    assert [f["event"] for f in finals] == ["result"] * 2
+    assert finals[0]["metrics"]["sizes"][-1] == [PREVIEW_SIDE] * 2  # the 30x30 box
+    # Each run had its own entries.
+    assert finals[0]["metrics"]["loss_weights"] != finals[1]["metrics"]["loss_weights"]
+    assert kept.worker.proc.wait(timeout=30) == 0  # ended by itself once its stdin closed
+    deadline = time.monotonic() + 10
+    while os.listdir(tmp_path / "tmp") and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert os.listdir(tmp_path / "tmp") == []
     # Wrong input is the same sentence as for the filter, and leaves no folder either.
     host = ArrayHost(content, [str(tmp_path / "style.npy")])
-    with pytest.raises(bridge.InputError, match="needs a second style"):
-        bridge.start_dialog_preview(host, settings, dict(values, second_style_goes="outside"))
-    assert os.listdir(tmp_path / "tmp") == []
+    kept = bridge.KeptWorker(settings)
+    try:
+        with pytest.raises(bridge.InputError, match="needs a second style"):
+            bridge.start_dialog_preview(host, kept, settings,
+                                        dict(values, second_style_goes="outside"))
+        assert os.listdir(kept.worker.folder) == ["worker-stderr.txt"]
+    finally:
+        kept.close()
 
 
-def test_dialog_preview_cancel_stops_the_worker_through_its_stdin(tmp_path, images, model_path,
-                                                                   monkeypatch):
-    """A changed entry cancels the running preview: stop() returns at once, the worker ends by
-    itself (--watch-stdin: exit code 130, not killed by the bridge) and its folder goes."""
+def test_dialog_preview_cancel_leaves_the_kept_worker_ready(tmp_path, images, model_path,
+                                                           monkeypatch):
+    """A changed entry cancels the running preview: stop() returns at once, the run ends as
+    cancelled at its next evaluation, its folder goes, and the same worker paints the next one.
+    A run asked after one that is still going is answered in turn."""
     content, style = images
     np.save(tmp_path / "style.npy", style)
     settings = dict(installer.plugin_settings("3", sys.executable, model_path),
@@ -591,20 +617,59 @@ def test_dialog_preview_cancel_stops_the_worker_through_its_stdin(tmp_path, imag
     values = dict(settings["defaults"], strength=100.0, device="cpu")
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    worker, _ = bridge.start_dialog_preview(ArrayHost(content, [str(tmp_path / "style.npy")]),
-                                            settings, values)
-    deadline = time.monotonic() + 300
-    while not worker.poll() and time.monotonic() < deadline:  # optimising
-        time.sleep(0.05)
-    started = time.monotonic()
-    worker.stop()
-    assert time.monotonic() - started < 0.5  # never waits for the worker
-    _poll_until_done(worker, timeout=60)
-    assert worker.code == 130, worker.code  # the worker's cancelled exit, not bridge's kill
+    host = ArrayHost(content, [str(tmp_path / "style.npy")])
+    kept = bridge.KeptWorker(settings)
+    try:
+        run, _ = bridge.start_dialog_preview(host, kept, settings, values)
+        deadline = time.monotonic() + 300
+        while not run.poll() and time.monotonic() < deadline:  # optimising
+            time.sleep(0.05)
+        started = time.monotonic()
+        run.stop()
+        assert time.monotonic() - started < 0.5  # never waits for the worker
+        following, _ = bridge.start_dialog_preview(host, kept, settings, values)
+        _poll_until_done(run, timeout=60)
+        with pytest.raises(bridge.BridgeError, match="cancelled"):
+            run.result()
+        assert not os.path.exists(run.folder)
+        _poll_until_done(following)
+        assert following.result()["event"] == "result"
+        following.stop()
+        assert kept.alive
+    finally:
+        kept.close()
+    assert kept.worker.proc.wait(timeout=30) == 0
     deadline = time.monotonic() + 10
     while os.listdir(tmp_path / "tmp") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert os.listdir(tmp_path / "tmp") == []
+
+
+def test_kept_worker_that_dies_ends_its_runs_with_one_sentence(tmp_path, images, model_path,
+                                                               monkeypatch):
+    """The kept worker killed under a running preview: the run ends with the worker's exit in
+    one sentence (the dialog then starts a new worker: `alive` is False)."""
+    content, style = images
+    np.save(tmp_path / "style.npy", style)
+    settings = dict(installer.plugin_settings("3", sys.executable, model_path),
+                    dialog_preview_side=PREVIEW_SIDE)
+    values = dict(settings["defaults"], strength=100.0, device="cpu")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    kept = bridge.KeptWorker(settings)
+    try:
+        run, _ = bridge.start_dialog_preview(ArrayHost(content, [str(tmp_path / "style.npy")]),
+                                             kept, settings, values)
+        deadline = time.monotonic() + 300
+        while not run.poll() and time.monotonic() < deadline:  # optimising
+            time.sleep(0.05)
+        kept.worker.proc.kill()
+        _poll_until_done(run, timeout=60)
+        with pytest.raises(bridge.BridgeError, match="stopped unexpectedly"):
+            run.result()
+        assert not kept.alive
+    finally:
+        run.stop()
+        kept.close()
 
 
 def test_run_log_keeps_the_last_runs_with_the_workers_stderr(tmp_path, monkeypatch):
@@ -637,27 +702,28 @@ def test_run_log_keeps_the_last_runs_with_the_workers_stderr(tmp_path, monkeypat
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to watch the worker")
 def test_plugin_exit_leaves_no_preview_worker_or_folder(files, model_path, tmp_path):
-    """The plug-in ends (the dialog's Cancel) while a preview worker runs: at exit the bridge
-    stops it, waits for it and removes its folder (its own threads die with the process)."""
+    """The plug-in ends (the dialog's Cancel) while its kept preview worker runs: at exit the
+    bridge stops it, waits for it and removes its folder (its own threads die with the process)."""
     content, style = files
-    folder = tmp_path / "exchange"
-    folder.mkdir()
+    settings = dict(installer.plugin_settings("3", sys.executable, model_path))
     script = f"""
-import sys
+import sys, tempfile
 sys.path.insert(0, {str(installer.BRIDGE.parent)!r})
+tempfile.tempdir = {str(tmp_path)!r}
 import stylefu_bridge
-worker = stylefu_bridge.BackgroundWorker({WORKER!r} + ["run", {str(content)!r}, {str(style)!r},
-    "-o", {str(folder / "o.png")!r}, "--model", {str(model_path)!r}, "--progress", "json",
-    "--watch-stdin", "--size", "32", "--iterations", "100000"], {str(folder)!r})
-while not worker.poll():  # optimising
+kept = stylefu_bridge.KeptWorker({settings!r})
+folder = kept.run_folder()
+run = kept.submit([{str(content)!r}, {str(style)!r}, "-o", folder + "/o.png",
+    "--model", {str(model_path)!r}, "--size", "32", "--iterations", "100000"], folder)
+while not run.poll():  # optimising
     pass
-print(worker.proc.pid, flush=True)
+print(kept.worker.proc.pid, kept.worker.folder, flush=True)
 """
     plugin = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=300)
     assert plugin.returncode == 0, plugin.stderr
-    worker_pid = int(plugin.stdout.split()[-1])
-    assert not _alive(worker_pid) and not folder.exists()
+    worker_pid, folder = plugin.stdout.split()[-2:]
+    assert not _alive(int(worker_pid)) and not os.path.exists(folder)
 
 
 class DecliningHost(ArrayHost):

@@ -29,9 +29,7 @@ from ..batch.driver import (
     stylize_many,
 )
 from ..errors import UserError
-
-EXIT_SOME_FAILED = 3
-EXIT_CANCELLED = 130
+from .exits import EXIT_CANCELLED, EXIT_SOME_FAILED
 
 
 class BatchProgress:

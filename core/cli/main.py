@@ -29,12 +29,13 @@ from pathlib import Path
 from .. import jsontext
 from ..errors import Cancelled, UserError
 from ..method.config import PRESETS, Config, config_fields
-
-EXIT_INTERNAL_ERROR = 1
-EXIT_USER_ERROR = 2
-EXIT_CANCELLED = 130  # 128 + SIGINT, as shells report it
-EXIT_TERMINATED = 143  # 128 + SIGTERM
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for coreutils' `yes | head -1`
+from .exits import (
+    EXIT_BROKEN_PIPE,
+    EXIT_CANCELLED,
+    EXIT_INTERNAL_ERROR,
+    EXIT_TERMINATED,
+    EXIT_USER_ERROR,
+)
 
 
 class UsageError(UserError):
@@ -225,7 +226,8 @@ def _watch_stdin(cancel: threading.Event) -> None:
         while os.read(sys.stdin.fileno(), 1 << 10):
             pass
         cancel.set()
-        threading.Timer(15.0, lambda: os._exit(EXIT_CANCELLED)).start()
+        from .serve import STOP_AFTER_STDIN_CLOSES
+        threading.Timer(STOP_AFTER_STDIN_CLOSES, lambda: os._exit(EXIT_CANCELLED)).start()
     threading.Thread(target=watch, daemon=True).start()
 
 
@@ -259,6 +261,7 @@ def cmd_run(args) -> int:
     config = config_from_args(args).validate()
     output = Path(args.output)
     check_run_paths(args, config)
+    served = args.cancel is not None  # a run of `stylefu serve`
     model = load_engine_model(args.model, config)
     say(f"stylefu: engine {resolve_engine(config.engine, model)}, device {model.device}, model "
         f"{model.path} (weights: {weights_note(model.info)})")
@@ -276,8 +279,8 @@ def cmd_run(args) -> int:
     time_left = eta.TimeLeft(config, exponent, finish_seconds=finish, rate=rate)
     printer = ProgressPrinter(args.progress, config.save_every, output,
                               content if args.keep_size else None, time_left)
-    cancel = threading.Event()
-    if args.watch_stdin:
+    cancel = args.cancel or threading.Event()
+    if args.watch_stdin and not served:  # a served run's stdin carries the worker's requests
         _watch_stdin(cancel)
     def notice(message: str) -> None:
         printer.emit({"event": "notice", "message": message})
@@ -295,7 +298,9 @@ def cmd_run(args) -> int:
         result.metrics.update(upscale=args.upscale,
                               upscale_seconds=round(time.perf_counter() - started, 3))
     result.save(output, bits=args.bits)
-    eta.record_speed(key, time_left.measured(), time.perf_counter() - STARTED - time_left.busy)
+    # A served run's start-up was paid once by the worker, not by this run.
+    eta.record_speed(key, time_left.measured(),
+                     None if served else time.perf_counter() - STARTED - time_left.busy)
     if args.metrics:
         from ..io.files import atomic_write
         text = jsontext.dumps(result.metrics, indent=2)
@@ -397,6 +402,13 @@ def cmd_estimate(args) -> int:
         print(f"about {figures['text']} for {width}x{height} px at --size {config.size} "
               f"(--preset {config.preset}; {key}; speed from {source})")
     return 0
+
+
+def cmd_serve(args) -> int:
+    """`stylefu serve`: one worker for many runs (cli/serve.py)."""
+    from .serve import serve
+
+    return serve(lambda argv, cancel: main(argv, cancel), (EXIT_CANCELLED, EXIT_TERMINATED))
 
 
 def cmd_info(args) -> int:
@@ -544,6 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .batch import add_batch_parser  # core's own: the options come from this module
     add_batch_parser(sub, add_config_options, config_from_args)
+    serve = sub.add_parser("serve", help="run many `run` requests in one process (JSON lines on "
+                           "stdin and stdout; the GIMP 3 dialog's previews)")
+    serve.set_defaults(func=cmd_serve)
 
     for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
         entry.load()(sub)
@@ -561,8 +576,10 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one `stylefu` command; returns the exit code (see the module docstring)."""
+def main(argv: list[str] | None = None, cancel: threading.Event | None = None) -> int:
+    """Run one `stylefu` command; returns the exit code (see the module docstring). `cancel`:
+    given by `stylefu serve` to each run it is asked for, which stops at its next evaluation
+    once it is set (and whose start-up the worker paid once)."""
     as_program = argv is None  # the `stylefu` command itself, not a caller in its own process
     argv = sys.argv[1:] if argv is None else list(argv)
     json_mode = _json_progress(argv)
@@ -579,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         args = build_parser().parse_args(argv)
+        args.cancel = cancel
         return args.func(args)
     except Cancelled:
         event({"event": "cancelled", "reason": "cancelled"})

@@ -111,6 +111,14 @@ def identity(path: str | Path) -> tuple[int, int, int, int]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
+def stamp(path: str | Path) -> tuple[int, int, int, int] | None:
+    """identity(path), None where it cannot be read: a cache key that changes with the file."""
+    try:
+        return identity(path)
+    except OSError:
+        return None
+
+
 def load_unchanged(path: str | Path, load: Callable[[], T], tries: int = 5) -> T:
     """`load()`, done again when the file at `path` was replaced meanwhile (an export renamed a
     new file onto it): everything `load` opened by that path then comes from one file."""

@@ -310,15 +310,16 @@ def preview_side(settings):
     return int((settings or {}).get("dialog_preview_side") or DIALOG_PREVIEW_SIDE)
 
 
-def dialog_preview_command(settings, content, styles, output, values, masks=()):
-    """The worker command for the GIMP 3 dialog's preview: the dialog's values at the preview's
-    own size and preset (no tiles), the painting saved every DIALOG_PREVIEW_EVERY evaluations."""
+def dialog_preview_args(settings, content, styles, output, values, masks=()):
+    """The `run` arguments of the GIMP 3 dialog's preview, for its kept worker (KeptWorker): the
+    dialog's values at the preview's own size and preset (no tiles), the painting saved every
+    DIALOG_PREVIEW_EVERY evaluations."""
     values = dict(values, size=preview_side(settings), preset=DIALOG_PREVIEW_PRESET,
                   tile_size=None)
     options = run_options(values, dict(settings, preview_every=DIALOG_PREVIEW_EVERY), len(styles))
     options.remove("--keep-size")  # the preview is shown at the working size
-    return worker_command(settings, ["run", content] + [path for path, _ in styles]
-                          + ["-o", output] + options + list(masks))
+    options.remove("--watch-stdin")  # the kept worker's stdin carries its requests
+    return [content] + [path for path, _ in styles] + ["-o", output] + options + list(masks)
 
 
 def estimate_command(settings, width, height, values, styles=1):
@@ -629,12 +630,12 @@ def _run_into_layer(host, command, folder, output, name, masked):
     host.flush()
 
 
-def start_dialog_preview(host, settings, values):
+def start_dialog_preview(host, worker, settings, values):
     """The dialog's preview of the layer (or the selection's box) with the dialog's `values`:
-    its files written and its worker started in the background; returns (BackgroundWorker,
-    path of the result). The host reads a small `area` of the layer (preview_area); wrong input
-    (no style yet) is InputError, as for the filter."""
-    folder = exchange_dir()
+    its files written and its run asked of the dialog's kept `worker` (a KeptWorker); returns
+    (KeptRun, path of the result). The host reads a small `area` of the layer (preview_area);
+    wrong input (no style yet) is InputError, as for the filter."""
+    folder = worker.run_folder()
     try:
         styles = host.styles(folder)
         # With the second style outside the selection the whole layer is painted; else the
@@ -648,9 +649,9 @@ def start_dialog_preview(host, settings, values):
         content = os.path.join(folder, "content.npy")
         host.save_content(content, area)
         output = os.path.join(folder, "preview.png")
-        command = dialog_preview_command(settings, content, styles, output, values, masks)
-        log("dialog preview:", " ".join(command))
-        return BackgroundWorker(command, folder), output
+        args = dialog_preview_args(settings, content, styles, output, values, masks)
+        log("dialog preview:", " ".join(args))
+        return worker.submit(args, folder), output
     except BaseException:
         remove_dir(folder)
         raise
@@ -935,9 +936,9 @@ class BackgroundWorker(object):
         if stopped:
             remove_dir(self.folder)
 
-    def poll(self):
-        """The progress records that arrived since the last call (never waits). Once the worker
-        has ended, `self.code` is its exit code and `self.final` its final record."""
+    def drain(self):
+        """Every record that arrived since the last call, final ones included (never waits).
+        Once the worker has ended, `self.code` is its exit code."""
         records = []
         while True:
             try:
@@ -946,10 +947,19 @@ class BackgroundWorker(object):
                 return records
             if isinstance(item, tuple):
                 self.code = item[1]
-            elif _is_final(item):
-                self.final = item
             else:
                 records.append(item)
+
+    def poll(self):
+        """The progress records that arrived since the last call (never waits). Once the worker
+        has ended, `self.code` is its exit code and `self.final` its final record."""
+        records = []
+        for record in self.drain():
+            if _is_final(record):
+                self.final = record
+            else:
+                records.append(record)
+        return records
 
     @property
     def done(self):
@@ -981,6 +991,116 @@ class BackgroundWorker(object):
         if self.proc.poll() is None:
             log("the cancelled worker did not stop within %g s: killed" % self.grace)
             self.proc.kill()
+
+
+class KeptWorker(object):
+    """One `stylefu serve` worker kept for the GIMP 3 dialog's life, so a refreshed preview pays
+    neither the worker's start nor the model's load: runs are asked as JSON lines on its stdin
+    (submit) and answered in order; each is a KeptRun, followed like a BackgroundWorker. close()
+    ends the worker (its stdin closed) and removes its folder, the runs' folders included."""
+
+    def __init__(self, settings):
+        folder = exchange_dir()
+        try:
+            command = worker_command(settings, ["serve"])
+            log("dialog preview worker:", " ".join(command))
+            self.worker = BackgroundWorker(command, folder)
+        except BaseException:
+            remove_dir(folder)
+            raise
+        self.runs, self.current, self.count, self.closed = {}, None, 0, False
+
+    @property
+    def alive(self):
+        self.pump()
+        return self.worker.code is None and not self.closed
+
+    def run_folder(self):
+        """A new folder for a run's files, inside the worker's own."""
+        self.count += 1
+        folder = os.path.join(self.worker.folder, "run-%d" % self.count)
+        os.mkdir(folder)
+        return folder
+
+    def submit(self, args, folder):
+        """Ask the worker for `stylefu run ARGS` (its files in `folder`, from run_folder)."""
+        run = KeptRun(self, self.count, args, folder)
+        line = json.dumps({"id": run.ident, "run": list(args)}) + "\n"
+        try:
+            self.worker.proc.stdin.write(line.encode("utf-8"))
+            self.worker.proc.stdin.flush()
+        except (IOError, OSError, ValueError):  # the worker has gone: pump says why
+            pass
+        self.runs[run.ident] = run
+        return run
+
+    def cancel(self, run):
+        """Stop `run` at its next evaluation (or before it starts). Never waits."""
+        try:
+            self.worker.proc.stdin.write((json.dumps({"cancel": run.ident}) + "\n").encode("utf-8"))
+            self.worker.proc.stdin.flush()
+        except (IOError, OSError, ValueError):
+            pass
+
+    def pump(self):
+        """Hand the worker's records to their runs; once it has ended, end every run left."""
+        for record in self.worker.drain():
+            if record.get("event") == "started":
+                self.current = self.runs.get(record.get("id"))
+            elif self.current is not None:
+                if _is_final(record):
+                    self.runs.pop(self.current.ident, None)
+                    self.current.finish(record, 0)
+                    self.current = None
+                else:
+                    self.current.records.append(record)
+        if self.worker.code is not None:
+            for run in list(self.runs.values()):
+                run.finish(None, self.worker.code)
+            self.runs.clear()
+
+    def close(self):
+        """End the worker (stdin closed: it cancels its run and exits) and remove its folder."""
+        self.closed = True
+        self.worker.stop()
+
+
+class KeptRun(object):
+    """One run of a KeptWorker, followed as a BackgroundWorker is: poll(), done, result(),
+    stop(); `args` are its `stylefu run` arguments. Its folder goes once it has ended and
+    stop() was called."""
+
+    def __init__(self, worker, ident, args, folder):
+        self.worker, self.ident, self.args, self.folder = worker, ident, args, folder
+        self.records, self.final, self.code, self._stopped = [], None, None, False
+
+    def poll(self):
+        self.worker.pump()
+        records, self.records = self.records, []
+        return records
+
+    @property
+    def done(self):
+        return self.code is not None
+
+    def result(self):
+        """After `done`: the final record, or BridgeError as run_worker raises it."""
+        return _outcome(self.final, self.code, self.worker.worker.stderr_path)
+
+    def finish(self, final, code):
+        self.final, self.code = final, code
+        if self._stopped:
+            remove_dir(self.folder)
+
+    def stop(self):
+        """Cancel the run if it goes on, and remove its folder once it has ended. Never waits."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.done:
+            remove_dir(self.folder)
+        else:
+            self.worker.cancel(self)
 
 
 def run_command(command, cwd=None):

@@ -341,6 +341,7 @@ class DialogPreview(DialogJob):
         self.config, self.host, self.settings, self.estimate = config, host, settings, estimate
         self.worker = self.output = None
         self.timer = self.poller = None
+        self.kept = None  # the worker kept for the dialog's previews (bridge.KeptWorker)
         self.picture = Gtk.Image()
         side = bridge.preview_side(settings)
         self.picture.set_size_request(side, side)
@@ -431,13 +432,15 @@ class DialogPreview(DialogJob):
             outside = values["second_style_goes"] == "outside"
             self.show_layer(self.host.preview_area(bridge.preview_side(self.settings),
                                                    whole=outside))
-            self.worker, self.output = bridge.start_dialog_preview(self.host, self.settings,
-                                                                   values)
+            if self.kept is None or not self.kept.alive:
+                self.kept = bridge.KeptWorker(self.settings)
+            self.worker, self.output = bridge.start_dialog_preview(self.host, self.kept,
+                                                                   self.settings, values)
         except bridge.BridgeError as exc:  # no style yet, a selection it cannot use, ...
             bridge.log("dialog preview:", exc)
             self.say(0.0, "No preview", str(exc))
             return False
-        self.say(0.0, "Preview: starting the worker", "")
+        self.say(0.0, "Preview: starting", "")
         self.poller = GLib.timeout_add(self.POLL_MS, self.poll)
         return False
 
@@ -480,6 +483,8 @@ class DialogPreview(DialogJob):
         """The dialog goes: no more previews (nor estimates)."""
         self.config.disconnect(self.handler)
         self.stop()
+        if self.kept is not None:
+            self.kept.close()
         if self.estimate is not None:
             self.estimate.close()
 

@@ -59,7 +59,8 @@ class OnnxModel:
 
 
 @lru_cache(maxsize=4)
-def _load(path: Path, device: str) -> OnnxModel:
+def _load(path: Path, device: str, file_stamp) -> OnnxModel:
+    """`file_stamp` keys the cache only: a file replaced since (a new export) is loaded anew."""
     from ...io.cache import model_hash
     from ...io.files import load_unchanged
 
@@ -80,11 +81,13 @@ def _load(path: Path, device: str) -> OnnxModel:
 
 
 def load_onnx_model(path: str | Path | None = None, device: str = "auto") -> OnnxModel:
-    """Load (once per process) the artifact at `path` for the torch-free engine (CPU; `cuda`
-    asks ONNX Runtime's CUDA provider)."""
+    """Load (once per process and file) the artifact at `path` for the torch-free engine (CPU;
+    `cuda` asks ONNX Runtime's CUDA provider)."""
+    from ...io.files import stamp
     from ...io.paths import model_file
 
-    return _load(model_file(path), "cuda" if device == "cuda" else "cpu")
+    file = model_file(path)
+    return _load(file, "cuda" if device == "cuda" else "cpu", stamp(file))
 
 
 class GradientSession:

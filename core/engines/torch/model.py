@@ -87,7 +87,8 @@ class StyleModel:
 
 
 @lru_cache(maxsize=4)
-def _load(path: Path, device_type: str) -> StyleModel:
+def _load(path: Path, device_type: str, file_stamp) -> StyleModel:
+    """`file_stamp` keys the cache only: a file replaced since (a new export) is loaded anew."""
     device = torch.device(device_type)
 
     def load() -> StyleModel:
@@ -104,5 +105,9 @@ def _load(path: Path, device_type: str) -> StyleModel:
 
 
 def load_model(path: str | Path | None = None, device: str = "auto") -> StyleModel:
-    """Load (once per process) the artifact at `path`, default: $STYLEFU_MODEL or the cache's."""
-    return _load(model_file(path), resolve_device(device).type)
+    """Load (once per process and file) the artifact at `path`, default: $STYLEFU_MODEL or the
+    cache's."""
+    from ...io.files import stamp
+
+    file = model_file(path)
+    return _load(file, resolve_device(device).type, stamp(file))

@@ -1,0 +1,108 @@
+"""`stylefu serve`: one worker kept alive for many `run`s (the GIMP 3 dialog's previews), so a
+refreshed preview pays neither Python's start, nor torch's import, nor the model's load.
+
+Requests come as JSON lines on stdin, answered in order:
+  {"id": 3, "run": ["content.png", "style.png", "-o", "out.png", "--size", "160", ...]}
+      the arguments of `stylefu run`; its JSON records follow `{"event": "started", "id": 3}` on
+      stdout and end with its `result`, `error` or `cancelled` record, as `run --progress json`.
+  {"cancel": 3}  stops run 3 at its next evaluation (or before it starts).
+stdin closed: the running request is cancelled and the worker exits (within 15 s, as
+`run --watch-stdin`). A line that is no request is answered by an `error` record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import threading
+from collections.abc import Callable
+
+from .. import jsontext
+from .exits import EXIT_CANCELLED
+
+# Seconds after stdin closes (here and in `run --watch-stdin`) after which a run stuck in one
+# evaluation ends the process anyway, with the cancelled exit code.
+STOP_AFTER_STDIN_CLOSES = 15.0
+
+
+class Requests:
+    """Reads stdin in a thread: run requests into a queue, cancels applied at once."""
+
+    def __init__(self):
+        self.queue: queue.Queue = queue.Queue()
+        self.lock = threading.Lock()
+        self.current, self.cancel = None, threading.Event()
+        self.cancelled: set = set()
+        self.closed = False
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        # os.read on the raw descriptor, as run's --watch-stdin: a daemon thread blocked in
+        # sys.stdin's buffered reader makes the interpreter abort at exit.
+        pending = b""
+        while chunk := os.read(sys.stdin.fileno(), 1 << 16):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    self._take(line)
+        with self.lock:
+            self.closed = True
+            self.cancel.set()
+        self.queue.put(None)
+        stuck = threading.Timer(STOP_AFTER_STDIN_CLOSES, lambda: os._exit(EXIT_CANCELLED))
+        stuck.daemon = True  # a worker that ends in time is not held back by it
+        stuck.start()
+
+    def _take(self, line: bytes) -> None:
+        try:
+            request = json.loads(line)
+        except ValueError:
+            request = {}  # answered as no request (None is stdin's end)
+        if isinstance(request, dict) and "cancel" in request:
+            with self.lock:
+                self.cancelled.add(request["cancel"])
+                if request["cancel"] == self.current:
+                    self.cancel.set()
+            return
+        self.queue.put(request)
+
+    def next(self):
+        """The next request (None once stdin has closed) and the cancel of its run."""
+        request = self.queue.get()
+        with self.lock:
+            ident = request.get("id") if isinstance(request, dict) else None
+            self.current, self.cancel = ident, threading.Event()
+            if self.closed or ident in self.cancelled:  # queued runs behind a closed stdin
+                self.cancel.set()
+            return request, self.cancel
+
+
+def serve(run: Callable[[list[str], threading.Event], int], stop_codes: tuple[int, ...]) -> int:
+    """Answer requests until stdin closes; `run(argv, cancel)` is the `stylefu` command itself
+    (its exit code: one of `stop_codes` not from a request's cancel, i.e. SIGTERM or Ctrl-C,
+    ends the worker with it). The model stays loaded between runs (the engines keep it per
+    process and file)."""
+    requests = Requests()
+    while (taken := requests.next())[0] is not None:
+        request, cancel = taken
+        ident = request.get("id") if isinstance(request, dict) else None
+        jsontext.print_line({"event": "started", "id": ident})
+        argv = request.get("run") if isinstance(request, dict) else None
+        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+            jsontext.print_line({"event": "error", "message": "not a request: "
+                                 '{"id": N, "run": [the arguments of `stylefu run`]}'})
+            continue
+        if cancel.is_set():
+            jsontext.print_line({"event": "cancelled", "reason": "cancelled"})
+            continue
+        try:
+            code = run(["run", *argv, "--progress", "json"], cancel)
+        except SystemExit:  # argparse's --help or --version: nothing to run
+            jsontext.print_line({"event": "error", "message": "a request cannot ask for help"})
+            continue
+        if code in stop_codes and not cancel.is_set():
+            return code
+    return 0
