@@ -1,5 +1,6 @@
 """Time left and estimates (core/run/eta.py): the cost model on a known clock, the estimate's accuracy
-on a real run, and `stylefu estimate` with its calibration kept in the cache."""
+on a real run, `stylefu estimate` with its calibration kept in the cache, and compiled speeds kept
+apart from eager ones (no compiling here: the speeds are faked, the compile decision forced)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ import numpy as np
 import pytest
 
 from stylefu.core import Config, load_model, stylize
-from stylefu.core.run import eta
+from stylefu.core.cli.main import main
+from stylefu.core.engines.torch import compiled
+from stylefu.core.network.vgg import read_artifact_info
+from stylefu.core.run import eta, pipeline
 
 
-def record(level, levels, evaluation, evaluations, size):
+def record(level, levels, evaluation, evaluations, size, compiled=False):
     return SimpleNamespace(level=level, levels=levels, evaluation=evaluation,
-                           evaluations=evaluations, size=size)
+                           evaluations=evaluations, size=size, compiled=compiled)
 
 
 def test_time_left_weights_levels_by_pixels():
@@ -40,8 +44,8 @@ def test_time_left_weights_levels_by_pixels():
         left = timer(progress)
         if progress.evaluation >= eta.LEVEL_RATE_AFTER:
             assert left == pytest.approx(end - when, rel=1e-6)
-    assert [p for p, _ in timer.measured()] == [32 * 48, 64 * 96, 128 * 192]
-    assert [s for _, s in timer.measured()] == pytest.approx([rate * h * w for h, w in sizes])
+    assert [p for p, _, _ in timer.measured()] == [32 * 48, 64 * 96, 128 * 192]
+    assert [s for _, s, _ in timer.measured()] == pytest.approx([rate * h * w for h, w in sizes])
 
 
 def test_fit_speed_and_estimate():
@@ -95,6 +99,7 @@ def test_estimate_calibrates_once_then_uses_measured_speed(model_path, random16_
     assert figures["seconds"] > 0 and figures["levels"][-1] == [256, 192]
     kept = eta.load_speeds()[figures["speed"]]["points"]
     assert [p for p, _ in kept] == [128 * 96, 256 * 192]  # the calibration's two sizes
+    assert eta.compiled_key(figures["speed"]) not in eta.load_speeds()  # calibrations are eager
     # Another architecture is another speed: the VGG16 model does not get the VGG19 one's.
     other = command[:-2] + [str(random16_model_path), "--json"]
     vgg16 = json.loads(subprocess.run(other, capture_output=True, text=True, timeout=300,
@@ -110,3 +115,141 @@ def test_estimate_calibrates_once_then_uses_measured_speed(model_path, random16_
     assert json.loads(bigger.stdout.splitlines()[-1])["seconds"] == figures["seconds"]  # same plan
     bad = subprocess.run(command[:5] + ["640by480"] + command[6:], capture_output=True, text=True)
     assert bad.returncode == 2 and "--layer must be WIDTHxHEIGHT" in bad.stderr
+
+
+# --- compiled and eager speeds kept apart ----------------------------------------------------------
+
+KEY = "vgg16/torch/cpu/bfloat16/threads=1"  # any speed_key: the entries are what is tested
+
+
+def test_run_keeps_compiled_levels_and_compile_seconds_apart():
+    """A run whose first level runs eager and the next two compiled (a fifth cheaper, and 30 s of
+    compiling in the first compiled evaluation): the eager key (its string as before) gets the
+    eager level, the compiled key the compiled ones, and the start-up kept leaves the compiling
+    out, which the compiled entry keeps instead."""
+    config = Config(preset="normal")
+    rate, cheaper, start_up, compiling, now = 1e-5, 0.8, 5.0, 30.0, [5.0]
+    timer = eta.TimeLeft(config, clock=lambda: now[0])
+    sizes, budgets, kinds = [(96, 128), (192, 256), (384, 512)], [40, 40, 110], [False, True, True]
+    for number, (size, budget, kind) in enumerate(zip(sizes, budgets, kinds), start=1):
+        for evaluation in range(1, budget + 1):
+            now[0] += rate * size[0] * size[1] * (cheaper if kind else 1.0)
+            now[0] += compiling if number == 2 and evaluation == 1 else 0.0
+            timer(record(number, 3, evaluation, budget, size, kind))
+    points = timer.measured()
+    assert [kind for _, _, kind in points] == kinds
+    eta.record_speed(KEY, points, now[0] - timer.busy, compile_seconds=compiling)
+    speeds = eta.load_speeds()
+    assert set(speeds) == {KEY, KEY + "/compiled"} and eta.compiled_key(KEY) == KEY + "/compiled"
+    assert [p for p, _ in speeds[KEY]["points"]] == [96 * 128]
+    assert [p for p, _ in speeds[KEY + "/compiled"]["points"]] == [192 * 256, 384 * 512]
+    assert speeds[KEY]["fixed_seconds"] == [pytest.approx(start_up)]
+    assert speeds[KEY + "/compiled"]["compile_seconds"] == [compiling]
+    compiled_rate, compiled_exponent, _ = eta.kept_speed(eta.compiled_key(KEY))
+    assert compiled_exponent == pytest.approx(1.0) and compiled_rate == pytest.approx(cheaper * rate)
+    # An eager run after it: its points and start-up join the eager entry only.
+    eta.record_speed(KEY, [(96 * 128, rate * 96 * 128, False)], 6.0)
+    speeds = eta.load_speeds()
+    assert len(speeds[KEY]["points"]) == 2 and len(speeds[KEY + "/compiled"]["points"]) == 2
+    assert eta.kept_speed(KEY)[0] == pytest.approx(rate) and eta.kept_speed(KEY)[2] == 6.0
+
+
+def fake_speeds(rate=1e-5, compiled_rate=None, fixed=4.0, compile_seconds=3.0):
+    """speed.json as earlier runs would leave it: exponent 1 on both kinds."""
+    eta.record_speed(KEY, [(p, rate * p, False) for p in (10_000, 40_000, 160_000)], fixed)
+    if compiled_rate:
+        eta.record_speed(KEY, [(p, compiled_rate * p, True) for p in (40_000, 160_000)],
+                         fixed + compile_seconds, compile_seconds)
+
+
+def test_planned_compiled_follows_the_runs_rule(monkeypatch):
+    """Which levels an estimate prices compiled: the run's rule, forced here (`min_work`) so it
+    holds on any CPU class. Levels under COMPILE_MIN_PIXELS and tiled ones stay eager; `off`, the
+    torch-free engine and work under the threshold compile nothing."""
+    base = dict(size=512, preset="normal", device="cpu", engine="torch")
+    monkeypatch.setattr(compiled, "min_work", lambda dtype: 0.0)
+    assert eta.planned_compiled(Config(**base, compile="auto"), 341, 512) == [False, True, True]
+    assert eta.planned_compiled(Config(**base, compile="on"), 341, 512) == [True, True, True]
+    assert eta.planned_compiled(Config(**base, compile="on", crop_side=256), 341, 512) == \
+        [True, True, False]  # the 512 px level is tiled
+    assert eta.planned_compiled(Config(**base, compile="off"), 341, 512) == [False] * 3
+    assert eta.planned_compiled(Config(**{**base, "engine": "onnx"}, compile="on"), 341, 512) \
+        == [False] * 3
+    monkeypatch.setattr(compiled, "min_work", lambda dtype: float("inf"))
+    assert eta.planned_compiled(Config(**base, compile="auto"), 341, 512) == [False] * 3
+    # The Progress records say so too (the torch runner's decision, the same rule per level).
+    seen = []
+    for runner, expected in ((SimpleNamespace(compiled=True, config=Config(compile="auto")), True),
+                             (SimpleNamespace(compiled=False, config=Config()), False),
+                             (SimpleNamespace(config=Config(compile="on")), False)):  # onnx's
+        level = pipeline.Level(2, (192, 256), 40, 0)
+        pipeline._reporter(runner, level, 3, seen.append)(1, 1.0, dict(content=0, style=0, tv=0),
+                                                          None)
+        assert seen[-1].compiled is expected
+    pipeline._reporter(SimpleNamespace(compiled=True, config=Config(compile="auto")),
+                       pipeline.Level(1, (96, 128), 40, 0), 3, seen.append)(
+        1, 1.0, dict(content=0, style=0, tv=0), None)
+    assert seen[-1].compiled is False  # under COMPILE_MIN_PIXELS
+
+
+def test_estimate_prices_compiled_levels_with_the_compiled_speed(monkeypatch):
+    monkeypatch.setattr(compiled, "min_work", lambda dtype: 0.0)
+    config = Config(size=512, preset="normal", device="cpu", engine="torch", compile="auto")
+    sizes = [(85, 128), (170, 256), (341, 512)]  # the compiled ones: 170x256 and 341x512
+    assert [s for s in pipeline.level_sizes(341, 512, config)] == sizes
+    evaluations, pixels = [40, 40, 110], [h * w for h, w in sizes]
+
+    def truth(compiled_rate, extra):
+        rates = [1e-5, compiled_rate, compiled_rate]
+        return 4.0 + extra + sum(n * r * p + 1e-5 * p for n, r, p in
+                                 zip(evaluations, rates, pixels)) + 1e-5 * pixels[-1]
+
+    fake_speeds()  # no compiled run kept yet: the eager speed prices every level
+    figures = eta.estimate(341, 512, config, KEY)
+    assert figures["seconds"] == pytest.approx(truth(1e-5, 0.0), abs=0.06)
+    assert figures["compiled"]["levels"] == [[256, 170], [512, 341]]
+    assert figures["compiled"]["speed"] == KEY and "eager" in figures["compiled"]["measured_by"]
+    fake_speeds(compiled_rate=0.75e-5)  # then the compiled speed, and its compile seconds
+    figures = eta.estimate(341, 512, config, KEY)
+    assert figures["seconds"] == pytest.approx(truth(0.75e-5, 3.0), abs=0.06)
+    assert figures["compiled"]["speed"] == eta.compiled_key(KEY)
+    assert figures["compiled"]["measured_by"] == "2 compiled level(s) of earlier runs"
+    assert figures["compiled"]["compile_seconds"] == 3.0 and figures["fixed_seconds"] == 4.0
+    eager = eta.estimate(341, 512, config.with_(compile="off"), KEY)
+    assert "compiled" not in eager and eager["seconds"] == pytest.approx(truth(1e-5, 0.0), abs=0.06)
+
+
+def test_time_left_starts_from_the_speed_of_the_right_kind():
+    """Before the run has measured its own rate, a compiled first level starts from the compiled
+    speed earlier runs kept, an eager one from the eager speed; then the run's own rate rules."""
+    fake_speeds(rate=1e-5, compiled_rate=0.5e-5)
+    config, now = Config(preset="normal", levels=1, evaluations=10), [0.0]
+    for kind, rate in ((True, 0.5e-5), (False, 1e-5)):
+        timer = eta.TimeLeft.kept(KEY, config)
+        # 9 evaluations left and the finish, at 200 x 200 px
+        assert timer(record(1, 1, 1, 10, (200, 200), kind)) == pytest.approx(rate * 40_000 * 10)
+    timer = eta.TimeLeft(config, rate=1e-5, compiled_speed=(0.5e-5, 1.0), clock=lambda: now[0])
+    for evaluation in range(1, 4):
+        now[0] += 2e-5 * 40_000
+        left = timer(record(1, 1, evaluation, 10, (200, 200), True))
+    assert left == pytest.approx(2e-5 * 40_000 * 8)  # its own rate, measured
+
+
+def test_estimate_command_says_what_priced_the_compiled_levels(model_path, monkeypatch, capsys):
+    """`stylefu estimate --json` for a run that would compile: the compiled levels and the speed
+    that priced them, in the record the plug-ins read; nothing compiled, nothing calibrated."""
+    monkeypatch.setattr(compiled, "min_work", lambda dtype: 0.0)
+    options = ["--layer", "512x341", "--size", "512", "--preset", "normal", "--device", "cpu",
+               "--engine", "torch", "--model", str(model_path), "--json"]
+    config = Config(size=512, preset="normal", device="cpu", engine="torch")
+    key = eta.run_key(config, read_artifact_info(model_path).architecture)
+    eta.record_speed(key, [(p, 1e-5 * p, False) for p in (10_000, 40_000)], 4.0)
+    eta.record_speed(key, [(40_000, 0.4, True)], 34.0, 30.0)
+    assert main(["estimate", *options]) == 0
+    figures = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert figures["speed"] == key and figures["measured_by"] == "2 level(s) of earlier runs"
+    assert figures["compiled"] == {"levels": [[256, 170], [512, 341]], "speed": key + "/compiled",
+                                   "measured_by": "1 compiled level(s) of earlier runs",
+                                   "exponent": 1.0, "compile_seconds": 30.0}
+    assert main(["estimate", *options, "--compile", "off"]) == 0
+    assert "compiled" not in json.loads(capsys.readouterr().out.splitlines()[-1])

@@ -271,12 +271,11 @@ def cmd_run(args) -> int:
         content = load_image(args.content, "content")
     from ..run import eta
     key = eta.run_key(config, model.info.architecture)
-    rate, exponent, _ = eta.kept_speed(key)
     finish = 0.0
     if args.keep_size:
         from ..method.fullres import seconds_to_layer_size
         finish = seconds_to_layer_size(content.height * content.width)
-    time_left = eta.TimeLeft(config, exponent, finish_seconds=finish, rate=rate)
+    time_left = eta.TimeLeft.kept(key, config, finish_seconds=finish)
     printer = ProgressPrinter(args.progress, config.save_every, output,
                               content if args.keep_size else None, time_left)
     cancel = args.cancel or threading.Event()
@@ -300,7 +299,8 @@ def cmd_run(args) -> int:
     result.save(output, bits=args.bits)
     # A served run's start-up was paid once by the worker, not by this run.
     eta.record_speed(key, time_left.measured(),
-                     None if served else time.perf_counter() - STARTED - time_left.busy)
+                     None if served else time.perf_counter() - STARTED - time_left.busy,
+                     result.metrics.get("compile_seconds", 0.0))
     if args.metrics:
         from ..io.files import atomic_write
         text = jsontext.dumps(result.metrics, indent=2)
@@ -388,19 +388,20 @@ def cmd_estimate(args) -> int:
         model = load_engine_model(args.model, config)
         eta.record_speed(key, eta.calibrate(model, config))
         source = "a calibration now"
-    rate, exponent, fixed = eta.kept_speed(key)
     finish = seconds_to_layer_size(height * width) if args.keep_size else 0.0
-    seconds = eta.estimate_seconds(height, width, config, rate, exponent, fixed, finish)
+    priced = eta.estimate(height, width, config, key, finish)
     sizes = level_sizes(height, width, config)
-    figures = {"seconds": round(seconds, 1), "text": eta.format_duration(seconds),
+    # "compiled" (a run that would compile): its levels, and the speed that priced them.
+    figures = {"seconds": priced["seconds"], "text": eta.format_duration(priced["seconds"]),
                "content": [width, height], "levels": [[w, h] for h, w in sizes],
-               "preset": config.preset, "speed": key, "measured_by": source,
-               "exponent": round(exponent, 3), "fixed_seconds": round(fixed, 1)}
+               "preset": config.preset, "speed": key, "measured_by": source, **priced}
     if args.json:  # a `result` event: the plug-ins read it as any worker's final record
         jsontext.print_line({"event": "result", **figures})
     else:
+        compiled = priced.get("compiled")
         print(f"about {figures['text']} for {width}x{height} px at --size {config.size} "
-              f"(--preset {config.preset}; {key}; speed from {source})")
+              f"(--preset {config.preset}; {key}; speed from {source}"
+              + (f"; compiled levels: {compiled['measured_by']}" if compiled else "") + ")")
     return 0
 
 

@@ -6,8 +6,9 @@ One evaluation at p pixels costs about `rate * p ** exponent` seconds. While a r
 comes from the evaluations of the current level (load and precision included); levels still to
 come are weighted by their pixels. Before a run, the speeds recorded by earlier runs on this
 machine (`speed.json` in the cache folder, per model architecture, engine, device, precision and
-thread count) give
-both figures, or a short calibration measures them. No torch here: both engines use it.
+thread count, compiled evaluations apart from eager ones) give both figures, or a short
+calibration measures them. No torch here (both engines use it) but what the torch engine's
+compile decision needs, imported only for torch runs.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ DEFAULT_EXPONENT = 1.0
 EXPONENT_RANGE = (0.8, 1.3)  # beyond these two noisy points are not believed
 SPEED_FILE = "speed.json"
 KEPT_POINTS = 24
+KEPT_RUNS = 8  # fixed (and compile) seconds: the median of the last runs'
+# A compiled evaluation costs 13-26 % less than an eager one: its speed is kept under the eager
+# key plus this (the eager key is the one speed.json always had).
+COMPILED = "/compiled"
 
 
 def level_pixels(size: tuple[int, int]) -> int:
@@ -45,21 +50,31 @@ class TimeLeft:
     """Seconds left of a run, from its Progress records: call it with each one (None until a
     rate is known: `rate` from earlier runs, or this run's third evaluation). `finish_seconds`:
     work after the last evaluation that evaluations do not count (bringing the result to the
-    layer's size). Also records each level's measured speed (`points`: (pixels, seconds per
-    evaluation)) for `record_speed`."""
+    layer's size). `compiled_speed`: (rate, exponent) earlier runs measured compiled, the start
+    where the first level runs compiled. Also records each level's measured speed (`points`:
+    (pixels, seconds per evaluation, compiled)) for `record_speed`."""
 
     def __init__(self, config: Config, exponent: float = DEFAULT_EXPONENT,
                  finish_seconds: float = 0.0, rate: float | None = None,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter,
+                 compiled_speed: tuple[float, float] | None = None):
         self.config, self.exponent, self.finish_seconds, self.clock = \
             config, exponent, finish_seconds, clock
         self.level = None
         self.first = (0.0, 0)  # (time, evaluation) of the current level's first record
         self.recent: collections.deque = collections.deque(maxlen=RATE_WINDOW + 1)
         # Seconds per cost unit: earlier runs' (fit_speed), until this run has measured its own.
-        self.rate = rate
-        self.points: list[tuple[int, float]] = []
+        self.rate, self.compiled_speed, self.own = rate, compiled_speed, False
+        self.points: list[tuple[int, float, bool]] = []
         self.busy = 0.0  # seconds spent in the measured levels' evaluations
+
+    @classmethod
+    def kept(cls, key: str, config: Config, finish_seconds: float = 0.0) -> TimeLeft:
+        """A TimeLeft starting from the speeds earlier runs kept under `key`, eager and compiled."""
+        rate, exponent, _ = kept_speed(key)
+        compiled_rate, compiled_exponent, _ = kept_speed(compiled_key(key))
+        return cls(config, exponent, finish_seconds, rate, compiled_speed=None
+                   if compiled_rate is None else (compiled_rate, compiled_exponent))
 
     def cost(self, size: tuple[int, int]) -> float:
         return level_pixels(size) ** self.exponent
@@ -82,24 +97,28 @@ class TimeLeft:
         if p.level != self.level:
             self._close_level()
             self.level, self.size, self.first = p.level, p.size, (now, p.evaluation)
+            self.compiled = p.compiled
             self.recent.clear()
         self.last = (now, p.evaluation)
         self.recent.append(self.last)
         start, done = self.recent[0], p.evaluation - self.recent[0][1]
         if len(self.recent) >= LEVEL_RATE_AFTER and done > 0:
-            self.rate = (now - start[0]) / done / self.cost(p.size)
-        if self.rate is None:
+            self.rate, self.own = (now - start[0]) / done / self.cost(p.size), True
+        rate = self.rate
+        if not self.own and p.compiled and self.compiled_speed:  # earlier runs' compiled speed
+            rate = speed_at(self.compiled_speed, level_pixels(p.size)) / self.cost(p.size)
+        if rate is None:
             return None
-        return self.rate * self.remaining_units(p) + self.finish_seconds
+        return rate * self.remaining_units(p) + self.finish_seconds
 
     def _close_level(self) -> None:
         if self.level is not None and self.last[1] > self.first[1]:
             per_evaluation = (self.last[0] - self.first[0]) / (self.last[1] - self.first[1])
-            self.points.append((level_pixels(self.size), per_evaluation))
+            self.points.append((level_pixels(self.size), per_evaluation, self.compiled))
             self.busy += per_evaluation * self.last[1]
 
-    def measured(self) -> list[tuple[int, float]]:
-        """(pixels, seconds per evaluation) of every level so far."""
+    def measured(self) -> list[tuple[int, float, bool]]:
+        """(pixels, seconds per evaluation, compiled) of every level so far."""
         self._close_level()
         self.level = None
         return self.points
@@ -112,6 +131,11 @@ def speed_key(architecture: str, engine: str, device: str, precision: str) -> st
     1.3 times a VGG16 one), engine, device, precision and the threads allowed."""
     threads = os.environ.get("OMP_NUM_THREADS") or f"{os.cpu_count()}cpu"
     return f"{architecture}/{engine}/{device}/{precision}/threads={threads}"
+
+
+def compiled_key(key: str) -> str:
+    """Where the speed of compiled evaluations for `key` (a speed_key: the eager one) is kept."""
+    return key + COMPILED
 
 
 def _speed_path() -> Path:
@@ -130,25 +154,41 @@ def load_speeds() -> dict:
         return {}
 
 
-def record_speed(key: str, points: list[tuple[int, float]], fixed_seconds: float | None = None
-                 ) -> None:
-    """Keep a run's measured (pixels, s/evaluation) points (the last KEPT_POINTS) and its fixed
-    seconds (start-up, loading: the run's time not spent in evaluations). Never fails a run."""
+def record_speed(key: str, points: list[tuple[int, float, bool]],
+                 fixed_seconds: float | None = None, compile_seconds: float = 0.0) -> None:
+    """Keep a run's measured (pixels, s/evaluation, compiled) points, the eager ones under `key`
+    and the compiled ones under `compiled_key(key)` (the last KEPT_POINTS of each), and its fixed
+    seconds (start-up, loading: the run's time not spent in evaluations) under `key`, less its
+    `compile_seconds` (compiling the loss, or loading the compiled code), which the compiled
+    entry keeps apart. Never fails a run."""
     from ..errors import UserError
     from ..io.files import atomic_write
 
     try:
-        speeds = load_speeds()
-        entry = speeds.setdefault(key, {})
-        entry["points"] = (entry.get("points", []) + [[int(p), float(s)] for p, s in points
-                                                      if s > 0])[-KEPT_POINTS:]
+        speeds, now = load_speeds(), time.time()
+        for where, compiled in ((key, False), (compiled_key(key), True)):
+            measured = [[int(p), float(s)] for p, s, kind in points if kind == compiled and s > 0]
+            if measured or where == key:
+                entry = speeds.setdefault(where, {})
+                entry["points"] = (entry.get("points", []) + measured)[-KEPT_POINTS:]
+                entry["when"] = now
         if fixed_seconds is not None and fixed_seconds >= 0:
-            entry["fixed_seconds"] = (entry.get("fixed_seconds", []) + [fixed_seconds])[-8:]
-        entry["when"] = time.time()
+            _keep(speeds[key], "fixed_seconds", max(0.0, fixed_seconds - compile_seconds))
+        if compile_seconds > 0:
+            _keep(speeds.setdefault(compiled_key(key), {}), "compile_seconds", compile_seconds)
         text = jsontext.dumps(speeds, indent=1)
         atomic_write(_speed_path(), lambda tmp: tmp.write_text(text))
     except (OSError, ValueError, UserError):  # an unusable cache only costs the estimate
         pass
+
+
+def _keep(entry: dict, name: str, seconds: float) -> None:
+    entry[name] = (entry.get(name, []) + [round(seconds, 3)])[-KEPT_RUNS:]
+
+
+def _median(entry: dict, name: str) -> float:
+    values = sorted(entry.get(name) or [0.0])
+    return values[len(values) // 2]
 
 
 def kept_speed(key: str) -> tuple[float | None, float, float]:
@@ -156,8 +196,12 @@ def kept_speed(key: str) -> tuple[float | None, float, float]:
     the fixed seconds are the median of the last runs'."""
     speed = load_speeds().get(key, {})
     rate, exponent = fit_speed(speed["points"]) if speed.get("points") else (None, DEFAULT_EXPONENT)
-    fixed = sorted(speed.get("fixed_seconds") or [0.0])
-    return rate, exponent, fixed[len(fixed) // 2]
+    return rate, exponent, _median(speed, "fixed_seconds")
+
+
+def speed_at(speed: tuple[float, float], pixels: int) -> float:
+    """Seconds per evaluation at `pixels` of a (rate, exponent) speed."""
+    return speed[0] * pixels ** speed[1]
 
 
 def fit_speed(points: list[tuple[int, float]]) -> tuple[float, float]:
@@ -177,20 +221,81 @@ def fit_speed(points: list[tuple[int, float]]) -> tuple[float, float]:
 
 
 def estimate_seconds(height: int, width: int, config: Config, rate: float, exponent: float,
-                     fixed_seconds: float = 0.0, finish_seconds: float = 0.0) -> float:
+                     fixed_seconds: float = 0.0, finish_seconds: float = 0.0,
+                     level_speeds: list[tuple[float, float]] | None = None) -> float:
     """A whole run's seconds for a `height` x `width` content: every planned evaluation (full
     budgets: early stopping only shortens it), each level's targets, the finish and
-    `fixed_seconds` (start-up)."""
+    `fixed_seconds` (start-up). `level_speeds`: per level, the (rate, exponent) of its
+    evaluations where they are not (`rate`, `exponent`): compiled levels; targets and finish are
+    eager forward passes."""
     from .pipeline import level_sizes
 
     sizes = level_sizes(height, width, config)
-    units = 0.0
+    seconds = 0.0
     for number, size in enumerate(sizes, start=1):
         evaluations = config.schedule_value("evaluations" if number == len(sizes)
                                             else "coarse_evaluations")
-        units += (evaluations + TARGET_EVALUATIONS) * level_pixels(size) ** exponent
-    units += FINISH_EVALUATIONS * level_pixels(sizes[-1]) ** exponent
-    return fixed_seconds + finish_seconds + rate * units
+        speed = level_speeds[number - 1] if level_speeds else (rate, exponent)
+        seconds += (evaluations * speed_at(speed, level_pixels(size)) +
+                    TARGET_EVALUATIONS * speed_at((rate, exponent), level_pixels(size)))
+    seconds += FINISH_EVALUATIONS * speed_at((rate, exponent), level_pixels(sizes[-1]))
+    return fixed_seconds + finish_seconds + seconds
+
+
+def planned_compiled(config: Config, height: int, width: int) -> list[bool]:
+    """Per level of the run `config` plans for a `height` x `width` content, whether its
+    evaluations would run compiled here: the run's own rule (`wants_compile` on its whole-image
+    levels, then `level_runs_compiled`), without compiling, logging or looking for a compiler
+    (where none is, no compiled speed is ever kept, so the eager one prices them)."""
+    from ..engines import resolve_engine
+    from .pipeline import level_runs_compiled, level_sizes, plan_levels
+
+    if resolve_engine(config.engine) == "onnx" or config.compile == "off":
+        return [False] * len(level_sizes(height, width, config))
+    from ..engines.torch.compiled import wants_compile
+    from ..engines.torch.model import resolve_device, resolve_precision
+
+    device = resolve_device(config.device)
+    plan = plan_levels(height, width, config, device)
+    compiling = wants_compile(config.compile, device, resolve_precision(config.precision, device),
+                              [(lv.size, lv.evaluations) for lv in plan if not lv.crop_side])
+    return [level_runs_compiled(compiling, config, lv) for lv in plan]
+
+
+def estimate(height: int, width: int, config: Config, key: str,
+             finish_seconds: float = 0.0) -> dict:
+    """`stylefu estimate`'s figures from the speeds kept under `key` (a rate must be kept):
+    "seconds", "exponent", "fixed_seconds" and, for a run that would compile
+    (`planned_compiled`), "compiled": its compiled levels ([w, h]), the speed that priced them
+    (the compiled one where kept, else the eager one), where it came from, and the compile
+    seconds (loading the compiled code: the median of the last compiled runs') added to the
+    start-up."""
+    from .pipeline import level_sizes
+
+    rate, exponent, fixed = kept_speed(key)
+    figures: dict = {"exponent": round(exponent, 3), "fixed_seconds": round(fixed, 1)}
+    kinds, speeds = planned_compiled(config, height, width), None
+    if any(kinds):
+        where = compiled_key(key)
+        kept = load_speeds().get(where, {})
+        compiled_rate, compiled_exponent, _ = kept_speed(where)
+        compiling = 0.0
+        if compiled_rate is not None:
+            speeds = [(compiled_rate, compiled_exponent) if kind else (rate, exponent)
+                      for kind in kinds]
+            compiling = _median(kept, "compile_seconds")
+        fixed += compiling
+        figures["compiled"] = {
+            "levels": [[w, h] for (h, w), kind in zip(level_sizes(height, width, config), kinds)
+                       if kind],
+            "speed": where if speeds else key,
+            "measured_by": f"{len(kept.get('points', []))} compiled level(s) of earlier runs"
+            if speeds else "no compiled run kept yet: the eager speed",
+            "exponent": round(compiled_exponent if speeds else exponent, 3),
+            "compile_seconds": round(compiling, 1)}
+    figures["seconds"] = round(estimate_seconds(height, width, config, rate, exponent, fixed,
+                                                finish_seconds, speeds), 1)
+    return figures
 
 
 def run_key(config: Config, architecture: str) -> str:
@@ -211,9 +316,10 @@ CALIBRATION_SIDES = (128, 256)
 CALIBRATION_EVALUATIONS = 5
 
 
-def calibrate(model, config: Config) -> list[tuple[int, float]]:
-    """(pixels, seconds per evaluation) measured now: a few evaluations at CALIBRATION_SIDES on a
-    generated picture (a few seconds; uncompiled, so a compiled run comes out a little faster)."""
+def calibrate(model, config: Config) -> list[tuple[int, float, bool]]:
+    """(pixels, seconds per evaluation, compiled: False) measured now: a few evaluations at
+    CALIBRATION_SIDES on a generated picture (a few seconds; eager: a compiled speed comes from
+    compiled runs only)."""
     import numpy as np
 
     from .pipeline import stylize

@@ -135,19 +135,27 @@ def level_compiled(mode: str, size: tuple[int, int]) -> bool:
     return mode == "on" or size[0] * size[1] >= COMPILE_MIN_PIXELS
 
 
+def wants_compile(mode: str, device: torch.device, dtype: torch.dtype,
+                  levels: Sequence[tuple[tuple[int, int], int]]) -> bool:
+    """Whether the configuration asks a run to compile: `on` always, `off` never, `auto` when
+    the planned work pays for the compiled code (`min_work`: more for bf16 without AMX). No side
+    effects (no compiler looked for, nothing logged): estimates ask it too (run/eta.py)."""
+    if mode == "off" or not levels:
+        return False
+    return mode != "auto" or (planned_work(levels) >= min_work(dtype) and
+                              (device.type != "cuda" or AUTO_COMPILES_ON_CUDA))
+
+
 def should_compile(mode: str, device: torch.device, dtype: torch.dtype,
                    levels: Sequence[tuple[tuple[int, int], int]],
                    log: Callable[[str], None] | None = None) -> bool:
-    """Whether a run compiles its evaluations: `on` always (where it can), `off` never, `auto`
-    when the planned work pays for the compiled code (`min_work`: more for bf16 without AMX).
+    """Whether a run compiles its evaluations: where the configuration asks it (`wants_compile`)
+    and compiling can work here.
 
     Decided from the configuration only, never from timings or the cache's state, so the same
     inputs give the same bytes on a machine. Where compiling cannot work, `log` gets one line.
     """
-    if mode == "off" or not levels:
-        return False
-    if mode == "auto" and (planned_work(levels) < min_work(dtype) or
-                           (device.type == "cuda" and not AUTO_COMPILES_ON_CUDA)):
+    if not wants_compile(mode, device, dtype, levels):
         return False
     problem = compile_problem(device)
     if problem:
