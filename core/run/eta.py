@@ -36,9 +36,9 @@ DEFAULT_EXPONENT = 1.0
 EXPONENT_RANGE = (0.8, 1.3)  # beyond these two noisy points are not believed
 SPEED_FILE = "speed.json"
 KEPT_POINTS = 24
-KEPT_RUNS = 8  # fixed (and compile) seconds: the median of the last runs'
-# A compiled evaluation costs 13-26 % less than an eager one: its speed is kept under the eager
-# key plus this (the eager key is the one speed.json always had).
+KEPT_RUNS = 8  # fixed (and compile) seconds: the lower median of the last runs'
+# A compiled evaluation costs less than an eager one (docs/speed.md, "Compiling"): its speed is
+# kept under the eager key plus this (the eager key is the one speed.json always had).
 COMPILED = "/compiled"
 
 
@@ -187,13 +187,14 @@ def _keep(entry: dict, name: str, seconds: float) -> None:
 
 
 def _median(entry: dict, name: str) -> float:
+    """The lower median of the kept seconds: one first compile beside one warm load is left out."""
     values = sorted(entry.get(name) or [0.0])
-    return values[len(values) // 2]
+    return values[(len(values) - 1) // 2]
 
 
 def kept_speed(key: str) -> tuple[float | None, float, float]:
     """(rate, exponent, fixed seconds) earlier runs measured for `key`: rate None when none did;
-    the fixed seconds are the median of the last runs'."""
+    the fixed seconds are the (lower) median of the last runs'."""
     speed = load_speeds().get(key, {})
     rate, exponent = fit_speed(speed["points"]) if speed.get("points") else (None, DEFAULT_EXPONENT)
     return rate, exponent, _median(speed, "fixed_seconds")
@@ -268,8 +269,8 @@ def estimate(height: int, width: int, config: Config, key: str,
     "seconds", "exponent", "fixed_seconds" and, for a run that would compile
     (`planned_compiled`), "compiled": its compiled levels ([w, h]), the speed that priced them
     (the compiled one where kept, else the eager one), where it came from, and the compile
-    seconds (loading the compiled code: the median of the last compiled runs') added to the
-    start-up."""
+    seconds (loading the compiled code: the lower median of the last compiled runs') added to
+    the start-up."""
     from .pipeline import level_sizes
 
     rate, exponent, fixed = kept_speed(key)
