@@ -178,19 +178,22 @@ def test_planned_compiled_follows_the_runs_rule(monkeypatch):
         == [False] * 3
     monkeypatch.setattr(compiled, "min_work", lambda dtype: float("inf"))
     assert eta.planned_compiled(Config(**base, compile="auto"), 341, 512) == [False] * 3
-    # The Progress records say so too (the torch runner's decision, the same rule per level).
-    seen = []
-    for runner, expected in ((SimpleNamespace(compiled=True, config=Config(compile="auto")), True),
-                             (SimpleNamespace(compiled=False, config=Config()), False),
-                             (SimpleNamespace(config=Config(compile="on")), False)):  # onnx's
-        level = pipeline.Level(2, (192, 256), 40, 0)
-        pipeline._reporter(runner, level, 3, seen.append)(1, 1.0, dict(content=0, style=0, tv=0),
-                                                          None)
-        assert seen[-1].compiled is expected
-    pipeline._reporter(SimpleNamespace(compiled=True, config=Config(compile="auto")),
-                       pipeline.Level(1, (96, 128), 40, 0), 3, seen.append)(
-        1, 1.0, dict(content=0, style=0, tv=0), None)
-    assert seen[-1].compiled is False  # under COMPILE_MIN_PIXELS
+    # The Progress records carry the runner's answer per level (the same rule).
+    from stylefu.core.engines.onnx.runner import OnnxRunner
+    from stylefu.core.engines.torch.runner import TorchRunner
+
+    seen, report = [], (1, 1.0, dict(content=0, style=0, tv=0), None)
+    runner = TorchRunner(None, Config(compile="auto", device="cpu"), print)
+    for compiling, level, expected in ((True, pipeline.Level(2, (192, 256), 40, 0), True),
+                                       (False, pipeline.Level(2, (192, 256), 40, 0), False),
+                                       (True, pipeline.Level(2, (192, 256), 40, 128), False),
+                                       (True, pipeline.Level(1, (96, 128), 40, 0), False)):
+        runner.compiled = compiling  # tiled, or under COMPILE_MIN_PIXELS: eager
+        pipeline._reporter(runner, level, 3, seen.append)(*report)
+        assert seen[-1].compiled is expected, level
+    onnx = OnnxRunner(None, Config(compile="on", engine="onnx"), print)
+    pipeline._reporter(onnx, pipeline.Level(2, (192, 256), 40, 0), 3, seen.append)(*report)
+    assert seen[-1].compiled is False
 
 
 def test_estimate_prices_compiled_levels_with_the_compiled_speed(monkeypatch):

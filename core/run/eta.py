@@ -249,18 +249,18 @@ def planned_compiled(config: Config, height: int, width: int) -> list[bool]:
     levels, then `level_runs_compiled`), without compiling, logging or looking for a compiler
     (where none is, no compiled speed is ever kept, so the eager one prices them)."""
     from ..engines import resolve_engine
-    from .pipeline import level_runs_compiled, level_sizes, plan_levels
+    from .pipeline import level_sizes, plan_levels
 
     if resolve_engine(config.engine) == "onnx" or config.compile == "off":
         return [False] * len(level_sizes(height, width, config))
-    from ..engines.torch.compiled import wants_compile
+    from ..engines.torch.compiled import level_runs_compiled, wants_compile, whole_image_levels
     from ..engines.torch.model import resolve_device, resolve_precision
 
     device = resolve_device(config.device)
     plan = plan_levels(height, width, config, device)
     compiling = wants_compile(config.compile, device, resolve_precision(config.precision, device),
-                              [(lv.size, lv.evaluations) for lv in plan if not lv.crop_side])
-    return [level_runs_compiled(compiling, config, lv) for lv in plan]
+                              whole_image_levels(plan))
+    return [level_runs_compiled(compiling, config.compile, lv) for lv in plan]
 
 
 def estimate(height: int, width: int, config: Config, key: str,

@@ -50,7 +50,7 @@ class Progress:
     image: Callable[[], np.ndarray] = field(repr=False, default=lambda: None)
     # The optimised pixels as they are, unclipped (benchmarks judge the optimiser's own variable).
     pixels: Callable[[], torch.Tensor] = field(repr=False, default=lambda: None)
-    # Whether this level's evaluations run compiled (`level_runs_compiled`): run/eta.py keeps
+    # Whether this level's evaluations run compiled (the runner's `compiles`): run/eta.py keeps
     # compiled and eager speeds apart.
     compiled: bool = False
 
@@ -102,17 +102,6 @@ def plan_levels(height: int, width: int, config: Config, device: torch.device) -
                                                  else "coarse_evaluations"),
                   tiling.choose_crop_side(*size, config.crop_side, config.optimizer, device))
             for k, size in enumerate(sizes, start=1)]
-
-
-def level_runs_compiled(compiling: bool, config: Config, level: Level) -> bool:
-    """Whether `level` evaluates compiled in a run that compiles (`compiling`: the torch runner's
-    decision, or for an estimate `wants_compile`): the whole-image levels `level_compiled` admits,
-    as runner.run_level asks; tiled levels stay eager."""
-    if not compiling or level.crop_side:
-        return False
-    from ..engines.torch.compiled import level_compiled
-
-    return level_compiled(config.compile, level.size)
 
 
 def balanced(config: Config, model: StyleModel, content: np.ndarray, styles: Sequence[np.ndarray],
@@ -236,12 +225,10 @@ def initial_pixels(runner, content_rgb: np.ndarray, size: tuple[int, int], confi
 
 def _reporter(runner, level: Level, levels: int, callback):
     """The engines' report(evaluation, loss, parts, pixels) as a Progress for `callback`."""
-    compiled = level_runs_compiled(getattr(runner, "compiled", False), runner.config, level)
-
     def report(i, total, parts, x):
         if callback is not None:
             callback(Progress(level.number, levels, i, level.evaluations, level.size, float(total),
                               float(parts["content"]), float(parts["style"]), float(parts["tv"]),
                               image=lambda: runner.image(x), pixels=lambda: runner.copy(x),
-                              compiled=compiled))
+                              compiled=runner.compiles(level)))
     return report

@@ -62,6 +62,11 @@ class OnnxRunner:
     def copy(x: np.ndarray) -> np.ndarray:
         return x.copy()
 
+    @staticmethod
+    def compiles(level) -> bool:
+        """Never: the torch-free engine has no compiler."""
+        return False
+
     def run_level(self, level, x, content_rgb, styles, masks, report, cancel):
         """The level's targets and the minimised pixels; returns (pixels, evaluations)."""
         size, side, config = level.size, level.crop_side, self.config

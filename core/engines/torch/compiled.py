@@ -108,6 +108,12 @@ def compile_problem(device: torch.device) -> str | None:
     return None
 
 
+def whole_image_levels(plan) -> list[tuple[tuple[int, int], int]]:
+    """[((h, w), evaluations)] of a plan's (run/pipeline.py's Levels) untiled levels: the ones
+    whose work decides compiling (tiled levels stay eager)."""
+    return [(lv.size, lv.evaluations) for lv in plan if not lv.crop_side]
+
+
 def planned_work(levels: Sequence[tuple[tuple[int, int], int]]) -> float:
     """Pixels x evaluations of a run's levels [((h, w), evaluations), ...] that `auto` compiles."""
     return float(sum(h * w * n for (h, w), n in levels if level_compiled("auto", (h, w))))
@@ -133,6 +139,12 @@ def level_compiled(mode: str, size: tuple[int, int]) -> bool:
     """Whether a level of a compiling run uses the compiled code: `on` everywhere, `auto` at
     COMPILE_MIN_PIXELS and up."""
     return mode == "on" or size[0] * size[1] >= COMPILE_MIN_PIXELS
+
+
+def level_runs_compiled(compiling: bool, mode: str, level) -> bool:
+    """Whether a planned level (run/pipeline.py's Level) evaluates compiled in a run whose
+    decision is `compiling`: the whole-image levels `level_compiled` admits (tiles stay eager)."""
+    return compiling and not level.crop_side and level_compiled(mode, level.size)
 
 
 def wants_compile(mode: str, device: torch.device, dtype: torch.dtype,

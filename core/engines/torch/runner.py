@@ -37,7 +37,7 @@ class TorchRunner:
         """Load the model, choose the precision and (once per run) whether to compile."""
         import torch
 
-        from .compiled import compile_seconds, should_compile
+        from .compiled import compile_seconds, should_compile, whole_image_levels
         from .model import cpu_has_fast_bf16, load_model, resolve_precision
 
         if self.model is None:
@@ -49,10 +49,8 @@ class TorchRunner:
                      "--precision fp32 (which --precision auto takes here).")
         torch.manual_seed(self.config.seed)
         self.generator = torch.Generator().manual_seed(self.config.seed)
-        # Whole-image levels may run compiled (tiled ones stay eager).
         self.compiled = should_compile(self.config.compile, self.device, self.dtype,
-                                       [(lv.size, lv.evaluations) for lv in plan if not lv.crop_side],
-                                       self.log)
+                                       whole_image_levels(plan), self.log)
         self.compile_started = compile_seconds()
         return self.model
 
@@ -82,10 +80,15 @@ class TorchRunner:
     def copy(x: torch.Tensor) -> torch.Tensor:
         return x.detach().clone()
 
+    def compiles(self, level) -> bool:
+        """Whether `level`'s evaluations run compiled (known once `load` has decided; after a
+        compiler failure this process runs eager)."""
+        from .compiled import failure, level_runs_compiled
+
+        return level_runs_compiled(self.compiled and not failure(), self.config.compile, level)
+
     def run_level(self, level, x, content_rgb, styles, masks, report, cancel):
         """The level's targets and the optimised pixels; returns (pixels, evaluations)."""
-        from .compiled import level_compiled
-
         config, size, side = self.config, level.size, level.crop_side
         if side:
             need = tiling.torch_bytes(*size, config.optimizer) / 1e9
@@ -103,7 +106,7 @@ class TorchRunner:
         else:
             run = optimise(Objective(self.model, targets, config, self.dtype), x,
                            level.evaluations, config, report, cancel, tolerance,
-                           compiled=self.compiled and level_compiled(config.compile, size),
+                           compiled=self.compiles(level),
                            log=self.log)
         self.last = (run, targets)
         return run.image, run.evaluations
