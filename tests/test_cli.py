@@ -120,7 +120,9 @@ def test_serve_answers_runs_in_order_with_the_bytes_of_run(files, model_path, tm
                 "not json", {"id": 3, "run": [*common, "-o", "x.png", "--no-such-option"]},
                 {"id": 4, "run": [*common[:2], "-o", str(tmp_path / "four.png"), *common[2:]]}]
     lines = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in requests)
-    proc = subprocess.Popen([sys.executable, "-m", "stylefu.core", "serve"], text=True,
+    # --model: loaded before any request comes (a file that cannot load fails only its runs).
+    proc = subprocess.Popen([sys.executable, "-m", "stylefu.core", "serve", "--model",
+                             str(model_path)], text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     proc.stdin.write(lines)
     proc.stdin.flush()

@@ -409,7 +409,8 @@ def cmd_serve(args) -> int:
     """`stylefu serve`: one worker for many runs (cli/serve.py)."""
     from .serve import serve
 
-    return serve(lambda argv, cancel: main(argv, cancel), (EXIT_CANCELLED, EXIT_TERMINATED))
+    return serve(lambda argv, cancel: main(argv, cancel), (EXIT_CANCELLED, EXIT_TERMINATED),
+                 args.model)
 
 
 def cmd_info(args) -> int:
@@ -559,6 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_parser(sub, add_config_options, config_from_args)
     serve = sub.add_parser("serve", help="run many `run` requests in one process (JSON lines on "
                            "stdin and stdout; the GIMP 3 dialog's previews)")
+    serve.add_argument("--model", help="the model the runs will use, loaded at once (default: "
+                       "$STYLEFU_MODEL or the cache's)")
     serve.set_defaults(func=cmd_serve)
 
     for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):

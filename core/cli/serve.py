@@ -80,12 +80,27 @@ class Requests:
             return request, self.cancel
 
 
-def serve(run: Callable[[list[str], threading.Event], int], stop_codes: tuple[int, ...]) -> int:
+def _warm(model: str | None) -> None:
+    """Load the model the runs will ask for (torch's import with it) before any request comes:
+    the dialog starts its worker early. A model that cannot load fails its run instead, there
+    in the usual words."""
+    from ..engines import load_engine_model
+    from ..method.config import Config
+
+    try:
+        load_engine_model(model, Config())
+    except Exception:  # the run says it
+        pass
+
+
+def serve(run: Callable[[list[str], threading.Event], int], stop_codes: tuple[int, ...],
+          model: str | None = None) -> int:
     """Answer requests until stdin closes; `run(argv, cancel)` is the `stylefu` command itself
     (its exit code: one of `stop_codes` not from a request's cancel, i.e. SIGTERM or Ctrl-C,
-    ends the worker with it). The model stays loaded between runs (the engines keep it per
-    process and file)."""
+    ends the worker with it). `model` (the runs' --model) is loaded at once; models stay
+    loaded between runs (the engines keep them per process and file)."""
     requests = Requests()
+    _warm(model)
     while (taken := requests.next())[0] is not None:
         request, cancel = taken
         ident = request.get("id") if isinstance(request, dict) else None

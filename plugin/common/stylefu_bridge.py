@@ -1002,7 +1002,8 @@ class KeptWorker(object):
     def __init__(self, settings):
         folder = exchange_dir()
         try:
-            command = worker_command(settings, ["serve"])
+            model = ["--model", settings["model"]] if settings.get("model") else []
+            command = worker_command(settings, ["serve"] + model)
             log("dialog preview worker:", " ".join(command))
             self.worker = BackgroundWorker(command, folder)
         except BaseException:

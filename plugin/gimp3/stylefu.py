@@ -378,12 +378,29 @@ class DialogPreview(DialogJob):
         self.stop()
         on = self.enabled()
         self.widget.set_sensitive(on)
+        if on and self.settings is not None:
+            try:  # started now, its start overlaps the wait for the settings and the estimate
+                self.kept_worker()
+            except bridge.BridgeError:
+                pass  # start() says why
         if on:
             self.say(0.0, "Preview: waiting for the settings to settle", "")
             self.timer = GLib.timeout_add(self.DELAY_MS, self.start)
         else:
+            self.close_worker()  # its memory back while the preview is off
             self.say(0.0, "Preview off", "")
             bridge.log("dialog preview off")
+
+    def kept_worker(self):
+        """The worker kept for the dialog's previews (bridge.KeptWorker), started if none runs."""
+        if self.kept is None or not self.kept.alive:
+            self.kept = bridge.KeptWorker(self.settings)
+        return self.kept
+
+    def close_worker(self):
+        if self.kept is not None:
+            self.kept.close()
+            self.kept = None
 
     def say(self, fraction, text, status):
         self.bar.set_fraction(fraction)
@@ -432,9 +449,7 @@ class DialogPreview(DialogJob):
             outside = values["second_style_goes"] == "outside"
             self.show_layer(self.host.preview_area(bridge.preview_side(self.settings),
                                                    whole=outside))
-            if self.kept is None or not self.kept.alive:
-                self.kept = bridge.KeptWorker(self.settings)
-            self.worker, self.output = bridge.start_dialog_preview(self.host, self.kept,
+            self.worker, self.output = bridge.start_dialog_preview(self.host, self.kept_worker(),
                                                                    self.settings, values)
         except bridge.BridgeError as exc:  # no style yet, a selection it cannot use, ...
             bridge.log("dialog preview:", exc)
@@ -483,8 +498,7 @@ class DialogPreview(DialogJob):
         """The dialog goes: no more previews (nor estimates)."""
         self.config.disconnect(self.handler)
         self.stop()
-        if self.kept is not None:
-            self.kept.close()
+        self.close_worker()
         if self.estimate is not None:
             self.estimate.close()
 
