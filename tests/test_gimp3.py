@@ -692,13 +692,17 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
     runs = sorted((tmp_path / "logs").iterdir(), key=lambda p: p.stat().st_mtime)
     cancelled, ran = (p.read_text() for p in runs[:2])  # (a third: the run without a model)
     assert "[stylefu] dialog preview done" in cancelled and "dialog preview: " in cancelled
-    # The dialog said what the filter would take on this layer, before its preview started (a
-    # calibration and a preview at once would measure a loaded machine).
+    # The dialog said what the filter would take on this layer, before its preview painted (its
+    # worker answers in order: a calibration and a preview at once would measure a loaded
+    # machine).
     shown = re.search(r"dialog estimate shown: The filter: about (\d+ min )?\d+ s for this "
                       r"(\d+) x (\d+) px layer on this machine", cancelled)
     height, width = np.load(content).shape[:2]
     assert shown and (int(shown[2]), int(shown[3])) == (width, height), cancelled[-3000:]
-    assert cancelled.index("dialog estimate shown") < cancelled.index("dialog preview: ")
+    assert cancelled.index("dialog estimate: ") < cancelled.index("dialog preview: ")
+    assert cancelled.index("dialog estimate shown") < cancelled.index("dialog preview shown")
+    # One worker for the dialog's estimates and previews.
+    assert cancelled.count("dialog worker: ") == ran.count("dialog worker: ") == 1
     assert "dialog estimate shown: The filter: about " in ran
     assert "[stylefu] dialog preview off" in ran and "[stylefu] worker: " in ran
     assert ran.index("dialog preview: ") < ran.index("dialog preview cancelled") < \

@@ -241,9 +241,9 @@ def test_worker_and_preview_commands_are_ones_stylefu_accepts(model_path, tmp_pa
     assert preview_run.size == bridge.DIALOG_PREVIEW_SIDE and preview_run.progress == "json"
     assert not preview_run.watch_stdin and not preview_run.keep_size
     # What the dialog's choices cost on a layer: `stylefu estimate` with the same options.
-    estimate = bridge.estimate_command(settings, 3000, 2000, dict(settings["defaults"],
-                                                                  preset="draft"), styles=2)
-    args = build_parser().parse_args(estimate[3:])
+    estimate = bridge.estimate_args(settings, 3000, 2000, dict(settings["defaults"],
+                                                               preset="draft"), styles=2)
+    args = build_parser().parse_args(["estimate"] + estimate)
     assert args.command == "estimate" and args.layer == "3000x2000" and args.json
     assert args.keep_size and args.preset == "draft" and args.style_blend == (0.5, 0.5)
 
@@ -462,34 +462,44 @@ stylefu_bridge.run_worker({WORKER!r} + ["run", {str(content)!r}, {str(style)!r},
     assert stopped, "the worker kept running after the plug-in died"
 
 
-def test_estimate_asks_the_worker(model_path):
-    """The dialog's estimate before a run: the worker calibrates once, then reads kept speeds."""
+def test_estimate_asks_the_dialogs_worker(model_path, tmp_path, monkeypatch):
+    """The dialog's estimate, by its kept worker in the background: the worker calibrates once,
+    then reads kept speeds; asked behind a preview, it is answered after it; a changed entry
+    cancels one not yet answered."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     settings = installer.plugin_settings("3", sys.executable, model_path)
     values = dict(settings["defaults"], preset="draft", size=128)
-    first = bridge.estimate(settings, 400, 300, values)
-    assert first["seconds"] > 0 and first["measured_by"] == "a calibration now"
-    assert first["levels"][-1] == [128, 96] and first["text"].endswith(" s")
-    assert bridge.estimate(settings, 400, 300, values)["measured_by"].endswith("earlier runs")
-    # The GIMP 3 dialog's way: in the background, never waiting; its line names the layer.
-    worker = bridge.start_estimate(settings, 400, 300, values)
-    deadline = time.monotonic() + 300
-    while not worker.done and time.monotonic() < deadline:
-        worker.poll()
-        time.sleep(0.1)
-    record = worker.result()
-    worker.stop()
-    assert record["seconds"] == first["seconds"] and record["measured_by"].endswith("earlier runs")
-    assert bridge.estimate_text(record, 400, 300) == \
-        f"The filter: about {record['text']} for this 400 x 300 px layer on this machine"
-    assert "(its speed measured now)" in bridge.estimate_text(first, 400, 300)
-    # A changed entry cancels the estimate under way: killed at once, its folder removed.
-    worker = bridge.start_estimate(settings, 4000, 3000, values)
-    worker.stop()
-    assert worker.proc.wait(timeout=10) != 0
-    deadline = time.monotonic() + 10
-    while os.path.exists(worker.folder) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not os.path.exists(worker.folder)
+    kept = bridge.KeptWorker(settings)
+    try:
+        records = []
+        for _ in range(2):
+            run = bridge.start_estimate(kept, settings, 400, 300, values)
+            _poll_until_done(run)
+            records.append(run.result())
+            run.stop()
+        first, second = records
+        assert first["seconds"] > 0 and first["measured_by"] == "a calibration now"
+        assert first["levels"][-1] == [128, 96] and first["text"].endswith(" s")
+        assert second["measured_by"].endswith("earlier runs")
+        assert bridge.estimate_text(second, 400, 300) == \
+            f"The filter: about {second['text']} for this 400 x 300 px layer on this machine"
+        assert "(its speed measured now)" in bridge.estimate_text(first, 400, 300)
+        # Asked while another request runs: answered in order; cancelled before its turn, it
+        # never runs.
+        ahead = bridge.start_estimate(kept, settings, 4000, 3000, values)
+        dropped = bridge.start_estimate(kept, settings, 4000, 3000, values)
+        dropped.stop()
+        last = bridge.start_estimate(kept, settings, 400, 300, values)
+        _poll_until_done(last)
+        assert ahead.done and dropped.done and not os.path.exists(dropped.folder)
+        assert ahead.result()["levels"][-1] == [128, 96]
+        with pytest.raises(bridge.BridgeError, match="cancelled"):
+            dropped.result()
+        assert last.result()["seconds"] == second["seconds"]
+        for run in (ahead, last):
+            run.stop()
+    finally:
+        kept.close()
 
 
 def test_progress_text_names_the_level_and_evaluation():

@@ -586,7 +586,7 @@ def main(argv: list[str] | None = None, cancel: threading.Event | None = None) -
     once it is set (and whose start-up the worker paid once)."""
     as_program = argv is None  # the `stylefu` command itself, not a caller in its own process
     argv = sys.argv[1:] if argv is None else list(argv)
-    json_mode = _json_progress(argv)
+    json_mode = _json_progress(argv) or cancel is not None  # `serve` answers in JSON lines
     _open_standard_streams()
 
     def event(record: dict) -> None:

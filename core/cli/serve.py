@@ -5,6 +5,7 @@ Requests come as JSON lines on stdin, answered in order:
   {"id": 3, "run": ["content.png", "style.png", "-o", "out.png", "--size", "160", ...]}
       the arguments of `stylefu run`; its JSON records follow `{"event": "started", "id": 3}` on
       stdout and end with its `result`, `error` or `cancelled` record, as `run --progress json`.
+  {"id": 4, "estimate": ["--layer", "1500x1000", ...]}  the same for `stylefu estimate --json`.
   {"cancel": 3}  stops run 3 at its next evaluation (or before it starts).
 stdin closed: the running request is cancelled and the worker exits (within 15 s, as
 `run --watch-stdin`). A line that is no request is answered by an `error` record.
@@ -25,6 +26,8 @@ from .exits import EXIT_CANCELLED
 # Seconds after stdin closes (here and in `run --watch-stdin`) after which a run stuck in one
 # evaluation ends the process anyway, with the cancelled exit code.
 STOP_AFTER_STDIN_CLOSES = 15.0
+# The commands a request may ask for, with the options that make them answer in JSON lines.
+SERVED = {"run": ("--progress", "json"), "estimate": ("--json",)}
 
 
 class Requests:
@@ -105,16 +108,17 @@ def serve(run: Callable[[list[str], threading.Event], int], stop_codes: tuple[in
         request, cancel = taken
         ident = request.get("id") if isinstance(request, dict) else None
         jsontext.print_line({"event": "started", "id": ident})
-        argv = request.get("run") if isinstance(request, dict) else None
+        command = next((c for c in SERVED if isinstance(request, dict) and c in request), None)
+        argv = request[command] if command else None
         if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
             jsontext.print_line({"event": "error", "message": "not a request: "
-                                 '{"id": N, "run": [the arguments of `stylefu run`]}'})
+                                 '{"id": N, "run" or "estimate": [the command\'s arguments]}'})
             continue
         if cancel.is_set():
             jsontext.print_line({"event": "cancelled", "reason": "cancelled"})
             continue
         try:
-            code = run(["run", *argv, "--progress", "json"], cancel)
+            code = run([command, *argv, *SERVED[command]], cancel)
         except SystemExit:  # argparse's --help or --version: nothing to run
             jsontext.print_line({"event": "error", "message": "a request cannot ask for help"})
             continue

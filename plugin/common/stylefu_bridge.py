@@ -322,36 +322,26 @@ def dialog_preview_args(settings, content, styles, output, values, masks=()):
     return [content] + [path for path, _ in styles] + ["-o", output] + options + list(masks)
 
 
-def estimate_command(settings, width, height, values, styles=1):
-    """The worker command whose final JSON record says what the filter with the dialog's `values`
-    would take on a `width` x `height` layer on this machine ("seconds", "text")."""
+def estimate_args(settings, width, height, values, styles=1):
+    """The `stylefu estimate` arguments whose final JSON record says what the filter with the
+    dialog's `values` would take on a `width` x `height` layer on this machine ("seconds", "text";
+    the first on a machine calibrates, a few seconds; later ones read the speed earlier runs
+    measured)."""
     options = run_options(values, settings, styles)
     options = [o for i, o in enumerate(options) if o not in ("--progress", "--watch-stdin")
                and options[i - 1:i] != ["--progress"]]
-    return worker_command(settings, ["estimate", "--layer", "%dx%d" % (width, height), "--json"]
-                          + options)
+    return ["--layer", "%dx%d" % (width, height), "--json"] + options
 
 
-def estimate(settings, width, height, values, styles=1):
-    """What the filter would take on a `width` x `height` layer here: the worker's estimate record
-    ("seconds", "text" such as "3 min 20 s", "measured_by"); the first call on a machine calibrates
-    (a few seconds), later ones read the speed earlier runs measured. BridgeError on failure."""
-    folder = exchange_dir()
+def start_estimate(worker, settings, width, height, values):
+    """The dialog's estimate, asked of its kept `worker` (a KeptWorker) in the background: a
+    KeptRun whose final record is estimate's. Asked after a preview, it waits for it (so a
+    first calibration never measures a machine busy with a preview)."""
+    folder = worker.run_folder()
     try:
-        return run_worker(estimate_command(settings, width, height, values, styles), cwd=folder)
-    finally:
-        remove_dir(folder)
-
-
-def start_estimate(settings, width, height, values):
-    """`estimate` in the background (a BackgroundWorker whose final record is estimate's): for
-    the GIMP 3 dialog, which must not wait for it (the first one on a machine calibrates).
-    Cancelled, it is killed at once: it has nothing to save and does not watch its stdin."""
-    folder = exchange_dir()
-    try:
-        command = estimate_command(settings, width, height, values)
-        log("dialog estimate:", " ".join(command))
-        return BackgroundWorker(command, folder, grace=0.0)
+        args = estimate_args(settings, width, height, values)
+        log("dialog estimate:", " ".join(args))
+        return worker.submit(args, folder, command="estimate")
     except BaseException:
         remove_dir(folder)
         raise
@@ -897,22 +887,22 @@ def _finish_background():
 
 
 class BackgroundWorker(object):
-    """A worker run that never blocks its caller (the GIMP 3 dialog's preview): a thread reads
-    the JSON lines into a queue, which the caller drains with poll() from its own main loop
-    (GLib timeouts), so GIMP's dialog stays responsive. stop() cancels it the worker's way
-    (stdin closed: --watch-stdin) and kills it only if it has not ended within CANCEL_GRACE s
-    (beyond the worker's own 15 s limit after its stdin closes, so normally never).
-    The run's private `folder` is removed once the worker has ended and stop() was called."""
+    """A worker process that never blocks its caller (the GIMP 3 dialog's KeptWorker): a thread
+    reads its JSON lines into a queue, which the caller drains from its own main loop (GLib
+    timeouts), so GIMP's dialog stays responsive. stop() ends it the worker's way (stdin
+    closed) and kills it only if it has not ended within CANCEL_GRACE s (beyond the worker's
+    own 15 s limit after its stdin closes, so normally never). Its private `folder` is removed
+    once the worker has ended and stop() was called."""
 
     CANCEL_GRACE = 20.0
 
-    def __init__(self, command, folder, grace=CANCEL_GRACE):
-        self.folder, self.grace = folder, grace
+    def __init__(self, command, folder):
+        self.folder = folder
         self.stderr_path = os.path.join(folder, "worker-stderr.txt")
         self._records = queue.Queue()
         self._lock = threading.Lock()
         self._stopped = self._ended = False
-        self.final, self.code = None, None
+        self.code = None
         with open(self.stderr_path, "wb") as stderr:
             self.proc = _start_worker(command, stderr, folder)
         _running.append(self)
@@ -950,25 +940,6 @@ class BackgroundWorker(object):
             else:
                 records.append(item)
 
-    def poll(self):
-        """The progress records that arrived since the last call (never waits). Once the worker
-        has ended, `self.code` is its exit code and `self.final` its final record."""
-        records = []
-        for record in self.drain():
-            if _is_final(record):
-                self.final = record
-            else:
-                records.append(record)
-        return records
-
-    @property
-    def done(self):
-        return self.code is not None
-
-    def result(self):
-        """After `done`: the final record, or BridgeError as run_worker raises it."""
-        return _outcome(self.final, self.code, self.stderr_path)
-
     def stop(self):
         """Cancel a running worker (stdin closed, killed after CANCEL_GRACE s) and remove its
         folder once it has ended. Never waits."""
@@ -983,28 +954,29 @@ class BackgroundWorker(object):
             self.proc.stdin.close()
         except (IOError, OSError):
             pass
-        timer = threading.Timer(self.grace, self._kill)
+        timer = threading.Timer(self.CANCEL_GRACE, self._kill)
         timer.daemon = True
         timer.start()
 
     def _kill(self):
         if self.proc.poll() is None:
-            log("the cancelled worker did not stop within %g s: killed" % self.grace)
+            log("the cancelled worker did not stop within %g s: killed" % self.CANCEL_GRACE)
             self.proc.kill()
 
 
 class KeptWorker(object):
-    """One `stylefu serve` worker kept for the GIMP 3 dialog's life, so a refreshed preview pays
-    neither the worker's start nor the model's load: runs are asked as JSON lines on its stdin
-    (submit) and answered in order; each is a KeptRun, followed like a BackgroundWorker. close()
-    ends the worker (its stdin closed) and removes its folder, the runs' folders included."""
+    """One `stylefu serve` worker kept for the GIMP 3 dialog's life, so a refreshed preview or
+    estimate pays neither the worker's start nor the model's load: runs are asked as JSON lines
+    on its stdin (submit) and answered in order; each is a KeptRun, followed like a
+    BackgroundWorker. close() ends the worker (its stdin closed) and removes its folder, the runs'
+    folders included."""
 
     def __init__(self, settings):
         folder = exchange_dir()
         try:
             model = ["--model", settings["model"]] if settings.get("model") else []
             command = worker_command(settings, ["serve"] + model)
-            log("dialog preview worker:", " ".join(command))
+            log("dialog worker:", " ".join(command))
             self.worker = BackgroundWorker(command, folder)
         except BaseException:
             remove_dir(folder)
@@ -1023,10 +995,11 @@ class KeptWorker(object):
         os.mkdir(folder)
         return folder
 
-    def submit(self, args, folder):
-        """Ask the worker for `stylefu run ARGS` (its files in `folder`, from run_folder)."""
+    def submit(self, args, folder, command="run"):
+        """Ask the worker for `stylefu COMMAND ARGS` (run or estimate; its files in `folder`,
+        from run_folder)."""
         run = KeptRun(self, self.count, args, folder)
-        line = json.dumps({"id": run.ident, "run": list(args)}) + "\n"
+        line = json.dumps({"id": run.ident, command: list(args)}) + "\n"
         try:
             self.worker.proc.stdin.write(line.encode("utf-8"))
             self.worker.proc.stdin.flush()
@@ -1068,7 +1041,7 @@ class KeptWorker(object):
 
 class KeptRun(object):
     """One run of a KeptWorker, followed as a BackgroundWorker is: poll(), done, result(),
-    stop(); `args` are its `stylefu run` arguments. Its folder goes once it has ended and
+    stop(); `args` are its command's arguments. Its folder goes once it has ended and
     stop() was called."""
 
     def __init__(self, worker, ident, args, folder):

@@ -282,16 +282,22 @@ def stylize_layout(dialog, config, host=None, settings=None):
         from gi.repository import Gtk
 
         settings_box = dialog.fill_box("settings-box", groups)
-        estimate = DialogEstimate(config, host, settings)
+        worker = DialogWorker(settings)
+        estimate = DialogEstimate(config, host, settings, worker)
         settings_box.pack_end(estimate.label, False, False, 0)
         column = dialog.fill_box("preview-box", ["preview"])  # the toggle, below the picture
-        preview = DialogPreview(config, host, settings, estimate)
+        preview = DialogPreview(config, host, settings, estimate, worker)
         column.pack_start(preview.widget, False, False, 0)
         column.reorder_child(preview.widget, 0)
         main = dialog.fill_box("main-box", ["preview-box", "settings-box"])
         main.set_orientation(Gtk.Orientation.HORIZONTAL)
         main.set_spacing(12)
         dialog.fill(["main-box"])
+        if settings is not None:
+            try:  # started now, its start overlaps the half second before the first requests
+                worker.get()
+            except bridge.BridgeError:
+                pass  # the estimate and the preview say why
         estimate.schedule()
         preview.schedule()
     evaluations = dialog.get_widget("iterations", GObject.TYPE_NONE)
@@ -301,6 +307,24 @@ def stylize_layout(dialog, config, host=None, settings=None):
     config.connect("notify::preset", follow_quality)
     follow_quality()
     return preview
+
+
+class DialogWorker:
+    """The worker kept for the dialog's life (bridge.KeptWorker), shared by its preview and its
+    estimate: started as the dialog opens, again if it died, ended with the dialog."""
+
+    def __init__(self, settings):
+        self.settings, self.kept = settings, None
+
+    def get(self):
+        if self.kept is None or not self.kept.alive:
+            self.kept = bridge.KeptWorker(self.settings)
+        return self.kept
+
+    def close(self):
+        if self.kept is not None:
+            self.kept.close()
+            self.kept = None
 
 
 class DialogJob:
@@ -323,8 +347,8 @@ class DialogJob:
 
 class DialogPreview(DialogJob):
     """The filter dialog's preview: the layer (or the selection's box) painted with the dialog's
-    current values at bridge.DIALOG_PREVIEW_SIDE px with the draft preset, by a worker in the
-    background (bridge.BackgroundWorker) followed from GLib timeouts, so GIMP stays responsive.
+    current values at bridge.DIALOG_PREVIEW_SIDE px with the draft preset, by the dialog's kept
+    worker (DialogWorker) followed from GLib timeouts, so GIMP stays responsive.
     Shown as it forms, with its own progress bar; a changed entry cancels the running preview
     and starts a new one; the dialog's "Draft preview" toggle (aux argument "preview") turns it
     off."""
@@ -335,13 +359,13 @@ class DialogPreview(DialogJob):
     COLUMN = 180  # the preview column's least width in pixels
     TEXT_CHARS = 26
 
-    def __init__(self, config, host, settings, estimate=None):
+    def __init__(self, config, host, settings, estimate, kept):
         from gi.repository import Gtk, Pango
 
         self.config, self.host, self.settings, self.estimate = config, host, settings, estimate
+        self.kept = kept  # the DialogWorker, shared with the estimate
         self.worker = self.output = None
         self.timer = self.poller = None
-        self.kept = None  # the worker kept for the dialog's previews (bridge.KeptWorker)
         self.picture = Gtk.Image()
         side = bridge.preview_side(settings)
         self.picture.set_size_request(side, side)
@@ -378,29 +402,12 @@ class DialogPreview(DialogJob):
         self.stop()
         on = self.enabled()
         self.widget.set_sensitive(on)
-        if on and self.settings is not None:
-            try:  # started now, its start overlaps the wait for the settings and the estimate
-                self.kept_worker()
-            except bridge.BridgeError:
-                pass  # start() says why
         if on:
             self.say(0.0, "Preview: waiting for the settings to settle", "")
             self.timer = GLib.timeout_add(self.DELAY_MS, self.start)
         else:
-            self.close_worker()  # its memory back while the preview is off
             self.say(0.0, "Preview off", "")
             bridge.log("dialog preview off")
-
-    def kept_worker(self):
-        """The worker kept for the dialog's previews (bridge.KeptWorker), started if none runs."""
-        if self.kept is None or not self.kept.alive:
-            self.kept = bridge.KeptWorker(self.settings)
-        return self.kept
-
-    def close_worker(self):
-        if self.kept is not None:
-            self.kept.close()
-            self.kept = None
 
     def say(self, fraction, text, status):
         self.bar.set_fraction(fraction)
@@ -436,10 +443,6 @@ class DialogPreview(DialogJob):
 
     def start(self):
         self.timer = None
-        if self.estimate is not None and self.estimate.busy():
-            # Not both at once: a calibration beside a preview would measure a loaded machine.
-            self.timer = GLib.timeout_add(self.POLL_MS, self.start)
-            return False
         if self.settings is None:
             self.say(0.0, "No preview", bridge.with_log(
                 "stylefu is not set up for this GIMP; run `stylefu gimp install`."))
@@ -449,7 +452,9 @@ class DialogPreview(DialogJob):
             outside = values["second_style_goes"] == "outside"
             self.show_layer(self.host.preview_area(bridge.preview_side(self.settings),
                                                    whole=outside))
-            self.worker, self.output = bridge.start_dialog_preview(self.host, self.kept_worker(),
+            # The worker answers in order: after an estimate under way (a first calibration
+            # then never measures a machine busy with a preview).
+            self.worker, self.output = bridge.start_dialog_preview(self.host, self.kept.get(),
                                                                    self.settings, values)
         except bridge.BridgeError as exc:  # no style yet, a selection it cannot use, ...
             bridge.log("dialog preview:", exc)
@@ -498,43 +503,43 @@ class DialogPreview(DialogJob):
         """The dialog goes: no more previews (nor estimates)."""
         self.config.disconnect(self.handler)
         self.stop()
-        self.close_worker()
-        if self.estimate is not None:
-            self.estimate.close()
+        self.estimate.close()
+        self.kept.close()
 
 
 
 class DialogEstimate(DialogJob):
     """The dialog's line under its entries: what the filter would take on this layer with the
-    current entries on this machine (`stylefu estimate`, bridge.start_estimate), worked out in the
-    background and followed from GLib timeouts like the preview, so GIMP never waits for it (the
-    first estimate on a machine calibrates, a few seconds). Refreshed when an entry it depends on
-    changes (bridge.DIALOG_ESTIMATE_FOLLOWS), cancelling the one under way."""
+    current entries on this machine (`stylefu estimate`, bridge.start_estimate), worked out by the
+    dialog's kept worker and followed from GLib timeouts like the preview, so GIMP never waits
+    for it (the first estimate on a machine calibrates, a few seconds). Refreshed when an entry
+    it depends on changes (bridge.DIALOG_ESTIMATE_FOLLOWS), cancelling the one under way."""
 
     what = "estimate"
     DELAY_MS = 500
     POLL_MS = 200
     TEXT_CHARS = 44
 
-    def __init__(self, config, host, settings):
+    def __init__(self, config, host, settings, kept):
         from gi.repository import Gtk
 
-        self.config, self.host, self.settings = config, host, settings
+        self.config, self.host, self.settings, self.kept = config, host, settings, kept
         self.worker = self.timer = self.poller = None
         self.label = Gtk.Label()
         self.label.set_line_wrap(True)
         self.label.set_width_chars(self.TEXT_CHARS)
         self.label.set_max_width_chars(self.TEXT_CHARS)
         self.label.set_xalign(0.0)
+        self.label.set_yalign(0.0)
+        # Two lines kept from the start: the dialog must not grow when the estimate arrives.
+        _, two_lines = self.label.create_pango_layout("X\nX").get_pixel_size()
+        self.label.set_size_request(-1, two_lines)
         self.label.show()
         self.handler = config.connect("notify", self.changed)
 
     def changed(self, _config, pspec):
         if pspec.name.replace("-", "_") in bridge.DIALOG_ESTIMATE_FOLLOWS:
             self.schedule()
-
-    def busy(self):
-        return self.timer is not None or self.worker is not None
 
     def schedule(self):
         self.stop()
@@ -550,7 +555,7 @@ class DialogEstimate(DialogJob):
             self.label.set_text("The filter: no estimate (stylefu is not set up)")
             return False
         try:
-            self.worker = bridge.start_estimate(self.settings, *self.size(),
+            self.worker = bridge.start_estimate(self.kept.get(), self.settings, *self.size(),
                                                 values=dialog_values(self.config))
         except bridge.BridgeError as exc:
             self.failed(exc)
