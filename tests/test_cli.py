@@ -136,6 +136,11 @@ def test_serve_answers_runs_in_order_with_the_bytes_of_run(files, model_path, tm
                        (None, "started"), (None, "error"), (3, "started"), (None, "error"),
                        (4, "started"), (None, "result")]
     assert "--no-such-option" in [r for r in records if r["event"] == "error"][1]["message"]
+    # The worker's start is kept once as a run's start-up; its runs keep their speeds only.
+    from stylefu.core.run import eta
+    (entry,) = [e for e in eta.load_speeds().values() if e.get("points")]
+    assert len(entry["fixed_seconds"]) == 2  # `alone`'s, then the worker's
+    assert len(entry["points"]) == 3  # `alone`'s, one's and four's single level
     alone = (tmp_path / "alone.png").read_bytes()
     assert (tmp_path / "one.png").read_bytes() == alone == (tmp_path / "four.png").read_bytes()
     assert not (tmp_path / "two.png").exists()

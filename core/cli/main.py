@@ -410,7 +410,7 @@ def cmd_serve(args) -> int:
     from .serve import serve
 
     return serve(lambda argv, cancel: main(argv, cancel), (EXIT_CANCELLED, EXIT_TERMINATED),
-                 args.model)
+                 args.model, STARTED)
 
 
 def cmd_info(args) -> int:

@@ -18,6 +18,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 from .. import jsontext
@@ -83,27 +84,33 @@ class Requests:
             return request, self.cancel
 
 
-def _warm(model: str | None) -> None:
+def _warm(model: str | None, started: float) -> None:
     """Load the model the runs will ask for (torch's import with it) before any request comes:
-    the dialog starts its worker early. A model that cannot load fails its run instead, there
-    in the usual words."""
+    the dialog starts its worker early. The worker's start so far is kept as a run's start-up
+    (served runs keep none: the filter's own runs start a new process). A model that cannot
+    load fails its run instead, there in the usual words."""
     from ..engines import load_engine_model
     from ..method.config import Config
+    from ..run import eta
 
+    config = Config()
     try:
-        load_engine_model(model, Config())
+        loaded = load_engine_model(model, config)
     except Exception:  # the run says it
-        pass
+        return
+    eta.record_speed(eta.run_key(config, loaded.info.architecture), [],
+                     time.perf_counter() - started)
 
 
 def serve(run: Callable[[list[str], threading.Event], int], stop_codes: tuple[int, ...],
-          model: str | None = None) -> int:
+          model: str | None = None, started: float | None = None) -> int:
     """Answer requests until stdin closes; `run(argv, cancel)` is the `stylefu` command itself
     (its exit code: one of `stop_codes` not from a request's cancel, i.e. SIGTERM or Ctrl-C,
     ends the worker with it). `model` (the runs' --model) is loaded at once; models stay
-    loaded between runs (the engines keep them per process and file)."""
+    loaded between runs (the engines keep them per process and file). `started`: the process's
+    start (perf_counter)."""
     requests = Requests()
-    _warm(model)
+    _warm(model, time.perf_counter() if started is None else started)
     while (taken := requests.next())[0] is not None:
         request, cancel = taken
         ident = request.get("id") if isinstance(request, dict) else None
