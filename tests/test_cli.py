@@ -117,7 +117,8 @@ def test_serve_answers_runs_in_order_with_the_bytes_of_run(files, model_path, tm
     requests = [{"id": 1, "run": [*common[:2], "-o", str(tmp_path / "one.png"), *common[2:]]},
                 {"cancel": 2}, {"id": 2, "run": [*common[:2], "-o", str(tmp_path / "two.png"),
                                                  *common[2:]]},
-                "not json", {"id": 3, "run": [*common, "-o", "x.png", "--no-such-option"]},
+                "not json", {"cancel": [1]},
+                {"id": 3, "run": [*common, "-o", "x.png", "--no-such-option"]},
                 {"id": 4, "run": [*common[:2], "-o", str(tmp_path / "four.png"), *common[2:]]}]
     lines = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in requests)
     # --model: loaded before any request comes (a file that cannot load fails only its runs).
@@ -127,15 +128,15 @@ def test_serve_answers_runs_in_order_with_the_bytes_of_run(files, model_path, tm
     proc.stdin.write(lines)
     proc.stdin.flush()
     records = []
-    while sum(r["event"] in ("result", "error", "cancelled") for r in records) < 5:
+    while sum(r["event"] in ("result", "error", "cancelled") for r in records) < 6:
         records.append(json.loads(proc.stdout.readline()))
     proc.stdin.close()  # stdin's end: the worker exits
     assert proc.wait(timeout=30) == 0 and proc.stdout.read() == ""
     answers = [(r.get("id"), r["event"]) for r in records if r["event"] != "progress"]
     assert answers == [(1, "started"), (None, "result"), (2, "started"), (None, "cancelled"),
-                       (None, "started"), (None, "error"), (3, "started"), (None, "error"),
-                       (4, "started"), (None, "result")]
-    assert "--no-such-option" in [r for r in records if r["event"] == "error"][1]["message"]
+                       (None, "started"), (None, "error"), (None, "started"), (None, "error"),
+                       (3, "started"), (None, "error"), (4, "started"), (None, "result")]
+    assert "--no-such-option" in [r for r in records if r["event"] == "error"][2]["message"]
     # The worker's start is kept once as a run's start-up; its runs keep their speeds only.
     from stylefu.core.run import eta
     (entry,) = [e for e in eta.load_speeds().values() if e.get("points")]

@@ -1,5 +1,5 @@
-"""`stylefu serve`: one worker kept alive for many `run`s (the GIMP 3 dialog's previews), so a
-refreshed preview pays neither Python's start, nor torch's import, nor the model's load.
+"""`stylefu serve`: one worker kept alive for many runs and estimates (the GIMP 3 dialog's), so
+a refreshed preview pays neither Python's start, nor torch's import, nor the model's load.
 
 Requests come as JSON lines on stdin, answered in order:
   {"id": 3, "run": ["content.png", "style.png", "-o", "out.png", "--size", "160", ...]}
@@ -32,7 +32,7 @@ SERVED = {"run": ("--progress", "json"), "estimate": ("--json",)}
 
 
 class Requests:
-    """Reads stdin in a thread: run requests into a queue, cancels applied at once."""
+    """Reads stdin in a thread: requests into a queue, cancels applied at once."""
 
     def __init__(self):
         self.queue: queue.Queue = queue.Queue()
@@ -66,6 +66,9 @@ class Requests:
         except ValueError:
             request = {}  # answered as no request (None is stdin's end)
         if isinstance(request, dict) and "cancel" in request:
+            if not isinstance(request["cancel"], (int, str)):
+                self.queue.put({})  # answered as no request
+                return
             with self.lock:
                 self.cancelled.add(request["cancel"])
                 if request["cancel"] == self.current:
@@ -78,6 +81,7 @@ class Requests:
         request = self.queue.get()
         with self.lock:
             ident = request.get("id") if isinstance(request, dict) else None
+            ident = ident if isinstance(ident, (int, str)) else None
             self.current, self.cancel = ident, threading.Event()
             if self.closed or ident in self.cancelled:  # queued runs behind a closed stdin
                 self.cancel.set()
@@ -113,8 +117,7 @@ def serve(run: Callable[[list[str], threading.Event], int], stop_codes: tuple[in
     _warm(model, time.perf_counter() if started is None else started)
     while (taken := requests.next())[0] is not None:
         request, cancel = taken
-        ident = request.get("id") if isinstance(request, dict) else None
-        jsontext.print_line({"event": "started", "id": ident})
+        jsontext.print_line({"event": "started", "id": requests.current})
         command = next((c for c in SERVED if isinstance(request, dict) and c in request), None)
         argv = request[command] if command else None
         if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
