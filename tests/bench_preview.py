@@ -191,9 +191,9 @@ def preview_figures(args, model: Path, folder: Path, figures: dict) -> None:
 
 def dialog_figures(args, model: Path, folder: Path, figures: dict) -> None:
     """The GIMP 3 dialog's refreshed preview (its own arguments, bridge.dialog_preview_args, on a
-    320 x 240 picture): a new `stylefu run` process each time, against one `stylefu serve` worker
-    kept for the dialog, taken in turn, `args.rounds` each; the kept worker's first run (its
-    start) is counted apart."""
+    320 x 240 picture) and estimate: a new `stylefu run` or `estimate` process each time, against
+    one `stylefu serve` worker kept for the dialog, taken in turn, `args.rounds` each; the kept
+    worker's first run (its start) is counted apart."""
     from stylefu.core import save_image
     from stylefu.core.io.demo import demo_photo, demo_style
     from stylefu.core.io.images import resize_array
@@ -215,13 +215,24 @@ def dialog_figures(args, model: Path, folder: Path, figures: dict) -> None:
                        check=True, capture_output=True)
         return time.perf_counter() - started
 
-    kept = subprocess.Popen([sys.executable, "-m", "stylefu.core", "serve"], text=True,
+    kept = subprocess.Popen([sys.executable, "-m", "stylefu.core", "serve", "--model", str(model)],
+                            text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
 
-    def served(number: int) -> float:
+    estimate_args = bridge.estimate_args(settings, 1500, 1000, dict(settings["defaults"],
+                                                                    device="cpu"))
+
+    def fresh_estimate() -> float:
         started = time.perf_counter()
-        kept.stdin.write(json.dumps({"id": number, "run": run_args("kept.png")}) + "\n")
+        subprocess.run([sys.executable, "-m", "stylefu.core", "estimate", *estimate_args],
+                       check=True, capture_output=True)
+        return time.perf_counter() - started
+
+    def served(number: int, command: str = "run", args=None) -> float:
+        started = time.perf_counter()
+        request = {"id": number, command: args or run_args("kept.png")}
+        kept.stdin.write(json.dumps(request) + "\n")
         kept.stdin.flush()
         while (record := json.loads(kept.stdout.readline()))["event"] not in ("result", "error"):
             pass
@@ -230,19 +241,28 @@ def dialog_figures(args, model: Path, folder: Path, figures: dict) -> None:
         return time.perf_counter() - started
 
     first = served(0)
-    times = {"fresh": [], "kept": []}
+    times = {"fresh": [], "kept": [], "fresh estimate": [], "kept estimate": []}
     for number in range(1, args.rounds + 1):
         times["fresh"].append(fresh())
         times["kept"].append(served(number))
+        times["fresh estimate"].append(fresh_estimate())
+        times["kept estimate"].append(served(1000 + number, "estimate", estimate_args))
     kept.stdin.close()
     kept.wait()
-    fresh_s, kept_s = statistics.median(times["fresh"]), statistics.median(times["kept"])
+    median = {name: statistics.median(values) for name, values in times.items()}
     figures["dialog_preview"] = {"fresh_s": times["fresh"], "kept_s": times["kept"],
-                                 "kept_first_s": first, "saved_fraction": 1 - kept_s / fresh_s}
+                                 "kept_first_s": first,
+                                 "saved_fraction": 1 - median["kept"] / median["fresh"],
+                                 "estimate_fresh_s": times["fresh estimate"],
+                                 "estimate_kept_s": times["kept estimate"]}
     print(f"dialog preview refreshed ({bridge.preview_side(settings)} px, "
-          f"{bridge.DIALOG_PREVIEW_PRESET}), median of {args.rounds}: new worker {fresh_s:.2f} s, "
-          f"kept worker {kept_s:.2f} s ({100 * (1 - kept_s / fresh_s):.0f} % less; its first "
-          f"run, with its start, {first:.2f} s)", flush=True)
+          f"{bridge.DIALOG_PREVIEW_PRESET}), median of {args.rounds}: new worker "
+          f"{median['fresh']:.2f} s, kept worker {median['kept']:.2f} s "
+          f"({100 * (1 - median['kept'] / median['fresh']):.0f} % less; its first run, with its "
+          f"start, {first:.2f} s)", flush=True)
+    print(f"dialog estimate refreshed (a 1500 x 1000 px layer, speeds kept): new worker "
+          f"{median['fresh estimate']:.2f} s, kept worker {median['kept estimate']:.2f} s",
+          flush=True)
 
 
 def forward_figures(args, model: Path, folder: Path, figures: dict) -> None:
