@@ -13,7 +13,8 @@ image. Steps, each under its own time budget:
    content, so the optimiser's own cost is in both;
 4. host syncs per evaluation (CUDA's sync debug mode) for ours and the reference;
 5. a torch.profiler table of ten of our evaluations at the middle size (OUT/profile-*.txt);
-6. batch throughput: `stylefu batch`, 8 items `draft` at the first size.
+6. batch throughput: `stylefu batch`, 8 items `draft` at the first size;
+7. per size: the objective's forward and backward eager against one CUDA graph replayed.
 Runs on a CPU too (`--device cpu --sizes 64 96`, a few minutes): how it is checked before
 device time is spent.
 
@@ -228,6 +229,66 @@ def per_evaluation(model, reference: Reference, device, size: int, evaluations: 
               **{name: syncs_per_evaluation(run, evaluations) for name, run in runs.items()}})
 
 
+def cuda_graph(model, device, size: int, repeats: int = 20) -> None:
+    """ms of the objective's forward and backward (bf16, no optimiser) eager, against the same
+    captured once as a CUDA graph and replayed: the launch overhead a graphed evaluation would
+    save (issue 26), and whether capture works at all (a sync inside fails it, named here)."""
+    from stylefu.core.method.objective import Objective
+    from stylefu.core.method.targets import compute_targets
+
+    if device.type != "cuda":
+        emit({"what": f"CUDA graph, {size} px", "skipped": "needs CUDA"})
+        return
+    content, style = images_for("trained", size)
+    cfg = config(size)
+    objective = Objective(model, compute_targets(model, content, [style], (size, size), cfg),
+                          cfg, torch.bfloat16)
+    x0 = pixels(content, device)
+
+    def eager(x):
+        x.grad = None
+        total, _ = objective(x)
+        total.backward()
+        return total
+
+    x = x0.clone().requires_grad_(True)
+    for _ in range(3):
+        eager(x)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        total = eager(x)
+    sync(device)
+    record = {"what": f"CUDA graph, {size} px, objective forward+backward bf16, {repeats} times",
+              "eager ms": 1000 * (time.perf_counter() - start) / repeats}
+    reference_total, reference_grad = total.detach().float(), x.grad.detach().float().clone()
+    static = x0.clone().requires_grad_(True)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as capture asks
+        for _ in range(3):
+            eager(static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    static.grad = None
+    with torch.cuda.graph(graph):
+        static_total, _ = objective(static)
+        static_total.backward()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        static.data.copy_(x0)
+        graph.replay()
+    sync(device)
+    record["graph ms"] = 1000 * (time.perf_counter() - start) / repeats
+    record["eager / graph"] = record["eager ms"] / record["graph ms"]
+    record["loss difference"] = float((static_total.float() - reference_total).abs()
+                                      / reference_total.abs())
+    record["gradient difference"] = float((static.grad.float() - reference_grad).norm()
+                                          / reference_grad.norm())
+    emit(record)
+
+
 def syncs_per_evaluation(run, evaluations: int) -> float:
     torch.cuda.set_sync_debug_mode("warn")
     try:
@@ -303,7 +364,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
     parser.add_argument("--evaluations", type=int, default=30)
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["startup", "command", "in-run", "per-eval", "profile", "batch"])
+                        choices=["startup", "command", "in-run", "per-eval", "graph", "profile",
+                                 "batch"])
     args = parser.parse_args(argv)
     OUT = args.out
     OUT.mkdir(parents=True, exist_ok=True)
@@ -331,6 +393,8 @@ def main(argv=None) -> int:
         step("profile", profile, model, device, args.sizes[len(args.sizes) // 2])
     if "batch" not in args.skip:
         step("batch", batch, args.model, device, env, work, args.sizes[0])
+    for size in args.sizes if "graph" not in args.skip else ():  # last: a failed capture may
+        step(f"CUDA graph {size}", cuda_graph, model, device, size)  # leave CUDA unusable
     return 0
 
 
