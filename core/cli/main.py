@@ -558,8 +558,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .batch import add_batch_parser  # core's own: the options come from this module
     add_batch_parser(sub, add_config_options, config_from_args)
-    serve = sub.add_parser("serve", help="run many `run` requests in one process (JSON lines on "
-                           "stdin and stdout; the GIMP 3 dialog's previews)")
+    serve = sub.add_parser(
+        "serve", help="answer many `run` and `estimate` requests in one process (JSON lines on "
+        "stdin and stdout; the GIMP 3 dialog's previews and estimates)",
+        description='One request per line on stdin: {"id": N, "run": [the arguments of '
+        '`stylefu run`]} or {"id": N, "estimate": [...]}, answered in order on stdout by '
+        '{"event": "started", "id": N} and the command\'s JSON records; {"cancel": N} stops '
+        "one; stdin closed, the worker cancels its request and exits.")
     serve.add_argument("--model", help="the model the runs will use, loaded at once (default: "
                        "$STYLEFU_MODEL or the cache's)")
     serve.set_defaults(func=cmd_serve)
