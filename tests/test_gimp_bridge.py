@@ -327,9 +327,11 @@ class ArrayHost(bridge.PluginHost):
         pass
 
 
-def test_stylize_layer_runs_the_filters_steps(tmp_path, images, model_path, monkeypatch):
-    """The steps both plug-ins share, with the real worker: one new layer, shown as it forms,
-    inside one undo group, holding what `stylefu run` computes; the exchange folder is removed."""
+@pytest.mark.parametrize("worker", ["new", "kept"])
+def test_stylize_layer_runs_the_filters_steps(tmp_path, images, model_path, monkeypatch, worker):
+    """The steps both plug-ins share, with the real worker (a new one, or the GIMP 3 dialog's
+    kept one): one new layer, shown as it forms, inside one undo group, holding what
+    `stylefu run` computes; the exchange folders are removed."""
     content, style = images
     np.save(tmp_path / "style.npy", style)
     settings = dict(installer.plugin_settings("3", sys.executable, model_path), preview_every=1)
@@ -341,7 +343,14 @@ def test_stylize_layer_runs_the_filters_steps(tmp_path, images, model_path, monk
     (tmp_path / "tmp").mkdir()
     import torch._dynamo  # noqa: F401  torch's first import of it makes its own cache folder in tmp
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where exchange_dir goes
-    bridge.stylize_layer(host, settings, values)
+    kept = bridge.KeptWorker(settings) if worker == "kept" else None
+    try:
+        bridge.stylize_layer(host, settings, values, kept)
+    finally:
+        if kept is not None:
+            kept.close()
+            assert kept.worker.proc.wait(timeout=30) == 0
+            kept.worker.thread.join(timeout=10)
     assert host.calls[:3] == ["styles", "progress start", "undo start"]
     assert host.calls[-2:] == ["undo end", "progress end"]
     assert host.calls.count("show") == 4  # three previews and the result, all in one layer
@@ -618,8 +627,8 @@ def test_dialog_previews_paint_the_selections_box_in_one_kept_worker(tmp_path, i
 def test_dialog_preview_cancel_leaves_the_kept_worker_ready(tmp_path, images, model_path,
                                                            monkeypatch):
     """A changed entry cancels the running preview: stop() returns at once, the run ends as
-    cancelled at its next evaluation, its folder goes, and the same worker paints the next one.
-    A run asked after one that is still going is answered in turn."""
+    cancelled at its next evaluation, its folder goes, and the same worker runs the filter and
+    paints the next preview. A run asked after one that is still going is answered in turn."""
     content, style = images
     np.save(tmp_path / "style.npy", style)
     settings = dict(installer.plugin_settings("3", sys.executable, model_path),
@@ -637,6 +646,12 @@ def test_dialog_preview_cancel_leaves_the_kept_worker_ready(tmp_path, images, mo
         started = time.monotonic()
         run.stop()
         assert time.monotonic() - started < 0.5  # never waits for the worker
+        # OK then: the filter's run by the same worker (its own request, not the cancelled one).
+        np.save(tmp_path / "content.npy", content)
+        final = bridge.run_kept(kept, [str(tmp_path / "content.npy"), str(tmp_path / "style.npy"),
+                                       "-o", str(tmp_path / "filter.png"), "--model",
+                                       str(model_path), "--size", "32", "--iterations", "2"])
+        assert final["event"] == "result" and (tmp_path / "filter.png").exists()
         following, _ = bridge.start_dialog_preview(host, kept, settings, values)
         _poll_until_done(run, timeout=60)
         with pytest.raises(bridge.BridgeError, match="cancelled"):

@@ -14,6 +14,7 @@ from __future__ import division, print_function
 
 import ast
 import atexit
+import functools
 import io
 import json
 import os
@@ -297,11 +298,16 @@ def run_options(values, settings, styles=1):
     return options
 
 
+def stylize_args(settings, content, styles, output, values, masks=()):
+    """The `run` arguments of the filter: `styles` as [(path, name)], `masks` as mask options."""
+    return ([content] + [path for path, _ in styles] + ["-o", output]
+            + run_options(values, settings, len(styles)) + list(masks))
+
+
 def stylize_command(settings, content, styles, output, values, masks=()):
-    """The worker command for the filter: `styles` as [(path, name)], `masks` as mask options."""
-    return worker_command(settings, ["run", content] + [path for path, _ in styles]
-                          + ["-o", output] + run_options(values, settings, len(styles))
-                          + list(masks))
+    """The worker command for the filter (stylize_args)."""
+    return worker_command(settings, ["run"] + stylize_args(settings, content, styles, output,
+                                                           values, masks))
 
 
 def preview_side(settings):
@@ -565,9 +571,10 @@ def ensure_model(host, settings, folder):
     log("model:", final.get("model"), final.get("weights"))
 
 
-def stylize_layer(host, settings, values):
+def stylize_layer(host, settings, values, kept=None):
     """The filter: the worker stylizes the host's layer into a new layer above it, shown as it
-    forms, inside one undo group; on any failure the image is left as it was."""
+    forms, inside one undo group; on any failure the image is left as it was. `kept`: the
+    dialog's KeptWorker, whose model is loaded already (else a new worker runs it)."""
     folder = exchange_dir()
     try:
         styles = host.styles(folder)
@@ -586,14 +593,22 @@ def stylize_layer(host, settings, values):
         output = os.path.join(folder, "result" + host.result_suffix)
         content = os.path.join(folder, "content.npy")
         host.save_content(content)
-        command = stylize_command(settings, content, styles, output, values, masks)
-        log("worker:", " ".join(command))
-        _run_into_layer(host, command, folder, output, layer_name(styles), masked)
+        args = stylize_args(settings, content, styles, output, values, masks)
+        if kept is not None:
+            log("worker: the dialog's, run", " ".join(args))
+            run = functools.partial(run_kept, kept, args)
+        else:
+            command = worker_command(settings, ["run"] + args)
+            log("worker:", " ".join(command))
+            run = functools.partial(run_worker, command, cwd=folder)
+        _run_into_layer(host, run, output, layer_name(styles), masked)
     finally:
         remove_dir(folder)
 
 
-def _run_into_layer(host, command, folder, output, name, masked):
+def _run_into_layer(host, run, output, name, masked):
+    """`run(on_record=...)` (run_worker or run_kept) paints the layer; its result becomes a
+    new layer above it."""
     host.progress(text="%s: starting the worker" % TITLE)
     host.undo_group(start=True)
     state = {"layer": None}
@@ -607,7 +622,7 @@ def _run_into_layer(host, command, folder, output, name, masked):
                 host.flush()
                 log("preview", record["image"])
 
-        final = run_worker(command, on_record=follow, cwd=folder)
+        final = run(on_record=follow)
         log("tiles:", json.dumps(final.get("metrics", {}).get("tiles", {}), sort_keys=True))
         state["layer"] = host.show(output, name, masked, state["layer"])
     except BaseException:
@@ -689,7 +704,8 @@ def _exchange_base():
 
 
 def remove_dir(path):
-    shutil.rmtree(path, ignore_errors=True)
+    if path:  # None: a kept worker's run whose files are its caller's
+        shutil.rmtree(path, ignore_errors=True)
 
 
 # --- .npy files without numpy ------------------------------------------------------------------
@@ -867,6 +883,26 @@ def run_worker(command, on_record=None, on_start=None, cwd=None):
     return _outcome(final, code, stderr_path)
 
 
+KEPT_POLL_S = 0.05  # how often run_kept looks at the kept worker's records
+
+
+def run_kept(kept, args, on_record=None):
+    """run_worker's way (blocking, on_record(record) for each progress record, the final record
+    or BridgeError) for `stylefu run ARGS` asked of a KeptWorker; the files are the caller's.
+    GIMP's Cancel kills the plug-in: the kept worker's stdin closes and it stops the run."""
+    run = kept.submit(args, None)
+    try:
+        while True:
+            for record in run.poll():
+                if on_record is not None:
+                    on_record(record)
+            if run.done:
+                return run.result()
+            time.sleep(KEPT_POLL_S)
+    finally:
+        run.stop()
+
+
 _running = []  # BackgroundWorkers whose process has not ended yet
 
 
@@ -883,6 +919,7 @@ def _finish_background():
         except subprocess.TimeoutExpired:
             worker.proc.kill()
             worker.proc.wait()
+        worker.thread.join(timeout=5.0)  # its stderr into the run's log first
         remove_dir(worker.folder)
 
 
@@ -906,9 +943,9 @@ class BackgroundWorker(object):
         with open(self.stderr_path, "wb") as stderr:
             self.proc = _start_worker(command, stderr, folder)
         _running.append(self)
-        thread = threading.Thread(target=self._read)
-        thread.daemon = True
-        thread.start()
+        self.thread = threading.Thread(target=self._read)
+        self.thread.daemon = True
+        self.thread.start()
 
     def _read(self):
         for raw in iter(self.proc.stdout.readline, b""):
@@ -981,7 +1018,8 @@ class KeptWorker(object):
         except BaseException:
             remove_dir(folder)
             raise
-        self.runs, self.current, self.count, self.closed = {}, None, 0, False
+        self.runs, self.current, self.closed = {}, None, False
+        self.folders = self.requests = 0  # numbers given so far (a request's is never reused)
 
     @property
     def alive(self):
@@ -990,15 +1028,16 @@ class KeptWorker(object):
 
     def run_folder(self):
         """A new folder for a run's files, inside the worker's own."""
-        self.count += 1
-        folder = os.path.join(self.worker.folder, "run-%d" % self.count)
+        self.folders += 1
+        folder = os.path.join(self.worker.folder, "run-%d" % self.folders)
         os.mkdir(folder)
         return folder
 
     def submit(self, args, folder, command="run"):
         """Ask the worker for `stylefu COMMAND ARGS` (run or estimate; its files in `folder`,
-        from run_folder)."""
-        run = KeptRun(self, self.count, args, folder)
+        from run_folder, removed once it has ended and was stopped; None: the caller's)."""
+        self.requests += 1
+        run = KeptRun(self, self.requests, args, folder)
         line = json.dumps({"id": run.ident, command: list(args)}) + "\n"
         try:
             self.worker.proc.stdin.write(line.encode("utf-8"))

@@ -265,10 +265,11 @@ STYLIZE_GROUPS = (
 )
 
 
-def stylize_layout(dialog, config, host=None, settings=None):
+def stylize_layout(dialog, config, host=None, settings=None, worker=None):
     """The filter's entries in frames and folded expanders; the evaluation count shows only
     for the Custom quality (the one choice of how long to optimise). With a `host` (the layer),
-    the preview column to their left; returns the DialogPreview (or None)."""
+    the preview column to their left and the estimate under them, both asked of `worker` (a
+    DialogWorker); returns the DialogPreview (or None)."""
     for container, title, folded, entries in STYLIZE_GROUPS:
         dialog.fill_box(f"{container}-box", entries)
         dialog.get_label(f"{container}-title", title, False, False)
@@ -282,7 +283,6 @@ def stylize_layout(dialog, config, host=None, settings=None):
         from gi.repository import Gtk
 
         settings_box = dialog.fill_box("settings-box", groups)
-        worker = DialogWorker(settings)
         estimate = DialogEstimate(config, host, settings, worker)
         settings_box.pack_end(estimate.label, False, False, 0)
         column = dialog.fill_box("preview-box", ["preview"])  # the toggle, below the picture
@@ -310,8 +310,9 @@ def stylize_layout(dialog, config, host=None, settings=None):
 
 
 class DialogWorker:
-    """The worker kept for the dialog's life (bridge.KeptWorker), shared by its preview and its
-    estimate: started as the dialog opens, again if it died, ended with the dialog."""
+    """The worker kept for the dialog (bridge.KeptWorker), shared by its preview and its
+    estimate and then running the filter: started as the dialog opens, again if it died, ended
+    when the procedure ends."""
 
     def __init__(self, settings):
         self.settings, self.kept = settings, None
@@ -320,6 +321,10 @@ class DialogWorker:
         if self.kept is None or not self.kept.alive:
             self.kept = bridge.KeptWorker(self.settings)
         return self.kept
+
+    def running(self):
+        """The worker if it runs, else None (the filter then starts its own)."""
+        return self.kept if self.kept is not None and self.kept.alive else None
 
     def close(self):
         if self.kept is not None:
@@ -500,11 +505,10 @@ class DialogPreview(DialogJob):
         return False
 
     def close(self):
-        """The dialog goes: no more previews (nor estimates)."""
+        """The dialog goes: no more previews (nor estimates); the worker stays for the filter."""
         self.config.disconnect(self.handler)
         self.stop()
         self.estimate.close()
-        self.kept.close()
 
 
 
@@ -598,17 +602,25 @@ def dialog_values(config):
 @reports_errors
 def run_stylize(procedure, run_mode, image, drawables, config, run_data):
     host = Host(image, drawables, config, run_mode)
-    if run_mode == Gimp.RunMode.INTERACTIVE:
-        try:
-            settings = bridge.load_settings(__file__)
-        except bridge.BridgeError:
-            settings = None  # the preview says so; OK then fails with load_settings' sentence
-        if not show_dialog(procedure, config, "Neural Style Transfer",
-                           functools.partial(stylize_layout, host=host, settings=settings)):
-            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
-    settings = bridge.load_settings(__file__)
-    bridge.stylize_layer(host, settings, dialog_values(config))
-    return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+    worker = None  # the dialog's, which then runs the filter too (its model is loaded)
+    try:
+        if run_mode == Gimp.RunMode.INTERACTIVE:
+            try:
+                settings = bridge.load_settings(__file__)
+            except bridge.BridgeError:
+                settings = None  # the preview says so; OK then fails with load_settings' sentence
+            worker = DialogWorker(settings)
+            if not show_dialog(procedure, config, "Neural Style Transfer",
+                               functools.partial(stylize_layout, host=host, settings=settings,
+                                                 worker=worker)):
+                return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+        settings = bridge.load_settings(__file__)
+        bridge.stylize_layer(host, settings, dialog_values(config),
+                             worker.running() if worker is not None else None)
+        return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+    finally:
+        if worker is not None:
+            worker.close()
 
 
 @reports_errors
