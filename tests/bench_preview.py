@@ -209,10 +209,11 @@ def dialog_figures(args, model: Path, folder: Path, figures: dict) -> None:
                                           str(folder / name), dict(settings["defaults"],
                                                                    device="cpu"))
 
-    def fresh() -> float:
+    def fresh(command: str, args: list[str]) -> float:
+        """Seconds of `stylefu COMMAND ARGS` as a new process."""
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "stylefu.core", "run", *run_args("fresh.png")],
-                       check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "stylefu.core", command, *args], check=True,
+                       capture_output=True)
         return time.perf_counter() - started
 
     kept = subprocess.Popen([sys.executable, "-m", "stylefu.core", "serve", "--model", str(model)],
@@ -222,12 +223,6 @@ def dialog_figures(args, model: Path, folder: Path, figures: dict) -> None:
 
     estimate_args = bridge.estimate_args(settings, 1500, 1000, dict(settings["defaults"],
                                                                     device="cpu"))
-
-    def fresh_estimate() -> float:
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "stylefu.core", "estimate", *estimate_args],
-                       check=True, capture_output=True)
-        return time.perf_counter() - started
 
     def served(number: int, command: str = "run", args=None) -> float:
         started = time.perf_counter()
@@ -243,9 +238,9 @@ def dialog_figures(args, model: Path, folder: Path, figures: dict) -> None:
     first = served(0)
     times = {"fresh": [], "kept": [], "fresh estimate": [], "kept estimate": []}
     for number in range(1, args.rounds + 1):
-        times["fresh"].append(fresh())
+        times["fresh"].append(fresh("run", run_args("fresh.png")))
         times["kept"].append(served(number))
-        times["fresh estimate"].append(fresh_estimate())
+        times["fresh estimate"].append(fresh("estimate", estimate_args))
         times["kept estimate"].append(served(1000 + number, "estimate", estimate_args))
     kept.stdin.close()
     kept.wait()

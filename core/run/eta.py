@@ -71,8 +71,9 @@ class TimeLeft:
     @classmethod
     def kept(cls, key: str, config: Config, finish_seconds: float = 0.0) -> TimeLeft:
         """A TimeLeft starting from the speeds earlier runs kept under `key`, eager and compiled."""
-        rate, exponent, _ = kept_speed(key)
-        compiled_rate, compiled_exponent, _ = kept_speed(compiled_key(key))
+        speeds = load_speeds()
+        rate, exponent, _ = kept_speed(key, speeds)
+        compiled_rate, compiled_exponent, _ = kept_speed(compiled_key(key), speeds)
         return cls(config, exponent, finish_seconds, rate, compiled_speed=None
                    if compiled_rate is None else (compiled_rate, compiled_exponent))
 
@@ -192,10 +193,11 @@ def _median(entry: dict, name: str) -> float:
     return values[(len(values) - 1) // 2]
 
 
-def kept_speed(key: str) -> tuple[float | None, float, float]:
-    """(rate, exponent, fixed seconds) earlier runs measured for `key`: rate None when none did;
-    the fixed seconds are the (lower) median of the last runs'."""
-    speed = load_speeds().get(key, {})
+def kept_speed(key: str, speeds: dict | None = None) -> tuple[float | None, float, float]:
+    """(rate, exponent, fixed seconds) earlier runs measured for `key` (in `speeds`, else
+    speed.json): rate None when none did; the fixed seconds are the (lower) median of the last
+    runs'."""
+    speed = (load_speeds() if speeds is None else speeds).get(key, {})
     rate, exponent = fit_speed(speed["points"]) if speed.get("points") else (None, DEFAULT_EXPONENT)
     return rate, exponent, _median(speed, "fixed_seconds")
 
@@ -273,13 +275,14 @@ def estimate(height: int, width: int, config: Config, key: str,
     the start-up."""
     from .pipeline import level_sizes
 
-    rate, exponent, fixed = kept_speed(key)
+    kept_speeds = load_speeds()
+    rate, exponent, fixed = kept_speed(key, kept_speeds)
     figures: dict = {"exponent": round(exponent, 3), "fixed_seconds": round(fixed, 1)}
     kinds, speeds = planned_compiled(config, height, width), None
     if any(kinds):
         where = compiled_key(key)
-        kept = load_speeds().get(where, {})
-        compiled_rate, compiled_exponent, _ = kept_speed(where)
+        kept = kept_speeds.get(where, {})
+        compiled_rate, compiled_exponent, _ = kept_speed(where, kept_speeds)
         compiling = 0.0
         if compiled_rate is not None:
             speeds = [(compiled_rate, compiled_exponent) if kind else (rate, exponent)

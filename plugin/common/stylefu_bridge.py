@@ -704,8 +704,7 @@ def _exchange_base():
 
 
 def remove_dir(path):
-    if path:  # None: a kept worker's run whose files are its caller's
-        shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 # --- .npy files without numpy ------------------------------------------------------------------
@@ -1004,9 +1003,9 @@ class BackgroundWorker(object):
 class KeptWorker(object):
     """One `stylefu serve` worker kept for the GIMP 3 dialog's life, so a refreshed preview or
     estimate pays neither the worker's start nor the model's load: runs are asked as JSON lines
-    on its stdin (submit) and answered in order; each is a KeptRun, followed like a
-    BackgroundWorker. close() ends the worker (its stdin closed) and removes its folder, the runs'
-    folders included."""
+    on its stdin (submit) and answered in order; each is a KeptRun, which the caller polls from
+    its own main loop. close() ends the worker (its stdin closed) and removes its folder, the
+    runs' folders included."""
 
     def __init__(self, settings):
         folder = exchange_dir()
@@ -1038,21 +1037,19 @@ class KeptWorker(object):
         from run_folder, removed once it has ended and was stopped; None: the caller's)."""
         self.requests += 1
         run = KeptRun(self, self.requests, args, folder)
-        line = json.dumps({"id": run.ident, command: list(args)}) + "\n"
-        try:
-            self.worker.proc.stdin.write(line.encode("utf-8"))
-            self.worker.proc.stdin.flush()
-        except (IOError, OSError, ValueError):  # the worker has gone: pump says why
-            pass
+        self._send({"id": run.ident, command: list(args)})
         self.runs[run.ident] = run
         return run
 
     def cancel(self, run):
         """Stop `run` at its next evaluation (or before it starts). Never waits."""
+        self._send({"cancel": run.ident})
+
+    def _send(self, request):
         try:
-            self.worker.proc.stdin.write((json.dumps({"cancel": run.ident}) + "\n").encode("utf-8"))
+            self.worker.proc.stdin.write((json.dumps(request) + "\n").encode("utf-8"))
             self.worker.proc.stdin.flush()
-        except (IOError, OSError, ValueError):
+        except (IOError, OSError, ValueError):  # the worker has gone: pump says why
             pass
 
     def pump(self):
@@ -1079,9 +1076,10 @@ class KeptWorker(object):
 
 
 class KeptRun(object):
-    """One run of a KeptWorker, followed as a BackgroundWorker is: poll(), done, result(),
-    stop(); `args` are its command's arguments. Its folder goes once it has ended and
-    stop() was called."""
+    """One request to a KeptWorker: poll() (its progress records so far, never waits), done,
+    result() (its final record, or BridgeError as run_worker raises it), stop(); `args` are its
+    command's arguments. Its folder (None: the caller's files) goes once it has ended and stop()
+    was called."""
 
     def __init__(self, worker, ident, args, folder):
         self.worker, self.ident, self.args, self.folder = worker, ident, args, folder
@@ -1097,12 +1095,15 @@ class KeptRun(object):
         return self.code is not None
 
     def result(self):
-        """After `done`: the final record, or BridgeError as run_worker raises it."""
         return _outcome(self.final, self.code, self.worker.worker.stderr_path)
 
     def finish(self, final, code):
         self.final, self.code = final, code
         if self._stopped:
+            self._remove_folder()
+
+    def _remove_folder(self):
+        if self.folder is not None:
             remove_dir(self.folder)
 
     def stop(self):
@@ -1111,7 +1112,7 @@ class KeptRun(object):
             return
         self._stopped = True
         if self.done:
-            remove_dir(self.folder)
+            self._remove_folder()
         else:
             self.worker.cancel(self)
 
