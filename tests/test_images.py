@@ -70,3 +70,82 @@ def test_bad_files(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(UserError, match="too large"):
         load_image(tmp_path / "full.png")  # 4096 px: between 1x and 2x... and beyond the limit
+
+
+# Display P3's primaries adapted to D50 (as in Apple's profile), with a plain 2.2 gamma: a profile
+# written here byte by byte, so the test needs no profile file and checks lcms against numpy.
+P3_D50 = np.array([[0.5151, 0.2920, 0.1571], [0.2412, 0.6922, 0.0666], [-0.0011, 0.0419, 0.7841]])
+SRGB_D50 = np.array([[0.4360747, 0.3850649, 0.1430804], [0.2225045, 0.7168786, 0.0606169],
+                     [0.0139322, 0.0971045, 0.7141733]])
+
+
+def rgb_profile(primaries: np.ndarray, gamma: float, name: str) -> bytes:
+    """A version 2 matrix/TRC RGB display profile (ICC.1:2001-04), its tags in order."""
+    import struct
+
+    def fixed(v: float) -> bytes:
+        return struct.pack(">i", round(v * 65536))
+
+    def xyz(values) -> bytes:
+        return b"XYZ \0\0\0\0" + b"".join(fixed(v) for v in values)
+
+    text = name.encode() + b"\0"
+    desc = (b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + b"\0" * 8 + b"\0\0\0" + b"\0" * 67)
+    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+    tags = [(b"desc", desc), (b"wtpt", xyz(primaries.sum(axis=1))), (b"cprt", b"text\0\0\0\0none\0")]
+    tags += [(k, xyz(primaries[:, i])) for i, k in enumerate((b"rXYZ", b"gXYZ", b"bXYZ"))]
+    tags += [(k, curve) for k in (b"rTRC", b"gTRC", b"bTRC")]
+    offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
+    for sig, body in tags:
+        body += b"\0" * (-len(body) % 4)
+        table += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = (struct.pack(">I", size) + b"\0" * 4 + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ "
+              + b"\0" * 12 + b"acsp" + b"\0" * 24 + b"\0" * 4 + fixed(0.9642) + fixed(1.0)
+              + fixed(0.8249) + b"\0" * 48)
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+def p3_to_srgb(rgb8: np.ndarray) -> np.ndarray:
+    """The profile above to sRGB in numpy: linear light through D50 XYZ, clipped, sRGB's curve."""
+    linear = (rgb8 / 255.0) ** 2.2
+    srgb = np.clip(linear @ (np.linalg.inv(SRGB_D50) @ P3_D50).T, 0, 1)
+    return np.where(srgb <= 0.0031308, 12.92 * srgb, 1.055 * srgb ** (1 / 2.4) - 0.055)
+
+
+def test_colour_profile_becomes_srgb(tmp_path):
+    """A Display P3 photo (what phones save) is converted to sRGB: taken as sRGB its reds and
+    greens would lose saturation in the result."""
+    pixels = (rgb_noise(24, 32, seed=3) * 255).astype(np.uint8)
+    pixels[0, 0] = (220, 40, 30)  # a saturated red, far from its sRGB reading
+    alpha = np.linspace(0, 255, 24 * 32).reshape(24, 32).astype(np.uint8)
+    icc = rgb_profile(P3_D50, 2.2, "Display P3 (test)")
+    Image.fromarray(pixels).save(tmp_path / "p3.png", icc_profile=icc)
+    Image.fromarray(np.dstack([pixels, alpha]), "RGBA").save(tmp_path / "p3a.png", icc_profile=icc)
+    expected = p3_to_srgb(pixels.astype(np.float64))
+    for name in ("p3.png", "p3a.png"):
+        picture = load_image(tmp_path / name)
+        assert np.abs(picture.rgb - expected).max() < 2.5 / 255  # lcms's rounding: 8 bits
+        assert np.abs(picture.rgb[0, 0] - pixels[0, 0] / 255).max() > 20 / 255
+    assert np.array_equal(np.round(load_image(tmp_path / "p3a.png").alpha * 255), alpha)
+    as_pil = load_image(Image.open(tmp_path / "p3.png"))  # the Python API's PIL images too
+    assert np.array_equal(as_pil.rgb, load_image(tmp_path / "p3.png").rgb)
+
+
+def test_srgb_broken_and_mask_profiles_leave_pixels_alone(tmp_path):
+    from PIL import ImageCms
+
+    from stylefu.core.method.guides import load_mask
+
+    pixels = (rgb_noise(16, 16, seed=4) * 255).astype(np.uint8)
+    untagged = pixels / np.float32(255)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    cases = {"srgb.png": srgb, "broken.png": b"\0\0\0\x80acsp" + b"\1" * 40}  # read as sRGB
+    for name, icc in cases.items():
+        Image.fromarray(pixels).save(tmp_path / name, icc_profile=icc)
+        assert np.array_equal(load_image(tmp_path / name).rgb, untagged), name
+    gray = pixels[..., 0]
+    Image.fromarray(np.dstack([gray] * 3)).save(tmp_path / "mask.png",
+                                                icc_profile=rgb_profile(P3_D50, 2.2, "P3"))
+    assert np.abs(load_mask(tmp_path / "mask.png") - gray / 255).max() < 1e-4  # data, not colour

@@ -1,12 +1,14 @@
 """Image input and output: any Pillow image, array or .npy in, float32 RGB 0..1 (+ alpha) inside.
 
-Inputs get EXIF orientation applied; palette, grayscale, CMYK and 16-bit modes are converted;
-alpha is kept aside and put back on the result. Outputs are written to a temporary name and
+Inputs get EXIF orientation applied and their colours converted to sRGB from an embedded colour
+profile (Display P3, Adobe RGB, a printer's CMYK...); palette, grayscale, CMYK and 16-bit modes are
+converted; alpha is kept aside and put back on the result. Outputs are written to a temporary name and
 renamed, so a crash never leaves half a file; .png/.tif can be 16-bit, .npy keeps float32.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import warnings
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from ..errors import UserError
 from ..network.vgg import MIN_SIDE
@@ -90,8 +92,37 @@ def _from_array(array: np.ndarray, name: str) -> Picture:
     return Picture(rgb, alpha, name)
 
 
-def _from_pil(image: Image.Image, name: str) -> Picture:
+def _in_srgb(image: Image.Image) -> Image.Image:
+    """The image's colours in sRGB, the space VGG was trained in and the one an untagged output
+    is read in, where it embeds another colour profile (phones save Display P3: taken as sRGB, a
+    result's colours would come out dull or shifted). 16-bit and float modes, and profiles that
+    cannot be read, are taken as sRGB, as browsers do."""
+    icc = image.info.get("icc_profile")
+    if not icc or image.mode not in ("RGB", "RGBA", "L", "LA", "CMYK", "P", "PA"):
+        return image
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if ImageCms.getProfileDescription(profile).strip().lower().startswith("srgb"):
+            return image  # already sRGB: no conversion, no rounding
+        has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+        alpha = image.convert("RGBA").getchannel("A") if has_alpha else None
+        if image.mode not in ("RGB", "L", "CMYK"):
+            image = image.convert("L" if image.mode == "LA" else "RGB")
+        converted = ImageCms.profileToProfile(image, profile, _SRGB, outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return image
+    if alpha is not None:
+        converted.putalpha(alpha)
+    return converted
+
+
+_SRGB = ImageCms.createProfile("sRGB")
+
+
+def _from_pil(image: Image.Image, name: str, to_srgb: bool = True) -> Picture:
     image = ImageOps.exif_transpose(image)
+    if to_srgb:
+        image = _in_srgb(image)
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         gray = np.asarray(image, dtype=np.float32) / (65535.0 if mode != "I" or
@@ -104,15 +135,16 @@ def _from_pil(image: Image.Image, name: str) -> Picture:
     return _from_array(np.asarray(image), name)
 
 
-def load_image(source, name: str | None = None) -> Picture:
-    """Read `source` (a path, PIL image, numpy array or Picture) as a Picture.
+def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture:
+    """Read `source` (a path, PIL image, numpy array or Picture) as a Picture, its colours in
+    sRGB (unless not `to_srgb`: a mask's values are data, not colours).
 
     Raises UserError with one sentence for a missing, unreadable, truncated or oversized file.
     """
     if isinstance(source, Picture):
         return source
     if isinstance(source, Image.Image):
-        return _from_pil(source, name or "image")
+        return _from_pil(source, name or "image", to_srgb)
     if isinstance(source, np.ndarray):
         return _from_array(source, name or "array")
     path = check_input_file(source, "Image file")
@@ -136,7 +168,7 @@ def load_image(source, name: str | None = None) -> Picture:
                         raise OSError("libtiff reported an error")  # its strips left blank
                     if image.format in ("JPEG", "MPO") and cut_short(path.read_bytes(), image):
                         raise UserError(_cut_short(path, image.size))  # closed by an end marker
-                    picture = _from_pil(image, label)
+                    picture = _from_pil(image, label, to_srgb)
             finally:
                 said += [str(w.message) for w in warned] + printed
         _say_again(warned, printed)  # a picture that loads: what was said is shown, as before

@@ -45,7 +45,7 @@ def load_mask(source, name: str = "mask") -> np.ndarray:
     """
     if isinstance(source, Inverse):
         return _on_grid(1.0 - load_mask(source.source, name))
-    picture = load_image(source, name)
+    picture = load_image(source, name, to_srgb=False)
     mask = picture.rgb.mean(axis=2)
     if picture.alpha is not None:
         mask = mask * picture.alpha
