@@ -182,6 +182,12 @@ def test_cli_export_default_path_and_info(capsys, monkeypatch, tmp_path):
     assert info["weights"].startswith("random (seed 3)")
     assert info["onnxruntime_provider"] == "CPUExecutionProvider"
     assert info["devices"].startswith("cpu")
+    from importlib import metadata
+
+    assert info["stylefu"] == metadata.version("stylefu")
+    with pytest.raises(SystemExit) as exited:  # `stylefu --version`: the same, for bug reports
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out == f"stylefu {info['stylefu']}\n"
     monkeypatch.setenv("STYLEFU_MODEL", str(tmp_path / "none.onnx"))
     assert main(["info", "--json"]) == 0
     assert "none installed" in capsys.readouterr().out

@@ -422,7 +422,7 @@ def cmd_info(args) -> int:
     from ..network.vgg import read_artifact
 
     path = Path(args.model) if args.model else default_model_path()
-    lines = {"model": str(path), "cache": str(cache_dir())}
+    lines = {"stylefu": _installed_version(), "model": str(path), "cache": str(cache_dir())}
     if path.is_file():
         info, _ = read_artifact(path)
         lines.update(architecture=info.architecture, weights=weights_note(info),
@@ -479,9 +479,19 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def _installed_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("stylefu")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="stylefu", description="Neural style transfer "
                                      "(Gatys et al.) for scripts, batches and GIMP.")
+    parser.add_argument("--version", action="version", version=f"stylefu {_installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="stylize CONTENT with one or more STYLE images")
