@@ -80,7 +80,7 @@ class FeatureEngine:
     """
 
     def __init__(self, model_path: str | Path, device: str = "auto", threads: int | None = None,
-                 info: ArtifactInfo | None = None):
+                 info: ArtifactInfo | None = None, sha256: str | None = None):
         import onnxruntime as ort
 
         self.path = Path(model_path)
@@ -118,9 +118,9 @@ class FeatureEngine:
         # ORT silently drops a provider that fails to load: report what it really uses.
         self.provider = self.session.get_providers()[0]
         self.calls = 0
-        # The sha256 of the file this session was made from, set by the model loaders: the
+        # The sha256 of the file this session was made from, given by the model loaders: the
         # target cache's key (hashing `path` later may hash a file an export put there since).
-        self.sha256: str | None = None
+        self.sha256 = sha256
 
     @property
     def uses_gpu(self) -> bool:

@@ -68,8 +68,7 @@ def _load(path: Path, device: str, file_stamp) -> OnnxModel:
         # Not on Windows, where an open file cannot be replaced: an export would fail instead.
         source = open(path, "rb") if os.name != "nt" else None
         try:
-            engine = FeatureEngine(path, device=device)
-            engine.sha256 = model_hash(path)
+            engine = FeatureEngine(path, device=device, sha256=model_hash(path))
         except BaseException:
             if source:
                 source.close()

@@ -20,12 +20,13 @@ from .vggnet import VGGFeatures
 class TorchFeatures:
     """`features(batch)` -> {layer: float32 array}, by `net` (float32) on `device`."""
 
-    def __init__(self, path: Path, net: VGGFeatures, device: torch.device):
+    def __init__(self, path: Path, net: VGGFeatures, device: torch.device,
+                 sha256: str | None = None):
         self.path, self.net, self.device = Path(path), net, device
         self.info = net.info
         self.provider = f"torch on {device}"
         self.calls = 0
-        self.sha256: str | None = None  # set by the model loader, as FeatureEngine's
+        self.sha256 = sha256  # the target cache's key, as FeatureEngine's
 
     @property
     def uses_gpu(self) -> bool:

@@ -94,10 +94,9 @@ def _load(path: Path, device_type: str, file_stamp) -> StyleModel:
     def load() -> StyleModel:
         net = load_torch_model(path).to(device)
         if device.type == "cuda":  # forward passes on the GPU too (features.py)
-            engine = TorchFeatures(path, net, device)
+            engine = TorchFeatures(path, net, device, sha256=model_hash(path))
         else:
-            engine = FeatureEngine(path, device=device_type, info=net.info)
-        engine.sha256 = model_hash(path)
+            engine = FeatureEngine(path, device=device_type, info=net.info, sha256=model_hash(path))
         return StyleModel(path, net, engine, device)
     # An export may replace the file meanwhile: the network, ONNX Runtime's session and the hash
     # that keys the target cache must all be the same file's (else a mixed run, a poisoned cache).
