@@ -1,5 +1,6 @@
 """The ONNX Runtime feature engine: parity with torch, batches, provider, threads, quiet start."""
 
+import os
 import subprocess
 import sys
 
@@ -9,7 +10,13 @@ import torch
 
 from stylefu.core.engines.torch.vggnet import load_torch_model
 from stylefu.core.errors import UserError
-from stylefu.core.network.forward import MAX_THREADS, FeatureEngine, cuda_is_usable, engine_threads
+from stylefu.core.network.forward import (
+    MAX_THREADS,
+    FeatureEngine,
+    cuda_is_usable,
+    engine_threads,
+    usable_cores,
+)
 from stylefu.core.network.vgg import EXPORTED_LAYERS
 
 # ONNX Runtime and torch run the same float32 convolutions with different kernels: the largest
@@ -87,6 +94,21 @@ def test_thread_counts_suit_small_and_large_machines(monkeypatch, model_path):
     monkeypatch.setenv("STYLEFU_THREADS", "many")
     with pytest.raises(UserError, match="STYLEFU_THREADS"):
         engine_threads()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux's CPU topology")
+def test_cores_are_physical_and_within_the_affinity(monkeypatch, tmp_path):
+    """A 2-core laptop with hyperthreading shows 4 CPUs: 2 threads, not 4 (nor 1 per CPU where
+    the topology is hidden)."""
+    for cpu, siblings in enumerate(("0,2", "1,3", "0,2", "1,3")):
+        (tmp_path / f"cpu{cpu}" / "topology").mkdir(parents=True)
+        (tmp_path / f"cpu{cpu}" / "topology" / "thread_siblings_list").write_text(siblings + "\n")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert usable_cores(str(tmp_path)) == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2})  # one core's two threads
+    assert usable_cores(str(tmp_path)) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert usable_cores(str(tmp_path / "none")) == 3
 
 
 def test_engine_starts_without_log_noise(model_path):

@@ -22,12 +22,22 @@ THREADS_ENV = "STYLEFU_THREADS"
 MAX_THREADS = 16
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (affinity-aware): the right thread count for ORT and torch."""
+def usable_cores(cpu_folder: str = "/sys/devices/system/cpu") -> int:
+    """Physical cores this process may run on (affinity-aware): the right thread count for ORT
+    and torch. Two hyperthreads share one core's FMA units, so convolutions gain nothing from the
+    second (ONNX Runtime's and torch's own defaults count physical cores too)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = os.sched_getaffinity(0)
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        try:  # the CPUs sharing this one's core, e.g. "0,4" or "0-1"
+            with open(f"{cpu_folder}/cpu{cpu}/topology/thread_siblings_list") as f:
+                cores.add(f.read().strip())
+        except OSError:  # no topology (some containers): each CPU counts
+            cores.add(str(cpu))
+    return max(1, len(cores))
 
 
 def engine_threads(cores: int | None = None) -> int:
