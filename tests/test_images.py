@@ -149,3 +149,65 @@ def test_srgb_broken_and_mask_profiles_leave_pixels_alone(tmp_path):
     Image.fromarray(np.dstack([gray] * 3)).save(tmp_path / "mask.png",
                                                 icc_profile=rgb_profile(P3_D50, 2.2, "P3"))
     assert np.abs(load_mask(tmp_path / "mask.png") - gray / 255).max() < 1e-4  # data, not colour
+
+
+
+def _with_chunk(png: bytes, kind: bytes, payload: bytes) -> bytes:
+    """`png` with one more chunk, right after IHDR."""
+    import struct
+    import zlib
+
+    chunk = (struct.pack(">I", len(payload)) + kind + payload
+             + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+    return png[:33] + chunk + png[33:]
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_inputs_keep_16_bits(tmp_path, suffix):
+    """Pillow reads 16-bit RGB(A) files as 8 bits; a photographer's 16-bit TIFF painted with a
+    mask must keep its 16 bits outside it (and smooth skies everywhere)."""
+    ramp = np.linspace(0, 1, 3000, dtype=np.float32).reshape(30, 100)
+    rgb = np.stack([ramp, ramp[::-1], ramp * 0.5], axis=2)
+    for alpha in (None, ramp[::-1]):
+        path = save_image(tmp_path / f"deep{suffix}", rgb, alpha, bits=16)
+        picture = load_image(path)
+        assert len(np.unique(picture.rgb[..., 0])) == 3000  # not 256
+        assert np.abs(picture.rgb - rgb).max() < 1e-5
+        if alpha is not None:
+            assert np.abs(picture.alpha - alpha).max() < 1e-5
+
+
+def test_16_bit_inputs_are_turned_upright(tmp_path):
+    """EXIF orientation on the 16-bit path turns the picture as Pillow turns the 8-bit one."""
+    from PIL import ImageOps
+
+    from stylefu.core.io.images import _png16
+
+    rgb = rgb_noise(12, 20, seed=5)
+    high = (np.round(rgb * 65535).astype(np.uint16) >> 8).astype(np.uint8)
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"o{orientation}.png"  # eXIf holds the TIFF structure, no "Exif\0\0"
+        path.write_bytes(_with_chunk(_png16(rgb), b"eXIf", exif.tobytes()[6:]))
+        picture = load_image(path)
+        assert np.abs(picture.rgb * 255 - np.round(picture.rgb * 255)).max() > 0.1  # 16 bits
+        eight = Image.fromarray(high)
+        eight.info["exif"] = exif.tobytes()
+        expected = np.asarray(ImageOps.exif_transpose(eight))
+        assert np.array_equal(np.round(picture.rgb * 65535).astype(np.uint16) >> 8, expected), \
+            orientation
+
+
+def test_16_bit_input_with_a_colour_profile_is_converted(tmp_path):
+    """A colour profile outranks the low bits: the picture is converted (in 8 bits)."""
+    import zlib
+
+    from stylefu.core.io.images import _png16
+
+    rgb = rgb_noise(16, 16, seed=6)
+    icc = b"P3\0\0" + zlib.compress(rgb_profile(P3_D50, 2.2, "P3"))  # name, method 0, profile
+    path = tmp_path / "p3-16.png"
+    path.write_bytes(_with_chunk(_png16(rgb), b"iCCP", icc))
+    high = (np.round(rgb * 65535).astype(np.uint16) >> 8).astype(np.float64)
+    assert np.abs(load_image(path).rgb - p3_to_srgb(high)).max() < 2.5 / 255

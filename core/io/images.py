@@ -2,8 +2,9 @@
 
 Inputs get EXIF orientation applied and their colours converted to sRGB from an embedded colour
 profile (Display P3, Adobe RGB, a printer's CMYK...); palette, grayscale, CMYK and 16-bit modes are
-converted; alpha is kept aside and put back on the result. Outputs are written to a temporary name and
-renamed, so a crash never leaves half a file; .png/.tif can be 16-bit, .npy keeps float32.
+converted, 16-bit RGB(A) PNG and TIFF files at their full 16 bits; alpha is kept aside and put back
+on the result. Outputs are written to a temporary name and renamed, so a crash never leaves half a
+file; .png/.tif can be 16-bit, .npy keeps float32.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import sys
 import warnings
 import zlib
 from contextlib import nullcontext, suppress
@@ -92,18 +94,28 @@ def _from_array(array: np.ndarray, name: str) -> Picture:
     return Picture(rgb, alpha, name)
 
 
+def _foreign_profile(image: Image.Image) -> ImageCms.ImageCmsProfile | None:
+    """The colour profile the image embeds, unless it is sRGB's or cannot be read (then the
+    colours are taken as sRGB, as browsers do)."""
+    icc = image.info.get("icc_profile")
+    if not icc:
+        return None
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        srgb = ImageCms.getProfileDescription(profile).strip().lower().startswith("srgb")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return None
+    return None if srgb else profile
+
+
 def _in_srgb(image: Image.Image) -> Image.Image:
     """The image's colours in sRGB, the space VGG was trained in and the one an untagged output
     is read in, where it embeds another colour profile (phones save Display P3: taken as sRGB, a
-    result's colours would come out dull or shifted). 16-bit and float modes, and profiles that
-    cannot be read, are taken as sRGB, as browsers do."""
-    icc = image.info.get("icc_profile")
-    if not icc or image.mode not in ("RGB", "RGBA", "L", "LA", "CMYK", "P", "PA"):
+    result's colours would come out dull or shifted). 16-bit and float modes are taken as sRGB."""
+    profile = _foreign_profile(image)
+    if profile is None or image.mode not in ("RGB", "RGBA", "L", "LA", "CMYK", "P", "PA"):
         return image
     try:
-        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        if ImageCms.getProfileDescription(profile).strip().lower().startswith("srgb"):
-            return image  # already sRGB: no conversion, no rounding
         has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
         alpha = image.convert("RGBA").getchannel("A") if has_alpha else None
         if image.mode not in ("RGB", "L", "CMYK"):
@@ -117,6 +129,52 @@ def _in_srgb(image: Image.Image) -> Image.Image:
 
 
 _SRGB = ImageCms.createProfile("sRGB")
+
+
+# Pillow has no 16-bit RGB mode: it decodes these raw modes of PNG and TIFF files to their high
+# bytes; the same decoder with the other byte order's unpacker gives the low bytes (N: native,
+# libtiff's own decoding).
+_OTHER_BYTE_ORDER = {f"{mode};16{order}": f"{mode};16{other}" for mode in ("RGB", "RGBA")
+                     for order, other in (("B", "L"), ("L", "B"),
+                                          ("N", "B" if sys.byteorder == "little" else "L"))}
+
+
+def _raw_mode(tile) -> str | None:
+    args = tile[3]
+    return args if isinstance(args, str) else args[0] if args else None
+
+
+def _with_raw_mode(tile, raw_mode: str):
+    args = tile[3]
+    args = raw_mode if isinstance(args, str) else (raw_mode, *args[1:])
+    return tile._replace(args=args) if hasattr(tile, "_replace") else (*tile[:3], args)
+
+
+def _sixteen_bits(path: Path, image: Image.Image, tiles: list) -> np.ndarray | None:
+    """A 16-bit RGB(A) PNG or TIFF's samples ([H,W,C] uint16, before EXIF orientation) from
+    `image` (loaded, its `tiles` taken before) and a second decoding for the low bytes; None for
+    other files, or where that decoding fails (the 8-bit picture then stands)."""
+    if not tiles or any(_raw_mode(t) not in _OTHER_BYTE_ORDER for t in tiles):
+        return None
+    try:
+        with Image.open(path) as again:
+            again.tile = [_with_raw_mode(t, _OTHER_BYTE_ORDER[_raw_mode(t)]) for t in again.tile]
+            again.load()
+            low = np.asarray(again)
+    except Exception:  # a Pillow whose tiles differ: only the 8 low bits are lost
+        return None
+    high = np.asarray(image)
+    if low.shape != high.shape:
+        return None
+    return high.astype(np.uint16) << 8 | low
+
+
+def _upright(array: np.ndarray, orientation: int) -> np.ndarray:
+    """An [H,W,C] array turned as EXIF `orientation` (1-8) says, as ImageOps.exif_transpose."""
+    turns = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+             5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+             7: lambda a: np.rot90(a, 2).transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1)}
+    return np.ascontiguousarray(turns.get(orientation, lambda a: a)(array))
 
 
 def _from_pil(image: Image.Image, name: str, to_srgb: bool = True) -> Picture:
@@ -159,6 +217,7 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
                 with Image.open(path) as image:
+                    tiles = list(image.tile)  # load() empties them
                     if image.format == "PNG":
                         _check_png_data(path, image.size)
                     # decodes everything: a file cut short raises OSError here
@@ -168,7 +227,11 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
                         raise OSError("libtiff reported an error")  # its strips left blank
                     if image.format in ("JPEG", "MPO") and cut_short(path.read_bytes(), image):
                         raise UserError(_cut_short(path, image.size))  # closed by an end marker
-                    picture = _from_pil(image, label, to_srgb)
+                    # 16 bits kept, unless a colour profile needs converting (8-bit only)
+                    deep = None if to_srgb and _foreign_profile(image) else \
+                        _sixteen_bits(path, image, tiles)
+                    picture = _from_pil(image, label, to_srgb) if deep is None else _from_array(
+                        _upright(deep, image.getexif().get(0x0112, 1)), label)
             finally:
                 said += [str(w.message) for w in warned] + printed
         _say_again(warned, printed)  # a picture that loads: what was said is shown, as before
@@ -326,11 +389,11 @@ def _png16(rgba: np.ndarray) -> bytes:
 
 
 def _tiff16(rgba: np.ndarray) -> bytes:
-    """An uncompressed 16-bit RGB(A) baseline TIFF (Pillow has no 16-bit RGB mode)."""
+    """A 16-bit RGB(A) TIFF, deflate-compressed in one strip (Pillow has no 16-bit RGB mode)."""
     height, width, channels = rgba.shape
-    pixels = np.round(rgba * 65535).astype("<u2").tobytes()
+    pixels = zlib.compress(np.round(rgba * 65535).astype("<u2").tobytes(), 6)
     entries = [(256, 3, 1, width), (257, 3, 1, height), (258, 3, channels, None),
-               (259, 3, 1, 1), (262, 3, 1, 2), (273, 4, 1, None), (277, 3, 1, channels),
+               (259, 3, 1, 8), (262, 3, 1, 2), (273, 4, 1, None), (277, 3, 1, channels),
                (278, 3, 1, height), (279, 4, 1, len(pixels)), (284, 3, 1, 1)]
     if channels == 4:
         entries.append((338, 3, 1, 2))  # extra sample: unassociated alpha
