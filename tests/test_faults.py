@@ -735,6 +735,19 @@ def test_only_dead_writers_temporaries_are_removed(tmp_path):
         live.wait()
 
 
+def test_a_writer_is_asked_whether_it_lives_never_signalled_on_windows(monkeypatch):
+    """On Windows os.kill(pid, 0) terminates the process: a stale-file sweep must never call it
+    there (it would kill a batch worker, or any program that got a dead writer's PID)."""
+    def never(*args):
+        raise AssertionError("os.kill called on Windows")
+
+    monkeypatch.setattr(files.os, "name", "nt")
+    monkeypatch.setattr(files.os, "kill", never)
+    asked = []
+    monkeypatch.setattr(files, "_windows_alive", lambda pid: asked.append(pid) or pid == 7)
+    assert files._alive(7) and not files._alive(8) and asked == [7, 8]
+
+
 # --- a bounded cache: least recently used files go past the limit; `stylefu cache` -------------
 
 def sparse(path: Path, size: int, mtime: float) -> Path:

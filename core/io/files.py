@@ -38,6 +38,8 @@ def temporary_sibling(path: Path) -> Path:
 
 
 def _alive(pid: int) -> bool:
+    if os.name == "nt":  # there os.kill(pid, 0) is TerminateProcess: it would kill the writer
+        return _windows_alive(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -45,6 +47,25 @@ def _alive(pid: int) -> bool:
     except (PermissionError, OSError):  # another user's live process (or a platform without it)
         return True
     return True
+
+
+def _windows_alive(pid: int) -> bool:
+    """Whether process `pid` runs, asked without touching it (OpenProcess, GetExitCodeProcess)."""
+    import ctypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.OpenProcess.restype = ctypes.c_void_p  # a HANDLE: pointer-sized
+    kernel32.OpenProcess.argtypes = (ctypes.c_ulong, ctypes.c_int, ctypes.c_ulong)
+    kernel32.GetExitCodeProcess.argtypes = (ctypes.c_void_p, ctypes.POINTER(ctypes.c_ulong))
+    kernel32.CloseHandle.argtypes = (ctypes.c_void_p,)
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return ctypes.get_last_error() == 5  # ERROR_ACCESS_DENIED: another user's, running
+    try:
+        code = ctypes.c_ulong()
+        return not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) or code.value == 259
+    finally:  # 259: STILL_ACTIVE
+        kernel32.CloseHandle(handle)
 
 
 def remove_stale_temporaries(paths: Iterable[str | Path], max_age_s: float = 86400.0) -> None:
