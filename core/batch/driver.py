@@ -318,7 +318,7 @@ def _worker_main(wid: int, setup: WorkerSetup, tasks, results, cancel) -> None:
         try:
             task = tasks.get(timeout=1.0)
         except queue.Empty:
-            if os.getppid() != parent:  # the driver was killed: nobody wants our results
+            if _driver_gone(parent):  # the driver was killed: nobody wants our results
                 return
             continue
         if task is None:
@@ -335,6 +335,16 @@ def _worker_main(wid: int, setup: WorkerSetup, tasks, results, cancel) -> None:
             continue
         payload.pop("trace", None)
         results.send(("done", wid, (index, payload)))
+
+
+def _driver_gone(parent_pid: int) -> bool:
+    """Whether the driver that spawned this worker has ended. Its process handle (Windows) or
+    pipe (POSIX) says so; os.getppid alone does not on Windows, where it keeps the dead
+    parent's PID (the worker would wait for tasks forever, its model loaded)."""
+    parent = multiprocessing.parent_process()
+    if parent is not None and not parent.is_alive():
+        return True
+    return os.getppid() != parent_pid
 
 
 class LocalPool:
