@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 # A driver that spawns one child and dies without a goodbye (as Task Manager's End task kills
 # it); the child answers os.getppid as Windows does, the dead parent's PID, and waits for
 # driver._driver_gone to notice.
@@ -71,4 +73,29 @@ def test_a_batch_worker_keeps_going_while_its_driver_lives(monkeypatch):
     assert driver._driver_gone(4321)
     monkeypatch.setattr(driver.multiprocessing, "parent_process", lambda: None)  # not spawned
     assert driver._driver_gone(1) and not driver._driver_gone(4321)
+
+
+def _list_of(names: list[str]) -> str:
+    return "# chosen\r\n" + "".join(f"{name}\r\n" for name in names)  # Windows line ends
+
+
+@pytest.mark.parametrize("written", ["utf-8 with BOM", "utf-16 (PowerShell 5)", "cp1252 (ANSI)"])
+def test_a_batch_list_file_from_a_windows_editor_or_shell_names_its_files(tmp_path, monkeypatch,
+                                                                         written):
+    """`stylefu batch @list.txt`: Notepad may start UTF-8 with a BOM, PowerShell 5's `>` writes
+    UTF-16, an older editor the ANSI code page; open()'s default (cp1252 on Windows, UTF-8 here)
+    would read a non-ASCII name wrong, or the first line with the BOM in it, or refuse the file."""
+    from stylefu.core.batch import driver
+
+    names = ["café.png", "über.png"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"not read here")
+    text = _list_of(names)
+    data = {"utf-8 with BOM": b"\xef\xbb\xbf" + text.encode("utf-8"),
+            "utf-16 (PowerShell 5)": text.encode("utf-16"),  # BOM first
+            "cp1252 (ANSI)": text.encode("cp1252")}[written]
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(data)
+    monkeypatch.setattr(driver.locale, "getpreferredencoding", lambda do_setlocale=True: "cp1252")
+    assert driver.expand_inputs(["@" + str(listing)]) == [tmp_path / n for n in names]
 

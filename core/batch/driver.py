@@ -17,10 +17,12 @@ The `stylefu batch` command is this iterator plus the manifest (`Manifest`), `--
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import glob
 import hashlib
 import json
+import locale
 import multiprocessing
 import os
 import queue
@@ -70,6 +72,19 @@ def _natural_key(path: Path) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(path))]
 
 
+def list_text(path: Path) -> str:
+    """A list file's text as editors and shells write it: UTF-8 (with the BOM Notepad may put
+    first, or without), UTF-16 with its BOM (Windows PowerShell 5's `dir -Name > list.txt`),
+    else the system's code page (an ANSI list on Windows, where that is not UTF-8)."""
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode(locale.getpreferredencoding(False))
+
+
 def expand_inputs(specs: Sequence[str]) -> list[Path]:
     """Folders (their images), globs, `@list.txt` (one path a line, relative to the list's folder,
     `#` comments) and plain paths, in natural order within each spec, duplicates dropped.
@@ -82,7 +97,7 @@ def expand_inputs(specs: Sequence[str]) -> list[Path]:
         if spec.startswith("@"):
             listing = check_input_file(spec[1:], "List file")  # a FIFO would block the read
             try:
-                lines = [line.strip() for line in listing.read_text().splitlines()]
+                lines = [line.strip() for line in list_text(listing).splitlines()]
             except (OSError, UnicodeDecodeError):
                 raise UserError(f"List file {listing} is not readable text; give @PATH to a text "
                                 "file with one image path a line.") from None
