@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -98,4 +99,28 @@ def test_a_batch_list_file_from_a_windows_editor_or_shell_names_its_files(tmp_pa
     listing.write_bytes(data)
     monkeypatch.setattr(driver.locale, "getpreferredencoding", lambda do_setlocale=True: "cp1252")
     assert driver.expand_inputs(["@" + str(listing)]) == [tmp_path / n for n in names]
+
+
+def test_windows_plans_with_its_available_memory_not_a_guess(monkeypatch):
+    """Windows has no /proc/meminfo and no os.sysconf: runs and batch workers were planned for
+    8 GB whatever the machine had. GlobalMemoryStatusEx says what is available."""
+    import ctypes
+
+    from stylefu.core.method import tiling
+
+    asked = []
+
+    class Kernel32:
+        @staticmethod
+        def GlobalMemoryStatusEx(ref):  # noqa: N802 (the Windows name)
+            status = ref._obj
+            assert status.dwLength == ctypes.sizeof(status) == 64  # MEMORYSTATUSEX's size
+            status.ullTotalPhys, status.ullAvailPhys = 16 << 30, 3 << 30
+            asked.append(status)
+            return 1
+
+    monkeypatch.setattr(tiling, "sys", SimpleNamespace(platform="win32"))
+    monkeypatch.setattr(ctypes, "windll", type("WinDLL", (), {"kernel32": Kernel32}),
+                        raising=False)
+    assert tiling.available_bytes("cpu") == 3 << 30 and len(asked) == 1
 

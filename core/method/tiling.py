@@ -16,6 +16,7 @@ memory). An image that would not fit is tiled automatically and the caller is to
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -77,11 +78,17 @@ def ort_bytes(height: int, width: int) -> float:
 
 
 def available_bytes(device: torch.device | str = "cpu") -> float:
-    """Memory free for this run now: CUDA's free memory, else MemAvailable from /proc/meminfo."""
+    """Memory free for this run now: CUDA's free memory, else MemAvailable from /proc/meminfo
+    (Windows: GlobalMemoryStatusEx's available physical memory)."""
     if str(device).startswith("cuda"):  # a CPU run (the torch-free engine's) never imports torch
         import torch
 
         return float(torch.cuda.mem_get_info(torch.device(device))[0])
+    if sys.platform == "win32":
+        try:
+            return _windows_available_bytes()
+        except (OSError, AttributeError):
+            pass  # the guess below
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -93,6 +100,22 @@ def available_bytes(device: torch.device | str = "cpu") -> float:
         return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return 8e9  # unknown platform: assume a modest machine
+
+
+def _windows_available_bytes() -> float:
+    """ullAvailPhys of GlobalMemoryStatusEx (what Task Manager calls available)."""
+    import ctypes
+
+    class MemoryStatus(ctypes.Structure):  # MEMORYSTATUSEX
+        _fields_ = [("dwLength", ctypes.c_uint32), ("dwMemoryLoad", ctypes.c_uint32)] + [
+            (name, ctypes.c_ulonglong) for name in (
+                "ullTotalPhys", "ullAvailPhys", "ullTotalPageFile", "ullAvailPageFile",
+                "ullTotalVirtual", "ullAvailVirtual", "ullAvailExtendedVirtual")]
+
+    status = MemoryStatus(dwLength=ctypes.sizeof(MemoryStatus))
+    if not ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):
+        raise OSError("GlobalMemoryStatusEx failed")
+    return float(status.ullAvailPhys)
 
 
 def budget_bytes(device: torch.device | str = "cpu") -> float:
