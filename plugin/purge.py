@@ -78,9 +78,12 @@ def plan(plugin_files: list[Path], pythons: list[str]) -> list[Item]:
         root = private_root(prefix)
         if root is not None and root not in roots:
             roots.append(root)
-    items += [Item(root, "private environment", tree_size(root)) for root in roots]
     cache = cache_dir()
-    if cache.exists():
+    # On Windows both are %LOCALAPPDATA%\stylefu: one item, its size counted once.
+    holders = [root for root in roots if _inside(cache, root)]
+    items += [Item(root, "private environment" + (", models and caches" if root in holders else ""),
+                   tree_size(root)) for root in roots]
+    if cache.exists() and not holders:
         items.append(Item(cache, "models and caches", tree_size(cache)))
     for path, what, variable in ((weights_dir(), "downloaded weights", "STYLEFU_WEIGHTS_CACHE"),
                                  (default_model_path(), "the model", "STYLEFU_MODEL")):

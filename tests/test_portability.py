@@ -124,3 +124,25 @@ def test_windows_plans_with_its_available_memory_not_a_guess(monkeypatch):
                         raising=False)
     assert tiling.available_bytes("cpu") == 3 << 30 and len(asked) == 1
 
+
+def test_purge_on_windows_lists_the_shared_stylefu_folder_once(tmp_path, monkeypatch):
+    """On Windows install.py's folder and the cache are both %LOCALAPPDATA%\\stylefu: the purge
+    listed it twice (as the environment and as models and caches) and added its size twice."""
+    from stylefu.core.io import paths
+    from stylefu.plugin import purge
+
+    local = tmp_path / "AppData" / "Local"
+    root = local / "stylefu"
+    python = root / "venv" / "Scripts" / "python.exe"
+    python.parent.mkdir(parents=True)
+    python.write_bytes(b"x" * 1000)
+    (root / "install.json").write_text('{"venv": "venv"}', encoding="utf-8")
+    (root / "vgg19-features.onnx").write_bytes(b"m" * 5000)
+    monkeypatch.delenv("STYLEFU_CACHE")
+    monkeypatch.delenv("STYLEFU_WEIGHTS_CACHE", raising=False)
+    monkeypatch.setenv("LOCALAPPDATA", str(local))
+    monkeypatch.setattr(paths, "sys", SimpleNamespace(platform="win32"))
+    items = purge.plan([], [str(python)])
+    removed = [i for i in items if not i.keep]
+    assert [i.path for i in removed] == [root] and "caches" in removed[0].what
+    assert removed[0].size == purge.tree_size(root) >= 6000
