@@ -146,3 +146,20 @@ def test_purge_on_windows_lists_the_shared_stylefu_folder_once(tmp_path, monkeyp
     removed = [i for i in items if not i.keep]
     assert [i.path for i in removed] == [root] and "caches" in removed[0].what
     assert removed[0].size == purge.tree_size(root) >= 6000
+
+
+def test_a_torch_without_onednn_runs_float32_instead_of_failing(monkeypatch):
+    """PyTorch's macOS arm64 wheels are built without oneDNN (USE_MKLDNN=OFF): there
+    torch.ops.mkldnn has no _is_mkldnn_bf16_supported, and `--precision auto` failed every run
+    on an Apple Silicon Mac with an internal error."""
+    import torch
+
+    from stylefu.core.engines.torch.model import cpu_has_fast_bf16, resolve_precision
+
+    def absent():
+        raise RuntimeError("No such operator mkldnn::_is_mkldnn_bf16_supported")
+
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", absent)
+    assert not cpu_has_fast_bf16()
+    assert resolve_precision("auto", torch.device("cpu")) == torch.float32

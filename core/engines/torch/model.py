@@ -33,7 +33,10 @@ def resolve_device(name: str) -> torch.device:
 
 def cpu_has_fast_bf16() -> bool:
     """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX); elsewhere it emulates
-    it, far slower than float32. Honours ONEDNN_MAX_CPU_ISA (how tests take an AVX2 CPU's path)."""
+    it, far slower than float32. Honours ONEDNN_MAX_CPU_ISA (how tests take an AVX2 CPU's path).
+    A torch built without oneDNN (macOS on Apple Silicon) lacks the op: no fast bf16 there."""
+    if not torch.backends.mkldnn.is_available():
+        return False
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
