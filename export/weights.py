@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import importlib
 import os
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -123,7 +125,7 @@ def download(url: str, dest: Path, sha256_prefix: str, timeout: float = 30.0,
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _urlopen(request, timeout) as response:
             resumed = have and response.status == 206
             total = int(response.headers.get("Content-Length") or 0) + (have if resumed else 0)
             done = have if resumed else 0
@@ -155,6 +157,29 @@ def download(url: str, dest: Path, sha256_prefix: str, timeout: float = 30.0,
                         f"{sha256_prefix}...); it was deleted, run again to retry.")
     os.replace(part, dest)
     return dest
+
+
+def _urlopen(request: urllib.request.Request, timeout: float):
+    """urlopen; where Python cannot verify the server's certificate, again with certifi's CA
+    bundle (pip's own copy, in every environment pip made): python.org's macOS Python has no CA
+    certificates until its "Install Certificates.command" has run, while pip brings its own."""
+    try:
+        return urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.URLError as exc:
+        bundle = _certifi_bundle()
+        if not isinstance(exc.reason, ssl.SSLCertVerificationError) or bundle is None:
+            raise
+    return urllib.request.urlopen(request, timeout=timeout,
+                                  context=ssl.create_default_context(cafile=bundle))
+
+
+def _certifi_bundle() -> str | None:
+    for name in ("certifi", "pip._vendor.certifi"):
+        try:
+            return importlib.import_module(name).where()
+        except (ImportError, AttributeError, OSError):
+            continue
+    return None
 
 
 def _progress_bar(name: str, done: int, total: int) -> None:

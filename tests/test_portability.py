@@ -163,3 +163,45 @@ def test_a_torch_without_onednn_runs_float32_instead_of_failing(monkeypatch):
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", absent)
     assert not cpu_has_fast_bf16()
     assert resolve_precision("auto", torch.device("cpu")) == torch.float32
+
+
+def test_a_download_python_cannot_verify_is_tried_with_certifis_bundle(tmp_path, monkeypatch):
+    """python.org's macOS Python has no CA certificates until its Install Certificates.command
+    runs: the official weights' download failed there (pip, with its own bundle, worked), and
+    `--weights auto` quietly fell back to the other model."""
+    import hashlib
+    import ssl
+    import urllib.error
+
+    from stylefu.export import weights
+
+    data = b"weights" * 1000
+    contexts = []
+
+    class Response:
+        status, headers = 200, {"Content-Length": str(len(data))}
+
+        def __init__(self):
+            self.left = [data]
+
+        def read(self, size=-1):
+            return self.left.pop() if self.left else b""
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def urlopen(request, timeout=None, context=None):
+        contexts.append(context)
+        if context is None:  # the system's (missing) CA store
+            raise urllib.error.URLError(ssl.SSLCertVerificationError(
+                1, "certificate verify failed: unable to get local issuer certificate"))
+        return Response()
+
+    monkeypatch.setattr(weights.urllib.request, "urlopen", urlopen)
+    dest = weights.download("https://example.org/w.pth", tmp_path / "w.pth",
+                            hashlib.sha256(data).hexdigest()[:8], progress=False)
+    assert dest.read_bytes() == data
+    assert contexts[0] is None and isinstance(contexts[1], ssl.SSLContext)
