@@ -205,3 +205,21 @@ def test_a_download_python_cannot_verify_is_tried_with_certifis_bundle(tmp_path,
                             hashlib.sha256(data).hexdigest()[:8], progress=False)
     assert dest.read_bytes() == data
     assert contexts[0] is None and isinstance(contexts[1], ssl.SSLContext)
+
+
+def test_stdout_in_a_windows_code_page_escapes_a_path_it_cannot_write(tmp_path, monkeypatch):
+    """On Windows stdout to a pipe or file is the ANSI code page (cp1252 in the West): `stylefu
+    cache status > status.txt` with a folder named in other letters was an internal error."""
+    import io
+
+    from stylefu.core.cli.main import main
+
+    cache = tmp_path / "キャッシュ"
+    cache.mkdir()
+    monkeypatch.setenv("STYLEFU_CACHE", str(cache))
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="cp1252"))
+    assert main(["cache", "status"]) == 0
+    sys.stdout.flush()
+    assert "\\u30ad\\u30e3" in raw.getvalue().decode("cp1252")
+

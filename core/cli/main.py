@@ -134,6 +134,15 @@ def _open_standard_streams() -> None:
             setattr(sys, name, open(os.devnull, "r" if name == "stdin" else "w"))
 
 
+def _stdout_escapes() -> None:
+    """stdout writes what its encoding lacks as \\u escapes: on Windows a pipe or file gets the
+    ANSI code page (cp1252...), where a path with other letters (a user's name, an image's)
+    made print() raise."""
+    with contextlib.suppress(AttributeError, ValueError):
+        if sys.stdout.errors == "strict":
+            sys.stdout.reconfigure(errors="backslashreplace")
+
+
 def _stdout_gone(exc: OSError) -> bool:
     """Whether `exc` is the broken pipe of stdout, whose reader went away (`| head -1`)."""
     if not isinstance(exc, BrokenPipeError) or exc.filename:
@@ -603,6 +612,7 @@ def main(argv: list[str] | None = None, cancel: threading.Event | None = None) -
     argv = sys.argv[1:] if argv is None else list(argv)
     json_mode = _json_progress(argv) or cancel is not None  # `serve` answers in JSON lines
     _open_standard_streams()
+    _stdout_escapes()
 
     def event(record: dict) -> None:
         if json_mode:
