@@ -68,6 +68,15 @@ def env_python(venv: Path, platform: str | None = None) -> Path:
     return venv / "bin" / "python"
 
 
+def store_python(platform: str | None = None, paths: tuple[str, ...] | None = None) -> bool:
+    """Whether this is the Microsoft Store's Python: Windows gives it a private copy of AppData,
+    where the environment and the plug-in it wrote would be invisible to GIMP."""
+    platform = platform or sys.platform
+    paths = (sys.executable, sys.base_prefix) if paths is None else paths
+    return platform == "win32" and any(
+        "\\windowsapps\\pythonsoftwarefoundation.python.3" in p.lower() for p in paths)
+
+
 def nvidia_driver(platform: str | None = None) -> bool:
     """Whether an NVIDIA driver is installed (then torch gets a CUDA build)."""
     platform = platform or sys.platform
@@ -229,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
             raise InstallError(f"stylefu needs Python {'.'.join(map(str, MIN_PYTHON))} or newer, "
                                f"this is {sys.version.split()[0]}; run install.py with a newer "
                                "python3.")
+        if store_python():
+            raise InstallError("this is the Microsoft Store's Python, whose files in AppData only "
+                               "it can see: GIMP would find neither the plug-in nor its worker; "
+                               "install Python from python.org and run `py install.py`.")
         root = Path(args.prefix).expanduser().absolute() if args.prefix else data_dir() / "stylefu"
         source = str(Path(args.wheel).expanduser().absolute()) if args.wheel else \
             args.source or default_source()

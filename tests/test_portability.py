@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -223,3 +224,36 @@ def test_stdout_in_a_windows_code_page_escapes_a_path_it_cannot_write(tmp_path, 
     sys.stdout.flush()
     assert "\\u30ad\\u30e3" in raw.getvalue().decode("cp1252")
 
+
+def _install_py():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "stylefu_install", Path(__file__).resolve().parents[1] / "install.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+STORE_PYTHON = (r"C:\Users\me\AppData\Local\Microsoft\WindowsApps"
+                r"\PythonSoftwareFoundation.Python.3.12_qbz5n2kfra8p0\python.exe",
+                r"C:\Program Files\WindowsApps"
+                r"\PythonSoftwareFoundation.Python.3.12_3.12.2800.0_x64__qbz5n2kfra8p0")
+
+
+def test_install_py_refuses_the_microsoft_store_python(monkeypatch, capsys):
+    """The Store's Python writes new files under AppData into its private copy: the environment
+    install.py made, and the plug-in `stylefu gimp install` wrote to %APPDATA%\\GIMP, were there
+    for it alone, and GIMP found no filter (or a worker it could not start)."""
+    install = _install_py()
+    assert install.store_python("win32", STORE_PYTHON[:1])
+    assert install.store_python("win32", STORE_PYTHON[1:])
+    assert not install.store_python("win32", (r"C:\Users\me\AppData\Local\Programs\Python"
+                                              r"\Python312\python.exe",))
+    assert not install.store_python("darwin", STORE_PYTHON)
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(sys, "base_prefix", STORE_PYTHON[1])
+    made = []
+    monkeypatch.setattr(install, "make_environment", lambda *a: made.append(a))
+    assert install.main(["--light"]) == 2 and not made
+    assert "Microsoft Store's Python" in capsys.readouterr().err
