@@ -13,6 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from stylefu.core.errors import UserError
+
 # A driver that spawns one child and dies without a goodbye (as Task Manager's End task kills
 # it); the child answers os.getppid as Windows does, the dead parent's PID, and waits for
 # driver._driver_gone to notice.
@@ -257,3 +259,26 @@ def test_install_py_refuses_the_microsoft_store_python(monkeypatch, capsys):
     monkeypatch.setattr(install, "make_environment", lambda *a: made.append(a))
     assert install.main(["--light"]) == 2 and not made
     assert "Microsoft Store's Python" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("platform", ["darwin", "win32"])
+def test_batch_outputs_differing_in_case_only_are_one_file_on_macos_and_windows(tmp_path,
+                                                                                  monkeypatch,
+                                                                                  platform):
+    """Cat.jpg and cat.jpg (two folders) both became {stem}.png: distinct names here, one file
+    on APFS and NTFS, where the second item silently replaced the first's output. On macOS also
+    é written composed and decomposed (APFS ignores the difference, NTFS does not)."""
+    from stylefu.core.batch import driver
+
+    monkeypatch.setattr(driver, "sys", SimpleNamespace(platform=platform))
+    composed = [tmp_path / "a" / "caf\u00e9.jpg", tmp_path / "b" / "cafe\u0301.jpg"]
+    with pytest.raises(UserError, match="would both be written"):
+        driver.make_items([tmp_path / "a" / "Cat.jpg", tmp_path / "b" / "cat.jpg"], ["s.jpg"],
+                          tmp_path / "out")
+    if platform == "darwin":
+        with pytest.raises(UserError, match="would both be written"):
+            driver.make_items(composed, ["s.jpg"], tmp_path / "out")
+    else:
+        assert len(driver.make_items(composed, ["s.jpg"], tmp_path / "out")) == 2
+    assert len(driver.make_items([tmp_path / "a" / "cat.jpg", tmp_path / "b" / "dog.jpg"],
+                                 ["s.jpg"], tmp_path / "out")) == 2

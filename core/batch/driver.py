@@ -28,7 +28,9 @@ import os
 import queue
 import re
 import signal
+import sys
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -135,6 +137,13 @@ def output_name(pattern: str, index: int, source: Path, styles: Sequence[str]) -
     return name
 
 
+def _file_key(path: Path) -> str:
+    """What names one file: macOS's APFS ignores case and Unicode normalisation (Cat.png and
+    cat.png are one file, so are é composed and decomposed), Windows' NTFS case."""
+    text = unicodedata.normalize("NFC", str(path)) if sys.platform == "darwin" else str(path)
+    return text.casefold() if sys.platform in ("darwin", "win32") else text
+
+
 def make_items(inputs: Sequence[Path], styles: Sequence[str], outdir: Path,
                pattern: str | None = None, styles_each: bool = False) -> list[BatchItem]:
     """Every input with all styles blended, or (`styles_each`) every input x style pair; each
@@ -145,10 +154,11 @@ def make_items(inputs: Sequence[Path], styles: Sequence[str], outdir: Path,
     for i, source in enumerate(inputs):
         for group in groups:
             output = outdir / output_name(pattern, i, source, group)
-            if output in seen:
-                raise UserError(f"{seen[output]} and {source} would both be written to {output}; "
+            key = _file_key(output)
+            if key in seen:
+                raise UserError(f"{seen[key]} and {source} would both be written to {output}; "
                                 "give --name a pattern with {index} or {style} to tell them apart.")
-            seen[output] = source
+            seen[key] = source
             items.append(BatchItem(str(source), tuple(str(s) for s in group), str(output)))
     return items
 
