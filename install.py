@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -202,6 +203,14 @@ def install_packages(python: Path, source: str, engine: str, torch: tuple[str, s
     return engine
 
 
+def shell_word(path: Path, platform: str | None = None) -> str:
+    """`path` quoted for a shell where it must be (macOS's "Application Support" always is;
+    Windows: a user name with a space), so the printed command can be pasted as it is."""
+    if (platform or sys.platform) == "win32":
+        return subprocess.list2cmdline([str(path)])  # cmd's "..."
+    return shlex.quote(str(path))
+
+
 def stylefu(python: Path, *args) -> list:
     return [python, "-m", "stylefu.core", *args]
 
@@ -264,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         place = ["--plug-ins-dir", args.plug_ins_dir] if args.plug_ins_dir else []
         run(stylefu(python, "gimp", "install", "--gimp", "found", *place),
             "installing the GIMP plug-in")
-        say(f"done ({engine} engine). To remove everything: {python} -m stylefu.core gimp "
-            "uninstall --purge")
+        say(f"done ({engine} engine). To remove everything: {shell_word(python)} -m "
+            "stylefu.core gimp uninstall --purge")
         return run(stylefu(python, "gimp", "status", *place), "checking", check=False)
     except InstallError as exc:
         print(f"stylefu install: error: {exc}", file=sys.stderr)

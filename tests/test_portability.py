@@ -282,3 +282,23 @@ def test_batch_outputs_differing_in_case_only_are_one_file_on_macos_and_windows(
         assert len(driver.make_items(composed, ["s.jpg"], tmp_path / "out")) == 2
     assert len(driver.make_items([tmp_path / "a" / "cat.jpg", tmp_path / "b" / "dog.jpg"],
                                  ["s.jpg"], tmp_path / "out")) == 2
+
+
+def test_install_py_prints_a_purge_command_that_pastes_on_macos(tmp_path, monkeypatch, capsys):
+    """The environment's Python on macOS is under "Application Support": the last line's purge
+    command, printed unquoted, ran /Users/.../Library/Application when pasted."""
+    import shlex
+
+    install = _install_py()
+    root = tmp_path / "Library" / "Application Support" / "stylefu"
+    root.mkdir(parents=True)
+    python = root / "venv" / "bin" / "python"
+    monkeypatch.setattr(install, "make_environment", lambda root, engine: python)
+    monkeypatch.setattr(install, "install_packages", lambda *a: "light")
+    monkeypatch.setattr(install, "run", lambda *a, **k: 0)
+    assert install.main(["--light", "--no-model", "--prefix", str(root)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "To remove everything" in x)
+    words = shlex.split(line.split("To remove everything: ")[1])
+    assert words == [str(python), "-m", "stylefu.core", "gimp", "uninstall", "--purge"]
+    assert install.shell_word(Path(r"C:\Users\Ann Lee\python.exe"), "win32") == \
+        r'"C:\Users\Ann Lee\python.exe"'
