@@ -163,7 +163,12 @@ def make_environment(root: Path, engine: str) -> Path:
     if venv.exists() and (not works(python) or previous not in (None, engine)):
         why = "it was broken" if not works(python) else f"{previous} engine before, {engine} now"
         say(f"making {venv} afresh ({why})")
-        shutil.rmtree(venv)
+        try:
+            shutil.rmtree(venv)
+        except OSError as exc:  # Windows: a program runs from it (GIMP's stylefu worker)
+            raise InstallError(f"{venv} could not be removed ({exc.strerror or exc}); close GIMP "
+                               "and any stylefu running from it, then run install.py again.") \
+                from None
     root.mkdir(parents=True, exist_ok=True)
     write_marker(root)  # first: a purge finds even a half-made environment
     if not venv.exists():

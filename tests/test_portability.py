@@ -302,3 +302,20 @@ def test_install_py_prints_a_purge_command_that_pastes_on_macos(tmp_path, monkey
     assert words == [str(python), "-m", "stylefu.core", "gimp", "uninstall", "--purge"]
     assert install.shell_word(Path(r"C:\Users\Ann Lee\python.exe"), "win32") == \
         r'"C:\Users\Ann Lee\python.exe"'
+
+
+def test_install_py_says_what_to_close_when_windows_keeps_the_old_environment(tmp_path,
+                                                                            monkeypatch):
+    """Switching engines makes the environment afresh; on Windows a python.exe or DLL of it in
+    use (GIMP's dialog keeps a worker running) cannot be deleted: that was a traceback."""
+    install = _install_py()
+    (tmp_path / "venv").mkdir()
+    (tmp_path / "install.json").write_text('{"venv": "venv", "engine": "torch"}', "utf-8")
+
+    def in_use(path, *args, **kwargs):
+        raise PermissionError(13, "Access is denied", str(path / "Scripts" / "python.exe"))
+
+    monkeypatch.setattr(install, "works", lambda python: True)
+    monkeypatch.setattr(install.shutil, "rmtree", in_use)
+    with pytest.raises(install.InstallError, match="close GIMP"):
+        install.make_environment(tmp_path, "light")
