@@ -319,3 +319,25 @@ def test_install_py_says_what_to_close_when_windows_keeps_the_old_environment(tm
     monkeypatch.setattr(install.shutil, "rmtree", in_use)
     with pytest.raises(install.InstallError, match="close GIMP"):
         install.make_environment(tmp_path, "light")
+
+
+def test_a_ray_node_file_another_worker_just_wrote_is_used_not_a_failed_item(tmp_path,
+                                                                               monkeypatch):
+    """Two Ray workers of one node materialise one model or target entry at once: on Windows
+    the second rename onto it fails (PermissionError) while the first's copy is open, which
+    failed the item; that copy holds the same bytes."""
+    import os
+
+    from stylefu.core.batch import ray_pool
+
+    data = b"model bytes"
+
+    def windows_replace(src, dst):
+        Path(dst).write_bytes(data)  # the other worker's copy, open there meanwhile
+        raise PermissionError(13, "Access is denied", str(src), None, str(dst))
+
+    monkeypatch.setattr(os, "replace", windows_replace)
+    path = ray_pool._materialize(tmp_path, "model.onnx", data)
+    assert path.read_bytes() == data
+    assert [p.name for p in path.parent.iterdir()] == ["model.onnx"]  # no temporary left
+

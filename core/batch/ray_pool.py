@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import Cancelled, UserError
+from ..io.files import cache_write
 from ..method.config import Config
 from .items import (
     RETRIES,
@@ -74,14 +74,21 @@ def _read(path: str) -> bytes | None:
         return None  # the task opens the path itself and fails with the usual message
 
 
+def _write_once(path: Path, data: bytes) -> bool:
+    """`data` at `path` unless a file is there, atomically; False when it can be neither written
+    nor found. Two workers of a node may write one file at once: on Windows the second rename
+    fails while the first's copy is open, and that copy holds the same bytes."""
+    if path.is_file():
+        return True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return cache_write(path, lambda tmp: tmp.write_bytes(data)) or path.is_file()
+
+
 def _materialize(folder: Path, name: str, data: bytes) -> Path:
     """`data` as folder/<its hash>/name on this node (written once, atomically)."""
     path = folder / hashlib.sha256(data).hexdigest()[:24] / name
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+    if not _write_once(path, data):
+        raise UserError(f"Cannot write {path} on this Ray node; check its free space.")
     return path
 
 
@@ -122,12 +129,7 @@ def _task(index: int, item, input_bytes: bytes | None, shared: list, config: Con
         if not model_path.is_file():
             model_path = _materialize(root / "models", "model.onnx", ray.get(info["model"]))
     for relative, data in ray.get(info["targets"]).items():
-        entry = cache_dir() / "targets" / relative
-        if not entry.is_file():
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, entry)
+        _write_once(cache_dir() / "targets" / relative, data)  # a miss is computed again
     styles = ray.get(info["styles"])
     renames: dict[str, str] = {}
     local = []
