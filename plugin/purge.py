@@ -141,5 +141,8 @@ def _remove_after_exit(path: Path) -> None:
     """Windows: a detached cmd waits for this process to end, then removes `path`."""
     command = (f'cmd /c "for /l %i in (1,1,30) do (ping -n 2 127.0.0.1 >nul & '
                f'rmdir /s /q "{path}" 2>nul & if not exist "{path}" exit)"')
+    # Its working folder outside `path`: a process's current folder cannot be removed there (the
+    # purge may well be run from inside the environment, e.g. from its Scripts folder).
     subprocess.Popen(command, creationflags=0x00000008 | 0x00000200,  # DETACHED, NEW_GROUP
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     cwd=str(path.parent), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)

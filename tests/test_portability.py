@@ -341,3 +341,19 @@ def test_a_ray_node_file_another_worker_just_wrote_is_used_not_a_failed_item(tmp
     assert path.read_bytes() == data
     assert [p.name for p in path.parent.iterdir()] == ["model.onnx"]  # no temporary left
 
+
+def test_the_windows_purge_of_the_running_environment_works_from_outside_it(tmp_path,
+                                                                              monkeypatch):
+    """The detached cmd that removes the running environment after the purge inherited the
+    purge's current folder: run from inside the environment (its Scripts folder), cmd held that
+    folder, which Windows then cannot remove."""
+    from stylefu.plugin import purge
+
+    started = []
+    monkeypatch.setattr(purge.subprocess, "Popen", lambda command, **kw: started.append(kw))
+    env = tmp_path / "stylefu"
+    (env / "venv" / "Scripts").mkdir(parents=True)
+    monkeypatch.chdir(env / "venv" / "Scripts")
+    purge._remove_after_exit(env)
+    cwd = Path(started[0].get("cwd") or Path.cwd()).resolve()
+    assert not cwd.is_relative_to(env.resolve())
