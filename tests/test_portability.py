@@ -357,3 +357,50 @@ def test_the_windows_purge_of_the_running_environment_works_from_outside_it(tmp_
     purge._remove_after_exit(env)
     cwd = Path(started[0].get("cwd") or Path.cwd()).resolve()
     assert not cwd.is_relative_to(env.resolve())
+
+
+VM_STAT = """Mach Virtual Memory Statistics: (page size of 16384 bytes)
+Pages free:                               12000.
+Pages active:                            183622.
+Pages inactive:                          100000.
+Pages speculative:                         8000.
+Pages throttled:                              0.
+Pages wired down:                        105435.
+Pages purgeable:                           8532.
+"Translation faults":                 912345678.
+Pages copy-on-write:                   12345678.
+Pages zero filled:                    512345678.
+Pages reactivated:                      1234567.
+Pages purged:                            234567.
+File-backed pages:                       150000.
+Anonymous pages:                         140000.
+Pages stored in compressor:              300000.
+Pages occupied by compressor:            100000.
+Decompressions:                         2345678.
+Compressions:                           3456789.
+Pageins:                                 456789.
+Pageouts:                                  5678.
+Swapins:                                      0.
+Swapouts:                                     0.
+"""
+
+
+def test_macos_plans_with_what_vm_stat_says_is_free_not_a_guess(monkeypatch):
+    """macOS has no /proc/meminfo and no SC_AVPHYS_PAGES (os.sysconf raises ValueError): every
+    Mac was planned as 8 GB. vm_stat's free, inactive and speculative pages are what it can
+    hand out."""
+    from stylefu.core.method import tiling
+
+    ran = []
+
+    def vm_stat(command, **kwargs):
+        ran.append(command)
+        return subprocess.CompletedProcess(command, 0, VM_STAT, "")
+
+    monkeypatch.setattr(tiling, "sys", SimpleNamespace(platform="darwin"))
+    monkeypatch.setattr(tiling.subprocess, "run", vm_stat)
+    assert tiling.available_bytes("cpu") == 16384 * (12000 + 100000 + 8000)
+    assert ran == [["/usr/bin/vm_stat"]]
+    monkeypatch.setattr(tiling.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+        a[0], 0, "nothing it knows", ""))
+    assert tiling.available_bytes("cpu") > 0  # an odd answer: the usual guess, no error

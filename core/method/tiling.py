@@ -16,6 +16,8 @@ memory). An image that would not fit is tiled automatically and the caller is to
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -89,6 +91,11 @@ def available_bytes(device: torch.device | str = "cpu") -> float:
             return _windows_available_bytes()
         except (OSError, AttributeError):
             pass  # the guess below
+    if sys.platform == "darwin":  # no /proc/meminfo, and no SC_AVPHYS_PAGES in its sysconf
+        try:
+            return _macos_available_bytes()
+        except (OSError, ValueError, KeyError, TypeError, subprocess.SubprocessError):
+            pass  # the guess below
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -116,6 +123,16 @@ def _windows_available_bytes() -> float:
     if not ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):
         raise OSError("GlobalMemoryStatusEx failed")
     return float(status.ullAvailPhys)
+
+
+def _macos_available_bytes() -> float:
+    """Free, inactive and speculative pages from vm_stat: memory macOS hands out without paging
+    anything in use out (inactive pages are reclaimable caches)."""
+    text = subprocess.run(["/usr/bin/vm_stat"], capture_output=True, text=True, check=True,
+                          timeout=10).stdout
+    page = int(re.search(r"page size of (\d+) bytes", text)[1])
+    pages = {m[1]: int(m[2]) for m in re.finditer(r"^Pages ([\w ]+):\s+(\d+)\.", text, re.M)}
+    return float(page * (pages["free"] + pages["inactive"] + pages.get("speculative", 0)))
 
 
 def budget_bytes(device: torch.device | str = "cpu") -> float:
