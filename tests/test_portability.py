@@ -404,3 +404,18 @@ def test_macos_plans_with_what_vm_stat_says_is_free_not_a_guess(monkeypatch):
     monkeypatch.setattr(tiling.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
         a[0], 0, "nothing it knows", ""))
     assert tiling.available_bytes("cpu") > 0  # an odd answer: the usual guess, no error
+
+
+def test_an_intel_mac_gets_the_numpy_its_torch_was_built_for():
+    """torch 2.2.2 is the last torch with Intel-Mac wheels, built against numpy 1; `pip install
+    stylefu` (and install.py) took numpy 2 with it, where torch.from_numpy raises "Numpy is not
+    available": every torch-engine run failed. Resolved as test_dependencies.py resolves."""
+    from test_dependencies import ROOT, UNREACHABLE, resolve
+
+    done = resolve(ROOT / "pyproject.toml", "x86_64-apple-darwin", "3.12")
+    if done.returncode and any(text in done.stderr for text in UNREACHABLE):
+        pytest.skip(f"the package index is unreachable: {done.stderr.strip()[:200]}")
+    assert done.returncode == 0, done.stderr
+    pins = dict(line.strip().split("==") for line in done.stdout.splitlines() if "==" in line)
+    if tuple(int(p) for p in pins["torch"].split(".")[:2]) < (2, 3):
+        assert int(pins["numpy"].split(".")[0]) < 2, pins
