@@ -741,7 +741,7 @@ def test_a_writer_is_asked_whether_it_lives_never_signalled_on_windows(monkeypat
     def never(*args):
         raise AssertionError("os.kill called on Windows")
 
-    monkeypatch.setattr(files.os, "name", "nt")
+    monkeypatch.setattr(files, "_WINDOWS", True)  # not os.name: pathlib would turn Windows
     monkeypatch.setattr(files.os, "kill", never)
     asked = []
     monkeypatch.setattr(files, "_windows_alive", lambda pid: asked.append(pid) or pid == 7)

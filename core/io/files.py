@@ -37,8 +37,11 @@ def temporary_sibling(path: Path) -> Path:
     return path.with_name(f".{_short_name(path)}.{os.getpid()}.{uuid.uuid4().hex[:16]}.tmp")
 
 
+_WINDOWS = os.name == "nt"
+
+
 def _alive(pid: int) -> bool:
-    if os.name == "nt":  # there os.kill(pid, 0) is TerminateProcess: it would kill the writer
+    if _WINDOWS:  # there os.kill(pid, 0) is TerminateProcess: it would kill the writer
         return _windows_alive(pid)
     try:
         os.kill(pid, 0)
