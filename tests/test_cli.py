@@ -145,3 +145,17 @@ def test_serve_answers_runs_in_order_with_the_bytes_of_run(files, model_path, tm
     alone = (tmp_path / "alone.png").read_bytes()
     assert (tmp_path / "one.png").read_bytes() == alone == (tmp_path / "four.png").read_bytes()
     assert not (tmp_path / "two.png").exists()
+
+
+def test_serve_help_requests_keep_stdout_json():
+    """A request asking for help (argparse would print it to stdout) is one error record: every
+    line the worker writes stays JSON."""
+    requests = [{"id": 1, "run": ["--help"]}, {"id": 2, "estimate": ["--hel"]},
+                {"id": 3, "run": ["a.png", "b.png", "-o", "c.png", "-h"]}]
+    lines = "".join(json.dumps(r) + "\n" for r in requests)
+    done = subprocess.run([sys.executable, "-m", "stylefu.core", "serve"], input=lines, text=True,
+                          capture_output=True, timeout=60)
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["event"] for r in records] == ["started", "error"] * 3
+    assert all("stylefu run --help" in r["message"] or "stylefu estimate --help" in r["message"]
+               for r in records[1::2])

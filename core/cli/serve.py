@@ -31,6 +31,13 @@ STOP_AFTER_STDIN_CLOSES = 15.0
 SERVED = {"run": ("--progress", "json"), "estimate": ("--json",)}
 
 
+def asks_for_help(argv: list[str]) -> bool:
+    """Whether argparse would print help or the version to stdout (-h, or --help, --version and
+    their abbreviations): stdout carries only the worker's JSON records."""
+    return any(a == "-h" or (len(a) > 2 and ("--help".startswith(a) or "--version".startswith(a)))
+               for a in argv)
+
+
 class Requests:
     """Reads stdin in a thread: requests into a queue, cancels applied at once."""
 
@@ -123,6 +130,10 @@ def serve(run: Callable[[list[str], threading.Event], int], stop_codes: tuple[in
         if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
             jsontext.print_line({"event": "error", "message": "not a request: "
                                  '{"id": N, "run" or "estimate": [the command\'s arguments]}'})
+            continue
+        if asks_for_help(argv):
+            jsontext.print_line({"event": "error", "message": "a request cannot ask for help "
+                                 f"(run `stylefu {command} --help` in a terminal)"})
             continue
         if cancel.is_set():
             jsontext.print_line({"event": "cancelled", "reason": "cancelled"})
