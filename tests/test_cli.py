@@ -159,3 +159,13 @@ def test_serve_help_requests_keep_stdout_json():
     assert [r["event"] for r in records] == ["started", "error"] * 3
     assert all("stylefu run --help" in r["message"] or "stylefu estimate --help" in r["message"]
                for r in records[1::2])
+
+
+@pytest.mark.parametrize("command", [["run", "c.png", "s.png", "-o", "o.png"], ["preview", "c.png",
+                                     "s.png", "-o", "o.png"], ["batch", "d", "--style", "s.png",
+                                     "-o", "out"], ["estimate", "--layer", "9x9"], ["info"]])
+def test_unknown_option_points_to_its_commands_help(command, capsys):
+    assert main([*command, "--no-such-option"]) == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --no-such-option" in err
+    assert f"(see `stylefu {command[0]} --help`)" in err and "Traceback" not in err

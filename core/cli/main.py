@@ -590,7 +590,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
         entry.load()(sub)
+    parser.commands = sub.choices  # name -> its parser, for parse() below
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """parse_args, with an unknown option reported by its command's parser: the message points
+    to `stylefu run --help`, not to the top level's list of commands."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command = parser.commands.get(getattr(args, "command", None), parser)
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _json_progress(argv: list[str]) -> bool:
@@ -624,7 +635,7 @@ def main(argv: list[str] | None = None, cancel: threading.Event | None = None) -
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
-        args = build_parser().parse_args(argv)
+        args = parse(build_parser(), argv)
         args.cancel = cancel
         return args.func(args)
     except Cancelled:
