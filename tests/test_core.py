@@ -284,3 +284,17 @@ def test_cuda_without_gpu_is_a_clear_error(model_path, images):
 def test_bad_config_values(overrides, message):
     with pytest.raises(UserError, match=message):
         Config(**overrides).validate()
+
+
+def test_a_strip_too_thin_at_its_size_names_the_size_that_works(model_path):
+    """A 20x1000 px strip at --size 128 is 3 px high: the refusal names the smallest --size whose
+    short side reaches the network's 16 px (800), and that size runs the check cleanly."""
+    from stylefu.core.io.images import fit_long_side
+    from stylefu.core.run.pipeline import check_working_size
+
+    strip = np.full((20, 1000, 3), 0.5, np.float32)
+    with pytest.raises(UserError, match=r"use --size (\d+) or more") as refused:
+        stylize(strip, strip, config=Config(size=128), model=str(model_path))
+    needed = int(refused.value.args[0].split("use --size ")[1].split()[0])
+    assert min(fit_long_side(20, 1000, needed)) >= 16 > min(fit_long_side(20, 1000, needed - 1))
+    check_working_size(20, 1000, Config(size=needed))

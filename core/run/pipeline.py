@@ -96,6 +96,20 @@ def level_sizes(height: int, width: int, config: Config) -> list[tuple[int, int]
     return sizes
 
 
+def check_working_size(height: int, width: int, config: Config) -> None:
+    """UserError when --size makes the content's short side too small for the network, naming
+    the smallest --size that works (a long strip needs a much larger one)."""
+    if min(fit_long_side(height, width, config.size)) >= MIN_SIDE:
+        return
+    needed = config.size
+    while min(fit_long_side(height, width, needed)) < MIN_SIDE:
+        needed = max(needed + 1, round(needed * MIN_SIDE / min(fit_long_side(height, width, needed))))
+    while needed > config.size + 1 and min(fit_long_side(height, width, needed - 1)) >= MIN_SIDE:
+        needed -= 1
+    raise UserError(f"At --size {config.size} the content ({width}x{height} px) has a short side "
+                    f"under {MIN_SIDE} px; use --size {needed} or more.")
+
+
 def plan_levels(height: int, width: int, config: Config, device: torch.device) -> list[Level]:
     sizes = level_sizes(height, width, config)
     return [Level(k, size, config.schedule_value("evaluations" if k == len(sizes)
@@ -175,9 +189,7 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     runner.check(content_pic, style_pics)
     plan = plan_levels(content_pic.height, content_pic.width, config, runner.device)
     final = plan[-1]
-    if min(final.size) < MIN_SIDE:
-        raise UserError(f"At --size {config.size} the content's short side is under {MIN_SIDE} px; "
-                        "raise --size.")
+    check_working_size(content_pic.height, content_pic.width, config)
     model = runner.load(plan)
     # Colour preservation changes what the optimiser sees (see color.py).
     content_rgb, styles = color.prepare(config.preserve_colors, content_pic.rgb,
