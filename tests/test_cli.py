@@ -169,3 +169,18 @@ def test_unknown_option_points_to_its_commands_help(command, capsys):
     err = capsys.readouterr().err
     assert "unrecognized arguments: --no-such-option" in err
     assert f"(see `stylefu {command[0]} --help`)" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--layer", "10x10"], "content is 10x10 px"),
+    (["--layer", "4000x20", "--size", "128"], "use --size 3100 or more"),
+    (["--layer", "3000x2000", "--size", "99999"], "enough for --size"),
+])
+def test_estimate_refuses_what_run_refuses(args, message, files, capsys):
+    """An estimate never prices a run that would be refused (the same sentence as `run`), and the
+    content and --layer together are refused rather than one silently winning."""
+    assert main(["estimate", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert main(["estimate", str(files[0]), "--layer", "300x200"]) == 2
+    assert "not both" in capsys.readouterr().err

@@ -360,6 +360,9 @@ def cmd_preview(args) -> int:
 
 def _layer_size(args) -> tuple[int, int]:
     """(height, width) of `estimate`'s content: --layer WxH, or the image's header."""
+    if args.layer and args.content:
+        raise UserError(f"Give the content image or --layer, not both ({args.content} and "
+                        f"--layer {args.layer}).")
     if args.layer:
         try:
             width, height = (int(v) for v in args.layer.lower().split("x"))
@@ -378,6 +381,22 @@ def _layer_size(args) -> tuple[int, int]:
     return picture.height, picture.width
 
 
+def _check_like_run(height: int, width: int, config: Config) -> None:
+    """The refusals `run` makes on this content's size before any work (too small, too thin at
+    --size, too large for memory): an estimate never prices a run that cannot start."""
+    import numpy as np
+
+    from ..io.images import Picture, check_min_side
+    from ..method.tiling import check_memory
+    from ..run.pipeline import check_working_size
+
+    content = Picture(np.broadcast_to(np.float32(0), (height, width, 3)), name="content")
+    check_min_side(content)
+    check_working_size(height, width, config)
+    if config.device != "cuda":  # a GPU's memory is asked of torch by the run itself
+        check_memory(content, [], config, "cpu")
+
+
 def cmd_estimate(args) -> int:
     """`stylefu estimate`: a run's seconds from the speeds earlier runs recorded (run/eta.py), or
     from a calibration now (recorded in turn)."""
@@ -389,6 +408,7 @@ def cmd_estimate(args) -> int:
 
     config = config_from_args(args).validate()
     height, width = _layer_size(args)
+    _check_like_run(height, width, config)
     key = eta.run_key(config, read_artifact_info(model_file(args.model)).architecture)
     source = f"{len(eta.load_speeds().get(key, {}).get('points', []))} level(s) of earlier runs"
     if args.calibrate or eta.kept_speed(key)[0] is None:
