@@ -184,3 +184,15 @@ def test_estimate_refuses_what_run_refuses(args, message, files, capsys):
     assert message in err and "Traceback" not in err
     assert main(["estimate", str(files[0]), "--layer", "300x200"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_engine_help_says_what_auto_does():
+    """--engine's help (also the GIMP dialog's) says what resolve_engine does: auto is torch
+    wherever torch is installed, and it does not deny the torch-free engine's tiles."""
+    from stylefu.core.engines import resolve_engine
+    from stylefu.core.method.config import config_fields
+
+    (engine,) = [f for f in config_fields() if f.name == "engine"]
+    text = engine.metadata["help"]
+    assert resolve_engine("auto") == "torch" and "torch wherever it is installed" in text
+    assert "no tiles" not in text  # engines/onnx/tiled.py

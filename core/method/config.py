@@ -135,9 +135,9 @@ class Config:
     crop_side: int = _f(0, "side in px of the crops a huge image is optimised in (0: automatic)",
                         aliases=("--tile-size",))
     save_every: int = _f(0, "save the current image every N evaluations (0: never)")
-    engine: str = _f("auto", "gradient engine: torch, or onnx (ONNX Runtime, float32, no torch "
-                     "needed, no tiles); auto: torch where installed and faster (a bf16 CPU or "
-                     "an NVIDIA GPU), else onnx", choices=ENGINES)
+    engine: str = _f("auto", "gradient engine: torch, or onnx (ONNX Runtime and numpy, float32, "
+                     "no torch needed); auto: torch wherever it is installed (as fast or faster "
+                     "on every CPU and GPU measured), else onnx", choices=ENGINES)
     compile: str = _f("auto", "compile the loss with torch.compile: auto (where the run is long "
                       "enough to pay), on, off", choices=COMPILE_MODES)
 
