@@ -211,3 +211,23 @@ def test_16_bit_input_with_a_colour_profile_is_converted(tmp_path):
     path.write_bytes(_with_chunk(_png16(rgb), b"iCCP", icc))
     high = (np.round(rgb * 65535).astype(np.uint16) >> 8).astype(np.float64)
     assert np.abs(load_image(path).rgb - p3_to_srgb(high)).max() < 2.5 / 255
+
+
+def test_lossy_outputs_keep_fine_detail(tmp_path):
+    """.jpg and .webp are written at quality 95, not Pillow's 75/80 (which smear a painting's
+    strokes): JPEG's quantisation steps stay small and WebP's error well under its default's."""
+    import io
+
+    from skimage import data
+
+    rgb = data.astronaut()[:128, :128].astype(np.float32) / 255
+    jpeg = save_image(tmp_path / "o.jpg", rgb)
+    assert max(Image.open(jpeg).quantization[0]) <= 12  # 61 at Pillow's default
+    webp = save_image(tmp_path / "o.webp", rgb)
+    default = io.BytesIO()
+    Image.fromarray(np.round(rgb * 255).astype(np.uint8)).save(default, "WEBP")
+
+    def error(image):
+        return np.abs(np.asarray(Image.open(image).convert("RGB"), np.float32) / 255 - rgb).mean()
+
+    assert error(webp) < 0.8 * error(default)

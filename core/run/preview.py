@@ -30,7 +30,15 @@ from ..engines import load_engine_model
 from ..errors import UserError
 from ..io.cache import cached_grams, target_cache
 from ..io.files import atomic_write
-from ..io.images import PILLOW_FORMATS, Picture, check_min_side, fit_long_side, load_image, resize_array
+from ..io.images import (
+    PILLOW_FORMATS,
+    SAVE_OPTIONS,
+    Picture,
+    check_min_side,
+    fit_long_side,
+    load_image,
+    resize_array,
+)
 from ..method import balance
 from ..method.config import PLAIN_STYLE_WEIGHT, STRENGTH_NEUTRAL, Config
 from ..method.objective import LossSpec
@@ -109,8 +117,9 @@ class PreviewResult:
         if suffix not in PILLOW_FORMATS:
             raise UserError(f"Unknown image type {suffix or '(no suffix)'!r} for {path}; end the "
                             f"name with one of {', '.join(PILLOW_FORMATS)}.")
+        fmt = PILLOW_FORMATS[suffix]
         return atomic_write(Path(path), lambda tmp: self.sheet.save(
-            tmp, format=PILLOW_FORMATS[suffix]))
+            tmp, format=fmt, **SAVE_OPTIONS.get(fmt, {})))
 
     def save_json(self, path: str | Path) -> Path:
         """Write the figures as strict JSON (a non-finite number becomes null), atomically."""
