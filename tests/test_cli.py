@@ -196,3 +196,20 @@ def test_engine_help_says_what_auto_does():
     text = engine.metadata["help"]
     assert resolve_engine("auto") == "torch" and "torch wherever it is installed" in text
     assert "no tiles" not in text  # engines/onnx/tiled.py
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".webp", ".bmp"])
+def test_16_bits_into_an_8_bit_format_is_refused_before_the_run(suffix, files, model_path,
+                                                                 tmp_path, capsys):
+    """--bits 16 with .jpg/.webp/.bmp would silently write 8 bits: refused before any work, in
+    run and batch alike (a .png/.tif/.npy result keeps them)."""
+    content, style = files
+    out = tmp_path / f"o{suffix}"
+    assert main(["run", str(content), str(style), "-o", str(out), "--bits", "16",
+                 "--model", str(model_path), *FAST]) == 2
+    assert "--bits 16 needs a .png or .tif output" in capsys.readouterr().err
+    assert main(["batch", str(content), "--style", str(style), "-o", str(tmp_path / "b"),
+                 "--name", "{stem}" + suffix, "--bits", "16", "--model", str(model_path),
+                 *FAST]) == 2
+    assert "--bits 16 needs" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "b").exists()

@@ -40,6 +40,7 @@ import numpy as np
 from ..engines.steps import is_cancelled
 from ..errors import Cancelled, UserError
 from ..io.files import check_input_file
+from ..io.images import check_bits
 from ..method.config import Config
 from .items import (
     RETRIES,
@@ -246,6 +247,9 @@ def check_shared_inputs(items: Sequence[BatchItem], config: Config, options: Run
         shared.add(config.init)
     for path in sorted(shared):
         check_input_file(path)
+    for item in items:
+        if item.output is not None:
+            check_bits(item.output, options.bits)
 
 
 # ----------------------------------------------------------------------------- one item (any worker)

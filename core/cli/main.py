@@ -243,7 +243,7 @@ def _watch_stdin(cancel: threading.Event) -> None:
 def check_run_paths(args, config: Config) -> Path:
     """Every input readable and every output writable, before any work: -o, --metrics and the
     --save-every images (siblings of -o) never replace an input, a folder or a special file."""
-    from ..io.images import OUTPUT_SUFFIXES, check_input_file, check_output_path
+    from ..io.images import OUTPUT_SUFFIXES, check_bits, check_input_file, check_output_path
 
     # --mask-inverse gives a guides.Inverse: its file is `source`.
     inputs = [args.content, *args.styles, *(getattr(m, "source", m) for m in args.masks or [])]
@@ -253,6 +253,7 @@ def check_run_paths(args, config: Config) -> Path:
         check_input_file(path)
     inputs += [args.model] if args.model else []
     output = check_output_path(args.output, "-o", OUTPUT_SUFFIXES, inputs)
+    check_bits(output, args.bits)
     if args.metrics:
         metrics = check_output_path(args.metrics, "--metrics", None, inputs)
         if metrics.resolve() == output.resolve():

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 PILLOW_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF",
                   ".bmp": "BMP", ".webp": "WEBP"}
 OUTPUT_SUFFIXES = (*PILLOW_FORMATS, ".npy")
+BITS16_SUFFIXES = (".png", ".tif", ".tiff", ".npy")  # .npy keeps float32
 # Lossy outputs at quality 95: Pillow's defaults (75 JPEG, 80 WebP) smear a painting's fine strokes.
 SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
 # A float image with values above this holds 0..255 (or other) numbers, not 0..1: refused, not
@@ -411,6 +412,15 @@ def _tiff16(rgba: np.ndarray) -> bytes:
     return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack(f"<{channels}H", *[16] * channels) + pixels
 
 
+def check_bits(path: str | Path, bits: int) -> None:
+    """UserError, before any work, when --bits 16 names a format that holds 8 bits per channel
+    (.jpg, .webp, .bmp): its result would silently lose the precision asked for."""
+    suffix = Path(path).suffix.lower()
+    if bits == 16 and suffix in PILLOW_FORMATS and suffix not in BITS16_SUFFIXES:
+        raise UserError(f"--bits 16 needs a .png or .tif output; {path} ({suffix}) holds 8 bits "
+                        "per channel: change its suffix or leave out --bits 16.")
+
+
 def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = None,
                bits: int = 8) -> Path:
     """Write an image atomically; the format follows the suffix (.npy keeps float32)."""
@@ -419,6 +429,7 @@ def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = Non
         array = np.concatenate([array, np.clip(alpha, 0, 1)[..., None].astype(np.float32)], axis=2)
     suffix = Path(path).suffix.lower()
     check_output_path(path, "output", OUTPUT_SUFFIXES)  # before any encoding work
+    check_bits(path, bits)
 
     def write(tmp: Path) -> None:
         if suffix == ".npy":
