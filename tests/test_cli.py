@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stylefu.core.cli.main import main
+from stylefu.core.cli.main import build_parser, main
 from stylefu.core.io.images import save_image
 
 FAST = ["--size", "64", "--scales", "1", "--iterations", "4"]
@@ -213,3 +213,15 @@ def test_16_bits_into_an_8_bit_format_is_refused_before_the_run(suffix, files, m
                  *FAST]) == 2
     assert "--bits 16 needs" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "b").exists()
+
+
+def test_output_help_names_every_format_written():
+    from stylefu.core.io.images import OUTPUT_SUFFIXES, PILLOW_FORMATS
+
+    commands = build_parser().commands
+    run_help = " ".join(commands["run"].format_help().split())
+    sheet_help = " ".join(commands["preview"].format_help().split())
+    for suffix in set(OUTPUT_SUFFIXES) - {".jpeg", ".tiff"}:
+        assert suffix in run_help
+    for suffix in set(PILLOW_FORMATS) - {".jpeg", ".tiff"}:
+        assert suffix in sheet_help

@@ -527,7 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="stylize CONTENT with one or more STYLE images")
     run.add_argument("content")
     run.add_argument("styles", nargs="+", metavar="style")
-    run.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, .tif, .npy)")
+    run.add_argument("-o", "--output", required=True, help="output image: .png, .tif (8 or 16 "
+                     "bits), .jpg, .webp, .bmp, or .npy (float32)")
     run.add_argument("--model", help="model artifact (default: $STYLEFU_MODEL or the cache's)")
     run.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                      help="progress display: bar (stderr), json (JSON lines on stdout), none")
@@ -560,7 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "with their style distances, as one contact sheet")
     prev.add_argument("content")
     prev.add_argument("styles", nargs="+", metavar="style")
-    prev.add_argument("-o", "--output", required=True, help="contact sheet image (.png, .jpg)")
+    prev.add_argument("-o", "--output", required=True,
+                      help="contact sheet image (.png, .jpg, .webp, .tif, .bmp)")
     prev.add_argument("--json", help="write every style's figures to this JSON file")
     prev.add_argument("--model", help="model artifact (default: $STYLEFU_MODEL or the cache's)")
     add_config_options(prev, defaults={"size": PREVIEW_SIZE, "preset": PREVIEW_PRESET})
