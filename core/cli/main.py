@@ -565,7 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="contact sheet image (.png, .jpg, .webp, .tif, .bmp)")
     prev.add_argument("--json", help="write every style's figures to this JSON file")
     prev.add_argument("--model", help="model artifact (default: $STYLEFU_MODEL or the cache's)")
-    add_config_options(prev, defaults={"size": PREVIEW_SIZE, "preset": PREVIEW_PRESET})
+    # Each style is previewed alone (no blend) and only the sheet is written (no --save-every).
+    add_config_options(prev, skip=("style_blend", "save_every"),
+                       defaults={"size": PREVIEW_SIZE, "preset": PREVIEW_PRESET})
     prev.set_defaults(func=cmd_preview)
 
     estimate = sub.add_parser("estimate", help="how long `run` would take here, from this "
