@@ -293,3 +293,22 @@ def test_ray_tasks_stream_their_progress(tmp_path, photos, model_path, ray_clust
         assert mine[-1][0] == "result" and len(mine) >= 2
         last = mine[-2][2]
         assert last["level"] == last["levels"] and last["evaluation"] == last["evaluations"]
+
+
+def test_a_script_without_a_main_guard_is_told_how_to_fix_it(tmp_path, photos, model_path):
+    """docs/batches.md's snippet as a script without `if __name__ == "__main__":`: the spawned
+    workers import it again and stop at once; the error names the script and the guard."""
+    (content, *_), (style, _) = photos
+    script = tmp_path / "my_batch.py"
+    script.write_text(
+        "from stylefu.core import BatchItem, Config, stylize_many\n"
+        f"items = [BatchItem({str(content)!r}, ({str(style)!r},), {str(tmp_path / 'a.png')!r}),\n"
+        f"         BatchItem({str(content)!r}, ({str(style)!r},), {str(tmp_path / 'b.png')!r})]\n"
+        "for r in stylize_many(items, Config(size=64, levels=1, evaluations=2), workers=2,\n"
+        f"                      model={str(model_path)!r}):\n"
+        "    print(r.status)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert "my_batch.py" in last and 'if __name__ == "__main__":' in last

@@ -452,6 +452,18 @@ class LocalPool:
                 proc.join(5)
 
 
+def _script_hint() -> str:
+    """Why workers die at once when stylize_many is called from a script's top level: each
+    spawned worker imports the script again, which calls stylize_many again, which
+    multiprocessing forbids. Empty for stylefu's own command and for interactive use."""
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)  # none when interactive; a module's has a __spec__
+    if not script or getattr(main, "__spec__", None) is not None or Path(script).stem == "stylefu":
+        return ""
+    return (f"; a script that calls stylize_many with workers ({Path(script).name}) must do so "
+            'under `if __name__ == "__main__":`, as the workers import it again')
+
+
 def _run_local(items: list[tuple[int, BatchItem]], config: Config, model_path: str, device: str,
                options: RunOptions, workers: int, gpus: int, on_progress, cancel,
                keep_images: bool) -> Iterator[ItemResult]:
@@ -492,7 +504,8 @@ def _run_local(items: list[tuple[int, BatchItem]], config: Config, model_path: s
                     if todo:
                         pool.start_worker()
                 if not pool.procs and todo:
-                    raise UserError("Every worker process ended before the batch could run.")
+                    raise UserError("Every worker process ended before the batch could run"
+                                    + _script_hint() + ".")
                 continue
             kind, wid, body = message
             if kind == "ready":
