@@ -312,3 +312,17 @@ def test_a_script_without_a_main_guard_is_told_how_to_fix_it(tmp_path, photos, m
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert "my_batch.py" in last and 'if __name__ == "__main__":' in last
+
+
+def test_stylize_many_makes_missing_output_folders_first(tmp_path, photos, model_path):
+    """docs/batches.md's snippet writes to out/ that does not exist yet: the folders are made
+    before any work (as `stylefu batch` makes -o), not each item painted and then failed."""
+    (content, *_), (style, _) = photos
+    outputs = [tmp_path / "out" / "a.png", tmp_path / "out" / "deeper" / "b.png"]
+    results = list(stylize_many([(str(content), [str(style)], str(o)) for o in outputs],
+                                FAST_CONFIG, model=model_path, workers=1))
+    assert [r.status for r in results] == ["ok", "ok"] and all(o.exists() for o in outputs)
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(UserError, match="Cannot create the output folder"):
+        list(stylize_many([(str(content), [str(style)], str(tmp_path / "file" / "c.png"))],
+                          FAST_CONFIG, model=model_path, workers=1))

@@ -252,6 +252,17 @@ def check_shared_inputs(items: Sequence[BatchItem], config: Config, options: Run
             check_bits(item.output, options.bits)
 
 
+def make_output_folders(items: Sequence[BatchItem]) -> None:
+    """The items' output folders, made before any work (as `stylefu batch` makes its -o): else
+    each item would be painted and then fail to be written."""
+    for folder in sorted({Path(item.output).parent for item in items if item.output is not None}):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"Cannot create the output folder {folder} ({exc.strerror}); choose "
+                            "other output paths.") from None
+
+
 # ----------------------------------------------------------------------------- one item (any worker)
 
 
@@ -554,7 +565,7 @@ def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = Non
     frames the skipped outputs still seed the next frame). `progress(index, record)` gets each
     evaluation's figures. `cancel` (threading.Event or callable) stops the batch: items in flight
     are dropped, nothing half-written stays. Raises UserError before any work for a bad style,
-    model or option; a bad input is only a failed result.
+    model or option; a bad input is only a failed result. Missing output folders are made.
     """
     from ..engines import load_engine_model
 
@@ -564,6 +575,7 @@ def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = Non
                                                           else str(i[2])) for i in items]
     skip = set(skip)
     check_shared_inputs(items, config, options)
+    make_output_folders(items)
     loaded = load_engine_model(model, config)
     remove_stale_temporaries(items)
     entries = precompute_targets(loaded, [it for i, it in enumerate(items) if i not in skip], config)
