@@ -236,3 +236,14 @@ def test_preview_refuses_options_it_would_ignore(option, files, tmp_path, capsys
                  str(tmp_path / "s.png"), *option]) == 2
     assert f"unrecognized arguments: {' '.join(option)}" in capsys.readouterr().err
     assert option[0] not in build_parser().commands["preview"].format_help()
+
+
+def test_info_with_a_wrong_model_path_says_so(tmp_path, capsys):
+    """`stylefu info --model PATH` with nothing (or a folder) there names the path and what to
+    do, instead of "none installed" (which hides a typo)."""
+    missing = tmp_path / "typo.onnx"
+    assert main(["info", "--model", str(missing), "--json"]) == 0
+    weights = json.loads(capsys.readouterr().out)["weights"]
+    assert "is not there" in weights and f"stylefu export -o {missing}" in weights
+    assert main(["info", "--model", str(tmp_path), "--json"]) == 0
+    assert "is a folder, not a model file" in json.loads(capsys.readouterr().out)["weights"]

@@ -460,6 +460,14 @@ def cmd_info(args) -> int:
                      preprocessing=info.preprocessing.get("name", "?"), pooling=info.pooling,
                      layers=", ".join(info.layers),
                      onnxruntime_provider=FeatureEngine(path).provider)
+    elif args.model:  # a path the user typed: "none installed" would hide a typo
+        from ..io.files import path_kind
+
+        kind = path_kind(path)
+        lines["weights"] = (f"none: --model {args.model} is not there; check the path, or make "
+                            f"the model with `stylefu export -o {args.model}`" if kind == "missing"
+                            else f"none: --model {args.model} is {kind}, not a model file made "
+                            "by `stylefu export`")
     else:
         lines["weights"] = "none installed: run `stylefu export`"
     gpus, version = [], "not installed"
