@@ -204,3 +204,14 @@ def test_export_help_gives_each_default_once_and_never_none():
     options = " ".join(text.split()).split(" --")  # one chunk per option, lines joined
     assert all(chunk.count("(default:") <= 1 for chunk in options)
     assert "(default: torchvision)" in text and "(default: the weights' own" in text
+
+
+def test_export_writes_where_the_commands_look(tmp_path, monkeypatch, capsys):
+    """-o's default is $STYLEFU_MODEL when set (what run and info then load), as its help says."""
+    from stylefu.core.cli.main import build_parser
+
+    target = tmp_path / "mine.onnx"
+    monkeypatch.setenv("STYLEFU_MODEL", str(target))
+    assert main(["export", "--weights", "random", "--progress", "none"]) == 0
+    assert target.is_file()
+    assert "$STYLEFU_MODEL" in build_parser().commands["export"].format_help()
