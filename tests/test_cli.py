@@ -247,3 +247,27 @@ def test_info_with_a_wrong_model_path_says_so(tmp_path, capsys):
     assert "is not there" in weights and f"stylefu export -o {missing}" in weights
     assert main(["info", "--model", str(tmp_path), "--json"]) == 0
     assert "is a folder, not a model file" in json.loads(capsys.readouterr().out)["weights"]
+
+
+def test_progress_bar_leaves_no_stale_characters(monkeypatch):
+    """On a terminal the bar rewrites its line after a carriage return: a shorter line (the loss
+    losing digits, "about 1 min 05 s" becoming "about 59 s") is padded over the longer one."""
+    import io
+
+    from stylefu.core.cli.main import ProgressPrinter
+    from stylefu.core.run.pipeline import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    lefts = iter([65.0, 59.0])
+    printer = ProgressPrinter("bar", time_left=lambda p: next(lefts))
+    for evaluation, loss in ((1, 0.123456), (2, 0.5)):
+        printer(Progress(1, 1, evaluation, 10, (48, 64), loss, 0.0, 0.0, 0.0))
+    visible = list(screen.getvalue().split("\r")[1])
+    for i, char in enumerate(screen.getvalue().split("\r")[2]):  # the terminal overwrites in place
+        visible[i:i + 1] = [char]
+    assert "".join(visible).rstrip().endswith("loss 0.5, about 59 s left")

@@ -175,6 +175,7 @@ class ProgressPrinter:
         self.mode, self.save_every, self.output, self.keep = mode, save_every, output, keep
         self.bar = mode == "bar" and sys.stderr.isatty()
         self.time_left = time_left  # an eta.TimeLeft, or None
+        self.width = 0  # the bar's last line: a shorter one is padded over it
 
     def emit(self, record: dict) -> None:
         if self.mode == "json":
@@ -208,8 +209,9 @@ class ProgressPrinter:
                 from ..run.eta import format_duration
                 line += f", about {format_duration(left)} left"
             if self.bar:
-                sys.stderr.write("\r" + line)
+                sys.stderr.write("\r" + line.ljust(self.width))
                 sys.stderr.flush()
+                self.width = len(line)
             elif p.evaluation == p.evaluations or p.evaluation % 25 == 0:
                 say(line)
 
