@@ -326,3 +326,15 @@ def test_stylize_many_makes_missing_output_folders_first(tmp_path, photos, model
     with pytest.raises(UserError, match="Cannot create the output folder"):
         list(stylize_many([(str(content), [str(style)], str(tmp_path / "file" / "c.png"))],
                           FAST_CONFIG, model=model_path, workers=1))
+
+
+def test_first_line_mentions_resume_only_when_asked(tmp_path, photos, model_path):
+    """Without --resume the first line does not say "0 already done (--resume)" (which reads
+    as if the batch were resuming); with it, it says how many are skipped."""
+    (content, *_), (style, _) = photos
+    for resume in ([], ["--resume"]):
+        done = _batch([content, "--style", style, "-o", tmp_path / "out", *resume], model_path)
+        assert done.returncode == 0, done.stderr
+        first = done.stderr.splitlines()[0]
+        assert ("(--resume)" in first) == bool(resume)
+    assert "1 already done (--resume)" in first

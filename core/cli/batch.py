@@ -103,8 +103,9 @@ def cmd_batch(args, to_config: Callable) -> int:
     workers = args.workers or default_workers(config=config)
     engine = f"Ray ({args.ray})" if args.ray else f"{workers} local worker(s)"
     if args.progress != "json":
-        print(f"stylefu batch: {len(items)} item(s), {len(skipped)} already done (--resume); "
-              f"{engine}; manifest {manifest_path}", file=sys.stderr, flush=True)
+        done = f", {len(skipped)} already done (--resume)" if args.resume else ""
+        print(f"stylefu batch: {len(items)} item(s){done}; {engine}; manifest {manifest_path}",
+              file=sys.stderr, flush=True)
     manifest = Manifest(manifest_path)
     failed = 0
     results = stylize_many(items, config, model=model.path, workers=args.workers, ray=args.ray,
