@@ -1,5 +1,6 @@
 """The on-disk target cache: saves forward passes, survives corruption and concurrent writers."""
 
+import json
 import multiprocessing
 import os
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from stylefu.core import Config, load_model
-from stylefu.core.io.cache import TargetCache, array_hash
+from stylefu.core.io.cache import MAX_BYTES, TargetCache, array_hash, cache_limit
 from stylefu.core.io.paths import cache_dir
 from stylefu.core.method.targets import compute_targets
 
@@ -160,3 +161,19 @@ def test_the_least_recently_used_entries_go_when_the_cache_is_full(model_path, t
     cache.store(keys[3], one_mb)  # 4.2 MB > 4 MB: drop the least recently used (keys[1]) to get under 80 %
     present = [cache.path(k).exists() for k in keys]
     assert present == [True, False, True, True]
+
+
+@pytest.mark.parametrize("value, limit_mb, ignored", [
+    ("inf", 1e12, False), ("abc", MAX_BYTES / 1e6, True), ("-5", MAX_BYTES / 1e6, True),
+    ("nan", MAX_BYTES / 1e6, True), ("150", 150, False)])
+def test_cache_limit_from_the_environment(value, limit_mb, ignored, monkeypatch, capsys):
+    """$STYLEFU_CACHE_MAX_MB: "inf" is no limit (it was an internal error), a value that is no
+    number of MB is ignored and `stylefu cache status` says so (a negative one pruned all)."""
+    from stylefu.core.cli.main import main
+
+    monkeypatch.setenv("STYLEFU_CACHE_MAX_MB", value)
+    assert cache_limit() == limit_mb * 1e6
+    assert main(["cache", "status", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["limit_mb"] == round(limit_mb, 1)
+    assert ("is not a number of megabytes" in captured.err) == ignored

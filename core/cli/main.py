@@ -491,11 +491,13 @@ def cmd_info(args) -> int:
 
 def cmd_cache(args) -> int:
     """`stylefu cache status|prune`: the cache's parts and sizes; least recently used files out."""
-    from ..io.cache import LIMIT_ENV, PARTS, cache_entries, cache_limit, prune_cache
+    from ..io.cache import LIMIT_ENV, PARTS, cache_entries, cache_limit, limit_problem, prune_cache
     from ..io.paths import cache_dir
     from ..method.config import check_number
 
     if args.action == "prune":
+        if args.max_mb is None and limit_problem():
+            say(f"stylefu cache: {limit_problem()}; pruning to the built-in limit.")
         if args.max_mb is not None:
             check_number("max_mb", args.max_mb, 0, 1e9, False)
         limit = cache_limit() if args.max_mb is None else int(args.max_mb * 1e6)
@@ -503,6 +505,8 @@ def cmd_cache(args) -> int:
         say(f"stylefu cache: removed {removed} least recently used file(s), {freed / 1e6:.1f} MB, "
             f"from {cache_dir()} (limit {limit / 1e6:.0f} MB).")
         return 0
+    if limit_problem():
+        say(f"stylefu cache: {limit_problem()}; the limit is the built-in one.")
     entries = cache_entries()
     parts = {part: [e for e in entries if e[2].is_relative_to(cache_dir() / part)] for part in PARTS}
     figures = {"folder": str(cache_dir()), "limit_mb": round(cache_limit() / 1e6, 1),

@@ -61,12 +61,24 @@ def model_hash(path: str | Path) -> str:
     return _file_hash(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
-def cache_limit() -> int:
-    """The cache's size limit in bytes: $STYLEFU_CACHE_MAX_MB, else MAX_BYTES."""
+def limit_problem() -> str | None:
+    """Why $STYLEFU_CACHE_MAX_MB is ignored (the built-in limit used instead), or None: a value
+    that is no number of megabytes, NaN or negative. "inf" is no limit."""
+    text = os.environ.get(LIMIT_ENV)
     try:
-        return max(0, int(float(os.environ[LIMIT_ENV]) * 1e6))
-    except (KeyError, ValueError):
+        mb = float(text) if text is not None else 0.0
+    except ValueError:
+        mb = float("nan")
+    if mb >= 0:
+        return None
+    return f"${LIMIT_ENV}={text!r} is not a number of megabytes (0 or more): ignored"
+
+
+def cache_limit() -> int:
+    """The cache's size limit in bytes: $STYLEFU_CACHE_MAX_MB ("inf": none), else MAX_BYTES."""
+    if LIMIT_ENV not in os.environ or limit_problem():
         return MAX_BYTES
+    return int(min(float(os.environ[LIMIT_ENV]), 1e12) * 1e6)  # a petabyte: no limit
 
 
 def cache_entries(root: str | Path | None = None,
