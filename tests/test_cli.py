@@ -271,3 +271,13 @@ def test_progress_bar_leaves_no_stale_characters(monkeypatch):
     for i, char in enumerate(screen.getvalue().split("\r")[2]):  # the terminal overwrites in place
         visible[i:i + 1] = [char]
     assert "".join(visible).rstrip().endswith("loss 0.5, about 59 s left")
+
+
+@pytest.mark.parametrize("command", ["run", "preview"])
+def test_positional_arguments_are_explained(command):
+    """`stylefu run --help` says what content and style are (they were bare names)."""
+    text = build_parser().commands[command].format_help()
+    positional = text.split("positional arguments:")[1].split("options:")[0]
+    lines = [line.split() for line in positional.strip().splitlines()]
+    assert lines[0][0] == "content" and len(lines[0]) > 1
+    assert any(line[0] == "style" and len(line) > 1 for line in lines)

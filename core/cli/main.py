@@ -539,8 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="stylize CONTENT with one or more STYLE images")
-    run.add_argument("content")
-    run.add_argument("styles", nargs="+", metavar="style")
+    run.add_argument("content", help="the picture to paint (an image file or a .npy array)")
+    run.add_argument("styles", nargs="+", metavar="style",
+                     help="the style image; several are blended (--style-blend) or each painted "
+                     "in its own --mask")
     run.add_argument("-o", "--output", required=True, help="output image: .png, .tif (8 or 16 "
                      "bits), .jpg, .webp, .bmp, or .npy (float32)")
     run.add_argument("--model", help="model artifact (default: $STYLEFU_MODEL or the cache's)")
@@ -573,8 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     prev = sub.add_parser("preview", help="quick previews of several STYLE images on CONTENT, "
                           "with their style distances, as one contact sheet")
-    prev.add_argument("content")
-    prev.add_argument("styles", nargs="+", metavar="style")
+    prev.add_argument("content", help="the picture the styles are tried on")
+    prev.add_argument("styles", nargs="+", metavar="style",
+                      help="the candidate style images, each previewed alone")
     prev.add_argument("-o", "--output", required=True,
                       help="contact sheet image (.png, .jpg, .webp, .tif, .bmp)")
     prev.add_argument("--json", help="write every style's figures to this JSON file")
