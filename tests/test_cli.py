@@ -281,3 +281,18 @@ def test_positional_arguments_are_explained(command):
     lines = [line.split() for line in positional.strip().splitlines()]
     assert lines[0][0] == "content" and len(lines[0]) > 1
     assert any(line[0] == "style" and len(line) > 1 for line in lines)
+
+
+@pytest.mark.parametrize("option, message", [(["--style-blend", "0.7"], "1 weights for 2 styles"),
+                                             (["--mask", "M", "--mask", "M", "--mask", "M"],
+                                              "3 masks for 2 styles")])
+def test_counts_refused_before_the_model_loads(option, message, files, model_path, tmp_path,
+                                                capsys):
+    """A --style-blend or --mask count that does not fit the styles is refused with the files'
+    checks, before the model loads: stderr is the one error line, no "engine ..." line first."""
+    content, style = files
+    option = [str(content) if a == "M" else a for a in option]
+    assert main(["run", str(content), str(style), str(style), "-o", str(tmp_path / "o.png"),
+                 "--model", str(model_path), *option, *FAST]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("stylefu: error: ") and message in line

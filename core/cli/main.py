@@ -253,6 +253,12 @@ def check_run_paths(args, config: Config) -> Path:
         inputs.append(config.init)
     for path in inputs:
         check_input_file(path)
+    from ..method.guides import check_mask_count
+    from ..method.targets import blend_weights
+
+    blend_weights(len(args.styles), config)  # counts before the model loads, as the files
+    if args.masks:
+        check_mask_count(len(args.masks), len(args.styles))
     inputs += [args.model] if args.model else []
     output = check_output_path(args.output, "-o", OUTPUT_SUFFIXES, inputs)
     check_bits(output, args.bits)

@@ -58,11 +58,16 @@ def _on_grid(mask: np.ndarray) -> np.ndarray:
     return (np.round(mask.astype(np.float64) * GRID) / GRID).astype(np.float32)
 
 
+def check_mask_count(masks: int, styles: int) -> None:
+    """One mask for all styles or one per style (the command line checks it before any work)."""
+    if masks not in (1, styles):
+        raise UserError(f"{masks} masks for {styles} styles: give one --mask for all styles "
+                        "or one per style, in the same order.")
+
+
 def check_masks(masks: list[np.ndarray], styles: int, height: int, width: int) -> None:
     """One mask for all styles or one per style, each with the content's aspect ratio."""
-    if len(masks) not in (1, styles):
-        raise UserError(f"{len(masks)} masks for {styles} styles: give one --mask for all styles "
-                        "or one per style, in the same order.")
+    check_mask_count(len(masks), styles)
     for i, mask in enumerate(masks, start=1):
         mh, mw = mask.shape
         if abs(mh / mw - height / width) > 0.02 * height / width:
