@@ -338,3 +338,14 @@ def test_first_line_mentions_resume_only_when_asked(tmp_path, photos, model_path
         first = done.stderr.splitlines()[0]
         assert ("(--resume)" in first) == bool(resume)
     assert "1 already done (--resume)" in first
+
+
+def test_first_line_names_the_workers_that_run(tmp_path, photos, model_path):
+    """The first line names what runs the items: never more local workers than items, and
+    --frames (one frame after another in the batch's own process) no workers at all."""
+    paths, (style, _) = photos
+    one = _batch([paths[0], "--style", style, "-o", tmp_path / "one", "--workers", "2"], model_path)
+    assert one.returncode == 0 and "1 local worker(s)" in one.stderr.splitlines()[0]
+    film = _batch([*paths[:2], "--style", style, "-o", tmp_path / "film", "--frames"], model_path)
+    first = film.stderr.splitlines()[0]
+    assert film.returncode == 0 and "frames in order" in first and "worker" not in first

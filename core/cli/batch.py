@@ -100,8 +100,9 @@ def cmd_batch(args, to_config: Callable) -> int:
     if args.resume:
         _, skipped = pending(items, manifest_path, chash)
     progress = BatchProgress(args.progress, len(items) - len(skipped), len(skipped))
-    workers = args.workers or default_workers(config=config)
-    engine = f"Ray ({args.ray})" if args.ray else f"{workers} local worker(s)"
+    workers = min(args.workers or default_workers(config=config), max(1, len(items) - len(skipped)))
+    engine = (f"Ray ({args.ray})" if args.ray else "frames in order in this process" if args.frames
+              else f"{workers} local worker(s)")
     if args.progress != "json":
         done = f", {len(skipped)} already done (--resume)" if args.resume else ""
         print(f"stylefu batch: {len(items)} item(s){done}; {engine}; manifest {manifest_path}",
