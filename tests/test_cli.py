@@ -296,3 +296,19 @@ def test_counts_refused_before_the_model_loads(option, message, files, model_pat
                  "--model", str(model_path), *option, *FAST]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("stylefu: error: ") and message in line
+
+
+def test_transparency_into_a_jpeg_is_said(images, model_path, tmp_path, capsys):
+    """A content with transparent parts written as .jpg (no alpha channel) gets one line saying
+    they become opaque and which formats keep them; an opaque content or a .png gets none."""
+    content, style = images
+    alpha = np.ones(content.shape[:2], np.float32)
+    alpha[:, :20] = 0
+    clear = save_image(tmp_path / "clear.png", content, alpha)
+    plain = save_image(tmp_path / "plain.png", content)
+    style_path = save_image(tmp_path / "style.png", style)
+    for source, suffix, said in ((clear, ".jpg", True), (clear, ".png", False),
+                                 (plain, ".jpg", False)):
+        assert main(["run", str(source), str(style_path), "-o", str(tmp_path / f"o{suffix}"),
+                     "--model", str(model_path), "--progress", "none", *FAST]) == 0
+        assert ("become opaque" in capsys.readouterr().err) == said

@@ -314,6 +314,10 @@ def cmd_run(args) -> int:
         result.image, result.alpha = _at_size(result.image, content, args.upscale)
         result.metrics.update(upscale=args.upscale,
                               upscale_seconds=round(time.perf_counter() - started, 3))
+    if result.alpha is not None and output.suffix.lower() in (".jpg", ".jpeg") \
+            and float(result.alpha.min()) < 1:
+        notice(f"{output.name} has no alpha channel: the content's transparent parts become "
+               "opaque (write .png, .tif or .webp to keep the transparency).")
     result.save(output, bits=args.bits)
     # A served run's start-up was paid once by the worker, not by this run.
     eta.record_speed(key, time_left.measured(),
