@@ -349,3 +349,17 @@ def test_first_line_names_the_workers_that_run(tmp_path, photos, model_path):
     film = _batch([*paths[:2], "--style", style, "-o", tmp_path / "film", "--frames"], model_path)
     first = film.stderr.splitlines()[0]
     assert film.returncode == 0 and "frames in order" in first and "worker" not in first
+
+
+def test_batch_bar_says_time_left_in_the_run_bars_words(monkeypatch, capsys):
+    """The items bar gives the time left as the run bar does ("about 1 min 30 s left", not
+    "about 1.5 min left") and none once every item is done (it said "about 0.0 min left")."""
+    from stylefu.core.cli import batch as batch_cli
+
+    clock = iter([0.0, 30.0, 60.0])
+    monkeypatch.setattr(batch_cli.time, "monotonic", lambda: next(clock))
+    bar = batch_cli.BatchProgress("bar", total=2, skipped=0)
+    bar.item({"status": "ok"})
+    bar.item({"status": "ok"})
+    first, last = capsys.readouterr().err.splitlines()
+    assert first.endswith("about 30 s left") and "left" not in last and last.startswith("[####")

@@ -59,9 +59,11 @@ class BatchProgress:
         rate = self.done / elapsed * 60 if elapsed > 0 else 0.0
         left = (self.total - self.done) / (self.done / elapsed) if self.done else 0.0
         filled = int(30 * self.done / max(1, self.total))
+        from ..run.eta import format_duration  # the run bar's words: "about 1 min 05 s left"
+
         line = (f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} items"
-                f"{f', {self.failed} failed' if self.failed else ''}, {rate:.1f} images/min, "
-                f"about {left / 60:.1f} min left")
+                f"{f', {self.failed} failed' if self.failed else ''}, {rate:.1f} images/min"
+                + (f", about {format_duration(left)} left" if self.done < self.total else ""))
         if self.tty:
             sys.stderr.write("\r" + line + " " * 4)
             sys.stderr.flush()
