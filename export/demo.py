@@ -13,6 +13,7 @@ import numpy as np
 from stylefu.core.cli.main import say
 from stylefu.core.errors import UserError
 from stylefu.core.io.demo import TRAINED_SOURCE, demo_photo, demo_style, describe_weights, side_by_side
+from stylefu.core.io.files import path_kind
 from stylefu.core.io.images import save_image
 from stylefu.core.io.paths import cache_dir, default_model_path
 from stylefu.core.method.config import Config
@@ -75,6 +76,10 @@ def run_demo(output_dir: Path, size: int = 256, log=None) -> Path:
 
 
 def cmd_demo(args) -> int:
+    kind = path_kind(args.output)
+    if kind not in ("missing", "a folder"):
+        raise UserError(f"-o {args.output} is {'a file' if kind == 'file' else kind}, not a "
+                        "folder; give the demo a folder to write its four pictures into.")
     path = run_demo(Path(args.output))
     say(f"stylefu demo: wrote {path} (content | style | result); open it to look.")
     return 0
@@ -83,5 +88,6 @@ def cmd_demo(args) -> int:
 def add_demo_parser(sub) -> None:
     """Add `stylefu demo` to the `stylefu` command's subparsers."""
     demo = sub.add_parser("demo", help="stylize a built-in photo and write a side-by-side PNG")
-    demo.add_argument("-o", "--output", default="demo-output", help="output folder")
+    demo.add_argument("-o", "--output", default="demo-output",
+                      help="output folder, made if missing (default: demo-output)")
     demo.set_defaults(func=cmd_demo)

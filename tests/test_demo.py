@@ -61,3 +61,16 @@ def test_demo_photo_is_bundled():
     photo = demo_photo()
     assert photo.shape == (213, 320, 3) and 0 <= photo.min() and photo.max() <= 1
     assert photo.std() > 0.1  # a real photo, not a flat image
+
+
+def test_demo_into_a_file_is_refused_in_one_sentence(tmp_path, capsys):
+    """`stylefu demo -o photo.jpg` (a file, not a folder): one sentence saying so, not the
+    generic "File exists (...); check the path, its permissions and free space"."""
+    from stylefu.core.cli.main import main
+
+    taken = tmp_path / "photo.jpg"
+    taken.write_bytes(b"mine")
+    assert main(["demo", "-o", str(taken)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "File exists" not in err
+    assert taken.read_bytes() == b"mine"
