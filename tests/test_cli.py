@@ -312,3 +312,15 @@ def test_transparency_into_a_jpeg_is_said(images, model_path, tmp_path, capsys):
         assert main(["run", str(source), str(style_path), "-o", str(tmp_path / f"o{suffix}"),
                      "--model", str(model_path), "--progress", "none", *FAST]) == 0
         assert ("become opaque" in capsys.readouterr().err) == said
+
+
+def test_every_option_and_argument_has_help():
+    """Each command's options and arguments say what they do (info's --model and --json and
+    cache's action were bare names)."""
+    import argparse
+
+    for name, command in build_parser().commands.items():
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help, f"stylefu {name} {action.option_strings or action.dest}"

@@ -614,13 +614,16 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.set_defaults(func=cmd_estimate)
 
     info = sub.add_parser("info", help="show the model, its weights and the available devices")
-    info.add_argument("--model")
-    info.add_argument("--json", action="store_true")
+    info.add_argument("--model", help="the model to describe (default: $STYLEFU_MODEL or the "
+                      "cache's)")
+    info.add_argument("--json", action="store_true", help="the same as one JSON object")
     info.set_defaults(func=cmd_info)
 
     cache = sub.add_parser("cache", help="show the cache's size, or remove its least recently "
                            "used files (targets, torch copies, gradient graphs)")
-    cache.add_argument("action", choices=("status", "prune"))
+    cache.add_argument("action", choices=("status", "prune"),
+                       help="status: the cache's parts and sizes; prune: remove its least "
+                       "recently used files down to the limit")
     cache.add_argument("--max-mb", type=float, default=None,
                        help="prune: keep at most this many MB (0: remove them all) [default: "
                        "$STYLEFU_CACHE_MAX_MB, else the built-in limit]")
