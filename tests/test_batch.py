@@ -340,6 +340,18 @@ def test_first_line_mentions_resume_only_when_asked(tmp_path, photos, model_path
     assert "1 already done (--resume)" in first
 
 
+def test_quiet_batch_says_only_which_items_failed(tmp_path, photos, model_path):
+    """-q: no first line, bar or summary (with --progress none too), one line per failed item."""
+    paths, styles = photos
+    paths[1].write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    done = _batch([paths[0], paths[1], "--style", styles[0], "-o", tmp_path / "out", "-q",
+                   "--workers", "1"], model_path)
+    assert done.returncode == 3 and done.stdout == ""
+    assert done.stderr.splitlines() == [line for line in done.stderr.splitlines()
+                                        if line.startswith(f"stylefu batch: {paths[1]} failed: ")]
+    assert len(done.stderr.splitlines()) == 1
+
+
 def test_first_line_names_the_workers_that_run(tmp_path, photos, model_path):
     """The first line names what runs the items: never more local workers than items, and
     --frames (one frame after another in the batch's own process) no workers at all."""

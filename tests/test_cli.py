@@ -49,6 +49,18 @@ def test_run_names_device_and_random_weights(files, model_path, tmp_path, capsys
     assert "device cpu" in err and "RANDOM weights" in err
 
 
+def test_quiet_run_and_preview_print_errors_only(files, model_path, tmp_path, capsys):
+    content, style = files
+    for command in (["run", "-o", str(tmp_path / "o.png")], ["preview", "-o", str(tmp_path / "s.png")]):
+        assert main([command[0], str(content), str(style), *command[1:], "--model",
+                     str(model_path), "-q", *FAST]) == 0
+        assert capsys.readouterr().err == "", command  # no bar, engine line or summary
+    assert main(["run", str(content), str(tmp_path / "none.png"), "-o", str(tmp_path / "o.png"),
+                 "-q", "--model", str(model_path), *FAST]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("stylefu: error: ") and "none.png" in err[0]
+
+
 def test_model_from_environment(files, model_path, tmp_path, monkeypatch):
     monkeypatch.setenv("STYLEFU_MODEL", str(model_path))
     content, style = files

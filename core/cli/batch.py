@@ -34,7 +34,7 @@ from .exits import EXIT_CANCELLED, EXIT_SOME_FAILED
 
 class BatchProgress:
     """One bar over items on stderr (`bar`), JSON lines on stdout (`json`: per-item progress and
-    each item's manifest entry), or nothing (`none`)."""
+    each item's manifest entry), only the failed items on stderr (`quiet`), or nothing (`none`)."""
 
     def __init__(self, mode: str, total: int, skipped: int):
         self.mode, self.total, self.skipped = mode, total, skipped
@@ -53,6 +53,9 @@ class BatchProgress:
         self.done += 1
         self.failed += entry["status"] != "ok"
         self.emit({"event": "item", **entry})
+        if self.mode == "quiet" and entry["status"] != "ok":
+            print(f"stylefu batch: {entry['input']} failed: {entry['error']}", file=sys.stderr,
+                  flush=True)
         if self.mode != "bar":
             return
         elapsed = time.monotonic() - self.started
@@ -101,11 +104,13 @@ def cmd_batch(args, to_config: Callable) -> int:
     skipped: list[int] = []
     if args.resume:
         _, skipped = pending(items, manifest_path, chash)
+    if args.quiet and args.progress != "json":
+        args.progress = "quiet"
     progress = BatchProgress(args.progress, len(items) - len(skipped), len(skipped))
     workers = min(args.workers or default_workers(config=config), max(1, len(items) - len(skipped)))
     engine = (f"Ray ({args.ray})" if args.ray else "frames in order in this process" if args.frames
               else f"{workers} local worker(s)")
-    if args.progress != "json":
+    if args.progress in ("bar", "none"):
         done = f", {len(skipped)} already done (--resume)" if args.resume else ""
         print(f"stylefu batch: {len(items)} item(s){done}; {engine}; manifest {manifest_path}",
               file=sys.stderr, flush=True)
@@ -132,7 +137,7 @@ def cmd_batch(args, to_config: Callable) -> int:
     progress.close()
     progress.emit({"event": "batch", "done": progress.done, "failed": failed,
                    "skipped": len(skipped), "manifest": str(manifest_path)})
-    if args.progress != "json":
+    if args.progress in ("bar", "none"):
         print(f"stylefu batch: {progress.done - failed} written, {failed} failed, {len(skipped)} "
               f"skipped; see {manifest_path}", file=sys.stderr, flush=True)
     return EXIT_SOME_FAILED if failed else 0
@@ -170,6 +175,8 @@ def add_batch_parser(sub, add_config_options: Callable, to_config: Callable) -> 
     batch.add_argument("--model", help="model artifact (default: $STYLEFU_MODEL or the cache's)")
     batch.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                        help="bar over items (stderr), json (per-item JSON lines on stdout), none")
+    batch.add_argument("-q", "--quiet", action="store_true",
+                       help="print errors only: each failed item, no bar or summary line")
     batch.add_argument("--bits", type=int, choices=(8, 16), default=8,
                        help="bits per channel of .png/.tif output")
     batch.add_argument("--mask", dest="masks", action="append", metavar="PATH",

@@ -110,8 +110,15 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config(**values)
 
 
-def say(text: str) -> None:
-    """One line for the user, on stderr (stdout carries JSON progress); none if stderr is gone."""
+QUIET_HELP = "print errors only (no progress bar, notices or summary line)"
+_said = {"quiet": False}  # -q/--quiet: `say` keeps to errors (`always`)
+
+
+def say(text: str, always: bool = False) -> None:
+    """One line for the user, on stderr (stdout carries JSON progress); none if stderr is gone,
+    nor under --quiet unless `always` (errors, and how a run ended early)."""
+    if _said["quiet"] and not always:
+        return
     try:
         print(text, file=sys.stderr, flush=True)
     except (OSError, ValueError):  # its reader went away, or it was closed
@@ -294,6 +301,8 @@ def cmd_run(args) -> int:
         from ..method.fullres import seconds_to_layer_size
         finish = seconds_to_layer_size(content.height * content.width)
     time_left = eta.TimeLeft.kept(key, config, finish_seconds=finish)
+    if args.quiet and args.progress == "bar":
+        args.progress = "none"
     printer = ProgressPrinter(args.progress, config.save_every, output,
                               content if args.keep_size else None, time_left)
     cancel = args.cancel or threading.Event()
@@ -354,7 +363,7 @@ def cmd_preview(args) -> int:
 
     def report(p) -> None:
         if not p.ok:
-            say(f"  {p.name}: SKIPPED, {p.error}")
+            say(f"  {p.name}: SKIPPED, {p.error}", always=True)
         else:
             say(f"  {p.name}: style distance {p.distance_total:.3g}, after preview style loss "
                  f"{p.style_loss:.3g} ({100 * p.style_left:.1f} % left), content loss "
@@ -558,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", help="model artifact (default: $STYLEFU_MODEL or the cache's)")
     run.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                      help="progress display: bar (stderr), json (JSON lines on stdout), none")
+    run.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     run.add_argument("--metrics", help="write the final metrics to this JSON file")
     run.add_argument("--bits", type=int, choices=(8, 16), default=8,
                      help="bits per channel of .png/.tif output")
@@ -592,6 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="contact sheet image (.png, .jpg, .webp, .tif, .bmp)")
     prev.add_argument("--json", help="write every style's figures to this JSON file")
     prev.add_argument("--model", help="model artifact (default: $STYLEFU_MODEL or the cache's)")
+    prev.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     # Each style is previewed alone (no blend) and only the sheet is written (no --save-every).
     add_config_options(prev, skip=("style_blend", "save_every"),
                        defaults={"size": PREVIEW_SIZE, "preset": PREVIEW_PRESET})
@@ -690,35 +701,37 @@ def main(argv: list[str] | None = None, cancel: threading.Event | None = None) -
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
+        _said["quiet"] = False
         args = parse(build_parser(), argv)
         args.cancel = cancel
+        _said["quiet"] = bool(getattr(args, "quiet", False))
         return args.func(args)
     except Cancelled:
         event({"event": "cancelled", "reason": "cancelled"})
-        say("stylefu: cancelled.")
+        say("stylefu: cancelled.", always=True)
         return EXIT_CANCELLED
     except KeyboardInterrupt:
         event({"event": "cancelled", "reason": "SIGINT"})
-        say("stylefu: interrupted.")
+        say("stylefu: interrupted.", always=True)
         return EXIT_CANCELLED
     except Terminated:
         event({"event": "cancelled", "reason": "SIGTERM"})
-        say("stylefu: terminated.")
+        say("stylefu: terminated.", always=True)
         return EXIT_TERMINATED
     except UserError as exc:
         event({"event": "error", "message": str(exc)})
-        say(f"stylefu: error: {exc}")
+        say(f"stylefu: error: {exc}", always=True)
         return exc.exit_code
     except OSError as exc:  # the environment, not stylefu: a full disk, a permission, a lost file
         if _stdout_gone(exc):  # stop quietly, as coreutils do; nothing more can go to stdout
             with contextlib.suppress(OSError, ValueError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
-            say("stylefu: stopped: the program reading stdout closed the pipe.")
+            say("stylefu: stopped: the program reading stdout closed the pipe.", always=True)
             return EXIT_BROKEN_PIPE
         where = f" ({exc.filename})" if exc.filename else ""
         message = f"{exc.strerror or exc}{where}; check the path, its permissions and free space."
         event({"event": "error", "message": message})
-        say(f"stylefu: error: {message}")
+        say(f"stylefu: error: {message}", always=True)
         return EXIT_USER_ERROR
     except Exception as exc:  # a bug: the traceback is for the report
         import traceback
@@ -727,7 +740,7 @@ def main(argv: list[str] | None = None, cancel: threading.Event | None = None) -
         event({"event": "error", "message": f"internal error: {type(exc).__name__}: {exc}",
                "internal": True})
         say(f"stylefu: internal error ({type(exc).__name__}); please report it with the "
-             "traceback above.")
+            "traceback above.", always=True)
         return EXIT_INTERNAL_ERROR
     finally:
         if in_main_thread:
