@@ -383,6 +383,63 @@ def test_stylize_layer_leaves_nothing_when_the_worker_fails(tmp_path, images, mo
     assert host.calls == ["styles"]
 
 
+class FolderWorker:
+    """Where start_dialog_preview puts a preview's files; a preview that gets this far would be
+    asked of it (submit), which the size checks must never reach."""
+
+    def __init__(self, folder):
+        self.folder, self.count = folder, 0
+
+    def run_folder(self):
+        self.count += 1
+        path = self.folder / f"run-{self.count}"
+        path.mkdir()
+        return str(path)
+
+    def submit(self, args, folder):
+        raise AssertionError("the worker was asked to paint a layer it cannot")
+
+
+def test_layers_the_worker_cannot_paint_are_wrong_input_with_the_fix(tmp_path, images):
+    """A layer under the network's minimum side, or one whose short side falls under it at the
+    working size, is stopped before any worker, undo group or estimate, with one sentence that
+    says what to do (the worker's own messages speak of "content" and "--size")."""
+    _, style = images
+    np.save(tmp_path / "style.npy", style)
+    settings = installer.plugin_settings("3", sys.executable, tmp_path / "model.onnx")
+    values = dict(settings["defaults"], size=512)
+    tiny = np.full((10, 12, 3), 0.5, np.float32)
+    host = ArrayHost(tiny, [str(tmp_path / "style.npy")])
+    with pytest.raises(bridge.InputError, match=rf"The layer is 12 x 10 px, and the filter needs "
+                       rf"at least {MIN_SIDE} px on each side; scale the layer up first"):
+        bridge.stylize_layer(host, settings, values)
+    assert host.calls == ["styles"] and host.layers == []
+    with pytest.raises(bridge.InputError, match="The layer is 12 x 10 px"):
+        bridge.start_estimate(None, settings, 12, 10, values)
+    # The preview says so instead of the worker's message (its column shows it).
+    with pytest.raises(bridge.InputError, match="The layer is 12 x 10 px"):
+        bridge.start_dialog_preview(host, FolderWorker(tmp_path), settings, values)
+    # 2000 x 20 px at 512 px would be 512 x 5: the working size it needs.
+    thin = ArrayHost(np.full((20, 2000, 3), 0.5, np.float32), [str(tmp_path / "style.npy")])
+    needed = -(-MIN_SIDE * 2000 // 20)
+    with pytest.raises(bridge.InputError, match=f"set Working size to at least {needed}"):
+        bridge.stylize_layer(thin, settings, values)
+    with pytest.raises(bridge.InputError, match=f"set Working size to at least {needed}"):
+        bridge.start_estimate(None, settings, 2000, 20, values)
+    bridge.check_layer_size(settings, 2000, 20, needed)  # enough
+    with pytest.raises(bridge.InputError, match="too small or too narrow to preview"):
+        bridge.start_dialog_preview(thin, FolderWorker(tmp_path), settings, values)
+    # A selection smaller than that on a layer large enough: no preview, the filter still runs.
+    mask = np.zeros((48, 64, 1), np.float32)
+    mask[10:20, 10:20] = 1
+    selected = ArrayHost(np.full((48, 64, 3), 0.5, np.float32), [str(tmp_path / "style.npy")],
+                         mask)
+    with pytest.raises(bridge.InputError, match="this selection, 10 x 10 px, is too small"):
+        bridge.start_dialog_preview(selected, FolderWorker(tmp_path), settings, values)
+    bridge.check_layer_size(settings, 64, 48, 512)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("run-")] == []
+
+
 def test_run_worker_follows_progress_and_returns_the_result(files, model_path, tmp_path):
     content, style = files
     out = tmp_path / "out.npy"

@@ -343,6 +343,7 @@ def start_estimate(worker, settings, width, height, values):
     """The dialog's estimate, asked of its kept `worker` (a KeptWorker) in the background: a
     KeptRun whose final record is estimate's. Asked after a preview, it waits for it (so a
     first calibration never measures a machine busy with a preview)."""
+    check_layer_size(settings, width, height, values["size"])
     folder = worker.run_folder()
     try:
         args = estimate_args(settings, width, height, values)
@@ -443,6 +444,29 @@ def selection_masks(folder, selection, outside=False):
     path = os.path.join(folder, "selection.npy")
     write_npy(path, data, shape, kind)
     return ["--mask", path, "--mask-inverse", path] if outside else ["--mask", path]
+
+
+def check_layer_size(settings, width, height, size=None):
+    """InputError, with the fix, when the worker could not paint a `width` x `height` layer:
+    a side under the network's minimum (the settings' least working size), or a short side
+    under it at the working size `size` (a long, thin layer)."""
+    least = int(settings["limits"]["size"][0])
+    short, long_ = min(width, height), max(width, height)
+    if short < least:
+        raise InputError("The layer is %d x %d px, and the filter needs at least %d px on each "
+                         "side; scale the layer up first (Layer > Scale Layer)."
+                         % (width, height, least))
+    if size is not None and max(1, int(round(short * float(size) / long_))) < least:
+        raise InputError("At a working size of %d px this %d x %d px layer's short side is under "
+                         "%d px; set Working size to at least %d." % (
+                             int(size), width, height, least,
+                             -(-least * long_ // short)))
+
+
+def npy_size(path):
+    """(width, height) of a .npy image file, from its header."""
+    with open(path, "rb") as f:
+        return tuple(reversed(_npy_header(f, path)[0][:2]))
 
 
 def layer_name(styles):
@@ -585,14 +609,15 @@ def stylize_layer(host, settings, values, kept=None):
         outside = second_style_outside(values["second_style_goes"], len(styles),
                                        selection is not None)
         masks = selection_masks(folder, selection, outside)
+        content = os.path.join(folder, "content.npy")
+        host.save_content(content)
+        check_layer_size(settings, *npy_size(content), size=values["size"])
         ensure_model(host, settings, folder)  # after the input checks: they need no model
         # One mask: the selection also becomes the new layer's mask (see docs/gimp.md, "The
         # selection": exact source pixels outside at any working size). Two cover the whole layer:
         # no layer mask.
         masked = selection is not None and not outside
         output = os.path.join(folder, "result" + host.result_suffix)
-        content = os.path.join(folder, "content.npy")
-        host.save_content(content)
         args = stylize_args(settings, content, styles, output, values, masks)
         if kept is not None:
             log("worker: the dialog's, run", " ".join(args))
@@ -648,6 +673,7 @@ def start_dialog_preview(host, worker, settings, values):
         outside = values["second_style_goes"] == "outside"
         area = host.preview_area(2 * preview_side(settings), whole=outside)
         selection = host.selection(area)
+        _check_preview_size(settings, area, selection is not None)
         outside = second_style_outside(values["second_style_goes"], len(styles),
                                        selection is not None)
         masks = selection_masks(folder, selection, outside)
@@ -662,16 +688,31 @@ def start_dialog_preview(host, worker, settings, values):
         raise
 
 
+def _check_preview_size(settings, area, selected):
+    """InputError when the worker could not paint the preview of `area` (preview_area's): a
+    layer under the network's minimum side (check_layer_size), or a box too small or too thin."""
+    _, _, width, height, scale = area
+    if not selected:
+        check_layer_size(settings, width, height)
+    least, side = int(settings["limits"]["size"][0]), preview_side(settings)
+    if min(width, height) < least or \
+            min(width, height) * min(scale, float(side) / max(width, height)) < least:
+        raise InputError("No preview: this %s, %d x %d px, is too small or too narrow to preview "
+                         "(under %d px across at the preview's size); OK still runs the filter."
+                         % ("selection" if selected else "layer", width, height, least))
+
+
 def preview_sheet(host, settings, files, style_folder=None, size=0):
     """Neural Style Preview: the contact sheet of the chosen styles on the host's layer, opened
     as a new image (returned)."""
     styles = preview_styles(files, style_folder)
     folder = exchange_dir()
     try:
-        ensure_model(host, settings, folder)
         content = os.path.join(folder, "content.npy")
-        sheet = os.path.join(folder, "preview-sheet.png")
         host.save_content(content)
+        check_layer_size(settings, *npy_size(content))
+        ensure_model(host, settings, folder)
+        sheet = os.path.join(folder, "preview-sheet.png")
         host.progress(text="%s: previewing %d styles" % (TITLE, len(styles)))
         command = preview_command(settings, content, styles, sheet, size)
         log("worker:", " ".join(command))
@@ -726,18 +767,23 @@ def write_npy(path, data, shape, kind="float"):
         f.write(data)
 
 
+def _npy_header(f, path="the file"):
+    """(shape, header dict) of the open .npy file `f`, left at its data."""
+    magic = f.read(8)
+    if magic[:6] != b"\x93NUMPY":
+        raise BridgeError("The worker's result %s is not a .npy file." % path)
+    major = bytearray(magic)[6]
+    size_bytes = bytearray(f.read(2 if major == 1 else 4))
+    length = sum(b << (8 * i) for i, b in enumerate(size_bytes))
+    header = ast.literal_eval(f.read(length).decode("latin1"))
+    return tuple(header["shape"]), header
+
+
 def read_npy(path):
     """(shape, raw bytes) of a float32 .npy file written by the worker, in native byte order."""
     with open(path, "rb") as f:
-        magic = f.read(8)
-        if magic[:6] != b"\x93NUMPY":
-            raise BridgeError("The worker's result %s is not a .npy file." % path)
-        major = bytearray(magic)[6]
-        size_bytes = bytearray(f.read(2 if major == 1 else 4))
-        length = sum(b << (8 * i) for i, b in enumerate(size_bytes))
-        header = ast.literal_eval(f.read(length).decode("latin1"))
+        shape, header = _npy_header(f, path)
         data = f.read()
-    shape = tuple(header["shape"])
     if header["descr"] != _npy_descr("float") or header["fortran_order"] or len(shape) != 3:
         raise BridgeError("The worker's result %s is not a float32 HxWxC array." % path)
     if len(data) != 4 * shape[0] * shape[1] * shape[2]:
