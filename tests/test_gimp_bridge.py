@@ -584,6 +584,24 @@ def test_progress_text_names_the_level_and_evaluation():
     assert bridge.progress_text(notice) == "Neural style: 2048x1536 px is optimised in 512 px tiles."
 
 
+def test_dialog_preview_texts_fit_the_preview_column():
+    """The preview column's one-line texts fit its width (longer ones were cut, e.g. "Preview:
+    waiting for the settin..." and "Preview: level 1 of 3, ev..."), saying how far and the time
+    left."""
+    texts = [bridge.DIALOG_PREVIEW_WAITING, bridge.dialog_preview_text({"event": "notice"})]
+    for fraction in (0.0, 0.456, 1.0):
+        for left in (None, 0.2, 42.4, 59.6, 61, 3599, 5969, 7300, 10 ** 6):
+            record = {"event": "progress", "level": 3, "levels": 3, "evaluation": 300,
+                      "evaluations": 300, "fraction": fraction, "seconds_left": left}
+            texts.append(bridge.dialog_preview_text(record))
+    long = [text for text in texts if len(text) > bridge.DIALOG_TEXT_CHARS]
+    assert not long, long
+    record = {"event": "progress", "fraction": 0.456, "seconds_left": 42.4}
+    assert bridge.dialog_preview_text(record) == "Preview: 46%, 42 s left"
+    assert bridge.dialog_preview_text(dict(record, seconds_left=200)) == "Preview: 46%, 3 min left"
+    assert bridge.dialog_preview_text(dict(record, seconds_left=None)) == "Preview: 46%"
+
+
 def test_settings_missing_says_how_to_fix(tmp_path):
     with pytest.raises(bridge.BridgeError, match="run `stylefu gimp install`"):
         bridge.load_settings(str(tmp_path / "stylefu.py"))

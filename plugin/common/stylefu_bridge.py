@@ -56,6 +56,11 @@ DIALOG_PREVIEW_SIDE = 160
 DIALOG_PREVIEW_PRESET = "draft"
 DIALOG_PREVIEW_EVERY = 10
 DIALOG_PREVIEW_IGNORES = ("size", "preset", "iterations", "tile_size")
+# The preview column's width in characters: its one-line texts (dialog_preview_text) fit in it,
+# as "Preview: waiting for the settings to settle" and "Preview: level 1 of 3, evaluation 10 of
+# 30" did not (cut to "Preview: level 1 of 3, ev...").
+DIALOG_TEXT_CHARS = 26
+DIALOG_PREVIEW_WAITING = "Preview: about to start"
 # The dialog entries the estimate of the filter's time follows (how much work, and where).
 DIALOG_ESTIMATE_FOLLOWS = ("size", "preset", "iterations", "tile_size", "device")
 # "Second style goes": where the optional second style is painted, the first choice being the
@@ -824,6 +829,20 @@ def progress_text(record, title=TITLE):
     if record.get("event") == "notice":  # e.g. "2048x1536 px is optimised in 512 px tiles"
         return "%s: %s" % (title, record.get("message", ""))
     return "%s: %s" % (title, record.get("event", ""))
+
+
+def dialog_preview_text(record):
+    """The dialog preview's one line for a progress record, within DIALOG_TEXT_CHARS: how far it
+    is and, once the worker knows, the time left ("Preview: 45%, 3 s left")."""
+    if record.get("event") != "progress":
+        return "Preview: painting"
+    text = "Preview: %d%%" % round(100 * min(1.0, max(0.0, float(record.get("fraction", 0.0)))))
+    if record.get("seconds_left") is not None:
+        seconds = max(0, int(round(float(record["seconds_left"]))))
+        text += (", %d s left" % seconds if seconds < 60 else
+                 ", %d min left" % round(seconds / 60.0) if seconds < 5970 else
+                 ", %d h left" % round(seconds / 3600.0))
+    return text
 
 
 def _last_line(path):

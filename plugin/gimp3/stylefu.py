@@ -362,7 +362,7 @@ class DialogPreview(DialogJob):
     DELAY_MS = 500  # after the last change: dragging a slider starts one preview, not dozens
     POLL_MS = 100
     COLUMN = 180  # the preview column's least width in pixels
-    TEXT_CHARS = 26
+    TEXT_CHARS = bridge.DIALOG_TEXT_CHARS
 
     def __init__(self, config, host, settings, estimate, kept):
         from gi.repository import Gtk, Pango
@@ -408,7 +408,7 @@ class DialogPreview(DialogJob):
         on = self.enabled()
         self.widget.set_sensitive(on)
         if on:
-            self.say(0.0, "Preview: waiting for the settings to settle", "")
+            self.say(0.0, bridge.DIALOG_PREVIEW_WAITING, "")
             self.timer = GLib.timeout_add(self.DELAY_MS, self.start)
         else:
             self.say(0.0, "Preview off", "")
@@ -484,7 +484,7 @@ class DialogPreview(DialogJob):
         worker = self.worker
         for record in worker.poll():
             self.say(min(1.0, float(record.get("fraction", 0.0))),
-                     bridge.progress_text(record, "Preview"), "")
+                     bridge.dialog_preview_text(record), "")
             if record.get("image"):
                 self.show_file(record["image"])
         if not worker.done:
