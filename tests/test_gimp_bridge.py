@@ -114,6 +114,15 @@ def test_dialog_ranges_and_neutral_strength_come_from_one_place(model_path):
         assert unset["defaults"][name] in values, name
 
 
+def test_dialog_help_says_what_the_entries_do_in_gimp(model_path):
+    """The tooltips come from Config's help but for what differs in GIMP: the working size is
+    not the result's size (the new layer has the layer's), the content is the layer."""
+    help_ = installer.plugin_settings("3", sys.executable, model_path)["help"]
+    assert "layer's own size" in help_["size"] and "result" not in help_["size"]
+    assert "content" not in help_["preserve_colors"]
+    assert help_["preset"] == Config.__dataclass_fields__["preset"].metadata["help"]
+
+
 def test_second_style_and_tile_size_become_run_options(model_path):
     settings = installer.plugin_settings("3", sys.executable, model_path)
     # The dialog's defaults come from Config: tile size 0 (automatic), equal blend (None).

@@ -69,6 +69,14 @@ DIALOG_ESTIMATE_FOLLOWS = ("size", "preset", "iterations", "tile_size", "device"
 # first style inside the selection and the second outside it (one mask per style, m and 1 - m).
 SECOND_STYLE_PLACES = ("everywhere", "outside")
 SECOND_STYLE_LABELS = {"everywhere": "Everywhere, blended", "outside": "Outside the selection"}
+# The dialogs' help where the CLI's (Config's) says something else in GIMP: the new layer has
+# the layer's own size ("long side of the result" said the working size was the result's), and
+# the "content" is the layer.
+DIALOG_HELP = {
+    "size": "long side in pixels the painting is made at; the new layer comes back at the "
+            "layer's own size, with the layer's fine detail",
+    "preserve_colors": "keep the layer's own colours: none, luminance, histogram",
+}
 
 
 class BridgeError(Exception):
