@@ -554,6 +554,7 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
            "settings": str(target.settings_file)}
     if not figures:
         job["missing_model"] = str(tmp_path / "no-model.onnx")
+        job["gray"] = True
     (tmp_path / "job.json").write_text(json.dumps(job))
     shutil.copy(GIMP_DIR / "gui_dialog.py", tmp_path / "gui_dialog.py")
     number = 40 + os.getpid() % 50
@@ -598,6 +599,8 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
 
         sizes, shots = {}, {}
         steps = [("normal", "alt+c", TITLE), ("custom", "alt+o", TITLE)]
+        if "gray" in job:  # a grayscale image's dialog, its preview, cancelled
+            steps += [("gray", "alt+c", TITLE)]
         if "missing_model" in job:  # the filter's dialog, then the download question: declined
             steps += [("again", "alt+o", TITLE), ("question", "alt+c", QUESTION)]
         for quality, key, title in steps:
@@ -619,9 +622,22 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
                     time.sleep(1)  # drawn
                     sizes[quality] = window_shot(display, title, out / name)
                     shots[strength] = (out / name, preview_box(lines, count))
+            elif quality == "gray":
+                keys(window[0], "key", "alt+f")  # the preview, remembered off since "custom"
+                deadline = time.monotonic() + 300
+                opened = next(i for i, line in enumerate(lines) if "a grayscale image" in line)
+                while not any("[stylefu] dialog preview done" in line for line in lines[opened:]) \
+                        and time.monotonic() < deadline and gimp.poll() is None:
+                    time.sleep(0.2)
+                time.sleep(1)  # drawn
+                sizes[quality] = window_shot(display, title, out / "dialog-gray.png")
+                done = sum("[stylefu] dialog preview done" in line for line in lines)
+                shots["gray"] = (out / "dialog-gray.png", preview_box(lines, done))
             elif quality == "custom":
                 # While its worker runs, the dialog still answers: the toggle turns it off.
                 wait_for("[stylefu] dialog preview: ", len(strengths) + 1)
+                # Its estimate too (answered before the preview: a loaded machine takes seconds).
+                wait_for("[stylefu] dialog estimate shown", 2)
                 time.sleep(1)  # let the dialog finish drawing before its screenshot and its button
                 sizes[quality] = window_shot(display, title, out / "dialog-custom.png")
                 keys(window[0], "key", "alt+f")
@@ -649,6 +665,8 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
     log = "".join(lines)
     result = json.loads((out / "gui.json").read_text())
     declined = {key: result.pop(key) for key in list(result) if key.startswith("no_model")}
+    if "gray" in job:
+        assert result.pop("gray") == "cancel", log[-3000:]
     assert result == {"normal": "cancel", "custom": "success",
                       "layers": ["style (neural style)", "photo"]}, log[-3000:]
     if "missing_model" in job:  # declined: one sentence with the fix, the image as it was
@@ -672,6 +690,14 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
     # The preview, as the screen shows it: the painting differs between the two strengths and
     # from the unstylized layer (the content at the preview's size).
     crops = {}
+    if "gray" in shots:
+        # A grayscale layer's preview is gray, as its new layer will be (it showed the style's
+        # colours: a mean channel spread of 0.43 with this style; 0.000 now).
+        path, (x, y, w, h) = shots.pop("gray")
+        gray = np.asarray(Image.open(path).convert("RGB").crop((x, y, x + w, y + h)), np.float32)
+        spread = (gray.max(axis=2) - gray.min(axis=2)).mean() / 255
+        print(f"grayscale layer's preview: mean channel spread {spread:.3f}")
+        assert spread < 0.02 and gray.std() > 10, spread
     for strength, (path, (x, y, w, h)) in shots.items():
         crops[strength] = np.asarray(Image.open(path).convert("RGB").crop((x, y, x + w, y + h)),
                                      np.float32) / 255

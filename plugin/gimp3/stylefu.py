@@ -423,10 +423,17 @@ class DialogPreview(DialogJob):
         from gi.repository import GdkPixbuf
 
         try:
-            self.picture.set_from_pixbuf(GdkPixbuf.Pixbuf.new_from_file(path))
+            pixbuf = GdkPixbuf.Pixbuf.new_from_file(path)
         except GLib.Error as exc:  # a half-written file: the next one comes soon
             bridge.log("dialog preview: cannot show", path, exc.message)
             return
+        if self.host.image.get_base_type() == Gimp.ImageBaseType.GRAY:
+            # The worker paints in colour; a grayscale layer gets the gray of it, so must the
+            # preview (it showed the style's colours the new layer would never have).
+            gray = pixbuf.copy()
+            pixbuf.saturate_and_pixelate(gray, 0.0, False)
+            pixbuf = gray
+        self.picture.set_from_pixbuf(pixbuf)
         # Where it is (the picture, centred in its area), for the tests' screenshots.
         x, y = self.picture.translate_coordinates(self.picture.get_toplevel(), 0, 0)[-2:]
         box, pixbuf = self.picture.get_allocation(), self.picture.get_pixbuf()
