@@ -636,12 +636,12 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
             elif quality == "custom":
                 # While its worker runs, the dialog still answers: the toggle turns it off.
                 wait_for("[stylefu] dialog preview: ", len(strengths) + 1)
-                # Its estimate too (answered before the preview: a loaded machine takes seconds).
-                wait_for("[stylefu] dialog estimate shown", 2)
                 time.sleep(1)  # let the dialog finish drawing before its screenshot and its button
                 sizes[quality] = window_shot(display, title, out / "dialog-custom.png")
                 keys(window[0], "key", "alt+f")
                 wait_for("[stylefu] dialog preview off", 1, 60)
+                # Its estimate before OK (asked first, it may still run on a loaded machine).
+                wait_for("[stylefu] dialog estimate shown", 2)
             else:
                 time.sleep(2)  # drawn
                 sizes[quality] = window_shot(display, title, out / f"dialog-{quality}.png")
