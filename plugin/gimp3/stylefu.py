@@ -576,7 +576,7 @@ class DialogEstimate(DialogJob):
 
     def failed(self, exc):
         bridge.log("dialog estimate failed:", exc)
-        self.label.set_text(f"The filter: no estimate ({exc})")
+        self.label.set_text(f"The filter: no estimate. {exc}")
 
     def poll(self):
         worker = self.worker
