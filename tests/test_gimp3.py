@@ -554,7 +554,9 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
            "settings": str(target.settings_file)}
     if not figures:
         job["missing_model"] = str(tmp_path / "no-model.onnx")
+        job["model"] = str(model_path)
         job["gray"] = True
+        job["broken_style"] = True
     (tmp_path / "job.json").write_text(json.dumps(job))
     shutil.copy(GIMP_DIR / "gui_dialog.py", tmp_path / "gui_dialog.py")
     number = 40 + os.getpid() % 50
@@ -603,6 +605,8 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
             steps += [("gray", "alt+c", TITLE)]
         if "missing_model" in job:  # the filter's dialog, then the download question: declined
             steps += [("again", "alt+o", TITLE), ("question", "alt+c", QUESTION)]
+        if "broken_style" in job:  # the remembered style file no longer an image: cancelled
+            steps += [("broken", "alt+c", TITLE)]
         for quality, key, title in steps:
             window, deadline = [], time.monotonic() + 300
             while not window and time.monotonic() < deadline and gimp.poll() is None:
@@ -633,6 +637,15 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
                 sizes[quality] = window_shot(display, title, out / "dialog-gray.png")
                 done = sum("[stylefu] dialog preview done" in line for line in lines)
                 shots["gray"] = (out / "dialog-gray.png", preview_box(lines, done))
+            elif quality == "broken":
+                keys(window[0], "key", "alt+f")  # the preview, remembered off since "custom"
+                deadline = time.monotonic() + 300
+                opened = next(i for i, line in enumerate(lines) if "a broken style file" in line)
+                while not any("dialog preview failed" in line for line in lines[opened:]) \
+                        and time.monotonic() < deadline and gimp.poll() is None:
+                    time.sleep(0.2)
+                time.sleep(1)  # drawn
+                sizes[quality] = window_shot(display, title, out / "dialog-broken.png")
             elif quality == "custom":
                 # While its worker runs, the dialog still answers: the toggle turns it off.
                 wait_for("[stylefu] dialog preview: ", len(strengths) + 1)
@@ -665,8 +678,9 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
     log = "".join(lines)
     result = json.loads((out / "gui.json").read_text())
     declined = {key: result.pop(key) for key in list(result) if key.startswith("no_model")}
-    if "gray" in job:
-        assert result.pop("gray") == "cancel", log[-3000:]
+    for step in ("gray", "broken_style"):
+        if step in job:
+            assert result.pop(step) == "cancel", log[-3000:]
     assert result == {"normal": "cancel", "custom": "success",
                       "layers": ["style (neural style)", "photo"]}, log[-3000:]
     if "missing_model" in job:  # declined: one sentence with the fix, the image as it was
@@ -718,7 +732,14 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
     runs = sorted((tmp_path / "logs").iterdir(), key=lambda p: p.stat().st_mtime)
     cancelled, ran = (p.read_text() for p in runs[:2])  # (a third: the run without a model)
     if "missing_model" in job:  # its dialog said OK offers the download, not the worker's words
-        assert f"dialog estimate failed: {installer.load_bridge().NO_MODEL_YET}" in runs[-1].read_text()
+        assert f"dialog estimate failed: {installer.load_bridge().NO_MODEL_YET}" in runs[3].read_text()
+    if "broken_style" in job:
+        # The worker's sentence alone in the preview's narrow column: the run log's path (its
+        # tooltip now) took five more lines there, and one with a long folder name widened the
+        # dialog (629 px against 596).
+        said = re.search(r"dialog preview says: (.*)", runs[4].read_text())
+        assert said and "style.png is not an image" in said[1] and "(see " not in said[1], said
+        assert sizes["broken"][0] == sizes["normal"][0], sizes
     assert "[stylefu] dialog preview done" in cancelled and "dialog preview: " in cancelled
     # The dialog said what the filter would take on this layer, before its preview painted (its
     # worker answers in order: a calibration and a preview at once would measure a loaded

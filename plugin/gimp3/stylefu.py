@@ -384,6 +384,8 @@ class DialogPreview(DialogJob):
         self.text.set_xalign(0.0)
         self.status = Gtk.Label()
         self.status.set_line_wrap(True)
+        # A long file name wraps within the column instead of widening the dialog.
+        self.status.set_line_wrap_mode(Pango.WrapMode.WORD_CHAR)
         self.status.set_width_chars(self.TEXT_CHARS)
         self.status.set_max_width_chars(self.TEXT_CHARS)
         self.status.set_xalign(0.0)
@@ -414,10 +416,16 @@ class DialogPreview(DialogJob):
             self.say(0.0, "Preview off", "")
             bridge.log("dialog preview off")
 
-    def say(self, fraction, text, status):
+    def say(self, fraction, text, status, log=False):
+        """The preview's progress, its line and a status sentence; with `log`, the run log's
+        path goes into the status's tooltip (in the narrow column it took four lines)."""
         self.bar.set_fraction(fraction)
         self.text.set_text(text)
         self.status.set_text(status)
+        if status:
+            bridge.log("dialog preview says:", status)
+        path = bridge.log_path() if log and status else None
+        self.status.set_tooltip_text(f"Details in the run log: {path}" if path else None)
 
     def show_file(self, path):
         from gi.repository import GdkPixbuf
@@ -456,8 +464,8 @@ class DialogPreview(DialogJob):
     def start(self):
         self.timer = None
         if self.settings is None:
-            self.say(0.0, "No preview", bridge.with_log(
-                "stylefu is not set up for this GIMP; run `stylefu gimp install`."))
+            self.say(0.0, "No preview", "stylefu is not set up for this GIMP; run `stylefu gimp "
+                     "install`.", log=True)
             return False
         try:
             values = dialog_values(self.config)
@@ -482,7 +490,7 @@ class DialogPreview(DialogJob):
             return self.follow()
         except Exception:  # a bug here must not leave a worker running behind the dialog
             bridge.log("dialog preview:", traceback.format_exc())
-            self.say(0.0, "Preview failed", bridge.with_log("The preview failed."))
+            self.say(0.0, "Preview failed", "The preview failed.", log=True)
             self.poller = None
             self.stop()
             return False
@@ -501,7 +509,7 @@ class DialogPreview(DialogJob):
             final = worker.result()
         except bridge.BridgeError as exc:
             bridge.log("dialog preview failed:", exc)
-            self.say(0.0, "Preview failed", bridge.with_log(str(exc)))
+            self.say(0.0, "Preview failed", str(exc), log=True)
         else:
             self.show_file(self.output)
             seconds = final.get("metrics", {}).get("seconds", 0.0)
