@@ -437,14 +437,16 @@ def test_layers_the_worker_cannot_paint_are_wrong_input_with_the_fix(tmp_path, i
     with pytest.raises(bridge.InputError, match=f"set Working size to at least {needed}"):
         bridge.start_estimate(None, settings, 2000, 20, values)
     bridge.check_layer_size(settings, 2000, 20, needed)  # enough
-    with pytest.raises(bridge.InputError, match="too small or too narrow to preview"):
+    with pytest.raises(bridge.InputError, match=r"^This 2000 x 20 px layer is too small or too "
+                       r"narrow to preview \(under \d+ px across at the preview's size\)\.$"):
         bridge.start_dialog_preview(thin, FolderWorker(tmp_path), settings, values)
     # A selection smaller than that on a layer large enough: no preview, the filter still runs.
     mask = np.zeros((48, 64, 1), np.float32)
     mask[10:20, 10:20] = 1
     selected = ArrayHost(np.full((48, 64, 3), 0.5, np.float32), [str(tmp_path / "style.npy")],
                          mask)
-    with pytest.raises(bridge.InputError, match="this selection, 10 x 10 px, is too small"):
+    with pytest.raises(bridge.InputError, match="This 10 x 10 px selection is too small .*; OK "
+                       "still runs the filter"):
         bridge.start_dialog_preview(selected, FolderWorker(tmp_path), settings, values)
     bridge.check_layer_size(settings, 64, 48, 512)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("run-")] == []

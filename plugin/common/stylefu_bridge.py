@@ -723,9 +723,10 @@ def _check_preview_size(settings, area, selected):
     least, side = int(settings["limits"]["size"][0]), preview_side(settings)
     if min(width, height) < least or \
             min(width, height) * min(scale, float(side) / max(width, height)) < least:
-        raise InputError("No preview: this %s, %d x %d px, is too small or too narrow to preview "
-                         "(under %d px across at the preview's size); OK still runs the filter."
-                         % ("selection" if selected else "layer", width, height, least))
+        raise InputError("This %d x %d px %s is too small or too narrow to preview (under %d px "
+                         "across at the preview's size)%s." % (
+                             width, height, "selection" if selected else "layer", least,
+                             "; OK still runs the filter" if selected else ""))
 
 
 def preview_sheet(host, settings, files, style_folder=None, size=0):
