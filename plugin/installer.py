@@ -203,7 +203,8 @@ def plugin_settings(version: str, python: str, model: Path) -> dict:
                          for name in ("preserve_colors", "device")},
                         preset=list(PRESETS) + [bridge.CUSTOM_QUALITY],
                         second_style_goes=list(places)),
-        "help": {key: fields[name].metadata["help"] for key, name in DIALOG_FIELDS.items()},
+        "help": dict({key: fields[name].metadata["help"] for key, name in DIALOG_FIELDS.items()},
+                     **bridge.DIALOG_HELP),
         "limits": limits,
         "config_class": f"{Config.__module__}.{Config.__qualname__}",
     }

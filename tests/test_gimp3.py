@@ -554,6 +554,9 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
            "settings": str(target.settings_file)}
     if not figures:
         job["missing_model"] = str(tmp_path / "no-model.onnx")
+        job["model"] = str(model_path)
+        job["gray"] = True
+        job["broken_style"] = True
     (tmp_path / "job.json").write_text(json.dumps(job))
     shutil.copy(GIMP_DIR / "gui_dialog.py", tmp_path / "gui_dialog.py")
     number = 40 + os.getpid() % 50
@@ -598,8 +601,12 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
 
         sizes, shots = {}, {}
         steps = [("normal", "alt+c", TITLE), ("custom", "alt+o", TITLE)]
+        if "gray" in job:  # a grayscale image's dialog, its preview, cancelled
+            steps += [("gray", "alt+c", TITLE)]
         if "missing_model" in job:  # the filter's dialog, then the download question: declined
             steps += [("again", "alt+o", TITLE), ("question", "alt+c", QUESTION)]
+        if "broken_style" in job:  # the remembered style file no longer an image: cancelled
+            steps += [("broken", "alt+c", TITLE)]
         for quality, key, title in steps:
             window, deadline = [], time.monotonic() + 300
             while not window and time.monotonic() < deadline and gimp.poll() is None:
@@ -619,6 +626,26 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
                     time.sleep(1)  # drawn
                     sizes[quality] = window_shot(display, title, out / name)
                     shots[strength] = (out / name, preview_box(lines, count))
+            elif quality == "gray":
+                keys(window[0], "key", "alt+f")  # the preview, remembered off since "custom"
+                deadline = time.monotonic() + 300
+                opened = next(i for i, line in enumerate(lines) if "a grayscale image" in line)
+                while not any("[stylefu] dialog preview done" in line for line in lines[opened:]) \
+                        and time.monotonic() < deadline and gimp.poll() is None:
+                    time.sleep(0.2)
+                time.sleep(1)  # drawn
+                sizes[quality] = window_shot(display, title, out / "dialog-gray.png")
+                done = sum("[stylefu] dialog preview done" in line for line in lines)
+                shots["gray"] = (out / "dialog-gray.png", preview_box(lines, done))
+            elif quality == "broken":
+                keys(window[0], "key", "alt+f")  # the preview, remembered off since "custom"
+                deadline = time.monotonic() + 300
+                opened = next(i for i, line in enumerate(lines) if "a broken style file" in line)
+                while not any("dialog preview failed" in line for line in lines[opened:]) \
+                        and time.monotonic() < deadline and gimp.poll() is None:
+                    time.sleep(0.2)
+                time.sleep(1)  # drawn
+                sizes[quality] = window_shot(display, title, out / "dialog-broken.png")
             elif quality == "custom":
                 # While its worker runs, the dialog still answers: the toggle turns it off.
                 wait_for("[stylefu] dialog preview: ", len(strengths) + 1)
@@ -626,6 +653,8 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
                 sizes[quality] = window_shot(display, title, out / "dialog-custom.png")
                 keys(window[0], "key", "alt+f")
                 wait_for("[stylefu] dialog preview off", 1, 60)
+                # Its estimate before OK (asked first, it may still run on a loaded machine).
+                wait_for("[stylefu] dialog estimate shown", 2)
             else:
                 time.sleep(2)  # drawn
                 sizes[quality] = window_shot(display, title, out / f"dialog-{quality}.png")
@@ -649,6 +678,9 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
     log = "".join(lines)
     result = json.loads((out / "gui.json").read_text())
     declined = {key: result.pop(key) for key in list(result) if key.startswith("no_model")}
+    for step in ("gray", "broken_style"):
+        if step in job:
+            assert result.pop(step) == "cancel", log[-3000:]
     assert result == {"normal": "cancel", "custom": "success",
                       "layers": ["style (neural style)", "photo"]}, log[-3000:]
     if "missing_model" in job:  # declined: one sentence with the fix, the image as it was
@@ -672,6 +704,14 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
     # The preview, as the screen shows it: the painting differs between the two strengths and
     # from the unstylized layer (the content at the preview's size).
     crops = {}
+    if "gray" in shots:
+        # A grayscale layer's preview is gray, as its new layer will be (it showed the style's
+        # colours: a mean channel spread of 0.43 with this style; 0.000 now).
+        path, (x, y, w, h) = shots.pop("gray")
+        gray = np.asarray(Image.open(path).convert("RGB").crop((x, y, x + w, y + h)), np.float32)
+        spread = (gray.max(axis=2) - gray.min(axis=2)).mean() / 255
+        print(f"grayscale layer's preview: mean channel spread {spread:.3f}")
+        assert spread < 0.02 and gray.std() > 10, spread
     for strength, (path, (x, y, w, h)) in shots.items():
         crops[strength] = np.asarray(Image.open(path).convert("RGB").crop((x, y, x + w, y + h)),
                                      np.float32) / 255
@@ -691,6 +731,15 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
     # The run logs, one per run of the filter: the plug-in's lines and the workers' stderr.
     runs = sorted((tmp_path / "logs").iterdir(), key=lambda p: p.stat().st_mtime)
     cancelled, ran = (p.read_text() for p in runs[:2])  # (a third: the run without a model)
+    if "missing_model" in job:  # its dialog said OK offers the download, not the worker's words
+        assert f"dialog estimate failed: {installer.load_bridge().NO_MODEL_YET}" in runs[3].read_text()
+    if "broken_style" in job:
+        # The worker's sentence alone in the preview's narrow column: the run log's path (its
+        # tooltip now) took five more lines there, and one with a long folder name widened the
+        # dialog (629 px against 596).
+        said = re.search(r"dialog preview says: (.*)", runs[4].read_text())
+        assert said and "style.png is not an image" in said[1] and "(see " not in said[1], said
+        assert sizes["broken"][0] == sizes["normal"][0], sizes
     assert "[stylefu] dialog preview done" in cancelled and "dialog preview: " in cancelled
     # The dialog said what the filter would take on this layer, before its preview painted (its
     # worker answers in order: a calibration and a preview at once would measure a loaded

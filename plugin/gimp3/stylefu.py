@@ -362,7 +362,7 @@ class DialogPreview(DialogJob):
     DELAY_MS = 500  # after the last change: dragging a slider starts one preview, not dozens
     POLL_MS = 100
     COLUMN = 180  # the preview column's least width in pixels
-    TEXT_CHARS = 26
+    TEXT_CHARS = bridge.DIALOG_TEXT_CHARS
 
     def __init__(self, config, host, settings, estimate, kept):
         from gi.repository import Gtk, Pango
@@ -384,6 +384,8 @@ class DialogPreview(DialogJob):
         self.text.set_xalign(0.0)
         self.status = Gtk.Label()
         self.status.set_line_wrap(True)
+        # A long file name wraps within the column instead of widening the dialog.
+        self.status.set_line_wrap_mode(Pango.WrapMode.WORD_CHAR)
         self.status.set_width_chars(self.TEXT_CHARS)
         self.status.set_max_width_chars(self.TEXT_CHARS)
         self.status.set_xalign(0.0)
@@ -408,25 +410,38 @@ class DialogPreview(DialogJob):
         on = self.enabled()
         self.widget.set_sensitive(on)
         if on:
-            self.say(0.0, "Preview: waiting for the settings to settle", "")
+            self.say(0.0, bridge.DIALOG_PREVIEW_WAITING, "")
             self.timer = GLib.timeout_add(self.DELAY_MS, self.start)
         else:
             self.say(0.0, "Preview off", "")
             bridge.log("dialog preview off")
 
-    def say(self, fraction, text, status):
+    def say(self, fraction, text, status, log=False):
+        """The preview's progress, its line and a status sentence; with `log`, the run log's
+        path goes into the status's tooltip (in the narrow column it took four lines)."""
         self.bar.set_fraction(fraction)
         self.text.set_text(text)
         self.status.set_text(status)
+        if status:
+            bridge.log("dialog preview says:", status)
+        path = bridge.log_path() if log and status else None
+        self.status.set_tooltip_text(f"Details in the run log: {path}" if path else None)
 
     def show_file(self, path):
         from gi.repository import GdkPixbuf
 
         try:
-            self.picture.set_from_pixbuf(GdkPixbuf.Pixbuf.new_from_file(path))
+            pixbuf = GdkPixbuf.Pixbuf.new_from_file(path)
         except GLib.Error as exc:  # a half-written file: the next one comes soon
             bridge.log("dialog preview: cannot show", path, exc.message)
             return
+        if self.host.image.get_base_type() == Gimp.ImageBaseType.GRAY:
+            # The worker paints in colour; a grayscale layer gets the gray of it, so must the
+            # preview (it showed the style's colours the new layer would never have).
+            gray = pixbuf.copy()
+            pixbuf.saturate_and_pixelate(gray, 0.0, False)
+            pixbuf = gray
+        self.picture.set_from_pixbuf(pixbuf)
         # Where it is (the picture, centred in its area), for the tests' screenshots.
         x, y = self.picture.translate_coordinates(self.picture.get_toplevel(), 0, 0)[-2:]
         box, pixbuf = self.picture.get_allocation(), self.picture.get_pixbuf()
@@ -449,8 +464,8 @@ class DialogPreview(DialogJob):
     def start(self):
         self.timer = None
         if self.settings is None:
-            self.say(0.0, "No preview", bridge.with_log(
-                "stylefu is not set up for this GIMP; run `stylefu gimp install`."))
+            self.say(0.0, "No preview", "stylefu is not set up for this GIMP; run `stylefu gimp "
+                     "install`.", log=True)
             return False
         try:
             values = dialog_values(self.config)
@@ -475,7 +490,7 @@ class DialogPreview(DialogJob):
             return self.follow()
         except Exception:  # a bug here must not leave a worker running behind the dialog
             bridge.log("dialog preview:", traceback.format_exc())
-            self.say(0.0, "Preview failed", bridge.with_log("The preview failed."))
+            self.say(0.0, "Preview failed", "The preview failed.", log=True)
             self.poller = None
             self.stop()
             return False
@@ -484,7 +499,7 @@ class DialogPreview(DialogJob):
         worker = self.worker
         for record in worker.poll():
             self.say(min(1.0, float(record.get("fraction", 0.0))),
-                     bridge.progress_text(record, "Preview"), "")
+                     bridge.dialog_preview_text(record), "")
             if record.get("image"):
                 self.show_file(record["image"])
         if not worker.done:
@@ -494,7 +509,7 @@ class DialogPreview(DialogJob):
             final = worker.result()
         except bridge.BridgeError as exc:
             bridge.log("dialog preview failed:", exc)
-            self.say(0.0, "Preview failed", bridge.with_log(str(exc)))
+            self.say(0.0, "Preview failed", str(exc), log=True)
         else:
             self.show_file(self.output)
             seconds = final.get("metrics", {}).get("seconds", 0.0)
@@ -569,7 +584,7 @@ class DialogEstimate(DialogJob):
 
     def failed(self, exc):
         bridge.log("dialog estimate failed:", exc)
-        self.label.set_text(f"The filter: no estimate ({exc})")
+        self.label.set_text(f"The filter: no estimate. {exc}")
 
     def poll(self):
         worker = self.worker

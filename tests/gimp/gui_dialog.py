@@ -4,6 +4,8 @@ tests/test_gimp3.py starts this, waits for the "Neural Style Transfer" dialog to
 screenshot and presses Cancel (Alt+C), then does the same with the Custom quality and presses OK
 (Alt+O) with xdotool, and checks OUT/gui.json: the first run was cancelled, the second ran the
 filter from the dialog's values (defaults from the installer's settings) and added its layer.
+With "gray" in the job, the dialog on a grayscale copy of the picture (its preview, cancelled);
+with "broken_style", last, the dialog once the style file is no longer an image (cancelled).
 With "missing_model" in the job, a third run without a model: OK, then the question whether to
 download one, declined (Alt+C).
 """
@@ -43,6 +45,23 @@ for preset in ("normal", "custom"):
     values = procedure.run(config)
     result[preset] = values.index(0).value_nick
 result["layers"] = [item.get_name() for item in image.get_layers()]
+if JOB.get("gray"):
+    # A grayscale image: its preview must be gray, as the new layer will be (cancelled).
+    gray = Gimp.Image.new(w, h, Gimp.ImageBaseType.GRAY)
+    gray_layer = Gimp.Layer.new(gray, "gray photo", w, h, Gimp.ImageType.GRAY_IMAGE, 100.0,
+                                Gimp.LayerMode.NORMAL)
+    gray.insert_layer(gray_layer, None, 0)
+    buffer = gray_layer.get_buffer()
+    buffer.set(Gegl.Rectangle.new(0, 0, w, h), "R'G'B' float",
+               content.astype(np.float32).tobytes())
+    buffer.flush()
+    Gimp.Display.new(gray)
+    config.set_property("image", gray)
+    config.set_core_object_array("drawables", [gray_layer])
+    print("[gui] opening the dialog on a grayscale image", file=sys.stderr, flush=True)
+    result["gray"] = procedure.run(config).index(0).value_nick
+    config.set_property("image", image)
+    config.set_core_object_array("drawables", [layer])
 if JOB.get("missing_model"):
     # No model: after the filter's dialog, the question whether to download one (declined).
     with open(JOB["settings"]) as f:
@@ -55,6 +74,16 @@ if JOB.get("missing_model"):
     result["no_model"] = values.index(0).value_nick
     result["no_model_message"] = str(values.index(1)) if values.length() > 1 else ""
     result["no_model_layers"] = [item.get_name() for item in image.get_layers()]
+    settings["model"] = JOB["model"]
+    with open(JOB["settings"], "w") as f:
+        json.dump(settings, f)
+if JOB.get("broken_style"):
+    # The remembered style file is no longer an image: the preview fails with the worker's
+    # sentence, in the preview's column without widening the dialog (cancelled).
+    with open(JOB["style"], "wb") as f:
+        f.write(b"not an image\n" * 10)
+    print("[gui] opening the dialog with a broken style file", file=sys.stderr, flush=True)
+    result["broken_style"] = procedure.run(config).index(0).value_nick
 print("[gui]", result, file=sys.stderr, flush=True)
 with open(os.path.join(JOB["out"], "gui.json"), "w") as f:
     json.dump(result, f)
