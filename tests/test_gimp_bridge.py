@@ -894,3 +894,28 @@ def test_download_progress_text_has_size_and_source():
                                             "from download.pytorch.org: 137 of 548 MB")
     assert bridge.progress_text(dict(record, event="fetch")) == (
         "Neural style: downloading the official VGG19 weights (548 MB from download.pytorch.org)")
+
+
+def test_windows_workers_get_no_console_and_crashes_read_as_crashes(monkeypatch, tmp_path):
+    """On Windows every worker the plug-in starts (the kept one, a preview sheet's) gets
+    CREATE_NO_WINDOW: a console window would stay open, and closing it kills the worker. A
+    crash's NTSTATUS exit code is said in hex, as Windows' own messages give it."""
+    started = []
+
+    class Done:
+        stdin = type("Pipe", (), {"close": lambda self: None})()
+
+        def wait(self):
+            return 0
+
+    def record(command, **kw):
+        started.append(kw)
+        return Done()
+
+    monkeypatch.setattr(bridge, "_WINDOWS", True)
+    monkeypatch.setattr(bridge.subprocess, "Popen", record)
+    bridge.run_command(["stylefu", "preview"], cwd=str(tmp_path))
+    bridge._start_worker(["stylefu", "serve"], None, str(tmp_path))
+    assert [kw.get("creationflags", 0) & 0x08000000 for kw in started] == [0x08000000] * 2
+    assert bridge._describe_exit(3221225477) == "exit code 0xC0000005 (a crash)"
+    assert bridge._describe_exit(2) == "exit code 2"

@@ -880,23 +880,31 @@ def _last_line(path):
     return ""
 
 
+_WINDOWS = os.name == "nt"
+
+
 def _describe_exit(code):
     if code is not None and code < 0:
         try:
             return "killed by signal %s" % signal.Signals(-code).name
         except (AttributeError, ValueError):
             return "killed by signal %d" % -code
+    if code is not None and code >= 0xC0000000:  # a Windows NTSTATUS, e.g. an access violation
+        return "exit code 0x%08X (a crash)" % code
     return "exit code %s" % code
+
+
+def _no_console():
+    """Popen's extra arguments: on Windows no console window for the worker (closing it would
+    kill the worker)."""
+    return {"creationflags": 0x08000000} if _WINDOWS else {}  # CREATE_NO_WINDOW
 
 
 def _start_worker(command, stderr, cwd):
     """Popen the worker with its stdin and stdout as pipes; BridgeError when it cannot start."""
-    extra = {}
-    if os.name == "nt":
-        extra["creationflags"] = 0x08000000  # CREATE_NO_WINDOW: no console window flashes
     try:
         return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=stderr, cwd=cwd, env=worker_env(), **extra)
+                                stderr=stderr, cwd=cwd, env=worker_env(), **_no_console())
     except OSError as exc:
         raise BridgeError("Cannot start the stylefu worker %s (%s); run `stylefu gimp "
                           "install` again from the environment that has stylefu."
@@ -1210,7 +1218,7 @@ def run_command(command, cwd=None):
     with open(stderr_path, "wb") as stderr:
         try:
             proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=stderr, stderr=stderr,
-                                    cwd=cwd, env=worker_env())
+                                    cwd=cwd, env=worker_env(), **_no_console())
         except OSError as exc:
             raise BridgeError("Cannot start the stylefu worker %s (%s); run `stylefu gimp "
                               "install` again." % (command[0], exc.strerror or exc))
