@@ -106,7 +106,8 @@ def test_cli_marks_an_unreadable_style_and_renders_the_others(model_path, files,
                  "--model", str(model_path), "--style-weight", "1e7", *QUICK])
     err = capsys.readouterr().err
     assert code == 0, err
-    assert f"broken: SKIPPED, {files['broken']} is not an image Pillow can read." in err
+    assert (f"broken: SKIPPED, {files['broken']} is not an image stylefu can read; save it as PNG, "
+            "JPEG or TIFF.") in err
     report = json.loads(numbers.read_text())
     assert [s["name"] for s in report["styles"]] == ["stripes", "broken", "noise"]
     assert [s["ok"] for s in report["styles"]] == [True, False, True]

@@ -243,7 +243,8 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
         raise UserError(f"{path} is too large ({Image.MAX_IMAGE_PIXELS} pixels at most); "
                         "scale it down first.") from None
     except UnidentifiedImageError:
-        raise UserError(f"{path} is not an image Pillow can read{detail(said)}.") from None
+        raise UserError(f"{path} is not an image stylefu can read{detail(said)}; save it as PNG, "
+                        "JPEG or TIFF.") from None
     except OSError:
         raise UserError(f"{path} is truncated or damaged and cannot be read{detail(said)}.") from None
 
