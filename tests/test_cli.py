@@ -285,6 +285,32 @@ def test_progress_bar_leaves_no_stale_characters(monkeypatch):
     assert "".join(visible).rstrip().endswith("loss 0.5, about 59 s left")
 
 
+def test_intermediate_images_take_a_bounded_share_of_the_run(monkeypatch, tmp_path):
+    """--save-every on a huge layer (hundreds of MB an image) would cost more than the painting:
+    an image is written every N evaluations only while writing them takes at most SAVE_SHARE of
+    the time, and as often as asked where writing is quick."""
+    from stylefu.core.cli.main import SAVE_SHARE, ProgressPrinter
+    from stylefu.core.run.pipeline import Progress
+
+    now = [0.0]
+    for write_seconds, expected in ((0.001, list(range(2, 41, 2))), (0.1, [2, 12, 22, 32])):
+        written = []
+
+        def save(path, *args, written=written, write_seconds=write_seconds):
+            written.append(int(str(path).rsplit("-", 1)[1].split(".")[0]))
+            now[0] += write_seconds
+
+        monkeypatch.setattr("stylefu.core.io.images.save_image", save)
+        printer = ProgressPrinter("none", save_every=2, output=tmp_path / "o.png",
+                                      clock=lambda: now[0])
+        for evaluation in range(1, 41):
+            now[0] += 0.1  # an evaluation
+            printer(Progress(1, 1, evaluation, 40, (48, 64), 1.0, 0.0, 0.0, 0.0,
+                             image=lambda: np.zeros((48, 64, 3), np.float32)))
+        assert written == expected, write_seconds
+        assert SAVE_SHARE == 0.1
+
+
 @pytest.mark.parametrize("command", ["run", "preview"])
 def test_positional_arguments_are_explained(command):
     """`stylefu run --help` says what content and style are (they were bare names)."""

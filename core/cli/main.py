@@ -174,15 +174,22 @@ def weights_note(info) -> str:
     return info.weights_source
 
 
+# --save-every images take at most this share of a run: past it (a 24 MP layer's live previews
+# with --keep-size, hundreds of MB each) an image falls due only once the time since the last
+# one's end is (1 - share) / share times what writing it took.
+SAVE_SHARE = 0.1
+
+
 class ProgressPrinter:
     """Progress as a bar on stderr (`bar`), JSON lines on stdout (`json`) or nothing (`none`)."""
 
     def __init__(self, mode: str, save_every: int = 0, output: Path | None = None, keep=None,
-                 time_left=None):
+                 time_left=None, clock=time.perf_counter):
         self.mode, self.save_every, self.output, self.keep = mode, save_every, output, keep
         self.bar = mode == "bar" and sys.stderr.isatty()
         self.time_left = time_left  # an eta.TimeLeft, or None
         self.width = 0  # the bar's last line: a shorter one is padded over it
+        self.clock, self.next_save = clock, 0.0  # when an image may be written again (SAVE_SHARE)
 
     def emit(self, record: dict) -> None:
         if self.mode == "json":
@@ -191,11 +198,15 @@ class ProgressPrinter:
     def __call__(self, p) -> None:
         saved = None
         left = self.time_left(p) if self.time_left is not None else None
-        if self.save_every and self.output and p.evaluation % self.save_every == 0:
+        if self.save_every and self.output and p.evaluation % self.save_every == 0 \
+                and self.clock() >= self.next_save:
             from ..io.images import save_image
             saved = self.output.with_name(
                 f"{self.output.stem}.scale{p.level}-{p.evaluation:04d}{self.output.suffix}")
+            started = self.clock()
             save_image(saved, *_at_size(p.image(), self.keep))
+            ended = self.clock()
+            self.next_save = ended + (ended - started) * (1 - SAVE_SHARE) / SAVE_SHARE
         if self.mode == "json":
             # "stage", "scale(s)" and "iteration(s)" are the names plug-ins already installed read.
             self.emit({"event": "progress", "stage": "optimise", "level": p.level,

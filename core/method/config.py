@@ -134,7 +134,8 @@ class Config:
     style_blend: tuple[float, ...] | None = _f(None, "blend weight per style (default: equal)")
     crop_side: int = _f(0, "side in px of the crops a huge image is optimised in (0: automatic)",
                         aliases=("--tile-size",))
-    save_every: int = _f(0, "save the current image every N evaluations (0: never)")
+    save_every: int = _f(0, "save the current image every N evaluations (0: never; sparser "
+                            "where writing them would take over a tenth of the run)")
     engine: str = _f("auto", "gradient engine: torch, or onnx (ONNX Runtime and numpy, float32, "
                      "no torch needed); auto: torch wherever it is installed (as fast or faster "
                      "on every CPU and GPU measured), else onnx", choices=ENGINES)
