@@ -157,6 +157,14 @@ def test_procedures_are_registered(report):
         f"style_{i}" for i in range(1, installer.load_bridge().PREVIEW_STYLE_SLOTS + 1)] + ["size"]
 
 
+def test_the_filter_returns_its_new_layer(report):
+    """A script gets the new layer back (the registered result; pygimp refuses a value that no
+    result was registered for)."""
+    for name in ("rgb_selection", "gray", "style_layer", "two_styles"):
+        r = report[name]
+        assert r["status"] == "success" and r["returns_new_layer"], (name, r)
+
+
 def result(report, name, channels):
     raw = (report["out"] / f"{name}-result.raw").read_bytes()
     return np.frombuffer(raw, np.uint8).reshape(H, W, channels)

@@ -623,7 +623,8 @@ def ensure_model(host, settings, folder):
 def stylize_layer(host, settings, values, kept=None):
     """The filter: the worker stylizes the host's layer into a new layer above it, shown as it
     forms, inside one undo group; on any failure the image is left as it was. `kept`: the
-    dialog's KeptWorker, whose model is loaded already (else a new worker runs it)."""
+    dialog's KeptWorker, whose model is loaded already (else a new worker runs it). Returns the
+    new layer (the procedures' return value, for scripts)."""
     folder = exchange_dir()
     try:
         styles = host.styles(folder)
@@ -651,14 +652,14 @@ def stylize_layer(host, settings, values, kept=None):
             command = worker_command(settings, ["run"] + args)
             log("worker:", " ".join(command))
             run = functools.partial(run_worker, command, cwd=folder)
-        _run_into_layer(host, run, output, layer_name(styles), masked)
+        return _run_into_layer(host, run, output, layer_name(styles), masked)
     finally:
         remove_dir(folder)
 
 
 def _run_into_layer(host, run, output, name, masked):
     """`run(on_record=...)` (run_worker or run_kept) paints the layer; its result becomes a
-    new layer above it."""
+    new layer above it, which this returns."""
     host.progress(text="%s: starting the worker" % TITLE)
     host.undo_group(start=True)
     state = {"layer": None}
@@ -683,6 +684,7 @@ def _run_into_layer(host, run, output, name, masked):
         host.undo_group(start=False)
         host.progress(end=True)
     host.flush()
+    return state["layer"]
 
 
 def start_dialog_preview(host, worker, settings, values):

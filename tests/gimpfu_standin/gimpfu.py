@@ -342,4 +342,9 @@ def run(proc_name, *args):
         values = proc["function"](*args)
     except Exception as exc:  # gimpfu: the exception's text is the procedure's error message
         return "execution-error", str(exc), None
+    # pygimp fits what the function returns to the registered results: None for none, else one
+    # value per result ("wrong number of parameters", an execution error, otherwise).
+    returned = () if values is None else values if isinstance(values, tuple) else (values,)
+    if len(returned) != len(proc["results"]):
+        return "execution-error", "wrong number of parameters", None
     return "success", "", values

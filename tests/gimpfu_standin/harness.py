@@ -54,14 +54,14 @@ def args_for(image, layer, style_file=None, style_layer=None, second_style_file=
 
 def run(name, image, layer, **kwargs):
     before = layer.data
-    status, message, _ = gimpfu.run("python-fu-stylefu", *args_for(image, layer, **kwargs))
+    status, message, returned = gimpfu.run("python-fu-stylefu", *args_for(image, layer, **kwargs))
     record = {"status": status, "message": message, "source_unchanged": layer.data == before,
               "layers": [item.name for item in image.layers], "undo_steps": len(image.undo_steps),
               "undo_open": image._depth}
     if status == "success":
         new = image.layers[image.layers.index(layer) - 1]
         record.update(name=new.name, size=[new.width, new.height], offsets=list(new.offsets),
-                      bpp=new.bpp, has_mask=new.mask is not None)
+                      bpp=new.bpp, has_mask=new.mask is not None, returns_new_layer=returned is new)
         with open(os.path.join(OUT, name + "-result.raw"), "wb") as f:
             f.write(new.data)
         if new.mask is not None:
