@@ -346,12 +346,19 @@ def test_preview_opens_the_contact_sheet(report):
     r = report["preview"]
     assert r["status"] == "success", r["message"]
     assert r["slots"] == installer.load_bridge().PREVIEW_STYLE_SLOTS
-    (line,) = [x for x in report["log"].splitlines() if " -m stylefu.core preview " in x]
+    line = next(x for x in report["log"].splitlines() if " -m stylefu.core preview " in x)
     folder = report["work"] / "styles"
     styles = [str(report["work"] / "style.png"), str(folder / "a-bitmap.bmp"),
               str(folder / "b-array.npy")]
     assert " ".join(styles) + " -o " in line and "notes.txt" not in line
     assert min(r["sheet_size"]) >= SIZE // 2
+
+
+def test_preview_from_a_batch_script_returns_the_sheet(report):
+    """In GIMP 2.10 without a user interface (gimp -i, a batch script) no display can open
+    (gimp.Display raises gimp.error): the procedure still returns the sheet."""
+    r = report["preview_batch"]
+    assert r["status"] == "success" and r["sheet"], r
 
 
 def test_missing_model_is_fetched_then_the_filter_runs(report):

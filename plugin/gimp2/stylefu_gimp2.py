@@ -173,7 +173,10 @@ class Host(PluginHost):
 
     def open_sheet(self, path):
         sheet = pdb.gimp_file_load(path, path)
-        gimp.Display(sheet)
+        try:
+            gimp.Display(sheet)
+        except gimp.error:  # no display without a user interface (gimp -i): a script's call
+            return sheet
         gimp.displays_flush()
         return sheet
 

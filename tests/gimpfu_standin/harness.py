@@ -167,6 +167,15 @@ def preview(image, layer):
     report["preview"] = {"status": status, "message": message, "slots": slots}
     if sheet is not None:
         report["preview"]["sheet_size"] = [sheet.width, sheet.height]
+    # The same from a batch script (gimp -i): no display can open; the script gets the sheet.
+    gimpfu.gimp.interface = False
+    try:
+        status, message, sheet = gimpfu.run("python-fu-stylefu-preview", image, layer, "",
+                                            *(files + [JOB["size"]]))
+    finally:
+        gimpfu.gimp.interface = True
+    report["preview_batch"] = {"status": status, "message": message,
+                               "sheet": sheet is not None and len(sheet.layers) == 1}
 
 
 try:
