@@ -225,6 +225,13 @@ def test_new_layer_above_source_with_its_geometry(suite, name):
     assert r["source_unchanged"], "the source layer's pixels changed"
 
 
+@pytest.mark.parametrize("name", STYLIZED)
+def test_a_script_gets_the_new_layer(suite, name):
+    """python-fu-stylefu returns the new layer (registered as its return value)."""
+    r = suite["results"][name]
+    assert r["returned"] is not None and r["returned"] == r["id"], r
+
+
 @pytest.mark.parametrize("name", ["rgb", "rgba", "offsets", "gray", "float32", "style_layer"])
 def test_pixels_are_stylized(suite, name):
     source, result = arrays(suite, name)
