@@ -134,8 +134,24 @@ def main():
         figure(JOB["figure"])
 
 
+def doc_example(content):
+    """docs/gimp.md's Python-Fu example, as a script runs it on an image's layer."""
+    image, layer = make_image(content)
+    namespace = {"image": image, "layer": layer}
+    try:
+        exec(JOB["doc_example"], namespace)
+        stylized = namespace["stylized"]
+        results["doc_example"] = {"name": stylized.get_name(),
+                                  "top": image.get_layers()[0].get_id() == stylized.get_id(),
+                                  "layers": [item.get_name() for item in image.get_layers()]}
+    except Exception as exc:
+        results["doc_example"] = {"error": repr(exc)}
+
+
 def scenarios(content, fast):
     h, w = content.shape[:2]
+    if JOB.get("doc_example"):
+        doc_example(content)
 
     image, layer = make_image(content)
     run("rgb", PROC, image, layer, **fast)
