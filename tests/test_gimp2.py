@@ -88,6 +88,7 @@ def report(request, installed):
         (work / f"{name}.raw").write_bytes(array.tobytes())
     Image.fromarray(np.round(demo_style(64) * 255).astype(np.uint8)).save(work / "style.png")
     (work / "broken.png").write_bytes(b"not an image at all\n" * 8)
+    (work / "café.png").write_bytes(b"not an image at all\n" * 8)
     (work / "styles").mkdir()  # a folder of candidate styles for the preview: two of them count
     np.save(work / "styles" / "b-array.npy", demo_style(40, seed=5))
     Image.fromarray(np.round(demo_style(40, seed=6) * 255).astype(np.uint8)).save(
@@ -95,7 +96,8 @@ def report(request, installed):
     (work / "styles" / "notes.txt").write_text("not a style")
     job = {"plugin": str(target.plugin_file), "out": str(out), "width": W, "height": H,
            "pixels": {k: str(work / f"{k}.raw") for k in pixels}, "style": str(work / "style.png"),
-           "bad_style": str(work / "broken.png"), "choices": settings["choices"], "size": SIZE,
+           "bad_style": str(work / "broken.png"), "bad_style_accented": str(work / "café.png"),
+           "choices": settings["choices"], "size": SIZE,
            "iterations": ITERATIONS, "selection": list(SELECTION),
            "soft_canvas": list(SOFT_CANVAS), "soft_offsets": list(SOFT_OFFSETS),
            "soft_selection": str(work / "soft-selection.raw"),
@@ -313,6 +315,9 @@ def test_live_preview_replaced_the_layer_during_the_run(report):
 
 @pytest.mark.parametrize("name, words", [
     ("bad_style", "is not an image"),
+    # The worker's sentence names the file: on Python 2.7 a unicode text (str() of it raised
+    # UnicodeEncodeError, which replaced the sentence).
+    ("bad_style_accented", "café.png is not an image"),
     ("no_style", "Choose a style"),
     ("no_second_style", "Choose a second style image"),
     ("outside_without_selection", "needs a selection for the first style"),

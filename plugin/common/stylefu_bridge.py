@@ -93,12 +93,27 @@ def settings_path(plugin_file):
     return os.path.splitext(os.path.abspath(plugin_file))[0] + ".json"
 
 
+def native_text(value):
+    """JSON's texts as the plug-in's own: on Python 2.7 (GIMP 2.10) UTF-8 bytes, as GIMP hands
+    file names and layer names over, since joining unicode with a non-ASCII byte string (or str()
+    of a non-ASCII unicode) raises; on Python 3 `value` itself."""
+    if sys.version_info[0] >= 3:
+        return value
+    if isinstance(value, type(u"")):
+        return value.encode("utf-8")
+    if isinstance(value, dict):
+        return dict((native_text(k), native_text(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return [native_text(item) for item in value]
+    return value
+
+
 def load_settings(plugin_file):
     """The installer's settings (worker interpreter, model, dialog defaults, choices, limits)."""
     path = settings_path(plugin_file)
     try:
         with io.open(path, encoding="utf-8") as f:
-            settings = json.load(f)
+            settings = native_text(json.load(f))
     except (IOError, OSError, ValueError):
         raise BridgeError("stylefu is not set up for this GIMP (%s is missing or damaged); run "
                           "`stylefu gimp install` in the environment that has stylefu." % path)
@@ -916,7 +931,7 @@ def _start_worker(command, stderr, cwd):
 def _json_record(raw):
     """The JSON object on one line of the worker's stdout, or None (a library printing there)."""
     try:
-        record = json.loads(raw.decode("utf-8"))
+        record = native_text(json.loads(raw.decode("utf-8")))
     except ValueError:
         return None
     return record if isinstance(record, dict) else None

@@ -118,6 +118,10 @@ def main():
     run("tiled", image, layer, style_file=JOB["style"], tile_size=JOB["tile_size"])
     image, layer = make_image("rgb")
     run("bad_style", image, layer, style_file=JOB["bad_style"])
+    # GIMP 2.10 hands a PF_FILE to Python 2.7 as UTF-8 bytes (json gives unicode there).
+    accented = JOB["bad_style_accented"]
+    run("bad_style_accented", image, layer, style_file=accented.encode("utf-8")
+        if sys.version_info[0] == 2 else accented)
     run("no_style", image, layer)
     run("no_second_style", image, layer, style_file=JOB["style"], second_source=1)
     run("outside_without_selection", image, layer, style_file=JOB["style"],
