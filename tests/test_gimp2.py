@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import ast
 import glob
 import json
 import os
@@ -133,6 +134,67 @@ def test_installed_plugin_parses_as_python_27(installed, tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("x = f'{1}'\n")
     assert subprocess.run([PY27, "-m", "py_compile", str(bad)], capture_output=True).returncode != 0
+
+
+def python3_only_syntax(source: str) -> list[str]:
+    """Python 3-only constructs in `source` (line: what), which GIMP 2.10's Python 2.7 cannot
+    compile: the check that runs where no Python 2.7 is installed (py_compile above)."""
+    found = []
+
+    def say(node, what):
+        found.append(f"{getattr(node, 'lineno', '?')}: {what}")
+
+    for node in ast.walk(ast.parse(source)):
+        kinds = {ast.JoinedStr: "f-string", ast.Nonlocal: "nonlocal", ast.YieldFrom: "yield from",
+                 ast.NamedExpr: ":=", ast.AnnAssign: "annotated assignment", ast.Await: "await",
+                 ast.AsyncFunctionDef: "async def", ast.AsyncFor: "async for",
+                 ast.AsyncWith: "async with", ast.Match: "match"}
+        for kind, what in kinds.items():
+            if isinstance(node, kind):
+                say(node, what)
+        if isinstance(node, ast.arguments):
+            if node.kwonlyargs or node.posonlyargs:
+                say(node, "keyword-only or positional-only arguments")
+            if any(a.annotation for a in node.args + node.kwonlyargs + node.posonlyargs):
+                say(node, "argument annotation")
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns:
+            say(node, "return annotation")
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
+            say(node, "@ operator")
+        if isinstance(node, ast.Raise) and node.cause:
+            say(node, "raise ... from")
+        if isinstance(node, (ast.Assign, ast.For)) and any(
+                isinstance(n, ast.Starred) for target in ([node.target] if isinstance(
+                    node, ast.For) else node.targets) for n in ast.walk(target)):
+            say(node, "starred assignment")
+        if isinstance(node, (ast.List, ast.Tuple, ast.Set)) and not isinstance(
+                getattr(node, "ctx", None), ast.Store) and any(
+                isinstance(e, ast.Starred) for e in node.elts):
+            say(node, "unpacking in a display")
+        if isinstance(node, ast.Dict) and None in node.keys:
+            say(node, "** in a dict display")
+        if isinstance(node, ast.Call):
+            starred = [i for i, a in enumerate(node.args) if isinstance(a, ast.Starred)]
+            if len(starred) > 1 or (starred and starred[0] != len(node.args) - 1):
+                say(node, "several * or a positional argument after * in a call")
+            if sum(k.arg is None for k in node.keywords) > 1:
+                say(node, "several ** in a call")
+    if "print(" in source and "print_function" not in source:
+        found.append("print() without from __future__ import print_function")
+    return found
+
+
+def test_plugin_and_bridge_have_no_python3_only_syntax(installed):
+    """The GIMP 2.10 plug-in as installed (the bridge pasted in) and the bridge itself hold no
+    Python 3-only syntax, also where no Python 2.7 runs the py_compile check."""
+    target, _, _ = installed
+    bridge = Path(installer.__file__).resolve().parent / "common" / "stylefu_bridge.py"
+    for path in (target.plugin_file, bridge):
+        assert python3_only_syntax(path.read_text(encoding="utf-8")) == [], path
+    # ... and the check finds what it looks for.
+    bad = ("def f(a, *, b: int) -> None:\n    nonlocal x\n    y = f'{a}'\n    a, *b = c\n"
+           "    raise E() from None\n    g(*a, *b)\n    return {**a}\n")
+    assert len(python3_only_syntax(bad)) == 9, python3_only_syntax(bad)
 
 
 def test_installed_plugin_is_one_self_contained_file(installed):
