@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import ast
 import glob
 import json
 import os
@@ -88,6 +89,7 @@ def report(request, installed):
         (work / f"{name}.raw").write_bytes(array.tobytes())
     Image.fromarray(np.round(demo_style(64) * 255).astype(np.uint8)).save(work / "style.png")
     (work / "broken.png").write_bytes(b"not an image at all\n" * 8)
+    (work / "café.png").write_bytes(b"not an image at all\n" * 8)
     (work / "styles").mkdir()  # a folder of candidate styles for the preview: two of them count
     np.save(work / "styles" / "b-array.npy", demo_style(40, seed=5))
     Image.fromarray(np.round(demo_style(40, seed=6) * 255).astype(np.uint8)).save(
@@ -95,7 +97,8 @@ def report(request, installed):
     (work / "styles" / "notes.txt").write_text("not a style")
     job = {"plugin": str(target.plugin_file), "out": str(out), "width": W, "height": H,
            "pixels": {k: str(work / f"{k}.raw") for k in pixels}, "style": str(work / "style.png"),
-           "bad_style": str(work / "broken.png"), "choices": settings["choices"], "size": SIZE,
+           "bad_style": str(work / "broken.png"), "bad_style_accented": str(work / "café.png"),
+           "choices": settings["choices"], "size": SIZE,
            "iterations": ITERATIONS, "selection": list(SELECTION),
            "soft_canvas": list(SOFT_CANVAS), "soft_offsets": list(SOFT_OFFSETS),
            "soft_selection": str(work / "soft-selection.raw"),
@@ -133,6 +136,67 @@ def test_installed_plugin_parses_as_python_27(installed, tmp_path):
     assert subprocess.run([PY27, "-m", "py_compile", str(bad)], capture_output=True).returncode != 0
 
 
+def python3_only_syntax(source: str) -> list[str]:
+    """Python 3-only constructs in `source` (line: what), which GIMP 2.10's Python 2.7 cannot
+    compile: the check that runs where no Python 2.7 is installed (py_compile above)."""
+    found = []
+
+    def say(node, what):
+        found.append(f"{getattr(node, 'lineno', '?')}: {what}")
+
+    for node in ast.walk(ast.parse(source)):
+        kinds = {ast.JoinedStr: "f-string", ast.Nonlocal: "nonlocal", ast.YieldFrom: "yield from",
+                 ast.NamedExpr: ":=", ast.AnnAssign: "annotated assignment", ast.Await: "await",
+                 ast.AsyncFunctionDef: "async def", ast.AsyncFor: "async for",
+                 ast.AsyncWith: "async with", ast.Match: "match"}
+        for kind, what in kinds.items():
+            if isinstance(node, kind):
+                say(node, what)
+        if isinstance(node, ast.arguments):
+            if node.kwonlyargs or node.posonlyargs:
+                say(node, "keyword-only or positional-only arguments")
+            if any(a.annotation for a in node.args + node.kwonlyargs + node.posonlyargs):
+                say(node, "argument annotation")
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns:
+            say(node, "return annotation")
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
+            say(node, "@ operator")
+        if isinstance(node, ast.Raise) and node.cause:
+            say(node, "raise ... from")
+        if isinstance(node, (ast.Assign, ast.For)) and any(
+                isinstance(n, ast.Starred) for target in ([node.target] if isinstance(
+                    node, ast.For) else node.targets) for n in ast.walk(target)):
+            say(node, "starred assignment")
+        if isinstance(node, (ast.List, ast.Tuple, ast.Set)) and not isinstance(
+                getattr(node, "ctx", None), ast.Store) and any(
+                isinstance(e, ast.Starred) for e in node.elts):
+            say(node, "unpacking in a display")
+        if isinstance(node, ast.Dict) and None in node.keys:
+            say(node, "** in a dict display")
+        if isinstance(node, ast.Call):
+            starred = [i for i, a in enumerate(node.args) if isinstance(a, ast.Starred)]
+            if len(starred) > 1 or (starred and starred[0] != len(node.args) - 1):
+                say(node, "several * or a positional argument after * in a call")
+            if sum(k.arg is None for k in node.keywords) > 1:
+                say(node, "several ** in a call")
+    if "print(" in source and "print_function" not in source:
+        found.append("print() without from __future__ import print_function")
+    return found
+
+
+def test_plugin_and_bridge_have_no_python3_only_syntax(installed):
+    """The GIMP 2.10 plug-in as installed (the bridge pasted in) and the bridge itself hold no
+    Python 3-only syntax, also where no Python 2.7 runs the py_compile check."""
+    target, _, _ = installed
+    bridge = Path(installer.__file__).resolve().parent / "common" / "stylefu_bridge.py"
+    for path in (target.plugin_file, bridge):
+        assert python3_only_syntax(path.read_text(encoding="utf-8")) == [], path
+    # ... and the check finds what it looks for.
+    bad = ("def f(a, *, b: int) -> None:\n    nonlocal x\n    y = f'{a}'\n    a, *b = c\n"
+           "    raise E() from None\n    g(*a, *b)\n    return {**a}\n")
+    assert len(python3_only_syntax(bad)) == 9, python3_only_syntax(bad)
+
+
 def test_installed_plugin_is_one_self_contained_file(installed):
     target, _, _ = installed
     text = target.plugin_file.read_text()
@@ -155,6 +219,14 @@ def test_procedures_are_registered(report):
     assert procs["python-fu-stylefu-preview"]["params"] == [
         "image", "drawable", "style_folder"] + [
         f"style_{i}" for i in range(1, installer.load_bridge().PREVIEW_STYLE_SLOTS + 1)] + ["size"]
+
+
+def test_the_filter_returns_its_new_layer(report):
+    """A script gets the new layer back (the registered result; pygimp refuses a value that no
+    result was registered for)."""
+    for name in ("rgb_selection", "gray", "style_layer", "two_styles"):
+        r = report[name]
+        assert r["status"] == "success" and r["returns_new_layer"], (name, r)
 
 
 def result(report, name, channels):
@@ -305,6 +377,9 @@ def test_live_preview_replaced_the_layer_during_the_run(report):
 
 @pytest.mark.parametrize("name, words", [
     ("bad_style", "is not an image"),
+    # The worker's sentence names the file: on Python 2.7 a unicode text (str() of it raised
+    # UnicodeEncodeError, which replaced the sentence).
+    ("bad_style_accented", "café.png is not an image"),
     ("no_style", "Choose a style"),
     ("no_second_style", "Choose a second style image"),
     ("outside_without_selection", "needs a selection for the first style"),
@@ -338,12 +413,19 @@ def test_preview_opens_the_contact_sheet(report):
     r = report["preview"]
     assert r["status"] == "success", r["message"]
     assert r["slots"] == installer.load_bridge().PREVIEW_STYLE_SLOTS
-    (line,) = [x for x in report["log"].splitlines() if " -m stylefu.core preview " in x]
+    line = next(x for x in report["log"].splitlines() if " -m stylefu.core preview " in x)
     folder = report["work"] / "styles"
     styles = [str(report["work"] / "style.png"), str(folder / "a-bitmap.bmp"),
               str(folder / "b-array.npy")]
     assert " ".join(styles) + " -o " in line and "notes.txt" not in line
     assert min(r["sheet_size"]) >= SIZE // 2
+
+
+def test_preview_from_a_batch_script_returns_the_sheet(report):
+    """In GIMP 2.10 without a user interface (gimp -i, a batch script) no display can open
+    (gimp.Display raises gimp.error): the procedure still returns the sheet."""
+    r = report["preview_batch"]
+    assert r["status"] == "success" and r["sheet"], r
 
 
 def test_missing_model_is_fetched_then_the_filter_runs(report):

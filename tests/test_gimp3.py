@@ -118,6 +118,16 @@ def figure_pictures(folder: Path, height: int, width: int) -> tuple[Path, Path]:
     return folder / "photo.npy", folder / "style.png"
 
 
+def doc_example(style: Path) -> str:
+    """docs/gimp.md's Python-Fu example with the test's style file and working size."""
+    text = (REPO / "docs" / "gimp.md").read_text()
+    code = re.search(r"## Scripting.*?```python\n(.*?)```", text, re.S)[1]
+    for old, new in (("/path/to/style.png", str(style)), ('"size", 256', f'"size", {SIZE}')):
+        assert old in code, f"docs/gimp.md's example no longer has {old!r}"
+        code = code.replace(old, new)
+    return code
+
+
 @pytest.fixture(scope="module")
 def suite(gimp_model, tmp_path_factory):
     model_path = gimp_model
@@ -165,6 +175,7 @@ def suite(gimp_model, tmp_path_factory):
            "second_style_weight": SECOND_STYLE_WEIGHT, "tile_size": TILE_SIZE,
            "preview": not preview_reason, "large": str(root / "large.npy"),
            "large_values": LARGE_VALUES}
+    job["doc_example"] = doc_example(root / "style.png")
     if FIGURE:
         figure_content, figure_style = figure_pictures(root, 144, 192)
         job["figure"] = {"content": str(figure_content), "style": str(figure_style),
@@ -223,6 +234,19 @@ def test_new_layer_above_source_with_its_geometry(suite, name):
     assert r["is_gray"] == (name == "gray")
     assert r["has_mask"] == (name == "selection")
     assert r["source_unchanged"], "the source layer's pixels changed"
+
+
+@pytest.mark.parametrize("name", STYLIZED)
+def test_a_script_gets_the_new_layer(suite, name):
+    """python-fu-stylefu returns the new layer (registered as its return value)."""
+    r = suite["results"][name]
+    assert r["returned"] is not None and r["returned"] == r["id"], r
+
+
+def test_docs_python_fu_example_runs(suite):
+    r = suite["results"]["doc_example"]
+    assert "error" not in r, r["error"]
+    assert r["name"] == "style (neural style)" and r["top"] and r["layers"][1] == "source", r
 
 
 @pytest.mark.parametrize("name", ["rgb", "rgba", "offsets", "gray", "float32", "style_layer"])

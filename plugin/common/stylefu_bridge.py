@@ -93,12 +93,27 @@ def settings_path(plugin_file):
     return os.path.splitext(os.path.abspath(plugin_file))[0] + ".json"
 
 
+def native_text(value):
+    """JSON's texts as the plug-in's own: on Python 2.7 (GIMP 2.10) UTF-8 bytes, as GIMP hands
+    file names and layer names over, since joining unicode with a non-ASCII byte string (or str()
+    of a non-ASCII unicode) raises; on Python 3 `value` itself."""
+    if sys.version_info[0] >= 3:
+        return value
+    if isinstance(value, type(u"")):
+        return value.encode("utf-8")
+    if isinstance(value, dict):
+        return dict((native_text(k), native_text(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return [native_text(item) for item in value]
+    return value
+
+
 def load_settings(plugin_file):
     """The installer's settings (worker interpreter, model, dialog defaults, choices, limits)."""
     path = settings_path(plugin_file)
     try:
         with io.open(path, encoding="utf-8") as f:
-            settings = json.load(f)
+            settings = native_text(json.load(f))
     except (IOError, OSError, ValueError):
         raise BridgeError("stylefu is not set up for this GIMP (%s is missing or damaged); run "
                           "`stylefu gimp install` in the environment that has stylefu." % path)
@@ -623,7 +638,8 @@ def ensure_model(host, settings, folder):
 def stylize_layer(host, settings, values, kept=None):
     """The filter: the worker stylizes the host's layer into a new layer above it, shown as it
     forms, inside one undo group; on any failure the image is left as it was. `kept`: the
-    dialog's KeptWorker, whose model is loaded already (else a new worker runs it)."""
+    dialog's KeptWorker, whose model is loaded already (else a new worker runs it). Returns the
+    new layer (the procedures' return value, for scripts)."""
     folder = exchange_dir()
     try:
         styles = host.styles(folder)
@@ -651,14 +667,14 @@ def stylize_layer(host, settings, values, kept=None):
             command = worker_command(settings, ["run"] + args)
             log("worker:", " ".join(command))
             run = functools.partial(run_worker, command, cwd=folder)
-        _run_into_layer(host, run, output, layer_name(styles), masked)
+        return _run_into_layer(host, run, output, layer_name(styles), masked)
     finally:
         remove_dir(folder)
 
 
 def _run_into_layer(host, run, output, name, masked):
     """`run(on_record=...)` (run_worker or run_kept) paints the layer; its result becomes a
-    new layer above it."""
+    new layer above it, which this returns."""
     host.progress(text="%s: starting the worker" % TITLE)
     host.undo_group(start=True)
     state = {"layer": None}
@@ -683,6 +699,7 @@ def _run_into_layer(host, run, output, name, masked):
         host.undo_group(start=False)
         host.progress(end=True)
     host.flush()
+    return state["layer"]
 
 
 def start_dialog_preview(host, worker, settings, values):
@@ -914,7 +931,7 @@ def _start_worker(command, stderr, cwd):
 def _json_record(raw):
     """The JSON object on one line of the worker's stdout, or None (a library printing there)."""
     try:
-        record = json.loads(raw.decode("utf-8"))
+        record = native_text(json.loads(raw.decode("utf-8")))
     except ValueError:
         return None
     return record if isinstance(record, dict) else None

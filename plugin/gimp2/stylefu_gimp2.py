@@ -173,7 +173,10 @@ class Host(PluginHost):
 
     def open_sheet(self, path):
         sheet = pdb.gimp_file_load(path, path)
-        gimp.Display(sheet)
+        try:
+            gimp.Display(sheet)
+        except gimp.error:  # no display without a user interface (gimp -i): a script's call
+            return sheet
         gimp.displays_flush()
         return sheet
 
@@ -183,7 +186,8 @@ def stylize(image, drawable, style_path, style_source, style_layer, second_style
             second_style_source, second_style_layer, second_style_weight, second_style_goes,
             strength, preset, iterations, size, tile_size, preserve_colors, style_scale, seed,
             device):
-    """The filter: stylize `drawable` into a new layer above it (see the module docstring)."""
+    """The filter: stylize `drawable` into a new layer above it (see the module docstring);
+    returns that layer."""
     settings = load_settings(__file__)
     choices = settings["choices"]
     values = {"strength": strength, "preset": choices["preset"][preset], "iterations": iterations,
@@ -198,7 +202,7 @@ def stylize(image, drawable, style_path, style_source, style_layer, second_style
     if second != "no second style":
         styles.append(("layer" if second.endswith("layer") else "file", second_style_path,
                        second_style_layer, "second_style"))
-    stylize_layer(Host(image, drawable, styles), settings, values)
+    return stylize_layer(Host(image, drawable, styles), settings, values)
 
 
 @reports_errors
@@ -223,7 +227,7 @@ def _register():
         "Adds a new layer above the active one, stylized by the stylefu worker with one style "
         "or a blend of two; a selection limits the style to it (the worker's mask and the new "
         "layer's mask), or takes the first style while the second goes outside it; the source "
-        "layer is left untouched.",
+        "layer is left untouched. Returns the new layer.",
         "stylefu contributors", "stylefu contributors", "2026",
         "Neural Style _Transfer...", "RGB*, GRAY*",
         [
@@ -256,7 +260,7 @@ def _register():
             (PF_OPTION, "device", "Device", choices["device"].index(d["device"]),
              choices["device"]),
         ],
-        [],
+        [(PF_LAYER, "layer", "The new stylized layer, directly above the source")],
         stylize, menu="<Image>/Filters/Artistic")
     register(
         "python-fu-stylefu-preview",

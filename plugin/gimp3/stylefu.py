@@ -630,9 +630,11 @@ def run_stylize(procedure, run_mode, image, drawables, config, run_data):
                                                  worker=worker)):
                 return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         settings = bridge.load_settings(__file__)
-        bridge.stylize_layer(host, settings, dialog_values(config),
-                             worker.running() if worker is not None else None)
-        return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+        layer = bridge.stylize_layer(host, settings, dialog_values(config),
+                                     worker.running() if worker is not None else None)
+        return Gimp.ValueArray.new_from_values([
+            GObject.Value(Gimp.PDBStatusType, Gimp.PDBStatusType.SUCCESS),
+            GObject.Value(Gimp.Layer, layer)])
     finally:
         if worker is not None:
             worker.close()
@@ -708,6 +710,8 @@ def add_stylize_arguments(procedure, settings):
     number(int, "seed", "See_d", helps.get("seed", ""))
     procedure.add_choice_argument("device", "De_vice", helps.get("device", ""),
                                   make_choice(choices["device"]), d["device"], RW)
+    procedure.add_layer_return_value("layer", "Layer", "The new stylized layer, directly above "
+                                     "the source", False, RW)
     # Remembered with the dialog's values, not a PDB argument: scripts never preview.
     procedure.add_boolean_aux_argument("preview", "Dra_ft preview", "Paint a small preview "
                                        "with the current settings whenever one changes", True, RW)
@@ -745,7 +749,7 @@ class StylefuPlugIn(Gimp.PlugIn):
                 "Adds a new layer above the active one, stylized by the stylefu worker with one "
                 "style or a blend of two; a selection limits the style to it (the worker's mask "
                 "and the new layer's mask), or takes the first style while the second goes "
-                "outside it; the source layer is left untouched.", name)
+                "outside it; the source layer is left untouched. Returns the new layer.", name)
             add_stylize_arguments(procedure, settings)
         else:
             procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN,

@@ -75,6 +75,9 @@ def run(name, procedure, image, layer, drawables=None, **props):
               "layers_before": layers_before, "new_images": len(Gimp.get_images()) - images_before}
     if status != Gimp.PDBStatusType.SUCCESS and values.length() > 1:
         record["message"] = str(values.index(1))
+    elif procedure == PROC:  # what a script gets back: the new layer's id
+        returned = values.index(1) if values.length() > 1 else None
+        record["returned"] = returned.get_id() if isinstance(returned, Gimp.Layer) else None
     log(name, record["status"], record["message"], record["layers"])
     results[name] = record
     return record, values
@@ -88,7 +91,8 @@ def describe_new_layer(name, image, source, selection=False):
         return None
     new = layers[image.get_item_position(source) - 1]
     _, x, y = new.get_offsets()
-    record.update(name=new.get_name(), size=[new.get_width(), new.get_height()], offsets=[x, y],
+    record.update(id=new.get_id(), name=new.get_name(), size=[new.get_width(), new.get_height()],
+                  offsets=[x, y],
                   has_alpha=bool(new.has_alpha()), is_gray=bool(new.is_gray()),
                   has_mask=new.get_mask() is not None,
                   position_above=image.get_item_position(new) == image.get_item_position(source) - 1,
@@ -130,8 +134,24 @@ def main():
         figure(JOB["figure"])
 
 
+def doc_example(content):
+    """docs/gimp.md's Python-Fu example, as a script runs it on an image's layer."""
+    image, layer = make_image(content)
+    namespace = {"image": image, "layer": layer}
+    try:
+        exec(JOB["doc_example"], namespace)
+        stylized = namespace["stylized"]
+        results["doc_example"] = {"name": stylized.get_name(),
+                                  "top": image.get_layers()[0].get_id() == stylized.get_id(),
+                                  "layers": [item.get_name() for item in image.get_layers()]}
+    except Exception as exc:
+        results["doc_example"] = {"error": repr(exc)}
+
+
 def scenarios(content, fast):
     h, w = content.shape[:2]
+    if JOB.get("doc_example"):
+        doc_example(content)
 
     image, layer = make_image(content)
     run("rgb", PROC, image, layer, **fast)

@@ -220,19 +220,26 @@ class Image(object):
                 self.layers.remove(layer)
 
 
+class error(RuntimeError):
+    """gimp.error, what pygimp raises when a call fails (a RuntimeError)."""
+
+
 class Display(object):
     def __init__(self, image):
+        if not gimp.interface:  # gimp-display-new fails without a user interface (gimp -i)
+            raise error("could not create display")
         self.image = image
 
 
 class _Gimp(object):
     """The `gimp` module: progress, messages, displays, and the classes above."""
 
-    Image, Layer, Channel, Display = Image, Layer, Channel, Display
+    Image, Layer, Channel, Display, error = Image, Layer, Channel, Display, error
 
     def __init__(self):
         self.progress = []
         self.messages = []
+        self.interface = True  # False: GIMP started without one (gimp -i, a batch script)
 
     def progress_init(self, text=None):
         self.progress.append(("init", text))
@@ -342,4 +349,9 @@ def run(proc_name, *args):
         values = proc["function"](*args)
     except Exception as exc:  # gimpfu: the exception's text is the procedure's error message
         return "execution-error", str(exc), None
+    # pygimp fits what the function returns to the registered results: None for none, else one
+    # value per result ("wrong number of parameters", an execution error, otherwise).
+    returned = () if values is None else values if isinstance(values, tuple) else (values,)
+    if len(returned) != len(proc["results"]):
+        return "execution-error", "wrong number of parameters", None
     return "success", "", values

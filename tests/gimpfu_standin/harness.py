@@ -54,14 +54,14 @@ def args_for(image, layer, style_file=None, style_layer=None, second_style_file=
 
 def run(name, image, layer, **kwargs):
     before = layer.data
-    status, message, _ = gimpfu.run("python-fu-stylefu", *args_for(image, layer, **kwargs))
+    status, message, returned = gimpfu.run("python-fu-stylefu", *args_for(image, layer, **kwargs))
     record = {"status": status, "message": message, "source_unchanged": layer.data == before,
               "layers": [item.name for item in image.layers], "undo_steps": len(image.undo_steps),
               "undo_open": image._depth}
     if status == "success":
         new = image.layers[image.layers.index(layer) - 1]
         record.update(name=new.name, size=[new.width, new.height], offsets=list(new.offsets),
-                      bpp=new.bpp, has_mask=new.mask is not None)
+                      bpp=new.bpp, has_mask=new.mask is not None, returns_new_layer=returned is new)
         with open(os.path.join(OUT, name + "-result.raw"), "wb") as f:
             f.write(new.data)
         if new.mask is not None:
@@ -118,6 +118,10 @@ def main():
     run("tiled", image, layer, style_file=JOB["style"], tile_size=JOB["tile_size"])
     image, layer = make_image("rgb")
     run("bad_style", image, layer, style_file=JOB["bad_style"])
+    # GIMP 2.10 hands a PF_FILE to Python 2.7 as UTF-8 bytes (json gives unicode there).
+    accented = JOB["bad_style_accented"]
+    run("bad_style_accented", image, layer, style_file=accented.encode("utf-8")
+        if sys.version_info[0] == 2 else accented)
     run("no_style", image, layer)
     run("no_second_style", image, layer, style_file=JOB["style"], second_source=1)
     run("outside_without_selection", image, layer, style_file=JOB["style"],
@@ -167,6 +171,15 @@ def preview(image, layer):
     report["preview"] = {"status": status, "message": message, "slots": slots}
     if sheet is not None:
         report["preview"]["sheet_size"] = [sheet.width, sheet.height]
+    # The same from a batch script (gimp -i): no display can open; the script gets the sheet.
+    gimpfu.gimp.interface = False
+    try:
+        status, message, sheet = gimpfu.run("python-fu-stylefu-preview", image, layer, "",
+                                            *(files + [JOB["size"]]))
+    finally:
+        gimpfu.gimp.interface = True
+    report["preview_batch"] = {"status": status, "message": message,
+                               "sheet": sheet is not None and len(sheet.layers) == 1}
 
 
 try:
