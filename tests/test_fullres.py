@@ -91,3 +91,31 @@ def test_batch_items_keep_the_layers_size_and_detail(model_path, tmp_path):
         assert done["status"] == "ok" and done["image"].shape == layer.shape
         figures[upscale] = sharpness(done["image"], layer)
     assert figures["detail"] > 5 * figures["stretch"]
+
+
+def test_a_layer_smaller_than_the_working_size_is_painted_at_its_own_size(model_path, tmp_path,
+                                                                           capsys):
+    """--keep-size paints at most at the layer's long side: run, estimate and batch alike (a
+    64 px layer at 512 px took 115 s instead of 4 s, for strokes it cannot show)."""
+    from stylefu.core import Config, load_model
+    from stylefu.core.batch.items import BatchItem, RunOptions, run_item
+    from stylefu.core.cli.main import main
+
+    save_image(tmp_path / "in.png", photo("astronaut", 64))
+    save_image(tmp_path / "style.png", photo("coffee", 64))
+    common = ["--size", "512", "--levels", "2", "--evaluations", "2", "--coarse-evaluations", "1",
+              "--model", str(model_path)]
+    ran = subprocess.run([sys.executable, "-m", "stylefu.core", "run", str(tmp_path / "in.png"),
+                          str(tmp_path / "style.png"), "-o", str(tmp_path / "out.png"),
+                          "--keep-size", "--progress", "json", *common],
+                         capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    sizes = [json.loads(line)["size"] for line in ran.stdout.splitlines()
+             if json.loads(line)["event"] == "progress"]
+    assert sizes[-1] == [64, 64] and max(max(s) for s in sizes) == 64  # not 512
+    assert main(["estimate", str(tmp_path / "in.png"), "--keep-size", "--json", *common]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["levels"][-1] == [64, 64]
+    model = load_model(model_path, "cpu")
+    done = run_item(model, BatchItem(str(tmp_path / "in.png"), (str(tmp_path / "style.png"),)),
+                    Config(size=512, levels=1, evaluations=2), RunOptions(keep_size=True))
+    assert done["status"] == "ok" and done["metrics"]["sizes"] == [[64, 64]]

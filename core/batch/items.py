@@ -152,7 +152,9 @@ def run_item(model, item: BatchItem, config: Config, options: RunOptions,
             content = item.input
             if options.keep_size:
                 from ..io.images import load_image
+                from ..method.fullres import working_config
                 content = load_image(item.input, "content")
+                run_config = working_config(run_config, content.height, content.width)
             result = stylize(content, list(item.styles), config=run_config, model=model,
                              callback=callback, cancel=cancel, masks=list(options.masks) or None,
                              log=lambda message: None)

@@ -304,7 +304,9 @@ def cmd_run(args) -> int:
     content = args.content
     if args.keep_size:
         from ..io.images import load_image
+        from ..method.fullres import working_config
         content = load_image(args.content, "content")
+        config = working_config(config, content.height, content.width)
     from ..run import eta
     key = eta.run_key(config, model.info.architecture)
     finish = 0.0
@@ -441,6 +443,9 @@ def cmd_estimate(args) -> int:
 
     config = config_from_args(args).validate()
     height, width = _layer_size(args)
+    if args.keep_size:
+        from ..method.fullres import working_config
+        config = working_config(config, height, width)
     _check_like_run(height, width, config)
     key = eta.run_key(config, read_artifact_info(model_file(args.model)).architecture)
     source = f"{len(eta.load_speeds().get(key, {}).get('points', []))} level(s) of earlier runs"
@@ -592,7 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop when stdin closes (used by the GIMP plug-ins)")
     run.add_argument("--keep-size", action="store_true",
                      help="write the result (and --save-every images) at the content's own size "
-                     "with its own alpha, not at the working size (used by the GIMP plug-ins)")
+                     "with its own alpha, not at the working size (used by the GIMP plug-ins); "
+                     "--size is then at most the content's long side")
     from ..method.fullres import UPSCALE_MODES
 
     run.add_argument("--upscale", choices=UPSCALE_MODES, default=UPSCALE_MODES[0],

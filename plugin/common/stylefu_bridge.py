@@ -478,9 +478,11 @@ def selection_masks(folder, selection, outside=False):
 def check_layer_size(settings, width, height, size=None):
     """InputError, with the fix, when the worker could not paint a `width` x `height` layer:
     a side under the network's minimum (the settings' least working size), or a short side
-    under it at the working size `size` (a long, thin layer)."""
+    under it at the working size `size` (a long, thin layer; the worker paints at most at the
+    layer's own size: core's fullres.working_config)."""
     least = int(settings["limits"]["size"][0])
     short, long_ = min(width, height), max(width, height)
+    size = None if size is None else min(int(size), long_)
     if short < least:
         raise InputError("The layer is %d x %d px, and the filter needs at least %d px on each "
                          "side; scale the layer up first (Layer > Scale Layer)."
