@@ -57,6 +57,14 @@ def test_npy_round_trip_is_exact(tmp_path):
     assert np.array_equal(back.rgb, rgb) and np.array_equal(back.alpha, rgb[..., 0])
 
 
+@pytest.mark.parametrize("source", [None, 5, b"photo.png", [[0, 1], [1, 0]]])
+def test_a_source_of_another_type_is_one_sentence(source):
+    # the Python API's content, style or mask given as something else: not pathlib's TypeError
+    with pytest.raises(UserError, match=f"^content: give a path, PIL image, numpy array or "
+                                        f"Picture, not {type(source).__name__}"):
+        load_image(source, "content")
+
+
 def test_bad_files(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="does not exist"):
         load_image(tmp_path / "missing.png")

@@ -208,6 +208,9 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
         return _from_pil(source, name or "image", to_srgb)
     if isinstance(source, np.ndarray):
         return _from_array(source, name or "array")
+    if not isinstance(source, (str, os.PathLike)):  # else a TypeError from deep inside pathlib
+        raise UserError(f"{name or 'image'}: give a path, PIL image, numpy array or Picture, not "
+                        f"{type(source).__name__}.")
     path = check_input_file(source, "Image file")
     label = name or path.stem
     if path.suffix.lower() == ".npy":
