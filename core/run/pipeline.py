@@ -147,10 +147,15 @@ def _memory_guard(size: tuple[int, int], device: torch.device):
                         "set a smaller --crop-side (e.g. 512) or lower --size.") from None
 
 
+def _one_or_many(given) -> list:
+    """A list of images, or one image (a path, array, PIL image: an array's rows are no list)."""
+    return ([given] if isinstance(given, (str, bytes)) or not isinstance(given, Sequence)
+            else list(given))
+
+
 def load_inputs(content, style_or_styles, masks, config: Config):
     """The content and style Pictures and the guides' arrays, checked (both engines)."""
-    styles_in = ([style_or_styles] if isinstance(style_or_styles, (str, bytes)) or
-                 not isinstance(style_or_styles, Sequence) else list(style_or_styles))
+    styles_in = _one_or_many(style_or_styles)
     if not styles_in:
         raise UserError("Give at least one style image.")
     content_pic = load_image(content, "content")
@@ -158,7 +163,8 @@ def load_inputs(content, style_or_styles, masks, config: Config):
     for picture in [content_pic, *style_pics]:
         check_min_side(picture)
     blend_weights(len(style_pics), config)  # a weight count that does not match fails early
-    mask_arrays = [guides.load_mask(m, f"mask {i + 1}") for i, m in enumerate(masks or [])]
+    mask_arrays = [guides.load_mask(m, f"mask {i + 1}")
+                   for i, m in enumerate(_one_or_many(masks) if masks is not None else [])]
     if mask_arrays:
         guides.check_masks(mask_arrays, len(style_pics), content_pic.height, content_pic.width)
     return content_pic, style_pics, mask_arrays
@@ -172,8 +178,8 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     """Stylize `content` with one style or several (path, PIL image, array or Picture each).
 
     `masks` (paths, PIL images or [H,W] arrays, white = style) limit where the style applies: one
-    mask for all styles, or one per style (each style painted into its own region). Pixels outside
-    every mask stay exactly the content's; gray values blend.
+    mask for all styles (alone or in a list), or one per style (each style painted into its own
+    region). Pixels outside every mask stay exactly the content's; gray values blend.
 
     Returns a StylizeResult with the image at the working size (long side `config.size`) and the
     final metrics. Images too large for memory are optimised in tiles; `log` (default: the
