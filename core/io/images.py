@@ -15,6 +15,7 @@ import struct
 import sys
 import warnings
 import zlib
+from collections.abc import Sequence
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +195,12 @@ def _from_pil(image: Image.Image, name: str, to_srgb: bool = True) -> Picture:
     has_alpha = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info)
     image = image.convert("RGBA" if has_alpha else "RGB")  # palette, CMYK, L, 1 -> RGB(A)
     return _from_array(np.asarray(image), name)
+
+
+def one_or_many(given) -> list:
+    """A list of images, or one image (a path, array, PIL image: an array's rows are no list)."""
+    return ([given] if isinstance(given, (str, bytes)) or not isinstance(given, Sequence)
+            else list(given))
 
 
 def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture:

@@ -21,7 +21,15 @@ import numpy as np
 from .. import engines
 from ..engines.steps import CancelToken
 from ..errors import UserError
-from ..io.images import Picture, check_min_side, fit_long_side, load_image, resize_array, save_image
+from ..io.images import (
+    Picture,
+    check_min_side,
+    fit_long_side,
+    load_image,
+    one_or_many,
+    resize_array,
+    save_image,
+)
 from ..method import balance, color, guides, tiling
 from ..method.config import Config
 from ..method.objective import check_finite
@@ -147,15 +155,9 @@ def _memory_guard(size: tuple[int, int], device: torch.device):
                         "set a smaller --crop-side (e.g. 512) or lower --size.") from None
 
 
-def _one_or_many(given) -> list:
-    """A list of images, or one image (a path, array, PIL image: an array's rows are no list)."""
-    return ([given] if isinstance(given, (str, bytes)) or not isinstance(given, Sequence)
-            else list(given))
-
-
 def load_inputs(content, style_or_styles, masks, config: Config):
     """The content and style Pictures and the guides' arrays, checked (both engines)."""
-    styles_in = _one_or_many(style_or_styles)
+    styles_in = one_or_many(style_or_styles)
     if not styles_in:
         raise UserError("Give at least one style image.")
     content_pic = load_image(content, "content")
@@ -164,7 +166,7 @@ def load_inputs(content, style_or_styles, masks, config: Config):
         check_min_side(picture)
     blend_weights(len(style_pics), config)  # a weight count that does not match fails early
     mask_arrays = [guides.load_mask(m, f"mask {i + 1}")
-                   for i, m in enumerate(_one_or_many(masks) if masks is not None else [])]
+                   for i, m in enumerate(one_or_many(masks) if masks is not None else [])]
     if mask_arrays:
         guides.check_masks(mask_arrays, len(style_pics), content_pic.height, content_pic.width)
     return content_pic, style_pics, mask_arrays

@@ -37,6 +37,7 @@ from ..io.images import (
     check_min_side,
     fit_long_side,
     load_image,
+    one_or_many,
     resize_array,
 )
 from ..method import balance
@@ -160,7 +161,8 @@ def style_distance(model: StyleModel, content: np.ndarray, style: np.ndarray,
 def preview(content, styles: Sequence, *, config: Config | None = None,
             model: StyleModel | str | None = None, size: int | None = None,
             on_style: Callable[[StylePreview], None] | None = None) -> PreviewResult:
-    """Preview each of `styles` on `content` (paths, PIL images, arrays or Pictures).
+    """Preview each of `styles` (a list, or one alone) on `content` (paths, PIL images, arrays or
+    Pictures).
 
     `config` is the full run's configuration (default: `Config(preset="draft")`); the preview
     uses it at `size` px long side (default: `PREVIEW_SIZE`, or `config.size` when a config is
@@ -170,7 +172,7 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
     StylePreview.error and drawn as a marked empty cell.
     """
     started = time.perf_counter()
-    styles = list(styles)
+    styles = one_or_many(styles)
     if not styles:
         raise UserError("Give at least one style image to preview.")
     if config is None:
