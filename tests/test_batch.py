@@ -375,3 +375,15 @@ def test_batch_bar_says_time_left_in_the_run_bars_words(monkeypatch, capsys):
     bar.item({"status": "ok"})
     first, last = capsys.readouterr().err.splitlines()
     assert first.endswith("about 30 s left") and "left" not in last and last.startswith("[####")
+
+
+def test_stylize_many_tuples_take_one_style_alone_and_only_paths(tmp_path, photos, model_path):
+    # ("a.jpg", "starry.jpg", out): the style's path, not its characters ("Image file . is a
+    # folder"); an array as input is one sentence, not a UserError quoting the array's digits
+    (content, *_), (style, _) = photos
+    results = list(stylize_many([(content, style, tmp_path / "a.png")], FAST_CONFIG,
+                                model=model_path, workers=1))
+    assert [r.status for r in results] == ["ok"] and results[0].item.styles == (str(style),)
+    with pytest.raises(UserError, match=r"^Item 0: its input must be a path .* not ndarray\.$"):
+        list(stylize_many([(np.zeros((64, 64, 3), np.float32), [style], None)], FAST_CONFIG,
+                          model=model_path, workers=1))

@@ -549,6 +549,20 @@ def _settle(index, item, payload, attempts, todo, options, keep_images) -> ItemR
 
 # ----------------------------------------------------------------------------- the API
 
+def as_item(given: BatchItem | tuple, index: int) -> BatchItem:
+    """An (input, style or styles[, output]) tuple as a BatchItem: paths only, one style alone
+    is that style (not its characters)."""
+    if isinstance(given, BatchItem):
+        return given
+    source, styles, output = (*given, None)[:3]
+    styles = [styles] if isinstance(styles, (str, os.PathLike)) else list(styles)
+    for what, path in [("input", source), ("output", output), *(("style", s) for s in styles)]:
+        if not isinstance(path, (str, os.PathLike)) and not (what == "output" and path is None):
+            raise UserError(f"Item {index}: its {what} must be a path (stylize_many reads and "
+                            f"writes files; stylize takes arrays), not {type(path).__name__}.")
+    return BatchItem(str(source), tuple(map(str, styles)), None if output is None else str(output))
+
+
 def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = None, *,
                  model: str | Path | None = None, workers: int | None = None,
                  ray: str | bool | None = None, options: RunOptions = RunOptions(),
@@ -570,9 +584,7 @@ def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = Non
     from ..engines import load_engine_model
 
     config = (config or Config()).validate()
-    items = [i if isinstance(i, BatchItem) else BatchItem(str(i[0]), tuple(map(str, i[1])),
-                                                          None if len(i) < 3 or i[2] is None
-                                                          else str(i[2])) for i in items]
+    items = [as_item(i, n) for n, i in enumerate(items)]
     skip = set(skip)
     check_shared_inputs(items, config, options)
     make_output_folders(items)
