@@ -161,16 +161,22 @@ def test_resume_after_sigkill_writes_each_output_once(tmp_path, photos, model_pa
     assert pending(items, out / "manifest.jsonl", other) == (list(range(6)), [])
 
 
-def test_ctrl_c_stops_cleanly(tmp_path, photos, model_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_cleanly(tmp_path, photos, model_path, sig):
     paths, styles = photos
     out = tmp_path / "out"
     proc = _batch([paths[0].parent, "--style", styles[0], "-o", out, "--workers", "1"],
                   model_path, wait=False)
     _wait_for_entries(out / "manifest.jsonl", 1, proc)
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends the whole group on Ctrl-C
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)  # what a terminal sends the whole group on Ctrl-C
+    else:
+        proc.send_signal(sig)  # `kill PID`, a job scheduler's stop
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert proc.returncode == 128 + sig, err
+    # both say how far it got and how to go on (SIGTERM said only "stylefu: terminated.")
+    word = "interrupted" if sig == signal.SIGINT else "terminated"
+    assert f"{word} after" in err and "--resume goes on" in err and "Traceback" not in err
     entries = read_manifest(out / "manifest.jsonl")
     assert all(e["status"] == "ok" for e in entries.values())
     assert _outputs(out) == {Path(o).name for o in entries}  # the manifest matches the files
