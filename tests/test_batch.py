@@ -393,3 +393,14 @@ def test_stylize_many_tuples_take_one_style_alone_and_only_paths(tmp_path, photo
     with pytest.raises(UserError, match=r"^Item 0: its input must be a path .* not ndarray\.$"):
         list(stylize_many([(np.zeros((64, 64, 3), np.float32), [style], None)], FAST_CONFIG,
                           model=model_path, workers=1))
+
+
+def test_an_output_pattern_of_no_image_type_is_refused_before_any_work(tmp_path, photos,
+                                                                        model_path):
+    # --name '{stem}.xyz' painted every item, then failed each (exit 3): an option's mistake
+    paths, styles = photos
+    out = tmp_path / "out"
+    done = _batch([paths[0], paths[1], "--style", styles[0], "-o", out, "--name", "{stem}.xyz"],
+                  model_path)
+    assert done.returncode == 2, done.stderr
+    assert "unknown image type '.xyz'" in done.stderr and not (out / "manifest.jsonl").exists()

@@ -40,7 +40,7 @@ import numpy as np
 from ..engines.steps import is_cancelled
 from ..errors import Cancelled, UserError
 from ..io.files import check_input_file
-from ..io.images import check_bits
+from ..io.images import OUTPUT_SUFFIXES, check_bits
 from ..method.config import Config
 from .items import (
     RETRIES,
@@ -239,8 +239,9 @@ def remove_stale_temporaries(items: Iterable[BatchItem]) -> None:
 
 
 def check_shared_inputs(items: Sequence[BatchItem], config: Config, options: RunOptions) -> None:
-    """Every style, mask and `--init` file a regular, readable file, before any work (one
-    UserError naming it); an input image is checked in its own item, which alone fails."""
+    """Every style, mask and `--init` file a regular, readable file and every output's suffix an
+    image type, before any work (one UserError naming it); an input image is checked in its own
+    item, which alone fails."""
     shared = {s for item in items for s in item.styles}
     shared |= {str(getattr(m, "source", m)) for m in options.masks}  # guides.Inverse: its file
     if config.init not in ("content", "noise"):
@@ -249,6 +250,10 @@ def check_shared_inputs(items: Sequence[BatchItem], config: Config, options: Run
         check_input_file(path)
     for item in items:
         if item.output is not None:
+            suffix = Path(item.output).suffix.lower()
+            if suffix not in OUTPUT_SUFFIXES:  # else every item is painted, then not written
+                raise UserError(f"Output {item.output}: unknown image type {suffix!r} (--name); "
+                                f"end the name with one of {', '.join(OUTPUT_SUFFIXES)}.")
             check_bits(item.output, options.bits)
 
 
