@@ -21,7 +21,7 @@ _HOMES = {
     "PRESETS": "method.config", "Config": "method.config",
     "Cancelled": "errors", "NumericalError": "errors", "UserError": "errors",
     "Picture": "io.images", "load_image": "io.images", "save_image": "io.images",
-    "StyleModel": "engines.torch.model", "load_model": "engines.torch.model",
+    "StyleModel": "engines.torch.model", "load_model": "engines",  # the light install's too
     "PreviewResult": "run.preview", "StylePreview": "run.preview", "preview": "run.preview",
     "Progress": "run.pipeline", "StylizeResult": "run.pipeline", "stylize": "run.pipeline",
 }
