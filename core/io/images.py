@@ -424,9 +424,12 @@ def _tiff16(rgba: np.ndarray) -> bytes:
 
 
 def check_bits(path: str | Path, bits: int) -> None:
-    """UserError, before any work, when --bits 16 names a format that holds 8 bits per channel
-    (.jpg, .webp, .bmp): its result would silently lose the precision asked for."""
+    """UserError, before any work, for bits other than 8 or 16, or when --bits 16 names a format
+    that holds 8 bits per channel (.jpg, .webp, .bmp): its result would silently lose the
+    precision asked for."""
     suffix = Path(path).suffix.lower()
+    if bits not in (8, 16):  # else 12 or "16" wrote 8 bits without a word
+        raise UserError(f"--bits must be 8 or 16, not {bits!r}.")
     if bits == 16 and suffix in PILLOW_FORMATS and suffix not in BITS16_SUFFIXES:
         raise UserError(f"--bits 16 needs a .png or .tif output; {path} ({suffix}) holds 8 bits "
                         "per channel: change its suffix or leave out --bits 16.")

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -77,7 +78,9 @@ class StylizeResult:
     alpha: np.ndarray | None
     metrics: dict
 
-    def save(self, path, bits: int = 8):
+    def save(self, path: str | Path, bits: int = 8) -> Path:
+        """Write the image (with its alpha) atomically, the format from the suffix; `bits` 16 for
+        .png/.tif (.npy keeps float32). Returns the path written; UserError for a bad one."""
         return save_image(path, self.image, self.alpha, bits=bits)
 
 
