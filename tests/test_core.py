@@ -286,6 +286,17 @@ def test_bad_config_values(overrides, message):
         Config(**overrides).validate()
 
 
+def test_init_from_python_takes_a_path_object_and_names_other_types(tmp_path):
+    # Config(init=Path(...)) was refused ('not PosixPath(...)'); an array's refusal quoted
+    # its digits over many lines
+    start = tmp_path / "start.png"
+    start.write_bytes(b"")
+    assert Config(init=start).validate().init == str(start)
+    with pytest.raises(UserError, match=r"^--init must be content, noise or an image path, "
+                                        r"not ndarray\.$"):
+        Config(init=np.zeros((16, 16, 3), np.float32)).validate()
+
+
 def test_a_strip_too_thin_at_its_size_names_the_size_that_works(model_path):
     """A 20x1000 px strip at --size 128 is 3 px high: the refusal names the smallest --size whose
     short side reaches the network's 16 px (800), and that size runs the check cleanly."""
