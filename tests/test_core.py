@@ -297,6 +297,18 @@ def test_init_from_python_takes_a_path_object_and_names_other_types(tmp_path):
         Config(init=np.zeros((16, 16, 3), np.float32)).validate()
 
 
+def test_a_config_that_is_no_config_is_one_sentence(model_path, images):
+    # config={"size": 64} was an AttributeError ('dict' object has no attribute 'validate')
+    from stylefu.core import preview, stylize_many
+
+    calls = [lambda c: stylize(*images, config=c, model=model_path),
+             lambda c: preview(images[0], [images[1]], config=c, model=model_path),
+             lambda c: list(stylize_many([], c, model=model_path))]
+    for call in calls:
+        with pytest.raises(UserError, match=r"^config must be a stylefu.core.Config .*not dict\.$"):
+            call({"size": 64})
+
+
 def test_a_strip_too_thin_at_its_size_names_the_size_that_works(model_path):
     """A 20x1000 px strip at --size 128 is 3 px high: the refusal names the smallest --size whose
     short side reaches the network's 16 px (800), and that size runs the check cleanly."""

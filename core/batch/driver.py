@@ -41,7 +41,7 @@ from ..engines.steps import is_cancelled
 from ..errors import Cancelled, UserError
 from ..io.files import check_input_file
 from ..io.images import OUTPUT_SUFFIXES, check_bits
-from ..method.config import Config
+from ..method.config import Config, given_config
 from .items import (
     RETRIES,
     BatchItem,
@@ -588,7 +588,7 @@ def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = Non
     """
     from ..engines import load_engine_model
 
-    config = (config or Config()).validate()
+    config = given_config(config)
     items = [as_item(i, n) for n, i in enumerate(items)]
     skip = set(skip)
     check_shared_inputs(items, config, options)

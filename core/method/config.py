@@ -214,6 +214,17 @@ class Config:
         return replace(self, **changes)
 
 
+def given_config(config, default: Config | None = None) -> Config:
+    """The Python API's `config=` (None: `default`, else Config()), validated: a dict or another
+    object is one sentence, not an AttributeError from inside."""
+    if config is None:
+        config = default or Config()
+    if not isinstance(config, Config):
+        raise UserError(f"config must be a stylefu.core.Config (e.g. Config(size=512)), not "
+                        f"{type(config).__name__}.")
+    return config.validate()
+
+
 def config_fields():
     """The fields of Config, with defaults and help, for the CLI and plug-in dialogs."""
     return fields(Config)

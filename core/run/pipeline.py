@@ -32,7 +32,7 @@ from ..io.images import (
     save_image,
 )
 from ..method import balance, color, guides, tiling
-from ..method.config import Config
+from ..method.config import Config, given_config
 from ..method.objective import check_finite
 from ..method.targets import blend_weights, target_arrays
 from ..network.vgg import MIN_SIDE
@@ -193,7 +193,7 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     diverges. Same seed and inputs -> same bytes.
     """
     started = time.perf_counter()
-    config = (config or Config()).validate()
+    config = given_config(config)
     log = log or logging.getLogger("stylefu").info
     runner = engines.runner(config, model, log)
     content_pic, style_pics, mask_arrays = load_inputs(content, style_or_styles, masks, config)

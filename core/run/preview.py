@@ -41,7 +41,7 @@ from ..io.images import (
     resize_array,
 )
 from ..method import balance
-from ..method.config import PLAIN_STYLE_WEIGHT, STRENGTH_NEUTRAL, Config
+from ..method.config import PLAIN_STYLE_WEIGHT, STRENGTH_NEUTRAL, Config, given_config
 from ..method.objective import LossSpec
 from ..method.targets import target_arrays
 from ..method.tiling import check_memory
@@ -175,9 +175,8 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
     styles = one_or_many(styles)
     if not styles:
         raise UserError("Give at least one style image to preview.")
-    if config is None:
-        config = Config(preset=PREVIEW_PRESET, size=size or PREVIEW_SIZE)
-    elif size is not None:
+    config = given_config(config, Config(preset=PREVIEW_PRESET, size=size or PREVIEW_SIZE))
+    if size is not None:
         config = config.with_(size=size)
     config = config.with_(style_blend=None).validate()  # one style at a time: no blend
     # A path is named by its file name (load_image's default), anything else "content".
