@@ -110,6 +110,16 @@ def test_load_model_of_the_public_api_serves_the_torch_free_engine(model_path, i
         assert result.metrics["engine"] == "onnx"
 
 
+def test_help_lists_the_api_and_a_torch_only_name_says_why():
+    # help(stylefu.core) in the light install failed on StyleModel ("No module named 'torch'")
+    code = "import stylefu.core as c; help(c)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "stylize_many" in out.stdout and "load_model" in out.stdout
+    if LIGHT:
+        with pytest.raises(ImportError, match="torch is not installed here"):
+            from stylefu.core import StyleModel  # noqa: F401
+
+
 @pytest.mark.parametrize("installed, expected", [(True, "torch"), (False, "onnx")])
 def test_auto_engine_is_decided_by_what_is_installed(monkeypatch, installed, expected):
     from stylefu.core import engines
