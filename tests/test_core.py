@@ -309,6 +309,19 @@ def test_a_config_that_is_no_config_is_one_sentence(model_path, images):
             call({"size": 64})
 
 
+def test_a_callback_or_cancel_of_the_wrong_kind_is_refused_before_any_work(model_path, images,
+                                                                           monkeypatch):
+    # cancel=True was "'bool' object is not callable" at the first evaluation, after the model
+    # loaded and the targets were computed
+    from stylefu.core import engines
+
+    monkeypatch.setattr(engines, "runner", lambda *a: pytest.fail("work began"))
+    with pytest.raises(UserError, match=r"^cancel must be a threading.Event .*not bool\.$"):
+        stylize(*images, model=model_path, cancel=True)
+    with pytest.raises(UserError, match=r"^callback must be a function .*not int\.$"):
+        stylize(*images, model=model_path, callback=5)
+
+
 def test_a_strip_too_thin_at_its_size_names_the_size_that_works(model_path):
     """A 20x1000 px strip at --size 128 is 3 px high: the refusal names the smallest --size whose
     short side reaches the network's 16 px (800), and that size runs the check cleanly."""

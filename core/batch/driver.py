@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engines.steps import is_cancelled
+from ..engines.steps import check_hooks, is_cancelled
 from ..errors import Cancelled, UserError
 from ..io.files import check_input_file
 from ..io.images import OUTPUT_SUFFIXES, check_bits
@@ -589,6 +589,7 @@ def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = Non
     from ..engines import load_engine_model
 
     config = given_config(config)
+    check_hooks(progress, cancel, "progress")
     items = [as_item(i, n) for n, i in enumerate(items)]
     skip = set(skip)
     check_shared_inputs(items, config, options)

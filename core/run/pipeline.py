@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import engines
-from ..engines.steps import CancelToken
+from ..engines.steps import CancelToken, check_hooks
 from ..errors import UserError
 from ..io.images import (
     Picture,
@@ -194,6 +194,7 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     """
     started = time.perf_counter()
     config = given_config(config)
+    check_hooks(callback, cancel)
     log = log or logging.getLogger("stylefu").info
     runner = engines.runner(config, model, log)
     content_pic, style_pics, mask_arrays = load_inputs(content, style_or_styles, masks, config)
