@@ -404,3 +404,15 @@ def test_an_output_pattern_of_no_image_type_is_refused_before_any_work(tmp_path,
                   model_path)
     assert done.returncode == 2, done.stderr
     assert "unknown image type '.xyz'" in done.stderr and not (out / "manifest.jsonl").exists()
+
+
+def test_warp_without_frames_is_refused_before_any_work(tmp_path, photos, model_path):
+    # --warp alone ran the frames as unrelated items, the option ignored without a word
+    paths, styles = photos
+    out = tmp_path / "out"
+    done = _batch([paths[0].parent, "--style", styles[0], "-o", out, "--warp"], model_path)
+    assert done.returncode == 2 and "give it with --frames" in done.stderr, done.stderr
+    assert not (out / "manifest.jsonl").exists()
+    with pytest.raises(UserError, match="give it with --frames"):
+        list(stylize_many([(paths[0], styles[0], None)], FAST_CONFIG, model=model_path,
+                          options=RunOptions(warp=True)))

@@ -242,6 +242,9 @@ def check_shared_inputs(items: Sequence[BatchItem], config: Config, options: Run
     """Every style, mask and `--init` file a regular, readable file and every output's suffix an
     image type, before any work (one UserError naming it); an input image is checked in its own
     item, which alone fails."""
+    if options.warp and not options.frames:  # else ignored without a word: unrelated items
+        raise UserError("--warp moves the previous frame's result along the motion: give it with "
+                        "--frames (RunOptions(frames=True, warp=True)).")
     shared = {s for item in items for s in item.styles}
     shared |= {str(getattr(m, "source", m)) for m in options.masks}  # guides.Inverse: its file
     if config.init not in ("content", "noise"):
