@@ -416,3 +416,21 @@ def test_warp_without_frames_is_refused_before_any_work(tmp_path, photos, model_
     with pytest.raises(UserError, match="give it with --frames"):
         list(stylize_many([(paths[0], styles[0], None)], FAST_CONFIG, model=model_path,
                           options=RunOptions(warp=True)))
+
+
+def test_stylize_many_checks_workers_upscale_and_takes_one_mask_alone(tmp_path, photos,
+                                                                      model_path):
+    # workers=-1 ended in the message for a script without a main guard, 0 ran the default;
+    # an unknown upscale was taken for one; masks="m.png" was read character by character
+    (content, *_), (style, _) = photos
+    items = [(content, style, None)]
+    for workers in (0, -1, 1.5):
+        with pytest.raises(UserError, match=r"^--workers must be a whole number from 1, not "):
+            list(stylize_many(items, FAST_CONFIG, model=model_path, workers=workers))
+    with pytest.raises(UserError, match=r"^--upscale must be one of detail, stretch, not 'x'"):
+        list(stylize_many(items, FAST_CONFIG, model=model_path, workers=1,
+                          options=RunOptions(keep_size=True, upscale="x")))
+    mask = _save(tmp_path / "mask.png", np.ones((48, 64, 3), np.float32))
+    results = list(stylize_many(items, FAST_CONFIG, model=model_path, workers=1,
+                                options=RunOptions(masks=str(mask))))
+    assert [r.status for r in results] == ["ok"], results[0].error

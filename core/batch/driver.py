@@ -32,7 +32,7 @@ import sys
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +40,9 @@ import numpy as np
 from ..engines.steps import check_hooks, is_cancelled
 from ..errors import Cancelled, UserError
 from ..io.files import check_input_file
-from ..io.images import OUTPUT_SUFFIXES, check_bits
+from ..io.images import OUTPUT_SUFFIXES, check_bits, one_or_many
 from ..method.config import Config, given_config
+from ..method.fullres import UPSCALE_MODES
 from .items import (
     RETRIES,
     BatchItem,
@@ -594,6 +595,14 @@ def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = Non
     config = given_config(config)
     check_hooks(progress, cancel, "progress")
     items = [as_item(i, n) for n, i in enumerate(items)]
+    options = replace(options, masks=tuple(one_or_many(options.masks)))  # one mask alone too
+    if options.upscale not in UPSCALE_MODES:  # else an unknown one was taken for one of them
+        raise UserError(f"--upscale must be one of {', '.join(UPSCALE_MODES)}, not "
+                        f"{options.upscale!r}.")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        # -1 ended as "every worker process ended ... if __name__ == '__main__'", 0 as the default
+        raise UserError(f"--workers must be a whole number from 1, not {workers!r} (leave it "
+                        "out, or None, for the default).")
     skip = set(skip)
     check_shared_inputs(items, config, options)
     make_output_folders(items)
