@@ -85,6 +85,8 @@ def cmd_batch(args, to_config: Callable) -> int:
     config = to_config(args).validate()
     outdir = Path(args.output)
     inputs = expand_inputs(args.inputs)
+    if args.styles_each and config.style_blend:
+        raise UserError("--styles-each paints each style alone; leave out --style-blend.")
     items = make_items(inputs, args.styles, outdir, args.name, args.styles_each)
     options = RunOptions(bits=args.bits, keep_size=args.keep_size, upscale=args.upscale,
                          masks=tuple(args.masks or ()),
