@@ -438,12 +438,14 @@ def test_stylize_many_checks_workers_upscale_and_takes_one_mask_alone(tmp_path, 
 
 @pytest.mark.parametrize("extra, message", [
     (["--style-blend", "0.7,0.2,0.1"], "has 3 weights for 2 styles"),
-    (["--styles-each", "--style-blend", "0.7,0.3"], "--styles-each paints each style alone")])
-def test_a_style_blend_that_does_not_fit_is_refused_before_any_work(tmp_path, photos,
+    (["--styles-each", "--style-blend", "0.7,0.3"], "--styles-each paints each style alone"),
+    (["--mask", "{mask}"] * 3, "3 masks for 2 styles")])
+def test_a_blend_or_mask_count_that_does_not_fit_is_refused_before_any_work(tmp_path, photos,
                                                                      model_path, extra, message):
     # it failed every item after its model and targets (exit 3), as a bad input would
     paths, styles = photos
     out = tmp_path / "out"
+    extra = [str(paths[1]) if arg == "{mask}" else arg for arg in extra]
     done = _batch([paths[0], "--style", styles[0], "--style", styles[1], "-o", out, *extra],
                   model_path)
     assert done.returncode == 2 and message in done.stderr, done.stderr

@@ -43,6 +43,7 @@ from ..io.files import check_input_file
 from ..io.images import OUTPUT_SUFFIXES, check_bits, one_or_many
 from ..method.config import Config, given_config
 from ..method.fullres import UPSCALE_MODES
+from ..method.guides import check_mask_count
 from ..method.targets import blend_weights
 from .items import (
     RETRIES,
@@ -249,6 +250,8 @@ def check_shared_inputs(items: Sequence[BatchItem], config: Config, options: Run
                         "--frames (RunOptions(frames=True, warp=True)).")
     for count in sorted({len(item.styles) for item in items}):
         blend_weights(count, config)  # else a --style-blend that does not fit failed every item
+        if options.masks:
+            check_mask_count(len(options.masks), count)  # and a --mask count that does not
     shared = {s for item in items for s in item.styles}
     shared |= {str(getattr(m, "source", m)) for m in options.masks}  # guides.Inverse: its file
     if config.init not in ("content", "noise"):
