@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -450,3 +451,17 @@ def test_a_blend_or_mask_count_that_does_not_fit_is_refused_before_any_work(tmp_
                   model_path)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert not (out / "manifest.jsonl").exists()
+
+
+@pytest.mark.parametrize("name", ["{stem}.png", "stripes.png"])
+def test_an_output_that_is_an_input_is_refused_and_the_inputs_stay(tmp_path, photos, model_path,
+                                                                   name):
+    # -o the inputs' own folder with --name '{stem}.png' replaced every photo (and 'stripes.png'
+    # the style) with its painting, exit 0: `run` refuses that, README's "inputs never modified"
+    paths, styles = photos
+    shutil.copy(styles[0], paths[0].parent / "stripes.png")
+    style = paths[0].parent / "stripes.png"
+    before = {p: p.read_bytes() for p in paths[0].parent.iterdir()}
+    done = _batch([paths[0], "--style", style, "-o", paths[0].parent, "--name", name], model_path)
+    assert done.returncode == 2 and "is also an input" in done.stderr, done.stderr
+    assert {p: p.read_bytes() for p in paths[0].parent.iterdir()} == before

@@ -242,9 +242,9 @@ def remove_stale_temporaries(items: Iterable[BatchItem]) -> None:
 
 
 def check_shared_inputs(items: Sequence[BatchItem], config: Config, options: RunOptions) -> None:
-    """Every style, mask and `--init` file a regular, readable file and every output's suffix an
-    image type, before any work (one UserError naming it); an input image is checked in its own
-    item, which alone fails."""
+    """Every style, mask and `--init` file a regular, readable file, every output's suffix an
+    image type and no output one of the files read, before any work (one UserError naming it); an
+    input image is checked in its own item, which alone fails."""
     if options.warp and not options.frames:  # else ignored without a word: unrelated items
         raise UserError("--warp moves the previous frame's result along the motion: give it with "
                         "--frames (RunOptions(frames=True, warp=True)).")
@@ -258,8 +258,19 @@ def check_shared_inputs(items: Sequence[BatchItem], config: Config, options: Run
         shared.add(config.init)
     for path in sorted(shared):
         check_input_file(path)
+    read = {}  # every file the batch reads, by identity (a link or hard link is the same file)
+    for path in [*(item.input for item in items), *shared]:
+        with contextlib.suppress(OSError):
+            info = os.stat(path)
+            read.setdefault((info.st_dev, info.st_ino), path)
     for item in items:
         if item.output is not None:
+            with contextlib.suppress(OSError):
+                info = os.stat(item.output)
+                if (info.st_dev, info.st_ino) in read:  # run refuses this too
+                    raise UserError(f"Output {item.output} is also an input "
+                                    f"({read[(info.st_dev, info.st_ino)]}); stylefu never "
+                                    "overwrites its inputs: choose another -o folder or --name.")
             suffix = Path(item.output).suffix.lower()
             if suffix not in OUTPUT_SUFFIXES:  # else every item is painted, then not written
                 raise UserError(f"Output {item.output}: unknown image type {suffix!r} (--name); "
