@@ -21,7 +21,7 @@ _HOMES = {
     "PRESETS": "method.config", "Config": "method.config",
     "Cancelled": "errors", "NumericalError": "errors", "UserError": "errors",
     "Picture": "io.images", "load_image": "io.images", "save_image": "io.images",
-    "StyleModel": "engines.torch.model", "load_model": "engines.torch.model",
+    "StyleModel": "engines.torch.model", "load_model": "engines",  # the light install's too
     "PreviewResult": "run.preview", "StylePreview": "run.preview", "preview": "run.preview",
     "Progress": "run.pipeline", "StylizeResult": "run.pipeline", "stylize": "run.pipeline",
 }
@@ -33,5 +33,22 @@ from .run.preview import preview as preview  # noqa: E402
 
 def __getattr__(name: str):
     if name in _HOMES:
-        return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+        try:
+            module = importlib.import_module(f".{_HOMES[name]}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != "torch":
+                raise
+            raise ImportError(f"stylefu.core.{name} is the torch engine's and torch is not "
+                              "installed here (the light install); load_model gives the "
+                              "torch-free engine's model.", name=__name__) from None
+        return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names too (help(), dir() and editors' completion list them before first use),
+    those this install can import: help() in the light install fails on a torch-only one."""
+    from .engines import torch_installed
+
+    usable = [n for n in __all__ if torch_installed() or not _HOMES[n].startswith("engines.torch")]
+    return sorted(set(globals()) | set(usable))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,16 +162,22 @@ def test_resume_after_sigkill_writes_each_output_once(tmp_path, photos, model_pa
     assert pending(items, out / "manifest.jsonl", other) == (list(range(6)), [])
 
 
-def test_ctrl_c_stops_cleanly(tmp_path, photos, model_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_cleanly(tmp_path, photos, model_path, sig):
     paths, styles = photos
     out = tmp_path / "out"
     proc = _batch([paths[0].parent, "--style", styles[0], "-o", out, "--workers", "1"],
                   model_path, wait=False)
     _wait_for_entries(out / "manifest.jsonl", 1, proc)
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends the whole group on Ctrl-C
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)  # what a terminal sends the whole group on Ctrl-C
+    else:
+        proc.send_signal(sig)  # `kill PID`, a job scheduler's stop
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert proc.returncode == 128 + sig, err
+    # both say how far it got and how to go on (SIGTERM said only "stylefu: terminated.")
+    word = "interrupted" if sig == signal.SIGINT else "terminated"
+    assert f"{word} after" in err and "--resume goes on" in err and "Traceback" not in err
     entries = read_manifest(out / "manifest.jsonl")
     assert all(e["status"] == "ok" for e in entries.values())
     assert _outputs(out) == {Path(o).name for o in entries}  # the manifest matches the files
@@ -375,3 +382,86 @@ def test_batch_bar_says_time_left_in_the_run_bars_words(monkeypatch, capsys):
     bar.item({"status": "ok"})
     first, last = capsys.readouterr().err.splitlines()
     assert first.endswith("about 30 s left") and "left" not in last and last.startswith("[####")
+
+
+def test_stylize_many_tuples_take_one_style_alone_and_only_paths(tmp_path, photos, model_path):
+    # ("a.jpg", "starry.jpg", out): the style's path, not its characters ("Image file . is a
+    # folder"); an array as input is one sentence, not a UserError quoting the array's digits
+    (content, *_), (style, _) = photos
+    results = list(stylize_many([(content, style, tmp_path / "a.png")], FAST_CONFIG,
+                                model=model_path, workers=1))
+    assert [r.status for r in results] == ["ok"] and results[0].item.styles == (str(style),)
+    with pytest.raises(UserError, match=r"^Item 0: its input must be a path .* not ndarray\.$"):
+        list(stylize_many([(np.zeros((64, 64, 3), np.float32), [style], None)], FAST_CONFIG,
+                          model=model_path, workers=1))
+
+
+def test_an_output_pattern_of_no_image_type_is_refused_before_any_work(tmp_path, photos,
+                                                                        model_path):
+    # --name '{stem}.xyz' painted every item, then failed each (exit 3): an option's mistake
+    paths, styles = photos
+    out = tmp_path / "out"
+    done = _batch([paths[0], paths[1], "--style", styles[0], "-o", out, "--name", "{stem}.xyz"],
+                  model_path)
+    assert done.returncode == 2, done.stderr
+    assert "unknown image type '.xyz'" in done.stderr and not (out / "manifest.jsonl").exists()
+
+
+def test_warp_without_frames_is_refused_before_any_work(tmp_path, photos, model_path):
+    # --warp alone ran the frames as unrelated items, the option ignored without a word
+    paths, styles = photos
+    out = tmp_path / "out"
+    done = _batch([paths[0].parent, "--style", styles[0], "-o", out, "--warp"], model_path)
+    assert done.returncode == 2 and "give it with --frames" in done.stderr, done.stderr
+    assert not (out / "manifest.jsonl").exists()
+    with pytest.raises(UserError, match="give it with --frames"):
+        list(stylize_many([(paths[0], styles[0], None)], FAST_CONFIG, model=model_path,
+                          options=RunOptions(warp=True)))
+
+
+def test_stylize_many_checks_workers_upscale_and_takes_one_mask_alone(tmp_path, photos,
+                                                                      model_path):
+    # workers=-1 ended in the message for a script without a main guard, 0 ran the default;
+    # an unknown upscale was taken for one; masks="m.png" was read character by character
+    (content, *_), (style, _) = photos
+    items = [(content, style, None)]
+    for workers in (0, -1, 1.5):
+        with pytest.raises(UserError, match=r"^--workers must be a whole number from 1, not "):
+            list(stylize_many(items, FAST_CONFIG, model=model_path, workers=workers))
+    with pytest.raises(UserError, match=r"^--upscale must be one of detail, stretch, not 'x'"):
+        list(stylize_many(items, FAST_CONFIG, model=model_path, workers=1,
+                          options=RunOptions(keep_size=True, upscale="x")))
+    mask = _save(tmp_path / "mask.png", np.ones((48, 64, 3), np.float32))
+    results = list(stylize_many(items, FAST_CONFIG, model=model_path, workers=1,
+                                options=RunOptions(masks=str(mask))))
+    assert [r.status for r in results] == ["ok"], results[0].error
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--style-blend", "0.7,0.2,0.1"], "has 3 weights for 2 styles"),
+    (["--styles-each", "--style-blend", "0.7,0.3"], "--styles-each paints each style alone"),
+    (["--mask", "{mask}"] * 3, "3 masks for 2 styles")])
+def test_a_blend_or_mask_count_that_does_not_fit_is_refused_before_any_work(tmp_path, photos,
+                                                                     model_path, extra, message):
+    # it failed every item after its model and targets (exit 3), as a bad input would
+    paths, styles = photos
+    out = tmp_path / "out"
+    extra = [str(paths[1]) if arg == "{mask}" else arg for arg in extra]
+    done = _batch([paths[0], "--style", styles[0], "--style", styles[1], "-o", out, *extra],
+                  model_path)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert not (out / "manifest.jsonl").exists()
+
+
+@pytest.mark.parametrize("name", ["{stem}.png", "stripes.png"])
+def test_an_output_that_is_an_input_is_refused_and_the_inputs_stay(tmp_path, photos, model_path,
+                                                                   name):
+    # -o the inputs' own folder with --name '{stem}.png' replaced every photo (and 'stripes.png'
+    # the style) with its painting, exit 0: `run` refuses that, README's "inputs never modified"
+    paths, styles = photos
+    shutil.copy(styles[0], paths[0].parent / "stripes.png")
+    style = paths[0].parent / "stripes.png"
+    before = {p: p.read_bytes() for p in paths[0].parent.iterdir()}
+    done = _batch([paths[0], "--style", style, "-o", paths[0].parent, "--name", name], model_path)
+    assert done.returncode == 2 and "is also an input" in done.stderr, done.stderr
+    assert {p: p.read_bytes() for p in paths[0].parent.iterdir()} == before

@@ -165,6 +165,17 @@ def test_mask_outside_is_the_content_inside_changes(model, images):
     assert change[:, 32:].mean() > 0.02
 
 
+def test_one_mask_alone_is_that_mask(model, images, tmp_path):
+    # masks= given one array, PIL image or path (not in a list): not its rows or its characters
+    content, style = images
+    mask = half_mask()
+    Image.fromarray((mask * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+    listed = stylize(content, style, config=RUN, model=model, masks=[mask]).image
+    for alone in (mask, Image.open(tmp_path / "mask.png"), str(tmp_path / "mask.png")):
+        assert np.array_equal(stylize(content, style, config=RUN, model=model, masks=alone).image,
+                              listed)
+
+
 def test_soft_mask_blends(model, images):
     content, style = images
     mask = half_mask()

@@ -286,6 +286,42 @@ def test_bad_config_values(overrides, message):
         Config(**overrides).validate()
 
 
+def test_init_from_python_takes_a_path_object_and_names_other_types(tmp_path):
+    # Config(init=Path(...)) was refused ('not PosixPath(...)'); an array's refusal quoted
+    # its digits over many lines
+    start = tmp_path / "start.png"
+    start.write_bytes(b"")
+    assert Config(init=start).validate().init == str(start)
+    with pytest.raises(UserError, match=r"^--init must be content, noise or an image path, "
+                                        r"not ndarray\.$"):
+        Config(init=np.zeros((16, 16, 3), np.float32)).validate()
+
+
+def test_a_config_that_is_no_config_is_one_sentence(model_path, images):
+    # config={"size": 64} was an AttributeError ('dict' object has no attribute 'validate')
+    from stylefu.core import preview, stylize_many
+
+    calls = [lambda c: stylize(*images, config=c, model=model_path),
+             lambda c: preview(images[0], [images[1]], config=c, model=model_path),
+             lambda c: list(stylize_many([], c, model=model_path))]
+    for call in calls:
+        with pytest.raises(UserError, match=r"^config must be a stylefu.core.Config .*not dict\.$"):
+            call({"size": 64})
+
+
+def test_a_callback_or_cancel_of_the_wrong_kind_is_refused_before_any_work(model_path, images,
+                                                                           monkeypatch):
+    # cancel=True was "'bool' object is not callable" at the first evaluation, after the model
+    # loaded and the targets were computed
+    from stylefu.core import engines
+
+    monkeypatch.setattr(engines, "runner", lambda *a: pytest.fail("work began"))
+    with pytest.raises(UserError, match=r"^cancel must be a threading.Event .*not bool\.$"):
+        stylize(*images, model=model_path, cancel=True)
+    with pytest.raises(UserError, match=r"^callback must be a function .*not int\.$"):
+        stylize(*images, model=model_path, callback=5)
+
+
 def test_a_strip_too_thin_at_its_size_names_the_size_that_works(model_path):
     """A 20x1000 px strip at --size 128 is 3 px high: the refusal names the smallest --size whose
     short side reaches the network's 16 px (800), and that size runs the check cleanly."""

@@ -50,11 +50,27 @@ def test_16_bit_output_keeps_precision(tmp_path, suffix):
         assert image.size == (100, 10) and image.mode == "RGBA"
 
 
+@pytest.mark.parametrize("bits", [12, 1, "16"])
+def test_bits_other_than_8_or_16_are_refused(tmp_path, bits):
+    # StylizeResult.save(path, bits=12) wrote 8 bits without a word
+    with pytest.raises(UserError, match=r"^--bits must be 8 or 16, not "):
+        save_image(tmp_path / "x.png", rgb_noise(16, 16), bits=bits)
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_npy_round_trip_is_exact(tmp_path):
     rgb = rgb_noise(12, 16)
     save_image(tmp_path / "x.npy", rgb, rgb[..., 0])
     back = load_image(tmp_path / "x.npy")
     assert np.array_equal(back.rgb, rgb) and np.array_equal(back.alpha, rgb[..., 0])
+
+
+@pytest.mark.parametrize("source", [None, 5, b"photo.png", [[0, 1], [1, 0]]])
+def test_a_source_of_another_type_is_one_sentence(source):
+    # the Python API's content, style or mask given as something else: not pathlib's TypeError
+    with pytest.raises(UserError, match=f"^content: give a path, PIL image, numpy array or "
+                                        f"Picture, not {type(source).__name__}"):
+        load_image(source, "content")
 
 
 def test_bad_files(tmp_path, monkeypatch):

@@ -100,6 +100,26 @@ def test_engine_torch_is_one_sentence_without_torch(model_path, images):
         stylize(*images, config=Config(size=64, engine="torch"), model=model_path)
 
 
+def test_load_model_of_the_public_api_serves_the_torch_free_engine(model_path, images):
+    # stylefu.core.load_model was torch's alone: ModuleNotFoundError 'torch' in the light install
+    from stylefu.core import load_model
+
+    for model in [load_model(model_path, engine="onnx")] + ([load_model(model_path)] if LIGHT else []):
+        assert type(model).__name__ == "OnnxModel"
+        result = stylize(*images, config=Config(size=32, levels=1, evaluations=2), model=model)
+        assert result.metrics["engine"] == "onnx"
+
+
+def test_help_lists_the_api_and_a_torch_only_name_says_why():
+    # help(stylefu.core) in the light install failed on StyleModel ("No module named 'torch'")
+    code = "import stylefu.core as c; help(c)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "stylize_many" in out.stdout and "load_model" in out.stdout
+    if LIGHT:
+        with pytest.raises(ImportError, match="torch is not installed here"):
+            from stylefu.core import StyleModel  # noqa: F401
+
+
 @pytest.mark.parametrize("installed, expected", [(True, "torch"), (False, "onnx")])
 def test_auto_engine_is_decided_by_what_is_installed(monkeypatch, installed, expected):
     from stylefu.core import engines

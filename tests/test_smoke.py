@@ -24,3 +24,12 @@ def test_short_run_changes_the_image(model_path, images):
     assert result.image.shape == (48, 64, 3)
     assert np.abs(result.image - content).mean() > 1e-3
     assert result.metrics["weights_source"] == "random (seed 0)"
+
+
+def test_public_names_are_listed_before_first_use():
+    # dir(stylefu.core) (editors' completion) lacked the names imported on first use
+    code = ("import stylefu.core as c; names = dir(c); print(all(n in names for n in c.__all__), "
+            "'stylize_many' in names)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == ["True", "True"]

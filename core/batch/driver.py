@@ -32,16 +32,19 @@ import sys
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from ..engines.steps import is_cancelled
+from ..engines.steps import check_hooks, is_cancelled
 from ..errors import Cancelled, UserError
 from ..io.files import check_input_file
-from ..io.images import check_bits
-from ..method.config import Config
+from ..io.images import OUTPUT_SUFFIXES, check_bits, one_or_many
+from ..method.config import Config, given_config
+from ..method.fullres import UPSCALE_MODES
+from ..method.guides import check_mask_count
+from ..method.targets import blend_weights
 from .items import (
     RETRIES,
     BatchItem,
@@ -239,16 +242,39 @@ def remove_stale_temporaries(items: Iterable[BatchItem]) -> None:
 
 
 def check_shared_inputs(items: Sequence[BatchItem], config: Config, options: RunOptions) -> None:
-    """Every style, mask and `--init` file a regular, readable file, before any work (one
-    UserError naming it); an input image is checked in its own item, which alone fails."""
+    """Every style, mask and `--init` file a regular, readable file, every output's suffix an
+    image type and no output one of the files read, before any work (one UserError naming it); an
+    input image is checked in its own item, which alone fails."""
+    if options.warp and not options.frames:  # else ignored without a word: unrelated items
+        raise UserError("--warp moves the previous frame's result along the motion: give it with "
+                        "--frames (RunOptions(frames=True, warp=True)).")
+    for count in sorted({len(item.styles) for item in items}):
+        blend_weights(count, config)  # else a --style-blend that does not fit failed every item
+        if options.masks:
+            check_mask_count(len(options.masks), count)  # and a --mask count that does not
     shared = {s for item in items for s in item.styles}
     shared |= {str(getattr(m, "source", m)) for m in options.masks}  # guides.Inverse: its file
     if config.init not in ("content", "noise"):
         shared.add(config.init)
     for path in sorted(shared):
         check_input_file(path)
+    read = {}  # every file the batch reads, by identity (a link or hard link is the same file)
+    for path in [*(item.input for item in items), *shared]:
+        with contextlib.suppress(OSError):
+            info = os.stat(path)
+            read.setdefault((info.st_dev, info.st_ino), path)
     for item in items:
         if item.output is not None:
+            with contextlib.suppress(OSError):
+                info = os.stat(item.output)
+                if (info.st_dev, info.st_ino) in read:  # run refuses this too
+                    raise UserError(f"Output {item.output} is also an input "
+                                    f"({read[(info.st_dev, info.st_ino)]}); stylefu never "
+                                    "overwrites its inputs: choose another -o folder or --name.")
+            suffix = Path(item.output).suffix.lower()
+            if suffix not in OUTPUT_SUFFIXES:  # else every item is painted, then not written
+                raise UserError(f"Output {item.output}: unknown image type {suffix!r} (--name); "
+                                f"end the name with one of {', '.join(OUTPUT_SUFFIXES)}.")
             check_bits(item.output, options.bits)
 
 
@@ -549,6 +575,20 @@ def _settle(index, item, payload, attempts, todo, options, keep_images) -> ItemR
 
 # ----------------------------------------------------------------------------- the API
 
+def as_item(given: BatchItem | tuple, index: int) -> BatchItem:
+    """An (input, style or styles[, output]) tuple as a BatchItem: paths only, one style alone
+    is that style (not its characters)."""
+    if isinstance(given, BatchItem):
+        return given
+    source, styles, output = (*given, None)[:3]
+    styles = [styles] if isinstance(styles, (str, os.PathLike)) else list(styles)
+    for what, path in [("input", source), ("output", output), *(("style", s) for s in styles)]:
+        if not isinstance(path, (str, os.PathLike)) and not (what == "output" and path is None):
+            raise UserError(f"Item {index}: its {what} must be a path (stylize_many reads and "
+                            f"writes files; stylize takes arrays), not {type(path).__name__}.")
+    return BatchItem(str(source), tuple(map(str, styles)), None if output is None else str(output))
+
+
 def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = None, *,
                  model: str | Path | None = None, workers: int | None = None,
                  ray: str | bool | None = None, options: RunOptions = RunOptions(),
@@ -569,10 +609,17 @@ def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = Non
     """
     from ..engines import load_engine_model
 
-    config = (config or Config()).validate()
-    items = [i if isinstance(i, BatchItem) else BatchItem(str(i[0]), tuple(map(str, i[1])),
-                                                          None if len(i) < 3 or i[2] is None
-                                                          else str(i[2])) for i in items]
+    config = given_config(config)
+    check_hooks(progress, cancel, "progress")
+    items = [as_item(i, n) for n, i in enumerate(items)]
+    options = replace(options, masks=tuple(one_or_many(options.masks)))  # one mask alone too
+    if options.upscale not in UPSCALE_MODES:  # else an unknown one was taken for one of them
+        raise UserError(f"--upscale must be one of {', '.join(UPSCALE_MODES)}, not "
+                        f"{options.upscale!r}.")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        # -1 ended as "every worker process ended ... if __name__ == '__main__'", 0 as the default
+        raise UserError(f"--workers must be a whole number from 1, not {workers!r} (leave it "
+                        "out, or None, for the default).")
     skip = set(skip)
     check_shared_inputs(items, config, options)
     make_output_folders(items)

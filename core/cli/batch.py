@@ -29,7 +29,7 @@ from ..batch.driver import (
     stylize_many,
 )
 from ..errors import UserError
-from .exits import EXIT_CANCELLED, EXIT_SOME_FAILED
+from .exits import EXIT_CANCELLED, EXIT_SOME_FAILED, EXIT_TERMINATED, Terminated
 
 
 class BatchProgress:
@@ -85,6 +85,8 @@ def cmd_batch(args, to_config: Callable) -> int:
     config = to_config(args).validate()
     outdir = Path(args.output)
     inputs = expand_inputs(args.inputs)
+    if args.styles_each and config.style_blend:
+        raise UserError("--styles-each paints each style alone; leave out --style-blend.")
     items = make_items(inputs, args.styles, outdir, args.name, args.styles_each)
     options = RunOptions(bits=args.bits, keep_size=args.keep_size, upscale=args.upscale,
                          masks=tuple(args.masks or ()),
@@ -125,12 +127,16 @@ def cmd_batch(args, to_config: Callable) -> int:
             manifest.append(entry)
             progress.item(entry)
             failed += not result.ok
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as stop:
+        # run's records and exit codes ("reason"; 130 or 143), with the count and the way on
+        term = isinstance(stop, Terminated)
         progress.close()
-        progress.emit({"event": "cancelled", "done": progress.done})
-        print(f"stylefu batch: interrupted after {progress.done} item(s); the manifest lists them, "
-              "and --resume goes on from there.", file=sys.stderr, flush=True)
-        return EXIT_CANCELLED
+        progress.emit({"event": "cancelled", "reason": "SIGTERM" if term else "SIGINT",
+                       "done": progress.done})
+        print(f"stylefu batch: {'terminated' if term else 'interrupted'} after {progress.done} "
+              "item(s); the manifest lists them, and --resume goes on from there.",
+              file=sys.stderr, flush=True)
+        return EXIT_TERMINATED if term else EXIT_CANCELLED
     finally:
         results.close()  # the workers stop now, even when stdout broke (the reader went away)
         manifest.close()

@@ -35,15 +35,12 @@ from .exits import (
     EXIT_INTERNAL_ERROR,
     EXIT_TERMINATED,
     EXIT_USER_ERROR,
+    Terminated,
 )
 
 
 class UsageError(UserError):
     """A command line argparse rejects (unknown option, a word where a number goes)."""
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived: unwinds like KeyboardInterrupt (temporary files are removed on the way)."""
 
 
 class Parser(argparse.ArgumentParser):

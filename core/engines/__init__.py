@@ -64,6 +64,15 @@ def load_engine_model(path, config):
     return load_model(path, config.device)
 
 
+def load_model(path: str | Path | None = None, device: str = "auto", engine: str = "auto"):
+    """Load (once per process and file) the artifact at `path`, default: $STYLEFU_MODEL or the
+    cache's, for `engine` (auto: torch's StyleModel where torch is installed, else the torch-free
+    engine's OnnxModel); either goes to stylize's, preview's or stylize_many's `model=`."""
+    from ..method.config import Config
+
+    return load_engine_model(path, Config(engine=engine, device=device).validate())
+
+
 def runner(config, model, log):
     """The engine's runner for one run (not yet loaded: `load()` does that)."""
     if resolve_engine(config.engine, model) == "onnx":

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import Cancelled
+from ..errors import Cancelled, UserError
 
 if TYPE_CHECKING:
     import torch
@@ -41,6 +41,16 @@ def is_cancelled(cancel: CancelToken) -> bool:
     if cancel is None:
         return False
     return cancel.is_set() if hasattr(cancel, "is_set") else bool(cancel())
+
+
+def check_hooks(callback=None, cancel: CancelToken = None, what: str = "callback") -> None:
+    """The Python API's `callback`/`cancel` checked before any work (else a TypeError at the first
+    evaluation, after the model loaded): a callable, and an Event or a callable."""
+    if callback is not None and not callable(callback):
+        raise UserError(f"{what} must be a function (or None), not {type(callback).__name__}.")
+    if cancel is not None and not (hasattr(cancel, "is_set") or callable(cancel)):
+        raise UserError("cancel must be a threading.Event or a function returning True to stop, "
+                        f"not {type(cancel).__name__}.")
 
 
 def check_cancel(cancel: CancelToken) -> None:

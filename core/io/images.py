@@ -15,6 +15,7 @@ import struct
 import sys
 import warnings
 import zlib
+from collections.abc import Sequence
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +197,12 @@ def _from_pil(image: Image.Image, name: str, to_srgb: bool = True) -> Picture:
     return _from_array(np.asarray(image), name)
 
 
+def one_or_many(given) -> list:
+    """A list of images, or one image (a path, array, PIL image: an array's rows are no list)."""
+    return ([given] if isinstance(given, (str, bytes)) or not isinstance(given, Sequence)
+            else list(given))
+
+
 def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture:
     """Read `source` (a path, PIL image, numpy array or Picture) as a Picture, its colours in
     sRGB (unless not `to_srgb`: a mask's values are data, not colours).
@@ -208,6 +215,9 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
         return _from_pil(source, name or "image", to_srgb)
     if isinstance(source, np.ndarray):
         return _from_array(source, name or "array")
+    if not isinstance(source, (str, os.PathLike)):  # else a TypeError from deep inside pathlib
+        raise UserError(f"{name or 'image'}: give a path, PIL image, numpy array or Picture, not "
+                        f"{type(source).__name__}.")
     path = check_input_file(source, "Image file")
     label = name or path.stem
     if path.suffix.lower() == ".npy":
@@ -414,9 +424,12 @@ def _tiff16(rgba: np.ndarray) -> bytes:
 
 
 def check_bits(path: str | Path, bits: int) -> None:
-    """UserError, before any work, when --bits 16 names a format that holds 8 bits per channel
-    (.jpg, .webp, .bmp): its result would silently lose the precision asked for."""
+    """UserError, before any work, for bits other than 8 or 16, or when --bits 16 names a format
+    that holds 8 bits per channel (.jpg, .webp, .bmp): its result would silently lose the
+    precision asked for."""
     suffix = Path(path).suffix.lower()
+    if bits not in (8, 16):  # else 12 or "16" wrote 8 bits without a word
+        raise UserError(f"--bits must be 8 or 16, not {bits!r}.")
     if bits == 16 and suffix in PILLOW_FORMATS and suffix not in BITS16_SUFFIXES:
         raise UserError(f"--bits 16 needs a .png or .tif output; {path} ({suffix}) holds 8 bits "
                         "per channel: change its suffix or leave out --bits 16.")

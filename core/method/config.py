@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import dataclass, field, fields, replace
 
 from ..errors import UserError
@@ -196,8 +197,11 @@ class Config:
         if self.crop_side != 0 and self.crop_side < MIN_CROP_SIDE:
             raise UserError(f"--crop-side must be 0 (automatic) or at least {MIN_CROP_SIDE} px, "
                             f"not {self.crop_side}.")
-        if not isinstance(self.init, str):
-            raise UserError(f"--init must be content, noise or an image path, not {self.init!r}.")
+        if isinstance(self.init, os.PathLike):  # a pathlib.Path from Python: its text
+            return replace(self, init=os.fspath(self.init)).validate()
+        if not isinstance(self.init, str):  # its type: an array's repr is many lines of digits
+            raise UserError(f"--init must be content, noise or an image path, not "
+                            f"{type(self.init).__name__}.")
         if self.init not in ("content", "noise"):
             kind = path_kind(self.init)
             if kind == "file":
@@ -208,6 +212,17 @@ class Config:
 
     def with_(self, **changes) -> Config:
         return replace(self, **changes)
+
+
+def given_config(config, default: Config | None = None) -> Config:
+    """The Python API's `config=` (None: `default`, else Config()), validated: a dict or another
+    object is one sentence, not an AttributeError from inside."""
+    if config is None:
+        config = default or Config()
+    if not isinstance(config, Config):
+        raise UserError(f"config must be a stylefu.core.Config (e.g. Config(size=512)), not "
+                        f"{type(config).__name__}.")
+    return config.validate()
 
 
 def config_fields():

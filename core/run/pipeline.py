@@ -14,16 +14,25 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import engines
-from ..engines.steps import CancelToken
+from ..engines.steps import CancelToken, check_hooks
 from ..errors import UserError
-from ..io.images import Picture, check_min_side, fit_long_side, load_image, resize_array, save_image
+from ..io.images import (
+    Picture,
+    check_min_side,
+    fit_long_side,
+    load_image,
+    one_or_many,
+    resize_array,
+    save_image,
+)
 from ..method import balance, color, guides, tiling
-from ..method.config import Config
+from ..method.config import Config, given_config
 from ..method.objective import check_finite
 from ..method.targets import blend_weights, target_arrays
 from ..network.vgg import MIN_SIDE
@@ -69,7 +78,9 @@ class StylizeResult:
     alpha: np.ndarray | None
     metrics: dict
 
-    def save(self, path, bits: int = 8):
+    def save(self, path: str | Path, bits: int = 8) -> Path:
+        """Write the image (with its alpha) atomically, the format from the suffix; `bits` 16 for
+        .png/.tif (.npy keeps float32). Returns the path written; UserError for a bad one."""
         return save_image(path, self.image, self.alpha, bits=bits)
 
 
@@ -149,8 +160,7 @@ def _memory_guard(size: tuple[int, int], device: torch.device):
 
 def load_inputs(content, style_or_styles, masks, config: Config):
     """The content and style Pictures and the guides' arrays, checked (both engines)."""
-    styles_in = ([style_or_styles] if isinstance(style_or_styles, (str, bytes)) or
-                 not isinstance(style_or_styles, Sequence) else list(style_or_styles))
+    styles_in = one_or_many(style_or_styles)
     if not styles_in:
         raise UserError("Give at least one style image.")
     content_pic = load_image(content, "content")
@@ -158,7 +168,8 @@ def load_inputs(content, style_or_styles, masks, config: Config):
     for picture in [content_pic, *style_pics]:
         check_min_side(picture)
     blend_weights(len(style_pics), config)  # a weight count that does not match fails early
-    mask_arrays = [guides.load_mask(m, f"mask {i + 1}") for i, m in enumerate(masks or [])]
+    mask_arrays = [guides.load_mask(m, f"mask {i + 1}")
+                   for i, m in enumerate(one_or_many(masks) if masks is not None else [])]
     if mask_arrays:
         guides.check_masks(mask_arrays, len(style_pics), content_pic.height, content_pic.width)
     return content_pic, style_pics, mask_arrays
@@ -172,8 +183,8 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     """Stylize `content` with one style or several (path, PIL image, array or Picture each).
 
     `masks` (paths, PIL images or [H,W] arrays, white = style) limit where the style applies: one
-    mask for all styles, or one per style (each style painted into its own region). Pixels outside
-    every mask stay exactly the content's; gray values blend.
+    mask for all styles (alone or in a list), or one per style (each style painted into its own
+    region). Pixels outside every mask stay exactly the content's; gray values blend.
 
     Returns a StylizeResult with the image at the working size (long side `config.size`) and the
     final metrics. Images too large for memory are optimised in tiles; `log` (default: the
@@ -182,7 +193,8 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     diverges. Same seed and inputs -> same bytes.
     """
     started = time.perf_counter()
-    config = (config or Config()).validate()
+    config = given_config(config)
+    check_hooks(callback, cancel)
     log = log or logging.getLogger("stylefu").info
     runner = engines.runner(config, model, log)
     content_pic, style_pics, mask_arrays = load_inputs(content, style_or_styles, masks, config)

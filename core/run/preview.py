@@ -37,10 +37,11 @@ from ..io.images import (
     check_min_side,
     fit_long_side,
     load_image,
+    one_or_many,
     resize_array,
 )
 from ..method import balance
-from ..method.config import PLAIN_STYLE_WEIGHT, STRENGTH_NEUTRAL, Config
+from ..method.config import PLAIN_STYLE_WEIGHT, STRENGTH_NEUTRAL, Config, given_config
 from ..method.objective import LossSpec
 from ..method.targets import target_arrays
 from ..method.tiling import check_memory
@@ -160,7 +161,8 @@ def style_distance(model: StyleModel, content: np.ndarray, style: np.ndarray,
 def preview(content, styles: Sequence, *, config: Config | None = None,
             model: StyleModel | str | None = None, size: int | None = None,
             on_style: Callable[[StylePreview], None] | None = None) -> PreviewResult:
-    """Preview each of `styles` on `content` (paths, PIL images, arrays or Pictures).
+    """Preview each of `styles` (a list, or one alone) on `content` (paths, PIL images, arrays or
+    Pictures).
 
     `config` is the full run's configuration (default: `Config(preset="draft")`); the preview
     uses it at `size` px long side (default: `PREVIEW_SIZE`, or `config.size` when a config is
@@ -170,12 +172,11 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
     StylePreview.error and drawn as a marked empty cell.
     """
     started = time.perf_counter()
-    styles = list(styles)
+    styles = one_or_many(styles)
     if not styles:
         raise UserError("Give at least one style image to preview.")
-    if config is None:
-        config = Config(preset=PREVIEW_PRESET, size=size or PREVIEW_SIZE)
-    elif size is not None:
+    config = given_config(config, Config(preset=PREVIEW_PRESET, size=size or PREVIEW_SIZE))
+    if size is not None:
         config = config.with_(size=size)
     config = config.with_(style_blend=None).validate()  # one style at a time: no blend
     # A path is named by its file name (load_image's default), anything else "content".
