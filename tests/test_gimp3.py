@@ -618,6 +618,15 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
             assert sum(words in line for line in lines) >= count, \
                 f"no {words!r} ({count}): {''.join(lines)[-3000:]}"
 
+        def wait_after(opened_words, words, seconds=300):
+            """Until `words` is said after the line with `opened_words`, then a second (drawn)."""
+            deadline = time.monotonic() + seconds
+            opened = next(i for i, line in enumerate(lines) if opened_words in line)
+            while not any(words in line for line in lines[opened:]) \
+                    and time.monotonic() < deadline and gimp.poll() is None:
+                time.sleep(0.2)
+            time.sleep(1)
+
         def keys(window, *args):
             # No window manager under Xvfb: focus the dialog directly, then press the keys.
             subprocess.run(["xdotool", "windowfocus", "--sync", window], env=xenv, timeout=30)
@@ -652,23 +661,13 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
                     shots[strength] = (out / name, preview_box(lines, count))
             elif quality == "gray":
                 keys(window[0], "key", "alt+f")  # the preview, remembered off since "custom"
-                deadline = time.monotonic() + 300
-                opened = next(i for i, line in enumerate(lines) if "a grayscale image" in line)
-                while not any("[stylefu] dialog preview done" in line for line in lines[opened:]) \
-                        and time.monotonic() < deadline and gimp.poll() is None:
-                    time.sleep(0.2)
-                time.sleep(1)  # drawn
+                wait_after("a grayscale image", "[stylefu] dialog preview done")
                 sizes[quality] = window_shot(display, title, out / "dialog-gray.png")
                 done = sum("[stylefu] dialog preview done" in line for line in lines)
                 shots["gray"] = (out / "dialog-gray.png", preview_box(lines, done))
             elif quality == "broken":
                 keys(window[0], "key", "alt+f")  # the preview, remembered off since "custom"
-                deadline = time.monotonic() + 300
-                opened = next(i for i, line in enumerate(lines) if "a broken style file" in line)
-                while not any("dialog preview failed" in line for line in lines[opened:]) \
-                        and time.monotonic() < deadline and gimp.poll() is None:
-                    time.sleep(0.2)
-                time.sleep(1)  # drawn
+                wait_after("a broken style file", "dialog preview failed")
                 sizes[quality] = window_shot(display, title, out / "dialog-broken.png")
             elif quality == "custom":
                 # While its worker runs, the dialog still answers: the toggle turns it off.
