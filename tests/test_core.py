@@ -334,3 +334,16 @@ def test_a_strip_too_thin_at_its_size_names_the_size_that_works(model_path):
     needed = int(refused.value.args[0].split("use --size ")[1].split()[0])
     assert min(fit_long_side(20, 1000, needed)) >= 16 > min(fit_long_side(20, 1000, needed - 1))
     check_working_size(20, 1000, Config(size=needed))
+
+
+def test_a_result_at_the_prompt_shows_shapes_not_pixels():
+    """repr(StylizeResult) is one short line (an interactive session prints it): the arrays'
+    shapes and the headline figures, not a screenful of pixels and metrics."""
+    from stylefu.core import StylizeResult
+
+    image = np.zeros((341, 512, 3), np.float32)
+    metrics = {"total_loss": 0.18, "evaluations": 190, "seconds": 78.2,
+               "style_loss_per_layer": {f"relu{i}_1": 0.1 for i in range(1, 6)}, "sizes": [[85, 128]]}
+    text = repr(StylizeResult(image, image[..., 0], metrics))
+    assert text == ("StylizeResult(image=<341x512x3 float32>, alpha=<341x512 float32>, "
+                    "metrics={'total_loss': 0.18, 'evaluations': 190, 'seconds': 78.2, ...})")

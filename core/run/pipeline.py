@@ -83,6 +83,15 @@ class StylizeResult:
         .png/.tif (.npy keeps float32). Returns the path written; UserError for a bad one."""
         return save_image(path, self.image, self.alpha, bits=bits)
 
+    def __repr__(self) -> str:
+        # Shapes and the headline figures: the arrays' and metrics' own reprs fill a terminal.
+        def shape(a):
+            return None if a is None else f"<{'x'.join(map(str, a.shape))} {a.dtype}>"
+        headline = {k: self.metrics[k] for k in ("total_loss", "evaluations", "seconds")
+                    if k in self.metrics}
+        return (f"StylizeResult(image={shape(self.image)}, alpha={shape(self.alpha)}, "
+                f"metrics={{{', '.join(f'{k!r}: {v!r}' for k, v in headline.items())}, ...}})")
+
 
 @dataclass(frozen=True)
 class Level:
