@@ -53,9 +53,10 @@ class BatchProgress:
         self.done += 1
         self.failed += entry["status"] != "ok"
         self.emit({"event": "item", **entry})
-        if self.mode == "quiet" and entry["status"] != "ok":
-            print(f"stylefu batch: {entry['input']} failed: {entry['error']}", file=sys.stderr,
-                  flush=True)
+        failure = None if entry["status"] == "ok" else \
+            f"stylefu batch: {entry['input']} failed: {entry['error']}"
+        if self.mode == "quiet" and failure:
+            print(failure, file=sys.stderr, flush=True)
         if self.mode != "bar":
             return
         elapsed = time.monotonic() - self.started
@@ -72,9 +73,8 @@ class BatchProgress:
             sys.stderr.flush()
         else:
             print(line, file=sys.stderr, flush=True)
-        if entry["status"] != "ok":
-            print(("\n" if self.tty else "") + f"stylefu batch: {entry['input']} failed: "
-                  f"{entry['error']}", file=sys.stderr, flush=True)
+        if failure:
+            print(("\n" if self.tty else "") + failure, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.mode == "bar" and self.tty:

@@ -195,12 +195,12 @@ class ProgressPrinter:
     def __call__(self, p) -> None:
         saved = None
         left = self.time_left(p) if self.time_left is not None else None
-        if self.save_every and self.output and p.evaluation % self.save_every == 0 \
-                and self.clock() >= self.next_save:
+        due = self.save_every and self.output and p.evaluation % self.save_every == 0
+        started = self.clock() if due else 0.0
+        if due and started >= self.next_save:
             from ..io.images import save_image
             saved = self.output.with_name(
                 f"{self.output.stem}.scale{p.level}-{p.evaluation:04d}{self.output.suffix}")
-            started = self.clock()
             save_image(saved, *_at_size(p.image(), self.keep))
             ended = self.clock()
             self.next_save = ended + (ended - started) * (1 - SAVE_SHARE) / SAVE_SHARE
@@ -298,18 +298,15 @@ def cmd_run(args) -> int:
     model = load_engine_model(args.model, config)
     say(f"stylefu: engine {resolve_engine(config.engine, model)}, device {model.device}, model "
         f"{model.path} (weights: {weights_note(model.info)})")
-    content = args.content
+    content, finish = args.content, 0.0
     if args.keep_size:
         from ..io.images import load_image
-        from ..method.fullres import working_config
+        from ..method.fullres import seconds_to_layer_size, working_config
         content = load_image(args.content, "content")
         config = working_config(config, content.height, content.width)
+        finish = seconds_to_layer_size(content.height * content.width)
     from ..run import eta
     key = eta.run_key(config, model.info.architecture)
-    finish = 0.0
-    if args.keep_size:
-        from ..method.fullres import seconds_to_layer_size
-        finish = seconds_to_layer_size(content.height * content.width)
     time_left = eta.TimeLeft.kept(key, config, finish_seconds=finish)
     if args.quiet and args.progress == "bar":
         args.progress = "none"

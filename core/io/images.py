@@ -40,6 +40,7 @@ OUTPUT_SUFFIXES = (*PILLOW_FORMATS, ".npy")
 BITS16_SUFFIXES = (".png", ".tif", ".tiff", ".npy")  # .npy keeps float32
 # Lossy outputs at quality 95: Pillow's defaults (75 JPEG, 80 WebP) smear a painting's fine strokes.
 SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
+_SRGB = ImageCms.createProfile("sRGB")  # what colour profiles are converted to
 # A float image with values above this holds 0..255 (or other) numbers, not 0..1: refused, not
 # clipped to white. Up to it, overshoots (from sharpening or resampling) are clipped to 1.
 FLOAT_RANGE_LIMIT = 1.5
@@ -132,9 +133,6 @@ def _in_srgb(image: Image.Image) -> Image.Image:
     return converted
 
 
-_SRGB = ImageCms.createProfile("sRGB")
-
-
 # Pillow has no 16-bit RGB mode: it decodes these raw modes of PNG and TIFF files to their high
 # bytes; the same decoder with the other byte order's unpacker gives the low bytes (N: native,
 # libtiff's own decoding).
@@ -154,12 +152,15 @@ def _with_raw_mode(tile, raw_mode: str):
     return tile._replace(args=args) if hasattr(tile, "_replace") else (*tile[:3], args)
 
 
-def _sixteen_bits(path: Path, image: Image.Image, tiles: list) -> np.ndarray | None:
+def _is_sixteen_bit_rgb(tiles: list) -> bool:
+    """Whether a file's tiles (taken before load()) are 16-bit RGB(A) PNG or TIFF data."""
+    return bool(tiles) and all(_raw_mode(t) in _OTHER_BYTE_ORDER for t in tiles)
+
+
+def _sixteen_bits(path: Path, image: Image.Image) -> np.ndarray | None:
     """A 16-bit RGB(A) PNG or TIFF's samples ([H,W,C] uint16, before EXIF orientation) from
-    `image` (loaded, its `tiles` taken before) and a second decoding for the low bytes; None for
-    other files, or where that decoding fails (the 8-bit picture then stands)."""
-    if not tiles or any(_raw_mode(t) not in _OTHER_BYTE_ORDER for t in tiles):
-        return None
+    `image` (loaded: its high bytes) and a second decoding for the low bytes; None where that
+    decoding fails (the 8-bit picture then stands)."""
     try:
         with Image.open(path) as again:
             again.tile = [_with_raw_mode(t, _OTHER_BYTE_ORDER[_raw_mode(t)]) for t in again.tile]
@@ -241,8 +242,8 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
                     if image.format in ("JPEG", "MPO") and cut_short(path.read_bytes(), image):
                         raise UserError(_cut_short(path, image.size))  # closed by an end marker
                     # 16 bits kept, unless a colour profile needs converting (8-bit only)
-                    deep = None if to_srgb and _foreign_profile(image) else \
-                        _sixteen_bits(path, image, tiles)
+                    deep = _sixteen_bits(path, image) if _is_sixteen_bit_rgb(tiles) and not (
+                        to_srgb and _foreign_profile(image)) else None
                     picture = _from_pil(image, label, to_srgb) if deep is None else _from_array(
                         _upright(deep, image.getexif().get(0x0112, 1)), label)
             finally:
