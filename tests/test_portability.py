@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -419,3 +420,36 @@ def test_an_intel_mac_gets_the_numpy_its_torch_was_built_for():
     pins = dict(line.strip().split("==") for line in done.stdout.splitlines() if "==" in line)
     if tuple(int(p) for p in pins["torch"].split(".")[:2]) < (2, 3):
         assert int(pins["numpy"].split(".")[0]) < 2, pins
+
+
+def _core_record(relationship: int, size: int = 48) -> bytes:
+    return struct.pack("<II", relationship, size) + bytes(size - 8)
+
+
+def test_windows_cores_count_processor_core_records_only():
+    """GetLogicalProcessorInformationEx lists one record per physical core (hyperthread twins
+    share it): 4 cores of 8 threads give 4 threads, not os.cpu_count's 8."""
+    from stylefu.core.network.forward import count_core_records
+    records = b"".join(_core_record(0) for _ in range(4)) + _core_record(2, 80)
+    assert count_core_records(records) == 4
+    assert count_core_records(records + struct.pack("<II", 0, 0)) == 4  # a broken tail ends it
+    assert count_core_records(b"") == 0
+
+
+def test_mac_cores_prefer_performance_cores(monkeypatch):
+    """Apple Silicon: performance cores (an even split waits for efficiency cores); an Intel Mac
+    has no perflevel: its physical cores. Unknown falls back to the logical CPUs."""
+    from stylefu.core.network import forward
+    m1 = {"hw.perflevel0.physicalcpu": 4, "hw.physicalcpu": 8}.get
+    assert forward._mac_cores(m1) == 4
+    assert forward._mac_cores({"hw.physicalcpu": 6}.get) == 6
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(forward, "_sysctl_int", m1)
+    assert forward.usable_cores() == 4
+    monkeypatch.setattr(forward, "_sysctl_int", lambda name: None)
+    monkeypatch.setattr(os, "cpu_count", lambda: 10)
+    assert forward.usable_cores() == 10
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(forward, "_windows_cores", lambda: 6)
+    assert forward.usable_cores() == 6

@@ -8,6 +8,8 @@ Runtime's own error spam on machines that have no GPU. The provider in use is `e
 from __future__ import annotations
 
 import os
+import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +25,15 @@ MAX_THREADS = 16
 
 
 def usable_cores(cpu_folder: str = "/sys/devices/system/cpu") -> int:
-    """Physical cores this process may run on (affinity-aware): the right thread count for ORT
-    and torch. Two hyperthreads share one core's FMA units, so convolutions gain nothing from the
-    second (ONNX Runtime's and torch's own defaults count physical cores too)."""
+    """Physical cores this process may run on (affinity-aware on Linux): the right thread count
+    for ORT and torch. Two hyperthreads share one core's FMA units, so convolutions gain nothing
+    from the second (ONNX Runtime's and torch's own defaults count physical cores too)."""
     try:
         cpus = os.sched_getaffinity(0)
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    except AttributeError:  # not Linux
+        known = (_mac_cores() if sys.platform == "darwin" else
+                 _windows_cores() if sys.platform == "win32" else 0)
+        return known or _logical_cpus()
     cores = set()
     for cpu in cpus:
         try:  # the CPUs sharing this one's core, e.g. "0,4" or "0-1"
@@ -38,6 +42,68 @@ def usable_cores(cpu_folder: str = "/sys/devices/system/cpu") -> int:
         except OSError:  # no topology (some containers): each CPU counts
             cores.add(str(cpu))
     return max(1, len(cores))
+
+
+def _logical_cpus() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def _mac_cores(sysctl=None) -> int:
+    """Apple Silicon's performance cores (an efficiency core does a third of one's work, and an
+    even split of a convolution waits for the slowest thread), else an Intel Mac's physical
+    cores; 0 when unknown. `sysctl(name) -> int | None` stands in for sysctlbyname in tests."""
+    sysctl = sysctl or _sysctl_int
+    for name in ("hw.perflevel0.physicalcpu", "hw.physicalcpu"):
+        value = sysctl(name)
+        if value:
+            return value
+    return 0
+
+
+def _sysctl_int(name: str) -> int | None:
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        value, size = ctypes.c_int(0), ctypes.c_size_t(ctypes.sizeof(ctypes.c_int))
+        if libc.sysctlbyname(name.encode(), ctypes.byref(value), ctypes.byref(size), None, 0):
+            return None
+        return value.value
+    except (OSError, AttributeError):
+        return None
+
+
+RELATION_PROCESSOR_CORE = 0  # LOGICAL_PROCESSOR_RELATIONSHIP
+
+
+def _windows_cores() -> int:
+    """Windows' physical cores (GetLogicalProcessorInformationEx); 0 when unknown."""
+    import ctypes
+    from ctypes import wintypes
+    try:
+        kernel32 = ctypes.WinDLL("kernel32")
+        size = wintypes.DWORD(0)
+        kernel32.GetLogicalProcessorInformationEx(RELATION_PROCESSOR_CORE, None, ctypes.byref(size))
+        buffer = ctypes.create_string_buffer(size.value)
+        if not size.value or not kernel32.GetLogicalProcessorInformationEx(
+                RELATION_PROCESSOR_CORE, buffer, ctypes.byref(size)):
+            return 0
+        return count_core_records(buffer.raw[:size.value])
+    except (OSError, AttributeError):
+        return 0
+
+
+def count_core_records(records: bytes) -> int:
+    """Processor-core records in a SYSTEM_LOGICAL_PROCESSOR_INFORMATION_EX list: each starts with
+    its Relationship and its Size in bytes (two little-endian DWORDs)."""
+    count = offset = 0
+    while offset + 8 <= len(records):
+        relationship, size = struct.unpack_from("<II", records, offset)
+        if size < 8:  # malformed: stop rather than loop
+            break
+        count += relationship == RELATION_PROCESSOR_CORE
+        offset += size
+    return count
 
 
 def engine_threads(cores: int | None = None) -> int:
