@@ -119,3 +119,26 @@ def test_a_layer_smaller_than_the_working_size_is_painted_at_its_own_size(model_
     done = run_item(model, BatchItem(str(tmp_path / "in.png"), (str(tmp_path / "style.png"),)),
                     Config(size=512, levels=1, evaluations=2), RunOptions(keep_size=True))
     assert done["status"] == "ok" and done["metrics"]["sizes"] == [[64, 64]]
+
+
+def test_the_api_keeps_the_contents_size_alpha_and_unmasked_pixels(model_path):
+    """`stylize(keep_size=True)`: the content's own size and alpha, and outside the mask the
+    content exactly (painting at 64 px and enlarging alone changed unmasked pixels by up to 1)."""
+    from stylefu.core import Config, stylize
+    from stylefu.core.errors import UserError
+
+    layer = np.dstack([photo("astronaut", 200), np.linspace(0, 1, 200 * 200).reshape(200, 200)])
+    mask = np.zeros((200, 200), np.float32)
+    mask[:, 120:] = 1
+    config = Config(size=64, levels=1, evaluations=3)
+    result = stylize(layer, photo("coffee", 64), config=config, model=model_path, masks=mask,
+                     keep_size=True)
+    assert result.image.shape == (200, 200, 3) and result.metrics["upscale"] == "detail"
+    assert np.array_equal(result.alpha, layer[..., 3].astype(np.float32))
+    assert np.array_equal(result.image[:, :110], layer[:, :110, :3].astype(np.float32))
+    assert np.abs(result.image[:, 130:] - layer[:, 130:, :3]).mean() > 0.01  # styled inside
+    assert stylize(layer, photo("coffee", 64), config=config, model=model_path).image.shape[:2] \
+        == (64, 64)
+    with pytest.raises(UserError, match="upscale must be one of"):
+        stylize(layer, photo("coffee", 64), config=config, model=model_path, keep_size=True,
+                upscale="sharp")

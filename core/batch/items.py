@@ -149,20 +149,11 @@ def run_item(model, item: BatchItem, config: Config, options: RunOptions,
                     progress({"level": p.level, "levels": p.levels, "evaluation": p.evaluation,
                               "evaluations": p.evaluations, "fraction": round(p.fraction, 4),
                               "loss": p.loss})
-            content = item.input
-            if options.keep_size:
-                from ..io.images import load_image
-                from ..method.fullres import working_config
-                content = load_image(item.input, "content")
-                run_config = working_config(run_config, content.height, content.width)
-            result = stylize(content, list(item.styles), config=run_config, model=model,
+            result = stylize(item.input, list(item.styles), config=run_config, model=model,
                              callback=callback, cancel=cancel, masks=list(options.masks) or None,
-                             log=lambda message: None)
+                             log=lambda message: None, keep_size=options.keep_size,
+                             upscale=options.upscale)
             image, alpha = result.image, result.alpha
-            if options.keep_size:
-                from ..method.fullres import to_layer_size
-                image = to_layer_size(image, content.rgb, detail=options.upscale == "detail")
-                alpha = content.alpha
         return {"status": "ok", "image": image, "alpha": alpha, "metrics": result.metrics,
                 "seconds": time.perf_counter() - started}
     except Cancelled:

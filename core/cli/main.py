@@ -235,13 +235,13 @@ class ProgressPrinter:
             sys.stderr.write("\n")
 
 
-def _at_size(rgb, keep, upscale: str = "stretch"):
-    """(rgb, alpha) at the working size, or at the size and with the alpha of `keep` (--keep-size):
-    `upscale` "detail" adds the content's own fine detail (method/fullres.py), "stretch" resizes."""
+def _at_size(rgb, keep):
+    """(rgb, alpha) at the working size, or stretched to the size and with the alpha of `keep`
+    (a --save-every look of a --keep-size run: cheap, as the final image's detail is not due)."""
     if keep is None:
         return rgb, None
     from ..method.fullres import to_layer_size
-    return to_layer_size(rgb, keep.rgb, detail=upscale == "detail"), keep.alpha
+    return to_layer_size(rgb, keep.rgb, detail=False), keep.alpha
 
 
 def _watch_stdin(cancel: threading.Event) -> None:
@@ -322,14 +322,10 @@ def cmd_run(args) -> int:
 
     try:
         result = stylize(content, args.styles, config=config, model=model,
-                         callback=printer, cancel=cancel, masks=args.masks, log=notice)
+                         callback=printer, cancel=cancel, masks=args.masks, log=notice,
+                         keep_size=args.keep_size, upscale=args.upscale)
     finally:
         printer.close()
-    if args.keep_size:
-        started = time.perf_counter()
-        result.image, result.alpha = _at_size(result.image, content, args.upscale)
-        result.metrics.update(upscale=args.upscale,
-                              upscale_seconds=round(time.perf_counter() - started, 3))
     if result.alpha is not None and output.suffix.lower() in (".jpg", ".jpeg") \
             and float(result.alpha.min()) < 1:
         notice(f"{output.name} has no alpha channel: the content's transparent parts become "

@@ -31,8 +31,9 @@ from ..io.images import (
     resize_array,
     save_image,
 )
-from ..method import balance, color, guides, tiling
+from ..method import balance, color, fullres, guides, tiling
 from ..method.config import Config, given_config
+from ..method.fullres import UPSCALE_MODES
 from ..method.objective import check_finite
 from ..method.targets import blend_weights, target_arrays
 from ..network.vgg import MIN_SIDE
@@ -188,7 +189,8 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
             model: StyleModel | str | None = None,
             callback: Callable[[Progress], None] | None = None,
             cancel: CancelToken = None, masks: Sequence | None = None,
-            log: Callable[[str], None] | None = None) -> StylizeResult:
+            log: Callable[[str], None] | None = None, keep_size: bool = False,
+            upscale: str = UPSCALE_MODES[0]) -> StylizeResult:
     """Stylize `content` with one style or several (path, PIL image, array or Picture each).
 
     `masks` (paths, PIL images or [H,W] arrays, white = style) limit where the style applies: one
@@ -196,17 +198,24 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     region). Pixels outside every mask stay exactly the content's; gray values blend.
 
     Returns a StylizeResult with the image at the working size (long side `config.size`) and the
-    final metrics. Images too large for memory are optimised in tiles; `log` (default: the
-    `stylefu` logger) is told so. Raises UserError for bad input or when memory runs out anyway,
+    final metrics. `keep_size`: the image at the content's own size and with its alpha instead,
+    painted at `config.size` (or the content's long side if smaller) and brought up by `upscale`:
+    "detail" adds the content's own fine detail, "stretch" only resizes (method/fullres.py).
+    Images too large for memory are optimised in tiles; `log` (default: the `stylefu` logger) is
+    told so. Raises UserError for bad input or when memory runs out anyway,
     Cancelled when `cancel` fires (checked at every evaluation), NumericalError if the loss
     diverges. Same seed and inputs -> same bytes.
     """
     started = time.perf_counter()
     config = given_config(config)
     check_hooks(callback, cancel)
+    if upscale not in UPSCALE_MODES:
+        raise UserError(f"upscale must be one of {', '.join(UPSCALE_MODES)}, not {upscale!r}.")
     log = log or logging.getLogger("stylefu").info
-    runner = engines.runner(config, model, log)
     content_pic, style_pics, mask_arrays = load_inputs(content, style_or_styles, masks, config)
+    if keep_size:
+        config = fullres.working_config(config, content_pic.height, content_pic.width)
+    runner = engines.runner(config, model, log)
     runner.check(content_pic, style_pics)
     plan = plan_levels(content_pic.height, content_pic.width, config, runner.device)
     final = plan[-1]
@@ -239,6 +248,16 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     alpha = None
     if content_pic.alpha is not None:
         alpha = resize_array(content_pic.alpha, *result.shape[:2])
+    if keep_size:
+        upscale_started = time.perf_counter()
+        result = fullres.to_layer_size(result, content_pic.rgb, detail=upscale == "detail")
+        if mask_arrays:  # outside every guide the content, exactly, at its own size too
+            region = guides.union([resize_array(m, content_pic.height, content_pic.width)
+                                   for m in mask_arrays])
+            result = guides.composite(result, content_pic.rgb, region[..., None])
+        alpha = content_pic.alpha
+        metrics.update(upscale=upscale,
+                       upscale_seconds=round(time.perf_counter() - upscale_started, 3))
     metrics.update(evaluations=evaluations, iterations=evaluations,
                    seconds=round(time.perf_counter() - started, 3),
                    weights_source=model.weights_source, model=str(model.path),
