@@ -407,6 +407,25 @@ def test_an_output_pattern_of_no_image_type_is_refused_before_any_work(tmp_path,
     assert "unknown image type '.xyz'" in done.stderr and not (out / "manifest.jsonl").exists()
 
 
+@pytest.mark.parametrize("name", ["../{stem}.png", "{root}/{stem}.png", "sub/{stem}.png",
+                                  "..\\{stem}.png"])
+def test_an_output_name_with_a_folder_is_refused_before_any_work(tmp_path, photos, capsys, name):
+    # --name '../{stem}.png' (or an absolute path) wrote the outputs outside the -o folder
+    from stylefu.core.cli.main import main
+
+    paths, styles = photos
+    out, pattern = tmp_path / "out", name.replace("{root}", str(tmp_path))
+    assert main(["batch", str(paths[0]), "--style", str(styles[0]), "-o", str(out), "--name",
+                 pattern, "--model", str(tmp_path / "no-model.onnx"), *FAST]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"--name {pattern!r} makes" in line and "give a file name" in line
+    assert not out.exists() and not (tmp_path / "frame0.png").exists()
+    with pytest.raises(UserError, match="a path; give a file name"):
+        make_items(paths[:1], [str(styles[0])], out, pattern)
+    assert make_items(paths[:1], [str(styles[0])], out, "..{stem}..png")[0].output == \
+        str(out / "..frame0..png")  # dots are no folder
+
+
 def test_warp_without_frames_is_refused_before_any_work(tmp_path, photos, model_path):
     # --warp alone ran the frames as unrelated items, the option ignored without a word
     paths, styles = photos

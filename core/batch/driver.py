@@ -136,6 +136,9 @@ def output_name(pattern: str, index: int, source: Path, styles: Sequence[str]) -
     except (KeyError, IndexError, ValueError) as exc:
         raise UserError(f"--name {pattern!r} is not a usable pattern ({exc}); use fields "
                         "{stem}, {name}, {ext}, {index}, {style}.") from None
+    if "/" in name or "\\" in name or Path(name).drive:  # else written outside -o (../x, /x, C:x)
+        raise UserError(f"--name {pattern!r} makes {name!r}, a path; give a file name (no / or "
+                        "\\): outputs go into the -o folder.")
     if not Path(name).suffix:
         name += ".png"
     return name
