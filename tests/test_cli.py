@@ -336,6 +336,35 @@ def test_counts_refused_before_the_model_loads(option, message, files, model_pat
     assert line.startswith("stylefu: error: ") and message in line
 
 
+@pytest.mark.parametrize("case, message", [
+    ("tiny content", "at least 16 px"), ("tiny style", "at least 16 px"),
+    ("mask aspect", "give a mask with the content's aspect ratio"),
+    ("black mask", "black everywhere"), ("thin at --size", "use --size"),
+    ("init no image", "not an image"), ("memory", "even in crops"),
+    ("onnx precision", "--engine onnx computes in float32")])
+def test_input_errors_come_before_the_model_loads(case, message, files, tmp_path, capsys):
+    """What the inputs alone refuse is said before the model loads: with no model at --model
+    the input's own sentence comes (not "No model at"), alone, with no engine line before it."""
+    content, style = files
+    save_image(tmp_path / "tiny.png", np.zeros((8, 40, 3), np.float32))
+    save_image(tmp_path / "wide.png", np.ones((48, 200, 3), np.float32))
+    save_image(tmp_path / "black.png", np.zeros((48, 64, 3), np.float32))
+    save_image(tmp_path / "strip.png", np.ones((20, 400, 3), np.float32))
+    (tmp_path / "init.png").write_text("text")
+    args = {"tiny content": [tmp_path / "tiny.png", style],
+            "tiny style": [content, tmp_path / "tiny.png"],
+            "mask aspect": [content, style, "--mask", tmp_path / "wide.png"],
+            "black mask": [content, style, "--mask", tmp_path / "black.png"],
+            "thin at --size": [tmp_path / "strip.png", style, "--size", "64"],
+            "init no image": [content, style, "--init", tmp_path / "init.png"],
+            "memory": [content, style, "--size", "2000000", "--device", "cpu"],
+            "onnx precision": [content, style, "--engine", "onnx", "--precision", "bf16"]}[case]
+    assert main(["run", *map(str, args), "-o", str(tmp_path / "o.png"), "--model",
+                 str(tmp_path / "no-model.onnx")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("stylefu: error: ") and message in line
+
+
 def test_transparency_into_a_jpeg_is_said(images, model_path, tmp_path, capsys):
     """A content with transparent parts written as .jpg (no alpha channel) gets one line saying
     they become opaque and which formats keep them; an opaque content or a .png gets none."""
@@ -362,3 +391,17 @@ def test_every_option_and_argument_has_help():
             if isinstance(action, argparse._SubParsersAction):
                 continue
             assert action.help, f"stylefu {name} {action.option_strings or action.dest}"
+
+
+@pytest.mark.parametrize("command", ["run", "estimate", "batch"])
+def test_upscale_without_keep_size_is_refused(command, files, tmp_path, capsys):
+    """--upscale only chooses how --keep-size reaches the content's size: alone it would change
+    nothing, so run, estimate and batch refuse it in one sentence (no model needed to say so)."""
+    content, style = files
+    args = {"run": ["run", str(content), str(style), "-o", str(tmp_path / "o.png")],
+            "estimate": ["estimate", str(content)],
+            "batch": ["batch", str(content), "--style", str(style), "-o", str(tmp_path / "b")]}
+    assert main([*args[command], "--upscale", "stretch", *FAST]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "--upscale stretch chooses how --keep-size" in line
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "b").exists()

@@ -328,8 +328,9 @@ def test_large_layer_comes_back_at_its_size_with_its_detail(suite, gimp_model, t
     values = dict(settings["defaults"], preset="custom", iterations=ITERATIONS, size=SIZE,
                   strength=STRENGTH)
     values.update(LARGE_VALUES)
-    options = [o for o in installer.load_bridge().run_options(values, dict(settings, preview_every=0))
-               if o not in ("--watch-stdin", "--keep-size")]
+    options = [o for o in installer.load_bridge().run_options(values, dict(settings, preview_every=0),
+                                                              keep_size=False)
+               if o != "--watch-stdin"]
     assert main(["run", str(tmp_path / "large.npy"), str(suite["root"] / "style.png"),
                  "-o", str(tmp_path / "painting.npy")] + options) == 0
     painting = np.load(tmp_path / "painting.npy")

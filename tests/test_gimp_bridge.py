@@ -249,6 +249,7 @@ def test_worker_and_preview_commands_are_ones_stylefu_accepts(model_path, tmp_pa
         settings, "/x/c.npy", styles, "/x/p.png", settings["defaults"]))
     assert preview_run.size == bridge.DIALOG_PREVIEW_SIDE and preview_run.progress == "json"
     assert not preview_run.watch_stdin and not preview_run.keep_size
+    assert preview_run.upscale is None  # `run` refuses --upscale without --keep-size
     # What the dialog's choices cost on a layer: `stylefu estimate` with the same options.
     estimate = bridge.estimate_args(settings, 3000, 2000, dict(settings["defaults"],
                                                                preset="draft"), styles=2)

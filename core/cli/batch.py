@@ -88,7 +88,10 @@ def cmd_batch(args, to_config: Callable) -> int:
     if args.styles_each and config.style_blend:
         raise UserError("--styles-each paints each style alone; leave out --style-blend.")
     items = make_items(inputs, args.styles, outdir, args.name, args.styles_each)
-    options = RunOptions(bits=args.bits, keep_size=args.keep_size, upscale=args.upscale,
+    from ..method.fullres import upscale_mode
+
+    options = RunOptions(bits=args.bits, keep_size=args.keep_size,
+                         upscale=upscale_mode(args.upscale, args.keep_size),
                          masks=tuple(args.masks or ()),
                          frames=args.frames, warp=args.warp)
     check_shared_inputs(items, config, options)  # before any work: nothing made for a bad style
@@ -191,7 +194,7 @@ def add_batch_parser(sub, add_config_options: Callable, to_config: Callable) -> 
                        help="write each result at its input's own size, with its alpha")
     from ..method.fullres import UPSCALE_MODES
 
-    batch.add_argument("--upscale", choices=UPSCALE_MODES, default=UPSCALE_MODES[0],
+    batch.add_argument("--upscale", choices=UPSCALE_MODES, default=None,
                        help="with --keep-size: detail (the input's fine detail added) or stretch "
                        "(as `run --upscale`) [default: detail]")
     add_config_options(batch, skip=("save_every",))

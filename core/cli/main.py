@@ -268,12 +268,6 @@ def check_run_paths(args, config: Config) -> Path:
         inputs.append(config.init)
     for path in inputs:
         check_input_file(path)
-    from ..method.guides import check_mask_count
-    from ..method.targets import blend_weights
-
-    blend_weights(len(args.styles), config)  # counts before the model loads, as the files
-    if args.masks:
-        check_mask_count(len(args.masks), len(args.styles))
     inputs += [args.model] if args.model else []
     output = check_output_path(args.output, "-o", OUTPUT_SUFFIXES, inputs)
     check_bits(output, args.bits)
@@ -289,22 +283,27 @@ def check_run_paths(args, config: Config) -> Path:
 
 def cmd_run(args) -> int:
     from ..engines import load_engine_model, resolve_engine
+    from ..method.fullres import upscale_mode
     from ..run.pipeline import stylize
 
     config = config_from_args(args).validate()
+    args.upscale = upscale_mode(args.upscale, args.keep_size)
     output = Path(args.output)
     check_run_paths(args, config)
     served = args.cancel is not None  # a run of `stylefu serve`
+    from ..io.images import load_image
+    from ..run.pipeline import check_inputs
+
+    content, finish = load_image(args.content, "content"), 0.0
+    if args.keep_size:
+        from ..method.fullres import seconds_to_layer_size, working_config
+        config = working_config(config, content.height, content.width)
+        finish = seconds_to_layer_size(content.height * content.width)
+    # Every input checked before the model loads: a bad one is one sentence, no engine line.
+    content, styles, masks = check_inputs(content, args.styles, args.masks, config)
     model = load_engine_model(args.model, config)
     say(f"stylefu: engine {resolve_engine(config.engine, model)}, device {model.device}, model "
         f"{model.path} (weights: {weights_note(model.info)})")
-    content, finish = args.content, 0.0
-    if args.keep_size:
-        from ..io.images import load_image
-        from ..method.fullres import seconds_to_layer_size, working_config
-        content = load_image(args.content, "content")
-        config = working_config(config, content.height, content.width)
-        finish = seconds_to_layer_size(content.height * content.width)
     from ..run import eta
     key = eta.run_key(config, model.info.architecture)
     time_left = eta.TimeLeft.kept(key, config, finish_seconds=finish)
@@ -321,8 +320,8 @@ def cmd_run(args) -> int:
             say(f"stylefu: {message}")
 
     try:
-        result = stylize(content, args.styles, config=config, model=model,
-                         callback=printer, cancel=cancel, masks=args.masks, log=notice,
+        result = stylize(content, styles, config=config, model=model,
+                         callback=printer, cancel=cancel, masks=masks or None, log=notice,
                          keep_size=args.keep_size, upscale=args.upscale)
     finally:
         printer.close()
@@ -426,12 +425,13 @@ def cmd_estimate(args) -> int:
     """`stylefu estimate`: a run's seconds from the speeds earlier runs recorded (run/eta.py), or
     from a calibration now (recorded in turn)."""
     from ..io.paths import model_file
-    from ..method.fullres import seconds_to_layer_size
+    from ..method.fullres import seconds_to_layer_size, upscale_mode
     from ..network.vgg import read_artifact_info
     from ..run import eta
     from ..run.pipeline import level_sizes
 
     config = config_from_args(args).validate()
+    upscale_mode(args.upscale, args.keep_size)  # both modes cost about the same
     height, width = _layer_size(args)
     if args.keep_size:
         from ..method.fullres import working_config
@@ -591,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "--size is then at most the content's long side")
     from ..method.fullres import UPSCALE_MODES
 
-    run.add_argument("--upscale", choices=UPSCALE_MODES, default=UPSCALE_MODES[0],
+    run.add_argument("--upscale", choices=UPSCALE_MODES, default=None,
                      help="with --keep-size, how the result reaches the content's size: detail "
                      "(the content's own fine detail added to the stretched painting: sharp) or "
                      "stretch (resized only: soft) [default: detail]")
@@ -622,8 +622,8 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--layer", metavar="WxH", help="the content's size instead of a file")
     estimate.add_argument("--keep-size", action="store_true",
                           help="count bringing the result to the content's size (as `run --keep-size`)")
-    estimate.add_argument("--upscale", choices=UPSCALE_MODES, default=UPSCALE_MODES[0],
-                          help="as in run (both cost about the same)")
+    estimate.add_argument("--upscale", choices=UPSCALE_MODES, default=None,
+                          help="with --keep-size, as in run (both cost about the same)")
     estimate.add_argument("--calibrate", action="store_true",
                           help="measure the speed now even when earlier runs measured it")
     estimate.add_argument("--model", help="model artifact for a calibration")

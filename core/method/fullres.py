@@ -115,6 +115,16 @@ def to_layer_size(painting: np.ndarray, layer: np.ndarray, detail: bool = True) 
 SECONDS_PER_PIXEL = 0.5e-6
 
 
+def upscale_mode(given: str | None, keep_size: bool) -> str:
+    """The command line's --upscale (None: not given) as the mode a --keep-size run takes; a
+    UserError when it is given without --keep-size, where it would change nothing."""
+    if given is not None and not keep_size:
+        from ..errors import UserError
+        raise UserError(f"--upscale {given} chooses how --keep-size brings the result to the "
+                        "content's size; give it with --keep-size, or leave it out.")
+    return given or UPSCALE_MODES[0]
+
+
 def working_config(config, height: int, width: int):
     """`config` with its working size at most the layer's long side (`height` x `width`): painting
     bigger than the layer and shrinking the result costs up to (size / side)^2 the time (a 64 px

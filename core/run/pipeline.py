@@ -185,6 +185,31 @@ def load_inputs(content, style_or_styles, masks, config: Config):
     return content_pic, style_pics, mask_arrays
 
 
+def _checked_inputs(content, style_or_styles, masks, config: Config, keep_size: bool, model,
+                    log: Callable[[str], None]):
+    """load_inputs, the run's config (`keep_size`: its working size at most the content's long
+    side), the engine's runner (not loaded) and what it and the plan refuse (memory, --size too
+    small, the engine's own limits): every check that needs no model."""
+    content_pic, style_pics, mask_arrays = load_inputs(content, style_or_styles, masks, config)
+    if config.init not in ("content", "noise"):
+        load_image(config.init, "--init")  # a file that is no image fails here, not after loading
+    if keep_size:
+        config = fullres.working_config(config, content_pic.height, content_pic.width)
+    runner = engines.runner(config, model, log)
+    runner.check(content_pic, style_pics)
+    check_working_size(content_pic.height, content_pic.width, config)
+    return content_pic, style_pics, mask_arrays, config, runner
+
+
+def check_inputs(content, style_or_styles, masks, config: Config, keep_size: bool = False):
+    """The content and style Pictures and the guides' arrays (as `stylize` takes them), after
+    every check a run makes before its model loads: a command calls it before loading the model,
+    so a bad input is refused in one sentence without a model's load or an engine line."""
+    checked = _checked_inputs(content, style_or_styles, masks, config, keep_size, None,
+                              logging.getLogger("stylefu").info)
+    return checked[:3]
+
+
 def stylize(content, style_or_styles, *, config: Config | None = None,
             model: StyleModel | str | None = None,
             callback: Callable[[Progress], None] | None = None,
@@ -212,14 +237,10 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     if upscale not in UPSCALE_MODES:
         raise UserError(f"upscale must be one of {', '.join(UPSCALE_MODES)}, not {upscale!r}.")
     log = log or logging.getLogger("stylefu").info
-    content_pic, style_pics, mask_arrays = load_inputs(content, style_or_styles, masks, config)
-    if keep_size:
-        config = fullres.working_config(config, content_pic.height, content_pic.width)
-    runner = engines.runner(config, model, log)
-    runner.check(content_pic, style_pics)
+    content_pic, style_pics, mask_arrays, config, runner = _checked_inputs(
+        content, style_or_styles, masks, config, keep_size, model, log)
     plan = plan_levels(content_pic.height, content_pic.width, config, runner.device)
     final = plan[-1]
-    check_working_size(content_pic.height, content_pic.width, config)
     model = runner.load(plan)
     # Colour preservation changes what the optimiser sees (see color.py).
     content_rgb, styles = color.prepare(config.preserve_colors, content_pic.rgb,

@@ -298,10 +298,12 @@ def second_style_blend(weight):
     return (1.0 - weight, weight)
 
 
-def run_options(values, settings, styles=1):
+def run_options(values, settings, styles=1, keep_size=True):
     """`stylefu run` options for the dialog's values (a dict keyed by the Config field names, plus
-    second_style_weight, used when `styles` is 2)."""
-    options = ["--progress", "json", "--watch-stdin", "--keep-size",
+    second_style_weight, used when `styles` is 2); `keep_size` False: the result at the working
+    size (no --keep-size, so no --upscale, which `run` refuses without it)."""
+    keep = ["--keep-size"] if keep_size else []
+    options = ["--progress", "json", "--watch-stdin"] + keep + [
                # The dialog's 0..100 slider is the core's --strength (balanced at 50 on any model).
                "--strength", repr(float(values["strength"])),
                "--size", str(int(values["size"])),
@@ -319,7 +321,7 @@ def run_options(values, settings, styles=1):
         options += ["--style-blend", ",".join(repr(w) for w in blend)]
     if int(settings.get("preview_every") or 0) > 0:
         options += ["--save-every", str(int(settings["preview_every"]))]
-    if settings.get("upscale"):  # detail (the default) or stretch: see docs/gimp.md
+    if keep_size and settings.get("upscale"):  # detail (the default) or stretch: docs/gimp.md
         options += ["--upscale", str(settings["upscale"])]
     if settings.get("model"):
         options += ["--model", settings["model"]]
@@ -350,8 +352,9 @@ def dialog_preview_args(settings, content, styles, output, values, masks=()):
     DIALOG_PREVIEW_EVERY evaluations."""
     values = dict(values, size=preview_side(settings), preset=DIALOG_PREVIEW_PRESET,
                   tile_size=None)
-    options = run_options(values, dict(settings, preview_every=DIALOG_PREVIEW_EVERY), len(styles))
-    options.remove("--keep-size")  # the preview is shown at the working size
+    # The preview is shown at the working size: no --keep-size.
+    options = run_options(values, dict(settings, preview_every=DIALOG_PREVIEW_EVERY), len(styles),
+                          keep_size=False)
     options.remove("--watch-stdin")  # the kept worker's stdin carries its requests
     return [content] + [path for path, _ in styles] + ["-o", output] + options + list(masks)
 
