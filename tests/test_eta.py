@@ -138,13 +138,14 @@ def test_run_keeps_compiled_levels_and_compile_seconds_apart():
             timer(record(number, 3, evaluation, budget, size, kind))
     points = timer.measured()
     assert [kind for _, _, kind in points] == kinds
-    eta.record_speed(KEY, points, now[0] - timer.busy, compile_seconds=compiling)
+    eta.record_speed(KEY, points, now[0] - timer.busy, compile_seconds=compiling, cold=True)
     speeds = eta.load_speeds()
     assert set(speeds) == {KEY, KEY + "/compiled"} and eta.compiled_key(KEY) == KEY + "/compiled"
     assert [p for p, _ in speeds[KEY]["points"]] == [96 * 128]
     assert [p for p, _ in speeds[KEY + "/compiled"]["points"]] == [192 * 256, 384 * 512]
     assert speeds[KEY]["fixed_seconds"] == [pytest.approx(start_up)]
-    assert speeds[KEY + "/compiled"]["compile_seconds"] == [compiling]
+    assert speeds[KEY + "/compiled"]["cold_compile_seconds"] == [compiling]
+    assert "warm_compile_seconds" not in speeds[KEY + "/compiled"]
     compiled_rate, compiled_exponent, _ = eta.kept_speed(eta.compiled_key(KEY))
     assert compiled_exponent == pytest.approx(1.0) and compiled_rate == pytest.approx(cheaper * rate)
     # An eager run after it: its points and start-up join the eager entry only.
@@ -155,12 +156,12 @@ def test_run_keeps_compiled_levels_and_compile_seconds_apart():
     assert eta.load_speeds()[KEY]["fixed_seconds"] == [pytest.approx(start_up), 6.0]
 
 
-def fake_speeds(rate=1e-5, compiled_rate=None, fixed=4.0, compile_seconds=3.0):
+def fake_speeds(rate=1e-5, compiled_rate=None, fixed=4.0, compile_seconds=3.0, cold=False):
     """speed.json as earlier runs would leave it: exponent 1 on both kinds."""
     eta.record_speed(KEY, [(p, rate * p, False) for p in (10_000, 40_000, 160_000)], fixed)
     if compiled_rate:
         eta.record_speed(KEY, [(p, compiled_rate * p, True) for p in (40_000, 160_000)],
-                         fixed + compile_seconds, compile_seconds)
+                         fixed + compile_seconds, compile_seconds, cold)
 
 
 def test_planned_compiled_follows_the_runs_rule(monkeypatch):
@@ -198,6 +199,7 @@ def test_planned_compiled_follows_the_runs_rule(monkeypatch):
 
 def test_estimate_prices_compiled_levels_with_the_compiled_speed(monkeypatch):
     monkeypatch.setattr(compiled, "min_work", lambda dtype: 0.0)
+    monkeypatch.setattr(compiled, "cache_is_cold", lambda: False)  # cold and warm: the next test
     config = Config(size=512, preset="normal", device="cpu", engine="torch", compile="auto")
     sizes = [(85, 128), (170, 256), (341, 512)]  # the compiled ones: 170x256 and 341x512
     assert [s for s in pipeline.level_sizes(341, 512, config)] == sizes
@@ -208,23 +210,55 @@ def test_estimate_prices_compiled_levels_with_the_compiled_speed(monkeypatch):
         return 4.0 + extra + sum(n * r * p + 1e-5 * p for n, r, p in
                                  zip(evaluations, rates, pixels)) + 1e-5 * pixels[-1]
 
+    warm = compiled.WARM_COMPILE_SECONDS
     fake_speeds()  # no compiled run kept yet: the eager speed prices every level
     figures = eta.estimate(341, 512, config, KEY)
-    assert figures["seconds"] == pytest.approx(truth(1e-5, 0.0), abs=0.06)
+    assert figures["seconds"] == pytest.approx(truth(1e-5, warm), abs=0.06)
     assert figures["compiled"]["levels"] == [[256, 170], [512, 341]]
     assert figures["compiled"]["speed"] == KEY and "eager" in figures["compiled"]["measured_by"]
-    fake_speeds(compiled_rate=0.75e-5, compile_seconds=30.0)  # a compiled run, compiling first
+    fake_speeds(compiled_rate=0.75e-5, compile_seconds=2.0)  # a compiled run, loading the code
     figures = eta.estimate(341, 512, config, KEY)
-    assert figures["seconds"] == pytest.approx(truth(0.75e-5, 30.0), abs=0.06)
+    assert figures["seconds"] == pytest.approx(truth(0.75e-5, 2.0), abs=0.06)
     assert figures["compiled"]["speed"] == eta.compiled_key(KEY)
     assert figures["compiled"]["measured_by"] == "2 compiled level(s) of earlier runs"
-    assert figures["compiled"]["compile_seconds"] == 30.0 and figures["fixed_seconds"] == 4.0
-    fake_speeds(compiled_rate=0.75e-5, compile_seconds=2.0)  # the next one loads it (warm cache)
-    figures = eta.estimate(341, 512, config, KEY)
     assert figures["compiled"]["compile_seconds"] == 2.0 and figures["fixed_seconds"] == 4.0
-    assert figures["seconds"] == pytest.approx(truth(0.75e-5, 2.0), abs=0.06)
     eager = eta.estimate(341, 512, config.with_(compile="off"), KEY)
     assert "compiled" not in eager and eager["seconds"] == pytest.approx(truth(1e-5, 0.0), abs=0.06)
+
+
+def test_estimates_count_a_cold_compile_only_before_the_run_that_pays_it(monkeypatch):
+    """The compile seconds an estimate adds are the next run's: from an empty compile cache the
+    cold compile (a first guess before any was kept: the very first estimate counted none), from
+    a filled one the warm load, each from the runs of its kind. Recorded fake timings: after a
+    60 s cold compile the next estimate adds the 3 s warm loads, not 60 s (the runs before kept
+    both in one list, so one cold compile priced the next runs)."""
+    monkeypatch.setattr(compiled, "min_work", lambda dtype: 0.0)
+    cache = {"cold": True}
+    monkeypatch.setattr(compiled, "cache_is_cold", lambda: cache["cold"])
+    monkeypatch.setattr(compiled, "compile_problem", lambda device: None)
+    config = Config(size=512, preset="normal", device="cpu", engine="torch", compile="auto")
+
+    def added():
+        figures = eta.estimate(341, 512, config, KEY)["compiled"]
+        return figures["compile_seconds"], figures["compile"]
+
+    fake_speeds()  # eager runs only
+    assert added() == (compiled.COLD_COMPILE_SECONDS, "cold: a first guess, none kept yet")
+    fake_speeds(compiled_rate=0.75e-5, compile_seconds=60.0, cold=True)  # the first compiled run
+    cache["cold"] = False  # ... filled the cache
+    assert added() == (compiled.WARM_COMPILE_SECONDS, "warm: a first guess, none kept yet")
+    fake_speeds(compiled_rate=0.75e-5, compile_seconds=4.0)
+    fake_speeds(compiled_rate=0.75e-5, compile_seconds=3.0)
+    assert added() == (3.0, "warm: 2 earlier run(s)")
+    cache["cold"] = True  # the cache emptied (pruned, a new torch): the cold compile kept
+    assert added() == (60.0, "cold: 1 earlier run(s)")
+    speeds = eta.load_speeds()[eta.compiled_key(KEY)]
+    assert speeds["cold_compile_seconds"] == [60.0] and speeds["warm_compile_seconds"] == [4.0, 3.0]
+    # Nothing kept and no compiler: the run will be eager, so nothing is added.
+    eta._speed_path().unlink()
+    fake_speeds()
+    monkeypatch.setattr(compiled, "compile_problem", lambda device: "no C++ compiler was found")
+    assert added() == (0.0, "none: no C++ compiler was found")
 
 
 def test_time_left_starts_from_the_speed_of_the_right_kind():
@@ -251,13 +285,51 @@ def test_estimate_command_says_what_priced_the_compiled_levels(model_path, monke
                "--engine", "torch", "--model", str(model_path), "--json"]
     config = Config(size=512, preset="normal", device="cpu", engine="torch")
     key = eta.run_key(config, read_artifact_info(model_path).architecture)
+    monkeypatch.setattr(compiled, "cache_is_cold", lambda: False)
     eta.record_speed(key, [(p, 1e-5 * p, False) for p in (10_000, 40_000)], 4.0)
-    eta.record_speed(key, [(40_000, 0.4, True)], 34.0, 30.0)
+    eta.record_speed(key, [(40_000, 0.4, True)], 34.0, 30.0, cold=True)
+    eta.record_speed(key, [(40_000, 0.4, True)], 7.0, 3.0)
     assert main(["estimate", *options]) == 0
     figures = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert figures["speed"] == key and figures["measured_by"] == "2 level(s) of earlier runs"
     assert figures["compiled"] == {"levels": [[256, 170], [512, 341]], "speed": key + "/compiled",
-                                   "measured_by": "1 compiled level(s) of earlier runs",
-                                   "exponent": 1.0, "compile_seconds": 30.0}
+                                   "measured_by": "2 compiled level(s) of earlier runs",
+                                   "exponent": 1.0, "compile_seconds": 3.0,
+                                   "compile": "warm: 1 earlier run(s)"}
     assert main(["estimate", *options, "--compile", "off"]) == 0
     assert "compiled" not in json.loads(capsys.readouterr().out.splitlines()[-1])
+
+
+def test_a_run_keeps_its_compile_seconds_as_cold_or_warm(model_path, images, tmp_path,
+                                                        monkeypatch):
+    """`stylefu run` tells the speed file whether its compile started from an empty compile cache
+    (the runner asks before compiling fills it). The compile is faked (an eager function counted
+    as one compiled graph, 0.2 s): no compiler runs."""
+    from stylefu.core.io.images import save_image
+
+    def fake_compile(fn):
+        graphs = []
+
+        def run(x):
+            if not graphs:  # the first call compiles, as _backend counts a graph
+                graphs.append(fn)
+                compiled._state["compiles"] += 1
+                time.sleep(0.2)
+            return fn(x)
+        return run
+
+    monkeypatch.setattr(compiled, "_state", dict(compiled._state))  # this process's counts kept
+    monkeypatch.setattr(compiled, "compile_problem", lambda device: None)
+    monkeypatch.setattr(compiled, "_compile", fake_compile)
+    content, style = (save_image(tmp_path / f"{n}.png", a) for n, a in zip("cs", images))
+    command = ["run", str(content), str(style), "--model", str(model_path), "--compile", "on",
+               "--device", "cpu", "--engine", "torch", "--size", "64", "--levels", "1",
+               "--evaluations", "3", "--progress", "none"]
+    assert compiled.cache_is_cold()  # this test's own cache folder
+    assert main([*command, "-o", str(tmp_path / "cold.png")]) == 0
+    compiled.inductor_cache().mkdir(parents=True, exist_ok=True)
+    (compiled.inductor_cache() / "entry").write_bytes(b"x")  # what the compile left there
+    assert main([*command, "-o", str(tmp_path / "warm.png")]) == 0
+    (entry,) = [v for k, v in eta.load_speeds().items() if k.endswith(eta.COMPILED)]
+    assert [len(entry.get(k, [])) for k in ("cold_compile_seconds", "warm_compile_seconds")] == [1, 1]
+    assert min(entry["cold_compile_seconds"] + entry["warm_compile_seconds"]) >= 0.2

@@ -333,7 +333,8 @@ def cmd_run(args) -> int:
     # A served run's start-up was paid once by the worker, not by this run.
     eta.record_speed(key, time_left.measured(),
                      None if served else time.perf_counter() - STARTED - time_left.busy,
-                     result.metrics.get("compile_seconds", 0.0))
+                     result.metrics.get("compile_seconds", 0.0),
+                     result.metrics.get("compile_cold", False))
     if args.metrics:
         from ..io.files import atomic_write
         text = jsontext.dumps(result.metrics, indent=2)
@@ -458,7 +459,9 @@ def cmd_estimate(args) -> int:
         compiled = priced.get("compiled")
         print(f"about {figures['text']} for {width}x{height} px at --size {config.size} "
               f"(--preset {config.preset}; {key}; speed from {source}"
-              + (f"; compiled levels: {compiled['measured_by']}" if compiled else "") + ")")
+              + (f"; compiled levels: {compiled['measured_by']}; compiling "
+                 f"{compiled['compile_seconds']:g} s, {compiled['compile']}" if compiled else "")
+              + ")")
     return 0
 
 

@@ -156,12 +156,14 @@ def load_speeds() -> dict:
 
 
 def record_speed(key: str, points: list[tuple[int, float, bool]],
-                 fixed_seconds: float | None = None, compile_seconds: float = 0.0) -> None:
+                 fixed_seconds: float | None = None, compile_seconds: float = 0.0,
+                 cold: bool = False) -> None:
     """Keep a run's measured (pixels, s/evaluation, compiled) points, the eager ones under `key`
     and the compiled ones under `compiled_key(key)` (the last KEPT_POINTS of each), and its fixed
     seconds (start-up, loading: the run's time not spent in evaluations) under `key`, less its
-    `compile_seconds` (compiling the loss, or loading the compiled code), which the compiled
-    entry keeps apart. Never fails a run."""
+    `compile_seconds`, which the compiled entry keeps apart: as `cold_compile_seconds` when the
+    run started from an empty compile cache (`cold`: compiled from scratch), else as
+    `warm_compile_seconds` (loading the compiled code). Never fails a run."""
     from ..errors import UserError
     from ..io.files import atomic_write
 
@@ -176,11 +178,18 @@ def record_speed(key: str, points: list[tuple[int, float, bool]],
         if fixed_seconds is not None and fixed_seconds >= 0:
             _keep(speeds[key], "fixed_seconds", max(0.0, fixed_seconds - compile_seconds))
         if compile_seconds > 0:
-            _keep(speeds.setdefault(compiled_key(key), {}), "compile_seconds", compile_seconds)
+            _keep(speeds.setdefault(compiled_key(key), {}), _compile_entry(cold), compile_seconds)
         text = jsontext.dumps(speeds, indent=1)
         atomic_write(_speed_path(), lambda tmp: tmp.write_text(text))
     except (OSError, ValueError, UserError):  # an unusable cache only costs the estimate
         pass
+
+
+def _compile_entry(cold: bool) -> str:
+    """Where the compiled entry keeps compile seconds: a cold compile costs ten times a warm load,
+    so one list for both priced the run after a first compile with it (the lists of earlier
+    versions, `compile_seconds`, mixed both and are no longer read)."""
+    return "cold_compile_seconds" if cold else "warm_compile_seconds"
 
 
 def _keep(entry: dict, name: str, seconds: float) -> None:
@@ -265,14 +274,37 @@ def planned_compiled(config: Config, height: int, width: int) -> list[bool]:
     return [level_runs_compiled(compiling, config.compile, lv) for lv in plan]
 
 
+def compile_start(config: Config, kept: dict) -> tuple[float, str]:
+    """(seconds, what they are) that compiling adds to the start of the next run of `config`,
+    which compiles: from scratch where the compile cache is empty (`cache_is_cold`, as the run
+    will find it), else loading the code; each the lower median of the kept seconds of its kind
+    (`kept`: the compiled entry), else the first guess (COLD_ / WARM_COMPILE_SECONDS). Where no
+    compile was ever kept and the cache is empty, the run's own check for a compiler decides
+    (once per process; without one the run is eager and compiles nothing)."""
+    from ..engines.torch import compiled
+    from ..engines.torch.model import resolve_device
+
+    cold = compiled.cache_is_cold()
+    name = _compile_entry(cold)
+    if kept.get(name):
+        return _median(kept, name), f"{'cold' if cold else 'warm'}: {len(kept[name])} earlier run(s)"
+    if cold and not kept.get(_compile_entry(False)):
+        problem = compiled.compile_problem(resolve_device(config.device))
+        if problem:
+            return 0.0, f"none: {problem}"
+    if cold:
+        return compiled.COLD_COMPILE_SECONDS, "cold: a first guess, none kept yet"
+    return compiled.WARM_COMPILE_SECONDS, "warm: a first guess, none kept yet"
+
+
 def estimate(height: int, width: int, config: Config, key: str,
              finish_seconds: float = 0.0) -> dict:
     """`stylefu estimate`'s figures from the speeds kept under `key` (a rate must be kept):
     "seconds", "exponent", "fixed_seconds" and, for a run that would compile
     (`planned_compiled`), "compiled": its compiled levels ([w, h]), the speed that priced them
     (the compiled one where kept, else the eager one), where it came from, and the compile
-    seconds (loading the compiled code: the lower median of the last compiled runs') added to
-    the start-up."""
+    seconds added to the start-up (`compile_start`: from scratch or loading the code) and how
+    they were found ("compile")."""
     from .pipeline import level_sizes
 
     kept_speeds = load_speeds()
@@ -283,11 +315,10 @@ def estimate(height: int, width: int, config: Config, key: str,
         where = compiled_key(key)
         kept = kept_speeds.get(where, {})
         compiled_rate, compiled_exponent, _ = kept_speed(where, kept_speeds)
-        compiling = 0.0
         if compiled_rate is not None:
             speeds = [(compiled_rate, compiled_exponent) if kind else (rate, exponent)
                       for kind in kinds]
-            compiling = _median(kept, "compile_seconds")
+        compiling, found = compile_start(config, kept)
         fixed += compiling
         figures["compiled"] = {
             "levels": [[w, h] for (h, w), kind in zip(level_sizes(height, width, config), kinds)
@@ -296,7 +327,7 @@ def estimate(height: int, width: int, config: Config, key: str,
             "measured_by": f"{len(kept.get('points', []))} compiled level(s) of earlier runs"
             if speeds else "no compiled run kept yet: the eager speed",
             "exponent": round(compiled_exponent if speeds else exponent, 3),
-            "compile_seconds": round(compiling, 1)}
+            "compile_seconds": round(compiling, 1), "compile": found}
     figures["seconds"] = round(estimate_seconds(height, width, config, rate, exponent, fixed,
                                                 finish_seconds, speeds), 1)
     return figures

@@ -106,7 +106,8 @@ class OnnxRunner:
                    "style_loss": parts["style"],
                    "style_loss_per_layer": {n: parts[n] for n in STYLE_LAYERS},
                    "tv_loss": parts["tv"], "device": "cpu", "precision": "float32",
-                   "engine": "onnx", "compiled": False, "compile_seconds": 0.0}
+                   "engine": "onnx", "compiled": False, "compile_seconds": 0.0,
+                   "compile_cold": False}
         if tiled:
             metrics["seam_ratio"] = tiling.seam_ratio(result, [self.objective.cores])
         return metrics

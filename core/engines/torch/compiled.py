@@ -45,6 +45,12 @@ COMPILE_MIN_PIXELS = 192 * 192
 # (docs/speed.md, "GPU"); `--compile on` still asks for it.
 AUTO_COMPILES_ON_CUDA = False
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+# What compiling adds to a run's start-up before this machine has measured it (run/eta.py keeps
+# the measured seconds, cold and warm apart): from an empty compile cache (30-70 s with AMX; 44 s
+# on the float32 path, docs/speed.md "Compiling") and loading the code from a filled one (3 s
+# with AMX).
+COLD_COMPILE_SECONDS = 45.0
+WARM_COMPILE_SECONDS = 3.0
 
 _state = {"problem": None, "compiles": 0, "told": False, "seconds": 0.0}
 _lock = threading.Lock()
@@ -173,11 +179,16 @@ def should_compile(mode: str, device: torch.device, dtype: torch.dtype,
     if problem:
         _tell(f"the loss runs uncompiled ({problem}).", log)
         return False
-    cache = inductor_cache()
-    if not _has_entries(cache):
+    if cache_is_cold():
         _tell(f"compiling the loss for this machine: once, about half a minute; later runs "
-              f"load it from {cache}.", log)
+              f"load it from {inductor_cache()}.", log)
     return True
+
+
+def cache_is_cold() -> bool:
+    """Whether a run compiling now starts from an empty compile cache (compiles from scratch)
+    rather than loading the code earlier runs left there. No side effects: estimates ask it."""
+    return not _has_entries(inductor_cache())
 
 
 def _has_entries(folder: Path) -> bool:

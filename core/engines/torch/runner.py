@@ -28,7 +28,7 @@ class TorchRunner:
         self.source, self.config, self.log = model, config, log
         # Known before the model loads, so a run too large for memory fails before that.
         self.device = self.model.device if self.model else resolve_device(config.device)
-        self.compiled, self.compile_started, self.last = False, 0.0, None
+        self.compiled, self.compile_started, self.last, self.cold = False, 0.0, None, False
 
     def check(self, content, styles) -> None:
         tiling.check_memory(content, styles, self.config, self.device)
@@ -37,7 +37,7 @@ class TorchRunner:
         """Load the model, choose the precision and (once per run) whether to compile."""
         import torch
 
-        from .compiled import compile_seconds, should_compile, whole_image_levels
+        from .compiled import cache_is_cold, compile_seconds, should_compile, whole_image_levels
         from .model import cpu_has_fast_bf16, load_model, resolve_precision
 
         if self.model is None:
@@ -49,6 +49,7 @@ class TorchRunner:
                      "--precision fp32 (which --precision auto takes here).")
         torch.manual_seed(self.config.seed)
         self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.cold = cache_is_cold()  # before compiling fills it: run/eta.py keeps the two apart
         self.compiled = should_compile(self.config.compile, self.device, self.dtype,
                                        whole_image_levels(plan), self.log)
         self.compile_started = compile_seconds()
@@ -119,7 +120,8 @@ class TorchRunner:
         metrics = evaluate(self.model, result, targets, self.config, content_at_size)
         metrics.update(device=str(self.device), precision=str(self.dtype).replace("torch.", ""),
                        engine="torch", compiled=self.compiled and not failure(),
-                       compile_seconds=round(compile_seconds() - self.compile_started, 3))
+                       compile_seconds=round(compile_seconds() - self.compile_started, 3),
+                       compile_cold=self.compiled and self.cold)
         if tiled:
             metrics["seam_ratio"] = tiling.seam_ratio(result, [run.cores])
         return metrics
