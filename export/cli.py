@@ -116,7 +116,8 @@ def add_export_parser(sub) -> None:
     exp.add_argument("--preprocessing", choices=tuple(PREPROCESSING), default=None,
                      help="override the weights' preprocessing (default: the weights' own)")
     exp.add_argument("-o", "--output", help="output path (default: $STYLEFU_MODEL, else the cache's "
-                     "model path: where every command looks for it)")
+                     "model path, one name whatever the network: where every command and the "
+                     "GIMP plug-ins look for it)")
     exp.add_argument("--if-missing", action="store_true",
                      help="keep the model already at the output path; export only when none is")
     exp.add_argument("--progress", choices=("bar", "json", "none"), default="bar",

@@ -172,13 +172,35 @@ def test_not_a_stylefu_artifact(tmp_path):
         load_torch_model(tmp_path / "junk.onnx")
 
 
+def test_a_vgg16_default_model_is_found_and_info_says_its_network(random16_model_path, images,
+                                                                  capsys, tmp_path):
+    """A VGG16 exported without -o keeps the default model's one name (the plug-ins' settings
+    record that path): `run` without --model uses it, and `info` says the network is VGG16 and
+    why the name says vgg19."""
+    import shutil
+
+    from stylefu.core.io.images import save_image
+    from stylefu.core.io.paths import default_model_path
+
+    default_model_path().parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(random16_model_path, default_model_path())
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["model"] == str(default_model_path()) and info["architecture"] == "vgg16"
+    assert "whatever its network (vgg16 here)" in info["model_name"]
+    content, style = (str(save_image(tmp_path / f"{n}.png", a)) for n, a in zip("cs", images))
+    assert main(["run", content, style, "-o", str(tmp_path / "o.png"), "--size", "64",
+                 "--levels", "1", "--evaluations", "2", "--progress", "none"]) == 0
+    assert f"model {default_model_path().resolve()}" in capsys.readouterr().err
+
+
 def test_cli_export_default_path_and_info(capsys, monkeypatch, tmp_path):
     """Without -o the model lands at the cache's default path, where `info` finds it."""
     assert main(["export", "--weights", "random", "--seed", "3"]) == 0
     assert "RANDOM weights" in capsys.readouterr().err
     assert main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["model"].endswith("vgg19-features.onnx")
+    assert info["model"].endswith("vgg19-features.onnx") and "model_name" not in info
     assert info["weights"].startswith("random (seed 3)")
     assert info["onnxruntime_provider"] == "CPUExecutionProvider"
     assert info["devices"].startswith("cpu")

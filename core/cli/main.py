@@ -477,7 +477,7 @@ def cmd_info(args) -> int:
     import onnxruntime
 
     from ..engines import resolve_engine, torch_installed, why_auto
-    from ..io.paths import cache_dir, default_model_path
+    from ..io.paths import MODEL_FILENAME, cache_dir, default_model_path
     from ..network.forward import FeatureEngine
     from ..network.vgg import read_artifact
 
@@ -490,6 +490,10 @@ def cmd_info(args) -> int:
                      preprocessing=info.preprocessing.get("name", "?"), pooling=info.pooling,
                      layers=", ".join(info.layers),
                      onnxruntime_provider=FeatureEngine(path).provider)
+        if path.name == MODEL_FILENAME and not path.name.startswith(info.architecture):
+            lines["model_name"] = (f"{MODEL_FILENAME} is the default model's one name, whatever "
+                                   f"its network ({info.architecture} here): every command and "
+                                   "the GIMP plug-ins look for it there")
     elif args.model:  # a path the user typed: "none installed" would hide a typo
         from ..io.files import path_kind
 

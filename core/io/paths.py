@@ -9,6 +9,8 @@ from pathlib import Path
 MODEL_ENV = "STYLEFU_MODEL"
 CACHE_ENV = "STYLEFU_CACHE"
 WEIGHTS_ENV = "STYLEFU_WEIGHTS_CACHE"
+# One name whatever the network (a VGG16 too): the GIMP plug-ins' settings record this path at
+# install, so a name per architecture would leave them on the old file after another export.
 MODEL_FILENAME = "vgg19-features.onnx"
 
 
