@@ -490,11 +490,13 @@ def test_worker_errors_come_back_as_one_sentence(files, tmp_path):
 
 def test_worker_exits_cleanly_with_stdin_watched(files, model_path, tmp_path):
     """The plug-in keeps the worker's stdin open: the run must still end with exit code 0
-    (a daemon thread blocked in sys.stdin used to abort the interpreter at exit)."""
+    (a daemon thread blocked in sys.stdin used to abort the interpreter at exit). `--upscale`
+    without `--keep-size`, as a plug-in from an earlier stylefu sent with its previews, is taken."""
     content, style = files
     proc = subprocess.Popen(WORKER + ["run", str(content), str(style), "-o", str(tmp_path / "o.npy"),
                                       "--model", str(model_path), "--progress", "none",
-                                      "--watch-stdin", "--size", "32", "--iterations", "2"],
+                                      "--watch-stdin", "--size", "32", "--iterations", "2",
+                                      "--upscale", "detail"],
                             stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     stderr = proc.stderr.read()  # until the worker exits, its stdin still open
     code = proc.wait(timeout=120)

@@ -287,10 +287,12 @@ def cmd_run(args) -> int:
     from ..run.pipeline import stylize
 
     config = config_from_args(args).validate()
+    served = args.cancel is not None  # a run of `stylefu serve`
+    if (served or args.watch_stdin) and not args.keep_size:
+        args.upscale = None  # a plug-in from an earlier stylefu sends it with every preview
     args.upscale = upscale_mode(args.upscale, args.keep_size)
     output = Path(args.output)
     check_run_paths(args, config)
-    served = args.cancel is not None  # a run of `stylefu serve`
     from ..io.images import load_image
     from ..run.pipeline import check_inputs
 
