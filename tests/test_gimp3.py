@@ -444,6 +444,10 @@ def test_tile_size_reaches_the_worker(suite, model_path, tmp_path):
     # No model, and the download fails: the worker's sentence.
     ("missing_model", "execution-error", "is neither one of"),
     ("dying_worker", "execution-error", "stopped unexpectedly (killed by signal SIGKILL)"),
+    # No model, and a last-values call asks nothing: how to install one.
+    ("last_vals_no_model", "execution-error", "run the filter from its menu to download one"),
+    ("last_vals_no_model_preview", "execution-error",
+     "run the filter from its menu to download one"),
     # Wrong input is a calling error, as in GIMP's own plug-ins.
     ("no_style", "calling-error", "Choose a style"),
     ("missing_style_file", "calling-error", "for argument 'style-file'"),  # GIMP's own check
@@ -474,6 +478,17 @@ def test_missing_model_is_fetched_then_the_filter_runs(suite):
     assert r["layers"] == ["style (neural style)", "source"]
     assert "[stylefu] model: Neural style: downloading random weights (they only shift colours) " \
         "from this computer" in suite["log"]
+
+
+def test_last_values_call_without_a_model_asks_nothing(suite):
+    """A last-values call in a console GIMP: no question (GimpUi could not open a display, and
+    the plug-in crashed with no message), no download; the error said how to install one."""
+    r = suite["results"]["last_vals_no_model"]
+    assert r["status"] == "execution-error" and not r["model_exists"], r
+    assert "stylefu export --weights auto" in r["message"]
+    assert 'Plug-in crashed: "stylefu.py"' not in suite["log"]
+    assert not [line for line in suite["log"].splitlines()
+                if "(python-fu-stylefu" in line and "cannot open display" in line]
 
 
 def test_live_preview_layer_was_updated_during_runs(suite):

@@ -608,6 +608,10 @@ def fetch_command(settings):
 # at PATH; create one with `stylefu export` (or pass --model PATH)" spoke of the command line,
 # took seven lines of the preview's column, and hid that OK offers the download).
 NO_MODEL_YET = "No model is installed yet; OK offers to download one."
+# What a call that may ask nothing (GIMP 3's last values) says instead of the download question.
+NO_MODEL_UNASKED = ("No stylefu model is installed, and a call with the last values asks "
+                    "nothing; run the filter from its menu to download one, or run `stylefu "
+                    "export --weights auto` in a terminal.")
 
 
 def _check_model_for_dialog(settings):

@@ -182,10 +182,14 @@ class Host(bridge.PluginHost):
         Gimp.displays_flush()
 
     def ask_download(self, question, notice):
-        """A Cancel/Download question when someone is there to answer it (not a script's
-        non-interactive call, which is the consent itself)."""
+        """A Cancel/Download question in an interactive call only; a script's non-interactive
+        call is the consent itself. A last-values call (Repeat, or a batch script) shows no
+        dialog, as GIMP's own plug-ins do: a question crashed a console GIMP (no display) and
+        would block a batch run on one, so it stops with how to install a model."""
         if self.run_mode == Gimp.RunMode.NONINTERACTIVE:
             return True
+        if self.run_mode != Gimp.RunMode.INTERACTIVE:
+            raise bridge.BridgeError(bridge.NO_MODEL_UNASKED)
         return ask(question, "Download a model?", "_Download")
 
     def open_sheet(self, path):

@@ -53,11 +53,13 @@ def make_image(array, *, gray=False, alpha=False, precision=None, canvas=None, o
     return image, layer
 
 
-def run(name, procedure, image, layer, drawables=None, **props):
-    """Run a procedure non-interactively; record status, message and the image's layers."""
+def run(name, procedure, image, layer, drawables=None, mode=Gimp.RunMode.NONINTERACTIVE,
+        **props):
+    """Run a procedure (non-interactively unless `mode`); record status, message and the
+    image's layers."""
     proc = PDB.lookup_procedure(procedure)
     config = proc.create_config()
-    config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+    config.set_property("run-mode", mode)
     config.set_property("image", image)
     config.set_core_object_array("drawables", [layer] if drawables is None else drawables)
     for key, value in props.items():
@@ -240,6 +242,13 @@ def scenarios(content, fast):
     # recorded path, then runs; here from a source that fails, then from random weights.
     set_settings(model=JOB["missing_model"], model_sources=[JOB["failing_source"]])
     run("missing_model", PROC, image, layer, **fast)
+    # A last-values call (a batch script's, with no last values stored: GIMP passes its
+    # arguments) asks nothing: no dialog (it crashed this console GIMP), no download.
+    set_settings(model=JOB["missing_model"], model_sources=[JOB["random_source"]])
+    run("last_vals_no_model", PROC, image, layer, mode=Gimp.RunMode.WITH_LAST_VALS, **fast)
+    run("last_vals_no_model_preview", PROC_PREVIEW, image, layer,
+        mode=Gimp.RunMode.WITH_LAST_VALS, style_1=JOB["style"], size=JOB["size"])
+    results["last_vals_no_model"]["model_exists"] = os.path.isfile(JOB["missing_model"])
     set_settings(model=JOB["fetched_model"], model_sources=[JOB["random_source"]])
     fetch_image, fetch_layer = make_image(content)
     run("fetched_model", PROC, fetch_image, fetch_layer, **fast)
