@@ -88,6 +88,11 @@ class InputError(BridgeError):
     GIMP 3's CALLING_ERROR, as GIMP's own plug-ins report it."""
 
 
+class CancelledError(BridgeError):
+    """The user cancelled the filter (GIMP 3: its progress bar's Cancel ended the follower): the
+    image is as it was, and GIMP 3's procedure returns CANCEL."""
+
+
 def settings_path(plugin_file):
     """The settings file the installer writes beside the plug-in: same name, `.json`."""
     return os.path.splitext(os.path.abspath(plugin_file))[0] + ".json"
@@ -544,6 +549,27 @@ class PluginHost(object):
     def undo_group(self, start):
         raise NotImplementedError
 
+    # GIMP cancels a plug-in by killing the process that started the progress bar, before it can
+    # take back a half-painted layer; a host that can run a follower (follow) keeps this process
+    # off the bar, so Cancel ends only the follower and this one leaves the image as it was.
+    follows = False
+
+    def live_layer(self, name, masked, content):
+        """(A host that `follows`.) A new layer above the source holding the .npy `content` (the
+        source's own pixels: nothing shows yet), with the selection as its mask when `masked`,
+        added outside the undo history (take it away with drop_live)."""
+        raise NotImplementedError
+
+    def drop_live(self, layer):
+        """Take away a live_layer, outside the undo history."""
+        raise NotImplementedError
+
+    def follow(self, layer, folder):
+        """Run the follower (follow_run, in a process of its own that holds the progress bar)
+        on `layer` and the state files in `folder` until the run is done; "success",
+        "cancel" (GIMP's Cancel ended it) or an error message."""
+        raise NotImplementedError
+
     def progress(self, fraction=None, text=None, end=False):
         """Start the progress bar (fraction None), move it, or end it."""
         raise NotImplementedError
@@ -673,6 +699,8 @@ def stylize_layer(host, settings, values, kept=None):
             command = worker_command(settings, ["run"] + args)
             log("worker:", " ".join(command))
             run = functools.partial(run_worker, command, cwd=folder)
+        if host.follows:
+            return _run_followed(host, run, output, layer_name(styles), masked, content)
         return _run_into_layer(host, run, output, layer_name(styles), masked)
     finally:
         remove_dir(folder)
@@ -706,6 +734,116 @@ def _run_into_layer(host, run, output, name, masked):
         host.progress(end=True)
     host.flush()
     return state["layer"]
+
+
+FOLLOW_FILE = "follow.json"  # the run's state, from the filter's process to its follower
+FOLLOW_POLL_S = 0.1  # how often the follower reads it
+FOLLOW_STOP_S = 10.0  # how long a cancelled filter waits for its worker's run to end
+
+
+def write_follow(folder, state):
+    """The run's state for the follower, replaced whole (it never reads half a file)."""
+    path = os.path.join(folder, FOLLOW_FILE)
+    with io.open(path + ".new", "w", encoding="utf-8") as f:
+        f.write(u"%s" % json.dumps(state))
+    getattr(os, "replace", os.rename)(path + ".new", path)  # (Python 2.7 has no os.replace)
+
+
+def read_follow(folder):
+    try:
+        with io.open(os.path.join(folder, FOLLOW_FILE), encoding="utf-8") as f:
+            return native_text(json.loads(f.read()))
+    except (IOError, OSError, ValueError):
+        return None
+
+
+def follow_run(host, layer, folder):
+    """The follower (GIMP 3's internal procedure, its own process): the progress bar and the
+    painting as it forms in `layer`, from the state the filter writes in `folder`, until the
+    run is done or the folder has gone. GIMP's Cancel kills this process only."""
+    shown = None
+    host.progress(text="%s: starting the worker" % TITLE)
+    try:
+        while True:
+            state = read_follow(folder)
+            if state is None and not os.path.isdir(folder):
+                return
+            if state is not None:
+                if state.get("image") and state["image"] != shown:
+                    if shown is None:
+                        log("follower: the live layer shows the painting as it forms")
+                    shown = state["image"]
+                    host.paint(layer, shown)
+                    host.flush()
+                if state.get("text"):
+                    host.progress(state.get("fraction", 0.0), state["text"])
+                if state.get("done"):
+                    return
+            time.sleep(FOLLOW_POLL_S)
+    finally:
+        host.progress(end=True)
+
+
+def _run_followed(host, run, output, name, masked, content):
+    """_run_into_layer for a host that `follows`: the worker's run in a thread of this process,
+    the progress bar and the painting as it forms in a live layer by the follower, the result
+    as the new layer in one undo group. Cancel, or a failure, takes the live layer away: the
+    image and its undo history are as they were."""
+    folder = os.path.dirname(output)
+    stop = threading.Event()
+    state = {"fraction": 0.0, "text": "%s: starting the worker" % TITLE, "image": None,
+             "done": False}
+    outcome = {}
+
+    def follow(record):
+        if stop.is_set():  # the run goes (run_worker kills its worker, run_kept cancels its run)
+            raise CancelledError("The filter was cancelled.")
+        if record.get("event") == "notice":
+            log("notice:", record.get("message", ""))
+        state.update(fraction=min(1.0, float(record.get("fraction", 0.0))),
+                     text=progress_text(record))
+        if record.get("image"):
+            state["image"] = record["image"]
+            log("preview", record["image"])
+        write_follow(folder, state)
+
+    def work():
+        try:
+            outcome["final"] = run(on_record=follow)
+        except BaseException as exc:  # handed to the filter's thread
+            outcome["error"] = exc
+        finally:
+            state["done"] = True
+            write_follow(folder, state)
+
+    write_follow(folder, state)
+    live = host.live_layer(name, masked, content)
+    try:
+        thread = threading.Thread(target=work)
+        thread.daemon = True
+        thread.start()
+        followed = host.follow(live, folder)
+        if followed != "success":
+            stop.set()
+            thread.join(FOLLOW_STOP_S)
+            log("follower:", followed)
+            if followed == "cancel":
+                raise CancelledError("The filter was cancelled.")
+            raise BridgeError("The filter's progress stopped unexpectedly (%s)." % followed)
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+    finally:
+        host.drop_live(live)
+    final = outcome["final"]
+    log("tiles:", json.dumps(final.get("metrics", {}).get("tiles", {}), sort_keys=True))
+    host.undo_group(start=True)
+    try:
+        layer = host.show(output, name, masked, None)
+    finally:
+        host.undo_group(start=False)
+    host.flush()
+    return layer
 
 
 def start_dialog_preview(host, worker, settings, values):
