@@ -284,15 +284,15 @@ def scenarios(content, fast):
                             Gimp.LayerMode.NORMAL)
     two.insert_layer(second, None, 1)
     run("two_layers", PROC, two, first, drawables=[first, second], **fast)
-    # No model: the filter fetches one (a non-interactive call is the consent) into the
-    # recorded path, then runs; here from a source that fails, then from random weights.
-    set_settings(model=JOB["missing_model"], model_sources=[JOB["failing_source"]])
-    run("missing_model", PROC, image, layer, **fast)
     # GIMP's Cancel kills the follower mid-run: the live layer goes, the image is as it was.
     killed = {"killed": False}
     threading.Thread(target=kill_follower, args=(killed,), daemon=True).start()
     run("cancelled", PROC, image, layer, **dict(fast, iterations=400))
     results["cancelled"].update(killed)
+    # No model: the filter fetches one (a non-interactive call is the consent) into the
+    # recorded path, then runs; here from a source that fails, then from random weights.
+    set_settings(model=JOB["missing_model"], model_sources=[JOB["failing_source"]])
+    run("missing_model", PROC, image, layer, **fast)
     # A last-values call (a batch script's, with no last values stored: GIMP passes its
     # arguments) asks nothing: no dialog (it crashed this console GIMP), no download.
     set_settings(model=JOB["missing_model"], model_sources=[JOB["random_source"]])
