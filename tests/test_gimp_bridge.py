@@ -380,7 +380,7 @@ class FollowedHost(ArrayHost):
     history, and the follower (bridge.follow_run, here in this thread) painting it; with
     `cancel_after` paints, the follower ends as GIMP's Cancel ends it."""
 
-    follows = True
+    follows = "thread"
 
     def __init__(self, *args, cancel_after=None):
         super().__init__(*args)

@@ -552,7 +552,9 @@ class PluginHost(object):
     # GIMP cancels a plug-in by killing the process that started the progress bar, before it can
     # take back a half-painted layer; a host that can run a follower (follow) keeps this process
     # off the bar, so Cancel ends only the follower and this one leaves the image as it was.
-    follows = False
+    # "thread": the worker's run goes on in a thread here (GIMP 3: its calls let other threads
+    # run); "follower": the follower runs the worker too (GIMP 2.10's calls block every thread).
+    follows = None
 
     def live_layer(self, name, masked, content):
         """(A host that `follows`.) A new layer above the source holding the .npy `content` (the
@@ -692,6 +694,7 @@ def stylize_layer(host, settings, values, kept=None):
         masked = selection is not None and not outside
         output = os.path.join(folder, "result" + host.result_suffix)
         args = stylize_args(settings, content, styles, output, values, masks)
+        command = None
         if kept is not None:
             log("worker: the dialog's, run", " ".join(args))
             run = functools.partial(run_kept, kept, args)
@@ -700,7 +703,8 @@ def stylize_layer(host, settings, values, kept=None):
             log("worker:", " ".join(command))
             run = functools.partial(run_worker, command, cwd=folder)
         if host.follows:
-            return _run_followed(host, run, output, layer_name(styles), masked, content)
+            return _run_followed(host, run, output, layer_name(styles), masked, content,
+                                 command if host.follows == "follower" else None)
         return _run_into_layer(host, run, output, layer_name(styles), masked)
     finally:
         remove_dir(folder)
@@ -758,9 +762,15 @@ def read_follow(folder):
 
 
 def follow_run(host, layer, folder):
-    """The follower (GIMP 3's internal procedure, its own process): the progress bar and the
-    painting as it forms in `layer`, from the state the filter writes in `folder`, until the
-    run is done or the folder has gone. GIMP's Cancel kills this process only."""
+    """The follower (the plug-ins' internal procedure, its own process): the progress bar and
+    the painting as it forms in `layer`, from the state the filter writes in `folder`, until
+    the run is done or the folder has gone; or, when the state has the worker's command, runs
+    the worker itself (GIMP 2.10), into the filter's run log. GIMP's Cancel kills this process
+    only."""
+    state = read_follow(folder) or {}
+    if state.get("command"):
+        _log["path"] = state.get("log")
+        return _follow_worker(host, layer, folder, state["command"])
     shown = None
     host.progress(text="%s: starting the worker" % TITLE)
     try:
@@ -784,15 +794,54 @@ def follow_run(host, layer, folder):
         host.progress(end=True)
 
 
-def _run_followed(host, run, output, name, masked, content):
-    """_run_into_layer for a host that `follows`: the worker's run in a thread of this process,
-    the progress bar and the painting as it forms in a live layer by the follower, the result
-    as the new layer in one undo group. Cancel, or a failure, takes the live layer away: the
-    image and its undo history are as they were."""
+def _follow_worker(host, layer, folder, command):
+    """The follower that runs the worker (`command`) itself, painting `layer` as it goes."""
+    state = {"shown": False}
+
+    def follow(record):
+        if record.get("event") == "notice":
+            log("notice:", record.get("message", ""))
+        host.progress(min(1.0, float(record.get("fraction", 0.0))), progress_text(record))
+        if record.get("image"):
+            if not state["shown"]:
+                log("follower: the live layer shows the painting as it forms")
+                state["shown"] = True
+            host.paint(layer, record["image"])
+            host.flush()
+            log("preview", record["image"])
+
+    host.progress(text="%s: starting the worker" % TITLE)
+    try:
+        final = run_worker(command, on_record=follow, cwd=folder)
+    finally:
+        host.progress(end=True)
+    log("tiles:", json.dumps(final.get("metrics", {}).get("tiles", {}), sort_keys=True))
+
+
+def _run_followed(host, run, output, name, masked, content, command=None):
+    """_run_into_layer for a host that `follows`: the progress bar and the painting as it forms
+    in a live layer by the follower, the worker's run in a thread of this process (or, given
+    its `command`, in the follower), then the result as the new layer in one undo group.
+    Cancel, or a failure, takes the live layer away: the image and its undo history are as
+    they were."""
     folder = os.path.dirname(output)
-    stop = threading.Event()
     state = {"fraction": 0.0, "text": "%s: starting the worker" % TITLE, "image": None,
              "done": False}
+    if command is not None:
+        state.update(command=command, log=log_path())
+        write_follow(folder, state)
+        live = host.live_layer(name, masked, content)
+        try:
+            followed = host.follow(live, folder)
+        finally:
+            host.drop_live(live)
+        if followed == "cancel":
+            log("follower:", followed)
+            raise CancelledError("The filter was cancelled.")
+        if followed != "success":  # the worker's sentence
+            raise BridgeError(followed)
+        return _show_result(host, output, name, masked)
+    stop = threading.Event()
     outcome = {}
 
     def follow(record):
@@ -837,6 +886,11 @@ def _run_followed(host, run, output, name, masked, content):
         host.drop_live(live)
     final = outcome["final"]
     log("tiles:", json.dumps(final.get("metrics", {}).get("tiles", {}), sort_keys=True))
+    return _show_result(host, output, name, masked)
+
+
+def _show_result(host, output, name, masked):
+    """The worker's result as the new layer above the source, in one undo group."""
     host.undo_group(start=True)
     try:
         layer = host.show(output, name, masked, None)

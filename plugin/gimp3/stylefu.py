@@ -172,7 +172,7 @@ class Host(bridge.PluginHost):
     def undo_group(self, start):
         (self.image.undo_group_start if start else self.image.undo_group_end)()
 
-    follows = True
+    follows = "thread"
 
     def live_layer(self, name, masked, content):
         # Frozen: GIMP's way for in-situ previews; the image is as it was when it thaws again

@@ -121,7 +121,8 @@ def kill_follower(record, paintings=3, timeout=120):
     bar): SIGKILL, once the live layer has had `paintings` to show."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        plugins = our_plugins()
+        # The filter and its follower, the newest two (an earlier run's may still be ending).
+        plugins = our_plugins()[-2:]
         folder = worker_folder(plugins[0]) if len(plugins) == 2 else None
         if folder and os.path.exists(os.path.join(folder, f"result.scale1-{paintings:04d}.npy")):
             time.sleep(0.5)  # the follower's next look (bridge.FOLLOW_POLL_S) shows it
