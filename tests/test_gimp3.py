@@ -566,6 +566,9 @@ def preview_box(lines: list[str], count: int) -> tuple[int, int, int, int]:
 
 
 TITLE, QUESTION = "Neural Style Transfer", "Download a model?"
+# Where GIMP 3.0.4's window (800 x 600 under Xvfb) has its status bar's Cancel button while a
+# plug-in's progress runs (measured on the screenshot OUT/gimp-progress.png).
+CANCEL_BUTTON = (518, 582)
 
 
 def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
@@ -607,6 +610,7 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
         job["model"] = str(model_path)
         job["gray"] = True
         job["broken_style"] = True
+        job["progress_cancel"] = 600  # evaluations: far more than the time to click Cancel
     (tmp_path / "job.json").write_text(json.dumps(job))
     shutil.copy(GIMP_DIR / "gui_dialog.py", tmp_path / "gui_dialog.py")
     number = 40 + os.getpid() % 50
@@ -658,6 +662,14 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
             subprocess.run(["xdotool", "windowfocus", "--sync", window], env=xenv, timeout=30)
             subprocess.run(["xdotool", *args], env=xenv, timeout=30)
 
+        if "progress_cancel" in job:
+            # The progress bar's Cancel, in the status bar of GIMP's window (800 x 600 at 0,0
+            # under Xvfb without a window manager), once the live layer shows the painting.
+            wait_for("[stylefu] follower: the live layer shows the painting as it forms")
+            time.sleep(1)  # drawn
+            window_shot(display, "GIMP$", out / "gimp-progress.png")
+            subprocess.run(["xdotool", "mousemove", str(CANCEL_BUTTON[0]), str(CANCEL_BUTTON[1]),
+                            "click", "1"], env=xenv, timeout=30)
         sizes, shots = {}, {}
         steps = [("normal", "alt+c", TITLE), ("custom", "alt+o", TITLE)]
         if "gray" in job:  # a grayscale image's dialog, its preview, cancelled
@@ -727,6 +739,12 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
     log = "".join(lines)
     result = json.loads((out / "gui.json").read_text())
     declined = {key: result.pop(key) for key in list(result) if key.startswith("no_model")}
+    if "progress_cancel" in job:  # GIMP's own Cancel: the live layer gone, nothing left
+        assert result.pop("progress_cancel") == "cancel", log[-3000:]
+        assert result.pop("progress_cancel_layers") == ["photo"], log[-3000:]
+        assert "[stylefu] cancelled: the image is as it was" in log
+        assert "left image undo in inconsistent state" not in log
+        assert 'Plug-in crashed: "stylefu.py"' not in log
     for step in ("gray", "broken_style"):
         if step in job:
             assert result.pop(step) == "cancel", log[-3000:]
