@@ -214,6 +214,28 @@ class Host(bridge.PluginHost):
         Gimp.displays_flush()
 
 
+    def ask_download(self, question, notice):
+        """A Cancel/Download question in an interactive call only; a script's non-interactive
+        call is the consent itself. A last-values call (Repeat, or a batch script) shows no
+        dialog, as GIMP's own plug-ins do: a question crashed a console GIMP (no display) and
+        would block a batch run on one, so it stops with how to install a model."""
+        if self.run_mode == Gimp.RunMode.NONINTERACTIVE:
+            return True
+        if self.run_mode != Gimp.RunMode.INTERACTIVE:
+            raise bridge.BridgeError(bridge.NO_MODEL_UNASKED)
+        return ask(question, "Download a model?", "_Download")
+
+    def open_sheet(self, path):
+        sheet = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(path))
+        # Untitled, so that closing it offers "Save as" instead of overwriting a temporary file.
+        sheet.set_file(Gio.File.new_for_path(os.path.join(os.path.dirname(os.path.dirname(path)),
+                                                          "stylefu-preview.png")))
+        if self.run_mode == Gimp.RunMode.INTERACTIVE:
+            Gimp.Display.new(sheet)
+            Gimp.displays_flush()
+        return sheet
+
+
 def progress(fraction=None, text=None, end=False):
     """GIMP's progress bar: start it (fraction None), move it, or end it."""
     if end:
@@ -238,27 +260,6 @@ class FollowHost:
     @staticmethod
     def flush():
         Gimp.displays_flush()
-
-    def ask_download(self, question, notice):
-        """A Cancel/Download question in an interactive call only; a script's non-interactive
-        call is the consent itself. A last-values call (Repeat, or a batch script) shows no
-        dialog, as GIMP's own plug-ins do: a question crashed a console GIMP (no display) and
-        would block a batch run on one, so it stops with how to install a model."""
-        if self.run_mode == Gimp.RunMode.NONINTERACTIVE:
-            return True
-        if self.run_mode != Gimp.RunMode.INTERACTIVE:
-            raise bridge.BridgeError(bridge.NO_MODEL_UNASKED)
-        return ask(question, "Download a model?", "_Download")
-
-    def open_sheet(self, path):
-        sheet = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(path))
-        # Untitled, so that closing it offers "Save as" instead of overwriting a temporary file.
-        sheet.set_file(Gio.File.new_for_path(os.path.join(os.path.dirname(os.path.dirname(path)),
-                                                          "stylefu-preview.png")))
-        if self.run_mode == Gimp.RunMode.INTERACTIVE:
-            Gimp.Display.new(sheet)
-            Gimp.displays_flush()
-        return sheet
 
 
 # --- the dialogs --------------------------------------------------------------------------------
