@@ -89,8 +89,8 @@ class InputError(BridgeError):
 
 
 class CancelledError(BridgeError):
-    """The user cancelled the filter (GIMP 3: its progress bar's Cancel ended the follower): the
-    image is as it was, and GIMP 3's procedure returns CANCEL."""
+    """The user cancelled the filter (its progress bar's Cancel ended the follower): the image is
+    as it was, and GIMP 3's procedure returns CANCEL."""
 
 
 def settings_path(plugin_file):
@@ -813,6 +813,11 @@ def _follow_worker(host, layer, folder, command):
     host.progress(text="%s: starting the worker" % TITLE)
     try:
         final = run_worker(command, on_record=follow, cwd=folder)
+    except BridgeError as exc:
+        # Handed to the filter, which says it: the follower's own failure would make GIMP say
+        # it a second time ("Calling error for procedure ...").
+        write_follow(folder, dict(read_follow(folder) or {}, error=str(exc)))
+        return
     finally:
         host.progress(end=True)
     log("tiles:", json.dumps(final.get("metrics", {}).get("tiles", {}), sort_keys=True))
@@ -838,8 +843,11 @@ def _run_followed(host, run, output, name, masked, content, command=None):
         if followed == "cancel":
             log("follower:", followed)
             raise CancelledError("The filter was cancelled.")
-        if followed != "success":  # the worker's sentence
-            raise BridgeError(followed)
+        if followed != "success":
+            raise BridgeError("The filter's progress stopped unexpectedly (%s)." % followed)
+        failed = (read_follow(folder) or {}).get("error")
+        if failed:  # the worker's sentence
+            raise BridgeError(failed)
         return _show_result(host, output, name, masked)
     stop = threading.Event()
     outcome = {}
@@ -871,7 +879,11 @@ def _run_followed(host, run, output, name, masked, content, command=None):
         thread = threading.Thread(target=work)
         thread.daemon = True
         thread.start()
-        followed = host.follow(live, folder)
+        try:
+            followed = host.follow(live, folder)
+        except BaseException:
+            stop.set()
+            raise
         if followed != "success":
             stop.set()
             thread.join(FOLLOW_STOP_S)
