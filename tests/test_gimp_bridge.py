@@ -451,6 +451,20 @@ def test_followed_run_cancel_leaves_the_image_as_it_was(tmp_path, images, model_
     assert os.listdir(tmp_path / "tmp") == [], "the exchange folder was left behind"
 
 
+def test_follower_stops_when_its_filter_has_gone(tmp_path, images):
+    """The follower never holds a batch run forever: it stops when its folder has gone, or when
+    its filter has not rewritten the state for FOLLOW_LOST_S (it died, its folder left)."""
+    content, _ = images
+    host = FollowedHost(content, [])
+    started = time.monotonic()
+    bridge.follow_run(host, None, str(tmp_path / "gone"))
+    bridge.write_follow(str(tmp_path), {"text": "x", "fraction": 0.5, "done": False,
+                                        "beat": time.time() - bridge.FOLLOW_LOST_S - 1})
+    bridge.follow_run(host, None, str(tmp_path))
+    assert time.monotonic() - started < 5 and host.calls.count("progress end") == 2
+    assert host.paints == 0
+
+
 def test_stylize_layer_leaves_nothing_when_the_worker_fails(tmp_path, images, model_path):
     content, style = images
     np.save(tmp_path / "style.npy", style)

@@ -743,6 +743,10 @@ def _run_into_layer(host, run, output, name, masked):
 FOLLOW_FILE = "follow.json"  # the run's state, from the filter's process to its follower
 FOLLOW_POLL_S = 0.1  # how often the follower reads it
 FOLLOW_STOP_S = 10.0  # how long a cancelled filter waits for its worker's run to end
+# The filter rewrites the state at least this often ("beat"), through phases without records
+# (the model's load, a large layer's targets); a follower whose filter has been silent for
+# FOLLOW_LOST_S (it died: its folder stays) stops, rather than hold a batch run forever.
+FOLLOW_BEAT_S, FOLLOW_LOST_S = 2.0, 60.0
 
 
 def write_follow(folder, state):
@@ -777,6 +781,9 @@ def follow_run(host, layer, folder):
         while True:
             state = read_follow(folder)
             if state is None and not os.path.isdir(folder):
+                return
+            if state is not None and time.time() - state.get("beat", time.time()) > FOLLOW_LOST_S:
+                log("follower: the filter has gone silent; stopping")
                 return
             if state is not None:
                 if state.get("image") and state["image"] != shown:
@@ -849,8 +856,15 @@ def _run_followed(host, run, output, name, masked, content, command=None):
         if failed:  # the worker's sentence
             raise BridgeError(failed)
         return _show_result(host, output, name, masked)
-    stop = threading.Event()
-    outcome = {}
+    stop, lock, outcome = threading.Event(), threading.Lock(), {}
+
+    def save():
+        with lock:  # (the worker's thread and the beat's)
+            write_follow(folder, dict(state, beat=time.time()))
+
+    def beat():
+        while not stop.wait(FOLLOW_BEAT_S) and not state["done"]:
+            save()
 
     def follow(record):
         if stop.is_set():  # the run goes (run_worker kills its worker, run_kept cancels its run)
@@ -862,7 +876,7 @@ def _run_followed(host, run, output, name, masked, content, command=None):
         if record.get("image"):
             state["image"] = record["image"]
             log("preview", record["image"])
-        write_follow(folder, state)
+        save()
 
     def work():
         try:
@@ -871,14 +885,15 @@ def _run_followed(host, run, output, name, masked, content, command=None):
             outcome["error"] = exc
         finally:
             state["done"] = True
-            write_follow(folder, state)
+            save()
 
-    write_follow(folder, state)
+    save()
     live = host.live_layer(name, masked, content)
     try:
-        thread = threading.Thread(target=work)
-        thread.daemon = True
-        thread.start()
+        threads = [threading.Thread(target=work), threading.Thread(target=beat)]
+        for thread in threads:
+            thread.daemon = True
+            thread.start()
         try:
             followed = host.follow(live, folder)
         except BaseException:
@@ -886,12 +901,13 @@ def _run_followed(host, run, output, name, masked, content, command=None):
             raise
         if followed != "success":
             stop.set()
-            thread.join(FOLLOW_STOP_S)
+            threads[0].join(FOLLOW_STOP_S)
             log("follower:", followed)
             if followed == "cancel":
                 raise CancelledError("The filter was cancelled.")
             raise BridgeError("The filter's progress stopped unexpectedly (%s)." % followed)
-        thread.join()
+        threads[0].join()
+        stop.set()  # (the beat)
         if "error" in outcome:
             raise outcome["error"]
     finally:
