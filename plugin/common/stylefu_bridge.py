@@ -754,7 +754,12 @@ def write_follow(folder, state):
     path = os.path.join(folder, FOLLOW_FILE)
     with io.open(path + ".new", "w", encoding="utf-8") as f:
         f.write(u"%s" % json.dumps(state))
-    getattr(os, "replace", os.rename)(path + ".new", path)  # (Python 2.7 has no os.replace)
+    try:
+        os.replace(path + ".new", path)
+    except AttributeError:  # Python 2.7 (GIMP 2.10): only rename, which on Windows never replaces
+        if os.path.exists(path):  # (there the filter reads it only once the follower has ended)
+            os.remove(path)
+        os.rename(path + ".new", path)
 
 
 def read_follow(folder):
