@@ -207,7 +207,9 @@ def test_installed_plugin_is_one_self_contained_file(installed):
 
 def test_procedures_are_registered(report):
     procs = report["procedures"]
-    assert set(procs) == {"python-fu-stylefu", "python-fu-stylefu-preview"}
+    assert set(procs) == {"python-fu-stylefu", "python-fu-stylefu-preview",
+                          "python-fu-stylefu-follow"}
+    assert procs["python-fu-stylefu-follow"]["menu"] is None  # internal: no menu entry
     assert procs["python-fu-stylefu"]["menu"] == "<Image>/Filters/Artistic"
     assert procs["python-fu-stylefu"]["label"] == "Neural Style _Transfer..."
     assert procs["python-fu-stylefu"]["params"] == [
@@ -395,6 +397,20 @@ def test_errors_leave_the_image_as_it_was(report, name, words, installed):
     # The message names the run's log, in the settings' log folder.
     logs = installed[1]["log_dir"]
     assert f"(see {logs}{os.sep}gimp-run-" in r["message"] and r["message"].endswith(".log)")
+
+
+def test_cancel_leaves_the_image_as_it_was(report):
+    """GIMP's Cancel kills the follower (the procedure that holds the progress bar, runs the
+    worker and paints the live layer) at its third progress update: the filter takes the live
+    layer away, no undo step is left, and the run's log has the follower's lines."""
+    r = report["cancelled"]
+    assert r["status"] == "execution-error" and "The filter was cancelled." in r["message"], r
+    assert r["layers"] == ["source"] and r["source_unchanged"]
+    assert r["undo_steps"] == 0 and r["undo_open"] == 0
+    log = r["log"]
+    assert log.count("[stylefu] preview ") >= 1, log  # (the worker may skip some: SAVE_SHARE)
+    assert "[stylefu] follower: the live layer shows the painting as it forms" in log
+    assert "--- worker stderr (killed by signal " in log  # the worker did not run on
 
 
 def test_runs_keep_their_logs(installed, report):

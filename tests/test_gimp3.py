@@ -445,6 +445,10 @@ def test_tile_size_reaches_the_worker(suite, model_path, tmp_path):
     # No model, and the download fails: the worker's sentence.
     ("missing_model", "execution-error", "is neither one of"),
     ("dying_worker", "execution-error", "stopped unexpectedly (killed by signal SIGKILL)"),
+    # No model, and a last-values call asks nothing: how to install one.
+    ("last_vals_no_model", "execution-error", "run the filter from its menu to download one"),
+    ("last_vals_no_model_preview", "execution-error",
+     "run the filter from its menu to download one"),
     # Wrong input is a calling error, as in GIMP's own plug-ins.
     ("no_style", "calling-error", "Choose a style"),
     ("missing_style_file", "calling-error", "for argument 'style-file'"),  # GIMP's own check
@@ -475,6 +479,28 @@ def test_missing_model_is_fetched_then_the_filter_runs(suite):
     assert r["layers"] == ["style (neural style)", "source"]
     assert "[stylefu] model: Neural style: downloading random weights (they only shift colours) " \
         "from this computer" in suite["log"]
+
+
+def test_cancel_leaves_the_image_as_it_was(suite):
+    """GIMP's Cancel kills the process that holds the progress bar: the filter's follower, which
+    was painting the live layer. The filter itself takes the live layer away (outside the undo
+    history: no undo group is left open) and the image is as it was."""
+    r = suite["results"]["cancelled"]
+    assert r["killed"], "the follower was never seen painting"
+    assert r["status"] == "execution-error" and "progress stopped unexpectedly" in r["message"]
+    assert r["layers"] == r["layers_before"] == ["source"] and r["source_unchanged"]
+    assert "[stylefu] follower: the live layer shows the painting as it forms" in suite["log"]
+    assert "left image undo in inconsistent state" not in suite["log"]
+
+
+def test_last_values_call_without_a_model_asks_nothing(suite):
+    """A last-values call in a console GIMP: no question (GimpUi could not open a display, and
+    the plug-in crashed with no message), no download; the error said how to install one."""
+    r = suite["results"]["last_vals_no_model"]
+    assert r["status"] == "execution-error" and not r["model_exists"], r
+    assert "stylefu export --weights auto" in r["message"]
+    assert not [line for line in suite["log"].splitlines()
+                if "(python-fu-stylefu" in line and "cannot open display" in line]
 
 
 def test_live_preview_layer_was_updated_during_runs(suite):
@@ -541,6 +567,9 @@ def preview_box(lines: list[str], count: int) -> tuple[int, int, int, int]:
 
 
 TITLE, QUESTION = "Neural Style Transfer", "Download a model?"
+# Where GIMP 3.0.4's window (800 x 600 under Xvfb) has its status bar's Cancel button while a
+# plug-in's progress runs (measured on the screenshot OUT/gimp-progress.png).
+CANCEL_BUTTON = (518, 582)
 
 
 def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
@@ -582,6 +611,7 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
         job["model"] = str(model_path)
         job["gray"] = True
         job["broken_style"] = True
+        job["progress_cancel"] = 600  # evaluations: far more than the time to click Cancel
     (tmp_path / "job.json").write_text(json.dumps(job))
     shutil.copy(GIMP_DIR / "gui_dialog.py", tmp_path / "gui_dialog.py")
     number = 40 + os.getpid() % 50
@@ -633,6 +663,14 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
             subprocess.run(["xdotool", "windowfocus", "--sync", window], env=xenv, timeout=30)
             subprocess.run(["xdotool", *args], env=xenv, timeout=30)
 
+        if "progress_cancel" in job:
+            # The progress bar's Cancel, in the status bar of GIMP's window (800 x 600 at 0,0
+            # under Xvfb without a window manager), once the live layer shows the painting.
+            wait_for("[stylefu] follower: the live layer shows the painting as it forms")
+            time.sleep(1)  # drawn
+            window_shot(display, "GIMP$", out / "gimp-progress.png")
+            subprocess.run(["xdotool", "mousemove", str(CANCEL_BUTTON[0]), str(CANCEL_BUTTON[1]),
+                            "click", "1"], env=xenv, timeout=30)
         sizes, shots = {}, {}
         steps = [("normal", "alt+c", TITLE), ("custom", "alt+o", TITLE)]
         if "gray" in job:  # a grayscale image's dialog, its preview, cancelled
@@ -702,6 +740,12 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
     log = "".join(lines)
     result = json.loads((out / "gui.json").read_text())
     declined = {key: result.pop(key) for key in list(result) if key.startswith("no_model")}
+    if "progress_cancel" in job:  # GIMP's own Cancel: the live layer gone, nothing left
+        assert result.pop("progress_cancel") == "cancel", log[-3000:]
+        assert result.pop("progress_cancel_layers") == ["photo"], log[-3000:]
+        assert "[stylefu] cancelled: the image is as it was" in log
+        assert "left image undo in inconsistent state" not in log
+        assert 'Plug-in crashed: "stylefu.py"' not in log
     for step in ("gray", "broken_style"):
         if step in job:
             assert result.pop(step) == "cancel", log[-3000:]

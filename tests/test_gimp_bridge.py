@@ -376,6 +376,96 @@ def test_stylize_layer_runs_the_filters_steps(tmp_path, images, model_path, monk
     assert os.listdir(tmp_path / "tmp") == [], "the exchange folder was left behind"
 
 
+class FollowedHost(ArrayHost):
+    """GIMP 3's way (a host that `follows`): a live layer made and taken away outside the undo
+    history, and the follower (bridge.follow_run, here in this thread) painting it; with
+    `cancel_after` paints, the follower ends as GIMP's Cancel ends it."""
+
+    follows = "thread"
+
+    def __init__(self, *args, cancel_after=None):
+        super().__init__(*args)
+        self.cancel_after, self.paints = cancel_after, 0
+
+    def live_layer(self, name, masked, content):
+        layer = {"name": name, "masked": masked, "pixels": np.load(content), "live": True}
+        self.layers.append(layer)
+        self.calls.append("live")
+        return layer
+
+    def drop_live(self, layer):
+        self.layers.remove(layer)
+        self.calls.append("drop live")
+
+    def follow(self, layer, folder):
+        self.calls.append("follow")
+        try:
+            bridge.follow_run(self, layer, folder)
+        except KeyboardInterrupt:  # what paint raises to stand for GIMP killing the follower
+            return "cancel"
+        return "success"
+
+    def paint(self, layer, path):
+        layer["pixels"] = np.load(path)
+        self.paints += 1
+        self.calls.append("paint")
+        if self.cancel_after is not None and self.paints >= self.cancel_after:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("worker", ["new", "kept"])
+def test_followed_run_cancel_leaves_the_image_as_it_was(tmp_path, images, model_path,
+                                                        monkeypatch, worker):
+    """GIMP 3's filter: the follower paints the live layer as the run forms; the result then
+    comes as one layer in one undo group, the live layer gone. Cancelled at its first paint, the
+    live layer goes, no undo group opens, the worker's run stops, and nothing is left."""
+    content, style = images
+    np.save(tmp_path / "style.npy", style)
+    settings = dict(installer.plugin_settings("3", sys.executable, model_path), preview_every=1)
+    values = dict(settings["defaults"], preset=bridge.CUSTOM_QUALITY, iterations=4, size=64,
+                  strength=100.0, device="cpu")
+    (tmp_path / "tmp").mkdir()
+    import torch._dynamo  # noqa: F401  torch's first import of it makes its own cache folder in tmp
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    kept = bridge.KeptWorker(settings) if worker == "kept" else None
+    try:
+        host = FollowedHost(content, [str(tmp_path / "style.npy")])
+        layer = bridge.stylize_layer(host, settings, values, kept)
+        # (The follower shows the newest painting when it looks: not every one.)
+        assert host.layers == [layer] and "live" not in layer and host.paints >= 1
+        assert host.calls.index("drop live") < host.calls.index("undo start")
+        assert host.calls[-3:] == ["undo start", "show", "undo end"]
+        cancelled = FollowedHost(content, [str(tmp_path / "style.npy")], cancel_after=1)
+        with pytest.raises(bridge.CancelledError):
+            bridge.stylize_layer(cancelled, settings, dict(values, iterations=50), kept)
+        assert cancelled.layers == [] and cancelled.paints == 1
+        assert "undo start" not in cancelled.calls and cancelled.calls[-1] == "drop live"
+        if kept is not None:  # the cancelled run stopped; the same worker paints the next
+            assert kept.alive
+            assert bridge.stylize_layer(FollowedHost(content, [str(tmp_path / "style.npy")]),
+                                        settings, values, kept)["pixels"].shape == content.shape
+    finally:
+        if kept is not None:
+            kept.close()
+            assert kept.worker.proc.wait(timeout=30) == 0
+            kept.worker.thread.join(timeout=10)
+    assert os.listdir(tmp_path / "tmp") == [], "the exchange folder was left behind"
+
+
+def test_follower_stops_when_its_filter_has_gone(tmp_path, images):
+    """The follower never holds a batch run forever: it stops when its folder has gone, or when
+    its filter has not rewritten the state for FOLLOW_LOST_S (it died, its folder left)."""
+    content, _ = images
+    host = FollowedHost(content, [])
+    started = time.monotonic()
+    bridge.follow_run(host, None, str(tmp_path / "gone"))
+    bridge.write_follow(str(tmp_path), {"text": "x", "fraction": 0.5, "done": False,
+                                        "beat": time.time() - bridge.FOLLOW_LOST_S - 1})
+    bridge.follow_run(host, None, str(tmp_path))
+    assert time.monotonic() - started < 5 and host.calls.count("progress end") == 2
+    assert host.paints == 0
+
+
 def test_stylize_layer_leaves_nothing_when_the_worker_fails(tmp_path, images, model_path):
     content, style = images
     np.save(tmp_path / "style.npy", style)

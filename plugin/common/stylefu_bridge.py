@@ -88,6 +88,11 @@ class InputError(BridgeError):
     GIMP 3's CALLING_ERROR, as GIMP's own plug-ins report it."""
 
 
+class CancelledError(BridgeError):
+    """The user cancelled the filter (its progress bar's Cancel ended the follower): the image is
+    as it was, and GIMP 3's procedure returns CANCEL."""
+
+
 def settings_path(plugin_file):
     """The settings file the installer writes beside the plug-in: same name, `.json`."""
     return os.path.splitext(os.path.abspath(plugin_file))[0] + ".json"
@@ -547,6 +552,29 @@ class PluginHost(object):
     def undo_group(self, start):
         raise NotImplementedError
 
+    # GIMP cancels a plug-in by killing the process that started the progress bar, before it can
+    # take back a half-painted layer; a host that can run a follower (follow) keeps this process
+    # off the bar, so Cancel ends only the follower and this one leaves the image as it was.
+    # "thread": the worker's run goes on in a thread here (GIMP 3: its calls let other threads
+    # run); "follower": the follower runs the worker too (GIMP 2.10's calls block every thread).
+    follows = None
+
+    def live_layer(self, name, masked, content):
+        """(A host that `follows`.) A new layer above the source holding the .npy `content` (the
+        source's own pixels: nothing shows yet), with the selection as its mask when `masked`,
+        added outside the undo history (take it away with drop_live)."""
+        raise NotImplementedError
+
+    def drop_live(self, layer):
+        """Take away a live_layer, outside the undo history."""
+        raise NotImplementedError
+
+    def follow(self, layer, folder):
+        """Run the follower (follow_run, in a process of its own that holds the progress bar)
+        on `layer` and the state files in `folder` until the run is done; "success",
+        "cancel" (GIMP's Cancel ended it) or an error message."""
+        raise NotImplementedError
+
     def progress(self, fraction=None, text=None, end=False):
         """Start the progress bar (fraction None), move it, or end it."""
         raise NotImplementedError
@@ -611,6 +639,10 @@ def fetch_command(settings):
 # at PATH; create one with `stylefu export` (or pass --model PATH)" spoke of the command line,
 # took seven lines of the preview's column, and hid that OK offers the download).
 NO_MODEL_YET = "No model is installed yet; OK offers to download one."
+# What a call that may ask nothing (GIMP 3's last values) says instead of the download question.
+NO_MODEL_UNASKED = ("No stylefu model is installed, and a call with the last values asks "
+                    "nothing; run the filter from its menu to download one, or run `stylefu "
+                    "export --weights auto` in a terminal.")
 
 
 def _check_model_for_dialog(settings):
@@ -665,6 +697,7 @@ def stylize_layer(host, settings, values, kept=None):
         masked = selection is not None and not outside
         output = os.path.join(folder, "result" + host.result_suffix)
         args = stylize_args(settings, content, styles, output, values, masks)
+        command = None
         if kept is not None:
             log("worker: the dialog's, run", " ".join(args))
             run = functools.partial(run_kept, kept, args)
@@ -672,6 +705,9 @@ def stylize_layer(host, settings, values, kept=None):
             command = worker_command(settings, ["run"] + args)
             log("worker:", " ".join(command))
             run = functools.partial(run_worker, command, cwd=folder)
+        if host.follows:
+            return _run_followed(host, run, output, layer_name(styles), masked, content,
+                                 command if host.follows == "follower" else None)
         return _run_into_layer(host, run, output, layer_name(styles), masked)
     finally:
         remove_dir(folder)
@@ -705,6 +741,199 @@ def _run_into_layer(host, run, output, name, masked):
         host.progress(end=True)
     host.flush()
     return state["layer"]
+
+
+FOLLOW_FILE = "follow.json"  # the run's state, from the filter's process to its follower
+FOLLOW_POLL_S = 0.1  # how often the follower reads it
+FOLLOW_STOP_S = 10.0  # how long a cancelled filter waits for its worker's run to end
+# The filter rewrites the state at least this often ("beat"), through phases without records
+# (the model's load, a large layer's targets); a follower whose filter has been silent for
+# FOLLOW_LOST_S (it died: its folder stays) stops, rather than hold a batch run forever.
+FOLLOW_BEAT_S, FOLLOW_LOST_S = 2.0, 60.0
+
+
+def write_follow(folder, state):
+    """The run's state for the follower, replaced whole (it never reads half a file)."""
+    path = os.path.join(folder, FOLLOW_FILE)
+    with io.open(path + ".new", "w", encoding="utf-8") as f:
+        f.write(u"%s" % json.dumps(state))
+    try:
+        os.replace(path + ".new", path)
+    except AttributeError:  # Python 2.7 (GIMP 2.10): only rename, which on Windows never replaces
+        if os.path.exists(path):  # (there the filter reads it only once the follower has ended)
+            os.remove(path)
+        os.rename(path + ".new", path)
+
+
+def read_follow(folder):
+    try:
+        with io.open(os.path.join(folder, FOLLOW_FILE), encoding="utf-8") as f:
+            return native_text(json.loads(f.read()))
+    except (IOError, OSError, ValueError):
+        return None
+
+
+def follow_run(host, layer, folder):
+    """The follower (the plug-ins' internal procedure, its own process): the progress bar and
+    the painting as it forms in `layer`, from the state the filter writes in `folder`, until
+    the run is done or the folder has gone; or, when the state has the worker's command, runs
+    the worker itself (GIMP 2.10), into the filter's run log. GIMP's Cancel kills this process
+    only."""
+    state = read_follow(folder) or {}
+    if state.get("command"):
+        _log["path"] = state.get("log")
+        return _follow_worker(host, layer, folder, state["command"])
+    shown = None
+    host.progress(text="%s: starting the worker" % TITLE)
+    try:
+        while True:
+            state = read_follow(folder)
+            if state is None and not os.path.isdir(folder):
+                return
+            if state is not None and time.time() - state.get("beat", time.time()) > FOLLOW_LOST_S:
+                log("follower: the filter has gone silent; stopping")
+                return
+            if state is not None:
+                if state.get("image") and state["image"] != shown:
+                    if shown is None:
+                        log("follower: the live layer shows the painting as it forms")
+                    shown = state["image"]
+                    host.paint(layer, shown)
+                    host.flush()
+                if state.get("text"):
+                    host.progress(state.get("fraction", 0.0), state["text"])
+                if state.get("done"):
+                    return
+            time.sleep(FOLLOW_POLL_S)
+    finally:
+        host.progress(end=True)
+
+
+def _follow_worker(host, layer, folder, command):
+    """The follower that runs the worker (`command`) itself, painting `layer` as it goes."""
+    state = {"shown": False}
+
+    def follow(record):
+        if record.get("event") == "notice":
+            log("notice:", record.get("message", ""))
+        host.progress(min(1.0, float(record.get("fraction", 0.0))), progress_text(record))
+        if record.get("image"):
+            if not state["shown"]:
+                log("follower: the live layer shows the painting as it forms")
+                state["shown"] = True
+            host.paint(layer, record["image"])
+            host.flush()
+            log("preview", record["image"])
+
+    host.progress(text="%s: starting the worker" % TITLE)
+    try:
+        final = run_worker(command, on_record=follow, cwd=folder)
+    except BridgeError as exc:
+        # Handed to the filter, which says it: the follower's own failure would make GIMP say
+        # it a second time ("Calling error for procedure ...").
+        write_follow(folder, dict(read_follow(folder) or {}, error=str(exc)))
+        return
+    finally:
+        host.progress(end=True)
+    log("tiles:", json.dumps(final.get("metrics", {}).get("tiles", {}), sort_keys=True))
+
+
+def _run_followed(host, run, output, name, masked, content, command=None):
+    """_run_into_layer for a host that `follows`: the progress bar and the painting as it forms
+    in a live layer by the follower, the worker's run in a thread of this process (or, given
+    its `command`, in the follower), then the result as the new layer in one undo group.
+    Cancel, or a failure, takes the live layer away: the image and its undo history are as
+    they were."""
+    folder = os.path.dirname(output)
+    state = {"fraction": 0.0, "text": "%s: starting the worker" % TITLE, "image": None,
+             "done": False}
+    if command is not None:
+        state.update(command=command, log=log_path())
+        write_follow(folder, state)
+        live = host.live_layer(name, masked, content)
+        try:
+            followed = host.follow(live, folder)
+        finally:
+            host.drop_live(live)
+        if followed == "cancel":
+            log("follower:", followed)
+            raise CancelledError("The filter was cancelled.")
+        if followed != "success":
+            raise BridgeError("The filter's progress stopped unexpectedly (%s)." % followed)
+        failed = (read_follow(folder) or {}).get("error")
+        if failed:  # the worker's sentence
+            raise BridgeError(failed)
+        return _show_result(host, output, name, masked)
+    stop, lock, outcome = threading.Event(), threading.Lock(), {}
+
+    def save():
+        with lock:  # (the worker's thread and the beat's)
+            write_follow(folder, dict(state, beat=time.time()))
+
+    def beat():
+        while not stop.wait(FOLLOW_BEAT_S) and not state["done"]:
+            save()
+
+    def follow(record):
+        if stop.is_set():  # the run goes (run_worker kills its worker, run_kept cancels its run)
+            raise CancelledError("The filter was cancelled.")
+        if record.get("event") == "notice":
+            log("notice:", record.get("message", ""))
+        state.update(fraction=min(1.0, float(record.get("fraction", 0.0))),
+                     text=progress_text(record))
+        if record.get("image"):
+            state["image"] = record["image"]
+            log("preview", record["image"])
+        save()
+
+    def work():
+        try:
+            outcome["final"] = run(on_record=follow)
+        except BaseException as exc:  # handed to the filter's thread
+            outcome["error"] = exc
+        finally:
+            state["done"] = True
+            save()
+
+    save()
+    live = host.live_layer(name, masked, content)
+    try:
+        threads = [threading.Thread(target=work), threading.Thread(target=beat)]
+        for thread in threads:
+            thread.daemon = True
+            thread.start()
+        try:
+            followed = host.follow(live, folder)
+        except BaseException:
+            stop.set()
+            raise
+        if followed != "success":
+            stop.set()
+            threads[0].join(FOLLOW_STOP_S)
+            log("follower:", followed)
+            if followed == "cancel":
+                raise CancelledError("The filter was cancelled.")
+            raise BridgeError("The filter's progress stopped unexpectedly (%s)." % followed)
+        threads[0].join()
+        stop.set()  # (the beat)
+        if "error" in outcome:
+            raise outcome["error"]
+    finally:
+        host.drop_live(live)
+    final = outcome["final"]
+    log("tiles:", json.dumps(final.get("metrics", {}).get("tiles", {}), sort_keys=True))
+    return _show_result(host, output, name, masked)
+
+
+def _show_result(host, output, name, masked):
+    """The worker's result as the new layer above the source, in one undo group."""
+    host.undo_group(start=True)
+    try:
+        layer = host.show(output, name, masked, None)
+    finally:
+        host.undo_group(start=False)
+    host.flush()
+    return layer
 
 
 def start_dialog_preview(host, worker, settings, values):

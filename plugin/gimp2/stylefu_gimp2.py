@@ -18,6 +18,7 @@ import traceback
 
 from gimpfu import (
     ADD_SELECTION_MASK,
+    NORMAL_MODE,
     PF_DIRNAME,
     PF_DRAWABLE,
     PF_FILE,
@@ -26,6 +27,7 @@ from gimpfu import (
     PF_OPTION,
     PF_SLIDER,
     PF_SPINNER,
+    PF_STRING,
     gimp,
     main,
     pdb,
@@ -41,6 +43,7 @@ from stylefu_bridge import (  # noqa: E402
     InputError,
     PluginHost,
     begin_run,
+    follow_run,
     load_settings,
     log,
     preview_sheet,
@@ -153,14 +156,46 @@ class Host(PluginHost):
     def undo_group(self, start):
         (pdb.gimp_image_undo_group_start if start else pdb.gimp_image_undo_group_end)(self.image)
 
+    follows = "follower"  # pygimp's calls hold Python's lock: no thread here runs meanwhile
+
+    def live_layer(self, name, masked, content):
+        """A copy of the source's pixels above it (its own mode and opacity, as the result's),
+        added with the undo history frozen (GIMP's way for in-situ previews): drop_live leaves
+        the image as it was when frozen."""
+        source = self.source
+        pdb.gimp_image_undo_freeze(self.image)
+        try:
+            layer = gimp.Layer(self.image, name, source.width, source.height, source.type, 100.0,
+                               NORMAL_MODE)
+            copy_pixels(source, layer)
+            pdb.gimp_image_insert_layer(self.image, layer, source.parent,
+                                        pdb.gimp_image_get_item_position(self.image, source))
+            layer.set_offsets(*source.offsets)
+            if masked:
+                layer.add_mask(layer.create_mask(ADD_SELECTION_MASK))
+        finally:
+            pdb.gimp_image_undo_thaw(self.image)
+        gimp.displays_flush()
+        return layer
+
+    def drop_live(self, layer):
+        pdb.gimp_image_undo_freeze(self.image)
+        try:
+            pdb.gimp_image_remove_layer(self.image, layer)
+        finally:
+            pdb.gimp_image_undo_thaw(self.image)
+        gimp.displays_flush()
+
+    def follow(self, layer, folder):
+        try:
+            pdb.python_fu_stylefu_follow(self.image, layer, folder)
+        except (gimp.error, RuntimeError) as exc:  # pygimp: the follower's error, or cancelled
+            text = str(exc)
+            return "cancel" if "cancel" in text.lower() else text
+        return "success"
+
     def progress(self, fraction=None, text=None, end=False):
-        if end:
-            pdb.gimp_progress_end()
-        elif fraction is None:
-            gimp.progress_init(text)
-        else:
-            gimp.progress_update(fraction)
-            pdb.gimp_progress_set_text(text)
+        progress(fraction, text, end)
 
     def flush(self):
         gimp.displays_flush()
@@ -179,6 +214,55 @@ class Host(PluginHost):
             return sheet
         gimp.displays_flush()
         return sheet
+
+
+def progress(fraction=None, text=None, end=False):
+    """GIMP's progress bar: start it (fraction None), move it, or end it."""
+    if end:
+        pdb.gimp_progress_end()
+    elif fraction is None:
+        gimp.progress_init(text)
+    else:
+        gimp.progress_update(fraction)
+        pdb.gimp_progress_set_text(text)
+
+
+def copy_pixels(source, target):
+    """The source drawable's 8-bit pixels into the target (same size and kind), without undo."""
+    width, height = source.width, source.height
+    target.get_pixel_rgn(0, 0, width, height, True, False)[0:width, 0:height] = \
+        source.get_pixel_rgn(0, 0, width, height, False, False)[0:width, 0:height]
+    target.flush()
+    target.update(0, 0, width, height)
+
+
+class FollowHost(object):
+    """The follower's calls (follow_run): the progress bar, the live layer's pixels."""
+
+    def __init__(self, image):
+        self.image = image
+
+    def progress(self, fraction=None, text=None, end=False):
+        progress(fraction, text, end)
+
+    def flush(self):
+        gimp.displays_flush()
+
+    def paint(self, layer, path):
+        """The worker's PNG into the live layer's pixels (a pixel region: no undo step)."""
+        painted = pdb.gimp_file_load_layer(self.image, path)  # converted to the image's kind
+        try:
+            if (painted.width, painted.height, painted.bpp) != (layer.width, layer.height,
+                                                               layer.bpp):
+                raise BridgeError("The worker's painting %s does not fit the layer." % path)
+            copy_pixels(painted, layer)
+        finally:
+            pdb.gimp_item_delete(painted)
+
+
+def follow(image, layer, folder):
+    """The filter's internal follower (see follow_run): its errors are the filter's."""
+    follow_run(FollowHost(image), layer, folder)
 
 
 @reports_errors
@@ -275,6 +359,17 @@ def _register():
         + [(PF_SPINNER, "size", "Preview size (0: stylefu's default)", 0, limits("preview_size"))],
         [(PF_IMAGE, "sheet", "The contact sheet")],
         preview, menu="<Image>/Filters/Artistic")
+    register(
+        "python-fu-stylefu-follow",
+        "Internal: the progress of a running Neural Style Transfer",
+        "Called by python-fu-stylefu: runs its worker, shows the progress and the painting as "
+        "it forms in the live layer, so that GIMP's Cancel ends this procedure and the filter "
+        "takes the live layer away.",
+        "stylefu contributors", "stylefu contributors", "2026", "", "RGB*, GRAY*",
+        [(PF_IMAGE, "image", "Input image", None),
+         (PF_LAYER, "layer", "The live layer", None),
+         (PF_STRING, "folder", "The run's exchange folder", "")],
+        [], follow)
 
 
 _register()

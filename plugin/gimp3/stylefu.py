@@ -25,6 +25,7 @@ import stylefu_bridge as bridge  # noqa: E402  (installed beside this file by `s
 
 PROC = "python-fu-stylefu"
 PROC_PREVIEW = "python-fu-stylefu-preview"
+PROC_FOLLOW = "python-fu-stylefu-follow"  # internal: the filter's progress (bridge.follow_run)
 MENU = "<Image>/Filters/Artistic"
 RW = GObject.ParamFlags.READWRITE
 
@@ -37,6 +38,9 @@ def reports_errors(run):
         bridge.begin_run(__file__, procedure.get_name())
         try:
             return run(procedure, *args)
+        except bridge.CancelledError:
+            bridge.log("cancelled: the image is as it was")
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
         except bridge.BridgeError as exc:
             bridge.log("error:", exc)
             status = (Gimp.PDBStatusType.CALLING_ERROR if isinstance(exc, bridge.InputError)
@@ -168,24 +172,57 @@ class Host(bridge.PluginHost):
     def undo_group(self, start):
         (self.image.undo_group_start if start else self.image.undo_group_end)()
 
+    follows = "thread"
+
+    def live_layer(self, name, masked, content):
+        # Frozen: GIMP's way for in-situ previews; the image is as it was when it thaws again
+        # in drop_live (the final layer is added after, in its own undo group).
+        self.image.undo_freeze()
+        try:
+            layer = new_layer_above(self.image, self.source, name)
+            if masked:
+                layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
+            fill_layer(layer, content)
+        finally:
+            self.image.undo_thaw()
+        Gimp.displays_flush()
+        return layer
+
+    def drop_live(self, layer):
+        self.image.undo_freeze()
+        try:
+            self.image.remove_layer(layer)
+        finally:
+            self.image.undo_thaw()
+        Gimp.displays_flush()
+
+    def follow(self, layer, folder):
+        procedure = Gimp.get_pdb().lookup_procedure(PROC_FOLLOW)
+        config = procedure.create_config()
+        config.set_property("layer", layer)
+        config.set_property("folder", folder)
+        values = procedure.run(config)  # GIL released: the worker's thread goes on meanwhile
+        status = values.index(0)
+        if status in (Gimp.PDBStatusType.SUCCESS, Gimp.PDBStatusType.CANCEL):
+            return status.value_nick
+        return f"{status.value_nick}: {values.index(1) if values.length() > 1 else ''}"
+
     def progress(self, fraction=None, text=None, end=False):
-        if end:
-            Gimp.progress_end()
-        elif fraction is None:
-            Gimp.progress_init(text)
-            Gimp.progress_pulse()
-        else:
-            Gimp.progress_update(fraction)
-            Gimp.progress_set_text(text)
+        progress(fraction, text, end)
 
     def flush(self):
         Gimp.displays_flush()
 
+
     def ask_download(self, question, notice):
-        """A Cancel/Download question when someone is there to answer it (not a script's
-        non-interactive call, which is the consent itself)."""
+        """A Cancel/Download question in an interactive call only; a script's non-interactive
+        call is the consent itself. A last-values call (Repeat, or a batch script) shows no
+        dialog, as GIMP's own plug-ins do: a question crashed a console GIMP (no display) and
+        would block a batch run on one, so it stops with how to install a model."""
         if self.run_mode == Gimp.RunMode.NONINTERACTIVE:
             return True
+        if self.run_mode != Gimp.RunMode.INTERACTIVE:
+            raise bridge.BridgeError(bridge.NO_MODEL_UNASKED)
         return ask(question, "Download a model?", "_Download")
 
     def open_sheet(self, path):
@@ -197,6 +234,32 @@ class Host(bridge.PluginHost):
             Gimp.Display.new(sheet)
             Gimp.displays_flush()
         return sheet
+
+
+def progress(fraction=None, text=None, end=False):
+    """GIMP's progress bar: start it (fraction None), move it, or end it."""
+    if end:
+        Gimp.progress_end()
+    elif fraction is None:
+        Gimp.progress_init(text)
+        Gimp.progress_pulse()
+    else:
+        Gimp.progress_update(fraction)
+        Gimp.progress_set_text(text)
+
+
+class FollowHost:
+    """The follower's calls (bridge.follow_run): the progress bar, the live layer's pixels."""
+
+    progress = staticmethod(progress)
+
+    @staticmethod
+    def paint(layer, path):
+        fill_layer(layer, path)
+
+    @staticmethod
+    def flush():
+        Gimp.displays_flush()
 
 
 # --- the dialogs --------------------------------------------------------------------------------
@@ -657,6 +720,20 @@ def run_preview(procedure, run_mode, image, drawables, config, run_data):
         GObject.Value(Gimp.Image, sheet)])
 
 
+def run_follow(procedure, config, run_data):
+    """The filter's internal follower (bridge.follow_run). No run log of its own: its filter's
+    run log has the run; its failure is the filter's error."""
+    try:
+        bridge.follow_run(FollowHost, config.get_property("layer"),
+                          config.get_property("folder"))
+    except Exception:
+        traceback.print_exc()
+        return procedure.new_return_values(
+            Gimp.PDBStatusType.EXECUTION_ERROR,
+            GLib.Error(traceback.format_exc().strip().splitlines()[-1]))
+    return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+
+
 # --- registration ---------------------------------------------------------------------------------
 
 def make_choice(nicks, labels=None):
@@ -733,12 +810,24 @@ def add_preview_arguments(procedure, settings):
 
 class StylefuPlugIn(Gimp.PlugIn):
     def do_query_procedures(self):
-        return [PROC, PROC_PREVIEW]
+        return [PROC, PROC_PREVIEW, PROC_FOLLOW]
 
     def do_set_i18n(self, name):
         return False
 
     def do_create_procedure(self, name):
+        if name == PROC_FOLLOW:
+            procedure = Gimp.Procedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_follow, None)
+            procedure.set_documentation(
+                "Internal: the progress of a running Neural Style Transfer",
+                "Called by python-fu-stylefu while its worker runs: shows the progress and the "
+                "painting as it forms in the live layer, so that GIMP's Cancel ends this "
+                "procedure and the filter takes the live layer away.", name)
+            procedure.add_layer_argument("layer", "Layer", "The live layer", False, RW)
+            procedure.add_string_argument("folder", "Folder", "The run's exchange folder", "",
+                                          RW)
+            procedure.set_attribution("stylefu", "stylefu contributors", "2026")
+            return procedure
         settings = bridge.settings_or_unset(__file__)
         if name == PROC:
             procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN,

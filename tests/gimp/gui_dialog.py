@@ -8,6 +8,8 @@ With "gray" in the job, the dialog on a grayscale copy of the picture (its previ
 with "broken_style", last, the dialog once the style file is no longer an image (cancelled).
 With "missing_model" in the job, a third run without a model: OK, then the question whether to
 download one, declined (Alt+C).
+With "progress_cancel" in the job, first of all a run without the dialog whose progress bar's
+Cancel (in the image window's status bar) the test clicks once the live layer shows the painting.
 """
 
 import json
@@ -38,6 +40,15 @@ config.set_property("size", JOB["size"])
 config.set_property("iterations", JOB["iterations"])
 config.set_property("strength", JOB["strength"])
 result = {}
+if JOB.get("progress_cancel"):
+    config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+    config.set_property("preset", "custom")
+    config.set_property("iterations", JOB["progress_cancel"])
+    print("[gui] running the filter to cancel it", file=sys.stderr, flush=True)
+    result["progress_cancel"] = procedure.run(config).index(0).value_nick
+    result["progress_cancel_layers"] = [item.get_name() for item in image.get_layers()]
+    config.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
+    config.set_property("iterations", JOB["iterations"])
 # First a preset quality (the test cancels that dialog), then Custom, which shows its evaluations.
 for preset in ("normal", "custom"):
     config.set_property("preset", preset)

@@ -7,7 +7,10 @@ GIMP starts once for all scenarios (its start-up is the slow part).
 
 import json
 import os
+import signal
 import sys
+import threading
+import time
 import traceback
 
 import numpy as np
@@ -53,11 +56,13 @@ def make_image(array, *, gray=False, alpha=False, precision=None, canvas=None, o
     return image, layer
 
 
-def run(name, procedure, image, layer, drawables=None, **props):
-    """Run a procedure non-interactively; record status, message and the image's layers."""
+def run(name, procedure, image, layer, drawables=None, mode=Gimp.RunMode.NONINTERACTIVE,
+        **props):
+    """Run a procedure (non-interactively unless `mode`); record status, message and the
+    image's layers."""
     proc = PDB.lookup_procedure(procedure)
     config = proc.create_config()
-    config.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+    config.set_property("run-mode", mode)
     config.set_property("image", image)
     config.set_core_object_array("drawables", [layer] if drawables is None else drawables)
     for key, value in props.items():
@@ -81,6 +86,50 @@ def run(name, procedure, image, layer, drawables=None, **props):
     log(name, record["status"], record["message"], record["layers"])
     results[name] = record
     return record, values
+
+
+def our_plugins():
+    """[(pid, start time)] of the stylefu plug-in processes this GIMP runs, oldest first."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                command = f.read().split(b"\0")
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getppid() and any(c.endswith(b"stylefu.py") for c in command):
+            found.append((int(fields[19]), int(pid)))
+    return [pid for _, pid in sorted(found)]
+
+
+def worker_folder(parent):
+    """The exchange folder of the worker `parent` started (its working folder), or None."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
+                    return os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+    return None
+
+
+def kill_follower(record, paintings=3, timeout=120):
+    """What GIMP's Cancel does to the filter's follower (the process that holds the progress
+    bar): SIGKILL, once the live layer has had `paintings` to show."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        # The filter and its follower, the newest two (an earlier run's may still be ending).
+        plugins = our_plugins()[-2:]
+        folder = worker_folder(plugins[0]) if len(plugins) == 2 else None
+        if folder and os.path.exists(os.path.join(folder, f"result.scale1-{paintings:04d}.npy")):
+            time.sleep(0.5)  # the follower's next look (bridge.FOLLOW_POLL_S) shows it
+            os.kill(plugins[1], signal.SIGKILL)
+            record["killed"] = True
+            return
+        time.sleep(0.05)
 
 
 def describe_new_layer(name, image, source, selection=False):
@@ -236,10 +285,22 @@ def scenarios(content, fast):
                             Gimp.LayerMode.NORMAL)
     two.insert_layer(second, None, 1)
     run("two_layers", PROC, two, first, drawables=[first, second], **fast)
+    # GIMP's Cancel kills the follower mid-run: the live layer goes, the image is as it was.
+    killed = {"killed": False}
+    threading.Thread(target=kill_follower, args=(killed,), daemon=True).start()
+    run("cancelled", PROC, image, layer, **dict(fast, iterations=400))
+    results["cancelled"].update(killed)
     # No model: the filter fetches one (a non-interactive call is the consent) into the
     # recorded path, then runs; here from a source that fails, then from random weights.
     set_settings(model=JOB["missing_model"], model_sources=[JOB["failing_source"]])
     run("missing_model", PROC, image, layer, **fast)
+    # A last-values call (a batch script's, with no last values stored: GIMP passes its
+    # arguments) asks nothing: no dialog (it crashed this console GIMP), no download.
+    set_settings(model=JOB["missing_model"], model_sources=[JOB["random_source"]])
+    run("last_vals_no_model", PROC, image, layer, mode=Gimp.RunMode.WITH_LAST_VALS, **fast)
+    run("last_vals_no_model_preview", PROC_PREVIEW, image, layer,
+        mode=Gimp.RunMode.WITH_LAST_VALS, style_1=JOB["style"], size=JOB["size"])
+    results["last_vals_no_model"]["model_exists"] = os.path.isfile(JOB["missing_model"])
     set_settings(model=JOB["fetched_model"], model_sources=[JOB["random_source"]])
     fetch_image, fetch_layer = make_image(content)
     run("fetched_model", PROC, fetch_image, fetch_layer, **fast)

@@ -27,6 +27,10 @@ CHANNEL_OP_ADD, CHANNEL_OP_SUBTRACT, CHANNEL_OP_REPLACE, CHANNEL_OP_INTERSECT = 
 PROCEDURES = {}
 
 
+class Killed(BaseException):
+    """Stands for GIMP killing the plug-in process that holds the progress bar (its Cancel)."""
+
+
 class ExecutionError(Exception):
     """What GIMP reports when the plug-in function raises (status EXECUTION_ERROR + message)."""
 
@@ -194,6 +198,12 @@ class Layer(object):
         self.image._push("add mask")
         self.mask = mask
 
+    def flush(self):
+        """Written pixel regions reach GIMP (the stand-in writes through at once)."""
+
+    def update(self, x, y, width, height):
+        """Redraw a rectangle (nothing to redraw here)."""
+
 
 class Image(object):
     """gimp.Image with a layer stack (index 0 = top), a selection channel and undo groups."""
@@ -205,8 +215,11 @@ class Image(object):
         self.undo_steps = []   # closed top-level undo steps, newest last
         self._group = None
         self._depth = 0
+        self._frozen = 0
 
     def _push(self, what):
+        if self._frozen:  # gimp_image_undo_freeze: nothing is recorded
+            return
         if self._depth:
             self._group.append(what)
         else:
@@ -240,12 +253,17 @@ class _Gimp(object):
         self.progress = []
         self.messages = []
         self.interface = True  # False: GIMP started without one (gimp -i, a batch script)
+        self.updates, self.cancel_at = 0, None  # a number: Cancel at that progress update
 
     def progress_init(self, text=None):
         self.progress.append(("init", text))
 
     def progress_update(self, fraction):
         self.progress.append(("update", fraction))
+        self.updates += 1
+        if self.cancel_at is not None and self.updates >= self.cancel_at:
+            self.cancel_at = None
+            raise Killed()
 
     def displays_flush(self):
         pass
@@ -256,6 +274,34 @@ class _Gimp(object):
 
 class _Pdb(object):
     """The `pdb` object: the procedures the plug-in calls, with GIMP 2.10's signatures."""
+
+    def __getattr__(self, name):
+        """A registered plug-in procedure (run-mode left out, as pygimp does): its failure is
+        gimp.error with its message; Cancel (Killed) is GIMP's cancelled status."""
+        proc = PROCEDURES.get(name.replace("_", "-"))
+        if proc is None:
+            raise AttributeError(name)
+
+        def call(*args):
+            try:
+                return proc["function"](*args)
+            except Killed:
+                raise error("procedure canceled")
+            except Exception as exc:
+                raise error(str(exc))
+        return call
+
+    def gimp_image_undo_freeze(self, image):
+        image._frozen += 1
+
+    def gimp_image_undo_thaw(self, image):
+        if image._frozen == 0:
+            raise ExecutionError("undo thaw without freeze")
+        image._frozen -= 1
+
+    def gimp_item_delete(self, item):
+        if item in getattr(item.image, "layers", ()):
+            raise ExecutionError("an item in an image cannot be deleted")
 
     def gimp_image_undo_group_start(self, image):
         if image._depth == 0:

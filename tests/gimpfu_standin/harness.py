@@ -116,6 +116,13 @@ def main():
         second_style_weight=JOB["second_style_weight"])
     image, layer = make_image("rgb")
     run("tiled", image, layer, style_file=JOB["style"], tile_size=JOB["tile_size"])
+    # GIMP's Cancel at the follower's third progress update (the live layer painted by then).
+    image, layer = make_image("rgb")
+    gimpfu.gimp.cancel_at = gimpfu.gimp.updates + 3
+    run("cancelled", image, layer, style_file=JOB["style"])
+    with io.open(report["cancelled"]["message"].rsplit("(see ", 1)[1].rstrip(")"),
+                 encoding="utf-8") as f:
+        report["cancelled"]["log"] = f.read()  # (later runs prune the logs)
     image, layer = make_image("rgb")
     run("bad_style", image, layer, style_file=JOB["bad_style"])
     # GIMP 2.10 hands a PF_FILE to Python 2.7 as UTF-8 bytes (json gives unicode there).
