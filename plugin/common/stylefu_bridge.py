@@ -831,11 +831,21 @@ def _follow_worker(host, layer, folder, command):
     except BridgeError as exc:
         # Handed to the filter, which says it: the follower's own failure would make GIMP say
         # it a second time ("Calling error for procedure ...").
-        write_follow(folder, dict(read_follow(folder) or {}, error=str(exc)))
+        write_follow(folder, dict(read_follow(folder) or {}, error=str(exc), ended=True))
         return
+    except Exception:
+        write_follow(folder, dict(read_follow(folder) or {}, ended=True))  # a failure, not Cancel
+        raise
     finally:
         host.progress(end=True)
+    write_follow(folder, dict(read_follow(folder) or {}, ended=True))
     log("tiles:", json.dumps(final.get("metrics", {}).get("tiles", {}), sort_keys=True))
+
+
+def follower_cancelled(folder):
+    """Whether GIMP's Cancel ended a worker-running follower (_follow_worker): killed, it never
+    said it ended (GIMP 2.10 reports Cancel only as its translated word "cancelled")."""
+    return not (read_follow(folder) or {}).get("ended")
 
 
 def _run_followed(host, run, output, name, masked, content, command=None):

@@ -44,6 +44,7 @@ from stylefu_bridge import (  # noqa: E402
     PluginHost,
     begin_run,
     follow_run,
+    follower_cancelled,
     load_settings,
     log,
     preview_sheet,
@@ -190,8 +191,7 @@ class Host(PluginHost):
         try:
             pdb.python_fu_stylefu_follow(self.image, layer, folder)
         except (gimp.error, RuntimeError) as exc:  # pygimp: the follower's error, or cancelled
-            text = str(exc)
-            return "cancel" if "cancel" in text.lower() else text
+            return "cancel" if follower_cancelled(folder) else str(exc)
         return "success"
 
     def progress(self, fraction=None, text=None, end=False):

@@ -285,8 +285,8 @@ class _Pdb(object):
         def call(*args):
             try:
                 return proc["function"](*args)
-            except Killed:
-                raise error("procedure canceled")
+            except Killed:  # pygimp: RuntimeError(GIMP's word for cancelled, translated)
+                raise RuntimeError("abgebrochen")
             except Exception as exc:
                 raise error(str(exc))
         return call
