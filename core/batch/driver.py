@@ -203,20 +203,27 @@ class Manifest:
         self._file = None
 
     def append(self, entry: dict) -> None:
-        if self._file is None:
-            self._file = open(self.path, "a+b")
-            self._file.seek(0, os.SEEK_END)
-            if self._file.tell():  # a line cut short by an earlier kill must not swallow ours
-                self._file.seek(-1, os.SEEK_END)
-                if self._file.read(1) != b"\n":
-                    self._file.write(b"\n")
-        self._file.write((json.dumps(entry) + "\n").encode())
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            if self._file is None:
+                self._file = open(self.path, "a+b")
+                self._file.seek(0, os.SEEK_END)
+                if self._file.tell():  # a line cut short by an earlier kill must not swallow ours
+                    self._file.seek(-1, os.SEEK_END)
+                    if self._file.read(1) != b"\n":
+                        self._file.write(b"\n")
+            self._file.write((json.dumps(entry) + "\n").encode())
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:  # a full disk's flush names no file: the batch stops naming it
+            self.close()
+            raise UserError(f"Cannot write the manifest {self.path} ({exc.strerror or exc}); "
+                            "free some space or choose another -o, then run again with "
+                            "--resume.") from None
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # the data a failed flush kept is flushed again
+                self._file.close()
             self._file = None
 
 

@@ -29,6 +29,7 @@ from ..batch.driver import (
     stylize_many,
 )
 from ..errors import UserError
+from ..io.files import check_writable_folder
 from .exits import EXIT_CANCELLED, EXIT_SOME_FAILED, EXIT_TERMINATED, Terminated
 
 
@@ -97,6 +98,7 @@ def cmd_batch(args, to_config: Callable) -> int:
     except OSError as exc:
         raise UserError(f"Cannot create the output folder {outdir} ({exc.strerror}); choose "
                         "another -o.") from None
+    check_writable_folder(outdir, "choose another -o")  # a read-only one: before any work
     if args.frames and args.styles_each and len(args.styles) > 1:
         raise UserError("--frames makes one sequence; with --styles-each give one --style per batch.")
     from ..engines import load_engine_model
