@@ -1,5 +1,6 @@
 """Faults a user meets, found by exploratory fault testing (session 38), each case failing
-without its fix: file names that are not UTF-8, a batch whose manifest cannot be written.
+without its fix: file names that are not UTF-8, a batch whose manifest cannot be written or
+whose folder is read-only, progress bars in a narrow terminal.
 
 The wider fault suite is tests/test_faults.py; the helpers here are its.
 """
@@ -7,8 +8,11 @@ The wider fault suite is tests/test_faults.py; the helpers here are its.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import test_fuzz
@@ -16,6 +20,8 @@ from test_faults import mount_small_filesystem
 from test_fuzz import RUN, assert_refused, cli, strict_records
 
 from stylefu.core.batch.driver import Manifest
+from stylefu.core.cli.batch import BatchProgress
+from stylefu.core.cli.main import ProgressPrinter
 from stylefu.core.errors import UserError
 
 world = test_fuzz.world  # the fixture: a scratch folder with inputs, a model and a snapshot
@@ -77,3 +83,36 @@ def test_a_batch_into_a_read_only_folder_is_refused_before_any_work(world, capsy
                        before, world)
         assert [r["event"] for r in strict_records(done.out)] == ["error"]  # no item ran
         assert not list(folder.iterdir())
+
+
+class Terminal(io.StringIO):
+    """stderr as a terminal (the bars redraw with `\\r` only there)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("width", [24, 40, 200])
+def test_progress_bars_fit_a_narrow_terminal(monkeypatch, width):
+    """`run`'s and `batch`'s bars were 75-85 characters whatever the terminal: on a narrower one
+    each line wraps, `\\r` goes back to its last row only, and the bar scrolls a row per redraw.
+    Every redraw now fits in one row (less than the width), the count shown where it can be."""
+    monkeypatch.setenv("COLUMNS", str(width))
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    run_bar = ProgressPrinter("bar", time_left=lambda p: 65.0)
+    for evaluation in range(1, 31):
+        run_bar(SimpleNamespace(level=2, levels=3, size=(341, 512), evaluation=evaluation,
+                                evaluations=300, fraction=evaluation / 300, loss=1234.5678))
+    run_bar.close()
+    batch_bar = BatchProgress("bar", total=120, skipped=0)
+    for index in range(12):
+        batch_bar.item({"status": "ok" if index % 3 else "failed", "input": f"in/{index}.png",
+                        "error": "damaged"})
+    rows = [row for line in sys.stderr.getvalue().split("\n") for row in line.split("\r")]
+    bars = [row for row in rows if "[" in row]
+    assert len(bars) == 30 + 12  # a failed item also gets a line of its own, no bar
+    assert all(len(row) < width for row in bars), max(bars, key=len)
+    if width >= 40:
+        assert "] 30/300 loss" in bars[29] and "] 12/120 items, 4 failed" in bars[-1]
+    if width >= 200:  # wide: the usual 30 cells and every word
+        assert "#" * 3 + "." * 27 + "] 30/300 loss 1235, about 1 min 05 s left" in bars[29]

@@ -30,6 +30,7 @@ from ..batch.driver import (
 )
 from ..errors import UserError
 from ..io.files import check_writable_folder
+from .bar import bar_line, columns
 from .exits import EXIT_CANCELLED, EXIT_SOME_FAILED, EXIT_TERMINATED, Terminated
 
 
@@ -42,6 +43,7 @@ class BatchProgress:
         self.done = self.failed = 0
         self.started = time.monotonic()
         self.tty = sys.stderr.isatty()
+        self.width = 0  # the bar's last line: a shorter one is padded over it
 
     def emit(self, record: dict) -> None:
         if self.mode == "json":
@@ -63,17 +65,20 @@ class BatchProgress:
         elapsed = time.monotonic() - self.started
         rate = self.done / elapsed * 60 if elapsed > 0 else 0.0
         left = (self.total - self.done) / (self.done / elapsed) if self.done else 0.0
-        filled = int(30 * self.done / max(1, self.total))
         from ..run.eta import format_duration  # the run bar's words: "about 1 min 05 s left"
 
-        line = (f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} items"
-                f"{f', {self.failed} failed' if self.failed else ''}, {rate:.1f} images/min"
-                + (f", about {format_duration(left)} left" if self.done < self.total else ""))
+        after = (f" {self.done}/{self.total} items"
+                 f"{f', {self.failed} failed' if self.failed else ''}, {rate:.1f} images/min"
+                 + (f", about {format_duration(left)} left" if self.done < self.total else ""))
+        fraction = self.done / max(1, self.total)
         if self.tty:
-            sys.stderr.write("\r" + line + " " * 4)
+            width = columns()
+            line = bar_line("", fraction, after, width)
+            sys.stderr.write("\r" + line.ljust(min(self.width, width - 1)))
             sys.stderr.flush()
+            self.width = len(line)
         else:
-            print(line, file=sys.stderr, flush=True)
+            print(bar_line("", fraction, after, sys.maxsize), file=sys.stderr, flush=True)
         if failure:
             print(("\n" if self.tty else "") + failure, file=sys.stderr, flush=True)
 
