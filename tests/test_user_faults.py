@@ -140,3 +140,19 @@ def test_an_unusable_weights_folder_is_named(capsys, monkeypatch, tmp_path, stat
             assert f"error: Cannot keep downloaded weights in {folder} (" in done.err
             assert "set $STYLEFU_WEIGHTS_CACHE to a folder you may write" in done.err
         assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_checks_its_output_before_fetching_weights(capsys, monkeypatch, tmp_path):
+    """`export -o FOLDER` (or a read-only folder, a FIFO) was found only when writing, after the
+    weights' download (550 MB for torchvision's) and the graph's build, and suggested
+    FOLDER/out.json; it is refused first, suggesting a model's name."""
+    from stylefu.export import artifact
+
+    def no_fetch(*args, **kwargs):
+        raise AssertionError("weights fetched before -o was checked")
+
+    monkeypatch.setattr(artifact, "get_weights", no_fetch)
+    done = cli(capsys, "export", "--weights", "torchvision", "-o", tmp_path)
+    assert done.code == 2 and "Traceback" not in done.err, done.err
+    assert done.err == (f"stylefu: error: -o {tmp_path} is a folder; name a file inside it, e.g. "
+                        f"{tmp_path / 'model.onnx'}.\n")
