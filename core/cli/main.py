@@ -285,6 +285,9 @@ def check_run_paths(args, config: Config) -> Path:
     if config.save_every:
         for saved in output.parent.glob(f"{glob.escape(output.stem)}.scale*-*{output.suffix}"):
             check_output_path(saved, "--save-every", OUTPUT_SUFFIXES, inputs)
+        most = max(config.schedule_value("evaluations"), config.schedule_value("coarse_evaluations"))
+        longest = f"{output.stem}.scale{config.schedule_value('levels')}-{most:04d}"  # -o's + 12
+        check_output_path(output.with_name(longest + output.suffix), "--save-every")
     return output
 
 
