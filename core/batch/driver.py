@@ -216,9 +216,9 @@ class Manifest:
             os.fsync(self._file.fileno())
         except OSError as exc:  # a full disk's flush names no file: the batch stops naming it
             self.close()
-            raise UserError(f"Cannot write the manifest {self.path} ({exc.strerror or exc}); "
-                            "free some space or choose another -o, then run again with "
-                            "--resume.") from None
+            raise UserError(f"Cannot write the manifest {self.path} ({exc.strerror or exc}), so "
+                            "the batch stopped; fix that or choose another -o, then run again "
+                            "with --resume.") from None
 
     def close(self) -> None:
         if self._file is not None:
