@@ -19,7 +19,7 @@ import test_fuzz
 from test_faults import mount_small_filesystem
 from test_fuzz import RUN, assert_refused, cli, strict_records
 
-from stylefu.core.batch.driver import Manifest
+from stylefu.core.batch.driver import Manifest, stylize_many
 from stylefu.core.cli.batch import BatchProgress
 from stylefu.core.cli.main import ProgressPrinter
 from stylefu.core.errors import UserError
@@ -171,3 +171,23 @@ def test_save_every_names_too_long_are_refused_before_the_run(world, capsys):
     shorter = world.root / ("n" * (len(stem.name) - 1) + ".png")
     done = cli(capsys, *test_fuzz.run_args(world, shorter, ["--save-every", "1"]))
     assert done.code == 0 and (world.root / f"{shorter.stem}.scale1-0003.png").is_file()
+
+
+def test_a_batch_that_stops_before_its_first_item_leaves_no_folder(world, capsys, tmp_path):
+    """A damaged style (found when its targets are made, first) or a missing model ended the
+    batch with exit 2 "before any work", but left the -o folders it had made, empty; the same
+    for `stylize_many`'s output folders. Folders that were there stay."""
+    damaged = world.root / "damaged.png"
+    damaged.write_bytes(world.style.read_bytes()[:300])  # its header whole, its pixels cut
+    existing = tmp_path / "kept"
+    existing.mkdir()
+    for style, model in ((damaged, world.model), (world.style, tmp_path / "none.onnx")):
+        done = cli(capsys, "batch", world.content, "--style", style, "--model", model,
+                   "-o", existing / "new" / "out", *RUN, "--progress", "none")
+        assert done.code == 2 and "Traceback" not in done.err, done.err
+        assert "damaged" in done.err or "No model at" in done.err, done.err
+        assert list(existing.iterdir()) == []
+    with pytest.raises(UserError, match="damaged.png is truncated or damaged"):
+        list(stylize_many([(world.content, damaged, tmp_path / "api" / "out.png")],
+                          model=world.model, workers=1))
+    assert not (tmp_path / "api").exists()

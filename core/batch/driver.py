@@ -629,10 +629,10 @@ def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = Non
                         "out, or None, for the default).")
     skip = set(skip)
     check_shared_inputs(items, config, options)
-    make_output_folders(items)
     loaded = load_engine_model(model, config)
     remove_stale_temporaries(items)
     entries = precompute_targets(loaded, [it for i, it in enumerate(items) if i not in skip], config)
+    make_output_folders(items)  # once the model and styles have loaded: none for a damaged one
     work = [(i, it) for i, it in enumerate(items)]
     if options.frames:
         yield from _frames(work, skip, config, loaded, options, workers, ray, progress, cancel,

@@ -8,6 +8,7 @@ is in the manifest with its message), 2 for a user's error before any work, 130 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -98,16 +99,17 @@ def cmd_batch(args, to_config: Callable) -> int:
                          masks=tuple(args.masks or ()),
                          frames=args.frames, warp=args.warp)
     check_shared_inputs(items, config, options)  # before any work: nothing made for a bad style
+    if args.frames and args.styles_each and len(args.styles) > 1:
+        raise UserError("--frames makes one sequence; with --styles-each give one --style per batch.")
+    from ..engines import load_engine_model
+    model = load_engine_model(args.model, config)  # a missing model ends here, before any folder
+    made = [p for p in (outdir, *outdir.parents) if not p.exists()]  # deepest first
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"Cannot create the output folder {outdir} ({exc.strerror}); choose "
                         "another -o.") from None
     check_writable_folder(outdir, "choose another -o")  # a read-only one: before any work
-    if args.frames and args.styles_each and len(args.styles) > 1:
-        raise UserError("--frames makes one sequence; with --styles-each give one --style per batch.")
-    from ..engines import load_engine_model
-    model = load_engine_model(args.model, config)  # a missing model ends here, before any work
     chash = config_hash(config, model.path, options)
     manifest_path = outdir / MANIFEST_NAME
     skipped: list[int] = []
@@ -134,6 +136,11 @@ def cmd_batch(args, to_config: Callable) -> int:
             manifest.append(entry)
             progress.item(entry)
             failed += not result.ok
+    except UserError:  # a damaged style (its targets come first): no item ran
+        for folder in made if not progress.done else ():
+            with contextlib.suppress(OSError):  # only while empty: nothing else is removed
+                folder.rmdir()
+        raise
     except (KeyboardInterrupt, Terminated) as stop:
         # run's records and exit codes ("reason"; 130 or 143), with the count and the way on
         term = isinstance(stop, Terminated)
