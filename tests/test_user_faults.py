@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from test_fuzz import RUN, assert_refused, cli, strict_records
 
 from stylefu.core.batch.driver import Manifest, stylize_many
 from stylefu.core.cli.batch import BatchProgress
+from stylefu.core.cli.exits import EXIT_CANCELLED, EXIT_TERMINATED
 from stylefu.core.cli.main import ProgressPrinter
 from stylefu.core.errors import UserError
 
@@ -191,3 +193,23 @@ def test_a_batch_that_stops_before_its_first_item_leaves_no_folder(world, capsys
         list(stylize_many([(world.content, damaged, tmp_path / "api" / "out.png")],
                           model=world.model, workers=1))
     assert not (tmp_path / "api").exists()
+
+
+def test_serve_ends_with_sigterms_code_when_its_stdin_closes_too(monkeypatch):
+    """A worker's caller going away often closes its stdin and sends SIGTERM at once (a GIMP
+    that quits, a supervisor): stdin's end marks the run as cancelled, and the worker took the
+    run's 143 for a request's cancel and ended with exit 0."""
+    from stylefu.core.cli import serve
+
+    read, write = os.pipe()
+    os.write(write, json.dumps({"id": 1, "run": ["c.png", "s.png", "-o", "o.png"]}).encode() + b"\n")
+    monkeypatch.setattr(sys, "stdin", os.fdopen(read))
+    monkeypatch.setattr(serve, "_warm", lambda *args: None)
+    monkeypatch.setattr(serve, "STOP_AFTER_STDIN_CLOSES", 1e6)  # its timer must not end pytest
+
+    def run(argv, cancel):  # SIGTERM arrives as stdin closes: the run ends with 143
+        os.close(write)
+        assert cancel.wait(10)  # stdin's end seen first
+        return EXIT_TERMINATED
+
+    assert serve.serve(run, (EXIT_CANCELLED, EXIT_TERMINATED)) == EXIT_TERMINATED
