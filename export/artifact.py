@@ -161,6 +161,9 @@ def export(weights: str = "random", output: str | Path | None = None, *, seed: i
     except OSError:
         raise UserError(f"Cannot create the folder {output.parent}; choose another -o.") from None
     check_output_path(output, "-o", example="model.onnx")
+    if gradient:  # its name is 34 bytes longer than -o's: found after writing the model, else
+        check_output_path(sibling_path(output, CONTENT_LAYER, sha256="0" * 64),
+                          "-o (the gradient graph beside it)")
     source = get_weights(weights, seed=seed, preprocessing=preprocessing, timeout=timeout,
                          progress=progress, arch=arch)
     model = build_graph(source, pooling)

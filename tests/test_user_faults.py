@@ -147,7 +147,9 @@ def test_an_unusable_weights_folder_is_named(capsys, monkeypatch, tmp_path, stat
 def test_export_checks_its_output_before_fetching_weights(capsys, monkeypatch, tmp_path):
     """`export -o FOLDER` (or a read-only folder, a FIFO) was found only when writing, after the
     weights' download (550 MB for torchvision's) and the graph's build, and suggested
-    FOLDER/out.json; it is refused first, suggesting a model's name."""
+    FOLDER/out.json; it is refused first, suggesting a model's name. So is an -o name that fits
+    while the gradient graph's beside it (34 bytes longer) does not: that failed after the model
+    was written."""
     from stylefu.export import artifact
 
     def no_fetch(*args, **kwargs):
@@ -158,6 +160,11 @@ def test_export_checks_its_output_before_fetching_weights(capsys, monkeypatch, t
     assert done.code == 2 and "Traceback" not in done.err, done.err
     assert done.err == (f"stylefu: error: -o {tmp_path} is a folder; name a file inside it, e.g. "
                         f"{tmp_path / 'model.onnx'}.\n")
+    long = tmp_path / ("m" * 230 + ".onnx")  # fits; the gradient graph's name beside it does not
+    done = cli(capsys, "export", "--weights", "torchvision", "-o", long)
+    assert done.code == 2 and "Traceback" not in done.err, done.err
+    assert "error: -o (the gradient graph beside it): the file name mmm" in done.err
+    assert "(269 bytes, 255 at most)" in done.err and list(tmp_path.iterdir()) == []
 
 
 def test_save_every_names_too_long_are_refused_before_the_run(world, capsys):
