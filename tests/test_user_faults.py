@@ -20,7 +20,7 @@ import test_fuzz
 from test_faults import mount_small_filesystem
 from test_fuzz import RUN, assert_refused, cli, strict_records
 
-from stylefu.core.batch.driver import Manifest, stylize_many
+from stylefu.core.batch.driver import Manifest, expand_inputs, stylize_many
 from stylefu.core.cli.batch import BatchProgress
 from stylefu.core.cli.exits import EXIT_CANCELLED, EXIT_TERMINATED
 from stylefu.core.cli.main import ProgressPrinter
@@ -220,3 +220,13 @@ def test_serve_ends_with_sigterms_code_when_its_stdin_closes_too(monkeypatch):
         return EXIT_TERMINATED
 
     assert serve.serve(run, (EXIT_CANCELLED, EXIT_TERMINATED)) == EXIT_TERMINATED
+
+
+def test_a_list_file_may_name_files_in_bytes_that_are_not_utf8(tmp_path):
+    """`ls > list.txt` in a folder of Latin-1 names writes those bytes: the list was "not
+    readable text", though each file given directly or through its folder was found."""
+    image = not_utf8(tmp_path, b"caf\xe9.png")
+    image.write_bytes(b"")
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"# ls > list.txt\n" + os.fsencode(image.name) + b"\n")
+    assert expand_inputs([f"@{listing}"]) == [image] and image.exists()

@@ -88,7 +88,10 @@ def list_text(path: Path) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        return data.decode(locale.getpreferredencoding(False))
+        encoding = locale.getpreferredencoding(False)
+        if os.name == "posix" and codecs.lookup(encoding).name == "utf-8":
+            return os.fsdecode(data)  # names there are bytes: `ls > list` in a Latin-1 folder
+        return data.decode(encoding)
 
 
 def expand_inputs(specs: Sequence[str]) -> list[Path]:
