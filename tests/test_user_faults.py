@@ -230,3 +230,7 @@ def test_a_list_file_may_name_files_in_bytes_that_are_not_utf8(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_bytes(b"# ls > list.txt\n" + os.fsencode(image.name) + b"\n")
     assert expand_inputs([f"@{listing}"]) == [image] and image.exists()
+    binary = tmp_path / "image.png"  # an image given as a list is still no text
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xe9")
+    with pytest.raises(UserError, match=r"List file .*image\.png is not readable text"):
+        expand_inputs([f"@{binary}"])

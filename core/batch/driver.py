@@ -89,7 +89,8 @@ def list_text(path: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         encoding = locale.getpreferredencoding(False)
-        if os.name == "posix" and codecs.lookup(encoding).name == "utf-8":
+        if os.name == "posix" and codecs.lookup(encoding).name == "utf-8" and \
+                not re.search(rb"[\x00-\x08\x0e-\x1f\x7f]", data):  # text, not an image's bytes
             return os.fsdecode(data)  # names there are bytes: `ls > list` in a Latin-1 folder
         return data.decode(encoding)
 
