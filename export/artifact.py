@@ -8,7 +8,7 @@ import numpy as np
 
 from stylefu.core.engines.onnx.gradient import build_gradient_graph, remove_stale_siblings, sibling_path
 from stylefu.core.errors import UserError
-from stylefu.core.io.files import atomic_write
+from stylefu.core.io.files import atomic_write, check_output_path
 from stylefu.core.io.paths import default_model_path
 from stylefu.core.network import artifact_meta
 from stylefu.core.network.vgg import CONTENT_LAYER, EXPORTED_LAYERS, PREPROCESSING, architecture
@@ -156,13 +156,17 @@ def export(weights: str = "random", output: str | Path | None = None, *, seed: i
     if preprocessing is not None and preprocessing not in PREPROCESSING:
         raise UserError(f"--preprocessing must be one of {', '.join(PREPROCESSING)}.")
     output = Path(output) if output else default_model_path()
-    source = get_weights(weights, seed=seed, preprocessing=preprocessing, timeout=timeout,
-                         progress=progress, arch=arch)
-    model = build_graph(source, pooling)
-    try:
+    try:  # -o checked before the weights' download (550 MB) and the graph's build
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError:
         raise UserError(f"Cannot create the folder {output.parent}; choose another -o.") from None
+    check_output_path(output, "-o", example="model.onnx")
+    if gradient:  # its name is 34 bytes longer than -o's: found after writing the model, else
+        check_output_path(sibling_path(output, CONTENT_LAYER, sha256="0" * 64),
+                          "-o (the gradient graph beside it)")
+    source = get_weights(weights, seed=seed, preprocessing=preprocessing, timeout=timeout,
+                         progress=progress, arch=arch)
+    model = build_graph(source, pooling)
     errors: dict[str, float] = {}
     graph = {}
 

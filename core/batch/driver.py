@@ -88,7 +88,11 @@ def list_text(path: Path) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        return data.decode(locale.getpreferredencoding(False))
+        encoding = locale.getpreferredencoding(False)
+        if os.name == "posix" and codecs.lookup(encoding).name == "utf-8" and \
+                not re.search(rb"[\x00-\x08\x0e-\x1f\x7f]", data):  # text, not an image's bytes
+            return os.fsdecode(data)  # names there are bytes: `ls > list` in a Latin-1 folder
+        return data.decode(encoding)
 
 
 def expand_inputs(specs: Sequence[str]) -> list[Path]:
@@ -206,20 +210,27 @@ class Manifest:
         self._file = None
 
     def append(self, entry: dict) -> None:
-        if self._file is None:
-            self._file = open(self.path, "a+b")
-            self._file.seek(0, os.SEEK_END)
-            if self._file.tell():  # a line cut short by an earlier kill must not swallow ours
-                self._file.seek(-1, os.SEEK_END)
-                if self._file.read(1) != b"\n":
-                    self._file.write(b"\n")
-        self._file.write((json.dumps(entry) + "\n").encode())
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            if self._file is None:
+                self._file = open(self.path, "a+b")
+                self._file.seek(0, os.SEEK_END)
+                if self._file.tell():  # a line cut short by an earlier kill must not swallow ours
+                    self._file.seek(-1, os.SEEK_END)
+                    if self._file.read(1) != b"\n":
+                        self._file.write(b"\n")
+            self._file.write((json.dumps(entry) + "\n").encode())
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:  # a full disk's flush names no file: the batch stops naming it
+            self.close()
+            raise UserError(f"Cannot write the manifest {self.path} ({exc.strerror or exc}), so "
+                            "the batch stopped; fix that or choose another -o, then run again "
+                            "with --resume.") from None
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # the data a failed flush kept is flushed again
+                self._file.close()
             self._file = None
 
 
@@ -625,10 +636,10 @@ def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = Non
                         "out, or None, for the default).")
     skip = set(skip)
     check_shared_inputs(items, config, options)
-    make_output_folders(items)
     loaded = load_engine_model(model, config)
     remove_stale_temporaries(items)
     entries = precompute_targets(loaded, [it for i, it in enumerate(items) if i not in skip], config)
+    make_output_folders(items)  # once the model and styles have loaded: none for a damaged one
     work = [(i, it) for i, it in enumerate(items)]
     if options.frames:
         yield from _frames(work, skip, config, loaded, options, workers, ray, progress, cancel,

@@ -8,6 +8,7 @@ is in the manifest with its message), 2 for a user's error before any work, 130 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from ..batch.driver import (
     stylize_many,
 )
 from ..errors import UserError
+from ..io.files import check_writable_folder
+from .bar import bar_line, columns
 from .exits import EXIT_CANCELLED, EXIT_SOME_FAILED, EXIT_TERMINATED, Terminated
 
 
@@ -41,6 +44,7 @@ class BatchProgress:
         self.done = self.failed = 0
         self.started = time.monotonic()
         self.tty = sys.stderr.isatty()
+        self.width = 0  # the bar's last line: a shorter one is padded over it
 
     def emit(self, record: dict) -> None:
         if self.mode == "json":
@@ -62,17 +66,20 @@ class BatchProgress:
         elapsed = time.monotonic() - self.started
         rate = self.done / elapsed * 60 if elapsed > 0 else 0.0
         left = (self.total - self.done) / (self.done / elapsed) if self.done else 0.0
-        filled = int(30 * self.done / max(1, self.total))
         from ..run.eta import format_duration  # the run bar's words: "about 1 min 05 s left"
 
-        line = (f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} items"
-                f"{f', {self.failed} failed' if self.failed else ''}, {rate:.1f} images/min"
-                + (f", about {format_duration(left)} left" if self.done < self.total else ""))
+        after = (f" {self.done}/{self.total} items"
+                 f"{f', {self.failed} failed' if self.failed else ''}, {rate:.1f} images/min"
+                 + (f", about {format_duration(left)} left" if self.done < self.total else ""))
+        fraction = self.done / max(1, self.total)
         if self.tty:
-            sys.stderr.write("\r" + line + " " * 4)
+            width = columns()
+            line = bar_line("", fraction, after, width)
+            sys.stderr.write("\r" + line.ljust(min(self.width, width - 1)))
             sys.stderr.flush()
+            self.width = len(line)
         else:
-            print(line, file=sys.stderr, flush=True)
+            print(bar_line("", fraction, after, sys.maxsize), file=sys.stderr, flush=True)
         if failure:
             print(("\n" if self.tty else "") + failure, file=sys.stderr, flush=True)
 
@@ -95,15 +102,17 @@ def cmd_batch(args, to_config: Callable) -> int:
                          masks=tuple(args.masks or ()),
                          frames=args.frames, warp=args.warp)
     check_shared_inputs(items, config, options)  # before any work: nothing made for a bad style
+    if args.frames and args.styles_each and len(args.styles) > 1:
+        raise UserError("--frames makes one sequence; with --styles-each give one --style per batch.")
+    from ..engines import load_engine_model
+    model = load_engine_model(args.model, config)  # a missing model ends here, before any folder
+    made = [p for p in (outdir, *outdir.parents) if not p.exists()]  # deepest first
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"Cannot create the output folder {outdir} ({exc.strerror}); choose "
                         "another -o.") from None
-    if args.frames and args.styles_each and len(args.styles) > 1:
-        raise UserError("--frames makes one sequence; with --styles-each give one --style per batch.")
-    from ..engines import load_engine_model
-    model = load_engine_model(args.model, config)  # a missing model ends here, before any work
+    check_writable_folder(outdir, "choose another -o")  # a read-only one: before any work
     chash = config_hash(config, model.path, options)
     manifest_path = outdir / MANIFEST_NAME
     skipped: list[int] = []
@@ -130,6 +139,11 @@ def cmd_batch(args, to_config: Callable) -> int:
             manifest.append(entry)
             progress.item(entry)
             failed += not result.ok
+    except UserError:  # a damaged style (its targets come first): no item ran
+        for folder in made if not progress.done else ():
+            with contextlib.suppress(OSError):  # only while empty: nothing else is removed
+                folder.rmdir()
+        raise
     except (KeyboardInterrupt, Terminated) as stop:
         # run's records and exit codes ("reason"; 130 or 143), with the count and the way on
         term = isinstance(stop, Terminated)

@@ -29,6 +29,7 @@ from pathlib import Path
 from .. import jsontext
 from ..errors import Cancelled, UserError
 from ..method.config import PRESETS, Config, config_fields
+from .bar import bar_line, columns
 from .exits import (
     EXIT_BROKEN_PIPE,
     EXIT_CANCELLED,
@@ -216,19 +217,19 @@ class ProgressPrinter:
                        **({"seconds_left": round(left, 1)} if left is not None else {}),
                        **({"image": str(saved)} if saved else {})})
         elif self.mode == "bar":
-            filled = int(30 * p.fraction)
-            line = (f"level {p.level}/{p.levels} {p.size[1]}x{p.size[0]} "
-                    f"[{'#' * filled}{'.' * (30 - filled)}] {p.evaluation}/{p.evaluations} "
-                    f"loss {p.loss:.4g}")
+            before = f"level {p.level}/{p.levels} {p.size[1]}x{p.size[0]} "
+            after = f" {p.evaluation}/{p.evaluations} loss {p.loss:.4g}"
             if left is not None:
                 from ..run.eta import format_duration
-                line += f", about {format_duration(left)} left"
+                after += f", about {format_duration(left)} left"
             if self.bar:
-                sys.stderr.write("\r" + line.ljust(self.width))
+                width = columns()
+                line = bar_line(before, p.fraction, after, width)
+                sys.stderr.write("\r" + line.ljust(min(self.width, width - 1)))
                 sys.stderr.flush()
                 self.width = len(line)
             elif p.evaluation == p.evaluations or p.evaluation % 25 == 0:
-                say(line)
+                say(bar_line(before, p.fraction, after, sys.maxsize))  # a log: the whole line
 
     def close(self) -> None:
         if self.bar:
@@ -278,6 +279,9 @@ def check_run_paths(args, config: Config) -> Path:
     if config.save_every:
         for saved in output.parent.glob(f"{glob.escape(output.stem)}.scale*-*{output.suffix}"):
             check_output_path(saved, "--save-every", OUTPUT_SUFFIXES, inputs)
+        most = max(config.schedule_value("evaluations"), config.schedule_value("coarse_evaluations"))
+        longest = f"{output.stem}.scale{config.schedule_value('levels')}-{most:04d}"  # -o's + 12
+        check_output_path(output.with_name(longest + output.suffix), "--save-every")
     return output
 
 

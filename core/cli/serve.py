@@ -143,6 +143,6 @@ def serve(run: Callable[[list[str], threading.Event], int], stop_codes: tuple[in
         except SystemExit:  # argparse's --help or --version: nothing to run
             jsontext.print_line({"event": "error", "message": "a request cannot ask for help"})
             continue
-        if code in stop_codes and not cancel.is_set():
-            return code
+        if code in stop_codes and (code != EXIT_CANCELLED or not cancel.is_set()):
+            return code  # a cancel gives EXIT_CANCELLED only: SIGTERM's code stops even then
     return 0

@@ -204,7 +204,7 @@ def _name_max(folder: Path) -> int:
 
 
 def check_output_path(path: str | Path, option: str = "-o", suffixes: Sequence[str] | None = None,
-                      inputs: Sequence = ()) -> Path:
+                      inputs: Sequence = (), example: str | None = None) -> Path:
     """The file an output named `path` will really be written to, checked before any work.
 
     A regular file there is replaced (atomically); a symbolic link means its target; a folder,
@@ -229,9 +229,10 @@ def check_output_path(path: str | Path, option: str = "-o", suffixes: Sequence[s
                         "choose another path.")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"Cannot write to the folder {folder} ({option}); choose another path.")
-    if kind == "a folder":
+    if kind == "a folder":  # `example`: a file name inside it, to suggest
+        example = example or "out" + (suffixes[0] if suffixes else ".json")
         raise UserError(f"{option} {path} is a folder; name a file inside it, e.g. "
-                        f"{path / ('out' + (suffixes[0] if suffixes else '.json'))}.")
+                        f"{path / example}.")
     if kind not in ("file", "missing"):
         raise UserError(f"{option} {path} is {kind}; stylefu only replaces regular files, so "
                         "name a new file or an existing one.")

@@ -24,6 +24,16 @@ THREADS_ENV = "STYLEFU_THREADS"
 MAX_THREADS = 16
 
 
+def session_source(path: str | Path) -> str | bytes:
+    """What ONNX Runtime is given to open `path`: the path, or the file's bytes where the name is
+    not valid UTF-8 (ORT takes only UTF-8 paths; a POSIX file name may be any bytes)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return Path(path).read_bytes()
+    return str(path)
+
+
 def usable_cores(cpu_folder: str = "/sys/devices/system/cpu") -> int:
     """Physical cores this process may run on (affinity-aware on Linux): the right thread count
     for ORT and torch. Two hyperthreads share one core's FMA units, so convolutions gain nothing
@@ -178,14 +188,15 @@ class FeatureEngine:
         if want_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+            self.session = ort.InferenceSession(session_source(self.path), options,
+                                                providers=providers)
         except Exception as exc:  # e.g. the CUDA provider's libraries do not load
             if info is None:
                 read_artifact(self.path)  # not an ONNX file: its one-sentence UserError
             if len(providers) == 1:
                 raise UserError(f"ONNX Runtime cannot open {self.path} ({exc.__class__.__name__}); "
                                 "re-create it with `stylefu export`.") from None
-            self.session = ort.InferenceSession(str(self.path), options,
+            self.session = ort.InferenceSession(session_source(self.path), options,
                                                 providers=["CPUExecutionProvider"])
         # The metadata from the session, not from parsing the file's 52 MB with onnx a second
         # time (0.3-0.5 s of start-up); a caller that has read the file passes `info`.

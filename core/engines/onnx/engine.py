@@ -19,7 +19,7 @@ import numpy as np
 from ...method import guides, tiling
 from ...method.config import Config
 from ...method.objective import LossSpec, check_finite
-from ...network.forward import FeatureEngine, engine_threads
+from ...network.forward import FeatureEngine, engine_threads, session_source
 from ...network.vgg import STYLE_LAYERS, layer_stride
 from ..steps import BestIterate, check_cancel, delivered, loss_factor, range_penalty, should_stop
 from .lbfgs import LBFGS
@@ -101,7 +101,7 @@ class GradientSession:
         options.intra_op_num_threads = threads or engine_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        source = path if isinstance(path, bytes) else str(path)
+        source = path if isinstance(path, bytes) else session_source(path)
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.calls = 0

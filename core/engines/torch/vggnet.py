@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +107,8 @@ def torch_weights_file(path: str | Path) -> Path:
     path = Path(path).resolve()
     stat = path.stat()
     key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{artifact_meta.FORMAT_VERSION}"
-    return cache_dir() / "torch-weights" / f"{path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+    digest = hashlib.sha1(os.fsencode(key)).hexdigest()[:16]  # a name may be any bytes
+    return cache_dir() / "torch-weights" / f"{path.stem}-{digest}.pt"
 
 
 def _save_torch_weights(net: VGGFeatures, target: Path) -> None:

