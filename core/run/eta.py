@@ -240,9 +240,9 @@ def estimate_seconds(height: int, width: int, config: Config, rate: float, expon
     `fixed_seconds` (start-up). `level_speeds`: per level, the (rate, exponent) of its
     evaluations where they are not (`rate`, `exponent`): compiled levels; targets and finish are
     eager forward passes."""
-    from .pipeline import canvas_sizes
+    from .pipeline import level_sizes
 
-    sizes = canvas_sizes(height, width, config)  # what each level paints: its margin included
+    sizes = level_sizes(height, width, config)
     seconds = 0.0
     for number, size in enumerate(sizes, start=1):
         evaluations = config.schedule_value("evaluations" if number == len(sizes)

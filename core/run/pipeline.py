@@ -58,7 +58,8 @@ class Progress:
     style_loss: float
     tv_loss: float
     image: Callable[[], np.ndarray] = field(repr=False, default=lambda: None)
-    # The optimised pixels as they are, unclipped (benchmarks judge the optimiser's own variable).
+    # The optimised pixels as they are, unclipped, margin included (benchmarks judge the
+    # optimiser's own variable).
     pixels: Callable[[], torch.Tensor] = field(repr=False, default=lambda: None)
     # Whether this level's evaluations run compiled (the runner's `compiles`): run/eta.py keeps
     # compiled and eager speeds apart.
@@ -152,10 +153,11 @@ def plan_levels(height: int, width: int, config: Config, device: torch.device) -
     sizes = level_sizes(height, width, config)
     margins = margin.level_margins(sizes)
     canvases = canvas_sizes(height, width, config)
-    return [Level(k, size, config.schedule_value("evaluations" if k == len(sizes)
-                                                 else "coarse_evaluations"),
+    # Whether a level is tiled goes by its picture: a margin alone does not tile a level that fits.
+    return [Level(k, canvas, config.schedule_value("evaluations" if k == len(sizes)
+                                                   else "coarse_evaluations"),
                   tiling.choose_crop_side(*size, config.crop_side, config.optimizer, device), m)
-            for k, (size, m) in enumerate(zip(canvases, margins), start=1)]
+            for k, (size, canvas, m) in enumerate(zip(sizes, canvases, margins), start=1)]
 
 
 def balanced(config: Config, model: StyleModel, content: np.ndarray, styles: Sequence[np.ndarray],
@@ -323,8 +325,10 @@ def _reporter(runner, level: Level, levels: int, callback):
     """The engines' report(evaluation, loss, parts, pixels) as a Progress for `callback`."""
     def report(i, total, parts, x):
         if callback is not None:
-            callback(Progress(level.number, levels, i, level.evaluations, level.size, float(total),
-                              float(parts["content"]), float(parts["style"]), float(parts["tv"]),
-                              image=lambda: runner.image(x), pixels=lambda: runner.copy(x),
+            callback(Progress(level.number, levels, i, level.evaluations, level.picture,
+                              float(total), float(parts["content"]), float(parts["style"]),
+                              float(parts["tv"]),
+                              image=lambda: margin.crop(runner.image(x), level.margin),
+                              pixels=lambda: runner.copy(x),
                               compiled=runner.compiles(level)))
     return report
