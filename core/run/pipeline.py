@@ -274,7 +274,7 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
         # Each level paints a canvas: the content and guides with a mirrored margin (margin.py).
         content_canvas = level.canvas(content_rgb)
         masks_canvas = [level.canvas(m) for m in mask_arrays]
-        with _memory_guard(level.size, runner.device):
+        with _memory_guard(level.picture, runner.device):
             x = runner.resize(x, level.size)
             x, done = runner.run_level(level, x, content_canvas, styles, masks_canvas,
                                        _reporter(runner, level, len(plan), callback), cancel)
@@ -282,7 +282,7 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
             if mask_arrays:  # outside every guide the content, exactly; soft edges blend
                 x = guides.composite(x, runner.pixels(content_canvas),
                                      runner.pixels(guides.union(masks_canvas)))
-    with _memory_guard(final.size, runner.device):
+    with _memory_guard(final.picture, runner.device):
         result = runner.image(x)
         metrics = runner.measure(result, content_canvas, tiled=bool(final.crop_side))
         result = margin.crop(result, final.margin)
