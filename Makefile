@@ -48,7 +48,7 @@ test: venv
 FLOAT32_PATH := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
 NUMERIC_TESTS := tests/test_core.py tests/test_gradient.py tests/test_tiling.py tests/test_trained.py \
 	tests/test_controls.py tests/test_balance.py tests/test_schedule.py tests/test_preview.py \
-	tests/test_gimp2.py
+	tests/test_gimp2.py tests/test_margin.py
 test-float32: venv
 	@if $(BIN)/python -c "import sys; from stylefu.core.engines.torch.model import cpu_has_fast_bf16 as fast; sys.exit(not fast())"; \
 	then echo "Numeric tests again on the float32 path ($(FLOAT32_PATH))"; \

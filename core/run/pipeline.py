@@ -31,7 +31,7 @@ from ..io.images import (
     resize_array,
     save_image,
 )
-from ..method import balance, color, fullres, guides, tiling
+from ..method import balance, color, fullres, guides, margin, tiling
 from ..method.config import Config, given_config
 from ..method.fullres import UPSCALE_MODES
 from ..method.objective import check_finite
@@ -58,7 +58,8 @@ class Progress:
     style_loss: float
     tv_loss: float
     image: Callable[[], np.ndarray] = field(repr=False, default=lambda: None)
-    # The optimised pixels as they are, unclipped (benchmarks judge the optimiser's own variable).
+    # The optimised pixels as they are, unclipped, margin included (benchmarks judge the
+    # optimiser's own variable).
     pixels: Callable[[], torch.Tensor] = field(repr=False, default=lambda: None)
     # Whether this level's evaluations run compiled (the runner's `compiles`): run/eta.py keeps
     # compiled and eager speeds apart.
@@ -96,13 +97,24 @@ class StylizeResult:
 
 @dataclass(frozen=True)
 class Level:
-    """One level of the coarse-to-fine schedule: its number (1 = coarsest), working size (h, w),
-    evaluation budget, and crop side (0: optimised whole)."""
+    """One level of the coarse-to-fine schedule: its number (1 = coarsest), the canvas it paints
+    (h, w: the working size plus `margin` mirrored px on each side, method/margin.py), evaluation
+    budget, and crop side (0: optimised whole)."""
 
     number: int
     size: tuple[int, int]
     evaluations: int
     crop_side: int
+    margin: int = 0
+
+    @property
+    def picture(self) -> tuple[int, int]:
+        """The working size (h, w) inside the margin."""
+        return self.size[0] - 2 * self.margin, self.size[1] - 2 * self.margin
+
+    def canvas(self, array: np.ndarray) -> np.ndarray:
+        """A picture (content, guide) at this level's working size with its mirrored margin."""
+        return margin.pad(resize_array(array, *self.picture), self.margin)
 
 
 def level_sizes(height: int, width: int, config: Config) -> list[tuple[int, int]]:
@@ -131,12 +143,21 @@ def check_working_size(height: int, width: int, config: Config) -> None:
                     f"under {MIN_SIDE} px; use --size {needed} or more.")
 
 
+def canvas_sizes(height: int, width: int, config: Config) -> list[tuple[int, int]]:
+    """What each level paints, coarse to fine: its working size with the mirrored margin."""
+    sizes = level_sizes(height, width, config)
+    return [margin.padded(size, m) for size, m in zip(sizes, margin.level_margins(sizes))]
+
+
 def plan_levels(height: int, width: int, config: Config, device: torch.device) -> list[Level]:
     sizes = level_sizes(height, width, config)
-    return [Level(k, size, config.schedule_value("evaluations" if k == len(sizes)
-                                                 else "coarse_evaluations"),
-                  tiling.choose_crop_side(*size, config.crop_side, config.optimizer, device))
-            for k, size in enumerate(sizes, start=1)]
+    margins = margin.level_margins(sizes)
+    canvases = canvas_sizes(height, width, config)
+    # Whether a level is tiled goes by its picture: a margin alone does not tile a level that fits.
+    return [Level(k, canvas, config.schedule_value("evaluations" if k == len(sizes)
+                                                   else "coarse_evaluations"),
+                  tiling.choose_crop_side(*size, config.crop_side, config.optimizer, device), m)
+            for k, (size, canvas, m) in enumerate(zip(sizes, canvases, margins), start=1)]
 
 
 def balanced(config: Config, model: StyleModel, content: np.ndarray, styles: Sequence[np.ndarray],
@@ -245,24 +266,26 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     # Colour preservation changes what the optimiser sees (see color.py).
     content_rgb, styles = color.prepare(config.preserve_colors, content_pic.rgb,
                                         [p.rgb for p in style_pics])
-    config = balanced(config, model, content_rgb, styles, plan[0].size)
+    config = balanced(config, model, plan[0].canvas(content_rgb), styles, plan[0].size)
     runner.config = config
-    x = initial_pixels(runner, content_rgb, plan[0].size, config)
+    x = initial_pixels(runner, content_rgb, plan[0], config)
     evaluations = 0
     for level in plan:
-        with _memory_guard(level.size, runner.device):
+        # Each level paints a canvas: the content and guides with a mirrored margin (margin.py).
+        content_canvas = level.canvas(content_rgb)
+        masks_canvas = [level.canvas(m) for m in mask_arrays]
+        with _memory_guard(level.picture, runner.device):
             x = runner.resize(x, level.size)
-            x, done = runner.run_level(level, x, content_rgb, styles, mask_arrays,
+            x, done = runner.run_level(level, x, content_canvas, styles, masks_canvas,
                                        _reporter(runner, level, len(plan), callback), cancel)
             evaluations += done
             if mask_arrays:  # outside every guide the content, exactly; soft edges blend
-                region = guides.union([resize_array(m, *level.size) for m in mask_arrays])
-                x = guides.composite(x, runner.pixels(resize_array(content_rgb, *level.size)),
-                                     runner.pixels(region))
-    with _memory_guard(final.size, runner.device):
+                x = guides.composite(x, runner.pixels(content_canvas),
+                                     runner.pixels(guides.union(masks_canvas)))
+    with _memory_guard(final.picture, runner.device):
         result = runner.image(x)
-        metrics = runner.measure(result, resize_array(content_rgb, *final.size),
-                                 tiled=bool(final.crop_side))
+        metrics = runner.measure(result, content_canvas, tiled=bool(final.crop_side))
+        result = margin.crop(result, final.margin)
     check_finite(metrics["total_loss"])  # the final figures too: no NaN reported
     result = color.finish(config.preserve_colors, result, resize_array(content_pic.rgb,
                                                                        *result.shape[:2]))
@@ -282,26 +305,30 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     metrics.update(evaluations=evaluations, iterations=evaluations,
                    seconds=round(time.perf_counter() - started, 3),
                    weights_source=model.weights_source, model=str(model.path),
-                   sizes=[list(level.size) for level in plan],
-                   tiles={f"{lv.size[1]}x{lv.size[0]}": lv.crop_side for lv in plan if lv.crop_side},
+                   sizes=[list(level.picture) for level in plan],
+                   tiles={f"{lv.picture[1]}x{lv.picture[0]}": lv.crop_side
+                          for lv in plan if lv.crop_side},
                    loss_weights=balance.weights_record(config))
     return StylizeResult(result, alpha, metrics)
 
 
-def initial_pixels(runner, content_rgb: np.ndarray, size: tuple[int, int], config: Config):
-    """The first level's start in the engine's pixels: the content, noise or the --init image."""
+def initial_pixels(runner, content_rgb: np.ndarray, level: Level, config: Config):
+    """The first level's start in the engine's pixels: the content, noise or the --init image
+    (on the level's canvas)."""
     if config.init == "noise":
-        return runner.noise(*size)
+        return runner.noise(*level.size)
     start = content_rgb if config.init == "content" else load_image(config.init).rgb
-    return runner.pixels(resize_array(start, *size))
+    return runner.pixels(level.canvas(start))
 
 
 def _reporter(runner, level: Level, levels: int, callback):
     """The engines' report(evaluation, loss, parts, pixels) as a Progress for `callback`."""
     def report(i, total, parts, x):
         if callback is not None:
-            callback(Progress(level.number, levels, i, level.evaluations, level.size, float(total),
-                              float(parts["content"]), float(parts["style"]), float(parts["tv"]),
-                              image=lambda: runner.image(x), pixels=lambda: runner.copy(x),
+            callback(Progress(level.number, levels, i, level.evaluations, level.picture,
+                              float(total), float(parts["content"]), float(parts["style"]),
+                              float(parts["tv"]),
+                              image=lambda: margin.crop(runner.image(x), level.margin),
+                              pixels=lambda: runner.copy(x),
                               compiled=runner.compiles(level)))
     return report

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .. import jsontext
 from ..engines import load_engine_model
 from ..errors import UserError
-from ..io.cache import cached_grams, target_cache
+from ..io.cache import cached_grams, gram_array, target_cache
 from ..io.files import atomic_write
 from ..io.images import (
     PILLOW_FORMATS,
@@ -138,20 +138,26 @@ def _label(source, index: int) -> tuple[str, str]:
 
 
 def style_distance(model: StyleModel, content: np.ndarray, style: np.ndarray,
-                   config: Config) -> tuple[dict[str, float], float]:
+                   config: Config, image: np.ndarray | None = None) -> tuple[dict[str, float], float]:
     """Gram-matrix distance between content and style at the preview's working size.
 
     Per style layer: mean squared difference of the two Gram matrices (ONNX Runtime features,
     float32 Gram); total: the sum weighted like the style loss (at the default strength each
     layer relative to its target's magnitude, core/method/balance.py, so styles compare fairly). The
     style is sized exactly as for the optimisation (`style_scale`), and both Grams come from the
-    target cache.
+    target cache. With `image` (the preview's result), that image's distance to the style instead
+    of the content's, weighted the same: the style loss of the picture delivered, on the same
+    footing (the run's own figures include its margin, method/margin.py).
     """
     size = fit_long_side(*content.shape[:2], config.size)
     content_features, grams = target_arrays(model, content, [style], size, config)
-    content_grams = cached_grams(target_cache(model), model.engine, content, size, STYLE_LAYERS)
+    if image is None:
+        image_grams = cached_grams(target_cache(model), model.engine, content, size, STYLE_LAYERS)
+    else:  # a one-off picture: not kept in the cache
+        feats = model.engine.image_features(resize_array(image, *size), STYLE_LAYERS)
+        image_grams = {n: gram_array(f) for n, f in feats.items()}
     # losses.style_layer_loss, in numpy (previews need no torch)
-    per_layer = {name: float(np.mean(np.square(content_grams[name] - np.asarray(grams[name]),
+    per_layer = {name: float(np.mean(np.square(image_grams[name] - np.asarray(grams[name]),
                                                dtype=np.float64)))
                  for name in STYLE_LAYERS}
     weighted = balance.normalised_weights(config, content_features, grams)
@@ -207,9 +213,9 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
                 item.error, item.failed_stage = str(exc), "run"
             else:
                 item.image = result.image
-                item.style_loss = result.metrics["style_loss"]
+                item.style_loss_per_layer, item.style_loss = style_distance(
+                    model, content_pic.rgb, picture.rgb, config, image=result.image)
                 item.content_loss = result.metrics["content_loss"]
-                item.style_loss_per_layer = result.metrics["style_loss_per_layer"]
         item.seconds = time.perf_counter() - t0
         previews.append(item)
         if on_style is not None:

@@ -73,7 +73,7 @@ class OnnxRunner:
         content_feat, terms = self.terms(content_rgb, styles, size, masks, not side)
         history = tiling.LBFGS_HISTORY
         if side:
-            self.log(f"{size[1]}x{size[0]} px is optimised in {side} px tiles.")
+            self.log(f"{level.picture[1]}x{level.picture[0]} px is optimised in {side} px tiles.")
             self.objective = TiledOnnxObjective(self.model, resize_array(content_rgb, *size), terms,
                                                 side, config, self.rng, cancel)
             history = tiling.TILED_HISTORY

@@ -96,7 +96,8 @@ class TorchRunner:
             why = ("--crop-side" if config.crop_side else
                    f"about {need:.1f} GB needed at once, "
                    f"{tiling.torch_budget(self.device) / 1e9:.1f} GB usable")
-            self.log(f"{size[1]}x{size[0]} px is optimised in {side} px tiles ({why}).")
+            self.log(f"{level.picture[1]}x{level.picture[0]} px is optimised in {side} px tiles "
+                     f"({why}).")
         targets = region_targets(self.model, content_rgb, styles, size, config, masks,
                                  content_features=not side)
         tolerance = config.schedule_value("tolerance")
