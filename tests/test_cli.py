@@ -363,6 +363,11 @@ def test_input_errors_come_before_the_model_loads(case, message, files, tmp_path
                  str(tmp_path / "no-model.onnx")]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("stylefu: error: ") and message in line
+    if case == "tiny content":  # preview too
+        assert main(["preview", *map(str, args), "-o", str(tmp_path / "sheet.png"), "--model",
+                     str(tmp_path / "no-model.onnx")]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("stylefu: error: ") and message in line
 
 
 def test_transparency_into_a_jpeg_is_said(images, model_path, tmp_path, capsys):

@@ -365,6 +365,9 @@ def cmd_preview(args) -> int:
         figures = check_output_path(args.json, "--json", None, inputs)
         if figures.resolve() == sheet.resolve():
             raise UserError(f"--json {args.json} is the -o sheet; give it its own name.")
+    from ..io.images import check_min_side, load_image
+    content = load_image(args.content)  # a content preview() refuses, refused before the model
+    check_min_side(content)
     model = load_engine_model(args.model, config)
     say(f"stylefu preview: {len(args.styles)} style(s) at {config.size} px, preset "
          f"{config.preset}; device {model.device}, targets by {model.engine.describe()} "
@@ -378,7 +381,7 @@ def cmd_preview(args) -> int:
                  f"{p.style_loss:.3g} ({100 * p.style_left:.1f} % left), content loss "
                  f"{p.content_loss:.3g} ({p.seconds:.1f} s)")
 
-    result = preview(args.content, args.styles, config=config, model=model, on_style=report)
+    result = preview(content, args.styles, config=config, model=model, on_style=report)
     result.save(args.output)
     if args.json:
         result.save_json(args.json)
