@@ -209,17 +209,19 @@ def load_inputs(content, style_or_styles, masks, config: Config):
 def _checked_inputs(content, style_or_styles, masks, config: Config, keep_size: bool, model,
                     log: Callable[[str], None]):
     """load_inputs, the run's config (`keep_size`: its working size at most the content's long
-    side), the engine's runner (not loaded) and what it and the plan refuse (memory, --size too
-    small, the engine's own limits): every check that needs no model."""
+    side), the engine's runner (not loaded), the --init Picture (or None), and what they and the
+    plan refuse (memory, --size too small, the engine's own limits): every check that needs no
+    model."""
     content_pic, style_pics, mask_arrays = load_inputs(content, style_or_styles, masks, config)
+    init = None  # a --init file that is no image fails here, not after loading
     if config.init not in ("content", "noise"):
-        load_image(config.init, "--init")  # a file that is no image fails here, not after loading
+        init = load_image(config.init, "--init")
     if keep_size:
         config = fullres.working_config(config, content_pic.height, content_pic.width)
     runner = engines.runner(config, model, log)
     runner.check(content_pic, style_pics)
     check_working_size(content_pic.height, content_pic.width, config)
-    return content_pic, style_pics, mask_arrays, config, runner
+    return content_pic, style_pics, mask_arrays, config, runner, init
 
 
 def check_inputs(content, style_or_styles, masks, config: Config, keep_size: bool = False):
@@ -258,7 +260,7 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     if upscale not in UPSCALE_MODES:
         raise UserError(f"upscale must be one of {', '.join(UPSCALE_MODES)}, not {upscale!r}.")
     log = log or logging.getLogger("stylefu").info
-    content_pic, style_pics, mask_arrays, config, runner = _checked_inputs(
+    content_pic, style_pics, mask_arrays, config, runner, init = _checked_inputs(
         content, style_or_styles, masks, config, keep_size, model, log)
     plan = plan_levels(content_pic.height, content_pic.width, config, runner.device)
     final = plan[-1]
@@ -268,7 +270,7 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
                                         [p.rgb for p in style_pics])
     config = balanced(config, model, plan[0].canvas(content_rgb), styles, plan[0].size)
     runner.config = config
-    x = initial_pixels(runner, content_rgb, plan[0], config)
+    x = initial_pixels(runner, content_rgb if init is None else init.rgb, plan[0], config)
     evaluations = 0
     for level in plan:
         # Each level paints a canvas: the content and guides with a mirrored margin (margin.py).
@@ -312,12 +314,11 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     return StylizeResult(result, alpha, metrics)
 
 
-def initial_pixels(runner, content_rgb: np.ndarray, level: Level, config: Config):
-    """The first level's start in the engine's pixels: the content, noise or the --init image
-    (on the level's canvas)."""
+def initial_pixels(runner, start: np.ndarray, level: Level, config: Config):
+    """The first level's start in the engine's pixels: noise, or `start` (the content or the
+    --init image) on the level's canvas."""
     if config.init == "noise":
         return runner.noise(*level.size)
-    start = content_rgb if config.init == "content" else load_image(config.init).rgb
     return runner.pixels(level.canvas(start))
 
 
