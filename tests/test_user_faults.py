@@ -234,3 +234,23 @@ def test_a_list_file_may_name_files_in_bytes_that_are_not_utf8(tmp_path):
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xe9")
     with pytest.raises(UserError, match=r"List file .*image\.png is not readable text"):
         expand_inputs([f"@{binary}"])
+
+
+def test_a_batch_whose_names_are_too_long_is_refused_before_any_work(world, capsys, tmp_path):
+    """A --name pattern making names over the file system's 255 bytes failed every item, each
+    after its run ("File name too long"): refused first in one sentence naming the first item
+    and --name, no folder made (run's -o limit check, files.check_name_length)."""
+    before = world.snapshot()
+    out = tmp_path / "new" / "out"
+    pattern = "{stem}-" + "x" * (256 - len("content-.png")) + ".png"  # 256 bytes for content.png
+    done = cli(capsys, "batch", world.content, "--style", world.style, "-o", out, "--name",
+               pattern, "--model", world.model, *RUN, "--progress", "json")
+    message = assert_refused(done, [f"Output of {world.content} (--name): the file name "
+                                    "content-xxx"], before, world)
+    assert "(256 bytes, 255 at most)" in message
+    assert [r["event"] for r in strict_records(done.out)] == ["error"]  # no item ran
+    assert not (tmp_path / "new").exists()
+    fits = pattern.replace("x", "", 1)  # 255 bytes: written
+    done = cli(capsys, "batch", world.content, "--style", world.style, "-o", out, "--name",
+               fits, "--model", world.model, *RUN, "--progress", "none")
+    assert done.code == 0 and (out / fits.format(stem="content")).is_file(), done.err

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..engines.steps import check_hooks, is_cancelled
 from ..errors import Cancelled, UserError
-from ..io.files import check_input_file
+from ..io.files import check_input_file, check_name_length
 from ..io.images import OUTPUT_SUFFIXES, check_bits, one_or_many
 from ..method.config import Config, given_config
 from ..method.fullres import UPSCALE_MODES
@@ -279,6 +279,8 @@ def check_shared_inputs(items: Sequence[BatchItem], config: Config, options: Run
             read.setdefault((info.st_dev, info.st_ino), path)
     for item in items:
         if item.output is not None:
+            # else every item is painted, then fails to be written ("File name too long")
+            check_name_length(item.output, f"Output of {item.input} (--name)")
             with contextlib.suppress(OSError):
                 info = os.stat(item.output)
                 if (info.st_dev, info.st_ino) in read:  # run refuses this too

@@ -203,6 +203,17 @@ def _name_max(folder: Path) -> int:
         return 255
 
 
+def check_name_length(path: str | Path, option: str = "-o") -> None:
+    """UserError naming `option` when `path`'s file name is longer than its file system takes
+    (NAME_MAX bytes, 255 on most), asked of its nearest folder that exists (it may be made later)."""
+    path = Path(path)
+    folder = next((p for p in path.parents if p.is_dir()), Path("."))
+    limit, size = _name_max(folder), len(os.fsencode(path.name))
+    if size > limit:
+        raise UserError(f"{option}: the file name {path.name[:32]}... is too long for the file "
+                        f"system ({size} bytes, {limit} at most).")
+
+
 def check_output_path(path: str | Path, option: str = "-o", suffixes: Sequence[str] | None = None,
                       inputs: Sequence = (), example: str | None = None) -> Path:
     """The file an output named `path` will really be written to, checked before any work.
@@ -213,10 +224,7 @@ def check_output_path(path: str | Path, option: str = "-o", suffixes: Sequence[s
     inputs are never modified. Raises UserError naming `option`.
     """
     path = Path(path)
-    limit = _name_max(path.parent if path.parent.is_dir() else Path("."))
-    if len(os.fsencode(path.name)) > limit:
-        raise UserError(f"{option}: the file name {path.name[:32]}... is too long for the file "
-                        f"system ({len(os.fsencode(path.name))} bytes, {limit} at most).")
+    check_name_length(path, option)
     kind = path_kind(path)
     target = path  # a link means its target: a file is replaced there, a dangling link creates it
     if os.path.islink(path) and (kind == "file" or kind.startswith("a link to")):
