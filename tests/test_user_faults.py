@@ -11,6 +11,8 @@ import contextlib
 import io
 import json
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -221,6 +223,60 @@ def test_serve_ends_with_sigterms_code_when_its_stdin_closes_too(monkeypatch):
 
     assert serve.serve(run, (EXIT_CANCELLED, EXIT_TERMINATED)) == EXIT_TERMINATED
 
+
+
+def test_serve_ends_with_sigints_code_when_its_stdin_closes_too(monkeypatch):
+    """Ctrl-C in the terminal a worker runs from reaches it as its caller closes its stdin: the
+    run ended 130 from the real SIGINT, and the worker took that for stdin's cancel (130 too)
+    and ended with exit 0."""
+    import time
+
+    from stylefu.core.cli import serve
+
+    read, write = os.pipe()
+    os.write(write, json.dumps({"id": 1, "run": ["c.png", "s.png", "-o", "o.png"]}).encode() + b"\n")
+    monkeypatch.setattr(sys, "stdin", os.fdopen(read))
+    monkeypatch.setattr(serve, "_warm", lambda *args: None)
+    monkeypatch.setattr(serve, "STOP_AFTER_STDIN_CLOSES", 1e6)  # its timer must not end pytest
+
+    def run(argv, cancel):  # stdin closes, then SIGINT: the run ends as main() ends it, 130
+        os.close(write)
+        assert cancel.wait(10)  # stdin's end seen first
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(10)  # the handler raises KeyboardInterrupt here
+        except KeyboardInterrupt:
+            return EXIT_CANCELLED
+        raise AssertionError("no KeyboardInterrupt from SIGINT")
+
+    assert serve.serve(run, (EXIT_CANCELLED, EXIT_TERMINATED)) == EXIT_CANCELLED
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_served_run_stopped_by_a_signal_as_stdin_closes_ends_the_worker_with_its_code(
+        world, signum):
+    """A real worker (`stylefu serve`) in a run, its caller gone: a signal and stdin closed at
+    once (Ctrl-C in the terminal reaches the whole process group, or a supervisor's SIGTERM).
+    It could end 0 after SIGINT (stdin's end taken for the run's cancel); it ends 130, or 143,
+    with no output and no temporary."""
+    before = world.snapshot()
+    out = world.root / "served.png"
+    args = test_fuzz.run_args(world, out)[1:-2]  # no "run", no "--progress json"
+    args[args.index("--iterations") + 1] = "5000"
+    read, write = os.pipe()  # the worker's stdin, closed here at will
+    proc = subprocess.Popen([str(test_fuzz.STYLEFU), "serve", "--model", str(world.model)],
+                            stdin=read, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    os.close(read)
+    os.write(write, json.dumps({"id": 1, "run": args}).encode() + b"\n")
+    while json.loads(proc.stdout.readline())["event"] != "progress":  # the run is painting
+        pass
+    proc.send_signal(signum)  # Ctrl-C reaches the worker, then its caller's end closes stdin
+    os.close(write)
+    out_text, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err
+    assert world.snapshot() == before  # no output, no temporary
 
 def test_a_list_file_may_name_files_in_bytes_that_are_not_utf8(tmp_path):
     """`ls > list.txt` in a folder of Latin-1 names writes those bytes: the list was "not

@@ -7,15 +7,18 @@ Requests come as JSON lines on stdin, answered in order:
       stdout and end with its `result`, `error` or `cancelled` record, as `run --progress json`.
   {"id": 4, "estimate": ["--layer", "1500x1000", ...]}  the same for `stylefu estimate --json`.
   {"cancel": 3}  stops run 3 at its next evaluation (or before it starts).
-stdin closed: the running request is cancelled and the worker exits (within 15 s, as
-`run --watch-stdin`). A line that is no request is answered by an `error` record.
+stdin closed: the running request is cancelled and the worker exits 0 (within 15 s, as
+`run --watch-stdin`). A line that is no request is answered by an `error` record. SIGINT ends
+the worker with 130, SIGTERM with 143, whatever stdin does meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -113,6 +116,29 @@ def _warm(model: str | None, started: float) -> None:
                      time.perf_counter() - started)
 
 
+@contextlib.contextmanager
+def _sigint_noted():
+    """A list that gets an entry per SIGINT while the worker serves (a Ctrl-C raises
+    KeyboardInterrupt as before): a run stopped by Ctrl-C and one cancelled by a request or by
+    stdin's end both give 130, and only this tells them apart. Not where SIGINT is ignored or
+    handled by the caller, nor outside the main thread (which gets no signals)."""
+    noted: list[int] = []
+
+    def note(signum, frame):
+        noted.append(signum)
+        signal.default_int_handler(signum, frame)
+
+    mine = threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if mine:
+        signal.signal(signal.SIGINT, note)
+    try:
+        yield noted
+    finally:
+        if mine:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def serve(run: Callable[[list[str], threading.Event], int], stop_codes: tuple[int, ...],
           model: str | None = None, started: float | None = None) -> int:
     """Answer requests until stdin closes; `run(argv, cancel)` is the `stylefu` command itself
@@ -121,28 +147,31 @@ def serve(run: Callable[[list[str], threading.Event], int], stop_codes: tuple[in
     loaded between runs (the engines keep them per process and file). `started`: the process's
     start (perf_counter)."""
     requests = Requests()
-    _warm(model, time.perf_counter() if started is None else started)
-    while (taken := requests.next())[0] is not None:
-        request, cancel = taken
-        jsontext.print_line({"event": "started", "id": requests.current})
-        command = next((c for c in SERVED if isinstance(request, dict) and c in request), None)
-        argv = request[command] if command else None
-        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
-            jsontext.print_line({"event": "error", "message": "not a request: "
-                                 '{"id": N, "run" or "estimate": [the command\'s arguments]}'})
-            continue
-        if asks_for_help(argv):
-            jsontext.print_line({"event": "error", "message": "a request cannot ask for help "
-                                 f"(run `stylefu {command} --help` in a terminal)"})
-            continue
-        if cancel.is_set():
-            jsontext.print_line({"event": "cancelled", "reason": "cancelled"})
-            continue
-        try:
-            code = run([command, *argv, *SERVED[command]], cancel)
-        except SystemExit:  # argparse's --help or --version: nothing to run
-            jsontext.print_line({"event": "error", "message": "a request cannot ask for help"})
-            continue
-        if code in stop_codes and (code != EXIT_CANCELLED or not cancel.is_set()):
-            return code  # a cancel gives EXIT_CANCELLED only: SIGTERM's code stops even then
-    return 0
+    with _sigint_noted() as interrupted:
+        _warm(model, time.perf_counter() if started is None else started)
+        while (taken := requests.next())[0] is not None:
+            request, cancel = taken
+            jsontext.print_line({"event": "started", "id": requests.current})
+            command = next((c for c in SERVED if isinstance(request, dict) and c in request), None)
+            argv = request[command] if command else None
+            if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+                jsontext.print_line({"event": "error", "message": "not a request: "
+                                     '{"id": N, "run" or "estimate": [the command\'s arguments]}'})
+                continue
+            if asks_for_help(argv):
+                jsontext.print_line({"event": "error", "message": "a request cannot ask for help "
+                                     f"(run `stylefu {command} --help` in a terminal)"})
+                continue
+            if cancel.is_set():
+                jsontext.print_line({"event": "cancelled", "reason": "cancelled"})
+                continue
+            try:
+                code = run([command, *argv, *SERVED[command]], cancel)
+            except SystemExit:  # argparse's --help or --version: nothing to run
+                jsontext.print_line({"event": "error", "message": "a request cannot ask for help"})
+                continue
+            if interrupted:  # Ctrl-C, though stdin's end may have set the run's cancel too
+                return EXIT_CANCELLED
+            if code in stop_codes and (code != EXIT_CANCELLED or not cancel.is_set()):
+                return code  # a cancel gives EXIT_CANCELLED only: SIGTERM's code stops even then
+        return 0
