@@ -5,6 +5,8 @@ weights that painted it. It lives in export because it may have to make the mode
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import numpy as np
 from stylefu.core.cli.main import say
 from stylefu.core.errors import UserError
 from stylefu.core.io.demo import TRAINED_SOURCE, demo_photo, demo_style, describe_weights, side_by_side
-from stylefu.core.io.files import path_kind
+from stylefu.core.io.files import check_writable_folder, identity, path_kind
 from stylefu.core.io.images import save_image
 from stylefu.core.io.paths import cache_dir, default_model_path
 from stylefu.core.method.config import Config
@@ -58,21 +60,60 @@ def demo_model(progress=print) -> Path:
 
 def run_demo(output_dir: Path, size: int = 256, log=None) -> Path:
     """Stylize the bundled photo with the generated style; write content | style | result, the
-    result labelled with the weights that made it."""
+    result labelled with the weights that made it. The four pictures are written once the
+    painting is done; a demo stopped before its end (a signal, an error) removes those it wrote
+    and the folders it made, so a folder that was there is left as it was."""
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
-    output_dir.mkdir(parents=True, exist_ok=True)
-    content, style = demo_photo(), demo_style()
-    save_image(output_dir / "content.png", content)
-    save_image(output_dir / "style.png", style)
-    model = demo_model(log)
-    result = stylize(content, style, config=Config(size=size, preset="draft"), model=model)
-    result.save(output_dir / "result.png")
-    m = result.metrics
+    with _undone_unless_finished(output_dir) as write:
+        content, style = demo_photo(), demo_style()
+        model = demo_model(log)
+        result = stylize(content, style, config=Config(size=size, preset="draft"), model=model)
+        m = result.metrics
+        label = f"result: {describe_weights(m['weights_source'])}, {m['seconds']:.0f} s"
+        sheet = side_by_side([("content", content), ("style", style), (label, result.image)])
+        write("content.png", lambda path: save_image(path, content))
+        write("style.png", lambda path: save_image(path, style))
+        write("result.png", result.save)
+        sheet_path = write("side_by_side.png",
+                           lambda path: save_image(path, np.asarray(sheet, np.float32) / 255.0))
     log(f"Painted with {describe_weights(m['weights_source'])} in {m['seconds']:.0f} s.")
-    label = f"result: {describe_weights(m['weights_source'])}, {m['seconds']:.0f} s"
-    sheet_path = output_dir / "side_by_side.png"
-    sheet = side_by_side([("content", content), ("style", style), (label, result.image)])
-    return save_image(sheet_path, np.asarray(sheet, np.float32) / 255.0)
+    return sheet_path
+
+
+@contextlib.contextmanager
+def _undone_unless_finished(folder: Path):
+    """Make `folder` (and its missing parents) and check it may be written, before any work;
+    yield `write(name, save)`, which saves `folder/name` by `save(path)`. If the body does not
+    finish, each file it wrote where none was is removed (unless another writer's has replaced
+    it since), then each folder made while it is empty."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    new: list[tuple[Path, tuple]] = []
+
+    def write(name: str, save) -> Path:
+        path = folder / name
+        existed = os.path.lexists(path)
+        path = save(path)
+        if not existed:
+            new.append((path, identity(path)))
+        return path
+
+    try:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"Cannot create the output folder {folder} ({exc.strerror}); choose "
+                            "another -o.") from None
+        check_writable_folder(folder, "choose another -o")  # not after the painting
+        yield write
+    except BaseException:  # KeyboardInterrupt and SIGTERM's Terminated too
+        for path, written in new:
+            with contextlib.suppress(OSError):
+                if identity(path) == written:
+                    path.unlink()
+        for made_folder in made:
+            with contextlib.suppress(OSError):  # only while empty: nothing else is removed
+                made_folder.rmdir()
+        raise
 
 
 def cmd_demo(args) -> int:

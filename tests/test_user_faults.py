@@ -278,6 +278,70 @@ def test_a_served_run_stopped_by_a_signal_as_stdin_closes_ends_the_worker_with_i
     assert "Traceback" not in err
     assert world.snapshot() == before  # no output, no temporary
 
+
+def test_a_demo_stopped_by_a_signal_leaves_no_folder_it_made(model_path, tmp_path):
+    """`stylefu demo` wrote its two input pictures first, so a demo stopped by Ctrl-C or SIGTERM
+    while it painted (130, 143) kept its new folder with them. It writes its four pictures once
+    the painting is done: stopped before, a folder it made (its parents too) is gone, and a
+    folder that was there is left as it was."""
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    (existing / "content.png").write_bytes(b"the user's own file")
+    cases = {signal.SIGINT: (tmp_path / "new" / "demo", tmp_path / "new"),
+             signal.SIGTERM: (existing, existing / "content.png")}
+    procs = {signum: subprocess.Popen(
+        [str(test_fuzz.STYLEFU), "demo", "-o", str(folder)], stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "STYLEFU_MODEL": str(model_path)})
+        for signum, (folder, _) in cases.items()}
+    for signum, proc in procs.items():
+        said = proc.stderr.readline()
+        assert said.startswith("Using the installed model"), said + proc.stderr.read()
+        assert cases[signum][0].is_dir()  # made before any work
+        proc.send_signal(signum)  # while it paints (about 30 s here)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + signum, said + err
+        assert "Traceback" not in err and "wrote" not in out + err
+    assert sorted(os.listdir(tmp_path)) == ["mine"]  # new/demo and new: gone
+    assert os.listdir(existing) == ["content.png"]
+    assert (existing / "content.png").read_bytes() == b"the user's own file"
+
+
+def test_a_demo_checks_its_folder_first_and_leaves_none_after_an_error(capsys, monkeypatch,
+                                                                       tmp_path):
+    """The demo's pictures are written at its end, so its folder is checked before any work (a
+    read-only one: before the model is fetched, 548 MB for the official weights); an error
+    while it paints leaves no folder it made."""
+    from stylefu.core.cli.main import main
+    from stylefu.export import demo
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was looked for before -o was checked")
+
+    with contextlib.ExitStack() as stack:
+        folder = mount_small_filesystem(tmp_path / "ro", "read-only", stack)
+        if folder is None:  # not root: a folder without write permission does the same
+            folder = tmp_path / "ro"
+            folder.chmod(0o555)
+            stack.callback(folder.chmod, 0o755)
+        monkeypatch.setattr(demo, "demo_model", no_model)
+        assert main(["demo", "-o", str(folder)]) == 2
+        assert capsys.readouterr().err == \
+            f"stylefu: error: Cannot write to the folder {folder}; choose another -o.\n"
+        assert main(["demo", "-o", str(folder / "demo")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"stylefu: error: Cannot create the output folder {folder / 'demo'}"
+                              " (") and err.endswith("); choose another -o.\n"), err
+    monkeypatch.setattr(demo, "demo_model", lambda log: "model.onnx")
+
+    def damaged(*args, **kwargs):
+        raise UserError("Model model.onnx is damaged.")
+
+    monkeypatch.setattr(demo, "stylize", damaged)
+    assert main(["demo", "-o", str(tmp_path / "new" / "demo")]) == 2
+    assert "error: Model model.onnx is damaged." in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
 def test_a_list_file_may_name_files_in_bytes_that_are_not_utf8(tmp_path):
     """`ls > list.txt` in a folder of Latin-1 names writes those bytes: the list was "not
     readable text", though each file given directly or through its folder was found."""
