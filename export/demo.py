@@ -85,11 +85,20 @@ def _undone_unless_finished(folder: Path):
     """Make `folder` (and its missing parents) and check it may be written, before any work;
     yield `write(name, save)`, which saves `folder/name` by `save(path)`. If the body does not
     finish, each file it wrote where none was is removed (unless another writer's has replaced
-    it since), then each folder made while it is empty."""
-    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    it since), then each folder it made while it is empty."""
+    made: set[Path] = set()
     new: list[tuple[Path, tuple]] = []
 
+    def make() -> None:
+        made.update(p for p in (folder, *folder.parents) if not p.exists())
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"Cannot create the output folder {folder} ({exc.strerror}); choose "
+                            "another -o.") from None
+
     def write(name: str, save) -> Path:
+        make()  # another demo into it, stopped meanwhile, removed the folder it had made
         path = folder / name
         existed = os.path.lexists(path)
         path = save(path)
@@ -98,11 +107,7 @@ def _undone_unless_finished(folder: Path):
         return path
 
     try:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"Cannot create the output folder {folder} ({exc.strerror}); choose "
-                            "another -o.") from None
+        make()
         check_writable_folder(folder, "choose another -o")  # not after the painting
         yield write
     except BaseException:  # KeyboardInterrupt and SIGTERM's Terminated too
@@ -110,7 +115,7 @@ def _undone_unless_finished(folder: Path):
             with contextlib.suppress(OSError):
                 if identity(path) == written:
                     path.unlink()
-        for made_folder in made:
+        for made_folder in sorted(made, key=lambda p: len(p.parts), reverse=True):  # deepest first
             with contextlib.suppress(OSError):  # only while empty: nothing else is removed
                 made_folder.rmdir()
         raise

@@ -342,6 +342,30 @@ def test_a_demo_checks_its_folder_first_and_leaves_none_after_an_error(capsys, m
     assert "error: Model model.onnx is damaged." in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
 
+
+def test_a_demo_writes_its_folder_though_another_demo_stopped_removed_it(model_path, monkeypatch,
+                                                                        tmp_path):
+    """Two demos into one new folder: the first, which made it, stopped while both paint and
+    removed it (empty), so the second failed after its whole painting ("... does not exist").
+    The second makes it again and writes its four pictures."""
+    from stylefu.export import demo
+
+    folder = tmp_path / "new" / "demo"
+    painted = demo.stylize
+
+    def other_demo_stopped(*args, **kwargs):
+        result = painted(*args, **kwargs)
+        (tmp_path / "new" / "demo").rmdir()  # the other demo's way out: its folders, empty
+        (tmp_path / "new").rmdir()
+        return result
+
+    monkeypatch.setattr(demo, "demo_model", lambda log: model_path)
+    monkeypatch.setattr(demo, "stylize", other_demo_stopped)
+    sheet = demo.run_demo(folder, size=32, log=lambda text: None)
+    assert sheet == folder / "side_by_side.png"
+    assert sorted(os.listdir(folder)) == ["content.png", "result.png", "side_by_side.png",
+                                          "style.png"]
+
 def test_a_list_file_may_name_files_in_bytes_that_are_not_utf8(tmp_path):
     """`ls > list.txt` in a folder of Latin-1 names writes those bytes: the list was "not
     readable text", though each file given directly or through its folder was found."""
