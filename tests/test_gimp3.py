@@ -901,7 +901,8 @@ def test_users_undo_steps_hold_around_the_live_layer(model_path, tmp_path):
     (the plug-in's own Host adds and takes it away, as a run does): a layer below it removed
     during the run and undone after, or removed before and undone during, comes back where it
     was (it came back one position off: the live layer, added and taken away outside the undo
-    history, shifted the positions the undo steps record)."""
+    history, shifted the positions the undo steps record); the source removed during the run
+    comes back too."""
     reason = gimp_missing() or (None if shutil.which("Xvfb") and shutil.which("xdotool") else
                                 "the GUI test needs Xvfb and xdotool (apt-get install xvfb xdotool)")
     if reason:
@@ -929,7 +930,7 @@ def test_users_undo_steps_hold_around_the_live_layer(model_path, tmp_path):
         gimp = subprocess.Popen(["sh", str(GIMP_DIR / "gimp3-batch.sh"),
                                  str(tmp_path / "gui_undo.py"), str(tmp_path / "plug-ins")],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for step in ("removed-during", "removed-before"):
+        for step in ("removed-during", "removed-before", "source-removed-during"):
             deadline = time.monotonic() + 120
             while not (out / f"{step}.ready").exists() and time.monotonic() < deadline \
                     and gimp.poll() is None:
@@ -959,3 +960,8 @@ def test_users_undo_steps_hold_around_the_live_layer(model_path, tmp_path):
                                         "undone_after": ["A", "photo", "B", "C"]}, result
     assert result["removed_before"] == {"undone_during": ["A", group, "B", "C"],
                                         "after": ["A", "photo", "B", "C"]}, result
+    # The source itself removed during the run: its undo step puts it back into the group, left
+    # for it (once removed, GIMP could not put the layer back: it was lost).
+    assert result["source_removed_during"] == {"undone_after": ["A", [group[0], ["photo"]], "B",
+                                                                "C"]}, result
+    assert "CRITICAL" not in log, log[-3000:]

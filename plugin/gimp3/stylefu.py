@@ -183,7 +183,8 @@ class Host(bridge.PluginHost):
         selected = self.image.get_selected_layers()
         self.image.undo_freeze()
         try:
-            group = Gimp.GroupLayer.new(self.image, f"{bridge.TITLE} (painting)")
+            self.live_group = group = Gimp.GroupLayer.new(self.image,
+                                                          f"{bridge.TITLE} (painting)")
             group.set_mode(Gimp.LayerMode.PASS_THROUGH)
             self.image.insert_layer(group, self.source.get_parent(),
                                     self.image.get_item_position(self.source))
@@ -200,11 +201,19 @@ class Host(bridge.PluginHost):
 
     def drop_live(self, layer):
         # The group's other layers (the source, any the user added in it) back in its place.
+        # Unless the user took the source out of it (or the group away) meanwhile: their undo
+        # step puts it back into the group, which stays for it (removed, GIMP lost the layer).
         self.image.undo_freeze()
         try:
-            group = layer.get_parent()
-            self.image.remove_layer(layer)
-            if group is not None and group.is_valid():
+            group = self.live_group
+            if layer.is_valid():  # (unless the user removed it)
+                self.image.remove_layer(layer)
+            parent = group.get_parent() if group.is_valid() else None
+            siblings = parent.get_children() if parent else self.image.get_layers()
+            if group.get_id() not in [item.get_id() for item in siblings] or \
+                    self.source.get_id() not in [item.get_id() for item in group.get_children()]:
+                bridge.log("the layer or its live group was removed during the run; left as is")
+            else:
                 for item in reversed(group.get_children()):
                     self.image.reorder_item(item, group.get_parent(),
                                             self.image.get_item_position(group) + 1)

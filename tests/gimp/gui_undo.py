@@ -3,10 +3,10 @@ filter's live layer (the installed plug-in's own Host.live_layer and drop_live, 
 takes it away, undo history frozen).
 
 On an image of layers A, photo (the source), B, C, top first: (1) B removed while the live layer
-exists, undone after the run; (2) B removed before the run, undone during it. Before each undo
-this writes OUT/NAME.ready and waits for OUT/NAME.done: tests/test_gimp3.py presses Ctrl+Z in
-GIMP's window (GIMP 3.0's PDB has no undo call), then this records the layers (a group as
-[name, children]) in OUT/undo.json.
+exists, undone after the run; (2) B removed before the run, undone during it; (3) the source
+itself removed during the run, undone after it. Before each undo this writes OUT/NAME.ready and
+waits for OUT/NAME.done: tests/test_gimp3.py presses Ctrl+Z in GIMP's window (GIMP 3.0's PDB has
+no undo call), then this records the layers (a group as [name, children]) in OUT/undo.json.
 """
 
 import json
@@ -76,6 +76,17 @@ undo_by_the_user("removed-before")
 result["removed_before"] = {"undone_during": tree(image.get_layers())}
 host.drop_live(live)
 result["removed_before"]["after"] = tree(image.get_layers())
+display.delete()
+
+image, display = picture()
+source = layer(image, "photo")
+host = stylefu.Host(image, [source], None, Gimp.RunMode.NONINTERACTIVE)
+live = host.live_layer("live", False, content)
+image.remove_layer(source)
+host.drop_live(live)
+Gimp.displays_flush()
+undo_by_the_user("source-removed-during")
+result["source_removed_during"] = {"undone_after": tree(image.get_layers())}
 display.delete()
 print("[undo]", result, file=sys.stderr, flush=True)
 with open(os.path.join(JOB["out"], "undo.json"), "w") as f:
