@@ -71,6 +71,23 @@ def gimp_missing() -> str | None:
     return None
 
 
+def gimp_version() -> str:
+    """The GIMP package the tests run (dpkg's version, as tests/gimp/setup-gimp3.sh prints it),
+    for failure messages: a Debian update of GIMP can move what the GUI test looks for."""
+    chroot = Path(ROOTFS, "usr/bin/gimp-console-3.0").exists()  # else the host's (Debian 13)
+    try:
+        status = Path(ROOTFS if chroot else "/", "var/lib/dpkg/status").read_text()
+    except OSError:
+        return "unknown"
+    found = re.search(r"^Package: gimp\n(?:.+\n)*?Version: (.+)$", status, re.M)
+    return found[1] if found else "unknown"
+
+
+@pytest.fixture(autouse=True)
+def say_gimp_version():
+    print(f"GIMP package {gimp_version()}")  # shown with a failing test's captured output
+
+
 def preview_command_missing() -> str | None:
     proc = subprocess.run([sys.executable, "-m", "stylefu.core", "preview", "--help"],
                           capture_output=True, text=True)
@@ -528,10 +545,9 @@ def test_preview_opens_the_contact_sheet(suite):
     assert sheet.size == tuple(r["sheet_size"]) and min(sheet.size) >= SIZE
 
 
-def window_shot(display: str, name: str, path: Path) -> tuple[int, int]:
-    """Save a PNG of the largest visible window whose title matches `name`; its (width, height)."""
-    from PIL import ImageGrab
-
+def window_box(display: str, name: str) -> tuple[int, int, int, int]:
+    """The screen box (left, top, right, bottom) of the largest visible window whose title
+    matches `name`."""
     env = dict(os.environ, DISPLAY=display)
     found = subprocess.run(["xdotool", "search", "--onlyvisible", "--name", name], env=env,
                            capture_output=True, text=True).stdout.split()
@@ -543,10 +559,33 @@ def window_shot(display: str, name: str, path: Path) -> tuple[int, int]:
         boxes.append((int(g["X"]), int(g["Y"]), int(g["X"]) + int(g["WIDTH"]),
                       int(g["Y"]) + int(g["HEIGHT"])))
     assert boxes, f"no visible window named {name!r} on {display}"
-    box = max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
-    shot = ImageGrab.grab(bbox=box, xdisplay=display)
+    return max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
+
+
+def window_shot(display: str, name: str, path: Path) -> tuple[int, int]:
+    """Save a PNG of the largest visible window whose title matches `name`; its (width, height)."""
+    from PIL import ImageGrab
+
+    shot = ImageGrab.grab(bbox=window_box(display, name), xdisplay=display)
     shot.save(path)
     return shot.size
+
+
+def find_in_shot(path: Path, template: Path, least: float) -> tuple[int, int, float, int]:
+    """Where in the screenshot `path` the picture `template` is: the centre (x, y) of its best
+    match, the match's normalised correlation (either polarity: a light theme's dark label
+    matches too), and how many other places match at least `least` (a second one: ambiguous)."""
+    from skimage.feature import match_template
+
+    shot = np.asarray(Image.open(path).convert("L"), np.float32)
+    pattern = np.asarray(Image.open(template).convert("L"), np.float32)
+    score = np.abs(match_template(shot, pattern))
+    y, x = np.unravel_index(np.argmax(score), score.shape)
+    th, tw = pattern.shape
+    best = float(score[y, x])
+    score[max(0, y - th):y + th, max(0, x - tw):x + tw] = 0  # the best match's own neighbours
+    others = int((score >= least).sum())
+    return int(x) + tw // 2, int(y) + th // 2, best, others
 
 
 # The dialog preview's side in the GUI test (the default, bridge.DIALOG_PREVIEW_SIDE, for the
@@ -567,9 +606,14 @@ def preview_box(lines: list[str], count: int) -> tuple[int, int, int, int]:
 
 
 TITLE, QUESTION = "Neural Style Transfer", "Download a model?"
-# Where GIMP 3.0.4's window (800 x 600 under Xvfb) has its status bar's Cancel button while a
-# plug-in's progress runs (measured on the screenshot OUT/gimp-progress.png).
-CANCEL_BUTTON = (518, 582)
+# The progress bar's Cancel button (its icon and label) as GIMP 3.0.4's dark theme draws it in
+# the image window's status bar while a plug-in's progress runs, cut from the screenshot
+# OUT/gimp-progress.png: the test looks for it there, wherever the layout puts it. A match scores
+# 1.0 (the best elsewhere in the window 0.51).
+CANCEL_BUTTON, CANCEL_MATCH = GIMP_DIR / "cancel-button.png", 0.8
+# STYLEFU_GIMP_GUI_WINDOW=WxH: GIMP's window resized to that (the screen made to fit) as it
+# appears, so that the status bar's Cancel is elsewhere (800 x 600 by default under Xvfb).
+GUI_WINDOW = os.environ.get("STYLEFU_GIMP_GUI_WINDOW")
 
 
 def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
@@ -616,7 +660,9 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
     shutil.copy(GIMP_DIR / "gui_dialog.py", tmp_path / "gui_dialog.py")
     number = 40 + os.getpid() % 50
     display = f":{number}"
-    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+    screen = [max(a, b) for a, b in zip((1024, 768), map(int, (GUI_WINDOW or "0x0").split("x")))]
+    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", f"{screen[0]}x{screen[1]}x24",
+                             "-nolisten", "tcp"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     gimp, lines = None, []
     try:
@@ -663,14 +709,30 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
             subprocess.run(["xdotool", "windowfocus", "--sync", window], env=xenv, timeout=30)
             subprocess.run(["xdotool", *args], env=xenv, timeout=30)
 
+        if GUI_WINDOW:
+            deadline = time.monotonic() + 120
+            while not dialogs("GIMP$") and time.monotonic() < deadline and gimp.poll() is None:
+                time.sleep(0.2)
+            for window in dialogs("GIMP$"):
+                subprocess.run(["xdotool", "windowsize", "--sync", window, *GUI_WINDOW.split("x")],
+                               env=xenv, timeout=30)
         if "progress_cancel" in job:
-            # The progress bar's Cancel, in the status bar of GIMP's window (800 x 600 at 0,0
-            # under Xvfb without a window manager), once the live layer shows the painting.
+            # The progress bar's Cancel, found in a screenshot of GIMP's window (no window
+            # manager under Xvfb: the window is where xdotool says), clicked once the live layer
+            # shows the painting.
             wait_for("[stylefu] follower: the live layer shows the painting as it forms")
             time.sleep(1)  # drawn
-            window_shot(display, "GIMP$", out / "gimp-progress.png")
-            subprocess.run(["xdotool", "mousemove", str(CANCEL_BUTTON[0]), str(CANCEL_BUTTON[1]),
-                            "click", "1"], env=xenv, timeout=30)
+            shot = out / "gimp-progress.png"
+            left, top, *_ = window_box(display, "GIMP$")
+            window_shot(display, "GIMP$", shot)
+            x, y, match, others = find_in_shot(shot, CANCEL_BUTTON, CANCEL_MATCH)
+            assert match >= CANCEL_MATCH and not others, \
+                f"no progress-bar Cancel found in GIMP's window (best match {match:.2f} at " \
+                f"{x},{y}, {others} other places over {CANCEL_MATCH}): see {shot} (GIMP " \
+                f"package {gimp_version()}; {CANCEL_BUTTON.name} is GIMP 3.0.4's button)"
+            print(f"progress-bar Cancel at {x},{y} in GIMP's window (match {match:.2f})")
+            subprocess.run(["xdotool", "mousemove", str(left + x), str(top + y), "click", "1"],
+                           env=xenv, timeout=30)
         sizes, shots = {}, {}
         steps = [("normal", "alt+c", TITLE), ("custom", "alt+o", TITLE)]
         if "gray" in job:  # a grayscale image's dialog, its preview, cancelled
@@ -832,3 +894,74 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
         shutil.copy(out / "dialog-strength.png", figures / "gimp-dialog-strength.png")
         for name in ("gimp-dialog.png", "gimp-live-preview.png"):
             shutil.copy(out / name, figures / name)
+
+
+def test_users_undo_steps_hold_around_the_live_layer(model_path, tmp_path):
+    """GIMP 3 with its interface under Xvfb, the user's Ctrl+Z around the filter's live layer
+    (the plug-in's own Host adds and takes it away, as a run does): a layer below it removed
+    during the run and undone after, or removed before and undone during, comes back where it
+    was (it came back one position off: the live layer, added and taken away outside the undo
+    history, shifted the positions the undo steps record); the source removed during the run
+    comes back too."""
+    reason = gimp_missing() or (None if shutil.which("Xvfb") and shutil.which("xdotool") else
+                                "the GUI test needs Xvfb and xdotool (apt-get install xvfb xdotool)")
+    if reason:
+        if REQUIRED:
+            pytest.fail(f"STYLEFU_REQUIRE_GIMP=1 but {reason}")
+        pytest.skip(reason)
+    (target,) = installer.install("3", tmp_path / "plug-ins", model=model_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    plug_in = target.settings_file.parent
+    (tmp_path / "job.json").write_text(json.dumps({"out": str(out), "plug_in": str(plug_in)}))
+    shutil.copy(GIMP_DIR / "gui_undo.py", tmp_path / "gui_undo.py")
+    number = 90 + os.getpid() % 50
+    display, xenv = f":{number}", dict(os.environ, DISPLAY=f":{number}")
+    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gimp = None
+    try:
+        deadline = time.monotonic() + 30
+        while not Path(f"/tmp/.X11-unix/X{number}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        env = dict(os.environ, GIMP_GUI="1", DISPLAY=display, PASS_ENV="DISPLAY STYLEFU_SUITE",
+                   STYLEFU_SUITE=str(tmp_path / "job.json"), ROOTFS=ROOTFS,
+                   BIND_RO=read_only_binds(Path("/tmp/.X11-unix")))
+        gimp = subprocess.Popen(["sh", str(GIMP_DIR / "gimp3-batch.sh"),
+                                 str(tmp_path / "gui_undo.py"), str(tmp_path / "plug-ins")],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for step in ("removed-during", "removed-before", "source-removed-during"):
+            deadline = time.monotonic() + 120
+            while not (out / f"{step}.ready").exists() and time.monotonic() < deadline \
+                    and gimp.poll() is None:
+                time.sleep(0.2)
+            assert (out / f"{step}.ready").exists(), f"GIMP never got to {step}"
+            time.sleep(1)  # drawn
+            # No window manager under Xvfb: focus GIMP's window directly, then press the keys.
+            window = subprocess.run(["xdotool", "search", "--onlyvisible", "--name", "GIMP$"],
+                                    env=xenv, capture_output=True, text=True).stdout.split()
+            left, top, right, bottom = window_box(display, "GIMP$")
+            for args in (["windowfocus", "--sync", window[0]],
+                         ["mousemove", str((left + right) // 2), str((top + bottom) // 2)],
+                         ["key", "ctrl+z"]):
+                subprocess.run(["xdotool", *args], env=xenv, timeout=30)
+            time.sleep(1)  # undone
+            (out / f"{step}.done").touch()
+        log = gimp.communicate(timeout=120)[0]
+    finally:
+        for proc in (gimp, xvfb):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert (out / "undo.json").exists(), log[-3000:]
+    result = json.loads((out / "undo.json").read_text())
+    group = [f"{installer.load_bridge().TITLE} (painting)", ["live", "photo"]]
+    assert result["removed_during"] == {"during": ["A", group, "C"],
+                                        "undone_after": ["A", "photo", "B", "C"]}, result
+    assert result["removed_before"] == {"undone_during": ["A", group, "B", "C"],
+                                        "after": ["A", "photo", "B", "C"]}, result
+    # The source itself removed during the run: its undo step puts it back into the group, left
+    # for it (once removed, GIMP could not put the layer back: it was lost).
+    assert result["source_removed_during"] == {"undone_after": ["A", [group[0], ["photo"]], "B",
+                                                                "C"]}, result
+    assert "CRITICAL" not in log, log[-3000:]

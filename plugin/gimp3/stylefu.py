@@ -176,22 +176,48 @@ class Host(bridge.PluginHost):
 
     def live_layer(self, name, masked, content):
         # Frozen: GIMP's way for in-situ previews; the image is as it was when it thaws again
-        # in drop_live (the final layer is added after, in its own undo group).
+        # in drop_live (the final layer is added after, in its own undo group). The live layer
+        # and the source go into a pass-through group in the source's place, so the user's undo
+        # steps, which record layers' positions, hold both during the run and after it (a
+        # layer of their own removed then, undone later, came back one position off).
+        selected = self.image.get_selected_layers()
         self.image.undo_freeze()
         try:
+            self.live_group = group = Gimp.GroupLayer.new(self.image,
+                                                          f"{bridge.TITLE} (painting)")
+            group.set_mode(Gimp.LayerMode.PASS_THROUGH)
+            self.image.insert_layer(group, self.source.get_parent(),
+                                    self.image.get_item_position(self.source))
+            self.image.reorder_item(self.source, group, 0)
             layer = new_layer_above(self.image, self.source, name)
             if masked:
                 layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
             fill_layer(layer, content)
+            self.image.set_selected_layers(selected)
         finally:
             self.image.undo_thaw()
         Gimp.displays_flush()
         return layer
 
     def drop_live(self, layer):
+        # The group's other layers (the source, any the user added in it) back in its place.
+        # Unless the user took the source out of it (or the group away) meanwhile: their undo
+        # step puts it back into the group, which stays for it (removed, GIMP lost the layer).
         self.image.undo_freeze()
         try:
-            self.image.remove_layer(layer)
+            group = self.live_group
+            if layer.is_valid():  # (unless the user removed it)
+                self.image.remove_layer(layer)
+            parent = group.get_parent() if group.is_valid() else None
+            siblings = parent.get_children() if parent else self.image.get_layers()
+            if group.get_id() not in [item.get_id() for item in siblings] or \
+                    self.source.get_id() not in [item.get_id() for item in group.get_children()]:
+                bridge.log("the layer or its live group was removed during the run; left as is")
+            else:
+                for item in reversed(group.get_children()):
+                    self.image.reorder_item(item, group.get_parent(),
+                                            self.image.get_item_position(group) + 1)
+                self.image.remove_layer(group)
         finally:
             self.image.undo_thaw()
         Gimp.displays_flush()
