@@ -36,9 +36,13 @@ light-venv: $(LIGHT_BIN)/stylefu
 demo: venv
 	$(BIN)/stylefu demo -o demo-output
 
+# The suite in parallel, one worker per core (tests/conftest.py): each test module whole in one
+# worker, so the real-GIMP sessions each module shares start once.
+PARALLEL := -n auto --dist loadfile
+
 test: venv
 	$(BIN)/ruff check --output-format concise core export plugin tests install.py
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PARALLEL)
 	$(MAKE) --no-print-directory test-float32
 	$(MAKE) --no-print-directory test-light
 
@@ -52,7 +56,7 @@ NUMERIC_TESTS := tests/test_core.py tests/test_gradient.py tests/test_tiling.py 
 test-float32: venv
 	@if $(BIN)/python -c "import sys; from stylefu.core.engines.torch.model import cpu_has_fast_bf16 as fast; sys.exit(not fast())"; \
 	then echo "Numeric tests again on the float32 path ($(FLOAT32_PATH))"; \
-		$(FLOAT32_PATH) $(BIN)/python -m pytest $(NUMERIC_TESTS); \
+		$(FLOAT32_PATH) $(BIN)/python -m pytest $(PARALLEL) $(NUMERIC_TESTS); \
 	else echo "This CPU has no fast bf16: the tests above took the float32 path."; fi
 
 # The torch-free subset in the light env: imports, export from trained weights (the local-index
