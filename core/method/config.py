@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 
 from ..errors import UserError
@@ -161,11 +162,12 @@ class Config:
         the size's upper limit is the memory's, checked once the image is known
         (tiling.check_memory).
         """
-        if self.preset not in PRESETS:
+        if not isinstance(self.preset, str) or self.preset not in PRESETS:
             raise UserError(f"Unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}.")
         for name, (low, high, integer) in NUMBER_RANGES.items():
             value = self.schedule_value(name) if name in SCHEDULE_FIELDS else getattr(self, name)
-            if value is not None:  # None: chosen later (e.g. by --strength)
+            # None: chosen later (e.g. by --strength), where the field's default is None too
+            if value is not None or name not in OPTIONAL_FIELDS:
                 check_number(name, value, low, high, integer)
         if self.content_weight == 0 and self.style_weight == 0:
             raise UserError("--content-weight and --style-weight cannot both be zero.")
@@ -178,13 +180,19 @@ class Config:
                                 "--strength or --content-weight/--style-weight/--style-layer-weights.")
         for name, allowed in (("optimizer", OPTIMIZERS), ("device", DEVICES),
                               ("precision", PRECISIONS), ("preserve_colors", COLOR_MODES),
-                              ("engine", ENGINES), ("content_layer", EXPORTED_LAYERS)):
-            if getattr(self, name) not in allowed:
-                raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}.")
+                              ("engine", ENGINES), ("content_layer", EXPORTED_LAYERS),
+                              ("compile", COMPILE_MODES)):  # compile=False once meant "on"
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in allowed:
+                raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                                f"not {value!r}.")
         for name in ("style_layer_weights", "style_blend"):
             values = getattr(self, name)
             if values is None:
                 continue
+            if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+                raise UserError(f"--{name.replace('_', '-')} must be a list of numbers, not "
+                                f"{values!r}.")  # a lone 1.0 was "'float' object is not iterable"
             if name == "style_layer_weights" and len(values) != len(STYLE_LAYERS):
                 raise UserError(f"--style-layer-weights needs {len(STYLE_LAYERS)} numbers "
                                 f"({', '.join(STYLE_LAYERS)}).")
@@ -212,6 +220,10 @@ class Config:
 
     def with_(self, **changes) -> Config:
         return replace(self, **changes)
+
+
+# Fields a run may leave unset (None: the preset's, or chosen from --strength); no other is None.
+OPTIONAL_FIELDS = frozenset(f.name for f in fields(Config) if f.default is None)
 
 
 def given_config(config, default: Config | None = None) -> Config:
