@@ -34,3 +34,35 @@ def test_config_takes_the_lists_a_script_has():
     for weights in ((1, 2, 3, 4, 5), [1.0] * 5, np.ones(5)):
         Config(style_layer_weights=weights).validate()
     Config(style_blend=np.array([1.0, 3.0]), evaluations=None, levels=None).validate()
+
+
+def test_every_call_takes_a_model_from_load_model_or_a_path_of_any_kind(model_path, images,
+                                                                         tmp_path):
+    """load_model's docstring sends its model to stylize, preview and stylize_many: stylize_many
+    raised a TypeError from inside pathlib for it; a bytes path was a TypeError in stylize and an
+    AttributeError in preview; model=5 too. Now: one model, three calls, the same pixels; a path
+    as str, Path or bytes; anything else one sentence."""
+    import os
+
+    import numpy as np
+
+    from stylefu.core import load_model, preview, save_image, stylize, stylize_many
+
+    config = Config(size=48, evaluations=3, levels=1, engine="onnx")
+    content = save_image(tmp_path / "c.png", images[0])
+    style = save_image(tmp_path / "s.png", images[1])
+    loaded = load_model(model_path, engine="onnx")
+    # engine auto: the loaded model's kind decides (torch would be auto's choice here)
+    [item] = stylize_many([(content, style)], config.with_(engine="auto"), model=loaded,
+                          workers=1, keep_images=True)
+    assert item.status == "ok", item.error
+    for model in (loaded, str(model_path), model_path, os.fsencode(model_path)):
+        assert np.array_equal(stylize(content, style, config=config, model=model).image, item.image)
+    shown = preview(content, [style], config=config, size=48, model=os.fsencode(model_path))
+    assert shown.styles[0].error is None
+    for call in (lambda m: stylize(content, style, config=config, model=m),
+                 lambda m: preview(content, [style], config=config, size=48, model=m),
+                 lambda m: list(stylize_many([(content, style)], config, model=m))):
+        with pytest.raises(UserError, match=r"^model must be a path or a model from load_model, "
+                                            r"not int\.$"):
+            call(5)

@@ -605,13 +605,15 @@ def as_item(given: BatchItem | tuple, index: int) -> BatchItem:
 
 
 def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = None, *,
-                 model: str | Path | None = None, workers: int | None = None,
+                 model=None, workers: int | None = None,
                  ray: str | bool | None = None, options: RunOptions = RunOptions(),
                  skip: Iterable[int] = (), progress: Callable[[int, dict], None] | None = None,
                  cancel=None, keep_images: bool = False) -> Iterator[ItemResult]:
     """Stylize many items; yield an ItemResult per item as each finishes (completion order).
 
     `items`: BatchItem or (input, styles, output) tuples; results' `index` is the item's position.
+    `model`: the artifact's path (default: the default model), or a model `load_model` gave
+    (the workers load its file for its engine and device).
     `workers`: local worker processes (default `default_workers()`: one per GPU, else one per
     THREADS_PER_WORKER cores), each with its share of the cores. `ray`: run the items as Ray
     tasks instead, on the cluster at this address (True or "local": a local cluster). `options`:
@@ -622,7 +624,7 @@ def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = Non
     are dropped, nothing half-written stays. Raises UserError before any work for a bad style,
     model or option; a bad input is only a failed result. Missing output folders are made.
     """
-    from ..engines import load_engine_model
+    from ..engines import load_engine_model, model_kind, resolve_engine
 
     config = given_config(config)
     check_hooks(progress, cancel, "progress")
@@ -638,6 +640,9 @@ def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = Non
     skip = set(skip)
     check_shared_inputs(items, config, options)
     loaded = load_engine_model(model, config)
+    if model_kind(model):  # load_model's: the workers load its file for its engine and device
+        config = replace(config, engine=resolve_engine(config.engine, loaded),
+                         device=getattr(loaded.device, "type", str(loaded.device)))
     remove_stale_temporaries(items)
     entries = precompute_targets(loaded, [it for i, it in enumerate(items) if i not in skip], config)
     make_output_folders(items)  # once the model and styles have loaded: none for a damaged one

@@ -188,8 +188,7 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
     # A path is named by its file name (load_image's default), anything else "content".
     content_pic = load_image(content, None if isinstance(content, (str, os.PathLike)) else "content")
     check_min_side(content_pic)
-    if isinstance(model, (str, os.PathLike)) or model is None:
-        model = load_engine_model(model, config)
+    model = load_engine_model(model, config)  # a path (or None) loads; a loaded model stays
     check_memory(content_pic, [], config, model.device)
 
     previews = []
