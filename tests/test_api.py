@@ -66,3 +66,39 @@ def test_every_call_takes_a_model_from_load_model_or_a_path_of_any_kind(model_pa
         with pytest.raises(UserError, match=r"^model must be a path or a model from load_model, "
                                             r"not int\.$"):
             call(5)
+
+
+def test_bytes_paths_work_wherever_a_path_does(model_path, images, tmp_path):
+    """os's functions take bytes paths (a name that is no UTF-8, os.listdir(b".")): content, style,
+    mask, init, every save and stylize_many's items take them too (they were "not bytes", a
+    TypeError, or a file named "b'...'"); an image file's contents given as bytes is told so."""
+    import io
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from stylefu.core import Config, load_image, preview, save_image, stylize, stylize_many
+
+    def b(path):
+        return os.fsencode(path)
+
+    content = save_image(b(tmp_path / "c\xe9.png"), images[0])  # the save returns a Path
+    style = save_image(tmp_path / "s.png", images[1])
+    mask = save_image(tmp_path / "m.png", np.ones((48, 64, 3), np.float32))
+    config = Config(size=48, evaluations=2, levels=1, engine="onnx", init=b(content))
+    expected = stylize(content, style, config=config.with_(init=content), model=model_path,
+                       masks=mask)
+    result = stylize(b(content), [b(style)], config=config, model=model_path, masks=b(mask))
+    assert np.array_equal(result.image, expected.image)
+    assert result.save(b(tmp_path / "out.png")) == tmp_path / "out.png"
+    assert preview(b(content), [b(style)], config=config, size=48, model=model_path).save(
+        b(tmp_path / "sheet.png")) == tmp_path / "sheet.png"
+    [item] = stylize_many([(b(content), b(style), b(tmp_path / "o" / "batch.png"))], config,
+                          model=model_path, workers=1)
+    assert item.status == "ok" and load_image(tmp_path / "o" / "batch.png").rgb.shape == (36, 48, 3)
+    with pytest.raises(UserError, match=r"^content: these bytes are an image file's contents, "
+                                        r"not a path; give PIL.Image.open\(io.BytesIO\(data\)\)\.$"):
+        stylize(content.read_bytes(), style, config=config, model=model_path)
+    picture = Image.open(io.BytesIO(content.read_bytes()))  # what the message says works
+    assert np.array_equal(load_image(picture).rgb, load_image(content).rgb)

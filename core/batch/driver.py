@@ -596,12 +596,13 @@ def as_item(given: BatchItem | tuple, index: int) -> BatchItem:
     if isinstance(given, BatchItem):
         return given
     source, styles, output = (*given, None)[:3]
-    styles = [styles] if isinstance(styles, (str, os.PathLike)) else list(styles)
+    styles = [styles] if isinstance(styles, (str, bytes, os.PathLike)) else list(styles)
     for what, path in [("input", source), ("output", output), *(("style", s) for s in styles)]:
-        if not isinstance(path, (str, os.PathLike)) and not (what == "output" and path is None):
+        if not isinstance(path, (str, bytes, os.PathLike)) and not (what == "output" and path is None):
             raise UserError(f"Item {index}: its {what} must be a path (stylize_many reads and "
                             f"writes files; stylize takes arrays), not {type(path).__name__}.")
-    return BatchItem(str(source), tuple(map(str, styles)), None if output is None else str(output))
+    return BatchItem(os.fsdecode(source), tuple(map(os.fsdecode, styles)),
+                     None if output is None else os.fsdecode(output))
 
 
 def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = None, *,

@@ -205,8 +205,8 @@ def one_or_many(given) -> list:
 
 
 def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture:
-    """Read `source` (a path, PIL image, numpy array or Picture) as a Picture, its colours in
-    sRGB (unless not `to_srgb`: a mask's values are data, not colours).
+    """Read `source` (a path: str, bytes or path object; a PIL image, numpy array or Picture) as
+    a Picture, its colours in sRGB (unless not `to_srgb`: a mask's values are data, not colours).
 
     Raises UserError with one sentence for a missing, unreadable, truncated or oversized file.
     """
@@ -216,7 +216,10 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
         return _from_pil(source, name or "image", to_srgb)
     if isinstance(source, np.ndarray):
         return _from_array(source, name or "array")
-    if not isinstance(source, (str, os.PathLike)):  # else a TypeError from deep inside pathlib
+    if isinstance(source, bytes) and b"\0" in source:  # no path holds NUL: a file's contents
+        raise UserError(f"{name or 'image'}: these bytes are an image file's contents, not a path; "
+                        "give PIL.Image.open(io.BytesIO(data)).")
+    if not isinstance(source, (str, bytes, os.PathLike)):  # else a TypeError from inside pathlib
         raise UserError(f"{name or 'image'}: give a path, PIL image, numpy array or Picture, not "
                         f"{type(source).__name__}.")
     path = check_input_file(source, "Image file")
@@ -438,7 +441,9 @@ def check_bits(path: str | Path, bits: int) -> None:
 
 def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = None,
                bits: int = 8) -> Path:
-    """Write an image atomically; the format follows the suffix (.npy keeps float32)."""
+    """Write an image atomically; the format follows the suffix (.npy keeps float32). `path`: a
+    str, bytes or path object."""
+    path = os.fsdecode(path)
     array = np.clip(rgb, 0, 1).astype(np.float32)
     if alpha is not None:
         array = np.concatenate([array, np.clip(alpha, 0, 1)[..., None].astype(np.float32)], axis=2)

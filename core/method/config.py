@@ -205,8 +205,8 @@ class Config:
         if self.crop_side != 0 and self.crop_side < MIN_CROP_SIDE:
             raise UserError(f"--crop-side must be 0 (automatic) or at least {MIN_CROP_SIDE} px, "
                             f"not {self.crop_side}.")
-        if isinstance(self.init, os.PathLike):  # a pathlib.Path from Python: its text
-            return replace(self, init=os.fspath(self.init)).validate()
+        if isinstance(self.init, (bytes, os.PathLike)):  # a path object from Python: its text
+            return replace(self, init=os.fsdecode(self.init)).validate()
         if not isinstance(self.init, str):  # its type: an array's repr is many lines of digits
             raise UserError(f"--init must be content, noise or an image path, not "
                             f"{type(self.init).__name__}.")
