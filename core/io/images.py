@@ -65,9 +65,10 @@ class Picture:
 
 def _from_array(array: np.ndarray, name: str) -> Picture:
     array = np.asarray(array)
-    if array.dtype == np.uint8:
+    unsigned = array.dtype.kind == "u"  # either byte order: '>u2' (a TIFF's or FITS's) too
+    if unsigned and array.dtype.itemsize == 1:
         array = array.astype(np.float32) / 255.0
-    elif array.dtype == np.uint16:
+    elif unsigned and array.dtype.itemsize == 2:
         array = array.astype(np.float32) / 65535.0
     elif array.dtype == np.bool_:
         array = array.astype(np.float32)
@@ -193,8 +194,10 @@ def _from_pil(image: Image.Image, name: str, to_srgb: bool = True) -> Picture:
         return _from_array(gray, name)
     if mode == "F":
         return _from_array(np.asarray(image, dtype=np.float32), name)
-    has_alpha = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info)
-    image = image.convert("RGBA" if has_alpha else "RGB")  # palette, CMYK, L, 1 -> RGB(A)
+    if mode == "La":  # premultiplied: Pillow converts it to LA only
+        image, mode = image.convert("LA"), "LA"
+    has_alpha = mode in ("RGBA", "RGBa", "LA", "PA") or (mode == "P" and "transparency" in image.info)
+    image = image.convert("RGBA" if has_alpha else "RGB")  # palette, CMYK, L, 1, RGBa -> RGB(A)
     return _from_array(np.asarray(image), name)
 
 
