@@ -133,3 +133,24 @@ def test_arrays_and_pil_images_of_every_kind_load_as_their_pixels():
         assert np.array_equal(got.alpha, want.alpha)
         # premultiplied 8-bit colour keeps about 7 of its bits at alpha 128
         assert np.abs(got.rgb - want.rgb).max() < 3 / 255, premultiplied.mode
+
+
+@pytest.mark.parametrize("name, message", [
+    ("iterations", r"^Config has no field 'iterations': it was renamed evaluations \(the command "
+                   r"line still takes --iterations\)\.$"),
+    ("tile_size", r"^Config has no field 'tile_size': it was renamed crop_side "),
+    ("sise", r"^Config has no field 'sise'; did you mean size\?$"),
+    ("colour", r"^Config has no field 'colour'; help\(Config\) lists its fields\.$"),
+])
+def test_an_unknown_config_field_names_the_field_meant(name, message):
+    """Config(iterations=300), the field's name before issue 13 (docs/compat.md), was Python's
+    bare "unexpected keyword argument"; Config.with_ and dataclasses.replace say the same."""
+    import dataclasses
+    import inspect
+
+    for make in (lambda: Config(**{name: 3}), lambda: Config().with_(**{name: 3}),
+                 lambda: dataclasses.replace(Config(), **{name: 3})):
+        with pytest.raises(TypeError, match=message):
+            make()
+    assert "size" in inspect.signature(Config).parameters  # help() and editors still see the fields
+    assert Config(64, seed=3).size == 64  # positional and keyword fields as before

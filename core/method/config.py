@@ -7,6 +7,7 @@ the GIMP plug-ins get theirs from the settings `stylefu gimp install` writes
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
@@ -224,6 +225,37 @@ class Config:
 
 # Fields a run may leave unset (None: the preset's, or chosen from --strength); no other is None.
 OPTIONAL_FIELDS = frozenset(f.name for f in fields(Config) if f.default is None)
+
+
+def unknown_field(name: str) -> str:
+    """Why Config has no field `name`, with the field meant: a renamed field whose old spelling
+    the command line still takes (Config(iterations=...), docs/compat.md) or a close name."""
+    import difflib
+
+    names = [f.name for f in fields(Config)]
+    older = {alias.lstrip("-").replace("-", "_"): f.name
+             for f in fields(Config) for alias in f.metadata.get("aliases", ())}
+    if name in older:
+        return (f"Config has no field {name!r}: it was renamed {older[name]} (the command line "
+                f"still takes --{name.replace('_', '-')}).")
+    close = difflib.get_close_matches(name, names, n=1)
+    return f"Config has no field {name!r}; " + (f"did you mean {close[0]}?" if close else
+                                                 "help(Config) lists its fields.")
+
+
+_dataclass_init = Config.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init(self, *args, **kwargs):
+    for name in kwargs:  # else "unexpected keyword argument", without the field meant
+        if name not in _FIELD_NAMES:
+            raise TypeError(unknown_field(name))
+    _dataclass_init(self, *args, **kwargs)
+
+
+_FIELD_NAMES = frozenset(f.name for f in fields(Config))
+Config.__init__ = _init
 
 
 def given_config(config, default: Config | None = None) -> Config:
