@@ -484,3 +484,33 @@ def test_an_output_that_is_an_input_is_refused_and_the_inputs_stay(tmp_path, pho
     done = _batch([paths[0], "--style", style, "-o", paths[0].parent, "--name", name], model_path)
     assert done.returncode == 2 and "is also an input" in done.stderr, done.stderr
     assert {p: p.read_bytes() for p in paths[0].parent.iterdir()} == before
+
+
+def test_ctrl_c_while_the_workers_start_leaves_no_worker(tmp_path, photos, model_path,
+                                                         monkeypatch):
+    """A KeyboardInterrupt (a notebook's stop button) while stylize_many starts its workers:
+    those already started ended too (they were left loading the model and waiting for tasks as
+    long as the notebook's process lived), and a later batch runs."""
+    import multiprocessing
+
+    from stylefu.core.batch import driver
+
+    paths, styles = photos
+    items = [(p, styles[0], tmp_path / "out" / p.name) for p in paths[:3]]
+    start = driver.LocalPool.start_worker
+    started = []
+
+    def start_then_interrupt(pool):
+        if started:
+            raise KeyboardInterrupt
+        started.append(start(pool))
+        return started[-1]
+    monkeypatch.setattr(driver.LocalPool, "start_worker", start_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        list(stylize_many(items, Config(size=48, evaluations=2, levels=1), model=model_path,
+                          workers=3))
+    assert started and not multiprocessing.active_children()
+    monkeypatch.setattr(driver.LocalPool, "start_worker", start)
+    results = list(stylize_many(items[:1], Config(size=48, evaluations=2, levels=1),
+                                model=model_path, workers=1))
+    assert [r.status for r in results] == ["ok"]

@@ -438,8 +438,12 @@ class LocalPool:
         self.cancel = self.ctx.RawValue("b", 0)  # no lock: a killed worker cannot hold it
         self.procs: dict[int, tuple] = {}
         self.next_id = 0
-        for _ in range(workers):
-            self.start_worker()
+        try:
+            for _ in range(workers):
+                self.start_worker()
+        except BaseException:  # Ctrl-C while starting: no worker left waiting for tasks
+            self.close(cancel=True)
+            raise
 
     def start_worker(self) -> int:
         wid, self.next_id = self.next_id, self.next_id + 1
