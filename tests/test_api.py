@@ -154,3 +154,55 @@ def test_an_unknown_config_field_names_the_field_meant(name, message):
             make()
     assert "size" in inspect.signature(Config).parameters  # help() and editors still see the fields
     assert Config(64, seed=3).size == 64  # positional and keyword fields as before
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
+def test_runs_from_threads_at_once_give_the_bytes_each_gives_alone(model_path, images, engine):
+    """A script's ThreadPoolExecutor: three runs at once on one loaded model (one of them asking
+    for the current image at every evaluation) and one on a path, each equal to its run alone
+    (the README says threads work)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from stylefu.core import load_model, stylize
+
+    model = load_model(model_path, engine=engine)
+    contents = [np.roll(images[0], 5 * k, axis=1) for k in range(4)]
+    config = Config(size=48, evaluations=6, coarse_evaluations=3, levels=2, engine=engine)
+
+    def run(k):
+        return stylize(contents[k], images[1], config=config.with_(seed=k),
+                       model=model_path if k == 3 else model,
+                       callback=(lambda p: p.image()) if k == 1 else None).image
+    alone = [run(k) for k in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(run, range(4)))
+    assert all(np.array_equal(a, b) for a, b in zip(alone, together))
+    assert not np.array_equal(alone[0], alone[2])  # the runs differ: no one result for all
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
+def test_a_keyboard_interrupt_mid_run_leaves_the_process_as_it_was(model_path, images, engine):
+    """A notebook's stop button (KeyboardInterrupt, here raised by the callback at evaluations
+    1, 4 and 8 of 10): it reaches the caller as itself, and the next run gives the same bytes as
+    before it, no thread or descriptor more."""
+    import os
+    import threading
+
+    import numpy as np
+
+    from stylefu.core import load_model, stylize
+
+    model = load_model(model_path, engine=engine)
+    config = Config(size=48, evaluations=10, levels=1, engine=engine)
+    before = stylize(*images, config=config, model=model).image
+    threads, fds = threading.active_count(), len(os.listdir("/proc/self/fd"))
+    for stop_at in (1, 4, 8):
+        def interrupt(progress, stop_at=stop_at):
+            if progress.evaluation >= stop_at:
+                raise KeyboardInterrupt
+        with pytest.raises(KeyboardInterrupt):
+            stylize(*images, config=config, model=model, callback=interrupt)
+        assert np.array_equal(stylize(*images, config=config, model=model).image, before)
+    assert threading.active_count() == threads and len(os.listdir("/proc/self/fd")) <= fds
