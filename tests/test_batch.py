@@ -514,3 +514,25 @@ def test_ctrl_c_while_the_workers_start_leaves_no_worker(tmp_path, photos, model
     results = list(stylize_many(items[:1], Config(size=48, evaluations=2, levels=1),
                                 model=model_path, workers=1))
     assert [r.status for r in results] == ["ok"]
+
+
+def test_leaving_the_loop_early_ends_the_workers(tmp_path, photos, model_path):
+    """A script's `break` after the first result (and a notebook's iterator dropped half-way):
+    the worker processes end with it, the items in flight leave no file, and the items done stay."""
+    import gc
+    import multiprocessing
+
+    paths, styles = photos
+    out = tmp_path / "out"
+    items = [(p, styles[0], out / p.name) for p in paths]
+    config = Config(size=48, evaluations=30, levels=1)
+    for r in stylize_many(items, config, model=model_path, workers=2):
+        first = r
+        break
+    assert not multiprocessing.active_children()
+    results = stylize_many(items, config, model=model_path, workers=2)
+    assert next(results).status == first.status == "ok"
+    del results
+    gc.collect()
+    assert not multiprocessing.active_children()
+    assert all(p.suffix == ".png" for p in out.iterdir()) and len(list(out.iterdir())) < len(items)
