@@ -304,7 +304,8 @@ def test_ray_tasks_stream_their_progress(tmp_path, photos, model_path, ray_clust
 
 def test_a_script_without_a_main_guard_is_told_how_to_fix_it(tmp_path, photos, model_path):
     """docs/batches.md's snippet as a script without `if __name__ == "__main__":`: the spawned
-    workers import it again and stop at once; the error names the script and the guard."""
+    workers import it again and stop at once; the error names the script and the guard. Read
+    from standard input the same script runs."""
     (content, *_), (style, _) = photos
     script = tmp_path / "my_batch.py"
     script.write_text(
@@ -319,6 +320,13 @@ def test_a_script_without_a_main_guard_is_told_how_to_fix_it(tmp_path, photos, m
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert "my_batch.py" in last and 'if __name__ == "__main__":' in last
+    # The same script read from standard input (`python - < my_batch.py`, `ssh host python -`):
+    # the workers looked for a file "<stdin>" and died, and the error advised the guard, which
+    # could not help. They need nothing from the script: it runs, guard or none.
+    with open(script) as stdin:
+        done = subprocess.run([sys.executable, "-"], stdin=stdin, capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.split() == ["ok", "ok"], done.stderr
 
 
 def test_stylize_many_makes_missing_output_folders_first(tmp_path, photos, model_path):

@@ -457,7 +457,8 @@ class LocalPool:
         try:
             proc = self.ctx.Process(target=_worker_main, daemon=True, name=f"stylefu-worker-{wid}",
                                     args=(wid, self.setup, tasks, writer, self.cancel))
-            proc.start()
+            with _main_without_file():
+                proc.start()
             writer.close()  # the worker holds the only writing end: its death reads as EOF
         finally:
             for k, v in saved.items():
@@ -506,6 +507,23 @@ class LocalPool:
             if proc.is_alive():
                 proc.terminate()
                 proc.join(5)
+
+
+@contextlib.contextmanager
+def _main_without_file():
+    """A script read from standard input (`python - < script.py`) has the `__file__` '<stdin>':
+    a spawned worker, which imports the parent's script again, died looking for that file. The
+    workers need nothing from it, so while one starts such a name is hidden from spawn."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or getattr(main, "__spec__", None) is not None or os.path.isfile(path):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
 
 
 def _script_hint() -> str:
