@@ -304,7 +304,8 @@ def test_ray_tasks_stream_their_progress(tmp_path, photos, model_path, ray_clust
 
 def test_a_script_without_a_main_guard_is_told_how_to_fix_it(tmp_path, photos, model_path):
     """docs/batches.md's snippet as a script without `if __name__ == "__main__":`: the spawned
-    workers import it again and stop at once; the error names the script and the guard."""
+    workers import it again and stop at once; the error names the script and the guard. Read
+    from standard input the same script runs."""
     (content, *_), (style, _) = photos
     script = tmp_path / "my_batch.py"
     script.write_text(
@@ -319,6 +320,13 @@ def test_a_script_without_a_main_guard_is_told_how_to_fix_it(tmp_path, photos, m
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert "my_batch.py" in last and 'if __name__ == "__main__":' in last
+    # The same script read from standard input (`python - < my_batch.py`, `ssh host python -`):
+    # the workers looked for a file "<stdin>" and died, and the error advised the guard, which
+    # could not help. They need nothing from the script: it runs, guard or none.
+    with open(script) as stdin:
+        done = subprocess.run([sys.executable, "-"], stdin=stdin, capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.split() == ["ok", "ok"], done.stderr
 
 
 def test_stylize_many_makes_missing_output_folders_first(tmp_path, photos, model_path):
@@ -484,3 +492,55 @@ def test_an_output_that_is_an_input_is_refused_and_the_inputs_stay(tmp_path, pho
     done = _batch([paths[0], "--style", style, "-o", paths[0].parent, "--name", name], model_path)
     assert done.returncode == 2 and "is also an input" in done.stderr, done.stderr
     assert {p: p.read_bytes() for p in paths[0].parent.iterdir()} == before
+
+
+def test_ctrl_c_while_the_workers_start_leaves_no_worker(tmp_path, photos, model_path,
+                                                         monkeypatch):
+    """A KeyboardInterrupt (a notebook's stop button) while stylize_many starts its workers:
+    those already started ended too (they were left loading the model and waiting for tasks as
+    long as the notebook's process lived), and a later batch runs."""
+    import multiprocessing
+
+    from stylefu.core.batch import driver
+
+    paths, styles = photos
+    items = [(p, styles[0], tmp_path / "out" / p.name) for p in paths[:3]]
+    start = driver.LocalPool.start_worker
+    started = []
+
+    def start_then_interrupt(pool):
+        if started:
+            raise KeyboardInterrupt
+        started.append(start(pool))
+        return started[-1]
+    monkeypatch.setattr(driver.LocalPool, "start_worker", start_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        list(stylize_many(items, Config(size=48, evaluations=2, levels=1), model=model_path,
+                          workers=3))
+    assert started and not multiprocessing.active_children()
+    monkeypatch.setattr(driver.LocalPool, "start_worker", start)
+    results = list(stylize_many(items[:1], Config(size=48, evaluations=2, levels=1),
+                                model=model_path, workers=1))
+    assert [r.status for r in results] == ["ok"]
+
+
+def test_leaving_the_loop_early_ends_the_workers(tmp_path, photos, model_path):
+    """A script's `break` after the first result (and a notebook's iterator dropped half-way):
+    the worker processes end with it, the items in flight leave no file, and the items done stay."""
+    import gc
+    import multiprocessing
+
+    paths, styles = photos
+    out = tmp_path / "out"
+    items = [(p, styles[0], out / p.name) for p in paths]
+    config = Config(size=48, evaluations=30, levels=1)
+    for r in stylize_many(items, config, model=model_path, workers=2):
+        first = r
+        break
+    assert not multiprocessing.active_children()
+    results = stylize_many(items, config, model=model_path, workers=2)
+    assert next(results).status == first.status == "ok"
+    del results
+    gc.collect()
+    assert not multiprocessing.active_children()
+    assert all(p.suffix == ".png" for p in out.iterdir()) and len(list(out.iterdir())) < len(items)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from conftest import rgb_noise
@@ -65,9 +67,10 @@ def test_npy_round_trip_is_exact(tmp_path):
     assert np.array_equal(back.rgb, rgb) and np.array_equal(back.alpha, rgb[..., 0])
 
 
-@pytest.mark.parametrize("source", [None, 5, b"photo.png", [[0, 1], [1, 0]]])
+@pytest.mark.parametrize("source", [None, 5, io.BytesIO(b"data"), [[0, 1], [1, 0]]])
 def test_a_source_of_another_type_is_one_sentence(source):
     # the Python API's content, style or mask given as something else: not pathlib's TypeError
+    # (a bytes path loads: tests/test_api.py)
     with pytest.raises(UserError, match=f"^content: give a path, PIL image, numpy array or "
                                         f"Picture, not {type(source).__name__}"):
         load_image(source, "content")

@@ -440,8 +440,12 @@ class LocalPool:
         self.cancel = self.ctx.RawValue("b", 0)  # no lock: a killed worker cannot hold it
         self.procs: dict[int, tuple] = {}
         self.next_id = 0
-        for _ in range(workers):
-            self.start_worker()
+        try:
+            for _ in range(workers):
+                self.start_worker()
+        except BaseException:  # Ctrl-C while starting: no worker left waiting for tasks
+            self.close(cancel=True)
+            raise
 
     def start_worker(self) -> int:
         wid, self.next_id = self.next_id, self.next_id + 1
@@ -455,7 +459,8 @@ class LocalPool:
         try:
             proc = self.ctx.Process(target=_worker_main, daemon=True, name=f"stylefu-worker-{wid}",
                                     args=(wid, self.setup, tasks, writer, self.cancel))
-            proc.start()
+            with _main_without_file():
+                proc.start()
             writer.close()  # the worker holds the only writing end: its death reads as EOF
         finally:
             for k, v in saved.items():
@@ -504,6 +509,23 @@ class LocalPool:
             if proc.is_alive():
                 proc.terminate()
                 proc.join(5)
+
+
+@contextlib.contextmanager
+def _main_without_file():
+    """A script read from standard input (`python - < script.py`) has the `__file__` '<stdin>':
+    a spawned worker, which imports the parent's script again, died looking for that file. The
+    workers need nothing from it, so while one starts such a name is hidden from spawn."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or getattr(main, "__spec__", None) is not None or os.path.isfile(path):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
 
 
 def _script_hint() -> str:
@@ -598,22 +620,25 @@ def as_item(given: BatchItem | tuple, index: int) -> BatchItem:
     if isinstance(given, BatchItem):
         return given
     source, styles, output = (*given, None)[:3]
-    styles = [styles] if isinstance(styles, (str, os.PathLike)) else list(styles)
+    styles = [styles] if isinstance(styles, (str, bytes, os.PathLike)) else list(styles)
     for what, path in [("input", source), ("output", output), *(("style", s) for s in styles)]:
-        if not isinstance(path, (str, os.PathLike)) and not (what == "output" and path is None):
+        if not isinstance(path, (str, bytes, os.PathLike)) and not (what == "output" and path is None):
             raise UserError(f"Item {index}: its {what} must be a path (stylize_many reads and "
                             f"writes files; stylize takes arrays), not {type(path).__name__}.")
-    return BatchItem(str(source), tuple(map(str, styles)), None if output is None else str(output))
+    return BatchItem(os.fsdecode(source), tuple(map(os.fsdecode, styles)),
+                     None if output is None else os.fsdecode(output))
 
 
 def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = None, *,
-                 model: str | Path | None = None, workers: int | None = None,
+                 model=None, workers: int | None = None,
                  ray: str | bool | None = None, options: RunOptions = RunOptions(),
                  skip: Iterable[int] = (), progress: Callable[[int, dict], None] | None = None,
                  cancel=None, keep_images: bool = False) -> Iterator[ItemResult]:
     """Stylize many items; yield an ItemResult per item as each finishes (completion order).
 
     `items`: BatchItem or (input, styles, output) tuples; results' `index` is the item's position.
+    `model`: the artifact's path (default: the default model), or a model `load_model` gave
+    (the workers load its file for its engine and device).
     `workers`: local worker processes (default `default_workers()`: one per GPU, else one per
     THREADS_PER_WORKER cores), each with its share of the cores. `ray`: run the items as Ray
     tasks instead, on the cluster at this address (True or "local": a local cluster). `options`:
@@ -624,7 +649,7 @@ def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = Non
     are dropped, nothing half-written stays. Raises UserError before any work for a bad style,
     model or option; a bad input is only a failed result. Missing output folders are made.
     """
-    from ..engines import load_engine_model
+    from ..engines import load_engine_model, model_kind, resolve_engine
 
     config = given_config(config)
     check_hooks(progress, cancel, "progress")
@@ -640,6 +665,9 @@ def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = Non
     skip = set(skip)
     check_shared_inputs(items, config, options)
     loaded = load_engine_model(model, config)
+    if model_kind(model):  # load_model's: the workers load its file for its engine and device
+        config = replace(config, engine=resolve_engine(config.engine, loaded),
+                         device=getattr(loaded.device, "type", str(loaded.device)))
     remove_stale_temporaries(items)
     entries = precompute_targets(loaded, [it for i, it in enumerate(items) if i not in skip], config)
     make_output_folders(items)  # once the model and styles have loaded: none for a damaged one

@@ -28,16 +28,28 @@ def why_auto() -> str:
     return "torch is not installed: the torch-free engine (ONNX Runtime and numpy)"
 
 
-def resolve_engine(name: str, model=None) -> str:
-    """'torch' or 'onnx' for Config.engine; a loaded model decides by its kind."""
+def model_kind(model) -> str | None:
+    """'torch' or 'onnx' for a model `load_model` gave, None for a path (str, bytes or a path
+    object) or None (the default model): what the API's `model=` takes. Anything else is one
+    UserError (an int was a TypeError from inside pathlib)."""
+    import os
+
     from .onnx.engine import OnnxModel
 
+    if model is None or isinstance(model, (str, bytes, os.PathLike)):
+        return None
     if isinstance(model, OnnxModel):
-        kind = "onnx"
-    elif model is not None and not isinstance(model, (str, bytes, Path)) and hasattr(model, "net"):
-        kind = "torch"
-    else:
-        kind = None
+        return "onnx"
+    if hasattr(model, "net"):
+        return "torch"
+    from ..errors import UserError
+
+    raise UserError(f"model must be a path or a model from load_model, not {type(model).__name__}.")
+
+
+def resolve_engine(name: str, model=None) -> str:
+    """'torch' or 'onnx' for Config.engine; a loaded model decides by its kind."""
+    kind = model_kind(model)
     if name == "auto":
         return kind or ("torch" if torch_installed() else "onnx")
     if name == "torch" and not torch_installed():
@@ -54,7 +66,10 @@ def resolve_engine(name: str, model=None) -> str:
 
 def load_engine_model(path, config):
     """The model for config.engine: torch's StyleModel, or the torch-free engine's OnnxModel
-    (which never imports torch)."""
+    (which never imports torch). A model already loaded (`model_kind`) is itself."""
+    if model_kind(path):
+        resolve_engine(config.engine, path)  # one of the other engine is refused
+        return path
     if resolve_engine(config.engine) == "onnx":
         from .onnx.engine import load_onnx_model
 

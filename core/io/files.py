@@ -181,7 +181,7 @@ def path_kind(path: str | Path) -> str:
 def check_input_file(path: str | Path, what: str = "Image file") -> Path:
     """`path` as a Path when it is a readable, non-empty regular file; else a UserError saying
     what is there instead (a folder, a link loop, a device...), never just "does not exist"."""
-    path = Path(path)
+    path = Path(os.fsdecode(path))  # a bytes path too, as os's functions take
     kind = path_kind(path)
     if kind == "missing":
         raise UserError(f"{what} {path} does not exist.")
@@ -223,7 +223,7 @@ def check_output_path(path: str | Path, option: str = "-o", suffixes: Sequence[s
     given), a missing or read-only folder, a name too long and any of the `inputs` (paths): the
     inputs are never modified. Raises UserError naming `option`.
     """
-    path = Path(path)
+    path = Path(os.fsdecode(path))  # a bytes path too, as os's functions take
     check_name_length(path, option)
     kind = path_kind(path)
     target = path  # a link means its target: a file is replaced there, a dangling link creates it

@@ -65,9 +65,10 @@ class Picture:
 
 def _from_array(array: np.ndarray, name: str) -> Picture:
     array = np.asarray(array)
-    if array.dtype == np.uint8:
+    unsigned = array.dtype.kind == "u"  # either byte order: '>u2' (a TIFF's or FITS's) too
+    if unsigned and array.dtype.itemsize == 1:
         array = array.astype(np.float32) / 255.0
-    elif array.dtype == np.uint16:
+    elif unsigned and array.dtype.itemsize == 2:
         array = array.astype(np.float32) / 65535.0
     elif array.dtype == np.bool_:
         array = array.astype(np.float32)
@@ -193,8 +194,10 @@ def _from_pil(image: Image.Image, name: str, to_srgb: bool = True) -> Picture:
         return _from_array(gray, name)
     if mode == "F":
         return _from_array(np.asarray(image, dtype=np.float32), name)
-    has_alpha = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info)
-    image = image.convert("RGBA" if has_alpha else "RGB")  # palette, CMYK, L, 1 -> RGB(A)
+    if mode == "La":  # premultiplied: Pillow converts it to LA only
+        image, mode = image.convert("LA"), "LA"
+    has_alpha = mode in ("RGBA", "RGBa", "LA", "PA") or (mode == "P" and "transparency" in image.info)
+    image = image.convert("RGBA" if has_alpha else "RGB")  # palette, CMYK, L, 1, RGBa -> RGB(A)
     return _from_array(np.asarray(image), name)
 
 
@@ -205,8 +208,8 @@ def one_or_many(given) -> list:
 
 
 def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture:
-    """Read `source` (a path, PIL image, numpy array or Picture) as a Picture, its colours in
-    sRGB (unless not `to_srgb`: a mask's values are data, not colours).
+    """Read `source` (a path: str, bytes or path object; a PIL image, numpy array or Picture) as
+    a Picture, its colours in sRGB (unless not `to_srgb`: a mask's values are data, not colours).
 
     Raises UserError with one sentence for a missing, unreadable, truncated or oversized file.
     """
@@ -216,7 +219,10 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
         return _from_pil(source, name or "image", to_srgb)
     if isinstance(source, np.ndarray):
         return _from_array(source, name or "array")
-    if not isinstance(source, (str, os.PathLike)):  # else a TypeError from deep inside pathlib
+    if isinstance(source, bytes) and b"\0" in source:  # no path holds NUL: a file's contents
+        raise UserError(f"{name or 'image'}: these bytes are an image file's contents, not a path; "
+                        "give PIL.Image.open(io.BytesIO(data)).")
+    if not isinstance(source, (str, bytes, os.PathLike)):  # else a TypeError from inside pathlib
         raise UserError(f"{name or 'image'}: give a path, PIL image, numpy array or Picture, not "
                         f"{type(source).__name__}.")
     path = check_input_file(source, "Image file")
@@ -438,7 +444,9 @@ def check_bits(path: str | Path, bits: int) -> None:
 
 def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = None,
                bits: int = 8) -> Path:
-    """Write an image atomically; the format follows the suffix (.npy keeps float32)."""
+    """Write an image atomically; the format follows the suffix (.npy keeps float32). `path`: a
+    str, bytes or path object."""
+    path = os.fsdecode(path)
     array = np.clip(rgb, 0, 1).astype(np.float32)
     if alpha is not None:
         array = np.concatenate([array, np.clip(alpha, 0, 1)[..., None].astype(np.float32)], axis=2)

@@ -40,7 +40,7 @@ def model_file(path: str | Path | None = None) -> Path:
     from ..errors import UserError
     from .files import path_kind
 
-    path = Path(path) if path else default_model_path()
+    path = Path(os.fsdecode(path)) if path else default_model_path()  # bytes too, as os takes
     kind = path_kind(path)
     if kind == "missing":
         raise UserError(f"No model at {path}; create one with `stylefu export` "

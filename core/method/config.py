@@ -7,9 +7,11 @@ the GIMP plug-ins get theirs from the settings `stylefu gimp install` writes
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 
 from ..errors import UserError
@@ -161,11 +163,12 @@ class Config:
         the size's upper limit is the memory's, checked once the image is known
         (tiling.check_memory).
         """
-        if self.preset not in PRESETS:
+        if not isinstance(self.preset, str) or self.preset not in PRESETS:
             raise UserError(f"Unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}.")
         for name, (low, high, integer) in NUMBER_RANGES.items():
             value = self.schedule_value(name) if name in SCHEDULE_FIELDS else getattr(self, name)
-            if value is not None:  # None: chosen later (e.g. by --strength)
+            # None: chosen later (e.g. by --strength), where the field's default is None too
+            if value is not None or name not in OPTIONAL_FIELDS:
                 check_number(name, value, low, high, integer)
         if self.content_weight == 0 and self.style_weight == 0:
             raise UserError("--content-weight and --style-weight cannot both be zero.")
@@ -178,13 +181,19 @@ class Config:
                                 "--strength or --content-weight/--style-weight/--style-layer-weights.")
         for name, allowed in (("optimizer", OPTIMIZERS), ("device", DEVICES),
                               ("precision", PRECISIONS), ("preserve_colors", COLOR_MODES),
-                              ("engine", ENGINES), ("content_layer", EXPORTED_LAYERS)):
-            if getattr(self, name) not in allowed:
-                raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}.")
+                              ("engine", ENGINES), ("content_layer", EXPORTED_LAYERS),
+                              ("compile", COMPILE_MODES)):  # compile=False once meant "on"
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in allowed:
+                raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                                f"not {value!r}.")
         for name in ("style_layer_weights", "style_blend"):
             values = getattr(self, name)
             if values is None:
                 continue
+            if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+                raise UserError(f"--{name.replace('_', '-')} must be a list of numbers, not "
+                                f"{values!r}.")  # a lone 1.0 was "'float' object is not iterable"
             if name == "style_layer_weights" and len(values) != len(STYLE_LAYERS):
                 raise UserError(f"--style-layer-weights needs {len(STYLE_LAYERS)} numbers "
                                 f"({', '.join(STYLE_LAYERS)}).")
@@ -197,8 +206,8 @@ class Config:
         if self.crop_side != 0 and self.crop_side < MIN_CROP_SIDE:
             raise UserError(f"--crop-side must be 0 (automatic) or at least {MIN_CROP_SIDE} px, "
                             f"not {self.crop_side}.")
-        if isinstance(self.init, os.PathLike):  # a pathlib.Path from Python: its text
-            return replace(self, init=os.fspath(self.init)).validate()
+        if isinstance(self.init, (bytes, os.PathLike)):  # a path object from Python: its text
+            return replace(self, init=os.fsdecode(self.init)).validate()
         if not isinstance(self.init, str):  # its type: an array's repr is many lines of digits
             raise UserError(f"--init must be content, noise or an image path, not "
                             f"{type(self.init).__name__}.")
@@ -212,6 +221,41 @@ class Config:
 
     def with_(self, **changes) -> Config:
         return replace(self, **changes)
+
+
+# Fields a run may leave unset (None: the preset's, or chosen from --strength); no other is None.
+OPTIONAL_FIELDS = frozenset(f.name for f in fields(Config) if f.default is None)
+
+
+def unknown_field(name: str) -> str:
+    """Why Config has no field `name`, with the field meant: a renamed field whose old spelling
+    the command line still takes (Config(iterations=...), docs/compat.md) or a close name."""
+    import difflib
+
+    names = [f.name for f in fields(Config)]
+    older = {alias.lstrip("-").replace("-", "_"): f.name
+             for f in fields(Config) for alias in f.metadata.get("aliases", ())}
+    if name in older:
+        return (f"Config has no field {name!r}: it was renamed {older[name]} (the command line "
+                f"still takes --{name.replace('_', '-')}).")
+    close = difflib.get_close_matches(name, names, n=1)
+    return f"Config has no field {name!r}; " + (f"did you mean {close[0]}?" if close else
+                                                 "help(Config) lists its fields.")
+
+
+_dataclass_init = Config.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init(self, *args, **kwargs):
+    for name in kwargs:  # else "unexpected keyword argument", without the field meant
+        if name not in _FIELD_NAMES:
+            raise TypeError(unknown_field(name))
+    _dataclass_init(self, *args, **kwargs)
+
+
+_FIELD_NAMES = frozenset(f.name for f in fields(Config))
+Config.__init__ = _init
 
 
 def given_config(config, default: Config | None = None) -> Config:

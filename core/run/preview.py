@@ -113,25 +113,27 @@ class PreviewResult:
                 "styles": [s.figures() for s in self.styles]}
 
     def save(self, path: str | Path) -> Path:
-        """Write the contact sheet atomically (format from the suffix, PNG by default)."""
-        suffix = Path(path).suffix.lower()
+        """Write the contact sheet atomically, the format from the suffix (.png, .jpg, ...); `path`:
+        a str, bytes or path object."""
+        path = Path(os.fsdecode(path))
+        suffix = path.suffix.lower()
         if suffix not in PILLOW_FORMATS:
             raise UserError(f"Unknown image type {suffix or '(no suffix)'!r} for {path}; end the "
                             f"name with one of {', '.join(PILLOW_FORMATS)}.")
         fmt = PILLOW_FORMATS[suffix]
-        return atomic_write(Path(path), lambda tmp: self.sheet.save(
+        return atomic_write(path, lambda tmp: self.sheet.save(
             tmp, format=fmt, **SAVE_OPTIONS.get(fmt, {})))
 
     def save_json(self, path: str | Path) -> Path:
         """Write the figures as strict JSON (a non-finite number becomes null), atomically."""
         text = jsontext.dumps(self.figures(), indent=2)
-        return atomic_write(Path(path), lambda tmp: tmp.write_text(text))
+        return atomic_write(Path(os.fsdecode(path)), lambda tmp: tmp.write_text(text))
 
 
 def _label(source, index: int) -> tuple[str, str]:
     """(short name for the sheet, source for messages) of a style given as path or array."""
-    if isinstance(source, (str, os.PathLike)):
-        return Path(source).stem, str(source)
+    if isinstance(source, (str, bytes, os.PathLike)):
+        return Path(os.fsdecode(source)).stem, os.fsdecode(source)
     if isinstance(source, Picture) and source.name:
         return source.name, source.name
     return f"style {index}", f"style {index}"
@@ -186,10 +188,10 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
         config = config.with_(size=size)
     config = config.with_(style_blend=None).validate()  # one style at a time: no blend
     # A path is named by its file name (load_image's default), anything else "content".
-    content_pic = load_image(content, None if isinstance(content, (str, os.PathLike)) else "content")
+    content_pic = load_image(content, None if isinstance(content, (str, bytes, os.PathLike))
+                             else "content")
     check_min_side(content_pic)
-    if isinstance(model, (str, os.PathLike)) or model is None:
-        model = load_engine_model(model, config)
+    model = load_engine_model(model, config)  # a path (or None) loads; a loaded model stays
     check_memory(content_pic, [], config, model.device)
 
     previews = []

@@ -1,0 +1,208 @@
+"""The Python API as a script or notebook meets it (session 39's QA): what a scripter passes
+(Config values, models, paths, arrays), each case one fault found there and fixed."""
+
+from __future__ import annotations
+
+import pytest
+
+from stylefu.core import Config, UserError
+
+
+@pytest.mark.parametrize("changes, message", [
+    # compile=False ran compiled: every value but "off" and "auto" meant "on"
+    ({"compile": False}, r"^--compile must be one of auto, on, off, not False\.$"),
+    ({"compile": "yes"}, r"^--compile must be one of auto, on, off, not 'yes'\.$"),
+    # a None where the field has a value was a TypeError from deep inside the run
+    ({"size": None}, r"^--size must be a whole number, not None\.$"),
+    ({"seed": None}, r"^--seed must be a whole number, not None\.$"),
+    ({"tv_weight": None}, r"^--tv-weight must be a number, not None\.$"),
+    # one number for a list was "'float' object is not iterable"
+    ({"style_blend": 1.0}, r"^--style-blend must be a list of numbers, not 1\.0\.$"),
+    ({"style_layer_weights": 2}, r"^--style-layer-weights must be a list of numbers, not 2\.$"),
+    ({"preset": ["draft"]}, r"^Unknown preset \['draft'\]"),  # was "unhashable type: 'list'"
+    ({"optimizer": None}, r"^--optimizer must be one of lbfgs, adam, not None\.$"),
+])
+def test_a_config_value_of_the_wrong_kind_is_one_sentence_naming_its_field(changes, message):
+    with pytest.raises(UserError, match=message):
+        Config(**changes).validate()
+
+
+def test_config_takes_the_lists_a_script_has():
+    """Tuples, lists and numpy arrays of weights all validate (None: the preset's schedule)."""
+    import numpy as np
+
+    for weights in ((1, 2, 3, 4, 5), [1.0] * 5, np.ones(5)):
+        Config(style_layer_weights=weights).validate()
+    Config(style_blend=np.array([1.0, 3.0]), evaluations=None, levels=None).validate()
+
+
+def test_every_call_takes_a_model_from_load_model_or_a_path_of_any_kind(model_path, images,
+                                                                         tmp_path):
+    """load_model's docstring sends its model to stylize, preview and stylize_many: stylize_many
+    raised a TypeError from inside pathlib for it; a bytes path was a TypeError in stylize and an
+    AttributeError in preview; model=5 too. Now: one model, three calls, the same pixels; a path
+    as str, Path or bytes; anything else one sentence."""
+    import os
+
+    import numpy as np
+
+    from stylefu.core import load_model, preview, save_image, stylize, stylize_many
+
+    config = Config(size=48, evaluations=3, levels=1, engine="onnx")
+    content = save_image(tmp_path / "c.png", images[0])
+    style = save_image(tmp_path / "s.png", images[1])
+    loaded = load_model(model_path, engine="onnx")
+    # engine auto: the loaded model's kind decides (torch would be auto's choice here)
+    [item] = stylize_many([(content, style)], config.with_(engine="auto"), model=loaded,
+                          workers=1, keep_images=True)
+    assert item.status == "ok", item.error
+    for model in (loaded, str(model_path), model_path, os.fsencode(model_path)):
+        assert np.array_equal(stylize(content, style, config=config, model=model).image, item.image)
+    shown = preview(content, [style], config=config, size=48, model=os.fsencode(model_path))
+    assert shown.styles[0].error is None
+    for call in (lambda m: stylize(content, style, config=config, model=m),
+                 lambda m: preview(content, [style], config=config, size=48, model=m),
+                 lambda m: list(stylize_many([(content, style)], config, model=m))):
+        with pytest.raises(UserError, match=r"^model must be a path or a model from load_model, "
+                                            r"not int\.$"):
+            call(5)
+
+
+def test_bytes_paths_work_wherever_a_path_does(model_path, images, tmp_path):
+    """os's functions take bytes paths (a name that is no UTF-8, os.listdir(b".")): content, style,
+    mask, init, every save and stylize_many's items take them too (they were "not bytes", a
+    TypeError, or a file named "b'...'"); an image file's contents given as bytes is told so."""
+    import io
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from stylefu.core import Config, load_image, preview, save_image, stylize, stylize_many
+
+    def b(path):
+        return os.fsencode(path)
+
+    content = save_image(b(tmp_path / "c\xe9.png"), images[0])  # the save returns a Path
+    style = save_image(tmp_path / "s.png", images[1])
+    mask = save_image(tmp_path / "m.png", np.ones((48, 64, 3), np.float32))
+    config = Config(size=48, evaluations=2, levels=1, engine="onnx", init=b(content))
+    expected = stylize(content, style, config=config.with_(init=content), model=model_path,
+                       masks=mask)
+    result = stylize(b(content), [b(style)], config=config, model=model_path, masks=b(mask))
+    assert np.array_equal(result.image, expected.image)
+    assert result.save(b(tmp_path / "out.png")) == tmp_path / "out.png"
+    assert preview(b(content), [b(style)], config=config, size=48, model=model_path).save(
+        b(tmp_path / "sheet.png")) == tmp_path / "sheet.png"
+    [item] = stylize_many([(b(content), b(style), b(tmp_path / "o" / "batch.png"))], config,
+                          model=model_path, workers=1)
+    assert item.status == "ok" and load_image(tmp_path / "o" / "batch.png").rgb.shape == (36, 48, 3)
+    with pytest.raises(UserError, match=r"^content: these bytes are an image file's contents, "
+                                        r"not a path; give PIL.Image.open\(io.BytesIO\(data\)\)\.$"):
+        stylize(content.read_bytes(), style, config=config, model=model_path)
+    picture = Image.open(io.BytesIO(content.read_bytes()))  # what the message says works
+    assert np.array_equal(load_image(picture).rgb, load_image(content).rgb)
+
+
+def test_arrays_and_pil_images_of_every_kind_load_as_their_pixels():
+    """What a script holds: arrays of either byte order ('>u2' was "ambiguous integer pixels"),
+    any layout numpy makes (views, read-only), and Pillow's premultiplied modes (La was
+    Pillow's ValueError, RGBa lost its alpha): each loads as the same picture as plain RGB(A)."""
+    import numpy as np
+    from PIL import Image
+
+    from stylefu.core import load_image
+
+    rng = np.random.default_rng(39)
+    rgb8 = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    expected = rgb8.astype(np.float32) / 255
+    rgb16 = rgb8.astype(np.uint16) * 257
+    read_only = rgb8.copy()
+    read_only.flags.writeable = False
+    arrays = [rgb16.astype(">u2"), rgb16.astype("<u2"), rgb8[:, ::-1][:, ::-1], read_only,
+              np.asfortranarray(rgb8), expected.astype(">f4"), expected.astype(np.float64)]
+    for array in arrays:
+        picture = load_image(array)
+        assert np.allclose(picture.rgb, expected, atol=1e-6), array.dtype
+        assert picture.rgb.dtype == np.float32 and picture.rgb.flags.c_contiguous
+    alpha = np.full((20, 30), 128, np.uint8)
+    rgba = Image.fromarray(np.dstack([rgb8, alpha]), "RGBA")
+    gray = Image.fromarray(np.dstack([rgb8[..., 0], alpha]), "LA")
+    for premultiplied, plain in ((rgba.convert("RGBa"), rgba), (gray.convert("La"), gray)):
+        got, want = load_image(premultiplied), load_image(plain)
+        assert np.array_equal(got.alpha, want.alpha)
+        # premultiplied 8-bit colour keeps about 7 of its bits at alpha 128
+        assert np.abs(got.rgb - want.rgb).max() < 3 / 255, premultiplied.mode
+
+
+@pytest.mark.parametrize("name, message", [
+    ("iterations", r"^Config has no field 'iterations': it was renamed evaluations \(the command "
+                   r"line still takes --iterations\)\.$"),
+    ("tile_size", r"^Config has no field 'tile_size': it was renamed crop_side "),
+    ("sise", r"^Config has no field 'sise'; did you mean size\?$"),
+    ("colour", r"^Config has no field 'colour'; help\(Config\) lists its fields\.$"),
+])
+def test_an_unknown_config_field_names_the_field_meant(name, message):
+    """Config(iterations=300), the field's name before issue 13 (docs/compat.md), was Python's
+    bare "unexpected keyword argument"; Config.with_ and dataclasses.replace say the same."""
+    import dataclasses
+    import inspect
+
+    for make in (lambda: Config(**{name: 3}), lambda: Config().with_(**{name: 3}),
+                 lambda: dataclasses.replace(Config(), **{name: 3})):
+        with pytest.raises(TypeError, match=message):
+            make()
+    assert "size" in inspect.signature(Config).parameters  # help() and editors still see the fields
+    assert Config(64, seed=3).size == 64  # positional and keyword fields as before
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
+def test_runs_from_threads_at_once_give_the_bytes_each_gives_alone(model_path, images, engine):
+    """A script's ThreadPoolExecutor: three runs at once on one loaded model (one of them asking
+    for the current image at every evaluation) and one on a path, each equal to its run alone
+    (the README says threads work)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from stylefu.core import load_model, stylize
+
+    model = load_model(model_path, engine=engine)
+    contents = [np.roll(images[0], 5 * k, axis=1) for k in range(4)]
+    config = Config(size=48, evaluations=6, coarse_evaluations=3, levels=2, engine=engine)
+
+    def run(k):
+        return stylize(contents[k], images[1], config=config.with_(seed=k),
+                       model=model_path if k == 3 else model,
+                       callback=(lambda p: p.image()) if k == 1 else None).image
+    alone = [run(k) for k in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(run, range(4)))
+    assert all(np.array_equal(a, b) for a, b in zip(alone, together))
+    assert not np.array_equal(alone[0], alone[2])  # the runs differ: no one result for all
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
+def test_a_keyboard_interrupt_mid_run_leaves_the_process_as_it_was(model_path, images, engine):
+    """A notebook's stop button (KeyboardInterrupt, here raised by the callback at evaluations
+    1, 4 and 8 of 10): it reaches the caller as itself, and the next run gives the same bytes as
+    before it, no thread or descriptor more."""
+    import os
+    import threading
+
+    import numpy as np
+
+    from stylefu.core import load_model, stylize
+
+    model = load_model(model_path, engine=engine)
+    config = Config(size=48, evaluations=10, levels=1, engine=engine)
+    before = stylize(*images, config=config, model=model).image
+    threads, fds = threading.active_count(), len(os.listdir("/proc/self/fd"))
+    for stop_at in (1, 4, 8):
+        def interrupt(progress, stop_at=stop_at):
+            if progress.evaluation >= stop_at:
+                raise KeyboardInterrupt
+        with pytest.raises(KeyboardInterrupt):
+            stylize(*images, config=config, model=model, callback=interrupt)
+        assert np.array_equal(stylize(*images, config=config, model=model).image, before)
+    assert threading.active_count() == threads and len(os.listdir("/proc/self/fd")) <= fds
