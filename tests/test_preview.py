@@ -171,3 +171,29 @@ def test_a_style_whose_run_fails_is_marked_and_the_others_render(model_path, ima
     assert result.figures()["styles"][0] == {"name": "noisy", "source": "noisy", "ok": False,
                                              "error": failed.error, "failed_stage": "run"}
     assert red_cross_pixels(result.sheet) > 500
+
+
+def test_cancel_stops_the_previews(model_path, files):
+    # a notebook's or a dialog's stop: at the next evaluation, and no later style started
+    import threading
+
+    from stylefu.core.errors import Cancelled
+
+    stop, seen = threading.Event(), []
+
+    def stop_after_first(item):
+        seen.append(item.name)
+        stop.set()
+
+    styles = [files["stripes"], files["noise"]]
+    with pytest.raises(Cancelled):
+        preview(files["content"], styles, config=QUICK_CONFIG, model=model_path,
+                on_style=stop_after_first, cancel=stop)
+    assert seen == ["stripes"]
+    polled = []  # a function as the token, True from its third call: stops mid-style
+    with pytest.raises(Cancelled):
+        preview(files["content"], styles, config=QUICK_CONFIG, model=model_path,
+                on_style=seen.append, cancel=lambda: polled.append(1) or len(polled) > 2)
+    assert len(seen) == 1
+    with pytest.raises(UserError, match="cancel must be"):
+        preview(files["content"], styles, config=QUICK_CONFIG, model=model_path, cancel=5)

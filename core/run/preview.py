@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .. import jsontext
 from ..engines import load_engine_model
+from ..engines.steps import CancelToken, check_cancel, check_hooks
 from ..errors import UserError
 from ..io.cache import cached_grams, gram_array, target_cache
 from ..io.files import atomic_write
@@ -168,7 +169,8 @@ def style_distance(model: StyleModel, content: np.ndarray, style: np.ndarray,
 
 def preview(content, styles: Sequence, *, config: Config | None = None,
             model: StyleModel | str | None = None, size: int | None = None,
-            on_style: Callable[[StylePreview], None] | None = None) -> PreviewResult:
+            on_style: Callable[[StylePreview], None] | None = None,
+            cancel: CancelToken = None) -> PreviewResult:
     """Preview each of `styles` (a list, or one alone) on `content` (paths, PIL images, arrays or
     Pictures).
 
@@ -177,9 +179,11 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
     given without a size). Each style is optimised on its own (no blend). `on_style` is called
     with each finished StylePreview (the CLI prints a line). Raises UserError for zero styles, an
     unreadable content image or when no style can be read; an unreadable style is reported in its
-    StylePreview.error and drawn as a marked empty cell.
+    StylePreview.error and drawn as a marked empty cell. Raises Cancelled when `cancel` (an Event,
+    or a function returning True to stop) fires: checked at every evaluation of every style.
     """
     started = time.perf_counter()
+    check_hooks(on_style, cancel, "on_style")
     styles = one_or_many(styles)
     if not styles:
         raise UserError("Give at least one style image to preview.")
@@ -196,6 +200,7 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
 
     previews = []
     for index, source in enumerate(styles, start=1):
+        check_cancel(cancel)
         name, where = _label(source, index)
         item = StylePreview(name, where)
         t0 = time.perf_counter()
@@ -210,7 +215,7 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
                 check_memory(content_pic, [picture], config, model.device)
                 item.distance, item.distance_total = style_distance(model, content_pic.rgb,
                                                                     picture.rgb, config)
-                result = stylize(content_pic, picture, config=config, model=model)
+                result = stylize(content_pic, picture, config=config, model=model, cancel=cancel)
             except UserError as exc:  # e.g. NumericalError: this style fails, the others go on
                 item.error, item.failed_stage = str(exc), "run"
             else:
