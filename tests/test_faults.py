@@ -84,6 +84,17 @@ def mount_small_filesystem(folder: Path, state: str, stack: contextlib.ExitStack
     return folder
 
 
+def read_only_folder(folder: Path, stack: contextlib.ExitStack) -> Path:
+    """A read-only file system at `folder`; not root, a folder without write permission (which
+    does the same to a process that is not root either), writable again when `stack` closes."""
+    mounted = mount_small_filesystem(folder, "read-only", stack)
+    if mounted is not None:
+        return mounted
+    folder.chmod(0o555)
+    stack.callback(folder.chmod, 0o755)
+    return folder
+
+
 def file_size_limit(limit: int):
     """For Popen's preexec_fn: no file this process (or its children) writes may grow past
     `limit` bytes, and a write past it fails with EFBIG ("File too large") instead of SIGXFSZ

@@ -616,6 +616,16 @@ CANCEL_BUTTON, CANCEL_MATCH = GIMP_DIR / "cancel-button.png", 0.8
 GUI_WINDOW = os.environ.get("STYLEFU_GIMP_GUI_WINDOW")
 
 
+def need_gimp_gui() -> None:
+    """Skip (fail where STYLEFU_REQUIRE_GIMP=1) without GIMP 3, Xvfb or xdotool."""
+    reason = gimp_missing() or (None if shutil.which("Xvfb") and shutil.which("xdotool") else
+                                "the GUI test needs Xvfb and xdotool (apt-get install xvfb xdotool)")
+    if reason:
+        if REQUIRED:
+            pytest.fail(f"STYLEFU_REQUIRE_GIMP=1 but {reason}")
+        pytest.skip(reason)
+
+
 def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
     """GIMP 3 with its interface under Xvfb: the filter's dialog opens (grouped in frames and
     folded expanders, screenshot taken) with its preview, which appears and changes when the
@@ -623,12 +633,7 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
     STYLEFU_GIMP_SCREENSHOTS=DIR (`make gimp-figure`) trained weights, a larger picture and the
     default preview size, and the dialog and GIMP's window during the run are saved there as the
     README's figures."""
-    reason = gimp_missing() or (None if shutil.which("Xvfb") and shutil.which("xdotool") else
-                                "the GUI test needs Xvfb and xdotool (apt-get install xvfb xdotool)")
-    if reason:
-        if REQUIRED:
-            pytest.fail(f"STYLEFU_REQUIRE_GIMP=1 but {reason}")
-        pytest.skip(reason)
+    need_gimp_gui()
     figures = Path(SCREENSHOTS) if SCREENSHOTS else None
     model_path = gimp_model
     (target,) = installer.install("3", tmp_path / "plug-ins", model=model_path)
@@ -903,12 +908,7 @@ def test_users_undo_steps_hold_around_the_live_layer(model_path, tmp_path):
     was (it came back one position off: the live layer, added and taken away outside the undo
     history, shifted the positions the undo steps record); the source removed during the run
     comes back too."""
-    reason = gimp_missing() or (None if shutil.which("Xvfb") and shutil.which("xdotool") else
-                                "the GUI test needs Xvfb and xdotool (apt-get install xvfb xdotool)")
-    if reason:
-        if REQUIRED:
-            pytest.fail(f"STYLEFU_REQUIRE_GIMP=1 but {reason}")
-        pytest.skip(reason)
+    need_gimp_gui()
     (target,) = installer.install("3", tmp_path / "plug-ins", model=model_path)
     out = tmp_path / "out"
     out.mkdir()

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 import test_fuzz
-from test_faults import mount_small_filesystem
+from test_faults import mount_small_filesystem, read_only_folder
 from test_fuzz import RUN, assert_refused, cli, strict_records
 
 from stylefu.core.batch.driver import Manifest, expand_inputs, stylize_many
@@ -75,11 +75,7 @@ def test_a_batch_into_a_read_only_folder_is_refused_before_any_work(world, capsy
     """A read-only -o folder was found only when the first finished item's manifest line could
     not be written, after the targets and that item's run; it is refused first, named."""
     with contextlib.ExitStack() as stack:
-        folder = mount_small_filesystem(tmp_path / "ro", "read-only", stack)
-        if folder is None:  # not root: a folder without write permission does the same
-            folder = tmp_path / "ro"
-            folder.chmod(0o555)
-            stack.callback(folder.chmod, 0o755)
+        folder = read_only_folder(tmp_path / "ro", stack)
         before = world.snapshot()
         done = cli(capsys, "batch", world.content, "--style", world.style, "-o", folder,
                    "--model", world.model, *RUN, "--progress", "json")
@@ -319,11 +315,7 @@ def test_a_demo_checks_its_folder_first_and_leaves_none_after_an_error(capsys, m
         raise AssertionError("the model was looked for before -o was checked")
 
     with contextlib.ExitStack() as stack:
-        folder = mount_small_filesystem(tmp_path / "ro", "read-only", stack)
-        if folder is None:  # not root: a folder without write permission does the same
-            folder = tmp_path / "ro"
-            folder.chmod(0o555)
-            stack.callback(folder.chmod, 0o755)
+        folder = read_only_folder(tmp_path / "ro", stack)
         monkeypatch.setattr(demo, "demo_model", no_model)
         assert main(["demo", "-o", str(folder)]) == 2
         assert capsys.readouterr().err == \
