@@ -665,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache.set_defaults(func=cmd_cache)
 
     from .batch import add_batch_parser  # core's own: the options come from this module
-    add_batch_parser(sub, add_config_options, config_from_args)
+    add_batch_parser(sub, add_config_options, config_from_args, _inverse_mask)
     serve = sub.add_parser(
         "serve", help="answer many `run` and `estimate` requests in one process (JSON lines on "
         "stdin and stdout; the GIMP 3 dialog's previews and estimates)",
@@ -685,10 +685,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """parse_args, with an unknown option reported by its command's parser: the message points
-    to `stylefu run --help`, not to the top level's list of commands."""
+    to `stylefu run --help`, not to the top level's list of commands. A `run` option that a
+    command leaves out on purpose is named with its reason (the parser's `without_run_option`)."""
     args, extra = parser.parse_known_args(argv)
     if extra:
         command = parser.commands.get(getattr(args, "command", None), parser)
+        why = getattr(command, "without_run_option", None)
+        run_options = parser.commands["run"]._option_string_actions  # argparse's own table
+        for option in (word.split("=", 1)[0] for word in extra):
+            if why and option.startswith("--") and option in run_options:
+                raise UsageError(why.format(option=option))
         command.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
 
