@@ -23,6 +23,7 @@ def files(tmp_path, images):
             save_image(tmp_path / "style.png", style))
 
 
+@pytest.mark.filterwarnings("error:Config.save_every:UserWarning")  # the API's, not the CLI's
 def test_run_json_progress_metrics_and_intermediates(files, model_path, tmp_path, capsys):
     content, style = files
     out = tmp_path / "out.png"

@@ -326,9 +326,10 @@ def cmd_run(args) -> int:
             say(f"stylefu: {message}")
 
     try:
-        result = stylize(content, styles, config=config, model=model,
-                         callback=printer, cancel=cancel, masks=masks or None, log=notice,
-                         keep_size=args.keep_size, upscale=args.upscale)
+        # The printer writes --save-every's images: the API itself would warn that it does not.
+        result = stylize(content, styles, config=dataclasses.replace(config, save_every=0),
+                         model=model, callback=printer, cancel=cancel, masks=masks or None,
+                         log=notice, keep_size=args.keep_size, upscale=args.upscale)
     finally:
         printer.close()
     if result.alpha is not None and output.suffix.lower() in (".jpg", ".jpeg") \
