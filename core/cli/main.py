@@ -37,6 +37,8 @@ from .exits import (
     EXIT_TERMINATED,
     EXIT_USER_ERROR,
     Terminated,
+    signals_noted,
+    stuck_exit_code,
 )
 
 
@@ -254,7 +256,7 @@ def _watch_stdin(cancel: threading.Event) -> None:
             pass
         cancel.set()
         from .serve import STOP_AFTER_STDIN_CLOSES
-        threading.Timer(STOP_AFTER_STDIN_CLOSES, lambda: os._exit(EXIT_CANCELLED)).start()
+        threading.Timer(STOP_AFTER_STDIN_CLOSES, lambda: os._exit(stuck_exit_code())).start()
     threading.Thread(target=watch, daemon=True).start()
 
 
@@ -735,7 +737,8 @@ def main(argv: list[str] | None = None, cancel: threading.Event | None = None) -
         args = parse(build_parser(), argv)
         args.cancel = cancel
         _said["quiet"] = bool(getattr(args, "quiet", False))
-        return args.func(args)
+        with signals_noted():  # for the stuck timer's exit code (stuck_exit_code)
+            return args.func(args)
     except Cancelled:
         event({"event": "cancelled", "reason": "cancelled"})
         say("stylefu: cancelled.", always=True)
