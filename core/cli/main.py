@@ -777,6 +777,8 @@ def main(argv: list[str] | None = None, cancel: threading.Event | None = None) -
         return EXIT_INTERNAL_ERROR
     finally:
         if in_main_thread:
-            if as_program:  # done: a Ctrl-C now would only break Python's exit with a traceback
+            # Done, the code chosen: a Ctrl-C now would only break Python's exit with a
+            # traceback, or (SIG_DFL) deny a `result` already written with a 130.
+            if as_program:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, previous)
