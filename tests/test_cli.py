@@ -23,6 +23,7 @@ def files(tmp_path, images):
             save_image(tmp_path / "style.png", style))
 
 
+@pytest.mark.filterwarnings("error:Config.save_every:UserWarning")  # the API's, not the CLI's
 def test_run_json_progress_metrics_and_intermediates(files, model_path, tmp_path, capsys):
     content, style = files
     out = tmp_path / "out.png"
@@ -181,6 +182,31 @@ def test_unknown_option_points_to_its_commands_help(command, capsys):
     err = capsys.readouterr().err
     assert "unrecognized arguments: --no-such-option" in err
     assert f"(see `stylefu {command[0]} --help`)" in err and "Traceback" not in err
+
+
+def test_batch_names_each_run_option_it_does_not_take_with_why(files, tmp_path, capsys):
+    """`run --save-every` (or --metrics, --watch-stdin) given to batch was argparse's bare
+    "unrecognized arguments": every `run` option batch lacks is one sentence saying why (a batch
+    writes only each item's result and manifest line) and what to do, exit 2, nothing made."""
+    commands = build_parser().commands
+    left_out = sorted(set(commands["run"]._option_string_actions)
+                      - set(commands["batch"]._option_string_actions))
+    assert "--save-every" in left_out and "--mask-inverse" not in left_out  # that one batch takes
+    content, style = files
+    out = tmp_path / "out"
+    for option in left_out:
+        for given in ([option, "2"], [f"{option}=2"]):
+            assert main(["batch", str(content), "--style", str(style), "-o", str(out),
+                         *given]) == 2
+            err = capsys.readouterr().err
+            assert f"`stylefu batch` does not take {option}: a batch writes only each item's " \
+                   f"result" in err and f"`stylefu run ... {option}`" in err, err
+            assert "unrecognized" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    args = build_parser().parse_args(["batch", "d", "--style", "s.png", "-o", "o", "--mask",
+                                      "a.png", "--mask-inverse", "b.png"])
+    assert [getattr(m, "source", m) for m in args.masks] == ["a.png", "b.png"]
+    assert type(args.masks[1]).__name__ == "Inverse"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -309,6 +309,27 @@ def test_a_config_that_is_no_config_is_one_sentence(model_path, images):
             call({"size": 64})
 
 
+def test_save_every_in_the_api_is_a_warning_not_silence(model_path, images, tmp_path,
+                                                        monkeypatch):
+    """Config(save_every=N) given to stylize or stylize_many wrote nothing, without a word (only
+    `stylefu run` writes those images): a UserWarning at the caller's line says so, and the run
+    goes on as without it (a Config shared with the CLI keeps working)."""
+    from stylefu.core import stylize_many
+
+    monkeypatch.chdir(tmp_path)  # nothing is written here, nor anywhere else
+    shared = Config(size=64, levels=1, evaluations=3, save_every=1, seed=1)
+    with pytest.warns(UserWarning, match=r"save_every is `stylefu run --save-every`'s") as warned:
+        result = stylize(*images, config=shared, model=model_path)
+    assert warned[0].filename == __file__  # the caller's line, not stylefu's
+    plain = stylize(*images, config=Config(size=64, levels=1, evaluations=3, seed=1),
+                    model=model_path)
+    assert np.array_equal(result.image, plain.image) and shared.save_every == 1
+    with pytest.warns(UserWarning, match="stylize_many") as warned:
+        assert list(stylize_many([], shared, model=model_path)) == []
+    assert warned[0].filename == __file__
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_callback_or_cancel_of_the_wrong_kind_is_refused_before_any_work(model_path, images,
                                                                            monkeypatch):
     # cancel=True was "'bool' object is not callable" at the first evaluation, after the model

@@ -249,6 +249,82 @@ def test_serve_ends_with_sigints_code_when_its_stdin_closes_too(monkeypatch):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
+@pytest.mark.parametrize("signum, code", [(None, EXIT_CANCELLED), (signal.SIGINT, EXIT_CANCELLED),
+                                           (signal.SIGTERM, EXIT_TERMINATED)])
+def test_the_stuck_timer_ends_with_the_code_of_the_signal_that_arrived(signum, code,
+                                                                       monkeypatch):
+    """`serve` (and `run --watch-stdin`) ends a run still stuck 15 s after stdin's end with
+    os._exit: it was 130 even after SIGTERM. The timer's code is 143 once SIGTERM arrived, else
+    130: noted by the C handler as the signal arrives (signal.set_wakeup_fd), as the main thread
+    of a stuck run is in C code, where its Python handler runs only once the call returns."""
+    import threading
+
+    from stylefu.core.cli import exits
+
+    handled = []
+    monkeypatch.setattr(exits, "_arrived", {"socket": None, "signals": set()})
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    decided = []
+
+    def timer():  # as the stuck timer, in its own thread, which takes the signal here
+        if signum is not None and hasattr(signal, "pthread_kill"):
+            signal.pthread_kill(threading.get_ident(), signum)
+        elif signum is not None:
+            os.kill(os.getpid(), signum)
+        decided.append(exits.stuck_exit_code())
+
+    try:
+        for each in previous:
+            signal.signal(each, lambda number, frame: handled.append(number))
+        with exits.signals_noted():
+            helper = threading.Thread(target=timer)
+            helper.start()
+            helper.join()
+        assert exits.stuck_exit_code() == code  # the notes stay after the command
+    finally:
+        for each, handler in previous.items():
+            signal.signal(each, handler)
+    assert decided == [code]
+    assert handled == ([signum] if signum else [])
+    assert signal.set_wakeup_fd(-1) == -1  # given back
+
+
+STUCK_WORKER = """
+import ctypes, importlib, signal, sys
+main = importlib.import_module("stylefu.core.cli.main")
+serve = importlib.import_module("stylefu.core.cli.serve")
+serve.STOP_AFTER_STDIN_CLOSES, serve._warm = 0.5, lambda *args: None  # no 15 s wait here
+
+def stuck(args):  # a run stuck in one evaluation: C code that no signal gets out of
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    print("stuck", file=sys.stderr, flush=True)
+    ctypes.CDLL(None).usleep(50_000_000)
+    return 0
+
+main.cmd_run = stuck
+sys.argv = ["stylefu", "serve"]
+raise SystemExit(main.main())
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+@pytest.mark.parametrize("signum, code", [(None, EXIT_CANCELLED), (signal.SIGINT, EXIT_CANCELLED),
+                                           (signal.SIGTERM, EXIT_TERMINATED)])
+def test_a_stuck_served_run_ends_with_the_code_of_the_signal_that_arrived(signum, code):
+    """A real `stylefu serve` whose run is stuck in C code, its stdin closed: the stuck timer
+    ended it with 130 even after SIGTERM; it follows the signal that arrived (its length is
+    shortened in the worker's own script)."""
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_WORKER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdin.write(json.dumps({"id": 1, "run": ["c.png", "s.png", "-o", "o.png"]}) + "\n")
+    proc.stdin.flush()
+    assert proc.stderr.readline() == "stuck\n"
+    if signum is not None:
+        proc.send_signal(signum)
+    proc.stdin.close()
+    assert proc.wait(timeout=60) == code
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_served_run_stopped_by_a_signal_as_stdin_closes_ends_the_worker_with_its_code(
         world, signum):

@@ -166,8 +166,17 @@ def cmd_batch(args, to_config: Callable) -> int:
     return EXIT_SOME_FAILED if failed else 0
 
 
-def add_batch_parser(sub, add_config_options: Callable, to_config: Callable) -> None:
-    """Register `stylefu batch`; the stylization options come from the Config option generator."""
+# What `stylefu batch` says of a `run` option it does not take (argparse's "unrecognized
+# arguments" would leave a user of `run` guessing): every such option, for this one reason.
+WITHOUT_RUN_OPTION = ("`stylefu batch` does not take {option}: a batch writes only each item's "
+                      "result and its line in OUTDIR/manifest.jsonl (status, seconds, losses), so "
+                      "run that image alone with `stylefu run ... {option}` instead.")
+
+
+def add_batch_parser(sub, add_config_options: Callable, to_config: Callable,
+                     inverse_mask: Callable) -> None:
+    """Register `stylefu batch`; the stylization options come from the Config option generator,
+    `--mask-inverse`'s type from run's."""
     batch = sub.add_parser("batch", help="stylize many images (folders, globs, @list.txt) into a "
                            "folder, locally or on Ray, with a manifest and --resume")
     batch.add_argument("inputs", nargs="+", metavar="input",
@@ -204,6 +213,8 @@ def add_batch_parser(sub, add_config_options: Callable, to_config: Callable) -> 
                        help="bits per channel of .png/.tif output")
     batch.add_argument("--mask", dest="masks", action="append", metavar="PATH",
                        help="mask(s) as in run, used for every item")
+    batch.add_argument("--mask-inverse", dest="masks", action="append", type=inverse_mask,
+                       metavar="PATH", help="as --mask, with 1 - the mask at PATH (as in run)")
     batch.add_argument("--keep-size", action="store_true",
                        help="write each result at its input's own size, with its alpha")
     from ..method.fullres import UPSCALE_MODES
@@ -213,3 +224,4 @@ def add_batch_parser(sub, add_config_options: Callable, to_config: Callable) -> 
                        "(as `run --upscale`) [default: detail]")
     add_config_options(batch, skip=("save_every",))
     batch.set_defaults(func=lambda args: cmd_batch(args, to_config))
+    batch.without_run_option = WITHOUT_RUN_OPTION

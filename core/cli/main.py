@@ -37,6 +37,8 @@ from .exits import (
     EXIT_TERMINATED,
     EXIT_USER_ERROR,
     Terminated,
+    signals_noted,
+    stuck_exit_code,
 )
 
 
@@ -254,7 +256,7 @@ def _watch_stdin(cancel: threading.Event) -> None:
             pass
         cancel.set()
         from .serve import STOP_AFTER_STDIN_CLOSES
-        threading.Timer(STOP_AFTER_STDIN_CLOSES, lambda: os._exit(EXIT_CANCELLED)).start()
+        threading.Timer(STOP_AFTER_STDIN_CLOSES, lambda: os._exit(stuck_exit_code())).start()
     threading.Thread(target=watch, daemon=True).start()
 
 
@@ -326,9 +328,10 @@ def cmd_run(args) -> int:
             say(f"stylefu: {message}")
 
     try:
-        result = stylize(content, styles, config=config, model=model,
-                         callback=printer, cancel=cancel, masks=masks or None, log=notice,
-                         keep_size=args.keep_size, upscale=args.upscale)
+        # The printer writes --save-every's images: the API itself would warn that it does not.
+        result = stylize(content, styles, config=dataclasses.replace(config, save_every=0),
+                         model=model, callback=printer, cancel=cancel, masks=masks or None,
+                         log=notice, keep_size=args.keep_size, upscale=args.upscale)
     finally:
         printer.close()
     if result.alpha is not None and output.suffix.lower() in (".jpg", ".jpeg") \
@@ -665,7 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache.set_defaults(func=cmd_cache)
 
     from .batch import add_batch_parser  # core's own: the options come from this module
-    add_batch_parser(sub, add_config_options, config_from_args)
+    add_batch_parser(sub, add_config_options, config_from_args, _inverse_mask)
     serve = sub.add_parser(
         "serve", help="answer many `run` and `estimate` requests in one process (JSON lines on "
         "stdin and stdout; the GIMP 3 dialog's previews and estimates)",
@@ -685,10 +688,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """parse_args, with an unknown option reported by its command's parser: the message points
-    to `stylefu run --help`, not to the top level's list of commands."""
+    to `stylefu run --help`, not to the top level's list of commands. A `run` option that a
+    command leaves out on purpose is named with its reason (the parser's `without_run_option`)."""
     args, extra = parser.parse_known_args(argv)
     if extra:
         command = parser.commands.get(getattr(args, "command", None), parser)
+        why = getattr(command, "without_run_option", None)
+        run_options = parser.commands["run"]._option_string_actions  # argparse's own table
+        for option in (word.split("=", 1)[0] for word in extra):
+            if why and option.startswith("--") and option in run_options:
+                raise UsageError(why.format(option=option))
         command.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
 
@@ -728,7 +737,8 @@ def main(argv: list[str] | None = None, cancel: threading.Event | None = None) -
         args = parse(build_parser(), argv)
         args.cancel = cancel
         _said["quiet"] = bool(getattr(args, "quiet", False))
-        return args.func(args)
+        with signals_noted():  # for the stuck timer's exit code (stuck_exit_code)
+            return args.func(args)
     except Cancelled:
         event({"event": "cancelled", "reason": "cancelled"})
         say("stylefu: cancelled.", always=True)
@@ -767,6 +777,8 @@ def main(argv: list[str] | None = None, cancel: threading.Event | None = None) -
         return EXIT_INTERNAL_ERROR
     finally:
         if in_main_thread:
-            if as_program:  # done: a Ctrl-C now would only break Python's exit with a traceback
+            # Done, the code chosen: a Ctrl-C now would only break Python's exit with a
+            # traceback, or (SIG_DFL) deny a `result` already written with a 130.
+            if as_program:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, previous)

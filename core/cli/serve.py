@@ -7,9 +7,12 @@ Requests come as JSON lines on stdin, answered in order:
       stdout and end with its `result`, `error` or `cancelled` record, as `run --progress json`.
   {"id": 4, "estimate": ["--layer", "1500x1000", ...]}  the same for `stylefu estimate --json`.
   {"cancel": 3}  stops run 3 at its next evaluation (or before it starts).
-stdin closed: the running request is cancelled and the worker exits 0 (within 15 s, as
-`run --watch-stdin`). A line that is no request is answered by an `error` record. SIGINT ends
-the worker with 130, SIGTERM with 143, whatever stdin does meanwhile.
+stdin closed: the running request is cancelled and the worker exits 0 (a run stuck in one
+evaluation for 15 s ends it with 130, as `run --watch-stdin`). A line that is no request is
+answered by an `error` record. SIGINT ends the worker with 130, SIGTERM with 143, whatever stdin
+does meanwhile (the stuck timer's end too); one that comes once the worker has chosen to end on
+stdin's end (every request answered, Python exiting) leaves its exit code as it was, as `main`
+ignores SIGINT then.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ import time
 from collections.abc import Callable
 
 from .. import jsontext
-from .exits import EXIT_CANCELLED
+from .exits import EXIT_CANCELLED, stuck_exit_code
 
 # Seconds after stdin closes (here and in `run --watch-stdin`) after which a run stuck in one
-# evaluation ends the process anyway, with the cancelled exit code.
+# evaluation ends the process anyway: 143 if SIGTERM arrived, else 130 (exits.stuck_exit_code).
 STOP_AFTER_STDIN_CLOSES = 15.0
 # The commands a request may ask for, with the options that make them answer in JSON lines.
 SERVED = {"run": ("--progress", "json"), "estimate": ("--json",)}
@@ -66,7 +69,7 @@ class Requests:
             self.closed = True
             self.cancel.set()
         self.queue.put(None)
-        stuck = threading.Timer(STOP_AFTER_STDIN_CLOSES, lambda: os._exit(EXIT_CANCELLED))
+        stuck = threading.Timer(STOP_AFTER_STDIN_CLOSES, lambda: os._exit(stuck_exit_code()))
         stuck.daemon = True  # a worker that ends in time is not held back by it
         stuck.start()
 

@@ -11,6 +11,7 @@ import functools
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 
@@ -137,8 +138,9 @@ class Config:
     style_blend: tuple[float, ...] | None = _f(None, "blend weight per style (default: equal)")
     crop_side: int = _f(0, "side in px of the crops a huge image is optimised in (0: automatic)",
                         aliases=("--tile-size",))
-    save_every: int = _f(0, "save the current image every N evaluations (0: never; sparser "
-                            "where writing them would take over a tenth of the run)")
+    save_every: int = _f(0, "save the current image every N evaluations beside -o (0: never; "
+                            "sparser where writing them would take over a tenth of the run); "
+                            "`stylefu run` only: the Python API warns and writes none")
     engine: str = _f("auto", "gradient engine: torch, or onnx (ONNX Runtime and numpy, float32, "
                      "no torch needed); auto: torch wherever it is installed (as fast or faster "
                      "on every CPU and GPU measured), else onnx", choices=ENGINES)
@@ -257,16 +259,27 @@ def _init(self, *args, **kwargs):
 _FIELD_NAMES = frozenset(f.name for f in fields(Config))
 Config.__init__ = _init
 
+# The Python API's word for Config.save_every, which only `stylefu run` acts on (its callback
+# writes the images beside -o; stylize() knows no output path).
+SAVE_EVERY_IN_API = ("Config.save_every is `stylefu run --save-every`'s: stylize(), stylize_many() "
+                     "and preview() write no images during a run (save progress.image() from a "
+                     "stylize() callback instead)")
+
 
 def given_config(config, default: Config | None = None) -> Config:
     """The Python API's `config=` (None: `default`, else Config()), validated: a dict or another
-    object is one sentence, not an AttributeError from inside."""
+    object is one sentence, not an AttributeError from inside. A `save_every` is warned of (at
+    the API's caller: stacklevel 3) and dropped, so a Config shared with the CLI still runs."""
     if config is None:
         config = default or Config()
     if not isinstance(config, Config):
         raise UserError(f"config must be a stylefu.core.Config (e.g. Config(size=512)), not "
                         f"{type(config).__name__}.")
-    return config.validate()
+    config = config.validate()
+    if config.save_every:
+        warnings.warn(SAVE_EVERY_IN_API, UserWarning, stacklevel=3)
+        config = replace(config, save_every=0)
+    return config
 
 
 def config_fields():
