@@ -268,11 +268,14 @@ def test_output_help_names_every_format_written():
 @pytest.mark.parametrize("option", [["--style-blend", "0.7,0.3"], ["--save-every", "5"]])
 def test_preview_refuses_options_it_would_ignore(option, files, tmp_path, capsys):
     """preview paints each style alone and writes only its sheet: a blend or --save-every would
-    be silently ignored, so they are not its options."""
+    be silently ignored, so they are not its options, refused with why (not argparse's bare
+    "unrecognized arguments")."""
     content, style = files
     assert main(["preview", str(content), str(style), str(style), "-o",
                  str(tmp_path / "s.png"), *option]) == 2
-    assert f"unrecognized arguments: {' '.join(option)}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"`stylefu preview` does not take {option[0]}: it paints each style alone" in err
+    assert f"`stylefu run ... {option[0]}`" in err and len(err.strip().splitlines()) == 1
     assert option[0] not in build_parser().commands["preview"].format_help()
 
 

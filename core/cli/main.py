@@ -632,6 +632,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Each style is previewed alone (no blend) and only the sheet is written (no --save-every).
     add_config_options(prev, skip=("style_blend", "save_every"),
                        defaults={"size": PREVIEW_SIZE, "preset": PREVIEW_PRESET})
+    prev.without_run_option = ("`stylefu preview` does not take {option}: it paints each style "
+                               "alone at a small size and writes only its contact sheet, so "
+                               "run the chosen style with `stylefu run ... {option}`.")
     prev.set_defaults(func=cmd_preview)
 
     estimate = sub.add_parser("estimate", help="how long `run` would take here, from this "
