@@ -15,6 +15,7 @@ memory). An image that would not fit is tiled automatically and the caller is to
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -107,6 +108,29 @@ def available_bytes(device: torch.device | str = "cpu") -> float:
         return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return 8e9  # unknown platform: assume a modest machine
+
+
+def release_freed_memory() -> None:
+    """Give the C heap's freed pages back to the system (glibc's malloc_trim; elsewhere nothing):
+    glibc keeps what a run of a new image shape freed, so a long-lived process (a batch worker,
+    `stylefu serve`, a script) would grow with every new shape (docs/speed.md, "Memory over many
+    runs")."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None (another C library or system)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # musl and others have none
+        return None
 
 
 def _windows_available_bytes() -> float:

@@ -10,8 +10,10 @@ targets and minimiser, the final figures. This module imports no torch itself.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,7 @@ import numpy as np
 
 from .. import engines
 from ..engines.steps import CancelToken, check_hooks
-from ..errors import UserError
+from ..errors import Cancelled, UserError
 from ..io.images import (
     Picture,
     check_min_side,
@@ -233,6 +235,22 @@ def check_inputs(content, style_or_styles, masks, config: Config, keep_size: boo
     return checked[:3]
 
 
+def _memory_given_back(run):
+    """`run`, then the C heap's freed pages given back, whether it returns or raises (a cancelled
+    preview too): a new image shape every run would otherwise grow a long-lived process."""
+    @functools.wraps(run)
+    def wrapped(*args, **kwargs):
+        try:
+            return run(*args, **kwargs)
+        except Cancelled as exc:  # its frames' arrays freed now, so that the trim gets them too
+            traceback.clear_frames(exc.__traceback__)
+            raise
+        finally:
+            tiling.release_freed_memory()
+    return wrapped
+
+
+@_memory_given_back
 def stylize(content, style_or_styles, *, config: Config | None = None,
             model: StyleModel | str | None = None,
             callback: Callable[[Progress], None] | None = None,
