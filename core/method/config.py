@@ -269,7 +269,7 @@ SAVE_EVERY_IN_API = ("Config.save_every is `stylefu run --save-every`'s: stylize
 def given_config(config, default: Config | None = None) -> Config:
     """The Python API's `config=` (None: `default`, else Config()), validated: a dict or another
     object is one sentence, not an AttributeError from inside. A `save_every` is warned of (at
-    the API's caller: stacklevel 3) and dropped, so a Config shared with the CLI still runs."""
+    the API's caller's line) and dropped, so a Config shared with the CLI still runs."""
     if config is None:
         config = default or Config()
     if not isinstance(config, Config):
@@ -277,9 +277,24 @@ def given_config(config, default: Config | None = None) -> Config:
                         f"{type(config).__name__}.")
     config = config.validate()
     if config.save_every:
-        warnings.warn(SAVE_EVERY_IN_API, UserWarning, stacklevel=3)
+        warnings.warn(SAVE_EVERY_IN_API, UserWarning, stacklevel=_outside_stylefu())
         config = replace(config, save_every=0)
     return config
+
+
+# stylefu.core's folder: frames in files under it are the library's, not its caller's.
+_CORE_FOLDER = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _outside_stylefu() -> int:
+    """warnings.warn's stacklevel (from its caller) of the first frame outside stylefu.core: the
+    API's caller, however many of the library's frames lie between (decorators included)."""
+    import sys
+
+    frame, level = sys._getframe(2), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_CORE_FOLDER):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def config_fields():
