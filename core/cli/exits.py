@@ -45,13 +45,13 @@ def signals_noted():
     finally:
         if ours:
             signal.set_wakeup_fd(-1)
-            _drain()
+            signals_arrived()
             _arrived["socket"] = None
             for end in ours:
                 end.close()
 
 
-def _drain() -> set:
+def signals_arrived() -> set:
     """The signals noted so far."""
     with contextlib.suppress(OSError):  # BlockingIOError: nothing more; a closed socket
         while _arrived["socket"] is not None and (data := _arrived["socket"].recv(256)):
@@ -63,4 +63,4 @@ def stuck_exit_code() -> int:
     """The exit code of a process that its stuck timer ends (a run that did not stop within
     STOP_AFTER_STDIN_CLOSES s of stdin's end): 143 once SIGTERM arrived, else 130 (SIGINT, or
     stdin's end alone), as the process would have ended by itself."""
-    return EXIT_TERMINATED if signal.SIGTERM in _drain() else EXIT_CANCELLED
+    return EXIT_TERMINATED if signal.SIGTERM in signals_arrived() else EXIT_CANCELLED

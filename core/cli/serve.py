@@ -17,7 +17,6 @@ ignores SIGINT then.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
@@ -28,7 +27,7 @@ import time
 from collections.abc import Callable
 
 from .. import jsontext
-from .exits import EXIT_CANCELLED, stuck_exit_code
+from .exits import EXIT_CANCELLED, signals_arrived, signals_noted, stuck_exit_code
 
 # Seconds after stdin closes (here and in `run --watch-stdin`) after which a run stuck in one
 # evaluation ends the process anyway: 143 if SIGTERM arrived, else 130 (exits.stuck_exit_code).
@@ -119,29 +118,6 @@ def _warm(model: str | None, started: float) -> None:
                      time.perf_counter() - started)
 
 
-@contextlib.contextmanager
-def _sigint_noted():
-    """A list that gets an entry per SIGINT while the worker serves (a Ctrl-C raises
-    KeyboardInterrupt as before): a run stopped by Ctrl-C and one cancelled by a request or by
-    stdin's end both give 130, and only this tells them apart. Not where SIGINT is ignored or
-    handled by the caller, nor outside the main thread (which gets no signals)."""
-    noted: list[int] = []
-
-    def note(signum, frame):
-        noted.append(signum)
-        signal.default_int_handler(signum, frame)
-
-    mine = threading.current_thread() is threading.main_thread() and \
-        signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    if mine:
-        signal.signal(signal.SIGINT, note)
-    try:
-        yield noted
-    finally:
-        if mine:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
 def serve(run: Callable[[list[str], threading.Event], int], stop_codes: tuple[int, ...],
           model: str | None = None, started: float | None = None) -> int:
     """Answer requests until stdin closes; `run(argv, cancel)` is the `stylefu` command itself
@@ -150,7 +126,7 @@ def serve(run: Callable[[list[str], threading.Event], int], stop_codes: tuple[in
     loaded between runs (the engines keep them per process and file). `started`: the process's
     start (perf_counter)."""
     requests = Requests()
-    with _sigint_noted() as interrupted:
+    with signals_noted():  # (already, where serve runs as `stylefu serve`)
         _warm(model, time.perf_counter() if started is None else started)
         while (taken := requests.next())[0] is not None:
             request, cancel = taken
@@ -173,7 +149,8 @@ def serve(run: Callable[[list[str], threading.Event], int], stop_codes: tuple[in
             except SystemExit:  # argparse's --help or --version: nothing to run
                 jsontext.print_line({"event": "error", "message": "a request cannot ask for help"})
                 continue
-            if interrupted:  # Ctrl-C, though stdin's end may have set the run's cancel too
+            # Ctrl-C, though stdin's end may have set the run's cancel too (both give 130)
+            if signal.SIGINT in signals_arrived():
                 return EXIT_CANCELLED
             if code in stop_codes and (code != EXIT_CANCELLED or not cancel.is_set()):
                 return code  # a cancel gives EXIT_CANCELLED only: SIGTERM's code stops even then

@@ -234,13 +234,12 @@ def unknown_field(name: str) -> str:
     the command line still takes (Config(iterations=...), docs/compat.md) or a close name."""
     import difflib
 
-    names = [f.name for f in fields(Config)]
     older = {alias.lstrip("-").replace("-", "_"): f.name
              for f in fields(Config) for alias in f.metadata.get("aliases", ())}
     if name in older:
         return (f"Config has no field {name!r}: it was renamed {older[name]} (the command line "
                 f"still takes --{name.replace('_', '-')}).")
-    close = difflib.get_close_matches(name, names, n=1)
+    close = difflib.get_close_matches(name, sorted(_FIELD_NAMES), n=1)
     return f"Config has no field {name!r}; " + (f"did you mean {close[0]}?" if close else
                                                  "help(Config) lists its fields.")
 
