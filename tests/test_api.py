@@ -206,3 +206,42 @@ def test_a_keyboard_interrupt_mid_run_leaves_the_process_as_it_was(model_path, i
             stylize(*images, config=config, model=model, callback=interrupt)
         assert np.array_equal(stylize(*images, config=config, model=model).image, before)
     assert threading.active_count() == threads and len(os.listdir("/proc/self/fd")) <= fds
+
+
+NOTES_SCRIPT = """
+import logging, sys
+import numpy as np
+from stylefu.core.engines.torch import model
+from stylefu.core import Config, stylize
+from stylefu.core.io.demo import demo_content, demo_style
+
+model.cpu_has_fast_bf16 = lambda: False  # as an AVX2-only CPU answers: bf16 emulated
+if sys.argv[2] == "info":  # the README's two lines (with a format to tell the levels apart)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("stylefu").setLevel(logging.INFO)
+stylize(demo_content(48, 64), demo_style(64), model=sys.argv[1],
+        config=Config(size=64, levels=1, evaluations=2, crop_side=48, precision="bf16",
+                      compile="off"))
+"""
+
+
+@pytest.mark.parametrize("setup", ["none", "info"])
+def test_a_note_to_act_on_is_shown_by_default_and_information_on_request(setup, model_path):
+    """The API's notes all went to the `stylefu` logger at INFO with no handler: a notebook
+    never showed even "bf16 is emulated, about 20x slower". A note to act on is a WARNING record
+    (Python's last-resort handler shows it on stderr with no logging set up); information (the
+    tiles) stays INFO, shown once the user turns it on as the README says, and never by the
+    library configuring logging itself."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", NOTES_SCRIPT, str(model_path), setup],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "bf16 is emulated, about 20x slower" in done.stderr
+    tiles = "px is optimised in 48 px tiles"
+    if setup == "none":
+        assert tiles not in done.stderr and "Traceback" not in done.stderr
+    else:
+        assert f"INFO stylefu: 64x48 {tiles}" in done.stderr
+        assert "WARNING stylefu: this CPU has no AVX512-BF16 or AMX" in done.stderr

@@ -184,18 +184,29 @@ def test_unknown_option_points_to_its_commands_help(command, capsys):
     assert f"(see `stylefu {command[0]} --help`)" in err and "Traceback" not in err
 
 
+def abbreviated(option: str, commands) -> list[list[str]]:
+    """`option`'s shortest abbreviation that `run` takes (argparse's allow_abbrev) and that
+    starts none of `batch`'s options, as [word, value] and word=value; none where there is none."""
+    for end in range(3, len(option)):
+        word = option[:end]
+        if commands["run"].spelling(word) == option and \
+                not any(o.startswith(word) for o in commands["batch"].option_words):
+            return [[word, "2"], [f"{word}=2"]]
+    return []
+
+
 def test_batch_names_each_run_option_it_does_not_take_with_why(files, tmp_path, capsys):
     """`run --save-every` (or --metrics, --watch-stdin) given to batch was argparse's bare
     "unrecognized arguments": every `run` option batch lacks is one sentence saying why (a batch
-    writes only each item's result and manifest line) and what to do, exit 2, nothing made."""
+    writes only each item's result and manifest line) and what to do, exit 2, nothing made; an
+    abbreviation `run` takes (`--save-ev`) too, which was still the bare "unrecognized"."""
     commands = build_parser().commands
-    left_out = sorted(set(commands["run"]._option_string_actions)
-                      - set(commands["batch"]._option_string_actions))
+    left_out = sorted(commands["run"].option_words - commands["batch"].option_words)
     assert "--save-every" in left_out and "--mask-inverse" not in left_out  # that one batch takes
     content, style = files
     out = tmp_path / "out"
     for option in left_out:
-        for given in ([option, "2"], [f"{option}=2"]):
+        for given in ([option, "2"], [f"{option}=2"], *abbreviated(option, commands)):
             assert main(["batch", str(content), "--style", str(style), "-o", str(out),
                          *given]) == 2
             err = capsys.readouterr().err
@@ -265,18 +276,44 @@ def test_output_help_names_every_format_written():
         assert suffix in sheet_help
 
 
-@pytest.mark.parametrize("option", [["--style-blend", "0.7,0.3"], ["--save-every", "5"]])
-def test_preview_refuses_options_it_would_ignore(option, files, tmp_path, capsys):
+@pytest.mark.parametrize("option, given", [("--style-blend", ["--style-blend", "0.7,0.3"]),
+                                           ("--save-every", ["--save-every", "5"]),
+                                           ("--style-blend", ["--style-bl", "0.7,0.3"]),
+                                           ("--save-every", ["--save-ev=5"])])
+def test_preview_refuses_options_it_would_ignore(option, given, files, tmp_path, capsys):
     """preview paints each style alone and writes only its sheet: a blend or --save-every would
     be silently ignored, so they are not its options, refused with why (not argparse's bare
-    "unrecognized arguments")."""
+    "unrecognized arguments"), abbreviated as `run` takes them too."""
     content, style = files
     assert main(["preview", str(content), str(style), str(style), "-o",
-                 str(tmp_path / "s.png"), *option]) == 2
+                 str(tmp_path / "s.png"), *given]) == 2
     err = capsys.readouterr().err
-    assert f"`stylefu preview` does not take {option[0]}: it paints each style alone" in err
-    assert f"`stylefu run ... {option[0]}`" in err and len(err.strip().splitlines()) == 1
-    assert option[0] not in build_parser().commands["preview"].format_help()
+    assert f"`stylefu preview` does not take {option}: it paints each style alone" in err
+    assert f"`stylefu run ... {option}`" in err and len(err.strip().splitlines()) == 1
+    assert option not in build_parser().commands["preview"].format_help()
+
+
+@pytest.mark.parametrize("given", [["--progress", "json"], ["--prog", "json"], ["--progr=json"]])
+def test_an_argument_error_is_a_json_event_however_progress_json_is_spelled(given, capsys):
+    """An abbreviation of --progress (which argparse takes) asks for JSON as the full spelling
+    does: the argument error was a bare line on stderr, no JSON `error` event on stdout."""
+    assert main(["run", "c.png", "s.png", "-o", "o.png", *given, "--no-such-option"]) == 2
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert record["event"] == "error" and "--no-such-option" in record["message"]
+
+
+def test_parser_reads_abbreviations_as_argparse_does():
+    """`spelling` (the public stand-in for argparse's private option table) resolves a word as
+    argparse does: in full, a unique abbreviation, and None for none or several."""
+    run = build_parser().commands["run"]
+    assert run.spelling("--save-every") == "--save-every" == run.spelling("--save-ev=3")
+    assert run.spelling("-o") == "-o" and run.spelling("--no-such") is None
+    ambiguous = "--s"  # --size, --seed, --save-every, ...
+    assert run.spelling(ambiguous) is None
+    with pytest.raises(Exception, match="ambiguous option"):
+        run.parse_args(["c.png", "s.png", "-o", "o.png", ambiguous, "3"])
+    assert vars(run.parse_args(["c.png", "s.png", "-o", "o.png", "--save-ev", "3"]))[
+        "save_every"] == 3
 
 
 def test_info_with_a_wrong_model_path_says_so(tmp_path, capsys):

@@ -325,6 +325,27 @@ def test_a_stuck_served_run_ends_with_the_code_of_the_signal_that_arrived(signum
     assert proc.wait(timeout=60) == code
 
 
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, EXIT_CANCELLED),
+                                           (signal.SIGTERM, EXIT_TERMINATED)])
+def test_a_stuck_served_run_ends_after_a_signal_though_stdin_stays_open(signum, code):
+    """A real `stylefu serve` whose run is stuck in C code (50 s here), its caller still there
+    (stdin open): SIGINT or SIGTERM ended it only once the evaluation returned, the stuck timer
+    starting at stdin's end alone. It now starts at the signal too (0.5 s in the worker's own
+    script), and the worker ends with the signal's code long before the evaluation returns."""
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_WORKER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        proc.stdin.write(json.dumps({"id": 1, "run": ["c.png", "s.png", "-o", "o.png"]}) + "\n")
+        proc.stdin.flush()
+        assert proc.stderr.readline() == "stuck\n"
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == code  # stdin still open
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_served_run_stopped_by_a_signal_as_stdin_closes_ends_the_worker_with_its_code(
         world, signum):

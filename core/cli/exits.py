@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import threading
+from collections.abc import Callable
 
 EXIT_INTERNAL_ERROR = 1
 EXIT_USER_ERROR = 2
@@ -20,6 +22,7 @@ class Terminated(BaseException):
 
 
 _arrived: dict = {"socket": None, "signals": set()}  # what signals_noted() saw arrive
+WATCH_SECONDS = 0.25  # how often ended_if_stuck looks at the signals noted
 
 
 @contextlib.contextmanager
@@ -57,6 +60,34 @@ def signals_arrived() -> set:
         while _arrived["socket"] is not None and (data := _arrived["socket"].recv(256)):
             _arrived["signals"].update(data)
     return _arrived["signals"]
+
+
+@contextlib.contextmanager
+def ended_if_stuck(seconds: Callable[[], float]):
+    """While inside (and signals_noted() outside it), a SIGINT or SIGTERM that arrives starts a
+    timer that ends the process `seconds()` s later with stuck_exit_code(), unless the context
+    has been left by then: the main thread stuck in C code (a long evaluation) runs the signal's
+    Python handler only once the call returns. Noted from a thread, as the main one may be stuck."""
+    left, timer = threading.Event(), []
+
+    def watch():
+        while not left.wait(WATCH_SECONDS):
+            if {signal.SIGINT, signal.SIGTERM} & signals_arrived():
+                timer.append(threading.Timer(seconds(), lambda: os._exit(stuck_exit_code())))
+                timer[0].daemon = True
+                timer[0].start()
+                return
+    watcher = threading.Thread(target=watch, daemon=True)
+    if _arrived["socket"] is not None:  # else no signal is noted (not the main thread's)
+        watcher.start()
+    try:
+        yield
+    finally:
+        left.set()
+        if watcher.is_alive():
+            watcher.join()
+        for each in timer:  # the signal's Python handler ran: the caller ends as it chooses
+            each.cancel()
 
 
 def stuck_exit_code() -> int:

@@ -47,7 +47,29 @@ class UsageError(UserError):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse whose errors are UserErrors: one line (and a JSON `error` event), exit code 2."""
+    """argparse whose errors are UserErrors: one line (and a JSON `error` event), exit code 2;
+    it keeps its option spellings (`option_words`): argparse's own table is private."""
+
+    def __init__(self, *args, **kwargs):
+        self.option_words: set[str] = set()  # before argparse's __init__ adds -h/--help
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:
+        return self.keep(super().add_argument(*args, **kwargs))
+
+    def keep(self, action: argparse.Action) -> argparse.Action:
+        """`action`'s spellings kept (an argument group's options are added through here)."""
+        self.option_words.update(action.option_strings)
+        return action
+
+    def spelling(self, word: str) -> str | None:
+        """The option `word` (`--opt` or `--opt=value`) names here, read as argparse reads it:
+        itself, or the one long option it abbreviates; None for none, or several."""
+        word = word.split("=", 1)[0]
+        if word in self.option_words or not word.startswith("--") or not self.allow_abbrev:
+            return word if word in self.option_words else None
+        found = [option for option in self.option_words if option.startswith(word)]
+        return found[0] if len(found) == 1 else None
 
     def error(self, message: str):
         raise UsageError(f"{message} (see `{self.prog} --help`).")
@@ -85,7 +107,7 @@ def _field_type(f: dataclasses.Field):
     return base if base in (int, float, str) else str
 
 
-def add_config_options(parser: argparse.ArgumentParser, skip=(), defaults=None) -> None:
+def add_config_options(parser: Parser, skip=(), defaults=None) -> None:
     """One option per Config field: --field-name, with the field's default and help.
 
     `defaults` overrides some fields' defaults for one command (e.g. preview's size and preset).
@@ -98,11 +120,11 @@ def add_config_options(parser: argparse.ArgumentParser, skip=(), defaults=None) 
         default = defaults.get(f.name, f.default)
         preset_field = any(f.name in values for values in PRESETS.values())
         shown = default if default is not None else "the preset's" if preset_field else "none"
-        group.add_argument("--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ()),
-                           dest=f.name, type=_field_type(f),
-                           default=default, choices=f.metadata.get("choices"),
-                           help=f.metadata["help"] if "(default:" in f.metadata["help"]
-                           else f"{f.metadata['help']} [default: {shown}]")
+        parser.keep(group.add_argument(
+            "--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ()), dest=f.name,
+            type=_field_type(f), default=default, choices=f.metadata.get("choices"),
+            help=f.metadata["help"] if "(default:" in f.metadata["help"]
+            else f"{f.metadata['help']} [default: {shown}]"))
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -689,26 +711,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+def parse(parser: Parser, argv: list[str]) -> argparse.Namespace:
     """parse_args, with an unknown option reported by its command's parser: the message points
     to `stylefu run --help`, not to the top level's list of commands. A `run` option that a
-    command leaves out on purpose is named with its reason (the parser's `without_run_option`)."""
+    command leaves out on purpose is named with its reason (the parser's `without_run_option`),
+    whether spelled in full or abbreviated as `run` takes it (`--save-ev` for `--save-every`)."""
     args, extra = parser.parse_known_args(argv)
     if extra:
         command = parser.commands.get(getattr(args, "command", None), parser)
         why = getattr(command, "without_run_option", None)
-        run_options = parser.commands["run"]._option_string_actions  # argparse's own table
-        for option in (word.split("=", 1)[0] for word in extra):
-            if why and option.startswith("--") and option in run_options:
+        for word in extra:
+            option = parser.commands["run"].spelling(word) if word.startswith("--") else None
+            if why and option:
                 raise UsageError(why.format(option=option))
         command.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
 
 
-def _json_progress(argv: list[str]) -> bool:
+def _json_progress(argv: list[str], parser: Parser | None = None) -> bool:
     """Whether the command line asks for JSON progress (known before argparse has run, so that
-    an argument error is reported as a JSON event too)."""
-    return any(a == "--progress=json" or (a == "--progress" and b == "json")
+    an argument error is reported as a JSON event too); with the `parser`, an abbreviation
+    (`--prog json`) counts as its command's parser reads it."""
+    command = parser.commands.get(argv[0]) if parser is not None and argv else None
+
+    def progress(word: str) -> bool:
+        return (command.spelling(word) if command else word.split("=", 1)[0]) == "--progress"
+    return any(progress(a) and (a.partition("=")[2] == "json" if "=" in a else b == "json")
                for a, b in zip(argv, argv[1:] + [""]))
 
 
@@ -737,7 +765,9 @@ def main(argv: list[str] | None = None, cancel: threading.Event | None = None) -
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         _said["quiet"] = False
-        args = parse(build_parser(), argv)
+        parser = build_parser()
+        json_mode = json_mode or _json_progress(argv, parser)
+        args = parse(parser, argv)
         args.cancel = cancel
         _said["quiet"] = bool(getattr(args, "quiet", False))
         with signals_noted():  # for the stuck timer's exit code (stuck_exit_code)

@@ -10,7 +10,8 @@ Requests come as JSON lines on stdin, answered in order:
 stdin closed: the running request is cancelled and the worker exits 0 (a run stuck in one
 evaluation for 15 s ends it with 130, as `run --watch-stdin`). A line that is no request is
 answered by an `error` record. SIGINT ends the worker with 130, SIGTERM with 143, whatever stdin
-does meanwhile (the stuck timer's end too); one that comes once the worker has chosen to end on
+does meanwhile (the stuck timer's end too), within 15 s even while a run is stuck in one
+evaluation and stdin stays open; one that comes once the worker has chosen to end on
 stdin's end (every request answered, Python exiting) leaves its exit code as it was, as `main`
 ignores SIGINT then.
 """
@@ -27,10 +28,17 @@ import time
 from collections.abc import Callable
 
 from .. import jsontext
-from .exits import EXIT_CANCELLED, signals_arrived, signals_noted, stuck_exit_code
+from .exits import (
+    EXIT_CANCELLED,
+    ended_if_stuck,
+    signals_arrived,
+    signals_noted,
+    stuck_exit_code,
+)
 
-# Seconds after stdin closes (here and in `run --watch-stdin`) after which a run stuck in one
-# evaluation ends the process anyway: 143 if SIGTERM arrived, else 130 (exits.stuck_exit_code).
+# Seconds after stdin closes (here and in `run --watch-stdin`), or here after SIGINT or SIGTERM
+# with stdin open, after which a run stuck in one evaluation ends the process anyway: 143 if
+# SIGTERM arrived, else 130 (exits.stuck_exit_code).
 STOP_AFTER_STDIN_CLOSES = 15.0
 # The commands a request may ask for, with the options that make them answer in JSON lines.
 SERVED = {"run": ("--progress", "json"), "estimate": ("--json",)}
@@ -126,7 +134,8 @@ def serve(run: Callable[[list[str], threading.Event], int], stop_codes: tuple[in
     loaded between runs (the engines keep them per process and file). `started`: the process's
     start (perf_counter)."""
     requests = Requests()
-    with signals_noted():  # (already, where serve runs as `stylefu serve`)
+    # (signals_noted: already, where serve runs as `stylefu serve`)
+    with signals_noted(), ended_if_stuck(lambda: STOP_AFTER_STDIN_CLOSES):
         _warm(model, time.perf_counter() if started is None else started)
         while (taken := requests.next())[0] is not None:
             request, cancel = taken

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import engines
+from .. import engines, notes
 from ..engines.steps import CancelToken, check_hooks
 from ..errors import Cancelled, UserError
 from ..io.images import (
@@ -231,7 +230,7 @@ def check_inputs(content, style_or_styles, masks, config: Config, keep_size: boo
     every check a run makes before its model loads: a command calls it before loading the model,
     so a bad input is refused in one sentence without a model's load or an engine line."""
     checked = _checked_inputs(content, style_or_styles, masks, config, keep_size, None,
-                              logging.getLogger("stylefu").info)
+                              notes.to_logger)
     return checked[:3]
 
 
@@ -267,17 +266,18 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     final metrics. `keep_size`: the image at the content's own size and with its alpha instead,
     painted at `config.size` (or the content's long side if smaller) and brought up by `upscale`:
     "detail" adds the content's own fine detail, "stretch" only resizes (method/fullres.py).
-    Images too large for memory are optimised in tiles; `log` (default: the `stylefu` logger) is
-    told so. Raises UserError for bad input or when memory runs out anyway,
-    Cancelled when `cancel` fires (checked at every evaluation), NumericalError if the loss
-    diverges. Same seed and inputs -> same bytes.
+    Images too large for memory are optimised in tiles. `log(note)` gets the run's notes (tiles,
+    compiling; default: the `stylefu` logger, at INFO, or WARNING for a note to act on:
+    core/notes.py). Raises UserError for bad input or when memory runs out anyway, Cancelled
+    when `cancel` fires (checked at every evaluation), NumericalError if the loss diverges. Same
+    seed and inputs -> same bytes.
     """
     started = time.perf_counter()
     config = given_config(config)
     check_hooks(callback, cancel)
     if upscale not in UPSCALE_MODES:
         raise UserError(f"upscale must be one of {', '.join(UPSCALE_MODES)}, not {upscale!r}.")
-    log = log or logging.getLogger("stylefu").info
+    log = log or notes.to_logger
     content_pic, style_pics, mask_arrays, config, runner, init = _checked_inputs(
         content, style_or_styles, masks, config, keep_size, model, log)
     plan = plan_levels(content_pic.height, content_pic.width, config, runner.device)

@@ -15,7 +15,6 @@ continues uncompiled after ONE line saying why.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ... import notes
 from ...io.paths import cache_dir
 from ...method.config import COMPILE_MODES  # noqa: F401  (re-exported: the modes this module decides)
 
@@ -177,7 +177,8 @@ def should_compile(mode: str, device: torch.device, dtype: torch.dtype,
         return False
     problem = compile_problem(device)
     if problem:
-        _tell(f"the loss runs uncompiled ({problem}).", log)
+        line = f"the loss runs uncompiled ({problem})."  # asked for: to act on; `auto`: as it may
+        _tell(notes.act(line) if mode == "on" else line, log)
         return False
     if cache_is_cold():
         _tell(f"compiling the loss for this machine: once, about half a minute; later runs "
@@ -247,7 +248,7 @@ class Evaluation:
         self.compiled = False
         _state["problem"] = f"compiling failed: {_why(exc)}"
         _remove_own_temporaries(inductor_cache())
-        _tell(f"the loss runs uncompiled ({_state['problem']}).", self.log)
+        _tell(notes.act(f"the loss runs uncompiled ({_state['problem']})."), self.log)  # unforeseen
 
 
 def _remove_own_temporaries(folder: Path) -> None:
@@ -298,7 +299,7 @@ def _compile(fn: Callable) -> Callable:
 def _tell(line: str, log: Callable[[str], None] | None) -> None:
     if not _state["told"]:
         _state["told"] = True
-        (log or logging.getLogger("stylefu").info)(line)
+        (log or notes.to_logger)(line)
 
 
 def _why(exc: BaseException) -> str:

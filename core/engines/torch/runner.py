@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ... import notes
 from ...io.images import resize_array, to_array, to_tensor
 from ...method import tiling
 from ...method.objective import Objective, evaluate
@@ -45,8 +46,8 @@ class TorchRunner:
         self.device = self.model.device
         self.dtype = resolve_precision(self.config.precision, self.device)
         if self.dtype == torch.bfloat16 and self.device.type == "cpu" and not cpu_has_fast_bf16():
-            self.log("this CPU has no AVX512-BF16 or AMX: bf16 is emulated, about 20x slower than "
-                     "--precision fp32 (which --precision auto takes here).")
+            self.log(notes.act("this CPU has no AVX512-BF16 or AMX: bf16 is emulated, about 20x "
+                               "slower than --precision fp32 (which --precision auto takes here)."))
         torch.manual_seed(self.config.seed)
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.cold = cache_is_cold()  # before compiling fills it: run/eta.py keeps the two apart
