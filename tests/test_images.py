@@ -250,3 +250,104 @@ def test_lossy_outputs_keep_fine_detail(tmp_path):
         return np.abs(np.asarray(Image.open(image).convert("RGB"), np.float32) / 255 - rgb).mean()
 
     assert error(webp) < 0.8 * error(default)
+
+
+def _png(path, samples: np.ndarray, color_type: int, trns: bytes | None = None):
+    """A PNG of `samples` (uint8 or uint16: the bit depth) with an optional tRNS chunk, written
+    here: Pillow writes neither 16-bit colour keys nor 16-bit grey with alpha."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(
+            ">I", zlib.crc32(kind + payload))
+
+    height, width = samples.shape[:2]
+    depth = samples.dtype.itemsize * 8
+    rows = samples.astype(f">u{depth // 8}").reshape(height, -1)
+    raw = b"".join(b"\0" + row.tobytes() for row in rows)
+    header = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + (
+        chunk(b"tRNS", trns) if trns else b"") + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b""))
+    return path
+
+
+DARK_SCAN = (np.arange(20 * 30).reshape(20, 30) % 200 + 10).astype(np.uint16)  # all under 256
+
+
+@pytest.mark.parametrize("source", ["png-as-pillow-10-opens-it", "tiff-mode-I", "api-mode-I"])
+def test_16_bit_grey_is_read_by_its_depth_not_its_values(tmp_path, monkeypatch, source):
+    """A dark 16-bit scan (every value under 256) opened as Pillow's mode I was taken as 8-bit:
+    257x too bright. Pillow 10 opens 16-bit grey PNGs as mode I; Pillow writes mode-I pictures as
+    32-bit TIFFs; an API caller may hand over a mode-I image: all read on the 16-bit scale."""
+    from PIL import PngImagePlugin
+
+    if source == "png-as-pillow-10-opens-it":
+        monkeypatch.setitem(PngImagePlugin._MODES, (16, 0), ("I", "I;16B"))
+        given = _png(tmp_path / "scan.png", DARK_SCAN, 0)
+    else:
+        image = Image.fromarray(DARK_SCAN.astype(np.int32))
+        assert image.mode == "I"
+        given = image if source == "api-mode-I" else tmp_path / "scan.tif"
+        if source == "tiff-mode-I":
+            image.save(given)
+    if isinstance(given, Image.Image):
+        assert given.mode == "I"
+    else:
+        with Image.open(given) as opened:
+            assert opened.mode == "I"
+    picture = load_image(given)
+    assert np.allclose(picture.rgb[..., 0], DARK_SCAN / 65535, atol=1e-7)
+    assert picture.rgb.max() < 0.01
+
+
+@pytest.mark.parametrize("values", [(0, 70000), (-5, 200)])
+def test_integer_grey_outside_16_bits_is_refused_naming_the_file(tmp_path, values):
+    """Mode-I values above 65535 or below 0 (a 32-bit integer TIFF) were clipped without a word."""
+    array = np.linspace(*values, 600).reshape(20, 30).astype(np.int32)
+    Image.fromarray(array).save(tmp_path / "counts.tif")
+    lo, hi = values
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'counts.tif'} holds integer pixel values "
+                                        rf"{lo}\.\.{hi}, outside the 16-bit range 0\.\.65535 .*; "
+                                        r"save it as an 8- or 16-bit PNG or TIFF\.$"):
+        load_image(tmp_path / "counts.tif")
+    with pytest.raises(UserError, match=rf"^content holds integer pixel values {lo}\.\.{hi}.*"
+                                        r"scale it to 0\.\.65535 or give an 8-bit picture as mode L"):
+        load_image(Image.fromarray(array), "content")
+
+
+def test_a_float_file_of_0_to_255_says_what_a_file_user_can_do(tmp_path):
+    """A 32-bit float TIFF holding 0..255 got the numpy array's "divide by 255"."""
+    array = np.linspace(0, 255, 600, dtype=np.float32).reshape(20, 30)
+    Image.fromarray(array).save(tmp_path / "float.tif")
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'float.tif'} holds 32-bit float pixels "
+                                        r"spanning 0\.\.255, where float pictures are read as 0\.\.1;"
+                                        r" save it as an 8- or 16-bit PNG or TIFF\.$"):
+        load_image(tmp_path / "float.tif")
+    with pytest.raises(UserError, match=r"^style 1 holds 32-bit float pixels .* scale it to 0\.\.1"):
+        load_image(Image.fromarray(array), "style 1")
+    Image.fromarray(array / 255).save(tmp_path / "unit.tif")  # 0..1: read as it is
+    assert np.allclose(load_image(tmp_path / "unit.tif").rgb[..., 0], array / 255, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["grey8", "rgb8", "grey16", "rgb16", "palette"])
+def test_a_transparent_colour_key_becomes_alpha(tmp_path, kind):
+    """A PNG's tRNS colour on grey or RGB (8 or 16 bits) made those pixels transparent in every
+    viewer but opaque here: the alpha was lost without a word."""
+    import struct
+
+    deep = kind.endswith("16")
+    levels = (np.arange(20 * 30).reshape(20, 30) % 7 * (9000 if deep else 30)).astype(
+        np.uint16 if deep else np.uint8)
+    key = int(levels[0, 1])  # 9000 or 30: the whole 16 bits compared, not the high byte
+    if kind == "palette":
+        Image.fromarray(levels).convert("P").save(tmp_path / "k.png", transparency=key)
+    elif kind.startswith("grey"):
+        _png(tmp_path / "k.png", levels, 0, struct.pack(">H", key))
+    else:
+        _png(tmp_path / "k.png", np.stack([levels] * 3, axis=2), 2, struct.pack(">HHH", *[key] * 3))
+    picture = load_image(tmp_path / "k.png")
+    assert picture.alpha is not None
+    assert np.array_equal(picture.alpha == 0, levels == key)
+    assert np.all(picture.alpha[levels != key] == 1)

@@ -2,8 +2,9 @@
 
 Inputs get EXIF orientation applied and their colours converted to sRGB from an embedded colour
 profile (Display P3, Adobe RGB, a printer's CMYK...); palette, grayscale, CMYK and 16-bit modes are
-converted, 16-bit RGB(A) PNG and TIFF files at their full 16 bits; alpha is kept aside and put back
-on the result. Outputs are written to a temporary name and renamed, so a crash never leaves half a
+converted, 16-bit RGB(A) PNG and TIFF files at their full 16 bits, integer grayscale by its bit
+depth (never its values); a PNG's transparent colour becomes alpha; alpha is kept aside and put
+back on the result. Outputs are written to a temporary name and renamed, so a crash never leaves half a
 file; .png/.tif can be 16-bit, .npy keeps float32.
 """
 
@@ -175,6 +176,14 @@ def _sixteen_bits(path: Path, image: Image.Image) -> np.ndarray | None:
     return high.astype(np.uint16) << 8 | low
 
 
+def _keyed(deep: np.ndarray, key) -> np.ndarray:
+    """16-bit RGB samples with an alpha channel from a PNG's tRNS colour (its pixels transparent)."""
+    if not isinstance(key, tuple) or deep.shape[2] != 3:
+        return deep
+    opaque = (deep != np.array(key, np.uint16)).any(axis=2)
+    return np.concatenate([deep, (opaque * 65535).astype(np.uint16)[..., None]], axis=2)
+
+
 def _upright(array: np.ndarray, orientation: int) -> np.ndarray:
     """An [H,W,C] array turned as EXIF `orientation` (1-8) says, as ImageOps.exif_transpose."""
     turns = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
@@ -183,22 +192,51 @@ def _upright(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(turns.get(orientation, lambda a: a)(array))
 
 
-def _from_pil(image: Image.Image, name: str, to_srgb: bool = True) -> Picture:
+def _from_pil(image: Image.Image, name: str, to_srgb: bool = True,
+              path: Path | None = None) -> Picture:
+    """`image` as a Picture; `path`, the file it was read from, names it in refusals (a file's
+    user is told to re-save it, an API caller holding a PIL image to scale it)."""
     image = ImageOps.exif_transpose(image)
     if to_srgb:
         image = _in_srgb(image)
-    mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
-        gray = np.asarray(image, dtype=np.float32) / (65535.0 if mode != "I" or
-                                                       np.asarray(image).max() > 255 else 255.0)
-        return _from_array(gray, name)
+    mode, who = image.mode, path or name
+    key = image.info.get("transparency")  # a PNG's tRNS colour: those pixels are transparent
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        return _gray16(np.asarray(image), who, name, key if isinstance(key, int) else None,
+                       path is not None)
     if mode == "F":
-        return _from_array(np.asarray(image, dtype=np.float32), name)
+        values = np.asarray(image, dtype=np.float32)
+        finite = values[np.isfinite(values)]
+        if finite.size and (finite.max() > FLOAT_RANGE_LIMIT or finite.min() < 1 - FLOAT_RANGE_LIMIT):
+            raise UserError(f"{who} holds 32-bit float pixels spanning {finite.min():.4g}.."
+                            f"{finite.max():.4g}, where float pictures are read as 0..1; " + (
+                                "save it as an 8- or 16-bit PNG or TIFF." if path is not None else
+                                "scale it to 0..1 (image.point(lambda v: v / 255)) or convert it "
+                                "to mode L."))
+        return _from_array(values, name)
     if mode == "La":  # premultiplied: Pillow converts it to LA only
         image, mode = image.convert("LA"), "LA"
-    has_alpha = mode in ("RGBA", "RGBa", "LA", "PA") or (mode == "P" and "transparency" in image.info)
+    has_alpha = mode in ("RGBA", "RGBa", "LA", "PA") or (
+        mode in ("P", "L", "RGB", "1") and key is not None)  # Pillow's convert applies the key
     image = image.convert("RGBA" if has_alpha else "RGB")  # palette, CMYK, L, 1, RGBa -> RGB(A)
     return _from_array(np.asarray(image), name)
+
+
+def _gray16(values: np.ndarray, who, name: str, key: int | None, from_file: bool) -> Picture:
+    """16-bit grayscale: 0..65535 -> 0..1, decided by the mode, never by the values (a dark 16-bit
+    scan whose values all lie under 256 is no 8-bit picture). Pillow's mode I (16-bit PNGs in
+    Pillow 10, signed and 32-bit integer TIFFs, a mode-I image given to the API) is read on the
+    same scale; values outside it are refused: a 32-bit file has no agreed white, and clipping
+    them would flatten the picture without a word."""
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise UserError(f"{who} holds integer pixel values {values.min()}..{values.max()}, outside "
+                        "the 16-bit range 0..65535 integer grayscale is read in; " + (
+                            "save it as an 8- or 16-bit PNG or TIFF." if from_file else
+                            "scale it to 0..65535 or give an 8-bit picture as mode L."))
+    gray = values.astype(np.float32) / 65535.0
+    if key is None:
+        return _from_array(gray, name)
+    return _from_array(np.stack([gray, (values != key).astype(np.float32)], axis=2), name)
 
 
 def one_or_many(given) -> list:
@@ -250,8 +288,9 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
                     # 16 bits kept, unless a colour profile needs converting (8-bit only)
                     deep = _sixteen_bits(path, image) if _is_sixteen_bit_rgb(tiles) and not (
                         to_srgb and _foreign_profile(image)) else None
-                    picture = _from_pil(image, label, to_srgb) if deep is None else _from_array(
-                        _upright(deep, image.getexif().get(0x0112, 1)), label)
+                    picture = _from_pil(image, label, to_srgb, path) if deep is None else \
+                        _from_array(_upright(_keyed(deep, image.info.get("transparency")),
+                                             image.getexif().get(0x0112, 1)), label)
             finally:
                 said += [str(w.message) for w in warned] + printed
         _say_again(warned, printed)  # a picture that loads: what was said is shown, as before
