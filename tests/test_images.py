@@ -351,3 +351,48 @@ def test_a_transparent_colour_key_becomes_alpha(tmp_path, kind):
     assert picture.alpha is not None
     assert np.array_equal(picture.alpha == 0, levels == key)
     assert np.all(picture.alpha[levels != key] == 1)
+
+
+def test_an_rgba_result_written_as_bmp_keeps_its_alpha(tmp_path):
+    """`-o out.bmp` from an RGBA input wrote Pillow's BI_RGB BMP, whose fourth byte GIMP and
+    Pillow read as padding: the transparency was gone. It is now a BITMAPV4HEADER with an alpha
+    bit field, as GIMP writes (GIMP 3 read it back with alpha when checked by hand)."""
+    rgb = rgb_noise(7, 9, seed=8)
+    alpha = np.linspace(0, 1, 63, dtype=np.float32).reshape(7, 9)
+    path = save_image(tmp_path / "out.bmp", rgb, alpha)
+    with Image.open(path) as image:  # another reader sees the alpha
+        assert image.mode == "RGBA" and image.info["compression"] == 3  # BI_BITFIELDS
+        assert np.array_equal(np.asarray(image)[..., 3], np.round(alpha * 255).astype(np.uint8))
+    back = load_image(path)
+    assert np.abs(back.alpha - alpha).max() <= 0.5 / 255 + 1e-6
+    assert np.abs(back.rgb - rgb).max() <= 0.5 / 255 + 1e-6
+    with Image.open(save_image(tmp_path / "opaque.bmp", rgb)) as image:
+        assert image.mode == "RGB"  # no alpha: a plain 24-bit BMP as before
+
+
+@pytest.mark.parametrize("writer", ["pillow-bi-rgb", "bitfields-40-byte-header", "padding"])
+def test_a_32_bit_bmp_whose_fourth_bytes_hold_alpha_keeps_it(tmp_path, writer):
+    """A 32-bit BMP's alpha in the fourth bytes Pillow skips (BI_RGB, as Pillow itself writes
+    RGBA; bit fields after a 40-byte header) was dropped; all zero, they are padding."""
+    import struct
+
+    alpha = (np.arange(6 * 10).reshape(6, 10) * 4).astype(np.uint8)
+    rgba = np.dstack([(rgb_noise(6, 10, seed=9) * 255).astype(np.uint8),
+                      np.zeros_like(alpha) if writer == "padding" else alpha])
+    path = tmp_path / "a.bmp"
+    if writer == "bitfields-40-byte-header":
+        pixels = rgba[::-1][..., [2, 1, 0, 3]].tobytes()
+        header = struct.pack("<IiiHHIIiiII4I", 40, 10, 6, 1, 32, 3, len(pixels), 0, 0, 0, 0,
+                             0xFF0000, 0xFF00, 0xFF, 0xFF000000)
+        path.write_bytes(b"BM" + struct.pack("<IHHI", 14 + len(header) + len(pixels), 0, 0,
+                                             14 + len(header)) + header + pixels)
+    else:
+        Image.fromarray(rgba, "RGBA").save(path)
+    with Image.open(path) as image:
+        assert image.mode == "RGB"  # what Pillow alone makes of it
+    picture = load_image(path)
+    assert np.array_equal(picture.rgb, rgba[..., :3] / np.float32(255))
+    if writer == "padding":
+        assert picture.alpha is None
+    else:
+        assert np.array_equal(picture.alpha, alpha / np.float32(255))

@@ -504,3 +504,24 @@ def test_a_picture_file_out_of_range_is_refused_naming_it(world, capsys, kind):
     message = assert_refused(done, [style], before, world)
     assert "save it as an 8- or 16-bit PNG or TIFF" in message
     assert ("0..255" if kind == "float-0-255" else "0..70000") in message  # the range it holds
+
+
+def test_an_rgba_content_painted_to_bmp_keeps_its_transparency(world, capsys):
+    """`stylefu run rgba.png style -o out.bmp` wrote a BMP whose alpha GIMP and Pillow skip."""
+    import numpy as np
+    from PIL import Image
+
+    from stylefu.core.io.images import load_image, save_image
+
+    content = load_image(world.content)
+    alpha = np.ones((48, 64), np.float32)
+    alpha[:, :16] = 0
+    rgba = save_image(world.root / "rgba.png", content.rgb, alpha)
+    out = world.root / "out.bmp"
+    done = cli(capsys, "run", rgba, world.style, "-o", out, "--model", world.model, *RUN,
+               "--progress", "json")
+    assert done.code == 0, done.err
+    with Image.open(out) as image:
+        assert image.mode == "RGBA"
+        written = np.asarray(image)[..., 3]
+    assert written[:, :14].max() == 0 and written[:, 18:].min() == 255

@@ -176,6 +176,23 @@ def _sixteen_bits(path: Path, image: Image.Image) -> np.ndarray | None:
     return high.astype(np.uint16) << 8 | low
 
 
+def _bmp_alpha(path: Path, tiles: list, image: Image.Image) -> None:
+    """Put back the alpha of a 32-bit BMP whose fourth bytes Pillow skips (BI_RGB, or bit fields
+    with a 40-byte header): Pillow itself writes RGBA that way; all zero, they are padding."""
+    if image.mode != "RGB" or len(tiles) != 1 or tiles[0][0] != "raw" or _raw_mode(tiles[0]) != "BGRX":
+        return
+    _, (x0, y0, x1, y1), offset, (_, stride, orientation) = tiles[0]
+    width, height = x1 - x0, y1 - y0
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = np.frombuffer(f.read(stride * height), np.uint8)
+    if data.size < stride * height:  # Pillow loaded it: not expected, but never a guess
+        return
+    alpha = data.reshape(height, stride)[:, 3:4 * width:4]
+    if alpha.any():
+        image.putalpha(Image.fromarray(np.ascontiguousarray(alpha[::orientation])))
+
+
 def _keyed(deep: np.ndarray, key) -> np.ndarray:
     """16-bit RGB samples with an alpha channel from a PNG's tRNS colour (its pixels transparent)."""
     if not isinstance(key, tuple) or deep.shape[2] != 3:
@@ -285,6 +302,8 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
                         raise OSError("libtiff reported an error")  # its strips left blank
                     if image.format in ("JPEG", "MPO") and cut_short(path.read_bytes(), image):
                         raise UserError(_cut_short(path, image.size))  # closed by an end marker
+                    if image.format == "BMP":
+                        _bmp_alpha(path, tiles, image)
                     # 16 bits kept, unless a colour profile needs converting (8-bit only)
                     deep = _sixteen_bits(path, image) if _is_sixteen_bit_rgb(tiles) and not (
                         to_srgb and _foreign_profile(image)) else None
@@ -469,6 +488,17 @@ def _tiff16(rgba: np.ndarray) -> bytes:
     return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack(f"<{channels}H", *[16] * channels) + pixels
 
 
+def _bmp32(rgba: np.ndarray) -> bytes:
+    """A 32-bit BMP with alpha: a BITMAPV4HEADER with bit fields naming the alpha byte, as GIMP
+    writes one (Pillow writes BI_RGB, whose fourth byte GIMP and Pillow read as padding)."""
+    height, width, _ = rgba.shape
+    pixels = np.ascontiguousarray(rgba[::-1][..., [2, 1, 0, 3]]).tobytes()  # bottom-up BGRA
+    header = struct.pack("<IiiHHIIiiII4I4s36x12x", 108, width, height, 1, 32, 3, len(pixels),
+                         2835, 2835, 0, 0, 0xFF0000, 0xFF00, 0xFF, 0xFF000000, b"BGRs")
+    start = 14 + len(header)
+    return b"BM" + struct.pack("<IHHI", start + len(pixels), 0, 0, start) + header + pixels
+
+
 def check_bits(path: str | Path, bits: int) -> None:
     """UserError, before any work, for bits other than 8 or 16, or when --bits 16 names a format
     that holds 8 bits per channel (.jpg, .webp, .bmp): its result would silently lose the
@@ -506,6 +536,9 @@ def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = Non
             image = Image.fromarray(np.round(array * 255).astype(np.uint8), mode)
             if suffix in (".jpg", ".jpeg") and mode == "RGBA":
                 image = image.convert("RGB")
+            if suffix == ".bmp" and mode == "RGBA":
+                tmp.write_bytes(_bmp32(np.asarray(image)))
+                return
             image.save(tmp, format=PILLOW_FORMATS[suffix],
                        **SAVE_OPTIONS.get(PILLOW_FORMATS[suffix], {}))
 
