@@ -396,3 +396,14 @@ def test_a_32_bit_bmp_whose_fourth_bytes_hold_alpha_keeps_it(tmp_path, writer):
         assert picture.alpha is None
     else:
         assert np.array_equal(picture.alpha, alpha / np.float32(255))
+
+
+def test_16_bit_grey_with_alpha_keeps_16_bits(tmp_path):
+    """A 16-bit grey-and-alpha PNG (GIMP's export of a 16-bit grey layer with transparency) was
+    read as 8-bit RGBA: grey and alpha each lost 8 bits without a word."""
+    grey = np.linspace(0, 65535, 20 * 30).astype(np.uint16).reshape(20, 30)
+    alpha = grey[::-1, ::-1].copy()
+    picture = load_image(_png(tmp_path / "la16.png", np.stack([grey, alpha], axis=2), 4))
+    assert np.array_equal(np.round(picture.rgb[..., 1] * 65535), grey)
+    assert np.array_equal(np.round(picture.alpha * 65535), alpha)
+    assert len(np.unique(picture.rgb[..., 0])) == 20 * 30  # not 256

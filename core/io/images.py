@@ -2,10 +2,10 @@
 
 Inputs get EXIF orientation applied and their colours converted to sRGB from an embedded colour
 profile (Display P3, Adobe RGB, a printer's CMYK...); palette, grayscale, CMYK and 16-bit modes are
-converted, 16-bit RGB(A) PNG and TIFF files at their full 16 bits, integer grayscale by its bit
-depth (never its values); a PNG's transparent colour becomes alpha; alpha is kept aside and put
-back on the result. Outputs are written to a temporary name and renamed, so a crash never leaves half a
-file; .png/.tif can be 16-bit, .npy keeps float32.
+converted, 16-bit RGB(A) PNG and TIFF files (and grey-with-alpha PNGs) at their full 16 bits,
+integer grayscale by its bit depth (never its values); a PNG's transparent colour becomes alpha;
+alpha is kept aside and put back on the result. Outputs are written to a temporary name and
+renamed, so a crash never leaves half a file; .png/.tif can be 16-bit, .npy keeps float32.
 """
 
 from __future__ import annotations
@@ -137,10 +137,12 @@ def _in_srgb(image: Image.Image) -> Image.Image:
 
 # Pillow has no 16-bit RGB mode: it decodes these raw modes of PNG and TIFF files to their high
 # bytes; the same decoder with the other byte order's unpacker gives the low bytes (N: native,
-# libtiff's own decoding).
+# libtiff's own decoding). A 16-bit grey-and-alpha PNG (LA;16B, read as RGBA) has no such
+# unpacker: plain RGBA takes its four bytes as they come (grey high, low, alpha high, low).
 _OTHER_BYTE_ORDER = {f"{mode};16{order}": f"{mode};16{other}" for mode in ("RGB", "RGBA")
                      for order, other in (("B", "L"), ("L", "B"),
                                           ("N", "B" if sys.byteorder == "little" else "L"))}
+_OTHER_BYTE_ORDER["LA;16B"] = "RGBA"
 
 
 def _raw_mode(tile) -> str | None:
@@ -155,14 +157,14 @@ def _with_raw_mode(tile, raw_mode: str):
 
 
 def _is_sixteen_bit_rgb(tiles: list) -> bool:
-    """Whether a file's tiles (taken before load()) are 16-bit RGB(A) PNG or TIFF data."""
+    """Whether a file's tiles (taken before load()) are 16-bit RGB(A) (or LA) PNG or TIFF data."""
     return bool(tiles) and all(_raw_mode(t) in _OTHER_BYTE_ORDER for t in tiles)
 
 
-def _sixteen_bits(path: Path, image: Image.Image) -> np.ndarray | None:
-    """A 16-bit RGB(A) PNG or TIFF's samples ([H,W,C] uint16, before EXIF orientation) from
-    `image` (loaded: its high bytes) and a second decoding for the low bytes; None where that
-    decoding fails (the 8-bit picture then stands)."""
+def _sixteen_bits(path: Path, image: Image.Image, tiles: list) -> np.ndarray | None:
+    """A 16-bit RGB(A) (or grey-and-alpha PNG) file's samples ([H,W,C] uint16, before EXIF
+    orientation) from `image` (loaded: its high bytes) and a second decoding for the low bytes;
+    None where that decoding fails (the 8-bit picture then stands)."""
     try:
         with Image.open(path) as again:
             again.tile = [_with_raw_mode(t, _OTHER_BYTE_ORDER[_raw_mode(t)]) for t in again.tile]
@@ -173,6 +175,8 @@ def _sixteen_bits(path: Path, image: Image.Image) -> np.ndarray | None:
     high = np.asarray(image)
     if low.shape != high.shape:
         return None
+    if all(_raw_mode(t) == "LA;16B" for t in tiles):  # [grey, alpha], each high << 8 | low
+        return low[..., 0::2].astype(np.uint16) << 8 | low[..., 1::2]
     return high.astype(np.uint16) << 8 | low
 
 
@@ -305,7 +309,7 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
                     if image.format == "BMP":
                         _bmp_alpha(path, tiles, image)
                     # 16 bits kept, unless a colour profile needs converting (8-bit only)
-                    deep = _sixteen_bits(path, image) if _is_sixteen_bit_rgb(tiles) and not (
+                    deep = _sixteen_bits(path, image, tiles) if _is_sixteen_bit_rgb(tiles) and not (
                         to_srgb and _foreign_profile(image)) else None
                     picture = _from_pil(image, label, to_srgb, path) if deep is None else \
                         _from_array(_upright(_keyed(deep, image.info.get("transparency")),
