@@ -407,3 +407,28 @@ def test_16_bit_grey_with_alpha_keeps_16_bits(tmp_path):
     assert np.array_equal(np.round(picture.rgb[..., 1] * 65535), grey)
     assert np.array_equal(np.round(picture.alpha * 65535), alpha)
     assert len(np.unique(picture.rgb[..., 0])) == 20 * 30  # not 256
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "RGBA", "RGB"])
+def test_a_tiff_turned_by_its_orientation_tag_is_upright_and_whole(tmp_path, mode):
+    """Pillow 13 memory-maps an uncompressed L, I;16 or RGBA TIFF at its turned size, so an
+    Orientation of 5..8 (a scanner's or camera's portrait TIFF) came out garbled: each row's
+    pixels from the wrong place."""
+    from stylefu.core.io.images import _upright  # tested against ImageOps above
+
+    rng = np.random.default_rng(11)
+    samples = {"L": lambda: rng.integers(0, 256, (10, 20), dtype=np.uint8),
+               "I;16": lambda: rng.integers(0, 65536, (10, 20), dtype=np.uint16),
+               "RGBA": lambda: rng.integers(0, 256, (10, 20, 4), dtype=np.uint8),
+               "RGB": lambda: rng.integers(0, 256, (10, 20, 3), dtype=np.uint8)}[mode]()
+    scale = 65535 if mode == "I;16" else 255
+    for orientation in range(1, 9):
+        path = tmp_path / f"o{orientation}.tif"
+        Image.fromarray(samples).save(path, tiffinfo={274: orientation})
+        picture = load_image(path)
+        stacked = samples if samples.ndim == 3 else samples[..., None]
+        expected = _upright(stacked, orientation)
+        assert np.array_equal(np.round(picture.rgb * scale), np.broadcast_to(
+            expected[..., :3], picture.rgb.shape)), orientation
+        if mode == "RGBA":
+            assert np.array_equal(np.round(picture.alpha * 255), expected[..., 3]), orientation

@@ -297,6 +297,8 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
             try:
                 with Image.open(path) as image:
                     tiles = list(image.tile)  # load() empties them
+                    if image.format == "TIFF":  # Pillow maps an uncompressed L, I;16 or RGBA
+                        image.filename = ""  # strip at its turned size: garbled under 5..8
                     if image.format == "PNG":
                         _check_png_data(path, image.size)
                     # decodes everything: a file cut short raises OSError here
