@@ -525,3 +525,23 @@ def test_an_rgba_content_painted_to_bmp_keeps_its_transparency(world, capsys):
         assert image.mode == "RGBA"
         written = np.asarray(image)[..., 3]
     assert written[:, :14].max() == 0 and written[:, 18:].min() == 255
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".png"])
+def test_an_animated_content_says_only_its_first_frame_is_painted(world, capsys, suffix):
+    """An animated GIF or APNG was painted from its first frame without a word: the user
+    expecting an animation got one still. Now a notice says so (the result is the first frame's)."""
+    from PIL import Image
+
+    from stylefu.core.io.images import load_image
+
+    first = Image.open(world.content).convert("RGB")
+    frames = [first, first.transpose(Image.Transpose.FLIP_LEFT_RIGHT), first.rotate(180)]
+    animated = world.root / f"clip{suffix}"
+    frames[0].save(animated, save_all=True, append_images=frames[1:])
+    done = cli(capsys, "run", animated, world.style, "-o", world.root / "out.png", "--model",
+               world.model, *RUN, "--progress", "json")
+    assert done.code == 0, done.err
+    notices = [r["message"] for r in strict_records(done.out) if r["event"] == "notice"]
+    assert f"clip{suffix} has 3 frames: only the first is used" in " ".join(notices), notices
+    assert load_image(world.content).notes == ()  # a still picture says nothing

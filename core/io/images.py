@@ -54,6 +54,7 @@ class Picture:
     rgb: np.ndarray
     alpha: np.ndarray | None = None
     name: str = "image"
+    notes: tuple[str, ...] = ()  # what a run says about it once (an animation's first frame)
 
     @property
     def height(self) -> int:
@@ -316,6 +317,10 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
                     picture = _from_pil(image, label, to_srgb, path) if deep is None else \
                         _from_array(_upright(_keyed(deep, image.info.get("transparency")),
                                              image.getexif().get(0x0112, 1)), label)
+                    frames = _frame_count(image)
+                    if frames > 1:
+                        picture.notes = (f"{path.name} has {frames} frames: only the first is "
+                                         "used (stylefu batch paints frames saved as files).",)
             finally:
                 said += [str(w.message) for w in warned] + printed
         _say_again(warned, printed)  # a picture that loads: what was said is shown, as before
@@ -328,6 +333,17 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
                         "JPEG or TIFF.") from None
     except OSError:
         raise UserError(f"{path} is truncated or damaged and cannot be read{detail(said)}.") from None
+
+
+def _frame_count(image: Image.Image) -> int:
+    """An animated GIF, PNG or WebP's frames (1 for other formats: a camera's MPO holds a preview,
+    a TIFF's later pages are mostly thumbnails); only a notice rests on it."""
+    if image.format not in ("GIF", "PNG", "WEBP"):
+        return 1
+    try:
+        return int(getattr(image, "n_frames", 1))
+    except Exception:  # a later frame damaged: the first one loaded, and nothing rests on it
+        return 1
 
 
 def _say_again(warned: list, printed: list[str]) -> None:
