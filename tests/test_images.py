@@ -432,3 +432,26 @@ def test_a_tiff_turned_by_its_orientation_tag_is_upright_and_whole(tmp_path, mod
             expected[..., :3], picture.rgb.shape)), orientation
         if mode == "RGBA":
             assert np.array_equal(np.round(picture.alpha * 255), expected[..., 3]), orientation
+
+
+def test_a_12_bit_grey_tiff_is_read_by_its_12_bits(tmp_path):
+    """A 12-bit grey TIFF (a scientific or machine-vision camera's) unpacks to 0..4095 in
+    Pillow's 16-bit mode and was divided by 65535: 16x too dark. Its BitsPerSample says 12."""
+    import struct
+
+    height, width = 4, 6
+    values = (np.arange(height * width).reshape(height, width) * 170 + 5).astype(np.uint16)
+    flat = [int(v) for v in values.ravel()]
+    packed = b"".join(bytes([a >> 4, (a & 15) << 4 | b >> 8, b & 255])  # two samples, 3 bytes
+                      for a, b in zip(flat[::2], flat[1::2]))
+    entries = [(256, width), (257, height), (258, 12), (259, 1), (262, 1), (273, None),
+               (277, 1), (278, height), (279, len(packed))]
+    start = 8 + 2 + 12 * len(entries) + 4
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHII", tag, 4, 1, start if value is None else value) for tag, value in entries)
+    (tmp_path / "g12.tif").write_bytes(b"II*\0" + struct.pack("<I", 8) + ifd + b"\0" * 4 + packed)
+    with Image.open(tmp_path / "g12.tif") as image:
+        assert image.mode == "I;16" and image.tile[0].args[0] == "I;12"
+    with Image.open(tmp_path / "g12.tif") as opened:  # the API given the opened file
+        for picture in (load_image(tmp_path / "g12.tif"), load_image(opened)):
+            assert np.allclose(picture.rgb[..., 0], values / 4095, atol=1e-6)

@@ -215,9 +215,10 @@ def _upright(array: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def _from_pil(image: Image.Image, name: str, to_srgb: bool = True,
-              path: Path | None = None) -> Picture:
+              path: Path | None = None, white: int = 65535) -> Picture:
     """`image` as a Picture; `path`, the file it was read from, names it in refusals (a file's
-    user is told to re-save it, an API caller holding a PIL image to scale it)."""
+    user is told to re-save it, an API caller holding a PIL image to scale it); `white`, its
+    integer grey's white (_grey_white)."""
     image = ImageOps.exif_transpose(image)
     if to_srgb:
         image = _in_srgb(image)
@@ -225,7 +226,7 @@ def _from_pil(image: Image.Image, name: str, to_srgb: bool = True,
     key = image.info.get("transparency")  # a PNG's tRNS colour: those pixels are transparent
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         return _gray16(np.asarray(image), who, name, key if isinstance(key, int) else None,
-                       path is not None)
+                       path is not None, white)
     if mode == "F":
         values = np.asarray(image, dtype=np.float32)
         finite = values[np.isfinite(values)]
@@ -244,7 +245,17 @@ def _from_pil(image: Image.Image, name: str, to_srgb: bool = True,
     return _from_array(np.asarray(image), name)
 
 
-def _gray16(values: np.ndarray, who, name: str, key: int | None, from_file: bool) -> Picture:
+def _grey_white(image: Image.Image) -> int:
+    """The white of a file's integer grey: 2^bits - 1 for a TIFF of 9 to 15 bits per sample
+    (Pillow unpacks a 12-bit camera's TIFF to 0..4095 in a 16-bit mode: 16x too dark), else
+    65535."""
+    bits = getattr(image, "tag_v2", {}).get(258) if image.format == "TIFF" else None
+    bits = bits[0] if isinstance(bits, tuple) and len(bits) == 1 else bits
+    return 2 ** bits - 1 if isinstance(bits, int) and 8 < bits < 16 else 65535
+
+
+def _gray16(values: np.ndarray, who, name: str, key: int | None, from_file: bool,
+            white: int = 65535) -> Picture:
     """16-bit grayscale: 0..65535 -> 0..1, decided by the mode, never by the values (a dark 16-bit
     scan whose values all lie under 256 is no 8-bit picture). Pillow's mode I (16-bit PNGs in
     Pillow 10, signed and 32-bit integer TIFFs, a mode-I image given to the API) is read on the
@@ -255,7 +266,7 @@ def _gray16(values: np.ndarray, who, name: str, key: int | None, from_file: bool
                         "the 16-bit range 0..65535 integer grayscale is read in; " + (
                             "save it as an 8- or 16-bit PNG or TIFF." if from_file else
                             "scale it to 0..65535 or give an 8-bit picture as mode L."))
-    gray = values.astype(np.float32) / 65535.0
+    gray = values.astype(np.float32) / np.float32(white)
     if key is None:
         return _from_array(gray, name)
     return _from_array(np.stack([gray, (values != key).astype(np.float32)], axis=2), name)
@@ -276,7 +287,7 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
     if isinstance(source, Picture):
         return source
     if isinstance(source, Image.Image):
-        return _from_pil(source, name or "image", to_srgb)
+        return _from_pil(source, name or "image", to_srgb, white=_grey_white(source))
     if isinstance(source, np.ndarray):
         return _from_array(source, name or "array")
     if isinstance(source, bytes) and b"\0" in source:  # no path holds NUL: a file's contents
@@ -314,9 +325,11 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
                     # 16 bits kept, unless a colour profile needs converting (8-bit only)
                     deep = _sixteen_bits(path, image, tiles) if _is_sixteen_bit_rgb(tiles) and not (
                         to_srgb and _foreign_profile(image)) else None
-                    picture = _from_pil(image, label, to_srgb, path) if deep is None else \
-                        _from_array(_upright(_keyed(deep, image.info.get("transparency")),
-                                             image.getexif().get(0x0112, 1)), label)
+                    if deep is None:
+                        picture = _from_pil(image, label, to_srgb, path, _grey_white(image))
+                    else:
+                        picture = _from_array(_upright(_keyed(deep, image.info.get("transparency")),
+                                                       image.getexif().get(0x0112, 1)), label)
                     frames = _frame_count(image)
                     if frames > 1:
                         picture.notes = (f"{path.name} has {frames} frames: only the first is "
