@@ -455,3 +455,26 @@ def test_a_12_bit_grey_tiff_is_read_by_its_12_bits(tmp_path):
     with Image.open(tmp_path / "g12.tif") as opened:  # the API given the opened file
         for picture in (load_image(tmp_path / "g12.tif"), load_image(opened)):
             assert np.allclose(picture.rgb[..., 0], values / 4095, atol=1e-6)
+
+
+def test_a_float_colour_tiff_is_named_as_a_tiff(tmp_path):
+    """A 32-bit float RGB TIFF (GIMP's, Krita's or darktable's float export), which Pillow cannot
+    open, was told "not an image stylefu can read; save it as PNG, JPEG or TIFF": it is a TIFF."""
+    import struct
+
+    height, width = 8, 10
+    pixels = rgb_noise(height, width).astype("<f4").tobytes()
+    entries = [(256, width), (257, height), (258, None), (259, 1), (262, 2), (273, None),
+               (277, 3), (278, height), (279, len(pixels)), (284, 1), (339, None)]
+    ifd_end = 8 + 2 + 12 * len(entries) + 4
+    offsets = {258: ifd_end, 339: ifd_end + 6, 273: ifd_end + 12}
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHII", tag, 3 if tag in (258, 339) else 4, 3 if tag in (258, 339) else 1,
+                    offsets.get(tag, value)) for tag, value in entries)
+    path = tmp_path / "float.tif"
+    path.write_bytes(b"II*\0" + struct.pack("<I", 8) + ifd + b"\0" * 4
+                     + struct.pack("<3H", 32, 32, 32) + struct.pack("<3H", 3, 3, 3) + pixels)
+    with pytest.raises(UserError, match=rf"^{path} is a TIFF of a kind stylefu cannot read "
+                                        r"\(float colour, for one\); save it as an 8- or 16-bit "
+                                        r"PNG or TIFF\.$"):
+        load_image(path)

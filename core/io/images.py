@@ -342,6 +342,9 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
         raise UserError(f"{path} is too large ({Image.MAX_IMAGE_PIXELS} pixels at most); "
                         "scale it down first.") from None
     except UnidentifiedImageError:
+        if _is_tiff(path):  # "save it as TIFF" would answer a TIFF user with nothing to do
+            raise UserError(f"{path} is a TIFF of a kind stylefu cannot read (float colour, for "
+                            f"one){detail(said)}; save it as an 8- or 16-bit PNG or TIFF.") from None
         raise UserError(f"{path} is not an image stylefu can read{detail(said)}; save it as PNG, "
                         "JPEG or TIFF.") from None
     except OSError:
@@ -357,6 +360,12 @@ def _frame_count(image: Image.Image) -> int:
         return int(getattr(image, "n_frames", 1))
     except Exception:  # a later frame damaged: the first one loaded, and nothing rests on it
         return 1
+
+
+def _is_tiff(path: Path) -> bool:
+    with suppress(OSError), open(path, "rb") as f:
+        return f.read(4) in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF
+    return False
 
 
 def _say_again(warned: list, printed: list[str]) -> None:
