@@ -252,9 +252,11 @@ def test_lossy_outputs_keep_fine_detail(tmp_path):
     assert error(webp) < 0.8 * error(default)
 
 
-def _png(path, samples: np.ndarray, color_type: int, trns: bytes | None = None):
-    """A PNG of `samples` (uint8 or uint16: the bit depth) with an optional tRNS chunk, written
-    here: Pillow writes neither 16-bit colour keys nor 16-bit grey with alpha."""
+def _png(path, samples: np.ndarray, color_type: int, trns: bytes | None = None,
+         depth: int | None = None):
+    """A PNG of `samples` (uint8 or uint16: the bit depth, unless `depth` packs grey in 1, 2 or 4
+    bits) with an optional tRNS chunk, written here: Pillow writes neither 16-bit colour keys nor
+    16-bit grey with alpha."""
     import struct
     import zlib
 
@@ -263,8 +265,12 @@ def _png(path, samples: np.ndarray, color_type: int, trns: bytes | None = None):
             ">I", zlib.crc32(kind + payload))
 
     height, width = samples.shape[:2]
-    depth = samples.dtype.itemsize * 8
-    rows = samples.astype(f">u{depth // 8}").reshape(height, -1)
+    if depth:  # each sample's low `depth` bits, packed along the row
+        bits = np.unpackbits(samples.astype(np.uint8)[..., None], axis=2)[..., 8 - depth:]
+        rows = np.packbits(bits.reshape(height, -1), axis=1)
+    else:
+        depth = samples.dtype.itemsize * 8
+        rows = samples.astype(f">u{depth // 8}").reshape(height, -1)
     raw = b"".join(b"\0" + row.tobytes() for row in rows)
     header = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + (
@@ -331,17 +337,22 @@ def test_a_float_file_of_0_to_255_says_what_a_file_user_can_do(tmp_path):
     assert np.allclose(load_image(tmp_path / "unit.tif").rgb[..., 0], array / 255, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["grey8", "rgb8", "grey16", "rgb16", "palette"])
+@pytest.mark.parametrize("kind", ["grey8", "rgb8", "grey16", "rgb16", "palette", "grey2"])
 def test_a_transparent_colour_key_becomes_alpha(tmp_path, kind):
     """A PNG's tRNS colour on grey or RGB (8 or 16 bits) made those pixels transparent in every
-    viewer but opaque here: the alpha was lost without a word."""
+    viewer but opaque here: the alpha was lost without a word. A 2-bit grey's key is on the
+    file's 0..3 scale, which Pillow scales for the pixels but not for the key."""
     import struct
 
     deep = kind.endswith("16")
     levels = (np.arange(20 * 30).reshape(20, 30) % 7 * (9000 if deep else 30)).astype(
         np.uint16 if deep else np.uint8)
     key = int(levels[0, 1])  # 9000 or 30: the whole 16 bits compared, not the high byte
-    if kind == "palette":
+    if kind == "grey2":
+        levels = (np.arange(20 * 32).reshape(20, 32) % 4).astype(np.uint8)
+        key = 1
+        _png(tmp_path / "k.png", levels, 0, struct.pack(">H", key), depth=2)
+    elif kind == "palette":
         Image.fromarray(levels).convert("P").save(tmp_path / "k.png", transparency=key)
     elif kind.startswith("grey"):
         _png(tmp_path / "k.png", levels, 0, struct.pack(">H", key))

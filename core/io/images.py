@@ -256,8 +256,9 @@ def _grey_white(image: Image.Image) -> int:
 
 def _gray16(values: np.ndarray, who, name: str, key: int | None, from_file: bool,
             white: int = 65535) -> Picture:
-    """16-bit grayscale: 0..65535 -> 0..1, decided by the mode, never by the values (a dark 16-bit
-    scan whose values all lie under 256 is no 8-bit picture). Pillow's mode I (16-bit PNGs in
+    """16-bit grayscale: 0..white (65535; a 12-bit TIFF's 4095) -> 0..1, decided by the mode and
+    file, never by the values (a dark 16-bit scan whose values all lie under 256 is no 8-bit
+    picture). Pillow's mode I (16-bit PNGs in
     Pillow 10, signed and 32-bit integer TIFFs, a mode-I image given to the API) is read on the
     same scale; values outside it are refused: a 32-bit file has no agreed white, and clipping
     them would flatten the picture without a word."""
@@ -322,6 +323,9 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
                         raise UserError(_cut_short(path, image.size))  # closed by an end marker
                     if image.format == "BMP":
                         _bmp_alpha(path, tiles, image)
+                    scale = {"L;2": 85, "L;4": 17}.get(_raw_mode(tiles[0]) if tiles else None)
+                    if scale and isinstance(image.info.get("transparency"), int):
+                        image.info["transparency"] *= scale  # Pillow scales the grey, not its key
                     # 16 bits kept, unless a colour profile needs converting (8-bit only)
                     deep = _sixteen_bits(path, image, tiles) if _is_sixteen_bit_rgb(tiles) and not (
                         to_srgb and _foreign_profile(image)) else None
