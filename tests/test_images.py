@@ -250,3 +250,242 @@ def test_lossy_outputs_keep_fine_detail(tmp_path):
         return np.abs(np.asarray(Image.open(image).convert("RGB"), np.float32) / 255 - rgb).mean()
 
     assert error(webp) < 0.8 * error(default)
+
+
+def _png(path, samples: np.ndarray, color_type: int, trns: bytes | None = None,
+         depth: int | None = None):
+    """A PNG of `samples` (uint8 or uint16: the bit depth, unless `depth` packs grey in 1, 2 or 4
+    bits) with an optional tRNS chunk, written here: Pillow writes neither 16-bit colour keys nor
+    16-bit grey with alpha."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(
+            ">I", zlib.crc32(kind + payload))
+
+    height, width = samples.shape[:2]
+    if depth:  # each sample's low `depth` bits, packed along the row
+        bits = np.unpackbits(samples.astype(np.uint8)[..., None], axis=2)[..., 8 - depth:]
+        rows = np.packbits(bits.reshape(height, -1), axis=1)
+    else:
+        depth = samples.dtype.itemsize * 8
+        rows = samples.astype(f">u{depth // 8}").reshape(height, -1)
+    raw = b"".join(b"\0" + row.tobytes() for row in rows)
+    header = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + (
+        chunk(b"tRNS", trns) if trns else b"") + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b""))
+    return path
+
+
+DARK_SCAN = (np.arange(20 * 30).reshape(20, 30) % 200 + 10).astype(np.uint16)  # all under 256
+
+
+@pytest.mark.parametrize("source", ["png-as-pillow-10-opens-it", "tiff-mode-I", "api-mode-I"])
+def test_16_bit_grey_is_read_by_its_depth_not_its_values(tmp_path, monkeypatch, source):
+    """A dark 16-bit scan (every value under 256) opened as Pillow's mode I was taken as 8-bit:
+    257x too bright. Pillow 10 opens 16-bit grey PNGs as mode I; Pillow writes mode-I pictures as
+    32-bit TIFFs; an API caller may hand over a mode-I image: all read on the 16-bit scale."""
+    from PIL import PngImagePlugin
+
+    if source == "png-as-pillow-10-opens-it":
+        monkeypatch.setitem(PngImagePlugin._MODES, (16, 0), ("I", "I;16B"))
+        given = _png(tmp_path / "scan.png", DARK_SCAN, 0)
+    else:
+        image = Image.fromarray(DARK_SCAN.astype(np.int32))
+        assert image.mode == "I"
+        given = image if source == "api-mode-I" else tmp_path / "scan.tif"
+        if source == "tiff-mode-I":
+            image.save(given)
+    if isinstance(given, Image.Image):
+        assert given.mode == "I"
+    else:
+        with Image.open(given) as opened:
+            assert opened.mode == "I"
+    picture = load_image(given)
+    assert np.allclose(picture.rgb[..., 0], DARK_SCAN / 65535, atol=1e-7)
+    assert picture.rgb.max() < 0.01
+
+
+@pytest.mark.parametrize("values", [(0, 70000), (-5, 200)])
+def test_integer_grey_outside_16_bits_is_refused_naming_the_file(tmp_path, values):
+    """Mode-I values above 65535 or below 0 (a 32-bit integer TIFF) were clipped without a word."""
+    array = np.linspace(*values, 600).reshape(20, 30).astype(np.int32)
+    Image.fromarray(array).save(tmp_path / "counts.tif")
+    lo, hi = values
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'counts.tif'} holds integer pixel values "
+                                        rf"{lo}\.\.{hi}, outside the 16-bit range 0\.\.65535 .*; "
+                                        r"save it as an 8- or 16-bit PNG or TIFF\.$"):
+        load_image(tmp_path / "counts.tif")
+    with pytest.raises(UserError, match=rf"^content holds integer pixel values {lo}\.\.{hi}.*"
+                                        r"scale it to 0\.\.65535 or give an 8-bit picture as mode L"):
+        load_image(Image.fromarray(array), "content")
+
+
+def test_a_float_file_of_0_to_255_says_what_a_file_user_can_do(tmp_path):
+    """A 32-bit float TIFF holding 0..255 got the numpy array's "divide by 255"."""
+    array = np.linspace(0, 255, 600, dtype=np.float32).reshape(20, 30)
+    Image.fromarray(array).save(tmp_path / "float.tif")
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'float.tif'} holds 32-bit float pixels "
+                                        r"spanning 0\.\.255, where float pictures are read as 0\.\.1;"
+                                        r" save it as an 8- or 16-bit PNG or TIFF\.$"):
+        load_image(tmp_path / "float.tif")
+    with pytest.raises(UserError, match=r"^style 1 holds 32-bit float pixels .* scale it to 0\.\.1"):
+        load_image(Image.fromarray(array), "style 1")
+    Image.fromarray(array / 255).save(tmp_path / "unit.tif")  # 0..1: read as it is
+    assert np.allclose(load_image(tmp_path / "unit.tif").rgb[..., 0], array / 255, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["grey8", "rgb8", "grey16", "rgb16", "palette", "grey2"])
+def test_a_transparent_colour_key_becomes_alpha(tmp_path, kind):
+    """A PNG's tRNS colour on grey or RGB (8 or 16 bits) made those pixels transparent in every
+    viewer but opaque here: the alpha was lost without a word. A 2-bit grey's key is on the
+    file's 0..3 scale, which Pillow scales for the pixels but not for the key."""
+    import struct
+
+    deep = kind.endswith("16")
+    levels = (np.arange(20 * 30).reshape(20, 30) % 7 * (9000 if deep else 30)).astype(
+        np.uint16 if deep else np.uint8)
+    key = int(levels[0, 1])  # 9000 or 30: the whole 16 bits compared, not the high byte
+    if kind == "grey2":
+        levels = (np.arange(20 * 32).reshape(20, 32) % 4).astype(np.uint8)
+        key = 1
+        _png(tmp_path / "k.png", levels, 0, struct.pack(">H", key), depth=2)
+    elif kind == "palette":
+        Image.fromarray(levels).convert("P").save(tmp_path / "k.png", transparency=key)
+    elif kind.startswith("grey"):
+        _png(tmp_path / "k.png", levels, 0, struct.pack(">H", key))
+    else:
+        _png(tmp_path / "k.png", np.stack([levels] * 3, axis=2), 2, struct.pack(">HHH", *[key] * 3))
+    picture = load_image(tmp_path / "k.png")
+    assert picture.alpha is not None
+    assert np.array_equal(picture.alpha == 0, levels == key)
+    assert np.all(picture.alpha[levels != key] == 1)
+
+
+def test_an_rgba_result_written_as_bmp_keeps_its_alpha(tmp_path):
+    """`-o out.bmp` from an RGBA input wrote Pillow's BI_RGB BMP, whose fourth byte GIMP and
+    Pillow read as padding: the transparency was gone. It is now a BITMAPV4HEADER with an alpha
+    bit field, as GIMP writes (GIMP 3 read it back with alpha when checked by hand)."""
+    rgb = rgb_noise(7, 9, seed=8)
+    alpha = np.linspace(0, 1, 63, dtype=np.float32).reshape(7, 9)
+    path = save_image(tmp_path / "out.bmp", rgb, alpha)
+    with Image.open(path) as image:  # another reader sees the alpha
+        assert image.mode == "RGBA" and image.info["compression"] == 3  # BI_BITFIELDS
+        assert np.array_equal(np.asarray(image)[..., 3], np.round(alpha * 255).astype(np.uint8))
+    back = load_image(path)
+    assert np.abs(back.alpha - alpha).max() <= 0.5 / 255 + 1e-6
+    assert np.abs(back.rgb - rgb).max() <= 0.5 / 255 + 1e-6
+    with Image.open(save_image(tmp_path / "opaque.bmp", rgb)) as image:
+        assert image.mode == "RGB"  # no alpha: a plain 24-bit BMP as before
+
+
+@pytest.mark.parametrize("writer", ["pillow-bi-rgb", "bitfields-40-byte-header", "padding"])
+def test_a_32_bit_bmp_whose_fourth_bytes_hold_alpha_keeps_it(tmp_path, writer):
+    """A 32-bit BMP's alpha in the fourth bytes Pillow skips (BI_RGB, as Pillow itself writes
+    RGBA; bit fields after a 40-byte header) was dropped; all zero, they are padding."""
+    import struct
+
+    alpha = (np.arange(6 * 10).reshape(6, 10) * 4).astype(np.uint8)
+    rgba = np.dstack([(rgb_noise(6, 10, seed=9) * 255).astype(np.uint8),
+                      np.zeros_like(alpha) if writer == "padding" else alpha])
+    path = tmp_path / "a.bmp"
+    if writer == "bitfields-40-byte-header":
+        pixels = rgba[::-1][..., [2, 1, 0, 3]].tobytes()
+        header = struct.pack("<IiiHHIIiiII4I", 40, 10, 6, 1, 32, 3, len(pixels), 0, 0, 0, 0,
+                             0xFF0000, 0xFF00, 0xFF, 0xFF000000)
+        path.write_bytes(b"BM" + struct.pack("<IHHI", 14 + len(header) + len(pixels), 0, 0,
+                                             14 + len(header)) + header + pixels)
+    else:
+        Image.fromarray(rgba, "RGBA").save(path)
+    with Image.open(path) as image:
+        assert image.mode == "RGB"  # what Pillow alone makes of it
+    picture = load_image(path)
+    assert np.array_equal(picture.rgb, rgba[..., :3] / np.float32(255))
+    if writer == "padding":
+        assert picture.alpha is None
+    else:
+        assert np.array_equal(picture.alpha, alpha / np.float32(255))
+
+
+def test_16_bit_grey_with_alpha_keeps_16_bits(tmp_path):
+    """A 16-bit grey-and-alpha PNG (GIMP's export of a 16-bit grey layer with transparency) was
+    read as 8-bit RGBA: grey and alpha each lost 8 bits without a word."""
+    grey = np.linspace(0, 65535, 20 * 30).astype(np.uint16).reshape(20, 30)
+    alpha = grey[::-1, ::-1].copy()
+    picture = load_image(_png(tmp_path / "la16.png", np.stack([grey, alpha], axis=2), 4))
+    assert np.array_equal(np.round(picture.rgb[..., 1] * 65535), grey)
+    assert np.array_equal(np.round(picture.alpha * 65535), alpha)
+    assert len(np.unique(picture.rgb[..., 0])) == 20 * 30  # not 256
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "RGBA", "RGB"])
+def test_a_tiff_turned_by_its_orientation_tag_is_upright_and_whole(tmp_path, mode):
+    """Pillow 13 memory-maps an uncompressed L, I;16 or RGBA TIFF at its turned size, so an
+    Orientation of 5..8 (a scanner's or camera's portrait TIFF) came out garbled: each row's
+    pixels from the wrong place."""
+    from stylefu.core.io.images import _upright  # tested against ImageOps above
+
+    rng = np.random.default_rng(11)
+    samples = {"L": lambda: rng.integers(0, 256, (10, 20), dtype=np.uint8),
+               "I;16": lambda: rng.integers(0, 65536, (10, 20), dtype=np.uint16),
+               "RGBA": lambda: rng.integers(0, 256, (10, 20, 4), dtype=np.uint8),
+               "RGB": lambda: rng.integers(0, 256, (10, 20, 3), dtype=np.uint8)}[mode]()
+    scale = 65535 if mode == "I;16" else 255
+    for orientation in range(1, 9):
+        path = tmp_path / f"o{orientation}.tif"
+        Image.fromarray(samples).save(path, tiffinfo={274: orientation})
+        picture = load_image(path)
+        stacked = samples if samples.ndim == 3 else samples[..., None]
+        expected = _upright(stacked, orientation)
+        assert np.array_equal(np.round(picture.rgb * scale), np.broadcast_to(
+            expected[..., :3], picture.rgb.shape)), orientation
+        if mode == "RGBA":
+            assert np.array_equal(np.round(picture.alpha * 255), expected[..., 3]), orientation
+
+
+def test_a_12_bit_grey_tiff_is_read_by_its_12_bits(tmp_path):
+    """A 12-bit grey TIFF (a scientific or machine-vision camera's) unpacks to 0..4095 in
+    Pillow's 16-bit mode and was divided by 65535: 16x too dark. Its BitsPerSample says 12."""
+    import struct
+
+    height, width = 4, 6
+    values = (np.arange(height * width).reshape(height, width) * 170 + 5).astype(np.uint16)
+    flat = [int(v) for v in values.ravel()]
+    packed = b"".join(bytes([a >> 4, (a & 15) << 4 | b >> 8, b & 255])  # two samples, 3 bytes
+                      for a, b in zip(flat[::2], flat[1::2]))
+    entries = [(256, width), (257, height), (258, 12), (259, 1), (262, 1), (273, None),
+               (277, 1), (278, height), (279, len(packed))]
+    start = 8 + 2 + 12 * len(entries) + 4
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHII", tag, 4, 1, start if value is None else value) for tag, value in entries)
+    (tmp_path / "g12.tif").write_bytes(b"II*\0" + struct.pack("<I", 8) + ifd + b"\0" * 4 + packed)
+    with Image.open(tmp_path / "g12.tif") as image:
+        assert image.mode == "I;16" and image.tile[0].args[0] == "I;12"
+    with Image.open(tmp_path / "g12.tif") as opened:  # the API given the opened file
+        for picture in (load_image(tmp_path / "g12.tif"), load_image(opened)):
+            assert np.allclose(picture.rgb[..., 0], values / 4095, atol=1e-6)
+
+
+def test_a_float_colour_tiff_is_named_as_a_tiff(tmp_path):
+    """A 32-bit float RGB TIFF (GIMP's, Krita's or darktable's float export), which Pillow cannot
+    open, was told "not an image stylefu can read; save it as PNG, JPEG or TIFF": it is a TIFF."""
+    import struct
+
+    height, width = 8, 10
+    pixels = rgb_noise(height, width).astype("<f4").tobytes()
+    entries = [(256, width), (257, height), (258, None), (259, 1), (262, 2), (273, None),
+               (277, 3), (278, height), (279, len(pixels)), (284, 1), (339, None)]
+    ifd_end = 8 + 2 + 12 * len(entries) + 4
+    offsets = {258: ifd_end, 339: ifd_end + 6, 273: ifd_end + 12}
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHII", tag, 3 if tag in (258, 339) else 4, 3 if tag in (258, 339) else 1,
+                    offsets.get(tag, value)) for tag, value in entries)
+    path = tmp_path / "float.tif"
+    path.write_bytes(b"II*\0" + struct.pack("<I", 8) + ifd + b"\0" * 4
+                     + struct.pack("<3H", 32, 32, 32) + struct.pack("<3H", 3, 3, 3) + pixels)
+    with pytest.raises(UserError, match=rf"^{path} is a TIFF of a kind stylefu cannot read "
+                                        r"\(float colour, for one\); save it as an 8- or 16-bit "
+                                        r"PNG or TIFF\.$"):
+        load_image(path)

@@ -487,3 +487,82 @@ def test_a_batch_whose_names_are_too_long_is_refused_before_any_work(world, caps
     done = cli(capsys, "batch", world.content, "--style", world.style, "-o", out, "--name",
                fits, "--model", world.model, *RUN, "--progress", "none")
     assert done.code == 0 and (out / fits.format(stem="content")).is_file(), done.err
+
+
+def test_a_dark_16_bit_scan_comes_out_dark(world, capsys):
+    """A 16-bit grey scan whose values all lie under 256, opened as Pillow's mode I (a 32-bit
+    TIFF as Pillow writes mode I; a 16-bit PNG in Pillow 10), was read as 8-bit: 257x too
+    bright. Outside the mask the result is the content exactly, so it must stay as dark."""
+    import numpy as np
+    from PIL import Image
+
+    scan = (np.arange(48 * 64).reshape(48, 64) % 250 + 5).astype(np.int32)
+    Image.fromarray(scan).save(world.root / "scan.tif")
+    out = world.root / "out.tif"
+    done = cli(capsys, "run", world.root / "scan.tif", world.style, "-o", out, "--mask",
+               world.mask, "--model", world.model, *RUN, "--bits", "16", "--progress", "json")
+    assert done.code == 0, done.err
+    with Image.open(out) as image:
+        result = np.asarray(image.convert("RGB")) if image.mode != "RGB" else np.asarray(image)
+    outside = result[:, :28]  # the mask is white on the right half only
+    assert outside.max() <= 2, outside.max()  # 255 / 65535 in 8 bits: 1; before: up to 255
+
+
+@pytest.mark.parametrize("kind", ["float-0-255", "int-over-16-bits"])
+def test_a_picture_file_out_of_range_is_refused_naming_it(world, capsys, kind):
+    """A 32-bit float TIFF holding 0..255 got the numpy array's "divide by 255" (nothing a file's
+    user can do); a 32-bit integer TIFF's values above 65535 were clipped without a word."""
+    import numpy as np
+    from PIL import Image
+
+    values = (np.linspace(0, 255, 48 * 64, dtype=np.float32) if kind == "float-0-255"
+              else np.linspace(0, 70000, 48 * 64).astype(np.int32)).reshape(48, 64)
+    style = world.root / "deep.tif"
+    Image.fromarray(values).save(style)
+    before = world.snapshot()
+    done = cli(capsys, "run", world.content, style, "-o", world.root / "out.png", "--model",
+               world.model, *RUN, "--progress", "json")
+    message = assert_refused(done, [style], before, world)
+    assert "save it as an 8- or 16-bit PNG or TIFF" in message
+    assert ("0..255" if kind == "float-0-255" else "0..70000") in message  # the range it holds
+
+
+def test_an_rgba_content_painted_to_bmp_keeps_its_transparency(world, capsys):
+    """`stylefu run rgba.png style -o out.bmp` wrote a BMP whose alpha GIMP and Pillow skip."""
+    import numpy as np
+    from PIL import Image
+
+    from stylefu.core.io.images import load_image, save_image
+
+    content = load_image(world.content)
+    alpha = np.ones((48, 64), np.float32)
+    alpha[:, :16] = 0
+    rgba = save_image(world.root / "rgba.png", content.rgb, alpha)
+    out = world.root / "out.bmp"
+    done = cli(capsys, "run", rgba, world.style, "-o", out, "--model", world.model, *RUN,
+               "--progress", "json")
+    assert done.code == 0, done.err
+    with Image.open(out) as image:
+        assert image.mode == "RGBA"
+        written = np.asarray(image)[..., 3]
+    assert written[:, :14].max() == 0 and written[:, 18:].min() == 255
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".png"])
+def test_an_animated_content_says_only_its_first_frame_is_painted(world, capsys, suffix):
+    """An animated GIF or APNG was painted from its first frame without a word: the user
+    expecting an animation got one still. Now a notice says so (the result is the first frame's)."""
+    from PIL import Image
+
+    from stylefu.core.io.images import load_image
+
+    first = Image.open(world.content).convert("RGB")
+    frames = [first, first.transpose(Image.Transpose.FLIP_LEFT_RIGHT), first.rotate(180)]
+    animated = world.root / f"clip{suffix}"
+    frames[0].save(animated, save_all=True, append_images=frames[1:])
+    done = cli(capsys, "run", animated, world.style, "-o", world.root / "out.png", "--model",
+               world.model, *RUN, "--progress", "json")
+    assert done.code == 0, done.err
+    notices = [r["message"] for r in strict_records(done.out) if r["event"] == "notice"]
+    assert f"clip{suffix} has 3 frames: only the first is used" in " ".join(notices), notices
+    assert load_image(world.content).notes == ()  # a still picture says nothing

@@ -2,9 +2,10 @@
 
 Inputs get EXIF orientation applied and their colours converted to sRGB from an embedded colour
 profile (Display P3, Adobe RGB, a printer's CMYK...); palette, grayscale, CMYK and 16-bit modes are
-converted, 16-bit RGB(A) PNG and TIFF files at their full 16 bits; alpha is kept aside and put back
-on the result. Outputs are written to a temporary name and renamed, so a crash never leaves half a
-file; .png/.tif can be 16-bit, .npy keeps float32.
+converted, 16-bit RGB(A) PNG and TIFF files (and grey-with-alpha PNGs) at their full 16 bits,
+integer grayscale by its bit depth (never its values); a PNG's transparent colour becomes alpha;
+alpha is kept aside and put back on the result. Outputs are written to a temporary name and
+renamed, so a crash never leaves half a file; .png/.tif can be 16-bit, .npy keeps float32.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Picture:
     rgb: np.ndarray
     alpha: np.ndarray | None = None
     name: str = "image"
+    notes: tuple[str, ...] = ()  # what a run says about it once (an animation's first frame)
 
     @property
     def height(self) -> int:
@@ -136,10 +138,12 @@ def _in_srgb(image: Image.Image) -> Image.Image:
 
 # Pillow has no 16-bit RGB mode: it decodes these raw modes of PNG and TIFF files to their high
 # bytes; the same decoder with the other byte order's unpacker gives the low bytes (N: native,
-# libtiff's own decoding).
+# libtiff's own decoding). A 16-bit grey-and-alpha PNG (LA;16B, read as RGBA) has no such
+# unpacker: plain RGBA takes its four bytes as they come (grey high, low, alpha high, low).
 _OTHER_BYTE_ORDER = {f"{mode};16{order}": f"{mode};16{other}" for mode in ("RGB", "RGBA")
                      for order, other in (("B", "L"), ("L", "B"),
                                           ("N", "B" if sys.byteorder == "little" else "L"))}
+_OTHER_BYTE_ORDER["LA;16B"] = "RGBA"
 
 
 def _raw_mode(tile) -> str | None:
@@ -154,14 +158,14 @@ def _with_raw_mode(tile, raw_mode: str):
 
 
 def _is_sixteen_bit_rgb(tiles: list) -> bool:
-    """Whether a file's tiles (taken before load()) are 16-bit RGB(A) PNG or TIFF data."""
+    """Whether a file's tiles (taken before load()) are 16-bit RGB(A) (or LA) PNG or TIFF data."""
     return bool(tiles) and all(_raw_mode(t) in _OTHER_BYTE_ORDER for t in tiles)
 
 
-def _sixteen_bits(path: Path, image: Image.Image) -> np.ndarray | None:
-    """A 16-bit RGB(A) PNG or TIFF's samples ([H,W,C] uint16, before EXIF orientation) from
-    `image` (loaded: its high bytes) and a second decoding for the low bytes; None where that
-    decoding fails (the 8-bit picture then stands)."""
+def _sixteen_bits(path: Path, image: Image.Image, tiles: list) -> np.ndarray | None:
+    """A 16-bit RGB(A) (or grey-and-alpha PNG) file's samples ([H,W,C] uint16, before EXIF
+    orientation) from `image` (loaded: its high bytes) and a second decoding for the low bytes;
+    None where that decoding fails (the 8-bit picture then stands)."""
     try:
         with Image.open(path) as again:
             again.tile = [_with_raw_mode(t, _OTHER_BYTE_ORDER[_raw_mode(t)]) for t in again.tile]
@@ -172,7 +176,34 @@ def _sixteen_bits(path: Path, image: Image.Image) -> np.ndarray | None:
     high = np.asarray(image)
     if low.shape != high.shape:
         return None
+    if all(_raw_mode(t) == "LA;16B" for t in tiles):  # [grey, alpha], each high << 8 | low
+        return low[..., 0::2].astype(np.uint16) << 8 | low[..., 1::2]
     return high.astype(np.uint16) << 8 | low
+
+
+def _bmp_alpha(path: Path, tiles: list, image: Image.Image) -> None:
+    """Put back the alpha of a 32-bit BMP whose fourth bytes Pillow skips (BI_RGB, or bit fields
+    with a 40-byte header): Pillow itself writes RGBA that way; all zero, they are padding."""
+    if image.mode != "RGB" or len(tiles) != 1 or tiles[0][0] != "raw" or _raw_mode(tiles[0]) != "BGRX":
+        return
+    _, (x0, y0, x1, y1), offset, (_, stride, orientation) = tiles[0]
+    width, height = x1 - x0, y1 - y0
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = np.frombuffer(f.read(stride * height), np.uint8)
+    if data.size < stride * height:  # Pillow loaded it: not expected, but never a guess
+        return
+    alpha = data.reshape(height, stride)[:, 3:4 * width:4]
+    if alpha.any():
+        image.putalpha(Image.fromarray(np.ascontiguousarray(alpha[::orientation])))
+
+
+def _keyed(deep: np.ndarray, key) -> np.ndarray:
+    """16-bit RGB samples with an alpha channel from a PNG's tRNS colour (its pixels transparent)."""
+    if not isinstance(key, tuple) or deep.shape[2] != 3:
+        return deep
+    opaque = (deep != np.array(key, np.uint16)).any(axis=2)
+    return np.concatenate([deep, (opaque * 65535).astype(np.uint16)[..., None]], axis=2)
 
 
 def _upright(array: np.ndarray, orientation: int) -> np.ndarray:
@@ -183,22 +214,63 @@ def _upright(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(turns.get(orientation, lambda a: a)(array))
 
 
-def _from_pil(image: Image.Image, name: str, to_srgb: bool = True) -> Picture:
+def _from_pil(image: Image.Image, name: str, to_srgb: bool = True,
+              path: Path | None = None, white: int = 65535) -> Picture:
+    """`image` as a Picture; `path`, the file it was read from, names it in refusals (a file's
+    user is told to re-save it, an API caller holding a PIL image to scale it); `white`, its
+    integer grey's white (_grey_white)."""
     image = ImageOps.exif_transpose(image)
     if to_srgb:
         image = _in_srgb(image)
-    mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
-        gray = np.asarray(image, dtype=np.float32) / (65535.0 if mode != "I" or
-                                                       np.asarray(image).max() > 255 else 255.0)
-        return _from_array(gray, name)
+    mode, who = image.mode, path or name
+    key = image.info.get("transparency")  # a PNG's tRNS colour: those pixels are transparent
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        return _gray16(np.asarray(image), who, name, key if isinstance(key, int) else None,
+                       path is not None, white)
     if mode == "F":
-        return _from_array(np.asarray(image, dtype=np.float32), name)
+        values = np.asarray(image, dtype=np.float32)
+        finite = values[np.isfinite(values)]
+        if finite.size and (finite.max() > FLOAT_RANGE_LIMIT or finite.min() < 1 - FLOAT_RANGE_LIMIT):
+            raise UserError(f"{who} holds 32-bit float pixels spanning {finite.min():.4g}.."
+                            f"{finite.max():.4g}, where float pictures are read as 0..1; " + (
+                                "save it as an 8- or 16-bit PNG or TIFF." if path is not None else
+                                "scale it to 0..1 (image.point(lambda v: v / 255)) or convert it "
+                                "to mode L."))
+        return _from_array(values, name)
     if mode == "La":  # premultiplied: Pillow converts it to LA only
         image, mode = image.convert("LA"), "LA"
-    has_alpha = mode in ("RGBA", "RGBa", "LA", "PA") or (mode == "P" and "transparency" in image.info)
+    has_alpha = mode in ("RGBA", "RGBa", "LA", "PA") or (
+        mode in ("P", "L", "RGB", "1") and key is not None)  # Pillow's convert applies the key
     image = image.convert("RGBA" if has_alpha else "RGB")  # palette, CMYK, L, 1, RGBa -> RGB(A)
     return _from_array(np.asarray(image), name)
+
+
+def _grey_white(image: Image.Image) -> int:
+    """The white of a file's integer grey: 2^bits - 1 for a TIFF of 9 to 15 bits per sample
+    (Pillow unpacks a 12-bit camera's TIFF to 0..4095 in a 16-bit mode: 16x too dark), else
+    65535."""
+    bits = getattr(image, "tag_v2", {}).get(258) if image.format == "TIFF" else None
+    bits = bits[0] if isinstance(bits, tuple) and len(bits) == 1 else bits
+    return 2 ** bits - 1 if isinstance(bits, int) and 8 < bits < 16 else 65535
+
+
+def _gray16(values: np.ndarray, who, name: str, key: int | None, from_file: bool,
+            white: int = 65535) -> Picture:
+    """16-bit grayscale: 0..white (65535; a 12-bit TIFF's 4095) -> 0..1, decided by the mode and
+    file, never by the values (a dark 16-bit scan whose values all lie under 256 is no 8-bit
+    picture). Pillow's mode I (16-bit PNGs in
+    Pillow 10, signed and 32-bit integer TIFFs, a mode-I image given to the API) is read on the
+    same scale; values outside it are refused: a 32-bit file has no agreed white, and clipping
+    them would flatten the picture without a word."""
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise UserError(f"{who} holds integer pixel values {values.min()}..{values.max()}, outside "
+                        "the 16-bit range 0..65535 integer grayscale is read in; " + (
+                            "save it as an 8- or 16-bit PNG or TIFF." if from_file else
+                            "scale it to 0..65535 or give an 8-bit picture as mode L."))
+    gray = values.astype(np.float32) / np.float32(white)
+    if key is None:
+        return _from_array(gray, name)
+    return _from_array(np.stack([gray, (values != key).astype(np.float32)], axis=2), name)
 
 
 def one_or_many(given) -> list:
@@ -216,7 +288,7 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
     if isinstance(source, Picture):
         return source
     if isinstance(source, Image.Image):
-        return _from_pil(source, name or "image", to_srgb)
+        return _from_pil(source, name or "image", to_srgb, white=_grey_white(source))
     if isinstance(source, np.ndarray):
         return _from_array(source, name or "array")
     if isinstance(source, bytes) and b"\0" in source:  # no path holds NUL: a file's contents
@@ -238,6 +310,8 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
             try:
                 with Image.open(path) as image:
                     tiles = list(image.tile)  # load() empties them
+                    if image.format == "TIFF":  # Pillow maps an uncompressed L, I;16 or RGBA
+                        image.filename = ""  # strip at its turned size: garbled under 5..8
                     if image.format == "PNG":
                         _check_png_data(path, image.size)
                     # decodes everything: a file cut short raises OSError here
@@ -247,11 +321,23 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
                         raise OSError("libtiff reported an error")  # its strips left blank
                     if image.format in ("JPEG", "MPO") and cut_short(path.read_bytes(), image):
                         raise UserError(_cut_short(path, image.size))  # closed by an end marker
+                    if image.format == "BMP":
+                        _bmp_alpha(path, tiles, image)
+                    scale = {"L;2": 85, "L;4": 17}.get(_raw_mode(tiles[0]) if tiles else None)
+                    if scale and isinstance(image.info.get("transparency"), int):
+                        image.info["transparency"] *= scale  # Pillow scales the grey, not its key
                     # 16 bits kept, unless a colour profile needs converting (8-bit only)
-                    deep = _sixteen_bits(path, image) if _is_sixteen_bit_rgb(tiles) and not (
+                    deep = _sixteen_bits(path, image, tiles) if _is_sixteen_bit_rgb(tiles) and not (
                         to_srgb and _foreign_profile(image)) else None
-                    picture = _from_pil(image, label, to_srgb) if deep is None else _from_array(
-                        _upright(deep, image.getexif().get(0x0112, 1)), label)
+                    if deep is None:
+                        picture = _from_pil(image, label, to_srgb, path, _grey_white(image))
+                    else:
+                        picture = _from_array(_upright(_keyed(deep, image.info.get("transparency")),
+                                                       image.getexif().get(0x0112, 1)), label)
+                    frames = _frame_count(image)
+                    if frames > 1:
+                        picture.notes = (f"{path.name} has {frames} frames: only the first is "
+                                         "used (stylefu batch paints frames saved as files).",)
             finally:
                 said += [str(w.message) for w in warned] + printed
         _say_again(warned, printed)  # a picture that loads: what was said is shown, as before
@@ -260,10 +346,30 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
         raise UserError(f"{path} is too large ({Image.MAX_IMAGE_PIXELS} pixels at most); "
                         "scale it down first.") from None
     except UnidentifiedImageError:
+        if _is_tiff(path):  # "save it as TIFF" would answer a TIFF user with nothing to do
+            raise UserError(f"{path} is a TIFF of a kind stylefu cannot read (float colour, for "
+                            f"one){detail(said)}; save it as an 8- or 16-bit PNG or TIFF.") from None
         raise UserError(f"{path} is not an image stylefu can read{detail(said)}; save it as PNG, "
                         "JPEG or TIFF.") from None
     except OSError:
         raise UserError(f"{path} is truncated or damaged and cannot be read{detail(said)}.") from None
+
+
+def _frame_count(image: Image.Image) -> int:
+    """An animated GIF, PNG or WebP's frames (1 for other formats: a camera's MPO holds a preview,
+    a TIFF's later pages are mostly thumbnails); only a notice rests on it."""
+    if image.format not in ("GIF", "PNG", "WEBP"):
+        return 1
+    try:
+        return int(getattr(image, "n_frames", 1))
+    except Exception:  # a later frame damaged: the first one loaded, and nothing rests on it
+        return 1
+
+
+def _is_tiff(path: Path) -> bool:
+    with suppress(OSError), open(path, "rb") as f:
+        return f.read(4) in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF
+    return False
 
 
 def _say_again(warned: list, printed: list[str]) -> None:
@@ -430,6 +536,17 @@ def _tiff16(rgba: np.ndarray) -> bytes:
     return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack(f"<{channels}H", *[16] * channels) + pixels
 
 
+def _bmp32(rgba: np.ndarray) -> bytes:
+    """A 32-bit BMP with alpha: a BITMAPV4HEADER with bit fields naming the alpha byte, as GIMP
+    writes one (Pillow writes BI_RGB, whose fourth byte GIMP and Pillow read as padding)."""
+    height, width, _ = rgba.shape
+    pixels = np.ascontiguousarray(rgba[::-1][..., [2, 1, 0, 3]]).tobytes()  # bottom-up BGRA
+    header = struct.pack("<IiiHHIIiiII4I4s36x12x", 108, width, height, 1, 32, 3, len(pixels),
+                         2835, 2835, 0, 0, 0xFF0000, 0xFF00, 0xFF, 0xFF000000, b"BGRs")
+    start = 14 + len(header)
+    return b"BM" + struct.pack("<IHHI", start + len(pixels), 0, 0, start) + header + pixels
+
+
 def check_bits(path: str | Path, bits: int) -> None:
     """UserError, before any work, for bits other than 8 or 16, or when --bits 16 names a format
     that holds 8 bits per channel (.jpg, .webp, .bmp): its result would silently lose the
@@ -467,6 +584,9 @@ def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = Non
             image = Image.fromarray(np.round(array * 255).astype(np.uint8), mode)
             if suffix in (".jpg", ".jpeg") and mode == "RGBA":
                 image = image.convert("RGB")
+            if suffix == ".bmp" and mode == "RGBA":
+                tmp.write_bytes(_bmp32(np.asarray(image)))
+                return
             image.save(tmp, format=PILLOW_FORMATS[suffix],
                        **SAVE_OPTIONS.get(PILLOW_FORMATS[suffix], {}))
 

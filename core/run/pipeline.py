@@ -214,6 +214,8 @@ def _checked_inputs(content, style_or_styles, masks, config: Config, keep_size: 
     plan refuse (memory, --size too small, the engine's own limits): every check that needs no
     model."""
     content_pic, style_pics, mask_arrays = load_inputs(content, style_or_styles, masks, config)
+    for note in dict.fromkeys(n for p in (content_pic, *style_pics) for n in p.notes):
+        log(note)  # once, though one file be content and style
     init = None  # a --init file that is no image fails here, not after loading
     if config.init not in ("content", "noise"):
         init = load_image(config.init, "--init")
