@@ -107,6 +107,7 @@ def new_layer_above(image, source, name, place=None):
 
 
 def same(item, other):
+    """Whether two of libgimp's item proxies stand for one item."""
     return item is not None and other is not None and item.get_id() == other.get_id()
 
 
@@ -213,6 +214,7 @@ class Host(bridge.PluginHost):
         # hidden (still allowed on a removed item), and the group its undo step puts it back
         # into stays, empty and hidden, at the bottom of its siblings (no position shifted).
         # The source taken out of the group: the group stays in its place for its undo step.
+        # A group left is named for why it is there.
         self.image.undo_freeze()
         try:
             group, removed = self.live_group, not layer.is_valid()
