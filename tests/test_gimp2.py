@@ -484,3 +484,7 @@ def test_users_undo_steps_hold_around_the_live_layer(report):
     assert undo["group_removed_during"]["after"] == [name, "A", "B", "C"]
     assert undo["group_removed_during"]["undone_after"] == [
         "A", [kept, [f"{name} (hidden)", "photo"]], "B", "C"]
+    assert undo["live_moved_during"]["after"] == [name, "A", name, "photo", "B", "C",
+                                                  [f"{kept} (hidden)", []]]
+    assert undo["live_moved_during"]["undone_after"] == ["A", "photo", "B", "C",
+                                                         [f"{kept} (hidden)", [name]]]

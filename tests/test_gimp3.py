@@ -931,7 +931,7 @@ def test_users_undo_steps_hold_around_the_live_layer(model_path, tmp_path):
                                  str(tmp_path / "gui_undo.py"), str(tmp_path / "plug-ins")],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for step in ("removed-during", "removed-before", "source-removed-during",
-                     "live-removed-during", "group-removed-during"):
+                     "live-removed-during", "group-removed-during", "live-moved-during"):
             deadline = time.monotonic() + 120
             while not (out / f"{step}.ready").exists() and time.monotonic() < deadline \
                     and gimp.poll() is None:
@@ -984,4 +984,10 @@ def test_users_undo_steps_hold_around_the_live_layer(model_path, tmp_path):
     assert result["group_removed_during"] == {
         "during": ["A", "B", "C"], "after": ["result", "A", "B", "C"],
         "undone_after": ["A", [kept, ["live (hidden)", "photo"]], "B", "C"]}, result
+    # The live layer moved out of its group: the user's now, it stays; its group too, for the
+    # move's undo step (without it: a CRITICAL), which puts the layer back there, hidden.
+    assert result["live_moved_during"] == {
+        "during": ["live", "A", [group[0], ["photo"]], "B", "C"],
+        "after": ["live", "A", "result", "photo", "B", "C", [f"{kept} (hidden)", []]],
+        "undone_after": ["A", "photo", "B", "C", [f"{kept} (hidden)", ["live"]]]}, result
     assert "CRITICAL" not in log, log[-3000:]

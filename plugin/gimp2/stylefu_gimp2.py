@@ -201,14 +201,16 @@ class Host(PluginHost):
         """The live layer away and the group's other layers (the source, any the user added in
         it) back in its place, as GIMP 3's plug-in does (plugin/gimp3/stylefu.py, drop_live:
         what the user removed during the run stays in their undo steps, replayed as recorded,
-        so a removed live layer is hidden and the group its undo step needs is kept)."""
+        so a removed live layer is hidden, one moved out of the group stays, and the group
+        their undo step needs is kept)."""
         image, group = self.image, self.live_group
         pdb.gimp_image_undo_freeze(image)
         try:
             removed = not pdb.gimp_item_is_valid(layer)
+            taken = not removed and (layer.parent is None or layer.parent.ID != group.ID)
             if removed:
                 pdb.gimp_item_set_visible(layer, False)
-            else:
+            elif not taken:
                 pdb.gimp_image_remove_layer(image, layer)
             kept = "%s (kept for undo)" % TITLE
             parent = self.source.parent if pdb.gimp_item_is_valid(self.source) else None
@@ -222,9 +224,9 @@ class Host(PluginHost):
                 for item in reversed(group.children):
                     pdb.gimp_image_reorder_item(
                         image, item, parent, pdb.gimp_image_get_item_position(image, group) + 1)
-                if removed:
-                    log("the live layer was removed during the run: its group stays, empty and "
-                        "hidden, for its undo step")
+                if removed or taken:
+                    log("the live layer was removed or moved during the run: its group stays, "
+                        "empty and hidden, for its undo step")
                     group.name = kept
                     pdb.gimp_item_set_visible(group, False)
                     siblings = parent.children if parent is not None else image.layers

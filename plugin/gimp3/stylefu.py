@@ -213,14 +213,17 @@ class Host(bridge.PluginHost):
         # (or, its group gone, with a CRITICAL and nothing back). So a removed live layer is
         # hidden (still allowed on a removed item), and the group its undo step puts it back
         # into stays, empty and hidden, at the bottom of its siblings (no position shifted).
-        # The source taken out of the group: the group stays in its place for its undo step.
+        # A live layer the user moved out of the group is theirs: it stays, and the group too
+        # (undoing the move without it: a CRITICAL). The source taken out of the group: the
+        # group stays in its place for its undo step.
         # A group left is named for why it is there.
         self.image.undo_freeze()
         try:
             group, removed = self.live_group, not layer.is_valid()
+            taken = not removed and not same(layer.get_parent(), group)  # theirs now
             if removed:
                 layer.set_visible(False)
-            else:
+            elif not taken:
                 self.image.remove_layer(layer)
             kept = f"{bridge.TITLE} (kept for undo)"
             if not (group.is_valid() and self.source.is_valid()
@@ -233,9 +236,9 @@ class Host(bridge.PluginHost):
                 for item in reversed(group.get_children()):
                     self.image.reorder_item(item, parent,
                                             self.image.get_item_position(group) + 1)
-                if removed:
-                    bridge.log("the live layer was removed during the run: its group stays, "
-                               "empty and hidden, for its undo step")
+                if removed or taken:
+                    bridge.log("the live layer was removed or moved during the run: its group "
+                               "stays, empty and hidden, for its undo step")
                     group.set_name(kept)
                     group.set_visible(False)
                     siblings = parent.get_children() if parent else self.image.get_layers()

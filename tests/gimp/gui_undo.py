@@ -6,10 +6,11 @@ On an image of layers A, photo (the source), B, C, top first: (1) B removed whil
 exists, undone after the run; (2) B removed before the run, undone during it; (3) the source
 itself removed during the run, undone after it (and the result's step); (4) the live layer
 removed during the run, undone after it; (5) the live layer's group removed during the run,
-undone after it. Before each undo this writes OUT/NAME.ready (how many Ctrl+Z) and waits for
-OUT/NAME.done: tests/test_gimp3.py presses Ctrl+Z in GIMP's window (GIMP 3.0's PDB has no undo
-call), then this records the layers (a group as [name, children], a hidden layer's name with
-" (hidden)") in OUT/undo.json.
+undone after it; (6) the live layer moved out of its group during the run, undone after it.
+Before each undo this writes OUT/NAME.ready (how many Ctrl+Z) and waits for OUT/NAME.done:
+tests/test_gimp3.py presses Ctrl+Z in GIMP's window (GIMP 3.0's PDB has no undo call), then
+this records the layers (a group as [name, children], a hidden layer's name with " (hidden)")
+in OUT/undo.json.
 """
 
 import array
@@ -122,11 +123,15 @@ undo_by_the_user("source-removed-during", 2)
 result["source_removed_during"]["undone_after"] = tree(image.get_layers())
 display.delete()
 
-for step, removed in (("live_removed_during", "live"), ("group_removed_during", "group")):
+for step, edit in (("live_removed_during", "remove live"), ("group_removed_during", "remove group"),
+                   ("live_moved_during", "move live")):
     image, display = picture()
     host = stylefu.Host(image, [layer(image, "photo")], None, Gimp.RunMode.NONINTERACTIVE)
     live = host.live_layer("live", False, content)
-    image.remove_layer(live if removed == "live" else host.live_group)
+    if edit == "move live":  # to the top of the image: the user keeps the painting so far
+        image.reorder_item(live, None, 0)
+    else:
+        image.remove_layer(live if edit == "remove live" else host.live_group)
     result[step] = {"during": tree(image.get_layers())}
     stylefu.FollowHost.paint(live, content)  # the follower's next picture: nothing to paint
     end_run(host, live)
