@@ -453,3 +453,38 @@ def test_missing_model_is_fetched_then_the_filter_runs(report):
     assert r["messages"] == ["No stylefu model is installed yet. Downloading random weights "
                              "from this computer now. This happens once; a cut download resumes "
                              "where it stopped."]
+
+
+def test_users_undo_steps_hold_around_the_live_layer(report):
+    """The user's edits during a run and their Ctrl+Z after it (or during it), as the GIMP 3
+    test does in a real GIMP 3 (tests/test_gimp3.py): the live layer and the source sit in a
+    pass-through group in the source's place, so that a layer removed during the run (or
+    before it) and undone after it (or during it) comes back where it was (with the live layer
+    directly above the source it came back one position off); what the user removed of the
+    run's own layers comes back hidden, with no CRITICAL (see docs/gimp.md)."""
+    undo = report["undo"]
+    name = report["undo"]["removed_during"]["after"][1]  # the result's, the live layer's too
+    title = installer.load_bridge().TITLE
+    group, kept = [f"{title} (painting)", [name, "photo"]], f"{title} (kept for undo)"
+    assert undo["removed_during"]["during"] == ["A", group, "C"]
+    assert undo["removed_during"]["after"] == ["A", name, "photo", "C"]
+    assert undo["removed_during"]["undone_after"] == ["A", "photo", "B", "C"]
+    assert undo["removed_before"]["during"] == ["A", group, "B", "C"]
+    assert undo["removed_before"]["after"] == ["A", name, "photo", "B", "C"]
+    for step in undo.values():
+        assert "error" not in step and step["status"] == "success", step
+        assert step["criticals"] == [], step
+    assert undo["source_removed_during"]["after"] == ["A", name, [kept, []], "B", "C"]
+    assert undo["source_removed_during"]["undone_after"] == ["A", [kept, ["photo"]], "B", "C"]
+    assert undo["live_removed_during"]["during"] == ["A", [group[0], ["photo"]], "B", "C"]
+    assert undo["live_removed_during"]["after"] == ["A", name, "photo", "B", "C",
+                                                    [f"{kept} (hidden)", []]]
+    assert undo["live_removed_during"]["undone_after"] == [
+        "A", "photo", "B", "C", [f"{kept} (hidden)", [f"{name} (hidden)"]]]
+    assert undo["group_removed_during"]["after"] == [name, "A", "B", "C"]
+    assert undo["group_removed_during"]["undone_after"] == [
+        "A", [kept, [f"{name} (hidden)", "photo"]], "B", "C"]
+    assert undo["live_moved_during"]["after"] == [name, "A", name, "photo", "B", "C",
+                                                  [f"{kept} (hidden)", []]]
+    assert undo["live_moved_during"]["undone_after"] == ["A", "photo", "B", "C",
+                                                         [f"{kept} (hidden)", [name]]]

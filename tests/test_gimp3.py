@@ -930,7 +930,8 @@ def test_users_undo_steps_hold_around_the_live_layer(model_path, tmp_path):
         gimp = subprocess.Popen(["sh", str(GIMP_DIR / "gimp3-batch.sh"),
                                  str(tmp_path / "gui_undo.py"), str(tmp_path / "plug-ins")],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for step in ("removed-during", "removed-before", "source-removed-during"):
+        for step in ("removed-during", "removed-before", "source-removed-during",
+                     "live-removed-during", "group-removed-during", "live-moved-during"):
             deadline = time.monotonic() + 120
             while not (out / f"{step}.ready").exists() and time.monotonic() < deadline \
                     and gimp.poll() is None:
@@ -941,11 +942,14 @@ def test_users_undo_steps_hold_around_the_live_layer(model_path, tmp_path):
             window = subprocess.run(["xdotool", "search", "--onlyvisible", "--name", "GIMP$"],
                                     env=xenv, capture_output=True, text=True).stdout.split()
             left, top, right, bottom = window_box(display, "GIMP$")
+            window_shot(display, "GIMP$", out / f"{step}-before-undo.png")
             for args in (["windowfocus", "--sync", window[0]],
                          ["mousemove", str((left + right) // 2), str((top + bottom) // 2)],
-                         ["key", "ctrl+z"]):
+                         *[["key", "ctrl+z"]] * int((out / f"{step}.ready").read_text())):
                 subprocess.run(["xdotool", *args], env=xenv, timeout=30)
+                time.sleep(0.3)
             time.sleep(1)  # undone
+            window_shot(display, "GIMP$", out / f"{step}-undone.png")
             (out / f"{step}.done").touch()
         log = gimp.communicate(timeout=120)[0]
     finally:
@@ -960,8 +964,30 @@ def test_users_undo_steps_hold_around_the_live_layer(model_path, tmp_path):
                                         "undone_after": ["A", "photo", "B", "C"]}, result
     assert result["removed_before"] == {"undone_during": ["A", group, "B", "C"],
                                         "after": ["A", "photo", "B", "C"]}, result
-    # The source itself removed during the run: its undo step puts it back into the group, left
-    # for it (once removed, GIMP could not put the layer back: it was lost).
-    assert result["source_removed_during"] == {"undone_after": ["A", [group[0], ["photo"]], "B",
-                                                                "C"]}, result
+    # The source itself removed during the run: the result goes above the group, which stays
+    # for the source's undo step to put it back into (removed, GIMP could not put it back: it
+    # was lost). GIMP's undo steps replay what the user did as recorded, and GIMP 3.0's PDB can
+    # neither drop one nor move a removed layer: what the user removed comes back; the live
+    # layer hidden, so that no painting of the run shows again.
+    kept = f"{installer.load_bridge().TITLE} (kept for undo)"
+    assert result["source_removed_during"] == {
+        "after": ["A", "result", [kept, []], "B", "C"],
+        "undone_after": ["A", [kept, ["photo"]], "B", "C"]}, result
+    # The live layer removed: its group stays, empty and hidden, at the bottom (no position
+    # shifted), for the removal's undo step (the group gone: a CRITICAL, nothing back).
+    assert result["live_removed_during"] == {
+        "during": ["A", [group[0], ["photo"]], "B", "C"],
+        "after": ["A", "result", "photo", "B", "C", [f"{kept} (hidden)", []]],
+        "undone_after": ["A", "photo", "B", "C", [f"{kept} (hidden)", ["live (hidden)"]]]}, result
+    # The group removed (the source with it): the result on top of the image; the group's undo
+    # step brings it back with the source and the live layer, hidden (it came back painted).
+    assert result["group_removed_during"] == {
+        "during": ["A", "B", "C"], "after": ["result", "A", "B", "C"],
+        "undone_after": ["A", [kept, ["live (hidden)", "photo"]], "B", "C"]}, result
+    # The live layer moved out of its group: the user's now, it stays; its group too, for the
+    # move's undo step (without it: a CRITICAL), which puts the layer back there, hidden.
+    assert result["live_moved_during"] == {
+        "during": ["live", "A", [group[0], ["photo"]], "B", "C"],
+        "after": ["live", "A", "result", "photo", "B", "C", [f"{kept} (hidden)", []]],
+        "undone_after": ["A", "photo", "B", "C", [f"{kept} (hidden)", ["live"]]]}, result
     assert "CRITICAL" not in log, log[-3000:]

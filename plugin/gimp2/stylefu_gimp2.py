@@ -18,6 +18,7 @@ import traceback
 
 from gimpfu import (
     ADD_SELECTION_MASK,
+    LAYER_MODE_PASS_THROUGH,
     NORMAL_MODE,
     PF_DIRNAME,
     PF_DRAWABLE,
@@ -39,6 +40,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 from stylefu_bridge import (  # noqa: E402
     PREVIEW_STYLE_SLOTS,
     SECOND_STYLE_LABELS,
+    TITLE,
     BridgeError,
     InputError,
     PluginHost,
@@ -144,12 +146,20 @@ class Host(PluginHost):
         new.name = name
         if layer is not None:
             pdb.gimp_image_remove_layer(self.image, layer)
-        pdb.gimp_image_insert_layer(self.image, new, self.source.parent,
-                                    pdb.gimp_image_get_item_position(self.image, self.source))
+        pdb.gimp_image_insert_layer(self.image, new, *self.result_place())
         new.set_offsets(*self.source.offsets)
         if masked:
             new.add_mask(new.create_mask(ADD_SELECTION_MASK))
         return new
+
+    def result_place(self):
+        """(parent, position) of the result: above the source, or where the user removed it
+        (or its live group) during the run, above the group left, else on top of the image."""
+        group = getattr(self, "live_group", None)
+        for item in (self.source, group):
+            if item is not None and pdb.gimp_item_is_valid(item):
+                return item.parent, pdb.gimp_image_get_item_position(self.image, item)
+        return None, 0
 
     def remove(self, layer):
         pdb.gimp_image_remove_layer(self.image, layer)
@@ -162,15 +172,23 @@ class Host(PluginHost):
     def live_layer(self, name, masked, content):
         """A copy of the source's pixels above it (its own mode and opacity, as the result's),
         added with the undo history frozen (GIMP's way for in-situ previews): drop_live leaves
-        the image as it was when frozen."""
+        the image as it was when frozen. The live layer and the source go into a pass-through
+        group in the source's place, so the user's undo steps, which record layers' positions
+        among their siblings, hold during the run and after it (a layer of their own removed
+        then, undone later, came back one position off)."""
         source = self.source
         pdb.gimp_image_undo_freeze(self.image)
         try:
+            self.live_group = group = pdb.gimp_layer_group_new(self.image)
+            group.name = "%s (painting)" % TITLE
+            pdb.gimp_layer_set_mode(group, LAYER_MODE_PASS_THROUGH)
+            pdb.gimp_image_insert_layer(self.image, group, source.parent,
+                                        pdb.gimp_image_get_item_position(self.image, source))
+            pdb.gimp_image_reorder_item(self.image, source, group, 0)
             layer = gimp.Layer(self.image, name, source.width, source.height, source.type, 100.0,
                                NORMAL_MODE)
             copy_pixels(source, layer)
-            pdb.gimp_image_insert_layer(self.image, layer, source.parent,
-                                        pdb.gimp_image_get_item_position(self.image, source))
+            pdb.gimp_image_insert_layer(self.image, layer, group, 0)
             layer.set_offsets(*source.offsets)
             if masked:
                 layer.add_mask(layer.create_mask(ADD_SELECTION_MASK))
@@ -180,11 +198,43 @@ class Host(PluginHost):
         return layer
 
     def drop_live(self, layer):
-        pdb.gimp_image_undo_freeze(self.image)
+        """The live layer away and the group's other layers (the source, any the user added in
+        it) back in its place, as GIMP 3's plug-in does (plugin/gimp3/stylefu.py, drop_live:
+        what the user removed during the run stays in their undo steps, replayed as recorded,
+        so a removed live layer is hidden, one moved out of the group stays, and the group
+        their undo step needs is kept)."""
+        image, group = self.image, self.live_group
+        pdb.gimp_image_undo_freeze(image)
         try:
-            pdb.gimp_image_remove_layer(self.image, layer)
+            removed = not pdb.gimp_item_is_valid(layer)
+            taken = not removed and (layer.parent is None or layer.parent.ID != group.ID)
+            if removed:
+                pdb.gimp_item_set_visible(layer, False)
+            elif not taken:
+                pdb.gimp_image_remove_layer(image, layer)
+            kept = "%s (kept for undo)" % TITLE
+            parent = self.source.parent if pdb.gimp_item_is_valid(self.source) else None
+            if not (pdb.gimp_item_is_valid(group) and parent is not None
+                    and parent.ID == group.ID):
+                log("the layer or its live group was removed during the run: the group stays "
+                    "for its undo step")
+                group.name = kept
+            else:
+                parent = group.parent
+                for item in reversed(group.children):
+                    pdb.gimp_image_reorder_item(
+                        image, item, parent, pdb.gimp_image_get_item_position(image, group) + 1)
+                if removed or taken:
+                    log("the live layer was removed or moved during the run: its group stays, "
+                        "empty and hidden, for its undo step")
+                    group.name = kept
+                    pdb.gimp_item_set_visible(group, False)
+                    siblings = parent.children if parent is not None else image.layers
+                    pdb.gimp_image_reorder_item(image, group, parent, len(siblings) - 1)
+                else:
+                    pdb.gimp_image_remove_layer(image, group)
         finally:
-            pdb.gimp_image_undo_thaw(self.image)
+            pdb.gimp_image_undo_thaw(image)
         gimp.displays_flush()
 
     def follow(self, layer, folder):
@@ -249,7 +299,10 @@ class FollowHost(object):
         gimp.displays_flush()
 
     def paint(self, layer, path):
-        """The worker's PNG into the live layer's pixels (a pixel region: no undo step)."""
+        """The worker's PNG into the live layer's pixels (a pixel region: no undo step); none
+        once the user removed it (GIMP kills a plug-in that writes to a removed drawable)."""
+        if not pdb.gimp_item_is_valid(layer):
+            return
         painted = pdb.gimp_file_load_layer(self.image, path)  # converted to the image's kind
         try:
             if (painted.width, painted.height, painted.bpp) != (layer.width, layer.height,

@@ -91,18 +91,24 @@ def fill_layer(layer, npy_path):
     layer.update(0, 0, w, h)
 
 
-def new_layer_above(image, source, name):
-    """A layer of the source's size, offsets, kind (RGB or gray) and alpha, directly above it."""
+def new_layer_above(image, source, name, place=None):
+    """A layer of the source's size, offsets, kind (RGB or gray) and alpha, directly above it
+    (or at `place`: (parent, position))."""
     gray = image.get_base_type() == Gimp.ImageBaseType.GRAY
     kind = {(False, False): Gimp.ImageType.RGB_IMAGE, (False, True): Gimp.ImageType.RGBA_IMAGE,
             (True, False): Gimp.ImageType.GRAY_IMAGE,
             (True, True): Gimp.ImageType.GRAYA_IMAGE}[(gray, source.has_alpha())]
     layer = Gimp.Layer.new(image, name, source.get_width(), source.get_height(), kind, 100.0,
                            Gimp.LayerMode.NORMAL)
-    image.insert_layer(layer, source.get_parent(), image.get_item_position(source))
+    image.insert_layer(layer, *(place or (source.get_parent(), image.get_item_position(source))))
     _, x, y = source.get_offsets()
     layer.set_offsets(x, y)
     return layer
+
+
+def same(item, other):
+    """Whether two of libgimp's item proxies stand for one item."""
+    return item is not None and other is not None and item.get_id() == other.get_id()
 
 
 class Host(bridge.PluginHost):
@@ -160,7 +166,7 @@ class Host(bridge.PluginHost):
 
     def show(self, path, name, masked, layer):
         if layer is None:
-            layer = new_layer_above(self.image, self.source, name)
+            layer = new_layer_above(self.image, self.source, name, self.result_place())
             if masked:
                 layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
         fill_layer(layer, path)
@@ -201,26 +207,57 @@ class Host(bridge.PluginHost):
 
     def drop_live(self, layer):
         # The group's other layers (the source, any the user added in it) back in its place.
-        # Unless the user took the source out of it (or the group away) meanwhile: their undo
-        # step puts it back into the group, which stays for it (removed, GIMP lost the layer).
+        # What the user removed during the run stays in their undo steps, which GIMP replays
+        # as recorded (GIMP 3.0's PDB can neither drop an undo step nor change a removed
+        # item's place): a removed live layer, or the group with it, would come back as it was
+        # (or, its group gone, with a CRITICAL and nothing back). So a removed live layer is
+        # hidden (still allowed on a removed item), and the group its undo step puts it back
+        # into stays, empty and hidden, at the bottom of its siblings (no position shifted).
+        # A live layer the user moved out of the group is theirs: it stays, and the group too
+        # (undoing the move without it: a CRITICAL). The source taken out of the group: the
+        # group stays in its place for its undo step.
+        # A group left is named for why it is there.
         self.image.undo_freeze()
         try:
-            group = self.live_group
-            if layer.is_valid():  # (unless the user removed it)
+            group, removed = self.live_group, not layer.is_valid()
+            taken = not removed and not same(layer.get_parent(), group)  # theirs now
+            if removed:
+                layer.set_visible(False)
+            elif not taken:
                 self.image.remove_layer(layer)
-            parent = group.get_parent() if group.is_valid() else None
-            siblings = parent.get_children() if parent else self.image.get_layers()
-            if group.get_id() not in [item.get_id() for item in siblings] or \
-                    self.source.get_id() not in [item.get_id() for item in group.get_children()]:
-                bridge.log("the layer or its live group was removed during the run; left as is")
+            kept = f"{bridge.TITLE} (kept for undo)"
+            if not (group.is_valid() and self.source.is_valid()
+                    and same(self.source.get_parent(), group)):
+                bridge.log("the layer or its live group was removed during the run: the group "
+                           "stays for its undo step")
+                group.set_name(kept)
             else:
+                parent = group.get_parent()
                 for item in reversed(group.get_children()):
-                    self.image.reorder_item(item, group.get_parent(),
+                    self.image.reorder_item(item, parent,
                                             self.image.get_item_position(group) + 1)
-                self.image.remove_layer(group)
+                if removed or taken:
+                    bridge.log("the live layer was removed or moved during the run: its group "
+                               "stays, empty and hidden, for its undo step")
+                    group.set_name(kept)
+                    group.set_visible(False)
+                    siblings = parent.get_children() if parent else self.image.get_layers()
+                    self.image.reorder_item(group, parent, len(siblings) - 1)
+                else:
+                    self.image.remove_layer(group)
         finally:
             self.image.undo_thaw()
         Gimp.displays_flush()
+
+    def result_place(self):
+        """(parent, position) of the result: above the source, or where the user removed it
+        (or its live group) during the run, above the group left, else on top of the image."""
+        if self.source.is_valid():
+            return self.source.get_parent(), self.image.get_item_position(self.source)
+        group = getattr(self, "live_group", None)
+        if group is not None and group.is_valid():
+            return group.get_parent(), self.image.get_item_position(group)
+        return None, 0
 
     def follow(self, layer, folder):
         procedure = Gimp.get_pdb().lookup_procedure(PROC_FOLLOW)
@@ -281,7 +318,8 @@ class FollowHost:
 
     @staticmethod
     def paint(layer, path):
-        fill_layer(layer, path)
+        if layer.is_valid():  # (the user may remove it, or its group, during the run)
+            fill_layer(layer, path)
 
     @staticmethod
     def flush():

@@ -6,7 +6,9 @@ Debian, so tests/test_gimp2.py runs the plug-in against this: the parts of the g
 the plug-in uses, with GIMP 2.10's names, argument orders and behaviour (8-bit pixel regions
 sliced as `rgn[x0:x1, y0:y1]`, layers that belong to an image, `gimp_file_load_layer` converting
 to the image's base type, undo groups that must balance, exceptions from the plug-in function
-becoming an execution error with the exception's text). Python 2.7 and 3, standard library only.
+becoming an execution error with the exception's text; layer groups, whose items' undo steps
+record their parent and position, as GIMP's do, and removed items, which stay in the steps that
+removed them). Python 2.7 and 3, standard library only.
 """
 from __future__ import division, print_function
 
@@ -17,7 +19,7 @@ import zlib
 RGB, GRAY, INDEXED = 0, 1, 2
 RGB_IMAGE, RGBA_IMAGE, GRAY_IMAGE, GRAYA_IMAGE = 0, 1, 2, 3
 ADD_WHITE_MASK, ADD_BLACK_MASK, ADD_ALPHA_MASK, ADD_ALPHA_TRANSFER_MASK, ADD_SELECTION_MASK = range(5)
-NORMAL_MODE = 0
+NORMAL_MODE, LAYER_MODE_PASS_THROUGH = 0, 61  # (GIMP 2.10's GimpLayerMode values)
 CHANNEL_OP_ADD, CHANNEL_OP_SUBTRACT, CHANNEL_OP_REPLACE, CHANNEL_OP_INTERSECT = range(4)
 (PF_INT8, PF_INT16, PF_INT32, PF_INT, PF_FLOAT, PF_STRING, PF_VALUE, PF_COLOR, PF_COLOUR,
  PF_REGION, PF_IMAGE, PF_LAYER, PF_CHANNEL, PF_DRAWABLE, PF_TOGGLE, PF_BOOL, PF_SLIDER,
@@ -98,6 +100,13 @@ def read_png(path):
     return width, height, channels, bytes(out)
 
 
+def _check_not_removed(drawable):
+    """GIMP's tile writes: "Plug-In ... tried writing to drawable N which was removed from the
+    image (killing)" (the plug-in process is closed)."""
+    if getattr(drawable, "removed", False):
+        raise Killed()
+
+
 class PixelRgn(object):
     """gimp.PixelRgn: `rgn[x0:x1, y0:y1]` reads (and assigns) raw 8-bit bytes."""
 
@@ -117,6 +126,7 @@ class PixelRgn(object):
             raise ExecutionError("pixel region is not writable (dirty=False)")
         xs, ys = key
         d = self.drawable
+        _check_not_removed(d)
         data = bytearray(d.data)
         row = (xs.stop - xs.start) * d.bpp
         for i, y in enumerate(range(ys.start, ys.stop)):
@@ -127,12 +137,21 @@ class PixelRgn(object):
 
 # --- images, layers, masks ---------------------------------------------------------------------
 
+_ids = [0]
+
+
+def _new_id():
+    _ids[0] += 1
+    return _ids[0]
+
+
 class Channel(object):
     """gimp.Channel (a layer mask, or the image's selection): one 8-bit value per pixel."""
 
     bpp = 1
 
     def __init__(self, image, name, width, height, opacity=100.0, color=(0, 0, 0)):
+        self.ID = _new_id()
         self.image, self.name, self.width, self.height = image, name, width, height
         self.opacity, self.color = opacity, color
         self.offsets = (0, 0)
@@ -149,14 +168,18 @@ class Channel(object):
 
 
 class Layer(object):
-    """gimp.Layer: name, size, offsets, bpp, alpha, an optional mask, 8-bit pixels."""
+    """gimp.Layer: name, size, offsets, bpp, alpha, an optional mask, 8-bit pixels; `parent`
+    (a GroupLayer, or None at the image's top level); `removed` once taken out of its image
+    (GIMP keeps it for the undo step that removed it)."""
 
     def __init__(self, image, name, width, height, kind, opacity=100.0, mode=NORMAL_MODE):
+        self.ID = _new_id()
         self.image, self.name, self.width, self.height = image, name, width, height
         self.type, self.opacity, self.mode = kind, opacity, mode
         self.offsets = (0, 0)
         self.mask = None
         self.parent = None
+        self.visible, self.removed = True, False
         self.data = b"\0" * (width * height * _bpp(kind))
 
     @property
@@ -205,6 +228,25 @@ class Layer(object):
         """Redraw a rectangle (nothing to redraw here)."""
 
 
+class GroupLayer(Layer):
+    """gimp.GroupLayer (pdb.gimp_layer_group_new): its `children`, top first."""
+
+    def __init__(self, image):
+        Layer.__init__(self, image, "Layer Group", image.width, image.height, RGBA_IMAGE)
+        self.layers = []
+
+    @property
+    def children(self):
+        return list(self.layers)
+
+
+def _mark_removed(item, removed):
+    """GIMP's "removed" flag, on a group's layers too."""
+    item.removed = removed
+    for child in getattr(item, "layers", ()):
+        _mark_removed(child, removed)
+
+
 class Image(object):
     """gimp.Image with a layer stack (index 0 = top), a selection channel and undo groups."""
 
@@ -216,6 +258,7 @@ class Image(object):
         self._group = None
         self._depth = 0
         self._frozen = 0
+        self.criticals = []  # what GIMP would print as CRITICAL
 
     def _push(self, what):
         if self._frozen:  # gimp_image_undo_freeze: nothing is recorded
@@ -225,12 +268,44 @@ class Image(object):
         else:
             self.undo_steps.append([what])
 
+    def _container(self, parent):
+        return self.layers if parent is None else parent.layers
+
+    def _attached(self, item):
+        """In this image's layer tree (not floating, not removed)."""
+        return item is not None and not item.removed and item.image is self and \
+            item in self._container(item.parent) and \
+            (item.parent is None or self._attached(item.parent))
+
     def undo(self):
-        """Ctrl+Z: undo the newest step (the stand-in only tracks layers added by a step)."""
+        """Ctrl+Z: undo the newest step: layers added, moved or removed by it, as GIMP's layer
+        undo does (a removed or moved layer back into the parent and at the position its step
+        recorded; a parent no longer in the image: GIMP's CRITICAL, and nothing back)."""
         step = self.undo_steps.pop()
-        for layer in [entry[1] for entry in step if isinstance(entry, tuple)]:
-            if layer in self.layers:
-                self.layers.remove(layer)
+        for entry in reversed([entry for entry in step if isinstance(entry, tuple)]):
+            layer = entry[1]
+            if entry[0] == "insert" and self._attached(layer):
+                self._container(layer.parent).remove(layer)
+                layer.parent = None
+                _mark_removed(layer, True)
+            elif entry[0] == "reorder":
+                if not (self._attached(layer) and (entry[2] is None or
+                                                   self._attached(entry[2]))):
+                    self.criticals.append("gimp_image_reorder_item: assertion failed")
+                    continue
+                self._container(layer.parent).remove(layer)
+                container = self._container(entry[2])
+                container.insert(min(entry[3], len(container)), layer)
+                layer.parent = entry[2]
+            elif entry[0] == "remove":
+                parent, position = entry[2], entry[3]
+                if parent is not None and not self._attached(parent):
+                    self.criticals.append("gimp_item_tree_get_insert_pos: assertion failed")
+                    continue
+                container = self._container(parent)
+                container.insert(min(position, len(container)), layer)
+                layer.parent = parent
+                _mark_removed(layer, False)
 
 
 class error(RuntimeError):
@@ -247,13 +322,15 @@ class Display(object):
 class _Gimp(object):
     """The `gimp` module: progress, messages, displays, and the classes above."""
 
-    Image, Layer, Channel, Display, error = Image, Layer, Channel, Display, error
+    Image, Layer, GroupLayer, Channel, Display, error = \
+        Image, Layer, GroupLayer, Channel, Display, error
 
     def __init__(self):
         self.progress = []
         self.messages = []
         self.interface = True  # False: GIMP started without one (gimp -i, a batch script)
         self.updates, self.cancel_at = 0, None  # a number: Cancel at that progress update
+        self.user_at = None  # (number, function): the user's edit at that progress update
 
     def progress_init(self, text=None):
         self.progress.append(("init", text))
@@ -261,6 +338,9 @@ class _Gimp(object):
     def progress_update(self, fraction):
         self.progress.append(("update", fraction))
         self.updates += 1
+        if self.user_at is not None and self.updates >= self.user_at[0]:
+            edit, self.user_at = self.user_at[1], None
+            edit()
         if self.cancel_at is not None and self.updates >= self.cancel_at:
             self.cancel_at = None
             raise Killed()
@@ -337,17 +417,72 @@ class _Pdb(object):
         sel.data = bytes(data)
 
     def gimp_image_get_item_position(self, image, item):
-        return image.layers.index(item)
+        if not image._attached(item):
+            raise ExecutionError("Item '%s' is not in the image" % item.name)
+        return image._container(item.parent).index(item)
+
+    def gimp_layer_group_new(self, image):
+        return GroupLayer(image)
+
+    def gimp_layer_set_mode(self, layer, mode):
+        layer.mode = mode
+        image = layer.image
+        if image._attached(layer):
+            image._push("set mode")
+
+    def gimp_item_is_valid(self, item):
+        """An item that exists (floating or in its image), not one removed (undo keeps it)."""
+        return not item.removed
+
+    def gimp_item_set_visible(self, item, visible):
+        """Allowed on a removed item too (no check that it is attached); its undo step only if
+        it is."""
+        item.visible = bool(visible)
+        if item.image._attached(item):
+            item.image._push("set visible")
+
+    def _parent_ok(self, image, parent):
+        if parent is not None and not (isinstance(parent, GroupLayer) and
+                                       image._attached(parent)):
+            raise ExecutionError("the parent is not a layer group in the image")
 
     def gimp_image_insert_layer(self, image, layer, parent, position):
-        if layer.image is not image or layer in image.layers:
+        if layer.image is not image or layer.removed or image._attached(layer):
             raise ExecutionError("layer cannot be inserted")
-        image.layers.insert(position, layer)
+        self._parent_ok(image, parent)
+        container = image._container(parent)
+        container.insert(min(max(position, 0), len(container)), layer)
+        layer.parent = parent
         image._push(("insert", layer))
 
+    def gimp_image_reorder_item(self, image, item, parent, position):
+        """Within its level, or into another (GIMP's gimp_item_tree_reorder_item); its undo
+        step records the old parent and position."""
+        if not image._attached(item):
+            raise ExecutionError("Item '%s' is not in the image" % item.name)
+        self._parent_ok(image, parent)
+        ancestor = parent
+        while ancestor is not None:
+            if ancestor is item:
+                raise ExecutionError("an item cannot be moved into itself")
+            ancestor = ancestor.parent
+        old = image._container(item.parent)
+        old_position = old.index(item)
+        old.remove(item)
+        new = image._container(parent)
+        new.insert(min(max(position, 0), len(new)), item)  # (within its level: at most n - 1)
+        image._push(("reorder", item, item.parent, old_position))
+        item.parent = parent
+
     def gimp_image_remove_layer(self, image, layer):
-        image.layers.remove(layer)
-        image._push(("remove", layer))
+        if not image._attached(layer):
+            raise ExecutionError("Item '%s' is not in the image" % layer.name)
+        container = image._container(layer.parent)
+        position = container.index(layer)
+        container.remove(layer)
+        image._push(("remove", layer, layer.parent, position))
+        layer.parent = None
+        _mark_removed(layer, True)
 
     def gimp_file_load_layer(self, image, filename):
         width, height, channels, data = read_png(filename)

@@ -72,6 +72,78 @@ def run(name, image, layer, **kwargs):
     report[name] = record
 
 
+def tree(items):
+    """The layers, top first: a group as [name, children], a hidden one's name + " (hidden)"."""
+    named = [item.name + ("" if item.visible else " (hidden)") for item in items]
+    return [[name, tree(item.children)] if isinstance(item, gimpfu.GroupLayer) else name
+            for name, item in zip(named, items)]
+
+
+def users_undo_steps():
+    """The user's edits during a run (at the follower's third progress update) and Ctrl+Z,
+    on layers A, photo (the source), B, C, as tests/gimp/gui_undo.py does in GIMP 3: (1) B
+    removed during the run, undone after it (and the result's step); (2) B removed before
+    it, undone during it; (3) the source, (4) the live layer, (5) the live layer's group
+    removed during it, undone after it; (6) the live layer moved out of its group during it,
+    undone after it."""
+    def picture():
+        image, photo = make_image("rgb", name="photo")
+        for name, position in (("A", 0), ("B", 2), ("C", 3)):
+            layer = gimpfu.gimp.Layer(image, name, JOB["width"], JOB["height"], gimpfu.RGB_IMAGE)
+            pdb.gimp_image_insert_layer(image, layer, None, position)
+        del image.undo_steps[:]  # the history starts here
+        return image, photo
+
+    def named(image, name):
+        return [item for item in image.layers if item.name == name][0]
+
+    def group_of(image):
+        return [item for item in image.layers if isinstance(item, gimpfu.GroupLayer)][0]
+
+    def run_with(image, photo, edit, undo_after):
+        record = {}
+
+        def during():
+            edit()
+            record["during"] = tree(image.layers)
+        gimpfu.gimp.user_at = (gimpfu.gimp.updates + 3, during)
+        try:
+            status, message, _ = gimpfu.run("python-fu-stylefu",
+                                            *args_for(image, photo, style_file=JOB["style"]))
+            record.update(status=status, message=message, after=tree(image.layers))
+            for _ in range(undo_after):
+                image.undo()
+            record.update(undone_after=tree(image.layers), criticals=image.criticals)
+        except BaseException:  # (the stand-in's GIMP would have gone on)
+            import traceback
+            record["error"] = traceback.format_exc()
+        finally:
+            gimpfu.gimp.user_at = None
+        return record
+
+    report["undo"] = undo = {}
+    image, photo = picture()
+    undo["removed_during"] = run_with(
+        image, photo, lambda: pdb.gimp_image_remove_layer(image, named(image, "B")), 2)
+    image, photo = picture()
+    pdb.gimp_image_remove_layer(image, named(image, "B"))
+    undo["removed_before"] = run_with(image, photo, image.undo, 1)
+    image, photo = picture()
+    undo["source_removed_during"] = run_with(
+        image, photo, lambda: pdb.gimp_image_remove_layer(image, photo), 2)
+    image, photo = picture()
+    undo["live_removed_during"] = run_with(
+        image, photo, lambda: pdb.gimp_image_remove_layer(image, group_of(image).children[0]),
+        2)
+    image, photo = picture()
+    undo["group_removed_during"] = run_with(
+        image, photo, lambda: pdb.gimp_image_remove_layer(image, group_of(image)), 2)
+    image, photo = picture()
+    undo["live_moved_during"] = run_with(
+        image, photo,
+        lambda: pdb.gimp_image_reorder_item(image, group_of(image).children[0], None, 0), 2)
+
+
 def soft_selection_image():
     """A layer with offsets on a larger canvas, and a soft selection (values the test chose,
     written into the selection channel as a script can) partly beyond the layer."""
@@ -116,6 +188,7 @@ def main():
         second_style_weight=JOB["second_style_weight"])
     image, layer = make_image("rgb")
     run("tiled", image, layer, style_file=JOB["style"], tile_size=JOB["tile_size"])
+    users_undo_steps()
     # GIMP's Cancel at the follower's third progress update (the live layer painted by then).
     image, layer = make_image("rgb")
     gimpfu.gimp.cancel_at = gimpfu.gimp.updates + 3
