@@ -16,7 +16,7 @@ import struct
 import sys
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from ..errors import UserError
 from ..network.vgg import MIN_SIDE
+from ..notes import act
 from .files import atomic_write, check_input_file, check_output_path
 from .jpeg import cut_short
 from .quiet import captured_stderr, detail
@@ -560,9 +561,10 @@ def check_bits(path: str | Path, bits: int) -> None:
 
 
 def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = None,
-               bits: int = 8) -> Path:
+               bits: int = 8, log: Callable[[str], None] | None = None) -> Path:
     """Write an image atomically; the format follows the suffix (.npy keeps float32). `path`: a
-    str, bytes or path object."""
+    str, bytes or path object. `log` gets a note to act on where the format drops a transparent
+    alpha (.jpg); without it nothing is said (an intermediate image)."""
     path = os.fsdecode(path)
     array = np.clip(rgb, 0, 1).astype(np.float32)
     if alpha is not None:
@@ -570,6 +572,10 @@ def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = Non
     suffix = Path(path).suffix.lower()
     check_output_path(path, "output", OUTPUT_SUFFIXES)  # before any encoding work
     check_bits(path, bits)
+    if log is not None and suffix in (".jpg", ".jpeg") and alpha is not None \
+            and float(np.min(alpha)) < 1:
+        log(act(f"{Path(path).name} has no alpha channel: the content's transparent parts become "
+                "opaque (write .png, .tif or .webp to keep the transparency)."))
 
     def write(tmp: Path) -> None:
         if suffix == ".npy":
