@@ -255,7 +255,7 @@ def test_16_bit_input_with_a_colour_profile_keeps_16_bits(tmp_path, kind):
     """A 16-bit Adobe RGB or ProPhoto TIFF/PNG was converted to sRGB in 8 bits (lcms in Pillow
     takes 8-bit modes only): its smooth ramps came out in 1/255 steps. Now a matrix/TRC profile
     is converted in float: as lcms converts (its own 8-bit conversion of the same colours, the
-    reference, within its rounding), with the 16 bits kept."""
+    reference, within its rounding), with the 16 bits kept, as a path and as a PIL image."""
     import io
     import zlib
 
@@ -278,7 +278,7 @@ def test_16_bit_input_with_a_colour_profile_keeps_16_bits(tmp_path, kind):
     ramp = np.linspace(0.2, 0.3, 3000, dtype=np.float32).reshape(30, 100)  # a smooth sky
     path.write_bytes(_with_chunk(_png16(np.stack([ramp, ramp, ramp], axis=2)), b"iCCP",
                                  b"x\0\0" + zlib.compress(icc)))
-    for source in (path,):
+    for source in (path, Image.open(path)):
         values = load_image(source).rgb[..., 1]
         assert len(np.unique(values)) > 1000  # 8 bits: about 26 steps
         assert np.all(np.diff(values.ravel()) >= 0)
@@ -318,6 +318,32 @@ def test_16_bit_input_with_another_kind_of_profile_is_converted_in_8_bits(tmp_pa
     high = (np.round(rgb * 65535).astype(np.uint16) >> 8).astype(np.uint8)
     Image.fromarray(high).save(tmp_path / "lab8.png", icc_profile=icc)
     assert np.array_equal(load_image(tmp_path / "lab16.png").rgb, load_image(tmp_path / "lab8.png").rgb)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_a_pil_image_of_a_16_bit_file_keeps_16_bits(tmp_path, suffix):
+    """`stylize(Image.open("x16.png"))` got 8 bits (Pillow has no 16-bit RGB mode) where the
+    path got 16. Now the file is read again, by its name or from its open stream; an image edited
+    since, or a copy (no file behind it), is taken as the 8 bits it holds."""
+    import io
+
+    ramp = np.linspace(0, 1, 3000, dtype=np.float32).reshape(30, 100)
+    rgb = np.stack([ramp, ramp[::-1], ramp * 0.5], axis=2)
+    path = save_image(tmp_path / f"deep{suffix}", rgb, ramp[::-1], bits=16)
+    loaded = Image.open(path)
+    loaded.load()
+    for image in (Image.open(path), loaded, Image.open(io.BytesIO(path.read_bytes()))):
+        picture = load_image(image)
+        assert len(np.unique(picture.rgb[..., 0])) == 3000
+        assert np.abs(picture.rgb - rgb).max() < 1e-5 and np.abs(picture.alpha - ramp[::-1]).max() < 1e-5
+    edited = Image.open(path)
+    edited.load()
+    edited.putpixel((0, 0), (255, 0, 0, 255))
+    copy = Image.open(path).copy()
+    for image, red in ((edited, 1.0), (copy, rgb[0, 0, 0])):
+        picture = load_image(image)
+        assert len(np.unique(picture.rgb[..., 0])) <= 256
+        assert abs(picture.rgb[0, 0, 0] - red) < 1 / 255
 
 
 def test_lossy_outputs_keep_fine_detail(tmp_path):

@@ -2,11 +2,12 @@
 
 Inputs get EXIF orientation applied and their colours converted to sRGB from an embedded colour
 profile (Display P3, Adobe RGB, a printer's CMYK...); palette, grayscale, CMYK and 16-bit modes are
-converted, 16-bit RGB(A) PNG and TIFF files (and grey-with-alpha PNGs) at their full 16 bits
-(a matrix/TRC colour profile converted in float), integer grayscale by its bit depth (never its
-values); a PNG's transparent colour becomes alpha; alpha is kept aside and put back on the result.
-Outputs are written to a temporary name and renamed, so a crash never leaves half a file;
-.png/.tif can be 16-bit, .npy keeps float32.
+converted, 16-bit RGB(A) PNG and TIFF files (and grey-with-alpha PNGs) at their full 16 bits (a
+PIL image opened from one too, while its file can be read again; a matrix/TRC colour profile
+converted in float), integer grayscale by its bit depth (never its values); a PNG's transparent
+colour becomes alpha; alpha is kept aside and put back on the result. Outputs are written to a
+temporary name and renamed, so a crash never leaves half a file; .png/.tif can be 16-bit, .npy
+keeps float32.
 """
 
 from __future__ import annotations
@@ -272,6 +273,38 @@ def _deep_picture(deep: np.ndarray, image: Image.Image, to_srgb: bool, name: str
     return _from_array(_upright(deep, image.getexif().get(0x0112, 1)), name)
 
 
+def _pil_sixteen_bits(image: Image.Image, name: str, to_srgb: bool) -> Picture | None:
+    """A PIL image opened from a 16-bit RGB(A) PNG or TIFF (the API's `Image.open(path)`, which
+    Pillow holds as 8 bits) at its 16 bits, from its file read again (by its name, or its file
+    object's contents while it is open); only where that file's 8-bit decoding is exactly this
+    image's pixels (the first frame, not edited since), else None."""
+    if image.format not in ("PNG", "TIFF") or image.tell() != 0 or image.mode not in ("RGB", "RGBA"):
+        return None
+    source = None
+    try:
+        if isinstance(image.filename, (str, bytes, os.PathLike)) and image.filename \
+                and os.path.isfile(image.filename):
+            source = Path(os.fsdecode(image.filename))
+        elif image.fp is not None and image.fp.seekable():  # Image.open(io.BytesIO(data))
+            at = image.fp.tell()
+            image.fp.seek(0)
+            source = image.fp.read()
+            image.fp.seek(at)
+        if source is None:
+            return None
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as again:
+            tiles = list(again.tile)
+            if not _is_sixteen_bit_rgb(tiles):
+                return None
+            again.load()
+            if again.mode != image.mode or not np.array_equal(np.asarray(again), np.asarray(image)):
+                return None  # edited since, or another file now under that name
+            deep = _sixteen_bits(source, again, tiles)
+    except Exception:  # a file gone or a stream not ours to read: the 8-bit picture stands
+        return None
+    return None if deep is None else _deep_picture(deep, image, to_srgb, name)
+
+
 def _bmp_alpha(path: Path, tiles: list, image: Image.Image) -> None:
     """Put back the alpha of a 32-bit BMP whose fourth bytes Pillow skips (BI_RGB, or bit fields
     with a 40-byte header): Pillow itself writes RGBA that way; all zero, they are padding."""
@@ -379,7 +412,8 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
     if isinstance(source, Picture):
         return source
     if isinstance(source, Image.Image):
-        return _from_pil(source, name or "image", to_srgb, white=_grey_white(source))
+        return (_pil_sixteen_bits(source, name or "image", to_srgb)
+                or _from_pil(source, name or "image", to_srgb, white=_grey_white(source)))
     if isinstance(source, np.ndarray):
         return _from_array(source, name or "array")
     if isinstance(source, bytes) and b"\0" in source:  # no path holds NUL: a file's contents
