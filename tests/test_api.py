@@ -245,3 +245,38 @@ def test_a_note_to_act_on_is_shown_by_default_and_information_on_request(setup, 
     else:
         assert f"INFO stylefu: 64x48 {tiles}" in done.stderr
         assert "WARNING stylefu: this CPU has no AVX512-BF16 or AMX" in done.stderr
+
+
+def test_a_jpeg_saved_from_the_api_says_it_drops_the_transparency(model_path, images, tmp_path,
+                                                                    caplog):
+    """`stylefu run -o x.jpg` said the content's transparent parts become opaque; the API's
+    `result.save("x.jpg")` dropped them without a word. Now it says so as a note to act on: a
+    WARNING record of the `stylefu` logger, or to `log=`; a .png (alpha kept) or an opaque
+    content says nothing."""
+    import logging
+
+    import numpy as np
+
+    from stylefu.core import stylize
+    from stylefu.core.notes import ActionNote
+
+    content, style = images
+    alpha = np.ones(content.shape[:2], np.float32)
+    alpha[:, :20] = 0
+    config = Config(size=48, evaluations=3, levels=1, engine="onnx")
+    clear = stylize(np.dstack([content, alpha]), style, config=config, model=model_path)
+    opaque = stylize(content, style, config=config, model=model_path)
+    with caplog.at_level(logging.INFO, logger="stylefu"):
+        caplog.clear()
+        clear.save(tmp_path / "x.jpg")
+        [record] = caplog.records
+        assert record.levelno == logging.WARNING and record.name == "stylefu"
+        assert record.getMessage().startswith("x.jpg has no alpha channel: the content's "
+                                              "transparent parts become opaque")
+        caplog.clear()
+        clear.save(tmp_path / "x.png")
+        opaque.save(tmp_path / "y.jpg")
+        assert caplog.records == []
+    said = []
+    clear.save(tmp_path / "z.jpeg", log=said.append)
+    assert len(said) == 1 and isinstance(said[0], ActionNote) and said[0].startswith("z.jpeg ")

@@ -544,3 +544,35 @@ def test_leaving_the_loop_early_ends_the_workers(tmp_path, photos, model_path):
     gc.collect()
     assert not multiprocessing.active_children()
     assert all(p.suffix == ".png" for p in out.iterdir()) and len(list(out.iterdir())) < len(items)
+
+
+@pytest.mark.parametrize("progress", ["bar", "json"])
+def test_a_jpeg_output_that_drops_transparency_is_said_per_item(tmp_path, photos, images,
+                                                                model_path, progress):
+    """`--name "{stem}.jpg"` turned a content's transparent parts opaque without a word (`run`
+    says so). Now the item's manifest entry (and its JSON record) holds the note, and the bar
+    says it on a line of its own after the bar's, as a failure; an opaque content has none."""
+    from stylefu.core.io.images import save_image
+
+    paths, (style, _) = photos
+    content, _ = images
+    alpha = np.ones(content.shape[:2], np.float32)
+    alpha[:, :20] = 0
+    clear = save_image(tmp_path / "clear.png", content, alpha)
+    out = tmp_path / "out"
+    done = _batch([clear, paths[0], "--style", style, "-o", out, "--workers", "1",
+                   "--name", "{stem}.jpg", "--progress", progress], model_path)
+    assert done.returncode == 0, done.stderr
+    entries = {Path(e["input"]).name: e for e in _lines(out / "manifest.jsonl")}
+    [note] = entries["clear.png"]["notes"]
+    assert note.startswith("clear.jpg has no alpha channel: the content's transparent parts")
+    assert entries["frame0.png"]["notes"] == []
+    if progress == "json":
+        items = [json.loads(line) for line in done.stdout.splitlines()]
+        assert [e["notes"] for e in items if e["event"] == "item" and e["input"] == str(clear)] \
+            == [[note]]
+        assert "alpha" not in done.stderr
+    else:
+        lines = done.stderr.splitlines()
+        assert f"stylefu batch: {clear}: {note}" in lines
+        assert not [line for line in lines if line.startswith("[") and "alpha" in line]

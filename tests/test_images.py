@@ -98,8 +98,9 @@ SRGB_D50 = np.array([[0.4360747, 0.3850649, 0.1430804], [0.2225045, 0.7168786, 0
                      [0.0139322, 0.0971045, 0.7141733]])
 
 
-def rgb_profile(primaries: np.ndarray, gamma: float, name: str) -> bytes:
-    """A version 2 matrix/TRC RGB display profile (ICC.1:2001-04), its tags in order."""
+def rgb_profile(primaries: np.ndarray, gamma: float, name: str, curve: bytes | None = None) -> bytes:
+    """A version 2 matrix/TRC RGB display profile (ICC.1:2001-04), its tags in order; `curve`, a
+    tone curve's tag data in place of the plain gamma."""
     import struct
 
     def fixed(v: float) -> bytes:
@@ -110,7 +111,7 @@ def rgb_profile(primaries: np.ndarray, gamma: float, name: str) -> bytes:
 
     text = name.encode() + b"\0"
     desc = (b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + b"\0" * 8 + b"\0\0\0" + b"\0" * 67)
-    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+    curve = curve or b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
     tags = [(b"desc", desc), (b"wtpt", xyz(primaries.sum(axis=1))), (b"cprt", b"text\0\0\0\0none\0")]
     tags += [(k, xyz(primaries[:, i])) for i, k in enumerate((b"rXYZ", b"gXYZ", b"bXYZ"))]
     tags += [(k, curve) for k in (b"rTRC", b"gTRC", b"bTRC")]
@@ -218,8 +219,73 @@ def test_16_bit_inputs_are_turned_upright(tmp_path):
             orientation
 
 
-def test_16_bit_input_with_a_colour_profile_is_converted(tmp_path):
-    """A colour profile outranks the low bits: the picture is converted (in 8 bits)."""
+def _para(function: int, *values: float) -> bytes:
+    """An ICC parametric curve's tag data."""
+    import struct
+
+    return (b"para\0\0\0\0" + struct.pack(">HH", function, 0)
+            + b"".join(struct.pack(">i", round(v * 65536)) for v in values))
+
+
+def _table(entries: np.ndarray) -> bytes:
+    import struct
+
+    samples = np.round(entries * 65535).astype(">u2").tobytes()
+    return b"curv\0\0\0\0" + struct.pack(">I", len(entries)) + samples
+
+
+# Profiles of each tone curve kind ICC has for a matrix/TRC profile: plain gamma (Adobe RGB's
+# way), parametric (Display P3's: sRGB's curve, type 3), a table (ProPhoto's and cameras'), and
+# real profiles where the machine has them (Ghostscript's Adobe RGB and ROMM/ProPhoto RGB).
+GHOSTSCRIPT_ICC = ["/usr/share/color/icc/ghostscript",
+                   "/var/cache/gimp3-trixie/rootfs/usr/share/color/icc/ghostscript"]
+TEST_PROFILES = {
+    "gamma": lambda: rgb_profile(P3_D50, 2.2, "P3 gamma"),
+    "para": lambda: rgb_profile(P3_D50, 0, "Display P3",
+                                _para(3, 2.4, 1 / 1.055, 0.055 / 1.055, 1 / 12.92, 0.04045)),
+    "table": lambda: rgb_profile(P3_D50, 0, "P3 table", _table(np.linspace(0, 1, 1024) ** 1.8)),
+    **{f"ghostscript {n}": (lambda n=n: next(
+        (open(f"{d}/{n}.icc", "rb").read() for d in GHOSTSCRIPT_ICC
+         if __import__("os").path.exists(f"{d}/{n}.icc")), None)) for n in ("a98", "rommrgb")},
+}
+
+
+@pytest.mark.parametrize("kind", TEST_PROFILES)
+def test_16_bit_input_with_a_colour_profile_keeps_16_bits(tmp_path, kind):
+    """A 16-bit Adobe RGB or ProPhoto TIFF/PNG was converted to sRGB in 8 bits (lcms in Pillow
+    takes 8-bit modes only): its smooth ramps came out in 1/255 steps. Now a matrix/TRC profile
+    is converted in float: as lcms converts (its own 8-bit conversion of the same colours, the
+    reference, within its rounding), with the 16 bits kept, as a path and as a PIL image."""
+    import io
+    import zlib
+
+    from PIL import ImageCms
+
+    from stylefu.core.io.images import _png16
+
+    icc = TEST_PROFILES[kind]()
+    if icc is None:
+        pytest.skip("no Ghostscript ICC profiles on this machine")
+    levels = np.arange(0, 256, 5, dtype=np.uint8)  # every 5th 8-bit level on each axis
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 52, 3)
+    reference = ImageCms.profileToProfile(Image.fromarray(grid), ImageCms.ImageCmsProfile(
+        io.BytesIO(icc)), ImageCms.createProfile("sRGB"), outputMode="RGB")
+    path = tmp_path / "grid.png"
+    path.write_bytes(_with_chunk(_png16(grid / np.float32(255)), b"iCCP", b"x\0\0" + zlib.compress(icc)))
+    picture = load_image(path)
+    assert np.abs(picture.rgb - np.asarray(reference) / 255).max() < 1.5 / 255  # lcms rounds to 8
+    assert np.abs(picture.rgb - np.asarray(reference) / 255).mean() < 0.5 / 255
+    ramp = np.linspace(0.2, 0.3, 3000, dtype=np.float32).reshape(30, 100)  # a smooth sky
+    path.write_bytes(_with_chunk(_png16(np.stack([ramp, ramp, ramp], axis=2)), b"iCCP",
+                                 b"x\0\0" + zlib.compress(icc)))
+    for source in (path, Image.open(path)):
+        values = load_image(source).rgb[..., 1]
+        assert len(np.unique(values)) > 1000  # 8 bits: about 26 steps
+        assert np.all(np.diff(values.ravel()) >= 0)
+
+
+def test_16_bit_input_with_a_gamma_profile_matches_its_formula(tmp_path):
+    """The float conversion against the formula: linear light through D50 XYZ, sRGB's curve."""
     import zlib
 
     from stylefu.core.io.images import _png16
@@ -228,8 +294,56 @@ def test_16_bit_input_with_a_colour_profile_is_converted(tmp_path):
     icc = b"P3\0\0" + zlib.compress(rgb_profile(P3_D50, 2.2, "P3"))  # name, method 0, profile
     path = tmp_path / "p3-16.png"
     path.write_bytes(_with_chunk(_png16(rgb), b"iCCP", icc))
-    high = (np.round(rgb * 65535).astype(np.uint16) >> 8).astype(np.float64)
-    assert np.abs(load_image(path).rgb - p3_to_srgb(high)).max() < 2.5 / 255
+    stored = np.round(rgb * 65535) / 65535
+    gamma = round(2.2 * 256) / 256  # as the profile holds it
+    linear = stored.astype(np.float64) ** gamma
+    srgb = np.clip(linear @ (np.linalg.inv(SRGB_D50) @ P3_D50).T, 0, 1)
+    expected = np.where(srgb <= 0.0031308, 12.92 * srgb, 1.055 * srgb ** (1 / 2.4) - 0.055)
+    # the matrices as profiles store them (s15.16) move dark blues by under 1e-3; 8 bits: 4e-3
+    assert np.abs(load_image(path).rgb - expected).max() < 1.5e-3
+
+
+def test_16_bit_input_with_another_kind_of_profile_is_converted_in_8_bits(tmp_path):
+    """A profile that is no matrix/TRC RGB one (here: Pillow's LAB profile on RGB data) is left
+    to lcms, in 8 bits, as an 8-bit file with it is: the 16-bit path does not skip it."""
+    import zlib
+
+    from PIL import ImageCms
+
+    from stylefu.core.io.images import _png16
+
+    rgb = rgb_noise(16, 16, seed=7)
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()
+    (tmp_path / "lab16.png").write_bytes(_with_chunk(_png16(rgb), b"iCCP", b"x\0\0" + zlib.compress(icc)))
+    high = (np.round(rgb * 65535).astype(np.uint16) >> 8).astype(np.uint8)
+    Image.fromarray(high).save(tmp_path / "lab8.png", icc_profile=icc)
+    assert np.array_equal(load_image(tmp_path / "lab16.png").rgb, load_image(tmp_path / "lab8.png").rgb)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_a_pil_image_of_a_16_bit_file_keeps_16_bits(tmp_path, suffix):
+    """`stylize(Image.open("x16.png"))` got 8 bits (Pillow has no 16-bit RGB mode) where the
+    path got 16. Now the file is read again, by its name or from its open stream; an image edited
+    since, or a copy (no file behind it), is taken as the 8 bits it holds."""
+    import io
+
+    ramp = np.linspace(0, 1, 3000, dtype=np.float32).reshape(30, 100)
+    rgb = np.stack([ramp, ramp[::-1], ramp * 0.5], axis=2)
+    path = save_image(tmp_path / f"deep{suffix}", rgb, ramp[::-1], bits=16)
+    loaded = Image.open(path)
+    loaded.load()
+    for image in (Image.open(path), loaded, Image.open(io.BytesIO(path.read_bytes()))):
+        picture = load_image(image)
+        assert len(np.unique(picture.rgb[..., 0])) == 3000
+        assert np.abs(picture.rgb - rgb).max() < 1e-5 and np.abs(picture.alpha - ramp[::-1]).max() < 1e-5
+    edited = Image.open(path)
+    edited.load()
+    edited.putpixel((0, 0), (255, 0, 0, 255))
+    copy = Image.open(path).copy()
+    for image, red in ((edited, 1.0), (copy, rgb[0, 0, 0])):
+        picture = load_image(image)
+        assert len(np.unique(picture.rgb[..., 0])) <= 256
+        assert abs(picture.rgb[0, 0, 0] - red) < 1 / 255
 
 
 def test_lossy_outputs_keep_fine_detail(tmp_path):

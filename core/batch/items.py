@@ -41,7 +41,8 @@ class ItemResult:
     """What became of one item: status ok or failed, seconds, final metrics or the error text.
 
     `image`/`alpha` hold the result for API callers (None once written, when `keep_images` is
-    False); `attempts` counts tries (a lost worker's item is tried again once).
+    False); `attempts` counts tries (a lost worker's item is tried again once); `notes`, what
+    its user should act on (its .jpg output dropped the content's transparency).
     """
 
     index: int
@@ -53,6 +54,7 @@ class ItemResult:
     attempts: int = 1
     image: np.ndarray | None = field(default=None, repr=False)
     alpha: np.ndarray | None = field(default=None, repr=False)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -65,7 +67,8 @@ class ItemResult:
         return {"index": self.index, "input": self.item.input, "styles": list(self.item.styles),
                 "output": self.item.output, "status": self.status, "seconds": round(self.seconds, 3),
                 "losses": losses, "evaluations": self.metrics.get("evaluations"),
-                "error": self.error, "attempts": self.attempts, "config_hash": config_hash}
+                "error": self.error, "notes": list(self.notes), "attempts": self.attempts,
+                "config_hash": config_hash}
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,8 @@ def finish(index: int, item: BatchItem, payload: dict, options: RunOptions, atte
                         payload.get("metrics") or {}, payload.get("error"), attempts)
     if result.ok and item.output:
         try:
-            save_image(item.output, payload["image"], payload.get("alpha"), bits=options.bits)
+            save_image(item.output, payload["image"], payload.get("alpha"), bits=options.bits,
+                       log=result.notes.append)
         except UserError as exc:
             result.status, result.error = "failed", str(exc)
     if result.ok and (keep_images or not item.output):

@@ -63,6 +63,9 @@ class BatchProgress:
             print(failure, file=sys.stderr, flush=True)
         if self.mode != "bar":
             return
+        # lines of their own after the bar's, as a failure's: never text inside the bar line
+        said = [*([failure] if failure else []),
+                *(f"stylefu batch: {entry['input']}: {note}" for note in entry.get("notes", ()))]
         elapsed = time.monotonic() - self.started
         rate = self.done / elapsed * 60 if elapsed > 0 else 0.0
         left = (self.total - self.done) / (self.done / elapsed) if self.done else 0.0
@@ -80,8 +83,8 @@ class BatchProgress:
             self.width = len(line)
         else:
             print(bar_line("", fraction, after, sys.maxsize), file=sys.stderr, flush=True)
-        if failure:
-            print(("\n" if self.tty else "") + failure, file=sys.stderr, flush=True)
+        if said:
+            print(("\n" if self.tty else "") + "\n".join(said), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.mode == "bar" and self.tty:

@@ -356,11 +356,7 @@ def cmd_run(args) -> int:
                          log=notice, keep_size=args.keep_size, upscale=args.upscale)
     finally:
         printer.close()
-    if result.alpha is not None and output.suffix.lower() in (".jpg", ".jpeg") \
-            and float(result.alpha.min()) < 1:
-        notice(f"{output.name} has no alpha channel: the content's transparent parts become "
-               "opaque (write .png, .tif or .webp to keep the transparency).")
-    result.save(output, bits=args.bits)
+    result.save(output, bits=args.bits, log=notice)
     # A served run's start-up was paid once by the worker, not by this run.
     eta.record_speed(key, time_left.measured(),
                      None if served else time.perf_counter() - STARTED - time_left.busy,

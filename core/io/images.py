@@ -2,10 +2,12 @@
 
 Inputs get EXIF orientation applied and their colours converted to sRGB from an embedded colour
 profile (Display P3, Adobe RGB, a printer's CMYK...); palette, grayscale, CMYK and 16-bit modes are
-converted, 16-bit RGB(A) PNG and TIFF files (and grey-with-alpha PNGs) at their full 16 bits,
-integer grayscale by its bit depth (never its values); a PNG's transparent colour becomes alpha;
-alpha is kept aside and put back on the result. Outputs are written to a temporary name and
-renamed, so a crash never leaves half a file; .png/.tif can be 16-bit, .npy keeps float32.
+converted, 16-bit RGB(A) PNG and TIFF files (and grey-with-alpha PNGs) at their full 16 bits (a
+PIL image opened from one too, while its file can be read again; a matrix/TRC colour profile
+converted in float), integer grayscale by its bit depth (never its values); a PNG's transparent
+colour becomes alpha; alpha is kept aside and put back on the result. Outputs are written to a
+temporary name and renamed, so a crash never leaves half a file; .png/.tif can be 16-bit, .npy
+keeps float32.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import struct
 import sys
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from ..errors import UserError
 from ..network.vgg import MIN_SIDE
+from ..notes import act
 from .files import atomic_write, check_input_file, check_output_path
 from .jpeg import cut_short
 from .quiet import captured_stderr, detail
@@ -136,6 +139,82 @@ def _in_srgb(image: Image.Image) -> Image.Image:
     return converted
 
 
+def _tag_table(icc: bytes) -> dict[bytes, bytes]:
+    """An ICC profile's tags by signature (their data; {} for a profile cut short)."""
+    try:
+        count = struct.unpack_from(">I", icc, 128)[0]
+        entries = [struct.unpack_from(">4sII", icc, 132 + 12 * i) for i in range(count)]
+    except struct.error:
+        return {}
+    return {sig: icc[offset:offset + size] for sig, offset, size in entries}
+
+
+def _curve(tag: bytes):
+    """An ICC tone curve (curv: identity, gamma or table; para: types 0-4) as a numpy function
+    of 0..1 values, or None for one of another kind."""
+    kind = tag[:4]
+    if kind == b"curv":
+        (count,) = struct.unpack_from(">I", tag, 8)
+        if count == 0:
+            return lambda x: x
+        if count == 1:
+            gamma = struct.unpack_from(">H", tag, 12)[0] / 256
+            return lambda x: x ** gamma
+        table = np.frombuffer(tag, ">u2", count, 12).astype(np.float64) / 65535
+        return lambda x: np.interp(x, np.linspace(0, 1, count), table)
+    if kind == b"para":
+        function = struct.unpack_from(">H", tag, 8)[0]
+        counts = {0: 1, 1: 3, 2: 4, 3: 5, 4: 7}
+        if function not in counts:
+            return None
+        values = [v / 65536 for v in struct.unpack_from(f">{counts[function]}i", tag, 12)]
+        g, a, b, c, d, e, f = values + [0.0] * (7 - len(values))
+        if function == 0:
+            a, d = 1.0, -np.inf
+        elif function in (1, 2):  # from -b/a, plus type 2's c (type 1's is 0); c below it
+            d, e, f, c = -b / a, c, c, 0.0
+        return lambda x: np.where(x >= d, np.maximum(a * x + b, 0) ** g + e, c * x + f)
+    return None
+
+
+def _matrix_shaper(icc: bytes):
+    """(3x3 matrix to D50 XYZ, three tone curves) of a matrix/TRC RGB profile (Adobe RGB,
+    ProPhoto, Display P3, most cameras'), or None for another kind (a LUT profile, CMYK, grey):
+    what lcms itself uses for such a profile, so the float conversion below matches its."""
+    if icc[16:24] != b"RGB XYZ ":
+        return None
+    tags = _tag_table(icc)
+    names = (b"rXYZ", b"gXYZ", b"bXYZ", b"rTRC", b"gTRC", b"bTRC")
+    if any(n not in tags for n in names) or b"A2B0" in tags or b"A2B1" in tags:
+        return None  # lcms would take a LUT over the matrix
+    try:
+        matrix = np.array([[v / 65536 for v in struct.unpack_from(">3i", tags[n], 8)]
+                           for n in names[:3]]).T
+        curves = [_curve(tags[n]) for n in names[3:]]
+    except struct.error:
+        return None
+    return None if any(c is None for c in curves) else (matrix, curves)
+
+
+_SRGB_MATRIX = _matrix_shaper(ImageCms.ImageCmsProfile(_SRGB).tobytes())[0]
+
+
+def _deep_in_srgb(samples: np.ndarray, icc: bytes | None) -> np.ndarray | None:
+    """16-bit RGB(A) samples ([H,W,C] uint16) with a matrix/TRC profile's colours converted to
+    sRGB in float, as lcms converts them (relative colorimetric, clipped to sRGB's gamut), their
+    precision kept: float32 0..1, alpha as it was. None for a profile of another kind (then the
+    8-bit conversion stands)."""
+    shaper = _matrix_shaper(icc) if icc else None
+    if shaper is None:
+        return None
+    matrix, curves = shaper
+    values = samples.astype(np.float64) / 65535
+    linear = np.stack([curve(values[..., i]) for i, curve in enumerate(curves)], axis=-1)
+    srgb = np.clip(linear @ (np.linalg.solve(_SRGB_MATRIX, matrix)).T, 0, 1)
+    srgb = np.where(srgb <= 0.0031308, 12.92 * srgb, 1.055 * srgb ** (1 / 2.4) - 0.055)
+    return np.concatenate([srgb, values[..., 3:]], axis=-1).astype(np.float32)
+
+
 # Pillow has no 16-bit RGB mode: it decodes these raw modes of PNG and TIFF files to their high
 # bytes; the same decoder with the other byte order's unpacker gives the low bytes (N: native,
 # libtiff's own decoding). A 16-bit grey-and-alpha PNG (LA;16B, read as RGBA) has no such
@@ -162,12 +241,13 @@ def _is_sixteen_bit_rgb(tiles: list) -> bool:
     return bool(tiles) and all(_raw_mode(t) in _OTHER_BYTE_ORDER for t in tiles)
 
 
-def _sixteen_bits(path: Path, image: Image.Image, tiles: list) -> np.ndarray | None:
+def _sixteen_bits(source: Path | bytes, image: Image.Image, tiles: list) -> np.ndarray | None:
     """A 16-bit RGB(A) (or grey-and-alpha PNG) file's samples ([H,W,C] uint16, before EXIF
-    orientation) from `image` (loaded: its high bytes) and a second decoding for the low bytes;
-    None where that decoding fails (the 8-bit picture then stands)."""
+    orientation) from `image` (loaded: its high bytes) and a second decoding of `source` (the
+    file, or its contents) for the low bytes; None where that decoding fails (the 8-bit picture
+    then stands)."""
     try:
-        with Image.open(path) as again:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as again:
             again.tile = [_with_raw_mode(t, _OTHER_BYTE_ORDER[_raw_mode(t)]) for t in again.tile]
             again.load()
             low = np.asarray(again)
@@ -179,6 +259,50 @@ def _sixteen_bits(path: Path, image: Image.Image, tiles: list) -> np.ndarray | N
     if all(_raw_mode(t) == "LA;16B" for t in tiles):  # [grey, alpha], each high << 8 | low
         return low[..., 0::2].astype(np.uint16) << 8 | low[..., 1::2]
     return high.astype(np.uint16) << 8 | low
+
+
+def _deep_picture(deep: np.ndarray, image: Image.Image, to_srgb: bool, name: str) -> Picture | None:
+    """16-bit samples (_sixteen_bits) of `image` as a Picture: a PNG's transparent colour as
+    alpha, an embedded matrix/TRC profile's colours converted to sRGB keeping the 16 bits, turned
+    upright; None for a profile of another kind (its 8-bit conversion then stands)."""
+    deep = _keyed(deep, image.info.get("transparency"))
+    if to_srgb and _foreign_profile(image) is not None:
+        deep = _deep_in_srgb(deep, image.info["icc_profile"]) if deep.shape[2] >= 3 else None
+        if deep is None:
+            return None
+    return _from_array(_upright(deep, image.getexif().get(0x0112, 1)), name)
+
+
+def _pil_sixteen_bits(image: Image.Image, name: str, to_srgb: bool) -> Picture | None:
+    """A PIL image opened from a 16-bit RGB(A) PNG or TIFF (the API's `Image.open(path)`, which
+    Pillow holds as 8 bits) at its 16 bits, from its file read again (by its name, or its file
+    object's contents while it is open); only where that file's 8-bit decoding is exactly this
+    image's pixels (the first frame, not edited since), else None."""
+    if image.format not in ("PNG", "TIFF") or image.tell() != 0 or image.mode not in ("RGB", "RGBA"):
+        return None
+    source = None
+    try:
+        if isinstance(image.filename, (str, bytes, os.PathLike)) and image.filename \
+                and os.path.isfile(image.filename):
+            source = Path(os.fsdecode(image.filename))
+        elif image.fp is not None and image.fp.seekable():  # Image.open(io.BytesIO(data))
+            at = image.fp.tell()
+            image.fp.seek(0)
+            source = image.fp.read()
+            image.fp.seek(at)
+        if source is None:
+            return None
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as again:
+            tiles = list(again.tile)
+            if not _is_sixteen_bit_rgb(tiles):
+                return None
+            again.load()
+            if again.mode != image.mode or not np.array_equal(np.asarray(again), np.asarray(image)):
+                return None  # edited since, or another file now under that name
+            deep = _sixteen_bits(source, again, tiles)
+    except Exception:  # a file gone or a stream not ours to read: the 8-bit picture stands
+        return None
+    return None if deep is None else _deep_picture(deep, image, to_srgb, name)
 
 
 def _bmp_alpha(path: Path, tiles: list, image: Image.Image) -> None:
@@ -288,7 +412,8 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
     if isinstance(source, Picture):
         return source
     if isinstance(source, Image.Image):
-        return _from_pil(source, name or "image", to_srgb, white=_grey_white(source))
+        return (_pil_sixteen_bits(source, name or "image", to_srgb)
+                or _from_pil(source, name or "image", to_srgb, white=_grey_white(source)))
     if isinstance(source, np.ndarray):
         return _from_array(source, name or "array")
     if isinstance(source, bytes) and b"\0" in source:  # no path holds NUL: a file's contents
@@ -326,14 +451,10 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
                     scale = {"L;2": 85, "L;4": 17}.get(_raw_mode(tiles[0]) if tiles else None)
                     if scale and isinstance(image.info.get("transparency"), int):
                         image.info["transparency"] *= scale  # Pillow scales the grey, not its key
-                    # 16 bits kept, unless a colour profile needs converting (8-bit only)
-                    deep = _sixteen_bits(path, image, tiles) if _is_sixteen_bit_rgb(tiles) and not (
-                        to_srgb and _foreign_profile(image)) else None
-                    if deep is None:
+                    deep = _sixteen_bits(path, image, tiles) if _is_sixteen_bit_rgb(tiles) else None
+                    picture = None if deep is None else _deep_picture(deep, image, to_srgb, label)
+                    if picture is None:
                         picture = _from_pil(image, label, to_srgb, path, _grey_white(image))
-                    else:
-                        picture = _from_array(_upright(_keyed(deep, image.info.get("transparency")),
-                                                       image.getexif().get(0x0112, 1)), label)
                     frames = _frame_count(image)
                     if frames > 1:
                         picture.notes = (f"{path.name} has {frames} frames: only the first is "
@@ -560,9 +681,10 @@ def check_bits(path: str | Path, bits: int) -> None:
 
 
 def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = None,
-               bits: int = 8) -> Path:
+               bits: int = 8, log: Callable[[str], None] | None = None) -> Path:
     """Write an image atomically; the format follows the suffix (.npy keeps float32). `path`: a
-    str, bytes or path object."""
+    str, bytes or path object. `log` gets a note to act on where the format drops a transparent
+    alpha (.jpg); without it nothing is said (an intermediate image)."""
     path = os.fsdecode(path)
     array = np.clip(rgb, 0, 1).astype(np.float32)
     if alpha is not None:
@@ -570,6 +692,10 @@ def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = Non
     suffix = Path(path).suffix.lower()
     check_output_path(path, "output", OUTPUT_SUFFIXES)  # before any encoding work
     check_bits(path, bits)
+    if log is not None and suffix in (".jpg", ".jpeg") and alpha is not None \
+            and float(np.min(alpha)) < 1:
+        log(act(f"{Path(path).name} has no alpha channel: the content's transparent parts become "
+                "opaque (write .png, .tif or .webp to keep the transparency)."))
 
     def write(tmp: Path) -> None:
         if suffix == ".npy":

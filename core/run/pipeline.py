@@ -81,10 +81,11 @@ class StylizeResult:
     alpha: np.ndarray | None
     metrics: dict
 
-    def save(self, path: str | Path, bits: int = 8) -> Path:
+    def save(self, path: str | Path, bits: int = 8, log: Callable[[str], None] | None = None) -> Path:
         """Write the image (with its alpha) atomically, the format from the suffix; `bits` 16 for
-        .png/.tif (.npy keeps float32). Returns the path written; UserError for a bad one."""
-        return save_image(path, self.image, self.alpha, bits=bits)
+        .png/.tif (.npy keeps float32). Returns the path written; UserError for a bad one.
+        `log` (as stylize's: the `stylefu` logger by default) is told when .jpg drops the alpha."""
+        return save_image(path, self.image, self.alpha, bits=bits, log=log or notes.to_logger)
 
     def __repr__(self) -> str:
         # Shapes and the headline figures: the arrays' and metrics' own reprs fill a terminal.
