@@ -346,6 +346,51 @@ def test_a_stuck_served_run_ends_after_a_signal_though_stdin_stays_open(signum, 
         proc.communicate()
 
 
+STUCK_RUN = """
+import ctypes, importlib, signal, sys
+main = importlib.import_module("stylefu.core.cli.main")
+serve = importlib.import_module("stylefu.core.cli.serve")
+pipeline = importlib.import_module("stylefu.core.run.pipeline")
+serve.STOP_AFTER_STDIN_CLOSES = 0.5  # no 15 s wait here
+
+def stuck(*args, **kwargs):  # one evaluation stuck in C code that no signal gets out of
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    print("stuck", file=sys.stderr, flush=True)
+    ctypes.CDLL(None).usleep(50_000_000)
+    raise AssertionError("the stuck run was waited for")
+
+pipeline.stylize = stuck
+sys.argv = ["stylefu", *sys.argv[1:]]
+raise SystemExit(main.main())
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, EXIT_CANCELLED),
+                                           (signal.SIGTERM, EXIT_TERMINATED)])
+def test_a_stuck_watched_run_ends_after_a_signal_though_stdin_stays_open(world, signum, code):
+    """The GIMP 2.10 plug-in's `stylefu run --watch-stdin`, stuck in C code (50 s here), its
+    stdin still open: SIGINT or SIGTERM ended it only once the evaluation returned (the stuck
+    timer started at stdin's end alone). As `serve`, it ends with the signal's code soon after
+    (0.5 s in the script), with no output written."""
+    before = world.snapshot()
+    args = test_fuzz.run_args(world, world.root / "watched.png")
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_RUN, *args, "--watch-stdin"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        said = proc.stderr.readline()
+        while said.startswith("stylefu: engine"):
+            said = proc.stderr.readline()
+        assert said == "stuck\n", said + proc.stderr.read()
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == code  # stdin still open
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert world.snapshot() == before
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_served_run_stopped_by_a_signal_as_stdin_closes_ends_the_worker_with_its_code(
         world, signum):

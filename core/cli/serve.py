@@ -11,7 +11,7 @@ stdin closed: the running request is cancelled and the worker exits 0 (a run stu
 evaluation for 15 s ends it with 130, as `run --watch-stdin`). A line that is no request is
 answered by an `error` record. SIGINT ends the worker with 130, SIGTERM with 143, whatever stdin
 does meanwhile (the stuck timer's end too), within 15 s even while a run is stuck in one
-evaluation and stdin stays open; one that comes once the worker has chosen to end on
+evaluation and stdin stays open (`run --watch-stdin` too); one that comes once the worker has chosen to end on
 stdin's end (every request answered, Python exiting) leaves its exit code as it was, as `main`
 ignores SIGINT then.
 """
