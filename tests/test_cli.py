@@ -174,6 +174,33 @@ def test_serve_help_requests_keep_stdout_json():
                for r in records[1::2])
 
 
+def test_serve_reads_help_and_version_as_each_command_does():
+    """`--v` and `--ve` (abbreviations of the top level's --version, which `run` and `estimate`
+    lack) were taken for help: "a request cannot ask for help" instead of the command's own
+    "unrecognized arguments" sentence. Help is what the command's Parser.spelling reads as
+    --help (`--he` still is)."""
+    requests = [{"id": 1, "run": ["a.png", "b.png", "-o", "c.png", "--v"]},
+                {"id": 2, "estimate": ["--layer", "9x9", "--ve"]},
+                {"id": 3, "run": ["a.png", "b.png", "-o", "c.png", "--version"]},
+                {"id": 4, "estimate": ["--he"]}]
+    worker = subprocess.Popen([sys.executable, "-m", "stylefu.core", "serve"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:  # stdin open until every answer is in: runs queued behind its end are cancelled
+        worker.stdin.write("".join(json.dumps(r) + "\n" for r in requests))
+        worker.stdin.flush()
+        records = [json.loads(worker.stdout.readline()) for _ in range(8)]
+    finally:
+        worker.communicate(timeout=60)  # stdin closed: the worker exits
+    assert [r["event"] for r in records] == ["started", "error"] * 4
+    messages = [r["message"] for r in records[1::2]]
+    for message, word, command in zip(messages, ["--v", "--ve", "--version"],
+                                      ["run", "estimate", "run"]):
+        assert f"unrecognized arguments: {word}" in message, message
+        assert f"(see `stylefu {command} --help`)" in message
+    assert "cannot ask for help" in messages[3]
+
+
 @pytest.mark.parametrize("command", [["run", "c.png", "s.png", "-o", "o.png"], ["preview", "c.png",
                                      "s.png", "-o", "o.png"], ["batch", "d", "--style", "s.png",
                                      "-o", "out"], ["estimate", "--layer", "9x9"], ["info"]])

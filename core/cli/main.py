@@ -517,7 +517,7 @@ def cmd_serve(args) -> int:
     from .serve import serve
 
     return serve(lambda argv, cancel: main(argv, cancel), (EXIT_CANCELLED, EXIT_TERMINATED),
-                 args.model, STARTED)
+                 args.model, STARTED, build_parser().commands)
 
 
 def cmd_info(args) -> int:
