@@ -50,6 +50,31 @@ def test_run_names_device_and_random_weights(files, model_path, tmp_path, capsys
     assert "device cpu" in err and "RANDOM weights" in err
 
 
+def test_run_marks_a_note_to_act_on_as_a_warning(files, model_path, tmp_path, capsys,
+                                                monkeypatch):
+    """A note the user should act on (bf16 emulated on a CPU without AVX512-BF16 or AMX, about
+    20x slower) looked like any note: "stylefu: this CPU ...", a `notice` record like the tiles'.
+    On stderr it is "stylefu: warning: ..."; in JSON its record has "level": "warning" (the
+    tiles' "info"), `message` unchanged for the plug-ins."""
+    from stylefu.core.engines.torch import model
+
+    monkeypatch.setattr(model, "cpu_has_fast_bf16", lambda: False)  # an AVX2-only CPU's answer
+    content, style = files
+    run = ["run", str(content), str(style), "-o", str(tmp_path / "o.png"), "--model",
+           str(model_path), *FAST, "--engine", "torch", "--precision", "bf16", "--compile", "off",
+           "--crop-side", "48"]
+    assert main([*run, "--progress", "json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    notices = {r["level"]: r["message"] for r in records if r["event"] == "notice"}
+    assert set(notices) == {"warning", "info"}, notices
+    assert notices["warning"].startswith("this CPU has no AVX512-BF16 or AMX: bf16 is emulated")
+    assert "px is optimised in 48 px tiles" in notices["info"]
+    assert main([*run, "--progress", "none"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert f"stylefu: warning: {notices['warning']}" in lines
+    assert f"stylefu: {notices['info']}" in lines  # information: no prefix
+
+
 def test_quiet_run_and_preview_print_errors_only(files, model_path, tmp_path, capsys):
     content, style = files
     for command in (["run", "-o", str(tmp_path / "o.png")], ["preview", "-o", str(tmp_path / "s.png")]):

@@ -118,6 +118,26 @@ def test_progress_bars_fit_a_narrow_terminal(monkeypatch, width):
         assert "#" * 3 + "." * 27 + "] 30/300 loss 1235, about 1 min 05 s left" in bars[29]
 
 
+def test_a_note_never_runs_on_from_the_bar(monkeypatch):
+    """A note that comes while the bar is drawn (a level's tiles, a compile failing mid-run) was
+    printed after the bar's characters, on its line. The bar is blanked first; the next
+    evaluation draws it again."""
+    from stylefu.core import notes
+
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    bar = ProgressPrinter("bar")
+    progress = SimpleNamespace(level=1, levels=1, size=(48, 64), evaluation=1, evaluations=9,
+                               fraction=0.1, loss=1.5)
+    bar(progress)
+    bar.note(notes.act("bf16 is emulated."))
+    bar(progress)
+    bar.close()
+    rows = [row.strip() for line in sys.stderr.getvalue().split("\n") for row in line.split("\r")]
+    assert "stylefu: warning: bf16 is emulated." in rows
+    assert [row for row in rows if row][-1].startswith("level 1/1 64x48 [")  # drawn again
+
+
 @pytest.mark.parametrize("state", ["a file", "read-only"])
 def test_an_unusable_weights_folder_is_named(capsys, monkeypatch, tmp_path, state):
     """$STYLEFU_WEIGHTS_CACHE naming a file, or a read-only folder, ended in "File exists

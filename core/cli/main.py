@@ -26,10 +26,10 @@ import typing
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from .. import jsontext
+from .. import jsontext, notes
 from ..errors import Cancelled, UserError
 from ..method.config import PRESETS, Config, config_fields
-from .bar import bar_line, columns
+from .bar import bar_line, clear_line, columns
 from .exits import (
     EXIT_BROKEN_PIPE,
     EXIT_CANCELLED,
@@ -256,6 +256,16 @@ class ProgressPrinter:
             elif p.evaluation == p.evaluations or p.evaluation % 25 == 0:
                 say(bar_line(before, p.fraction, after, sys.maxsize))  # a log: the whole line
 
+    def note(self, note: str) -> None:
+        """A run's note: its `notice` record (json), else its line on stderr ("warning: " before
+        one to act on), a bar on screen blanked first (the next evaluation draws it again)."""
+        self.emit(notes.event(note))
+        if self.mode != "json":
+            if self.bar:
+                clear_line(self.width)
+                self.width = 0
+            say(f"stylefu: {notes.line(note)}")
+
     def close(self) -> None:
         if self.bar:
             sys.stderr.write("\n")
@@ -353,11 +363,6 @@ def cmd_run(args) -> int:
     watching = args.watch_stdin and not served  # a served run's stdin carries the worker's requests
     if watching:
         _watch_stdin(cancel)
-    def notice(message: str) -> None:
-        printer.emit({"event": "notice", "message": message})
-        if args.progress != "json":
-            say(f"stylefu: {message}")
-
     # With stdin watched (the plug-ins'), SIGINT/SIGTERM end a run stuck in one evaluation
     # within _stuck_seconds() too, though stdin stays open: as `serve` does, with its codes.
     stuck = ended_if_stuck(_stuck_seconds) if watching else contextlib.nullcontext()
@@ -366,13 +371,14 @@ def cmd_run(args) -> int:
             # The printer writes --save-every's images: the API itself would warn that it does not.
             result = stylize(content, styles, config=dataclasses.replace(config, save_every=0),
                              model=model, callback=printer, cancel=cancel, masks=masks or None,
-                             log=notice, keep_size=args.keep_size, upscale=args.upscale)
+                             log=printer.note, keep_size=args.keep_size, upscale=args.upscale)
     finally:
         printer.close()
     if result.alpha is not None and output.suffix.lower() in (".jpg", ".jpeg") \
             and float(result.alpha.min()) < 1:
-        notice(f"{output.name} has no alpha channel: the content's transparent parts become "
-               "opaque (write .png, .tif or .webp to keep the transparency).")
+        printer.note(notes.act(f"{output.name} has no alpha channel: the content's transparent "
+                               "parts become opaque (write .png, .tif or .webp to keep the "
+                               "transparency)."))
     result.save(output, bits=args.bits)
     # A served run's start-up was paid once by the worker, not by this run.
     eta.record_speed(key, time_left.measured(),
