@@ -136,6 +136,13 @@ def test_a_note_never_runs_on_from_the_bar(monkeypatch):
     rows = [row.strip() for line in sys.stderr.getvalue().split("\n") for row in line.split("\r")]
     assert "stylefu: warning: bf16 is emulated." in rows
     assert [row for row in rows if row][-1].startswith("level 1/1 64x48 [")  # drawn again
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    items = BatchProgress("bar", total=2, skipped=0)  # the batch's, over items
+    items.item({"status": "ok"})
+    items.note(notes.act("bf16 is emulated."))
+    rows = [row.strip() for line in sys.stderr.getvalue().split("\n") for row in line.split("\r")]
+    assert "stylefu batch: warning: bf16 is emulated." in rows
+    assert [row for row in rows if row][-1].startswith("[") and rows[-1].endswith("left")
 
 
 @pytest.mark.parametrize("state", ["a file", "read-only"])
