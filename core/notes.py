@@ -3,7 +3,7 @@ tiles, compiling) or, made by `act`, something the user should act on (WARNING: 
 about 20x slower). Without a `log` callable, notes go to the `stylefu` logger at their level:
 Python shows WARNING records with no logging set up (its last-resort handler, stderr), INFO ones
 once the user turns them on (`logging.basicConfig(level=logging.INFO)`). A library never sets up
-logging itself.
+logging itself. The command line writes a note as `line` (stderr) or `event` (`--progress json`).
 """
 
 from __future__ import annotations
@@ -25,3 +25,19 @@ def to_logger(note: str) -> None:
     """The default `log`: the note to the `stylefu` logger, WARNING if it asks for action."""
     logging.getLogger(LOGGER).log(logging.WARNING if isinstance(note, ActionNote)
                                   else logging.INFO, note)
+
+
+def level(note: str) -> str:
+    """The note's level as the command line names it: "warning" (to act on) or "info"."""
+    return "warning" if isinstance(note, ActionNote) else "info"
+
+
+def line(note: str) -> str:
+    """The note as a line of text: one to act on behind the conventional "warning: "."""
+    return f"warning: {note}" if isinstance(note, ActionNote) else str(note)
+
+
+def event(note: str) -> dict:
+    """The note as a `--progress json` record (`level` added to the `notice` records that the
+    plug-ins read: they take `message`)."""
+    return {"event": "notice", "level": level(note), "message": str(note)}

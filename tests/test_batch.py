@@ -551,7 +551,7 @@ def test_a_jpeg_output_that_drops_transparency_is_said_per_item(tmp_path, photos
                                                                 model_path, progress):
     """`--name "{stem}.jpg"` turned a content's transparent parts opaque without a word (`run`
     says so). Now the item's manifest entry (and its JSON record) holds the note, and the bar
-    says it on a line of its own after the bar's, as a failure; an opaque content has none."""
+    says it once on a line of its own (a note to act on); an opaque content has none."""
     from stylefu.core.io.images import save_image
 
     paths, (style, _) = photos
@@ -574,5 +574,80 @@ def test_a_jpeg_output_that_drops_transparency_is_said_per_item(tmp_path, photos
         assert "alpha" not in done.stderr
     else:
         lines = done.stderr.splitlines()
-        assert f"stylefu batch: {clear}: {note}" in lines
+        assert lines.count(f"stylefu batch: warning: {note}") == 1, done.stderr
         assert not [line for line in lines if line.startswith("[") and "alpha" in line]
+
+
+BF16_EMULATED = "this CPU has no AVX512-BF16 or AMX: bf16 is emulated"
+
+
+def test_a_batchs_notes_to_act_on_are_told_once(tmp_path, photos, model_path, monkeypatch,
+                                               caplog):
+    """stylize_many dropped every note of its items: a batch at bf16 on a CPU that emulates it
+    (about 20x slower) said nothing. Each note to act on is told once per batch (not per item)
+    to `log`, as `stylize`'s notes are, from local workers (oneDNN held to AVX2 in their
+    environment, as an AVX2-only CPU answers) and from frames run in this process; without
+    `log`, to the `stylefu` logger at WARNING. Each result keeps its own."""
+    from stylefu.core.engines.torch import model
+    from stylefu.core.notes import ActionNote
+
+    paths, styles = photos
+    bf16 = FAST_CONFIG.with_(precision="bf16", engine="torch", compile="off")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # the spawned workers' environment
+    told = []
+    results = list(stylize_many(make_items(paths[:3], [str(styles[0])], tmp_path / "local"),
+                                bf16, model=model_path, workers=2, log=told.append))
+    assert len(results) == 3 and all(r.ok for r in results)
+    assert len(told) == 1 and isinstance(told[0], ActionNote), told
+    assert told[0].startswith(BF16_EMULATED)
+    assert all(r.notes == [str(told[0])] for r in results)
+    monkeypatch.setattr(model, "cpu_has_fast_bf16", lambda: False)  # this process's answer
+    caplog.set_level("WARNING", logger="stylefu")
+    frames = list(stylize_many(make_items(paths[:2], [str(styles[0])], tmp_path / "frames"),
+                               bf16, model=model_path, options=RunOptions(frames=True)))
+    assert all(r.ok for r in frames)
+    assert [(r.name, r.levelname) for r in caplog.records] == [("stylefu", "WARNING")]
+    assert caplog.records[0].getMessage().startswith(BF16_EMULATED)
+
+
+@pytest.mark.parametrize("progress", ["bar", "json"])
+def test_batch_says_a_note_to_act_on_once_on_its_own_line(tmp_path, photos, model_path,
+                                                          progress):
+    """`stylefu batch --precision bf16` where bf16 is emulated: one "stylefu batch: warning:"
+    line (not one per item, not inside the bar's), or one `notice` record with its level."""
+    paths, styles = photos
+    done = _batch([*paths[:2], "--style", styles[0], "-o", tmp_path / "out", "--workers", "2",
+                   "--precision", "bf16", "--engine", "torch", "--progress", progress],
+                  model_path, env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert done.returncode == 0, done.stderr
+    if progress == "json":
+        records = [json.loads(line) for line in done.stdout.splitlines()]
+        notices = [r for r in records if r["event"] == "notice"]
+        assert len(notices) == 1 and notices[0]["level"] == "warning", notices
+        assert notices[0]["message"].startswith(BF16_EMULATED)
+        assert records[-1]["event"] == "batch"
+    else:
+        warned = [line for line in done.stderr.splitlines() if "warning" in line]
+        assert warned == [line for line in warned
+                          if line.startswith(f"stylefu batch: warning: {BF16_EMULATED}")]
+        assert len(warned) == 1, done.stderr
+
+
+def test_notes_that_come_with_the_results_are_told_once(monkeypatch):
+    """A Ray task's notes reach the driver with its result only (no message on the way): they
+    are told from the results as they come, once each, before the result is handed on."""
+    from stylefu.core.batch import driver
+    from stylefu.core.batch.items import ItemResult
+
+    item = BatchItem("a.png", ("s.png",))
+    given = [ItemResult(i, item, "ok", notes=n) for i, n in enumerate([["x"], ["x", "y"], []])]
+    seen = []
+
+    def run(*args):
+        for result in given:
+            yield result
+            seen.append(list(told))  # what was told before this result was handed on
+    monkeypatch.setattr(driver, "_stylize_many", run)
+    told: list = []
+    assert list(stylize_many([item] * 3, log=told.append)) == given
+    assert told == ["x", "y"] and seen == [["x"], ["x", "y"], ["x", "y"]]

@@ -50,6 +50,31 @@ def test_run_names_device_and_random_weights(files, model_path, tmp_path, capsys
     assert "device cpu" in err and "RANDOM weights" in err
 
 
+def test_run_marks_a_note_to_act_on_as_a_warning(files, model_path, tmp_path, capsys,
+                                                monkeypatch):
+    """A note the user should act on (bf16 emulated on a CPU without AVX512-BF16 or AMX, about
+    20x slower) looked like any note: "stylefu: this CPU ...", a `notice` record like the tiles'.
+    On stderr it is "stylefu: warning: ..."; in JSON its record has "level": "warning" (the
+    tiles' "info"), `message` unchanged for the plug-ins."""
+    from stylefu.core.engines.torch import model
+
+    monkeypatch.setattr(model, "cpu_has_fast_bf16", lambda: False)  # an AVX2-only CPU's answer
+    content, style = files
+    run = ["run", str(content), str(style), "-o", str(tmp_path / "o.png"), "--model",
+           str(model_path), *FAST, "--engine", "torch", "--precision", "bf16", "--compile", "off",
+           "--crop-side", "48"]
+    assert main([*run, "--progress", "json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    notices = {r["level"]: r["message"] for r in records if r["event"] == "notice"}
+    assert set(notices) == {"warning", "info"}, notices
+    assert notices["warning"].startswith("this CPU has no AVX512-BF16 or AMX: bf16 is emulated")
+    assert "px is optimised in 48 px tiles" in notices["info"]
+    assert main([*run, "--progress", "none"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert f"stylefu: warning: {notices['warning']}" in lines
+    assert f"stylefu: {notices['info']}" in lines  # information: no prefix
+
+
 def test_quiet_run_and_preview_print_errors_only(files, model_path, tmp_path, capsys):
     content, style = files
     for command in (["run", "-o", str(tmp_path / "o.png")], ["preview", "-o", str(tmp_path / "s.png")]):
@@ -172,6 +197,33 @@ def test_serve_help_requests_keep_stdout_json():
     assert [r["event"] for r in records] == ["started", "error"] * 3
     assert all("stylefu run --help" in r["message"] or "stylefu estimate --help" in r["message"]
                for r in records[1::2])
+
+
+def test_serve_reads_help_and_version_as_each_command_does():
+    """`--v` and `--ve` (abbreviations of the top level's --version, which `run` and `estimate`
+    lack) were taken for help: "a request cannot ask for help" instead of the command's own
+    "unrecognized arguments" sentence. Help is what the command's Parser.spelling reads as
+    --help (`--he` still is)."""
+    requests = [{"id": 1, "run": ["a.png", "b.png", "-o", "c.png", "--v"]},
+                {"id": 2, "estimate": ["--layer", "9x9", "--ve"]},
+                {"id": 3, "run": ["a.png", "b.png", "-o", "c.png", "--version"]},
+                {"id": 4, "estimate": ["--he"]}]
+    worker = subprocess.Popen([sys.executable, "-m", "stylefu.core", "serve"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:  # stdin open until every answer is in: runs queued behind its end are cancelled
+        worker.stdin.write("".join(json.dumps(r) + "\n" for r in requests))
+        worker.stdin.flush()
+        records = [json.loads(worker.stdout.readline()) for _ in range(8)]
+    finally:
+        worker.communicate(timeout=60)  # stdin closed: the worker exits
+    assert [r["event"] for r in records] == ["started", "error"] * 4
+    messages = [r["message"] for r in records[1::2]]
+    for message, word, command in zip(messages, ["--v", "--ve", "--version"],
+                                      ["run", "estimate", "run"]):
+        assert f"unrecognized arguments: {word}" in message, message
+        assert f"(see `stylefu {command} --help`)" in message
+    assert "cannot ask for help" in messages[3]
 
 
 @pytest.mark.parametrize("command", [["run", "c.png", "s.png", "-o", "o.png"], ["preview", "c.png",

@@ -30,6 +30,7 @@ from stylefu.core import Config, UserError, stylize
 from stylefu.core.cli.main import build_parser, main
 from stylefu.core.io.demo import demo_content, demo_style
 from stylefu.core.io.images import load_image, save_image
+from stylefu.core.method.config import config_fields
 
 STYLEFU = Path(sys.executable).with_name("stylefu")
 RUN = ["--size", "64", "--iterations", "3", "--scales", "1"]
@@ -107,10 +108,13 @@ def run_args(w: World, output: Path | str | None = None, extra=(), json_progress
 
 
 def option_spellings(option: str) -> list[str]:
-    """All spellings of `option` (an option renamed later keeps its old spelling as an alias)."""
-    for action in build_parser()._subparsers._group_actions[0].choices["run"]._actions:
-        if option in action.option_strings:
-            names = list(action.option_strings) + ["--" + action.dest.replace("_", "-")]
+    """All spellings of `option` (an option renamed later keeps its old spelling as an alias):
+    its Config field's, each one a spelling `run` takes (its Parser's public option_words)."""
+    words = build_parser().commands["run"].option_words
+    for f in config_fields():
+        names = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
+        if option in names:
+            assert set(names) <= words, names
             return names
     return [option]
 

@@ -687,6 +687,10 @@ def test_progress_text_names_the_level_and_evaluation():
     assert bridge.progress_text(record).endswith("about 2 h 01 min left")
     notice = {"event": "notice", "message": "2048x1536 px is optimised in 512 px tiles."}
     assert bridge.progress_text(notice) == "Neural style: 2048x1536 px is optimised in 512 px tiles."
+    notice.update(level="info")  # newer workers give each notice its level
+    assert bridge.progress_text(notice) == "Neural style: 2048x1536 px is optimised in 512 px tiles."
+    warning = {"event": "notice", "level": "warning", "message": "bf16 is emulated, 20x slower."}
+    assert bridge.progress_text(warning) == "Neural style: warning: bf16 is emulated, 20x slower."
 
 
 def test_dialog_preview_texts_fit_the_preview_column():

@@ -2,6 +2,7 @@
 subcommands (old option spellings included)."""
 
 import ast
+import re
 from pathlib import Path
 
 from stylefu.core.cli.main import build_parser, config_from_args
@@ -33,8 +34,10 @@ def test_export_does_not_import_plugin():
 
 def test_every_package_adds_its_subcommands():
     parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices
-    assert {"run", "preview", "info", "demo", "export", "gimp"} <= set(commands)
+    added = {"run", "preview", "info", "demo", "export", "gimp"}
+    assert added <= set(parser.commands)  # name -> its Parser (build_parser's, not argparse's)
+    usage = parser.format_usage()  # and offered to the user: `stylefu {run,preview,...}`
+    assert all(re.search(rf"[{{,]{name}[,}}]", usage) for name in added), usage
 
 
 def test_old_option_spellings_set_the_new_fields():

@@ -118,6 +118,33 @@ def test_progress_bars_fit_a_narrow_terminal(monkeypatch, width):
         assert "#" * 3 + "." * 27 + "] 30/300 loss 1235, about 1 min 05 s left" in bars[29]
 
 
+def test_a_note_never_runs_on_from_the_bar(monkeypatch):
+    """A note that comes while the bar is drawn (a level's tiles, a compile failing mid-run) was
+    printed after the bar's characters, on its line. The bar is blanked first; the next
+    evaluation draws it again."""
+    from stylefu.core import notes
+
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    bar = ProgressPrinter("bar")
+    progress = SimpleNamespace(level=1, levels=1, size=(48, 64), evaluation=1, evaluations=9,
+                               fraction=0.1, loss=1.5)
+    bar(progress)
+    bar.note(notes.act("bf16 is emulated."))
+    bar(progress)
+    bar.close()
+    rows = [row.strip() for line in sys.stderr.getvalue().split("\n") for row in line.split("\r")]
+    assert "stylefu: warning: bf16 is emulated." in rows
+    assert [row for row in rows if row][-1].startswith("level 1/1 64x48 [")  # drawn again
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    items = BatchProgress("bar", total=2, skipped=0)  # the batch's, over items
+    items.item({"status": "ok"})
+    items.note(notes.act("bf16 is emulated."))
+    rows = [row.strip() for line in sys.stderr.getvalue().split("\n") for row in line.split("\r")]
+    assert "stylefu batch: warning: bf16 is emulated." in rows
+    assert [row for row in rows if row][-1].startswith("[") and rows[-1].endswith("left")
+
+
 @pytest.mark.parametrize("state", ["a file", "read-only"])
 def test_an_unusable_weights_folder_is_named(capsys, monkeypatch, tmp_path, state):
     """$STYLEFU_WEIGHTS_CACHE naming a file, or a read-only folder, ended in "File exists
@@ -344,6 +371,51 @@ def test_a_stuck_served_run_ends_after_a_signal_though_stdin_stays_open(signum, 
     finally:
         proc.kill()
         proc.communicate()
+
+
+STUCK_RUN = """
+import ctypes, importlib, signal, sys
+main = importlib.import_module("stylefu.core.cli.main")
+serve = importlib.import_module("stylefu.core.cli.serve")
+pipeline = importlib.import_module("stylefu.core.run.pipeline")
+serve.STOP_AFTER_STDIN_CLOSES = 0.5  # no 15 s wait here
+
+def stuck(*args, **kwargs):  # one evaluation stuck in C code that no signal gets out of
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    print("stuck", file=sys.stderr, flush=True)
+    ctypes.CDLL(None).usleep(50_000_000)
+    raise AssertionError("the stuck run was waited for")
+
+pipeline.stylize = stuck
+sys.argv = ["stylefu", *sys.argv[1:]]
+raise SystemExit(main.main())
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, EXIT_CANCELLED),
+                                           (signal.SIGTERM, EXIT_TERMINATED)])
+def test_a_stuck_watched_run_ends_after_a_signal_though_stdin_stays_open(world, signum, code):
+    """The GIMP 2.10 plug-in's `stylefu run --watch-stdin`, stuck in C code (50 s here), its
+    stdin still open: SIGINT or SIGTERM ended it only once the evaluation returned (the stuck
+    timer started at stdin's end alone). As `serve`, it ends with the signal's code soon after
+    (0.5 s in the script), with no output written."""
+    before = world.snapshot()
+    args = test_fuzz.run_args(world, world.root / "watched.png")
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_RUN, *args, "--watch-stdin"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        said = proc.stderr.readline()
+        while said.startswith("stylefu: engine"):
+            said = proc.stderr.readline()
+        assert said == "stuck\n", said + proc.stderr.read()
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == code  # stdin still open
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert world.snapshot() == before
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

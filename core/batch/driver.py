@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import notes
 from ..engines.steps import check_hooks, is_cancelled
 from ..errors import Cancelled, UserError
 from ..io.files import check_input_file, check_name_length
@@ -49,6 +50,7 @@ from .items import (
     RETRIES,
     BatchItem,
     ItemResult,
+    OncePerBatch,
     RunOptions,
     default_workers,
     finish,
@@ -412,7 +414,8 @@ def _worker_main(wid: int, setup: WorkerSetup, tasks, results, cancel) -> None:
             results.send(("progress", wid, (index, record)))
         try:
             payload = run_item(model, item, setup.config, setup.options, init, previous,
-                               progress if setup.progress else None, cancelled)
+                               progress if setup.progress else None, cancelled,
+                               lambda text: results.send(("note", wid, text)))
         except Cancelled:
             results.send(("cancelled", wid, index))
             continue
@@ -542,7 +545,7 @@ def _script_hint() -> str:
 
 def _run_local(items: list[tuple[int, BatchItem]], config: Config, model_path: str, device: str,
                options: RunOptions, workers: int, gpus: int, on_progress, cancel,
-               keep_images: bool) -> Iterator[ItemResult]:
+               keep_images: bool, on_note: Callable[[str], None]) -> Iterator[ItemResult]:
     workers = min(workers, len(items))
     setup = WorkerSetup(model_path, device, worker_threads(workers) if not gpus else 1, config,
                         options, on_progress is not None)
@@ -590,6 +593,8 @@ def _run_local(items: list[tuple[int, BatchItem]], config: Config, model_path: s
                 raise UserError(f"A worker could not load the model: {body}")
             elif kind == "progress":
                 on_progress(*body)
+            elif kind == "note":  # told as it comes: a batch's first item may take long
+                on_note(body)
             elif kind == "done":
                 index, payload = body
                 held.pop(wid, None)
@@ -633,7 +638,8 @@ def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = Non
                  model=None, workers: int | None = None,
                  ray: str | bool | None = None, options: RunOptions = RunOptions(),
                  skip: Iterable[int] = (), progress: Callable[[int, dict], None] | None = None,
-                 cancel=None, keep_images: bool = False) -> Iterator[ItemResult]:
+                 cancel=None, keep_images: bool = False,
+                 log: Callable[[str], None] | None = None) -> Iterator[ItemResult]:
     """Stylize many items; yield an ItemResult per item as each finishes (completion order).
 
     `items`: BatchItem or (input, styles, output) tuples; results' `index` is the item's position.
@@ -648,11 +654,29 @@ def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = Non
     evaluation's figures. `cancel` (threading.Event or callable) stops the batch: items in flight
     are dropped, nothing half-written stays. Raises UserError before any work for a bad style,
     model or option; a bad input is only a failed result. Missing output folders are made.
+    The items' notes to act on (bf16 emulated, about 20x slower) go to `log` as `stylize`'s do
+    (default: the `stylefu` logger, at WARNING), each once per batch, not once per item
+    (each result's `notes` has its own); their information notes (tiles) are dropped.
     """
+    tell = OncePerBatch(log)
+    results = _stylize_many(items, config, model, workers, ray, options, skip, progress, cancel,
+                            keep_images, tell)
+    try:
+        for result in results:
+            for text in result.notes:  # Ray's and frames' too; a local worker's came already
+                tell(text)
+            yield result
+    finally:
+        results.close()  # a caller that stops early ends the workers now
+
+
+def _stylize_many(items, config, model, workers, ray, options, skip, progress, cancel,
+                  keep_images, tell: OncePerBatch) -> Iterator[ItemResult]:
     from ..engines import load_engine_model, model_kind, resolve_engine
 
     config = given_config(config)
     check_hooks(progress, cancel, "progress")
+    check_hooks(None if tell.log is notes.to_logger else tell.log, None, "log")
     items = [as_item(i, n) for n, i in enumerate(items)]
     options = replace(options, masks=tuple(one_or_many(options.masks)))  # one mask alone too
     if options.upscale not in UPSCALE_MODES:  # else an unknown one was taken for one of them
@@ -674,7 +698,7 @@ def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = Non
     work = [(i, it) for i, it in enumerate(items)]
     if options.frames:
         yield from _frames(work, skip, config, loaded, options, workers, ray, progress, cancel,
-                           keep_images, entries)
+                           keep_images, entries, tell)
         return
     work = [(i, it) for i, it in work if i not in skip]
     if not work:
@@ -692,10 +716,11 @@ def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = Non
         gpus = torch.cuda.device_count()
     yield from _run_local(work, config, str(loaded.path), config.device, options,
                           workers or default_workers(gpus=gpus, config=config), gpus, progress, cancel,
-                          keep_images)
+                          keep_images, tell)
 
 
-def _frames(work, skip, config, loaded, options, workers, ray, progress, cancel, keep_images, entries):
+def _frames(work, skip, config, loaded, options, workers, ray, progress, cancel, keep_images, entries,
+            tell):
     """Frames in order: runs of frames to do, each run seeded by the frame before it (done now or
     skipped by --resume: its output is read back)."""
     previous: tuple[np.ndarray, str] | None = None
@@ -718,11 +743,11 @@ def _frames(work, skip, config, loaded, options, workers, ray, progress, cancel,
                                keep_images, seed=seeded, entries=entries)
         else:
             yield from _run_local_seeded(run, config, loaded, options, progress, cancel,
-                                         keep_images, seeded)
+                                         keep_images, seeded, tell)
         previous = None
 
 
-def _run_local_seeded(run, config, loaded, options, progress, cancel, keep_images, seeded):
+def _run_local_seeded(run, config, loaded, options, progress, cancel, keep_images, seeded, tell):
     """Frames run in this process, one after another with the process's own threads (a chain
     cannot be split over workers without breaking it; the caller's thread settings are kept)."""
     def run_one(index, item, previous):
@@ -736,7 +761,7 @@ def _run_local_seeded(run, config, loaded, options, progress, cancel, keep_image
         attempts = 0
         while True:
             attempts += 1
-            payload = run_item(loaded, item, config, options, init, before, report, cancel)
+            payload = run_item(loaded, item, config, options, init, before, report, cancel, tell)
             if payload["status"] == "ok" or not payload.get("retry") or attempts > RETRIES:
                 break
         return finish(index, item, payload, options, attempts, True)

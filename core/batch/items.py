@@ -1,7 +1,8 @@
 """One batch item, whichever engine runs it: what an item is, its result and the run's shared
 options, the worker's share of the machine, `run_item` (stylize one item in a worker) and
-`finish` (the driver writes its output). The local pool (driver.py) and Ray (ray_pool.py) both
-use these; neither imports the other's module at load time."""
+`finish` (the driver writes its output), and `OncePerBatch` (the items' notes to act on, each
+told once). The local pool (driver.py) and Ray (ray_pool.py) both use these; neither imports the
+other's module at load time."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import notes
 from ..errors import Cancelled, UserError
 from ..method.config import Config
 
@@ -41,8 +43,9 @@ class ItemResult:
     """What became of one item: status ok or failed, seconds, final metrics or the error text.
 
     `image`/`alpha` hold the result for API callers (None once written, when `keep_images` is
-    False); `attempts` counts tries (a lost worker's item is tried again once); `notes`, what
-    its user should act on (its .jpg output dropped the content's transparency).
+    False); `attempts` counts tries (a lost worker's item is tried again once); `notes`: the
+    texts of what its user should act on (its run's notes to act on, and its .jpg output that
+    dropped the content's transparency); stylize_many tells each once per batch.
     """
 
     index: int
@@ -123,17 +126,27 @@ def set_threads(threads: int) -> None:
 
 def run_item(model, item: BatchItem, config: Config, options: RunOptions,
              init: np.ndarray | None = None, previous_input: str | None = None,
-             progress: Callable[[dict], None] | None = None, cancel=None) -> dict:
+             progress: Callable[[dict], None] | None = None, cancel=None,
+             note: Callable[[str], None] | None = None) -> dict:
     """Stylize one item in this process; the payload every engine sends back to the driver.
 
     `init` (frames): the previous frame's result, moved along the motion from `previous_input`
     to this input when `options.warp`. A user's error (bad file, wrong mask) is a failed payload
     with its message; Cancelled propagates. Other exceptions are failed payloads too, with their
-    type (the engines try such items once more).
+    type (the engines try such items once more). The run's notes to act on are the payload's
+    `notes` (their texts), each also given to `note` as it comes (a local worker sends it on at
+    once); information notes (tiles, compiling) are dropped: many items' would drown the batch.
     """
     from ..run.pipeline import stylize
 
     started = time.perf_counter()
+    acted: list[str] = []
+
+    def log(message: str) -> None:
+        if isinstance(message, notes.ActionNote):
+            acted.append(str(message))
+            if note is not None:
+                note(str(message))
     try:
         with tempfile.TemporaryDirectory(prefix="stylefu-item-") as tmp:
             run_config = config
@@ -154,19 +167,19 @@ def run_item(model, item: BatchItem, config: Config, options: RunOptions,
                               "loss": p.loss})
             result = stylize(item.input, list(item.styles), config=run_config, model=model,
                              callback=callback, cancel=cancel, masks=list(options.masks) or None,
-                             log=lambda message: None, keep_size=options.keep_size,
-                             upscale=options.upscale)
+                             log=log, keep_size=options.keep_size, upscale=options.upscale)
             image, alpha = result.image, result.alpha
         return {"status": "ok", "image": image, "alpha": alpha, "metrics": result.metrics,
-                "seconds": time.perf_counter() - started}
+                "seconds": time.perf_counter() - started, "notes": acted}
     except Cancelled:
         raise
     except UserError as exc:
         return {"status": "failed", "error": str(exc), "seconds": time.perf_counter() - started,
-                "retry": False}
+                "retry": False, "notes": acted}
     except Exception as exc:  # noqa: BLE001 - one item's crash must not end the batch
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "retry": True,
-                "seconds": time.perf_counter() - started, "trace": traceback.format_exc()}
+                "seconds": time.perf_counter() - started, "trace": traceback.format_exc(),
+                "notes": acted}
 
 
 def finish(index: int, item: BatchItem, payload: dict, options: RunOptions, attempts: int,
@@ -175,7 +188,8 @@ def finish(index: int, item: BatchItem, payload: dict, options: RunOptions, atte
     from ..io.images import save_image
 
     result = ItemResult(index, item, payload["status"], payload.get("seconds", 0.0),
-                        payload.get("metrics") or {}, payload.get("error"), attempts)
+                        payload.get("metrics") or {}, payload.get("error"), attempts,
+                        notes=list(payload.get("notes") or []))
     if result.ok and item.output:
         try:
             save_image(item.output, payload["image"], payload.get("alpha"), bits=options.bits,
@@ -185,6 +199,20 @@ def finish(index: int, item: BatchItem, payload: dict, options: RunOptions, atte
     if result.ok and (keep_images or not item.output):
         result.image, result.alpha = payload["image"], payload.get("alpha")
     return result
+
+
+class OncePerBatch:
+    """The notes to act on that a batch's items give, each told once to `log` (the API's path:
+    a callable taking the note, default the `stylefu` logger at WARNING), not once per item: a
+    batch at bf16 on a CPU that emulates it says so once."""
+
+    def __init__(self, log: Callable[[str], None] | None = None):
+        self.log, self.told = log or notes.to_logger, set()
+
+    def __call__(self, text: str) -> None:
+        if text not in self.told:
+            self.told.add(text)
+            self.log(notes.act(text))
 
 
 def frame_chain(work, seed, run_one: Callable, keep_images: bool):

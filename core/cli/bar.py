@@ -33,3 +33,11 @@ def bar_line(before: str, fraction: float, after: str, width: int | None = None)
     filled = int(cells * min(max(fraction, 0.0), 1.0))
     line = f"{before}[{'#' * filled}{'.' * (cells - filled)}]{after}"
     return line[:max(1, width - 1)]
+
+
+def clear_line(width: int) -> None:
+    """Blank a bar drawn `width` characters wide (the cursor left at its start), so that a line
+    of text written next does not run on from the bar's."""
+    if width:
+        sys.stderr.write("\r" + " " * min(width, columns() - 1) + "\r")
+        sys.stderr.flush()

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import jsontext
+from .. import jsontext, notes
 from ..batch.driver import (
     DEFAULT_PATTERN,
     EACH_PATTERN,
@@ -31,13 +31,14 @@ from ..batch.driver import (
 )
 from ..errors import UserError
 from ..io.files import check_writable_folder
-from .bar import bar_line, columns
+from .bar import bar_line, clear_line, columns
 from .exits import EXIT_CANCELLED, EXIT_SOME_FAILED, EXIT_TERMINATED, Terminated
 
 
 class BatchProgress:
     """One bar over items on stderr (`bar`), JSON lines on stdout (`json`: per-item progress and
-    each item's manifest entry), only the failed items on stderr (`quiet`), or nothing (`none`)."""
+    each item's manifest entry), only the failed items on stderr (`quiet`), or nothing (`none`);
+    the batch's notes to act on (once each) as lines or `notice` records, but under `quiet`."""
 
     def __init__(self, mode: str, total: int, skipped: int):
         self.mode, self.total, self.skipped = mode, total, skipped
@@ -45,6 +46,21 @@ class BatchProgress:
         self.started = time.monotonic()
         self.tty = sys.stderr.isatty()
         self.width = 0  # the bar's last line: a shorter one is padded over it
+        self.line = ""  # the bar drawn last, drawn again after a note
+
+    def note(self, note: str) -> None:
+        """A note of the batch (stylize_many's `log`): a line of its own, never run on from the
+        bar's (which is blanked, then drawn again below it), or its `notice` record."""
+        self.emit(notes.event(note))
+        if self.mode not in ("bar", "none"):
+            return
+        drawn = self.mode == "bar" and self.tty and self.width
+        if drawn:
+            clear_line(self.width)
+        print(f"stylefu batch: {notes.line(note)}", file=sys.stderr, flush=True)
+        if drawn:
+            sys.stderr.write(self.line)
+            sys.stderr.flush()
 
     def emit(self, record: dict) -> None:
         if self.mode == "json":
@@ -63,9 +79,8 @@ class BatchProgress:
             print(failure, file=sys.stderr, flush=True)
         if self.mode != "bar":
             return
-        # lines of their own after the bar's, as a failure's: never text inside the bar line
-        said = [*([failure] if failure else []),
-                *(f"stylefu batch: {entry['input']}: {note}" for note in entry.get("notes", ()))]
+        # a line of its own after the bar's, never text inside the bar line (notes: self.note)
+        said = [failure] if failure else []
         elapsed = time.monotonic() - self.started
         rate = self.done / elapsed * 60 if elapsed > 0 else 0.0
         left = (self.total - self.done) / (self.done / elapsed) if self.done else 0.0
@@ -80,7 +95,7 @@ class BatchProgress:
             line = bar_line("", fraction, after, width)
             sys.stderr.write("\r" + line.ljust(min(self.width, width - 1)))
             sys.stderr.flush()
-            self.width = len(line)
+            self.width, self.line = len(line), line
         else:
             print(bar_line("", fraction, after, sys.maxsize), file=sys.stderr, flush=True)
         if said:
@@ -135,7 +150,8 @@ def cmd_batch(args, to_config: Callable) -> int:
     failed = 0
     results = stylize_many(items, config, model=model.path, workers=args.workers, ray=args.ray,
                            options=options, skip=skipped,
-                           progress=progress.evaluation if args.progress == "json" else None)
+                           progress=progress.evaluation if args.progress == "json" else None,
+                           log=progress.note)
     try:
         for result in results:
             entry = result.record(chash)

@@ -26,10 +26,10 @@ import typing
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from .. import jsontext
+from .. import jsontext, notes
 from ..errors import Cancelled, UserError
 from ..method.config import PRESETS, Config, config_fields
-from .bar import bar_line, columns
+from .bar import bar_line, clear_line, columns
 from .exits import (
     EXIT_BROKEN_PIPE,
     EXIT_CANCELLED,
@@ -37,6 +37,7 @@ from .exits import (
     EXIT_TERMINATED,
     EXIT_USER_ERROR,
     Terminated,
+    ended_if_stuck,
     signals_noted,
     stuck_exit_code,
 )
@@ -255,6 +256,16 @@ class ProgressPrinter:
             elif p.evaluation == p.evaluations or p.evaluation % 25 == 0:
                 say(bar_line(before, p.fraction, after, sys.maxsize))  # a log: the whole line
 
+    def note(self, note: str) -> None:
+        """A run's note: its `notice` record (json), else its line on stderr ("warning: " before
+        one to act on), a bar on screen blanked first (the next evaluation draws it again)."""
+        self.emit(notes.event(note))
+        if self.mode != "json":
+            if self.bar:
+                clear_line(self.width)
+                self.width = 0
+            say(f"stylefu: {notes.line(note)}")
+
     def close(self) -> None:
         if self.bar:
             sys.stderr.write("\n")
@@ -269,6 +280,14 @@ def _at_size(rgb, keep):
     return to_layer_size(rgb, keep.rgb, detail=False), keep.alpha
 
 
+def _stuck_seconds() -> float:
+    """How long a run stuck in one evaluation is waited for after stdin's end or a signal
+    (serve's STOP_AFTER_STDIN_CLOSES, looked up when asked: one home for both commands)."""
+    from .serve import STOP_AFTER_STDIN_CLOSES
+
+    return STOP_AFTER_STDIN_CLOSES
+
+
 def _watch_stdin(cancel: threading.Event) -> None:
     """Cancel when stdin closes (the GIMP plug-in died or was cancelled); force-exit if stuck."""
     def watch():
@@ -277,8 +296,7 @@ def _watch_stdin(cancel: threading.Event) -> None:
         while os.read(sys.stdin.fileno(), 1 << 10):
             pass
         cancel.set()
-        from .serve import STOP_AFTER_STDIN_CLOSES
-        threading.Timer(STOP_AFTER_STDIN_CLOSES, lambda: os._exit(stuck_exit_code())).start()
+        threading.Timer(_stuck_seconds(), lambda: os._exit(stuck_exit_code())).start()
     threading.Thread(target=watch, daemon=True).start()
 
 
@@ -342,21 +360,21 @@ def cmd_run(args) -> int:
     printer = ProgressPrinter(args.progress, config.save_every, output,
                               content if args.keep_size else None, time_left)
     cancel = args.cancel or threading.Event()
-    if args.watch_stdin and not served:  # a served run's stdin carries the worker's requests
+    watching = args.watch_stdin and not served  # a served run's stdin carries the worker's requests
+    if watching:
         _watch_stdin(cancel)
-    def notice(message: str) -> None:
-        printer.emit({"event": "notice", "message": message})
-        if args.progress != "json":
-            say(f"stylefu: {message}")
-
+    # With stdin watched (the plug-ins'), SIGINT/SIGTERM end a run stuck in one evaluation
+    # within _stuck_seconds() too, though stdin stays open: as `serve` does, with its codes.
+    stuck = ended_if_stuck(_stuck_seconds) if watching else contextlib.nullcontext()
     try:
-        # The printer writes --save-every's images: the API itself would warn that it does not.
-        result = stylize(content, styles, config=dataclasses.replace(config, save_every=0),
-                         model=model, callback=printer, cancel=cancel, masks=masks or None,
-                         log=notice, keep_size=args.keep_size, upscale=args.upscale)
+        with stuck:
+            # The printer writes --save-every's images: the API itself would warn that it does not.
+            result = stylize(content, styles, config=dataclasses.replace(config, save_every=0),
+                             model=model, callback=printer, cancel=cancel, masks=masks or None,
+                             log=printer.note, keep_size=args.keep_size, upscale=args.upscale)
     finally:
         printer.close()
-    result.save(output, bits=args.bits, log=notice)
+    result.save(output, bits=args.bits, log=printer.note)
     # A served run's start-up was paid once by the worker, not by this run.
     eta.record_speed(key, time_left.measured(),
                      None if served else time.perf_counter() - STARTED - time_left.busy,
@@ -500,7 +518,7 @@ def cmd_serve(args) -> int:
     from .serve import serve
 
     return serve(lambda argv, cancel: main(argv, cancel), (EXIT_CANCELLED, EXIT_TERMINATED),
-                 args.model, STARTED)
+                 args.model, STARTED, build_parser().commands)
 
 
 def cmd_info(args) -> int:

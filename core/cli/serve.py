@@ -11,7 +11,7 @@ stdin closed: the running request is cancelled and the worker exits 0 (a run stu
 evaluation for 15 s ends it with 130, as `run --watch-stdin`). A line that is no request is
 answered by an `error` record. SIGINT ends the worker with 130, SIGTERM with 143, whatever stdin
 does meanwhile (the stuck timer's end too), within 15 s even while a run is stuck in one
-evaluation and stdin stays open; one that comes once the worker has chosen to end on
+evaluation and stdin stays open (`run --watch-stdin` too); one that comes once the worker has chosen to end on
 stdin's end (every request answered, Python exiting) leaves its exit code as it was, as `main`
 ignores SIGINT then.
 """
@@ -44,11 +44,13 @@ STOP_AFTER_STDIN_CLOSES = 15.0
 SERVED = {"run": ("--progress", "json"), "estimate": ("--json",)}
 
 
-def asks_for_help(argv: list[str]) -> bool:
-    """Whether argparse would print help or the version to stdout (-h, or --help, --version and
-    their abbreviations): stdout carries only the worker's JSON records."""
-    return any(a == "-h" or (len(a) > 2 and ("--help".startswith(a) or "--version".startswith(a)))
-               for a in argv)
+def asks_for_help(argv: list[str], parser=None) -> bool:
+    """Whether argparse would print help to stdout (-h, or --help as the command's `parser`
+    reads it, abbreviations included: Parser.spelling; without one, --help alone): stdout
+    carries only the worker's JSON records. `run` and `estimate` have no --version: `--v` is
+    theirs to refuse, in the usual words."""
+    return any(a == "-h" or (parser.spelling(a) if parser is not None
+                             else a.split("=", 1)[0]) == "--help" for a in argv)
 
 
 class Requests:
@@ -127,12 +129,14 @@ def _warm(model: str | None, started: float) -> None:
 
 
 def serve(run: Callable[[list[str], threading.Event], int], stop_codes: tuple[int, ...],
-          model: str | None = None, started: float | None = None) -> int:
+          model: str | None = None, started: float | None = None,
+          parsers: dict | None = None) -> int:
     """Answer requests until stdin closes; `run(argv, cancel)` is the `stylefu` command itself
     (its exit code: one of `stop_codes` not from a request's cancel, i.e. SIGTERM or Ctrl-C,
     ends the worker with it). `model` (the runs' --model) is loaded at once; models stay
     loaded between runs (the engines keep them per process and file). `started`: the process's
-    start (perf_counter)."""
+    start (perf_counter). `parsers`: each served command's Parser, which reads its options'
+    abbreviations."""
     requests = Requests()
     # (signals_noted: already, where serve runs as `stylefu serve`)
     with signals_noted(), ended_if_stuck(lambda: STOP_AFTER_STDIN_CLOSES):
@@ -146,7 +150,7 @@ def serve(run: Callable[[list[str], threading.Event], int], stop_codes: tuple[in
                 jsontext.print_line({"event": "error", "message": "not a request: "
                                      '{"id": N, "run" or "estimate": [the command\'s arguments]}'})
                 continue
-            if asks_for_help(argv):
+            if asks_for_help(argv, (parsers or {}).get(command)):
                 jsontext.print_line({"event": "error", "message": "a request cannot ask for help "
                                      f"(run `stylefu {command} --help` in a terminal)"})
                 continue

@@ -244,6 +244,19 @@ def log(*parts):
     _append_log(time.strftime("%H:%M:%S ") + line)
 
 
+def notice_text(record):
+    """A worker's `notice` record's message, behind "warning: " where its `level` (stylefu's
+    newer workers) says the user should act on it (bf16 emulated, about 20x slower)."""
+    prefix = "warning: " if record.get("level") == "warning" else ""
+    return prefix + record.get("message", "")
+
+
+def log_notice(record):
+    """A worker's `notice` record in the run log."""
+    log("warning:" if record.get("level") == "warning" else "notice:",
+        record.get("message", ""))
+
+
 def _keep_worker_stderr(stderr_path, code):
     """Copy a finished worker's stderr into the run log."""
     try:
@@ -722,7 +735,7 @@ def _run_into_layer(host, run, output, name, masked):
     try:
         def follow(record):
             if record.get("event") == "notice":
-                log("notice:", record.get("message", ""))
+                log_notice(record)
             host.progress(min(1.0, float(record.get("fraction", 0.0))), progress_text(record))
             if record.get("image"):  # the painting so far, shown in the new layer
                 state["layer"] = host.show(record["image"], name, masked, state["layer"])
@@ -815,7 +828,7 @@ def _follow_worker(host, layer, folder, command):
 
     def follow(record):
         if record.get("event") == "notice":
-            log("notice:", record.get("message", ""))
+            log_notice(record)
         host.progress(min(1.0, float(record.get("fraction", 0.0))), progress_text(record))
         if record.get("image"):
             if not state["shown"]:
@@ -888,7 +901,7 @@ def _run_followed(host, run, output, name, masked, content, command=None):
         if stop.is_set():  # the run goes (run_worker kills its worker, run_kept cancels its run)
             raise CancelledError("The filter was cancelled.")
         if record.get("event") == "notice":
-            log("notice:", record.get("message", ""))
+            log_notice(record)
         state.update(fraction=min(1.0, float(record.get("fraction", 0.0))),
                      text=progress_text(record))
         if record.get("image"):
@@ -1110,7 +1123,7 @@ def progress_text(record, title=TITLE):
         return "%s: level %d of %d, evaluation %d of %d%s" % (
             title, level, levels, record["evaluation"], record["evaluations"], _time_left(record))
     if record.get("event") == "notice":  # e.g. "2048x1536 px is optimised in 512 px tiles"
-        return "%s: %s" % (title, record.get("message", ""))
+        return "%s: %s" % (title, notice_text(record))
     return "%s: %s" % (title, record.get("event", ""))
 
 
