@@ -352,3 +352,27 @@ def test_runs_of_new_shapes_give_freed_memory_back(model_path, engine, tmp_path,
     # Measured (both engines, bf16 and float32): at most 0.4 MB; without the trim 15 to 234 MB
     # a run, and 7.7 MB after the cancel while the cancelled run's frames still held its arrays.
     assert max(given) < 4, given
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads /proc (Linux)")
+def test_onnx_runtime_gives_its_arena_back(model_path, tmp_path, monkeypatch):
+    """After a finished run of the torch-free engine, ONNX Runtime's sessions hold no more than
+    before it: a run of a larger shape than any before leaves RSS about where it was. Without
+    the arena's shrinkage at the run's last call (forward.run_options) a `stylefu serve` worker
+    or a script kept each session's peak, hundreds of MB, for its life (docs/speed.md, "Memory
+    over many runs")."""
+    monkeypatch.setenv("STYLEFU_CACHE", str(tmp_path / "cache"))
+    config = Config(size=192, levels=1, evaluations=2, engine="onnx")
+    model = load_engine_model(model_path, config)
+    rng = np.random.default_rng(5)
+    style = rng.random((96, 96, 3), np.float32)
+    stylize(rng.random((64, 64, 3), np.float32), style, config=config.with_(size=64),
+            model=model)  # the sessions made, their threads started
+    before = rss_bytes()
+    result = stylize(rng.random((192, 192, 3), np.float32), style, config=config, model=model)
+    grown = (rss_bytes() - before) / 1e6
+    print(f"\nRSS after a larger run than any before: {grown:+.1f} MB")
+    assert np.isfinite(result.metrics["total_loss"])
+    # Measured (bf16 CPU, 1 thread): +41 MB with the shrinkage, +119 MB without.
+    assert grown < 75, grown
+
