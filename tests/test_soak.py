@@ -352,3 +352,68 @@ def test_runs_of_new_shapes_give_freed_memory_back(model_path, engine, tmp_path,
     # Measured (both engines, bf16 and float32): at most 0.4 MB; without the trim 15 to 234 MB
     # a run, and 7.7 MB after the cancel while the cancelled run's frames still held its arrays.
     assert max(given) < 4, given
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads /proc (Linux)")
+def test_onnx_runtime_gives_its_arena_back(model_path, tmp_path, monkeypatch):
+    """After a finished run of the torch-free engine, ONNX Runtime's sessions hold no more than
+    before it: a run of a larger shape than any before leaves RSS about where it was. Without
+    the arena's shrinkage at the run's last call (forward.run_options) a `stylefu serve` worker
+    or a script kept each session's peak, hundreds of MB, for its life (docs/speed.md, "Memory
+    over many runs")."""
+    monkeypatch.setenv("STYLEFU_CACHE", str(tmp_path / "cache"))
+    config = Config(size=192, levels=1, evaluations=2, engine="onnx")
+    model = load_engine_model(model_path, config)
+    rng = np.random.default_rng(5)
+    style = rng.random((96, 96, 3), np.float32)
+    stylize(rng.random((64, 64, 3), np.float32), style, config=config.with_(size=64),
+            model=model)  # the sessions made, their threads started
+    before = rss_bytes()
+    result = stylize(rng.random((192, 192, 3), np.float32), style, config=config, model=model)
+    grown = (rss_bytes() - before) / 1e6
+    print(f"\nRSS after a larger run than any before: {grown:+.1f} MB")
+    assert np.isfinite(result.metrics["total_loss"])
+    # Measured (bf16 CPU, 1 thread): +41 MB with the shrinkage, +119 MB without.
+    assert grown < 75, grown
+
+
+def test_stylefu_bounds_onednn_primitive_cache_unless_the_user_chose():
+    """The processes stylefu starts get oneDNN's primitive cache bounded, unless the user set a
+    capacity in either spelling (oneDNN reads ONEDNN_ before DNNL_)."""
+    wanted = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": str(tiling.ONEDNN_CACHE_CAPACITY)}
+    assert tiling.primitive_cache_env({"PATH": "/bin"}) == wanted
+    assert tiling.primitive_cache_env({"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}) == {}
+    assert tiling.primitive_cache_env({"DNNL_PRIMITIVE_CACHE_CAPACITY": "0"}) == {}
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc (Linux)")
+def test_processes_stylefu_starts_bound_onednn_primitive_cache(model_path, monkeypatch, capsys):
+    """`stylefu` itself (so `stylefu serve`, the GIMP plug-ins' worker) sets the capacity at its
+    start, before torch loads, and a batch's spawned workers start with it: with oneDNN's 1024
+    primitives per new image shape a long-lived bf16 process grew by hundreds of MB
+    (docs/speed.md, "Memory over many runs"). oneDNN reads it once, at its first use."""
+    from stylefu.core.batch import driver
+    from stylefu.core.batch.items import RunOptions
+
+    name = tiling.ONEDNN_CACHE_VARIABLES[0]
+    for variable in tiling.ONEDNN_CACHE_VARIABLES:
+        monkeypatch.setenv(variable, "1")  # recorded, so that the deletion is undone afterwards
+        monkeypatch.delenv(variable)
+    monkeypatch.setattr(sys, "argv", ["stylefu", "cache", "status", "--json"])
+    assert main() == 0  # as the program (argv from sys.argv)
+    capsys.readouterr()
+    assert os.environ[name] == str(tiling.ONEDNN_CACHE_CAPACITY)
+    monkeypatch.delenv(name)
+
+    setup = driver.WorkerSetup(str(model_path), "cpu", 1, Config(engine="onnx"), RunOptions(),
+                               False)
+    pool = driver.LocalPool(setup, 1)
+    try:
+        proc, _, results = pool.procs[0]
+        assert results.recv()[0] == "ready"  # started: its own environment, not the fork's
+        with open(f"/proc/{proc.pid}/environ", "rb") as f:
+            environ = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+    finally:
+        pool.close(cancel=True)
+    assert environ.get(name.encode()) == str(tiling.ONEDNN_CACHE_CAPACITY).encode()
+    assert name not in os.environ  # the driver's own environment as it was

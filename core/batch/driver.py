@@ -42,6 +42,7 @@ from ..engines.steps import check_hooks, is_cancelled
 from ..errors import Cancelled, UserError
 from ..io.files import check_input_file, check_name_length
 from ..io.images import OUTPUT_SUFFIXES, check_bits, one_or_many
+from ..method import tiling
 from ..method.config import Config, given_config
 from ..method.fullres import UPSCALE_MODES
 from ..method.guides import check_mask_count
@@ -454,7 +455,7 @@ class LocalPool:
         wid, self.next_id = self.next_id, self.next_id + 1
         tasks = self.ctx.Queue()
         reader, writer = self.ctx.Pipe(duplex=False)
-        env = {"OMP_NUM_THREADS": str(self.setup.threads)}
+        env = {"OMP_NUM_THREADS": str(self.setup.threads), **tiling.primitive_cache_env()}
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(wid % self.gpus)  # one GPU per worker
         saved = {k: os.environ.get(k) for k in env}

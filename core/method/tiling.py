@@ -52,6 +52,12 @@ MEMORY_FRACTION = 0.6
 # ONNX Runtime keeps its peak in its memory arena for the session's life, alongside what torch
 # uses: the plan gives ORT passes this share of the budget and torch the rest, so both fit at once.
 ORT_SHARE = 1 / 3
+# oneDNN (torch's convolutions and bf16 matmuls on CPUs) keeps up to 1024 primitives, one per
+# layer, pass and image shape: a long-lived process meeting new shapes grew by them. 256 holds a
+# run's several times over (a 2-level draft run makes 64, a `normal` 512 px one 91), so repeated
+# runs of one shape still find all of theirs (an LRU cache smaller than a run's cycle misses all).
+ONEDNN_CACHE_CAPACITY = 256
+ONEDNN_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY")
 # Squared steps below this (a third of one 8-bit level, squared) count as flat in `seam_ratio`.
 SEAM_FLOOR = (1 / 255 / 3) ** 2
 TILE_ALIGN = 16  # tiles start on multiples of 16 px: four 2x2 pools map them to whole positions
@@ -108,6 +114,16 @@ def available_bytes(device: torch.device | str = "cpu") -> float:
         return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return 8e9  # unknown platform: assume a modest machine
+
+
+def primitive_cache_env(environ=os.environ) -> dict[str, str]:
+    """What a process stylefu starts adds to its environment: oneDNN's primitive cache bounded to
+    ONEDNN_CACHE_CAPACITY unless the user chose a capacity (either spelling). oneDNN reads it once,
+    when torch first uses it, so only a process's start can set it (docs/speed.md, "Memory over
+    many runs")."""
+    if any(name in environ for name in ONEDNN_CACHE_VARIABLES):
+        return {}
+    return {ONEDNN_CACHE_VARIABLES[0]: str(ONEDNN_CACHE_CAPACITY)}
 
 
 def release_freed_memory() -> None:

@@ -7,6 +7,7 @@ Runtime's own error spam on machines that have no GPU. The provider in use is `e
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import sys
@@ -142,6 +143,23 @@ def cuda_is_usable() -> bool:
         return False
 
 
+def run_options(release: bool):
+    """ORT's run options: `release` gives the CPU arena's free regions back when the run ends
+    (ONNX Runtime otherwise keeps a session's peak, hundreds of MB, for the session's life);
+    not on every evaluation of a level, where allocating them again cost 10 % (docs/speed.md,
+    "Memory over many runs")."""
+    return _release_options() if release else None
+
+
+@functools.cache
+def _release_options():
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
+
+
 def checked_batch(batch: np.ndarray, layers) -> np.ndarray:
     """A forward pass's input as contiguous float32 [N,3,H,W], after the checks every engine makes
     (shape, the smallest side, known layers)."""
@@ -219,14 +237,17 @@ class FeatureEngine:
             return f"ONNX Runtime on {self.provider}"
         return f"ONNX Runtime on {self.provider} with {self.threads} thread(s)"
 
-    def features(self, batch: np.ndarray, layers=EXPORTED_LAYERS) -> dict[str, np.ndarray]:
+    def features(self, batch: np.ndarray, layers=EXPORTED_LAYERS,
+                 release: bool = True) -> dict[str, np.ndarray]:
         """Activations for a float32 [N,3,H,W] RGB 0..1 batch (any N, H, W >= 16).
 
         Returns {layer: [N,C,h,w] float32}. One call is one forward pass of the whole batch.
+        `release`: give ORT's arena back afterwards (`run_options`); False for the passes of
+        every evaluation.
         """
         batch = checked_batch(batch, layers)
         self.calls += 1
-        outputs = self.session.run(list(layers), {"image": batch})
+        outputs = self.session.run(list(layers), {"image": batch}, run_options(release))
         return dict(zip(layers, outputs))
 
     def image_features(self, image: np.ndarray, layers=EXPORTED_LAYERS) -> dict[str, np.ndarray]:

@@ -19,7 +19,7 @@ import numpy as np
 from ...method import guides, tiling
 from ...method.config import Config
 from ...method.objective import LossSpec, check_finite
-from ...network.forward import FeatureEngine, engine_threads, session_source
+from ...network.forward import FeatureEngine, engine_threads, run_options, session_source
 from ...network.vgg import STYLE_LAYERS, layer_stride
 from ..steps import BestIterate, check_cancel, delivered, loss_factor, range_penalty, should_stop
 from .lbfgs import LBFGS
@@ -106,9 +106,11 @@ class GradientSession:
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.calls = 0
 
-    def run(self, image: np.ndarray, feeds: dict) -> dict[str, np.ndarray]:
+    def run(self, image: np.ndarray, feeds: dict, release: bool = False) -> dict[str, np.ndarray]:
+        """`release`: give ORT's arena back afterwards (forward.run_options), at a run's end."""
         self.calls += 1
-        return dict(zip(self.outputs, self.session.run(None, {"image": image, **feeds})))
+        return dict(zip(self.outputs, self.session.run(None, {"image": image, **feeds},
+                                                       run_options(release))))
 
 
 class OnnxObjective:
@@ -136,10 +138,11 @@ class OnnxObjective:
         feeds["term_weights"] = weights
         self.feeds, self.masks, self.mask_size = feeds, masks, None
 
-    def __call__(self, x: np.ndarray) -> tuple[float, dict, np.ndarray]:
+    def __call__(self, x: np.ndarray, release: bool = False) -> tuple[float, dict, np.ndarray]:
+        """`release`: the run's last call (the final figures) gives ORT's arena back."""
         if self.mask_size != x.shape[-2:]:
             self._set_masks(x.shape[-2:])
-        out = self.session.run(np.ascontiguousarray(x, np.float32), self.feeds)
+        out = self.session.run(np.ascontiguousarray(x, np.float32), self.feeds, release)
         per_layer = dict(zip(STYLE_LAYERS, (float(v) for v in out["style_layers"])))
         parts = {"content": float(out["content"]), "style": float(out["style"]),
                  "tv": float(out["tv"]), **per_layer}

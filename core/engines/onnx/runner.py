@@ -101,7 +101,7 @@ class OnnxRunner:
 
     def measure(self, result: np.ndarray, content_at_size: np.ndarray, tiled: bool) -> dict:
         """The final figures of the delivered image (the gradient graph's loss, float32)."""
-        total, parts, _ = self.objective(self.pixels(result))
+        total, parts, _ = self.objective(self.pixels(result), release=True)  # the run's last call
         metrics = {"total_loss": total, "content_loss": parts["content"],
                    "style_loss": parts["style"],
                    "style_loss_per_layer": {n: parts[n] for n in STYLE_LAYERS},

@@ -84,7 +84,8 @@ class TiledOnnxObjective:
             out.append(per_layer)
         return out
 
-    def __call__(self, x: np.ndarray) -> tuple[float, dict, np.ndarray]:
+    def __call__(self, x: np.ndarray, release: bool = False) -> tuple[float, dict, np.ndarray]:
+        """`release`: the run's last call (the final figures) gives ORT's arenas back."""
         spec, cores = self.spec, self.layout()
         self.cores = [core for core, _ in cores]
         passes, sums, masses = [], {}, {}
@@ -93,7 +94,7 @@ class TiledOnnxObjective:
             check_cancel(self.cancel)
             ys, xs = crop.slices
             pixels = np.ascontiguousarray(x[..., ys, xs], np.float32)
-            feats = self.engine.features(pixels, self.layers)
+            feats = self.engine.features(pixels, self.layers, release)
             masks, parts = self._masks(core, crop), {}
             for t, per_layer in enumerate(masks):
                 for name in STYLE_LAYERS:
@@ -126,7 +127,7 @@ class TiledOnnxObjective:
         for _core, crop, pixels, masks, parts, own in passes:  # pass 2: the gradient, crop by crop
             check_cancel(self.cancel)
             feeds = self._feeds(masks, parts, grams, masses, own, content_numel)
-            out = self.session.run(pixels, feeds)
+            out = self.session.run(pixels, feeds, release)
             ys, xs = crop.slices
             grad[..., ys, xs] += out["gradient"]
         tv, tv_grad = total_variation(x)
