@@ -69,6 +69,16 @@ def env_python(venv: Path, platform: str | None = None) -> Path:
     return venv / "bin" / "python"
 
 
+def user_command(python: Path, *args, platform: str | None = None) -> str:
+    """`stylefu ARGS` as the user can type it: the environment's own `stylefu` script beside
+    its python (the environment is not on PATH), quoted for the shell; the plug-ins' messages
+    follow the same rule (stylefu_bridge.user_command)."""
+    name = "stylefu.exe" if (platform or sys.platform) == "win32" else "stylefu"
+    script = python.parent / name
+    head = [script] if script.is_file() else [python, "-m", "stylefu.core"]
+    return " ".join(shell_word(word, platform) for word in [*head, *args])
+
+
 def store_python(platform: str | None = None, paths: tuple[str, ...] | None = None) -> bool:
     """Whether this is the Microsoft Store's Python: Windows gives it a private copy of AppData,
     where the environment and the plug-in it wrote would be invisible to GIMP."""
@@ -208,8 +218,8 @@ def install_packages(python: Path, source: str, engine: str, torch: tuple[str, s
     return engine
 
 
-def shell_word(path: Path, platform: str | None = None) -> str:
-    """`path` quoted for a shell where it must be (macOS's "Application Support" always is;
+def shell_word(path, platform: str | None = None) -> str:
+    """`path` (or any word) quoted for a shell where it must be (macOS's "Application Support" always is;
     Windows: a user name with a space), so the printed command can be pasted as it is."""
     if (platform or sys.platform) == "win32":
         return subprocess.list2cmdline([str(path)])  # cmd's "..."
@@ -278,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         place = ["--plug-ins-dir", args.plug_ins_dir] if args.plug_ins_dir else []
         run(stylefu(python, "gimp", "install", "--gimp", "found", *place),
             "installing the GIMP plug-in")
-        say(f"done ({engine} engine). To remove everything: {shell_word(python)} -m "
-            "stylefu.core gimp uninstall --purge")
+        say(f"done ({engine} engine). To remove everything: "
+            f"{user_command(python, 'gimp', 'uninstall', '--purge')}")
         return run(stylefu(python, "gimp", "status", *place), "checking", check=False)
     except InstallError as exc:
         print(f"stylefu install: error: {exc}", file=sys.stderr)

