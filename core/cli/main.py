@@ -49,17 +49,20 @@ class UsageError(UserError):
 
 class Parser(argparse.ArgumentParser):
     """argparse whose errors are UserErrors: one line (and a JSON `error` event), exit code 2;
-    it keeps its option spellings (`option_words`): argparse's own table is private."""
+    it keeps its arguments (`arguments`) and option spellings (`option_words`): argparse's own
+    table is private."""
 
     def __init__(self, *args, **kwargs):
-        self.option_words: set[str] = set()  # before argparse's __init__ adds -h/--help
+        self.arguments: list[argparse.Action] = []  # before argparse's __init__ adds -h/--help
+        self.option_words: set[str] = set()
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *args, **kwargs) -> argparse.Action:
         return self.keep(super().add_argument(*args, **kwargs))
 
     def keep(self, action: argparse.Action) -> argparse.Action:
-        """`action`'s spellings kept (an argument group's options are added through here)."""
+        """`action` and its spellings kept (an argument group's options are added through here)."""
+        self.arguments.append(action)
         self.option_words.update(action.option_strings)
         return action
 
