@@ -55,6 +55,7 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         self.arguments: list[argparse.Action] = []  # before argparse's __init__ adds -h/--help
         self.option_words: set[str] = set()
+        self.flag_words: set[str] = set()  # those that take no value (-q, -h)
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *args, **kwargs) -> argparse.Action:
@@ -64,6 +65,8 @@ class Parser(argparse.ArgumentParser):
         """`action` and its spellings kept (an argument group's options are added through here)."""
         self.arguments.append(action)
         self.option_words.update(action.option_strings)
+        if action.nargs == 0:
+            self.flag_words.update(action.option_strings)
         return action
 
     def spelling(self, word: str) -> str | None:
@@ -74,6 +77,22 @@ class Parser(argparse.ArgumentParser):
             return word if word in self.option_words else None
         found = [option for option in self.option_words if option.startswith(word)]
         return found[0] if len(found) == 1 else None
+
+    def short_options(self, word: str) -> list[str]:
+        """The short options a word such as `-qh` names, in order, as argparse reads a cluster:
+        each flag's letter is followed by the next option's, one that takes a value ends it (the
+        rest is its value), so does a letter that is no option here."""
+        if not word.startswith("-") or word.startswith("--"):
+            return []
+        named = []
+        for letter in word[1:]:
+            option = "-" + letter
+            if option not in self.option_words:
+                break
+            named.append(option)
+            if option not in self.flag_words:
+                break
+        return named
 
     def error(self, message: str):
         raise UsageError(f"{message} (see `{self.prog} --help`).")
