@@ -274,6 +274,28 @@ def test_ray_and_local_engines_agree(tmp_path, photos, model_path, ray_cluster):
             {k: remote.record("h")[k] for k in keys if k != "losses"}
 
 
+def test_ray_tasks_bound_onednn_primitive_cache(monkeypatch, ray_cluster):
+    """The workers of stylefu's Ray tasks get oneDNN's primitive cache bounded as local workers do
+    (a long-lived bf16 worker grew by hundreds of MB without), unless the user chose a capacity."""
+    from stylefu.core.batch import ray_pool
+    from stylefu.core.method import tiling
+
+    name = tiling.ONEDNN_CACHE_VARIABLES[0]
+
+    def report():  # local: Ray pickles it by value, the tests folder is not on the workers' path
+        import os
+        return {k: os.environ.get(k) for k in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY",
+                                                "DNNL_PRIMITIVE_CACHE_CAPACITY")}
+
+    plain = ray.get(ray.remote(report).remote())  # what the cluster's workers inherit
+    for variable in tiling.ONEDNN_CACHE_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    seen = ray.get(ray_pool._remote(ray, report, 1, 0).remote())
+    assert seen[name] == str(tiling.ONEDNN_CACHE_CAPACITY)
+    monkeypatch.setenv("DNNL_PRIMITIVE_CACHE_CAPACITY", "0")  # the user's, in the other spelling
+    assert ray.get(ray_pool._remote(ray, report, 1, 0).remote()) == plain  # nothing of ours
+
+
 def test_ray_bad_input_fails_alone(tmp_path, photos, model_path, ray_cluster):
     paths, styles = photos
     paths[2].write_bytes(b"GIF89a broken")

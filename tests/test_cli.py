@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -189,12 +190,13 @@ def test_serve_help_requests_keep_stdout_json():
     """A request asking for help (argparse would print it to stdout) is one error record: every
     line the worker writes stays JSON."""
     requests = [{"id": 1, "run": ["--help"]}, {"id": 2, "estimate": ["--hel"]},
-                {"id": 3, "run": ["a.png", "b.png", "-o", "c.png", "-h"]}]
+                {"id": 3, "run": ["a.png", "b.png", "-o", "c.png", "-h"]},
+                {"id": 4, "run": ["a.png", "b.png", "-o", "c.png", "-qh"]}]
     lines = "".join(json.dumps(r) + "\n" for r in requests)
     done = subprocess.run([sys.executable, "-m", "stylefu.core", "serve"], input=lines, text=True,
                           capture_output=True, timeout=60)
     records = [json.loads(line) for line in done.stdout.splitlines()]
-    assert [r["event"] for r in records] == ["started", "error"] * 3
+    assert [r["event"] for r in records] == ["started", "error"] * 4
     assert all("stylefu run --help" in r["message"] or "stylefu estimate --help" in r["message"]
                for r in records[1::2])
 
@@ -368,6 +370,23 @@ def test_parser_reads_abbreviations_as_argparse_does():
         "save_every"] == 3
 
 
+def test_parser_reads_short_option_clusters_as_argparse_does(capsys):
+    """`-qh` is -q then -h (help, as `stylefu run -qh` prints it), `-oh` is -o with the value h;
+    `stylefu serve` takes a request as asking for help exactly when the command would print it."""
+    from stylefu.core.cli.serve import asks_for_help
+
+    run = build_parser().commands["run"]
+    assert run.short_options("-qh") == ["-q", "-h"] and run.short_options("-oh") == ["-o"]
+    assert run.short_options("-h") == ["-h"] and run.short_options("--quiet") == []
+    assert run.short_options("-xh") == []  # no -x: argparse refuses the word
+    with pytest.raises(SystemExit):
+        run.parse_args(["c.png", "s.png", "-o", "o.png", "-qh"])
+    assert "usage:" in capsys.readouterr().out
+    assert vars(run.parse_args(["c.png", "s.png", "-oh"]))["output"] == "h"
+    assert asks_for_help(["c.png", "s.png", "-o", "o.png", "-qh"], run)
+    assert not asks_for_help(["c.png", "s.png", "-oh"], run)
+
+
 def test_info_with_a_wrong_model_path_says_so(tmp_path, capsys):
     """`stylefu info --model PATH` with nothing (or a folder) there names the path and what to
     do, instead of "none installed" (which hides a typo)."""
@@ -506,13 +525,12 @@ def test_transparency_into_a_jpeg_is_said(images, model_path, tmp_path, capsys):
 
 def test_every_option_and_argument_has_help():
     """Each command's options and arguments say what they do (info's --model and --json and
-    cache's action were bare names)."""
-    import argparse
-
+    cache's action were bare names). Parser.arguments holds every one: each option the usage
+    line shows is among those kept."""
     for name, command in build_parser().commands.items():
-        for action in command._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                continue
+        shown = set(re.findall(r"(?<![\w-])--?[a-zA-Z][\w-]*", command.format_usage()))
+        assert shown and shown <= command.option_words, (name, shown - command.option_words)
+        for action in command.arguments:
             assert action.help, f"stylefu {name} {action.option_strings or action.dest}"
 
 

@@ -98,9 +98,10 @@ SRGB_D50 = np.array([[0.4360747, 0.3850649, 0.1430804], [0.2225045, 0.7168786, 0
                      [0.0139322, 0.0971045, 0.7141733]])
 
 
-def rgb_profile(primaries: np.ndarray, gamma: float, name: str, curve: bytes | None = None) -> bytes:
+def rgb_profile(primaries: np.ndarray | None, gamma: float, name: str,
+                curve: bytes | None = None) -> bytes:
     """A version 2 matrix/TRC RGB display profile (ICC.1:2001-04), its tags in order; `curve`, a
-    tone curve's tag data in place of the plain gamma."""
+    tone curve's tag data in place of the plain gamma; no `primaries`: a grey TRC profile."""
     import struct
 
     def fixed(v: float) -> bytes:
@@ -112,16 +113,21 @@ def rgb_profile(primaries: np.ndarray, gamma: float, name: str, curve: bytes | N
     text = name.encode() + b"\0"
     desc = (b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + b"\0" * 8 + b"\0\0\0" + b"\0" * 67)
     curve = curve or b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
-    tags = [(b"desc", desc), (b"wtpt", xyz(primaries.sum(axis=1))), (b"cprt", b"text\0\0\0\0none\0")]
-    tags += [(k, xyz(primaries[:, i])) for i, k in enumerate((b"rXYZ", b"gXYZ", b"bXYZ"))]
-    tags += [(k, curve) for k in (b"rTRC", b"gTRC", b"bTRC")]
+    white = primaries.sum(axis=1) if primaries is not None else (0.9642, 1.0, 0.8249)
+    tags = [(b"desc", desc), (b"wtpt", xyz(white)), (b"cprt", b"text\0\0\0\0none\0")]
+    if primaries is None:  # grey: its one tone curve
+        tags.append((b"kTRC", curve))
+    else:
+        tags += [(k, xyz(primaries[:, i])) for i, k in enumerate((b"rXYZ", b"gXYZ", b"bXYZ"))]
+        tags += [(k, curve) for k in (b"rTRC", b"gTRC", b"bTRC")]
     offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
     for sig, body in tags:
         body += b"\0" * (-len(body) % 4)
         table += sig + struct.pack(">II", offset + len(data), len(body))
         data += body
     size = offset + len(data)
-    header = (struct.pack(">I", size) + b"\0" * 4 + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ "
+    header = (struct.pack(">I", size) + b"\0" * 4 + bytes([2, 0x10, 0, 0]) + b"mntr"
+              + (b"GRAY" if primaries is None else b"RGB ") + b"XYZ "
               + b"\0" * 12 + b"acsp" + b"\0" * 24 + b"\0" * 4 + fixed(0.9642) + fixed(1.0)
               + fixed(0.8249) + b"\0" * 48)
     return header + struct.pack(">I", len(tags)) + table + data
@@ -301,6 +307,41 @@ def test_16_bit_input_with_a_gamma_profile_matches_its_formula(tmp_path):
     expected = np.where(srgb <= 0.0031308, 12.92 * srgb, 1.055 * srgb ** (1 / 2.4) - 0.055)
     # the matrices as profiles store them (s15.16) move dark blues by under 1e-3; 8 bits: 4e-3
     assert np.abs(load_image(path).rgb - expected).max() < 1.5e-3
+
+
+@pytest.mark.parametrize("gamma", [1.0, 1.8])
+def test_16_bit_grey_with_a_grey_profile_is_converted(tmp_path, gamma):
+    """A 16-bit grey PNG with a grey TRC profile was taken as sRGB (lcms in Pillow takes 8-bit grey
+    only) while the same picture in 8 bits was converted: a linear scan came out far too dark.
+    Now it is converted in float, as lcms converts the 8-bit one (the reference, within its
+    rounding), its 16 bits kept."""
+    import zlib
+
+    icc = rgb_profile(None, gamma, "grey")
+    levels = np.arange(256, dtype=np.uint16).reshape(16, 16)  # every 8-bit level
+    Image.fromarray(levels * 257).save(tmp_path / "levels16.png", icc_profile=icc)
+    Image.fromarray(levels.astype(np.uint8)).save(tmp_path / "levels8.png", icc_profile=icc)
+    assert Image.open(tmp_path / "levels16.png").mode in ("I;16", "I")  # Pillow's 16-bit grey
+    reference = load_image(tmp_path / "levels8.png").rgb  # lcms's conversion
+    difference = np.abs(load_image(tmp_path / "levels16.png").rgb - reference)
+    # lcms rounds to 8 bits, and its 8-bit tables stray under level 16 (measured: up to 9.7/255
+    # at gamma 1.0, 1.5/255 at 1.8, where the formula below holds to 1e-3)
+    assert difference.reshape(256, 3)[16:].max() < 1.5 / 255 and difference.mean() < 0.6 / 255
+    ramp = np.linspace(0, 1, 4096).reshape(64, 64)
+    Image.fromarray(np.round(ramp * 65535).astype(np.uint16)).save(tmp_path / "ramp.png",
+                                                                    icc_profile=icc)
+    picture = load_image(tmp_path / "ramp.png")
+    assert len(np.unique(picture.rgb[..., 0])) > 3000  # 16 bits kept: 8 would give 256 levels
+    linear = (np.round(ramp * 65535) / 65535) ** (round(gamma * 256) / 256)
+    expected = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
+    assert np.abs(picture.rgb[..., 1] - expected).max() < 1e-3
+    assert np.array_equal(load_image(Image.open(tmp_path / "ramp.png")).rgb, picture.rgb)
+    samples = np.round(np.dstack([ramp, ramp]) * 65535).astype(np.uint16)  # grey and alpha
+    la16 = _png(tmp_path / "la16.png", samples, 4)
+    la16.write_bytes(_with_chunk(la16.read_bytes(), b"iCCP", b"x\0\0" + zlib.compress(icc)))
+    with_alpha = load_image(la16)
+    assert np.abs(with_alpha.rgb[..., 1] - expected).max() < 1e-3
+    assert np.abs(with_alpha.alpha - ramp).max() < 1e-4
 
 
 def test_16_bit_input_with_another_kind_of_profile_is_converted_in_8_bits(tmp_path):

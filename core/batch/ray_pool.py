@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import Cancelled, UserError
 from ..io.files import cache_write
+from ..method import tiling
 from ..method.config import Config
 from .items import (
     RETRIES,
@@ -65,6 +67,17 @@ def _start_ray(ray, **options) -> None:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **options)
     finally:
         notices.removeFilter(quiet)
+
+
+def _remote(ray, function, threads: int, gpus: int):
+    """`function` as the Ray task stylefu runs an item with: its share of cores or one GPU, retried
+    once, and its worker's environment with oneDNN's primitive cache bounded as for local workers
+    (tiling.primitive_cache_env), unless the user chose a capacity in the driver's environment or
+    in the Ray job's own runtime_env (whose env_vars a task's are merged into)."""
+    job = (ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}
+    env = {"env_vars": tiling.primitive_cache_env({**os.environ, **job})}
+    return ray.remote(function).options(num_cpus=threads, num_gpus=gpus, max_retries=RETRIES,
+                                        retry_exceptions=True, runtime_env=env)
 
 
 def _read(path: str) -> bytes | None:
@@ -186,8 +199,7 @@ def run_ray(work, config: Config, loaded, options: RunOptions, workers: int | No
             "styles": ray.put({s: _read(s) for _, item in work for s in item.styles}),
             "targets": ray.put({str(p.relative_to(targets_root)): p.read_bytes() for p in entries})}
     shared = [ray.put(info)]
-    remote = ray.remote(_task).options(num_cpus=threads, num_gpus=gpus, max_retries=RETRIES,
-                                       retry_exceptions=True)
+    remote = _remote(ray, _task, threads, gpus)
     queue = None
     if progress is not None:
         from ray.util.queue import Queue

@@ -49,18 +49,24 @@ class UsageError(UserError):
 
 class Parser(argparse.ArgumentParser):
     """argparse whose errors are UserErrors: one line (and a JSON `error` event), exit code 2;
-    it keeps its option spellings (`option_words`): argparse's own table is private."""
+    it keeps its arguments (`arguments`) and option spellings (`option_words`): argparse's own
+    table is private."""
 
     def __init__(self, *args, **kwargs):
-        self.option_words: set[str] = set()  # before argparse's __init__ adds -h/--help
+        self.arguments: list[argparse.Action] = []  # before argparse's __init__ adds -h/--help
+        self.option_words: set[str] = set()
+        self.flag_words: set[str] = set()  # those that take no value (-q, -h)
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *args, **kwargs) -> argparse.Action:
         return self.keep(super().add_argument(*args, **kwargs))
 
     def keep(self, action: argparse.Action) -> argparse.Action:
-        """`action`'s spellings kept (an argument group's options are added through here)."""
+        """`action` and its spellings kept (an argument group's options are added through here)."""
+        self.arguments.append(action)
         self.option_words.update(action.option_strings)
+        if action.nargs == 0:
+            self.flag_words.update(action.option_strings)
         return action
 
     def spelling(self, word: str) -> str | None:
@@ -71,6 +77,22 @@ class Parser(argparse.ArgumentParser):
             return word if word in self.option_words else None
         found = [option for option in self.option_words if option.startswith(word)]
         return found[0] if len(found) == 1 else None
+
+    def short_options(self, word: str) -> list[str]:
+        """The short options a word such as `-qh` names, in order, as argparse reads a cluster:
+        each flag's letter is followed by the next option's, one that takes a value ends it (the
+        rest is its value), so does a letter that is no option here."""
+        if not word.startswith("-") or word.startswith("--"):
+            return []
+        named = []
+        for letter in word[1:]:
+            option = "-" + letter
+            if option not in self.option_words:
+                break
+            named.append(option)
+            if option not in self.flag_words:
+                break
+        return named
 
     def error(self, message: str):
         raise UsageError(f"{message} (see `{self.prog} --help`).")

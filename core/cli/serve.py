@@ -46,11 +46,14 @@ SERVED = {"run": ("--progress", "json"), "estimate": ("--json",)}
 
 def asks_for_help(argv: list[str], parser=None) -> bool:
     """Whether argparse would print help to stdout (-h, or --help as the command's `parser`
-    reads it, abbreviations included: Parser.spelling; without one, --help alone): stdout
-    carries only the worker's JSON records. `run` and `estimate` have no --version: `--v` is
-    theirs to refuse, in the usual words."""
-    return any(a == "-h" or (parser.spelling(a) if parser is not None
-                             else a.split("=", 1)[0]) == "--help" for a in argv)
+    reads it, abbreviations included: Parser.spelling, and -h in a short-option cluster such as
+    -qh: Parser.short_options; without one, -h or --help alone): stdout carries only the
+    worker's JSON records. `run` and `estimate` have no --version: `--v` is theirs to refuse, in
+    the usual words."""
+    if parser is None:
+        return any(a == "-h" or a.split("=", 1)[0] == "--help" for a in argv)
+    return any(a == "-h" or parser.spelling(a) == "--help" or "-h" in parser.short_options(a)
+               for a in argv)
 
 
 class Requests:

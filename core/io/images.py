@@ -4,7 +4,8 @@ Inputs get EXIF orientation applied and their colours converted to sRGB from an 
 profile (Display P3, Adobe RGB, a printer's CMYK...); palette, grayscale, CMYK and 16-bit modes are
 converted, 16-bit RGB(A) PNG and TIFF files (and grey-with-alpha PNGs) at their full 16 bits (a
 PIL image opened from one too, while its file can be read again; a matrix/TRC colour profile
-converted in float), integer grayscale by its bit depth (never its values); a PNG's transparent
+converted in float), integer grayscale by its bit depth (never its values; a grey TRC profile's
+tone converted in float too); a PNG's transparent
 colour becomes alpha; alpha is kept aside and put back on the result. Outputs are written to a
 temporary name and renamed, so a crash never leaves half a file; .png/.tif can be 16-bit, .npy
 keeps float32.
@@ -122,7 +123,8 @@ def _foreign_profile(image: Image.Image) -> ImageCms.ImageCmsProfile | None:
 def _in_srgb(image: Image.Image) -> Image.Image:
     """The image's colours in sRGB, the space VGG was trained in and the one an untagged output
     is read in, where it embeds another colour profile (phones save Display P3: taken as sRGB, a
-    result's colours would come out dull or shifted). 16-bit and float modes are taken as sRGB."""
+    result's colours would come out dull or shifted). Integer grey modes are converted by
+    _gray16 (in float), float ones taken as sRGB."""
     profile = _foreign_profile(image)
     if profile is None or image.mode not in ("RGB", "RGBA", "L", "LA", "CMYK", "P", "PA"):
         return image
@@ -199,6 +201,29 @@ def _matrix_shaper(icc: bytes):
 _SRGB_MATRIX = _matrix_shaper(ImageCms.ImageCmsProfile(_SRGB).tobytes())[0]
 
 
+def _srgb_encoded(linear: np.ndarray) -> np.ndarray:
+    """sRGB's tone curve on linear light 0..1."""
+    return np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
+
+
+def _grey_in_srgb(grey: np.ndarray, icc: bytes | None) -> np.ndarray | None:
+    """Grey 0..1 with a grey TRC profile's tone (kTRC, XYZ connection, no LUT: what lcms uses)
+    converted to sRGB in float, as lcms converts it: a neutral of D50 white, so each of R, G, B
+    is sRGB's curve on the profile's linear light. None for a profile of another kind."""
+    if not icc or icc[16:24] != b"GRAYXYZ ":
+        return None
+    tags = _tag_table(icc)
+    if b"kTRC" not in tags or b"A2B0" in tags or b"A2B1" in tags:
+        return None
+    try:
+        curve = _curve(tags[b"kTRC"])
+    except struct.error:
+        return None
+    if curve is None:
+        return None
+    return _srgb_encoded(np.clip(curve(grey.astype(np.float64)), 0, 1)).astype(np.float32)
+
+
 def _deep_in_srgb(samples: np.ndarray, icc: bytes | None) -> np.ndarray | None:
     """16-bit RGB(A) samples ([H,W,C] uint16) with a matrix/TRC profile's colours converted to
     sRGB in float, as lcms converts them (relative colorimetric, clipped to sRGB's gamut), their
@@ -210,8 +235,7 @@ def _deep_in_srgb(samples: np.ndarray, icc: bytes | None) -> np.ndarray | None:
     matrix, curves = shaper
     values = samples.astype(np.float64) / 65535
     linear = np.stack([curve(values[..., i]) for i, curve in enumerate(curves)], axis=-1)
-    srgb = np.clip(linear @ (np.linalg.solve(_SRGB_MATRIX, matrix)).T, 0, 1)
-    srgb = np.where(srgb <= 0.0031308, 12.92 * srgb, 1.055 * srgb ** (1 / 2.4) - 0.055)
+    srgb = _srgb_encoded(np.clip(linear @ (np.linalg.solve(_SRGB_MATRIX, matrix)).T, 0, 1))
     return np.concatenate([srgb, values[..., 3:]], axis=-1).astype(np.float32)
 
 
@@ -263,11 +287,16 @@ def _sixteen_bits(source: Path | bytes, image: Image.Image, tiles: list) -> np.n
 
 def _deep_picture(deep: np.ndarray, image: Image.Image, to_srgb: bool, name: str) -> Picture | None:
     """16-bit samples (_sixteen_bits) of `image` as a Picture: a PNG's transparent colour as
-    alpha, an embedded matrix/TRC profile's colours converted to sRGB keeping the 16 bits, turned
-    upright; None for a profile of another kind (its 8-bit conversion then stands)."""
+    alpha, an embedded matrix/TRC (or grey TRC) profile's colours converted to sRGB keeping the
+    16 bits, turned upright; None for a profile of another kind (its 8-bit conversion then stands)."""
     deep = _keyed(deep, image.info.get("transparency"))
     if to_srgb and _foreign_profile(image) is not None:
-        deep = _deep_in_srgb(deep, image.info["icc_profile"]) if deep.shape[2] >= 3 else None
+        icc = image.info["icc_profile"]
+        if deep.shape[2] >= 3:
+            deep = _deep_in_srgb(deep, icc)
+        else:  # grey and alpha
+            grey = _grey_in_srgb(deep[..., 0] / np.float32(65535), icc)
+            deep = None if grey is None else np.stack([grey, deep[..., 1] / np.float32(65535)], -1)
         if deep is None:
             return None
     return _from_array(_upright(deep, image.getexif().get(0x0112, 1)), name)
@@ -349,8 +378,9 @@ def _from_pil(image: Image.Image, name: str, to_srgb: bool = True,
     mode, who = image.mode, path or name
     key = image.info.get("transparency")  # a PNG's tRNS colour: those pixels are transparent
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        icc = image.info.get("icc_profile") if to_srgb and _foreign_profile(image) else None
         return _gray16(np.asarray(image), who, name, key if isinstance(key, int) else None,
-                       path is not None, white)
+                       path is not None, white, icc)
     if mode == "F":
         values = np.asarray(image, dtype=np.float32)
         finite = values[np.isfinite(values)]
@@ -379,19 +409,22 @@ def _grey_white(image: Image.Image) -> int:
 
 
 def _gray16(values: np.ndarray, who, name: str, key: int | None, from_file: bool,
-            white: int = 65535) -> Picture:
+            white: int = 65535, icc: bytes | None = None) -> Picture:
     """16-bit grayscale: 0..white (65535; a 12-bit TIFF's 4095) -> 0..1, decided by the mode and
     file, never by the values (a dark 16-bit scan whose values all lie under 256 is no 8-bit
     picture). Pillow's mode I (16-bit PNGs in
     Pillow 10, signed and 32-bit integer TIFFs, a mode-I image given to the API) is read on the
     same scale; values outside it are refused: a 32-bit file has no agreed white, and clipping
-    them would flatten the picture without a word."""
+    them would flatten the picture without a word. `icc`: a grey profile to convert from, in
+    float (_grey_in_srgb; lcms in Pillow takes 8-bit grey only)."""
     if values.size and (values.min() < 0 or values.max() > 65535):
         raise UserError(f"{who} holds integer pixel values {values.min()}..{values.max()}, outside "
                         "the 16-bit range 0..65535 integer grayscale is read in; " + (
                             "save it as an 8- or 16-bit PNG or TIFF." if from_file else
                             "scale it to 0..65535 or give an 8-bit picture as mode L."))
     gray = values.astype(np.float32) / np.float32(white)
+    converted = _grey_in_srgb(gray, icc) if icc else None
+    gray = gray if converted is None else converted
     if key is None:
         return _from_array(gray, name)
     return _from_array(np.stack([gray, (values != key).astype(np.float32)], axis=2), name)
