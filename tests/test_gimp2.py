@@ -488,3 +488,10 @@ def test_users_undo_steps_hold_around_the_live_layer(report):
                                                   [f"{kept} (hidden)", []]]
     assert undo["live_moved_during"]["undone_after"] == ["A", "photo", "B", "C",
                                                          [f"{kept} (hidden)", [name]]]
+    # Moved within its group: it stays there hidden, the group kept, for the move's undo step
+    # (the layer taken away: a CRITICAL).
+    assert undo["live_reordered"]["during"] == ["A", [group[0], ["photo", name]], "B", "C"]
+    assert undo["live_reordered"]["after"] == ["A", name, "photo", "B", "C",
+                                               [f"{kept} (hidden)", [f"{name} (hidden)"]]]
+    assert undo["live_reordered"]["undone_after"] == ["A", "photo", "B", "C",
+                                                      [f"{kept} (hidden)", [f"{name} (hidden)"]]]

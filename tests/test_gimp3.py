@@ -915,6 +915,11 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
             shutil.copy(out / name, figures / name)
 
 
+# The user's steps inside the live group during the run (tests/gimp/gui_undo.py's IN_GROUP).
+IN_GROUP = ("live-painted", "live-reordered", "live-opacity", "live-mode", "live-hidden",
+            "live-renamed", "source-painted")
+
+
 def test_users_undo_steps_hold_around_the_live_layer(model_path, tmp_path):
     """GIMP 3 with its interface under Xvfb, the user's Ctrl+Z around the filter's live layer
     (the plug-in's own Host adds and takes it away, as a run does): a layer below it removed
@@ -945,7 +950,8 @@ def test_users_undo_steps_hold_around_the_live_layer(model_path, tmp_path):
                                  str(tmp_path / "gui_undo.py"), str(tmp_path / "plug-ins")],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for step in ("removed-during", "removed-before", "source-removed-during",
-                     "live-removed-during", "group-removed-during", "live-moved-during"):
+                     "live-removed-during", "group-removed-during", "live-moved-during",
+                     *IN_GROUP):
             deadline = time.monotonic() + 120
             while not (out / f"{step}.ready").exists() and time.monotonic() < deadline \
                     and gimp.poll() is None:
@@ -1004,4 +1010,24 @@ def test_users_undo_steps_hold_around_the_live_layer(model_path, tmp_path):
         "during": ["live", "A", [group[0], ["photo"]], "B", "C"],
         "after": ["live", "A", "result", "photo", "B", "C", [f"{kept} (hidden)", []]],
         "undone_after": ["A", "photo", "B", "C", [f"{kept} (hidden)", ["live"]]]}, result
+    # The user's steps inside the group during the run, undone after it (the result's step
+    # first). Painting, opacity, mode, visibility: their undo steps touch the live layer taken
+    # away, nothing shows; the source painted comes back as it was.
+    live_in = [group[0], ["live", "photo"]]
+    plain = {"after": ["A", "result", "photo", "B", "C"], "undone_after": ["A", "photo", "B", "C"],
+             "photo": [0.25, 0.45, 0.85]}
+    for step, during in (("live_painted", live_in), ("live_opacity", live_in),
+                         ("live_mode", live_in), ("source_painted", live_in),
+                         ("live_hidden", [group[0], ["live (hidden)", "photo"]])):
+        assert {k: v for k, v in result[step].items() if k != "live"} == {
+            "during": ["A", during, "B", "C"], **plain}, (step, result[step])
+    # Renamed or moved within the group: those undo steps need the layer in the image (taken
+    # away: a CRITICAL), so it stays, hidden, in the group kept hidden at the bottom.
+    for step, during, left in (("live_reordered", [group[0], ["photo", "live"]], "live"),
+                               ("live_renamed", [group[0], ["mine", "photo"]], "mine")):
+        hidden = [f"{kept} (hidden)", [f"{left} (hidden)"]]
+        assert {k: v for k, v in result[step].items() if k != "live"} == {
+            "during": ["A", during, "B", "C"], "after": [*plain["after"], hidden],
+            "undone_after": [*plain["undone_after"], [hidden[0], ["live (hidden)"]]],
+            "photo": plain["photo"]}, (step, result[step])
     assert "CRITICAL" not in log, log[-3000:]

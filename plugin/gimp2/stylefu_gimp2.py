@@ -192,6 +192,7 @@ class Host(PluginHost):
             layer.set_offsets(*source.offsets)
             if masked:
                 layer.add_mask(layer.create_mask(ADD_SELECTION_MASK))
+            self.live_name = layer.name  # (GIMP may have made it unique)
         finally:
             pdb.gimp_image_undo_thaw(self.image)
         gimp.displays_flush()
@@ -201,14 +202,16 @@ class Host(PluginHost):
         """The live layer away and the group's other layers (the source, any the user added in
         it) back in its place, as GIMP 3's plug-in does (plugin/gimp3/stylefu.py, drop_live:
         what the user removed during the run stays in their undo steps, replayed as recorded,
-        so a removed live layer is hidden, one moved out of the group stays, and the group
-        their undo step needs is kept)."""
+        so a removed live layer is hidden, one moved out of the group stays, one renamed or
+        moved within it stays there hidden, and the group their undo step needs is kept)."""
         image, group = self.image, self.live_group
         pdb.gimp_image_undo_freeze(image)
         try:
             removed = not pdb.gimp_item_is_valid(layer)
             taken = not removed and (layer.parent is None or layer.parent.ID != group.ID)
-            if removed:
+            touched = not (removed or taken) and (
+                layer.name != self.live_name or pdb.gimp_image_get_item_position(image, layer))
+            if removed or touched:
                 pdb.gimp_item_set_visible(layer, False)
             elif not taken:
                 pdb.gimp_image_remove_layer(image, layer)
@@ -222,11 +225,13 @@ class Host(PluginHost):
             else:
                 parent = group.parent
                 for item in reversed(group.children):
-                    pdb.gimp_image_reorder_item(
-                        image, item, parent, pdb.gimp_image_get_item_position(image, group) + 1)
-                if removed or taken:
-                    log("the live layer was removed or moved during the run: its group stays, "
-                        "empty and hidden, for its undo step")
+                    if not (touched and item.ID == layer.ID):
+                        pdb.gimp_image_reorder_item(
+                            image, item, parent,
+                            pdb.gimp_image_get_item_position(image, group) + 1)
+                if removed or taken or touched:
+                    log("the live layer was removed, moved or renamed during the run: its group "
+                        "stays, hidden, for its undo step")
                     group.name = kept
                     pdb.gimp_item_set_visible(group, False)
                     siblings = parent.children if parent is not None else image.layers

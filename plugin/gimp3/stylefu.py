@@ -199,6 +199,7 @@ class Host(bridge.PluginHost):
             if masked:
                 layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
             fill_layer(layer, content)
+            self.live_name = layer.get_name()  # (GIMP may have made it unique)
             self.image.set_selected_layers(selected)
         finally:
             self.image.undo_thaw()
@@ -216,12 +217,16 @@ class Host(bridge.PluginHost):
         # A live layer the user moved out of the group is theirs: it stays, and the group too
         # (undoing the move without it: a CRITICAL). The source taken out of the group: the
         # group stays in its place for its undo step.
+        # A live layer the user renamed or moved within the group stays there, hidden, for
+        # that step's undo (on a removed layer: a CRITICAL).
         # A group left is named for why it is there.
         self.image.undo_freeze()
         try:
             group, removed = self.live_group, not layer.is_valid()
             taken = not removed and not same(layer.get_parent(), group)  # theirs now
-            if removed:
+            touched = not (removed or taken) and (layer.get_name() != self.live_name or
+                                                  self.image.get_item_position(layer) != 0)
+            if removed or touched:
                 layer.set_visible(False)
             elif not taken:
                 self.image.remove_layer(layer)
@@ -234,11 +239,12 @@ class Host(bridge.PluginHost):
             else:
                 parent = group.get_parent()
                 for item in reversed(group.get_children()):
-                    self.image.reorder_item(item, parent,
-                                            self.image.get_item_position(group) + 1)
-                if removed or taken:
-                    bridge.log("the live layer was removed or moved during the run: its group "
-                               "stays, empty and hidden, for its undo step")
+                    if not (touched and same(item, layer)):
+                        self.image.reorder_item(item, parent,
+                                                self.image.get_item_position(group) + 1)
+                if removed or taken or touched:
+                    bridge.log("the live layer was removed, moved or renamed during the run: "
+                               "its group stays, hidden, for its undo step")
                     group.set_name(kept)
                     group.set_visible(False)
                     siblings = parent.get_children() if parent else self.image.get_layers()

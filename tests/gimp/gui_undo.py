@@ -6,7 +6,9 @@ On an image of layers A, photo (the source), B, C, top first: (1) B removed whil
 exists, undone after the run; (2) B removed before the run, undone during it; (3) the source
 itself removed during the run, undone after it (and the result's step); (4) the live layer
 removed during the run, undone after it; (5) the live layer's group removed during the run,
-undone after it; (6) the live layer moved out of its group during the run, undone after it.
+undone after it; (6) the live layer moved out of its group during the run, undone after it;
+(IN_GROUP) the live layer painted, moved within its group, its opacity, mode, visibility or name
+changed, or the source painted, during the run, undone after it.
 Before each undo this writes OUT/NAME.ready (how many Ctrl+Z) and waits for OUT/NAME.done:
 tests/test_gimp3.py presses Ctrl+Z in GIMP's window (GIMP 3.0's PDB has no undo call), then
 this records the layers (a group as [name, children], a hidden layer's name with " (hidden)")
@@ -140,6 +142,37 @@ for step, edit in (("live_removed_during", "remove live"), ("group_removed_durin
     undo_by_the_user(step.replace("_", "-"), 2)  # the result's step, then the user's removal
     result[step]["undone_after"] = tree(image.get_layers())
     display.delete()
+
+def centre(item):
+    """The RGB at the source's centre (the flat colour it had, or what the user painted)."""
+    rect = Gegl.Rectangle.new(W // 2, H // 2, 1, 1)
+    raw = item.get_buffer().get(rect, 1.0, "R'G'B' float", Gegl.AbyssPolicy.NONE)
+    return [round(v, 2) for v in array.array("f", bytes(raw))]
+
+
+# The user's steps on the live layer, or on the source, inside the group during the run.
+IN_GROUP = (("live_painted", lambda host, live: live.edit_fill(Gimp.FillType.WHITE)),
+            ("live_reordered", lambda host, live: host.image.reorder_item(live, host.live_group, 1)),
+            ("live_opacity", lambda host, live: live.set_opacity(40.0)),
+            ("live_mode", lambda host, live: live.set_mode(Gimp.LayerMode.MULTIPLY)),
+            ("live_hidden", lambda host, live: live.set_visible(False)),
+            ("live_renamed", lambda host, live: live.set_name("mine")),
+            ("source_painted", lambda host, live: host.source.edit_fill(Gimp.FillType.WHITE)))
+for step, edit in IN_GROUP:
+    image, display = picture()
+    host = stylefu.Host(image, [layer(image, "photo")], None, Gimp.RunMode.NONINTERACTIVE)
+    live = host.live_layer("live", False, content)
+    print("[undo] step", step, file=sys.stderr, flush=True)
+    edit(host, live)
+    result[step] = {"during": tree(image.get_layers())}
+    end_run(host, live)
+    result[step]["after"] = tree(image.get_layers())
+    Gimp.displays_flush()
+    undo_by_the_user(step.replace("_", "-"), 2)  # the result's step, then the user's edit
+    result[step]["undone_after"] = tree(image.get_layers())
+    result[step]["photo"] = centre(layer(image, "photo"))
+    display.delete()
+print("[undo] end", file=sys.stderr, flush=True)
 print("[undo]", result, file=sys.stderr, flush=True)
 with open(os.path.join(JOB["out"], "undo.json"), "w") as f:
     json.dump(result, f)

@@ -84,8 +84,8 @@ def users_undo_steps():
     on layers A, photo (the source), B, C, as tests/gimp/gui_undo.py does in GIMP 3: (1) B
     removed during the run, undone after it (and the result's step); (2) B removed before
     it, undone during it; (3) the source, (4) the live layer, (5) the live layer's group
-    removed during it, undone after it; (6) the live layer moved out of its group during it,
-    undone after it."""
+    removed during it, undone after it; (6) the live layer moved out of its group, (7) moved
+    below the source within it, during it, undone after it."""
     def picture():
         image, photo = make_image("rgb", name="photo")
         for name, position in (("A", 0), ("B", 2), ("C", 3)):
@@ -142,6 +142,11 @@ def users_undo_steps():
     undo["live_moved_during"] = run_with(
         image, photo,
         lambda: pdb.gimp_image_reorder_item(image, group_of(image).children[0], None, 0), 2)
+    image, photo = picture()
+    undo["live_reordered"] = run_with(  # below the source, within its group
+        image, photo,
+        lambda: pdb.gimp_image_reorder_item(image, group_of(image).children[0],
+                                            group_of(image), 1), 2)
 
 
 def soft_selection_image():
