@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import UserError
 from ..network.vgg import MIN_SIDE
 from ..notes import act
 from .files import atomic_write, check_input_file, check_output_path
 from .jpeg import cut_short
+from .profiles import deep_in_srgb, foreign_profile, grey_in_srgb, in_srgb
 from .quiet import captured_stderr, detail
 
 if TYPE_CHECKING:
@@ -45,7 +46,6 @@ OUTPUT_SUFFIXES = (*PILLOW_FORMATS, ".npy")
 BITS16_SUFFIXES = (".png", ".tif", ".tiff", ".npy")  # .npy keeps float32
 # Lossy outputs at quality 95: Pillow's defaults (75 JPEG, 80 WebP) smear a painting's fine strokes.
 SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
-_SRGB = ImageCms.createProfile("sRGB")  # what colour profiles are converted to
 # A float image with values above this holds 0..255 (or other) numbers, not 0..1: refused, not
 # clipped to white. Up to it, overshoots (from sharpening or resampling) are clipped to 1.
 FLOAT_RANGE_LIMIT = 1.5
@@ -106,139 +106,6 @@ def _from_array(array: np.ndarray, name: str) -> Picture:
     return Picture(rgb, alpha, name)
 
 
-def _foreign_profile(image: Image.Image) -> ImageCms.ImageCmsProfile | None:
-    """The colour profile the image embeds, unless it is sRGB's or cannot be read (then the
-    colours are taken as sRGB, as browsers do)."""
-    icc = image.info.get("icc_profile")
-    if not icc:
-        return None
-    try:
-        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        srgb = ImageCms.getProfileDescription(profile).strip().lower().startswith("srgb")
-    except (ImageCms.PyCMSError, OSError, ValueError):
-        return None
-    return None if srgb else profile
-
-
-def _in_srgb(image: Image.Image) -> Image.Image:
-    """The image's colours in sRGB, the space VGG was trained in and the one an untagged output
-    is read in, where it embeds another colour profile (phones save Display P3: taken as sRGB, a
-    result's colours would come out dull or shifted). Integer grey modes are converted by
-    _gray16 (in float), float ones taken as sRGB."""
-    profile = _foreign_profile(image)
-    if profile is None or image.mode not in ("RGB", "RGBA", "L", "LA", "CMYK", "P", "PA"):
-        return image
-    try:
-        has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-        alpha = image.convert("RGBA").getchannel("A") if has_alpha else None
-        if image.mode not in ("RGB", "L", "CMYK"):
-            image = image.convert("L" if image.mode == "LA" else "RGB")
-        converted = ImageCms.profileToProfile(image, profile, _SRGB, outputMode="RGB")
-    except (ImageCms.PyCMSError, OSError, ValueError):
-        return image
-    if alpha is not None:
-        converted.putalpha(alpha)
-    return converted
-
-
-def _tag_table(icc: bytes) -> dict[bytes, bytes]:
-    """An ICC profile's tags by signature (their data; {} for a profile cut short)."""
-    try:
-        count = struct.unpack_from(">I", icc, 128)[0]
-        entries = [struct.unpack_from(">4sII", icc, 132 + 12 * i) for i in range(count)]
-    except struct.error:
-        return {}
-    return {sig: icc[offset:offset + size] for sig, offset, size in entries}
-
-
-def _curve(tag: bytes):
-    """An ICC tone curve (curv: identity, gamma or table; para: types 0-4) as a numpy function
-    of 0..1 values, or None for one of another kind."""
-    kind = tag[:4]
-    if kind == b"curv":
-        (count,) = struct.unpack_from(">I", tag, 8)
-        if count == 0:
-            return lambda x: x
-        if count == 1:
-            gamma = struct.unpack_from(">H", tag, 12)[0] / 256
-            return lambda x: x ** gamma
-        table = np.frombuffer(tag, ">u2", count, 12).astype(np.float64) / 65535
-        return lambda x: np.interp(x, np.linspace(0, 1, count), table)
-    if kind == b"para":
-        function = struct.unpack_from(">H", tag, 8)[0]
-        counts = {0: 1, 1: 3, 2: 4, 3: 5, 4: 7}
-        if function not in counts:
-            return None
-        values = [v / 65536 for v in struct.unpack_from(f">{counts[function]}i", tag, 12)]
-        g, a, b, c, d, e, f = values + [0.0] * (7 - len(values))
-        if function == 0:
-            a, d = 1.0, -np.inf
-        elif function in (1, 2):  # from -b/a, plus type 2's c (type 1's is 0); c below it
-            d, e, f, c = -b / a, c, c, 0.0
-        return lambda x: np.where(x >= d, np.maximum(a * x + b, 0) ** g + e, c * x + f)
-    return None
-
-
-def _matrix_shaper(icc: bytes):
-    """(3x3 matrix to D50 XYZ, three tone curves) of a matrix/TRC RGB profile (Adobe RGB,
-    ProPhoto, Display P3, most cameras'), or None for another kind (a LUT profile, CMYK, grey):
-    what lcms itself uses for such a profile, so the float conversion below matches its."""
-    if icc[16:24] != b"RGB XYZ ":
-        return None
-    tags = _tag_table(icc)
-    names = (b"rXYZ", b"gXYZ", b"bXYZ", b"rTRC", b"gTRC", b"bTRC")
-    if any(n not in tags for n in names) or b"A2B0" in tags or b"A2B1" in tags:
-        return None  # lcms would take a LUT over the matrix
-    try:
-        matrix = np.array([[v / 65536 for v in struct.unpack_from(">3i", tags[n], 8)]
-                           for n in names[:3]]).T
-        curves = [_curve(tags[n]) for n in names[3:]]
-    except struct.error:
-        return None
-    return None if any(c is None for c in curves) else (matrix, curves)
-
-
-_SRGB_MATRIX = _matrix_shaper(ImageCms.ImageCmsProfile(_SRGB).tobytes())[0]
-
-
-def _srgb_encoded(linear: np.ndarray) -> np.ndarray:
-    """sRGB's tone curve on linear light 0..1."""
-    return np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
-
-
-def _grey_in_srgb(grey: np.ndarray, icc: bytes | None) -> np.ndarray | None:
-    """Grey 0..1 with a grey TRC profile's tone (kTRC, XYZ connection, no LUT: what lcms uses)
-    converted to sRGB in float, as lcms converts it: a neutral of D50 white, so each of R, G, B
-    is sRGB's curve on the profile's linear light. None for a profile of another kind."""
-    if not icc or icc[16:24] != b"GRAYXYZ ":
-        return None
-    tags = _tag_table(icc)
-    if b"kTRC" not in tags or b"A2B0" in tags or b"A2B1" in tags:
-        return None
-    try:
-        curve = _curve(tags[b"kTRC"])
-    except struct.error:
-        return None
-    if curve is None:
-        return None
-    return _srgb_encoded(np.clip(curve(grey.astype(np.float64)), 0, 1)).astype(np.float32)
-
-
-def _deep_in_srgb(samples: np.ndarray, icc: bytes | None) -> np.ndarray | None:
-    """16-bit RGB(A) samples ([H,W,C] uint16) with a matrix/TRC profile's colours converted to
-    sRGB in float, as lcms converts them (relative colorimetric, clipped to sRGB's gamut), their
-    precision kept: float32 0..1, alpha as it was. None for a profile of another kind (then the
-    8-bit conversion stands)."""
-    shaper = _matrix_shaper(icc) if icc else None
-    if shaper is None:
-        return None
-    matrix, curves = shaper
-    values = samples.astype(np.float64) / 65535
-    linear = np.stack([curve(values[..., i]) for i, curve in enumerate(curves)], axis=-1)
-    srgb = _srgb_encoded(np.clip(linear @ (np.linalg.solve(_SRGB_MATRIX, matrix)).T, 0, 1))
-    return np.concatenate([srgb, values[..., 3:]], axis=-1).astype(np.float32)
-
-
 # Pillow has no 16-bit RGB mode: it decodes these raw modes of PNG and TIFF files to their high
 # bytes; the same decoder with the other byte order's unpacker gives the low bytes (N: native,
 # libtiff's own decoding). A 16-bit grey-and-alpha PNG (LA;16B, read as RGBA) has no such
@@ -290,12 +157,12 @@ def _deep_picture(deep: np.ndarray, image: Image.Image, to_srgb: bool, name: str
     alpha, an embedded matrix/TRC (or grey TRC) profile's colours converted to sRGB keeping the
     16 bits, turned upright; None for a profile of another kind (its 8-bit conversion then stands)."""
     deep = _keyed(deep, image.info.get("transparency"))
-    if to_srgb and _foreign_profile(image) is not None:
+    if to_srgb and foreign_profile(image) is not None:
         icc = image.info["icc_profile"]
         if deep.shape[2] >= 3:
-            deep = _deep_in_srgb(deep, icc)
+            deep = deep_in_srgb(deep, icc)
         else:  # grey and alpha
-            grey = _grey_in_srgb(deep[..., 0] / np.float32(65535), icc)
+            grey = grey_in_srgb(deep[..., 0] / np.float32(65535), icc)
             deep = None if grey is None else np.stack([grey, deep[..., 1] / np.float32(65535)], -1)
         if deep is None:
             return None
@@ -374,11 +241,11 @@ def _from_pil(image: Image.Image, name: str, to_srgb: bool = True,
     integer grey's white (_grey_white)."""
     image = ImageOps.exif_transpose(image)
     if to_srgb:
-        image = _in_srgb(image)
+        image = in_srgb(image)
     mode, who = image.mode, path or name
     key = image.info.get("transparency")  # a PNG's tRNS colour: those pixels are transparent
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        icc = image.info.get("icc_profile") if to_srgb and _foreign_profile(image) else None
+        icc = image.info.get("icc_profile") if to_srgb and foreign_profile(image) else None
         return _gray16(np.asarray(image), who, name, key if isinstance(key, int) else None,
                        path is not None, white, icc)
     if mode == "F":
@@ -416,14 +283,14 @@ def _gray16(values: np.ndarray, who, name: str, key: int | None, from_file: bool
     Pillow 10, signed and 32-bit integer TIFFs, a mode-I image given to the API) is read on the
     same scale; values outside it are refused: a 32-bit file has no agreed white, and clipping
     them would flatten the picture without a word. `icc`: a grey profile to convert from, in
-    float (_grey_in_srgb; lcms in Pillow takes 8-bit grey only)."""
+    float (grey_in_srgb; lcms in Pillow takes 8-bit grey only)."""
     if values.size and (values.min() < 0 or values.max() > 65535):
         raise UserError(f"{who} holds integer pixel values {values.min()}..{values.max()}, outside "
                         "the 16-bit range 0..65535 integer grayscale is read in; " + (
                             "save it as an 8- or 16-bit PNG or TIFF." if from_file else
                             "scale it to 0..65535 or give an 8-bit picture as mode L."))
     gray = values.astype(np.float32) / np.float32(white)
-    converted = _grey_in_srgb(gray, icc) if icc else None
+    converted = grey_in_srgb(gray, icc) if icc else None
     gray = gray if converted is None else converted
     if key is None:
         return _from_array(gray, name)
