@@ -469,6 +469,9 @@ def test_users_undo_steps_hold_around_the_live_layer(report):
     assert undo["removed_during"]["during"] == ["A", group, "C"]
     assert undo["removed_during"]["after"] == ["A", name, "photo", "C"]
     assert undo["removed_during"]["undone_after"] == ["A", "photo", "B", "C"]
+    # A layer beside the group removed is no move of the group: the group goes.
+    assert undo["above_removed_during"]["after"] == [name, "photo", "B", "C"]
+    assert undo["above_removed_during"]["undone_after"] == ["A", "photo", "B", "C"]
     assert undo["removed_before"]["during"] == ["A", group, "B", "C"]
     assert undo["removed_before"]["after"] == ["A", name, "photo", "B", "C"]
     for step in undo.values():

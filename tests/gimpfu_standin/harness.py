@@ -126,6 +126,9 @@ def users_undo_steps():
     image, photo = picture()
     undo["removed_during"] = run_with(
         image, photo, lambda: pdb.gimp_image_remove_layer(image, named(image, "B")), 2)
+    image, photo = picture()  # beside the group: not a move of it (one neighbour changed)
+    undo["above_removed_during"] = run_with(
+        image, photo, lambda: pdb.gimp_image_remove_layer(image, named(image, "A")), 2)
     image, photo = picture()
     pdb.gimp_image_remove_layer(image, named(image, "B"))
     undo["removed_before"] = run_with(image, photo, image.undo, 1)
