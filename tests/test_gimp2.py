@@ -469,13 +469,18 @@ def test_users_undo_steps_hold_around_the_live_layer(report):
     assert undo["removed_during"]["during"] == ["A", group, "C"]
     assert undo["removed_during"]["after"] == ["A", name, "photo", "C"]
     assert undo["removed_during"]["undone_after"] == ["A", "photo", "B", "C"]
+    # A layer beside the group removed is no move of the group: the group goes.
+    assert undo["above_removed_during"]["after"] == [name, "photo", "B", "C"]
+    assert undo["above_removed_during"]["undone_after"] == ["A", "photo", "B", "C"]
     assert undo["removed_before"]["during"] == ["A", group, "B", "C"]
     assert undo["removed_before"]["after"] == ["A", name, "photo", "B", "C"]
     for step in undo.values():
         assert "error" not in step and step["status"] == "success", step
         assert step["criticals"] == [], step
-    assert undo["source_removed_during"]["after"] == ["A", name, [kept, []], "B", "C"]
-    assert undo["source_removed_during"]["undone_after"] == ["A", [kept, ["photo"]], "B", "C"]
+    hidden = f"{name} (hidden)"
+    assert undo["source_removed_during"]["after"] == ["A", name, [kept, [hidden]], "B", "C"]
+    assert undo["source_removed_during"]["undone_after"] == ["A", [kept, [hidden, "photo"]], "B",
+                                                             "C"]
     assert undo["live_removed_during"]["during"] == ["A", [group[0], ["photo"]], "B", "C"]
     assert undo["live_removed_during"]["after"] == ["A", name, "photo", "B", "C",
                                                     [f"{kept} (hidden)", []]]
@@ -488,10 +493,14 @@ def test_users_undo_steps_hold_around_the_live_layer(report):
                                                   [f"{kept} (hidden)", []]]
     assert undo["live_moved_during"]["undone_after"] == ["A", "photo", "B", "C",
                                                          [f"{kept} (hidden)", [name]]]
-    # Moved within its group: it stays there hidden, the group kept, for the move's undo step
-    # (the layer taken away: a CRITICAL).
-    assert undo["live_reordered"]["during"] == ["A", [group[0], ["photo", name]], "B", "C"]
-    assert undo["live_reordered"]["after"] == ["A", name, "photo", "B", "C",
-                                               [f"{kept} (hidden)", [f"{name} (hidden)"]]]
-    assert undo["live_reordered"]["undone_after"] == ["A", "photo", "B", "C",
-                                                      [f"{kept} (hidden)", [f"{name} (hidden)"]]]
+    # The order in the group changed (the live layer moved below the source, or the source
+    # above it), or the group moved: the group stays in its place, the live layer in it hidden,
+    # for those undo steps (the source moved and undone went into the group kept at the
+    # bottom, out of sight; the group's move undone on the group taken away: a CRITICAL).
+    for step in ("live_reordered", "source_reordered"):
+        assert undo[step]["during"] == ["A", [group[0], ["photo", name]], "B", "C"], step
+        assert undo[step]["after"] == ["A", [kept, [name, "photo", hidden]], "B", "C"], step
+        assert undo[step]["undone_after"] == ["A", [kept, [hidden, "photo"]], "B", "C"], step
+    assert undo["group_reordered"]["during"] == [group, "A", "B", "C"]
+    assert undo["group_reordered"]["after"] == [[kept, [hidden, name, "photo"]], "A", "B", "C"]
+    assert undo["group_reordered"]["undone_after"] == ["A", [kept, [hidden, "photo"]], "B", "C"]

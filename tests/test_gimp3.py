@@ -917,7 +917,7 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
 
 # The user's steps inside the live group during the run (tests/gimp/gui_undo.py's IN_GROUP).
 IN_GROUP = ("live-painted", "live-reordered", "live-opacity", "live-mode", "live-hidden",
-            "live-renamed", "source-painted")
+            "live-renamed", "source-painted", "source-reordered", "group-renamed", "group-reordered")
 
 
 def test_users_undo_steps_hold_around_the_live_layer(model_path, tmp_path):
@@ -986,13 +986,14 @@ def test_users_undo_steps_hold_around_the_live_layer(model_path, tmp_path):
                                         "after": ["A", "photo", "B", "C"]}, result
     # The source itself removed during the run: the result goes above the group, which stays
     # for the source's undo step to put it back into (removed, GIMP could not put it back: it
-    # was lost). GIMP's undo steps replay what the user did as recorded, and GIMP 3.0's PDB can
-    # neither drop one nor move a removed layer: what the user removed comes back; the live
-    # layer hidden, so that no painting of the run shows again.
+    # was lost), below the live layer, hidden, as it was. GIMP's undo steps replay what the
+    # user did as recorded, and GIMP 3.0's PDB can neither drop one nor move a removed layer:
+    # what the user removed comes back; the live layer hidden, so that no painting of the run
+    # shows again.
     kept = f"{installer.load_bridge().TITLE} (kept for undo)"
     assert result["source_removed_during"] == {
-        "after": ["A", "result", [kept, []], "B", "C"],
-        "undone_after": ["A", [kept, ["photo"]], "B", "C"]}, result
+        "after": ["A", "result", [kept, ["live (hidden)"]], "B", "C"],
+        "undone_after": ["A", [kept, ["live (hidden)", "photo"]], "B", "C"]}, result
     # The live layer removed: its group stays, empty and hidden, at the bottom (no position
     # shifted), for the removal's undo step (the group gone: a CRITICAL, nothing back).
     assert result["live_removed_during"] == {
@@ -1021,13 +1022,30 @@ def test_users_undo_steps_hold_around_the_live_layer(model_path, tmp_path):
                          ("live_hidden", [group[0], ["live (hidden)", "photo"]])):
         assert {k: v for k, v in result[step].items() if k != "live"} == {
             "during": ["A", during, "B", "C"], **plain}, (step, result[step])
-    # Renamed or moved within the group: those undo steps need the layer in the image (taken
-    # away: a CRITICAL), so it stays, hidden, in the group kept hidden at the bottom.
-    for step, during, left in (("live_reordered", [group[0], ["photo", "live"]], "live"),
-                               ("live_renamed", [group[0], ["mine", "photo"]], "mine")):
-        hidden = [f"{kept} (hidden)", [f"{left} (hidden)"]]
-        assert {k: v for k, v in result[step].items() if k != "live"} == {
-            "during": ["A", during, "B", "C"], "after": [*plain["after"], hidden],
-            "undone_after": [*plain["undone_after"], [hidden[0], ["live (hidden)"]]],
+    # Renamed within the group: that undo step needs the layer in the image (taken away: a
+    # CRITICAL), so it stays, hidden, in the group kept hidden at the bottom.
+    hidden = [f"{kept} (hidden)", ["mine (hidden)"]]
+    assert result["live_renamed"] == {
+        "during": ["A", [group[0], ["mine", "photo"]], "B", "C"], "after": [*plain["after"], hidden],
+        "undone_after": [*plain["undone_after"], [hidden[0], ["live (hidden)"]]],
+        "photo": plain["photo"]}, result["live_renamed"]
+    # The order in the group changed (the live layer or the source moved), the group renamed or
+    # moved among its siblings: the group stays in its place, the live layer in it hidden, for
+    # those undo steps (the source moved and undone went into the group kept at the bottom, out
+    # of sight; the group's steps on the group taken away: a CRITICAL, the source left on top).
+    for step in ("live_reordered", "source_reordered"):
+        assert result[step] == {
+            "during": ["A", [group[0], ["photo", "live"]], "B", "C"],
+            "after": ["A", [kept, ["result", "photo", "live (hidden)"]], "B", "C"],
+            "undone_after": ["A", [kept, ["live (hidden)", "photo"]], "B", "C"],
             "photo": plain["photo"]}, (step, result[step])
+    kept_live = [kept, ["live (hidden)", "result", "photo"]]
+    assert result["group_renamed"] == {
+        "during": ["A", ["mine", ["live", "photo"]], "B", "C"], "after": ["A", kept_live, "B", "C"],
+        "undone_after": ["A", [group[0], ["live (hidden)", "photo"]], "B", "C"],
+        "photo": plain["photo"]}, result["group_renamed"]
+    assert result["group_reordered"] == {
+        "during": [group, "A", "B", "C"], "after": [kept_live, "A", "B", "C"],
+        "undone_after": ["A", [kept, ["live (hidden)", "photo"]], "B", "C"],
+        "photo": plain["photo"]}, result["group_reordered"]
     assert "CRITICAL" not in log, log[-3000:]

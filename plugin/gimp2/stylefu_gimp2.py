@@ -185,6 +185,7 @@ class Host(PluginHost):
             pdb.gimp_image_insert_layer(self.image, group, source.parent,
                                         pdb.gimp_image_get_item_position(self.image, source))
             pdb.gimp_image_reorder_item(self.image, source, group, 0)
+            self.live_group_name, self.live_group_place = group.name, self.place(group)
             layer = gimp.Layer(self.image, name, source.width, source.height, source.type, 100.0,
                                NORMAL_MODE)
             copy_pixels(source, layer)
@@ -201,35 +202,44 @@ class Host(PluginHost):
     def drop_live(self, layer):
         """The live layer away and the group's other layers (the source, any the user added in
         it) back in its place, as GIMP 3's plug-in does (plugin/gimp3/stylefu.py, drop_live:
-        what the user removed during the run stays in their undo steps, replayed as recorded,
-        so a removed live layer is hidden, one moved out of the group stays, one renamed or
-        moved within it stays there hidden, and the group their undo step needs is kept)."""
-        image, group = self.image, self.live_group
+        what the user did during the run stays in their undo steps, replayed as recorded, so a
+        removed live layer is hidden, one moved out of the group stays, one renamed stays in
+        the group hidden, and the group their undo step needs is kept; the source out of the
+        group, the order in it changed, or the group renamed or moved: the group stays in its
+        place, the live layer in it hidden)."""
+        image, group, source = self.image, self.live_group, self.source
+
+        def position(item):
+            return pdb.gimp_image_get_item_position(image, item)
         pdb.gimp_image_undo_freeze(image)
         try:
             removed = not pdb.gimp_item_is_valid(layer)
-            taken = not removed and (layer.parent is None or layer.parent.ID != group.ID)
-            touched = not (removed or taken) and (
-                layer.name != self.live_name or pdb.gimp_image_get_item_position(image, layer))
-            if removed or touched:
+            in_group = not removed and layer.parent is not None and layer.parent.ID == group.ID
+            taken = not (removed or in_group)  # theirs now
+            renamed = in_group and layer.name != self.live_name
+            parent = source.parent if pdb.gimp_item_is_valid(source) else None
+            source_out = not (pdb.gimp_item_is_valid(group) and parent is not None
+                              and parent.ID == group.ID)
+            group_changed = not source_out and (group.name != self.live_group_name or
+                                                self.group_moved(group))
+            reordered = not source_out and (in_group and position(layer) != 0 or
+                                            position(source) != (1 if in_group else 0))
+            in_place = source_out or group_changed or reordered
+            if removed or renamed or (in_group and in_place):
                 pdb.gimp_item_set_visible(layer, False)
-            elif not taken:
+            elif in_group:
                 pdb.gimp_image_remove_layer(image, layer)
             kept = "%s (kept for undo)" % TITLE
-            parent = self.source.parent if pdb.gimp_item_is_valid(self.source) else None
-            if not (pdb.gimp_item_is_valid(group) and parent is not None
-                    and parent.ID == group.ID):
-                log("the layer or its live group was removed during the run: the group stays "
-                    "for its undo step")
+            if in_place:
+                log("the layer, its live group or their order changed during the run: the group "
+                    "stays in its place for their undo steps")
                 group.name = kept
             else:
                 parent = group.parent
                 for item in reversed(group.children):
-                    if not (touched and item.ID == layer.ID):
-                        pdb.gimp_image_reorder_item(
-                            image, item, parent,
-                            pdb.gimp_image_get_item_position(image, group) + 1)
-                if removed or taken or touched:
+                    if not (renamed and item.ID == layer.ID):
+                        pdb.gimp_image_reorder_item(image, item, parent, position(group) + 1)
+                if removed or taken or renamed:
                     log("the live layer was removed, moved or renamed during the run: its group "
                         "stays, hidden, for its undo step")
                     group.name = kept
@@ -241,6 +251,20 @@ class Host(PluginHost):
         finally:
             pdb.gimp_image_undo_thaw(image)
         gimp.displays_flush()
+
+    def place(self, item):
+        """(parent, the sibling above, the one below) of an item, as ids."""
+        parent = item.parent
+        siblings = [s.ID for s in (parent.children if parent is not None else self.image.layers)]
+        at = siblings.index(item.ID)
+        return (parent.ID if parent is not None else None, siblings[at - 1] if at else None,
+                siblings[at + 1] if at + 1 < len(siblings) else None)
+
+    def group_moved(self, group):
+        """Whether the user moved the live group: another parent, or both its neighbours
+        changed (one alone: a layer beside it added or removed)."""
+        (parent, above, below), now = self.live_group_place, self.place(group)
+        return parent != now[0] or (above != now[1] and below != now[2])
 
     def follow(self, layer, folder):
         try:

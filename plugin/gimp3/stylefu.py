@@ -195,6 +195,7 @@ class Host(bridge.PluginHost):
             self.image.insert_layer(group, self.source.get_parent(),
                                     self.image.get_item_position(self.source))
             self.image.reorder_item(self.source, group, 0)
+            self.live_group_name, self.live_group_place = group.get_name(), self.place(group)
             layer = new_layer_above(self.image, self.source, name)
             if masked:
                 layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
@@ -208,41 +209,46 @@ class Host(bridge.PluginHost):
 
     def drop_live(self, layer):
         # The group's other layers (the source, any the user added in it) back in its place.
-        # What the user removed during the run stays in their undo steps, which GIMP replays
-        # as recorded (GIMP 3.0's PDB can neither drop an undo step nor change a removed
-        # item's place): a removed live layer, or the group with it, would come back as it was
-        # (or, its group gone, with a CRITICAL and nothing back). So a removed live layer is
-        # hidden (still allowed on a removed item), and the group its undo step puts it back
+        # What the user did during the run stays in their undo steps, which GIMP replays as
+        # recorded, in the layer tree (GIMP 3.0's PDB can neither drop an undo step nor change
+        # a removed item's place): a removed live layer, or the group with it, would come back
+        # as it was, and a step on an item taken away gives a CRITICAL. So a removed live layer
+        # is hidden (still allowed on a removed item), and the group its undo step puts it back
         # into stays, empty and hidden, at the bottom of its siblings (no position shifted).
-        # A live layer the user moved out of the group is theirs: it stays, and the group too
-        # (undoing the move without it: a CRITICAL). The source taken out of the group: the
-        # group stays in its place for its undo step.
-        # A live layer the user renamed or moved within the group stays there, hidden, for
-        # that step's undo (on a removed layer: a CRITICAL).
+        # A live layer the user moved out of the group is theirs: it stays, and the group too.
+        # One renamed stays in that group, hidden. The source taken out of the group, the
+        # group renamed or moved, or the order in it changed (the source or the live layer
+        # moved): the group stays in its place, the live layer in it hidden, for those steps.
         # A group left is named for why it is there.
         self.image.undo_freeze()
         try:
-            group, removed = self.live_group, not layer.is_valid()
-            taken = not removed and not same(layer.get_parent(), group)  # theirs now
-            touched = not (removed or taken) and (layer.get_name() != self.live_name or
-                                                  self.image.get_item_position(layer) != 0)
-            if removed or touched:
+            group, source, removed = self.live_group, self.source, not layer.is_valid()
+            in_group = not removed and same(layer.get_parent(), group)
+            taken = not (removed or in_group)  # theirs now
+            renamed = in_group and layer.get_name() != self.live_name
+            source_out = not (group.is_valid() and source.is_valid()
+                              and same(source.get_parent(), group))
+            position = self.image.get_item_position
+            group_changed = not source_out and (group.get_name() != self.live_group_name or
+                                                self.group_moved(group))
+            reordered = not source_out and (in_group and position(layer) != 0 or
+                                            position(source) != (1 if in_group else 0))
+            in_place = source_out or group_changed or reordered
+            if removed or renamed or (in_group and in_place):
                 layer.set_visible(False)
-            elif not taken:
+            elif in_group:
                 self.image.remove_layer(layer)
             kept = f"{bridge.TITLE} (kept for undo)"
-            if not (group.is_valid() and self.source.is_valid()
-                    and same(self.source.get_parent(), group)):
-                bridge.log("the layer or its live group was removed during the run: the group "
-                           "stays for its undo step")
+            if in_place:
+                bridge.log("the layer, its live group or their order changed during the run: the "
+                           "group stays in its place for their undo steps")
                 group.set_name(kept)
             else:
                 parent = group.get_parent()
                 for item in reversed(group.get_children()):
-                    if not (touched and same(item, layer)):
-                        self.image.reorder_item(item, parent,
-                                                self.image.get_item_position(group) + 1)
-                if removed or taken or touched:
+                    if not (renamed and same(item, layer)):
+                        self.image.reorder_item(item, parent, position(group) + 1)
+                if removed or taken or renamed:
                     bridge.log("the live layer was removed, moved or renamed during the run: "
                                "its group stays, hidden, for its undo step")
                     group.set_name(kept)
@@ -254,6 +260,21 @@ class Host(bridge.PluginHost):
         finally:
             self.image.undo_thaw()
         Gimp.displays_flush()
+
+    def place(self, item):
+        """(parent, the sibling above, the one below) of an item, as ids."""
+        parent = item.get_parent()
+        siblings = [s.get_id() for s in (parent.get_children() if parent else
+                                         self.image.get_layers())]
+        at = siblings.index(item.get_id())
+        return (parent.get_id() if parent else None, siblings[at - 1] if at else None,
+                siblings[at + 1] if at + 1 < len(siblings) else None)
+
+    def group_moved(self, group):
+        """Whether the user moved the live group: another parent, or both its neighbours
+        changed (one alone: a layer beside it added or removed)."""
+        (parent, above, below), now = self.live_group_place, self.place(group)
+        return parent != now[0] or (above != now[1] and below != now[2])
 
     def result_place(self):
         """(parent, position) of the result: above the source, or where the user removed it

@@ -8,7 +8,8 @@ itself removed during the run, undone after it (and the result's step); (4) the 
 removed during the run, undone after it; (5) the live layer's group removed during the run,
 undone after it; (6) the live layer moved out of its group during the run, undone after it;
 (IN_GROUP) the live layer painted, moved within its group, its opacity, mode, visibility or name
-changed, or the source painted, during the run, undone after it.
+changed, the source painted or moved within the group, or the group renamed or moved, during the
+run, undone after it.
 Before each undo this writes OUT/NAME.ready (how many Ctrl+Z) and waits for OUT/NAME.done:
 tests/test_gimp3.py presses Ctrl+Z in GIMP's window (GIMP 3.0's PDB has no undo call), then
 this records the layers (a group as [name, children], a hidden layer's name with " (hidden)")
@@ -157,7 +158,11 @@ IN_GROUP = (("live_painted", lambda host, live: live.edit_fill(Gimp.FillType.WHI
             ("live_mode", lambda host, live: live.set_mode(Gimp.LayerMode.MULTIPLY)),
             ("live_hidden", lambda host, live: live.set_visible(False)),
             ("live_renamed", lambda host, live: live.set_name("mine")),
-            ("source_painted", lambda host, live: host.source.edit_fill(Gimp.FillType.WHITE)))
+            ("source_painted", lambda host, live: host.source.edit_fill(Gimp.FillType.WHITE)),
+            ("source_reordered",
+             lambda host, live: host.image.reorder_item(host.source, host.live_group, 0)),
+            ("group_renamed", lambda host, live: host.live_group.set_name("mine")),
+            ("group_reordered", lambda host, live: host.image.reorder_item(host.live_group, None, 0)))
 for step, edit in IN_GROUP:
     image, display = picture()
     host = stylefu.Host(image, [layer(image, "photo")], None, Gimp.RunMode.NONINTERACTIVE)
@@ -170,7 +175,7 @@ for step, edit in IN_GROUP:
     Gimp.displays_flush()
     undo_by_the_user(step.replace("_", "-"), 2)  # the result's step, then the user's edit
     result[step]["undone_after"] = tree(image.get_layers())
-    result[step]["photo"] = centre(layer(image, "photo"))
+    result[step]["photo"] = centre(host.source)
     display.delete()
 print("[undo] end", file=sys.stderr, flush=True)
 print("[undo]", result, file=sys.stderr, flush=True)

@@ -85,7 +85,8 @@ def users_undo_steps():
     removed during the run, undone after it (and the result's step); (2) B removed before
     it, undone during it; (3) the source, (4) the live layer, (5) the live layer's group
     removed during it, undone after it; (6) the live layer moved out of its group, (7) moved
-    below the source within it, during it, undone after it."""
+    below the source within it, (8) the source moved above it, (9) the group moved to the top,
+    during it, undone after it."""
     def picture():
         image, photo = make_image("rgb", name="photo")
         for name, position in (("A", 0), ("B", 2), ("C", 3)):
@@ -125,6 +126,9 @@ def users_undo_steps():
     image, photo = picture()
     undo["removed_during"] = run_with(
         image, photo, lambda: pdb.gimp_image_remove_layer(image, named(image, "B")), 2)
+    image, photo = picture()  # beside the group: not a move of it (one neighbour changed)
+    undo["above_removed_during"] = run_with(
+        image, photo, lambda: pdb.gimp_image_remove_layer(image, named(image, "A")), 2)
     image, photo = picture()
     pdb.gimp_image_remove_layer(image, named(image, "B"))
     undo["removed_before"] = run_with(image, photo, image.undo, 1)
@@ -147,6 +151,12 @@ def users_undo_steps():
         image, photo,
         lambda: pdb.gimp_image_reorder_item(image, group_of(image).children[0],
                                             group_of(image), 1), 2)
+    image, photo = picture()
+    undo["source_reordered"] = run_with(
+        image, photo, lambda: pdb.gimp_image_reorder_item(image, photo, group_of(image), 0), 2)
+    image, photo = picture()
+    undo["group_reordered"] = run_with(
+        image, photo, lambda: pdb.gimp_image_reorder_item(image, group_of(image), None, 0), 2)
 
 
 def soft_selection_image():
