@@ -15,7 +15,7 @@ from stylefu.core.network.forward import THREADS_ENV, usable_cores
 MAX_TEST_WORKERS = 4
 
 
-@pytest.hookimpl(optionalhook=True)  # the light env has no pytest-xdist
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist may not be installed
 def pytest_xdist_auto_num_workers(config):
     return min(usable_cores(), MAX_TEST_WORKERS)
 

@@ -614,7 +614,9 @@ def test_a_batchs_notes_to_act_on_are_told_once(tmp_path, photos, model_path, mo
     from stylefu.core.notes import ActionNote
 
     paths, styles = photos
-    bf16 = FAST_CONFIG.with_(precision="bf16", engine="torch", compile="off")
+    # (one evaluation at 32 px: bf16 is emulated here, and the note is about the engine)
+    bf16 = FAST_CONFIG.with_(precision="bf16", engine="torch", compile="off", size=32,
+                             evaluations=1)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # the spawned workers' environment
     told = []
     results = list(stylize_many(make_items(paths[:3], [str(styles[0])], tmp_path / "local"),
@@ -639,7 +641,8 @@ def test_batch_says_a_note_to_act_on_once_on_its_own_line(tmp_path, photos, mode
     line (not one per item, not inside the bar's), or one `notice` record with its level."""
     paths, styles = photos
     done = _batch([*paths[:2], "--style", styles[0], "-o", tmp_path / "out", "--workers", "2",
-                   "--precision", "bf16", "--engine", "torch", "--progress", progress],
+                   "--precision", "bf16", "--engine", "torch", "--progress", progress,
+                   "--size", "32", "--evaluations", "1"],
                   model_path, env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
     assert done.returncode == 0, done.stderr
     if progress == "json":
