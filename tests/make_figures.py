@@ -53,8 +53,8 @@ CONTROLS = [
                                   f"--mask sky.png --mask land.png {COMMON}"),
     ]),
     ("controls-tiles", "Tiles (high resolution)", [
-        ("--tile-size 128",
-         f"stylefu run content.png style.png -o tiled.png --tile-size 128 {COMMON}"),
+        ("--crop-side 128",
+         f"stylefu run content.png style.png -o tiled.png --crop-side 128 {COMMON}"),
     ]),
 ]
 
