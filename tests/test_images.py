@@ -344,6 +344,28 @@ def test_16_bit_grey_with_a_grey_profile_is_converted(tmp_path, gamma):
     assert np.abs(with_alpha.alpha - ramp).max() < 1e-4
 
 
+@pytest.mark.parametrize("gamma", [1.0, 1.8])
+def test_16_bit_grey_with_another_kind_of_grey_profile_is_converted(tmp_path, gamma):
+    """A 16-bit grey PNG with a grey profile that is no XYZ tone curve (here its curve taken to
+    Lab's L*, as lcms reads a Lab-connected grey profile) was taken as sRGB: 9/255 (gamma 1.0) to
+    60/255 (1.8) off the 8-bit file's lcms conversion. Now lcms converts its 256 levels and the
+    values between them take the line between two levels: exactly the 8-bit conversion at each
+    level, and a 16-bit ramp keeps its steps."""
+    icc = bytearray(rgb_profile(None, gamma, "grey via Lab"))
+    icc[20:24] = b"Lab "  # the profile connection space
+    levels = np.arange(256, dtype=np.uint16).reshape(16, 16)  # every 8-bit level
+    Image.fromarray(levels * 257).save(tmp_path / "levels16.png", icc_profile=bytes(icc))
+    Image.fromarray(levels.astype(np.uint8)).save(tmp_path / "levels8.png", icc_profile=bytes(icc))
+    reference = load_image(tmp_path / "levels8.png").rgb  # lcms's conversion
+    assert np.abs(reference - (levels / 255)[..., None]).max() > 5 / 255  # the profile matters
+    assert np.abs(load_image(tmp_path / "levels16.png").rgb - reference).max() < 0.5 / 255
+    ramp = np.round(np.linspace(0, 1, 4096).reshape(64, 64) * 65535).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "ramp.png", icc_profile=bytes(icc))
+    picture = load_image(Image.open(tmp_path / "ramp.png"))  # the API's path too
+    assert len(np.unique(picture.rgb[..., 0])) > 3000  # 8 bits would give 256 levels
+    assert np.all(np.diff(picture.rgb[..., 0].ravel()) >= 0)  # a ramp stays a ramp
+
+
 def test_16_bit_input_with_another_kind_of_profile_is_converted_in_8_bits(tmp_path):
     """A profile that is no matrix/TRC RGB one (here: Pillow's LAB profile on RGB data) is left
     to lcms, in 8 bits, as an 8-bit file with it is: the 16-bit path does not skip it."""

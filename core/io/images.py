@@ -33,7 +33,7 @@ from ..network.vgg import MIN_SIDE
 from ..notes import act
 from .files import atomic_write, check_input_file, check_output_path
 from .jpeg import cut_short
-from .profiles import deep_in_srgb, foreign_profile, grey_in_srgb, in_srgb
+from .profiles import deep_in_srgb, foreign_profile, grey_by_levels_in_srgb, grey_in_srgb, in_srgb
 from .quiet import captured_stderr, detail
 
 if TYPE_CHECKING:
@@ -283,18 +283,23 @@ def _gray16(values: np.ndarray, who, name: str, key: int | None, from_file: bool
     Pillow 10, signed and 32-bit integer TIFFs, a mode-I image given to the API) is read on the
     same scale; values outside it are refused: a 32-bit file has no agreed white, and clipping
     them would flatten the picture without a word. `icc`: a grey profile to convert from, in
-    float (grey_in_srgb; lcms in Pillow takes 8-bit grey only)."""
+    float (lcms in Pillow takes 8-bit grey only)."""
     if values.size and (values.min() < 0 or values.max() > 65535):
         raise UserError(f"{who} holds integer pixel values {values.min()}..{values.max()}, outside "
                         "the 16-bit range 0..65535 integer grayscale is read in; " + (
                             "save it as an 8- or 16-bit PNG or TIFF." if from_file else
                             "scale it to 0..65535 or give an 8-bit picture as mode L."))
     gray = values.astype(np.float32) / np.float32(white)
-    converted = grey_in_srgb(gray, icc) if icc else None
-    gray = gray if converted is None else converted
+    if icc:  # a TRC profile in float; any other kind by lcms's 256 levels; unreadable: as sRGB
+        converted = grey_in_srgb(gray, icc)
+        if converted is None:
+            converted = grey_by_levels_in_srgb(gray, icc)
+        gray = gray if converted is None else converted
     if key is None:
         return _from_array(gray, name)
-    return _from_array(np.stack([gray, (values != key).astype(np.float32)], axis=2), name)
+    alpha = (values != key).astype(np.float32)
+    return _from_array(np.dstack([gray, alpha]) if gray.ndim == 3 else np.stack([gray, alpha], 2),
+                       name)
 
 
 def one_or_many(given) -> list:

@@ -1,7 +1,8 @@
 """Colour profiles: an image's colours into sRGB, the space VGG was trained in and the one an
 untagged output is read in. 8-bit pictures go through littlecms (Pillow's ImageCms); 16-bit ones
 with a matrix/TRC RGB profile or a grey TRC profile are converted in float, as littlecms
-converts them, so their precision is kept (littlecms in Pillow takes 8-bit modes only).
+converts them, so their precision is kept (littlecms in Pillow takes 8-bit modes only); 16-bit
+grey with any other profile through littlecms's 256 levels, interpolated between them.
 """
 
 from __future__ import annotations
@@ -131,6 +132,23 @@ def grey_in_srgb(grey: np.ndarray, icc: bytes | None) -> np.ndarray | None:
     if curve is None:
         return None
     return _srgb_encoded(np.clip(curve(grey.astype(np.float64)), 0, 1)).astype(np.float32)
+
+
+def grey_by_levels_in_srgb(grey: np.ndarray, icc: bytes) -> np.ndarray | None:
+    """Grey 0..1 with a grey profile of any kind (a LUT, Lab connection) in sRGB: littlecms
+    converts its 256 8-bit levels, and each value takes the line between its two levels, so
+    16-bit steps stay steps. [H, W, 3] float32 (a Lab profile's grey need not be neutral); None
+    where littlecms cannot convert it."""
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        levels = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(1, 256))
+        table = np.asarray(ImageCms.profileToProfile(levels, profile, _SRGB, outputMode="RGB"))
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return None
+    table = table.reshape(256, 3).astype(np.float32) / np.float32(255)
+    at = np.clip(grey, 0, 1) * 255
+    return np.stack([np.interp(at, np.arange(256), table[:, c]) for c in range(3)],
+                    axis=-1).astype(np.float32)
 
 
 def deep_in_srgb(samples: np.ndarray, icc: bytes | None) -> np.ndarray | None:
