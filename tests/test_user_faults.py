@@ -638,3 +638,31 @@ def test_an_animated_content_says_only_its_first_frame_is_painted(world, capsys,
     notices = [r["message"] for r in strict_records(done.out) if r["event"] == "notice"]
     assert f"clip{suffix} has 3 frames: only the first is used" in " ".join(notices), notices
     assert load_image(world.content).notes == ()  # a still picture says nothing
+
+
+def test_a_multi_page_tiff_says_only_its_first_page_is_painted(world, tmp_path):
+    """A scanned document's TIFF of several pages was painted from its first page without a word.
+    Now its note says so; the reduced-resolution images (NewSubfileType bit 0) many TIFFs carry
+    beside their page, thumbnails and previews, are no pages."""
+    import numpy as np
+    from PIL import Image, TiffImagePlugin
+
+    from stylefu.core.io.images import load_image
+
+    page = Image.open(world.content).convert("RGB")
+    thumbnail = page.resize((16, 12))
+
+    def tiff(name, images):
+        with TiffImagePlugin.AppendingTiffWriter(str(tmp_path / name), True) as file:
+            for image, kind in images:
+                image.save(file, format="TIFF", tiffinfo={254: kind})
+                file.newFrame()
+        return tmp_path / name
+
+    pages = tiff("scan.tif", [(page, 0), (thumbnail, 1), (page.rotate(180), 0), (page, 2)])
+    assert Image.open(pages).n_frames == 4
+    assert load_image(pages).notes == (
+        "scan.tif has 3 pages: only the first is used (save a page as its own file to paint it).",)
+    with_thumbnail = tiff("photo.tif", [(page, 0), (thumbnail, 1)])
+    assert load_image(with_thumbnail).notes == ()
+    assert np.array_equal(load_image(pages).rgb, load_image(with_thumbnail).rgb)  # the first page

@@ -360,10 +360,13 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
                     picture = None if deep is None else _deep_picture(deep, image, to_srgb, label)
                     if picture is None:
                         picture = _from_pil(image, label, to_srgb, path, _grey_white(image))
-                    frames = _frame_count(image)
+                    frames, pages = _frame_count(image), _page_count(image)
                     if frames > 1:
                         picture.notes = (f"{path.name} has {frames} frames: only the first is "
                                          "used (stylefu batch paints frames saved as files).",)
+                    elif pages > 1:
+                        picture.notes = (f"{path.name} has {pages} pages: only the first is "
+                                         "used (save a page as its own file to paint it).",)
             finally:
                 said += [str(w.message) for w in warned] + printed
         _say_again(warned, printed)  # a picture that loads: what was said is shown, as before
@@ -383,13 +386,29 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
 
 def _frame_count(image: Image.Image) -> int:
     """An animated GIF, PNG or WebP's frames (1 for other formats: a camera's MPO holds a preview,
-    a TIFF's later pages are mostly thumbnails); only a notice rests on it."""
+    a TIFF has pages); only a notice rests on it."""
     if image.format not in ("GIF", "PNG", "WEBP"):
         return 1
     try:
         return int(getattr(image, "n_frames", 1))
     except Exception:  # a later frame damaged: the first one loaded, and nothing rests on it
         return 1
+
+
+def _page_count(image: Image.Image) -> int:
+    """A TIFF's full pages: its images but the reduced-resolution ones and masks (NewSubfileType
+    bits 0 and 2: the thumbnails and previews many TIFFs carry); only a notice rests on it."""
+    if image.format != "TIFF":
+        return 1
+    pages = 0
+    try:
+        for index in range(int(getattr(image, "n_frames", 1))):
+            image.seek(index)
+            pages += not int(image.tag_v2.get(254, 0)) & 0b101
+        image.seek(0)
+    except Exception:  # a later page damaged: the first one loaded, and nothing rests on it
+        return 1
+    return pages
 
 
 def _is_tiff(path: Path) -> bool:
