@@ -46,7 +46,8 @@ ORT_FIXED_BYTES = 0.2e9
 ORT_BYTES_PER_PIXEL = 1.8e3
 # Optimiser state per pixel (3 float32 channels = 12 bytes): L-BFGS keeps `LBFGS_HISTORY` pairs of
 # image-sized vectors; Adam two moments; both a few more copies (image, gradient, direction).
-LBFGS_HISTORY = 100
+# 50 pairs end as low as 100 (docs/speed.md, "L-BFGS history") in half the memory and less time.
+LBFGS_HISTORY = 50
 # Share of the free memory a run plans to use: the rest is for full-size arrays and others.
 MEMORY_FRACTION = 0.6
 # ONNX Runtime keeps its peak in its memory arena for the session's life, alongside what torch
