@@ -298,8 +298,7 @@ def _gray16(values: np.ndarray, who, name: str, key: int | None, from_file: bool
     if key is None:
         return _from_array(gray, name)
     alpha = (values != key).astype(np.float32)
-    return _from_array(np.dstack([gray, alpha]) if gray.ndim == 3 else np.stack([gray, alpha], 2),
-                       name)
+    return _from_array(np.dstack([gray, alpha]), name)  # grey, or RGB from a grey profile
 
 
 def one_or_many(given) -> list:
@@ -360,13 +359,7 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
                     picture = None if deep is None else _deep_picture(deep, image, to_srgb, label)
                     if picture is None:
                         picture = _from_pil(image, label, to_srgb, path, _grey_white(image))
-                    frames, pages = _frame_count(image), _page_count(image)
-                    if frames > 1:
-                        picture.notes = (f"{path.name} has {frames} frames: only the first is "
-                                         "used (stylefu batch paints frames saved as files).",)
-                    elif pages > 1:
-                        picture.notes = (f"{path.name} has {pages} pages: only the first is "
-                                         "used (save a page as its own file to paint it).",)
+                    picture.notes = _first_image_only(image, path.name)
             finally:
                 said += [str(w.message) for w in warned] + printed
         _say_again(warned, printed)  # a picture that loads: what was said is shown, as before
@@ -384,31 +377,27 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
         raise UserError(f"{path} is truncated or damaged and cannot be read{detail(said)}.") from None
 
 
-def _frame_count(image: Image.Image) -> int:
-    """An animated GIF, PNG or WebP's frames (1 for other formats: a camera's MPO holds a preview,
-    a TIFF has pages); only a notice rests on it."""
-    if image.format not in ("GIF", "PNG", "WEBP"):
-        return 1
+def _first_image_only(image: Image.Image, name: str) -> tuple[str, ...]:
+    """The note of a file holding more pictures than the first, which alone is painted: an
+    animated GIF, PNG or WebP's frames, a TIFF's pages (not its reduced-resolution images and
+    masks, NewSubfileType bits 0 and 2: the thumbnails and previews many TIFFs carry; a camera's
+    MPO holds a preview too, and says nothing)."""
     try:
-        return int(getattr(image, "n_frames", 1))
-    except Exception:  # a later frame damaged: the first one loaded, and nothing rests on it
-        return 1
-
-
-def _page_count(image: Image.Image) -> int:
-    """A TIFF's full pages: its images but the reduced-resolution ones and masks (NewSubfileType
-    bits 0 and 2: the thumbnails and previews many TIFFs carry); only a notice rests on it."""
-    if image.format != "TIFF":
-        return 1
-    pages = 0
-    try:
-        for index in range(int(getattr(image, "n_frames", 1))):
-            image.seek(index)
-            pages += not int(image.tag_v2.get(254, 0)) & 0b101
-        image.seek(0)
-    except Exception:  # a later page damaged: the first one loaded, and nothing rests on it
-        return 1
-    return pages
+        if image.format in ("GIF", "PNG", "WEBP"):
+            frames = int(getattr(image, "n_frames", 1))
+            return (f"{name} has {frames} frames: only the first is used (stylefu batch paints "
+                    "frames saved as files).",) if frames > 1 else ()
+        if image.format == "TIFF":
+            pages = 0
+            for index in range(int(getattr(image, "n_frames", 1))):
+                image.seek(index)
+                pages += not int(image.tag_v2.get(254, 0)) & 0b101
+            image.seek(0)
+            return (f"{name} has {pages} pages: only the first is used (save a page as its own "
+                    "file to paint it).",) if pages > 1 else ()
+    except Exception:  # a later one damaged: the first one loaded, and nothing rests on a note
+        pass
+    return ()
 
 
 def _is_tiff(path: Path) -> bool:

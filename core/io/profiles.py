@@ -139,13 +139,12 @@ def grey_by_levels_in_srgb(grey: np.ndarray, icc: bytes) -> np.ndarray | None:
     converts its 256 8-bit levels, and each value takes the line between its two levels, so
     16-bit steps stay steps. [H, W, 3] float32 (a Lab profile's grey need not be neutral); None
     where littlecms cannot convert it."""
-    try:
-        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        levels = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(1, 256))
-        table = np.asarray(ImageCms.profileToProfile(levels, profile, _SRGB, outputMode="RGB"))
-    except (ImageCms.PyCMSError, OSError, ValueError):
+    levels = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(1, 256))
+    levels.info["icc_profile"] = icc
+    converted = in_srgb(levels)
+    if converted.mode != "RGB":  # left as it was
         return None
-    table = table.reshape(256, 3).astype(np.float32) / np.float32(255)
+    table = np.asarray(converted).reshape(256, 3).astype(np.float32) / np.float32(255)
     at = np.clip(grey, 0, 1) * 255
     return np.stack([np.interp(at, np.arange(256), table[:, c]) for c in range(3)],
                     axis=-1).astype(np.float32)

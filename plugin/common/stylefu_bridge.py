@@ -625,6 +625,18 @@ class PluginHost(object):
         """Take away a live_layer, outside the undo history."""
         raise NotImplementedError
 
+    def place(self, item):
+        """(A host that `follows`.) (parent, the sibling above, the one below) of an item, as
+        ids (None where there is none)."""
+        raise NotImplementedError
+
+    def group_moved(self, group):
+        """Whether the user moved the live group during the run (`live_group_place`, its place
+        noted by live_layer): another parent, or both its neighbours changed (one alone: a
+        layer beside it added or removed)."""
+        (parent, above, below), now = self.live_group_place, self.place(group)
+        return parent != now[0] or (above != now[1] and below != now[2])
+
     def follow(self, layer, folder):
         """Run the follower (follow_run, in a process of its own that holds the progress bar)
         on `layer` and the state files in `folder` until the run is done; "success",

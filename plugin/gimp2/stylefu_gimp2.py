@@ -253,18 +253,11 @@ class Host(PluginHost):
         gimp.displays_flush()
 
     def place(self, item):
-        """(parent, the sibling above, the one below) of an item, as ids."""
         parent = item.parent
         siblings = [s.ID for s in (parent.children if parent is not None else self.image.layers)]
         at = siblings.index(item.ID)
         return (parent.ID if parent is not None else None, siblings[at - 1] if at else None,
                 siblings[at + 1] if at + 1 < len(siblings) else None)
-
-    def group_moved(self, group):
-        """Whether the user moved the live group: another parent, or both its neighbours
-        changed (one alone: a layer beside it added or removed)."""
-        (parent, above, below), now = self.live_group_place, self.place(group)
-        return parent != now[0] or (above != now[1] and below != now[2])
 
     def follow(self, layer, folder):
         try:

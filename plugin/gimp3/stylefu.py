@@ -262,19 +262,12 @@ class Host(bridge.PluginHost):
         Gimp.displays_flush()
 
     def place(self, item):
-        """(parent, the sibling above, the one below) of an item, as ids."""
         parent = item.get_parent()
         siblings = [s.get_id() for s in (parent.get_children() if parent else
                                          self.image.get_layers())]
         at = siblings.index(item.get_id())
         return (parent.get_id() if parent else None, siblings[at - 1] if at else None,
                 siblings[at + 1] if at + 1 < len(siblings) else None)
-
-    def group_moved(self, group):
-        """Whether the user moved the live group: another parent, or both its neighbours
-        changed (one alone: a layer beside it added or removed)."""
-        (parent, above, below), now = self.live_group_place, self.place(group)
-        return parent != now[0] or (above != now[1] and below != now[2])
 
     def result_place(self):
         """(parent, position) of the result: above the source, or where the user removed it
