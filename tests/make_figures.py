@@ -56,7 +56,14 @@ CONTROLS = [
         ("--crop-side 128",
          f"stylefu run content.png style.png -o tiled.png --crop-side 128 {COMMON}"),
     ]),
+    ("controls-alpha", "A style with transparency", [
+        ("cut-out.png: its alpha counts",
+         f"stylefu run content.png cut-out.png -o cut-out-result.png {COMMON}"),
+        ("its pixels without alpha", f"stylefu run content.png cut-out-rgb.png -o rgb-result.png {COMMON}"),
+    ]),
 ]
+INPUTS = {"style.png", "style2.png", "mask.png", "sky.png", "land.png", "cut-out.png",
+          "cut-out-rgb.png"}
 
 
 def make_inputs() -> None:
@@ -86,6 +93,25 @@ def make_inputs() -> None:
     sky = sky.filter(ImageFilter.GaussianBlur(3))
     sky.save(FIGURES / "sky.png")
     Image.fromarray(255 - np.asarray(sky)).save(FIGURES / "land.png")
+    # A cut-out: the strokes in a disc on a transparent canvas that hides black, and the same
+    # pixels without their alpha (what a style's transparency was before it counted).
+    yy, xx = np.mgrid[0:256, 0:256]
+    disc = ((yy - 128) ** 2 + (xx - 128) ** 2 < 120 ** 2).astype(np.float32)
+    save_image(FIGURES / "cut-out.png", (style2 * disc[..., None]).astype(np.float32), disc)
+    save_image(FIGURES / "cut-out-rgb.png", (style2 * disc[..., None]).astype(np.float32))
+
+
+def shown(path: Path) -> np.ndarray:
+    """An input as the strips show it: transparency over a grey checkerboard."""
+    from stylefu.core.io.images import load_image
+
+    picture = load_image(path)
+    if picture.alpha is None:
+        return picture.rgb
+    y, x = np.mgrid[0:picture.height, 0:picture.width]
+    board = np.where((y // 16 + x // 16) % 2, 0.8, 0.6).astype(np.float32)[..., None]
+    alpha = picture.alpha[..., None]
+    return picture.rgb * alpha + board * (1 - alpha)
 
 
 def run(command: str, env: dict) -> None:
@@ -115,17 +141,18 @@ def main() -> int:
     done: set[str] = set()
     for name, caption, runs in CONTROLS:
         panels = [("content", load_image(FIGURES / "content.png").rgb)]
-        inputs = {"style.png", "style2.png", "mask.png", "sky.png", "land.png"}
         for label_, command in runs:
             argv = shlex.split(command)
             for arg in argv:
-                if arg in inputs and arg not in {p[0] for p in panels}:
-                    panels.append((arg, load_image(FIGURES / arg).rgb))
+                if arg in INPUTS and arg not in {p[0] for p in panels}:
+                    panels.append((arg, shown(FIGURES / arg)))
             output = argv[argv.index("-o") + 1]
             if output not in done:
                 run(command, env)
                 done.add(output)
-            if not any(lbl == "default" for lbl, _ in panels) and output != "plain.png":
+            # Beside a run of the default style, the default run for comparison.
+            if ("style.png" in argv and output != "plain.png"
+                    and not any(lbl == "default" for lbl, _ in panels)):
                 panels.append(("default", load_image(FIGURES / "plain.png").rgb))
             panels.append((label_, load_image(FIGURES / output).rgb))
         sheet = side_by_side(panels, height=160, title=f"{caption}; weights: {label}")

@@ -477,6 +477,8 @@ def test_counts_refused_before_the_model_loads(option, message, files, model_pat
     ("tiny content", "at least 16 px"), ("tiny style", "at least 16 px"),
     ("mask aspect", "give a mask with the content's aspect ratio"),
     ("black mask", "black everywhere"), ("thin at --size", "use --size"),
+    ("clear content", "transparent everywhere, so its result would be invisible"),
+    ("clear style", "transparent everywhere: it has no pixels"),
     ("init no image", "not an image"), ("memory", "even in crops"),
     ("onnx precision", "--engine onnx computes in float32")])
 def test_input_errors_come_before_the_model_loads(case, message, files, tmp_path, capsys):
@@ -487,12 +489,15 @@ def test_input_errors_come_before_the_model_loads(case, message, files, tmp_path
     save_image(tmp_path / "wide.png", np.ones((48, 200, 3), np.float32))
     save_image(tmp_path / "black.png", np.zeros((48, 64, 3), np.float32))
     save_image(tmp_path / "strip.png", np.ones((20, 400, 3), np.float32))
+    save_image(tmp_path / "clear.png", np.ones((48, 64, 3), np.float32), np.zeros((48, 64), np.float32))
     (tmp_path / "init.png").write_text("text")
     args = {"tiny content": [tmp_path / "tiny.png", style],
             "tiny style": [content, tmp_path / "tiny.png"],
             "mask aspect": [content, style, "--mask", tmp_path / "wide.png"],
             "black mask": [content, style, "--mask", tmp_path / "black.png"],
             "thin at --size": [tmp_path / "strip.png", style, "--size", "64"],
+            "clear content": [tmp_path / "clear.png", style],
+            "clear style": [content, tmp_path / "clear.png"],
             "init no image": [content, style, "--init", tmp_path / "init.png"],
             "memory": [content, style, "--size", "2000000", "--device", "cpu"],
             "onnx precision": [content, style, "--engine", "onnx", "--precision", "bf16"]}[case]

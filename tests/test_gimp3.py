@@ -115,6 +115,17 @@ def gimp_model(request, model_path):
         else model_path
 
 
+def style_layer_pixels() -> np.ndarray:
+    """The style layer (RGBA): stripes with a transparent block hiding black and a half
+    transparent one; the tests' expected results read the same pixels, so a plug-in that
+    dropped the alpha would paint with the hidden black and differ."""
+    stripes = demo_style(48, seed=3)
+    alpha = np.ones((48, 48), np.float32)
+    alpha[:16, 16:32], alpha[32:, :16] = 0, 0.5
+    stripes[alpha == 0] = 0
+    return np.dstack([stripes, alpha]).astype(np.float32)
+
+
 def large_content() -> np.ndarray:
     if not LARGE_PHOTO:
         return demo_content(*LARGE)
@@ -174,7 +185,7 @@ def suite(gimp_model, tmp_path_factory):
     style = demo_style(64)
     Image.fromarray(np.round(style * 255).astype(np.uint8)).save(root / "style.png")
     Image.fromarray(np.round(style[::-1, :, ::-1] * 255).astype(np.uint8)).save(root / "style2.png")
-    np.save(root / "style-layer.npy", demo_style(48, seed=3))
+    np.save(root / "style-layer.npy", style_layer_pixels())
     (root / "broken.png").write_bytes(b"this is not an image\n" * 10)
     dying = root / "dying-python"
     dying.write_text(f"#!{sys.executable}\n" + (GIMP_DIR / "dying_worker.py").read_text())

@@ -84,7 +84,7 @@ def test_tiled_grams_match_the_whole_image(model):
     mask = torch.zeros(1, 1, 96, 128)
     mask[..., 40:] = 1.0
     guided = tiling.gram_sum(tiling.tiled_pass(model.engine, [image], STYLE_LAYERS[:2], 96, 32), mask)
-    from stylefu.core.method.guides import layer_masks
+    from stylefu.core.network.vgg import layer_masks
     lm = layer_masks(mask, STYLE_LAYERS[:2])
     for name in STYLE_LAYERS[:2]:
         exact = losses.gram(torch.from_numpy(feats[name]), lm[name])

@@ -352,12 +352,9 @@ def precompute_targets(model, items: Sequence[BatchItem], config: Config) -> lis
     two items share a target). A style that cannot be read is the user's error, for the batch.
     """
     from ..io.cache import target_cache
-    from ..io.images import check_min_side, load_image
-    from ..method.targets import target_arrays
+    from ..method.targets import load_style, style_array, target_arrays
 
-    styles = {s: load_image(s, f"style {Path(s).name}") for item in items for s in item.styles}
-    for picture in styles.values():
-        check_min_side(picture)
+    styles = {s: load_style(s, f"style {Path(s).name}") for item in items for s in item.styles}
     if config.preserve_colors != "none":
         return []
     cache = target_cache(model)
@@ -365,7 +362,7 @@ def precompute_targets(model, items: Sequence[BatchItem], config: Config) -> lis
     for group, sizes in _working_sizes(items, config).items():
         for size in sorted(sizes):
             try:
-                target_arrays(model, None, [styles[s].rgb for s in group], size, config,
+                target_arrays(model, None, [style_array(styles[s]) for s in group], size, config,
                               content_features=False)
             except UserError:
                 pass  # e.g. a blend weight count that does not match: every item says so

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..network.vgg import pools_before
+from ..network.vgg import layer_masks, pools_before
 from .files import cache_write, sha256_file
 from .images import resize_array
 from .paths import cache_dir
@@ -230,11 +230,15 @@ class TargetCache:
         return arrays
 
 
-def gram_array(features: np.ndarray) -> np.ndarray:
-    """losses.gram in numpy (no torch): F F^T / (C*H*W) of [N,C,H,W] float32 features."""
+def gram_array(features: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """losses.gram in numpy (no torch): F F^T / (C*H*W) of [N,C,H,W] float32 features; with
+    [N,1,H,W] `weights`, positions weighted and divided by their total instead of H*W."""
     n, c, h, w = features.shape
     flat = np.ascontiguousarray(features, np.float32).reshape(n, c, h * w)
-    return (flat @ flat.transpose(0, 2, 1)) / np.float32(c * h * w)
+    if weights is None:
+        return (flat @ flat.transpose(0, 2, 1)) / np.float32(c * h * w)
+    wv = np.asarray(weights, np.float32).reshape(n, 1, h * w)
+    return ((flat * wv) @ flat.transpose(0, 2, 1)) / np.float32(c * max(float(wv.sum()), 1e-8))
 
 
 def target_cache(model) -> TargetCache:
@@ -255,11 +259,14 @@ def cached_features(cache: TargetCache, engine, image: np.ndarray, size: tuple[i
 
 def cached_grams(cache: TargetCache, engine, image: np.ndarray, size: tuple[int, int],
                  layers: Sequence[str], style_scale: float = 1.0) -> dict[str, np.ndarray]:
-    """Gram matrices {layer: [1,C,C]} (float32, losses.gram) of `image` resized to `size`."""
+    """Gram matrices {layer: [1,C,C]} (float32, losses.gram) of `image` resized to `size`; an
+    [H,W,4] image's fourth channel weighs its pixels (a style's alpha: guided Grams)."""
 
     def compute():
-        feats = engine.image_features(resize_array(image, *size), layers)
-        return {n: gram_array(f) for n, f in feats.items()}
+        resized = resize_array(image, *size)
+        feats = engine.image_features(np.ascontiguousarray(resized[..., :3]), layers)
+        weights = layer_masks(resized[None, None, ..., 3], layers) if resized.shape[2] == 4 else {}
+        return {n: gram_array(f, weights.get(n)) for n, f in feats.items()}
 
     key = cache.key("gram", array_hash(image), size, layers, style_scale)
     return cache.fetch(key, layers, compute, {n: (1, _channels(n), _channels(n)) for n in layers})

@@ -91,14 +91,20 @@ def match_histogram(style: np.ndarray, content: np.ndarray, clip: bool = True) -
 
 def prepare(mode: str, content: np.ndarray, styles: list[np.ndarray]
             ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The content and styles the optimiser should see for colour mode `mode`."""
+    """The content and styles the optimiser should see for colour mode `mode`; a style's fourth
+    channel (its pixels' weights, targets.style_array) is kept as it is."""
     if mode == "luminance":
         content_y = luminance(content)
-        return gray_rgb(content_y), [gray_rgb(match_luminance(luminance(s), content_y))
-                                     for s in styles]
+        return gray_rgb(content_y), [_colours(s, lambda rgb: gray_rgb(match_luminance(
+            luminance(rgb), content_y))) for s in styles]
     if mode == "histogram":
-        return content, [match_histogram(s, content) for s in styles]
+        return content, [_colours(s, lambda rgb: match_histogram(rgb, content)) for s in styles]
     return content, styles
+
+
+def _colours(style: np.ndarray, fit) -> np.ndarray:
+    """`fit` applied to a style's RGB, its weights (a fourth channel) kept."""
+    return fit(style) if style.shape[2] == 3 else np.dstack([fit(style[..., :3]), style[..., 3]])
 
 
 def finish(mode: str, result: np.ndarray, content: np.ndarray) -> np.ndarray:

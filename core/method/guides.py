@@ -6,9 +6,10 @@ guided Gram matrix (feature positions weighted by the mask, `losses.gram(feature
 final image is composited by the mask over the content, so pixels outside every mask are exactly
 the content's.
 
-Masks reach each style layer through the same 2x2 pools as the features: a layer after k pools sees
-the mask average-pooled k times (the fraction of each 2^k x 2^k block inside the mask). Average
-pooling keeps soft edges soft and gives exactly the features' (floored) sizes.
+Masks reach each style layer through the same 2x2 pools as the features (network.vgg.layer_masks):
+a layer after k pools sees the mask average-pooled k times (the fraction of each 2^k x 2^k block
+inside the mask). Average pooling keeps soft edges soft and gives exactly the features' (floored)
+sizes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import numpy as np
 
 from ..errors import UserError
 from ..io.images import load_image, resize_array
-from ..network.vgg import pools_before
 
 if TYPE_CHECKING:
     import torch
@@ -83,25 +83,6 @@ def at_size(mask: np.ndarray, height: int, width: int) -> torch.Tensor:
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(resize_array(mask, height, width)))[None, None]
-
-
-def average_pool(m):
-    """2x2 average pooling of [..., H, W] (a torch tensor or numpy array), odd last row/column
-    dropped as by the network's pools."""
-    h, w = m.shape[-2] // 2, m.shape[-1] // 2
-    return m[..., :2 * h, :2 * w].reshape(*m.shape[:-2], h, 2, w, 2).mean(-1).mean(-2)
-
-
-def layer_masks(mask, layers) -> dict:
-    """The [1,1,H,W] image-size mask (tensor or array) at each layer's resolution (average-pooled
-    like the features)."""
-    out = {}
-    for layer in layers:
-        m = mask
-        for _ in range(pools_before(layer)):
-            m = average_pool(m)
-        out[layer] = m
-    return out
 
 
 def composite(result, content, mask):

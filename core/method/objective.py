@@ -15,8 +15,8 @@ import numpy as np
 
 from ..errors import NumericalError
 from ..io.images import to_tensor
-from ..network.vgg import STYLE_LAYERS
-from . import guides, tiling
+from ..network.vgg import STYLE_LAYERS, layer_masks
+from . import tiling
 from .config import PLAIN_CONTENT_WEIGHT, PLAIN_STYLE_WEIGHT, Config
 
 if TYPE_CHECKING:
@@ -92,11 +92,11 @@ class Objective:
         # empty are left out of that term.
         self.terms = []
         for term in targets.style_terms():
-            layer_masks = None
+            pooled = None
             if term.mask is not None:
-                layer_masks = guides.layer_masks(term.mask.float(), STYLE_LAYERS)
-                layer_masks = {n: m for n, m in layer_masks.items() if float(m.sum()) > 1e-6}
-            self.terms.append((term, layer_masks))
+                pooled = layer_masks(term.mask.float(), STYLE_LAYERS)
+                pooled = {n: m for n, m in pooled.items() if float(m.sum()) > 1e-6}
+            self.terms.append((term, pooled))
 
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # channels_last convolutions are faster; the optimised image stays NCHW because
@@ -112,11 +112,11 @@ class Objective:
         if spec.uses_content:
             parts["content"] = losses.content_loss(feats[spec.content_layer], self.targets.content)
         per_layer: dict[str, torch.Tensor] = {}
-        for term, layer_masks in self.terms:
+        for term, pooled in self.terms:
             for name in spec.style_layers:
-                if layer_masks is not None and name not in layer_masks:
+                if pooled is not None and name not in pooled:
                     continue
-                mask = None if layer_masks is None else layer_masks[name]
+                mask = None if pooled is None else pooled[name]
                 layer_loss = term.weight * losses.style_layer_loss(losses.gram(feats[name], mask),
                                                                    term.grams[name])
                 per_layer[name] = per_layer[name] + layer_loss if name in per_layer else layer_loss
@@ -150,9 +150,9 @@ def evaluate(model: StyleModel, image: np.ndarray, targets: Targets, config: Con
         diff = feats[content_layer][:1].astype(np.float64) - reference
         squares, count = squares + float(np.sum(diff ** 2)), count + diff.size
         for acc, term in zip(sums, terms):
-            layer_masks = tiling.core_mask(term.mask, core, STYLE_LAYERS)
+            pooled = tiling.core_mask(term.mask, core, STYLE_LAYERS)
             for name in STYLE_LAYERS:
-                acc.add(name, feats[name][:1], None if layer_masks is None else layer_masks[name])
+                acc.add(name, feats[name][:1], None if pooled is None else pooled[name])
     per_layer = dict.fromkeys(STYLE_LAYERS, 0.0)
     for acc, term in zip(sums, terms):
         grams = acc.grams()

@@ -7,14 +7,14 @@ this model saw the image before; a style too large for one forward pass gets its
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import UserError
 from ..io.cache import cached_features, cached_grams, target_cache
-from ..io.images import fit_long_side, resize_array
+from ..io.images import Picture, check_min_side, fit_long_side, load_image, resize_array
 from ..network.vgg import MIN_SIDE, STYLE_LAYERS
 from . import guides, tiling
 from .config import Config
@@ -50,6 +50,36 @@ class Targets:
         return self.terms or [StyleTerm(self.grams)]
 
 
+def load_style(source, name: str) -> Picture:
+    """A style as its targets read it (a path, PIL image, array or Picture), checked. Where it has
+    transparency: the part its visible pixels span, the colour of its fully transparent pixels
+    replaced by the visible ones' mean (no hidden colour reaches the features), and its alpha
+    kept to weigh each pixel in its Gram matrices (style_array): a painting cut out on a
+    transparent background gives the painting's style, not the background's hidden black."""
+    picture = load_image(source, name)
+    check_min_side(picture)
+    if picture.alpha is None:
+        return picture
+    visible = picture.alpha > 0
+    if not visible.any():
+        raise UserError(f"{picture.name} is transparent everywhere: it has no pixels to take a "
+                        "style from.")
+    rows, cols = np.flatnonzero(visible.any(axis=1)), np.flatnonzero(visible.any(axis=0))
+    part = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    rgb, alpha, visible = picture.rgb[part], picture.alpha[part], visible[part]
+    if alpha.min() >= 1.0:  # opaque: plain Grams, the same cache entries as without alpha
+        return replace(picture, rgb=np.ascontiguousarray(rgb), alpha=None)
+    mean = (rgb * alpha[..., None]).sum(axis=(0, 1)) / alpha.sum()
+    rgb = np.where(visible[..., None], rgb, mean).astype(np.float32)
+    return replace(picture, rgb=rgb, alpha=np.ascontiguousarray(alpha))
+
+
+def style_array(picture: Picture) -> np.ndarray:
+    """A load_style Picture as the targets take it: [H,W,3] RGB, or [H,W,4] with its alpha as the
+    fourth channel, each pixel's weight in the style's Gram matrices."""
+    return picture.rgb if picture.alpha is None else np.dstack([picture.rgb, picture.alpha])
+
+
 def blend_weights(count: int, config: Config) -> list[float]:
     """Normalised blend weight per style; a count mismatch is the user's error to fix."""
     blend = config.style_blend or (1.0,) * count
@@ -80,7 +110,8 @@ def compute_targets(model: StyleModel, content: np.ndarray, styles: Sequence[np.
 def target_arrays(model, content: np.ndarray, styles: Sequence[np.ndarray], size: tuple[int, int],
                   config: Config, content_features: bool = True):
     """compute_targets' arrays, without torch (the torch-free engine's targets): content features
-    (or None) and {layer: blended [1,C,C] Grams}. Only a style too large for one pass (Grams in
+    (or None) and {layer: blended [1,C,C] Grams}. `styles` as style_array gives them (a fourth
+    channel weighs a style's pixels). Only a style too large for one pass (Grams in
     cores, tiling.grams) needs torch."""
     cache = target_cache(model)
     h, w = size

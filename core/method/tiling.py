@@ -28,8 +28,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..io.images import Picture, fit_long_side
-from ..network.vgg import MIN_SIDE, layer_stride
-from .guides import layer_masks
+from ..network.vgg import MIN_SIDE, layer_masks, layer_stride
 
 if TYPE_CHECKING:
     import torch
@@ -395,8 +394,15 @@ def feature_passes(engine, images: list[np.ndarray], layers, device: torch.devic
 
 def grams(engine, image: np.ndarray, layers, device: torch.device | str = "cpu"
           ) -> dict[str, torch.Tensor]:
-    """Gram matrices of `image` [H,W,3]: one forward pass when it fits in memory, else in cores."""
-    return gram_sum(feature_passes(engine, [image], layers, device))
+    """Gram matrices of `image` [H,W,3]: one forward pass when it fits in memory, else in cores;
+    an [H,W,4] image's fourth channel weighs its pixels (as cache.cached_grams)."""
+    import torch
+
+    weights = None
+    if image.shape[2] == 4:
+        weights = torch.from_numpy(np.ascontiguousarray(image[..., 3]))[None, None]
+    rgb = np.ascontiguousarray(image[..., :3])
+    return gram_sum(feature_passes(engine, [rgb], layers, device), weights)
 
 
 def seam_ratio(image: np.ndarray, layouts: list[list[Window]], near: tuple[int, ...] = (-3, -2, 2, 3)

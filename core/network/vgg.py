@@ -95,6 +95,26 @@ def layer_stride(layer: str) -> int:
     return 2 ** pools_before(layer)
 
 
+def average_pool(m):
+    """2x2 average pooling of [..., H, W] (a torch tensor or numpy array), odd last row/column
+    dropped as by the network's pools."""
+    h, w = m.shape[-2] // 2, m.shape[-1] // 2
+    return m[..., :2 * h, :2 * w].reshape(*m.shape[:-2], h, 2, w, 2).mean(-1).mean(-2)
+
+
+def layer_masks(mask, layers) -> dict:
+    """An image-size [..., H, W] weight map (a guide, a style's alpha; tensor or array) at each
+    layer's resolution: average-pooled as often as the features are pooled, so soft edges stay
+    soft and the sizes are exactly the features' (floored) sizes."""
+    out = {}
+    for layer in layers:
+        m = mask
+        for _ in range(pools_before(layer)):
+            m = average_pool(m)
+        out[layer] = m
+    return out
+
+
 for _layer in EXPORTED_LAYERS:  # the geometry of every exported layer agrees across tables
     assert len({a.pools_before(_layer) for a in ARCHITECTURES.values()}) == 1, _layer
 MIN_SIDE = max(layer_stride(n) for n in EXPORTED_LAYERS)  # smaller images have no relu5_1 pixel

@@ -36,7 +36,7 @@ from ..method import balance, color, fullres, guides, margin, tiling
 from ..method.config import Config, given_config
 from ..method.fullres import UPSCALE_MODES
 from ..method.objective import check_finite
-from ..method.targets import blend_weights, target_arrays
+from ..method.targets import blend_weights, load_style, style_array, target_arrays
 from ..network.vgg import MIN_SIDE
 
 if TYPE_CHECKING:
@@ -197,9 +197,11 @@ def load_inputs(content, style_or_styles, masks, config: Config):
     if not styles_in:
         raise UserError("Give at least one style image.")
     content_pic = load_image(content, "content")
-    style_pics: list[Picture] = [load_image(s, f"style {i + 1}") for i, s in enumerate(styles_in)]
-    for picture in [content_pic, *style_pics]:
-        check_min_side(picture)
+    style_pics: list[Picture] = [load_style(s, f"style {i + 1}") for i, s in enumerate(styles_in)]
+    check_min_side(content_pic)
+    if content_pic.alpha is not None and content_pic.alpha.max() <= 0:
+        raise UserError(f"{content_pic.name} is transparent everywhere, so its result would be "
+                        "invisible; give a picture with visible pixels.")
     blend_weights(len(style_pics), config)  # a weight count that does not match fails early
     mask_arrays = [guides.load_mask(m, f"mask {i + 1}")
                    for i, m in enumerate(one_or_many(masks) if masks is not None else [])]
@@ -288,7 +290,7 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     model = runner.load(plan)
     # Colour preservation changes what the optimiser sees (see color.py).
     content_rgb, styles = color.prepare(config.preserve_colors, content_pic.rgb,
-                                        [p.rgb for p in style_pics])
+                                        [style_array(p) for p in style_pics])
     config = balanced(config, model, plan[0].canvas(content_rgb), styles, plan[0].size)
     runner.config = config
     x = initial_pixels(runner, content_rgb if init is None else init.rgb, plan[0], config)

@@ -44,7 +44,7 @@ from ..io.images import (
 from ..method import balance
 from ..method.config import PLAIN_STYLE_WEIGHT, STRENGTH_NEUTRAL, Config, given_config
 from ..method.objective import LossSpec
-from ..method.targets import target_arrays
+from ..method.targets import load_style, style_array, target_arrays
 from ..method.tiling import check_memory
 from ..network.vgg import STYLE_LAYERS
 from .pipeline import level_sizes, stylize
@@ -205,8 +205,7 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
         item = StylePreview(name, where)
         t0 = time.perf_counter()
         try:
-            picture = load_image(source, name)
-            check_min_side(picture)
+            picture = load_style(source, name)
         except UserError as exc:
             item.error, item.failed_stage = str(exc), "read"
         else:
@@ -214,14 +213,14 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
             try:
                 check_memory(content_pic, [picture], config, model.device)
                 item.distance, item.distance_total = style_distance(model, content_pic.rgb,
-                                                                    picture.rgb, config)
+                                                                    style_array(picture), config)
                 result = stylize(content_pic, picture, config=config, model=model, cancel=cancel)
             except UserError as exc:  # e.g. NumericalError: this style fails, the others go on
                 item.error, item.failed_stage = str(exc), "run"
             else:
                 item.image = result.image
                 item.style_loss_per_layer, item.style_loss = style_distance(
-                    model, content_pic.rgb, picture.rgb, config, image=result.image)
+                    model, content_pic.rgb, style_array(picture), config, image=result.image)
                 item.content_loss = result.metrics["content_loss"]
         item.seconds = time.perf_counter() - t0
         previews.append(item)

@@ -69,10 +69,10 @@ def scaled_rect(area, dx=0, dy=0):
                               max(1, int(round(w * scale))), max(1, int(round(h * scale)))), scale
 
 
-def save_drawable(drawable, path, keep_alpha=True, area=None):
-    """The drawable's pixels as a float32 .npy, sRGB-encoded 0..1 whatever the image precision;
+def save_drawable(drawable, path, area=None):
+    """The drawable's pixels (and alpha) as a float32 .npy, sRGB-encoded 0..1 whatever the precision;
     with an `area`, that part at its scale (GEGL resamples)."""
-    channels = 4 if keep_alpha and drawable.has_alpha() else 3
+    channels = 4 if drawable.has_alpha() else 3
     rect, scale = scaled_rect(area or (0, 0, drawable.get_width(), drawable.get_height(), 1.0))
     data = drawable.get_buffer().get(rect, scale, pixel_format(channels), Gegl.AbyssPolicy.CLAMP)
     bridge.write_npy(path, bytes(data), (rect.height, rect.width, channels))
@@ -124,7 +124,7 @@ class Host(bridge.PluginHost):
         layer = self.config.get_property(f"{prefix}-layer")
         if layer is not None:
             path = os.path.join(folder, f"{prefix}.npy")
-            save_drawable(layer, path, keep_alpha=False)
+            save_drawable(layer, path)  # its alpha too: transparent pixels are no part of a style
             return path, layer.get_name()
         chosen = self.config.get_property(f"{prefix}-file")
         if chosen is None or not chosen.get_path():

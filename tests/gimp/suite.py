@@ -231,7 +231,7 @@ def scenarios(content, fast):
     run("selection", PROC, image, layer, **fast)
     describe_new_layer("selection", image, layer, selection=True)
 
-    style_image, style_layer = make_image(np.load(JOB["style_array"]), name="stripes")
+    style_image, style_layer = make_image(np.load(JOB["style_array"]), name="stripes", alpha=True)
     image, layer = make_image(content)
     run("style_layer", PROC, image, layer, **dict(fast, style_file=None, style_layer=style_layer))
     describe_new_layer("style_layer", image, layer)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ...method import guides, tiling
+from ...method import tiling
 from ...method.config import Config
 from ...method.objective import LossSpec, check_finite
 from ...network.forward import FeatureEngine, engine_threads, run_options, session_source
-from ...network.vgg import STYLE_LAYERS, layer_stride
+from ...network.vgg import STYLE_LAYERS, layer_masks, layer_stride
 from ..steps import BestIterate, check_cancel, delivered, loss_factor, range_penalty, should_stop
 from .lbfgs import LBFGS
 
@@ -127,7 +127,7 @@ class OnnxObjective:
         weights = np.zeros((len(terms), len(STYLE_LAYERS)), np.float32)
         masks: dict[str, list] = {n: [] for n in STYLE_LAYERS}
         for t, (_, weight, guide) in enumerate(terms):
-            per_layer = None if guide is None else guides.layer_masks(guide[None, None], STYLE_LAYERS)
+            per_layer = None if guide is None else layer_masks(guide[None, None], STYLE_LAYERS)
             for k, name in enumerate(STYLE_LAYERS):
                 m = None if per_layer is None else per_layer[name]
                 masks[name].append(m)

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...method import guides, tiling
+from ...method import tiling
 from ...method.objective import LossSpec
-from ...network.vgg import STYLE_LAYERS, layer_stride
+from ...network.vgg import STYLE_LAYERS, layer_masks, layer_stride
 from ..steps import check_cancel
 from .engine import EMPTY_REGION  # (a core's guide mass below it: the core is left out there)
 
@@ -68,7 +68,7 @@ class TiledOnnxObjective:
         shape = (crop.y1 - crop.y0, crop.x1 - crop.x0)
         out = []
         for _, _, guide in self.terms:
-            pooled = None if guide is None else guides.layer_masks(
+            pooled = None if guide is None else layer_masks(
                 guide[None, None, core.y0:core.y1, core.x0:core.x1], STYLE_LAYERS)
             per_layer = {}
             for name in STYLE_LAYERS:
