@@ -56,14 +56,15 @@ CONTROLS = [
         ("--crop-side 128",
          f"stylefu run content.png style.png -o tiled.png --crop-side 128 {COMMON}"),
     ]),
-    ("controls-alpha", "A style with transparency", [
-        ("cut-out.png: its alpha counts",
+    ("controls-alpha", "Transparency", [
+        ("a cut-out style",
          f"stylefu run content.png cut-out.png -o cut-out-result.png {COMMON}"),
-        ("its pixels without alpha", f"stylefu run content.png cut-out-rgb.png -o rgb-result.png {COMMON}"),
+        ("a cut-out content",
+         f"stylefu run content-cut-out.png style2.png -o content-cut-out-result.png {COMMON}"),
     ]),
 ]
 INPUTS = {"style.png", "style2.png", "mask.png", "sky.png", "land.png", "cut-out.png",
-          "cut-out-rgb.png"}
+          "content-cut-out.png"}
 
 
 def make_inputs() -> None:
@@ -93,12 +94,14 @@ def make_inputs() -> None:
     sky = sky.filter(ImageFilter.GaussianBlur(3))
     sky.save(FIGURES / "sky.png")
     Image.fromarray(255 - np.asarray(sky)).save(FIGURES / "land.png")
-    # A cut-out: the strokes in a disc on a transparent canvas that hides black, and the same
-    # pixels without their alpha (what a style's transparency was before it counted).
+    # Cut-outs on transparent canvases that hide black: the strokes in a disc (a style), the
+    # photo in an ellipse (a content).
     yy, xx = np.mgrid[0:256, 0:256]
     disc = ((yy - 128) ** 2 + (xx - 128) ** 2 < 120 ** 2).astype(np.float32)
     save_image(FIGURES / "cut-out.png", (style2 * disc[..., None]).astype(np.float32), disc)
-    save_image(FIGURES / "cut-out-rgb.png", (style2 * disc[..., None]).astype(np.float32))
+    yy, xx = np.mgrid[0:171, 0:256]
+    oval = (((yy - 85) / 80) ** 2 + ((xx - 128) / 100) ** 2 < 1).astype(np.float32)
+    save_image(FIGURES / "content-cut-out.png", content * oval[..., None], oval)
 
 
 def shown(path: Path) -> np.ndarray:
@@ -124,7 +127,7 @@ def run(command: str, env: dict) -> None:
 
 def main() -> int:
     from stylefu.core.io.demo import describe_weights, side_by_side
-    from stylefu.core.io.images import load_image, save_image
+    from stylefu.core.io.images import save_image
     from stylefu.export import export
     from stylefu.export.demo import run_demo
 
@@ -140,7 +143,7 @@ def main() -> int:
     print("wrote", FIGURES / "demo.png", flush=True)
     done: set[str] = set()
     for name, caption, runs in CONTROLS:
-        panels = [("content", load_image(FIGURES / "content.png").rgb)]
+        panels = [("content", shown(FIGURES / "content.png"))]
         for label_, command in runs:
             argv = shlex.split(command)
             for arg in argv:
@@ -153,8 +156,8 @@ def main() -> int:
             # Beside a run of the default style, the default run for comparison.
             if ("style.png" in argv and output != "plain.png"
                     and not any(lbl == "default" for lbl, _ in panels)):
-                panels.append(("default", load_image(FIGURES / "plain.png").rgb))
-            panels.append((label_, load_image(FIGURES / output).rgb))
+                panels.append(("default", shown(FIGURES / "plain.png")))
+            panels.append((label_, shown(FIGURES / output)))
         sheet = side_by_side(panels, height=160, title=f"{caption}; weights: {label}")
         save_image(FIGURES / f"{name}.png", np.asarray(sheet, np.float32) / 255.0)
         print("wrote", FIGURES / f"{name}.png", flush=True)

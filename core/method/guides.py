@@ -85,6 +85,47 @@ def at_size(mask: np.ndarray, height: int, width: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(resize_array(mask, height, width)))[None, None]
 
 
+def fill_hidden(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """`rgb` with its fully transparent pixels' colour replaced by the visible colours around them,
+    smoothly (push-pull: alpha-weighted 2x2 means up to one pixel, then back down, each level
+    filling its holes from the coarser one's bilinear enlargement). What a transparent pixel
+    hides (often black) then reaches no feature near the visible edge as an edge of its own."""
+    if alpha is None or alpha.min() > 0:
+        return rgb
+    weight = (alpha > 0).astype(np.float32)
+    levels = [(rgb * weight[..., None], weight)]
+    while max(levels[-1][1].shape) > 1:
+        colour, weight = levels[-1]
+        h, w = weight.shape
+        padded = (0, h % 2), (0, w % 2)  # odd sides padded with no weight
+        colour = np.pad(colour, padded + ((0, 0),)).reshape((h + 1) // 2, 2, (w + 1) // 2, 2, 3)
+        weight = np.pad(weight, padded).reshape((h + 1) // 2, 2, (w + 1) // 2, 2)
+        levels.append((colour.mean(axis=(1, 3)), weight.mean(axis=(1, 3))))
+    filled = None
+    for colour, weight in reversed(levels):
+        own = colour / np.maximum(weight, 1e-12)[..., None]
+        if filled is not None:
+            coarse = resize_array(filled, *weight.shape, clip=False)
+            own = own * weight[..., None] + coarse * (1 - weight[..., None])
+        filled = own
+    return np.where(alpha[..., None] > 0, rgb, filled).astype(np.float32)
+
+
+def visible_part(alpha: np.ndarray | None) -> np.ndarray | None:
+    """A content's alpha where it has transparency, else None (an opaque alpha guides nothing)."""
+    return None if alpha is None or alpha.min() >= 1.0 else alpha
+
+
+def within(masks: list, visible) -> list:
+    """The guides the style loss weighs positions by: the masks (none: everywhere) times the
+    content's `visible_part`, so its transparent parts take no share of the style's statistics
+    (a cut-out is painted as a whole picture would be, not brightened to make up for a hidden
+    black background). Only the masks composite the result: a soft alpha keeps its painting."""
+    if visible is None:
+        return masks
+    return [m * visible for m in masks] or [visible]
+
+
 def composite(result, content, mask):
     """mask * result + (1 - mask) * content: outside the mask the content, unchanged (tensors or
     arrays)."""

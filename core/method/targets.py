@@ -53,9 +53,9 @@ class Targets:
 def load_style(source, name: str) -> Picture:
     """A style as its targets read it (a path, PIL image, array or Picture), checked. Where it has
     transparency: the part its visible pixels span, the colour of its fully transparent pixels
-    replaced by the visible ones' mean (no hidden colour reaches the features), and its alpha
-    kept to weigh each pixel in its Gram matrices (style_array): a painting cut out on a
-    transparent background gives the painting's style, not the background's hidden black."""
+    replaced by the visible ones around them (guides.fill_hidden), and its alpha kept to weigh
+    each pixel in its Gram matrices (style_array): a painting cut out on a transparent
+    background gives the painting's style, not the background's hidden black."""
     picture = load_image(source, name)
     check_min_side(picture)
     if picture.alpha is None:
@@ -66,12 +66,11 @@ def load_style(source, name: str) -> Picture:
                         "style from.")
     rows, cols = np.flatnonzero(visible.any(axis=1)), np.flatnonzero(visible.any(axis=0))
     part = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    rgb, alpha, visible = picture.rgb[part], picture.alpha[part], visible[part]
+    rgb, alpha = picture.rgb[part], picture.alpha[part]
     if alpha.min() >= 1.0:  # opaque: plain Grams, the same cache entries as without alpha
         return replace(picture, rgb=np.ascontiguousarray(rgb), alpha=None)
-    mean = (rgb * alpha[..., None]).sum(axis=(0, 1)) / alpha.sum()
-    rgb = np.where(visible[..., None], rgb, mean).astype(np.float32)
-    return replace(picture, rgb=rgb, alpha=np.ascontiguousarray(alpha))
+    alpha = np.ascontiguousarray(alpha)
+    return replace(picture, rgb=guides.fill_hidden(np.ascontiguousarray(rgb), alpha), alpha=alpha)
 
 
 def style_array(picture: Picture) -> np.ndarray:

@@ -288,8 +288,11 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     plan = plan_levels(content_pic.height, content_pic.width, config, runner.device)
     final = plan[-1]
     model = runner.load(plan)
-    # Colour preservation changes what the optimiser sees (see color.py).
-    content_rgb, styles = color.prepare(config.preserve_colors, content_pic.rgb,
+    # Colour preservation changes what the optimiser sees (see color.py); a content's transparent
+    # pixels show it the visible colours around them (guides.fill_hidden).
+    visible = guides.visible_part(content_pic.alpha)
+    content_seen = guides.fill_hidden(content_pic.rgb, visible)
+    content_rgb, styles = color.prepare(config.preserve_colors, content_seen,
                                         [style_array(p) for p in style_pics])
     config = balanced(config, model, plan[0].canvas(content_rgb), styles, plan[0].size)
     runner.config = config
@@ -299,9 +302,10 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
         # Each level paints a canvas: the content and guides with a mirrored margin (margin.py).
         content_canvas = level.canvas(content_rgb)
         masks_canvas = [level.canvas(m) for m in mask_arrays]
+        style_guides = guides.within(masks_canvas, None if visible is None else level.canvas(visible))
         with _memory_guard(level.picture, runner.device):
             x = runner.resize(x, level.size)
-            x, done = runner.run_level(level, x, content_canvas, styles, masks_canvas,
+            x, done = runner.run_level(level, x, content_canvas, styles, style_guides,
                                        _reporter(runner, level, len(plan), callback), cancel)
             evaluations += done
             if mask_arrays:  # outside every guide the content, exactly; soft edges blend
@@ -312,14 +316,14 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
         metrics = runner.measure(result, content_canvas, tiled=bool(final.crop_side))
         result = margin.crop(result, final.margin)
     check_finite(metrics["total_loss"])  # the final figures too: no NaN reported
-    result = color.finish(config.preserve_colors, result, resize_array(content_pic.rgb,
+    result = color.finish(config.preserve_colors, result, resize_array(content_seen,
                                                                        *result.shape[:2]))
     alpha = None
     if content_pic.alpha is not None:
         alpha = resize_array(content_pic.alpha, *result.shape[:2])
     if keep_size:
         upscale_started = time.perf_counter()
-        result = fullres.to_layer_size(result, content_pic.rgb, detail=upscale == "detail")
+        result = fullres.to_layer_size(result, content_seen, detail=upscale == "detail")
         if mask_arrays:  # outside every guide the content, exactly, at its own size too
             region = guides.union([resize_array(m, content_pic.height, content_pic.width)
                                    for m in mask_arrays])
