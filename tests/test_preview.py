@@ -11,7 +11,7 @@ from stylefu.core import Config, UserError, load_model, losses, preview, save_im
 from stylefu.core.cli.main import main
 from stylefu.core.engines.torch.vggnet import load_torch_model
 from stylefu.core.network.vgg import STYLE_LAYERS
-from stylefu.core.run.preview import ERROR
+from stylefu.core.run.preview import ERROR, contact_sheet
 
 # Tiny schedule so a preview costs a fraction of a second per style at 48 px.
 QUICK = ["--size", "48", "--iterations", "4", "--coarse-iterations", "4", "--scales", "1"]
@@ -79,6 +79,29 @@ def test_the_sheet_shows_content_swatch_and_preview(model_path, images):
     # Level with it, in the next column: the preview, different from the content.
     cell = sheet[y:y + 120, 12 + 172:12 + 172 + 160]
     assert np.abs(cell - thumb).mean() > 0.01
+
+
+def test_the_sheet_shows_transparent_parts_as_paper(model_path, images):
+    """A cut-out content's previews (and the content) show its transparent parts as the sheet's
+    paper, not the painting under them; a cut-out style's swatch too."""
+    content, style = images
+    alpha = np.zeros(content.shape[:2], np.float32)
+    alpha[8:40, 10:54] = 1
+    style_alpha = np.ones(style.shape[:2], np.float32)
+    style_alpha[:20, :20] = 0  # a corner: the style's visible part still spans it all
+    result = preview(np.dstack([content, alpha]), [np.dstack([style, style_alpha])],
+                     config=QUICK_CONFIG, model=model_path)
+    (item,) = result.styles
+    assert item.ok and item.alpha.shape == item.image.shape[:2] == result.content_alpha.shape
+    assert (item.swatch[:20, :20] == 1).all()  # the swatch: paper where the style is transparent
+
+    def paper(sheet):
+        return int((np.asarray(sheet) == 255).all(-1).sum())
+    shown = paper(result.sheet)
+    item.alpha = result.content_alpha = None
+    without = paper(contact_sheet(result))
+    cells = 2 * 160 * 120 * (1 - float(alpha.mean()))  # content and preview, at the cells' size
+    assert shown - without > 0.7 * cells, (shown, without, cells)
 
 
 def test_zero_styles_or_unreadable_content_is_a_user_error(model_path, files, capsys):

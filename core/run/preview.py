@@ -63,6 +63,7 @@ class StylePreview:
     name: str
     source: str
     image: np.ndarray | None = field(default=None, repr=False)
+    alpha: np.ndarray | None = field(default=None, repr=False)  # the content's, at image's size
     swatch: np.ndarray | None = field(default=None, repr=False)
     distance: dict[str, float] = field(default_factory=dict)
     distance_total: float | None = None
@@ -107,6 +108,7 @@ class PreviewResult:
     config: Config
     info: dict
     sheet: Image.Image | None = field(default=None, repr=False)
+    content_alpha: np.ndarray | None = field(default=None, repr=False)
 
     def figures(self) -> dict:
         return {"content": self.content_name, **self.info,
@@ -209,7 +211,7 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
         except UserError as exc:
             item.error, item.failed_stage = str(exc), "read"
         else:
-            item.swatch = picture.rgb
+            item.swatch = on_paper(picture.rgb, picture.alpha)
             try:
                 check_memory(content_pic, [picture], config, model.device)
                 item.distance, item.distance_total = style_distance(model, content_pic.rgb,
@@ -218,7 +220,7 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
             except UserError as exc:  # e.g. NumericalError: this style fails, the others go on
                 item.error, item.failed_stage = str(exc), "run"
             else:
-                item.image = result.image
+                item.image, item.alpha = result.image, result.alpha
                 item.style_loss_per_layer, item.style_loss = style_distance(
                     model, content_pic.rgb, style_array(picture), config, image=result.image)
                 item.content_loss = result.metrics["content_loss"]
@@ -236,8 +238,9 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
             "weights_source": model.weights_source,
             "weights_random": model.info.is_random, "provider": model.engine.provider,
             "device": str(model.device), "seconds": round(time.perf_counter() - started, 3)}
+    alpha = None if content_pic.alpha is None else resize_array(content_pic.alpha, h, w)
     result = PreviewResult(resize_array(content_pic.rgb, h, w), content_pic.name, previews,
-                           config, info)
+                           config, info, content_alpha=alpha)
     result.sheet = contact_sheet(result)
     return result
 
@@ -263,6 +266,13 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default(size=size)  # Pillow's bundled TrueType font
     except (TypeError, OSError, ImportError):  # Pillow without FreeType: the bitmap font
         return ImageFont.load_default()
+
+
+def on_paper(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """A picture as the sheet shows it: its transparent parts the sheet's paper (white)."""
+    if alpha is None:
+        return rgb
+    return rgb * alpha[..., None] + np.asarray(PAPER, np.float32) / 255 * (1 - alpha[..., None])
 
 
 def _to_pil(array: np.ndarray) -> Image.Image:
@@ -345,7 +355,8 @@ def contact_sheet(result: PreviewResult) -> Image.Image:
     # Column 0: the content (in the preview row, level with the previews) and a legend.
     x = PAD
     draw.text((x, y_name), "content", font=name_f, fill=INK)
-    sheet.paste(_fit(_to_pil(result.content), (cw, ch), crop=False), (x, y_main))
+    sheet.paste(_fit(_to_pil(on_paper(result.content, result.content_alpha)), (cw, ch), crop=False),
+                (x, y_main))
     legend = ["top: the style image", "middle: content, then each", "  style's quick preview",
               "", "style distance: Gram MSE", "  content <-> style (ONNX RT);",
               "  bar: relative to the largest", "style left: loss after the", "  preview / distance",
@@ -373,7 +384,7 @@ def contact_sheet(result: PreviewResult) -> Image.Image:
                 draw.text((x, y_fig + 24 + i * 16), line, font=small_f, fill=INK)
             continue
         sheet.paste(_fit(_to_pil(p.swatch), (cw, ch), crop=True), (x, y_swatch))
-        sheet.paste(_fit(_to_pil(p.image), (cw, ch), crop=False), (x, y_main))
+        sheet.paste(_fit(_to_pil(on_paper(p.image, p.alpha)), (cw, ch), crop=False), (x, y_main))
         y = y_fig
         draw.text((x, y), f"style distance {p.distance_total:.3g}", font=text_f, fill=INK)
         y += 19
