@@ -279,14 +279,24 @@ def test_batch_names_each_run_option_it_does_not_take_with_why(files, tmp_path, 
     (["--layer", "4000x20", "--size", "128"], "use --size 3100 or more"),
     (["--layer", "3000x2000", "--size", "99999"], "enough for --size"),
 ])
-def test_estimate_refuses_what_run_refuses(args, message, files, capsys):
+def test_estimate_refuses_what_run_refuses(args, message, files, tmp_path, capsys):
     """An estimate never prices a run that would be refused (the same sentence as `run`), and the
-    content and --layer together are refused rather than one silently winning."""
+    content and --layer together are refused rather than one silently winning. `run`'s content
+    and styles work as they are: the styles are read and checked as `run` checks them."""
     assert main(["estimate", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert main(["estimate", str(files[0]), "--layer", "300x200"]) == 2
     assert "not both" in capsys.readouterr().err
+    content, style = map(str, files)
+    clear = save_image(tmp_path / "clear.png", np.ones((48, 64, 3), np.float32),
+                       np.zeros((48, 64), np.float32))
+    for styles, said in (([style, str(tmp_path / "none.png")], "does not exist"),
+                         ([str(clear)], "style 1 is transparent everywhere"),
+                         ([style], "makes style 1 ")):
+        assert main(["estimate", content, *styles, "--size", "4000", "--style-scale", "8"]) == 2
+        assert said in capsys.readouterr().err, styles
+    assert build_parser().parse_args(["estimate", content, style, style]).styles == [style, style]
 
 
 def test_engine_help_says_what_auto_does():

@@ -476,7 +476,17 @@ def _layer_size(args) -> tuple[int, int]:
     return picture.height, picture.width
 
 
-def _check_like_run(height: int, width: int, config: Config) -> None:
+def _styles(args) -> list:
+    """`estimate`'s style images, read and checked as `run` reads them (none: [])."""
+    from ..io.images import check_input_file
+    from ..method.targets import load_style
+
+    for path in args.styles:
+        check_input_file(path)
+    return [load_style(path, f"style {i}") for i, path in enumerate(args.styles, start=1)]
+
+
+def _check_like_run(height: int, width: int, config: Config, styles=()) -> None:
     """The refusals `run` makes on this content's size before any work (too small, too thin at
     --size, too large for memory): an estimate never prices a run that cannot start."""
     import numpy as np
@@ -489,7 +499,7 @@ def _check_like_run(height: int, width: int, config: Config) -> None:
     check_min_side(content)
     check_working_size(height, width, config)
     if config.device != "cuda":  # a GPU's memory is asked of torch by the run itself
-        check_memory(content, [], config, "cpu")
+        check_memory(content, styles, config, "cpu")
 
 
 def cmd_estimate(args) -> int:
@@ -507,7 +517,7 @@ def cmd_estimate(args) -> int:
     if args.keep_size:
         from ..method.fullres import working_config
         config = working_config(config, height, width)
-    _check_like_run(height, width, config)
+    _check_like_run(height, width, config, _styles(args))
     key = eta.run_key(config, read_artifact_info(model_file(args.model)).architecture)
     source = f"{len(eta.load_speeds().get(key, {}).get('points', []))} level(s) of earlier runs"
     if args.calibrate or eta.kept_speed(key)[0] is None:
@@ -699,6 +709,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "machine's measured speed (earlier runs, or a few seconds' "
                               "calibration now)")
     estimate.add_argument("content", nargs="?", help="the content image (or give --layer)")
+    estimate.add_argument("styles", nargs="*", metavar="style",
+                          help="style images, checked as `run` checks them (the time does not "
+                               "depend on them), so `run`'s content and styles work here")
     estimate.add_argument("--layer", metavar="WxH", help="the content's size instead of a file")
     estimate.add_argument("--keep-size", action="store_true",
                           help="count bringing the result to the content's size (as `run --keep-size`)")
