@@ -43,6 +43,23 @@ def test_run_json_progress_metrics_and_intermediates(files, model_path, tmp_path
     assert metrics["iterations"] == 4 and metrics["weights_source"] == "random (seed 0)"
 
 
+def test_save_every_images_keep_the_contents_transparency(images, model_path, tmp_path, capsys):
+    """--save-every's images look as the result will: with the content's alpha (they were
+    opaque, showing what the transparent parts hide)."""
+    content, style = images
+    alpha = np.ones(content.shape[:2], np.float32)
+    alpha[:, :20] = 0
+    source = save_image(tmp_path / "cut.png", content, alpha)
+    style_path = save_image(tmp_path / "style.png", style)
+    out = tmp_path / "out.png"
+    assert main(["run", str(source), str(style_path), "-o", str(out), "--model", str(model_path),
+                 "--progress", "none", "--save-every", "2", *FAST]) == 0, capsys.readouterr().err
+    final = np.asarray(Image.open(out))
+    between = np.asarray(Image.open(tmp_path / "out.scale1-0002.png"))
+    assert between.shape == final.shape == (48, 64, 4)
+    assert np.array_equal(between[..., 3], final[..., 3]) and (final[:, :20, 3] == 0).all()
+
+
 def test_run_names_device_and_random_weights(files, model_path, tmp_path, capsys):
     content, style = files
     assert main(["run", str(content), str(style), "-o", str(tmp_path / "o.png"), "--model",

@@ -228,9 +228,10 @@ SAVE_SHARE = 0.1
 class ProgressPrinter:
     """Progress as a bar on stderr (`bar`), JSON lines on stdout (`json`) or nothing (`none`)."""
 
-    def __init__(self, mode: str, save_every: int = 0, output: Path | None = None, keep=None,
-                 time_left=None, clock=time.perf_counter):
-        self.mode, self.save_every, self.output, self.keep = mode, save_every, output, keep
+    def __init__(self, mode: str, save_every: int = 0, output: Path | None = None, content=None,
+                 keep_size: bool = False, time_left=None, clock=time.perf_counter):
+        self.mode, self.save_every, self.output = mode, save_every, output
+        self.content, self.keep_size = content, keep_size  # what --save-every's images match
         self.bar = mode == "bar" and sys.stderr.isatty()
         self.time_left = time_left  # an eta.TimeLeft, or None
         self.width = 0  # the bar's last line: a shorter one is padded over it
@@ -249,7 +250,7 @@ class ProgressPrinter:
             from ..io.images import save_image
             saved = self.output.with_name(
                 f"{self.output.stem}.scale{p.level}-{p.evaluation:04d}{self.output.suffix}")
-            save_image(saved, *_at_size(p.image(), self.keep))
+            save_image(saved, *_at_size(p.image(), self.content, self.keep_size))
             ended = self.clock()
             self.next_save = ended + (ended - started) * (1 - SAVE_SHARE) / SAVE_SHARE
         if self.mode == "json":
@@ -293,13 +294,16 @@ class ProgressPrinter:
             sys.stderr.write("\n")
 
 
-def _at_size(rgb, keep):
-    """(rgb, alpha) at the working size, or stretched to the size and with the alpha of `keep`
-    (a --save-every look of a --keep-size run: cheap, as the final image's detail is not due)."""
-    if keep is None:
-        return rgb, None
-    from ..method.fullres import to_layer_size
-    return to_layer_size(rgb, keep.rgb, detail=False), keep.alpha
+def _at_size(rgb, content, keep_size: bool):
+    """(rgb, alpha) of a --save-every look, as the result will be: at the working size with the
+    content's alpha resized, or (`keep_size`) stretched to the content's size with its alpha
+    (cheap, as the final image's detail is not due)."""
+    if keep_size:
+        from ..method.fullres import to_layer_size
+        return to_layer_size(rgb, content.rgb, detail=False), content.alpha
+    from ..io.images import resize_array
+    alpha = getattr(content, "alpha", None)
+    return rgb, None if alpha is None else resize_array(alpha, *rgb.shape[:2])
 
 
 def _stuck_seconds() -> float:
@@ -379,8 +383,8 @@ def cmd_run(args) -> int:
     time_left = eta.TimeLeft.kept(key, config, finish_seconds=finish)
     if args.quiet and args.progress == "bar":
         args.progress = "none"
-    printer = ProgressPrinter(args.progress, config.save_every, output,
-                              content if args.keep_size else None, time_left)
+    printer = ProgressPrinter(args.progress, config.save_every, output, content, args.keep_size,
+                              time_left)
     cancel = args.cancel or threading.Event()
     watching = args.watch_stdin and not served  # a served run's stdin carries the worker's requests
     if watching:
