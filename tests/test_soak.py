@@ -417,3 +417,20 @@ def test_processes_stylefu_starts_bound_onednn_primitive_cache(model_path, monke
         pool.close(cancel=True)
     assert environ.get(name.encode()) == str(tiling.ONEDNN_CACHE_CAPACITY).encode()
     assert name not in os.environ  # the driver's own environment as it was
+
+
+def test_a_script_gets_onednn_primitive_cache_bounded_at_its_first_model(model_path):
+    """A script calling the API (no `stylefu` process start) gets the bound when it loads its
+    first model, torch imported or not: oneDNN reads it at its first use (docs/speed.md,
+    "Memory over many runs"). A capacity the user chose stays."""
+    code = ("import os, sys, torch\n"
+            "from stylefu.core import load_model\n"
+            "load_model(sys.argv[1], 'cpu')\n"
+            "print(os.environ.get('ONEDNN_PRIMITIVE_CACHE_CAPACITY'))\n")
+    env = {k: v for k, v in os.environ.items() if k not in tiling.ONEDNN_CACHE_VARIABLES}
+    for chosen, expected in ((None, str(tiling.ONEDNN_CACHE_CAPACITY)), ("64", "64")):
+        extra = {} if chosen is None else {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": chosen}
+        out = subprocess.run([sys.executable, "-c", code, str(model_path)],
+                             env={**env, **extra}, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == [expected]

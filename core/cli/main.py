@@ -802,7 +802,7 @@ def main(argv: list[str] | None = None, cancel: threading.Event | None = None) -
     given by `stylefu serve` to each run it is asked for, which stops at its next evaluation
     once it is set (and whose start-up the worker paid once)."""
     as_program = argv is None  # the `stylefu` command itself, not a caller in its own process
-    if as_program:  # before torch loads (a script importing torch itself decides for its own)
+    if as_program:  # before torch loads (a script's gets it from load_model)
         from ..method.tiling import primitive_cache_env
 
         os.environ.update(primitive_cache_env())

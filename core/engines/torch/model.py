@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -108,8 +109,14 @@ def _load(path: Path, device_type: str, file_stamp) -> StyleModel:
 
 def load_model(path: str | Path | None = None, device: str = "auto") -> StyleModel:
     """Load (once per process and file) the artifact at `path`, default: $STYLEFU_MODEL or the
-    cache's."""
+    cache's. Bounds oneDNN's primitive cache in this process unless the user chose a capacity
+    (tiling.primitive_cache_env): a script's runs of new image shapes then grow it no more than
+    the `stylefu` command's. oneDNN reads it at its first use, so a script that convolved first
+    keeps oneDNN's default."""
     from ...io.files import stamp
+    from ...method.tiling import primitive_cache_env
+
+    os.environ.update(primitive_cache_env())
 
     file = model_file(path)
     return _load(file, resolve_device(device).type, stamp(file))
