@@ -104,6 +104,25 @@ def test_the_sheet_shows_transparent_parts_as_paper(model_path, images):
     assert shown - without > 0.7 * cells, (shown, without, cells)
 
 
+def test_a_cut_out_contents_distances_are_of_its_visible_part(model_path, images):
+    """The distances (before and after the preview) weigh the content's visible part, as its run
+    does: what its transparent pixels hide changes no figure. A content transparent everywhere
+    is refused as `run` refuses it."""
+    content, style = images
+    alpha = np.zeros(content.shape[:2], np.float32)
+    alpha[8:40, 10:54] = 1
+    figures = []
+    for hidden in (0.0, 1.0):
+        rgba = np.dstack([np.where(alpha[..., None] > 0, content, hidden), alpha])
+        (item,) = preview(rgba, [style], config=QUICK_CONFIG, model=model_path).styles
+        figures.append((item.distance_total, item.style_loss))
+    assert figures[0] == figures[1]
+    (opaque,) = preview(content, [style], config=QUICK_CONFIG, model=model_path).styles
+    assert opaque.distance_total != figures[0][0]
+    with pytest.raises(UserError, match="transparent everywhere"):
+        preview(np.dstack([content, 0 * alpha]), [style], config=QUICK_CONFIG, model=model_path)
+
+
 def test_zero_styles_or_unreadable_content_is_a_user_error(model_path, files, capsys):
     with pytest.raises(UserError, match="at least one style"):
         preview(files["content"], [], model=model_path)

@@ -259,17 +259,20 @@ def cached_features(cache: TargetCache, engine, image: np.ndarray, size: tuple[i
 
 def cached_grams(cache: TargetCache, engine, image: np.ndarray, size: tuple[int, int],
                  layers: Sequence[str], style_scale: float = 1.0) -> dict[str, np.ndarray]:
-    """Gram matrices {layer: [1,C,C]} (float32, losses.gram) of `image` resized to `size`; an
-    [H,W,4] image's fourth channel weighs its pixels (a style's alpha: guided Grams)."""
-
-    def compute():
-        resized = resize_array(image, *size)
-        feats = engine.image_features(np.ascontiguousarray(resized[..., :3]), layers)
-        weights = layer_masks(resized[None, None, ..., 3], layers) if resized.shape[2] == 4 else {}
-        return {n: gram_array(f, weights.get(n)) for n, f in feats.items()}
-
+    """grams_of_image through the cache."""
     key = cache.key("gram", array_hash(image), size, layers, style_scale)
-    return cache.fetch(key, layers, compute, {n: (1, _channels(n), _channels(n)) for n in layers})
+    return cache.fetch(key, layers, lambda: grams_of_image(engine, image, size, layers),
+                       {n: (1, _channels(n), _channels(n)) for n in layers})
+
+
+def grams_of_image(engine, image: np.ndarray, size: tuple[int, int], layers: Sequence[str]
+                   ) -> dict[str, np.ndarray]:
+    """Gram matrices {layer: [1,C,C]} (float32, losses.gram) of `image` resized to `size`; an
+    [H,W,4] image's fourth channel weighs its pixels (an alpha: guided Grams)."""
+    resized = resize_array(image, *size)
+    feats = engine.image_features(np.ascontiguousarray(resized[..., :3]), layers)
+    weights = layer_masks(resized[None, None, ..., 3], layers) if resized.shape[2] == 4 else {}
+    return {n: gram_array(f, weights.get(n)) for n, f in feats.items()}
 
 
 def _channels(layer: str) -> int:

@@ -191,6 +191,14 @@ def _memory_guard(size: tuple[int, int], device: torch.device):
                         "set a smaller --crop-side (e.g. 512) or lower --size.") from None
 
 
+def check_content(picture: Picture) -> None:
+    """A content the network can read (check_min_side) with something to show."""
+    check_min_side(picture)
+    if picture.alpha is not None and picture.alpha.max() <= 0:
+        raise UserError(f"{picture.name} is transparent everywhere, so its result would be "
+                        "invisible; give a picture with visible pixels.")
+
+
 def load_inputs(content, style_or_styles, masks, config: Config):
     """The content and style Pictures and the guides' arrays, checked (both engines)."""
     styles_in = one_or_many(style_or_styles)
@@ -198,10 +206,7 @@ def load_inputs(content, style_or_styles, masks, config: Config):
         raise UserError("Give at least one style image.")
     content_pic = load_image(content, "content")
     style_pics: list[Picture] = [load_style(s, f"style {i + 1}") for i, s in enumerate(styles_in)]
-    check_min_side(content_pic)
-    if content_pic.alpha is not None and content_pic.alpha.max() <= 0:
-        raise UserError(f"{content_pic.name} is transparent everywhere, so its result would be "
-                        "invisible; give a picture with visible pixels.")
+    check_content(content_pic)
     blend_weights(len(style_pics), config)  # a weight count that does not match fails early
     mask_arrays = [guides.load_mask(m, f"mask {i + 1}")
                    for i, m in enumerate(one_or_many(masks) if masks is not None else [])]

@@ -29,25 +29,24 @@ from .. import jsontext
 from ..engines import load_engine_model
 from ..engines.steps import CancelToken, check_cancel, check_hooks
 from ..errors import UserError
-from ..io.cache import cached_grams, gram_array, target_cache
+from ..io.cache import cached_grams, grams_of_image, target_cache
 from ..io.files import atomic_write
 from ..io.images import (
     PILLOW_FORMATS,
     SAVE_OPTIONS,
     Picture,
-    check_min_side,
     fit_long_side,
     load_image,
     one_or_many,
     resize_array,
 )
-from ..method import balance
+from ..method import balance, guides
 from ..method.config import PLAIN_STYLE_WEIGHT, STRENGTH_NEUTRAL, Config, given_config
 from ..method.objective import LossSpec
 from ..method.targets import load_style, style_array, target_arrays
 from ..method.tiling import check_memory
 from ..network.vgg import STYLE_LAYERS
-from .pipeline import level_sizes, stylize
+from .pipeline import check_content, level_sizes, stylize
 
 if TYPE_CHECKING:
     from ..engines.torch.model import StyleModel
@@ -143,7 +142,8 @@ def _label(source, index: int) -> tuple[str, str]:
 
 
 def style_distance(model: StyleModel, content: np.ndarray, style: np.ndarray,
-                   config: Config, image: np.ndarray | None = None) -> tuple[dict[str, float], float]:
+                   config: Config, image: np.ndarray | None = None,
+                   alpha: np.ndarray | None = None) -> tuple[dict[str, float], float]:
     """Gram-matrix distance between content and style at the preview's working size.
 
     Per style layer: mean squared difference of the two Gram matrices (ONNX Runtime features,
@@ -152,15 +152,19 @@ def style_distance(model: StyleModel, content: np.ndarray, style: np.ndarray,
     style is sized exactly as for the optimisation (`style_scale`), and both Grams come from the
     target cache. With `image` (the preview's result), that image's distance to the style instead
     of the content's, weighted the same: the style loss of the picture delivered, on the same
-    footing (the run's own figures include its margin, method/margin.py).
+    footing (the run's own figures include its margin, method/margin.py). With the content's
+    `alpha` (guides.visible_part), the distance of the visible part, as the run weighs it.
     """
     size = fit_long_side(*content.shape[:2], config.size)
     content_features, grams = target_arrays(model, content, [style], size, config)
+
+    def weighed(rgb):  # the alpha as a fourth channel: guided Grams
+        return rgb if alpha is None else np.dstack([rgb, resize_array(alpha, *rgb.shape[:2])])
     if image is None:
-        image_grams = cached_grams(target_cache(model), model.engine, content, size, STYLE_LAYERS)
+        image_grams = cached_grams(target_cache(model), model.engine, weighed(content), size,
+                                   STYLE_LAYERS)
     else:  # a one-off picture: not kept in the cache
-        feats = model.engine.image_features(resize_array(image, *size), STYLE_LAYERS)
-        image_grams = {n: gram_array(f) for n, f in feats.items()}
+        image_grams = grams_of_image(model.engine, weighed(image), size, STYLE_LAYERS)
     # losses.style_layer_loss, in numpy (previews need no torch)
     per_layer = {name: float(np.mean(np.square(image_grams[name] - np.asarray(grams[name]),
                                                dtype=np.float64)))
@@ -196,7 +200,10 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
     # A path is named by its file name (load_image's default), anything else "content".
     content_pic = load_image(content, None if isinstance(content, (str, bytes, os.PathLike))
                              else "content")
-    check_min_side(content_pic)
+    check_content(content_pic)
+    # The distances weigh the visible part, as the runs do (guides.within).
+    visible = guides.visible_part(content_pic.alpha)
+    content_seen = guides.fill_hidden(content_pic.rgb, visible)
     model = load_engine_model(model, config)  # a path (or None) loads; a loaded model stays
     check_memory(content_pic, [], config, model.device)
 
@@ -214,15 +221,16 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
             item.swatch = on_paper(picture.rgb, picture.alpha)
             try:
                 check_memory(content_pic, [picture], config, model.device)
-                item.distance, item.distance_total = style_distance(model, content_pic.rgb,
-                                                                    style_array(picture), config)
+                item.distance, item.distance_total = style_distance(
+                    model, content_seen, style_array(picture), config, alpha=visible)
                 result = stylize(content_pic, picture, config=config, model=model, cancel=cancel)
             except UserError as exc:  # e.g. NumericalError: this style fails, the others go on
                 item.error, item.failed_stage = str(exc), "run"
             else:
                 item.image, item.alpha = result.image, result.alpha
                 item.style_loss_per_layer, item.style_loss = style_distance(
-                    model, content_pic.rgb, style_array(picture), config, image=result.image)
+                    model, content_seen, style_array(picture), config, image=result.image,
+                    alpha=visible)
                 item.content_loss = result.metrics["content_loss"]
         item.seconds = time.perf_counter() - t0
         previews.append(item)
