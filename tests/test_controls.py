@@ -414,6 +414,9 @@ def test_mask_errors_are_clear(model, images):
         stylize(content, style, config=RUN, model=model, masks=[np.ones((64, 64), np.float32)])
     with pytest.raises(UserError, match="black everywhere"):
         stylize(content, style, config=RUN, model=model, masks=[np.zeros((48, 64), np.float32)])
+    half = half_mask()  # white on the right half, where this content is transparent
+    with pytest.raises(UserError, match="Mask 1 is white only where the content is transparent"):
+        stylize(np.dstack([content, 1 - half]), style, config=RUN, model=model, masks=[half])
 
 
 def test_cli_mask_keeps_the_content_outside(model_path, images, tmp_path, capsys):

@@ -65,8 +65,10 @@ def check_mask_count(masks: int, styles: int) -> None:
                         "or one per style, in the same order.")
 
 
-def check_masks(masks: list[np.ndarray], styles: int, height: int, width: int) -> None:
-    """One mask for all styles or one per style, each with the content's aspect ratio."""
+def check_masks(masks: list[np.ndarray], styles: int, height: int, width: int,
+                alpha: np.ndarray | None = None) -> None:
+    """One mask for all styles or one per style, each with the content's aspect ratio, white
+    somewhere the content (its `alpha`) shows."""
     check_mask_count(len(masks), styles)
     for i, mask in enumerate(masks, start=1):
         mh, mw = mask.shape
@@ -76,6 +78,9 @@ def check_masks(masks: list[np.ndarray], styles: int, height: int, width: int) -
         if mask.max() <= 0:
             raise UserError(f"Mask {i} is black everywhere, so its style would apply nowhere; "
                             "paint white where the style should go.")
+        if alpha is not None and (resize_array(mask, height, width) * alpha).max() <= 0:
+            raise UserError(f"Mask {i} is white only where the content is transparent, so its "
+                            "style would show nowhere; paint white where the content shows.")
 
 
 def at_size(mask: np.ndarray, height: int, width: int) -> torch.Tensor:

@@ -211,7 +211,8 @@ def load_inputs(content, style_or_styles, masks, config: Config):
     mask_arrays = [guides.load_mask(m, f"mask {i + 1}")
                    for i, m in enumerate(one_or_many(masks) if masks is not None else [])]
     if mask_arrays:
-        guides.check_masks(mask_arrays, len(style_pics), content_pic.height, content_pic.width)
+        guides.check_masks(mask_arrays, len(style_pics), content_pic.height, content_pic.width,
+                           content_pic.alpha)
     return content_pic, style_pics, mask_arrays
 
 
