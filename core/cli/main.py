@@ -302,7 +302,7 @@ def _at_size(rgb, content, keep_size: bool):
         from ..method.fullres import to_layer_size
         return to_layer_size(rgb, content.rgb, detail=False), content.alpha
     from ..io.images import resize_array
-    alpha = getattr(content, "alpha", None)
+    alpha = None if content is None else content.alpha  # no content: a printer without images
     return rgb, None if alpha is None else resize_array(alpha, *rgb.shape[:2])
 
 
