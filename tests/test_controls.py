@@ -238,13 +238,30 @@ def test_a_cut_out_style_paints_as_the_cut_out_alone(model, images, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["luminance", "histogram"])
-def test_colour_preservation_keeps_a_styles_weights(images, mode):
+def test_colour_preservation_matches_the_visible_colours(images, mode):
+    """Colour preservation keeps a style's weights (its alpha) and matches visible colours only:
+    the style's visible pixels take the content's visible moments, whatever colour either's
+    transparent pixels hide (both black, as most tools write a cut-out, shifted the match)."""
     content, style = images
     rgba = two_visible_quadrants(style, 0.0)
-    _, (prepared,) = color.prepare(mode, content, [rgba])
+    content_alpha = two_visible_quadrants(content, 0.0)[..., 3][::-1].copy()
+    hiding = np.where(content_alpha[..., None] > 0, content, 0.0).astype(np.float32)
+    _, (prepared,) = color.prepare(mode, hiding, [rgba], content_alpha)
     assert prepared.shape == rgba.shape and np.array_equal(prepared[..., 3], rgba[..., 3])
-    _, (plain,) = color.prepare(mode, content, [rgba[..., :3]])
-    assert np.array_equal(prepared[..., :3], plain)
+    for other in (1.0, 0.5):  # another hidden colour on either side changes no visible pixel
+        _, (again,) = color.prepare(mode, np.where(content_alpha[..., None] > 0, content, other),
+                                    [two_visible_quadrants(style, other)], content_alpha)
+        assert np.allclose(again[rgba[..., 3] > 0], prepared[rgba[..., 3] > 0], atol=1e-5)
+    seen, seen_content = prepared[rgba[..., 3] > 0, :3], content[content_alpha > 0]
+    if mode == "luminance":
+        y, y_content = color.luminance(seen[None]), color.luminance(seen_content[None])
+        assert y.mean() == pytest.approx(y_content.mean(), abs=0.01)
+        assert y.std() == pytest.approx(y_content.std(), rel=0.05)
+    else:  # clipped to the RGB cube: as in the opaque test's margins
+        mu_c, cov_c = color.color_stats(seen_content)
+        mu, cov = color.color_stats(seen)
+        assert np.abs(mu - mu_c).max() < 0.02
+        assert np.linalg.norm(cov - cov_c) / np.linalg.norm(cov_c) < 0.15
 
 
 def ellipse(h: int, w: int) -> np.ndarray:

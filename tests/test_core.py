@@ -188,6 +188,35 @@ def test_gram_of_bf16_features_is_accurate(shape, masked):
     assert float((fast_grad - exact_grad).norm() / exact_grad.norm()) < 5e-3  # bf16: ~2e-3
 
 
+def test_an_init_of_another_shape_starts_from_its_centre_not_stretched(model_path, images,
+                                                                        tmp_path):
+    """An --init picture of another aspect ratio than the content starts the run from its centre
+    at the content's shape, and says so (it was stretched without a word); one that differs by
+    rounding only (a result saved at the working size) is taken whole, silently."""
+    from stylefu.core import save_image
+
+    content, style = images  # 48x64
+    wide = np.random.default_rng(0).random((48, 112, 3), dtype=np.float32)
+    wide[:, 24:88] = content
+    start = save_image(tmp_path / "start.png", content)
+    config = Config(size=64, levels=1, evaluations=3, style_weight=1e6)
+    said = []
+    expected = stylize(content, style, config=config.with_(init=str(start)), model=model_path,
+                       log=said.append).image
+    assert not [n for n in said if "--init" in n]
+    got = stylize(content, style, config=config.with_(init=str(save_image(tmp_path / "wide.png",
+                                                                        wide))),
+                  model=model_path, log=said.append).image
+    assert np.array_equal(got, expected)
+    assert "--init wide.png is 112x48 px, the content 64x48: its centre 64x48 starts the run" \
+        in "\n".join(said)
+    said.clear()
+    nearly = save_image(tmp_path / "nearly.png", np.vstack([content, content[-1:]]))  # 49x64
+    stylize(content, style, config=config.with_(init=str(nearly)), model=model_path,
+            log=said.append)
+    assert not [n for n in said if "--init" in n]
+
+
 def test_same_seed_same_bytes(model_path, images, tmp_path):
     outputs = []
     for name in ("a", "b"):

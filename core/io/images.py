@@ -493,6 +493,16 @@ def fit_long_side(height: int, width: int, long_side: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def centre_of_shape(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The largest centred part of `array` [H,W,...] with the aspect ratio of height x width."""
+    h, w = array.shape[:2]
+    if h * width > w * height:  # taller than that shape: rows cut
+        keep = max(1, round(w * height / width))
+        return array[(h - keep) // 2:(h - keep) // 2 + keep]
+    keep = max(1, round(h * width / height))
+    return array[:, (w - keep) // 2:(w - keep) // 2 + keep]
+
+
 def to_tensor(array: np.ndarray) -> torch.Tensor:
     """[H,W,C] float array -> [1,C,H,W] float32 tensor."""
     import torch

@@ -45,10 +45,25 @@ def gray_rgb(y: np.ndarray) -> np.ndarray:
     return np.repeat(np.clip(y, 0.0, 1.0)[..., None], 3, axis=2).astype(np.float32)
 
 
-def match_luminance(style_y: np.ndarray, content_y: np.ndarray) -> np.ndarray:
-    """The style's luminance with the content's mean and standard deviation (paper, eq. 8)."""
-    scale = content_y.std() / max(float(style_y.std()), EPS)
-    return ((style_y - style_y.mean()) * scale + content_y.mean()).astype(np.float32)
+def _weights(weights: np.ndarray | None) -> np.ndarray | None:
+    """Per-pixel weights (alpha) flattened for numpy's weighted moments; None weighs all alike."""
+    return None if weights is None else weights.reshape(-1).astype(np.float64)
+
+
+def _mean_std(y: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, float]:
+    """Mean and standard deviation of `y`, each pixel weighed by `weights` (alpha)."""
+    w = _weights(weights)
+    mean = float(np.average(y.reshape(-1), weights=w))
+    return mean, float(np.sqrt(np.average((y.reshape(-1) - mean) ** 2, weights=w)))
+
+
+def match_luminance(style_y: np.ndarray, content_y: np.ndarray, style_weights=None,
+                    content_weights=None) -> np.ndarray:
+    """The style's luminance with the content's mean and standard deviation (paper, eq. 8), each
+    measured over its visible pixels (weighed by alpha, when given)."""
+    mean_s, std_s = _mean_std(style_y, style_weights)
+    mean_c, std_c = _mean_std(content_y, content_weights)
+    return ((style_y - mean_s) * (std_c / max(std_s, EPS)) + mean_c).astype(np.float32)
 
 
 def chroma(rgb: np.ndarray) -> np.ndarray:
@@ -61,10 +76,12 @@ def with_chroma(y: np.ndarray, chroma_iq: np.ndarray) -> np.ndarray:
     return np.clip(yiq_to_rgb(np.concatenate([y[..., None], chroma_iq], axis=2)), 0.0, 1.0)
 
 
-def color_stats(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean [3] and covariance [3,3] of an image's pixel colours (float64)."""
-    pixels = rgb.reshape(-1, 3).astype(np.float64)
-    return pixels.mean(axis=0), np.cov(pixels, rowvar=False)
+def color_stats(rgb: np.ndarray, weights: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean [3] and covariance [3,3] of an image's pixel colours (float64), each pixel weighed by
+    `weights` (alpha: a transparent pixel's colour is none of the picture's)."""
+    pixels, w = rgb.reshape(-1, 3).astype(np.float64), _weights(weights)
+    return np.average(pixels, axis=0, weights=w), np.cov(pixels, rowvar=False, aweights=w)
 
 
 def _sqrtm(cov: np.ndarray, inverse: bool = False) -> np.ndarray:
@@ -75,36 +92,42 @@ def _sqrtm(cov: np.ndarray, inverse: bool = False) -> np.ndarray:
     return (vectors * (values ** (-0.5 if inverse else 0.5))) @ vectors.T
 
 
-def match_histogram(style: np.ndarray, content: np.ndarray, clip: bool = True) -> np.ndarray:
-    """`style` [H,W,3] with the colour mean and covariance of `content` (linear transfer).
+def match_histogram(style: np.ndarray, content: np.ndarray, clip: bool = True,
+                    style_weights=None, content_weights=None) -> np.ndarray:
+    """`style` [H,W,3] with the colour mean and covariance of `content` (linear transfer), each
+    measured over its visible pixels (weighed by alpha, when given).
 
     With `clip` the result is clipped to 0..1 (what the network sees); the moments then match up to
     the few pixels pushed outside the RGB cube.
     """
-    mu_s, cov_s = color_stats(style)
-    mu_c, cov_c = color_stats(content)
+    mu_s, cov_s = color_stats(style, style_weights)
+    mu_c, cov_c = color_stats(content, content_weights)
     transform = _sqrtm(cov_c) @ _sqrtm(cov_s, inverse=True)
     out = (style.reshape(-1, 3).astype(np.float64) - mu_s) @ transform.T + mu_c
     out = out.reshape(style.shape).astype(np.float32)
     return np.clip(out, 0.0, 1.0) if clip else out
 
 
-def prepare(mode: str, content: np.ndarray, styles: list[np.ndarray]
-            ) -> tuple[np.ndarray, list[np.ndarray]]:
+def prepare(mode: str, content: np.ndarray, styles: list[np.ndarray],
+            content_alpha: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """The content and styles the optimiser should see for colour mode `mode`; a style's fourth
-    channel (its pixels' weights, targets.style_array) is kept as it is."""
+    channel (its pixels' weights, targets.style_array) is kept as it is. The colours matched are
+    the visible ones': the content's weighed by `content_alpha`, a style's by its fourth channel."""
     if mode == "luminance":
         content_y = luminance(content)
-        return gray_rgb(content_y), [_colours(s, lambda rgb: gray_rgb(match_luminance(
-            luminance(rgb), content_y))) for s in styles]
+        return gray_rgb(content_y), [_colours(s, lambda rgb, w: gray_rgb(match_luminance(
+            luminance(rgb), content_y, w, content_alpha))) for s in styles]
     if mode == "histogram":
-        return content, [_colours(s, lambda rgb: match_histogram(rgb, content)) for s in styles]
+        return content, [_colours(s, lambda rgb, w: match_histogram(
+            rgb, content, style_weights=w, content_weights=content_alpha)) for s in styles]
     return content, styles
 
 
 def _colours(style: np.ndarray, fit) -> np.ndarray:
-    """`fit` applied to a style's RGB, its weights (a fourth channel) kept."""
-    return fit(style) if style.shape[2] == 3 else np.dstack([fit(style[..., :3]), style[..., 3]])
+    """`fit(rgb, weights)` applied to a style's RGB, its weights (a fourth channel) kept."""
+    if style.shape[2] == 3:
+        return fit(style, None)
+    return np.dstack([fit(style[..., :3], style[..., 3]), style[..., 3]])
 
 
 def finish(mode: str, result: np.ndarray, content: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from ..engines.steps import CancelToken, check_hooks
 from ..errors import Cancelled, UserError
 from ..io.images import (
     Picture,
+    centre_of_shape,
     check_min_side,
     fit_long_side,
     load_image,
@@ -216,6 +217,19 @@ def load_inputs(content, style_or_styles, masks, config: Config):
     return content_pic, style_pics, mask_arrays
 
 
+def start_image(path: str, content: Picture, log: Callable[[str], None]) -> Picture:
+    """The --init image, its centre cut to the content's aspect ratio where that differs by more
+    than rounding (a resize alone would stretch it), and said so."""
+    init = load_image(path, "--init")
+    rgb = centre_of_shape(init.rgb, content.height, content.width)
+    h, w = rgb.shape[:2]
+    if init.height - h + init.width - w <= max(2, 0.01 * max(init.height, init.width)):
+        return init
+    log(f"--init {Path(path).name} is {init.width}x{init.height} px, the content "
+        f"{content.width}x{content.height}: its centre {w}x{h} starts the run (not stretched).")
+    return Picture(rgb, None, init.name)
+
+
 def _checked_inputs(content, style_or_styles, masks, config: Config, keep_size: bool, model,
                     log: Callable[[str], None]):
     """load_inputs, the run's config (`keep_size`: its working size at most the content's long
@@ -227,7 +241,7 @@ def _checked_inputs(content, style_or_styles, masks, config: Config, keep_size: 
         log(note)  # once, though one file be content and style
     init = None  # a --init file that is no image fails here, not after loading
     if config.init not in ("content", "noise"):
-        init = load_image(config.init, "--init")
+        init = start_image(config.init, content_pic, log)
     if keep_size:
         config = fullres.working_config(config, content_pic.height, content_pic.width)
     runner = engines.runner(config, model, log)
@@ -299,7 +313,7 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     visible = guides.visible_part(content_pic.alpha)
     content_seen = guides.fill_hidden(content_pic.rgb, visible)
     content_rgb, styles = color.prepare(config.preserve_colors, content_seen,
-                                        [style_array(p) for p in style_pics])
+                                        [style_array(p) for p in style_pics], content_pic.alpha)
     config = balanced(config, model, plan[0].canvas(content_rgb), styles, plan[0].size)
     runner.config = config
     x = initial_pixels(runner, content_rgb if init is None else init.rgb, plan[0], config)
