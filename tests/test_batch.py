@@ -183,6 +183,73 @@ def test_ctrl_c_stops_cleanly(tmp_path, photos, model_path, sig):
     assert _outputs(out) == {Path(o).name for o in entries}  # the manifest matches the files
 
 
+class NoProcess:
+    """A worker process that never starts: the driver's side of the pool alone."""
+
+    exitcode = None
+
+    def __init__(self, **kwargs):
+        pass
+
+    def start(self):
+        pass
+
+    def is_alive(self):
+        return False
+
+    def terminate(self):
+        pass
+
+    def join(self, timeout=None):
+        pass
+
+
+def test_an_interrupt_anywhere_in_sending_a_task_leaves_the_pool_able_to_stop(monkeypatch,
+                                                                            model_path):
+    """Ctrl-C or SIGTERM raised in the driver at any point of handing a worker its task (a
+    signal's handler runs between any two steps) leaves the pool's stop working: the stop that
+    follows returns. With multiprocessing queues, one such point (just after the queue took its
+    lock) left the lock held, and the stop's own put hung the batch for good (seen in CI)."""
+    import multiprocessing
+    import threading
+    import types
+
+    from stylefu.core.batch import driver
+
+    spawn = multiprocessing.get_context("spawn")
+    monkeypatch.setattr(driver.multiprocessing, "get_context", lambda _: types.SimpleNamespace(
+        Process=NoProcess, Pipe=spawn.Pipe, Queue=spawn.Queue, RawValue=spawn.RawValue))
+    setup = driver.WorkerSetup(str(model_path), "cpu", 1, FAST_CONFIG, RunOptions(), False)
+    task = (0, BatchItem("in.png", ("style.png",), "out.png"), None, None)
+    step = 0
+    while True:
+        step += 1
+        pool = driver.LocalPool(setup, 1)
+        seen = 0
+
+        def interrupt(frame, event, arg, at=step):
+            nonlocal seen
+            seen += 1
+            if seen == at:
+                raise KeyboardInterrupt
+            return interrupt
+        sys.settrace(interrupt)
+        try:
+            pool.send(0, task)
+            interrupted = False
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            sys.settrace(None)
+        stop = threading.Thread(target=pool.close, kwargs={"cancel": True}, daemon=True)
+        stop.start()
+        stop.join(10)
+        assert not stop.is_alive(), f"the stop hung after an interrupt at step {step} of the send"
+        if not interrupted:  # the send ran to its end: every step of it was tried
+            break
+    assert step > 3
+
+
 def test_lost_worker_is_retried_once(tmp_path, photos, model_path):
     """A worker process killed mid-item: its item runs again on a new worker and succeeds."""
     import multiprocessing

@@ -25,7 +25,6 @@ import json
 import locale
 import multiprocessing
 import os
-import queue
 import re
 import signal
 import sys
@@ -382,8 +381,9 @@ class WorkerSetup:
 
 
 def _worker_main(wid: int, setup: WorkerSetup, tasks, results, cancel) -> None:
-    """`results`: this worker's own pipe to the driver (a worker killed mid-write can then break
-    only its own channel, never a lock the others share); `cancel`: a lock-free shared flag."""
+    """`tasks` and `results`: this worker's own pipes from and to the driver (a worker killed
+    mid-write can then break only its own channel, never a lock the others share; the tasks' end
+    closed is the driver's word to stop); `cancel`: a lock-free shared flag."""
     cancelled = lambda: bool(cancel.value)  # noqa: E731
     """A worker process: load the model once, then run the items it is given until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
@@ -399,12 +399,12 @@ def _worker_main(wid: int, setup: WorkerSetup, tasks, results, cancel) -> None:
     parent = os.getppid()
     while True:
         try:
-            task = tasks.get(timeout=1.0)
-        except queue.Empty:
-            if _driver_gone(parent):  # the driver was killed: nobody wants our results
-                return
-            continue
-        if task is None:
+            if not tasks.poll(1.0):
+                if _driver_gone(parent):  # the driver was killed: nobody wants our results
+                    return
+                continue
+            task = tasks.recv()
+        except (EOFError, OSError):  # the driver closed our tasks' pipe: stop
             return
         index, item, init, previous = task
 
@@ -432,8 +432,12 @@ def _driver_gone(parent_pid: int) -> bool:
 
 
 class LocalPool:
-    """`workers` spawned processes, each with its own task queue, so the driver always knows which
-    item a worker holds: a worker that dies has its item tried again once, on a new worker."""
+    """`workers` spawned processes, each with its own task pipe, so the driver always knows which
+    item a worker holds: a worker that dies has its item tried again once, on a new worker.
+
+    Pipes, not multiprocessing queues: a Ctrl-C or SIGTERM raised in the driver while it was in a
+    queue's put left the queue's lock held, and the put that tells the workers to stop then hung
+    the batch for good. A pipe holds no lock; closing it tells the worker to stop."""
 
     def __init__(self, setup: WorkerSetup, workers: int, gpus: int = 0):
         self.ctx = multiprocessing.get_context("spawn")
@@ -450,7 +454,7 @@ class LocalPool:
 
     def start_worker(self) -> int:
         wid, self.next_id = self.next_id, self.next_id + 1
-        tasks = self.ctx.Queue()
+        task_reader, tasks = self.ctx.Pipe(duplex=False)
         reader, writer = self.ctx.Pipe(duplex=False)
         env = {"OMP_NUM_THREADS": str(self.setup.threads), **tiling.primitive_cache_env()}
         if self.gpus:
@@ -459,10 +463,11 @@ class LocalPool:
         os.environ.update(env)  # a spawned child copies the environment when it starts
         try:
             proc = self.ctx.Process(target=_worker_main, daemon=True, name=f"stylefu-worker-{wid}",
-                                    args=(wid, self.setup, tasks, writer, self.cancel))
+                                    args=(wid, self.setup, task_reader, writer, self.cancel))
             with _main_without_file():
                 proc.start()
             writer.close()  # the worker holds the only writing end: its death reads as EOF
+            task_reader.close()  # and the only reading end of its tasks
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -473,7 +478,10 @@ class LocalPool:
         return wid
 
     def send(self, wid: int, task) -> None:
-        self.procs[wid][1].put(task)
+        """`task` to worker `wid`; one that has died meanwhile is found by dead(), its item
+        tried again."""
+        with contextlib.suppress(OSError):
+            self.procs[wid][1].send(task)
 
     def get(self, timeout: float):
         """The next message from any worker, or None after `timeout` seconds."""
@@ -484,7 +492,7 @@ class LocalPool:
             try:
                 return reader.recv()
             except (EOFError, OSError):
-                self.procs[readers[reader]][1].put(None)  # gone: dead() reports it
+                self.procs[readers[reader]][1].close()  # gone: dead() reports it
         return None
 
     def dead(self) -> list[tuple[int, int | None]]:
@@ -498,7 +506,7 @@ class LocalPool:
         if cancel:
             self.cancel.value = 1
         for _, tasks, _ in self.procs.values():
-            tasks.put(None)
+            tasks.close()  # the worker reads the end of its tasks and stops
         deadline = time.monotonic() + (STOP_GRACE_S if cancel else 60.0)
         while time.monotonic() < deadline and any(p.is_alive() for p, *_ in self.procs.values()):
             for _, _, reader in self.procs.values():
