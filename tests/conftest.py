@@ -40,6 +40,44 @@ def _private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("STYLEFU_MODEL", raising=False)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    if call.when == "call":
+        item.stylefu_failed = outcome.get_result().failed
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_by_a_failure(request, monkeypatch):
+    """A test that fails (a timeout waiting on a hung `stylefu`) kills the processes it started
+    and left running, their process groups too: a hung batch's driver and worker stayed for the
+    rest of the session, half a gigabyte and any CPU they spin taken from the tests after it."""
+    import subprocess
+    import weakref
+
+    started = weakref.WeakSet()
+    plain_init = subprocess.Popen.__init__
+
+    def tracked_init(self, *args, **kwargs):
+        plain_init(self, *args, **kwargs)
+        started.add(self)
+    monkeypatch.setattr(subprocess.Popen, "__init__", tracked_init)
+    yield
+    monkeypatch.setattr(subprocess.Popen, "__init__", plain_init)
+    if not getattr(request.node, "stylefu_failed", False):
+        return
+    for proc in list(started):
+        if proc.poll() is None:
+            try:
+                if os.name == "posix" and os.getpgid(proc.pid) == proc.pid:
+                    os.killpg(proc.pid, signal.SIGKILL)  # its own group: the workers with it
+                else:
+                    proc.kill()
+            except OSError:
+                pass
+            proc.wait()
+
+
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory):
     """A verified artifact with seeded random weights (average pooling, the default)."""
