@@ -246,11 +246,11 @@ def test_colour_preservation_matches_the_visible_colours(images, mode):
     rgba = two_visible_quadrants(style, 0.0)
     content_alpha = two_visible_quadrants(content, 0.0)[..., 3][::-1].copy()
     hiding = np.where(content_alpha[..., None] > 0, content, 0.0).astype(np.float32)
-    _, (prepared,) = color.prepare(mode, hiding, [rgba], content_alpha)
+    _, (prepared,) = color.prepare(mode, hiding, [rgba], [content_alpha])
     assert prepared.shape == rgba.shape and np.array_equal(prepared[..., 3], rgba[..., 3])
     for other in (1.0, 0.5):  # another hidden colour on either side changes no visible pixel
         _, (again,) = color.prepare(mode, np.where(content_alpha[..., None] > 0, content, other),
-                                    [two_visible_quadrants(style, other)], content_alpha)
+                                    [two_visible_quadrants(style, other)], [content_alpha])
         assert np.allclose(again[rgba[..., 3] > 0], prepared[rgba[..., 3] > 0], atol=1e-5)
     seen, seen_content = prepared[rgba[..., 3] > 0, :3], content[content_alpha > 0]
     if mode == "luminance":
@@ -262,6 +262,37 @@ def test_colour_preservation_matches_the_visible_colours(images, mode):
         mu, cov = color.color_stats(seen)
         assert np.abs(mu - mu_c).max() < 0.02
         assert np.linalg.norm(cov - cov_c) / np.linalg.norm(cov_c) < 0.15
+
+
+def test_colour_preservation_matches_the_colours_of_the_part_each_style_paints(model, images,
+                                                                              monkeypatch):
+    """With masks, each style takes the colours of the content where it paints (its mask, times
+    the visible part), not of the whole picture: a style painted on the red half of a red and
+    blue photo turns red, not purple. One mask serves all styles; none, the whole content."""
+    content, style = images
+    halves = np.zeros_like(content)
+    halves[:, :32] = [0.8, 0.2, 0.1]
+    halves[:, 32:] = [0.1, 0.2, 0.8]
+    halves += 0.1 * content  # some spread within each half
+    left = np.zeros(content.shape[:2], np.float32)
+    left[:, :32] = 1
+    mean_of = {}
+    for regions, name in (([left, 1 - left], "per style"), ([left], "one for all"), ((), "none")):
+        _, prepared = color.prepare("histogram", halves, [style, style[::-1]], regions)
+        mean_of[name] = [p.reshape(-1, 3).mean(0) for p in prepared]
+    red, blue, whole = (halves[:, :32].reshape(-1, 3).mean(0), halves[:, 32:].reshape(-1, 3).mean(0),
+                        halves.reshape(-1, 3).mean(0))
+    assert np.allclose(mean_of["per style"][0], red, atol=0.03)
+    assert np.allclose(mean_of["per style"][1], blue, atol=0.03)
+    assert all(np.allclose(m, red, atol=0.03) for m in mean_of["one for all"])
+    assert all(np.allclose(m, whole, atol=0.03) for m in mean_of["none"])
+    # A run hands its masks (times the content's visible part) to the colour match.
+    seen = []
+    plain = color.prepare
+    monkeypatch.setattr(color, "prepare", lambda *args: seen.append(args[3]) or plain(*args))
+    stylize(halves, [style, style], config=RUN.with_(evaluations=1, preserve_colors="histogram"),
+            model=model, masks=[left, 1 - left])
+    assert len(seen[0]) == 2 and np.array_equal(seen[0][0], left)
 
 
 def ellipse(h: int, w: int) -> np.ndarray:

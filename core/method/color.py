@@ -109,17 +109,21 @@ def match_histogram(style: np.ndarray, content: np.ndarray, clip: bool = True,
 
 
 def prepare(mode: str, content: np.ndarray, styles: list[np.ndarray],
-            content_alpha: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+            regions: list[np.ndarray] = ()) -> tuple[np.ndarray, list[np.ndarray]]:
     """The content and styles the optimiser should see for colour mode `mode`; a style's fourth
     channel (its pixels' weights, targets.style_array) is kept as it is. The colours matched are
-    the visible ones': the content's weighed by `content_alpha`, a style's by its fourth channel."""
+    those of the part each style paints: the content's weighed by `regions` (content-sized: one
+    for all styles or one per style; none: all of it), a style's by its fourth channel."""
+    def region(i: int):
+        return regions[i if len(regions) > 1 else 0] if len(regions) else None
     if mode == "luminance":
         content_y = luminance(content)
-        return gray_rgb(content_y), [_colours(s, lambda rgb, w: gray_rgb(match_luminance(
-            luminance(rgb), content_y, w, content_alpha))) for s in styles]
+        return gray_rgb(content_y), [_colours(s, lambda rgb, w, i=i: gray_rgb(match_luminance(
+            luminance(rgb), content_y, w, region(i)))) for i, s in enumerate(styles)]
     if mode == "histogram":
-        return content, [_colours(s, lambda rgb, w: match_histogram(
-            rgb, content, style_weights=w, content_weights=content_alpha)) for s in styles]
+        return content, [_colours(s, lambda rgb, w, i=i: match_histogram(
+            rgb, content, style_weights=w, content_weights=region(i)))
+            for i, s in enumerate(styles)]
     return content, styles
 
 

@@ -308,12 +308,15 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     plan = plan_levels(content_pic.height, content_pic.width, config, runner.device)
     final = plan[-1]
     model = runner.load(plan)
-    # Colour preservation changes what the optimiser sees (see color.py); a content's transparent
-    # pixels show it the visible colours around them (guides.fill_hidden).
+    # Colour preservation changes what the optimiser sees (see color.py), matching the colours of
+    # the part each style paints; a content's transparent pixels show the optimiser the visible
+    # colours around them (guides.fill_hidden).
     visible = guides.visible_part(content_pic.alpha)
     content_seen = guides.fill_hidden(content_pic.rgb, visible)
+    painted = guides.within([resize_array(m, content_pic.height, content_pic.width)
+                             for m in mask_arrays], visible)
     content_rgb, styles = color.prepare(config.preserve_colors, content_seen,
-                                        [style_array(p) for p in style_pics], content_pic.alpha)
+                                        [style_array(p) for p in style_pics], painted)
     config = balanced(config, model, plan[0].canvas(content_rgb), styles, plan[0].size)
     runner.config = config
     x = initial_pixels(runner, content_rgb if init is None else init.rgb, plan[0], config)
