@@ -381,11 +381,11 @@ class WorkerSetup:
 
 
 def _worker_main(wid: int, setup: WorkerSetup, tasks, results, cancel) -> None:
-    """`tasks` and `results`: this worker's own pipes from and to the driver (a worker killed
+    """A worker process: load the model once, then run the items it is given until told to stop.
+    `tasks` and `results`: this worker's own pipes from and to the driver (a worker killed
     mid-write can then break only its own channel, never a lock the others share; the tasks' end
     closed is the driver's word to stop); `cancel`: a lock-free shared flag."""
     cancelled = lambda: bool(cancel.value)  # noqa: E731
-    """A worker process: load the model once, then run the items it is given until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     set_threads(setup.threads)
     from ..engines import load_engine_model

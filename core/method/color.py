@@ -60,7 +60,7 @@ def _mean_std(y: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, 
 def match_luminance(style_y: np.ndarray, content_y: np.ndarray, style_weights=None,
                     content_weights=None) -> np.ndarray:
     """The style's luminance with the content's mean and standard deviation (paper, eq. 8), each
-    measured over its visible pixels (weighed by alpha, when given)."""
+    measured over the pixels its weights keep (alpha, a mask), when given."""
     mean_s, std_s = _mean_std(style_y, style_weights)
     mean_c, std_c = _mean_std(content_y, content_weights)
     return ((style_y - mean_s) * (std_c / max(std_s, EPS)) + mean_c).astype(np.float32)
@@ -79,7 +79,7 @@ def with_chroma(y: np.ndarray, chroma_iq: np.ndarray) -> np.ndarray:
 def color_stats(rgb: np.ndarray, weights: np.ndarray | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean [3] and covariance [3,3] of an image's pixel colours (float64), each pixel weighed by
-    `weights` (alpha: a transparent pixel's colour is none of the picture's)."""
+    `weights` (alpha: a transparent pixel's colour is none of the picture's; a mask)."""
     pixels, w = rgb.reshape(-1, 3).astype(np.float64), _weights(weights)
     return np.average(pixels, axis=0, weights=w), np.cov(pixels, rowvar=False, aweights=w)
 
@@ -95,7 +95,7 @@ def _sqrtm(cov: np.ndarray, inverse: bool = False) -> np.ndarray:
 def match_histogram(style: np.ndarray, content: np.ndarray, clip: bool = True,
                     style_weights=None, content_weights=None) -> np.ndarray:
     """`style` [H,W,3] with the colour mean and covariance of `content` (linear transfer), each
-    measured over its visible pixels (weighed by alpha, when given).
+    measured over the pixels its weights keep (alpha, a mask), when given.
 
     With `clip` the result is clipped to 0..1 (what the network sees); the moments then match up to
     the few pixels pushed outside the RGB cube.
