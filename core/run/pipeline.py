@@ -313,8 +313,8 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     # colours around them (guides.fill_hidden).
     visible = guides.visible_part(content_pic.alpha)
     content_seen = guides.fill_hidden(content_pic.rgb, visible)
-    painted = guides.within([resize_array(m, content_pic.height, content_pic.width)
-                             for m in mask_arrays], visible)
+    painted = () if config.preserve_colors == "none" else guides.within(
+        [resize_array(m, content_pic.height, content_pic.width) for m in mask_arrays], visible)
     content_rgb, styles = color.prepare(config.preserve_colors, content_seen,
                                         [style_array(p) for p in style_pics], painted)
     config = balanced(config, model, plan[0].canvas(content_rgb), styles, plan[0].size)
