@@ -116,19 +116,24 @@ def worker_folder(parent):
     return None
 
 
-def kill_follower(record, paintings=3, timeout=120):
+def kill_follower(record, done, paintings=3, timeout=120):
     """What GIMP's Cancel does to the filter's follower (the process that holds the progress
-    bar): SIGKILL, once the live layer has had `paintings` to show."""
+    bar): SIGKILL, once the live layer has had `paintings` to show; never once `done` is set (a
+    watch that outlived its run killed the next run's follower)."""
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        # The filter and its follower, the newest two (an earlier run's may still be ending).
-        plugins = our_plugins()[-2:]
-        folder = worker_folder(plugins[0]) if len(plugins) == 2 else None
-        if folder and os.path.exists(os.path.join(folder, f"result.scale1-{paintings:04d}.npy")):
-            time.sleep(0.5)  # the follower's next look (bridge.FOLLOW_POLL_S) shows it
-            os.kill(plugins[1], signal.SIGKILL)
-            record["killed"] = True
-            return
+    while time.time() < deadline and not done.is_set():
+        # The filter is the plug-in whose worker paints; its follower the newest plug-in after it
+        # (an earlier run's may still be ending).
+        plugins = our_plugins()
+        for plugin in plugins[:-1]:
+            folder = worker_folder(plugin)
+            if folder and any(name.startswith("result.scale1-") and
+                              int(name[14:18]) >= paintings for name in os.listdir(folder)):
+                time.sleep(0.5)  # the follower's next look (bridge.FOLLOW_POLL_S) shows it
+                if not done.is_set():
+                    os.kill(plugins[-1], signal.SIGKILL)
+                    record["killed"] = True
+                return
         time.sleep(0.05)
 
 
@@ -286,9 +291,10 @@ def scenarios(content, fast):
     two.insert_layer(second, None, 1)
     run("two_layers", PROC, two, first, drawables=[first, second], **fast)
     # GIMP's Cancel kills the follower mid-run: the live layer goes, the image is as it was.
-    killed = {"killed": False}
-    threading.Thread(target=kill_follower, args=(killed,), daemon=True).start()
+    killed, done = {"killed": False}, threading.Event()
+    threading.Thread(target=kill_follower, args=(killed, done), daemon=True).start()
     run("cancelled", PROC, image, layer, **dict(fast, iterations=400))
+    done.set()
     results["cancelled"].update(killed)
     # No model: the filter fetches one (a non-interactive call is the consent) into the
     # recorded path, then runs; here from a source that fails, then from random weights.
