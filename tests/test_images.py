@@ -99,9 +99,11 @@ SRGB_D50 = np.array([[0.4360747, 0.3850649, 0.1430804], [0.2225045, 0.7168786, 0
 
 
 def rgb_profile(primaries: np.ndarray | None, gamma: float, name: str,
-                curve: bytes | None = None) -> bytes:
+                curve: bytes | None = None, lut: bool = False) -> bytes:
     """A version 2 matrix/TRC RGB display profile (ICC.1:2001-04), its tags in order; `curve`, a
-    tone curve's tag data in place of the plain gamma; no `primaries`: a grey TRC profile."""
+    tone curve's tag data in place of the plain gamma; no `primaries`: a grey TRC profile; `lut`:
+    the same colours as a LUT profile (A2B0 only: the gamma in its input tables, the matrix in
+    its 9x9x9 grid of XYZ, which a linear map fills exactly)."""
     import struct
 
     def fixed(v: float) -> bytes:
@@ -117,6 +119,15 @@ def rgb_profile(primaries: np.ndarray | None, gamma: float, name: str,
     tags = [(b"desc", desc), (b"wtpt", xyz(white)), (b"cprt", b"text\0\0\0\0none\0")]
     if primaries is None:  # grey: its one tone curve
         tags.append((b"kTRC", curve))
+    elif lut:
+        inputs, nodes = np.linspace(0, 1, 1024) ** gamma, np.linspace(0, 1, 9)
+        rgb = np.stack(np.meshgrid(nodes, nodes, nodes, indexing="ij"), -1).reshape(-1, 3)
+        xyz = np.clip(np.round(rgb @ primaries.T * 32768), 0, 65535)  # lut16's XYZ: 1.0 = 0x8000
+        identity = b"".join(fixed(v) for v in np.eye(3).ravel())
+        tags.append((b"A2B0", b"mft2\0\0\0\0" + bytes([3, 3, 9, 0]) + identity
+                     + struct.pack(">HH", len(inputs), 2)
+                     + np.round(np.tile(inputs, 3) * 65535).astype(">u2").tobytes()
+                     + xyz.astype(">u2").tobytes() + np.tile([0, 65535], 3).astype(">u2").tobytes()))
     else:
         tags += [(k, xyz(primaries[:, i])) for i, k in enumerate((b"rXYZ", b"gXYZ", b"bXYZ"))]
         tags += [(k, curve) for k in (b"rTRC", b"gTRC", b"bTRC")]
@@ -250,6 +261,7 @@ TEST_PROFILES = {
     "para": lambda: rgb_profile(P3_D50, 0, "Display P3",
                                 _para(3, 2.4, 1 / 1.055, 0.055 / 1.055, 1 / 12.92, 0.04045)),
     "table": lambda: rgb_profile(P3_D50, 0, "P3 table", _table(np.linspace(0, 1, 1024) ** 1.8)),
+    "lut": lambda: rgb_profile(P3_D50, 2.2, "P3 as a LUT", lut=True),
     **{f"ghostscript {n}": (lambda n=n: next(
         (open(f"{d}/{n}.icc", "rb").read() for d in GHOSTSCRIPT_ICC
          if __import__("os").path.exists(f"{d}/{n}.icc")), None)) for n in ("a98", "rommrgb")},
@@ -307,6 +319,26 @@ def test_16_bit_input_with_a_gamma_profile_matches_its_formula(tmp_path):
     expected = np.where(srgb <= 0.0031308, 12.92 * srgb, 1.055 * srgb ** (1 / 2.4) - 0.055)
     # the matrices as profiles store them (s15.16) move dark blues by under 1e-3; 8 bits: 4e-3
     assert np.abs(load_image(path).rgb - expected).max() < 1.5e-3
+
+
+def test_16_bit_input_with_a_lut_profile_is_near_its_formula_between_the_grid(tmp_path):
+    """A LUT profile's 16-bit colours take the blend of littlecms's conversion of the 8-bit grid
+    around them: against the formula the LUT was made from, as near as lcms's own 8-bit
+    conversion (measured: mean 0.27/255, 99th percentile 3.1/255, where lcms's own 8-bit
+    conversion is off by a mean 0.29/255 and up to 14.5/255 at gamut edges: its interpolation)."""
+    import zlib
+
+    from stylefu.core.io.images import _png16
+
+    samples = np.random.default_rng(1).integers(0, 65536, (64, 64, 3)).astype(np.uint16)
+    path = tmp_path / "lut-16.png"
+    icc = rgb_profile(P3_D50, 2.2, "P3 as a LUT", lut=True)
+    path.write_bytes(_with_chunk(_png16(samples / np.float32(65535)), b"iCCP",
+                                 b"x\0\0" + zlib.compress(icc)))
+    srgb = np.clip((samples / 65535) ** 2.2 @ (np.linalg.inv(SRGB_D50) @ P3_D50).T, 0, 1)
+    expected = np.where(srgb <= 0.0031308, 12.92 * srgb, 1.055 * srgb ** (1 / 2.4) - 0.055)
+    off = np.abs(load_image(path).rgb - expected) * 255
+    assert off.mean() < 0.4 and np.percentile(off, 99) < 4.5, (off.mean(), np.percentile(off, 99))
 
 
 @pytest.mark.parametrize("gamma", [1.0, 1.8])

@@ -154,8 +154,9 @@ def _sixteen_bits(source: Path | bytes, image: Image.Image, tiles: list) -> np.n
 
 def _deep_picture(deep: np.ndarray, image: Image.Image, to_srgb: bool, name: str) -> Picture | None:
     """16-bit samples (_sixteen_bits) of `image` as a Picture: a PNG's transparent colour as
-    alpha, an embedded matrix/TRC (or grey TRC) profile's colours converted to sRGB keeping the
-    16 bits, turned upright; None for a profile of another kind (its 8-bit conversion then stands)."""
+    alpha, an embedded RGB (or grey TRC) profile's colours converted to sRGB keeping the 16
+    bits, turned upright; None for a profile lcms cannot convert or a grey one of another kind
+    (its 8-bit conversion then stands)."""
     deep = _keyed(deep, image.info.get("transparency"))
     if to_srgb and foreign_profile(image) is not None:
         icc = image.info["icc_profile"]

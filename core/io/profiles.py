@@ -2,11 +2,13 @@
 untagged output is read in. 8-bit pictures go through littlecms (Pillow's ImageCms); 16-bit ones
 with a matrix/TRC RGB profile or a grey TRC profile are converted in float, as littlecms
 converts them, so their precision is kept (littlecms in Pillow takes 8-bit modes only); 16-bit
-grey with any other profile through littlecms's 256 levels, interpolated between them.
+RGB with any other RGB profile (a LUT) through littlecms's conversion of a grid of 8-bit colours,
+16-bit grey through its 256 levels, interpolated between them.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 
@@ -153,13 +155,68 @@ def grey_by_levels_in_srgb(grey: np.ndarray, icc: bytes) -> np.ndarray | None:
 def deep_in_srgb(samples: np.ndarray, icc: bytes | None) -> np.ndarray | None:
     """16-bit RGB(A) samples ([H,W,C] uint16) with a matrix/TRC profile's colours converted to
     sRGB in float, as lcms converts them (relative colorimetric, clipped to sRGB's gamut), their
-    precision kept: float32 0..1, alpha as it was. None for a profile of another kind (then the
-    8-bit conversion stands)."""
+    precision kept: float32 0..1, alpha as it was. Another RGB profile (a LUT) through lcms's
+    grid (rgb_by_grid_in_srgb). None where lcms cannot convert it (then the 8-bit path stands)."""
     shaper = _matrix_shaper(icc) if icc else None
     if shaper is None:
-        return None
+        srgb = rgb_by_grid_in_srgb(samples[..., :3] / np.float32(65535), icc) if icc else None
+        return None if srgb is None else np.concatenate(
+            [srgb, samples[..., 3:] / np.float32(65535)], axis=-1)
     matrix, curves = shaper
     values = samples.astype(np.float64) / 65535
     linear = np.stack([curve(values[..., i]) for i, curve in enumerate(curves)], axis=-1)
     srgb = _srgb_encoded(np.clip(linear @ (np.linalg.solve(_SRGB_MATRIX, matrix)).T, 0, 1))
     return np.concatenate([srgb, values[..., 3:]], axis=-1).astype(np.float32)
+
+
+GRID_STEP = 5  # 8-bit levels between grid nodes: 52 per axis, 140608 colours (255 = 51 x 5)
+_CHUNK = 1 << 20  # pixels blended at a time: bounded memory on large photos
+
+
+@functools.lru_cache(maxsize=4)
+def _srgb_grid(icc: bytes) -> np.ndarray | None:
+    """littlecms's 8-bit conversion to sRGB (the 8-bit pictures' own, in_srgb) of every
+    GRID_STEP-th level on each axis: [N, N, N, 3] float32 0..1; None where it cannot convert."""
+    levels = np.arange(0, 256, GRID_STEP, dtype=np.uint8)
+    n = len(levels)
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(n * n, n, 3)
+    image = Image.fromarray(grid)
+    image.info["icc_profile"] = icc
+    converted = in_srgb(image)
+    if converted is image or converted.mode != "RGB":  # left as it was
+        return None
+    return (np.asarray(converted).reshape(n, n, n, 3) / np.float32(255)).astype(np.float32)
+
+
+def rgb_by_grid_in_srgb(rgb: np.ndarray, icc: bytes) -> np.ndarray | None:
+    """RGB 0..1 ([H, W, 3]) with an RGB profile of any kind (a LUT) in sRGB: littlecms converts
+    a grid of 8-bit colours (_srgb_grid) and each colour takes the trilinear blend of its cell's
+    eight corners, so 16-bit steps stay steps (and 8-bit colours on the grid get exactly the
+    8-bit conversion). [H, W, 3] float32; None where littlecms cannot convert it."""
+    table = _srgb_grid(bytes(icc))
+    if table is None:
+        return None
+    n = table.shape[0]
+    planes = [np.ascontiguousarray(table[..., c].ravel()) for c in range(3)]
+    flat = rgb.reshape(-1, 3)
+    out = np.empty(flat.shape, np.float32)
+
+    def lerp(a, b, fraction):  # into b
+        b -= a
+        b *= fraction
+        b += a
+        return b
+
+    for start in range(0, len(flat), _CHUNK):
+        at = np.clip(flat[start:start + _CHUNK], 0, 1).astype(np.float32) * np.float32(n - 1)
+        low = np.minimum(at.astype(np.intp), n - 2)
+        fr, fg, fb = ((at[:, axis] - low[:, axis]).astype(np.float32) for axis in range(3))
+        base = (low[:, 0] * n + low[:, 1]) * n + low[:, 2]
+        corners = {(dr, dg): (base + (dr * n + dg) * n, base + (dr * n + dg) * n + 1)
+                   for dr in (0, 1) for dg in (0, 1)}
+        for c, plane in enumerate(planes):  # one channel at a time: 1-D gathers, contiguous blends
+            edge = {k: lerp(np.take(plane, near), np.take(plane, far), fb)
+                    for k, (near, far) in corners.items()}
+            out[start:start + _CHUNK, c] = lerp(lerp(edge[0, 0], edge[0, 1], fg),
+                                               lerp(edge[1, 0], edge[1, 1], fg), fr)
+    return out.reshape(rgb.shape)
