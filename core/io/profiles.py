@@ -118,6 +118,18 @@ def _srgb_encoded(linear: np.ndarray) -> np.ndarray:
     return np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
 
 
+_ENCODE_STEPS = 1 << 16  # sRGB's curve as lines between this many steps: within 1e-6 of it
+_ENCODE = _srgb_encoded(np.linspace(0, 1, _ENCODE_STEPS + 1)).astype(np.float32)
+
+
+def _srgb_encoded_by_table(linear: np.ndarray) -> np.ndarray:
+    """_srgb_encoded on float32 linear light 0..1 from a table: lookups, not a power per pixel."""
+    at = linear * np.float32(_ENCODE_STEPS)
+    step = np.minimum(at.astype(np.intp), _ENCODE_STEPS - 1)
+    low = np.take(_ENCODE, step)
+    return low + (np.take(_ENCODE, step + 1) - low) * (at - step).astype(np.float32)
+
+
 def grey_in_srgb(grey: np.ndarray, icc: bytes | None) -> np.ndarray | None:
     """Grey 0..1 with a grey TRC profile's tone (kTRC, XYZ connection, no LUT: what lcms uses)
     converted to sRGB in float, as lcms converts it: a neutral of D50 white, so each of R, G, B
@@ -163,10 +175,12 @@ def deep_in_srgb(samples: np.ndarray, icc: bytes | None) -> np.ndarray | None:
         return None if srgb is None else np.concatenate(
             [srgb, samples[..., 3:] / np.float32(65535)], axis=-1)
     matrix, curves = shaper
-    values = samples.astype(np.float64) / 65535
-    linear = np.stack([curve(values[..., i]) for i, curve in enumerate(curves)], axis=-1)
-    srgb = _srgb_encoded(np.clip(linear @ (np.linalg.solve(_SRGB_MATRIX, matrix)).T, 0, 1))
-    return np.concatenate([srgb, values[..., 3:]], axis=-1).astype(np.float32)
+    codes = np.linspace(0, 1, 65536)  # every 16-bit value: each curve looked up, not computed per pixel
+    linear = [np.take(curve(codes).astype(np.float32), samples[..., i]) for i, curve in enumerate(curves)]
+    to_srgb = np.linalg.solve(_SRGB_MATRIX, matrix).astype(np.float32)
+    srgb = [_srgb_encoded_by_table(np.clip(sum(row[i] * linear[i] for i in range(3)), 0, 1))
+            for row in to_srgb]
+    return np.stack([*srgb, *(samples[..., 3:] / np.float32(65535)).transpose(2, 0, 1)], axis=-1)
 
 
 GRID_STEP = 5  # 8-bit levels between grid nodes: 52 per axis, 140608 colours (255 = 51 x 5)
