@@ -177,3 +177,5 @@ def test_cache_limit_from_the_environment(value, limit_mb, ignored, monkeypatch,
     captured = capsys.readouterr()
     assert json.loads(captured.out)["limit_mb"] == round(limit_mb, 1)
     assert ("is not a number of megabytes" in captured.err) == ignored
+    assert main(["cache", "--json"]) == 0  # status is what `stylefu cache` alone shows
+    assert capsys.readouterr().out == captured.out

@@ -606,7 +606,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    """`stylefu cache status|prune`: the cache's parts and sizes; least recently used files out."""
+    """`stylefu cache [status]|prune`: the cache's parts and sizes; least recently used files out."""
     from ..io.cache import LIMIT_ENV, PARTS, cache_entries, cache_limit, limit_problem, prune_cache
     from ..io.paths import cache_dir
     from ..method.config import check_number
@@ -736,9 +736,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cache = sub.add_parser("cache", help="show the cache's size, or remove its least recently "
                            "used files (targets, torch copies, gradient graphs)")
-    cache.add_argument("action", choices=("status", "prune"),
-                       help="status: the cache's parts and sizes; prune: remove its least "
-                       "recently used files down to the limit")
+    cache.add_argument("action", choices=("status", "prune"), nargs="?", default="status",
+                       help="status (the default): the cache's parts and sizes; prune: remove "
+                       "its least recently used files down to the limit")
     cache.add_argument("--max-mb", type=float, default=None,
                        help="prune: keep at most this many MB (0: remove them all) [default: "
                        "$STYLEFU_CACHE_MAX_MB, else the built-in limit]")
