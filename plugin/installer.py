@@ -399,8 +399,8 @@ def _purge(versions, args) -> int:
 
 def add_gimp_parser(sub) -> None:
     """Add `stylefu gimp install|uninstall|status` to the `stylefu` command's subparsers."""
-    gimp = sub.add_parser("gimp", help="install, remove or check the GIMP plug-ins")
-    gsub = gimp.add_subparsers(dest="gimp_command", required=True)
+    gimp = sub.add_parser("gimp", help="install, remove or check the GIMP plug-ins (alone: status)")
+    gsub = gimp.add_subparsers(dest="gimp_command")
     inst = gsub.add_parser("install", help="install the plug-in for this environment's stylefu",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     inst.add_argument("--gimp", choices=VERSIONS + (FOUND,), default="3",
@@ -418,4 +418,5 @@ def add_gimp_parser(sub) -> None:
     stat_.add_argument("--plug-ins-dir")
     stat_.add_argument("--no-check", action="store_true", help="do not start the worker")
     stat_.add_argument("--json", action="store_true")
-    gimp.set_defaults(func=cmd_gimp)
+    # `stylefu gimp` alone is `stylefu gimp status`: what is installed, and what to run next.
+    gimp.set_defaults(func=cmd_gimp, plug_ins_dir=None, no_check=False, json=False)

@@ -122,6 +122,16 @@ def test_cli_install_status_uninstall(tmp_path, model_path, capsys):
     assert main(["gimp", "status", "--plug-ins-dir", str(plug_ins), "--no-check"]) == 2
 
 
+def test_gimp_alone_is_gimp_status(monkeypatch, capsys):
+    """`stylefu gimp` alone says what `stylefu gimp status` says: what is installed and what to
+    run next (it was an error asking for a subcommand)."""
+    calls = []
+    monkeypatch.setattr(installer, "status", lambda where, check: calls.append((where, check)) or [])
+    assert main(["gimp"]) == main(["gimp", "status"]) == 2  # nothing installed: says to install
+    alone, status = capsys.readouterr().err.split("\n", 1)
+    assert calls == [(None, True)] * 2 and alone + "\n" == status and "gimp install" in alone
+
+
 def test_messages_name_commands_this_user_can_run(tmp_path, capsys):
     """No model yet: install and status name this environment's own stylefu (install.py's
     environment is not on PATH), and that command, pasted into a shell without stylefu on PATH,
