@@ -419,4 +419,4 @@ def add_gimp_parser(sub) -> None:
     stat_.add_argument("--no-check", action="store_true", help="do not start the worker")
     stat_.add_argument("--json", action="store_true")
     # `stylefu gimp` alone is `stylefu gimp status`: what is installed, and what to run next.
-    gimp.set_defaults(func=cmd_gimp, plug_ins_dir=None, no_check=False, json=False)
+    gimp.set_defaults(func=cmd_gimp, **vars(stat_.parse_args([])))

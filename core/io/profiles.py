@@ -153,12 +153,10 @@ def grey_by_levels_in_srgb(grey: np.ndarray, icc: bytes) -> np.ndarray | None:
     converts its 256 8-bit levels, and each value takes the line between its two levels, so
     16-bit steps stay steps. [H, W, 3] float32 (a Lab profile's grey need not be neutral); None
     where littlecms cannot convert it."""
-    levels = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(1, 256))
-    levels.info["icc_profile"] = icc
-    converted = in_srgb(levels)
-    if converted.mode != "RGB":  # left as it was
+    table = _lcms_in_srgb(np.arange(256, dtype=np.uint8).reshape(1, 256), icc)
+    if table is None:
         return None
-    table = np.asarray(converted).reshape(256, 3).astype(np.float32) / np.float32(255)
+    table = table.reshape(256, 3)
     at = np.clip(grey, 0, 1) * 255
     return np.stack([np.interp(at, np.arange(256), table[:, c]) for c in range(3)],
                     axis=-1).astype(np.float32)
@@ -194,12 +192,19 @@ def _srgb_grid(icc: bytes) -> np.ndarray | None:
     levels = np.arange(0, 256, GRID_STEP, dtype=np.uint8)
     n = len(levels)
     grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(n * n, n, 3)
-    image = Image.fromarray(grid)
+    converted = _lcms_in_srgb(grid, icc)
+    return None if converted is None else converted.reshape(n, n, n, 3)
+
+
+def _lcms_in_srgb(pixels: np.ndarray, icc: bytes) -> np.ndarray | None:
+    """8-bit `pixels` (grey [H, W] or RGB [H, W, 3]) tagged with `icc`, converted to sRGB by
+    littlecms as an 8-bit picture is (in_srgb): [H, W, 3] float32 0..1; None where it cannot."""
+    image = Image.fromarray(pixels)
     image.info["icc_profile"] = icc
     converted = in_srgb(image)
     if converted is image or converted.mode != "RGB":  # left as it was
         return None
-    return (np.asarray(converted).reshape(n, n, n, 3) / np.float32(255)).astype(np.float32)
+    return np.asarray(converted).astype(np.float32) / np.float32(255)
 
 
 def rgb_by_grid_in_srgb(rgb: np.ndarray, icc: bytes) -> np.ndarray | None:
