@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 import test_fuzz
 from test_faults import mount_small_filesystem, read_only_folder
-from test_fuzz import RUN, assert_refused, cli, strict_records
+from test_fuzz import RUN, assert_refused, cli, run_args, strict_records
 
 from stylefu.core.batch.driver import Manifest, expand_inputs, stylize_many
 from stylefu.core.cli.batch import BatchProgress
@@ -274,6 +274,42 @@ def test_serve_ends_with_sigints_code_when_its_stdin_closes_too(monkeypatch):
 
     assert serve.serve(run, (EXIT_CANCELLED, EXIT_TERMINATED)) == EXIT_CANCELLED
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, EXIT_CANCELLED),
+                                           (signal.SIGTERM, EXIT_TERMINATED)])
+@pytest.mark.parametrize("renamed", [False, True], ids=["before-the-rename", "after-the-rename"])
+def test_a_signal_once_the_output_is_in_place_is_too_late_to_cancel_the_run(
+        world, capsys, monkeypatch, signum, code, renamed):
+    """A run stopped by a signal says `cancelled`, exits 130 (143) and leaves no output: a signal
+    that came just after the result's rename ended the run so, with the output in place (the soak
+    test's Ctrl-C at a random moment met it). Now the run is done from that moment: it reports its
+    result; a signal as the result is written still cancels it and leaves nothing."""
+    from stylefu.core.io import files
+    from stylefu.core.io.images import load_image
+
+    output = world.root / "out.png"
+    rename = os.replace
+
+    def replace(src, dst):  # the signal as the output is renamed into place, or just after
+        if Path(dst) == output and not renamed:
+            os.kill(os.getpid(), signum)
+        rename(src, dst)
+        if Path(dst) == output and renamed:
+            os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(files.os, "replace", replace)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    outcome = cli(capsys, *run_args(world, output))
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # given back
+    records = strict_records(outcome.out)
+    if renamed:
+        assert outcome.code == 0 and records[-1]["event"] == "result", outcome
+        assert load_image(output).rgb.shape == (48, 64, 3)
+    else:
+        assert outcome.code == code and records[-1]["event"] == "cancelled", outcome
+        assert sorted(p.name for p in world.root.iterdir()) == ["content.png", "mask.png",
+                                                                 "style.png"]
 
 
 @pytest.mark.parametrize("signum, code", [(None, EXIT_CANCELLED), (signal.SIGINT, EXIT_CANCELLED),

@@ -9,6 +9,8 @@ import socket
 import threading
 from collections.abc import Callable
 
+from ..io.files import stamp
+
 EXIT_INTERNAL_ERROR = 1
 EXIT_USER_ERROR = 2
 EXIT_SOME_FAILED = 3  # `stylefu batch`: some items failed, each in the manifest
@@ -19,6 +21,46 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for coreutils' `ye
 
 class Terminated(BaseException):
     """SIGTERM arrived: unwinds like KeyboardInterrupt (temporary files are removed on the way)."""
+
+
+_command: dict = {"done": None}  # the running command's test: is its output written? (cancel_until_done)
+
+
+def cancel_until_done(signum, frame) -> None:
+    """SIGINT's and SIGTERM's handler while a command runs: cancel it (KeyboardInterrupt,
+    Terminated), unless its output is already in place (finished_once), where a signal comes too
+    late: a cancelled command must leave no output, and one in place cannot be taken back."""
+    done = _command["done"]
+    if done is not None and done():
+        return
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def signals_cancel_until_done(then_ignore_sigint: bool = False):
+    """While inside (the main thread only), SIGINT and SIGTERM are handled by cancel_until_done;
+    on leaving their handlers are given back, or SIGINT ignored (`then_ignore_sigint`: the
+    program's exit code is chosen, and a Ctrl-C would only break Python's exit with a traceback)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    outer_done = _command["done"]  # `serve`'s, around each run it is asked for
+    previous = {s: signal.signal(s, cancel_until_done) for s in (signal.SIGINT, signal.SIGTERM)}
+    if then_ignore_sigint:
+        previous[signal.SIGINT] = signal.SIG_IGN
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():  # first: no handler of ours runs past this
+            signal.signal(s, handler)
+        _command["done"] = outer_done
+
+
+def finished_once(path) -> None:
+    """From the moment a file replaces (or creates) `path`, the running command is done: a later
+    SIGINT or SIGTERM no longer cancels it (it reports its result). Called before the write."""
+    before = stamp(path)
+    _command["done"] = lambda: stamp(path) != before
 
 
 _arrived: dict = {"socket": None, "signals": set()}  # what signals_noted() saw arrive

@@ -38,6 +38,8 @@ from .exits import (
     EXIT_USER_ERROR,
     Terminated,
     ended_if_stuck,
+    finished_once,
+    signals_cancel_until_done,
     signals_noted,
     stuck_exit_code,
 )
@@ -400,6 +402,7 @@ def cmd_run(args) -> int:
                              log=printer.note, keep_size=args.keep_size, upscale=args.upscale)
     finally:
         printer.close()
+    finished_once(output)
     result.save(output, bits=args.bits, log=printer.note)
     # A served run's start-up was paid once by the worker, not by this run.
     eta.record_speed(key, time_left.measured(),
@@ -447,6 +450,7 @@ def cmd_preview(args) -> int:
                  f"{p.content_loss:.3g} ({p.seconds:.1f} s)")
 
     result = preview(content, args.styles, config=config, model=model, on_style=report)
+    finished_once(sheet)
     result.save(args.output)
     if args.json:
         result.save_json(args.json)
@@ -793,10 +797,6 @@ def _json_progress(argv: list[str], parser: Parser | None = None) -> bool:
                for a, b in zip(argv, argv[1:] + [""]))
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated()
-
-
 def main(argv: list[str] | None = None, cancel: threading.Event | None = None) -> int:
     """Run one `stylefu` command; returns the exit code (see the module docstring). `cancel`:
     given by `stylefu serve` to each run it is asked for, which stops at its next evaluation
@@ -818,8 +818,6 @@ def main(argv: list[str] | None = None, cancel: threading.Event | None = None) -
             except OSError:  # stdout closed (the reader died): stderr still says what happened
                 pass
 
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         _said["quiet"] = False
         parser = build_parser()
@@ -827,7 +825,8 @@ def main(argv: list[str] | None = None, cancel: threading.Event | None = None) -
         args = parse(parser, argv)
         args.cancel = cancel
         _said["quiet"] = bool(getattr(args, "quiet", False))
-        with signals_noted():  # for the stuck timer's exit code (stuck_exit_code)
+        # signals_noted: for the stuck timer's exit code (stuck_exit_code).
+        with signals_noted(), signals_cancel_until_done(then_ignore_sigint=as_program):
             return args.func(args)
     except Cancelled:
         event({"event": "cancelled", "reason": "cancelled"})
@@ -866,9 +865,5 @@ def main(argv: list[str] | None = None, cancel: threading.Event | None = None) -
             "traceback above.", always=True)
         return EXIT_INTERNAL_ERROR
     finally:
-        if in_main_thread:
-            # Done, the code chosen: a Ctrl-C now would only break Python's exit with a
-            # traceback, or (SIG_DFL) deny a `result` already written with a 130.
-            if as_program:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, previous)
+        if as_program:  # also when parsing failed, before the handlers above
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
