@@ -4,8 +4,9 @@ demo, gimp) through the "stylefu.commands" entry point group, so core imports ne
 Every `run` option is generated from the Config dataclass, so defaults and help live in one place.
 Exit codes: 0 done, 1 internal error (a bug: traceback shown), 2 user error (one sentence on
 stderr: bad option, file or environment), 130 SIGINT, 141 the reader of stdout went away (a
-broken pipe: one line on stderr), 143 SIGTERM. With `--progress json` the
-last line on stdout is always a `result`, `error` or `cancelled` event. Commands import torch,
+broken pipe: one line on stderr), 143 SIGTERM; a signal once the output is in place comes too
+late (exits.cancel_until_done). With `--progress json` the last line on stdout is always a
+`result`, `error` or `cancelled` event. Commands import torch,
 ONNX Runtime and the pipeline inside their functions: `--help` starts fast.
 """
 
