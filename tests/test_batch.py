@@ -439,6 +439,26 @@ def test_stylize_many_makes_missing_output_folders_first(tmp_path, photos, model
                           FAST_CONFIG, model=model_path, workers=1))
 
 
+def test_a_driver_whose_workers_run_the_items_loads_no_torch_network(tmp_path, photos, model_path,
+                                                                      monkeypatch):
+    """The driver only checks the model and computes the style targets (ONNX Runtime's passes),
+    but it loaded torch's network too (on a GPU, onto it) and kept it for the whole batch while
+    only the workers used theirs: about 130 MB more in the driver. A frames batch, whose items
+    the driver runs itself, still loads it."""
+    from stylefu.core.engines.torch import model as torch_model
+
+    loads = []
+    load = torch_model.load_model
+    monkeypatch.setattr(torch_model, "load_model", lambda *a, **k: loads.append(a) or load(*a, **k))
+    (content, *_), (style, _) = photos
+    item = [(str(content), [str(style)], str(tmp_path / "a.png"))]
+    results = list(stylize_many(item, FAST_CONFIG, model=model_path, workers=1))
+    assert [r.status for r in results] == ["ok"] and loads == []
+    results = list(stylize_many(item, FAST_CONFIG, model=model_path,
+                                options=RunOptions(frames=True)))
+    assert [r.status for r in results] == ["ok"] and len(loads) == 1
+
+
 def test_first_line_mentions_resume_only_when_asked(tmp_path, photos, model_path):
     """Without --resume the first line does not say "0 already done (--resume)" (which reads
     as if the batch were resuming); with it, it says how many are skipped."""

@@ -678,7 +678,7 @@ def stylize_many(items: Iterable[BatchItem | tuple], config: Config | None = Non
 
 def _stylize_many(items, config, model, workers, ray, options, skip, progress, cancel,
                   keep_images, tell: OncePerBatch) -> Iterator[ItemResult]:
-    from ..engines import load_engine_model, model_kind, resolve_engine
+    from ..engines import load_driver_model, model_kind, resolve_engine
 
     config = given_config(config)
     check_hooks(progress, cancel, "progress")
@@ -694,29 +694,29 @@ def _stylize_many(items, config, model, workers, ray, options, skip, progress, c
                         "out, or None, for the default).")
     skip = set(skip)
     check_shared_inputs(items, config, options)
-    loaded = load_engine_model(model, config)
+    in_ray = ray is not None and ray is not False
+    loaded, device = load_driver_model(model, config, runs_items=options.frames and not in_ray)
     if model_kind(model):  # load_model's: the workers load its file for its engine and device
-        config = replace(config, engine=resolve_engine(config.engine, loaded),
-                         device=getattr(loaded.device, "type", str(loaded.device)))
+        config = replace(config, engine=resolve_engine(config.engine, loaded), device=device)
     remove_stale_temporaries(items)
     entries = precompute_targets(loaded, [it for i, it in enumerate(items) if i not in skip], config)
     make_output_folders(items)  # once the model and styles have loaded: none for a damaged one
     work = [(i, it) for i, it in enumerate(items)]
     if options.frames:
-        yield from _frames(work, skip, config, loaded, options, workers, ray, progress, cancel,
-                           keep_images, entries, tell)
+        yield from _frames(work, skip, config, loaded, device, options, workers, ray, progress,
+                           cancel, keep_images, entries, tell)
         return
     work = [(i, it) for i, it in work if i not in skip]
     if not work:
         return
-    if ray is not None and ray is not False:
+    if in_ray:
         from .ray_pool import run_ray
 
-        yield from run_ray(work, config, loaded, options, workers, ray, progress, cancel, keep_images,
-                           entries=entries)
+        yield from run_ray(work, config, loaded.path, device, options, workers, ray, progress,
+                           cancel, keep_images, entries=entries)
         return
     gpus = 0
-    if str(loaded.device).startswith("cuda"):
+    if device == "cuda":
         import torch
 
         gpus = torch.cuda.device_count()
@@ -725,8 +725,8 @@ def _stylize_many(items, config, model, workers, ray, options, skip, progress, c
                           keep_images, tell)
 
 
-def _frames(work, skip, config, loaded, options, workers, ray, progress, cancel, keep_images, entries,
-            tell):
+def _frames(work, skip, config, loaded, device, options, workers, ray, progress, cancel, keep_images,
+            entries, tell):
     """Frames in order: runs of frames to do, each run seeded by the frame before it (done now or
     skipped by --resume: its output is read back)."""
     previous: tuple[np.ndarray, str] | None = None
@@ -745,8 +745,8 @@ def _frames(work, skip, config, loaded, options, workers, ray, progress, cancel,
         seeded = previous
         if ray is not None and ray is not False:
             from .ray_pool import run_ray
-            yield from run_ray(run, config, loaded, options, workers, ray, progress, cancel,
-                               keep_images, seed=seeded, entries=entries)
+            yield from run_ray(run, config, loaded.path, device, options, workers, ray, progress,
+                               cancel, keep_images, seed=seeded, entries=entries)
         else:
             yield from _run_local_seeded(run, config, loaded, options, progress, cancel,
                                          keep_images, seeded, tell)

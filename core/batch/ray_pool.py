@@ -173,10 +173,12 @@ def _task(index: int, item, input_bytes: bytes | None, shared: list, config: Con
     return payload
 
 
-def run_ray(work, config: Config, loaded, options: RunOptions, workers: int | None, address,
-            progress, cancel, keep_images: bool, seed=None, entries=()) -> Iterator[ItemResult]:
-    """Run `work` [(index, item)] as Ray tasks; yield results as they finish. `seed` (frames):
-    (previous result, its input) for the first item; frames run one task at a time, in order."""
+def run_ray(work, config: Config, model_path, device: str, options: RunOptions,
+            workers: int | None, address, progress, cancel, keep_images: bool, seed=None,
+            entries=()) -> Iterator[ItemResult]:
+    """Run `work` [(index, item)] as Ray tasks of the model at `model_path`, each with a GPU
+    where `device` is "cuda"; yield results as they finish. `seed` (frames): (previous result,
+    its input) for the first item; frames run one task at a time, in order."""
     ray = _import_ray()
     from ..engines.steps import is_cancelled
     from ..io.cache import model_hash
@@ -191,11 +193,11 @@ def run_ray(work, config: Config, loaded, options: RunOptions, workers: int | No
         except ConnectionError as exc:
             raise UserError(f"Cannot reach the Ray cluster at {address} ({exc}); start it with "
                             "`ray start --head` or give --ray without an address.") from None
-    gpus = 1 if str(loaded.device).startswith("cuda") else 0
+    gpus = 1 if device == "cuda" else 0
     threads = 1 if gpus else worker_threads(workers or default_workers(config=config))
     targets_root = cache_dir() / "targets"
-    info = {"model_path": str(loaded.path), "model_sha": model_hash(loaded.path),
-            "model": ray.put(Path(loaded.path).read_bytes()),
+    info = {"model_path": str(model_path), "model_sha": model_hash(model_path),
+            "model": ray.put(Path(model_path).read_bytes()),
             "styles": ray.put({s: _read(s) for _, item in work for s in item.styles}),
             "targets": ray.put({str(p.relative_to(targets_root)): p.read_bytes() for p in entries})}
     shared = [ray.put(info)]

@@ -79,6 +79,30 @@ def load_engine_model(path, config):
     return load_model(path, config.device)
 
 
+def device_type(config) -> str:
+    """'cpu' or 'cuda': where config.engine runs on config.device, `auto` resolved as a load of
+    the model would resolve it (a `cuda` without a GPU refused as it would be)."""
+    if resolve_engine(config.engine) == "onnx":
+        return "cuda" if config.device == "cuda" else "cpu"
+    from .torch.model import resolve_device
+
+    return resolve_device(config.device).type
+
+
+def load_driver_model(path, config, runs_items: bool):
+    """(model, device type) for a batch's driver. Where workers (processes, Ray tasks) run the
+    items, each loads the model for its engine and device, and the driver only checks the file
+    and computes the style targets (ONNX Runtime passes): the torch-free engine's model on the
+    CPU then, which puts no network in torch's memory nor on a GPU. `runs_items`: the driver runs
+    them itself (frames, locally). A model already loaded is itself."""
+    if model_kind(path) or runs_items:
+        loaded = load_engine_model(path, config)
+        return loaded, getattr(loaded.device, "type", str(loaded.device))
+    from .onnx.engine import load_onnx_model
+
+    return load_onnx_model(path, "cpu"), device_type(config)
+
+
 def load_model(path: str | Path | None = None, device: str = "auto", engine: str = "auto"):
     """Load (once per process and file) the artifact at `path`, default: $STYLEFU_MODEL or the
     cache's, for `engine` (auto: torch's StyleModel where torch is installed, else the torch-free
