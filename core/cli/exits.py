@@ -23,7 +23,7 @@ class Terminated(BaseException):
     """SIGTERM arrived: unwinds like KeyboardInterrupt (temporary files are removed on the way)."""
 
 
-_command: dict = {"done": None}  # the running command's test: is its output written? (cancel_until_done)
+_command: dict = {"done": None}  # the running command's test: is its output in place?
 
 
 def cancel_until_done(signum, frame) -> None:

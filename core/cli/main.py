@@ -6,8 +6,8 @@ Exit codes: 0 done, 1 internal error (a bug: traceback shown), 2 user error (one
 stderr: bad option, file or environment), 130 SIGINT, 141 the reader of stdout went away (a
 broken pipe: one line on stderr), 143 SIGTERM; a signal once the output is in place comes too
 late (exits.cancel_until_done). With `--progress json` the last line on stdout is always a
-`result`, `error` or `cancelled` event. Commands import torch,
-ONNX Runtime and the pipeline inside their functions: `--help` starts fast.
+`result`, `error` or `cancelled` event. Commands import torch, ONNX Runtime and the pipeline
+inside their functions: `--help` starts fast.
 """
 
 from __future__ import annotations
