@@ -444,7 +444,7 @@ def test_a_driver_whose_workers_run_the_items_loads_no_torch_network(tmp_path, p
     """The driver only checks the model and computes the style targets (ONNX Runtime's passes),
     but it loaded torch's network too (on a GPU, onto it) and kept it for the whole batch while
     only the workers used theirs: about 130 MB more in the driver. A frames batch, whose items
-    the driver runs itself, still loads it."""
+    the driver runs itself, still loads it; with --device cpu the driver imports no torch."""
     from stylefu.core.engines.torch import model as torch_model
 
     loads = []
@@ -457,6 +457,17 @@ def test_a_driver_whose_workers_run_the_items_loads_no_torch_network(tmp_path, p
     results = list(stylize_many(item, FAST_CONFIG, model=model_path,
                                 options=RunOptions(frames=True)))
     assert [r.status for r in results] == ["ok"] and len(loads) == 1
+    # With --device cpu the driver does not even import torch (about 1 s and 140 MB).
+    script = ("import sys\nif __name__ == '__main__':\n"
+              "    from stylefu.core import Config, stylize_many\n"
+              f"    done = list(stylize_many({[(a, b, str(tmp_path / 'b.png')) for a, b, _ in item]!r}, "
+              f"Config(size=64, levels=1, evaluations=2, device='cpu'), model={str(model_path)!r}, "
+              "workers=1))\n"
+              "    print(done[0].status, 'torch' in sys.modules)\n")
+    (tmp_path / "driver.py").write_text(script)
+    done = subprocess.run([sys.executable, str(tmp_path / "driver.py")], capture_output=True,
+                          text=True, timeout=300)
+    assert done.stdout.split() == ["ok", "False"], done.stderr
 
 
 def test_first_line_mentions_resume_only_when_asked(tmp_path, photos, model_path):

@@ -82,7 +82,8 @@ def load_engine_model(path, config):
 def device_type(config) -> str:
     """'cpu' or 'cuda': where config.engine runs on config.device, `auto` resolved as a load of
     the model would resolve it (a `cuda` without a GPU refused as it would be)."""
-    if resolve_engine(config.engine) == "onnx":
+    engine = resolve_engine(config.engine)  # `torch` where it is not installed: refused
+    if config.device == "cpu" or engine == "onnx":  # without importing torch
         return "cuda" if config.device == "cuda" else "cpu"
     from .torch.model import resolve_device
 
