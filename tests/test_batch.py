@@ -458,11 +458,11 @@ def test_a_driver_whose_workers_run_the_items_loads_no_torch_network(tmp_path, p
                                 options=RunOptions(frames=True)))
     assert [r.status for r in results] == ["ok"] and len(loads) == 1
     # With --device cpu the driver does not even import torch (about 1 s and 140 MB).
+    other = [(str(content), [str(style)], str(tmp_path / "b.png"))]
     script = ("import sys\nif __name__ == '__main__':\n"
               "    from stylefu.core import Config, stylize_many\n"
-              f"    done = list(stylize_many({[(a, b, str(tmp_path / 'b.png')) for a, b, _ in item]!r}, "
-              f"Config(size=64, levels=1, evaluations=2, device='cpu'), model={str(model_path)!r}, "
-              "workers=1))\n"
+              f"    done = list(stylize_many({other!r}, Config(size=64, levels=1, evaluations=2, "
+              f"device='cpu'), model={str(model_path)!r}, workers=1))\n"
               "    print(done[0].status, 'torch' in sys.modules)\n")
     (tmp_path / "driver.py").write_text(script)
     done = subprocess.run([sys.executable, str(tmp_path / "driver.py")], capture_output=True,

@@ -694,8 +694,7 @@ def _stylize_many(items, config, model, workers, ray, options, skip, progress, c
                         "out, or None, for the default).")
     skip = set(skip)
     check_shared_inputs(items, config, options)
-    in_ray = ray is not None and ray is not False
-    loaded, device = load_driver_model(model, config, runs_items=options.frames and not in_ray)
+    loaded, device = load_driver_model(model, config, options.frames, ray)
     if model_kind(model):  # load_model's: the workers load its file for its engine and device
         config = replace(config, engine=resolve_engine(config.engine, loaded), device=device)
     remove_stale_temporaries(items)
@@ -709,7 +708,7 @@ def _stylize_many(items, config, model, workers, ray, options, skip, progress, c
     work = [(i, it) for i, it in work if i not in skip]
     if not work:
         return
-    if in_ray:
+    if ray is not None and ray is not False:
         from .ray_pool import run_ray
 
         yield from run_ray(work, config, loaded.path, device, options, workers, ray, progress,
