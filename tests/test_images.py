@@ -341,6 +341,52 @@ def test_16_bit_input_with_a_lut_profile_is_near_its_formula_between_the_grid(tm
     assert off.mean() < 0.4 and np.percentile(off, 99) < 4.5, (off.mean(), np.percentile(off, 99))
 
 
+def _lifted(black: float) -> bytes:
+    """A tone curve whose black is lifted to `black` linear light (a measured display's profile,
+    a scanner's): sRGB's curve scaled into black..1, a parametric curve of type 4."""
+    k = (1 - black) ** (1 / 2.4)
+    return _para(4, 2.4, k / 1.055, k * 0.055 / 1.055, (1 - black) / 12.92, 0.04045, black, black)
+
+
+@pytest.mark.parametrize("black", [0.02, 0.3])  # 0.3: beyond L* 50, where lcms stops
+def test_16_bit_input_whose_profile_lifts_black_is_converted_as_lcms_does(tmp_path, black):
+    """Pillow's conversion into its sRGB (a version 4 profile, perceptual intent) makes littlecms
+    compensate the black point: a profile whose black is lifted has it mapped to black. The 16-bit
+    float conversion ignored that: its blacks came out grey (39/255 for a black lifted to 0.02),
+    6.8/255 off the 8-bit picture on average. Now it compensates as lcms does: greys as lcms's,
+    colours near (lcms's 8-bit conversion of these goes through its interpolated table, up to
+    14/255 off at gamut edges, so the check is on the mean), RGB and grey profiles alike; a black
+    lighter than L* 50 is compensated as L* 50, as lcms does."""
+    import io
+    import zlib
+
+    from PIL import ImageCms
+
+    from stylefu.core.io.images import _png16
+
+    def lcms(pixels: np.ndarray, icc: bytes) -> np.ndarray:
+        return np.asarray(ImageCms.profileToProfile(
+            Image.fromarray(pixels), ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+            ImageCms.createProfile("sRGB"), outputMode="RGB")) / 255
+
+    icc = rgb_profile(P3_D50, 0, "lifted", _lifted(black))
+    levels = np.arange(0, 256, 5, dtype=np.uint8)
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 52, 3)
+    path = tmp_path / "grid.png"
+    path.write_bytes(_with_chunk(_png16(grid / np.float32(255)), b"iCCP", b"x\0\0" + zlib.compress(icc)))
+    off = np.abs(load_image(path).rgb - lcms(grid, icc))
+    assert off.mean() < 0.5 / 255, off.mean() * 255
+    greys = grid[:, :, 0] == grid[:, :, 1]
+    greys &= grid[:, :, 1] == grid[:, :, 2]
+    # greys: lcms's 8-bit tables step by up to 1.9/255 where a black lifted to 0.3 flattens them
+    assert off[greys].max() < 2.5 / 255 and off[0, 0].max() < 0.5 / 255  # black: 0 at 0.02
+    grey = rgb_profile(None, 0, "lifted grey", _lifted(black))
+    levels = np.arange(256, dtype=np.uint16).reshape(16, 16)
+    Image.fromarray(levels * 257).save(tmp_path / "grey16.png", icc_profile=grey)
+    expected = lcms(levels.astype(np.uint8), grey)
+    assert np.abs(load_image(tmp_path / "grey16.png").rgb - expected).max() < 2.5 / 255
+
+
 @pytest.mark.parametrize("gamma", [1.0, 1.8])
 def test_16_bit_grey_with_a_grey_profile_is_converted(tmp_path, gamma):
     """A 16-bit grey PNG with a grey TRC profile was taken as sRGB (lcms in Pillow takes 8-bit grey

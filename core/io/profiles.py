@@ -111,6 +111,16 @@ def _matrix_shaper(icc: bytes):
 
 
 _SRGB_MATRIX = _matrix_shaper(ImageCms.ImageCmsProfile(_SRGB).tobytes())[0]
+_D50 = np.array([0.9642, 1.0, 0.8249])  # the profile connection space's white
+_DARKEST_BLACK_L = 50.0  # littlecms takes a profile's black as at most this light (L*)
+
+
+def _black(luminance: float) -> float:
+    """The black point littlecms compensates (a neutral of its darkest colorant's luminance, L*
+    50 at most). Pillow converts with the perceptual intent into its sRGB, a version 4 profile,
+    so littlecms maps a profile's black to sRGB's: a lifted black (a measured display's profile,
+    a scanner's) comes out black, linear light as (Y - black) / (1 - black)."""
+    return float(np.clip(luminance, 0, ((_DARKEST_BLACK_L + 16) / 116) ** 3))
 
 
 def _srgb_encoded(linear: np.ndarray) -> np.ndarray:
@@ -133,7 +143,8 @@ def _srgb_encoded_by_table(linear: np.ndarray) -> np.ndarray:
 def grey_in_srgb(grey: np.ndarray, icc: bytes | None) -> np.ndarray | None:
     """Grey 0..1 with a grey TRC profile's tone (kTRC, XYZ connection, no LUT: what lcms uses)
     converted to sRGB in float, as lcms converts it: a neutral of D50 white, so each of R, G, B
-    is sRGB's curve on the profile's linear light. None for a profile of another kind."""
+    is sRGB's curve on the profile's linear light (its black point compensated: _black). None
+    for a profile of another kind."""
     if not icc or icc[16:24] != b"GRAYXYZ ":
         return None
     tags = _tag_table(icc)
@@ -145,7 +156,9 @@ def grey_in_srgb(grey: np.ndarray, icc: bytes | None) -> np.ndarray | None:
         return None
     if curve is None:
         return None
-    return _srgb_encoded(np.clip(curve(grey.astype(np.float64)), 0, 1)).astype(np.float32)
+    black = _black(curve(np.float64(0)))
+    linear = (curve(grey.astype(np.float64)) - black) / (1 - black)
+    return _srgb_encoded(np.clip(linear, 0, 1)).astype(np.float32)
 
 
 def grey_by_levels_in_srgb(grey: np.ndarray, icc: bytes) -> np.ndarray | None:
@@ -164,9 +177,10 @@ def grey_by_levels_in_srgb(grey: np.ndarray, icc: bytes) -> np.ndarray | None:
 
 def deep_in_srgb(samples: np.ndarray, icc: bytes | None) -> np.ndarray | None:
     """16-bit RGB(A) samples ([H,W,C] uint16) with a matrix/TRC profile's colours converted to
-    sRGB in float, as lcms converts them (relative colorimetric, clipped to sRGB's gamut), their
-    precision kept: float32 0..1, alpha as it was. Another RGB profile (a LUT) through lcms's
-    grid (rgb_by_grid_in_srgb). None where lcms cannot convert it (then the 8-bit path stands)."""
+    sRGB in float, as lcms converts them (relative colorimetric, the black point compensated:
+    _black; clipped to sRGB's gamut), their precision kept: float32 0..1, alpha as it was.
+    Another RGB profile (a LUT) through lcms's grid (rgb_by_grid_in_srgb). None where lcms
+    cannot convert it (then the 8-bit path stands)."""
     shaper = _matrix_shaper(icc) if icc else None
     if shaper is None:
         srgb = rgb_by_grid_in_srgb(samples[..., :3] / np.float32(65535), icc) if icc else None
@@ -175,9 +189,11 @@ def deep_in_srgb(samples: np.ndarray, icc: bytes | None) -> np.ndarray | None:
     matrix, curves = shaper
     codes = np.linspace(0, 1, 65536)  # every 16-bit value: each curve looked up, not computed per pixel
     linear = [np.take(curve(codes).astype(np.float32), samples[..., i]) for i, curve in enumerate(curves)]
-    to_srgb = np.linalg.solve(_SRGB_MATRIX, matrix).astype(np.float32)
-    srgb = [_srgb_encoded_by_table(np.clip(sum(row[i] * linear[i] for i in range(3)), 0, 1))
-            for row in to_srgb]
+    black = _black(matrix[1] @ [float(curve(np.float64(0))) for curve in curves])
+    to_srgb = (np.linalg.solve(_SRGB_MATRIX, matrix) / (1 - black)).astype(np.float32)
+    lift = (black / (1 - black) * np.linalg.solve(_SRGB_MATRIX, _D50)).astype(np.float32)
+    srgb = [_srgb_encoded_by_table(np.clip(sum(row[i] * linear[i] for i in range(3)) - cut, 0, 1))
+            for row, cut in zip(to_srgb, lift)]
     return np.stack([*srgb, *(samples[..., 3:] / np.float32(65535)).transpose(2, 0, 1)], axis=-1)
 
 
