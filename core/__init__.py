@@ -27,8 +27,6 @@ _HOMES = {
 }
 __all__ = list(_HOMES)
 from . import compat as compat  # noqa: E402  (old module paths, e.g. stylefu.core.vgg, still import)
-from .run.pipeline import stylize as stylize  # noqa: E402
-from .run.preview import preview as preview  # noqa: E402
 
 
 def __getattr__(name: str):

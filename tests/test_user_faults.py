@@ -312,6 +312,31 @@ def test_a_signal_once_the_output_is_in_place_is_too_late_to_cancel_the_run(
                                                                  "style.png"]
 
 
+def test_a_ctrl_c_as_the_program_starts_is_reported_without_a_traceback(world):
+    """A Ctrl-C while `stylefu` imported its modules (numpy, Pillow, the pipeline: a few tenths
+    of a second) printed Python's traceback. The installed program (its console-script entry
+    point, loaded as pip's launcher does) is sent SIGINT as numpy is first imported: it says
+    `interrupted`, ends 130 with the `cancelled` event and writes nothing."""
+    output = world.root / "out.png"
+    launcher = (
+        "import importlib.abc, os, signal, sys\n"
+        "from importlib.metadata import entry_points\n"
+        "class CtrlC(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'numpy':\n"
+        "            sys.meta_path.remove(self)\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "sys.meta_path.insert(0, CtrlC())\n"
+        "(program,) = entry_points(group='console_scripts', name='stylefu')\n"
+        "sys.exit(program.load()())\n")
+    done = subprocess.run([sys.executable, "-c", launcher, *map(str, run_args(world, output))],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == EXIT_CANCELLED and "Traceback" not in done.stderr, done.stderr
+    assert "interrupted" in done.stderr
+    assert strict_records(done.stdout)[-1] == {"event": "cancelled", "reason": "SIGINT"}
+    assert not output.exists()
+
+
 @pytest.mark.parametrize("signum, code", [(None, EXIT_CANCELLED), (signal.SIGINT, EXIT_CANCELLED),
                                            (signal.SIGTERM, EXIT_TERMINATED)])
 def test_the_stuck_timer_ends_with_the_code_of_the_signal_that_arrived(signum, code,

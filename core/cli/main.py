@@ -798,10 +798,12 @@ def _json_progress(argv: list[str], parser: Parser | None = None) -> bool:
                for a, b in zip(argv, argv[1:] + [""]))
 
 
-def main(argv: list[str] | None = None, cancel: threading.Event | None = None) -> int:
+def main(argv: list[str] | None = None, cancel: threading.Event | None = None,
+         interrupted_at_start: bool = False) -> int:
     """Run one `stylefu` command; returns the exit code (see the module docstring). `cancel`:
     given by `stylefu serve` to each run it is asked for, which stops at its next evaluation
-    once it is set (and whose start-up the worker paid once)."""
+    once it is set (and whose start-up the worker paid once). `interrupted_at_start`: a Ctrl-C
+    came while the program imported this module (core/__main__.py), reported as any other."""
     as_program = argv is None  # the `stylefu` command itself, not a caller in its own process
     if as_program:  # before torch loads (a script's gets it from load_model)
         from ..method.tiling import primitive_cache_env
@@ -820,6 +822,8 @@ def main(argv: list[str] | None = None, cancel: threading.Event | None = None) -
                 pass
 
     try:
+        if interrupted_at_start:
+            raise KeyboardInterrupt
         _said["quiet"] = False
         parser = build_parser()
         json_mode = json_mode or _json_progress(argv, parser)
