@@ -727,3 +727,19 @@ def test_a_multi_page_tiff_says_only_its_first_page_is_painted(world, tmp_path):
     with_thumbnail = tiff("photo.tif", [(page, 0), (thumbnail, 1)])
     assert load_image(with_thumbnail).notes == ()
     assert np.array_equal(load_image(pages).rgb, load_image(with_thumbnail).rgb)  # the first page
+
+
+@pytest.mark.parametrize("where", ["content", "style", "init", "model"])
+def test_a_web_address_is_named_as_one(world, capsys, where):
+    """`stylefu run photo.jpg https://.../starry.jpg` said "Image file https:/.../starry.jpg does
+    not exist": the address mangled, and no word that stylefu reads files only. Now the one
+    sentence names the address as the user typed it and says to download it first."""
+    address = "https://example.com/starry.jpg"
+    args = run_args(world)
+    if where in ("content", "style"):
+        args[args.index(str(getattr(world, where)))] = address
+    else:
+        args += [f"--{where}", address]
+    before = world.snapshot()
+    message = assert_refused(cli(capsys, *args), ["web address"], before, world)
+    assert "download it first" in message and (where == "model" or address in message), message

@@ -155,15 +155,21 @@ def load_unchanged(path: str | Path, load: Callable[[], T], tries: int = 5) -> T
                     "once nothing writes to it.")
 
 
+_WEB_ADDRESS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/")  # https://, s3://: not a drive's C:/
+
+
 def path_kind(path: str | Path) -> str:
     """What is at `path`, in words for a message: "file" (a regular file, links followed),
-    "missing", or e.g. "a folder", "a symbolic link loop", "a character device"."""
+    "missing", or e.g. "a folder", "a symbolic link loop", "a character device", "a web
+    address"."""
     path = Path(path)
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
         if os.path.islink(path):
             return f"a link to {os.readlink(path)}, which does not exist"
+        if _WEB_ADDRESS.match(str(path)):
+            return "a web address (stylefu reads files: download it first)"
         return "missing"
     except OSError as exc:
         return {errno.ELOOP: "a symbolic link loop", errno.ENAMETOOLONG: "a name too long for the "
@@ -181,12 +187,13 @@ def path_kind(path: str | Path) -> str:
 def check_input_file(path: str | Path, what: str = "Image file") -> Path:
     """`path` as a Path when it is a readable, non-empty regular file; else a UserError saying
     what is there instead (a folder, a link loop, a device...), never just "does not exist"."""
-    path = Path(os.fsdecode(path))  # a bytes path too, as os's functions take
+    typed = os.fsdecode(path)  # a bytes path too, as os's functions take
+    path = Path(typed)
     kind = path_kind(path)
     if kind == "missing":
         raise UserError(f"{what} {path} does not exist.")
-    if kind.startswith("a link to"):
-        raise UserError(f"{what} {path} is {kind}.")
+    if kind.startswith(("a link to", "a web address")):
+        raise UserError(f"{what} {typed} is {kind}.")
     if kind != "file":
         raise UserError(f"{what} {path} is {kind}, not a file; give the path of a file.")
     if not os.access(path, os.R_OK):
