@@ -34,7 +34,7 @@ from test_fuzz import RUN, STYLEFU, assert_refused, cli, run_args, special, stri
 from stylefu.core.batch.driver import BatchItem, remove_stale_temporaries
 from stylefu.core.errors import UserError
 from stylefu.core.io import files
-from stylefu.core.io.images import load_image
+from stylefu.core.io.images import PILLOW_FORMATS, load_image
 
 TIMEOUT = 120  # seconds for one subprocess: far above its run time, far below a hung suite
 world = test_fuzz.world  # the fixture: a scratch folder with inputs, a model and a snapshot
@@ -324,7 +324,7 @@ def encoded_with(fmt: str, height: int, width: int, **options) -> bytes:
 
 
 SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "WEBP": ".webp", "BMP": ".bmp",
-          "GIF": ".gif", "npy": ".npy"}
+          "GIF": ".gif", "npy": ".npy", **({"AVIF": ".avif"} if ".avif" in PILLOW_FORMATS else {})}
 CUTS = (0.02, 0.5, 0.97)  # in the header, in the middle of the data, just before the end
 
 

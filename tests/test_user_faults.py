@@ -743,3 +743,31 @@ def test_a_web_address_is_named_as_one(world, capsys, where):
     before = world.snapshot()
     message = assert_refused(cli(capsys, *args), ["web address"], before, world)
     assert "download it first" in message and (where == "model" or address in message), message
+
+
+def test_heif_pictures_are_named_as_such(world, capsys, monkeypatch):
+    """An iPhone's photo (HEIC) was "not an image stylefu can read; save it as PNG, JPEG or TIFF",
+    which does not say why; an AVIF where Pillow lacks libavif likewise. Now each is named as what
+    it is, with what to do."""
+    from PIL import Image
+
+    from stylefu.core.io import images
+
+    heic = world.root / "IMG_0001.HEIC"  # an ISO media file: ftyp box, brand heic, then boxes
+    heic.write_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + b"\0\0\0\x10meta" + bytes(8))
+    args = run_args(world)
+    args[args.index(str(world.content))] = str(heic)
+    before = world.snapshot()
+    message = assert_refused(cli(capsys, *args), [heic], before, world)
+    assert "HEIC picture" in message and "JPEG" in message, message
+    avif = world.root / "photo.avif"
+    avif.write_bytes(b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf" + bytes(32))
+    args[args.index(str(heic))] = str(avif)
+    before = world.snapshot()
+    message = assert_refused(cli(capsys, *args), [avif], before, world)
+    assert "AVIF picture" in message and ("damaged" in message) == (".avif" in images.PILLOW_FORMATS)
+    monkeypatch.delitem(images.PILLOW_FORMATS, ".avif", raising=False)  # a Pillow without it
+    monkeypatch.setattr(Image, "OPEN", {k: v for k, v in Image.OPEN.items() if k != "AVIF"})
+    monkeypatch.setattr(Image, "ID", [k for k in Image.ID if k != "AVIF"])
+    message = assert_refused(cli(capsys, *args), [avif], before, world)
+    assert "AVIF picture and this Pillow reads none" in message, message

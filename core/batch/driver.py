@@ -61,7 +61,7 @@ from .items import (
 )
 
 MANIFEST_NAME = "manifest.jsonl"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".npy")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".avif", ".npy")
 DEFAULT_PATTERN = "{stem}.png"
 EACH_PATTERN = "{stem}-{style}.png"  # --styles-each: one output per input x style pair
 STOP_GRACE_S = 20.0  # after a cancel, how long workers get to stop before they are terminated

@@ -665,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the style image; several are blended (--style-blend) or each painted "
                      "in its own --mask")
     run.add_argument("-o", "--output", required=True, help="output image: .png, .tif (8 or 16 "
-                     "bits), .jpg, .webp, .bmp, or .npy (float32)")
+                     "bits), .jpg, .webp, .avif, .bmp, or .npy (float32)")
     run.add_argument("--model", help="model artifact (default: $STYLEFU_MODEL or the cache's)")
     run.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                      help="progress display: bar (stderr), json (JSON lines on stdout), none")
@@ -702,7 +702,7 @@ def build_parser() -> argparse.ArgumentParser:
     prev.add_argument("styles", nargs="+", metavar="style",
                       help="the candidate style images, each previewed alone")
     prev.add_argument("-o", "--output", required=True,
-                      help="contact sheet image (.png, .jpg, .webp, .tif, .bmp)")
+                      help="contact sheet image (.png, .jpg, .webp, .avif, .tif, .bmp)")
     prev.add_argument("--json", help="write every style's figures to this JSON file")
     prev.add_argument("--model", help="model artifact (default: $STYLEFU_MODEL or the cache's)")
     prev.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)

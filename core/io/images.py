@@ -42,10 +42,18 @@ if TYPE_CHECKING:
 # Output formats by suffix: Pillow's (8-bit; .png and .tif also 16-bit) and .npy (float32).
 PILLOW_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF",
                   ".bmp": "BMP", ".webp": "WEBP"}
+try:  # AVIF where this Pillow has libavif (its wheels from 11.3 on)
+    from PIL import AvifImagePlugin
+
+    if getattr(AvifImagePlugin, "SUPPORTED", False):
+        PILLOW_FORMATS[".avif"] = "AVIF"
+except ImportError:
+    pass
 OUTPUT_SUFFIXES = (*PILLOW_FORMATS, ".npy")
 BITS16_SUFFIXES = (".png", ".tif", ".tiff", ".npy")  # .npy keeps float32
-# Lossy outputs at quality 95: Pillow's defaults (75 JPEG, 80 WebP) smear a painting's fine strokes.
-SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
+# Lossy outputs at quality 95: Pillow's defaults (75 JPEG and AVIF, 80 WebP) smear a painting's
+# fine strokes.
+SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}, "AVIF": {"quality": 95}}
 # A float image with values above this holds 0..255 (or other) numbers, not 0..1: refused, not
 # clipped to white. Up to it, overshoots (from sharpening or resampling) are clipped to 1.
 FLOAT_RANGE_LIMIT = 1.5
@@ -372,9 +380,19 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
         if _is_tiff(path):  # "save it as TIFF" would answer a TIFF user with nothing to do
             raise UserError(f"{path} is a TIFF of a kind stylefu cannot read (float colour, for "
                             f"one){detail(said)}; save it as an 8- or 16-bit PNG or TIFF.") from None
+        kind = _heif_kind(path)
+        if kind == "AVIF" and ".avif" in PILLOW_FORMATS:  # Pillow reads AVIF: this one is broken
+            raise UserError(f"{path} is an AVIF picture that is truncated or damaged and cannot "
+                            f"be read{detail(said)}.") from None
+        if kind:  # an iPhone's photo (HEIC), or AVIF where this Pillow has no libavif
+            raise UserError(f"{path} is a HEIC picture, which stylefu cannot read; save it as "
+                            "JPEG or PNG first (an iPhone takes JPEG with Settings, Camera, "
+                            "Formats, Most Compatible)." if kind == "HEIC" else f"{path} is an "
+                            "AVIF picture and this Pillow reads none (Pillow 11.3 and later do); "
+                            "save it as JPEG or PNG, or upgrade Pillow.") from None
         raise UserError(f"{path} is not an image stylefu can read{detail(said)}; save it as PNG, "
                         "JPEG or TIFF.") from None
-    except OSError:
+    except (OSError, SyntaxError):  # SyntaxError: Pillow's AVIF decoder on a file cut short
         raise UserError(f"{path} is truncated or damaged and cannot be read{detail(said)}.") from None
 
 
@@ -405,6 +423,22 @@ def _is_tiff(path: Path) -> bool:
     with suppress(OSError), open(path, "rb") as f:
         return f.read(4) in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF
     return False
+
+
+# ISO media brands (the `ftyp` box) of HEIF pictures: AVIF's, and HEVC's (an iPhone's HEIC).
+_HEIF_BRANDS = {b"avif": "AVIF", b"avis": "AVIF", b"heic": "HEIC", b"heix": "HEIC",
+                b"heim": "HEIC", b"heis": "HEIC", b"hevc": "HEIC", b"hevx": "HEIC"}
+
+
+def _heif_kind(path: Path) -> str | None:
+    """"AVIF" or "HEIC" for a HEIF picture (its major or a compatible brand), else None."""
+    with suppress(OSError), open(path, "rb") as f:
+        head = f.read(64)
+        if head[4:8] == b"ftyp":
+            size = int.from_bytes(head[:4], "big")
+            brands = [head[i:i + 4] for i in range(8, min(size, len(head)), 4)]
+            return next((_HEIF_BRANDS[b] for b in brands if b in _HEIF_BRANDS), None)
+    return None
 
 
 def _say_again(warned: list, printed: list[str]) -> None:
@@ -594,7 +628,7 @@ def _bmp32(rgba: np.ndarray) -> bytes:
 
 def check_bits(path: str | Path, bits: int) -> None:
     """UserError, before any work, for bits other than 8 or 16, or when --bits 16 names a format
-    that holds 8 bits per channel (.jpg, .webp, .bmp): its result would silently lose the
+    that holds 8 bits per channel (.jpg, .webp, .avif, .bmp): its result would silently lose the
     precision asked for."""
     suffix = Path(path).suffix.lower()
     if bits not in (8, 16):  # else 12 or "16" wrote 8 bits without a word
@@ -619,7 +653,7 @@ def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = Non
     if log is not None and suffix in (".jpg", ".jpeg") and alpha is not None \
             and float(np.min(alpha)) < 1:
         log(act(f"{Path(path).name} has no alpha channel: the content's transparent parts become "
-                "opaque (write .png, .tif or .webp to keep the transparency)."))
+                "opaque (write .png, .tif, .webp or .avif to keep the transparency)."))
 
     def write(tmp: Path) -> None:
         if suffix == ".npy":

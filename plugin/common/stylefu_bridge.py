@@ -49,7 +49,7 @@ LIMITS = {"strength": (0.0, 100.0, 1.0), "iterations": (1, 10000, 10), "size": (
 # evaluation count at full size (`--evaluations`); every other quality ignores that count.
 CUSTOM_QUALITY = "custom"
 # What counts as a style image in a folder of candidates (what the worker reads).
-STYLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp", ".npy")
+STYLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".avif", ".bmp", ".npy")
 PREVIEW_STYLE_SLOTS = 4  # single style files in the preview's dialog, besides a folder
 # The GIMP 3 dialog's preview: its long side in pixels (small: a few seconds on 2 cores), its
 # preset (the fastest), how often it shows the painting as it forms, and the dialog entries that
