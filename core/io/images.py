@@ -19,8 +19,8 @@ import struct
 import sys
 import warnings
 import zlib
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext, suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,7 +34,7 @@ from ..notes import act
 from .files import atomic_write, check_input_file, check_output_path
 from .jpeg import cut_short
 from .profiles import deep_in_srgb, foreign_profile, grey_by_levels_in_srgb, grey_in_srgb, in_srgb
-from .quiet import captured_stderr, detail
+from .quiet import captured_log, captured_stderr, detail
 
 if TYPE_CHECKING:
     import torch
@@ -346,14 +346,15 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
             # Pillow only warns between 1x and 2x its pixel limit; refuse those too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
-                with Image.open(path) as image:
+                with captured_log(said), _opened(path) as image:
                     tiles = list(image.tile)  # load() empties them
                     if image.format == "TIFF":  # Pillow maps an uncompressed L, I;16 or RGBA
                         image.filename = ""  # strip at its turned size: garbled under 5..8
                     if image.format == "PNG":
                         _check_png_data(path, image.size)
                     # decodes everything: a file cut short raises OSError here
-                    with captured_stderr(printed) if image.format == "TIFF" else nullcontext():
+                    with captured_stderr(printed) if image.format == "TIFF" else nullcontext(), \
+                            decoding():
                         image.load()
                     if any(": Warning, " not in line for line in printed):
                         raise OSError("libtiff reported an error")  # its strips left blank
@@ -392,7 +393,7 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
                             "save it as JPEG or PNG, or upgrade Pillow.") from None
         raise UserError(f"{path} is not an image stylefu can read{detail(said)}; save it as PNG, "
                         "JPEG or TIFF.") from None
-    except (OSError, SyntaxError):  # SyntaxError: Pillow's AVIF decoder on a file cut short
+    except OSError:
         raise UserError(f"{path} is truncated or damaged and cannot be read{detail(said)}.") from None
 
 
@@ -423,6 +424,21 @@ def _is_tiff(path: Path) -> bool:
     with suppress(OSError), open(path, "rb") as f:
         return f.read(4) in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF
     return False
+
+
+@contextmanager
+def decoding() -> Iterator[None]:
+    """Pillow's other errors on damaged data (ValueError from a PNG's or BMP's header, libavif's
+    RuntimeError, a decoder's SyntaxError) as the OSError a damaged file raises."""
+    try:
+        yield
+    except (ValueError, RuntimeError, SyntaxError) as exc:
+        raise OSError(str(exc)) from exc
+
+
+def _opened(path: Path) -> Image.Image:
+    with decoding():
+        return Image.open(path)
 
 
 # ISO media brands (the `ftyp` box) of HEIF pictures: AVIF's, and HEVC's (an iPhone's HEIC).

@@ -2,12 +2,14 @@
 
 libtiff reports a damaged strip with its own line on stderr ("ZIPDecode: Decoding error at
 scanline 54, ..."), beside the one sentence stylefu prints: `captured_stderr` takes that text
-so it can go into the sentence, in parentheses, as its detail.
+so it can go into the sentence, in parentheses, as its detail. Pillow logs some refusals
+(logging's last resort prints them on stderr where nothing is configured): `captured_log`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -40,6 +42,22 @@ def captured_stderr(into: list[str]) -> Iterator[None]:
                 into.extend(line for line in text.splitlines() if line.strip())
     finally:
         os.close(saved)
+
+
+@contextlib.contextmanager
+def captured_log(into: list[str], name: str = "PIL") -> Iterator[None]:
+    """The warnings and errors logger `name` records in the block appended to `into`, not printed
+    by logging's last resort (handlers the program set up still get them)."""
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            into.append(record.getMessage())
+
+    logger, handler = logging.getLogger(name), Collect(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def detail(lines: list[str]) -> str:
