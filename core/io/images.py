@@ -325,8 +325,16 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
     if isinstance(source, Picture):
         return source
     if isinstance(source, Image.Image):
-        return (_pil_sixteen_bits(source, name or "image", to_srgb)
-                or _from_pil(source, name or "image", to_srgb, white=_grey_white(source)))
+        deep = _pil_sixteen_bits(source, name or "image", to_srgb)  # before load() closes its file
+        if deep is not None:
+            return deep
+        try:  # a lazily opened file decodes here: damage in it is the caller's file's
+            with decoding():
+                source.load()
+        except OSError as exc:
+            raise UserError(f"{name or 'image'}: the picture's file is truncated or damaged and "
+                            f"cannot be read{detail([str(exc)])}.") from None
+        return _from_pil(source, name or "image", to_srgb, white=_grey_white(source))
     if isinstance(source, np.ndarray):
         return _from_array(source, name or "array")
     if isinstance(source, bytes) and b"\0" in source:  # no path holds NUL: a file's contents
