@@ -771,3 +771,17 @@ def test_heif_pictures_are_named_as_such(world, capsys, monkeypatch):
     monkeypatch.setattr(Image, "ID", [k for k in Image.ID if k != "AVIF"])
     message = assert_refused(cli(capsys, *args), [avif], before, world)
     assert "AVIF picture and this Pillow reads none" in message, message
+
+
+def test_a_damaged_manifest_is_read_past_its_damage(tmp_path):
+    """`stylefu batch --resume` read the manifest as UTF-8 text: a damaged one (bytes that are no
+    UTF-8, from a disk fault or another program) was an internal error, and an entry whose output
+    was a list a TypeError. Now such lines are passed over (their items run again), the sound
+    entries kept."""
+    from stylefu.core.batch.driver import read_manifest
+
+    good = {"output": "out/a.png", "status": "ok", "config_hash": "h"}
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_bytes(b'{"output": "out/old.png"}\n\xff\xfe garbage \x00\n{"output": 5}\n[1, 2]\n'
+                         b'{"output": ["a"]}\n"text"\n' + json.dumps(good).encode() + b'\n{"outp')
+    assert read_manifest(manifest) == {"out/old.png": {"output": "out/old.png"}, "out/a.png": good}

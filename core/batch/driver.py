@@ -189,16 +189,17 @@ def config_hash(config: Config, model_path: str | Path, options: RunOptions = Ru
 
 
 def read_manifest(path: Path) -> dict[str, dict]:
-    """The last entry per output of a manifest; a line cut short by a kill is ignored."""
+    """The last entry per output of a manifest; a line cut short by a kill, or damaged (not
+    UTF-8, not an entry), is ignored: its item runs again."""
     entries: dict[str, dict] = {}
     if not path.is_file():
         return entries
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().splitlines():
         try:
             entry = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             continue
-        if isinstance(entry, dict) and entry.get("output"):
+        if isinstance(entry, dict) and isinstance(entry.get("output"), str) and entry["output"]:
             entries[entry["output"]] = entry
     return entries
 
