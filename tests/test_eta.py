@@ -333,3 +333,36 @@ def test_a_run_keeps_its_compile_seconds_as_cold_or_warm(model_path, images, tmp
     (entry,) = [v for k, v in eta.load_speeds().items() if k.endswith(eta.COMPILED)]
     assert [len(entry.get(k, [])) for k in ("cold_compile_seconds", "warm_compile_seconds")] == [1, 1]
     assert min(entry["cold_compile_seconds"] + entry["warm_compile_seconds"]) >= 0.2
+
+
+DAMAGED_SPEEDS = {  # speed.json as another program or a disk fault might leave it
+    "not UTF-8": b"\xff\xfe\x00{garbage",
+    "an entry that is a list": b'{"KEY": []}',
+    "points of the wrong kinds": b'{"KEY": {"points": [[1], ["a", null], "x", [2, NaN]], "when": "x"}}',
+    "kept seconds of the wrong kinds": b'{"KEY": {"points": "x", "fixed_seconds": [NaN, "x", -1]}}',
+    "absurd magnitudes": b'{"KEY": {"points": [[1, 1e308]], "fixed_seconds": [1e308]}}',
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED_SPEEDS)
+def test_a_damaged_speed_record_costs_only_the_estimate(model_path, images, monkeypatch, capsys,
+                                                        damage):
+    """speed.json in the cache, damaged, made every `stylefu run` an internal error at its start
+    or after its output was written (AttributeError, TypeError), and `estimate` one (OverflowError
+    on absurd figures). Now what a damaged record holds beyond what runs write is left out: runs
+    and estimates go on and the next run writes the record sound again."""
+    from stylefu.core.io.paths import cache_dir
+
+    config = Config(size=48, preset="draft", device="cpu", engine="torch")
+    key = eta.run_key(config, read_artifact_info(model_path).architecture)
+    record = cache_dir() / eta.SPEED_FILE
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_bytes(DAMAGED_SPEEDS[damage].replace(b"KEY", key.encode()))
+    content, style = images
+    stylize(content, style, config=config, model=model_path)  # TimeLeft.kept reads it
+    record.write_bytes(DAMAGED_SPEEDS[damage].replace(b"KEY", key.encode()))
+    options = ["--size", "48", "--preset", "draft", "--device", "cpu", "--engine", "torch",
+               "--model", str(model_path), "--layer", "64x48"]
+    assert main(["estimate", *options]) == 0, capsys.readouterr().err
+    kept = json.loads(record.read_text())  # the calibration wrote it again
+    assert kept[key]["points"] and all(p > 0 and s > 0 for p, s in kept[key]["points"])

@@ -146,13 +146,39 @@ def _speed_path() -> Path:
 
 
 def load_speeds() -> dict:
+    """speed.json's entries, each as record_speed writes it: what a damaged file (another
+    program's, a disk fault's) holds otherwise is left out, so it costs only the estimate."""
     try:
         import json
 
-        data = json.loads(_speed_path().read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+        data = json.loads(_speed_path().read_bytes())
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
         return {}
+    if not isinstance(data, dict):
+        return {}
+    return {key: _sound_entry(entry) for key, entry in data.items() if isinstance(entry, dict)}
+
+
+SECONDS_LISTS = ("fixed_seconds", "cold_compile_seconds", "warm_compile_seconds")
+# What a measured point or kept time can be (pixels, seconds); beyond: damage, not a measurement.
+PLAUSIBLE_PIXELS, PLAUSIBLE_SECONDS = (1, 1e12), (1e-9, 1e5)
+
+
+def _sound_entry(entry: dict) -> dict:
+    def within(value, low: float, high: float) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+
+    sound = {}
+    if isinstance(entry.get("points"), list):
+        sound["points"] = [[p, s] for p, s in (point for point in entry["points"]
+                                               if isinstance(point, list) and len(point) == 2)
+                           if within(p, *PLAUSIBLE_PIXELS) and within(s, *PLAUSIBLE_SECONDS)]
+    if within(entry.get("when"), 0, math.inf):
+        sound["when"] = entry["when"]
+    for name in SECONDS_LISTS:
+        if isinstance(entry.get(name), list):
+            sound[name] = [v for v in entry[name] if within(v, 0, PLAUSIBLE_SECONDS[1])]
+    return sound
 
 
 def record_speed(key: str, points: list[tuple[int, float, bool]],
