@@ -8,7 +8,7 @@ from pathlib import Path
 
 from stylefu.core import jsontext
 from stylefu.core.cli.main import _watch_stdin, say, weights_note
-from stylefu.core.errors import Cancelled
+from stylefu.core.errors import Cancelled, UserError
 from stylefu.core.io.paths import default_model_path
 from stylefu.core.method.config import NUMBER_RANGES, check_number
 from stylefu.core.network.vgg import ARCHITECTURES, PREPROCESSING, read_artifact
@@ -82,7 +82,13 @@ def cmd_export(args) -> int:
         say(message)
 
     if len(names) == 1 and args.weights == names[0]:  # one source: its own sentence, as before
-        path, errors = make(names[0])
+        try:
+            path, errors = make(names[0])
+        except UserError as exc:
+            if names[0] not in fetch.MODEL_SOURCES[:-1]:
+                raise
+            raise type(exc)(f"{str(exc).rstrip('.')} (--weights {fetch.AUTO} takes the first "
+                            f"source that works: {', '.join(fetch.MODEL_SOURCES)}).") from None
     else:
         (path, errors), _ = fetch.first_that_works(names, make, notice)
     info, _ = read_artifact(path)

