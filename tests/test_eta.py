@@ -345,24 +345,38 @@ DAMAGED_SPEEDS = {  # speed.json as another program or a disk fault might leave 
 
 
 @pytest.mark.parametrize("damage", DAMAGED_SPEEDS)
-def test_a_damaged_speed_record_costs_only_the_estimate(model_path, images, monkeypatch, capsys,
-                                                        damage):
+def test_a_damaged_speed_record_costs_only_the_estimate(damage):
     """speed.json in the cache, damaged, made every `stylefu run` an internal error at its start
-    or after its output was written (AttributeError, TypeError), and `estimate` one (OverflowError
-    on absurd figures). Now what a damaged record holds beyond what runs write is left out: runs
-    and estimates go on and the next run writes the record sound again."""
+    (the time left read it: AttributeError, TypeError) or after its output was written (the
+    speed kept), and `estimate` one (OverflowError on absurd figures). Now what a damaged record
+    holds beyond what runs write is left out: both go on and the next run writes it sound."""
     from stylefu.core.io.paths import cache_dir
 
-    config = Config(size=48, preset="draft", device="cpu", engine="torch")
+    record = cache_dir() / eta.SPEED_FILE
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_bytes(DAMAGED_SPEEDS[damage].replace(b"KEY", KEY.encode()))
+    config = Config(preset="normal", compile="off")
+    eta.TimeLeft.kept(KEY, config)  # what a run reads at its start
+    if eta.kept_speed(KEY)[0] is not None:  # else `stylefu estimate` calibrates
+        eta.format_duration(eta.estimate(512, 512, config, KEY)["seconds"])
+    eta.record_speed(KEY, [(10_000, 0.1, False)], 2.0)  # what a run keeps at its end
+    kept = json.loads(record.read_text())[KEY]
+    assert kept["points"][-1] == [10_000, 0.1] and kept["fixed_seconds"][-1] == 2.0
+
+
+def test_a_run_goes_on_past_a_damaged_speed_record(model_path, images, tmp_path):
+    """`stylefu run` itself: the damage that stopped it at its start; it ends 0 and keeps its
+    speed in a sound record."""
+    from stylefu.core.io.images import save_image
+    from stylefu.core.io.paths import cache_dir
+
+    config = Config(size=48, preset="draft", device="cpu", engine="torch", compile="off")
     key = eta.run_key(config, read_artifact_info(model_path).architecture)
     record = cache_dir() / eta.SPEED_FILE
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_bytes(DAMAGED_SPEEDS[damage].replace(b"KEY", key.encode()))
-    content, style = images
-    stylize(content, style, config=config, model=model_path)  # TimeLeft.kept reads it
-    record.write_bytes(DAMAGED_SPEEDS[damage].replace(b"KEY", key.encode()))
-    options = ["--size", "48", "--preset", "draft", "--device", "cpu", "--engine", "torch",
-               "--model", str(model_path), "--layer", "64x48"]
-    assert main(["estimate", *options]) == 0, capsys.readouterr().err
-    kept = json.loads(record.read_text())  # the calibration wrote it again
-    assert kept[key]["points"] and all(p > 0 and s > 0 for p, s in kept[key]["points"])
+    record.write_bytes(DAMAGED_SPEEDS["an entry that is a list"].replace(b"KEY", key.encode()))
+    content, style = (save_image(tmp_path / f"{n}.png", a) for n, a in zip("cs", images))
+    assert main(["run", str(content), str(style), "-o", str(tmp_path / "o.png"), "--size", "48",
+                 "--preset", "draft", "--device", "cpu", "--engine", "torch", "--compile", "off",
+                 "--model", str(model_path), "--progress", "none"]) == 0
+    assert json.loads(record.read_text())[key]["points"]  # written sound again
