@@ -85,7 +85,7 @@ def cmd_export(args) -> int:
         try:
             path, errors = make(names[0])
         except UserError as exc:
-            if names[0] not in fetch.MODEL_SOURCES[:-1]:
+            if names[0] not in fetch.MODEL_SOURCES[:-1]:  # auto has no other source after it
                 raise
             raise type(exc)(f"{str(exc).rstrip('.')} (--weights {fetch.AUTO} takes the first "
                             f"source that works: {', '.join(fetch.MODEL_SOURCES)}).") from None
