@@ -745,10 +745,10 @@ def test_a_web_address_is_named_as_one(world, capsys, where):
     assert "download it first" in message and (where == "model" or address in message), message
 
 
-def test_heif_pictures_are_named_as_such(world, capsys, monkeypatch):
+def test_heif_pictures_are_named_as_such(world, capsys, monkeypatch, tmp_path):
     """An iPhone's photo (HEIC) was "not an image stylefu can read; save it as PNG, JPEG or TIFF",
     which does not say why; an AVIF where Pillow lacks libavif likewise. Now each is named as what
-    it is, with what to do."""
+    it is, with what to do; a folder of them given to a batch says so."""
     from PIL import Image
 
     from stylefu.core.io import images
@@ -766,6 +766,13 @@ def test_heif_pictures_are_named_as_such(world, capsys, monkeypatch):
     before = world.snapshot()
     message = assert_refused(cli(capsys, *args), [avif], before, world)
     assert "AVIF picture" in message and ("damaged" in message) == (".avif" in images.PILLOW_FORMATS)
+    photos = tmp_path / "phone"  # a batch of a folder of iPhone photos
+    photos.mkdir()
+    for name in ("IMG_0001.HEIC", "IMG_0002.heic"):
+        (photos / name).write_bytes(heic.read_bytes())
+    with pytest.raises(UserError, match=r"holds no images .*; its 2 HEIC photo\(s\) stylefu "
+                                        "cannot read: save them as JPEG first"):
+        expand_inputs([str(photos)])
     monkeypatch.delitem(images.PILLOW_FORMATS, ".avif", raising=False)  # a Pillow without it
     monkeypatch.setattr(Image, "OPEN", {k: v for k, v in Image.OPEN.items() if k != "AVIF"})
     monkeypatch.setattr(Image, "ID", [k for k in Image.ID if k != "AVIF"])

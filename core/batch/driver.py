@@ -119,7 +119,10 @@ def expand_inputs(specs: Sequence[str]) -> list[Path]:
             images = sorted((p for p in Path(spec).iterdir()
                              if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
             if not images:
-                raise UserError(f"The folder {spec} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+                heic = sum(p.suffix.lower() in (".heic", ".heif") for p in Path(spec).iterdir())
+                raise UserError(f"The folder {spec} holds no images ({', '.join(IMAGE_SUFFIXES)})"
+                                + (f"; its {heic} HEIC photo(s) stylefu cannot read: save them as "
+                                   "JPEG first." if heic else "."))
             found += images
         elif glob.has_magic(spec) and not Path(spec).exists():
             matches = sorted((Path(p) for p in glob.glob(spec, recursive=True)), key=_natural_key)
