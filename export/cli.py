@@ -8,13 +8,14 @@ from pathlib import Path
 
 from stylefu.core import jsontext
 from stylefu.core.cli.main import _watch_stdin, say, weights_note
-from stylefu.core.errors import Cancelled, UserError
+from stylefu.core.errors import Cancelled
 from stylefu.core.io.paths import default_model_path
 from stylefu.core.method.config import NUMBER_RANGES, check_number
 from stylefu.core.network.vgg import ARCHITECTURES, PREPROCESSING, read_artifact
 
 from . import fetch
 from .artifact import export
+from .weights import DownloadError
 
 # A JSON progress line each time the download moves on by this fraction (not per 64 KB block).
 REPORT_STEP = 0.01
@@ -84,11 +85,11 @@ def cmd_export(args) -> int:
     if len(names) == 1 and args.weights == names[0]:  # one source: its own sentence, as before
         try:
             path, errors = make(names[0])
-        except UserError as exc:
+        except DownloadError as exc:
             if names[0] not in fetch.MODEL_SOURCES[:-1]:  # auto has no other source after it
                 raise
-            raise type(exc)(f"{str(exc).rstrip('.')} (--weights {fetch.AUTO} takes the first "
-                            f"source that works: {', '.join(fetch.MODEL_SOURCES)}).") from None
+            raise DownloadError(f"{str(exc).rstrip('.')} (--weights {fetch.AUTO} takes the first "
+                                f"source that works: {', '.join(fetch.MODEL_SOURCES)}).") from None
     else:
         (path, errors), _ = fetch.first_that_works(names, make, notice)
     info, _ = read_artifact(path)

@@ -30,6 +30,11 @@ from stylefu.core.network.artifact_meta import RANDOM_PREFIX
 from stylefu.core.network.vgg import ARCHITECTURES, DEFAULT_ARCHITECTURE, Architecture, architecture
 
 
+class DownloadError(UserError):
+    """Weights that could not be downloaded (the network, the server, a corrupt transfer): a
+    source that is no download may still work."""
+
+
 @dataclass(frozen=True)
 class RemoteWeights:
     """A published checkpoint: its URL carries the first hex digits of its sha256 (torch hub's rule)."""
@@ -155,11 +160,11 @@ def download(url: str, dest: Path, sha256_prefix: str, timeout: float = 30.0,
         if exc.code == 416 and have:  # range past the end: the part file is complete already
             pass
         else:
-            raise UserError(f"Downloading {url} failed (HTTP {exc.code}); check the address "
+            raise DownloadError(f"Downloading {url} failed (HTTP {exc.code}); check the address "
                             "or pass a local file with --weights PATH.") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise UserError(f"Downloading {url} failed ({reason}); run again to resume, or pass "
+        raise DownloadError(f"Downloading {url} failed ({reason}); run again to resume, or pass "
                         "a local file with --weights PATH.") from None
     finally:
         if bar:
@@ -167,7 +172,7 @@ def download(url: str, dest: Path, sha256_prefix: str, timeout: float = 30.0,
     digest = sha256_file(part)
     if not digest.startswith(sha256_prefix):
         part.unlink()
-        raise UserError(f"The download of {url} is corrupt (sha256 {digest[:12]}..., expected "
+        raise DownloadError(f"The download of {url} is corrupt (sha256 {digest[:12]}..., expected "
                         f"{sha256_prefix}...); it was deleted, run again to retry.")
     os.replace(part, dest)
     return dest
