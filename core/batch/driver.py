@@ -698,7 +698,8 @@ def _stylize_many(items, config, model, workers, ray, options, skip, progress, c
                         "out, or None, for the default).")
     skip = set(skip)
     check_shared_inputs(items, config, options)
-    loaded, device = load_driver_model(model, config, options.frames, ray)
+    in_ray = ray is not None and ray is not False
+    loaded, device = load_driver_model(model, config, options.frames, in_ray)
     if model_kind(model):  # load_model's: the workers load its file for its engine and device
         config = replace(config, engine=resolve_engine(config.engine, loaded), device=device)
     remove_stale_temporaries(items)
@@ -712,7 +713,7 @@ def _stylize_many(items, config, model, workers, ray, options, skip, progress, c
     work = [(i, it) for i, it in work if i not in skip]
     if not work:
         return
-    if ray is not None and ray is not False:
+    if in_ray:
         from .ray_pool import run_ray
 
         yield from run_ray(work, config, loaded.path, device, options, workers, ray, progress,

@@ -124,7 +124,7 @@ def cmd_batch(args, to_config: Callable) -> int:
         raise UserError("--frames makes one sequence; with --styles-each give one --style per batch.")
     from ..engines import load_driver_model
     # A missing model ends here, before any folder.
-    model, _ = load_driver_model(args.model, config, args.frames, args.ray)
+    model, _ = load_driver_model(args.model, config, args.frames, args.ray is not None)
     made = [p for p in (outdir, *outdir.parents) if not p.exists()]  # deepest first
     try:
         outdir.mkdir(parents=True, exist_ok=True)

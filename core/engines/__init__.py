@@ -90,13 +90,13 @@ def device_type(config) -> str:
     return resolve_device(config.device).type
 
 
-def load_driver_model(path, config, frames: bool, ray):
+def load_driver_model(path, config, frames: bool, in_ray: bool):
     """(model, device type) for a batch's driver. Where workers (processes, Ray tasks) run the
     items, each loads the model for its engine and device, and the driver only checks the file
     and computes the style targets (ONNX Runtime passes): the torch-free engine's model on the
-    CPU then, which puts no network in torch's memory nor on a GPU. `frames` without `ray`
-    (stylize_many's): the driver runs them itself, in order. A model already loaded is itself."""
-    if model_kind(path) or (frames and ray in (None, False)):
+    CPU then, which puts no network in torch's memory nor on a GPU. `frames` not `in_ray`: the
+    driver runs them itself, in order. A model already loaded is itself."""
+    if model_kind(path) or (frames and not in_ray):
         loaded = load_engine_model(path, config)
         return loaded, getattr(loaded.device, "type", str(loaded.device))
     from .onnx.engine import load_onnx_model
