@@ -748,7 +748,8 @@ def test_a_web_address_is_named_as_one(world, capsys, where):
 def test_heif_pictures_are_named_as_such(world, capsys, monkeypatch, tmp_path):
     """An iPhone's photo (HEIC) was "not an image stylefu can read; save it as PNG, JPEG or TIFF",
     which does not say why; an AVIF where Pillow lacks libavif likewise. Now each is named as what
-    it is, with what to do; a folder of them given to a batch says so."""
+    it is, with what to do; a folder of them given to a batch says so, and a folder with them
+    beside images names those it leaves out."""
     from PIL import Image
 
     from stylefu.core.io import images
@@ -773,6 +774,13 @@ def test_heif_pictures_are_named_as_such(world, capsys, monkeypatch, tmp_path):
     with pytest.raises(UserError, match=r"holds no images .*; its 2 HEIC photo\(s\) stylefu "
                                         "cannot read: save them as JPEG first"):
         expand_inputs([str(photos)])
+    (photos / "beside.png").write_bytes(world.content.read_bytes())  # HEIC beside an image: told
+    done = cli(capsys, "batch", photos, "--style", world.style, "-o", tmp_path / "out", "--model",
+               world.model, *RUN, "--progress", "json")
+    records = strict_records(done.out)
+    assert done.code == 0 and [r["event"] for r in records].count("item") == 1, done.err
+    assert {"event": "notice", "level": "warning", "message": f"2 HEIC photo(s) in {photos} left "
+            "out: stylefu cannot read HEIC; save them as JPEG to include them."} in records
     monkeypatch.delitem(images.PILLOW_FORMATS, ".avif", raising=False)  # a Pillow without it
     monkeypatch.setattr(Image, "OPEN", {k: v for k, v in Image.OPEN.items() if k != "AVIF"})
     monkeypatch.setattr(Image, "ID", [k for k in Image.ID if k != "AVIF"])

@@ -65,13 +65,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".a
 DEFAULT_PATTERN = "{stem}.png"
 EACH_PATTERN = "{stem}-{style}.png"  # --styles-each: one output per input x style pair
 STOP_GRACE_S = 20.0  # after a cancel, how long workers get to stop before they are terminated
-
-
-
-
-
-
-
+HEIF_SUFFIXES = (".heic", ".heif")  # an iPhone's photos: a folder's are counted, never read
 
 # ----------------------------------------------------------------------------- inputs and names
 
@@ -97,12 +91,13 @@ def list_text(path: Path) -> str:
         return data.decode(encoding)
 
 
-def expand_inputs(specs: Sequence[str]) -> list[Path]:
+def expand_inputs(specs: Sequence[str], log: Callable[[str], None] = notes.to_logger) -> list[Path]:
     """Folders (their images), globs, `@list.txt` (one path a line, relative to the list's folder,
     `#` comments) and plain paths, in natural order within each spec, duplicates dropped.
 
     A plain path is kept even when it does not exist (that item fails alone); a folder without
-    images, a glob without matches or a missing list file is the user's error.
+    images, a glob without matches or a missing list file is the user's error. HEIC photos in a
+    folder beside images are left out with a note to `log`, to act on.
     """
     found: list[Path] = []
     for spec in specs:
@@ -118,11 +113,14 @@ def expand_inputs(specs: Sequence[str]) -> list[Path]:
         elif Path(spec).is_dir():
             images = sorted((p for p in Path(spec).iterdir()
                              if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+            heic = sum(p.suffix.lower() in HEIF_SUFFIXES for p in Path(spec).iterdir())
             if not images:
-                heic = sum(p.suffix.lower() in (".heic", ".heif") for p in Path(spec).iterdir())
                 raise UserError(f"The folder {spec} holds no images ({', '.join(IMAGE_SUFFIXES)})"
                                 + (f"; its {heic} HEIC photo(s) stylefu cannot read: save them as "
                                    "JPEG first." if heic else "."))
+            if heic:
+                log(notes.act(f"{heic} HEIC photo(s) in {spec} left out: stylefu cannot read "
+                              "HEIC; save them as JPEG to include them."))
             found += images
         elif glob.has_magic(spec) and not Path(spec).exists():
             matches = sorted((Path(p) for p in glob.glob(spec, recursive=True)), key=_natural_key)

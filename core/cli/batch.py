@@ -109,7 +109,8 @@ class BatchProgress:
 def cmd_batch(args, to_config: Callable) -> int:
     config = to_config(args).validate()
     outdir = Path(args.output)
-    inputs = expand_inputs(args.inputs)
+    said: list[str] = []  # the inputs' notes, told once the progress display is up
+    inputs = expand_inputs(args.inputs, log=said.append)
     if args.styles_each and config.style_blend:
         raise UserError("--styles-each paints each style alone; leave out --style-blend.")
     items = make_items(inputs, args.styles, outdir, args.name, args.styles_each)
@@ -147,6 +148,8 @@ def cmd_batch(args, to_config: Callable) -> int:
         done = f", {len(skipped)} already done (--resume)" if args.resume else ""
         print(f"stylefu batch: {len(items)} item(s){done}; {engine}; manifest {manifest_path}",
               file=sys.stderr, flush=True)
+    for note in said:
+        progress.note(note)
     manifest = Manifest(manifest_path)
     failed = 0
     results = stylize_many(items, config, model=model.path, workers=args.workers, ray=args.ray,
