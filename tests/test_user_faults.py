@@ -248,6 +248,25 @@ def test_serve_ends_with_sigterms_code_when_its_stdin_closes_too(monkeypatch):
 
 
 
+def test_a_served_request_for_both_a_run_and_an_estimate_runs_neither(monkeypatch, capsys):
+    """A request naming both commands ran the `run` without a word (the estimate was dropped);
+    which one its sender meant is a guess, so it is answered by an error record naming both."""
+    from stylefu.core.cli import serve
+
+    read, write = os.pipe()
+    os.write(write, json.dumps({"id": 1, "run": ["c.png", "s.png", "-o", "o.png"],
+                                "estimate": ["--layer", "9x9"]}).encode() + b"\n")
+    os.close(write)
+    monkeypatch.setattr(sys, "stdin", os.fdopen(read))
+    monkeypatch.setattr(serve, "_warm", lambda *args: None)
+    monkeypatch.setattr(serve, "STOP_AFTER_STDIN_CLOSES", 1e6)  # its timer must not end pytest
+    ran = []
+    assert serve.serve(lambda argv, cancel: ran.append(argv) or 0, (EXIT_CANCELLED,)) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert not ran and records == [{"event": "started", "id": 1}, {
+        "event": "error", "message": "a request asks for one command: 'run' or 'estimate', not both"}]
+
+
 def test_serve_ends_with_sigints_code_when_its_stdin_closes_too(monkeypatch):
     """Ctrl-C in the terminal a worker runs from reaches it as its caller closes its stdin: the
     run ended 130 from the real SIGINT, and the worker took that for stdin's cancel (130 too)

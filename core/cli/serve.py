@@ -9,11 +9,11 @@ Requests come as JSON lines on stdin, answered in order:
   {"cancel": 3}  stops run 3 at its next evaluation (or before it starts).
 stdin closed: the running request is cancelled and the worker exits 0 (a run stuck in one
 evaluation for 15 s ends it with 130, as `run --watch-stdin`). A line that is no request is
-answered by an `error` record. SIGINT ends the worker with 130, SIGTERM with 143, whatever stdin
-does meanwhile (the stuck timer's end too), within 15 s even while a run is stuck in one
-evaluation and stdin stays open (`run --watch-stdin` too); one that comes once the worker has chosen to end on
-stdin's end (every request answered, Python exiting) leaves its exit code as it was, as `main`
-ignores SIGINT then.
+answered by an `error` record, as is one that asks for both a run and an estimate. SIGINT ends
+the worker with 130, SIGTERM with 143, whatever stdin does meanwhile (the stuck timer's end
+too), within 15 s even while a run is stuck in one evaluation and stdin stays open (`run
+--watch-stdin` too); one that comes once the worker has chosen to end on stdin's end (every
+request answered, Python exiting) leaves its exit code as it was, as `main` ignores SIGINT then.
 """
 
 from __future__ import annotations
@@ -147,7 +147,12 @@ def serve(run: Callable[[list[str], threading.Event], int], stop_codes: tuple[in
         while (taken := requests.next())[0] is not None:
             request, cancel = taken
             jsontext.print_line({"event": "started", "id": requests.current})
-            command = next((c for c in SERVED if isinstance(request, dict) and c in request), None)
+            asked = [c for c in SERVED if isinstance(request, dict) and c in request]
+            if len(asked) > 1:  # which one was meant is a guess: neither runs
+                jsontext.print_line({"event": "error", "message": "a request asks for one "
+                                     f"command: {' or '.join(map(repr, asked))}, not both"})
+                continue
+            command = asked[0] if asked else None
             argv = request[command] if command else None
             if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
                 jsontext.print_line({"event": "error", "message": "not a request: "
