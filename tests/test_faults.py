@@ -755,6 +755,35 @@ def test_the_torch_free_engine_never_pairs_a_model_with_another_ones_graph(model
         engine._load.cache_clear()
 
 
+def test_a_damaged_gradient_graph_is_passed_over_and_built_again(model_path, tmp_path,
+                                                                  monkeypatch):
+    """The torch-free engine's gradient graph damaged on disk (export's beside the model, the
+    cache's) was an internal error (ONNX Runtime's InvalidProtobuf) on every run: each is now
+    passed over, the cache's built again, whole."""
+    import onnx
+
+    from stylefu.core.engines.onnx import engine, gradient
+    from stylefu.core.network.vgg import CONTENT_LAYER
+
+    monkeypatch.setenv("STYLEFU_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "m.onnx"
+    shutil.copyfile(model_path, model)
+    loaded = engine.load_onnx_model(model)
+    try:
+        sha = loaded.engine.sha256
+        beside = gradient.sibling_path(model, CONTENT_LAYER, sha256=sha)
+        beside.write_bytes(b"")  # a file cut to nothing
+        cached = gradient.cached_path(model, CONTENT_LAYER, sha)
+        cached.parent.mkdir(parents=True)
+        cached.write_bytes(b"\x08\x07\x12" + np.random.default_rng(0).bytes(4096))
+        session = loaded.gradient(CONTENT_LAYER)
+        assert session.outputs and beside.read_bytes() == b""  # the user's file left as it was
+        graph = onnx.load(str(cached))
+        assert {p.key: p.value for p in graph.metadata_props}[gradient.SOURCE_KEY].startswith(sha)
+    finally:
+        engine._load.cache_clear()
+
+
 # --- 6, 7. stdout: pure JSON with stderr closed; a broken pipe ends quietly ---------------------
 
 def test_stderr_closed_keeps_stdout_pure_json(world, tmp_path):

@@ -52,9 +52,17 @@ class OnnxModel:
         if content_layer not in self._sessions:
             from .gradient import gradient_graph
 
-            self._sessions[content_layer] = GradientSession(
-                gradient_graph(self.path, content_layer, self.engine.sha256, self.source),
-                self.engine.threads)
+            damaged: list[Path] = []  # graph files ONNX Runtime refused (a disk fault): rebuilt
+            while True:
+                graph = gradient_graph(self.path, content_layer, self.engine.sha256, self.source,
+                                       damaged)
+                try:
+                    self._sessions[content_layer] = GradientSession(graph, self.engine.threads)
+                    break
+                except Exception:  # ORT's errors are plain Exceptions; a rebuilt one is ours
+                    if isinstance(graph, bytes) or graph in damaged:
+                        raise
+                    damaged.append(graph)
         return self._sessions[content_layer]
 
 

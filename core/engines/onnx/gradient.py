@@ -28,6 +28,7 @@ import glob
 import hashlib
 import os
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -283,14 +284,15 @@ def cached_path(artifact: str | Path, content_layer: str, sha256: str | None = N
 
 
 def gradient_graph(artifact: str | Path, content_layer: str, sha256: str,
-                   source=None) -> Path | bytes:
+                   source=None, damaged: Collection[Path] = ()) -> Path | bytes:
     """The gradient graph for the artifact at `artifact` whose bytes hash to `sha256` (those the
     engine loaded): the file export wrote beside it, else the cache's, built on first use (a few
     seconds); where the cache cannot be written, the graph itself (bytes, for ONNX Runtime): a
     cache only costs speed. Both are found by `sha256`, and built from `source` (the loaded file,
     still open), so an export renamed onto `artifact` since the load never pairs the loaded model
     with the new one's graph. Without `source` (or where an open file has no path), a graph is
-    built from `artifact` only while it holds those bytes, else refused."""
+    built from `artifact` only while it holds those bytes, else refused. `damaged`: files found
+    unreadable (ONNX Runtime refused them), passed over; the cache's is built again."""
     import onnx
 
     from ...errors import UserError
@@ -299,9 +301,12 @@ def gradient_graph(artifact: str | Path, content_layer: str, sha256: str,
 
     beside = sibling_path(artifact, content_layer, sha256=sha256)
     target = cached_path(artifact, content_layer, sha256)
-    if os.path.isfile(beside):  # never raises (a folder we may not read is a miss)
+    if os.path.isfile(beside) and beside not in damaged:  # never raises (unreadable: a miss)
         return beside
-    if os.path.isfile(target):
+    if target in damaged:
+        with contextlib.suppress(OSError):  # rebuilt below (and not written where it is stuck)
+            target.unlink()
+    elif os.path.isfile(target):
         touch(target)
         return target
 
