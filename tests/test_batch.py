@@ -21,8 +21,9 @@ import pytest
 from PIL import Image
 
 from stylefu.core import BatchItem, Config, RunOptions, stylize_many
-from stylefu.core.batch.driver import expand_inputs, make_items, read_manifest
+from stylefu.core.batch.driver import make_items, read_manifest
 from stylefu.core.errors import UserError
+from stylefu.core.io.inputs import expand_inputs
 
 FAST = ["--size", "64", "--levels", "1", "--evaluations", "4", "--coarse-evaluations", "0",
         "--tolerance", "0"]

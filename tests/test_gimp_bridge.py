@@ -262,7 +262,7 @@ def test_style_file_rules_are_the_same_for_both_plugins(tmp_path):
     """The preview takes the chosen files, then every image the worker reads from the folder
     (.bmp and .npy included, the suffixes a batch takes from a folder), sorted by name; a chosen
     file that is not there is wrong input."""
-    from stylefu.core.batch.driver import IMAGE_SUFFIXES
+    from stylefu.core.io.inputs import IMAGE_SUFFIXES
 
     assert sorted(bridge.STYLE_SUFFIXES) == sorted(IMAGE_SUFFIXES)  # GIMP's Python has its own
     for name in ("b.jpg", "a.PNG", "c.bmp", "d.npy", "notes.txt", "e.webp"):

@@ -90,7 +90,7 @@ def test_a_batch_list_file_from_a_windows_editor_or_shell_names_its_files(tmp_pa
     """`stylefu batch @list.txt`: Notepad may start UTF-8 with a BOM, PowerShell 5's `>` writes
     UTF-16, an older editor the ANSI code page; open()'s default (cp1252 on Windows, UTF-8 here)
     would read a non-ASCII name wrong, or the first line with the BOM in it, or refuse the file."""
-    from stylefu.core.batch import driver
+    from stylefu.core.io import inputs
 
     names = ["café.png", "über.png"]
     for name in names:
@@ -101,8 +101,8 @@ def test_a_batch_list_file_from_a_windows_editor_or_shell_names_its_files(tmp_pa
             "cp1252 (ANSI)": text.encode("cp1252")}[written]
     listing = tmp_path / "list.txt"
     listing.write_bytes(data)
-    monkeypatch.setattr(driver.locale, "getpreferredencoding", lambda do_setlocale=True: "cp1252")
-    assert driver.expand_inputs(["@" + str(listing)]) == [tmp_path / n for n in names]
+    monkeypatch.setattr(inputs.locale, "getpreferredencoding", lambda do_setlocale=True: "cp1252")
+    assert inputs.expand_inputs(["@" + str(listing)]) == [tmp_path / n for n in names]
 
 
 def test_windows_plans_with_its_available_memory_not_a_guess(monkeypatch):

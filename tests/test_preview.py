@@ -171,6 +171,28 @@ def test_cli_marks_an_unreadable_style_and_renders_the_others(model_path, files,
     assert sheet.format == "PNG" and red_cross_pixels(sheet) > 500
 
 
+def test_cli_takes_a_folder_of_styles(model_path, files, capsys, tmp_path):
+    """`stylefu preview photo.jpg styles/` previewed nothing ("a folder, not a file"): folders,
+    globs and @lists give their images as `batch` takes its inputs, in natural order, each once;
+    HEIC photos beside them are left out with a note."""
+    import shutil
+
+    folder = tmp_path / "styles"
+    folder.mkdir()
+    shutil.copy(files["noise"], folder / "b10.png")
+    shutil.copy(files["stripes"], folder / "b9.png")
+    (folder / "notes.txt").write_text("not a style")
+    (folder / "IMG_1.HEIC").write_bytes(b"\0\0\0\x18ftypheic")
+    numbers = tmp_path / "n.json"
+    code = main(["preview", str(files["content"]), str(folder), str(folder / "b9.png"), "-o",
+                 str(tmp_path / "sheet.png"), "--json", str(numbers), "--model", str(model_path),
+                 *QUICK])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert [s["name"] for s in json.loads(numbers.read_text())["styles"]] == ["b9", "b10"]
+    assert f"warning: 1 HEIC photo(s) in {folder} left out" in err
+
+
 def test_preview_defaults_are_the_draft_preset_at_preview_size(model_path, files, tmp_path):
     from stylefu.core.cli.main import build_parser
     from stylefu.core.run.preview import PREVIEW_PRESET, PREVIEW_SIZE

@@ -22,11 +22,12 @@ import test_fuzz
 from test_faults import mount_small_filesystem, read_only_folder
 from test_fuzz import RUN, assert_refused, cli, run_args, strict_records
 
-from stylefu.core.batch.driver import Manifest, expand_inputs, stylize_many
+from stylefu.core.batch.driver import Manifest, stylize_many
 from stylefu.core.cli.batch import BatchProgress
 from stylefu.core.cli.exits import EXIT_CANCELLED, EXIT_TERMINATED
 from stylefu.core.cli.main import ProgressPrinter
 from stylefu.core.errors import UserError
+from stylefu.core.io.inputs import expand_inputs
 
 world = test_fuzz.world  # the fixture: a scratch folder with inputs, a model and a snapshot
 

@@ -24,13 +24,13 @@ from ..batch.driver import (
     check_shared_inputs,
     config_hash,
     default_workers,
-    expand_inputs,
     make_items,
     pending,
     stylize_many,
 )
 from ..errors import UserError
 from ..io.files import check_writable_folder
+from ..io.inputs import expand_inputs
 from .bar import bar_line, clear_line, columns
 from .exits import EXIT_CANCELLED, EXIT_SOME_FAILED, EXIT_TERMINATED, Terminated
 

@@ -423,11 +423,14 @@ def cmd_run(args) -> int:
 def cmd_preview(args) -> int:
     from ..engines import load_engine_model
     from ..io.images import PILLOW_FORMATS, check_input_file, check_output_path
+    from ..io.inputs import expand_inputs
     from ..run.preview import preview
 
     config = config_from_args(args).validate()
-    inputs = [args.content, *args.styles]
     check_input_file(args.content)  # a bad style is skipped (a marked cell), a bad content is not
+    said: list[str] = []  # the styles' notes (HEIC photos left out), told after the first line
+    args.styles = [str(p) for p in expand_inputs(args.styles, log=said.append)]
+    inputs = [args.content, *args.styles]
     inputs += [p for p in (args.model, config.init) if p and p not in ("content", "noise")]
     sheet = check_output_path(args.output, "-o", tuple(PILLOW_FORMATS), inputs)
     if args.json:
@@ -441,6 +444,8 @@ def cmd_preview(args) -> int:
     say(f"stylefu preview: {len(args.styles)} style(s) at {config.size} px, preset "
          f"{config.preset}; device {model.device}, targets by {model.engine.describe()} "
          f"(weights: {weights_note(model.info)})")
+    for note in said:
+        say(f"stylefu preview: {notes.line(note)}")
 
     def report(p) -> None:
         if not p.ok:
@@ -700,7 +705,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "with their style distances, as one contact sheet")
     prev.add_argument("content", help="the picture the styles are tried on")
     prev.add_argument("styles", nargs="+", metavar="style",
-                      help="the candidate style images, each previewed alone")
+                      help="the candidate style images, each previewed alone: files, folders "
+                      "(their images), globs ('styles/*.jpg', quoted) or @list.txt")
     prev.add_argument("-o", "--output", required=True,
                       help="contact sheet image (.png, .jpg, .webp, .avif, .tif, .bmp)")
     prev.add_argument("--json", help="write every style's figures to this JSON file")

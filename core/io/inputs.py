@@ -1,0 +1,83 @@
+"""The images a command is given: folders (their images), globs, `@list.txt` files and plain
+paths, as `stylefu batch` takes its inputs and `stylefu preview` its styles."""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import locale
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .. import notes
+from ..errors import UserError
+from .files import check_input_file
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".avif", ".npy")
+HEIF_SUFFIXES = (".heic", ".heif")  # an iPhone's photos: a folder's are counted, never read
+
+
+def natural_key(path: Path) -> list:
+    """frame2 before frame10: digit runs compare as numbers."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(path))]
+
+
+def list_text(path: Path) -> str:
+    """A list file's text as editors and shells write it: UTF-8 (with the BOM Notepad may put
+    first, or without), UTF-16 with its BOM (Windows PowerShell 5's `dir -Name > list.txt`),
+    else the system's code page (an ANSI list on Windows, where that is not UTF-8)."""
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        encoding = locale.getpreferredencoding(False)
+        if os.name == "posix" and codecs.lookup(encoding).name == "utf-8" and \
+                not re.search(rb"[\x00-\x08\x0e-\x1f\x7f]", data):  # text, not an image's bytes
+            return os.fsdecode(data)  # names there are bytes: `ls > list` in a Latin-1 folder
+        return data.decode(encoding)
+
+
+def expand_inputs(specs: Sequence[str], log: Callable[[str], None] = notes.to_logger) -> list[Path]:
+    """Folders (their images), globs, `@list.txt` (one path a line, relative to the list's folder,
+    `#` comments) and plain paths, in natural order within each spec, duplicates dropped.
+
+    A plain path is kept even when it does not exist (that item fails alone); a folder without
+    images, a glob without matches or a missing list file is the user's error. HEIC photos in a
+    folder beside images are left out with a note to `log`, to act on.
+    """
+    found: list[Path] = []
+    for spec in specs:
+        if spec.startswith("@"):
+            listing = check_input_file(spec[1:], "List file")  # a FIFO would block the read
+            try:
+                lines = [line.strip() for line in list_text(listing).splitlines()]
+            except (OSError, UnicodeDecodeError):
+                raise UserError(f"List file {listing} is not readable text; give @PATH to a text "
+                                "file with one image path a line.") from None
+            found += [p if p.is_absolute() else listing.parent / p
+                      for p in (Path(line) for line in lines if line and not line.startswith("#"))]
+        elif Path(spec).is_dir():
+            images = sorted((p for p in Path(spec).iterdir()
+                             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
+            heic = sum(p.suffix.lower() in HEIF_SUFFIXES for p in Path(spec).iterdir())
+            if not images:
+                raise UserError(f"The folder {spec} holds no images ({', '.join(IMAGE_SUFFIXES)})"
+                                + (f"; its {heic} HEIC photo(s) stylefu cannot read: save them as "
+                                   "JPEG first." if heic else "."))
+            if heic:
+                log(notes.act(f"{heic} HEIC photo(s) in {spec} left out: stylefu cannot read "
+                              "HEIC; save them as JPEG to include them."))
+            found += images
+        elif glob.has_magic(spec) and not Path(spec).exists():
+            matches = sorted((Path(p) for p in glob.glob(spec, recursive=True)), key=natural_key)
+            if not matches:
+                raise UserError(f"No file matches {spec!r}; check the pattern (quote it so the shell "
+                                "does not expand it).")
+            found += matches
+        else:
+            found.append(Path(spec))
+    return list(dict.fromkeys(found))
