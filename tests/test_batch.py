@@ -112,11 +112,18 @@ def test_corrupt_input_fails_alone(tmp_path, photos, model_path):
     assert np.abs(result - np.asarray(Image.open(paths[0]), np.float32) / 255).mean() > 1e-3
 
 
-def test_styles_each_makes_every_pair(tmp_path, photos, model_path):
+def test_styles_each_makes_every_pair(tmp_path, photos, model_path, capsys):
+    """Each style of --styles-each named alone or by a set (here a glob: a folder or @list too);
+    a set without --styles-each is refused (it would blend them all)."""
+    from stylefu.core.cli.main import main
+
     paths, styles = photos
     out = tmp_path / "out"
-    done = _batch([*paths[:3], "--style", styles[0], "--style", styles[1], "--styles-each",
-                   "-o", out], model_path)
+    every = str(tmp_path / "*.png")  # stripes.png and turned.png
+    assert main(["batch", str(paths[0]), "--style", every, "-o", str(out)]) == 2
+    assert f"--style {every} names several styles: add --styles-each" in capsys.readouterr().err
+    assert not out.exists()
+    done = _batch([*paths[:3], "--style", every, "--styles-each", "-o", out], model_path)
     assert done.returncode == 0, done.stderr
     expected = {f"frame{i}-{s}.png" for i in range(3) for s in ("stripes", "turned")}
     assert _outputs(out) == expected

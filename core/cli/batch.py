@@ -30,7 +30,7 @@ from ..batch.driver import (
 )
 from ..errors import UserError
 from ..io.files import check_writable_folder
-from ..io.inputs import expand_inputs
+from ..io.inputs import expand_inputs, names_a_set
 from .bar import bar_line, clear_line, columns
 from .exits import EXIT_CANCELLED, EXIT_SOME_FAILED, EXIT_TERMINATED, Terminated
 
@@ -106,6 +106,21 @@ class BatchProgress:
             sys.stderr.write("\n")
 
 
+def _styles(specs: list[str], each: bool, log: Callable[[str], None]) -> list[str]:
+    """The --style files: a folder, glob or @list gives its images, one output each, so it asks
+    for --styles-each (blending a whole folder is rarely meant: such blends name each style)."""
+    styles = []
+    for spec in specs:
+        if not names_a_set(spec):
+            styles.append(spec)
+            continue
+        if not each:
+            raise UserError(f"--style {spec} names several styles: add --styles-each for one "
+                            "output per style (to blend styles, give each with its own --style).")
+        styles += [str(p) for p in expand_inputs([spec], log=log)]
+    return styles
+
+
 def cmd_batch(args, to_config: Callable) -> int:
     config = to_config(args).validate()
     outdir = Path(args.output)
@@ -113,6 +128,7 @@ def cmd_batch(args, to_config: Callable) -> int:
     inputs = expand_inputs(args.inputs, log=said.append)
     if args.styles_each and config.style_blend:
         raise UserError("--styles-each paints each style alone; leave out --style-blend.")
+    args.styles = _styles(args.styles, args.styles_each, said.append)
     items = make_items(inputs, args.styles, outdir, args.name, args.styles_each)
     from ..method.fullres import upscale_mode
 
@@ -205,7 +221,8 @@ def add_batch_parser(sub, add_config_options: Callable, to_config: Callable,
     batch.add_argument("inputs", nargs="+", metavar="input",
                        help="image, folder, glob ('photos/*.jpg', quoted) or @list.txt")
     batch.add_argument("--style", dest="styles", action="append", required=True, metavar="STYLE",
-                       help="style image; several blend (as in run) unless --styles-each")
+                       help="style image; several blend (as in run) unless --styles-each; with "
+                       "--styles-each also a folder, glob or @list.txt of styles")
     batch.add_argument("-o", "--output", required=True, help="output folder (made if missing)")
     batch.add_argument("--styles-each", action="store_true",
                        help="one output per input x style pair instead of one blended output")

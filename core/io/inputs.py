@@ -41,6 +41,13 @@ def list_text(path: Path) -> str:
         return data.decode(encoding)
 
 
+def names_a_set(spec: str) -> bool:
+    """Whether `spec` names a set of images (a folder, a glob that is no file's name, `@list`)
+    rather than one file."""
+    return spec.startswith("@") or Path(spec).is_dir() or \
+        (glob.has_magic(spec) and not Path(spec).exists())
+
+
 def expand_inputs(specs: Sequence[str], log: Callable[[str], None] = notes.to_logger) -> list[Path]:
     """Folders (their images), globs, `@list.txt` (one path a line, relative to the list's folder,
     `#` comments) and plain paths, in natural order within each spec, duplicates dropped.
