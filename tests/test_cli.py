@@ -426,6 +426,26 @@ def test_info_with_a_wrong_model_path_says_so(tmp_path, capsys):
     assert "is a folder, not a model file" in json.loads(capsys.readouterr().out)["weights"]
 
 
+def test_info_says_what_precision_auto_takes_here(tmp_path, capsys):
+    """A slow laptop's user asks why: `stylefu info` says what `--precision auto` computes in on
+    this CPU, as the runs resolve it, and an AVX2-only CPU's float32 with the reason."""
+    import os
+
+    import torch
+
+    from stylefu.core.engines.torch.model import resolve_precision
+
+    assert main(["info", "--model", str(tmp_path / "none.onnx"), "--json"]) == 0
+    taken = {torch.bfloat16: "bf16", torch.float32: "fp32"}[resolve_precision("auto", torch.device("cpu"))]
+    precision = json.loads(capsys.readouterr().out)["precision"]
+    assert precision.startswith(f"auto is {taken} on cpu"), precision
+    avx2 = subprocess.run([sys.executable, "-m", "stylefu.core", "info", "--json"], text=True,
+                          capture_output=True, timeout=120, check=True,
+                          env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert json.loads(avx2.stdout)["precision"].startswith(
+        "auto is fp32 on cpu (no AVX512-BF16 or AMX: bf16 would be emulated"), avx2.stdout
+
+
 def test_progress_bar_leaves_no_stale_characters(monkeypatch):
     """On a terminal the bar rewrites its line after a carriage return: a shorter line (the loss
     losing digits, "about 1 min 05 s" becoming "about 59 s") is padded over the longer one."""

@@ -127,6 +127,8 @@ def test_auto_engine_is_decided_by_what_is_installed(monkeypatch, installed, exp
     monkeypatch.setattr(engines, "torch_installed", lambda: installed)
     assert engines.resolve_engine("auto") == expected
     assert engines.resolve_engine("onnx") == "onnx"
+    if not installed:  # `stylefu info`'s precision line: the torch-free engine's float32
+        assert engines.auto_precision().startswith("auto is fp32 (the torch-free engine")
 
 
 def test_batch_of_frames_on_the_onnx_engine_imports_no_torch(model_path, tmp_path):

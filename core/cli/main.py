@@ -570,7 +570,7 @@ def cmd_serve(args) -> int:
 def cmd_info(args) -> int:
     import onnxruntime
 
-    from ..engines import resolve_engine, torch_installed, why_auto
+    from ..engines import auto_precision, resolve_engine, torch_installed, why_auto
     from ..io.paths import MODEL_FILENAME, cache_dir, default_model_path
     from ..network.forward import FeatureEngine
     from ..network.vgg import read_artifact
@@ -606,6 +606,7 @@ def cmd_info(args) -> int:
         gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     lines.update(torch=version, onnxruntime=onnxruntime.__version__,
                  engine=resolve_engine("auto"), engine_why=why_auto(),
+                 precision=auto_precision(),
                  devices=", ".join(["cpu"] + [f"cuda:{i} {n}" for i, n in enumerate(gpus)]))
     if args.json:
         print(jsontext.dumps(lines, indent=2))

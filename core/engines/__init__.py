@@ -28,6 +28,23 @@ def why_auto() -> str:
     return "torch is not installed: the torch-free engine (ONNX Runtime and numpy)"
 
 
+def auto_precision() -> str:
+    """What `--precision auto` computes in here, per device, and why (for `stylefu info`): where
+    a laptop's runs are slow, this line says whether bf16 is there to be had."""
+    if not torch_installed():
+        return "auto is fp32 (the torch-free engine computes in float32)"
+    import torch
+
+    from .torch.model import cpu_has_fast_bf16, resolve_precision
+
+    cpu = ("bf16 on cpu (it runs bf16 natively: AVX512-BF16 or AMX)" if cpu_has_fast_bf16() else
+           "fp32 on cpu (no AVX512-BF16 or AMX: bf16 would be emulated, about 20x slower)")
+    names = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+    gpus = [f"{names[resolve_precision('auto', torch.device('cuda', i))]} on cuda:{i}"
+            for i in range(torch.cuda.device_count())]
+    return "auto is " + "; ".join([cpu, *gpus])
+
+
 def model_kind(model) -> str | None:
     """'torch' or 'onnx' for a model `load_model` gave, None for a path (str, bytes or a path
     object) or None (the default model): what the API's `model=` takes. Anything else is one
