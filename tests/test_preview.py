@@ -141,12 +141,19 @@ def test_zero_styles_or_unreadable_content_is_a_user_error(model_path, files, ca
     assert "None of the 1 style image(s) could be previewed" in capsys.readouterr().err
 
 
-def test_one_style_alone_is_one_preview(model_path, files, images):
-    # a path or an array given alone (not in a list): not its characters or its rows as styles
+def test_one_style_alone_is_one_preview(model_path, files, images, tmp_path):
+    # a path or an array given alone (not in a list): not its characters or its rows as styles;
+    # a folder alone: its images
+    import shutil
+
     _, style = images
-    for alone in (str(files["stripes"]), style):
+    folder = tmp_path / "styles"
+    folder.mkdir()
+    shutil.copy(files["stripes"], folder / "kept.png")
+    for alone in (str(files["stripes"]), style, folder):
         result = preview(files["content"], alone, config=QUICK_CONFIG, model=model_path)
         assert len(result.styles) == 1 and result.styles[0].error is None
+    assert result.styles[0].name == "kept"
 
 
 def test_cli_marks_an_unreadable_style_and_renders_the_others(model_path, files, capsys):

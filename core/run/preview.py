@@ -40,6 +40,7 @@ from ..io.images import (
     one_or_many,
     resize_array,
 )
+from ..io.inputs import expand_inputs
 from ..method import balance, guides
 from ..method.config import PLAIN_STYLE_WEIGHT, STRENGTH_NEUTRAL, Config, given_config
 from ..method.objective import LossSpec
@@ -132,6 +133,13 @@ class PreviewResult:
         return atomic_write(Path(os.fsdecode(path)), lambda tmp: tmp.write_text(text))
 
 
+def _folder_or_one(source) -> list:
+    """A folder's images (a path naming a folder, as `stylefu preview` takes one), else `source`."""
+    if isinstance(source, (str, bytes, os.PathLike)) and os.path.isdir(source):
+        return expand_inputs([os.fsdecode(source)])
+    return [source]
+
+
 def _label(source, index: int) -> tuple[str, str]:
     """(short name for the sheet, source for messages) of a style given as path or array."""
     if isinstance(source, (str, bytes, os.PathLike)):
@@ -178,7 +186,7 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
             on_style: Callable[[StylePreview], None] | None = None,
             cancel: CancelToken = None) -> PreviewResult:
     """Preview each of `styles` (a list, or one alone) on `content` (paths, PIL images, arrays or
-    Pictures).
+    Pictures; a path naming a folder gives the folder's images, in natural order).
 
     `config` is the full run's configuration (default: `Config(preset="draft")`); the preview
     uses it at `size` px long side (default: `PREVIEW_SIZE`, or `config.size` when a config is
@@ -190,7 +198,7 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
     """
     started = time.perf_counter()
     check_hooks(on_style, cancel, "on_style")
-    styles = one_or_many(styles)
+    styles = [style for given in one_or_many(styles) for style in _folder_or_one(given)]
     if not styles:
         raise UserError("Give at least one style image to preview.")
     config = given_config(config, Config(preset=PREVIEW_PRESET, size=size or PREVIEW_SIZE))
