@@ -121,7 +121,8 @@ def test_styles_each_makes_every_pair(tmp_path, photos, model_path, capsys):
     out = tmp_path / "out"
     every = str(tmp_path / "*.png")  # stripes.png and turned.png
     assert main(["batch", str(paths[0]), "--style", every, "-o", str(out)]) == 2
-    assert f"--style {every} names several styles: add --styles-each" in capsys.readouterr().err
+    assert f"--style {every} names several styles (a pattern): add --styles-each" in \
+        capsys.readouterr().err
     assert not out.exists()
     done = _batch([*paths[:3], "--style", every, "--styles-each", "-o", out], model_path)
     assert done.returncode == 0, done.stderr

@@ -115,8 +115,10 @@ def _styles(specs: list[str], each: bool, log: Callable[[str], None]) -> list[st
             styles.append(spec)
             continue
         if not each:
-            raise UserError(f"--style {spec} names several styles: add --styles-each for one "
-                            "output per style (to blend styles, give each with its own --style).")
+            kind = ("a folder" if Path(spec).is_dir() else "a list file" if spec.startswith("@")
+                    else "a pattern")
+            raise UserError(f"--style {spec} names several styles ({kind}): add --styles-each for "
+                            "one output per style (to blend styles, give each with its own --style).")
         styles += [str(p) for p in expand_inputs([spec], log=log)]
     return styles
 
