@@ -107,8 +107,8 @@ class BatchProgress:
 
 
 def _styles(specs: list[str], each: bool, log: Callable[[str], None]) -> list[str]:
-    """The --style files: a folder, glob or @list gives its images, one output each, so it asks
-    for --styles-each (blending a whole folder is rarely meant: such blends name each style)."""
+    """The --style files: a folder, glob or @list gives its images, each its own output, so it
+    asks for --styles-each (a whole folder blended into one is rarely what was meant)."""
     styles = []
     for spec in specs:
         if not names_a_set(spec):
