@@ -30,7 +30,7 @@ from ..batch.driver import (
 )
 from ..errors import UserError
 from ..io.files import check_writable_folder
-from ..io.inputs import expand_inputs, names_a_set
+from ..io.inputs import expand_inputs, set_kind
 from .bar import bar_line, clear_line, columns
 from .exits import EXIT_CANCELLED, EXIT_SOME_FAILED, EXIT_TERMINATED, Terminated
 
@@ -111,12 +111,11 @@ def _styles(specs: list[str], each: bool, log: Callable[[str], None]) -> list[st
     asks for --styles-each (a whole folder blended into one is rarely what was meant)."""
     styles = []
     for spec in specs:
-        if not names_a_set(spec):
+        kind = set_kind(spec)
+        if kind is None:
             styles.append(spec)
             continue
         if not each:
-            kind = ("a folder" if Path(spec).is_dir() else "a list file" if spec.startswith("@")
-                    else "a pattern")
             raise UserError(f"--style {spec} names several styles ({kind}): add --styles-each for "
                             "one output per style (to blend styles, give each with its own --style).")
         styles += [str(p) for p in expand_inputs([spec], log=log)]

@@ -35,11 +35,12 @@ def auto_precision() -> str:
         return "auto is fp32 (the torch-free engine computes in float32)"
     import torch
 
-    from .torch.model import cpu_has_fast_bf16, resolve_precision
+    from .torch.model import resolve_precision
 
-    cpu = ("bf16 on cpu (it runs bf16 natively: AVX512-BF16 or AMX)" if cpu_has_fast_bf16() else
-           "fp32 on cpu (no AVX512-BF16 or AMX: bf16 would be emulated, about 20x slower)")
     names = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+    cpu = names[resolve_precision("auto", torch.device("cpu"))]
+    cpu += (" on cpu (it runs bf16 natively: AVX512-BF16 or AMX)" if cpu == "bf16" else
+            " on cpu (no AVX512-BF16 or AMX: bf16 would be emulated, about 20x slower)")
     gpus = [f"{names[resolve_precision('auto', torch.device('cuda', i))]} on cuda:{i}"
             for i in range(torch.cuda.device_count())]
     return "auto is " + "; ".join([cpu, *gpus])

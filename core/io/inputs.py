@@ -41,11 +41,16 @@ def list_text(path: Path) -> str:
         return data.decode(encoding)
 
 
-def names_a_set(spec: str) -> bool:
-    """Whether `spec` names a set of images (a folder, a glob that is no file's name, `@list`)
-    rather than one file."""
-    return spec.startswith("@") or Path(spec).is_dir() or \
-        (glob.has_magic(spec) and not Path(spec).exists())
+def set_kind(spec: str) -> str | None:
+    """The set of images `spec` names, in words: "a list file" (`@list.txt`), "a folder", "a
+    pattern" (a glob that is no file's name); None for one file."""
+    if spec.startswith("@"):
+        return "a list file"
+    if Path(spec).is_dir():
+        return "a folder"
+    if glob.has_magic(spec) and not Path(spec).exists():
+        return "a pattern"
+    return None
 
 
 def expand_inputs(specs: Sequence[str], log: Callable[[str], None] = notes.to_logger) -> list[Path]:
@@ -58,7 +63,8 @@ def expand_inputs(specs: Sequence[str], log: Callable[[str], None] = notes.to_lo
     """
     found: list[Path] = []
     for spec in specs:
-        if spec.startswith("@"):
+        kind = set_kind(spec)
+        if kind == "a list file":
             listing = check_input_file(spec[1:], "List file")  # a FIFO would block the read
             try:
                 lines = [line.strip() for line in list_text(listing).splitlines()]
@@ -67,10 +73,11 @@ def expand_inputs(specs: Sequence[str], log: Callable[[str], None] = notes.to_lo
                                 "file with one image path a line.") from None
             found += [p if p.is_absolute() else listing.parent / p
                       for p in (Path(line) for line in lines if line and not line.startswith("#"))]
-        elif Path(spec).is_dir():
-            images = sorted((p for p in Path(spec).iterdir()
+        elif kind == "a folder":
+            entries = list(Path(spec).iterdir())
+            images = sorted((p for p in entries
                              if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
-            heic = sum(p.suffix.lower() in HEIF_SUFFIXES for p in Path(spec).iterdir())
+            heic = sum(p.suffix.lower() in HEIF_SUFFIXES for p in entries)
             if not images:
                 raise UserError(f"The folder {spec} holds no images ({', '.join(IMAGE_SUFFIXES)})"
                                 + (f"; its {heic} HEIC photo(s) stylefu cannot read: save them as "
@@ -79,7 +86,7 @@ def expand_inputs(specs: Sequence[str], log: Callable[[str], None] = notes.to_lo
                 log(notes.act(f"{heic} HEIC photo(s) in {spec} left out: stylefu cannot read "
                               "HEIC; save them as JPEG to include them."))
             found += images
-        elif glob.has_magic(spec) and not Path(spec).exists():
+        elif kind == "a pattern":
             matches = sorted((Path(p) for p in glob.glob(spec, recursive=True)), key=natural_key)
             if not matches:
                 raise UserError(f"No file matches {spec!r}; check the pattern (quote it so the shell "
