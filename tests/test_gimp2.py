@@ -95,6 +95,7 @@ def report(request, installed):
     Image.fromarray(np.round(demo_style(40, seed=6) * 255).astype(np.uint8)).save(
         work / "styles" / "a-bitmap.bmp")
     (work / "styles" / "notes.txt").write_text("not a style")
+    (work / "styles" / "IMG_0001.HEIC").write_bytes(b"an iPhone's photo")
     job = {"plugin": str(target.plugin_file), "out": str(out), "width": W, "height": H,
            "pixels": {k: str(work / f"{k}.raw") for k in pixels}, "style": str(work / "style.png"),
            "bad_style": str(work / "broken.png"), "bad_style_accented": str(work / "café.png"),
@@ -424,16 +425,17 @@ def test_runs_keep_their_logs(installed, report):
 
 
 def test_preview_opens_the_contact_sheet(report):
-    """Neural Style Preview in 2.10: the last style slot and the folder's two style images (.bmp
-    and .npy count, like in GIMP 3; a .txt does not) make one contact sheet, opened as an image."""
+    """Neural Style Preview in 2.10: the last style slot and the folder (the worker takes its
+    images) make one contact sheet, opened as an image; the HEIC photo the folder holds is said
+    in a message, as GIMP 3's plug-in says it."""
     r = report["preview"]
     assert r["status"] == "success", r["message"]
     assert r["slots"] == installer.load_bridge().PREVIEW_STYLE_SLOTS
     line = next(x for x in report["log"].splitlines() if " -m stylefu.core preview " in x)
     folder = report["work"] / "styles"
-    styles = [str(report["work"] / "style.png"), str(folder / "a-bitmap.bmp"),
-              str(folder / "b-array.npy")]
-    assert " ".join(styles) + " -o " in line and "notes.txt" not in line
+    assert f"{report['work'] / 'style.png'} {folder} -o " in line
+    assert r["messages"] == [f"1 HEIC photo(s) in {folder} left out: stylefu cannot "
+                             "read HEIC; save them as JPEG to include them."]
     assert min(r["sheet_size"]) >= SIZE // 2
 
 

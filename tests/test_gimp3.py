@@ -186,6 +186,10 @@ def suite(gimp_model, tmp_path_factory):
     Image.fromarray(np.round(style * 255).astype(np.uint8)).save(root / "style.png")
     Image.fromarray(np.round(style[::-1, :, ::-1] * 255).astype(np.uint8)).save(root / "style2.png")
     np.save(root / "style-layer.npy", style_layer_pixels())
+    (root / "styles").mkdir()  # the preview's folder: one style, and a photo stylefu cannot read
+    Image.fromarray(np.round(demo_style(48, seed=4) * 255).astype(np.uint8)).save(
+        root / "styles" / "swirls.png")
+    (root / "styles" / "IMG_0001.HEIC").write_bytes(b"an iPhone's photo")
     (root / "broken.png").write_bytes(b"this is not an image\n" * 10)
     dying = root / "dying-python"
     dying.write_text(f"#!{sys.executable}\n" + (GIMP_DIR / "dying_worker.py").read_text())
@@ -196,6 +200,7 @@ def suite(gimp_model, tmp_path_factory):
     preview_reason = preview_command_missing()
     job = {"out": str(out), "settings": str(target.settings_file), "content": str(root / "content.npy"),
            "style": str(root / "style.png"), "style2": str(root / "style2.png"),
+           "style_folder": str(root / "styles"),
            "style_array": str(root / "style-layer.npy"), "bad_style": str(root / "broken.png"),
            "model": str(model_path), "missing_model": str(root / "no-such-model.onnx"),
            "fetched_model": str(out / "fetched" / "model.onnx"),
@@ -567,6 +572,9 @@ def test_preview_opens_the_contact_sheet(suite):
     assert r["new_images"] == 1 and r["layers"] == ["source"]
     sheet = Image.open(suite["out"] / "preview-sheet.png")
     assert sheet.size == tuple(r["sheet_size"]) and min(sheet.size) >= SIZE
+    # The folder's HEIC photo, which the worker leaves out, is said in GIMP's message (a console
+    # GIMP prints it as "Neural Style Preview-Warning: ..."; the run log's line is "warning: ...").
+    assert "Warning: 1 HEIC photo(s) in " in suite["log"], suite["log"][-3000:]
 
 
 def window_box(display: str, name: str) -> tuple[int, int, int, int]:

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from stylefu.core.cli.main import build_parser, main
 from stylefu.core.method.config import PRESETS, STRENGTH_NEUTRAL, Config
@@ -259,22 +260,17 @@ def test_worker_and_preview_commands_are_ones_stylefu_accepts(model_path, tmp_pa
 
 
 def test_style_file_rules_are_the_same_for_both_plugins(tmp_path):
-    """The preview takes the chosen files, then every image the worker reads from the folder
-    (.bmp and .npy included, the suffixes a batch takes from a folder), sorted by name; a chosen
-    file that is not there is wrong input."""
-    from stylefu.core.io.inputs import IMAGE_SUFFIXES
+    """The preview takes the chosen files, then the folder itself (the worker lists it, as
+    `stylefu preview` does); a chosen file that is not there is wrong input."""
+    from stylefu.core.cli.exits import EXIT_USER_ERROR
 
-    assert sorted(bridge.STYLE_SUFFIXES) == sorted(IMAGE_SUFFIXES)  # GIMP's Python has its own
-    for name in ("b.jpg", "a.PNG", "c.bmp", "d.npy", "notes.txt", "e.webp"):
-        (tmp_path / name).write_bytes(b"x")
-    (tmp_path / "sub").mkdir()
+    assert bridge.EXIT_USER_ERROR == EXIT_USER_ERROR  # GIMP's Python has its own
+    (tmp_path / "d.npy").write_bytes(b"x")
     chosen = str(tmp_path / "d.npy")
-    styles = bridge.preview_styles([chosen, "", None], str(tmp_path))
-    assert styles == [chosen] + [str(tmp_path / n) for n in ("a.PNG", "b.jpg", "c.bmp", "d.npy",
-                                                             "e.webp")]
+    assert bridge.preview_styles([chosen, "", None], str(tmp_path)) == [chosen, str(tmp_path)]
     assert bridge.preview_styles([chosen], str(tmp_path / "no-such-folder")) == [chosen]
     with pytest.raises(bridge.InputError, match="Choose style images for the preview"):
-        bridge.preview_styles([], str(tmp_path / "sub"))
+        bridge.preview_styles([], str(tmp_path / "no-such-folder"))
     with pytest.raises(bridge.InputError, match="The style file .* does not exist"):
         bridge.preview_styles([str(tmp_path / "gone.png")])
     assert bridge.style_name("/a/b/Starry night.v2.jpg") == "Starry night.v2"
@@ -339,6 +335,49 @@ class ArrayHost(bridge.PluginHost):
 
     def flush(self):
         pass
+
+
+class SheetHost(ArrayHost):
+    """ArrayHost that opens the preview's contact sheet (as an array) and keeps the messages."""
+
+    def __init__(self, content):
+        super().__init__(content, [])
+        self.messages = []
+
+    def open_sheet(self, path):
+        return np.asarray(Image.open(path))
+
+    def message(self, text):
+        self.messages.append(text)
+
+
+def test_preview_sheet_takes_a_folder_as_the_command_does(tmp_path, images, model_path,
+                                                         monkeypatch):
+    """Neural Style Preview with a folder of styles: the worker lists it, and the HEIC photos it
+    cannot read are said in a message to act on (they were left out without a word); a folder of
+    HEIC photos alone is the user's input, refused in the worker's sentence (not "stylefu failed
+    (exit code 2)")."""
+    content, style = images
+    folder = tmp_path / "styles"
+    folder.mkdir()
+    for name in ("style10.npy", "style9.npy"):
+        np.save(folder / name, style)
+    (folder / "notes.txt").write_text("not a style")
+    (folder / "IMG_0001.HEIC").write_bytes(b"heic")
+    settings = installer.plugin_settings("3", sys.executable, model_path)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where exchange_dir goes
+    host = SheetHost(content)
+    sheet = bridge.preview_sheet(host, settings, [], str(folder), 64)
+    assert host.messages == [f"1 HEIC photo(s) in {folder} left out: stylefu cannot "
+                             "read HEIC; save them as JPEG to include them."]
+    assert sheet.ndim == 3 and min(sheet.shape[:2]) >= 64
+    assert os.listdir(tmp_path / "tmp") == []  # the exchange folder removed
+    for name in ("style10.npy", "style9.npy", "notes.txt"):
+        (folder / name).unlink()
+    with pytest.raises(bridge.InputError, match=r"^The folder .* holds no images .*its 1 HEIC "
+                       r"photo\(s\) stylefu cannot read: save them as JPEG first\.$"):
+        bridge.preview_sheet(SheetHost(content), settings, [], str(folder), 64)
 
 
 @pytest.mark.parametrize("worker", ["new", "kept"])

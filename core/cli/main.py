@@ -459,6 +459,7 @@ def cmd_preview(args) -> int:
     finished_once(sheet)
     result.save(args.output)
     if args.json:
+        result.info["notes"] = [notes.event(note) for note in said]  # the plug-ins show them
         result.save_json(args.json)
     skipped = sum(not p.ok for p in result.styles)
     say(f"stylefu preview: wrote {args.output} in {result.info['seconds']:.1f} s"
@@ -710,7 +711,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "(their images), globs ('styles/*.jpg', quoted) or @list.txt")
     prev.add_argument("-o", "--output", required=True,
                       help="contact sheet image (.png, .jpg, .webp, .avif, .tif, .bmp)")
-    prev.add_argument("--json", help="write every style's figures to this JSON file")
+    prev.add_argument("--json", help="write every style's figures (and the notes told) to this "
+                      "JSON file")
     prev.add_argument("--model", help="model artifact (default: $STYLEFU_MODEL or the cache's)")
     prev.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     # Each style is previewed alone (no blend) and only the sheet is written (no --save-every).

@@ -48,8 +48,9 @@ LIMITS = {"strength": (0.0, 100.0, 1.0), "iterations": (1, 10000, 10), "size": (
 # The quality choice beyond the core's presets: the default preset's schedule with the dialog's
 # evaluation count at full size (`--evaluations`); every other quality ignores that count.
 CUSTOM_QUALITY = "custom"
-# What counts as a style image in a folder of candidates (what the worker reads).
-STYLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".avif", ".bmp", ".npy")
+# The worker's exit code for input it refused in a sentence for the user: core/cli/exits.py's
+# EXIT_USER_ERROR (GIMP's Python has no stylefu to take it from).
+EXIT_USER_ERROR = 2
 PREVIEW_STYLE_SLOTS = 4  # single style files in the preview's dialog, besides a folder
 # The GIMP 3 dialog's preview: its long side in pixels (small: a few seconds on 2 cores), its
 # preset (the fastest), how often it shows the painting as it forms, and the dialog entries that
@@ -454,9 +455,10 @@ def estimate_text(record, width, height):
         " (its speed measured now)" if record.get("measured_by") == "a calibration now" else "")
 
 
-def preview_command(settings, content, styles, sheet, size=0):
-    """The worker command for the preview contact sheet (`size` 0: stylefu preview's own)."""
-    args = ["preview", content] + list(styles) + ["-o", sheet]
+def preview_command(settings, content, styles, sheet, figures, size=0):
+    """The worker command for the preview contact sheet and its figures (JSON: the notes it told
+    too); `size` 0: stylefu preview's own."""
+    args = ["preview", content] + list(styles) + ["-o", sheet, "--json", figures]
     if int(size) > 0:
         args += ["--size", str(int(size))]
     if settings.get("model"):
@@ -479,11 +481,11 @@ def style_name(path):
 
 
 def preview_styles(files, folder=None):
-    """The preview's styles: the chosen files, then every style image in `folder`, by name."""
+    """The preview's styles: the chosen files, then `folder` (the worker takes its images, in
+    natural order, as `stylefu preview` takes a folder, and says what it leaves out)."""
     paths = [style_file(path) for path in files if path]
     if folder and os.path.isdir(folder):
-        paths += [os.path.join(folder, name) for name in sorted(os.listdir(folder))
-                  if name.lower().endswith(STYLE_SUFFIXES)]
+        paths.append(folder)
     if not paths:
         raise InputError("Choose style images for the preview: files or a folder of images.")
     return paths
@@ -653,6 +655,10 @@ class PluginHost(object):
 
     def open_sheet(self, path):
         """Open the preview contact sheet at `path` as a new image and return it."""
+        raise NotImplementedError
+
+    def message(self, text):
+        """Tell the user `text` (GIMP's message: a box, or its Error Console)."""
         raise NotImplementedError
 
     def ask_download(self, question, notice):
@@ -1078,15 +1084,21 @@ def preview_sheet(host, settings, files, style_folder=None, size=0):
         host.save_content(content)
         check_layer_size(settings, *npy_size(content))
         ensure_model(host, settings, folder)
-        sheet = os.path.join(folder, "preview-sheet.png")
-        host.progress(text="%s: previewing %d styles" % (TITLE, len(styles)))
-        command = preview_command(settings, content, styles, sheet, size)
+        sheet, figures = (os.path.join(folder, name)
+                          for name in ("preview-sheet.png", "preview.json"))
+        host.progress(text="%s: previewing the styles" % TITLE)
+        command = preview_command(settings, content, styles, sheet, figures, size)
         log("worker:", " ".join(command))
         try:
             run_command(command, cwd=folder)
         finally:
             host.progress(end=True)
-        return host.open_sheet(sheet)
+        opened = host.open_sheet(sheet)
+        with io.open(figures, encoding="utf-8") as f:
+            for record in json.load(f).get("notes", []):  # e.g. HEIC photos left out
+                log_notice(record)
+                host.message(record.get("message", ""))  # GIMP's own title says "Warning"
+        return opened
     finally:
         remove_dir(folder)
 
@@ -1565,5 +1577,7 @@ def run_command(command, cwd=None):
     _keep_worker_stderr(stderr_path, code)
     if code != 0:
         detail = _last_line(stderr_path)
+        if code == EXIT_USER_ERROR and detail:  # the worker's sentence about the user's input
+            raise InputError(detail)
         raise BridgeError("stylefu failed (%s)%s" % (_describe_exit(code),
                                                     (": " + detail) if detail else "."))

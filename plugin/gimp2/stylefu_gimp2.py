@@ -287,6 +287,9 @@ class Host(PluginHost):
         gimp.displays_flush()
         return sheet
 
+    def message(self, text):
+        gimp.message(text)
+
 
 def progress(fraction=None, text=None, end=False):
     """GIMP's progress bar: start it (fraction None), move it, or end it."""

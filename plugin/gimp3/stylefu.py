@@ -318,6 +318,9 @@ class Host(bridge.PluginHost):
             Gimp.displays_flush()
         return sheet
 
+    def message(self, text):
+        Gimp.message(text)
+
 
 def progress(fraction=None, text=None, end=False):
     """GIMP's progress bar: start it (fraction None), move it, or end it."""

@@ -325,7 +325,7 @@ def scenarios(content, fast):
         image, layer = make_image(content)
         # The first and the last of the dialog's style slots.
         _, values = run("preview", PROC_PREVIEW, image, layer, style_1=JOB["style"],
-                        style_4=JOB["style2"], size=JOB["size"])
+                        style_4=JOB["style2"], style_folder=JOB["style_folder"], size=JOB["size"])
         if results["preview"]["status"] == "success":
             sheet = values.index(1)
             results["preview"]["sheet_size"] = [sheet.get_width(), sheet.get_height()]

@@ -261,9 +261,11 @@ def preview(image, layer):
     """The contact sheet from the last of the dialog's style slots and a folder of styles."""
     slots = len(gimpfu.PROCEDURES["python-fu-stylefu-preview"]["params"]) - 4
     files = [""] * (slots - 1) + [JOB["style"]]
+    del gimpfu.gimp.messages[:]
     status, message, sheet = gimpfu.run("python-fu-stylefu-preview", image, layer,
                                         JOB["style_folder"], *(files + [JOB["size"]]))
-    report["preview"] = {"status": status, "message": message, "slots": slots}
+    report["preview"] = {"status": status, "message": message, "slots": slots,
+                         "messages": list(gimpfu.gimp.messages)}
     if sheet is not None:
         report["preview"]["sheet_size"] = [sheet.width, sheet.height]
     # The same from a batch script (gimp -i): no display can open; the script gets the sheet.
