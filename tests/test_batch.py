@@ -136,6 +136,34 @@ def test_styles_each_makes_every_pair(tmp_path, photos, model_path, capsys):
     assert np.abs(a - b).mean() > 0.1  # each style made its own result
 
 
+def test_a_batch_into_its_own_folder_runs_again(tmp_path, photos, model_path, capsys):
+    """Results written beside the photos (-o their folder) came back as inputs the next time,
+    and the run was refused (a photo's output was one of them): they are left out, with a note,
+    so the same command runs again and --resume skips what is done. Named alone, a result is
+    still an input, and refused as the output it would overwrite."""
+    from stylefu.core.cli.main import main
+
+    paths, styles = photos
+    folder = paths[0].parent
+    for path in paths[2:]:
+        path.unlink()
+    run = ["batch", str(folder), "--style", str(styles[0]), "-o", str(folder), "--name",
+           "{stem}-styled.png", "--progress", "none", "--workers", "1", *FAST,
+           "--model", str(model_path)]
+    assert main(run) == 0, capsys.readouterr().err
+    made = {"frame0.png", "frame1.png", "frame0-styled.png", "frame1-styled.png", "manifest.jsonl"}
+    assert {p.name for p in folder.iterdir()} == made
+    assert main(run) == 0
+    err = capsys.readouterr().err
+    assert f"2 result(s) of earlier batches left out of the inputs (the manifest " \
+        f"{folder / 'manifest.jsonl'} lists them)" in err, err
+    assert {p.name for p in folder.iterdir()} == made  # no frame0-styled-styled.png
+    assert main([*run, "--resume"]) == 0
+    assert "0 written, 0 failed, 2 skipped" in capsys.readouterr().err
+    assert main([*run[:1], str(paths[0]), str(folder / "frame0-styled.png"), *run[2:]]) == 2
+    assert f"Output {folder / 'frame0-styled.png'} is also an input" in capsys.readouterr().err
+
+
 def _wait_for_entries(manifest: Path, count: int, proc, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

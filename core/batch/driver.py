@@ -136,6 +136,17 @@ def read_manifest(path: Path) -> dict[str, dict]:
     return entries
 
 
+def earlier_outputs(path: Path) -> set[tuple[int, int]]:
+    """The files a manifest records as outputs that are still there, by identity (device, inode:
+    a link to one is the same file)."""
+    found = set()
+    for output in read_manifest(path):
+        with contextlib.suppress(OSError):
+            info = os.stat(output)
+            found.add((info.st_dev, info.st_ino))
+    return found
+
+
 class Manifest:
     """OUTDIR/manifest.jsonl, one JSON line per finished item, appended and synced to disk as each
     finishes: a killed batch leaves a true record up to its last finished item."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from ..batch.driver import (
     check_shared_inputs,
     config_hash,
     default_workers,
+    earlier_outputs,
     make_items,
     pending,
     stylize_many,
@@ -106,6 +108,28 @@ class BatchProgress:
             sys.stderr.write("\n")
 
 
+def _without_earlier_outputs(specs: list[str], inputs: list[Path], manifest: Path,
+                             log: Callable[[str], None]) -> list[Path]:
+    """`inputs` less the results of earlier batches into this -o that a folder, pattern or list
+    brought in (the manifest lists them): else a batch that writes beside its photos could never
+    run again, its results now inputs. A path given alone stays (and is refused as an output)."""
+    earlier = earlier_outputs(manifest)
+    named = {Path(spec) for spec in specs if set_kind(spec) is None}
+    kept = []
+    for path in inputs:
+        try:
+            info = os.stat(path)
+        except OSError:  # missing: that item fails alone
+            kept.append(path)
+            continue
+        if (info.st_dev, info.st_ino) not in earlier or path in named:
+            kept.append(path)
+    if len(kept) < len(inputs):
+        log(f"{len(inputs) - len(kept)} result(s) of earlier batches left out of the inputs (the "
+            f"manifest {manifest} lists them).")
+    return kept
+
+
 def _styles(specs: list[str], each: bool, log: Callable[[str], None]) -> list[str]:
     """The --style files: a folder, glob or @list gives its images, each its own output, so it
     asks for --styles-each (a whole folder blended into one is rarely what was meant)."""
@@ -126,7 +150,8 @@ def cmd_batch(args, to_config: Callable) -> int:
     config = to_config(args).validate()
     outdir = Path(args.output)
     said: list[str] = []  # the inputs' notes, told once the progress display is up
-    inputs = expand_inputs(args.inputs, log=said.append)
+    inputs = _without_earlier_outputs(args.inputs, expand_inputs(args.inputs, log=said.append),
+                                      outdir / MANIFEST_NAME, said.append)
     if args.styles_each and config.style_blend:
         raise UserError("--styles-each paints each style alone; leave out --style-blend.")
     args.styles = _styles(args.styles, args.styles_each, said.append)
