@@ -765,6 +765,25 @@ def test_a_web_address_is_named_as_one(world, capsys, where):
     assert "download it first" in message and (where == "model" or address in message), message
 
 
+@pytest.mark.parametrize("kind", ["a folder", "a pattern"])
+def test_a_set_of_styles_given_to_a_run_is_told_the_commands_that_take_one(world, capsys, kind):
+    """`stylefu run photo.jpg styles/` said "Image file styles is a folder, not a file": now it
+    says a run blends the styles it is given, and names `preview` and `batch --styles-each`,
+    which take a folder or a pattern (quoted, so that a shell does not expand it); `estimate`
+    says the same."""
+    folder = world.root / "my styles"
+    folder.mkdir()
+    spec = str(folder) if kind == "a folder" else str(world.root / "*.png")
+    args = run_args(world)
+    args[2] = spec
+    before = world.snapshot()
+    message = assert_refused(cli(capsys, *args), [f"Style {spec} is {kind}"], before, world)
+    assert f'`stylefu preview {world.content} "{spec}"`' in message, message
+    assert f'`stylefu batch {world.content} --style "{spec}" --styles-each -o OUTDIR`' in message
+    estimate = cli(capsys, "estimate", world.content, spec)
+    assert estimate.code == 2 and f"Style {spec} is {kind}, and a run" in estimate.err
+
+
 def test_heif_pictures_are_named_as_such(world, capsys, monkeypatch, tmp_path):
     """An iPhone's photo (HEIC) was "not an image stylefu can read; save it as PNG, JPEG or TIFF",
     which does not say why; an AVIF where Pillow lacks libavif likewise. Now each is named as what

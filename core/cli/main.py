@@ -329,11 +329,30 @@ def _watch_stdin(cancel: threading.Event) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def check_styles_are_files(styles: list[str], content: str | None) -> None:
+    """A folder or an unexpanded pattern among `run`'s (or `estimate`'s) styles, refused with the
+    commands that take one: a run blends the styles it is given, one painting."""
+    from ..io.inputs import set_kind
+
+    def typed(word: str) -> str:  # in double quotes where a shell would split or expand it
+        return f'"{word}"' if glob.has_magic(word) or any(c.isspace() for c in word) else word
+
+    for style in styles:
+        kind = set_kind(style)
+        if kind in ("a folder", "a pattern"):
+            photo, spec = typed(content or "photo.jpg"), typed(style)
+            raise UserError(f"Style {style} is {kind}, and a run paints with the style files it "
+                            f"is given, blended: to try each style in it, `stylefu preview {photo} "
+                            f"{spec}` (one sheet of them all) or `stylefu batch {photo} --style "
+                            f"{spec} --styles-each -o OUTDIR` (a painting each).")
+
+
 def check_run_paths(args, config: Config) -> Path:
     """Every input readable and every output writable, before any work: -o, --metrics and the
     --save-every images (siblings of -o) never replace an input, a folder or a special file."""
     from ..io.images import OUTPUT_SUFFIXES, check_bits, check_input_file, check_output_path
 
+    check_styles_are_files(args.styles, args.content)
     # --mask-inverse gives a guides.Inverse: its file is `source`.
     inputs = [args.content, *args.styles, *(getattr(m, "source", m) for m in args.masks or [])]
     if config.init not in ("content", "noise"):
@@ -496,6 +515,7 @@ def _styles(args) -> list:
     from ..io.images import check_input_file
     from ..method.targets import load_style
 
+    check_styles_are_files(args.styles, args.content)
     for path in args.styles:
         check_input_file(path)
     return [load_style(path, f"style {i}") for i, path in enumerate(args.styles, start=1)]
