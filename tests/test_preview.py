@@ -81,6 +81,31 @@ def test_the_sheet_shows_content_swatch_and_preview(model_path, images):
     assert np.abs(cell - thumb).mean() > 0.01
 
 
+def test_many_styles_make_rows_each_starting_with_the_content(model_path, images):
+    """A folder of 30 styles made one row 5,000 px wide: past 8 styles the sheet has balanced
+    rows of at most 6, the content first in each. "Style left" past 100 % (the content near the
+    style already) reads "over 100 %", not "16958.7 %"."""
+    from stylefu.core.run.preview import sheet_columns
+
+    assert [sheet_columns(n) for n in (1, 2, 8, 9, 12, 13, 30)] == [1, 2, 8, 5, 6, 5, 6]
+    content, style = images
+    result = preview(content, [style], config=QUICK_CONFIG, model=model_path)
+    one = result.sheet
+    result.styles = result.styles * 9
+    sheet = np.asarray(contact_sheet(result), np.float32)
+    assert sheet.shape[1] == one.width + 4 * (160 + 12)  # content + 5 columns, cells 160 px
+    assert sheet.shape[0] == 56 + 2 * (one.height - 56)  # two rows under the title
+    row = one.height - 56
+    first, second = (sheet[56 + dy:56 + dy + 120 + 12 + 120, 12:172] for dy in (0, row))
+    assert np.array_equal(first, second)  # each row starts with the content
+    assert np.abs(sheet[56 + row:, 12 + 172 * 5:].astype(np.float32) - 255).max() == 0  # 5th: paper
+    (item,) = result.styles[:1]
+    item.style_loss = 3 * item.distance_total
+    assert item.style_left_percent == "over 100 %"
+    item.style_loss = item.distance_total / 4
+    assert item.style_left_percent == "25.0 %"
+
+
 def test_the_sheet_shows_transparent_parts_as_paper(model_path, images):
     """A cut-out content's previews (and the content) show its transparent parts as the sheet's
     paper, not the painting under them; a cut-out style's swatch too."""

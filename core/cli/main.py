@@ -471,7 +471,7 @@ def cmd_preview(args) -> int:
             say(f"  {p.name}: SKIPPED, {p.error}", always=True)
         else:
             say(f"  {p.name}: style distance {p.distance_total:.3g}, after preview style loss "
-                 f"{p.style_loss:.3g} ({100 * p.style_left:.1f} % left), content loss "
+                 f"{p.style_loss:.3g} ({p.style_left_percent} left), content loss "
                  f"{p.content_loss:.3g} ({p.seconds:.1f} s)")
 
     result = preview(content, args.styles, config=config, model=model, on_style=report)

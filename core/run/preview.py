@@ -85,6 +85,15 @@ class StylePreview:
             return None
         return self.style_loss / self.distance_total
 
+    @property
+    def style_left_percent(self) -> str:
+        """style_left as shown: "33.3 %", or "over 100 %" (the content was near the style
+        already and the painting moved off it: "16958.7 %" said nothing more)."""
+        left = self.style_left
+        if left is None:  # no distance to begin with: the content has this style's Grams
+            return "-"
+        return "over 100 %" if left > 1 else f"{100 * left:.1f} %"
+
     def figures(self) -> dict:
         """The numbers, for JSON."""
         if not self.ok:
@@ -262,12 +271,14 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
 
 
 # ---------------------------------------------------------------------------------------------
-# The contact sheet: one column per image. Top row: style swatches; middle row: the content,
-# then each preview at the same size (so the eye compares them side by side); bottom: figures.
+# The contact sheet: one column per image, in rows (sheet_columns). In each row, top: style
+# swatches; middle: the content, then each preview at the same size (so the eye compares them
+# side by side); bottom: figures.
 
 INK, MUTED, PAPER, PANEL = (30, 30, 30), (105, 105, 105), (255, 255, 255), (236, 236, 236)
 BAR, BAR_LEFT, ERROR = (70, 110, 190), (220, 140, 40), (200, 40, 40)
 PAD = 12
+MAX_ONE_ROW, SHEET_COLUMNS = 8, 6  # previews in one row at most, else per row at most
 
 
 def balance_label(config: Config) -> str:
@@ -341,19 +352,30 @@ def _mark_missing(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int]) -> 
     draw.line((x0, y1, x1, y0), fill=ERROR, width=3)
 
 
+def sheet_columns(styles: int) -> int:
+    """Previews per row of the sheet: all in one up to MAX_ONE_ROW, else balanced rows of at
+    most SHEET_COLUMNS (a folder of 30 styles made one row 5,000 px wide)."""
+    if styles <= MAX_ONE_ROW:
+        return max(1, styles)
+    rows = -(-styles // SHEET_COLUMNS)
+    return -(-styles // rows)
+
+
 def contact_sheet(result: PreviewResult) -> Image.Image:
-    """Render `result` as one picture: swatches, content and previews, names and figures."""
+    """Render `result` as one picture: rows of swatches and previews, each row starting with the
+    content, names and figures under each."""
     h, w = result.info["size"]
     scale = max(160, min(320, max(h, w))) / max(h, w)  # cells 160..320 px on the long side
     cw, ch = max(120, round(w * scale)), round(h * scale)
-    title_f, name_f, text_f, small_f = _font(20), _font(16), _font(14), _font(12)
+    title_f, small_f = _font(20), _font(12)
     ok = [p for p in result.styles if p.ok]
     top = max(p.distance_total for p in ok) or 1.0
-    n = len(result.styles) + 1
+    columns = sheet_columns(len(result.styles))
+    rows = -(-len(result.styles) // columns)
     title_h, name_h, figures_h = 56, 26, 222
-    width = PAD + n * (cw + PAD)
-    height = title_h + name_h + ch + PAD + ch + PAD + figures_h + PAD
-    sheet = Image.new("RGB", (width, height), PAPER)
+    row_h = name_h + ch + PAD + ch + PAD + figures_h + PAD
+    width = PAD + (columns + 1) * (cw + PAD)
+    sheet = Image.new("RGB", (width, title_h + rows * row_h), PAPER)
     draw = ImageDraw.Draw(sheet)
 
     info, cfg = result.info, result.config
@@ -364,62 +386,77 @@ def contact_sheet(result: PreviewResult) -> Image.Image:
            f"{balance_label(cfg)}, colours: {cfg.preserve_colors}, weights: {weights}"
            + ("  (RANDOM: weak effect)" if info["weights_random"] else ""))
     draw.text((PAD, 34), _clip_text(draw, sub, small_f, width - 2 * PAD), font=small_f, fill=MUTED)
+    content = _fit(_to_pil(on_paper(result.content, result.content_alpha)), (cw, ch), crop=False)
+    for row in range(rows):
+        y = title_h + row * row_h
+        _content_column(draw, sheet, result, content, (cw, ch), y, y + name_h, legend=row == 0)
+        for column in range(columns):
+            index = row * columns + column
+            if index < len(result.styles):
+                _style_column(draw, sheet, result.styles[index], index + 1, top, (cw, ch),
+                              PAD + (column + 1) * (cw + PAD), y, y + name_h)
+    return sheet
 
-    y_name, y_swatch = title_h, title_h + name_h
+
+def _content_column(draw, sheet, result: PreviewResult, content: Image.Image, cell, y_name: int,
+                    y_swatch: int, legend: bool) -> None:
+    """A row's first column: the content, level with the previews (and the legend, once)."""
+    (cw, ch), x = cell, PAD
     y_main = y_swatch + ch + PAD
-    y_fig = y_main + ch + PAD
-    # Column 0: the content (in the preview row, level with the previews) and a legend.
-    x = PAD
-    draw.text((x, y_name), "content", font=name_f, fill=INK)
-    sheet.paste(_fit(_to_pil(on_paper(result.content, result.content_alpha)), (cw, ch), crop=False),
-                (x, y_main))
-    legend = ["top: the style image", "middle: content, then each", "  style's quick preview",
-              "", "style distance: Gram MSE", "  content <-> style (ONNX RT);",
-              "  bar: relative to the largest", "style left: loss after the", "  preview / distance",
-              "content: content loss after"]
-    for i, line in enumerate(legend):
-        draw.text((x, y_fig + i * 17), line, font=small_f, fill=MUTED)
+    text_f, small_f = _font(14), _font(12)
+    draw.text((x, y_name), "content", font=_font(16), fill=INK)
+    sheet.paste(content, (x, y_main))
+    if legend:
+        lines = ["top: the style image", "middle: content, then each", "  style's quick preview",
+                 "", "style distance: Gram MSE", "  content <-> style (ONNX RT);",
+                 "  bar: relative to the largest", "style left: loss after the",
+                 "  preview / distance", "content: content loss after"]
+        for i, line in enumerate(lines):
+            draw.text((x, y_main + ch + PAD + i * 17), line, font=small_f, fill=MUTED)
     if result.content_name != "content":
         draw.text((x, y_swatch + ch // 2 - 20), _clip_text(draw, result.content_name, text_f, cw),
                   font=text_f, fill=INK)
     draw.text((x, y_swatch + ch // 2 + 4), "styles ->", font=text_f, fill=MUTED)
 
-    for index, p in enumerate(result.styles, start=1):
-        x = PAD + index * (cw + PAD)
-        draw.text((x, y_name), _clip_text(draw, f"{index}. {p.name}", name_f, cw), font=name_f,
-                  fill=INK if p.ok else ERROR)
-        if not p.ok:
-            if p.swatch is None:
-                _mark_missing(draw, (x, y_swatch, x + cw - 1, y_swatch + ch - 1))
-            else:
-                sheet.paste(_fit(_to_pil(p.swatch), (cw, ch), crop=True), (x, y_swatch))
-            _mark_missing(draw, (x, y_main, x + cw - 1, y_main + ch - 1))
-            draw.text((x, y_fig), "NOT READ" if p.failed_stage == "read" else "FAILED",
-                      font=name_f, fill=ERROR)
-            for i, line in enumerate(_wrap(draw, p.error, small_f, cw, 9)):
-                draw.text((x, y_fig + 24 + i * 16), line, font=small_f, fill=INK)
-            continue
-        sheet.paste(_fit(_to_pil(p.swatch), (cw, ch), crop=True), (x, y_swatch))
-        sheet.paste(_fit(_to_pil(on_paper(p.image, p.alpha)), (cw, ch), crop=False), (x, y_main))
-        y = y_fig
-        draw.text((x, y), f"style distance {p.distance_total:.3g}", font=text_f, fill=INK)
-        y += 19
-        draw.rectangle((x, y, x + cw - 1, y + 9), fill=PANEL)
-        draw.rectangle((x, y, x + max(2, round((cw - 1) * p.distance_total / top)), y + 9),
-                       fill=BAR)
-        y += 16
-        left = p.style_left or 0.0
-        draw.text((x, y), f"style left {100 * left:.1f} %", font=text_f, fill=INK)
-        y += 19
-        draw.rectangle((x, y, x + cw - 1, y + 9), fill=PANEL)
-        draw.rectangle((x, y, x + max(2, round((cw - 1) * min(1.0, left))), y + 9), fill=BAR_LEFT)
-        y += 16
-        draw.text((x, y), f"content loss {p.content_loss:.3g}", font=text_f, fill=INK)
-        y += 22
-        draw.text((x, y), "distance by layer:", font=small_f, fill=MUTED)
-        y += 16
-        for name in STYLE_LAYERS:
-            draw.text((x, y), f"{name}  {p.distance[name]:.2e}", font=small_f, fill=MUTED)
-            y += 15
-        draw.text((x, y + 2), f"preview made in {p.seconds:.1f} s", font=small_f, fill=MUTED)
-    return sheet
+
+def _style_column(draw, sheet, p: StylePreview, index: int, top: float, cell, x: int,
+                  y_name: int, y_swatch: int) -> None:
+    """One style's column: its name, swatch, preview and figures (or, failed, why)."""
+    cw, ch = cell
+    y_main = y_swatch + ch + PAD
+    y = y_main + ch + PAD
+    name_f, text_f, small_f = _font(16), _font(14), _font(12)
+    draw.text((x, y_name), _clip_text(draw, f"{index}. {p.name}", name_f, cw), font=name_f,
+              fill=INK if p.ok else ERROR)
+    if not p.ok:
+        if p.swatch is None:
+            _mark_missing(draw, (x, y_swatch, x + cw - 1, y_swatch + ch - 1))
+        else:
+            sheet.paste(_fit(_to_pil(p.swatch), (cw, ch), crop=True), (x, y_swatch))
+        _mark_missing(draw, (x, y_main, x + cw - 1, y_main + ch - 1))
+        draw.text((x, y), "NOT READ" if p.failed_stage == "read" else "FAILED", font=name_f,
+                  fill=ERROR)
+        for i, line in enumerate(_wrap(draw, p.error, small_f, cw, 9)):
+            draw.text((x, y + 24 + i * 16), line, font=small_f, fill=INK)
+        return
+    sheet.paste(_fit(_to_pil(p.swatch), (cw, ch), crop=True), (x, y_swatch))
+    sheet.paste(_fit(_to_pil(on_paper(p.image, p.alpha)), (cw, ch), crop=False), (x, y_main))
+    draw.text((x, y), f"style distance {p.distance_total:.3g}", font=text_f, fill=INK)
+    y += 19
+    draw.rectangle((x, y, x + cw - 1, y + 9), fill=PANEL)
+    draw.rectangle((x, y, x + max(2, round((cw - 1) * p.distance_total / top)), y + 9), fill=BAR)
+    y += 16
+    draw.text((x, y), f"style left {p.style_left_percent}", font=text_f, fill=INK)
+    y += 19
+    draw.rectangle((x, y, x + cw - 1, y + 9), fill=PANEL)
+    draw.rectangle((x, y, x + max(2, round((cw - 1) * min(1.0, p.style_left or 0.0))), y + 9),
+                   fill=BAR_LEFT)
+    y += 16
+    draw.text((x, y), f"content loss {p.content_loss:.3g}", font=text_f, fill=INK)
+    y += 22
+    draw.text((x, y), "distance by layer:", font=small_f, fill=MUTED)
+    y += 16
+    for name in STYLE_LAYERS:
+        draw.text((x, y), f"{name}  {p.distance[name]:.2e}", font=small_f, fill=MUTED)
+        y += 15
+    draw.text((x, y + 2), f"preview made in {p.seconds:.1f} s", font=small_f, fill=MUTED)
