@@ -235,10 +235,13 @@ def test_worker_and_preview_commands_are_ones_stylefu_accepts(model_path, tmp_pa
     args = build_parser().parse_args(command[3:])
     assert args.styles == ["/s/a.png", "/s/b.npy"] and args.masks == ["/x/m.npy"]
     assert args.style_blend == (0.5, 0.5) and args.output == "/x/r.npy"
-    preview = bridge.preview_command(settings, "/x/c.npy", ["/s/a.png"], "/x/p.png", 96)
+    preview = bridge.preview_command(settings, "/x/c.npy", ["/s/a.png"], "/x/p.png", "/x/p.json",
+                                     96)
     args = build_parser().parse_args(preview[3:])
     assert args.command == "preview" and args.size == 96 and args.model == str(model_path)
-    assert "--size" not in bridge.preview_command(settings, "/x/c.npy", ["/s/a.png"], "/x/p.png", 0)
+    assert args.json == "/x/p.json" and args.progress == "json"
+    assert "--size" not in bridge.preview_command(settings, "/x/c.npy", ["/s/a.png"], "/x/p.png",
+                                                  "/x/p.json", 0)
     # The layer's size with its own detail unless the settings say "stretch" (docs/gimp.md).
     run = build_parser().parse_args(command[3:])
     assert run.keep_size and run.upscale == settings["upscale"] == "detail"
@@ -342,7 +345,10 @@ class SheetHost(ArrayHost):
 
     def __init__(self, content):
         super().__init__(content, [])
-        self.messages = []
+        self.messages, self.bar = [], []
+
+    def progress(self, fraction=None, text=None, end=False):
+        self.bar.append("end" if end else (fraction, text))
 
     def open_sheet(self, path):
         return np.asarray(Image.open(path))
@@ -354,9 +360,9 @@ class SheetHost(ArrayHost):
 def test_preview_sheet_takes_a_folder_as_the_command_does(tmp_path, images, model_path,
                                                          monkeypatch):
     """Neural Style Preview with a folder of styles: the worker lists it, and the HEIC photos it
-    cannot read are said in a message to act on (they were left out without a word); a folder of
-    HEIC photos alone is the user's input, refused in the worker's sentence (not "stylefu failed
-    (exit code 2)")."""
+    cannot read are said in a message to act on (they were left out without a word); the bar
+    moves style by style; a folder of HEIC photos alone is the user's input, refused in the
+    worker's sentence (not "stylefu failed (exit code 2)")."""
     content, style = images
     folder = tmp_path / "styles"
     folder.mkdir()
@@ -372,6 +378,10 @@ def test_preview_sheet_takes_a_folder_as_the_command_does(tmp_path, images, mode
     assert host.messages == [f"1 HEIC photo(s) in {folder} left out: stylefu cannot "
                              "read HEIC; save them as JPEG to include them."]
     assert sheet.ndim == 3 and min(sheet.shape[:2]) >= 64
+    # The progress bar moves as each style is done (it stood still through a folder of them).
+    assert host.bar == [(None, "Neural style: previewing the styles"),
+                        (0.5, "Neural style: 1 of 2 styles previewed"),
+                        (1.0, "Neural style: 2 of 2 styles previewed"), "end"]
     assert os.listdir(tmp_path / "tmp") == []  # the exchange folder removed
     for name in ("style10.npy", "style9.npy", "notes.txt"):
         (folder / name).unlink()
@@ -1107,6 +1117,7 @@ def test_windows_workers_get_no_console_and_crashes_read_as_crashes(monkeypatch,
 
     class Done:
         stdin = type("Pipe", (), {"close": lambda self: None})()
+        stdout = type("Pipe", (), {"close": lambda self: None, "readline": lambda self: b""})()
 
         def wait(self):
             return 0
@@ -1117,7 +1128,7 @@ def test_windows_workers_get_no_console_and_crashes_read_as_crashes(monkeypatch,
 
     monkeypatch.setattr(bridge, "_WINDOWS", True)
     monkeypatch.setattr(bridge.subprocess, "Popen", record)
-    bridge.run_command(["stylefu", "preview"], cwd=str(tmp_path))
+    bridge.run_command(["stylefu", "preview"], print, cwd=str(tmp_path))
     bridge._start_worker(["stylefu", "serve"], None, str(tmp_path))
     assert [kw.get("creationflags", 0) & 0x08000000 for kw in started] == [0x08000000] * 2
     assert bridge._describe_exit(3221225477) == "exit code 0xC0000005 (a crash)"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_fuzz import strict_records
 
 from stylefu.core import Config, UserError, load_model, losses, preview, save_image
 from stylefu.core.cli.main import main
@@ -218,11 +219,24 @@ def test_cli_takes_a_folder_of_styles(model_path, files, capsys, tmp_path):
     numbers = tmp_path / "n.json"
     code = main(["preview", str(files["content"]), str(folder), str(folder / "b9.png"), "-o",
                  str(tmp_path / "sheet.png"), "--json", str(numbers), "--model", str(model_path),
-                 *QUICK])
-    err = capsys.readouterr().err
+                 "--progress", "json", *QUICK])
+    out, err = capsys.readouterr()
     assert code == 0, err
-    assert [s["name"] for s in json.loads(numbers.read_text())["styles"]] == ["b9", "b10"]
+    figures = json.loads(numbers.read_text())
+    assert [s["name"] for s in figures["styles"]] == ["b9", "b10"]
     assert f"warning: 1 HEIC photo(s) in {folder} left out" in err
+    assert figures["notes"] == [{"event": "notice", "level": "warning", "message":
+                                 f"1 HEIC photo(s) in {folder} left out: stylefu cannot read "
+                                 "HEIC; save them as JPEG to include them."}]
+    # --progress json (the plug-ins'): a strict JSON record per style done, then the result.
+    records = strict_records(out)
+    assert [(r["event"], r.get("done"), r.get("style")) for r in records] == [
+        ("progress", 1, "b9"), ("progress", 2, "b10"), ("result", None, None)]
+    assert records[0]["fraction"] == 0.5 and records[-1]["output"] == str(tmp_path / "sheet.png")
+    assert main(["preview", str(files["content"]), str(files["broken"]), "-o",
+                 str(tmp_path / "none.png"), "--model", str(model_path), "--progress", "json",
+                 *QUICK]) == 2
+    assert strict_records(capsys.readouterr().out)[-1]["event"] == "error"
 
 
 def test_preview_defaults_are_the_draft_preset_at_preview_size(model_path, files, tmp_path):

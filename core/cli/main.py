@@ -466,7 +466,14 @@ def cmd_preview(args) -> int:
     for note in said:
         say(f"stylefu preview: {notes.line(note)}")
 
+    done = []
+
     def report(p) -> None:
+        done.append(p)
+        if args.progress == "json":  # the plug-ins' progress bar
+            jsontext.print_line({"event": "progress", "fraction": len(done) / len(args.styles),
+                                 "done": len(done), "of": len(args.styles), "style": p.name,
+                                 "ok": p.ok})
         if not p.ok:
             say(f"  {p.name}: SKIPPED, {p.error}", always=True)
         else:
@@ -480,6 +487,11 @@ def cmd_preview(args) -> int:
     if args.json:
         result.info["notes"] = [notes.event(note) for note in said]  # the plug-ins show them
         result.save_json(args.json)
+    if args.progress == "json":
+        jsontext.print_line({"event": "result", "output": str(args.output),
+                             "styles": len(result.styles),
+                             "skipped": sum(not p.ok for p in result.styles),
+                             "seconds": result.info["seconds"]})
     skipped = sum(not p.ok for p in result.styles)
     say(f"stylefu preview: wrote {args.output} in {result.info['seconds']:.1f} s"
          + (f" ({skipped} style(s) could not be previewed: marked with a red cross)" if skipped else "")
@@ -734,6 +746,9 @@ def build_parser() -> argparse.ArgumentParser:
     prev.add_argument("--json", help="write every style's figures (and the notes told) to this "
                       "JSON file")
     prev.add_argument("--model", help="model artifact (default: $STYLEFU_MODEL or the cache's)")
+    prev.add_argument("--progress", choices=("lines", "json"), default="lines",
+                      help="lines: a line per style on stderr; json: besides, a JSON record per "
+                      "finished style on stdout, then a result record")
     prev.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     # Each style is previewed alone (no blend) and only the sheet is written (no --save-every).
     add_config_options(prev, skip=("style_blend", "save_every"),

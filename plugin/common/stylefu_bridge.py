@@ -457,8 +457,9 @@ def estimate_text(record, width, height):
 
 def preview_command(settings, content, styles, sheet, figures, size=0):
     """The worker command for the preview contact sheet and its figures (JSON: the notes it told
-    too); `size` 0: stylefu preview's own."""
-    args = ["preview", content] + list(styles) + ["-o", sheet, "--json", figures]
+    too), a progress record per style on stdout; `size` 0: stylefu preview's own."""
+    args = ["preview", content] + list(styles) + ["-o", sheet, "--json", figures,
+                                                  "--progress", "json"]
     if int(size) > 0:
         args += ["--size", str(int(size))]
     if settings.get("model"):
@@ -1089,8 +1090,13 @@ def preview_sheet(host, settings, files, style_folder=None, size=0):
         host.progress(text="%s: previewing the styles" % TITLE)
         command = preview_command(settings, content, styles, sheet, figures, size)
         log("worker:", " ".join(command))
+
+        def follow(record):
+            if record.get("event") == "progress":
+                host.progress(float(record["fraction"]), "%s: %d of %d styles previewed" % (
+                    TITLE, record["done"], record["of"]))
         try:
-            run_command(command, cwd=folder)
+            run_command(command, follow, cwd=folder)
         finally:
             host.progress(end=True)
         opened = host.open_sheet(sheet)
@@ -1562,17 +1568,18 @@ class KeptRun(object):
             self.worker.cancel(self)
 
 
-def run_command(command, cwd=None):
-    """Run a worker command that prints no JSON (e.g. `stylefu preview`); BridgeError on failure."""
+def run_command(command, on_record, cwd=None):
+    """Run a worker command with `--progress json` to its end (e.g. `stylefu preview`), each
+    JSON record of its stdout to `on_record`; BridgeError on failure."""
     stderr_path = os.path.join(cwd or tempfile.gettempdir(), "worker-stderr.txt")
     with open(stderr_path, "wb") as stderr:
-        try:
-            proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=stderr, stderr=stderr,
-                                    cwd=cwd, env=worker_env(), **_no_console())
-        except OSError as exc:
-            raise BridgeError("Cannot start the stylefu worker %s (%s); %s."
-                              % (command[0], exc.strerror or exc, REINSTALL))
+        proc = _start_worker(command, stderr, cwd)
         proc.stdin.close()
+        for raw in iter(proc.stdout.readline, b""):
+            record = _json_record(raw)
+            if record is not None:
+                on_record(record)
+        proc.stdout.close()
         code = proc.wait()
     _keep_worker_stderr(stderr_path, code)
     if code != 0:
