@@ -487,12 +487,11 @@ def cmd_preview(args) -> int:
     if args.json:
         result.info["notes"] = [notes.event(note) for note in said]  # the plug-ins show them
         result.save_json(args.json)
+    skipped = sum(not p.ok for p in result.styles)
     if args.progress == "json":
         jsontext.print_line({"event": "result", "output": str(args.output),
-                             "styles": len(result.styles),
-                             "skipped": sum(not p.ok for p in result.styles),
+                             "styles": len(result.styles), "skipped": skipped,
                              "seconds": result.info["seconds"]})
-    skipped = sum(not p.ok for p in result.styles)
     say(f"stylefu preview: wrote {args.output} in {result.info['seconds']:.1f} s"
          + (f" ({skipped} style(s) could not be previewed: marked with a red cross)" if skipped else "")
          + "; open it to compare the styles.")

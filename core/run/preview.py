@@ -15,6 +15,7 @@ A style that cannot be read gets a marked empty cell; the others still render.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -288,6 +289,7 @@ def balance_label(config: Config) -> str:
     return f"strength {STRENGTH_NEUTRAL if config.strength is None else config.strength:g}"
 
 
+@functools.cache  # a TrueType font loads each time otherwise
 def _font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)  # Pillow's bundled TrueType font
