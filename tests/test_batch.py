@@ -139,8 +139,9 @@ def test_styles_each_makes_every_pair(tmp_path, photos, model_path, capsys):
 def test_a_batch_into_its_own_folder_runs_again(tmp_path, photos, model_path, capsys):
     """Results written beside the photos (-o their folder) came back as inputs the next time,
     and the run was refused (a photo's output was one of them): they are left out, with a note,
-    so the same command runs again and --resume skips what is done. Named alone, a result is
-    still an input, and refused as the output it would overwrite."""
+    so the same command runs again and --resume skips what is done; inputs that are all results
+    are refused (it was a batch of nothing, exit 0). Named alone, a result is still an input,
+    and refused as the output it would overwrite."""
     from stylefu.core.cli.main import main
 
     paths, styles = photos
@@ -160,6 +161,10 @@ def test_a_batch_into_its_own_folder_runs_again(tmp_path, photos, model_path, ca
     assert {p.name for p in folder.iterdir()} == made  # no frame0-styled-styled.png
     assert main([*run, "--resume"]) == 0
     assert "0 written, 0 failed, 2 skipped" in capsys.readouterr().err
+    results = str(folder / "*-styled.png")  # only results: a batch of nothing, refused
+    assert main([*run[:1], results, *run[2:]]) == 2
+    assert f"Every input is a result of an earlier batch into {folder} (its manifest.jsonl " \
+        "lists them); to paint them again, give another -o." in capsys.readouterr().err
     assert main([*run[:1], str(paths[0]), str(folder / "frame0-styled.png"), *run[2:]]) == 2
     assert f"Output {folder / 'frame0-styled.png'} is also an input" in capsys.readouterr().err
 

@@ -124,6 +124,9 @@ def _without_earlier_outputs(specs: list[str], inputs: list[Path], manifest: Pat
             continue
         if (info.st_dev, info.st_ino) not in earlier or path in named:
             kept.append(path)
+    if inputs and not kept:  # else a batch of nothing, with exit 0
+        raise UserError(f"Every input is a result of an earlier batch into {manifest.parent} (its "
+                        f"{manifest.name} lists them); to paint them again, give another -o.")
     if len(kept) < len(inputs):
         log(f"{len(inputs) - len(kept)} result(s) of earlier batches left out of the inputs (the "
             f"manifest {manifest} lists them).")
