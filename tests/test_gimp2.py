@@ -446,6 +446,14 @@ def test_preview_from_a_batch_script_returns_the_sheet(report):
     assert r["status"] == "success" and r["sheet"], r
 
 
+def test_preview_cancel_opens_nothing(report):
+    """GIMP's Cancel on the preview's progress bar ends its follower (the procedure that holds
+    the bar and runs the worker): the preview says it was cancelled and opens no sheet."""
+    r = report["preview_cancelled"]
+    assert r["status"] == "execution-error" and "The preview was cancelled." in r["message"], r
+    assert r["sheet"] is None
+
+
 def test_missing_model_is_fetched_then_the_filter_runs(report):
     """GIMP 2.10 cannot ask (gimpfu hides whether a user is there): it says what it downloads
     in a message, downloads it (random weights here) and paints."""

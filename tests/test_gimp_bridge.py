@@ -265,9 +265,6 @@ def test_worker_and_preview_commands_are_ones_stylefu_accepts(model_path, tmp_pa
 def test_style_file_rules_are_the_same_for_both_plugins(tmp_path):
     """The preview takes the chosen files, then the folder itself (the worker lists it, as
     `stylefu preview` does); a chosen file that is not there is wrong input."""
-    from stylefu.core.cli.exits import EXIT_USER_ERROR
-
-    assert bridge.EXIT_USER_ERROR == EXIT_USER_ERROR  # GIMP's Python has its own
     (tmp_path / "d.npy").write_bytes(b"x")
     chosen = str(tmp_path / "d.npy")
     assert bridge.preview_styles([chosen, "", None], str(tmp_path)) == [chosen, str(tmp_path)]
@@ -379,15 +376,62 @@ def test_preview_sheet_takes_a_folder_as_the_command_does(tmp_path, images, mode
                              "read HEIC; save them as JPEG to include them."]
     assert sheet.ndim == 3 and min(sheet.shape[:2]) >= 64
     # The progress bar moves as each style is done (it stood still through a folder of them).
-    assert host.bar == [(None, "Neural style: previewing the styles"),
-                        (0.5, "Neural style: 1 of 2 styles previewed"),
-                        (1.0, "Neural style: 2 of 2 styles previewed"), "end"]
+    notice = f"Neural style: warning: 1 HEIC photo(s) in {folder} left out"
+    assert host.bar[0] == (None, "Neural style: starting the worker")
+    assert host.bar[1][0] == 0.0 and host.bar[1][1].startswith(notice), host.bar
+    assert host.bar[2:] == [(0.0, "Neural style: 0 of 2 styles previewed"),
+                            (0.5, "Neural style: 1 of 2 styles previewed"),
+                            (1.0, "Neural style: 2 of 2 styles previewed"), "end"]
     assert os.listdir(tmp_path / "tmp") == []  # the exchange folder removed
     for name in ("style10.npy", "style9.npy", "notes.txt"):
         (folder / name).unlink()
-    with pytest.raises(bridge.InputError, match=r"^The folder .* holds no images .*its 1 HEIC "
+    with pytest.raises(bridge.BridgeError, match=r"^The folder .* holds no images .*its 1 HEIC "
                        r"photo\(s\) stylefu cannot read: save them as JPEG first\.$"):
         bridge.preview_sheet(SheetHost(content), settings, [], str(folder), 64)
+
+
+class FollowedSheetHost(SheetHost):
+    """GIMP 3's preview: the follower (bridge.follow_run, here in this thread) holds the bar, with
+    no layer to paint; its first "styles previewed" ends it as GIMP's Cancel does."""
+
+    follows = "thread"
+
+    def follow(self, layer, folder):
+        assert layer is None
+        try:
+            bridge.follow_run(self, layer, folder)
+        except KeyboardInterrupt:
+            return "cancel"
+        return "success"
+
+    def progress(self, fraction=None, text=None, end=False):
+        super().progress(fraction, text, end)
+        if text and text.endswith("styles previewed"):
+            raise KeyboardInterrupt
+
+
+def test_preview_sheet_cancel_ends_its_worker(tmp_path, images, model_path, monkeypatch):
+    """GIMP's Cancel on Neural Style Preview ended nothing: the worker ran on to its last style
+    (8 s a style at 192 px on 2 cores) with nobody to read it, and the layer's copy stayed in
+    the temporary folder. Now the follower holds the bar: Cancel ends it, the worker is stopped
+    at once, the exchange folder removed, no sheet opened."""
+    content, style = images
+    folder = tmp_path / "styles"
+    folder.mkdir()
+    for i in range(6):
+        np.save(folder / f"s{i}.npy", style)
+    settings = installer.plugin_settings("3", sys.executable, model_path)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where exchange_dir goes
+    started, start = [], bridge._start_worker
+    monkeypatch.setattr(bridge, "_start_worker", lambda *a: started.append(start(*a)) or started[-1])
+    host = FollowedSheetHost(content)
+    with pytest.raises(bridge.CancelledError, match=r"^The preview was cancelled\.$"):
+        bridge.preview_sheet(host, settings, [], str(folder), 96)
+    (worker,) = started
+    assert worker.wait(timeout=10) == -signal.SIGKILL  # stopped, not run to its end
+    assert host.bar[-1] == "end" and "6 of 6" not in str(host.bar)
+    assert os.listdir(tmp_path / "tmp") == []
 
 
 @pytest.mark.parametrize("worker", ["new", "kept"])
@@ -657,8 +701,10 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to watch the worker")
-def test_no_orphan_worker_when_the_plugin_is_killed(files, model_path, tmp_path):
-    """GIMP's Cancel kills the plug-in process: the worker must notice and stop by itself."""
+@pytest.mark.parametrize("command, output", [("run", "o.npy"), ("preview", "sheet.png")])
+def test_no_orphan_worker_when_the_plugin_is_killed(files, model_path, tmp_path, command, output):
+    """GIMP's Cancel kills the plug-in process: the worker must notice and stop by itself (the
+    preview's ran on to its last style)."""
     content, style = files
     script = f"""
 import sys
@@ -666,14 +712,14 @@ sys.path.insert(0, {str(installer.BRIDGE.parent)!r})
 import stylefu_bridge
 def started(proc):
     print(proc.pid, flush=True)
-stylefu_bridge.run_worker({WORKER!r} + ["run", {str(content)!r}, {str(style)!r}, "-o",
-    {str(tmp_path / "o.npy")!r}, "--model", {str(model_path)!r}, "--progress", "json",
+stylefu_bridge.run_worker({WORKER!r} + [{command!r}, {str(content)!r}, {str(style)!r}, "-o",
+    {str(tmp_path / output)!r}, "--model", {str(model_path)!r}, "--progress", "json",
     "--watch-stdin", "--size", "32", "--iterations", "100000"], on_start=started,
-    cwd={str(tmp_path)!r})
+    on_record=lambda record: print(record["event"], flush=True), cwd={str(tmp_path)!r})
 """
     plugin = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     worker_pid = int(plugin.stdout.readline())
-    time.sleep(1.0)
+    assert plugin.stdout.readline().strip() == "progress"  # at work
     assert _alive(worker_pid)
     os.kill(plugin.pid, signal.SIGKILL)  # what GIMP does to a cancelled plug-in
     plugin.wait()
@@ -1119,7 +1165,12 @@ def test_windows_workers_get_no_console_and_crashes_read_as_crashes(monkeypatch,
         stdin = type("Pipe", (), {"close": lambda self: None})()
         stdout = type("Pipe", (), {"close": lambda self: None, "readline": lambda self: b""})()
 
+        returncode = 0
+
         def wait(self):
+            return 0
+
+        def poll(self):
             return 0
 
     def record(command, **kw):
@@ -1128,7 +1179,8 @@ def test_windows_workers_get_no_console_and_crashes_read_as_crashes(monkeypatch,
 
     monkeypatch.setattr(bridge, "_WINDOWS", True)
     monkeypatch.setattr(bridge.subprocess, "Popen", record)
-    bridge.run_command(["stylefu", "preview"], print, cwd=str(tmp_path))
+    with pytest.raises(bridge.BridgeError, match="stopped unexpectedly"):  # (no result record)
+        bridge.run_worker(["stylefu", "preview"], print, cwd=str(tmp_path))
     bridge._start_worker(["stylefu", "serve"], None, str(tmp_path))
     assert [kw.get("creationflags", 0) & 0x08000000 for kw in started] == [0x08000000] * 2
     assert bridge._describe_exit(3221225477) == "exit code 0xC0000005 (a crash)"

@@ -228,11 +228,15 @@ def test_cli_takes_a_folder_of_styles(model_path, files, capsys, tmp_path):
     assert figures["notes"] == [{"event": "notice", "level": "warning", "message":
                                  f"1 HEIC photo(s) in {folder} left out: stylefu cannot read "
                                  "HEIC; save them as JPEG to include them."}]
-    # --progress json (the plug-ins'): a strict JSON record per style done, then the result.
+    # --progress json (the plug-ins'): strict JSON records, the notes told as `run` tells them,
+    # one as the work starts and one per style done, then the result.
     records = strict_records(out)
-    assert [(r["event"], r.get("done"), r.get("style")) for r in records] == [
-        ("progress", 1, "b9"), ("progress", 2, "b10"), ("result", None, None)]
-    assert records[0]["fraction"] == 0.5 and records[-1]["output"] == str(tmp_path / "sheet.png")
+    assert records[0] == figures["notes"][0]
+    assert [(r["event"], r.get("done"), r.get("style")) for r in records[1:]] == [
+        ("progress", 0, None), ("progress", 1, "b9"), ("progress", 2, "b10"),
+        ("result", None, None)]
+    assert [r["fraction"] for r in records[1:4]] == [0.0, 0.5, 1.0]
+    assert records[-1]["output"] == str(tmp_path / "sheet.png")
     assert main(["preview", str(files["content"]), str(files["broken"]), "-o",
                  str(tmp_path / "none.png"), "--model", str(model_path), "--progress", "json",
                  *QUICK]) == 2

@@ -159,6 +159,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 QUIET_HELP = "print errors only (no progress bar, notices or summary line)"
+WATCH_STDIN_HELP = "stop when stdin closes (used by the GIMP plug-ins)"
 _said = {"quiet": False}  # -q/--quiet: `say` keeps to errors (`always`)
 
 
@@ -329,6 +330,16 @@ def _watch_stdin(cancel: threading.Event) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def watching_stdin(cancel: threading.Event, watch: bool):
+    """With `watch` (--watch-stdin, the plug-ins'): `cancel` set when stdin closes, and the context
+    in which SIGINT/SIGTERM end a run stuck in one evaluation within _stuck_seconds() too, though
+    stdin stays open, as `serve` does with its codes. Without: an empty context."""
+    if not watch:
+        return contextlib.nullcontext()
+    _watch_stdin(cancel)
+    return ended_if_stuck(_stuck_seconds)
+
+
 def check_styles_are_files(styles: list[str], content: str | None) -> None:
     """A folder or an unexpanded pattern among `run`'s (or `estimate`'s) styles, refused with the
     commands that take one: a run blends the styles it is given, one painting."""
@@ -408,12 +419,8 @@ def cmd_run(args) -> int:
     printer = ProgressPrinter(args.progress, config.save_every, output, content, args.keep_size,
                               time_left)
     cancel = args.cancel or threading.Event()
-    watching = args.watch_stdin and not served  # a served run's stdin carries the worker's requests
-    if watching:
-        _watch_stdin(cancel)
-    # With stdin watched (the plug-ins'), SIGINT/SIGTERM end a run stuck in one evaluation
-    # within _stuck_seconds() too, though stdin stays open: as `serve` does, with its codes.
-    stuck = ended_if_stuck(_stuck_seconds) if watching else contextlib.nullcontext()
+    # (A served run's stdin carries the worker's requests.)
+    stuck = watching_stdin(cancel, args.watch_stdin and not served)
     try:
         with stuck:
             # The printer writes --save-every's images: the API itself would warn that it does not.
@@ -465,15 +472,19 @@ def cmd_preview(args) -> int:
          f"(weights: {weights_note(model.info)})")
     for note in said:
         say(f"stylefu preview: {notes.line(note)}")
+        if args.progress == "json":  # the plug-ins' message (as run's notices)
+            jsontext.print_line(notes.event(note))
 
     done = []
 
+    def progress(**style) -> None:  # the plug-ins' progress bar: none done yet, then each style
+        if args.progress == "json":
+            jsontext.print_line({"event": "progress", "fraction": len(done) / len(args.styles),
+                                 "done": len(done), "of": len(args.styles), **style})
+
     def report(p) -> None:
         done.append(p)
-        if args.progress == "json":  # the plug-ins' progress bar
-            jsontext.print_line({"event": "progress", "fraction": len(done) / len(args.styles),
-                                 "done": len(done), "of": len(args.styles), "style": p.name,
-                                 "ok": p.ok})
+        progress(style=p.name, ok=p.ok)
         if not p.ok:
             say(f"  {p.name}: SKIPPED, {p.error}", always=True)
         else:
@@ -481,7 +492,11 @@ def cmd_preview(args) -> int:
                  f"{p.style_loss:.3g} ({p.style_left_percent} left), content loss "
                  f"{p.content_loss:.3g} ({p.seconds:.1f} s)")
 
-    result = preview(content, args.styles, config=config, model=model, on_style=report)
+    cancel = threading.Event()
+    progress()
+    with watching_stdin(cancel, args.watch_stdin):
+        result = preview(content, args.styles, config=config, model=model, on_style=report,
+                         cancel=cancel)
     finished_once(sheet)
     result.save(args.output)
     if args.json:
@@ -717,8 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mask-inverse", dest="masks", action="append", type=_inverse_mask,
                      metavar="PATH",
                      help="as --mask, with 1 - the mask at PATH (the style goes where it is black)")
-    run.add_argument("--watch-stdin", action="store_true",
-                     help="stop when stdin closes (used by the GIMP plug-ins)")
+    run.add_argument("--watch-stdin", action="store_true", help=WATCH_STDIN_HELP)
     run.add_argument("--keep-size", action="store_true",
                      help="write the result (and --save-every images) at the content's own size "
                      "with its own alpha, not at the working size (used by the GIMP plug-ins); "
@@ -749,6 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="lines: a line per style on stderr; json: besides, a JSON record per "
                       "finished style on stdout, then a result record")
     prev.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
+    prev.add_argument("--watch-stdin", action="store_true", help=WATCH_STDIN_HELP)
     # Each style is previewed alone (no blend) and only the sheet is written (no --save-every).
     add_config_options(prev, skip=("style_blend", "save_every"),
                        defaults={"size": PREVIEW_SIZE, "preset": PREVIEW_PRESET})

@@ -48,9 +48,6 @@ LIMITS = {"strength": (0.0, 100.0, 1.0), "iterations": (1, 10000, 10), "size": (
 # The quality choice beyond the core's presets: the default preset's schedule with the dialog's
 # evaluation count at full size (`--evaluations`); every other quality ignores that count.
 CUSTOM_QUALITY = "custom"
-# The worker's exit code for input it refused in a sentence for the user: core/cli/exits.py's
-# EXIT_USER_ERROR (GIMP's Python has no stylefu to take it from).
-EXIT_USER_ERROR = 2
 PREVIEW_STYLE_SLOTS = 4  # single style files in the preview's dialog, besides a folder
 # The GIMP 3 dialog's preview: its long side in pixels (small: a few seconds on 2 cores), its
 # preset (the fastest), how often it shows the painting as it forms, and the dialog entries that
@@ -459,7 +456,7 @@ def preview_command(settings, content, styles, sheet, figures, size=0):
     """The worker command for the preview contact sheet and its figures (JSON: the notes it told
     too), a progress record per style on stdout; `size` 0: stylefu preview's own."""
     args = ["preview", content] + list(styles) + ["-o", sheet, "--json", figures,
-                                                  "--progress", "json"]
+                                                  "--progress", "json", "--watch-stdin"]
     if int(size) > 0:
         args += ["--size", str(int(size))]
     if settings.get("model"):
@@ -806,16 +803,13 @@ def _run_into_layer(host, run, output, name, masked):
     state = {"layer": None}
     try:
         def follow(record):
-            if record.get("event") == "notice":
-                log_notice(record)
-            host.progress(min(1.0, float(record.get("fraction", 0.0))), progress_text(record))
+            show_progress(host, record)
             if record.get("image"):  # the painting so far, shown in the new layer
                 state["layer"] = host.show(record["image"], name, masked, state["layer"])
                 host.flush()
                 log("preview", record["image"])
 
-        final = run(on_record=follow)
-        log("tiles:", json.dumps(final.get("metrics", {}).get("tiles", {}), sort_keys=True))
+        log_tiles(run(on_record=follow))
         state["layer"] = host.show(output, name, masked, state["layer"])
     except BaseException:
         if state["layer"] is not None:  # the image goes back to exactly what it was
@@ -835,6 +829,12 @@ FOLLOW_STOP_S = 10.0  # how long a cancelled filter waits for its worker's run t
 # (the model's load, a large layer's targets); a follower whose filter has been silent for
 # FOLLOW_LOST_S (it died: its folder stays) stops, rather than hold a batch run forever.
 FOLLOW_BEAT_S, FOLLOW_LOST_S = 2.0, 60.0
+
+
+def log_tiles(final):
+    """A run's tiles (its final record's metrics) in the run log; a preview's has none."""
+    if "metrics" in final:
+        log("tiles:", json.dumps(final["metrics"].get("tiles", {}), sort_keys=True))
 
 
 def write_follow(folder, state):
@@ -899,9 +899,7 @@ def _follow_worker(host, layer, folder, command):
     state = {"shown": False}
 
     def follow(record):
-        if record.get("event") == "notice":
-            log_notice(record)
-        host.progress(min(1.0, float(record.get("fraction", 0.0))), progress_text(record))
+        show_progress(host, record)
         if record.get("image"):
             if not state["shown"]:
                 log("follower: the live layer shows the painting as it forms")
@@ -924,13 +922,17 @@ def _follow_worker(host, layer, folder, command):
     finally:
         host.progress(end=True)
     write_follow(folder, dict(read_follow(folder) or {}, ended=True))
-    log("tiles:", json.dumps(final.get("metrics", {}).get("tiles", {}), sort_keys=True))
+    log_tiles(final)
 
 
 def follower_cancelled(folder):
     """Whether GIMP's Cancel ended a worker-running follower (_follow_worker): killed, it never
     said it ended (GIMP 2.10 reports Cancel only as its translated word "cancelled")."""
     return not (read_follow(folder) or {}).get("ended")
+
+
+FILTER_CANCELLED = "The filter was cancelled."
+PREVIEW_CANCELLED = "The preview was cancelled."
 
 
 def _run_followed(host, run, output, name, masked, content, command=None):
@@ -940,25 +942,40 @@ def _run_followed(host, run, output, name, masked, content, command=None):
     Cancel, or a failure, takes the live layer away: the image and its undo history are as
     they were."""
     folder = os.path.dirname(output)
+    live = host.live_layer(name, masked, content)
+    try:
+        if command is not None:
+            _follow_command(host, command, folder, live, FILTER_CANCELLED)
+        else:
+            log_tiles(_follow_thread(host, run, folder, live, FILTER_CANCELLED))
+    finally:
+        host.drop_live(live)
+    return _show_result(host, output, name, masked)
+
+
+def _follow_command(host, command, folder, layer, cancelled):
+    """The follower runs the worker's `command` itself (GIMP 2.10), painting `layer` (None: a
+    run with no painting); CancelledError(`cancelled`) when GIMP's Cancel ended it."""
+    write_follow(folder, {"fraction": 0.0, "text": "%s: starting the worker" % TITLE,
+                          "command": command, "log": log_path()})
+    followed = host.follow(layer, folder)
+    if followed == "cancel":
+        log("follower:", followed)
+        raise CancelledError(cancelled)
+    if followed != "success":
+        raise BridgeError("The progress stopped unexpectedly (%s)." % followed)
+    failed = (read_follow(folder) or {}).get("error")
+    if failed:  # the worker's sentence
+        raise BridgeError(failed)
+
+
+def _follow_thread(host, run, folder, layer, cancelled):
+    """`run(on_record=..., stop=...)` (run_worker or run_kept) in a thread of this
+    process while the follower shows its progress (and its painting in `layer`; None: none);
+    returns its final record. GIMP's Cancel ends the follower: `stop` is set (the worker goes at
+    once) and CancelledError(`cancelled`) raised."""
     state = {"fraction": 0.0, "text": "%s: starting the worker" % TITLE, "image": None,
              "done": False}
-    if command is not None:
-        state.update(command=command, log=log_path())
-        write_follow(folder, state)
-        live = host.live_layer(name, masked, content)
-        try:
-            followed = host.follow(live, folder)
-        finally:
-            host.drop_live(live)
-        if followed == "cancel":
-            log("follower:", followed)
-            raise CancelledError("The filter was cancelled.")
-        if followed != "success":
-            raise BridgeError("The filter's progress stopped unexpectedly (%s)." % followed)
-        failed = (read_follow(folder) or {}).get("error")
-        if failed:  # the worker's sentence
-            raise BridgeError(failed)
-        return _show_result(host, output, name, masked)
     stop, lock, outcome = threading.Event(), threading.Lock(), {}
 
     def save():
@@ -970,8 +987,6 @@ def _run_followed(host, run, output, name, masked, content, command=None):
             save()
 
     def follow(record):
-        if stop.is_set():  # the run goes (run_worker kills its worker, run_kept cancels its run)
-            raise CancelledError("The filter was cancelled.")
         if record.get("event") == "notice":
             log_notice(record)
         state.update(fraction=min(1.0, float(record.get("fraction", 0.0))),
@@ -983,7 +998,7 @@ def _run_followed(host, run, output, name, masked, content, command=None):
 
     def work():
         try:
-            outcome["final"] = run(on_record=follow)
+            outcome["final"] = run(on_record=follow, stop=stop)
         except BaseException as exc:  # handed to the filter's thread
             outcome["error"] = exc
         finally:
@@ -991,33 +1006,27 @@ def _run_followed(host, run, output, name, masked, content, command=None):
             save()
 
     save()
-    live = host.live_layer(name, masked, content)
+    threads = [threading.Thread(target=work), threading.Thread(target=beat)]
+    for thread in threads:
+        thread.daemon = True
+        thread.start()
     try:
-        threads = [threading.Thread(target=work), threading.Thread(target=beat)]
-        for thread in threads:
-            thread.daemon = True
-            thread.start()
-        try:
-            followed = host.follow(live, folder)
-        except BaseException:
-            stop.set()
-            raise
-        if followed != "success":
-            stop.set()
-            threads[0].join(FOLLOW_STOP_S)
-            log("follower:", followed)
-            if followed == "cancel":
-                raise CancelledError("The filter was cancelled.")
-            raise BridgeError("The filter's progress stopped unexpectedly (%s)." % followed)
-        threads[0].join()
-        stop.set()  # (the beat)
-        if "error" in outcome:
-            raise outcome["error"]
-    finally:
-        host.drop_live(live)
-    final = outcome["final"]
-    log("tiles:", json.dumps(final.get("metrics", {}).get("tiles", {}), sort_keys=True))
-    return _show_result(host, output, name, masked)
+        followed = host.follow(layer, folder)
+    except BaseException:
+        stop.set()
+        raise
+    if followed != "success":
+        stop.set()
+        threads[0].join(FOLLOW_STOP_S)
+        log("follower:", followed)
+        if followed == "cancel":
+            raise CancelledError(cancelled)
+        raise BridgeError("The progress stopped unexpectedly (%s)." % followed)
+    threads[0].join()
+    stop.set()  # (the beat)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["final"]
 
 
 def _show_result(host, output, name, masked):
@@ -1087,26 +1096,34 @@ def preview_sheet(host, settings, files, style_folder=None, size=0):
         ensure_model(host, settings, folder)
         sheet, figures = (os.path.join(folder, name)
                           for name in ("preview-sheet.png", "preview.json"))
-        host.progress(text="%s: previewing the styles" % TITLE)
         command = preview_command(settings, content, styles, sheet, figures, size)
         log("worker:", " ".join(command))
-
-        def follow(record):
-            if record.get("event") == "progress":
-                host.progress(float(record["fraction"]), "%s: %d of %d styles previewed" % (
-                    TITLE, record["done"], record["of"]))
-        try:
-            run_command(command, follow, cwd=folder)
-        finally:
-            host.progress(end=True)
+        if host.follows == "follower":
+            _follow_command(host, command, folder, None, PREVIEW_CANCELLED)
+        elif host.follows:
+            _follow_thread(host, functools.partial(run_worker, command, cwd=folder), folder,
+                           None, PREVIEW_CANCELLED)
+        else:
+            _run_previews(host, command, folder)
         opened = host.open_sheet(sheet)
+        # Its notes (e.g. HEIC photos left out), in the run log from the worker's records; the
+        # figures file brings them here from any process the worker ran in.
         with io.open(figures, encoding="utf-8") as f:
-            for record in json.load(f).get("notes", []):  # e.g. HEIC photos left out
-                log_notice(record)
+            for record in json.load(f).get("notes", []):
                 host.message(record.get("message", ""))  # GIMP's own title says "Warning"
         return opened
     finally:
         remove_dir(folder)
+
+
+def _run_previews(host, command, folder):
+    """The preview's worker run here, for a host without a follower (its progress bar is this
+    process's: GIMP's Cancel ends it, and the worker with it, --watch-stdin)."""
+    host.progress(text="%s: starting the worker" % TITLE)
+    try:
+        run_worker(command, lambda record: show_progress(host, record), cwd=folder)
+    finally:
+        host.progress(end=True)
 
 
 def exchange_dir():
@@ -1189,6 +1206,13 @@ def _time_left(record):
     return ", about %d h %02d min left" % (seconds // 3600, seconds % 3600 // 60)
 
 
+def show_progress(host, record):
+    """A worker's record on the host's progress bar (a notice in the run log too)."""
+    if record.get("event") == "notice":
+        log_notice(record)
+    host.progress(min(1.0, float(record.get("fraction", 0.0))), progress_text(record))
+
+
 def progress_text(record, title=TITLE):
     """The progress bar's text for one JSON progress record: level and evaluation, or what is
     downloaded from where and how far."""
@@ -1198,6 +1222,8 @@ def progress_text(record, title=TITLE):
         return "%s: downloading %s from %s: %d of %d MB" % (
             title, record["label"], record["host"], round(record["done_mb"]),
             round(record["total_mb"]))
+    if record.get("event") == "progress" and "of" in record:  # stylefu preview's, a style done
+        return "%s: %d of %d styles previewed" % (title, record["done"], record["of"])
     if record.get("event") == "progress":
         level, levels = record["level"], record["levels"]
         if record["evaluation"] >= record["evaluations"] and level < levels:
@@ -1280,6 +1306,21 @@ def _is_final(record):
     return record.get("event") in ("result", "error", "cancelled")
 
 
+def _kill_when(stop, proc):
+    """Kill the worker `proc` once the Event `stop` is set (a cancelled run), from a thread that
+    ends with the worker; nothing when `stop` is None."""
+    def watch():
+        while proc.poll() is None:
+            if stop.wait(FOLLOW_POLL_S):
+                if proc.poll() is None:
+                    proc.kill()
+                return
+    if stop is not None:
+        thread = threading.Thread(target=watch)
+        thread.daemon = True
+        thread.start()
+
+
 def _close_pipes(proc):
     for stream in (proc.stdin, proc.stdout):
         try:
@@ -1301,16 +1342,18 @@ def _outcome(final, code, stderr_path):
     return final
 
 
-def run_worker(command, on_record=None, on_start=None, cwd=None):
+def run_worker(command, on_record=None, on_start=None, cwd=None, stop=None):
     """Run the worker, call on_record(record) for each JSON line; return the final record.
 
     The worker's stdin is a pipe kept open for the whole run: when this process ends for any
     reason (GIMP's Cancel kills the plug-in), the pipe closes and the worker stops by itself
-    (--watch-stdin). Raises BridgeError with the worker's one-line message on any failure.
+    (--watch-stdin); so does `stop` (an Event) once set. Raises BridgeError with the worker's
+    one-line message on any failure.
     """
     stderr_path = os.path.join(cwd or tempfile.gettempdir(), "worker-stderr.txt")
     with open(stderr_path, "wb") as stderr:
         proc = _start_worker(command, stderr, cwd)
+        _kill_when(stop, proc)
         if on_start is not None:
             on_start(proc)
         final = None
@@ -1336,10 +1379,11 @@ def run_worker(command, on_record=None, on_start=None, cwd=None):
 KEPT_POLL_S = 0.05  # how often run_kept looks at the kept worker's records
 
 
-def run_kept(kept, args, on_record=None):
+def run_kept(kept, args, on_record=None, stop=None):
     """run_worker's way (blocking, on_record(record) for each progress record, the final record
     or BridgeError) for `stylefu run ARGS` asked of a KeptWorker; the files are the caller's.
-    GIMP's Cancel kills the plug-in: the kept worker's stdin closes and it stops the run."""
+    GIMP's Cancel kills the plug-in: the kept worker's stdin closes and it stops the run; `stop`
+    (an Event) set cancels the run (CancelledError)."""
     run = kept.submit(args, None)
     try:
         while True:
@@ -1348,6 +1392,8 @@ def run_kept(kept, args, on_record=None):
                     on_record(record)
             if run.done:
                 return run.result()
+            if stop is not None and stop.is_set():
+                raise CancelledError(FILTER_CANCELLED)
             time.sleep(KEPT_POLL_S)
     finally:
         run.stop()
@@ -1566,25 +1612,3 @@ class KeptRun(object):
             self._remove_folder()
         else:
             self.worker.cancel(self)
-
-
-def run_command(command, on_record, cwd=None):
-    """Run a worker command with `--progress json` to its end (e.g. `stylefu preview`), each
-    JSON record of its stdout to `on_record`; BridgeError on failure."""
-    stderr_path = os.path.join(cwd or tempfile.gettempdir(), "worker-stderr.txt")
-    with open(stderr_path, "wb") as stderr:
-        proc = _start_worker(command, stderr, cwd)
-        proc.stdin.close()
-        for raw in iter(proc.stdout.readline, b""):
-            record = _json_record(raw)
-            if record is not None:
-                on_record(record)
-        proc.stdout.close()
-        code = proc.wait()
-    _keep_worker_stderr(stderr_path, code)
-    if code != 0:
-        detail = _last_line(stderr_path)
-        if code == EXIT_USER_ERROR and detail:  # the worker's sentence about the user's input
-            raise InputError(detail)
-        raise BridgeError("stylefu failed (%s)%s" % (_describe_exit(code),
-                                                    (": " + detail) if detail else "."))

@@ -439,13 +439,13 @@ def _register():
         preview, menu="<Image>/Filters/Artistic")
     register(
         "python-fu-stylefu-follow",
-        "Internal: the progress of a running Neural Style Transfer",
-        "Called by python-fu-stylefu: runs its worker, shows the progress and the painting as "
-        "it forms in the live layer, so that GIMP's Cancel ends this procedure and the filter "
-        "takes the live layer away.",
+        "Internal: the progress of a running Neural Style Transfer or Preview",
+        "Called by python-fu-stylefu (and -preview): runs its worker, shows the progress and "
+        "the painting as it forms in the live layer, so that GIMP's Cancel ends this procedure "
+        "and the filter takes the live layer away (the preview's worker ends with it).",
         "stylefu contributors", "stylefu contributors", "2026", "", "RGB*, GRAY*",
         [(PF_IMAGE, "image", "Input image", None),
-         (PF_LAYER, "layer", "The live layer", None),
+         (PF_LAYER, "layer", "The live layer (none: a preview's progress alone)", None),
          (PF_STRING, "folder", "The run's exchange folder", "")],
         [], follow)
 

@@ -906,11 +906,13 @@ class StylefuPlugIn(Gimp.PlugIn):
         if name == PROC_FOLLOW:
             procedure = Gimp.Procedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_follow, None)
             procedure.set_documentation(
-                "Internal: the progress of a running Neural Style Transfer",
-                "Called by python-fu-stylefu while its worker runs: shows the progress and the "
-                "painting as it forms in the live layer, so that GIMP's Cancel ends this "
-                "procedure and the filter takes the live layer away.", name)
-            procedure.add_layer_argument("layer", "Layer", "The live layer", False, RW)
+                "Internal: the progress of a running Neural Style Transfer or Preview",
+                "Called by python-fu-stylefu (and -preview) while its worker runs: shows the "
+                "progress and the painting as it forms in the live layer, so that GIMP's Cancel "
+                "ends this procedure and the filter takes the live layer away (the preview ends "
+                "its worker).", name)
+            procedure.add_layer_argument("layer", "Layer", "The live layer (none: a preview's "
+                                         "progress alone)", True, RW)
             procedure.add_string_argument("folder", "Folder", "The run's exchange folder", "",
                                           RW)
             procedure.set_attribution("stylefu", "stylefu contributors", "2026")

@@ -277,6 +277,11 @@ def preview(image, layer):
         gimpfu.gimp.interface = True
     report["preview_batch"] = {"status": status, "message": message,
                                "sheet": sheet is not None and len(sheet.layers) == 1}
+    # GIMP's Cancel at the follower's second progress update (the worker at work by then).
+    gimpfu.gimp.cancel_at = gimpfu.gimp.updates + 2
+    status, message, sheet = gimpfu.run("python-fu-stylefu-preview", image, layer,
+                                        JOB["style_folder"], *(files + [JOB["size"]]))
+    report["preview_cancelled"] = {"status": status, "message": message, "sheet": sheet}
 
 
 try:
