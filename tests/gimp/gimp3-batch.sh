@@ -9,6 +9,8 @@
 #   env BIND_RO="DIR ..."  expose host folders read-only at the same paths inside the chroot
 #                     (e.g. the worker interpreter's base prefix and the project venv)
 #   env BIND_RW="DIR ..."  the same, writable
+#   env SHELL_ONLY=1  runs SCRIPT with sh where GIMP would run (its libraries, its clean
+#                     environment), without GIMP: the tests' reference runs of the worker
 #   env GIMP_HOME=DIR  GIMP's HOME (kept afterwards; its ~/.config/GIMP/3.0 is GIMP's folder, as
 #                     for a user) instead of a throw-away one
 # Exit code: 0 ok, 64 if the batch python raised (GIMP 3.0.4 behaviour).
@@ -22,9 +24,10 @@ INNER='H=${GIMP_HOME:-$(mktemp -d)}; D=$H/gimp3; [ -z "${GIMP_HOME:-}" ] || D=$H
 export HOME=$H GIMP3_DIRECTORY=${GIMP3_DIRECTORY:-$D}; mkdir -p "$GIMP3_DIRECTORY"
 printf "(plug-in-path \"\${gimp_plug_in_dir}/plug-ins%s\")\n" "$PLUGDIRS" > "$GIMP3_DIRECTORY/gimprc"
 if [ -n "${GIMP_GUI:-}" ]; then G=gimp-3.0; else G="gimp-console-3.0 -i"; fi
-$G ${GIMP_FAST:+-d -f} --batch-interpreter=python-fu-eval -b - --quit < "$SCRIPT"; rc=$?
+if [ -n "${SHELL_ONLY:-}" ]; then sh "$SCRIPT"; rc=$?
+else $G ${GIMP_FAST:+-d -f} --batch-interpreter=python-fu-eval -b - --quit < "$SCRIPT"; rc=$?; fi
 [ -n "${GIMP_HOME:-}" ] || rm -rf "$H"; exit $rc'
-VARS="GIMP_FAST=${GIMP_FAST:-} GIMP_GUI=${GIMP_GUI:-} GIMP_HOME=${GIMP_HOME:-} HOME=${HOME:-/root} PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 SCRIPT=$SCRIPT PLUGDIRS=$PLUGDIRS ${GIMP3_DIRECTORY:+GIMP3_DIRECTORY=$GIMP3_DIRECTORY}"
+VARS="GIMP_FAST=${GIMP_FAST:-} GIMP_GUI=${GIMP_GUI:-} SHELL_ONLY=${SHELL_ONLY:-} GIMP_HOME=${GIMP_HOME:-} HOME=${HOME:-/root} PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 SCRIPT=$SCRIPT PLUGDIRS=$PLUGDIRS ${GIMP3_DIRECTORY:+GIMP3_DIRECTORY=$GIMP3_DIRECTORY}"
 for v in ${PASS_ENV:-}; do eval "VARS=\"\$VARS $v=\${$v:-}\""; done
 if [ "$(cut -d. -f1 /etc/debian_version)" -ge 13 ] 2>/dev/null; then
   exec env -i $VARS sh -c "$INNER"
