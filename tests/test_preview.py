@@ -243,6 +243,31 @@ def test_cli_takes_a_folder_of_styles(model_path, files, capsys, tmp_path):
     assert strict_records(capsys.readouterr().out)[-1]["event"] == "error"
 
 
+def test_a_sheet_written_beside_its_styles_previews_again(model_path, files, capsys, tmp_path):
+    """`stylefu preview photo.jpg styles/ -o styles/sheet.png` worked once; run again, it was
+    refused ("is also an input": the first sheet was now among the styles). The folder's copy of
+    this preview's own -o is left out, with a line; named alone, it is still refused."""
+    import shutil
+
+    folder = tmp_path / "styles"
+    folder.mkdir()
+    shutil.copy(files["stripes"], folder / "stripes.png")
+    sheet = folder / "sheet.png"
+    command = ["preview", str(files["content"]), str(folder), "-o", str(sheet), "--json",
+               str(tmp_path / "n.json"), "--model", str(model_path), *QUICK]
+    assert main(command) == 0
+    capsys.readouterr()
+    first = sheet.stat().st_mtime_ns
+    assert main(command) == 0
+    err = capsys.readouterr().err
+    assert f"{sheet}, this preview's -o, left out of the styles." in err
+    assert [s["name"] for s in json.loads((tmp_path / "n.json").read_text())["styles"]] == \
+        ["stripes"]
+    assert sheet.stat().st_mtime_ns != first
+    assert main([*command[:2], str(folder / "stripes.png"), str(sheet), *command[3:]]) == 2
+    assert "is also an input" in capsys.readouterr().err
+
+
 def test_preview_defaults_are_the_draft_preset_at_preview_size(model_path, files, tmp_path):
     from stylefu.core.cli.main import build_parser
     from stylefu.core.run.preview import PREVIEW_PRESET, PREVIEW_SIZE

@@ -446,6 +446,27 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _without_own_sheet(specs: list[str], styles: list[Path], sheet: str,
+                       log: typing.Callable[[str], None]) -> list[str]:
+    """The styles less this preview's -o sheet where a folder, pattern or list brought it in (a
+    sheet written beside its styles): else the same preview could never run again. Named
+    alone, it stays (and is refused as the output it would overwrite)."""
+    from ..io.inputs import set_kind
+
+    named = {Path(spec) for spec in specs if set_kind(spec) is None}
+    kept = []
+    for path in styles:
+        try:
+            own = path not in named and os.path.samefile(path, sheet)
+        except OSError:  # either missing: nothing to leave out
+            own = False
+        if own:
+            log(f"{path}, this preview's -o, left out of the styles.")
+        else:
+            kept.append(str(path))
+    return kept
+
+
 def cmd_preview(args) -> int:
     from ..engines import load_engine_model
     from ..io.images import PILLOW_FORMATS, check_input_file, check_output_path
@@ -455,7 +476,8 @@ def cmd_preview(args) -> int:
     config = config_from_args(args).validate()
     check_input_file(args.content)  # a bad style is skipped (a marked cell), a bad content is not
     said: list[str] = []  # the styles' notes (HEIC photos left out), told after the first line
-    args.styles = [str(p) for p in expand_inputs(args.styles, log=said.append)]
+    args.styles = _without_own_sheet(args.styles, expand_inputs(args.styles, log=said.append),
+                                     args.output, said.append)
     inputs = [args.content, *args.styles]
     inputs += [p for p in (args.model, config.init) if p and p not in ("content", "noise")]
     sheet = check_output_path(args.output, "-o", tuple(PILLOW_FORMATS), inputs)
