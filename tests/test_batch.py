@@ -381,9 +381,10 @@ def test_ray_and_local_engines_agree(tmp_path, photos, model_path, ray_cluster):
     for index, local in results["local"].items():
         remote = results["ray"][index]
         assert local.ok and remote.ok
-        # Same seed, same thread count per worker: the same pixels (a margin for other BLAS paths).
+        # Same seed, same thread count per worker: the same painting, to the last bits' noise
+        # (an AMD EPYC's float32 path: a few pixels 3/255 apart, 0.05/255 on average).
         a, b = (np.asarray(Image.open(r.item.output), np.float32) / 255 for r in (local, remote))
-        assert np.abs(a - b).max() <= 2 / 255
+        assert np.abs(a - b).max() <= 5 / 255 and np.abs(a - b).mean() <= 0.25 / 255
         assert local.metrics["total_loss"] == pytest.approx(remote.metrics["total_loss"], rel=1e-3)
         keys = set(local.record("h")) - {"seconds", "output"}
         assert {k: local.record("h")[k] for k in keys if k != "losses"} == \
