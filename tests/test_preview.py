@@ -243,6 +243,28 @@ def test_cli_takes_a_folder_of_styles(model_path, files, capsys, tmp_path):
     assert strict_records(capsys.readouterr().out)[-1]["event"] == "error"
 
 
+def test_watched_stdin_closed_cancels_the_previews(model_path, files, tmp_path):
+    """`--watch-stdin` (the GIMP plug-ins'): stdin closed mid-preview (the plug-in cancelled or
+    gone), the previews stop at the next evaluation: exit 130, a last `cancelled` record, no
+    sheet."""
+    import subprocess
+    import sys
+
+    sheet = tmp_path / "sheet.png"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stylefu.core", "preview", str(files["content"]),
+         str(files["stripes"]), "-o", str(sheet), "--model", str(model_path), "--progress", "json",
+         "--watch-stdin", "--size", "32", "--iterations", "100000"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    first = json.loads(proc.stdout.readline())
+    assert (first["event"], first["done"], first["of"]) == ("progress", 0, 1)
+    proc.stdin.close()  # at work on its one style (100000 evaluations)
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=120) == 130
+    assert strict_records(rest)[-1] == {"event": "cancelled", "reason": "cancelled"}
+    assert not sheet.exists()
+
+
 def test_a_sheet_written_beside_its_styles_previews_again(model_path, files, capsys, tmp_path):
     """`stylefu preview photo.jpg styles/ -o styles/sheet.png` worked once; run again, it was
     refused ("is also an input": the first sheet was now among the styles). The folder's copy of
