@@ -37,7 +37,7 @@ from ..engines.steps import check_hooks, is_cancelled
 from ..errors import Cancelled, UserError
 from ..io.files import check_input_file, check_name_length
 from ..io.images import OUTPUT_SUFFIXES, check_bits, one_or_many
-from ..io.inputs import expand_inputs
+from ..io.inputs import expand_inputs, file_id
 from ..method import tiling
 from ..method.config import Config, given_config
 from ..method.fullres import UPSCALE_MODES
@@ -139,12 +139,7 @@ def read_manifest(path: Path) -> dict[str, dict]:
 def earlier_outputs(path: Path) -> set[tuple[int, int]]:
     """The files a manifest records as outputs that are still there, by identity (device, inode:
     a link to one is the same file)."""
-    found = set()
-    for output in read_manifest(path):
-        with contextlib.suppress(OSError):
-            info = os.stat(output)
-            found.add((info.st_dev, info.st_ino))
-    return found
+    return {found for found in map(file_id, read_manifest(path)) if found is not None}
 
 
 class Manifest:
@@ -220,19 +215,16 @@ def check_shared_inputs(items: Sequence[BatchItem], config: Config, options: Run
         check_input_file(path)
     read = {}  # every file the batch reads, by identity (a link or hard link is the same file)
     for path in [*(item.input for item in items), *shared]:
-        with contextlib.suppress(OSError):
-            info = os.stat(path)
-            read.setdefault((info.st_dev, info.st_ino), path)
+        read.setdefault(file_id(path), path)
+    read.pop(None, None)  # (missing files)
     for item in items:
         if item.output is not None:
             # else every item is painted, then fails to be written ("File name too long")
             check_name_length(item.output, f"Output of {item.input} (--name)")
-            with contextlib.suppress(OSError):
-                info = os.stat(item.output)
-                if (info.st_dev, info.st_ino) in read:  # run refuses this too
-                    raise UserError(f"Output {item.output} is also an input "
-                                    f"({read[(info.st_dev, info.st_ino)]}); stylefu never "
-                                    "overwrites its inputs: choose another -o folder or --name.")
+            source = read.get(file_id(item.output))
+            if source is not None:  # run refuses this too
+                raise UserError(f"Output {item.output} is also an input ({source}); stylefu "
+                                "never overwrites its inputs: choose another -o folder or --name.")
             suffix = Path(item.output).suffix.lower()
             if suffix not in OUTPUT_SUFFIXES:  # else every item is painted, then not written
                 raise UserError(f"Output {item.output}: unknown image type {suffix!r} (--name); "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from ..batch.driver import (
 )
 from ..errors import UserError
 from ..io.files import check_writable_folder
-from ..io.inputs import expand_inputs, set_kind
+from ..io.inputs import expand_inputs, listed_outputs, set_kind
 from .bar import bar_line, clear_line, columns
 from .exits import EXIT_CANCELLED, EXIT_SOME_FAILED, EXIT_TERMINATED, Terminated
 
@@ -113,17 +112,8 @@ def _without_earlier_outputs(specs: list[str], inputs: list[Path], manifest: Pat
     """`inputs` less the results of earlier batches into this -o that a folder, pattern or list
     brought in (the manifest lists them): else a batch that writes beside its photos could never
     run again, its results now inputs. A path given alone stays (and is refused as an output)."""
-    earlier = earlier_outputs(manifest)
-    named = {Path(spec) for spec in specs if set_kind(spec) is None}
-    kept = []
-    for path in inputs:
-        try:
-            info = os.stat(path)
-        except OSError:  # missing: that item fails alone
-            kept.append(path)
-            continue
-        if (info.st_dev, info.st_ino) not in earlier or path in named:
-            kept.append(path)
+    earlier = listed_outputs(specs, inputs, earlier_outputs(manifest))
+    kept = [path for path in inputs if path not in earlier]
     if inputs and not kept:  # else a batch of nothing, with exit 0
         raise UserError(f"Every input is a result of an earlier batch into {manifest.parent} (its "
                         f"{manifest.name} lists them); to paint them again, give another -o.")

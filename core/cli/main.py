@@ -451,20 +451,12 @@ def _without_own_sheet(specs: list[str], styles: list[Path], sheet: str,
     """The styles less this preview's -o sheet where a folder, pattern or list brought it in (a
     sheet written beside its styles): else the same preview could never run again. Named
     alone, it stays (and is refused as the output it would overwrite)."""
-    from ..io.inputs import set_kind
+    from ..io.inputs import file_id, listed_outputs
 
-    named = {Path(spec) for spec in specs if set_kind(spec) is None}
-    kept = []
-    for path in styles:
-        try:
-            own = path not in named and os.path.samefile(path, sheet)
-        except OSError:  # either missing: nothing to leave out
-            own = False
-        if own:
-            log(f"{path}, this preview's -o, left out of the styles.")
-        else:
-            kept.append(str(path))
-    return kept
+    own = listed_outputs(specs, styles, {file_id(sheet)})
+    for path in own:
+        log(f"{path}, this preview's -o, left out of the styles.")
+    return [str(path) for path in styles if path not in own]
 
 
 def cmd_preview(args) -> int:

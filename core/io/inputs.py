@@ -53,6 +53,25 @@ def set_kind(spec: str) -> str | None:
     return None
 
 
+def file_id(path: str | os.PathLike) -> tuple[int, int] | None:
+    """A file's identity (device, inode: a link to it is the same file); None where it is not."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def listed_outputs(specs: Sequence[str], paths: Sequence[Path],
+                   outputs: set[tuple[int, int] | None]) -> set[Path]:
+    """Those of `paths` (expand_inputs' of `specs`) that a folder, pattern or list brought in and
+    that are one of `outputs` (file_id's): a command's own outputs found again by listing the
+    folder it writes to, left out rather than read as inputs. A path named alone stays."""
+    named = {Path(spec) for spec in specs if set_kind(spec) is None}
+    outputs = outputs - {None}  # (an output not there yet)
+    return {path for path in paths if path not in named and file_id(path) in outputs}
+
+
 def expand_inputs(specs: Sequence[str], log: Callable[[str], None] = notes.to_logger) -> list[Path]:
     """Folders (their images), globs, `@list.txt` (one path a line, relative to the list's folder,
     `#` comments) and plain paths, in natural order within each spec, duplicates dropped.
