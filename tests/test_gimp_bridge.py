@@ -535,6 +535,8 @@ def test_followed_run_cancel_leaves_the_image_as_it_was(tmp_path, images, model_
         cancelled = FollowedHost(content, [str(tmp_path / "style.npy")], cancel_after=1)
         with pytest.raises(bridge.CancelledError):
             bridge.stylize_layer(cancelled, settings, dict(values, iterations=50), kept)
+        # The kept worker's run had ended (no more --save-every files) when its folder went.
+        assert kept is None or kept.runs == {}
         assert cancelled.layers == [] and cancelled.paints == 1
         assert "undo start" not in cancelled.calls and cancelled.calls[-1] == "drop live"
         if kept is not None:  # the cancelled run stopped; the same worker paints the next

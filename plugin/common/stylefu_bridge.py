@@ -1383,7 +1383,8 @@ def run_kept(kept, args, on_record=None, stop=None):
     """run_worker's way (blocking, on_record(record) for each progress record, the final record
     or BridgeError) for `stylefu run ARGS` asked of a KeptWorker; the files are the caller's.
     GIMP's Cancel kills the plug-in: the kept worker's stdin closes and it stops the run; `stop`
-    (an Event) set cancels the run (CancelledError)."""
+    (an Event) set cancels the run and waits (up to FOLLOW_STOP_S) for its end, so that the caller
+    removes its files once the worker writes no more (CancelledError)."""
     run = kept.submit(args, None)
     try:
         while True:
@@ -1393,6 +1394,11 @@ def run_kept(kept, args, on_record=None, stop=None):
             if run.done:
                 return run.result()
             if stop is not None and stop.is_set():
+                run.stop()
+                deadline = time.time() + FOLLOW_STOP_S
+                while not run.done and time.time() < deadline:
+                    time.sleep(KEPT_POLL_S)
+                    run.poll()
                 raise CancelledError(FILTER_CANCELLED)
             time.sleep(KEPT_POLL_S)
     finally:
