@@ -50,7 +50,7 @@ def make_inputs(folder: Path) -> tuple[Path, list[Path]]:
 
 
 def time_preview(model: Path, content: Path, styles: list[Path], out: Path, cache: Path,
-                 size: int) -> tuple[float, float]:
+                 size: int, extra: tuple[str, ...] = ()) -> tuple[float, float]:
     """Wall and CPU seconds of `stylefu preview` as a new process (interpreter, imports included).
 
     CPU seconds are printed too because on a shared machine the wall time mostly measures the
@@ -59,7 +59,7 @@ def time_preview(model: Path, content: Path, styles: list[Path], out: Path, cach
     env = dict(os.environ, STYLEFU_CACHE=str(cache))
     cmd = [sys.executable, "-m", "stylefu.core", "preview", str(content), *map(str, styles),
            "-o", str(out), "--json", str(out.with_suffix(".json")), "--model", str(model),
-           "--size", str(size)]
+           "--size", str(size), *extra]
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -182,6 +182,12 @@ def preview_figures(args, model: Path, folder: Path, figures: dict) -> None:
         Path(args.keep).write_bytes(sheet.read_bytes())
     figures.update(preview_cold_cache_s=cold, preview_cold_cache_cpu_s=cold_cpu,
                    styles=len(styles), preview_size=args.size)
+    # The default paints a style per torch thread at once; the same one at a time, for the ratio.
+    alone, alone_cpu = time_preview(model, content, styles, sheet, folder / "cache-alone",
+                                    args.size, ("--workers", "1"))
+    print(f"the same one style at a time (--workers 1): {alone:.1f} s, CPU {alone_cpu:.1f} s; "
+          f"the default {alone / cold:.2f}x faster", flush=True)
+    figures.update(preview_one_at_a_time_s=alone, preview_one_at_a_time_cpu_s=alone_cpu)
     if args.no_warm:
         return
     warm, warm_cpu = time_preview(model, content, styles, sheet, folder / "cache", args.size)

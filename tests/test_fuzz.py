@@ -196,7 +196,8 @@ def test_numeric_option(option, value, world, capsys):
 
 @pytest.mark.parametrize("option, value", [("--style-layer-weights", "nan,1,1,1,1"),
                                            ("--content-weight", "inf"), ("--size", "1000000"),
-                                           ("--style-scale", "1000"), ("--learning-rate", "-inf")])
+                                           ("--style-scale", "1000"), ("--learning-rate", "-inf"),
+                                           ("--workers", "0"), ("--workers", "-1")])
 def test_numeric_option_preview(option, value, world, capsys):
     before = world.snapshot()
     outcome = cli(capsys, "preview", world.content, world.style, "-o", world.root / "sheet.png",

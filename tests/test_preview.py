@@ -349,12 +349,98 @@ def test_cancel_stops_the_previews(model_path, files):
     styles = [files["stripes"], files["noise"]]
     with pytest.raises(Cancelled):
         preview(files["content"], styles, config=QUICK_CONFIG, model=model_path,
-                on_style=stop_after_first, cancel=stop)
+                on_style=stop_after_first, cancel=stop, workers=1)
     assert seen == ["stripes"]
     polled = []  # a function as the token, True from its third call: stops mid-style
     with pytest.raises(Cancelled):
         preview(files["content"], styles, config=QUICK_CONFIG, model=model_path,
-                on_style=seen.append, cancel=lambda: polled.append(1) or len(polled) > 2)
+                on_style=seen.append, cancel=lambda: polled.append(1) or len(polled) > 2,
+                workers=1)
     assert len(seen) == 1
     with pytest.raises(UserError, match="cancel must be"):
         preview(files["content"], styles, config=QUICK_CONFIG, model=model_path, cancel=5)
+
+
+# --- several styles at once ----------------------------------------------------------------------
+
+def preview_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("stylefu-preview")]
+
+
+def test_styles_painted_at_once_come_back_as_one_at_a_time(model_path, files, images):
+    """Three styles, two at a time: the previews in the styles' order, each as a preview made
+    alone (same figures; the image within a thread count's rounding), `on_style` called once per
+    style in the caller's thread, torch's thread count as it was, no thread left."""
+    import threading
+
+    styles = [files["stripes"], files["noise"], images[1]]
+    model = load_model(model_path, "cpu")
+    alone = preview(files["content"], styles, config=QUICK_CONFIG, model=model, workers=1)
+    threads, called = torch.get_num_threads(), []
+
+    def on_style(item):
+        called.append((item.name, threading.current_thread() is threading.main_thread()))
+    both = preview(files["content"], styles, config=QUICK_CONFIG, model=model, workers=2,
+                   on_style=on_style)
+    assert [p.name for p in both.styles] == ["stripes", "noise", "style 3"]
+    assert sorted(called) == sorted((p.name, True) for p in both.styles)
+    assert torch.get_num_threads() == threads and not preview_threads()
+    for one, two in zip(alone.styles, both.styles):
+        assert two.ok and two.distance_total == one.distance_total  # the same cached targets
+        assert two.style_loss == pytest.approx(one.style_loss, rel=0.05), one.name
+        assert np.abs(two.image - one.image).max() < 0.05, one.name
+    assert both.sheet.size == alone.sheet.size
+
+
+def test_previews_at_once_stop_together(model_path, files, monkeypatch):
+    """A cancel, or an error raised by `on_style`, while two styles paint at once: raised once
+    both threads have stopped, each at its next evaluation, the third style never started."""
+    import collections
+    import sys
+
+    from stylefu.core.errors import Cancelled
+
+    preview_module = sys.modules["stylefu.core.run.preview"]
+    real, evaluated = preview_module.stylize, []  # the style's name per evaluation
+
+    def counted(content, picture, **kwargs):
+        return real(content, picture, **kwargs, callback=lambda p: evaluated.append(picture.name))
+
+    monkeypatch.setattr(preview_module, "stylize", counted)
+    slow = QUICK_CONFIG.with_(evaluations=400, tolerance=0.0)
+    styles = [files["stripes"], files["noise"], files["content"]]
+    with pytest.raises(Cancelled):
+        preview(files["content"], styles, config=slow, model=model_path, workers=2,
+                cancel=lambda: len(evaluated) >= 10)
+    assert not preview_threads()
+    evaluations = collections.Counter(evaluated)
+    assert set(evaluations) == {"stripes", "noise"} and max(evaluations.values()) < 20, evaluations
+
+    def fails(item):
+        raise RuntimeError("on_style failed")
+    with pytest.raises(RuntimeError, match="on_style failed"):
+        preview(files["content"], [files["stripes"], files["noise"]], config=QUICK_CONFIG,
+                model=model_path, workers=2, on_style=fails)
+    assert not preview_threads()
+
+
+def test_default_previews_at_once_follow_torchs_threads(model_path):
+    """By default one style per torch thread on the CPU (each then with one), never more than
+    the styles; the torch-free engine one at a time."""
+    from stylefu.core.run.preview import previews_at_once
+
+    model = load_model(model_path, "cpu")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert previews_at_once(5, QUICK_CONFIG, model) == (2, 1)
+        assert previews_at_once(1, QUICK_CONFIG, model) == (1, 2)
+        assert previews_at_once(5, QUICK_CONFIG, model, workers=1) == (1, 2)
+        torch.set_num_threads(1)
+        assert previews_at_once(5, QUICK_CONFIG, model) == (1, 1)
+    finally:
+        torch.set_num_threads(threads)
+    onnx = load_model(model_path, "cpu", engine="onnx")
+    assert previews_at_once(5, QUICK_CONFIG, onnx)[0] == 1

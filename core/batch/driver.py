@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import notes
-from ..engines.steps import check_hooks, is_cancelled
+from ..engines.steps import check_hooks, check_workers, is_cancelled
 from ..errors import Cancelled, UserError
 from ..io.files import check_input_file, check_name_length
 from ..io.images import OUTPUT_SUFFIXES, check_bits, one_or_many
@@ -624,10 +624,7 @@ def _stylize_many(items, config, model, workers, ray, options, skip, progress, c
     if options.upscale not in UPSCALE_MODES:  # else an unknown one was taken for one of them
         raise UserError(f"--upscale must be one of {', '.join(UPSCALE_MODES)}, not "
                         f"{options.upscale!r}.")
-    if workers is not None and (not isinstance(workers, int) or workers < 1):
-        # -1 ended as "every worker process ended ... if __name__ == '__main__'", 0 as the default
-        raise UserError(f"--workers must be a whole number from 1, not {workers!r} (leave it "
-                        "out, or None, for the default).")
+    check_workers(workers)
     skip = set(skip)
     check_shared_inputs(items, config, options)
     in_ray = ray is not None and ray is not False

@@ -105,9 +105,7 @@ def default_workers(cores: int | None = None, gpus: int = 0, config: Config | No
     if config is not None:
         from ..method import tiling
 
-        side = config.size
-        per_worker = tiling.torch_bytes(side, side, config.optimizer) / (1 - tiling.ORT_SHARE)
-        workers = min(workers, max(1, int(tiling.budget_bytes("cpu") // per_worker)))
+        workers = min(workers, tiling.runs_in_memory(config))
     return workers
 
 

@@ -461,11 +461,13 @@ def _without_own_sheet(specs: list[str], styles: list[Path], sheet: str,
 
 def cmd_preview(args) -> int:
     from ..engines import load_engine_model
+    from ..engines.steps import check_workers
     from ..io.images import PILLOW_FORMATS, check_input_file, check_output_path
     from ..io.inputs import expand_inputs
     from ..run.preview import preview
 
     config = config_from_args(args).validate()
+    check_workers(args.workers)
     check_input_file(args.content)  # a bad style is skipped (a marked cell), a bad content is not
     said: list[str] = []  # the styles' notes (HEIC photos left out), told after the first line
     args.styles = _without_own_sheet(args.styles, expand_inputs(args.styles, log=said.append),
@@ -510,7 +512,7 @@ def cmd_preview(args) -> int:
     progress()
     with watching_stdin(cancel, args.watch_stdin):
         result = preview(content, args.styles, config=config, model=model, on_style=report,
-                         cancel=cancel)
+                         cancel=cancel, workers=args.workers)
     finished_once(sheet)
     result.save(args.output)
     if args.json:
@@ -778,6 +780,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "finished style on stdout, then a result record")
     prev.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     prev.add_argument("--watch-stdin", action="store_true", help=WATCH_STDIN_HELP)
+    prev.add_argument("--workers", type=int, default=None,
+                      help="styles painted at once, sharing the cores [default: on a CPU one per "
+                      "torch thread, as many as the memory holds; on a GPU one]")
     # Each style is previewed alone (no blend) and only the sheet is written (no --save-every).
     add_config_options(prev, skip=("style_blend", "save_every"),
                        defaults={"size": PREVIEW_SIZE, "preset": PREVIEW_PRESET})

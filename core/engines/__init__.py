@@ -10,6 +10,8 @@ or faster on every CPU class and GPU tried (bf16, GPUs; docs/torch-free-engine.m
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 
@@ -18,6 +20,22 @@ def torch_installed() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("torch") is not None
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    """torch's intra-op threads set to `threads` for the block (threads started in it take that
+    count at their first operation), then as they were; nothing where torch is not loaded."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def why_auto() -> str:

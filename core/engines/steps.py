@@ -53,6 +53,15 @@ def check_hooks(callback=None, cancel: CancelToken = None, what: str = "callback
                         f"not {type(cancel).__name__}.")
 
 
+def check_workers(workers) -> None:
+    """The API's and the commands' `workers` (runs at once): None (the default) or a whole number
+    from 1 (-1 ended a batch as "every worker process ended ...", 0 as the default)."""
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool)
+                                or workers < 1):
+        raise UserError(f"--workers must be a whole number from 1, not {workers!r} (leave it "
+                        "out, or None, for the default).")
+
+
 def check_cancel(cancel: CancelToken) -> None:
     if is_cancelled(cancel):
         raise Cancelled("Cancelled.")

@@ -180,6 +180,13 @@ def budget_bytes(device: torch.device | str = "cpu") -> float:
     return MEMORY_FRACTION * available_bytes(device)
 
 
+def runs_in_memory(config: Config, device: torch.device | str = "cpu") -> int:
+    """How many runs at `config.size` the memory budget holds side by side (at least one): each
+    plans on the whole optimiser's budget, plus ONNX Runtime's share."""
+    per_run = torch_bytes(config.size, config.size, config.optimizer) / (1 - ORT_SHARE)
+    return max(1, int(budget_bytes(device) // per_run))
+
+
 def torch_budget(device: torch.device | str = "cpu") -> float:
     """The optimiser's part of the budget (ONNX Runtime's arena holds the rest)."""
     return (1 - ORT_SHARE) * budget_bytes(device)

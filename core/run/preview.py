@@ -17,8 +17,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,8 +30,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .. import jsontext
-from ..engines import load_engine_model
-from ..engines.steps import CancelToken, check_cancel, check_hooks
+from ..engines import load_engine_model, model_kind, torch_threads
+from ..engines.steps import CancelToken, check_cancel, check_hooks, check_workers, is_cancelled
 from ..errors import UserError
 from ..io.cache import cached_grams, grams_of_image, target_cache
 from ..io.files import atomic_write
@@ -46,7 +49,7 @@ from ..method import balance, guides
 from ..method.config import PLAIN_STYLE_WEIGHT, STRENGTH_NEUTRAL, Config, given_config
 from ..method.objective import LossSpec
 from ..method.targets import load_style, style_array, target_arrays
-from ..method.tiling import check_memory
+from ..method.tiling import check_memory, runs_in_memory
 from ..network.vgg import STYLE_LAYERS
 from .pipeline import check_content, level_sizes, stylize
 
@@ -194,7 +197,7 @@ def style_distance(model: StyleModel, content: np.ndarray, style: np.ndarray,
 def preview(content, styles: Sequence, *, config: Config | None = None,
             model: StyleModel | str | None = None, size: int | None = None,
             on_style: Callable[[StylePreview], None] | None = None,
-            cancel: CancelToken = None) -> PreviewResult:
+            cancel: CancelToken = None, workers: int | None = None) -> PreviewResult:
     """Preview each of `styles` (a list, or one alone) on `content` (paths, PIL images, arrays or
     Pictures; a path naming a folder gives the folder's images, in natural order).
 
@@ -205,9 +208,12 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
     unreadable content image or when no style can be read; an unreadable style is reported in its
     StylePreview.error and drawn as a marked empty cell. Raises Cancelled when `cancel` (an Event,
     or a function returning True to stop) fires: checked at every evaluation of every style.
+    `workers`: styles painted at once (default `previews_at_once`'s: on a CPU, one per torch
+    thread); `on_style` is then called as each finishes, the result keeps the styles' order.
     """
     started = time.perf_counter()
     check_hooks(on_style, cancel, "on_style")
+    check_workers(workers)
     styles = [style for given in one_or_many(styles) for style in _folder_or_one(given)]
     if not styles:
         raise UserError("Give at least one style image to preview.")
@@ -225,35 +231,17 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
     model = load_engine_model(model, config)  # a path (or None) loads; a loaded model stays
     check_memory(content_pic, [], config, model.device)
 
-    previews = []
-    for index, source in enumerate(styles, start=1):
-        check_cancel(cancel)
-        name, where = _label(source, index)
-        item = StylePreview(name, where)
-        t0 = time.perf_counter()
-        try:
-            picture = load_style(source, name)
-        except UserError as exc:
-            item.error, item.failed_stage = str(exc), "read"
-        else:
-            item.swatch = on_paper(picture.rgb, picture.alpha)
-            try:
-                check_memory(content_pic, [picture], config, model.device)
-                item.distance, item.distance_total = style_distance(
-                    model, content_seen, style_array(picture), config, alpha=visible)
-                result = stylize(content_pic, picture, config=config, model=model, cancel=cancel)
-            except UserError as exc:  # e.g. NumericalError: this style fails, the others go on
-                item.error, item.failed_stage = str(exc), "run"
-            else:
-                item.image, item.alpha = result.image, result.alpha
-                item.style_loss_per_layer, item.style_loss = style_distance(
-                    model, content_seen, style_array(picture), config, image=result.image,
-                    alpha=visible)
-                item.content_loss = result.metrics["content_loss"]
-        item.seconds = time.perf_counter() - t0
-        previews.append(item)
-        if on_style is not None:
-            on_style(item)
+    paint = functools.partial(_preview_one, content_pic, content_seen, visible, config, model)
+    at_once, threads_each = previews_at_once(len(styles), config, model, workers)
+    if at_once == 1:
+        previews = []
+        for index, source in enumerate(styles, start=1):
+            previews.append(paint(index, source, cancel))
+            if on_style is not None:
+                on_style(previews[-1])
+    else:
+        with torch_threads(threads_each):
+            previews = _painted_at_once(paint, styles, at_once, on_style, cancel)
     if not any(p.ok for p in previews):
         raise UserError(f"None of the {len(previews)} style image(s) could be previewed: "
                         f"{previews[0].error}")
@@ -269,6 +257,75 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
                            config, info, content_alpha=alpha)
     result.sheet = contact_sheet(result)
     return result
+
+
+def previews_at_once(styles: int, config: Config, model: StyleModel,
+                     workers: int | None = None) -> tuple[int, int]:
+    """(styles painted at once, torch threads each). By default, where the torch engine runs on
+    the CPU, one style per torch thread, as many as the memory holds: a small preview uses a
+    second thread poorly, a second style fully (docs/speed.md, "Preview speed"). Elsewhere one: a GPU
+    runs one style at a time, and the torch-free engine's sessions keep their own threads."""
+    threads = sys.modules["torch"].get_num_threads() if model_kind(model) == "torch" else 1
+    if workers is None:
+        workers = (min(threads, runs_in_memory(config)) if str(model.device) == "cpu" else 1)
+    at_once = max(1, min(workers, styles))
+    return at_once, max(1, threads // at_once)
+
+
+def _preview_one(content_pic: Picture, content_seen: np.ndarray, visible, config: Config,
+                 model: StyleModel, index: int, source, cancel: CancelToken) -> StylePreview:
+    """One style's preview (its image and figures, or why it failed); Cancelled passes through."""
+    check_cancel(cancel)
+    name, where = _label(source, index)
+    item = StylePreview(name, where)
+    t0 = time.perf_counter()
+    try:
+        picture = load_style(source, name)
+    except UserError as exc:
+        item.error, item.failed_stage = str(exc), "read"
+    else:
+        item.swatch = on_paper(picture.rgb, picture.alpha)
+        try:
+            check_memory(content_pic, [picture], config, model.device)
+            item.distance, item.distance_total = style_distance(
+                model, content_seen, style_array(picture), config, alpha=visible)
+            result = stylize(content_pic, picture, config=config, model=model, cancel=cancel)
+        except UserError as exc:  # e.g. NumericalError: this style fails, the others go on
+            item.error, item.failed_stage = str(exc), "run"
+        else:
+            item.image, item.alpha = result.image, result.alpha
+            item.style_loss_per_layer, item.style_loss = style_distance(
+                model, content_seen, style_array(picture), config, image=result.image,
+                alpha=visible)
+            item.content_loss = result.metrics["content_loss"]
+    item.seconds = time.perf_counter() - t0
+    return item
+
+
+def _painted_at_once(paint: Callable, styles: list, at_once: int,
+                     on_style: Callable[[StylePreview], None] | None,
+                     cancel: CancelToken) -> list[StylePreview]:
+    """`paint` (index, source, cancel) for each style, `at_once` in threads; the previews in the
+    styles' order, `on_style` called in this thread as each finishes. A cancel, or an error in
+    one style or in `on_style`, stops the others at their next evaluation and is raised."""
+    stop = threading.Event()
+
+    def stopped() -> bool:
+        return stop.is_set() or is_cancelled(cancel)
+    previews: list = [None] * len(styles)
+    with ThreadPoolExecutor(at_once, thread_name_prefix="stylefu-preview") as pool:
+        futures = {pool.submit(paint, index, source, stopped): index - 1
+                   for index, source in enumerate(styles, start=1)}
+        try:
+            for future in as_completed(futures):
+                previews[futures[future]] = future.result()
+                if on_style is not None:
+                    on_style(previews[futures[future]])
+        finally:
+            stop.set()
+            for future in futures:
+                future.cancel()
+    return previews
 
 
 # ---------------------------------------------------------------------------------------------
