@@ -385,6 +385,7 @@ def test_styles_painted_at_once_come_back_as_one_at_a_time(model_path, files, im
     both = preview(files["content"], styles, config=QUICK_CONFIG, model=model, workers=2,
                    on_style=on_style)
     assert [p.name for p in both.styles] == ["stripes", "noise", "style 3"]
+    assert (alone.info["styles_at_once"], both.info["styles_at_once"]) == (1, 2)
     assert sorted(called) == sorted((p.name, True) for p in both.styles)
     assert torch.get_num_threads() == threads and not preview_threads()
     for one, two in zip(alone.styles, both.styles):

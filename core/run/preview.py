@@ -251,7 +251,8 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
             "preset": config.preset, "model": str(model.path),
             "weights_source": model.weights_source,
             "weights_random": model.info.is_random, "provider": model.engine.provider,
-            "device": str(model.device), "seconds": round(time.perf_counter() - started, 3)}
+            "device": str(model.device), "styles_at_once": at_once,
+            "seconds": round(time.perf_counter() - started, 3)}
     alpha = None if content_pic.alpha is None else resize_array(content_pic.alpha, h, w)
     result = PreviewResult(resize_array(content_pic.rgb, h, w), content_pic.name, previews,
                            config, info, content_alpha=alpha)
@@ -443,6 +444,7 @@ def contact_sheet(result: PreviewResult) -> Image.Image:
     levels = "/".join(str(px) for px in info["levels"])
     sub = (f"{w}x{h} px, preset {cfg.preset} (levels {levels} px), "
            f"{balance_label(cfg)}, colours: {cfg.preserve_colors}, weights: {weights}"
+           + (f", {info['styles_at_once']} styles at a time" if info["styles_at_once"] > 1 else "")
            + ("  (RANDOM: weak effect)" if info["weights_random"] else ""))
     draw.text((PAD, 34), _clip_text(draw, sub, small_f, width - 2 * PAD), font=small_f, fill=MUTED)
     content = _fit(_to_pil(on_paper(result.content, result.content_alpha)), (cw, ch), crop=False)
