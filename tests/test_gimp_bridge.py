@@ -653,7 +653,9 @@ def test_run_worker_follows_progress_and_returns_the_result(files, model_path, t
                               on_record=records.append, cwd=str(tmp_path))
     assert final["event"] == "result"
     assert [r["evaluation"] for r in records] == [1, 2, 3, 4]
-    assert [bool(r.get("image")) for r in records] == [False, True, False, True]
+    # The first due image always; the later one as SAVE_SHARE's time allows (CI skipped it).
+    shown = [r["evaluation"] for r in records if r.get("image")]
+    assert shown[0] == 2 and set(shown) <= {2, 4}, shown
     # --keep-size: the result (and each preview) at the content's own size, with its own alpha
     source = np.load(content)
     for path in [out] + [r["image"] for r in records if r.get("image")]:
