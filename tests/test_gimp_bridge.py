@@ -837,6 +837,43 @@ def test_flatpak_exchanges_files_through_the_app_cache(tmp_path, monkeypatch):
     assert not os.path.exists(folder)
 
 
+def test_a_folder_still_written_into_is_removed_whole(tmp_path):
+    """A kept run cancelled in one long evaluation can outlive the filter's wait and write its
+    next --save-every image (the worker's own atomic_write) while the folder is removed: the
+    folder must still go, not be left holding what came in mid-removal."""
+    import threading
+
+    from stylefu.core.errors import UserError
+    from stylefu.core.io.files import atomic_write
+
+    def write_until(stop, folder):
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                atomic_write(os.path.join(folder, f"p.scale1-{n:04d}.png"),
+                             lambda tmp: tmp.write_bytes(b"x" * 4096))
+            except UserError:  # the folder gone: the worker's save fails, its run ends
+                pass
+
+    for attempt in range(20):
+        folder = str(tmp_path / f"stylefu-{attempt}")
+        os.mkdir(folder)
+        for n in range(200):
+            with open(os.path.join(folder, f"old-{n}"), "wb") as f:
+                f.write(b"x")
+        stop = threading.Event()
+        writer = threading.Thread(target=write_until, args=(stop, folder))
+        writer.start()
+        time.sleep(0.01)
+        try:
+            bridge.remove_dir(folder)
+        finally:
+            stop.set()
+            writer.join()
+    assert os.listdir(tmp_path) == []
+
+
 PREVIEW_SIDE = 64
 
 

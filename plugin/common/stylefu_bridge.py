@@ -1146,7 +1146,14 @@ def _exchange_base():
 
 
 def remove_dir(path):
-    shutil.rmtree(path, ignore_errors=True)
+    """Remove an exchange folder, moved aside first: a worker still writing into it (a kept run
+    cancelled in one long evaluation) finds no folder there instead of refilling it mid-removal."""
+    aside = path + ".removed"
+    try:
+        os.rename(path, aside)
+    except OSError:  # gone already, or (Windows) a file in it still open: removed where it is
+        aside = path
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 # --- .npy files without numpy ------------------------------------------------------------------
