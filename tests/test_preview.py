@@ -229,12 +229,13 @@ def test_cli_takes_a_folder_of_styles(model_path, files, capsys, tmp_path):
                                  f"1 HEIC photo(s) in {folder} left out: stylefu cannot read "
                                  "HEIC; save them as JPEG to include them."}]
     # --progress json (the plug-ins'): strict JSON records, the notes told as `run` tells them,
-    # one as the work starts and one per style done, then the result.
+    # one as the work starts and one per style done (in the order they finish: painted at once
+    # where torch has two threads), then the result.
     records = strict_records(out)
     assert records[0] == figures["notes"][0]
-    assert [(r["event"], r.get("done"), r.get("style")) for r in records[1:]] == [
-        ("progress", 0, None), ("progress", 1, "b9"), ("progress", 2, "b10"),
-        ("result", None, None)]
+    assert [(r["event"], r.get("done")) for r in records[1:]] == [
+        ("progress", 0), ("progress", 1), ("progress", 2), ("result", None)]
+    assert {r.get("style") for r in records[2:4]} == {"b9", "b10"}
     assert [r["fraction"] for r in records[1:4]] == [0.0, 0.5, 1.0]
     assert records[-1]["output"] == str(tmp_path / "sheet.png")
     assert main(["preview", str(files["content"]), str(files["broken"]), "-o",
@@ -427,9 +428,40 @@ def test_previews_at_once_stop_together(model_path, files, monkeypatch):
     assert not preview_threads()
 
 
+def test_a_run_started_in_another_thread_beside_a_default_preview_keeps_its_threads(
+        model_path, files):
+    """The README: runs from several threads at once each give the bytes they give alone. A
+    thread's torch work takes torch's thread count as it first computes; painting several styles
+    at once sets that count to one for the process meanwhile (a run started then kept one thread
+    and other bytes), so preview() paints one at a time unless asked ("auto": the command's)."""
+    import threading
+
+    model = load_model(model_path, "cpu")
+    threads = torch.get_num_threads()
+    alone = preview(files["content"], files["stripes"], config=QUICK_CONFIG, model=model)
+    seen = {}
+
+    def run_beside():
+        seen["threads"] = torch.get_num_threads()  # this thread's count, fixed from now on
+        seen["preview"] = preview(files["content"], files["stripes"], config=QUICK_CONFIG,
+                                  model=model)
+    beside = threading.Thread(target=run_beside)
+
+    def start_beside():  # called at the preview's first evaluation, while it paints
+        if not beside.ident:
+            beside.start()
+        return False
+    painted = preview(files["content"], [files["noise"], files["stripes"]], config=QUICK_CONFIG,
+                      model=model, cancel=start_beside)
+    beside.join()
+    assert seen["threads"] == threads
+    assert np.array_equal(seen["preview"].styles[0].image, alone.styles[0].image)
+    assert painted.info["styles_at_once"] == 1
+
+
 def test_default_previews_at_once_follow_torchs_threads(model_path):
-    """By default one style per torch thread on the CPU (each then with one), never more than
-    the styles; the torch-free engine one at a time."""
+    """"auto" (the command's default): one style per torch thread on the CPU (each then with
+    one), never more than the styles; the torch-free engine one at a time."""
     from stylefu.core.run.preview import previews_at_once
 
     model = load_model(model_path, "cpu")
@@ -439,6 +471,7 @@ def test_default_previews_at_once_follow_torchs_threads(model_path):
         assert previews_at_once(5, QUICK_CONFIG, model) == (2, 1)
         assert previews_at_once(1, QUICK_CONFIG, model) == (1, 2)
         assert previews_at_once(5, QUICK_CONFIG, model, workers=1) == (1, 2)
+        assert previews_at_once(5, QUICK_CONFIG, model, workers=None) == (1, 2)
         torch.set_num_threads(1)
         assert previews_at_once(5, QUICK_CONFIG, model) == (1, 1)
     finally:

@@ -464,7 +464,7 @@ def cmd_preview(args) -> int:
     from ..engines.steps import check_workers
     from ..io.images import PILLOW_FORMATS, check_input_file, check_output_path
     from ..io.inputs import expand_inputs
-    from ..run.preview import preview
+    from ..run.preview import AUTO_WORKERS, preview
 
     config = config_from_args(args).validate()
     check_workers(args.workers)
@@ -512,7 +512,8 @@ def cmd_preview(args) -> int:
     progress()
     with watching_stdin(cancel, args.watch_stdin):
         result = preview(content, args.styles, config=config, model=model, on_style=report,
-                         cancel=cancel, workers=args.workers)
+                         cancel=cancel,
+                         workers=AUTO_WORKERS if args.workers is None else args.workers)
     finished_once(sheet)
     result.save(args.output)
     if args.json:

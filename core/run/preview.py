@@ -56,6 +56,7 @@ from .pipeline import check_content, level_sizes, stylize
 if TYPE_CHECKING:
     from ..engines.torch.model import StyleModel
 
+AUTO_WORKERS = "auto"  # preview(workers=): as many styles at once as the CPU's threads serve
 PREVIEW_SIZE = 192  # long side of each preview in px: about 3 s per style on 2 CPU cores
 PREVIEW_PRESET = "draft"
 
@@ -197,7 +198,7 @@ def style_distance(model: StyleModel, content: np.ndarray, style: np.ndarray,
 def preview(content, styles: Sequence, *, config: Config | None = None,
             model: StyleModel | str | None = None, size: int | None = None,
             on_style: Callable[[StylePreview], None] | None = None,
-            cancel: CancelToken = None, workers: int | None = None) -> PreviewResult:
+            cancel: CancelToken = None, workers: int | str | None = 1) -> PreviewResult:
     """Preview each of `styles` (a list, or one alone) on `content` (paths, PIL images, arrays or
     Pictures; a path naming a folder gives the folder's images, in natural order).
 
@@ -208,12 +209,16 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
     unreadable content image or when no style can be read; an unreadable style is reported in its
     StylePreview.error and drawn as a marked empty cell. Raises Cancelled when `cancel` (an Event,
     or a function returning True to stop) fires: checked at every evaluation of every style.
-    `workers`: styles painted at once (default `previews_at_once`'s: on a CPU, one per torch
-    thread); `on_style` is then called as each finishes, the result keeps the styles' order.
+    `workers`: styles painted at once (default 1; "auto": `previews_at_once`'s, on a CPU one per
+    torch thread, what `stylefu preview` paints); `on_style` is then called as each finishes,
+    the result keeps the styles' order. Painting several sets torch's thread count for the whole
+    process meanwhile (torch work started in another thread then keeps one thread), hence not
+    the library's default.
     """
     started = time.perf_counter()
     check_hooks(on_style, cancel, "on_style")
-    check_workers(workers)
+    if workers != AUTO_WORKERS:
+        check_workers(workers)
     styles = [style for given in one_or_many(styles) for style in _folder_or_one(given)]
     if not styles:
         raise UserError("Give at least one style image to preview.")
@@ -261,15 +266,16 @@ def preview(content, styles: Sequence, *, config: Config | None = None,
 
 
 def previews_at_once(styles: int, config: Config, model: StyleModel,
-                     workers: int | None = None) -> tuple[int, int]:
-    """(styles painted at once, torch threads each). By default, where the torch engine runs on
-    the CPU, one style per torch thread, as many as the memory holds: a small preview uses a
-    second thread poorly, a second style fully (docs/speed.md, "Preview speed"). Elsewhere one: a GPU
-    runs one style at a time, and the torch-free engine's sessions keep their own threads."""
+                     workers: int | str | None = AUTO_WORKERS) -> tuple[int, int]:
+    """(styles painted at once, torch threads each) for `workers` (None: 1). "auto": where the
+    torch engine runs on the CPU, one style per torch thread, as many as the memory holds: a
+    small preview uses a second thread poorly, a second style fully (docs/speed.md, "Preview
+    speed"). Elsewhere one: a GPU runs one style at a time, and the torch-free engine's sessions
+    keep their own threads."""
     threads = sys.modules["torch"].get_num_threads() if model_kind(model) == "torch" else 1
-    if workers is None:
+    if workers == AUTO_WORKERS:
         workers = (min(threads, runs_in_memory(config)) if str(model.device) == "cpu" else 1)
-    at_once = max(1, min(workers, styles))
+    at_once = max(1, min(workers or 1, styles))
     return at_once, max(1, threads // at_once)
 
 
