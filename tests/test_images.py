@@ -763,3 +763,45 @@ def test_a_float_colour_tiff_is_named_as_a_tiff(tmp_path):
                                         r"\(float colour, for one\); save it as an 8- or 16-bit "
                                         r"PNG or TIFF\.$"):
         load_image(path)
+
+
+def test_images_loaded_from_threads_at_once_leave_the_process_as_it_was(tmp_path, capfd):
+    """A TIFF's load sends fd 2 to a file (libtiff's lines) and sets warning filters: two
+    threads at once (a preview painting two TIFF styles) left fd 2 on a removed file, so every
+    later line of the command was lost, and the filters changed. A line another thread writes
+    meanwhile is not libtiff's: the TIFF loads and the line reaches stderr."""
+    import os
+    import threading
+    import warnings
+
+    paths = [tmp_path / f"t{i}.tif" for i in range(3)]
+    for i, path in enumerate(paths):
+        Image.fromarray((rgb_noise(90 + i, 120, seed=i) * 255).astype(np.uint8)).save(
+            path, compression="tiff_deflate")
+    filters, stderr = list(warnings.filters), os.fstat(2)
+    failed, stop = [], threading.Event()
+
+    def load_all(path):
+        try:
+            for _ in range(40):
+                load_image(path)
+        except Exception as exc:  # noqa: BLE001 (reported by the assertion)
+            failed.append(exc)
+
+    def write_lines():
+        while not stop.is_set():
+            os.write(2, b"Another thread: line\n")
+    threads = [threading.Thread(target=load_all, args=(p,)) for p in paths]
+    writer = threading.Thread(target=write_lines)
+    for thread in [writer, *threads]:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stop.set()
+    writer.join()
+    assert not failed, failed[0]
+    assert warnings.filters == filters
+    assert (os.fstat(2).st_ino, os.fstat(2).st_dev) == (stderr.st_ino, stderr.st_dev)
+    os.write(2, b"last line\n")
+    err = capfd.readouterr().err.splitlines()
+    assert err[-1] == "last line" and set(err[:-1]) == {"Another thread: line"}

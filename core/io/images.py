@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import sys
 import warnings
@@ -34,7 +35,7 @@ from ..notes import act
 from .files import atomic_write, check_input_file, check_output_path
 from .jpeg import cut_short
 from .profiles import deep_in_srgb, foreign_profile, grey_by_levels_in_srgb, grey_in_srgb, in_srgb
-from .quiet import captured_log, captured_stderr, detail
+from .quiet import PROCESS_STREAMS, captured_log, captured_stderr, detail
 
 if TYPE_CHECKING:
     import torch
@@ -57,6 +58,9 @@ SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}, "AVIF": {"qual
 # A float image with values above this holds 0..255 (or other) numbers, not 0..1: refused, not
 # clipped to white. Up to it, overshoots (from sharpening or resampling) are clipped to 1.
 FLOAT_RANGE_LIMIT = 1.5
+# libtiff's own lines on stderr: "module: text", its module a C name or the name Pillow opens the
+# file by; other lines fd 2 gets while it decodes are another thread's.
+LIBTIFF_LINE = re.compile(r"(?:tempfile\.tif|_?[A-Z][A-Za-z0-9]*): ")
 
 
 @dataclass
@@ -350,7 +354,7 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
     said: list[str] = []  # what Pillow warned and libtiff printed: the detail of a refusal
     printed: list[str] = []
     try:
-        with warnings.catch_warnings(record=True) as warned:
+        with PROCESS_STREAMS, warnings.catch_warnings(record=True) as warned:
             # Pillow only warns between 1x and 2x its pixel limit; refuse those too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
@@ -361,7 +365,8 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
                     if image.format == "PNG":
                         _check_png_data(path, image.size)
                     # decodes everything: a file cut short raises OSError here
-                    with captured_stderr(printed) if image.format == "TIFF" else nullcontext(), \
+                    with captured_stderr(printed, LIBTIFF_LINE) if image.format == "TIFF" \
+                            else nullcontext(), \
                             decoding():
                         image.load()
                     if any(": Warning, " not in line for line in printed):

@@ -14,34 +14,45 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 
 DETAIL_CHARS = 200  # at most this much of a library's text goes into a message
 
 
+# fd 2 and Python's warning filters are the process's: threads that change them for a block
+# take turns (two at once left fd 2 pointing at a removed file, every later line lost).
+PROCESS_STREAMS = threading.RLock()
+
+
 @contextlib.contextmanager
-def captured_stderr(into: list[str]) -> Iterator[None]:
-    """File descriptor 2 sent to a temporary file for the block; its lines appended to `into`
-    when the block ends (also by an exception). With no fd 2 (stderr closed) nothing is done."""
+def captured_stderr(into: list[str], library: re.Pattern[str]) -> Iterator[None]:
+    """File descriptor 2 sent to a temporary file for the block; the lines `library` matches
+    appended to `into` when the block ends (also by an exception), the others (another thread's,
+    written meanwhile) written on to stderr. With no fd 2 (stderr closed) nothing is done."""
     with contextlib.suppress(AttributeError, OSError, ValueError):
         sys.stderr.flush()  # our own pending text is not the library's
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        with tempfile.TemporaryFile() as sink:
-            os.dup2(sink.fileno(), 2)
-            try:
-                yield
-            finally:
-                os.dup2(saved, 2)
-                sink.seek(0)
-                text = sink.read(64 * 1024).decode("utf-8", "replace")
-                into.extend(line for line in text.splitlines() if line.strip())
-    finally:
-        os.close(saved)
+    with PROCESS_STREAMS:
+        try:
+            saved = os.dup(2)
+        except OSError:
+            yield
+            return
+        try:
+            with tempfile.TemporaryFile() as sink:
+                os.dup2(sink.fileno(), 2)
+                try:
+                    yield
+                finally:
+                    os.dup2(saved, 2)
+                    sink.seek(0)
+                    lines = sink.read(64 * 1024).decode("utf-8", "replace").splitlines()
+                    into.extend(line for line in lines if library.match(line))
+                    others = "".join(line + "\n" for line in lines if not library.match(line))
+                    with contextlib.suppress(OSError):
+                        os.write(2, others.encode())
+        finally:
+            os.close(saved)
 
 
 @contextlib.contextmanager
