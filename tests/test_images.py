@@ -789,7 +789,7 @@ def test_images_loaded_from_threads_at_once_leave_the_process_as_it_was(tmp_path
             failed.append(exc)
 
     def write_lines():
-        while not stop.is_set():
+        while not stop.wait(0.001):
             os.write(2, b"Another thread: line\n")
     threads = [threading.Thread(target=load_all, args=(p,)) for p in paths]
     writer = threading.Thread(target=write_lines)

@@ -46,7 +46,7 @@ def captured_stderr(into: list[str], library: re.Pattern[str]) -> Iterator[None]
                 finally:
                     os.dup2(saved, 2)
                     sink.seek(0)
-                    lines = sink.read(64 * 1024).decode("utf-8", "replace").splitlines()
+                    lines = sink.read().decode("utf-8", "replace").splitlines()
                     into.extend(line for line in lines if library.match(line))
                     others = "".join(line + "\n" for line in lines if not library.match(line))
                     with contextlib.suppress(OSError):
