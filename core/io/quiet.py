@@ -46,11 +46,15 @@ def captured_stderr(into: list[str], library: re.Pattern[str]) -> Iterator[None]
                 finally:
                     os.dup2(saved, 2)
                     sink.seek(0)
-                    lines = sink.read().decode("utf-8", "replace").splitlines()
-                    into.extend(line for line in lines if library.match(line))
-                    others = "".join(line + "\n" for line in lines if not library.match(line))
+                    others = []
+                    for line in sink.read().splitlines(keepends=True):
+                        text = line.decode("utf-8", "replace")
+                        if library.match(text):
+                            into.append(text.rstrip())
+                        else:
+                            others.append(line)  # as it came (a bar's \r included)
                     with contextlib.suppress(OSError):
-                        os.write(2, others.encode())
+                        os.write(2, b"".join(others))
         finally:
             os.close(saved)
 
