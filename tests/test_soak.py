@@ -355,7 +355,8 @@ def test_runs_of_new_shapes_give_freed_memory_back(model_path, engine, tmp_path,
             stylize(rng.random((*shape, 3), np.float32), style, config=config, model=model,
                     callback=callback, cancel=cancel)
         # What the run left freed and kept: measured as it is, since a collection here would free
-        # what Python's garbage collector holds (an earlier test's, CI saw 4.9 MB) into the window.
+        # into the window the cycles made meanwhile (CI's float32 path once saw 4.9 MB so, in a
+        # pytest-xdist worker; 0.3 MB alone), whose pages go back at the next run's end.
         before = resident_bytes()
         trim(0)
         given.append((before - resident_bytes()) / 1e6)
