@@ -183,6 +183,31 @@ def test_runs_from_threads_at_once_give_the_bytes_each_gives_alone(model_path, i
 
 
 @pytest.mark.parametrize("engine", ["torch", "onnx"])
+def test_a_progress_kept_past_its_callback_keeps_its_evaluations_pictures(model_path, images,
+                                                                           engine):
+    """A script collecting the Progress objects for an animation: each one's image() and pixels()
+    later are what they were in its callback, on both engines (torch steps its pixels in place)."""
+    import numpy as np
+
+    from stylefu.core import stylize
+
+    kept, then = [], {}
+
+    def collect(p):
+        kept.append(p)
+        then[p.evaluation] = (p.image(), np.asarray(p.pixels()))
+
+    config = Config(size=48, evaluations=5, levels=1, engine=engine)
+    result = stylize(*images, config=config, model=model_path, callback=collect)
+    assert [p.evaluation for p in kept] == [1, 2, 3, 4, 5]
+    for p in kept:
+        assert np.array_equal(p.image(), then[p.evaluation][0])
+        assert np.array_equal(np.asarray(p.pixels()), then[p.evaluation][1])
+    assert not np.array_equal(kept[0].image(), kept[-1].image())  # the frames differ
+    assert not np.array_equal(kept[0].image(), result.image)
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
 def test_a_keyboard_interrupt_mid_run_leaves_the_process_as_it_was(model_path, images, engine):
     """A notebook's stop button (KeyboardInterrupt, here raised by the callback at evaluations
     1, 4 and 8 of 10): it reaches the caller as itself, and the next run gives the same bytes as

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class Progress:
-    """What a callback gets at every evaluation; `image()` renders the current result on request."""
+    """What a callback gets at every evaluation; `image()` renders that evaluation's result on
+    request (in the callback, or later from a Progress it kept)."""
 
     level: int
     levels: int
@@ -374,12 +376,20 @@ def initial_pixels(runner, start: np.ndarray, level: Level, config: Config):
 
 def _reporter(runner, level: Level, levels: int, callback):
     """The engines' report(evaluation, loss, parts, pixels) as a Progress for `callback`."""
+    def pictures(x):
+        return (lambda: margin.crop(runner.image(x), level.margin)), (lambda: runner.copy(x))
+
     def report(i, total, parts, x):
-        if callback is not None:
-            callback(Progress(level.number, levels, i, level.evaluations, level.picture,
-                              float(total), float(parts["content"]), float(parts["style"]),
-                              float(parts["tv"]),
-                              image=lambda: margin.crop(runner.image(x), level.margin),
-                              pixels=lambda: runner.copy(x),
-                              compiled=runner.compiles(level)))
+        if callback is None:
+            return
+        image, pixels = pictures(x)
+        progress = Progress(level.number, levels, i, level.evaluations, level.picture,
+                            float(total), float(parts["content"]), float(parts["style"]),
+                            float(parts["tv"]), image=image, pixels=pixels,
+                            compiled=runner.compiles(level))
+        callback(progress)
+        kept = weakref.ref(progress)
+        del progress
+        if kept() is not None:  # the callback kept it: its pictures stay this evaluation's
+            kept().image, kept().pixels = pictures(runner.copy(x))  # (torch steps x in place)
     return report
