@@ -25,8 +25,13 @@ _HOMES = {
     "PreviewResult": "run.preview", "StylePreview": "run.preview", "preview": "run.preview",
     "Progress": "run.pipeline", "StylizeResult": "run.pipeline", "stylize": "run.pipeline",
 }
-__all__ = list(_HOMES)
 from . import compat as compat  # noqa: E402  (old module paths, e.g. stylefu.core.vgg, still import)
+from .engines import torch_installed as _torch_installed  # noqa: E402
+
+# The names this install can import: `from stylefu.core import *` and help() in the light install
+# would fail on a torch-only one.
+__all__ = [name for name, home in _HOMES.items()
+           if _torch_installed() or not home.startswith("engines.torch")]
 
 
 def __getattr__(name: str):
@@ -44,9 +49,5 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    """The public names too (help(), dir() and editors' completion list them before first use),
-    those this install can import: help() in the light install fails on a torch-only one."""
-    from .engines import torch_installed
-
-    usable = [n for n in __all__ if torch_installed() or not _HOMES[n].startswith("engines.torch")]
-    return sorted(set(globals()) | set(usable))
+    """The public names too: help(), dir() and editors' completion list them before first use."""
+    return sorted(set(globals()) | set(__all__))

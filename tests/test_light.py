@@ -120,6 +120,24 @@ def test_help_lists_the_api_and_a_torch_only_name_says_why():
             from stylefu.core import StyleModel  # noqa: F401
 
 
+# torch hidden from the import system, as in the light install (the full env runs that path too).
+HIDE_TORCH = ("import importlib.machinery as m; find = m.PathFinder.find_spec; "
+              "m.PathFinder.find_spec = staticmethod(lambda name, path=None, target=None: None "
+              "if name.split('.')[0] == 'torch' else find(name, path, target)); ")
+
+
+@pytest.mark.parametrize("torch_hidden", [False, True], ids=["as installed", "torch hidden"])
+def test_star_import_gives_what_this_install_can_import(torch_hidden):
+    # `from stylefu.core import *` in the light install failed on StyleModel (torch's)
+    code = ((HIDE_TORCH if torch_hidden else "") + "from stylefu.core import *; "
+            "import sys; print(sorted(n for n in dir() if n[0].isupper() or n[0].islower()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    names = out.stdout
+    assert "'stylize'" in names and "'stylize_many'" in names and "'load_model'" in names
+    assert ("'StyleModel'" in names) == (not LIGHT and not torch_hidden)
+
+
 @pytest.mark.parametrize("installed, expected", [(True, "torch"), (False, "onnx")])
 def test_auto_engine_is_decided_by_what_is_installed(monkeypatch, installed, expected):
     from stylefu.core import engines
