@@ -634,6 +634,30 @@ def test_stylize_many_checks_workers_upscale_and_takes_one_mask_alone(tmp_path, 
     assert [r.status for r in results] == ["ok"], results[0].error
 
 
+def test_items_a_script_builds_are_taken_or_refused_before_any_work(tmp_path, photos, model_path):
+    # a BatchItem with a list of styles failed with a bare TypeError after the model loaded, one
+    # with a style string was read character by character ("Image file . is a folder"); two
+    # items with one output both said ok and one result was lost; array masks made a sentence
+    # of the array's digits
+    (content, other, *_), (style, _) = photos
+    out = tmp_path / "out"
+    items = [BatchItem(str(content), [str(style)], str(out / "list.png")),
+             BatchItem(str(content), str(style), str(out / "str.png")),
+             BatchItem(content, (style,), out / "path.png")]
+    results = list(stylize_many(items, FAST_CONFIG, model=model_path, workers=1))
+    assert [r.status for r in results] == ["ok"] * 3, [r.error for r in results]
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".png") == \
+        ["list.png", "path.png", "str.png"]
+    same = [(content, style, out / "same.png"), (other, style, out / "same.png")]
+    with pytest.raises(UserError, match=r"^Items 0 and 1 would both be written to .*same\.png"):
+        list(stylize_many(same, FAST_CONFIG, model=model_path, workers=1))
+    for masks in ([np.ones((48, 64), np.float32)], np.ones((48, 64), np.float32)):
+        with pytest.raises(UserError, match=r"^A batch's masks must be paths .*, not ndarray;"):
+            list(stylize_many([(content, style)], FAST_CONFIG, model=model_path, workers=1,
+                              options=RunOptions(masks=masks)))
+    assert not (out / "same.png").exists()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--style-blend", "0.7,0.2,0.1"], "has 3 weights for 2 styles"),
     (["--styles-each", "--style-blend", "0.7,0.3"], "--styles-each paints each style alone"),

@@ -207,8 +207,12 @@ def check_shared_inputs(items: Sequence[BatchItem], config: Config, options: Run
         blend_weights(count, config)  # else a --style-blend that does not fit failed every item
         if options.masks:
             check_mask_count(len(options.masks), count)  # and a --mask count that does not
-    shared = {s for item in items for s in item.styles}
-    shared |= {str(getattr(m, "source", m)) for m in options.masks}  # guides.Inverse: its file
+    masks = [getattr(m, "source", m) for m in options.masks]  # guides.Inverse: its file
+    for mask in masks:
+        if not isinstance(mask, (str, bytes, os.PathLike)):
+            raise UserError("A batch's masks must be paths (every worker reads them), not "
+                            f"{type(mask).__name__}; save the mask as an image first.")
+    shared = {s for item in items for s in item.styles} | set(map(os.fsdecode, masks))
     if config.init not in ("content", "noise"):
         shared.add(config.init)
     for path in sorted(shared):
@@ -217,8 +221,13 @@ def check_shared_inputs(items: Sequence[BatchItem], config: Config, options: Run
     for path in [*(item.input for item in items), *shared]:
         read.setdefault(file_id(path), path)
     read.pop(None, None)  # (missing files)
-    for item in items:
+    written = {}  # each output by its file's name (make_items names its own; the API's may meet)
+    for index, item in enumerate(items):
         if item.output is not None:
+            first = written.setdefault(_file_key(Path(item.output)), index)
+            if first != index:
+                raise UserError(f"Items {first} and {index} would both be written to "
+                                f"{item.output}: give each item its own output.")
             # else every item is painted, then fails to be written ("File name too long")
             check_name_length(item.output, f"Output of {item.input} (--name)")
             source = read.get(file_id(item.output))
@@ -562,10 +571,10 @@ def _settle(index, item, payload, attempts, todo, options, keep_images) -> ItemR
 # ----------------------------------------------------------------------------- the API
 
 def as_item(given: BatchItem | tuple, index: int) -> BatchItem:
-    """An (input, style or styles[, output]) tuple as a BatchItem: paths only, one style alone
-    is that style (not its characters)."""
+    """An (input, style or styles[, output]) tuple or a BatchItem as a BatchItem: paths only, one
+    style alone is that style (not its characters), several a tuple."""
     if isinstance(given, BatchItem):
-        return given
+        given = (given.input, given.styles, given.output)
     source, styles, output = (*given, None)[:3]
     styles = [styles] if isinstance(styles, (str, bytes, os.PathLike)) else list(styles)
     for what, path in [("input", source), ("output", output), *(("style", s) for s in styles)]:

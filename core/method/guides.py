@@ -61,7 +61,8 @@ def _on_grid(mask: np.ndarray) -> np.ndarray:
 def check_mask_count(masks: int, styles: int) -> None:
     """One mask for all styles or one per style (the command line checks it before any work)."""
     if masks not in (1, styles):
-        raise UserError(f"{masks} masks for {styles} styles: give one --mask for all styles "
+        raise UserError(f"{masks} masks for {styles} style{'s' * (styles != 1)}: give one "
+                        "--mask for all styles "
                         "or one per style, in the same order.")
 
 
