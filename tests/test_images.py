@@ -742,6 +742,38 @@ def test_a_12_bit_grey_tiff_is_read_by_its_12_bits(tmp_path):
             assert np.allclose(picture.rgb[..., 0], values / 4095, atol=1e-6)
 
 
+@pytest.mark.parametrize("order", ["<", ">"], ids=["little-endian", "big-endian"])
+@pytest.mark.parametrize("channels", [3, 4], ids=["RGB", "RGBA"])
+def test_a_16_bit_tiff_stored_per_channel_keeps_its_pixels(tmp_path, order, channels):
+    """Photoshop's "per channel" pixel order (PlanarConfiguration 2), uncompressed: Pillow read
+    each 16-bit plane's bytes as 8-bit samples, a scrambled picture with exit 0."""
+    tifffile = pytest.importorskip("tifffile")
+    samples = np.random.default_rng(channels).integers(0, 65536, (30, 40, channels), np.uint16)
+    path = tmp_path / "planes.tif"
+    tifffile.imwrite(path, np.moveaxis(samples, -1, 0), photometric="rgb", planarconfig="separate",
+                     byteorder=order, extrasamples=[2] * (channels - 3))
+    with Image.open(path) as opened:  # the API given the opened file, too
+        for picture in (load_image(path), load_image(opened)):
+            assert np.abs(picture.rgb - samples[..., :3] / 65535).max() < 1e-6
+            if channels == 4:
+                assert np.abs(picture.alpha - samples[..., 3] / 65535).max() < 1e-6
+
+
+def test_a_16_bit_grey_tiff_stored_white_at_zero_is_no_negative(tmp_path):
+    """PhotometricInterpretation MinIsWhite (0 is white): Pillow turns 8-bit grey round, not
+    16-bit, which loaded as its negative with exit 0."""
+    tifffile = pytest.importorskip("tifffile")
+    grey = np.linspace(0, 65535, 1200).astype(np.uint16).reshape(30, 40)
+    for compression in (None, "zlib"):
+        path = tmp_path / f"white-at-zero-{compression}.tif"
+        tifffile.imwrite(path, 65535 - grey, photometric="miniswhite", compression=compression)
+        with Image.open(path) as opened:
+            for picture in (load_image(path), load_image(opened)):
+                assert np.abs(picture.rgb[..., 0] - grey / 65535).max() < 1e-6, compression
+    tifffile.imwrite(tmp_path / "8.tif", 255 - (grey >> 8).astype(np.uint8), photometric="miniswhite")
+    assert np.abs(load_image(tmp_path / "8.tif").rgb[..., 0] - (grey >> 8) / 255).max() < 1e-6
+
+
 def test_a_float_colour_tiff_is_named_as_a_tiff(tmp_path):
     """A 32-bit float RGB TIFF (GIMP's, Krita's or darktable's float export), which Pillow cannot
     open, was told "not an image stylefu can read; save it as PNG, JPEG or TIFF": it is a TIFF."""

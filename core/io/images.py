@@ -126,6 +126,8 @@ _OTHER_BYTE_ORDER = {f"{mode};16{order}": f"{mode};16{other}" for mode in ("RGB"
                      for order, other in (("B", "L"), ("L", "B"),
                                           ("N", "B" if sys.byteorder == "little" else "L"))}
 _OTHER_BYTE_ORDER["LA;16B"] = "RGBA"
+_OTHER_BYTE_ORDER.update({f"{band};16{order}": f"{band};16{other}" for band in "RGBA"
+                          for order, other in (("B", "L"), ("L", "B"))})  # a TIFF's planes
 
 
 def _raw_mode(tile) -> str | None:
@@ -137,6 +139,20 @@ def _with_raw_mode(tile, raw_mode: str):
     args = tile[3]
     args = raw_mode if isinstance(args, str) else (raw_mode, *args[1:])
     return tile._replace(args=args) if hasattr(tile, "_replace") else (*tile[:3], args)
+
+
+def _planes_at_sixteen_bits(image: Image.Image) -> Image.Image:
+    """`image` (opened, not loaded) with an uncompressed 16-bit TIFF's planes (PlanarConfiguration
+    2: each channel apart, Photoshop's "per channel") read as 16-bit samples' high bytes: Pillow
+    reads each plane's bytes as 8-bit samples (a scrambled picture)."""
+    tags = getattr(image, "tag_v2", None)
+    if image.format != "TIFF" or tags is None or tags.get(284) != 2 or set(
+            bits if isinstance(bits := tags.get(258), tuple) else (bits,)) != {16} or not all(
+            t[0] == "raw" and _raw_mode(t) in ("R", "G", "B", "A") for t in image.tile):
+        return image
+    order = "L" if tags._endian == "<" else "B"
+    image.tile = [_with_raw_mode(t, f"{_raw_mode(t)};16{order}") for t in image.tile]
+    return image
 
 
 def _is_sixteen_bit_rgb(tiles: list) -> bool:
@@ -151,6 +167,7 @@ def _sixteen_bits(source: Path | bytes, image: Image.Image, tiles: list) -> np.n
     then stands)."""
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as again:
+            _planes_at_sixteen_bits(again)
             again.tile = [_with_raw_mode(t, _OTHER_BYTE_ORDER[_raw_mode(t)]) for t in again.tile]
             again.load()
             low = np.asarray(again)
@@ -202,7 +219,7 @@ def _pil_sixteen_bits(image: Image.Image, name: str, to_srgb: bool) -> Picture |
         if source is None:
             return None
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as again:
-            tiles = list(again.tile)
+            tiles = list(_planes_at_sixteen_bits(again).tile)
             if not _is_sixteen_bit_rgb(tiles):
                 return None
             again.load()
@@ -252,6 +269,8 @@ def _from_pil(image: Image.Image, name: str, to_srgb: bool = True,
     """`image` as a Picture; `path`, the file it was read from, names it in refusals (a file's
     user is told to re-save it, an API caller holding a PIL image to scale it); `white`, its
     integer grey's white (_grey_white)."""
+    # A TIFF's grey stored white at 0 (MinIsWhite): Pillow turns 8-bit grey round, not deeper.
+    white_is_zero = image.format == "TIFF" and getattr(image, "tag_v2", {}).get(262) == 0
     image = ImageOps.exif_transpose(image)
     if to_srgb:
         image = in_srgb(image)
@@ -259,7 +278,10 @@ def _from_pil(image: Image.Image, name: str, to_srgb: bool = True,
     key = image.info.get("transparency")  # a PNG's tRNS colour: those pixels are transparent
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         icc = image.info.get("icc_profile") if to_srgb and foreign_profile(image) else None
-        return _gray16(np.asarray(image), who, name, key if isinstance(key, int) else None,
+        values = np.asarray(image)
+        if white_is_zero:
+            values = white - values.astype(np.int64)
+        return _gray16(values, who, name, key if isinstance(key, int) else None,
                        path is not None, white, icc)
     if mode == "F":
         values = np.asarray(image, dtype=np.float32)
@@ -329,6 +351,7 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
     if isinstance(source, Picture):
         return source
     if isinstance(source, Image.Image):
+        _planes_at_sixteen_bits(source)  # (a loaded image has no tiles left: nothing changes)
         deep = _pil_sixteen_bits(source, name or "image", to_srgb)  # before load() closes its file
         if deep is not None:
             return deep
@@ -451,7 +474,7 @@ def decoding() -> Iterator[None]:
 
 def _opened(path: Path) -> Image.Image:
     with decoding():
-        return Image.open(path)
+        return _planes_at_sixteen_bits(Image.open(path))
 
 
 # ISO media brands (the `ftyp` box) of HEIF pictures: AVIF's, and HEVC's (an iPhone's HEIC).
