@@ -170,6 +170,28 @@ def test_colour_profile_becomes_srgb(tmp_path):
     assert np.array_equal(as_pil.rgb, load_image(tmp_path / "p3.png").rgb)
 
 
+def test_a_profile_is_judged_srgb_by_its_colours_not_its_name(tmp_path):
+    """A linear-light profile with sRGB's primaries is called "sRGB-elle-V2-g10.icc" (Krita's):
+    taken as sRGB by its name, its picture came out far too dark. A profile of sRGB's colours by
+    another name leaves the pixels as they are."""
+    import struct
+
+    linear = rgb_noise(24, 32, seed=5)
+    pixels = np.round(linear * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "linear.png",
+                                 icc_profile=rgb_profile(SRGB_D50, 1.0, "sRGB-elle-V2-g10.icc"))
+    encoded = np.where(pixels / 255 <= 0.0031308, 12.92 * pixels / 255,
+                       1.055 * (pixels / 255) ** (1 / 2.4) - 0.055)
+    assert np.abs(load_image(tmp_path / "linear.png").rgb - encoded).max() < 2.5 / 255
+    steps = np.linspace(0, 1, 1024)
+    srgb_curve = np.where(steps <= 0.04045, steps / 12.92, ((steps + 0.055) / 1.055) ** 2.4)
+    table = b"curv\0\0\0\0" + struct.pack(">I", 1024) + np.round(srgb_curve * 65535).astype(
+        ">u2").tobytes()
+    Image.fromarray(pixels).save(tmp_path / "monitor.png",
+                                 icc_profile=rgb_profile(SRGB_D50, 1.0, "My monitor", table))
+    assert np.array_equal(load_image(tmp_path / "monitor.png").rgb, pixels / np.float32(255))
+
+
 def test_srgb_broken_and_mask_profiles_leave_pixels_alone(tmp_path):
     from PIL import ImageCms
 

@@ -26,10 +26,29 @@ def foreign_profile(image: Image.Image) -> ImageCms.ImageCmsProfile | None:
         return None
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        srgb = ImageCms.getProfileDescription(profile).strip().lower().startswith("srgb")
+        srgb = _is_srgb(bytes(icc))
     except (ImageCms.PyCMSError, OSError, ValueError):
         return None
     return None if srgb else profile
+
+
+# Every 8-bit level a colour may differ by from sRGB's and still be sRGB: lcms's rounding.
+# A gamma-2.2 profile with sRGB's primaries differs by 5 in the shadows.
+SRGB_LEVELS = 2
+
+
+@functools.lru_cache(maxsize=16)
+def _is_srgb(icc: bytes) -> bool:
+    """Whether an RGB profile's colours are sRGB's, judged by what it does to a grid of colours
+    (relative colorimetric), not by its name: a linear profile may be called "sRGB-elle-V2-g10"."""
+    profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    if profile.profile.xcolor_space.strip() != "RGB":
+        return False
+    levels = np.linspace(0, 255, 9).round().astype(np.uint8)
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(1, -1, 3)
+    seen = ImageCms.profileToProfile(Image.fromarray(grid), profile, _SRGB, outputMode="RGB",
+                                     renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
+    return int(np.abs(np.asarray(seen, np.int16) - grid).max()) <= SRGB_LEVELS
 
 
 def in_srgb(image: Image.Image) -> Image.Image:
