@@ -137,15 +137,21 @@ def level_sizes(height: int, width: int, config: Config) -> list[tuple[int, int]
 def check_working_size(height: int, width: int, config: Config) -> None:
     """UserError when --size makes the content's short side too small for the network, naming
     the smallest --size that works (a long strip needs a much larger one)."""
-    if min(fit_long_side(height, width, config.size)) >= MIN_SIDE:
-        return
-    needed = config.size
+    needed = least_long_side(height, width, config.size)
+    if needed > config.size:
+        raise UserError(f"At --size {config.size} the content ({width}x{height} px) has a short "
+                        f"side under {MIN_SIDE} px; use --size {needed} or more.")
+
+
+def least_long_side(height: int, width: int, at_least: int) -> int:
+    """The smallest long side from `at_least` on at which a `height` x `width` picture keeps its
+    short side at MIN_SIDE or more (a long strip needs a much larger one)."""
+    needed = at_least
     while min(fit_long_side(height, width, needed)) < MIN_SIDE:
         needed = max(needed + 1, round(needed * MIN_SIDE / min(fit_long_side(height, width, needed))))
-    while needed > config.size + 1 and min(fit_long_side(height, width, needed - 1)) >= MIN_SIDE:
+    while needed > at_least + 1 and min(fit_long_side(height, width, needed - 1)) >= MIN_SIDE:
         needed -= 1
-    raise UserError(f"At --size {config.size} the content ({width}x{height} px) has a short side "
-                    f"under {MIN_SIDE} px; use --size {needed} or more.")
+    return needed
 
 
 def canvas_sizes(height: int, width: int, config: Config) -> list[tuple[int, int]]:
@@ -168,11 +174,11 @@ def plan_levels(height: int, width: int, config: Config, device: torch.device) -
 def balanced(config: Config, model: StyleModel, content: np.ndarray, styles: Sequence[np.ndarray],
              size: tuple[int, int]) -> Config:
     """`config` with its loss weights set (core/method/balance.py) from the targets at the first level's
-    `size` (at most 512 px: a tiled level has no whole-image pass). The target cache makes the
-    level's own targets free afterwards."""
+    `size` (at most 512 px: a tiled level has no whole-image pass; a long strip's more, its short
+    side at the network's least). The target cache makes the level's own targets free afterwards."""
     if config.plain_loss:
         return balance.normalised_weights(config, None, {})
-    size = fit_long_side(*size, min(512, max(size)))
+    size = fit_long_side(*size, least_long_side(*size, min(512, max(size))))
     content_features, grams = target_arrays(model, content, styles, size, config)
     return balance.normalised_weights(config, content_features, grams)
 
