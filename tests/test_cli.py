@@ -521,14 +521,26 @@ def test_counts_refused_before_the_model_loads(option, message, files, model_pat
     assert line.startswith("stylefu: error: ") and message in line
 
 
+def test_metrics_named_as_a_save_every_image_is_refused(files, tmp_path, capsys):
+    # --save-every 1 wrote its first image over the --metrics file, or the JSON over the image
+    content, style = files
+    assert main(["run", str(content), str(style), "-o", str(tmp_path / "o.png"), "--save-every",
+                 "1", "--metrics", str(tmp_path / "o.scale1-0001.png"), "--model",
+                 str(tmp_path / "no-model.onnx")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (f"stylefu: error: --metrics {tmp_path / 'o.scale1-0001.png'} is named as a "
+                    "--save-every image; give it its own name.")
+
+
 @pytest.mark.parametrize("case, message", [
     ("tiny content", "at least 16 px"), ("tiny style", "at least 16 px"),
     ("mask aspect", "give a mask with the content's aspect ratio"),
     ("black mask", "black everywhere"), ("thin at --size", "use --size"),
     ("clear content", "transparent everywhere, so its result would be invisible"),
     ("clear style", "transparent everywhere: it has no pixels"),
-    ("init no image", "not an image"), ("memory", "even in crops"),
-    ("onnx precision", "--engine onnx computes in float32")])
+    ("init no image", "not an image"), ("init tiny", "at least 16 px"),
+    ("memory", "even in crops"), ("onnx precision", "--engine onnx computes in float32"),
+    ("webp too large", "a .webp picture is at most 16383 px on a side")])
 def test_input_errors_come_before_the_model_loads(case, message, files, tmp_path, capsys):
     """What the inputs alone refuse is said before the model loads: with no model at --model
     the input's own sentence comes (not "No model at"), alone, with no engine line before it."""
@@ -537,6 +549,7 @@ def test_input_errors_come_before_the_model_loads(case, message, files, tmp_path
     save_image(tmp_path / "wide.png", np.ones((48, 200, 3), np.float32))
     save_image(tmp_path / "black.png", np.zeros((48, 64, 3), np.float32))
     save_image(tmp_path / "strip.png", np.ones((20, 400, 3), np.float32))
+    save_image(tmp_path / "long.png", np.ones((32, 16400, 3), np.float32))
     save_image(tmp_path / "clear.png", np.ones((48, 64, 3), np.float32), np.zeros((48, 64), np.float32))
     (tmp_path / "init.png").write_text("text")
     args = {"tiny content": [tmp_path / "tiny.png", style],
@@ -547,9 +560,13 @@ def test_input_errors_come_before_the_model_loads(case, message, files, tmp_path
             "clear content": [tmp_path / "clear.png", style],
             "clear style": [content, tmp_path / "clear.png"],
             "init no image": [content, style, "--init", tmp_path / "init.png"],
+            "init tiny": [content, style, "--init", tmp_path / "tiny.png"],
+            "webp too large": [tmp_path / "long.png", style, "--keep-size", "--size", "16000",
+                               "--style-scale", "0.05"],
             "memory": [content, style, "--size", "2000000", "--device", "cpu"],
             "onnx precision": [content, style, "--engine", "onnx", "--precision", "bf16"]}[case]
-    assert main(["run", *map(str, args), "-o", str(tmp_path / "o.png"), "--model",
+    output = tmp_path / ("o.webp" if case == "webp too large" else "o.png")
+    assert main(["run", *map(str, args), "-o", str(output), "--model",
                  str(tmp_path / "no-model.onnx")]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("stylefu: error: ") and message in line

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import fnmatch
 import functools
 import glob
 import os
@@ -377,6 +378,10 @@ def check_run_paths(args, config: Config) -> Path:
         metrics = check_output_path(args.metrics, "--metrics", None, inputs)
         if metrics.resolve() == output.resolve():
             raise UserError(f"--metrics {args.metrics} is the -o image; give it its own name.")
+        if config.save_every and metrics.resolve().parent == output.resolve().parent and \
+                fnmatch.fnmatch(metrics.name, f"{glob.escape(output.stem)}.scale*-*{output.suffix}"):
+            raise UserError(f"--metrics {args.metrics} is named as a --save-every image; give it "
+                            "its own name.")
     if config.save_every:
         for saved in output.parent.glob(f"{glob.escape(output.stem)}.scale*-*{output.suffix}"):
             check_output_path(saved, "--save-every", OUTPUT_SUFFIXES, inputs)
@@ -398,7 +403,7 @@ def cmd_run(args) -> int:
     args.upscale = upscale_mode(args.upscale, args.keep_size)
     output = Path(args.output)
     check_run_paths(args, config)
-    from ..io.images import load_image
+    from ..io.images import check_output_size, fit_long_side, load_image
     from ..run.pipeline import check_inputs
 
     content, finish = load_image(args.content, "content"), 0.0
@@ -408,6 +413,8 @@ def cmd_run(args) -> int:
         finish = seconds_to_layer_size(content.height * content.width)
     # Every input checked before the model loads: a bad one is one sentence, no engine line.
     content, styles, masks = check_inputs(content, args.styles, args.masks, config)
+    check_output_size(output, *((content.height, content.width) if args.keep_size else
+                                fit_long_side(content.height, content.width, config.size)))
     model = load_engine_model(args.model, config)
     say(f"stylefu: engine {resolve_engine(config.engine, model)}, device {model.device}, model "
         f"{model.path} (weights: {weights_note(model.info)})")

@@ -52,6 +52,8 @@ except ImportError:
     pass
 OUTPUT_SUFFIXES = (*PILLOW_FORMATS, ".npy")
 BITS16_SUFFIXES = (".png", ".tif", ".tiff", ".npy")  # .npy keeps float32
+# The longest side each format's encoder writes (libwebp's limit, libjpeg's).
+MAX_SIDES = {"WEBP": 16383, "JPEG": 65500}
 # Lossy outputs at quality 95: Pillow's defaults (75 JPEG and AVIF, 80 WebP) smear a painting's
 # fine strokes.
 SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}, "AVIF": {"quality": 95}}
@@ -690,6 +692,16 @@ def check_bits(path: str | Path, bits: int) -> None:
                         "per channel: change its suffix or leave out --bits 16.")
 
 
+def check_output_size(path: str | Path, height: int, width: int) -> None:
+    """UserError where the output's format cannot hold a picture this large (a run checks the
+    result's size before it starts, not after its minutes)."""
+    suffix = Path(os.fsdecode(path)).suffix.lower()
+    most = MAX_SIDES.get(PILLOW_FORMATS.get(suffix))
+    if most and max(height, width) > most:
+        raise UserError(f"{os.fsdecode(path)}: a {suffix} picture is at most {most} px on a side, "
+                        f"and this result is {width}x{height} px; write .png or .tif.")
+
+
 def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = None,
                bits: int = 8, log: Callable[[str], None] | None = None) -> Path:
     """Write an image atomically; the format follows the suffix (.npy keeps float32). `path`: a
@@ -702,6 +714,7 @@ def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = Non
     suffix = Path(path).suffix.lower()
     check_output_path(path, "output", OUTPUT_SUFFIXES)  # before any encoding work
     check_bits(path, bits)
+    check_output_size(path, *array.shape[:2])
     if log is not None and suffix in (".jpg", ".jpeg") and alpha is not None \
             and float(np.min(alpha)) < 1:
         log(act(f"{Path(path).name} has no alpha channel: the content's transparent parts become "

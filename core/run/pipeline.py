@@ -229,6 +229,7 @@ def start_image(path: str, content: Picture, log: Callable[[str], None]) -> Pict
     """The --init image, its centre cut to the content's aspect ratio where that differs by more
     than rounding (a resize alone would stretch it), and said so."""
     init = load_image(path, "--init")
+    check_min_side(init)
     rgb = centre_of_shape(init.rgb, content.height, content.width)
     h, w = rgb.shape[:2]
     if init.height - h + init.width - w <= max(2, 0.01 * max(init.height, init.width)):
