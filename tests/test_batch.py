@@ -169,6 +169,33 @@ def test_a_batch_into_its_own_folder_runs_again(tmp_path, photos, model_path, ca
     assert f"Output {folder / 'frame0-styled.png'} is also an input" in capsys.readouterr().err
 
 
+def test_a_batch_run_again_from_another_folder_finds_its_manifest(tmp_path, photos, model_path,
+                                                                  capsys, monkeypatch):
+    """The manifest's paths were compared as typed: the same batch run again from another folder
+    (or with absolute paths) painted every item again under --resume, and one into its photos'
+    own folder was refused there ("is also an input")."""
+    from stylefu.core.cli.main import main
+
+    paths, styles = photos
+    for path in paths[2:]:
+        path.unlink()
+    common = ["--name", "{stem}-styled.png", "--progress", "none", "--workers", "1", *FAST,
+              "--model", str(model_path)]
+    monkeypatch.chdir(tmp_path)
+    assert main(["batch", "in", "--style", "stripes.png", "-o", "in", *common]) == 0
+    assert "2 written" in capsys.readouterr().err
+    for where, folder, style in [("in", ".", "../stripes.png"),
+                                 ("/", str(tmp_path / "in"), str(tmp_path / "stripes.png"))]:
+        monkeypatch.chdir(where)
+        for resume in ([], ["--resume"]):
+            assert main(["batch", folder, "--style", style, "-o", folder, *common, *resume]) == 0
+            err = capsys.readouterr().err
+            assert "2 result(s) of earlier batches left out of the inputs" in err, (where, err)
+        assert "0 written, 0 failed, 2 skipped" in err, (where, err)
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == [
+        "frame0-styled.png", "frame0.png", "frame1-styled.png", "frame1.png", "manifest.jsonl"]
+
+
 def _wait_for_entries(manifest: Path, count: int, proc, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

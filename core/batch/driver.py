@@ -120,9 +120,17 @@ def config_hash(config: Config, model_path: str | Path, options: RunOptions = Ru
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def listed_file(path: str, entry: dict | None = None) -> str:
+    """The file a path names, as one spelling: a manifest entry's relative paths from the folder
+    its batch ran in (its `cwd`; an older entry's from this one), this batch's from this one."""
+    cwd = (entry or {}).get("cwd")
+    return os.path.realpath(os.path.join(cwd if isinstance(cwd, str) else os.getcwd(), path))
+
+
 def read_manifest(path: Path) -> dict[str, dict]:
-    """The last entry per output of a manifest; a line cut short by a kill, or damaged (not
-    UTF-8, not an entry), is ignored: its item runs again."""
+    """The last entry per output file of a manifest (listed_file: a batch run again from another
+    folder, or with the paths spelled otherwise, finds its entries); a line cut short by a kill,
+    or damaged (not UTF-8, not an entry), is ignored: its item runs again."""
     entries: dict[str, dict] = {}
     if not path.is_file():
         return entries
@@ -132,7 +140,8 @@ def read_manifest(path: Path) -> dict[str, dict]:
         except (json.JSONDecodeError, UnicodeDecodeError):
             continue
         if isinstance(entry, dict) and isinstance(entry.get("output"), str) and entry["output"]:
-            entries[entry["output"]] = entry
+            entries.pop(key := listed_file(entry["output"], entry), None)  # the last one last
+            entries[key] = entry
     return entries
 
 
@@ -181,11 +190,17 @@ def pending(items: Sequence[BatchItem], manifest: Path, chash: str) -> tuple[lis
     entries = read_manifest(manifest)
     todo, done = [], []
     for i, item in enumerate(items):
-        entry = entries.get(item.output or "")
+        entry = entries.get(listed_file(item.output)) if item.output else None
         same = (entry is not None and entry.get("status") == "ok" and entry.get("config_hash") == chash
-                and entry.get("input") == item.input and entry.get("styles") == list(item.styles))
+                and _same_files(entry.get("input"), item.input, entry)
+                and isinstance(styles := entry.get("styles"), list) and len(styles) == len(item.styles)
+                and all(_same_files(a, b, entry) for a, b in zip(styles, item.styles)))
         (done if same and Path(item.output).is_file() else todo).append(i)
     return todo, done
+
+
+def _same_files(listed, given: str, entry: dict) -> bool:
+    return isinstance(listed, str) and listed_file(listed, entry) == listed_file(given)
 
 
 def remove_stale_temporaries(items: Iterable[BatchItem]) -> None:

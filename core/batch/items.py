@@ -64,14 +64,15 @@ class ItemResult:
         return self.status == "ok"
 
     def record(self, config_hash: str) -> dict:
-        """The manifest line of this result (the same from every engine)."""
+        """The manifest line of this result (the same from every engine); `cwd`, the folder its
+        relative paths are from."""
         losses = {k: self.metrics[k] for k in ("total_loss", "content_loss", "style_loss", "tv_loss")
                   if k in self.metrics}
         return {"index": self.index, "input": self.item.input, "styles": list(self.item.styles),
                 "output": self.item.output, "status": self.status, "seconds": round(self.seconds, 3),
                 "losses": losses, "evaluations": self.metrics.get("evaluations"),
                 "error": self.error, "notes": list(self.notes), "attempts": self.attempts,
-                "config_hash": config_hash}
+                "config_hash": config_hash, "cwd": os.getcwd()}
 
 
 @dataclass(frozen=True)
