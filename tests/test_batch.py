@@ -231,6 +231,31 @@ def test_resume_after_sigkill_writes_each_output_once(tmp_path, photos, model_pa
     assert pending(items, out / "manifest.jsonl", other) == (list(range(6)), [])
 
 
+def test_workers_of_a_killed_driver_stop_mid_item_quietly(tmp_path, photos, model_path):
+    """The driver SIGKILLed (the OOM killer, `kill -9`) while its workers paint: they painted on
+    to the end of their items, whose results nobody could take, then printed a BrokenPipeError
+    traceback each. Now each stops at its next evaluation, without a word."""
+    paths, styles = photos
+    proc = _batch([*paths[:2], "--style", styles[0], "-o", tmp_path / "out", "--workers", "2",
+                   "--progress", "json", "--evaluations", "5000"], model_path, wait=False)
+    for line in proc.stdout:  # both workers painting
+        if '"event": "progress"' in line and '"evaluation": 2,' in line:
+            break
+    proc.kill()  # the driver alone
+    proc.wait()
+    killed = time.monotonic()
+    while time.monotonic() - killed < 60:
+        try:
+            os.killpg(proc.pid, 0)  # a worker is left in the driver's session
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("the workers painted on after their driver was killed")
+    assert "Traceback" not in proc.stderr.read()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_stops_cleanly(tmp_path, photos, model_path, sig):
     paths, styles = photos

@@ -345,18 +345,25 @@ def _worker_main(wid: int, setup: WorkerSetup, tasks, results, cancel) -> None:
     `tasks` and `results`: this worker's own pipes from and to the driver (a worker killed
     mid-write can then break only its own channel, never a lock the others share; the tasks' end
     closed is the driver's word to stop); `cancel`: a lock-free shared flag."""
-    cancelled = lambda: bool(cancel.value)  # noqa: E731
+    parent = os.getppid()
+    # A killed driver stops the item too, at its next evaluation: nobody wants its result.
+    cancelled = lambda: bool(cancel.value) or _driver_gone(parent)  # noqa: E731
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     set_threads(setup.threads)
     from ..engines import load_engine_model
 
-    try:
-        model = load_engine_model(setup.model, setup.config)
-    except Exception as exc:  # noqa: BLE001
-        results.send(("broken", wid, f"{type(exc).__name__}: {exc}"))
-        return
-    results.send(("ready", wid, None))
-    parent = os.getppid()
+    with contextlib.suppress(BrokenPipeError, ConnectionError):  # the driver killed: just end
+        try:
+            model = load_engine_model(setup.model, setup.config)
+        except Exception as exc:  # noqa: BLE001
+            results.send(("broken", wid, f"{type(exc).__name__}: {exc}"))
+            return
+        results.send(("ready", wid, None))
+        _serve_items(wid, setup, model, tasks, results, cancelled, parent)
+
+
+def _serve_items(wid: int, setup: WorkerSetup, model, tasks, results, cancelled, parent: int):
+    """A worker's loop: run each item the driver sends, until it closes the pipe or is gone."""
     while True:
         try:
             if not tasks.poll(1.0):
