@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import queue
 import re
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -183,23 +185,40 @@ def test_serve_answers_runs_in_order_with_the_bytes_of_run(files, model_path, tm
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     proc.stdin.write(lines)
     proc.stdin.flush()
+    lines = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
+    reader.start()
     records = []
     while sum(r["event"] in ("result", "error", "cancelled") for r in records) < 6:
-        records.append(json.loads(proc.stdout.readline()))
-    proc.stdin.close()  # stdin's end: the worker exits
-    assert proc.wait(timeout=30) == 0 and proc.stdout.read() == ""
+        records.append(json.loads(lines.get(timeout=120)))  # (a missing answer fails, not hangs)
+    # A cancel of a finished run does nothing (it cancelled any later request with that id) and
+    # JSON's true is no id (Python takes it for 1).
+    again = {"id": 1, "run": [*common[:2], "-o", str(tmp_path / "five.png"), *common[2:]]}
+    proc.stdin.write('{"cancel": 1}\n{"cancel": true}\n' + json.dumps(again) + "\n")
+    proc.stdin.flush()
+    while sum(r["event"] in ("result", "error", "cancelled") for r in records) < 8:
+        records.append(json.loads(lines.get(timeout=120)))  # (a missing answer fails, not hangs)
+    proc.stdin.write('{"id": 6, "run": []}')  # a last line without its newline: answered too
+    proc.stdin.close()  # stdin's end: the worker exits, what is left cancelled
+    assert proc.wait(timeout=30) == 0
+    reader.join(timeout=30)  # stdout's end
+    while not lines.empty():
+        records.append(json.loads(lines.get()))
     answers = [(r.get("id"), r["event"]) for r in records if r["event"] != "progress"]
     assert answers == [(1, "started"), (None, "result"), (2, "started"), (None, "cancelled"),
                        (None, "started"), (None, "error"), (None, "started"), (None, "error"),
-                       (3, "started"), (None, "error"), (4, "started"), (None, "result")]
+                       (3, "started"), (None, "error"), (4, "started"), (None, "result"),
+                       (None, "started"), (None, "error"), (1, "started"), (None, "result"),
+                       (6, "started"), (None, "cancelled")]
     assert "--no-such-option" in [r for r in records if r["event"] == "error"][2]["message"]
     # The worker's start is kept once as a run's start-up; its runs keep their speeds only.
     from stylefu.core.run import eta
     (entry,) = [e for e in eta.load_speeds().values() if e.get("points")]
     assert len(entry["fixed_seconds"]) == 2  # `alone`'s, then the worker's
-    assert len(entry["points"]) == 3  # `alone`'s, one's and four's single level
+    assert len(entry["points"]) == 4  # `alone`'s, one's, four's and five's single level
     alone = (tmp_path / "alone.png").read_bytes()
-    assert (tmp_path / "one.png").read_bytes() == alone == (tmp_path / "four.png").read_bytes()
+    assert (tmp_path / "one.png").read_bytes() == alone == (tmp_path / "four.png").read_bytes() \
+        == (tmp_path / "five.png").read_bytes()
     assert not (tmp_path / "two.png").exists()
 
 

@@ -63,7 +63,9 @@ class Requests:
         self.queue: queue.Queue = queue.Queue()
         self.lock = threading.Lock()
         self.current, self.cancel = None, threading.Event()
-        self.cancelled: set = set()
+        self.waiting: list = []  # the ids of requests queued, not yet started
+        self.started: set = set()  # ids whose runs started: a cancel then is for the current only
+        self.cancelled: set = set()  # ids cancelled before they started, each cancel used once
         self.closed = False
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -77,6 +79,8 @@ class Requests:
             for line in lines:
                 if line.strip():
                     self._take(line)
+        if pending.strip():  # a last line without its newline is a request too
+            self._take(pending)
         with self.lock:
             self.closed = True
             self.cancel.set()
@@ -91,26 +95,42 @@ class Requests:
         except ValueError:
             request = {}  # answered as no request (None is stdin's end)
         if isinstance(request, dict) and "cancel" in request:
-            if not isinstance(request["cancel"], (int, str)):
-                self.queue.put({})  # answered as no request
+            ident = _ident(request["cancel"])
+            if ident is None:
+                self._queue({})  # answered as no request
                 return
             with self.lock:
-                self.cancelled.add(request["cancel"])
-                if request["cancel"] == self.current:
+                if ident == self.current:
                     self.cancel.set()
+                elif ident in self.waiting or ident not in self.started:  # (even ahead of it)
+                    self.cancelled.add(ident)
             return
+        self._queue(request)
+
+    def _queue(self, request) -> None:
+        with self.lock:
+            self.waiting.append(_ident(request.get("id")) if isinstance(request, dict) else None)
         self.queue.put(request)
 
     def next(self):
         """The next request (None once stdin has closed) and the cancel of its run."""
         request = self.queue.get()
         with self.lock:
-            ident = request.get("id") if isinstance(request, dict) else None
-            ident = ident if isinstance(ident, (int, str)) else None
+            ident = _ident(request.get("id")) if isinstance(request, dict) else None
+            if request is not None and self.waiting:
+                self.waiting.pop(0)
             self.current, self.cancel = ident, threading.Event()
-            if self.closed or ident in self.cancelled:  # queued runs behind a closed stdin
+            self.started.add(ident)
+            # queued runs behind a closed stdin, or cancelled before they started
+            if self.closed or ident in self.cancelled:
+                self.cancelled.discard(ident)
                 self.cancel.set()
             return request, self.cancel
+
+
+def _ident(value):
+    """A request's id: a number or a string (JSON's true is no id, though Python takes it for 1)."""
+    return value if isinstance(value, (int, str)) and not isinstance(value, bool) else None
 
 
 def _warm(model: str | None, started: float) -> None:
