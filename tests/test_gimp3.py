@@ -526,6 +526,60 @@ def test_errors_leave_the_image_as_it_was(suite, name, status, words):
         assert f"(see {suite['root'] / 'logs'}/gimp-run-" in r["message"], r["message"]
 
 
+def test_layer_in_a_position_locked_group_keeps_its_offsets(suite):
+    """A layer at offsets in a group whose "Lock position and size" is on: the new layer at its
+    offsets, its mask the selection there (it came at (0, 0), GIMP saying the position is
+    locked)."""
+    r = suite["results"]["position_locked"]
+    assert r["status"] == "success", r["message"]
+    assert r["tree"] == [["position locked", ["style (neural style)", "source"]]]
+    assert r["offsets"] == [25, 13] and r["has_mask"]
+    assert r["outside_equal"] and r["inside_change"] > 0.01, r
+    assert r["source_unchanged"] and "is locked" not in suite["log"]
+
+
+def test_pixels_beyond_srgb_are_painted(suite):
+    """Colours outside sRGB (an Adobe RGB image) and values above 1 (linear float, HDR), as the
+    layer and as its style, reach the worker clipped into sRGB (it refused them: "divide by
+    255"); outside the selection the image stays exactly as it was."""
+    r = suite["results"]["beyond_srgb"]
+    assert r["status"] == "success", r["message"]
+    assert r["source_range"][0] < -0.5 and r["source_range"][1] > 2.0, r["source_range"]
+    assert r["layers"] == ["source (neural style)", "source"] and r["has_mask"]
+    assert r["outside_equal"] and r["inside_change"] > 0.01, r
+    _, result = arrays(suite, "beyond_srgb")
+    assert result[..., :3].min() >= -1e-5 and result[..., :3].max() <= 1 + 1e-5
+    assert r["source_unchanged"]
+
+
+@pytest.mark.parametrize("name, words", [
+    ("pixels_locked", 'in the layer group "pixels locked", whose pixels are locked; unlock'),
+    ("mask_active", "The layer's mask is active; select the layer itself"),
+    ("floating", "Anchor the floating selection first"),
+])
+def test_refused_before_anything_changes(suite, name, words):
+    """Where GIMP would refuse the new layer (pixels locked on the layer's group: GIMP killed the
+    plug-in, leaving the image changed and its undo off; a floating selection: the layer went
+    under it), or the layer's mask is what GIMP passes: one sentence, the image as it was."""
+    r = suite["results"][name]
+    assert r["status"] == "calling-error" and words in r["message"], r["message"]
+    assert "\n" not in r["message"].strip()
+    assert r["tree"] == r["tree_before"] and r["undo_enabled"] and r["source_unchanged"], r
+
+
+@pytest.mark.parametrize("name", ["settings_cut", "settings_list", "settings_no_python",
+                                  "settings_no_python_preview", "settings_no_dialog"])
+def test_settings_damaged_after_registration_say_how_to_fix(suite, name):
+    """The settings file cut, or valid JSON of another shape (without the dialog's keys too),
+    once GIMP has registered the plug-in: load_settings' sentence (it was GIMP's "value 'none'
+    ... out of range", a crash, or a KeyError naming none of it)."""
+    r = suite["results"][name]
+    assert r["status"] == "execution-error", r
+    assert "stylefu is not set up for this GIMP" in r["message"], r["message"]
+    assert "run install.py again" in r["message"]
+    assert r["tree"] == r["tree_before"] and r["source_unchanged"]
+
+
 def test_missing_model_is_fetched_then_the_filter_runs(suite):
     """No model at the recorded path: the filter downloads one there (here random weights, so
     that nothing leaves the machine), with the source in the progress text, then paints."""

@@ -823,7 +823,13 @@ def test_settings_missing_says_how_to_fix(tmp_path):
     with pytest.raises(bridge.BridgeError, match="another stylefu version; run `p -m stylefu.core "
                                                  "gimp install` again"):
         bridge.load_settings(str(tmp_path / "stylefu.py"))
-    settings.write_text(json.dumps({"version": bridge.SETTINGS_VERSION, "python": "p"}))
+    minimal = {"version": bridge.SETTINGS_VERSION, "python": "p"}
+    for shape in ([], minimal, {**minimal, "defaults": {}, "choices": {}, "limits": []}):
+        settings.write_text(json.dumps(shape))  # another shape: what a run reads is not there
+        with pytest.raises(bridge.BridgeError, match=r"stylefu\.json is missing or damaged\); "
+                                                     "run install.py again"):
+            bridge.load_settings(str(tmp_path / "stylefu.py"))
+    settings.write_text(json.dumps({**minimal, "defaults": {}, "choices": {}, "limits": {}}))
     assert bridge.load_settings(str(tmp_path / "stylefu.py"))["python"] == "p"
 
 

@@ -120,12 +120,18 @@ def load_settings(plugin_file):
         with io.open(path, encoding="utf-8") as f:
             settings = native_text(json.load(f))
     except (IOError, OSError, ValueError):
-        raise BridgeError("stylefu is not set up for this GIMP (%s is missing or damaged); %s."
+        settings = None
+    damaged = BridgeError("stylefu is not set up for this GIMP (%s is missing or damaged); %s."
                           % (path, REINSTALL))
+    if not isinstance(settings, dict):  # (valid JSON of another shape: `[]`)
+        raise damaged
     if settings.get("version") != SETTINGS_VERSION:
         again = ("run `%s` again" % user_command(settings, ["gimp", "install"])
-                 if settings.get("python") else REINSTALL)
+                 if isinstance(settings.get("python"), str) else REINSTALL)
         raise BridgeError("%s was written by another stylefu version; %s." % (path, again))
+    if not isinstance(settings.get("python"), str) or not all(
+            isinstance(settings.get(key), dict) for key in ("defaults", "choices", "limits")):
+        raise damaged  # (what the dialog and a run read: a raw KeyError naming none of it)
     return settings
 
 
@@ -1160,11 +1166,11 @@ def remove_dir(path):
 
 def _npy_descr(kind):
     order = "<" if sys.byteorder == "little" else ">"
-    return {"float": order + "f4", "u8": "|u1"}[kind]
+    return {"float": order + "f4", "u8": "|u1", "u16": order + "u2"}[kind]
 
 
 def write_npy(path, data, shape, kind="float"):
-    """Write raw native-endian pixels (float32 or uint8, HxWxC) as a .npy file."""
+    """Write raw native-endian pixels (float32, uint8 or uint16, HxWxC) as a .npy file."""
     header = "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }" % (
         _npy_descr(kind), ", ".join(str(int(n)) for n in shape) + ("," if len(shape) == 1 else ""))
     pad = 64 - (10 + len(header) + 1) % 64

@@ -4,8 +4,8 @@
 GIMP runs this file with its own Python; the work is done by the stylefu worker in the environment
 `stylefu gimp install` recorded, through stylefu_bridge.py beside this file (the steps both GIMP
 plug-ins share); this file supplies GIMP 3's calls, its arguments and its dialog's layout.
-Pixels travel as float32 .npy files, read and written through GEGL in float, so high bit depth
-images never pass through 8 bits.
+Pixels travel as float32 .npy files (16-bit where they leave sRGB's 0..1), read and written
+through GEGL, so high bit depth images never pass through 8 bits.
 The result is a NEW layer above the source, inside one undo group; the source is never changed.
 """
 
@@ -57,8 +57,14 @@ def reports_errors(run):
 
 # --- pixels -------------------------------------------------------------------------------------
 
-def pixel_format(channels):
-    return "R'G'B'A float" if channels == 4 else "R'G'B' float"
+def pixel_format(channels, kind="float"):
+    return ("R'G'B'A " if channels == 4 else "R'G'B' ") + kind
+
+
+def in_unit_range(data):
+    """Whether raw float32 pixels all lie in 0..1 (colours outside sRGB, or HDR values, do not):
+    read as unsigned words, 0.0 to 1.0 are the least, a sign bit or NaN larger (one pass)."""
+    return max(memoryview(data).cast("I"), default=0) <= 0x3F800000
 
 
 def scaled_rect(area, dx=0, dy=0):
@@ -71,11 +77,17 @@ def scaled_rect(area, dx=0, dy=0):
 
 def save_drawable(drawable, path, area=None):
     """The drawable's pixels (and alpha) as a float32 .npy, sRGB-encoded 0..1 whatever the precision;
-    with an `area`, that part at its scale (GEGL resamples)."""
+    where they leave 0..1 (a wide-gamut profile's colours outside sRGB, HDR values above 1), a
+    16-bit one, clipped by babl into sRGB as an sRGB screen shows them (the worker paints in
+    sRGB 0..1); with an `area`, that part at its scale (GEGL resamples)."""
     channels = 4 if drawable.has_alpha() else 3
     rect, scale = scaled_rect(area or (0, 0, drawable.get_width(), drawable.get_height(), 1.0))
-    data = drawable.get_buffer().get(rect, scale, pixel_format(channels), Gegl.AbyssPolicy.CLAMP)
-    bridge.write_npy(path, bytes(data), (rect.height, rect.width, channels))
+    buffer, kind = drawable.get_buffer(), "float"
+    data = bytes(buffer.get(rect, scale, pixel_format(channels), Gegl.AbyssPolicy.CLAMP))
+    if not in_unit_range(data):
+        kind = "u16"
+        data = bytes(buffer.get(rect, scale, pixel_format(channels, kind), Gegl.AbyssPolicy.CLAMP))
+    bridge.write_npy(path, data, (rect.height, rect.width, channels), kind)
 
 
 def fill_layer(layer, npy_path):
@@ -100,9 +112,9 @@ def new_layer_above(image, source, name, place=None):
             (True, True): Gimp.ImageType.GRAYA_IMAGE}[(gray, source.has_alpha())]
     layer = Gimp.Layer.new(image, name, source.get_width(), source.get_height(), kind, 100.0,
                            Gimp.LayerMode.NORMAL)
-    image.insert_layer(layer, *(place or (source.get_parent(), image.get_item_position(source))))
     _, x, y = source.get_offsets()
-    layer.set_offsets(x, y)
+    layer.set_offsets(x, y)  # before it is in a group whose position is locked, which refuses it
+    image.insert_layer(layer, *(place or (source.get_parent(), image.get_item_position(source))))
     return layer
 
 
@@ -115,9 +127,28 @@ class Host(bridge.PluginHost):
     """GIMP 3's calls for the bridge's steps: float pixels through GEGL, the dialog's config."""
 
     def __init__(self, image, drawables, config, run_mode):
+        if len(drawables) == 1 and drawables[0].is_layer_mask():  # (GIMP passes the mask)
+            raise bridge.InputError("The layer's mask is active; select the layer itself (click "
+                                    "its thumbnail in the Layers dialog).")
         if len(drawables) != 1 or not drawables[0].is_layer() or drawables[0].is_group_layer():
             raise bridge.InputError("Select exactly one (non-group) layer to stylize.")
         self.image, self.source, self.config, self.run_mode = image, drawables[0], config, run_mode
+
+    def check_changeable(self):
+        """InputError, before anything changes, where GIMP would refuse the new layer: with a
+        floating selection, or in a group whose pixels are locked (GIMP killed the plug-in
+        half-way, the image changed and its undo history off)."""
+        if self.image.get_floating_sel() is not None:
+            raise bridge.InputError("Anchor the floating selection first (Layer > Anchor Layer), "
+                                    "or make it a layer of its own (Layer > To New Layer).")
+        group = self.source.get_parent()
+        while group is not None:
+            if group.get_lock_content():
+                raise bridge.InputError(
+                    f'The layer is in the layer group "{group.get_name()}", whose pixels are '
+                    "locked; unlock them (Lock pixels, in the Layers dialog) so that the new "
+                    "layer can go beside the layer.")
+            group = group.get_parent()
 
     def style(self, folder, prefix):
         """(path, name) of a style: a layer of any open image, else a file; None if neither."""
@@ -199,7 +230,11 @@ class Host(bridge.PluginHost):
             layer = new_layer_above(self.image, self.source, name)
             if masked:
                 layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
-            fill_layer(layer, content)
+            # The source's own pixels, copied as they are: `content` may be clipped into sRGB.
+            w, h = layer.get_width(), layer.get_height()
+            whole = Gegl.Rectangle.new(0, 0, w, h)
+            self.source.get_buffer().copy(whole, Gegl.AbyssPolicy.NONE, layer.get_buffer(), whole)
+            layer.update(0, 0, w, h)
             self.live_name = layer.get_name()  # (GIMP may have made it unique)
             self.image.set_selected_layers(selected)
         finally:
@@ -767,6 +802,7 @@ def dialog_values(config):
 @reports_errors
 def run_stylize(procedure, run_mode, image, drawables, config, run_data):
     host = Host(image, drawables, config, run_mode)
+    host.check_changeable()
     worker = None  # the dialog's, which then runs the filter too (its model is loaded)
     try:
         if run_mode == Gimp.RunMode.INTERACTIVE:
@@ -840,6 +876,16 @@ def add_stylize_arguments(procedure, settings):
         add = procedure.add_int_argument if kind is int else procedure.add_double_argument
         add(name.replace("_", "-"), label, blurb, kind(low), kind(high), kind(d[name]), RW)
 
+    def choice(name, label, blurb, labels=None):
+        """A choice argument; a text one while unset: libgimp checks a run's values against
+        the procedure made at the run, whose choices GIMP's registration ('none') no longer
+        has, and refused them before load_settings could say what is wrong."""
+        if settings is bridge.UNSET_SETTINGS:
+            procedure.add_string_argument(name.replace("_", "-"), label, blurb, d[name], RW)
+        else:
+            procedure.add_choice_argument(name.replace("_", "-"), label, blurb,
+                                          make_choice(choices[name], labels), d[name], RW)
+
     procedure.add_file_argument("style-file", "Style _image", "Style image file (used when no "
                                 "style layer is chosen)", Gimp.FileChooserAction.OPEN, True, None,
                                 RW)
@@ -853,27 +899,19 @@ def add_stylize_arguments(procedure, settings):
     number(float, "second_style_weight", "Second style _weight", "Share of the second style in "
            "the blend (0.5: equal, 1: the second alone); used only when a second style is chosen")
     # No mnemonic: every letter of the label is taken by another entry or a dialog button.
-    procedure.add_choice_argument("second-style-goes", "Second style goes", "Everywhere, "
-                                  "blended with the first style; or outside the selection, the "
-                                  "first style inside it (needs a selection and a second style)",
-                                  make_choice(choices["second_style_goes"],
-                                              bridge.SECOND_STYLE_LABELS),
-                                  d["second_style_goes"], RW)
+    choice("second_style_goes", "Second style goes", "Everywhere, blended with the first style; "
+           "or outside the selection, the first style inside it (needs a selection and a second "
+           "style)", bridge.SECOND_STYLE_LABELS)
     number(float, "strength", "Style s_trength", f"Style/content balance: {d['strength']:g} is balanced on "
            "every model; higher paints more style")
-    procedure.add_choice_argument("preset", "_Quality", helps.get("preset", "") + "; Custom: "
-                                  "the evaluations below", make_choice(choices["preset"]),
-                                  d["preset"], RW)
+    choice("preset", "_Quality", helps.get("preset", "") + "; Custom: the evaluations below")
     number(int, "iterations", "Evaluatio_ns", "Evaluations at full size (Custom quality only)")
     number(int, "size", "Working si_ze", helps.get("size", ""))
     number(int, "tile_size", "Tile size in _pixels", helps.get("tile_size", ""))
-    procedure.add_choice_argument("preserve-colors", "Preserve colo_urs",
-                                  helps.get("preserve_colors", ""),
-                                  make_choice(choices["preserve_colors"]), d["preserve_colors"], RW)
+    choice("preserve_colors", "Preserve colo_urs", helps.get("preserve_colors", ""))
     number(float, "style_scale", "Style sc_ale", helps.get("style_scale", ""))
     number(int, "seed", "See_d", helps.get("seed", ""))
-    procedure.add_choice_argument("device", "De_vice", helps.get("device", ""),
-                                  make_choice(choices["device"]), d["device"], RW)
+    choice("device", "De_vice", helps.get("device", ""))
     procedure.add_layer_return_value("layer", "Layer", "The new stylized layer, directly above "
                                      "the source", False, RW)
     # Remembered with the dialog's values, not a PDB argument: scripts never preview.
@@ -918,6 +956,16 @@ class StylefuPlugIn(Gimp.PlugIn):
             procedure.set_attribution("stylefu", "stylefu contributors", "2026")
             return procedure
         settings = bridge.settings_or_unset(__file__)
+        try:
+            return self.create_filter(name, settings)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+            # A file of this version but another shape: registered as if unset, so the menu
+            # entries stay (they vanished) and GIMP reports no crash.
+            bridge.log("stylefu.json lacks what the dialog needs:", traceback.format_exc())
+            return self.create_filter(name, bridge.UNSET_SETTINGS)
+
+    def create_filter(self, name, settings):
+        """The filter's or the preview's procedure, its arguments from `settings`."""
         if name == PROC:
             procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN,
                                                 run_stylize, None)

@@ -71,13 +71,16 @@ def run(name, procedure, image, layer, drawables=None, mode=Gimp.RunMode.NONINTE
         config.set_property(key.replace("_", "-"), value)
     before = pixels(layer)
     layers_before = [item.get_name() for item in image.get_layers()]
+    tree_before = tree(image.get_layers())
     images_before = len(Gimp.get_images())
     values = proc.run(config)
     status = values.index(0)
     record = {"status": status.value_nick, "message": "",
               "source_unchanged": bool(np.array_equal(before, pixels(layer))),
               "layers": [item.get_name() for item in image.get_layers()],
-              "layers_before": layers_before, "new_images": len(Gimp.get_images()) - images_before}
+              "layers_before": layers_before, "new_images": len(Gimp.get_images()) - images_before,
+              "tree": tree(image.get_layers()), "tree_before": tree_before,
+              "undo_enabled": bool(image.undo_is_enabled())}
     if status != Gimp.PDBStatusType.SUCCESS and values.length() > 1:
         record["message"] = str(values.index(1))
     elif procedure == PROC:  # what a script gets back: the new layer's id
@@ -86,6 +89,29 @@ def run(name, procedure, image, layer, drawables=None, mode=Gimp.RunMode.NONINTE
     log(name, record["status"], record["message"], record["layers"])
     results[name] = record
     return record, values
+
+
+def tree(items):
+    """The layers' names, a group as [name, its children's tree]."""
+    return [[item.get_name(), tree(item.get_children())] if item.is_group_layer()
+            else item.get_name() for item in items]
+
+
+def visible(image):
+    return pixels(Gimp.Layer.new_from_visible(image, image, "visible"))
+
+
+def record_composite(name, image, before):
+    """Whether the image as seen is `before` (its visible pixels) wherever nothing is selected,
+    and how much it changed where all is."""
+    w, h = image.get_width(), image.get_height()
+    selected = np.frombuffer(bytes(image.get_selection().get_buffer().get(
+        Gegl.Rectangle.new(0, 0, w, h), 1.0, "Y float", Gegl.AbyssPolicy.NONE)),
+        np.float32).reshape(h, w)
+    after = visible(image)
+    results[name].update(
+        outside_equal=bool(np.array_equal(after[selected == 0], before[selected == 0])),
+        inside_change=float(np.abs(after[selected == 1] - before[selected == 1])[:, :3].mean()))
 
 
 def our_plugins():
@@ -274,6 +300,71 @@ def scenarios(content, fast):
     image, layer = make_image(np.load(JOB["large"]))
     run("large", PROC, image, layer, **dict(fast, **JOB.get("large_values", {})))
     describe_new_layer("large", image, layer)
+
+    # A layer at offsets in a group whose position is locked, under a selection: the new layer
+    # gets the layer's offsets and its mask the selection there (GIMP refused the offsets).
+    image, layer = make_image(content, canvas=(w + 40, h + 30), offsets=(25, 13))
+    group = Gimp.GroupLayer.new(image, "position locked")
+    image.insert_layer(group, None, 0)
+    image.reorder_item(layer, group, 0)
+    group.set_lock_position(True)
+    x, y, sw, sh = JOB["selection"]
+    image.select_rectangle(Gimp.ChannelOps.REPLACE, 25 + x, 13 + y, sw, sh)
+    before = visible(image)
+    run("position_locked", PROC, image, layer, **fast)
+    new = group.get_children()[0]
+    results["position_locked"].update(offsets=list(new.get_offsets()[1:]),
+                                      has_mask=new.get_mask() is not None)
+    record_composite("position_locked", image, before)
+
+    # Pixels beyond sRGB's 0..1, which the worker refused: an Adobe RGB image's green outside
+    # sRGB and a linear float image's values above 1 (HDR), the layer its own style too.
+    beyond = content.copy()
+    beyond[:, : w // 3] = [0.0, 1.0, 0.0]
+    beyond[:, -w // 3:] *= 3.0
+    image, layer = make_image(beyond, precision=Gimp.Precision.FLOAT_LINEAR)
+    image.set_color_profile(Gimp.ColorProfile.new_rgb_adobe())
+    image.select_rectangle(Gimp.ChannelOps.REPLACE, *JOB["selection"])
+    before = visible(image)
+    run("beyond_srgb", PROC, image, layer, **dict(fast, style_file=None, style_layer=layer))
+    describe_new_layer("beyond_srgb", image, layer)
+    results["beyond_srgb"]["source_range"] = [float(before.min()), float(before.max())]
+    record_composite("beyond_srgb", image, before)
+
+    # Where GIMP would refuse the new layer: refused before anything changes.
+    image, layer = make_image(content)
+    group = Gimp.GroupLayer.new(image, "pixels locked")
+    image.insert_layer(group, None, 0)
+    image.reorder_item(layer, group, 0)
+    group.set_lock_content(True)
+    run("pixels_locked", PROC, image, layer, **fast)
+    image, layer = make_image(content)
+    layer.add_mask(layer.create_mask(Gimp.AddMaskType.WHITE))
+    run("mask_active", PROC, image, layer, drawables=[layer.get_mask()], **fast)
+    image.select_rectangle(Gimp.ChannelOps.REPLACE, *JOB["selection"])
+    Gimp.edit_copy([layer])
+    floating = Gimp.edit_paste(layer, False)[0]
+    run("floating", PROC, image, floating, **fast)
+
+    # The settings file damaged after GIMP registered the plug-in: load_settings' sentence
+    # (GIMP refused the registered choices' values first; a file of another shape crashed it).
+    image, layer = make_image(content)
+    with open(JOB["settings"]) as f:
+        installed = f.read()
+    version = json.loads(installed)["version"]
+    try:
+        for name, text in (("settings_cut", installed[:200]), ("settings_list", "[]"),
+                           ("settings_no_dialog", json.dumps({"version": version,
+                                                              "python": JOB["python"]})),
+                           ("settings_no_python", json.dumps({"version": version}))):
+            with open(JOB["settings"], "w") as f:
+                f.write(text)
+            run(name, PROC, image, layer, **fast)
+        run("settings_no_python_preview", PROC_PREVIEW, image, layer, style_1=JOB["style"],
+            size=JOB["size"])
+    finally:
+        with open(JOB["settings"], "w") as f:
+            f.write(installed)
 
     # A selection beside the layer: a clear error before any work.
     image, layer = make_image(content, canvas=(w + 40, h + 30), offsets=(25, 13))
