@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from stylefu.core import Config, UserError
@@ -180,6 +182,29 @@ def test_runs_from_threads_at_once_give_the_bytes_each_gives_alone(model_path, i
         together = list(pool.map(run, range(4)))
     assert all(np.array_equal(a, b) for a, b in zip(alone, together))
     assert not np.array_equal(alone[0], alone[2])  # the runs differ: no one result for all
+
+
+def test_a_picture_a_caller_builds_is_checked_as_an_array_would_be():
+    """Picture is public and stylize takes one: 0..255 floats were taken as 0..1 (a white
+    result), an HxW array failed inside ("axes don't match"), and its repr printed the pixels."""
+    import numpy as np
+
+    from stylefu.core import Picture, UserError, load_image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 30, 3)).astype(np.uint8)
+    as_given = Picture(pixels / np.float32(255), np.ones((20, 30), np.float32), "mine")
+    assert load_image(as_given) is as_given  # a Picture as stylefu makes them: as it is
+    for built in (Picture(pixels), Picture(pixels[..., 0] / 255.0)):
+        picture = load_image(built)
+        assert picture.rgb.dtype == np.float32 and picture.rgb.shape == (20, 30, 3)
+        assert np.allclose(picture.rgb[..., 0], pixels[..., 0] / 255, atol=1e-6)
+    refusals = {"; divide by 255": Picture(pixels.astype(np.float32)),
+                "its alpha is (20, 31)": Picture(pixels, np.ones((20, 31))),
+                "NaN": Picture(np.full((20, 30, 3), np.nan, np.float32))}
+    for words, built in refusals.items():
+        with pytest.raises(UserError, match=re.escape(words)):
+            load_image(built)
+    assert repr(as_given) == "Picture(rgb=<20x30x3 float32>, alpha=<20x30 float32>, name='mine')"
 
 
 @pytest.mark.parametrize("engine", ["torch", "onnx"])

@@ -559,7 +559,8 @@ def test_metrics_named_as_a_save_every_image_is_refused(files, tmp_path, capsys)
     ("clear style", "transparent everywhere: it has no pixels"),
     ("init no image", "not an image"), ("init tiny", "at least 16 px"),
     ("memory", "even in crops"), ("onnx precision", "--engine onnx computes in float32"),
-    ("webp too large", "a .webp picture is at most 16383 px on a side")])
+    ("webp too large", "a .webp picture is at most 16383 px on a side"),
+    ("fp16 on a CPU", "--precision fp16 needs a CUDA device")])
 def test_input_errors_come_before_the_model_loads(case, message, files, tmp_path, capsys):
     """What the inputs alone refuse is said before the model loads: with no model at --model
     the input's own sentence comes (not "No model at"), alone, with no engine line before it."""
@@ -580,6 +581,7 @@ def test_input_errors_come_before_the_model_loads(case, message, files, tmp_path
             "clear style": [content, tmp_path / "clear.png"],
             "init no image": [content, style, "--init", tmp_path / "init.png"],
             "init tiny": [content, style, "--init", tmp_path / "tiny.png"],
+            "fp16 on a CPU": [content, style, "--precision", "fp16", "--device", "cpu"],
             "webp too large": [tmp_path / "long.png", style, "--keep-size", "--size", "16000",
                                "--style-scale", "0.05"],
             "memory": [content, style, "--size", "2000000", "--device", "cpu"],

@@ -371,6 +371,9 @@ def test_a_callback_or_cancel_of_the_wrong_kind_is_refused_before_any_work(model
         stylize(*images, model=model_path, cancel=True)
     with pytest.raises(UserError, match=r"^callback must be a function .*not int\.$"):
         stylize(*images, model=model_path, callback=5)
+    # log=5 was "'int' object is not callable" at the run's first note, after the model loaded
+    with pytest.raises(UserError, match=r"^log must be a function .*not int\.$"):
+        stylize(*images, model=model_path, log=5)
 
 
 def test_a_strip_too_thin_at_its_size_names_the_size_that_works(model_path):

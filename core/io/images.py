@@ -74,6 +74,10 @@ class Picture:
     name: str = "image"
     notes: tuple[str, ...] = ()  # what a run says about it once (an animation's first frame)
 
+    def __repr__(self) -> str:  # the arrays' own reprs fill a terminal
+        return (f"Picture(rgb={array_text(self.rgb)}, alpha={array_text(self.alpha)}, "
+                f"name={self.name!r})")
+
     @property
     def height(self) -> int:
         return self.rgb.shape[0]
@@ -81,6 +85,13 @@ class Picture:
     @property
     def width(self) -> int:
         return self.rgb.shape[1]
+
+
+def array_text(array) -> str | None:
+    """An array in a repr: its shape and type, not its values."""
+    if not isinstance(array, np.ndarray):
+        return None if array is None else repr(array)
+    return f"<{'x'.join(map(str, array.shape))} {array.dtype}>"
 
 
 def _from_array(array: np.ndarray, name: str) -> Picture:
@@ -118,6 +129,28 @@ def _from_array(array: np.ndarray, name: str) -> Picture:
     color = array[..., :1] if channels in (1, 2) else array[..., :3]
     rgb = np.ascontiguousarray(np.repeat(color, 3, axis=2) if color.shape[2] == 1 else color)
     return Picture(rgb, alpha, name)
+
+
+def _checked_picture(picture: Picture) -> Picture:
+    """A Picture as given where it is one (float32 [H,W,3] in 0..1, alpha [H,W]); one a caller
+    built otherwise is read as an array would be (0..255 floats were taken as 0..1: white)."""
+    rgb, alpha = picture.rgb, picture.alpha
+    if isinstance(rgb, np.ndarray) and rgb.dtype == np.float32 and rgb.ndim == 3 and \
+            rgb.shape[2] == 3 and rgb.size and 0 <= rgb.min() and rgb.max() <= 1 and (
+            alpha is None or isinstance(alpha, np.ndarray) and alpha.dtype == np.float32
+            and alpha.shape == rgb.shape[:2] and 0 <= alpha.min() and alpha.max() <= 1):
+        return picture  # (min and max are NaN where a pixel is)
+    rgb = np.asarray(rgb)
+    if alpha is not None:
+        alpha = np.asarray(alpha)
+        if rgb.ndim == 2:
+            rgb = rgb[..., None]
+        if alpha.shape != rgb.shape[:2]:
+            raise UserError(f"{picture.name}: its alpha is {alpha.shape}, its pixels "
+                            f"{rgb.shape[:2]}; give both the same height and width.")
+        rgb = np.concatenate([rgb, alpha[..., None].astype(rgb.dtype)], axis=2)
+    checked = _from_array(rgb, picture.name)
+    return Picture(checked.rgb, checked.alpha, picture.name, picture.notes)
 
 
 # Pillow has no 16-bit RGB mode: it decodes these raw modes of PNG and TIFF files to their high
@@ -351,7 +384,7 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
     Raises UserError with one sentence for a missing, unreadable, truncated or oversized file.
     """
     if isinstance(source, Picture):
-        return source
+        return _checked_picture(source)
     if isinstance(source, Image.Image):
         _planes_at_sixteen_bits(source)  # (a loaded image has no tiles left: nothing changes)
         deep = _pil_sixteen_bits(source, name or "image", to_srgb)  # before load() closes its file

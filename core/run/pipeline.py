@@ -26,6 +26,7 @@ from ..engines.steps import CancelToken, check_hooks
 from ..errors import Cancelled, UserError
 from ..io.images import (
     Picture,
+    array_text,
     centre_of_shape,
     check_min_side,
     fit_long_side,
@@ -92,11 +93,9 @@ class StylizeResult:
 
     def __repr__(self) -> str:
         # Shapes and the headline figures: the arrays' and metrics' own reprs fill a terminal.
-        def shape(a):
-            return None if a is None else f"<{'x'.join(map(str, a.shape))} {a.dtype}>"
         headline = {k: self.metrics[k] for k in ("total_loss", "evaluations", "seconds")
                     if k in self.metrics}
-        return (f"StylizeResult(image={shape(self.image)}, alpha={shape(self.alpha)}, "
+        return (f"StylizeResult(image={array_text(self.image)}, alpha={array_text(self.alpha)}, "
                 f"metrics={{{', '.join(f'{k!r}: {v!r}' for k, v in headline.items())}, ...}})")
 
 
@@ -309,6 +308,7 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     started = time.perf_counter()
     config = given_config(config)
     check_hooks(callback, cancel)
+    check_hooks(log, None, "log")
     if upscale not in UPSCALE_MODES:
         raise UserError(f"upscale must be one of {', '.join(UPSCALE_MODES)}, not {upscale!r}.")
     log = log or notes.to_logger

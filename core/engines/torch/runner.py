@@ -32,6 +32,9 @@ class TorchRunner:
         self.compiled, self.compile_started, self.last, self.cold = False, 0.0, None, False
 
     def check(self, content, styles) -> None:
+        from .model import resolve_precision
+
+        resolve_precision(self.config.precision, self.device)  # fp16 on a CPU: before the load
         tiling.check_memory(content, styles, self.config, self.device)
 
     def load(self, plan):
