@@ -78,6 +78,9 @@ def test_inputs_folders_globs_lists_and_names(tmp_path, photos):
         expand_inputs([str(folder / "*.jpg")])
     with pytest.raises(UserError, match="no images"):
         expand_inputs([str(_empty(tmp_path))])
+    listing.write_text("# nothing chosen yet\n\n")  # was a batch of nothing, exit 0
+    with pytest.raises(UserError, match=r"names no image \(only blank lines and # comments\)"):
+        expand_inputs(["@" + str(listing)])
     items = make_items(paths[:2], [str(s) for s in styles], tmp_path / "out", styles_each=True)
     assert [Path(i.output).name for i in items] == ["frame0-stripes.png", "frame0-turned.png",
                                                     "frame1-stripes.png", "frame1-turned.png"]
@@ -408,6 +411,20 @@ def test_ray_batch_command_prints_only_ours(tmp_path, photos, model_path):
     assert _outputs(out) == {"frame0.png"}
     lines = done.stderr.splitlines()
     assert lines and all(line.startswith("stylefu batch: ") for line in lines), done.stderr
+
+
+def test_a_ray_client_address_without_rays_client_is_one_sentence(tmp_path, photos, model_path):
+    # Ray's ValueError ("requires pip package ray[client]") was an internal error, exit 1
+    import importlib.util
+
+    if importlib.util.find_spec("grpc") is not None:
+        pytest.skip("Ray's client is installed here")
+    paths, styles = photos
+    done = _batch([paths[0], "--style", styles[0], "-o", tmp_path / "out", "--ray",
+                   "ray://127.0.0.1:1"], model_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "is a Ray Client address, which needs Ray's client" in done.stderr
+    assert not (tmp_path / "out").exists()
 
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'stylefu[ray]')")

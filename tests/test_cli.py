@@ -314,6 +314,7 @@ def test_batch_names_each_run_option_it_does_not_take_with_why(files, tmp_path, 
     (["--layer", "10x10"], "content is 10x10 px"),
     (["--layer", "4000x20", "--size", "128"], "use --size 3100 or more"),
     (["--layer", "3000x2000", "--size", "99999"], "enough for --size"),
+    (["--layer", "10000x12000", "--size", "64"], "too large (89478485 pixels at most)"),
 ])
 def test_estimate_refuses_what_run_refuses(args, message, files, tmp_path, capsys):
     """An estimate never prices a run that would be refused (the same sentence as `run`), and the

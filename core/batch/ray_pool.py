@@ -193,6 +193,12 @@ def run_ray(work, config: Config, model_path, device: str, options: RunOptions,
         except ConnectionError as exc:
             raise UserError(f"Cannot reach the Ray cluster at {address} ({exc}); start it with "
                             "`ray start --head` or give --ray without an address.") from None
+        except ValueError as exc:  # ray:// without Ray's client ("requires pip package ...")
+            if "ray[client]" not in str(exc):
+                raise
+            raise UserError(f"--ray {address} is a Ray Client address, which needs Ray's client; "
+                            "run `pip install 'ray[client]'`, or give the cluster's own "
+                            "address (HOST:6379).") from None
     gpus = 1 if device == "cuda" else 0
     threads = 1 if gpus else worker_threads(workers or default_workers(config=config))
     targets_root = cache_dir() / "targets"

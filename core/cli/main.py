@@ -576,10 +576,11 @@ def _check_like_run(height: int, width: int, config: Config, styles=()) -> None:
     --size, too large for memory): an estimate never prices a run that cannot start."""
     import numpy as np
 
-    from ..io.images import Picture, check_min_side
+    from ..io.images import Picture, check_min_side, check_pixel_count
     from ..method.tiling import check_memory
     from ..run.pipeline import check_working_size
 
+    check_pixel_count(height, width, f"A {width}x{height} px content")
     content = Picture(np.broadcast_to(np.float32(0), (height, width, 3)), name="content")
     check_min_side(content)
     check_working_size(height, width, config)

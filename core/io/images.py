@@ -446,8 +446,7 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
         _say_again(warned, printed)  # a picture that loads: what was said is shown, as before
         return picture
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UserError(f"{path} is too large ({Image.MAX_IMAGE_PIXELS} pixels at most); "
-                        "scale it down first.") from None
+        raise UserError(_too_large(path)) from None
     except UnidentifiedImageError:
         if _is_tiff(path):  # "save it as TIFF" would answer a TIFF user with nothing to do
             raise UserError(f"{path} is a TIFF of a kind stylefu cannot read (float colour, for "
@@ -536,6 +535,17 @@ def _say_again(warned: list, printed: list[str]) -> None:
             os.write(2, "".join(line + "\n" for line in printed).encode())
 
 
+def check_pixel_count(height: int, width: int, name: str) -> None:
+    """UserError for a picture over Pillow's pixel limit (its guard against decompression bombs),
+    whichever way it comes: a file, a .npy array, a layer's size given to an estimate."""
+    if height * width > Image.MAX_IMAGE_PIXELS:
+        raise UserError(_too_large(name))
+
+
+def _too_large(name) -> str:
+    return f"{name} is too large ({Image.MAX_IMAGE_PIXELS} pixels at most); scale it down first."
+
+
 def _load_npy(path: Path) -> np.ndarray:
     """A .npy file's array, its size checked against its header before anything is allocated
     (a file cut short, or a header promising terabytes, is one UserError)."""
@@ -543,9 +553,8 @@ def _load_npy(path: Path) -> np.ndarray:
         mapped = np.load(path, allow_pickle=False, mmap_mode="r")  # reads the header only
     except ValueError:
         raise UserError(f"{path} is truncated or not a readable .npy image array.") from None
-    if mapped.ndim >= 2 and mapped.shape[0] * mapped.shape[1] > Image.MAX_IMAGE_PIXELS:
-        raise UserError(f"{path} is too large ({Image.MAX_IMAGE_PIXELS} pixels at most); "
-                        "scale it down first.")
+    if mapped.ndim >= 2:
+        check_pixel_count(*mapped.shape[:2], str(path))
     array = np.array(mapped)
     del mapped  # closes the file (Windows keeps a mapped file locked)
     return array

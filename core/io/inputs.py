@@ -90,8 +90,11 @@ def expand_inputs(specs: Sequence[str], log: Callable[[str], None] = notes.to_lo
             except (OSError, UnicodeDecodeError):
                 raise UserError(f"List file {listing} is not readable text; give @PATH to a text "
                                 "file with one image path a line.") from None
-            found += [p if p.is_absolute() else listing.parent / p
-                      for p in (Path(line) for line in lines if line and not line.startswith("#"))]
+            named = [Path(line) for line in lines if line and not line.startswith("#")]
+            if not named:  # else a batch of nothing, with exit 0
+                raise UserError(f"List file {listing} names no image (only blank lines and # "
+                                "comments); give one image path a line.")
+            found += [p if p.is_absolute() else listing.parent / p for p in named]
         elif kind == "a folder":
             entries = list(Path(spec).iterdir())
             images = sorted((p for p in entries
