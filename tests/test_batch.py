@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -86,6 +87,17 @@ def test_inputs_folders_globs_lists_and_names(tmp_path, photos):
                                                     "frame1-stripes.png", "frame1-turned.png"]
     with pytest.raises(UserError, match="both be written"):
         make_items(paths[:2], [str(styles[0])], tmp_path / "out", pattern="same.png")
+    # two styles of one stem (a.jpg, a.png; d1/x.png, d2/x.png): said as the input twice, and no
+    # field told them apart
+    for folder in ("d1", "d2"):
+        (tmp_path / folder).mkdir()
+    twins = [str(_save(tmp_path / d / "x.png", np.zeros((20, 20, 3), np.float32)))
+             for d in ("d1", "d2")]
+    with pytest.raises(UserError, match=re.escape(f"{paths[0]} with {twins[0]} and {paths[0]} "
+                                                  f"with {twins[1]} would both be written")):
+        make_items(paths[:1], twins, tmp_path / "out", styles_each=True)
+    items = make_items(paths[:1], twins, tmp_path / "out", "{stem}-{style}{style_index}.png", True)
+    assert [Path(i.output).name for i in items] == ["frame0-x0.png", "frame0-x1.png"]
 
 
 def _empty(tmp_path: Path) -> Path:

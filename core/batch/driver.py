@@ -64,16 +64,19 @@ STOP_GRACE_S = 20.0  # after a cancel, how long workers get to stop before they 
 
 # ----------------------------------------------------------------------------- output names
 
-def output_name(pattern: str, index: int, source: Path, styles: Sequence[str]) -> str:
-    """The output file name: `pattern` with {stem}, {name}, {ext}, {index}, {style} filled in
-    ({style}: the style file stems, joined by '+' when several blend)."""
+def output_name(pattern: str, index: int, source: Path, styles: Sequence[str],
+                style_index: int = 0) -> str:
+    """The output file name: `pattern` with {stem}, {name}, {ext}, {index}, {style},
+    {style_index} filled in ({style}: the style file stems, joined by '+' when several blend;
+    {style_index}: the style's place among the styles with --styles-each, else 0)."""
     values = {"stem": source.stem, "name": source.name, "ext": source.suffix.lstrip("."),
-              "index": index, "style": "+".join(Path(s).stem for s in styles)}
+              "index": index, "style": "+".join(Path(s).stem for s in styles),
+              "style_index": style_index}
     try:
         name = pattern.format(**values)
     except (KeyError, IndexError, ValueError) as exc:
         raise UserError(f"--name {pattern!r} is not a usable pattern ({exc}); use fields "
-                        "{stem}, {name}, {ext}, {index}, {style}.") from None
+                        "{stem}, {name}, {ext}, {index}, {style}, {style_index}.") from None
     if "/" in name or "\\" in name or Path(name).drive:  # else written outside -o (../x, /x, C:x)
         raise UserError(f"--name {pattern!r} makes {name!r}, a path; give a file name (no / or "
                         "\\): outputs go into the -o folder.")
@@ -97,13 +100,15 @@ def make_items(inputs: Sequence[Path], styles: Sequence[str], outdir: Path,
     groups = [(s,) for s in styles] if styles_each else [tuple(styles)]
     items, seen = [], {}
     for i, source in enumerate(inputs):
-        for group in groups:
-            output = outdir / output_name(pattern, i, source, group)
+        for k, group in enumerate(groups):
+            output = outdir / output_name(pattern, i, source, group, k)
             key = _file_key(output)
+            painting = f"{source} with {' + '.join(map(str, group))}"
             if key in seen:
-                raise UserError(f"{seen[key]} and {source} would both be written to {output}; "
-                                "give --name a pattern with {index} or {style} to tell them apart.")
-            seen[key] = source
+                raise UserError(f"{seen[key]} and {painting} would both be written to {output}; "
+                                "give --name a pattern with {index}, {style} or {style_index} "
+                                "to tell them apart.")
+            seen[key] = painting
             items.append(BatchItem(str(source), tuple(str(s) for s in group), str(output)))
     return items
 

@@ -247,7 +247,8 @@ def add_batch_parser(sub, add_config_options: Callable, to_config: Callable,
                        help="one output per input x style pair instead of one blended output")
     batch.add_argument("--name", default=None,
                        help="output name pattern with {stem} {name} {ext} {index} {style} "
-                       f"[default: {DEFAULT_PATTERN}, with --styles-each {EACH_PATTERN}]")
+                       "{style_index} [default: "
+                       f"{DEFAULT_PATTERN}, with --styles-each {EACH_PATTERN}]")
     batch.add_argument("--resume", action="store_true",
                        help="skip items whose output exists and whose manifest entry has the same "
                        "config hash")
