@@ -697,6 +697,15 @@ def test_warp_without_frames_is_refused_before_any_work(tmp_path, photos, model_
                           options=RunOptions(warp=True)))
 
 
+def test_batch_workers_out_of_range_is_its_one_line(tmp_path, photos, model_path):
+    # "stylefu batch: 3 item(s); 0 local worker(s); manifest ..." came before the refusal
+    paths, styles = photos
+    done = _batch([paths[0], "--style", styles[0], "-o", tmp_path / "out", "--workers", "0"],
+                  model_path)
+    assert done.returncode == 2 and done.stderr.startswith("stylefu: error: --workers must be")
+    assert len(done.stderr.splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
 def test_stylize_many_checks_workers_upscale_and_takes_one_mask_alone(tmp_path, photos,
                                                                       model_path):
     # workers=-1 ended in the message for a script without a main guard, 0 ran the default;

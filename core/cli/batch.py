@@ -29,6 +29,7 @@ from ..batch.driver import (
     pending,
     stylize_many,
 )
+from ..engines.steps import check_workers
 from ..errors import UserError
 from ..io.files import check_writable_folder
 from ..io.inputs import expand_inputs, listed_outputs, set_kind
@@ -141,6 +142,7 @@ def _styles(specs: list[str], each: bool, log: Callable[[str], None]) -> list[st
 
 def cmd_batch(args, to_config: Callable) -> int:
     config = to_config(args).validate()
+    check_workers(args.workers)  # before the first line, which names the workers
     outdir = Path(args.output)
     said: list[str] = []  # the inputs' notes, told once the progress display is up
     inputs = _without_earlier_outputs(args.inputs, expand_inputs(args.inputs, log=said.append),
