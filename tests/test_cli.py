@@ -107,6 +107,25 @@ def test_quiet_run_and_preview_print_errors_only(files, model_path, tmp_path, ca
     assert len(err) == 1 and err[0].startswith("stylefu: error: ") and "none.png" in err[0]
 
 
+def test_a_librarys_warning_is_the_commands_own_line_and_quiet_keeps_it_off(files, model_path,
+                                                                          tmp_path):
+    # Pillow's "Corrupt EXIF data" came as Python's two lines naming its source file, even
+    # under -q ("errors only")
+    from PIL import Image
+
+    _, style = files
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(
+        tmp_path / "exif.jpg", exif=b"Exif\0\0II*\0" + b"\xff" * 40)
+    command = [sys.executable, "-m", "stylefu.core", "run", str(tmp_path / "exif.jpg"), str(style),
+               "-o", str(tmp_path / "o.png"), "--model", str(model_path), "--progress", "none",
+               *FAST]
+    said = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert said.returncode == 0 and "stylefu: warning: Corrupt EXIF data" in said.stderr
+    assert ".py:" not in said.stderr and "warnings.warn" not in said.stderr, said.stderr
+    quiet = subprocess.run([*command, "-q"], capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
 def test_model_from_environment(files, model_path, tmp_path, monkeypatch):
     monkeypatch.setenv("STYLEFU_MODEL", str(model_path))
     content, style = files

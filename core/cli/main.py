@@ -25,6 +25,7 @@ import threading
 import time
 import types
 import typing
+import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -173,6 +174,12 @@ def say(text: str, always: bool = False) -> None:
         print(text, file=sys.stderr, flush=True)
     except (OSError, ValueError):  # its reader went away, or it was closed
         pass
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A library's Python warning (Pillow's "Corrupt EXIF data", ...) as the command's own
+    warning line, which --quiet keeps off, not Python's two lines naming its source file."""
+    say(f"stylefu: warning: {str(message).strip()}")
 
 
 def _open_standard_streams() -> None:
@@ -895,6 +902,7 @@ def main(argv: list[str] | None = None, cancel: threading.Event | None = None,
         from ..method.tiling import primitive_cache_env
 
         os.environ.update(primitive_cache_env())
+        warnings.showwarning = _warning_line
     argv = sys.argv[1:] if argv is None else list(argv)
     json_mode = _json_progress(argv) or cancel is not None  # `serve` answers in JSON lines
     _open_standard_streams()
