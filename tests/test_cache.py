@@ -175,7 +175,28 @@ def test_cache_limit_from_the_environment(value, limit_mb, ignored, monkeypatch,
     assert cache_limit() == limit_mb * 1e6
     assert main(["cache", "status", "--json"]) == 0
     captured = capsys.readouterr()
-    assert json.loads(captured.out)["limit_mb"] == round(limit_mb, 1)
+    shown = None if value == "inf" else round(limit_mb, 1)  # not "of 1000000000000.0 MB"
+    assert json.loads(captured.out)["limit_mb"] == shown
     assert ("is not a number of megabytes" in captured.err) == ignored
     assert main(["cache", "--json"]) == 0  # status is what `stylefu cache` alone shows
     assert capsys.readouterr().out == captured.out
+    assert main(["cache"]) == 0
+    assert ("MB no limit" in capsys.readouterr().out) == (value == "inf")
+
+
+def test_cache_prune_says_its_figures_as_json_and_status_takes_no_limit(model_path, capsys):
+    # `cache prune --json` printed no JSON, `cache status --max-mb 5` was taken and ignored, and
+    # `--max-mb inf` was refused though $STYLEFU_CACHE_MAX_MB takes it
+    from stylefu.core.cli.main import main
+
+    cache = TargetCache(model_path, max_bytes=10**9)  # the user's cache (the test's own)
+    assert cache.store(cache.key("gram", "an image", (64, 64), ("relu1_1",)),
+                       {"relu1_1": np.ones((1000, 1000), np.float32)})
+    assert main(["cache", "prune", "--json", "--max-mb", "inf"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["removed_files"] == 0 and figures["limit_mb"] is None
+    assert main(["cache", "prune", "--json", "--max-mb", "0"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["removed_files"] == 1 and figures["freed_mb"] >= 4.0 and figures["limit_mb"] == 0
+    assert main(["cache", "status", "--max-mb", "5"]) == 2
+    assert "`cache status` takes none" in capsys.readouterr().err

@@ -697,33 +697,56 @@ def cmd_info(args) -> int:
 
 def cmd_cache(args) -> int:
     """`stylefu cache [status]|prune`: the cache's parts and sizes; least recently used files out."""
-    from ..io.cache import LIMIT_ENV, PARTS, cache_entries, cache_limit, limit_problem, prune_cache
+    from ..io.cache import (
+        LIMIT_ENV,
+        NO_LIMIT_BYTES,
+        PARTS,
+        cache_entries,
+        cache_limit,
+        limit_problem,
+        prune_cache,
+    )
     from ..io.paths import cache_dir
     from ..method.config import check_number
+
+    def limit_text(limit: int) -> str:
+        return "no limit" if limit >= NO_LIMIT_BYTES else f"limit {limit / 1e6:.0f} MB"
 
     if args.action == "prune":
         if args.max_mb is None and limit_problem():
             say(f"stylefu cache: {limit_problem()}; pruning to the built-in limit.")
-        if args.max_mb is not None:
+        if args.max_mb is not None and args.max_mb != float("inf"):  # inf: as $STYLEFU_CACHE_MAX_MB
             check_number("max_mb", args.max_mb, 0, 1e9, False)
-        limit = cache_limit() if args.max_mb is None else int(args.max_mb * 1e6)
+        limit = cache_limit() if args.max_mb is None else int(min(args.max_mb, 1e12) * 1e6)
         removed, freed = prune_cache(limit, down_to=1.0)
-        say(f"stylefu cache: removed {removed} least recently used file(s), {freed / 1e6:.1f} MB, "
-            f"from {cache_dir()} (limit {limit / 1e6:.0f} MB).")
+        if args.json:
+            print(jsontext.dumps({"folder": str(cache_dir()), "removed_files": removed,
+                                  "freed_mb": round(freed / 1e6, 1),
+                                  "limit_mb": None if limit >= NO_LIMIT_BYTES else
+                                  round(limit / 1e6, 1)}, indent=2))
+        else:
+            say(f"stylefu cache: removed {removed} least recently used file(s), "
+                f"{freed / 1e6:.1f} MB, from {cache_dir()} ({limit_text(limit)}).")
         return 0
+    if args.max_mb is not None:  # else accepted and ignored
+        raise UserError("--max-mb is how far `stylefu cache prune` prunes; `cache status` "
+                        "takes none.")
     if limit_problem():
         say(f"stylefu cache: {limit_problem()}; the limit is the built-in one.")
     entries = cache_entries()
     parts = {part: [e for e in entries if e[2].is_relative_to(cache_dir() / part)] for part in PARTS}
-    figures = {"folder": str(cache_dir()), "limit_mb": round(cache_limit() / 1e6, 1),
+    limit = cache_limit()
+    figures = {"folder": str(cache_dir()),
+               "limit_mb": None if limit >= NO_LIMIT_BYTES else round(limit / 1e6, 1),
                "total_mb": round(sum(e[1] for e in entries) / 1e6, 1),
                "parts": {part: {"files": len(found), "mb": round(sum(e[1] for e in found) / 1e6, 1)}
                          for part, found in parts.items()}}
     if args.json:
         print(jsontext.dumps(figures, indent=2))
     else:
-        print(f"{figures['folder']}: {figures['total_mb']} MB of {figures['limit_mb']} MB "
-              f"(${LIMIT_ENV}); the model and downloaded weights are never pruned")
+        of = "no limit" if figures["limit_mb"] is None else f"of {figures['limit_mb']} MB"
+        print(f"{figures['folder']}: {figures['total_mb']} MB {of} (${LIMIT_ENV}); the model "
+              "and downloaded weights are never pruned")
         for part, numbers in figures["parts"].items():
             print(f"{part:>15}: {numbers['files']} file(s), {numbers['mb']} MB")
     return 0
@@ -840,7 +863,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--max-mb", type=float, default=None,
                        help="prune: keep at most this many MB (0: remove them all) [default: "
                        "$STYLEFU_CACHE_MAX_MB, else the built-in limit]")
-    cache.add_argument("--json", action="store_true", help="status: as JSON")
+    cache.add_argument("--json", action="store_true", help="the figures as JSON")
     cache.set_defaults(func=cmd_cache)
 
     from .batch import add_batch_parser  # core's own: the options come from this module

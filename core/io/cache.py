@@ -74,11 +74,14 @@ def limit_problem() -> str | None:
     return f"${LIMIT_ENV}={text!r} is not a number of megabytes (0 or more): ignored"
 
 
+NO_LIMIT_BYTES = 10 ** 18  # 1e12 MB, what "inf" is: no limit
+
+
 def cache_limit() -> int:
     """The cache's size limit in bytes: $STYLEFU_CACHE_MAX_MB ("inf": none), else MAX_BYTES."""
     if LIMIT_ENV not in os.environ or limit_problem():
         return MAX_BYTES
-    return int(min(float(os.environ[LIMIT_ENV]), 1e12) * 1e6)  # a petabyte: no limit
+    return min(int(min(float(os.environ[LIMIT_ENV]), 1e12) * 1e6), NO_LIMIT_BYTES)
 
 
 def cache_entries(root: str | Path | None = None,
