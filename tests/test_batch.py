@@ -292,6 +292,22 @@ def test_ctrl_c_stops_cleanly(tmp_path, photos, model_path, sig):
     assert _outputs(out) == {Path(o).name for o in entries}  # the manifest matches the files
 
 
+def test_a_batch_stopped_before_its_first_item_leaves_no_folder(tmp_path, photos, model_path):
+    # it left its empty -o folder and said "the manifest lists them" of a manifest never written
+    paths, styles = photos
+    out = tmp_path / "new" / "out"
+    proc = _batch([paths[0], "--style", styles[0], "-o", out, "--workers", "1", "--progress",
+                   "json", "--evaluations", "5000"], model_path, wait=False)
+    for line in proc.stdout:  # the first item painting
+        if '"event": "progress"' in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "terminated after 0 item(s); run it again to start." in err
+    assert not (tmp_path / "new").exists()
+
+
 class NoProcess:
     """A worker process that never runs: the driver's side of the pool alone. It holds its pipes'
     ends as a started worker does, so that what the driver sends is written."""

@@ -200,9 +200,7 @@ def cmd_batch(args, to_config: Callable) -> int:
             progress.item(entry)
             failed += not result.ok
     except UserError:  # a damaged style (its targets come first): no item ran
-        for folder in made if not progress.done else ():
-            with contextlib.suppress(OSError):  # only while empty: nothing else is removed
-                folder.rmdir()
+        _remove_if_empty(made, progress.done)
         raise
     except (KeyboardInterrupt, Terminated) as stop:
         # run's records and exit codes ("reason"; 130 or 143), with the count and the way on
@@ -210,9 +208,12 @@ def cmd_batch(args, to_config: Callable) -> int:
         progress.close()
         progress.emit({"event": "cancelled", "reason": "SIGTERM" if term else "SIGINT",
                        "done": progress.done})
+        results.close()  # the workers gone, the folder holds what it will
+        _remove_if_empty(made, progress.done)
+        way_on = ("the manifest lists them, and --resume goes on from there" if progress.done
+                  else "run it again to start")
         print(f"stylefu batch: {'terminated' if term else 'interrupted'} after {progress.done} "
-              "item(s); the manifest lists them, and --resume goes on from there.",
-              file=sys.stderr, flush=True)
+              f"item(s); {way_on}.", file=sys.stderr, flush=True)
         return EXIT_TERMINATED if term else EXIT_CANCELLED
     finally:
         results.close()  # the workers stop now, even when stdout broke (the reader went away)
@@ -224,6 +225,14 @@ def cmd_batch(args, to_config: Callable) -> int:
         print(f"stylefu batch: {progress.done - failed} written, {failed} failed, {len(skipped)} "
               f"skipped; see {manifest_path}", file=sys.stderr, flush=True)
     return EXIT_SOME_FAILED if failed else 0
+
+
+def _remove_if_empty(made: list[Path], done: int) -> None:
+    """The folders this batch made for -o (deepest first), where no item finished: a batch that
+    stopped before its first leaves none (only while empty: nothing else is removed)."""
+    for folder in made if not done else ():
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 # What `stylefu batch` says of a `run` option it does not take (argparse's "unrecognized
