@@ -211,6 +211,24 @@ def test_a_batch_run_again_from_another_folder_finds_its_manifest(tmp_path, phot
         "frame0-styled.png", "frame0.png", "frame1-styled.png", "frame1.png", "manifest.jsonl"]
 
 
+def test_the_config_hash_names_init_and_mask_files_however_spelled(tmp_path, model_path,
+                                                                   monkeypatch):
+    # an --init or --mask spelled otherwise (another folder, absolute) was another config, and
+    # --resume painted every item again
+    from stylefu.core.batch.driver import config_hash
+    from stylefu.core.method.guides import Inverse
+
+    (tmp_path / "in").mkdir()
+    monkeypatch.chdir(tmp_path)
+    relative = config_hash(FAST_CONFIG.with_(init="in/start.png"), model_path,
+                           RunOptions(masks=("in/m.png", Inverse("in/n.png"))))
+    monkeypatch.chdir(tmp_path / "in")
+    assert relative == config_hash(FAST_CONFIG.with_(init=str(tmp_path / "in" / "start.png")),
+                                   model_path, RunOptions(masks=("m.png", Inverse("n.png"))))
+    assert relative != config_hash(FAST_CONFIG.with_(init="start.png"), model_path,
+                                   RunOptions(masks=("n.png", Inverse("m.png"))))
+
+
 def _wait_for_entries(manifest: Path, count: int, proc, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -120,8 +120,14 @@ def config_hash(config: Config, model_path: str | Path, options: RunOptions = Ru
     the model file and the run options. --resume redoes items whose hash differs."""
     from ..io.cache import model_hash
 
+    # The --init and mask files as the files they name (listed_file): the same batch run again
+    # from another folder is the same config.
+    if config.init not in ("content", "noise"):
+        config = replace(config, init=listed_file(config.init))
+    masks = [[type(m).__name__, listed_file(os.fsdecode(getattr(m, "source", m)))]
+             for m in options.masks]
     text = json.dumps({"config": asdict(config), "model": model_hash(model_path),
-                       "options": asdict(options)}, sort_keys=True, default=str)
+                       "options": {**asdict(options), "masks": masks}}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
