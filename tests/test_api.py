@@ -184,6 +184,18 @@ def test_runs_from_threads_at_once_give_the_bytes_each_gives_alone(model_path, i
     assert not np.array_equal(alone[0], alone[2])  # the runs differ: no one result for all
 
 
+def test_help_of_config_says_what_each_field_means():
+    # help(Config) showed names and defaults only; the refusal of an unknown field points there
+    import pydoc
+    import subprocess
+    import sys
+
+    text = pydoc.render_doc(Config, renderer=pydoc.plaintext)
+    assert "size: long side of the result in pixels" in text and "strength: style strength" in text
+    assert subprocess.run([sys.executable, "-OO", "-c", "import stylefu.core.method.config"],
+                          capture_output=True).returncode == 0  # no docstrings: no help added
+
+
 def test_a_picture_a_caller_builds_is_checked_as_an_array_would_be():
     """Picture is public and stylize takes one: 0..255 floats were taken as 0..1 (a white
     result), an HxW array failed inside ("axes don't match"), and its repr printed the pixels."""

@@ -225,6 +225,12 @@ class Config:
         return replace(self, **changes)
 
 
+# help(Config) says what each field means, as `stylefu run --help` does (the signature alone
+# shows names and defaults); none under `python -OO`, which drops docstrings.
+if Config.__doc__:
+    Config.__doc__ += "\n\nFields:\n" + "\n".join(
+        f"    {f.name}: {f.metadata['help']}" for f in fields(Config))
+
 # Fields a run may leave unset (None: the preset's, or chosen from --strength); no other is None.
 OPTIONAL_FIELDS = frozenset(f.name for f in fields(Config) if f.default is None)
 
