@@ -275,6 +275,8 @@ def test_integer_npy_is_refused_with_the_fix(world, capsys):
     np.save(world.root / "floats255.npy", array.astype(np.float32))
     with pytest.raises(UserError, match="divide by 255"):
         load_image(world.root / "floats255.npy")
+    with pytest.raises(UserError, match=r"span -1\.\.1; bring them into 0\.\.1"):  # not "/ 255"
+        load_image(np.linspace(-1, 1, 48 * 64 * 3, dtype=np.float32).reshape(48, 64, 3))
     assert np.array_equal(load_image(array.astype(np.uint8)).rgb * 255,
                           array.astype(np.float32))  # uint8 0..255 is read as 8-bit
 

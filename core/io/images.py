@@ -121,8 +121,10 @@ def _from_array(array: np.ndarray, name: str) -> Picture:
     if not np.isfinite(array).all():
         raise UserError(f"{name} contains NaN or infinite pixel values.")
     if array.max() > FLOAT_RANGE_LIMIT or array.min() < 1 - FLOAT_RANGE_LIMIT:
+        fix = ("divide by 255 (or save as uint8)" if array.max() > FLOAT_RANGE_LIMIT else
+               "bring them into 0..1 (e.g. (values + 1) / 2 for -1..1)")  # negatives: not 0..255
         raise UserError(f"{name}: float pixel values must lie in 0..1, but they span "
-                        f"{array.min():.4g}..{array.max():.4g}; divide by 255 (or save as uint8).")
+                        f"{array.min():.4g}..{array.max():.4g}; {fix}.")
     array = np.clip(array, 0.0, 1.0)
     channels = array.shape[2]
     alpha = array[..., -1].copy() if channels in (2, 4) else None
