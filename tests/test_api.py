@@ -220,28 +220,30 @@ def test_a_picture_a_caller_builds_is_checked_as_an_array_would_be():
 
 
 @pytest.mark.parametrize("engine", ["torch", "onnx"])
-def test_a_progress_kept_past_its_callback_keeps_its_evaluations_pictures(model_path, images,
-                                                                           engine):
-    """A script collecting the Progress objects for an animation: each one's image() and pixels()
-    later are what they were in its callback, on both engines (torch steps its pixels in place)."""
+def test_a_progress_kept_past_its_callback_keeps_its_figures_not_the_pixels(model_path, images,
+                                                                          engine):
+    """A script keeping the Progress objects: on torch each one's image() later showed the last
+    evaluation's pixels (L-BFGS steps them in place), on the torch-free engine each held its
+    evaluation's pixels alive. Now both keep the figures, and image() later says to call it in
+    the callback, where it gives that evaluation's picture."""
     import numpy as np
 
-    from stylefu.core import stylize
+    from stylefu.core import UserError, stylize
 
-    kept, then = [], {}
+    kept, frames = [], []
 
     def collect(p):
         kept.append(p)
-        then[p.evaluation] = (p.image(), np.asarray(p.pixels()))
+        frames.append(p.image())
 
     config = Config(size=48, evaluations=5, levels=1, engine=engine)
     result = stylize(*images, config=config, model=model_path, callback=collect)
     assert [p.evaluation for p in kept] == [1, 2, 3, 4, 5]
-    for p in kept:
-        assert np.array_equal(p.image(), then[p.evaluation][0])
-        assert np.array_equal(np.asarray(p.pixels()), then[p.evaluation][1])
-    assert not np.array_equal(kept[0].image(), kept[-1].image())  # the frames differ
-    assert not np.array_equal(kept[0].image(), result.image)
+    assert all(np.isfinite(p.loss) and p.loss > 0 for p in kept)
+    assert not np.array_equal(frames[0], frames[-1]) and frames[0].shape == result.image.shape
+    for late in (kept[0].image, kept[0].pixels):
+        with pytest.raises(UserError, match=r"work inside the callback, during their evaluation"):
+            late()
 
 
 @pytest.mark.parametrize("engine", ["torch", "onnx"])

@@ -190,11 +190,12 @@ def test_planned_compiled_follows_the_runs_rule(monkeypatch):
                                        (True, pipeline.Level(2, (192, 256), 40, 128), False),
                                        (True, pipeline.Level(1, (96, 128), 40, 0), False)):
         runner.compiled = compiling  # tiled, or under COMPILE_MIN_PIXELS: eager
-        pipeline._reporter(runner, level, 3, seen.append)(*report)
-        assert seen[-1].compiled is expected, level
+        pipeline._reporter(runner, level, 3, lambda p: seen.append(p.compiled))(*report)
+        assert seen[-1] is expected, level
     onnx = OnnxRunner(None, Config(compile="on", engine="onnx"), print)
-    pipeline._reporter(onnx, pipeline.Level(2, (192, 256), 40, 0), 3, seen.append)(*report)
-    assert seen[-1].compiled is False
+    pipeline._reporter(onnx, pipeline.Level(2, (192, 256), 40, 0), 3,
+                       lambda p: seen.append(p.compiled))(*report)
+    assert seen[-1] is False
 
 
 def test_estimate_prices_compiled_levels_with_the_compiled_speed(monkeypatch):

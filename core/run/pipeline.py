@@ -13,7 +13,6 @@ import contextlib
 import functools
 import time
 import traceback
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +50,7 @@ if TYPE_CHECKING:
 @dataclass
 class Progress:
     """What a callback gets at every evaluation; `image()` renders that evaluation's result on
-    request (in the callback, or later from a Progress it kept)."""
+    request, inside the callback (a Progress kept past it keeps its figures only)."""
 
     level: int
     levels: int
@@ -383,20 +382,22 @@ def initial_pixels(runner, start: np.ndarray, level: Level, config: Config):
 
 def _reporter(runner, level: Level, levels: int, callback):
     """The engines' report(evaluation, loss, parts, pixels) as a Progress for `callback`."""
-    def pictures(x):
-        return (lambda: margin.crop(runner.image(x), level.margin)), (lambda: runner.copy(x))
-
     def report(i, total, parts, x):
         if callback is None:
             return
-        image, pixels = pictures(x)
         progress = Progress(level.number, levels, i, level.evaluations, level.picture,
                             float(total), float(parts["content"]), float(parts["style"]),
-                            float(parts["tv"]), image=image, pixels=pixels,
-                            compiled=runner.compiles(level))
+                            float(parts["tv"]),
+                            image=lambda: margin.crop(runner.image(x), level.margin),
+                            pixels=lambda: runner.copy(x), compiled=runner.compiles(level))
         callback(progress)
-        kept = weakref.ref(progress)
-        del progress
-        if kept() is not None:  # the callback kept it: its pictures stay this evaluation's
-            kept().image, kept().pixels = pictures(runner.copy(x))  # (torch steps x in place)
+        # A Progress kept past its callback keeps its figures, not the pixels: torch steps them
+        # in place (a later image() was the last evaluation's), and a copy each would hold every
+        # evaluation's pixels for a script keeping them for a loss curve.
+        progress.image = progress.pixels = _past_its_evaluation
     return report
+
+
+def _past_its_evaluation():
+    raise UserError("Progress.image() and .pixels() work inside the callback, during their "
+                    "evaluation; call them there and keep what they return.")
