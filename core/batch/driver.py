@@ -250,7 +250,7 @@ def check_shared_inputs(items: Sequence[BatchItem], config: Config, options: Run
     written = {}  # each output by its file's name (make_items names its own; the API's may meet)
     for index, item in enumerate(items):
         if item.output is not None:
-            first = written.setdefault(_file_key(Path(item.output)), index)
+            first = written.setdefault(_file_key(Path(listed_file(item.output))), index)
             if first != index:
                 raise UserError(f"Items {first} and {index} would both be written to "
                                 f"{item.output}: give each item its own output.")
