@@ -699,34 +699,33 @@ def cmd_cache(args) -> int:
     """`stylefu cache [status]|prune`: the cache's parts and sizes; least recently used files out."""
     from ..io.cache import (
         LIMIT_ENV,
-        NO_LIMIT_BYTES,
         PARTS,
         cache_entries,
         cache_limit,
+        limit_bytes,
+        limit_mb,
         limit_problem,
         prune_cache,
     )
     from ..io.paths import cache_dir
     from ..method.config import check_number
 
-    def limit_text(limit: int) -> str:
-        return "no limit" if limit >= NO_LIMIT_BYTES else f"limit {limit / 1e6:.0f} MB"
-
     if args.action == "prune":
         if args.max_mb is None and limit_problem():
             say(f"stylefu cache: {limit_problem()}; pruning to the built-in limit.")
         if args.max_mb is not None and args.max_mb != float("inf"):  # inf: as $STYLEFU_CACHE_MAX_MB
             check_number("max_mb", args.max_mb, 0, 1e9, False)
-        limit = cache_limit() if args.max_mb is None else int(min(args.max_mb, 1e12) * 1e6)
+        limit = cache_limit() if args.max_mb is None else limit_bytes(args.max_mb)
         removed, freed = prune_cache(limit, down_to=1.0)
         if args.json:
             print(jsontext.dumps({"folder": str(cache_dir()), "removed_files": removed,
-                                  "freed_mb": round(freed / 1e6, 1),
-                                  "limit_mb": None if limit >= NO_LIMIT_BYTES else
-                                  round(limit / 1e6, 1)}, indent=2))
+                                  "freed_mb": round(freed / 1e6, 1), "limit_mb": limit_mb(limit)},
+                                 indent=2))
         else:
+            mb = limit_mb(limit)
             say(f"stylefu cache: removed {removed} least recently used file(s), "
-                f"{freed / 1e6:.1f} MB, from {cache_dir()} ({limit_text(limit)}).")
+                f"{freed / 1e6:.1f} MB, from {cache_dir()} "
+                f"({'no limit' if mb is None else f'limit {mb:.0f} MB'}).")
         return 0
     if args.max_mb is not None:  # else accepted and ignored
         raise UserError("--max-mb is how far `stylefu cache prune` prunes; `cache status` "
@@ -735,9 +734,7 @@ def cmd_cache(args) -> int:
         say(f"stylefu cache: {limit_problem()}; the limit is the built-in one.")
     entries = cache_entries()
     parts = {part: [e for e in entries if e[2].is_relative_to(cache_dir() / part)] for part in PARTS}
-    limit = cache_limit()
-    figures = {"folder": str(cache_dir()),
-               "limit_mb": None if limit >= NO_LIMIT_BYTES else round(limit / 1e6, 1),
+    figures = {"folder": str(cache_dir()), "limit_mb": limit_mb(cache_limit()),
                "total_mb": round(sum(e[1] for e in entries) / 1e6, 1),
                "parts": {part: {"files": len(found), "mb": round(sum(e[1] for e in found) / 1e6, 1)}
                          for part, found in parts.items()}}

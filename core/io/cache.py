@@ -77,11 +77,21 @@ def limit_problem() -> str | None:
 NO_LIMIT_BYTES = 10 ** 18  # 1e12 MB, what "inf" is: no limit
 
 
+def limit_bytes(mb: float) -> int:
+    """A limit in megabytes (inf: none) as bytes, at most NO_LIMIT_BYTES."""
+    return int(min(mb, NO_LIMIT_BYTES / 1e6) * 1e6)
+
+
+def limit_mb(limit: int) -> float | None:
+    """A limit in bytes as the megabytes a user reads; None for no limit."""
+    return None if limit >= NO_LIMIT_BYTES else round(limit / 1e6, 1)
+
+
 def cache_limit() -> int:
     """The cache's size limit in bytes: $STYLEFU_CACHE_MAX_MB ("inf": none), else MAX_BYTES."""
     if LIMIT_ENV not in os.environ or limit_problem():
         return MAX_BYTES
-    return min(int(min(float(os.environ[LIMIT_ENV]), 1e12) * 1e6), NO_LIMIT_BYTES)
+    return limit_bytes(float(os.environ[LIMIT_ENV]))
 
 
 def cache_entries(root: str | Path | None = None,
