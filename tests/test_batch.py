@@ -400,10 +400,16 @@ def test_an_interrupt_anywhere_in_sending_a_task_leaves_the_pool_able_to_stop(mo
     assert step > 10
 
 
-def test_lost_worker_is_retried_once(tmp_path, photos, model_path):
-    """A worker process killed mid-item: its item runs again on a new worker and succeeds."""
+def test_lost_worker_is_retried_once(tmp_path, photos, model_path, monkeypatch):
+    """A worker process killed mid-item: its item runs again on a new worker and succeeds, and
+    leaves nothing in the temporary folder (it left an empty folder per killed item)."""
     import multiprocessing
+    import tempfile
 
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     paths, styles = photos
     items = [BatchItem(str(p), (str(styles[0]),), str(tmp_path / p.name)) for p in paths[:2]]
     killed = []
@@ -419,6 +425,7 @@ def test_lost_worker_is_retried_once(tmp_path, photos, model_path):
     assert killed
     assert sorted(r.index for r in results) == [0, 1] and all(r.ok for r in results)
     assert max(r.attempts for r in results) == 2
+    assert not list(temporary.iterdir())
 
 
 def test_frames_start_from_the_previous_result(tmp_path, photos, images, model_path):

@@ -6,6 +6,7 @@ other's module at load time."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -147,7 +148,9 @@ def run_item(model, item: BatchItem, config: Config, options: RunOptions,
             if note is not None:
                 note(str(message))
     try:
-        with tempfile.TemporaryDirectory(prefix="stylefu-item-") as tmp:
+        # A folder only for a frame's start: one made for every item is left by a killed worker.
+        with (tempfile.TemporaryDirectory(prefix="stylefu-item-") if init is not None
+              else contextlib.nullcontext()) as tmp:
             run_config = config
             if init is not None:
                 if options.warp and previous_input:
