@@ -1139,6 +1139,29 @@ def test_named_commands_run_as_typed_from_a_clean_path(tmp_path, script):
     assert gimp.returncode == 0 and "--no-check" in gimp.stdout, gimp.stderr
 
 
+def test_a_workers_stylefu_command_is_named_as_the_gimp_user_can_type_it(tmp_path, images):
+    """The worker's sentences name `stylefu export` (a damaged model: "re-create it with ...");
+    GIMP's error box names the recorded environment's stylefu, which is not on PATH."""
+    content, style = images
+    np.save(tmp_path / "style.npy", style)
+    (tmp_path / "model.onnx").write_bytes(b"not a model")
+    settings = installer.plugin_settings("3", sys.executable, tmp_path / "model.onnx")
+    plugin = tmp_path / "stylefu.py"
+    (tmp_path / "stylefu.json").write_text(json.dumps(settings))
+    bridge.begin_run(str(plugin), "stylize")
+    try:
+        with pytest.raises(bridge.BridgeError, match="`stylefu export`") as error:
+            bridge.stylize_layer(ArrayHost(content, [str(tmp_path / "style.npy")]), settings,
+                                 dict(settings["defaults"], size=64))
+        message = bridge.with_log(str(error.value))
+    finally:
+        bridge._log.update(path=None, settings=None)
+    command = named_command(message)
+    assert command == bridge.user_command(settings, ["export"]) != "stylefu export"
+    proc = run_as_typed(command + " --help")
+    assert proc.returncode == 0 and "--weights" in proc.stdout, proc.stderr
+
+
 class DecliningHost(ArrayHost):
     def ask_download(self, question, notice):
         self.calls.append(("ask", question))

@@ -152,7 +152,7 @@ UNSET_SETTINGS = {
 
 LOG_KEEP = 5  # run logs kept in the log folder; older ones are deleted when a run starts
 LOG_PREFIX = "gimp-run-"
-_log = {"path": None}
+_log = {"path": None, "settings": None}
 
 
 def log_dir(settings=None):
@@ -214,6 +214,7 @@ def begin_run(plugin_file, what):
     except BridgeError:
         settings = None
     path = start_log(settings, what)
+    _log["settings"] = settings
     log("%s: plug-in %s, worker %s" % (what, os.path.abspath(plugin_file),
                                       (settings or {}).get("python", "(not set up)")))
     return path
@@ -225,9 +226,19 @@ def log_path():
 
 
 def with_log(message):
-    """An error message for GIMP's error box, naming the run log (one line)."""
+    """An error message for GIMP's error box, naming the run log (one line), its stylefu
+    commands (the worker's words) as this GIMP's user can type them."""
+    message = typeable(message, _log["settings"])
     path = log_path()
     return "%s (see %s)" % (message.rstrip(), path) if path else message
+
+
+def typeable(message, settings):
+    """`message` with each "`stylefu ..." (a worker's words, for a shell where stylefu is on
+    PATH) naming the recorded environment's own stylefu, which a GIMP user's shell lacks."""
+    if not settings or not isinstance(settings.get("python"), str):
+        return message
+    return message.replace("`stylefu ", "`%s " % user_command(settings, []))
 
 
 def _append_log(text):

@@ -604,6 +604,7 @@ class DialogPreview(DialogJob):
     def say(self, fraction, text, status, log=False):
         """The preview's progress, its line and a status sentence; with `log`, the run log's
         path goes into the status's tooltip (in the narrow column it took four lines)."""
+        status = bridge.typeable(status, self.settings)
         self.bar.set_fraction(fraction)
         self.text.set_text(text)
         self.status.set_text(status)
