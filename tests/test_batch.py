@@ -756,9 +756,13 @@ def test_stylize_many_checks_workers_upscale_and_takes_one_mask_alone(tmp_path, 
     for workers in (0, -1, 1.5):
         with pytest.raises(UserError, match=r"^--workers must be a whole number from 1, not "):
             list(stylize_many(items, FAST_CONFIG, model=model_path, workers=workers))
-    with pytest.raises(UserError, match=r"^--upscale must be one of detail, stretch, not 'x'"):
+    with pytest.raises(UserError, match=r"^RunOptions.upscale must be one of detail, stretch, "
+                       "not 'x'"):
         list(stylize_many(items, FAST_CONFIG, model=model_path, workers=1,
                           options=RunOptions(keep_size=True, upscale="x")))
+    with pytest.raises(UserError, match=r"^RunOptions.upscale='stretch' .* keep_size=True"):
+        list(stylize_many(items, FAST_CONFIG, model=model_path, workers=1,
+                          options=RunOptions(upscale="stretch")))  # ignored without a word
     mask = _save(tmp_path / "mask.png", np.ones((48, 64, 3), np.float32))
     results = list(stylize_many(items, FAST_CONFIG, model=model_path, workers=1,
                                 options=RunOptions(masks=str(mask))))

@@ -142,3 +142,5 @@ def test_the_api_keeps_the_contents_size_alpha_and_unmasked_pixels(model_path):
     with pytest.raises(UserError, match="upscale must be one of"):
         stylize(layer, photo("coffee", 64), config=config, model=model_path, keep_size=True,
                 upscale="sharp")
+    with pytest.raises(UserError, match=r"^upscale='stretch' .* give keep_size=True too"):
+        stylize(layer, photo("coffee", 64), config=config, model=model_path, upscale="stretch")

@@ -40,7 +40,7 @@ from ..io.images import OUTPUT_SUFFIXES, check_bits, one_or_many
 from ..io.inputs import expand_inputs, file_id
 from ..method import tiling
 from ..method.config import Config, given_config
-from ..method.fullres import UPSCALE_MODES
+from ..method.fullres import check_upscale
 from ..method.guides import check_mask_count
 from ..method.targets import blend_weights
 from .items import (
@@ -663,9 +663,7 @@ def _stylize_many(items, config, model, workers, ray, options, skip, progress, c
     check_hooks(None if tell.log is notes.to_logger else tell.log, None, "log")
     items = [as_item(i, n) for n, i in enumerate(items)]
     options = replace(options, masks=tuple(one_or_many(options.masks)))  # one mask alone too
-    if options.upscale not in UPSCALE_MODES:  # else an unknown one was taken for one of them
-        raise UserError(f"--upscale must be one of {', '.join(UPSCALE_MODES)}, not "
-                        f"{options.upscale!r}.")
+    check_upscale(options.upscale, options.keep_size, "RunOptions.upscale")
     check_workers(workers)
     skip = set(skip)
     check_shared_inputs(items, config, options)

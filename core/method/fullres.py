@@ -115,6 +115,18 @@ def to_layer_size(painting: np.ndarray, layer: np.ndarray, detail: bool = True) 
 SECONDS_PER_PIXEL = 0.5e-6
 
 
+def check_upscale(upscale: str, keep_size: bool, name: str = "upscale") -> None:
+    """The API's `upscale` (stylize's, RunOptions'): a known mode, and "stretch" only with
+    `keep_size` (without, there is nothing to bring up: it would be ignored without a word)."""
+    from ..errors import UserError
+
+    if upscale not in UPSCALE_MODES:
+        raise UserError(f"{name} must be one of {', '.join(UPSCALE_MODES)}, not {upscale!r}.")
+    if upscale != UPSCALE_MODES[0] and not keep_size:
+        raise UserError(f"{name}={upscale!r} chooses how keep_size brings the result to the "
+                        "content's size; give keep_size=True too, or leave it out.")
+
+
 def upscale_mode(given: str | None, keep_size: bool) -> str:
     """The command line's --upscale (None: not given) as the mode a --keep-size run takes; a
     UserError when it is given without --keep-size, where it would change nothing."""

@@ -36,7 +36,7 @@ from ..io.images import (
 )
 from ..method import balance, color, fullres, guides, margin, tiling
 from ..method.config import Config, given_config
-from ..method.fullres import UPSCALE_MODES
+from ..method.fullres import UPSCALE_MODES, check_upscale
 from ..method.objective import check_finite
 from ..method.targets import blend_weights, load_style, style_array, target_arrays
 from ..network.vgg import MIN_SIDE
@@ -308,8 +308,7 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     config = given_config(config)
     check_hooks(callback, cancel)
     check_hooks(log, None, "log")
-    if upscale not in UPSCALE_MODES:
-        raise UserError(f"upscale must be one of {', '.join(UPSCALE_MODES)}, not {upscale!r}.")
+    check_upscale(upscale, keep_size)
     log = log or notes.to_logger
     content_pic, style_pics, mask_arrays, config, runner, init = _checked_inputs(
         content, style_or_styles, masks, config, keep_size, model, log)
