@@ -54,7 +54,7 @@ def _batch(args: list[str], model: Path, wait: bool = True, **kw):
     if not wait:
         return subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, **kw)
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, **kw)
+    return subprocess.run(command, capture_output=True, text=True, **{"timeout": 300, **kw})
 
 
 def _lines(manifest: Path) -> list[dict]:
@@ -480,12 +480,72 @@ def test_a_ray_client_address_without_rays_client_is_one_sentence(tmp_path, phot
     assert not (tmp_path / "out").exists()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_address_nothing_answers_is_one_sentence_at_once(tmp_path, photos, model_path):
+    # Ray tried it for minutes, printing its C++ log's lines, then "Cannot reach"
+    paths, styles = photos
+    for address in (f"127.0.0.1:{_free_port()}", f"ray://localhost:{_free_port()}"):
+        done = _batch([paths[0], "--style", styles[0], "-o", tmp_path / "out", "--ray", address],
+                      model_path, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.splitlines()[-1] == (
+            f"stylefu: error: Cannot reach the Ray cluster at {address} (Connection refused); "
+            "start it with `ray start --head` there, check the address, or give --ray without an "
+            "address.")
+        assert not (tmp_path / "out").exists()
+
+
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'stylefu[ray]')")
+
+
+def test_batches_beside_a_cluster_started_with_ray_start(tmp_path, photos, model_path):
+    """`ray start --head` (Ray 2.59+: a cluster that checks a token): --ray at its address (Ray
+    sent no token to an address: "Cannot reach" after a minute of retries), and --ray alone
+    beside it (Ray joined that cluster, or a stale record of one, then refused the local
+    cluster's num_cpus: an internal error)."""
+    import shutil
+    import socket
+    import tempfile
+
+    paths, styles = photos
+    ray_dir = tempfile.mkdtemp(prefix="sf-ray-", dir="/tmp")  # short: Ray's sockets live in it
+    env = dict(os.environ, RAY_TMPDIR=ray_dir)
+    port = _free_port()
+    head = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
+         f"--port={port}", "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert head.poll() is None and time.monotonic() < deadline, "no Ray head"
+                time.sleep(0.2)
+        for name, address in (("at", [f"127.0.0.1:{port}"]), ("beside", [])):
+            done = _batch([paths[0], "--style", styles[0], "-o", tmp_path / name, "--ray",
+                           *address], model_path, env=env)
+            assert done.returncode == 0, done.stderr
+            assert _outputs(tmp_path / name) == {paths[0].name}
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)  # the head and its cluster's processes
+        head.wait()
+        shutil.rmtree(ray_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
     yield
     ray.shutdown()
 

@@ -668,6 +668,10 @@ def _stylize_many(items, config, model, workers, ray, options, skip, progress, c
     skip = set(skip)
     check_shared_inputs(items, config, options)
     in_ray = ray is not None and ray is not False
+    if in_ray:
+        from .ray_pool import check_reachable
+
+        check_reachable(ray)
     loaded, device = load_driver_model(model, config, options.frames, in_ray)
     if model_kind(model):  # load_model's: the workers load its file for its engine and device
         config = replace(config, engine=resolve_engine(config.engine, loaded), device=device)

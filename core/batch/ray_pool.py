@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,8 +40,26 @@ from .items import (
     worker_threads,
 )
 
+REACH_S = 10.0  # how long a cluster's address may take to answer a connection
 WAIT_S = 0.2  # how often the driver looks at the cancel token (and progress) while tasks run
 PROGRESS_EVERY_S = 0.25  # a task sends at most this often a progress record (and each level's last)
+
+
+def check_reachable(address) -> None:
+    """A cluster's address (HOST:PORT, ray://HOST:PORT) takes a TCP connection within REACH_S:
+    Ray itself tries an unreachable one for minutes, printing its C++ log's lines meanwhile."""
+    ray = sys.modules.get("ray")
+    if not isinstance(address, str) or (ray is not None and ray.is_initialized()):
+        return  # a local cluster, or the script's own connection (which the address would not change)
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon or not host or not port.isdigit():
+        return  # "auto", a bare host: Ray's own words for what it makes of them
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_S).close()
+    except OSError as exc:
+        raise UserError(f"Cannot reach the Ray cluster at {address} "
+                        f"({exc.strerror or 'no answer'}); start it with `ray start --head` "
+                        "there, check the address, or give --ray without an address.") from None
 
 
 def _import_ray():
@@ -59,11 +79,27 @@ class _QuietTokenNotice(logging.Filter):
         return not record.getMessage().startswith("Token authentication is enabled for this")
 
 
+def _send_token_if_any() -> None:
+    """Ray 2.59+ clusters (`ray start --head`) check a token, which Ray's driver sends to a given
+    address only in token mode (else "Authentication token is missing", retried for a minute),
+    though it takes that mode itself for a cluster it starts when a token exists: so does this,
+    with Ray's own step (a cluster without the check takes a driver that sends one)."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available as enable,
+        )
+    except ImportError:  # another Ray: its own rules
+        return
+    enable(warn_if_disabled=False)
+
+
 def _start_ray(ray, **options) -> None:
     notices = logging.getLogger("ray._private.authentication.authentication_token_setup")
     quiet = _QuietTokenNotice()
     notices.addFilter(quiet)
     try:
+        if options["address"] != "local":
+            _send_token_if_any()
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **options)
     finally:
         notices.removeFilter(quiet)
@@ -189,7 +225,10 @@ def run_ray(work, config: Config, model_path, device: str, options: RunOptions,
     if started_here:
         local = address in (True, "local", "")
         try:
-            _start_ray(ray, **({"num_cpus": usable_cores()} if local else {"address": address}))
+            # "local": a new cluster, even where `ray start` ran (Ray would join its cluster, or
+            # a stale record of one, and refuse num_cpus there)
+            _start_ray(ray, **({"address": "local", "num_cpus": usable_cores()} if local
+                               else {"address": address}))
         except ConnectionError as exc:
             raise UserError(f"Cannot reach the Ray cluster at {address} ({exc}); start it with "
                             "`ray start --head` or give --ray without an address.") from None
