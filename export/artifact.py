@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +162,10 @@ def export(weights: str = "random", output: str | Path | None = None, *, seed: i
     except OSError:
         raise UserError(f"Cannot create the folder {output.parent}; choose another -o.") from None
     check_output_path(output, "-o", example="model.onnx")
+    if output.is_file() and Path(weights).expanduser().is_file() and \
+            os.path.samefile(Path(weights).expanduser(), output):
+        raise UserError(f"-o {output} is the weights file itself, which the model would replace; "
+                        "choose another -o.")
     if gradient:  # its name is 34 bytes longer than -o's: found after writing the model, else
         check_output_path(sibling_path(output, CONTENT_LAYER, sha256="0" * 64),
                           "-o (the gradient graph beside it)")

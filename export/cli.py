@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 from stylefu.core import jsontext
+from stylefu.core.cli.exits import finished_once
 from stylefu.core.cli.main import _watch_stdin, say, weights_note
 from stylefu.core.errors import Cancelled
 from stylefu.core.io.paths import default_model_path
@@ -49,6 +50,7 @@ def cmd_export(args) -> int:
     cancel = threading.Event()
     if args.watch_stdin:
         _watch_stdin(cancel)
+    finished_once(output)  # a signal once the model is in place: too late (its graph follows)
     names = fetch.parse_sources(args.weights)
     if len(names) > 1:
         from stylefu.core.engines import torch_installed

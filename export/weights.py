@@ -211,6 +211,21 @@ def _progress_bar(name: str, done: int, total: int) -> None:
     sys.stderr.flush()
 
 
+def _first_bytes(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(8)
+
+
+def _not_a_checkpoint(path: Path) -> str:
+    """Why `path` is no checkpoint torch can read: a file of a kind users mistake for one named."""
+    kind = ("an HDF5 file (Keras weights)" if _first_bytes(path).startswith(b"\x89HDF") else
+            "an ONNX model" if path.suffix.lower() == ".onnx" else None)
+    if kind is None:
+        return f"{path} is not a readable checkpoint (truncated or wrong format)."
+    return (f"{path} is {kind}, not a checkpoint: --weights takes a .pth or .safetensors file "
+            "with torchvision's key names (features.N.weight).")
+
+
 def load_checkpoint(path: Path) -> dict[str, np.ndarray]:
     """Read a `.pth` (never unpickling code) or `.safetensors` file into numpy arrays."""
     import torch
@@ -226,10 +241,12 @@ def load_checkpoint(path: Path) -> dict[str, np.ndarray]:
                         "pip install safetensors.") from None
     except Exception as exc:
         text = str(exc)
-        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+        if "Unsupported global" in text or "GLOBAL" in text or (
+                "Weights only load failed" in text and _first_bytes(path).startswith(b"\x80")):
+            # a pickle (its protocol byte first) torch's safe reader refused: objects, code
             raise UserError(f"{path} contains pickled code, which stylefu refuses to run; "
                             "use a checkpoint that holds only tensors.") from None
-        raise UserError(f"{path} is not a readable checkpoint (truncated or wrong format).") from None
+        raise UserError(_not_a_checkpoint(path)) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -238,11 +255,12 @@ def load_checkpoint(path: Path) -> dict[str, np.ndarray]:
 
 
 def detect_architecture(state: dict[str, np.ndarray]) -> str:
-    """The architecture whose torchvision key for conv5_1 holds a 512x512 kernel (VGG19: features.28,
-    VGG16: features.24); VGG19 when neither does (select_convs then names what is missing)."""
+    """The architecture whose every convolution up to conv5_1 is in `state` at its torchvision
+    key with its shape (conv5_1's key alone cannot tell: a whole VGG16's conv5_3 is VGG19's
+    conv5_1, features.28, 512x512); VGG19 when none is (select_convs then names what is missing)."""
     for name, arch in ARCHITECTURES.items():
-        key = f"features.{arch.torchvision_index['conv5_1']}.weight"
-        if key in state and tuple(np.shape(state[key])) == (512, 512, 3, 3):
+        if all(tuple(np.shape(state.get(f"features.{arch.torchvision_index[conv]}.weight", ())))
+               == (cout, cin, 3, 3) for conv, cin, cout in arch.convs):
             return name
     return DEFAULT_ARCHITECTURE
 
@@ -256,6 +274,9 @@ def check_shapes(tensors: dict[str, np.ndarray], arch: Architecture, origin: str
                 found = "missing" if array is None else f"shape {tuple(array.shape)}"
                 raise UserError(f"{origin}: {name}.{part} is {found}, expected {shape}; "
                                 f"it is not {arch.name.upper()}.")
+            if not np.isfinite(array).all():  # else "Verification failed ... {'relu1_1': inf}"
+                raise UserError(f"{origin}: {name}.{part} holds NaN or infinite values; these "
+                                "weights are damaged.")
 
 
 def select_convs(state: dict[str, np.ndarray], origin: str, arch: str = DEFAULT_ARCHITECTURE

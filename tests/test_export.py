@@ -141,10 +141,19 @@ def bad_checkpoints(tmp_path):
     cases["evil"] = (tmp_path / "evil.pth", "pickled code")
     (tmp_path / "cut.pth").write_bytes(make_checkpoint()[:5000])
     cases["truncated"] = (tmp_path / "cut.pth", "not a readable checkpoint")
+    # Files of other kinds were "pickled code, which stylefu refuses to run"; NaN weights failed
+    # the verification with a dict of inf.
+    (tmp_path / "keras.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(500))
+    cases["hdf5"] = (tmp_path / "keras.h5", "is an HDF5 file")
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x08\x12\x07stylefu" + bytes(500))
+    cases["onnx"] = (tmp_path / "model.onnx", "is an ONNX model, not a checkpoint")
+    state["features.0.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pth")
+    cases["nan"] = (tmp_path / "nan.pth", "conv1_1.weight holds NaN or infinite values")
     return cases
 
 
-@pytest.mark.parametrize("case", ["missing", "shape", "evil", "truncated"])
+@pytest.mark.parametrize("case", ["missing", "shape", "evil", "truncated", "hdf5", "onnx", "nan"])
 def test_bad_checkpoints_are_refused_cleanly(tmp_path, case, capsys):
     path, message = bad_checkpoints(tmp_path)[case]
     out = tmp_path / "out" / "model.onnx"
@@ -156,6 +165,38 @@ def test_bad_checkpoints_are_refused_cleanly(tmp_path, case, capsys):
     assert "this pickle runs code" not in capsys.readouterr().out
     assert not out.exists()
     assert not out.parent.exists() or not list(out.parent.iterdir())  # no temporary left behind
+
+
+def test_a_whole_checkpoint_is_read_as_its_own_network(tmp_path):
+    """torchvision's whole VGG16 (the file `export --arch vgg16` downloads) was taken for VGG19
+    by its conv5_3, which sits at VGG19's conv5_1 key (features.28) with its shape, then refused
+    ("has no 'features.16.weight'")."""
+    from stylefu.core.network.vgg import ARCHITECTURES
+    from stylefu.export.weights import detect_architecture, select_convs
+
+    beyond = {"vgg16": (26, 28), "vgg19": (30, 32, 34)}  # conv5_2 onwards: past what is exported
+    for arch, table in ARCHITECTURES.items():
+        state = {}
+        for name, cin, cout in table.convs:
+            index = table.torchvision_index[name]
+            state[f"features.{index}.weight"] = np.zeros((cout, cin, 3, 3), np.float32)
+            state[f"features.{index}.bias"] = np.zeros(cout, np.float32)
+        assert detect_architecture(state) == arch  # cut at conv5_1
+        for index in beyond[arch]:
+            state[f"features.{index}.weight"] = np.zeros((512, 512, 3, 3), np.float32)
+            state[f"features.{index}.bias"] = np.zeros(512, np.float32)
+        assert detect_architecture(state) == arch  # whole
+        assert len(select_convs(state, "w.pth", detect_architecture(state))) == 2 * len(table.convs)
+
+
+def test_export_refuses_to_write_over_its_own_weights(tmp_path):
+    # the checkpoint was replaced by the model, exit 0
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(make_checkpoint())
+    before = weights.read_bytes()
+    with pytest.raises(UserError, match="is the weights file itself"):
+        export(str(weights), weights, progress=False)
+    assert weights.read_bytes() == before
 
 
 def test_not_a_stylefu_artifact(tmp_path):

@@ -336,6 +336,33 @@ def test_a_signal_once_the_output_is_in_place_is_too_late_to_cancel_the_run(
                                                                  "style.png"]
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_once_the_exported_model_is_in_place_is_too_late(tmp_path, capsys, monkeypatch,
+                                                                   signum):
+    """`stylefu export` stopped by a signal as its gradient graph followed the model into place:
+    130/143 and "interrupted" with the new model in place (the old one's graph beside it). Now,
+    as for a run, the export is done once its model is: it ends 0 with both written."""
+    import onnx
+
+    from stylefu.core.engines.onnx.gradient import sibling_path
+    from stylefu.core.network.vgg import CONTENT_LAYER, read_artifact
+
+    output = tmp_path / "model.onnx"
+    save = onnx.save
+
+    def saved(model, path, *args, **kwargs):  # the signal as the gradient graph is written
+        if output.exists() and ".gradient-" in str(path):
+            os.kill(os.getpid(), signum)
+        return save(model, path, *args, **kwargs)
+
+    monkeypatch.setattr(onnx, "save", saved)
+    outcome = cli(capsys, "export", "--weights", "random", "--seed", "3", "--arch", "vgg16",
+                  "-o", output, "--progress", "json")
+    assert outcome.code == 0 and strict_records(outcome.out)[-1]["event"] == "result", outcome
+    assert read_artifact(output)[0].weights_source.startswith("random")
+    assert sibling_path(output, CONTENT_LAYER, contents=output).is_file()
+
+
 def test_a_ctrl_c_as_the_program_starts_is_reported_without_a_traceback(world):
     """A Ctrl-C while `stylefu` imported its modules (numpy, Pillow, the pipeline: a few tenths
     of a second) printed Python's traceback. The installed program (its console-script entry
