@@ -211,6 +211,9 @@ def test_not_a_stylefu_artifact(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not onnx at all")
     with pytest.raises(UserError, match="not a readable ONNX"):
         load_torch_model(tmp_path / "junk.onnx")
+    (tmp_path / "empty.onnx").write_bytes(b"")  # was "an ONNX file but not a stylefu model"
+    with pytest.raises(UserError, match=r"empty.onnx is empty \(0 bytes\)"):
+        load_torch_model(tmp_path / "empty.onnx")
 
 
 def test_a_vgg16_default_model_is_found_and_info_says_its_network(random16_model_path, images,

@@ -227,7 +227,8 @@ def _stdout_gone(exc: OSError) -> bool:
 def weights_note(info) -> str:
     """The artifact's weights for a log line (`info`: an ArtifactInfo), flagging random ones."""
     if info.is_random:
-        return f"{info.weights_source}: RANDOM weights, a weak effect; run `stylefu export` for real ones"
+        return (f"{info.weights_source}: RANDOM weights, a weak effect; run `stylefu export "
+                "--weights auto` for trained ones")
     return info.weights_source
 
 

@@ -137,6 +137,9 @@ def _read_onnx(path: Path):
 
     if not path.is_file():
         raise UserError(f"Model file {path} does not exist; create it with `stylefu export`.")
+    if path.stat().st_size == 0:  # else parsed as an ONNX file without stylefu's metadata
+        raise UserError(f"Model file {path} is empty (0 bytes); re-create it with "
+                        "`stylefu export`.")
     try:
         return onnx.load(str(path))
     except Exception as exc:
