@@ -9,7 +9,7 @@ from pathlib import Path
 from stylefu.core import jsontext
 from stylefu.core.cli.exits import finished_once
 from stylefu.core.cli.main import _watch_stdin, say, weights_note
-from stylefu.core.errors import Cancelled
+from stylefu.core.errors import Cancelled, UserError
 from stylefu.core.io.paths import default_model_path
 from stylefu.core.method.config import NUMBER_RANGES, check_number
 from stylefu.core.network.vgg import ARCHITECTURES, PREPROCESSING, read_artifact
@@ -33,7 +33,11 @@ def _readable(path: Path):
 
 
 def cmd_export(args) -> int:
-    check_number("seed", args.seed, *NUMBER_RANGES["seed"])  # as for a run's --seed
+    if args.seed is not None:
+        check_number("seed", args.seed, *NUMBER_RANGES["seed"])  # as for a run's --seed
+        if "random" not in fetch.parse_sources(args.weights):  # else taken and ignored
+            raise UserError("--seed chooses --weights random's weights; leave it out for "
+                            f"--weights {args.weights}.")
     as_json = args.progress == "json"
 
     def emit(record: dict) -> None:
@@ -76,7 +80,7 @@ def cmd_export(args) -> int:
                       "done_mb": round(done / 1e6, 1), "total_mb": round(total / 1e6, 1),
                       **source.describe()})
         progress = downloaded if as_json else args.progress == "bar"
-        return export(name, output, seed=args.seed, pooling=args.pooling,
+        return export(name, output, seed=args.seed or 0, pooling=args.pooling,
                       preprocessing=args.preprocessing, arch=args.arch, gradient=True,
                       progress=progress)
 
@@ -118,7 +122,8 @@ def add_export_parser(sub) -> None:
     exp.add_argument("--arch", choices=tuple(ARCHITECTURES), default=None,
                      help="network: vgg19 or vgg16 (default: the weights' own; vgg19 for "
                      "torchvision, caffe and random)")
-    exp.add_argument("--seed", type=int, default=0, help="seed for --weights random (default: 0)")
+    exp.add_argument("--seed", type=int, default=None,
+                     help="seed for --weights random (default: 0)")
     exp.add_argument("--pooling", choices=("avg", "max"), default="avg",
                      help="pooling between blocks: avg (the paper's advice) or max (VGG's own) "
                      "(default: avg)")

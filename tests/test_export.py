@@ -199,6 +199,15 @@ def test_export_refuses_to_write_over_its_own_weights(tmp_path):
     assert weights.read_bytes() == before
 
 
+def test_a_seed_for_weights_that_take_none_is_refused(tmp_path, capsys):
+    # taken and ignored: `--weights w.pth --seed 5` wrote w.pth's model
+    code = main(["export", "--weights", str(tmp_path / "w.pth"), "--seed", "5",
+                 "-o", str(tmp_path / "m.onnx")])
+    assert code == 2 and capsys.readouterr().err == (
+        f"stylefu: error: --seed chooses --weights random's weights; leave it out for --weights "
+        f"{tmp_path / 'w.pth'}.\n")
+
+
 def test_not_a_stylefu_artifact(tmp_path):
     from onnx import TensorProto, helper
 
