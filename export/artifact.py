@@ -9,7 +9,7 @@ import numpy as np
 
 from stylefu.core.engines.onnx.gradient import build_gradient_graph, remove_stale_siblings, sibling_path
 from stylefu.core.errors import UserError
-from stylefu.core.io.files import atomic_write, check_output_path
+from stylefu.core.io.files import atomic_write, check_output_path, missing_folders, remove_empty
 from stylefu.core.io.paths import default_model_path
 from stylefu.core.network import artifact_meta
 from stylefu.core.network.vgg import CONTENT_LAYER, EXPORTED_LAYERS, PREPROCESSING, architecture
@@ -150,17 +150,29 @@ def export(weights: str = "random", output: str | Path | None = None, *, seed: i
     `gradient`: also write the torch-free engine's gradient graph beside it
     (core/engines/onnx/gradient.py; else it is made on first use, in the cache).
     """
-    import onnx
-
     if pooling not in POOLINGS:
         raise UserError(f"--pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}.")
     if preprocessing is not None and preprocessing not in PREPROCESSING:
         raise UserError(f"--preprocessing must be one of {', '.join(PREPROCESSING)}.")
     output = Path(output) if output else default_model_path()
+    made = missing_folders(output.parent)
     try:  # -o checked before the weights' download (550 MB) and the graph's build
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError:
         raise UserError(f"Cannot create the folder {output.parent}; choose another -o.") from None
+    try:
+        return _export(weights, output, seed, pooling, preprocessing, timeout, progress, arch,
+                       gradient)
+    except BaseException:  # a failed or cancelled export leaves no folder it made
+        remove_empty(made)
+        raise
+
+
+def _export(weights, output: Path, seed, pooling, preprocessing, timeout, progress, arch,
+            gradient) -> tuple[Path, dict[str, float]]:
+    """export()'s work once -o's folder is there."""
+    import onnx
+
     check_output_path(output, "-o", example="model.onnx")
     if output.is_file() and Path(weights).expanduser().is_file() and \
             os.path.samefile(Path(weights).expanduser(), output):

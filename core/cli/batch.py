@@ -8,7 +8,6 @@ is in the manifest with its message), 2 for a user's error before any work, 130 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from ..batch.driver import (
 )
 from ..engines.steps import check_workers
 from ..errors import UserError
-from ..io.files import check_writable_folder
+from ..io.files import check_writable_folder, missing_folders, remove_empty
 from ..io.inputs import expand_inputs, listed_outputs, set_kind
 from .bar import bar_line, clear_line, columns
 from .exits import EXIT_CANCELLED, EXIT_SOME_FAILED, EXIT_TERMINATED, Terminated
@@ -163,7 +162,7 @@ def cmd_batch(args, to_config: Callable) -> int:
     from ..engines import load_driver_model
     # A missing model ends here, before any folder.
     model, _ = load_driver_model(args.model, config, args.frames, args.ray is not None)
-    made = [p for p in (outdir, *outdir.parents) if not p.exists()]  # deepest first
+    made = missing_folders(outdir)  # removed again where no item finishes
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -200,7 +199,7 @@ def cmd_batch(args, to_config: Callable) -> int:
             progress.item(entry)
             failed += not result.ok
     except UserError:  # a damaged style (its targets come first): no item ran
-        _remove_if_empty(made, progress.done)
+        remove_empty(made if not progress.done else [])
         raise
     except (KeyboardInterrupt, Terminated) as stop:
         # run's records and exit codes ("reason"; 130 or 143), with the count and the way on
@@ -209,7 +208,7 @@ def cmd_batch(args, to_config: Callable) -> int:
         progress.emit({"event": "cancelled", "reason": "SIGTERM" if term else "SIGINT",
                        "done": progress.done})
         results.close()  # the workers gone, the folder holds what it will
-        _remove_if_empty(made, progress.done)
+        remove_empty(made if not progress.done else [])
         way_on = ("the manifest lists them, and --resume goes on from there" if progress.done
                   else "run it again to start")
         print(f"stylefu batch: {'terminated' if term else 'interrupted'} after {progress.done} "
@@ -225,14 +224,6 @@ def cmd_batch(args, to_config: Callable) -> int:
         print(f"stylefu batch: {progress.done - failed} written, {failed} failed, {len(skipped)} "
               f"skipped; see {manifest_path}", file=sys.stderr, flush=True)
     return EXIT_SOME_FAILED if failed else 0
-
-
-def _remove_if_empty(made: list[Path], done: int) -> None:
-    """The folders this batch made for -o (deepest first), where no item finished: a batch that
-    stopped before its first leaves none (only while empty: nothing else is removed)."""
-    for folder in made if not done else ():
-        with contextlib.suppress(OSError):
-            folder.rmdir()
 
 
 # What `stylefu batch` says of a `run` option it does not take (argparse's "unrecognized

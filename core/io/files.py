@@ -3,6 +3,7 @@ an input or output path really is (a folder, a link loop, a device...) for one-s
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -182,6 +183,19 @@ def path_kind(path: str | Path) -> str:
         if test(mode):
             return kind
     return "not a regular file"
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first: what making it
+    makes (for remove_empty when the command that made them fails)."""
+    return [p for p in (folder, *folder.parents) if not p.exists()]
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Each of `folders` (deepest first) while it is empty: nothing else is removed."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def check_input_file(path: str | Path, what: str = "Image file") -> Path:
