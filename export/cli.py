@@ -9,6 +9,7 @@ from pathlib import Path
 from stylefu.core import jsontext
 from stylefu.core.cli.exits import finished_once
 from stylefu.core.cli.main import _watch_stdin, say, weights_note
+from stylefu.core.engines import torch_installed
 from stylefu.core.errors import Cancelled, UserError
 from stylefu.core.io.paths import default_model_path
 from stylefu.core.method.config import NUMBER_RANGES, check_number
@@ -56,9 +57,9 @@ def cmd_export(args) -> int:
         _watch_stdin(cancel)
     finished_once(output)  # a signal once the model is in place: too late (its graph follows)
     names = fetch.parse_sources(args.weights)
-    if len(names) > 1:
-        from stylefu.core.engines import torch_installed
-
+    if len(names) == 1:
+        fetch.check_readable(names[0], torch_installed())
+    else:
         usable = fetch.usable(names, torch_installed())
         for name in names:
             if name not in usable:

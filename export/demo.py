@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from stylefu.core.cli.main import say
+from stylefu.core.engines import torch_installed
 from stylefu.core.errors import UserError
 from stylefu.core.io.demo import TRAINED_SOURCE, demo_photo, demo_style, describe_weights, side_by_side
 from stylefu.core.io.files import check_writable_folder, identity, path_kind
 from stylefu.core.io.images import save_image
-from stylefu.core.io.paths import cache_dir, default_model_path
+from stylefu.core.io.paths import MAKE_MODEL, cache_dir, default_model_path
 from stylefu.core.method.config import Config
 from stylefu.core.run.pipeline import stylize
 
@@ -34,11 +35,13 @@ def demo_model(progress=print) -> Path:
     if installed.is_file():
         progress(f"Using the installed model {installed}.")
         return installed
-    try:
-        progress("No model installed yet: fetching the official VGG19 weights (548 MB) once...")
-        return export("torchvision", installed, timeout=5)[0]
-    except UserError as exc:
-        progress(f"Official VGG19 weights unavailable ({exc})")
+    if torch_installed():  # (the light install cannot read their .pth: not 548 MB for nothing)
+        try:
+            progress("No model installed yet: fetching the official VGG19 weights (548 MB) "
+                     "once...")
+            return export("torchvision", installed, timeout=5)[0]
+        except UserError as exc:
+            progress(f"Official VGG19 weights unavailable ({exc})")
     trained = cache_dir() / DEMO_TRAINED_MODEL
     try:
         if not trained.is_file():
@@ -54,7 +57,7 @@ def demo_model(progress=print) -> Path:
     if not fallback.is_file():
         export("random", fallback, seed=0, progress=False)
     progress("Using RANDOM weights (seed 0): random features only shift colours, they do not "
-             "paint. Run `stylefu export` when online.")
+             f"paint. Run {MAKE_MODEL} when online.")
     return fallback
 
 

@@ -51,12 +51,14 @@ def describe_source(name: str) -> Source:
                       "the Python package index", False)
     if name == RANDOM_PREFIX:
         return Source(name, "random weights (they only shift colours)", 0, "this computer", False)
-    return Source(name, f"the weights file {name}", 0, "this computer", True)
+    return Source(name, f"the weights file {name}", 0, "this computer",
+                  not name.endswith(".safetensors"))
 
 
 def parse_sources(text: str) -> list[str]:
     """`--weights`: one source, `auto` (MODEL_SOURCES), or several separated by commas."""
-    names = list(MODEL_SOURCES) if text == AUTO else [n.strip() for n in text.split(",") if n.strip()]
+    names = [source for n in text.split(",") if n.strip()
+             for source in (MODEL_SOURCES if n.strip() == AUTO else (n.strip(),))]
     if not names:
         raise UserError("--weights is empty; give a source such as torchvision, or auto.")
     return names
@@ -65,6 +67,14 @@ def parse_sources(text: str) -> list[str]:
 def usable(sources: list[str], torch_installed: bool) -> list[str]:
     """The sources this environment can read: without torch, no `.pth` checkpoints."""
     return [n for n in sources if torch_installed or not describe_source(n).needs_torch]
+
+
+def check_readable(source: str, torch_installed: bool) -> None:
+    """A lone `--weights` source this environment can read (else a 548 MB download first)."""
+    if not usable([source], torch_installed):
+        raise UserError(f"--weights {source} reads a .pth checkpoint, which needs torch, and this "
+                        f"install has none (the light install): use --weights {AUTO} (it takes "
+                        f"{TRAINED_SOURCE} here), or a .safetensors file.")
 
 
 def first_that_works(sources: list[str], make, log=None) -> tuple[object, str]:

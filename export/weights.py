@@ -258,18 +258,27 @@ def _not_a_checkpoint(path: Path) -> str:
 
 
 def load_checkpoint(path: Path) -> dict[str, np.ndarray]:
-    """Read a `.pth` (never unpickling code) or `.safetensors` file into numpy arrays."""
-    import torch
-
+    """Read a `.pth` (never unpickling code) or `.safetensors` file into numpy arrays; only the
+    `.pth` needs torch (the light install reads `.safetensors` with the safetensors package)."""
     check_input_file(path, "Weights file")  # a FIFO or device would block the read
-    try:
-        if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors":
+        try:
             from safetensors.numpy import load_file
+        except ImportError:
+            raise UserError("Reading .safetensors needs the safetensors package: "
+                            "pip install safetensors.") from None
+        try:
             return dict(load_file(str(path)))
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            raise UserError(_not_a_checkpoint(path)) from None
+    try:
+        import torch
     except ImportError:
-        raise UserError("Reading .safetensors needs the safetensors package: "
-                        "pip install safetensors.") from None
+        raise UserError(f"Reading {path} (a .pth checkpoint) needs torch, which this install "
+                        "does not have (the light install); save the weights as .safetensors, "
+                        "or use --weights auto.") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         text = str(exc)
         if "Unsupported global" in text or "GLOBAL" in text or (

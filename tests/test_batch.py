@@ -502,7 +502,7 @@ def test_an_address_nothing_answers_is_one_sentence_at_once(tmp_path, photos, mo
         assert not (tmp_path / "out").exists()
 
 
-ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'stylefu[ray]')")
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install ray)")
 
 
 def test_batches_beside_a_cluster_started_with_ray_start(tmp_path, photos, model_path):

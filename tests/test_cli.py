@@ -460,7 +460,7 @@ def test_info_with_a_wrong_model_path_says_so(tmp_path, capsys):
     missing = tmp_path / "typo.onnx"
     assert main(["info", "--model", str(missing), "--json"]) == 0
     weights = json.loads(capsys.readouterr().out)["weights"]
-    assert "is not there" in weights and f"stylefu export -o {missing}" in weights
+    assert "is not there" in weights and f"stylefu export --weights auto -o {missing}" in weights
     assert main(["info", "--model", str(tmp_path), "--json"]) == 0
     assert "is a folder, not a model file" in json.loads(capsys.readouterr().out)["weights"]
 

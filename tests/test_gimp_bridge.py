@@ -1150,14 +1150,15 @@ def test_a_workers_stylefu_command_is_named_as_the_gimp_user_can_type_it(tmp_pat
     (tmp_path / "stylefu.json").write_text(json.dumps(settings))
     bridge.begin_run(str(plugin), "stylize")
     try:
-        with pytest.raises(bridge.BridgeError, match="`stylefu export`") as error:
+        with pytest.raises(bridge.BridgeError, match="`stylefu export --weights auto`") as error:
             bridge.stylize_layer(ArrayHost(content, [str(tmp_path / "style.npy")]), settings,
                                  dict(settings["defaults"], size=64))
         message = bridge.with_log(str(error.value))
     finally:
         bridge._log.update(path=None, settings=None)
     command = named_command(message)
-    assert command == bridge.user_command(settings, ["export"]) != "stylefu export"
+    assert command == bridge.user_command(settings, ["export", "--weights", "auto"])
+    assert not command.startswith("stylefu ")
     proc = run_as_typed(command + " --help")
     assert proc.returncode == 0 and "--weights" in proc.stdout, proc.stderr
 

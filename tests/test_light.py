@@ -262,3 +262,32 @@ def test_onnx_tiles_do_not_drift_apart(model_path):
     assert runs[0][0] < 0.25 * runs[0][1]
     assert gap < 0.3 * change
     assert loss < 2.5 * runs[0][2]
+
+
+def _stylefu_without_torch(*args) -> subprocess.CompletedProcess:
+    """`stylefu ARGS` where torch cannot be imported (the light install, or torch hidden)."""
+    code = HIDE_TORCH + "import sys; from stylefu.core.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_what_needs_torch_is_one_sentence_without_it(model_path, pictures, tmp_path):
+    """Without torch: `export --weights x.pth` was an internal error (ModuleNotFoundError), plain
+    `export` (torchvision) downloaded 548 MB first, `--device cuda` was an internal error (torch's
+    memory query), and a missing model's sentence named `stylefu export`, which needs torch."""
+    (tmp_path / "w.pth").write_bytes(b"\x80\x02}q\x00.")
+    for weights in (tmp_path / "w.pth", "torchvision"):
+        done = _stylefu_without_torch("export", "--weights", weights, "-o", tmp_path / "m.onnx")
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert f"--weights {weights} reads a .pth checkpoint, which needs torch" in done.stderr
+        assert "use --weights auto" in done.stderr
+    content, style = pictures
+    if not os.path.exists("/dev/nvidia0"):  # a GPU with onnxruntime-gpu runs it
+        done = _stylefu_without_torch("run", content, style, "-o", tmp_path / "o.png", "--model",
+                                      model_path, "--size", "64", "--device", "cuda")
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert "--device cuda was asked for, but ONNX Runtime runs on the CPU here" in done.stderr
+    done = _stylefu_without_torch("run", content, style, "-o", tmp_path / "o.png", "--model",
+                                  tmp_path / "none.onnx")
+    assert done.returncode == 2
+    assert "create one with `stylefu export --weights auto`" in done.stderr

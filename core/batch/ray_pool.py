@@ -12,7 +12,7 @@ the manifest, exactly as with local workers: the same files from both engines.
 
 A task that raises (an unexpected error) or is lost (its worker or node died) is retried once by
 Ray (`max_retries`, `retry_exceptions`), then recorded as failed; a user's error (a bad input) is a
-failed result at once. Stylefu must be installed on every node (`pip install stylefu[ray]`).
+failed result at once. Stylefu and Ray must be installed on every node.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ def _import_ray():
     try:
         import ray
     except ImportError:
-        raise UserError("--ray needs Ray, which is not installed; run "
-                        "`pip install 'stylefu[ray]'` or leave out --ray.") from None
+        raise UserError("--ray needs Ray, which is not installed; run `pip install ray` (on "
+                        "every node) or leave out --ray.") from None
     return ray
 
 

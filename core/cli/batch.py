@@ -259,7 +259,7 @@ def add_batch_parser(sub, add_config_options: Callable, to_config: Callable,
                        "GPU, else one per core, as many as the memory holds]")
     batch.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                        help="run the items as Ray tasks on the cluster at ADDRESS, or on a local "
-                       "one (needs pip install 'stylefu[ray]')")
+                       "one (needs Ray: pip install ray)")
     batch.add_argument("--frames", action="store_true",
                        help="the inputs are a film's frames: in order, each starting from the "
                        "previous frame's result (steadier video)")

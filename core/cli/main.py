@@ -673,11 +673,13 @@ def cmd_info(args) -> int:
 
         kind = path_kind(path)
         lines["weights"] = (f"none: --model {args.model} is not there; check the path, or make "
-                            f"the model with `stylefu export -o {args.model}`" if kind == "missing"
-                            else f"none: --model {args.model} is {kind}, not a model file made "
-                            "by `stylefu export`")
+                            f"the model with `stylefu export --weights auto -o {args.model}`"
+                            if kind == "missing" else f"none: --model {args.model} is {kind}, "
+                            "not a model file made by `stylefu export`")
     else:
-        lines["weights"] = "none installed: run `stylefu export`"
+        from ..io.paths import MAKE_MODEL
+
+        lines["weights"] = f"none installed: run {MAKE_MODEL}"
     gpus, version = [], "not installed"
     if torch_installed():
         import torch

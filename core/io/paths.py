@@ -34,6 +34,11 @@ def default_model_path() -> Path:
     return cache_dir() / MODEL_FILENAME
 
 
+# The command a message names to make a model: the first source that works here (the official
+# weights are 548 MB away or unreachable; the light install cannot read their .pth).
+MAKE_MODEL = "`stylefu export --weights auto`"
+
+
 def model_file(path: str | Path | None = None) -> Path:
     """The artifact a command loads (default: default_model_path()), resolved; one UserError
     sentence when it is missing or not a file. Both engines' loaders use it."""
@@ -43,7 +48,7 @@ def model_file(path: str | Path | None = None) -> Path:
     path = Path(os.fsdecode(path)) if path else default_model_path()  # bytes too, as os takes
     kind = path_kind(path)
     if kind == "missing":
-        raise UserError(f"No model at {path}; create one with `stylefu export` "
+        raise UserError(f"No model at {path}; create one with {MAKE_MODEL} "
                         "(or pass --model PATH).")
     if kind != "file":
         raise UserError(f"The model {path} is {kind}, not a file; pass --model with the path of "

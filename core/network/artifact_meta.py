@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..io.paths import MAKE_MODEL
 
 FORMAT_VERSION = "2"
 ARTIFACT_KIND = "stylefu-vgg-features"
@@ -69,7 +70,7 @@ def decode(meta: dict[str, str], path: Path) -> ArtifactInfo:
     """ArtifactInfo from a file's metadata_props; UserError if it is not a stylefu artifact."""
     if meta.get(KIND) not in READABLE_KINDS:
         raise UserError(f"{path} is an ONNX file but not a stylefu model; "
-                        "create one with `stylefu export`.")
+                        "create one with " + MAKE_MODEL + ".")
     try:
         return ArtifactInfo(
             path=path,
@@ -83,4 +84,4 @@ def decode(meta: dict[str, str], path: Path) -> ArtifactInfo:
         )
     except (KeyError, ValueError) as exc:
         raise UserError(f"{path} has incomplete stylefu metadata ({exc}); "
-                        "re-create it with `stylefu export`.") from None
+                        "re-create it with " + MAKE_MODEL + ".") from None

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..io.paths import MAKE_MODEL
 from . import artifact_meta
 from .vgg import EXPORTED_LAYERS, MIN_SIDE, ArtifactInfo, read_artifact
 
@@ -205,6 +206,9 @@ class FeatureEngine:
         want_cuda = device == "cuda" or (device == "auto" and cuda_is_usable())
         if want_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
+            # Its libraries failing to load (no GPU, no cuDNN) is a coloured log line: the
+            # provider actually used says it (`provider`), in our own words.
+            ort.set_default_logger_severity(4)
         try:
             self.session = ort.InferenceSession(session_source(self.path), options,
                                                 providers=providers)
@@ -213,9 +217,11 @@ class FeatureEngine:
                 read_artifact(self.path)  # not an ONNX file: its one-sentence UserError
             if len(providers) == 1:
                 raise UserError(f"ONNX Runtime cannot open {self.path} ({exc.__class__.__name__}); "
-                                "re-create it with `stylefu export`.") from None
+                                f"re-create it with {MAKE_MODEL}.") from None
             self.session = ort.InferenceSession(session_source(self.path), options,
                                                 providers=["CPUExecutionProvider"])
+        finally:
+            ort.set_default_logger_severity(3)
         # The metadata from the session, not from parsing the file's 52 MB with onnx a second
         # time (0.3-0.5 s of start-up); a caller that has read the file passes `info`.
         self.info = info or artifact_meta.decode(

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..io.paths import MAKE_MODEL
 from . import artifact_meta
 from .artifact_meta import ArtifactInfo
 
@@ -136,15 +137,15 @@ def _read_onnx(path: Path):
     import onnx
 
     if not path.is_file():
-        raise UserError(f"Model file {path} does not exist; create it with `stylefu export`.")
+        raise UserError(f"Model file {path} does not exist; create it with {MAKE_MODEL}.")
     if path.stat().st_size == 0:  # else parsed as an ONNX file without stylefu's metadata
         raise UserError(f"Model file {path} is empty (0 bytes); re-create it with "
-                        "`stylefu export`.")
+                        f"{MAKE_MODEL}.")
     try:
         return onnx.load(str(path))
     except Exception as exc:
         raise UserError(f"{path} is not a readable ONNX file ({exc.__class__.__name__}); "
-                        "re-create it with `stylefu export`.") from None
+                        f"re-create it with {MAKE_MODEL}.") from None
 
 
 def _info(model, path: Path) -> ArtifactInfo:

@@ -94,7 +94,14 @@ def load_onnx_model(path: str | Path | None = None, device: str = "auto") -> Onn
     from ...io.paths import model_file
 
     file = model_file(path)
-    return _load(file, "cuda" if device == "cuda" else "cpu", stamp(file))
+    model = _load(file, "cuda" if device == "cuda" else "cpu", stamp(file))
+    if device == "cuda" and not model.engine.uses_gpu:  # else torch's memory query: a crash
+        from ...errors import UserError
+
+        raise UserError("--device cuda was asked for, but ONNX Runtime runs on the CPU here (the "
+                        "torch-free engine needs onnxruntime-gpu and an NVIDIA GPU); use --device "
+                        "cpu (or auto).")
+    return model
 
 
 class GradientSession:
