@@ -23,6 +23,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 MIN_PYTHON = (3, 10)
@@ -143,11 +144,29 @@ def run(command: list, what: str, check: bool = True) -> int:
 
 
 def works(python: Path) -> bool:
+    """The environment's Python starts and has pip (a Ctrl-C while `venv` set pip up left an
+    environment without it, which every later run reused and failed in)."""
     try:
-        return subprocess.run([str(python), "-c", "import sys"], capture_output=True,
+        return subprocess.run([str(python), "-c", "import pip"], capture_output=True,
                               timeout=120).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+def check_on_index(python: Path, source: str) -> None:
+    """`source` given by name (install.py alone: the index's stylefu) must be on pip's index,
+    found before torch's 900 MB rather than after."""
+    if Path(source).exists() or any(c in source for c in "/\\"):
+        return  # a checkout, a wheel or a URL: pip reads it at its step
+    say(f"looking for {source} on the package index")
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run([str(python), "-m", "pip", "download", "--no-deps", "--quiet",
+                               "--disable-pip-version-check", "--dest", tmp, source],
+                              capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise InstallError(f"{source} is not on the package index pip uses here (or it cannot "
+                           "be reached); run install.py from a stylefu checkout (the folder "
+                           "with its pyproject.toml), or give --wheel FILE.")
 
 
 def read_marker(root: Path) -> dict:
@@ -274,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                                "stylefu-*.whl.")
         engine = "light" if args.light else "torch"
         python = make_environment(root, engine)
+        check_on_index(python, source)
         torch = torch_plan(args.torch_build, args.torch_spec, args.torch_index)
         engine = install_packages(python, source, engine, torch)
         write_marker(root, engine=engine, source=source,
@@ -294,6 +314,15 @@ def main(argv: list[str] | None = None) -> int:
     except InstallError as exc:
         print(f"stylefu install: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the data folder read-only, or another user's (an earlier sudo run)
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"stylefu install: error: {exc.strerror or exc}{where}; give --prefix a folder you "
+              "may write, or fix that folder's permissions, then run install.py again.",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nstylefu install: interrupted; run install.py again: it resumes.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

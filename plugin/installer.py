@@ -15,6 +15,7 @@ User plug-in folders (GIMP 3 shown; 2.10 uses `2.10` instead of `3.0`):
   macOS    ~/Library/Application Support/GIMP/3.0/plug-ins
 $GIMP3_DIRECTORY / $GIMP2_DIRECTORY replace the version folder, as in GIMP itself. Every existing
 3.x folder is used (3.0, 3.2, ...); on Linux both native and Flatpak GIMP when both are there.
+None is made: GIMP makes its folder on its first start (bringing over 2.10's settings only then).
 """
 
 from __future__ import annotations
@@ -126,7 +127,6 @@ def targets(version: str = "3", plug_ins_dir: str | Path | None = None, **where)
         try:
             folder = Path(plug_ins_dir).expanduser().resolve()
         except (OSError, RuntimeError):  # a symbolic link loop
-            from stylefu.core.errors import UserError
             raise UserError(f"--plug-ins-dir {plug_ins_dir} cannot be resolved (a symbolic link "
                             "loop?); give a real folder.") from None
         return [Target(version, folder, "given")]
@@ -236,7 +236,7 @@ def install(version: str = "3", plug_ins_dir=None, model=None, python: str | Non
     settings = plugin_settings(version, python or sys.executable, model_path)
     bridge = BRIDGE.read_text(encoding="utf-8")
     done = []
-    for target in targets(version, plug_ins_dir, **where):
+    for target in gimps_that_have_run(targets(version, plug_ins_dir, **where)):
         text = target.source.read_text(encoding="utf-8")
         target.plugin_file.parent.mkdir(parents=True, exist_ok=True)
         if target.bridge_file:
@@ -249,6 +249,20 @@ def install(version: str = "3", plug_ins_dir=None, model=None, python: str | Non
         _write(target.settings_file, json.dumps(settings, indent=2) + "\n")
         done.append(target)
     return done
+
+
+def gimps_that_have_run(found: list[Target]) -> list[Target]:
+    """The targets whose GIMP config folder exists (or a --plug-ins-dir): GIMP makes it on its
+    first start, moving GIMP 2.10's settings over, and skips that when the folder is already
+    there. Refused in one sentence when none exists."""
+    ready = [t for t in found if t.kind == "given" or t.plug_ins.parent.is_dir()]
+    if not ready:
+        folder = found[0].plug_ins.parent
+        raise UserError(f"GIMP {found[0].version} has not run yet for this user (no {folder}): "
+                        "start GIMP once and close it (it makes that folder, bringing over GIMP "
+                        f"2.10's settings, which it would skip were the folder made now), then "
+                        f"run `{user_command(['gimp', 'install'])}`.")
+    return ready
 
 
 def _write(path: Path, text: str) -> None:

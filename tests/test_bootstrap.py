@@ -89,6 +89,42 @@ def test_old_python_is_one_sentence(monkeypatch, capsys):
     assert "needs Python 3.10 or newer" in capsys.readouterr().err
 
 
+def test_an_environment_without_pip_is_made_afresh(tmp_path):
+    # A Ctrl-C while `venv` set pip up left one: every later run reused it, "No module named pip"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")],
+                   check=True)
+    assert not install.works(install.env_python(tmp_path / "venv"))
+    assert install.works(Path(sys.executable))
+
+
+@pytest.mark.parametrize("fault, code, said", [
+    (KeyboardInterrupt(), 130, "stylefu install: interrupted; run install.py again: it resumes."),
+    (PermissionError(13, "Permission denied", "/data/stylefu"), 2,
+     "stylefu install: error: Permission denied (/data/stylefu); give --prefix a folder you may "
+     "write, or fix that folder's permissions, then run install.py again.")])
+def test_a_ctrl_c_or_an_unwritable_folder_is_one_sentence(monkeypatch, capsys, tmp_path, fault,
+                                                          code, said):
+    # Python's traceback, exit 1 (the data folder read-only, or an earlier sudo run's)
+    def make_environment(root, engine):
+        raise fault
+
+    monkeypatch.setattr(install, "make_environment", make_environment)
+    assert install.main(["--light", "--prefix", str(tmp_path)]) == code
+    assert capsys.readouterr().err.strip() == said
+
+
+def test_a_source_not_on_the_index_is_found_before_torch(tmp_path, monkeypatch):
+    # install.py alone (source "stylefu", not on the index): torch's 900 MB came first, then
+    # "No matching distribution found for stylefu"
+    calls = []
+    monkeypatch.setattr(install, "run", lambda command, what, check=True: calls.append(what))
+    with pytest.raises(install.InstallError, match=r"^no-such-package-stylefu-xq is not on the "
+                       "package index pip uses here"):
+        install.check_on_index(Path(sys.executable), "no-such-package-stylefu-xq")
+    install.check_on_index(Path(sys.executable), str(REPO))  # a checkout: nothing asked
+    assert calls == []
+
+
 # --- the whole path in a fresh HOME ------------------------------------------------------------
 
 def gimp_missing() -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -68,6 +69,7 @@ def test_gimp_directory_variables_win(tmp_path):
 
 def test_install_writes_an_executable_plugin_with_its_bridge_beside_it(tmp_path, model_path):
     where = {"platform": "linux", "env": {}, "home": tmp_path}
+    (tmp_path / ".config" / "GIMP" / "3.0").mkdir(parents=True)  # GIMP 3 has run once
     (target,) = installer.install("3", model=model_path, python="/opt/env/bin/python", **where)
     plugin = tmp_path / ".config" / "GIMP" / "3.0" / "plug-ins" / "stylefu" / "stylefu.py"
     assert target.plugin_file == plugin
@@ -203,8 +205,28 @@ def test_install_writes_through_cores_atomic_helper(tmp_path, model_path, monkey
     assert sorted(os.listdir(plug_ins)) == ["stylefu_gimp2.json", "stylefu_gimp2.py"]
 
 
+def test_install_leaves_gimps_first_start_to_gimp(tmp_path, model_path):
+    """No GIMP 3 config folder (GIMP 3 never started, or not installed): the install made
+    ~/.config/GIMP/3.0, so GIMP's first start skipped its user install (GIMP 2.10's settings
+    brought over), and said "installed" where no GIMP may be. Now one sentence, nothing made."""
+    where = {"platform": "linux", "env": {}, "home": tmp_path}
+    (tmp_path / ".config" / "GIMP" / "2.10").mkdir(parents=True)  # GIMP 2.10's, to migrate
+    folder = re.escape(str(tmp_path / ".config" / "GIMP" / "3.0"))
+    with pytest.raises(UserError, match=rf"^GIMP 3 has not run yet for this user \(no {folder}\): "
+                       "start GIMP once"):
+        installer.install(installer.FOUND, model=model_path, **where)
+    assert os.listdir(tmp_path / ".config" / "GIMP") == ["2.10"]
+    folder = tmp_path / "g3"  # $GIMP3_DIRECTORY names a folder GIMP makes on its first start too
+    with pytest.raises(UserError, match="GIMP 3 has not run yet"):
+        installer.install("3", model=model_path, **dict(where, env={"GIMP3_DIRECTORY": folder}))
+    assert not folder.exists()
+    (target,) = installer.install("3", tmp_path / "mine" / "plug-ins", model=model_path)
+    assert target.plugin_file.is_file()  # --plug-ins-dir: the folder given, made
+
+
 def test_found_installs_gimp3_and_210_only_where_210_has_its_folder(tmp_path, model_path):
     where = {"platform": "linux", "env": {}, "home": tmp_path}
+    (tmp_path / ".config" / "GIMP" / "3.0").mkdir(parents=True)
     assert installer.found_versions(**where) == ["3"]
     done = installer.install(installer.FOUND, model=model_path, **where)
     assert [t.version for t in done] == ["3"]
