@@ -17,6 +17,7 @@ Works from a checkout or downloaded alone; never imports stylefu itself.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -37,6 +38,7 @@ LIGHT_REQUIREMENTS = ("onnx>=1.15", "onnxruntime>=1.17", "numpy>=1.24", "pillow>
 # Written beside the environment; `stylefu gimp uninstall --purge` removes only a folder with it
 # (stylefu.plugin.purge.MARKER).
 MARKER = "install.json"
+LOCK = "install.lock"  # held while install.py works (only_one)
 VENV = "venv"
 ENV_TORCH_SPEC, ENV_TORCH_INDEX = "STYLEFU_TORCH_SPEC", "STYLEFU_TORCH_INDEX"
 
@@ -249,6 +251,51 @@ def stylefu(python: Path, *args) -> list:
     return [python, "-m", "stylefu.core", *args]
 
 
+@contextlib.contextmanager
+def only_one(root: Path):
+    """One install.py at a time in `root`: a second one beside it replaced the first's stylefu
+    under it (its model step failed on a half-replaced module, then it said "done")."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOCK, "a+b") as handle:
+        try:
+            if os.name == "nt":
+                import msvcrt
+
+                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise InstallError(f"another install.py is working in {root}; let it finish, then "
+                               "run this one again if you still need to.") from None
+        yield
+
+
+def install_steps(args, root: Path, source: str) -> int:
+    """The steps, in order (each printed as it starts); the exit code is `gimp status`'s."""
+    engine = "light" if args.light else "torch"
+    python = make_environment(root, engine)
+    check_on_index(python, source)
+    torch = torch_plan(args.torch_build, args.torch_spec, args.torch_index)
+    engine = install_packages(python, source, engine, torch)
+    write_marker(root, engine=engine, source=source,
+                 torch=None if engine == "light" else list(torch))
+    if args.no_model:
+        say("no model fetched now (--no-model): the filter offers to download one")
+    else:
+        say(f"fetching a model (--weights {args.weights}) unless one is installed")
+        if run(stylefu(python, "export", "--weights", args.weights, "--if-missing"),
+               "fetching a model", check=False) != 0:
+            say("no model yet (see above): the filter offers to download one when it runs")
+    place = ["--plug-ins-dir", args.plug_ins_dir] if args.plug_ins_dir else []
+    run(stylefu(python, "gimp", "install", "--gimp", "found", *place),
+        "installing the GIMP plug-in")
+    say(f"done ({engine} engine). To remove everything: "
+        f"{user_command(python, 'gimp', 'uninstall', '--purge')}")
+    return run(stylefu(python, "gimp", "status", *place), "checking", check=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="install.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -291,26 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.wheel and not Path(source).is_file():
             raise InstallError(f"--wheel {args.wheel} is not a file; give the path of a "
                                "stylefu-*.whl.")
-        engine = "light" if args.light else "torch"
-        python = make_environment(root, engine)
-        check_on_index(python, source)
-        torch = torch_plan(args.torch_build, args.torch_spec, args.torch_index)
-        engine = install_packages(python, source, engine, torch)
-        write_marker(root, engine=engine, source=source,
-                     torch=None if engine == "light" else list(torch))
-        if args.no_model:
-            say("no model fetched now (--no-model): the filter offers to download one")
-        else:
-            say(f"fetching a model (--weights {args.weights}) unless one is installed")
-            if run(stylefu(python, "export", "--weights", args.weights, "--if-missing"),
-                   "fetching a model", check=False) != 0:
-                say("no model yet (see above): the filter offers to download one when it runs")
-        place = ["--plug-ins-dir", args.plug_ins_dir] if args.plug_ins_dir else []
-        run(stylefu(python, "gimp", "install", "--gimp", "found", *place),
-            "installing the GIMP plug-in")
-        say(f"done ({engine} engine). To remove everything: "
-            f"{user_command(python, 'gimp', 'uninstall', '--purge')}")
-        return run(stylefu(python, "gimp", "status", *place), "checking", check=False)
+        with only_one(root):
+            return install_steps(args, root, source)
     except InstallError as exc:
         print(f"stylefu install: error: {exc}", file=sys.stderr)
         return 2

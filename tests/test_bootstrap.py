@@ -113,6 +113,24 @@ def test_a_ctrl_c_or_an_unwritable_folder_is_one_sentence(monkeypatch, capsys, t
     assert capsys.readouterr().err.strip() == said
 
 
+def test_a_second_install_beside_a_running_one_is_refused(monkeypatch, capsys, tmp_path):
+    # it replaced the first's stylefu under it: the first's model step failed, then "done"
+    class Reached(Exception):
+        """The steps began."""
+
+    def make_environment(root, engine):
+        raise Reached
+
+    monkeypatch.setattr(install, "make_environment", make_environment)
+    with install.only_one(tmp_path):  # the first, working
+        assert install.main(["--light", "--prefix", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"stylefu install: error: another install.py is working in {tmp_path}; let it finish, "
+        "then run this one again if you still need to.")
+    with pytest.raises(Reached):  # the first finished: the next one works
+        install.main(["--light", "--prefix", str(tmp_path)])
+
+
 def test_a_source_not_on_the_index_is_found_before_torch(tmp_path, monkeypatch):
     # install.py alone (source "stylefu", not on the index): torch's 900 MB came first, then
     # "No matching distribution found for stylefu"
