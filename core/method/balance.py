@@ -45,6 +45,14 @@ def style_weight_for(strength: float | None) -> float:
     return BALANCED_STYLE_WEIGHT * 10.0 ** ((strength - STRENGTH_NEUTRAL) / STRENGTH_PER_DECADE)
 
 
+def detail_kept(strength: float | None) -> float:
+    """The share of the content's fine detail a finer level adds to its start, the coarser
+    level's result enlarged (which a weak style term leaves blurred: the content loss's deep
+    layer cannot sharpen it again): all of it at strength 0, none from the neutral 50 up."""
+    strength = STRENGTH_NEUTRAL if strength is None else strength
+    return float(np.clip((STRENGTH_NEUTRAL - strength) / STRENGTH_NEUTRAL, 0.0, 1.0))
+
+
 def _mean_square(values) -> float:
     """Mean square of a torch tensor or numpy array, in float64."""
     values = values.detach().cpu().numpy() if hasattr(values, "detach") else values

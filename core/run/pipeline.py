@@ -324,10 +324,11 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
         [resize_array(m, content_pic.height, content_pic.width) for m in mask_arrays], visible)
     content_rgb, styles = color.prepare(config.preserve_colors, content_seen,
                                         [style_array(p) for p in style_pics], painted)
+    keep = balance.detail_kept(config.strength)  # (balanced() turns the strength into weights)
     config = balanced(config, model, plan[0].canvas(content_rgb), styles, plan[0].size)
     runner.config = config
     x = initial_pixels(runner, content_rgb if init is None else init.rgb, plan[0], config)
-    evaluations = 0
+    evaluations, coarser = 0, None
     for level in plan:
         # Each level paints a canvas: the content and guides with a mirrored margin (margin.py).
         content_canvas = level.canvas(content_rgb)
@@ -335,6 +336,10 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
         style_guides = guides.within(masks_canvas, None if visible is None else level.canvas(visible))
         with _memory_guard(level.picture, runner.device):
             x = runner.resize(x, level.size)
+            if keep and coarser is not None:  # the content's detail the enlargement lacks
+                x = x + keep * (runner.pixels(content_canvas)
+                                - runner.resize(runner.pixels(coarser), level.size))
+            coarser = content_canvas
             x, done = runner.run_level(level, x, content_canvas, styles, style_guides,
                                        _reporter(runner, level, len(plan), callback), cancel)
             evaluations += done
