@@ -291,3 +291,11 @@ def test_what_needs_torch_is_one_sentence_without_it(model_path, pictures, tmp_p
                                   tmp_path / "none.onnx")
     assert done.returncode == 2
     assert "create one with `stylefu export --weights auto`" in done.stderr
+
+
+def test_compile_on_is_answered_on_the_torch_free_engine(model_path, images):
+    # README: a WARNING where compile="on" runs uncompiled; the torch-free engine said nothing
+    said = []
+    stylize(*images, config=Config(size=64, levels=1, evaluations=2, engine="onnx", compile="on"),
+            model=model_path, log=said.append)
+    assert [str(n) for n in said if "nothing to compile" in str(n)], said

@@ -746,7 +746,8 @@ def cmd_cache(args) -> int:
     else:
         of = "no limit" if figures["limit_mb"] is None else f"of {figures['limit_mb']} MB"
         print(f"{figures['folder']}: {figures['total_mb']} MB {of} (${LIMIT_ENV}); the model "
-              "and downloaded weights are never pruned")
+              "(with the gradient graph beside it) and downloaded weights are neither counted "
+              "nor pruned")
         for part, numbers in figures["parts"].items():
             print(f"{part:>15}: {numbers['files']} file(s), {numbers['mb']} MB")
     return 0

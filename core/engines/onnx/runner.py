@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ... import notes
 from ...errors import UserError
 from ...io.images import resize_array
 from ...method import tiling
@@ -30,6 +31,9 @@ class OnnxRunner:
             raise UserError(f"--engine onnx computes in float32; use --precision fp32 (or auto), "
                             f"not {self.config.precision}.")
         tiling.check_memory(content, styles, self.config, self.device)
+        if self.config.compile == "on":  # as the torch engine says when it runs uncompiled
+            self.log(notes.act("compile on: the torch-free engine has nothing to compile (it is "
+                               "torch's); the loss runs as ONNX Runtime runs it."))
 
     def load(self, plan):
         if self.model is None:
