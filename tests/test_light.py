@@ -299,3 +299,22 @@ def test_compile_on_is_answered_on_the_torch_free_engine(model_path, images):
     stylize(*images, config=Config(size=64, levels=1, evaluations=2, engine="onnx", compile="on"),
             model=model_path, log=said.append)
     assert [str(n) for n in said if "nothing to compile" in str(n)], said
+
+
+def test_a_damaged_gradient_graph_is_named_where_the_loss_becomes_nan(model_path, pictures,
+                                                                      tmp_path):
+    # bytes of the cached graph overwritten in place (its size kept: it loads): "use --precision
+    # fp32", which this engine computes in already; the damaged cache file went unnamed
+    content, style = pictures
+    env = dict(os.environ, STYLEFU_CACHE=str(tmp_path / "cache"))
+    command = [sys.executable, "-m", "stylefu.core", "run", str(content), str(style), "-o",
+               str(tmp_path / "o.png"), "--model", str(model_path), "--engine", "onnx",
+               "--size", "64", "--evaluations", "3", "--levels", "1", "--progress", "none"]
+    assert subprocess.run(command, env=env, capture_output=True).returncode == 0
+    (graph,) = (tmp_path / "cache" / "gradient").glob("*.onnx")
+    with open(graph, "r+b") as f:  # inside the weights, which fill most of the file
+        f.seek(graph.stat().st_size // 2)
+        f.write(b"\x7f" * 4096)
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert "a damaged gradient graph does this too: `stylefu cache prune --max-mb 0`" in done.stderr

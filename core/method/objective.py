@@ -28,12 +28,17 @@ if TYPE_CHECKING:
 
 NAN_MESSAGE = ("The loss became NaN or infinite; lower --style-weight or --learning-rate, "
                "or use --precision fp32.")
+# The torch-free engine computes in float32 already; its gradient graph, damaged on disk, gives
+# NaN too (a damaged file of the same size loads).
+NAN_MESSAGE_ONNX = ("The loss became NaN or infinite; lower --style-weight or --learning-rate "
+                    "(a damaged gradient graph does this too: `stylefu cache prune --max-mb 0` "
+                    "removes the cached ones).")
 
 
-def check_finite(total) -> None:
+def check_finite(total, message: str = NAN_MESSAGE) -> None:
     """NumericalError (one sentence, with the fix) when the loss (a tensor or number) diverged."""
     if not math.isfinite(float(total.detach() if hasattr(total, "detach") else total)):
-        raise NumericalError(NAN_MESSAGE)
+        raise NumericalError(message)
 
 
 @dataclass(frozen=True)

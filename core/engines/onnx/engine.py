@@ -18,7 +18,7 @@ import numpy as np
 
 from ...method import tiling
 from ...method.config import Config
-from ...method.objective import LossSpec, check_finite
+from ...method.objective import NAN_MESSAGE_ONNX, LossSpec, check_finite
 from ...network.forward import FeatureEngine, engine_threads, run_options, session_source
 from ...network.vgg import STYLE_LAYERS, layer_masks, layer_stride
 from ..steps import BestIterate, check_cancel, delivered, loss_factor, range_penalty, should_stop
@@ -188,7 +188,7 @@ def minimise(objective: OnnxObjective, image: np.ndarray, evaluations: int, conf
     for done in range(1, evaluations + 1):
         check_cancel(cancel)
         total, parts, grad = objective(np.clip(x, 0.0, 1.0))  # as delivered (`delivered`)
-        check_finite(total)
+        check_finite(total, NAN_MESSAGE_ONNX)
         outside, outside_grad = range_penalty(x, total)
         best.update(total * outside, x)
         multiplier = np.float32(factor(total))
