@@ -275,11 +275,19 @@ def only_one(root: Path):
 def install_steps(args, root: Path, source: str) -> int:
     """The steps, in order (each printed as it starts); the exit code is `gimp status`'s."""
     engine = "light" if args.light else "torch"
+    asked_for_torch = (args.torch_build != "auto" or args.torch_spec or args.torch_index
+                       or os.environ.get(ENV_TORCH_SPEC) or os.environ.get(ENV_TORCH_INDEX))
+    if engine == "torch" and read_marker(root).get("torch_failed") and not asked_for_torch:
+        # else each repair made the environment afresh to fail at torch again (a minute)
+        say("keeping the light engine: torch could not be installed last time (give "
+            "--torch-build cpu, or another torch option, to try again)")
+        engine = "light"
     python = make_environment(root, engine)
     check_on_index(python, source)
     torch = torch_plan(args.torch_build, args.torch_spec, args.torch_index)
     engine = install_packages(python, source, engine, torch)
-    write_marker(root, engine=engine, source=source,
+    failed = not args.light and engine == "light"  # torch tried, and failed (or failed before)
+    write_marker(root, engine=engine, source=source, torch_failed=failed,
                  torch=None if engine == "light" else list(torch))
     if args.no_model:
         say("no model fetched now (--no-model): the filter offers to download one")

@@ -131,6 +131,25 @@ def test_a_second_install_beside_a_running_one_is_refused(monkeypatch, capsys, t
         install.main(["--light", "--prefix", str(tmp_path)])
 
 
+@pytest.mark.parametrize("options, engine", [([], "light"), (["--torch-build", "cpu"], "torch")])
+def test_a_repair_after_torch_failed_keeps_the_light_engine(monkeypatch, tmp_path, options,
+                                                            engine):
+    # each plain run made the environment afresh, failed at torch again, fell back (a minute)
+    class Made(Exception):
+        pass
+
+    def make_environment(root, engine):
+        raise Made(engine)
+
+    for name in (install.ENV_TORCH_SPEC, install.ENV_TORCH_INDEX):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(install, "make_environment", make_environment)
+    install.write_marker(tmp_path, engine="light", torch_failed=True)
+    with pytest.raises(Made) as made:
+        install.main(["--prefix", str(tmp_path), *options])
+    assert made.value.args == (engine,)
+
+
 def test_a_source_not_on_the_index_is_found_before_torch(tmp_path, monkeypatch):
     # install.py alone (source "stylefu", not on the index): torch's 900 MB came first, then
     # "No matching distribution found for stylefu"
