@@ -219,6 +219,19 @@ def test_a_picture_a_caller_builds_is_checked_as_an_array_would_be():
     assert repr(as_given) == "Picture(rgb=<20x30x3 float32>, alpha=<20x30 float32>, name='mine')"
 
 
+def test_a_closed_pil_image_is_named_as_closed(tmp_path):
+    # "the picture's file is truncated or damaged", of a file that was whole
+    from PIL import Image
+
+    from stylefu.core import UserError, load_image
+
+    Image.new("RGB", (20, 20)).save(tmp_path / "p.png")
+    image = Image.open(tmp_path / "p.png")
+    image.close()
+    with pytest.raises(UserError, match="this PIL image was closed before it was read"):
+        load_image(image)
+
+
 @pytest.mark.parametrize("engine", ["torch", "onnx"])
 def test_a_progress_kept_past_its_callback_keeps_its_figures_not_the_pixels(model_path, images,
                                                                           engine):

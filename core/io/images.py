@@ -396,6 +396,10 @@ def load_image(source, name: str | None = None, to_srgb: bool = True) -> Picture
             with decoding():
                 source.load()
         except OSError as exc:
+            if "closed image" in str(exc):  # not the file's damage: the caller's close()
+                raise UserError(f"{name or 'image'}: this PIL image was closed before it was "
+                                "read; pass it open, or call its load() before closing it.") \
+                    from None
             raise UserError(f"{name or 'image'}: the picture's file is truncated or damaged and "
                             f"cannot be read{detail([str(exc)])}.") from None
         return _from_pil(source, name or "image", to_srgb, white=_grey_white(source))
