@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import queue
 import re
 import subprocess
@@ -468,8 +469,6 @@ def test_info_with_a_wrong_model_path_says_so(tmp_path, capsys):
 def test_info_says_what_precision_auto_takes_here(tmp_path, capsys):
     """A slow laptop's user asks why: `stylefu info` says what `--precision auto` computes in on
     this CPU, as the runs resolve it, and an AVX2-only CPU's float32 with the reason."""
-    import os
-
     import torch
 
     from stylefu.core.engines.torch.model import resolve_precision
@@ -657,3 +656,22 @@ def test_upscale_without_keep_size_is_refused(command, files, tmp_path, capsys):
     (line,) = capsys.readouterr().err.splitlines()
     assert "--upscale stretch chooses how --keep-size" in line
     assert not (tmp_path / "o.png").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_named_command_is_the_stylefu_the_user_typed(tmp_path):
+    """A virtual environment not activated (`make demo`'s `.venv`): "run `stylefu export ...`"
+    named a command the shell does not find; now the script as it was started. Where PATH finds
+    that script, `stylefu` as before."""
+    from PIL import Image
+
+    for name in ("c.png", "s.png"):
+        Image.new("RGB", (32, 32), "white").save(tmp_path / name)
+    script = os.path.join(os.path.dirname(sys.executable), "stylefu")
+    args = [script, "run", "c.png", "s.png", "-o", str(tmp_path / "o.png"), "--model",
+            str(tmp_path / "none.onnx")]
+    bare = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    for path, named in (("/usr/bin:/bin", script), (os.path.dirname(script), "stylefu")):
+        done = subprocess.run(args, capture_output=True, text=True, env=dict(bare, PATH=path),
+                              cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert f"create one with `{named} export --weights auto`" in done.stderr, done.stderr

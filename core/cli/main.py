@@ -165,11 +165,33 @@ WATCH_STDIN_HELP = "stop when stdin closes (used by the GIMP plug-ins)"
 _said = {"quiet": False}  # -q/--quiet: `say` keeps to errors (`always`)
 
 
+@functools.cache
+def typed_stylefu() -> str:
+    """How this user types the `stylefu` running now: `stylefu` where PATH finds this script,
+    else the script as it was started (a virtual environment not activated: after `make demo`,
+    `.venv/bin/stylefu`); `stylefu` too under `python -m` and in a script (the API)."""
+    import shlex
+    import shutil
+    import subprocess
+
+    script = sys.argv[0] if sys.argv else ""
+    if os.path.splitext(os.path.basename(script))[0] != "stylefu":
+        return "stylefu"
+    found = shutil.which("stylefu")
+    with contextlib.suppress(OSError):
+        if found and os.path.samefile(found, script):
+            return "stylefu"
+    return subprocess.list2cmdline([script]) if os.name == "nt" else shlex.quote(script)
+
+
 def say(text: str, always: bool = False) -> None:
     """One line for the user, on stderr (stdout carries JSON progress); none if stderr is gone,
-    nor under --quiet unless `always` (errors, and how a run ended early)."""
+    nor under --quiet unless `always` (errors, and how a run ended early). The stylefu commands
+    it names are as this user can type them (typed_stylefu)."""
     if _said["quiet"] and not always:
         return
+    if typed_stylefu() != "stylefu":
+        text = text.replace("`stylefu ", f"`{typed_stylefu()} ")
     try:
         print(text, file=sys.stderr, flush=True)
     except (OSError, ValueError):  # its reader went away, or it was closed
