@@ -169,6 +169,12 @@ def download(url: str, dest: Path, sha256_prefix: str, timeout: float = 30.0,
                  else "check the network and run again")
         raise DownloadError(f"Downloading {url} failed ({reason}); {again}, or pass a local file "
                             "with --weights PATH.") from None
+    except BaseException:  # Ctrl-C, SIGTERM: a terminal user is told what was kept
+        if bar and part.is_file() and part.stat().st_size:
+            bar.end()
+            sys.stderr.write(f"{part.stat().st_size / 1e6:.1f} MB of {dest.name} kept: the same "
+                             "command resumes the download.\n")
+        raise
     finally:
         if bar:
             bar.end()
@@ -240,6 +246,7 @@ class _ProgressBar:
         """The line after the bar (on a terminal, once one was drawn)."""
         if self.drawn and self.terminal:
             sys.stderr.write("\n")
+        self.drawn = False  # once
 
 
 def _first_bytes(path: Path) -> bytes:

@@ -104,6 +104,22 @@ def test_the_bar_in_a_log_is_a_line_per_tenth(server, tmp_path, capsys):
     assert "check the network and run again" in str(error.value) and "resume" not in str(error.value)
 
 
+def test_a_ctrl_c_mid_download_says_what_is_kept(server, tmp_path, capsys, monkeypatch):
+    # only "stylefu: interrupted.": nothing said of the part kept, nor that it resumes
+    drawn = weights._ProgressBar.__call__
+
+    def interrupted(bar, done, total):
+        drawn(bar, done, total)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(weights._ProgressBar, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        download(server.url, tmp_path / "w.pth", server.prefix, progress=True)
+    assert (tmp_path / "w.pth.part").stat().st_size > 0
+    assert capsys.readouterr().err.endswith(" MB of w.pth kept: the same command resumes the "
+                                            "download.\n")
+
+
 def test_interrupted_transfer_resumes(server, tmp_path):
     dest = tmp_path / "w.pth"
     server.truncate_next = True
