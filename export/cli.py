@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from stylefu.core import jsontext
+from stylefu.core import jsontext, notes
 from stylefu.core.cli.exits import finished_once
 from stylefu.core.cli.main import _watch_stdin, say, weights_note
 from stylefu.core.engines import torch_installed
@@ -86,7 +86,7 @@ def cmd_export(args) -> int:
                       progress=progress)
 
     def notice(message: str) -> None:
-        emit({"event": "notice", "message": message})
+        emit(notes.event(message))  # an information note, as run's are recorded
         say(message)
 
     if len(names) == 1 and args.weights == names[0]:  # one source: its own sentence, as before

@@ -215,6 +215,7 @@ def test_export_takes_the_first_source_that_works_and_keeps_a_model(tmp_path, mo
     records = json_lines(capsys.readouterr().out)
     assert [r["event"] for r in records] == ["fetch", "notice", "fetch", "result"]
     assert records[1]["message"].startswith("the official VGG19 weights unavailable (Downloading")
+    assert records[1]["level"] == "info"  # as every notice record (README), export's had none
     assert records[-1]["weights"] == "random (seed 0)"
     stamp = model.stat().st_mtime_ns
     assert main(command) == 0  # --if-missing: the model stays as it is
