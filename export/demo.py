@@ -18,8 +18,9 @@ from stylefu.core.errors import UserError
 from stylefu.core.io.demo import TRAINED_SOURCE, demo_photo, demo_style, describe_weights, side_by_side
 from stylefu.core.io.files import check_writable_folder, identity, path_kind
 from stylefu.core.io.images import save_image
-from stylefu.core.io.paths import MAKE_MODEL, cache_dir, default_model_path
+from stylefu.core.io.paths import cache_dir, default_model_path
 from stylefu.core.method.config import Config
+from stylefu.core.network.artifact_meta import MAKE_MODEL
 from stylefu.core.run.pipeline import stylize
 
 from .artifact import export

@@ -18,6 +18,7 @@ failed result at once. Stylefu and Ray must be installed on every node.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import socket
@@ -51,6 +52,8 @@ def check_reachable(address) -> None:
     ray = sys.modules.get("ray")
     if not isinstance(address, str) or (ray is not None and ray.is_initialized()):
         return  # a local cluster, or the script's own connection (which the address would not change)
+    if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        return  # Ray's client is missing: run_ray says so, whatever the address
     host, colon, port = address.removeprefix("ray://").rpartition(":")
     if not colon or not host or not port.isdigit():
         return  # "auto", a bare host: Ray's own words for what it makes of them

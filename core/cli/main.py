@@ -184,14 +184,19 @@ def typed_stylefu() -> str:
     return subprocess.list2cmdline([script]) if os.name == "nt" else shlex.quote(script)
 
 
+def as_typed(text: str) -> str:
+    """`text` with each "`stylefu ..." it names as this user types stylefu (typed_stylefu)."""
+    head = typed_stylefu()
+    return text if head == "stylefu" else text.replace("`stylefu ", f"`{head} ")
+
+
 def say(text: str, always: bool = False) -> None:
     """One line for the user, on stderr (stdout carries JSON progress); none if stderr is gone,
     nor under --quiet unless `always` (errors, and how a run ended early). The stylefu commands
     it names are as this user can type them (typed_stylefu)."""
     if _said["quiet"] and not always:
         return
-    if typed_stylefu() != "stylefu":
-        text = text.replace("`stylefu ", f"`{typed_stylefu()} ")
+    text = as_typed(text)
     try:
         print(text, file=sys.stderr, flush=True)
     except (OSError, ValueError):  # its reader went away, or it was closed
@@ -699,7 +704,7 @@ def cmd_info(args) -> int:
                             if kind == "missing" else f"none: --model {args.model} is {kind}, "
                             "not a model file made by `stylefu export`")
     else:
-        from ..io.paths import MAKE_MODEL
+        from ..network.artifact_meta import MAKE_MODEL
 
         lines["weights"] = f"none installed: run {MAKE_MODEL}"
     gpus, version = [], "not installed"
@@ -956,8 +961,9 @@ def main(argv: list[str] | None = None, cancel: threading.Event | None = None,
 
     def event(record: dict) -> None:
         if json_mode:
-            try:
-                jsontext.print_line(record)
+            try:  # its message as the stderr line says it
+                jsontext.print_line(dict(record, message=as_typed(record["message"]))
+                                    if "message" in record else record)
             except OSError:  # stdout closed (the reader died): stderr still says what happened
                 pass
 

@@ -34,15 +34,11 @@ def default_model_path() -> Path:
     return cache_dir() / MODEL_FILENAME
 
 
-# The command a message names to make a model: the first source that works here (the official
-# weights are 548 MB away or unreachable; the light install cannot read their .pth).
-MAKE_MODEL = "`stylefu export --weights auto`"
-
-
 def model_file(path: str | Path | None = None) -> Path:
     """The artifact a command loads (default: default_model_path()), resolved; one UserError
     sentence when it is missing or not a file. Both engines' loaders use it."""
     from ..errors import UserError
+    from ..network.artifact_meta import MAKE_MODEL
     from .files import path_kind
 
     path = Path(os.fsdecode(path)) if path else default_model_path()  # bytes too, as os takes

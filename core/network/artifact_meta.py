@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..io.paths import MAKE_MODEL
 
 FORMAT_VERSION = "2"
 ARTIFACT_KIND = "stylefu-vgg-features"
@@ -33,6 +32,10 @@ PREPROCESSING = "stylefu.preprocessing"
 LAYERS = "stylefu.layers"
 POOLING = "stylefu.pooling"
 
+
+# The command a message names to make a model: the first source that works here (the official
+# weights are 548 MB away or unreachable; the light install cannot read their .pth).
+MAKE_MODEL = "`stylefu export --weights auto`"
 
 @dataclass(frozen=True)
 class ArtifactInfo:

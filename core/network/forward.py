@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..io.paths import MAKE_MODEL
 from . import artifact_meta
+from .artifact_meta import MAKE_MODEL
 from .vgg import EXPORTED_LAYERS, MIN_SIDE, ArtifactInfo, read_artifact
 
 THREADS_ENV = "STYLEFU_THREADS"

@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..io.paths import MAKE_MODEL
 from . import artifact_meta
-from .artifact_meta import ArtifactInfo
+from .artifact_meta import MAKE_MODEL, ArtifactInfo
 
 
 @dataclass(frozen=True)
