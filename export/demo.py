@@ -130,7 +130,7 @@ def cmd_demo(args) -> int:
     if kind not in ("missing", "a folder"):
         raise UserError(f"-o {args.output} is {'a file' if kind == 'file' else kind}, not a "
                         "folder; give the demo a folder to write its four pictures into.")
-    path = run_demo(Path(args.output))
+    path = run_demo(Path(args.output), log=say)  # its commands as the user types stylefu
     say(f"stylefu demo: wrote {path} (content | style | result); open it to look.")
     return 0
 
