@@ -70,7 +70,10 @@ def usable(sources: list[str], torch_installed: bool) -> list[str]:
 
 
 def check_readable(source: str, torch_installed: bool) -> None:
-    """A lone `--weights` source this environment can read (else a 548 MB download first)."""
+    """A lone `--weights` source this environment can read (else a 548 MB download first); a
+    name that is neither a source nor a file is left to get_weights' own sentence."""
+    if source not in REMOTE and not Path(source).expanduser().exists():
+        return
     if not usable([source], torch_installed):
         raise UserError(f"--weights {source} reads a .pth checkpoint, which needs torch, and this "
                         f"install has none (the light install): use --weights {AUTO} (it takes "
