@@ -316,6 +316,18 @@ def test_bad_config_values(overrides, message):
         Config(**overrides).validate()
 
 
+def test_precision_takes_the_dtypes_own_names():
+    # the docs' prose and torch say float32: `--precision float32` was refused
+    from stylefu.core.cli.main import build_parser, config_from_args
+    taken = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "BF16": "bf16"}
+    for name, meant in taken.items():
+        args = build_parser().parse_args(["run", "c.png", "s.png", "-o", "o.png", "--precision", name])
+        assert config_from_args(args).validate().precision == meant
+        assert Config(precision=name.lower()).validate().precision == meant
+    with pytest.raises(UserError, match="--precision must be one of auto, fp32"):
+        Config(precision="double").validate()
+
+
 def test_init_from_python_takes_a_path_object_and_names_other_types(tmp_path):
     # Config(init=Path(...)) was refused ('not PosixPath(...)'); an array's refusal quoted
     # its digits over many lines

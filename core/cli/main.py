@@ -127,6 +127,8 @@ def _config_hints() -> dict:
 
 
 def _field_type(f: dataclasses.Field):
+    if "spellings" in f.metadata:  # before argparse checks the choices
+        return lambda text: f.metadata["spellings"].get(text.lower(), text.lower())
     hint = _config_hints()[f.name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if hint is tuple or (args and typing.get_origin(args[0]) is tuple):

@@ -20,6 +20,8 @@ from ..io.files import path_kind
 from ..network.vgg import CONTENT_LAYER, EXPORTED_LAYERS, MIN_SIDE, STYLE_LAYERS
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# The dtypes' own names (docs and torch say float32) mean the same precisions.
+PRECISION_SPELLINGS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 OPTIMIZERS = ("lbfgs", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 COLOR_MODES = ("none", "luminance", "histogram")
@@ -92,7 +94,8 @@ def check_number(name: str, value, low, high, integer: bool) -> None:
 
 def _f(default, help_text, **extra):
     """A dataclass field carrying its one-line meaning (shown by `--help` and the GIMP dialog);
-    `aliases` are older CLI spellings that keep working."""
+    `aliases` are older CLI spellings that keep working; `spellings` map other names of a
+    choice to it."""
     return field(default=default, metadata={"help": help_text, **extra})
 
 
@@ -131,7 +134,8 @@ class Config:
     seed: int = _f(0, "random seed: the same seed and inputs give the same bytes on the same machine")
     device: str = _f("auto", "auto (CUDA if available), cpu or cuda", choices=DEVICES)
     precision: str = _f("auto", "convolution precision; losses are float32 (auto: bf16 where "
-                        "the hardware has it)", choices=PRECISIONS)
+                        "the hardware has it; float32, bfloat16, float16 also taken)",
+                        choices=PRECISIONS, spellings=PRECISION_SPELLINGS)
     preserve_colors: str = _f("none", "keep the content's colours: none, luminance, histogram",
                               choices=COLOR_MODES)
     style_scale: float = _f(1.0, "style image size relative to the working size (brush size)")
@@ -181,6 +185,8 @@ class Config:
             if self.plain_loss:
                 raise UserError("--strength sets the balance of the normalised loss; give either "
                                 "--strength or --content-weight/--style-weight/--style-layer-weights.")
+        if self.precision in PRECISION_SPELLINGS:
+            return replace(self, precision=PRECISION_SPELLINGS[self.precision]).validate()
         for name, allowed in (("optimizer", OPTIMIZERS), ("device", DEVICES),
                               ("precision", PRECISIONS), ("preserve_colors", COLOR_MODES),
                               ("engine", ENGINES), ("content_layer", EXPORTED_LAYERS),
