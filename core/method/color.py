@@ -10,7 +10,8 @@ Two ways, chosen by `Config.preserve_colors`:
   is the only difference).
 - ``histogram``: before the run each style's colours get the content's mean and covariance by a
   linear map x -> A (x - mu_s) + mu_c with A = Sigma_c^1/2 Sigma_s^-1/2 (symmetric square roots:
-  the "image analogies" variant of the paper, which rotates colours least).
+  the "image analogies" variant of the paper, which rotates colours least). A colour direction
+  in which the style holds only pixel noise is not stretched (see `_whitening`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
                        [0.211456, -0.522591, 0.311135]], dtype=np.float64)
 YIQ_TO_RGB = np.linalg.inv(RGB_TO_YIQ)
 EPS = 1e-6
+# Pixel noise (8-bit steps, JPEG) spreads a colour at most this much; a larger spread is the picture's.
+NOISE_STD = 3.0 / 255.0
 
 
 def rgb_to_yiq(rgb: np.ndarray) -> np.ndarray:
@@ -84,12 +87,35 @@ def color_stats(rgb: np.ndarray, weights: np.ndarray | None = None
     return np.average(pixels, axis=0, weights=w), np.cov(pixels, rowvar=False, aweights=w)
 
 
-def _sqrtm(cov: np.ndarray, inverse: bool = False) -> np.ndarray:
-    """Symmetric (inverse) square root of a covariance; tiny eigenvalues are floored so flat
-    images (one colour) do not divide by zero."""
+def _sqrtm(cov: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a covariance."""
+    values, vectors = np.linalg.eigh(cov)
+    return (vectors * np.sqrt(np.maximum(values, 0.0))) @ vectors.T
+
+
+def _noise_variances(rgb: np.ndarray, directions: np.ndarray, weights=None) -> np.ndarray:
+    """The pixel noise's variance along each colour direction (a column of `directions`): from
+    neighbouring pixels' differences (their median, so that edges count as none), at most
+    NOISE_STD squared (a larger spread between neighbours is fine texture, not noise)."""
+    pairs = [(rgb[:, 1:] - rgb[:, :-1], None if weights is None else
+              np.minimum(weights[:, 1:], weights[:, :-1])),
+             (rgb[1:] - rgb[:-1], None if weights is None else np.minimum(weights[1:], weights[:-1]))]
+    steps = np.concatenate([d.reshape(-1, 3) if w is None else d[w > 0] for d, w in pairs])
+    if not len(steps):
+        return np.zeros(3)
+    # a difference of two pixels holds twice one's noise; 1.4826 * median |x|: a normal's spread
+    spread = 1.4826 * np.median(np.abs(steps.astype(np.float64) @ directions), axis=0) / np.sqrt(2)
+    return np.minimum(spread, NOISE_STD) ** 2
+
+
+def _whitening(style: np.ndarray, cov: np.ndarray, weights=None) -> np.ndarray:
+    """The style's inverse covariance square root, each direction kept only for its share above
+    the pixel noise: a two-colour style's other directions hold noise alone, which the content's
+    spread there would have stretched into coloured speckles (gains of 50-100)."""
     values, vectors = np.linalg.eigh(cov)
     values = np.maximum(values, EPS)
-    return (vectors * (values ** (-0.5 if inverse else 0.5))) @ vectors.T
+    signal = np.maximum(values - 2.0 * _noise_variances(style, vectors, weights), 0.0) / values
+    return (vectors * np.sqrt(signal / values)) @ vectors.T
 
 
 def match_histogram(style: np.ndarray, content: np.ndarray, clip: bool = True,
@@ -97,12 +123,13 @@ def match_histogram(style: np.ndarray, content: np.ndarray, clip: bool = True,
     """`style` [H,W,3] with the colour mean and covariance of `content` (linear transfer), each
     measured over the pixels its weights keep (alpha, a mask), when given.
 
-    With `clip` the result is clipped to 0..1 (what the network sees); the moments then match up to
-    the few pixels pushed outside the RGB cube.
+    The covariance matches up to the style's pixel noise, which is not stretched (`_whitening`);
+    with `clip` the result is clipped to 0..1 (what the network sees), and the moments then
+    match up to the few pixels pushed outside the RGB cube too.
     """
     mu_s, cov_s = color_stats(style, style_weights)
     mu_c, cov_c = color_stats(content, content_weights)
-    transform = _sqrtm(cov_c) @ _sqrtm(cov_s, inverse=True)
+    transform = _sqrtm(cov_c) @ _whitening(style, cov_s, style_weights)
     out = (style.reshape(-1, 3).astype(np.float64) - mu_s) @ transform.T + mu_c
     out = out.reshape(style.shape).astype(np.float32)
     return np.clip(out, 0.0, 1.0) if clip else out
