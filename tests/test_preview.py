@@ -283,12 +283,59 @@ def test_a_sheet_written_beside_its_styles_previews_again(model_path, files, cap
     first = sheet.stat().st_mtime_ns
     assert main(command) == 0
     err = capsys.readouterr().err
-    assert f"{sheet}, this preview's -o, left out of the styles." in err
+    assert f"1 stylefu preview sheet(s) in {folder} left out (sheet.png); name one alone" in err
     assert [s["name"] for s in json.loads((tmp_path / "n.json").read_text())["styles"]] == \
         ["stripes"]
     assert sheet.stat().st_mtime_ns != first
     assert main([*command[:2], str(folder / "stripes.png"), str(sheet), *command[3:]]) == 2
     assert "is also an input" in capsys.readouterr().err
+    # A sheet without the mark (BMP has no place for it; an older stylefu's) is this -o's own.
+    unmarked = folder / "sheet.bmp"
+    Image.open(sheet).save(unmarked)
+    assert main([*command[:3], "-o", str(unmarked), *command[5:]]) == 0
+    assert f"{unmarked}, this preview's -o, left out of the styles." in capsys.readouterr().err
+
+
+def test_a_sheet_in_the_styles_folder_is_no_style_for_another_preview_or_a_batch(
+        model_path, files, images, capsys, tmp_path):
+    """A sheet written into the styles' folder was a style for a preview with another -o and for
+    `batch --styles-each` over that folder; its mark now leaves it out there, with a line."""
+    import shutil
+
+    from stylefu.core.io.images import PILLOW_FORMATS, is_preview_sheet
+
+    result = preview(*images[:1], [images[1]], config=QUICK_CONFIG, model=model_path)
+    for suffix in set(PILLOW_FORMATS) - {".bmp"}:  # every format with a place for EXIF
+        assert is_preview_sheet(result.save(tmp_path / f"s{suffix}")), suffix
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "photo.png")
+    assert not is_preview_sheet(tmp_path / "photo.png")
+    suffix = ".jpg"
+    folder = tmp_path / "styles"
+    folder.mkdir()
+    shutil.copy(files["stripes"], folder / "stripes.png")
+    quick = ["--model", str(model_path), *QUICK]
+    assert main(["preview", str(files["content"]), str(folder), "-o",
+                 str(folder / f"sheet{suffix}"), *quick]) == 0
+    capsys.readouterr()
+    assert main(["preview", str(files["content"]), str(folder), "-o", str(tmp_path / "b.png"),
+                 "--json", str(tmp_path / "b.json"), *quick]) == 0
+    assert f"preview sheet(s) in {folder} left out (sheet{suffix})" in capsys.readouterr().err
+    assert [s["name"] for s in json.loads((tmp_path / "b.json").read_text())["styles"]] == \
+        ["stripes"]
+    assert main(["batch", str(files["content"]), "--style", str(folder / "*"), "--styles-each",
+                 "-o", str(tmp_path / "out"), "--size", "64", "--evaluations", "1", "--levels",
+                 "1", "--model", str(model_path), "--progress", "none"]) == 0
+    assert "left out" in capsys.readouterr().err
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1
+    # Named alone it is a style like any picture; a folder of sheets only is one sentence.
+    assert main(["preview", str(files["content"]), str(folder / f"sheet{suffix}"),
+                 "-o", str(tmp_path / "c.png"), *quick]) == 0
+    (folder / "stripes.png").unlink()
+    capsys.readouterr()
+    assert main(["preview", str(files["content"]), str(folder), "-o", str(tmp_path / "d.png"),
+                 *quick]) == 2
+    assert f"{folder} brings in only stylefu preview sheets (sheet{suffix}); name one" in \
+        capsys.readouterr().err
 
 
 def test_preview_defaults_are_the_draft_preset_at_preview_size(model_path, files, tmp_path):

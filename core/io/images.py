@@ -57,6 +57,9 @@ MAX_SIDES = {"WEBP": 16383, "JPEG": 65500}
 # Lossy outputs at quality 95: Pillow's defaults (75 JPEG and AVIF, 80 WebP) smear a painting's
 # fine strokes.
 SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}, "AVIF": {"quality": 95}}
+# Written into each preview sheet (EXIF ImageDescription; BMP has no place for it), so that a
+# folder of styles or photos holding one does not hand it on as a style or photo.
+PREVIEW_SHEET_MARK = "stylefu preview sheet"
 # A float image with values above this holds 0..255 (or other) numbers, not 0..1: refused, not
 # clipped to white. Up to it, overshoots (from sharpening or resampling) are clipped to 1.
 FLOAT_RANGE_LIMIT = 1.5
@@ -371,6 +374,25 @@ def _gray16(values: np.ndarray, who, name: str, key: int | None, from_file: bool
         return _from_array(gray, name)
     alpha = (values != key).astype(np.float32)
     return _from_array(np.dstack([gray, alpha]), name)  # grey, or RGB from a grey profile
+
+
+def sheet_mark() -> Image.Exif:
+    """The EXIF a preview sheet is saved with (`is_preview_sheet`)."""
+    exif = Image.Exif()
+    exif[0x010E] = PREVIEW_SHEET_MARK  # ImageDescription
+    return exif
+
+
+def is_preview_sheet(path: Path) -> bool:
+    """Whether `path` is a stylefu preview sheet (its mark), from the file's header alone."""
+    try:
+        with warnings.catch_warnings(), Image.open(path) as image:
+            warnings.simplefilter("ignore")  # a damaged file is the run's to report, not this
+            description = getattr(image, "tag_v2", {}).get(0x010E)  # TIFF's own tag
+            return (PREVIEW_SHEET_MARK.encode() in (image.info.get("exif") or b"")
+                    or description == PREVIEW_SHEET_MARK)
+    except Exception:  # noqa: BLE001 - any file Pillow cannot open is no sheet of ours
+        return False
 
 
 def one_or_many(given) -> list:

@@ -72,13 +72,30 @@ def listed_outputs(specs: Sequence[str], paths: Sequence[Path],
     return {path for path in paths if path not in named and file_id(path) in outputs}
 
 
+def _without_sheets(paths: list[Path], spec: str, log: Callable[[str], None]) -> list[Path]:
+    """`paths` less stylefu's preview sheets (one written beside its styles is no style)."""
+    from .images import is_preview_sheet
+
+    sheets = [p for p in paths if p.suffix.lower() != ".npy" and is_preview_sheet(p)]
+    if not sheets:
+        return paths
+    named = f"{', '.join(p.name for p in sheets[:3])}{', ...' if len(sheets) > 3 else ''}"
+    if len(sheets) == len(paths):
+        raise UserError(f"{spec} brings in only stylefu preview sheets ({named}); name one alone "
+                        "to use it.")
+    log(notes.act(f"{len(sheets)} stylefu preview sheet(s) in {spec} left out ({named}); name "
+                  "one alone to use it."))
+    return [p for p in paths if p not in sheets]
+
+
 def expand_inputs(specs: Sequence[str], log: Callable[[str], None] = notes.to_logger) -> list[Path]:
     """Folders (their images), globs, `@list.txt` (one path a line, relative to the list's folder,
     `#` comments) and plain paths, in natural order within each spec, duplicates dropped.
 
     A plain path is kept even when it does not exist (that item fails alone); a folder without
     images, a glob without matches or a missing list file is the user's error. HEIC photos in a
-    folder beside images are left out with a note to `log`, to act on.
+    folder beside images, and stylefu's preview sheets a folder or pattern brings in, are left
+    out with a note to `log`, to act on.
     """
     found: list[Path] = []
     for spec in specs:
@@ -107,13 +124,13 @@ def expand_inputs(specs: Sequence[str], log: Callable[[str], None] = notes.to_lo
             if heic:
                 log(notes.act(f"{heic} HEIC photo(s) in {spec} left out: stylefu cannot read "
                               "HEIC; save them as JPEG to include them."))
-            found += images
+            found += _without_sheets(images, spec, log)
         elif kind == "a pattern":
             matches = sorted((Path(p) for p in glob.glob(spec, recursive=True)), key=natural_key)
             if not matches:
                 raise UserError(f"No file matches {spec!r}; check the pattern (quote it so the shell "
                                 "does not expand it).")
-            found += matches
+            found += _without_sheets(matches, spec, log)
         else:
             found.append(Path(spec))
     return list(dict.fromkeys(found))

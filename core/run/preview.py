@@ -43,6 +43,7 @@ from ..io.images import (
     load_image,
     one_or_many,
     resize_array,
+    sheet_mark,
 )
 from ..io.inputs import expand_inputs
 from ..method import balance, guides
@@ -138,8 +139,9 @@ class PreviewResult:
             raise UserError(f"Unknown image type {suffix or '(no suffix)'!r} for {path}; end the "
                             f"name with one of {', '.join(PILLOW_FORMATS)}.")
         fmt = PILLOW_FORMATS[suffix]
+        mark = {} if fmt == "BMP" else {"exif": sheet_mark()}
         return atomic_write(path, lambda tmp: self.sheet.save(
-            tmp, format=fmt, **SAVE_OPTIONS.get(fmt, {})))
+            tmp, format=fmt, **mark, **SAVE_OPTIONS.get(fmt, {})))
 
     def save_json(self, path: str | Path) -> Path:
         """Write the figures as strict JSON (a non-finite number becomes null), atomically."""
