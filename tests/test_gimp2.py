@@ -280,6 +280,25 @@ def test_selection_becomes_the_mask_and_one_undo_removes_the_layer(report):
     assert r["undo_steps"] == 1 and r["layers_after_undo"] == ["source"]
 
 
+@pytest.mark.parametrize("name", ["layer_mask", "layer_mask_selection"])
+def test_the_layers_own_mask_hides_the_same_parts_of_the_new_layer(report, name):
+    """The source's own mask hid its left half, and the new layer showed it painted: its mask
+    is now the source's (within the selection, when there is one), the selection kept."""
+    r = report[name]
+    assert r["status"] == "success", r["message"]
+    assert r["has_mask"] and r["selection_kept"] and r["channels_kept"], r
+    assert r["offsets"] == [7, 5] and r["undo_steps"] == 1
+    expected = np.zeros((H, W), np.uint8)
+    expected[:, W // 2:] = 255
+    if name == "layer_mask_selection":
+        x, y, w, h = SELECTION
+        inside = np.zeros((H, W), bool)
+        inside[y:y + h, x:x + w] = True
+        expected[~inside] = 0
+    mask = np.frombuffer((report["out"] / f"{name}-mask.raw").read_bytes(), np.uint8)
+    assert np.array_equal(mask.reshape(H, W), expected)
+
+
 def test_soft_selection_on_an_offset_layer_is_the_workers_mask(report, model_path, tmp_path):
     """The selection's soft values at the layer's offsets reach the worker as its --mask."""
     r = report["soft_selection"]

@@ -538,6 +538,26 @@ def test_layer_in_a_position_locked_group_keeps_its_offsets(suite):
     assert r["source_unchanged"] and "is locked" not in suite["log"]
 
 
+@pytest.mark.parametrize("name", ["layer_mask", "layer_mask_selection"])
+def test_the_layers_own_mask_hides_the_same_parts_of_the_new_layer(suite, name):
+    """The source's own mask hid part of it, and the new layer showed that part painted: its
+    mask is now the source's (within the selection, when there is one), the selection kept."""
+    r = suite["results"][name]
+    assert r["status"] == "success", r["message"]
+    assert r["has_mask"] and r["selection_kept"] and r["channels_kept"], r
+    out = suite["out"]
+    expected = np.load(out / f"{name}-hidden.npy")
+    if name == "layer_mask_selection":
+        x, y, w, h = SELECTION
+        inside = np.zeros_like(expected)
+        inside[y:y + h, x:x + w] = 1.0
+        expected *= inside
+    assert np.abs(np.load(out / f"{name}-mask.npy") - expected).max() <= 1 / 255 + 1e-6
+    before, after = np.load(out / f"{name}-before.npy"), np.load(out / f"{name}-visible.npy")
+    assert np.array_equal(after[expected == 0], before[expected == 0])
+    assert np.abs(after[expected == 1][:, :3] - before[expected == 1][:, :3]).mean() > 0.01
+
+
 def test_pixels_beyond_srgb_are_painted(suite):
     """Colours outside sRGB (an Adobe RGB image) and values above 1 (linear float, HDR), as the
     layer and as its style, reach the worker clipped into sRGB (it refused them: "divide by

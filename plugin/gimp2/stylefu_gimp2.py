@@ -18,6 +18,8 @@ import traceback
 
 from gimpfu import (
     ADD_SELECTION_MASK,
+    CHANNEL_OP_INTERSECT,
+    CHANNEL_OP_REPLACE,
     LAYER_MODE_PASS_THROUGH,
     NORMAL_MODE,
     PF_DIRNAME,
@@ -148,9 +150,31 @@ class Host(PluginHost):
             pdb.gimp_image_remove_layer(self.image, layer)
         pdb.gimp_image_insert_layer(self.image, new, *self.result_place())
         new.set_offsets(*self.source.offsets)
-        if masked:
-            new.add_mask(new.create_mask(ADD_SELECTION_MASK))
+        self.add_mask(new, masked)
         return new
+
+    def add_mask(self, layer, masked):
+        """The new layer's mask, as GIMP 3's plug-in makes it (plugin/gimp3/stylefu.py,
+        add_mask): the selection where it paints only there, and the source's own mask where
+        GIMP applies one, both as one mask; the selection is as it was after."""
+        image, source = self.image, self.source
+        own = source.mask if source.mask is not None and \
+            pdb.gimp_layer_get_apply_mask(source) else None
+        if own is None:
+            if masked:
+                layer.add_mask(layer.create_mask(ADD_SELECTION_MASK))
+            return
+        saved = None if pdb.gimp_selection_is_empty(image) else pdb.gimp_selection_save(image)
+        try:
+            pdb.gimp_image_select_item(image, CHANNEL_OP_INTERSECT if masked else
+                                       CHANNEL_OP_REPLACE, own)
+            layer.add_mask(layer.create_mask(ADD_SELECTION_MASK))
+        finally:
+            if saved is None:
+                pdb.gimp_selection_none(image)
+            else:
+                pdb.gimp_image_select_item(image, CHANNEL_OP_REPLACE, saved)
+                pdb.gimp_image_remove_channel(image, saved)
 
     def result_place(self):
         """(parent, position) of the result: above the source, or where the user removed it
@@ -191,8 +215,7 @@ class Host(PluginHost):
             copy_pixels(source, layer)
             pdb.gimp_image_insert_layer(self.image, layer, group, 0)
             layer.set_offsets(*source.offsets)
-            if masked:
-                layer.add_mask(layer.create_mask(ADD_SELECTION_MASK))
+            self.add_mask(layer, masked)
             self.live_name = layer.name  # (GIMP may have made it unique)
         finally:
             pdb.gimp_image_undo_thaw(self.image)

@@ -198,10 +198,30 @@ class Host(bridge.PluginHost):
     def show(self, path, name, masked, layer):
         if layer is None:
             layer = new_layer_above(self.image, self.source, name, self.result_place())
-            if masked:
-                layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
+            self.add_mask(layer, masked)
         fill_layer(layer, path)
         return layer
+
+    def add_mask(self, layer, masked):
+        """The new layer's mask: the selection where it paints only there (`masked`), and the
+        source's own mask where GIMP applies one (else the parts it hides came back painted),
+        both as one mask; the selection is as it was after."""
+        own = self.source.get_mask() if self.source.get_apply_mask() else None
+        if own is None:
+            if masked:
+                layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
+            return
+        saved = None if Gimp.Selection.is_empty(self.image) else Gimp.Selection.save(self.image)
+        try:  # the mask made from the selection: the source's mask, within the selection
+            self.image.select_item(Gimp.ChannelOps.INTERSECT if masked else
+                                   Gimp.ChannelOps.REPLACE, own)
+            layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
+        finally:
+            if saved is None:
+                Gimp.Selection.none(self.image)
+            else:
+                self.image.select_item(Gimp.ChannelOps.REPLACE, saved)
+                self.image.remove_channel(saved)
 
     def remove(self, layer):
         self.image.remove_layer(layer)
@@ -228,8 +248,7 @@ class Host(bridge.PluginHost):
             self.image.reorder_item(self.source, group, 0)
             self.live_group_name, self.live_group_place = group.get_name(), self.place(group)
             layer = new_layer_above(self.image, self.source, name)
-            if masked:
-                layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
+            self.add_mask(layer, masked)
             # The source's own pixels, copied as they are: `content` may be clipped into sRGB.
             w, h = layer.get_width(), layer.get_height()
             whole = Gegl.Rectangle.new(0, 0, w, h)

@@ -331,6 +331,34 @@ def scenarios(content, fast):
     results["beyond_srgb"]["source_range"] = [float(before.min()), float(before.max())]
     record_composite("beyond_srgb", image, before)
 
+    # The layer's own mask hides its left half (and half hides a stripe): the new layer hides
+    # them too, within the selection where there is one; the selection is as it was after.
+    for name, selected in (("layer_mask", False), ("layer_mask_selection", True)):
+        image, layer = make_image(content)
+        hidden = np.ones((h, w), np.float32)
+        hidden[:, : w // 2], hidden[: h // 4] = 0.0, 0.5
+        mask = layer.create_mask(Gimp.AddMaskType.WHITE)
+        layer.add_mask(mask)
+        mask.get_buffer().set(Gegl.Rectangle.new(0, 0, w, h), "Y float", hidden.tobytes())
+        mask.get_buffer().flush()
+        if selected:
+            image.select_rectangle(Gimp.ChannelOps.REPLACE, *JOB["selection"])
+        chosen = image.get_selection().get_buffer().get(Gegl.Rectangle.new(0, 0, w, h), 1.0,
+                                                       "Y float", Gegl.AbyssPolicy.NONE)
+        channels = len(image.get_channels())
+        before = visible(image)
+        run(name, PROC, image, layer, **fast)
+        new = describe_new_layer(name, image, layer)
+        np.save(os.path.join(OUT, f"{name}-hidden.npy"), hidden)
+        np.save(os.path.join(OUT, f"{name}-before.npy"), before)
+        np.save(os.path.join(OUT, f"{name}-visible.npy"), visible(image))
+        np.save(os.path.join(OUT, f"{name}-mask.npy"), np.frombuffer(bytes(
+            new.get_mask().get_buffer().get(Gegl.Rectangle.new(0, 0, w, h), 1.0, "Y float",
+                                            Gegl.AbyssPolicy.NONE)), np.float32).reshape(h, w))
+        results[name].update(selection_kept=bytes(image.get_selection().get_buffer().get(
+            Gegl.Rectangle.new(0, 0, w, h), 1.0, "Y float", Gegl.AbyssPolicy.NONE)) == bytes(
+            chosen), channels_kept=len(image.get_channels()) == channels)
+
     # Where GIMP would refuse the new layer: refused before anything changes.
     image, layer = make_image(content)
     group = Gimp.GroupLayer.new(image, "pixels locked")

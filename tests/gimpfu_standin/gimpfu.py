@@ -177,7 +177,7 @@ class Layer(object):
         self.image, self.name, self.width, self.height = image, name, width, height
         self.type, self.opacity, self.mode = kind, opacity, mode
         self.offsets = (0, 0)
-        self.mask = None
+        self.mask, self.apply_mask = None, True
         self.parent = None
         self.visible, self.removed = True, False
         self.data = b"\0" * (width * height * _bpp(kind))
@@ -219,7 +219,7 @@ class Layer(object):
 
     def add_mask(self, mask):
         self.image._push("add mask")
-        self.mask = mask
+        self.mask, mask.layer = mask, self  # (a mask lies at its layer's offsets)
 
     def flush(self):
         """Written pixel regions reach GIMP (the stand-in writes through at once)."""
@@ -405,6 +405,45 @@ class _Pdb(object):
 
     def gimp_selection_is_empty(self, image):
         return not any(bytearray(image.selection.data))
+
+    def gimp_layer_get_apply_mask(self, layer):
+        if layer.mask is None:
+            raise ExecutionError("Layer '%s' has no mask" % layer.name)
+        return layer.apply_mask
+
+    def gimp_selection_save(self, image):
+        """A copy of the selection as a new channel of the image."""
+        channel = Channel(image, "Selection Mask copy", image.width, image.height)
+        channel.data = image.selection.data
+        image.channels = getattr(image, "channels", []) + [channel]
+        image._push("add channel")
+        return channel
+
+    def gimp_image_remove_channel(self, image, channel):
+        image.channels.remove(channel)
+        image._push("remove channel")
+
+    def gimp_selection_none(self, image):
+        image.selection.data = b"\0" * (image.width * image.height)
+        image._push("select none")
+
+    def gimp_image_select_item(self, image, operation, item):
+        """A channel (a saved selection, or a layer mask at its layer's offsets) as the
+        selection, or its intersection with it."""
+        if operation not in (CHANNEL_OP_REPLACE, CHANNEL_OP_INTERSECT):
+            raise ExecutionError("stand-in: only CHANNEL_OP_REPLACE and CHANNEL_OP_INTERSECT")
+        ox, oy = item.layer.offsets if getattr(item, "layer", None) else (0, 0)
+        sel, values = image.selection, bytearray(item.data)
+        old, data = bytearray(sel.data), bytearray(sel.width * sel.height)
+        for y in range(item.height):
+            for x in range(item.width):
+                if 0 <= x + ox < sel.width and 0 <= y + oy < sel.height:
+                    at = (y + oy) * sel.width + x + ox
+                    value = values[y * item.width + x]
+                    data[at] = value if operation == CHANNEL_OP_REPLACE else \
+                        (value * old[at] + 127) // 255
+        sel.data = bytes(data)
+        image._push("select item")
 
     def gimp_image_select_rectangle(self, image, operation, x, y, width, height):
         if operation != CHANNEL_OP_REPLACE:

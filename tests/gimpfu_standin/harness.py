@@ -203,6 +203,22 @@ def main():
         second_style_weight=JOB["second_style_weight"])
     image, layer = make_image("rgb")
     run("tiled", image, layer, style_file=JOB["style"], tile_size=JOB["tile_size"])
+    # The layer's own mask hides its left half: the new layer's mask hides it too (within the
+    # selection where there is one), the selection as it was after.
+    for name, selected in (("layer_mask", False), ("layer_mask_selection", True)):
+        image, layer = make_image("rgb", offsets=(7, 5), canvas=(90, 70))
+        mask = gimpfu.Channel(image, "mask", layer.width, layer.height)
+        mask.data = bytes(bytearray(0 if x < layer.width // 2 else 255 for y in
+                                    range(layer.height) for x in range(layer.width)))
+        layer.add_mask(mask)
+        if selected:
+            x, y, w, h = JOB["selection"]
+            pdb.gimp_image_select_rectangle(image, gimpfu.CHANNEL_OP_REPLACE, 7 + x, 5 + y, w, h)
+        chosen = image.selection.data
+        del image.undo_steps[:]  # the history starts here
+        run(name, image, layer, style_file=JOB["style"])
+        report[name].update(selection_kept=image.selection.data == chosen,
+                            channels_kept=not getattr(image, "channels", []))
     users_undo_steps()
     # GIMP's Cancel at the follower's third progress update (the live layer painted by then).
     image, layer = make_image("rgb")
