@@ -51,14 +51,14 @@ def test_npy_files_without_numpy_round_trip(tmp_path):
         bridge.read_npy(str(tmp_path / "d.npy"))
 
 
-def test_style_strength_maps_to_decades_of_style_weight():
+def test_style_strength_slider_ends_are_the_photo_and_the_style():
     from stylefu.core.method.balance import style_weight_for
 
     base = style_weight_for(50)
     assert style_weight_for(None) == base
-    assert style_weight_for(75) == pytest.approx(10 * base)
-    assert style_weight_for(0) == pytest.approx(base / 100)
-    assert style_weight_for(100) == pytest.approx(100 * base)
+    assert style_weight_for(0) == 0.0  # the slider's left end: the photo
+    assert style_weight_for(25) == pytest.approx(base / 4)
+    assert style_weight_for(100) == pytest.approx(base * 4 * 10 ** 0.8)
 
 
 def test_flatpak_runs_the_worker_on_the_host():

@@ -9,6 +9,9 @@ scale of the features leaves unchanged), the layers averaged:
 
     loss = content / mean(P^2) + beta(strength) * mean over layers of style_l / mean(A_l^2)
 
+beta grows with the square of strength / 50 up to the neutral 50 and faster above it, so that equal
+steps of the slider look like about equal steps of painting (docs/method.md, "The strength scale").
+
 That is the plain loss (docs/method.md) with particular weights, so `normalised_weights` returns them as
 a Config with content_weight, style_weight and style_layer_weights set: the optimisers, metrics
 and tiles see one formula. An explicit weight (`Config.plain_loss`) keeps the plain loss as given.
@@ -21,13 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..network.vgg import STYLE_LAYERS
-from .config import (
-    PLAIN_CONTENT_WEIGHT,
-    PLAIN_STYLE_WEIGHT,
-    STRENGTH_NEUTRAL,
-    STRENGTH_PER_DECADE,
-    Config,
-)
+from .config import PLAIN_CONTENT_WEIGHT, PLAIN_STYLE_WEIGHT, STRENGTH_NEUTRAL, Config
 
 if TYPE_CHECKING:
     import torch
@@ -37,12 +34,16 @@ if TYPE_CHECKING:
 # Chosen on trained VGG16 features (docs/method.md, "Calibration on trained features"): a cat
 # photo painted with a stroke style stays a readable cat while the style's texture covers it.
 BALANCED_STYLE_WEIGHT = 3.0
+# Above the neutral strength beta also gains 10 ** (this * (s/50 - 1)^2): the photo fades out there
+# (76 at 100; beyond about 50-100 the painting no longer changes visibly).
+UPPER_STEEPNESS = 0.8
 
 
 def style_weight_for(strength: float | None) -> float:
-    """beta of the normalised loss for a strength 0..100 (None: the neutral 50)."""
-    strength = STRENGTH_NEUTRAL if strength is None else strength
-    return BALANCED_STYLE_WEIGHT * 10.0 ** ((strength - STRENGTH_NEUTRAL) / STRENGTH_PER_DECADE)
+    """beta of the normalised loss for a strength 0..100 (None: the neutral 50): 0 at 0 (the
+    photo), 0.12 at 10, 1.08 at 30, 3 at 50, 7.9 at 70, 76 at 100."""
+    x = (STRENGTH_NEUTRAL if strength is None else strength) / STRENGTH_NEUTRAL
+    return BALANCED_STYLE_WEIGHT * x * x * 10.0 ** (UPPER_STEEPNESS * max(0.0, x - 1.0) ** 2)
 
 
 def detail_kept(strength: float | None) -> float:

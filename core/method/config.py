@@ -46,10 +46,9 @@ DEFAULT_PRESET = "normal"
 # but not all of --content-weight, --style-weight, --style-layer-weights are given.
 PLAIN_CONTENT_WEIGHT = 1.0
 PLAIN_STYLE_WEIGHT = 1e6
-# --strength (0..100): STRENGTH_NEUTRAL is the balanced default; every STRENGTH_PER_DECADE points
-# multiply or divide the style's weight by 10 (0 -> 1/100, 100 -> 100 times). See core/method/balance.py.
+# --strength (0..100): STRENGTH_NEUTRAL is the balanced default; 0 is the photo, 100 about 25
+# times the neutral style weight (core/method/balance.py, style_weight_for).
 STRENGTH_NEUTRAL = 50.0
-STRENGTH_PER_DECADE = 25.0
 STRENGTH_RANGE = (0.0, 100.0)
 
 # What each number may be: (lowest, highest, whole number?); beyond these a run is nonsense or
@@ -114,7 +113,8 @@ class Config:
     tolerance: float | None = _f(None, "stop a level early when its loss fell by less than this "
                                  "fraction over the last 10 evaluations (0: never)")
     strength: float | None = _f(None, "style strength 0..100, 50 balanced on every model (each "
-                                "loss term divided by its target's magnitude); 25 points = 10x "
+                                "loss term divided by its target's magnitude); 0 is the photo, "
+                                "equal steps paint about equally more "
                                 f"(default: {STRENGTH_NEUTRAL:g} unless a weight below is given)")
     content_weight: float | None = _f(None, "alpha: weight of the content loss (relu4_2 MSE); "
                                       "any of the three weights selects the plain loss (default: "
