@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -75,6 +76,15 @@ def test_inputs_folders_globs_lists_and_names(tmp_path, photos):
     listing = tmp_path / "list.txt"
     listing.write_text("# chosen\nin/frame5.png\n\nin/frame0.png\n")
     assert expand_inputs(["@" + str(listing)]) == [paths[5], paths[0]]
+    if hasattr(os, "mkfifo"):  # a pattern's FIFO is kept (its item fails alone), never opened
+        os.mkfifo(folder / "pipe.png")
+        found = []
+        reader = threading.Thread(target=lambda: found.append(expand_inputs([str(folder / "*")])),
+                                  daemon=True)
+        reader.start()
+        reader.join(10)
+        assert found and folder / "pipe.png" in found[0]
+        (folder / "pipe.png").unlink()
     with pytest.raises(UserError, match="matches"):
         expand_inputs([str(folder / "*.jpg")])
     with pytest.raises(UserError, match="no images"):

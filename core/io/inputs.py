@@ -76,7 +76,8 @@ def _without_sheets(paths: list[Path], spec: str, log: Callable[[str], None]) ->
     """`paths` less stylefu's preview sheets (one written beside its styles is no style)."""
     from .images import is_preview_sheet
 
-    sheets = [p for p in paths if p.suffix.lower() != ".npy" and is_preview_sheet(p)]
+    sheets = [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES and p.suffix != ".npy"
+              and p.is_file() and is_preview_sheet(p)]  # (opening a FIFO would block)
     if not sheets:
         return paths
     named = f"{', '.join(p.name for p in sheets[:3])}{', ...' if len(sheets) > 3 else ''}"
