@@ -14,7 +14,7 @@ fits (or the light torch-free engine), a model, the plug-in for every GIMP found
 Works from a checkout or downloaded alone; never imports stylefu itself.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # Python 3.6 and older stop here: stylefu needs 3.10+ (python3 install.py)
 
 import argparse
 import contextlib
@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-MIN_PYTHON = (3, 10)
+MIN_PYTHON: tuple = (3, 10)  # Python 2 stops here: stylefu needs Python 3.10+ (python3 install.py)
 # The PyTorch project's CPU-only wheels: on Linux, PyPI's torch is a CUDA build of several GB.
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # Windows with an NVIDIA driver: PyPI's Windows torch is the CPU build; CUDA comes from here.

@@ -7,6 +7,7 @@ leaving that HOME as it was. The light engine keeps it to about a minute and a h
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import json
 import os
@@ -87,6 +88,21 @@ def test_old_python_is_one_sentence(monkeypatch, capsys):
     monkeypatch.setattr(sys, "version_info", (3, 9, 18))
     assert install.main(["--light"]) == 2
     assert "needs Python 3.10 or newer" in capsys.readouterr().err
+
+
+# 2.7 and 3.0-3.9 (3.10 on has two digits)
+OLD_PYTHONS = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/[23].[0-9].*/bin/python")))
+
+
+@pytest.mark.skipif(not OLD_PYTHONS, reason="no Python older than 3.10 here (pyenv's)")
+def test_a_python_too_old_to_read_the_file_shows_a_sentence():
+    # Python 2.7 and 3.6 stop before the version check runs (a SyntaxError): the line they
+    # print is the sentence (it was "def say(text: str) -> None:" and the future import alone)
+    for python in OLD_PYTHONS:
+        proc = subprocess.run([python, str(REPO / "install.py")], capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode != 0 and "stylefu needs" in proc.stderr and "3.10" in \
+            proc.stderr, (python, proc.stderr)
 
 
 def test_an_environment_without_pip_is_made_afresh(tmp_path):
