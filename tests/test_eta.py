@@ -98,7 +98,7 @@ def test_estimate_calibrates_once_then_uses_measured_speed(model_path, random16_
     assert figures["event"] == "result" and figures["measured_by"] == "a calibration now"
     assert figures["seconds"] > 0 and figures["levels"][-1] == [256, 192]
     kept = eta.load_speeds()[figures["speed"]]["points"]
-    assert [p for p, _ in kept] == [128 * 96, 256 * 192]  # the calibration's two sizes
+    assert [p for p, _ in kept] == [256 * 192, 384 * 288]  # the calibration's two sizes
     assert eta.compiled_key(figures["speed"]) not in eta.load_speeds()  # calibrations are eager
     # Another architecture is another speed: the VGG16 model does not get the VGG19 one's.
     other = command[:-2] + [str(random16_model_path), "--json"]
@@ -115,6 +115,32 @@ def test_estimate_calibrates_once_then_uses_measured_speed(model_path, random16_
     assert json.loads(bigger.stdout.splitlines()[-1])["seconds"] == figures["seconds"]  # same plan
     bad = subprocess.run(command[:5] + ["640by480"] + command[6:], capture_output=True, text=True)
     assert bad.returncode == 2 and "--layer must be WIDTHxHEIGHT" in bad.stderr
+
+
+def test_speeds_kept_from_small_runs_alone_price_nothing_larger(model_path, monkeypatch):
+    """After many 64-128 px runs (an evaluation's fixed part is most of its time there: the
+    light install 0.1 s at 64 px, 0.17 s at 128, 0.34 s at 256, 0.87 s at 512, idle), their
+    speed priced a 512 px run 2.7-4 times over. Now an estimate from them calibrates first, and
+    where larger levels are kept the small ones price nothing."""
+    fixed = 0.08  # seconds per evaluation whatever the size, under FIT_MIN_PIXELS
+    small = [(p, fixed + 2e-6 * p, False) for p in (43 * 64, 85 * 128, 96 * 128)]
+    eta.record_speed(KEY, small)
+    assert not eta.sized_speed_kept(KEY)
+    large = [(p, 0.03 + 4e-6 * p, False) for p in (192 * 256, 384 * 512)]
+    eta.record_speed(KEY, large)
+    assert eta.sized_speed_kept(KEY)
+    rate, exponent, _ = eta.kept_speed(KEY)
+    assert (rate, exponent) == eta.fit_speed([(p, s) for p, s, _ in large])
+    seconds = eta.speed_at((rate, exponent), 512 * 683)
+    assert seconds == pytest.approx(0.03 + 4e-6 * 512 * 683, rel=0.1)
+    # The command: kept small levels alone, it measures first.
+    monkeypatch.setattr(eta, "run_key", lambda config, architecture: KEY + "-small")
+    eta.record_speed(KEY + "-small", small)
+    from stylefu.core.cli.main import main
+
+    assert main(["estimate", "--layer", "640x480", "--size", "64", "--preset", "draft",
+                 "--model", str(model_path), "--json"]) == 0
+    assert eta.sized_speed_kept(KEY + "-small")
 
 
 # --- compiled and eager speeds kept apart ----------------------------------------------------------

@@ -643,7 +643,7 @@ def cmd_estimate(args) -> int:
     _check_like_run(height, width, config, _styles(args))
     key = eta.run_key(config, read_artifact_info(model_file(args.model)).architecture)
     source = f"{len(eta.load_speeds().get(key, {}).get('points', []))} level(s) of earlier runs"
-    if args.calibrate or eta.kept_speed(key)[0] is None:
+    if args.calibrate or not eta.sized_speed_kept(key):
         from ..engines import load_engine_model
 
         model = load_engine_model(args.model, config)

@@ -34,6 +34,10 @@ LEVEL_RATE_AFTER = 3
 RATE_WINDOW = 20
 DEFAULT_EXPONENT = 1.0
 EXPONENT_RANGE = (0.8, 1.3)  # beyond these two noisy points are not believed
+# Kept levels under this many pixels price nothing where larger ones are kept, and an estimate
+# from them alone calibrates first: there an evaluation costs mostly its fixed part (calls, the
+# optimiser's step), so their speed carried up to 512 px priced a run 2-4 times over.
+FIT_MIN_PIXELS = 128 * 256
 SPEED_FILE = "speed.json"
 KEPT_POINTS = 24
 KEPT_RUNS = 8  # fixed (and compile) seconds: the lower median of the last runs'
@@ -230,11 +234,19 @@ def _median(entry: dict, name: str) -> float:
 
 def kept_speed(key: str, speeds: dict | None = None) -> tuple[float | None, float, float]:
     """(rate, exponent, fixed seconds) earlier runs measured for `key` (in `speeds`, else
-    speed.json): rate None when none did; the fixed seconds are the (lower) median of the last
-    runs'."""
+    speed.json): rate None when none did; from levels of FIT_MIN_PIXELS or more where any are
+    kept; the fixed seconds are the (lower) median of the last runs'."""
     speed = (load_speeds() if speeds is None else speeds).get(key, {})
-    rate, exponent = fit_speed(speed["points"]) if speed.get("points") else (None, DEFAULT_EXPONENT)
+    points = speed.get("points") or []
+    points = [(p, s) for p, s in points if p >= FIT_MIN_PIXELS] or points
+    rate, exponent = fit_speed(points) if points else (None, DEFAULT_EXPONENT)
     return rate, exponent, _median(speed, "fixed_seconds")
+
+
+def sized_speed_kept(key: str) -> bool:
+    """Whether earlier runs kept a level of FIT_MIN_PIXELS or more for `key` (else an estimate
+    calibrates first)."""
+    return any(p >= FIT_MIN_PIXELS for p, _ in load_speeds().get(key, {}).get("points") or [])
 
 
 def speed_at(speed: tuple[float, float], pixels: int) -> float:
@@ -373,7 +385,7 @@ def run_key(config: Config, architecture: str) -> str:
     return speed_key(architecture, "torch", str(device), precision)
 
 
-CALIBRATION_SIDES = (128, 256)
+CALIBRATION_SIDES = (256, 384)  # both over FIT_MIN_PIXELS (on a 3:4 picture)
 CALIBRATION_EVALUATIONS = 5
 
 
