@@ -206,7 +206,8 @@ class Host(bridge.PluginHost):
         """The new layer's mask: the selection where it paints only there (`masked`), and the
         source's own mask where GIMP applies one (else the parts it hides came back painted),
         both as one mask; the selection is as it was after."""
-        own = self.source.get_mask() if self.source.get_apply_mask() else None
+        own = self.source.get_mask()
+        own = own if own is not None and self.source.get_apply_mask() else None
         if own is None:
             if masked:
                 layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
