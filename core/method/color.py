@@ -26,6 +26,7 @@ YIQ_TO_RGB = np.linalg.inv(RGB_TO_YIQ)
 EPS = 1e-6
 # Pixel noise (8-bit steps, JPEG) spreads a colour at most this much; a larger spread is the picture's.
 NOISE_STD = 3.0 / 255.0
+NOISE_PAIRS = 500_000  # neighbouring pairs each way the noise is measured on, at most about
 
 
 def rgb_to_yiq(rgb: np.ndarray) -> np.ndarray:
@@ -96,11 +97,14 @@ def _sqrtm(cov: np.ndarray) -> np.ndarray:
 def _noise_variances(rgb: np.ndarray, directions: np.ndarray, weights=None) -> np.ndarray:
     """The pixel noise's variance along each colour direction (a column of `directions`): from
     neighbouring pixels' differences (their median, so that edges count as none), at most
-    NOISE_STD squared (a larger spread between neighbours is fine texture, not noise)."""
-    pairs = [(rgb[:, 1:] - rgb[:, :-1], None if weights is None else
-              np.minimum(weights[:, 1:], weights[:, :-1])),
-             (rgb[1:] - rgb[:-1], None if weights is None else np.minimum(weights[1:], weights[:-1]))]
-    steps = np.concatenate([d.reshape(-1, 3) if w is None else d[w > 0] for d, w in pairs])
+    NOISE_STD squared (a larger spread between neighbours is fine texture, not noise). Every
+    `step`-th row's and column's pairs: about NOISE_PAIRS of each (a 24 MP style's all took GBs)."""
+    step = max(1, rgb.shape[0] * rgb.shape[1] // NOISE_PAIRS)
+    rows, cols = (slice(None, None, step), slice(None)), (slice(None), slice(None, None, step))
+    w = np.ones(rgb.shape[:2], np.float32) if weights is None else weights
+    pairs = [(rgb[rows][:, 1:] - rgb[rows][:, :-1], np.minimum(w[rows][:, 1:], w[rows][:, :-1])),
+             (rgb[cols][1:] - rgb[cols][:-1], np.minimum(w[cols][1:], w[cols][:-1]))]
+    steps = np.concatenate([d[kept > 0] for d, kept in pairs])
     if not len(steps):
         return np.zeros(3)
     # a difference of two pixels holds twice one's noise; 1.4826 * median |x|: a normal's spread
