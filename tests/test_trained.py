@@ -169,17 +169,17 @@ if __name__ == "__main__":  # print the measured figures behind the floors
 
 
 def test_a_weak_strength_keeps_the_photos_detail_through_the_levels(trained_model_path):
-    """At strength 0 a two-level run came out blurred (its last level starts from the first's
-    result enlarged, which the content loss's deep layer cannot sharpen again): 0.71-0.72 of a
-    one-level run's edge sharpness here, measured on both precision paths; with the content's
-    detail added to each finer level's start, 1.00."""
+    """At a weak strength a two-level run came out blurred (its last level starts from the
+    first's result enlarged, which the content loss's deep layer cannot sharpen again): at 5,
+    0.71-0.72 of a one-level run's edge sharpness here, measured on both precision paths; with
+    the content's detail added to each finer level's start, 0.96. (Strength 0 runs one level.)"""
     content, style = photo("coffee", 192), photo("immunohistochemistry", 128)
     model = load_model(trained_model_path, "cpu")
 
     def sharpness(levels: int) -> float:
-        config = Config(size=192, strength=0, levels=levels, evaluations=10,
+        config = Config(size=192, strength=5, levels=levels, evaluations=10,
                         coarse_evaluations=10, device="cpu")
         grey = stylize(content, style, model=model, config=config).image.mean(axis=2)
         return float(np.abs(np.diff(grey, axis=0)).mean() + np.abs(np.diff(grey, axis=1)).mean())
 
-    assert sharpness(2) > 0.93 * sharpness(1)
+    assert sharpness(2) > 0.88 * sharpness(1)

@@ -162,6 +162,24 @@ class Config:
         value = getattr(self, name)
         return PRESETS[self.preset][name] if value is None else value
 
+    @property
+    def paints_nothing(self) -> bool:
+        """True when the loss has its minimum at the run's start, the content: no style term
+        (--strength 0, the photo, or --style-weight 0) and no TV term. Such a run returns the
+        content from one level without an evaluation (every one would only chase float noise)."""
+        style = self.style_weight if self.plain_loss else self.strength
+        return style == 0 and not self.tv_weight and self.init == "content"
+
+    def planned_levels(self) -> int:
+        """How many levels, coarse to fine, the run plans at most (one where it paints nothing)."""
+        return 1 if self.paints_nothing else self.schedule_value("levels")
+
+    def level_evaluations(self, final: bool) -> int:
+        """A level's evaluation budget: the final level's, or a coarser one's."""
+        if self.paints_nothing:
+            return 0
+        return self.schedule_value("evaluations" if final else "coarse_evaluations")
+
     def validate(self) -> Config:
         """Raise UserError with one clear sentence for any value a run cannot use.
 

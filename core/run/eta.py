@@ -92,8 +92,7 @@ class TimeLeft:
         h, w = p.size
         for number in range(p.level + 1, p.levels + 1):
             h, w = 2 * h, 2 * w
-            evaluations = self.config.schedule_value(
-                "evaluations" if number == p.levels else "coarse_evaluations")
+            evaluations = self.config.level_evaluations(final=number == p.levels)
             units += (evaluations + TARGET_EVALUATIONS) * self.cost((h, w))
         return units + FINISH_EVALUATIONS * self.cost((h, w))
 
@@ -283,8 +282,7 @@ def estimate_seconds(height: int, width: int, config: Config, rate: float, expon
     sizes = level_sizes(height, width, config)
     seconds = 0.0
     for number, size in enumerate(sizes, start=1):
-        evaluations = config.schedule_value("evaluations" if number == len(sizes)
-                                            else "coarse_evaluations")
+        evaluations = config.level_evaluations(final=number == len(sizes))
         speed = level_speeds[number - 1] if level_speeds else (rate, exponent)
         seconds += (evaluations * speed_at(speed, level_pixels(size)) +
                     TARGET_EVALUATIONS * speed_at((rate, exponent), level_pixels(size)))

@@ -124,7 +124,7 @@ def level_sizes(height: int, width: int, config: Config) -> list[tuple[int, int]
     """Working sizes from coarse to fine; the coarsest keeps at least 64 px on its short side."""
     full = fit_long_side(height, width, config.size)
     sizes = [full]
-    for _ in range(config.schedule_value("levels") - 1):
+    for _ in range(config.planned_levels() - 1):
         h, w = sizes[0]
         if min(h, w) // 2 < max(64, MIN_SIDE):
             break
@@ -163,8 +163,7 @@ def plan_levels(height: int, width: int, config: Config, device: torch.device) -
     margins = margin.level_margins(sizes)
     canvases = canvas_sizes(height, width, config)
     # Whether a level is tiled goes by its picture: a margin alone does not tile a level that fits.
-    return [Level(k, canvas, config.schedule_value("evaluations" if k == len(sizes)
-                                                   else "coarse_evaluations"),
+    return [Level(k, canvas, config.level_evaluations(final=k == len(sizes)),
                   tiling.choose_crop_side(*size, config.crop_side, config.optimizer, device), m)
             for k, (size, canvas, m) in enumerate(zip(sizes, canvases, margins), start=1)]
 
@@ -312,6 +311,9 @@ def stylize(content, style_or_styles, *, config: Config | None = None,
     log = log or notes.to_logger
     content_pic, style_pics, mask_arrays, config, runner, init = _checked_inputs(
         content, style_or_styles, masks, config, keep_size, model, log)
+    if config.paints_nothing:
+        log(f"{'--style-weight' if config.plain_loss else '--strength'} 0 keeps the content as "
+            "it is: no evaluation runs.")
     plan = plan_levels(content_pic.height, content_pic.width, config, runner.device)
     final = plan[-1]
     model = runner.load(plan)
