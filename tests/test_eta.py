@@ -143,6 +143,21 @@ def test_speeds_kept_from_small_runs_alone_price_nothing_larger(model_path, monk
     assert eta.sized_speed_kept(KEY + "-small")
 
 
+def test_an_estimate_at_strength_zero_calibrates_on_evaluations_that_run(model_path, capsys):
+    """--strength 0 runs no evaluation, so a calibration with the user's strength measured
+    nothing and the estimate failed (TypeError) on a machine without kept speeds."""
+    from stylefu.core.cli.main import main
+
+    command = ["estimate", "--layer", "640x480", "--size", "64", "--preset", "draft",
+               "--model", str(model_path), "--json"]
+    assert main(command + ["--strength", "0"]) == 0
+    nothing = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert nothing["measured_by"] == "a calibration now" and len(nothing["levels"]) == 1
+    assert main(command) == 0
+    painting = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert painting["seconds"] > 3 * nothing["seconds"]
+
+
 # --- compiled and eager speeds kept apart ----------------------------------------------------------
 
 KEY = "vgg16/torch/cpu/bfloat16/threads=1"  # any speed_key: the entries are what is tested

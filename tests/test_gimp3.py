@@ -1024,6 +1024,9 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
     height, width = np.load(content).shape[:2]
     assert shown and (int(shown[2]), int(shown[3])) == (width, height), cancelled[-3000:]
     assert cancelled.index("dialog estimate: ") < cancelled.index("dialog preview: ")
+    # The strength typed in asks again (strength 0 runs no evaluation: seconds, not minutes).
+    asked = re.findall(r"dialog estimate: .*--strength (\S+)", cancelled)
+    assert asked and (float(asked[0]), float(asked[-1])) == tuple(strengths), asked
     assert cancelled.index("dialog estimate shown") < cancelled.index("dialog preview shown")
     # One worker for the dialog's estimates and previews.
     assert cancelled.count("dialog worker: ") == ran.count("dialog worker: ") == 1

@@ -923,7 +923,9 @@ def test_dialog_previews_paint_the_selections_box_in_one_kept_worker(tmp_path, i
                 run.stop()
             assert not os.path.exists(output), "the run's folder outlived stop()"
             shown = [r["image"] for r in records if r.get("image")]
-            assert len(shown) >= 2 and all(r["fraction"] <= 1 for r in records)
+            assert all(r.get("fraction", 0) <= 1 for r in records)
+            # Strength 0 is the photo at once (no evaluation), the dialog shows the result.
+            assert len(shown) >= 2 if strength else not shown
         assert kept.alive, "the worker ended between previews"
     finally:
         kept.close()
@@ -935,6 +937,7 @@ def test_dialog_previews_paint_the_selections_box_in_one_kept_worker(tmp_path, i
     assert options[options.index("--size") + 1] == str(PREVIEW_SIDE)
     assert options[options.index("--mask") + 1].endswith("selection.npy")
     assert [f["event"] for f in finals] == ["result"] * 2
+    assert finals[0]["metrics"]["evaluations"] > 0 == finals[1]["metrics"]["evaluations"]
     assert finals[0]["metrics"]["sizes"][-1] == [PREVIEW_SIDE] * 2  # the 30x30 box
     # Each run had its own entries.
     assert finals[0]["metrics"]["loss_weights"] != finals[1]["metrics"]["loss_weights"]

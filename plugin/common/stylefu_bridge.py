@@ -61,8 +61,9 @@ DIALOG_PREVIEW_IGNORES = ("size", "preset", "iterations", "tile_size")
 # 30" did not (cut to "Preview: level 1 of 3, ev...").
 DIALOG_TEXT_CHARS = 26
 DIALOG_PREVIEW_WAITING = "Preview: about to start"
-# The dialog entries the estimate of the filter's time follows (how much work, and where).
-DIALOG_ESTIMATE_FOLLOWS = ("size", "preset", "iterations", "tile_size", "device")
+# The dialog entries the estimate of the filter's time follows (how much work, and where;
+# strength 0 runs no evaluation).
+DIALOG_ESTIMATE_FOLLOWS = ("size", "preset", "iterations", "tile_size", "device", "strength")
 # "Second style goes": where the optional second style is painted, the first choice being the
 # default (the one place it is set; the installer's settings take it from here). "everywhere":
 # blended with the first style over the whole layer (a selection limits both); "outside": the
