@@ -191,8 +191,8 @@ def test_a_styles_transparent_pixels_are_no_part_of_its_grams(model):
     """The Grams of a style with transparency are those of its visible pixels: the two visible
     quadrants' own Grams averaged, whatever colour the transparent ones hide. Ignoring the alpha
     (as before) errs 2-300x more (trained and random VGG weights; relu5_1 sees the quadrants'
-    borders most). The Grams a style too large for one pass sums on the torch side
-    (tiling.grams) weigh its pixels alike."""
+    borders most). The Grams a style too large for one pass sums in cores (tiling.grams) weigh
+    its pixels alike."""
     from skimage import data
 
     texture = resize_array(data.coffee().astype(np.float32) / 255, 256, 256)
@@ -213,7 +213,7 @@ def test_a_styles_transparent_pixels_are_no_part_of_its_grams(model):
             error = relative_error(weighted[name], visible[name])
             assert error < (0.45 if name == "relu5_1" else 0.2), (hidden, name, error)
             assert relative_error(ignored[name], visible[name]) > 3 * error, (hidden, name)
-            assert relative_error(in_cores[name].numpy(), weighted[name]) < 1e-5, name
+            assert relative_error(in_cores[name], weighted[name]) < 1e-5, name
     assert np.array_equal(*seen)  # no hidden colour reaches the network
 
 

@@ -318,3 +318,20 @@ def test_a_damaged_gradient_graph_is_named_where_the_loss_becomes_nan(model_path
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     assert done.returncode == 2, done.stderr
     assert "a damaged gradient graph does this too: `stylefu cache prune --max-mb 0`" in done.stderr
+
+
+def test_a_style_too_large_for_one_pass_needs_no_torch(model_path, pictures, tmp_path):
+    """A style whose Grams come in cores (at --size 2048 with 24 GB, here forced by a small
+    budget) imported torch: the light install stopped with ModuleNotFoundError."""
+    content, style = pictures
+    save_image(style, demo_style(320))
+    code = ("import sys, atexit; atexit.register(lambda: print('TORCH', 'torch' in sys.modules, "
+            "file=sys.stderr)); from stylefu.core.method import tiling; "
+            "tiling.ort_budget = lambda device='cpu': tiling.ort_bytes(128, 128); "
+            "from stylefu.core.cli.main import main; sys.exit(main())")
+    proc = subprocess.run([sys.executable, "-c", code, "run", str(content), str(style), "-o",
+                           str(tmp_path / "out.png"), "--model", str(model_path), "--engine",
+                           "onnx", "--size", "320", "--levels", "1", "--evaluations", "2",
+                           "--progress", "none"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "TORCH False" in proc.stderr

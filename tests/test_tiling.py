@@ -78,12 +78,14 @@ def test_tiled_grams_match_the_whole_image(model):
     feats = model.engine.features(image.transpose(2, 0, 1)[None], STYLE_LAYERS)
     whole = {n: losses.gram(torch.from_numpy(feats[n])) for n in STYLE_LAYERS}
     tiled = tiling.gram_sum(tiling.tiled_pass(model.engine, [image], STYLE_LAYERS, 96, 32))
+    tiled = {n: torch.from_numpy(g) for n, g in tiled.items()}  # numpy: no torch needed
     for name in STYLE_LAYERS[:4]:
         error = float((tiled[name] - whole[name]).norm() / whole[name].norm())
         assert error < 0.05, (name, error)
     mask = torch.zeros(1, 1, 96, 128)
     mask[..., 40:] = 1.0
     guided = tiling.gram_sum(tiling.tiled_pass(model.engine, [image], STYLE_LAYERS[:2], 96, 32), mask)
+    guided = {n: torch.from_numpy(g) for n, g in guided.items()}
     from stylefu.core.network.vgg import layer_masks
     lm = layer_masks(mask, STYLE_LAYERS[:2])
     for name in STYLE_LAYERS[:2]:

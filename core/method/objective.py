@@ -141,6 +141,8 @@ def evaluate(model: StyleModel, image: np.ndarray, targets: Targets, config: Con
     are sums over cores, each seen with tiling.CONTEXT_MARGIN px of context). Every style layer is
     reported, also those the loss weighs zero.
     """
+    import torch
+
     from . import losses
 
     spec = LossSpec.from_config(config)
@@ -163,7 +165,7 @@ def evaluate(model: StyleModel, image: np.ndarray, targets: Targets, config: Con
         grams = acc.grams()
         for name in STYLE_LAYERS:
             per_layer[name] += term.weight * float(losses.style_layer_loss(
-                grams[name], term.grams[name].cpu()))
+                torch.from_numpy(grams[name]), term.grams[name].cpu()))
     content_loss = squares / max(count, 1)
     style = spec.style(per_layer)
     tv = float(losses.tv_loss(to_tensor(image)))

@@ -110,8 +110,7 @@ def target_arrays(model, content: np.ndarray, styles: Sequence[np.ndarray], size
                   config: Config, content_features: bool = True):
     """compute_targets' arrays, without torch (the torch-free engine's targets): content features
     (or None) and {layer: blended [1,C,C] Grams}. `styles` as style_array gives them (a fourth
-    channel weighs a style's pixels). Only a style too large for one pass (Grams in
-    cores, tiling.grams) needs torch."""
+    channel weighs a style's pixels)."""
     cache = target_cache(model)
     h, w = size
     content_feat = None

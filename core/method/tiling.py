@@ -329,42 +329,43 @@ class GramSum:
     """Gram matrices accumulated over parts of an image: sums of (weighted) F F^T, one division."""
 
     def __init__(self):
-
-        self.sums: dict[str, torch.Tensor] = {}
+        self.sums: dict[str, np.ndarray] = {}
         self.totals: dict[str, float] = {}
 
-    def add(self, name: str, features: np.ndarray, weights: torch.Tensor | None = None) -> None:
-        """Add [1,C,h,w] `features` of layer `name`, positions weighted by [1,1,h,w] `weights`."""
-        import torch
-
+    def add(self, name: str, features: np.ndarray, weights=None) -> None:
+        """Add [1,C,h,w] `features` of layer `name`, positions weighted by [1,1,h,w] `weights`
+        (an array or a CPU tensor). numpy: the torch-free engine's targets use it too."""
         # float32 products (a part has at most a few million positions), summed in float64.
-        f = torch.from_numpy(np.ascontiguousarray(features)).float()
+        f = np.ascontiguousarray(features, np.float32)
         _, c, h, w = f.shape
         flat = f.reshape(c, h * w)
         if weights is None:
-            g, total = (flat @ flat.T).double(), float(h * w)
+            g, total = (flat @ flat.T).astype(np.float64), float(h * w)
         else:
-            wv = weights.float().reshape(1, h * w)
-            g, total = ((flat * wv) @ flat.T).double(), float(wv.double().sum())
+            wv = np.asarray(weights, np.float32).reshape(1, h * w)
+            g, total = ((flat * wv) @ flat.T).astype(np.float64), float(wv.sum(dtype=np.float64))
         self.sums[name] = self.sums[name] + g if name in self.sums else g
         self.totals[name] = self.totals.get(name, 0.0) + total
 
-    def grams(self) -> dict[str, torch.Tensor]:
+    def grams(self) -> dict[str, np.ndarray]:
         """G = sum F F^T / (C * total weight), as losses.gram would give for the whole image."""
-        return {n: (g / (g.shape[0] * max(self.totals[n], 1e-8))).float()[None]
+        return {n: (g / (g.shape[0] * max(self.totals[n], 1e-8))).astype(np.float32)[None]
                 for n, g in self.sums.items()}
 
 
-def core_mask(mask: torch.Tensor | None, core: Window, layers) -> dict[str, torch.Tensor] | None:
-    """A [1,1,H,W] image-size mask cut to `core` and pooled to each layer (None stays None)."""
+def core_mask(mask, core: Window, layers) -> dict | None:
+    """A [1,1,H,W] image-size mask (a tensor, or an array) cut to `core` and pooled to each
+    layer, on the CPU as it came (None stays None)."""
     if mask is None:
         return None
     ys, xs = core.slices
-    return layer_masks(mask[..., ys, xs].float().cpu(), layers)
+    part = mask[..., ys, xs]
+    return layer_masks(part.float().cpu() if hasattr(part, "cpu") else
+                       np.asarray(part, np.float32), layers)
 
 
 def gram_sum(passes: Iterator[tuple[Window, dict[str, np.ndarray]]],
-             mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+             mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Gram matrices of a whole image from its core-by-core `passes` (`feature_passes`,
     `tiled_pass`): what `losses.gram` gives for the full image. With `mask` ([1,1,H,W]) guided."""
     acc = GramSum()
@@ -400,14 +401,12 @@ def feature_passes(engine, images: list[np.ndarray], layers, device: torch.devic
 
 
 def grams(engine, image: np.ndarray, layers, device: torch.device | str = "cpu"
-          ) -> dict[str, torch.Tensor]:
+          ) -> dict[str, np.ndarray]:
     """Gram matrices of `image` [H,W,3]: one forward pass when it fits in memory, else in cores;
-    an [H,W,4] image's fourth channel weighs its pixels (as cache.cached_grams)."""
-    import torch
-
+    an [H,W,4] image's fourth channel weighs its pixels (as cache.cached_grams). No torch."""
     weights = None
     if image.shape[2] == 4:
-        weights = torch.from_numpy(np.ascontiguousarray(image[..., 3]))[None, None]
+        weights = np.ascontiguousarray(image[..., 3], np.float32)[None, None]
     rgb = np.ascontiguousarray(image[..., :3])
     return gram_sum(feature_passes(engine, [rgb], layers, device), weights)
 
