@@ -7,7 +7,10 @@
   engine and by torch fp32 / auto precision, and the time each took;
 - start-up of `stylefu run --engine onnx`: process start to its first evaluation, and whether
   torch was imported by then;
-- disk size of .venv (full) and .venv-light.
+- disk size of .venv (full) and .venv-light;
+- with `--memory SIDES`: the peak resident memory of one level at each long side, 55 evaluations
+  (the L-BFGS history full), per engine, against the plan's figure (tiling.torch_bytes), which
+  decides when a level is tiled.
 
     STYLEFU_WEIGHTS_CACHE=/var/cache/stylefu-weights python tests/bench_onnx_engine.py [--size 512]
 """
@@ -175,6 +178,26 @@ def start_up(model_path: Path, python: str) -> tuple[float, bool]:
     return float(line.split()[1]) - started, line.split()[2] == "True"
 
 
+def peak_memory(model_path: Path, python: str, engine: str, side: int) -> float:
+    """Peak resident GB of a `stylefu run` process: one level at `side` px, 55 evaluations."""
+    from stylefu.core.io.demo import demo_photo, demo_style
+    from stylefu.core.io.images import save_image
+
+    folder = Path(tempfile.mkdtemp())
+    save_image(folder / "c.png", demo_photo())
+    save_image(folder / "s.png", demo_style())
+    code = ("import sys, atexit, resource; atexit.register(lambda: print('PEAK', resource.getrusage("
+            "resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)); "
+            "from stylefu.core.cli.main import main; sys.exit(main())")
+    proc = subprocess.run([python, "-c", code, "run", str(folder / "c.png"), str(folder / "s.png"),
+                           "-o", str(folder / "o.png"), "--model", str(model_path), "--engine",
+                           engine, "--size", str(side), "--levels", "1", "--evaluations", "55",
+                           "--tolerance", "0", "--progress", "none"],
+                          check=True, capture_output=True, text=True)
+    line = next(v for v in proc.stderr.splitlines() if v.startswith("PEAK"))
+    return int(line.split()[1]) * 1024 / 1e9
+
+
 def disk_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink()) / 1e6
 
@@ -187,6 +210,8 @@ def main() -> None:
     parser.add_argument("--skip-runs", action="store_true", help="no `normal` runs (minutes each)")
     parser.add_argument("--optimisers", type=int, default=0, metavar="N",
                         help="also compare L-BFGS implementations over N evaluations at 256 px")
+    parser.add_argument("--memory", default="", metavar="SIDES",
+                        help="peak memory of one level at these long sides (e.g. 384,640,896)")
     args = parser.parse_args()
     model_path = trained_model(Path(tempfile.mkdtemp()))
     print(f"machine: {os.cpu_count()} CPUs, {len(os.sched_getaffinity(0))} usable; "
@@ -207,6 +232,19 @@ def main() -> None:
         full, small = disk_mb(ROOT / ".venv"), disk_mb(light)
         print(f"disk: .venv {full:.0f} MB (with the test extra), .venv-light {small:.0f} MB "
               f"({small / full:.2f} of it)")
+    if args.memory:
+        from stylefu.core.io.demo import demo_photo
+        from stylefu.core.io.images import fit_long_side
+        from stylefu.core.method import tiling
+
+        print("peak memory, one level, 55 evaluations (the plan's figure decides tiling):")
+        for side in [int(v) for v in args.memory.split(",") if v]:
+            h, w = fit_long_side(*demo_photo().shape[:2], side)
+            plan = tiling.torch_bytes(h, w) / 1e9
+            for engine in ("onnx", "torch"):
+                peak = peak_memory(model_path, sys.executable, engine, side)
+                print(f"  {w}x{h} px {engine:<5} {peak:5.2f} GB (plan {plan:.2f} GB: "
+                      f"{peak / plan:.2f}x)", flush=True)
     if args.optimisers:
         print(f"optimisers, one level at 256 px, {args.optimisers} evaluations:")
         for name, (loss, seconds, count) in optimisers(model_path, 256, args.optimisers).items():
