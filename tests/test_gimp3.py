@@ -822,10 +822,11 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
             assert sum(words in line for line in lines) >= count, \
                 f"no {words!r} ({count}): {''.join(lines)[-3000:]}"
 
-        def wait_after(opened_words, words, seconds=300):
-            """Until `words` is said after the line with `opened_words`, then a second (drawn)."""
+        def wait_after(opened_words, words, seconds=300, last=False):
+            """Until `words` is said after the (`last`: the last) line with `opened_words`, then
+            a second (drawn)."""
             deadline = time.monotonic() + seconds
-            opened = next(i for i, line in enumerate(lines) if opened_words in line)
+            opened = [i for i, line in enumerate(lines) if opened_words in line][-1 if last else 0]
             while not any(words in line for line in lines[opened:]) \
                     and time.monotonic() < deadline and gimp.poll() is None:
                 time.sleep(0.2)
@@ -921,8 +922,10 @@ def test_dialog_runs_the_filter_in_gimps_user_interface(gimp_model, tmp_path):
                 sizes[quality] = window_shot(display, title, out / "dialog-custom.png")
                 keys(window[0], "key", "alt+f")
                 wait_for("[stylefu] dialog preview off", 1, 60)
-                # Its estimate before OK (asked first, it may still run on a loaded machine).
-                wait_for("[stylefu] dialog estimate shown", 2)
+                # Its estimate before OK (asked first, it may still run on a loaded machine); the
+                # first dialog showed one or two (its typed strength asks again).
+                wait_after("[stylefu] dialog worker: ", "[stylefu] dialog estimate shown",
+                           last=True)
             else:
                 time.sleep(2)  # drawn
                 sizes[quality] = window_shot(display, title, out / f"dialog-{quality}.png")
