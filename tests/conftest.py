@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import signal
+import sys
 
 import numpy as np
 import pytest
@@ -96,6 +98,15 @@ def images():
     content = demo_content(48, 64)
     style = demo_style(64)
     return content, style
+
+
+class QuietHTTPServer(http.server.ThreadingHTTPServer):
+    """The tests' local HTTP server: a client leaving mid-response (a cancelled or refused
+    download) is not a traceback on the test run's output; any other handler error still is."""
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def rgb_noise(h: int, w: int, seed: int = 0) -> np.ndarray:

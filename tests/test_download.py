@@ -9,6 +9,7 @@ import threading
 
 import pytest
 import torch
+from conftest import QuietHTTPServer
 
 from stylefu.core.errors import UserError
 from stylefu.core.network.vgg import ARCHITECTURES
@@ -57,7 +58,7 @@ class Server:
                     return
                 self.wfile.write(body)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = QuietHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.httpd.server_port}/vgg19-{self.prefix}.pth"
 

@@ -16,6 +16,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import QuietHTTPServer
 
 from stylefu.core.errors import UserError
 from stylefu.core.network.vgg import ARCHITECTURES, read_artifact
@@ -86,7 +87,7 @@ class Index:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = QuietHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.httpd.server_port}/simple/"
 
